@@ -1,0 +1,39 @@
+//! keyward's wire protocol, shared by the module (client side) and the agent
+//! (server side). No I/O policy lives here: only types, their encoding and
+//! the framing that carries them.
+//!
+//! Layout:
+//! - [`frame`]: the 8-byte header (magic, version, length), the hard size
+//!   limit, and reading / writing one message over any `Read` / `Write`.
+//! - [`attr`]: typed attribute values and the table that says which
+//!   `CKA_*` holds a bool, a `CK_ULONG`, bytes, a mechanism list or a template.
+//! - [`types`]: mechanisms with typed parameters, slot / token / session info.
+//! - [`message`]: the application-facing calls ([`Request`], [`Response`]).
+//! - [`admin`]: the administrator API spoken on the agent's admin socket.
+//!
+//! Every `CK_ULONG` travels as `u64`; output buffers never travel (the agent
+//! returns the whole result and the module applies the caller's buffer-size
+//! convention); template nesting is limited to one level by the types
+//! themselves, so a decoder cannot be driven into deep recursion.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod attr;
+pub mod frame;
+pub mod message;
+pub mod types;
+
+pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, Value};
+pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
+pub use message::{HelloReply, Op, Request, Response};
+pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
+
+/// The version of the message set. Bumped on any change to [`Request`],
+/// [`Response`] or the admin messages; both sides refuse other versions.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Where the module looks for the agent when `KEYWARD_SOCKET` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/keyward/keyward.sock";
+
+/// A PIN or other secret on the wire; zeroised when dropped.
+pub type Secret = zeroize::Zeroizing<Vec<u8>>;

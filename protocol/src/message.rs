@@ -1,0 +1,273 @@
+//! The application-facing calls. One [`Request`] per PKCS#11 call that must
+//! reach the agent, answered by exactly one [`Response`].
+//!
+//! Calls the module answers alone (`C_GetInfo`, `C_GetFunctionList`, the
+//! find-iteration after `C_FindObjectsInit`, the length-query half of the
+//! two-call convention) have no message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::attr::{AttrResult, Attribute};
+use crate::types::{Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
+use crate::Secret;
+
+/// A virtual slot id as the agent numbers them.
+pub type SlotId = u64;
+/// A session handle, valid only for the client process that opened it.
+pub type SessionHandle = u64;
+/// An object handle, valid only for the client process that obtained it.
+pub type ObjectHandle = u64;
+
+/// A cryptographic operation kind: which `C_*Init` started it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `C_EncryptInit`.
+    Encrypt,
+    /// `C_DecryptInit`.
+    Decrypt,
+    /// `C_DigestInit`.
+    Digest,
+    /// `C_SignInit`.
+    Sign,
+    /// `C_VerifyInit`.
+    Verify,
+    /// `C_SignRecoverInit`.
+    SignRecover,
+    /// `C_VerifyRecoverInit`.
+    VerifyRecover,
+}
+
+/// The arguments of a `C_*Init`, carried with the first call of the
+/// operation when the module defers the init.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct OpInit {
+    /// The mechanism.
+    pub mechanism: Mechanism,
+    /// The key (`None` for digests).
+    pub key: Option<ObjectHandle>,
+}
+
+/// A call from the module to the agent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Request {
+    /// First message on every connection.
+    Hello {
+        version: u16,
+    },
+    GetSlotList {
+        token_present: bool,
+    },
+    GetSlotInfo {
+        slot: SlotId,
+    },
+    GetTokenInfo {
+        slot: SlotId,
+    },
+    GetMechanismList {
+        slot: SlotId,
+    },
+    GetMechanismInfo {
+        slot: SlotId,
+        mechanism: u64,
+    },
+    /// `label` is the 32-byte blank-padded label as given.
+    InitToken {
+        slot: SlotId,
+        so_pin: Secret,
+        label: Vec<u8>,
+    },
+    InitPin {
+        session: SessionHandle,
+        pin: Secret,
+    },
+    SetPin {
+        session: SessionHandle,
+        old_pin: Secret,
+        new_pin: Secret,
+    },
+    OpenSession {
+        slot: SlotId,
+        flags: u64,
+    },
+    CloseSession {
+        session: SessionHandle,
+    },
+    CloseAllSessions {
+        slot: SlotId,
+    },
+    GetSessionInfo {
+        session: SessionHandle,
+    },
+    /// `pin` is `None` when the application passed a NULL PIN.
+    Login {
+        session: SessionHandle,
+        user_type: u64,
+        pin: Option<Secret>,
+    },
+    Logout {
+        session: SessionHandle,
+    },
+    CreateObject {
+        session: SessionHandle,
+        template: Vec<Attribute>,
+    },
+    CopyObject {
+        session: SessionHandle,
+        object: ObjectHandle,
+        template: Vec<Attribute>,
+    },
+    DestroyObject {
+        session: SessionHandle,
+        object: ObjectHandle,
+    },
+    GetObjectSize {
+        session: SessionHandle,
+        object: ObjectHandle,
+    },
+    GetAttributeValue {
+        session: SessionHandle,
+        object: ObjectHandle,
+        types: Vec<u64>,
+    },
+    SetAttributeValue {
+        session: SessionHandle,
+        object: ObjectHandle,
+        template: Vec<Attribute>,
+    },
+    /// `C_FindObjectsInit`: the agent runs the whole search and answers
+    /// every match at once; the module iterates locally.
+    FindObjects {
+        session: SessionHandle,
+        template: Vec<Attribute>,
+    },
+    /// `C_EncryptInit`, `C_SignInit`, ... (`key` is `None` for digests).
+    OperationInit {
+        session: SessionHandle,
+        op: Op,
+        init: OpInit,
+    },
+    /// Single-part `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`,
+    /// `C_SignRecover`, `C_VerifyRecover`: answered with the whole output.
+    Single {
+        session: SessionHandle,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    },
+    /// `C_Verify`.
+    Verify {
+        session: SessionHandle,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    /// `C_*Update`: answered with the output (empty for sign, verify, digest).
+    Update {
+        session: SessionHandle,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    },
+    /// `C_DigestKey`.
+    DigestKey {
+        session: SessionHandle,
+        key: ObjectHandle,
+    },
+    /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
+    Final {
+        session: SessionHandle,
+        op: Op,
+    },
+    /// `C_VerifyFinal`.
+    VerifyFinal {
+        session: SessionHandle,
+        signature: Vec<u8>,
+    },
+    GenerateKey {
+        session: SessionHandle,
+        mechanism: Mechanism,
+        template: Vec<Attribute>,
+    },
+    GenerateKeyPair {
+        session: SessionHandle,
+        mechanism: Mechanism,
+        public_template: Vec<Attribute>,
+        private_template: Vec<Attribute>,
+    },
+    WrapKey {
+        session: SessionHandle,
+        mechanism: Mechanism,
+        wrapping_key: ObjectHandle,
+        key: ObjectHandle,
+    },
+    UnwrapKey {
+        session: SessionHandle,
+        mechanism: Mechanism,
+        unwrapping_key: ObjectHandle,
+        wrapped_key: Vec<u8>,
+        template: Vec<Attribute>,
+    },
+    DeriveKey {
+        session: SessionHandle,
+        mechanism: Mechanism,
+        base_key: ObjectHandle,
+        template: Vec<Attribute>,
+    },
+    SeedRandom {
+        session: SessionHandle,
+        seed: Vec<u8>,
+    },
+    GenerateRandom {
+        session: SessionHandle,
+        len: u64,
+    },
+}
+
+/// The agent's answer to `Hello`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HelloReply {
+    /// The protocol version the agent speaks.
+    pub version: u16,
+    /// The agent's package version.
+    pub agent_version: String,
+    /// Random per agent start: a changed value tells the module that the
+    /// agent restarted and every session it knew is gone.
+    pub instance: u64,
+}
+
+/// The agent's answer to one [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The call failed with this `CK_RV`.
+    Err(u64),
+    /// Answer to `Hello`.
+    Hello(HelloReply),
+    /// Success with nothing to return.
+    Unit,
+    /// A new session or object handle.
+    Handle(u64),
+    /// `C_GenerateKeyPair`'s public and private key handles.
+    KeyPair {
+        /// Public key handle.
+        public: u64,
+        /// Private key handle.
+        private: u64,
+    },
+    /// A `CK_ULONG` (object size).
+    Ulong(u64),
+    /// Output bytes (ciphertext, signature, digest, random, wrapped key).
+    Data(Vec<u8>),
+    /// Object handles found, or slot ids, or mechanism types.
+    List(Vec<u64>),
+    /// `C_GetSlotInfo`.
+    SlotInfo(SlotInfo),
+    /// `C_GetTokenInfo`.
+    TokenInfo(TokenInfo),
+    /// `C_GetMechanismInfo`.
+    MechanismInfo(MechanismInfo),
+    /// `C_GetSessionInfo`.
+    SessionInfo(SessionInfo),
+    /// `C_GetAttributeValue`, one result per requested type, in order.
+    Attributes(Vec<AttrResult>),
+}
