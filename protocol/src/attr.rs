@@ -110,76 +110,78 @@ mod cka {
     pub use pkcs11_sys::*;
 }
 
-// `as u64`: CK_ULONG is `unsigned long`, which is 64 bits on the platforms
-// keyward runs on, and u64 everywhere on the wire.
+// CK_ULONG is `unsigned long`: 64 bits on the platforms keyward runs on
+// (checked below), and u64 everywhere on the wire.
+const _: () = assert!(std::mem::size_of::<pkcs11_sys::CK_ULONG>() == 8);
+
 const BOOL_ATTRS: &[u64] = &[
-    cka::CKA_TOKEN as u64,
-    cka::CKA_PRIVATE as u64,
-    cka::CKA_TRUSTED as u64,
-    cka::CKA_SENSITIVE as u64,
-    cka::CKA_ENCRYPT as u64,
-    cka::CKA_DECRYPT as u64,
-    cka::CKA_WRAP as u64,
-    cka::CKA_UNWRAP as u64,
-    cka::CKA_SIGN as u64,
-    cka::CKA_SIGN_RECOVER as u64,
-    cka::CKA_VERIFY as u64,
-    cka::CKA_VERIFY_RECOVER as u64,
-    cka::CKA_DERIVE as u64,
-    cka::CKA_EXTRACTABLE as u64,
-    cka::CKA_LOCAL as u64,
-    cka::CKA_NEVER_EXTRACTABLE as u64,
-    cka::CKA_ALWAYS_SENSITIVE as u64,
-    cka::CKA_MODIFIABLE as u64,
-    cka::CKA_COPYABLE as u64,
-    cka::CKA_DESTROYABLE as u64,
-    cka::CKA_SECONDARY_AUTH as u64,
-    cka::CKA_ALWAYS_AUTHENTICATE as u64,
-    cka::CKA_WRAP_WITH_TRUSTED as u64,
-    cka::CKA_OTP_USER_FRIENDLY_MODE as u64,
-    cka::CKA_RESET_ON_INIT as u64,
-    cka::CKA_HAS_RESET as u64,
-    cka::CKA_COLOR as u64,
+    cka::CKA_TOKEN,
+    cka::CKA_PRIVATE,
+    cka::CKA_TRUSTED,
+    cka::CKA_SENSITIVE,
+    cka::CKA_ENCRYPT,
+    cka::CKA_DECRYPT,
+    cka::CKA_WRAP,
+    cka::CKA_UNWRAP,
+    cka::CKA_SIGN,
+    cka::CKA_SIGN_RECOVER,
+    cka::CKA_VERIFY,
+    cka::CKA_VERIFY_RECOVER,
+    cka::CKA_DERIVE,
+    cka::CKA_EXTRACTABLE,
+    cka::CKA_LOCAL,
+    cka::CKA_NEVER_EXTRACTABLE,
+    cka::CKA_ALWAYS_SENSITIVE,
+    cka::CKA_MODIFIABLE,
+    cka::CKA_COPYABLE,
+    cka::CKA_DESTROYABLE,
+    cka::CKA_SECONDARY_AUTH,
+    cka::CKA_ALWAYS_AUTHENTICATE,
+    cka::CKA_WRAP_WITH_TRUSTED,
+    cka::CKA_OTP_USER_FRIENDLY_MODE,
+    cka::CKA_RESET_ON_INIT,
+    cka::CKA_HAS_RESET,
+    cka::CKA_COLOR,
     // CKA_ENCAPSULATE / CKA_DECAPSULATE (PKCS#11 3.2)
     0x633,
     0x634,
 ];
 
 const ULONG_ATTRS: &[u64] = &[
-    cka::CKA_CLASS as u64,
-    cka::CKA_CERTIFICATE_TYPE as u64,
-    cka::CKA_CERTIFICATE_CATEGORY as u64,
-    cka::CKA_JAVA_MIDP_SECURITY_DOMAIN as u64,
-    cka::CKA_NAME_HASH_ALGORITHM as u64,
-    cka::CKA_KEY_TYPE as u64,
-    cka::CKA_MODULUS_BITS as u64,
-    cka::CKA_PRIME_BITS as u64,
-    cka::CKA_SUBPRIME_BITS as u64,
-    cka::CKA_VALUE_BITS as u64,
-    cka::CKA_VALUE_LEN as u64,
-    cka::CKA_KEY_GEN_MECHANISM as u64,
-    cka::CKA_AUTH_PIN_FLAGS as u64,
-    cka::CKA_OTP_FORMAT as u64,
-    cka::CKA_OTP_LENGTH as u64,
-    cka::CKA_OTP_TIME_INTERVAL as u64,
-    cka::CKA_OTP_CHALLENGE_REQUIREMENT as u64,
-    cka::CKA_OTP_TIME_REQUIREMENT as u64,
-    cka::CKA_OTP_COUNTER_REQUIREMENT as u64,
-    cka::CKA_OTP_PIN_REQUIREMENT as u64,
-    cka::CKA_OTP_SERVICE_LOGO_TYPE as u64,
-    cka::CKA_HW_FEATURE_TYPE as u64,
-    cka::CKA_PIXEL_X as u64,
-    cka::CKA_PIXEL_Y as u64,
-    cka::CKA_RESOLUTION as u64,
-    cka::CKA_CHAR_ROWS as u64,
-    cka::CKA_CHAR_COLUMNS as u64,
-    cka::CKA_BITS_PER_PIXEL as u64,
-    cka::CKA_MECHANISM_TYPE as u64,
-    cka::CKA_PROFILE_ID as u64,
-    cka::CKA_HSS_LEVELS as u64,
-    cka::CKA_HSS_LMS_TYPE as u64,
-    cka::CKA_HSS_LMOTS_TYPE as u64,
-    cka::CKA_HSS_KEYS_REMAINING as u64,
+    cka::CKA_CLASS,
+    cka::CKA_CERTIFICATE_TYPE,
+    cka::CKA_CERTIFICATE_CATEGORY,
+    cka::CKA_JAVA_MIDP_SECURITY_DOMAIN,
+    cka::CKA_NAME_HASH_ALGORITHM,
+    cka::CKA_KEY_TYPE,
+    cka::CKA_MODULUS_BITS,
+    cka::CKA_PRIME_BITS,
+    cka::CKA_SUBPRIME_BITS,
+    cka::CKA_VALUE_BITS,
+    cka::CKA_VALUE_LEN,
+    cka::CKA_KEY_GEN_MECHANISM,
+    cka::CKA_AUTH_PIN_FLAGS,
+    cka::CKA_OTP_FORMAT,
+    cka::CKA_OTP_LENGTH,
+    cka::CKA_OTP_TIME_INTERVAL,
+    cka::CKA_OTP_CHALLENGE_REQUIREMENT,
+    cka::CKA_OTP_TIME_REQUIREMENT,
+    cka::CKA_OTP_COUNTER_REQUIREMENT,
+    cka::CKA_OTP_PIN_REQUIREMENT,
+    cka::CKA_OTP_SERVICE_LOGO_TYPE,
+    cka::CKA_HW_FEATURE_TYPE,
+    cka::CKA_PIXEL_X,
+    cka::CKA_PIXEL_Y,
+    cka::CKA_RESOLUTION,
+    cka::CKA_CHAR_ROWS,
+    cka::CKA_CHAR_COLUMNS,
+    cka::CKA_BITS_PER_PIXEL,
+    cka::CKA_MECHANISM_TYPE,
+    cka::CKA_PROFILE_ID,
+    cka::CKA_HSS_LEVELS,
+    cka::CKA_HSS_LMS_TYPE,
+    cka::CKA_HSS_LMOTS_TYPE,
+    cka::CKA_HSS_KEYS_REMAINING,
     // CKA_PARAMETER_SET (PKCS#11 3.2)
     0x61d,
 ];
@@ -187,12 +189,12 @@ const ULONG_ATTRS: &[u64] = &[
 /// The C shape of attribute type `attr_type`'s value. Unknown and vendor
 /// types are bytes: they travel unchanged.
 pub fn kind_of(attr_type: u64) -> AttrKind {
-    if attr_type == cka::CKA_WRAP_TEMPLATE as u64
-        || attr_type == cka::CKA_UNWRAP_TEMPLATE as u64
-        || attr_type == cka::CKA_DERIVE_TEMPLATE as u64
+    if attr_type == cka::CKA_WRAP_TEMPLATE
+        || attr_type == cka::CKA_UNWRAP_TEMPLATE
+        || attr_type == cka::CKA_DERIVE_TEMPLATE
     {
         AttrKind::Template
-    } else if attr_type == cka::CKA_ALLOWED_MECHANISMS as u64 {
+    } else if attr_type == cka::CKA_ALLOWED_MECHANISMS {
         AttrKind::Mechanisms
     } else if BOOL_ATTRS.contains(&attr_type) {
         AttrKind::Bool
@@ -209,14 +211,11 @@ mod tests {
 
     #[test]
     fn shapes_follow_the_specification() {
-        assert_eq!(kind_of(cka::CKA_TOKEN as u64), AttrKind::Bool);
-        assert_eq!(kind_of(cka::CKA_CLASS as u64), AttrKind::Ulong);
-        assert_eq!(kind_of(cka::CKA_LABEL as u64), AttrKind::Bytes);
-        assert_eq!(kind_of(cka::CKA_WRAP_TEMPLATE as u64), AttrKind::Template);
-        assert_eq!(
-            kind_of(cka::CKA_ALLOWED_MECHANISMS as u64),
-            AttrKind::Mechanisms
-        );
-        assert_eq!(kind_of(cka::CKA_VENDOR_DEFINED as u64 + 5), AttrKind::Bytes);
+        assert_eq!(kind_of(cka::CKA_TOKEN), AttrKind::Bool);
+        assert_eq!(kind_of(cka::CKA_CLASS), AttrKind::Ulong);
+        assert_eq!(kind_of(cka::CKA_LABEL), AttrKind::Bytes);
+        assert_eq!(kind_of(cka::CKA_WRAP_TEMPLATE), AttrKind::Template);
+        assert_eq!(kind_of(cka::CKA_ALLOWED_MECHANISMS), AttrKind::Mechanisms);
+        assert_eq!(kind_of(cka::CKA_VENDOR_DEFINED + 5), AttrKind::Bytes);
     }
 }

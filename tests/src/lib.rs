@@ -1,1 +1,62 @@
-//! Placeholder.
+//! keyward's integration and interoperability test harness.
+//!
+//! Layout:
+//! - [`harness`]: one testbed (SoftHSM2 token + agent) per test, and the
+//!   re-execution of the test binary that gives every test its own process
+//!   (the module is a process-global library that reads `KEYWARD_SOCKET`
+//!   from the environment, so two tests cannot share a process).
+//!   [`keyward_test!`] generates such a test.
+//! - [`p11`]: loading and initialising the module with `cryptoki`, finding
+//!   the test token, logging in, generating keys.
+//! - [`raw`]: calls through the module's `CK_FUNCTION_LIST` for what
+//!   `cryptoki` cannot express (NULL pointers, short buffers, ...). All of
+//!   the suite's `unsafe` code is there.
+//! - [`tools`]: running real clients (pkcs11-tool, openssl) and failing
+//!   loudly when they are missing.
+//!
+//! Run: build the binaries the testbed uses, then the suite:
+//!
+//! ```text
+//! cargo build -p keyward-agent -p keyward-module -p keyward-provisioning
+//! cargo test -p keyward-tests
+//! ```
+//!
+//! `KEYWARD_TEST_DIRECT=1` runs the same bodies against SoftHSM2 loaded
+//! directly (a plain SoftHSM2 token with the same label and PINs), to compare
+//! keyward with the HSM it fronts. Tests that need an agent (restart, policy)
+//! fail in that mode, by design.
+
+pub mod harness;
+pub mod p11;
+pub mod raw;
+pub mod tools;
+
+pub use harness::Env;
+
+/// Defines a test that runs `body` in its own process with its own testbed.
+///
+/// ```text
+/// keyward_test!(fn signs(tb) { let ctx = Ctx::new(&tb); ... });
+/// keyward_test!(fn refuses(tb) with ["--policy", "strict"] { ... });
+/// ```
+///
+/// `tb` is the [`Env`] of the testbed (module path, socket, token label,
+/// PINs, testbed directory). The words after `with` are extra arguments to
+/// `testbed up`.
+#[macro_export]
+macro_rules! keyward_test {
+    ($(#[$meta:meta])* fn $name:ident($tb:ident) $body:block) => {
+        $crate::keyward_test!($(#[$meta])* fn $name($tb) with [] $body);
+    };
+    ($(#[$meta:meta])* fn $name:ident($tb:ident) with [$($arg:expr),* $(,)?] $body:block) => {
+        #[test]
+        $(#[$meta])*
+        fn $name() {
+            $crate::harness::run(
+                concat!(module_path!(), "::", stringify!($name)),
+                &[$($arg),*],
+                |$tb: $crate::harness::Env| $body,
+            );
+        }
+    };
+}

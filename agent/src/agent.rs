@@ -1,0 +1,1928 @@
+//! The agent's request handling: virtual tokens, client sessions and
+//! handles, virtual login, and the forwarding of every call to the backend.
+//!
+//! Locks: the clients map and the session-object registry are held only to
+//! look up or update; each client's tables ([`Client::lock`]) likewise. No
+//! lock is held across a backend call, so two threads of one client using
+//! different sessions, and different clients, reach the backend in parallel.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use cryptoki_sys as ck;
+use keyward_protocol::admin::{Status, TokenStatus};
+use keyward_protocol::message::OpInit;
+use keyward_protocol::{
+    AttrResult, AttrValue, Attribute, HelloReply, MechParam, Mechanism, Op, Request, Response,
+    SessionInfo, SlotInfo, TokenInfo, Value, PROTOCOL_VERSION,
+};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, BackendObject};
+use crate::client::{Client, Closed, Login, Session, Slot};
+use crate::config::{Config, TokenConfig};
+use crate::error::{Error, Result};
+use crate::identity::{ClientKey, Peer};
+use crate::state::{pin_len_ok, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN};
+
+// CK_ULONG is the wire's u64 on the LP64 targets the agent supports (see
+// the assertion in lib.rs), so constants pass through unconverted.
+const CKA_TOKEN: u64 = ck::CKA_TOKEN;
+const CKA_PRIVATE: u64 = ck::CKA_PRIVATE;
+const CKU_SO: u64 = ck::CKU_SO;
+const CKU_USER: u64 = ck::CKU_USER;
+const CKU_CONTEXT_SPECIFIC: u64 = ck::CKU_CONTEXT_SPECIFIC;
+const CKF_RW_SESSION: u64 = ck::CKF_RW_SESSION;
+const CKF_SERIAL_SESSION: u64 = ck::CKF_SERIAL_SESSION;
+/// Largest `C_GenerateRandom` served in one call.
+pub const MAX_RANDOM: u64 = 1 << 20;
+
+/// Session counts of one token, across all clients.
+#[derive(Debug, Default)]
+struct Counts {
+    sessions: u64,
+    rw_sessions: u64,
+    /// `C_InitToken` is running: no session may open.
+    initializing: bool,
+}
+
+/// A virtual token and the backend token behind it.
+#[derive(Debug)]
+pub struct VirtualToken {
+    /// Its configuration.
+    pub config: TokenConfig,
+    /// Its stored PIN hashes and label.
+    pub state: TokenState,
+    /// The backend, or why it is unavailable.
+    pub backend: std::result::Result<Arc<dyn Backend>, String>,
+    counts: Mutex<Counts>,
+}
+
+impl VirtualToken {
+    /// A token over `backend`.
+    pub fn new(
+        config: TokenConfig,
+        state: TokenState,
+        backend: std::result::Result<Arc<dyn Backend>, String>,
+    ) -> VirtualToken {
+        VirtualToken {
+            config,
+            state,
+            backend,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn backend(&self) -> Result<&Arc<dyn Backend>> {
+        self.backend.as_ref().map_err(|_| Error::TokenNotPresent)
+    }
+
+    /// The label applications see: the one `C_InitToken` set, else the
+    /// configured one.
+    fn label(&self) -> String {
+        match self.state.label() {
+            Ok(Some(l)) => l,
+            _ => self.config.label.clone(),
+        }
+    }
+}
+
+/// Who owns a session object: other clients never see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    client: ClientKey,
+    session: u64,
+}
+
+/// The agent: tokens, clients, and the session-object registry.
+#[derive(Debug)]
+pub struct Agent {
+    tokens: Vec<VirtualToken>,
+    clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
+    session_objects: Mutex<HashMap<(Slot, BackendObject), Owner>>,
+    instance: u64,
+    started: Instant,
+    socket: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single insert or remove, so the
+    // data is consistent even after a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The value of `attr_type` in `template` if it is a boolean.
+fn template_bool(template: &[Attribute], attr_type: u64) -> Option<bool> {
+    template
+        .iter()
+        .find(|a| a.attr_type == attr_type)
+        .and_then(Attribute::as_bool)
+}
+
+fn result_bool(r: Option<&AttrResult>) -> Option<bool> {
+    match r {
+        Some(AttrResult::Value(AttrValue::Leaf(Value::Bool(b)))) => Some(*b),
+        _ => None,
+    }
+}
+
+/// `CK_TOKEN_INFO.serialNumber` of a virtual token: 16 hex characters of
+/// SHA-256 over the configured label and the backend serial, stable across
+/// `C_InitToken` and distinct per virtual token.
+pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(label.as_bytes());
+    h.update([0]);
+    h.update(backend_serial.as_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Agent {
+    /// An agent serving `tokens` (slot ids are their positions).
+    pub fn new(tokens: Vec<VirtualToken>, socket: String) -> Agent {
+        let mut instance = [0u8; 8];
+        if getrandom::getrandom(&mut instance).is_err() {
+            // Still distinct per start in practice: nanoseconds since epoch.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            instance = (t.as_nanos() as u64).to_le_bytes();
+        }
+        Agent {
+            tokens,
+            clients: Mutex::new(HashMap::new()),
+            session_objects: Mutex::new(HashMap::new()),
+            instance: u64::from_le_bytes(instance),
+            started: Instant::now(),
+            socket,
+        }
+    }
+
+    /// Builds the agent from `config`: loads each library once, finds and
+    /// logs in to each backend token. A backend that cannot be opened is
+    /// logged and its slot shows no token; the agent still starts.
+    pub fn from_config(config: &Config) -> std::io::Result<Agent> {
+        let state = StateDir::open(&config.agent.state_dir)?;
+        let mut libs: HashMap<std::path::PathBuf, std::result::Result<_, String>> = HashMap::new();
+        let mut tokens = Vec::new();
+        for t in &config.tokens {
+            let lib = libs
+                .entry(t.library.clone())
+                .or_insert_with(|| crate::backend::ffi::Library::load(&t.library))
+                .clone();
+            let backend = lib.and_then(|lib| {
+                let pin = t
+                    .backend_pin
+                    .read()
+                    .map_err(|e| format!("backend_pin: {e}"))?;
+                crate::backend::ffi::Token::open(lib, &t.selector(), pin)
+                    .map(|tok| Arc::new(tok) as Arc<dyn Backend>)
+            });
+            match &backend {
+                Ok(_) => log::info!("token {:?}: backend {} ready", t.label, t.library.display()),
+                Err(e) => log::error!("token {:?}: backend unavailable: {e}", t.label),
+            }
+            tokens.push(VirtualToken::new(t.clone(), state.token(&t.label), backend));
+        }
+        Ok(Agent::new(
+            tokens,
+            config.agent.socket.display().to_string(),
+        ))
+    }
+
+    /// The random instance id of this start.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Registers a connection of `peer`; all connections of one process
+    /// share one client.
+    pub fn connect(&self, peer: Peer) -> Arc<Client> {
+        let mut clients = lock(&self.clients);
+        let entry = clients
+            .entry(peer.key)
+            .or_insert_with(|| (Arc::new(Client::new(peer.clone(), self.tokens.len())), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    /// Unregisters a connection; the last one of a process closes all of
+    /// that client's backend sessions (destroying its session objects) and
+    /// forgets its handles.
+    pub fn disconnect(&self, client: &Arc<Client>) {
+        {
+            let mut clients = lock(&self.clients);
+            let Some(entry) = clients.get_mut(&client.peer.key) else {
+                return;
+            };
+            if !Arc::ptr_eq(&entry.0, client) {
+                return;
+            }
+            entry.1 -= 1;
+            if entry.1 > 0 {
+                return;
+            }
+            clients.remove(&client.peer.key);
+        }
+        let closed = client.lock().remove_sessions(None);
+        let n = closed.sessions.len();
+        self.close_backend(client, closed);
+        log::debug!("client {} gone; closed {n} sessions", client.peer);
+    }
+
+    /// Closes every client's sessions (at shutdown).
+    pub fn close_all(&self) {
+        let clients: Vec<Arc<Client>> = lock(&self.clients).drain().map(|(_, (c, _))| c).collect();
+        for c in clients {
+            let closed = c.lock().remove_sessions(None);
+            self.close_backend(&c, closed);
+        }
+    }
+
+    fn close_backend(&self, client: &Client, closed: Closed) {
+        if closed.sessions.is_empty() {
+            return;
+        }
+        // The backend destroys a session's objects with it; forget them all,
+        // mapped or not.
+        lock(&self.session_objects).retain(|_, o| {
+            o.client != client.peer.key || !closed.sessions.iter().any(|(h, _)| *h == o.session)
+        });
+        for (_, s) in closed.sessions {
+            if let Err(e) = s.backend.close_session(s.backend_session) {
+                log::debug!("closing backend session {}: {e}", s.backend_session);
+            }
+            let mut counts = self.tokens[s.slot].counts();
+            counts.sessions = counts.sessions.saturating_sub(1);
+            if s.rw {
+                counts.rw_sessions = counts.rw_sessions.saturating_sub(1);
+            }
+        }
+    }
+
+    fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
+        let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
+        self.tokens
+            .get(i)
+            .map(|t| (i, t))
+            .ok_or(Error::SlotIdInvalid)
+    }
+
+    /// Answers one request of `client`.
+    pub fn handle(&self, client: &Arc<Client>, req: Request) -> Response {
+        match self.dispatch(client, req) {
+            Ok(r) => r,
+            Err(e) => Response::Err(e.rv()),
+        }
+    }
+
+    /// The answer to `Hello`.
+    pub fn hello(&self) -> Response {
+        Response::Hello(HelloReply {
+            version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance,
+        })
+    }
+
+    fn dispatch(&self, client: &Arc<Client>, req: Request) -> Result<Response> {
+        match req {
+            Request::Hello { .. } => Ok(self.hello()),
+            Request::GetSlotList { token_present } => Ok(Response::List(
+                self.tokens
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| !token_present || t.backend.is_ok())
+                    .map(|(i, _)| i as u64)
+                    .collect(),
+            )),
+            Request::GetSlotInfo { slot } => self.slot_info(slot),
+            Request::GetTokenInfo { slot } => self.token_info(slot),
+            Request::GetMechanismList { slot } => {
+                let (_, t) = self.token(slot)?;
+                Ok(Response::List(t.backend()?.mechanism_list()?))
+            }
+            Request::GetMechanismInfo { slot, mechanism } => {
+                let (_, t) = self.token(slot)?;
+                Ok(Response::MechanismInfo(
+                    t.backend()?.mechanism_info(mechanism)?,
+                ))
+            }
+            Request::InitToken {
+                slot,
+                so_pin,
+                label,
+            } => self.init_token(client, slot, &so_pin, &label),
+            Request::InitPin { session, pin } => self.init_pin(client, session, &pin),
+            Request::SetPin {
+                session,
+                old_pin,
+                new_pin,
+            } => self.set_pin(client, session, &old_pin, &new_pin),
+            Request::OpenSession { slot, flags } => self.open_session(client, slot, flags),
+            Request::CloseSession { session } => {
+                let closed = client.lock().remove_session(session)?;
+                self.close_backend(client, closed);
+                Ok(Response::Unit)
+            }
+            Request::CloseAllSessions { slot } => {
+                let (i, _) = self.token(slot)?;
+                let closed = client.lock().remove_sessions(Some(i));
+                self.close_backend(client, closed);
+                Ok(Response::Unit)
+            }
+            Request::GetSessionInfo { session } => {
+                let st = client.lock();
+                let s = st.session(session)?;
+                let state = match (st.login(s.slot), s.rw) {
+                    (Login::Public, false) => ck::CKS_RO_PUBLIC_SESSION,
+                    (Login::Public, true) => ck::CKS_RW_PUBLIC_SESSION,
+                    (Login::User, false) => ck::CKS_RO_USER_FUNCTIONS,
+                    (Login::User, true) => ck::CKS_RW_USER_FUNCTIONS,
+                    (Login::So, _) => ck::CKS_RW_SO_FUNCTIONS,
+                };
+                Ok(Response::SessionInfo(SessionInfo {
+                    slot_id: s.slot as u64,
+                    state,
+                    flags: CKF_SERIAL_SESSION | if s.rw { CKF_RW_SESSION } else { 0 },
+                    device_error: 0,
+                }))
+            }
+            Request::Login {
+                session,
+                user_type,
+                pin,
+            } => self.login(
+                client,
+                session,
+                user_type,
+                pin.as_ref().map(|p| p.as_slice()),
+            ),
+            Request::Logout { session } => self.logout(client, session),
+            Request::CreateObject { session, template } => {
+                let (s, login) = self.session(client, session)?;
+                refuse_private(login, &template)?;
+                let h = s.backend.create_object(s.backend_session, &template)?;
+                let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
+                self.adopt(client, session, &s, login, &[h], hint)
+                    .map(|v| Response::Handle(v[0]))
+            }
+            Request::CopyObject {
+                session,
+                object,
+                template,
+            } => {
+                let (s, login, o) =
+                    self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
+                refuse_private(login, &template)?;
+                let h = s.backend.copy_object(s.backend_session, o[0], &template)?;
+                let hint = template_bool(&template, CKA_TOKEN);
+                self.adopt(client, session, &s, login, &[h], hint)
+                    .map(|v| Response::Handle(v[0]))
+            }
+            Request::DestroyObject { session, object } => {
+                let (s, _, o) =
+                    self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
+                s.backend.destroy_object(s.backend_session, o[0])?;
+                if let Some(o) = client.lock().unmap_object(object) {
+                    if o.session.is_some() {
+                        lock(&self.session_objects).remove(&(o.slot, o.backend));
+                    }
+                }
+                Ok(Response::Unit)
+            }
+            Request::GetObjectSize { session, object } => {
+                let (s, _, o) =
+                    self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
+                Ok(Response::Ulong(
+                    s.backend.object_size(s.backend_session, o[0])?,
+                ))
+            }
+            Request::GetAttributeValue {
+                session,
+                object,
+                types,
+            } => {
+                let (s, _, o) =
+                    self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
+                Ok(Response::Attributes(s.backend.get_attributes(
+                    s.backend_session,
+                    o[0],
+                    &types,
+                )?))
+            }
+            Request::SetAttributeValue {
+                session,
+                object,
+                template,
+            } => {
+                let (s, login, o) =
+                    self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
+                refuse_private(login, &template)?;
+                s.backend
+                    .set_attributes(s.backend_session, o[0], &template)?;
+                Ok(Response::Unit)
+            }
+            Request::FindObjects { session, template } => {
+                self.find_objects(client, session, template)
+            }
+            Request::OperationInit { session, op, init } => {
+                self.op_init(client, session, op, &init)?;
+                Ok(Response::Unit)
+            }
+            Request::Single {
+                session,
+                op,
+                init,
+                data,
+            } => {
+                if op == Op::Verify {
+                    return Err(Error::ArgumentsBad);
+                }
+                let s = self.op_session(client, session, op, init.as_ref())?;
+                Ok(Response::Data(s.backend.single(
+                    s.backend_session,
+                    op,
+                    &data,
+                )?))
+            }
+            Request::Verify {
+                session,
+                init,
+                data,
+                signature,
+            } => {
+                let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
+                s.backend.verify(s.backend_session, &data, &signature)?;
+                Ok(Response::Unit)
+            }
+            Request::Update {
+                session,
+                op,
+                init,
+                data,
+            } => {
+                let s = self.op_session(client, session, op, init.as_ref())?;
+                Ok(Response::Data(s.backend.update(
+                    s.backend_session,
+                    op,
+                    &data,
+                )?))
+            }
+            Request::DigestKey { session, key } => {
+                let (s, _, o) =
+                    self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
+                s.backend.digest_key(s.backend_session, o[0])?;
+                Ok(Response::Unit)
+            }
+            Request::Final { session, op } => {
+                let (s, _) = self.session(client, session)?;
+                Ok(Response::Data(s.backend.final_(s.backend_session, op)?))
+            }
+            Request::VerifyFinal { session, signature } => {
+                let (s, _) = self.session(client, session)?;
+                s.backend.verify_final(s.backend_session, &signature)?;
+                Ok(Response::Unit)
+            }
+            Request::GenerateKey {
+                session,
+                mechanism,
+                template,
+            } => {
+                let (s, login) = self.session(client, session)?;
+                refuse_private(login, &template)?;
+                let m = self.mechanism(client, s.slot, &mechanism)?;
+                let h = s.backend.generate_key(s.backend_session, &m, &template)?;
+                let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
+                self.adopt(client, session, &s, login, &[h], hint)
+                    .map(|v| Response::Handle(v[0]))
+            }
+            Request::GenerateKeyPair {
+                session,
+                mechanism,
+                public_template,
+                private_template,
+            } => {
+                let (s, login) = self.session(client, session)?;
+                refuse_private(login, &public_template)?;
+                refuse_private(login, &private_template)?;
+                let m = self.mechanism(client, s.slot, &mechanism)?;
+                let (hpub, hpriv) = s.backend.generate_key_pair(
+                    s.backend_session,
+                    &m,
+                    &public_template,
+                    &private_template,
+                )?;
+                let hint_pub = template_bool(&public_template, CKA_TOKEN).unwrap_or(false);
+                let hint_priv = template_bool(&private_template, CKA_TOKEN).unwrap_or(false);
+                // One hint for both: known only when they agree.
+                let hint = (hint_pub == hint_priv).then_some(hint_pub);
+                let v = self.adopt(client, session, &s, login, &[hpub, hpriv], hint)?;
+                Ok(Response::KeyPair {
+                    public: v[0],
+                    private: v[1],
+                })
+            }
+            Request::WrapKey {
+                session,
+                mechanism,
+                wrapping_key,
+                key,
+            } => {
+                let (s, _, o) = self.session_objects(
+                    client,
+                    session,
+                    &[
+                        (wrapping_key, Error::WrappingKeyHandleInvalid),
+                        (key, Error::KeyHandleInvalid),
+                    ],
+                )?;
+                let m = self.mechanism(client, s.slot, &mechanism)?;
+                Ok(Response::Data(s.backend.wrap_key(
+                    s.backend_session,
+                    &m,
+                    o[0],
+                    o[1],
+                )?))
+            }
+            Request::UnwrapKey {
+                session,
+                mechanism,
+                unwrapping_key,
+                wrapped_key,
+                template,
+            } => {
+                let (s, login, o) = self.session_objects(
+                    client,
+                    session,
+                    &[(unwrapping_key, Error::UnwrappingKeyHandleInvalid)],
+                )?;
+                refuse_private(login, &template)?;
+                let m = self.mechanism(client, s.slot, &mechanism)?;
+                let h =
+                    s.backend
+                        .unwrap_key(s.backend_session, &m, o[0], &wrapped_key, &template)?;
+                let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
+                self.adopt(client, session, &s, login, &[h], hint)
+                    .map(|v| Response::Handle(v[0]))
+            }
+            Request::DeriveKey {
+                session,
+                mechanism,
+                base_key,
+                template,
+            } => {
+                let (s, login, o) =
+                    self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
+                refuse_private(login, &template)?;
+                let m = self.mechanism(client, s.slot, &mechanism)?;
+                let h = s
+                    .backend
+                    .derive_key(s.backend_session, &m, o[0], &template)?;
+                let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
+                self.adopt(client, session, &s, login, &[h], hint)
+                    .map(|v| Response::Handle(v[0]))
+            }
+            Request::SeedRandom { session, seed } => {
+                let (s, _) = self.session(client, session)?;
+                s.backend.seed_random(s.backend_session, &seed)?;
+                Ok(Response::Unit)
+            }
+            Request::GenerateRandom { session, len } => {
+                let (s, _) = self.session(client, session)?;
+                if len > MAX_RANDOM {
+                    return Err(Error::ArgumentsBad);
+                }
+                Ok(Response::Data(
+                    s.backend.generate_random(s.backend_session, len as usize)?,
+                ))
+            }
+        }
+    }
+
+    /// The session and the client's login state on its token.
+    fn session(&self, client: &Client, session: u64) -> Result<(Arc<Session>, Login)> {
+        let st = client.lock();
+        let s = st.session(session)?;
+        let login = st.login(s.slot);
+        Ok((s, login))
+    }
+
+    /// The session, the login state, and the backend handles of `objects`
+    /// (each with the error an unknown handle gets), under one lock.
+    fn session_objects(
+        &self,
+        client: &Client,
+        session: u64,
+        objects: &[(u64, Error)],
+    ) -> Result<(Arc<Session>, Login, Vec<BackendObject>)> {
+        let st = client.lock();
+        let s = st.session(session)?;
+        let login = st.login(s.slot);
+        let handles = objects
+            .iter()
+            .map(|&(h, err)| st.object(s.slot, h, err).map(|o| o.backend))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((s, login, handles))
+    }
+
+    /// `mechanism` with object handles inside its parameter translated to
+    /// backend handles (`CKM_CONCATENATE_BASE_AND_KEY` carries one).
+    fn mechanism<'m>(
+        &self,
+        client: &Client,
+        slot: Slot,
+        mechanism: &'m Mechanism,
+    ) -> Result<Cow<'m, Mechanism>> {
+        match mechanism.param {
+            MechParam::Ulong(h) if mechanism.mechanism == ck::CKM_CONCATENATE_BASE_AND_KEY => {
+                let o = client.lock().object(slot, h, Error::KeyHandleInvalid)?;
+                Ok(Cow::Owned(Mechanism {
+                    mechanism: mechanism.mechanism,
+                    param: MechParam::Ulong(o.backend),
+                }))
+            }
+            _ => Ok(Cow::Borrowed(mechanism)),
+        }
+    }
+
+    fn op_init(
+        &self,
+        client: &Client,
+        session: u64,
+        op: Op,
+        init: &OpInit,
+    ) -> Result<Arc<Session>> {
+        let (s, key) = {
+            let st = client.lock();
+            let s = st.session(session)?;
+            let key = match init.key {
+                Some(k) => Some(st.object(s.slot, k, Error::KeyHandleInvalid)?.backend),
+                None => None,
+            };
+            (s, key)
+        };
+        let m = self.mechanism(client, s.slot, &init.mechanism)?;
+        s.backend.op_init(s.backend_session, op, &m, key)?;
+        Ok(s)
+    }
+
+    /// The session of a cryptographic call, after the deferred `C_*Init`
+    /// when the module sent one along.
+    fn op_session(
+        &self,
+        client: &Client,
+        session: u64,
+        op: Op,
+        init: Option<&OpInit>,
+    ) -> Result<Arc<Session>> {
+        match init {
+            Some(init) => self.op_init(client, session, op, init),
+            None => Ok(self.session(client, session)?.0),
+        }
+    }
+
+    /// Maps objects the backend just created. A client not logged in as
+    /// user may not create private objects: they are destroyed again and
+    /// the call fails with `CKR_USER_NOT_LOGGED_IN`. Session objects are
+    /// registered so no other client ever finds them. `token_hint` is
+    /// `CKA_TOKEN` when the templates fix it.
+    fn adopt(
+        &self,
+        client: &Client,
+        session: u64,
+        s: &Session,
+        login: Login,
+        new: &[BackendObject],
+        token_hint: Option<bool>,
+    ) -> Result<Vec<u64>> {
+        let mut on_token = vec![token_hint.unwrap_or(false); new.len()];
+        if login != Login::User || token_hint.is_none() {
+            let mut private = false;
+            for (i, &h) in new.iter().enumerate() {
+                let r = s
+                    .backend
+                    .get_attributes(s.backend_session, h, &[CKA_TOKEN, CKA_PRIVATE])
+                    .unwrap_or_default();
+                on_token[i] = result_bool(r.first()).or(token_hint).unwrap_or(false);
+                // Unreadable CKA_PRIVATE counts as private: hide rather than leak.
+                private |= result_bool(r.get(1)).unwrap_or(true);
+            }
+            if login != Login::User && private {
+                for &h in new {
+                    let _ = s.backend.destroy_object(s.backend_session, h);
+                }
+                log::info!(
+                    "client {}: private object creation refused (not logged in as user)",
+                    client.peer
+                );
+                return Err(Error::NotLoggedIn);
+            }
+        }
+        let mut st = client.lock();
+        let mut reg = None;
+        let mut handles = Vec::with_capacity(new.len());
+        for (&h, &token) in new.iter().zip(&on_token) {
+            let owner = if token {
+                None
+            } else {
+                reg.get_or_insert_with(|| lock(&self.session_objects))
+                    .insert(
+                        (s.slot, h),
+                        Owner {
+                            client: client.peer.key,
+                            session,
+                        },
+                    );
+                Some(session)
+            };
+            handles.push(st.map_object(s.slot, h, owner));
+        }
+        Ok(handles)
+    }
+
+    fn find_objects(
+        &self,
+        client: &Client,
+        session: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        let (s, login) = self.session(client, session)?;
+        let mut template = template;
+        if login != Login::User {
+            match template_bool(&template, CKA_PRIVATE) {
+                Some(true) => return Ok(Response::List(Vec::new())),
+                Some(false) => {}
+                None => template.push(Attribute::bool(CKA_PRIVATE, false)),
+            }
+        }
+        let found = s.backend.find_objects(s.backend_session, &template)?;
+        let visible: Vec<(BackendObject, Option<u64>)> = {
+            let reg = lock(&self.session_objects);
+            found
+                .into_iter()
+                .filter_map(|h| match reg.get(&(s.slot, h)) {
+                    None => Some((h, None)),
+                    Some(o) if o.client == client.peer.key => Some((h, Some(o.session))),
+                    Some(_) => None,
+                })
+                .collect()
+        };
+        let mut st = client.lock();
+        Ok(Response::List(
+            visible
+                .into_iter()
+                .map(|(h, owner)| st.map_object(s.slot, h, owner))
+                .collect(),
+        ))
+    }
+
+    fn open_session(&self, client: &Client, slot: u64, flags: u64) -> Result<Response> {
+        let (i, t) = self.token(slot)?;
+        let backend = t.backend()?.clone();
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(Error::ParallelNotSupported);
+        }
+        let rw = flags & CKF_RW_SESSION != 0;
+        if !rw && client.lock().login(i) == Login::So {
+            return Err(Error::ReadWriteSoExists);
+        }
+        {
+            let mut c = t.counts();
+            if c.initializing {
+                return Err(Error::TokenNotPresent);
+            }
+            c.sessions += 1;
+            c.rw_sessions += u64::from(rw);
+        }
+        let backend_session = match backend.open_session(rw) {
+            Ok(b) => b,
+            Err(e) => {
+                let mut c = t.counts();
+                c.sessions -= 1;
+                c.rw_sessions -= u64::from(rw);
+                return Err(e);
+            }
+        };
+        let h = client.lock().add_session(Session {
+            slot: i,
+            rw,
+            backend_session,
+            backend,
+        });
+        Ok(Response::Handle(h))
+    }
+
+    fn verify(&self, t: &VirtualToken, role: Role, pin: &[u8]) -> Result<Option<bool>> {
+        t.state.verify_pin(role, pin).map_err(|e| {
+            log::error!("token {:?}: cannot read the PIN hash: {e}", t.config.label);
+            Error::StateStore
+        })
+    }
+
+    fn login(
+        &self,
+        client: &Client,
+        session: u64,
+        user_type: u64,
+        pin: Option<&[u8]>,
+    ) -> Result<Response> {
+        let (s, login) = self.session(client, session)?;
+        let t = &self.tokens[s.slot];
+        let pin = pin.ok_or(Error::ArgumentsBad)?;
+        let (role, new) = match user_type {
+            CKU_SO => {
+                match login {
+                    Login::So => return Err(Error::AlreadyLoggedIn),
+                    Login::User => return Err(Error::AnotherAlreadyLoggedIn),
+                    Login::Public => {}
+                }
+                if client.lock().has_ro_session(s.slot) {
+                    return Err(Error::ReadOnlyExists);
+                }
+                (Role::So, Login::So)
+            }
+            CKU_USER => {
+                match login {
+                    Login::User => return Err(Error::AlreadyLoggedIn),
+                    Login::So => return Err(Error::AnotherAlreadyLoggedIn),
+                    Login::Public => {}
+                }
+                (Role::User, Login::User)
+            }
+            CKU_CONTEXT_SPECIFIC => {
+                if login != Login::User {
+                    return Err(Error::NotLoggedIn);
+                }
+                match self.verify(t, Role::User, pin)? {
+                    Some(true) => {}
+                    Some(false) => return Err(Error::PinIncorrect),
+                    None => return Err(Error::UserPinNotInitialized),
+                }
+                s.backend.login_context_specific(s.backend_session)?;
+                return Ok(Response::Unit);
+            }
+            _ => return Err(Error::UserTypeInvalid),
+        };
+        match self.verify(t, role, pin)? {
+            Some(true) => {}
+            Some(false) => {
+                log::info!(
+                    "client {}: wrong {role:?} PIN for token {:?}",
+                    client.peer,
+                    t.config.label
+                );
+                return Err(Error::PinIncorrect);
+            }
+            None if role == Role::User => return Err(Error::UserPinNotInitialized),
+            None => return Err(Error::PinIncorrect),
+        }
+        let mut st = client.lock();
+        // The PIN check ran without the lock: re-check the state.
+        match st.login(s.slot) {
+            Login::Public => {}
+            l if l == new => return Err(Error::AlreadyLoggedIn),
+            _ => return Err(Error::AnotherAlreadyLoggedIn),
+        }
+        st.session(session)?;
+        st.set_login(s.slot, new);
+        Ok(Response::Unit)
+    }
+
+    fn logout(&self, client: &Client, session: u64) -> Result<Response> {
+        let (s, objects) = {
+            let mut st = client.lock();
+            let s = st.session(session)?;
+            let was = st.login(s.slot);
+            if was == Login::Public {
+                return Err(Error::NotLoggedIn);
+            }
+            st.set_login(s.slot, Login::Public);
+            let objects = if was == Login::User {
+                st.objects_on(s.slot)
+            } else {
+                Vec::new()
+            };
+            (s, objects)
+        };
+        // Private objects the user could see are no longer the client's to
+        // use: drop the handles (one CKA_PRIVATE query per held handle).
+        let private: Vec<u64> = objects
+            .into_iter()
+            .filter(|(_, o)| {
+                let r = s
+                    .backend
+                    .get_attributes(s.backend_session, o.backend, &[CKA_PRIVATE])
+                    .unwrap_or_default();
+                result_bool(r.first()) != Some(false)
+            })
+            .map(|(h, _)| h)
+            .collect();
+        let mut st = client.lock();
+        for h in private {
+            st.unmap_object(h);
+        }
+        Ok(Response::Unit)
+    }
+
+    fn init_pin(&self, client: &Client, session: u64, pin: &[u8]) -> Result<Response> {
+        let (s, login) = self.session(client, session)?;
+        if login != Login::So {
+            return Err(Error::NotLoggedIn);
+        }
+        if !pin_len_ok(pin) {
+            return Err(Error::PinLenRange);
+        }
+        let t = &self.tokens[s.slot];
+        t.state.set_pin(Role::User, pin).map_err(|e| {
+            log::error!("token {:?}: cannot store the user PIN: {e}", t.config.label);
+            Error::StateStore
+        })?;
+        log::info!(
+            "token {:?}: user PIN set by SO ({})",
+            t.config.label,
+            client.peer
+        );
+        Ok(Response::Unit)
+    }
+
+    fn set_pin(&self, client: &Client, session: u64, old: &[u8], new: &[u8]) -> Result<Response> {
+        let (s, login) = self.session(client, session)?;
+        if !s.rw {
+            return Err(Error::SessionReadOnly);
+        }
+        let t = &self.tokens[s.slot];
+        let role = if login == Login::So {
+            Role::So
+        } else {
+            Role::User
+        };
+        if !pin_len_ok(new) {
+            return Err(Error::PinLenRange);
+        }
+        match self.verify(t, role, old)? {
+            Some(true) => {}
+            Some(false) => return Err(Error::PinIncorrect),
+            None if role == Role::User => return Err(Error::UserPinNotInitialized),
+            None => return Err(Error::PinIncorrect),
+        }
+        t.state.set_pin(role, new).map_err(|e| {
+            log::error!(
+                "token {:?}: cannot store the {role:?} PIN: {e}",
+                t.config.label
+            );
+            Error::StateStore
+        })?;
+        log::info!(
+            "token {:?}: {role:?} PIN changed ({})",
+            t.config.label,
+            client.peer
+        );
+        Ok(Response::Unit)
+    }
+
+    fn init_token(
+        &self,
+        client: &Client,
+        slot: u64,
+        so_pin: &[u8],
+        label: &[u8],
+    ) -> Result<Response> {
+        let (i, t) = self.token(slot)?;
+        let backend = t.backend()?.clone();
+        if !t.config.allow_init_token {
+            log::warn!(
+                "client {}: C_InitToken on token {:?} refused: allow_init_token is false",
+                client.peer,
+                t.config.label
+            );
+            return Err(Error::ActionProhibited);
+        }
+        if !pin_len_ok(so_pin) {
+            return Err(Error::PinLenRange);
+        }
+        {
+            let mut c = t.counts();
+            if c.sessions > 0 || c.initializing {
+                return Err(Error::SessionExists);
+            }
+            c.initializing = true;
+        }
+        let result = self.init_token_locked(t, &*backend, so_pin, label);
+        t.counts().initializing = false;
+        if result.is_ok() {
+            log::warn!(
+                "client {}: C_InitToken cleared token {:?} (slot {i})",
+                client.peer,
+                t.config.label
+            );
+        }
+        result.map(|()| Response::Unit)
+    }
+
+    fn init_token_locked(
+        &self,
+        t: &VirtualToken,
+        backend: &dyn Backend,
+        so_pin: &[u8],
+        label: &[u8],
+    ) -> Result<()> {
+        if self.verify(t, Role::So, so_pin)? == Some(false) {
+            return Err(Error::PinIncorrect);
+        }
+        let anchor = backend.anchor_session();
+        for h in backend.find_objects(anchor, &[])? {
+            if let Err(e) = backend.destroy_object(anchor, h) {
+                log::warn!(
+                    "token {:?}: C_InitToken could not destroy backend object {h}: {e}",
+                    t.config.label
+                );
+            }
+        }
+        let store = |r: std::io::Result<()>| {
+            r.map_err(|e| {
+                log::error!("token {:?}: state store: {e}", t.config.label);
+                Error::StateStore
+            })
+        };
+        store(t.state.clear_pin(Role::User))?;
+        store(t.state.set_pin(Role::So, so_pin))?;
+        let label = String::from_utf8_lossy(label);
+        let label = label.trim_end_matches([' ', '\0']);
+        store(t.state.set_label(label))
+    }
+
+    fn slot_info(&self, slot: u64) -> Result<Response> {
+        let (_, t) = self.token(slot)?;
+        let mut info = SlotInfo {
+            description: t.config.label.clone(),
+            manufacturer: "keyward".into(),
+            flags: (ck::CKF_REMOVABLE_DEVICE | ck::CKF_HW_SLOT),
+            ..SlotInfo::default()
+        };
+        if let Ok(b) = &t.backend {
+            info.flags |= ck::CKF_TOKEN_PRESENT;
+            if let Ok(bi) = b.token_info() {
+                info.hardware_version = bi.hardware_version;
+                info.firmware_version = bi.firmware_version;
+            }
+        }
+        Ok(Response::SlotInfo(info))
+    }
+
+    fn token_info(&self, slot: u64) -> Result<Response> {
+        let (_, t) = self.token(slot)?;
+        let bi = t.backend()?.token_info()?;
+        let mut flags = ck::CKF_LOGIN_REQUIRED | ck::CKF_TOKEN_INITIALIZED;
+        if t.state.has_pin(Role::User) {
+            flags |= ck::CKF_USER_PIN_INITIALIZED;
+        }
+        if bi.flags & ck::CKF_RNG != 0 {
+            flags |= ck::CKF_RNG;
+        }
+        if !bi.utc_time.is_empty() {
+            flags |= ck::CKF_CLOCK_ON_TOKEN;
+        }
+        let (sessions, rw_sessions) = {
+            let c = t.counts();
+            (c.sessions, c.rw_sessions)
+        };
+        let unavailable = ck::CK_UNAVAILABLE_INFORMATION;
+        Ok(Response::TokenInfo(TokenInfo {
+            label: t.label(),
+            manufacturer: "keyward".into(),
+            model: "virtual token".into(),
+            serial_number: virtual_serial(&t.config.label, &bi.serial),
+            flags,
+            max_session_count: ck::CK_EFFECTIVELY_INFINITE,
+            session_count: sessions,
+            max_rw_session_count: ck::CK_EFFECTIVELY_INFINITE,
+            rw_session_count: rw_sessions,
+            max_pin_len: MAX_PIN_LEN as u64,
+            min_pin_len: MIN_PIN_LEN as u64,
+            total_public_memory: unavailable,
+            free_public_memory: unavailable,
+            total_private_memory: unavailable,
+            free_private_memory: unavailable,
+            hardware_version: bi.hardware_version,
+            firmware_version: bi.firmware_version,
+            utc_time: bi.utc_time,
+        }))
+    }
+
+    /// What `keyward status` shows.
+    pub fn status(&self) -> Status {
+        let tokens = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut s = TokenStatus {
+                    slot: i as u64,
+                    label: t.label(),
+                    user_pin_initialized: t.state.has_pin(Role::User),
+                    allow_init_token: t.config.allow_init_token,
+                    backend_library: t.config.library.display().to_string(),
+                    backend_library_description: String::new(),
+                    backend_library_version: Default::default(),
+                    backend_present: false,
+                    backend_label: String::new(),
+                    backend_manufacturer: String::new(),
+                    backend_model: String::new(),
+                    backend_serial: String::new(),
+                    backend_error: None,
+                };
+                match &t.backend {
+                    Err(e) => s.backend_error = Some(e.clone()),
+                    Ok(b) => {
+                        if let Ok(li) = b.library_info() {
+                            s.backend_library_description = li.description;
+                            s.backend_library_version = li.version;
+                        }
+                        match b.token_info() {
+                            Ok(bi) => {
+                                s.backend_present = true;
+                                s.backend_label = bi.label;
+                                s.backend_manufacturer = bi.manufacturer;
+                                s.backend_model = bi.model;
+                                s.backend_serial = bi.serial;
+                            }
+                            Err(e) => s.backend_error = Some(format!("C_GetTokenInfo failed: {e}")),
+                        }
+                    }
+                }
+                s
+            })
+            .collect();
+        Status {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            socket: self.socket.clone(),
+            tokens,
+        }
+    }
+}
+
+/// A client not logged in as user may not ask for a private object.
+fn refuse_private(login: Login, template: &[Attribute]) -> Result<()> {
+    if login != Login::User && template_bool(template, CKA_PRIVATE) == Some(true) {
+        Err(Error::NotLoggedIn)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::backend::{BackendSession, BackendTokenInfo, LibraryInfo};
+    use crate::client::tests::peer;
+    use crate::config::SecretRef;
+    use keyward_protocol::MechanismInfo;
+    use std::collections::HashSet;
+
+    #[derive(Debug, Clone, Copy)]
+    struct MockObject {
+        private: bool,
+        token: bool,
+        session: BackendSession,
+    }
+
+    #[derive(Debug, Default)]
+    struct MockState {
+        next: u64,
+        sessions: HashSet<BackendSession>,
+        objects: HashMap<BackendObject, MockObject>,
+        context_logins: u32,
+    }
+
+    /// A backend in memory: sessions, objects with CKA_TOKEN / CKA_PRIVATE.
+    #[derive(Debug, Default)]
+    pub(crate) struct Mock {
+        st: Mutex<MockState>,
+    }
+
+    impl Mock {
+        fn st(&self) -> MutexGuard<'_, MockState> {
+            self.st.lock().unwrap()
+        }
+        fn add(&self, session: BackendSession, template: &[Attribute], private: bool) -> u64 {
+            let mut st = self.st();
+            st.next += 1;
+            let h = st.next;
+            let obj = MockObject {
+                private: template_bool(template, CKA_PRIVATE).unwrap_or(private),
+                token: template_bool(template, CKA_TOKEN).unwrap_or(false),
+                session,
+            };
+            st.objects.insert(h, obj);
+            h
+        }
+        fn live(&self, s: BackendSession) -> Result<()> {
+            if self.st().sessions.contains(&s) || s == 0 {
+                Ok(())
+            } else {
+                Err(Error::Backend(ck::CKR_SESSION_HANDLE_INVALID))
+            }
+        }
+        fn object_count(&self) -> usize {
+            self.st().objects.len()
+        }
+    }
+
+    impl Backend for Mock {
+        fn library_info(&self) -> Result<LibraryInfo> {
+            Ok(LibraryInfo::default())
+        }
+        fn token_info(&self) -> Result<BackendTokenInfo> {
+            Ok(BackendTokenInfo {
+                serial: "1234".into(),
+                flags: ck::CKF_RNG,
+                ..Default::default()
+            })
+        }
+        fn mechanism_list(&self) -> Result<Vec<u64>> {
+            Ok(vec![ck::CKM_ECDSA])
+        }
+        fn mechanism_info(&self, _: u64) -> Result<MechanismInfo> {
+            Ok(MechanismInfo::default())
+        }
+        fn open_session(&self, _: bool) -> Result<BackendSession> {
+            let mut st = self.st();
+            st.next += 1;
+            let h = st.next;
+            st.sessions.insert(h);
+            Ok(h)
+        }
+        fn close_session(&self, s: BackendSession) -> Result<()> {
+            let mut st = self.st();
+            st.sessions.remove(&s);
+            st.objects.retain(|_, o| o.token || o.session != s);
+            Ok(())
+        }
+        fn anchor_session(&self) -> BackendSession {
+            0
+        }
+        fn login_context_specific(&self, s: BackendSession) -> Result<()> {
+            self.live(s)?;
+            self.st().context_logins += 1;
+            Ok(())
+        }
+        fn create_object(&self, s: BackendSession, t: &[Attribute]) -> Result<BackendObject> {
+            self.live(s)?;
+            Ok(self.add(s, t, false))
+        }
+        fn copy_object(&self, s: BackendSession, _: BackendObject, t: &[Attribute]) -> Result<u64> {
+            self.live(s)?;
+            Ok(self.add(s, t, false))
+        }
+        fn destroy_object(&self, s: BackendSession, o: BackendObject) -> Result<()> {
+            self.live(s)?;
+            self.st()
+                .objects
+                .remove(&o)
+                .map(|_| ())
+                .ok_or(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID))
+        }
+        fn object_size(&self, _: BackendSession, _: BackendObject) -> Result<u64> {
+            Ok(1)
+        }
+        fn get_attributes(
+            &self,
+            _: BackendSession,
+            o: BackendObject,
+            types: &[u64],
+        ) -> Result<Vec<AttrResult>> {
+            let obj = *self
+                .st()
+                .objects
+                .get(&o)
+                .ok_or(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID))?;
+            Ok(types
+                .iter()
+                .map(|&t| match t {
+                    CKA_TOKEN => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.token))),
+                    CKA_PRIVATE => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.private))),
+                    _ => AttrResult::Invalid,
+                })
+                .collect())
+        }
+        fn set_attributes(
+            &self,
+            _: BackendSession,
+            _: BackendObject,
+            _: &[Attribute],
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn find_objects(&self, s: BackendSession, t: &[Attribute]) -> Result<Vec<BackendObject>> {
+            self.live(s)?;
+            let private = template_bool(t, CKA_PRIVATE);
+            let mut v: Vec<u64> = self
+                .st()
+                .objects
+                .iter()
+                .filter(|(_, o)| private.is_none_or(|p| p == o.private))
+                .map(|(&h, _)| h)
+                .collect();
+            v.sort_unstable();
+            Ok(v)
+        }
+        fn op_init(&self, s: BackendSession, _: Op, _: &Mechanism, _: Option<u64>) -> Result<()> {
+            self.live(s)
+        }
+        fn single(&self, s: BackendSession, _: Op, data: &[u8]) -> Result<Vec<u8>> {
+            self.live(s)?;
+            Ok(data.to_vec())
+        }
+        fn verify(&self, s: BackendSession, _: &[u8], _: &[u8]) -> Result<()> {
+            self.live(s)
+        }
+        fn update(&self, s: BackendSession, _: Op, _: &[u8]) -> Result<Vec<u8>> {
+            self.live(s)?;
+            Ok(Vec::new())
+        }
+        fn digest_key(&self, s: BackendSession, _: BackendObject) -> Result<()> {
+            self.live(s)
+        }
+        fn final_(&self, s: BackendSession, _: Op) -> Result<Vec<u8>> {
+            self.live(s)?;
+            Ok(Vec::new())
+        }
+        fn verify_final(&self, s: BackendSession, _: &[u8]) -> Result<()> {
+            self.live(s)
+        }
+        fn generate_key(&self, s: BackendSession, _: &Mechanism, t: &[Attribute]) -> Result<u64> {
+            self.live(s)?;
+            Ok(self.add(s, t, true))
+        }
+        fn generate_key_pair(
+            &self,
+            s: BackendSession,
+            _: &Mechanism,
+            pubt: &[Attribute],
+            privt: &[Attribute],
+        ) -> Result<(u64, u64)> {
+            self.live(s)?;
+            Ok((self.add(s, pubt, false), self.add(s, privt, true)))
+        }
+        fn wrap_key(&self, s: BackendSession, _: &Mechanism, _: u64, _: u64) -> Result<Vec<u8>> {
+            self.live(s)?;
+            Ok(vec![1])
+        }
+        fn unwrap_key(
+            &self,
+            s: BackendSession,
+            _: &Mechanism,
+            _: u64,
+            _: &[u8],
+            t: &[Attribute],
+        ) -> Result<u64> {
+            self.live(s)?;
+            Ok(self.add(s, t, true))
+        }
+        fn derive_key(
+            &self,
+            s: BackendSession,
+            _: &Mechanism,
+            _: u64,
+            t: &[Attribute],
+        ) -> Result<u64> {
+            self.live(s)?;
+            Ok(self.add(s, t, true))
+        }
+        fn seed_random(&self, s: BackendSession, _: &[u8]) -> Result<()> {
+            self.live(s)
+        }
+        fn generate_random(&self, s: BackendSession, len: usize) -> Result<Vec<u8>> {
+            self.live(s)?;
+            Ok(vec![0; len])
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        agent: Agent,
+        mock: Arc<Mock>,
+    }
+
+    fn fixture(allow_init_token: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mock = Arc::new(Mock::default());
+        let config = TokenConfig {
+            label: "kw".into(),
+            library: "/nonexistent.so".into(),
+            backend_token_label: Some("b".into()),
+            backend_serial: None,
+            backend_pin: SecretRef::Env("UNUSED".into()),
+            allow_init_token,
+        };
+        let ts = state.token("kw");
+        ts.set_pin(Role::User, b"1111").unwrap();
+        ts.set_pin(Role::So, b"2222").unwrap();
+        let token = VirtualToken::new(config, ts, Ok(mock.clone() as Arc<dyn Backend>));
+        Fixture {
+            _dir: dir,
+            agent: Agent::new(vec![token], "/sock".into()),
+            mock,
+        }
+    }
+
+    const RW: u64 = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+
+    fn call(a: &Agent, c: &Arc<Client>, r: Request) -> Response {
+        a.handle(c, r)
+    }
+
+    fn open(a: &Agent, c: &Arc<Client>, flags: u64) -> u64 {
+        match call(a, c, Request::OpenSession { slot: 0, flags }) {
+            Response::Handle(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn login(a: &Agent, c: &Arc<Client>, s: u64, user_type: u64, pin: &[u8]) -> Response {
+        call(
+            a,
+            c,
+            Request::Login {
+                session: s,
+                user_type,
+                pin: Some(zeroize::Zeroizing::new(pin.to_vec())),
+            },
+        )
+    }
+
+    fn err(rv: ck::CK_RV) -> Response {
+        Response::Err(rv)
+    }
+
+    fn state(a: &Agent, c: &Arc<Client>, s: u64) -> ck::CK_ULONG {
+        match call(a, c, Request::GetSessionInfo { session: s }) {
+            Response::SessionInfo(i) => i.state as ck::CK_ULONG,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_state_machine() {
+        let f = fixture(false);
+        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let s = open(a, &c, RW);
+        assert_eq!(state(a, &c, s), ck::CKS_RW_PUBLIC_SESSION);
+        assert_eq!(
+            login(a, &c, s, CKU_USER, b"9999"),
+            err(ck::CKR_PIN_INCORRECT)
+        );
+        assert_eq!(login(a, &c, s, 7, b"1111"), err(ck::CKR_USER_TYPE_INVALID));
+        assert_eq!(
+            login(a, &c, s, CKU_CONTEXT_SPECIFIC, b"1111"),
+            err(ck::CKR_USER_NOT_LOGGED_IN)
+        );
+        assert_eq!(login(a, &c, s, CKU_USER, b"1111"), Response::Unit);
+        assert_eq!(state(a, &c, s), ck::CKS_RW_USER_FUNCTIONS);
+        // Shared by all the client's sessions on the token.
+        let ro = open(a, &c, CKF_SERIAL_SESSION);
+        assert_eq!(state(a, &c, ro), ck::CKS_RO_USER_FUNCTIONS);
+        assert_eq!(
+            login(a, &c, ro, CKU_USER, b"1111"),
+            err(ck::CKR_USER_ALREADY_LOGGED_IN)
+        );
+        assert_eq!(
+            login(a, &c, s, CKU_SO, b"2222"),
+            err(ck::CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+        );
+        assert_eq!(
+            login(a, &c, s, CKU_CONTEXT_SPECIFIC, b"1111"),
+            Response::Unit
+        );
+        assert_eq!(f.mock.st().context_logins, 1);
+        // Another process is not logged in.
+        let other = a.connect(peer(2));
+        let os = open(a, &other, RW);
+        assert_eq!(state(a, &other, os), ck::CKS_RW_PUBLIC_SESSION);
+
+        assert_eq!(call(a, &c, Request::Logout { session: s }), Response::Unit);
+        assert_eq!(
+            call(a, &c, Request::Logout { session: s }),
+            err(ck::CKR_USER_NOT_LOGGED_IN)
+        );
+        // SO login with a read-only session open is refused.
+        assert_eq!(
+            login(a, &c, s, CKU_SO, b"2222"),
+            err(ck::CKR_SESSION_READ_ONLY_EXISTS)
+        );
+        call(a, &c, Request::CloseSession { session: ro });
+        assert_eq!(login(a, &c, s, CKU_SO, b"2222"), Response::Unit);
+        assert_eq!(state(a, &c, s), ck::CKS_RW_SO_FUNCTIONS);
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::OpenSession {
+                    slot: 0,
+                    flags: CKF_SERIAL_SESSION
+                }
+            ),
+            err(ck::CKR_SESSION_READ_WRITE_SO_EXISTS)
+        );
+        // Closing the last session logs out.
+        call(a, &c, Request::CloseSession { session: s });
+        let s = open(a, &c, RW);
+        assert_eq!(state(a, &c, s), ck::CKS_RW_PUBLIC_SESSION);
+    }
+
+    #[test]
+    fn pins_are_managed_virtually() {
+        let f = fixture(false);
+        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let s = open(a, &c, RW);
+        let pin = |p: &[u8]| zeroize::Zeroizing::new(p.to_vec());
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::InitPin {
+                    session: s,
+                    pin: pin(b"3333")
+                }
+            ),
+            err(ck::CKR_USER_NOT_LOGGED_IN)
+        );
+        // The user changes the user PIN.
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::SetPin {
+                    session: s,
+                    old_pin: pin(b"0000"),
+                    new_pin: pin(b"4444")
+                }
+            ),
+            err(ck::CKR_PIN_INCORRECT)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::SetPin {
+                    session: s,
+                    old_pin: pin(b"1111"),
+                    new_pin: pin(b"44")
+                }
+            ),
+            err(ck::CKR_PIN_LEN_RANGE)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::SetPin {
+                    session: s,
+                    old_pin: pin(b"1111"),
+                    new_pin: pin(b"4444")
+                }
+            ),
+            Response::Unit
+        );
+        assert_eq!(
+            login(a, &c, s, CKU_USER, b"1111"),
+            err(ck::CKR_PIN_INCORRECT)
+        );
+        // The SO resets it.
+        assert_eq!(login(a, &c, s, CKU_SO, b"2222"), Response::Unit);
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::InitPin {
+                    session: s,
+                    pin: pin(b"5555")
+                }
+            ),
+            Response::Unit
+        );
+        call(a, &c, Request::Logout { session: s });
+        assert_eq!(login(a, &c, s, CKU_USER, b"5555"), Response::Unit);
+        // Without a user PIN.
+        f.agent.tokens[0].state.clear_pin(Role::User).unwrap();
+        call(a, &c, Request::Logout { session: s });
+        assert_eq!(
+            login(a, &c, s, CKU_USER, b"5555"),
+            err(ck::CKR_USER_PIN_NOT_INITIALIZED)
+        );
+    }
+
+    fn find(a: &Agent, c: &Arc<Client>, s: u64, template: Vec<Attribute>) -> Vec<u64> {
+        match call(
+            a,
+            c,
+            Request::FindObjects {
+                session: s,
+                template,
+            },
+        ) {
+            Response::List(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn create(a: &Agent, c: &Arc<Client>, s: u64, template: Vec<Attribute>) -> Response {
+        call(
+            a,
+            c,
+            Request::CreateObject {
+                session: s,
+                template,
+            },
+        )
+    }
+
+    #[test]
+    fn private_objects_are_hidden_from_public_sessions() {
+        let f = fixture(false);
+        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let s = open(a, &c, RW);
+        let token = |private| {
+            vec![
+                Attribute::bool(CKA_TOKEN, true),
+                Attribute::bool(CKA_PRIVATE, private),
+            ]
+        };
+        assert_eq!(
+            create(a, &c, s, token(true)),
+            err(ck::CKR_USER_NOT_LOGGED_IN)
+        );
+        // Generated keys are private by default here: created, found
+        // private, destroyed again.
+        let r = call(
+            a,
+            &c,
+            Request::GenerateKey {
+                session: s,
+                mechanism: Mechanism::plain(ck::CKM_AES_KEY_GEN),
+                template: vec![],
+            },
+        );
+        assert_eq!(r, err(ck::CKR_USER_NOT_LOGGED_IN));
+        assert_eq!(f.mock.object_count(), 0);
+        let Response::Handle(public) = create(a, &c, s, token(false)) else {
+            panic!()
+        };
+
+        login(a, &c, s, CKU_USER, b"1111");
+        let Response::Handle(private) = create(a, &c, s, token(true)) else {
+            panic!()
+        };
+        let mut all = find(a, &c, s, vec![]);
+        all.sort_unstable();
+        assert_eq!(all, vec![public, private]);
+
+        call(a, &c, Request::Logout { session: s });
+        assert_eq!(find(a, &c, s, vec![]), vec![public]);
+        assert!(find(a, &c, s, vec![Attribute::bool(CKA_PRIVATE, true)]).is_empty());
+        // The handle to the private object went with the logout.
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::GetObjectSize {
+                    session: s,
+                    object: private
+                }
+            ),
+            err(ck::CKR_OBJECT_HANDLE_INVALID)
+        );
+    }
+
+    #[test]
+    fn session_objects_belong_to_their_client() {
+        let f = fixture(false);
+        let a = &f.agent;
+        let c1 = a.connect(peer(1));
+        let c2 = a.connect(peer(2));
+        let s1 = open(a, &c1, RW);
+        let s2 = open(a, &c2, RW);
+        let Response::Handle(mine) = create(a, &c1, s1, vec![]) else {
+            panic!()
+        };
+        let Response::Handle(shared) = create(a, &c1, s1, vec![Attribute::bool(CKA_TOKEN, true)])
+        else {
+            panic!()
+        };
+        assert_eq!(find(a, &c1, s1, vec![]).len(), 2);
+        let seen = find(a, &c2, s2, vec![]);
+        assert_eq!(seen.len(), 1, "the other client sees only the token object");
+        // Handles are per client: c2's number for the token object is its own,
+        // and c1's handles mean nothing to c2 beyond what c2 mapped itself.
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::DestroyObject {
+                    session: s2,
+                    object: mine + 10
+                }
+            ),
+            err(ck::CKR_OBJECT_HANDLE_INVALID)
+        );
+        let s1b = open(a, &c1, RW);
+        assert_eq!(s1b, 2);
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::GetObjectSize {
+                    session: s1b,
+                    object: shared
+                }
+            ),
+            err(ck::CKR_SESSION_HANDLE_INVALID)
+        );
+        // Key handles unknown to the client get the key-specific codes.
+        let m = Mechanism::plain(ck::CKM_AES_KEY_WRAP);
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::WrapKey {
+                    session: s2,
+                    mechanism: m.clone(),
+                    wrapping_key: 99,
+                    key: seen[0]
+                }
+            ),
+            err(ck::CKR_WRAPPING_KEY_HANDLE_INVALID)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::WrapKey {
+                    session: s2,
+                    mechanism: m.clone(),
+                    wrapping_key: seen[0],
+                    key: 99
+                }
+            ),
+            err(ck::CKR_KEY_HANDLE_INVALID)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::UnwrapKey {
+                    session: s2,
+                    mechanism: m.clone(),
+                    unwrapping_key: 99,
+                    wrapped_key: vec![],
+                    template: vec![]
+                }
+            ),
+            err(ck::CKR_UNWRAPPING_KEY_HANDLE_INVALID)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c2,
+                Request::OperationInit {
+                    session: s2,
+                    op: Op::Sign,
+                    init: OpInit {
+                        mechanism: m,
+                        key: Some(99)
+                    }
+                }
+            ),
+            err(ck::CKR_KEY_HANDLE_INVALID)
+        );
+        // When c1 goes, its session objects go; the registry forgets them.
+        a.disconnect(&c1);
+        assert_eq!(f.mock.object_count(), 1);
+        assert!(lock(&a.session_objects).is_empty());
+        assert_eq!(a.tokens[0].counts().sessions, 1);
+    }
+
+    #[test]
+    fn connections_of_one_process_share_a_client() {
+        let f = fixture(false);
+        let a = &f.agent;
+        let c1 = a.connect(peer(1));
+        let c1b = a.connect(peer(1));
+        assert!(Arc::ptr_eq(&c1, &c1b));
+        let s = open(a, &c1, RW);
+        assert!(matches!(
+            call(a, &c1b, Request::GetSessionInfo { session: s }),
+            Response::SessionInfo(_)
+        ));
+        a.disconnect(&c1);
+        assert!(matches!(
+            call(a, &c1b, Request::GetSessionInfo { session: s }),
+            Response::SessionInfo(_)
+        ));
+        a.disconnect(&c1b);
+        // A new connection of the same pid and start time after the last one
+        // closed starts afresh.
+        let again = a.connect(peer(1));
+        assert_eq!(
+            call(a, &again, Request::GetSessionInfo { session: s }),
+            err(ck::CKR_SESSION_HANDLE_INVALID)
+        );
+        assert!(f.mock.st().sessions.is_empty());
+    }
+
+    #[test]
+    fn init_token_rules() {
+        let f = fixture(false);
+        let c = f.agent.connect(peer(1));
+        let req = |pin: &[u8]| Request::InitToken {
+            slot: 0,
+            so_pin: zeroize::Zeroizing::new(pin.to_vec()),
+            label: b"fresh".to_vec(),
+        };
+        assert_eq!(
+            call(&f.agent, &c, req(b"2222")),
+            err(ck::CKR_ACTION_PROHIBITED)
+        );
+
+        let f = fixture(true);
+        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let s = open(a, &c, RW);
+        create(a, &c, s, vec![Attribute::bool(CKA_TOKEN, true)]);
+        assert_eq!(call(a, &c, req(b"2222")), err(ck::CKR_SESSION_EXISTS));
+        call(a, &c, Request::CloseSession { session: s });
+        assert_eq!(call(a, &c, req(b"9999")), err(ck::CKR_PIN_INCORRECT));
+        assert_eq!(call(a, &c, req(b"7777")), err(ck::CKR_PIN_INCORRECT));
+        assert_eq!(call(a, &c, req(b"2222")), Response::Unit);
+        assert_eq!(f.mock.object_count(), 0);
+        let t = &a.tokens[0];
+        assert!(!t.state.has_pin(Role::User));
+        assert_eq!(t.label(), "fresh");
+        let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: 0 }) else {
+            panic!()
+        };
+        assert_eq!(info.label, "fresh");
+        assert_eq!(info.flags & ck::CKF_USER_PIN_INITIALIZED, 0);
+        assert_eq!(
+            call(a, &c, Request::GetTokenInfo { slot: 5 }),
+            err(ck::CKR_SLOT_ID_INVALID)
+        );
+    }
+
+    #[test]
+    fn token_info_and_limits() {
+        let f = fixture(false);
+        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let s = open(a, &c, RW);
+        let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: 0 }) else {
+            panic!()
+        };
+        assert_eq!(info.label, "kw");
+        assert_eq!(info.serial_number, virtual_serial("kw", "1234"));
+        assert_eq!(info.serial_number.len(), 16);
+        assert_eq!((info.session_count, info.rw_session_count), (1, 1));
+        let want = ck::CKF_LOGIN_REQUIRED
+            | ck::CKF_TOKEN_INITIALIZED
+            | ck::CKF_USER_PIN_INITIALIZED
+            | ck::CKF_RNG;
+        assert_eq!(info.flags, want);
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::GenerateRandom {
+                    session: s,
+                    len: MAX_RANDOM + 1
+                }
+            ),
+            err(ck::CKR_ARGUMENTS_BAD)
+        );
+        assert_eq!(
+            call(a, &c, Request::OpenSession { slot: 0, flags: 0 }),
+            err(ck::CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            call(
+                a,
+                &c,
+                Request::GetSlotList {
+                    token_present: true
+                }
+            ),
+            Response::List(vec![0])
+        );
+    }
+}

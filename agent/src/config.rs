@@ -1,0 +1,366 @@
+//! The agent's configuration file: TOML, unknown fields refused, secrets by
+//! indirection (`file:PATH` or `env:NAME`). The commented reference is
+//! `agent/keyward-agent.toml`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Where the agent reads its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/keyward/keyward-agent.toml";
+
+/// Longest virtual or backend token label (`CK_TOKEN_INFO.label` is 32 bytes).
+const MAX_LABEL_LEN: usize = 32;
+
+/// Why the configuration cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not have the expected shape; the
+    /// message carries line and column.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// The shape is right but a value is not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The `[agent]` table.
+    pub agent: AgentConfig,
+    /// The `[[token]]` tables, in slot order.
+    #[serde(rename = "token", default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The application socket.
+    pub socket: PathBuf,
+    /// Its file mode, octal (`"0666"`).
+    pub socket_mode: FileMode,
+    /// The administrators' socket.
+    pub admin_socket: PathBuf,
+    /// Its file mode, octal (`"0660"`).
+    pub admin_socket_mode: FileMode,
+    /// Where PIN hashes and token state live (created 0700).
+    pub state_dir: PathBuf,
+}
+
+/// One `[[token]]`: a virtual token and the backend token behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The label applications see.
+    pub label: String,
+    /// Path of the backend PKCS#11 library.
+    pub library: PathBuf,
+    /// The backend token's label (exactly one of this and `backend_serial`).
+    pub backend_token_label: Option<String>,
+    /// The backend token's serial number.
+    pub backend_serial: Option<String>,
+    /// Where the backend (HSM) user PIN comes from.
+    pub backend_pin: SecretRef,
+    /// Whether `C_InitToken` may clear this token (a lab setting).
+    #[serde(default)]
+    pub allow_init_token: bool,
+}
+
+/// How the backend token is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSelector {
+    /// By token label.
+    Label(String),
+    /// By serial number.
+    Serial(String),
+}
+
+impl TokenConfig {
+    /// How to find the backend token (validated by [`Config::load`]).
+    pub fn selector(&self) -> BackendSelector {
+        match (&self.backend_token_label, &self.backend_serial) {
+            (Some(l), _) => BackendSelector::Label(l.clone()),
+            (None, Some(s)) => BackendSelector::Serial(s.clone()),
+            (None, None) => BackendSelector::Label(String::new()),
+        }
+    }
+}
+
+/// A file mode written as an octal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let digits = s.strip_prefix("0o").unwrap_or(&s);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(FileMode(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "file mode {s:?} is not an octal mode like \"0660\""
+            ))),
+        }
+    }
+}
+
+/// A reference to a secret: `file:PATH` (its first line) or `env:NAME`.
+/// The reference is not secret; the value it leads to is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// The first line of a file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::File(p) => write!(f, "file:{}", p.display()),
+            SecretRef::Env(n) => write!(f, "env:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(p) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+            Ok(SecretRef::File(PathBuf::from(p)))
+        } else if let Some(n) = s.strip_prefix("env:").filter(|n| !n.is_empty()) {
+            Ok(SecretRef::Env(n.to_owned()))
+        } else {
+            // Never echo the value: someone may have put the PIN itself here.
+            Err(serde::de::Error::custom(
+                "a secret must be given as \"file:PATH\" or \"env:NAME\", never inline",
+            ))
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret. Errors name the reference, never the value.
+    pub fn read(&self) -> Result<Zeroizing<Vec<u8>>, String> {
+        match self {
+            SecretRef::File(p) => {
+                let all = Zeroizing::new(
+                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+                );
+                let line = all.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.is_empty() {
+                    return Err(format!("{} has an empty first line", p.display()));
+                }
+                Ok(Zeroizing::new(line.to_vec()))
+            }
+            SecretRef::Env(n) => match std::env::var_os(n) {
+                Some(v) if !v.is_empty() => {
+                    use std::os::unix::ffi::OsStringExt;
+                    Ok(Zeroizing::new(v.into_vec()))
+                }
+                _ => Err(format!("environment variable {n} is not set or empty")),
+            },
+        }
+    }
+}
+
+/// toml's message with line and column, but without the quoted source
+/// line that toml's `Display` adds: that line may hold a secret someone
+/// wrote inline by mistake.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: parse_message(text, &e),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.tokens.is_empty() {
+            return Err("no [[token]] is configured".into());
+        }
+        if self.agent.socket == self.agent.admin_socket {
+            return Err("socket and admin_socket must be different paths".into());
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            let which = format!("[[token]] #{} ({:?})", i + 1, t.label);
+            if t.label.is_empty() || t.label.len() > MAX_LABEL_LEN {
+                return Err(format!("{which}: label must be 1 to 32 bytes"));
+            }
+            if self.tokens[..i].iter().any(|o| o.label == t.label) {
+                return Err(format!("{which}: label is used by another token"));
+            }
+            match (&t.backend_token_label, &t.backend_serial) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(format!(
+                        "{which}: give exactly one of backend_token_label and backend_serial"
+                    ))
+                }
+                (Some(l), None) if l.is_empty() || l.len() > MAX_LABEL_LEN => {
+                    return Err(format!(
+                        "{which}: backend_token_label must be 1 to 32 bytes"
+                    ))
+                }
+                (None, Some(s)) if s.is_empty() || s.len() > 16 => {
+                    return Err(format!("{which}: backend_serial must be 1 to 16 bytes"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+socket = "/tmp/kw/keyward.sock"
+socket_mode = "0666"
+admin_socket = "/tmp/kw/admin.sock"
+admin_socket_mode = "0660"
+state_dir = "/tmp/kw/state"
+
+[[token]]
+label = "keyward"
+library = "/usr/lib/softhsm/libsofthsm2.so"
+backend_token_label = "kw-backend"
+backend_pin = "file:/etc/keyward/backend.pin"
+allow_init_token = true
+
+[[token]]
+label = "second"
+library = "/usr/lib/softhsm/libsofthsm2.so"
+backend_serial = "0123456789abcdef"
+backend_pin = "env:KW_PIN"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/kw.toml"))
+    }
+
+    #[test]
+    fn reference_shape_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.agent.socket_mode, FileMode(0o666));
+        assert_eq!(c.agent.admin_socket_mode, FileMode(0o660));
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(
+            c.tokens[0].selector(),
+            BackendSelector::Label("kw-backend".into())
+        );
+        assert!(c.tokens[0].allow_init_token);
+        assert!(!c.tokens[1].allow_init_token);
+        assert_eq!(c.tokens[1].backend_pin, SecretRef::Env("KW_PIN".into()));
+    }
+
+    #[test]
+    fn the_shipped_reference_config_parses() {
+        let text = include_str!("../keyward-agent.toml");
+        parse(text).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_file_and_line() {
+        let text = GOOD.replace("allow_init_token = true", "allow_init_tokens = true");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.starts_with("/etc/kw.toml: "), "{msg}");
+        assert!(msg.contains("allow_init_tokens"), "{msg}");
+        assert!(msg.contains("line 14"), "{msg}");
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_without_echoing_them() {
+        let text = GOOD.replace("file:/etc/keyward/backend.pin", "123456");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("\"file:PATH\" or \"env:NAME\""), "{msg}");
+        assert!(!msg.contains("123456"), "{msg}");
+        let text = GOOD.replace("file:/etc/keyward/backend.pin", "file:");
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn selectors_and_labels_are_checked() {
+        let text = GOOD.replace(
+            "backend_serial = \"0123456789abcdef\"",
+            "backend_serial = \"0123456789abcdef\"\nbackend_token_label = \"x\"",
+        );
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("exactly one of"), "{msg}");
+        let text = GOOD.replace("label = \"second\"", "label = \"keyward\"");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("used by another"));
+        let text = GOOD.replace("\"0660\"", "\"rw-rw----\"");
+        assert!(parse(&text).unwrap_err().to_string().contains("octal"));
+    }
+
+    #[test]
+    fn secrets_are_read_by_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "1234\nignored\n").unwrap();
+        assert_eq!(&SecretRef::File(p.clone()).read().unwrap()[..], b"1234");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(SecretRef::File(p).read().unwrap_err().contains("empty"));
+        let e = SecretRef::Env("KEYWARD_TEST_SURELY_UNSET_VAR".into())
+            .read()
+            .unwrap_err();
+        assert!(e.contains("KEYWARD_TEST_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,31 @@
+//! keyward-agent: owns the HSM sessions, identifies applications, and serves
+//! them virtual PKCS#11 tokens over a Unix socket.
+//!
+//! Layout, in the order a request flows:
+//! - [`server`]: the application and admin listeners, one thread per
+//!   connection, framing, shutdown.
+//! - [`identity`]: who the peer is (`SO_PEERCRED`, process start time, exe).
+//! - [`agent`]: request handling — virtual tokens, client sessions and
+//!   handles, virtual login, private-object hiding, forwarding.
+//! - [`client`]: one client process's tables (sessions, handles, login).
+//! - [`state`]: PIN hashes and token labels in the state directory.
+//! - [`backend`]: the [`backend::Backend`] trait and its implementation over
+//!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
+//! - [`config`]: the TOML configuration; [`cli`]: the command line.
+//! - [`error`]: the one error enum and its `CK_RV` mapping.
+#![deny(unsafe_code)]
+
+// `CK_ULONG` is C's `unsigned long`. The agent supports LP64 targets only,
+// where it is exactly the wire's `u64`: values pass between the backend and
+// the protocol without conversion (and without lossy casts).
+const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
+
+pub mod agent;
+pub mod backend;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod server;
+pub mod state;

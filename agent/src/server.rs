@@ -1,0 +1,285 @@
+//! The listeners: the application socket and the admin socket, one thread
+//! per connection, blocking I/O, per-connection reused buffers.
+//!
+//! A connection that sends a bad frame (bad magic, another version, too
+//! large, undecodable) is logged with its peer and closed; nothing else is
+//! affected. Shutdown ([`Server::shutdown`]) stops accepting, closes every
+//! connection, waits (bounded) for their threads, and removes the sockets.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufReader};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keyward_protocol::admin::{AdminRequest, AdminResponse};
+use keyward_protocol::frame::{read_message, write_message, FrameError};
+use keyward_protocol::{Request, PROTOCOL_VERSION};
+
+use crate::agent::Agent;
+use crate::identity::Peer;
+
+/// How long shutdown waits for connection threads to finish their call.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds a Unix socket at `path` with file mode `mode`: creates the parent
+/// directory, replaces a stale socket file, refuses to replace a socket
+/// that still answers (another agent) or a file that is not a socket.
+pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: another process answers on this socket", path.display()),
+                ));
+            }
+            fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// Live connections, so that shutdown can close them.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<HashMap<u64, UnixStream>>,
+    next: AtomicU64,
+    done: Condvar,
+}
+
+impl Connections {
+    fn add(&self, s: &UnixStream) -> Option<u64> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let clone = s.try_clone().ok()?;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, clone);
+        Some(id)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&id);
+        if open.is_empty() {
+            self.done.notify_all();
+        }
+    }
+
+    /// Shuts every connection down and waits until their threads are gone.
+    fn close_all(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for s in open.values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        while !open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{} connections still busy at shutdown", open.len());
+                return;
+            }
+            open = self
+                .done
+                .wait_timeout(open, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The two listeners and the agent behind them.
+#[derive(Debug)]
+pub struct Server {
+    agent: Arc<Agent>,
+    socket: PathBuf,
+    admin_socket: PathBuf,
+    stopping: AtomicBool,
+    conns: Connections,
+}
+
+impl Server {
+    /// A server for `agent` on the two socket paths (bound by [`Server::run`]'s caller).
+    pub fn new(agent: Arc<Agent>, socket: PathBuf, admin_socket: PathBuf) -> Arc<Server> {
+        Arc::new(Server {
+            agent,
+            socket,
+            admin_socket,
+            stopping: AtomicBool::new(false),
+            conns: Connections::default(),
+        })
+    }
+
+    /// Serves both listeners until [`Server::shutdown`]; then closes every
+    /// connection, waits for them (bounded), closes every client's backend
+    /// sessions and removes the socket files.
+    pub fn run(self: &Arc<Server>, app: UnixListener, admin: UnixListener) {
+        let me = self.clone();
+        let admin_thread = thread::Builder::new()
+            .name("admin-accept".into())
+            .spawn(move || me.accept(admin, true));
+        self.accept(app, false);
+        if let Ok(t) = admin_thread {
+            let _ = t.join();
+        }
+        let _ = fs::remove_file(&self.socket);
+        let _ = fs::remove_file(&self.admin_socket);
+        self.conns.close_all(DRAIN_TIMEOUT);
+        self.agent.close_all();
+        log::info!("stopped");
+    }
+
+    /// Asks [`Server::run`] to return: sets the flag and wakes both accept
+    /// loops with a connection of our own.
+    pub fn shutdown(&self) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            let _ = UnixStream::connect(&self.socket);
+            let _ = UnixStream::connect(&self.admin_socket);
+        }
+    }
+
+    fn accept(self: &Arc<Server>, listener: UnixListener, admin: bool) {
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    // Out of descriptors, for instance: do not spin.
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let peer = match Peer::of(&stream) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warn!("cannot identify a peer, closing: {e}");
+                    continue;
+                }
+            };
+            let Some(id) = self.conns.add(&stream) else {
+                continue;
+            };
+            let me = self.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("conn-{}", peer.key.pid))
+                .spawn(move || {
+                    if admin {
+                        me.serve_admin(stream, &peer);
+                    } else {
+                        me.serve_app(stream, &peer);
+                    }
+                    me.conns.remove(id);
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a connection thread: {e}");
+                self.conns.remove(id);
+            }
+        }
+    }
+
+    fn serve_app(&self, stream: UnixStream, peer: &Peer) {
+        let mut reader = BufReader::with_capacity(16 << 10, &stream);
+        let mut writer = &stream;
+        let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
+        match read_message::<_, Request>(&mut reader, &mut rbuf) {
+            Ok(Request::Hello { version }) => {
+                if write_message(&mut writer, &self.agent.hello(), &mut wbuf).is_err() {
+                    return;
+                }
+                if version != PROTOCOL_VERSION {
+                    log::warn!("{peer}: speaks protocol {version}, closing");
+                    return;
+                }
+            }
+            Ok(_) => {
+                log::warn!("{peer}: first message was not Hello, closing");
+                return;
+            }
+            Err(e) => {
+                report(peer, &e);
+                return;
+            }
+        }
+        log::debug!("{peer}: connected");
+        let client = self.agent.connect(peer.clone());
+        loop {
+            let req = match read_message::<_, Request>(&mut reader, &mut rbuf) {
+                Ok(r) => r,
+                Err(e) => {
+                    report(peer, &e);
+                    break;
+                }
+            };
+            let resp = self.agent.handle(&client, req);
+            if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
+                report(peer, &e);
+                break;
+            }
+            // Keep a one-off huge message from pinning memory for the
+            // connection's life.
+            if rbuf.capacity() > 1 << 20 {
+                rbuf = Vec::new();
+            }
+            if wbuf.capacity() > 1 << 20 {
+                wbuf = Vec::new();
+            }
+        }
+        self.agent.disconnect(&client);
+    }
+
+    fn serve_admin(&self, stream: UnixStream, peer: &Peer) {
+        let mut reader = BufReader::new(&stream);
+        let mut writer = &stream;
+        let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
+        loop {
+            let req = match read_message::<_, AdminRequest>(&mut reader, &mut rbuf) {
+                Ok(r) => r,
+                Err(e) => {
+                    report(peer, &e);
+                    return;
+                }
+            };
+            log::debug!("admin {peer}: {req:?}");
+            let resp = match req {
+                AdminRequest::Status => AdminResponse::Status(self.agent.status()),
+            };
+            if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
+                report(peer, &e);
+                return;
+            }
+        }
+    }
+}
+
+/// Logs why a connection ends: quietly for a normal close, as a warning
+/// for a bad frame.
+fn report(peer: &Peer, e: &FrameError) {
+    match e {
+        FrameError::Closed => {}
+        FrameError::Io(io) => log::debug!("{peer}: {io}"),
+        _ => log::warn!("{peer}: {e}; closing the connection"),
+    }
+}

@@ -1,0 +1,576 @@
+//! The real agent binary on a real SoftHSM2 token, spoken to over its socket
+//! with the wire protocol directly (no module in between).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cryptoki_sys as ck;
+use keyward_protocol::admin::{AdminRequest, AdminResponse};
+use keyward_protocol::frame::{read_message, write_message};
+use keyward_protocol::message::OpInit;
+use keyward_protocol::{
+    AttrResult, AttrValue, Attribute, Mechanism, Op, Request, Response, Value, PROTOCOL_VERSION,
+};
+use zeroize::Zeroizing;
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Distinctive, so that a search of the log for them cannot hit a pid.
+const BACKEND_PIN: &str = "backend-pin-q7z";
+const USER_PIN: &str = "user-pin-x9w";
+/// DER of the P-256 curve OID.
+const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+fn u(v: ck::CK_ULONG) -> u64 {
+    v
+}
+
+/// A throw-away SoftHSM2 token, state directory and agent configuration.
+struct Testbed {
+    dir: tempfile::TempDir,
+    softhsm_conf: PathBuf,
+    config: PathBuf,
+}
+
+impl Testbed {
+    fn new() -> Testbed {
+        assert!(
+            Path::new(SOFTHSM).exists(),
+            "SoftHSM2 is required for this test and is not installed at {SOFTHSM} \
+             (apt-get install softhsm2)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("tokens")).unwrap();
+        let softhsm_conf = d.join("softhsm2.conf");
+        std::fs::write(
+            &softhsm_conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                d.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &softhsm_conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "kw-backend",
+                "--pin",
+                BACKEND_PIN,
+                "--so-pin",
+                "5678",
+            ])
+            .output()
+            .expect("softhsm2-util must be installed");
+        assert!(out.status.success(), "softhsm2-util: {out:?}");
+        std::fs::write(d.join("backend.pin"), format!("{BACKEND_PIN}\n")).unwrap();
+        let config = d.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[agent]
+socket = "{d}/run/keyward.sock"
+socket_mode = "0600"
+admin_socket = "{d}/run/admin.sock"
+admin_socket_mode = "0600"
+state_dir = "{d}/state"
+
+[[token]]
+label = "keyward"
+library = "{SOFTHSM}"
+backend_token_label = "kw-backend"
+backend_pin = "file:{d}/backend.pin"
+allow_init_token = false
+"#,
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Testbed {
+            dir,
+            softhsm_conf,
+            config,
+        }
+    }
+
+    fn agent(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keyward-agent"));
+        c.arg("--config")
+            .arg(&self.config)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .env("KEYWARD_LOG", "debug");
+        c
+    }
+
+    fn set_pin(&self, role: &str, pin: &str) {
+        let mut child = self
+            .agent()
+            .args(["set-pin", "--token", "keyward", "--role", role])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pin}\n").as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "set-pin {role} failed");
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/keyward.sock")
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("run/admin.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// The running agent; killed by its pid if the test fails midway.
+struct Agent {
+    child: Option<Child>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(path: &Path) -> Conn {
+        let stream = UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Response {
+        write_message(&mut self.stream, &req, &mut self.buf).unwrap();
+        read_message(&mut self.stream, &mut self.buf).unwrap()
+    }
+
+    fn hello(path: &Path) -> Conn {
+        let mut c = Conn::open(path);
+        match c.call(Request::Hello {
+            version: PROTOCOL_VERSION,
+        }) {
+            Response::Hello(h) => assert_eq!(h.version, PROTOCOL_VERSION),
+            other => panic!("{other:?}"),
+        }
+        c
+    }
+}
+
+fn start(bed: &Testbed) -> Agent {
+    let log = std::fs::File::create(bed.dir.path().join("agent.log")).unwrap();
+    let child = bed.agent().stderr(log).spawn().unwrap();
+    let mut agent = Agent { child: Some(child) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = UnixStream::connect(bed.socket()) {
+            let mut buf = Vec::new();
+            let hello = Request::Hello {
+                version: PROTOCOL_VERSION,
+            };
+            if write_message(&mut s, &hello, &mut buf).is_ok()
+                && matches!(
+                    read_message::<_, Response>(&mut s, &mut buf),
+                    Ok(Response::Hello(_))
+                )
+            {
+                return agent;
+            }
+        }
+        if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("agent exited early ({status}):\n{}", bed.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready after 10 s:\n{}",
+            bed.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pin(p: &str) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(p.as_bytes().to_vec())
+}
+
+fn handle(r: Response) -> u64 {
+    match r {
+        Response::Handle(h) => h,
+        other => panic!("expected a handle, got {other:?}"),
+    }
+}
+
+fn list(r: Response) -> Vec<u64> {
+    match r {
+        Response::List(mut v) => {
+            v.sort_unstable();
+            v
+        }
+        other => panic!("expected a list, got {other:?}"),
+    }
+}
+
+#[test]
+fn agent_serves_a_softhsm_token() {
+    let bed = Testbed::new();
+    bed.set_pin("user", USER_PIN);
+    bed.set_pin("so", "2222");
+    let mut agent = start(&bed);
+    let mut c = Conn::hello(&bed.socket());
+
+    // Slots and token.
+    assert_eq!(
+        c.call(Request::GetSlotList {
+            token_present: true
+        }),
+        Response::List(vec![0])
+    );
+    let Response::TokenInfo(info) = c.call(Request::GetTokenInfo { slot: 0 }) else {
+        panic!("no token info")
+    };
+    assert_eq!(info.label, "keyward");
+    assert_eq!(info.manufacturer, "keyward");
+    assert_eq!(info.serial_number.len(), 16);
+    assert_ne!(info.flags & u(ck::CKF_USER_PIN_INITIALIZED), 0);
+    assert_ne!(info.flags & u(ck::CKF_LOGIN_REQUIRED), 0);
+    let mechs = list(c.call(Request::GetMechanismList { slot: 0 }));
+    assert!(mechs.contains(&u(ck::CKM_ECDSA)));
+    let Response::SlotInfo(slot) = c.call(Request::GetSlotInfo { slot: 0 }) else {
+        panic!("no slot info")
+    };
+    assert_ne!(slot.flags & u(ck::CKF_TOKEN_PRESENT), 0);
+
+    // Session and login.
+    let s = handle(c.call(Request::OpenSession {
+        slot: 0,
+        flags: u(ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION),
+    }));
+    assert_eq!(s, 1);
+    let login = |c: &mut Conn, p: &str| {
+        c.call(Request::Login {
+            session: s,
+            user_type: u(ck::CKU_USER),
+            pin: Some(pin(p)),
+        })
+    };
+    assert_eq!(
+        login(&mut c, "9999"),
+        Response::Err(u(ck::CKR_PIN_INCORRECT))
+    );
+    assert_eq!(login(&mut c, USER_PIN), Response::Unit);
+
+    // An EC P-256 key pair, a signature and its verification.
+    let label = b"kw-test".to_vec();
+    let r = c.call(Request::GenerateKeyPair {
+        session: s,
+        mechanism: Mechanism::plain(u(ck::CKM_EC_KEY_PAIR_GEN)),
+        public_template: vec![
+            Attribute::bytes(u(ck::CKA_EC_PARAMS), P256),
+            Attribute::bool(u(ck::CKA_TOKEN), true),
+            Attribute::bool(u(ck::CKA_VERIFY), true),
+            Attribute::bytes(u(ck::CKA_LABEL), label.clone()),
+        ],
+        private_template: vec![
+            Attribute::bool(u(ck::CKA_TOKEN), true),
+            Attribute::bool(u(ck::CKA_PRIVATE), true),
+            Attribute::bool(u(ck::CKA_SENSITIVE), true),
+            Attribute::bool(u(ck::CKA_SIGN), true),
+            Attribute::bytes(u(ck::CKA_LABEL), label.clone()),
+        ],
+    });
+    let Response::KeyPair { public, private } = r else {
+        panic!("key pair generation failed: {r:?}\n{}", bed.log())
+    };
+    let digest = [0x5au8; 32];
+    let ecdsa = |key| {
+        Some(OpInit {
+            mechanism: Mechanism::plain(u(ck::CKM_ECDSA)),
+            key: Some(key),
+        })
+    };
+    let Response::Data(sig) = c.call(Request::Single {
+        session: s,
+        op: Op::Sign,
+        init: ecdsa(private),
+        data: digest.to_vec(),
+    }) else {
+        panic!("sign failed")
+    };
+    assert_eq!(sig.len(), 64);
+    assert_eq!(
+        c.call(Request::Verify {
+            session: s,
+            init: ecdsa(public),
+            data: digest.to_vec(),
+            signature: sig.clone(),
+        }),
+        Response::Unit
+    );
+    let mut bad = sig.clone();
+    bad[10] ^= 1;
+    assert_eq!(
+        c.call(Request::Verify {
+            session: s,
+            init: ecdsa(public),
+            data: digest.to_vec(),
+            signature: bad,
+        }),
+        Response::Err(u(ck::CKR_SIGNATURE_INVALID))
+    );
+
+    // Find by label: the same handles.
+    let by_label = vec![Attribute::bytes(u(ck::CKA_LABEL), label.clone())];
+    let mut both = vec![public, private];
+    both.sort_unstable();
+    assert_eq!(
+        list(c.call(Request::FindObjects {
+            session: s,
+            template: by_label.clone()
+        })),
+        both
+    );
+
+    // Attribute values: a value, a sensitive one, an invalid one, a bool.
+    let Response::Attributes(attrs) = c.call(Request::GetAttributeValue {
+        session: s,
+        object: private,
+        types: vec![
+            u(ck::CKA_KEY_TYPE),
+            u(ck::CKA_VALUE),
+            u(ck::CKA_LABEL),
+            u(ck::CKA_MODULUS),
+            u(ck::CKA_SIGN),
+        ],
+    }) else {
+        panic!("no attributes")
+    };
+    assert_eq!(
+        attrs,
+        vec![
+            AttrResult::Value(AttrValue::Leaf(Value::Ulong(u(ck::CKK_EC)))),
+            AttrResult::Sensitive,
+            AttrResult::Value(AttrValue::Leaf(Value::Bytes(label.clone()))),
+            AttrResult::Invalid,
+            AttrResult::Value(AttrValue::Leaf(Value::Bool(true))),
+        ]
+    );
+
+    // A second connection of the same process shares sessions, login and
+    // handles.
+    let mut c2 = Conn::hello(&bed.socket());
+    let Response::SessionInfo(si) = c2.call(Request::GetSessionInfo { session: s }) else {
+        panic!("session not shared")
+    };
+    assert_eq!(si.state, u(ck::CKS_RW_USER_FUNCTIONS));
+    assert!(matches!(
+        c2.call(Request::Single {
+            session: s,
+            op: Op::Sign,
+            init: ecdsa(private),
+            data: digest.to_vec(),
+        }),
+        Response::Data(_)
+    ));
+    drop(c2);
+
+    // Another process (this test binary, re-run as a helper) cannot use the
+    // session or the key handle: it is another client.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "other_process_helper",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(HELPER_SOCKET, bed.socket())
+        .env(HELPER_HANDLES, format!("{s} {private}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helper failed: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{out:?}"
+    );
+
+    // Bad frames close only their own connection.
+    for garbage in [
+        b"XXXXXXXXXXXX".to_vec(),
+        b"KW\x09\x00\x00\x00\x00\x00".to_vec(),
+        b"KW\x01\x00\xff\xff\xff\x7f".to_vec(),
+        b"KW\x01\x00\x03\x00\x00\x00\xff\xff\xff".to_vec(),
+    ] {
+        let mut bad = Conn::open(&bed.socket());
+        bad.stream.write_all(&garbage).unwrap();
+        let mut rest = Vec::new();
+        let n = bad.stream.read_to_end(&mut rest).unwrap_or(0);
+        assert_eq!(n, 0, "the agent answers nothing to garbage and closes");
+    }
+    // A request before Hello is refused the same way.
+    let mut early = Conn::open(&bed.socket());
+    write_message(
+        &mut early.stream,
+        &Request::GetSlotList {
+            token_present: false,
+        },
+        &mut early.buf,
+    )
+    .unwrap();
+    assert!(read_message::<_, Response>(&mut early.stream, &mut early.buf).is_err());
+    assert!(matches!(
+        c.call(Request::GetSessionInfo { session: s }),
+        Response::SessionInfo(_)
+    ));
+
+    // Logged out, private objects are gone from view.
+    assert_eq!(c.call(Request::Logout { session: s }), Response::Unit);
+    assert_eq!(
+        list(c.call(Request::FindObjects {
+            session: s,
+            template: by_label
+        })),
+        vec![public]
+    );
+    assert_eq!(
+        c.call(Request::Single {
+            session: s,
+            op: Op::Sign,
+            init: ecdsa(private),
+            data: digest.to_vec(),
+        }),
+        Response::Err(u(ck::CKR_KEY_HANDLE_INVALID))
+    );
+    // C_InitToken is off in this configuration.
+    assert_eq!(
+        c.call(Request::InitToken {
+            slot: 0,
+            so_pin: pin("2222"),
+            label: b"x".to_vec()
+        }),
+        Response::Err(u(ck::CKR_ACTION_PROHIBITED))
+    );
+
+    // The admin socket.
+    let mut admin = UnixStream::connect(bed.admin_socket()).unwrap();
+    let mut buf = Vec::new();
+    write_message(&mut admin, &AdminRequest::Status, &mut buf).unwrap();
+    let AdminResponse::Status(st) = read_message(&mut admin, &mut buf).unwrap() else {
+        panic!("no status")
+    };
+    assert_eq!(st.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(st.pid, agent.child.as_ref().unwrap().id());
+    assert_eq!(st.tokens.len(), 1);
+    let t = &st.tokens[0];
+    assert!(t.backend_present, "{t:?}");
+    assert_eq!(t.backend_label, "kw-backend");
+    assert!(t.user_pin_initialized);
+    assert!(t.backend_error.is_none());
+    drop(admin);
+    drop(c);
+
+    // SIGTERM: a clean stop that removes the sockets.
+    let mut child = agent.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not stop on SIGTERM:\n{}", bed.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}:\n{}", bed.log());
+    assert!(!bed.socket().exists());
+    assert!(!bed.admin_socket().exists());
+    let log = bed.log();
+    assert!(
+        !log.contains(BACKEND_PIN),
+        "the backend PIN leaked into the log"
+    );
+    assert!(!log.contains(USER_PIN), "the user PIN leaked into the log");
+}
+
+const HELPER_SOCKET: &str = "KEYWARD_TEST_HELPER_SOCKET";
+const HELPER_HANDLES: &str = "KEYWARD_TEST_HELPER_HANDLES";
+
+/// Run by `agent_serves_a_softhsm_token` in a child process; not on its own.
+#[test]
+#[ignore = "a helper process of agent_serves_a_softhsm_token"]
+fn other_process_helper() {
+    let socket = std::env::var_os(HELPER_SOCKET)
+        .expect("run by agent_serves_a_softhsm_token, which sets the socket");
+    let handles = std::env::var(HELPER_HANDLES).unwrap();
+    let (s, key) = handles.split_once(' ').unwrap();
+    let (s, key): (u64, u64) = (s.parse().unwrap(), key.parse().unwrap());
+    let mut c = Conn::hello(Path::new(&socket));
+    assert_eq!(
+        c.call(Request::GetSessionInfo { session: s }),
+        Response::Err(u(ck::CKR_SESSION_HANDLE_INVALID))
+    );
+    let mine = handle(c.call(Request::OpenSession {
+        slot: 0,
+        flags: u(ck::CKF_SERIAL_SESSION),
+    }));
+    assert_eq!(mine, 1, "handles are numbered per client");
+    assert_eq!(
+        c.call(Request::Single {
+            session: mine,
+            op: Op::Sign,
+            init: Some(OpInit {
+                mechanism: Mechanism::plain(u(ck::CKM_ECDSA)),
+                key: Some(key),
+            }),
+            data: vec![0; 32],
+        }),
+        Response::Err(u(ck::CKR_KEY_HANDLE_INVALID))
+    );
+}
+
+#[test]
+fn check_and_bad_configs_fail_clearly() {
+    let bed = Testbed::new();
+    let out = bed.agent().arg("check").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&bed.config).unwrap();
+    std::fs::write(&bed.config, text.replace("allow_init_token", "allow_init")).unwrap();
+    let out = bed.agent().arg("check").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agent.toml") && err.contains("allow_init"),
+        "{err}"
+    );
+}

@@ -1,0 +1,315 @@
+//! keyward-bench: the same PKCS#11 cases against SoftHSM2 loaded directly,
+//! the same kind of token through keyward, and (where installed) through
+//! p11-kit's RPC forwarding, interleaved round by round in one run.
+//!
+//! Layout: `targets` sets up the three token stacks; `cases` holds the
+//! operations; this file runs rounds, collects latencies and reports.
+//! The floor, a 64-byte Unix-socket round trip, is measured in the same run.
+#![forbid(unsafe_code)]
+
+mod cases;
+mod targets;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cryptoki::session::Session;
+
+use cases::{Case, Keys};
+use targets::Target;
+
+/// Command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyward-bench",
+    about = "keyward against SoftHSM2 direct and p11-kit, side by side"
+)]
+struct Args {
+    /// Prove that every case runs on every target (a few operations each); no timing claims.
+    #[arg(long)]
+    quick: bool,
+    /// Interleaved rounds (a b c a b c ...); medians are taken over rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Time spent on one case, one target, one thread count, per round (ms).
+    #[arg(long, default_value_t = 400)]
+    case_ms: u64,
+    /// The thread count of the multi-threaded runs.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Only cases whose name contains one of these (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Leave p11-kit out even when it is installed.
+    #[arg(long)]
+    no_p11kit: bool,
+    /// Also write JSON lines to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Internal: time module load + C_Initialize + first session of one library, then exit.
+    #[arg(long, hide = true, num_args = 3, value_names = ["MODULE", "TOKEN", "PIN"])]
+    startup_probe: Option<Vec<String>>,
+}
+
+/// One measured run of one case on one target.
+#[derive(Debug, Clone)]
+struct Sample {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(probe) = &args.startup_probe {
+        let us = targets::startup_probe(&probe[0], &probe[1], &probe[2]);
+        println!("{us}");
+        return;
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("keyward-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let work = tempfile::Builder::new()
+        .prefix("kw-bench-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let mut stacks = vec![
+        targets::direct(work.path())?,
+        targets::keyward(work.path())?,
+    ];
+    if !args.no_p11kit {
+        match targets::p11kit(work.path())? {
+            Some(t) => stacks.push(t),
+            None => eprintln!("keyward-bench: p11-kit server or p11-kit-client.so not installed; p11-kit column left out"),
+        }
+    }
+    let selected: Vec<&Case> = cases::ALL
+        .iter()
+        .filter(|c| args.cases.is_empty() || args.cases.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        return Err("no case matches --cases".into());
+    }
+
+    let mut keys = Vec::new();
+    let mut owners = Vec::new();
+    for t in &stacks {
+        let (k, owner) =
+            cases::prepare(t).map_err(|e| format!("{}: preparing keys: {e}", t.name))?;
+        keys.push(k);
+        owners.push(owner);
+    }
+
+    let floor = socket_floor_us(if args.quick { 2_000 } else { 50_000 });
+    println!(
+        "machine: {} cores; unix-socket 64-byte round trip p50 {floor:.1} µs",
+        cores()
+    );
+    let mut json_out = Vec::new();
+    json_out.push(serde_json::json!({"kind": "floor", "unix_rtt_p50_us": floor}));
+
+    let rounds = if args.quick { 1 } else { args.rounds.max(1) };
+    let thread_counts = if args.threads > 1 {
+        vec![1, args.threads]
+    } else {
+        vec![1]
+    };
+    let mut failures = Vec::new();
+    println!(
+        "{:<28} {:>3} {:<8} {:>10} {:>9} {:>9} {:>7} {:>9}",
+        "case", "thr", "target", "ops/s", "p50 µs", "p99 µs", "ratio", "+µs p50"
+    );
+    for case in &selected {
+        for &threads in &thread_counts {
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stacks.len()];
+            for _ in 0..rounds {
+                for (i, t) in stacks.iter().enumerate() {
+                    let budget = if args.quick {
+                        Budget::Ops(case.quick_ops)
+                    } else {
+                        Budget::Time(Duration::from_millis(args.case_ms * case.weight))
+                    };
+                    match measure(t, &keys[i], case, threads, budget) {
+                        Ok(s) => samples[i].push(s),
+                        Err(e) => {
+                            failures.push(format!(
+                                "{} on {} ({threads} threads): {e}",
+                                case.name, t.name
+                            ));
+                        }
+                    }
+                }
+            }
+            let medians: Vec<Option<Sample>> = samples.iter().map(|s| median(s)).collect();
+            let direct = medians[0].clone();
+            for (i, m) in medians.iter().enumerate() {
+                let Some(m) = m else { continue };
+                let (ratio, added) = match &direct {
+                    Some(d) => (m.ops_per_sec / d.ops_per_sec, m.p50_us - d.p50_us),
+                    None => (f64::NAN, f64::NAN),
+                };
+                println!(
+                    "{:<28} {:>3} {:<8} {:>10.0} {:>9.1} {:>9.1} {:>7.3} {:>9.1}",
+                    case.name,
+                    threads,
+                    stacks[i].name,
+                    m.ops_per_sec,
+                    m.p50_us,
+                    m.p99_us,
+                    ratio,
+                    added
+                );
+                json_out.push(serde_json::json!({
+                    "kind": "case", "case": case.name, "threads": threads, "target": stacks[i].name,
+                    "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us, "p99_us": m.p99_us,
+                    "ratio_to_direct": ratio, "added_p50_us": added, "rounds": samples[i].len(),
+                    "quick": args.quick,
+                }));
+            }
+        }
+    }
+
+    // Start-up: a fresh process per probe, since a library loads only once per process.
+    let probes = if args.quick { 1 } else { 5 };
+    for t in &stacks {
+        let mut us = Vec::new();
+        for _ in 0..probes {
+            us.push(targets::run_startup_probe(t)?);
+        }
+        us.sort_by(f64::total_cmp);
+        let p50 = us[us.len() / 2];
+        println!(
+            "{:<28} {:>3} {:<8} {:>10} {:>9.1}",
+            "startup (load+init+session)", 1, t.name, "", p50
+        );
+        json_out.push(serde_json::json!({"kind": "startup", "target": t.name, "p50_us": p50}));
+    }
+
+    let text: String = json_out.iter().map(|v| format!("{v}\n")).collect();
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    drop(owners);
+    for t in stacks {
+        t.stop();
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        for f in &failures {
+            eprintln!("FAILED: {f}");
+        }
+        Err(format!("{} case runs failed", failures.len()))
+    }
+}
+
+enum Budget {
+    Ops(u32),
+    Time(Duration),
+}
+
+/// Runs `case` on `threads` threads, each with its own logged-in session.
+fn measure(
+    t: &Target,
+    keys: &Keys,
+    case: &Case,
+    threads: usize,
+    budget: Budget,
+) -> Result<Sample, String> {
+    let start = Instant::now();
+    let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let budget = &budget;
+                scope.spawn(move || -> Result<Vec<u32>, String> {
+                    let session: Session = t.session().map_err(|e| e.to_string())?;
+                    let mut lat = Vec::with_capacity(4096);
+                    let begin = Instant::now();
+                    loop {
+                        let t0 = Instant::now();
+                        (case.run)(t, &session, keys).map_err(|e| e.to_string())?;
+                        lat.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        let done = match budget {
+                            Budget::Ops(n) => lat.len() as u32 >= *n,
+                            Budget::Time(d) => begin.elapsed() >= *d,
+                        };
+                        if done {
+                            break;
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    Ok(Sample {
+        ops_per_sec: all.len() as f64 / elapsed,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    })
+}
+
+/// The per-field median over rounds.
+fn median(samples: &[Sample]) -> Option<Sample> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mid = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Some(Sample {
+        ops_per_sec: mid(|s| s.ops_per_sec),
+        p50_us: mid(|s| s.p50_us),
+        p99_us: mid(|s| s.p99_us),
+    })
+}
+
+/// p50 of a 64-byte ping-pong over a Unix socket pair between two threads.
+fn socket_floor_us(iterations: usize) -> f64 {
+    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [7u8; 64];
+    let mut lat = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t0 = Instant::now();
+        a.write_all(&buf).expect("ping");
+        a.read_exact(&mut buf).expect("pong");
+        lat.push(t0.elapsed().as_nanos() as u64);
+    }
+    drop(a);
+    let _ = echo.join();
+    lat.sort_unstable();
+    lat[lat.len() / 2] as f64 / 1000.0
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

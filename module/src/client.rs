@@ -1,0 +1,354 @@
+//! The module's global state and its connections to the agent.
+//!
+//! - One [`Module`] per `C_Initialize`, behind a short-held global lock:
+//!   a call clones the `Arc` out and never holds the lock across a round
+//!   trip, so a `fork()` while another thread is mid-call cannot leave the
+//!   child stuck on it.
+//! - Fork: the pid recorded at `C_Initialize` is compared on every call. In
+//!   a child, `C_Initialize` abandons the parent's state: the inherited
+//!   sockets are closed (never `shutdown()`, the parent still uses them) and
+//!   nothing is sent on them.
+//! - A pool of Unix-socket connections: a call takes one (or opens one,
+//!   which starts with `Hello`), does one request / response with the
+//!   buffer stored in the connection, and puts it back. Every wait is
+//!   bounded by `KEYWARD_TIMEOUT_MS`.
+//! - Agent restart: `HelloReply::instance` names the agent run. A new
+//!   connection that sees another run than the module knew drops the session
+//!   table and the pooled connections of the old run.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyward_protocol::frame::{self, FrameError};
+use keyward_protocol::{Request, Response, DEFAULT_SOCKET, PROTOCOL_VERSION};
+
+use crate::error::{Error, Result};
+use crate::state::{lock, Sessions};
+
+/// Default bound on one wait for the agent.
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+/// Where and how long to talk to the agent, read from the environment at
+/// `C_Initialize`.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `KEYWARD_SOCKET`, else [`DEFAULT_SOCKET`].
+    pub(crate) socket: PathBuf,
+    /// `KEYWARD_TIMEOUT_MS`, else one minute.
+    pub(crate) timeout: Duration,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let socket = std::env::var_os("KEYWARD_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let timeout_ms = std::env::var("KEYWARD_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .unwrap_or(DEFAULT_TIMEOUT_MS);
+        Config {
+            socket,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+}
+
+/// One connection to the agent with its reusable frame buffer.
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// The agent run this connection talks to.
+    instance: u64,
+}
+
+impl Conn {
+    fn round_trip(&mut self, req: &Request) -> std::result::Result<Response, FrameError> {
+        frame::write_message(&mut self.stream, req, &mut self.buf)?;
+        frame::read_message(&mut self.stream, &mut self.buf)
+    }
+}
+
+/// True when the failure means the peer is gone (as opposed to a timeout or
+/// a malformed frame): the other pooled connections are dead too.
+fn peer_gone(e: &FrameError) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        FrameError::Closed => true,
+        FrameError::Io(io) => matches!(
+            io.kind(),
+            UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted | NotConnected
+        ),
+        _ => false,
+    }
+}
+
+/// What the module knows while it is initialised.
+#[derive(Debug)]
+pub(crate) struct Module {
+    pid: u32,
+    config: Config,
+    pool: Mutex<Vec<Conn>>,
+    /// The agent run the module's sessions belong to.
+    instance: Mutex<Option<u64>>,
+    /// The local session table.
+    pub(crate) sessions: Sessions,
+    /// The last slot list the agent answered.
+    pub(crate) last_slots: Mutex<Option<Vec<u64>>>,
+    /// Whether the agent answered the last time the module tried.
+    reachable: Mutex<Option<bool>>,
+    /// Reachability as `C_WaitForSlotEvent` last reported it.
+    pub(crate) event_baseline: Mutex<Option<bool>>,
+    /// Set by `C_Finalize`, so that a blocked `C_WaitForSlotEvent` returns.
+    finalized: AtomicBool,
+}
+
+impl Module {
+    /// A fresh module for this process.
+    pub(crate) fn new(config: Config) -> Self {
+        Module {
+            pid: std::process::id(),
+            config,
+            pool: Mutex::new(Vec::new()),
+            instance: Mutex::new(None),
+            sessions: Sessions::default(),
+            last_slots: Mutex::new(None),
+            reachable: Mutex::new(None),
+            event_baseline: Mutex::new(None),
+            finalized: AtomicBool::new(false),
+        }
+    }
+
+    /// True once `C_Finalize` ran (or the process forked away from it).
+    pub(crate) fn is_finalized(&self) -> bool {
+        self.finalized.load(Ordering::Acquire) || self.pid != std::process::id()
+    }
+
+    /// Whether the agent answered at the last attempt (`None`: never tried).
+    pub(crate) fn last_reachable(&self) -> Option<bool> {
+        *lock(&self.reachable)
+    }
+
+    fn note_reachable(&self, yes: bool) {
+        *lock(&self.reachable) = Some(yes);
+    }
+
+    /// Sends `req` and returns the answer and the agent run that gave it.
+    ///
+    /// `instance` binds the call to the agent run a session belongs to: a
+    /// connection to another run refuses it with
+    /// `CKR_SESSION_HANDLE_INVALID` before anything is sent. `Response::Err`
+    /// becomes `Error::Agent`.
+    pub(crate) fn call(&self, instance: Option<u64>, req: &Request) -> Result<(Response, u64)> {
+        let pooled = lock(&self.pool).pop();
+        let first = match pooled {
+            Some(conn) => self.exchange(conn, instance, req),
+            None => return self.call_fresh(instance, req),
+        };
+        match first {
+            // A pooled connection whose agent went away: the others are
+            // dead too. Retry once on a fresh connection, which either
+            // reaches a (restarted) agent or fails fast.
+            Err(e) if peer_gone(&e) => {
+                log::debug!("pooled connection lost ({e}); reconnecting");
+                lock(&self.pool).clear();
+                self.call_fresh(instance, req)
+            }
+            Err(e) => Err(self.transport_error(e)),
+            Ok(result) => result,
+        }
+    }
+
+    fn call_fresh(&self, instance: Option<u64>, req: &Request) -> Result<(Response, u64)> {
+        let conn = self.connect()?;
+        self.exchange(conn, instance, req)
+            .unwrap_or_else(|e| Err(self.transport_error(e)))
+    }
+
+    /// `Ok(Err(SessionHandleInvalid))`: refused locally (wrong agent run);
+    /// `Err(_)`: the transport failed and the connection was dropped.
+    fn exchange(
+        &self,
+        mut conn: Conn,
+        instance: Option<u64>,
+        req: &Request,
+    ) -> std::result::Result<Result<(Response, u64)>, FrameError> {
+        if instance.is_some_and(|i| i != conn.instance) {
+            self.give_back(conn);
+            return Ok(Err(Error::SessionHandleInvalid));
+        }
+        let resp = conn.round_trip(req)?;
+        let run = conn.instance;
+        self.give_back(conn);
+        self.note_reachable(true);
+        Ok(match resp {
+            Response::Err(rv) => Err(Error::Agent(rv as pkcs11_sys::CK_RV)),
+            other => Ok((other, run)),
+        })
+    }
+
+    fn transport_error(&self, e: FrameError) -> Error {
+        log::warn!("agent connection failed during the call: {e}");
+        if peer_gone(&e) {
+            lock(&self.pool).clear();
+        }
+        Error::Transport
+    }
+
+    fn give_back(&self, conn: Conn) {
+        if Some(conn.instance) == *lock(&self.instance) {
+            lock(&self.pool).push(conn);
+        }
+    }
+
+    /// Opens a connection and says hello.
+    fn connect(&self) -> Result<Conn> {
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| {
+            log::debug!(
+                "agent at {} unreachable ({what}): {e}",
+                self.config.socket.display()
+            );
+            self.note_reachable(false);
+            Error::AgentUnreachable
+        };
+        let stream =
+            UnixStream::connect(&self.config.socket).map_err(|e| unreachable("connect", &e))?;
+        let timeout = Some(self.config.timeout);
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(|e| unreachable("socket options", &e))?;
+        let mut conn = Conn {
+            stream,
+            buf: Vec::new(),
+            instance: 0,
+        };
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+        };
+        let reply = match conn.round_trip(&hello) {
+            Ok(Response::Hello(reply)) => reply,
+            Ok(_) => return Err(unreachable("hello", &"unexpected answer")),
+            Err(e) => return Err(unreachable("hello", &e)),
+        };
+        if reply.version != PROTOCOL_VERSION {
+            log::error!(
+                "agent {} speaks protocol {}, this module speaks {PROTOCOL_VERSION}",
+                reply.agent_version,
+                reply.version
+            );
+            return Err(unreachable("hello", &"protocol version mismatch"));
+        }
+        conn.instance = reply.instance;
+        self.adopt_instance(reply.instance);
+        Ok(conn)
+    }
+
+    /// Records the agent run; a different one than before means the agent
+    /// restarted and every session and pooled connection is gone.
+    fn adopt_instance(&self, instance: u64) {
+        let mut known = lock(&self.instance);
+        match *known {
+            Some(old) if old == instance => return,
+            Some(_) => log::warn!("agent restarted: the sessions of its previous run are gone"),
+            None => {}
+        }
+        *known = Some(instance);
+        drop(known);
+        self.sessions.clear();
+        lock(&self.pool).retain(|c| c.instance == instance);
+    }
+
+    /// The agent run the module currently knows.
+    #[cfg(test)]
+    pub(crate) fn known_instance(&self) -> Option<u64> {
+        *lock(&self.instance)
+    }
+
+    /// `C_Finalize`: forget the sessions and close every idle connection.
+    fn shut_down(&self) {
+        self.finalized.store(true, Ordering::Release);
+        self.sessions.clear();
+        lock(&self.pool).clear();
+    }
+
+    /// In a forked child: close the inherited sockets without using them.
+    /// A lock some parent thread held at fork time stays held for ever in
+    /// the child, so only what can be taken right now is closed; the rest is
+    /// left alone rather than risk a deadlock.
+    fn abandon(&self) {
+        self.finalized.store(true, Ordering::Release);
+        if let Ok(mut pool) = self.pool.try_lock() {
+            // Dropping a UnixStream only closes this process's descriptor.
+            pool.clear();
+        }
+    }
+}
+
+/// The module of this process, if initialised.
+static STATE: Mutex<Option<Arc<Module>>> = Mutex::new(None);
+
+/// The initialised module, or `CKR_CRYPTOKI_NOT_INITIALIZED` (also in a
+/// forked child that has not called `C_Initialize`).
+pub(crate) fn current() -> Result<Arc<Module>> {
+    let m = lock(&STATE).clone().ok_or(Error::NotInitialized)?;
+    if m.pid != std::process::id() {
+        return Err(Error::NotInitialized);
+    }
+    Ok(m)
+}
+
+/// `C_Initialize` after its arguments were checked.
+pub(crate) fn initialize() -> Result<()> {
+    let mut state = lock(&STATE);
+    if let Some(old) = state.take() {
+        if old.pid == std::process::id() {
+            *state = Some(old);
+            return Err(Error::AlreadyInitialized);
+        }
+        log::debug!("initialising in a forked child: abandoning the parent's connections");
+        old.abandon();
+    }
+    *state = Some(Arc::new(Module::new(Config::from_env())));
+    Ok(())
+}
+
+/// `C_Finalize` after its argument was checked.
+pub(crate) fn finalize() -> Result<()> {
+    let module = {
+        let mut state = lock(&STATE);
+        match state.as_ref() {
+            Some(m) if m.pid == std::process::id() => state.take(),
+            _ => return Err(Error::NotInitialized),
+        }
+    };
+    if let Some(m) = module {
+        m.shut_down();
+    }
+    Ok(())
+}
+
+/// Fails with `CKR_DEVICE_ERROR` (and a log line) when the agent answered
+/// with a variant that does not fit the call.
+macro_rules! expect_answer {
+    ($resp:expr, $pat:pat => $out:expr) => {
+        match $resp {
+            $pat => Ok($out),
+            _ => {
+                log::error!(
+                    "unexpected answer from the agent at {}:{}",
+                    file!(),
+                    line!()
+                );
+                Err($crate::error::Error::UnexpectedAnswer)
+            }
+        }
+    };
+}
+pub(crate) use expect_answer;

@@ -1,0 +1,222 @@
+//! The module's local session table.
+//!
+//! The module numbers sessions itself (from 1, never reused while the
+//! module is initialised) and maps each to the agent's handle and the agent
+//! run (`instance`) that issued it. That keeps an old handle invalid after an
+//! agent restart even when the new agent hands out the same numbers.
+//!
+//! Per session it keeps what the C ABI needs without a round trip: the
+//! active operations with their init arguments, the output of a call whose
+//! caller asked for the length first (the two-call convention), and the
+//! results of a `C_FindObjectsInit`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use keyward_protocol::message::OpInit;
+use keyward_protocol::Op;
+use pkcs11_sys::{CK_FLAGS, CK_SESSION_HANDLE, CK_SLOT_ID};
+
+use crate::error::{Error, Result};
+
+/// Locks a mutex, ignoring poisoning: a panic is caught at the C edge and
+/// the data behind our locks stays consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An output kept for the second half of the two-call convention.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The input that produced it (`None` for `C_*Final`).
+    pub(crate) input: Option<Vec<u8>>,
+    /// The complete output.
+    pub(crate) output: Vec<u8>,
+}
+
+/// One active cryptographic operation.
+#[derive(Debug)]
+pub(crate) struct Operation {
+    /// What `C_*Init` was given, to re-initialise the agent when a
+    /// single-part call is repeated with other input.
+    pub(crate) init: OpInit,
+    /// The output the caller has not collected yet.
+    pub(crate) pending: Option<Pending>,
+}
+
+/// A search started by `C_FindObjectsInit`.
+#[derive(Debug, Default)]
+pub(crate) struct Search {
+    /// Every match, as the agent answered them.
+    pub(crate) handles: Vec<u64>,
+    /// How many were handed out.
+    pub(crate) next: usize,
+}
+
+const OPS: usize = 7;
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Encrypt => 0,
+        Op::Decrypt => 1,
+        Op::Digest => 2,
+        Op::Sign => 3,
+        Op::Verify => 4,
+        Op::SignRecover => 5,
+        Op::VerifyRecover => 6,
+    }
+}
+
+/// One open session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The agent's handle for it.
+    pub(crate) agent_handle: u64,
+    /// The agent run that issued `agent_handle`.
+    pub(crate) instance: u64,
+    /// The slot it was opened on.
+    pub(crate) slot: CK_SLOT_ID,
+    /// `C_OpenSession` flags.
+    pub(crate) flags: CK_FLAGS,
+    ops: [Option<Operation>; OPS],
+    /// The active search, if any.
+    pub(crate) search: Option<Search>,
+}
+
+impl Session {
+    /// A session without active operations.
+    pub(crate) fn new(agent_handle: u64, instance: u64, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Self {
+        Session {
+            agent_handle,
+            instance,
+            slot,
+            flags,
+            ops: Default::default(),
+            search: None,
+        }
+    }
+
+    /// The active operation of this kind, or `CKR_OPERATION_NOT_INITIALIZED`.
+    pub(crate) fn op(&mut self, op: Op) -> Result<&mut Operation> {
+        self.ops[op_index(op)]
+            .as_mut()
+            .ok_or(Error::OperationNotInitialized)
+    }
+
+    /// `CKR_OPERATION_ACTIVE` when this kind is active.
+    pub(crate) fn check_idle(&self, op: Op) -> Result<()> {
+        match self.ops[op_index(op)] {
+            Some(_) => Err(Error::OperationActive),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a successful `C_*Init`.
+    pub(crate) fn start(&mut self, op: Op, init: OpInit) {
+        self.ops[op_index(op)] = Some(Operation {
+            init,
+            pending: None,
+        });
+    }
+
+    /// Ends the operation of this kind.
+    pub(crate) fn end(&mut self, op: Op) {
+        self.ops[op_index(op)] = None;
+    }
+}
+
+/// A session shared between the table and the call using it.
+pub(crate) type SessionRef = Arc<Mutex<Session>>;
+
+/// All sessions of this module instance.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    last_handle: CK_SESSION_HANDLE,
+    /// The slot is kept beside the session so that `C_CloseAllSessions`
+    /// never waits for a session another thread is using.
+    map: HashMap<CK_SESSION_HANDLE, (CK_SLOT_ID, SessionRef)>,
+}
+
+impl Sessions {
+    /// Adds a session and returns its new handle.
+    pub(crate) fn insert(&self, session: Session) -> CK_SESSION_HANDLE {
+        let mut t = lock(&self.inner);
+        t.last_handle += 1;
+        let handle = t.last_handle;
+        t.map
+            .insert(handle, (session.slot, Arc::new(Mutex::new(session))));
+        handle
+    }
+
+    /// The session behind a handle, or `CKR_SESSION_HANDLE_INVALID`.
+    pub(crate) fn get(&self, handle: CK_SESSION_HANDLE) -> Result<SessionRef> {
+        lock(&self.inner)
+            .map
+            .get(&handle)
+            .map(|(_, s)| Arc::clone(s))
+            .ok_or(Error::SessionHandleInvalid)
+    }
+
+    /// Forgets one session.
+    pub(crate) fn remove(&self, handle: CK_SESSION_HANDLE) {
+        lock(&self.inner).map.remove(&handle);
+    }
+
+    /// Forgets every session on `slot`.
+    pub(crate) fn remove_slot(&self, slot: CK_SLOT_ID) {
+        lock(&self.inner).map.retain(|_, (s, _)| *s != slot);
+    }
+
+    /// Forgets every session (agent restart, finalize).
+    pub(crate) fn clear(&self) {
+        // Drop the sessions outside the table lock.
+        let old = std::mem::take(&mut lock(&self.inner).map);
+        drop(old);
+    }
+
+    /// Number of open sessions.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_protocol::Mechanism;
+
+    #[test]
+    fn handles_are_local_and_not_reused() {
+        let s = Sessions::default();
+        let a = s.insert(Session::new(1, 9, 0, 0));
+        let b = s.insert(Session::new(1, 10, 0, 0));
+        assert_ne!(a, b);
+        s.clear();
+        let c = s.insert(Session::new(1, 10, 0, 0));
+        assert!(c > b);
+        assert_eq!(s.get(a).err(), Some(Error::SessionHandleInvalid));
+    }
+
+    #[test]
+    fn operations_are_tracked_per_kind() {
+        let mut s = Session::new(1, 1, 0, 0);
+        assert_eq!(s.op(Op::Sign).err(), Some(Error::OperationNotInitialized));
+        s.start(
+            Op::Sign,
+            OpInit {
+                mechanism: Mechanism::plain(1),
+                key: Some(2),
+            },
+        );
+        assert_eq!(s.check_idle(Op::Sign), Err(Error::OperationActive));
+        assert_eq!(s.check_idle(Op::Digest), Ok(()));
+        s.end(Op::Sign);
+        assert_eq!(s.check_idle(Op::Sign), Ok(()));
+    }
+}

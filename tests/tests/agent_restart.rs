@@ -1,0 +1,172 @@
+//! The agent going away and coming back: calls fail fast while it is gone,
+//! the module reconnects by itself, and with no agent at all the module
+//! still initialises and shows an empty slot.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki_sys::*;
+use keyward_tests::p11::{ec_pair, expect_err_in, load, os_threads, rv_error, Ctx, P256_PARAMS};
+use keyward_tests::raw::{rv_name, Out};
+use keyward_tests::{assert_rv, keyward_test};
+
+/// Codes acceptable for a call whose agent is gone.
+const AGENT_GONE: &[RvError] = &[
+    RvError::DeviceRemoved,
+    RvError::TokenNotPresent,
+    RvError::SessionHandleInvalid,
+    RvError::SessionClosed,
+    RvError::DeviceError,
+];
+
+struct Call {
+    start: Instant,
+    took: Duration,
+    result: Result<(), RvError>,
+}
+
+keyward_test!(fn agent_killed_while_signing_then_restarted(tb) {
+    tb.require_agent("killing the agent");
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let (_, key) = ec_pair(&s, P256_PARAMS, "survivor", true);
+    let stop = AtomicBool::new(false);
+    let calls = Mutex::new(Vec::<Call>::new());
+    let killed_at = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            // Its own session (login is per application).
+            let ws = ctx.rw();
+            while !stop.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                let r = ws.sign(&Mechanism::Ecdsa, key, &[7u8; 32]);
+                let took = start.elapsed();
+                calls.lock().unwrap().push(Call { start, took, result: r.map(|_| ()).map_err(|e| rv_error(&e)) });
+            }
+        });
+        // Let it sign for a while, kill the agent, let it try for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.lock().unwrap().iter().filter(|c| c.result.is_ok()).count() < 5 {
+            assert!(Instant::now() < deadline, "no successful signature before the kill");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tb.kill_agent();
+        let killed_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::SeqCst);
+        let joined = Instant::now();
+        worker.join().expect("the signing thread panicked");
+        assert!(joined.elapsed() < Duration::from_secs(2), "the signing thread took {:?} to notice the stop", joined.elapsed());
+        killed_at
+    });
+    let calls = calls.into_inner().unwrap();
+    let after: Vec<&Call> = calls.iter().filter(|c| c.start >= killed_at).collect();
+    assert!(!after.is_empty(), "no call was made after the kill");
+    for c in &after {
+        match c.result {
+            Ok(()) => panic!("a signature succeeded after the agent was killed"),
+            Err(rv) => assert!(AGENT_GONE.contains(&rv), "call after the kill answered {rv:?}"),
+        }
+        assert!(c.took < Duration::from_secs(2), "a call took {:?} with the agent gone", c.took);
+    }
+    // The call in flight at the kill returned within the bound too.
+    let slowest = calls.iter().map(|c| c.took).max().unwrap_or_default();
+    assert!(slowest < Duration::from_secs(2), "slowest call {slowest:?}");
+    println!("{} calls after the kill, slowest call {slowest:?}", after.len());
+
+    // Slot calls with the agent down.
+    let (rv, info) = ctx.raw.slot_info(ctx.slot_id());
+    if rv == CKR_OK {
+        assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0, "token still shown as present with the agent down");
+    }
+    expect_err_in(ctx.p11.open_rw_session(ctx.slot), &[RvError::TokenNotPresent, RvError::DeviceRemoved]);
+
+    tb.start_agent();
+    // Same process, same loaded module: a new session works.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let slot = loop {
+        let present = ctx.p11.get_slots_with_token().expect("C_GetSlotList after the restart");
+        let found = present.into_iter().find(|&sl| {
+            ctx.p11.get_token_info(sl).map(|i| i.label().trim_end() == tb.token).unwrap_or(false)
+        });
+        if let Some(sl) = found {
+            break sl;
+        }
+        assert!(Instant::now() < deadline, "the token did not come back within 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let s2 = ctx.p11.open_rw_session(slot).expect("C_OpenSession after the restart");
+    s2.login(UserType::User, Some(&ctx.pin())).expect("login after the restart");
+    let keys = s2
+        .find_objects(&[Attribute::Label(b"survivor".to_vec()), Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .expect("find the token key");
+    assert_eq!(keys.len(), 1, "the token key survives the restart");
+    s2.sign(&Mechanism::Ecdsa, keys[0], &[8u8; 32]).expect("sign after the restart");
+    // The session from before the restart is gone.
+    let rv = ctx.raw.session_info(s.handle()).0;
+    assert!(
+        rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv == CKR_DEVICE_REMOVED,
+        "old session after the restart: {}",
+        rv_name(rv)
+    );
+});
+
+keyward_test!(fn agent_stopped_and_started_reconnects(tb) {
+    tb.require_agent("stopping the agent");
+    let ctx = Ctx::new(&tb);
+    {
+        let s = ctx.user();
+        s.generate_random_vec(8).expect("random before the stop");
+    }
+    tb.stop_agent();
+    let t = Instant::now();
+    let r = ctx.p11.open_ro_session(ctx.slot);
+    assert!(t.elapsed() < Duration::from_secs(2), "C_OpenSession took {:?} with the agent stopped", t.elapsed());
+    expect_err_in(r, &[RvError::TokenNotPresent, RvError::DeviceRemoved]);
+    tb.start_agent();
+    let s = ctx.p11.open_ro_session(ctx.slot).expect("C_OpenSession after the agent is back");
+    s.generate_random_vec(8).expect("random after the restart");
+});
+
+keyward_test!(fn no_agent_at_all(tb) {
+    tb.require_agent("stopping the agent");
+    tb.kill_agent();
+    let (p11, raw) = load(&tb);
+    let t = Instant::now();
+    p11.initialize(os_threads()).expect("C_Initialize without an agent");
+    assert!(t.elapsed() < Duration::from_secs(2), "C_Initialize took {:?}", t.elapsed());
+    let present = raw.slot_list(true, Out::Cap(16));
+    assert_rv!(present.rv, CKR_OK, "C_GetSlotList(tokenPresent) without an agent");
+    let all = raw.slot_list(false, Out::Cap(16));
+    assert_rv!(all.rv, CKR_OK, "C_GetSlotList without an agent");
+    assert!(!all.data.is_empty(), "no slot at all without an agent");
+    for &slot in &all.data {
+        assert!(!present.data.contains(&slot), "slot {slot} listed with a token without an agent");
+        let (rv, info) = raw.slot_info(slot);
+        assert_rv!(rv, CKR_OK, "C_GetSlotInfo without an agent");
+        assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0, "CKF_TOKEN_PRESENT set without an agent");
+        assert_rv!(raw.token_info(slot).0, CKR_TOKEN_NOT_PRESENT, "C_GetTokenInfo without an agent");
+        let t = Instant::now();
+        assert_rv!(raw.open_session(slot, CKF_SERIAL_SESSION).0, CKR_TOKEN_NOT_PRESENT, "C_OpenSession without an agent");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+    // The agent comes up later: the module finds it by itself.
+    tb.start_agent();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let present = raw.slot_list(true, Out::Cap(16));
+        if present.rv == CKR_OK && !present.data.is_empty() {
+            let (rv, h) = raw.open_session(present.data[0], CKF_SERIAL_SESSION);
+            assert_rv!(rv, CKR_OK, "C_OpenSession once the agent is up");
+            assert_rv!(raw.close_session(h), CKR_OK);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the token did not appear within 5 s of the agent starting");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p11.finalize().expect("C_Finalize");
+});
