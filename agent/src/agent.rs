@@ -484,12 +484,28 @@ impl Agent {
                 s.backend.digest_key(s.backend_session, o[0])?;
                 Ok(Response::Unit)
             }
-            Request::Final { session, op } => {
-                let (s, _) = self.session(client, session)?;
+            Request::Final {
+                session,
+                op,
+                init,
+                data,
+            } => {
+                let s = self.op_session(client, session, op, init.as_ref())?;
+                if !data.is_empty() {
+                    s.backend.update(s.backend_session, op, &data)?;
+                }
                 Ok(Response::Data(s.backend.final_(s.backend_session, op)?))
             }
-            Request::VerifyFinal { session, signature } => {
-                let (s, _) = self.session(client, session)?;
+            Request::VerifyFinal {
+                session,
+                init,
+                data,
+                signature,
+            } => {
+                let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
+                if !data.is_empty() {
+                    s.backend.update(s.backend_session, Op::Verify, &data)?;
+                }
                 s.backend.verify_final(s.backend_session, &signature)?;
                 Ok(Response::Unit)
             }

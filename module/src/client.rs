@@ -16,6 +16,7 @@
 //!   connection that sees another run than the module knew drops the session
 //!   table and the pooled connections of the old run.
 
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ use keyward_protocol::frame::{self, FrameError};
 use keyward_protocol::{Request, Response, DEFAULT_SOCKET, PROTOCOL_VERSION};
 
 use crate::error::{Error, Result};
-use crate::state::{lock, Sessions};
+use crate::state::{lock, InitCache, Sessions};
 
 /// Default bound on one wait for the agent.
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
@@ -59,10 +60,12 @@ impl Config {
     }
 }
 
-/// One connection to the agent with its reusable frame buffer.
+/// One connection to the agent with its reusable frame buffer. Reads go
+/// through a buffer so that an answer usually costs one `read`, not two
+/// (header, then payload).
 #[derive(Debug)]
 struct Conn {
-    stream: UnixStream,
+    stream: BufReader<UnixStream>,
     buf: Vec<u8>,
     /// The agent run this connection talks to.
     instance: u64,
@@ -70,7 +73,7 @@ struct Conn {
 
 impl Conn {
     fn round_trip(&mut self, req: &Request) -> std::result::Result<Response, FrameError> {
-        frame::write_message(&mut self.stream, req, &mut self.buf)?;
+        frame::write_message(self.stream.get_mut(), req, &mut self.buf)?;
         frame::read_message(&mut self.stream, &mut self.buf)
     }
 }
@@ -99,6 +102,8 @@ pub(crate) struct Module {
     instance: Mutex<Option<u64>>,
     /// The local session table.
     pub(crate) sessions: Sessions,
+    /// `C_*Init` shapes the agent accepted, whose init may be deferred.
+    pub(crate) inits: InitCache,
     /// The last slot list the agent answered.
     pub(crate) last_slots: Mutex<Option<Vec<u64>>>,
     /// Whether the agent answered the last time the module tried.
@@ -118,6 +123,7 @@ impl Module {
             pool: Mutex::new(Vec::new()),
             instance: Mutex::new(None),
             sessions: Sessions::default(),
+            inits: InitCache::default(),
             last_slots: Mutex::new(None),
             reachable: Mutex::new(None),
             event_baseline: Mutex::new(None),
@@ -225,7 +231,7 @@ impl Module {
             .and_then(|()| stream.set_write_timeout(timeout))
             .map_err(|e| unreachable("socket options", &e))?;
         let mut conn = Conn {
-            stream,
+            stream: BufReader::new(stream),
             buf: Vec::new(),
             instance: 0,
         };

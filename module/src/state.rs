@@ -6,16 +6,20 @@
 //! agent restart even when the new agent hands out the same numbers.
 //!
 //! Per session it keeps what the C ABI needs without a round trip: the
-//! active operations with their init arguments, the output of a call whose
-//! caller asked for the length first (the two-call convention), and the
-//! results of a `C_FindObjectsInit`.
+//! active operations with their init arguments (and whether the agent has
+//! been told of the init yet), update input held back until the final call,
+//! the output of a call whose caller asked for the length first (the
+//! two-call convention), and the results of a `C_FindObjectsInit`.
 
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use keyward_protocol::message::OpInit;
-use keyward_protocol::Op;
+use keyward_protocol::{MechParam, Op};
 use pkcs11_sys::{CK_FLAGS, CK_SESSION_HANDLE, CK_SLOT_ID};
+use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 
@@ -40,8 +44,121 @@ pub(crate) struct Operation {
     /// What `C_*Init` was given, to re-initialise the agent when a
     /// single-part call is repeated with other input.
     pub(crate) init: OpInit,
+    /// The agent has not been told of the init yet: the next request of
+    /// this operation carries it (see [`InitCache`]).
+    pub(crate) deferred: bool,
+    /// Update input of a digest, sign or verify held back until the final
+    /// call (or until it grows past [`HOLD_LIMIT`]).
+    pub(crate) held: Vec<u8>,
     /// The output the caller has not collected yet.
     pub(crate) pending: Option<Pending>,
+}
+
+impl Operation {
+    /// The init to send with the next request, once: `Some` while deferred.
+    pub(crate) fn take_init(&mut self) -> Option<OpInit> {
+        std::mem::take(&mut self.deferred).then(|| self.init.clone())
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        // Held input and kept output may be plaintext.
+        self.held.zeroize();
+        if let Some(p) = self.pending.as_mut() {
+            p.output.zeroize();
+            if let Some(i) = p.input.as_mut() {
+                i.zeroize();
+            }
+        }
+    }
+}
+
+/// How much update input of one digest, sign or verify the module holds
+/// back before it sends it on.
+pub(crate) const HOLD_LIMIT: usize = 256 << 10;
+
+/// The `C_*Init` shapes the agent accepted during this module's life: key,
+/// mechanism type and the parameter's shape (its numbers and the lengths of
+/// its byte strings, not their contents, so that a fresh GCM IV still
+/// matches). A `C_*Init` of a known shape is deferred to the operation's
+/// first request, saving a round trip; any other is sent at once so its
+/// errors stay its own. The agent still checks every deferred init, and
+/// every use of the key, when the operation runs: nothing about
+/// authorisation is decided here.
+#[derive(Debug, Default)]
+pub(crate) struct InitCache {
+    known: Mutex<HashSet<u64>>,
+}
+
+/// Forgetting everything past this many shapes bounds the cache.
+const INIT_CACHE_LIMIT: usize = 4096;
+
+impl InitCache {
+    fn key(instance: u64, op: Op, init: &OpInit) -> u64 {
+        let mut h = DefaultHasher::new();
+        (instance, op, init.key, init.mechanism.mechanism).hash(&mut h);
+        param_shape(&init.mechanism.param, &mut h);
+        h.finish()
+    }
+
+    /// Whether this init was accepted before.
+    pub(crate) fn knows(&self, instance: u64, op: Op, init: &OpInit) -> bool {
+        lock(&self.known).contains(&Self::key(instance, op, init))
+    }
+
+    /// Records an init the agent accepted.
+    pub(crate) fn learn(&self, instance: u64, op: Op, init: &OpInit) {
+        let mut known = lock(&self.known);
+        if known.len() >= INIT_CACHE_LIMIT {
+            known.clear();
+        }
+        known.insert(Self::key(instance, op, init));
+    }
+
+    /// Forgets one shape (a deferred init the agent refused).
+    pub(crate) fn forget(&self, instance: u64, op: Op, init: &OpInit) {
+        lock(&self.known).remove(&Self::key(instance, op, init));
+    }
+
+    /// Forgets everything: login state or objects changed.
+    pub(crate) fn clear(&self) {
+        lock(&self.known).clear();
+    }
+}
+
+fn param_shape(p: &MechParam, h: &mut DefaultHasher) {
+    std::mem::discriminant(p).hash(h);
+    match p {
+        MechParam::None => {}
+        MechParam::Bytes(b) | MechParam::DerivationString(b) => b.len().hash(h),
+        MechParam::Ulong(v) => v.hash(h),
+        MechParam::RsaPss {
+            hash_alg,
+            mgf,
+            salt_len,
+        } => (hash_alg, mgf, salt_len).hash(h),
+        MechParam::RsaOaep {
+            hash_alg,
+            mgf,
+            source,
+            source_data,
+        } => (hash_alg, mgf, source, source_data.len()).hash(h),
+        MechParam::Gcm {
+            iv,
+            iv_bits,
+            aad,
+            tag_bits,
+        } => (iv.len(), iv_bits, aad.len(), tag_bits).hash(h),
+        MechParam::Ctr { counter_bits, .. } => counter_bits.hash(h),
+        MechParam::Ecdh1Derive {
+            kdf,
+            shared_data,
+            public_data,
+        } => (kdf, shared_data.len(), public_data.len()).hash(h),
+        MechParam::Eddsa { ph_flag, context } => (ph_flag, context.len()).hash(h),
+        MechParam::CbcEncryptData { iv, data } => (iv.len(), data.len()).hash(h),
+    }
 }
 
 /// A search started by `C_FindObjectsInit`.
@@ -54,6 +171,15 @@ pub(crate) struct Search {
 }
 
 const OPS: usize = 7;
+const ALL_OPS: [Op; OPS] = [
+    Op::Encrypt,
+    Op::Decrypt,
+    Op::Digest,
+    Op::Sign,
+    Op::Verify,
+    Op::SignRecover,
+    Op::VerifyRecover,
+];
 
 fn op_index(op: Op) -> usize {
     match op {
@@ -111,10 +237,13 @@ impl Session {
         }
     }
 
-    /// Records a successful `C_*Init`.
-    pub(crate) fn start(&mut self, op: Op, init: OpInit) {
+    /// Records a `C_*Init` the agent accepted (`deferred`: or will be told
+    /// of with the operation's first request).
+    pub(crate) fn start(&mut self, op: Op, init: OpInit, deferred: bool) {
         self.ops[op_index(op)] = Some(Operation {
             init,
+            deferred,
+            held: Vec::new(),
             pending: None,
         });
     }
@@ -122,6 +251,14 @@ impl Session {
     /// Ends the operation of this kind.
     pub(crate) fn end(&mut self, op: Op) {
         self.ops[op_index(op)] = None;
+    }
+
+    /// The active operations whose init the agent has not been told of.
+    pub(crate) fn deferred_ops(&self) -> Vec<Op> {
+        ALL_OPS
+            .into_iter()
+            .filter(|&op| self.ops[op_index(op)].as_ref().is_some_and(|o| o.deferred))
+            .collect()
     }
 }
 
@@ -213,6 +350,7 @@ mod tests {
                 mechanism: Mechanism::plain(1),
                 key: Some(2),
             },
+            false,
         );
         assert_eq!(s.check_idle(Op::Sign), Err(Error::OperationActive));
         assert_eq!(s.check_idle(Op::Digest), Ok(()));

@@ -785,3 +785,76 @@ fn fork_child_must_initialize_and_parent_keeps_working() {
     teardown();
     agent.kill();
 }
+
+#[test]
+fn repeated_operations_cost_one_round_trip() {
+    let (_g, path) = setup("deferral");
+    // Key 7 signs; key 8 is refused at init, as a key the backend lost is.
+    let agent = FakeAgent::start(
+        &path,
+        4,
+        answer(|req| match req {
+            Request::OperationInit { init, .. } if init.key == Some(8) => {
+                Some(Response::Err(CKR_KEY_HANDLE_INVALID))
+            }
+            Request::Single {
+                init: Some(init), ..
+            }
+            | Request::Final {
+                init: Some(init), ..
+            } if init.key == Some(8) => Some(Response::Err(CKR_KEY_HANDLE_INVALID)),
+            Request::Final { data, .. } => Some(Response::Data(vec![data.len() as u8; 4])),
+            other => basic(other),
+        }),
+    );
+    let h = open_session();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256_HMAC,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut data = *b"message";
+    let mut out = [0u8; 32];
+    let mut sign = |key: CK_OBJECT_HANDLE| -> CK_RV {
+        let rv = p11!(C_SignInit(h, &mut mech, key));
+        if rv != CKR_OK {
+            return rv;
+        }
+        let mut len = out.len() as CK_ULONG;
+        p11!(C_Sign(h, data.as_mut_ptr(), 7, out.as_mut_ptr(), &mut len))
+    };
+    // The first init of a shape is its own round trip, so its errors are
+    // its own; later inits of the same shape travel with the operation.
+    assert_eq!(sign(7), CKR_OK);
+    assert_eq!(sign(7), CKR_OK);
+    assert_eq!(sign(7), CKR_OK);
+    let reqs = agent.requests();
+    let inits = reqs
+        .iter()
+        .filter(|r| matches!(r, Request::OperationInit { .. }))
+        .count();
+    let carried = reqs
+        .iter()
+        .filter(|r| matches!(r, Request::Single { init: Some(_), .. }))
+        .count();
+    assert_eq!((inits, carried), (1, 2), "{reqs:?}");
+    assert_eq!(sign(8), CKR_KEY_HANDLE_INVALID, "refused at C_SignInit");
+
+    // Sixteen updates and a final with a length query: one round trip.
+    let before = agent.requests().len();
+    assert_eq!(p11!(C_SignInit(h, &mut mech, 7)), CKR_OK);
+    let mut chunk = [0x5au8; 4];
+    for _ in 0..16 {
+        assert_eq!(p11!(C_SignUpdate(h, chunk.as_mut_ptr(), 4)), CKR_OK);
+    }
+    let mut len: CK_ULONG = 0;
+    assert_eq!(p11!(C_SignFinal(h, ptr::null_mut(), &mut len)), CKR_OK);
+    assert_eq!(len, 4);
+    assert_eq!(p11!(C_SignFinal(h, out.as_mut_ptr(), &mut len)), CKR_OK);
+    assert_eq!(out[..4], [64u8; 4], "the agent saw all 64 held-back bytes");
+    let sent = agent.requests().split_off(before);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(matches!(&sent[0], Request::Final { init: Some(_), data, .. } if data.len() == 64));
+    teardown();
+    agent.kill();
+}

@@ -19,7 +19,7 @@ pub enum Value {
     /// `CK_ULONG` and its aliases (class, key type, sizes, mechanism).
     Ulong(u64),
     /// Byte strings, big integers, dates, and any value of another shape.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// `CK_MECHANISM_TYPE_PTR` arrays (`CKA_ALLOWED_MECHANISMS`).
     Mechanisms(Vec<u64>),
 }

@@ -184,7 +184,7 @@ mod tests {
             Err(FrameError::Version(9))
         ));
         assert!(matches!(
-            parse_header(b"KW\x01\x00\xff\xff\xff\xff"),
+            parse_header(b"KW\x02\x00\xff\xff\xff\xff"),
             Err(FrameError::TooLarge(_))
         ));
     }

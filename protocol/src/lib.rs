@@ -30,7 +30,7 @@ pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, Toke
 
 /// The version of the message set. Bumped on any change to [`Request`],
 /// [`Response`] or the admin messages; both sides refuse other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Where the module looks for the agent when `KEYWARD_SOCKET` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/keyward/keyward.sock";

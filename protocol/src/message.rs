@@ -38,7 +38,9 @@ pub enum Op {
 }
 
 /// The arguments of a `C_*Init`, carried with the first call of the
-/// operation when the module defers the init.
+/// operation when the module defers the init (it does so only for a key and
+/// mechanism shape whose init the agent already accepted in this module's
+/// life, so that `C_*Init` still returns its own errors).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct OpInit {
     /// The mechanism.
@@ -75,6 +77,7 @@ pub enum Request {
     InitToken {
         slot: SlotId,
         so_pin: Secret,
+        #[serde(with = "serde_bytes")]
         label: Vec<u8>,
     },
     InitPin {
@@ -153,13 +156,16 @@ pub enum Request {
         session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `C_Verify`.
     Verify {
         session: SessionHandle,
         init: Option<OpInit>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     /// `C_*Update`: answered with the output (empty for sign, verify, digest).
@@ -167,6 +173,7 @@ pub enum Request {
         session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `C_DigestKey`.
@@ -175,13 +182,22 @@ pub enum Request {
         key: ObjectHandle,
     },
     /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
+    /// `data` is update input the module held back (digest, sign): the
+    /// agent feeds it to one `C_*Update` before the final call.
     Final {
         session: SessionHandle,
         op: Op,
+        init: Option<OpInit>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
-    /// `C_VerifyFinal`.
+    /// `C_VerifyFinal`, with held-back update input as in `Final`.
     VerifyFinal {
         session: SessionHandle,
+        init: Option<OpInit>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     GenerateKey {
@@ -205,6 +221,7 @@ pub enum Request {
         session: SessionHandle,
         mechanism: Mechanism,
         unwrapping_key: ObjectHandle,
+        #[serde(with = "serde_bytes")]
         wrapped_key: Vec<u8>,
         template: Vec<Attribute>,
     },
@@ -216,6 +233,7 @@ pub enum Request {
     },
     SeedRandom {
         session: SessionHandle,
+        #[serde(with = "serde_bytes")]
         seed: Vec<u8>,
     },
     GenerateRandom {
@@ -257,7 +275,7 @@ pub enum Response {
     /// A `CK_ULONG` (object size).
     Ulong(u64),
     /// Output bytes (ciphertext, signature, digest, random, wrapped key).
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Object handles found, or slot ids, or mechanism types.
     List(Vec<u64>),
     /// `C_GetSlotInfo`.

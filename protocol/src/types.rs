@@ -103,7 +103,7 @@ pub enum MechParam {
     /// `pParameter` is NULL.
     None,
     /// A flat byte string: an IV, an AES key-wrap IV, raw data.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A single `CK_ULONG` (`CK_MAC_GENERAL_PARAMS`, `CK_RC2_PARAMS`, ...).
     Ulong(u64),
     /// `CK_RSA_PKCS_PSS_PARAMS`.
@@ -124,16 +124,19 @@ pub enum MechParam {
         /// `source`.
         source: u64,
         /// `pSourceData` (empty when NULL).
+        #[serde(with = "serde_bytes")]
         source_data: Vec<u8>,
     },
     /// `CK_GCM_PARAMS` (either the 3.0 layout or the older one without
     /// `ulIvBits`; the agent always passes the 3.0 layout on).
     Gcm {
         /// `pIv`.
+        #[serde(with = "serde_bytes")]
         iv: Vec<u8>,
         /// `ulIvBits`.
         iv_bits: u64,
         /// `pAAD`.
+        #[serde(with = "serde_bytes")]
         aad: Vec<u8>,
         /// `ulTagBits`.
         tag_bits: u64,
@@ -150,8 +153,10 @@ pub enum MechParam {
         /// `kdf`.
         kdf: u64,
         /// `pSharedData` (empty when NULL).
+        #[serde(with = "serde_bytes")]
         shared_data: Vec<u8>,
         /// `pPublicData`.
+        #[serde(with = "serde_bytes")]
         public_data: Vec<u8>,
     },
     /// `CK_EDDSA_PARAMS`.
@@ -159,16 +164,19 @@ pub enum MechParam {
         /// `phFlag`.
         ph_flag: bool,
         /// `pContextData` (empty when NULL).
+        #[serde(with = "serde_bytes")]
         context: Vec<u8>,
     },
     /// `CK_KEY_DERIVATION_STRING_DATA`.
-    DerivationString(Vec<u8>),
+    DerivationString(#[serde(with = "serde_bytes")] Vec<u8>),
     /// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` / `CK_DES_CBC_ENCRYPT_DATA_PARAMS`
     /// (the IV length tells which).
     CbcEncryptData {
         /// `iv` (8 or 16 bytes).
+        #[serde(with = "serde_bytes")]
         iv: Vec<u8>,
         /// `pData`.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
 }

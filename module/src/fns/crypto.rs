@@ -1,12 +1,19 @@
 //! Encryption, decryption, digests, signatures (PKCS#11 5.8 - 5.13).
 //!
-//! Each `C_*Init` is its own `OperationInit` round trip, so its errors are
-//! its own. The module tracks which operations are active and keeps the
-//! output of a call whose caller asked for the length first: the agent
-//! always computes the whole output, the module answers the length, and the
-//! follow-up call with the same input gets the kept output without a round
-//! trip. A single-part call repeated with other input re-initialises the
-//! agent's operation (`init: Some(..)`), which the first call had ended.
+//! Round trips: a `C_*Init` whose key and mechanism shape the agent already
+//! accepted is deferred and carried by the operation's first request
+//! ([`crate::state::InitCache`]); any other `C_*Init` is its own round trip,
+//! so its errors are its own. Update input of digests, signatures and
+//! verifications (which produce no output) is held back and sent with the
+//! final call, up to [`HOLD_LIMIT`] bytes. A single-part call costs one
+//! round trip, and so does a whole init / update... / final sequence.
+//!
+//! The module keeps the output of a call whose caller asked for the length
+//! first: the agent always computes the whole output, the module answers
+//! the length, and the follow-up call with the same input gets the kept
+//! output without a round trip. A single-part call repeated with other input
+//! re-initialises the agent's operation (`init: Some(..)`), which the first
+//! call had ended.
 //!
 //! As the specification says, a single-part call or a `C_*Final` ends the
 //! operation unless it answers `CKR_BUFFER_TOO_SMALL` (or only a length);
@@ -21,7 +28,7 @@ use crate::client::{expect_answer, Module};
 use crate::error::{Error, Result};
 use crate::ffi::{Delivery, InBytes, InMechanism, OutBuf};
 use crate::fns::session_call;
-use crate::state::{lock, Pending, Session};
+use crate::state::{lock, Pending, Session, HOLD_LIMIT};
 
 /// `C_EncryptInit`, `C_DecryptInit`, `C_DigestInit`, `C_SignInit`,
 /// `C_VerifyInit`, `C_SignRecoverInit`, `C_VerifyRecoverInit`.
@@ -37,13 +44,18 @@ pub(crate) fn init(
     let mechanism = mechanism.read()?;
     s.check_idle(op)?;
     let init = OpInit { mechanism, key };
+    if m.inits.knows(s.instance, op, &init) {
+        s.start(op, init, true);
+        return Ok(());
+    }
     let req = Request::OperationInit {
         session: s.agent_handle,
         op,
         init: init.clone(),
     };
     expect_answer!(session_call(m, &s, &req)?, Response::Unit => ())?;
-    s.start(op, init);
+    m.inits.learn(s.instance, op, &init);
+    s.start(op, init, false);
     Ok(())
 }
 
@@ -77,14 +89,70 @@ fn deliver_and_keep(
     delivered.map(|_| ())
 }
 
-/// Sends `req`; on any failure ends the operation (`ends_on_error`).
-fn send_data(m: &Module, s: &mut Session, op: Op, req: &Request) -> Result<Vec<u8>> {
+/// Sends a request of the active operation `op`. On failure the operation
+/// ends, and if the request carried a deferred init (`carried`) its shape
+/// is forgotten, so that the next `C_*Init` of it asks the agent at once.
+fn send(m: &Module, s: &mut Session, op: Op, carried: bool, req: &Request) -> Result<Response> {
+    let result = session_call(m, s, req);
+    if result.is_err() {
+        let instance = s.instance;
+        if carried {
+            if let Ok(o) = s.op(op) {
+                m.inits.forget(instance, op, &o.init);
+            }
+        }
+        s.end(op);
+    }
+    result
+}
+
+/// [`send`] for requests answered with output bytes.
+fn send_data(m: &Module, s: &mut Session, op: Op, carried: bool, req: &Request) -> Result<Vec<u8>> {
     let result =
-        session_call(m, s, req).and_then(|resp| expect_answer!(resp, Response::Data(d) => d));
+        send(m, s, op, carried, req).and_then(|resp| expect_answer!(resp, Response::Data(d) => d));
     if result.is_err() {
         s.end(op);
     }
     result
+}
+
+/// [`send`] for requests answered with nothing (an empty `Data` counts).
+fn send_unit(m: &Module, s: &mut Session, op: Op, carried: bool, req: &Request) -> Result<()> {
+    let result = send(m, s, op, carried, req).and_then(|resp| match resp {
+        Response::Unit => Ok(()),
+        Response::Data(d) if d.is_empty() => Ok(()),
+        _ => expect_answer!(resp, Response::Unit => ()),
+    });
+    if result.is_err() {
+        s.end(op);
+    }
+    result
+}
+
+/// Brings the agent up to date with `op`: sends held-back update input
+/// (with the deferred init), or the deferred init alone. Needed before a
+/// request that cannot carry them (`C_DigestKey`, a context-specific login,
+/// a single-part call after updates).
+pub(crate) fn flush(m: &Module, s: &mut Session, op: Op) -> Result<()> {
+    let operation = s.op(op)?;
+    let held = std::mem::take(&mut operation.held);
+    let init = operation.take_init();
+    let carried = init.is_some();
+    let req = match (held.is_empty(), init) {
+        (true, None) => return Ok(()),
+        (true, Some(init)) => Request::OperationInit {
+            session: s.agent_handle,
+            op,
+            init,
+        },
+        (false, init) => Request::Update {
+            session: s.agent_handle,
+            op,
+            init,
+            data: held,
+        },
+    };
+    send_unit(m, s, op, carried, &req)
 }
 
 /// The kept output for this input, if the caller is collecting it.
@@ -112,17 +180,24 @@ pub(crate) fn single(
     if let Some(output) = pending_for(&mut s, op, Some(data))? {
         return deliver_and_keep(&mut s, op, &out, Some(data), output, true);
     }
+    if !s.op(op)?.held.is_empty() {
+        flush(m, &mut s, op)?;
+    }
     // Kept output for other input: the agent already finished this
     // operation, so it must start it again.
     let operation = s.op(op)?;
-    let init = operation.pending.take().map(|_| operation.init.clone());
+    let init = match operation.pending.take() {
+        Some(_) => Some(operation.init.clone()),
+        None => operation.take_init(),
+    };
+    let carried = init.is_some();
     let req = Request::Single {
         session: s.agent_handle,
         op,
         init,
         data: data.to_vec(),
     };
-    let output = send_data(m, &mut s, op, &req)?;
+    let output = send_data(m, &mut s, op, carried, &req)?;
     deliver_and_keep(&mut s, op, &out, Some(data), output, true)
 }
 
@@ -141,42 +216,36 @@ pub(crate) fn update_with_output(
     if let Some(output) = pending_for(&mut s, op, Some(data))? {
         return deliver_and_keep(&mut s, op, &out, Some(data), output, false);
     }
-    if s.op(op)?.pending.is_some() {
+    let operation = s.op(op)?;
+    if operation.pending.is_some() {
         // The agent consumed a part whose output the caller has not taken;
         // another part now would lose it.
         return Err(Error::ArgumentsBad);
     }
+    let init = operation.take_init();
+    let carried = init.is_some();
     let req = Request::Update {
         session: s.agent_handle,
         op,
-        init: None,
+        init,
         data: data.to_vec(),
     };
-    let output = send_data(m, &mut s, op, &req)?;
+    let output = send_data(m, &mut s, op, carried, &req)?;
     deliver_and_keep(&mut s, op, &out, Some(data), output, false)
 }
 
-/// `C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`.
+/// `C_DigestUpdate`, `C_SignUpdate`, `C_VerifyUpdate`: the input is held
+/// back for the final call; past [`HOLD_LIMIT`] it is sent on.
 pub(crate) fn update(m: &Module, h: CK_SESSION_HANDLE, op: Op, input: InBytes) -> Result<()> {
     let data = input.as_slice()?;
     let s = m.sessions.get(h)?;
     let mut s = lock(&s);
-    s.op(op)?;
-    let req = Request::Update {
-        session: s.agent_handle,
-        op,
-        init: None,
-        data: data.to_vec(),
-    };
-    let result = session_call(m, &s, &req).and_then(|resp| match resp {
-        Response::Unit => Ok(()),
-        Response::Data(d) if d.is_empty() => Ok(()),
-        _ => expect_answer!(resp, Response::Unit => ()),
-    });
-    if result.is_err() {
-        s.end(op);
+    let operation = s.op(op)?;
+    operation.held.extend_from_slice(data);
+    if operation.held.len() >= HOLD_LIMIT {
+        flush(m, &mut s, op)?;
     }
-    result
+    Ok(())
 }
 
 /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
@@ -192,24 +261,22 @@ pub(crate) fn final_with_output(
     if let Some(output) = pending_for(&mut s, op, None)? {
         return deliver_and_keep(&mut s, op, &out, None, output, true);
     }
-    if s.op(op)?.pending.is_some() {
+    let session = s.agent_handle;
+    let operation = s.op(op)?;
+    if operation.pending.is_some() {
         // An update's output is still waiting to be collected.
         return Err(Error::ArgumentsBad);
     }
+    let init = operation.take_init();
+    let carried = init.is_some();
     let req = Request::Final {
-        session: s.agent_handle,
+        session,
         op,
+        init,
+        data: std::mem::take(&mut operation.held),
     };
-    let output = send_data(m, &mut s, op, &req)?;
+    let output = send_data(m, &mut s, op, carried, &req)?;
     deliver_and_keep(&mut s, op, &out, None, output, true)
-}
-
-/// Sends a request that answers `Unit` and always ends the operation.
-fn send_and_end(m: &Module, s: &mut Session, op: Op, req: &Request) -> Result<()> {
-    let result =
-        session_call(m, s, req).and_then(|resp| expect_answer!(resp, Response::Unit => ()));
-    s.end(op);
-    result
 }
 
 /// `C_Verify`: `CKR_SIGNATURE_INVALID` and friends come from the agent.
@@ -223,14 +290,20 @@ pub(crate) fn verify(
     let signature = signature.to_vec()?;
     let s = m.sessions.get(h)?;
     let mut s = lock(&s);
-    s.op(Op::Verify)?;
+    if !s.op(Op::Verify)?.held.is_empty() {
+        flush(m, &mut s, Op::Verify)?;
+    }
+    let init = s.op(Op::Verify)?.take_init();
+    let carried = init.is_some();
     let req = Request::Verify {
         session: s.agent_handle,
-        init: None,
+        init,
         data,
         signature,
     };
-    send_and_end(m, &mut s, Op::Verify, &req)
+    let result = send_unit(m, &mut s, Op::Verify, carried, &req);
+    s.end(Op::Verify);
+    result
 }
 
 /// `C_VerifyFinal`.
@@ -238,27 +311,30 @@ pub(crate) fn verify_final(m: &Module, h: CK_SESSION_HANDLE, signature: InBytes)
     let signature = signature.to_vec()?;
     let s = m.sessions.get(h)?;
     let mut s = lock(&s);
-    s.op(Op::Verify)?;
+    let session = s.agent_handle;
+    let operation = s.op(Op::Verify)?;
+    let init = operation.take_init();
+    let carried = init.is_some();
     let req = Request::VerifyFinal {
-        session: s.agent_handle,
+        session,
+        init,
+        data: std::mem::take(&mut operation.held),
         signature,
     };
-    send_and_end(m, &mut s, Op::Verify, &req)
+    let result = send_unit(m, &mut s, Op::Verify, carried, &req);
+    s.end(Op::Verify);
+    result
 }
 
-/// `C_DigestKey`: a failure ends the digest.
+/// `C_DigestKey`: held input and a deferred init go first; a failure ends
+/// the digest.
 pub(crate) fn digest_key(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
     let s = m.sessions.get(h)?;
     let mut s = lock(&s);
-    s.op(Op::Digest)?;
+    flush(m, &mut s, Op::Digest)?;
     let req = Request::DigestKey {
         session: s.agent_handle,
         key,
     };
-    let result =
-        session_call(m, &s, &req).and_then(|resp| expect_answer!(resp, Response::Unit => ()));
-    if result.is_err() {
-        s.end(Op::Digest);
-    }
-    result
+    send_unit(m, &mut s, Op::Digest, false, &req)
 }

@@ -47,6 +47,7 @@ pub(crate) fn destroy_object(
     h: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
 ) -> Result<()> {
+    m.inits.clear();
     let resp = stateless_call(m, h, |session| Request::DestroyObject { session, object })?;
     expect_answer!(resp, Response::Unit => ())
 }
@@ -88,6 +89,7 @@ pub(crate) fn set_attribute_value(
     template: InTemplate,
 ) -> Result<()> {
     let template = template.read()?;
+    m.inits.clear();
     let resp = stateless_call(m, h, |session| Request::SetAttributeValue {
         session,
         object,

@@ -6,8 +6,8 @@ use pkcs11_sys::*;
 use crate::client::{expect_answer, Module};
 use crate::error::{Error, Result};
 use crate::ffi::{InBytes, Out};
-use crate::fns::{agent_session, session_call, stateless_call};
-use crate::state::Session;
+use crate::fns::{agent_session, crypto, session_call, stateless_call};
+use crate::state::{lock, Session};
 
 /// `C_OpenSession`. Notification callbacks are accepted and never called.
 pub(crate) fn open_session(
@@ -45,6 +45,7 @@ pub(crate) fn close_session(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
 
 /// `C_CloseAllSessions`.
 pub(crate) fn close_all_sessions(m: &Module, slot: CK_SLOT_ID) -> Result<()> {
+    m.inits.clear();
     m.sessions.remove_slot(slot);
     let req = Request::CloseAllSessions { slot };
     let (resp, _) = m.call(None, &req).map_err(Error::in_slot_call)?;
@@ -76,6 +77,17 @@ pub(crate) fn login(
     pin: InBytes,
 ) -> Result<()> {
     let pin = pin.optional_secret()?;
+    if user_type == CKU_CONTEXT_SPECIFIC {
+        // The backend authenticates the operation just initialised: it must
+        // have seen that init.
+        let s = m.sessions.get(h)?;
+        let mut s = lock(&s);
+        for op in s.deferred_ops() {
+            crypto::flush(m, &mut s, op)?;
+        }
+    } else {
+        m.inits.clear();
+    }
     let resp = stateless_call(m, h, |session| Request::Login {
         session,
         user_type,
@@ -86,6 +98,7 @@ pub(crate) fn login(
 
 /// `C_Logout`.
 pub(crate) fn logout(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
+    m.inits.clear();
     let resp = stateless_call(m, h, |session| Request::Logout { session })?;
     expect_answer!(resp, Response::Unit => ())
 }

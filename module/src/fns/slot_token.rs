@@ -163,6 +163,7 @@ pub(crate) fn get_mechanism_info(
 pub(crate) fn init_token(m: &Module, slot: CK_SLOT_ID, pin: InBytes, label: InBytes) -> Result<()> {
     let label = label.to_vec()?;
     let so_pin = pin.secret()?;
+    m.inits.clear();
     let req = Request::InitToken {
         slot,
         so_pin,
