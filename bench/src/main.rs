@@ -107,12 +107,19 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     let floor = socket_floor_us(if args.quick { 2_000 } else { 50_000 });
+    let n = if args.quick { 20 } else { 400 };
+    let floor_60us = socket_floor_with_work_us(n * 10, Duration::from_micros(60));
+    let floor_1ms = socket_floor_with_work_us(n, Duration::from_millis(1));
     println!(
-        "machine: {} cores; unix-socket 64-byte round trip p50 {floor:.1} µs",
+        "machine: {} cores; unix-socket 64-byte round trip p50 {floor:.1} µs \
+         ({floor_60us:.1} µs when the peer works 60 µs first, {floor_1ms:.1} µs when it works 1 ms)",
         cores()
     );
     let mut json_out = Vec::new();
-    json_out.push(serde_json::json!({"kind": "floor", "unix_rtt_p50_us": floor}));
+    json_out.push(serde_json::json!({
+        "kind": "floor", "unix_rtt_p50_us": floor,
+        "unix_rtt_after_60us_work_p50_us": floor_60us, "unix_rtt_after_1ms_work_p50_us": floor_1ms,
+    }));
 
     let rounds = if args.quick { 1 } else { args.rounds.max(1) };
     let thread_counts = if args.threads > 1 {
@@ -290,10 +297,23 @@ fn median(samples: &[Sample]) -> Option<Sample> {
 
 /// p50 of a 64-byte ping-pong over a Unix socket pair between two threads.
 fn socket_floor_us(iterations: usize) -> f64 {
+    socket_floor_with_work_us(iterations, Duration::ZERO)
+}
+
+/// The same ping-pong where the echoing side first works (spins) for
+/// `work` before it answers, as the agent does while the HSM signs; the
+/// result is the round trip's cost beyond `work`. A caller that sleeps
+/// longer waits longer to be woken: on a virtual machine this grows with
+/// `work`, and it is part of the floor for slow operations.
+fn socket_floor_with_work_us(iterations: usize, work: Duration) -> f64 {
     let (mut a, mut b) = UnixStream::pair().expect("socketpair");
     let echo = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         while b.read_exact(&mut buf).is_ok() {
+            let t0 = Instant::now();
+            while t0.elapsed() < work {
+                std::hint::spin_loop();
+            }
             if b.write_all(&buf).is_err() {
                 break;
             }
@@ -310,7 +330,7 @@ fn socket_floor_us(iterations: usize) -> f64 {
     drop(a);
     let _ = echo.join();
     lat.sort_unstable();
-    lat[lat.len() / 2] as f64 / 1000.0
+    lat[lat.len() / 2] as f64 / 1000.0 - work.as_secs_f64() * 1e6
 }
 
 fn cores() -> usize {

@@ -63,14 +63,16 @@ impl Operation {
 
 impl Drop for Operation {
     fn drop(&mut self) {
-        // Held input and kept output may be plaintext.
+        // Held-back input may be plaintext.
         self.held.zeroize();
-        if let Some(p) = self.pending.as_mut() {
-            p.output.zeroize();
-            if let Some(i) = p.input.as_mut() {
-                i.zeroize();
-            }
-        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Kept output may be plaintext (a decryption, an unwrapped secret).
+        self.output.zeroize();
+        self.input.zeroize();
     }
 }
 

@@ -23,6 +23,7 @@
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{Op, Request, Response};
 use pkcs11_sys::*;
+use zeroize::Zeroize;
 
 use crate::client::{expect_answer, Module};
 use crate::error::{Error, Result};
@@ -66,26 +67,24 @@ fn deliver_and_keep(
     op: Op,
     out: &OutBuf,
     input: Option<&[u8]>,
-    output: Vec<u8>,
+    mut output: Vec<u8>,
     ends: bool,
 ) -> Result<()> {
     let delivered = out.deliver(&output);
     match delivered {
-        Ok(Delivery::Written) => {
-            if ends {
-                s.end(op);
-            } else {
-                s.op(op)?.pending = None;
-            }
-        }
         Ok(Delivery::LengthOnly) | Err(Error::BufferTooSmall) => {
             s.op(op)?.pending = Some(Pending {
                 input: input.map(<[u8]>::to_vec),
                 output,
             });
+            return delivered.map(|_| ());
         }
+        Ok(Delivery::Written) if ends => s.end(op),
+        Ok(Delivery::Written) => s.op(op)?.pending = None,
         Err(_) => {}
     }
+    // The caller has its copy (or none is due): ours may be plaintext.
+    output.zeroize();
     delivered.map(|_| ())
 }
 
