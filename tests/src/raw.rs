@@ -298,6 +298,9 @@ pub enum Param {
     /// A well-formed `CK_GCM_PARAMS` (IV, no AAD, 128-bit tag) whose
     /// `ulParameterLen` is this value instead of `sizeof(CK_GCM_PARAMS)`.
     GcmWithLen { iv: Vec<u8>, len: CK_ULONG },
+    /// A `CK_ECDH1_DERIVE_PARAMS` with `CKD_NULL`, no shared data and this
+    /// public value.
+    Ecdh1 { public: Vec<u8> },
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +324,8 @@ fn with_mech<R>(m: &Mech, f: impl FnOnce(*mut CK_MECHANISM) -> R) -> R {
     let mut bytes;
     let mut iv;
     let mut gcm;
+    let mut public;
+    let mut ecdh;
     let (p, len): (*mut c_void, CK_ULONG) = match &m.param {
         Param::None => (ptr::null_mut(), 0),
         Param::NullWithLen(len) => (ptr::null_mut(), *len),
@@ -339,6 +344,20 @@ fn with_mech<R>(m: &Mech, f: impl FnOnce(*mut CK_MECHANISM) -> R) -> R {
                 ulTagBits: 128,
             };
             (&mut gcm as *mut CK_GCM_PARAMS as *mut c_void, *len)
+        }
+        Param::Ecdh1 { public: p } => {
+            public = p.clone();
+            ecdh = CK_ECDH1_DERIVE_PARAMS {
+                kdf: CKD_NULL,
+                ulSharedDataLen: 0,
+                pSharedData: ptr::null_mut(),
+                ulPublicDataLen: public.len() as CK_ULONG,
+                pPublicData: public.as_mut_ptr(),
+            };
+            (
+                &mut ecdh as *mut CK_ECDH1_DERIVE_PARAMS as *mut c_void,
+                std::mem::size_of::<CK_ECDH1_DERIVE_PARAMS>() as CK_ULONG,
+            )
         }
     };
     let mut mech = CK_MECHANISM {
@@ -1368,5 +1387,335 @@ impl Raw {
                 &mut len
             )
         )
+    }
+}
+
+/// Multi-part output calls, key management with raw arguments, slot events
+/// and the NULL-pointer variants of calls whose NULL cases the tests check.
+impl Raw {
+    pub fn encrypt_update(&self, h: CK_SESSION_HANDLE, part: &[u8], out: Out) -> Output<u8> {
+        self.one_shot(out, part, |i, il, o, ol| {
+            call!(self, C_EncryptUpdate(h, i, il, o, ol))
+        })
+    }
+
+    pub fn encrypt_final(&self, h: CK_SESSION_HANDLE, out: Out) -> Output<u8> {
+        self.one_shot(out, &[], |_, _, o, ol| {
+            call!(self, C_EncryptFinal(h, o, ol))
+        })
+    }
+
+    pub fn decrypt_update(&self, h: CK_SESSION_HANDLE, part: &[u8], out: Out) -> Output<u8> {
+        self.one_shot(out, part, |i, il, o, ol| {
+            call!(self, C_DecryptUpdate(h, i, il, o, ol))
+        })
+    }
+
+    pub fn decrypt_final(&self, h: CK_SESSION_HANDLE, out: Out) -> Output<u8> {
+        self.one_shot(out, &[], |_, _, o, ol| {
+            call!(self, C_DecryptFinal(h, o, ol))
+        })
+    }
+
+    /// `C_Encrypt` with a NULL `pulEncryptedDataLen`.
+    pub fn encrypt_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
+        let mut d = data.to_vec();
+        call!(
+            self,
+            C_Encrypt(
+                h,
+                d.as_mut_ptr(),
+                d.len() as CK_ULONG,
+                ptr::null_mut(),
+                ptr::null_mut()
+            )
+        )
+    }
+
+    /// `C_Decrypt` with a NULL `pulDataLen`.
+    pub fn decrypt_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
+        let mut d = data.to_vec();
+        call!(
+            self,
+            C_Decrypt(
+                h,
+                d.as_mut_ptr(),
+                d.len() as CK_ULONG,
+                ptr::null_mut(),
+                ptr::null_mut()
+            )
+        )
+    }
+
+    /// `C_Digest` with a NULL `pulDigestLen`.
+    pub fn digest_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
+        let mut d = data.to_vec();
+        call!(
+            self,
+            C_Digest(
+                h,
+                d.as_mut_ptr(),
+                d.len() as CK_ULONG,
+                ptr::null_mut(),
+                ptr::null_mut()
+            )
+        )
+    }
+
+    /// `C_Verify` with a NULL signature of a non-zero length.
+    pub fn verify_null_signature(&self, h: CK_SESSION_HANDLE, data: &[u8], len: CK_ULONG) -> CK_RV {
+        let mut d = data.to_vec();
+        call!(
+            self,
+            C_Verify(h, d.as_mut_ptr(), d.len() as CK_ULONG, ptr::null_mut(), len)
+        )
+    }
+
+    pub fn digest_update(&self, h: CK_SESSION_HANDLE, part: &[u8]) -> CK_RV {
+        let mut d = part.to_vec();
+        call!(self, C_DigestUpdate(h, d.as_mut_ptr(), d.len() as CK_ULONG))
+    }
+
+    pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+        call!(self, C_DigestKey(h, key))
+    }
+
+    pub fn digest_final(&self, h: CK_SESSION_HANDLE, out: Out) -> Output<u8> {
+        self.one_shot(out, &[], |_, _, o, ol| call!(self, C_DigestFinal(h, o, ol)))
+    }
+
+    pub fn copy_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        o: CK_OBJECT_HANDLE,
+        template: &[Attr],
+    ) -> (CK_RV, CK_OBJECT_HANDLE) {
+        let mut t = CTemplate::new(template);
+        let mut n: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        let rv = call!(self, C_CopyObject(h, o, t.ptr(), t.len(), &mut n));
+        (rv, n)
+    }
+
+    /// `C_CopyObject` with a NULL `phNewObject`.
+    pub fn copy_object_null(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
+        let mut t = CTemplate::new(&[Attr::Bytes(CKA_LABEL, b"x".to_vec())]);
+        call!(self, C_CopyObject(h, o, t.ptr(), t.len(), ptr::null_mut()))
+    }
+
+    /// `C_SetAttributeValue` with a NULL template and a count of one.
+    pub fn set_attributes_null(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
+        call!(self, C_SetAttributeValue(h, o, ptr::null_mut(), 1))
+    }
+
+    /// `C_FindObjects` with a NULL handle array and a non-zero maximum.
+    pub fn find_objects_null_array(&self, h: CK_SESSION_HANDLE) -> CK_RV {
+        let mut n: CK_ULONG = 0;
+        call!(self, C_FindObjects(h, ptr::null_mut(), 4, &mut n))
+    }
+
+    /// `C_GenerateKey` with a NULL `phKey`.
+    pub fn generate_key_null(&self, h: CK_SESSION_HANDLE, m: &Mech, template: &[Attr]) -> CK_RV {
+        let mut t = CTemplate::new(template);
+        with_mech(m, |mp| {
+            call!(
+                self,
+                C_GenerateKey(h, mp, t.ptr(), t.len(), ptr::null_mut())
+            )
+        })
+    }
+
+    /// `C_GenerateKey` with a NULL mechanism.
+    pub fn generate_key_null_mech(&self, h: CK_SESSION_HANDLE, template: &[Attr]) -> CK_RV {
+        let mut t = CTemplate::new(template);
+        let mut o: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        call!(
+            self,
+            C_GenerateKey(h, ptr::null_mut(), t.ptr(), t.len(), &mut o)
+        )
+    }
+
+    /// `C_GenerateKeyPair` with a NULL `phPrivateKey`.
+    pub fn generate_key_pair_null(
+        &self,
+        h: CK_SESSION_HANDLE,
+        m: &Mech,
+        public: &[Attr],
+        private: &[Attr],
+    ) -> CK_RV {
+        let mut tpub = CTemplate::new(public);
+        let mut tpriv = CTemplate::new(private);
+        let mut o_pub: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        with_mech(m, |mp| {
+            call!(
+                self,
+                C_GenerateKeyPair(
+                    h,
+                    mp,
+                    tpub.ptr(),
+                    tpub.len(),
+                    tpriv.ptr(),
+                    tpriv.len(),
+                    &mut o_pub,
+                    ptr::null_mut()
+                )
+            )
+        })
+    }
+
+    /// `C_WrapKey` with a NULL `pulWrappedKeyLen`.
+    pub fn wrap_key_null_len(
+        &self,
+        h: CK_SESSION_HANDLE,
+        m: &Mech,
+        wrapping: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+    ) -> CK_RV {
+        with_mech(m, |mp| {
+            call!(
+                self,
+                C_WrapKey(h, mp, wrapping, key, ptr::null_mut(), ptr::null_mut())
+            )
+        })
+    }
+
+    pub fn unwrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        m: &Mech,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        template: &[Attr],
+    ) -> (CK_RV, CK_OBJECT_HANDLE) {
+        let mut t = CTemplate::new(template);
+        let mut w = wrapped.to_vec();
+        let mut o: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        let rv = with_mech(m, |mp| {
+            call!(
+                self,
+                C_UnwrapKey(
+                    h,
+                    mp,
+                    unwrapping,
+                    w.as_mut_ptr(),
+                    w.len() as CK_ULONG,
+                    t.ptr(),
+                    t.len(),
+                    &mut o
+                )
+            )
+        });
+        (rv, o)
+    }
+
+    /// `C_UnwrapKey` with a NULL `phKey` (`null_handle`) or a NULL wrapped
+    /// key of a non-zero length.
+    pub fn unwrap_key_null(
+        &self,
+        h: CK_SESSION_HANDLE,
+        m: &Mech,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        template: &[Attr],
+        null_handle: bool,
+    ) -> CK_RV {
+        let mut t = CTemplate::new(template);
+        let mut w = wrapped.to_vec();
+        let mut o: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        let (wp, po) = if null_handle {
+            (w.as_mut_ptr(), ptr::null_mut())
+        } else {
+            (ptr::null_mut(), &mut o as *mut CK_OBJECT_HANDLE)
+        };
+        with_mech(m, |mp| {
+            call!(
+                self,
+                C_UnwrapKey(
+                    h,
+                    mp,
+                    unwrapping,
+                    wp,
+                    w.len() as CK_ULONG,
+                    t.ptr(),
+                    t.len(),
+                    po
+                )
+            )
+        })
+    }
+
+    /// `C_DeriveKey` with a NULL `phKey`.
+    pub fn derive_key_null(
+        &self,
+        h: CK_SESSION_HANDLE,
+        m: &Mech,
+        base: CK_OBJECT_HANDLE,
+        template: &[Attr],
+    ) -> CK_RV {
+        let mut t = CTemplate::new(template);
+        with_mech(m, |mp| {
+            call!(
+                self,
+                C_DeriveKey(h, mp, base, t.ptr(), t.len(), ptr::null_mut())
+            )
+        })
+    }
+
+    /// `C_SeedRandom` with a NULL seed of a non-zero length.
+    pub fn seed_random_null(&self, h: CK_SESSION_HANDLE, len: CK_ULONG) -> CK_RV {
+        call!(self, C_SeedRandom(h, ptr::null_mut(), len))
+    }
+
+    /// `C_InitPIN` with a NULL PIN of a non-zero length.
+    pub fn init_pin_null(&self, h: CK_SESSION_HANDLE, len: CK_ULONG) -> CK_RV {
+        call!(self, C_InitPIN(h, ptr::null_mut(), len))
+    }
+
+    /// `C_SetPIN` with a NULL old PIN of a non-zero length.
+    pub fn set_pin_null_old(&self, h: CK_SESSION_HANDLE, len: CK_ULONG, new: &[u8]) -> CK_RV {
+        let mut new = new.to_vec();
+        call!(
+            self,
+            C_SetPIN(
+                h,
+                ptr::null_mut(),
+                len,
+                new.as_mut_ptr(),
+                new.len() as CK_ULONG
+            )
+        )
+    }
+
+    /// `C_WaitForSlotEvent(flags, &slot, NULL)`: the rv and the slot the
+    /// module wrote.
+    pub fn wait_for_slot_event(&self, flags: CK_FLAGS) -> (CK_RV, CK_SLOT_ID) {
+        let mut slot: CK_SLOT_ID = CK_SLOT_ID::MAX;
+        let rv = call!(self, C_WaitForSlotEvent(flags, &mut slot, ptr::null_mut()));
+        (rv, slot)
+    }
+
+    /// `C_WaitForSlotEvent` with a NULL `pSlot` (`null_slot`) or a non-NULL
+    /// `pReserved`.
+    pub fn wait_for_slot_event_bad(&self, flags: CK_FLAGS, null_slot: bool) -> CK_RV {
+        let mut slot: CK_SLOT_ID = 0;
+        let mut reserved = 0u64;
+        if null_slot {
+            call!(
+                self,
+                C_WaitForSlotEvent(flags, ptr::null_mut(), ptr::null_mut())
+            )
+        } else {
+            call!(
+                self,
+                C_WaitForSlotEvent(flags, &mut slot, &mut reserved as *mut u64 as *mut c_void)
+            )
+        }
+    }
+
+    pub fn encrypt_init_null(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+        call!(self, C_EncryptInit(h, ptr::null_mut(), key))
+    }
+
+    pub fn digest_init_null(&self, h: CK_SESSION_HANDLE) -> CK_RV {
+        call!(self, C_DigestInit(h, ptr::null_mut()))
     }
 }

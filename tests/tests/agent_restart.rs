@@ -170,3 +170,86 @@ keyward_test!(fn no_agent_at_all(tb) {
     }
     p11.finalize().expect("C_Finalize");
 });
+
+/// Polls `C_WaitForSlotEvent(CKF_DONT_BLOCK)` until it reports an event or
+/// `bound` passes; returns the slot. Every answer in between must be
+/// `CKR_NO_EVENT`.
+fn poll_slot_event(ctx: &Ctx, bound: Duration, what: &str) -> CK_SLOT_ID {
+    let deadline = Instant::now() + bound;
+    loop {
+        let (rv, slot) = ctx.raw.wait_for_slot_event(CKF_DONT_BLOCK);
+        match rv {
+            CKR_OK => return slot,
+            CKR_NO_EVENT => {}
+            other => panic!(
+                "{what}: C_WaitForSlotEvent(CKF_DONT_BLOCK) answered {}",
+                rv_name(other)
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no slot event within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+keyward_test!(fn slot_events_when_the_agent_goes_and_comes_back(tb) {
+    tb.require_agent("slot events from the agent going away");
+    let ctx = Ctx::new(&tb);
+    // Argument checks.
+    assert_rv!(ctx.raw.wait_for_slot_event_bad(CKF_DONT_BLOCK, true), CKR_ARGUMENTS_BAD, "NULL pSlot");
+    assert_rv!(ctx.raw.wait_for_slot_event_bad(CKF_DONT_BLOCK, false), CKR_ARGUMENTS_BAD, "non-NULL pReserved");
+    // Nothing happened yet: no event, several times.
+    for _ in 0..3 {
+        let (rv, _) = ctx.raw.wait_for_slot_event(CKF_DONT_BLOCK);
+        assert_rv!(rv, CKR_NO_EVENT, "C_WaitForSlotEvent(CKF_DONT_BLOCK) with the agent up");
+    }
+    let s = ctx.user();
+    s.generate_random_vec(8).expect("the agent serves");
+
+    tb.kill_agent();
+    let slot = poll_slot_event(&ctx, Duration::from_secs(5), "after the agent was killed");
+    assert_eq!(slot, ctx.slot_id(), "the event names the token's slot");
+    let (rv, info) = ctx.raw.slot_info(slot);
+    assert_rv!(rv, CKR_OK, "C_GetSlotInfo after the event");
+    assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0, "the token is shown as present after the removal event");
+    // The event is reported once.
+    let (rv, _) = ctx.raw.wait_for_slot_event(CKF_DONT_BLOCK);
+    assert_rv!(rv, CKR_NO_EVENT, "a second poll with the agent still down");
+
+    tb.start_agent();
+    let slot = poll_slot_event(&ctx, Duration::from_secs(5), "after the agent was restarted");
+    assert_eq!(slot, ctx.slot_id(), "the insertion event names the token's slot");
+    let (rv, info) = ctx.raw.slot_info(slot);
+    assert_rv!(rv, CKR_OK);
+    assert_ne!(info.flags & CKF_TOKEN_PRESENT, 0, "the token is absent after the insertion event");
+    let (rv, _) = ctx.raw.wait_for_slot_event(CKF_DONT_BLOCK);
+    assert_rv!(rv, CKR_NO_EVENT, "a poll after the insertion was reported");
+    let s2 = ctx.user();
+    s2.generate_random_vec(8).expect("a new session after the insertion event");
+});
+
+keyward_test!(fn blocking_wait_for_slot_event_sees_the_kill(tb) {
+    tb.require_agent("slot events from the agent going away");
+    let ctx = Ctx::new(&tb);
+    let (rv, _) = ctx.raw.wait_for_slot_event(CKF_DONT_BLOCK);
+    assert_rv!(rv, CKR_NO_EVENT, "baseline poll");
+    let slot = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let start = Instant::now();
+            let r = ctx.raw.wait_for_slot_event(0);
+            (r, start.elapsed())
+        });
+        // The waiter blocks while nothing happens.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "a blocking C_WaitForSlotEvent returned with nothing to report");
+        tb.kill_agent();
+        let ((rv, slot), took) = waiter.join().expect("the waiting thread panicked");
+        assert_rv!(rv, CKR_OK, "blocking C_WaitForSlotEvent after the kill");
+        assert!(took < Duration::from_secs(10), "the blocking wait took {took:?}");
+        slot
+    });
+    assert_eq!(slot, ctx.slot_id());
+    tb.start_agent();
+});

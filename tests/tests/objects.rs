@@ -304,3 +304,90 @@ keyward_test!(fn wrap_template_and_allowed_mechanisms(tb) {
 });
 
 use keyward_tests::raw::object_handle as cryptoki_handle;
+
+keyward_test!(fn object_calls_error_paths(tb) {
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let h = s.handle();
+    let bad_session = 0xdead_beef;
+    let token_obj = s.create_object(&data("token-object", true, b"v")).expect("create").handle();
+    let session_obj = s.create_object(&data("session-object", false, b"v")).expect("create").handle();
+    let t = [Attr::Ulong(CKA_CLASS, CKO_DATA), Attr::Bool(CKA_TOKEN, false)];
+
+    // Unknown sessions.
+    assert_rv!(ctx.raw.copy_object(bad_session, session_obj, &[Attr::Bytes(CKA_LABEL, b"c".to_vec())]).0, CKR_SESSION_HANDLE_INVALID, "C_CopyObject");
+    assert_rv!(ctx.raw.destroy_object(bad_session, session_obj), CKR_SESSION_HANDLE_INVALID, "C_DestroyObject");
+    assert_rv!(ctx.raw.object_size(bad_session, session_obj).0, CKR_SESSION_HANDLE_INVALID, "C_GetObjectSize");
+    assert_rv!(ctx.raw.get_attributes(bad_session, session_obj, &mut [AttrReq::query(CKA_LABEL)]), CKR_SESSION_HANDLE_INVALID);
+    assert_rv!(ctx.raw.set_attributes(bad_session, session_obj, &[Attr::Bytes(CKA_LABEL, b"x".to_vec())]), CKR_SESSION_HANDLE_INVALID);
+    assert_rv!(ctx.raw.find_objects_init(bad_session, &t), CKR_SESSION_HANDLE_INVALID, "C_FindObjectsInit");
+    assert_rv!(ctx.raw.find_objects(bad_session, 4).0, CKR_SESSION_HANDLE_INVALID, "C_FindObjects");
+    assert_rv!(ctx.raw.find_objects_final(bad_session), CKR_SESSION_HANDLE_INVALID, "C_FindObjectsFinal");
+    // Unknown objects: the backend's code, unchanged.
+    assert_rv!(ctx.raw.copy_object(h, 0xdead_beef, &[Attr::Bytes(CKA_LABEL, b"c".to_vec())]).0, CKR_OBJECT_HANDLE_INVALID, "C_CopyObject of an unknown object");
+    assert_rv!(ctx.raw.set_attributes(h, 0xdead_beef, &[Attr::Bytes(CKA_LABEL, b"x".to_vec())]), CKR_OBJECT_HANDLE_INVALID);
+    assert_rv!(ctx.raw.object_size(h, CK_INVALID_HANDLE).0, CKR_OBJECT_HANDLE_INVALID, "C_GetObjectSize(CK_INVALID_HANDLE)");
+    // NULL arguments.
+    assert_rv!(ctx.raw.copy_object_null(h, session_obj), CKR_ARGUMENTS_BAD, "C_CopyObject NULL phNewObject");
+    // SoftHSM2 refuses a NULL template even with a count of 0.
+    assert_rv!(ctx.raw.copy_object(h, session_obj, &[]).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 0 (as SoftHSM2)");
+    assert_rv!(ctx.raw.set_attributes_null(h, session_obj), CKR_ARGUMENTS_BAD, "C_SetAttributeValue NULL template");
+    assert_rv!(ctx.raw.find_objects_init(h, &t), CKR_OK);
+    assert_rv!(ctx.raw.find_objects_null_array(h), CKR_ARGUMENTS_BAD, "C_FindObjects NULL phObject");
+    assert_rv!(ctx.raw.find_objects_final(h), CKR_OK);
+    // Read-only sessions cannot change token objects.
+    let ro = ctx.ro();
+    let r = ro.handle();
+    assert_rv!(ctx.raw.set_attributes(r, token_obj, &[Attr::Bytes(CKA_LABEL, b"x".to_vec())]), CKR_SESSION_READ_ONLY, "C_SetAttributeValue of a token object in a RO session");
+    assert_rv!(ctx.raw.destroy_object(r, token_obj), CKR_SESSION_READ_ONLY, "C_DestroyObject of a token object in a RO session");
+    assert_rv!(ctx.raw.copy_object(r, session_obj, &[Attr::Bool(CKA_TOKEN, true)]).0, CKR_SESSION_READ_ONLY, "C_CopyObject to the token in a RO session");
+    // ... but may change session objects, which are the application's.
+    assert_rv!(ctx.raw.set_attributes(r, session_obj, &[Attr::Bytes(CKA_LABEL, b"relabelled-ro".to_vec())]), CKR_OK, "C_SetAttributeValue of a session object in a RO session");
+    // C_CopyObject with an attribute that may not change.
+    let (rv, _) = ctx.raw.copy_object(h, session_obj, &[Attr::Ulong(CKA_CLASS, CKO_SECRET_KEY)]);
+    assert!(rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT, "C_CopyObject changing CKA_CLASS: {}", rv_name(rv));
+    // A non-copyable object.
+    let (rv, locked) = ctx.raw.create_object(h, &[Attr::Ulong(CKA_CLASS, CKO_DATA), Attr::Bool(CKA_TOKEN, false), Attr::Bool(CKA_COPYABLE, false)]);
+    assert_rv!(rv, CKR_OK);
+    assert_rv!(ctx.raw.copy_object(h, locked, &[Attr::Bytes(CKA_LABEL, b"c".to_vec())]).0, CKR_ACTION_PROHIBITED, "C_CopyObject of an object with CKA_COPYABLE false");
+    // The objects are untouched by the refusals.
+    assert_eq!(
+        s.get_attributes(cryptoki_handle(token_obj), &[AttributeType::Label]).expect("read"),
+        vec![Attribute::Label(b"token-object".to_vec())]
+    );
+});
+
+keyward_test!(fn copy_and_relabel_a_key(tb) {
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let h = s.handle();
+    let (public, private) = ec_pair(&s, P256_PARAMS, "original-key", false);
+    let copy = s.copy_object(private, &[Attribute::Label(b"copied-key".to_vec())]).expect("C_CopyObject of a private key");
+    assert_ne!(copy, private);
+    assert_eq!(
+        s.get_attributes(copy, &[AttributeType::Label, AttributeType::Class, AttributeType::Sensitive]).expect("read the copy"),
+        vec![Attribute::Label(b"copied-key".to_vec()), Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Sensitive(true)]
+    );
+    assert_eq!(
+        s.get_attributes(private, &[AttributeType::Label]).expect("read the original"),
+        vec![Attribute::Label(b"original-key".to_vec())],
+        "C_CopyObject changed the original's label"
+    );
+    // The copy is the same key: its signature verifies with the original's
+    // public half.
+    let sig = s.sign(&Mechanism::Ecdsa, copy, &[1u8; 32]).expect("sign with the copy");
+    s.verify(&Mechanism::Ecdsa, public, &[1u8; 32], &sig).expect("the copy's signature verifies");
+    // Object sizes: both answer, with the same size for the same content.
+    let (rv, size_original) = ctx.raw.object_size(h, private.handle());
+    assert_rv!(rv, CKR_OK, "C_GetObjectSize of a private key");
+    let (rv, size_copy) = ctx.raw.object_size(h, copy.handle());
+    assert_rv!(rv, CKR_OK, "C_GetObjectSize of the copy");
+    assert!(size_original > 0 && size_copy > 0);
+    // Relabel the copy with C_SetAttributeValue; searches follow.
+    s.update_attributes(copy, &[Attribute::Label(b"renamed-key".to_vec()), Attribute::Id(vec![9, 9])]).expect("C_SetAttributeValue");
+    assert_eq!(s.find_objects(&[Attribute::Label(b"renamed-key".to_vec())]).expect("find"), vec![copy]);
+    assert!(s.find_objects(&[Attribute::Label(b"copied-key".to_vec())]).expect("find").is_empty());
+    assert_eq!(s.find_objects(&[Attribute::Id(vec![9, 9])]).expect("find"), vec![copy]);
+    s.destroy_object(copy).expect("destroy the copy");
+    s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]).expect("the original still signs");
+});
