@@ -19,7 +19,7 @@
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ use crate::state::{lock, InitCache, Sessions};
 /// Default bound on one wait for the agent.
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 
+/// Default poll before a lone call sleeps: most answers (everything but
+/// slow key operations) come within it.
+const DEFAULT_SPIN_US: u64 = 80;
+
 /// Where and how long to talk to the agent, read from the environment at
 /// `C_Initialize`.
 #[derive(Debug, Clone)]
@@ -40,6 +44,9 @@ pub(crate) struct Config {
     pub(crate) socket: PathBuf,
     /// `KEYWARD_TIMEOUT_MS`, else one minute.
     pub(crate) timeout: Duration,
+    /// `KEYWARD_SPIN_US`: how long a lone call polls for its answer before
+    /// it sleeps (0: never; default 80 µs, and never on one core).
+    pub(crate) spin: Duration,
 }
 
 impl Config {
@@ -53,9 +60,16 @@ impl Config {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&ms| ms > 0)
             .unwrap_or(DEFAULT_TIMEOUT_MS);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spin_us = std::env::var("KEYWARD_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(if cores > 1 { DEFAULT_SPIN_US } else { 0 })
+            .min(1_000);
         Config {
             socket,
             timeout: Duration::from_millis(timeout_ms),
+            spin: Duration::from_micros(spin_us),
         }
     }
 }
@@ -72,9 +86,41 @@ struct Conn {
 }
 
 impl Conn {
-    fn round_trip(&mut self, req: &Request) -> std::result::Result<Response, FrameError> {
+    /// One request and its answer; `spin`: poll that long for the answer
+    /// before sleeping in `read`.
+    fn round_trip(
+        &mut self,
+        req: &Request,
+        spin: Duration,
+    ) -> std::result::Result<Response, FrameError> {
         frame::write_message(self.stream.get_mut(), req, &mut self.buf)?;
+        if !spin.is_zero() && self.stream.buffer().is_empty() {
+            wait_briefly(self.stream.get_ref(), spin);
+        }
         frame::read_message(&mut self.stream, &mut self.buf)
+    }
+}
+
+/// Polls the socket for up to `spin` before the blocking read. A thread
+/// that never slept need not be woken, which on a virtual machine costs
+/// several microseconds per round trip. Only a call that is alone in its
+/// process polls (see [`Module::call`]): with more, the pollers would take
+/// the agent's CPU.
+fn wait_briefly(stream: &UnixStream, spin: Duration) {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    let mut probe = [0u8; 1];
+    while start.elapsed() < spin {
+        match recv(
+            stream.as_raw_fd(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(nix::errno::Errno::EAGAIN) => std::hint::spin_loop(),
+            // Data, end of stream or an error: the read will tell.
+            _ => return,
+        }
     }
 }
 
@@ -112,6 +158,8 @@ pub(crate) struct Module {
     pub(crate) event_baseline: Mutex<Option<bool>>,
     /// Set by `C_Finalize`, so that a blocked `C_WaitForSlotEvent` returns.
     finalized: AtomicBool,
+    /// Calls waiting for the agent right now.
+    in_flight: AtomicUsize,
 }
 
 impl Module {
@@ -128,6 +176,7 @@ impl Module {
             reachable: Mutex::new(None),
             event_baseline: Mutex::new(None),
             finalized: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -189,7 +238,15 @@ impl Module {
             self.give_back(conn);
             return Ok(Err(Error::SessionHandleInvalid));
         }
-        let resp = conn.round_trip(req)?;
+        let alone = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
+        let spin = if alone {
+            self.config.spin
+        } else {
+            Duration::ZERO
+        };
+        let resp = conn.round_trip(req, spin);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let resp = resp?;
         let run = conn.instance;
         self.give_back(conn);
         self.note_reachable(true);
@@ -238,7 +295,7 @@ impl Module {
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
         };
-        let reply = match conn.round_trip(&hello) {
+        let reply = match conn.round_trip(&hello, Duration::ZERO) {
             Ok(Response::Hello(reply)) => reply,
             Ok(_) => return Err(unreachable("hello", &"unexpected answer")),
             Err(e) => return Err(unreachable("hello", &e)),
