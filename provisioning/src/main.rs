@@ -39,6 +39,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; exit 0 when valid, 1 with `FILE:LINE:COL: field: problem` when not.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +66,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
     let result = match cli.command {
         Command::Status { json } => status(&socket, json),
+        Command::Policy {
+            command: PolicyCommand::Check { file, json },
+        } => policy_check(&file, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +76,42 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "keyward: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `keyward policy check FILE`: the same parser and validation the agent
+/// uses, run locally (no agent needed).
+fn policy_check(file: &Path, json: bool) -> Result<(), String> {
+    let result = keyward_policy::Policy::from_file(file);
+    if json {
+        let v = match &result {
+            Ok(p) => serde_json::json!({
+                "file": file.display().to_string(), "valid": true,
+                "mode": format!("{:?}", p.mode()).to_lowercase(),
+                "applications": p.applications.len(), "classes": p.classes.len(),
+            }),
+            Err(e) => serde_json::json!({
+                "file": file.display().to_string(), "valid": false, "error": e.to_string(),
+            }),
+        };
+        println!("{v}");
+    }
+    match result {
+        Ok(p) => {
+            if !json {
+                println!(
+                    "{}: valid ({} mode, {} applications, {} key classes)",
+                    file.display(),
+                    format!("{:?}", p.mode()).to_lowercase(),
+                    p.applications.len(),
+                    p.classes.len()
+                );
+            }
+            Ok(())
+        }
+        // The JSON on standard output already carries the error.
+        Err(_) if json => Err(format!("{} is not valid", file.display())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

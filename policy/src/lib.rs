@@ -1,0 +1,57 @@
+//! keyward-policy: the policy file and the pure decisions the agent takes
+//! from it. No I/O but reading the policy file; no state; times are passed
+//! in as [`std::time::SystemTime`].
+//!
+//! Layout:
+//! - `policy.rs`: the validated [`Policy`] ([`Settings`], [`Application`],
+//!   [`KeyClass`], [`Grant`]), its parser and validator
+//!   ([`Policy::from_file`], [`Policy::from_str`], [`Policy::lab`]), and the
+//!   agent's questions: who a peer is ([`Policy::application_for`],
+//!   [`Policy::admit`]), whether a mechanism is allowed
+//!   ([`Policy::mechanism_allowed`]), whether an application may use a key
+//!   of a class ([`KeyClass::check_use`]).
+//! - `lifecycle.rs`: [`KeyState`], [`Purpose`], [`Operation`], [`Action`];
+//!   the SP 800-57 state table ([`permits`]), transitions ([`transition`],
+//!   [`needs_approval`]) and cryptoperiod dates ([`Cryptoperiod`],
+//!   [`effective_state`]).
+//! - `template.rs`: generation templates judged against a class
+//!   ([`check_generation`], [`check_key_pair_generation`]) and attribute
+//!   changes ([`is_weakening`]), over a wire-independent [`Template`] view.
+//! - `refusal.rs`: [`Refusal`], each variant declared with its `CK_RV`.
+//! - `error.rs`: [`PolicyError`], `FILE:LINE:COLUMN: FIELD: MESSAGE`.
+//! - `algorithm.rs` (`rsa:3072`, `ec:p256`, curves from `CKA_EC_PARAMS`),
+//!   `duration.rs` (`90d`), `mechanisms.rs` (`CKM_*` names ↔ values).
+//!
+//! The file format is documented by `example-policy.toml` beside this
+//! crate's `Cargo.toml`; `lab-policy.toml` is [`Policy::lab`] as a file.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod algorithm;
+mod duration;
+mod error;
+mod lifecycle;
+mod mechanisms;
+mod policy;
+mod refusal;
+mod template;
+
+pub use algorithm::{Algorithm, Curve};
+pub use duration::{datetime_to_system_time, parse_duration, MAX_DURATION};
+pub use error::PolicyError;
+pub use lifecycle::{
+    effective_state, needs_approval, permits, request_transition, transition, Action, Cryptoperiod,
+    KeyState, Operation, Purpose,
+};
+pub use mechanisms::{mechanism_by_name, mechanism_name};
+pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};
+pub use refusal::{Mechanism, Refusal};
+pub use template::{
+    check_change, check_generation, check_key_pair_generation, is_weakening, purpose_flags,
+    Adjustments, AttrValue, KeyPairAdjustments, Template,
+};
+
+// CK_ULONG is u64 throughout keyward (LP64 Linux): the pkcs11-sys constants
+// are used as u64 directly.
+const _: () = assert!(std::mem::size_of::<pkcs11_sys::CK_ULONG>() == 8);

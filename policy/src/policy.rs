@@ -1,0 +1,775 @@
+//! The validated policy, its parser, and the questions the agent asks it:
+//! who is this peer, may it use this mechanism, may it do this with a key of
+//! that class.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::algorithm::Algorithm;
+use crate::duration::{datetime_to_system_time, parse_duration};
+use crate::error::PolicyError;
+use crate::lifecycle::{effective_state, permits, Cryptoperiod, KeyState, Operation, Purpose};
+use crate::mechanisms::mechanism_by_name;
+use crate::refusal::{Mechanism, Refusal};
+
+/// How strictly the agent applies the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every rule, for every object; unknown peers get no token.
+    Strict,
+    /// For development and conformance suites: objects outside a key class
+    /// behave as on a plain PKCS#11 token (any template, any mechanism the
+    /// allow-list lets through), and local peers running as the agent's own
+    /// uid or as root are admitted without an `[[application]]` entry (see
+    /// [`Policy::admit`]). Managed keys keep every rule.
+    Lab,
+}
+
+impl Mode {
+    /// The mode's name in the policy file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Strict => "strict",
+            Mode::Lab => "lab",
+        }
+    }
+}
+
+/// `[settings]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `mode`.
+    pub mode: Mode,
+    /// `default_class`: the class of keys an application generates itself.
+    pub default_class: Option<String>,
+    /// `pin_max_attempts`: consecutive wrong PINs before the PIN locks;
+    /// 0 turns lockout off.
+    pub pin_max_attempts: u32,
+    /// `mechanisms`: the allow-list, sorted; `None` allows every mechanism.
+    pub mechanisms: Option<Vec<u64>>,
+}
+
+/// `[[application]]`: a program the agent serves, recognised by its peer
+/// credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// `name`, unique.
+    pub name: String,
+    /// `description`, free text.
+    pub description: Option<String>,
+    /// `uid`: the peer's user id must be this.
+    pub uid: Option<u32>,
+    /// `gid`: the peer's primary group id (from `SO_PEERCRED`) must be this;
+    /// supplementary groups are not considered.
+    pub gid: Option<u32>,
+    /// `exe`: the peer's `/proc/<pid>/exe` must be exactly this path.
+    pub exe: Option<PathBuf>,
+}
+
+impl Application {
+    /// Whether a peer matches every criterion this application sets. An
+    /// application with `exe` never matches a peer whose executable is
+    /// unknown.
+    pub fn matches(&self, uid: u32, gid: u32, exe: Option<&Path>) -> bool {
+        self.uid.is_none_or(|u| u == uid)
+            && self.gid.is_none_or(|g| g == gid)
+            && self
+                .exe
+                .as_deref()
+                .is_none_or(|want| exe.is_some_and(|have| have == want))
+    }
+
+    /// How specific the entry is: exe counts 4, uid 2, gid 1. Among the
+    /// entries a peer matches, the most specific wins.
+    fn specificity(&self) -> u8 {
+        4 * u8::from(self.exe.is_some())
+            + 2 * u8::from(self.uid.is_some())
+            + u8::from(self.gid.is_some())
+    }
+}
+
+/// One entry of a class's `grants`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The application's name.
+    pub application: String,
+    /// What it may do with keys of the class.
+    pub operations: Vec<Operation>,
+    /// `until`: the grant ends at this time (just-in-time access).
+    pub until: Option<SystemTime>,
+}
+
+impl Grant {
+    fn is_current(&self, now: SystemTime) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+/// `[[class]]`: what keys of a kind are for, how they are made, how long
+/// they live and who uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClass {
+    /// `name`, unique.
+    pub name: String,
+    /// `description`, free text.
+    pub description: Option<String>,
+    /// `purpose`.
+    pub purpose: Purpose,
+    /// `algorithms`: what generation may produce.
+    pub algorithms: Vec<Algorithm>,
+    /// `protect_period`: from activation, how long the key protects.
+    pub protect_period: Duration,
+    /// `process_period`: from activation, how long the key processes;
+    /// never shorter than the protect period.
+    pub process_period: Duration,
+    /// `rotation_interval`: from activation, when the scheduler rotates;
+    /// never longer than the protect period.
+    pub rotation_interval: Option<Duration>,
+    /// `backup`: whether keys may be exported, wrapped by the trusted
+    /// backup key only.
+    pub backup: bool,
+    /// `scope`: compliance labels, free text.
+    pub scope: Vec<String>,
+    /// `grants`.
+    pub grants: Vec<Grant>,
+}
+
+impl KeyClass {
+    /// The dates of a key of this class activated at `activated`.
+    pub fn cryptoperiod(&self, activated: SystemTime) -> Cryptoperiod {
+        Cryptoperiod::new(
+            activated,
+            self.protect_period,
+            self.process_period,
+            self.rotation_interval,
+        )
+    }
+
+    /// Whether `application` may `op` with keys of this class at `now`:
+    /// the operation must fit the purpose, and a current grant must name it.
+    pub fn check_grant(
+        &self,
+        application: &str,
+        op: Operation,
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
+        if !self.purpose.allows(op) {
+            return Err(Refusal::PurposeMismatch {
+                purpose: self.purpose,
+                operation: op,
+            });
+        }
+        let mut expired = false;
+        for grant in self.grants.iter().filter(|g| g.application == application) {
+            if grant.operations.contains(&op) {
+                if grant.is_current(now) {
+                    return Ok(());
+                }
+                expired = true;
+            }
+        }
+        let (application, class) = (application.to_owned(), self.name.clone());
+        Err(if expired {
+            Refusal::GrantExpired {
+                application,
+                class,
+                operation: op,
+            }
+        } else {
+            Refusal::NotGranted {
+                application,
+                class,
+                operation: op,
+            }
+        })
+    }
+
+    /// The operations `application` holds on keys of this class at `now`.
+    /// Empty means the class's keys are invisible to it.
+    pub fn granted_operations(&self, application: &str, now: SystemTime) -> Vec<Operation> {
+        let set: BTreeSet<Operation> = self
+            .grants
+            .iter()
+            .filter(|g| g.application == application && g.is_current(now))
+            .flat_map(|g| g.operations.iter().copied())
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Everything a use of a managed key checks, in order: purpose, grant,
+    /// then the state table on the key's effective state (an active key past
+    /// its protect period is deactivated, and processes only until its
+    /// process period ends).
+    pub fn check_use(
+        &self,
+        application: &str,
+        op: Operation,
+        stored_state: KeyState,
+        now: SystemTime,
+        period: Option<&Cryptoperiod>,
+    ) -> Result<(), Refusal> {
+        self.check_grant(application, op, now)?;
+        let state = effective_state(stored_state, now, period);
+        permits(state, op, now, period.map(|p| p.process_until))
+    }
+}
+
+/// A peer the agent serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer<'p> {
+    /// A listed application.
+    Application(&'p Application),
+    /// Lab mode: an unlisted local peer running as the agent's own uid or
+    /// as root.
+    Lab,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The file (or name) it was read from.
+    pub origin: String,
+    /// `[settings]`.
+    pub settings: Settings,
+    /// `[[application]]`, in file order.
+    pub applications: Vec<Application>,
+    /// `[[class]]`, in file order.
+    pub classes: Vec<KeyClass>,
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Policy::from_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates policy text; `origin` names it in errors (a
+    /// file name).
+    pub fn from_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| PolicyError::from_toml(text, origin, &e))?;
+        Validator { text, origin }.policy(raw)
+    }
+
+    /// The built-in policy of the testbed's lab mode: `mode = "lab"`, no
+    /// applications (peers running as the agent's uid or as root are
+    /// admitted), no classes, no PIN lockout, every mechanism. The same as
+    /// `lab-policy.toml`.
+    pub fn lab() -> Policy {
+        Policy {
+            origin: "built-in lab policy".to_owned(),
+            settings: Settings {
+                mode: Mode::Lab,
+                default_class: None,
+                pin_max_attempts: 0,
+                mechanisms: None,
+            },
+            applications: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.settings.mode
+    }
+
+    /// The application named `name`.
+    pub fn application(&self, name: &str) -> Option<&Application> {
+        self.applications.iter().find(|a| a.name == name)
+    }
+
+    /// The class named `name`.
+    pub fn class(&self, name: &str) -> Option<&KeyClass> {
+        self.classes.iter().find(|c| c.name == name)
+    }
+
+    /// The listed application a peer is, if any.
+    ///
+    /// Every criterion an entry sets (uid, gid, exe) must match. Among the
+    /// entries that match, the most specific wins: an entry with `exe`
+    /// beats any without, then `uid` beats `gid` only. Validation refuses
+    /// two entries with the same criteria, so there is never a tie.
+    pub fn application_for(&self, uid: u32, gid: u32, exe: Option<&Path>) -> Option<&Application> {
+        self.applications
+            .iter()
+            .filter(|a| a.matches(uid, gid, exe))
+            .max_by_key(|a| a.specificity())
+    }
+
+    /// Whether the agent serves a peer, and as what. Listed applications
+    /// come first in every mode. In lab mode, an unlisted peer whose uid is
+    /// the agent's own (`agent_uid`) or root (0) is served as
+    /// [`Peer::Lab`]; anyone else gets no token. In strict mode unknown
+    /// peers get no token.
+    pub fn admit(
+        &self,
+        uid: u32,
+        gid: u32,
+        exe: Option<&Path>,
+        agent_uid: u32,
+    ) -> Option<Peer<'_>> {
+        if let Some(app) = self.application_for(uid, gid, exe) {
+            return Some(Peer::Application(app));
+        }
+        (self.settings.mode == Mode::Lab && (uid == agent_uid || uid == 0)).then_some(Peer::Lab)
+    }
+
+    /// Whether a mechanism is on the allow-list (always, without a list).
+    /// A mechanism that is not allowed is neither listed nor usable.
+    pub fn mechanism_allowed(&self, ckm: u64) -> bool {
+        self.settings
+            .mechanisms
+            .as_ref()
+            .is_none_or(|list| list.binary_search(&ckm).is_ok())
+    }
+
+    /// [`Policy::mechanism_allowed`] as a refusal (`CKR_MECHANISM_INVALID`).
+    pub fn check_mechanism(&self, ckm: u64) -> Result<(), Refusal> {
+        if self.mechanism_allowed(ckm) {
+            Ok(())
+        } else {
+            Err(Refusal::MechanismNotAllowed {
+                mechanism: Mechanism(ckm),
+            })
+        }
+    }
+
+    /// The class for a key an application generates itself: the default
+    /// class. Without one, lab mode answers `None` (the key is an unmanaged
+    /// object, as on a plain token) and strict mode refuses
+    /// (`CKR_ACTION_PROHIBITED`).
+    pub fn class_for_generation(&self) -> Result<Option<&KeyClass>, Refusal> {
+        match (&self.settings.default_class, self.settings.mode) {
+            (Some(name), _) => Ok(self.class(name)),
+            (None, Mode::Lab) => Ok(None),
+            (None, Mode::Strict) => Err(Refusal::GenerationNotPermitted {
+                reason: format!(
+                    "{}: no default_class: applications may not generate keys",
+                    self.origin
+                ),
+            }),
+        }
+    }
+
+    /// Whether a PIN with `failures` consecutive wrong attempts is locked
+    /// (`CKR_PIN_LOCKED`).
+    pub fn check_pin_failures(&self, failures: u32) -> Result<(), Refusal> {
+        let max = self.settings.pin_max_attempts;
+        if max != 0 && failures >= max {
+            Err(Refusal::PinLocked { failures })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as serde reads it, before validation.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    settings: RawSettings,
+    #[serde(default)]
+    application: Vec<Spanned<RawApplication>>,
+    #[serde(default)]
+    class: Vec<RawClass>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    mode: Spanned<String>,
+    default_class: Option<Spanned<String>>,
+    #[serde(default = "default_pin_max_attempts")]
+    pin_max_attempts: u32,
+    mechanisms: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+fn default_pin_max_attempts() -> u32 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    name: Spanned<String>,
+    description: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    exe: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClass {
+    name: Spanned<String>,
+    description: Option<String>,
+    purpose: Spanned<String>,
+    algorithms: Spanned<Vec<Spanned<String>>>,
+    protect_period: Spanned<String>,
+    process_period: Spanned<String>,
+    rotation_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    scope: Vec<String>,
+    #[serde(default)]
+    grants: Vec<Spanned<RawGrant>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    application: Spanned<String>,
+    operations: Spanned<Vec<Spanned<String>>>,
+    until: Option<Spanned<toml::value::Datetime>>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation: every error names the file, line, column and field.
+
+struct Validator<'t> {
+    text: &'t str,
+    origin: &'t str,
+}
+
+impl Validator<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
+        PolicyError::at(self.text, self.origin, span, field, message)
+    }
+
+    fn name(&self, name: &Spanned<String>, what: &str) -> Result<String, PolicyError> {
+        let ok = !name.get_ref().is_empty()
+            && name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(name.get_ref().clone())
+        } else {
+            Err(self.err(
+                name.span(),
+                format!("{what}, name"),
+                format!(
+                    "\"{}\" is not a name: use letters, digits, '-', '_' and '.'",
+                    name.get_ref()
+                ),
+            ))
+        }
+    }
+
+    fn duration(&self, value: &Spanned<String>, field: String) -> Result<Duration, PolicyError> {
+        parse_duration(value.get_ref()).map_err(|m| self.err(value.span(), field, m))
+    }
+
+    fn policy(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        let mut applications: Vec<Application> = Vec::new();
+        for app in &raw.application {
+            let app_span = app.span();
+            let app = app.get_ref();
+            let name = self.name(&app.name, "application")?;
+            let what = format!("application \"{name}\"");
+            if applications.iter().any(|a| a.name == name) {
+                return Err(self.err(
+                    app.name.span(),
+                    format!("{what}, name"),
+                    format!("a second application is named \"{name}\""),
+                ));
+            }
+            if app.uid.is_none() && app.gid.is_none() {
+                return Err(self.err(
+                    app_span,
+                    format!("{what}, uid"),
+                    "an application needs a uid, a gid or both",
+                ));
+            }
+            let exe = match &app.exe {
+                None => None,
+                Some(exe) => {
+                    let path = PathBuf::from(exe.get_ref());
+                    let clean = path.is_absolute()
+                        && path
+                            .components()
+                            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+                    if !clean {
+                        return Err(self.err(
+                            exe.span(),
+                            format!("{what}, exe"),
+                            format!(
+                                "\"{}\" must be an absolute path without \".\" or \"..\" (as /proc/<pid>/exe shows it)",
+                                exe.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(path)
+                }
+            };
+            let application = Application {
+                name,
+                description: app.description.clone(),
+                uid: app.uid,
+                gid: app.gid,
+                exe,
+            };
+            if let Some(twin) = applications.iter().find(|a| {
+                (a.uid, a.gid, &a.exe) == (application.uid, application.gid, &application.exe)
+            }) {
+                return Err(self.err(
+                    app_span,
+                    format!("{what}, uid"),
+                    format!(
+                        "same uid, gid and exe as application \"{}\": a peer could not tell them apart",
+                        twin.name
+                    ),
+                ));
+            }
+            applications.push(application);
+        }
+
+        let mut classes: Vec<KeyClass> = Vec::new();
+        for class in &raw.class {
+            let name = self.name(&class.name, "class")?;
+            if classes.iter().any(|c| c.name == name) {
+                return Err(self.err(
+                    class.name.span(),
+                    format!("class \"{name}\", name"),
+                    format!("a second class is named \"{name}\""),
+                ));
+            }
+            classes.push(self.class(class, name, &applications)?);
+        }
+
+        let s = &raw.settings;
+        let mode = match s.mode.get_ref().as_str() {
+            "strict" => Mode::Strict,
+            "lab" => Mode::Lab,
+            other => {
+                return Err(self.err(
+                    s.mode.span(),
+                    "settings, mode",
+                    format!("\"{other}\" is not one of strict, lab"),
+                ))
+            }
+        };
+        let default_class = match &s.default_class {
+            None => None,
+            Some(dc) => {
+                if !classes.iter().any(|c| &c.name == dc.get_ref()) {
+                    return Err(self.err(
+                        dc.span(),
+                        "settings, default_class",
+                        format!("there is no class \"{}\"", dc.get_ref()),
+                    ));
+                }
+                Some(dc.get_ref().clone())
+            }
+        };
+        let mechanisms = match &s.mechanisms {
+            None => None,
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(self.err(
+                        list.span(),
+                        "settings, mechanisms",
+                        "an empty list allows no mechanism: leave `mechanisms` out to allow all",
+                    ));
+                }
+                let mut values = Vec::new();
+                for m in list.get_ref() {
+                    values.push(self.mechanism(m)?);
+                }
+                values.sort_unstable();
+                values.dedup();
+                Some(values)
+            }
+        };
+        Ok(Policy {
+            origin: self.origin.to_owned(),
+            settings: Settings {
+                mode,
+                default_class,
+                pin_max_attempts: s.pin_max_attempts,
+                mechanisms,
+            },
+            applications,
+            classes,
+        })
+    }
+
+    fn mechanism(&self, m: &Spanned<String>) -> Result<u64, PolicyError> {
+        let text = m.get_ref();
+        let hex = text
+            .strip_prefix("0x")
+            .or_else(|| text.strip_prefix("0X"))
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        hex.or_else(|| mechanism_by_name(text)).ok_or_else(|| {
+            self.err(
+                m.span(),
+                "settings, mechanisms",
+                format!("\"{text}\" is not a known mechanism: write a CKM_ name or a hex value like 0x80000001"),
+            )
+        })
+    }
+
+    fn class(
+        &self,
+        class: &RawClass,
+        name: String,
+        apps: &[Application],
+    ) -> Result<KeyClass, PolicyError> {
+        let what = format!("class \"{name}\"");
+        let purpose = Purpose::from_name(class.purpose.get_ref()).ok_or_else(|| {
+            self.err(
+                class.purpose.span(),
+                format!("{what}, purpose"),
+                format!(
+                    "\"{}\" is not one of signing, encryption, wrapping, derivation, mac",
+                    class.purpose.get_ref()
+                ),
+            )
+        })?;
+        if class.algorithms.get_ref().is_empty() {
+            return Err(self.err(
+                class.algorithms.span(),
+                format!("{what}, algorithms"),
+                "a class needs at least one algorithm",
+            ));
+        }
+        let mut algorithms = Vec::new();
+        for a in class.algorithms.get_ref() {
+            let alg = Algorithm::parse(a.get_ref())
+                .map_err(|m| self.err(a.span(), format!("{what}, algorithms"), m))?;
+            if !alg.fits(purpose) {
+                return Err(self.err(
+                    a.span(),
+                    format!("{what}, algorithms"),
+                    format!("{alg} keys cannot serve {purpose}"),
+                ));
+            }
+            algorithms.push(alg);
+        }
+        let protect_period =
+            self.duration(&class.protect_period, format!("{what}, protect_period"))?;
+        let process_period =
+            self.duration(&class.process_period, format!("{what}, process_period"))?;
+        if process_period < protect_period {
+            return Err(self.err(
+                class.process_period.span(),
+                format!("{what}, process_period"),
+                format!(
+                    "{} is shorter than the protect period {}: a key must process what it protected",
+                    class.process_period.get_ref(),
+                    class.protect_period.get_ref()
+                ),
+            ));
+        }
+        let rotation_interval = match &class.rotation_interval {
+            None => None,
+            Some(r) => {
+                let interval = self.duration(r, format!("{what}, rotation_interval"))?;
+                if interval > protect_period {
+                    return Err(self.err(
+                        r.span(),
+                        format!("{what}, rotation_interval"),
+                        format!(
+                            "{} is longer than the protect period {}: the key would stop protecting before it is rotated",
+                            r.get_ref(),
+                            class.protect_period.get_ref()
+                        ),
+                    ));
+                }
+                Some(interval)
+            }
+        };
+        let mut grants = Vec::new();
+        for grant in &class.grants {
+            let g = grant.get_ref();
+            let app = g.application.get_ref();
+            if !apps.iter().any(|a| &a.name == app) {
+                return Err(self.err(
+                    g.application.span(),
+                    format!("{what}, grants, application"),
+                    format!("there is no application \"{app}\""),
+                ));
+            }
+            let field = format!("{what}, grant to \"{app}\", operations");
+            if g.operations.get_ref().is_empty() {
+                return Err(self.err(
+                    g.operations.span(),
+                    field,
+                    "a grant needs at least one operation",
+                ));
+            }
+            let mut operations = Vec::new();
+            for op in g.operations.get_ref() {
+                let operation = Operation::from_name(op.get_ref()).ok_or_else(|| {
+                    self.err(
+                        op.span(),
+                        field.clone(),
+                        format!(
+                            "\"{}\" is not one of sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest",
+                            op.get_ref()
+                        ),
+                    )
+                })?;
+                if !purpose.allows(operation) {
+                    let fitting: Vec<_> = purpose.operations().iter().map(|o| o.name()).collect();
+                    return Err(self.err(
+                        op.span(),
+                        field.clone(),
+                        format!(
+                            "{operation} does not fit purpose {purpose} (which allows {})",
+                            fitting.join(", ")
+                        ),
+                    ));
+                }
+                if !operations.contains(&operation) {
+                    operations.push(operation);
+                }
+            }
+            let until = match &g.until {
+                None => None,
+                Some(u) => Some(datetime_to_system_time(u.get_ref()).map_err(|m| {
+                    self.err(u.span(), format!("{what}, grant to \"{app}\", until"), m)
+                })?),
+            };
+            grants.push(Grant {
+                application: app.clone(),
+                operations,
+                until,
+            });
+        }
+        Ok(KeyClass {
+            name,
+            description: class.description.clone(),
+            purpose,
+            algorithms,
+            protect_period,
+            process_period,
+            rotation_interval,
+            backup: class.backup,
+            scope: class.scope.clone(),
+            grants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
