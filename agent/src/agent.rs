@@ -25,6 +25,8 @@ use crate::client::{Client, Closed, Login, Session, Slot};
 use crate::config::{Config, TokenConfig};
 use crate::error::{Error, Result};
 use crate::identity::{ClientKey, Peer};
+use keyward_policy::Policy;
+
 use crate::state::{pin_len_ok, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN};
 
 // CK_ULONG is the wire's u64 on the LP64 targets the agent supports (see
@@ -104,6 +106,9 @@ struct Owner {
 #[derive(Debug)]
 pub struct Agent {
     tokens: Vec<VirtualToken>,
+    policy: Policy,
+    /// The agent's own uid: in lab mode, peers running as it are admitted.
+    uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
     session_objects: Mutex<HashMap<(Slot, BackendObject), Owner>>,
     instance: u64,
@@ -159,12 +164,38 @@ impl Agent {
         }
         Agent {
             tokens,
+            policy: Policy::lab(),
+            uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
         }
+    }
+
+    /// The same agent under `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Agent {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether `peer` may use the agent's tokens: a listed application, or
+    /// in lab mode a local peer running as root or as the agent's user.
+    /// Unknown peers get no token.
+    pub fn admits(&self, peer: &Peer) -> bool {
+        self.policy
+            .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)
+            .is_some()
+    }
+
+    /// Refuses a mechanism outside the policy's allow-list
+    /// (`CKR_MECHANISM_INVALID`), saying why in the log.
+    fn check_mechanism(&self, client: &Client, mechanism: u64) -> Result<()> {
+        self.policy.check_mechanism(mechanism).map_err(|refusal| {
+            log::warn!("{}: refused: {refusal}", client.peer);
+            Error::Refused(refusal.ckr())
+        })
     }
 
     /// Builds the agent from `config`: loads each library once, finds and
@@ -295,6 +326,9 @@ impl Agent {
     }
 
     fn dispatch(&self, client: &Arc<Client>, req: Request) -> Result<Response> {
+        if let Some(mechanism) = req.mechanism() {
+            self.check_mechanism(client, mechanism)?;
+        }
         match req {
             Request::Hello { .. } => Ok(self.hello()),
             Request::GetSlotList { token_present } => Ok(Response::List(
@@ -309,10 +343,15 @@ impl Agent {
             Request::GetTokenInfo { slot } => self.token_info(slot),
             Request::GetMechanismList { slot } => {
                 let (_, t) = self.token(slot)?;
-                Ok(Response::List(t.backend()?.mechanism_list()?))
+                let mut list = t.backend()?.mechanism_list()?;
+                list.retain(|&m| self.policy.mechanism_allowed(m));
+                Ok(Response::List(list))
             }
             Request::GetMechanismInfo { slot, mechanism } => {
                 let (_, t) = self.token(slot)?;
+                if !self.policy.mechanism_allowed(mechanism) {
+                    return Err(Error::Refused(ck::CKR_MECHANISM_INVALID));
+                }
                 Ok(Response::MechanismInfo(
                     t.backend()?.mechanism_info(mechanism)?,
                 ))

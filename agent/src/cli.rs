@@ -87,11 +87,28 @@ fn init_logging() {
         .try_init();
 }
 
+/// The configured policy file, or the built-in lab policy.
+fn load_policy(config: &Config) -> Result<keyward_policy::Policy, String> {
+    match &config.agent.policy {
+        Some(path) => {
+            let policy = keyward_policy::Policy::from_file(path).map_err(|e| e.to_string())?;
+            log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
+            Ok(policy)
+        }
+        None => {
+            log::warn!("no policy configured: the built-in lab policy applies (a plain PKCS#11 token for local root and agent-user peers)");
+            Ok(keyward_policy::Policy::lab())
+        }
+    }
+}
+
 /// Runs the agent in the foreground until SIGTERM or SIGINT.
 pub fn run(config: &Config) -> Result<(), String> {
+    let policy = load_policy(config)?;
     let agent = Arc::new(
         Agent::from_config(config)
-            .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?,
+            .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
+            .with_policy(policy),
     );
     let app = bind(&config.agent.socket, config.agent.socket_mode.0).map_err(|e| e.to_string())?;
     let admin = bind(&config.agent.admin_socket, config.agent.admin_socket_mode.0)
@@ -134,6 +151,9 @@ pub fn run(config: &Config) -> Result<(), String> {
 /// PINs resolve, the state directory can be created.
 pub fn check(config: &Config, path: &Path) -> Result<(), String> {
     let mut problems = Vec::new();
+    if let Err(e) = load_policy(config) {
+        problems.push(e);
+    }
     for t in &config.tokens {
         if !t.library.is_file() {
             problems.push(format!(

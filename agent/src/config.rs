@@ -69,6 +69,11 @@ pub struct AgentConfig {
     pub admin_socket_mode: FileMode,
     /// Where PIN hashes and token state live (created 0700).
     pub state_dir: PathBuf,
+    /// The policy file (see `policy/example-policy.toml`). Without one the
+    /// agent runs the built-in lab policy: a plain PKCS#11 token for local
+    /// peers running as root or as the agent's own user.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
 }
 
 /// One `[[token]]`: a virtual token and the backend token behind it.

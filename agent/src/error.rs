@@ -17,6 +17,11 @@ pub enum Error {
     /// The backend library answered this `CK_RV`; passed on unchanged.
     #[error("backend returned {0:#x}")]
     Backend(Rv),
+    /// The policy refused the call with this `CK_RV` (the code of a
+    /// `keyward_policy::Refusal`, whose reason the agent logs where it
+    /// refuses).
+    #[error("refused by policy ({0:#x})")]
+    Refused(Rv),
     /// `CKR_SLOT_ID_INVALID`: no virtual token has this slot id.
     #[error("unknown slot")]
     SlotIdInvalid,
@@ -90,7 +95,7 @@ impl Error {
     /// The `CK_RV` the application sees.
     pub fn rv(self) -> Rv {
         match self {
-            Error::Backend(rv) => rv,
+            Error::Backend(rv) | Error::Refused(rv) => rv,
             Error::SlotIdInvalid => ck::CKR_SLOT_ID_INVALID,
             Error::TokenNotPresent => ck::CKR_TOKEN_NOT_PRESENT,
             Error::SessionHandleInvalid => ck::CKR_SESSION_HANDLE_INVALID,

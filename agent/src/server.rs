@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message, write_message, FrameError};
-use keyward_protocol::{Request, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, PROTOCOL_VERSION};
 
 use crate::agent::Agent;
 use crate::identity::Peer;
@@ -276,6 +276,14 @@ impl Server {
         let mut writer = &stream;
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
         match read_message::<_, Request>(&mut reader, &mut rbuf) {
+            Ok(Request::Hello { .. }) if !self.agent.admits(peer) => {
+                // Unknown peers get no token: the module sees an agent it
+                // cannot use, and its slot shows no token.
+                log::warn!("{peer}: refused: no application of the policy matches this peer");
+                let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);
+                let _ = write_message(&mut writer, &refusal, &mut wbuf);
+                return;
+            }
             Ok(Request::Hello { version }) => {
                 if write_message(&mut writer, &self.agent.hello(), &mut wbuf).is_err() {
                     return;

@@ -242,6 +242,28 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The mechanism type the call uses, if it carries one (a `C_*Init`,
+    /// deferred or not, a key generation, wrap, unwrap or derive).
+    pub fn mechanism(&self) -> Option<u64> {
+        let init = match self {
+            Request::OperationInit { init, .. } => Some(init),
+            Request::Single { init, .. }
+            | Request::Verify { init, .. }
+            | Request::Update { init, .. }
+            | Request::Final { init, .. }
+            | Request::VerifyFinal { init, .. } => init.as_ref(),
+            Request::GenerateKey { mechanism, .. }
+            | Request::GenerateKeyPair { mechanism, .. }
+            | Request::WrapKey { mechanism, .. }
+            | Request::UnwrapKey { mechanism, .. }
+            | Request::DeriveKey { mechanism, .. } => return Some(mechanism.mechanism),
+            _ => None,
+        };
+        init.map(|i| i.mechanism.mechanism)
+    }
+}
+
 /// The agent's answer to `Hello`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct HelloReply {

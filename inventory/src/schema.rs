@@ -1,0 +1,202 @@
+//! The SQLite schema as an ordered list of migration steps.
+//!
+//! `PRAGMA user_version` holds the number of steps applied. Opening a store
+//! applies the missing steps in order, each in its own `BEGIN IMMEDIATE`
+//! transaction that also bumps `user_version`, so a crash leaves the file
+//! at a whole step, never between two. A file whose `user_version` is past
+//! the last step is refused (never downgraded). To add tables (dual-control
+//! requests, the audit trail), append a step; never edit a released one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// `PRAGMA application_id` of a keyward inventory (`KWIN`), so that another
+/// SQLite file handed to us by mistake is refused instead of migrated.
+pub(crate) const APPLICATION_ID: i32 = 0x4B57_494E;
+
+/// One step of the schema's history.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Migration {
+    /// What the step adds, for errors and logs.
+    pub description: &'static str,
+    /// SQL run inside the step's transaction.
+    pub sql: &'static str,
+}
+
+/// Every step, oldest first; step `i` takes `user_version` from `i` to
+/// `i + 1`.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    description: "keys, versions, state history, grants",
+    sql: V1,
+}];
+
+/// The schema version this build writes.
+pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
+
+const V1: &str = "
+CREATE TABLE keys (
+    id             INTEGER PRIMARY KEY,
+    token          TEXT    NOT NULL CHECK (token <> ''),
+    name           TEXT    NOT NULL CHECK (name <> ''),
+    owner          TEXT    NOT NULL,
+    purpose        TEXT    NOT NULL,
+    class          TEXT    NOT NULL,
+    algorithm      TEXT    NOT NULL CHECK (algorithm <> ''),
+    state          TEXT    NOT NULL CHECK (state IN ('pre-activation', 'active', 'suspended',
+                                                     'deactivated', 'compromised', 'destroyed')),
+    created_at     INTEGER NOT NULL,
+    activated_at   INTEGER,
+    rotated_at     INTEGER,
+    deactivated_at INTEGER,
+    protect_until  INTEGER,
+    process_until  INTEGER,
+    next_rotation  INTEGER,
+    scope          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(scope)),
+    last_used_at   INTEGER,
+    backup_allowed INTEGER NOT NULL DEFAULT 0 CHECK (backup_allowed IN (0, 1)),
+    UNIQUE (token, name),
+    -- target of key_versions' (key_id, token) reference
+    UNIQUE (id, token)
+) STRICT;
+
+CREATE INDEX keys_state ON keys (state);
+
+-- token is repeated from the key (and tied to it by the foreign key) so that
+-- one unique index both enforces a CKA_ID per token and serves the hot-path
+-- lookup by (token, CKA_ID).
+CREATE TABLE key_versions (
+    key_id         INTEGER NOT NULL,
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    token          TEXT    NOT NULL,
+    backend_id     BLOB    NOT NULL CHECK (length(backend_id) > 0),
+    backend_label  TEXT    NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN ('pre-activation', 'active', 'suspended',
+                                                     'deactivated', 'compromised', 'destroyed')),
+    created_at     INTEGER NOT NULL,
+    deactivated_at INTEGER,
+    destroyed_at   INTEGER,
+    PRIMARY KEY (key_id, version),
+    FOREIGN KEY (key_id, token) REFERENCES keys (id, token),
+    UNIQUE (token, backend_id)
+) STRICT, WITHOUT ROWID;
+
+-- version NULL: the key's own state; else that version's.
+CREATE TABLE state_changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id     INTEGER NOT NULL REFERENCES keys (id),
+    version    INTEGER,
+    from_state TEXT CHECK (from_state IN ('pre-activation', 'active', 'suspended',
+                                          'deactivated', 'compromised', 'destroyed')),
+    to_state   TEXT    NOT NULL CHECK (to_state IN ('pre-activation', 'active', 'suspended',
+                                                    'deactivated', 'compromised', 'destroyed')),
+    at         INTEGER NOT NULL,
+    actor      TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    FOREIGN KEY (key_id, version) REFERENCES key_versions (key_id, version)
+) STRICT;
+
+CREATE INDEX state_changes_key ON state_changes (key_id, version, seq);
+
+CREATE TRIGGER state_changes_no_update BEFORE UPDATE ON state_changes
+BEGIN SELECT RAISE(ABORT, 'state history is append-only'); END;
+CREATE TRIGGER state_changes_no_delete BEFORE DELETE ON state_changes
+BEGIN SELECT RAISE(ABORT, 'state history is append-only'); END;
+
+CREATE TABLE grants (
+    key_id      INTEGER NOT NULL REFERENCES keys (id),
+    application TEXT    NOT NULL CHECK (application <> ''),
+    operations  TEXT    NOT NULL CHECK (json_valid(operations)),
+    expires_at  INTEGER,
+    granted_at  INTEGER NOT NULL,
+    granted_by  TEXT    NOT NULL,
+    PRIMARY KEY (key_id, application)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX grants_application ON grants (application);
+
+-- who granted and revoked what, and when (the audit trail comes later)
+CREATE TABLE grant_changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id      INTEGER NOT NULL REFERENCES keys (id),
+    application TEXT    NOT NULL,
+    action      TEXT    NOT NULL CHECK (action IN ('grant', 'revoke')),
+    operations  TEXT    CHECK (operations IS NULL OR json_valid(operations)),
+    expires_at  INTEGER,
+    at          INTEGER NOT NULL,
+    actor       TEXT    NOT NULL
+) STRICT;
+";
+
+/// Reads `PRAGMA user_version`.
+pub(crate) fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Brings `conn` to the last of `steps`; `path` is for errors.
+///
+/// Returns the version found before migrating.
+pub(crate) fn migrate(
+    conn: &mut Connection,
+    steps: &[Migration],
+    path: &std::path::Path,
+) -> Result<u32> {
+    let known = steps.len() as u32;
+    let found = version(conn)?;
+    check_identity(conn, found, known, path)?;
+    if found == known {
+        // The common case takes no write lock.
+        return Ok(found);
+    }
+    loop {
+        // Re-read under the write lock: another process may have migrated.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = version(&tx)?;
+        check_identity(&tx, current, known, path)?;
+        if current == known {
+            tx.commit()?;
+            return Ok(found);
+        }
+        let step = &steps[current as usize];
+        tx.execute_batch(step.sql).map_err(|e| Error::Open {
+            path: path.to_owned(),
+            detail: format!(
+                "schema step {} ({}) failed: {e}",
+                current + 1,
+                step.description
+            ),
+        })?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
+        tx.commit()?;
+    }
+}
+
+/// Refuses a file of the future, and a SQLite file that is not ours.
+fn check_identity(conn: &Connection, found: u32, known: u32, path: &std::path::Path) -> Result<()> {
+    if found > known {
+        return Err(Error::TooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    let app: i32 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let foreign = if found == 0 {
+        // A new inventory is an empty file; anything with tables is not ours.
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        app != 0 || tables != 0
+    } else {
+        app != APPLICATION_ID
+    };
+    if foreign {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "a SQLite database of another application (application_id {app:#x}, \
+                 user_version {found})"
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,927 @@
+//! [`SqliteInventory`]: the inventory in one SQLite file.
+//!
+//! Durability: WAL journal, `synchronous=FULL`, so every lifecycle write is
+//! on disk before its call returns, and a process killed at any moment
+//! leaves the last committed state. Only [`touch`](Inventory::touch) commits
+//! with `synchronous=NORMAL`: it cannot break consistency, and the next
+//! lifecycle commit makes it durable too.
+//!
+//! Connections: one `Mutex<Connection>`. SQLite serialises writers anyway;
+//! the hot-path read ([`version_by_backend_id`](Inventory::version_by_backend_id))
+//! is one cached prepared statement on a unique index, so a lock held for
+//! microseconds costs less than a pool's bookkeeping. A panic while the lock
+//! is held rolls its transaction back (the guard's drop), so a poisoned lock
+//! is taken over rather than propagated.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql, Transaction,
+    TransactionBehavior,
+};
+
+use crate::error::{Error, Result};
+use crate::schema::{self, Migration};
+use crate::types::{
+    DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange, Transition,
+};
+use crate::Inventory;
+
+/// How long a call waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 32;
+
+// Column lists as macros, so that every query is one `concat!`ed literal:
+// the statement cache is keyed by the SQL text, and building it with
+// `format!` would cost an allocation per call on the hot path.
+macro_rules! key_cols {
+    () => {
+        "k.id, k.name, k.token, k.owner, k.purpose, k.class, k.algorithm, k.state, \
+         k.created_at, k.activated_at, k.rotated_at, k.deactivated_at, k.protect_until, \
+         k.process_until, k.next_rotation, k.scope, k.last_used_at, k.backup_allowed"
+    };
+}
+/// The number of columns in `key_cols!()`.
+const KEY_NCOLS: usize = 18;
+macro_rules! version_cols {
+    () => {
+        "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
+         v.deactivated_at, v.destroyed_at"
+    };
+}
+
+/// The inventory in `<state_dir>/inventory.sqlite` (the agent passes the
+/// path).
+#[derive(Debug)]
+pub struct SqliteInventory {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteInventory {
+    /// Creates (mode 0600) or opens the store at `path` and brings its
+    /// schema up to date.
+    ///
+    /// Errors: [`Error::TooNew`] for a schema from a newer build,
+    /// [`Error::Corrupt`] for a file that is not an intact keyward inventory,
+    /// [`Error::Open`] when the file cannot be created or set up.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteInventory> {
+        SqliteInventory::open_with(path.as_ref(), schema::MIGRATIONS)
+    }
+
+    pub(crate) fn open_with(path: &Path, steps: &[Migration]) -> Result<SqliteInventory> {
+        prepare_file(path)?;
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| open_error(path, e))?;
+        setup(&mut conn, path, steps).map_err(|e| match e {
+            Error::Storage(inner) => match inner.downcast::<rusqlite::Error>() {
+                Ok(sql) => open_error(path, *sql),
+                Err(other) => Error::Storage(other),
+            },
+            other => other,
+        })?;
+        Ok(SqliteInventory {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the whole store; returns the problems found (empty: consistent).
+    ///
+    /// SQLite's `integrity_check` and `foreign_key_check`, then the
+    /// inventory's own invariants: every key's and version's state is the
+    /// `to` of its last history row, and each history row starts where the
+    /// previous one for the same key or version ended.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut problems = Vec::new();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let row = row?;
+            if row != "ok" {
+                problems.push(format!("integrity: {row}"));
+            }
+        }
+        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+        let orphans = stmt.query_map([], |r| {
+            Ok(format!(
+                "orphan row in {} (rowid {:?}) refers to a missing {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })?;
+        for orphan in orphans {
+            problems.push(orphan?);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT k.id, k.state,
+                    (SELECT s.to_state FROM state_changes s
+                      WHERE s.key_id = k.id AND s.version IS NULL ORDER BY s.seq DESC LIMIT 1)
+               FROM keys k",
+        )?;
+        let keys = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        for key in keys {
+            let (id, state, last) = key?;
+            if last.as_deref() != Some(state.as_str()) {
+                problems.push(format!(
+                    "key {id} is {state} but its history ends at {last:?}"
+                ));
+            }
+        }
+        let mut stmt = conn.prepare(
+            "SELECT v.key_id, v.version, v.state,
+                    (SELECT s.to_state FROM state_changes s
+                      WHERE s.key_id = v.key_id AND s.version = v.version
+                      ORDER BY s.seq DESC LIMIT 1)
+               FROM key_versions v",
+        )?;
+        let versions = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        for version in versions {
+            let (id, v, state, last) = version?;
+            if last.as_deref() != Some(state.as_str()) {
+                problems.push(format!(
+                    "key {id} version {v} is {state} but its history ends at {last:?}"
+                ));
+            }
+        }
+        let mut stmt = conn.prepare(
+            "SELECT seq, key_id, version, from_state, prev FROM (
+                 SELECT seq, key_id, version, from_state,
+                        lag(to_state) OVER (PARTITION BY key_id, version ORDER BY seq) AS prev
+                   FROM state_changes)
+              WHERE from_state IS NOT prev",
+        )?;
+        let breaks = stmt.query_map([], |r| {
+            Ok(format!(
+                "history row {} (key {}, version {:?}) starts at {:?} but the previous ended at {:?}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?
+            ))
+        })?;
+        for gap in breaks {
+            problems.push(gap?);
+        }
+        Ok(problems)
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Creates the file with mode 0600 (SQLite gives its `-wal` and `-shm`
+/// files the same mode), and tightens an existing one.
+fn prepare_file(path: &Path) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| Error::Open {
+        path: path.to_owned(),
+        detail: format!("{what}: {e}"),
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("cannot open", e))?;
+    let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
+    if !meta.is_file() {
+        return Err(Error::Open {
+            path: path.to_owned(),
+            detail: "not a regular file".into(),
+        });
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("cannot set mode 0600", e))?;
+    }
+    Ok(())
+}
+
+fn setup(conn: &mut Connection, path: &Path, steps: &[Migration]) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Open {
+            path: path.to_owned(),
+            detail: format!("cannot use a WAL journal (journal_mode is {mode})"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            detail: format!("quick_check: {check}"),
+        });
+    }
+    schema::migrate(conn, steps, path)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+fn open_error(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        _ => Error::Open {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl ToSql for KeyState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for KeyState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<KeyState> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: Error| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn json_list(row: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    Ok(KeyRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        token: r.get(2)?,
+        owner: r.get(3)?,
+        purpose: r.get(4)?,
+        class: r.get(5)?,
+        algorithm: r.get(6)?,
+        state: r.get(7)?,
+        created_at: r.get(8)?,
+        activated_at: r.get(9)?,
+        rotated_at: r.get(10)?,
+        deactivated_at: r.get(11)?,
+        protect_until: r.get(12)?,
+        process_until: r.get(13)?,
+        next_rotation: r.get(14)?,
+        scope: json_list(r, 15)?,
+        last_used_at: r.get(16)?,
+        backup_allowed: r.get(17)?,
+    })
+}
+
+/// A version whose columns (`version_cols!()`) start at `at`.
+fn version_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<KeyVersion> {
+    Ok(KeyVersion {
+        key_id: r.get(at)?,
+        version: r.get(at + 1)?,
+        backend_id: r.get(at + 2)?,
+        backend_label: r.get(at + 3)?,
+        state: r.get(at + 4)?,
+        created_at: r.get(at + 5)?,
+        deactivated_at: r.get(at + 6)?,
+        destroyed_at: r.get(at + 7)?,
+    })
+}
+
+fn change_from_row(r: &Row<'_>) -> rusqlite::Result<StateChange> {
+    Ok(StateChange {
+        seq: r.get(0)?,
+        key_id: r.get(1)?,
+        version: r.get(2)?,
+        from: r.get(3)?,
+        to: r.get(4)?,
+        at: r.get(5)?,
+        actor: r.get(6)?,
+        reason: r.get(7)?,
+    })
+}
+
+fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        key_id: r.get(0)?,
+        application: r.get(1)?,
+        operations: json_list(r, 2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn nonempty(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::Invalid(format!("{what} is empty")));
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A history row to append (its `seq` is assigned by [`record_change`]).
+fn change(
+    key_id: i64,
+    version: Option<u32>,
+    from: Option<KeyState>,
+    to: KeyState,
+    at: i64,
+    actor: &str,
+    reason: &str,
+) -> StateChange {
+    StateChange {
+        seq: 0,
+        key_id,
+        version,
+        from,
+        to,
+        at,
+        actor: actor.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Appends one history row inside `tx`; returns it with its `seq`.
+fn record_change(tx: &Transaction<'_>, mut c: StateChange) -> Result<StateChange> {
+    tx.prepare_cached(
+        "INSERT INTO state_changes (key_id, version, from_state, to_state, at, actor, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        c.key_id, c.version, c.from, c.to, c.at, c.actor, c.reason
+    ])?;
+    c.seq = tx.last_insert_rowid();
+    Ok(c)
+}
+
+fn backend_id_taken(tx: &Transaction<'_>, token: &str, backend_id: &[u8]) -> Result<()> {
+    let taken = tx
+        .prepare_cached("SELECT 1 FROM key_versions WHERE token = ?1 AND backend_id = ?2")?
+        .exists(params![token, backend_id])?;
+    if taken {
+        return Err(Error::Exists(format!(
+            "a key version with CKA_ID {} on token {token:?}",
+            hex(backend_id)
+        )));
+    }
+    Ok(())
+}
+
+fn set_key_dates(tx: &Transaction<'_>, key_id: i64, d: &DateUpdates) -> Result<()> {
+    if *d == DateUpdates::default() {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "UPDATE keys SET activated_at   = coalesce(?2, activated_at),
+                         rotated_at     = coalesce(?3, rotated_at),
+                         deactivated_at = coalesce(?4, deactivated_at),
+                         protect_until  = coalesce(?5, protect_until),
+                         process_until  = coalesce(?6, process_until),
+                         next_rotation  = coalesce(?7, next_rotation)
+          WHERE id = ?1",
+    )?
+    .execute(params![
+        key_id,
+        d.activated_at,
+        d.rotated_at,
+        d.deactivated_at,
+        d.protect_until,
+        d.process_until,
+        d.next_rotation
+    ])?;
+    Ok(())
+}
+
+impl Inventory for SqliteInventory {
+    fn schema_version(&self) -> Result<u32> {
+        Ok(schema::version(&self.conn())?)
+    }
+
+    fn create_key(
+        &self,
+        key: &KeyRecord,
+        first_version: &KeyVersion,
+        actor: &str,
+    ) -> Result<KeyRecord> {
+        nonempty("key name", &key.name)?;
+        nonempty("token", &key.token)?;
+        nonempty("algorithm", &key.algorithm)?;
+        nonempty("actor", actor)?;
+        if first_version.backend_id.is_empty() {
+            return Err(Error::Invalid("backend CKA_ID is empty".into()));
+        }
+        if first_version.version > 1 {
+            return Err(Error::Invalid(format!(
+                "a new key's first version is 1, not {}",
+                first_version.version
+            )));
+        }
+        for (what, state) in [("key", key.state), ("version", first_version.state)] {
+            if state == KeyState::Destroyed {
+                return Err(Error::Invalid(format!("a new {what} cannot be destroyed")));
+            }
+        }
+        let scope = serde_json::to_string(&key.scope)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken = tx
+            .prepare_cached("SELECT 1 FROM keys WHERE token = ?1 AND name = ?2")?
+            .exists(params![key.token, key.name])?;
+        if taken {
+            return Err(Error::Exists(format!(
+                "key {:?} on token {:?}",
+                key.name, key.token
+            )));
+        }
+        backend_id_taken(&tx, &key.token, &first_version.backend_id)?;
+        tx.prepare_cached(
+            "INSERT INTO keys (token, name, owner, purpose, class, algorithm, state, created_at,
+                               activated_at, rotated_at, deactivated_at, protect_until,
+                               process_until, next_rotation, scope, last_used_at, backup_allowed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )?
+        .execute(params![
+            key.token,
+            key.name,
+            key.owner,
+            key.purpose,
+            key.class,
+            key.algorithm,
+            key.state,
+            key.created_at,
+            key.activated_at,
+            key.rotated_at,
+            key.deactivated_at,
+            key.protect_until,
+            key.process_until,
+            key.next_rotation,
+            scope,
+            key.last_used_at,
+            key.backup_allowed
+        ])?;
+        let id = tx.last_insert_rowid();
+        let v = first_version;
+        tx.prepare_cached(
+            "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
+                                       created_at, deactivated_at, destroyed_at)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            id,
+            key.token,
+            v.backend_id,
+            v.backend_label,
+            v.state,
+            v.created_at,
+            v.deactivated_at,
+            v.destroyed_at
+        ])?;
+        record_change(
+            &tx,
+            change(id, None, None, key.state, key.created_at, actor, "created"),
+        )?;
+        record_change(
+            &tx,
+            change(id, Some(1), None, v.state, v.created_at, actor, "created"),
+        )?;
+        tx.commit()?;
+        Ok(KeyRecord { id, ..key.clone() })
+    }
+
+    fn key(&self, token: &str, name: &str) -> Result<Option<KeyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys k WHERE k.token = ?1 AND k.name = ?2"
+        ))?;
+        Ok(stmt
+            .query_row(params![token, name], key_from_row)
+            .optional()?)
+    }
+
+    fn key_by_id(&self, id: i64) -> Result<Option<KeyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys k WHERE k.id = ?1"
+        ))?;
+        Ok(stmt.query_row(params![id], key_from_row).optional()?)
+    }
+
+    fn keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys k
+              WHERE (?1 IS NULL OR k.token = ?1)
+                AND (?2 IS NULL OR k.state = ?2)
+                AND (?3 IS NULL OR k.class = ?3)
+              ORDER BY k.token, k.name"
+        ))?;
+        let rows = stmt.query_map(
+            params![filter.token, filter.state, filter.class],
+            key_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn versions(&self, key_id: i64) -> Result<Vec<KeyVersion>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM key_versions v WHERE v.key_id = ?1 ORDER BY v.version"
+        ))?;
+        let rows = stmt.query_map(params![key_id], |r| version_from_row(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn version_by_backend_id(
+        &self,
+        token: &str,
+        backend_id: &[u8],
+    ) -> Result<Option<(KeyRecord, KeyVersion)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT ",
+            key_cols!(),
+            ", ",
+            version_cols!(),
+            " FROM key_versions v JOIN keys k ON k.id = v.key_id
+              WHERE v.token = ?1 AND v.backend_id = ?2"
+        ))?;
+        Ok(stmt
+            .query_row(params![token, backend_id], |r| {
+                Ok((key_from_row(r)?, version_from_row(r, KEY_NCOLS)?))
+            })
+            .optional()?)
+    }
+
+    fn transition(&self, t: &Transition) -> Result<StateChange> {
+        nonempty("actor", &t.actor)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let what = match t.version {
+            None => format!("key {}", t.key_id),
+            Some(v) => format!("version {v} of key {}", t.key_id),
+        };
+        let check = |from: KeyState| -> Result<()> {
+            if from != t.expected_from {
+                return Err(Error::Conflict {
+                    what: format!("state of {what}"),
+                    expected: t.expected_from.to_string(),
+                    found: from.to_string(),
+                });
+            }
+            if !from.may_become(t.to) {
+                return Err(Error::InvalidTransition {
+                    what: what.clone(),
+                    from,
+                    to: t.to,
+                });
+            }
+            Ok(())
+        };
+        let from = match t.version {
+            None => {
+                let (from, activated, deactivated): (KeyState, Option<i64>, Option<i64>) = tx
+                    .prepare_cached(
+                        "SELECT state, activated_at, deactivated_at FROM keys WHERE id = ?1",
+                    )?
+                    .query_row(params![t.key_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?
+                    .ok_or_else(|| Error::NotFound(what.clone()))?;
+                check(from)?;
+                let mut dates = t.dates;
+                if t.to == KeyState::Active && activated.is_none() {
+                    dates.activated_at = dates.activated_at.or(Some(t.at));
+                }
+                if t.to == KeyState::Deactivated && deactivated.is_none() {
+                    dates.deactivated_at = dates.deactivated_at.or(Some(t.at));
+                }
+                tx.prepare_cached("UPDATE keys SET state = ?2 WHERE id = ?1")?
+                    .execute(params![t.key_id, t.to])?;
+                set_key_dates(&tx, t.key_id, &dates)?;
+                from
+            }
+            Some(v) => {
+                let from: KeyState = tx
+                    .prepare_cached(
+                        "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+                    )?
+                    .query_row(params![t.key_id, v], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::NotFound(what.clone()))?;
+                check(from)?;
+                let deactivated =
+                    matches!(t.to, KeyState::Deactivated | KeyState::Compromised).then_some(t.at);
+                let destroyed = (t.to == KeyState::Destroyed).then_some(t.at);
+                tx.prepare_cached(
+                    "UPDATE key_versions
+                        SET state = ?3,
+                            deactivated_at = coalesce(deactivated_at, ?4),
+                            destroyed_at = coalesce(destroyed_at, ?5)
+                      WHERE key_id = ?1 AND version = ?2",
+                )?
+                .execute(params![t.key_id, v, t.to, deactivated, destroyed])?;
+                set_key_dates(&tx, t.key_id, &t.dates)?;
+                from
+            }
+        };
+        let done = record_change(
+            &tx,
+            change(
+                t.key_id,
+                t.version,
+                Some(from),
+                t.to,
+                t.at,
+                &t.actor,
+                &t.reason,
+            ),
+        )?;
+        tx.commit()?;
+        Ok(done)
+    }
+
+    fn add_version(
+        &self,
+        key_id: i64,
+        version: &KeyVersion,
+        demote_others_to: Option<KeyState>,
+        actor: &str,
+    ) -> Result<KeyVersion> {
+        nonempty("actor", actor)?;
+        if version.backend_id.is_empty() {
+            return Err(Error::Invalid("backend CKA_ID is empty".into()));
+        }
+        if let Some(to) = demote_others_to {
+            if !matches!(
+                to,
+                KeyState::Suspended | KeyState::Deactivated | KeyState::Compromised
+            ) {
+                return Err(Error::Invalid(format!(
+                    "a rotation demotes older versions to suspended, deactivated or \
+                     compromised, not {to}"
+                )));
+            }
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (token, key_state): (String, KeyState) = tx
+            .prepare_cached("SELECT token, state FROM keys WHERE id = ?1")?
+            .query_row(params![key_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("key {key_id}")))?;
+        if key_state == KeyState::Destroyed {
+            return Err(Error::InvalidTransition {
+                what: format!("new version of key {key_id}"),
+                from: key_state,
+                to: KeyState::Active,
+            });
+        }
+        let next: u32 = tx
+            .prepare_cached(
+                "SELECT coalesce(max(version), 0) + 1 FROM key_versions WHERE key_id = ?1",
+            )?
+            .query_row(params![key_id], |r| r.get(0))?;
+        if version.version != 0 && version.version != next {
+            return Err(Error::Conflict {
+                what: format!("rotation of key {key_id}"),
+                expected: format!("new version {}", version.version),
+                found: format!("next version {next}"),
+            });
+        }
+        backend_id_taken(&tx, &token, &version.backend_id)?;
+        let at = version.created_at;
+        let reason = format!("rotation to version {next}");
+        if let Some(to) = demote_others_to {
+            let older: Vec<(u32, KeyState)> = tx
+                .prepare_cached(
+                    "SELECT version, state FROM key_versions WHERE key_id = ?1 ORDER BY version",
+                )?
+                .query_map(params![key_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let deactivated = (to != KeyState::Suspended).then_some(at);
+            for (v, from) in older.into_iter().filter(|(_, s)| s.rank() < to.rank()) {
+                tx.prepare_cached(
+                    "UPDATE key_versions
+                        SET state = ?3, deactivated_at = coalesce(deactivated_at, ?4)
+                      WHERE key_id = ?1 AND version = ?2",
+                )?
+                .execute(params![key_id, v, to, deactivated])?;
+                record_change(
+                    &tx,
+                    change(key_id, Some(v), Some(from), to, at, actor, &reason),
+                )?;
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
+                                       created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            key_id,
+            next,
+            token,
+            version.backend_id,
+            version.backend_label,
+            KeyState::Active,
+            at
+        ])?;
+        record_change(
+            &tx,
+            change(
+                key_id,
+                Some(next),
+                None,
+                KeyState::Active,
+                at,
+                actor,
+                &reason,
+            ),
+        )?;
+        tx.prepare_cached("UPDATE keys SET rotated_at = ?2 WHERE id = ?1")?
+            .execute(params![key_id, at])?;
+        tx.commit()?;
+        Ok(KeyVersion {
+            key_id,
+            version: next,
+            backend_id: version.backend_id.clone(),
+            backend_label: version.backend_label.clone(),
+            state: KeyState::Active,
+            created_at: at,
+            deactivated_at: None,
+            destroyed_at: None,
+        })
+    }
+
+    fn history(&self, key_id: i64) -> Result<Vec<StateChange>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, key_id, version, from_state, to_state, at, actor, reason
+               FROM state_changes WHERE key_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![key_id], change_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn grant(&self, grant: &Grant, actor: &str) -> Result<()> {
+        nonempty("application", &grant.application)?;
+        nonempty("actor", actor)?;
+        if grant.operations.is_empty() || grant.operations.iter().any(String::is_empty) {
+            return Err(Error::Invalid(format!(
+                "grant to {:?}: operations must be a non-empty list of names",
+                grant.application
+            )));
+        }
+        let operations = serde_json::to_string(&grant.operations)?;
+        let now = unix_now();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
+            .exists(params![grant.key_id])?;
+        if !known {
+            return Err(Error::NotFound(format!("key {}", grant.key_id)));
+        }
+        tx.prepare_cached(
+            "INSERT INTO grants (key_id, application, operations, expires_at, granted_at,
+                                 granted_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (key_id, application) DO UPDATE
+                SET operations = excluded.operations, expires_at = excluded.expires_at,
+                    granted_at = excluded.granted_at, granted_by = excluded.granted_by",
+        )?
+        .execute(params![
+            grant.key_id,
+            grant.application,
+            operations,
+            grant.expires_at,
+            now,
+            actor
+        ])?;
+        tx.prepare_cached(
+            "INSERT INTO grant_changes (key_id, application, action, operations, expires_at,
+                                        at, actor)
+             VALUES (?1, ?2, 'grant', ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            grant.key_id,
+            grant.application,
+            operations,
+            grant.expires_at,
+            now,
+            actor
+        ])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn revoke_grant(&self, key_id: i64, application: &str, actor: &str) -> Result<()> {
+        nonempty("actor", actor)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let removed = tx
+            .prepare_cached("DELETE FROM grants WHERE key_id = ?1 AND application = ?2")?
+            .execute(params![key_id, application])?;
+        if removed == 0 {
+            return Err(Error::NotFound(format!(
+                "grant of key {key_id} to {application:?}"
+            )));
+        }
+        tx.prepare_cached(
+            "INSERT INTO grant_changes (key_id, application, action, at, actor)
+             VALUES (?1, ?2, 'revoke', ?3, ?4)",
+        )?
+        .execute(params![key_id, application, unix_now(), actor])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn grants(&self, key_id: i64) -> Result<Vec<Grant>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id, application, operations, expires_at FROM grants
+              WHERE key_id = ?1 ORDER BY application",
+        )?;
+        let rows = stmt.query_map(params![key_id], grant_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn grants_for_application(&self, application: &str) -> Result<Vec<Grant>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id, application, operations, expires_at FROM grants
+              WHERE application = ?1 ORDER BY key_id",
+        )?;
+        let rows = stmt.query_map(params![application], grant_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn touch(&self, key_id: i64, at: i64) -> Result<()> {
+        let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let updated = conn
+            .prepare_cached(
+                "UPDATE keys SET last_used_at = max(coalesce(last_used_at, ?2), ?2)
+                  WHERE id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![key_id, at]));
+        // Restore before anything else, so no lifecycle write runs at NORMAL.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        if updated? == 0 {
+            return Err(Error::NotFound(format!("key {key_id}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,980 @@
+//! Unit tests of [`SqliteInventory`] through the [`Inventory`] trait, and of
+//! the schema machinery.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+
+use crate::schema::{Migration, MIGRATIONS};
+use crate::*;
+
+const T0: i64 = 1_700_000_000;
+
+fn store() -> (tempfile::TempDir, SqliteInventory) {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+    (dir, inv)
+}
+
+fn draft(token: &str, name: &str) -> KeyRecord {
+    KeyRecord {
+        id: 0,
+        name: name.into(),
+        token: token.into(),
+        owner: "payments".into(),
+        purpose: "signing".into(),
+        class: "tls-server".into(),
+        algorithm: "ec:p256".into(),
+        state: KeyState::Active,
+        created_at: T0,
+        activated_at: Some(T0),
+        rotated_at: None,
+        deactivated_at: None,
+        protect_until: Some(T0 + 86_400),
+        process_until: None,
+        next_rotation: Some(T0 + 3_600),
+        scope: vec!["pci-dss".into(), "gdpr".into()],
+        last_used_at: None,
+        backup_allowed: false,
+    }
+}
+
+fn backend(id: &[u8]) -> KeyVersion {
+    KeyVersion {
+        key_id: 0,
+        version: 0,
+        backend_id: id.to_vec(),
+        backend_label: "label".into(),
+        state: KeyState::Active,
+        created_at: T0,
+        deactivated_at: None,
+        destroyed_at: None,
+    }
+}
+
+fn new_key(inv: &SqliteInventory, name: &str, id: &[u8]) -> KeyRecord {
+    inv.create_key(&draft("tok", name), &backend(id), "admin")
+        .unwrap()
+}
+
+fn transition(key_id: i64, version: Option<u32>, from: KeyState, to: KeyState) -> Transition {
+    Transition {
+        key_id,
+        version,
+        expected_from: from,
+        to,
+        actor: "alice".into(),
+        reason: "test".into(),
+        at: T0 + 100,
+        dates: DateUpdates::default(),
+    }
+}
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+fn states(inv: &SqliteInventory, key_id: i64) -> Vec<KeyState> {
+    inv.versions(key_id)
+        .unwrap()
+        .iter()
+        .map(|v| v.state)
+        .collect()
+}
+
+// ---- opening, schema, files ------------------------------------------------
+
+#[test]
+fn open_creates_a_private_wal_store_at_the_latest_schema() {
+    let (dir, inv) = store();
+    let path = dir.path().join("inventory.sqlite");
+    assert_eq!(inv.path(), path);
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, MIGRATIONS.len() as u32);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    new_key(&inv, "k", b"1");
+    // SQLite gives the WAL the database's mode.
+    let wal = std::fs::metadata(dir.path().join("inventory.sqlite-wal")).unwrap();
+    assert_eq!(wal.permissions().mode() & 0o777, 0o600);
+    let conn = inv.conn();
+    let journal: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let sync: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let fk: i64 = conn
+        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[test]
+fn an_existing_loose_file_is_tightened_to_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    SqliteInventory::open(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn an_empty_file_is_migrated_and_a_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    std::fs::write(&path, b"").unwrap();
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
+    let key = new_key(&inv, "k", b"1");
+    drop(inv);
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(inv.key_by_id(key.id).unwrap(), Some(key.clone()));
+    assert_eq!(inv.history(key.id).unwrap().len(), 2);
+    assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn a_later_migration_step_applies_on_reopen_and_then_old_code_refuses_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let key = new_key(&SqliteInventory::open(&path).unwrap(), "k", b"1");
+    let mut steps = MIGRATIONS.to_vec();
+    steps.push(Migration {
+        description: "dual-control requests",
+        sql: "CREATE TABLE requests (id INTEGER PRIMARY KEY, action TEXT NOT NULL) STRICT;",
+    });
+    let newer = SqliteInventory::open_with(&path, &steps).unwrap();
+    assert_eq!(newer.schema_version().unwrap(), SCHEMA_VERSION + 1);
+    assert_eq!(newer.key_by_id(key.id).unwrap(), Some(key));
+    newer
+        .conn()
+        .execute("INSERT INTO requests (action) VALUES ('destroy')", [])
+        .unwrap();
+    drop(newer);
+    match SqliteInventory::open(&path) {
+        Err(Error::TooNew { found, known, .. }) => {
+            assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_failing_migration_step_leaves_the_previous_version_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    drop(SqliteInventory::open(&path).unwrap());
+    let mut steps = MIGRATIONS.to_vec();
+    steps.push(Migration {
+        description: "broken",
+        sql: "CREATE TABLE half (x INTEGER); SELECT no_such_function();",
+    });
+    let err = SqliteInventory::open_with(&path, &steps).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert!(
+        text.contains("broken") && text.contains("inventory.sqlite"),
+        "{text}"
+    );
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
+    let half: i64 = inv
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'half'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(half, 0, "the failed step's first statement was rolled back");
+}
+
+#[test]
+fn a_store_from_a_newer_build_is_refused_not_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    drop(SqliteInventory::open(&path).unwrap());
+    raw(&path).pragma_update(None, "user_version", 99).unwrap();
+    let err = SqliteInventory::open(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::TooNew { found: 99, .. }),
+        "expected TooNew, got {err:?}"
+    );
+    assert!(err.to_string().contains(&path.display().to_string()));
+    let version: u32 = raw(&path)
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 99, "untouched");
+}
+
+fn assert_corrupt(path: &PathBuf) {
+    match SqliteInventory::open(path) {
+        Err(e @ Error::Corrupt { .. }) => {
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_garbage_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&path, &garbage).unwrap();
+    assert_corrupt(&path);
+    assert_eq!(std::fs::read(&path).unwrap(), garbage, "left as it was");
+}
+
+#[test]
+fn a_damaged_store_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let inv = SqliteInventory::open(&path).unwrap();
+    for i in 0..50 {
+        new_key(&inv, &format!("key-{i}"), format!("id-{i}").as_bytes());
+    }
+    drop(inv); // the last close checkpoints the WAL into the file
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 3 * page);
+    for b in &mut bytes[page + 16..2 * page] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert_corrupt(&path);
+}
+
+#[test]
+fn another_applications_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    raw(&path)
+        .execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY);")
+        .unwrap();
+    assert_corrupt(&path);
+}
+
+#[test]
+fn a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteInventory::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+}
+
+// ---- keys ------------------------------------------------------------------
+
+#[test]
+fn create_key_stores_the_record_its_first_version_and_two_history_rows() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "web", b"\x01\x02");
+    assert!(key.id > 0);
+    assert_eq!(
+        key,
+        KeyRecord {
+            id: key.id,
+            ..draft("tok", "web")
+        }
+    );
+    assert_eq!(inv.key("tok", "web").unwrap(), Some(key.clone()));
+    assert_eq!(inv.key_by_id(key.id).unwrap(), Some(key.clone()));
+    assert_eq!(inv.key("other", "web").unwrap(), None);
+    assert_eq!(inv.key_by_id(key.id + 1).unwrap(), None);
+    let versions = inv.versions(key.id).unwrap();
+    assert_eq!(
+        versions,
+        vec![KeyVersion {
+            key_id: key.id,
+            version: 1,
+            ..backend(b"\x01\x02")
+        }]
+    );
+    let history = inv.history(key.id).unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(
+        (history[0].version, history[0].from, history[0].to),
+        (None, None, KeyState::Active)
+    );
+    assert_eq!(
+        (history[1].version, history[1].from, history[1].to),
+        (Some(1), None, KeyState::Active)
+    );
+    assert_eq!(history[0].actor, "admin");
+    assert!(history[0].seq < history[1].seq);
+}
+
+#[test]
+fn a_taken_name_or_cka_id_on_the_same_token_is_exists() {
+    let (_dir, inv) = store();
+    new_key(&inv, "web", b"1");
+    let err = inv
+        .create_key(&draft("tok", "web"), &backend(b"2"), "admin")
+        .unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err:?}");
+    assert!(err.to_string().contains("\"web\""), "{err}");
+    let err = inv
+        .create_key(&draft("tok", "mail"), &backend(b"1"), "admin")
+        .unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err:?}");
+    assert!(err.to_string().contains("CKA_ID 31"), "{err}");
+    // Another token has its own names and CKA_IDs.
+    inv.create_key(&draft("other", "web"), &backend(b"1"), "admin")
+        .unwrap();
+    assert_eq!(inv.keys(&KeyFilter::default()).unwrap().len(), 2);
+    assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn create_key_refuses_bad_drafts() {
+    let (_dir, inv) = store();
+    let cases: Vec<(KeyRecord, KeyVersion, &str)> = vec![
+        (draft("tok", ""), backend(b"1"), "admin"),
+        (draft("", "k"), backend(b"1"), "admin"),
+        (draft("tok", "k"), backend(b""), "admin"),
+        (draft("tok", "k"), backend(b"1"), ""),
+        (
+            KeyRecord {
+                state: KeyState::Destroyed,
+                ..draft("tok", "k")
+            },
+            backend(b"1"),
+            "admin",
+        ),
+        (
+            draft("tok", "k"),
+            KeyVersion {
+                version: 2,
+                ..backend(b"1")
+            },
+            "admin",
+        ),
+    ];
+    for (key, version, actor) in cases {
+        let err = inv.create_key(&key, &version, actor).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+    assert!(inv.keys(&KeyFilter::default()).unwrap().is_empty());
+}
+
+#[test]
+fn keys_filters_by_token_state_and_class() {
+    let (_dir, inv) = store();
+    let a = new_key(&inv, "b-key", b"1");
+    let b = new_key(&inv, "a-key", b"2");
+    let c = inv
+        .create_key(
+            &KeyRecord {
+                class: "code-signing".into(),
+                state: KeyState::PreActivation,
+                ..draft("t2", "c")
+            },
+            &backend(b"3"),
+            "admin",
+        )
+        .unwrap();
+    let names = |f: KeyFilter| -> Vec<String> {
+        inv.keys(&f).unwrap().into_iter().map(|k| k.name).collect()
+    };
+    assert_eq!(
+        names(KeyFilter::default()),
+        ["c", "a-key", "b-key"],
+        "by token, then name"
+    );
+    assert_eq!(
+        names(KeyFilter {
+            token: Some("tok".into()),
+            ..Default::default()
+        }),
+        ["a-key", "b-key"]
+    );
+    assert_eq!(
+        names(KeyFilter {
+            state: Some(KeyState::PreActivation),
+            ..Default::default()
+        }),
+        ["c"]
+    );
+    assert_eq!(
+        names(KeyFilter {
+            class: Some("tls-server".into()),
+            state: Some(KeyState::Active),
+            token: Some("tok".into()),
+        }),
+        ["a-key", "b-key"]
+    );
+    assert!(names(KeyFilter {
+        class: Some("none".into()),
+        ..Default::default()
+    })
+    .is_empty());
+    assert_ne!(a.id, b.id);
+    assert_ne!(b.id, c.id);
+}
+
+#[test]
+fn version_by_backend_id_finds_the_key_and_version_on_its_token_only() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"v1");
+    let v2 = inv
+        .add_version(
+            key.id,
+            &backend(b"v2"),
+            Some(KeyState::Deactivated),
+            "admin",
+        )
+        .unwrap();
+    let (k, v) = inv.version_by_backend_id("tok", b"v2").unwrap().unwrap();
+    assert_eq!(v, v2);
+    assert_eq!(k.id, key.id);
+    assert_eq!(k.rotated_at, Some(T0));
+    let (_, v) = inv.version_by_backend_id("tok", b"v1").unwrap().unwrap();
+    assert_eq!((v.version, v.state), (1, KeyState::Deactivated));
+    assert_eq!(inv.version_by_backend_id("other", b"v1").unwrap(), None);
+    assert_eq!(inv.version_by_backend_id("tok", b"v3").unwrap(), None);
+    // The lookup is served by the unique (token, backend_id) index.
+    let conn = inv.conn();
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT * FROM key_versions v JOIN keys k ON k.id = v.key_id
+              WHERE v.token = 'tok' AND v.backend_id = x'7631'",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("USING INDEX"), "{plan}");
+}
+
+// ---- transitions -------------------------------------------------------------
+
+#[test]
+fn transition_moves_the_key_stamps_dates_and_appends_history() {
+    let (_dir, inv) = store();
+    let key = inv
+        .create_key(
+            &KeyRecord {
+                state: KeyState::PreActivation,
+                activated_at: None,
+                ..draft("tok", "k")
+            },
+            &backend(b"1"),
+            "admin",
+        )
+        .unwrap();
+    let change = inv
+        .transition(&Transition {
+            dates: DateUpdates {
+                protect_until: Some(T0 + 5),
+                next_rotation: Some(T0 + 6),
+                ..Default::default()
+            },
+            ..transition(key.id, None, KeyState::PreActivation, KeyState::Active)
+        })
+        .unwrap();
+    assert_eq!(change.from, Some(KeyState::PreActivation));
+    assert_eq!(change.to, KeyState::Active);
+    assert_eq!(
+        (change.actor.as_str(), change.reason.as_str()),
+        ("alice", "test")
+    );
+    let k = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(k.state, KeyState::Active);
+    assert_eq!(k.activated_at, Some(T0 + 100), "first activation stamped");
+    assert_eq!(k.protect_until, Some(T0 + 5));
+    assert_eq!(k.next_rotation, Some(T0 + 6));
+    assert_eq!(k.process_until, None);
+
+    inv.transition(&transition(
+        key.id,
+        None,
+        KeyState::Active,
+        KeyState::Suspended,
+    ))
+    .unwrap();
+    inv.transition(&Transition {
+        at: T0 + 200,
+        ..transition(key.id, None, KeyState::Suspended, KeyState::Active)
+    })
+    .unwrap();
+    let k = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(
+        k.activated_at,
+        Some(T0 + 100),
+        "a resume keeps the first activation"
+    );
+    inv.transition(&transition(
+        key.id,
+        None,
+        KeyState::Active,
+        KeyState::Deactivated,
+    ))
+    .unwrap();
+    let k = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(k.deactivated_at, Some(T0 + 100));
+
+    let history = inv.history(key.id).unwrap();
+    let moves: Vec<_> = history
+        .iter()
+        .filter(|c| c.version.is_none())
+        .map(|c| (c.from, c.to))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (None, KeyState::PreActivation),
+            (Some(KeyState::PreActivation), KeyState::Active),
+            (Some(KeyState::Active), KeyState::Suspended),
+            (Some(KeyState::Suspended), KeyState::Active),
+            (Some(KeyState::Active), KeyState::Deactivated),
+        ]
+    );
+    assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn transition_refuses_a_stale_expected_from_and_changes_nothing() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    let before = inv.history(key.id).unwrap();
+    let err = inv
+        .transition(&transition(
+            key.id,
+            None,
+            KeyState::Suspended,
+            KeyState::Active,
+        ))
+        .unwrap_err();
+    match &err {
+        Error::Conflict {
+            expected, found, ..
+        } => assert_eq!((expected.as_str(), found.as_str()), ("suspended", "active")),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    let err = inv
+        .transition(&transition(
+            key.id,
+            Some(1),
+            KeyState::Deactivated,
+            KeyState::Destroyed,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(inv.history(key.id).unwrap(), before);
+    assert_eq!(inv.key_by_id(key.id).unwrap().unwrap(), key);
+}
+
+#[test]
+fn concurrent_transitions_from_the_same_state_let_exactly_one_win() {
+    let (_dir, inv) = store();
+    let inv: Arc<dyn Inventory> = Arc::new(inv);
+    let key = inv
+        .create_key(&draft("tok", "k"), &backend(b"1"), "admin")
+        .unwrap();
+    let threads = 4;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (inv, barrier) = (inv.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                inv.transition(&transition(
+                    key.id,
+                    None,
+                    KeyState::Active,
+                    KeyState::Suspended,
+                ))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, Error::Conflict { .. })));
+}
+
+#[test]
+fn transition_refuses_moves_no_policy_may_allow() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    for (from, to) in [
+        (KeyState::Active, KeyState::Active),
+        (KeyState::Active, KeyState::PreActivation),
+    ] {
+        let err = inv
+            .transition(&transition(key.id, None, from, to))
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
+    }
+    inv.transition(&transition(
+        key.id,
+        None,
+        KeyState::Active,
+        KeyState::Destroyed,
+    ))
+    .unwrap();
+    let err = inv
+        .transition(&transition(
+            key.id,
+            None,
+            KeyState::Destroyed,
+            KeyState::Active,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("destroyed cannot become active"),
+        "{err}"
+    );
+    let err = inv
+        .transition(&transition(
+            key.id + 9,
+            None,
+            KeyState::Active,
+            KeyState::Suspended,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = inv
+        .transition(&transition(
+            key.id,
+            Some(7),
+            KeyState::Active,
+            KeyState::Suspended,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = inv
+        .transition(&Transition {
+            actor: String::new(),
+            ..transition(key.id, Some(1), KeyState::Active, KeyState::Suspended)
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn version_transitions_stamp_the_versions_dates() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    let change = inv
+        .transition(&Transition {
+            dates: DateUpdates {
+                process_until: Some(T0 + 9),
+                ..Default::default()
+            },
+            ..transition(key.id, Some(1), KeyState::Active, KeyState::Deactivated)
+        })
+        .unwrap();
+    assert_eq!(change.version, Some(1));
+    inv.transition(&Transition {
+        at: T0 + 300,
+        ..transition(key.id, Some(1), KeyState::Deactivated, KeyState::Destroyed)
+    })
+    .unwrap();
+    let v = &inv.versions(key.id).unwrap()[0];
+    assert_eq!(v.state, KeyState::Destroyed);
+    assert_eq!(v.deactivated_at, Some(T0 + 100));
+    assert_eq!(v.destroyed_at, Some(T0 + 300));
+    let k = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(k.state, KeyState::Active, "the key's own state is separate");
+    assert_eq!(k.process_until, Some(T0 + 9), "dates apply to the key");
+    assert!(inv.check().unwrap().is_empty());
+}
+
+// ---- rotation ----------------------------------------------------------------
+
+#[test]
+fn add_version_activates_the_new_one_and_demotes_older_ones_in_one_go() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    let v2 = inv
+        .add_version(
+            key.id,
+            &KeyVersion {
+                created_at: T0 + 10,
+                ..backend(b"2")
+            },
+            Some(KeyState::Deactivated),
+            "scheduler",
+        )
+        .unwrap();
+    assert_eq!(
+        (v2.version, v2.state, v2.key_id),
+        (2, KeyState::Active, key.id)
+    );
+    assert_eq!(
+        states(&inv, key.id),
+        [KeyState::Deactivated, KeyState::Active]
+    );
+    assert_eq!(
+        inv.versions(key.id).unwrap()[0].deactivated_at,
+        Some(T0 + 10)
+    );
+    assert_eq!(
+        inv.key_by_id(key.id).unwrap().unwrap().rotated_at,
+        Some(T0 + 10)
+    );
+    // Emergency: compromise everything older, including the deactivated one.
+    let v3 = inv
+        .add_version(
+            key.id,
+            &KeyVersion {
+                version: 3,
+                ..backend(b"3")
+            },
+            Some(KeyState::Compromised),
+            "alice",
+        )
+        .unwrap();
+    assert_eq!(v3.version, 3);
+    assert_eq!(
+        states(&inv, key.id),
+        [
+            KeyState::Compromised,
+            KeyState::Compromised,
+            KeyState::Active
+        ]
+    );
+    // A deactivation does not pull a compromised version back.
+    inv.add_version(key.id, &backend(b"4"), Some(KeyState::Deactivated), "alice")
+        .unwrap();
+    assert_eq!(
+        states(&inv, key.id),
+        [
+            KeyState::Compromised,
+            KeyState::Compromised,
+            KeyState::Deactivated,
+            KeyState::Active
+        ]
+    );
+    // None leaves older versions alone.
+    inv.add_version(key.id, &backend(b"5"), None, "alice")
+        .unwrap();
+    assert_eq!(
+        states(&inv, key.id)[3..],
+        [KeyState::Active, KeyState::Active]
+    );
+    let rows = inv
+        .history(key.id)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.reason == "rotation to version 3")
+        .count();
+    assert_eq!(rows, 3, "two demotions and the new version");
+    assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn add_version_refusals() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    let other = new_key(&inv, "other", b"x");
+    let err = inv
+        .add_version(
+            key.id,
+            &KeyVersion {
+                version: 5,
+                ..backend(b"2")
+            },
+            None,
+            "a",
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    let err = inv
+        .add_version(key.id, &backend(b"x"), None, "a")
+        .unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err:?}");
+    for to in [
+        KeyState::Active,
+        KeyState::PreActivation,
+        KeyState::Destroyed,
+    ] {
+        let err = inv
+            .add_version(key.id, &backend(b"2"), Some(to), "a")
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+    let err = inv.add_version(999, &backend(b"2"), None, "a").unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    inv.transition(&transition(
+        other.id,
+        None,
+        KeyState::Active,
+        KeyState::Destroyed,
+    ))
+    .unwrap();
+    let err = inv
+        .add_version(other.id, &backend(b"2"), None, "a")
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
+    assert_eq!(inv.versions(key.id).unwrap().len(), 1);
+    assert_eq!(inv.history(key.id).unwrap().len(), 2);
+}
+
+// ---- grants, use, history ------------------------------------------------------
+
+#[test]
+fn grants_are_added_replaced_listed_and_revoked() {
+    let (_dir, inv) = store();
+    let a = new_key(&inv, "a", b"1");
+    let b = new_key(&inv, "b", b"2");
+    let grant = |key_id, app: &str, ops: &[&str], exp| Grant {
+        key_id,
+        application: app.into(),
+        operations: ops.iter().map(|s| s.to_string()).collect(),
+        expires_at: exp,
+    };
+    inv.grant(&grant(a.id, "nginx", &["sign"], None), "alice")
+        .unwrap();
+    inv.grant(&grant(a.id, "backup", &["wrap"], Some(T0)), "alice")
+        .unwrap();
+    inv.grant(&grant(b.id, "nginx", &["sign", "verify"], None), "bob")
+        .unwrap();
+    // Replaces nginx's grant on a.
+    inv.grant(
+        &grant(a.id, "nginx", &["sign", "verify"], Some(T0 + 1)),
+        "bob",
+    )
+    .unwrap();
+    assert_eq!(
+        inv.grants(a.id).unwrap(),
+        [
+            grant(a.id, "backup", &["wrap"], Some(T0)),
+            grant(a.id, "nginx", &["sign", "verify"], Some(T0 + 1)),
+        ]
+    );
+    assert_eq!(
+        inv.grants_for_application("nginx").unwrap(),
+        [
+            grant(a.id, "nginx", &["sign", "verify"], Some(T0 + 1)),
+            grant(b.id, "nginx", &["sign", "verify"], None),
+        ]
+    );
+    inv.revoke_grant(a.id, "nginx", "carol").unwrap();
+    assert_eq!(inv.grants_for_application("nginx").unwrap().len(), 1);
+    let err = inv.revoke_grant(a.id, "nginx", "carol").unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = inv
+        .grant(&grant(999, "nginx", &["sign"], None), "alice")
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    for bad in [
+        grant(a.id, "nginx", &[], None),
+        grant(a.id, "nginx", &[""], None),
+    ] {
+        let err = inv.grant(&bad, "alice").unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+    let err = inv
+        .grant(&grant(a.id, "", &["sign"], None), "alice")
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    let log: Vec<(String, String)> = inv
+        .conn()
+        .prepare("SELECT action, actor FROM grant_changes ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let log: Vec<(&str, &str)> = log.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        log,
+        [
+            ("grant", "alice"),
+            ("grant", "alice"),
+            ("grant", "bob"),
+            ("grant", "bob"),
+            ("revoke", "carol")
+        ]
+    );
+}
+
+#[test]
+fn touch_records_the_latest_use_without_a_full_sync() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    inv.touch(key.id, T0 + 50).unwrap();
+    inv.touch(key.id, T0 + 40).unwrap();
+    assert_eq!(
+        inv.key_by_id(key.id).unwrap().unwrap().last_used_at,
+        Some(T0 + 50)
+    );
+    let err = inv.touch(key.id + 1, T0).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let sync: i64 = inv
+        .conn()
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "lifecycle writes are back at synchronous=FULL");
+}
+
+#[test]
+fn history_is_append_only_and_check_sees_tampering() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    assert_eq!(inv.history(key.id + 1).unwrap(), []);
+    assert_eq!(inv.versions(key.id + 1).unwrap(), []);
+    assert_eq!(inv.grants(key.id + 1).unwrap(), []);
+    {
+        let conn = inv.conn();
+        for sql in [
+            "UPDATE state_changes SET to_state = 'destroyed'",
+            "DELETE FROM state_changes",
+        ] {
+            let err = conn.execute(sql, []).unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{err}");
+        }
+        conn.execute("UPDATE keys SET state = 'suspended'", [])
+            .unwrap();
+    }
+    let problems = inv.check().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("is suspended but its history ends at"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_store_refuses_invalid_state_strings() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"1");
+    let err = inv
+        .conn()
+        .execute("UPDATE keys SET state = 'asleep'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+    assert!(inv.key_by_id(key.id).unwrap().is_some());
+}
+
+// ---- KeyState ------------------------------------------------------------------
+
+#[test]
+fn key_state_strings_round_trip() {
+    for state in KeyState::ALL {
+        assert_eq!(state.as_str().parse::<KeyState>().unwrap(), state);
+        assert_eq!(state.to_string(), state.as_str());
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            format!("\"{}\"", state.as_str())
+        );
+    }
+    assert!(matches!(
+        "Active".parse::<KeyState>(),
+        Err(Error::Invalid(_))
+    ));
+    assert!(KeyState::Active.may_become(KeyState::Suspended));
+    assert!(KeyState::Compromised.may_become(KeyState::Destroyed));
+    assert!(!KeyState::Destroyed.may_become(KeyState::Active));
+    assert!(!KeyState::Active.may_become(KeyState::PreActivation));
+    assert!(!KeyState::Suspended.may_become(KeyState::Suspended));
+}

@@ -1,0 +1,208 @@
+//! The inventory's plain data: what the store keeps and hands back.
+//!
+//! These types depend on no other keyward crate; the agent maps them to its
+//! own. Every time is unix seconds (UTC) as `i64`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// A key's (or a key version's) lifecycle state, after NIST SP 800-57 Part 1.
+///
+/// Stored as its [`as_str`](KeyState::as_str) form; the database refuses any
+/// other string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyState {
+    PreActivation,
+    Active,
+    Suspended,
+    Deactivated,
+    Compromised,
+    Destroyed,
+}
+
+impl KeyState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [KeyState; 6] = [
+        KeyState::PreActivation,
+        KeyState::Active,
+        KeyState::Suspended,
+        KeyState::Deactivated,
+        KeyState::Compromised,
+        KeyState::Destroyed,
+    ];
+
+    /// The stored and displayed name: `pre-activation`, `active`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::PreActivation => "pre-activation",
+            KeyState::Active => "active",
+            KeyState::Suspended => "suspended",
+            KeyState::Deactivated => "deactivated",
+            KeyState::Compromised => "compromised",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+
+    /// Whether the store accepts a move from `self` to `to`.
+    ///
+    /// The store keeps only the rules no policy may bend: nothing leaves
+    /// `destroyed`, nothing goes back to `pre-activation`, and a state does
+    /// not move to itself. Which of the other moves need approval, or are
+    /// allowed at all by policy, is the agent's decision.
+    pub fn may_become(self, to: KeyState) -> bool {
+        self != to && self != KeyState::Destroyed && to != KeyState::PreActivation
+    }
+
+    /// How far along the lifecycle a state is; a rotation demotes an older
+    /// version only forwards (see [`crate::Inventory::add_version`]).
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            KeyState::PreActivation => 0,
+            KeyState::Active => 1,
+            KeyState::Suspended => 2,
+            KeyState::Deactivated => 3,
+            KeyState::Compromised => 4,
+            KeyState::Destroyed => 5,
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<KeyState, Error> {
+        KeyState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::Invalid(format!("unknown key state {s:?}")))
+    }
+}
+
+/// One managed key: a logical key whose versions are backend objects.
+///
+/// Times are unix seconds. As a draft for
+/// [`create_key`](crate::Inventory::create_key), `id` is ignored (the store
+/// assigns it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub name: String,
+    /// Label of the virtual token the key lives on; `name` is unique per
+    /// token.
+    pub token: String,
+    pub owner: String,
+    /// One purpose: signing, encryption, wrapping, derivation, MAC.
+    pub purpose: String,
+    /// The key class, which sets cryptoperiods and generation policy.
+    pub class: String,
+    /// `ec:p256`, `rsa:2048`, `aes:256`, `ed25519`, ...
+    pub algorithm: String,
+    pub state: KeyState,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub rotated_at: Option<i64>,
+    pub deactivated_at: Option<i64>,
+    /// End of the protect period (sign, encrypt, wrap, derive).
+    pub protect_until: Option<i64>,
+    /// End of the process period (verify, decrypt, unwrap).
+    pub process_until: Option<i64>,
+    pub next_rotation: Option<i64>,
+    /// Compliance scopes (`pci-dss`, ...).
+    pub scope: Vec<String>,
+    pub last_used_at: Option<i64>,
+    pub backup_allowed: bool,
+}
+
+/// One version of a managed key: one backend key object (a key pair has both
+/// halves under the same `CKA_ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    pub key_id: i64,
+    /// From 1, one more per rotation.
+    pub version: u32,
+    /// The backend object's `CKA_ID`; unique per virtual token.
+    pub backend_id: Vec<u8>,
+    /// The backend object's `CKA_LABEL`.
+    pub backend_label: String,
+    pub state: KeyState,
+    pub created_at: i64,
+    pub deactivated_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+/// One row of a key's state history: the key's own state when `version` is
+/// `None`, else that version's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// Store-wide order of changes (increasing, never reused).
+    pub seq: i64,
+    pub key_id: i64,
+    pub version: Option<u32>,
+    /// `None` on the row that records creation.
+    pub from: Option<KeyState>,
+    pub to: KeyState,
+    pub at: i64,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// An application's right to some operations on a key, optionally until a
+/// time (just-in-time access).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub key_id: i64,
+    /// The application's name in the policy.
+    pub application: String,
+    /// `sign`, `verify`, `encrypt`, ... as the agent names them.
+    pub operations: Vec<String>,
+    /// Unix seconds; the store returns expired grants too, the agent checks.
+    pub expires_at: Option<i64>,
+}
+
+/// Which keys [`keys`](crate::Inventory::keys) lists; `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    pub token: Option<String>,
+    pub state: Option<KeyState>,
+    pub class: Option<String>,
+}
+
+/// Key dates a transition sets along with the state; `None` leaves a date
+/// as it is (a date is never cleared).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DateUpdates {
+    pub activated_at: Option<i64>,
+    pub rotated_at: Option<i64>,
+    pub deactivated_at: Option<i64>,
+    pub protect_until: Option<i64>,
+    pub process_until: Option<i64>,
+    pub next_rotation: Option<i64>,
+}
+
+/// One state change to make: see [`crate::Inventory::transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub key_id: i64,
+    /// `None`: the key's own state; `Some(v)`: version `v`'s.
+    pub version: Option<u32>,
+    /// The state the caller saw; the change is refused when the stored state
+    /// differs (optimistic concurrency).
+    pub expected_from: KeyState,
+    pub to: KeyState,
+    pub actor: String,
+    pub reason: String,
+    pub at: i64,
+    /// Applied to the key record, whichever state moves.
+    pub dates: DateUpdates,
+}
