@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use cryptoki_sys as ck;
 use keyward_protocol::admin::{Status, TokenStatus};
@@ -21,18 +21,20 @@ use keyward_protocol::{
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendObject};
-use crate::client::{Client, Closed, Login, Session, Slot};
+use crate::client::{Client, Closed, Login, ObjectRef, Session, Slot};
 use crate::config::{Config, TokenConfig};
 use crate::error::{Error, Result};
 use crate::identity::{ClientKey, Peer};
-use keyward_policy::Policy;
+use keyward_policy::{Operation, Policy};
 
+use crate::keys::{self, ManagedKeys, ManagedRef};
 use crate::state::{pin_len_ok, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN};
 
 // CK_ULONG is the wire's u64 on the LP64 targets the agent supports (see
 // the assertion in lib.rs), so constants pass through unconverted.
 const CKA_TOKEN: u64 = ck::CKA_TOKEN;
 const CKA_PRIVATE: u64 = ck::CKA_PRIVATE;
+const CKA_ID: u64 = ck::CKA_ID;
 const CKU_SO: u64 = ck::CKU_SO;
 const CKU_USER: u64 = ck::CKU_USER;
 const CKU_CONTEXT_SPECIFIC: u64 = ck::CKU_CONTEXT_SPECIFIC;
@@ -81,7 +83,7 @@ impl VirtualToken {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn backend(&self) -> Result<&Arc<dyn Backend>> {
+    pub(crate) fn backend(&self) -> Result<&Arc<dyn Backend>> {
         self.backend.as_ref().map_err(|_| Error::TokenNotPresent)
     }
 
@@ -105,8 +107,9 @@ struct Owner {
 /// The agent: tokens, clients, and the session-object registry.
 #[derive(Debug)]
 pub struct Agent {
-    tokens: Vec<VirtualToken>,
-    policy: Policy,
+    pub(crate) tokens: Vec<VirtualToken>,
+    pub(crate) policy: Policy,
+    pub(crate) keys: ManagedKeys,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
@@ -114,6 +117,37 @@ pub struct Agent {
     instance: u64,
     started: Instant,
     socket: String,
+}
+
+/// A search result: the backend object, the client session owning it (a
+/// session object), and the managed key version it is.
+type Found = (BackendObject, Option<u64>, Option<ManagedRef>);
+
+/// The application name of a peer the lab policy admits without listing it.
+pub const LAB_APPLICATION: &str = "lab";
+
+/// The policy operation of a cryptographic operation kind.
+fn operation(op: Op) -> Operation {
+    match op {
+        Op::Encrypt => Operation::Encrypt,
+        Op::Decrypt => Operation::Decrypt,
+        Op::Digest => Operation::Digest,
+        Op::Sign | Op::SignRecover => Operation::Sign,
+        Op::Verify | Op::VerifyRecover => Operation::Verify,
+    }
+}
+
+/// The slot of an operation kind in [`Session::active`].
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Encrypt => 0,
+        Op::Decrypt => 1,
+        Op::Digest => 2,
+        Op::Sign => 3,
+        Op::Verify => 4,
+        Op::SignRecover => 5,
+        Op::VerifyRecover => 6,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,7 +187,7 @@ pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
 
 impl Agent {
     /// An agent serving `tokens` (slot ids are their positions).
-    pub fn new(tokens: Vec<VirtualToken>, socket: String) -> Agent {
+    pub fn new(tokens: Vec<VirtualToken>, socket: String, keys: ManagedKeys) -> Agent {
         let mut instance = [0u8; 8];
         if getrandom::getrandom(&mut instance).is_err() {
             // Still distinct per start in practice: nanoseconds since epoch.
@@ -165,6 +199,7 @@ impl Agent {
         Agent {
             tokens,
             policy: Policy::lab(),
+            keys,
             uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
@@ -187,6 +222,50 @@ impl Agent {
         self.policy
             .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)
             .is_some()
+    }
+
+    /// Checks a use of object `o` for operation `op`: nothing for unmanaged
+    /// objects; for a managed key version, [`keys::check_use`]. A refusal
+    /// is logged with its reason and answered with its code.
+    fn check_key_use(&self, client: &Client, o: &ObjectRef, op: Operation) -> Result<()> {
+        let Some(m) = o.managed else { return Ok(()) };
+        let Some(key) = self.keys.key(m.key_id) else {
+            return Err(Error::KeyHandleInvalid);
+        };
+        let now = SystemTime::now();
+        let checked = keys::check_use(&self.policy, &key, m, &client.application, op, now);
+        if checked.is_ok() {
+            self.keys.note_use(m.key_id, keys::secs(now));
+        }
+        checked.map_err(|refusal| {
+            log::warn!(
+                "{} (application {}): {} of key {:?} v{} refused: {refusal}",
+                client.peer,
+                client.application,
+                op.name(),
+                key.record.name,
+                m.version
+            );
+            Error::Refused(refusal.ckr())
+        })
+    }
+
+    /// Refuses what would take a managed key out of management: changing
+    /// its attributes, copying it, destroying it, or wrapping it out. Those
+    /// are administrator actions (some need approval).
+    fn refuse_managed(&self, client: &Client, o: &ObjectRef, what: &str) -> Result<()> {
+        match o.managed.and_then(|m| self.keys.key(m.key_id)) {
+            Some(key) => {
+                log::warn!(
+                    "{} (application {}): {what} of managed key {:?} refused: an administrator action",
+                    client.peer,
+                    client.application,
+                    key.record.name
+                );
+                Err(Error::ActionProhibited)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Refuses a mechanism outside the policy's allow-list
@@ -224,9 +303,15 @@ impl Agent {
             }
             tokens.push(VirtualToken::new(t.clone(), state.token(&t.label), backend));
         }
+        let store = config.agent.state_dir.join("inventory.sqlite");
+        let inventory = keyward_inventory::SqliteInventory::open(&store)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let keys = ManagedKeys::open(Arc::new(inventory))
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", store.display())))?;
         Ok(Agent::new(
             tokens,
             config.agent.socket.display().to_string(),
+            keys,
         ))
     }
 
@@ -239,9 +324,18 @@ impl Agent {
     /// share one client.
     pub fn connect(&self, peer: Peer) -> Arc<Client> {
         let mut clients = lock(&self.clients);
-        let entry = clients
-            .entry(peer.key)
-            .or_insert_with(|| (Arc::new(Client::new(peer.clone(), self.tokens.len())), 0));
+        let entry = clients.entry(peer.key).or_insert_with(|| {
+            let application =
+                match self
+                    .policy
+                    .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)
+                {
+                    Some(keyward_policy::Peer::Application(app)) => app.name.clone(),
+                    _ => LAB_APPLICATION.to_owned(),
+                };
+            let client = Client::new(peer.clone(), application, self.tokens.len());
+            (Arc::new(client), 0)
+        });
         entry.1 += 1;
         entry.0.clone()
     }
@@ -423,7 +517,10 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
-                let h = s.backend.copy_object(s.backend_session, o[0], &template)?;
+                self.refuse_managed(client, &o[0], "a copy")?;
+                let h = s
+                    .backend
+                    .copy_object(s.backend_session, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN);
                 self.adopt(client, session, &s, login, &[h], hint)
                     .map(|v| Response::Handle(v[0]))
@@ -431,7 +528,8 @@ impl Agent {
             Request::DestroyObject { session, object } => {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
-                s.backend.destroy_object(s.backend_session, o[0])?;
+                self.refuse_managed(client, &o[0], "destruction")?;
+                s.backend.destroy_object(s.backend_session, o[0].backend)?;
                 if let Some(o) = client.lock().unmap_object(object) {
                     if o.session.is_some() {
                         lock(&self.session_objects).remove(&(o.slot, o.backend));
@@ -443,7 +541,7 @@ impl Agent {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 Ok(Response::Ulong(
-                    s.backend.object_size(s.backend_session, o[0])?,
+                    s.backend.object_size(s.backend_session, o[0].backend)?,
                 ))
             }
             Request::GetAttributeValue {
@@ -455,7 +553,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 Ok(Response::Attributes(s.backend.get_attributes(
                     s.backend_session,
-                    o[0],
+                    o[0].backend,
                     &types,
                 )?))
             }
@@ -467,8 +565,9 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                self.refuse_managed(client, &o[0], "an attribute change")?;
                 s.backend
-                    .set_attributes(s.backend_session, o[0], &template)?;
+                    .set_attributes(s.backend_session, o[0].backend, &template)?;
                 Ok(Response::Unit)
             }
             Request::FindObjects { session, template } => {
@@ -520,7 +619,8 @@ impl Agent {
             Request::DigestKey { session, key } => {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
-                s.backend.digest_key(s.backend_session, o[0])?;
+                self.check_key_use(client, &o[0], Operation::Digest)?;
+                s.backend.digest_key(s.backend_session, o[0].backend)?;
                 Ok(Response::Unit)
             }
             Request::Final {
@@ -601,12 +701,14 @@ impl Agent {
                         (key, Error::KeyHandleInvalid),
                     ],
                 )?;
+                self.check_key_use(client, &o[0], Operation::Wrap)?;
+                self.refuse_managed(client, &o[1], "wrapping out")?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 Ok(Response::Data(s.backend.wrap_key(
                     s.backend_session,
                     &m,
-                    o[0],
-                    o[1],
+                    o[0].backend,
+                    o[1].backend,
                 )?))
             }
             Request::UnwrapKey {
@@ -622,10 +724,15 @@ impl Agent {
                     &[(unwrapping_key, Error::UnwrappingKeyHandleInvalid)],
                 )?;
                 refuse_private(login, &template)?;
+                self.check_key_use(client, &o[0], Operation::Unwrap)?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                let h =
-                    s.backend
-                        .unwrap_key(s.backend_session, &m, o[0], &wrapped_key, &template)?;
+                let h = s.backend.unwrap_key(
+                    s.backend_session,
+                    &m,
+                    o[0].backend,
+                    &wrapped_key,
+                    &template,
+                )?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt(client, session, &s, login, &[h], hint)
                     .map(|v| Response::Handle(v[0]))
@@ -639,10 +746,11 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                self.check_key_use(client, &o[0], Operation::Derive)?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let h = s
                     .backend
-                    .derive_key(s.backend_session, &m, o[0], &template)?;
+                    .derive_key(s.backend_session, &m, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt(client, session, &s, login, &[h], hint)
                     .map(|v| Response::Handle(v[0]))
@@ -679,15 +787,15 @@ impl Agent {
         client: &Client,
         session: u64,
         objects: &[(u64, Error)],
-    ) -> Result<(Arc<Session>, Login, Vec<BackendObject>)> {
+    ) -> Result<(Arc<Session>, Login, Vec<ObjectRef>)> {
         let st = client.lock();
         let s = st.session(session)?;
         let login = st.login(s.slot);
-        let handles = objects
+        let objects = objects
             .iter()
-            .map(|&(h, err)| st.object(s.slot, h, err).map(|o| o.backend))
+            .map(|&(h, err)| st.object(s.slot, h, err))
             .collect::<Result<Vec<_>>>()?;
-        Ok((s, login, handles))
+        Ok((s, login, objects))
     }
 
     /// `mechanism` with object handles inside its parameter translated to
@@ -721,13 +829,18 @@ impl Agent {
             let st = client.lock();
             let s = st.session(session)?;
             let key = match init.key {
-                Some(k) => Some(st.object(s.slot, k, Error::KeyHandleInvalid)?.backend),
+                Some(k) => Some(st.object(s.slot, k, Error::KeyHandleInvalid)?),
                 None => None,
             };
             (s, key)
         };
+        if let Some(o) = &key {
+            self.check_key_use(client, o, operation(op))?;
+        }
         let m = self.mechanism(client, s.slot, &init.mechanism)?;
-        s.backend.op_init(s.backend_session, op, &m, key)?;
+        s.backend
+            .op_init(s.backend_session, op, &m, key.map(|o| o.backend))?;
+        lock(&s.active)[op_index(op)] = key.and_then(|o| o.managed);
         Ok(s)
     }
 
@@ -742,7 +855,22 @@ impl Agent {
     ) -> Result<Arc<Session>> {
         match init {
             Some(init) => self.op_init(client, session, op, init),
-            None => Ok(self.session(client, session)?.0),
+            None => {
+                let s = self.session(client, session)?.0;
+                // The key of an operation initialised earlier is checked
+                // again: a state change since the init applies now.
+                let managed = lock(&s.active)[op_index(op)];
+                if let Some(m) = managed {
+                    let o = ObjectRef {
+                        slot: s.slot,
+                        backend: 0,
+                        session: None,
+                        managed: Some(m),
+                    };
+                    self.check_key_use(client, &o, operation(op))?;
+                }
+                Ok(s)
+            }
         }
     }
 
@@ -800,9 +928,85 @@ impl Agent {
                     );
                 Some(session)
             };
-            handles.push(st.map_object(s.slot, h, owner));
+            handles.push(st.map_object(s.slot, h, owner, None));
         }
         Ok(handles)
+    }
+
+    /// Which of `found` are managed key versions (by their `CKA_ID`, read
+    /// once per client and object), without those the client's application
+    /// may not see, with each key's active version first; a search that
+    /// does not name a `CKA_ID` (`by_id`) keeps only the active version of
+    /// a key that has one (an application that signs by label gets the
+    /// version that protects now, whichever match it takes).
+    fn classify(
+        &self,
+        client: &Client,
+        s: &Session,
+        found: Vec<(BackendObject, Option<u64>)>,
+        by_id: bool,
+    ) -> Result<Vec<Found>> {
+        if self.keys.is_empty() {
+            return Ok(found.into_iter().map(|(h, o)| (h, o, None)).collect());
+        }
+        let token = &self.tokens[s.slot].config.label;
+        let now = SystemTime::now();
+        let mut out = Vec::with_capacity(found.len());
+        for (h, owner) in found {
+            let known = {
+                let st = client.lock();
+                st.mapped(s.slot, h)
+                    .and_then(|ch| st.object(s.slot, ch, Error::ObjectHandleInvalid).ok())
+            };
+            let managed = match known {
+                Some(o) => o.managed,
+                None => {
+                    let id = s
+                        .backend
+                        .get_attributes(s.backend_session, h, &[CKA_ID])
+                        .ok()
+                        .and_then(|r| match r.into_iter().next() {
+                            Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
+                            _ => None,
+                        });
+                    id.and_then(|id| self.keys.lookup(token, &id))
+                }
+            };
+            if let Some(m) = managed {
+                match self.keys.key(m.key_id) {
+                    Some(k) if keys::visible_to(&self.policy, &k, &client.application, now) => {}
+                    _ => continue,
+                }
+            }
+            out.push((h, owner, managed));
+        }
+        let is_active = |m: &Option<ManagedRef>| {
+            m.and_then(|m| self.keys.key(m.key_id).map(|k| (k, m)))
+                .and_then(|(k, m)| k.version(m.version).map(|v| v.state))
+                == Some(keyward_inventory::KeyState::Active)
+        };
+        if !by_id {
+            // A search that does not name a CKA_ID finds a key's active
+            // version only, when it has one. Clients differ in which of
+            // several matches they take (pkcs11-tool the first, OpenSSL's
+            // libp11 enumerates every key and takes the last), and "the
+            // key called X" means the version that protects now. An older
+            // version is found by its CKA_ID (as clients look up the public
+            // key or certificate of a key they hold, or verify an old
+            // signature).
+            let with_active: std::collections::HashSet<i64> = out
+                .iter()
+                .filter(|(_, _, m)| is_active(m))
+                .filter_map(|(_, _, m)| m.map(|m| m.key_id))
+                .collect();
+            out.retain(|(_, _, m)| match m {
+                Some(r) if with_active.contains(&r.key_id) => is_active(m),
+                _ => true,
+            });
+        }
+        // Active versions first; otherwise the backend's order.
+        out.sort_by_key(|(_, _, m)| if is_active(m) { 0 } else { 1 });
+        Ok(out)
     }
 
     fn find_objects(
@@ -832,11 +1036,13 @@ impl Agent {
                 })
                 .collect()
         };
+        let by_id = template.iter().any(|a| a.attr_type == CKA_ID);
+        let managed = self.classify(client, &s, visible, by_id)?;
         let mut st = client.lock();
         Ok(Response::List(
-            visible
+            managed
                 .into_iter()
-                .map(|(h, owner)| st.map_object(s.slot, h, owner))
+                .map(|(h, owner, m)| st.map_object(s.slot, h, owner, m))
                 .collect(),
         ))
     }
@@ -869,6 +1075,7 @@ impl Agent {
             }
         };
         let h = client.lock().add_session(Session {
+            active: Default::default(),
             slot: i,
             rw,
             backend_session,
@@ -877,11 +1084,72 @@ impl Agent {
         Ok(Response::Handle(h))
     }
 
+    /// Checks a PIN. User PINs count towards the policy's lockout: once
+    /// `pin_max_attempts` wrong PINs are counted, every user PIN check
+    /// answers `CKR_PIN_LOCKED` (even a right PIN) until an administrator
+    /// runs `keyward pin unlock`.
     fn verify(&self, t: &VirtualToken, role: Role, pin: &[u8]) -> Result<Option<bool>> {
-        t.state.verify_pin(role, pin).map_err(|e| {
-            log::error!("token {:?}: cannot read the PIN hash: {e}", t.config.label);
+        let store_error = |e: std::io::Error| {
+            log::error!("token {:?}: PIN state: {e}", t.config.label);
             Error::StateStore
-        })
+        };
+        if role == Role::User {
+            if let Err(refusal) = self.policy.check_pin_failures(t.state.pin_failures()) {
+                log::warn!("token {:?}: user PIN refused: {refusal}", t.config.label);
+                return Err(Error::Refused(refusal.ckr()));
+            }
+        }
+        let verdict = t.state.verify_pin(role, pin).map_err(store_error)?;
+        if role == Role::User {
+            match verdict {
+                Some(false) => {
+                    let n = t.state.record_pin_failure().map_err(store_error)?;
+                    log::warn!("token {:?}: wrong user PIN ({n} in a row)", t.config.label);
+                }
+                Some(true) if t.state.pin_failures() > 0 => {
+                    t.state.reset_pin_failures().map_err(store_error)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// Writes the managed keys' last uses to the inventory every `every`,
+    /// on a thread of its own (uses are noted in memory on the hot path).
+    pub fn spawn_use_recorder(self: &Arc<Agent>, every: std::time::Duration) {
+        let agent = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("last-use".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match agent.upgrade() {
+                    Some(a) => a.keys.flush_uses(),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the last-use recorder: {e}");
+        }
+    }
+
+    /// Records the noted uses now (at shutdown).
+    pub fn flush_uses(&self) {
+        self.keys.flush_uses();
+    }
+
+    /// `keyward pin unlock TOKEN`: resets the token's wrong-PIN count.
+    pub fn unlock_pin(&self, token: &str) -> std::result::Result<(), String> {
+        let t = self
+            .tokens
+            .iter()
+            .find(|t| t.config.label == token)
+            .ok_or_else(|| format!("no token labelled {token:?}"))?;
+        t.state
+            .reset_pin_failures()
+            .map_err(|e| format!("token {token:?}: {e}"))?;
+        log::info!("token {token:?}: user PIN unlocked");
+        Ok(())
     }
 
     fn login(
@@ -1140,6 +1408,16 @@ impl Agent {
         let mut flags = ck::CKF_LOGIN_REQUIRED | ck::CKF_TOKEN_INITIALIZED;
         if t.state.has_pin(Role::User) {
             flags |= ck::CKF_USER_PIN_INITIALIZED;
+        }
+        let failures = t.state.pin_failures();
+        if failures > 0 {
+            flags |= ck::CKF_USER_PIN_COUNT_LOW;
+            let max = self.policy.settings.pin_max_attempts;
+            if self.policy.check_pin_failures(failures).is_err() {
+                flags |= ck::CKF_USER_PIN_LOCKED;
+            } else if max != 0 && failures + 1 == max {
+                flags |= ck::CKF_USER_PIN_FINAL_TRY;
+            }
         }
         if bi.flags & ck::CKF_RNG != 0 {
             flags |= ck::CKF_RNG;
@@ -1488,9 +1766,12 @@ pub(crate) mod tests {
         ts.set_pin(Role::User, b"1111").unwrap();
         ts.set_pin(Role::So, b"2222").unwrap();
         let token = VirtualToken::new(config, ts, Ok(mock.clone() as Arc<dyn Backend>));
+        let inventory =
+            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+        let keys = ManagedKeys::open(Arc::new(inventory)).unwrap();
         Fixture {
             _dir: dir,
-            agent: Agent::new(vec![token], "/sock".into()),
+            agent: Agent::new(vec![token], "/sock".into(), keys),
             mock,
         }
     }

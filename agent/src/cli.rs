@@ -110,11 +110,13 @@ pub fn run(config: &Config) -> Result<(), String> {
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
             .with_policy(policy),
     );
+    agent.spawn_use_recorder(std::time::Duration::from_secs(5));
+    agent.spawn_scheduler(std::time::Duration::from_secs(60));
     let app = bind(&config.agent.socket, config.agent.socket_mode.0).map_err(|e| e.to_string())?;
     let admin = bind(&config.agent.admin_socket, config.agent.admin_socket_mode.0)
         .map_err(|e| e.to_string())?;
     let server = Server::new(
-        agent,
+        agent.clone(),
         config.agent.socket.clone(),
         config.agent.admin_socket.clone(),
     );
@@ -141,9 +143,11 @@ pub fn run(config: &Config) -> Result<(), String> {
     server.run(app, admin);
     handle.close();
     let _ = watcher.join();
+    agent.flush_uses();
     // The last reference to the agent goes with `server`: every backend
     // token closes its anchor session and each library is finalised.
     drop(server);
+    drop(agent);
     Ok(())
 }
 

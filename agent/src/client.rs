@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::error::{Error, Result};
 use crate::identity::Peer;
+use crate::keys::ManagedRef;
 
 /// A virtual slot index (position in the configuration).
 pub type Slot = usize;
@@ -31,6 +32,10 @@ pub enum Login {
 /// One client session: one backend session opened with the same flags.
 #[derive(Debug)]
 pub struct Session {
+    /// The managed key of each active operation (by `Op` index), checked
+    /// again on every request of the operation: a key suspended after its
+    /// `C_*Init` is refused at the next call.
+    pub active: Mutex<[Option<ManagedRef>; 7]>,
     /// The virtual slot.
     pub slot: Slot,
     /// Opened read-write.
@@ -50,6 +55,8 @@ pub struct ObjectRef {
     pub backend: BackendObject,
     /// For a session object: the client session that created it.
     pub session: Option<u64>,
+    /// The managed key version it is, if the inventory knows it.
+    pub managed: Option<ManagedRef>,
 }
 
 /// A client process's state.
@@ -57,14 +64,18 @@ pub struct ObjectRef {
 pub struct Client {
     /// Who it is.
     pub peer: Peer,
+    /// The policy's name for it: its application, or `lab` for a peer the
+    /// lab policy admits without one.
+    pub application: String,
     state: Mutex<ClientState>,
 }
 
 impl Client {
     /// A fresh client with no sessions, for a configuration of `slots` tokens.
-    pub fn new(peer: Peer, slots: usize) -> Client {
+    pub fn new(peer: Peer, application: String, slots: usize) -> Client {
         Client {
             peer,
+            application,
             state: Mutex::new(ClientState::new(slots)),
         }
     }
@@ -197,7 +208,13 @@ impl ClientState {
     }
 
     /// The client handle for a backend object, mapping it if new.
-    pub fn map_object(&mut self, slot: Slot, backend: BackendObject, session: Option<u64>) -> u64 {
+    pub fn map_object(
+        &mut self,
+        slot: Slot,
+        backend: BackendObject,
+        session: Option<u64>,
+        managed: Option<ManagedRef>,
+    ) -> u64 {
         if let Some(&h) = self.by_backend.get(&(slot, backend)) {
             return h;
         }
@@ -209,6 +226,7 @@ impl ClientState {
                 slot,
                 backend,
                 session,
+                managed,
             },
         );
         self.by_backend.insert((slot, backend), h);
@@ -222,6 +240,11 @@ impl ClientState {
             Some(o) if o.slot == slot => Ok(*o),
             _ => Err(err),
         }
+    }
+
+    /// The client handle of backend object `backend` on `slot`, if mapped.
+    pub fn mapped(&self, slot: Slot, backend: BackendObject) -> Option<u64> {
+        self.by_backend.get(&(slot, backend)).copied()
     }
 
     /// Forgets client object `h`.
@@ -257,6 +280,7 @@ pub(crate) mod tests {
 
     fn session(slot: Slot, rw: bool, backend_session: u64) -> Session {
         Session {
+            active: Default::default(),
             slot,
             rw,
             backend_session,
@@ -266,7 +290,7 @@ pub(crate) mod tests {
 
     #[test]
     fn handles_count_from_one_and_are_never_reused() {
-        let c = Client::new(peer(1), 2);
+        let c = Client::new(peer(1), "lab".into(), 2);
         let mut st = c.lock();
         let s1 = st.add_session(session(0, true, 100));
         let s2 = st.add_session(session(0, false, 101));
@@ -275,16 +299,20 @@ pub(crate) mod tests {
         assert_eq!(st.add_session(session(0, true, 102)), 3);
         assert_eq!(st.session(s1).unwrap_err(), Error::SessionHandleInvalid);
 
-        let o1 = st.map_object(0, 500, None);
+        let o1 = st.map_object(0, 500, None, None);
         assert_eq!(o1, 1);
         assert_eq!(
-            st.map_object(0, 500, None),
+            st.map_object(0, 500, None, None),
             o1,
             "same backend object, same handle"
         );
-        assert_eq!(st.map_object(1, 500, None), 2, "other slot, other object");
+        assert_eq!(
+            st.map_object(1, 500, None, None),
+            2,
+            "other slot, other object"
+        );
         st.unmap_object(o1);
-        assert_eq!(st.map_object(0, 500, None), 3);
+        assert_eq!(st.map_object(0, 500, None, None), 3);
         assert_eq!(
             st.object(0, o1, Error::KeyHandleInvalid).unwrap_err(),
             Error::KeyHandleInvalid
@@ -298,10 +326,10 @@ pub(crate) mod tests {
 
     #[test]
     fn two_clients_never_share_handles() {
-        let a = Client::new(peer(1), 1);
-        let b = Client::new(peer(2), 1);
+        let a = Client::new(peer(1), "lab".into(), 1);
+        let b = Client::new(peer(2), "lab".into(), 1);
         let sa = a.lock().add_session(session(0, true, 100));
-        let oa = a.lock().map_object(0, 7, None);
+        let oa = a.lock().map_object(0, 7, None, None);
         // b has its own numbering and knows nothing of a's handles.
         assert_eq!(
             b.lock().session(sa).unwrap_err(),
@@ -317,13 +345,13 @@ pub(crate) mod tests {
 
     #[test]
     fn closing_a_session_drops_its_objects_and_the_last_one_logs_out() {
-        let c = Client::new(peer(1), 1);
+        let c = Client::new(peer(1), "lab".into(), 1);
         let mut st = c.lock();
         let s1 = st.add_session(session(0, true, 100));
         let s2 = st.add_session(session(0, true, 101));
         st.set_login(0, Login::User);
-        let sess_obj = st.map_object(0, 9, Some(s1));
-        let token_obj = st.map_object(0, 10, None);
+        let sess_obj = st.map_object(0, 9, Some(s1), None);
+        let token_obj = st.map_object(0, 10, None, None);
         let closed = st.remove_session(s1).unwrap();
         assert_eq!(closed.session_objects, vec![(0, 9)]);
         assert!(st.object(0, sess_obj, Error::ObjectHandleInvalid).is_err());
@@ -335,7 +363,7 @@ pub(crate) mod tests {
 
     #[test]
     fn read_only_sessions_are_tracked_per_slot() {
-        let c = Client::new(peer(1), 2);
+        let c = Client::new(peer(1), "lab".into(), 2);
         let mut st = c.lock();
         st.add_session(session(1, false, 100));
         assert!(st.has_ro_session(1));

@@ -8,6 +8,12 @@
 //! - [`agent`]: request handling — virtual tokens, client sessions and
 //!   handles, virtual login, private-object hiding, forwarding.
 //! - [`client`]: one client process's tables (sessions, handles, login).
+//! - [`admin`]: key management on the admin socket (create, transitions,
+//!   rotation, verify, grants, discovery, approval requests) and the
+//!   scheduler that rotates and deactivates keys when their dates pass.
+//! - [`keys`]: managed keys — the inventory, its in-memory view, and the
+//!   check every use of a managed key passes (state, purpose, grant,
+//!   cryptoperiod).
 //! - [`state`]: PIN hashes and token labels in the state directory.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
@@ -20,6 +26,7 @@
 // the protocol without conversion (and without lossy casts).
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
+pub mod admin;
 pub mod agent;
 pub mod backend;
 pub mod cli;
@@ -27,5 +34,6 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod keys;
 pub mod server;
 pub mod state;

@@ -348,6 +348,7 @@ impl Server {
             log::debug!("admin {peer}: {req:?}");
             let resp = match req {
                 AdminRequest::Status => AdminResponse::Status(self.agent.status()),
+                AdminRequest::Key(k) => self.agent.key_request(peer, k),
             };
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);

@@ -116,6 +116,31 @@ impl TokenState {
         }
     }
 
+    /// Wrong user PINs since the last right one (or unlock).
+    pub fn pin_failures(&self) -> u32 {
+        read_optional(&self.path("user-pin-failures"))
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Counts one more wrong user PIN; returns the new count. Durable before
+    /// it returns, so a crash cannot give an attacker extra tries.
+    pub fn record_pin_failure(&self) -> io::Result<u32> {
+        let n = self.pin_failures().saturating_add(1);
+        self.write_atomic("user-pin-failures", n.to_string().as_bytes())?;
+        Ok(n)
+    }
+
+    /// Resets the wrong-PIN count (a right PIN, or `keyward pin unlock`).
+    pub fn reset_pin_failures(&self) -> io::Result<()> {
+        match fs::remove_file(self.path("user-pin-failures")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// The label set by `C_InitToken`, if any.
     pub fn label(&self) -> io::Result<Option<String>> {
         read_optional(&self.path("label"))

@@ -11,8 +11,9 @@
 //! - [`sqlite`]: [`SqliteInventory`], the store in one SQLite file (WAL,
 //!   `synchronous=FULL`, mode 0600), and [`SqliteInventory::check`].
 //! - `schema`: the schema as ordered migration steps under
-//!   `PRAGMA user_version`; later tables (dual-control requests, the audit
-//!   trail) are new steps.
+//!   `PRAGMA user_version`: step 1 keys, versions, history, grants; step 2
+//!   approval requests ([`ApprovalRecord`]); later tables (the audit trail)
+//!   are new steps.
 //! - [`error`]: the one error enum; no variant names SQLite's types.
 //!
 //! Conventions:
@@ -39,7 +40,8 @@ mod tests;
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use types::{
-    DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange, Transition,
+    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange,
+    Transition,
 };
 
 /// The schema version this build writes (and the newest it opens).
@@ -132,4 +134,18 @@ pub trait Inventory: Send + Sync {
     /// Cheap: not synced on its own; the next lifecycle write makes it
     /// durable.
     fn touch(&self, key_id: i64, at: i64) -> Result<()>;
+
+    /// Sets key dates without a state change (after a rotation: the new
+    /// cryptoperiod and the next rotation). `None` leaves a date as it is.
+    /// [`Error::NotFound`] for an unknown key.
+    fn set_dates(&self, key_id: i64, dates: &DateUpdates) -> Result<()>;
+
+    /// Records an approval request ([`Error::Exists`] for a taken id).
+    fn create_request(&self, request: &ApprovalRecord) -> Result<()>;
+
+    /// The request `id`.
+    fn request(&self, id: &str) -> Result<Option<ApprovalRecord>>;
+
+    /// Requests, oldest first; `status: None` lists all.
+    fn requests(&self, status: Option<&str>) -> Result<Vec<ApprovalRecord>>;
 }

@@ -26,10 +26,16 @@ pub(crate) struct Migration {
 
 /// Every step, oldest first; step `i` takes `user_version` from `i` to
 /// `i + 1`.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    description: "keys, versions, state history, grants",
-    sql: V1,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "keys, versions, state history, grants",
+        sql: V1,
+    },
+    Migration {
+        description: "approval requests (dual control)",
+        sql: V2,
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;
@@ -126,6 +132,25 @@ CREATE TABLE grant_changes (
     at          INTEGER NOT NULL,
     actor       TEXT    NOT NULL
 ) STRICT;
+";
+
+/// Actions waiting for approval. `parameters` is the canonical JSON of the
+/// action's arguments; approvals themselves arrive with dual control.
+const V2: &str = "
+CREATE TABLE requests (
+    id         TEXT    PRIMARY KEY CHECK (id <> ''),
+    action     TEXT    NOT NULL CHECK (action <> ''),
+    target     TEXT    NOT NULL,
+    key_id     INTEGER REFERENCES keys (id),
+    parameters TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(parameters)),
+    requester  TEXT    NOT NULL CHECK (requester <> ''),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL CHECK (expires_at > created_at),
+    status     TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'executed',
+                                                  'rejected', 'expired'))
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX requests_status ON requests (status, created_at);
 ";
 
 /// Reads `PRAGMA user_version`.

@@ -28,7 +28,8 @@ use rusqlite::{
 use crate::error::{Error, Result};
 use crate::schema::{self, Migration};
 use crate::types::{
-    DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange, Transition,
+    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange,
+    Transition,
 };
 use crate::Inventory;
 
@@ -350,6 +351,20 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
         application: r.get(1)?,
         operations: json_list(r, 2)?,
         expires_at: r.get(3)?,
+    })
+}
+
+fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        id: r.get(0)?,
+        action: r.get(1)?,
+        target: r.get(2)?,
+        key_id: r.get(3)?,
+        parameters: r.get(4)?,
+        requester: r.get(5)?,
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        status: r.get(8)?,
     })
 }
 
@@ -923,5 +938,72 @@ impl Inventory for SqliteInventory {
             return Err(Error::NotFound(format!("key {key_id}")));
         }
         Ok(())
+    }
+
+    fn set_dates(&self, key_id: i64, dates: &DateUpdates) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
+            .exists(params![key_id])?;
+        if !known {
+            return Err(Error::NotFound(format!("key {key_id}")));
+        }
+        set_key_dates(&tx, key_id, dates)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn create_request(&self, q: &ApprovalRecord) -> Result<()> {
+        nonempty("request id", &q.id)?;
+        nonempty("action", &q.action)?;
+        nonempty("requester", &q.requester)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken = tx
+            .prepare_cached("SELECT 1 FROM requests WHERE id = ?1")?
+            .exists(params![q.id])?;
+        if taken {
+            return Err(Error::Exists(format!("request {}", q.id)));
+        }
+        tx.prepare_cached(
+            "INSERT INTO requests (id, action, target, key_id, parameters, requester,
+                                   created_at, expires_at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            q.id,
+            q.action,
+            q.target,
+            q.key_id,
+            q.parameters,
+            q.requester,
+            q.created_at,
+            q.expires_at,
+            q.status
+        ])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn request(&self, id: &str) -> Result<Option<ApprovalRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, action, target, key_id, parameters, requester, created_at, expires_at,
+                    status
+               FROM requests WHERE id = ?1",
+        )?;
+        Ok(stmt.query_row(params![id], request_from_row).optional()?)
+    }
+
+    fn requests(&self, status: Option<&str>) -> Result<Vec<ApprovalRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, action, target, key_id, parameters, requester, created_at, expires_at,
+                    status
+               FROM requests WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map(params![status], request_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

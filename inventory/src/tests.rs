@@ -146,15 +146,15 @@ fn a_later_migration_step_applies_on_reopen_and_then_old_code_refuses_the_file()
     let key = new_key(&SqliteInventory::open(&path).unwrap(), "k", b"1");
     let mut steps = MIGRATIONS.to_vec();
     steps.push(Migration {
-        description: "dual-control requests",
-        sql: "CREATE TABLE requests (id INTEGER PRIMARY KEY, action TEXT NOT NULL) STRICT;",
+        description: "audit trail",
+        sql: "CREATE TABLE audit (id INTEGER PRIMARY KEY, action TEXT NOT NULL) STRICT;",
     });
     let newer = SqliteInventory::open_with(&path, &steps).unwrap();
     assert_eq!(newer.schema_version().unwrap(), SCHEMA_VERSION + 1);
     assert_eq!(newer.key_by_id(key.id).unwrap(), Some(key));
     newer
         .conn()
-        .execute("INSERT INTO requests (action) VALUES ('destroy')", [])
+        .execute("INSERT INTO audit (action) VALUES ('destroy')", [])
         .unwrap();
     drop(newer);
     match SqliteInventory::open(&path) {
@@ -977,4 +977,46 @@ fn key_state_strings_round_trip() {
     assert!(!KeyState::Destroyed.may_become(KeyState::Active));
     assert!(!KeyState::Active.may_become(KeyState::PreActivation));
     assert!(!KeyState::Suspended.may_become(KeyState::Suspended));
+}
+
+#[test]
+fn approval_requests_and_dates_without_a_state_change() {
+    let (_dir, inv) = store();
+    let key = new_key(&inv, "k", b"id-1");
+    let req = ApprovalRecord {
+        id: "00ff".into(),
+        action: "resume".into(),
+        target: "tok/k".into(),
+        key_id: Some(key.id),
+        parameters: "{}".into(),
+        requester: "uid:0".into(),
+        created_at: T0,
+        expires_at: T0 + 86_400,
+        status: "pending".into(),
+    };
+    inv.create_request(&req).unwrap();
+    assert!(matches!(inv.create_request(&req), Err(Error::Exists(_))));
+    assert_eq!(inv.request("00ff").unwrap(), Some(req.clone()));
+    assert_eq!(inv.requests(Some("pending")).unwrap(), vec![req.clone()]);
+    assert!(inv.requests(Some("executed")).unwrap().is_empty());
+    assert!(inv.request("nope").unwrap().is_none());
+    let bad = ApprovalRecord {
+        id: "01".into(),
+        status: "whatever".into(),
+        ..req
+    };
+    assert!(inv.create_request(&bad).is_err());
+
+    let dates = DateUpdates {
+        next_rotation: Some(T0 + 99),
+        ..DateUpdates::default()
+    };
+    inv.set_dates(key.id, &dates).unwrap();
+    let after = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(after.next_rotation, Some(T0 + 99));
+    assert_eq!(after.protect_until, key.protect_until);
+    assert!(matches!(
+        inv.set_dates(9999, &dates),
+        Err(Error::NotFound(_))
+    ));
 }

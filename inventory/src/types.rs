@@ -206,3 +206,25 @@ pub struct Transition {
     /// Applied to the key record, whichever state moves.
     pub dates: DateUpdates,
 }
+
+/// An action recorded for approval (dual control): what, on what, asked by
+/// whom, until when. The approvals and their signatures come with dual
+/// control; the agent records the request and does not perform it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Random hex, unique.
+    pub id: String,
+    /// `resume`, `destroy`, ...
+    pub action: String,
+    /// `token/name` of the key.
+    pub target: String,
+    /// The key, when the target is one.
+    pub key_id: Option<i64>,
+    /// Canonical JSON of the action's arguments (`{}` when none).
+    pub parameters: String,
+    pub requester: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// `pending`, `approved`, `executed`, `rejected`, `expired`.
+    pub status: String,
+}

@@ -10,6 +10,8 @@ use crate::types::Version;
 pub enum AdminRequest {
     /// Agent version, uptime, and every virtual token with its backend.
     Status,
+    /// Key lifecycle, grants, applications, PIN unlock, discovery.
+    Key(KeyRequest),
 }
 
 /// The agent's answer to an [`AdminRequest`].
@@ -19,6 +21,15 @@ pub enum AdminResponse {
     Err(String),
     /// Answer to [`AdminRequest::Status`].
     Status(Status),
+    /// Answer to [`AdminRequest::Key`].
+    Key(Box<KeyResponse>),
+    /// A key-management call failed.
+    KeyErr {
+        /// What kind of failure (the CLI's exit code).
+        kind: AdminErrorKind,
+        /// What went wrong, for people.
+        message: String,
+    },
 }
 
 /// What `keyward status` shows.
@@ -67,4 +78,282 @@ pub struct TokenStatus {
     pub backend_serial: String,
     /// Why the backend is unavailable, when it is.
     pub backend_error: Option<String>,
+}
+
+/// Key-management calls of the `keyward` CLI (key lifecycle).
+///
+/// Keys are named per virtual token; `token: None` means the agent's first
+/// token. Times are unix seconds (UTC).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KeyRequest {
+    /// Generate a managed key inside the HSM from a key class.
+    Create {
+        /// Unique name on the token; also the objects' `CKA_LABEL`.
+        name: String,
+        /// Key class of the policy.
+        class: String,
+        /// One of the class's algorithms (`ec:p256`, `rsa:3072`, ...);
+        /// `None`: the class's first.
+        algorithm: Option<String>,
+        /// Virtual token label.
+        token: Option<String>,
+        /// Owner recorded in the inventory; `None`: the requester.
+        owner: Option<String>,
+    },
+    /// Every managed key (optionally of one token or in one state).
+    List {
+        /// Only this token.
+        token: Option<String>,
+        /// Only this state (`active`, ...).
+        state: Option<String>,
+    },
+    /// One key with its versions, grants and state history.
+    Show {
+        /// Key name.
+        name: String,
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// A lifecycle transition.
+    Transition {
+        /// Key name.
+        name: String,
+        /// Virtual token label.
+        token: Option<String>,
+        /// What to do.
+        action: KeyAction,
+        /// Why (recorded in the history).
+        reason: Option<String>,
+    },
+    /// A new version from the same class: it protects, older versions
+    /// drop to deactivated.
+    Rotate {
+        /// Key name.
+        name: String,
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// Prove the key works inside the HSM without revealing anything.
+    Verify {
+        /// Key name.
+        name: String,
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// Give an application operations on a key, optionally until a time.
+    GrantAdd {
+        /// Key name.
+        key: String,
+        /// Virtual token label.
+        token: Option<String>,
+        /// Application name of the policy.
+        application: String,
+        /// `sign`, `verify`, `encrypt`, ...
+        operations: Vec<String>,
+        /// Unix seconds; `None`: no expiry.
+        until: Option<i64>,
+    },
+    /// Take an application's grant on a key away.
+    GrantRemove {
+        /// Key name.
+        key: String,
+        /// Virtual token label.
+        token: Option<String>,
+        /// Application name.
+        application: String,
+    },
+    /// Grants of one key, or of every key.
+    GrantList {
+        /// Key name; `None`: all keys.
+        key: Option<String>,
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// The policy's applications.
+    AppList,
+    /// Reset a token's wrong-PIN counter after a lockout.
+    PinUnlock {
+        /// Virtual token label.
+        token: String,
+    },
+    /// Backend objects the inventory does not know (shadow keys).
+    Discover {
+        /// Virtual token label; `None`: every token.
+        token: Option<String>,
+    },
+    /// Bring a shadow key under management.
+    Adopt {
+        /// Virtual token label.
+        token: Option<String>,
+        /// The shadow's `CKA_ID`.
+        backend_id: Vec<u8>,
+        /// Name to give it.
+        name: String,
+        /// Key class it joins.
+        class: String,
+    },
+}
+
+/// A lifecycle transition of [`KeyRequest::Transition`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAction {
+    /// pre-activation → active.
+    Activate,
+    /// active → suspended.
+    Suspend,
+    /// suspended → active (needs approval).
+    Resume,
+    /// → deactivated: process only, until the process period ends.
+    Deactivate,
+    /// → compromised; `rotate`: and a fresh version replaces it at once.
+    Revoke {
+        /// Emergency rotation in the same step.
+        rotate: bool,
+    },
+    /// Remove the backend objects, keep the metadata (needs approval).
+    Destroy,
+}
+
+/// What a key-management call answers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KeyResponse {
+    /// One key.
+    Key(Box<KeyInfo>),
+    /// Several keys.
+    Keys(Vec<KeyInfo>),
+    /// Grants.
+    Grants(Vec<GrantInfo>),
+    /// The policy's applications.
+    Apps(Vec<AppInfo>),
+    /// The action needs approval: this request was recorded instead.
+    Pending(ApprovalRequest),
+    /// `Verify` passed.
+    Verified {
+        /// Key name.
+        key: String,
+        /// The version tried.
+        version: u32,
+        /// What was done (e.g. "ECDSA signature made and verified").
+        detail: String,
+    },
+    /// Shadow keys found by `Discover`.
+    Shadows(Vec<ShadowInfo>),
+    /// Done; the text says what happened.
+    Done(String),
+}
+
+/// Why a key-management call failed; the CLI maps each kind to an exit code.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminErrorKind {
+    /// A malformed or contradictory request (exit 2).
+    Invalid,
+    /// No such key, token, application or class (exit 4).
+    NotFound,
+    /// The policy or the lifecycle forbids it (exit 5).
+    Refused,
+    /// It conflicts with the current state (name taken, raced) (exit 6).
+    Conflict,
+    /// The HSM or the store failed (exit 7).
+    Failed,
+}
+
+/// A key as `keyward key show` prints it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct KeyInfo {
+    pub name: String,
+    pub token: String,
+    pub owner: String,
+    pub purpose: String,
+    pub class: String,
+    pub algorithm: String,
+    pub state: String,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub rotated_at: Option<i64>,
+    pub deactivated_at: Option<i64>,
+    pub protect_until: Option<i64>,
+    pub process_until: Option<i64>,
+    pub next_rotation: Option<i64>,
+    pub scope: Vec<String>,
+    pub last_used_at: Option<i64>,
+    pub backup_allowed: bool,
+    pub versions: Vec<VersionInfo>,
+    pub grants: Vec<GrantInfo>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One version of a key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct VersionInfo {
+    pub version: u32,
+    /// `CKA_ID` on the HSM.
+    pub backend_id: Vec<u8>,
+    pub state: String,
+    pub created_at: i64,
+    pub deactivated_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+}
+
+/// An application's grant on a key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct GrantInfo {
+    pub key: String,
+    pub application: String,
+    pub operations: Vec<String>,
+    pub expires_at: Option<i64>,
+}
+
+/// One state change.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct HistoryEntry {
+    pub at: i64,
+    /// `None` for the key itself.
+    pub version: Option<u32>,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// An application of the policy.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct AppInfo {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub exe: Option<String>,
+    /// Keys it holds a grant on.
+    pub keys: Vec<String>,
+}
+
+/// A backend key object the inventory does not know.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ShadowInfo {
+    pub token: String,
+    /// `CKA_ID` (empty if the object has none).
+    pub backend_id: Vec<u8>,
+    pub label: String,
+    /// `CKO_*` name.
+    pub class: String,
+    /// `CKK_*` name.
+    pub key_type: String,
+}
+
+/// An action waiting for approval (dual control adds the approvals).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ApprovalRequest {
+    pub id: String,
+    pub action: String,
+    pub target: String,
+    pub requester: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub status: String,
 }

@@ -1,0 +1,1937 @@
+//! Key management on the admin socket: the `keyward key`, `grant`, `app`,
+//! `pin` and `discover` commands, and the lifecycle scheduler.
+//!
+//! Every change follows one order: the HSM first (generation, on a fresh
+//! backend session that is closed afterwards, never the anchor), then the
+//! inventory (one transaction per change, durable before the answer), then
+//! [`ManagedKeys::refresh`](crate::keys::ManagedKeys::refresh), so that
+//! enforcement sees the change on the very next use. A generation whose
+//! inventory write fails destroys what it generated: no orphan objects.
+//!
+//! Semantics chosen here (see also the doc comments of the functions):
+//! - A new key and its version 1 start in pre-activation; `activate` moves
+//!   both, and sets the key's cryptoperiod dates from its class.
+//! - `suspend`, `resume` and `deactivate` move the key's own state; its
+//!   versions keep theirs (enforcement requires both to permit a use).
+//! - `revoke` moves the key and every live version to compromised.
+//! - Actions that need approval (leaving suspended or compromised, and
+//!   destroy) are recorded as a pending request in the inventory and not
+//!   performed; dual control adds the approvals and the execution.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cryptoki_sys as ck;
+use keyward_inventory::{
+    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState as InvState, KeyVersion,
+    StateChange, Transition,
+};
+use keyward_policy::{
+    check_generation, check_key_pair_generation, needs_approval, transition, Action, Adjustments,
+    Algorithm, Curve, KeyClass, KeyState, Operation, Purpose, Template,
+};
+use keyward_protocol::admin::{
+    AdminErrorKind, AdminResponse, AppInfo, ApprovalRequest, GrantInfo, HistoryEntry, KeyAction,
+    KeyInfo, KeyRequest, KeyResponse, ShadowInfo, VersionInfo,
+};
+use keyward_protocol::{AttrResult, AttrValue, Attribute, MechParam, Mechanism, Op, Value};
+
+use crate::agent::{Agent, VirtualToken};
+use crate::backend::{Backend, BackendObject, BackendSession};
+use crate::identity::Peer;
+use crate::keys::{policy_state, secs, KeyView};
+
+/// How long an approval request stays open.
+pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The actor of the scheduler's changes.
+pub const SCHEDULER: &str = "scheduler";
+
+/// A failed key-management call: the kind the CLI maps to an exit code,
+/// and the message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError {
+    /// What kind of failure.
+    pub kind: AdminErrorKind,
+    /// Why.
+    pub message: String,
+}
+
+type AResult<T> = std::result::Result<T, AdminError>;
+
+fn fail<T>(kind: AdminErrorKind, message: impl Into<String>) -> AResult<T> {
+    Err(AdminError {
+        kind,
+        message: message.into(),
+    })
+}
+
+fn inv_err(e: keyward_inventory::Error) -> AdminError {
+    use keyward_inventory::Error as E;
+    let kind = match &e {
+        E::Exists(_) | E::Conflict { .. } => AdminErrorKind::Conflict,
+        E::NotFound(_) => AdminErrorKind::NotFound,
+        E::InvalidTransition { .. } => AdminErrorKind::Refused,
+        E::Invalid(_) => AdminErrorKind::Invalid,
+        _ => AdminErrorKind::Failed,
+    };
+    AdminError {
+        kind,
+        message: format!("inventory: {e}"),
+    }
+}
+
+fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
+    AdminError {
+        kind: AdminErrorKind::Failed,
+        message: format!("HSM: {what}: {e}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random(n: usize) -> AResult<Vec<u8>> {
+    let mut v = vec![0u8; n];
+    getrandom::getrandom(&mut v).map_err(|e| AdminError {
+        kind: AdminErrorKind::Failed,
+        message: format!("no randomness: {e}"),
+    })?;
+    Ok(v)
+}
+
+/// A backend session opened for one administrative action and closed when
+/// dropped (objects it made that are not token objects go with it).
+struct HsmSession<'b> {
+    backend: &'b dyn Backend,
+    handle: BackendSession,
+}
+
+impl<'b> HsmSession<'b> {
+    fn open(backend: &'b dyn Backend) -> AResult<HsmSession<'b>> {
+        let handle = backend
+            .open_session(true)
+            .map_err(|e| hsm_err("C_OpenSession", e))?;
+        Ok(HsmSession { backend, handle })
+    }
+
+    fn find(&self, template: &[Attribute]) -> AResult<Vec<BackendObject>> {
+        self.backend
+            .find_objects(self.handle, template)
+            .map_err(|e| hsm_err("C_FindObjects", e))
+    }
+
+    /// The objects of class `cko` with `CKA_ID` `id`.
+    fn by_id(&self, id: &[u8], cko: u64) -> AResult<Vec<BackendObject>> {
+        self.find(&[
+            Attribute::ulong(ck::CKA_CLASS, cko),
+            Attribute::bytes(ck::CKA_ID, id.to_vec()),
+        ])
+    }
+
+    fn attrs(&self, object: BackendObject, types: &[u64]) -> AResult<Vec<Option<Value>>> {
+        let results = self
+            .backend
+            .get_attributes(self.handle, object, types)
+            .map_err(|e| hsm_err("C_GetAttributeValue", e))?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                AttrResult::Value(AttrValue::Leaf(v)) => Some(v),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn ulong(&self, object: BackendObject, attr: u64) -> AResult<Option<u64>> {
+        Ok(match self.attrs(object, &[attr])?.pop().flatten() {
+            Some(Value::Ulong(v)) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn bytes(&self, object: BackendObject, attr: u64) -> AResult<Option<Vec<u8>>> {
+        Ok(match self.attrs(object, &[attr])?.pop().flatten() {
+            Some(Value::Bytes(v)) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn destroy(&self, objects: &[BackendObject]) {
+        for &o in objects {
+            if let Err(e) = self.backend.destroy_object(self.handle, o) {
+                log::error!("cannot destroy backend object {o} after a failure: {e}");
+            }
+        }
+    }
+
+    /// `C_*Init` then the single-part call.
+    fn run(&self, op: Op, mech: &Mechanism, key: BackendObject, data: &[u8]) -> AResult<Vec<u8>> {
+        let what = format!("{op:?} with {}", mech_name(mech.mechanism));
+        self.backend
+            .op_init(self.handle, op, mech, Some(key))
+            .map_err(|e| hsm_err(&what, e))?;
+        self.backend
+            .single(self.handle, op, data)
+            .map_err(|e| hsm_err(&what, e))
+    }
+
+    fn verify(&self, mech: &Mechanism, key: BackendObject, data: &[u8], sig: &[u8]) -> AResult<()> {
+        let what = format!("verify with {}", mech_name(mech.mechanism));
+        self.backend
+            .op_init(self.handle, Op::Verify, mech, Some(key))
+            .map_err(|e| hsm_err(&what, e))?;
+        self.backend
+            .verify(self.handle, data, sig)
+            .map_err(|e| hsm_err(&what, e))
+    }
+}
+
+impl Drop for HsmSession<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.backend.close_session(self.handle) {
+            log::warn!("cannot close admin backend session {}: {e}", self.handle);
+        }
+    }
+}
+
+fn mech_name(m: u64) -> String {
+    keyward_policy::mechanism_name(m).map_or_else(|| format!("{m:#x}"), str::to_owned)
+}
+
+/// DER of a curve's object identifier, as in `CKA_EC_PARAMS`.
+fn curve_oid(curve: Curve) -> &'static [u8] {
+    match curve {
+        Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+        Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
+        Curve::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
+        Curve::Ed448 => &[0x06, 0x03, 0x2b, 0x65, 0x71],
+        Curve::X25519 => &[0x06, 0x03, 0x2b, 0x65, 0x6e],
+        Curve::X448 => &[0x06, 0x03, 0x2b, 0x65, 0x6f],
+    }
+}
+
+/// What generates a key of `alg`: a key pair (mechanism, public-only
+/// attributes) or a secret key (mechanism, `CKA_VALUE_LEN`).
+enum Recipe {
+    Pair(u64, Vec<Attribute>),
+    Secret(u64, u64),
+}
+
+fn recipe(alg: Algorithm) -> Recipe {
+    let ec = |mech, curve| {
+        Recipe::Pair(
+            mech,
+            vec![Attribute::bytes(ck::CKA_EC_PARAMS, curve_oid(curve))],
+        )
+    };
+    match alg {
+        Algorithm::Ec(curve) => ec(ck::CKM_EC_KEY_PAIR_GEN, curve),
+        Algorithm::Ed25519 => ec(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN, Curve::Ed25519),
+        Algorithm::Ed448 => ec(ck::CKM_EC_EDWARDS_KEY_PAIR_GEN, Curve::Ed448),
+        Algorithm::X25519 => ec(ck::CKM_EC_MONTGOMERY_KEY_PAIR_GEN, Curve::X25519),
+        Algorithm::X448 => ec(ck::CKM_EC_MONTGOMERY_KEY_PAIR_GEN, Curve::X448),
+        Algorithm::Rsa { min_bits } => Recipe::Pair(
+            ck::CKM_RSA_PKCS_KEY_PAIR_GEN,
+            vec![
+                Attribute::ulong(ck::CKA_MODULUS_BITS, u64::from(min_bits)),
+                Attribute::bytes(ck::CKA_PUBLIC_EXPONENT, vec![0x01, 0x00, 0x01]),
+            ],
+        ),
+        Algorithm::Aes { min_bits } => Recipe::Secret(ck::CKM_AES_KEY_GEN, u64::from(min_bits / 8)),
+        Algorithm::Generic { min_bits } | Algorithm::Hmac { min_bits } => {
+            Recipe::Secret(ck::CKM_GENERIC_SECRET_KEY_GEN, u64::from(min_bits / 8))
+        }
+    }
+}
+
+/// The policy's view of a protocol template (leaf values only).
+fn judge<R>(template: &[Attribute], f: impl FnOnce(&Template<'_>) -> R) -> R {
+    let mut bools = Vec::new();
+    let mut ulongs = Vec::new();
+    let mut bytes = Vec::new();
+    for a in template {
+        match &a.value {
+            AttrValue::Leaf(Value::Bool(b)) => bools.push((a.attr_type, *b)),
+            AttrValue::Leaf(Value::Ulong(u)) => ulongs.push((a.attr_type, *u)),
+            AttrValue::Leaf(Value::Bytes(b)) => bytes.push((a.attr_type, b.as_slice())),
+            _ => {}
+        }
+    }
+    f(&Template {
+        bools: &bools,
+        ulongs: &ulongs,
+        bytes: &bytes,
+    })
+}
+
+/// Sets the forced attributes on `template` (replacing given values).
+fn apply(template: &mut Vec<Attribute>, adj: &Adjustments) {
+    for &(attr, value) in &adj.bools {
+        template.retain(|a| a.attr_type != attr);
+        template.push(Attribute::bool(attr, value));
+    }
+}
+
+/// The parts of a managed key needed to act on it.
+struct Target<'a> {
+    token: &'a VirtualToken,
+    key: Arc<KeyView>,
+}
+
+impl Target<'_> {
+    fn label(&self) -> String {
+        format!("{}/{}", self.key.record.token, self.key.record.name)
+    }
+
+    /// The version that protects: the newest that is not destroyed.
+    fn current(&self) -> AResult<&KeyVersion> {
+        self.key
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.state != InvState::Destroyed)
+            .map_or_else(
+                || {
+                    fail(
+                        AdminErrorKind::Refused,
+                        format!("key {} has no live version", self.label()),
+                    )
+                },
+                Ok,
+            )
+    }
+}
+
+fn state_of(v: &KeyView) -> KeyState {
+    policy_state(v.record.state)
+}
+
+fn to_inv(s: KeyState) -> InvState {
+    match s {
+        KeyState::PreActivation => InvState::PreActivation,
+        KeyState::Active => InvState::Active,
+        KeyState::Suspended => InvState::Suspended,
+        KeyState::Deactivated => InvState::Deactivated,
+        KeyState::Compromised => InvState::Compromised,
+        KeyState::Destroyed => InvState::Destroyed,
+    }
+}
+
+fn action_of(a: KeyAction) -> Action {
+    match a {
+        KeyAction::Activate => Action::Activate,
+        KeyAction::Suspend => Action::Suspend,
+        KeyAction::Resume => Action::Resume,
+        KeyAction::Deactivate => Action::Deactivate,
+        KeyAction::Revoke { .. } => Action::Revoke,
+        KeyAction::Destroy => Action::Destroy,
+    }
+}
+
+/// The cryptoperiod dates of a key of `class` whose period starts at `at`.
+fn period_dates(class: Option<&KeyClass>, at: SystemTime) -> DateUpdates {
+    let Some(class) = class else {
+        return DateUpdates::default();
+    };
+    let p = class.cryptoperiod(at);
+    DateUpdates {
+        protect_until: Some(secs(p.protect_until)),
+        process_until: Some(secs(p.process_until)),
+        next_rotation: p.rotate_at.map(secs),
+        ..DateUpdates::default()
+    }
+}
+
+/// The algorithm of a backend key, from its type and size or curve.
+fn algorithm_of(
+    s: &HsmSession<'_>,
+    object: BackendObject,
+    public: Option<BackendObject>,
+    class: &KeyClass,
+) -> AResult<Algorithm> {
+    let key_type = s.ulong(object, ck::CKA_KEY_TYPE)?;
+    let curve = || -> AResult<Option<Curve>> {
+        let params = match s.bytes(object, ck::CKA_EC_PARAMS)? {
+            Some(p) => Some(p),
+            None => match public {
+                Some(p) => s.bytes(p, ck::CKA_EC_PARAMS)?,
+                None => None,
+            },
+        };
+        Ok(params.as_deref().and_then(Curve::from_ec_params))
+    };
+    let value_bits = || -> AResult<Option<u32>> {
+        Ok(s.ulong(object, ck::CKA_VALUE_LEN)?
+            .map(|n| u32::try_from(n.saturating_mul(8)).unwrap_or(u32::MAX)))
+    };
+    let alg = match key_type {
+        Some(ck::CKK_EC) => match curve()? {
+            Some(c @ (Curve::P256 | Curve::P384 | Curve::P521)) => Some(Algorithm::Ec(c)),
+            _ => None,
+        },
+        Some(ck::CKK_EC_EDWARDS) => match curve()? {
+            Some(Curve::Ed25519) => Some(Algorithm::Ed25519),
+            Some(Curve::Ed448) => Some(Algorithm::Ed448),
+            _ => None,
+        },
+        Some(ck::CKK_EC_MONTGOMERY) => match curve()? {
+            Some(Curve::X25519) => Some(Algorithm::X25519),
+            Some(Curve::X448) => Some(Algorithm::X448),
+            _ => None,
+        },
+        Some(ck::CKK_RSA) => {
+            let modulus = match s.bytes(object, ck::CKA_MODULUS)? {
+                Some(m) => Some(m),
+                None => match public {
+                    Some(p) => s.bytes(p, ck::CKA_MODULUS)?,
+                    None => None,
+                },
+            };
+            modulus.map(|m| {
+                let m: &[u8] = &m;
+                let lead = m.iter().take_while(|b| **b == 0).count();
+                Algorithm::Rsa {
+                    min_bits: u32::try_from((m.len() - lead) * 8).unwrap_or(u32::MAX),
+                }
+            })
+        }
+        Some(ck::CKK_AES) => value_bits()?.map(|min_bits| Algorithm::Aes { min_bits }),
+        Some(
+            ck::CKK_GENERIC_SECRET
+            | ck::CKK_SHA256_HMAC
+            | ck::CKK_SHA384_HMAC
+            | ck::CKK_SHA512_HMAC,
+        ) => value_bits()?.map(|bits| {
+            if class
+                .algorithms
+                .iter()
+                .any(|a| matches!(a, Algorithm::Hmac { .. }))
+            {
+                Algorithm::Hmac { min_bits: bits }
+            } else {
+                Algorithm::Generic { min_bits: bits }
+            }
+        }),
+        _ => None,
+    };
+    let Some(alg) = alg else {
+        return fail(
+            AdminErrorKind::Refused,
+            format!(
+                "the object's key type ({}) or its size or curve is not one keyward manages",
+                key_type.map_or_else(|| "none".into(), key_type_name)
+            ),
+        );
+    };
+    let fits = alg.fits(class.purpose)
+        && class.algorithms.iter().any(|allowed| match (allowed, alg) {
+            (Algorithm::Rsa { min_bits: m }, Algorithm::Rsa { min_bits: b })
+            | (Algorithm::Aes { min_bits: m }, Algorithm::Aes { min_bits: b })
+            | (Algorithm::Hmac { min_bits: m }, Algorithm::Hmac { min_bits: b })
+            | (Algorithm::Generic { min_bits: m }, Algorithm::Generic { min_bits: b }) => b >= *m,
+            (a, b) => *a == b,
+        });
+    if !fits {
+        return fail(
+            AdminErrorKind::Refused,
+            format!(
+                "a {alg} key does not fit class {:?} ({})",
+                class.name, class.purpose
+            ),
+        );
+    }
+    Ok(alg)
+}
+
+fn class_name(cko: u64) -> String {
+    match cko {
+        ck::CKO_PRIVATE_KEY => "CKO_PRIVATE_KEY".into(),
+        ck::CKO_PUBLIC_KEY => "CKO_PUBLIC_KEY".into(),
+        ck::CKO_SECRET_KEY => "CKO_SECRET_KEY".into(),
+        other => format!("{other:#x}"),
+    }
+}
+
+fn key_type_name(ckk: u64) -> String {
+    match ckk {
+        ck::CKK_RSA => "CKK_RSA".into(),
+        ck::CKK_EC => "CKK_EC".into(),
+        ck::CKK_EC_EDWARDS => "CKK_EC_EDWARDS".into(),
+        ck::CKK_EC_MONTGOMERY => "CKK_EC_MONTGOMERY".into(),
+        ck::CKK_AES => "CKK_AES".into(),
+        ck::CKK_GENERIC_SECRET => "CKK_GENERIC_SECRET".into(),
+        ck::CKK_SHA256_HMAC => "CKK_SHA256_HMAC".into(),
+        ck::CKK_DES3 => "CKK_DES3".into(),
+        other => format!("{other:#x}"),
+    }
+}
+
+fn state_name(s: InvState) -> String {
+    s.as_str().to_owned()
+}
+
+fn grant_info(key: &str, g: &Grant) -> GrantInfo {
+    GrantInfo {
+        key: key.to_owned(),
+        application: g.application.clone(),
+        operations: g.operations.clone(),
+        expires_at: g.expires_at,
+    }
+}
+
+fn history_entry(c: &StateChange) -> HistoryEntry {
+    HistoryEntry {
+        at: c.at,
+        version: c.version,
+        from: c.from.map(state_name),
+        to: state_name(c.to),
+        actor: c.actor.clone(),
+        reason: c.reason.clone(),
+    }
+}
+
+fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
+    let r = &v.record;
+    KeyInfo {
+        name: r.name.clone(),
+        token: r.token.clone(),
+        owner: r.owner.clone(),
+        purpose: r.purpose.clone(),
+        class: r.class.clone(),
+        algorithm: r.algorithm.clone(),
+        state: state_name(r.state),
+        created_at: r.created_at,
+        activated_at: r.activated_at,
+        rotated_at: r.rotated_at,
+        deactivated_at: r.deactivated_at,
+        protect_until: r.protect_until,
+        process_until: r.process_until,
+        next_rotation: r.next_rotation,
+        scope: r.scope.clone(),
+        last_used_at: r.last_used_at,
+        backup_allowed: r.backup_allowed,
+        versions: v
+            .versions
+            .iter()
+            .map(|x| VersionInfo {
+                version: x.version,
+                backend_id: x.backend_id.clone(),
+                state: state_name(x.state),
+                created_at: x.created_at,
+                deactivated_at: x.deactivated_at,
+                destroyed_at: x.destroyed_at,
+            })
+            .collect(),
+        grants: v.grants.iter().map(|g| grant_info(&r.name, g)).collect(),
+        history,
+    }
+}
+
+fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
+    ApprovalRequest {
+        id: r.id.clone(),
+        action: r.action.clone(),
+        target: r.target.clone(),
+        requester: r.requester.clone(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        status: r.status.clone(),
+    }
+}
+
+/// The administrator as the inventory records them.
+fn actor(admin: &Peer) -> String {
+    format!("uid:{}", admin.uid)
+}
+
+impl Agent {
+    /// Answers one key-management request of administrator `admin`. Every
+    /// action is logged with the administrator at info, refusals at warn.
+    pub fn key_request(&self, admin: &Peer, req: KeyRequest) -> AdminResponse {
+        let what = format!("{req:?}");
+        match self.key_call(admin, req) {
+            Ok(resp) => {
+                log::info!("admin {admin}: {what}: done");
+                AdminResponse::Key(Box::new(resp))
+            }
+            Err(e) => {
+                log::warn!("admin {admin}: {what}: {:?}: {}", e.kind, e.message);
+                AdminResponse::KeyErr {
+                    kind: e.kind,
+                    message: e.message,
+                }
+            }
+        }
+    }
+
+    fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
+        let who = actor(admin);
+        match req {
+            KeyRequest::Create {
+                name,
+                class,
+                algorithm,
+                token,
+                owner,
+            } => {
+                let owner = owner.unwrap_or_else(|| who.clone());
+                let info = self.create_key(
+                    &who,
+                    &name,
+                    &class,
+                    algorithm.as_deref(),
+                    token.as_deref(),
+                    &owner,
+                )?;
+                Ok(KeyResponse::Key(Box::new(info)))
+            }
+            KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state.as_deref()),
+            KeyRequest::Show { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                Ok(KeyResponse::Key(Box::new(self.info(&t.key)?)))
+            }
+            KeyRequest::Transition {
+                name,
+                token,
+                action,
+                reason,
+            } => {
+                let t = self.target(token.as_deref(), &name)?;
+                let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
+                self.transition_key(&t, action, &who, &reason, SystemTime::now())
+            }
+            KeyRequest::Rotate { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                self.rotate_key(&t, &who, "rotation requested", SystemTime::now())?;
+                Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
+            }
+            KeyRequest::Verify { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                self.verify_key(&t)
+            }
+            KeyRequest::GrantAdd {
+                key,
+                token,
+                application,
+                operations,
+                until,
+            } => {
+                let t = self.target(token.as_deref(), &key)?;
+                self.grant_add(&t, &application, &operations, until, &who)
+            }
+            KeyRequest::GrantRemove {
+                key,
+                token,
+                application,
+            } => {
+                let t = self.target(token.as_deref(), &key)?;
+                self.keys
+                    .inventory()
+                    .revoke_grant(t.key.record.id, &application, &who)
+                    .map_err(inv_err)?;
+                self.refresh(t.key.record.id)?;
+                Ok(KeyResponse::Done(format!(
+                    "grant of {} to {application:?} removed",
+                    t.label()
+                )))
+            }
+            KeyRequest::GrantList { key, token } => {
+                let keys = match key {
+                    Some(k) => vec![self.target(token.as_deref(), &k)?.key],
+                    None => {
+                        let label = token
+                            .as_deref()
+                            .map(|l| self.admin_token(Some(l)))
+                            .transpose()?;
+                        let mut all = self.keys.all();
+                        all.retain(|k| label.is_none_or(|t| t.config.label == k.record.token));
+                        all.sort_by(|a, b| {
+                            (&a.record.token, &a.record.name)
+                                .cmp(&(&b.record.token, &b.record.name))
+                        });
+                        all
+                    }
+                };
+                Ok(KeyResponse::Grants(
+                    keys.iter()
+                        .flat_map(|k| k.grants.iter().map(|g| grant_info(&k.record.name, g)))
+                        .collect(),
+                ))
+            }
+            KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
+            KeyRequest::PinUnlock { token } => {
+                self.admin_token(Some(&token))?;
+                self.unlock_pin(&token).map_err(|m| AdminError {
+                    kind: AdminErrorKind::Failed,
+                    message: m,
+                })?;
+                Ok(KeyResponse::Done(format!(
+                    "token {token:?}: user PIN unlocked"
+                )))
+            }
+            KeyRequest::Discover { token } => {
+                let tokens: Vec<&VirtualToken> = match token.as_deref() {
+                    Some(l) => vec![self.admin_token(Some(l))?],
+                    None => self.tokens.iter().collect(),
+                };
+                let mut shadows = Vec::new();
+                for t in tokens {
+                    shadows.extend(self.discover(t)?);
+                }
+                Ok(KeyResponse::Shadows(shadows))
+            }
+            KeyRequest::Adopt {
+                token,
+                backend_id,
+                name,
+                class,
+            } => {
+                let t = self.admin_token(token.as_deref())?;
+                let info = self.adopt_key(t, &backend_id, &name, &class, &who)?;
+                Ok(KeyResponse::Key(Box::new(info)))
+            }
+        }
+    }
+
+    /// The virtual token labelled `label`, or the first.
+    fn admin_token(&self, label: Option<&str>) -> AResult<&VirtualToken> {
+        let found = match label {
+            Some(l) => self.tokens.iter().find(|t| t.config.label == l),
+            None => self.tokens.first(),
+        };
+        found.map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::NotFound,
+                    format!("no token {:?}", label.unwrap_or("(any)")),
+                )
+            },
+            Ok,
+        )
+    }
+
+    fn backend<'t>(&self, token: &'t VirtualToken) -> AResult<&'t Arc<dyn Backend>> {
+        token.backend().map_err(|_| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("token {:?}: the backend is unavailable", token.config.label),
+        })
+    }
+
+    fn target(&self, token: Option<&str>, name: &str) -> AResult<Target<'_>> {
+        let t = self.admin_token(token)?;
+        let record = self
+            .keys
+            .inventory()
+            .key(&t.config.label, name)
+            .map_err(inv_err)?;
+        let key = record.and_then(|r| self.keys.key(r.id));
+        match key {
+            Some(key) => Ok(Target { token: t, key }),
+            None => fail(
+                AdminErrorKind::NotFound,
+                format!("no key {name:?} on token {:?}", t.config.label),
+            ),
+        }
+    }
+
+    fn refresh(&self, key_id: i64) -> AResult<()> {
+        self.keys.refresh(key_id).map_err(inv_err)
+    }
+
+    fn reload(&self, t: &Target<'_>) -> AResult<Arc<KeyView>> {
+        self.refresh(t.key.record.id)?;
+        self.keys.key(t.key.record.id).map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::NotFound,
+                    format!("key {} is gone", t.label()),
+                )
+            },
+            Ok,
+        )
+    }
+
+    fn info(&self, key: &KeyView) -> AResult<KeyInfo> {
+        let history = self
+            .keys
+            .inventory()
+            .history(key.record.id)
+            .map_err(inv_err)?;
+        Ok(key_info(key, history.iter().map(history_entry).collect()))
+    }
+
+    fn list_keys(&self, token: Option<&str>, state: Option<&str>) -> AResult<KeyResponse> {
+        let state = match state {
+            Some(s) => Some(s.parse::<InvState>().map_err(|e| AdminError {
+                kind: AdminErrorKind::Invalid,
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let token = match token {
+            Some(l) => Some(self.admin_token(Some(l))?.config.label.clone()),
+            None => None,
+        };
+        let records = self
+            .keys
+            .inventory()
+            .keys(&KeyFilter {
+                token,
+                state,
+                class: None,
+            })
+            .map_err(inv_err)?;
+        let mut out = Vec::new();
+        for r in records {
+            if let Some(k) = self.keys.key(r.id) {
+                out.push(self.info(&k)?);
+            }
+        }
+        Ok(KeyResponse::Keys(out))
+    }
+
+    /// Generates a key of `class` in `token`'s HSM on a fresh session, as
+    /// token objects labelled `label` with a new random `CKA_ID`, under the
+    /// class's forced attributes. Returns the `CKA_ID` and the objects.
+    fn generate(
+        &self,
+        backend: &dyn Backend,
+        class: &KeyClass,
+        alg: Algorithm,
+        label: &str,
+    ) -> AResult<(Vec<u8>, Vec<BackendObject>)> {
+        let id = random(16)?;
+        let common = |private: bool| {
+            vec![
+                Attribute::bool(ck::CKA_TOKEN, true),
+                Attribute::bool(ck::CKA_PRIVATE, private),
+                Attribute::bytes(ck::CKA_LABEL, label.as_bytes().to_vec()),
+                Attribute::bytes(ck::CKA_ID, id.clone()),
+            ]
+        };
+        let refused = |r: keyward_policy::Refusal| AdminError {
+            kind: AdminErrorKind::Refused,
+            message: format!("class {:?}: {r}", class.name),
+        };
+        let s = HsmSession::open(backend)?;
+        let objects = match recipe(alg) {
+            Recipe::Pair(mech, extra) => {
+                let mut public = common(false);
+                public.extend(extra);
+                let mut private = common(true);
+                let adj = judge(&public, |p| {
+                    judge(&private, |q| check_key_pair_generation(class, mech, p, q))
+                })
+                .map_err(refused)?;
+                apply(&mut public, &adj.public);
+                apply(&mut private, &adj.private);
+                let (hpub, hpriv) = backend
+                    .generate_key_pair(s.handle, &Mechanism::plain(mech), &public, &private)
+                    .map_err(|e| hsm_err(&format!("C_GenerateKeyPair {}", mech_name(mech)), e))?;
+                vec![hpub, hpriv]
+            }
+            Recipe::Secret(mech, len) => {
+                let mut template = common(true);
+                template.push(Attribute::ulong(ck::CKA_VALUE_LEN, len));
+                let adj =
+                    judge(&template, |t| check_generation(class, mech, t)).map_err(refused)?;
+                apply(&mut template, &adj);
+                let h = backend
+                    .generate_key(s.handle, &Mechanism::plain(mech), &template)
+                    .map_err(|e| hsm_err(&format!("C_GenerateKey {}", mech_name(mech)), e))?;
+                vec![h]
+            }
+        };
+        Ok((id, objects))
+    }
+
+    /// Destroys objects generated for a change that could not be recorded.
+    fn destroy_orphans(&self, backend: &dyn Backend, objects: &[BackendObject]) {
+        match HsmSession::open(backend) {
+            Ok(s) => s.destroy(objects),
+            Err(e) => log::error!(
+                "cannot destroy generated objects {objects:?} after a failure: {}",
+                e.message
+            ),
+        }
+    }
+
+    fn create_key(
+        &self,
+        who: &str,
+        name: &str,
+        class_name: &str,
+        algorithm: Option<&str>,
+        token: Option<&str>,
+        owner: &str,
+    ) -> AResult<KeyInfo> {
+        if name.is_empty() {
+            return fail(AdminErrorKind::Invalid, "a key needs a name");
+        }
+        let Some(class) = self.policy.class(class_name) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("no key class {class_name:?} in the policy"),
+            );
+        };
+        let alg = match algorithm {
+            Some(text) => {
+                let alg = Algorithm::parse(text).map_err(|m| AdminError {
+                    kind: AdminErrorKind::Invalid,
+                    message: m,
+                })?;
+                if !class.algorithms.contains(&alg) {
+                    let allowed: Vec<String> =
+                        class.algorithms.iter().map(|a| a.to_string()).collect();
+                    return fail(
+                        AdminErrorKind::Refused,
+                        format!(
+                            "class {class_name:?} allows {}, not {alg}",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+                alg
+            }
+            None => match class.algorithms.first() {
+                Some(a) => *a,
+                None => {
+                    return fail(
+                        AdminErrorKind::Refused,
+                        format!("class {class_name:?} has no algorithm"),
+                    )
+                }
+            },
+        };
+        let t = self.admin_token(token)?;
+        let label = t.config.label.clone();
+        if self
+            .keys
+            .inventory()
+            .key(&label, name)
+            .map_err(inv_err)?
+            .is_some()
+        {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("a key {name:?} exists on token {label:?}"),
+            );
+        }
+        let backend = self.backend(t)?;
+        let (id, objects) = self.generate(backend.as_ref(), class, alg, name)?;
+        let now = secs(SystemTime::now());
+        let record = KeyRecord {
+            id: 0,
+            name: name.to_owned(),
+            token: label.clone(),
+            owner: owner.to_owned(),
+            purpose: class.purpose.name().to_owned(),
+            class: class.name.clone(),
+            algorithm: alg.to_string(),
+            state: InvState::PreActivation,
+            created_at: now,
+            activated_at: None,
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: None,
+            process_until: None,
+            next_rotation: None,
+            scope: class.scope.clone(),
+            last_used_at: None,
+            backup_allowed: class.backup,
+        };
+        let version = KeyVersion {
+            key_id: 0,
+            version: 1,
+            backend_id: id.clone(),
+            backend_label: name.to_owned(),
+            state: InvState::PreActivation,
+            created_at: now,
+            deactivated_at: None,
+            destroyed_at: None,
+        };
+        let created = match self.keys.inventory().create_key(&record, &version, who) {
+            Ok(r) => r,
+            Err(e) => {
+                self.destroy_orphans(backend.as_ref(), &objects);
+                return Err(inv_err(e));
+            }
+        };
+        self.refresh(created.id)?;
+        log::info!(
+            "key {label}/{name} created by {who}: class {class_name}, {alg}, CKA_ID {}",
+            hex(&id)
+        );
+        let view = self.keys.key(created.id).map_or_else(
+            || fail(AdminErrorKind::Failed, "the new key is not in the view"),
+            Ok,
+        )?;
+        self.info(&view)
+    }
+
+    /// A lifecycle transition of key `t` by `who`.
+    ///
+    /// Actions that need approval are recorded (a pending request, in the
+    /// inventory, expiring after [`APPROVAL_LIFETIME`]) and not performed.
+    ///
+    /// `Revoke { rotate: true }` is the emergency rotation, allowed on an
+    /// active key only: first the key and every live version become
+    /// compromised (one use later, nothing works: that part never waits);
+    /// then a new version is generated, added active, and the key itself
+    /// moves compromised → active with a fresh cryptoperiod from now, its
+    /// history saying "emergency rotation to version N". The logical key
+    /// (name, grants) stays in service; the compromised material never
+    /// comes back. If generation fails, the key stays compromised and the
+    /// call fails (an administrator creates a replacement).
+    fn transition_key(
+        &self,
+        t: &Target<'_>,
+        action: KeyAction,
+        who: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let act = action_of(action);
+        let from = state_of(&t.key);
+        let to = transition(from, act).map_err(|r| AdminError {
+            kind: AdminErrorKind::Refused,
+            message: format!("key {}: {r}", t.label()),
+        })?;
+        if needs_approval(from, act) {
+            return self.record_request(t, act.name(), who, now);
+        }
+        let rotate = matches!(action, KeyAction::Revoke { rotate: true });
+        if rotate && from != KeyState::Active {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "key {} is {from}: revoke --rotate replaces an active key; revoke it alone",
+                    t.label()
+                ),
+            );
+        }
+        let key_id = t.key.record.id;
+        let inv = self.keys.inventory();
+        let at = secs(now);
+        let mut dates = DateUpdates::default();
+        match act {
+            Action::Activate => {
+                dates = period_dates(self.policy.class(&t.key.record.class), now);
+                dates.activated_at = Some(at);
+            }
+            Action::Deactivate => dates.deactivated_at = Some(at),
+            _ => {}
+        }
+        let step =
+            |version: Option<u32>, expected_from: InvState, to: InvState, dates: DateUpdates| {
+                inv.transition(&Transition {
+                    key_id,
+                    version,
+                    expected_from,
+                    to,
+                    actor: who.to_owned(),
+                    reason: reason.to_owned(),
+                    at,
+                    dates,
+                })
+            };
+        let result = step(None, t.key.record.state, to_inv(to), dates).map_err(inv_err);
+        if let Err(e) = result {
+            self.refresh(key_id)?;
+            return Err(e);
+        }
+        // The versions follow where the key's move concerns them.
+        let mut version_errors = Vec::new();
+        for v in &t.key.versions {
+            let target = match act {
+                Action::Activate if v.state == InvState::PreActivation => Some(InvState::Active),
+                Action::Revoke
+                    if !matches!(v.state, InvState::Compromised | InvState::Destroyed) =>
+                {
+                    Some(InvState::Compromised)
+                }
+                _ => None,
+            };
+            if let Some(vt) = target {
+                if let Err(e) = step(Some(v.version), v.state, vt, DateUpdates::default()) {
+                    version_errors.push(format!("version {}: {e}", v.version));
+                }
+            }
+        }
+        self.refresh(key_id)?;
+        if !version_errors.is_empty() {
+            return fail(
+                AdminErrorKind::Failed,
+                format!(
+                    "key {} {}, but {}",
+                    t.label(),
+                    act.past_tense(),
+                    version_errors.join("; ")
+                ),
+            );
+        }
+        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
+        if rotate {
+            let revoked = Target {
+                token: t.token,
+                key: self.reload(t)?,
+            };
+            let v = self.new_version(&revoked, who, InvState::Compromised, now)?;
+            let msg = format!("emergency rotation to version {v}");
+            inv.transition(&Transition {
+                key_id,
+                version: None,
+                expected_from: InvState::Compromised,
+                to: InvState::Active,
+                actor: who.to_owned(),
+                reason: msg.clone(),
+                at,
+                dates: DateUpdates {
+                    activated_at: Some(at),
+                    ..period_dates(self.policy.class(&t.key.record.class), now)
+                },
+            })
+            .map_err(inv_err)?;
+            self.refresh(key_id)?;
+            log::info!("key {}: {msg} by {who}", t.label());
+        }
+        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+    }
+
+    /// Records `action` on `t` for approval; answers `Pending`.
+    fn record_request(
+        &self,
+        t: &Target<'_>,
+        action: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let created_at = secs(now);
+        let record = ApprovalRecord {
+            id: hex(&random(16)?),
+            action: action.to_owned(),
+            target: t.label(),
+            key_id: Some(t.key.record.id),
+            parameters: "{}".to_owned(),
+            requester: who.to_owned(),
+            created_at,
+            expires_at: created_at + APPROVAL_LIFETIME.as_secs() as i64,
+            status: "pending".to_owned(),
+        };
+        self.keys
+            .inventory()
+            .create_request(&record)
+            .map_err(inv_err)?;
+        log::warn!(
+            "key {}: {action} by {who} needs approval: request {} recorded, not performed",
+            t.label(),
+            record.id
+        );
+        Ok(KeyResponse::Pending(request_info(&record)))
+    }
+
+    /// Generates the next version of `t` and adds it (active), demoting
+    /// older versions to `demote`. Returns its number.
+    fn new_version(
+        &self,
+        t: &Target<'_>,
+        who: &str,
+        demote: InvState,
+        now: SystemTime,
+    ) -> AResult<u32> {
+        let r = &t.key.record;
+        let Some(class) = self.policy.class(&r.class) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("key class {:?} is no longer in the policy", r.class),
+            );
+        };
+        let alg = Algorithm::parse(&r.algorithm).map_err(|m| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("key {}: stored algorithm: {m}", t.label()),
+        })?;
+        let backend = self.backend(t.token)?;
+        let (id, objects) = self.generate(backend.as_ref(), class, alg, &r.name)?;
+        let draft = KeyVersion {
+            key_id: r.id,
+            version: 0,
+            backend_id: id,
+            backend_label: r.name.clone(),
+            state: InvState::Active,
+            created_at: secs(now),
+            deactivated_at: None,
+            destroyed_at: None,
+        };
+        match self
+            .keys
+            .inventory()
+            .add_version(r.id, &draft, Some(demote), who)
+        {
+            Ok(v) => {
+                self.refresh(r.id)?;
+                Ok(v.version)
+            }
+            Err(e) => {
+                self.destroy_orphans(backend.as_ref(), &objects);
+                self.refresh(r.id)?;
+                Err(inv_err(e))
+            }
+        }
+    }
+
+    /// Rotation: a new version from the same class (same label, new
+    /// `CKA_ID`) protects from now; older versions drop to deactivated; the
+    /// key's protect and process periods and its next rotation count from
+    /// now. Active keys only.
+    fn rotate_key(&self, t: &Target<'_>, who: &str, reason: &str, now: SystemTime) -> AResult<u32> {
+        let state = state_of(&t.key);
+        if state != KeyState::Active {
+            return fail(
+                AdminErrorKind::Refused,
+                format!("key {} is {state}: only active keys rotate", t.label()),
+            );
+        }
+        let v = self.new_version(t, who, InvState::Deactivated, now)?;
+        let mut dates = period_dates(self.policy.class(&t.key.record.class), now);
+        dates.rotated_at = Some(secs(now));
+        self.keys
+            .inventory()
+            .set_dates(t.key.record.id, &dates)
+            .map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        log::info!(
+            "key {} rotated to version {v} by {who}: {reason}",
+            t.label()
+        );
+        Ok(v)
+    }
+
+    /// Proves the current version works inside the HSM: a signature made
+    /// and verified, a block encrypted and decrypted, a session key wrapped
+    /// and unwrapped, a MAC made and verified, or a shared secret derived
+    /// on both sides. Nothing leaves the HSM but random test data and its
+    /// results.
+    fn verify_key(&self, t: &Target<'_>) -> AResult<KeyResponse> {
+        let v = t.current()?;
+        let r = &t.key.record;
+        let alg = Algorithm::parse(&r.algorithm).map_err(|m| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("stored algorithm: {m}"),
+        })?;
+        let purpose = Purpose::from_name(&r.purpose).map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::Failed,
+                    format!("stored purpose {:?}", r.purpose),
+                )
+            },
+            Ok,
+        )?;
+        let backend = self.backend(t.token)?;
+        let s = HsmSession::open(backend.as_ref())?;
+        let one = |cko: u64| -> AResult<BackendObject> {
+            s.by_id(&v.backend_id, cko)?.first().copied().map_or_else(
+                || {
+                    fail(
+                        AdminErrorKind::Failed,
+                        format!(
+                            "version {} (CKA_ID {}): no {} on the HSM",
+                            v.version,
+                            hex(&v.backend_id),
+                            class_name(cko)
+                        ),
+                    )
+                },
+                Ok,
+            )
+        };
+        let mismatch = |what: &str| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("{what}: the results differ"),
+        };
+        let detail = match (purpose, alg) {
+            (Purpose::Signing, _) => {
+                let (mech, what) = match alg {
+                    Algorithm::Ec(_) => (Mechanism::plain(ck::CKM_ECDSA), "ECDSA"),
+                    Algorithm::Ed25519 | Algorithm::Ed448 => {
+                        (Mechanism::plain(ck::CKM_EDDSA), "EdDSA")
+                    }
+                    _ => (Mechanism::plain(ck::CKM_SHA256_RSA_PKCS), "SHA256-RSA-PKCS"),
+                };
+                let data = random(32)?;
+                let sig = s.run(Op::Sign, &mech, one(ck::CKO_PRIVATE_KEY)?, &data)?;
+                s.verify(&mech, one(ck::CKO_PUBLIC_KEY)?, &data, &sig)?;
+                format!("{what} signature of a random digest made and verified")
+            }
+            (Purpose::Encryption, Algorithm::Rsa { .. }) => {
+                let mech = oaep();
+                let data = random(32)?;
+                let c = s.run(Op::Encrypt, &mech, one(ck::CKO_PUBLIC_KEY)?, &data)?;
+                let p = s.run(Op::Decrypt, &mech, one(ck::CKO_PRIVATE_KEY)?, &c)?;
+                if p != data {
+                    return Err(mismatch("RSA-OAEP"));
+                }
+                "RSA-OAEP (SHA-1) encryption of random data made and reversed".to_owned()
+            }
+            (Purpose::Encryption, _) => {
+                let key = one(ck::CKO_SECRET_KEY)?;
+                let mech = Mechanism {
+                    mechanism: ck::CKM_AES_CBC_PAD,
+                    param: MechParam::Bytes(random(16)?),
+                };
+                let data = random(32)?;
+                let c = s.run(Op::Encrypt, &mech, key, &data)?;
+                let p = s.run(Op::Decrypt, &mech, key, &c)?;
+                if p != data || c == data {
+                    return Err(mismatch("AES-CBC-PAD"));
+                }
+                "AES-CBC-PAD encryption of a random block made and reversed".to_owned()
+            }
+            (Purpose::Wrapping, _) => {
+                let (wrapper, unwrapper, mech, what) = match alg {
+                    Algorithm::Rsa { .. } => (
+                        one(ck::CKO_PUBLIC_KEY)?,
+                        one(ck::CKO_PRIVATE_KEY)?,
+                        oaep(),
+                        "RSA-OAEP",
+                    ),
+                    _ => {
+                        let k = one(ck::CKO_SECRET_KEY)?;
+                        (k, k, Mechanism::plain(ck::CKM_AES_KEY_WRAP_PAD), "AES-KWP")
+                    }
+                };
+                let session_key = backend
+                    .generate_key(
+                        s.handle,
+                        &Mechanism::plain(ck::CKM_AES_KEY_GEN),
+                        &[
+                            Attribute::bool(ck::CKA_TOKEN, false),
+                            Attribute::ulong(ck::CKA_VALUE_LEN, 32),
+                            Attribute::bool(ck::CKA_EXTRACTABLE, true),
+                            Attribute::bool(ck::CKA_ENCRYPT, true),
+                        ],
+                    )
+                    .map_err(|e| hsm_err("C_GenerateKey (session AES key)", e))?;
+                let wrapped = backend
+                    .wrap_key(s.handle, &mech, wrapper, session_key)
+                    .map_err(|e| hsm_err("C_WrapKey", e))?;
+                let unwrapped = backend
+                    .unwrap_key(
+                        s.handle,
+                        &mech,
+                        unwrapper,
+                        &wrapped,
+                        &session_aes_template(),
+                    )
+                    .map_err(|e| hsm_err("C_UnwrapKey", e))?;
+                if kcv(&s, session_key)? != kcv(&s, unwrapped)? {
+                    return Err(mismatch(what));
+                }
+                format!("{what}: a fresh session AES key wrapped, unwrapped, check values equal")
+            }
+            (Purpose::Mac, _) => {
+                let key = one(ck::CKO_SECRET_KEY)?;
+                let (mech, what) = match alg {
+                    Algorithm::Aes { .. } => (Mechanism::plain(ck::CKM_AES_CMAC), "AES-CMAC"),
+                    _ => (Mechanism::plain(ck::CKM_SHA256_HMAC), "HMAC-SHA256"),
+                };
+                let data = random(32)?;
+                let tag = s.run(Op::Sign, &mech, key, &data)?;
+                s.verify(&mech, key, &data, &tag)?;
+                format!("{what} of random data made and verified")
+            }
+            (Purpose::Derivation, _) => {
+                let private = one(ck::CKO_PRIVATE_KEY)?;
+                let public = one(ck::CKO_PUBLIC_KEY)?;
+                let Recipe::Pair(gen, params) = recipe(alg) else {
+                    return fail(AdminErrorKind::Failed, format!("{alg} does not derive"));
+                };
+                let mut peer_public = vec![Attribute::bool(ck::CKA_TOKEN, false)];
+                peer_public.extend(params);
+                let (peer_pub, peer_priv) = backend
+                    .generate_key_pair(
+                        s.handle,
+                        &Mechanism::plain(gen),
+                        &peer_public,
+                        &[
+                            Attribute::bool(ck::CKA_TOKEN, false),
+                            Attribute::bool(ck::CKA_DERIVE, true),
+                        ],
+                    )
+                    .map_err(|e| hsm_err("C_GenerateKeyPair (session peer)", e))?;
+                let point = |o| -> AResult<Vec<u8>> {
+                    s.bytes(o, ck::CKA_EC_POINT)?
+                        .map_or_else(|| fail(AdminErrorKind::Failed, "no CKA_EC_POINT"), Ok)
+                };
+                let derive = |base, other: Vec<u8>| -> AResult<BackendObject> {
+                    backend
+                        .derive_key(
+                            s.handle,
+                            &Mechanism {
+                                mechanism: ck::CKM_ECDH1_DERIVE,
+                                param: MechParam::Ecdh1Derive {
+                                    kdf: ck::CKD_NULL,
+                                    shared_data: Vec::new(),
+                                    public_data: other,
+                                },
+                            },
+                            base,
+                            &session_aes_template(),
+                        )
+                        .map_err(|e| hsm_err("C_DeriveKey (ECDH)", e))
+                };
+                let ours = derive(private, point(peer_pub)?)?;
+                let theirs = derive(peer_priv, point(public)?)?;
+                if kcv(&s, ours)? != kcv(&s, theirs)? {
+                    return Err(mismatch("ECDH"));
+                }
+                "ECDH with a fresh session key pair: both sides derived the same secret (check values equal)".to_owned()
+            }
+        };
+        log::info!("key {} version {} verified: {detail}", t.label(), v.version);
+        Ok(KeyResponse::Verified {
+            key: r.name.clone(),
+            version: v.version,
+            detail,
+        })
+    }
+
+    fn grant_add(
+        &self,
+        t: &Target<'_>,
+        application: &str,
+        operations: &[String],
+        until: Option<i64>,
+        who: &str,
+    ) -> AResult<KeyResponse> {
+        if self.policy.application(application).is_none() {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("no application {application:?} in the policy"),
+            );
+        }
+        if operations.is_empty() {
+            return fail(
+                AdminErrorKind::Invalid,
+                "a grant names at least one operation",
+            );
+        }
+        let purpose = Purpose::from_name(&t.key.record.purpose);
+        let mut ops = Vec::new();
+        for name in operations {
+            let Some(op) = Operation::from_name(name) else {
+                return fail(
+                    AdminErrorKind::Refused,
+                    format!("{name:?} is not an operation"),
+                );
+            };
+            if let Some(p) = purpose.filter(|p| !p.allows(op)) {
+                return fail(
+                    AdminErrorKind::Refused,
+                    format!("key {} is for {p}: {name} does not fit", t.label()),
+                );
+            }
+            if !ops.contains(&op.name().to_owned()) {
+                ops.push(op.name().to_owned());
+            }
+        }
+        if let Some(u) = until {
+            if u <= secs(SystemTime::now()) {
+                return fail(AdminErrorKind::Invalid, "the grant's end is in the past");
+            }
+        }
+        let grant = Grant {
+            key_id: t.key.record.id,
+            application: application.to_owned(),
+            operations: ops,
+            expires_at: until,
+        };
+        self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        log::info!(
+            "key {}: {application:?} granted {:?} until {until:?} by {who}",
+            t.label(),
+            grant.operations
+        );
+        Ok(KeyResponse::Grants(vec![grant_info(
+            &t.key.record.name,
+            &grant,
+        )]))
+    }
+
+    fn app_list(&self) -> AResult<Vec<AppInfo>> {
+        let all = self.keys.all();
+        let mut out = Vec::new();
+        for app in &self.policy.applications {
+            let mut keys: Vec<String> = Vec::new();
+            for g in self
+                .keys
+                .inventory()
+                .grants_for_application(&app.name)
+                .map_err(inv_err)?
+            {
+                if let Some(k) = self.keys.key(g.key_id) {
+                    keys.push(format!("{}/{}", k.record.token, k.record.name));
+                }
+            }
+            for k in &all {
+                let by_class = self
+                    .policy
+                    .class(&k.record.class)
+                    .is_some_and(|c| c.grants.iter().any(|g| g.application == app.name));
+                if by_class && policy_state(k.record.state).is_visible() {
+                    keys.push(format!("{}/{}", k.record.token, k.record.name));
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            out.push(AppInfo {
+                name: app.name.clone(),
+                uid: app.uid,
+                gid: app.gid,
+                exe: app.exe.as_ref().map(|p| p.display().to_string()),
+                keys,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Key objects on `token`'s backend whose `CKA_ID` is no managed
+    /// version: private and secret keys, and public keys without a private
+    /// half.
+    fn discover(&self, token: &VirtualToken) -> AResult<Vec<ShadowInfo>> {
+        let label = &token.config.label;
+        let backend = self.backend(token)?;
+        let s = HsmSession::open(backend.as_ref())?;
+        let mut out = Vec::new();
+        let mut private_ids = Vec::new();
+        for cko in [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY] {
+            for o in s.find(&[Attribute::ulong(ck::CKA_CLASS, cko)])? {
+                let a = s.attrs(o, &[ck::CKA_ID, ck::CKA_LABEL, ck::CKA_KEY_TYPE])?;
+                let bytes = |v: &Option<Value>| match v {
+                    Some(Value::Bytes(b)) => b.clone(),
+                    _ => Vec::new(),
+                };
+                let id = bytes(&a[0]);
+                if !id.is_empty() && self.keys.lookup(label, &id).is_some() {
+                    continue;
+                }
+                if cko == ck::CKO_PRIVATE_KEY {
+                    private_ids.push(id.clone());
+                } else if cko == ck::CKO_PUBLIC_KEY && !id.is_empty() && private_ids.contains(&id) {
+                    continue;
+                }
+                out.push(ShadowInfo {
+                    token: label.clone(),
+                    backend_id: id,
+                    label: String::from_utf8_lossy(&bytes(&a[1])).into_owned(),
+                    class: class_name(cko),
+                    key_type: match a[2] {
+                        Some(Value::Ulong(k)) => key_type_name(k),
+                        _ => "?".into(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Brings the backend key with `CKA_ID` `backend_id` under management
+    /// as version 1 of a new key of `class_name`, in pre-activation.
+    fn adopt_key(
+        &self,
+        token: &VirtualToken,
+        backend_id: &[u8],
+        name: &str,
+        class_name: &str,
+        who: &str,
+    ) -> AResult<KeyInfo> {
+        let label = token.config.label.clone();
+        if name.is_empty() || backend_id.is_empty() {
+            return fail(
+                AdminErrorKind::Invalid,
+                "adoption needs a name and a non-empty CKA_ID",
+            );
+        }
+        let Some(class) = self.policy.class(class_name) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("no key class {class_name:?} in the policy"),
+            );
+        };
+        if self.keys.lookup(&label, backend_id).is_some() {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("CKA_ID {} is already managed", hex(backend_id)),
+            );
+        }
+        if self
+            .keys
+            .inventory()
+            .key(&label, name)
+            .map_err(inv_err)?
+            .is_some()
+        {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("a key {name:?} exists on token {label:?}"),
+            );
+        }
+        let backend = self.backend(token)?;
+        let s = HsmSession::open(backend.as_ref())?;
+        let public = s.by_id(backend_id, ck::CKO_PUBLIC_KEY)?.first().copied();
+        let main = match s.by_id(backend_id, ck::CKO_PRIVATE_KEY)?.first() {
+            Some(&o) => o,
+            None => match s.by_id(backend_id, ck::CKO_SECRET_KEY)?.first() {
+                Some(&o) => o,
+                None => {
+                    return fail(
+                        AdminErrorKind::NotFound,
+                        format!(
+                            "no private or secret key with CKA_ID {} on token {label:?}",
+                            hex(backend_id)
+                        ),
+                    )
+                }
+            },
+        };
+        let alg = algorithm_of(&s, main, public, class)?;
+        let object_label = s
+            .bytes(main, ck::CKA_LABEL)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        drop(s);
+        let now = secs(SystemTime::now());
+        let record = KeyRecord {
+            id: 0,
+            name: name.to_owned(),
+            token: label.clone(),
+            owner: who.to_owned(),
+            purpose: class.purpose.name().to_owned(),
+            class: class.name.clone(),
+            algorithm: alg.to_string(),
+            state: InvState::PreActivation,
+            created_at: now,
+            activated_at: None,
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: None,
+            process_until: None,
+            next_rotation: None,
+            scope: class.scope.clone(),
+            last_used_at: None,
+            backup_allowed: class.backup,
+        };
+        let version = KeyVersion {
+            key_id: 0,
+            version: 1,
+            backend_id: backend_id.to_vec(),
+            backend_label: object_label,
+            state: InvState::PreActivation,
+            created_at: now,
+            deactivated_at: None,
+            destroyed_at: None,
+        };
+        let created = self
+            .keys
+            .inventory()
+            .create_key(&record, &version, who)
+            .map_err(inv_err)?;
+        self.refresh(created.id)?;
+        log::info!(
+            "key {label}/{name} adopted by {who}: CKA_ID {}, class {class_name}, {alg}",
+            hex(backend_id)
+        );
+        let view = self.keys.key(created.id).map_or_else(
+            || fail(AdminErrorKind::Failed, "the adopted key is not in the view"),
+            Ok,
+        )?;
+        self.info(&view)
+    }
+
+    /// One scheduler pass at `now`: active keys past their protect period
+    /// are deactivated; active keys whose next rotation has come are
+    /// rotated. Both are recorded with actor [`SCHEDULER`]. Failures are
+    /// logged and retried at the next pass.
+    pub fn tick(&self, now: SystemTime) {
+        let at = secs(now);
+        for key in self.keys.all() {
+            if key.record.state != InvState::Active {
+                continue;
+            }
+            let Some(token) = self
+                .tokens
+                .iter()
+                .find(|t| t.config.label == key.record.token)
+            else {
+                continue;
+            };
+            let t = Target {
+                token,
+                key: key.clone(),
+            };
+            if key.record.protect_until.is_some_and(|p| p <= at) {
+                match self.transition_key(
+                    &t,
+                    KeyAction::Deactivate,
+                    SCHEDULER,
+                    "protect period ended",
+                    now,
+                ) {
+                    Ok(_) => log::info!(
+                        "scheduler: key {} deactivated (protect period ended)",
+                        t.label()
+                    ),
+                    Err(e) => log::error!(
+                        "scheduler: cannot deactivate key {}: {}",
+                        t.label(),
+                        e.message
+                    ),
+                }
+            } else if key.record.next_rotation.is_some_and(|r| r <= at) {
+                match self.rotate_key(&t, SCHEDULER, "scheduled rotation", now) {
+                    Ok(v) => log::info!("scheduler: key {} rotated to version {v}", t.label()),
+                    Err(e) => {
+                        log::error!("scheduler: cannot rotate key {}: {}", t.label(), e.message)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the scheduler thread: [`Agent::tick`] every `every`, until
+    /// the agent is dropped.
+    pub fn spawn_scheduler(self: &Arc<Agent>, every: Duration) {
+        let agent = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match agent.upgrade() {
+                    Some(a) => a.tick(SystemTime::now()),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the lifecycle scheduler: {e}");
+        }
+    }
+}
+
+fn oaep() -> Mechanism {
+    Mechanism {
+        mechanism: ck::CKM_RSA_PKCS_OAEP,
+        param: MechParam::RsaOaep {
+            hash_alg: ck::CKM_SHA_1,
+            mgf: ck::CKG_MGF1_SHA1,
+            source: ck::CKZ_DATA_SPECIFIED,
+            source_data: Vec::new(),
+        },
+    }
+}
+
+/// A session AES-256 key that can encrypt (for its check value).
+fn session_aes_template() -> Vec<Attribute> {
+    vec![
+        Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
+        Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+        Attribute::ulong(ck::CKA_VALUE_LEN, 32),
+        Attribute::bool(ck::CKA_TOKEN, false),
+        Attribute::bool(ck::CKA_ENCRYPT, true),
+    ]
+}
+
+/// Key check value: a zero block encrypted under the key (AES-ECB).
+fn kcv(s: &HsmSession<'_>, key: BackendObject) -> AResult<Vec<u8>> {
+    s.run(
+        Op::Encrypt,
+        &Mechanism::plain(ck::CKM_AES_ECB),
+        key,
+        &[0u8; 16],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::tests::Mock;
+    use crate::config::{SecretRef, TokenConfig};
+    use crate::keys::ManagedKeys;
+    use crate::state::StateDir;
+
+    const POLICY: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+"#;
+
+    fn agent() -> (tempfile::TempDir, Agent) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let config = TokenConfig {
+            label: "kw".into(),
+            library: "/nonexistent.so".into(),
+            backend_token_label: Some("b".into()),
+            backend_serial: None,
+            backend_pin: SecretRef::Env("UNUSED".into()),
+            allow_init_token: false,
+        };
+        let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;
+        let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
+        let inventory =
+            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+        let keys = ManagedKeys::open(Arc::new(inventory)).unwrap();
+        let policy = keyward_policy::Policy::from_str(POLICY, "test").unwrap();
+        let agent = Agent::new(vec![token], "/sock".into(), keys).with_policy(policy);
+        (dir, agent)
+    }
+
+    fn admin() -> Peer {
+        Peer {
+            key: crate::identity::ClientKey {
+                pid: 1,
+                start_time: 0,
+            },
+            uid: 0,
+            gid: 0,
+            exe: None,
+        }
+    }
+
+    fn call(a: &Agent, req: KeyRequest) -> AResult<KeyResponse> {
+        a.key_call(&admin(), req)
+    }
+
+    fn create(name: &str, class: &str) -> KeyRequest {
+        KeyRequest::Create {
+            name: name.into(),
+            class: class.into(),
+            algorithm: None,
+            token: None,
+            owner: None,
+        }
+    }
+
+    fn act(name: &str, action: KeyAction) -> KeyRequest {
+        KeyRequest::Transition {
+            name: name.into(),
+            token: None,
+            action,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn create_refusals_and_approvals() {
+        let (_d, a) = agent();
+        let Ok(KeyResponse::Key(k)) = call(&a, create("k", "signing")) else {
+            panic!()
+        };
+        assert_eq!(
+            (k.state.as_str(), k.owner.as_str()),
+            ("pre-activation", "uid:0")
+        );
+        assert_eq!(
+            call(&a, create("k", "signing")).unwrap_err().kind,
+            AdminErrorKind::Conflict
+        );
+        assert_eq!(
+            call(&a, create("k2", "nope")).unwrap_err().kind,
+            AdminErrorKind::NotFound
+        );
+        call(&a, act("k", KeyAction::Activate)).unwrap();
+        call(&a, act("k", KeyAction::Suspend)).unwrap();
+        let Ok(KeyResponse::Pending(p)) = call(&a, act("k", KeyAction::Resume)) else {
+            panic!()
+        };
+        let stored = a.keys.inventory().request(&p.id).unwrap().unwrap();
+        assert_eq!(stored.status, "pending");
+        assert_eq!(stored.target, "kw/k");
+        let k = a.keys.key(stored.key_id.unwrap()).unwrap();
+        assert_eq!(k.record.state, InvState::Suspended);
+        // revoke --rotate only from active.
+        assert_eq!(
+            call(&a, act("k", KeyAction::Revoke { rotate: true }))
+                .unwrap_err()
+                .kind,
+            AdminErrorKind::Refused
+        );
+        // Grants: unknown application, unknown operation, wrong purpose.
+        let grant = |app: &str, op: &str| KeyRequest::GrantAdd {
+            key: "k".into(),
+            token: None,
+            application: app.into(),
+            operations: vec![op.into()],
+            until: None,
+        };
+        assert_eq!(
+            call(&a, grant("x", "sign")).unwrap_err().kind,
+            AdminErrorKind::NotFound
+        );
+        assert_eq!(
+            call(&a, grant("app", "frob")).unwrap_err().kind,
+            AdminErrorKind::Refused
+        );
+        assert_eq!(
+            call(&a, grant("app", "decrypt")).unwrap_err().kind,
+            AdminErrorKind::Refused
+        );
+        call(&a, grant("app", "sign")).unwrap();
+        assert_eq!(a.keys.key(k.record.id).unwrap().grants.len(), 1);
+    }
+
+    /// Dates set in the store through the Inventory API, `tick` at now.
+    #[test]
+    fn tick_acts_on_dates_in_the_store() {
+        let (_d, a) = agent();
+        call(&a, create("rot", "signing")).unwrap();
+        call(&a, create("old", "signing")).unwrap();
+        call(&a, act("rot", KeyAction::Activate)).unwrap();
+        call(&a, act("old", KeyAction::Activate)).unwrap();
+        let now = SystemTime::now();
+        let past = secs(now) - 10;
+        let id = |name: &str| a.keys.inventory().key("kw", name).unwrap().unwrap().id;
+        let set = |key: i64, dates: DateUpdates| {
+            a.keys.inventory().set_dates(key, &dates).unwrap();
+            a.keys.refresh(key).unwrap();
+        };
+        set(
+            id("rot"),
+            DateUpdates {
+                next_rotation: Some(past),
+                ..Default::default()
+            },
+        );
+        set(
+            id("old"),
+            DateUpdates {
+                protect_until: Some(past),
+                ..Default::default()
+            },
+        );
+        a.tick(now);
+        let rot = a.keys.key(id("rot")).unwrap();
+        assert_eq!(rot.versions.len(), 2);
+        assert_eq!(rot.versions[0].state, InvState::Deactivated);
+        assert_eq!(rot.versions[1].state, InvState::Active);
+        assert!(rot.record.next_rotation.unwrap() > secs(now));
+        let old = a.keys.key(id("old")).unwrap();
+        assert_eq!(old.record.state, InvState::Deactivated);
+        assert_eq!(old.versions.len(), 1);
+        a.tick(now);
+        assert_eq!(a.keys.key(id("rot")).unwrap().versions.len(), 2);
+    }
+}

@@ -1,0 +1,615 @@
+//! Key lifecycle on a real SoftHSM2 token: the real agent binary, driven
+//! over its admin socket with protocol messages, under a strict policy
+//! written by the test. The scheduler is tested in-process (an `Agent`
+//! built from the same kind of configuration), with `tick` given a future
+//! time instead of a fake clock.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use keyward_protocol::admin::{
+    AdminErrorKind, AdminRequest, AdminResponse, KeyAction, KeyInfo, KeyRequest, KeyResponse,
+};
+use keyward_protocol::frame::{read_message, write_message};
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const BACKEND_PIN: &str = "backend-pin-k4r";
+
+/// A throw-away SoftHSM2 token, state directory, policy and configuration.
+struct Testbed {
+    dir: tempfile::TempDir,
+    softhsm_conf: PathBuf,
+    config: PathBuf,
+}
+
+impl Testbed {
+    fn new() -> Testbed {
+        assert!(
+            Path::new(SOFTHSM).exists(),
+            "SoftHSM2 is required for this test and is not installed at {SOFTHSM} \
+             (apt-get install softhsm2)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("tokens")).unwrap();
+        let softhsm_conf = d.join("softhsm2.conf");
+        std::fs::write(
+            &softhsm_conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                d.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &softhsm_conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "kw-backend",
+                "--pin",
+                BACKEND_PIN,
+                "--so-pin",
+                "5678",
+            ])
+            .output()
+            .expect("softhsm2-util must be installed");
+        assert!(out.status.success(), "softhsm2-util: {out:?}");
+        std::fs::write(d.join("backend.pin"), format!("{BACKEND_PIN}\n")).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        std::fs::write(
+            d.join("policy.toml"),
+            format!(
+                r#"[settings]
+mode = "strict"
+
+[[application]]
+name = "tester"
+uid = {uid}
+
+[[application]]
+name = "other"
+uid = {other}
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+grants = [{{ application = "tester", operations = ["sign", "verify"] }}]
+
+[[class]]
+name = "encryption"
+purpose = "encryption"
+algorithms = ["aes:256"]
+protect_period = "30d"
+process_period = "60d"
+grants = [{{ application = "tester", operations = ["encrypt", "decrypt"] }}]
+
+[[class]]
+name = "mac"
+purpose = "mac"
+algorithms = ["hmac:256"]
+protect_period = "1d"
+process_period = "2d"
+"#,
+                other = uid + 1
+            ),
+        )
+        .unwrap();
+        let config = d.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[agent]
+socket = "{d}/run/keyward.sock"
+socket_mode = "0600"
+admin_socket = "{d}/run/admin.sock"
+admin_socket_mode = "0600"
+state_dir = "{d}/state"
+policy = "{d}/policy.toml"
+
+[[token]]
+label = "keyward"
+library = "{SOFTHSM}"
+backend_token_label = "kw-backend"
+backend_pin = "file:{d}/backend.pin"
+allow_init_token = false
+"#,
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Testbed {
+            dir,
+            softhsm_conf,
+            config,
+        }
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("run/admin.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Makes an EC key pair directly on the backend token, past keyward.
+    fn shadow_key(&self, id_hex: &str, label: &str) {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .args([
+                "--module",
+                SOFTHSM,
+                "--token-label",
+                "kw-backend",
+                "--login",
+                "--pin",
+                BACKEND_PIN,
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--id",
+                id_hex,
+                "--label",
+                label,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("pkcs11-tool (opensc) is required for this test: apt-get install opensc");
+        assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    }
+}
+
+/// The running agent; killed by its pid when the test ends.
+struct RunningAgent {
+    child: Child,
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bed: &Testbed) -> RunningAgent {
+    let log = std::fs::File::create(bed.dir.path().join("agent.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyward-agent"))
+        .arg("--config")
+        .arg(&bed.config)
+        .env("SOFTHSM2_CONF", &bed.softhsm_conf)
+        .env("KEYWARD_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let agent = RunningAgent { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(bed.admin_socket()).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "agent did not start:\n{}",
+            bed.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent
+}
+
+struct Admin {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Admin {
+    fn connect(bed: &Testbed) -> Admin {
+        let stream = UnixStream::connect(bed.admin_socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Admin {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn call(&mut self, req: KeyRequest) -> Result<KeyResponse, (AdminErrorKind, String)> {
+        write_message(&mut self.stream, &AdminRequest::Key(req), &mut self.buf).unwrap();
+        match read_message(&mut self.stream, &mut self.buf).unwrap() {
+            AdminResponse::Key(k) => Ok(*k),
+            AdminResponse::KeyErr { kind, message } => Err((kind, message)),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    fn ok(&mut self, req: KeyRequest) -> KeyResponse {
+        let what = format!("{req:?}");
+        self.call(req)
+            .unwrap_or_else(|e| panic!("{what} failed: {e:?}"))
+    }
+
+    fn key(&mut self, req: KeyRequest) -> KeyInfo {
+        match self.ok(req) {
+            KeyResponse::Key(k) => *k,
+            other => panic!("not a key: {other:?}"),
+        }
+    }
+
+    fn show(&mut self, name: &str) -> KeyInfo {
+        self.key(KeyRequest::Show {
+            name: name.into(),
+            token: None,
+        })
+    }
+
+    fn act(&mut self, name: &str, action: KeyAction) -> KeyResponse {
+        self.ok(KeyRequest::Transition {
+            name: name.into(),
+            token: None,
+            action,
+            reason: Some(format!("test {action:?}")),
+        })
+    }
+}
+
+fn create(name: &str, class: &str) -> KeyRequest {
+    KeyRequest::Create {
+        name: name.into(),
+        class: class.into(),
+        algorithm: None,
+        token: None,
+        owner: None,
+    }
+}
+
+fn verify(admin: &mut Admin, name: &str) -> (u32, String) {
+    match admin.ok(KeyRequest::Verify {
+        name: name.into(),
+        token: None,
+    }) {
+        KeyResponse::Verified {
+            version, detail, ..
+        } => (version, detail),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn key_lifecycle_over_the_admin_socket() {
+    let bed = Testbed::new();
+    let _agent = start(&bed);
+    let mut a = Admin::connect(&bed);
+    let uid = nix::unistd::getuid().as_raw();
+
+    // Create: pre-activation, owner the requester, one version.
+    let k = a.key(create("sig", "signing"));
+    assert_eq!(k.state, "pre-activation");
+    assert_eq!(k.algorithm, "ec:p256");
+    assert_eq!(k.purpose, "signing");
+    assert_eq!(k.owner, format!("uid:{uid}"));
+    assert_eq!(k.versions.len(), 1);
+    assert_eq!(k.versions[0].backend_id.len(), 16);
+    assert_eq!(k.versions[0].state, "pre-activation");
+
+    // Conflict and unknown class, algorithm outside the class.
+    assert_eq!(
+        a.call(create("sig", "signing")).unwrap_err().0,
+        AdminErrorKind::Conflict
+    );
+    assert_eq!(
+        a.call(create("x", "no-such-class")).unwrap_err().0,
+        AdminErrorKind::NotFound
+    );
+    let wrong_alg = KeyRequest::Create {
+        name: "x".into(),
+        class: "signing".into(),
+        algorithm: Some("ec:p384".into()),
+        token: None,
+        owner: None,
+    };
+    assert_eq!(a.call(wrong_alg).unwrap_err().0, AdminErrorKind::Refused);
+    // Illegal transition: a pre-activation key cannot be suspended.
+    let e = a
+        .call(KeyRequest::Transition {
+            name: "sig".into(),
+            token: None,
+            action: KeyAction::Suspend,
+            reason: None,
+        })
+        .unwrap_err();
+    assert_eq!(e.0, AdminErrorKind::Refused, "{e:?}");
+
+    // Activate: dates from the class.
+    let KeyResponse::Key(k) = a.act("sig", KeyAction::Activate) else {
+        panic!()
+    };
+    assert_eq!(k.state, "active");
+    assert_eq!(k.versions[0].state, "active");
+    let activated = k.activated_at.expect("activated_at");
+    assert_eq!(k.protect_until, Some(activated + 365 * 86400));
+    assert_eq!(k.process_until, Some(activated + 730 * 86400));
+    assert_eq!(k.next_rotation, Some(activated + 90 * 86400));
+
+    // Verify, on every class.
+    let (v, detail) = verify(&mut a, "sig");
+    assert_eq!(v, 1);
+    assert!(detail.contains("ECDSA"), "{detail}");
+    a.key(create("enc", "encryption"));
+    a.act("enc", KeyAction::Activate);
+    assert!(verify(&mut a, "enc").1.contains("AES"));
+    let mac = a.key(create("mac", "mac"));
+    assert_eq!(mac.algorithm, "hmac:256");
+    a.act("mac", KeyAction::Activate);
+    assert!(verify(&mut a, "mac").1.contains("HMAC"));
+
+    // Suspend; resume needs approval: pending, and the key stays suspended.
+    a.act("sig", KeyAction::Suspend);
+    assert_eq!(a.show("sig").state, "suspended");
+    let KeyResponse::Pending(req) = a.act("sig", KeyAction::Resume) else {
+        panic!("not pending")
+    };
+    assert_eq!(req.action, "resume");
+    assert_eq!(req.target, "keyward/sig");
+    assert_eq!(req.status, "pending");
+    assert_eq!(req.requester, format!("uid:{uid}"));
+    assert_eq!(req.expires_at - req.created_at, 24 * 3600);
+    assert_eq!(req.id.len(), 32);
+    assert_eq!(a.show("sig").state, "suspended");
+    // Rotation only for active keys.
+    let e = a
+        .call(KeyRequest::Rotate {
+            name: "sig".into(),
+            token: None,
+        })
+        .unwrap_err();
+    assert_eq!(e.0, AdminErrorKind::Refused);
+
+    // Rotate an active key: two versions, old deactivated, new active,
+    // distinct CKA_ID; the new version verifies.
+    let k = a.key(KeyRequest::Rotate {
+        name: "enc".into(),
+        token: None,
+    });
+    assert_eq!(k.versions.len(), 2);
+    assert_eq!(k.versions[0].state, "deactivated");
+    assert_eq!(k.versions[1].state, "active");
+    assert_ne!(k.versions[0].backend_id, k.versions[1].backend_id);
+    assert!(k.rotated_at.is_some());
+    assert_eq!(k.state, "active");
+    assert_eq!(verify(&mut a, "enc").0, 2);
+
+    // Emergency rotation: every old version compromised, a new one active,
+    // the key active again.
+    let KeyResponse::Key(k) = a.act("enc", KeyAction::Revoke { rotate: true }) else {
+        panic!()
+    };
+    assert_eq!(k.state, "active");
+    assert_eq!(k.versions.len(), 3);
+    assert_eq!(k.versions[0].state, "compromised");
+    assert_eq!(k.versions[1].state, "compromised");
+    assert_eq!(k.versions[2].state, "active");
+    assert!(k
+        .history
+        .iter()
+        .any(|h| h.to == "compromised" && h.version.is_none()));
+    assert!(k
+        .history
+        .iter()
+        .any(|h| h.reason.contains("emergency rotation")));
+    assert_eq!(verify(&mut a, "enc").0, 3);
+    // Plain revoke; destroy needs approval.
+    let KeyResponse::Key(k) = a.act("mac", KeyAction::Revoke { rotate: false }) else {
+        panic!()
+    };
+    assert_eq!(k.state, "compromised");
+    assert!(k.versions.iter().all(|v| v.state == "compromised"));
+    assert!(matches!(
+        a.act("mac", KeyAction::Destroy),
+        KeyResponse::Pending(_)
+    ));
+
+    // Grants: add with expiry, list, remove; unknown application, wrong
+    // purpose.
+    let until = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    let grant = |app: &str, ops: &[&str]| KeyRequest::GrantAdd {
+        key: "enc".into(),
+        token: None,
+        application: app.into(),
+        operations: ops.iter().map(|s| s.to_string()).collect(),
+        until: Some(until),
+    };
+    a.ok(grant("other", &["encrypt"]));
+    assert_eq!(
+        a.call(grant("nobody", &["encrypt"])).unwrap_err().0,
+        AdminErrorKind::NotFound
+    );
+    assert_eq!(
+        a.call(grant("other", &["sign"])).unwrap_err().0,
+        AdminErrorKind::Refused
+    );
+    let KeyResponse::Grants(gs) = a.ok(KeyRequest::GrantList {
+        key: Some("enc".into()),
+        token: None,
+    }) else {
+        panic!()
+    };
+    assert_eq!(gs.len(), 1);
+    assert_eq!(gs[0].application, "other");
+    assert_eq!(gs[0].operations, ["encrypt"]);
+    assert_eq!(gs[0].expires_at, Some(until));
+    let KeyResponse::Apps(apps) = a.ok(KeyRequest::AppList) else {
+        panic!()
+    };
+    let other = apps.iter().find(|x| x.name == "other").unwrap();
+    assert_eq!(other.keys, ["keyward/enc"]);
+    let tester = apps.iter().find(|x| x.name == "tester").unwrap();
+    assert!(
+        tester.keys.contains(&"keyward/sig".to_string()),
+        "{tester:?}"
+    );
+    a.ok(KeyRequest::GrantRemove {
+        key: "enc".into(),
+        token: None,
+        application: "other".into(),
+    });
+    let KeyResponse::Grants(gs) = a.ok(KeyRequest::GrantList {
+        key: None,
+        token: None,
+    }) else {
+        panic!()
+    };
+    assert!(gs.is_empty(), "{gs:?}");
+
+    // Discover a key made directly on the backend; adopt it.
+    bed.shadow_key("a1b2c3", "shadow");
+    let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
+        panic!()
+    };
+    let found: Vec<_> = sh
+        .iter()
+        .filter(|s| s.backend_id == [0xa1, 0xb2, 0xc3])
+        .collect();
+    assert_eq!(found.len(), 1, "{sh:?}");
+    assert_eq!(found[0].class, "CKO_PRIVATE_KEY");
+    assert_eq!(found[0].key_type, "CKK_EC");
+    assert_eq!(found[0].label, "shadow");
+    let adopt = |name: &str, class: &str| KeyRequest::Adopt {
+        token: None,
+        backend_id: vec![0xa1, 0xb2, 0xc3],
+        name: name.into(),
+        class: class.into(),
+    };
+    assert_eq!(
+        a.call(adopt("adopted", "encryption")).unwrap_err().0,
+        AdminErrorKind::Refused
+    );
+    assert_eq!(
+        a.call(adopt("sig", "signing")).unwrap_err().0,
+        AdminErrorKind::Conflict
+    );
+    let k = a.key(adopt("adopted", "signing"));
+    assert_eq!(k.state, "pre-activation");
+    assert_eq!(k.algorithm, "ec:p256");
+    assert_eq!(k.versions[0].backend_id, [0xa1, 0xb2, 0xc3]);
+    assert_eq!(
+        a.call(adopt("again", "signing")).unwrap_err().0,
+        AdminErrorKind::Conflict
+    );
+    let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
+        panic!()
+    };
+    assert!(sh.is_empty(), "managed keys are no shadows: {sh:?}");
+    a.act("adopted", KeyAction::Activate);
+    assert!(verify(&mut a, "adopted").1.contains("ECDSA"));
+
+    // List, by state.
+    let KeyResponse::Keys(all) = a.ok(KeyRequest::List {
+        token: None,
+        state: None,
+    }) else {
+        panic!()
+    };
+    assert_eq!(all.len(), 4);
+    let KeyResponse::Keys(suspended) = a.ok(KeyRequest::List {
+        token: None,
+        state: Some("suspended".into()),
+    }) else {
+        panic!()
+    };
+    assert_eq!(suspended.len(), 1);
+    assert_eq!(suspended[0].name, "sig");
+    assert!(a
+        .call(KeyRequest::Show {
+            name: "nope".into(),
+            token: None
+        })
+        .is_err());
+
+    let log = bed.log();
+    assert!(log.contains("needs approval"), "{log}");
+    assert!(
+        !log.contains(BACKEND_PIN),
+        "the backend PIN leaked into the log"
+    );
+}
+
+/// The scheduler, in-process: `tick` with a time past the rotation date
+/// rotates; past the protect period, deactivates.
+#[test]
+fn scheduler_rotates_and_deactivates() {
+    let bed = Testbed::new();
+    // The library reads this at load; the other test of this binary passes
+    // its own value to its child processes explicitly.
+    std::env::set_var("SOFTHSM2_CONF", &bed.softhsm_conf);
+    let config = keyward_agent::config::Config::load(&bed.config).unwrap();
+    let policy = keyward_policy::Policy::from_file(bed.dir.path().join("policy.toml")).unwrap();
+    let agent = keyward_agent::agent::Agent::from_config(&config)
+        .unwrap()
+        .with_policy(policy);
+    let peer = keyward_agent::identity::Peer {
+        key: keyward_agent::identity::ClientKey {
+            pid: std::process::id() as i32,
+            start_time: 0,
+        },
+        uid: 0,
+        gid: 0,
+        exe: None,
+    };
+    let call = |req: KeyRequest| match agent.key_request(&peer, req) {
+        AdminResponse::Key(k) => *k,
+        other => panic!("{other:?}"),
+    };
+    let show = |name: &str| match call(KeyRequest::Show {
+        name: name.into(),
+        token: None,
+    }) {
+        KeyResponse::Key(k) => *k,
+        other => panic!("{other:?}"),
+    };
+    call(create("rot", "signing"));
+    call(create("short", "encryption"));
+    for name in ["rot", "short"] {
+        call(KeyRequest::Transition {
+            name: name.into(),
+            token: None,
+            action: KeyAction::Activate,
+            reason: None,
+        });
+    }
+    // Nothing is due now.
+    agent.tick(SystemTime::now());
+    assert_eq!(show("rot").versions.len(), 1);
+    assert_eq!(show("short").state, "active");
+
+    // 91 days on: "rot" (rotation every 90 days) rotates; "short" (protect
+    // period 30 days) is deactivated.
+    let later = SystemTime::now() + Duration::from_secs(91 * 86400);
+    agent.tick(later);
+    let rot = show("rot");
+    assert_eq!(rot.state, "active");
+    assert_eq!(rot.versions.len(), 2);
+    assert_eq!(rot.versions[0].state, "deactivated");
+    assert_eq!(rot.versions[1].state, "active");
+    let rotated = rot.rotated_at.unwrap();
+    assert_eq!(rot.next_rotation, Some(rotated + 90 * 86400));
+    assert!(rot.history.iter().any(|h| h.actor == "scheduler"));
+    let short = show("short");
+    assert_eq!(short.state, "deactivated");
+    assert!(short
+        .history
+        .iter()
+        .any(|h| h.actor == "scheduler" && h.to == "deactivated"));
+    // The same tick again does nothing more.
+    agent.tick(later);
+    assert_eq!(show("rot").versions.len(), 2);
+}

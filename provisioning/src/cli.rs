@@ -1,0 +1,715 @@
+//! The command line: clap definitions and the value parsers that turn
+//! arguments into protocol values (times, CKA_IDs, operations, states).
+//! Anything refused here is a usage error: clap prints it and exits 2.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::time;
+
+/// Printed after `keyward --help`; the same table is in `main.rs`'s docs
+/// and in [`crate::admin::Exit`].
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the agent is unreachable or answered something unexpected
+     (`policy check`: the file is not valid)
+  2  invalid request or usage
+  3  the action needs approval: a request was recorded (its id is printed)
+  4  not found (key, token, application, class)
+  5  refused by policy or by the key's lifecycle
+  6  conflict with the current state (name taken, raced)
+  7  the HSM or the inventory store failed
+
+With --json, standard output carries exactly one JSON document, also when
+the command fails ({\"Error\": {\"kind\", \"message\", \"exit_code\"}});
+messages for people go to standard error as `keyward: ...`.";
+
+/// keyward: administer a keyward agent.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The agent's admin socket (else $KEYWARD_ADMIN_SOCKET, else /run/keyward/admin.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the agent's version, uptime and tokens with their backends.
+    Status,
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Create, inspect and move managed keys through their lifecycle.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Give applications operations on keys, or take them away.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
+    /// The policy's applications.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Virtual token PINs.
+    Pin {
+        #[command(subcommand)]
+        command: PinCommand,
+    },
+    /// List backend keys the inventory does not know (shadow keys), or adopt one.
+    Discover(DiscoverArgs),
+}
+
+/// `keyward policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file; exit 0 when valid, 1 with `FILE:LINE:COL: field: problem` when not.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
+/// `--token T`: the virtual token; the agent's first token when absent.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct TokenArg {
+    /// Virtual token label (default: the agent's first token).
+    #[arg(long, value_name = "LABEL")]
+    pub token: Option<String>,
+}
+
+/// A key name and its token.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct KeyArgs {
+    /// Key name.
+    pub name: String,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+/// A lifecycle transition: the key and why.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct TransitionArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why (recorded in the key's history).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `keyward key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a managed key inside the HSM from a key class.
+    Create {
+        /// Unique name on the token; also the objects' CKA_LABEL.
+        name: String,
+        /// Key class of the policy.
+        #[arg(long)]
+        class: String,
+        /// One of the class's algorithms (ec:p256, rsa:3072, ...; default: the class's first).
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        /// Owner recorded in the inventory (default: the requester).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List managed keys.
+    List {
+        #[command(flatten)]
+        token: TokenArg,
+        /// Only keys in this state (pre-activation, active, suspended, deactivated, compromised, destroyed).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<String>,
+    },
+    /// Show one key: versions (with CKA_ID), grants and state history.
+    Show(KeyArgs),
+    /// pre-activation → active.
+    Activate(TransitionArgs),
+    /// active → suspended.
+    Suspend(TransitionArgs),
+    /// suspended → active (needs approval).
+    Resume(TransitionArgs),
+    /// → deactivated: verify/decrypt/unwrap only, until the process period ends.
+    Deactivate(TransitionArgs),
+    /// Remove the key's HSM objects, keep its record (needs approval).
+    Destroy(TransitionArgs),
+    /// → compromised: the key stops working at once.
+    Revoke {
+        #[command(flatten)]
+        transition: TransitionArgs,
+        /// Emergency rotation: a fresh version replaces the key in the same step.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Generate a new version: it protects, older versions drop to deactivated.
+    Rotate(KeyArgs),
+    /// Prove the key works inside the HSM without revealing anything.
+    Verify(KeyArgs),
+}
+
+/// `keyward grant ...`
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Give an application operations on a key, optionally for a limited time.
+    Add {
+        /// Key name.
+        key: String,
+        /// Application name of the policy.
+        application: String,
+        /// Operations, comma-separated: sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest.
+        #[arg(long, required = true, value_delimiter = ',', value_parser = parse_operation)]
+        ops: Vec<String>,
+        /// Until this time, RFC 3339 (2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339, conflicts_with = "for_")]
+        until: Option<i64>,
+        /// For this long from now: 30m, 8h, 7d, 1w2d (units s m h d w).
+        #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
+        for_: Option<Duration>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Take an application's grant on a key away.
+    Remove {
+        /// Key name.
+        key: String,
+        /// Application name.
+        application: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Grants of one key, or of every key.
+    List {
+        /// Key name (default: every key).
+        key: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+}
+
+/// `keyward app ...`
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// The policy's applications and the keys they hold grants on.
+    List,
+}
+
+/// `keyward pin ...`
+#[derive(Debug, Subcommand)]
+pub enum PinCommand {
+    /// Reset a token's wrong-PIN counter after a lockout.
+    Unlock {
+        /// Virtual token label.
+        token: String,
+    },
+}
+
+/// `keyward discover [--adopt ID --name N --class C]`
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct DiscoverArgs {
+    /// Virtual token label (default: every token; for --adopt: the agent's first token).
+    #[arg(long, value_name = "LABEL")]
+    pub token: Option<String>,
+    /// Adopt the shadow key with this CKA_ID (hex, as `discover` lists it).
+    #[arg(long, value_name = "CKA_ID_HEX", value_parser = parse_hex, requires_all = ["name", "class"])]
+    pub adopt: Option<CkaId>,
+    /// Name to give the adopted key.
+    #[arg(long, requires = "adopt")]
+    pub name: Option<String>,
+    /// Key class the adopted key joins.
+    #[arg(long, requires = "adopt")]
+    pub class: Option<String>,
+}
+
+/// `--state`: a key state as the inventory names it.
+fn parse_state(text: &str) -> Result<String, String> {
+    keyward_policy::KeyState::from_name(text)
+        .map(|s| s.name().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<_> = keyward_policy::KeyState::ALL
+                .iter()
+                .map(|s| s.name())
+                .collect();
+            format!("unknown state; one of {}", names.join(", "))
+        })
+}
+
+/// One `--ops` item: an operation as the policy file names it.
+fn parse_operation(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    keyward_policy::Operation::from_name(text)
+        .map(|o| o.name().to_owned())
+        .ok_or_else(|| {
+            let names: Vec<_> = keyward_policy::Operation::ALL
+                .iter()
+                .map(|o| o.name())
+                .collect();
+            format!("unknown operation {text:?}; one of {}", names.join(", "))
+        })
+}
+
+/// `--for`: the policy file's duration grammar (`8h`, `1w2d`; at most 100
+/// years), so one syntax serves both.
+fn parse_period(text: &str) -> Result<Duration, String> {
+    keyward_policy::parse_duration(text)
+}
+
+/// `--adopt`: a CKA_ID in hex; `:` separators and a `0x` prefix are
+/// allowed so that ids copied from other tools work.
+pub fn parse_hex(text: &str) -> Result<CkaId, String> {
+    let digits: String = text
+        .strip_prefix("0x")
+        .unwrap_or(text)
+        .chars()
+        .filter(|&c| c != ':')
+        .collect();
+    if digits.is_empty() {
+        return Err("an empty CKA_ID cannot be adopted by id".into());
+    }
+    if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{text:?} is not hex"));
+    }
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("{text:?} has an odd number of hex digits"));
+    }
+    let value = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+    Ok(CkaId(
+        digits
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| value(pair[0]) << 4 | value(pair[1]))
+            .collect(),
+    ))
+}
+
+/// A `CKA_ID` given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CkaId(pub Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied()))
+    }
+
+    fn ok(args: &[&str]) -> Cli {
+        parse(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"))
+    }
+
+    fn bad(args: &[&str]) -> ErrorKind {
+        match parse(args) {
+            Ok(cli) => panic!("{args:?} accepted: {cli:?}"),
+            Err(e) => {
+                // Every refusal is a usage error: exit code 2.
+                assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+                e.kind()
+            }
+        }
+    }
+
+    fn token(t: &str) -> TokenArg {
+        TokenArg {
+            token: Some(t.into()),
+        }
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = ok(&["status", "--json", "--admin-socket", "/tmp/a.sock"]);
+        assert!(cli.json);
+        assert_eq!(cli.admin_socket, Some(PathBuf::from("/tmp/a.sock")));
+        assert!(matches!(cli.command, Command::Status));
+        let cli = ok(&["--json", "key", "list"]);
+        assert!(cli.json);
+        let cli = ok(&["key", "list"]);
+        assert!(!cli.json && cli.admin_socket.is_none());
+        let cli = ok(&["policy", "check", "p.toml", "--json"]);
+        assert!(cli.json);
+        assert_eq!(
+            bad(&[]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(bad(&["frobnicate"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(bad(&["status", "extra"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn key_create() {
+        let cli = ok(&[
+            "key",
+            "create",
+            "web",
+            "--class",
+            "tls",
+            "--algorithm",
+            "ec:p256",
+            "--token",
+            "t1",
+            "--owner",
+            "alice",
+        ]);
+        let Command::Key {
+            command:
+                KeyCommand::Create {
+                    name,
+                    class,
+                    algorithm,
+                    token: t,
+                    owner,
+                },
+        } = cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (name.as_str(), class.as_str(), algorithm.as_deref()),
+            ("web", "tls", Some("ec:p256"))
+        );
+        assert_eq!((t, owner.as_deref()), (token("t1"), Some("alice")));
+        let cli = ok(&["key", "create", "web", "--class", "tls"]);
+        assert!(matches!(
+            cli.command,
+            Command::Key {
+                command: KeyCommand::Create {
+                    algorithm: None,
+                    owner: None,
+                    token: TokenArg { token: None },
+                    ..
+                }
+            }
+        ));
+        assert_eq!(
+            bad(&["key", "create", "web"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["key", "create", "--class", "tls"]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn key_list_show_rotate_verify() {
+        let cli = ok(&["key", "list", "--token", "t1", "--state", "active"]);
+        let Command::Key {
+            command: KeyCommand::List { token: t, state },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((t, state.as_deref()), (token("t1"), Some("active")));
+        ok(&["key", "list", "--state", "pre-activation"]);
+        assert_eq!(
+            bad(&["key", "list", "--state", "happy"]),
+            ErrorKind::ValueValidation
+        );
+        for (cmd, pick) in [
+            (
+                "show",
+                (|c| matches!(c, KeyCommand::Show(_))) as fn(&KeyCommand) -> bool,
+            ),
+            ("rotate", |c| matches!(c, KeyCommand::Rotate(_))),
+            ("verify", |c| matches!(c, KeyCommand::Verify(_))),
+        ] {
+            let cli = ok(&["key", cmd, "web", "--token", "t1"]);
+            let Command::Key { command } = cli.command else {
+                panic!()
+            };
+            assert!(pick(&command), "{cmd}: {command:?}");
+            let (KeyCommand::Show(k) | KeyCommand::Rotate(k) | KeyCommand::Verify(k)) = command
+            else {
+                panic!()
+            };
+            assert_eq!(
+                k,
+                KeyArgs {
+                    name: "web".into(),
+                    token: token("t1")
+                }
+            );
+            assert_eq!(bad(&["key", cmd]), ErrorKind::MissingRequiredArgument);
+            assert_eq!(bad(&["key", cmd, "a", "b"]), ErrorKind::UnknownArgument);
+        }
+    }
+
+    #[test]
+    fn key_transitions() {
+        for cmd in ["activate", "suspend", "resume", "deactivate", "destroy"] {
+            let cli = ok(&["key", cmd, "web", "--reason", "ticket 42"]);
+            let Command::Key { command } = cli.command else {
+                panic!()
+            };
+            let t = match (cmd, command) {
+                ("activate", KeyCommand::Activate(t))
+                | ("suspend", KeyCommand::Suspend(t))
+                | ("resume", KeyCommand::Resume(t))
+                | ("deactivate", KeyCommand::Deactivate(t))
+                | ("destroy", KeyCommand::Destroy(t)) => t,
+                (_, other) => panic!("{cmd} parsed as {other:?}"),
+            };
+            assert_eq!(t.key.name, "web");
+            assert_eq!(t.reason.as_deref(), Some("ticket 42"));
+            assert_eq!(bad(&["key", cmd]), ErrorKind::MissingRequiredArgument);
+            assert_eq!(
+                bad(&["key", cmd, "web", "--rotate"]),
+                ErrorKind::UnknownArgument
+            );
+        }
+        let cli = ok(&["key", "revoke", "web", "--rotate", "--token", "t1"]);
+        let Command::Key {
+            command: KeyCommand::Revoke { transition, rotate },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert!(rotate);
+        assert_eq!(transition.key.token, token("t1"));
+        let cli = ok(&["key", "revoke", "web"]);
+        assert!(matches!(
+            cli.command,
+            Command::Key {
+                command: KeyCommand::Revoke { rotate: false, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn grant_add() {
+        let cli = ok(&[
+            "grant",
+            "add",
+            "web",
+            "nginx",
+            "--ops",
+            "sign,verify",
+            "--until",
+            "2026-12-01T00:00:00Z",
+            "--token",
+            "t1",
+        ]);
+        let Command::Grant {
+            command:
+                GrantCommand::Add {
+                    key,
+                    application,
+                    ops,
+                    until,
+                    for_,
+                    token: t,
+                },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((key.as_str(), application.as_str()), ("web", "nginx"));
+        assert_eq!(ops, ["sign", "verify"]);
+        assert_eq!(until, Some(1_796_083_200));
+        assert_eq!((for_, t), (None, token("t1")));
+
+        let cli = ok(&[
+            "grant", "add", "web", "nginx", "--ops", "sign", "--for", "8h",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Command::Grant {
+                command: GrantCommand::Add { until: None, for_: Some(d), .. }
+            } if d == Duration::from_secs(8 * 3600)
+        ));
+        // Repeating the flag adds operations too.
+        let cli = ok(&["grant", "add", "k", "a", "--ops", "sign", "--ops", "verify"]);
+        assert!(matches!(
+            cli.command,
+            Command::Grant { command: GrantCommand::Add { ops, .. } } if ops == ["sign", "verify"]
+        ));
+
+        assert_eq!(
+            bad(&["grant", "add", "web", "nginx"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["grant", "add", "web", "--ops", "sign"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["grant", "add", "web", "nginx", "--ops", "sing"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&["grant", "add", "web", "nginx", "--ops", "sign,,verify"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&[
+                "grant",
+                "add",
+                "k",
+                "a",
+                "--ops",
+                "sign",
+                "--until",
+                "2026-12-01"
+            ]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&["grant", "add", "k", "a", "--ops", "sign", "--for", "8"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&[
+                "grant",
+                "add",
+                "k",
+                "a",
+                "--ops",
+                "sign",
+                "--for",
+                "8h",
+                "--until",
+                "2026-12-01T00:00:00Z",
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn grant_remove_and_list() {
+        let cli = ok(&["grant", "remove", "web", "nginx", "--token", "t1"]);
+        assert!(matches!(
+            cli.command,
+            Command::Grant { command: GrantCommand::Remove { key, application, token: t } }
+                if key == "web" && application == "nginx" && t == token("t1")
+        ));
+        assert_eq!(
+            bad(&["grant", "remove", "web"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        let cli = ok(&["grant", "list"]);
+        assert!(matches!(
+            cli.command,
+            Command::Grant {
+                command: GrantCommand::List { key: None, .. }
+            }
+        ));
+        let cli = ok(&["grant", "list", "web", "--token", "t1"]);
+        assert!(matches!(
+            cli.command,
+            Command::Grant { command: GrantCommand::List { key: Some(k), token: t } }
+                if k == "web" && t == token("t1")
+        ));
+        assert_eq!(
+            bad(&["grant", "list", "a", "b"]),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn app_pin() {
+        assert!(matches!(
+            ok(&["app", "list"]).command,
+            Command::App {
+                command: AppCommand::List
+            }
+        ));
+        assert_eq!(bad(&["app", "list", "x"]), ErrorKind::UnknownArgument);
+        assert!(matches!(
+            ok(&["pin", "unlock", "t1"]).command,
+            Command::Pin { command: PinCommand::Unlock { token } } if token == "t1"
+        ));
+        assert_eq!(bad(&["pin", "unlock"]), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn discover() {
+        let Command::Discover(d) = ok(&["discover"]).command else {
+            panic!()
+        };
+        assert_eq!(
+            d,
+            DiscoverArgs {
+                token: None,
+                adopt: None,
+                name: None,
+                class: None
+            }
+        );
+        let Command::Discover(d) = ok(&[
+            "discover", "--token", "t1", "--adopt", "0a:FF", "--name", "old", "--class", "tls",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(d.adopt, Some(CkaId(vec![0x0a, 0xff])));
+        assert_eq!(
+            (d.token.as_deref(), d.name.as_deref(), d.class.as_deref()),
+            (Some("t1"), Some("old"), Some("tls"))
+        );
+        assert_eq!(
+            bad(&["discover", "--adopt", "0a"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["discover", "--adopt", "0a", "--name", "old"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["discover", "--name", "old"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["discover", "--adopt", "xyz", "--name", "n", "--class", "c"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(parse_hex("00ab"), Ok(CkaId(vec![0, 0xab])));
+        assert_eq!(parse_hex("0x01:02"), Ok(CkaId(vec![1, 2])));
+        assert_eq!(
+            parse_hex("DEADbeef"),
+            Ok(CkaId(vec![0xde, 0xad, 0xbe, 0xef]))
+        );
+        for bad in ["", "0x", "abc", "zz", "+1", "é1"] {
+            assert!(parse_hex(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let e = parse(&["--help"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        assert_eq!(e.exit_code(), 0);
+        let help = e.to_string();
+        for code in ["0  success", "3  the action needs approval", "7  the HSM"] {
+            assert!(help.contains(code), "{code:?} missing in\n{help}");
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! What the commands print: aligned tables and key/value blocks for
+//! people, one JSON document for scripts. Pure functions of the agent's
+//! answers, so they are tested with fixed data.
+//!
+//! Text: times in UTC as `YYYY-MM-DD HH:MM:SS`, `-` for none, CKA_IDs in
+//! lowercase hex, control characters escaped (labels come from the HSM and
+//! may be written by anyone who can create objects there).
+//! JSON: the protocol types as serde writes them, except that every
+//! `backend_id` (a CKA_ID) is a hex string, as `discover --adopt` takes it.
+
+use keyward_protocol::admin::{
+    AppInfo, ApprovalRequest, GrantInfo, KeyInfo, KeyResponse, ShadowInfo, Status,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::time::{format_opt, format_utc};
+
+/// Bytes as lowercase hex; `-` for none.
+pub fn hex(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "-".to_owned();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A text value for a table cell or a line: `-` when empty, control
+/// characters escaped so that nothing the agent relays can drive the
+/// terminal or break the columns.
+fn cell(text: &str) -> String {
+    if text.is_empty() {
+        return "-".to_owned();
+    }
+    clean(text)
+}
+
+/// `text` with control characters escaped (newlines too): for messages
+/// the agent relays.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn opt_cell<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_owned(), |v| cell(&v.to_string()))
+}
+
+fn list(items: &[String]) -> String {
+    cell(&items.join(","))
+}
+
+/// Columns aligned on the widest cell, two spaces apart, no trailing
+/// blanks. Cells are expected to be [`cell`]-clean.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(c);
+            let pad = w.saturating_sub(c.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `label:` lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{:width$}  {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// `keyward status` as text.
+pub fn status(s: &Status) -> String {
+    let mut o = String::new();
+    let mut line = |l: String| {
+        o.push_str(&l);
+        o.push('\n');
+    };
+    line(format!(
+        "agent:     keyward-agent {}",
+        cell(&s.agent_version)
+    ));
+    line(format!("protocol:  {}", s.protocol_version));
+    line(format!("pid:       {}", s.pid));
+    line(format!("uptime:    {}", uptime(s.uptime_secs)));
+    line(format!("socket:    {}", cell(&s.socket)));
+    line(format!("tokens:    {}", s.tokens.len()));
+    for t in &s.tokens {
+        line(String::new());
+        line(format!("slot {}: {:?}", t.slot, t.label));
+        line(format!(
+            "  user PIN set:      {}",
+            if t.user_pin_initialized { "yes" } else { "no" }
+        ));
+        line(format!(
+            "  allow_init_token:  {}",
+            if t.allow_init_token { "yes" } else { "no" }
+        ));
+        line(format!("  backend library:   {}", cell(&t.backend_library)));
+        if !t.backend_library_description.is_empty() {
+            line(format!(
+                "                     {} {}.{}",
+                cell(&t.backend_library_description),
+                t.backend_library_version.major,
+                t.backend_library_version.minor
+            ));
+        }
+        if t.backend_present {
+            line(format!(
+                "  backend token:     {:?} ({} {}, serial {})",
+                t.backend_label,
+                cell(&t.backend_manufacturer),
+                cell(&t.backend_model),
+                cell(&t.backend_serial)
+            ));
+        }
+        if let Some(e) = &t.backend_error {
+            line(format!("  backend error:     {}", cell(e)));
+        }
+    }
+    o
+}
+
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m {s}s")
+    } else if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A key-management answer as text (whatever the command was: the answer
+/// says what it is).
+pub fn key_response(resp: &KeyResponse) -> String {
+    match resp {
+        KeyResponse::Key(k) => key(k),
+        KeyResponse::Keys(keys) if keys.is_empty() => "no keys\n".to_owned(),
+        KeyResponse::Keys(keys) => key_table(keys),
+        KeyResponse::Grants(g) if g.is_empty() => "no grants\n".to_owned(),
+        KeyResponse::Grants(g) => grant_table(g, true),
+        KeyResponse::Apps(a) if a.is_empty() => "no applications\n".to_owned(),
+        KeyResponse::Apps(a) => app_table(a),
+        KeyResponse::Pending(p) => pending(p),
+        KeyResponse::Verified {
+            key,
+            version,
+            detail,
+        } => format!(
+            "verified: {} version {version}: {}\n",
+            cell(key),
+            cell(detail)
+        ),
+        KeyResponse::Shadows(s) if s.is_empty() => "no shadow keys\n".to_owned(),
+        KeyResponse::Shadows(s) => shadow_table(s),
+        KeyResponse::Done(text) => format!("{}\n", cell(text)),
+    }
+}
+
+fn key_table(keys: &[KeyInfo]) -> String {
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                cell(&k.name),
+                cell(&k.token),
+                cell(&k.state),
+                cell(&k.class),
+                cell(&k.algorithm),
+                cell(&k.owner),
+                k.versions
+                    .iter()
+                    .map(|v| v.version)
+                    .max()
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                format_utc(k.created_at),
+                format_opt(k.protect_until),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "TOKEN",
+            "STATE",
+            "CLASS",
+            "ALGORITHM",
+            "OWNER",
+            "VERSION",
+            "CREATED",
+            "PROTECT UNTIL",
+        ],
+        &rows,
+    )
+}
+
+/// `keyward key show`: the record, then versions, grants and history.
+fn key(k: &KeyInfo) -> String {
+    let mut out = fields(&[
+        ("name", cell(&k.name)),
+        ("token", cell(&k.token)),
+        ("state", cell(&k.state)),
+        ("owner", cell(&k.owner)),
+        ("purpose", cell(&k.purpose)),
+        ("class", cell(&k.class)),
+        ("algorithm", cell(&k.algorithm)),
+        ("scope", list(&k.scope)),
+        (
+            "backup",
+            if k.backup_allowed {
+                "allowed"
+            } else {
+                "not allowed"
+            }
+            .to_owned(),
+        ),
+        ("created", format_utc(k.created_at)),
+        ("activated", format_opt(k.activated_at)),
+        ("rotated", format_opt(k.rotated_at)),
+        ("deactivated", format_opt(k.deactivated_at)),
+        ("protect until", format_opt(k.protect_until)),
+        ("process until", format_opt(k.process_until)),
+        ("next rotation", format_opt(k.next_rotation)),
+        ("last used", format_opt(k.last_used_at)),
+    ]);
+    let section = |out: &mut String, title: &str, body: String| {
+        out.push('\n');
+        out.push_str(title);
+        out.push_str(":\n");
+        for line in body.lines() {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    let versions: Vec<Vec<String>> = k
+        .versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.version.to_string(),
+                hex(&v.backend_id),
+                cell(&v.state),
+                format_utc(v.created_at),
+                format_opt(v.deactivated_at),
+                format_opt(v.destroyed_at),
+            ]
+        })
+        .collect();
+    section(
+        &mut out,
+        "versions",
+        if versions.is_empty() {
+            "none".to_owned()
+        } else {
+            table(
+                &[
+                    "VERSION",
+                    "CKA_ID",
+                    "STATE",
+                    "CREATED",
+                    "DEACTIVATED",
+                    "DESTROYED",
+                ],
+                &versions,
+            )
+        },
+    );
+    section(
+        &mut out,
+        "grants",
+        if k.grants.is_empty() {
+            "none".to_owned()
+        } else {
+            grant_table(&k.grants, false)
+        },
+    );
+    let history: Vec<Vec<String>> = k
+        .history
+        .iter()
+        .map(|h| {
+            vec![
+                format_utc(h.at),
+                opt_cell(&h.version),
+                opt_cell(&h.from),
+                cell(&h.to),
+                cell(&h.actor),
+                cell(&h.reason),
+            ]
+        })
+        .collect();
+    section(
+        &mut out,
+        "history",
+        if history.is_empty() {
+            "none".to_owned()
+        } else {
+            table(
+                &["AT", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
+                &history,
+            )
+        },
+    );
+    out
+}
+
+fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
+    let rows: Vec<Vec<String>> = grants
+        .iter()
+        .map(|g| {
+            let mut row = vec![
+                cell(&g.application),
+                list(&g.operations),
+                format_opt(g.expires_at),
+            ];
+            if with_key {
+                row.insert(0, cell(&g.key));
+            }
+            row
+        })
+        .collect();
+    let headers: &[&str] = if with_key {
+        &["KEY", "APPLICATION", "OPERATIONS", "EXPIRES"]
+    } else {
+        &["APPLICATION", "OPERATIONS", "EXPIRES"]
+    };
+    table(headers, &rows)
+}
+
+fn app_table(apps: &[AppInfo]) -> String {
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                cell(&a.name),
+                opt_cell(&a.uid),
+                opt_cell(&a.gid),
+                opt_cell(&a.exe),
+                list(&a.keys),
+            ]
+        })
+        .collect();
+    table(&["NAME", "UID", "GID", "EXE", "KEYS"], &rows)
+}
+
+fn shadow_table(shadows: &[ShadowInfo]) -> String {
+    let rows: Vec<Vec<String>> = shadows
+        .iter()
+        .map(|s| {
+            vec![
+                cell(&s.token),
+                hex(&s.backend_id),
+                cell(&s.label),
+                cell(&s.class),
+                cell(&s.key_type),
+            ]
+        })
+        .collect();
+    table(&["TOKEN", "CKA_ID", "LABEL", "CLASS", "KEY TYPE"], &rows)
+}
+
+/// The recorded approval request; the id comes first.
+pub fn pending(p: &ApprovalRequest) -> String {
+    fields(&[
+        ("request", cell(&p.id)),
+        ("action", cell(&p.action)),
+        ("target", cell(&p.target)),
+        ("requester", cell(&p.requester)),
+        ("status", cell(&p.status)),
+        ("created", format_utc(p.created_at)),
+        ("expires", format_utc(p.expires_at)),
+    ])
+}
+
+/// One pretty JSON document (with a final newline): `value` as serde
+/// writes it, each `backend_id` as a hex string.
+pub fn json<T: Serialize>(value: &T) -> String {
+    let mut v = serde_json::to_value(value)
+        .unwrap_or_else(|e| serde_json::json!({ "Error": { "kind": "Unexpected", "message": e.to_string(), "exit_code": 1 } }));
+    hex_ids(&mut v);
+    let mut text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Rewrites every `backend_id` byte array into a hex string.
+fn hex_ids(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "backend_id" {
+                    if let Value::Array(items) = child {
+                        let bytes: Option<Vec<u8>> = items
+                            .iter()
+                            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                            .collect();
+                        if let Some(bytes) = bytes {
+                            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                            *child = Value::String(text);
+                            continue;
+                        }
+                    }
+                }
+                hex_ids(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hex_ids),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_protocol::admin::{HistoryEntry, TokenStatus, VersionInfo};
+
+    const T0: i64 = 1_769_882_400; // 2026-01-31 18:00:00
+
+    fn grant() -> GrantInfo {
+        GrantInfo {
+            key: "web-tls".into(),
+            application: "nginx".into(),
+            operations: vec!["sign".into(), "verify".into()],
+            expires_at: Some(T0 + 8 * 3600),
+        }
+    }
+
+    fn key_info() -> KeyInfo {
+        KeyInfo {
+            name: "web-tls".into(),
+            token: "keyward".into(),
+            owner: "alice".into(),
+            purpose: "signing".into(),
+            class: "tls".into(),
+            algorithm: "ec:p256".into(),
+            state: "active".into(),
+            created_at: T0,
+            activated_at: Some(T0 + 60),
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: Some(T0 + 90 * 86_400),
+            process_until: Some(T0 + 180 * 86_400),
+            next_rotation: None,
+            scope: vec!["pci".into()],
+            last_used_at: None,
+            backup_allowed: false,
+            versions: vec![
+                VersionInfo {
+                    version: 1,
+                    backend_id: vec![0x01, 0xab],
+                    state: "deactivated".into(),
+                    created_at: T0,
+                    deactivated_at: Some(T0 + 3600),
+                    destroyed_at: None,
+                },
+                VersionInfo {
+                    version: 2,
+                    backend_id: vec![0x02, 0xcd],
+                    state: "active".into(),
+                    created_at: T0 + 3600,
+                    deactivated_at: None,
+                    destroyed_at: None,
+                },
+            ],
+            grants: vec![grant()],
+            history: vec![
+                HistoryEntry {
+                    at: T0,
+                    version: None,
+                    from: None,
+                    to: "pre-activation".into(),
+                    actor: "alice".into(),
+                    reason: "".into(),
+                },
+                HistoryEntry {
+                    at: T0 + 60,
+                    version: Some(1),
+                    from: Some("pre-activation".into()),
+                    to: "active".into(),
+                    actor: "alice".into(),
+                    reason: "go live".into(),
+                },
+            ],
+        }
+    }
+
+    fn approval() -> ApprovalRequest {
+        ApprovalRequest {
+            id: "req-7f3a".into(),
+            action: "destroy".into(),
+            target: "keyward/web-tls".into(),
+            requester: "alice".into(),
+            created_at: T0,
+            expires_at: T0 + 86_400,
+            status: "pending".into(),
+        }
+    }
+
+    fn contains_all(text: &str, wants: &[&str]) {
+        for want in wants {
+            assert!(text.contains(want), "{want:?} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn tables_align_and_have_no_trailing_blanks() {
+        let t = table(
+            &["A", "LONG HEADER", "C"],
+            &[
+                vec!["wide value".into(), "x".into(), "-".into()],
+                vec!["é".into(), "yy".into(), "last".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "A           LONG HEADER  C\n\
+             wide value  x            -\n\
+             é           yy           last\n"
+        );
+    }
+
+    #[test]
+    fn cells_escape_control_characters() {
+        assert_eq!(cell(""), "-");
+        assert_eq!(cell("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(hex(&[]), "-");
+        assert_eq!(hex(&[0, 0x0f, 0xff]), "000fff");
+    }
+
+    #[test]
+    fn key_show_text() {
+        let text = key_response(&KeyResponse::Key(Box::new(key_info())));
+        contains_all(
+            &text,
+            &[
+                "name:           web-tls",
+                "state:          active",
+                "scope:          pci",
+                "backup:         not allowed",
+                "created:        2026-01-31 18:00:00",
+                "activated:      2026-01-31 18:01:00",
+                "rotated:        -",
+                "protect until:  2026-05-01 18:00:00",
+                "versions:\n  VERSION  CKA_ID  STATE        CREATED              DEACTIVATED          DESTROYED\n",
+                "  1        01ab    deactivated  2026-01-31 18:00:00  2026-01-31 19:00:00  -\n",
+                "  2        02cd    active       2026-01-31 19:00:00  -                    -\n",
+                "grants:\n  APPLICATION  OPERATIONS   EXPIRES\n  nginx        sign,verify  2026-02-01 02:00:00\n",
+                "history:\n  AT                   VERSION  FROM            TO              ACTOR  REASON\n",
+                "  2026-01-31 18:00:00  -        -               pre-activation  alice  -\n",
+                "  2026-01-31 18:01:00  1        pre-activation  active          alice  go live\n",
+            ],
+        );
+        let mut bare = key_info();
+        bare.versions.clear();
+        bare.grants.clear();
+        bare.history.clear();
+        let text = key_response(&KeyResponse::Key(Box::new(bare)));
+        contains_all(
+            &text,
+            &[
+                "versions:\n  none\n",
+                "grants:\n  none\n",
+                "history:\n  none\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn key_list_text() {
+        let mut other = key_info();
+        other.name = "backup-wrap".into();
+        other.state = "pre-activation".into();
+        other.versions.truncate(1);
+        other.protect_until = None;
+        let text = key_response(&KeyResponse::Keys(vec![key_info(), other]));
+        assert_eq!(
+            text,
+            "NAME         TOKEN    STATE           CLASS  ALGORITHM  OWNER  VERSION  CREATED              PROTECT UNTIL\n\
+             web-tls      keyward  active          tls    ec:p256    alice  2        2026-01-31 18:00:00  2026-05-01 18:00:00\n\
+             backup-wrap  keyward  pre-activation  tls    ec:p256    alice  1        2026-01-31 18:00:00  -\n"
+        );
+        assert_eq!(key_response(&KeyResponse::Keys(vec![])), "no keys\n");
+    }
+
+    #[test]
+    fn grants_apps_shadows_text() {
+        let mut forever = grant();
+        forever.application = "ssh-agent".into();
+        forever.expires_at = None;
+        assert_eq!(
+            key_response(&KeyResponse::Grants(vec![grant(), forever])),
+            "KEY      APPLICATION  OPERATIONS   EXPIRES\n\
+             web-tls  nginx        sign,verify  2026-02-01 02:00:00\n\
+             web-tls  ssh-agent    sign,verify  -\n"
+        );
+        assert_eq!(key_response(&KeyResponse::Grants(vec![])), "no grants\n");
+
+        let apps = vec![
+            AppInfo {
+                name: "nginx".into(),
+                uid: Some(33),
+                gid: None,
+                exe: Some("/usr/sbin/nginx".into()),
+                keys: vec!["web-tls".into(), "api".into()],
+            },
+            AppInfo {
+                name: "any-root".into(),
+                uid: Some(0),
+                gid: Some(0),
+                exe: None,
+                keys: vec![],
+            },
+        ];
+        assert_eq!(
+            key_response(&KeyResponse::Apps(apps)),
+            "NAME      UID  GID  EXE              KEYS\n\
+             nginx     33   -    /usr/sbin/nginx  web-tls,api\n\
+             any-root  0    0    -                -\n"
+        );
+        assert_eq!(
+            key_response(&KeyResponse::Apps(vec![])),
+            "no applications\n"
+        );
+
+        let shadows = vec![
+            ShadowInfo {
+                token: "keyward".into(),
+                backend_id: vec![0xde, 0xad],
+                label: "old\u{7}key".into(),
+                class: "CKO_PRIVATE_KEY".into(),
+                key_type: "CKK_EC".into(),
+            },
+            ShadowInfo {
+                token: "keyward".into(),
+                backend_id: vec![],
+                label: "".into(),
+                class: "CKO_SECRET_KEY".into(),
+                key_type: "CKK_AES".into(),
+            },
+        ];
+        assert_eq!(
+            key_response(&KeyResponse::Shadows(shadows)),
+            "TOKEN    CKA_ID  LABEL        CLASS            KEY TYPE\n\
+             keyward  dead    old\\u{7}key  CKO_PRIVATE_KEY  CKK_EC\n\
+             keyward  -       -            CKO_SECRET_KEY   CKK_AES\n"
+        );
+        assert_eq!(
+            key_response(&KeyResponse::Shadows(vec![])),
+            "no shadow keys\n"
+        );
+    }
+
+    #[test]
+    fn pending_verified_done_text() {
+        assert_eq!(
+            key_response(&KeyResponse::Pending(approval())),
+            "request:    req-7f3a\n\
+             action:     destroy\n\
+             target:     keyward/web-tls\n\
+             requester:  alice\n\
+             status:     pending\n\
+             created:    2026-01-31 18:00:00\n\
+             expires:    2026-02-01 18:00:00\n"
+        );
+        assert_eq!(
+            key_response(&KeyResponse::Verified {
+                key: "web-tls".into(),
+                version: 2,
+                detail: "ECDSA signature made and verified".into()
+            }),
+            "verified: web-tls version 2: ECDSA signature made and verified\n"
+        );
+        assert_eq!(
+            key_response(&KeyResponse::Done("web-tls: active".into())),
+            "web-tls: active\n"
+        );
+    }
+
+    #[test]
+    fn json_is_the_protocol_types_with_hex_ids() {
+        let v: Value =
+            serde_json::from_str(&json(&KeyResponse::Key(Box::new(key_info())))).unwrap();
+        let k = &v["Key"];
+        assert_eq!(k["name"], "web-tls");
+        assert_eq!(k["created_at"], T0);
+        assert_eq!(k["rotated_at"], Value::Null);
+        assert_eq!(k["versions"][0]["backend_id"], "01ab");
+        assert_eq!(k["versions"][1]["backend_id"], "02cd");
+        assert_eq!(k["grants"][0]["operations"][1], "verify");
+        assert_eq!(k["history"][1]["reason"], "go live");
+
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Keys(vec![key_info()]))).unwrap();
+        assert_eq!(v["Keys"][0]["versions"][0]["backend_id"], "01ab");
+
+        let shadow = ShadowInfo {
+            token: "t".into(),
+            backend_id: vec![],
+            label: "l".into(),
+            class: "CKO_SECRET_KEY".into(),
+            key_type: "CKK_AES".into(),
+        };
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Shadows(vec![shadow]))).unwrap();
+        assert_eq!(v["Shadows"][0]["backend_id"], "");
+
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Pending(approval()))).unwrap();
+        assert_eq!(v["Pending"]["id"], "req-7f3a");
+        assert_eq!(v["Pending"]["expires_at"], T0 + 86_400);
+
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Grants(vec![grant()]))).unwrap();
+        assert_eq!(v["Grants"][0]["expires_at"], T0 + 8 * 3600);
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Apps(vec![]))).unwrap();
+        assert_eq!(v, serde_json::json!({ "Apps": [] }));
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Verified {
+            key: "k".into(),
+            version: 3,
+            detail: "d".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "Verified": { "key": "k", "version": 3, "detail": "d" } })
+        );
+        let v: Value = serde_json::from_str(&json(&KeyResponse::Done("ok".into()))).unwrap();
+        assert_eq!(v, serde_json::json!({ "Done": "ok" }));
+    }
+
+    #[test]
+    fn status_text_shows_every_field() {
+        let s = Status {
+            agent_version: "0.1.0".into(),
+            protocol_version: 1,
+            pid: 42,
+            uptime_secs: 3723,
+            socket: "/run/keyward/keyward.sock".into(),
+            tokens: vec![TokenStatus {
+                slot: 0,
+                label: "keyward".into(),
+                user_pin_initialized: true,
+                allow_init_token: false,
+                backend_library: "/usr/lib/softhsm/libsofthsm2.so".into(),
+                backend_library_description: "Implementation of PKCS11".into(),
+                backend_library_version: keyward_protocol::Version { major: 2, minor: 6 },
+                backend_present: true,
+                backend_label: "kw-backend".into(),
+                backend_manufacturer: "SoftHSM project".into(),
+                backend_model: "SoftHSM v2".into(),
+                backend_serial: "abc".into(),
+                backend_error: None,
+            }],
+        };
+        contains_all(
+            &status(&s),
+            &[
+                "0.1.0",
+                "pid:       42",
+                "1h 2m 3s",
+                "keyward.sock",
+                "slot 0: \"keyward\"",
+                "user PIN set:      yes",
+                "allow_init_token:  no",
+                "Implementation of PKCS11 2.6",
+                "\"kw-backend\" (SoftHSM project SoftHSM v2, serial abc)",
+            ],
+        );
+        let v: Value = serde_json::from_str(&json(&s)).unwrap();
+        assert_eq!(v["tokens"][0]["backend_library_version"]["minor"], 6);
+    }
+}
