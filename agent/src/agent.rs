@@ -119,6 +119,15 @@ pub struct Agent {
     socket: String,
 }
 
+/// Objects the backend just created for a client, for [`Agent::adopt`]:
+/// whether they are token objects (when the templates say), and the managed
+/// key version they are.
+struct NewObjects<'a> {
+    objects: &'a [BackendObject],
+    token: Option<bool>,
+    managed: Option<ManagedRef>,
+}
+
 /// A search result: the backend object, the client session owning it (a
 /// session object), and the managed key version it is.
 type Found = (BackendObject, Option<u64>, Option<ManagedRef>);
@@ -248,6 +257,123 @@ impl Agent {
             );
             Error::Refused(refusal.ckr())
         })
+    }
+
+    /// The policy for a key an application generates: under lab mode
+    /// without a default class, none (a plain object); in strict mode
+    /// without one, refused; otherwise the default class's generation rules
+    /// are checked and its forced attributes applied to `templates` (one
+    /// for a secret key, public then private for a pair), and the objects
+    /// get a `CKA_ID` of their own if the application gave none.
+    fn generation_policy<'p>(
+        &'p self,
+        client: &Client,
+        mechanism: u64,
+        templates: &mut [&mut Vec<Attribute>],
+    ) -> Result<Option<&'p keyward_policy::KeyClass>> {
+        let refuse = |refusal: keyward_policy::Refusal| {
+            log::warn!(
+                "{} (application {}): key generation refused: {refusal}",
+                client.peer,
+                client.application
+            );
+            Error::Refused(refusal.ckr())
+        };
+        let Some(class) = self.policy.class_for_generation().map_err(refuse)? else {
+            return Ok(None);
+        };
+        match templates {
+            [one] => {
+                let adj = crate::admin::judge(one, |t| {
+                    keyward_policy::check_generation(class, mechanism, t)
+                })
+                .map_err(refuse)?;
+                crate::admin::apply(one, &adj);
+            }
+            [public, private] => {
+                let adj = crate::admin::judge(public, |p| {
+                    crate::admin::judge(private, |q| {
+                        keyward_policy::check_key_pair_generation(class, mechanism, p, q)
+                    })
+                })
+                .map_err(refuse)?;
+                crate::admin::apply(public, &adj.public);
+                crate::admin::apply(private, &adj.private);
+            }
+            _ => return Err(Error::ArgumentsBad),
+        }
+        let given = templates
+            .iter()
+            .find_map(|t| t.iter().find(|a| a.attr_type == CKA_ID).cloned());
+        let id = match given {
+            Some(a) => a,
+            None => {
+                let mut id = vec![0u8; 16];
+                getrandom::getrandom(&mut id)
+                    .map_err(|_| Error::Backend(ck::CKR_FUNCTION_FAILED))?;
+                Attribute::bytes(CKA_ID, id)
+            }
+        };
+        for t in templates.iter_mut() {
+            t.retain(|a| a.attr_type != CKA_ID);
+            t.push(id.clone());
+        }
+        Ok(Some(class))
+    }
+
+    /// Records a key an application generated under `class` as a managed
+    /// key (token objects only: a session key ends with its session). The
+    /// application owns it; a failure to record it destroys the objects.
+    fn manage(
+        &self,
+        client: &Client,
+        s: &Session,
+        class: Option<&keyward_policy::KeyClass>,
+        template: &[Attribute],
+        objects: (BackendObject, Option<BackendObject>),
+    ) -> Result<Option<ManagedRef>> {
+        let Some(class) = class else { return Ok(None) };
+        if template_bool(template, CKA_TOKEN) != Some(true) {
+            return Ok(None);
+        }
+        let id = match template
+            .iter()
+            .find(|a| a.attr_type == CKA_ID)
+            .map(|a| &a.value)
+        {
+            Some(AttrValue::Leaf(Value::Bytes(b))) => b.clone(),
+            _ => return Ok(None),
+        };
+        let label = template
+            .iter()
+            .find(|a| a.attr_type == ck::CKA_LABEL)
+            .and_then(|a| match &a.value {
+                AttrValue::Leaf(Value::Bytes(b)) => String::from_utf8(b.clone()).ok(),
+                _ => None,
+            });
+        let token = &self.tokens[s.slot];
+        match self.manage_generated(
+            token,
+            class,
+            objects,
+            label.as_deref(),
+            &id,
+            &client.application,
+        ) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                log::error!(
+                    "{}: the key it generated could not be recorded ({}); destroying it",
+                    client.peer,
+                    e.message
+                );
+                let _ = s.backend.destroy_object(s.backend_session, objects.0);
+                if let Some(p) = objects.1 {
+                    let _ = s.backend.destroy_object(s.backend_session, p);
+                }
+                Err(Error::Backend(ck::CKR_DEVICE_ERROR))
+            }
+        }
     }
 
     /// Refuses what would take a managed key out of management: changing
@@ -506,8 +632,18 @@ impl Agent {
                 refuse_private(login, &template)?;
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(client, session, &s, login, &[h], hint)
-                    .map(|v| Response::Handle(v[0]))
+                self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[h],
+                        token: hint,
+                        managed: None,
+                    },
+                )
+                .map(|v| Response::Handle(v[0]))
             }
             Request::CopyObject {
                 session,
@@ -522,8 +658,18 @@ impl Agent {
                     .backend
                     .copy_object(s.backend_session, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN);
-                self.adopt(client, session, &s, login, &[h], hint)
-                    .map(|v| Response::Handle(v[0]))
+                self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[h],
+                        token: hint,
+                        managed: None,
+                    },
+                )
+                .map(|v| Response::Handle(v[0]))
             }
             Request::DestroyObject { session, object } => {
                 let (s, _, o) =
@@ -655,11 +801,25 @@ impl Agent {
             } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
+                let mut template = template;
+                let class =
+                    self.generation_policy(client, mechanism.mechanism, &mut [&mut template])?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let h = s.backend.generate_key(s.backend_session, &m, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(client, session, &s, login, &[h], hint)
-                    .map(|v| Response::Handle(v[0]))
+                let managed = self.manage(client, &s, class, &template, (h, None))?;
+                self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[h],
+                        token: hint,
+                        managed,
+                    },
+                )
+                .map(|v| Response::Handle(v[0]))
             }
             Request::GenerateKeyPair {
                 session,
@@ -670,6 +830,13 @@ impl Agent {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &public_template)?;
                 refuse_private(login, &private_template)?;
+                let (mut public_template, mut private_template) =
+                    (public_template, private_template);
+                let class = self.generation_policy(
+                    client,
+                    mechanism.mechanism,
+                    &mut [&mut public_template, &mut private_template],
+                )?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let (hpub, hpriv) = s.backend.generate_key_pair(
                     s.backend_session,
@@ -681,7 +848,19 @@ impl Agent {
                 let hint_priv = template_bool(&private_template, CKA_TOKEN).unwrap_or(false);
                 // One hint for both: known only when they agree.
                 let hint = (hint_pub == hint_priv).then_some(hint_pub);
-                let v = self.adopt(client, session, &s, login, &[hpub, hpriv], hint)?;
+                let managed =
+                    self.manage(client, &s, class, &private_template, (hpriv, Some(hpub)))?;
+                let v = self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[hpub, hpriv],
+                        token: hint,
+                        managed,
+                    },
+                )?;
                 Ok(Response::KeyPair {
                     public: v[0],
                     private: v[1],
@@ -734,8 +913,18 @@ impl Agent {
                     &template,
                 )?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(client, session, &s, login, &[h], hint)
-                    .map(|v| Response::Handle(v[0]))
+                self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[h],
+                        token: hint,
+                        managed: None,
+                    },
+                )
+                .map(|v| Response::Handle(v[0]))
             }
             Request::DeriveKey {
                 session,
@@ -752,8 +941,18 @@ impl Agent {
                     .backend
                     .derive_key(s.backend_session, &m, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(client, session, &s, login, &[h], hint)
-                    .map(|v| Response::Handle(v[0]))
+                self.adopt(
+                    client,
+                    session,
+                    &s,
+                    login,
+                    NewObjects {
+                        objects: &[h],
+                        token: hint,
+                        managed: None,
+                    },
+                )
+                .map(|v| Response::Handle(v[0]))
             }
             Request::SeedRandom { session, seed } => {
                 let (s, _) = self.session(client, session)?;
@@ -885,9 +1084,13 @@ impl Agent {
         session: u64,
         s: &Session,
         login: Login,
-        new: &[BackendObject],
-        token_hint: Option<bool>,
+        new: NewObjects<'_>,
     ) -> Result<Vec<u64>> {
+        let NewObjects {
+            objects: new,
+            token: token_hint,
+            managed,
+        } = new;
         let mut on_token = vec![token_hint.unwrap_or(false); new.len()];
         if login != Login::User || token_hint.is_none() {
             let mut private = false;
@@ -928,7 +1131,7 @@ impl Agent {
                     );
                 Some(session)
             };
-            handles.push(st.map_object(s.slot, h, owner, None));
+            handles.push(st.map_object(s.slot, h, owner, managed));
         }
         Ok(handles)
     }
