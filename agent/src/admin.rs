@@ -246,6 +246,17 @@ fn recipe(alg: Algorithm) -> Recipe {
     }
 }
 
+/// Bytes from hex, `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// The policy's view of a protocol template (leaf values only).
 pub(crate) fn judge<R>(template: &[Attribute], f: impl FnOnce(&Template<'_>) -> R) -> R {
     let mut bools = Vec::new();
@@ -793,16 +804,27 @@ impl Agent {
     }
 
     /// Generates a key of `class` in `token`'s HSM on a fresh session, as
-    /// token objects labelled `label` with a new random `CKA_ID`, under the
-    /// class's forced attributes. Returns the `CKA_ID` and the objects.
+    /// token objects with a pending label (see [`pending_label`]) and a new
+    /// random `CKA_ID`, under the class's forced attributes. Returns the
+    /// `CKA_ID` and the objects.
     fn generate(
         &self,
+        token: &VirtualToken,
         backend: &dyn Backend,
         class: &KeyClass,
         alg: Algorithm,
         label: &str,
     ) -> AResult<(Vec<u8>, Vec<BackendObject>)> {
         let id = random(16)?;
+        // Until the inventory records the key, its CKA_ID is noted as
+        // pending (durably, before the HSM makes anything): if the agent
+        // dies in between, `recover_pending` destroys the objects at the
+        // next start, and until then searches do not show them.
+        token.state.add_pending(&hex(&id)).map_err(|e| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("state directory: {e}"),
+        })?;
+        self.keys.set_pending(&token.config.label, &id, true);
         let common = |private: bool| {
             vec![
                 Attribute::bool(ck::CKA_TOKEN, true),
@@ -815,36 +837,46 @@ impl Agent {
             kind: AdminErrorKind::Refused,
             message: format!("class {:?}: {r}", class.name),
         };
-        let s = HsmSession::open(backend)?;
-        let objects = match recipe(alg) {
-            Recipe::Pair(mech, extra) => {
-                let mut public = common(false);
-                public.extend(extra);
-                let mut private = common(true);
-                let adj = judge(&public, |p| {
-                    judge(&private, |q| check_key_pair_generation(class, mech, p, q))
-                })
-                .map_err(refused)?;
-                apply(&mut public, &adj.public);
-                apply(&mut private, &adj.private);
-                let (hpub, hpriv) = backend
-                    .generate_key_pair(s.handle, &Mechanism::plain(mech), &public, &private)
-                    .map_err(|e| hsm_err(&format!("C_GenerateKeyPair {}", mech_name(mech)), e))?;
-                vec![hpub, hpriv]
+        let made = (|| -> AResult<Vec<BackendObject>> {
+            let s = HsmSession::open(backend)?;
+            Ok(match recipe(alg) {
+                Recipe::Pair(mech, extra) => {
+                    let mut public = common(false);
+                    public.extend(extra);
+                    let mut private = common(true);
+                    let adj = judge(&public, |p| {
+                        judge(&private, |q| check_key_pair_generation(class, mech, p, q))
+                    })
+                    .map_err(refused)?;
+                    apply(&mut public, &adj.public);
+                    apply(&mut private, &adj.private);
+                    let (hpub, hpriv) = backend
+                        .generate_key_pair(s.handle, &Mechanism::plain(mech), &public, &private)
+                        .map_err(|e| {
+                            hsm_err(&format!("C_GenerateKeyPair {}", mech_name(mech)), e)
+                        })?;
+                    vec![hpub, hpriv]
+                }
+                Recipe::Secret(mech, len) => {
+                    let mut template = common(true);
+                    template.push(Attribute::ulong(ck::CKA_VALUE_LEN, len));
+                    let adj =
+                        judge(&template, |t| check_generation(class, mech, t)).map_err(refused)?;
+                    apply(&mut template, &adj);
+                    let h = backend
+                        .generate_key(s.handle, &Mechanism::plain(mech), &template)
+                        .map_err(|e| hsm_err(&format!("C_GenerateKey {}", mech_name(mech)), e))?;
+                    vec![h]
+                }
+            })
+        })();
+        match made {
+            Ok(objects) => Ok((id, objects)),
+            Err(e) => {
+                self.end_pending(token, &id);
+                Err(e)
             }
-            Recipe::Secret(mech, len) => {
-                let mut template = common(true);
-                template.push(Attribute::ulong(ck::CKA_VALUE_LEN, len));
-                let adj =
-                    judge(&template, |t| check_generation(class, mech, t)).map_err(refused)?;
-                apply(&mut template, &adj);
-                let h = backend
-                    .generate_key(s.handle, &Mechanism::plain(mech), &template)
-                    .map_err(|e| hsm_err(&format!("C_GenerateKey {}", mech_name(mech)), e))?;
-                vec![h]
-            }
-        };
-        Ok((id, objects))
+        }
     }
 
     /// Destroys objects generated for a change that could not be recorded.
@@ -882,7 +914,7 @@ impl Agent {
                     kind: AdminErrorKind::Invalid,
                     message: m,
                 })?;
-                if !class.algorithms.contains(&alg) {
+                if !class.algorithms.iter().any(|a| a.covers(alg)) {
                     let allowed: Vec<String> =
                         class.algorithms.iter().map(|a| a.to_string()).collect();
                     return fail(
@@ -920,7 +952,7 @@ impl Agent {
             );
         }
         let backend = self.backend(t)?;
-        let (id, objects) = self.generate(backend.as_ref(), class, alg, name)?;
+        let (id, objects) = self.generate(t, backend.as_ref(), class, alg, name)?;
         let now = secs(SystemTime::now());
         let record = KeyRecord {
             id: 0,
@@ -956,10 +988,12 @@ impl Agent {
             Ok(r) => r,
             Err(e) => {
                 self.destroy_orphans(backend.as_ref(), &objects);
+                self.end_pending(t, &id);
                 return Err(inv_err(e));
             }
         };
         self.refresh(created.id)?;
+        self.end_pending(t, &id);
         log::info!(
             "key {label}/{name} created by {who}: class {class_name}, {alg}, CKA_ID {}",
             hex(&id)
@@ -1153,7 +1187,7 @@ impl Agent {
             message: format!("key {}: stored algorithm: {m}", t.label()),
         })?;
         let backend = self.backend(t.token)?;
-        let (id, objects) = self.generate(backend.as_ref(), class, alg, &r.name)?;
+        let (id, objects) = self.generate(t.token, backend.as_ref(), class, alg, &r.name)?;
         let draft = KeyVersion {
             key_id: r.id,
             version: 0,
@@ -1171,10 +1205,12 @@ impl Agent {
         {
             Ok(v) => {
                 self.refresh(r.id)?;
+                self.end_pending(t.token, &draft.backend_id);
                 Ok(v.version)
             }
             Err(e) => {
                 self.destroy_orphans(backend.as_ref(), &objects);
+                self.end_pending(t.token, &draft.backend_id);
                 self.refresh(r.id)?;
                 Err(inv_err(e))
             }
@@ -1649,6 +1685,55 @@ impl Agent {
             Ok,
         )?;
         self.info(&view)
+    }
+
+    /// Ends the pending note of a generation (recorded or undone).
+    fn end_pending(&self, token: &VirtualToken, id: &[u8]) {
+        if let Err(e) = token.state.remove_pending(&hex(id)) {
+            log::error!(
+                "token {:?}: cannot clear a pending generation note: {e}",
+                token.config.label
+            );
+        }
+        self.keys.set_pending(&token.config.label, id, false);
+    }
+
+    /// Finishes what a crash interrupted: a key generation noted as pending
+    /// whose `CKA_ID` the inventory does not know never completed, and its
+    /// objects (if the HSM made any) are destroyed; one the inventory knows
+    /// completed, and only its note is cleared. Run at start, before
+    /// serving.
+    pub fn recover_pending(&self) {
+        for token in &self.tokens {
+            for id_hex in token.state.pending() {
+                let Some(id) = unhex(&id_hex) else { continue };
+                if self.keys.lookup(&token.config.label, &id).is_none() {
+                    if let Ok(backend) = token.backend() {
+                        match HsmSession::open(backend.as_ref()).and_then(|s| {
+                            let objects = s.find(&[Attribute::bytes(ck::CKA_ID, id.clone())])?;
+                            s.destroy(&objects);
+                            Ok(objects.len())
+                        }) {
+                            Ok(n) => log::warn!(
+                                "token {:?}: a key generation was interrupted (CKA_ID {id_hex}); {n} objects destroyed",
+                                token.config.label
+                            ),
+                            Err(e) => {
+                                log::error!(
+                                    "token {:?}: cannot undo the interrupted generation of CKA_ID {id_hex}: {}",
+                                    token.config.label,
+                                    e.message
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = token.state.remove_pending(&id_hex) {
+                    log::error!("token {:?}: {e}", token.config.label);
+                }
+            }
+        }
     }
 
     /// Brings a key an application just generated (as token objects)

@@ -376,6 +376,55 @@ impl Agent {
         }
     }
 
+    /// In strict mode, refuses `what` (`CKR_ACTION_PROHIBITED`) and logs
+    /// why; in lab mode, allows it.
+    fn strict_refusal(&self, client: &Client, what: String) -> Result<()> {
+        if self.policy.mode() != keyward_policy::Mode::Strict {
+            return Ok(());
+        }
+        let refusal = keyward_policy::Refusal::GenerationNotPermitted { reason: what };
+        log::warn!(
+            "{} (application {}): refused: {refusal}",
+            client.peer,
+            client.application
+        );
+        Err(Error::Refused(refusal.ckr()))
+    }
+
+    /// In strict mode, refuses attribute values that weaken an object
+    /// (sensitive off, extractable on, usage widened, ...:
+    /// `keyward_policy::is_weakening`), with `CKR_ATTRIBUTE_READ_ONLY`.
+    fn refuse_weakening(&self, client: &Client, template: &[Attribute]) -> Result<()> {
+        if self.policy.mode() != keyward_policy::Mode::Strict {
+            return Ok(());
+        }
+        let none = keyward_policy::Template {
+            bools: &[],
+            ulongs: &[],
+            bytes: &[],
+        };
+        for a in template {
+            let value = match &a.value {
+                AttrValue::Leaf(Value::Bool(b)) => keyward_policy::AttrValue::Bool(*b),
+                AttrValue::Leaf(Value::Ulong(u)) => keyward_policy::AttrValue::Ulong(*u),
+                AttrValue::Leaf(Value::Bytes(b)) => keyward_policy::AttrValue::Bytes(b),
+                _ => continue,
+            };
+            if keyward_policy::is_weakening(None, &none, a.attr_type, value) {
+                let refusal = keyward_policy::Refusal::Weakening {
+                    reason: format!("attribute {:#x} would weaken the object", a.attr_type),
+                };
+                log::warn!(
+                    "{} (application {}): refused: {refusal}",
+                    client.peer,
+                    client.application
+                );
+                return Err(Error::Refused(refusal.ckr()));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses what would take a managed key out of management: changing
     /// its attributes, copying it, destroying it, or wrapping it out. Those
     /// are administrator actions (some need approval).
@@ -630,6 +679,21 @@ impl Agent {
             Request::CreateObject { session, template } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
+                if let Some(class @ (ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY)) = template
+                    .iter()
+                    .find(|a| a.attr_type == ck::CKA_CLASS)
+                    .and_then(Attribute::as_ulong)
+                {
+                    let kind = if class == ck::CKO_PRIVATE_KEY {
+                        "private"
+                    } else {
+                        "secret"
+                    };
+                    self.strict_refusal(
+                        client,
+                        format!("importing a {kind} key: keys are generated inside the HSM"),
+                    )?;
+                }
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt(
@@ -654,6 +718,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
                 self.refuse_managed(client, &o[0], "a copy")?;
+                self.refuse_weakening(client, &template)?;
                 let h = s
                     .backend
                     .copy_object(s.backend_session, o[0].backend, &template)?;
@@ -712,6 +777,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
                 self.refuse_managed(client, &o[0], "an attribute change")?;
+                self.refuse_weakening(client, &template)?;
                 s.backend
                     .set_attributes(s.backend_session, o[0].backend, &template)?;
                 Ok(Response::Unit)
@@ -904,6 +970,10 @@ impl Agent {
                 )?;
                 refuse_private(login, &template)?;
                 self.check_key_use(client, &o[0], Operation::Unwrap)?;
+                self.strict_refusal(
+                    client,
+                    "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
+                )?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let h = s.backend.unwrap_key(
                     s.backend_session,
@@ -1172,7 +1242,12 @@ impl Agent {
                             Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
                             _ => None,
                         });
-                    id.and_then(|id| self.keys.lookup(token, &id))
+                    match id {
+                        // Being generated for the inventory: not yet a key.
+                        Some(id) if self.keys.is_pending(token, &id) => continue,
+                        Some(id) => self.keys.lookup(token, &id),
+                        None => None,
+                    }
                 }
             };
             if let Some(m) = managed {

@@ -110,6 +110,7 @@ pub fn run(config: &Config) -> Result<(), String> {
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
             .with_policy(policy),
     );
+    agent.recover_pending();
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
     agent.spawn_scheduler(std::time::Duration::from_secs(60));
     let app = bind(&config.agent.socket, config.agent.socket_mode.0).map_err(|e| e.to_string())?;

@@ -61,6 +61,9 @@ pub struct ManagedKeys {
     /// Last use per key since the last [`ManagedKeys::flush_uses`]: uses are
     /// recorded in memory on the hot path and written in batches.
     used: Mutex<HashMap<i64, i64>>,
+    /// `(token, CKA_ID)` of keys being generated for the inventory and not
+    /// yet recorded: searches do not show them.
+    pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for ManagedKeys {
@@ -92,6 +95,7 @@ impl ManagedKeys {
             inventory,
             view: RwLock::new(View::default()),
             used: Mutex::new(HashMap::new()),
+            pending: Mutex::new(std::collections::HashSet::new()),
         };
         for record in keys.inventory.keys(&KeyFilter::default())? {
             keys.refresh(record.id)?;
@@ -131,6 +135,22 @@ impl ManagedKeys {
             view.keys.insert(key_id, Arc::new(k));
         }
         Ok(())
+    }
+
+    /// Marks (or unmarks) a `CKA_ID` as being generated for the inventory.
+    pub fn set_pending(&self, token: &str, id: &[u8], pending: bool) {
+        let mut set = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending {
+            set.insert((token.to_owned(), id.to_vec()));
+        } else {
+            set.remove(&(token.to_owned(), id.to_vec()));
+        }
+    }
+
+    /// Whether a `CKA_ID` is being generated for the inventory.
+    pub fn is_pending(&self, token: &str, id: &[u8]) -> bool {
+        let set = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.contains(&(token.to_owned(), id.to_vec()))
     }
 
     /// Notes a use of key `key_id` at `at` (unix seconds), for the next

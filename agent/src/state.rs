@@ -141,6 +141,37 @@ impl TokenState {
         }
     }
 
+    /// Notes, durably, that a key with this `CKA_ID` is being generated for
+    /// the inventory: if the agent dies before the inventory records it,
+    /// the next start destroys its objects.
+    pub fn add_pending(&self, id_hex: &str) -> io::Result<()> {
+        self.write_atomic(&format!("pending-{id_hex}"), b"")
+    }
+
+    /// The generation of `id_hex` ended (recorded, or undone).
+    pub fn remove_pending(&self, id_hex: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(&format!("pending-{id_hex}"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every `CKA_ID` (hex) noted by [`TokenState::add_pending`].
+    pub fn pending(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("pending-"))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// The label set by `C_InitToken`, if any.
     pub fn label(&self) -> io::Result<Option<String>> {
         read_optional(&self.path("label"))

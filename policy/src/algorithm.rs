@@ -180,11 +180,23 @@ impl Algorithm {
         Ok(alg)
     }
 
-    /// Whether keys of this algorithm can serve `purpose`.
-    ///
-    /// signing: RSA, EC, Ed25519, Ed448; encryption: RSA, AES; wrapping:
-    /// AES, RSA (RSA-OAEP wrapping, e.g. to a custodian's key); derivation:
-    /// EC, X25519, X448; MAC: generic, HMAC, AES (CMAC).
+    /// Whether a class entry `self` allows a key of `wanted`: the same kind
+    /// (and curve), at least the entry's size (`rsa:3072` allows rsa:4096).
+    pub fn covers(self, wanted: Algorithm) -> bool {
+        use Algorithm::*;
+        match (self, wanted) {
+            (Rsa { min_bits: m }, Rsa { min_bits: w })
+            | (Aes { min_bits: m }, Aes { min_bits: w })
+            | (Generic { min_bits: m }, Generic { min_bits: w })
+            | (Hmac { min_bits: m }, Hmac { min_bits: w }) => w >= m,
+            (a, b) => a == b,
+        }
+    }
+
+    /// Whether the algorithm can serve `purpose`. Signing: RSA, EC,
+    /// Ed25519, Ed448; encryption: RSA, AES; wrapping: AES, RSA (RSA-OAEP
+    /// wrapping, e.g. to a custodian's key); derivation: EC, X25519, X448;
+    /// MAC: generic, HMAC, AES (CMAC).
     pub fn fits(self, purpose: Purpose) -> bool {
         use Algorithm::*;
         match purpose {
@@ -219,6 +231,17 @@ impl fmt::Display for Algorithm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_minimums() {
+        let p = |t: &str| Algorithm::parse(t).unwrap();
+        assert!(p("rsa:3072").covers(p("rsa:4096")));
+        assert!(!p("rsa:3072").covers(p("rsa:2048")));
+        assert!(p("aes:128").covers(p("aes:256")));
+        assert!(!p("ec:p256").covers(p("ec:p384")));
+        assert!(p("ec:p256").covers(p("ec:p256")));
+        assert!(!p("aes:128").covers(p("hmac:256")));
+    }
 
     #[test]
     fn parse_and_display_round_trip() {

@@ -13,6 +13,9 @@
 //!   the suite's `unsafe` code is there.
 //! - [`tools`]: running real clients (pkcs11-tool, openssl) and failing
 //!   loudly when they are missing.
+//! - [`admin`]: a policy file for the testbed's agent, the `keyward` CLI
+//!   against its admin socket, managed keys found by label.
+//! - [`json`]: a small reader for `keyward --json` documents.
 //!
 //! Run: build the binaries the testbed uses, then the suite:
 //!
@@ -26,7 +29,9 @@
 //! keyward with the HSM it fronts. Tests that need an agent (restart, policy)
 //! fail in that mode, by design.
 
+pub mod admin;
 pub mod harness;
+pub mod json;
 pub mod p11;
 pub mod raw;
 pub mod tools;

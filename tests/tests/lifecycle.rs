@@ -2,98 +2,14 @@
 //! PIN lockout, driven through the `keyward` CLI and checked through the
 //! module, as an administrator and an unmodified application would.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_tests::harness::Env;
+use keyward_tests::admin::{find, id_of, keyward_ok, strict_policy};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
-
-/// Replaces the testbed's policy with a strict one for this process's user
-/// and restarts the agent on it.
-fn strict_policy(tb: &Env) {
-    let uid = nix::unistd::getuid().as_raw();
-    let policy = format!(
-        r#"
-[settings]
-mode = "strict"
-pin_max_attempts = 3
-
-[[application]]
-name = "tester"
-uid = {uid}
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-rotation_interval = "7d"
-grants = [ {{ application = "tester", operations = ["sign", "verify"] }} ]
-
-[[class]]
-name = "hidden"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-"#
-    );
-    std::fs::write(tb.path("policy.toml"), policy).expect("write the policy");
-    tb.stop_agent();
-    tb.start_agent();
-}
-
-/// Runs the `keyward` CLI next to the module against this testbed's agent.
-fn keyward(tb: &Env, args: &[&str]) -> Output {
-    let bin = Path::new(&tb.module).with_file_name("keyward");
-    Command::new(&bin)
-        .arg("--admin-socket")
-        .arg(&tb.admin_socket)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
-}
-
-/// Runs the CLI and requires exit code `code`.
-fn keyward_ok(tb: &Env, args: &[&str], code: i32) -> String {
-    let out = keyward(tb, args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "keyward {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The objects of class `class` labelled `label`, in the order the token
-/// lists them.
-fn find(s: &Session, label: &str, class: ObjectClass) -> Vec<ObjectHandle> {
-    s.find_objects(&[
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Class(class),
-    ])
-    .expect("C_FindObjects")
-}
-
-fn id_of(s: &Session, h: ObjectHandle) -> Vec<u8> {
-    match s
-        .get_attributes(h, &[AttributeType::Id])
-        .expect("CKA_ID")
-        .pop()
-    {
-        Some(Attribute::Id(id)) => id,
-        other => panic!("no CKA_ID: {other:?}"),
-    }
-}
 
 const DIGEST: [u8; 32] = [0x5a; 32];
 

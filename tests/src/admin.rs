@@ -1,0 +1,152 @@
+//! Administering the testbed's agent as an administrator would: installing a
+//! policy file (and restarting the agent on it), running the `keyward` CLI
+//! against the testbed's admin socket, reading its `--json` documents, and
+//! finding managed keys by label as an application would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use crate::harness::Env;
+use crate::json::Json;
+
+/// The application name the policies below give this process's user.
+pub const APPLICATION: &str = "tester";
+
+/// This process's uid (the application the policies name).
+pub fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// Replaces the testbed's policy with `policy` and restarts the agent on
+/// it. The file is checked with `keyward policy check` first, so a mistake
+/// in a test's policy is reported with its line and column.
+pub fn install_policy(tb: &Env, policy: &str) {
+    tb.require_agent("a policy file");
+    let path = tb.path("policy.toml");
+    std::fs::write(&path, policy).expect("write the policy");
+    let out = Command::new(keyward_bin(tb))
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .expect("run keyward policy check");
+    assert!(
+        out.status.success(),
+        "the test's policy is not valid:\n{}{}\n{policy}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tb.stop_agent();
+    tb.start_agent();
+}
+
+/// Replaces the testbed's policy with a strict one for this process's user
+/// (application [`APPLICATION`]) and restarts the agent on it: class
+/// `signing` (EC P-256, granted sign and verify, rotating) and class
+/// `hidden` (no grants), three wrong PINs lock.
+pub fn strict_policy(tb: &Env) {
+    let uid = uid();
+    install_policy(
+        tb,
+        &format!(
+            r#"
+[settings]
+mode = "strict"
+pin_max_attempts = 3
+
+[[application]]
+name = "{APPLICATION}"
+uid = {uid}
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "30d"
+process_period = "60d"
+rotation_interval = "7d"
+grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
+
+[[class]]
+name = "hidden"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "30d"
+process_period = "60d"
+"#
+        ),
+    );
+}
+
+/// The `keyward` CLI next to the module.
+pub fn keyward_bin(tb: &Env) -> std::path::PathBuf {
+    Path::new(&tb.module).with_file_name("keyward")
+}
+
+/// Runs the `keyward` CLI against this testbed's agent.
+pub fn keyward(tb: &Env, args: &[&str]) -> Output {
+    let bin = keyward_bin(tb);
+    Command::new(&bin)
+        .arg("--admin-socket")
+        .arg(&tb.admin_socket)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+/// Runs the CLI and requires exit code `code`; returns standard output.
+#[track_caller]
+pub fn keyward_ok(tb: &Env, args: &[&str], code: i32) -> String {
+    let out = keyward(tb, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "keyward {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `keyward --json ARGS`, requires exit code `code`, and parses the
+/// document it prints.
+#[track_caller]
+pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let text = keyward_ok(tb, &all, code);
+    Json::parse(&text).unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
+}
+
+/// `keyward --json key show NAME` (exit 0): the `Key` object.
+#[track_caller]
+pub fn key_show(tb: &Env, name: &str) -> Json {
+    keyward_json(tb, &["key", "show", name], 0)
+        .at("Key")
+        .clone()
+}
+
+/// The objects of class `class` labelled `label`, in the order the token
+/// lists them.
+pub fn find(s: &Session, label: &str, class: ObjectClass) -> Vec<ObjectHandle> {
+    s.find_objects(&[
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Class(class),
+    ])
+    .expect("C_FindObjects")
+}
+
+/// The object's `CKA_ID`.
+pub fn id_of(s: &Session, h: ObjectHandle) -> Vec<u8> {
+    match s
+        .get_attributes(h, &[AttributeType::Id])
+        .expect("CKA_ID")
+        .pop()
+    {
+        Some(Attribute::Id(id)) => id,
+        other => panic!("no CKA_ID: {other:?}"),
+    }
+}
