@@ -246,6 +246,60 @@ fn recipe(alg: Algorithm) -> Recipe {
     }
 }
 
+/// What [`first_version`] records.
+struct NewKey<'a> {
+    token: &'a str,
+    name: &'a str,
+    owner: &'a str,
+    class: &'a KeyClass,
+    algorithm: Algorithm,
+    backend_id: &'a [u8],
+    /// `None`: pre-activation (an administrator activates it); `Some`:
+    /// active from then, with the class's cryptoperiod.
+    active_since: Option<SystemTime>,
+}
+
+/// The inventory record of a new key of `k.class` and its version 1.
+fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
+    let now = k.active_since.unwrap_or_else(SystemTime::now);
+    let at = secs(now);
+    let (state, dates) = match k.active_since {
+        Some(since) => (InvState::Active, period_dates(Some(k.class), since)),
+        None => (InvState::PreActivation, DateUpdates::default()),
+    };
+    let record = KeyRecord {
+        id: 0,
+        name: k.name.to_owned(),
+        token: k.token.to_owned(),
+        owner: k.owner.to_owned(),
+        purpose: k.class.purpose.name().to_owned(),
+        class: k.class.name.clone(),
+        algorithm: k.algorithm.to_string(),
+        state,
+        created_at: at,
+        activated_at: k.active_since.map(secs),
+        rotated_at: None,
+        deactivated_at: None,
+        protect_until: dates.protect_until,
+        process_until: dates.process_until,
+        next_rotation: dates.next_rotation,
+        scope: k.class.scope.clone(),
+        last_used_at: None,
+        backup_allowed: k.class.backup,
+    };
+    let version = KeyVersion {
+        key_id: 0,
+        version: 1,
+        backend_id: k.backend_id.to_vec(),
+        backend_label: k.name.to_owned(),
+        state,
+        created_at: at,
+        deactivated_at: None,
+        destroyed_at: None,
+    };
+    (record, version)
+}
+
 /// Bytes from hex, `None` for anything else.
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
@@ -953,37 +1007,15 @@ impl Agent {
         }
         let backend = self.backend(t)?;
         let (id, objects) = self.generate(t, backend.as_ref(), class, alg, name)?;
-        let now = secs(SystemTime::now());
-        let record = KeyRecord {
-            id: 0,
-            name: name.to_owned(),
-            token: label.clone(),
-            owner: owner.to_owned(),
-            purpose: class.purpose.name().to_owned(),
-            class: class.name.clone(),
-            algorithm: alg.to_string(),
-            state: InvState::PreActivation,
-            created_at: now,
-            activated_at: None,
-            rotated_at: None,
-            deactivated_at: None,
-            protect_until: None,
-            process_until: None,
-            next_rotation: None,
-            scope: class.scope.clone(),
-            last_used_at: None,
-            backup_allowed: class.backup,
-        };
-        let version = KeyVersion {
-            key_id: 0,
-            version: 1,
-            backend_id: id.clone(),
-            backend_label: name.to_owned(),
-            state: InvState::PreActivation,
-            created_at: now,
-            deactivated_at: None,
-            destroyed_at: None,
-        };
+        let (record, version) = first_version(NewKey {
+            token: &label,
+            name,
+            owner,
+            class,
+            algorithm: alg,
+            backend_id: &id,
+            active_since: None,
+        });
         let created = match self.keys.inventory().create_key(&record, &version, who) {
             Ok(r) => r,
             Err(e) => {
@@ -1763,39 +1795,15 @@ impl Agent {
         {
             name = format!("{base}-{}", hex(backend_id));
         }
-        let now = SystemTime::now();
-        let at = secs(now);
-        let dates = period_dates(Some(class), now);
-        let record = KeyRecord {
-            id: 0,
-            name: name.clone(),
-            token: token.config.label.clone(),
-            owner: owner.to_owned(),
-            purpose: class.purpose.name().to_owned(),
-            class: class.name.clone(),
-            algorithm: alg.to_string(),
-            state: InvState::Active,
-            created_at: at,
-            activated_at: Some(at),
-            rotated_at: None,
-            deactivated_at: None,
-            protect_until: dates.protect_until,
-            process_until: dates.process_until,
-            next_rotation: dates.next_rotation,
-            scope: class.scope.clone(),
-            last_used_at: None,
-            backup_allowed: class.backup,
-        };
-        let version = KeyVersion {
-            key_id: 0,
-            version: 1,
-            backend_id: backend_id.to_vec(),
-            backend_label: label.unwrap_or_default().to_owned(),
-            state: InvState::Active,
-            created_at: at,
-            deactivated_at: None,
-            destroyed_at: None,
-        };
+        let (record, version) = first_version(NewKey {
+            token: &token.config.label,
+            name: &name,
+            owner,
+            class,
+            algorithm: alg,
+            backend_id,
+            active_since: Some(SystemTime::now()),
+        });
         let who = format!("application {owner}");
         let created = inventory
             .create_key(&record, &version, &who)
