@@ -12,8 +12,12 @@
 //!   `synchronous=FULL`, mode 0600), and [`SqliteInventory::check`].
 //! - `schema`: the schema as ordered migration steps under
 //!   `PRAGMA user_version`: step 1 keys, versions, history, grants; step 2
-//!   approval requests ([`ApprovalRecord`]); later tables (the audit trail)
-//!   are new steps.
+//!   approval requests ([`ApprovalRecord`]); step 3 the audit trail and its
+//!   checkpoints; later tables are new steps.
+//! - [`audit`]: the tamper-evident audit trail — [`AuditEvent`], the
+//!   canonical encoding and hash chain, signed [`Checkpoint`]s, and the
+//!   [`AuditLog`] trait (implemented by [`SqliteInventory`] in the same
+//!   file), with [`AuditLog::verify`].
 //! - [`error`]: the one error enum; no variant names SQLite's types.
 //!
 //! Conventions:
@@ -29,6 +33,7 @@
 //!   something absent return [`Error::NotFound`].
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 mod schema;
 pub mod sqlite;
@@ -37,6 +42,10 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+pub use audit::{
+    canonical, checkpoint_message, record_hash, Actor, AuditEvent, AuditFilter, AuditKind,
+    AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter, VerifyReport,
+};
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use types::{

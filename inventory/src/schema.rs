@@ -4,8 +4,8 @@
 //! applies the missing steps in order, each in its own `BEGIN IMMEDIATE`
 //! transaction that also bumps `user_version`, so a crash leaves the file
 //! at a whole step, never between two. A file whose `user_version` is past
-//! the last step is refused (never downgraded). To add tables (dual-control
-//! requests, the audit trail), append a step; never edit a released one.
+//! the last step is refused (never downgraded). To add tables, append a
+//! step; never edit a released one.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -34,6 +34,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         description: "approval requests (dual control)",
         sql: V2,
+    },
+    Migration {
+        description: "audit trail (hash-chained) and its signed checkpoints",
+        sql: V3,
     },
 ];
 
@@ -151,6 +155,78 @@ CREATE TABLE requests (
 ) STRICT, WITHOUT ROWID;
 
 CREATE INDEX requests_status ON requests (status, created_at);
+";
+
+/// The audit trail (see `audit.rs` for the chain and the encoding).
+///
+/// `audit_meta` holds the trail's genesis value (32 random bytes made here,
+/// once): the first record's `prev_hash`. SQLite's `randomblob` is seeded
+/// from the operating system; the value is not a secret, only unique.
+/// Every table is append-only: the database refuses updates and deletes
+/// (an attacker with root can drop the triggers; the chain and the signed
+/// checkpoints are what detect that).
+///
+/// `audit` columns: the event flattened, NULL where the event has no value;
+/// `mechanism` and `result` are the `u64` values' bits as `i64`.
+const V3: &str = "
+CREATE TABLE audit_meta (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    genesis BLOB    NOT NULL CHECK (length(genesis) = 32)
+) STRICT;
+
+INSERT INTO audit_meta (id, genesis) VALUES (1, randomblob(32));
+
+CREATE TABLE audit (
+    seq         INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    micros      INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    actor       TEXT    NOT NULL,
+    actor_name  TEXT,
+    uid         INTEGER,
+    gid         INTEGER,
+    pid         INTEGER,
+    exe         TEXT,
+    token       TEXT,
+    key_name    TEXT,
+    key_version INTEGER,
+    operation   TEXT    NOT NULL,
+    mechanism   INTEGER,
+    result      INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    prev_hash   BLOB    NOT NULL,
+    hash        BLOB    NOT NULL
+) STRICT;
+
+CREATE INDEX audit_at ON audit (at);
+CREATE INDEX audit_key ON audit (key_name, at);
+CREATE INDEX audit_app ON audit (actor_name, at);
+
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+
+-- seq: the last record covered (0: the empty trail, head = genesis).
+CREATE TABLE audit_checkpoints (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER NOT NULL CHECK (seq >= 0),
+    head       BLOB    NOT NULL CHECK (length(head) = 32),
+    created_at INTEGER NOT NULL,
+    signature  BLOB    NOT NULL,
+    signer     TEXT    NOT NULL
+) STRICT;
+
+CREATE INDEX audit_checkpoints_seq ON audit_checkpoints (seq);
+
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_meta_no_update BEFORE UPDATE ON audit_meta
+BEGIN SELECT RAISE(ABORT, 'the audit genesis is fixed'); END;
+CREATE TRIGGER audit_meta_no_delete BEFORE DELETE ON audit_meta
+BEGIN SELECT RAISE(ABORT, 'the audit genesis is fixed'); END;
 ";
 
 /// Reads `PRAGMA user_version`.

@@ -6,10 +6,13 @@
 //! with `synchronous=NORMAL`: it cannot break consistency, and the next
 //! lifecycle commit makes it durable too.
 //!
-//! Connections: one `Mutex<Connection>`. SQLite serialises writers anyway;
-//! the hot-path read ([`version_by_backend_id`](Inventory::version_by_backend_id))
-//! is one cached prepared statement on a unique index, so a lock held for
-//! microseconds costs less than a pool's bookkeeping. A panic while the lock
+//! Connections: one `Mutex<Connection>` for everything the agent does.
+//! SQLite serialises writers anyway; the hot-path read
+//! ([`version_by_backend_id`](Inventory::version_by_backend_id)) is one
+//! cached prepared statement on a unique index, so a lock held for
+//! microseconds costs less than a pool's bookkeeping. A second, `query_only`
+//! connection serves the audit trail's long reads (verify, query, tail),
+//! which under WAL read a snapshot without taking the first lock. A panic while the lock
 //! is held rolls its transaction back (the guard's drop), so a poisoned lock
 //! is taken over rather than propagated.
 
@@ -62,6 +65,11 @@ macro_rules! version_cols {
 #[derive(Debug)]
 pub struct SqliteInventory {
     conn: Mutex<Connection>,
+    /// A second, read-only connection for long reads (audit verify, query,
+    /// tail): under WAL it reads a snapshot without holding `conn`, so
+    /// walking a large trail never stalls the agent's writes or its
+    /// hot-path lookups.
+    reader: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -90,8 +98,10 @@ impl SqliteInventory {
             },
             other => other,
         })?;
+        let reader = open_reader(path).map_err(|e| open_error(path, e))?;
         Ok(SqliteInventory {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path: path.to_owned(),
         })
     }
@@ -199,6 +209,10 @@ impl SqliteInventory {
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    pub(crate) fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Creates the file with mode 0600 (SQLite gives its `-wal` and `-shm`
@@ -251,6 +265,19 @@ fn setup(conn: &mut Connection, path: &Path, steps: &[Migration]) -> Result<()> 
     schema::migrate(conn, steps, path)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
+}
+
+/// The read connection: same file (already set up and migrated), and
+/// `query_only`, so that no code path can write through it.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
@@ -375,7 +402,7 @@ fn nonempty(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -146,15 +146,15 @@ fn a_later_migration_step_applies_on_reopen_and_then_old_code_refuses_the_file()
     let key = new_key(&SqliteInventory::open(&path).unwrap(), "k", b"1");
     let mut steps = MIGRATIONS.to_vec();
     steps.push(Migration {
-        description: "audit trail",
-        sql: "CREATE TABLE audit (id INTEGER PRIMARY KEY, action TEXT NOT NULL) STRICT;",
+        description: "a future table",
+        sql: "CREATE TABLE future (id INTEGER PRIMARY KEY, action TEXT NOT NULL) STRICT;",
     });
     let newer = SqliteInventory::open_with(&path, &steps).unwrap();
     assert_eq!(newer.schema_version().unwrap(), SCHEMA_VERSION + 1);
     assert_eq!(newer.key_by_id(key.id).unwrap(), Some(key));
     newer
         .conn()
-        .execute("INSERT INTO audit (action) VALUES ('destroy')", [])
+        .execute("INSERT INTO future (action) VALUES ('destroy')", [])
         .unwrap();
     drop(newer);
     match SqliteInventory::open(&path) {

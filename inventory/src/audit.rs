@@ -1,0 +1,1172 @@
+//! The audit trail: append-only, hash-chained with SHA-256, sealed by
+//! checkpoints that the agent signs with an audit key held in the HSM.
+//!
+//! # What callers put in an event
+//!
+//! An [`AuditEvent`] is kept forever and shown to anyone who may read the
+//! trail. **Callers must never put a PIN, a key's value, or any other secret
+//! in any field** (not in `reason` either: describe a wrong PIN as "PIN
+//! incorrect", never quote it). The store cannot tell a secret from text.
+//!
+//! # The chain
+//!
+//! Records are numbered from 1 (`seq`, no gaps). Each stores
+//! `hash = SHA-256(prev_hash || seq as u64 BE || canonical(event))`, where
+//! `prev_hash` is the previous record's `hash` and, for record 1, the
+//! trail's *genesis*: 32 random bytes made once when the tables are created
+//! (`audit_meta`). [`canonical`] is the byte encoding below. The head at seq
+//! 0 (the empty trail) is the genesis.
+//!
+//! Why a random genesis rather than 32 zero bytes: every head hash then
+//! commits to *this* trail. Two stores whose first events happen to be equal
+//! (two hosts starting the same way, a store re-created after a reinstall)
+//! never share a head, so a checkpoint signed for one can never seal the
+//! other, even when both use the same HSM audit key. The genesis is not a
+//! secret (root can read it); it is an identity that the agent can later
+//! pin outside the host.
+//!
+//! # The canonical encoding (format 1)
+//!
+//! Fixed field order; `str` is a `u32` BE byte length then UTF-8 bytes;
+//! integers are big-endian; `opt<T>` is `0x00` (absent) or `0x01` then `T`.
+//!
+//! ```text
+//! u8 format (= 1)
+//! i64 at, u32 micros
+//! str kind                       (AuditKind::as_str)
+//! str actor                      (application | administrator | agent | scheduler)
+//!   application:   str name, u32 uid, u32 gid, u32 pid, str exe
+//!   administrator: u32 uid, u32 pid, str exe
+//!   agent, scheduler: nothing
+//! opt<str> token, opt<str> key, opt<u32> key_version
+//! str operation
+//! opt<u64> mechanism
+//! u64 result
+//! str reason
+//! ```
+//!
+//! # Checkpoints
+//!
+//! A checkpoint seals the trail up to `seq`: the agent signs
+//! [`checkpoint_message`]`(seq, head, created_at)` with the HSM audit key and
+//! stores it with [`AuditLog::checkpoint`]. Because every head commits to
+//! every earlier record (and to the genesis), someone with root but without
+//! the HSM key can neither re-chain the records under a checkpoint nor
+//! forge a new checkpoint. What no store can detect alone: the whole file
+//! rolled back to an older genuine copy, or the records after the last
+//! checkpoint (the unsealed tail, [`VerifyReport::unsealed`]) cut off. Both
+//! need an anchor outside the host (checkpoints shipped off the host, or a
+//! counter in the HSM).
+//!
+//! # Time
+//!
+//! `at` is unix seconds (UTC, as everywhere in the inventory) and `micros`
+//! the microseconds within that second (0..1 000 000): enough to order and
+//! correlate events across logs, without claiming the clock's nanoseconds.
+//! The order of the trail is `seq`, never time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::sqlite::{hex, SqliteInventory};
+
+/// A SHA-256 value: a record's hash, a chain head, the genesis.
+pub type Hash = [u8; 32];
+
+/// The first byte of [`canonical`]; a later format gets a new number.
+pub const EVENT_FORMAT: u8 = 1;
+
+/// Domain tag that opens every [`checkpoint_message`], so that a signature
+/// made by the audit key for a checkpoint means nothing anywhere else.
+const CHECKPOINT_DOMAIN: &[u8] = b"keyward-audit-checkpoint\0";
+/// The version byte after [`CHECKPOINT_DOMAIN`].
+const CHECKPOINT_FORMAT: u8 = 1;
+
+/// The longest string field accepted (bytes): an executable path is at most
+/// `PATH_MAX` (4096); reasons should be a sentence, not a dump.
+pub const MAX_FIELD_LEN: usize = 8192;
+
+/// How far [`AuditLog::verify`] looks for the seq a moved record was
+/// written under (to tell an insertion or deletion from an edit).
+const MOVE_SEARCH: u64 = 64;
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditKind {
+    /// A cryptographic use of a key, successful or not.
+    Use,
+    /// A request refused by policy, with its reason.
+    Refusal,
+    /// A key or version changed lifecycle state.
+    Lifecycle,
+    /// A grant added, changed or removed.
+    Grant,
+    /// The policy loaded or changed.
+    Policy,
+    /// A login, successful or failed.
+    Login,
+    /// A token's user PIN locked (or unlocked).
+    PinLockout,
+    /// A discovery finding (an unmanaged key, a device).
+    Discovery,
+    /// An administrator's command.
+    Admin,
+    /// The agent started, stopped or reloaded its configuration.
+    Agent,
+}
+
+impl AuditKind {
+    /// Every kind.
+    pub const ALL: [AuditKind; 10] = [
+        AuditKind::Use,
+        AuditKind::Refusal,
+        AuditKind::Lifecycle,
+        AuditKind::Grant,
+        AuditKind::Policy,
+        AuditKind::Login,
+        AuditKind::PinLockout,
+        AuditKind::Discovery,
+        AuditKind::Admin,
+        AuditKind::Agent,
+    ];
+
+    /// The stored, hashed and displayed name: `use`, `pin-lockout`, ...
+    /// Part of the canonical encoding: never rename one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Use => "use",
+            AuditKind::Refusal => "refusal",
+            AuditKind::Lifecycle => "lifecycle",
+            AuditKind::Grant => "grant",
+            AuditKind::Policy => "policy",
+            AuditKind::Login => "login",
+            AuditKind::PinLockout => "pin-lockout",
+            AuditKind::Discovery => "discovery",
+            AuditKind::Admin => "admin",
+            AuditKind::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuditKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<AuditKind> {
+        AuditKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::Data(format!("unknown audit event kind {s:?}")))
+    }
+}
+
+/// Who caused the event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Actor {
+    /// A client process. `name` is the policy's application it matched
+    /// (empty when it matched none); the rest is from its peer credentials.
+    Application {
+        name: String,
+        uid: u32,
+        gid: u32,
+        pid: u32,
+        exe: String,
+    },
+    /// A person on the admin socket (the `keyward` CLI).
+    Administrator { uid: u32, pid: u32, exe: String },
+    /// The agent itself (start, stop, reload, checkpoints).
+    Agent,
+    /// The agent's scheduler (rotations, expiries).
+    Scheduler,
+}
+
+impl Actor {
+    /// The stored and hashed name of the variant.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Actor::Application { .. } => "application",
+            Actor::Administrator { .. } => "administrator",
+            Actor::Agent => "agent",
+            Actor::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// One audit event. Plain data; see the module docs for the rule that no
+/// field ever holds a PIN or key material.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unix seconds (UTC).
+    pub at: i64,
+    /// Microseconds within `at`'s second, below 1 000 000.
+    pub micros: u32,
+    pub kind: AuditKind,
+    pub actor: Actor,
+    /// The virtual token, when the event concerns one.
+    pub token: Option<String>,
+    /// The key's name, when the event concerns a key.
+    pub key: Option<String>,
+    /// The key version, when known.
+    pub key_version: Option<u32>,
+    /// What was done: `C_Sign`, `rotate`, `login`, `start`, ... Not empty.
+    pub operation: String,
+    /// The `CKM_*` mechanism, for cryptographic operations.
+    pub mechanism: Option<u64>,
+    /// The `CK_RV` answered (0 = `CKR_OK`).
+    pub result: u64,
+    /// Why (a refusal's reason, an admin's stated reason); may be empty.
+    pub reason: String,
+}
+
+/// A stored event with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    #[serde(with = "hex_hash")]
+    pub prev_hash: Hash,
+    #[serde(with = "hex_hash")]
+    pub hash: Hash,
+}
+
+/// A signed seal over the trail up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last record covered (0: the empty trail).
+    pub seq: u64,
+    /// The chain head at `seq` (record `seq`'s hash; the genesis at 0).
+    #[serde(with = "hex_hash")]
+    pub head: Hash,
+    /// Unix seconds; part of the signed message.
+    pub created_at: i64,
+    /// The audit key's signature over [`checkpoint_message`].
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+    /// Which key signed (its label or id), so a verifier can pick it.
+    pub signer: String,
+}
+
+/// Which results [`AuditFilter`] keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResultFilter {
+    #[default]
+    Any,
+    /// `result == CKR_OK`.
+    Ok,
+    /// Any other result: refusals and failures.
+    Denied,
+}
+
+/// What [`AuditLog::query`] selects. Every condition given must hold;
+/// `None` (an empty `kinds`) does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// The key's name.
+    pub key: Option<String>,
+    pub token: Option<String>,
+    /// The application's name (administrator and agent events never match).
+    pub application: Option<String>,
+    /// Events at or after this unix second.
+    pub since: Option<i64>,
+    /// Events before this unix second.
+    pub until: Option<i64>,
+    pub result: ResultFilter,
+    pub kinds: Vec<AuditKind>,
+    /// Only records with a greater `seq` (what `tail --follow` has not seen).
+    pub after_seq: Option<u64>,
+    /// At most this many records (the first ones, by `seq`).
+    pub limit: Option<u64>,
+}
+
+/// What [`AuditLog::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records read (the walk stops at the first bad one).
+    pub records: u64,
+    /// The highest seq stored (0: none), whether or not the walk reached it.
+    pub head_seq: u64,
+    /// Checkpoints that verified.
+    pub checkpoints_ok: u64,
+    /// The seq the last good checkpoint covers (0: none).
+    pub sealed_through: u64,
+    /// Records after `sealed_through`: correct as a chain, but a tail cut
+    /// there would go unnoticed until the next checkpoint.
+    pub unsealed: u64,
+    /// The first record that is not what was written, and why.
+    pub first_bad: Option<BadRecord>,
+}
+
+impl VerifyReport {
+    /// No bad record.
+    pub fn is_ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// The first bad record: its seq and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    pub seq: u64,
+    pub problem: Problem,
+}
+
+impl fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}: {}", self.seq, self.problem)
+    }
+}
+
+/// What is wrong at [`BadRecord::seq`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The record's content does not hash to its stored hash.
+    Edited,
+    /// Records `seq..=through` are missing.
+    Deleted { through: u64 },
+    /// The record at `next` was written under seq `seq`: records
+    /// `seq..next` were inserted (and well chained) before it, and the rest
+    /// renumbered.
+    Inserted { next: u64 },
+    /// The record holds one written under seq `written_as` (later):
+    /// reordered, or records deleted before it and the rest renumbered.
+    Moved { written_as: u64 },
+    /// Record `seq + 1` is intact but was chained to another record than
+    /// this one: this one was replaced, or edited and re-hashed.
+    Replaced,
+    /// Record 1 is not chained to the trail's genesis (genesis changed, or
+    /// the first record replaced), or the genesis is missing.
+    Genesis,
+    /// A stored value does not decode (a column edited to nonsense).
+    Undecodable(String),
+    /// A genuine checkpoint covers seq `checkpoint` but the trail ends
+    /// before: the tail was cut.
+    Truncated { checkpoint: u64 },
+    /// The chain recomputed at seq `checkpoint` is not the head the
+    /// checkpoint signed: records up to it were rewritten and re-chained.
+    Rewritten { checkpoint: u64 },
+    /// The checkpoint at seq `checkpoint` does not verify with the audit
+    /// key: forged (typically to seal a re-chained trail).
+    BadSignature { checkpoint: u64 },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Edited => f.write_str("content does not match its hash: edited"),
+            Problem::Deleted { through } => write!(f, "missing through {through}: deleted"),
+            Problem::Inserted { next } => write!(
+                f,
+                "inserted: the record now at {next} was written with this seq, \
+                 so the records from here up to it were inserted"
+            ),
+            Problem::Moved { written_as } => write!(
+                f,
+                "holds the record written as {written_as}: reordered, or records \
+                 before it deleted and the rest renumbered"
+            ),
+            Problem::Replaced => f.write_str(
+                "the next record was chained to a different record here: \
+                 replaced, or edited and re-hashed",
+            ),
+            Problem::Genesis => f.write_str("not chained to the trail's genesis"),
+            Problem::Undecodable(what) => write!(f, "stored values do not decode ({what}): edited"),
+            Problem::Truncated { checkpoint } => write!(
+                f,
+                "missing, though the checkpoint at {checkpoint} covers it: tail truncated"
+            ),
+            Problem::Rewritten { checkpoint } => write!(
+                f,
+                "the chain at {checkpoint} differs from the head its checkpoint signed: \
+                 a record from here through {checkpoint} was rewritten and the chain recomputed"
+            ),
+            Problem::BadSignature { checkpoint } => write!(
+                f,
+                "the checkpoint at {checkpoint} is not signed by the audit key: forged; \
+                 records from here through {checkpoint} are unproven"
+            ),
+        }
+    }
+}
+
+/// The audit trail's store. Implemented by [`SqliteInventory`] in the same
+/// file as the inventory, so the agent holds one store.
+pub trait AuditLog: Send + Sync {
+    /// Appends `events` in order, chained, in one transaction; returns the
+    /// last seq (the head's seq when `events` is empty). `durable`: on disk
+    /// before the call returns (lifecycle and admin events); otherwise
+    /// committed without a sync (batches of use events), made durable by
+    /// the next durable write or SQLite's own WAL checkpoint, and never
+    /// torn: a crash loses whole batches from the end, not part of one.
+    ///
+    /// [`Error::Invalid`] for an event with an empty operation, `micros`
+    /// out of range or a field over [`MAX_FIELD_LEN`]; nothing is written.
+    fn append(&self, events: &[AuditEvent], durable: bool) -> Result<u64>;
+
+    /// The last record's seq and hash; `(0, genesis)` for an empty trail.
+    /// What a checkpoint signs.
+    fn head(&self) -> Result<(u64, Hash)>;
+
+    /// Stores a signed checkpoint (durably). [`Error::Conflict`] when
+    /// `head` is not the stored hash at `seq` or an earlier seq than the
+    /// last checkpoint's; [`Error::Invalid`] for a seq past the head or an
+    /// empty signature or signer. The signature itself is not checked here:
+    /// the store holds no key.
+    fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// Every checkpoint, by seq.
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+
+    /// The last `n` records, oldest first.
+    fn tail(&self, n: usize) -> Result<Vec<AuditRecord>>;
+
+    /// The records that match `filter`, by seq.
+    fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    /// Recomputes the whole chain from the genesis and checks every
+    /// checkpoint: `check_signature(message, signature)` must say whether
+    /// the audit key signed `message` (a [`checkpoint_message`]). Reads one
+    /// consistent snapshot, without blocking writers.
+    ///
+    /// Errors only when the store cannot be read; tampering is reported in
+    /// [`VerifyReport::first_bad`].
+    fn verify(&self, check_signature: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<VerifyReport>;
+}
+
+// ---- encoding ----------------------------------------------------------------
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Fields are checked against MAX_FIELD_LEN before they are stored; a
+    // longer one (only from a hand-edited row) still encodes unambiguously.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put(out, v);
+        }
+    }
+}
+
+/// The canonical bytes of `event` (format [`EVENT_FORMAT`], laid out in the
+/// module docs): the input of the record hash.
+pub fn canonical(event: &AuditEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + event.reason.len());
+    out.push(EVENT_FORMAT);
+    out.extend_from_slice(&event.at.to_be_bytes());
+    out.extend_from_slice(&event.micros.to_be_bytes());
+    put_str(&mut out, event.kind.as_str());
+    put_str(&mut out, event.actor.kind_str());
+    match &event.actor {
+        Actor::Application {
+            name,
+            uid,
+            gid,
+            pid,
+            exe,
+        } => {
+            put_str(&mut out, name);
+            out.extend_from_slice(&uid.to_be_bytes());
+            out.extend_from_slice(&gid.to_be_bytes());
+            out.extend_from_slice(&pid.to_be_bytes());
+            put_str(&mut out, exe);
+        }
+        Actor::Administrator { uid, pid, exe } => {
+            out.extend_from_slice(&uid.to_be_bytes());
+            out.extend_from_slice(&pid.to_be_bytes());
+            put_str(&mut out, exe);
+        }
+        Actor::Agent | Actor::Scheduler => {}
+    }
+    put_opt(&mut out, event.token.as_deref(), put_str);
+    put_opt(&mut out, event.key.as_deref(), put_str);
+    put_opt(&mut out, event.key_version, |o, v| {
+        o.extend_from_slice(&v.to_be_bytes())
+    });
+    put_str(&mut out, &event.operation);
+    put_opt(&mut out, event.mechanism, |o, v| {
+        o.extend_from_slice(&v.to_be_bytes())
+    });
+    out.extend_from_slice(&event.result.to_be_bytes());
+    put_str(&mut out, &event.reason);
+    out
+}
+
+/// `SHA-256(prev || seq as u64 BE || canonical(event))`.
+pub fn record_hash(prev: &Hash, seq: u64, event: &AuditEvent) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(canonical(event));
+    h.finalize().into()
+}
+
+/// The bytes the audit key signs for a checkpoint:
+/// `"keyward-audit-checkpoint\0" || 0x01 || seq u64 BE || head (32) ||
+/// created_at i64 BE`. Fixed length (74 bytes), so unambiguous.
+pub fn checkpoint_message(seq: u64, head: &Hash, created_at: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 1 + 8 + 32 + 8);
+    out.extend_from_slice(CHECKPOINT_DOMAIN);
+    out.push(CHECKPOINT_FORMAT);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(&created_at.to_be_bytes());
+    out
+}
+
+fn check_field(what: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_FIELD_LEN {
+        return Err(Error::Invalid(format!(
+            "audit {what} is {} bytes (at most {MAX_FIELD_LEN})",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate(e: &AuditEvent) -> Result<()> {
+    if e.operation.is_empty() {
+        return Err(Error::Invalid("audit operation is empty".into()));
+    }
+    if e.micros >= 1_000_000 {
+        return Err(Error::Invalid(format!(
+            "audit micros {} is not below 1000000",
+            e.micros
+        )));
+    }
+    check_field("operation", &e.operation)?;
+    check_field("reason", &e.reason)?;
+    for (what, v) in [("token", &e.token), ("key", &e.key)] {
+        if let Some(v) = v {
+            check_field(what, v)?;
+        }
+    }
+    match &e.actor {
+        Actor::Application { name, exe, .. } => {
+            check_field("application name", name)?;
+            check_field("executable", exe)
+        }
+        Actor::Administrator { exe, .. } => check_field("executable", exe),
+        Actor::Agent | Actor::Scheduler => Ok(()),
+    }
+}
+
+// ---- rows ----------------------------------------------------------------------
+
+macro_rules! audit_cols {
+    () => {
+        "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
+         key_version, operation, mechanism, result, reason, prev_hash, hash"
+    };
+}
+
+/// Bits of a `u64` as SQLite's `i64`, and back (CKM/CKR vendor values keep
+/// their bits).
+fn to_i64(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+fn to_u64(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+fn hash_of(bytes: Vec<u8>, what: &str) -> std::result::Result<Hash, String> {
+    Hash::try_from(bytes.as_slice()).map_err(|_| format!("{what} is {} bytes", bytes.len()))
+}
+
+/// Decodes one `audit_cols!()` row strictly: any value the store would not
+/// have written is an error (verify reports it as an edit).
+fn decode(r: &Row<'_>) -> std::result::Result<AuditRecord, String> {
+    fn col<T: rusqlite::types::FromSql>(r: &Row<'_>, i: usize) -> std::result::Result<T, String> {
+        r.get(i).map_err(|e| format!("column {i}: {e}"))
+    }
+    fn u32_of(v: i64, what: &str) -> std::result::Result<u32, String> {
+        u32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
+    }
+    fn need<T>(v: Option<T>, what: &str) -> std::result::Result<T, String> {
+        v.ok_or_else(|| format!("{what} missing"))
+    }
+    let seq: i64 = col(r, 0)?;
+    let name: Option<String> = col(r, 5)?;
+    let uid: Option<i64> = col(r, 6)?;
+    let gid: Option<i64> = col(r, 7)?;
+    let pid: Option<i64> = col(r, 8)?;
+    let exe: Option<String> = col(r, 9)?;
+    let actor_kind: String = col(r, 4)?;
+    let actor = match actor_kind.as_str() {
+        "application" => Actor::Application {
+            name: need(name, "application name")?,
+            uid: u32_of(need(uid, "uid")?, "uid")?,
+            gid: u32_of(need(gid, "gid")?, "gid")?,
+            pid: u32_of(need(pid, "pid")?, "pid")?,
+            exe: need(exe, "exe")?,
+        },
+        "administrator" if name.is_none() && gid.is_none() => Actor::Administrator {
+            uid: u32_of(need(uid, "uid")?, "uid")?,
+            pid: u32_of(need(pid, "pid")?, "pid")?,
+            exe: need(exe, "exe")?,
+        },
+        "agent" | "scheduler"
+            if name.is_none()
+                && uid.is_none()
+                && gid.is_none()
+                && pid.is_none()
+                && exe.is_none() =>
+        {
+            if actor_kind == "agent" {
+                Actor::Agent
+            } else {
+                Actor::Scheduler
+            }
+        }
+        other => return Err(format!("actor {other:?} with these columns")),
+    };
+    let kind: String = col(r, 3)?;
+    let micros: i64 = col(r, 2)?;
+    let micros = u32_of(micros, "micros")?;
+    if micros >= 1_000_000 {
+        return Err(format!("micros {micros} out of range"));
+    }
+    let event = AuditEvent {
+        at: col(r, 1)?,
+        micros,
+        kind: kind.parse().map_err(|e: Error| e.to_string())?,
+        actor,
+        token: col(r, 10)?,
+        key: col(r, 11)?,
+        key_version: col::<Option<i64>>(r, 12)?
+            .map(|v| u32_of(v, "key version"))
+            .transpose()?,
+        operation: col(r, 13)?,
+        mechanism: col::<Option<i64>>(r, 14)?.map(to_u64),
+        result: to_u64(col(r, 15)?),
+        reason: col(r, 16)?,
+    };
+    Ok(AuditRecord {
+        seq: u64::try_from(seq).map_err(|_| format!("seq {seq}"))?,
+        event,
+        prev_hash: hash_of(col(r, 17)?, "prev_hash")?,
+        hash: hash_of(col(r, 18)?, "hash")?,
+    })
+}
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<AuditRecord, String>> {
+    Ok(decode(r))
+}
+
+fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash) -> Result<()> {
+    let (name, uid, gid, pid, exe) = match &e.actor {
+        Actor::Application {
+            name,
+            uid,
+            gid,
+            pid,
+            exe,
+        } => (
+            Some(name.as_str()),
+            Some(*uid),
+            Some(*gid),
+            Some(*pid),
+            Some(exe.as_str()),
+        ),
+        Actor::Administrator { uid, pid, exe } => {
+            (None, Some(*uid), None, Some(*pid), Some(exe.as_str()))
+        }
+        Actor::Agent | Actor::Scheduler => (None, None, None, None, None),
+    };
+    conn.prepare_cached(concat!(
+        "INSERT INTO audit (",
+        audit_cols!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+         ?17, ?18, ?19)"
+    ))?
+    .execute(params![
+        to_i64(seq),
+        e.at,
+        e.micros,
+        e.kind.as_str(),
+        e.actor.kind_str(),
+        name,
+        uid,
+        gid,
+        pid,
+        exe,
+        e.token,
+        e.key,
+        e.key_version,
+        e.operation,
+        e.mechanism.map(to_i64),
+        to_i64(e.result),
+        e.reason,
+        &prev[..],
+        &hash[..],
+    ])?;
+    Ok(())
+}
+
+fn genesis(conn: &Connection) -> Result<Option<Hash>> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT genesis FROM audit_meta WHERE id = 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(bytes.and_then(|b| Hash::try_from(b.as_slice()).ok()))
+}
+
+fn head_in(conn: &Connection) -> Result<(u64, Hash)> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match last {
+        Some((seq, hash)) => {
+            let seq = u64::try_from(seq)
+                .map_err(|_| Error::Data(format!("audit record numbered {seq}")))?;
+            Ok((seq, hash_of(hash, "audit head hash").map_err(Error::Data)?))
+        }
+        None => Ok((
+            0,
+            genesis(conn)?.ok_or_else(|| Error::Data("the audit genesis is missing".into()))?,
+        )),
+    }
+}
+
+fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<Checkpoint, String>> {
+    let seq: i64 = r.get(0)?;
+    let head: Vec<u8> = r.get(1)?;
+    Ok((|| {
+        Ok(Checkpoint {
+            seq: u64::try_from(seq).map_err(|_| format!("checkpoint seq {seq}"))?,
+            head: hash_of(head, "checkpoint head")?,
+            created_at: r.get(2).map_err(|e| e.to_string())?,
+            signature: r.get(3).map_err(|e| e.to_string())?,
+            signer: r.get(4).map_err(|e| e.to_string())?,
+        })
+    })())
+}
+
+const CHECKPOINT_COLS_SQL: &str =
+    "SELECT seq, head, created_at, signature, signer FROM audit_checkpoints ORDER BY seq, id";
+
+impl AuditLog for SqliteInventory {
+    fn append(&self, events: &[AuditEvent], durable: bool) -> Result<u64> {
+        for e in events {
+            validate(e)?;
+        }
+        let mut conn = self.conn();
+        if events.is_empty() {
+            return Ok(head_in(&conn)?.0);
+        }
+        if !durable {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let appended = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (mut seq, mut prev) = head_in(&tx)?;
+            for e in events {
+                seq += 1;
+                let hash = record_hash(&prev, seq, e);
+                insert(&tx, seq, e, &prev, &hash)?;
+                prev = hash;
+            }
+            tx.commit()?;
+            Ok(seq)
+        })();
+        if !durable {
+            // Restore before anything else, so no lifecycle write runs at NORMAL.
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        appended
+    }
+
+    fn head(&self) -> Result<(u64, Hash)> {
+        head_in(&self.conn())
+    }
+
+    fn checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        if cp.signature.is_empty() {
+            return Err(Error::Invalid("checkpoint signature is empty".into()));
+        }
+        if cp.signer.is_empty() {
+            return Err(Error::Invalid("checkpoint signer is empty".into()));
+        }
+        check_field("checkpoint signer", &cp.signer)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (head_seq, _) = head_in(&tx)?;
+        if cp.seq > head_seq {
+            return Err(Error::Invalid(format!(
+                "checkpoint at seq {} is past the trail's head {head_seq}",
+                cp.seq
+            )));
+        }
+        let stored = if cp.seq == 0 {
+            genesis(&tx)?.ok_or_else(|| Error::Data("the audit genesis is missing".into()))?
+        } else {
+            let bytes: Vec<u8> = tx
+                .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
+                .query_row(params![to_i64(cp.seq)], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::Data(format!("audit record {} is missing", cp.seq)))?;
+            hash_of(bytes, "audit hash").map_err(Error::Data)?
+        };
+        if stored != cp.head {
+            return Err(Error::Conflict {
+                what: format!("audit head at seq {}", cp.seq),
+                expected: hex(&cp.head),
+                found: hex(&stored),
+            });
+        }
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT max(seq) FROM audit_checkpoints")?
+            .query_row([], |r| r.get(0))?;
+        if let Some(last) = last.filter(|&last| last > to_i64(cp.seq)) {
+            return Err(Error::Conflict {
+                what: "audit checkpoint seq".into(),
+                expected: format!("at least {last}"),
+                found: cp.seq.to_string(),
+            });
+        }
+        tx.prepare_cached(
+            "INSERT INTO audit_checkpoints (seq, head, created_at, signature, signer)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            to_i64(cp.seq),
+            &cp.head[..],
+            cp.created_at,
+            cp.signature,
+            cp.signer
+        ])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(CHECKPOINT_COLS_SQL)?;
+        let rows = stmt.query_map([], checkpoint_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.map_err(Error::Data)?);
+        }
+        Ok(out)
+    }
+
+    fn tail(&self, n: usize) -> Result<Vec<AuditRecord>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT * FROM (SELECT ",
+            audit_cols!(),
+            " FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq"
+        ))?;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![n], record_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.map_err(Error::Data)?);
+        }
+        Ok(out)
+    }
+
+    fn query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        // Built from the conditions given, so each can use its index.
+        let mut sql = String::from(concat!("SELECT ", audit_cols!(), " FROM audit WHERE 1"));
+        let mut args: Vec<Value> = Vec::new();
+        let mut cond = |sql: &mut String, clause: &str, v: Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(k) = &f.key {
+            cond(&mut sql, "key_name =", Value::Text(k.clone()));
+        }
+        if let Some(t) = &f.token {
+            cond(&mut sql, "token =", Value::Text(t.clone()));
+        }
+        if let Some(a) = &f.application {
+            cond(
+                &mut sql,
+                "actor = 'application' AND actor_name =",
+                Value::Text(a.clone()),
+            );
+        }
+        if let Some(s) = f.since {
+            cond(&mut sql, "at >=", Value::Integer(s));
+        }
+        if let Some(u) = f.until {
+            cond(&mut sql, "at <", Value::Integer(u));
+        }
+        if let Some(s) = f.after_seq {
+            cond(&mut sql, "seq >", Value::Integer(to_i64(s)));
+        }
+        match f.result {
+            ResultFilter::Any => {}
+            ResultFilter::Ok => sql.push_str(" AND result = 0"),
+            ResultFilter::Denied => sql.push_str(" AND result <> 0"),
+        }
+        if !f.kinds.is_empty() {
+            let names: Vec<String> = f
+                .kinds
+                .iter()
+                .map(|k| format!("'{}'", k.as_str()))
+                .collect();
+            // The names are our own constants, never caller text.
+            sql.push_str(&format!(" AND kind IN ({})", names.join(", ")));
+        }
+        sql.push_str(" ORDER BY seq");
+        if let Some(limit) = f.limit {
+            args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let conn = self.reader();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args), record_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.map_err(Error::Data)?);
+        }
+        Ok(out)
+    }
+
+    fn verify(&self, check_signature: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<VerifyReport> {
+        let mut conn = self.reader();
+        // One read transaction: a snapshot, however long the walk.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let report = verify_in(&tx, check_signature)?;
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+/// Checkpoints walked alongside the chain.
+struct Seals<'a> {
+    list: Vec<std::result::Result<Checkpoint, String>>,
+    next: usize,
+    check_signature: &'a dyn Fn(&[u8], &[u8]) -> bool,
+    ok: u64,
+    sealed_through: u64,
+}
+
+impl Seals<'_> {
+    /// Checks every checkpoint at `seq`, where the recomputed head is
+    /// `head`; the first that fails gives the first bad record.
+    fn at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
+        while let Some(entry) = self.list.get(self.next) {
+            let cp = match entry {
+                Ok(cp) if cp.seq == seq => cp.clone(),
+                Ok(_) => return None,
+                // An undecodable checkpoint row (ordered by its stored seq)
+                // seals nothing; it is ignored like a missing one.
+                Err(_) => {
+                    self.next += 1;
+                    continue;
+                }
+            };
+            self.next += 1;
+            if let Some(problem) = self.judge(&cp, Some(head)) {
+                return Some(BadRecord {
+                    seq: self.sealed_through + 1,
+                    problem,
+                });
+            }
+        }
+        None
+    }
+
+    /// `head`: the recomputed head at the checkpoint's seq (`None`: the
+    /// trail ends before it).
+    fn judge(&mut self, cp: &Checkpoint, head: Option<&Hash>) -> Option<Problem> {
+        let message = checkpoint_message(cp.seq, &cp.head, cp.created_at);
+        if !(self.check_signature)(&message, &cp.signature) {
+            return Some(Problem::BadSignature { checkpoint: cp.seq });
+        }
+        match head {
+            None => Some(Problem::Truncated { checkpoint: cp.seq }),
+            Some(h) if *h != cp.head => Some(Problem::Rewritten { checkpoint: cp.seq }),
+            Some(_) => {
+                self.ok += 1;
+                self.sealed_through = cp.seq;
+                None
+            }
+        }
+    }
+}
+
+/// For a record whose hash does not match at `seq`: the seq it does match,
+/// if it was only moved (within [`MOVE_SEARCH`]).
+fn written_as(rec: &AuditRecord, seq: u64) -> Option<u64> {
+    (1..=MOVE_SEARCH)
+        .flat_map(|d| [seq.checked_sub(d), seq.checked_add(d)])
+        .flatten()
+        .filter(|&s| s >= 1)
+        .find(|&s| record_hash(&rec.prev_hash, s, &rec.event) == rec.hash)
+}
+
+fn verify_in(
+    conn: &Connection,
+    check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
+) -> Result<VerifyReport> {
+    let mut seals = Seals {
+        list: conn
+            .prepare(CHECKPOINT_COLS_SQL)?
+            .query_map([], checkpoint_from_row)?
+            .collect::<rusqlite::Result<_>>()?,
+        next: 0,
+        check_signature,
+        ok: 0,
+        sealed_through: 0,
+    };
+    let mut report = VerifyReport {
+        records: 0,
+        head_seq: 0,
+        checkpoints_ok: 0,
+        sealed_through: 0,
+        unsealed: 0,
+        first_bad: None,
+    };
+    let finish = |mut report: VerifyReport, seals: &Seals<'_>, bad: Option<BadRecord>| {
+        report.checkpoints_ok = seals.ok;
+        report.sealed_through = seals.sealed_through;
+        report.unsealed = report.head_seq.saturating_sub(seals.sealed_through);
+        report.first_bad = bad;
+        Ok(report)
+    };
+    let Some(genesis) = genesis(conn)? else {
+        let bad = BadRecord {
+            seq: 1,
+            problem: Problem::Genesis,
+        };
+        return finish(report, &seals, Some(bad));
+    };
+    let last: Option<i64> = conn.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))?;
+    report.head_seq = last.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+    let mut running = genesis;
+    if let Some(bad) = seals.at(0, &running) {
+        return finish(report, &seals, Some(bad));
+    }
+    let mut stmt = conn.prepare(concat!(
+        "SELECT ",
+        audit_cols!(),
+        " FROM audit ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut expected: u64 = 1;
+    while let Some(row) = rows.next()? {
+        let stored_seq: i64 = row.get(0)?;
+        report.records += 1;
+        let bad = |seq, problem| Some(BadRecord { seq, problem });
+        let seq = match u64::try_from(stored_seq) {
+            Ok(s) if s >= expected => s,
+            // Numbered 0 or below (only possible before record 1).
+            _ => {
+                let problem = Problem::Undecodable(format!("seq {stored_seq}"));
+                return finish(report, &seals, bad(expected, problem));
+            }
+        };
+        if seq > expected {
+            let problem = Problem::Deleted { through: seq - 1 };
+            return finish(report, &seals, bad(expected, problem));
+        }
+        let rec = match decode(row) {
+            Ok(rec) => rec,
+            Err(what) => return finish(report, &seals, bad(seq, Problem::Undecodable(what))),
+        };
+        if record_hash(&rec.prev_hash, seq, &rec.event) != rec.hash {
+            let found = match written_as(&rec, seq) {
+                Some(o) if o < seq => bad(o, Problem::Inserted { next: seq }),
+                Some(o) => bad(seq, Problem::Moved { written_as: o }),
+                None => bad(seq, Problem::Edited),
+            };
+            return finish(report, &seals, found);
+        }
+        if rec.prev_hash != running {
+            let found = if seq == 1 {
+                bad(1, Problem::Genesis)
+            } else {
+                bad(seq - 1, Problem::Replaced)
+            };
+            return finish(report, &seals, found);
+        }
+        running = rec.hash;
+        expected = seq + 1;
+        if let Some(bad) = seals.at(seq, &running) {
+            return finish(report, &seals, Some(bad));
+        }
+    }
+    // The chain is whole; a genuine checkpoint past its end means the tail
+    // was cut.
+    while let Some(entry) = seals.list.get(seals.next).cloned() {
+        seals.next += 1;
+        let Ok(cp) = entry else { continue };
+        if let Some(problem) = seals.judge(&cp, None) {
+            let seq = match problem {
+                Problem::Truncated { .. } => report.head_seq + 1,
+                _ => seals.sealed_through + 1,
+            };
+            return finish(report, &seals, Some(BadRecord { seq, problem }));
+        }
+    }
+    finish(report, &seals, None)
+}
+
+/// `Hash` as a lowercase hex string in JSON.
+mod hex_hash {
+    use serde::{Deserializer, Serializer};
+
+    use super::Hash;
+
+    pub(super) fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::sqlite::hex(h))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let bytes = super::hex_bytes::deserialize(d)?;
+        Hash::try_from(bytes.as_slice())
+            .map_err(|_| serde::de::Error::custom(format!("hash of {} bytes", bytes.len())))
+    }
+}
+
+/// Bytes as a lowercase hex string in JSON.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::sqlite::hex(b))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| serde::de::Error::custom("invalid hex"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "audit_tests.rs"]
+mod tests;
