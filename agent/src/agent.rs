@@ -696,18 +696,7 @@ impl Agent {
                 }
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(
-                    client,
-                    session,
-                    &s,
-                    login,
-                    NewObjects {
-                        objects: &[h],
-                        token: hint,
-                        managed: None,
-                    },
-                )
-                .map(|v| Response::Handle(v[0]))
+                self.adopt_one(client, session, &s, login, h, hint)
             }
             Request::CopyObject {
                 session,
@@ -723,18 +712,7 @@ impl Agent {
                     .backend
                     .copy_object(s.backend_session, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN);
-                self.adopt(
-                    client,
-                    session,
-                    &s,
-                    login,
-                    NewObjects {
-                        objects: &[h],
-                        token: hint,
-                        managed: None,
-                    },
-                )
-                .map(|v| Response::Handle(v[0]))
+                self.adopt_one(client, session, &s, login, h, hint)
             }
             Request::DestroyObject { session, object } => {
                 let (s, _, o) =
@@ -983,18 +961,7 @@ impl Agent {
                     &template,
                 )?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(
-                    client,
-                    session,
-                    &s,
-                    login,
-                    NewObjects {
-                        objects: &[h],
-                        token: hint,
-                        managed: None,
-                    },
-                )
-                .map(|v| Response::Handle(v[0]))
+                self.adopt_one(client, session, &s, login, h, hint)
             }
             Request::DeriveKey {
                 session,
@@ -1011,18 +978,7 @@ impl Agent {
                     .backend
                     .derive_key(s.backend_session, &m, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt(
-                    client,
-                    session,
-                    &s,
-                    login,
-                    NewObjects {
-                        objects: &[h],
-                        token: hint,
-                        managed: None,
-                    },
-                )
-                .map(|v| Response::Handle(v[0]))
+                self.adopt_one(client, session, &s, login, h, hint)
             }
             Request::SeedRandom { session, seed } => {
                 let (s, _) = self.session(client, session)?;
@@ -1141,6 +1097,25 @@ impl Agent {
                 Ok(s)
             }
         }
+    }
+
+    /// [`Agent::adopt`] for one new unmanaged object, answered as its handle.
+    fn adopt_one(
+        &self,
+        client: &Client,
+        session: u64,
+        s: &Session,
+        login: Login,
+        object: BackendObject,
+        token: Option<bool>,
+    ) -> Result<Response> {
+        let new = NewObjects {
+            objects: &[object],
+            token,
+            managed: None,
+        };
+        self.adopt(client, session, s, login, new)
+            .map(|v| Response::Handle(v[0]))
     }
 
     /// Maps objects the backend just created. A client not logged in as
