@@ -300,6 +300,25 @@ fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
     (record, version)
 }
 
+/// The token and key a key request names, for the trail.
+fn request_target(req: &KeyRequest) -> (Option<String>, Option<String>) {
+    match req {
+        KeyRequest::Create { name, token, .. }
+        | KeyRequest::Show { name, token }
+        | KeyRequest::Transition { name, token, .. }
+        | KeyRequest::Rotate { name, token }
+        | KeyRequest::Verify { name, token } => (token.clone(), Some(name.clone())),
+        KeyRequest::GrantAdd { key, token, .. } | KeyRequest::GrantRemove { key, token, .. } => {
+            (token.clone(), Some(key.clone()))
+        }
+        KeyRequest::GrantList { key, token } => (token.clone(), key.clone()),
+        KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
+        KeyRequest::PinUnlock { token } => (Some(token.clone()), None),
+        KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
+        KeyRequest::AppList => (None, None),
+    }
+}
+
 /// Bytes from hex, `None` for anything else.
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
@@ -616,19 +635,59 @@ impl Agent {
     /// action is logged with the administrator at info, refusals at warn.
     pub fn key_request(&self, admin: &Peer, req: KeyRequest) -> AdminResponse {
         let what = format!("{req:?}");
-        match self.key_call(admin, req) {
+        let operation = what
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or("key")
+            .to_owned();
+        let (token, key) = request_target(&req);
+        let admin_event = |result: u64, reason: &str| {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Admin,
+                crate::audit::administrator(admin),
+                &format!("key {operation}"),
+            );
+            e.token = token.clone();
+            e.key = key.clone();
+            e.result = result;
+            e.reason = reason.chars().take(4096).collect();
+            e
+        };
+        // Fail closed: an action the trail cannot record is not taken.
+        if let Err(why) = self
+            .audit
+            .durable(admin_event(0, &format!("requested: {what}")))
+        {
+            return AdminResponse::KeyErr {
+                kind: AdminErrorKind::Failed,
+                message: format!("refused: {why}"),
+            };
+        }
+        let (response, result, reason) = match self.key_call(admin, req) {
             Ok(resp) => {
                 log::info!("admin {admin}: {what}: done");
-                AdminResponse::Key(Box::new(resp))
+                let pending = matches!(resp, KeyResponse::Pending(_));
+                let reason = if pending {
+                    "needs approval: request recorded"
+                } else {
+                    "done"
+                };
+                (AdminResponse::Key(Box::new(resp)), 0, reason.to_owned())
             }
             Err(e) => {
                 log::warn!("admin {admin}: {what}: {:?}: {}", e.kind, e.message);
-                AdminResponse::KeyErr {
+                let reason = format!("{:?}: {}", e.kind, e.message);
+                let response = AdminResponse::KeyErr {
                     kind: e.kind,
                     message: e.message,
-                }
+                };
+                (response, ck::CKR_FUNCTION_FAILED, reason)
             }
+        };
+        if let Err(why) = self.audit.durable(admin_event(result, &reason)) {
+            log::error!("admin {admin}: {what}: the outcome could not be recorded: {why}");
         }
+        response
     }
 
     fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
@@ -1963,9 +2022,11 @@ rotation_interval = "90d"
         let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
         let inventory =
             keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
-        let keys = ManagedKeys::open(Arc::new(inventory)).unwrap();
+        let inventory = Arc::new(inventory);
+        let keys = ManagedKeys::open(inventory.clone()).unwrap();
         let policy = keyward_policy::Policy::from_str(POLICY, "test").unwrap();
-        let agent = Agent::new(vec![token], "/sock".into(), keys).with_policy(policy);
+        let audit = crate::audit::Auditor::start(inventory);
+        let agent = Agent::new(vec![token], "/sock".into(), keys, audit).with_policy(policy);
         (dir, agent)
     }
 

@@ -27,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::identity::{ClientKey, Peer};
 use keyward_policy::{Operation, Policy};
 
+use crate::audit::{self, Auditor};
 use crate::keys::{self, ManagedKeys, ManagedRef};
 use crate::state::{pin_len_ok, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN};
+use keyward_inventory::AuditKind;
 
 // CK_ULONG is the wire's u64 on the LP64 targets the agent supports (see
 // the assertion in lib.rs), so constants pass through unconverted.
@@ -110,6 +112,7 @@ pub struct Agent {
     pub(crate) tokens: Vec<VirtualToken>,
     pub(crate) policy: Policy,
     pub(crate) keys: ManagedKeys,
+    pub(crate) audit: Arc<Auditor>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
@@ -134,6 +137,16 @@ type Found = (BackendObject, Option<u64>, Option<ManagedRef>);
 
 /// The application name of a peer the lab policy admits without listing it.
 pub const LAB_APPLICATION: &str = "lab";
+
+/// `CKU_*` for the trail.
+fn user_type_name(user_type: u64) -> &'static str {
+    match user_type {
+        ck::CKU_SO => "CKU_SO",
+        ck::CKU_USER => "CKU_USER",
+        ck::CKU_CONTEXT_SPECIFIC => "CKU_CONTEXT_SPECIFIC",
+        _ => "unknown user type",
+    }
+}
 
 /// The policy operation of a cryptographic operation kind.
 fn operation(op: Op) -> Operation {
@@ -196,7 +209,12 @@ pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
 
 impl Agent {
     /// An agent serving `tokens` (slot ids are their positions).
-    pub fn new(tokens: Vec<VirtualToken>, socket: String, keys: ManagedKeys) -> Agent {
+    pub fn new(
+        tokens: Vec<VirtualToken>,
+        socket: String,
+        keys: ManagedKeys,
+        audit: Arc<Auditor>,
+    ) -> Agent {
         let mut instance = [0u8; 8];
         if getrandom::getrandom(&mut instance).is_err() {
             // Still distinct per start in practice: nanoseconds since epoch.
@@ -209,6 +227,7 @@ impl Agent {
             tokens,
             policy: Policy::lab(),
             keys,
+            audit,
             uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
@@ -246,6 +265,23 @@ impl Agent {
         if checked.is_ok() {
             self.keys.note_use(m.key_id, keys::secs(now));
         }
+        let mut e = audit::event(
+            if checked.is_ok() {
+                AuditKind::Use
+            } else {
+                AuditKind::Refusal
+            },
+            audit::application(&client.peer, &client.application),
+            op.name(),
+        );
+        e.token = Some(key.record.token.clone());
+        e.key = Some(key.record.name.clone());
+        e.key_version = Some(m.version);
+        if let Err(refusal) = &checked {
+            e.result = refusal.ckr();
+            e.reason = refusal.to_string();
+        }
+        self.audit.record(e);
         checked.map_err(|refusal| {
             log::warn!(
                 "{} (application {}): {} of key {:?} v{} refused: {refusal}",
@@ -276,6 +312,13 @@ impl Agent {
                 "{} (application {}): key generation refused: {refusal}",
                 client.peer,
                 client.application
+            );
+            self.audit_refusal(
+                client,
+                "generate",
+                None,
+                refusal.ckr(),
+                &refusal.to_string(),
             );
             Error::Refused(refusal.ckr())
         };
@@ -376,6 +419,26 @@ impl Agent {
         }
     }
 
+    /// Queues a refusal event for the trail.
+    fn audit_refusal(
+        &self,
+        client: &Client,
+        operation: &str,
+        key: Option<&str>,
+        rv: u64,
+        reason: &str,
+    ) {
+        let mut e = audit::event(
+            AuditKind::Refusal,
+            audit::application(&client.peer, &client.application),
+            operation,
+        );
+        e.key = key.map(str::to_owned);
+        e.result = rv;
+        e.reason = reason.to_owned();
+        self.audit.record(e);
+    }
+
     /// In strict mode, refuses `what` (`CKR_ACTION_PROHIBITED`) and logs
     /// why; in lab mode, allows it.
     fn strict_refusal(&self, client: &Client, what: String) -> Result<()> {
@@ -388,6 +451,7 @@ impl Agent {
             client.peer,
             client.application
         );
+        self.audit_refusal(client, "import", None, refusal.ckr(), &refusal.to_string());
         Err(Error::Refused(refusal.ckr()))
     }
 
@@ -419,6 +483,13 @@ impl Agent {
                     client.peer,
                     client.application
                 );
+                self.audit_refusal(
+                    client,
+                    "C_SetAttributeValue",
+                    None,
+                    refusal.ckr(),
+                    &refusal.to_string(),
+                );
                 return Err(Error::Refused(refusal.ckr()));
             }
         }
@@ -437,6 +508,13 @@ impl Agent {
                     client.application,
                     key.record.name
                 );
+                self.audit_refusal(
+                    client,
+                    what,
+                    Some(&key.record.name),
+                    ck::CKR_ACTION_PROHIBITED,
+                    "an administrator action",
+                );
                 Err(Error::ActionProhibited)
             }
             None => Ok(()),
@@ -448,6 +526,15 @@ impl Agent {
     fn check_mechanism(&self, client: &Client, mechanism: u64) -> Result<()> {
         self.policy.check_mechanism(mechanism).map_err(|refusal| {
             log::warn!("{}: refused: {refusal}", client.peer);
+            let mut e = audit::event(
+                AuditKind::Refusal,
+                audit::application(&client.peer, &client.application),
+                "mechanism",
+            );
+            e.mechanism = Some(mechanism);
+            e.result = refusal.ckr();
+            e.reason = refusal.to_string();
+            self.audit.record(e);
             Error::Refused(refusal.ckr())
         })
     }
@@ -479,14 +566,17 @@ impl Agent {
             tokens.push(VirtualToken::new(t.clone(), state.token(&t.label), backend));
         }
         let store = config.agent.state_dir.join("inventory.sqlite");
-        let inventory = keyward_inventory::SqliteInventory::open(&store)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let keys = ManagedKeys::open(Arc::new(inventory))
+        let inventory = Arc::new(
+            keyward_inventory::SqliteInventory::open(&store)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let keys = ManagedKeys::open(inventory.clone())
             .map_err(|e| std::io::Error::other(format!("{}: {e}", store.display())))?;
         Ok(Agent::new(
             tokens,
             config.agent.socket.display().to_string(),
             keys,
+            Auditor::start(inventory),
         ))
     }
 
@@ -669,12 +759,28 @@ impl Agent {
                 session,
                 user_type,
                 pin,
-            } => self.login(
-                client,
-                session,
-                user_type,
-                pin.as_ref().map(|p| p.as_slice()),
-            ),
+            } => {
+                let r = self.login(
+                    client,
+                    session,
+                    user_type,
+                    pin.as_ref().map(|p| p.as_slice()),
+                );
+                let rv = r.as_ref().err().map_or(0, |e| e.rv());
+                let kind = if rv == ck::CKR_PIN_LOCKED {
+                    AuditKind::PinLockout
+                } else {
+                    AuditKind::Login
+                };
+                let mut e = audit::event(
+                    kind,
+                    audit::application(&client.peer, &client.application),
+                    &format!("C_Login({})", user_type_name(user_type)),
+                );
+                e.result = rv;
+                self.audit.record(e);
+                r
+            }
             Request::Logout { session } => self.logout(client, session),
             Request::CreateObject { session, template } => {
                 let (s, login) = self.session(client, session)?;
@@ -2021,10 +2127,11 @@ pub(crate) mod tests {
         let token = VirtualToken::new(config, ts, Ok(mock.clone() as Arc<dyn Backend>));
         let inventory =
             keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
-        let keys = ManagedKeys::open(Arc::new(inventory)).unwrap();
+        let inventory = Arc::new(inventory);
+        let keys = ManagedKeys::open(inventory.clone()).unwrap();
         Fixture {
             _dir: dir,
-            agent: Agent::new(vec![token], "/sock".into(), keys),
+            agent: Agent::new(vec![token], "/sock".into(), keys, Auditor::start(inventory)),
             mock,
         }
     }

@@ -11,6 +11,8 @@
 //! - [`admin`]: key management on the admin socket (create, transitions,
 //!   rotation, verify, grants, discovery, approval requests) and the
 //!   scheduler that rotates and deactivates keys when their dates pass.
+//! - [`audit`]: the audit trail as the agent writes it (uses and refusals
+//!   batched off the hot path, admin and lifecycle events durable).
 //! - [`keys`]: managed keys — the inventory, its in-memory view, and the
 //!   check every use of a managed key passes (state, purpose, grant,
 //!   cryptoperiod).
@@ -28,6 +30,7 @@ const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod client;

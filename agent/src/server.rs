@@ -280,6 +280,7 @@ impl Server {
                 // Unknown peers get no token: the module sees an agent it
                 // cannot use, and its slot shows no token.
                 log::warn!("{peer}: refused: no application of the policy matches this peer");
+                self.agent.audit_unknown_peer(peer);
                 let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);
                 let _ = write_message(&mut writer, &refusal, &mut wbuf);
                 return;
@@ -349,6 +350,7 @@ impl Server {
             let resp = match req {
                 AdminRequest::Status => AdminResponse::Status(self.agent.status()),
                 AdminRequest::Key(k) => self.agent.key_request(peer, k),
+                AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
             };
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);

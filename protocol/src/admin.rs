@@ -12,6 +12,8 @@ pub enum AdminRequest {
     Status,
     /// Key lifecycle, grants, applications, PIN unlock, discovery.
     Key(KeyRequest),
+    /// The audit trail.
+    Audit(AuditRequest),
 }
 
 /// The agent's answer to an [`AdminRequest`].
@@ -23,6 +25,8 @@ pub enum AdminResponse {
     Status(Status),
     /// Answer to [`AdminRequest::Key`].
     Key(Box<KeyResponse>),
+    /// Answer to [`AdminRequest::Audit`].
+    Audit(Box<AuditResponse>),
     /// A key-management call failed.
     KeyErr {
         /// What kind of failure (the CLI's exit code).
@@ -356,4 +360,97 @@ pub struct ApprovalRequest {
     pub created_at: i64,
     pub expires_at: i64,
     pub status: String,
+}
+
+/// Reading the audit trail (`keyward audit ...`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AuditRequest {
+    /// Recompute the hash chain and check every checkpoint's HSM signature.
+    Verify,
+    /// The last `n` records, or (with `after_seq`) those after a sequence
+    /// number, for `--follow`.
+    Tail {
+        /// How many.
+        n: u32,
+        /// Only records after this sequence number.
+        after_seq: Option<u64>,
+    },
+    /// Records matching every given criterion.
+    Query {
+        /// Key name.
+        key: Option<String>,
+        /// Application name.
+        application: Option<String>,
+        /// From this time (unix seconds, inclusive).
+        since: Option<i64>,
+        /// Until this time (unix seconds, exclusive).
+        until: Option<i64>,
+        /// Only refused or failed operations.
+        denied_only: bool,
+        /// At most this many (newest last).
+        limit: u32,
+    },
+}
+
+/// The agent's answer to an [`AuditRequest`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AuditResponse {
+    /// `Verify`'s findings.
+    Verified(AuditVerification),
+    /// Records, oldest first.
+    Records(Vec<AuditRecordInfo>),
+}
+
+/// What `keyward audit verify` reports.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    /// Records checked.
+    pub records: u64,
+    /// The newest record's sequence number.
+    pub head_seq: u64,
+    /// Checkpoints whose signature and chain head verified.
+    pub checkpoints_ok: u64,
+    /// Records covered by a verified checkpoint.
+    pub sealed_through: u64,
+    /// Records after the last checkpoint (not yet sealed).
+    pub unsealed: u64,
+    /// The first bad record and what is wrong with it; `None`: intact.
+    pub first_bad: Option<AuditProblem>,
+}
+
+/// The first record of a trail that does not verify.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AuditProblem {
+    /// Its sequence number.
+    pub seq: u64,
+    /// What is wrong, for people.
+    pub problem: String,
+}
+
+/// One audit record.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct AuditRecordInfo {
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    pub micros: u32,
+    /// `use`, `refusal`, `lifecycle`, `grant`, `policy`, `login`,
+    /// `pin-lockout`, `discovery`, `admin`, `agent`.
+    pub kind: String,
+    /// `application`, `administrator`, `agent` or `scheduler`.
+    pub actor: String,
+    /// The application's name, for application actors.
+    pub application: Option<String>,
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    pub exe: Option<String>,
+    pub token: Option<String>,
+    pub key: Option<String>,
+    pub key_version: Option<u32>,
+    pub operation: String,
+    pub mechanism: Option<u64>,
+    /// `CK_RV` (0 = success).
+    pub result: u64,
+    pub reason: String,
 }

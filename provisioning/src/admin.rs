@@ -32,6 +32,9 @@ pub enum Exit {
     Conflict = 6,
     /// 7: the HSM or the inventory store failed.
     Failed = 7,
+    /// 8: the audit trail does not verify (`audit verify` found a record
+    /// or checkpoint that was altered, removed or inserted).
+    AuditBroken = 8,
 }
 
 impl Exit {
@@ -149,6 +152,7 @@ mod tests {
         assert_eq!(Exit::Success.code(), 0);
         assert_eq!(Exit::Error.code(), 1);
         assert_eq!(Exit::Pending.code(), 3);
+        assert_eq!(Exit::AuditBroken.code(), 8);
     }
 
     #[test]

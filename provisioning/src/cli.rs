@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::time;
 
@@ -22,10 +22,13 @@ Exit codes:
   5  refused by policy or by the key's lifecycle
   6  conflict with the current state (name taken, raced)
   7  the HSM or the inventory store failed
+  8  the audit trail does not verify (`audit verify` found tampering)
 
 With --json, standard output carries exactly one JSON document, also when
 the command fails ({\"Error\": {\"kind\", \"message\", \"exit_code\"}});
-messages for people go to standard error as `keyward: ...`.";
+`audit tail` and `audit query` print JSON lines instead (one record per
+line; a failure is one error line). Messages for people go to standard
+error as `keyward: ...`.";
 
 /// keyward: administer a keyward agent.
 #[derive(Debug, Parser)]
@@ -73,6 +76,11 @@ pub enum Command {
     },
     /// List backend keys the inventory does not know (shadow keys), or adopt one.
     Discover(DiscoverArgs),
+    /// Read the audit trail and check that nobody altered it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 /// `keyward policy ...`
@@ -236,6 +244,58 @@ pub struct DiscoverArgs {
     /// Key class the adopted key joins.
     #[arg(long, requires = "adopt")]
     pub class: Option<String>,
+}
+
+/// `keyward audit ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum AuditCommand {
+    /// Recompute the hash chain and check every signed checkpoint; exit 0 when intact, 8 when not.
+    Verify,
+    /// The newest records; with --json one JSON object per line (for SIEM export).
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        n: u32,
+        /// Keep printing new records as they are written (polls every 500 ms) until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Records matching every criterion given; with --json one JSON object per line.
+    Query(AuditQueryArgs),
+}
+
+/// `keyward audit query`'s criteria.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct AuditQueryArgs {
+    /// Only records of this key.
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+    /// Only records of this application.
+    #[arg(long = "app", value_name = "APPLICATION")]
+    pub application: Option<String>,
+    /// From this time on (inclusive), RFC 3339 (2026-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    pub since: Option<i64>,
+    /// Before this time (exclusive), RFC 3339.
+    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    pub until: Option<i64>,
+    /// Which results to show.
+    #[arg(long, value_enum, value_name = "RESULT", default_value_t = ResultFilter::Any)]
+    pub result: ResultFilter,
+    /// At most this many records (printed oldest first).
+    #[arg(long, value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+}
+
+/// `audit query --result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultFilter {
+    /// Only refused or failed operations.
+    Denied,
+    /// Every result.
+    Any,
 }
 
 /// `--state`: a key state as the inventory names it.
@@ -689,6 +749,149 @@ mod tests {
         );
     }
 
+    fn audit(args: &[&str]) -> AuditCommand {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        match ok(&all).command {
+            Command::Audit { command } => command,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn audit_verify_and_tail() {
+        assert_eq!(audit(&["verify"]), AuditCommand::Verify);
+        assert!(ok(&["audit", "verify", "--json"]).json);
+        assert_eq!(
+            bad(&["audit", "verify", "extra"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            bad(&["audit"]),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(bad(&["audit", "frob"]), ErrorKind::InvalidSubcommand);
+
+        assert_eq!(
+            audit(&["tail"]),
+            AuditCommand::Tail {
+                n: 20,
+                follow: false
+            }
+        );
+        assert_eq!(
+            audit(&["tail", "-n", "5", "--follow"]),
+            AuditCommand::Tail { n: 5, follow: true }
+        );
+        assert_eq!(
+            audit(&["tail", "--lines", "100000"]),
+            AuditCommand::Tail {
+                n: 100_000,
+                follow: false
+            }
+        );
+        assert_eq!(
+            audit(&["tail", "-n5"]),
+            AuditCommand::Tail {
+                n: 5,
+                follow: false
+            }
+        );
+        for n in ["0", "x", "4294967296", ""] {
+            assert_eq!(
+                bad(&["audit", "tail", "-n", n]),
+                ErrorKind::ValueValidation,
+                "-n {n:?}"
+            );
+        }
+        // Taken for a flag; a usage error (exit 2) all the same.
+        bad(&["audit", "tail", "-n", "-1"]);
+        assert_eq!(bad(&["audit", "tail", "-n"]), ErrorKind::InvalidValue);
+        assert_eq!(
+            bad(&["audit", "tail", "--key", "k"]),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn audit_query() {
+        let all = AuditQueryArgs {
+            key: None,
+            application: None,
+            since: None,
+            until: None,
+            result: ResultFilter::Any,
+            limit: 1000,
+        };
+        assert_eq!(audit(&["query"]), AuditCommand::Query(all.clone()));
+        assert_eq!(
+            audit(&[
+                "query",
+                "--key",
+                "web-tls",
+                "--app",
+                "nginx",
+                "--since",
+                "2026-01-31T18:00:00Z",
+                "--until",
+                "2026-12-01T02:00:00+02:00",
+                "--result",
+                "denied",
+                "--limit",
+                "50",
+            ]),
+            AuditCommand::Query(AuditQueryArgs {
+                key: Some("web-tls".into()),
+                application: Some("nginx".into()),
+                since: Some(1_769_882_400),
+                until: Some(1_796_083_200),
+                result: ResultFilter::Denied,
+                limit: 50,
+            })
+        );
+        // Past times are what a query is about: accepted (unlike grant add).
+        assert_eq!(
+            audit(&[
+                "query",
+                "--until",
+                "2001-01-01T00:00:00Z",
+                "--result",
+                "any"
+            ]),
+            AuditCommand::Query(AuditQueryArgs {
+                until: Some(978_307_200),
+                ..all
+            })
+        );
+        for args in [
+            &["--since", "yesterday"][..],
+            &["--until", "2026-12-01"],
+            &["--since", "2026-12-01T00:00:00"],
+            &["--result", "ok"],
+            &["--result", "DENIED"],
+            &["--limit", "0"],
+            &["--limit", "many"],
+        ] {
+            let mut all = vec!["audit", "query"];
+            all.extend_from_slice(args);
+            assert!(
+                matches!(
+                    bad(&all),
+                    ErrorKind::ValueValidation | ErrorKind::InvalidValue
+                ),
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            bad(&["audit", "query", "web-tls"]),
+            ErrorKind::UnknownArgument
+        );
+        assert_eq!(
+            bad(&["audit", "query", "--application", "nginx"]),
+            ErrorKind::UnknownArgument
+        );
+    }
+
     #[test]
     fn hex() {
         assert_eq!(parse_hex("00ab"), Ok(CkaId(vec![0, 0xab])));
@@ -708,7 +911,12 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::DisplayHelp);
         assert_eq!(e.exit_code(), 0);
         let help = e.to_string();
-        for code in ["0  success", "3  the action needs approval", "7  the HSM"] {
+        for code in [
+            "0  success",
+            "3  the action needs approval",
+            "7  the HSM",
+            "8  the audit trail does not verify",
+        ] {
             assert!(help.contains(code), "{code:?} missing in\n{help}");
         }
     }

@@ -4,8 +4,10 @@
 //! Admin socket: `--admin-socket PATH`, else `KEYWARD_ADMIN_SOCKET`, else
 //! `/run/keyward/admin.sock`. Every command takes `--json`: standard output
 //! then carries exactly one JSON document, also on failure
-//! (`{"Error": {"kind", "message", "exit_code"}}`). Messages for people go
-//! to standard error as `keyward: ...`.
+//! (`{"Error": {"kind", "message", "exit_code"}}`); `audit tail` and
+//! `audit query` print JSON lines instead (one record per line, for SIEM
+//! export; a failure is one error line). Messages for people go to
+//! standard error as `keyward: ...`.
 //!
 //! Exit codes (also in `keyward --help`; the mapping from the agent's
 //! error kinds is [`admin::Exit`]'s `From<AdminErrorKind>`):
@@ -20,6 +22,7 @@
 //! | 5 | refused by policy or by the key's lifecycle |
 //! | 6 | conflict with the current state (name taken, raced) |
 //! | 7 | the HSM or the inventory store failed |
+//! | 8 | the audit trail does not verify (`audit verify` found tampering) |
 //!
 //! Layout: `cli.rs` (clap definitions and argument parsers), `run.rs`
 //! (command → request → answer → output), `admin.rs` (the socket exchange
@@ -31,6 +34,7 @@ mod admin;
 mod cli;
 mod render;
 mod run;
+mod rv;
 mod time;
 
 use std::io::Write;
@@ -49,6 +53,20 @@ fn main() -> ExitCode {
         .admin_socket
         .or_else(|| std::env::var_os("KEYWARD_ADMIN_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    if let cli::Command::Audit {
+        command: cli::AuditCommand::Tail { n, follow: true },
+    } = cli.command
+    {
+        // Streams until interrupted: prints as it goes.
+        let exit = run::follow(
+            n,
+            &socket,
+            cli.json,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr(),
+        );
+        return ExitCode::from(exit.code());
+    }
     let out = run::run(cli.command, &socket, cli.json);
     let mut exit = out.exit;
     if std::io::stdout()

@@ -7,9 +7,11 @@
 //! may be written by anyone who can create objects there).
 //! JSON: the protocol types as serde writes them, except that every
 //! `backend_id` (a CKA_ID) is a hex string, as `discover --adopt` takes it.
+//! Audit records are JSON lines instead: one compact object per record.
 
 use keyward_protocol::admin::{
-    AppInfo, ApprovalRequest, GrantInfo, KeyInfo, KeyResponse, ShadowInfo, Status,
+    AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, GrantInfo, KeyInfo, KeyResponse,
+    ShadowInfo, Status,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -60,28 +62,42 @@ fn list(items: &[String]) -> String {
 /// Columns aligned on the widest cell, two spaces apart, no trailing
 /// blanks. Cells are expected to be [`cell`]-clean.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
+    let mut widths = Vec::new();
     let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
     for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(c);
-            let pad = w.saturating_sub(c.chars().count());
-            line.extend(std::iter::repeat_n(' ', pad));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        widen(&mut widths, row);
     }
-    out
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|row| table_line(row, &widths))
+        .collect()
+}
+
+/// Grows `widths` to fit `row`.
+fn widen(widths: &mut Vec<usize>, row: &[String]) {
+    if widths.len() < row.len() {
+        widths.resize(row.len(), 0);
+    }
+    for (w, c) in widths.iter_mut().zip(row) {
+        *w = (*w).max(c.chars().count());
+    }
+}
+
+/// One table line: cells padded to `widths`, two spaces apart, no
+/// trailing blanks, a final newline.
+fn table_line(row: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+        if i > 0 {
+            line.push_str("  ");
+        }
+        line.push_str(c);
+        let pad = w.saturating_sub(c.chars().count());
+        line.extend(std::iter::repeat_n(' ', pad));
+    }
+    let mut line = line.trim_end().to_owned();
+    line.push('\n');
+    line
 }
 
 /// `label:` lines with the values aligned.
@@ -400,6 +416,140 @@ pub fn pending(p: &ApprovalRequest) -> String {
     ])
 }
 
+/// `keyward audit verify` as text: the counts, then `intact` or the first
+/// bad record.
+pub fn verification(v: &AuditVerification) -> String {
+    let mut out = fields(&[
+        ("records checked", v.records.to_string()),
+        ("head seq", v.head_seq.to_string()),
+        ("checkpoints verified", v.checkpoints_ok.to_string()),
+        ("sealed through", v.sealed_through.to_string()),
+        ("unsealed", v.unsealed.to_string()),
+    ]);
+    match &v.first_bad {
+        None => out.push_str("intact\n"),
+        Some(p) => out.push_str(&format!(
+            "FIRST BAD RECORD: {}: {}\n",
+            p.seq,
+            cell(&p.problem)
+        )),
+    }
+    out
+}
+
+/// The audit table's columns.
+const AUDIT_HEADERS: [&str; 9] = [
+    "SEQ",
+    "TIME (UTC)",
+    "KIND",
+    "ACTOR",
+    "KEY",
+    "OPERATION",
+    "MECHANISM",
+    "RESULT",
+    "REASON",
+];
+
+/// Audit records as a table (`audit tail`, `audit query`); oldest first.
+pub fn records(records: &[AuditRecordInfo]) -> String {
+    if records.is_empty() {
+        return "no audit records\n".to_owned();
+    }
+    RecordTable::default().push(records)
+}
+
+/// The audit table printed a batch at a time (`audit tail --follow`): the
+/// header once, then rows; columns only ever widen, so a later batch
+/// stays aligned with what was printed before unless a cell is wider.
+#[derive(Debug, Default)]
+pub struct RecordTable {
+    widths: Vec<usize>,
+    header_printed: bool,
+}
+
+impl RecordTable {
+    /// The text for the next batch: the header first (even for an empty
+    /// first batch), then one line per record.
+    pub fn push(&mut self, records: &[AuditRecordInfo]) -> String {
+        let header: Vec<String> = AUDIT_HEADERS.iter().map(|h| (*h).to_owned()).collect();
+        let rows: Vec<Vec<String>> = records.iter().map(record_row).collect();
+        widen(&mut self.widths, &header);
+        for row in &rows {
+            widen(&mut self.widths, row);
+        }
+        let mut out = String::new();
+        if !self.header_printed {
+            self.header_printed = true;
+            out.push_str(&table_line(&header, &self.widths));
+        }
+        for row in &rows {
+            out.push_str(&table_line(row, &self.widths));
+        }
+        out
+    }
+}
+
+fn record_row(r: &AuditRecordInfo) -> Vec<String> {
+    vec![
+        r.seq.to_string(),
+        format_utc(r.at),
+        cell(&r.kind),
+        actor(r),
+        match (&r.key, r.key_version) {
+            (None, _) => "-".to_owned(),
+            (Some(k), None) => cell(k),
+            (Some(k), Some(v)) => format!("{} v{v}", cell(k)),
+        },
+        cell(&r.operation),
+        r.mechanism.map_or_else(
+            || "-".to_owned(),
+            |m| {
+                keyward_policy::mechanism_name(m)
+                    .map_or_else(|| format!("{m:#010x}"), str::to_owned)
+            },
+        ),
+        result(r.result),
+        cell(&r.reason),
+    ]
+}
+
+/// Who acted: the application's name, `administrator uid:N`, `agent`,
+/// `scheduler`.
+fn actor(r: &AuditRecordInfo) -> String {
+    let uid = r.uid.map(|u| format!(" uid:{u}")).unwrap_or_default();
+    match (r.actor.as_str(), &r.application) {
+        ("application", Some(name)) => cell(name),
+        ("application" | "administrator", None) | ("administrator", Some(_)) => {
+            format!("{}{uid}", r.actor)
+        }
+        (other, _) => cell(other),
+    }
+}
+
+/// `ok`, the `CKR_*` name, or the value in hex.
+fn result(rv: u64) -> String {
+    match rv {
+        0 => "ok".to_owned(),
+        rv => crate::rv::rv_name(rv).map_or_else(|| format!("{rv:#010x}"), str::to_owned),
+    }
+}
+
+/// One JSON object per line (JSON lines) for `--json` on the audit
+/// record commands: what a SIEM ingests.
+pub fn json_lines<T: Serialize>(items: &[T]) -> String {
+    items.iter().map(json_line).collect()
+}
+
+/// `value` as compact JSON on one line, with a final newline.
+pub fn json_line<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::json!({ "Error": { "kind": "Unexpected", "message": e.to_string(), "exit_code": 1 } })
+            .to_string()
+    });
+    text.push('\n');
+    text
+}
+
 /// One pretty JSON document (with a final newline): `value` as serde
 /// writes it, each `backend_id` as a hex string.
 pub fn json<T: Serialize>(value: &T) -> String {
@@ -440,7 +590,7 @@ fn hex_ids(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_protocol::admin::{HistoryEntry, TokenStatus, VersionInfo};
+    use keyward_protocol::admin::{AuditProblem, HistoryEntry, TokenStatus, VersionInfo};
 
     const T0: i64 = 1_769_882_400; // 2026-01-31 18:00:00
 
@@ -792,5 +942,186 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&json(&s)).unwrap();
         assert_eq!(v["tokens"][0]["backend_library_version"]["minor"], 6);
+    }
+
+    fn record(seq: u64) -> AuditRecordInfo {
+        AuditRecordInfo {
+            seq,
+            at: T0,
+            micros: 250_000,
+            kind: "use".into(),
+            actor: "application".into(),
+            application: Some("nginx".into()),
+            uid: Some(33),
+            pid: Some(4242),
+            exe: Some("/usr/sbin/nginx".into()),
+            token: Some("keyward".into()),
+            key: Some("web-tls".into()),
+            key_version: Some(2),
+            operation: "C_Sign".into(),
+            mechanism: Some(0x1041), // CKM_ECDSA
+            result: 0,
+            reason: String::new(),
+        }
+    }
+
+    /// One record of each actor, a refusal, an unknown mechanism and
+    /// result, text that must not reach the terminal raw.
+    fn records_fixture() -> Vec<AuditRecordInfo> {
+        let mut denied = record(8);
+        denied.kind = "refusal".into();
+        denied.application = Some("evil\u{1b}[2J".into());
+        denied.operation = "C_Decrypt".into();
+        denied.mechanism = Some(0x8000_1234);
+        denied.result = 0x68;
+        denied.reason = "no grant\nfor decrypt".into();
+        let mut admin = record(9);
+        admin.kind = "lifecycle".into();
+        admin.actor = "administrator".into();
+        admin.application = None;
+        admin.uid = Some(1000);
+        admin.key_version = None;
+        admin.operation = "rotate".into();
+        admin.mechanism = None;
+        admin.reason = "ticket 42".into();
+        let mut agent = record(10);
+        agent.at = T0 + 3600;
+        agent.kind = "agent".into();
+        agent.actor = "agent".into();
+        agent.application = None;
+        agent.uid = None;
+        agent.key = None;
+        agent.key_version = None;
+        agent.operation = "start".into();
+        agent.mechanism = None;
+        agent.result = 0x8000_0001;
+        let mut scheduler = record(11);
+        scheduler.actor = "scheduler".into();
+        scheduler.application = None;
+        scheduler.kind = "lifecycle".into();
+        scheduler.operation = "deactivate".into();
+        scheduler.mechanism = None;
+        vec![record(7), denied, admin, agent, scheduler]
+    }
+
+    #[test]
+    fn audit_records_text() {
+        assert_eq!(
+            records(&records_fixture()),
+            "SEQ  TIME (UTC)           KIND       ACTOR                   KEY         OPERATION   MECHANISM   RESULT                          REASON\n\
+             7    2026-01-31 18:00:00  use        nginx                   web-tls v2  C_Sign      CKM_ECDSA   ok                              -\n\
+             8    2026-01-31 18:00:00  refusal    evil\\u{1b}[2J           web-tls v2  C_Decrypt   0x80001234  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant\\nfor decrypt\n\
+             9    2026-01-31 18:00:00  lifecycle  administrator uid:1000  web-tls     rotate      -           ok                              ticket 42\n\
+             10   2026-01-31 19:00:00  agent      agent                   -           start       -           0x80000001                      -\n\
+             11   2026-01-31 18:00:00  lifecycle  scheduler               web-tls v2  deactivate  -           ok                              -\n"
+        );
+        assert_eq!(records(&[]), "no audit records\n");
+        let mut anonymous = record(1);
+        anonymous.application = None;
+        assert!(records(&[anonymous]).contains("  application uid:33  "));
+    }
+
+    #[test]
+    fn audit_table_in_batches_keeps_its_header_and_columns() {
+        let mut t = RecordTable::default();
+        let first = t.push(&[]);
+        assert!(first.starts_with("SEQ  TIME (UTC)  KIND  ACTOR"), "{first}");
+        assert_eq!(first.lines().count(), 1);
+        let second = t.push(&[record(1)]);
+        assert!(!second.contains("SEQ"), "{second}");
+        assert_eq!(
+            second,
+            "1    2026-01-31 18:00:00  use   nginx  web-tls v2  C_Sign     CKM_ECDSA  ok      -\n"
+        );
+        // Columns only widen: a narrower later row is padded as before.
+        let mut short = record(2);
+        short.operation = "C".into();
+        let third = t.push(&[short]);
+        assert_eq!(
+            third,
+            "2    2026-01-31 18:00:00  use   nginx  web-tls v2  C          CKM_ECDSA  ok      -\n"
+        );
+        // One batch is exactly the table `records` prints.
+        let all = records_fixture();
+        assert_eq!(RecordTable::default().push(&all), records(&all));
+    }
+
+    #[test]
+    fn audit_records_json_lines() {
+        let text = json_lines(&records_fixture());
+        assert_eq!(text.lines().count(), 5);
+        assert!(text.ends_with("}\n"));
+        for (line, want) in text.lines().zip(records_fixture()) {
+            let got: AuditRecordInfo = serde_json::from_str(line).unwrap();
+            assert_eq!(got, want);
+        }
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["seq"], 7);
+        assert_eq!(first["at"], T0);
+        assert_eq!(first["micros"], 250_000);
+        assert_eq!(first["application"], "nginx");
+        assert_eq!(first["mechanism"], 0x1041);
+        assert_eq!(first["result"], 0);
+        // Control characters stay inside their JSON string: one line each.
+        assert!(text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("no grant\\nfor decrypt"));
+        assert_eq!(json_lines::<AuditRecordInfo>(&[]), "");
+    }
+
+    fn intact() -> AuditVerification {
+        AuditVerification {
+            records: 1234,
+            head_seq: 1234,
+            checkpoints_ok: 12,
+            sealed_through: 1200,
+            unsealed: 34,
+            first_bad: None,
+        }
+    }
+
+    #[test]
+    fn audit_verification_text_and_json() {
+        assert_eq!(
+            verification(&intact()),
+            "records checked:       1234\n\
+             head seq:              1234\n\
+             checkpoints verified:  12\n\
+             sealed through:        1200\n\
+             unsealed:              34\n\
+             intact\n"
+        );
+        let tampered = AuditVerification {
+            records: 57,
+            first_bad: Some(AuditProblem {
+                seq: 57,
+                problem: "hash does not match\nits content".into(),
+            }),
+            ..intact()
+        };
+        let text = verification(&tampered);
+        assert!(text.starts_with("records checked:       57\n"), "{text}");
+        assert!(
+            text.ends_with("unsealed:              34\nFIRST BAD RECORD: 57: hash does not match\\nits content\n"),
+            "{text}"
+        );
+        assert!(!text.contains("intact"));
+
+        let v: Value = serde_json::from_str(&json(&intact())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "records": 1234, "head_seq": 1234, "checkpoints_ok": 12,
+                "sealed_through": 1200, "unsealed": 34, "first_bad": null
+            })
+        );
+        let v: Value = serde_json::from_str(&json(&tampered)).unwrap();
+        assert_eq!(v["first_bad"]["seq"], 57);
+        assert_eq!(
+            v["first_bad"]["problem"],
+            "hash does not match\nits content"
+        );
     }
 }

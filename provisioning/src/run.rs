@@ -1,16 +1,23 @@
 //! From a parsed command line to what the process prints and its exit
 //! code: build the admin request, exchange it, present the answer. Only
-//! [`run`] does I/O (the socket, the policy file); [`request`] and
-//! [`present`] are pure and tested as such.
+//! [`run`] and [`follow`] do I/O (the socket, the policy file; `follow`
+//! also writes as it goes, for `audit tail --follow`); [`request`] and
+//! [`present`] are pure and tested as such, and `follow`'s loop is tested
+//! with canned answers.
 
+use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
-use keyward_protocol::admin::{AdminRequest, AdminResponse, KeyAction, KeyRequest, KeyResponse};
+use keyward_protocol::admin::{
+    AdminRequest, AdminResponse, AuditRecordInfo, AuditRequest, AuditResponse, AuditVerification,
+    KeyAction, KeyRequest, KeyResponse,
+};
 
 use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
-    AppCommand, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs, KeyCommand, PinCommand,
-    PolicyCommand, TransitionArgs,
+    AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs,
+    KeyCommand, PinCommand, PolicyCommand, ResultFilter, TransitionArgs,
 };
 use crate::render;
 use crate::time;
@@ -46,7 +53,26 @@ impl Output {
             exit: f.exit,
         }
     }
+
+    /// [`Output::failure`] for the JSON-lines commands (`audit tail`,
+    /// `audit query`): the error document on one line.
+    fn failure_line(f: &Failure, json: bool) -> Output {
+        Output {
+            stdout: if json {
+                render::json_line(&f.to_json())
+            } else {
+                String::new()
+            },
+            ..Output::failure(f, false)
+        }
+    }
 }
+
+/// How often `audit tail --follow` asks for new records.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// At most this many records per `--follow` poll.
+const FOLLOW_BATCH: u32 = 1000;
 
 /// Runs one command against the agent at `socket`.
 pub fn run(command: Command, socket: &Path, json: bool) -> Output {
@@ -56,8 +82,15 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     {
         return policy_check(file, json);
     }
+    let lines = matches!(
+        command,
+        Command::Audit {
+            command: AuditCommand::Tail { .. } | AuditCommand::Query(_)
+        }
+    );
     let req = match request(command, time::now()) {
         Ok(req) => req,
+        Err(f) if lines => return Output::failure_line(&f, json),
         Err(f) => return Output::failure(&f, json),
     };
     present(&req, exchange(socket, &req), json)
@@ -200,6 +233,41 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
                 "--adopt, --name and --class go together",
             )),
         },
+        Command::Audit { command } => Ok(AdminRequest::Audit(match command {
+            AuditCommand::Verify => AuditRequest::Verify,
+            // --follow's later polls are `follow`'s business.
+            AuditCommand::Tail { n, follow: _ } => AuditRequest::Tail { n, after_seq: None },
+            AuditCommand::Query(AuditQueryArgs {
+                key,
+                application,
+                since,
+                until,
+                result,
+                limit,
+            }) => {
+                if let (Some(since), Some(until)) = (since, until) {
+                    if since >= until {
+                        return Err(Failure::local(
+                            Exit::Usage,
+                            "Usage",
+                            format!(
+                                "--since {} is not before --until {}",
+                                time::format_utc(since),
+                                time::format_utc(until)
+                            ),
+                        ));
+                    }
+                }
+                AuditRequest::Query {
+                    key,
+                    application,
+                    since,
+                    until,
+                    denied_only: result == ResultFilter::Denied,
+                    limit,
+                }
+            }
+        })),
     }
 }
 
@@ -207,6 +275,22 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
 /// get one). Any key answer is shown for what it is; an answer of the
 /// wrong family (a status for a key request) is unexpected.
 pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: bool) -> Output {
+    match req {
+        AdminRequest::Audit(AuditRequest::Verify) => {
+            return match verification_of(req, resp) {
+                Ok(v) => verification(v, json),
+                Err(f) => Output::failure(&f, json),
+            }
+        }
+        AdminRequest::Audit(AuditRequest::Tail { .. } | AuditRequest::Query { .. }) => {
+            return match records_of(req, resp) {
+                Ok(r) if json => Output::success(render::json_lines(&r)),
+                Ok(r) => Output::success(render::records(&r)),
+                Err(f) => Output::failure_line(&f, json),
+            }
+        }
+        AdminRequest::Status | AdminRequest::Key(_) => {}
+    }
     let resp = match resp {
         Ok(r) => r,
         Err(f) => return Output::failure(&f, json),
@@ -218,32 +302,167 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
             render::status(&s)
         }),
         (AdminRequest::Key(_), AdminResponse::Key(r)) => key_answer(*r, json),
-        (_, AdminResponse::KeyErr { kind, message }) => {
-            Output::failure(&Failure::from_agent(kind, message), json)
+        (req, resp) => Output::failure(&answer_failure(req, resp), json),
+    }
+}
+
+/// Why `resp` is not the answer `req` wants: the agent's error (with its
+/// exit code), its refusal, or an answer of the wrong kind.
+fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure {
+    match resp {
+        AdminResponse::KeyErr { kind, message } => Failure::from_agent(kind, message),
+        AdminResponse::Err(message) => Failure::local(
+            Exit::Error,
+            "Agent",
+            format!("the agent refused: {message}"),
+        ),
+        resp => Failure::local(
+            Exit::Error,
+            "Unexpected",
+            format!(
+                "unexpected answer from the agent: {} to {}",
+                variant(&resp),
+                match req {
+                    AdminRequest::Status => "a status request",
+                    AdminRequest::Key(_) => "a key request",
+                    AdminRequest::Audit(_) => "an audit request",
+                }
+            ),
+        ),
+    }
+}
+
+/// The verification in the answer to `audit verify`.
+fn verification_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<AuditVerification, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Verified(v) => Ok(v),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// The records in the answer to `audit tail` or `audit query`.
+fn records_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<Vec<AuditRecordInfo>, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Records(r) => Ok(r),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// `audit verify`: exit 0 when intact; exit 8 when tampering was found,
+/// with the first bad record on standard error too.
+fn verification(v: AuditVerification, json: bool) -> Output {
+    let stdout = if json {
+        render::json(&v)
+    } else {
+        render::verification(&v)
+    };
+    match &v.first_bad {
+        None => Output::success(stdout),
+        Some(bad) => Output {
+            stderr: format!(
+                "keyward: the audit trail does not verify: record {}: {}\n",
+                bad.seq,
+                render::clean(&bad.problem)
+            ),
+            stdout,
+            exit: Exit::AuditBroken,
+        },
+    }
+}
+
+/// `audit tail --follow`: the last `n` records, then every new one, each
+/// poll asking for at most [`FOLLOW_BATCH`] records after the last seen
+/// and sleeping [`FOLLOW_INTERVAL`] between polls (at once again after a
+/// full batch, to catch up). Runs until interrupted, standard output
+/// closes (exit 1), or a poll fails (that failure's output and exit code).
+pub fn follow(n: u32, socket: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
+    follow_with(
+        n,
+        json,
+        |req| exchange(socket, req),
+        || {
+            std::thread::sleep(FOLLOW_INTERVAL);
+            true
+        },
+        out,
+        err,
+    )
+}
+
+/// [`follow`] with the exchange and the wait given: `wait` returning
+/// `false` ends the loop (exit 0); tests use it to stop.
+fn follow_with(
+    n: u32,
+    json: bool,
+    mut ask: impl FnMut(&AdminRequest) -> Result<AdminResponse, Failure>,
+    mut wait: impl FnMut() -> bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Exit {
+    let mut table = render::RecordTable::default();
+    let mut last_seq: Option<u64> = None;
+    let mut req = AdminRequest::Audit(AuditRequest::Tail { n, after_seq: None });
+    loop {
+        let records = match records_of(&req, ask(&req)) {
+            Ok(r) => r,
+            Err(f) => {
+                let o = Output::failure_line(&f, json);
+                let _ = out
+                    .write_all(o.stdout.as_bytes())
+                    .and_then(|()| out.flush());
+                let _ = err.write_all(o.stderr.as_bytes());
+                return o.exit;
+            }
+        };
+        let polled = matches!(
+            req,
+            AdminRequest::Audit(AuditRequest::Tail {
+                after_seq: Some(_),
+                ..
+            })
+        );
+        let full = polled && records.len() >= FOLLOW_BATCH as usize;
+        // Defensive: never print a record twice, whatever the agent sends.
+        let fresh: Vec<AuditRecordInfo> = records
+            .into_iter()
+            .filter(|r| last_seq.is_none_or(|last| r.seq > last))
+            .collect();
+        if let Some(max) = fresh.iter().map(|r| r.seq).max() {
+            last_seq = Some(max);
         }
-        (_, AdminResponse::Err(message)) => Output::failure(
-            &Failure::local(
-                Exit::Error,
-                "Agent",
-                format!("the agent refused: {message}"),
-            ),
-            json,
-        ),
-        (req, resp) => Output::failure(
-            &Failure::local(
-                Exit::Error,
-                "Unexpected",
-                format!(
-                    "unexpected answer from the agent: {} to {}",
-                    variant(&resp),
-                    match req {
-                        AdminRequest::Status => "a status request",
-                        AdminRequest::Key(_) => "a key request",
-                    }
-                ),
-            ),
-            json,
-        ),
+        let text = if json {
+            render::json_lines(&fresh)
+        } else {
+            table.push(&fresh)
+        };
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Exit::Error;
+        }
+        if !full && !wait() {
+            return Exit::Success;
+        }
+        // Records are numbered from 1: after 0 is the whole trail, so
+        // nothing written after an empty first answer is missed.
+        req = AdminRequest::Audit(AuditRequest::Tail {
+            n: FOLLOW_BATCH,
+            after_seq: Some(last_seq.unwrap_or(0)),
+        });
     }
 }
 
@@ -278,6 +497,10 @@ fn variant(resp: &AdminResponse) -> &'static str {
         AdminResponse::Err(_) => "Err",
         AdminResponse::Status(_) => "Status",
         AdminResponse::Key(_) => "Key",
+        AdminResponse::Audit(a) => match **a {
+            AuditResponse::Verified(_) => "Audit(Verified)",
+            AuditResponse::Records(_) => "Audit(Records)",
+        },
         AdminResponse::KeyErr { .. } => "KeyErr",
     }
 }
@@ -324,7 +547,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use clap::Parser;
-    use keyward_protocol::admin::{AdminErrorKind, ApprovalRequest};
+    use keyward_protocol::admin::{AdminErrorKind, ApprovalRequest, AuditProblem};
 
     const NOW: i64 = 1_769_882_400;
 
@@ -589,5 +812,333 @@ mod tests {
         assert_eq!(out.stderr, "keyward: cannot reach\n");
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["Error"]["kind"], "Unreachable");
+    }
+
+    fn audit(args: &[&str]) -> Result<AuditRequest, Failure> {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        req(&all).map(|r| match r {
+            AdminRequest::Audit(a) => a,
+            other => panic!("{args:?}: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn audit_commands_become_requests() {
+        assert_eq!(audit(&["verify"]), Ok(AuditRequest::Verify));
+        assert_eq!(
+            audit(&["tail"]),
+            Ok(AuditRequest::Tail {
+                n: 20,
+                after_seq: None
+            })
+        );
+        // --follow starts like a plain tail.
+        assert_eq!(
+            audit(&["tail", "-n", "3", "--follow"]),
+            Ok(AuditRequest::Tail {
+                n: 3,
+                after_seq: None
+            })
+        );
+        assert_eq!(
+            audit(&["query"]),
+            Ok(AuditRequest::Query {
+                key: None,
+                application: None,
+                since: None,
+                until: None,
+                denied_only: false,
+                limit: 1000
+            })
+        );
+        assert_eq!(
+            audit(&[
+                "query",
+                "--key",
+                "web-tls",
+                "--app",
+                "nginx",
+                "--since",
+                "2026-01-01T00:00:00Z",
+                "--until",
+                "2026-01-31T18:00:00Z",
+                "--result",
+                "denied",
+                "--limit",
+                "10",
+            ]),
+            Ok(AuditRequest::Query {
+                key: Some("web-tls".into()),
+                application: Some("nginx".into()),
+                since: Some(1_767_225_600),
+                until: Some(NOW),
+                denied_only: true,
+                limit: 10
+            })
+        );
+        for (since, until) in [
+            ("2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+            ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+        ] {
+            let e = audit(&["query", "--since", since, "--until", until]).unwrap_err();
+            assert_eq!((e.exit, e.kind.as_str()), (Exit::Usage, "Usage"));
+            assert!(e.message.contains("is not before --until"), "{e:?}");
+        }
+    }
+
+    fn record(seq: u64) -> AuditRecordInfo {
+        AuditRecordInfo {
+            seq,
+            at: NOW,
+            micros: 0,
+            kind: "use".into(),
+            actor: "application".into(),
+            application: Some("nginx".into()),
+            uid: Some(33),
+            pid: Some(1),
+            exe: None,
+            token: Some("keyward".into()),
+            key: Some("web-tls".into()),
+            key_version: Some(1),
+            operation: "C_Sign".into(),
+            mechanism: Some(0x1041),
+            result: 0,
+            reason: String::new(),
+        }
+    }
+
+    fn records(seqs: impl IntoIterator<Item = u64>) -> AdminResponse {
+        AdminResponse::Audit(Box::new(AuditResponse::Records(
+            seqs.into_iter().map(record).collect(),
+        )))
+    }
+
+    fn verified(first_bad: Option<AuditProblem>) -> AdminResponse {
+        AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
+            records: 10,
+            head_seq: 10,
+            checkpoints_ok: 1,
+            sealed_through: 8,
+            unsealed: 2,
+            first_bad,
+        })))
+    }
+
+    const VERIFY: AdminRequest = AdminRequest::Audit(AuditRequest::Verify);
+    const TAIL: AdminRequest = AdminRequest::Audit(AuditRequest::Tail {
+        n: 20,
+        after_seq: None,
+    });
+
+    #[test]
+    fn audit_verify_exits_8_when_tampered() {
+        let out = present(&VERIFY, Ok(verified(None)), false);
+        assert_eq!((out.exit, out.stderr.as_str()), (Exit::Success, ""));
+        assert!(out.stdout.ends_with("\nintact\n"), "{out:?}");
+        let out = present(&VERIFY, Ok(verified(None)), true);
+        assert_eq!(out.exit, Exit::Success);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["first_bad"], serde_json::Value::Null);
+        assert_eq!(v["sealed_through"], 8);
+
+        let bad = || {
+            Ok(verified(Some(AuditProblem {
+                seq: 7,
+                problem: "previous hash does not match record 6".into(),
+            })))
+        };
+        let out = present(&VERIFY, bad(), false);
+        assert_eq!(out.exit, Exit::AuditBroken);
+        assert_eq!(out.exit.code(), 8);
+        assert!(
+            out.stdout
+                .ends_with("FIRST BAD RECORD: 7: previous hash does not match record 6\n"),
+            "{out:?}"
+        );
+        assert_eq!(
+            out.stderr,
+            "keyward: the audit trail does not verify: record 7: previous hash does not match record 6\n"
+        );
+        let out = present(&VERIFY, bad(), true);
+        assert_eq!(out.exit, Exit::AuditBroken);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["first_bad"]["seq"], 7);
+
+        // Records to a verify request: unexpected, not success.
+        let out = present(&VERIFY, Ok(records(1..=1)), false);
+        assert_eq!(out.exit, Exit::Error);
+        assert_eq!(
+            out.stderr,
+            "keyward: unexpected answer from the agent: Audit(Records) to an audit request\n"
+        );
+        let out = present(
+            &VERIFY,
+            Ok(AdminResponse::KeyErr {
+                kind: AdminErrorKind::Failed,
+                message: "the audit key cannot sign".into(),
+            }),
+            true,
+        );
+        assert_eq!(out.exit, Exit::Failed);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["Error"]["kind"], "Failed");
+    }
+
+    #[test]
+    fn audit_records_are_a_table_or_json_lines() {
+        let out = present(&TAIL, Ok(records(1..=2)), false);
+        assert_eq!(out.exit, Exit::Success);
+        assert!(out.stdout.starts_with("SEQ  TIME (UTC)  "), "{out:?}");
+        assert_eq!(out.stdout.lines().count(), 3);
+        let out = present(&TAIL, Ok(records(1..=2)), true);
+        assert_eq!(out.exit, Exit::Success);
+        let seqs: Vec<u64> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<AuditRecordInfo>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        let out = present(&TAIL, Ok(records([])), false);
+        assert_eq!(out.stdout, "no audit records\n");
+        let out = present(&TAIL, Ok(records([])), true);
+        assert_eq!(out.stdout, "");
+
+        // Failures keep the stream JSON lines: one error line.
+        let out = present(
+            &TAIL,
+            Ok(AdminResponse::KeyErr {
+                kind: AdminErrorKind::NotFound,
+                message: "no key".into(),
+            }),
+            true,
+        );
+        assert_eq!(out.exit, Exit::NotFound);
+        assert_eq!(out.stdout.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["Error"]["exit_code"], 4);
+        assert_eq!(out.stderr, "keyward: no key\n");
+        let out = present(&TAIL, Ok(verified(None)), false);
+        assert_eq!(out.exit, Exit::Error);
+        assert!(out.stderr.contains("Audit(Verified) to an audit request"));
+        let out = present(
+            &TAIL,
+            Ok(AdminResponse::Key(Box::new(KeyResponse::Done("x".into())))),
+            false,
+        );
+        assert_eq!(out.exit, Exit::Error);
+    }
+
+    /// Runs `follow_with` against canned answers; returns the requests,
+    /// stdout, stderr, the exit code and how often it waited.
+    fn follow_script(
+        json: bool,
+        answers: Vec<Result<AdminResponse, Failure>>,
+    ) -> (Vec<AdminRequest>, String, String, Exit, usize) {
+        let remaining = std::cell::Cell::new(answers.len());
+        let mut answers = answers.into_iter();
+        let mut asked = Vec::new();
+        let waits = std::cell::Cell::new(0);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let exit = follow_with(
+            20,
+            json,
+            |req| {
+                asked.push(req.clone());
+                remaining.set(remaining.get().saturating_sub(1));
+                answers
+                    .next()
+                    .unwrap_or_else(|| panic!("asked too often: {req:?}"))
+            },
+            || {
+                waits.set(waits.get() + 1);
+                // Stop once every canned answer was given.
+                remaining.get() > 0
+            },
+            &mut out,
+            &mut err,
+        );
+        (
+            asked,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            exit,
+            waits.get(),
+        )
+    }
+
+    fn tail_after(seq: u64) -> AdminRequest {
+        AdminRequest::Audit(AuditRequest::Tail {
+            n: FOLLOW_BATCH,
+            after_seq: Some(seq),
+        })
+    }
+
+    #[test]
+    fn follow_polls_after_the_last_record_seen() {
+        let (asked, out, err, exit, waits) = follow_script(
+            true,
+            vec![
+                Ok(records(5..=6)),
+                Ok(records([])),
+                // A record already printed is not printed again.
+                Ok(records(6..=8)),
+            ],
+        );
+        assert_eq!(asked, [TAIL, tail_after(6), tail_after(6)]);
+        let seqs: Vec<u64> = out
+            .lines()
+            .map(|l| serde_json::from_str::<AuditRecordInfo>(l).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [5, 6, 7, 8]);
+        assert_eq!((err.as_str(), exit, waits), ("", Exit::Success, 3));
+
+        // Text: one header, then rows as they come.
+        let (_, out, _, _, _) = follow_script(false, vec![Ok(records(1..=1)), Ok(records(2..=2))]);
+        assert_eq!(out.matches("SEQ").count(), 1, "{out}");
+        assert_eq!(out.lines().count(), 3, "{out}");
+    }
+
+    #[test]
+    fn follow_from_an_empty_trail_misses_nothing() {
+        let (asked, out, _, exit, _) =
+            follow_script(false, vec![Ok(records([])), Ok(records(1..=3))]);
+        assert_eq!(asked, [TAIL, tail_after(0)]);
+        assert_eq!(exit, Exit::Success);
+        assert!(out.starts_with("SEQ  "), "{out}");
+        assert_eq!(out.lines().count(), 4, "{out}");
+    }
+
+    #[test]
+    fn follow_catches_up_without_waiting_after_a_full_batch() {
+        let full = FOLLOW_BATCH as u64;
+        let (asked, out, _, _, waits) = follow_script(
+            true,
+            vec![
+                Ok(records(1..=1)),
+                Ok(records(2..=full + 1)),
+                Ok(records(full + 2..=full + 2)),
+            ],
+        );
+        assert_eq!(asked, [TAIL, tail_after(1), tail_after(full + 1)]);
+        assert_eq!(out.lines().count() as u64, full + 2);
+        // Waited after the first answer and the last, not after the full one.
+        assert_eq!(waits, 2);
+    }
+
+    #[test]
+    fn follow_stops_when_the_agent_goes_away() {
+        let gone = Failure::local(Exit::Error, "Unreachable", "cannot reach keyward-agent");
+        let (asked, out, err, exit, _) =
+            follow_script(true, vec![Ok(records(1..=1)), Err(gone.clone())]);
+        assert_eq!(asked.len(), 2);
+        assert_eq!(exit, Exit::Error);
+        assert_eq!(err, "keyward: cannot reach keyward-agent\n");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["Error"]["kind"], "Unreachable");
+        let (_, out, _, exit, _) = follow_script(false, vec![Err(gone)]);
+        assert_eq!((out.as_str(), exit), ("", Exit::Error));
     }
 }

@@ -8,8 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward_protocol::admin::{
-    AdminErrorKind, AdminRequest, AdminResponse, ApprovalRequest, KeyAction, KeyInfo, KeyRequest,
-    KeyResponse, VersionInfo,
+    AdminErrorKind, AdminRequest, AdminResponse, ApprovalRequest, AuditProblem, AuditRecordInfo,
+    AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyInfo, KeyRequest, KeyResponse,
+    VersionInfo,
 };
 use keyward_protocol::frame::{read_message, write_message};
 
@@ -28,6 +29,18 @@ fn keyward(socket: &Path, args: &[&str]) -> Command {
 /// Runs `keyward ARGS` against a fake agent that answers its one request
 /// with `answer`; returns the request it sent and what it printed.
 fn against_fake_agent(args: &[&str], answer: AdminResponse) -> (AdminRequest, Output) {
+    let (mut requests, out) = against_fake_agent_serving(args, vec![answer]);
+    assert_eq!(requests.len(), 1);
+    (requests.remove(0), out)
+}
+
+/// Runs `keyward ARGS` against a fake agent that answers one connection
+/// per answer, in order, and then goes away (the socket is closed and
+/// removed); returns the requests it got and what keyward printed.
+fn against_fake_agent_serving(
+    args: &[&str],
+    answers: Vec<AdminResponse>,
+) -> (Vec<AdminRequest>, Output) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
     let listener = UnixListener::bind(&socket).unwrap();
@@ -36,26 +49,32 @@ fn against_fake_agent(args: &[&str], answer: AdminResponse) -> (AdminRequest, Ou
     listener.set_nonblocking(true).unwrap();
     let mut child = keyward(&socket, args).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let out = child.wait_with_output().unwrap();
-                    panic!("keyward exited ({status}) without connecting: {out:?}");
+    let mut requests = Vec::new();
+    for answer in answers {
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        let out = child.wait_with_output().unwrap();
+                        panic!("keyward exited ({status}) without connecting: {out:?}");
+                    }
+                    assert!(Instant::now() < deadline, "keyward never connected");
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                assert!(Instant::now() < deadline, "keyward never connected");
-                std::thread::sleep(Duration::from_millis(5));
+                Err(e) => panic!("accept: {e}"),
             }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
-    let mut buf = Vec::new();
-    let request: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
-    write_message(&mut stream, &answer, &mut buf).unwrap();
+        };
+        stream.set_nonblocking(false).unwrap();
+        let mut buf = Vec::new();
+        let request: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
+        write_message(&mut stream, &answer, &mut buf).unwrap();
+        requests.push(request);
+    }
+    drop(listener);
+    std::fs::remove_file(&socket).unwrap();
     let out = child.wait_with_output().unwrap();
-    (request, out)
+    (requests, out)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -294,6 +313,17 @@ fn usage_errors_exit_2_without_asking_the_agent() {
         ],
         &["discover", "--adopt", "01"],
         &["frobnicate"],
+        &["audit", "tail", "-n", "0"],
+        &["audit", "query", "--since", "yesterday"],
+        &["audit", "query", "--result", "ok"],
+        &[
+            "audit",
+            "query",
+            "--since",
+            "2026-02-01T00:00:00Z",
+            "--until",
+            "2026-01-01T00:00:00Z",
+        ],
     ] {
         let out = keyward(&socket, args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
@@ -302,4 +332,240 @@ fn usage_errors_exit_2_without_asking_the_agent() {
     let out = keyward(&socket, &["--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("3  the action needs approval"));
+    assert!(text(&out.stdout).contains("8  the audit trail does not verify"));
+}
+
+fn verification(first_bad: Option<AuditProblem>) -> AdminResponse {
+    AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
+        records: 120,
+        head_seq: 120,
+        checkpoints_ok: 2,
+        sealed_through: 100,
+        unsealed: 20,
+        first_bad,
+    })))
+}
+
+fn audit_record(seq: u64) -> AuditRecordInfo {
+    AuditRecordInfo {
+        seq,
+        at: 1_769_882_400,
+        micros: 123_456,
+        kind: "refusal".into(),
+        actor: "application".into(),
+        application: Some("nginx".into()),
+        uid: Some(33),
+        pid: Some(4242),
+        exe: Some("/usr/sbin/nginx".into()),
+        token: Some("keyward".into()),
+        key: Some("web-tls".into()),
+        key_version: Some(2),
+        operation: "C_Decrypt".into(),
+        mechanism: Some(0x1), // CKM_RSA_PKCS
+        result: 0x68,         // CKR_KEY_FUNCTION_NOT_PERMITTED
+        reason: "no grant for decrypt".into(),
+    }
+}
+
+fn audit_records(seqs: impl IntoIterator<Item = u64>) -> AdminResponse {
+    AdminResponse::Audit(Box::new(AuditResponse::Records(
+        seqs.into_iter().map(audit_record).collect(),
+    )))
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn audit_verify_intact_exits_0() {
+    let (req, out) = against_fake_agent(&["audit", "verify"], verification(None));
+    assert_eq!(req, AdminRequest::Audit(AuditRequest::Verify));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "records checked:       120\n\
+         head seq:              120\n\
+         checkpoints verified:  2\n\
+         sealed through:        100\n\
+         unsealed:              20\n\
+         intact\n"
+    );
+    assert_eq!(text(&out.stderr), "");
+
+    let (_, out) = against_fake_agent(&["audit", "verify", "--json"], verification(None));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["records"], 120);
+    assert_eq!(v["first_bad"], serde_json::Value::Null);
+}
+
+#[test]
+fn audit_verify_tampered_exits_8_and_names_the_record() {
+    let tampered = || {
+        verification(Some(AuditProblem {
+            seq: 57,
+            problem: "stored hash does not match the record".into(),
+        }))
+    };
+    let (_, out) = against_fake_agent(&["audit", "verify"], tampered());
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.ends_with("FIRST BAD RECORD: 57: stored hash does not match the record\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("intact"), "{stdout}");
+    assert_eq!(
+        text(&out.stderr),
+        "keyward: the audit trail does not verify: record 57: stored hash does not match the record\n"
+    );
+
+    let (_, out) = against_fake_agent(&["--json", "audit", "verify"], tampered());
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first_bad"]["seq"], 57);
+    assert_eq!(v["checkpoints_ok"], 2);
+}
+
+#[test]
+fn audit_tail_json_is_one_record_per_line() {
+    let (req, out) = against_fake_agent(
+        &["audit", "tail", "-n", "3", "--json"],
+        audit_records(8..=10),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::Audit(AuditRequest::Tail {
+            n: 3,
+            after_seq: None
+        })
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    for (line, seq) in lines.iter().zip(8..) {
+        assert_eq!(line["seq"], seq);
+        assert_eq!(line["application"], "nginx");
+        assert_eq!(line["result"], 0x68);
+        assert_eq!(line["micros"], 123_456);
+    }
+    assert_eq!(text(&out.stderr), "");
+
+    // The default count, as a table.
+    let (req, out) = against_fake_agent(&["audit", "tail"], audit_records(1..=1));
+    assert_eq!(
+        req,
+        AdminRequest::Audit(AuditRequest::Tail {
+            n: 20,
+            after_seq: None
+        })
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "SEQ  TIME (UTC)           KIND     ACTOR  KEY         OPERATION  MECHANISM     RESULT                          REASON\n\
+         1    2026-01-31 18:00:00  refusal  nginx  web-tls v2  C_Decrypt  CKM_RSA_PKCS  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant for decrypt\n"
+    );
+}
+
+#[test]
+fn audit_query_builds_its_request_from_the_flags() {
+    let (req, out) = against_fake_agent(
+        &[
+            "audit",
+            "query",
+            "--key",
+            "web-tls",
+            "--app",
+            "nginx",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            "2026-01-31T20:00:00+02:00",
+            "--result",
+            "denied",
+            "--limit",
+            "50",
+            "--json",
+        ],
+        audit_records(4..=5),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::Audit(AuditRequest::Query {
+            key: Some("web-tls".into()),
+            application: Some("nginx".into()),
+            since: Some(1_767_225_600),
+            until: Some(1_769_882_400),
+            denied_only: true,
+            limit: 50
+        })
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json_lines(&out).len(), 2);
+
+    let (req, out) = against_fake_agent(&["audit", "query"], audit_records([]));
+    assert_eq!(
+        req,
+        AdminRequest::Audit(AuditRequest::Query {
+            key: None,
+            application: None,
+            since: None,
+            until: None,
+            denied_only: false,
+            limit: 1000
+        })
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), "no audit records\n");
+
+    // The agent's errors keep their exit codes; with --json one error line.
+    let (_, out) = against_fake_agent(
+        &["audit", "query", "--key", "nope", "--json"],
+        AdminResponse::KeyErr {
+            kind: AdminErrorKind::NotFound,
+            message: "no key \"nope\"".into(),
+        },
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["Error"]["kind"], "NotFound");
+    assert_eq!(text(&out.stderr), "keyward: no key \"nope\"\n");
+}
+
+#[test]
+fn audit_tail_follow_polls_for_new_records() {
+    // Two answers, then the agent goes away: keyward prints what it got
+    // and exits 1 (unreachable) instead of polling forever.
+    let (requests, out) = against_fake_agent_serving(
+        &["audit", "tail", "-n", "2", "--follow", "--json"],
+        vec![audit_records(5..=6), audit_records(7..=7)],
+    );
+    assert_eq!(
+        requests,
+        [
+            AdminRequest::Audit(AuditRequest::Tail {
+                n: 2,
+                after_seq: None
+            }),
+            AdminRequest::Audit(AuditRequest::Tail {
+                n: 1000,
+                after_seq: Some(6)
+            }),
+        ]
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines = json_lines(&out);
+    let seqs: Vec<Option<u64>> = lines.iter().map(|l| l["seq"].as_u64()).collect();
+    assert_eq!(seqs, [Some(5), Some(6), Some(7), None]);
+    assert_eq!(lines[3]["Error"]["kind"], "Unreachable");
+    assert!(
+        text(&out.stderr).starts_with("keyward: cannot reach keyward-agent at "),
+        "{out:?}"
+    );
 }

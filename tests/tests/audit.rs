@@ -1,0 +1,47 @@
+//! The audit trail as an administrator reads it: admin actions, key uses,
+//! refusals and logins are recorded (never a PIN), and the chain verifies.
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use keyward_tests::admin::{find, keyward_ok, strict_policy};
+use keyward_tests::keyward_test;
+use keyward_tests::p11::{expect_err, Ctx};
+
+const WRONG_PIN: &str = "wrong-pin-xyzzy";
+
+keyward_test!(fn the_trail_records_admin_actions_uses_refusals_and_logins(tb) {
+    tb.require_agent("the audit trail");
+    strict_policy(&tb);
+    keyward_ok(&tb, &["key", "create", "audited", "--class", "signing"], 0);
+    keyward_ok(&tb, &["key", "activate", "audited"], 0);
+
+    let ctx = Ctx::new(&tb);
+    let s = ctx.rw();
+    expect_err(s.login(UserType::User, Some(&AuthPin::new(WRONG_PIN.into()))), RvError::PinIncorrect);
+    s.login(UserType::User, Some(&ctx.pin())).expect("the right PIN");
+    let k = find(&s, "audited", ObjectClass::PRIVATE_KEY)[0];
+    s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]).expect("a use");
+    keyward_ok(&tb, &["key", "suspend", "audited"], 0);
+    expect_err(s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]), RvError::KeyFunctionNotPermitted);
+
+    let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "1000"], 0);
+    assert!(!lines.contains(WRONG_PIN) && !lines.contains(&tb.pin), "a PIN reached the trail:\n{lines}");
+    let has = |needles: &[&str]| {
+        lines.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+    };
+    assert!(has(&["\"agent\"", "\"start\""]), "agent start missing:\n{lines}");
+    assert!(has(&["\"admin\"", "key Create", "audited"]), "key creation missing:\n{lines}");
+    assert!(has(&["\"admin\"", "key Transition", "audited"]), "transition missing:\n{lines}");
+    assert!(has(&["\"login\"", "\"result\":160"]), "the failed login (CKR_PIN_INCORRECT) missing:\n{lines}");
+    assert!(has(&["\"use\"", "\"sign\"", "audited", "\"result\":0"]), "the signature missing:\n{lines}");
+    assert!(has(&["\"refusal\"", "\"sign\"", "audited", "suspended"]), "the refusal and its reason missing:\n{lines}");
+
+    let denied = keyward_ok(&tb, &["--json", "audit", "query", "--key", "audited", "--result", "denied"], 0);
+    assert!(denied.lines().count() >= 1 && denied.lines().all(|l| !l.contains("\"result\":0,")), "query --result denied:\n{denied}");
+
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
+});
