@@ -1645,6 +1645,10 @@ impl Agent {
                 if !id.is_empty() && self.keys.lookup(label, &id).is_some() {
                     continue;
                 }
+                // The agent's own audit key is not a shadow key.
+                if id == crate::audit::AUDIT_KEY_ID {
+                    continue;
+                }
                 if cko == ck::CKO_PRIVATE_KEY {
                     private_ids.push(id.clone());
                 } else if cko == ck::CKO_PUBLIC_KEY && !id.is_empty() && private_ids.contains(&id) {

@@ -113,6 +113,7 @@ pub struct Agent {
     pub(crate) policy: Policy,
     pub(crate) keys: ManagedKeys,
     pub(crate) audit: Arc<Auditor>,
+    pub(crate) audit_key: std::sync::OnceLock<audit::AuditKey>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
@@ -228,6 +229,7 @@ impl Agent {
             policy: Policy::lab(),
             keys,
             audit,
+            audit_key: std::sync::OnceLock::new(),
             uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
@@ -1388,6 +1390,7 @@ impl Agent {
             let reg = lock(&self.session_objects);
             found
                 .into_iter()
+                .filter(|&h| !self.is_audit_key(s.slot, h))
                 .filter_map(|h| match reg.get(&(s.slot, h)) {
                     None => Some((h, None)),
                     Some(o) if o.client == client.peer.key => Some((h, Some(o.session))),

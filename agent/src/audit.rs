@@ -231,9 +231,8 @@ impl crate::agent::Agent {
         };
         match req {
             AuditRequest::Verify => {
-                // No checkpoint is signed yet (the HSM audit key comes with
-                // checkpoints): a checkpoint that claims a signature fails.
-                match log.verify(&|_, _| false) {
+                // Each checkpoint's signature is checked by the HSM's audit key.
+                match log.verify(&|m, sig| self.audit_verify_signature(m, sig)) {
                     Ok(r) => {
                         AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
                             records: r.records,
@@ -319,5 +318,218 @@ fn record_info(r: &keyward_inventory::AuditRecord) -> keyward_protocol::admin::A
         mechanism: e.mechanism,
         result: e.result,
         reason: e.reason.clone(),
+    }
+}
+
+/// The `CKA_ID` of the audit key in the HSM: an EC P-256 key pair the agent
+/// makes at its first start and signs checkpoints with. Applications never
+/// see it.
+pub const AUDIT_KEY_ID: &[u8] = b"keyward-audit-key";
+
+/// The audit key on a backend token.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditKey {
+    /// The virtual slot whose backend holds it.
+    pub slot: usize,
+    /// Its private half.
+    pub private: crate::backend::BackendObject,
+    /// Its public half.
+    pub public: crate::backend::BackendObject,
+}
+
+/// How often checkpoints are written: after this many events, or this
+/// long after the last one when events came since, and at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointEvery {
+    /// Events.
+    pub events: u64,
+    /// Time.
+    pub interval: Duration,
+}
+
+impl crate::agent::Agent {
+    /// Finds the audit key on the first available backend token, making it
+    /// (inside the HSM) at the first start.
+    pub fn setup_audit_key(&self) {
+        use cryptoki_sys as ck;
+        use keyward_protocol::{Attribute, Mechanism};
+        for (slot, token) in self.tokens.iter().enumerate() {
+            let Ok(backend) = token.backend() else {
+                continue;
+            };
+            let found = |class: u64| {
+                backend
+                    .find_objects(
+                        backend.anchor_session(),
+                        &[
+                            Attribute::ulong(ck::CKA_CLASS, class),
+                            Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
+                        ],
+                    )
+                    .ok()
+                    .and_then(|v| v.first().copied())
+            };
+            let pair = match (found(ck::CKO_PRIVATE_KEY), found(ck::CKO_PUBLIC_KEY)) {
+                (Some(private), Some(public)) => Ok((public, private)),
+                _ => {
+                    let common = |private: bool| {
+                        vec![
+                            Attribute::bool(ck::CKA_TOKEN, true),
+                            Attribute::bool(ck::CKA_PRIVATE, private),
+                            Attribute::bytes(ck::CKA_LABEL, b"keyward-audit".to_vec()),
+                            Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
+                        ]
+                    };
+                    let mut public = common(false);
+                    public.push(Attribute::bytes(
+                        ck::CKA_EC_PARAMS,
+                        vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+                    ));
+                    public.push(Attribute::bool(ck::CKA_VERIFY, true));
+                    let mut private = common(true);
+                    private.extend([
+                        Attribute::bool(ck::CKA_SIGN, true),
+                        Attribute::bool(ck::CKA_SENSITIVE, true),
+                        Attribute::bool(ck::CKA_EXTRACTABLE, false),
+                    ]);
+                    backend.generate_key_pair(
+                        backend.anchor_session(),
+                        &Mechanism::plain(ck::CKM_EC_KEY_PAIR_GEN),
+                        &public,
+                        &private,
+                    )
+                }
+            };
+            match pair {
+                Ok((public, private)) => {
+                    log::info!(
+                        "audit: checkpoints are signed by the audit key on token {:?}",
+                        token.config.label
+                    );
+                    let _ = self.audit_key.set(AuditKey {
+                        slot,
+                        private,
+                        public,
+                    });
+                }
+                Err(e) => log::error!("audit: no audit key on token {:?}: {e}", token.config.label),
+            }
+            return;
+        }
+        log::error!("audit: no backend token: checkpoints cannot be signed");
+    }
+
+    /// Whether `object` on `slot` is the audit key (hidden from applications).
+    pub fn is_audit_key(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
+        self.audit_key
+            .get()
+            .is_some_and(|k| k.slot == slot && (k.private == object || k.public == object))
+    }
+
+    /// ECDSA over SHA-256 of `message` with the audit key, on a session of
+    /// its own.
+    fn audit_sign(&self, message: &[u8]) -> Option<Vec<u8>> {
+        use keyward_protocol::{Mechanism, Op};
+        use sha2::Digest;
+        let key = self.audit_key.get()?;
+        let backend = self.tokens[key.slot].backend().ok()?;
+        let digest = sha2::Sha256::digest(message);
+        let s = backend.open_session(false).ok()?;
+        let mech = Mechanism::plain(cryptoki_sys::CKM_ECDSA);
+        let sig = backend
+            .op_init(s, Op::Sign, &mech, Some(key.private))
+            .and_then(|()| backend.single(s, Op::Sign, &digest));
+        let _ = backend.close_session(s);
+        sig.ok()
+    }
+
+    /// Checks an audit-key signature over `message`.
+    pub fn audit_verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
+        use keyward_protocol::{Mechanism, Op};
+        use sha2::Digest;
+        let Some(key) = self.audit_key.get() else {
+            return false;
+        };
+        let Ok(backend) = self.tokens[key.slot].backend() else {
+            return false;
+        };
+        let digest = sha2::Sha256::digest(message);
+        let Ok(s) = backend.open_session(false) else {
+            return false;
+        };
+        let mech = Mechanism::plain(cryptoki_sys::CKM_ECDSA);
+        let ok = backend
+            .op_init(s, Op::Verify, &mech, Some(key.public))
+            .and_then(|()| backend.verify(s, &digest, signature))
+            .is_ok();
+        let _ = backend.close_session(s);
+        ok
+    }
+
+    /// Seals the trail up to its head with a checkpoint signed by the audit
+    /// key, when anything came since the last one.
+    pub fn checkpoint(&self) {
+        self.audit.flush();
+        let log = self.audit.log();
+        let last = log
+            .checkpoints()
+            .ok()
+            .and_then(|c| c.last().map(|c| c.seq))
+            .unwrap_or(0);
+        let Ok((seq, head)) = log.head() else { return };
+        if seq == 0 || seq <= last {
+            return;
+        }
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let message = keyward_inventory::checkpoint_message(seq, &head, created_at);
+        let Some(signature) = self.audit_sign(&message) else {
+            log::error!("audit: the checkpoint at {seq} could not be signed by the HSM");
+            return;
+        };
+        let cp = keyward_inventory::Checkpoint {
+            seq,
+            head,
+            created_at,
+            signature,
+            signer: "keyward-audit (HSM, ECDSA P-256)".into(),
+        };
+        match log.checkpoint(&cp) {
+            Ok(()) => log::debug!("audit: checkpoint at {seq}"),
+            Err(e) => log::error!("audit: checkpoint at {seq}: {e}"),
+        }
+    }
+
+    /// Writes checkpoints every `every.events` events or `every.interval`,
+    /// on a thread of its own.
+    pub fn spawn_checkpoints(self: &Arc<crate::agent::Agent>, every: CheckpointEvery) {
+        let agent = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("audit-checkpoints".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(a) = agent.upgrade() else { return };
+                    let sealed = a
+                        .audit
+                        .log()
+                        .checkpoints()
+                        .ok()
+                        .and_then(|c| c.last().map(|c| c.seq))
+                        .unwrap_or(0);
+                    let head = a.audit.log().head().map_or(0, |(s, _)| s);
+                    if head.saturating_sub(sealed) >= every.events
+                        || (head > sealed && last.elapsed() >= every.interval)
+                    {
+                        a.checkpoint();
+                        last = std::time::Instant::now();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("audit: cannot start the checkpoint thread: {e}");
+        }
     }
 }

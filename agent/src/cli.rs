@@ -111,10 +111,15 @@ pub fn run(config: &Config) -> Result<(), String> {
             .with_policy(policy),
     );
     agent.recover_pending();
+    agent.setup_audit_key();
     agent.audit_agent(
         "start",
         concat!("keyward-agent ", env!("CARGO_PKG_VERSION")),
     );
+    agent.spawn_checkpoints(crate::audit::CheckpointEvery {
+        events: 1000,
+        interval: std::time::Duration::from_secs(60),
+    });
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
     agent.spawn_scheduler(std::time::Duration::from_secs(60));
     let app = bind(&config.agent.socket, config.agent.socket_mode.0).map_err(|e| e.to_string())?;
@@ -150,6 +155,7 @@ pub fn run(config: &Config) -> Result<(), String> {
     let _ = watcher.join();
     agent.flush_uses();
     agent.audit_agent("stop", "signal");
+    agent.checkpoint();
     // The last reference to the agent goes with `server`: every backend
     // token closes its anchor session and each library is finalised.
     drop(server);

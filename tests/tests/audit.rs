@@ -6,7 +6,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_tests::admin::{find, keyward_ok, strict_policy};
+use keyward_tests::admin::{find, keyward_json, keyward_ok, strict_policy};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
 
@@ -44,4 +44,22 @@ keyward_test!(fn the_trail_records_admin_actions_uses_refusals_and_logins(tb) {
 
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);
     assert!(verified.contains("intact"), "{verified}");
+
+    // A stop writes a checkpoint signed by the audit key in the HSM; after
+    // the restart it verifies, and the key is invisible to applications.
+    drop(s);
+    tb.stop_agent();
+    tb.start_agent();
+    let verified = keyward_json(&tb, &["audit", "verify"], 0);
+    assert!(verified.i64_at("checkpoints_ok") >= 1, "no verified checkpoint after a stop: {verified}");
+    assert!(verified.i64_at("sealed_through") >= 1, "{verified}");
+    assert!(verified.at("first_bad").is_null(), "{verified}");
+    // The module reconnects by itself; sessions from before are gone.
+    let s = ctx.user();
+    assert!(
+        s.find_objects(&[cryptoki::object::Attribute::Id(b"keyward-audit-key".to_vec())]).expect("find").is_empty(),
+        "the audit key is visible to an application"
+    );
+    let shadows = keyward_ok(&tb, &["--json", "discover"], 0);
+    assert!(!shadows.contains("keyward-audit"), "the audit key is reported as a shadow key: {shadows}");
 });
