@@ -113,7 +113,7 @@ pub struct Agent {
     pub(crate) policy: Policy,
     pub(crate) keys: ManagedKeys,
     pub(crate) audit: Arc<Auditor>,
-    pub(crate) audit_key: std::sync::OnceLock<audit::AuditKey>,
+    pub(crate) audit_key: Mutex<Option<audit::AuditKey>>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
@@ -229,7 +229,7 @@ impl Agent {
             policy: Policy::lab(),
             keys,
             audit,
-            audit_key: std::sync::OnceLock::new(),
+            audit_key: Mutex::new(None),
             uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
@@ -721,7 +721,25 @@ impl Agent {
                 slot,
                 so_pin,
                 label,
-            } => self.init_token(client, slot, &so_pin, &label),
+            } => {
+                let r = self.init_token(client, slot, &so_pin, &label);
+                let mut e = audit::event(
+                    AuditKind::Lifecycle,
+                    audit::application(&client.peer, &client.application),
+                    "C_InitToken",
+                );
+                e.token = self
+                    .tokens
+                    .get(slot as usize)
+                    .map(|t| t.config.label.clone());
+                e.result = r.as_ref().err().map_or(0, |e| e.rv());
+                if r.is_ok() {
+                    e.reason = "every object of the token destroyed, PINs reset".into();
+                }
+                // Durable: the token was just cleared.
+                let _ = self.audit.durable(e);
+                r
+            }
             Request::InitPin { session, pin } => self.init_pin(client, session, &pin),
             Request::SetPin {
                 session,
@@ -1725,7 +1743,17 @@ impl Agent {
             return Err(Error::PinIncorrect);
         }
         let anchor = backend.anchor_session();
+        let slot = self
+            .tokens
+            .iter()
+            .position(|x| std::ptr::eq(x, t))
+            .unwrap_or(usize::MAX);
         for h in backend.find_objects(anchor, &[])? {
+            // The audit key is the agent's, not the token's: it survives,
+            // so that checkpoints signed before stay verifiable.
+            if self.is_audit_key(slot, h) {
+                continue;
+            }
             if let Err(e) = backend.destroy_object(anchor, h) {
                 log::warn!(
                     "token {:?}: C_InitToken could not destroy backend object {h}: {e}",

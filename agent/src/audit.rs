@@ -406,7 +406,7 @@ impl crate::agent::Agent {
                         "audit: checkpoints are signed by the audit key on token {:?}",
                         token.config.label
                     );
-                    let _ = self.audit_key.set(AuditKey {
+                    *self.audit_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(AuditKey {
                         slot,
                         private,
                         public,
@@ -422,7 +422,8 @@ impl crate::agent::Agent {
     /// Whether `object` on `slot` is the audit key (hidden from applications).
     pub fn is_audit_key(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
         self.audit_key
-            .get()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|k| k.slot == slot && (k.private == object || k.public == object))
     }
 
@@ -431,7 +432,7 @@ impl crate::agent::Agent {
     fn audit_sign(&self, message: &[u8]) -> Option<Vec<u8>> {
         use keyward_protocol::{Mechanism, Op};
         use sha2::Digest;
-        let key = self.audit_key.get()?;
+        let key = (*self.audit_key.lock().unwrap_or_else(|p| p.into_inner()))?;
         let backend = self.tokens[key.slot].backend().ok()?;
         let digest = sha2::Sha256::digest(message);
         let s = backend.open_session(false).ok()?;
@@ -447,7 +448,7 @@ impl crate::agent::Agent {
     pub fn audit_verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
         use keyward_protocol::{Mechanism, Op};
         use sha2::Digest;
-        let Some(key) = self.audit_key.get() else {
+        let Some(key) = *self.audit_key.lock().unwrap_or_else(|p| p.into_inner()) else {
             return false;
         };
         let Ok(backend) = self.tokens[key.slot].backend() else {

@@ -63,3 +63,23 @@ keyward_test!(fn the_trail_records_admin_actions_uses_refusals_and_logins(tb) {
     let shadows = keyward_ok(&tb, &["--json", "discover"], 0);
     assert!(!shadows.contains("keyward-audit"), "the audit key is reported as a shadow key: {shadows}");
 });
+
+keyward_test!(fn init_token_is_recorded_and_keeps_the_audit_key(tb) {
+    tb.require_agent("the audit trail");
+    let ctx = Ctx::new(&tb);
+    ctx.p11
+        .init_token(ctx.slot, &ctx.so_pin(), &tb.token)
+        .expect("C_InitToken on the lab testbed");
+    // A stop seals the trail; after the restart the checkpoint still verifies
+    // with the audit key, which C_InitToken left alone.
+    tb.stop_agent();
+    tb.start_agent();
+    let verified = keyward_json(&tb, &["audit", "verify"], 0);
+    assert!(verified.i64_at("checkpoints_ok") >= 1, "{verified}");
+    assert!(verified.at("first_bad").is_null(), "{verified}");
+    let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "100"], 0);
+    assert!(
+        lines.lines().any(|l| l.contains("C_InitToken") && l.contains("\"result\":0")),
+        "C_InitToken is not in the trail:\n{lines}"
+    );
+});
