@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use crate::harness::Env;
-use crate::json::Json;
+use crate::json::{Json, JsonExt};
 
 /// The application name the policies below give this process's user.
 pub const APPLICATION: &str = "tester";
@@ -118,7 +118,8 @@ pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let text = keyward_ok(tb, &all, code);
-    Json::parse(&text).unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
 }
 
 /// `keyward --json key show NAME` (exit 0): the `Key` object.

@@ -7,6 +7,7 @@ use cryptoki::object::ObjectClass;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use keyward_tests::admin::{find, keyward_json, keyward_ok, strict_policy};
+use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
 

@@ -23,7 +23,7 @@ use keyward_tests::admin::{
     find, id_of, install_policy, key_show, keyward, keyward_json, keyward_ok, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
-use keyward_tests::json::Json;
+use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{hex, unhex, Ctx};
 use keyward_tests::raw::{rv_name, Mech, Out, Param, Raw};
