@@ -267,24 +267,18 @@ impl Agent {
         if checked.is_ok() {
             self.keys.note_use(m.key_id, keys::secs(now));
         }
-        let mut e = audit::event(
-            if checked.is_ok() {
-                AuditKind::Use
-            } else {
-                AuditKind::Refusal
-            },
-            audit::application(&client.peer, &client.application),
-            op.name(),
-        );
+        let kind = if checked.is_ok() {
+            AuditKind::Use
+        } else {
+            AuditKind::Refusal
+        };
+        let mut e = audit::for_client(client, kind, op.name());
         e.token = Some(key.record.token.clone());
         e.key = Some(key.record.name.clone());
         e.key_version = Some(m.version);
         if let Err(refusal) = &checked {
             e.result = refusal.ckr();
             e.reason = refusal.to_string();
-        }
-        self.audit.record(e);
-        checked.map_err(|refusal| {
             log::warn!(
                 "{} (application {}): {} of key {:?} v{} refused: {refusal}",
                 client.peer,
@@ -293,8 +287,9 @@ impl Agent {
                 key.record.name,
                 m.version
             );
-            Error::Refused(refusal.ckr())
-        })
+        }
+        self.audit.record(e);
+        checked.map_err(|refusal| Error::Refused(refusal.ckr()))
     }
 
     /// The policy for a key an application generates: under lab mode
@@ -309,21 +304,7 @@ impl Agent {
         mechanism: u64,
         templates: &mut [&mut Vec<Attribute>],
     ) -> Result<Option<&'p keyward_policy::KeyClass>> {
-        let refuse = |refusal: keyward_policy::Refusal| {
-            log::warn!(
-                "{} (application {}): key generation refused: {refusal}",
-                client.peer,
-                client.application
-            );
-            self.audit_refusal(
-                client,
-                "generate",
-                None,
-                refusal.ckr(),
-                &refusal.to_string(),
-            );
-            Error::Refused(refusal.ckr())
-        };
+        let refuse = |refusal| self.refuse(client, "generation", refusal);
         let Some(class) = self.policy.class_for_generation().map_err(refuse)? else {
             return Ok(None);
         };
@@ -421,24 +402,41 @@ impl Agent {
         }
     }
 
-    /// Queues a refusal event for the trail.
-    fn audit_refusal(
+    /// Says why a call was refused, in the log and in the trail.
+    fn note_refusal(
         &self,
         client: &Client,
         operation: &str,
         key: Option<&str>,
+        mechanism: Option<u64>,
         rv: u64,
         reason: &str,
     ) {
-        let mut e = audit::event(
-            AuditKind::Refusal,
-            audit::application(&client.peer, &client.application),
-            operation,
+        log::warn!(
+            "{} (application {}): {operation}{} refused: {reason}",
+            client.peer,
+            client.application,
+            key.map(|k| format!(" of key {k:?}")).unwrap_or_default()
         );
+        let mut e = audit::for_client(client, AuditKind::Refusal, operation);
         e.key = key.map(str::to_owned);
+        e.mechanism = mechanism;
         e.result = rv;
         e.reason = reason.to_owned();
         self.audit.record(e);
+    }
+
+    /// A policy refusal of `operation`: noted, and answered with its code.
+    fn refuse(&self, client: &Client, operation: &str, refusal: keyward_policy::Refusal) -> Error {
+        self.note_refusal(
+            client,
+            operation,
+            None,
+            None,
+            refusal.ckr(),
+            &refusal.to_string(),
+        );
+        Error::Refused(refusal.ckr())
     }
 
     /// In strict mode, refuses `what` (`CKR_ACTION_PROHIBITED`) and logs
@@ -448,13 +446,7 @@ impl Agent {
             return Ok(());
         }
         let refusal = keyward_policy::Refusal::GenerationNotPermitted { reason: what };
-        log::warn!(
-            "{} (application {}): refused: {refusal}",
-            client.peer,
-            client.application
-        );
-        self.audit_refusal(client, "import", None, refusal.ckr(), &refusal.to_string());
-        Err(Error::Refused(refusal.ckr()))
+        Err(self.refuse(client, "import", refusal))
     }
 
     /// In strict mode, refuses attribute values that weaken an object
@@ -480,19 +472,7 @@ impl Agent {
                 let refusal = keyward_policy::Refusal::Weakening {
                     reason: format!("attribute {:#x} would weaken the object", a.attr_type),
                 };
-                log::warn!(
-                    "{} (application {}): refused: {refusal}",
-                    client.peer,
-                    client.application
-                );
-                self.audit_refusal(
-                    client,
-                    "C_SetAttributeValue",
-                    None,
-                    refusal.ckr(),
-                    &refusal.to_string(),
-                );
-                return Err(Error::Refused(refusal.ckr()));
+                return Err(self.refuse(client, "an attribute change", refusal));
             }
         }
         Ok(())
@@ -504,18 +484,13 @@ impl Agent {
     fn refuse_managed(&self, client: &Client, o: &ObjectRef, what: &str) -> Result<()> {
         match o.managed.and_then(|m| self.keys.key(m.key_id)) {
             Some(key) => {
-                log::warn!(
-                    "{} (application {}): {what} of managed key {:?} refused: an administrator action",
-                    client.peer,
-                    client.application,
-                    key.record.name
-                );
-                self.audit_refusal(
+                self.note_refusal(
                     client,
                     what,
                     Some(&key.record.name),
+                    None,
                     ck::CKR_ACTION_PROHIBITED,
-                    "an administrator action",
+                    "a managed key: an administrator action",
                 );
                 Err(Error::ActionProhibited)
             }
@@ -527,17 +502,10 @@ impl Agent {
     /// (`CKR_MECHANISM_INVALID`), saying why in the log.
     fn check_mechanism(&self, client: &Client, mechanism: u64) -> Result<()> {
         self.policy.check_mechanism(mechanism).map_err(|refusal| {
-            log::warn!("{}: refused: {refusal}", client.peer);
-            let mut e = audit::event(
-                AuditKind::Refusal,
-                audit::application(&client.peer, &client.application),
-                "mechanism",
-            );
-            e.mechanism = Some(mechanism);
-            e.result = refusal.ckr();
-            e.reason = refusal.to_string();
-            self.audit.record(e);
-            Error::Refused(refusal.ckr())
+            let rv = refusal.ckr();
+            let reason = refusal.to_string();
+            self.note_refusal(client, "mechanism use", None, Some(mechanism), rv, &reason);
+            Error::Refused(rv)
         })
     }
 
@@ -723,11 +691,7 @@ impl Agent {
                 label,
             } => {
                 let r = self.init_token(client, slot, &so_pin, &label);
-                let mut e = audit::event(
-                    AuditKind::Lifecycle,
-                    audit::application(&client.peer, &client.application),
-                    "C_InitToken",
-                );
+                let mut e = audit::for_client(client, AuditKind::Lifecycle, "C_InitToken");
                 e.token = self
                     .tokens
                     .get(slot as usize)
@@ -792,9 +756,9 @@ impl Agent {
                 } else {
                     AuditKind::Login
                 };
-                let mut e = audit::event(
+                let mut e = audit::for_client(
+                    client,
                     kind,
-                    audit::application(&client.peer, &client.application),
                     &format!("C_Login({})", user_type_name(user_type)),
                 );
                 e.result = rv;

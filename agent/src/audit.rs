@@ -60,6 +60,15 @@ pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
     }
 }
 
+/// An event of client process `client` (actor: its application).
+pub fn for_client(client: &crate::client::Client, kind: AuditKind, operation: &str) -> AuditEvent {
+    event(
+        kind,
+        application(&client.peer, &client.application),
+        operation,
+    )
+}
+
 /// The actor of a client process, named as the policy matched it.
 pub fn application(peer: &Peer, application: &str) -> Actor {
     Actor::Application {
