@@ -35,6 +35,7 @@ mod lifecycle;
 mod mechanisms;
 mod policy;
 mod refusal;
+mod rv;
 mod template;
 
 pub use algorithm::{Algorithm, Curve};
@@ -47,6 +48,7 @@ pub use lifecycle::{
 pub use mechanisms::{mechanism_by_name, mechanism_name};
 pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};
 pub use refusal::{Mechanism, Refusal};
+pub use rv::rv_name;
 pub use template::{
     check_change, check_generation, check_key_pair_generation, is_weakening, purpose_flags,
     Adjustments, AttrValue, KeyPairAdjustments, Template,

@@ -34,7 +34,6 @@ mod admin;
 mod cli;
 mod render;
 mod run;
-mod rv;
 mod time;
 
 use std::io::Write;

@@ -530,7 +530,7 @@ fn actor(r: &AuditRecordInfo) -> String {
 fn result(rv: u64) -> String {
     match rv {
         0 => "ok".to_owned(),
-        rv => crate::rv::rv_name(rv).map_or_else(|| format!("{rv:#010x}"), str::to_owned),
+        rv => keyward_policy::rv_name(rv).map_or_else(|| format!("{rv:#010x}"), str::to_owned),
     }
 }
 
