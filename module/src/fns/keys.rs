@@ -6,7 +6,7 @@ use pkcs11_sys::*;
 use crate::client::{expect_answer, Module};
 use crate::error::Result;
 use crate::ffi::{InBytes, InMechanism, InTemplate, Out, OutBuf};
-use crate::fns::stateless_call;
+use crate::fns::{new_object_call, stateless_call};
 
 /// `C_GenerateKey`.
 pub(crate) fn generate_key(
@@ -18,13 +18,11 @@ pub(crate) fn generate_key(
 ) -> Result<()> {
     let mechanism = mechanism.read()?;
     let template = template.read()?;
-    out.check()?;
-    let resp = stateless_call(m, h, |session| Request::GenerateKey {
+    new_object_call(m, h, out, |session| Request::GenerateKey {
         session,
         mechanism,
         template,
-    })?;
-    out.write(expect_answer!(resp, Response::Handle(k) => k)? as CK_OBJECT_HANDLE)
+    })
 }
 
 /// `C_GenerateKeyPair`.
@@ -89,15 +87,13 @@ pub(crate) fn unwrap_key(
     let mechanism = mechanism.read()?;
     let wrapped_key = wrapped.to_vec()?;
     let template = template.read()?;
-    out.check()?;
-    let resp = stateless_call(m, h, |session| Request::UnwrapKey {
+    new_object_call(m, h, out, |session| Request::UnwrapKey {
         session,
         mechanism,
         unwrapping_key,
         wrapped_key,
         template,
-    })?;
-    out.write(expect_answer!(resp, Response::Handle(k) => k)? as CK_OBJECT_HANDLE)
+    })
 }
 
 /// `C_DeriveKey`.
@@ -111,12 +107,10 @@ pub(crate) fn derive_key(
 ) -> Result<()> {
     let mechanism = mechanism.read()?;
     let template = template.read()?;
-    out.check()?;
-    let resp = stateless_call(m, h, |session| Request::DeriveKey {
+    new_object_call(m, h, out, |session| Request::DeriveKey {
         session,
         mechanism,
         base_key,
         template,
-    })?;
-    out.write(expect_answer!(resp, Response::Handle(k) => k)? as CK_OBJECT_HANDLE)
+    })
 }

@@ -39,3 +39,19 @@ pub(crate) fn stateless_call(
     let s = agent_session(m, h)?;
     session_call(m, &s, &build(s.agent_handle))
 }
+
+/// Sends a request that creates one object and writes its handle to
+/// `out` (checked first, after the caller has read its other arguments).
+pub(crate) fn new_object_call(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    out: crate::ffi::Out<pkcs11_sys::CK_OBJECT_HANDLE>,
+    build: impl FnOnce(u64) -> Request,
+) -> Result<()> {
+    out.check()?;
+    let resp = stateless_call(m, h, build)?;
+    out.write(
+        crate::client::expect_answer!(resp, Response::Handle(o) => o)?
+            as pkcs11_sys::CK_OBJECT_HANDLE,
+    )
+}

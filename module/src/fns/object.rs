@@ -7,7 +7,7 @@ use pkcs11_sys::*;
 use crate::client::{expect_answer, Module};
 use crate::error::{Error, Result};
 use crate::ffi::{InTemplate, Out, OutArray, OutTemplate};
-use crate::fns::{session_call, stateless_call};
+use crate::fns::{new_object_call, session_call, stateless_call};
 use crate::state::{lock, Search};
 
 /// `C_CreateObject`.
@@ -18,9 +18,10 @@ pub(crate) fn create_object(
     out: Out<CK_OBJECT_HANDLE>,
 ) -> Result<()> {
     let template = template.read()?;
-    out.check()?;
-    let resp = stateless_call(m, h, |session| Request::CreateObject { session, template })?;
-    out.write(expect_answer!(resp, Response::Handle(o) => o)? as CK_OBJECT_HANDLE)
+    new_object_call(m, h, out, |session| Request::CreateObject {
+        session,
+        template,
+    })
 }
 
 /// `C_CopyObject`.
@@ -32,13 +33,11 @@ pub(crate) fn copy_object(
     out: Out<CK_OBJECT_HANDLE>,
 ) -> Result<()> {
     let template = template.read()?;
-    out.check()?;
-    let resp = stateless_call(m, h, |session| Request::CopyObject {
+    new_object_call(m, h, out, |session| Request::CopyObject {
         session,
         object,
         template,
-    })?;
-    out.write(expect_answer!(resp, Response::Handle(o) => o)? as CK_OBJECT_HANDLE)
+    })
 }
 
 /// `C_DestroyObject`.
