@@ -57,6 +57,8 @@ pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
         mechanism: None,
         result: 0,
         reason: String::new(),
+        count: 1,
+        span_us: 0,
     }
 }
 

@@ -25,7 +25,7 @@
 //! secret (root can read it); it is an identity that the agent can later
 //! pin outside the host.
 //!
-//! # The canonical encoding (format 1)
+//! # The canonical encoding (formats 1 and 2)
 //!
 //! Fixed field order; `str` is a `u32` BE byte length then UTF-8 bytes;
 //! integers are big-endian; `opt<T>` is `0x00` (absent) or `0x01` then `T`.
@@ -44,6 +44,22 @@
 //! u64 result
 //! str reason
 //! ```
+//!
+//! A coalesced record (`count` > 1 or `span_us` > 0, see [`coalesce`]) is
+//! format 2: the same fields after a `2`, then `u32 count, u32 span_us`.
+//! A single event keeps format 1, so trails written before coalescing
+//! existed verify unchanged.
+//!
+//! # Coalesced uses
+//!
+//! Uses arrive by the ten thousand per second; one record each would cost
+//! the writer more than the operations. [`coalesce`] folds the uses of one
+//! batch (at most a few hundred milliseconds of them) that are equal in
+//! everything but time into one record with their `count` and the `span_us`
+//! from the first to the last. Nothing is lost: every use is counted, by
+//! process, key version, operation, mechanism and result, and the chain
+//! keeps the order of batches, which are always appended before any
+//! lifecycle or admin event that follows them.
 //!
 //! # Checkpoints
 //!
@@ -79,8 +95,12 @@ use crate::sqlite::{hex, SqliteInventory};
 /// A SHA-256 value: a record's hash, a chain head, the genesis.
 pub type Hash = [u8; 32];
 
-/// The first byte of [`canonical`]; a later format gets a new number.
+/// The first byte of [`canonical`] for a single event; a later format gets
+/// a new number.
 pub const EVENT_FORMAT: u8 = 1;
+/// The first byte of [`canonical`] for a coalesced event (`count` > 1 or
+/// `span_us` > 0): format 1's fields, then `count` and `span_us`.
+pub const EVENT_FORMAT_COALESCED: u8 = 2;
 
 /// Domain tag that opens every [`checkpoint_message`], so that a signature
 /// made by the audit key for a checkpoint means nothing anywhere else.
@@ -229,6 +249,18 @@ pub struct AuditEvent {
     pub result: u64,
     /// Why (a refusal's reason, an admin's stated reason); may be empty.
     pub reason: String,
+    /// How many equal events this record stands for (see [`coalesce`]); 1
+    /// for a single event, never 0.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Microseconds from the first of them (`at`, `micros`) to the last;
+    /// 0 for a single event.
+    #[serde(default)]
+    pub span_us: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A stored event with its place in the chain.
@@ -470,8 +502,13 @@ fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)
 /// The canonical bytes of `event` (format [`EVENT_FORMAT`], laid out in the
 /// module docs): the input of the record hash.
 pub fn canonical(event: &AuditEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + event.reason.len());
-    out.push(EVENT_FORMAT);
+    let coalesced = event.count != 1 || event.span_us != 0;
+    let mut out = Vec::with_capacity(136 + event.reason.len());
+    out.push(if coalesced {
+        EVENT_FORMAT_COALESCED
+    } else {
+        EVENT_FORMAT
+    });
     out.extend_from_slice(&event.at.to_be_bytes());
     out.extend_from_slice(&event.micros.to_be_bytes());
     put_str(&mut out, event.kind.as_str());
@@ -508,7 +545,85 @@ pub fn canonical(event: &AuditEvent) -> Vec<u8> {
     });
     out.extend_from_slice(&event.result.to_be_bytes());
     put_str(&mut out, &event.reason);
+    if coalesced {
+        out.extend_from_slice(&event.count.to_be_bytes());
+        out.extend_from_slice(&event.span_us.to_be_bytes());
+    }
     out
+}
+
+/// Folds equal uses in `events` (one batch, in order) into one record each:
+/// [`AuditKind::Use`] events whose fields other than time are equal become
+/// the first of them with `count` summed and `span_us` reaching the last.
+/// Every other event stays as it is. Records keep the order of their first
+/// event.
+pub fn coalesce(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
+    use std::collections::hash_map::Entry;
+    use std::collections::HashMap;
+    if events.len() < 2 {
+        return events;
+    }
+    // The identity of a use: everything but time, count and span.
+    type Identity<'a> = (
+        &'a Actor,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<u32>,
+        &'a str,
+        Option<u64>,
+        u64,
+        &'a str,
+    );
+    fn identity(e: &AuditEvent) -> Identity<'_> {
+        (
+            &e.actor,
+            e.token.as_deref(),
+            e.key.as_deref(),
+            e.key_version,
+            &e.operation,
+            e.mechanism,
+            e.result,
+            &e.reason,
+        )
+    }
+    fn micros_of(e: &AuditEvent) -> i128 {
+        i128::from(e.at) * 1_000_000 + i128::from(e.micros)
+    }
+    // Slot of each event in the output (by index), then the merge.
+    let mut first: HashMap<Identity<'_>, usize> = HashMap::new();
+    let mut into: Vec<Option<usize>> = Vec::with_capacity(events.len());
+    let mut kept = 0usize;
+    for e in &events {
+        if e.kind != AuditKind::Use {
+            into.push(None);
+            kept += 1;
+            continue;
+        }
+        match first.entry(identity(e)) {
+            Entry::Occupied(o) => into.push(Some(*o.get())),
+            Entry::Vacant(v) => {
+                v.insert(into.len());
+                into.push(None);
+                kept += 1;
+            }
+        }
+    }
+    drop(first);
+    if kept == events.len() {
+        return events;
+    }
+    let mut out: Vec<Option<AuditEvent>> = events.into_iter().map(Some).collect();
+    for i in 0..out.len() {
+        let Some(target) = into[i] else { continue };
+        let Some(e) = out[i].take() else { continue };
+        if let Some(t) = out[target].as_mut() {
+            t.count = t.count.saturating_add(e.count);
+            let end = micros_of(&e) + i128::from(e.span_us);
+            let span = (end - micros_of(t)).clamp(0, i128::from(u32::MAX));
+            t.span_us = t.span_us.max(span as u32);
+        }
+    }
+    out.into_iter().flatten().collect()
 }
 
 /// `SHA-256(prev || seq as u64 BE || canonical(event))`.
@@ -553,6 +668,9 @@ fn validate(e: &AuditEvent) -> Result<()> {
             e.micros
         )));
     }
+    if e.count == 0 {
+        return Err(Error::Invalid("audit count is 0".into()));
+    }
     check_field("operation", &e.operation)?;
     check_field("reason", &e.reason)?;
     for (what, v) in [("token", &e.token), ("key", &e.key)] {
@@ -575,7 +693,7 @@ fn validate(e: &AuditEvent) -> Result<()> {
 macro_rules! audit_cols {
     () => {
         "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
-         key_version, operation, mechanism, result, reason, prev_hash, hash"
+         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us"
     };
 }
 
@@ -659,7 +777,12 @@ fn decode(r: &Row<'_>) -> std::result::Result<AuditRecord, String> {
         mechanism: col::<Option<i64>>(r, 14)?.map(to_u64),
         result: to_u64(col(r, 15)?),
         reason: col(r, 16)?,
+        count: u32_of(col(r, 19)?, "count")?,
+        span_us: u32_of(col(r, 20)?, "span_us")?,
     };
+    if event.count == 0 {
+        return Err("count 0".into());
+    }
     Ok(AuditRecord {
         seq: u64::try_from(seq).map_err(|_| format!("seq {seq}"))?,
         event,
@@ -696,7 +819,7 @@ fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash)
         "INSERT INTO audit (",
         audit_cols!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19)"
+         ?17, ?18, ?19, ?20, ?21)"
     ))?
     .execute(params![
         to_i64(seq),
@@ -718,6 +841,8 @@ fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash)
         e.reason,
         &prev[..],
         &hash[..],
+        e.count,
+        e.span_us,
     ])?;
     Ok(())
 }

@@ -44,6 +44,8 @@ fn use_event(at: i64, application: &str, key: &str, result: u64) -> AuditEvent {
         mechanism: Some(0x1041),
         result,
         reason: String::new(),
+        count: 1,
+        span_us: 0,
     }
 }
 
@@ -60,6 +62,8 @@ fn agent_event(at: i64, operation: &str) -> AuditEvent {
         mechanism: None,
         result: 0,
         reason: String::new(),
+        count: 1,
+        span_us: 0,
     }
 }
 
@@ -107,6 +111,105 @@ fn the_canonical_encoding_of_an_agent_event_is_exactly_the_documented_layout() {
     want.extend_from_slice(&0u64.to_be_bytes());
     want.extend_from_slice(&[0, 0, 0, 0]); // empty reason
     assert_eq!(canonical(&e), want);
+}
+
+#[test]
+fn a_coalesced_event_is_format_2_with_count_and_span_after_format_1s_fields() {
+    let single = use_event(T0, "web", "k", 0);
+    let mut folded = single.clone();
+    folded.count = 3;
+    folded.span_us = 1500;
+    let (one, two) = (canonical(&single), canonical(&folded));
+    assert_eq!(one[0], EVENT_FORMAT);
+    assert_eq!(two[0], EVENT_FORMAT_COALESCED);
+    assert_eq!(two[1..two.len() - 8], one[1..]);
+    assert_eq!(two[two.len() - 8..], [0, 0, 0, 3, 0, 0, 0x05, 0xdc]);
+}
+
+#[test]
+fn coalescing_folds_equal_uses_and_keeps_everything_else_in_order() {
+    let at = |e: AuditEvent, micros: u32| AuditEvent { micros, ..e };
+    let sign = use_event(T0, "web", "k", 0);
+    let failed = use_event(T0, "web", "k", 0x30);
+    let refusal = AuditEvent {
+        kind: AuditKind::Refusal,
+        ..use_event(T0, "web", "k", 0x63)
+    };
+    let other_pid = AuditEvent {
+        actor: Actor::Application {
+            name: "web".into(),
+            uid: 1000,
+            gid: 1000,
+            pid: 4243,
+            exe: "/usr/bin/nginx".into(),
+        },
+        ..use_event(T0, "web", "k", 0)
+    };
+    let events = vec![
+        at(sign.clone(), 100),
+        at(refusal.clone(), 150),
+        at(failed.clone(), 200),
+        at(sign.clone(), 300),
+        at(other_pid.clone(), 350),
+        agent_event(T0, "stop"),
+        at(refusal.clone(), 400),
+        at(sign.clone(), 900),
+    ];
+    let out = coalesce(events);
+    let summary: Vec<_> = out
+        .iter()
+        .map(|e| (e.kind, e.result, e.micros, e.count, e.span_us))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (AuditKind::Use, 0, 100, 3, 800),
+            (AuditKind::Refusal, 0x63, 150, 1, 0),
+            (AuditKind::Use, 0x30, 200, 1, 0),
+            (AuditKind::Use, 0, 350, 1, 0),
+            (AuditKind::Agent, 0, 0, 1, 0),
+            (AuditKind::Refusal, 0x63, 400, 1, 0),
+        ]
+    );
+    // Folding folded records adds their counts and keeps the widest span.
+    let again = coalesce(vec![out[0].clone(), at(sign.clone(), 999_999)]);
+    assert_eq!(
+        (again.len(), again[0].count, again[0].span_us),
+        (1, 4, 999_899)
+    );
+    // Across a second boundary.
+    let later = AuditEvent {
+        at: T0 + 2,
+        micros: 50,
+        ..sign.clone()
+    };
+    let folded = coalesce(vec![at(sign, 100), later]);
+    assert_eq!((folded[0].count, folded[0].span_us), (2, 1_999_950));
+}
+
+#[test]
+fn a_coalesced_record_round_trips_verifies_and_an_edited_count_is_caught() {
+    let (_d, inv) = store();
+    let mut e = use_event(T0, "web", "k", 0);
+    e.count = 250;
+    e.span_us = 199_000;
+    inv.append(&[agent_event(T0, "start"), e.clone()], true)
+        .unwrap();
+    assert_eq!(inv.tail(1).unwrap()[0].event, e);
+    let report = inv.verify(&check).unwrap();
+    assert!(report.first_bad.is_none(), "{report:?}");
+    let conn = rusqlite::Connection::open(inv.path()).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET count = 1 WHERE seq = 2;")
+        .unwrap();
+    let report = inv.verify(&check).unwrap();
+    assert_eq!(
+        report.first_bad.map(|b| b.seq),
+        Some(2),
+        "an edited count went unnoticed"
+    );
+    // A count of 0 is never written.
+    e.count = 0;
+    assert!(inv.append(&[e], false).is_err());
 }
 
 #[test]
@@ -291,9 +394,35 @@ fn a_version_2_store_gains_the_audit_tables_on_open() {
     assert_eq!(old.schema_version().unwrap(), 2);
     drop(old);
     let inv = SqliteInventory::open(&path).unwrap();
-    assert_eq!(inv.schema_version().unwrap(), 3);
+    assert_eq!(inv.schema_version().unwrap(), crate::schema::LATEST);
     assert_eq!(inv.append(&[agent_event(T0, "start")], true).unwrap(), 1);
     assert!(inv.verify(&check).unwrap().is_ok());
+}
+
+#[test]
+fn a_version_3_trail_still_verifies_after_the_coalescing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let old = SqliteInventory::open_with(&path, &crate::schema::MIGRATIONS[..3]).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    // Written as a version-3 store did: no count or span columns.
+    let (seq, prev) = (1u64, genesis(&conn).unwrap().unwrap());
+    let e = use_event(T0, "web", "k", 0);
+    let hash = record_hash(&prev, seq, &e);
+    conn.execute(
+        "INSERT INTO audit (seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, \
+         token, key_name, key_version, operation, mechanism, result, reason, prev_hash, hash) \
+         VALUES (1, ?1, ?2, 'use', 'application', 'web', 1000, 1000, 4242, '/usr/bin/nginx', \
+         'prod', 'k', 2, 'C_Sign', 4161, 0, '', ?3, ?4)",
+        rusqlite::params![T0, 123_456, &prev[..], &hash[..]],
+    )
+    .unwrap();
+    drop((old, conn));
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.tail(1).unwrap()[0].event, e);
+    let report = inv.verify(&check).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records, 1);
 }
 
 // ---- checkpoints ---------------------------------------------------------------

@@ -39,6 +39,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "audit trail (hash-chained) and its signed checkpoints",
         sql: V3,
     },
+    Migration {
+        description: "coalesced audit records (count and span of equal uses)",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build writes.
@@ -301,3 +305,11 @@ fn check_identity(conn: &Connection, found: u32, known: u32, path: &std::path::P
     }
     Ok(())
 }
+
+/// Coalesced uses: a record stands for `count` equal events over `span_us`
+/// microseconds (see `audit::coalesce`). Records written before keep
+/// `count` 1 and `span_us` 0, which hash as they did (format 1).
+const V4: &str = "
+ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
+ALTER TABLE audit ADD COLUMN span_us INTEGER NOT NULL DEFAULT 0 CHECK (span_us >= 0);
+";

@@ -75,6 +75,8 @@ fn event(i: u64) -> AuditEvent {
         } else {
             String::new()
         },
+        count: 1,
+        span_us: 0,
     }
 }
 
@@ -242,6 +244,8 @@ fn forged_event() -> AuditEvent {
         mechanism: None,
         result: 0,
         reason: String::new(),
+        count: 1,
+        span_us: 0,
     }
 }
 
