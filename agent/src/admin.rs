@@ -87,7 +87,7 @@ fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -102,34 +102,38 @@ fn random(n: usize) -> AResult<Vec<u8>> {
 
 /// A backend session opened for one administrative action and closed when
 /// dropped (objects it made that are not token objects go with it).
-struct HsmSession<'b> {
+pub(crate) struct HsmSession<'b> {
     backend: &'b dyn Backend,
     handle: BackendSession,
 }
 
 impl<'b> HsmSession<'b> {
-    fn open(backend: &'b dyn Backend) -> AResult<HsmSession<'b>> {
+    pub(crate) fn open(backend: &'b dyn Backend) -> AResult<HsmSession<'b>> {
         let handle = backend
             .open_session(true)
             .map_err(|e| hsm_err("C_OpenSession", e))?;
         Ok(HsmSession { backend, handle })
     }
 
-    fn find(&self, template: &[Attribute]) -> AResult<Vec<BackendObject>> {
+    pub(crate) fn find(&self, template: &[Attribute]) -> AResult<Vec<BackendObject>> {
         self.backend
             .find_objects(self.handle, template)
             .map_err(|e| hsm_err("C_FindObjects", e))
     }
 
     /// The objects of class `cko` with `CKA_ID` `id`.
-    fn by_id(&self, id: &[u8], cko: u64) -> AResult<Vec<BackendObject>> {
+    pub(crate) fn by_id(&self, id: &[u8], cko: u64) -> AResult<Vec<BackendObject>> {
         self.find(&[
             Attribute::ulong(ck::CKA_CLASS, cko),
             Attribute::bytes(ck::CKA_ID, id.to_vec()),
         ])
     }
 
-    fn attrs(&self, object: BackendObject, types: &[u64]) -> AResult<Vec<Option<Value>>> {
+    pub(crate) fn attrs(
+        &self,
+        object: BackendObject,
+        types: &[u64],
+    ) -> AResult<Vec<Option<Value>>> {
         let results = self
             .backend
             .get_attributes(self.handle, object, types)
@@ -150,7 +154,7 @@ impl<'b> HsmSession<'b> {
         })
     }
 
-    fn bytes(&self, object: BackendObject, attr: u64) -> AResult<Option<Vec<u8>>> {
+    pub(crate) fn bytes(&self, object: BackendObject, attr: u64) -> AResult<Option<Vec<u8>>> {
         Ok(match self.attrs(object, &[attr])?.pop().flatten() {
             Some(Value::Bytes(v)) => Some(v),
             _ => None,
@@ -429,7 +433,7 @@ fn period_dates(class: Option<&KeyClass>, at: SystemTime) -> DateUpdates {
 }
 
 /// The algorithm of a backend key, from its type and size or curve.
-fn algorithm_of(
+pub(crate) fn algorithm_of(
     s: &HsmSession<'_>,
     object: BackendObject,
     public: Option<BackendObject>,
@@ -820,7 +824,7 @@ impl Agent {
     }
 
     /// The virtual token labelled `label`, or the first.
-    fn admin_token(&self, label: Option<&str>) -> AResult<&VirtualToken> {
+    pub(crate) fn admin_token(&self, label: Option<&str>) -> AResult<&VirtualToken> {
         let found = match label {
             Some(l) => self.tokens.iter().find(|t| t.config.label == l),
             None => self.tokens.first(),
@@ -836,7 +840,7 @@ impl Agent {
         )
     }
 
-    fn backend<'t>(&self, token: &'t VirtualToken) -> AResult<&'t Arc<dyn Backend>> {
+    pub(crate) fn backend<'t>(&self, token: &'t VirtualToken) -> AResult<&'t Arc<dyn Backend>> {
         token.backend().map_err(|_| AdminError {
             kind: AdminErrorKind::Failed,
             message: format!("token {:?}: the backend is unavailable", token.config.label),

@@ -16,6 +16,8 @@
 //! - [`keys`]: managed keys — the inventory, its in-memory view, and the
 //!   check every use of a managed key passes (state, purpose, grant,
 //!   cryptoperiod).
+//! - [`report`]: `keyward report` — keys against their class, usage and
+//!   its anomalies ([`report::judge`], a pure function), revocations.
 //! - [`state`]: PIN hashes and token labels in the state directory.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
@@ -38,5 +40,6 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod report;
 pub mod server;
 pub mod state;

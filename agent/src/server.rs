@@ -351,6 +351,7 @@ impl Server {
                 AdminRequest::Status => AdminResponse::Status(self.agent.status()),
                 AdminRequest::Key(k) => self.agent.key_request(peer, k),
                 AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
+                AdminRequest::Report(r) => self.agent.report_request(peer, r),
             };
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);

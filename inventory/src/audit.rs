@@ -437,7 +437,7 @@ impl fmt::Display for Problem {
 
 /// The audit trail's store. Implemented by [`SqliteInventory`] in the same
 /// file as the inventory, so the agent holds one store.
-pub trait AuditLog: Send + Sync {
+pub trait AuditLog: crate::usage::UsageLog + Send + Sync {
     /// Appends `events` in order, chained, in one transaction; returns the
     /// last seq (the head's seq when `events` is empty). `durable`: on disk
     /// before the call returns (lifecycle and admin events); otherwise

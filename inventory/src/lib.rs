@@ -18,6 +18,9 @@
 //!   canonical encoding and hash chain, signed [`Checkpoint`]s, and the
 //!   [`AuditLog`] trait (implemented by [`SqliteInventory`] in the same
 //!   file), with [`AuditLog::verify`].
+//! - [`usage`]: the report's aggregations over the trail ([`UsageLog`],
+//!   a supertrait of [`AuditLog`]): uses by key, application and hour,
+//!   export attempts, failures, revocations; SQL sums, never a row each.
 //! - [`error`]: the one error enum; no variant names SQLite's types.
 //!
 //! Conventions:
@@ -38,6 +41,7 @@ pub mod error;
 mod schema;
 pub mod sqlite;
 pub mod types;
+pub mod usage;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +56,7 @@ pub use types::{
     ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange,
     Transition,
 };
+pub use usage::UsageLog;
 
 /// The schema version this build writes (and the newest it opens).
 pub const SCHEMA_VERSION: u32 = schema::LATEST;

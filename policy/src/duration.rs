@@ -50,6 +50,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A duration the way [`parse_duration`] reads it, largest units first:
+/// `90 s` is `"1m30s"`, a week `"7d"`; zero is `"0s"`. Sub-second parts
+/// are dropped.
+pub fn format_duration(d: Duration) -> String {
+    let mut rest = d.as_secs();
+    if rest == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
 /// A TOML offset datetime (`2026-01-31T18:00:00Z`, `...+02:00`) as a
 /// [`SystemTime`]. Local datetimes and bare dates are refused: an expiry
 /// must not depend on the agent's time zone.
@@ -118,6 +136,28 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_duration("36500d").is_ok());
+    }
+
+    #[test]
+    fn durations_for_people() {
+        for (secs, text) in [
+            (0, "0s"),
+            (30, "30s"),
+            (90, "1m30s"),
+            (3600, "1h"),
+            (7 * 86_400, "7d"),
+            (86_400 + 2 * 3600 + 5, "1d2h5s"),
+        ] {
+            assert_eq!(format_duration(Duration::from_secs(secs)), text);
+            if secs > 0 {
+                assert_eq!(
+                    parse_duration(text),
+                    Ok(Duration::from_secs(secs)),
+                    "{text}"
+                );
+            }
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum AdminRequest {
     Key(KeyRequest),
     /// The audit trail.
     Audit(AuditRequest),
+    /// `keyward report`: keys against policy, usage and its anomalies.
+    Report(ReportRequest),
 }
 
 /// The agent's answer to an [`AdminRequest`].
@@ -34,6 +36,8 @@ pub enum AdminResponse {
         /// What went wrong, for people.
         message: String,
     },
+    /// Answer to [`AdminRequest::Report`].
+    Report(Box<Report>),
 }
 
 /// What `keyward status` shows.
@@ -453,4 +457,296 @@ pub struct AuditRecordInfo {
     /// `CK_RV` (0 = success).
     pub result: u64,
     pub reason: String,
+}
+
+/// What `keyward report` asks for. Times are unix seconds (UTC).
+///
+/// The report looks at two periods that end now: the *window*
+/// (`window_secs`, the recent period judged) and before it the *baseline*
+/// (`baseline_secs`, the history it is judged against).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReportRequest {
+    /// Only this key (with `token`: on that token; else on any).
+    pub key: Option<String>,
+    /// Only keys of this virtual token.
+    pub token: Option<String>,
+    /// Length of the window, in seconds (at least 1).
+    pub window_secs: u64,
+    /// Length of the baseline before the window, in seconds (at least 1).
+    pub baseline_secs: u64,
+    /// When the anomaly rules speak.
+    pub thresholds: AnomalyThresholds,
+}
+
+/// The numbers behind the anomaly rules (see `docs/admin-guide.md`,
+/// "Report").
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnomalyThresholds {
+    /// Volume spike: the window's uses exceed this many times the mean
+    /// uses of a window-long slice of the baseline ...
+    pub spike_factor: u64,
+    /// ... and this many uses.
+    pub spike_floor: u64,
+    /// Unusual hours are judged only once the baseline's uses span this
+    /// many seconds ...
+    pub hours_min_span_secs: u64,
+    /// ... and number at least this many.
+    pub hours_min_uses: u64,
+}
+
+impl Default for AnomalyThresholds {
+    fn default() -> AnomalyThresholds {
+        AnomalyThresholds {
+            spike_factor: 10,
+            spike_floor: 100,
+            hours_min_span_secs: 3 * 86_400,
+            hours_min_uses: 100,
+        }
+    }
+}
+
+/// What `keyward report` shows: every managed key against its class, its
+/// usage and the anomalies in it, and the figures over all keys. Also what
+/// a metrics endpoint can render.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// When the report was made (unix seconds).
+    pub generated_at: i64,
+    /// The window's length (seconds); it ends at `generated_at`.
+    pub window_secs: u64,
+    /// The baseline's length (seconds); it ends where the window starts.
+    pub baseline_secs: u64,
+    /// The thresholds the anomalies were judged with.
+    pub thresholds: AnomalyThresholds,
+    /// One entry per managed key, by token then name.
+    pub keys: Vec<KeyReport>,
+    /// Rotation compliance over the active keys reported.
+    pub rotation: RotationCompliance,
+    /// Administrator actions that failed.
+    pub failed_admin: FailedAdmin,
+    /// Uses of objects the inventory does not manage, busiest first.
+    pub unmanaged: Vec<UnmanagedUsage>,
+    /// Every key's anomalies together.
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// One managed key in a [`Report`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyReport {
+    /// Key name.
+    pub name: String,
+    /// Virtual token label.
+    pub token: String,
+    /// Key class.
+    pub class: String,
+    /// Purpose of the class (`signing`, ...).
+    pub purpose: String,
+    /// Algorithm (`ec:p256`, ...).
+    pub algorithm: String,
+    /// The key's lifecycle state as stored.
+    pub state: String,
+    /// The newest active version.
+    pub active_version: Option<u32>,
+    /// Seconds since that version was made.
+    pub age_secs: Option<u64>,
+    /// The class's protect period (seconds); `None` when the class is no
+    /// longer in the policy.
+    pub cryptoperiod_secs: Option<u64>,
+    /// The class's rotation interval (seconds), when it rotates.
+    pub rotation_interval_secs: Option<u64>,
+    /// End of the key's protect period (unix seconds).
+    pub protect_until: Option<i64>,
+    /// When the key is due to rotate (unix seconds).
+    pub next_rotation: Option<i64>,
+    /// An active key past its rotation date or its protect period.
+    pub overdue: bool,
+    /// The certificate on the token with the active version's `CKA_ID`;
+    /// `None`: there is none.
+    pub certificate: Option<CertificateInfo>,
+    /// How much the key was used.
+    pub usage: KeyUsage,
+    /// No use in the baseline: the new-application and unusual-hour
+    /// rules have nothing to compare with yet.
+    pub learning: bool,
+    /// What the anomaly rules found in the window.
+    pub anomalies: Vec<Anomaly>,
+    /// Attempts to take the key out of the HSM, and wraps it made.
+    pub exports: ExportAttempts,
+    /// Where the key's grants or HSM attributes no longer match its class.
+    pub drift: Vec<String>,
+    /// Each revocation of the key: how long it took, and whether any use
+    /// succeeded after it.
+    pub revocations: Vec<Revocation>,
+    /// Why the HSM could not be asked about the key (attributes,
+    /// certificate), when it could not.
+    pub hsm_error: Option<String>,
+}
+
+/// A certificate found for a key version.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// `notAfter` (unix seconds); `None` when the certificate does not parse.
+    pub not_after: Option<i64>,
+    /// Why it does not parse.
+    pub problem: Option<String>,
+}
+
+/// Uses of a key: the use records' counts, summed.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// In the window.
+    pub window: u64,
+    /// In the baseline.
+    pub baseline: u64,
+    /// Since the trail began.
+    pub total: u64,
+    /// Of `total`, those the HSM answered with an error.
+    pub failed: u64,
+    /// By application and executable, busiest first.
+    pub by_application: Vec<ApplicationUsage>,
+}
+
+/// Uses of a key by one application and executable.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ApplicationUsage {
+    /// The policy's application name (empty when none matched).
+    pub application: String,
+    /// The executable's path.
+    pub exe: String,
+    pub window: u64,
+    pub baseline: u64,
+    pub total: u64,
+    /// The last use (unix seconds).
+    pub last_at: i64,
+}
+
+/// What an anomaly rule found.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyKind {
+    /// An application or executable used the key in the window, none of
+    /// whose uses are in the baseline.
+    NewApplication,
+    /// Uses in an hour of the day (UTC) that has none in the baseline.
+    UnusualHour,
+    /// Far more uses in the window than the baseline's rate.
+    VolumeSpike,
+}
+
+/// One anomaly.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Anomaly {
+    /// Which rule.
+    pub kind: AnomalyKind,
+    /// The key's token.
+    pub token: String,
+    /// The key.
+    pub key: String,
+    /// For [`AnomalyKind::NewApplication`]: the application.
+    pub application: Option<String>,
+    /// For [`AnomalyKind::NewApplication`]: the executable.
+    pub exe: Option<String>,
+    /// For [`AnomalyKind::UnusualHour`]: the hour (UTC, 0-23).
+    pub hour: Option<u8>,
+    /// The uses in the window the finding is about.
+    pub uses: u64,
+    /// What the rule compared with, for people.
+    pub detail: String,
+}
+
+/// Export and wrap attempts on a key.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportAttempts {
+    /// Refused attempts by what was attempted (`wrapping out`, `a copy`,
+    /// `an attribute change`, ...), since the trail began.
+    pub refused: Vec<OperationCount>,
+    /// Refused attempts in the window.
+    pub refused_window: u64,
+    /// Successful wraps made with the key (it wrapped another key out).
+    pub wraps: u64,
+    /// Of those, in the window.
+    pub wraps_window: u64,
+}
+
+/// A count of one operation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct OperationCount {
+    pub operation: String,
+    pub count: u64,
+}
+
+/// One revocation of a key, from the trail.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The lifecycle record's sequence number.
+    pub seq: u64,
+    /// The lifecycle action (`revoke`, `compromise`).
+    pub action: String,
+    /// When the revocation took effect (unix seconds).
+    pub effective_at: i64,
+    /// When it was requested (unix seconds), if the request is in the trail.
+    pub requested_at: Option<i64>,
+    /// From request to effect, in microseconds.
+    pub latency_us: Option<u64>,
+    /// The versions it revoked (empty: every version was checked).
+    pub versions: Vec<u32>,
+    /// Successful uses of those versions recorded after it.
+    pub uses_after: u64,
+    /// The first such use's sequence number.
+    pub first_use_after: Option<u64>,
+    /// `uses_after == 0`: no use succeeded after the revocation.
+    pub no_use_after: bool,
+}
+
+/// Rotation compliance: the share of active keys that are not overdue.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotationCompliance {
+    /// Active keys.
+    pub active: u32,
+    /// Of those, not overdue.
+    pub compliant: u32,
+    /// The overdue keys (`token/name`).
+    pub overdue: Vec<String>,
+}
+
+/// Failed administrator actions (admin records with a non-zero result).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedAdmin {
+    /// In the window.
+    pub window: u64,
+    /// In the baseline and the window.
+    pub period: u64,
+    /// Since the trail began.
+    pub total: u64,
+    /// The last few, newest first.
+    pub last: Vec<AdminFailure>,
+}
+
+/// One failed administrator action.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct AdminFailure {
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    /// `key Transition`, `key Create`, ...
+    pub operation: String,
+    pub key: Option<String>,
+    /// The administrator's uid.
+    pub uid: Option<u32>,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// Uses of an object the inventory does not manage.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct UnmanagedUsage {
+    pub token: String,
+    /// The object's `CKA_LABEL`, or `id:<hex>`.
+    pub object: String,
+    pub application: String,
+    pub window: u64,
+    pub total: u64,
 }

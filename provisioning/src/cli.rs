@@ -81,6 +81,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Keys against their class (age, rotation, certificate, drift), usage and its anomalies,
+    /// export attempts, revocation latency, failed admin actions.
+    Report(ReportArgs),
 }
 
 /// `keyward policy ...`
@@ -287,6 +290,30 @@ pub struct AuditQueryArgs {
     #[arg(long, value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
+}
+
+/// `keyward report`'s options.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct ReportArgs {
+    /// The recent period judged: 30s, 15m, 2h, 7d (units s m h d w).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_period)]
+    pub window: Duration,
+    /// The history before the window that it is judged against.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_period)]
+    pub baseline: Duration,
+    /// Only this key.
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+    /// Only keys of this virtual token (default: every token).
+    #[arg(long, value_name = "LABEL")]
+    pub token: Option<String>,
+    /// Volume spike: more than this many times the baseline's mean uses per window ...
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub spike_factor: u64,
+    /// ... and more than this many uses in the window.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub spike_floor: u64,
 }
 
 /// `audit query --result`.
@@ -890,6 +917,72 @@ mod tests {
             bad(&["audit", "query", "--application", "nginx"]),
             ErrorKind::UnknownArgument
         );
+    }
+
+    fn report(args: &[&str]) -> ReportArgs {
+        let mut all = vec!["report"];
+        all.extend_from_slice(args);
+        match ok(&all).command {
+            Command::Report(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn report_durations_and_options() {
+        let r = report(&[]);
+        assert_eq!(
+            (r.window, r.baseline),
+            (Duration::from_secs(3600), Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!((r.key, r.token), (None, None));
+        assert_eq!((r.spike_factor, r.spike_floor), (10, 100));
+        for (text, secs) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("2h", 7200),
+            ("7d", 604_800),
+            ("1w1d", 691_200),
+        ] {
+            assert_eq!(
+                report(&["--window", text]).window,
+                Duration::from_secs(secs),
+                "{text}"
+            );
+            assert_eq!(
+                report(&["--baseline", text]).baseline,
+                Duration::from_secs(secs),
+                "{text}"
+            );
+        }
+        let r = report(&[
+            "--key",
+            "k",
+            "--token",
+            "t",
+            "--spike-factor",
+            "3",
+            "--spike-floor",
+            "0",
+        ]);
+        assert_eq!(
+            (r.key.as_deref(), r.token.as_deref()),
+            (Some("k"), Some("t"))
+        );
+        assert_eq!((r.spike_factor, r.spike_floor), (3, 0));
+        for bad_duration in ["", "0s", "15", "m", "5x", "-1h", "1.5h", "200000w"] {
+            let arg = format!("--window={bad_duration}");
+            assert_eq!(
+                bad(&["report", &arg]),
+                ErrorKind::ValueValidation,
+                "{bad_duration:?}"
+            );
+        }
+        assert_eq!(
+            bad(&["report", "--spike-factor", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(bad(&["report", "extra"]), ErrorKind::UnknownArgument);
     }
 
     #[test]

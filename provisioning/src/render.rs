@@ -10,8 +10,8 @@
 //! Audit records are JSON lines instead: one compact object per record.
 
 use keyward_protocol::admin::{
-    AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, GrantInfo, KeyInfo, KeyResponse,
-    ShadowInfo, Status,
+    AnomalyKind, AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, GrantInfo, KeyInfo,
+    KeyReport, KeyResponse, Report, ShadowInfo, Status,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -532,6 +532,309 @@ fn result(rv: u64) -> String {
         0 => "ok".to_owned(),
         rv => keyward_policy::rv_name(rv).map_or_else(|| format!("{rv:#010x}"), str::to_owned),
     }
+}
+
+/// A duration in seconds for people: `1h`, `7d`, `1m30s`.
+fn span(secs: u64) -> String {
+    keyward_policy::format_duration(std::time::Duration::from_secs(secs))
+}
+
+fn anomaly_name(kind: AnomalyKind) -> &'static str {
+    match kind {
+        AnomalyKind::NewApplication => "new application",
+        AnomalyKind::UnusualHour => "unusual hour",
+        AnomalyKind::VolumeSpike => "volume spike",
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// `keyward report` as text: the periods, a table of the keys, each key's
+/// details, then rotation compliance, failed admin actions, unmanaged
+/// objects and every anomaly.
+pub fn report(r: &Report) -> String {
+    let mut out = format!(
+        "report at {} UTC: window {} (from {}), baseline {} before it\n",
+        format_utc(r.generated_at),
+        span(r.window_secs),
+        format_utc(r.generated_at - i64::try_from(r.window_secs).unwrap_or(0)),
+        span(r.baseline_secs)
+    );
+    out.push('\n');
+    if r.keys.is_empty() {
+        out.push_str("no managed keys\n");
+    } else {
+        let rows: Vec<Vec<String>> = r.keys.iter().map(key_summary).collect();
+        out.push_str(&table(
+            &[
+                "KEY",
+                "CLASS",
+                "STATE",
+                "VERSION",
+                "AGE",
+                "ROTATE EVERY",
+                "CRYPTOPERIOD",
+                "NEXT ROTATION",
+                "OVERDUE",
+                "CERT EXPIRES",
+                "USES WINDOW",
+                "USES TOTAL",
+                "ANOMALIES",
+                "DRIFT",
+            ],
+            &rows,
+        ));
+        for k in &r.keys {
+            out.push('\n');
+            out.push_str(&key_details(k));
+        }
+    }
+    out.push('\n');
+    let c = &r.rotation;
+    out.push_str(&match c.active {
+        0 => "rotation compliance: no active keys\n".to_owned(),
+        n => format!(
+            "rotation compliance: {}% ({} of {n} active keys not overdue){}\n",
+            u64::from(c.compliant) * 100 / u64::from(n),
+            c.compliant,
+            if c.overdue.is_empty() {
+                String::new()
+            } else {
+                format!("; overdue: {}", list(&c.overdue))
+            }
+        ),
+    });
+    let f = &r.failed_admin;
+    out.push_str(&format!(
+        "failed admin actions: {} in the window, {} with the baseline, {} in all\n",
+        f.window, f.period, f.total
+    ));
+    if !f.last.is_empty() {
+        let rows: Vec<Vec<String>> = f
+            .last
+            .iter()
+            .map(|a| {
+                vec![
+                    a.seq.to_string(),
+                    format_utc(a.at),
+                    a.uid.map_or_else(|| "-".to_owned(), |u| format!("uid:{u}")),
+                    cell(&a.operation),
+                    opt_cell(&a.key),
+                    cell(&a.reason),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(
+            &["SEQ", "TIME (UTC)", "BY", "ACTION", "KEY", "WHY"],
+            &rows,
+        )));
+    }
+    if r.unmanaged.is_empty() {
+        out.push_str("unmanaged objects: no uses\n");
+    } else {
+        out.push_str("unmanaged objects:\n");
+        let rows: Vec<Vec<String>> = r
+            .unmanaged
+            .iter()
+            .map(|u| {
+                vec![
+                    cell(&u.token),
+                    cell(&u.object),
+                    cell(&u.application),
+                    u.window.to_string(),
+                    u.total.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(
+            &[
+                "TOKEN",
+                "OBJECT",
+                "APPLICATION",
+                "USES WINDOW",
+                "USES TOTAL",
+            ],
+            &rows,
+        )));
+    }
+    if r.anomalies.is_empty() {
+        out.push_str("anomalies: none\n");
+    } else {
+        out.push_str(&format!("anomalies: {}\n", r.anomalies.len()));
+        let rows: Vec<Vec<String>> = r
+            .anomalies
+            .iter()
+            .map(|a| {
+                vec![
+                    format!("{}/{}", cell(&a.token), cell(&a.key)),
+                    anomaly_name(a.kind).to_owned(),
+                    cell(&a.detail),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(&["KEY", "ANOMALY", "WHAT"], &rows)));
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+fn key_summary(k: &KeyReport) -> Vec<String> {
+    vec![
+        format!("{}/{}", cell(&k.token), cell(&k.name)),
+        cell(&k.class),
+        cell(&k.state),
+        k.active_version
+            .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        k.age_secs.map_or_else(|| "-".to_owned(), span),
+        k.rotation_interval_secs
+            .map_or_else(|| "-".to_owned(), span),
+        k.cryptoperiod_secs.map_or_else(|| "-".to_owned(), span),
+        format_opt(k.next_rotation),
+        yes_no(k.overdue),
+        match &k.certificate {
+            None => "none".to_owned(),
+            Some(c) => c
+                .not_after
+                .map_or_else(|| "unreadable".to_owned(), format_utc),
+        },
+        k.usage.window.to_string(),
+        k.usage.total.to_string(),
+        if k.learning && k.anomalies.is_empty() {
+            "learning".to_owned()
+        } else {
+            k.anomalies.len().to_string()
+        },
+        k.drift.len().to_string(),
+    ]
+}
+
+/// One key's usage, anomalies, exports, drift and revocations.
+fn key_details(k: &KeyReport) -> String {
+    let mut out = format!("key {}/{}\n", cell(&k.token), cell(&k.name));
+    let u = &k.usage;
+    let mut pairs = vec![(
+        "uses",
+        format!(
+            "{} in the window, {} in the baseline, {} in all ({} failed)",
+            u.window, u.baseline, u.total, u.failed
+        ),
+    )];
+    if let Some(c) = &k.certificate {
+        pairs.push((
+            "certificate",
+            match (c.not_after, &c.problem) {
+                (Some(t), _) => format!("expires {}", format_utc(t)),
+                (None, p) => format!("unreadable: {}", opt_cell(p)),
+            },
+        ));
+    }
+    let e = &k.exports;
+    pairs.push((
+        "export attempts",
+        if e.refused.is_empty() {
+            "none refused".to_owned()
+        } else {
+            format!(
+                "refused {} ({} in the window)",
+                e.refused
+                    .iter()
+                    .map(|o| format!("{} ×{}", cell(&o.operation), o.count))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                e.refused_window
+            )
+        },
+    ));
+    pairs.push((
+        "wraps made",
+        format!("{} ({} in the window)", e.wraps, e.wraps_window),
+    ));
+    pairs.push((
+        "anomalies",
+        match (k.anomalies.len(), k.learning) {
+            (0, true) => "none (learning: no use in the baseline yet)".to_owned(),
+            (0, false) => "none".to_owned(),
+            (n, _) => n.to_string(),
+        },
+    ));
+    if k.drift.is_empty() {
+        pairs.push(("drift", "none".to_owned()));
+    }
+    if let Some(h) = &k.hsm_error {
+        pairs.push(("HSM", format!("not asked: {}", cell(h))));
+    }
+    out.push_str(&indent(&fields(&pairs)));
+    if !u.by_application.is_empty() {
+        let rows: Vec<Vec<String>> = u
+            .by_application
+            .iter()
+            .map(|a| {
+                vec![
+                    cell(&a.application),
+                    cell(&a.exe),
+                    a.window.to_string(),
+                    a.baseline.to_string(),
+                    a.total.to_string(),
+                    format_utc(a.last_at),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(
+            &[
+                "APPLICATION",
+                "EXECUTABLE",
+                "WINDOW",
+                "BASELINE",
+                "TOTAL",
+                "LAST USE",
+            ],
+            &rows,
+        )));
+    }
+    for a in &k.anomalies {
+        out.push_str(&format!(
+            "  anomaly: {}: {}\n",
+            anomaly_name(a.kind),
+            cell(&a.detail)
+        ));
+    }
+    for d in &k.drift {
+        out.push_str(&format!("  drift: {}\n", cell(d)));
+    }
+    for v in &k.revocations {
+        out.push_str(&format!(
+            "  {} at {} (record {}): latency {}; versions {}; no use after it: {}{}\n",
+            cell(&v.action),
+            format_utc(v.effective_at),
+            v.seq,
+            v.latency_us.map_or_else(
+                || "unknown (no request in the trail)".to_owned(),
+                |us| format!("{:.1} ms", us as f64 / 1000.0)
+            ),
+            if v.versions.is_empty() {
+                "all".to_owned()
+            } else {
+                v.versions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            yes_no(v.no_use_after),
+            match v.first_use_after {
+                Some(seq) if !v.no_use_after => {
+                    format!(" ({} uses, the first at record {seq})", v.uses_after)
+                }
+                _ => String::new(),
+            }
+        ));
+    }
+    out
 }
 
 /// One JSON object per line (JSON lines) for `--json` on the audit
@@ -1123,5 +1426,181 @@ mod tests {
             v["first_bad"]["problem"],
             "hash does not match\nits content"
         );
+    }
+
+    fn report_fixture() -> Report {
+        use keyward_protocol::admin::{
+            AdminFailure, Anomaly, AnomalyThresholds, ApplicationUsage, CertificateInfo,
+            ExportAttempts, FailedAdmin, KeyUsage, OperationCount, Revocation, RotationCompliance,
+            UnmanagedUsage,
+        };
+        let anomaly = Anomaly {
+            kind: AnomalyKind::NewApplication,
+            token: "prod".into(),
+            key: "web-tls".into(),
+            application: Some("nginx".into()),
+            exe: Some("/tmp/copy".into()),
+            hour: None,
+            uses: 3,
+            detail: "application \"nginx\" (/tmp/copy) used the key 3 times".into(),
+        };
+        let key = KeyReport {
+            name: "web-tls".into(),
+            token: "prod".into(),
+            class: "tls".into(),
+            purpose: "signing".into(),
+            algorithm: "ec:p256".into(),
+            state: "active".into(),
+            active_version: Some(2),
+            age_secs: Some(3 * 86_400),
+            cryptoperiod_secs: Some(30 * 86_400),
+            rotation_interval_secs: Some(7 * 86_400),
+            protect_until: Some(T0 + 27 * 86_400),
+            next_rotation: Some(T0 + 4 * 86_400),
+            overdue: false,
+            certificate: Some(CertificateInfo {
+                not_after: Some(T0 + 86_400),
+                problem: None,
+            }),
+            usage: KeyUsage {
+                window: 8,
+                baseline: 40,
+                total: 100,
+                failed: 1,
+                by_application: vec![ApplicationUsage {
+                    application: "nginx".into(),
+                    exe: "/usr/sbin/nginx".into(),
+                    window: 5,
+                    baseline: 40,
+                    total: 97,
+                    last_at: T0,
+                }],
+            },
+            learning: false,
+            anomalies: vec![anomaly.clone()],
+            exports: ExportAttempts {
+                refused: vec![OperationCount {
+                    operation: "wrapping out".into(),
+                    count: 2,
+                }],
+                refused_window: 1,
+                wraps: 0,
+                wraps_window: 0,
+            },
+            drift: vec!["version 2: CKA_EXTRACTABLE is on, and the class has no backup".into()],
+            revocations: vec![Revocation {
+                seq: 99,
+                action: "revoke".into(),
+                effective_at: T0,
+                requested_at: Some(T0),
+                latency_us: Some(12_345),
+                versions: vec![1],
+                uses_after: 0,
+                first_use_after: None,
+                no_use_after: true,
+            }],
+            hsm_error: None,
+        };
+        let mut idle = key.clone();
+        idle.name = "old".into();
+        idle.overdue = true;
+        idle.certificate = None;
+        idle.learning = true;
+        idle.anomalies.clear();
+        idle.drift.clear();
+        idle.revocations.clear();
+        idle.usage.by_application.clear();
+        Report {
+            generated_at: T0,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+            keys: vec![key, idle],
+            rotation: RotationCompliance {
+                active: 2,
+                compliant: 1,
+                overdue: vec!["prod/old".into()],
+            },
+            failed_admin: FailedAdmin {
+                window: 1,
+                period: 2,
+                total: 3,
+                last: vec![AdminFailure {
+                    seq: 42,
+                    at: T0,
+                    operation: "key Create".into(),
+                    key: Some("x".into()),
+                    uid: Some(0),
+                    reason: "NotFound: no key class \"nope\"".into(),
+                }],
+            },
+            unmanaged: vec![UnmanagedUsage {
+                token: "prod".into(),
+                object: "id:0102".into(),
+                application: "lab".into(),
+                window: 4,
+                total: 9,
+            }],
+            anomalies: vec![anomaly],
+        }
+    }
+
+    #[test]
+    fn report_text_shows_keys_details_and_totals() {
+        let text = report(&report_fixture());
+        contains_all(
+            &text,
+            &[
+                "report at 2026-01-31 18:00:00 UTC: window 1h (from 2026-01-31 17:00:00), baseline 7d before it\n",
+                "KEY           CLASS  STATE   VERSION  AGE  ROTATE EVERY  CRYPTOPERIOD  NEXT ROTATION        OVERDUE  CERT EXPIRES",
+                "prod/web-tls  tls    active  2        3d   7d            30d           2026-02-04 18:00:00  no       2026-02-01 18:00:00  8",
+                "prod/old      tls    active  2        3d   7d            30d           2026-02-04 18:00:00  yes      none",
+                "learning",
+                "key prod/web-tls\n",
+                "  uses:             8 in the window, 40 in the baseline, 100 in all (1 failed)\n",
+                "  certificate:      expires 2026-02-01 18:00:00\n",
+                "  export attempts:  refused wrapping out ×2 (1 in the window)\n",
+                "  /usr/sbin/nginx",
+                "  anomaly: new application: application \"nginx\" (/tmp/copy) used the key 3 times\n",
+                "  drift: version 2: CKA_EXTRACTABLE is on",
+                "  revoke at 2026-01-31 18:00:00 (record 99): latency 12.3 ms; versions 1; no use after it: yes\n",
+                "  anomalies:        none (learning: no use in the baseline yet)\n",
+                "rotation compliance: 50% (1 of 2 active keys not overdue); overdue: prod/old\n",
+                "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n",
+                "key Create",
+                "unmanaged objects:\n",
+                "id:0102",
+                "anomalies: 1\n",
+            ],
+        );
+        for line in text.lines() {
+            assert_eq!(line, line.trim_end(), "trailing blanks in {line:?}");
+        }
+        let mut empty = report_fixture();
+        empty.keys.clear();
+        empty.unmanaged.clear();
+        empty.anomalies.clear();
+        empty.rotation = Default::default();
+        let text = report(&empty);
+        contains_all(
+            &text,
+            &[
+                "no managed keys\n",
+                "rotation compliance: no active keys\n",
+                "unmanaged objects: no uses\n",
+                "anomalies: none\n",
+            ],
+        );
+    }
+
+    #[test]
+    fn report_json_is_one_document() {
+        let v: Value = serde_json::from_str(&json(&report_fixture())).unwrap();
+        assert_eq!(v["keys"][0]["name"], "web-tls");
+        assert_eq!(v["keys"][0]["anomalies"][0]["kind"], "NewApplication");
+        assert_eq!(v["keys"][0]["revocations"][0]["no_use_after"], true);
+        assert_eq!(v["rotation"]["compliant"], 1);
+        assert_eq!(v["failed_admin"]["total"], 3);
+        assert_eq!(v["thresholds"]["spike_factor"], 10);
     }
 }

@@ -10,14 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use keyward_protocol::admin::{
-    AdminRequest, AdminResponse, AuditRecordInfo, AuditRequest, AuditResponse, AuditVerification,
-    KeyAction, KeyRequest, KeyResponse,
+    AdminRequest, AdminResponse, AnomalyThresholds, AuditRecordInfo, AuditRequest, AuditResponse,
+    AuditVerification, KeyAction, KeyRequest, KeyResponse, ReportRequest,
 };
 
 use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
     AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs,
-    KeyCommand, PinCommand, PolicyCommand, ResultFilter, TransitionArgs,
+    KeyCommand, PinCommand, PolicyCommand, ReportArgs, ResultFilter, TransitionArgs,
 };
 use crate::render;
 use crate::time;
@@ -268,6 +268,24 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
                 }
             }
         })),
+        Command::Report(ReportArgs {
+            window,
+            baseline,
+            key,
+            token,
+            spike_factor,
+            spike_floor,
+        }) => Ok(AdminRequest::Report(ReportRequest {
+            key,
+            token,
+            window_secs: window.as_secs(),
+            baseline_secs: baseline.as_secs(),
+            thresholds: AnomalyThresholds {
+                spike_factor,
+                spike_floor,
+                ..AnomalyThresholds::default()
+            },
+        })),
     }
 }
 
@@ -289,7 +307,7 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
                 Err(f) => Output::failure_line(&f, json),
             }
         }
-        AdminRequest::Status | AdminRequest::Key(_) => {}
+        AdminRequest::Status | AdminRequest::Key(_) | AdminRequest::Report(_) => {}
     }
     let resp = match resp {
         Ok(r) => r,
@@ -302,6 +320,11 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
             render::status(&s)
         }),
         (AdminRequest::Key(_), AdminResponse::Key(r)) => key_answer(*r, json),
+        (AdminRequest::Report(_), AdminResponse::Report(r)) => Output::success(if json {
+            render::json(&r)
+        } else {
+            render::report(&r)
+        }),
         (req, resp) => Output::failure(&answer_failure(req, resp), json),
     }
 }
@@ -326,6 +349,7 @@ fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure {
                     AdminRequest::Status => "a status request",
                     AdminRequest::Key(_) => "a key request",
                     AdminRequest::Audit(_) => "an audit request",
+                    AdminRequest::Report(_) => "a report request",
                 }
             ),
         ),
@@ -502,6 +526,7 @@ fn variant(resp: &AdminResponse) -> &'static str {
             AuditResponse::Records(_) => "Audit(Records)",
         },
         AdminResponse::KeyErr { .. } => "KeyErr",
+        AdminResponse::Report(_) => "Report",
     }
 }
 
@@ -667,6 +692,79 @@ mod tests {
                 class: "c".into()
             }
         );
+    }
+
+    #[test]
+    fn report_becomes_a_request_and_its_answer_a_document() {
+        use keyward_protocol::admin::{Report, RotationCompliance};
+        let want = ReportRequest {
+            key: None,
+            token: None,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+        };
+        assert_eq!(req(&["report"]), Ok(AdminRequest::Report(want.clone())));
+        let r = req(&[
+            "report",
+            "--window",
+            "3s",
+            "--baseline",
+            "30s",
+            "--key",
+            "k",
+            "--spike-floor",
+            "20",
+        ]);
+        assert_eq!(
+            r,
+            Ok(AdminRequest::Report(ReportRequest {
+                key: Some("k".into()),
+                window_secs: 3,
+                baseline_secs: 30,
+                thresholds: AnomalyThresholds {
+                    spike_floor: 20,
+                    ..AnomalyThresholds::default()
+                },
+                ..want.clone()
+            }))
+        );
+
+        let report = Report {
+            generated_at: NOW,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+            keys: Vec::new(),
+            rotation: RotationCompliance::default(),
+            failed_admin: Default::default(),
+            unmanaged: Vec::new(),
+            anomalies: Vec::new(),
+        };
+        let request = AdminRequest::Report(want);
+        let answer = || Ok(AdminResponse::Report(Box::new(report.clone())));
+        let text = present(&request, answer(), false);
+        assert_eq!(text.exit, Exit::Success);
+        assert!(text.stdout.contains("no managed keys"), "{text:?}");
+        let json = present(&request, answer(), true);
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(v["generated_at"], NOW);
+        // Failures keep their exit codes; a wrong answer is unexpected.
+        let err = present(
+            &request,
+            Ok(AdminResponse::KeyErr {
+                kind: AdminErrorKind::NotFound,
+                message: "no key \"k\"".into(),
+            }),
+            true,
+        );
+        assert_eq!(err.exit, Exit::NotFound);
+        let v: serde_json::Value = serde_json::from_str(&err.stdout).unwrap();
+        assert_eq!(v["Error"]["exit_code"], 4);
+        let odd = present(&request, Ok(AdminResponse::Err("x".into())), false);
+        assert_eq!(odd.exit, Exit::Error);
+        let odd = present(&key_req(), answer(), false);
+        assert!(odd.stderr.contains("Report to a key request"), "{odd:?}");
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! Unit tests of the report's pure parts: each anomaly rule and its quiet
+//! cases, over made-up aggregated rows; durations for people; certificate
+//! expiry; grant drift.
+
+use super::*;
+
+const H: i64 = 3600 * MICROS;
+const D: i64 = 24 * H;
+/// 2024-01-01 00:00:00 UTC, in microseconds.
+const NOW: i64 = 1_704_067_200 * MICROS;
+
+/// A report at [`NOW`] with a window of `window` and a baseline of
+/// `baseline` before it, for a key older than both.
+fn periods(window: i64, baseline: i64) -> Periods {
+    let span = Span {
+        until: NOW,
+        window_from: NOW - window,
+        baseline_from: NOW - window - baseline,
+    };
+    Periods {
+        span,
+        baseline_from: span.baseline_from,
+    }
+}
+
+fn uses(app: &str, exe: &str, window: u64, baseline: u64, baseline_first: Option<i64>) -> UseRow {
+    UseRow {
+        token: Some("prod".into()),
+        key: "k".into(),
+        managed: true,
+        application: app.into(),
+        exe: exe.into(),
+        total: window + baseline,
+        failed: 0,
+        window,
+        baseline,
+        baseline_first,
+        last_at: NOW / MICROS,
+    }
+}
+
+fn hour(hour: u8, window: u64, baseline: u64) -> HourRow {
+    HourRow {
+        token: Some("prod".into()),
+        key: "k".into(),
+        hour,
+        window,
+        baseline,
+    }
+}
+
+fn run(rows: &[UseRow], hours: &[HourRow], p: Periods) -> Judged {
+    let rows: Vec<&UseRow> = rows.iter().collect();
+    let hours: Vec<&HourRow> = hours.iter().collect();
+    judge("prod", "k", &rows, &hours, p, &AnomalyThresholds::default())
+}
+
+fn kinds(j: &Judged) -> Vec<AnomalyKind> {
+    j.anomalies.iter().map(|a| a.kind).collect()
+}
+
+#[test]
+fn a_new_executable_is_an_anomaly_once_the_key_has_a_baseline() {
+    let p = periods(H, 7 * D);
+    let first = Some(NOW - 2 * D);
+    let j = run(
+        &[
+            uses("web", "/usr/bin/web", 5, 40, first),
+            uses("web", "/tmp/copy-of-web", 3, 0, None),
+        ],
+        &[],
+        p,
+    );
+    assert!(!j.learning);
+    assert_eq!(kinds(&j), vec![AnomalyKind::NewApplication]);
+    let a = &j.anomalies[0];
+    assert_eq!(a.exe.as_deref(), Some("/tmp/copy-of-web"));
+    assert_eq!(a.application.as_deref(), Some("web"));
+    assert_eq!((a.uses, a.token.as_str(), a.key.as_str()), (3, "prod", "k"));
+
+    // Quiet: the same executable keeps using it.
+    let j = run(&[uses("web", "/usr/bin/web", 5, 40, first)], &[], p);
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    // Quiet: a known executable that is idle in the window.
+    let j = run(
+        &[
+            uses("web", "/usr/bin/web", 5, 40, first),
+            uses("batch", "/usr/bin/batch", 0, 7, first),
+        ],
+        &[],
+        p,
+    );
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+}
+
+#[test]
+fn without_a_baseline_the_key_is_learning() {
+    let j = run(
+        &[
+            uses("web", "/usr/bin/web", 5, 0, None),
+            uses("batch", "/usr/bin/batch", 2, 0, None),
+        ],
+        &[hour(3, 7, 0)],
+        periods(H, 7 * D),
+    );
+    assert!(j.learning);
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+}
+
+/// 24 hours a day is not what a baseline looks like; office hours are.
+fn office_hours(window_hour: u8, window: u64) -> Vec<HourRow> {
+    let mut h: Vec<HourRow> = (9..17).map(|x| hour(x, 0, 50)).collect();
+    if let Some(seen) = h.iter_mut().find(|x| x.hour == window_hour) {
+        seen.window = window;
+    } else {
+        h.push(hour(window_hour, window, 0));
+    }
+    h
+}
+
+#[test]
+fn use_outside_the_usual_hours_is_an_anomaly_once_the_baseline_is_long_enough() {
+    let p = periods(H, 7 * D);
+    let row = |first| [uses("web", "/usr/bin/web", 12, 400, Some(first))];
+    // Four days of office hours; then uses at 03:00 UTC.
+    let j = run(&row(NOW - 4 * D), &office_hours(3, 12), p);
+    assert_eq!(kinds(&j), vec![AnomalyKind::UnusualHour]);
+    assert_eq!((j.anomalies[0].hour, j.anomalies[0].uses), (Some(3), 12));
+    assert!(
+        j.anomalies[0].detail.contains("03:00"),
+        "{}",
+        j.anomalies[0].detail
+    );
+
+    // Quiet: the same uses at 10:00, an hour the baseline knows.
+    let j = run(&row(NOW - 4 * D), &office_hours(10, 12), p);
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    // Quiet: the baseline spans two days only (under 3).
+    let j = run(&row(NOW - 2 * D), &office_hours(3, 12), p);
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    // Quiet: four days but only 99 uses.
+    let j = run(
+        &[uses("web", "/usr/bin/web", 12, 99, Some(NOW - 4 * D))],
+        &office_hours(3, 12),
+        p,
+    );
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    // Exactly at the thresholds: 100 uses over 3 days (to the window's start).
+    let j = run(
+        &[uses("web", "/usr/bin/web", 12, 100, Some(NOW - H - 3 * D))],
+        &office_hours(3, 12),
+        p,
+    );
+    assert_eq!(kinds(&j), vec![AnomalyKind::UnusualHour]);
+}
+
+#[test]
+fn a_volume_spike_is_an_anomaly_and_a_steady_rate_is_not() {
+    // Window 3 s, baseline 30 s: ten slices.
+    let s = MICROS;
+    let p = periods(3 * s, 30 * s);
+    let first = Some(NOW - 30 * s);
+    // Steady: 150 per 3 s all along (over the floor: the baseline decides).
+    let steady = run(&[uses("web", "/usr/bin/web", 150, 1500, first)], &[], p);
+    assert!(steady.anomalies.is_empty(), "{:?}", steady.anomalies);
+    // Ten times the mean is the edge: 1500 is quiet, 1501 fires.
+    let edge = run(&[uses("web", "/usr/bin/web", 1500, 1500, first)], &[], p);
+    assert!(edge.anomalies.is_empty(), "{:?}", edge.anomalies);
+    let spike = run(&[uses("web", "/usr/bin/web", 1501, 1500, first)], &[], p);
+    assert_eq!(kinds(&spike), vec![AnomalyKind::VolumeSpike]);
+    assert_eq!(spike.anomalies[0].uses, 1501);
+    assert!(
+        spike.anomalies[0].detail.contains("150.0 per window"),
+        "{}",
+        spike.anomalies[0].detail
+    );
+
+    // Under the floor: 11 times a tiny baseline is still quiet.
+    let low = run(&[uses("web", "/usr/bin/web", 99, 30, first)], &[], p);
+    assert!(low.anomalies.is_empty(), "{:?}", low.anomalies);
+    // A dormant key (no baseline use, but a whole baseline) suddenly busy.
+    let dormant = run(&[uses("web", "/usr/bin/web", 101, 0, None)], &[], p);
+    assert!(dormant.learning);
+    assert_eq!(kinds(&dormant), vec![AnomalyKind::VolumeSpike]);
+    // A key younger than one window has no baseline to compare with.
+    let young = Periods {
+        baseline_from: NOW - 5 * s,
+        ..p
+    };
+    let j = run(
+        &[uses("web", "/usr/bin/web", 500, 1, Some(NOW - 4 * s))],
+        &[],
+        young,
+    );
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    // The key's own baseline counts, not the nominal one: 6 s of history
+    // with 100 uses is a mean of 50 per 3 s.
+    let six = Periods {
+        baseline_from: NOW - 9 * s,
+        ..p
+    };
+    let j = run(
+        &[uses("web", "/usr/bin/web", 500, 100, Some(NOW - 9 * s))],
+        &[],
+        six,
+    );
+    assert!(j.anomalies.is_empty(), "{:?}", j.anomalies);
+    let j = run(
+        &[uses("web", "/usr/bin/web", 501, 100, Some(NOW - 9 * s))],
+        &[],
+        six,
+    );
+    assert_eq!(kinds(&j), vec![AnomalyKind::VolumeSpike]);
+}
+
+#[test]
+fn thresholds_come_from_the_request() {
+    let s = MICROS;
+    let p = periods(3 * s, 30 * s);
+    let rows = [uses("web", "/usr/bin/web", 40, 100, Some(NOW - 30 * s))];
+    let r: Vec<&UseRow> = rows.iter().collect();
+    let t = AnomalyThresholds {
+        spike_factor: 3,
+        spike_floor: 20,
+        ..AnomalyThresholds::default()
+    };
+    // Mean 10 per window: 40 > 3 × 10 and > 20.
+    assert_eq!(
+        kinds(&judge("prod", "k", &r, &[], p, &t)),
+        vec![AnomalyKind::VolumeSpike]
+    );
+    assert!(run(&rows, &[], p).anomalies.is_empty());
+}
+
+/// A self-signed P-256 certificate, notAfter 2036-11-22 21:51:03 UTC.
+const CERT_HEX: &[&str] = &[
+    "3082019130820137a0030201020214364136ba10674ed6e7489693fdc959511e2c4119300a06082a8648ce3d",
+    "040302301e311c301a06035504030c136b6579776172642d7265706f72742d74657374301e170d3236313132",
+    "353231353130335a170d3336313132323231353130335a301e311c301a06035504030c136b6579776172642d",
+    "7265706f72742d746573743059301306072a8648ce3d020106082a8648ce3d0301070342000416d005510aa6",
+    "9fa42adb196228e8e02fd946fc7de5a5265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ce",
+    "ef9f0d80473f679dbc987caf7c67a3533051301d0603551d0e04160414e296650d11a288931675a1352140b3",
+    "b0022725a0301f0603551d23041830168014e296650d11a288931675a1352140b3b0022725a0300f0603551d",
+    "130101ff040530030101ff300a06082a8648ce3d040302034800304502203996c5c60e1752ea6edbd27b1f85",
+    "818641c93432109848ee2d8ce49abe6345420221008f5c94975307f1600b6c0c26b5924d52b79df52c2cec0d",
+    "726af106f9a208e8da",
+];
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn certificate_expiry() {
+    let der = unhex(&CERT_HEX.concat());
+    assert_eq!(not_after(&der), Ok(2_111_003_463));
+    assert!(not_after(&der[..100]).is_err());
+    assert!(not_after(b"not a certificate")
+        .unwrap_err()
+        .contains("X.509"));
+}
+
+#[test]
+fn grants_that_no_longer_match_the_policy_are_drift() {
+    let policy = keyward_policy::Policy::from_str(
+        r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "web"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "30d"
+process_period = "60d"
+"#,
+        "test",
+    )
+    .unwrap();
+    let grant = |app: &str, ops: &[&str], expires_at| keyward_inventory::Grant {
+        key_id: 1,
+        application: app.into(),
+        operations: ops.iter().map(|o| (*o).to_owned()).collect(),
+        expires_at,
+    };
+    let key = KeyView {
+        record: keyward_inventory::KeyRecord {
+            id: 1,
+            name: "k".into(),
+            token: "prod".into(),
+            owner: "uid:0".into(),
+            purpose: "signing".into(),
+            class: "signing".into(),
+            algorithm: "ec:p256".into(),
+            state: InvState::Active,
+            created_at: 0,
+            activated_at: None,
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: None,
+            process_until: None,
+            next_rotation: None,
+            scope: Vec::new(),
+            last_used_at: None,
+            backup_allowed: false,
+        },
+        versions: Vec::new(),
+        grants: vec![
+            grant("web", &["sign", "verify"], None),
+            grant("web", &["decrypt"], None),
+            grant("gone", &["sign"], None),
+            grant("gone-too", &["decrypt"], Some(10)),
+        ],
+    };
+    let class = policy.class("signing");
+    let drift = grant_drift(&policy, &key, class, 100);
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    assert!(
+        drift[0].contains("decrypt") && drift[0].contains("does not allow"),
+        "{drift:?}"
+    );
+    assert!(
+        drift[1].contains("\"gone\"") && drift[1].contains("no such application"),
+        "{drift:?}"
+    );
+    let drift = grant_drift(&policy, &key, None, 100);
+    assert!(drift[0].contains("no longer in the policy"), "{drift:?}");
+}
