@@ -1775,6 +1775,8 @@ impl Agent {
             .create_key(&record, &version, who)
             .map_err(inv_err)?;
         self.refresh(created.id)?;
+        // Its use records name the managed key from now on.
+        self.forget_use_targets(|_| true);
         log::info!(
             "key {label}/{name} adopted by {who}: CKA_ID {}, class {class_name}, {alg}",
             hex(backend_id)

@@ -21,7 +21,7 @@ use keyward_protocol::{
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BackendObject};
-use crate::client::{Client, Closed, Login, ObjectRef, Session, Slot};
+use crate::client::{ActiveOp, Client, Closed, Login, ObjectRef, Session, Slot, UseTarget};
 use crate::config::{Config, TokenConfig};
 use crate::error::{Error, Result};
 use crate::identity::{ClientKey, Peer};
@@ -37,6 +37,7 @@ use keyward_inventory::AuditKind;
 const CKA_TOKEN: u64 = ck::CKA_TOKEN;
 const CKA_PRIVATE: u64 = ck::CKA_PRIVATE;
 const CKA_ID: u64 = ck::CKA_ID;
+const CKA_LABEL: u64 = ck::CKA_LABEL;
 const CKU_SO: u64 = ck::CKU_SO;
 const CKU_USER: u64 = ck::CKU_USER;
 const CKU_CONTEXT_SPECIFIC: u64 = ck::CKU_CONTEXT_SPECIFIC;
@@ -118,6 +119,14 @@ pub struct Agent {
     uid: u32,
     clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
     session_objects: Mutex<HashMap<(Slot, BackendObject), Owner>>,
+    /// What use records name each key object (see [`Agent::use_target`]).
+    use_targets: Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>,
+    /// Held (read) by every cryptographic request while it checks its key
+    /// and runs; a lifecycle change that takes rights away takes it (write)
+    /// once after the change, so it returns only when no request that
+    /// passed the old check is still running, and its record follows all
+    /// their use records in the trail.
+    pub(crate) in_flight: std::sync::RwLock<()>,
     instance: u64,
     started: Instant,
     socket: String,
@@ -233,6 +242,8 @@ impl Agent {
             uid: nix::unistd::getuid().as_raw(),
             clients: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
+            use_targets: Mutex::new(HashMap::new()),
+            in_flight: std::sync::RwLock::new(()),
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
@@ -264,32 +275,160 @@ impl Agent {
         };
         let now = SystemTime::now();
         let checked = keys::check_use(&self.policy, &key, m, &client.application, op, now);
-        if checked.is_ok() {
-            self.keys.note_use(m.key_id, keys::secs(now));
+        match checked {
+            Ok(()) => {
+                self.keys.note_use(m.key_id, keys::secs(now));
+                Ok(())
+            }
+            Err(refusal) => {
+                log::warn!(
+                    "{} (application {}): {} of key {:?} v{} refused: {refusal}",
+                    client.peer,
+                    client.application,
+                    op.name(),
+                    key.record.name,
+                    m.version
+                );
+                let mut e = audit::for_client(client, AuditKind::Refusal, op.name());
+                e.token = Some(key.record.token.clone());
+                e.key = Some(key.record.name.clone());
+                e.key_version = Some(m.version);
+                e.result = refusal.ckr();
+                e.reason = refusal.to_string();
+                self.audit.record(e);
+                Err(Error::Refused(refusal.ckr()))
+            }
         }
-        let kind = if checked.is_ok() {
-            AuditKind::Use
-        } else {
-            AuditKind::Refusal
+    }
+
+    /// What the use records of object `o` (on `s`'s token) name: cached
+    /// per backend object, read from the HSM once. `None` when uses are
+    /// not recorded.
+    fn use_target(&self, s: &Session, o: &ObjectRef) -> Option<Arc<UseTarget>> {
+        if !self.audit.records_uses() {
+            return None;
+        }
+        if let Some(t) = lock(&self.use_targets).get(&(o.slot, o.backend)) {
+            return Some(t.clone());
+        }
+        let token = self.tokens.get(o.slot)?.config.label.clone();
+        let target = match o.managed.and_then(|m| Some((m, self.keys.key(m.key_id)?))) {
+            Some((m, key)) => UseTarget {
+                token,
+                key: key.record.name.clone(),
+                version: Some(m.version),
+            },
+            None => {
+                let attrs = s
+                    .backend
+                    .get_attributes(s.backend_session, o.backend, &[CKA_LABEL, CKA_ID])
+                    .unwrap_or_default();
+                let value = |i: usize| match attrs.get(i) {
+                    Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(v)))) if !v.is_empty() => {
+                        Some(v.clone())
+                    }
+                    _ => None,
+                };
+                let key = match (value(0), value(1)) {
+                    (Some(label), _) => String::from_utf8_lossy(&label).into_owned(),
+                    (None, Some(id)) => format!(
+                        "id:{}",
+                        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    ),
+                    (None, None) => format!("handle:{}", o.backend),
+                };
+                UseTarget {
+                    token,
+                    key,
+                    version: None,
+                }
+            }
         };
-        let mut e = audit::for_client(client, kind, op.name());
-        e.token = Some(key.record.token.clone());
-        e.key = Some(key.record.name.clone());
-        e.key_version = Some(m.version);
-        if let Err(refusal) = &checked {
-            e.result = refusal.ckr();
-            e.reason = refusal.to_string();
-            log::warn!(
-                "{} (application {}): {} of key {:?} v{} refused: {refusal}",
-                client.peer,
-                client.application,
-                op.name(),
-                key.record.name,
-                m.version
-            );
-        }
+        let target = Arc::new(target);
+        lock(&self.use_targets).insert((o.slot, o.backend), target.clone());
+        Some(target)
+    }
+
+    /// Forgets what use records name the objects of `slot` for which
+    /// `gone` holds (destroyed, relabelled, or their session closed).
+    pub(crate) fn forget_use_targets(&self, mut gone: impl FnMut(&(Slot, BackendObject)) -> bool) {
+        lock(&self.use_targets).retain(|k, _| !gone(k));
+    }
+
+    /// Records one use of `target` by `client`: its end, with the result.
+    fn record_use(
+        &self,
+        client: &Client,
+        operation: &str,
+        mechanism: u64,
+        target: &UseTarget,
+        rv: u64,
+    ) {
+        let mut e = audit::for_client(client, AuditKind::Use, operation);
+        e.token = Some(target.token.clone());
+        e.key = Some(target.key.clone());
+        e.key_version = target.version;
+        e.mechanism = Some(mechanism);
+        e.result = rv;
         self.audit.record(e);
-        checked.map_err(|refusal| Error::Refused(refusal.ckr()))
+    }
+
+    /// Records the end of operation `op` on `s` with `r`'s result, and
+    /// ends it there, unless `r` only asked for a bigger buffer (the
+    /// operation goes on, as PKCS#11 says).
+    fn end_op<T>(&self, client: &Client, s: &Session, op: Op, r: Result<T>) -> Result<T> {
+        let rv = r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv());
+        if rv != ck::CKR_BUFFER_TOO_SMALL {
+            let ended = lock(&s.active)[op_index(op)].take();
+            if let Some(ActiveOp {
+                target: Some(t),
+                mechanism,
+                ..
+            }) = ended
+            {
+                self.record_use(client, operation(op).name(), mechanism, &t, rv);
+            }
+        }
+        r
+    }
+
+    /// The read side of [`Agent::in_flight`], for one cryptographic request.
+    fn running(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.in_flight.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a single-call use of object `o` (wrap, unwrap, derive,
+    /// digest of a key) with `r`'s result.
+    fn key_use<T>(
+        &self,
+        client: &Client,
+        s: &Session,
+        o: &ObjectRef,
+        operation: &str,
+        mechanism: Option<u64>,
+        r: &Result<T>,
+    ) {
+        if let Some(t) = self.use_target(s, o) {
+            let rv = r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv());
+            self.record_use(client, operation, mechanism.unwrap_or(0), &t, rv);
+        }
+    }
+
+    /// Refuses applications' operations while the trail cannot be written
+    /// and `[audit] on_write_failure = "refuse"`.
+    fn audit_gate(&self, client: &Client, operation: &str) -> Result<()> {
+        if self.audit.refusing() {
+            self.note_refusal(
+                client,
+                operation,
+                None,
+                None,
+                ck::CKR_FUNCTION_FAILED,
+                "the audit trail cannot be written (on_write_failure = refuse)",
+            );
+            return Err(Error::Refused(ck::CKR_FUNCTION_FAILED));
+        }
+        Ok(())
     }
 
     /// The policy for a key an application generates: under lab mode
@@ -546,7 +685,7 @@ impl Agent {
             tokens,
             config.agent.socket.display().to_string(),
             keys,
-            Auditor::start(inventory),
+            Auditor::with_config(inventory, &config.audit),
         ))
     }
 
@@ -614,9 +753,18 @@ impl Agent {
         }
         // The backend destroys a session's objects with it; forget them all,
         // mapped or not.
-        lock(&self.session_objects).retain(|_, o| {
-            o.client != client.peer.key || !closed.sessions.iter().any(|(h, _)| *h == o.session)
+        let mut gone = Vec::new();
+        lock(&self.session_objects).retain(|k, o| {
+            let keep = o.client != client.peer.key
+                || !closed.sessions.iter().any(|(h, _)| *h == o.session);
+            if !keep {
+                gone.push(*k);
+            }
+            keep
         });
+        if !gone.is_empty() {
+            self.forget_use_targets(|k| gone.contains(k));
+        }
         for (_, s) in closed.sessions {
             if let Err(e) = s.backend.close_session(s.backend_session) {
                 log::debug!("closing backend session {}: {e}", s.backend_session);
@@ -691,6 +839,7 @@ impl Agent {
                 label,
             } => {
                 let r = self.init_token(client, slot, &so_pin, &label);
+                self.forget_use_targets(|k| k.0 as u64 == slot);
                 let mut e = audit::for_client(client, AuditKind::Lifecycle, "C_InitToken");
                 e.token = self
                     .tokens
@@ -809,6 +958,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 self.refuse_managed(client, &o[0], "destruction")?;
                 s.backend.destroy_object(s.backend_session, o[0].backend)?;
+                self.forget_use_targets(|k| *k == (o[0].slot, o[0].backend));
                 if let Some(o) = client.lock().unmap_object(object) {
                     if o.session.is_some() {
                         lock(&self.session_objects).remove(&(o.slot, o.backend));
@@ -848,12 +998,14 @@ impl Agent {
                 self.refuse_weakening(client, &template)?;
                 s.backend
                     .set_attributes(s.backend_session, o[0].backend, &template)?;
+                self.forget_use_targets(|k| *k == (o[0].slot, o[0].backend));
                 Ok(Response::Unit)
             }
             Request::FindObjects { session, template } => {
                 self.find_objects(client, session, template)
             }
             Request::OperationInit { session, op, init } => {
+                let _running = self.running();
                 self.op_init(client, session, op, &init)?;
                 Ok(Response::Unit)
             }
@@ -866,12 +1018,10 @@ impl Agent {
                 if op == Op::Verify {
                     return Err(Error::ArgumentsBad);
                 }
+                let _running = self.running();
                 let s = self.op_session(client, session, op, init.as_ref())?;
-                Ok(Response::Data(s.backend.single(
-                    s.backend_session,
-                    op,
-                    &data,
-                )?))
+                let r = s.backend.single(s.backend_session, op, &data);
+                Ok(Response::Data(self.end_op(client, &s, op, r)?))
             }
             Request::Verify {
                 session,
@@ -879,8 +1029,10 @@ impl Agent {
                 data,
                 signature,
             } => {
+                let _running = self.running();
                 let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
-                s.backend.verify(s.backend_session, &data, &signature)?;
+                let r = s.backend.verify(s.backend_session, &data, &signature);
+                self.end_op(client, &s, Op::Verify, r)?;
                 Ok(Response::Unit)
             }
             Request::Update {
@@ -889,18 +1041,23 @@ impl Agent {
                 init,
                 data,
             } => {
+                let _running = self.running();
                 let s = self.op_session(client, session, op, init.as_ref())?;
-                Ok(Response::Data(s.backend.update(
-                    s.backend_session,
-                    op,
-                    &data,
-                )?))
+                match s.backend.update(s.backend_session, op, &data) {
+                    Ok(out) => Ok(Response::Data(out)),
+                    // A failed update ends the operation.
+                    Err(e) => self.end_op(client, &s, op, Err(e)),
+                }
             }
             Request::DigestKey { session, key } => {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
+                let _running = self.running();
+                self.audit_gate(client, Operation::Digest.name())?;
                 self.check_key_use(client, &o[0], Operation::Digest)?;
-                s.backend.digest_key(s.backend_session, o[0].backend)?;
+                let r = s.backend.digest_key(s.backend_session, o[0].backend);
+                self.key_use(client, &s, &o[0], Operation::Digest.name(), None, &r);
+                r?;
                 Ok(Response::Unit)
             }
             Request::Final {
@@ -909,11 +1066,15 @@ impl Agent {
                 init,
                 data,
             } => {
+                let _running = self.running();
                 let s = self.op_session(client, session, op, init.as_ref())?;
-                if !data.is_empty() {
-                    s.backend.update(s.backend_session, op, &data)?;
+                let r = if data.is_empty() {
+                    Ok(())
+                } else {
+                    s.backend.update(s.backend_session, op, &data).map(drop)
                 }
-                Ok(Response::Data(s.backend.final_(s.backend_session, op)?))
+                .and_then(|()| s.backend.final_(s.backend_session, op));
+                Ok(Response::Data(self.end_op(client, &s, op, r)?))
             }
             Request::VerifyFinal {
                 session,
@@ -921,11 +1082,17 @@ impl Agent {
                 data,
                 signature,
             } => {
+                let _running = self.running();
                 let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
-                if !data.is_empty() {
-                    s.backend.update(s.backend_session, Op::Verify, &data)?;
+                let r = if data.is_empty() {
+                    Ok(())
+                } else {
+                    s.backend
+                        .update(s.backend_session, Op::Verify, &data)
+                        .map(drop)
                 }
-                s.backend.verify_final(s.backend_session, &signature)?;
+                .and_then(|()| s.backend.verify_final(s.backend_session, &signature));
+                self.end_op(client, &s, Op::Verify, r)?;
                 Ok(Response::Unit)
             }
             Request::GenerateKey {
@@ -1014,15 +1181,25 @@ impl Agent {
                         (key, Error::KeyHandleInvalid),
                     ],
                 )?;
+                let _running = self.running();
+                self.audit_gate(client, Operation::Wrap.name())?;
                 self.check_key_use(client, &o[0], Operation::Wrap)?;
                 self.refuse_managed(client, &o[1], "wrapping out")?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                Ok(Response::Data(s.backend.wrap_key(
-                    s.backend_session,
-                    &m,
-                    o[0].backend,
-                    o[1].backend,
-                )?))
+                let r = s
+                    .backend
+                    .wrap_key(s.backend_session, &m, o[0].backend, o[1].backend);
+                self.key_use(
+                    client,
+                    &s,
+                    &o[0],
+                    Operation::Wrap.name(),
+                    Some(m.mechanism),
+                    &r,
+                );
+                // The key that left the HSM wrapped: an export.
+                self.key_use(client, &s, &o[1], "export", Some(m.mechanism), &r);
+                Ok(Response::Data(r?))
             }
             Request::UnwrapKey {
                 session,
@@ -1037,19 +1214,30 @@ impl Agent {
                     &[(unwrapping_key, Error::UnwrappingKeyHandleInvalid)],
                 )?;
                 refuse_private(login, &template)?;
+                let _running = self.running();
+                self.audit_gate(client, Operation::Unwrap.name())?;
                 self.check_key_use(client, &o[0], Operation::Unwrap)?;
                 self.strict_refusal(
                     client,
                     "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
                 )?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                let h = s.backend.unwrap_key(
+                let r = s.backend.unwrap_key(
                     s.backend_session,
                     &m,
                     o[0].backend,
                     &wrapped_key,
                     &template,
-                )?;
+                );
+                self.key_use(
+                    client,
+                    &s,
+                    &o[0],
+                    Operation::Unwrap.name(),
+                    Some(m.mechanism),
+                    &r,
+                );
+                let h = r?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt_one(client, session, &s, login, h, hint)
             }
@@ -1062,11 +1250,22 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                let _running = self.running();
+                self.audit_gate(client, Operation::Derive.name())?;
                 self.check_key_use(client, &o[0], Operation::Derive)?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                let h = s
+                let r = s
                     .backend
-                    .derive_key(s.backend_session, &m, o[0].backend, &template)?;
+                    .derive_key(s.backend_session, &m, o[0].backend, &template);
+                self.key_use(
+                    client,
+                    &s,
+                    &o[0],
+                    Operation::Derive.name(),
+                    Some(m.mechanism),
+                    &r,
+                );
+                let h = r?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt_one(client, session, &s, login, h, hint)
             }
@@ -1149,13 +1348,26 @@ impl Agent {
             };
             (s, key)
         };
+        self.audit_gate(client, operation(op).name())?;
         if let Some(o) = &key {
             self.check_key_use(client, o, operation(op))?;
         }
         let m = self.mechanism(client, s.slot, &init.mechanism)?;
-        s.backend
-            .op_init(s.backend_session, op, &m, key.map(|o| o.backend))?;
-        lock(&s.active)[op_index(op)] = key.and_then(|o| o.managed);
+        let target = key.as_ref().and_then(|o| self.use_target(&s, o));
+        if let Err(e) = s
+            .backend
+            .op_init(s.backend_session, op, &m, key.map(|o| o.backend))
+        {
+            if let Some(t) = &target {
+                self.record_use(client, operation(op).name(), m.mechanism, t, e.rv());
+            }
+            return Err(e);
+        }
+        lock(&s.active)[op_index(op)] = Some(ActiveOp {
+            managed: key.and_then(|o| o.managed),
+            mechanism: m.mechanism,
+            target,
+        });
         Ok(s)
     }
 
@@ -1174,7 +1386,9 @@ impl Agent {
                 let s = self.session(client, session)?.0;
                 // The key of an operation initialised earlier is checked
                 // again: a state change since the init applies now.
-                let managed = lock(&s.active)[op_index(op)];
+                let managed = lock(&s.active)[op_index(op)]
+                    .as_ref()
+                    .and_then(|a| a.managed);
                 if let Some(m) = managed {
                     let o = ObjectRef {
                         slot: s.slot,

@@ -13,18 +13,25 @@
 //! No PIN and no key material ever goes into an event: callers pass names,
 //! operations, codes and reasons.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keyward_inventory::{Actor, AuditEvent, AuditKind, AuditLog};
+use keyward_inventory::{coalesce, Actor, AuditEvent, AuditKind, AuditLog};
 
+use crate::config::{AuditConfig, OnWriteFailure};
 use crate::identity::Peer;
 
-/// Most events one batch appends.
-pub const BATCH: usize = 256;
+/// Queued events that wake the writer before [`LINGER`] is up. Equal uses
+/// are folded into one record per batch, so a batch costs little more
+/// than its distinct records.
+pub const BATCH: usize = 4096;
 /// Longest a queued event waits for its batch.
 pub const LINGER: Duration = Duration::from_millis(200);
+/// Most events kept in memory while the trail cannot be written; beyond
+/// that uses are dropped and counted (never lifecycle or admin events,
+/// which are refused instead).
+pub const MAX_PENDING: usize = 1 << 16;
 
 /// The agent's writer of the audit trail.
 pub struct Auditor {
@@ -32,6 +39,37 @@ pub struct Auditor {
     queue: Mutex<Vec<AuditEvent>>,
     wake: Condvar,
     failing: AtomicBool,
+    /// Use records dropped while the trail could not be written, not yet
+    /// reported in the trail.
+    lost: AtomicU64,
+    stats: Stats,
+    record_uses: bool,
+    on_write_failure: OnWriteFailure,
+    syslog: Option<Mutex<Syslog>>,
+}
+
+/// What the writer has done since the agent started.
+#[derive(Debug, Default)]
+struct Stats {
+    records: AtomicU64,
+    events: AtomicU64,
+    failures: AtomicU64,
+    lost: AtomicU64,
+}
+
+/// A snapshot of the writer's counters (for metrics and status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditStats {
+    /// Records appended.
+    pub records: u64,
+    /// Events they stand for (a coalesced record counts its uses).
+    pub events: u64,
+    /// Appends that failed.
+    pub failures: u64,
+    /// Use events dropped because the trail could not be written.
+    pub lost: u64,
+    /// Whether the last append failed.
+    pub failing: bool,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -64,11 +102,7 @@ pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
 
 /// An event of client process `client` (actor: its application).
 pub fn for_client(client: &crate::client::Client, kind: AuditKind, operation: &str) -> AuditEvent {
-    event(
-        kind,
-        application(&client.peer, &client.application),
-        operation,
-    )
+    event(kind, client.actor.clone(), operation)
 }
 
 /// The actor of a client process, named as the policy matched it.
@@ -99,13 +133,29 @@ fn exe(peer: &Peer) -> String {
 }
 
 impl Auditor {
-    /// An auditor over `log`, with its writer thread.
+    /// An auditor over `log` with the default settings.
     pub fn start(log: Arc<dyn AuditLog>) -> Arc<Auditor> {
+        Auditor::with_config(log, &AuditConfig::default())
+    }
+
+    /// An auditor over `log` as `config` says, with its writer thread.
+    pub fn with_config(log: Arc<dyn AuditLog>, config: &AuditConfig) -> Arc<Auditor> {
+        if !config.record_uses {
+            log::warn!("audit: [audit] record_uses = false: cryptographic uses are NOT recorded");
+        }
+        let syslog = config
+            .syslog
+            .then(|| Mutex::new(Syslog::new(&config.syslog_socket)));
         let auditor = Arc::new(Auditor {
             log,
             queue: Mutex::new(Vec::new()),
             wake: Condvar::new(),
             failing: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+            stats: Stats::default(),
+            record_uses: config.record_uses,
+            on_write_failure: config.on_write_failure,
+            syslog,
         });
         let weak = Arc::downgrade(&auditor);
         if let Err(e) = std::thread::Builder::new()
@@ -123,11 +173,33 @@ impl Auditor {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether cryptographic uses are recorded (`[audit] record_uses`).
+    pub fn records_uses(&self) -> bool {
+        self.record_uses
+    }
+
+    /// Whether applications' operations must be refused now: the trail
+    /// cannot be written and `[audit] on_write_failure = "refuse"`.
+    pub fn refusing(&self) -> bool {
+        self.on_write_failure == OnWriteFailure::Refuse && self.failing.load(Ordering::Relaxed)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            records: self.stats.records.load(Ordering::Relaxed),
+            events: self.stats.events.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            lost: self.stats.lost.load(Ordering::Relaxed),
+            failing: self.failing.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues a use or refusal for the next batch.
     pub fn record(&self, e: AuditEvent) {
         let mut q = self.queue();
         q.push(e);
-        if q.len() >= BATCH {
+        if q.len() == BATCH {
             self.wake.notify_one();
         }
     }
@@ -135,7 +207,9 @@ impl Auditor {
     /// Appends everything queued now.
     pub fn flush(&self) {
         let batch = std::mem::take(&mut *self.queue());
-        self.append(&batch, false);
+        if let Err(batch) = self.append(batch, false) {
+            self.requeue(batch);
+        }
     }
 
     /// Appends `e` durably (after what is queued) before returning.
@@ -143,34 +217,90 @@ impl Auditor {
     pub fn durable(&self, e: AuditEvent) -> Result<(), String> {
         let mut batch = std::mem::take(&mut *self.queue());
         batch.push(e);
-        if self.append(&batch, true) {
-            Ok(())
-        } else {
-            Err("the audit trail cannot be written".into())
+        match self.append(batch, true) {
+            Ok(()) => Ok(()),
+            Err(mut batch) => {
+                // The durable event is refused (fail closed); what was
+                // queued before it is written later.
+                batch.pop();
+                self.requeue(batch);
+                Err("the audit trail cannot be written".into())
+            }
         }
     }
 
-    fn append(&self, batch: &[AuditEvent], durable: bool) -> bool {
-        if batch.is_empty() {
-            return true;
+    /// Puts a batch that could not be written back in front of the queue,
+    /// dropping (and counting) the oldest uses beyond [`MAX_PENDING`].
+    fn requeue(&self, mut batch: Vec<AuditEvent>) {
+        let mut q = self.queue();
+        batch.append(&mut q);
+        if batch.len() > MAX_PENDING {
+            let excess = batch.len() - MAX_PENDING;
+            let dropped: u64 = batch[..excess].iter().map(|e| u64::from(e.count)).sum();
+            batch.drain(..excess);
+            self.lost.fetch_add(dropped, Ordering::Relaxed);
+            self.stats.lost.fetch_add(dropped, Ordering::Relaxed);
+            log::error!("audit: {dropped} events dropped: the trail still cannot be written");
         }
-        match self.log.append(batch, durable) {
-            Ok(_) => {
+        *q = batch;
+    }
+
+    /// Appends `events` (coalesced; the last event stays last), first
+    /// noting any events lost since the last write. Says loudly when the
+    /// trail cannot be written and when it can again. `Err` gives the batch
+    /// back (coalesced) to be kept for the next attempt.
+    fn append(&self, events: Vec<AuditEvent>, durable: bool) -> Result<(), Vec<AuditEvent>> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut batch = coalesce(events);
+        let lost = self.lost.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let mut gap = event(AuditKind::Agent, Actor::Agent, "audit-gap");
+            gap.result = cryptoki_sys::CKR_FUNCTION_FAILED;
+            gap.reason =
+                format!("{lost} use events were dropped while the trail could not be written");
+            batch.insert(0, gap);
+        }
+        match self.log.append(&batch, durable) {
+            Ok(head) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     log::error!("audit: the trail is written again");
                 }
-                true
+                let events: u64 = batch.iter().map(|e| u64::from(e.count)).sum();
+                self.stats
+                    .records
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats.events.fetch_add(events, Ordering::Relaxed);
+                if let Some(s) = &self.syslog {
+                    let first = head + 1 - batch.len() as u64;
+                    s.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .send(first, &batch);
+                }
+                Ok(())
             }
             Err(e) => {
+                self.lost.fetch_add(lost, Ordering::Relaxed);
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     log::error!(
-                        "audit: THE TRAIL CANNOT BE WRITTEN ({e}); {} events lost; admin and lifecycle actions are refused until it can",
-                        batch.len()
+                        "audit: THE TRAIL CANNOT BE WRITTEN ({e}); {} records held in memory; \
+                         admin and lifecycle actions are refused until it can{}",
+                        batch.len(),
+                        if self.on_write_failure == OnWriteFailure::Refuse {
+                            ", and so are applications' operations"
+                        } else {
+                            ""
+                        }
                     );
                 } else {
-                    log::error!("audit: {} more events lost ({e})", batch.len());
+                    log::error!("audit: the trail still cannot be written ({e})");
                 }
-                false
+                if lost > 0 {
+                    batch.remove(0);
+                }
+                Err(batch)
             }
         }
     }
@@ -193,9 +323,94 @@ fn writer(auditor: Weak<Auditor>) {
                 .unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut *q)
         };
-        a.append(&batch, false);
+        if let Err(batch) = a.append(batch, false) {
+            a.requeue(batch);
+            drop(a);
+            // Try again after a pause, not in a loop on a full queue.
+            std::thread::sleep(LINGER);
+            continue;
+        }
         drop(a);
     }
+}
+
+/// Forwards stored records to the local syslog socket, one JSON object per
+/// message (facility authpriv, severity notice; refusals and failures at
+/// warning). A socket that is missing or refuses is logged once per
+/// failure streak and tried again with the next batch; the trail itself
+/// never depends on it.
+struct Syslog {
+    path: std::path::PathBuf,
+    logger: Option<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
+    failing: bool,
+}
+
+impl Syslog {
+    fn new(path: &std::path::Path) -> Syslog {
+        Syslog {
+            path: path.to_owned(),
+            logger: None,
+            failing: false,
+        }
+    }
+
+    fn send(&mut self, first_seq: u64, records: &[AuditEvent]) {
+        for (i, e) in records.iter().enumerate() {
+            let line = syslog_line(first_seq + i as u64, e);
+            let sent = self.connect().and_then(|l| {
+                let r = if e.result == 0 {
+                    l.notice(&line)
+                } else {
+                    l.warning(&line)
+                };
+                r.map_err(|err| err.to_string())
+            });
+            match sent {
+                Ok(()) if self.failing => {
+                    self.failing = false;
+                    log::warn!("audit: syslog {} works again", self.path.display());
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    self.logger = None;
+                    if !self.failing {
+                        self.failing = true;
+                        log::warn!(
+                            "audit: cannot forward to syslog {}: {err}; the trail is unaffected",
+                            self.path.display()
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+    ) -> Result<&mut syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>, String> {
+        if self.logger.is_none() {
+            let formatter = syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_AUTHPRIV,
+                hostname: None,
+                process: "keyward-agent".into(),
+                pid: std::process::id(),
+            };
+            self.logger =
+                Some(syslog::unix_custom(formatter, &self.path).map_err(|e| e.to_string())?);
+        }
+        self.logger.as_mut().ok_or_else(|| "not connected".into())
+    }
+}
+
+/// One record as the JSON object forwarded to syslog: its seq and the
+/// event's fields, as `keyward --json audit tail` shows them.
+fn syslog_line(seq: u64, e: &AuditEvent) -> String {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("seq".into(), seq.into());
+    }
+    v.to_string()
 }
 
 /// `keyward audit ...` on the admin socket.

@@ -117,8 +117,8 @@ pub fn run(config: &Config) -> Result<(), String> {
         concat!("keyward-agent ", env!("CARGO_PKG_VERSION")),
     );
     agent.spawn_checkpoints(crate::audit::CheckpointEvery {
-        events: 1000,
-        interval: std::time::Duration::from_secs(60),
+        events: config.audit.checkpoint_events,
+        interval: std::time::Duration::from_secs(config.audit.checkpoint_seconds),
     });
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
     agent.spawn_scheduler(std::time::Duration::from_secs(60));

@@ -32,10 +32,10 @@ pub enum Login {
 /// One client session: one backend session opened with the same flags.
 #[derive(Debug)]
 pub struct Session {
-    /// The managed key of each active operation (by `Op` index), checked
-    /// again on every request of the operation: a key suspended after its
-    /// `C_*Init` is refused at the next call.
-    pub active: Mutex<[Option<ManagedRef>; 7]>,
+    /// Each active operation (by `Op` index): its managed key is checked
+    /// again on every request of the operation (a key suspended after its
+    /// `C_*Init` is refused at the next call), and its end is recorded.
+    pub active: Mutex<[Option<ActiveOp>; 7]>,
     /// The virtual slot.
     pub slot: Slot,
     /// Opened read-write.
@@ -44,6 +44,32 @@ pub struct Session {
     pub backend_session: BackendSession,
     /// The backend token.
     pub backend: Arc<dyn Backend>,
+}
+
+/// An operation in progress on a session.
+#[derive(Debug, Clone)]
+pub struct ActiveOp {
+    /// The managed key version it uses, if any.
+    pub managed: Option<ManagedRef>,
+    /// Its mechanism, for the use record.
+    pub mechanism: u64,
+    /// The key its use record names; `None` for an operation without a
+    /// key (a digest) or when uses are not recorded.
+    pub target: Option<Arc<UseTarget>>,
+}
+
+/// The key a use record names: the virtual token, the key's name (a
+/// managed key's name; an unmanaged object's `CKA_LABEL`, else `id:` and
+/// its `CKA_ID` in hex, else `handle:` and its backend handle) and, for a
+/// managed key, the version.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UseTarget {
+    /// The virtual token's label.
+    pub token: String,
+    /// The key's name.
+    pub key: String,
+    /// The managed key version.
+    pub version: Option<u32>,
 }
 
 /// What a client object handle stands for.
@@ -67,6 +93,8 @@ pub struct Client {
     /// The policy's name for it: its application, or `lab` for a peer the
     /// lab policy admits without one.
     pub application: String,
+    /// Who it is in the audit trail.
+    pub actor: keyward_inventory::Actor,
     state: Mutex<ClientState>,
 }
 
@@ -74,6 +102,7 @@ impl Client {
     /// A fresh client with no sessions, for a configuration of `slots` tokens.
     pub fn new(peer: Peer, application: String, slots: usize) -> Client {
         Client {
+            actor: crate::audit::application(&peer, &application),
             peer,
             application,
             state: Mutex::new(ClientState::new(slots)),

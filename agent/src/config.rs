@@ -53,6 +53,58 @@ pub struct Config {
     /// The `[[token]]` tables, in slot order.
     #[serde(rename = "token", default)]
     pub tokens: Vec<TokenConfig>,
+    /// The `[audit]` table (every field has a default).
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` table: how the trail is written and sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A checkpoint after this many records (at least 1).
+    pub checkpoint_events: u64,
+    /// A checkpoint this many seconds after the last one when records came
+    /// since (at least 1).
+    pub checkpoint_seconds: u64,
+    /// Whether cryptographic uses are recorded. Refusals, logins, lifecycle,
+    /// admin and agent events always are. `false` exists to measure what
+    /// recording uses costs; the agent warns at start when it is set.
+    pub record_uses: bool,
+    /// What happens to applications' operations while use records cannot be
+    /// written: keep serving (`continue`) or refuse them (`refuse`). Admin
+    /// and lifecycle actions are refused either way.
+    pub on_write_failure: OnWriteFailure,
+    /// Also send every record to syslog (facility authpriv), as one JSON
+    /// object per message, after it is stored.
+    pub syslog: bool,
+    /// The syslog socket.
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_events: 1000,
+            checkpoint_seconds: 60,
+            record_uses: true,
+            on_write_failure: OnWriteFailure::Continue,
+            syslog: false,
+            syslog_socket: PathBuf::from("/dev/log"),
+        }
+    }
+}
+
+/// `[audit] on_write_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnWriteFailure {
+    /// Serve applications; the lost records are counted and the failure
+    /// logged at error level until the trail is written again.
+    Continue,
+    /// Refuse applications' cryptographic operations
+    /// (`CKR_FUNCTION_FAILED`) until the trail is written again.
+    Refuse,
 }
 
 /// The `[agent]` table.
@@ -233,6 +285,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.audit.checkpoint_events == 0 {
+            return Err("[audit] checkpoint_events must be at least 1".into());
+        }
+        if self.audit.checkpoint_seconds == 0 {
+            return Err("[audit] checkpoint_seconds must be at least 1".into());
+        }
         if self.tokens.is_empty() {
             return Err("no [[token]] is configured".into());
         }
@@ -367,5 +425,35 @@ backend_pin = "env:KW_PIN"
             .read()
             .unwrap_err();
         assert!(e.contains("KEYWARD_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn the_audit_table_has_defaults_and_checks_its_values() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.audit, AuditConfig::default());
+        let text = format!(
+            "{GOOD}\n[audit]\ncheckpoint_events = 10\ncheckpoint_seconds = 5\n\
+             record_uses = false\non_write_failure = \"refuse\"\nsyslog = true\n\
+             syslog_socket = \"/run/log.sock\"\n"
+        );
+        let a = parse(&text).unwrap().audit;
+        assert_eq!((a.checkpoint_events, a.checkpoint_seconds), (10, 5));
+        assert!(!a.record_uses && a.syslog);
+        assert_eq!(a.on_write_failure, OnWriteFailure::Refuse);
+        assert_eq!(a.syslog_socket, PathBuf::from("/run/log.sock"));
+        for (bad, says) in [
+            ("checkpoint_events = 0", "checkpoint_events"),
+            ("checkpoint_seconds = 0", "checkpoint_seconds"),
+            ("on_write_failure = \"drop\"", "unknown variant"),
+            ("checkpoint_every = 3", "unknown field"),
+        ] {
+            let msg = parse(&format!("{GOOD}\n[audit]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains(says) && msg.contains("/etc/kw.toml"),
+                "{bad}: {msg}"
+            );
+        }
     }
 }

@@ -47,8 +47,9 @@ pub mod usage;
 mod tests;
 
 pub use audit::{
-    canonical, checkpoint_message, record_hash, Actor, AuditEvent, AuditFilter, AuditKind,
-    AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter, VerifyReport,
+    canonical, checkpoint_message, coalesce, record_hash, Actor, AuditEvent, AuditFilter,
+    AuditKind, AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter,
+    VerifyReport,
 };
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
