@@ -333,3 +333,259 @@ process_period = "60d"
     let drift = grant_drift(&policy, &key, None, 100);
     assert!(drift[0].contains("no longer in the policy"), "{drift:?}");
 }
+
+mod agent {
+    //! `Agent::report` over the mock backend and a trail written here: the
+    //! figures that come from the trail, a use after a revocation included
+    //! (which a real agent never lets happen).
+
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use keyward_inventory::{Actor, AuditEvent, AuditKind};
+    use keyward_protocol::admin::{
+        AdminResponse, AnomalyThresholds, KeyAction, KeyRequest, ReportRequest,
+    };
+
+    use crate::agent::tests::Mock;
+    use crate::agent::{Agent, VirtualToken};
+    use crate::backend::Backend;
+    use crate::config::{SecretRef, TokenConfig};
+    use crate::identity::Peer;
+    use crate::keys::{secs, ManagedKeys};
+    use crate::state::StateDir;
+
+    const POLICY: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+grants = [ { application = "app", operations = ["sign", "verify"] } ]
+"#;
+
+    fn agent() -> (tempfile::TempDir, Agent) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let config = TokenConfig {
+            label: "kw".into(),
+            library: "/nonexistent.so".into(),
+            backend_token_label: Some("b".into()),
+            backend_serial: None,
+            backend_pin: SecretRef::Env("UNUSED".into()),
+            allow_init_token: false,
+        };
+        let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;
+        let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
+        let inventory = Arc::new(
+            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap(),
+        );
+        let keys = ManagedKeys::open(inventory.clone()).unwrap();
+        let policy = keyward_policy::Policy::from_str(POLICY, "test").unwrap();
+        let audit = crate::audit::Auditor::start(inventory);
+        let agent = Agent::new(vec![token], "/sock".into(), keys, audit).with_policy(policy);
+        (dir, agent)
+    }
+
+    fn admin() -> Peer {
+        Peer {
+            key: crate::identity::ClientKey {
+                pid: 1,
+                start_time: 0,
+            },
+            uid: 0,
+            gid: 0,
+            exe: None,
+        }
+    }
+
+    fn ok(a: &Agent, req: KeyRequest) {
+        match a.key_request(&admin(), req) {
+            AdminResponse::Key(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn event(kind: AuditKind, at: i64, operation: &str, version: Option<u32>) -> AuditEvent {
+        AuditEvent {
+            at,
+            micros: 0,
+            kind,
+            actor: Actor::Application {
+                name: "app".into(),
+                uid: 1000,
+                gid: 1000,
+                pid: 9,
+                exe: "/usr/bin/app".into(),
+            },
+            token: Some("kw".into()),
+            key: Some("k".into()),
+            key_version: version,
+            operation: operation.into(),
+            mechanism: Some(0x1041),
+            result: 0,
+            reason: String::new(),
+            count: 1,
+            span_us: 0,
+        }
+    }
+
+    #[test]
+    fn figures_from_the_trail() {
+        let (_d, a) = agent();
+        ok(
+            &a,
+            KeyRequest::Create {
+                name: "k".into(),
+                class: "signing".into(),
+                algorithm: None,
+                token: None,
+                owner: None,
+            },
+        );
+        let activate = KeyRequest::Transition {
+            name: "k".into(),
+            token: None,
+            action: KeyAction::Activate,
+            reason: None,
+        };
+        ok(&a, activate.clone());
+        // A failed admin action: activating an active key.
+        assert!(matches!(
+            a.key_request(&admin(), activate),
+            AdminResponse::KeyErr { .. }
+        ));
+
+        let now = SystemTime::now() + Duration::from_secs(600);
+        let t = secs(now);
+        let uses = |at: i64, n: u32| AuditEvent {
+            count: n,
+            span_us: 10,
+            ..event(AuditKind::Use, at, "sign", Some(1))
+        };
+        let mut requested = event(AuditKind::Admin, t - 20, "key Transition", None);
+        requested.actor = Actor::Administrator {
+            uid: 0,
+            pid: 1,
+            exe: String::new(),
+        };
+        requested.token = None;
+        requested.reason = "requested: Transition { action: Revoke { rotate: false } }".into();
+        let mut revoke = event(AuditKind::Lifecycle, t - 20, "revoke", Some(1));
+        revoke.actor = requested.actor.clone();
+        revoke.micros = 2500;
+        let mut wrap_out = event(AuditKind::Refusal, t - 30, "wrapping out", None);
+        wrap_out.token = None;
+        wrap_out.result = 0x1b;
+        let mut unmanaged = uses(t - 5, 6);
+        unmanaged.key = Some("id:abcd".into());
+        unmanaged.key_version = None;
+        a.audit
+            .log()
+            .append(
+                &[
+                    uses(t - 7200, 40),
+                    uses(t - 60, 5),
+                    wrap_out,
+                    event(AuditKind::Use, t - 25, "wrap", Some(1)),
+                    requested,
+                    revoke,
+                    uses(t - 10, 2),
+                    unmanaged,
+                ],
+                true,
+            )
+            .unwrap();
+
+        let req = ReportRequest {
+            key: None,
+            token: None,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+        };
+        let r = a.report(&req, now).unwrap();
+        assert_eq!(r.keys.len(), 1);
+        let k = &r.keys[0];
+        assert_eq!(
+            (k.name.as_str(), k.token.as_str(), k.state.as_str()),
+            ("k", "kw", "active")
+        );
+        assert_eq!(k.active_version, Some(1));
+        assert_eq!(
+            (k.usage.window, k.usage.baseline, k.usage.total),
+            (8, 40, 48)
+        );
+        assert_eq!(k.usage.by_application.len(), 1);
+        assert_eq!(k.usage.by_application[0].exe, "/usr/bin/app");
+        assert!(!k.learning);
+        assert!(k.anomalies.is_empty(), "{:?}", k.anomalies);
+        assert_eq!(k.exports.refused.len(), 1);
+        assert_eq!(k.exports.refused[0].operation, "wrapping out");
+        assert_eq!((k.exports.refused_window, k.exports.wraps), (1, 1));
+        assert_eq!(k.revocations.len(), 1);
+        let rev = &k.revocations[0];
+        assert_eq!(rev.latency_us, Some(2500));
+        assert_eq!(rev.versions, vec![1]);
+        assert_eq!((rev.uses_after, rev.no_use_after), (2, false));
+        assert!(rev.first_use_after.is_some());
+        assert!(!k.overdue);
+        assert_eq!((r.rotation.active, r.rotation.compliant), (1, 1));
+        assert_eq!(r.failed_admin.total, 1);
+        assert_eq!(r.failed_admin.last[0].operation, "key Transition");
+        assert_eq!(r.unmanaged.len(), 1);
+        assert_eq!(
+            (r.unmanaged[0].object.as_str(), r.unmanaged[0].window),
+            ("id:abcd", 6)
+        );
+
+        // One key; an unknown key or token is not found; no empty window.
+        let one = a
+            .report(
+                &ReportRequest {
+                    key: Some("k".into()),
+                    ..req.clone()
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(one.keys.len(), 1);
+        assert!(one.unmanaged.is_empty());
+        let err = |r: ReportRequest| a.report(&r, now).unwrap_err().kind;
+        use keyward_protocol::admin::AdminErrorKind as K;
+        assert_eq!(
+            err(ReportRequest {
+                key: Some("nope".into()),
+                ..req.clone()
+            }),
+            K::NotFound
+        );
+        assert_eq!(
+            err(ReportRequest {
+                token: Some("nope".into()),
+                ..req.clone()
+            }),
+            K::NotFound
+        );
+        assert_eq!(
+            err(ReportRequest {
+                window_secs: 0,
+                ..req.clone()
+            }),
+            K::Invalid
+        );
+        match a.report_request(&admin(), req) {
+            AdminResponse::Report(r) => assert_eq!(r.keys.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+}
