@@ -696,6 +696,7 @@ impl Agent {
 
     fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
         let who = actor(admin);
+        let by = crate::audit::administrator(admin);
         match req {
             KeyRequest::Create {
                 name,
@@ -713,6 +714,7 @@ impl Agent {
                     token.as_deref(),
                     &owner,
                 )?;
+                self.record_changes(by, "create", None, &info.token, &name, "created");
                 Ok(KeyResponse::Key(Box::new(info)))
             }
             KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state.as_deref()),
@@ -728,11 +730,24 @@ impl Agent {
             } => {
                 let t = self.target(token.as_deref(), &name)?;
                 let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
-                self.transition_key(&t, action, &who, &reason, SystemTime::now())
+                let done = self.transition_key(&t, action, &who, &reason, SystemTime::now())?;
+                let label = t.token.config.label.clone();
+                let operation = action_of(action).to_string();
+                self.record_changes(by, &operation, Some(&t.key), &label, &name, &reason);
+                Ok(done)
             }
             KeyRequest::Rotate { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;
                 self.rotate_key(&t, &who, "rotation requested", SystemTime::now())?;
+                let label = t.token.config.label.clone();
+                self.record_changes(
+                    by,
+                    "rotate",
+                    Some(&t.key),
+                    &label,
+                    &name,
+                    "rotation requested",
+                );
                 Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
             }
             KeyRequest::Verify { name, token } => {
@@ -747,7 +762,14 @@ impl Agent {
                 until,
             } => {
                 let t = self.target(token.as_deref(), &key)?;
-                self.grant_add(&t, &application, &operations, until, &who)
+                let done = self.grant_add(&t, &application, &operations, until, &who)?;
+                let until = until.map_or_else(|| "no end".to_owned(), |u| format!("until {u}"));
+                let reason = format!(
+                    "application {application:?}, operations [{}], {until}",
+                    operations.join(", ")
+                );
+                self.record_grant(by, &t, "grant add", &reason);
+                Ok(done)
             }
             KeyRequest::GrantRemove {
                 key,
@@ -760,6 +782,12 @@ impl Agent {
                     .revoke_grant(t.key.record.id, &application, &who)
                     .map_err(inv_err)?;
                 self.refresh(t.key.record.id)?;
+                self.record_grant(
+                    by,
+                    &t,
+                    "grant remove",
+                    &format!("application {application:?}"),
+                );
                 Ok(KeyResponse::Done(format!(
                     "grant of {} to {application:?} removed",
                     t.label()
@@ -808,6 +836,7 @@ impl Agent {
                 for t in tokens {
                     shadows.extend(self.discover(t)?);
                 }
+                self.record_findings(&by, &shadows);
                 Ok(KeyResponse::Shadows(shadows))
             }
             KeyRequest::Adopt {
@@ -818,6 +847,8 @@ impl Agent {
             } => {
                 let t = self.admin_token(token.as_deref())?;
                 let info = self.adopt_key(t, &backend_id, &name, &class, &who)?;
+                let reason = format!("adopted from CKA_ID {} as class {class}", hex(&backend_id));
+                self.record_changes(by, "adopt", None, &info.token, &name, &reason);
                 Ok(KeyResponse::Key(Box::new(info)))
             }
         }
@@ -1019,7 +1050,8 @@ impl Agent {
         if name.is_empty() {
             return fail(AdminErrorKind::Invalid, "a key needs a name");
         }
-        let Some(class) = self.policy.class(class_name) else {
+        let policy = self.policy();
+        let Some(class) = policy.class(class_name) else {
             return fail(
                 AdminErrorKind::NotFound,
                 format!("no key class {class_name:?} in the policy"),
@@ -1147,7 +1179,7 @@ impl Agent {
         let mut dates = DateUpdates::default();
         match act {
             Action::Activate => {
-                dates = period_dates(self.policy.class(&t.key.record.class), now);
+                dates = period_dates(self.policy().class(&t.key.record.class), now);
                 dates.activated_at = Some(at);
             }
             Action::Deactivate => dates.deactivated_at = Some(at),
@@ -1219,7 +1251,7 @@ impl Agent {
                 at,
                 dates: DateUpdates {
                     activated_at: Some(at),
-                    ..period_dates(self.policy.class(&t.key.record.class), now)
+                    ..period_dates(self.policy().class(&t.key.record.class), now)
                 },
             })
             .map_err(inv_err)?;
@@ -1271,7 +1303,8 @@ impl Agent {
         now: SystemTime,
     ) -> AResult<u32> {
         let r = &t.key.record;
-        let Some(class) = self.policy.class(&r.class) else {
+        let policy = self.policy();
+        let Some(class) = policy.class(&r.class) else {
             return fail(
                 AdminErrorKind::NotFound,
                 format!("key class {:?} is no longer in the policy", r.class),
@@ -1325,7 +1358,7 @@ impl Agent {
             );
         }
         let v = self.new_version(t, who, InvState::Deactivated, now)?;
-        let mut dates = period_dates(self.policy.class(&t.key.record.class), now);
+        let mut dates = period_dates(self.policy().class(&t.key.record.class), now);
         dates.rotated_at = Some(secs(now));
         self.keys
             .inventory()
@@ -1537,7 +1570,7 @@ impl Agent {
         until: Option<i64>,
         who: &str,
     ) -> AResult<KeyResponse> {
-        if self.policy.application(application).is_none() {
+        if self.policy().application(application).is_none() {
             return fail(
                 AdminErrorKind::NotFound,
                 format!("no application {application:?} in the policy"),
@@ -1595,7 +1628,7 @@ impl Agent {
     fn app_list(&self) -> AResult<Vec<AppInfo>> {
         let all = self.keys.all();
         let mut out = Vec::new();
-        for app in &self.policy.applications {
+        for app in &self.policy().applications {
             let mut keys: Vec<String> = Vec::new();
             for g in self
                 .keys
@@ -1609,7 +1642,7 @@ impl Agent {
             }
             for k in &all {
                 let by_class = self
-                    .policy
+                    .policy()
                     .class(&k.record.class)
                     .is_some_and(|c| c.grants.iter().any(|g| g.application == app.name));
                 if by_class && policy_state(k.record.state).is_visible() {
@@ -1690,7 +1723,8 @@ impl Agent {
                 "adoption needs a name and a non-empty CKA_ID",
             );
         }
-        let Some(class) = self.policy.class(class_name) else {
+        let policy = self.policy();
+        let Some(class) = policy.class(class_name) else {
             return fail(
                 AdminErrorKind::NotFound,
                 format!("no key class {class_name:?} in the policy"),
@@ -1890,6 +1924,111 @@ impl Agent {
         })
     }
 
+    /// Records what a lifecycle action changed, durably: one `lifecycle`
+    /// record for the key's state and one for each version whose state
+    /// changed or that is new, from `before` (`None`: a new key) to the
+    /// key as the inventory has it now. Called after the change, and after
+    /// every request that passed the old checks has ended (see
+    /// [`Agent::in_flight`]): no use of the old rights follows the record.
+    pub(crate) fn record_changes(
+        &self,
+        by: keyward_inventory::Actor,
+        operation: &str,
+        before: Option<&KeyView>,
+        token: &str,
+        name: &str,
+        reason: &str,
+    ) {
+        if before.is_some() {
+            // A new key takes no rights away: nothing to wait for.
+            drop(self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
+        }
+        let Some(after) = self
+            .keys
+            .all()
+            .into_iter()
+            .find(|k| k.record.token == token && k.record.name == name)
+        else {
+            log::error!("audit: key {token}/{name} changed but is not in the view");
+            return;
+        };
+        let state = |s: Option<InvState>| s.map_or("none".to_owned(), state_name);
+        let mut changes = Vec::new();
+        let was = before.map(|b| b.record.state);
+        if was != Some(after.record.state) {
+            changes.push((None, state(was), state(Some(after.record.state))));
+        }
+        for v in &after.versions {
+            let was = before.and_then(|b| b.version(v.version)).map(|x| x.state);
+            if was != Some(v.state) {
+                changes.push((Some(v.version), state(was), state(Some(v.state))));
+            }
+        }
+        for (version, from, to) in changes {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Lifecycle,
+                by.clone(),
+                operation,
+            );
+            e.token = Some(token.to_owned());
+            e.key = Some(name.to_owned());
+            e.key_version = version;
+            e.reason = format!("from {from} to {to}: {reason}")
+                .chars()
+                .take(4096)
+                .collect();
+            if let Err(why) = self.audit.durable(e) {
+                log::error!(
+                    "audit: the {operation} of key {token}/{name} could not be recorded: {why}"
+                );
+            }
+        }
+    }
+
+    /// Records a grant change of key `t`, durably.
+    fn record_grant(
+        &self,
+        by: keyward_inventory::Actor,
+        t: &Target<'_>,
+        operation: &str,
+        reason: &str,
+    ) {
+        let mut e = crate::audit::event(keyward_inventory::AuditKind::Grant, by, operation);
+        e.token = Some(t.token.config.label.clone());
+        e.key = Some(t.key.record.name.clone());
+        e.reason = reason.chars().take(4096).collect();
+        if let Err(why) = self.audit.durable(e) {
+            log::error!(
+                "audit: the {operation} of key {} could not be recorded: {why}",
+                t.label()
+            );
+        }
+    }
+
+    /// Records each key a discovery found outside management.
+    fn record_findings(&self, by: &keyward_inventory::Actor, shadows: &[ShadowInfo]) {
+        for f in shadows {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Discovery,
+                by.clone(),
+                "unmanaged key",
+            );
+            e.token = Some(f.token.clone());
+            e.key = Some(if f.label.is_empty() {
+                format!("id:{}", hex(&f.backend_id))
+            } else {
+                f.label.chars().take(1024).collect()
+            });
+            e.reason = format!(
+                "{} {} with CKA_ID {} is on the HSM but not managed",
+                f.class,
+                f.key_type,
+                hex(&f.backend_id)
+            );
+            self.audit.record(e);
+        }
+    }
+
     /// One scheduler pass at `now`: active keys past their protect period
     /// are deactivated; active keys whose next rotation has come are
     /// rotated. Both are recorded with actor [`SCHEDULER`]. Failures are
@@ -1911,6 +2050,17 @@ impl Agent {
                 token,
                 key: key.clone(),
             };
+            let (label, name) = (token.config.label.clone(), key.record.name.clone());
+            let changed = |operation: &str, reason: &str| {
+                self.record_changes(
+                    keyward_inventory::Actor::Scheduler,
+                    operation,
+                    Some(&key),
+                    &label,
+                    &name,
+                    reason,
+                )
+            };
             if key.record.protect_until.is_some_and(|p| p <= at) {
                 match self.transition_key(
                     &t,
@@ -1919,10 +2069,13 @@ impl Agent {
                     "protect period ended",
                     now,
                 ) {
-                    Ok(_) => log::info!(
-                        "scheduler: key {} deactivated (protect period ended)",
-                        t.label()
-                    ),
+                    Ok(_) => {
+                        changed("deactivate", "protect period ended");
+                        log::info!(
+                            "scheduler: key {} deactivated (protect period ended)",
+                            t.label()
+                        )
+                    }
                     Err(e) => log::error!(
                         "scheduler: cannot deactivate key {}: {}",
                         t.label(),
@@ -1931,7 +2084,10 @@ impl Agent {
                 }
             } else if key.record.next_rotation.is_some_and(|r| r <= at) {
                 match self.rotate_key(&t, SCHEDULER, "scheduled rotation", now) {
-                    Ok(v) => log::info!("scheduler: key {} rotated to version {v}", t.label()),
+                    Ok(v) => {
+                        changed("rotate", "scheduled rotation");
+                        log::info!("scheduler: key {} rotated to version {v}", t.label())
+                    }
                     Err(e) => {
                         log::error!("scheduler: cannot rotate key {}: {}", t.label(), e.message)
                     }
@@ -1940,17 +2096,23 @@ impl Agent {
         }
     }
 
-    /// Starts the scheduler thread: [`Agent::tick`] every `every`, until
-    /// the agent is dropped.
+    /// Starts the scheduler thread: [`Agent::tick`] [`FIRST_PASS`] after the
+    /// start and then every `every`, until the agent is dropped.
     pub fn spawn_scheduler(self: &Arc<Agent>, every: Duration) {
         let agent = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                match agent.upgrade() {
-                    Some(a) => a.tick(SystemTime::now()),
-                    None => return,
+            .spawn(move || {
+                // A first pass soon after the start catches up with dates
+                // that passed while the agent was down.
+                let mut wait = FIRST_PASS.min(every);
+                loop {
+                    std::thread::sleep(wait);
+                    wait = every;
+                    match agent.upgrade() {
+                        Some(a) => a.tick(SystemTime::now()),
+                        None => return,
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -1958,6 +2120,9 @@ impl Agent {
         }
     }
 }
+
+/// When the scheduler's first pass runs after a start.
+pub const FIRST_PASS: Duration = Duration::from_secs(1);
 
 fn oaep() -> Mechanism {
     Mechanism {

@@ -430,6 +430,22 @@ impl crate::agent::Agent {
         let _ = self.audit.durable(e);
     }
 
+    /// A policy event (loaded at start, changed by a reload), durable.
+    pub fn audit_policy(&self, operation: &str, result: u64, reason: &str) {
+        let mut e = event(AuditKind::Policy, Actor::Agent, operation);
+        e.result = result;
+        e.reason = reason.chars().take(4096).collect();
+        let _ = self.audit.durable(e);
+    }
+
+    /// A configuration reload and its outcome, durable.
+    pub fn audit_reload(&self, result: u64, reason: &str) {
+        let mut e = event(AuditKind::Agent, Actor::Agent, "reload");
+        e.result = result;
+        e.reason = reason.chars().take(4096).collect();
+        let _ = self.audit.durable(e);
+    }
+
     /// Answers one audit request of administrator `admin`.
     pub fn audit_request(
         &self,
@@ -544,6 +560,8 @@ fn record_info(r: &keyward_inventory::AuditRecord) -> keyward_protocol::admin::A
         mechanism: e.mechanism,
         result: e.result,
         reason: e.reason.clone(),
+        count: e.count,
+        span_us: e.span_us,
     }
 }
 

@@ -57,7 +57,7 @@ pub fn main() -> ExitCode {
     let result = Config::load(&cli.config)
         .map_err(|e| e.to_string())
         .and_then(|config| match cli.command {
-            None => run(&config),
+            None => run(&config, &cli.config),
             Some(Command::Check) => check(&config, &cli.config),
             Some(Command::SetPin { token, role }) => {
                 let role = match role {
@@ -87,24 +87,42 @@ fn init_logging() {
         .try_init();
 }
 
-/// The configured policy file, or the built-in lab policy.
-fn load_policy(config: &Config) -> Result<keyward_policy::Policy, String> {
+/// The configured policy file, or the built-in lab policy, with what the
+/// audit trail says of it: the file and the SHA-256 of its bytes.
+fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), String> {
+    use sha2::Digest;
     match &config.agent.policy {
         Some(path) => {
-            let policy = keyward_policy::Policy::from_file(path).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("policy {}: cannot read: {e}", path.display()))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("policy {}: not UTF-8 text", path.display()))?;
+            let policy = keyward_policy::Policy::from_str(&text, &path.display().to_string())
+                .map_err(|e| e.to_string())?;
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
             log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
-            Ok(policy)
+            let source = format!(
+                "{} ({:?} mode, sha256 {hex})",
+                path.display(),
+                policy.mode()
+            );
+            Ok((policy, source))
         }
         None => {
             log::warn!("no policy configured: the built-in lab policy applies (a plain PKCS#11 token for local root and agent-user peers)");
-            Ok(keyward_policy::Policy::lab())
+            Ok((
+                keyward_policy::Policy::lab(),
+                "the built-in lab policy".to_owned(),
+            ))
         }
     }
 }
 
-/// Runs the agent in the foreground until SIGTERM or SIGINT.
-pub fn run(config: &Config) -> Result<(), String> {
-    let policy = load_policy(config)?;
+/// Runs the agent in the foreground until SIGTERM or SIGINT; SIGHUP
+/// reloads the policy (see [`reload`]).
+pub fn run(config: &Config, path: &Path) -> Result<(), String> {
+    let (policy, source) = load_policy(config)?;
     let agent = Arc::new(
         Agent::from_config(config)
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
@@ -116,6 +134,8 @@ pub fn run(config: &Config) -> Result<(), String> {
         "start",
         concat!("keyward-agent ", env!("CARGO_PKG_VERSION")),
     );
+    agent.audit_policy("load", 0, &source);
+    let policy_source = std::sync::Mutex::new(source);
     agent.spawn_checkpoints(crate::audit::CheckpointEvery {
         events: config.audit.checkpoint_events,
         interval: std::time::Duration::from_secs(config.audit.checkpoint_seconds),
@@ -133,14 +153,22 @@ pub fn run(config: &Config) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = signals.handle();
     let s = server.clone();
+    let (a, running, path) = (agent.clone(), config.clone(), path.to_owned());
     let watcher = std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                let mut source = policy_source.lock().unwrap_or_else(|p| p.into_inner());
+                reload(&a, &path, &running, &mut source);
+                continue;
+            }
             log::info!("signal {sig}: shutting down");
             s.shutdown();
+            break;
         }
     });
     log::info!(
@@ -161,6 +189,70 @@ pub fn run(config: &Config) -> Result<(), String> {
     drop(server);
     drop(agent);
     Ok(())
+}
+
+/// Reloads on SIGHUP: reads the configuration file `path` again and puts
+/// its policy in force when it differs from `source` (what is in force).
+/// Every other setting needs a restart; a reload names the ones that
+/// changed. A file that does not load changes nothing. Each reload is
+/// recorded (an `agent` event), and a policy change too (a `policy` event
+/// from the old file and digest to the new).
+pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String) {
+    let failed = |why: String| {
+        log::error!("reload: {why}; nothing changed");
+        agent.audit_reload(
+            ck_failed(),
+            &format!("{}: {why}; nothing changed", path.display()),
+        );
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    let (policy, new_source) = match load_policy(&config) {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let mut restart = Vec::new();
+    if config.agent.socket != running.agent.socket
+        || config.agent.socket_mode != running.agent.socket_mode
+        || config.agent.admin_socket != running.agent.admin_socket
+        || config.agent.admin_socket_mode != running.agent.admin_socket_mode
+        || config.agent.state_dir != running.agent.state_dir
+    {
+        restart.push("[agent] sockets or state_dir");
+    }
+    if config.tokens != running.tokens {
+        restart.push("[[token]]");
+    }
+    if config.audit != running.audit {
+        restart.push("[audit]");
+    }
+    let mut reason = if new_source == *source {
+        "policy unchanged".to_owned()
+    } else {
+        agent.set_policy(policy);
+        agent.audit_policy("change", 0, &format!("from {source} to {new_source}"));
+        log::info!("reload: policy now {new_source}");
+        let reason = format!("policy now {new_source}");
+        *source = new_source;
+        reason
+    };
+    if !restart.is_empty() {
+        log::warn!(
+            "reload: {} changed and take effect at the next start",
+            restart.join(", ")
+        );
+        reason.push_str(&format!(
+            "; {} changed: they take effect at the next start",
+            restart.join(", ")
+        ));
+    }
+    agent.audit_reload(0, &reason);
+}
+
+fn ck_failed() -> u64 {
+    cryptoki_sys::CKR_FUNCTION_FAILED
 }
 
 /// Validates the configuration beyond its shape: libraries exist, backend

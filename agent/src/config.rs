@@ -129,7 +129,7 @@ pub struct AgentConfig {
 }
 
 /// One `[[token]]`: a virtual token and the backend token behind it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The label applications see.

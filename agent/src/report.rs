@@ -501,12 +501,14 @@ impl Agent {
             .map_err(trail)?;
         let revokes = log.lifecycle_rows(key_filter, REVOCATIONS).map_err(trail)?;
 
+        // One policy for the whole report (a reload may swap it meanwhile).
+        let policy = self.policy();
         // One admin session per token, opened on first need.
         let mut sessions: HashMap<String, Result<HsmSession<'_>, String>> = HashMap::new();
         let mut reports = Vec::new();
         for key in &keys {
             let r = &key.record;
-            let class = self.policy.class(&r.class);
+            let class = policy.class(&r.class);
             let mine: Vec<&UseRow> = uses
                 .iter()
                 .filter(|u| u.managed && about(key, u.token.as_deref(), &u.key))
@@ -542,7 +544,7 @@ impl Agent {
                     .rev()
                     .find(|v| v.state != InvState::Destroyed)
             });
-            let mut drift = grant_drift(&self.policy, key, class, at);
+            let mut drift = grant_drift(&policy, key, class, at);
             let mut certificate = None;
             let mut hsm_error = None;
             if let Some(v) = live {
@@ -645,17 +647,26 @@ impl Agent {
     }
 
     /// Each revocation of `key` in `rows`: the latency from the request
-    /// (the last revoke request for the key before it) to the lifecycle
-    /// record, and the successful uses of the revoked versions after it.
+    /// (the last revoke request for the key before it) to its first
+    /// lifecycle record, and the successful uses of the revoked versions
+    /// after that record.
     ///
-    /// The agent appends a revocation's lifecycle record only after every
-    /// use of the key that was in flight has completed and been queued, so
-    /// a successful use record after it is a use that got through.
+    /// One revocation is several lifecycle records (the key's own change,
+    /// each version's; an emergency rotation's new version too): the
+    /// records that follow one request are one revocation, and its
+    /// versions are those whose record says they became compromised. The
+    /// agent writes them only after every use of the key that was in
+    /// flight has completed and been queued, so a successful use record
+    /// after the first of them is a use that got through.
     fn revocations(&self, key: &KeyView, rows: &[EventRow]) -> AResult<Vec<Revocation>> {
+        struct Group {
+            first: EventRow,
+            request: Option<EventRow>,
+            versions: Vec<u32>,
+        }
         let log = self.audit.log();
         let r = &key.record;
-        let mut out = Vec::new();
-        let mut history = None;
+        let mut groups: Vec<Group> = Vec::new();
         for row in rows.iter().filter(|e| {
             e.key
                 .as_deref()
@@ -670,44 +681,64 @@ impl Agent {
                     REVOKE_REQUEST.1,
                 )
                 .map_err(trail)?;
-            let versions: Vec<u32> = match row.key_version {
-                Some(v) => vec![v],
+            let same = |g: &Group| match (&g.request, &request) {
+                (Some(a), Some(b)) => a.seq == b.seq,
+                (None, None) => g.first.at == row.at,
+                _ => false,
+            };
+            let i = match groups.iter().position(same) {
+                Some(i) => i,
                 None => {
-                    // The versions that became compromised between the
-                    // request and the record (not a version an emergency
-                    // rotation made).
-                    let history =
-                        match &mut history {
-                            Some(h) => h,
-                            None => history.insert(self.keys.inventory().history(r.id).map_err(
-                                |e| AdminError {
-                                    kind: AdminErrorKind::Failed,
-                                    message: format!("inventory: {e}"),
-                                },
-                            )?),
-                        };
-                    let from = request.as_ref().map_or(row.at, |q| q.at);
-                    let mut v: Vec<u32> = history
-                        .iter()
-                        .filter(|c| c.to == InvState::Compromised && c.at >= from && c.at <= row.at)
-                        .filter_map(|c| c.version)
-                        .collect();
-                    v.sort_unstable();
-                    v.dedup();
-                    v
+                    groups.push(Group {
+                        first: row.clone(),
+                        request,
+                        versions: Vec::new(),
+                    });
+                    groups.len() - 1
                 }
             };
+            if let (Some(v), Some("compromised")) = (row.key_version, to_state(&row.reason)) {
+                groups[i].versions.push(v);
+            }
+        }
+        let mut history = None;
+        let mut out = Vec::new();
+        for g in groups {
+            let mut versions = g.versions;
+            if versions.is_empty() {
+                // Records that name no version: the versions that became
+                // compromised between the request and the record, by the
+                // inventory's history.
+                let history = match &mut history {
+                    Some(h) => h,
+                    None => history.insert(self.keys.inventory().history(r.id).map_err(|e| {
+                        AdminError {
+                            kind: AdminErrorKind::Failed,
+                            message: format!("inventory: {e}"),
+                        }
+                    })?),
+                };
+                let from = g.request.as_ref().map_or(g.first.at, |q| q.at);
+                versions = history
+                    .iter()
+                    .filter(|c| c.to == InvState::Compromised && c.at >= from && c.at <= g.first.at)
+                    .filter_map(|c| c.version)
+                    .collect();
+            }
+            versions.sort_unstable();
+            versions.dedup();
             let after = log
-                .uses_after(&r.token, &r.name, &versions, row.seq)
+                .uses_after(&r.token, &r.name, &versions, g.first.seq)
                 .map_err(trail)?;
             out.push(Revocation {
-                seq: row.seq,
-                action: row.operation.clone(),
-                effective_at: row.at,
-                requested_at: request.as_ref().map(|q| q.at),
-                latency_us: request
+                seq: g.first.seq,
+                action: g.first.operation.clone(),
+                effective_at: g.first.at,
+                requested_at: g.request.as_ref().map(|q| q.at),
+                latency_us: g
+                    .request
                     .as_ref()
-                    .and_then(|q| u64::try_from(row.at_us() - q.at_us()).ok()),
+                    .and_then(|q| u64::try_from(g.first.at_us() - q.at_us()).ok()),
                 versions,
                 uses_after: after.count,
                 first_use_after: after.first_seq,
@@ -716,6 +747,13 @@ impl Agent {
         }
         Ok(out)
     }
+}
+
+/// The state a lifecycle record's reason (`from X to Y: why`) says the
+/// key or version went to.
+fn to_state(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.strip_prefix("from ")?.split_once(" to ")?;
+    Some(rest.split_once(':').map_or(rest, |(to, _)| to))
 }
 
 /// Uses of unmanaged objects, by token, object and application, busiest

@@ -254,6 +254,20 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 #[test]
+fn lifecycle_reasons_name_the_state_reached() {
+    assert_eq!(
+        to_state("from active to compromised: stolen laptop"),
+        Some("compromised")
+    );
+    assert_eq!(
+        to_state("from none to active: emergency rotation"),
+        Some("active")
+    );
+    assert_eq!(to_state("from active to compromised"), Some("compromised"));
+    assert_eq!(to_state("revoked"), None);
+}
+
+#[test]
 fn certificate_expiry() {
     let der = unhex(&CERT_HEX.concat());
     assert_eq!(not_after(&der), Ok(2_111_003_463));
@@ -480,9 +494,22 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
         };
         requested.token = None;
         requested.reason = "requested: Transition { action: Revoke { rotate: false } }".into();
-        let mut revoke = event(AuditKind::Lifecycle, t - 20, "revoke", Some(1));
-        revoke.actor = requested.actor.clone();
-        revoke.micros = 2500;
+        // One revocation, as the agent records it: the key's change, each
+        // version's (an emergency rotation's new version too).
+        let lifecycle = |version: Option<u32>, reason: &str| {
+            let mut e = event(AuditKind::Lifecycle, t - 20, "revoke", version);
+            e.actor = requested.actor.clone();
+            e.micros = 2500;
+            e.reason = reason.into();
+            e
+        };
+        let revoke = [
+            lifecycle(None, "from active to compromised: stolen"),
+            lifecycle(Some(1), "from active to compromised: stolen"),
+            lifecycle(Some(2), "from none to active: stolen"),
+        ];
+        let mut v2 = uses(t - 9, 3);
+        v2.key_version = Some(2);
         let mut wrap_out = event(AuditKind::Refusal, t - 30, "wrapping out", None);
         wrap_out.token = None;
         wrap_out.result = 0x1b;
@@ -498,8 +525,11 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
                     wrap_out,
                     event(AuditKind::Use, t - 25, "wrap", Some(1)),
                     requested,
-                    revoke,
+                    revoke[0].clone(),
+                    revoke[1].clone(),
+                    revoke[2].clone(),
                     uses(t - 10, 2),
+                    v2,
                     unmanaged,
                 ],
                 true,
@@ -523,7 +553,7 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
         assert_eq!(k.active_version, Some(1));
         assert_eq!(
             (k.usage.window, k.usage.baseline, k.usage.total),
-            (8, 40, 48)
+            (11, 40, 51)
         );
         assert_eq!(k.usage.by_application.len(), 1);
         assert_eq!(k.usage.by_application[0].exe, "/usr/bin/app");
@@ -538,6 +568,7 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
         assert_eq!(rev.versions, vec![1]);
         assert_eq!((rev.uses_after, rev.no_use_after), (2, false));
         assert!(rev.first_use_after.is_some());
+        assert_eq!(rev.action, "revoke");
         assert!(!k.overdue);
         assert_eq!((r.rotation.active, r.rotation.compliant), (1, 1));
         assert_eq!(r.failed_admin.total, 1);

@@ -5,7 +5,7 @@
 //! time instead of a fake clock.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +14,8 @@ use keyward_protocol::admin::{
 };
 use keyward_protocol::frame::{read_message, write_message};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+mod common;
+use common::SOFTHSM;
 const BACKEND_PIN: &str = "backend-pin-k4r";
 
 /// A throw-away SoftHSM2 token, state directory, policy and configuration.
@@ -26,39 +27,9 @@ struct Testbed {
 
 impl Testbed {
     fn new() -> Testbed {
-        assert!(
-            Path::new(SOFTHSM).exists(),
-            "SoftHSM2 is required for this test and is not installed at {SOFTHSM} \
-             (apt-get install softhsm2)"
-        );
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::create_dir(d.join("tokens")).unwrap();
-        let softhsm_conf = d.join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &softhsm_conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "kw-backend",
-                "--pin",
-                BACKEND_PIN,
-                "--so-pin",
-                "5678",
-            ])
-            .output()
-            .expect("softhsm2-util must be installed");
-        assert!(out.status.success(), "softhsm2-util: {out:?}");
-        std::fs::write(d.join("backend.pin"), format!("{BACKEND_PIN}\n")).unwrap();
+        let softhsm_conf = common::softhsm_token(d, BACKEND_PIN);
         let uid = nix::unistd::getuid().as_raw();
         std::fs::write(
             d.join("policy.toml"),

@@ -16,7 +16,8 @@ use keyward_protocol::{
 };
 use zeroize::Zeroizing;
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+mod common;
+use common::SOFTHSM;
 /// Distinctive, so that a search of the log for them cannot hit a pid.
 const BACKEND_PIN: &str = "backend-pin-q7z";
 const USER_PIN: &str = "user-pin-x9w";
@@ -36,39 +37,9 @@ struct Testbed {
 
 impl Testbed {
     fn new() -> Testbed {
-        assert!(
-            Path::new(SOFTHSM).exists(),
-            "SoftHSM2 is required for this test and is not installed at {SOFTHSM} \
-             (apt-get install softhsm2)"
-        );
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::create_dir(d.join("tokens")).unwrap();
-        let softhsm_conf = d.join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &softhsm_conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "kw-backend",
-                "--pin",
-                BACKEND_PIN,
-                "--so-pin",
-                "5678",
-            ])
-            .output()
-            .expect("softhsm2-util must be installed");
-        assert!(out.status.success(), "softhsm2-util: {out:?}");
-        std::fs::write(d.join("backend.pin"), format!("{BACKEND_PIN}\n")).unwrap();
+        let softhsm_conf = common::softhsm_token(d, BACKEND_PIN);
         let config = d.join("agent.toml");
         std::fs::write(
             &config,

@@ -457,6 +457,10 @@ pub struct AuditRecordInfo {
     /// `CK_RV` (0 = success).
     pub result: u64,
     pub reason: String,
+    /// How many equal uses the record stands for (1 for a single event).
+    pub count: u32,
+    /// Microseconds from the first of them to the last.
+    pub span_us: u32,
 }
 
 /// What `keyward report` asks for. Times are unix seconds (UTC).

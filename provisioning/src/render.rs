@@ -500,7 +500,16 @@ fn record_row(r: &AuditRecordInfo) -> Vec<String> {
             (Some(k), None) => cell(k),
             (Some(k), Some(v)) => format!("{} v{v}", cell(k)),
         },
-        cell(&r.operation),
+        if r.count > 1 {
+            format!(
+                "{} x{} in {} ms",
+                cell(&r.operation),
+                r.count,
+                r.span_us / 1000
+            )
+        } else {
+            cell(&r.operation)
+        },
         r.mechanism.map_or_else(
             || "-".to_owned(),
             |m| {
@@ -1265,6 +1274,8 @@ mod tests {
             mechanism: Some(0x1041), // CKM_ECDSA
             result: 0,
             reason: String::new(),
+            count: 1,
+            span_us: 0,
         }
     }
 

@@ -1003,6 +1003,8 @@ mod tests {
             mechanism: Some(0x1041),
             result: 0,
             reason: String::new(),
+            count: 1,
+            span_us: 0,
         }
     }
 

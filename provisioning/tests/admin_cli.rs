@@ -364,6 +364,8 @@ fn audit_record(seq: u64) -> AuditRecordInfo {
         mechanism: Some(0x1), // CKM_RSA_PKCS
         result: 0x68,         // CKR_KEY_FUNCTION_NOT_PERMITTED
         reason: "no grant for decrypt".into(),
+        count: 1,
+        span_us: 0,
     }
 }
 

@@ -145,6 +145,26 @@ impl Env {
         self.testbed("start");
     }
 
+    /// Appends `toml` (whole tables) to the agent's configuration file and
+    /// restarts the agent on it.
+    pub fn configure_agent(&self, toml: &str) {
+        self.require_agent("an agent configuration");
+        let path = self.dir.join("keyward-agent.toml");
+        let mut text = std::fs::read_to_string(&path).expect("read the agent configuration");
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&path, text).expect("write the agent configuration");
+        self.stop_agent();
+        self.start_agent();
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> i32 {
+        self.require_agent("the agent's pid");
+        let text = std::fs::read_to_string(self.dir.join("agent.pid")).expect("read agent.pid");
+        text.trim().parse().expect("agent.pid holds a pid")
+    }
+
     /// A scratch path inside the testbed directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)

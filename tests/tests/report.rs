@@ -351,6 +351,8 @@ keyward_test!(fn revocation_latency_and_no_use_after_it(tb) {
     assert_eq!(revocations.len(), 1, "{k}");
     let rev = &revocations[0];
     assert_eq!(rev.str_at("action"), "revoke", "{rev}");
+    let versions: Vec<i64> = rev.array_at("versions").iter().filter_map(Json::as_i64).collect();
+    assert_eq!(versions, [1], "{rev}");
     let latency = rev.i64_at("latency_us");
     assert!(latency > 0 && latency < 30_000_000, "{rev}");
     assert!(rev.at("requested_at").is_i64(), "{rev}");
