@@ -130,6 +130,18 @@ pub fn run(config: &Config) -> Result<(), String> {
         config.agent.socket.clone(),
         config.agent.admin_socket.clone(),
     );
+    // Before the sockets answer: once `keyward status` does, the metrics
+    // endpoint and its metrics.addr are there too.
+    crate::metrics::clear_addr_file(&config.agent.state_dir);
+    let exporter = match &config.metrics {
+        Some(m) => Some(crate::metrics::Exporter::start(
+            m.listen.0,
+            server.metrics().clone(),
+            Arc::downgrade(&agent),
+            &config.agent.state_dir,
+        )?),
+        None => None,
+    };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -151,6 +163,7 @@ pub fn run(config: &Config) -> Result<(), String> {
         keyward_protocol::PROTOCOL_VERSION
     );
     server.run(app, admin);
+    drop(exporter);
     handle.close();
     let _ = watcher.join();
     agent.flush_uses();
