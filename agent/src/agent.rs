@@ -763,6 +763,11 @@ impl Agent {
         log::debug!("client {} gone; closed {n} sessions", client.peer);
     }
 
+    /// How many client processes are connected.
+    pub fn client_count(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
     /// Closes every client's sessions (at shutdown).
     pub fn close_all(&self) {
         let clients: Vec<Arc<Client>> = lock(&self.clients).drain().map(|(_, (c, _))| c).collect();

@@ -150,6 +150,18 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         config.agent.socket.clone(),
         config.agent.admin_socket.clone(),
     );
+    // Before the sockets answer: once `keyward status` does, the metrics
+    // endpoint and its metrics.addr are there too.
+    crate::metrics::clear_addr_file(&config.agent.state_dir);
+    let exporter = match &config.metrics {
+        Some(m) => Some(crate::metrics::Exporter::start(
+            m.listen.0,
+            server.metrics().clone(),
+            Arc::downgrade(&agent),
+            &config.agent.state_dir,
+        )?),
+        None => None,
+    };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -179,6 +191,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         keyward_protocol::PROTOCOL_VERSION
     );
     server.run(app, admin);
+    drop(exporter);
     handle.close();
     let _ = watcher.join();
     agent.flush_uses();
@@ -227,6 +240,9 @@ pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String)
     }
     if config.audit != running.audit {
         restart.push("[audit]");
+    }
+    if config.metrics != running.metrics {
+        restart.push("[metrics]");
     }
     let mut reason = if new_source == *source {
         "policy unchanged".to_owned()

@@ -3,6 +3,7 @@
 //! `agent/keyward-agent.toml`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -56,6 +57,9 @@ pub struct Config {
     /// The `[audit]` table (every field has a default).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The `[metrics]` table; absent: no metrics endpoint (the default).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// The `[audit]` table: how the trail is written and sealed.
@@ -105,6 +109,31 @@ pub enum OnWriteFailure {
     /// Refuse applications' cryptographic operations
     /// (`CKR_FUNCTION_FAILED`) until the trail is written again.
     Refuse,
+}
+
+/// The `[metrics]` table: a Prometheus text-format endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served: a loopback address (127.0.0.0/8 or
+    /// ::1) and a port; port 0 binds a free port, written to
+    /// `metrics.addr` in the state directory.
+    pub listen: ListenAddr,
+}
+
+/// A TCP address written as `"IP:PORT"` (`"127.0.0.1:9466"`, `"[::1]:9466"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(ListenAddr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "listen = {s:?}: not an IP address and port like \"127.0.0.1:9466\" or \"[::1]:9466\""
+            ))
+        })
+    }
 }
 
 /// The `[agent]` table.
@@ -322,6 +351,17 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(m) = &self.metrics {
+            // The endpoint has no authentication: it must not be reachable
+            // from another host.
+            if !m.listen.0.ip().is_loopback() {
+                return Err(format!(
+                    "[metrics] listen: {} is not a loopback address (127.0.0.0/8 or ::1); \
+                     the metrics endpoint has no authentication and is served on loopback only",
+                    m.listen.0
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -411,6 +451,44 @@ backend_pin = "env:KW_PIN"
             .contains("used by another"));
         let text = GOOD.replace("\"0660\"", "\"rw-rw----\"");
         assert!(parse(&text).unwrap_err().to_string().contains("octal"));
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_loopback_only() {
+        assert!(parse(GOOD).unwrap().metrics.is_none());
+        for ok in ["127.0.0.1:9466", "127.3.2.1:0", "[::1]:9466"] {
+            let text = format!("{GOOD}\n[metrics]\nlisten = \"{ok}\"\n");
+            let c = parse(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.metrics.unwrap().listen.0, ok.parse().unwrap());
+        }
+        for bad in [
+            "0.0.0.0:9466",
+            "10.1.2.3:9466",
+            "[::]:9466",
+            "[::ffff:127.0.0.1]:9466",
+        ] {
+            let text = format!("{GOOD}\n[metrics]\nlisten = \"{bad}\"\n");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.starts_with("/etc/kw.toml: [metrics] listen: "), "{msg}");
+            assert!(msg.contains("not a loopback address"), "{msg}");
+        }
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"localhost:9466\"\n");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("not an IP address and port"), "{msg}");
+        let text = format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:1\"\nport = 2\n");
+        assert!(parse(&text).unwrap_err().to_string().contains("port"));
+    }
+
+    #[test]
+    fn the_reference_metrics_table_parses_when_uncommented() {
+        let text = include_str!("../keyward-agent.toml")
+            .replace("# [metrics]", "[metrics]")
+            .replace("# listen = ", "listen = ");
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.metrics.unwrap().listen.0,
+            "127.0.0.1:9466".parse().unwrap()
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! - [`state`]: PIN hashes and token labels in the state directory.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
+//! - [`metrics`]: request counters and latencies (counted in [`server`]),
+//!   and the Prometheus text-format endpoint that shows them with every
+//!   managed key's state.
 //! - [`config`]: the TOML configuration; [`cli`]: the command line.
 //! - [`error`]: the one error enum and its `CK_RV` mapping.
 #![deny(unsafe_code)]
@@ -40,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod state;

@@ -23,6 +23,7 @@ use keyward_protocol::{Request, Response, PROTOCOL_VERSION};
 
 use crate::agent::Agent;
 use crate::identity::Peer;
+use crate::metrics::{admin_request_name, Call, Metrics};
 
 /// How long shutdown waits for connection threads to finish their call.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,6 +119,8 @@ pub struct Server {
     conns: Connections,
     /// Which connection was active last (see [`Activity`]).
     activity: Activity,
+    /// Request counters and latencies (served when `[metrics]` is on).
+    metrics: Arc<Metrics>,
 }
 
 /// How long a connection that just answered polls for its client's next
@@ -153,10 +156,11 @@ impl Activity {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// Connection `conn` starts handling a request.
-    fn note(&self, conn: u64) {
+    /// Connection `conn` starts handling a request at `at`.
+    fn note(&self, conn: u64, at: Instant) {
         self.last_conn.store(conn, Ordering::Relaxed);
-        self.last_at_us.store(self.now_us(), Ordering::Relaxed);
+        let us = at.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.last_at_us.store(us, Ordering::Relaxed);
     }
 
     /// Whether another connection than `conn` was active lately.
@@ -198,7 +202,13 @@ impl Server {
             stopping: AtomicBool::new(false),
             conns: Connections::default(),
             activity: Activity::new(),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The request counters, for the metrics endpoint.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Serves both listeners until [`Server::shutdown`]; then closes every
@@ -281,6 +291,7 @@ impl Server {
                 // cannot use, and its slot shows no token.
                 log::warn!("{peer}: refused: no application of the policy matches this peer");
                 self.agent.audit_unknown_peer(peer);
+                self.metrics.peer_refused();
                 let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);
                 let _ = write_message(&mut writer, &refusal, &mut wbuf);
                 return;
@@ -304,6 +315,7 @@ impl Server {
             }
         }
         log::debug!("{peer}: connected");
+        let _counted = self.metrics.connection();
         let client = self.agent.connect(peer.clone());
         loop {
             if reader.buffer().is_empty() {
@@ -316,8 +328,15 @@ impl Server {
                     break;
                 }
             };
-            self.activity.note(conn);
+            // One clock read here and one after: the latency, and the
+            // activity note, from the same instant.
+            let started = Instant::now();
+            self.activity.note(conn, started);
+            let call = Call::of(&req);
             let resp = self.agent.handle(&client, req);
+            // Counted before the answer leaves, so a client that has its
+            // answer finds it counted.
+            self.metrics.record(conn, call, &resp, started.elapsed());
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);
                 break;
@@ -347,12 +366,14 @@ impl Server {
                 }
             };
             log::debug!("admin {peer}: {req:?}");
+            let name = admin_request_name(&req);
             let resp = match req {
                 AdminRequest::Status => AdminResponse::Status(self.agent.status()),
                 AdminRequest::Key(k) => self.agent.key_request(peer, k),
                 AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
                 AdminRequest::Report(r) => self.agent.report_request(peer, r),
             };
+            self.metrics.record_admin(name, &resp);
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);
                 return;
