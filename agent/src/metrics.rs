@@ -271,7 +271,18 @@ pub struct Metrics {
     admin: Mutex<std::collections::BTreeMap<String, [u64; ADMIN_RESULTS.len()]>>,
     connections: AtomicU64,
     peers_refused: AtomicU64,
+    /// The last `keyward report` figures and when they were made: a report
+    /// reads the trail and the HSM, so scrapes reuse it for
+    /// [`REPORT_EVERY`].
+    report: Mutex<Option<(std::time::Instant, keyward_protocol::admin::Report)>>,
 }
+
+/// How long the report figures of the metrics are reused.
+pub const REPORT_EVERY: Duration = Duration::from_secs(60);
+/// The report's recent window, as `keyward report` has it by default.
+pub const REPORT_WINDOW: Duration = Duration::from_secs(3600);
+/// The report's baseline, as `keyward report` has it by default.
+pub const REPORT_BASELINE: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -288,6 +299,7 @@ impl Metrics {
             admin: Mutex::new(Default::default()),
             connections: AtomicU64::new(0),
             peers_refused: AtomicU64::new(0),
+            report: Mutex::new(None),
         }
     }
 
@@ -317,6 +329,10 @@ impl Metrics {
         };
         let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         admin.entry(request).or_default()[result] += 1;
+        drop(admin);
+        // An administrator changed something the report shows: the next
+        // scrape makes it anew.
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// An application connection opened; closed when the guard drops.
@@ -811,7 +827,135 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
     );
     let secs = crate::keys::secs(now);
     render_keys(&mut out, &key_figures(&agent.keys.all(), secs));
+    if let Some(report) = metrics.report(agent, now) {
+        render_report(&mut out, &report);
+    }
     out.into_text()
+}
+
+impl Metrics {
+    /// The report figures, made anew when older than [`REPORT_EVERY`].
+    fn report(&self, agent: &Agent, now: SystemTime) -> Option<keyward_protocol::admin::Report> {
+        let mut cached = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, r)) = cached.as_ref() {
+            if at.elapsed() < REPORT_EVERY {
+                return Some(r.clone());
+            }
+        }
+        let req = keyward_protocol::admin::ReportRequest {
+            key: None,
+            token: None,
+            window_secs: REPORT_WINDOW.as_secs(),
+            baseline_secs: REPORT_BASELINE.as_secs(),
+            thresholds: Default::default(),
+        };
+        match agent.report(&req, now) {
+            Ok(r) => {
+                *cached = Some((std::time::Instant::now(), r.clone()));
+                Some(r)
+            }
+            Err(e) => {
+                log::warn!(
+                    "metrics: the report figures could not be made: {}",
+                    e.message
+                );
+                cached.as_ref().map(|(_, r)| r.clone())
+            }
+        }
+    }
+}
+
+/// The figures of `keyward report` (default window and baseline) as
+/// gauges: rotation compliance, per key overdue, uses, anomalies, export
+/// attempts, drift, certificate expiry and revocation latency; failed
+/// admin actions.
+pub fn render_report(out: &mut Exposition, r: &keyward_protocol::admin::Report) {
+    out.family(
+        "keyward_report_generated_timestamp_seconds",
+        Kind::Gauge,
+        "When the report figures below were made (they are reused for 60 s).",
+    );
+    out.sample(
+        "keyward_report_generated_timestamp_seconds",
+        &[],
+        r.generated_at as f64,
+    );
+    out.family(
+        "keyward_rotation_compliance_ratio",
+        Kind::Gauge,
+        "Share of active keys whose rotation is not overdue (1 with no active key).",
+    );
+    let ratio = if r.rotation.active == 0 {
+        1.0
+    } else {
+        f64::from(r.rotation.compliant) / f64::from(r.rotation.active)
+    };
+    out.sample("keyward_rotation_compliance_ratio", &[], ratio);
+    out.family(
+        "keyward_admin_failures",
+        Kind::Gauge,
+        "Failed administrator actions in the last hour (window) and since the trail began (total).",
+    );
+    out.sample(
+        "keyward_admin_failures",
+        &[("period", "window")],
+        r.failed_admin.window as f64,
+    );
+    out.sample(
+        "keyward_admin_failures",
+        &[("period", "total")],
+        r.failed_admin.total as f64,
+    );
+    type Figure = fn(&keyward_protocol::admin::KeyReport) -> Option<f64>;
+    let per_key: [(&str, &str, Figure); 8] = [
+        ("keyward_key_rotation_overdue", "1 when the key's rotation is overdue.", |k| {
+            Some(f64::from(u8::from(k.overdue)))
+        }),
+        ("keyward_key_uses_window", "Uses of the key in the last hour.", |k| {
+            Some(k.usage.window as f64)
+        }),
+        ("keyward_key_uses", "Uses of the key since the trail began.", |k| {
+            Some(k.usage.total as f64)
+        }),
+        ("keyward_key_anomalies", "Usage anomalies of the key in the last hour (new executable, unusual hour, volume spike).", |k| {
+            Some(k.anomalies.len() as f64)
+        }),
+        ("keyward_key_export_attempts_window", "Refused attempts to take the key out (wrap, copy, attribute change) in the last hour.", |k| {
+            Some(k.exports.refused_window as f64)
+        }),
+        ("keyward_key_drift", "Ways the key's grants or HSM attributes no longer match its class.", |k| {
+            Some(k.drift.len() as f64)
+        }),
+        ("keyward_key_certificate_not_after_timestamp_seconds", "When the certificate of the key's active version expires.", |k| {
+            k.certificate.as_ref().and_then(|c| c.not_after).map(|t| t as f64)
+        }),
+        ("keyward_key_revocation_latency_seconds", "From the last revoke request to its effect.", |k| {
+            k.revocations.last().and_then(|v| v.latency_us).map(|us| us as f64 / 1e6)
+        }),
+    ];
+    for (name, help, figure) in per_key {
+        out.family(name, Kind::Gauge, help);
+        for k in &r.keys {
+            if let Some(v) = figure(k) {
+                out.sample(name, &[("token", &k.token), ("key", &k.name)], v);
+            }
+        }
+    }
+    out.family(
+        "keyward_key_uses_after_revocation",
+        Kind::Gauge,
+        "Successful uses recorded after a revocation of the key took effect (must be 0).",
+    );
+    for k in &r.keys {
+        if !k.revocations.is_empty() {
+            let after: u64 = k.revocations.iter().map(|v| v.uses_after).sum();
+            out.sample(
+                "keyward_key_uses_after_revocation",
+                &[("token", &k.token), ("key", &k.name)],
+                after as f64,
+            );
+        }
+    }
 }
 
 /// Longest request head (request line and headers) read from a scraper.

@@ -375,6 +375,13 @@ keyward_test!(fn metrics_count_requests_admin_actions_and_show_keys(tb) {
     let week = 7.0 * 86_400.0;
     assert!(next <= week && next > week - 600.0, "next rotation in {next} s");
     assert!(active.get_value("keyward_audit_records") > 0.0);
+    // The report's figures (made anew after an admin action).
+    let key = format!("token=\"{}\",key=\"measured\"", tb.token);
+    assert_eq!(active.get_value("keyward_rotation_compliance_ratio"), 1.0);
+    assert_eq!(active.get_value(&format!("keyward_key_rotation_overdue{{{key}}}")), 0.0);
+    assert_eq!(active.get_value(&format!("keyward_key_uses_window{{{key}}}")), 3.0, "{}", active.text);
+    assert_eq!(active.get_value(&format!("keyward_key_anomalies{{{key}}}")), 0.0);
+    assert_eq!(active.get_value("keyward_admin_failures{period=\"total\"}"), 1.0, "{}", active.text);
     assert!(active.get_value("keyward_audit_events_total") >= active.get_value("keyward_audit_records_written_total"));
     assert_eq!(active.get_value("keyward_audit_write_failures_total"), 0.0);
     assert_eq!(active.get_value("keyward_audit_failing"), 0.0);
