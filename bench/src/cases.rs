@@ -8,13 +8,20 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use crate::targets::Target;
+use crate::targets::{Target, MANAGED_CLASS};
 
-/// Keys made once per target, as session objects of its first session.
+/// Keys made once per target: session objects of its first session, and
+/// two token keys found by label (managed keys on the keyward targets).
 #[derive(Debug)]
 pub struct Keys {
     rsa: ObjectHandle,
     ec: ObjectHandle,
+    /// `bench-managed-rsa`: on keyward a managed key (class
+    /// [`MANAGED_CLASS`], created and activated with the `keyward` CLI), so
+    /// that every use passes the policy checks; elsewhere a token key.
+    managed_rsa: ObjectHandle,
+    /// `bench-managed-ec`, likewise.
+    managed_ec: ObjectHandle,
     /// `None` where the stack cannot make Ed25519 keys (p11-kit 0.24's RPC
     /// does not carry CKM_EC_EDWARDS_KEY_PAIR_GEN).
     ed: Option<ObjectHandle>,
@@ -41,16 +48,29 @@ static DATA_32: [u8; 32] = [0x5a; 32];
 static DATA_64: [u8; 64] = [0x33; 64];
 static DATA_4K: [u8; 4096] = [0x42; 4096];
 
+const MANAGED_RSA: &str = "bench-managed-rsa";
+const MANAGED_EC: &str = "bench-managed-ec";
+
 fn pair(
     s: &Session,
     mech: Mechanism<'_>,
     public: &[Attribute],
     private: &[Attribute],
 ) -> Result<ObjectHandle> {
-    let mut pubt = vec![Attribute::Token(false), Attribute::Verify(true)];
+    token_pair(s, false, mech, public, private)
+}
+
+fn token_pair(
+    s: &Session,
+    token: bool,
+    mech: Mechanism<'_>,
+    public: &[Attribute],
+    private: &[Attribute],
+) -> Result<ObjectHandle> {
+    let mut pubt = vec![Attribute::Token(token), Attribute::Verify(true)];
     pubt.extend_from_slice(public);
     let mut privt = vec![
-        Attribute::Token(false),
+        Attribute::Token(token),
         Attribute::Sign(true),
         Attribute::Sensitive(true),
     ];
@@ -58,10 +78,83 @@ fn pair(
     Ok(s.generate_key_pair(&mech, &pubt, &privt)?.1)
 }
 
+/// The private key labelled `label`: the first one the token lists (on
+/// keyward, the version that signs now).
+fn by_label(s: &Session, label: &str) -> std::result::Result<ObjectHandle, String> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .map_err(|e| format!("finding {label}: {e}"))?
+    .first()
+    .copied()
+    .ok_or(format!("no private key labelled {label}"))
+}
+
+/// Makes the two keys of the managed cases: on keyward, with the `keyward`
+/// CLI under class [`MANAGED_CLASS`] (create, activate); elsewhere as
+/// token keys. Either way the cases find them by label.
+fn managed_keys(
+    t: &Target,
+    s: &Session,
+) -> std::result::Result<(ObjectHandle, ObjectHandle), String> {
+    match &t.admin {
+        Some(admin) => {
+            for (name, algorithm) in [(MANAGED_RSA, "rsa:2048"), (MANAGED_EC, "ec:p256")] {
+                admin.keyward(&[
+                    "key",
+                    "create",
+                    name,
+                    "--class",
+                    MANAGED_CLASS,
+                    "--algorithm",
+                    algorithm,
+                ])?;
+                admin.keyward(&["key", "activate", name])?;
+            }
+        }
+        None => {
+            let label = |l: &str| Attribute::Label(l.as_bytes().to_vec());
+            token_pair(
+                s,
+                true,
+                Mechanism::RsaPkcsKeyPairGen,
+                &[
+                    Attribute::ModulusBits(2048.into()),
+                    Attribute::PublicExponent(vec![1, 0, 1]),
+                    label(MANAGED_RSA),
+                ],
+                &[label(MANAGED_RSA)],
+            )
+            .map_err(|e| e.to_string())?;
+            token_pair(
+                s,
+                true,
+                Mechanism::EccKeyPairGen,
+                &[Attribute::EcParams(P256.to_vec()), label(MANAGED_EC)],
+                &[label(MANAGED_EC)],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((by_label(s, MANAGED_RSA)?, by_label(s, MANAGED_EC)?))
+}
+
 /// Generates the keys of every case on `t`, as session objects of the
-/// returned session: keep it open while the keys are in use.
-pub fn prepare(t: &Target) -> Result<(Keys, Session)> {
-    let s = t.session()?;
+/// returned session (keep it open while the keys are in use), and the
+/// token keys of the managed cases.
+pub fn prepare(t: &Target) -> std::result::Result<(Keys, Session), String> {
+    let s = t.session().map_err(|e| e.to_string())?;
+    let (managed_rsa, managed_ec) = managed_keys(t, &s)?;
+    session_keys(t, s, managed_rsa, managed_ec).map_err(|e| e.to_string())
+}
+
+fn session_keys(
+    t: &Target,
+    s: Session,
+    managed_rsa: ObjectHandle,
+    managed_ec: ObjectHandle,
+) -> Result<(Keys, Session)> {
     let rsa = pair(
         &s,
         Mechanism::RsaPkcsKeyPairGen,
@@ -114,6 +207,8 @@ pub fn prepare(t: &Target) -> Result<(Keys, Session)> {
         Keys {
             rsa,
             ec,
+            managed_rsa,
+            managed_ec,
             ed,
             aes,
             hmac,
@@ -149,6 +244,21 @@ pub const ALL: &[Case] = &[
         weight: 1,
         quick_ops: 3,
         run: |_, s, k| s.sign(&Mechanism::Ecdsa, k.ec, &DATA_32).map(drop),
+    },
+    Case {
+        name: "rsa2048_sign_managed",
+        weight: 2,
+        quick_ops: 3,
+        run: |_, s, k| {
+            s.sign(&Mechanism::Sha256RsaPkcs, k.managed_rsa, &DATA_32)
+                .map(drop)
+        },
+    },
+    Case {
+        name: "ecdsa_p256_sign_managed",
+        weight: 1,
+        quick_ops: 3,
+        run: |_, s, k| s.sign(&Mechanism::Ecdsa, k.managed_ec, &DATA_32).map(drop),
     },
     Case {
         name: "ed25519_sign",

@@ -1,10 +1,13 @@
 //! keyward-bench: the same PKCS#11 cases against SoftHSM2 loaded directly,
-//! the same kind of token through keyward, and (where installed) through
-//! p11-kit's RPC forwarding, interleaved round by round in one run.
+//! the same kind of token through keyward (with its audit trail recording
+//! uses, and with `[audit] record_uses = false`), and (where installed)
+//! through p11-kit's RPC forwarding, interleaved round by round in one run.
 //!
-//! Layout: `targets` sets up the three token stacks; `cases` holds the
-//! operations; this file runs rounds, collects latencies and reports.
-//! The floor, a 64-byte Unix-socket round trip, is measured in the same run.
+//! Layout: `targets` sets up the token stacks; `cases` holds the
+//! operations; this file runs rounds, collects latencies and reports, with
+//! the audit cost (keyward on / off, the trail's growth, the agent's CPU
+//! time) last. The floor, a 64-byte Unix-socket round trip, is measured in
+//! the same run.
 #![forbid(unsafe_code)]
 
 mod cases;
@@ -18,7 +21,7 @@ use clap::Parser;
 use cryptoki::session::Session;
 
 use cases::{Case, Keys};
-use targets::Target;
+use targets::{Target, Trail, KEYWARD, KEYWARD_AUDIT_OFF};
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -56,6 +59,7 @@ struct Args {
 /// One measured run of one case on one target.
 #[derive(Debug, Clone)]
 struct Sample {
+    ops: u64,
     ops_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
@@ -81,8 +85,10 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("temp dir: {e}"))?;
     let mut stacks = vec![
         targets::direct(work.path())?,
-        targets::keyward(work.path())?,
+        targets::keyward(work.path(), KEYWARD, true)?,
+        targets::keyward(work.path(), KEYWARD_AUDIT_OFF, false)?,
     ];
+    let (on, off) = (1, 2);
     if !args.no_p11kit {
         match targets::p11kit(work.path())? {
             Some(t) => stacks.push(t),
@@ -104,6 +110,15 @@ fn run(args: &Args) -> Result<(), String> {
             cases::prepare(t).map_err(|e| format!("{}: preparing keys: {e}", t.name))?;
         keys.push(k);
         owners.push(owner);
+    }
+    // The trail's head per keyward target: each measurement's growth is
+    // counted from here.
+    let mut heads: Vec<u64> = Vec::new();
+    for t in &stacks {
+        heads.push(match &t.admin {
+            Some(a) => a.trail_since(0)?.head,
+            None => 0,
+        });
     }
 
     let floor = socket_floor_us(if args.quick { 2_000 } else { 50_000 });
@@ -128,21 +143,43 @@ fn run(args: &Args) -> Result<(), String> {
         vec![1]
     };
     let mut failures = Vec::new();
+    let mut audit_rows = Vec::new();
     println!(
-        "{:<28} {:>3} {:<8} {:>10} {:>9} {:>9} {:>7} {:>9}",
+        "{:<28} {:>3} {:<12} {:>10} {:>9} {:>9} {:>7} {:>9}",
         "case", "thr", "target", "ops/s", "p50 µs", "p99 µs", "ratio", "+µs p50"
     );
     for case in &selected {
         for &threads in &thread_counts {
             let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stacks.len()];
-            for _ in 0..rounds {
-                for (i, t) in stacks.iter().enumerate() {
+            let mut cost: Vec<Cost> = vec![Cost::default(); stacks.len()];
+            for round in 0..rounds {
+                // The two keyward targets take turns at going first.
+                let mut order: Vec<usize> = (0..stacks.len()).collect();
+                if round % 2 == 1 {
+                    order.swap(on, off);
+                }
+                for i in order {
+                    let t = &stacks[i];
                     let budget = if args.quick {
                         Budget::Ops(case.quick_ops)
                     } else {
                         Budget::Time(Duration::from_millis(args.case_ms * case.weight))
                     };
-                    match measure(t, &keys[i], case, threads, budget) {
+                    let cpu_before = match &t.admin {
+                        Some(a) => Some(a.cpu()?),
+                        None => None,
+                    };
+                    let measured = measure(t, &keys[i], case, threads, budget);
+                    // What the agent wrote for this measurement, and the
+                    // CPU time it spent, the final write included.
+                    if let (Some(a), Some(before)) = (&t.admin, cpu_before) {
+                        let trail = a.trail_since(heads[i])?;
+                        let after = a.cpu()?;
+                        heads[i] = trail.head;
+                        let ops = measured.as_ref().map_or(0, |s| s.ops);
+                        cost[i].add(ops, trail, after.0 - before.0, after.1 - before.1);
+                    }
+                    match measured {
                         Ok(s) => samples[i].push(s),
                         // Only p11-kit may lack a mechanism; keyward must serve all that direct serves.
                         Err(e)
@@ -167,7 +204,7 @@ fn run(args: &Args) -> Result<(), String> {
                     None => (f64::NAN, f64::NAN),
                 };
                 println!(
-                    "{:<28} {:>3} {:<8} {:>10.0} {:>9.1} {:>9.1} {:>7.3} {:>9.1}",
+                    "{:<28} {:>3} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>7.3} {:>9.1}",
                     case.name,
                     threads,
                     stacks[i].name,
@@ -184,8 +221,20 @@ fn run(args: &Args) -> Result<(), String> {
                     "quick": args.quick,
                 }));
             }
+            check_trail(case, threads, &cost[on], &cost[off], &mut failures);
+            if let (Some(a), Some(b)) = (&medians[on], &medians[off]) {
+                audit_rows.push((
+                    case.name,
+                    threads,
+                    a.clone(),
+                    b.clone(),
+                    cost[on],
+                    cost[off],
+                ));
+            }
         }
     }
+    print_audit_cost(&audit_rows, &mut json_out);
 
     // Start-up: a fresh process per probe, since a library loads only once per process.
     let probes = if args.quick { 1 } else { 5 };
@@ -197,7 +246,7 @@ fn run(args: &Args) -> Result<(), String> {
         us.sort_by(f64::total_cmp);
         let p50 = us[us.len() / 2];
         println!(
-            "{:<28} {:>3} {:<8} {:>10} {:>9.1}",
+            "{:<28} {:>3} {:<12} {:>10} {:>9.1}",
             "startup (load+init+session)", 1, t.name, "", p50
         );
         json_out.push(serde_json::json!({"kind": "startup", "target": t.name, "p50_us": p50}));
@@ -272,6 +321,7 @@ fn measure(
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
     Ok(Sample {
+        ops: all.len() as u64,
         ops_per_sec: all.len() as f64 / elapsed,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
@@ -289,10 +339,124 @@ fn median(samples: &[Sample]) -> Option<Sample> {
         v[v.len() / 2]
     };
     Some(Sample {
+        ops: samples.iter().map(|s| s.ops).sum(),
         ops_per_sec: mid(|s| s.ops_per_sec),
         p50_us: mid(|s| s.p50_us),
         p99_us: mid(|s| s.p99_us),
     })
+}
+
+/// What one keyward target's agent did for one case and thread count,
+/// summed over rounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    /// Operations the benchmark completed.
+    ops: u64,
+    /// Use records added to the trail, and the uses they stand for.
+    use_records: u64,
+    use_events: u64,
+    /// The agent's CPU time (10 ms ticks), and its audit writer's.
+    agent_cpu: Duration,
+    writer_cpu: Duration,
+}
+
+impl Cost {
+    fn add(&mut self, ops: u64, trail: Trail, agent_cpu: Duration, writer_cpu: Duration) {
+        self.ops += ops;
+        self.use_records += trail.use_records;
+        self.use_events += trail.use_events;
+        self.agent_cpu += agent_cpu;
+        self.writer_cpu += writer_cpu;
+    }
+
+    fn per_1k(&self, n: u64) -> f64 {
+        n as f64 * 1000.0 / self.ops.max(1) as f64
+    }
+
+    fn cpu_us_per_op(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// Every completed signature on keyward is one use in its trail (audit on)
+/// and none is recorded with `record_uses = false`: a miswired target or a
+/// lost use fails the run.
+fn check_trail(case: &Case, threads: usize, on: &Cost, off: &Cost, failures: &mut Vec<String>) {
+    if off.use_records != 0 {
+        failures.push(format!(
+            "{} ({threads} threads): {} use records on {KEYWARD_AUDIT_OFF}",
+            case.name, off.use_records
+        ));
+    }
+    if case.name.contains("_sign") && on.use_events != on.ops {
+        failures.push(format!(
+            "{} ({threads} threads): {} signatures on {KEYWARD} but {} uses in its trail",
+            case.name, on.ops, on.use_events
+        ));
+    }
+}
+
+/// The audit table: keyward with use records against keyward without, per
+/// case and thread count (medians over rounds), with the trail's growth
+/// and the agent's CPU time per operation (summed over rounds).
+fn print_audit_cost(
+    rows: &[(&str, usize, Sample, Sample, Cost, Cost)],
+    json_out: &mut Vec<serde_json::Value>,
+) {
+    println!();
+    println!(
+        "audit cost: {KEYWARD} (every use recorded) / {KEYWARD_AUDIT_OFF} ([audit] record_uses = false)"
+    );
+    println!(
+        "{:<28} {:>3} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "case",
+        "thr",
+        "on ops/s",
+        "off ops/s",
+        "on/off",
+        "on p50",
+        "off p50",
+        "on/off",
+        "rec/1k",
+        "ev/1k",
+        "cpu on",
+        "cpu off",
+        "writer"
+    );
+    for (case, threads, a, b, ca, cb) in rows {
+        let ratio = a.ops_per_sec / b.ops_per_sec;
+        let p50_ratio = a.p50_us / b.p50_us;
+        println!(
+            "{:<28} {:>3} {:>9.0} {:>9.0} {:>6.3} {:>8.1} {:>8.1} {:>6.3} {:>8.2} {:>8.0} {:>8.1} {:>8.1} {:>7.2}",
+            case,
+            threads,
+            a.ops_per_sec,
+            b.ops_per_sec,
+            ratio,
+            a.p50_us,
+            b.p50_us,
+            p50_ratio,
+            ca.per_1k(ca.use_records),
+            ca.per_1k(ca.use_events),
+            ca.cpu_us_per_op(ca.agent_cpu),
+            cb.cpu_us_per_op(cb.agent_cpu),
+            ca.cpu_us_per_op(ca.writer_cpu),
+        );
+        json_out.push(serde_json::json!({
+            "kind": "audit", "case": case, "threads": threads,
+            "on_ops_per_sec": a.ops_per_sec, "off_ops_per_sec": b.ops_per_sec, "ops_ratio": ratio,
+            "on_p50_us": a.p50_us, "off_p50_us": b.p50_us, "p50_ratio": p50_ratio,
+            "ops": ca.ops, "use_records": ca.use_records, "use_events": ca.use_events,
+            "agent_cpu_us_per_op_on": ca.cpu_us_per_op(ca.agent_cpu),
+            "agent_cpu_us_per_op_off": cb.cpu_us_per_op(cb.agent_cpu),
+            "writer_cpu_us_per_op": ca.cpu_us_per_op(ca.writer_cpu),
+        }));
+    }
+    println!(
+        "(ratios: medians over rounds; rec/1k, ev/1k: use records and the uses they stand for per \
+         1000 operations on {KEYWARD}; cpu: the agent's CPU µs per operation, writer: its audit \
+         writer thread's, on {KEYWARD}, from 10 ms ticks summed over rounds)"
+    );
 }
 
 /// p50 of a 64-byte ping-pong over a Unix socket pair between two threads.

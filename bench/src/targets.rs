@@ -1,7 +1,14 @@
-//! The three token stacks: SoftHSM2 loaded directly, SoftHSM2 behind
-//! keyward (a testbed with the release build), and SoftHSM2 behind
-//! `p11-kit server` reached through `p11-kit-client.so`.
+//! The token stacks: SoftHSM2 loaded directly, SoftHSM2 behind keyward (a
+//! testbed with the release build) twice, with and without use records in
+//! the audit trail, and SoftHSM2 behind `p11-kit server` reached through
+//! `p11-kit-client.so`.
+//!
+//! Both keyward targets live in this one process: each loads its own copy
+//! of the module (a library is loaded once per file, and the module reads
+//! `KEYWARD_SOCKET` at `C_Initialize`), and each has its own agent, token
+//! and trail.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,19 +22,144 @@ use cryptoki::types::AuthPin;
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
 
+/// Column name of keyward with its default `[audit]` settings.
+pub const KEYWARD: &str = "keyward";
+/// Column name of keyward with `[audit] record_uses = false`.
+pub const KEYWARD_AUDIT_OFF: &str = "kw-audit-off";
+
+/// The policy class of the managed keys the benchmark signs with, in the
+/// keyward targets' policy (lab mode, so that the unmanaged session keys of
+/// the other cases behave as on a plain token).
+pub const MANAGED_CLASS: &str = "bench-signing";
+/// The application the keyward targets' policy makes of this process.
+pub const APPLICATION: &str = "bench";
+
 /// One loaded PKCS#11 library with a logged-in token.
 pub struct Target {
-    /// Column name: `direct`, `keyward`, `p11kit`.
+    /// Column name: `direct`, `keyward`, `kw-audit-off`, `p11kit`.
     pub name: &'static str,
     /// The loaded library.
     pub pkcs11: Pkcs11,
     /// The token's slot.
     pub slot: Slot,
+    /// For keyward targets: the agent's admin side.
+    pub admin: Option<Admin>,
     module: PathBuf,
     token: String,
     pin: String,
+    /// What the library reads from the environment (start-up probes).
+    env: Vec<(String, String)>,
     testbed: Option<PathBuf>,
     server: Option<Child>,
+}
+
+/// A keyward target's agent as an administrator sees it: the `keyward`
+/// CLI on its admin socket, its audit store, its process.
+#[derive(Debug)]
+pub struct Admin {
+    keyward: PathBuf,
+    socket: PathBuf,
+    store: PathBuf,
+    pid: u32,
+}
+
+/// What a stretch of the audit trail holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trail {
+    /// The newest record's seq.
+    pub head: u64,
+    /// Use records after the previous head.
+    pub use_records: u64,
+    /// The uses they stand for (a coalesced record counts its uses).
+    pub use_events: u64,
+}
+
+impl Admin {
+    /// Runs `keyward ARGS` on this agent; its standard output.
+    pub fn keyward(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.keyward)
+            .arg("--admin-socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", self.keyward.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "keyward {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The trail after `after`: `keyward audit tail` first has the agent
+    /// write what it has queued (and names the head); the counts come from
+    /// the store, since the CLI's records do not show a record's count.
+    pub fn trail_since(&self, after: u64) -> Result<Trail, String> {
+        let text = self.keyward(&["--json", "audit", "tail", "-n", "1"])?;
+        let head = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+            .max()
+            .ok_or_else(|| format!("keyward audit tail printed no record: {text}"))?;
+        let db = rusqlite::Connection::open_with_flags(
+            &self.store,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("{}: {e}", self.store.display()))?;
+        let (use_records, use_events): (i64, i64) = db
+            .query_row(
+                "SELECT count(*), coalesce(sum(count), 0) FROM audit \
+                 WHERE kind = 'use' AND seq > ?1 AND seq <= ?2",
+                [after as i64, head as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| format!("{}: {e}", self.store.display()))?;
+        Ok(Trail {
+            head,
+            use_records: use_records as u64,
+            use_events: use_events as u64,
+        })
+    }
+
+    /// CPU time (user + system) the agent has used: the whole process, and
+    /// its `audit-writer` thread.
+    pub fn cpu(&self) -> Result<(Duration, Duration), String> {
+        let whole = stat_cpu(&format!("/proc/{}/stat", self.pid))?;
+        let mut writer = Duration::ZERO;
+        let tasks = format!("/proc/{}/task", self.pid);
+        for task in std::fs::read_dir(&tasks).map_err(|e| format!("{tasks}: {e}"))? {
+            let dir = task.map_err(|e| e.to_string())?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim() == "audit-writer" {
+                writer += stat_cpu(&dir.join("stat").display().to_string())?;
+            }
+        }
+        Ok((whole, writer))
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file (clock ticks of 10 ms).
+fn stat_cpu(path: &str) -> Result<Duration, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or(format!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime 14, stime 15.
+    let tick = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or(format!("{path}: no field {i}"))
+    };
+    Ok(Duration::from_millis((tick(14)? + tick(15)?) * 10))
 }
 
 impl std::fmt::Debug for Target {
@@ -115,9 +247,11 @@ fn load(name: &'static str, module: &Path, token: &str, pin: &str) -> Result<Tar
         name,
         pkcs11,
         slot,
+        admin: None,
         module: module.to_path_buf(),
         token: token.to_string(),
         pin: pin.to_string(),
+        env: Vec::new(),
         testbed: None,
         server: None,
     })
@@ -142,8 +276,10 @@ pub fn direct(work: &Path) -> Result<Target, String> {
     load("direct", Path::new(SOFTHSM), "bench-direct", "1234")
 }
 
-/// The release build of keyward, on a testbed of its own.
-pub fn keyward(work: &Path) -> Result<Target, String> {
+/// The release build of keyward, on a testbed of its own, as column
+/// `name`: with the default `[audit]` settings, or with `record_uses =
+/// false` (no use records; everything else is still recorded).
+pub fn keyward(work: &Path, name: &'static str, record_uses: bool) -> Result<Target, String> {
     let bins = std::env::current_exe()
         .map_err(|e| e.to_string())?
         .parent()
@@ -157,20 +293,42 @@ pub fn keyward(work: &Path) -> Result<Target, String> {
             ));
         }
     }
-    let dir = work.join("keyward");
-    let out = Command::new(repo_root().join("softhsm-config/testbed"))
-        .args(["up"])
-        .arg(&dir)
-        .args(["--label", "bench-keyward", "--pin", "1234"])
-        .env("KEYWARD_BIN_DIR", &bins)
-        .env("KEYWARD_AGENT_LOG", "warn")
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("testbed: {e}"))?;
-    if !out.status.success() {
-        return Err("testbed up failed".into());
+    let policy = work.join(format!("{name}-policy.toml"));
+    std::fs::write(&policy, bench_policy(work)?)
+        .map_err(|e| format!("{}: {e}", policy.display()))?;
+    let dir = work.join(name);
+    let testbed = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new(repo_root().join("softhsm-config/testbed"))
+            .args(args)
+            .env("KEYWARD_BIN_DIR", &bins)
+            .env("KEYWARD_AGENT_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("testbed: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("testbed {} failed", args.join(" ")));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let dir_arg = dir.display().to_string();
+    let mut exports = testbed(&[
+        "up",
+        &dir_arg,
+        "--label",
+        "bench-keyward",
+        "--pin",
+        "1234",
+        "--policy-file",
+        &policy.display().to_string(),
+    ])?;
+    if !record_uses {
+        testbed(&["stop", &dir_arg])?;
+        let config = dir.join("keyward-agent.toml");
+        let mut text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+        text.push_str("\n[audit]\nrecord_uses = false\n");
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        exports = testbed(&["start", &dir_arg])?;
     }
-    let exports = String::from_utf8_lossy(&out.stdout);
     let get = |key: &str| -> Result<String, String> {
         exports
             .lines()
@@ -178,15 +336,54 @@ pub fn keyward(work: &Path) -> Result<Target, String> {
             .map(|v| v.replace('\\', ""))
             .ok_or(format!("testbed did not export {key}"))
     };
-    std::env::set_var("KEYWARD_SOCKET", get("KEYWARD_SOCKET")?);
-    let mut t = load(
-        "keyward",
-        Path::new(&get("KEYWARD_MODULE")?),
-        "bench-keyward",
-        "1234",
-    )?;
+    // A copy of the module per keyward target: the dynamic loader shares
+    // one file between every load of it in a process.
+    let module = work.join(format!("{name}-module/libkeyward_pkcs11.so"));
+    std::fs::create_dir_all(module.parent().unwrap_or(work)).map_err(|e| e.to_string())?;
+    std::fs::copy(get("KEYWARD_MODULE")?, &module)
+        .map_err(|e| format!("copying the module: {e}"))?;
+    let socket = get("KEYWARD_SOCKET")?;
+    std::env::set_var("KEYWARD_SOCKET", &socket);
+    let mut t = load(name, &module, "bench-keyward", "1234")?;
+    t.env = vec![("KEYWARD_SOCKET".into(), socket)];
+    t.admin = Some(Admin {
+        keyward: bins.join("keyward"),
+        socket: PathBuf::from(get("KEYWARD_ADMIN_SOCKET")?),
+        store: dir.join("state/inventory.sqlite"),
+        pid: get("KEYWARD_AGENT_PID")?
+            .trim()
+            .parse()
+            .map_err(|e| format!("KEYWARD_AGENT_PID: {e}"))?,
+    });
     t.testbed = Some(dir);
     Ok(t)
+}
+
+/// The keyward targets' policy: lab mode (objects outside key classes
+/// behave as on a plain token), this process's user as application
+/// [`APPLICATION`], and class [`MANAGED_CLASS`] granting it sign and verify.
+fn bench_policy(work: &Path) -> Result<String, String> {
+    // The owner of a directory this process made is its user.
+    let uid = std::fs::metadata(work).map_err(|e| e.to_string())?.uid();
+    Ok(format!(
+        r#"# Written by keyward-bench.
+[settings]
+mode = "lab"
+pin_max_attempts = 0
+
+[[application]]
+name = "{APPLICATION}"
+uid = {uid}
+
+[[class]]
+name = "{MANAGED_CLASS}"
+purpose = "signing"
+algorithms = ["rsa:2048", "ec:p256"]
+protect_period = "365d"
+process_period = "365d"
+grants = [{{ application = "{APPLICATION}", operations = ["sign", "verify"] }}]
+"#
+    ))
 }
 
 /// SoftHSM2 behind `p11-kit server`, if p11-kit and its client module exist.
@@ -245,6 +442,7 @@ pub fn startup_probe(module: &str, token: &str, _pin: &str) -> f64 {
 /// Runs [`startup_probe`] for `t` in a child process.
 pub fn run_startup_probe(t: &Target) -> Result<f64, String> {
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .envs(t.env.iter().map(|(k, v)| (k, v)))
         .arg("--startup-probe")
         .arg(&t.module)
         .arg(&t.token)
