@@ -37,6 +37,12 @@ pub const MAX_PENDING: usize = 1 << 16;
 pub struct Auditor {
     log: Arc<dyn AuditLog>,
     queue: Mutex<Vec<AuditEvent>>,
+    /// Held from taking a batch off the queue until it is appended, by the
+    /// writer, [`Auditor::flush`] and [`Auditor::durable`]: batches reach
+    /// the trail in the order they left the queue, so a durable event
+    /// always follows every use queued before it, and a flush returns only
+    /// when everything queued before it is stored.
+    writing: Mutex<()>,
     wake: Condvar,
     failing: AtomicBool,
     /// Use records dropped while the trail could not be written, not yet
@@ -149,6 +155,7 @@ impl Auditor {
         let auditor = Arc::new(Auditor {
             log,
             queue: Mutex::new(Vec::new()),
+            writing: Mutex::new(()),
             wake: Condvar::new(),
             failing: AtomicBool::new(false),
             lost: AtomicU64::new(0),
@@ -204,8 +211,13 @@ impl Auditor {
         }
     }
 
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends everything queued now.
     pub fn flush(&self) {
+        let _writing = self.writing();
         let batch = std::mem::take(&mut *self.queue());
         if let Err(batch) = self.append(batch, false) {
             self.requeue(batch);
@@ -215,6 +227,7 @@ impl Auditor {
     /// Appends `e` durably (after what is queued) before returning.
     /// `Err` means the trail could not be written: fail closed.
     pub fn durable(&self, e: AuditEvent) -> Result<(), String> {
+        let _writing = self.writing();
         let mut batch = std::mem::take(&mut *self.queue());
         batch.push(e);
         match self.append(batch, true) {
@@ -315,21 +328,25 @@ impl Auditor {
 fn writer(auditor: Weak<Auditor>) {
     loop {
         let Some(a) = auditor.upgrade() else { return };
-        let batch = {
+        {
             let q = a.queue();
-            let (mut q, _) = a
+            let _ = a
                 .wake
                 .wait_timeout_while(q, LINGER, |q| q.len() < BATCH)
                 .unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *q)
-        };
-        if let Err(batch) = a.append(batch, false) {
+        }
+        let writing = a.writing();
+        let batch = std::mem::take(&mut *a.queue());
+        let failed = a.append(batch, false).err();
+        if let Some(batch) = failed {
             a.requeue(batch);
+            drop(writing);
             drop(a);
             // Try again after a pause, not in a loop on a full queue.
             std::thread::sleep(LINGER);
             continue;
         }
+        drop(writing);
         drop(a);
     }
 }
