@@ -2160,10 +2160,6 @@ fn kcv(s: &HsmSession<'_>, key: BackendObject) -> AResult<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::tests::Mock;
-    use crate::config::{SecretRef, TokenConfig};
-    use crate::keys::ManagedKeys;
-    use crate::state::StateDir;
 
     const POLICY: &str = r#"
 [settings]
@@ -2183,38 +2179,11 @@ rotation_interval = "90d"
 "#;
 
     fn agent() -> (tempfile::TempDir, Agent) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        let config = TokenConfig {
-            label: "kw".into(),
-            library: "/nonexistent.so".into(),
-            backend_token_label: Some("b".into()),
-            backend_serial: None,
-            backend_pin: SecretRef::Env("UNUSED".into()),
-            allow_init_token: false,
-        };
-        let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;
-        let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
-        let inventory =
-            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
-        let inventory = Arc::new(inventory);
-        let keys = ManagedKeys::open(inventory.clone()).unwrap();
-        let policy = keyward_policy::Policy::from_str(POLICY, "test").unwrap();
-        let audit = crate::audit::Auditor::start(inventory);
-        let agent = Agent::new(vec![token], "/sock".into(), keys, audit).with_policy(policy);
-        (dir, agent)
+        crate::agent::tests::mock_agent(POLICY)
     }
 
     fn admin() -> Peer {
-        Peer {
-            key: crate::identity::ClientKey {
-                pid: 1,
-                start_time: 0,
-            },
-            uid: 0,
-            gid: 0,
-            exe: None,
-        }
+        crate::agent::tests::admin_peer()
     }
 
     fn call(a: &Agent, req: KeyRequest) -> AResult<KeyResponse> {

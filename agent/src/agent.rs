@@ -2128,6 +2128,44 @@ pub(crate) mod tests {
     use keyward_protocol::MechanismInfo;
     use std::collections::HashSet;
 
+    /// An agent on one mock token `kw` under the policy text `policy`, with
+    /// its inventory and trail in a temporary directory.
+    pub(crate) fn mock_agent(policy: &str) -> (tempfile::TempDir, Agent) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let config = TokenConfig {
+            label: "kw".into(),
+            library: "/nonexistent.so".into(),
+            backend_token_label: Some("b".into()),
+            backend_serial: None,
+            backend_pin: SecretRef::Env("UNUSED".into()),
+            allow_init_token: false,
+        };
+        let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;
+        let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
+        let inventory = Arc::new(
+            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap(),
+        );
+        let keys = ManagedKeys::open(inventory.clone()).unwrap();
+        let policy = Policy::from_str(policy, "test").unwrap();
+        let audit = Auditor::start(inventory);
+        let agent = Agent::new(vec![token], "/sock".into(), keys, audit).with_policy(policy);
+        (dir, agent)
+    }
+
+    /// An administrator (root, pid 1) on the admin socket.
+    pub(crate) fn admin_peer() -> Peer {
+        Peer {
+            key: crate::identity::ClientKey {
+                pid: 1,
+                start_time: 0,
+            },
+            uid: 0,
+            gid: 0,
+            exe: None,
+        }
+    }
+
     #[derive(Debug, Clone, Copy)]
     struct MockObject {
         private: bool,

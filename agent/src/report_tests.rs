@@ -353,7 +353,6 @@ mod agent {
     //! figures that come from the trail, a use after a revocation included
     //! (which a real agent never lets happen).
 
-    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
     use keyward_inventory::{Actor, AuditEvent, AuditKind};
@@ -361,13 +360,9 @@ mod agent {
         AdminResponse, AnomalyThresholds, KeyAction, KeyRequest, ReportRequest,
     };
 
-    use crate::agent::tests::Mock;
-    use crate::agent::{Agent, VirtualToken};
-    use crate::backend::Backend;
-    use crate::config::{SecretRef, TokenConfig};
+    use crate::agent::Agent;
     use crate::identity::Peer;
-    use crate::keys::{secs, ManagedKeys};
-    use crate::state::StateDir;
+    use crate::keys::secs;
 
     const POLICY: &str = r#"
 [settings]
@@ -388,38 +383,11 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
 "#;
 
     fn agent() -> (tempfile::TempDir, Agent) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
-        let config = TokenConfig {
-            label: "kw".into(),
-            library: "/nonexistent.so".into(),
-            backend_token_label: Some("b".into()),
-            backend_serial: None,
-            backend_pin: SecretRef::Env("UNUSED".into()),
-            allow_init_token: false,
-        };
-        let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;
-        let token = VirtualToken::new(config, state.token("kw"), Ok(mock));
-        let inventory = Arc::new(
-            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap(),
-        );
-        let keys = ManagedKeys::open(inventory.clone()).unwrap();
-        let policy = keyward_policy::Policy::from_str(POLICY, "test").unwrap();
-        let audit = crate::audit::Auditor::start(inventory);
-        let agent = Agent::new(vec![token], "/sock".into(), keys, audit).with_policy(policy);
-        (dir, agent)
+        crate::agent::tests::mock_agent(POLICY)
     }
 
     fn admin() -> Peer {
-        Peer {
-            key: crate::identity::ClientKey {
-                pid: 1,
-                start_time: 0,
-            },
-            uid: 0,
-            gid: 0,
-            exe: None,
-        }
+        crate::agent::tests::admin_peer()
     }
 
     fn ok(a: &Agent, req: KeyRequest) {

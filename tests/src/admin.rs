@@ -42,42 +42,46 @@ pub fn install_policy(tb: &Env, policy: &str) {
     tb.start_agent();
 }
 
+/// A policy's `[[application]]` table.
+pub fn application_toml(name: &str, uid: u32) -> String {
+    format!("\n[[application]]\nname = \"{name}\"\nuid = {uid}\n")
+}
+
+/// A policy's `[[class]]` table of EC P-256 signing keys, protected for
+/// `protect` and processed for `process` (policy durations); `extra` is
+/// appended inside the table (`rotation_interval = ...`, `grants = ...`).
+pub fn signing_class_toml(name: &str, protect: &str, process: &str, extra: &str) -> String {
+    format!(
+        "\n[[class]]\nname = \"{name}\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\n\
+         protect_period = \"{protect}\"\nprocess_period = \"{process}\"\n{extra}\n"
+    )
+}
+
+/// `grants = [...]` giving `application` sign and verify.
+pub fn sign_grant_toml(application: &str) -> String {
+    format!(
+        "grants = [ {{ application = \"{application}\", operations = [\"sign\", \"verify\"] }} ]"
+    )
+}
+
 /// Replaces the testbed's policy with a strict one for this process's user
 /// (application [`APPLICATION`]) and restarts the agent on it: class
 /// `signing` (EC P-256, granted sign and verify, rotating) and class
 /// `hidden` (no grants), three wrong PINs lock.
 pub fn strict_policy(tb: &Env) {
-    let uid = uid();
-    install_policy(
-        tb,
-        &format!(
-            r#"
-[settings]
-mode = "strict"
-pin_max_attempts = 3
-
-[[application]]
-name = "{APPLICATION}"
-uid = {uid}
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-rotation_interval = "7d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-
-[[class]]
-name = "hidden"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-"#
+    let grant = sign_grant_toml(APPLICATION);
+    let policy = format!(
+        "[settings]\nmode = \"strict\"\npin_max_attempts = 3\n{}{}{}",
+        application_toml(APPLICATION, uid()),
+        signing_class_toml(
+            "signing",
+            "30d",
+            "60d",
+            &format!("rotation_interval = \"7d\"\n{grant}")
         ),
+        signing_class_toml("hidden", "30d", "60d", "")
     );
+    install_policy(tb, &policy);
 }
 
 /// The `keyward` CLI next to the module.

@@ -21,7 +21,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyward_tests::admin::{
-    install_policy, keyward_bin, keyward_json, keyward_ok, uid, APPLICATION,
+    application_toml, install_policy, keyward_bin, keyward_json, keyward_ok, sign_grant_toml,
+    signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
@@ -42,30 +43,17 @@ const OTHER_APP: &str = "auditor";
 /// objects; this user is application `tester`, signing with class
 /// `signing`; `auditor` (uid 65534) only receives grants.
 fn policy() -> String {
-    let uid = uid();
+    let grant = sign_grant_toml(APPLICATION);
     format!(
-        r#"
-[settings]
-mode = "lab"
-pin_max_attempts = 0
-
-[[application]]
-name = "{APPLICATION}"
-uid = {uid}
-
-[[application]]
-name = "{OTHER_APP}"
-uid = 65534
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-rotation_interval = "7d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-"#
+        "[settings]\nmode = \"lab\"\npin_max_attempts = 0\n{}{}{}",
+        application_toml(APPLICATION, uid()),
+        application_toml(OTHER_APP, 65534),
+        signing_class_toml(
+            "signing",
+            "30d",
+            "60d",
+            &format!("rotation_interval = \"7d\"\n{grant}")
+        )
     )
 }
 

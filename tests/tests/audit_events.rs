@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use keyward_tests::admin::{find, install_policy, keyward, keyward_ok, uid};
+use keyward_tests::admin::{
+    application_toml, find, install_policy, keyward, keyward_ok, signing_class_toml, uid,
+};
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
@@ -51,23 +53,9 @@ fn uses(records: &[Json], operation: &str, result: i64) -> i64 {
 /// signing class without grants of its own.
 fn lab_policy(extra: &str) -> String {
     format!(
-        r#"
-[settings]
-mode = "lab"
-
-[[application]]
-name = "testbed"
-uid = {uid}
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-{extra}
-"#,
-        uid = uid()
+        "[settings]\nmode = \"lab\"\n{}{}",
+        application_toml("testbed", uid()),
+        signing_class_toml("signing", "30d", "60d", extra)
     )
 }
 

@@ -15,7 +15,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
-use keyward_tests::admin::{install_policy, key_show, keyward_json, keyward_ok, uid, APPLICATION};
+use keyward_tests::admin::{
+    application_toml, install_policy, key_show, keyward_json, keyward_ok, sign_grant_toml,
+    signing_class_toml, uid, APPLICATION,
+};
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
@@ -29,44 +32,25 @@ const OTHER: &str = "other";
 /// is listed when `with_other`.
 fn policy(with_other: bool) -> String {
     let uid = uid();
-    let other = if with_other {
-        format!(
-            "[[application]]\nname = \"{OTHER}\"\nuid = {}\n",
-            uid + 4242
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[settings]
-mode = "strict"
-
-[[application]]
-name = "{APPLICATION}"
-uid = {uid}
-
-{other}
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-rotation_interval = "7d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-
-[[class]]
-name = "short"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "1h"
-process_period = "2h"
-rotation_interval = "2s"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-"#
-    )
+    let grant = sign_grant_toml(APPLICATION);
+    let mut policy = "[settings]\nmode = \"strict\"\n".to_owned();
+    policy += &application_toml(APPLICATION, uid);
+    if with_other {
+        policy += &application_toml(OTHER, uid + 4242);
+    }
+    policy += &signing_class_toml(
+        "signing",
+        "30d",
+        "60d",
+        &format!("rotation_interval = \"7d\"\n{grant}"),
+    );
+    policy += &signing_class_toml(
+        "short",
+        "1h",
+        "2h",
+        &format!("rotation_interval = \"2s\"\n{grant}"),
+    );
+    policy
 }
 
 /// Creates and activates key `name` of `class`.
