@@ -16,6 +16,7 @@
 //! - [`admin`]: a policy file for the testbed's agent, the `keyward` CLI
 //!   against its admin socket, managed keys found by label.
 //! - [`json`]: a small reader for `keyward --json` documents.
+//! - [`probe`]: the probe processes (`src/bin/*_probe`) driven from a test.
 //!
 //! Run: build the binaries the testbed uses, then the suite:
 //!
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod harness;
 pub mod json;
 pub mod p11;
+pub mod probe;
 pub mod raw;
 pub mod tools;
 

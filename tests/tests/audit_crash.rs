@@ -14,8 +14,8 @@
 //! follows its success by a few milliseconds.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,7 @@ use keyward_tests::admin::{
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
+use keyward_tests::probe::Probe;
 
 /// Kills of the agent in the test.
 const CYCLES: usize = 3;
@@ -179,61 +180,28 @@ fn run(tb: &Env, action: Action) -> Ran {
     }
 }
 
-/// A running `sign_loop_probe`; its lines arrive on a channel so that
-/// every wait is bounded.
-struct Probe {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
+/// A running `sign_loop_probe`.
+struct Signer(Probe);
 
-impl Probe {
-    fn start(tb: &Env) -> Probe {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sign_loop_probe"))
-            .arg(BUSY)
-            .env("KEYWARD_MODULE", &tb.module)
-            .env("KEYWARD_SOCKET", &tb.socket)
-            .env("KEYWARD_TOKEN", &tb.token)
-            .env("KEYWARD_PIN", &tb.pin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sign_loop_probe");
-        let out = child.stdout.take().expect("probe stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Probe {
-            child,
-            stdin,
-            lines,
-        }
+impl Signer {
+    fn start(tb: &Env) -> Signer {
+        Signer(Probe::start(
+            tb,
+            Path::new(env!("CARGO_BIN_EXE_sign_loop_probe")),
+            &[BUSY],
+        ))
     }
 
-    fn line(&self, what: &str) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("sign_loop_probe {}: no {what} line ({e})", self.child.id()))
+    fn line(&mut self, what: &str) -> String {
+        self.0.line(what, Duration::from_secs(30))
     }
 
     /// Stops the probe; its counts: signed with the managed key, with its
     /// own keys, and failed calls.
     fn finish(mut self) -> (u32, u64, u64, u64) {
-        drop(self.stdin.take());
+        self.0.close_stdin();
         let line = self.line("final");
-        let status = self.child.wait().expect("wait for the probe");
-        assert!(
-            status.success(),
-            "sign_loop_probe exited with {status}: {line}"
-        );
+        self.0.wait_success(Duration::from_secs(30));
         let value = |name: &str| -> u64 {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -241,7 +209,7 @@ impl Probe {
                 .unwrap_or_else(|| panic!("sign_loop_probe said {line:?}"))
         };
         (
-            self.child.id(),
+            self.0.pid(),
             value("managed"),
             value("unmanaged"),
             value("errors"),
@@ -313,8 +281,8 @@ keyward_test!(fn a_kill_during_heavy_use_loses_no_admin_event_and_the_trail_veri
     install_policy(&tb, &policy());
     keyward_ok(&tb, &["key", "create", BUSY, "--class", "signing"], 0);
     keyward_ok(&tb, &["key", "activate", BUSY], 0);
-    let probes: Vec<Probe> = (0..PROBES).map(|_| Probe::start(&tb)).collect();
-    for p in &probes {
+    let mut probes: Vec<Signer> = (0..PROBES).map(|_| Signer::start(&tb)).collect();
+    for p in &mut probes {
         assert_eq!(p.line("ready"), "ready");
     }
 
@@ -355,7 +323,7 @@ keyward_test!(fn a_kill_during_heavy_use_loses_no_admin_event_and_the_trail_veri
         windows.push((start, kill));
         tb.start_agent();
     }
-    let counts: Vec<(u32, u64, u64, u64)> = probes.into_iter().map(Probe::finish).collect();
+    let counts: Vec<(u32, u64, u64, u64)> = probes.into_iter().map(Signer::finish).collect();
 
     // The whole trail, as the administrator reads it (the request also
     // writes what the agent has queued).

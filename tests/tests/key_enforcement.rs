@@ -8,8 +8,6 @@
 //! administrator and an unmodified application would.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -26,6 +24,7 @@ use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{hex, unhex, Ctx};
+use keyward_tests::probe::Probe;
 use keyward_tests::raw::{rv_name, Mech, Out, Param, Raw};
 
 /// The policy of this file: one class per purpose with long periods, one
@@ -473,86 +472,27 @@ keyward_test!(fn every_state_and_operation_of_every_purpose(tb) {
     table.assert_clean("state × operation");
 });
 
-/// A running `pending_op_probe`: lines of its standard output arrive on a
-/// channel so that every wait is bounded.
-struct Probe {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+/// A running `pending_op_probe`.
+struct PendingOps(Probe);
 
-impl Probe {
-    fn start(tb: &Env, label: &str, signature: &[u8]) -> Probe {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pending_op_probe"))
-            .args([label, &hex(signature)])
-            .env("KEYWARD_MODULE", &tb.module)
-            .env("KEYWARD_TOKEN", &tb.token)
-            .env("KEYWARD_PIN", &tb.pin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start pending_op_probe");
-        let out = child.stdout.take().expect("probe stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Probe {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+impl PendingOps {
+    fn start(tb: &Env, label: &str, signature: &[u8]) -> PendingOps {
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_pending_op_probe"));
+        PendingOps(Probe::start(tb, exe, &[label, &hex(signature)]))
     }
 
     /// The value of the probe's next `name: value` line called `name`.
     fn value(&mut self, name: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "pending_op_probe gave no {name:?} line ({e}); it said:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line.clone());
-            assert!(
-                !line.starts_with("setup FAIL"),
-                "pending_op_probe: {}",
-                self.seen.join("\n")
-            );
-            if let Some(v) = line.strip_prefix(&format!("{name}: ")) {
-                return v.to_string();
-            }
-        }
+        self.0.value(name, Duration::from_secs(30))
     }
 
     /// Lets the probe go on to C_Sign and C_Verify; returns their codes.
     fn go(mut self) -> (String, String) {
-        let mut stdin = self.child.stdin.take().expect("probe stdin");
-        writeln!(stdin, "go").expect("write to the probe");
-        drop(stdin);
+        self.0.say("go");
+        self.0.close_stdin();
         let sign = self.value("sign");
         let verify = self.value("verify");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait for the probe") {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "pending_op_probe does not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(
-            status.success(),
-            "pending_op_probe exited with {status}: {}",
-            self.seen.join("\n")
-        );
+        self.0.wait_success(Duration::from_secs(30));
         (sign, verify)
     }
 }
@@ -569,14 +509,14 @@ keyward_test!(fn revocation_reaches_another_process_initialised_operations(tb) {
     let signature = s.sign(&Mechanism::Ecdsa, private, &DIGEST).expect("an active key signs");
 
     // Control: with nothing in between, the probe's operations complete.
-    let mut control = Probe::start(&tb, "shared", &signature);
+    let mut control = PendingOps::start(&tb, "shared", &signature);
     assert_eq!(control.value("init sign"), "CKR_OK");
     assert_eq!(control.value("init verify"), "CKR_OK");
     control.value("ready");
     assert_eq!(control.go(), ("CKR_OK".to_string(), "CKR_OK".to_string()), "control run");
 
     // The same, with a revocation between the inits and the operations.
-    let mut probe = Probe::start(&tb, "shared", &signature);
+    let mut probe = PendingOps::start(&tb, "shared", &signature);
     assert_eq!(probe.value("init sign"), "CKR_OK");
     assert_eq!(probe.value("init verify"), "CKR_OK");
     probe.value("ready");

@@ -8,10 +8,7 @@
 //! Uses come from `sign_probe`, a second process; a copy of it at another
 //! path is another executable to the agent.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
@@ -23,6 +20,7 @@ use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{unhex, Ctx};
+use keyward_tests::probe::Probe;
 
 /// Another application of the first policy, gone from the second.
 const OTHER: &str = "other";
@@ -72,95 +70,40 @@ fn probe_exe(tb: &Env, copy: Option<&str>) -> PathBuf {
     }
 }
 
-/// A running `sign_probe`; its output lines arrive on a channel so that
-/// every wait is bounded.
-struct Signer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+/// A running `sign_probe`.
+struct Signer(Probe);
 
 impl Signer {
     /// Starts `exe` signing with `label` `count` times (0: until stopped
     /// or refused), `interval_ms` apart; returns once it is ready.
     fn start(tb: &Env, exe: &Path, label: &str, count: u64, interval_ms: u64) -> Signer {
-        let mut child = Command::new(exe)
-            .args([label, &count.to_string(), &interval_ms.to_string()])
-            .env("KEYWARD_MODULE", &tb.module)
-            .env("KEYWARD_TOKEN", &tb.token)
-            .env("KEYWARD_PIN", &tb.pin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
-        let out = child.stdout.take().expect("probe stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = Signer {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        s.value("ready");
-        s
-    }
-
-    /// The value of the probe's next line called `name`.
-    fn value(&mut self, name: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(150);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "sign_probe gave no {name:?} line ({e}); it said:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line.clone());
-            assert!(
-                !line.starts_with("setup FAIL"),
-                "sign_probe: {}",
-                self.seen.join("\n")
-            );
-            if let Some(v) = line.strip_prefix(&format!("{name}: ")) {
-                return v.to_string();
-            }
-        }
+        let mut p = Probe::start(
+            tb,
+            exe,
+            &[label, &count.to_string(), &interval_ms.to_string()],
+        );
+        p.value("ready", PROBE_WAIT);
+        Signer(p)
     }
 
     /// Tells a probe that signs until stopped to stop.
     fn stop(&mut self) {
-        if let Some(mut stdin) = self.child.stdin.take() {
-            let _ = writeln!(stdin, "stop");
-        }
+        self.0.say("stop");
     }
 
     /// Waits for the probe to end; returns how many signatures succeeded
     /// and the last answer.
     fn finish(mut self) -> (u64, String) {
-        let signed: u64 = self.value("signed").parse().expect("a count");
-        let last = self.value("last");
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait for the probe") {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "sign_probe does not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(status.success(), "sign_probe exited with {status}");
+        let signed: u64 = self.0.value("signed", PROBE_WAIT).parse().expect("a count");
+        let last = self.0.value("last", PROBE_WAIT);
+        self.0.close_stdin();
+        self.0.wait_success(Duration::from_secs(30));
         (signed, last)
     }
 }
+
+/// How long a probe may take for a line.
+const PROBE_WAIT: Duration = Duration::from_secs(150);
 
 /// Signs `count` times with `label` from `exe`, all successfully.
 fn sign(tb: &Env, exe: &Path, label: &str, count: u64) {
