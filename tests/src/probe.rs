@@ -1,7 +1,8 @@
-//! The tests' probe processes (`tests/src/bin/*_probe`), driven from a
-//! test: started on the testbed's token, their standard output read on a
-//! thread of its own so that every wait is bounded, and their standard
-//! input there for the test's instructions.
+//! The tests' probe processes (`tests/src/bin/*_probe`): [`Probe`] drives
+//! one from a test (started on the testbed's token, its standard output
+//! read on a thread of its own so that every wait is bounded, its standard
+//! input there for the test's instructions); [`side`] is what the probes
+//! themselves share.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -135,5 +136,87 @@ impl Probe {
             self.name,
             self.seen.join("\n")
         );
+    }
+}
+
+/// The probe side: set-up through the module's raw function list, and the
+/// `name: value` lines a [`Probe`] reads.
+pub mod side {
+    use std::io::Write;
+
+    use cryptoki_sys::*;
+
+    use crate::raw::{rv_name, Attr, InitArgs, Out, Raw};
+
+    /// The environment variable `name`; panics when it is not set.
+    pub fn env(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+    }
+
+    /// Ends the probe with `setup FAIL: ...` (exit 2) unless `rv` is `CKR_OK`.
+    pub fn setup(what: &str, rv: CK_RV) {
+        if rv != CKR_OK {
+            fail(&format!("{what}: {}", rv_name(rv)));
+        }
+    }
+
+    /// Prints `setup FAIL: why` and exits 2.
+    pub fn fail(why: &str) -> ! {
+        println!("setup FAIL: {why}");
+        std::process::exit(2);
+    }
+
+    /// Prints `name: value` at once.
+    pub fn report(name: &str, value: &str) {
+        println!("{name}: {value}");
+        std::io::stdout().flush().expect("flush stdout");
+    }
+
+    /// Loads `KEYWARD_MODULE`, initialises it (OS locking) and finds the
+    /// slot of the token labelled `KEYWARD_TOKEN`.
+    pub fn token_slot() -> (Raw, CK_SLOT_ID) {
+        let raw = Raw::load(&env("KEYWARD_MODULE"));
+        let token = env("KEYWARD_TOKEN");
+        setup(
+            "C_Initialize",
+            raw.initialize(InitArgs::Flags(CKF_OS_LOCKING_OK)),
+        );
+        let list = raw.slot_list(true, Out::Cap(64));
+        setup("C_GetSlotList", list.rv);
+        let slot = list
+            .data
+            .into_iter()
+            .find(|&s| String::from_utf8_lossy(&raw.token_info(s).1.label).trim_end() == token)
+            .unwrap_or_else(|| fail(&format!("no token labelled {token:?}")));
+        (raw, slot)
+    }
+
+    /// The one object of `class` labelled `label` that session `h` finds.
+    pub fn find_one(
+        raw: &Raw,
+        h: CK_SESSION_HANDLE,
+        label: &str,
+        class: CK_OBJECT_CLASS,
+    ) -> CK_OBJECT_HANDLE {
+        setup(
+            "C_FindObjectsInit",
+            raw.find_objects_init(
+                h,
+                &[
+                    Attr::Ulong(CKA_CLASS, class),
+                    Attr::Bytes(CKA_LABEL, label.as_bytes().to_vec()),
+                ],
+            ),
+        );
+        let (rv, found) = raw.find_objects(h, 16);
+        setup("C_FindObjects", rv);
+        setup("C_FindObjectsFinal", raw.find_objects_final(h));
+        match found[..] {
+            [one] => one,
+            _ => fail(&format!(
+                "{} objects of class {class} labelled {label:?}",
+                found.len()
+            )),
+        }
     }
 }

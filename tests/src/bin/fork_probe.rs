@@ -38,10 +38,6 @@ impl Checks {
     }
 }
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
-
 fn token_slot(raw: &Raw, label: &str) -> Option<CK_SLOT_ID> {
     let list = raw.slot_list(true, Out::Cap(64));
     if list.rv != CKR_OK {
@@ -53,6 +49,7 @@ fn token_slot(raw: &Raw, label: &str) -> Option<CK_SLOT_ID> {
     })
 }
 
+use keyward_tests::probe::side::env;
 use keyward_tests::raw::Out;
 
 fn main() {

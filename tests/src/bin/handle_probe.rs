@@ -5,11 +5,8 @@
 //! Environment: `KEYWARD_MODULE`, `KEYWARD_TOKEN`, `KEYWARD_PIN`.
 
 use cryptoki_sys::*;
+use keyward_tests::probe::side::env;
 use keyward_tests::raw::{rv_name, AttrReq, InitArgs, Mech, Out, Raw};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
 
 fn main() {
     let args: Vec<u64> = std::env::args()

@@ -18,60 +18,15 @@
 //!
 //! Environment: `KEYWARD_MODULE`, `KEYWARD_TOKEN`, `KEYWARD_PIN`.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use cryptoki_sys::*;
 use keyward_tests::p11::unhex;
-use keyward_tests::raw::{rv_name, Attr, InitArgs, Mech, Out, Raw};
+use keyward_tests::probe::side::{env, find_one, report, setup, token_slot};
+use keyward_tests::raw::{rv_name, Mech, Out};
 
 /// What the probe signs and verifies (an ECDSA "digest").
 const DIGEST: [u8; 32] = [0x5a; 32];
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
-
-fn setup(what: &str, rv: CK_RV) {
-    if rv != CKR_OK {
-        println!("setup FAIL: {what}: {}", rv_name(rv));
-        std::process::exit(2);
-    }
-}
-
-fn report(name: &str, value: &str) {
-    println!("{name}: {value}");
-    std::io::stdout().flush().expect("flush stdout");
-}
-
-/// The one object of `class` labelled `label`.
-fn find_one(
-    raw: &Raw,
-    h: CK_SESSION_HANDLE,
-    label: &str,
-    class: CK_OBJECT_CLASS,
-) -> CK_OBJECT_HANDLE {
-    setup(
-        "C_FindObjectsInit",
-        raw.find_objects_init(
-            h,
-            &[
-                Attr::Ulong(CKA_CLASS, class),
-                Attr::Bytes(CKA_LABEL, label.as_bytes().to_vec()),
-            ],
-        ),
-    );
-    let (rv, found) = raw.find_objects(h, 16);
-    setup("C_FindObjects", rv);
-    setup("C_FindObjectsFinal", raw.find_objects_final(h));
-    if found.len() != 1 {
-        println!(
-            "setup FAIL: {} objects of class {class} labelled {label:?}",
-            found.len()
-        );
-        std::process::exit(2);
-    }
-    found[0]
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,23 +34,8 @@ fn main() {
         panic!("usage: pending_op_probe LABEL SIGNATURE_HEX");
     };
     let signature = unhex(signature);
-    let raw = Raw::load(&env("KEYWARD_MODULE"));
-    let token = env("KEYWARD_TOKEN");
+    let (raw, slot) = token_slot();
     let pin = env("KEYWARD_PIN");
-    setup(
-        "C_Initialize",
-        raw.initialize(InitArgs::Flags(CKF_OS_LOCKING_OK)),
-    );
-    let list = raw.slot_list(true, Out::Cap(64));
-    setup("C_GetSlotList", list.rv);
-    let Some(slot) = list
-        .data
-        .into_iter()
-        .find(|&s| String::from_utf8_lossy(&raw.token_info(s).1.label).trim_end() == token)
-    else {
-        println!("setup FAIL: no token labelled {token:?}");
-        std::process::exit(2);
-    };
     let (rv, signer) = raw.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION);
     setup("C_OpenSession (sign)", rv);
     let (rv, verifier) = raw.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION);

@@ -24,12 +24,9 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use keyward_tests::p11::P256_PARAMS;
+use keyward_tests::probe::side::env;
 
 const DIGEST: [u8; 32] = [0x5a; 32];
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
 
 /// A logged-in session with the probe's two keys.
 struct Signer {

@@ -15,34 +15,19 @@
 //!
 //! Environment: `KEYWARD_MODULE`, `KEYWARD_TOKEN`, `KEYWARD_PIN`.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
-use keyward_tests::raw::{rv_name, Attr, InitArgs, Mech, Out, Raw};
+use keyward_tests::probe::side::{env, find_one, report, setup, token_slot};
+use keyward_tests::raw::{rv_name, Mech, Out};
 
 /// What the probe signs (an ECDSA "digest").
 const DIGEST: [u8; 32] = [0x3c; 32];
 /// The longest a run lasts.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
-
-fn setup(what: &str, rv: CK_RV) {
-    if rv != CKR_OK {
-        println!("setup FAIL: {what}: {}", rv_name(rv));
-        std::process::exit(2);
-    }
-}
-
-fn report(name: &str, value: &str) {
-    println!("{name}: {value}");
-    std::io::stdout().flush().expect("flush stdout");
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,46 +46,12 @@ fn main() {
         });
     }
 
-    let raw = Raw::load(&env("KEYWARD_MODULE"));
-    let token = env("KEYWARD_TOKEN");
+    let (raw, slot) = token_slot();
     let pin = env("KEYWARD_PIN");
-    setup(
-        "C_Initialize",
-        raw.initialize(InitArgs::Flags(CKF_OS_LOCKING_OK)),
-    );
-    let list = raw.slot_list(true, Out::Cap(64));
-    setup("C_GetSlotList", list.rv);
-    let Some(slot) = list
-        .data
-        .into_iter()
-        .find(|&s| String::from_utf8_lossy(&raw.token_info(s).1.label).trim_end() == token)
-    else {
-        println!("setup FAIL: no token labelled {token:?}");
-        std::process::exit(2);
-    };
     let (rv, h) = raw.open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION);
     setup("C_OpenSession", rv);
     setup("C_Login", raw.login(h, CKU_USER, pin.as_bytes()));
-    setup(
-        "C_FindObjectsInit",
-        raw.find_objects_init(
-            h,
-            &[
-                Attr::Ulong(CKA_CLASS, CKO_PRIVATE_KEY),
-                Attr::Bytes(CKA_LABEL, label.as_bytes().to_vec()),
-            ],
-        ),
-    );
-    let (rv, found) = raw.find_objects(h, 16);
-    setup("C_FindObjects", rv);
-    setup("C_FindObjectsFinal", raw.find_objects_final(h));
-    let [key] = found[..] else {
-        println!(
-            "setup FAIL: {} private keys labelled {label:?}",
-            found.len()
-        );
-        std::process::exit(2);
-    };
+    let key = find_one(&raw, h, label, CKO_PRIVATE_KEY);
     report("ready", "signing");
 
     let ecdsa = Mech::plain(CKM_ECDSA);

@@ -10,11 +10,8 @@
 //! Environment: `KEYWARD_MODULE`, `KEYWARD_TOKEN`, `KEYWARD_PIN`.
 
 use cryptoki_sys::*;
+use keyward_tests::probe::side::env;
 use keyward_tests::raw::{rv_name, Attr, AttrReq, InitArgs, Out, Raw};
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
-}
 
 struct Checks {
     failed: u32,
