@@ -116,6 +116,9 @@ pub struct Server {
     socket: PathBuf,
     admin_socket: PathBuf,
     stopping: AtomicBool,
+    /// Copies of the two listeners, for [`Server::shutdown`] to wake their
+    /// accept loops even when the socket files are gone.
+    listeners: Mutex<Vec<UnixListener>>,
     conns: Connections,
     /// Which connection was active last (see [`Activity`]).
     activity: Activity,
@@ -200,6 +203,7 @@ impl Server {
             socket,
             admin_socket,
             stopping: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
             conns: Connections::default(),
             activity: Activity::new(),
             metrics: Arc::new(Metrics::new()),
@@ -215,6 +219,19 @@ impl Server {
     /// connection, waits for them (bounded), closes every client's backend
     /// sessions and removes the socket files.
     pub fn run(self: &Arc<Server>, app: UnixListener, admin: UnixListener) {
+        {
+            let mut copies = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for l in [&app, &admin] {
+                match l.try_clone() {
+                    Ok(c) => copies.push(c),
+                    Err(e) => log::warn!("cannot keep a listener for shutdown: {e}"),
+                }
+            }
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            // Asked to stop before the loops ran.
+            self.wake_listeners();
+        }
         let me = self.clone();
         let admin_thread = thread::Builder::new()
             .name("admin-accept".into())
@@ -231,11 +248,26 @@ impl Server {
     }
 
     /// Asks [`Server::run`] to return: sets the flag and wakes both accept
-    /// loops with a connection of our own.
+    /// loops, by shutting their listening sockets down (`accept` then fails
+    /// at once), and with a connection of our own in case that did not take.
+    /// Works when someone removed the socket files too.
     pub fn shutdown(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
+            self.wake_listeners();
             let _ = UnixStream::connect(&self.socket);
             let _ = UnixStream::connect(&self.admin_socket);
+        }
+    }
+
+    fn wake_listeners(&self) {
+        use std::os::fd::AsRawFd;
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     }
 

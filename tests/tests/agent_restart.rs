@@ -253,3 +253,22 @@ keyward_test!(fn blocking_wait_for_slot_event_sees_the_kill(tb) {
     assert_eq!(slot, ctx.slot_id());
     tb.start_agent();
 });
+
+keyward_test!(fn sigterm_stops_the_agent_even_when_its_socket_files_are_gone(tb) {
+    tb.require_agent("stopping the agent");
+    let pid = tb.agent_pid();
+    std::fs::remove_file(&tb.socket).expect("remove the application socket file");
+    std::fs::remove_file(&tb.admin_socket).expect("remove the admin socket file");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+        .expect("SIGTERM the agent");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    {
+        assert!(Instant::now() < deadline, "the agent did not stop within 5 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
+    assert!(log.contains("stopped"), "no orderly stop in the log:\n{log}");
+    tb.start_agent();
+});
