@@ -371,18 +371,13 @@ impl Agent {
     fn record_use(
         &self,
         client: &Client,
-        operation: &str,
+        operation: &'static str,
         mechanism: u64,
-        target: &UseTarget,
+        target: &Arc<UseTarget>,
         rv: u64,
     ) {
-        let mut e = audit::for_client(client, AuditKind::Use, operation);
-        e.token = Some(target.token.clone());
-        e.key = Some(target.key.clone());
-        e.key_version = target.version;
-        e.mechanism = Some(mechanism);
-        e.result = rv;
-        self.audit.record(e);
+        self.audit
+            .record_use(client, operation, mechanism, target, rv);
     }
 
     /// Records the end of operation `op` on `s` with `r`'s result, and
@@ -416,7 +411,7 @@ impl Agent {
         client: &Client,
         s: &Session,
         o: &ObjectRef,
-        operation: &str,
+        operation: &'static str,
         mechanism: Option<u64>,
         r: &Result<T>,
     ) {

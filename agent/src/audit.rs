@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyward_inventory::{coalesce, Actor, AuditEvent, AuditKind, AuditLog};
 
+use crate::client::UseTarget;
 use crate::config::{AuditConfig, OnWriteFailure};
 use crate::identity::Peer;
 
@@ -33,10 +34,96 @@ pub const LINGER: Duration = Duration::from_millis(200);
 /// which are refused instead).
 pub const MAX_PENDING: usize = 1 << 16;
 
+/// What is queued for the next batch, in the order it happened: events,
+/// and uses folded by [`UseKey`] (a use's place is its first occurrence).
+#[derive(Default)]
+struct Queue {
+    order: Vec<Queued>,
+    others: Vec<AuditEvent>,
+    uses: Vec<PendingUse>,
+    index: std::collections::HashMap<UseKey, usize>,
+    /// Events queued, uses counted one by one (what [`BATCH`] counts).
+    events: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Queued {
+    /// Index into [`Queue::others`].
+    Event(usize),
+    /// Index into [`Queue::uses`].
+    Use(usize),
+}
+
+/// What makes two uses equal within a batch: the client process, the key
+/// object (its cached [`UseTarget`]), the operation, mechanism and result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UseKey {
+    client: crate::identity::ClientKey,
+    target: usize,
+    operation: &'static str,
+    mechanism: u64,
+    result: u64,
+}
+
+/// The uses of one [`UseKey`] in the batch.
+struct PendingUse {
+    actor: Actor,
+    target: Arc<UseTarget>,
+    operation: &'static str,
+    mechanism: u64,
+    result: u64,
+    /// The first use's time, as events have it.
+    at: i64,
+    micros: u32,
+    /// The first and the last use, microseconds since the epoch.
+    first_us: u64,
+    last_us: u64,
+    count: u32,
+}
+
+impl Queue {
+    /// Everything queued, as events in order (uses as one record each),
+    /// leaving the queue empty.
+    fn take(&mut self) -> Vec<AuditEvent> {
+        let order = std::mem::take(&mut self.order);
+        let mut others: Vec<Option<AuditEvent>> = std::mem::take(&mut self.others)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut uses: Vec<Option<PendingUse>> = std::mem::take(&mut self.uses)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.index.clear();
+        self.events = 0;
+        order
+            .into_iter()
+            .filter_map(|q| match q {
+                Queued::Event(i) => others.get_mut(i).and_then(Option::take),
+                Queued::Use(i) => uses.get_mut(i).and_then(Option::take).map(|u| AuditEvent {
+                    at: u.at,
+                    micros: u.micros,
+                    kind: AuditKind::Use,
+                    actor: u.actor,
+                    token: Some(u.target.token.clone()),
+                    key: Some(u.target.key.clone()),
+                    key_version: u.target.version,
+                    operation: u.operation.to_owned(),
+                    mechanism: Some(u.mechanism),
+                    result: u.result,
+                    reason: String::new(),
+                    count: u.count,
+                    span_us: u32::try_from(u.last_us - u.first_us).unwrap_or(u32::MAX),
+                }),
+            })
+            .collect()
+    }
+}
+
 /// The agent's writer of the audit trail.
 pub struct Auditor {
     log: Arc<dyn AuditLog>,
-    queue: Mutex<Vec<AuditEvent>>,
+    queue: Mutex<Queue>,
     /// Held from taking a batch off the queue until it is appended, by the
     /// writer, [`Auditor::flush`] and [`Auditor::durable`]: batches reach
     /// the trail in the order they left the queue, so a durable event
@@ -154,7 +241,7 @@ impl Auditor {
             .then(|| Mutex::new(Syslog::new(&config.syslog_socket)));
         let auditor = Arc::new(Auditor {
             log,
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             writing: Mutex::new(()),
             wake: Condvar::new(),
             failing: AtomicBool::new(false),
@@ -176,7 +263,7 @@ impl Auditor {
         auditor
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<AuditEvent>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -202,11 +289,65 @@ impl Auditor {
         }
     }
 
-    /// Queues a use or refusal for the next batch.
+    /// Queues a refusal or another event for the next batch.
     pub fn record(&self, e: AuditEvent) {
         let mut q = self.queue();
-        q.push(e);
-        if q.len() == BATCH {
+        let i = q.others.len();
+        q.others.push(e);
+        q.order.push(Queued::Event(i));
+        q.events += 1;
+        if q.events == BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queues a use of `target` by `client` (its end, with result `rv`):
+    /// counted into the batch's record of equal uses, so that a use costs a
+    /// clock read, a lock and a lookup, and a string copy only when it is
+    /// the first of its kind in the batch.
+    pub fn record_use(
+        &self,
+        client: &crate::client::Client,
+        operation: &'static str,
+        mechanism: u64,
+        target: &Arc<UseTarget>,
+        rv: u64,
+    ) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let at_us = now.as_micros() as u64;
+        let key = UseKey {
+            client: client.peer.key,
+            target: Arc::as_ptr(target) as usize,
+            operation,
+            mechanism,
+            result: rv,
+        };
+        let mut q = self.queue();
+        q.events += 1;
+        if let Some(&i) = q.index.get(&key) {
+            let u = &mut q.uses[i];
+            u.count = u.count.saturating_add(1);
+            u.last_us = u.last_us.max(at_us);
+        } else {
+            let i = q.uses.len();
+            q.uses.push(PendingUse {
+                actor: client.actor.clone(),
+                target: target.clone(),
+                operation,
+                mechanism,
+                result: rv,
+                at: now.as_secs() as i64,
+                micros: now.subsec_micros(),
+                first_us: at_us,
+                last_us: at_us,
+                count: 1,
+            });
+            q.index.insert(key, i);
+            q.order.push(Queued::Use(i));
+        }
+        if q.events == BATCH {
             self.wake.notify_one();
         }
     }
@@ -218,7 +359,7 @@ impl Auditor {
     /// Appends everything queued now.
     pub fn flush(&self) {
         let _writing = self.writing();
-        let batch = std::mem::take(&mut *self.queue());
+        let batch = self.queue().take();
         if let Err(batch) = self.append(batch, false) {
             self.requeue(batch);
         }
@@ -228,7 +369,7 @@ impl Auditor {
     /// `Err` means the trail could not be written: fail closed.
     pub fn durable(&self, e: AuditEvent) -> Result<(), String> {
         let _writing = self.writing();
-        let mut batch = std::mem::take(&mut *self.queue());
+        let mut batch = self.queue().take();
         batch.push(e);
         match self.append(batch, true) {
             Ok(()) => Ok(()),
@@ -246,7 +387,7 @@ impl Auditor {
     /// dropping (and counting) the oldest uses beyond [`MAX_PENDING`].
     fn requeue(&self, mut batch: Vec<AuditEvent>) {
         let mut q = self.queue();
-        batch.append(&mut q);
+        batch.append(&mut q.take());
         if batch.len() > MAX_PENDING {
             let excess = batch.len() - MAX_PENDING;
             let dropped: u64 = batch[..excess].iter().map(|e| u64::from(e.count)).sum();
@@ -255,7 +396,9 @@ impl Auditor {
             self.stats.lost.fetch_add(dropped, Ordering::Relaxed);
             log::error!("audit: {dropped} events dropped: the trail still cannot be written");
         }
-        *q = batch;
+        q.events = batch.len();
+        q.order = (0..batch.len()).map(Queued::Event).collect();
+        q.others = batch;
     }
 
     /// Appends `events` (coalesced; the last event stays last), first
@@ -332,11 +475,11 @@ fn writer(auditor: Weak<Auditor>) {
             let q = a.queue();
             let _ = a
                 .wake
-                .wait_timeout_while(q, LINGER, |q| q.len() < BATCH)
+                .wait_timeout_while(q, LINGER, |q| q.events < BATCH)
                 .unwrap_or_else(|p| p.into_inner());
         }
         let writing = a.writing();
-        let batch = std::mem::take(&mut *a.queue());
+        let batch = a.queue().take();
         let failed = a.append(batch, false).err();
         if let Some(batch) = failed {
             a.requeue(batch);
@@ -793,5 +936,78 @@ impl crate::agent::Agent {
         if let Err(e) = spawned {
             log::error!("audit: cannot start the checkpoint thread: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::peer;
+    use crate::client::Client;
+
+    fn target(key: &str) -> Arc<UseTarget> {
+        Arc::new(UseTarget {
+            token: "kw".into(),
+            key: key.into(),
+            version: Some(1),
+        })
+    }
+
+    #[test]
+    fn equal_uses_are_folded_as_they_are_queued_and_keep_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyward_inventory::SqliteInventory::open(dir.path().join("i.sqlite")).unwrap();
+        let auditor = Auditor::start(Arc::new(store));
+        let (a, b) = (
+            Client::new(peer(10), "web".into(), 1),
+            Client::new(peer(11), "web".into(), 1),
+        );
+        let (k, other) = (target("k"), target("other"));
+        auditor.record_use(&a, "sign", 0x1041, &k, 0);
+        auditor.record(event(AuditKind::Refusal, a.actor.clone(), "decrypt"));
+        auditor.record_use(&a, "sign", 0x1041, &k, 0);
+        auditor.record_use(&b, "sign", 0x1041, &k, 0); // another process
+        auditor.record_use(&a, "sign", 0x1041, &k, 0x30); // another result
+        auditor.record_use(&a, "sign", 0x1041, &other, 0); // another key
+        auditor.record_use(&a, "verify", 0x1041, &k, 0); // another operation
+        auditor.record_use(&a, "sign", 0x1041, &k, 0);
+        auditor.flush();
+        let got: Vec<_> = auditor
+            .log()
+            .tail(100)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let e = r.event;
+                let pid = match e.actor {
+                    Actor::Application { pid, .. } => pid,
+                    _ => 0,
+                };
+                (
+                    e.kind,
+                    pid,
+                    e.key.unwrap_or_default(),
+                    e.operation,
+                    e.result,
+                    e.count,
+                )
+            })
+            .collect();
+        let row = |kind, pid, key: &str, op: &str, result, count| {
+            (kind, pid, key.to_owned(), op.to_owned(), result, count)
+        };
+        assert_eq!(
+            got,
+            vec![
+                row(AuditKind::Use, 10, "k", "sign", 0, 3),
+                row(AuditKind::Refusal, 10, "", "decrypt", 0, 1),
+                row(AuditKind::Use, 11, "k", "sign", 0, 1),
+                row(AuditKind::Use, 10, "k", "sign", 0x30, 1),
+                row(AuditKind::Use, 10, "other", "sign", 0, 1),
+                row(AuditKind::Use, 10, "k", "verify", 0, 1),
+            ]
+        );
+        assert_eq!(auditor.stats().events, 8);
+        assert_eq!(auditor.stats().records, 6);
     }
 }
