@@ -170,6 +170,11 @@ fn operation(op: Op) -> Operation {
     }
 }
 
+/// The `CK_RV` a call's result answers.
+fn rv_of<T>(r: &Result<T>) -> u64 {
+    r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv())
+}
+
 /// The slot of an operation kind in [`Session::active`].
 fn op_index(op: Op) -> usize {
     match op {
@@ -280,35 +285,28 @@ impl Agent {
     /// Checks a use of object `o` for operation `op`: nothing for unmanaged
     /// objects; for a managed key version, [`keys::check_use`]. A refusal
     /// is logged with its reason and answered with its code.
-    fn check_key_use(&self, client: &Client, o: &ObjectRef, op: Operation) -> Result<()> {
-        let Some(m) = o.managed else { return Ok(()) };
+    fn check_key_use(
+        &self,
+        client: &Client,
+        managed: Option<ManagedRef>,
+        op: Operation,
+    ) -> Result<()> {
+        let Some(m) = managed else { return Ok(()) };
         let Some(key) = self.keys.key(m.key_id) else {
             return Err(Error::KeyHandleInvalid);
         };
         let now = SystemTime::now();
-        let checked = keys::check_use(&self.policy(), &key, m, &client.application, op, now);
-        match checked {
+        match keys::check_use(&self.policy(), &key, m, &client.application, op, now) {
             Ok(()) => {
                 self.keys.note_use(m.key_id, keys::secs(now));
                 Ok(())
             }
             Err(refusal) => {
-                log::warn!(
-                    "{} (application {}): {} of key {:?} v{} refused: {refusal}",
-                    client.peer,
-                    client.application,
-                    op.name(),
-                    key.record.name,
-                    m.version
-                );
-                let mut e = audit::for_client(client, AuditKind::Refusal, op.name());
-                e.token = Some(key.record.token.clone());
-                e.key = Some(key.record.name.clone());
-                e.key_version = Some(m.version);
-                e.result = refusal.ckr();
-                e.reason = refusal.to_string();
-                self.audit.record(e);
-                Err(Error::Refused(refusal.ckr()))
+                let rv = refusal.ckr();
+                let reason = refusal.to_string();
+                let key = Some((&*key, m.version));
+                self.note_refusal(client, op.name(), key, None, rv, &reason);
+                Err(Error::Refused(rv))
             }
         }
     }
@@ -367,24 +365,11 @@ impl Agent {
         lock(&self.use_targets).retain(|k, _| !gone(k));
     }
 
-    /// Records one use of `target` by `client`: its end, with the result.
-    fn record_use(
-        &self,
-        client: &Client,
-        operation: &'static str,
-        mechanism: u64,
-        target: &Arc<UseTarget>,
-        rv: u64,
-    ) {
-        self.audit
-            .record_use(client, operation, mechanism, target, rv);
-    }
-
     /// Records the end of operation `op` on `s` with `r`'s result, and
     /// ends it there, unless `r` only asked for a bigger buffer (the
     /// operation goes on, as PKCS#11 says).
     fn end_op<T>(&self, client: &Client, s: &Session, op: Op, r: Result<T>) -> Result<T> {
-        let rv = r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv());
+        let rv = rv_of(&r);
         if rv != ck::CKR_BUFFER_TOO_SMALL {
             let ended = lock(&s.active)[op_index(op)].take();
             if let Some(ActiveOp {
@@ -393,7 +378,8 @@ impl Agent {
                 ..
             }) = ended
             {
-                self.record_use(client, operation(op).name(), mechanism, &t, rv);
+                self.audit
+                    .record_use(client, operation(op).name(), Some(mechanism), &t, rv);
             }
         }
         r
@@ -402,6 +388,21 @@ impl Agent {
     /// The read side of [`Agent::in_flight`], for one cryptographic request.
     fn running(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.in_flight.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The checks of a single-call use of key `o` for `op` (wrap, unwrap,
+    /// derive, digest of a key): the audit gate and the key's rights, under
+    /// [`Agent::running`] (held until the call's use is recorded).
+    fn begin_key_use(
+        &self,
+        client: &Client,
+        o: &ObjectRef,
+        op: Operation,
+    ) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        let running = self.running();
+        self.audit_gate(client, op.name())?;
+        self.check_key_use(client, o.managed, op)?;
+        Ok(running)
     }
 
     /// Records a single-call use of object `o` (wrap, unwrap, derive,
@@ -416,8 +417,8 @@ impl Agent {
         r: &Result<T>,
     ) {
         if let Some(t) = self.use_target(s, o) {
-            let rv = r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv());
-            self.record_use(client, operation, mechanism.unwrap_or(0), &t, rv);
+            self.audit
+                .record_use(client, operation, mechanism, &t, rv_of(r));
         }
     }
 
@@ -561,12 +562,13 @@ impl Agent {
         }
     }
 
-    /// Says why a call was refused, in the log and in the trail.
+    /// Says why a call was refused, in the log and in the trail; `key` is
+    /// the managed key version it concerned, if any.
     fn note_refusal(
         &self,
         client: &Client,
         operation: &str,
-        key: Option<&str>,
+        key: Option<(&keys::KeyView, u32)>,
         mechanism: Option<u64>,
         rv: u64,
         reason: &str,
@@ -575,10 +577,15 @@ impl Agent {
             "{} (application {}): {operation}{} refused: {reason}",
             client.peer,
             client.application,
-            key.map(|k| format!(" of key {k:?}")).unwrap_or_default()
+            key.map(|(k, v)| format!(" of key {:?} v{v}", k.record.name))
+                .unwrap_or_default()
         );
         let mut e = audit::for_client(client, AuditKind::Refusal, operation);
-        e.key = key.map(str::to_owned);
+        if let Some((k, v)) = key {
+            e.token = Some(k.record.token.clone());
+            e.key = Some(k.record.name.clone());
+            e.key_version = Some(v);
+        }
         e.mechanism = mechanism;
         e.result = rv;
         e.reason = reason.to_owned();
@@ -641,12 +648,15 @@ impl Agent {
     /// its attributes, copying it, destroying it, or wrapping it out. Those
     /// are administrator actions (some need approval).
     fn refuse_managed(&self, client: &Client, o: &ObjectRef, what: &str) -> Result<()> {
-        match o.managed.and_then(|m| self.keys.key(m.key_id)) {
-            Some(key) => {
+        match o
+            .managed
+            .and_then(|m| Some((self.keys.key(m.key_id)?, m.version)))
+        {
+            Some((key, version)) => {
                 self.note_refusal(
                     client,
                     what,
-                    Some(&key.record.name),
+                    Some((&key, version)),
                     None,
                     ck::CKR_ACTION_PROHIBITED,
                     "a managed key: an administrator action",
@@ -1077,9 +1087,7 @@ impl Agent {
             Request::DigestKey { session, key } => {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
-                let _running = self.running();
-                self.audit_gate(client, Operation::Digest.name())?;
-                self.check_key_use(client, &o[0], Operation::Digest)?;
+                let _running = self.begin_key_use(client, &o[0], Operation::Digest)?;
                 let r = s.backend.digest_key(s.backend_session, o[0].backend);
                 self.key_use(client, &s, &o[0], Operation::Digest.name(), None, &r);
                 r?;
@@ -1211,9 +1219,7 @@ impl Agent {
                         (key, Error::KeyHandleInvalid),
                     ],
                 )?;
-                let _running = self.running();
-                self.audit_gate(client, Operation::Wrap.name())?;
-                self.check_key_use(client, &o[0], Operation::Wrap)?;
+                let _running = self.begin_key_use(client, &o[0], Operation::Wrap)?;
                 self.refuse_managed(client, &o[1], "wrapping out")?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let r = s
@@ -1244,13 +1250,11 @@ impl Agent {
                     &[(unwrapping_key, Error::UnwrappingKeyHandleInvalid)],
                 )?;
                 refuse_private(login, &template)?;
-                let _running = self.running();
-                self.audit_gate(client, Operation::Unwrap.name())?;
-                self.check_key_use(client, &o[0], Operation::Unwrap)?;
                 self.strict_refusal(
                     client,
                     "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
                 )?;
+                let _running = self.begin_key_use(client, &o[0], Operation::Unwrap)?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let r = s.backend.unwrap_key(
                     s.backend_session,
@@ -1280,9 +1284,7 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
-                let _running = self.running();
-                self.audit_gate(client, Operation::Derive.name())?;
-                self.check_key_use(client, &o[0], Operation::Derive)?;
+                let _running = self.begin_key_use(client, &o[0], Operation::Derive)?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
                 let r = s
                     .backend
@@ -1380,7 +1382,7 @@ impl Agent {
         };
         self.audit_gate(client, operation(op).name())?;
         if let Some(o) = &key {
-            self.check_key_use(client, o, operation(op))?;
+            self.check_key_use(client, o.managed, operation(op))?;
         }
         let m = self.mechanism(client, s.slot, &init.mechanism)?;
         let target = key.as_ref().and_then(|o| self.use_target(&s, o));
@@ -1389,7 +1391,8 @@ impl Agent {
             .op_init(s.backend_session, op, &m, key.map(|o| o.backend))
         {
             if let Some(t) = &target {
-                self.record_use(client, operation(op).name(), m.mechanism, t, e.rv());
+                self.audit
+                    .record_use(client, operation(op).name(), Some(m.mechanism), t, e.rv());
             }
             return Err(e);
         }
@@ -1419,15 +1422,7 @@ impl Agent {
                 let managed = lock(&s.active)[op_index(op)]
                     .as_ref()
                     .and_then(|a| a.managed);
-                if let Some(m) = managed {
-                    let o = ObjectRef {
-                        slot: s.slot,
-                        backend: 0,
-                        session: None,
-                        managed: Some(m),
-                    };
-                    self.check_key_use(client, &o, operation(op))?;
-                }
+                self.check_key_use(client, managed, operation(op))?;
                 Ok(s)
             }
         }
@@ -1533,7 +1528,9 @@ impl Agent {
         }
         let token = &self.tokens[s.slot].config.label;
         let now = SystemTime::now();
-        let mut out = Vec::with_capacity(found.len());
+        let policy = self.policy();
+        // Each with whether it is a key's active version (worked out once).
+        let mut out: Vec<(Found, bool)> = Vec::with_capacity(found.len());
         for (h, owner) in found {
             let known = {
                 let st = client.lock();
@@ -1559,19 +1556,18 @@ impl Agent {
                     }
                 }
             };
-            if let Some(m) = managed {
-                match self.keys.key(m.key_id) {
-                    Some(k) if keys::visible_to(&self.policy(), &k, &client.application, now) => {}
+            let active = match managed {
+                Some(m) => match self.keys.key(m.key_id) {
+                    Some(k) if keys::visible_to(&policy, &k, &client.application, now) => {
+                        k.version(m.version).map(|v| v.state)
+                            == Some(keyward_inventory::KeyState::Active)
+                    }
                     _ => continue,
-                }
-            }
-            out.push((h, owner, managed));
+                },
+                None => false,
+            };
+            out.push(((h, owner, managed), active));
         }
-        let is_active = |m: &Option<ManagedRef>| {
-            m.and_then(|m| self.keys.key(m.key_id).map(|k| (k, m)))
-                .and_then(|(k, m)| k.version(m.version).map(|v| v.state))
-                == Some(keyward_inventory::KeyState::Active)
-        };
         if !by_id {
             // A search that does not name a CKA_ID finds a key's active
             // version only, when it has one. Clients differ in which of
@@ -1583,17 +1579,17 @@ impl Agent {
             // signature).
             let with_active: std::collections::HashSet<i64> = out
                 .iter()
-                .filter(|(_, _, m)| is_active(m))
-                .filter_map(|(_, _, m)| m.map(|m| m.key_id))
+                .filter(|(_, active)| *active)
+                .filter_map(|((_, _, m), _)| m.map(|m| m.key_id))
                 .collect();
-            out.retain(|(_, _, m)| match m {
-                Some(r) if with_active.contains(&r.key_id) => is_active(m),
+            out.retain(|((_, _, m), active)| match m {
+                Some(r) if with_active.contains(&r.key_id) => *active,
                 _ => true,
             });
         }
-        // Active versions first; otherwise the backend's order.
-        out.sort_by_key(|(_, _, m)| if is_active(m) { 0 } else { 1 });
-        Ok(out)
+        // Active versions first; otherwise the backend's order (stable).
+        out.sort_by_key(|(_, active)| !*active);
+        Ok(out.into_iter().map(|(f, _)| f).collect())
     }
 
     fn find_objects(
@@ -1612,11 +1608,12 @@ impl Agent {
             }
         }
         let found = s.backend.find_objects(s.backend_session, &template)?;
+        let audit_key = self.audit_key();
         let visible: Vec<(BackendObject, Option<u64>)> = {
             let reg = lock(&self.session_objects);
             found
                 .into_iter()
-                .filter(|&h| !self.is_audit_key(s.slot, h))
+                .filter(|&h| !audit_key.is_some_and(|k| k.is(s.slot, h)))
                 .filter_map(|h| match reg.get(&(s.slot, h)) {
                     None => Some((h, None)),
                     Some(o) if o.client == client.peer.key => Some((h, Some(o.session))),

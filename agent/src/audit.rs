@@ -61,7 +61,7 @@ struct UseKey {
     client: crate::identity::ClientKey,
     target: usize,
     operation: &'static str,
-    mechanism: u64,
+    mechanism: Option<u64>,
     result: u64,
 }
 
@@ -70,7 +70,7 @@ struct PendingUse {
     actor: Actor,
     target: Arc<UseTarget>,
     operation: &'static str,
-    mechanism: u64,
+    mechanism: Option<u64>,
     result: u64,
     /// The first use's time, as events have it.
     at: i64,
@@ -109,7 +109,7 @@ impl Queue {
                     key: Some(u.target.key.clone()),
                     key_version: u.target.version,
                     operation: u.operation.to_owned(),
-                    mechanism: Some(u.mechanism),
+                    mechanism: u.mechanism,
                     result: u.result,
                     reason: String::new(),
                     count: u.count,
@@ -309,7 +309,7 @@ impl Auditor {
         &self,
         client: &crate::client::Client,
         operation: &'static str,
-        mechanism: u64,
+        mechanism: Option<u64>,
         target: &Arc<UseTarget>,
         rv: u64,
     ) {
@@ -741,6 +741,13 @@ pub struct AuditKey {
     pub public: crate::backend::BackendObject,
 }
 
+impl AuditKey {
+    /// Whether `object` on `slot` is one of its halves.
+    pub fn is(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
+        self.slot == slot && (self.private == object || self.public == object)
+    }
+}
+
 /// How often checkpoints are written: after this many events, or this
 /// long after the last one when events came since, and at shutdown.
 #[derive(Debug, Clone, Copy)]
@@ -825,10 +832,12 @@ impl crate::agent::Agent {
 
     /// Whether `object` on `slot` is the audit key (hidden from applications).
     pub fn is_audit_key(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
-        self.audit_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|k| k.slot == slot && (k.private == object || k.public == object))
+        self.audit_key().is_some_and(|k| k.is(slot, object))
+    }
+
+    /// The audit key, when the agent has one.
+    pub fn audit_key(&self) -> Option<AuditKey> {
+        *self.audit_key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// ECDSA over SHA-256 of `message` with the audit key, on a session of
@@ -836,7 +845,7 @@ impl crate::agent::Agent {
     fn audit_sign(&self, message: &[u8]) -> Option<Vec<u8>> {
         use keyward_protocol::{Mechanism, Op};
         use sha2::Digest;
-        let key = (*self.audit_key.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let key = self.audit_key()?;
         let backend = self.tokens[key.slot].backend().ok()?;
         let digest = sha2::Sha256::digest(message);
         let s = backend.open_session(false).ok()?;
@@ -852,7 +861,7 @@ impl crate::agent::Agent {
     pub fn audit_verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
         use keyward_protocol::{Mechanism, Op};
         use sha2::Digest;
-        let Some(key) = *self.audit_key.lock().unwrap_or_else(|p| p.into_inner()) else {
+        let Some(key) = self.audit_key() else {
             return false;
         };
         let Ok(backend) = self.tokens[key.slot].backend() else {
@@ -963,14 +972,14 @@ mod tests {
             Client::new(peer(11), "web".into(), 1),
         );
         let (k, other) = (target("k"), target("other"));
-        auditor.record_use(&a, "sign", 0x1041, &k, 0);
+        auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
         auditor.record(event(AuditKind::Refusal, a.actor.clone(), "decrypt"));
-        auditor.record_use(&a, "sign", 0x1041, &k, 0);
-        auditor.record_use(&b, "sign", 0x1041, &k, 0); // another process
-        auditor.record_use(&a, "sign", 0x1041, &k, 0x30); // another result
-        auditor.record_use(&a, "sign", 0x1041, &other, 0); // another key
-        auditor.record_use(&a, "verify", 0x1041, &k, 0); // another operation
-        auditor.record_use(&a, "sign", 0x1041, &k, 0);
+        auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
+        auditor.record_use(&b, "sign", Some(0x1041), &k, 0); // another process
+        auditor.record_use(&a, "sign", Some(0x1041), &k, 0x30); // another result
+        auditor.record_use(&a, "sign", Some(0x1041), &other, 0); // another key
+        auditor.record_use(&a, "verify", Some(0x1041), &k, 0); // another operation
+        auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
         auditor.flush();
         let got: Vec<_> = auditor
             .log()
