@@ -398,10 +398,16 @@ fn agent_serves_a_softhsm_token() {
         b"KW\x01\x00\x03\x00\x00\x00\xff\xff\xff".to_vec(),
     ] {
         let mut bad = Conn::open(&bed.socket());
+        bad.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         bad.stream.write_all(&garbage).unwrap();
         let mut rest = Vec::new();
-        let n = bad.stream.read_to_end(&mut rest).unwrap_or(0);
-        assert_eq!(n, 0, "the agent answers nothing to garbage and closes");
+        match bad.stream.read_to_end(&mut rest) {
+            Ok(n) => assert_eq!(n, 0, "the agent answers nothing to garbage and closes"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the agent did not close a connection that sent garbage: {e}"),
+        }
     }
     // A request before Hello is refused the same way.
     let mut early = Conn::open(&bed.socket());

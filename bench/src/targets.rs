@@ -394,7 +394,7 @@ pub fn p11kit(work: &Path) -> Result<Option<Target>, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok();
+        .is_ok_and(|s| s.success());
     if !has_server || !Path::new(P11KIT_CLIENT).exists() {
         return Ok(None);
     }

@@ -80,9 +80,8 @@ keyward_test!(fn agent_killed_while_signing_then_restarted(tb) {
 
     // Slot calls with the agent down.
     let (rv, info) = ctx.raw.slot_info(ctx.slot_id());
-    if rv == CKR_OK {
-        assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0, "token still shown as present with the agent down");
-    }
+    assert_rv!(rv, CKR_OK, "C_GetSlotInfo with the agent down");
+    assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0, "token still shown as present with the agent down");
     expect_err_in(ctx.p11.open_rw_session(ctx.slot), &[RvError::TokenNotPresent, RvError::DeviceRemoved]);
 
     tb.start_agent();

@@ -353,5 +353,7 @@ keyward_test!(fn while_the_trail_cannot_be_written_continue_mode_serves_and_keep
     assert!(log.contains("THE TRAIL CANNOT BE WRITTEN"), "the failure was not said loudly:\n{log}");
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);
     assert!(verified.contains("intact"), "{verified}");
-    let _ = find(&s, "kept", ObjectClass::PRIVATE_KEY);
+    // The key is still there and usable after the trail came back.
+    assert_eq!(find(&s, "kept", ObjectClass::PRIVATE_KEY), vec![private]);
+    s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]).expect("C_Sign after the trail came back");
 });

@@ -133,6 +133,9 @@ keyward_test!(fn ec_signatures_checked_by_softhsm(tb) {
         if softhsm.contains(&ty) {
             let sig = s.sign(&mech, private, &data).unwrap_or_else(|e| panic!("{ty}: {e}"));
             rs.verify(&mech, theirs, &data, &sig).unwrap_or_else(|e| panic!("{ty}: SoftHSM2 direct rejects the module's signature: {e}"));
+        } else {
+            // Refused the same way as SoftHSM2 direct refuses it.
+            expect_err(s.sign(&mech, private, &data), cryptoki::error::RvError::MechanismInvalid);
         }
     }
     if softhsm.contains(&MechanismType::EDDSA) {
