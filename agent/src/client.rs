@@ -35,7 +35,7 @@ pub struct Session {
     /// Each active operation (by `Op` index): its managed key is checked
     /// again on every request of the operation (a key suspended after its
     /// `C_*Init` is refused at the next call), and its end is recorded.
-    pub active: Mutex<[Option<ActiveOp>; 7]>,
+    pub active: Mutex<[Option<ActiveOp>; keyward_protocol::Op::ALL.len()]>,
     /// The virtual slot.
     pub slot: Slot,
     /// Opened read-write.

@@ -172,28 +172,7 @@ pub(crate) struct Search {
     pub(crate) next: usize,
 }
 
-const OPS: usize = 7;
-const ALL_OPS: [Op; OPS] = [
-    Op::Encrypt,
-    Op::Decrypt,
-    Op::Digest,
-    Op::Sign,
-    Op::Verify,
-    Op::SignRecover,
-    Op::VerifyRecover,
-];
-
-fn op_index(op: Op) -> usize {
-    match op {
-        Op::Encrypt => 0,
-        Op::Decrypt => 1,
-        Op::Digest => 2,
-        Op::Sign => 3,
-        Op::Verify => 4,
-        Op::SignRecover => 5,
-        Op::VerifyRecover => 6,
-    }
-}
+const OPS: usize = Op::ALL.len();
 
 /// One open session.
 #[derive(Debug)]
@@ -226,14 +205,14 @@ impl Session {
 
     /// The active operation of this kind, or `CKR_OPERATION_NOT_INITIALIZED`.
     pub(crate) fn op(&mut self, op: Op) -> Result<&mut Operation> {
-        self.ops[op_index(op)]
+        self.ops[op.index()]
             .as_mut()
             .ok_or(Error::OperationNotInitialized)
     }
 
     /// `CKR_OPERATION_ACTIVE` when this kind is active.
     pub(crate) fn check_idle(&self, op: Op) -> Result<()> {
-        match self.ops[op_index(op)] {
+        match self.ops[op.index()] {
             Some(_) => Err(Error::OperationActive),
             None => Ok(()),
         }
@@ -242,7 +221,7 @@ impl Session {
     /// Records a `C_*Init` the agent accepted (`deferred`: or will be told
     /// of with the operation's first request).
     pub(crate) fn start(&mut self, op: Op, init: OpInit, deferred: bool) {
-        self.ops[op_index(op)] = Some(Operation {
+        self.ops[op.index()] = Some(Operation {
             init,
             deferred,
             held: Vec::new(),
@@ -252,14 +231,14 @@ impl Session {
 
     /// Ends the operation of this kind.
     pub(crate) fn end(&mut self, op: Op) {
-        self.ops[op_index(op)] = None;
+        self.ops[op.index()] = None;
     }
 
     /// The active operations whose init the agent has not been told of.
     pub(crate) fn deferred_ops(&self) -> Vec<Op> {
-        ALL_OPS
+        Op::ALL
             .into_iter()
-            .filter(|&op| self.ops[op_index(op)].as_ref().is_some_and(|o| o.deferred))
+            .filter(|&op| self.ops[op.index()].as_ref().is_some_and(|o| o.deferred))
             .collect()
     }
 }

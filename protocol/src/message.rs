@@ -37,6 +37,24 @@ pub enum Op {
     VerifyRecover,
 }
 
+impl Op {
+    /// Every kind, in [`Op::index`] order.
+    pub const ALL: [Op; 7] = [
+        Op::Encrypt,
+        Op::Decrypt,
+        Op::Digest,
+        Op::Sign,
+        Op::Verify,
+        Op::SignRecover,
+        Op::VerifyRecover,
+    ];
+
+    /// Its place in [`Op::ALL`] (0..7): a session keeps one slot per kind.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The arguments of a `C_*Init`, carried with the first call of the
 /// operation when the module defers the init (it does so only for a key and
 /// mechanism shape whose init the agent already accepted in this module's
@@ -310,4 +328,16 @@ pub enum Response {
     SessionInfo(SessionInfo),
     /// `C_GetAttributeValue`, one result per requested type, in order.
     Attributes(Vec<AttrResult>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    #[test]
+    fn each_op_indexes_its_own_slot() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i, "{op:?}");
+        }
+    }
 }
