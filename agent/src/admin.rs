@@ -91,6 +91,25 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How the trail names a key object the inventory does not manage: its
+/// `CKA_LABEL`, else `id:` and its `CKA_ID` in hex; `None` when it has
+/// neither. At most [`MAX_NAME`] bytes of either: an application chooses
+/// its objects' attributes, and an oversized field would make the store
+/// refuse the whole batch.
+pub(crate) fn unmanaged_name(label: &[u8], id: &[u8]) -> Option<String> {
+    if !label.is_empty() {
+        let label = &label[..label.len().min(MAX_NAME)];
+        Some(String::from_utf8_lossy(label).into_owned())
+    } else if !id.is_empty() {
+        Some(format!("id:{}", hex(&id[..id.len().min(MAX_NAME / 2)])))
+    } else {
+        None
+    }
+}
+
+/// The longest unmanaged object name the trail records (bytes).
+const MAX_NAME: usize = 1024;
+
 fn random(n: usize) -> AResult<Vec<u8>> {
     let mut v = vec![0u8; n];
     getrandom::getrandom(&mut v).map_err(|e| AdminError {
@@ -2014,11 +2033,7 @@ impl Agent {
                 "unmanaged key",
             );
             e.token = Some(f.token.clone());
-            e.key = Some(if f.label.is_empty() {
-                format!("id:{}", hex(&f.backend_id))
-            } else {
-                f.label.chars().take(1024).collect()
-            });
+            e.key = unmanaged_name(f.label.as_bytes(), &f.backend_id);
             e.reason = format!(
                 "{} {} with CKA_ID {} is on the HSM but not managed",
                 f.class,
@@ -2180,6 +2195,19 @@ rotation_interval = "90d"
 
     fn agent() -> (tempfile::TempDir, Agent) {
         crate::agent::tests::mock_agent(POLICY)
+    }
+
+    #[test]
+    fn an_unmanaged_object_is_named_by_label_then_id_and_never_at_length() {
+        assert_eq!(unmanaged_name(b"web", b"\x01").as_deref(), Some("web"));
+        assert_eq!(unmanaged_name(b"", b"\x01\xab").as_deref(), Some("id:01ab"));
+        assert_eq!(unmanaged_name(b"", b""), None);
+        let long = vec![b'x'; 100_000];
+        assert_eq!(unmanaged_name(&long, b"").map(|n| n.len()), Some(MAX_NAME));
+        assert_eq!(
+            unmanaged_name(b"", &long).map(|n| n.len()),
+            Some(3 + MAX_NAME)
+        );
     }
 
     fn admin() -> Peer {

@@ -175,19 +175,6 @@ fn rv_of<T>(r: &Result<T>) -> u64 {
     r.as_ref().err().map_or(ck::CKR_OK, |e| e.rv())
 }
 
-/// The slot of an operation kind in [`Session::active`].
-fn op_index(op: Op) -> usize {
-    match op {
-        Op::Encrypt => 0,
-        Op::Decrypt => 1,
-        Op::Digest => 2,
-        Op::Sign => 3,
-        Op::Verify => 4,
-        Op::SignRecover => 5,
-        Op::VerifyRecover => 6,
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update under these locks is a single insert or remove, so the
     // data is consistent even after a panic elsewhere.
@@ -217,10 +204,7 @@ pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
     h.update(label.as_bytes());
     h.update([0]);
     h.update(backend_serial.as_bytes());
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::admin::hex(&h.finalize()[..8])
 }
 
 impl Agent {
@@ -334,19 +318,11 @@ impl Agent {
                     .get_attributes(s.backend_session, o.backend, &[CKA_LABEL, CKA_ID])
                     .unwrap_or_default();
                 let value = |i: usize| match attrs.get(i) {
-                    Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(v)))) if !v.is_empty() => {
-                        Some(v.clone())
-                    }
-                    _ => None,
+                    Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(v)))) => v.as_slice(),
+                    _ => &[],
                 };
-                let key = match (value(0), value(1)) {
-                    (Some(label), _) => String::from_utf8_lossy(&label).into_owned(),
-                    (None, Some(id)) => format!(
-                        "id:{}",
-                        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                    ),
-                    (None, None) => format!("handle:{}", o.backend),
-                };
+                let key = crate::admin::unmanaged_name(value(0), value(1))
+                    .unwrap_or_else(|| format!("handle:{}", o.backend));
                 UseTarget {
                     token,
                     key,
@@ -371,7 +347,7 @@ impl Agent {
     fn end_op<T>(&self, client: &Client, s: &Session, op: Op, r: Result<T>) -> Result<T> {
         let rv = rv_of(&r);
         if rv != ck::CKR_BUFFER_TOO_SMALL {
-            let ended = lock(&s.active)[op_index(op)].take();
+            let ended = lock(&s.active)[op.index()].take();
             if let Some(ActiveOp {
                 target: Some(t),
                 mechanism,
@@ -1396,7 +1372,7 @@ impl Agent {
             }
             return Err(e);
         }
-        lock(&s.active)[op_index(op)] = Some(ActiveOp {
+        lock(&s.active)[op.index()] = Some(ActiveOp {
             managed: key.and_then(|o| o.managed),
             mechanism: m.mechanism,
             target,
@@ -1419,9 +1395,7 @@ impl Agent {
                 let s = self.session(client, session)?.0;
                 // The key of an operation initialised earlier is checked
                 // again: a state change since the init applies now.
-                let managed = lock(&s.active)[op_index(op)]
-                    .as_ref()
-                    .and_then(|a| a.managed);
+                let managed = lock(&s.active)[op.index()].as_ref().and_then(|a| a.managed);
                 self.check_key_use(client, managed, operation(op))?;
                 Ok(s)
             }

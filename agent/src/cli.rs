@@ -100,7 +100,7 @@ fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), Stri
             let policy = keyward_policy::Policy::from_str(&text, &path.display().to_string())
                 .map_err(|e| e.to_string())?;
             let digest = sha2::Sha256::digest(text.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::admin::hex(&digest);
             log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
             let source = format!(
                 "{} ({:?} mode, sha256 {hex})",

@@ -295,10 +295,6 @@ pub const REPORT_SLOW: Duration = Duration::from_millis(100);
 
 /// How long the report figures of the metrics are reused.
 pub const REPORT_EVERY: Duration = Duration::from_secs(60);
-/// The report's recent window, as `keyward report` has it by default.
-pub const REPORT_WINDOW: Duration = Duration::from_secs(3600);
-/// The report's baseline, as `keyward report` has it by default.
-pub const REPORT_BASELINE: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -869,13 +865,7 @@ impl Metrics {
         }
         self.report_stale.store(false, Relaxed);
         let started = std::time::Instant::now();
-        let req = keyward_protocol::admin::ReportRequest {
-            key: None,
-            token: None,
-            window_secs: REPORT_WINDOW.as_secs(),
-            baseline_secs: REPORT_BASELINE.as_secs(),
-            thresholds: Default::default(),
-        };
+        let req = keyward_protocol::admin::ReportRequest::default();
         match agent.report(&req, now) {
             Ok(r) => {
                 *cached = Some(CachedReport {

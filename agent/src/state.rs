@@ -69,8 +69,7 @@ fn token_dir_name(label: &str) -> String {
     if safe && !label.is_empty() {
         format!("token-{label}")
     } else {
-        let hex: String = label.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("tokenx-{hex}")
+        format!("tokenx-{}", crate::admin::hex(label.as_bytes()))
     }
 }
 

@@ -482,6 +482,20 @@ pub struct ReportRequest {
     pub thresholds: AnomalyThresholds,
 }
 
+impl Default for ReportRequest {
+    /// Every key, a window of an hour judged against the week before it,
+    /// the default thresholds (what `keyward report` does without options).
+    fn default() -> ReportRequest {
+        ReportRequest {
+            key: None,
+            token: None,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+        }
+    }
+}
+
 /// The numbers behind the anomaly rules (see `docs/admin-guide.md`,
 /// "Report").
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -308,11 +308,11 @@ pub struct ReportArgs {
     #[arg(long, value_name = "LABEL")]
     pub token: Option<String>,
     /// Volume spike: more than this many times the baseline's mean uses per window ...
-    #[arg(long, value_name = "N", default_value_t = 10,
+    #[arg(long, value_name = "N", default_value_t = keyward_protocol::admin::AnomalyThresholds::default().spike_factor,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub spike_factor: u64,
     /// ... and more than this many uses in the window.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = keyward_protocol::admin::AnomalyThresholds::default().spike_floor)]
     pub spike_floor: u64,
 }
 
