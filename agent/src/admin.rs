@@ -394,20 +394,15 @@ impl Target<'_> {
 
     /// The version that protects: the newest that is not destroyed.
     fn current(&self) -> AResult<&KeyVersion> {
-        self.key
-            .versions
-            .iter()
-            .rev()
-            .find(|v| v.state != InvState::Destroyed)
-            .map_or_else(
-                || {
-                    fail(
-                        AdminErrorKind::Refused,
-                        format!("key {} has no live version", self.label()),
-                    )
-                },
-                Ok,
-            )
+        self.key.live_version().map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::Refused,
+                    format!("key {} has no live version", self.label()),
+                )
+            },
+            Ok,
+        )
     }
 }
 

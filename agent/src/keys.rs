@@ -37,6 +37,32 @@ impl KeyView {
     pub fn version(&self, v: u32) -> Option<&KeyVersion> {
         self.versions.iter().find(|x| x.version == v)
     }
+
+    /// The newest active version.
+    pub fn active_version(&self) -> Option<&KeyVersion> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state == keyward_inventory::KeyState::Active)
+    }
+
+    /// The version that protects: the newest that is not destroyed.
+    pub fn live_version(&self) -> Option<&KeyVersion> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|v| v.state != keyward_inventory::KeyState::Destroyed)
+    }
+
+    /// Whether the active key's rotation or the end of its protect period
+    /// has come at `at` (unix seconds): the scheduler's work, overdue
+    /// until it is done.
+    pub fn rotation_due(&self, at: i64) -> bool {
+        let r = &self.record;
+        r.state == keyward_inventory::KeyState::Active
+            && (r.next_rotation.is_some_and(|n| n <= at)
+                || r.protect_until.is_some_and(|p| p <= at))
+    }
 }
 
 /// A backend object that is a managed key version.

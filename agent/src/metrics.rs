@@ -664,11 +664,7 @@ pub fn key_figures(keys: &[Arc<KeyView>], now: i64) -> Vec<KeyFigures> {
         .iter()
         .map(|k| {
             let r = &k.record;
-            let active = k
-                .versions
-                .iter()
-                .filter(|v| v.state == KeyState::Active)
-                .max_by_key(|v| v.version);
+            let active = k.active_version();
             KeyFigures {
                 token: r.token.clone(),
                 key: r.name.clone(),

@@ -533,17 +533,8 @@ impl Agent {
                 periods,
                 &req.thresholds,
             );
-            let active = key
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.state == InvState::Active);
-            let live = active.or_else(|| {
-                key.versions
-                    .iter()
-                    .rev()
-                    .find(|v| v.state != InvState::Destroyed)
-            });
+            let active = key.active_version();
+            let live = active.or_else(|| key.live_version());
             let mut drift = grant_drift(&policy, key, class, at);
             let mut certificate = None;
             let mut hsm_error = None;
@@ -564,9 +555,7 @@ impl Agent {
                     Err(e) => hsm_error = Some(e.clone()),
                 }
             }
-            let overdue = r.state == InvState::Active
-                && (r.next_rotation.is_some_and(|n| n <= at)
-                    || r.protect_until.is_some_and(|p| p <= at));
+            let overdue = key.rotation_due(at);
             reports.push(KeyReport {
                 name: r.name.clone(),
                 token: r.token.clone(),
