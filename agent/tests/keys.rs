@@ -5,9 +5,8 @@
 //! time instead of a fake clock.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
 
 use keyward_protocol::admin::{
     AdminErrorKind, AdminRequest, AdminResponse, KeyAction, KeyInfo, KeyRequest, KeyResponse,
@@ -15,26 +14,15 @@ use keyward_protocol::admin::{
 use keyward_protocol::frame::{read_message, write_message};
 
 mod common;
-use common::SOFTHSM;
+use common::{Testbed, SOFTHSM};
 const BACKEND_PIN: &str = "backend-pin-k4r";
 
-/// A throw-away SoftHSM2 token, state directory, policy and configuration.
-struct Testbed {
-    dir: tempfile::TempDir,
-    softhsm_conf: PathBuf,
-    config: PathBuf,
-}
-
-impl Testbed {
-    fn new() -> Testbed {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let softhsm_conf = common::softhsm_token(d, BACKEND_PIN);
-        let uid = nix::unistd::getuid().as_raw();
-        std::fs::write(
-            d.join("policy.toml"),
-            format!(
-                r#"[settings]
+/// The strict policy of these tests: application `tester` (this uid) and
+/// `other`, classes `signing`, `encryption` and `mac`.
+fn policy() -> String {
+    let uid = nix::unistd::getuid().as_raw();
+    format!(
+        r#"[settings]
 mode = "strict"
 
 [[application]]
@@ -69,108 +57,38 @@ algorithms = ["hmac:256"]
 protect_period = "1d"
 process_period = "2d"
 "#,
-                other = uid + 1
-            ),
-        )
-        .unwrap();
-        let config = d.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[agent]
-socket = "{d}/run/keyward.sock"
-socket_mode = "0600"
-admin_socket = "{d}/run/admin.sock"
-admin_socket_mode = "0600"
-state_dir = "{d}/state"
-policy = "{d}/policy.toml"
-
-[[token]]
-label = "keyward"
-library = "{SOFTHSM}"
-backend_token_label = "kw-backend"
-backend_pin = "file:{d}/backend.pin"
-allow_init_token = false
-"#,
-                d = d.display()
-            ),
-        )
-        .unwrap();
-        Testbed {
-            dir,
-            softhsm_conf,
-            config,
-        }
-    }
-
-    fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("run/admin.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// Makes an EC key pair directly on the backend token, past keyward.
-    fn shadow_key(&self, id_hex: &str, label: &str) {
-        let out = Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", &self.softhsm_conf)
-            .args([
-                "--module",
-                SOFTHSM,
-                "--token-label",
-                "kw-backend",
-                "--login",
-                "--pin",
-                BACKEND_PIN,
-                "--keypairgen",
-                "--key-type",
-                "EC:prime256v1",
-                "--id",
-                id_hex,
-                "--label",
-                label,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("pkcs11-tool (opensc) is required for this test: apt-get install opensc");
-        assert!(out.status.success(), "pkcs11-tool: {out:?}");
-    }
+        other = uid + 1
+    )
 }
 
-/// The running agent; killed by its pid when the test ends.
-struct RunningAgent {
-    child: Child,
+fn testbed() -> Testbed {
+    Testbed::new(BACKEND_PIN, Some(&policy()))
 }
 
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(bed: &Testbed) -> RunningAgent {
-    let log = std::fs::File::create(bed.dir.path().join("agent.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keyward-agent"))
-        .arg("--config")
-        .arg(&bed.config)
+/// Makes an EC key pair directly on the backend token, past keyward.
+fn shadow_key(bed: &Testbed, id_hex: &str, label: &str) {
+    let out = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &bed.softhsm_conf)
-        .env("KEYWARD_LOG", "debug")
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let agent = RunningAgent { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(bed.admin_socket()).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "agent did not start:\n{}",
-            bed.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    agent
+        .args([
+            "--module",
+            SOFTHSM,
+            "--token-label",
+            "kw-backend",
+            "--login",
+            "--pin",
+            BACKEND_PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            id_hex,
+            "--label",
+            label,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("pkcs11-tool (opensc) is required for this test: apt-get install opensc");
+    assert!(out.status.success(), "pkcs11-tool: {out:?}");
 }
 
 struct Admin {
@@ -253,8 +171,8 @@ fn verify(admin: &mut Admin, name: &str) -> (u32, String) {
 
 #[test]
 fn key_lifecycle_over_the_admin_socket() {
-    let bed = Testbed::new();
-    let _agent = start(&bed);
+    let bed = testbed();
+    let _agent = bed.start();
     let mut a = Admin::connect(&bed);
     let uid = nix::unistd::getuid().as_raw();
 
@@ -442,7 +360,7 @@ fn key_lifecycle_over_the_admin_socket() {
     assert!(gs.is_empty(), "{gs:?}");
 
     // Discover a key made directly on the backend; adopt it.
-    bed.shadow_key("a1b2c3", "shadow");
+    shadow_key(&bed, "a1b2c3", "shadow");
     let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
         panic!()
     };
@@ -518,7 +436,7 @@ fn key_lifecycle_over_the_admin_socket() {
 /// rotates; past the protect period, deactivates.
 #[test]
 fn scheduler_rotates_and_deactivates() {
-    let bed = Testbed::new();
+    let bed = testbed();
     // The library reads this at load; the other test of this binary passes
     // its own value to its child processes explicitly.
     std::env::set_var("SOFTHSM2_CONF", &bed.softhsm_conf);

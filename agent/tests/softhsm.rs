@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys as ck;
@@ -17,7 +17,7 @@ use keyward_protocol::{
 use zeroize::Zeroizing;
 
 mod common;
-use common::SOFTHSM;
+use common::Testbed;
 /// Distinctive, so that a search of the log for them cannot hit a pid.
 const BACKEND_PIN: &str = "backend-pin-q7z";
 const USER_PIN: &str = "user-pin-x9w";
@@ -28,97 +28,21 @@ fn u(v: ck::CK_ULONG) -> u64 {
     v
 }
 
-/// A throw-away SoftHSM2 token, state directory and agent configuration.
-struct Testbed {
-    dir: tempfile::TempDir,
-    softhsm_conf: PathBuf,
-    config: PathBuf,
-}
-
-impl Testbed {
-    fn new() -> Testbed {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let softhsm_conf = common::softhsm_token(d, BACKEND_PIN);
-        let config = d.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[agent]
-socket = "{d}/run/keyward.sock"
-socket_mode = "0600"
-admin_socket = "{d}/run/admin.sock"
-admin_socket_mode = "0600"
-state_dir = "{d}/state"
-
-[[token]]
-label = "keyward"
-library = "{SOFTHSM}"
-backend_token_label = "kw-backend"
-backend_pin = "file:{d}/backend.pin"
-allow_init_token = false
-"#,
-                d = d.display()
-            ),
-        )
+/// Stores `pin` as the `role` PIN of token `keyward` (`set-pin`).
+fn set_pin(bed: &Testbed, role: &str, pin: &str) {
+    let mut child = bed
+        .agent()
+        .args(["set-pin", "--token", "keyward", "--role", role])
+        .stdin(Stdio::piped())
+        .spawn()
         .unwrap();
-        Testbed {
-            dir,
-            softhsm_conf,
-            config,
-        }
-    }
-
-    fn agent(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyward-agent"));
-        c.arg("--config")
-            .arg(&self.config)
-            .env("SOFTHSM2_CONF", &self.softhsm_conf)
-            .env("KEYWARD_LOG", "debug");
-        c
-    }
-
-    fn set_pin(&self, role: &str, pin: &str) {
-        let mut child = self
-            .agent()
-            .args(["set-pin", "--token", "keyward", "--role", role])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{pin}\n").as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "set-pin {role} failed");
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/keyward.sock")
-    }
-
-    fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("run/admin.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-/// The running agent; killed by its pid if the test fails midway.
-struct Agent {
-    child: Option<Child>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pin}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "set-pin {role} failed");
 }
 
 struct Conn {
@@ -155,38 +79,6 @@ impl Conn {
     }
 }
 
-fn start(bed: &Testbed) -> Agent {
-    let log = std::fs::File::create(bed.dir.path().join("agent.log")).unwrap();
-    let child = bed.agent().stderr(log).spawn().unwrap();
-    let mut agent = Agent { child: Some(child) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = UnixStream::connect(bed.socket()) {
-            let mut buf = Vec::new();
-            let hello = Request::Hello {
-                version: PROTOCOL_VERSION,
-            };
-            if write_message(&mut s, &hello, &mut buf).is_ok()
-                && matches!(
-                    read_message::<_, Response>(&mut s, &mut buf),
-                    Ok(Response::Hello(_))
-                )
-            {
-                return agent;
-            }
-        }
-        if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("agent exited early ({status}):\n{}", bed.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent not ready after 10 s:\n{}",
-            bed.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn pin(p: &str) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(p.as_bytes().to_vec())
 }
@@ -210,10 +102,10 @@ fn list(r: Response) -> Vec<u64> {
 
 #[test]
 fn agent_serves_a_softhsm_token() {
-    let bed = Testbed::new();
-    bed.set_pin("user", USER_PIN);
-    bed.set_pin("so", "2222");
-    let mut agent = start(&bed);
+    let bed = Testbed::new(BACKEND_PIN, None);
+    set_pin(&bed, "user", USER_PIN);
+    set_pin(&bed, "so", "2222");
+    let mut agent = bed.start();
     let mut c = Conn::hello(&bed.socket());
 
     // Slots and token.
@@ -538,7 +430,7 @@ fn other_process_helper() {
 
 #[test]
 fn check_and_bad_configs_fail_clearly() {
-    let bed = Testbed::new();
+    let bed = Testbed::new(BACKEND_PIN, None);
     let out = bed.agent().arg("check").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = std::fs::read_to_string(&bed.config).unwrap();
