@@ -13,16 +13,9 @@ pub fn now() -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a calendar date.
+/// Days since 1970-01-01 of a calendar date (the policy crate's).
 fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let (month, day) = (i64::from(month), i64::from(day));
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    keyward_policy::days_from_civil(year, month.into(), day.into())
 }
 
 /// The calendar date (year, month, day) `days` after 1970-01-01.
