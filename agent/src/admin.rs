@@ -39,7 +39,7 @@ use keyward_protocol::{AttrResult, AttrValue, Attribute, MechParam, Mechanism, O
 use crate::agent::{Agent, VirtualToken};
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::identity::Peer;
-use crate::keys::{policy_state, secs, KeyView, ManagedRef};
+use crate::keys::{inventory_state, policy_state, secs, KeyView, ManagedRef};
 
 /// How long an approval request stays open.
 pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -408,17 +408,6 @@ impl Target<'_> {
 
 fn state_of(v: &KeyView) -> KeyState {
     policy_state(v.record.state)
-}
-
-fn to_inv(s: KeyState) -> InvState {
-    match s {
-        KeyState::PreActivation => InvState::PreActivation,
-        KeyState::Active => InvState::Active,
-        KeyState::Suspended => InvState::Suspended,
-        KeyState::Deactivated => InvState::Deactivated,
-        KeyState::Compromised => InvState::Compromised,
-        KeyState::Destroyed => InvState::Destroyed,
-    }
 }
 
 fn action_of(a: KeyAction) -> Action {
@@ -1212,7 +1201,7 @@ impl Agent {
                     dates,
                 })
             };
-        let result = step(None, t.key.record.state, to_inv(to), dates).map_err(inv_err);
+        let result = step(None, t.key.record.state, inventory_state(to), dates).map_err(inv_err);
         if let Err(e) = result {
             self.refresh(key_id)?;
             return Err(e);

@@ -257,13 +257,18 @@ impl Agent {
         self.policy.load()
     }
 
-    /// Whether `peer` may use the agent's tokens: a listed application, or
-    /// in lab mode a local peer running as root or as the agent's user.
-    /// Unknown peers get no token.
-    pub fn admits(&self, peer: &Peer) -> bool {
-        self.policy()
-            .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)
-            .is_some()
+    /// The application `peer` is to the policy in force: a listed
+    /// application's name, or [`LAB_APPLICATION`] for a local peer running
+    /// as root or as the agent's user that lab mode admits without one.
+    /// `None`: an unknown peer, which gets no token.
+    pub fn application_of(&self, peer: &Peer) -> Option<String> {
+        match self
+            .policy()
+            .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)?
+        {
+            keyward_policy::Peer::Application(app) => Some(app.name.clone()),
+            _ => Some(LAB_APPLICATION.to_owned()),
+        }
     }
 
     /// Checks a use of object `o` for operation `op`: nothing for unmanaged
@@ -700,19 +705,12 @@ impl Agent {
         self.instance
     }
 
-    /// Registers a connection of `peer`; all connections of one process
-    /// share one client.
-    pub fn connect(&self, peer: Peer) -> Arc<Client> {
+    /// Registers a connection of `peer`, identified as `application`
+    /// ([`Agent::application_of`]); all connections of one process share
+    /// one client (the first connection's identity).
+    pub fn connect(&self, peer: Peer, application: String) -> Arc<Client> {
         let mut clients = lock(&self.clients);
         let entry = clients.entry(peer.key).or_insert_with(|| {
-            let application =
-                match self
-                    .policy()
-                    .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)
-                {
-                    Some(keyward_policy::Peer::Application(app)) => app.name.clone(),
-                    _ => LAB_APPLICATION.to_owned(),
-                };
             let client = Client::new(peer.clone(), application, self.tokens.len());
             (Arc::new(client), 0)
         });
@@ -2423,7 +2421,7 @@ pub(crate) mod tests {
     #[test]
     fn login_state_machine() {
         let f = fixture(false);
-        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
         let s = open(a, &c, RW);
         assert_eq!(state(a, &c, s), ck::CKS_RW_PUBLIC_SESSION);
         assert_eq!(
@@ -2454,7 +2452,7 @@ pub(crate) mod tests {
         );
         assert_eq!(f.mock.st().context_logins, 1);
         // Another process is not logged in.
-        let other = a.connect(peer(2));
+        let other = a.connect(peer(2), LAB_APPLICATION.into());
         let os = open(a, &other, RW);
         assert_eq!(state(a, &other, os), ck::CKS_RW_PUBLIC_SESSION);
 
@@ -2491,7 +2489,7 @@ pub(crate) mod tests {
     #[test]
     fn pins_are_managed_virtually() {
         let f = fixture(false);
-        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
         let s = open(a, &c, RW);
         let pin = |p: &[u8]| zeroize::Zeroizing::new(p.to_vec());
         assert_eq!(
@@ -2598,7 +2596,7 @@ pub(crate) mod tests {
     #[test]
     fn private_objects_are_hidden_from_public_sessions() {
         let f = fixture(false);
-        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
         let s = open(a, &c, RW);
         let token = |private| {
             vec![
@@ -2656,8 +2654,8 @@ pub(crate) mod tests {
     fn session_objects_belong_to_their_client() {
         let f = fixture(false);
         let a = &f.agent;
-        let c1 = a.connect(peer(1));
-        let c2 = a.connect(peer(2));
+        let c1 = a.connect(peer(1), LAB_APPLICATION.into());
+        let c2 = a.connect(peer(2), LAB_APPLICATION.into());
         let s1 = open(a, &c1, RW);
         let s2 = open(a, &c2, RW);
         let Response::Handle(mine) = create(a, &c1, s1, vec![]) else {
@@ -2764,8 +2762,8 @@ pub(crate) mod tests {
     fn connections_of_one_process_share_a_client() {
         let f = fixture(false);
         let a = &f.agent;
-        let c1 = a.connect(peer(1));
-        let c1b = a.connect(peer(1));
+        let c1 = a.connect(peer(1), LAB_APPLICATION.into());
+        let c1b = a.connect(peer(1), LAB_APPLICATION.into());
         assert!(Arc::ptr_eq(&c1, &c1b));
         let s = open(a, &c1, RW);
         assert!(matches!(
@@ -2780,7 +2778,7 @@ pub(crate) mod tests {
         a.disconnect(&c1b);
         // A new connection of the same pid and start time after the last one
         // closed starts afresh.
-        let again = a.connect(peer(1));
+        let again = a.connect(peer(1), LAB_APPLICATION.into());
         assert_eq!(
             call(a, &again, Request::GetSessionInfo { session: s }),
             err(ck::CKR_SESSION_HANDLE_INVALID)
@@ -2791,7 +2789,7 @@ pub(crate) mod tests {
     #[test]
     fn init_token_rules() {
         let f = fixture(false);
-        let c = f.agent.connect(peer(1));
+        let c = f.agent.connect(peer(1), LAB_APPLICATION.into());
         let req = |pin: &[u8]| Request::InitToken {
             slot: 0,
             so_pin: zeroize::Zeroizing::new(pin.to_vec()),
@@ -2803,7 +2801,7 @@ pub(crate) mod tests {
         );
 
         let f = fixture(true);
-        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
         let s = open(a, &c, RW);
         create(a, &c, s, vec![Attribute::bool(CKA_TOKEN, true)]);
         assert_eq!(call(a, &c, req(b"2222")), err(ck::CKR_SESSION_EXISTS));
@@ -2829,7 +2827,7 @@ pub(crate) mod tests {
     #[test]
     fn token_info_and_limits() {
         let f = fixture(false);
-        let (a, c) = (&f.agent, f.agent.connect(peer(1)));
+        let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
         let s = open(a, &c, RW);
         let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: 0 }) else {
             panic!()

@@ -98,9 +98,31 @@ impl std::fmt::Debug for ManagedKeys {
     }
 }
 
-/// Converts the store's state to the policy's (the same six states).
+/// Converts the store's state to the policy's (the same six states; a
+/// state added to one enum and not the other does not compile).
 pub fn policy_state(s: keyward_inventory::KeyState) -> KeyState {
-    KeyState::from_name(s.as_str()).unwrap_or(KeyState::Destroyed)
+    use keyward_inventory::KeyState as Inv;
+    match s {
+        Inv::PreActivation => KeyState::PreActivation,
+        Inv::Active => KeyState::Active,
+        Inv::Suspended => KeyState::Suspended,
+        Inv::Deactivated => KeyState::Deactivated,
+        Inv::Compromised => KeyState::Compromised,
+        Inv::Destroyed => KeyState::Destroyed,
+    }
+}
+
+/// Converts the policy's state to the store's.
+pub fn inventory_state(s: KeyState) -> keyward_inventory::KeyState {
+    use keyward_inventory::KeyState as Inv;
+    match s {
+        KeyState::PreActivation => Inv::PreActivation,
+        KeyState::Active => Inv::Active,
+        KeyState::Suspended => Inv::Suspended,
+        KeyState::Deactivated => Inv::Deactivated,
+        KeyState::Compromised => Inv::Compromised,
+        KeyState::Destroyed => Inv::Destroyed,
+    }
 }
 
 /// Unix seconds to a time.

@@ -317,8 +317,10 @@ impl Server {
         let mut reader = BufReader::with_capacity(16 << 10, &stream);
         let mut writer = &stream;
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
+        // Who the peer is to the policy, decided once for the connection.
+        let application = self.agent.application_of(peer);
         match read_message::<_, Request>(&mut reader, &mut rbuf) {
-            Ok(Request::Hello { .. }) if !self.agent.admits(peer) => {
+            Ok(Request::Hello { .. }) if application.is_none() => {
                 // Unknown peers get no token: the module sees an agent it
                 // cannot use, and its slot shows no token.
                 log::warn!("{peer}: refused: no application of the policy matches this peer");
@@ -348,7 +350,10 @@ impl Server {
         }
         log::debug!("{peer}: connected");
         let _counted = self.metrics.connection();
-        let client = self.agent.connect(peer.clone());
+        let Some(application) = application else {
+            return;
+        };
+        let client = self.agent.connect(peer.clone(), application);
         loop {
             if reader.buffer().is_empty() {
                 self.activity.poll_next(&stream, conn);
