@@ -386,6 +386,25 @@ impl Agent {
         Ok(running)
     }
 
+    /// A single call that uses key `o` for `op` with `mechanism` (unwrap,
+    /// derive): the key checks, the mechanism checks, `call`, and its use
+    /// recorded with the result.
+    fn call_with_key<T>(
+        &self,
+        client: &Client,
+        s: &Session,
+        o: &ObjectRef,
+        op: Operation,
+        mechanism: &Mechanism,
+        call: impl FnOnce(&Mechanism) -> Result<T>,
+    ) -> Result<T> {
+        let _running = self.begin_key_use(client, o, op)?;
+        let m = self.mechanism(client, s.slot, mechanism)?;
+        let r = call(&m);
+        self.key_use(client, s, o, op.name(), Some(m.mechanism), &r);
+        r
+    }
+
     /// Records a single-call use of object `o` (wrap, unwrap, derive,
     /// digest of a key) with `r`'s result.
     fn key_use<T>(
@@ -1228,24 +1247,16 @@ impl Agent {
                     client,
                     "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
                 )?;
-                let _running = self.begin_key_use(client, &o[0], Operation::Unwrap)?;
-                let m = self.mechanism(client, s.slot, &mechanism)?;
-                let r = s.backend.unwrap_key(
-                    s.backend_session,
-                    &m,
-                    o[0].backend,
-                    &wrapped_key,
-                    &template,
-                );
-                self.key_use(
-                    client,
-                    &s,
-                    &o[0],
-                    Operation::Unwrap.name(),
-                    Some(m.mechanism),
-                    &r,
-                );
-                let h = r?;
+                let h =
+                    self.call_with_key(client, &s, &o[0], Operation::Unwrap, &mechanism, |m| {
+                        s.backend.unwrap_key(
+                            s.backend_session,
+                            m,
+                            o[0].backend,
+                            &wrapped_key,
+                            &template,
+                        )
+                    })?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt_one(client, session, &s, login, h, hint)
             }
@@ -1258,20 +1269,11 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
-                let _running = self.begin_key_use(client, &o[0], Operation::Derive)?;
-                let m = self.mechanism(client, s.slot, &mechanism)?;
-                let r = s
-                    .backend
-                    .derive_key(s.backend_session, &m, o[0].backend, &template);
-                self.key_use(
-                    client,
-                    &s,
-                    &o[0],
-                    Operation::Derive.name(),
-                    Some(m.mechanism),
-                    &r,
-                );
-                let h = r?;
+                let h =
+                    self.call_with_key(client, &s, &o[0], Operation::Derive, &mechanism, |m| {
+                        s.backend
+                            .derive_key(s.backend_session, m, o[0].backend, &template)
+                    })?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
                 self.adopt_one(client, session, &s, login, h, hint)
             }
