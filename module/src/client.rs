@@ -19,7 +19,7 @@
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,6 +138,11 @@ fn peer_gone(e: &FrameError) -> bool {
     }
 }
 
+/// [`Module::last_reachable`]'s states.
+const UNTRIED: u8 = 0;
+const UNREACHABLE: u8 = 1;
+const REACHABLE: u8 = 2;
+
 /// What the module knows while it is initialised.
 #[derive(Debug)]
 pub(crate) struct Module {
@@ -152,8 +157,10 @@ pub(crate) struct Module {
     pub(crate) inits: InitCache,
     /// The last slot list the agent answered.
     pub(crate) last_slots: Mutex<Option<Vec<u64>>>,
-    /// Whether the agent answered the last time the module tried.
-    reachable: Mutex<Option<bool>>,
+    /// Whether the agent answered the last time the module tried:
+    /// [`UNTRIED`], [`UNREACHABLE`] or [`REACHABLE`] (an atomic: every call
+    /// notes it).
+    reachable: AtomicU8,
     /// Reachability as `C_WaitForSlotEvent` last reported it.
     pub(crate) event_baseline: Mutex<Option<bool>>,
     /// Set by `C_Finalize`, so that a blocked `C_WaitForSlotEvent` returns.
@@ -173,7 +180,7 @@ impl Module {
             sessions: Sessions::default(),
             inits: InitCache::default(),
             last_slots: Mutex::new(None),
-            reachable: Mutex::new(None),
+            reachable: AtomicU8::new(UNTRIED),
             event_baseline: Mutex::new(None),
             finalized: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -187,11 +194,15 @@ impl Module {
 
     /// Whether the agent answered at the last attempt (`None`: never tried).
     pub(crate) fn last_reachable(&self) -> Option<bool> {
-        *lock(&self.reachable)
+        match self.reachable.load(Ordering::Acquire) {
+            UNTRIED => None,
+            r => Some(r == REACHABLE),
+        }
     }
 
     fn note_reachable(&self, yes: bool) {
-        *lock(&self.reachable) = Some(yes);
+        let r = if yes { REACHABLE } else { UNREACHABLE };
+        self.reachable.store(r, Ordering::Release);
     }
 
     /// Sends `req` and returns the answer and the agent run that gave it.
