@@ -102,13 +102,21 @@ impl FakeAgent {
     }
 
     /// Stops accepting and breaks every connection, like a dead agent.
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A fake agent dies when it goes out of scope, so that a test that fails
+/// midway leaves no acceptor thread or socket behind.
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.acceptor.take() {
-            t.join().unwrap();
+            let _ = t.join();
         }
-        for c in self.conns.lock().unwrap().drain(..) {
+        for c in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
         let _ = std::fs::remove_file(&self.path);
