@@ -116,7 +116,12 @@ impl Drop for FakeAgent {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        for c in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
         let _ = std::fs::remove_file(&self.path);

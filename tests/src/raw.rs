@@ -1176,22 +1176,13 @@ impl Raw {
 
     /// `C_Sign` with a NULL `pulSignatureLen`.
     pub fn sign_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(
-            self,
-            C_Sign(
-                h,
-                d.as_mut_ptr(),
-                d.len() as CK_ULONG,
-                ptr::null_mut(),
-                ptr::null_mut()
-            )
-        )
+        with_input(data, |d, n| {
+            call!(self, C_Sign(h, d, n, ptr::null_mut(), ptr::null_mut()))
+        })
     }
 
     pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(self, C_SignUpdate(h, d.as_mut_ptr(), d.len() as CK_ULONG))
+        with_input(data, |d, n| call!(self, C_SignUpdate(h, d, n)))
     }
 
     pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Out) -> Output<u8> {
@@ -1301,18 +1292,13 @@ impl Raw {
 
     /// `C_DigestEncryptUpdate` with an empty part (dual-function call).
     pub fn digest_encrypt_update_len(&self, h: CK_SESSION_HANDLE, part: &[u8]) -> CK_RV {
-        let mut p = part.to_vec();
         let mut len: CK_ULONG = 0;
-        call!(
-            self,
-            C_DigestEncryptUpdate(
-                h,
-                p.as_mut_ptr(),
-                p.len() as CK_ULONG,
-                ptr::null_mut(),
-                &mut len
+        with_input(part, |d, n| {
+            call!(
+                self,
+                C_DigestEncryptUpdate(h, d, n, ptr::null_mut(), &mut len)
             )
-        )
+        })
     }
 }
 
@@ -1345,61 +1331,34 @@ impl Raw {
 
     /// `C_Encrypt` with a NULL `pulEncryptedDataLen`.
     pub fn encrypt_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(
-            self,
-            C_Encrypt(
-                h,
-                d.as_mut_ptr(),
-                d.len() as CK_ULONG,
-                ptr::null_mut(),
-                ptr::null_mut()
-            )
-        )
+        with_input(data, |d, n| {
+            call!(self, C_Encrypt(h, d, n, ptr::null_mut(), ptr::null_mut()))
+        })
     }
 
     /// `C_Decrypt` with a NULL `pulDataLen`.
     pub fn decrypt_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(
-            self,
-            C_Decrypt(
-                h,
-                d.as_mut_ptr(),
-                d.len() as CK_ULONG,
-                ptr::null_mut(),
-                ptr::null_mut()
-            )
-        )
+        with_input(data, |d, n| {
+            call!(self, C_Decrypt(h, d, n, ptr::null_mut(), ptr::null_mut()))
+        })
     }
 
     /// `C_Digest` with a NULL `pulDigestLen`.
     pub fn digest_null_len(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(
-            self,
-            C_Digest(
-                h,
-                d.as_mut_ptr(),
-                d.len() as CK_ULONG,
-                ptr::null_mut(),
-                ptr::null_mut()
-            )
-        )
+        with_input(data, |d, n| {
+            call!(self, C_Digest(h, d, n, ptr::null_mut(), ptr::null_mut()))
+        })
     }
 
     /// `C_Verify` with a NULL signature of a non-zero length.
     pub fn verify_null_signature(&self, h: CK_SESSION_HANDLE, data: &[u8], len: CK_ULONG) -> CK_RV {
-        let mut d = data.to_vec();
-        call!(
-            self,
-            C_Verify(h, d.as_mut_ptr(), d.len() as CK_ULONG, ptr::null_mut(), len)
-        )
+        with_input(data, |d, n| {
+            call!(self, C_Verify(h, d, n, ptr::null_mut(), len))
+        })
     }
 
     pub fn digest_update(&self, h: CK_SESSION_HANDLE, part: &[u8]) -> CK_RV {
-        let mut d = part.to_vec();
-        call!(self, C_DigestUpdate(h, d.as_mut_ptr(), d.len() as CK_ULONG))
+        with_input(part, |d, n| call!(self, C_DigestUpdate(h, d, n)))
     }
 
     pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
@@ -1644,4 +1603,11 @@ impl Raw {
     pub fn digest_init_null(&self, h: CK_SESSION_HANDLE) -> CK_RV {
         call!(self, C_DigestInit(h, ptr::null_mut()))
     }
+}
+
+/// `data` copied into a buffer the call may write to (the C signatures take
+/// `CK_BYTE_PTR`), passed as pointer and length to `f`.
+fn with_input(data: &[u8], f: impl FnOnce(*mut CK_BYTE, CK_ULONG) -> CK_RV) -> CK_RV {
+    let mut d = data.to_vec();
+    f(d.as_mut_ptr(), d.len() as CK_ULONG)
 }
