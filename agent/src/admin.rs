@@ -661,10 +661,10 @@ impl Agent {
             e
         };
         // Fail closed: an action the trail cannot record is not taken.
-        if let Err(why) = self
-            .audit
-            .durable(admin_event(0, &format!("requested: {what}")))
-        {
+        if let Err(why) = self.audit.durable(admin_event(
+            0,
+            &format!("{}{what}", keyward_inventory::REQUESTED),
+        )) {
             return AdminResponse::KeyErr {
                 kind: AdminErrorKind::Failed,
                 message: format!("refused: {why}"),
@@ -1976,10 +1976,7 @@ impl Agent {
             e.token = Some(token.to_owned());
             e.key = Some(name.to_owned());
             e.key_version = version;
-            e.reason = format!("from {from} to {to}: {reason}")
-                .chars()
-                .take(4096)
-                .collect();
+            e.reason = crate::audit::lifecycle_reason(&from, &to, reason);
             if let Err(why) = self.audit.durable(e) {
                 log::error!(
                     "audit: the {operation} of key {token}/{name} could not be recorded: {why}"

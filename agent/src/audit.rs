@@ -193,6 +193,21 @@ pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
     }
 }
 
+/// The reason of a `lifecycle` record: `from <state> to <state>: <why>`
+/// (at most 4096 characters). [`lifecycle_to`] reads it back.
+pub fn lifecycle_reason(from: &str, to: &str, why: &str) -> String {
+    format!("from {from} to {to}: {why}")
+        .chars()
+        .take(4096)
+        .collect()
+}
+
+/// The state a [`lifecycle_reason`] says the key or version went to.
+pub fn lifecycle_to(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.strip_prefix("from ")?.split_once(" to ")?;
+    Some(rest.split_once(':').map_or(rest, |(to, _)| to))
+}
+
 /// An event of client process `client` (actor: its application).
 pub fn for_client(client: &crate::client::Client, kind: AuditKind, operation: &str) -> AuditEvent {
     event(kind, client.actor.clone(), operation)

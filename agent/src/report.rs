@@ -686,7 +686,9 @@ impl Agent {
                     groups.len() - 1
                 }
             };
-            if let (Some(v), Some("compromised")) = (row.key_version, to_state(&row.reason)) {
+            if let (Some(v), Some("compromised")) =
+                (row.key_version, crate::audit::lifecycle_to(&row.reason))
+            {
                 groups[i].versions.push(v);
             }
         }
@@ -736,13 +738,6 @@ impl Agent {
         }
         Ok(out)
     }
-}
-
-/// The state a lifecycle record's reason (`from X to Y: why`) says the
-/// key or version went to.
-fn to_state(reason: &str) -> Option<&str> {
-    let (_, rest) = reason.strip_prefix("from ")?.split_once(" to ")?;
-    Some(rest.split_once(':').map_or(rest, |(to, _)| to))
 }
 
 /// Uses of unmanaged objects, by token, object and application, busiest

@@ -256,15 +256,18 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 fn lifecycle_reasons_name_the_state_reached() {
     assert_eq!(
-        to_state("from active to compromised: stolen laptop"),
+        crate::audit::lifecycle_to("from active to compromised: stolen laptop"),
         Some("compromised")
     );
     assert_eq!(
-        to_state("from none to active: emergency rotation"),
+        crate::audit::lifecycle_to("from none to active: emergency rotation"),
         Some("active")
     );
-    assert_eq!(to_state("from active to compromised"), Some("compromised"));
-    assert_eq!(to_state("revoked"), None);
+    assert_eq!(
+        crate::audit::lifecycle_to("from active to compromised"),
+        Some("compromised")
+    );
+    assert_eq!(crate::audit::lifecycle_to("revoked"), None);
 }
 
 #[test]

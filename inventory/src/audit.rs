@@ -95,6 +95,10 @@ use crate::sqlite::{hex, SqliteInventory};
 /// A SHA-256 value: a record's hash, a chain head, the genesis.
 pub type Hash = [u8; 32];
 
+/// How the reason of an admin record that notes a request (before the
+/// action runs) begins; the outcome follows in a second record.
+pub const REQUESTED: &str = "requested: ";
+
 /// The first byte of [`canonical`] for a single event; a later format gets
 /// a new number.
 pub const EVENT_FORMAT: u8 = 1;

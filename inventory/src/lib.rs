@@ -49,7 +49,7 @@ mod tests;
 pub use audit::{
     canonical, checkpoint_message, coalesce, record_hash, Actor, AuditEvent, AuditFilter,
     AuditKind, AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter,
-    VerifyReport,
+    VerifyReport, REQUESTED,
 };
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;

@@ -422,13 +422,13 @@ impl UsageLog for SqliteInventory {
             "SELECT {EVENT_COLS} FROM audit
              WHERE key_name = ?1 AND seq < ?2 AND kind = 'admin' AND operation = ?3
                AND (token IS NULL OR token = ?4)
-               AND substr(reason, 1, 10) = 'requested:' AND instr(reason, ?5) > 0
+               AND substr(reason, 1, length(?6)) = ?6 AND instr(reason, ?5) > 0
              ORDER BY seq DESC LIMIT 1"
         ))?;
         let before = i64::try_from(before).unwrap_or(i64::MAX);
         Ok(stmt
             .query_row(
-                rusqlite::params![key, before, operation, token, contains],
+                rusqlite::params![key, before, operation, token, contains, crate::REQUESTED],
                 event_row,
             )
             .optional()?)
