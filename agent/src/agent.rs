@@ -266,7 +266,19 @@ impl Agent {
             .policy()
             .admit(peer.uid, peer.gid, peer.exe.as_deref(), self.uid)?
         {
-            keyward_policy::Peer::Application(app) => Some(app.name.clone()),
+            // The path /proc shows can be another file in another mount
+            // namespace: the file itself must be the one the policy names.
+            keyward_policy::Peer::Application(app) => match &app.exe {
+                Some(exe) if !peer.runs(exe) => {
+                    log::warn!(
+                        "{peer}: runs another file than {} (device and inode differ): not application {:?}",
+                        exe.display(),
+                        app.name
+                    );
+                    None
+                }
+                _ => Some(app.name.clone()),
+            },
             _ => Some(LAB_APPLICATION.to_owned()),
         }
     }
@@ -2072,6 +2084,8 @@ impl Agent {
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),
             tokens,
+            connections: 0,
+            socket_events: Vec::new(),
         }
     }
 }
@@ -2129,6 +2143,8 @@ pub(crate) mod tests {
             uid: 0,
             gid: 0,
             exe: None,
+            exe_id: None,
+            foreign_mounts: false,
         }
     }
 

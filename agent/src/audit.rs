@@ -590,11 +590,24 @@ fn syslog_line(seq: u64, e: &AuditEvent) -> String {
 
 /// `keyward audit ...` on the admin socket.
 impl crate::agent::Agent {
-    /// A peer no application of the policy matches was refused.
-    pub fn audit_unknown_peer(&self, peer: &Peer) {
-        let mut e = event(AuditKind::Refusal, application(peer, ""), "connect");
+    /// Refusals of a peer at the listener (unknown to the policy, over its
+    /// connection cap, another sender on its connection), merged: one
+    /// record stands for `r.count` refusals.
+    pub fn audit_refused_peer(&self, r: &crate::admission::RefusalReport) {
+        let mut e = event(AuditKind::Refusal, application(&r.peer, ""), "connect");
         e.result = cryptoki_sys::CKR_TOKEN_NOT_PRESENT;
-        e.reason = "no application of the policy matches this peer".into();
+        let since = r
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        e.reason = if r.count == 1 {
+            r.why.to_owned()
+        } else {
+            format!(
+                "{} ({} refusals of this peer since unix time {since})",
+                r.why, r.count
+            )
+        };
         self.audit.record(e);
     }
 

@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 
 use crate::agent::Agent;
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::server::{bind, Server};
+use crate::server::Server;
+use crate::sockets::bind;
 use crate::state::{pin_len_ok, Role, StateDir, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// keyward-agent: serves HSM-backed virtual PKCS#11 tokens to applications.
@@ -123,6 +124,7 @@ fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), Stri
 /// reloads the policy (see [`reload`]).
 pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     let (policy, source) = load_policy(config)?;
+    secure_state_dir(&config.agent.state_dir)?;
     let agent = Arc::new(
         Agent::from_config(config)
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
@@ -142,13 +144,14 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     });
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
     agent.spawn_scheduler(std::time::Duration::from_secs(60));
-    let app = bind(&config.agent.socket, config.agent.socket_mode.0).map_err(|e| e.to_string())?;
-    let admin = bind(&config.agent.admin_socket, config.agent.admin_socket_mode.0)
-        .map_err(|e| e.to_string())?;
+    raise_descriptor_limit();
+    let app = bind(&config.agent.socket_spec()).map_err(|e| e.to_string())?;
+    let admin = bind(&config.agent.admin_socket_spec()).map_err(|e| e.to_string())?;
     let server = Server::new(
         agent.clone(),
-        config.agent.socket.clone(),
-        config.agent.admin_socket.clone(),
+        config.agent.socket_spec(),
+        config.agent.admin_socket_spec(),
+        config.agent.limits(),
     );
     // Before the sockets answer: once `keyward status` does, the metrics
     // endpoint and its metrics.addr are there too.
@@ -202,6 +205,43 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     drop(server);
     drop(agent);
     Ok(())
+}
+
+/// Gives an existing state directory the mode the agent creates it with
+/// (0700): PIN hashes and the inventory are nobody else's to read.
+fn secure_state_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = m.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "state directory {}: cannot set mode 0700: {e}",
+                dir.display()
+            )
+        })?;
+        log::warn!(
+            "state directory {}: mode was {mode:04o}, set to 0700",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: each
+/// connection holds two, and the connection caps should be what bounds
+/// them, not the default soft limit of 1024.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
 }
 
 /// Reloads on SIGHUP: reads the configuration file `path` again and puts

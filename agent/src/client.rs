@@ -304,6 +304,8 @@ pub(crate) mod tests {
             uid: 0,
             gid: 0,
             exe: None,
+            exe_id: None,
+            foreign_mounts: false,
         }
     }
 

@@ -148,6 +148,24 @@ pub struct AgentConfig {
     pub admin_socket: PathBuf,
     /// Its file mode, octal (`"0660"`).
     pub admin_socket_mode: FileMode,
+    /// The admin socket's group (a name or a number); its members, root
+    /// and the agent's own user may use the admin socket. Absent: the
+    /// agent's group.
+    #[serde(default)]
+    pub admin_socket_group: Option<String>,
+    /// Application connections at once, in total (each holds a thread and
+    /// two descriptors).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Application connections at once of one uid.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// Whether peers in another mount namespace than the agent's (a
+    /// container given the socket) may be served. Off: they are refused,
+    /// since the executable path they show names a file of their own
+    /// namespace.
+    #[serde(default)]
+    pub foreign_mount_namespaces: bool,
     /// Where PIN hashes and token state live (created 0700).
     pub state_dir: PathBuf,
     /// The policy file (see `policy/example-policy.toml`). Without one the
@@ -155,6 +173,14 @@ pub struct AgentConfig {
     /// peers running as root or as the agent's own user.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_connections_per_uid() -> usize {
+    256
 }
 
 /// One `[[token]]`: a virtual token and the backend token behind it.
@@ -183,6 +209,47 @@ pub enum BackendSelector {
     Label(String),
     /// By serial number.
     Serial(String),
+}
+
+impl AgentConfig {
+    /// The application socket file.
+    pub fn socket_spec(&self) -> crate::sockets::SocketSpec {
+        crate::sockets::SocketSpec {
+            path: self.socket.clone(),
+            mode: self.socket_mode.0,
+            gid: None,
+        }
+    }
+
+    /// The admin socket file, with its group.
+    pub fn admin_socket_spec(&self) -> crate::sockets::SocketSpec {
+        crate::sockets::SocketSpec {
+            path: self.admin_socket.clone(),
+            mode: self.admin_socket_mode.0,
+            gid: self.admin_gid(),
+        }
+    }
+
+    /// The admin socket's group id (validated by [`Config::load`]).
+    pub fn admin_gid(&self) -> Option<u32> {
+        self.admin_socket_group
+            .as_deref()
+            .and_then(|g| crate::sockets::group_id(g).ok())
+    }
+
+    /// What the listeners admit.
+    pub fn limits(&self) -> crate::server::Limits {
+        let d = crate::server::Limits::default();
+        crate::server::Limits {
+            app: crate::admission::Caps {
+                total: self.max_connections,
+                per_uid: self.max_connections_per_uid,
+            },
+            foreign_mounts: self.foreign_mount_namespaces,
+            admin_gid: self.admin_gid(),
+            ..d
+        }
+    }
 }
 
 impl TokenConfig {
@@ -325,6 +392,12 @@ impl Config {
         }
         if self.agent.socket == self.agent.admin_socket {
             return Err("socket and admin_socket must be different paths".into());
+        }
+        if self.agent.max_connections == 0 || self.agent.max_connections_per_uid == 0 {
+            return Err("max_connections and max_connections_per_uid must be at least 1".into());
+        }
+        if let Some(g) = &self.agent.admin_socket_group {
+            crate::sockets::group_id(g).map_err(|e| format!("admin_socket_group: {e}"))?;
         }
         for (i, t) in self.tokens.iter().enumerate() {
             let which = format!("[[token]] #{} ({:?})", i + 1, t.label);

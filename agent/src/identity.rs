@@ -1,12 +1,26 @@
 //! Who is on the other end of a connection: `SO_PEERCRED` (uid, gid, pid),
 //! the process start time from `/proc/<pid>/stat` (so that a reused pid is a
-//! new client) and the executable from `/proc/<pid>/exe`.
+//! new client), the executable from `/proc/<pid>/exe` (its path, and the
+//! device and inode of the file it runs) and whether the process lives in
+//! the agent's own mount namespace.
+//!
+//! The peer is identified once, at `accept`; [`CredStream`] then checks the
+//! sender of every byte that arrives (`SCM_CREDENTIALS`, with `SO_PASSCRED`
+//! on the listener), so a connection handed to another process — a forked
+//! child, a descriptor passed over a socket — stops being served at its
+//! first message from the newcomer.
 
 use std::fmt;
+use std::io::{self, IoSliceMut, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{
+    getsockopt, recvmsg, setsockopt, sockopt::PassCred, sockopt::PeerCredentials,
+    ControlMessageOwned, MsgFlags, UnixAddr,
+};
 
 /// The key of a client's state: one process, for its whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,6 +43,32 @@ pub struct Peer {
     pub gid: u32,
     /// Its executable, when readable.
     pub exe: Option<PathBuf>,
+    /// The device and inode of the file the process runs (`stat` of
+    /// `/proc/<pid>/exe`), when readable: a path can be bind-mounted over
+    /// in another mount namespace, the file it names cannot be faked.
+    pub exe_id: Option<FileId>,
+    /// Whether the process is in another mount namespace than the agent
+    /// (`false` when that cannot be read).
+    pub foreign_mounts: bool,
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path` (symbolic links followed).
+    pub fn of(path: &Path) -> Option<FileId> {
+        std::fs::metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
 }
 
 impl fmt::Display for Peer {
@@ -51,6 +91,7 @@ impl Peer {
     pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
         let cred = getsockopt(stream, PeerCredentials).map_err(std::io::Error::from)?;
         let pid = cred.pid();
+        let exe_link = format!("/proc/{pid}/exe");
         Ok(Peer {
             key: ClientKey {
                 pid,
@@ -58,8 +99,106 @@ impl Peer {
             },
             uid: cred.uid(),
             gid: cred.gid(),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+            exe: std::fs::read_link(&exe_link).ok(),
+            exe_id: FileId::of(Path::new(&exe_link)),
+            foreign_mounts: foreign_mounts(pid),
         })
+    }
+
+    /// Whether the peer runs the very file at `path` (same device and
+    /// inode), not merely a file that its mount namespace shows there.
+    pub fn runs(&self, path: &Path) -> bool {
+        self.exe_id.is_some() && self.exe_id == FileId::of(path)
+    }
+}
+
+/// Whether process `pid` is in another mount namespace than this one; `false`
+/// when either cannot be read.
+fn foreign_mounts(pid: i32) -> bool {
+    let ns = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (ns("/proc/self/ns/mnt"), ns(&format!("/proc/{pid}/ns/mnt"))) {
+        (Some(own), Some(theirs)) => own != theirs,
+        _ => false,
+    }
+}
+
+/// The supplementary groups of process `pid` (`Groups:` of its status).
+pub fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Asks the kernel to attach the sender's credentials to every message on
+/// the connections `listener` accepts (they inherit `SO_PASSCRED`), also to
+/// messages sent before the connection was accepted.
+pub fn pass_credentials(listener: &std::os::unix::net::UnixListener) -> io::Result<()> {
+    setsockopt(listener, PassCred, &true).map_err(io::Error::from)
+}
+
+/// A connection's reading side that checks who sent each chunk it reads.
+///
+/// The kernel never returns bytes of two senders in one read of a socket
+/// with `SO_PASSCRED`, and attaches each sender's pid (which an unprivileged
+/// sender cannot forge). A chunk from another process than the one that
+/// connected, or without credentials, marks the stream [`CredStream::intruder`]:
+/// the server stops serving the connection before it decodes the frame.
+#[derive(Debug)]
+pub struct CredStream<'a> {
+    stream: &'a UnixStream,
+    pid: i32,
+    cmsg: Vec<u8>,
+    intruder: Option<i32>,
+}
+
+impl<'a> CredStream<'a> {
+    /// Reads `stream`, whose peer process is `pid`.
+    pub fn new(stream: &'a UnixStream, pid: i32) -> Self {
+        CredStream {
+            stream,
+            pid,
+            cmsg: nix::cmsg_space!(nix::sys::socket::UnixCredentials),
+            intruder: None,
+        }
+    }
+
+    /// The pid of the first other sender seen (`Some(0)`: a chunk without
+    /// credentials), if any.
+    pub fn intruder(&self) -> Option<i32> {
+        self.intruder
+    }
+}
+
+impl Read for CredStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<UnixAddr>(
+            self.stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut self.cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let n = msg.bytes;
+        if n > 0 {
+            let sender = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(c) => Some(c.pid()),
+                    _ => None,
+                })
+            });
+            if sender != Some(self.pid) && self.intruder.is_none() {
+                self.intruder = Some(sender.unwrap_or(0));
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -4,7 +4,12 @@
 //! Layout, in the order a request flows:
 //! - [`server`]: the application and admin listeners, one thread per
 //!   connection, framing, shutdown.
-//! - [`identity`]: who the peer is (`SO_PEERCRED`, process start time, exe).
+//! - [`sockets`]: the socket files (bound with their mode before anyone can
+//!   connect, bound again when removed).
+//! - [`admission`]: connection caps per socket and uid, refusals merged
+//!   per peer.
+//! - [`identity`]: who the peer is (`SO_PEERCRED`, process start time, exe
+//!   and its inode, mount namespace), and who sent each message.
 //! - [`agent`]: request handling — virtual tokens, client sessions and
 //!   handles, virtual login, private-object hiding, forwarding.
 //! - [`client`]: one client process's tables (sessions, handles, login).
@@ -34,6 +39,7 @@
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
 pub mod admin;
+pub mod admission;
 pub mod agent;
 pub mod audit;
 pub mod backend;
@@ -46,4 +52,5 @@ pub mod keys;
 pub mod metrics;
 pub mod report;
 pub mod server;
+pub mod sockets;
 pub mod state;

@@ -8,56 +8,86 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufReader};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::io::BufReader;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use keyward_protocol::admin::{AdminRequest, AdminResponse};
-use keyward_protocol::frame::{read_message, write_message, FrameError};
-use keyward_protocol::{Request, Response, PROTOCOL_VERSION};
+use keyward_protocol::frame::{read_message_within, write_message, Bounds, FrameError};
+use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
+use crate::admission::{Admission, Caps, Refusals, Ticket, REFUSAL_EVERY};
 use crate::agent::Agent;
-use crate::identity::Peer;
+use crate::identity::{CredStream, Peer};
 use crate::metrics::{admin_request_name, Call, Metrics};
+use crate::sockets::{self, Bound, SocketSpec};
 
 /// How long shutdown waits for connection threads to finish their call.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection's read timeout: an idle connection wakes this often (and
+/// goes on waiting); a frame that stops arriving for this long is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to send one whole frame, from its first byte.
+const FRAME_TIME: Duration = Duration::from_secs(30);
+/// How long an answer may wait for a peer that does not read it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a peer may send before its `Hello` is answered: a `Hello` is a few
+/// bytes, so nobody the agent has not admitted makes it allocate more.
+const HELLO_BOUNDS: Bounds = Bounds {
+    max_len: 1024,
+    frame_time: Some(Duration::from_secs(5)),
+};
+/// Every later frame of an admitted peer.
+const FRAME_BOUNDS: Bounds = Bounds {
+    max_len: MAX_FRAME_LEN,
+    frame_time: Some(FRAME_TIME),
+};
+/// Refused peers waiting for their refusal to be written, at most; beyond,
+/// they are closed at once.
+const REFUSAL_QUEUE: usize = 64;
+/// Threads that answer refused peers (each answer takes at most
+/// [`REFUSAL_READ`]).
+const REFUSAL_THREADS: usize = 2;
+/// How long a refused peer gets to send its `Hello`.
+const REFUSAL_READ: Duration = Duration::from_millis(200);
+/// How often the socket files are checked (removed or replaced ones are
+/// bound again).
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
 
-/// Binds a Unix socket at `path` with file mode `mode`: creates the parent
-/// directory, replaces a stale socket file, refuses to replace a socket
-/// that still answers (another agent) or a file that is not a socket.
-pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{}: another process answers on this socket", path.display()),
-                ));
-            }
-            fs::remove_file(path)?;
+/// What the listeners admit: connection caps, mount namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Caps of the application socket.
+    pub app: Caps,
+    /// Caps of the admin socket (apart, so that administrators can always
+    /// reach the agent).
+    pub admin: Caps,
+    /// Whether peers in another mount namespace may be served.
+    pub foreign_mounts: bool,
+    /// The admin socket's group, whose members (with root and the agent's
+    /// own user) may use the admin socket.
+    pub admin_gid: Option<u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            app: Caps {
+                total: 1024,
+                per_uid: 256,
+            },
+            admin: Caps {
+                total: 64,
+                per_uid: 16,
+            },
+            foreign_mounts: false,
+            admin_gid: None,
         }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{}: exists and is not a socket", path.display()),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(l)
 }
 
 /// Live connections, so that shutdown can close them.
@@ -113,17 +143,37 @@ impl Connections {
 #[derive(Debug)]
 pub struct Server {
     agent: Arc<Agent>,
-    socket: PathBuf,
-    admin_socket: PathBuf,
+    socket: SocketSpec,
+    admin_socket: SocketSpec,
+    limits: Limits,
     stopping: AtomicBool,
-    /// Copies of the two listeners, for [`Server::shutdown`] to wake their
+    /// Copies of the listeners, for [`Server::shutdown`] to wake their
     /// accept loops even when the socket files are gone.
     listeners: Mutex<Vec<UnixListener>>,
+    /// Accept loops started for rebound sockets, joined at shutdown.
+    accept_threads: Mutex<Vec<thread::JoinHandle<()>>>,
     conns: Connections,
+    app_admission: Arc<Admission>,
+    admin_admission: Arc<Admission>,
+    refusals: Refusals,
+    /// Where refused peers wait for their refusal (bounded).
+    refuse_queue: Mutex<Option<SyncSender<Refused>>>,
     /// Which connection was active last (see [`Activity`]).
     activity: Activity,
     /// Request counters and latencies (served when `[metrics]` is on).
     metrics: Arc<Metrics>,
+    /// What happened to the socket files (removed, replaced, bound again),
+    /// for `keyward status`.
+    socket_events: Mutex<Vec<String>>,
+    /// The agent's own uid.
+    uid: u32,
+}
+
+/// A refused connection on its way to the refusal threads.
+struct Refused {
+    stream: UnixStream,
+    peer: Peer,
+    why: &'static str,
 }
 
 /// How long a connection that just answered polls for its client's next
@@ -196,17 +246,32 @@ impl Activity {
 }
 
 impl Server {
-    /// A server for `agent` on the two socket paths (bound by [`Server::run`]'s caller).
-    pub fn new(agent: Arc<Agent>, socket: PathBuf, admin_socket: PathBuf) -> Arc<Server> {
+    /// A server for `agent` on the two sockets (bound by [`Server::run`]'s
+    /// caller with [`sockets::bind`], and again by the server when their
+    /// files are removed).
+    pub fn new(
+        agent: Arc<Agent>,
+        socket: SocketSpec,
+        admin_socket: SocketSpec,
+        limits: Limits,
+    ) -> Arc<Server> {
         Arc::new(Server {
             agent,
             socket,
             admin_socket,
+            app_admission: Admission::new(limits.app),
+            admin_admission: Admission::new(limits.admin),
+            limits,
             stopping: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            accept_threads: Mutex::new(Vec::new()),
             conns: Connections::default(),
+            refusals: Refusals::default(),
+            refuse_queue: Mutex::new(None),
             activity: Activity::new(),
             metrics: Arc::new(Metrics::new()),
+            socket_events: Mutex::new(Vec::new()),
+            uid: nix::unistd::geteuid().as_raw(),
         })
     }
 
@@ -215,63 +280,167 @@ impl Server {
         &self.metrics
     }
 
+    /// What happened to the socket files since the start (removed or
+    /// replaced, and bound again), oldest first.
+    pub fn socket_events(&self) -> Vec<String> {
+        lock(&self.socket_events).clone()
+    }
+
     /// Serves both listeners until [`Server::shutdown`]; then closes every
     /// connection, waits for them (bounded), closes every client's backend
     /// sessions and removes the socket files.
-    pub fn run(self: &Arc<Server>, app: UnixListener, admin: UnixListener) {
-        {
-            let mut copies = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            for l in [&app, &admin] {
-                match l.try_clone() {
-                    Ok(c) => copies.push(c),
-                    Err(e) => log::warn!("cannot keep a listener for shutdown: {e}"),
-                }
-            }
+    pub fn run(self: &Arc<Server>, app: Bound, admin: Bound) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
         }
+        let refusers = self.start_refusers();
+        let watch = {
+            let me = self.clone();
+            let files = (app.file, admin.file);
+            thread::Builder::new()
+                .name("socket-watch".into())
+                .spawn(move || me.watch_sockets(files))
+        };
+        let admin_thread = self.spawn_accept(admin.listener, true);
+        let app_thread = self.spawn_accept(app.listener, false);
         if self.stopping.load(Ordering::SeqCst) {
             // Asked to stop before the loops ran.
             self.wake_listeners();
         }
-        let me = self.clone();
-        let admin_thread = thread::Builder::new()
-            .name("admin-accept".into())
-            .spawn(move || me.accept(admin, true));
-        self.accept(app, false);
-        if let Ok(t) = admin_thread {
+        for t in [app_thread, admin_thread].into_iter().flatten() {
             let _ = t.join();
         }
-        let _ = fs::remove_file(&self.socket);
-        let _ = fs::remove_file(&self.admin_socket);
+        if let Ok(w) = watch {
+            let _ = w.join();
+        }
+        // Accept loops of rebound sockets.
+        let more: Vec<_> = lock(&self.accept_threads).drain(..).collect();
+        for t in more {
+            let _ = t.join();
+        }
+        lock(&self.refuse_queue).take();
+        for t in refusers {
+            let _ = t.join();
+        }
+        for r in self.refusals.drain() {
+            self.agent.audit_refused_peer(&r);
+        }
+        let _ = fs::remove_file(&self.socket.path);
+        let _ = fs::remove_file(&self.admin_socket.path);
         self.conns.close_all(DRAIN_TIMEOUT);
         self.agent.close_all();
         log::info!("stopped");
     }
 
-    /// Asks [`Server::run`] to return: sets the flag and wakes both accept
-    /// loops, by shutting their listening sockets down (`accept` then fails
+    /// Asks [`Server::run`] to return: sets the flag and wakes every accept
+    /// loop, by shutting their listening sockets down (`accept` then fails
     /// at once), and with a connection of our own in case that did not take.
     /// Works when someone removed the socket files too.
     pub fn shutdown(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
             self.wake_listeners();
-            let _ = UnixStream::connect(&self.socket);
-            let _ = UnixStream::connect(&self.admin_socket);
+            let _ = UnixStream::connect(&self.socket.path);
+            let _ = UnixStream::connect(&self.admin_socket.path);
         }
     }
 
     fn wake_listeners(&self) {
         use std::os::fd::AsRawFd;
-        for l in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for l in lock(&self.listeners).iter() {
             let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     }
 
+    /// Starts an accept loop on `listener`, keeping a copy of it for
+    /// shutdown.
+    fn spawn_accept(
+        self: &Arc<Server>,
+        listener: UnixListener,
+        admin: bool,
+    ) -> Option<thread::JoinHandle<()>> {
+        match listener.try_clone() {
+            Ok(c) => lock(&self.listeners).push(c),
+            Err(e) => log::warn!("cannot keep a listener for shutdown: {e}"),
+        }
+        let me = self.clone();
+        let name = if admin { "admin-accept" } else { "accept" };
+        match thread::Builder::new()
+            .name(name.into())
+            .spawn(move || me.accept(listener, admin))
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::error!("cannot start the {name} thread: {e}");
+                None
+            }
+        }
+    }
+
+    /// Checks the socket files every [`SOCKET_CHECK`]: one that was removed
+    /// or replaced (by someone who could write its directory) is bound
+    /// again, with a new accept loop; the old listener is shut down.
+    fn watch_sockets(
+        self: Arc<Server>,
+        mut files: (
+            Option<crate::identity::FileId>,
+            Option<crate::identity::FileId>,
+        ),
+    ) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            thread::sleep(SOCKET_CHECK);
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            for admin in [false, true] {
+                let (spec, file) = if admin {
+                    (&self.admin_socket, &mut files.1)
+                } else {
+                    (&self.socket, &mut files.0)
+                };
+                if sockets::still_bound(&spec.path, *file) {
+                    continue;
+                }
+                let what = if spec.path.exists() {
+                    "replaced"
+                } else {
+                    "removed"
+                };
+                match sockets::rebind(spec) {
+                    Ok(b) => {
+                        *file = b.file;
+                        let note = format!(
+                            "{} was {what}; bound again at unix time {}",
+                            spec.path.display(),
+                            SystemTime::now()
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs())
+                        );
+                        log::warn!("{note}");
+                        self.agent.audit_agent("rebind", &note);
+                        let mut events = lock(&self.socket_events);
+                        events.push(note);
+                        let excess = events.len().saturating_sub(32);
+                        events.drain(..excess);
+                        drop(events);
+                        if let Some(t) = self.spawn_accept(b.listener, admin) {
+                            lock(&self.accept_threads).push(t);
+                        }
+                    }
+                    // Tried again at the next check; logged once until it works.
+                    Err(e) if file.is_some() => {
+                        log::error!("{}: cannot bind the socket again: {e}", spec.path.display());
+                        *file = None;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
     fn accept(self: &Arc<Server>, listener: UnixListener, admin: bool) {
+        // Failures of accept (out of descriptors, say) are logged once per
+        // streak, with the streak's length when it ends.
+        let mut failing: u64 = 0;
         for stream in listener.incoming() {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -279,12 +448,19 @@ impl Server {
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    if failing == 0 {
+                        log::error!("accept failed: {e}; serving the open connections only");
+                    }
+                    failing += 1;
                     // Out of descriptors, for instance: do not spin.
                     thread::sleep(Duration::from_millis(50));
                     continue;
                 }
             };
+            if failing > 0 {
+                log::warn!("accept works again after {failing} failures");
+                failing = 0;
+            }
             let peer = match Peer::of(&stream) {
                 Ok(p) => p,
                 Err(e) => {
@@ -292,44 +468,171 @@ impl Server {
                     continue;
                 }
             };
-            let Some(id) = self.conns.add(&stream) else {
-                continue;
-            };
-            let me = self.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("conn-{}", peer.key.pid))
-                .spawn(move || {
-                    if admin {
-                        me.serve_admin(stream, &peer);
-                    } else {
-                        me.serve_app(stream, &peer, id);
-                    }
-                    me.conns.remove(id);
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a connection thread: {e}");
-                self.conns.remove(id);
+            if admin {
+                self.take_admin(stream, peer);
+            } else {
+                self.take_app(stream, peer);
             }
         }
     }
 
-    fn serve_app(&self, stream: UnixStream, peer: &Peer, conn: u64) {
-        let mut reader = BufReader::with_capacity(16 << 10, &stream);
+    /// An application socket peer: admitted and given a thread, or handed
+    /// to the refusal threads. Nothing is read from it here.
+    fn take_app(self: &Arc<Server>, stream: UnixStream, peer: Peer) {
+        let application = if peer.foreign_mounts && !self.limits.foreign_mounts {
+            return self.refuse(stream, peer, "the peer is in another mount namespace");
+        } else {
+            self.agent.application_of(&peer)
+        };
+        let Some(application) = application else {
+            return self.refuse(
+                stream,
+                peer,
+                "no application of the policy matches this peer",
+            );
+        };
+        let ticket = match self.app_admission.enter(peer.uid) {
+            Ok(t) => t,
+            Err(full) => return self.over_limit(&peer, full),
+        };
+        self.spawn_conn(stream, peer, ticket, move |me, stream, peer, id| {
+            me.serve_app(stream, peer, id, application)
+        });
+    }
+
+    /// An admin socket peer: root, the agent's own user, or a member of the
+    /// admin socket's group.
+    fn take_admin(self: &Arc<Server>, stream: UnixStream, peer: Peer) {
+        if !self.admin_allowed(&peer) {
+            return self.refuse(
+                stream,
+                peer,
+                "not root, the agent's user or in the admin group",
+            );
+        }
+        let ticket = match self.admin_admission.enter(peer.uid) {
+            Ok(t) => t,
+            Err(full) => return self.over_limit(&peer, full),
+        };
+        self.spawn_conn(stream, peer, ticket, |me, stream, peer, _| {
+            me.serve_admin(stream, peer)
+        });
+    }
+
+    fn admin_allowed(&self, peer: &Peer) -> bool {
+        if peer.uid == 0 || peer.uid == self.uid {
+            return true;
+        }
+        let group = self
+            .limits
+            .admin_gid
+            .unwrap_or_else(|| nix::unistd::getegid().as_raw());
+        peer.gid == group || crate::identity::groups_of(peer.key.pid).contains(&group)
+    }
+
+    fn spawn_conn(
+        self: &Arc<Server>,
+        stream: UnixStream,
+        peer: Peer,
+        ticket: Ticket,
+        serve: impl FnOnce(&Server, UnixStream, &Peer, u64) + Send + 'static,
+    ) {
+        if let Err(e) = stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        {
+            log::warn!("{peer}: cannot set socket timeouts, closing: {e}");
+            return;
+        }
+        let Some(id) = self.conns.add(&stream) else {
+            return;
+        };
+        let me = self.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{}", peer.key.pid))
+            .spawn(move || {
+                serve(&me, stream, &peer, id);
+                me.conns.remove(id);
+                drop(ticket);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {e}");
+            self.conns.remove(id);
+        }
+    }
+
+    /// A peer over its connection cap: closed at once, the refusal merged.
+    fn over_limit(&self, peer: &Peer, full: crate::admission::Full) {
+        self.metrics.peer_refused();
+        if let Some(r) = self.refusals.note(peer, "connection limit") {
+            log::warn!(
+                "{peer}: refused: {full} ({} refusals since the last report)",
+                r.count
+            );
+            self.agent.audit_refused_peer(&r);
+        }
+    }
+
+    /// A peer the agent does not serve: its `Hello` gets `CKR_TOKEN_NOT_PRESENT`
+    /// from a refusal thread (so the module shows no token), or, when they
+    /// are busy, the connection is closed at once.
+    fn refuse(&self, stream: UnixStream, peer: Peer, why: &'static str) {
+        self.metrics.peer_refused();
+        if let Some(r) = self.refusals.note(&peer, why) {
+            log::warn!(
+                "{peer}: refused: {why} ({} refusals since the last report)",
+                r.count
+            );
+            self.agent.audit_refused_peer(&r);
+        }
+        let queue = lock(&self.refuse_queue).clone();
+        if let Some(q) = queue {
+            // Full: the connection is closed at once (dropped with the error).
+            if let Err(TrySendError::Full(_)) = q.try_send(Refused { stream, peer, why }) {
+                log::debug!("refusal threads busy: closing a refused connection at once");
+            }
+        }
+    }
+
+    fn start_refusers(self: &Arc<Server>) -> Vec<thread::JoinHandle<()>> {
+        let (tx, rx) = sync_channel::<Refused>(REFUSAL_QUEUE);
+        *lock(&self.refuse_queue) = Some(tx);
+        let rx = Arc::new(Mutex::new(rx));
+        (0..REFUSAL_THREADS)
+            .filter_map(|i| {
+                let (me, rx) = (self.clone(), rx.clone());
+                thread::Builder::new()
+                    .name(format!("refuse-{i}"))
+                    .spawn(move || me.refuser(&rx))
+                    .map_err(|e| log::error!("cannot start a refusal thread: {e}"))
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Answers refused peers' `Hello`s, and reports merged refusals that are
+    /// due, until the queue closes.
+    fn refuser(&self, rx: &Mutex<Receiver<Refused>>) {
+        loop {
+            let next = lock(rx).recv_timeout(REFUSAL_EVERY / 4);
+            match next {
+                Ok(r) => answer_refused(r),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for r in self.refusals.due() {
+                log::warn!("{}: refused {} more times: {}", r.peer, r.count, r.why);
+                self.agent.audit_refused_peer(&r);
+            }
+        }
+    }
+
+    fn serve_app(&self, stream: UnixStream, peer: &Peer, conn: u64, application: String) {
+        let mut reader = BufReader::with_capacity(16 << 10, CredStream::new(&stream, peer.key.pid));
         let mut writer = &stream;
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
-        // Who the peer is to the policy, decided once for the connection.
-        let application = self.agent.application_of(peer);
-        match read_message::<_, Request>(&mut reader, &mut rbuf) {
-            Ok(Request::Hello { .. }) if application.is_none() => {
-                // Unknown peers get no token: the module sees an agent it
-                // cannot use, and its slot shows no token.
-                log::warn!("{peer}: refused: no application of the policy matches this peer");
-                self.agent.audit_unknown_peer(peer);
-                self.metrics.peer_refused();
-                let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);
-                let _ = write_message(&mut writer, &refusal, &mut wbuf);
-                return;
-            }
+        match read_message_within::<_, Request>(&mut reader, &mut rbuf, HELLO_BOUNDS) {
+            _ if self.intruder(peer, reader.get_ref()) => return,
             Ok(Request::Hello { version }) => {
                 if write_message(&mut writer, &self.agent.hello(), &mut wbuf).is_err() {
                     return;
@@ -350,16 +653,16 @@ impl Server {
         }
         log::debug!("{peer}: connected");
         let _counted = self.metrics.connection();
-        let Some(application) = application else {
-            return;
-        };
         let client = self.agent.connect(peer.clone(), application);
         loop {
             if reader.buffer().is_empty() {
                 self.activity.poll_next(&stream, conn);
             }
-            let req = match read_message::<_, Request>(&mut reader, &mut rbuf) {
+            let req = match read_message_within::<_, Request>(&mut reader, &mut rbuf, FRAME_BOUNDS)
+            {
+                _ if self.intruder(peer, reader.get_ref()) => break,
                 Ok(r) => r,
+                Err(FrameError::Idle) => continue,
                 Err(e) => {
                     report(peer, &e);
                     break;
@@ -390,13 +693,41 @@ impl Server {
         self.agent.disconnect(&client);
     }
 
+    /// Whether bytes from another process than `peer` arrived on its
+    /// connection (a forked child, a passed descriptor): logged, and the
+    /// connection is served no more.
+    fn intruder(&self, peer: &Peer, stream: &CredStream<'_>) -> bool {
+        let Some(pid) = stream.intruder() else {
+            return false;
+        };
+        let sender = if pid == 0 {
+            "a sender without credentials".to_owned()
+        } else {
+            format!("pid {pid}")
+        };
+        log::warn!("{peer}: a message from {sender} on this process's connection; closing it");
+        if let Some(r) = self
+            .refusals
+            .note(peer, "a message from another process on its connection")
+        {
+            self.agent.audit_refused_peer(&r);
+        }
+        true
+    }
+
     fn serve_admin(&self, stream: UnixStream, peer: &Peer) {
-        let mut reader = BufReader::new(&stream);
+        let mut reader = BufReader::new(CredStream::new(&stream, peer.key.pid));
         let mut writer = &stream;
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
         loop {
-            let req = match read_message::<_, AdminRequest>(&mut reader, &mut rbuf) {
+            let req = match read_message_within::<_, AdminRequest>(
+                &mut reader,
+                &mut rbuf,
+                FRAME_BOUNDS,
+            ) {
+                _ if self.intruder(peer, reader.get_ref()) => return,
                 Ok(r) => r,
+                Err(FrameError::Idle) => continue,
                 Err(e) => {
                     report(peer, &e);
                     return;
@@ -405,7 +736,12 @@ impl Server {
             log::debug!("admin {peer}: {req:?}");
             let name = admin_request_name(&req);
             let resp = match req {
-                AdminRequest::Status => AdminResponse::Status(self.agent.status()),
+                AdminRequest::Status => {
+                    let mut st = self.agent.status();
+                    st.socket_events = self.socket_events();
+                    st.connections = self.app_admission.open() as u64;
+                    AdminResponse::Status(st)
+                }
                 AdminRequest::Key(k) => self.agent.key_request(peer, k),
                 AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
                 AdminRequest::Report(r) => self.agent.report_request(peer, r),
@@ -417,6 +753,31 @@ impl Server {
             }
         }
     }
+}
+
+/// Reads a refused peer's first frame (bounded in size and time) and, when
+/// it is a `Hello`, answers `CKR_TOKEN_NOT_PRESENT`.
+fn answer_refused(r: Refused) {
+    let Refused { stream, peer, why } = r;
+    if stream.set_read_timeout(Some(REFUSAL_READ)).is_err()
+        || stream.set_write_timeout(Some(REFUSAL_READ)).is_err()
+    {
+        return;
+    }
+    let mut buf = Vec::new();
+    let bounds = Bounds {
+        frame_time: Some(REFUSAL_READ),
+        ..HELLO_BOUNDS
+    };
+    if let Ok(Request::Hello { .. }) = read_message_within(&mut &stream, &mut buf, bounds) {
+        log::debug!("{peer}: answering its Hello with no token ({why})");
+        let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);
+        let _ = write_message(&mut &stream, &refusal, &mut buf);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Logs why a connection ends: quietly for a normal close, as a warning

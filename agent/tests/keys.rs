@@ -453,6 +453,8 @@ fn scheduler_rotates_and_deactivates() {
         uid: 0,
         gid: 0,
         exe: None,
+        exe_id: None,
+        foreign_mounts: false,
     };
     let call = |req: KeyRequest| match agent.key_request(&peer, req) {
         AdminResponse::Key(k) => *k,

@@ -47,6 +47,10 @@ pub(crate) struct Config {
     /// `KEYWARD_SPIN_US`: how long a lone call polls for its answer before
     /// it sleeps (0: never; default 80 µs, and never on one core).
     pub(crate) spin: Duration,
+    /// The users the agent may run as: `KEYWARD_AGENT_UID` (user names or
+    /// numbers, comma-separated), else root and this process's own user.
+    /// Nothing, not even `Hello`, is sent to a socket served by another.
+    pub(crate) agent_uids: Vec<u32>,
 }
 
 impl Config {
@@ -70,8 +74,33 @@ impl Config {
             socket,
             timeout: Duration::from_millis(timeout_ms),
             spin: Duration::from_micros(spin_us),
+            agent_uids: agent_uids(std::env::var("KEYWARD_AGENT_UID").ok().as_deref()),
         }
     }
+}
+
+/// The trusted agent users from `KEYWARD_AGENT_UID`'s value (names or
+/// numbers, comma-separated); unset or empty: root and our own user. A
+/// name that does not resolve trusts nobody by it (and is logged).
+fn agent_uids(var: Option<&str>) -> Vec<u32> {
+    let own = nix::unistd::geteuid().as_raw();
+    let Some(v) = var.map(str::trim).filter(|v| !v.is_empty()) else {
+        return vec![0, own];
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| match s.parse::<u32>() {
+            Ok(uid) => Some(uid),
+            Err(_) => match nix::unistd::User::from_name(s) {
+                Ok(Some(u)) => Some(u.uid.as_raw()),
+                _ => {
+                    log::error!("KEYWARD_AGENT_UID: no user named {s:?}");
+                    None
+                }
+            },
+        })
+        .collect()
 }
 
 /// One connection to the agent with its reusable frame buffer. Reads go
@@ -293,6 +322,19 @@ impl Module {
         };
         let stream =
             UnixStream::connect(&self.config.socket).map_err(|e| unreachable("connect", &e))?;
+        // Whoever listens on the path gets our PINs: it must be the agent.
+        let agent_uid =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map(|c| c.uid())
+                .map_err(|e| unreachable("peer credentials", &e))?;
+        if !self.config.agent_uids.contains(&agent_uid) {
+            log::error!(
+                "{} is served by uid {agent_uid}, not by a trusted agent user ({:?}; set KEYWARD_AGENT_UID): nothing sent",
+                self.config.socket.display(),
+                self.config.agent_uids
+            );
+            return Err(unreachable("peer credentials", &"untrusted agent user"));
+        }
         let timeout = Some(self.config.timeout);
         stream
             .set_read_timeout(timeout)
@@ -426,3 +468,19 @@ macro_rules! expect_answer {
     };
 }
 pub(crate) use expect_answer;
+
+#[cfg(test)]
+mod agent_user_tests {
+    use super::agent_uids;
+
+    #[test]
+    fn the_trusted_agent_users_come_from_the_environment() {
+        let own = nix::unistd::geteuid().as_raw();
+        assert_eq!(agent_uids(None), vec![0, own]);
+        assert_eq!(agent_uids(Some("  ")), vec![0, own]);
+        assert_eq!(agent_uids(Some("4242")), vec![4242]);
+        assert_eq!(agent_uids(Some("root, 7")), vec![0, 7]);
+        // A name that does not resolve trusts nobody by it.
+        assert_eq!(agent_uids(Some("no-such-user-keyward")), Vec::<u32>::new());
+    }
+}

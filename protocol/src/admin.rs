@@ -55,6 +55,11 @@ pub struct Status {
     pub socket: String,
     /// One entry per configured virtual token.
     pub tokens: Vec<TokenStatus>,
+    /// Application connections open now.
+    pub connections: u64,
+    /// What happened to the socket files since the start (removed or
+    /// replaced by someone, and bound again), oldest first.
+    pub socket_events: Vec<String>,
 }
 
 /// One virtual token and the backend token behind it.

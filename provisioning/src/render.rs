@@ -124,6 +124,10 @@ pub fn status(s: &Status) -> String {
     line(format!("pid:       {}", s.pid));
     line(format!("uptime:    {}", uptime(s.uptime_secs)));
     line(format!("socket:    {}", cell(&s.socket)));
+    line(format!("clients:   {} connections", s.connections));
+    for e in &s.socket_events {
+        line(format!("sockets:   {}", cell(e)));
+    }
     line(format!("tokens:    {}", s.tokens.len()));
     for t in &s.tokens {
         line(String::new());
@@ -1222,6 +1226,8 @@ mod tests {
             pid: 42,
             uptime_secs: 3723,
             socket: "/run/keyward/keyward.sock".into(),
+            connections: 3,
+            socket_events: vec!["/run/keyward/keyward.sock was removed; bound again".into()],
             tokens: vec![TokenStatus {
                 slot: 0,
                 label: "keyward".into(),
@@ -1245,6 +1251,8 @@ mod tests {
                 "pid:       42",
                 "1h 2m 3s",
                 "keyward.sock",
+                "clients:   3 connections",
+                "sockets:   /run/keyward/keyward.sock was removed; bound again",
                 "slot 0: \"keyward\"",
                 "user PIN set:      yes",
                 "allow_init_token:  no",

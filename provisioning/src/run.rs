@@ -882,6 +882,8 @@ mod tests {
             protocol_version: 2,
             pid: 1,
             uptime_secs: 1,
+            connections: 0,
+            socket_events: Vec::new(),
             socket: "s".into(),
             tokens: vec![],
         };

@@ -260,6 +260,8 @@ fn status_json_still_works() {
         protocol_version: keyward_protocol::PROTOCOL_VERSION,
         pid: 7,
         uptime_secs: 61,
+        connections: 0,
+        socket_events: Vec::new(),
         socket: "/run/keyward/keyward.sock".into(),
         tokens: vec![],
     };

@@ -158,6 +158,35 @@ impl Env {
         self.start_agent();
     }
 
+    /// Sets `key = value` lines in the configuration's `[agent]` table
+    /// (replacing a key that is there already) and restarts the agent.
+    pub fn set_agent_options(&self, lines: &[&str]) {
+        self.require_agent("agent options");
+        let path = self.dir.join("keyward-agent.toml");
+        let text = std::fs::read_to_string(&path).expect("read the agent configuration");
+        let mut out: Vec<String> = Vec::new();
+        let mut in_agent = false;
+        let key_of = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+        let keys: Vec<String> = lines.iter().map(|l| key_of(l)).collect();
+        for line in text.lines() {
+            if line.trim_start().starts_with('[') {
+                in_agent = line.trim() == "[agent]";
+                out.push(line.to_owned());
+                if in_agent {
+                    out.extend(lines.iter().map(|l| l.to_string()));
+                }
+                continue;
+            }
+            if in_agent && keys.contains(&key_of(line)) {
+                continue;
+            }
+            out.push(line.to_owned());
+        }
+        std::fs::write(&path, out.join("\n") + "\n").expect("write the agent configuration");
+        self.stop_agent();
+        self.start_agent();
+    }
+
     /// The running agent's process id.
     pub fn agent_pid(&self) -> i32 {
         self.require_agent("the agent's pid");

@@ -103,6 +103,21 @@ impl Probe {
         }
     }
 
+    /// Like [`Probe::value`], but `None` when no such line comes within
+    /// `within`.
+    pub fn try_value(&mut self, name: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let prefix = format!("{name}: ");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if let Some(v) = line.strip_prefix(&prefix) {
+                return Some(v.to_owned());
+            }
+        }
+    }
+
     /// Writes `line` to its standard input; nothing once that is closed.
     pub fn say(&mut self, line: &str) {
         if let Some(stdin) = self.child.stdin.as_mut() {
