@@ -946,20 +946,28 @@ impl Agent {
             Request::CreateObject { session, template } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
-                if let Some(class @ (ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY)) = template
+                // Decoding guarantees a CKA_CLASS is a CK_ULONG, with one value.
+                match template
                     .iter()
                     .find(|a| a.attr_type == ck::CKA_CLASS)
                     .and_then(Attribute::as_ulong)
                 {
-                    let kind = if class == ck::CKO_PRIVATE_KEY {
-                        "private"
-                    } else {
-                        "secret"
-                    };
-                    self.strict_refusal(
+                    Some(class @ (ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY)) => {
+                        let kind = if class == ck::CKO_PRIVATE_KEY {
+                            "private"
+                        } else {
+                            "secret"
+                        };
+                        self.strict_refusal(
+                            client,
+                            format!("importing a {kind} key: keys are generated inside the HSM"),
+                        )?;
+                    }
+                    Some(_) => {}
+                    None => self.strict_refusal(
                         client,
-                        format!("importing a {kind} key: keys are generated inside the HSM"),
-                    )?;
+                        "creating an object without CKA_CLASS: its kind cannot be checked".into(),
+                    )?,
                 }
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
