@@ -495,6 +495,34 @@ impl Agent {
         Ok(Some(class.clone()))
     }
 
+    /// The rules for a key derived from `base`: when `base` is a managed
+    /// key, or in strict mode, the derived key is a sensitive,
+    /// unextractable session object of one purpose, wrapping only where the
+    /// class for application keys is for wrapping
+    /// (`keyward_policy::check_derivation`); what the template asks against
+    /// that is refused, the rest forced. A token object is refused rather
+    /// than made a session object behind the application's back. Lab mode
+    /// leaves keys derived from unmanaged keys as the application asked.
+    fn derivation_policy(
+        &self,
+        client: &Client,
+        base: &ObjectRef,
+        template: &mut Vec<Attribute>,
+    ) -> Result<()> {
+        let policy = self.policy();
+        if base.managed.is_none() && policy.mode() != keyward_policy::Mode::Strict {
+            return Ok(());
+        }
+        let wrapping = matches!(
+            policy.class_for_generation(),
+            Ok(Some(c)) if c.purpose == keyward_policy::Purpose::Wrapping
+        );
+        let adj = crate::admin::judge(template, |t| keyward_policy::check_derivation(wrapping, t))
+            .map_err(|refusal| self.refuse(client, "derivation", refusal))?;
+        crate::admin::apply(template, &adj);
+        Ok(())
+    }
+
     /// Records a key an application generated under `class` as a managed
     /// key (token objects only: a session key ends with its session). The
     /// application owns it; a failure to record it destroys the objects.
@@ -1277,6 +1305,8 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                let mut template = template;
+                self.derivation_policy(client, &o[0], &mut template)?;
                 let h =
                     self.call_with_key(client, &s, &o[0], Operation::Derive, &mechanism, |m| {
                         s.backend
