@@ -723,6 +723,9 @@ enum Shape {
     Iv(usize),
     /// Optional flat bytes of any length (AES key-wrap IVs).
     OptionalBytes,
+    /// Flat bytes of any length (the peer's public value of
+    /// `CKM_DH_PKCS_DERIVE`).
+    Bytes,
     /// Optional `CK_EDDSA_PARAMS`.
     Eddsa,
     /// `CK_ECDH1_DERIVE_PARAMS`.
@@ -757,6 +760,7 @@ fn shape_of(mechanism: CK_MECHANISM_TYPE) -> Shape {
         CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP => Shape::OptionalBytes,
         CKM_EDDSA => Shape::Eddsa,
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => Shape::Ecdh1,
+        CKM_DH_PKCS_DERIVE => Shape::Bytes,
         CKM_AES_CBC_ENCRYPT_DATA => Shape::CbcEncryptData(16),
         CKM_DES_CBC_ENCRYPT_DATA | CKM_DES3_CBC_ENCRYPT_DATA => Shape::CbcEncryptData(8),
         CKM_MD5_HMAC_GENERAL
@@ -887,7 +891,7 @@ unsafe fn decode_param(
                 }
                 MechParam::Bytes(param_bytes(p.cast(), len)?)
             }
-            Shape::OptionalBytes => MechParam::Bytes(param_bytes(p.cast(), len)?),
+            Shape::OptionalBytes | Shape::Bytes => MechParam::Bytes(param_bytes(p.cast(), len)?),
             Shape::Eddsa => {
                 let s: CK_EDDSA_PARAMS = param_struct(p, len)?;
                 MechParam::Eddsa {
@@ -1290,6 +1294,12 @@ mod tests {
                 shared_data: vec![],
                 public_data: vec![4; 65]
             }
+        );
+        // CKM_DH_PKCS_DERIVE: the peer's public value, raw bytes.
+        let mut peer = [7u8; 256];
+        assert_eq!(
+            mech(CKM_DH_PKCS_DERIVE, &mut peer).unwrap().param,
+            MechParam::Bytes(vec![7; 256])
         );
         let mut ctx = *b"ctx";
         let mut eddsa = CK_EDDSA_PARAMS {
