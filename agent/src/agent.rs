@@ -507,6 +507,34 @@ impl Agent {
         Ok(Some(class.clone()))
     }
 
+    /// The rules for a key derived from `base`: when `base` is a managed
+    /// key, or in strict mode, the derived key is a sensitive,
+    /// unextractable session object of one purpose, wrapping only where the
+    /// class for application keys is for wrapping
+    /// (`keyward_policy::check_derivation`); what the template asks against
+    /// that is refused, the rest forced. A token object is refused rather
+    /// than made a session object behind the application's back. Lab mode
+    /// leaves keys derived from unmanaged keys as the application asked.
+    fn derivation_policy(
+        &self,
+        client: &Client,
+        base: &ObjectRef,
+        template: &mut Vec<Attribute>,
+    ) -> Result<()> {
+        let policy = self.policy();
+        if base.managed.is_none() && policy.mode() != keyward_policy::Mode::Strict {
+            return Ok(());
+        }
+        let wrapping = matches!(
+            policy.class_for_generation(),
+            Ok(Some(c)) if c.purpose == keyward_policy::Purpose::Wrapping
+        );
+        let adj = crate::admin::judge(template, |t| keyward_policy::check_derivation(wrapping, t))
+            .map_err(|refusal| self.refuse(client, "derivation", refusal))?;
+        crate::admin::apply(template, &adj);
+        Ok(())
+    }
+
     /// Records a key an application generated under `class` as a managed
     /// key (token objects only: a session key ends with its session). The
     /// application owns it; a failure to record it destroys the objects.
@@ -958,20 +986,28 @@ impl Agent {
             Request::CreateObject { session, template } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
-                if let Some(class @ (ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY)) = template
+                // Decoding guarantees a CKA_CLASS is a CK_ULONG, with one value.
+                match template
                     .iter()
                     .find(|a| a.attr_type == ck::CKA_CLASS)
                     .and_then(Attribute::as_ulong)
                 {
-                    let kind = if class == ck::CKO_PRIVATE_KEY {
-                        "private"
-                    } else {
-                        "secret"
-                    };
-                    self.strict_refusal(
+                    Some(class @ (ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY)) => {
+                        let kind = if class == ck::CKO_PRIVATE_KEY {
+                            "private"
+                        } else {
+                            "secret"
+                        };
+                        self.strict_refusal(
+                            client,
+                            format!("importing a {kind} key: keys are generated inside the HSM"),
+                        )?;
+                    }
+                    Some(_) => {}
+                    None => self.strict_refusal(
                         client,
-                        format!("importing a {kind} key: keys are generated inside the HSM"),
-                    )?;
+                        "creating an object without CKA_CLASS: its kind cannot be checked".into(),
+                    )?,
                 }
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
@@ -1281,6 +1317,8 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                let mut template = template;
+                self.derivation_policy(client, &o[0], &mut template)?;
                 let h =
                     self.call_with_key(client, &s, &o[0], Operation::Derive, &mechanism, |m| {
                         s.backend

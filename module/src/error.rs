@@ -45,9 +45,11 @@ errors! {
     OperationNotInitialized => CKR_OPERATION_NOT_INITIALIZED,
     /// A mechanism parameter the module cannot read faithfully.
     MechanismParamInvalid => CKR_MECHANISM_PARAM_INVALID,
-    /// A template value whose shape cannot cross the wire (a malformed
-    /// nested template).
+    /// A template value whose length does not fit its type (a 4-byte
+    /// `CKA_TOKEN`, a 1-byte `CKA_CLASS`) or a malformed nested template.
     AttributeValueInvalid => CKR_ATTRIBUTE_VALUE_INVALID,
+    /// A template that gives one attribute twice with different values.
+    TemplateInconsistent => CKR_TEMPLATE_INCONSISTENT,
     /// The caller's buffer is too short; the needed length was written.
     BufferTooSmall => CKR_BUFFER_TOO_SMALL,
     /// Some attribute of `C_GetAttributeValue` is sensitive.

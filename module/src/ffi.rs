@@ -140,8 +140,9 @@ impl InBytes {
     }
 }
 
-/// A leaf value as the wire carries it. A length that does not fit the
-/// kind travels as bytes, unchanged, for the backend to judge.
+/// A leaf value as the wire carries it. Each type has one encoding: a
+/// length that does not fit the kind (a 4-byte `CKA_TOKEN`, a 1-byte
+/// `CKA_CLASS`) is `CKR_ATTRIBUTE_VALUE_INVALID`, answered here.
 fn leaf_value(kind: AttrKind, raw: &[u8]) -> Result<Value> {
     Ok(match kind {
         AttrKind::Bool if raw.len() == 1 => Value::Bool(raw[0] != 0),
@@ -149,8 +150,10 @@ fn leaf_value(kind: AttrKind, raw: &[u8]) -> Result<Value> {
         AttrKind::Mechanisms if raw.len().is_multiple_of(ULONG_LEN) => {
             Value::Mechanisms(raw.chunks_exact(ULONG_LEN).map(read_ulong).collect())
         }
-        AttrKind::Template => return Err(Error::AttributeValueInvalid),
-        _ => Value::Bytes(raw.to_vec()),
+        AttrKind::Bytes => Value::Bytes(raw.to_vec()),
+        AttrKind::Bool | AttrKind::Ulong | AttrKind::Mechanisms | AttrKind::Template => {
+            return Err(Error::AttributeValueInvalid)
+        }
     })
 }
 
@@ -207,15 +210,28 @@ impl InTemplate {
         InTemplate { ptr, count }
     }
 
-    /// The attributes with typed values.
+    /// Whether `pTemplate` is NULL (whatever the count).
+    pub(crate) fn is_null(&self) -> bool {
+        self.ptr.is_null()
+    }
+
+    /// The attributes with typed values. A template that gives one type
+    /// twice with different values is `CKR_TEMPLATE_INCONSISTENT` (the
+    /// agent refuses it at decoding: keyward and the backend could read
+    /// different values).
     pub(crate) fn read(&self) -> Result<Vec<Attribute>> {
         // SAFETY: the contract of `new`. We only read through the slice.
         let attrs = unsafe { attributes(self.ptr, self.count) }?;
-        attrs
+        let template = attrs
             .iter()
             // SAFETY: the contract of `new` covers every value.
             .map(|a| unsafe { read_attribute(a) })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        match keyward_protocol::attr::check_template(&template) {
+            Ok(()) => Ok(template),
+            Err(keyward_protocol::ShapeError::Conflict(_)) => Err(Error::TemplateInconsistent),
+            Err(keyward_protocol::ShapeError::Shape(_)) => Err(Error::AttributeValueInvalid),
+        }
     }
 }
 
@@ -712,6 +728,9 @@ enum Shape {
     Iv(usize),
     /// Optional flat bytes of any length (AES key-wrap IVs).
     OptionalBytes,
+    /// Flat bytes of any length (the peer's public value of
+    /// `CKM_DH_PKCS_DERIVE`).
+    Bytes,
     /// Optional `CK_EDDSA_PARAMS`.
     Eddsa,
     /// `CK_ECDH1_DERIVE_PARAMS`.
@@ -746,6 +765,7 @@ fn shape_of(mechanism: CK_MECHANISM_TYPE) -> Shape {
         CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP => Shape::OptionalBytes,
         CKM_EDDSA => Shape::Eddsa,
         CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => Shape::Ecdh1,
+        CKM_DH_PKCS_DERIVE => Shape::Bytes,
         CKM_AES_CBC_ENCRYPT_DATA => Shape::CbcEncryptData(16),
         CKM_DES_CBC_ENCRYPT_DATA | CKM_DES3_CBC_ENCRYPT_DATA => Shape::CbcEncryptData(8),
         CKM_MD5_HMAC_GENERAL
@@ -876,7 +896,7 @@ unsafe fn decode_param(
                 }
                 MechParam::Bytes(param_bytes(p.cast(), len)?)
             }
-            Shape::OptionalBytes => MechParam::Bytes(param_bytes(p.cast(), len)?),
+            Shape::OptionalBytes | Shape::Bytes => MechParam::Bytes(param_bytes(p.cast(), len)?),
             Shape::Eddsa => {
                 let s: CK_EDDSA_PARAMS = param_struct(p, len)?;
                 MechParam::Eddsa {
@@ -986,20 +1006,42 @@ mod tests {
         );
     }
 
+    /// A value whose length does not fit its type is answered here with
+    /// `CKR_ATTRIBUTE_VALUE_INVALID`, never sent as bytes.
     #[test]
-    fn wrong_length_values_travel_as_bytes() {
+    fn wrong_length_values_are_invalid() {
+        let mut label = *b"k";
         let mut four: u32 = 1;
+        let mut t = [attr(CKA_LABEL, &mut label), attr(CKA_TOKEN, &mut four)];
+        assert_eq!(read_template(&mut t), Err(Error::AttributeValueInvalid));
+        let mut one: u8 = CKO_SECRET_KEY as u8;
+        let mut t = [attr(CKA_CLASS, &mut one)];
+        assert_eq!(read_template(&mut t), Err(Error::AttributeValueInvalid));
         let mut short: u16 = 7;
-        let mut t = [attr(CKA_TOKEN, &mut four), attr(CKA_VALUE_LEN, &mut short)];
-        let got = read_template(&mut t).unwrap();
-        assert_eq!(
-            got[0].value,
-            AttrValue::Leaf(Value::Bytes(1u32.to_ne_bytes().to_vec()))
-        );
-        assert_eq!(
-            got[1].value,
-            AttrValue::Leaf(Value::Bytes(7u16.to_ne_bytes().to_vec()))
-        );
+        let mut t = [attr(CKA_VALUE_LEN, &mut short)];
+        assert_eq!(read_template(&mut t), Err(Error::AttributeValueInvalid));
+        let mut odd = [0u8; 12];
+        let mut t = [attr(CKA_ALLOWED_MECHANISMS, &mut odd)];
+        assert_eq!(read_template(&mut t), Err(Error::AttributeValueInvalid));
+        // Inside a nested template too.
+        let mut four: u32 = 0;
+        let mut nested = [attr(CKA_EXTRACTABLE, &mut four)];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_UNWRAP_TEMPLATE,
+            pValue: nested.as_mut_ptr().cast(),
+            ulValueLen: ATTRIBUTE_LEN as CK_ULONG,
+        }];
+        assert_eq!(read_template(&mut t), Err(Error::AttributeValueInvalid));
+    }
+
+    #[test]
+    fn a_type_given_twice_with_different_values_is_inconsistent() {
+        let (mut no, mut yes): (CK_BBOOL, CK_BBOOL) = (CK_FALSE, CK_TRUE);
+        let mut again: CK_BBOOL = CK_FALSE;
+        let mut t = [attr(CKA_TOKEN, &mut no), attr(CKA_TOKEN, &mut again)];
+        assert_eq!(read_template(&mut t).unwrap().len(), 2);
+        let mut t = [attr(CKA_TOKEN, &mut no), attr(CKA_TOKEN, &mut yes)];
+        assert_eq!(read_template(&mut t), Err(Error::TemplateInconsistent));
     }
 
     #[test]
@@ -1257,6 +1299,12 @@ mod tests {
                 shared_data: vec![],
                 public_data: vec![4; 65]
             }
+        );
+        // CKM_DH_PKCS_DERIVE: the peer's public value, raw bytes.
+        let mut peer = [7u8; 256];
+        assert_eq!(
+            mech(CKM_DH_PKCS_DERIVE, &mut peer).unwrap().param,
+            MechParam::Bytes(vec![7; 256])
         );
         let mut ctx = *b"ctx";
         let mut eddsa = CK_EDDSA_PARAMS {

@@ -568,6 +568,86 @@ fn check_protection(class: &KeyClass, template: &Template<'_>) -> Result<(), Ref
     Ok(())
 }
 
+/// Checks the template of a key derived (`C_DeriveKey`) from a managed key,
+/// or from any key in strict mode, and returns the attributes to force.
+/// A derived key is a session object that never leaves the HSM and has one
+/// purpose, whatever the application asked: it is not recorded in the
+/// inventory, so it must not outlive the session, be read, or wrap other
+/// keys out.
+///
+/// Refused (`CKR_ATTRIBUTE_VALUE_INVALID`): `CKA_TOKEN` true,
+/// `CKA_SENSITIVE` false, `CKA_EXTRACTABLE` true, a wrapping usage flag
+/// (`CKA_WRAP`, `CKA_UNWRAP`) unless `wrapping` (the class that governs
+/// keys applications make is for wrapping), a recovery flag. Usage flags of
+/// two purposes, or an attribute given twice with different values, are
+/// `CKR_TEMPLATE_INCONSISTENT`.
+///
+/// Forced: `CKA_TOKEN` false, `CKA_SENSITIVE` true, `CKA_EXTRACTABLE`
+/// false, and every usage flag of a secret key off except those the
+/// template turns on (backends default some of them to true).
+pub fn check_derivation(wrapping: bool, template: &Template<'_>) -> Result<Adjustments, Refusal> {
+    check_consistent(&[template])?;
+    let invalid = |reason: &str| {
+        Err(Refusal::AttributeValueInvalid {
+            reason: reason.to_owned(),
+        })
+    };
+    if template.bool(CKA_TOKEN) == Some(true) {
+        return invalid("CKA_TOKEN: keys derived from managed keys are session objects");
+    }
+    if template.bool(CKA_SENSITIVE) == Some(false) {
+        return invalid("CKA_SENSITIVE must be true on derived keys");
+    }
+    if template.bool(CKA_EXTRACTABLE) == Some(true) {
+        return invalid("CKA_EXTRACTABLE: derived keys cannot leave the HSM");
+    }
+    for flag in [CKA_SIGN_RECOVER, CKA_VERIFY_RECOVER] {
+        if template.bool(flag) == Some(true) {
+            return Err(Refusal::AttributeValueInvalid {
+                reason: format!("{} is not allowed on derived keys", attr_name(flag)),
+            });
+        }
+    }
+    let mut asked: Option<(Purpose, u64)> = None;
+    for &flag in ObjectKind::Secret.usage_flags() {
+        if template.bool(flag) != Some(true) {
+            continue;
+        }
+        let purpose = flag_purpose(flag, true);
+        match asked {
+            None => asked = Some((purpose, flag)),
+            Some((p, first)) if p != purpose => {
+                return Err(Refusal::TemplateInconsistent {
+                    reason: format!(
+                        "the template asks for two purposes, {p} ({}) and {purpose} ({}): a derived key has one",
+                        attr_name(first),
+                        attr_name(flag)
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((Purpose::Wrapping, flag)) = asked {
+        if !wrapping {
+            return Err(Refusal::AttributeValueInvalid {
+                reason: format!(
+                    "{}: derived keys may wrap or unwrap only where the policy's class for application keys is for wrapping",
+                    attr_name(flag)
+                ),
+            });
+        }
+    }
+    let mut adj = Adjustments::default();
+    adj.set(CKA_TOKEN, false);
+    adj.set(CKA_SENSITIVE, true);
+    adj.set(CKA_EXTRACTABLE, false);
+    for &flag in ObjectKind::Secret.usage_flags() {
+        adj.set(flag, template.bool(flag) == Some(true));
+    }
+    Ok(adj)
+}
+
 fn adjustments(class: &KeyClass, kind: ObjectKind) -> Adjustments {
     let mut adj = Adjustments::default();
     if kind != ObjectKind::Public {

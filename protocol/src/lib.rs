@@ -23,7 +23,7 @@ pub mod frame;
 pub mod message;
 pub mod types;
 
-pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, Value};
+pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, ShapeError, Value};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{HelloReply, Op, Request, Response};
 pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};

@@ -131,11 +131,13 @@ pub enum Request {
     },
     CreateObject {
         session: SessionHandle,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     CopyObject {
         session: SessionHandle,
         object: ObjectHandle,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     DestroyObject {
@@ -154,12 +156,14 @@ pub enum Request {
     SetAttributeValue {
         session: SessionHandle,
         object: ObjectHandle,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     /// `C_FindObjectsInit`: the agent runs the whole search and answers
     /// every match at once; the module iterates locally.
     FindObjects {
         session: SessionHandle,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     /// `C_EncryptInit`, `C_SignInit`, ... (`key` is `None` for digests).
@@ -221,12 +225,15 @@ pub enum Request {
     GenerateKey {
         session: SessionHandle,
         mechanism: Mechanism,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     GenerateKeyPair {
         session: SessionHandle,
         mechanism: Mechanism,
+        #[serde(deserialize_with = "crate::attr::template")]
         public_template: Vec<Attribute>,
+        #[serde(deserialize_with = "crate::attr::template")]
         private_template: Vec<Attribute>,
     },
     WrapKey {
@@ -241,12 +248,14 @@ pub enum Request {
         unwrapping_key: ObjectHandle,
         #[serde(with = "serde_bytes")]
         wrapped_key: Vec<u8>,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     DeriveKey {
         session: SessionHandle,
         mechanism: Mechanism,
         base_key: ObjectHandle,
+        #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     SeedRandom {

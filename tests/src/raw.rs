@@ -1381,6 +1381,23 @@ impl Raw {
         (rv, n)
     }
 
+    /// `C_CopyObject` with an empty template: a valid, non-NULL array and a
+    /// count of 0 (as NSS copies an object unchanged).
+    pub fn copy_object_empty(
+        &self,
+        h: CK_SESSION_HANDLE,
+        o: CK_OBJECT_HANDLE,
+    ) -> (CK_RV, CK_OBJECT_HANDLE) {
+        let mut none = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        }];
+        let mut n: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        let rv = call!(self, C_CopyObject(h, o, none.as_mut_ptr(), 0, &mut n));
+        (rv, n)
+    }
+
     /// `C_CopyObject` with a NULL `phNewObject`.
     pub fn copy_object_null(&self, h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> CK_RV {
         let mut t = CTemplate::new(&[Attr::Bytes(CKA_LABEL, b"x".to_vec())]);

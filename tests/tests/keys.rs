@@ -13,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use cryptoki_sys::*;
 use keyward_tests::p11::{
-    aes_key, ec_pair, expect_err, hex, reference, rsa_pair, Ctx, P256_PARAMS,
+    aes_key, ec_pair, expect_err, hex, reference, rsa_pair, unhex, Ctx, P256_PARAMS,
 };
 use keyward_tests::raw::{object_handle, rv_name, Attr, AttrReq, Mech, Out, Param};
 use keyward_tests::{assert_rv, keyward_test};
@@ -534,4 +534,55 @@ keyward_test!(fn generate_key_error_paths(tb) {
     assert_rv!(ctx.raw.generate_key(h, &aes, &private_key).0, CKR_USER_NOT_LOGGED_IN, "private key without login");
     let ec_priv_private = [Attr::Bool(CKA_TOKEN, false), Attr::Bool(CKA_PRIVATE, true), Attr::Bool(CKA_SIGN, true)];
     assert_rv!(ctx.raw.generate_key_pair(h, &ecgen, &ec_pub, &ec_priv_private).0, CKR_USER_NOT_LOGGED_IN, "private key pair without login");
+});
+
+/// RFC 3526 group 14 (2048-bit MODP).
+const MODP_2048: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7EDEE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3BE39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF";
+
+keyward_test!(fn dh_pkcs_derive_takes_the_peers_public_value(tb) {
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let h = s.handle();
+    let prime = unhex(MODP_2048);
+    let pair = || {
+        let (rv, public, private) = ctx.raw.generate_key_pair(
+            h,
+            &Mech::plain(CKM_DH_PKCS_KEY_PAIR_GEN),
+            &[
+                Attr::Bool(CKA_TOKEN, false),
+                Attr::Bytes(CKA_PRIME, prime.clone()),
+                Attr::Bytes(CKA_BASE, vec![2]),
+            ],
+            &[Attr::Bool(CKA_TOKEN, false), Attr::Bool(CKA_PRIVATE, true), Attr::Bool(CKA_DERIVE, true)],
+        );
+        assert_rv!(rv, CKR_OK, "C_GenerateKeyPair CKM_DH_PKCS_KEY_PAIR_GEN");
+        (object_handle(public), private)
+    };
+    let value = |o: ObjectHandle| match s.get_attributes(o, &[AttributeType::Value]).expect("CKA_VALUE").pop() {
+        Some(Attribute::Value(v)) => v,
+        other => panic!("CKA_VALUE: {other:?}"),
+    };
+    let (pub_a, priv_a) = pair();
+    let (pub_b, priv_b) = pair();
+    let (y_a, y_b) = (value(pub_a), value(pub_b));
+    let secret = [
+        Attr::Ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attr::Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+        Attr::Ulong(CKA_VALUE_LEN, 32),
+        Attr::Bool(CKA_TOKEN, false),
+        Attr::Bool(CKA_SENSITIVE, false),
+        Attr::Bool(CKA_EXTRACTABLE, true),
+    ];
+    let derive = |private, peer: &[u8]| {
+        let m = Mech { type_: CKM_DH_PKCS_DERIVE, param: Param::Bytes(peer.to_vec()) };
+        let (rv, k) = ctx.raw.derive_key(h, &m, private, &secret);
+        assert_rv!(rv, CKR_OK, "C_DeriveKey CKM_DH_PKCS_DERIVE");
+        value(object_handle(k))
+    };
+    let ab = derive(priv_a, &y_b);
+    let ba = derive(priv_b, &y_a);
+    assert!(!ab.is_empty() && ab.iter().any(|&b| b != 0), "a shared secret");
+    assert_eq!(ab, ba, "both sides derive the same DH secret");
+    let (pub_c, _) = pair();
+    assert_ne!(derive(priv_a, &value(pub_c)), ab, "another peer, another secret");
 });

@@ -7,7 +7,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass};
 use cryptoki_sys::*;
 use keyward_tests::p11::{aes_key, ec_pair, expect_err, expect_err_in, rsa_pair, Ctx, P256_PARAMS};
-use keyward_tests::raw::{rv_name, Attr, AttrReq, Mech};
+use keyward_tests::raw::{object_handle, rv_name, Attr, AttrReq, Mech};
 use keyward_tests::{assert_rv, keyward_test};
 
 fn data(label: &str, token: bool, value: &[u8]) -> Vec<Attribute> {
@@ -390,4 +390,32 @@ keyward_test!(fn copy_and_relabel_a_key(tb) {
     assert_eq!(s.find_objects(&[Attribute::Id(vec![9, 9])]).expect("find"), vec![copy]);
     s.destroy_object(copy).expect("destroy the copy");
     s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]).expect("the original still signs");
+});
+
+keyward_test!(fn copy_object_with_an_empty_template(tb) {
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let h = s.handle();
+    // An unmanaged session key (lab mode), copied unchanged, as NSS does.
+    let key = aes_key(&s, 32, false);
+    let (rv, copy) = ctx.raw.copy_object_empty(h, key.handle());
+    assert_rv!(rv, CKR_OK, "C_CopyObject with an empty template");
+    let copy = object_handle(copy);
+    assert_ne!(copy, key);
+    let iv = [3u8; 16];
+    let ct = s.encrypt(&Mechanism::AesCbcPad(iv), key, b"copied").expect("encrypt with the original");
+    assert_eq!(s.decrypt(&Mechanism::AesCbcPad(iv), copy, &ct).expect("decrypt with the copy"), b"copied");
+    // A data object too, and a search with an empty template finds both.
+    let (rv, data) = ctx.raw.create_object(h, &[
+        Attr::Ulong(CKA_CLASS, CKO_DATA),
+        Attr::Bool(CKA_TOKEN, false),
+        Attr::Bytes(CKA_VALUE, b"d".to_vec()),
+    ]);
+    assert_rv!(rv, CKR_OK);
+    let (rv, _) = ctx.raw.copy_object_empty(h, data);
+    assert_rv!(rv, CKR_OK, "C_CopyObject of a data object with an empty template");
+    let all = s.find_objects(&[]).expect("C_FindObjects with an empty template");
+    assert!(all.contains(&copy) && all.contains(&key), "{all:?}");
+    // A NULL template stays an argument error, as with SoftHSM2 itself.
+    assert_rv!(ctx.raw.copy_object(h, data, &[]).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 0");
 });

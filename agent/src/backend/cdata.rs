@@ -91,7 +91,9 @@ impl CTemplate {
     pub fn new(template: &[Attribute]) -> CTemplate {
         let mut values = Vec::new();
         let mut nested = Vec::new();
-        let mut attrs = Vec::with_capacity(template.len());
+        // Never empty of storage: an empty template is still passed as a
+        // valid pointer (see `as_mut_ptr`).
+        let mut attrs = Vec::with_capacity(template.len().max(1));
         for a in template {
             let attr = match &a.value {
                 AttrValue::Leaf(v) => leaf_attr(a.attr_type, v, &mut values),
@@ -118,13 +120,13 @@ impl CTemplate {
         }
     }
 
-    /// `pTemplate` (NULL for an empty template).
+    /// `pTemplate`: a valid pointer even for an empty template (count 0),
+    /// since backends refuse a NULL template in some calls
+    /// (`C_CopyObject` with no attributes to change: `CKR_ARGUMENTS_BAD`
+    /// from SoftHSM2), and the wire does not tell an application's NULL
+    /// from an empty array.
     pub fn as_mut_ptr(&mut self) -> *mut ck::CK_ATTRIBUTE {
-        if self.attrs.is_empty() {
-            ptr::null_mut()
-        } else {
-            self.attrs.as_mut_ptr()
-        }
+        self.attrs.as_mut_ptr()
     }
 
     /// `ulCount`.
@@ -429,7 +431,10 @@ mod tests {
         );
         assert_eq!(t._nested[0][1].type_, ck::CKA_CLASS);
         assert_eq!(t._nested[0][1].ulValueLen, 8);
-        assert!(CTemplate::new(&[]).as_mut_ptr().is_null());
+        // An empty template is a valid pointer with count 0, never NULL.
+        let mut empty = CTemplate::new(&[]);
+        assert!(!empty.as_mut_ptr().is_null());
+        assert_eq!(empty.count(), 0);
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub(crate) fn copy_object(
     template: InTemplate,
     out: Out<CK_OBJECT_HANDLE>,
 ) -> Result<()> {
+    // A NULL template is refused even with a count of 0, as SoftHSM2 does;
+    // an empty array (what NSS passes to copy an object unchanged) is
+    // fine, and the agent passes the backend a valid pointer for it.
+    if template.is_null() {
+        return Err(Error::ArgumentsBad);
+    }
     let template = template.read()?;
     new_object_call(m, h, out, |session| Request::CopyObject {
         session,

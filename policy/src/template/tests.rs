@@ -547,3 +547,70 @@ fn weakening() {
     );
     assert_eq!(check_change(sig, &current, CKA_LABEL, Bytes(b"x")), Ok(()));
 }
+
+fn derived(bools: &[(u64, bool)]) -> Result<Adjustments, Refusal> {
+    check_derivation(
+        false,
+        &Template {
+            bools,
+            ..Template::default()
+        },
+    )
+}
+
+#[test]
+fn derived_keys_are_sensitive_session_keys_of_one_purpose() {
+    let adj = derived(&[(CKA_ENCRYPT, true), (CKA_DECRYPT, true)]).unwrap();
+    assert_eq!(adj.get(CKA_TOKEN), Some(false));
+    assert_eq!(adj.get(CKA_SENSITIVE), Some(true));
+    assert_eq!(adj.get(CKA_EXTRACTABLE), Some(false));
+    assert_eq!(adj.get(CKA_ENCRYPT), Some(true));
+    assert_eq!(adj.get(CKA_DECRYPT), Some(true));
+    for flag in [CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE] {
+        assert_eq!(adj.get(flag), Some(false), "{flag:#x}");
+    }
+    // Nothing asked: every usage off, protection forced.
+    let adj = derived(&[]).unwrap();
+    assert_eq!(adj.get(CKA_WRAP), Some(false));
+    assert_eq!(adj.get(CKA_EXTRACTABLE), Some(false));
+    // Explicit values that agree with the rules are fine.
+    let ok = [
+        (CKA_TOKEN, false),
+        (CKA_SENSITIVE, true),
+        (CKA_EXTRACTABLE, false),
+        (CKA_SIGN, true),
+        (CKA_VERIFY, true),
+    ];
+    assert!(derived(&ok).is_ok());
+}
+
+#[test]
+fn derived_keys_refuse_what_would_weaken_them() {
+    for bad in [
+        (CKA_TOKEN, true),
+        (CKA_SENSITIVE, false),
+        (CKA_EXTRACTABLE, true),
+        (CKA_WRAP, true),
+        (CKA_UNWRAP, true),
+        (CKA_SIGN_RECOVER, true),
+    ] {
+        assert_eq!(ckr(derived(&[bad])), CKR_ATTRIBUTE_VALUE_INVALID, "{bad:?}");
+    }
+    assert_eq!(
+        ckr(derived(&[(CKA_ENCRYPT, true), (CKA_SIGN, true)])),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    assert_eq!(
+        ckr(derived(&[(CKA_SENSITIVE, true), (CKA_SENSITIVE, false)])),
+        CKR_TEMPLATE_INCONSISTENT
+    );
+    // Wrapping where the class for application keys is for wrapping.
+    let wrap = [(CKA_WRAP, true), (CKA_UNWRAP, true)];
+    let t = Template {
+        bools: &wrap,
+        ..Template::default()
+    };
+    let adj = check_derivation(true, &t).unwrap();
+    assert_eq!(adj.get(CKA_WRAP), Some(true));
+    assert_eq!(adj.get(CKA_ENCRYPT), Some(false));
+}
