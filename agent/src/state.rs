@@ -492,9 +492,17 @@ impl Drop for Turn {
     }
 }
 
+/// The most memory (1 KiB blocks) a stored hash may ask a check for: 64
+/// MiB, three times the default's. A hash asking for more matches nothing.
+const MAX_HASH_BLOCKS: usize = 64 * 1024;
+
 /// Runs `argon2` over `pin` and `salt` into `out`, with the gate's memory.
 fn argon2_into(argon2: &Argon2<'_>, pin: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
-    let mut turn = HASHES.enter(argon2.params().block_count());
+    let blocks = argon2.params().block_count();
+    if blocks > MAX_HASH_BLOCKS {
+        return Err(argon2::Error::MemoryTooMuch);
+    }
+    let mut turn = HASHES.enter(blocks);
     argon2.hash_password_into_with_memory(pin, salt, out, &mut turn.blocks[..])
 }
 
@@ -799,6 +807,22 @@ mod tests {
     #[test]
     fn garbage_hash_matches_nothing() {
         assert!(!verify_pin_hash("not a phc string", b"1234"));
+        // A hash asking for 4 GiB is not computed.
+        let greedy = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4 * 1024 * 1024, 1, 1, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(0x13),
+            params: ParamsString::try_from(greedy.params()).unwrap(),
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&[7u8; 32]).unwrap()),
+        }
+        .to_string();
+        assert!(!verify_pin_hash(&phc, b"1234"));
         assert!(pin_len_ok(b"1234"));
         assert!(!pin_len_ok(b"123"));
         assert!(!pin_len_ok(&[b'1'; 256]));

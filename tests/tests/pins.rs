@@ -319,7 +319,8 @@ fn two_applications(tb: &keyward_tests::Env) {
     install_policy(tb, &policy);
 }
 
-/// A running `pin_probe` (application `other`).
+/// A running `pin_probe`: application `other` under [`two_applications`],
+/// this process's application under [`strict_policy`].
 struct Other(Probe);
 
 impl Other {
@@ -434,4 +435,34 @@ keyward_test!(fn one_application_cannot_change_another_s_pin(tb) {
     let (ok, err) = admin_set_pin(&tb, "nobody", "set-by-admin");
     assert!(!ok && err.contains("no application"), "an unknown application: {err}");
     other.finish();
+});
+
+// Processes too: twenty processes of one application, five wrong PINs
+// each, all at once, compare no more than the limit between them.
+keyward_test!(fn parallel_processes_check_at_most_the_limit(tb) {
+    tb.require_agent("PIN lockout");
+    strict_policy(&tb);
+    let mut probes: Vec<Other> = (0..20).map(|_| Other::start(&tb)).collect();
+    for p in &mut probes {
+        for _ in 0..5 {
+            p.0.say("login wrong-pin");
+        }
+    }
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for p in &mut probes {
+        for _ in 0..5 {
+            *answers.entry(p.0.value("login", PROBE_WAIT)).or_default() += 1;
+        }
+    }
+    note(&format!("20 processes x 5 wrong user PINs: {answers:?}"));
+    let incorrect = answers.get("CKR_PIN_INCORRECT").copied().unwrap_or(0);
+    let locked = answers.get("CKR_PIN_LOCKED").copied().unwrap_or(0);
+    assert_eq!(incorrect + locked, 100, "only CKR_PIN_INCORRECT and CKR_PIN_LOCKED: {answers:?}");
+    assert!(incorrect <= 3, "{incorrect} PINs were checked, the policy allows 3");
+    let mut last = probes.pop().expect("a probe");
+    assert_eq!(last.ask(&format!("login {}", tb.pin), "login"), "CKR_PIN_LOCKED");
+    for p in probes {
+        p.finish();
+    }
+    last.finish();
 });
