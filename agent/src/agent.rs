@@ -1976,6 +1976,9 @@ impl Agent {
             );
             return Err(Error::ActionProhibited);
         }
+        // It resets every application's PIN: in strict mode, the
+        // administrator's to do, whatever allow_init_token says.
+        self.refuse_so_pin_management(client, "C_InitToken")?;
         if !pin_len_ok(so_pin) {
             return Err(Error::PinLenRange);
         }

@@ -362,8 +362,8 @@ impl Policy {
         }
     }
 
-    /// Whether the token's SO may set or reset PINs (`C_InitPIN`, and
-    /// `C_SetPIN` of the SO PIN): in lab mode, as on a plain token; in
+    /// Whether the token's SO may set or reset PINs (`C_InitPIN`,
+    /// `C_SetPIN` of the SO PIN, `C_InitToken`): in lab mode, as on a plain token; in
     /// strict mode PINs are the administrator's (`keyward-agent set-pin`),
     /// so that no one application's SO can reset another's PIN
     /// (`CKR_ACTION_PROHIBITED`).

@@ -466,3 +466,21 @@ keyward_test!(fn parallel_processes_check_at_most_the_limit(tb) {
     }
     last.finish();
 });
+
+// Strict mode: C_InitToken would reset every application's PIN, so it is
+// the administrator's even where the configuration allows it.
+keyward_test!(fn in_strict_mode_the_so_cannot_initialise_the_token(tb) {
+    tb.require_agent("PIN administration");
+    let config = tb.path("keyward-agent.toml");
+    let text = std::fs::read_to_string(&config).expect("read the agent configuration");
+    let text = text.replace("allow_init_token = false", "allow_init_token = true");
+    assert!(text.contains("allow_init_token = true"), "{text}");
+    std::fs::write(&config, text).expect("write the agent configuration");
+    strict_policy(&tb);
+    let ctx = Ctx::new(&tb);
+    expect_err(ctx.p11.init_token(ctx.slot, &ctx.so_pin(), &tb.token), RvError::ActionProhibited);
+    let s = ctx.rw();
+    s.login(UserType::User, Some(&ctx.pin())).expect("the user PIN is unchanged");
+    let r = refusal_recorded(&tb, "set by the administrator");
+    assert_eq!(r.str_at("operation"), "C_InitToken", "{r}");
+});
