@@ -40,6 +40,7 @@ use crate::agent::{Agent, VirtualToken};
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::identity::Peer;
 use crate::keys::{inventory_state, policy_state, secs, KeyView, ManagedRef};
+use crate::state::Role;
 
 /// How long an approval request stays open.
 pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -336,7 +337,7 @@ fn request_target(req: &KeyRequest) -> (Option<String>, Option<String>) {
         }
         KeyRequest::GrantList { key, token } => (token.clone(), key.clone()),
         KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
-        KeyRequest::PinUnlock { token } => (Some(token.clone()), None),
+        KeyRequest::PinUnlock { token, .. } => (Some(token.clone()), None),
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
         KeyRequest::AppList => (None, None),
     }
@@ -820,15 +821,23 @@ impl Agent {
                 ))
             }
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
-            KeyRequest::PinUnlock { token } => {
+            KeyRequest::PinUnlock {
+                token,
+                role,
+                application,
+            } => {
                 self.admin_token(Some(&token))?;
-                self.unlock_pin(&token).map_err(|m| AdminError {
-                    kind: AdminErrorKind::Failed,
-                    message: m,
-                })?;
-                Ok(KeyResponse::Done(format!(
-                    "token {token:?}: user PIN unlocked"
-                )))
+                let role = role.map(|r| match r {
+                    keyward_protocol::admin::PinRole::User => Role::User,
+                    keyward_protocol::admin::PinRole::So => Role::So,
+                });
+                let done = self
+                    .unlock_pin(&token, role, application.as_deref())
+                    .map_err(|m| AdminError {
+                        kind: AdminErrorKind::Failed,
+                        message: m,
+                    })?;
+                Ok(KeyResponse::Done(done))
             }
             KeyRequest::Discover { token } => {
                 let tokens: Vec<&VirtualToken> = match token.as_deref() {

@@ -29,7 +29,9 @@ use keyward_policy::{Operation, Policy};
 
 use crate::audit::{self, Auditor};
 use crate::keys::{self, ManagedKeys, ManagedRef};
-use crate::state::{pin_len_ok, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN};
+use crate::state::{
+    pin_len_ok, PinCheck, PinRef, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN,
+};
 use keyward_inventory::AuditKind;
 
 // CK_ULONG is the wire's u64 on the LP64 targets the agent supports (see
@@ -602,6 +604,24 @@ impl Agent {
         }
     }
 
+    /// Records a call that checked or set a PIN (never the PIN): a login
+    /// record, or a PIN lockout record when the PIN was locked. A policy
+    /// refusal is recorded where it is decided.
+    fn record_pin_event(&self, client: &Client, operation: &str, r: &Result<Response>) {
+        let rv = rv_of(r);
+        if rv == ck::CKR_ACTION_PROHIBITED {
+            return;
+        }
+        let kind = if rv == ck::CKR_PIN_LOCKED {
+            AuditKind::PinLockout
+        } else {
+            AuditKind::Login
+        };
+        let mut e = audit::for_client(client, kind, operation);
+        e.result = rv;
+        self.audit.record(e);
+    }
+
     /// Says why a call was refused, in the log and in the trail; `key` is
     /// the managed key version it concerned, if any.
     fn note_refusal(
@@ -742,7 +762,9 @@ impl Agent {
                 Ok(_) => log::info!("token {:?}: backend {} ready", t.label, t.library.display()),
                 Err(e) => log::error!("token {:?}: backend unavailable: {e}", t.label),
             }
-            tokens.push(VirtualToken::new(t.clone(), state.token(&t.label), backend));
+            let token_state = state.token(&t.label);
+            token_state.remove_stale_temporaries();
+            tokens.push(VirtualToken::new(t.clone(), token_state, backend));
         }
         let store = config.agent.state_dir.join("inventory.sqlite");
         let inventory = Arc::new(
@@ -885,7 +907,7 @@ impl Agent {
                     .collect(),
             )),
             Request::GetSlotInfo { slot } => self.slot_info(slot),
-            Request::GetTokenInfo { slot } => self.token_info(slot),
+            Request::GetTokenInfo { slot } => self.token_info(client, slot),
             Request::GetMechanismList { slot } => {
                 let (_, t) = self.token(slot)?;
                 let mut list = t.backend()?.mechanism_list()?;
@@ -921,12 +943,20 @@ impl Agent {
                 let _ = self.audit.durable(e);
                 r
             }
-            Request::InitPin { session, pin } => self.init_pin(client, session, &pin),
+            Request::InitPin { session, pin } => {
+                let r = self.init_pin(client, session, &pin);
+                self.record_pin_event(client, "C_InitPIN", &r);
+                r
+            }
             Request::SetPin {
                 session,
                 old_pin,
                 new_pin,
-            } => self.set_pin(client, session, &old_pin, &new_pin),
+            } => {
+                let r = self.set_pin(client, session, &old_pin, &new_pin);
+                self.record_pin_event(client, "C_SetPIN", &r);
+                r
+            }
             Request::OpenSession { slot, flags } => self.open_session(client, slot, flags),
             Request::CloseSession { session } => {
                 let closed = client.lock().remove_session(session)?;
@@ -967,19 +997,8 @@ impl Agent {
                     user_type,
                     pin.as_ref().map(|p| p.as_slice()),
                 );
-                let rv = r.as_ref().err().map_or(0, |e| e.rv());
-                let kind = if rv == ck::CKR_PIN_LOCKED {
-                    AuditKind::PinLockout
-                } else {
-                    AuditKind::Login
-                };
-                let mut e = audit::for_client(
-                    client,
-                    kind,
-                    &format!("C_Login({})", user_type_name(user_type)),
-                );
-                e.result = rv;
-                self.audit.record(e);
+                let operation = format!("C_Login({})", user_type_name(user_type));
+                self.record_pin_event(client, &operation, &r);
                 r
             }
             Request::Logout { session } => self.logout(client, session),
@@ -1693,35 +1712,57 @@ impl Agent {
         Ok(Response::Handle(h))
     }
 
-    /// Checks a PIN. User PINs count towards the policy's lockout: once
-    /// `pin_max_attempts` wrong PINs are counted, every user PIN check
-    /// answers `CKR_PIN_LOCKED` (even a right PIN) until an administrator
-    /// runs `keyward pin unlock`.
-    fn verify(&self, t: &VirtualToken, role: Role, pin: &[u8]) -> Result<Option<bool>> {
-        let store_error = |e: std::io::Error| {
-            log::error!("token {:?}: PIN state: {e}", t.config.label);
-            Error::StateStore
-        };
-        if role == Role::User {
-            if let Err(refusal) = self.policy().check_pin_failures(t.state.pin_failures()) {
-                log::warn!("token {:?}: user PIN refused: {refusal}", t.config.label);
-                return Err(Error::Refused(refusal.ckr()));
+    /// Which PIN `role` of `client` is on token `t`: the SO PIN; in
+    /// strict mode, the user PIN of the client's application (its own, else
+    /// the token's, with a count of its own); in lab mode, the token's user
+    /// PIN (a plain token).
+    fn pin_ref<'c>(&self, client: &'c Client, role: Role) -> PinRef<'c> {
+        match role {
+            Role::So => PinRef::from(Role::So),
+            Role::User if self.policy().mode() == keyward_policy::Mode::Strict => {
+                PinRef::app(&client.application)
             }
+            Role::User => PinRef::from(Role::User),
         }
-        let verdict = t.state.verify_pin(role, pin).map_err(store_error)?;
-        if role == Role::User {
-            match verdict {
-                Some(false) => {
-                    let n = t.state.record_pin_failure().map_err(store_error)?;
-                    log::warn!("token {:?}: wrong user PIN ({n} in a row)", t.config.label);
-                }
-                Some(true) if t.state.pin_failures() > 0 => {
-                    t.state.reset_pin_failures().map_err(store_error)?;
-                }
-                _ => {}
+    }
+
+    /// Checks a PIN. Every attempt is counted (durably, before the PIN is
+    /// compared) towards the policy's lockout, the SO PIN's as well as the
+    /// user PIN's: once `pin_max_attempts` wrong PINs are counted, every
+    /// check of that PIN answers `CKR_PIN_LOCKED` (even a right PIN) until
+    /// an administrator runs `keyward pin unlock`. An attempt that cannot
+    /// be counted is not checked: `CKR_DEVICE_ERROR`.
+    fn verify(
+        &self,
+        client: &Client,
+        t: &VirtualToken,
+        role: Role,
+        pin: &[u8],
+    ) -> Result<Option<bool>> {
+        let which = self.pin_ref(client, role);
+        let checked = t
+            .state
+            .check_pin(which, pin, |n| self.policy().check_pin_failures(n).is_err());
+        match checked {
+            Err(e) => {
+                log::error!(
+                    "token {:?}: {which}: the attempt cannot be counted, so no PIN is checked: {e}",
+                    t.config.label
+                );
+                Err(Error::StateStore)
             }
+            Ok(PinCheck::NotSet) => Ok(None),
+            Ok(PinCheck::Locked(n)) => {
+                let refusal = keyward_policy::Refusal::PinLocked { failures: n };
+                log::warn!("token {:?}: {which} refused: {refusal}", t.config.label);
+                Err(Error::Refused(refusal.ckr()))
+            }
+            Ok(PinCheck::Wrong(n)) => {
+                log::warn!("token {:?}: wrong {which} ({n} in a row)", t.config.label);
+                Ok(Some(false))
+            }
+            Ok(PinCheck::Right) => Ok(Some(true)),
         }
-        Ok(verdict)
     }
 
     /// Writes the managed keys' last uses to the inventory every `every`,
@@ -1747,18 +1788,52 @@ impl Agent {
         self.keys.flush_uses();
     }
 
-    /// `keyward pin unlock TOKEN`: resets the token's wrong-PIN count.
-    pub fn unlock_pin(&self, token: &str) -> std::result::Result<(), String> {
+    /// `keyward pin unlock TOKEN [--role R] [--app A]`: resets the token's
+    /// wrong-PIN counts: every one (user, SO, each application's), or the
+    /// SO's, or every user count, or one application's. Says what it did.
+    pub fn unlock_pin(
+        &self,
+        token: &str,
+        role: Option<Role>,
+        app: Option<&str>,
+    ) -> std::result::Result<String, String> {
         let t = self
             .tokens
             .iter()
             .find(|t| t.config.label == token)
             .ok_or_else(|| format!("no token labelled {token:?}"))?;
-        t.state
-            .reset_pin_failures()
-            .map_err(|e| format!("token {token:?}: {e}"))?;
-        log::info!("token {token:?}: user PIN unlocked");
-        Ok(())
+        let failed = |e: std::io::Error| format!("token {token:?}: {e}");
+        let done = match (role, app) {
+            (Some(Role::So), Some(_)) => {
+                return Err("an application has no SO PIN of its own: leave out --app".into())
+            }
+            (Some(Role::So), None) => {
+                t.state.reset_failures(Role::So).map_err(failed)?;
+                format!("token {token:?}: SO PIN unlocked")
+            }
+            (_, Some(app)) => {
+                if self.policy().application(app).is_none() {
+                    return Err(format!("the policy names no application {app:?}"));
+                }
+                t.state.reset_failures(PinRef::app(app)).map_err(failed)?;
+                format!("token {token:?}: user PIN of application {app:?} unlocked")
+            }
+            (Some(Role::User), None) => {
+                t.state.reset_failures(Role::User).map_err(failed)?;
+                for a in &self.policy().applications {
+                    t.state
+                        .reset_failures(PinRef::app(&a.name))
+                        .map_err(failed)?;
+                }
+                format!("token {token:?}: user PINs unlocked")
+            }
+            (None, None) => {
+                t.state.reset_all_failures().map_err(failed)?;
+                format!("token {token:?}: user and SO PINs unlocked")
+            }
+        };
+        log::info!("{done}");
+        Ok(done)
     }
 
     fn login(
@@ -1795,7 +1870,7 @@ impl Agent {
                 if login != Login::User {
                     return Err(Error::NotLoggedIn);
                 }
-                match self.verify(t, Role::User, pin)? {
+                match self.verify(client, t, Role::User, pin)? {
                     Some(true) => {}
                     Some(false) => return Err(Error::PinIncorrect),
                     None => return Err(Error::UserPinNotInitialized),
@@ -1805,7 +1880,7 @@ impl Agent {
             }
             _ => return Err(Error::UserTypeInvalid),
         };
-        match self.verify(t, role, pin)? {
+        match self.verify(client, t, role, pin)? {
             Some(true) => {}
             Some(false) => {
                 log::info!(
@@ -1866,11 +1941,21 @@ impl Agent {
         Ok(Response::Unit)
     }
 
+    /// In strict mode, PINs are set by the administrator (`keyward-agent
+    /// set-pin`), not by the token's SO: refuses `what` with
+    /// `CKR_ACTION_PROHIBITED` and records the refusal.
+    fn refuse_so_pin_management(&self, client: &Client, what: &str) -> Result<()> {
+        self.policy()
+            .check_pin_management_by_so()
+            .map_err(|refusal| self.refuse(client, what, refusal))
+    }
+
     fn init_pin(&self, client: &Client, session: u64, pin: &[u8]) -> Result<Response> {
         let (s, login) = self.session(client, session)?;
         if login != Login::So {
             return Err(Error::NotLoggedIn);
         }
+        self.refuse_so_pin_management(client, "C_InitPIN")?;
         if !pin_len_ok(pin) {
             return Err(Error::PinLenRange);
         }
@@ -1887,6 +1972,9 @@ impl Agent {
         Ok(Response::Unit)
     }
 
+    /// `C_SetPIN`: the logged-in role changes its own PIN. In strict mode a
+    /// user changes its application's own PIN (never another's, never the
+    /// token's), and the SO PIN is the administrator's to change.
     fn set_pin(&self, client: &Client, session: u64, old: &[u8], new: &[u8]) -> Result<Response> {
         let (s, login) = self.session(client, session)?;
         if !s.rw {
@@ -1894,6 +1982,7 @@ impl Agent {
         }
         let t = &self.tokens[s.slot];
         let role = if login == Login::So {
+            self.refuse_so_pin_management(client, "C_SetPIN")?;
             Role::So
         } else {
             Role::User
@@ -1901,21 +1990,19 @@ impl Agent {
         if !pin_len_ok(new) {
             return Err(Error::PinLenRange);
         }
-        match self.verify(t, role, old)? {
+        match self.verify(client, t, role, old)? {
             Some(true) => {}
             Some(false) => return Err(Error::PinIncorrect),
             None if role == Role::User => return Err(Error::UserPinNotInitialized),
             None => return Err(Error::PinIncorrect),
         }
-        t.state.set_pin(role, new).map_err(|e| {
-            log::error!(
-                "token {:?}: cannot store the {role:?} PIN: {e}",
-                t.config.label
-            );
+        let which = self.pin_ref(client, role);
+        t.state.set_pin(which, new).map_err(|e| {
+            log::error!("token {:?}: cannot store the {which}: {e}", t.config.label);
             Error::StateStore
         })?;
         log::info!(
-            "token {:?}: {role:?} PIN changed ({})",
+            "token {:?}: {which} changed ({})",
             t.config.label,
             client.peer
         );
@@ -1939,6 +2026,9 @@ impl Agent {
             );
             return Err(Error::ActionProhibited);
         }
+        // It resets every application's PIN: in strict mode, the
+        // administrator's to do, whatever allow_init_token says.
+        self.refuse_so_pin_management(client, "C_InitToken")?;
         if !pin_len_ok(so_pin) {
             return Err(Error::PinLenRange);
         }
@@ -1949,7 +2039,7 @@ impl Agent {
             }
             c.initializing = true;
         }
-        let result = self.init_token_locked(t, &*backend, so_pin, label);
+        let result = self.init_token_locked(client, t, &*backend, so_pin, label);
         t.counts().initializing = false;
         if result.is_ok() {
             log::warn!(
@@ -1963,12 +2053,13 @@ impl Agent {
 
     fn init_token_locked(
         &self,
+        client: &Client,
         t: &VirtualToken,
         backend: &dyn Backend,
         so_pin: &[u8],
         label: &[u8],
     ) -> Result<()> {
-        if self.verify(t, Role::So, so_pin)? == Some(false) {
+        if self.verify(client, t, Role::So, so_pin)? == Some(false) {
             return Err(Error::PinIncorrect);
         }
         let anchor = backend.anchor_session();
@@ -1996,7 +2087,7 @@ impl Agent {
                 Error::StateStore
             })
         };
-        store(t.state.clear_pin(Role::User))?;
+        store(t.state.clear_user_pins())?;
         store(t.state.set_pin(Role::So, so_pin))?;
         let label = String::from_utf8_lossy(label);
         let label = label.trim_end_matches([' ', '\0']);
@@ -2021,23 +2112,54 @@ impl Agent {
         Ok(Response::SlotInfo(info))
     }
 
-    fn token_info(&self, slot: u64) -> Result<Response> {
+    /// The `CKF_*_PIN_COUNT_LOW`, `_FINAL_TRY` and `_LOCKED` flags of
+    /// `which` (`[count low, final try, locked]`); an unreadable count is
+    /// locked.
+    fn pin_flags(&self, t: &VirtualToken, which: PinRef<'_>, flags: [u64; 3]) -> u64 {
+        let Ok(failures) = t.state.failures(which) else {
+            // No PIN is checked without its count.
+            return flags[0] | flags[2];
+        };
+        if failures == 0 {
+            return 0;
+        }
+        let policy = self.policy();
+        let max = policy.settings.pin_max_attempts;
+        if policy.check_pin_failures(failures).is_err() {
+            flags[0] | flags[2]
+        } else if max != 0 && failures.saturating_add(1) == max {
+            flags[0] | flags[1]
+        } else {
+            flags[0]
+        }
+    }
+
+    fn token_info(&self, client: &Client, slot: u64) -> Result<Response> {
         let (_, t) = self.token(slot)?;
         let bi = t.backend()?.token_info()?;
         let mut flags = ck::CKF_LOGIN_REQUIRED | ck::CKF_TOKEN_INITIALIZED;
-        if t.state.has_pin(Role::User) {
+        let user = self.pin_ref(client, Role::User);
+        if t.state.has_pin(user) {
             flags |= ck::CKF_USER_PIN_INITIALIZED;
         }
-        let failures = t.state.pin_failures();
-        if failures > 0 {
-            flags |= ck::CKF_USER_PIN_COUNT_LOW;
-            let max = self.policy().settings.pin_max_attempts;
-            if self.policy().check_pin_failures(failures).is_err() {
-                flags |= ck::CKF_USER_PIN_LOCKED;
-            } else if max != 0 && failures + 1 == max {
-                flags |= ck::CKF_USER_PIN_FINAL_TRY;
-            }
-        }
+        flags |= self.pin_flags(
+            t,
+            user,
+            [
+                ck::CKF_USER_PIN_COUNT_LOW,
+                ck::CKF_USER_PIN_FINAL_TRY,
+                ck::CKF_USER_PIN_LOCKED,
+            ],
+        );
+        flags |= self.pin_flags(
+            t,
+            Role::So.into(),
+            [
+                ck::CKF_SO_PIN_COUNT_LOW,
+                ck::CKF_SO_PIN_FINAL_TRY,
+                ck::CKF_SO_PIN_LOCKED,
+            ],
+        );
         if bi.flags & ck::CKF_RNG != 0 {
             flags |= ck::CKF_RNG;
         }

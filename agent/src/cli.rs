@@ -12,7 +12,7 @@ use crate::agent::Agent;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::server::Server;
 use crate::sockets::bind;
-use crate::state::{pin_len_ok, Role, StateDir, MAX_PIN_LEN, MIN_PIN_LEN};
+use crate::state::{pin_len_ok, PinRef, Role, StateDir, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// keyward-agent: serves HSM-backed virtual PKCS#11 tokens to applications.
 #[derive(Debug, Parser)]
@@ -37,6 +37,11 @@ pub enum Command {
         /// Whose PIN.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// With `--role user`: the user PIN of this application of the
+        /// policy (strict mode: each application has its own PIN; without
+        /// one it logs in with the token's user PIN).
+        #[arg(long = "app", value_name = "NAME")]
+        application: Option<String>,
     },
     /// Validate the configuration and exit.
     Check,
@@ -60,12 +65,22 @@ pub fn main() -> ExitCode {
         .and_then(|config| match cli.command {
             None => run(&config, &cli.config),
             Some(Command::Check) => check(&config, &cli.config),
-            Some(Command::SetPin { token, role }) => {
+            Some(Command::SetPin {
+                token,
+                role,
+                application,
+            }) => {
                 let role = match role {
                     RoleArg::User => Role::User,
                     RoleArg::So => Role::So,
                 };
-                set_pin(&config, &token, role, &mut std::io::stdin().lock())
+                set_pin(
+                    &config,
+                    &token,
+                    role,
+                    application.as_deref(),
+                    &mut std::io::stdin().lock(),
+                )
             }
         });
     match result {
@@ -349,11 +364,14 @@ pub fn check(config: &Config, path: &Path) -> Result<(), String> {
     }
 }
 
-/// Reads one line (the PIN) from `input` and stores its hash.
+/// Reads one line (the PIN) from `input` and stores its hash: the token's
+/// PIN of `role`, or the user PIN of application `app`. A new PIN starts
+/// with no wrong attempts counted.
 pub fn set_pin(
     config: &Config,
     token: &str,
     role: Role,
+    app: Option<&str>,
     input: &mut dyn BufRead,
 ) -> Result<(), String> {
     if !config.tokens.iter().any(|t| t.label == token) {
@@ -362,6 +380,26 @@ pub fn set_pin(
             "no token labelled {token:?} in the configuration (known: {known:?})"
         ));
     }
+    let which = match (role, app) {
+        (Role::So, Some(_)) => {
+            return Err("--app names an application's user PIN: use it with --role user".into())
+        }
+        (_, Some(app)) => {
+            let (policy, _) = load_policy(config)?;
+            if policy.application(app).is_none() {
+                let known: Vec<&str> = policy
+                    .applications
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect();
+                return Err(format!(
+                    "the policy names no application {app:?} (known: {known:?})"
+                ));
+            }
+            PinRef::app(app)
+        }
+        (role, None) => PinRef::from(role),
+    };
     let mut line = Zeroizing::new(Vec::new());
     input
         .read_until(b'\n', &mut line)
@@ -378,8 +416,8 @@ pub fn set_pin(
         .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?;
     state
         .token(token)
-        .set_pin(role, pin)
+        .set_pin(which, pin)
         .map_err(|e| format!("cannot store the PIN: {e}"))?;
-    log::info!("{role:?} PIN of token {token:?} stored");
+    log::info!("{which} of token {token:?} stored");
     Ok(())
 }

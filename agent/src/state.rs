@@ -1,23 +1,39 @@
 //! The agent's state directory: per virtual token, the argon2 hashes (PHC
-//! strings) of the user and SO PINs and the label set by `C_InitToken`.
+//! strings) of the user and SO PINs (and, on a shared token in strict mode,
+//! of each application's own user PIN), their wrong-PIN counts, and the label
+//! set by `C_InitToken`.
 //!
 //! Files are the source of truth and are read when needed, so a PIN set
 //! with `keyward-agent set-pin` while the agent runs takes effect at once.
-//! Every write is atomic: a temporary file (mode 0600) is written, synced
-//! and renamed over the old one.
+//! Every write is atomic: a temporary file (mode 0600, a name of its own per
+//! write) is written, synced and renamed over the old one, and the directory
+//! is synced.
+//!
+//! A PIN check ([`TokenState::check_pin`]) counts the attempt first, under
+//! that PIN's lock and durably, and only then compares the PIN: a burst of
+//! parallel attempts compares no more PINs than the lockout allows, a crash
+//! cannot hand out extra tries, and an attempt that cannot be counted is
+//! compared with nothing (fail closed). At most [`MAX_CONCURRENT_HASHES`]
+//! argon2 computations run at once in the process (each takes 19 MiB).
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Shortest PIN accepted (`ulMinPinLen`).
 pub const MIN_PIN_LEN: usize = 4;
 /// Longest PIN accepted (`ulMaxPinLen`).
 pub const MAX_PIN_LEN: usize = 255;
+/// Argon2 computations (PIN checks and new hashes) that may run at once in
+/// the process; more wait their turn.
+pub const MAX_CONCURRENT_HASHES: usize = 2;
 
 /// Whose PIN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +44,60 @@ pub enum Role {
     So,
 }
 
-impl Role {
-    fn file(self) -> &'static str {
-        match self {
-            Role::User => "user-pin",
-            Role::So => "so-pin",
+/// One PIN of a token: the SO PIN, the token's user PIN, or the user PIN
+/// of one application on a shared token. Each has its own wrong-PIN count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinRef<'a> {
+    role: Role,
+    app: Option<&'a str>,
+}
+
+impl From<Role> for PinRef<'static> {
+    fn from(role: Role) -> PinRef<'static> {
+        PinRef { role, app: None }
+    }
+}
+
+impl<'a> PinRef<'a> {
+    /// The user PIN of application `app` (its own, else the token's).
+    pub fn app(app: &'a str) -> PinRef<'a> {
+        PinRef {
+            role: Role::User,
+            app: Some(app),
+        }
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The application, for an application's user PIN.
+    pub fn application(&self) -> Option<&'a str> {
+        self.app
+    }
+
+    /// The file of its hash.
+    fn file(&self) -> String {
+        match (self.role, self.app) {
+            (Role::So, _) => "so-pin".to_owned(),
+            (Role::User, None) => "user-pin".to_owned(),
+            (Role::User, Some(app)) => format!("{}-user-pin", safe_name("app", app)),
+        }
+    }
+
+    /// The file of its wrong-PIN count.
+    fn failures_file(&self) -> String {
+        format!("{}-failures", self.file())
+    }
+}
+
+impl std::fmt::Display for PinRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.role, self.app) {
+            (Role::So, _) => f.write_str("SO PIN"),
+            (Role::User, None) => f.write_str("user PIN"),
+            (Role::User, Some(app)) => write!(f, "user PIN of application {app:?}"),
         }
     }
 }
@@ -56,6 +121,7 @@ impl StateDir {
     pub fn token(&self, label: &str) -> TokenState {
         TokenState {
             dir: self.root.join(token_dir_name(label)),
+            locks: Arc::default(),
         }
     }
 }
@@ -63,20 +129,42 @@ impl StateDir {
 /// A directory name for a label: readable when the label is made of safe
 /// characters, hex otherwise; the two forms cannot collide.
 fn token_dir_name(label: &str) -> String {
-    let safe = label
+    safe_name("token", label)
+}
+
+/// `{prefix}-{name}` when `name` is made of safe characters,
+/// `{prefix}x-{hex}` otherwise; the two forms cannot collide.
+fn safe_name(prefix: &str, name: &str) -> String {
+    let safe = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if safe && !label.is_empty() {
-        format!("token-{label}")
+    if safe && !name.is_empty() {
+        format!("{prefix}-{name}")
     } else {
-        format!("tokenx-{}", crate::admin::hex(label.as_bytes()))
+        format!("{prefix}x-{}", crate::admin::hex(name.as_bytes()))
     }
+}
+
+/// The outcome of [`TokenState::check_pin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// No PIN is stored: nothing was counted or compared.
+    NotSet,
+    /// The count had reached the lockout: nothing was compared. The count.
+    Locked(u32),
+    /// Wrong: the attempt stays counted. The count.
+    Wrong(u32),
+    /// Right: the count is reset.
+    Right,
 }
 
 /// One virtual token's stored state.
 #[derive(Debug, Clone)]
 pub struct TokenState {
     dir: PathBuf,
+    /// One lock per wrong-PIN count (by file name): a count is read,
+    /// changed and written under it.
+    locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
 }
 
 impl TokenState {
@@ -84,62 +172,193 @@ impl TokenState {
         self.dir.join(name)
     }
 
-    /// Whether a PIN hash is stored for `role`.
-    pub fn has_pin(&self, role: Role) -> bool {
-        self.path(role.file()).exists()
+    /// The lock of `pin`'s wrong-PIN count.
+    fn count_lock(&self, pin: PinRef<'_>) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(pin.failures_file()).or_default().clone()
     }
 
-    /// The stored hash for `role`, if any.
-    pub fn pin_hash(&self, role: Role) -> io::Result<Option<String>> {
-        read_optional(&self.path(role.file()))
+    /// Whether a PIN hash is stored for `pin` (for an application: its own
+    /// or the token's user PIN).
+    pub fn has_pin<'a>(&self, pin: impl Into<PinRef<'a>>) -> bool {
+        matches!(self.pin_hash(pin), Ok(Some(_)))
     }
 
-    /// Checks `pin` against the stored hash: `Ok(None)` when no PIN is set.
-    pub fn verify_pin(&self, role: Role, pin: &[u8]) -> io::Result<Option<bool>> {
+    /// Whether application `app` has a user PIN of its own.
+    pub fn has_own_app_pin(&self, app: &str) -> bool {
+        self.path(&PinRef::app(app).file()).exists()
+    }
+
+    /// The stored hash for `pin`, if any. An application without a PIN of
+    /// its own has the token's user PIN.
+    pub fn pin_hash<'a>(&self, pin: impl Into<PinRef<'a>>) -> io::Result<Option<String>> {
+        let pin = pin.into();
+        match read_optional(&self.path(&pin.file()))? {
+            None if pin.app.is_some() => {
+                read_optional(&self.path(&PinRef::from(Role::User).file()))
+            }
+            found => Ok(found),
+        }
+    }
+
+    /// Checks `pin` against the stored hash without counting: `Ok(None)`
+    /// when no PIN is set. The agent uses [`TokenState::check_pin`].
+    #[cfg(test)]
+    pub fn verify_pin<'a>(
+        &self,
+        pin: impl Into<PinRef<'a>>,
+        candidate: &[u8],
+    ) -> io::Result<Option<bool>> {
         Ok(self
-            .pin_hash(role)?
-            .map(|h| verify_pin_hash(h.trim_end(), pin)))
+            .pin_hash(pin)?
+            .map(|h| verify_pin_hash(h.trim_end(), candidate)))
     }
 
-    /// Stores a fresh hash of `pin` for `role`.
-    pub fn set_pin(&self, role: Role, pin: &[u8]) -> io::Result<()> {
-        let phc = hash_pin(pin)?;
-        self.write_atomic(role.file(), phc.as_bytes())
-    }
-
-    /// Removes `role`'s PIN.
-    pub fn clear_pin(&self, role: Role) -> io::Result<()> {
-        match fs::remove_file(self.path(role.file())) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Checks `candidate` against `pin`, counting the attempt first.
+    ///
+    /// Under `pin`'s lock: the count is read; when `locked(count)` says the
+    /// PIN is locked, nothing is compared ([`PinCheck::Locked`]); otherwise
+    /// the count plus one is written durably, the lock released, and only
+    /// then is the PIN compared (at most [`MAX_CONCURRENT_HASHES`] at once).
+    /// A right PIN resets the count. Any error reading or writing the count
+    /// is returned before anything is compared.
+    pub fn check_pin<'a>(
+        &self,
+        pin: impl Into<PinRef<'a>>,
+        candidate: &[u8],
+        locked: impl FnOnce(u32) -> bool,
+    ) -> io::Result<PinCheck> {
+        let pin = pin.into();
+        let Some(hash) = self.pin_hash(pin)? else {
+            return Ok(PinCheck::NotSet);
+        };
+        let count = {
+            let lock = self.count_lock(pin);
+            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let n = self.failures(pin)?;
+            if locked(n) {
+                return Ok(PinCheck::Locked(n));
+            }
+            let n = n.saturating_add(1);
+            self.write_atomic(&pin.failures_file(), n.to_string().as_bytes())?;
+            n
+        };
+        if verify_pin_hash(hash.trim_end(), candidate) {
+            // Not synced: a reset a crash loses leaves the count one
+            // higher, which errs on the safe side.
+            let lock = self.count_lock(pin);
+            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+            match fs::remove_file(self.path(&pin.failures_file())) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            Ok(PinCheck::Right)
+        } else {
+            Ok(PinCheck::Wrong(count))
         }
     }
 
-    /// Wrong user PINs since the last right one (or unlock).
-    pub fn pin_failures(&self) -> u32 {
-        read_optional(&self.path("user-pin-failures"))
-            .ok()
-            .flatten()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+    /// Stores a fresh hash of `new` for `pin` and resets its count.
+    pub fn set_pin<'a>(&self, pin: impl Into<PinRef<'a>>, new: &[u8]) -> io::Result<()> {
+        let pin = pin.into();
+        let phc = hash_pin(new)?;
+        self.write_atomic(&pin.file(), phc.as_bytes())?;
+        self.reset_failures(pin)
     }
 
-    /// Counts one more wrong user PIN; returns the new count. Durable before
-    /// it returns, so a crash cannot give an attacker extra tries.
-    pub fn record_pin_failure(&self) -> io::Result<u32> {
-        let n = self.pin_failures().saturating_add(1);
-        self.write_atomic("user-pin-failures", n.to_string().as_bytes())?;
-        Ok(n)
+    /// Removes `pin`'s own hash (an application then has the token's).
+    pub fn clear_pin<'a>(&self, pin: impl Into<PinRef<'a>>) -> io::Result<()> {
+        self.remove(&pin.into().file())
     }
 
-    /// Resets the wrong-PIN count (a right PIN, or `keyward pin unlock`).
-    pub fn reset_pin_failures(&self) -> io::Result<()> {
-        match fs::remove_file(self.path("user-pin-failures")) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Removes the token's user PIN and every application's, with their
+    /// counts (`C_InitToken`).
+    pub fn clear_user_pins(&self) -> io::Result<()> {
+        self.remove(&PinRef::from(Role::User).file())?;
+        for name in self.names()? {
+            if (name.starts_with("app-") || name.starts_with("appx-"))
+                && name.ends_with("-user-pin")
+            {
+                self.remove(&name)?;
+            }
+        }
+        self.reset_all_failures().map(|_| ())
+    }
+
+    /// Wrong PINs of `pin` since the last right one (or unlock). An
+    /// unreadable count is an error, never zero.
+    pub fn failures<'a>(&self, pin: impl Into<PinRef<'a>>) -> io::Result<u32> {
+        match read_optional(&self.path(&pin.into().failures_file()))? {
+            None => Ok(0),
+            Some(s) => s.trim().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the wrong-PIN count is not a number",
+                )
+            }),
         }
     }
 
+    /// Resets `pin`'s wrong-PIN count (a right PIN, a new PIN, or `keyward
+    /// pin unlock`), durably.
+    pub fn reset_failures<'a>(&self, pin: impl Into<PinRef<'a>>) -> io::Result<()> {
+        let pin = pin.into();
+        let lock = self.count_lock(pin);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove(&pin.failures_file())
+    }
+
+    /// Resets every wrong-PIN count of the token (user, SO, every
+    /// application's); returns how many counts were not zero.
+    pub fn reset_all_failures(&self) -> io::Result<usize> {
+        let mut reset = 0;
+        for name in self.names()? {
+            if name.ends_with("-pin-failures") && !name.starts_with('.') {
+                let lock = {
+                    let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+                    locks.entry(name.clone()).or_default().clone()
+                };
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.remove(&name)?;
+                reset += 1;
+            }
+        }
+        Ok(reset)
+    }
+
+    /// The names in the token's directory (none when it does not exist).
+    fn names(&self) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for e in entries {
+            if let Some(n) = e?.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Removes file `name` durably; a missing file is fine.
+    fn remove(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(name)) {
+            Ok(()) => fs::File::open(&self.dir)?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes temporary files a crash left behind (at the agent's start).
+    pub fn remove_stale_temporaries(&self) {
+        for name in self.names().unwrap_or_default() {
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let _ = fs::remove_file(self.path(&name));
+            }
+        }
+    }
     /// Notes, durably, that a key with this `CKA_ID` is being generated for
     /// the inventory: if the agent dies before the inventory records it,
     /// the next start destroys its objects.
@@ -186,18 +405,22 @@ impl TokenState {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
-        let tmp = self.path(&format!(".{name}.tmp"));
-        // A leftover from a crash is ours to replace.
-        let _ = fs::remove_file(&tmp);
+        // A name of its own per write: concurrent writers never share a
+        // temporary file.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.path(&format!(".{name}.{}.{seq}.tmp", std::process::id()));
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
+        let written = f.write_all(contents).and_then(|()| f.sync_all());
         drop(f);
-        fs::rename(&tmp, self.path(name))?;
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, self.path(name))) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         // Make the rename itself durable.
         fs::File::open(&self.dir)?.sync_all()
     }
@@ -211,24 +434,134 @@ fn read_optional(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
-/// An argon2id PHC string for `pin` with a random salt.
-pub fn hash_pin(pin: &[u8]) -> io::Result<String> {
-    let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(io::Error::other)?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| io::Error::other(e.to_string()))?;
-    Argon2::default()
-        .hash_password(pin, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| io::Error::other(e.to_string()))
+/// The argon2 computations running at once, and the memory they use: at
+/// most [`MAX_CONCURRENT_HASHES`] buffers, each lent to one computation at
+/// a time and kept for the next, so that the memory PIN checks take is
+/// bounded whatever the number of threads (a fresh buffer per check would
+/// be kept by the allocator per thread arena).
+struct Gate {
+    pool: Mutex<Pool>,
+    freed: Condvar,
 }
 
-/// Whether `pin` matches the PHC string `phc`; an unreadable hash matches
-/// nothing.
-pub fn verify_pin_hash(phc: &str, pin: &[u8]) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(h) => Argon2::default().verify_password(pin, &h).is_ok(),
-        Err(_) => false,
+struct Pool {
+    busy: usize,
+    buffers: Vec<Vec<Block>>,
+}
+
+/// The process's argon2 gate.
+static HASHES: Gate = Gate {
+    pool: Mutex::new(Pool {
+        busy: 0,
+        buffers: Vec::new(),
+    }),
+    freed: Condvar::new(),
+};
+
+/// A turn at the gate with its memory, given back (wiped) when dropped,
+/// even by a panic.
+struct Turn {
+    blocks: Vec<Block>,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // A count and spare buffers: consistent even after a panic.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits for a turn; its buffer holds `blocks` blocks.
+    fn enter(&'static self, blocks: usize) -> Turn {
+        let mut pool = self.lock();
+        while pool.busy >= MAX_CONCURRENT_HASHES {
+            pool = self.freed.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+        pool.busy += 1;
+        let mut buffer = pool.buffers.pop().unwrap_or_default();
+        drop(pool);
+        if buffer.len() != blocks {
+            buffer = vec![Block::default(); blocks];
+        }
+        Turn { blocks: buffer }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        // The memory held values derived from a PIN.
+        let mut blocks = std::mem::take(&mut self.blocks);
+        blocks.fill(Block::default());
+        let mut pool = HASHES.lock();
+        pool.busy -= 1;
+        pool.buffers.push(blocks);
+        drop(pool);
+        HASHES.freed.notify_one();
+    }
+}
+
+/// The most memory (1 KiB blocks) a stored hash may ask a check for: 64
+/// MiB, three times the default's. A hash asking for more matches nothing.
+const MAX_HASH_BLOCKS: usize = 64 * 1024;
+
+/// Runs `argon2` over `pin` and `salt` into `out`, with the gate's memory.
+fn argon2_into(argon2: &Argon2<'_>, pin: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
+    let blocks = argon2.params().block_count();
+    if blocks > MAX_HASH_BLOCKS {
+        return Err(argon2::Error::MemoryTooMuch);
+    }
+    let mut turn = HASHES.enter(blocks);
+    argon2.hash_password_into_with_memory(pin, salt, out, &mut turn.blocks[..])
+}
+
+/// An argon2id PHC string for `pin` with a random salt (the crate's default
+/// parameters).
+pub fn hash_pin(pin: &[u8]) -> io::Result<String> {
+    let err = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(io::Error::other)?;
+    let salt_b64 = SaltString::encode_b64(&salt).map_err(|e| err(&e))?;
+    let argon2 = Argon2::default();
+    let mut out = zeroize::Zeroizing::new([0u8; Params::DEFAULT_OUTPUT_LEN]);
+    argon2_into(&argon2, pin, &salt, &mut out[..]).map_err(|e| err(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::default().ident(),
+        version: Some(Version::default().into()),
+        params: ParamsString::try_from(argon2.params()).map_err(|e| err(&e))?,
+        salt: Some(salt_b64.as_salt()),
+        hash: Some(Output::new(&out[..]).map_err(|e| err(&e))?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `pin` matches the PHC string `phc` (what `verify_password`
+/// does, with the gate's memory); an unreadable hash matches nothing.
+pub fn verify_pin_hash(phc: &str, pin: &[u8]) -> bool {
+    let Ok(h) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(h.algorithm) else {
+        return false;
+    };
+    let Ok(version) = h.version.map_or(Ok(Version::default()), Version::try_from) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&h) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+    if argon2_into(&argon2, pin, salt, &mut out).is_err() {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 /// Whether a PIN's length is within `MIN_PIN_LEN..=MAX_PIN_LEN`.
@@ -289,9 +622,214 @@ mod tests {
         assert_eq!(token_dir_name("kw.1_x-y"), "token-kw.1_x-y");
     }
 
+    /// A token with user PIN 1234 and SO PIN 5678 in a fresh directory.
+    fn token_with_pins() -> (tempfile::TempDir, TokenState) {
+        let dir = tempfile::tempdir().unwrap();
+        let t = StateDir::open(dir.path()).unwrap().token("kw");
+        t.set_pin(Role::User, b"1234").unwrap();
+        t.set_pin(Role::So, b"5678").unwrap();
+        (dir, t)
+    }
+
+    #[test]
+    fn parallel_attempts_compare_at_most_the_limit() {
+        let (_dir, t) = token_with_pins();
+        let results: Vec<PinCheck> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..24)
+                .map(|_| scope.spawn(|| t.check_pin(Role::User, b"0000", |n| n >= 3).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wrong = results
+            .iter()
+            .filter(|r| matches!(r, PinCheck::Wrong(_)))
+            .count();
+        let locked = results
+            .iter()
+            .filter(|r| matches!(r, PinCheck::Locked(3)))
+            .count();
+        assert_eq!((wrong, locked), (3, 21), "{results:?}");
+        assert_eq!(t.failures(Role::User).unwrap(), 3);
+        // Locked: even the right PIN is not compared.
+        assert_eq!(
+            t.check_pin(Role::User, b"1234", |n| n >= 3).unwrap(),
+            PinCheck::Locked(3)
+        );
+        // The SO PIN has a count of its own.
+        assert_eq!(t.failures(Role::So).unwrap(), 0);
+        assert_eq!(
+            t.check_pin(Role::So, b"5678", |n| n >= 3).unwrap(),
+            PinCheck::Right
+        );
+        assert_eq!(t.reset_all_failures().unwrap(), 1);
+        assert_eq!(
+            t.check_pin(Role::User, b"1234", |n| n >= 3).unwrap(),
+            PinCheck::Right
+        );
+    }
+
+    #[test]
+    fn an_attempt_is_counted_before_the_check_and_a_right_pin_resets() {
+        let (dir, t) = token_with_pins();
+        let count_file = dir.path().join("token-kw").join("user-pin-failures");
+        assert_eq!(
+            t.check_pin(Role::User, b"0000", |_| false).unwrap(),
+            PinCheck::Wrong(1)
+        );
+        assert_eq!(fs::read_to_string(&count_file).unwrap(), "1");
+        assert_eq!(
+            fs::metadata(&count_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The decision sees the count before this attempt.
+        let mut seen = None;
+        t.check_pin(Role::User, b"0000", |n| {
+            seen = Some(n);
+            false
+        })
+        .unwrap();
+        assert_eq!(seen, Some(1));
+        assert_eq!(
+            t.check_pin(Role::User, b"1234", |_| false).unwrap(),
+            PinCheck::Right
+        );
+        assert!(!count_file.exists());
+        // No PIN: nothing counted.
+        t.clear_pin(Role::User).unwrap();
+        assert_eq!(
+            t.check_pin(Role::User, b"1234", |_| false).unwrap(),
+            PinCheck::NotSet
+        );
+        assert_eq!(t.failures(Role::User).unwrap(), 0);
+        // No temporary file is left behind.
+        let names = t.names().unwrap();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn an_attempt_that_cannot_be_counted_is_not_checked() {
+        let (dir, t) = token_with_pins();
+        // Root ignores file modes: a directory where the count belongs
+        // makes its write fail for anyone.
+        let count_file = dir.path().join("token-kw").join("user-pin-failures");
+        fs::create_dir(&count_file).unwrap();
+        fs::write(count_file.join("keep"), b"").unwrap();
+        for pin in [&b"1234"[..], b"0000"] {
+            let mut asked = false;
+            let r = t.check_pin(Role::User, pin, |_| {
+                asked = true;
+                false
+            });
+            assert!(r.is_err(), "{r:?}");
+            assert!(!asked, "nothing is decided on an unreadable count");
+        }
+        // A count that is not a number is no count either.
+        fs::write(
+            dir.path().join("token-kw").join("so-pin-failures"),
+            b"garbage",
+        )
+        .unwrap();
+        assert!(t.check_pin(Role::So, b"5678", |_| false).is_err());
+        assert!(t.failures(Role::So).is_err());
+    }
+
+    #[test]
+    fn applications_have_their_own_pins_and_counts() {
+        let (dir, t) = token_with_pins();
+        let (a, b) = (PinRef::app("app-a"), PinRef::app("b c/d"));
+        // Without a PIN of its own, an application has the token's.
+        assert!(t.has_pin(a) && !t.has_own_app_pin("app-a"));
+        assert_eq!(t.check_pin(a, b"1234", |_| false).unwrap(), PinCheck::Right);
+        t.set_pin(b, b"9999").unwrap();
+        assert!(t.has_own_app_pin("b c/d"));
+        assert!(dir
+            .path()
+            .join("token-kw")
+            .join("appx-6220632f64-user-pin")
+            .is_file());
+        assert_eq!(
+            t.check_pin(b, b"1234", |_| false).unwrap(),
+            PinCheck::Wrong(1)
+        );
+        assert_eq!(t.check_pin(b, b"9999", |_| false).unwrap(), PinCheck::Right);
+        // Counts are separate.
+        for _ in 0..3 {
+            t.check_pin(a, b"0000", |n| n >= 3).unwrap();
+        }
+        assert_eq!(
+            t.check_pin(a, b"1234", |n| n >= 3).unwrap(),
+            PinCheck::Locked(3)
+        );
+        assert_eq!(
+            t.check_pin(b, b"9999", |n| n >= 3).unwrap(),
+            PinCheck::Right
+        );
+        assert_eq!(
+            t.check_pin(Role::User, b"1234", |n| n >= 3).unwrap(),
+            PinCheck::Right
+        );
+        t.reset_failures(a).unwrap();
+        assert_eq!(t.failures(a).unwrap(), 0);
+        // C_InitToken: every user PIN goes, the SO PIN stays.
+        t.clear_user_pins().unwrap();
+        assert!(!t.has_pin(a) && !t.has_pin(b) && !t.has_pin(Role::User));
+        assert!(t.has_pin(Role::So));
+    }
+
+    #[test]
+    fn concurrent_writes_do_not_collide() {
+        let (_dir, t) = token_with_pins();
+        std::thread::scope(|scope| {
+            for i in 0..8 {
+                let t = &t;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        t.set_label(&format!("label {i}")).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(t.label().unwrap().unwrap().starts_with("label "));
+    }
+
+    #[test]
+    fn hashes_are_the_argon2_crate_s_phc_strings() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        // Made by the crate, checked here (hashes stored before).
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let theirs = Argon2::default()
+            .hash_password(b"1234", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_pin_hash(&theirs, b"1234"));
+        assert!(!verify_pin_hash(&theirs, b"1235"));
+        // Made here, checked by the crate.
+        let ours = hash_pin(b"1234").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"1234", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"4321", &parsed).is_err());
+        assert_eq!(parsed.params, PasswordHash::new(&theirs).unwrap().params);
+    }
+
     #[test]
     fn garbage_hash_matches_nothing() {
         assert!(!verify_pin_hash("not a phc string", b"1234"));
+        // A hash asking for 4 GiB is not computed.
+        let greedy = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4 * 1024 * 1024, 1, 1, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(0x13),
+            params: ParamsString::try_from(greedy.params()).unwrap(),
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&[7u8; 32]).unwrap()),
+        }
+        .to_string();
+        assert!(!verify_pin_hash(&phc, b"1234"));
         assert!(pin_len_ok(b"1234"));
         assert!(!pin_len_ok(b"123"));
         assert!(!pin_len_ok(&[b'1'; 256]));

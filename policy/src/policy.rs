@@ -362,6 +362,18 @@ impl Policy {
         }
     }
 
+    /// Whether the token's SO may set or reset PINs (`C_InitPIN`,
+    /// `C_SetPIN` of the SO PIN, `C_InitToken`): in lab mode, as on a plain token; in
+    /// strict mode PINs are the administrator's (`keyward-agent set-pin`),
+    /// so that no one application's SO can reset another's PIN
+    /// (`CKR_ACTION_PROHIBITED`).
+    pub fn check_pin_management_by_so(&self) -> Result<(), Refusal> {
+        match self.settings.mode {
+            Mode::Lab => Ok(()),
+            Mode::Strict => Err(Refusal::PinsAdministered),
+        }
+    }
+
     /// Whether a PIN with `failures` consecutive wrong attempts is locked
     /// (`CKR_PIN_LOCKED`).
     pub fn check_pin_failures(&self, failures: u32) -> Result<(), Refusal> {

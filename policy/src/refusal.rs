@@ -107,6 +107,9 @@ refusals! {
     /// Too many wrong PINs.
     #[error("the PIN is locked after {failures} wrong attempts")]
     PinLocked { failures: u32 } => CKR_PIN_LOCKED,
+    /// In strict mode PINs are set by the administrator, not the token's SO.
+    #[error("in strict mode PINs are set by the administrator (keyward-agent set-pin), not the token's SO")]
+    PinsAdministered => CKR_ACTION_PROHIBITED,
 }
 
 #[cfg(test)]

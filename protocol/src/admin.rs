@@ -18,6 +18,15 @@ pub enum AdminRequest {
     Report(ReportRequest),
 }
 
+/// Whose PIN an administrator names.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinRole {
+    /// The user PIN (the token's and every application's own).
+    User,
+    /// The security officer's PIN.
+    So,
+}
+
 /// The agent's answer to an [`AdminRequest`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AdminResponse {
@@ -184,10 +193,15 @@ pub enum KeyRequest {
     },
     /// The policy's applications.
     AppList,
-    /// Reset a token's wrong-PIN counter after a lockout.
+    /// Reset a token's wrong-PIN counts after a lockout: every count of
+    /// the token, or only those `role` and `application` name.
     PinUnlock {
         /// Virtual token label.
         token: String,
+        /// Only this role's counts; `None`: both.
+        role: Option<PinRole>,
+        /// Only this application's user PIN count; `None`: every one.
+        application: Option<String>,
     },
     /// Backend objects the inventory does not know (shadow keys).
     Discover {

@@ -229,7 +229,23 @@ pub enum PinCommand {
     Unlock {
         /// Virtual token label.
         token: String,
+        /// Only this role's counters (default: user and SO).
+        #[arg(long, value_enum)]
+        role: Option<PinRoleArg>,
+        /// Only this application's user PIN counter (strict mode: each
+        /// application has its own).
+        #[arg(long = "app", value_name = "NAME")]
+        application: Option<String>,
     },
+}
+
+/// `--role` of `keyward pin unlock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PinRoleArg {
+    /// The user PIN (the token's and every application's).
+    User,
+    /// The security officer's PIN.
+    So,
 }
 
 /// `keyward discover [--adopt ID --name N --class C]`
@@ -727,8 +743,25 @@ mod tests {
         assert_eq!(bad(&["app", "list", "x"]), ErrorKind::UnknownArgument);
         assert!(matches!(
             ok(&["pin", "unlock", "t1"]).command,
-            Command::Pin { command: PinCommand::Unlock { token } } if token == "t1"
+            Command::Pin { command: PinCommand::Unlock { token, role: None, application: None } } if token == "t1"
         ));
+        assert!(matches!(
+            ok(&["pin", "unlock", "t1", "--role", "so"]).command,
+            Command::Pin {
+                command: PinCommand::Unlock {
+                    role: Some(PinRoleArg::So),
+                    ..
+                }
+            }
+        ));
+        assert!(matches!(
+            ok(&["pin", "unlock", "t1", "--app", "web"]).command,
+            Command::Pin { command: PinCommand::Unlock { application: Some(a), .. } } if a == "web"
+        ));
+        assert_eq!(
+            bad(&["pin", "unlock", "t1", "--role", "admin"]),
+            ErrorKind::InvalidValue
+        );
         assert_eq!(bad(&["pin", "unlock"]), ErrorKind::MissingRequiredArgument);
     }
 

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use keyward_protocol::admin::{
     AdminRequest, AdminResponse, AnomalyThresholds, AuditRecordInfo, AuditRequest, AuditResponse,
-    AuditVerification, KeyAction, KeyRequest, KeyResponse, ReportRequest,
+    AuditVerification, KeyAction, KeyRequest, KeyResponse, PinRole, ReportRequest,
 };
 
 use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
     AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs,
-    KeyCommand, PinCommand, PolicyCommand, ReportArgs, ResultFilter, TransitionArgs,
+    KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs, ResultFilter, TransitionArgs,
 };
 use crate::render;
 use crate::time;
@@ -210,8 +210,20 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             command: AppCommand::List,
         } => key(KeyRequest::AppList),
         Command::Pin {
-            command: PinCommand::Unlock { token },
-        } => key(KeyRequest::PinUnlock { token }),
+            command:
+                PinCommand::Unlock {
+                    token,
+                    role,
+                    application,
+                },
+        } => key(KeyRequest::PinUnlock {
+            token,
+            role: role.map(|r| match r {
+                PinRoleArg::User => PinRole::User,
+                PinRoleArg::So => PinRole::So,
+            }),
+            application,
+        }),
         Command::Discover(DiscoverArgs {
             token,
             adopt,
@@ -675,7 +687,19 @@ mod tests {
         assert_eq!(key(&["app", "list"]), KeyRequest::AppList);
         assert_eq!(
             key(&["pin", "unlock", "t"]),
-            KeyRequest::PinUnlock { token: "t".into() }
+            KeyRequest::PinUnlock {
+                token: "t".into(),
+                role: None,
+                application: None
+            }
+        );
+        assert_eq!(
+            key(&["pin", "unlock", "t", "--role", "so"]),
+            KeyRequest::PinUnlock {
+                token: "t".into(),
+                role: Some(PinRole::So),
+                application: None
+            }
         );
         assert_eq!(
             key(&["discover", "--token", "t"]),

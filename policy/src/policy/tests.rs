@@ -410,6 +410,12 @@ fn pin_lockout() {
     assert_eq!(p.check_pin_failures(2), Ok(()));
     let refusal = p.check_pin_failures(3).unwrap_err();
     assert_eq!(refusal.ckr(), pkcs11_sys::CKR_PIN_LOCKED);
+    // Strict mode: PINs are the administrator's, not the token SO's.
+    let refusal = p.check_pin_management_by_so().unwrap_err();
+    assert_eq!(refusal.ckr(), pkcs11_sys::CKR_ACTION_PROHIBITED);
+    assert!(refusal.to_string().contains("administrator"), "{refusal}");
+    assert_eq!(Policy::lab().check_pin_management_by_so(), Ok(()));
+    assert_eq!(Policy::lab().check_pin_failures(u32::MAX), Ok(()));
 }
 
 #[test]
