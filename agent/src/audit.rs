@@ -521,7 +521,7 @@ impl Auditor {
 
     /// The queue outgrew what the run note reserves: the note reserves more
     /// before the event is acknowledged. Rare (the writer reserves ahead at
-    /// every batch, with room for four times the last interval's events).
+    /// every batch, with room for twice the last interval's events).
     fn reserve(&self, q: &mut Queue) {
         let mut note = self.note();
         q.reserved = match note.as_mut() {
@@ -779,7 +779,7 @@ impl Auditor {
     }
 
     /// The writer's note after each batch: the progress, and a reservation
-    /// of four times the events of the last interval (at least
+    /// of twice the events of the last interval (at least
     /// [`MIN_HEADROOM`]) ahead of what is queued. Written under the queue's
     /// lock (one small write, a few times a second at most), so that the
     /// reservation can also shrink again: nothing is queued meanwhile.
@@ -791,7 +791,7 @@ impl Auditor {
         let total = q.total;
         let interval = total.saturating_sub(n.last_total);
         n.last_total = total;
-        n.headroom = interval.saturating_mul(4).max(MIN_HEADROOM);
+        n.headroom = interval.saturating_mul(2).max(MIN_HEADROOM);
         let same = n.progress.accounted == n.disk.accounted
             && n.progress.stored_until_us == n.disk.stored_until_us;
         if same && interval == 0 && n.disk.reserved >= total {
