@@ -12,9 +12,9 @@
 //!   [`FAILURE_REMINDER`] while it lasts, and once at its end.
 //! - Uses acknowledged but not yet stored are lost if the agent dies
 //!   (SIGKILL, a crash): a *run note* in the state directory
-//!   ([`RUN_NOTE`]) bounds them without any write on the hot path, and the
-//!   next start records a `crash-gap` record with that bound (see
-//!   [`Auditor::begin_run`]).
+//!   ([`RUN_NOTE`]), which the writer keeps ahead of the queue, bounds
+//!   them without a write per use, and the next start records a
+//!   `crash-gap` record with that bound (see [`Auditor::begin_run`]).
 //!
 //! No PIN and no key material ever goes into an event: callers pass names,
 //! operations, codes and reasons.
