@@ -1835,7 +1835,7 @@ impl Agent {
     }
 
     /// Ends the pending note of a generation (recorded or undone).
-    fn end_pending(&self, token: &VirtualToken, id: &[u8]) {
+    pub(crate) fn end_pending(&self, token: &VirtualToken, id: &[u8]) {
         if let Err(e) = token.state.remove_pending(&hex(id)) {
             log::error!(
                 "token {:?}: cannot clear a pending generation note: {e}",
@@ -1852,7 +1852,11 @@ impl Agent {
     /// serving.
     pub fn recover_pending(&self) {
         for token in &self.tokens {
-            for id_hex in token.state.pending() {
+            let pending = token.state.pending();
+            if !pending.is_empty() {
+                self.destroy_husks(token);
+            }
+            for id_hex in pending {
                 let Some(id) = unhex(&id_hex) else { continue };
                 if self.keys.lookup(&token.config.label, &id).is_none() {
                     if let Ok(backend) = token.backend() {
@@ -1880,6 +1884,67 @@ impl Agent {
                     log::error!("token {:?}: {e}", token.config.label);
                 }
             }
+        }
+    }
+
+    /// Destroys the husks a generation cut off by a crash can leave on
+    /// `token`'s backend (at start, before anything is served): key
+    /// objects the HSM had created but not yet
+    /// given the template's attributes or any key material (SoftHSM2
+    /// writes an object's defaults, then the template, then the key, each
+    /// on its own). Such a husk has an empty `CKA_ID`, so the recovery by
+    /// `CKA_ID` cannot find it, and no key (EC parameters, RSA modulus or
+    /// secret length), so no one can use it: nothing of value is lost.
+    fn destroy_husks(&self, token: &VirtualToken) {
+        let Ok(backend) = token.backend() else { return };
+        let found = HsmSession::open(backend.as_ref()).and_then(|s| {
+            let mut husks = Vec::new();
+            for cko in [ck::CKO_PRIVATE_KEY, ck::CKO_PUBLIC_KEY, ck::CKO_SECRET_KEY] {
+                // Not by CKA_TOKEN: a husk still has the default (false).
+                // Nothing is served yet, so no session object is there.
+                for o in s.find(&[Attribute::ulong(ck::CKA_CLASS, cko)])? {
+                    let a = s.attrs(o, &[ck::CKA_ID, ck::CKA_KEY_TYPE])?;
+                    let empty_id = match &a[0] {
+                        Some(Value::Bytes(b)) => b.is_empty(),
+                        None => true,
+                        Some(_) => false,
+                    };
+                    if !empty_id {
+                        continue;
+                    }
+                    let material = match a[1] {
+                        Some(Value::Ulong(ck::CKK_EC))
+                        | Some(Value::Ulong(ck::CKK_EC_EDWARDS))
+                        | Some(Value::Ulong(ck::CKK_EC_MONTGOMERY)) => ck::CKA_EC_PARAMS,
+                        Some(Value::Ulong(ck::CKK_RSA)) => ck::CKA_MODULUS,
+                        _ if cko == ck::CKO_SECRET_KEY => ck::CKA_VALUE_LEN,
+                        _ => continue,
+                    };
+                    let keyless = match s.attrs(o, &[material])?.pop().flatten() {
+                        Some(Value::Bytes(b)) => b.is_empty(),
+                        Some(Value::Ulong(n)) => n == 0,
+                        _ => false,
+                    };
+                    if keyless {
+                        husks.push(o);
+                    }
+                }
+            }
+            s.destroy(&husks);
+            Ok(husks.len())
+        });
+        match found {
+            Ok(0) => {}
+            Ok(n) => log::warn!(
+                "token {:?}: {n} key objects without CKA_ID or key material (cut off in their \
+                 generation) destroyed",
+                token.config.label
+            ),
+            Err(e) => log::error!(
+                "token {:?}: cannot look for objects cut off in their generation: {}",
+                token.config.label,
+                e.message
+            ),
         }
     }
 

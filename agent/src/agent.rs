@@ -537,6 +537,47 @@ impl Agent {
         Ok(())
     }
 
+    /// Journals an application's generation under `class` that makes token
+    /// objects, as an administrator's is: the `CKA_ID` that
+    /// [`Agent::generation_policy`] put in the templates is noted as
+    /// pending (durably) before the HSM makes anything, so that a crash
+    /// before the inventory records the key leaves nothing behind: the
+    /// next start destroys every object with that `CKA_ID` (a public half
+    /// made without its private half too). `Some(id)`: end it with
+    /// `end_pending` once the key is recorded or undone.
+    fn journal_generation(
+        &self,
+        slot: usize,
+        class: Option<&keyward_policy::KeyClass>,
+        templates: &[&[Attribute]],
+    ) -> Result<Option<Vec<u8>>> {
+        if class.is_none()
+            || !templates
+                .iter()
+                .any(|t| template_bool(t, CKA_TOKEN) == Some(true))
+        {
+            return Ok(None);
+        }
+        let id = templates
+            .iter()
+            .find_map(|t| t.iter().find(|a| a.attr_type == CKA_ID))
+            .and_then(|a| match &a.value {
+                AttrValue::Leaf(Value::Bytes(b)) => Some(b.clone()),
+                _ => None,
+            });
+        let Some(id) = id else { return Ok(None) };
+        let token = &self.tokens[slot];
+        if let Err(e) = token.state.add_pending(&crate::admin::hex(&id)) {
+            log::error!(
+                "token {:?}: cannot note a generation as pending ({e}): refused",
+                token.config.label
+            );
+            return Err(Error::Backend(ck::CKR_DEVICE_ERROR));
+        }
+        self.keys.set_pending(&token.config.label, &id, true);
+        Ok(Some(id))
+    }
+
     /// Records a key an application generated under `class` as a managed
     /// key (token objects only: a session key ends with its session). The
     /// application owns it; a failure to record it destroys the objects.
@@ -1199,9 +1240,17 @@ impl Agent {
                 let class =
                     self.generation_policy(client, mechanism.mechanism, &mut [&mut template])?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                let h = s.backend.generate_key(s.backend_session, &m, &template)?;
+                let pending = self.journal_generation(s.slot, class.as_ref(), &[&template])?;
+                let made = s.backend.generate_key(s.backend_session, &m, &template);
+                let managed = made.and_then(|h| {
+                    self.manage(client, &s, class.as_ref(), &template, (h, None))
+                        .map(|m| (h, m))
+                });
+                if let Some(id) = &pending {
+                    self.end_pending(&self.tokens[s.slot], id);
+                }
+                let (h, managed) = managed?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                let managed = self.manage(client, &s, class.as_ref(), &template, (h, None))?;
                 self.adopt(
                     client,
                     session,
@@ -1232,23 +1281,35 @@ impl Agent {
                     &mut [&mut public_template, &mut private_template],
                 )?;
                 let m = self.mechanism(client, s.slot, &mechanism)?;
-                let (hpub, hpriv) = s.backend.generate_key_pair(
+                let pending = self.journal_generation(
+                    s.slot,
+                    class.as_ref(),
+                    &[&public_template, &private_template],
+                )?;
+                let made = s.backend.generate_key_pair(
                     s.backend_session,
                     &m,
                     &public_template,
                     &private_template,
-                )?;
+                );
+                let managed = made.and_then(|(hpub, hpriv)| {
+                    self.manage(
+                        client,
+                        &s,
+                        class.as_ref(),
+                        &private_template,
+                        (hpriv, Some(hpub)),
+                    )
+                    .map(|m| (hpub, hpriv, m))
+                });
+                if let Some(id) = &pending {
+                    self.end_pending(&self.tokens[s.slot], id);
+                }
+                let (hpub, hpriv, managed) = managed?;
                 let hint_pub = template_bool(&public_template, CKA_TOKEN).unwrap_or(false);
                 let hint_priv = template_bool(&private_template, CKA_TOKEN).unwrap_or(false);
                 // One hint for both: known only when they agree.
                 let hint = (hint_pub == hint_priv).then_some(hint_pub);
-                let managed = self.manage(
-                    client,
-                    &s,
-                    class.as_ref(),
-                    &private_template,
-                    (hpriv, Some(hpub)),
-                )?;
                 let v = self.adopt(
                     client,
                     session,

@@ -7,8 +7,14 @@
 //!   returns: [`Auditor::durable`] first appends what is queued (so the
 //!   trail keeps the order events happened in), then the event, with
 //!   `synchronous=FULL`. When that fails the caller fails closed.
-//! - A trail that cannot be written is said loudly, once per failure
-//!   streak, at error level.
+//! - A trail that cannot be written is said loudly at error level once at
+//!   the start of a failure streak, as a reminder every
+//!   [`FAILURE_REMINDER`] while it lasts, and once at its end.
+//! - Uses acknowledged but not yet stored are lost if the agent dies
+//!   (SIGKILL, a crash): a *run note* in the state directory
+//!   ([`RUN_NOTE`]), which the writer keeps ahead of the queue, bounds
+//!   them without a write per use, and the next start records a
+//!   `crash-gap` record with that bound (see [`Auditor::begin_run`]).
 //!
 //! No PIN and no key material ever goes into an event: callers pass names,
 //! operations, codes and reasons.
@@ -33,10 +39,17 @@ pub const LINGER: Duration = Duration::from_millis(200);
 /// that uses are dropped and counted (never lifecycle or admin events,
 /// which are refused instead).
 pub const MAX_PENDING: usize = 1 << 16;
+/// While the trail cannot be written, how often the failure is said again.
+pub const FAILURE_REMINDER: Duration = Duration::from_secs(60);
+/// The run note's file name in the state directory.
+pub const RUN_NOTE: &str = "audit-run";
+/// The least number of queued events the run note reserves ahead.
+const MIN_HEADROOM: u64 = 1024;
+/// Bytes the run note is padded to: one write of one block replaces it.
+const NOTE_SIZE: usize = 512;
 
 /// What is queued for the next batch, in the order it happened: events,
 /// and uses folded by [`UseKey`] (a use's place is its first occurrence).
-#[derive(Default)]
 struct Queue {
     order: Vec<Queued>,
     others: Vec<AuditEvent>,
@@ -44,6 +57,11 @@ struct Queue {
     index: std::collections::HashMap<UseKey, usize>,
     /// Events queued, uses counted one by one (what [`BATCH`] counts).
     events: usize,
+    /// Events queued since the agent started (uses one by one, refusals).
+    total: u64,
+    /// How many `total` may reach before the run note must say more
+    /// (never more than the note on disk says; `u64::MAX`: no note).
+    reserved: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -79,6 +97,20 @@ struct PendingUse {
     first_us: u64,
     last_us: u64,
     count: u32,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            order: Vec::new(),
+            others: Vec::new(),
+            uses: Vec::new(),
+            index: std::collections::HashMap::new(),
+            events: 0,
+            total: 0,
+            reserved: u64::MAX,
+        }
+    }
 }
 
 impl Queue {
@@ -139,6 +171,165 @@ pub struct Auditor {
     record_uses: bool,
     on_write_failure: OnWriteFailure,
     syslog: Option<Mutex<Syslog>>,
+    /// The current failure streak, when the trail cannot be written.
+    streak: Mutex<Option<Streak>>,
+    /// The run note (see [`Auditor::begin_run`]); `None` until a run
+    /// begins, and after it ended.
+    note: Mutex<Option<RunNote>>,
+}
+
+/// A streak of failed writes of the trail, for saying it once.
+struct Streak {
+    since: std::time::Instant,
+    attempts: u64,
+    last_said: std::time::Instant,
+    /// Use events dropped during the streak (beyond [`MAX_PENDING`]).
+    dropped: u64,
+}
+
+/// What the run note says (format 1), as JSON padded to [`NOTE_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+struct NoteState {
+    /// The agent's process.
+    pid: u32,
+    /// When the run began (microseconds since the epoch).
+    started_us: u64,
+    /// The run ended with a clean stop: everything queued was stored.
+    clean: bool,
+    /// Events queued in this run that the trail now holds (or that an
+    /// `audit-gap` record accounts for).
+    accounted: u64,
+    /// The trail's head seq when `accounted` was counted.
+    seq: u64,
+    /// Every event queued before this time is in the trail.
+    stored_until_us: u64,
+    /// No more events than this were queued in this run.
+    reserved: u64,
+    /// When the note was written.
+    noted_us: u64,
+}
+
+/// The run note's file and what it last said.
+struct RunNote {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// What is on disk.
+    disk: NoteState,
+    /// Progress not yet on disk: `accounted`, `seq`, `stored_until_us`.
+    progress: NoteState,
+    /// `Queue::total` at the writer's last note, and the headroom it gave.
+    last_total: u64,
+    headroom: u64,
+    /// The last write failed (said once).
+    failing: bool,
+}
+
+impl RunNote {
+    /// Writes `state` over the note (one write of [`NOTE_SIZE`] bytes; no
+    /// sync: what a process crash must not lose is in the page cache).
+    fn write(&mut self, state: NoteState) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+        if bytes.len() >= NOTE_SIZE {
+            return Err(std::io::Error::other("the run note is too long"));
+        }
+        bytes.resize(NOTE_SIZE - 1, b' ');
+        bytes.push(b'\n');
+        let written = self.file.write_all_at(&bytes, 0);
+        match &written {
+            Ok(()) => {
+                self.disk = state;
+                if self.failing {
+                    self.failing = false;
+                    log::warn!(
+                        "audit: the run note {} is written again",
+                        self.path.display()
+                    );
+                }
+            }
+            Err(e) if !self.failing => {
+                self.failing = true;
+                log::error!(
+                    "audit: cannot write the run note {} ({e}): after a crash, the count of \
+                     uses that may be missing will be too low",
+                    self.path.display()
+                );
+            }
+            Err(_) => {}
+        }
+        written
+    }
+
+    /// The note with the progress so far and `reserved`; `Some(reserved)`
+    /// when written. Called with the queue locked, and `reserved` at least
+    /// its total: the note never says fewer events than were queued.
+    fn note(&mut self, reserved: u64) -> Option<u64> {
+        let state = NoteState {
+            reserved,
+            noted_us: now_us(),
+            ..self.progress
+        };
+        self.write(state).ok().map(|()| self.disk.reserved)
+    }
+}
+
+/// Microseconds since the epoch.
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `2026-12-04T22:01:02.123456Z` for microseconds since the epoch.
+pub fn format_us(us: u64) -> String {
+    let secs = (us / 1_000_000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60,
+        us % 1_000_000
+    )
+}
+
+/// The operation of the record a start after a crash writes.
+pub const CRASH_GAP: &str = "crash-gap";
+
+/// The reason of a [`CRASH_GAP`] record; [`crash_gap_of`] reads it back.
+pub fn crash_gap_reason(from_us: u64, to_us: u64, at_most: u64, pid: u32, noted_us: u64) -> String {
+    format!(
+        "the agent (pid {pid}) did not stop cleanly: at most {at_most} uses and refusals \
+         acknowledged between {} and {} may be missing from the trail \
+         [unix_us {from_us}..{to_us}]; its last note was at {}",
+        format_us(from_us),
+        format_us(to_us),
+        format_us(noted_us)
+    )
+}
+
+/// The interval (microseconds since the epoch) and the bound a
+/// [`crash_gap_reason`] says.
+pub fn crash_gap_of(reason: &str) -> Option<(u64, u64, u64)> {
+    let at_most = reason
+        .split_once("at most ")?
+        .1
+        .split_once(' ')?
+        .0
+        .parse()
+        .ok()?;
+    let range = reason.split_once("[unix_us ")?.1.split_once(']')?.0;
+    let (from, to) = range.split_once("..")?;
+    Some((from.parse().ok()?, to.parse().ok()?, at_most))
 }
 
 /// What the writer has done since the agent started.
@@ -248,24 +439,7 @@ impl Auditor {
 
     /// An auditor over `log` as `config` says, with its writer thread.
     pub fn with_config(log: Arc<dyn AuditLog>, config: &AuditConfig) -> Arc<Auditor> {
-        if !config.record_uses {
-            log::warn!("audit: [audit] record_uses = false: cryptographic uses are NOT recorded");
-        }
-        let syslog = config
-            .syslog
-            .then(|| Mutex::new(Syslog::new(&config.syslog_socket)));
-        let auditor = Arc::new(Auditor {
-            log,
-            queue: Mutex::new(Queue::default()),
-            writing: Mutex::new(()),
-            wake: Condvar::new(),
-            failing: AtomicBool::new(false),
-            lost: AtomicU64::new(0),
-            stats: Stats::default(),
-            record_uses: config.record_uses,
-            on_write_failure: config.on_write_failure,
-            syslog,
-        });
+        let auditor = Auditor::new(log, config);
         let weak = Arc::downgrade(&auditor);
         if let Err(e) = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -276,6 +450,31 @@ impl Auditor {
             );
         }
         auditor
+    }
+
+    /// An auditor without its writer thread: events are written by
+    /// [`Auditor::flush`] and [`Auditor::durable`] only.
+    fn new(log: Arc<dyn AuditLog>, config: &AuditConfig) -> Arc<Auditor> {
+        if !config.record_uses {
+            log::warn!("audit: [audit] record_uses = false: cryptographic uses are NOT recorded");
+        }
+        let syslog = config
+            .syslog
+            .then(|| Mutex::new(Syslog::new(&config.syslog_socket)));
+        Arc::new(Auditor {
+            log,
+            queue: Mutex::new(Queue::default()),
+            writing: Mutex::new(()),
+            wake: Condvar::new(),
+            failing: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
+            stats: Stats::default(),
+            record_uses: config.record_uses,
+            on_write_failure: config.on_write_failure,
+            syslog,
+            streak: Mutex::new(None),
+            note: Mutex::new(None),
+        })
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -311,9 +510,33 @@ impl Auditor {
         q.others.push(e);
         q.order.push(Queued::Event(i));
         q.events += 1;
+        q.total += 1;
+        if q.total > q.reserved {
+            self.reserve(&mut q);
+        }
         if q.events == BATCH {
             self.wake.notify_one();
         }
+    }
+
+    /// The queue outgrew what the run note reserves: the note reserves more
+    /// before the event is acknowledged. Rare (the writer reserves ahead at
+    /// every batch, with room for twice the last interval's events).
+    fn reserve(&self, q: &mut Queue) {
+        let mut note = self.note();
+        q.reserved = match note.as_mut() {
+            Some(n) => {
+                let want = q.total.saturating_add(n.headroom);
+                // A note that cannot be written is said once; then events
+                // are no longer held up by it.
+                n.note(want).unwrap_or(u64::MAX)
+            }
+            None => u64::MAX,
+        };
+    }
+
+    fn note(&self) -> std::sync::MutexGuard<'_, Option<RunNote>> {
+        self.note.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a use of `target` by `client` (its end, with result `rv`):
@@ -362,6 +585,10 @@ impl Auditor {
             q.index.insert(key, i);
             q.order.push(Queued::Use(i));
         }
+        q.total += 1;
+        if q.total > q.reserved {
+            self.reserve(&mut q);
+        }
         if q.events == BATCH {
             self.wake.notify_one();
         }
@@ -374,19 +601,26 @@ impl Auditor {
     /// Appends everything queued now.
     pub fn flush(&self) {
         let _writing = self.writing();
-        let batch = self.queue().take();
-        if let Err(batch) = self.append(batch, false) {
+        let (batch, taken_us) = self.take();
+        if let Err(batch) = self.append(batch, false, taken_us) {
             self.requeue(batch);
         }
+    }
+
+    /// Everything queued, and the time before it was taken: every event
+    /// queued earlier is in the batch.
+    fn take(&self) -> (Vec<AuditEvent>, u64) {
+        let taken_us = now_us();
+        (self.queue().take(), taken_us)
     }
 
     /// Appends `e` durably (after what is queued) before returning.
     /// `Err` means the trail could not be written: fail closed.
     pub fn durable(&self, e: AuditEvent) -> Result<(), String> {
         let _writing = self.writing();
-        let mut batch = self.queue().take();
+        let (mut batch, taken_us) = self.take();
         batch.push(e);
-        match self.append(batch, true) {
+        match self.append(batch, true, taken_us) {
             Ok(()) => Ok(()),
             Err(mut batch) => {
                 // The durable event is refused (fail closed); what was
@@ -409,7 +643,19 @@ impl Auditor {
             batch.drain(..excess);
             self.lost.fetch_add(dropped, Ordering::Relaxed);
             self.stats.lost.fetch_add(dropped, Ordering::Relaxed);
-            log::error!("audit: {dropped} events dropped: the trail still cannot be written");
+            // Said with the streak (its reminders and its end), not each time.
+            let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+            match streak.as_mut() {
+                Some(st) if st.dropped > 0 => st.dropped += dropped,
+                Some(st) => {
+                    st.dropped = dropped;
+                    log::error!(
+                        "audit: {MAX_PENDING} records held in memory: the oldest uses are now \
+                         dropped and counted"
+                    );
+                }
+                None => log::error!("audit: {dropped} events dropped"),
+            }
         }
         q.events = batch.len();
         q.order = (0..batch.len()).map(Queued::Event).collect();
@@ -420,10 +666,22 @@ impl Auditor {
     /// noting any events lost since the last write. Says loudly when the
     /// trail cannot be written and when it can again. `Err` gives the batch
     /// back (coalesced) to be kept for the next attempt.
-    fn append(&self, events: Vec<AuditEvent>, durable: bool) -> Result<(), Vec<AuditEvent>> {
+    fn append(
+        &self,
+        events: Vec<AuditEvent>,
+        durable: bool,
+        taken_us: u64,
+    ) -> Result<(), Vec<AuditEvent>> {
         if events.is_empty() {
             return Ok(());
         }
+        // Events that came from the queue (a durable event is the last and
+        // was never queued).
+        let queued: u64 = events
+            .iter()
+            .take(events.len() - usize::from(durable))
+            .map(|e| u64::from(e.count))
+            .sum();
         let mut batch = coalesce(events);
         let lost = self.lost.swap(0, Ordering::Relaxed);
         if lost > 0 {
@@ -436,7 +694,29 @@ impl Auditor {
         match self.log.append(&batch, durable) {
             Ok(head) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    log::error!("audit: the trail is written again");
+                    let streak = self.streak.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    match streak {
+                        Some(st) => log::error!(
+                            "audit: the trail is written again, after {} s and {} failed \
+                             attempts{}",
+                            st.since.elapsed().as_secs(),
+                            st.attempts,
+                            if st.dropped > 0 {
+                                format!(
+                                    "; {} use events were dropped (an audit-gap record says so)",
+                                    st.dropped
+                                )
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        None => log::error!("audit: the trail is written again"),
+                    }
+                }
+                if let Some(n) = self.note().as_mut() {
+                    n.progress.accounted += queued + lost;
+                    n.progress.seq = head;
+                    n.progress.stored_until_us = n.progress.stored_until_us.max(taken_us);
                 }
                 let events: u64 = batch.iter().map(|e| u64::from(e.count)).sum();
                 self.stats
@@ -454,25 +734,223 @@ impl Auditor {
             Err(e) => {
                 self.lost.fetch_add(lost, Ordering::Relaxed);
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                if !self.failing.swap(true, Ordering::Relaxed) || streak.is_none() {
+                    *streak = Some(Streak {
+                        since: now,
+                        attempts: 1,
+                        last_said: now,
+                        dropped: 0,
+                    });
                     log::error!(
                         "audit: THE TRAIL CANNOT BE WRITTEN ({e}); {} records held in memory; \
-                         admin and lifecycle actions are refused until it can{}",
+                         admin and lifecycle actions are refused until it can{} (said again \
+                         every {} s while it lasts, and when it ends)",
                         batch.len(),
                         if self.on_write_failure == OnWriteFailure::Refuse {
                             ", and so are applications' operations"
                         } else {
                             ""
-                        }
+                        },
+                        FAILURE_REMINDER.as_secs()
                     );
-                } else {
-                    log::error!("audit: the trail still cannot be written ({e})");
+                } else if let Some(st) = streak.as_mut() {
+                    st.attempts += 1;
+                    if now.duration_since(st.last_said) >= FAILURE_REMINDER {
+                        st.last_said = now;
+                        log::error!(
+                            "audit: the trail still cannot be written ({e}), for {} s and {} \
+                             attempts; {} records held in memory, {} use events dropped",
+                            st.since.elapsed().as_secs(),
+                            st.attempts,
+                            batch.len(),
+                            st.dropped
+                        );
+                    }
                 }
+                drop(streak);
                 if lost > 0 {
                     batch.remove(0);
                 }
                 Err(batch)
             }
+        }
+    }
+
+    /// The writer's note after each batch: the progress, and a reservation
+    /// of twice the events of the last interval (at least
+    /// [`MIN_HEADROOM`]) ahead of what is queued. Written under the queue's
+    /// lock (one small write, a few times a second at most), so that the
+    /// reservation can also shrink again: nothing is queued meanwhile.
+    /// Nothing is written when nothing changed.
+    fn note_progress(&self) {
+        let mut q = self.queue();
+        let mut note = self.note();
+        let Some(n) = note.as_mut() else { return };
+        let total = q.total;
+        let interval = total.saturating_sub(n.last_total);
+        n.last_total = total;
+        n.headroom = interval.saturating_mul(2).max(MIN_HEADROOM);
+        let same = n.progress.accounted == n.disk.accounted
+            && n.progress.stored_until_us == n.disk.stored_until_us;
+        if same && interval == 0 && n.disk.reserved >= total {
+            return;
+        }
+        if let Some(reserved) = n.note(total.saturating_add(n.headroom)) {
+            q.reserved = reserved;
+        }
+    }
+
+    /// Begins a run of the agent: reads the run note the last run left in
+    /// `state_dir` and, when that run did not stop cleanly, returns the
+    /// `crash-gap` event to record (before anything else): the uses and
+    /// refusals it acknowledged that may be missing from the trail, at
+    /// most how many, and between when and when. Then notes this run.
+    ///
+    /// The bound holds without any write per use: the queue counts the
+    /// events it takes (under the lock it already holds), and the note on
+    /// disk always reserves at least as many as were queued (the writer
+    /// reserves ahead; an event past the reservation writes a new note
+    /// before it is acknowledged). The note is not synced: it bounds what
+    /// a process crash (SIGKILL, abort) loses; after a power loss it may
+    /// be stale.
+    pub fn begin_run(&self, state_dir: &std::path::Path) -> Option<AuditEvent> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join(RUN_NOTE);
+        let now = now_us();
+        let gap = match std::fs::read(&path) {
+            Ok(bytes) => self.gap_after(&bytes, now),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                log::error!("audit: cannot read the run note {}: {e}", path.display());
+                None
+            }
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!(
+                    "audit: cannot open the run note {} ({e}): a crash of this run will not be \
+                     recorded in the trail",
+                    path.display()
+                );
+                return gap;
+            }
+        };
+        let seq = self.log.head().map_or(0, |(s, _)| s);
+        let start = NoteState {
+            pid: std::process::id(),
+            started_us: now,
+            clean: false,
+            accounted: 0,
+            seq,
+            stored_until_us: now,
+            reserved: 0,
+            noted_us: now,
+        };
+        let mut note = RunNote {
+            file,
+            path,
+            disk: start,
+            progress: start,
+            last_total: 0,
+            headroom: MIN_HEADROOM,
+            failing: false,
+        };
+        let mut q = self.queue();
+        if let Some(r) = note.note(q.total + MIN_HEADROOM) {
+            q.reserved = r;
+        }
+        *self.note() = Some(note);
+        gap
+    }
+
+    /// The `crash-gap` event for the last run's note `bytes`, if that run
+    /// did not stop cleanly; `now`: this start (the latest the crash can
+    /// have been).
+    fn gap_after(&self, bytes: &[u8], now: u64) -> Option<AuditEvent> {
+        let mut e = event(AuditKind::Agent, Actor::Agent, CRASH_GAP);
+        e.result = cryptoki_sys::CKR_FUNCTION_FAILED;
+        let text = String::from_utf8_lossy(bytes);
+        let Ok(last) = serde_json::from_str::<NoteState>(text.trim()) else {
+            // Torn or altered: nothing is known but that the run ended
+            // without a clean stop.
+            e.reason = "the last run's note is unreadable: uses and refusals it acknowledged \
+                        may be missing from the trail (how many is unknown)"
+                .into();
+            return Some(e);
+        };
+        if last.clean {
+            return None;
+        }
+        // Uses the trail holds beyond what the note counted.
+        let stored_after: u64 = self
+            .log
+            .query(&keyward_inventory::AuditFilter {
+                after_seq: Some(last.seq),
+                kinds: vec![AuditKind::Use],
+                ..keyward_inventory::AuditFilter::default()
+            })
+            .map(|r| r.iter().map(|r| u64::from(r.event.count)).sum())
+            .unwrap_or(0);
+        // Every event queued before the last stored record was stored.
+        let last_record_us = self
+            .log
+            .tail(1)
+            .ok()
+            .and_then(|t| {
+                t.last()
+                    .map(|r| r.event.at.max(0) as u64 * 1_000_000 + u64::from(r.event.micros))
+            })
+            .unwrap_or(0);
+        let from = last.stored_until_us.max(last_record_us).min(now);
+        let at_most = last
+            .reserved
+            .saturating_sub(last.accounted)
+            .saturating_sub(stored_after);
+        e.reason = crash_gap_reason(from, now, at_most, last.pid, last.noted_us);
+        log::warn!("audit: {}", e.reason);
+        Some(e)
+    }
+
+    /// Ends the run cleanly (after the last flush and checkpoint): the
+    /// note says so, synced, and the next start records no gap.
+    pub fn end_run(&self) {
+        self.flush();
+        let mut q = self.queue();
+        let mut note = self.note();
+        if let Some(mut n) = note.take() {
+            let state = NoteState {
+                clean: true,
+                noted_us: now_us(),
+                reserved: n.disk.reserved,
+                ..n.progress
+            };
+            if n.write(state).is_ok() {
+                if let Err(e) = n.file.sync_all() {
+                    log::error!("audit: cannot sync the run note {}: {e}", n.path.display());
+                }
+            }
+        }
+        q.reserved = u64::MAX;
+    }
+
+    /// Ships a checkpoint's head to syslog (when forwarding is on), in its
+    /// one-line text form, as a record of its own: a witness off the host
+    /// that `keyward audit verify --anchor` reads back.
+    pub fn forward_anchor(&self, anchor: &keyward_protocol::admin::AuditAnchor) {
+        if let Some(s) = &self.syslog {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send_line(&anchor.to_line(), false);
         }
     }
 
@@ -494,8 +972,9 @@ fn writer(auditor: Weak<Auditor>) {
                 .unwrap_or_else(|p| p.into_inner());
         }
         let writing = a.writing();
-        let batch = a.queue().take();
-        let failed = a.append(batch, false).err();
+        let (batch, taken_us) = a.take();
+        let failed = a.append(batch, false, taken_us).err();
+        a.note_progress();
         if let Some(batch) = failed {
             a.requeue(batch);
             drop(writing);
@@ -532,31 +1011,41 @@ impl Syslog {
     fn send(&mut self, first_seq: u64, records: &[AuditEvent]) {
         for (i, e) in records.iter().enumerate() {
             let line = syslog_line(first_seq + i as u64, e);
-            let sent = self.connect().and_then(|l| {
-                let r = if e.result == 0 {
-                    l.notice(&line)
-                } else {
-                    l.warning(&line)
-                };
-                r.map_err(|err| err.to_string())
-            });
-            match sent {
-                Ok(()) if self.failing => {
+            if !self.send_line(&line, e.result != 0) {
+                return;
+            }
+        }
+    }
+
+    /// Sends one message (at warning, else notice); false when syslog is
+    /// away (said once per failure streak).
+    fn send_line(&mut self, line: &str, warning: bool) -> bool {
+        let sent = self.connect().and_then(|l| {
+            let r = if warning {
+                l.warning(line)
+            } else {
+                l.notice(line)
+            };
+            r.map_err(|err| err.to_string())
+        });
+        match sent {
+            Ok(()) => {
+                if self.failing {
                     self.failing = false;
                     log::warn!("audit: syslog {} works again", self.path.display());
                 }
-                Ok(()) => {}
-                Err(err) => {
-                    self.logger = None;
-                    if !self.failing {
-                        self.failing = true;
-                        log::warn!(
-                            "audit: cannot forward to syslog {}: {err}; the trail is unaffected",
-                            self.path.display()
-                        );
-                    }
-                    return;
+                true
+            }
+            Err(err) => {
+                self.logger = None;
+                if !self.failing {
+                    self.failing = true;
+                    log::warn!(
+                        "audit: cannot forward to syslog {}: {err}; the trail is unaffected",
+                        self.path.display()
+                    );
                 }
+                false
             }
         }
     }
@@ -659,23 +1148,59 @@ impl crate::agent::Agent {
             ))),
             Err(e) => failed(e),
         };
+        let verified = |anchors: &[keyward_inventory::Anchor]| {
+            // Each checkpoint's and anchor's signature is checked by the
+            // HSM's audit key.
+            match log.verify_anchored(&|m, sig| self.audit_verify_signature(m, sig), anchors) {
+                Ok(r) => {
+                    AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
+                        records: r.records,
+                        head_seq: r.head_seq,
+                        checkpoints_ok: r.checkpoints_ok,
+                        sealed_through: r.sealed_through,
+                        unsealed: r.unsealed,
+                        anchors_ok: r.anchors_ok,
+                        first_bad: r.first_bad.map(|b| AuditProblem {
+                            seq: b.seq,
+                            problem: b.problem.to_string(),
+                            anchor: b.problem.is_anchor(),
+                        }),
+                    })))
+                }
+                Err(e) => failed(e),
+            }
+        };
         match req {
-            AuditRequest::Verify => {
-                // Each checkpoint's signature is checked by the HSM's audit key.
-                match log.verify(&|m, sig| self.audit_verify_signature(m, sig)) {
-                    Ok(r) => {
-                        AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
-                            records: r.records,
-                            head_seq: r.head_seq,
-                            checkpoints_ok: r.checkpoints_ok,
-                            sealed_through: r.sealed_through,
-                            unsealed: r.unsealed,
-                            first_bad: r.first_bad.map(|b| AuditProblem {
-                                seq: b.seq,
-                                problem: b.problem.to_string(),
-                            }),
-                        })))
-                    }
+            AuditRequest::Verify => verified(&[]),
+            AuditRequest::VerifyAnchored { anchors } => {
+                let anchors: Vec<keyward_inventory::Anchor> = anchors
+                    .into_iter()
+                    .map(|a| keyward_inventory::Anchor {
+                        seq: a.seq,
+                        head: a.head,
+                        created_at: a.created_at,
+                        signature: a.signature,
+                    })
+                    .collect();
+                verified(&anchors)
+            }
+            AuditRequest::Anchor => {
+                if let Err(e) = self.checkpoint() {
+                    return AdminResponse::KeyErr {
+                        kind: AdminErrorKind::Failed,
+                        message: format!("audit trail: cannot seal it for an anchor: {e}"),
+                    };
+                }
+                match log.checkpoints() {
+                    Ok(c) => match c.last() {
+                        Some(cp) => {
+                            AdminResponse::Audit(Box::new(AuditResponse::Anchor(anchor_of(cp))))
+                        }
+                        None => AdminResponse::KeyErr {
+                            kind: AdminErrorKind::Failed,
+                            message: "audit trail: no checkpoint yet".into(),
+                        },
+                    },
                     Err(e) => failed(e),
                 }
             }
@@ -709,6 +1234,16 @@ impl crate::agent::Agent {
                 ..AuditFilter::default()
             })),
         }
+    }
+}
+
+/// A checkpoint's head as kept off the host.
+pub fn anchor_of(cp: &keyward_inventory::Checkpoint) -> keyward_protocol::admin::AuditAnchor {
+    keyward_protocol::admin::AuditAnchor {
+        seq: cp.seq,
+        head: cp.head,
+        created_at: cp.created_at,
+        signature: cp.signature.clone(),
     }
 }
 
@@ -909,18 +1444,22 @@ impl crate::agent::Agent {
     }
 
     /// Seals the trail up to its head with a checkpoint signed by the audit
-    /// key, when anything came since the last one.
-    pub fn checkpoint(&self) {
+    /// key, when anything came since the last one, and ships its head (an
+    /// anchor) to syslog when forwarding is on. `Err` (also logged): the
+    /// records after the last checkpoint could not be sealed.
+    pub fn checkpoint(&self) -> Result<(), String> {
         self.audit.flush();
         let log = self.audit.log();
         let last = log
             .checkpoints()
-            .ok()
-            .and_then(|c| c.last().map(|c| c.seq))
-            .unwrap_or(0);
-        let Ok((seq, head)) = log.head() else { return };
+            .map_err(|e| format!("cannot read the checkpoints: {e}"))?
+            .last()
+            .map_or(0, |c| c.seq);
+        let (seq, head) = log
+            .head()
+            .map_err(|e| format!("cannot read the trail's head: {e}"))?;
         if seq == 0 || seq <= last {
-            return;
+            return Ok(());
         }
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -928,7 +1467,9 @@ impl crate::agent::Agent {
         let message = keyward_inventory::checkpoint_message(seq, &head, created_at);
         let Some(signature) = self.audit_sign(&message) else {
             log::error!("audit: the checkpoint at {seq} could not be signed by the HSM");
-            return;
+            return Err(format!(
+                "the checkpoint at {seq} could not be signed by the HSM's audit key"
+            ));
         };
         let cp = keyward_inventory::Checkpoint {
             seq,
@@ -938,8 +1479,15 @@ impl crate::agent::Agent {
             signer: "keyward-audit (HSM, ECDSA P-256)".into(),
         };
         match log.checkpoint(&cp) {
-            Ok(()) => log::debug!("audit: checkpoint at {seq}"),
-            Err(e) => log::error!("audit: checkpoint at {seq}: {e}"),
+            Ok(()) => {
+                log::debug!("audit: checkpoint at {seq}");
+                self.audit.forward_anchor(&anchor_of(&cp));
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("audit: checkpoint at {seq}: {e}");
+                Err(format!("the checkpoint at {seq} could not be stored: {e}"))
+            }
         }
     }
 
@@ -965,7 +1513,8 @@ impl crate::agent::Agent {
                     if head.saturating_sub(sealed) >= every.events
                         || (head > sealed && last.elapsed() >= every.interval)
                     {
-                        a.checkpoint();
+                        // A failure is logged; the next round tries again.
+                        let _ = a.checkpoint();
                         last = std::time::Instant::now();
                     }
                 }
@@ -1046,5 +1595,122 @@ mod tests {
         );
         assert_eq!(auditor.stats().events, 8);
         assert_eq!(auditor.stats().records, 6);
+    }
+
+    fn read_note(dir: &std::path::Path) -> NoteState {
+        let text = std::fs::read_to_string(dir.join(RUN_NOTE)).unwrap();
+        assert_eq!(text.len(), NOTE_SIZE, "{text:?}");
+        serde_json::from_str(text.trim()).unwrap()
+    }
+
+    #[test]
+    fn the_run_note_always_reserves_at_least_every_queued_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keyward_inventory::SqliteInventory::open(dir.path().join("i.sqlite")).unwrap();
+        let auditor = Auditor::new(Arc::new(store), &AuditConfig::default());
+        assert!(
+            auditor.begin_run(dir.path()).is_none(),
+            "a first start is no crash"
+        );
+        let note = read_note(dir.path());
+        assert!(!note.clean);
+        assert_eq!(note.reserved, MIN_HEADROOM);
+        let a = Client::new(peer(10), "web".into(), 1);
+        let k = target("k");
+        // Faster than the writer reserves ahead: the queue reserves itself.
+        for i in 1..=5 * MIN_HEADROOM {
+            auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
+            if i % 97 == 0 {
+                let note = read_note(dir.path());
+                assert!(
+                    note.reserved >= i,
+                    "{i} uses queued, {} reserved",
+                    note.reserved
+                );
+            }
+        }
+        auditor.flush();
+        auditor.note_progress();
+        let note = read_note(dir.path());
+        assert_eq!(note.accounted, 5 * MIN_HEADROOM);
+        assert!(note.reserved >= note.accounted);
+        auditor.end_run();
+        let note = read_note(dir.path());
+        assert!(note.clean);
+        assert_eq!(note.accounted, 5 * MIN_HEADROOM);
+        // A clean stop: the next start records nothing.
+        assert!(auditor.begin_run(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_run_that_did_not_stop_cleanly_leaves_a_gap_record_with_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            keyward_inventory::SqliteInventory::open(dir.path().join("i.sqlite")).unwrap(),
+        );
+        let auditor = Auditor::new(store.clone(), &AuditConfig::default());
+        auditor.begin_run(dir.path());
+        let a = Client::new(peer(10), "web".into(), 1);
+        let k = target("k");
+        for _ in 0..300 {
+            auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
+        }
+        auditor.flush();
+        auditor.note_progress();
+        let noted = read_note(dir.path());
+        let before = now_us();
+        // Acknowledged, then the process dies before they are stored: as
+        // a SIGKILL would, the queue is gone and the note stays unclean.
+        for _ in 0..200 {
+            auditor.record_use(&a, "sign", Some(0x1041), &k, 0);
+        }
+        let _ = auditor.queue().take();
+        assert_eq!(read_note(dir.path()), noted, "the hot path wrote the note");
+
+        let restarted = Auditor::new(store, &AuditConfig::default());
+        let gap = restarted.begin_run(dir.path()).expect("a gap record");
+        assert_eq!(
+            (gap.kind, gap.operation.as_str()),
+            (AuditKind::Agent, CRASH_GAP)
+        );
+        let (from, to, at_most) = crash_gap_of(&gap.reason).expect(&gap.reason);
+        assert!(at_most >= 200, "{}", gap.reason);
+        assert_eq!(at_most, noted.reserved - 300, "{}", gap.reason);
+        assert!(from <= before && before <= to, "{}", gap.reason);
+        assert!(
+            gap.reason.contains("did not stop cleanly"),
+            "{}",
+            gap.reason
+        );
+
+        // Records stored after the last note are not counted as missing.
+        let mut torn = noted;
+        torn.accounted = 100;
+        torn.seq = 0;
+        let gap = restarted
+            .gap_after(&serde_json::to_vec(&torn).unwrap(), now_us())
+            .unwrap();
+        assert_eq!(
+            crash_gap_of(&gap.reason).unwrap().2,
+            noted.reserved - 100 - 300
+        );
+
+        // A note that does not read is a gap of unknown size, not a crash.
+        let gap = restarted
+            .gap_after(b"{\"pid\": 1, garbage", now_us())
+            .unwrap();
+        assert!(gap.reason.contains("unreadable"), "{}", gap.reason);
+        assert_eq!(crash_gap_of(&gap.reason), None);
+    }
+
+    #[test]
+    fn times_in_gap_records_are_utc() {
+        assert_eq!(format_us(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            format_us(1_764_892_862_123_456),
+            "2025-12-05T00:01:02.123456Z"
+        );
+        let reason = crash_gap_reason(5, 7, 9, 42, 6);
+        assert_eq!(crash_gap_of(&reason), Some((5, 7, 9)));
     }
 }

@@ -145,6 +145,13 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
             .with_policy(policy),
     );
+    // Before anything else is recorded: whether the last run stopped
+    // cleanly, and if not, which uses may be missing.
+    if let Some(gap) = agent.audit.begin_run(&config.agent.state_dir) {
+        if let Err(e) = agent.audit.durable(gap) {
+            log::error!("audit: the crash-gap record could not be written: {e}");
+        }
+    }
     agent.recover_pending();
     agent.setup_audit_key();
     agent.audit_agent(
@@ -214,7 +221,10 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     let _ = watcher.join();
     agent.flush_uses();
     agent.audit_agent("stop", "signal");
-    agent.checkpoint();
+    // A failure is logged; the records stay unsealed until the next start.
+    let _ = agent.checkpoint();
+    // Everything queued is stored: the next start records no gap.
+    agent.audit.end_run();
     // The last reference to the agent goes with `server`: every backend
     // token closes its anchor session and each library is finalised.
     drop(server);

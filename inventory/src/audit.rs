@@ -70,9 +70,24 @@
 //! the HSM key can neither re-chain the records under a checkpoint nor
 //! forge a new checkpoint. What no store can detect alone: the whole file
 //! rolled back to an older genuine copy, or the records after the last
-//! checkpoint (the unsealed tail, [`VerifyReport::unsealed`]) cut off. Both
-//! need an anchor outside the host (checkpoints shipped off the host, or a
-//! counter in the HSM).
+//! checkpoint (the unsealed tail, [`VerifyReport::unsealed`]) cut off. Nor
+//! can it detect records cut off *together with* the checkpoints that
+//! sealed them (a rollback past sealed checkpoints: what is left is an older
+//! genuine state), or a trail re-chained and re-signed by someone who can
+//! use the audit key (root holding the backend PIN).
+//!
+//! # Anchors
+//!
+//! What catches those is a witness kept off the host: an [`Anchor`], a
+//! checkpoint's head (seq, head, time, signature) that the administrator
+//! stored elsewhere (the agent also ships each one to syslog).
+//! [`AuditLog::verify_anchored`] proves the trail still holds every anchored
+//! head: the record at the anchor's seq exists, its recomputed chain head
+//! is the anchored one, and the chain from there on is intact. A trail
+//! rolled back past an anchor fails ([`Problem::AnchorMissing`]), and so
+//! does one re-chained below it, even when re-signed with the genuine key
+//! ([`Problem::AnchorMismatch`]): the anchored hash commits to every
+//! record up to it, and no one can make a different chain reach it.
 //!
 //! # Time
 //!
@@ -296,6 +311,33 @@ pub struct Checkpoint {
     pub signer: String,
 }
 
+/// A checkpoint's head kept off the host (see the module docs): what
+/// [`AuditLog::verify_anchored`] proves the trail still contains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The checkpoint's seq (0: the empty trail, anchored at its genesis).
+    pub seq: u64,
+    /// The chain head at `seq`.
+    #[serde(with = "hex_hash")]
+    pub head: Hash,
+    /// The checkpoint's time (unix seconds), part of the signed message.
+    pub created_at: i64,
+    /// The audit key's signature over [`checkpoint_message`].
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl From<&Checkpoint> for Anchor {
+    fn from(cp: &Checkpoint) -> Anchor {
+        Anchor {
+            seq: cp.seq,
+            head: cp.head,
+            created_at: cp.created_at,
+            signature: cp.signature.clone(),
+        }
+    }
+}
+
 /// Which results [`AuditFilter`] keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -343,6 +385,8 @@ pub struct VerifyReport {
     /// Records after `sealed_through`: correct as a chain, but a tail cut
     /// there would go unnoticed until the next checkpoint.
     pub unsealed: u64,
+    /// Anchors given to [`AuditLog::verify_anchored`] that the trail holds.
+    pub anchors_ok: u64,
     /// The first record that is not what was written, and why.
     pub first_bad: Option<BadRecord>,
 }
@@ -398,6 +442,29 @@ pub enum Problem {
     /// The checkpoint at seq `checkpoint` does not verify with the audit
     /// key: forged (typically to seal a re-chained trail).
     BadSignature { checkpoint: u64 },
+    /// An anchor kept off the host names seq `anchor`, but the trail ends
+    /// before it: rolled back (records cut off with their checkpoints).
+    AnchorMissing { anchor: u64 },
+    /// The chain at seq `anchor` is not the head anchored off the host: the
+    /// trail up to it was rewritten and re-chained (and maybe re-signed).
+    AnchorMismatch { anchor: u64 },
+    /// The anchor at seq `anchor` is not signed by the audit key the
+    /// verifier holds: the audit key was replaced, or the anchor belongs
+    /// to another trail (or was altered).
+    AnchorBadSignature { anchor: u64 },
+}
+
+impl Problem {
+    /// Whether the problem is an anchor the trail no longer holds (a
+    /// rollback or a rewrite that only an anchor off the host can show).
+    pub fn is_anchor(&self) -> bool {
+        matches!(
+            self,
+            Problem::AnchorMissing { .. }
+                | Problem::AnchorMismatch { .. }
+                | Problem::AnchorBadSignature { .. }
+        )
+    }
 }
 
 impl fmt::Display for Problem {
@@ -434,6 +501,22 @@ impl fmt::Display for Problem {
                 f,
                 "the checkpoint at {checkpoint} is not signed by the audit key: forged; \
                  records from here through {checkpoint} are unproven"
+            ),
+            Problem::AnchorMissing { anchor } => write!(
+                f,
+                "missing, though an anchor kept off the host holds the head at {anchor}: \
+                 the trail was rolled back past the anchor"
+            ),
+            Problem::AnchorMismatch { anchor } => write!(
+                f,
+                "the chain at {anchor} differs from the head anchored off the host: \
+                 records through {anchor} were rewritten and the chain recomputed \
+                 (re-signed or not)"
+            ),
+            Problem::AnchorBadSignature { anchor } => write!(
+                f,
+                "the anchor at {anchor} is not signed by the current audit key: \
+                 the audit key was replaced, or the anchor is of another trail or altered"
             ),
         }
     }
@@ -480,7 +563,21 @@ pub trait AuditLog: crate::usage::UsageLog + Send + Sync {
     ///
     /// Errors only when the store cannot be read; tampering is reported in
     /// [`VerifyReport::first_bad`].
-    fn verify(&self, check_signature: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<VerifyReport>;
+    fn verify(&self, check_signature: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<VerifyReport> {
+        self.verify_anchored(check_signature, &[])
+    }
+
+    /// [`AuditLog::verify`], and also proves that the trail holds every
+    /// anchor in `anchors` (heads kept off the host, in any order): each
+    /// anchor's signature verifies, the trail reaches its seq, and the
+    /// recomputed head there is the anchored one. The first record that
+    /// breaks any of these (in seq order) is [`VerifyReport::first_bad`];
+    /// anchors past the trail's end are [`Problem::AnchorMissing`].
+    fn verify_anchored(
+        &self,
+        check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
+        anchors: &[Anchor],
+    ) -> Result<VerifyReport>;
 }
 
 // ---- encoding ----------------------------------------------------------------
@@ -1074,11 +1171,15 @@ impl AuditLog for SqliteInventory {
         Ok(out)
     }
 
-    fn verify(&self, check_signature: &dyn Fn(&[u8], &[u8]) -> bool) -> Result<VerifyReport> {
+    fn verify_anchored(
+        &self,
+        check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
+        anchors: &[Anchor],
+    ) -> Result<VerifyReport> {
         let mut conn = self.reader();
         // One read transaction: a snapshot, however long the walk.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let report = verify_in(&tx, check_signature)?;
+        let report = verify_in(&tx, check_signature, anchors)?;
         tx.commit()?;
         Ok(report)
     }
@@ -1091,12 +1192,63 @@ struct Seals<'a> {
     check_signature: &'a dyn Fn(&[u8], &[u8]) -> bool,
     ok: u64,
     sealed_through: u64,
+    /// Anchors kept off the host, by seq.
+    anchors: Vec<Anchor>,
+    next_anchor: usize,
+    anchors_ok: u64,
+    /// The seq of the last anchor that held (0: none).
+    anchored_through: u64,
 }
 
 impl Seals<'_> {
+    /// Checks every checkpoint and anchor at `seq`, where the recomputed
+    /// head is `head`; the first that fails gives the first bad record.
+    fn at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
+        self.checkpoints_at(seq, head)
+            .or_else(|| self.anchors_at(seq, head))
+    }
+
+    /// Checks every anchor at `seq` against the recomputed `head`.
+    fn anchors_at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
+        while let Some(a) = self.anchors.get(self.next_anchor) {
+            if a.seq != seq {
+                return None;
+            }
+            self.next_anchor += 1;
+            let a = a.clone();
+            if let Some(problem) = self.judge_anchor(&a, Some(head)) {
+                // A rewrite below the anchor: name the first record it no
+                // longer proves (the one after the last anchor that held).
+                return Some(BadRecord {
+                    seq: self.anchored_through + 1,
+                    problem,
+                });
+            }
+        }
+        None
+    }
+
+    /// `head`: the recomputed head at the anchor's seq (`None`: the trail
+    /// ends before it).
+    fn judge_anchor(&mut self, a: &Anchor, head: Option<&Hash>) -> Option<Problem> {
+        let message = checkpoint_message(a.seq, &a.head, a.created_at);
+        if !(self.check_signature)(&message, &a.signature) {
+            return Some(Problem::AnchorBadSignature { anchor: a.seq });
+        }
+        match head {
+            None => Some(Problem::AnchorMissing { anchor: a.seq }),
+            Some(h) if *h != a.head => Some(Problem::AnchorMismatch { anchor: a.seq }),
+            Some(_) => {
+                self.anchors_ok += 1;
+                self.anchored_through = a.seq;
+                None
+            }
+        }
+    }
+
     /// Checks every checkpoint at `seq`, where the recomputed head is
     /// `head`; the first that fails gives the first bad record.
-    fn at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
+    fn checkpoints_at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
         while let Some(entry) = self.list.get(self.next) {
             let cp = match entry {
                 Ok(cp) if cp.seq == seq => cp.clone(),
@@ -1151,8 +1303,15 @@ fn written_as(rec: &AuditRecord, seq: u64) -> Option<u64> {
 fn verify_in(
     conn: &Connection,
     check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
+    anchors: &[Anchor],
 ) -> Result<VerifyReport> {
+    let mut anchors = anchors.to_vec();
+    anchors.sort_by_key(|a| a.seq);
     let mut seals = Seals {
+        anchors,
+        next_anchor: 0,
+        anchors_ok: 0,
+        anchored_through: 0,
         list: conn
             .prepare(CHECKPOINT_COLS_SQL)?
             .query_map([], checkpoint_from_row)?
@@ -1168,10 +1327,12 @@ fn verify_in(
         checkpoints_ok: 0,
         sealed_through: 0,
         unsealed: 0,
+        anchors_ok: 0,
         first_bad: None,
     };
     let finish = |mut report: VerifyReport, seals: &Seals<'_>, bad: Option<BadRecord>| {
         report.checkpoints_ok = seals.ok;
+        report.anchors_ok = seals.anchors_ok;
         report.sealed_through = seals.sealed_through;
         report.unsealed = report.head_seq.saturating_sub(seals.sealed_through);
         report.first_bad = bad;
@@ -1248,6 +1409,17 @@ fn verify_in(
             let seq = match problem {
                 Problem::Truncated { .. } => report.head_seq + 1,
                 _ => seals.sealed_through + 1,
+            };
+            return finish(report, &seals, Some(BadRecord { seq, problem }));
+        }
+    }
+    // Likewise an anchor past its end: rolled back past the anchor.
+    while let Some(a) = seals.anchors.get(seals.next_anchor).cloned() {
+        seals.next_anchor += 1;
+        if let Some(problem) = seals.judge_anchor(&a, None) {
+            let seq = match problem {
+                Problem::AnchorMissing { .. } => report.head_seq + 1,
+                _ => seals.anchored_through + 1,
             };
             return finish(report, &seals, Some(BadRecord { seq, problem }));
         }

@@ -47,7 +47,7 @@ pub mod usage;
 mod tests;
 
 pub use audit::{
-    canonical, checkpoint_message, coalesce, record_hash, Actor, AuditEvent, AuditFilter,
+    canonical, checkpoint_message, coalesce, record_hash, Actor, Anchor, AuditEvent, AuditFilter,
     AuditKind, AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter,
     VerifyReport, REQUESTED,
 };

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 
 use keyward_inventory::{
-    checkpoint_message, record_hash, Actor, AuditEvent, AuditKind, AuditLog, AuditRecord,
+    checkpoint_message, record_hash, Actor, Anchor, AuditEvent, AuditKind, AuditLog, AuditRecord,
     BadRecord, Checkpoint, Hash, Problem, SqliteInventory, VerifyReport,
 };
 
@@ -418,6 +418,136 @@ fn a_tail_cut_with_its_checkpoints_is_a_rollback_only_an_outside_anchor_catches(
     let report = verify(&path);
     assert!(report.is_ok(), "{report:?}");
     assert_eq!((report.sealed_through, report.unsealed), (40, 30));
+}
+
+// ---- anchors kept off the host ---------------------------------------------
+
+/// The anchors an administrator took off the host: every checkpoint's head.
+fn anchors_of(path: &Path) -> Vec<Anchor> {
+    SqliteInventory::open(path)
+        .unwrap()
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(Anchor::from)
+        .collect()
+}
+
+fn verify_anchored(path: &Path, anchors: &[Anchor]) -> VerifyReport {
+    SqliteInventory::open(path)
+        .unwrap()
+        .verify_anchored(&hsm_check, anchors)
+        .unwrap()
+}
+
+/// Root re-seals a re-chained trail with the genuine key (root holding the
+/// backend PIN can use the HSM's audit key): the checkpoints are replaced
+/// by new, validly signed ones over the new heads.
+fn reseal_with_the_genuine_key(path: &Path) {
+    let conn = attacker_or_plain(path);
+    conn.execute("DELETE FROM audit_checkpoints", []).unwrap();
+    drop(conn);
+    let inv = SqliteInventory::open(path).unwrap();
+    for seq in SEALS {
+        let head = inv.tail(usize::MAX).unwrap()[seq as usize - 1].hash;
+        let created_at = T0 + 5_000 + seq as i64;
+        inv.checkpoint(&Checkpoint {
+            seq,
+            head,
+            created_at,
+            signature: hsm_sign(&checkpoint_message(seq, &head, created_at)),
+            signer: "audit-key".into(),
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_rollback_past_sealed_checkpoints_verifies_plain_but_fails_an_earlier_anchor() {
+    let (_dir, path) = trail();
+    let anchors = anchors_of(&path);
+    assert_eq!(anchors.iter().map(|a| a.seq).collect::<Vec<_>>(), SEALS);
+    let intact = verify_anchored(&path, &anchors);
+    assert!(intact.is_ok(), "{intact:?}");
+    assert_eq!(intact.anchors_ok, 2);
+
+    // Records 71..=100 and the checkpoint at 80 that sealed them, gone.
+    let conn = attacker(&path);
+    conn.execute("DELETE FROM audit WHERE seq > 70", [])
+        .unwrap();
+    conn.execute("DELETE FROM audit_checkpoints WHERE seq > 70", [])
+        .unwrap();
+    drop(conn);
+    // The known limit: alone, the trail is an earlier genuine state.
+    assert!(verify(&path).is_ok());
+    let report = verify_anchored(&path, &anchors);
+    let bad_record = report.first_bad.clone().expect("the rollback is caught");
+    println!("verify --anchor: {bad_record}");
+    assert_eq!(bad_record, bad(71, Problem::AnchorMissing { anchor: 80 }));
+    assert!(bad_record.problem.is_anchor());
+    // The anchor at 40 still held.
+    assert_eq!(report.anchors_ok, 1);
+}
+
+#[test]
+fn a_trail_rechained_and_resealed_with_the_genuine_key_fails_its_anchor() {
+    let (_dir, path) = trail();
+    let anchors = anchors_of(&path);
+    attacker(&path)
+        .execute(
+            "UPDATE audit SET result = 0, reason = '' WHERE seq = 63",
+            [],
+        )
+        .unwrap();
+    rechain(&path, 63);
+    reseal_with_the_genuine_key(&path);
+    // Everything the host holds agrees: the new chain and new signatures.
+    let plain = verify(&path);
+    assert!(plain.is_ok(), "{plain:?}");
+    // The anchor at 80 does not: the re-chained record 80 has another hash.
+    assert_eq!(
+        verify_anchored(&path, &anchors).first_bad,
+        Some(bad(41, Problem::AnchorMismatch { anchor: 80 }))
+    );
+    // Only anchors from before the rewrite can tell; one taken after it
+    // proves the rewritten trail.
+    assert!(verify_anchored(&path, &anchors_of(&path)).is_ok());
+}
+
+#[test]
+fn a_rollback_and_regrowth_to_the_anchored_seq_fails_the_anchor() {
+    // Root cuts back to 70 and appends new, well-chained records to 100,
+    // re-sealed with the genuine key: the seq of the anchor exists again,
+    // with another hash.
+    let (_dir, path) = trail();
+    let anchors = anchors_of(&path);
+    let conn = attacker(&path);
+    conn.execute("DELETE FROM audit WHERE seq > 70", [])
+        .unwrap();
+    conn.execute("DELETE FROM audit_checkpoints", []).unwrap();
+    drop(conn);
+    let inv = SqliteInventory::open(&path).unwrap();
+    let mut forged = forged_event();
+    forged.at = T0 + 9_999;
+    inv.append(&vec![forged; 30], false).unwrap();
+    drop(inv);
+    reseal_with_the_genuine_key(&path);
+    assert!(verify(&path).is_ok());
+    assert_eq!(
+        verify_anchored(&path, &anchors).first_bad,
+        Some(bad(41, Problem::AnchorMismatch { anchor: 80 }))
+    );
+}
+
+#[test]
+fn an_anchor_not_signed_by_the_audit_key_is_named() {
+    let (_dir, path) = trail();
+    let mut anchors = anchors_of(&path);
+    anchors[0].signature[0] ^= 1;
+    assert_eq!(
+        verify_anchored(&path, &anchors).first_bad,
+        Some(bad(1, Problem::AnchorBadSignature { anchor: 40 }))
+    );
 }
 
 #[test]

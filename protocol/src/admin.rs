@@ -390,6 +390,16 @@ pub struct ApprovalRequest {
 pub enum AuditRequest {
     /// Recompute the hash chain and check every checkpoint's HSM signature.
     Verify,
+    /// `Verify`, and prove that the trail still holds every anchor (heads
+    /// of checkpoints kept off the host): a trail rolled back past one, or
+    /// re-chained below one, fails.
+    VerifyAnchored {
+        /// The anchors, in any order.
+        anchors: Vec<AuditAnchor>,
+    },
+    /// The latest sealed head, sealing the records not yet sealed first:
+    /// what an administrator keeps off the host.
+    Anchor,
     /// The last `n` records, or (with `after_seq`) those after a sequence
     /// number, for `--follow`.
     Tail {
@@ -422,6 +432,148 @@ pub enum AuditResponse {
     Verified(AuditVerification),
     /// Records, oldest first.
     Records(Vec<AuditRecordInfo>),
+    /// `Anchor`'s head.
+    Anchor(AuditAnchor),
+}
+
+/// A checkpoint's head as kept off the host: the sealed seq, the chain
+/// head there, the checkpoint's time and the audit key's signature over
+/// them. Its text form, one line ([`AuditAnchor::to_line`], read back by
+/// [`parse_anchors`]):
+///
+/// ```text
+/// keyward-anchor 1 seq=<decimal> head=<64 hex digits> time=<unix seconds> sig=<hex>
+/// ```
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AuditAnchor {
+    /// The last record the checkpoint seals.
+    pub seq: u64,
+    /// The chain head at `seq` (SHA-256).
+    pub head: [u8; 32],
+    /// The checkpoint's time, unix seconds.
+    pub created_at: i64,
+    /// The audit key's signature (ECDSA P-256, raw `r || s`).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// What opens an anchor's text form.
+pub const ANCHOR_PREFIX: &str = "keyward-anchor 1 ";
+
+/// The longest signature an anchor line may carry (bytes).
+const MAX_ANCHOR_SIGNATURE: usize = 1024;
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl AuditAnchor {
+    /// The one-line text form (see [`AuditAnchor`]), without a newline.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{ANCHOR_PREFIX}seq={} head={} time={} sig={}",
+            self.seq,
+            to_hex(&self.head),
+            self.created_at,
+            to_hex(&self.signature)
+        )
+    }
+
+    /// Reads one anchor from `line`: its text form, wherever it starts in
+    /// the line (a syslog line carries it after its own header; a JSON
+    /// document in its `"anchor"` string).
+    pub fn from_line(line: &str) -> Result<AuditAnchor, String> {
+        let Some(at) = line.find(ANCHOR_PREFIX) else {
+            return Err(format!(
+                "not an anchor (expected \"{ANCHOR_PREFIX}seq=N head=HEX time=N sig=HEX\")"
+            ));
+        };
+        let mut fields = line[at + ANCHOR_PREFIX.len()..].split_ascii_whitespace();
+        let mut field = |name: &str| -> Result<&str, String> {
+            let token = fields
+                .next()
+                .ok_or_else(|| format!("truncated: no {name}="))?;
+            let value = token
+                .strip_prefix(name)
+                .and_then(|t| t.strip_prefix('='))
+                .ok_or_else(|| format!("expected {name}=, found {:?}", cut(token)))?;
+            // The value ends where its digits end: in a JSON string, the
+            // closing quote and what follows are not part of it.
+            let end = value
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .unwrap_or(value.len());
+            let (value, rest) = value.split_at(end);
+            if !(rest.is_empty() || rest.starts_with('"')) {
+                return Err(format!(
+                    "{name}= is not followed by a space: {:?}",
+                    cut(token)
+                ));
+            }
+            Ok(value)
+        };
+        let seq = field("seq")?;
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| format!("seq {:?} is not a number", cut(seq)))?;
+        let head = field("head")?;
+        let head: [u8; 32] = from_hex(head)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| {
+                format!(
+                    "head is not 64 hex digits ({} characters: truncated or altered?)",
+                    head.len()
+                )
+            })?;
+        let time = field("time")?;
+        let created_at: i64 = time
+            .parse()
+            .map_err(|_| format!("time {:?} is not a number", cut(time)))?;
+        let sig = field("sig")?;
+        let signature = from_hex(sig)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_ANCHOR_SIGNATURE)
+            .ok_or_else(|| format!("sig is not a hex signature ({} characters)", sig.len()))?;
+        Ok(AuditAnchor {
+            seq,
+            head,
+            created_at,
+            signature,
+        })
+    }
+}
+
+/// At most 40 characters of `text`, for an error message.
+fn cut(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// Every anchor in `text`, one per line (its text form, or a line that
+/// carries it: `keyward --json audit anchor`'s output, a syslog line).
+/// Empty lines and lines starting with `#` are skipped. Any other line
+/// that is not an anchor is an error naming its line number; so is a text
+/// without any anchor.
+pub fn parse_anchors(text: &str) -> Result<Vec<AuditAnchor>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(AuditAnchor::from_line(line).map_err(|e| format!("line {}: {e}", i + 1))?);
+    }
+    if out.is_empty() {
+        return Err("no anchor in it".into());
+    }
+    Ok(out)
 }
 
 /// What `keyward audit verify` reports.
@@ -437,6 +589,8 @@ pub struct AuditVerification {
     pub sealed_through: u64,
     /// Records after the last checkpoint (not yet sealed).
     pub unsealed: u64,
+    /// Anchors given that the trail still holds.
+    pub anchors_ok: u64,
     /// The first bad record and what is wrong with it; `None`: intact.
     pub first_bad: Option<AuditProblem>,
 }
@@ -448,6 +602,9 @@ pub struct AuditProblem {
     pub seq: u64,
     /// What is wrong, for people.
     pub problem: String,
+    /// Whether it is an anchor the trail no longer holds (rolled back past
+    /// it, or rewritten below it): `keyward` exits 9 rather than 8.
+    pub anchor: bool,
 }
 
 /// One audit record.
@@ -786,4 +943,80 @@ pub struct UnmanagedUsage {
     pub application: String,
     pub window: u64,
     pub total: u64,
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    fn anchor() -> AuditAnchor {
+        AuditAnchor {
+            seq: 1234,
+            head: [0xab; 32],
+            created_at: 1_764_000_000,
+            signature: vec![0x01, 0x02, 0xfe, 0xff],
+        }
+    }
+
+    #[test]
+    fn an_anchor_line_reads_back() {
+        let a = anchor();
+        let line = a.to_line();
+        assert_eq!(
+            line,
+            format!(
+                "keyward-anchor 1 seq=1234 head={} time=1764000000 sig=0102feff",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(AuditAnchor::from_line(&line), Ok(a.clone()));
+        // Inside a syslog line and a JSON document.
+        let syslog = format!("Dec  4 22:00:00 host keyward-agent[42]: {line}");
+        assert_eq!(AuditAnchor::from_line(&syslog), Ok(a.clone()));
+        let json = format!("{{\"anchor\":\"{line}\",\"created_at\":1764000000,\"seq\":1234}}");
+        assert_eq!(AuditAnchor::from_line(&json), Ok(a.clone()));
+        let many = format!("# anchors of host a\n{line}\n\n{json}\n");
+        assert_eq!(parse_anchors(&many), Ok(vec![a.clone(), a]));
+    }
+
+    #[test]
+    fn garbage_and_truncated_anchors_are_clear_errors() {
+        let line = anchor().to_line();
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "no anchor"),
+            ("# only a comment\n".into(), "no anchor"),
+            ("hello world\n".into(), "line 1: not an anchor"),
+            (format!("{line}\n\u{0}\u{1}binary"), "line 2: not an anchor"),
+            (line[..40].to_owned(), "line 1: head is not 64 hex digits"),
+            (
+                line[..line.find(" time=").unwrap()].to_owned(),
+                "line 1: truncated: no time=",
+            ),
+            (
+                line[..line.len() - 1].to_owned(),
+                "line 1: sig is not a hex signature",
+            ),
+            (
+                line.replace("seq=1234", "seq=-3"),
+                "line 1: seq \"-3\" is not a number",
+            ),
+            (
+                line.replace("seq=1234", "sequence=1234"),
+                "line 1: expected seq=",
+            ),
+            (
+                line.replace("head=ab", "head=zz"),
+                "line 1: head is not 64 hex digits",
+            ),
+            (format!("{line}x"), "line 1: sig is not a hex signature"),
+            (
+                line.replace(" time=", " time=1x "),
+                "line 1: time \"1x\" is not a number",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = parse_anchors(&text).expect_err(&text);
+            assert!(got.starts_with(want), "{text:?}: {got}");
+        }
+    }
 }

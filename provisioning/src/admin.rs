@@ -35,6 +35,9 @@ pub enum Exit {
     /// 8: the audit trail does not verify (`audit verify` found a record
     /// or checkpoint that was altered, removed or inserted).
     AuditBroken = 8,
+    /// 9: the audit trail no longer holds a head anchored off the host
+    /// (`audit verify --anchor`): rolled back past it or rewritten below it.
+    AnchorBroken = 9,
 }
 
 impl Exit {
@@ -153,6 +156,7 @@ mod tests {
         assert_eq!(Exit::Error.code(), 1);
         assert_eq!(Exit::Pending.code(), 3);
         assert_eq!(Exit::AuditBroken.code(), 8);
+        assert_eq!(Exit::AnchorBroken.code(), 9);
     }
 
     #[test]

@@ -23,6 +23,8 @@ Exit codes:
   6  conflict with the current state (name taken, raced)
   7  the HSM or the inventory store failed
   8  the audit trail does not verify (`audit verify` found tampering)
+  9  the audit trail no longer holds an anchored head (`audit verify
+     --anchor`: rolled back past it, or rewritten below it)
 
 With --json, standard output carries exactly one JSON document, also when
 the command fails ({\"Error\": {\"kind\", \"message\", \"exit_code\"}});
@@ -269,7 +271,19 @@ pub struct DiscoverArgs {
 #[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum AuditCommand {
     /// Recompute the hash chain and check every signed checkpoint; exit 0 when intact, 8 when not.
-    Verify,
+    ///
+    /// With --anchor, also prove that the trail still holds every anchor in
+    /// FILE (`-`: standard input; one per line, as `audit anchor` prints
+    /// them or syslog received them); exit 9 when it was rolled back past
+    /// one or rewritten below one.
+    Verify {
+        /// Anchors kept off the host: `keyward-anchor 1 seq=N head=HEX time=N sig=HEX` lines.
+        #[arg(long, value_name = "FILE|-")]
+        anchor: Option<PathBuf>,
+    },
+    /// Seal the trail (a checkpoint, when records came since the last) and print the
+    /// latest sealed head, one line to keep off the host for `audit verify --anchor`.
+    Anchor,
     /// The newest records; with --json one JSON object per line (for SIEM export).
     Tail {
         /// How many records.
@@ -820,8 +834,29 @@ mod tests {
 
     #[test]
     fn audit_verify_and_tail() {
-        assert_eq!(audit(&["verify"]), AuditCommand::Verify);
+        assert_eq!(audit(&["verify"]), AuditCommand::Verify { anchor: None });
         assert!(ok(&["audit", "verify", "--json"]).json);
+        assert_eq!(
+            audit(&["verify", "--anchor", "-"]),
+            AuditCommand::Verify {
+                anchor: Some(PathBuf::from("-"))
+            }
+        );
+        assert_eq!(
+            audit(&["verify", "--anchor", "/tmp/anchors"]),
+            AuditCommand::Verify {
+                anchor: Some(PathBuf::from("/tmp/anchors"))
+            }
+        );
+        assert_eq!(
+            bad(&["audit", "verify", "--anchor"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(audit(&["anchor"]), AuditCommand::Anchor);
+        assert_eq!(
+            bad(&["audit", "anchor", "extra"]),
+            ErrorKind::UnknownArgument
+        );
         assert_eq!(
             bad(&["audit", "verify", "extra"]),
             ErrorKind::UnknownArgument
@@ -1042,6 +1077,7 @@ mod tests {
             "3  the action needs approval",
             "7  the HSM",
             "8  the audit trail does not verify",
+            "9  the audit trail no longer holds an anchored head",
         ] {
             assert!(help.contains(code), "{code:?} missing in\n{help}");
         }

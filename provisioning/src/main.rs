@@ -23,6 +23,7 @@
 //! | 6 | conflict with the current state (name taken, raced) |
 //! | 7 | the HSM or the inventory store failed |
 //! | 8 | the audit trail does not verify (`audit verify` found tampering) |
+//! | 9 | the audit trail no longer holds an anchored head (`audit verify --anchor`: rolled back past it, or rewritten below it) |
 //!
 //! Layout: `cli.rs` (clap definitions and argument parsers), `run.rs`
 //! (command → request → answer → output), `admin.rs` (the socket exchange

@@ -423,13 +423,17 @@ pub fn pending(p: &ApprovalRequest) -> String {
 /// `keyward audit verify` as text: the counts, then `intact` or the first
 /// bad record.
 pub fn verification(v: &AuditVerification) -> String {
-    let mut out = fields(&[
+    let mut rows = vec![
         ("records checked", v.records.to_string()),
         ("head seq", v.head_seq.to_string()),
         ("checkpoints verified", v.checkpoints_ok.to_string()),
         ("sealed through", v.sealed_through.to_string()),
         ("unsealed", v.unsealed.to_string()),
-    ]);
+    ];
+    if v.anchors_ok > 0 || v.first_bad.as_ref().is_some_and(|b| b.anchor) {
+        rows.push(("anchors held", v.anchors_ok.to_string()));
+    }
+    let mut out = fields(&rows);
     match &v.first_bad {
         None => out.push_str("intact\n"),
         Some(p) => out.push_str(&format!(
@@ -439,6 +443,20 @@ pub fn verification(v: &AuditVerification) -> String {
         )),
     }
     out
+}
+
+/// `keyward --json audit anchor`: the head's fields (hex for bytes) and
+/// its one-line text form under `anchor`, which `audit verify --anchor`
+/// reads from such a document too.
+pub fn anchor_json(a: &keyward_protocol::admin::AuditAnchor) -> serde_json::Value {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    serde_json::json!({
+        "seq": a.seq,
+        "head": hex(&a.head),
+        "created_at": a.created_at,
+        "signature": hex(&a.signature),
+        "anchor": a.to_line(),
+    })
 }
 
 /// The audit table's columns.
@@ -1400,6 +1418,7 @@ mod tests {
             checkpoints_ok: 12,
             sealed_through: 1200,
             unsealed: 34,
+            anchors_ok: 0,
             first_bad: None,
         }
     }
@@ -1420,6 +1439,7 @@ mod tests {
             first_bad: Some(AuditProblem {
                 seq: 57,
                 problem: "hash does not match\nits content".into(),
+                anchor: false,
             }),
             ..intact()
         };
@@ -1436,7 +1456,7 @@ mod tests {
             v,
             serde_json::json!({
                 "records": 1234, "head_seq": 1234, "checkpoints_ok": 12,
-                "sealed_through": 1200, "unsealed": 34, "first_bad": null
+                "sealed_through": 1200, "unsealed": 34, "anchors_ok": 0, "first_bad": null
             })
         );
         let v: Value = serde_json::from_str(&json(&tampered)).unwrap();

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use keyward_protocol::admin::{
-    AdminRequest, AdminResponse, AnomalyThresholds, AuditRecordInfo, AuditRequest, AuditResponse,
-    AuditVerification, KeyAction, KeyRequest, KeyResponse, PinRole, ReportRequest,
+    parse_anchors, AdminRequest, AdminResponse, AnomalyThresholds, AuditAnchor, AuditRecordInfo,
+    AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyRequest, KeyResponse, PinRole,
+    ReportRequest,
 };
 
 use crate::admin::{exchange, Exit, Failure};
@@ -81,6 +82,17 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     } = &command
     {
         return policy_check(file, json);
+    }
+    if let Command::Audit {
+        command: AuditCommand::Verify { anchor: Some(file) },
+    } = &command
+    {
+        let anchors = match read_anchors(file) {
+            Ok(a) => a,
+            Err(f) => return Output::failure(&f, json),
+        };
+        let req = AdminRequest::Audit(AuditRequest::VerifyAnchored { anchors });
+        return present(&req, exchange(socket, &req), json);
     }
     let lines = matches!(
         command,
@@ -246,7 +258,15 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             )),
         },
         Command::Audit { command } => Ok(AdminRequest::Audit(match command {
-            AuditCommand::Verify => AuditRequest::Verify,
+            AuditCommand::Verify { anchor: None } => AuditRequest::Verify,
+            AuditCommand::Verify { anchor: Some(_) } => {
+                return Err(Failure::local(
+                    Exit::Usage,
+                    "Usage",
+                    "the anchor file is read by run",
+                ))
+            }
+            AuditCommand::Anchor => AuditRequest::Anchor,
             // --follow's later polls are `follow`'s business.
             AuditCommand::Tail { n, follow: _ } => AuditRequest::Tail { n, after_seq: None },
             AuditCommand::Query(AuditQueryArgs {
@@ -306,7 +326,7 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
 /// wrong family (a status for a key request) is unexpected.
 pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: bool) -> Output {
     match req {
-        AdminRequest::Audit(AuditRequest::Verify) => {
+        AdminRequest::Audit(AuditRequest::Verify | AuditRequest::VerifyAnchored { .. }) => {
             return match verification_of(req, resp) {
                 Ok(v) => verification(v, json),
                 Err(f) => Output::failure(&f, json),
@@ -318,6 +338,15 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
                 Ok(r) => Output::success(render::records(&r)),
                 Err(f) => Output::failure_line(&f, json),
             }
+        }
+        AdminRequest::Audit(AuditRequest::Anchor) => {
+            return match anchor_of(req, resp) {
+                // One line, so that `keyward --json audit anchor >> FILE` keeps one
+                // anchor per line.
+                Ok(a) if json => Output::success(render::json_line(&render::anchor_json(&a))),
+                Ok(a) => Output::success(format!("{}\n", a.to_line())),
+                Err(f) => Output::failure(&f, json),
+            };
         }
         AdminRequest::Status | AdminRequest::Key(_) | AdminRequest::Report(_) => {}
     }
@@ -382,6 +411,54 @@ fn verification_of(
     }
 }
 
+/// The head in the answer to `audit anchor`.
+fn anchor_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<AuditAnchor, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Anchor(a) => Ok(a),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// Most bytes read from an anchor file (a line is about 250 bytes: some
+/// hundred thousand anchors).
+const MAX_ANCHOR_FILE: u64 = 64 << 20;
+
+/// The anchors in `file` (`-`: standard input). Anything that is not a
+/// readable anchor file is a usage error naming the file and line.
+fn read_anchors(file: &Path) -> Result<Vec<AuditAnchor>, Failure> {
+    use std::io::Read;
+    let name = if file == Path::new("-") {
+        "standard input".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    let usage =
+        |m: String| Failure::local(Exit::Usage, "Usage", format!("anchor file {name}: {m}"));
+    let mut bytes = Vec::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(MAX_ANCHOR_FILE + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MAX_ANCHOR_FILE + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| usage(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_ANCHOR_FILE {
+        return Err(usage(format!("larger than {MAX_ANCHOR_FILE} bytes")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        usage("not text (an anchor file holds lines as `keyward audit anchor` prints them)".into())
+    })?;
+    parse_anchors(&text).map_err(usage)
+}
+
 /// The records in the answer to `audit tail` or `audit query`.
 fn records_of(
     req: &AdminRequest,
@@ -406,6 +483,15 @@ fn verification(v: AuditVerification, json: bool) -> Output {
     };
     match &v.first_bad {
         None => Output::success(stdout),
+        Some(bad) if bad.anchor => Output {
+            stderr: format!(
+                "keyward: the audit trail no longer holds an anchored head: record {}: {}\n",
+                bad.seq,
+                render::clean(&bad.problem)
+            ),
+            stdout,
+            exit: Exit::AnchorBroken,
+        },
         Some(bad) => Output {
             stderr: format!(
                 "keyward: the audit trail does not verify: record {}: {}\n",
@@ -536,6 +622,7 @@ fn variant(resp: &AdminResponse) -> &'static str {
         AdminResponse::Audit(a) => match **a {
             AuditResponse::Verified(_) => "Audit(Verified)",
             AuditResponse::Records(_) => "Audit(Records)",
+            AuditResponse::Anchor(_) => "Audit(Anchor)",
         },
         AdminResponse::KeyErr { .. } => "KeyErr",
         AdminResponse::Report(_) => "Report",
@@ -1047,6 +1134,7 @@ mod tests {
             checkpoints_ok: 1,
             sealed_through: 8,
             unsealed: 2,
+            anchors_ok: 0,
             first_bad,
         })))
     }
@@ -1072,6 +1160,7 @@ mod tests {
             Ok(verified(Some(AuditProblem {
                 seq: 7,
                 problem: "previous hash does not match record 6".into(),
+                anchor: false,
             })))
         };
         let out = present(&VERIFY, bad(), false);

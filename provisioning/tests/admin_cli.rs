@@ -8,9 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward_protocol::admin::{
-    AdminErrorKind, AdminRequest, AdminResponse, ApprovalRequest, AuditProblem, AuditRecordInfo,
-    AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyInfo, KeyRequest, KeyResponse,
-    VersionInfo,
+    AdminErrorKind, AdminRequest, AdminResponse, ApprovalRequest, AuditAnchor, AuditProblem,
+    AuditRecordInfo, AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyInfo,
+    KeyRequest, KeyResponse, VersionInfo,
 };
 use keyward_protocol::frame::{read_message, write_message};
 
@@ -344,6 +344,7 @@ fn verification(first_bad: Option<AuditProblem>) -> AdminResponse {
         checkpoints_ok: 2,
         sealed_through: 100,
         unsealed: 20,
+        anchors_ok: 0,
         first_bad,
     })))
 }
@@ -413,6 +414,7 @@ fn audit_verify_tampered_exits_8_and_names_the_record() {
         verification(Some(AuditProblem {
             seq: 57,
             problem: "stored hash does not match the record".into(),
+            anchor: false,
         }))
     };
     let (_, out) = against_fake_agent(&["audit", "verify"], tampered());
@@ -433,6 +435,192 @@ fn audit_verify_tampered_exits_8_and_names_the_record() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["first_bad"]["seq"], 57);
     assert_eq!(v["checkpoints_ok"], 2);
+}
+
+fn an_anchor(seq: u64) -> AuditAnchor {
+    AuditAnchor {
+        seq,
+        head: [seq as u8; 32],
+        created_at: 1_769_882_400 + seq as i64,
+        signature: vec![0x30, 0x45, seq as u8],
+    }
+}
+
+#[test]
+fn audit_anchor_prints_one_line_that_verify_reads_back() {
+    let answer = AdminResponse::Audit(Box::new(AuditResponse::Anchor(an_anchor(120))));
+    let (req, out) = against_fake_agent(&["audit", "anchor"], answer.clone());
+    assert_eq!(req, AdminRequest::Audit(AuditRequest::Anchor));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = text(&out.stdout);
+    assert_eq!(line, format!("{}\n", an_anchor(120).to_line()));
+    assert!(
+        line.starts_with("keyward-anchor 1 seq=120 head=7878"),
+        "{line}"
+    );
+
+    let (_, out) = against_fake_agent(&["--json", "audit", "anchor"], answer);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["seq"], 120);
+    assert_eq!(v["head"], "78".repeat(32));
+    assert_eq!(v["signature"], "304578");
+    let json = text(&out.stdout);
+
+    // A file of both forms, with a comment: every anchor goes to the agent.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("anchors");
+    std::fs::write(&file, format!("# host a\n{line}\n{json}")).unwrap();
+    let (req, out) = against_fake_agent(
+        &["audit", "verify", "--anchor", file.to_str().unwrap()],
+        verification(None),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        req,
+        AdminRequest::Audit(AuditRequest::VerifyAnchored {
+            anchors: vec![an_anchor(120), an_anchor(120)]
+        })
+    );
+}
+
+#[test]
+fn audit_verify_anchor_from_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        let request: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
+        write_message(&mut stream, &verification(None), &mut buf).unwrap();
+        request
+    });
+    let mut child = keyward(&socket, &["audit", "verify", "--anchor", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "{}\n{}",
+            an_anchor(40).to_line(),
+            an_anchor(80).to_line()
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        server.join().unwrap(),
+        AdminRequest::Audit(AuditRequest::VerifyAnchored {
+            anchors: vec![an_anchor(40), an_anchor(80)]
+        })
+    );
+}
+
+#[test]
+fn audit_verify_a_rolled_back_trail_exits_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("anchors");
+    std::fs::write(&file, an_anchor(80).to_line()).unwrap();
+    let rolled_back = AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
+        records: 70,
+        head_seq: 70,
+        checkpoints_ok: 1,
+        sealed_through: 40,
+        unsealed: 30,
+        anchors_ok: 0,
+        first_bad: Some(AuditProblem {
+            seq: 71,
+            problem: "missing, though an anchor kept off the host holds the head at 80".into(),
+            anchor: true,
+        }),
+    })));
+    let args = ["audit", "verify", "--anchor", file.to_str().unwrap()];
+    let (_, out) = against_fake_agent(&args, rolled_back.clone());
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert!(text(&out.stdout).contains("anchors held:"), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "keyward: the audit trail no longer holds an anchored head: record 71: \
+         missing, though an anchor kept off the host holds the head at 80\n"
+    );
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&args);
+    let (_, out) = against_fake_agent(&json, rolled_back);
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first_bad"]["anchor"], true);
+}
+
+#[test]
+fn a_bad_anchor_file_is_a_usage_error_without_asking_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    // No agent: a bad file must fail before any connection.
+    let socket = dir.path().join("admin.sock");
+    let line = an_anchor(80).to_line();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "no anchor in it"),
+        (
+            "garbage",
+            b"hello\nworld\n".to_vec(),
+            "line 1: not an anchor",
+        ),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x80], "not text"),
+        (
+            "truncated",
+            line.as_bytes()[..60].to_vec(),
+            "line 1: head is not 64 hex digits",
+        ),
+        (
+            "cut-sig",
+            format!("{line}\n{}", &line[..line.len() - 3]).into_bytes(),
+            "line 2: sig is not a hex signature",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let out = keyward(
+            &socket,
+            &["audit", "verify", "--anchor", file.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!("keyward: anchor file {}: ", file.display()))
+                && err.contains(want),
+            "{name}: {err}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{name}: {out:?}");
+    }
+    let missing = dir.path().join("missing");
+    let out = keyward(
+        &socket,
+        &[
+            "--json",
+            "audit",
+            "verify",
+            "--anchor",
+            missing.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["Error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -357,3 +357,39 @@ keyward_test!(fn while_the_trail_cannot_be_written_continue_mode_serves_and_keep
     assert_eq!(find(&s, "kept", ObjectClass::PRIVATE_KEY), vec![private]);
     s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]).expect("C_Sign after the trail came back");
 });
+
+keyward_test!(fn a_trail_that_cannot_be_written_is_said_once_per_streak_and_at_its_end(tb) {
+    tb.require_agent("audit failure handling");
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let (_, private) = ec_pair(&s, P256, "streak", false);
+    let log_path = tb.path("agent.log");
+    let before = std::fs::read_to_string(&log_path).expect("the agent's log").len();
+    let lock = lock_the_trail(&tb);
+    let started = Instant::now();
+    // Each write waits 5 s for the lock: long enough for several failed
+    // attempts in one streak.
+    while started.elapsed() < Duration::from_secs(12) {
+        s.sign(&Mechanism::Ecdsa, private, &[4u8; 32]).expect("C_Sign goes on");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(lock);
+    keyward_ok(&tb, &["audit", "tail", "-n", "1"], 0); // writes what is held
+    let log = std::fs::read_to_string(&log_path).expect("the agent's log");
+    let streak: Vec<&str> = log[before..]
+        .lines()
+        .filter(|l| l.contains("audit:") && l.to_lowercase().contains("written"))
+        .collect();
+    let count = |text: &str| streak.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(count("THE TRAIL CANNOT BE WRITTEN"), 1, "{streak:#?}");
+    assert_eq!(count("still cannot be written"), 0, "repeated within a streak: {streak:#?}");
+    let end: Vec<&&str> = streak.iter().filter(|l| l.contains("is written again")).collect();
+    assert_eq!(end.len(), 1, "{streak:#?}");
+    let attempts: u64 = end[0]
+        .split_once(" s and ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt count in {:?}", end[0]));
+    assert!(attempts >= 2, "one attempt only: the streak did not repeat: {streak:#?}");
+    println!("one streak of {attempts} failed attempts: {} log lines", streak.len());
+});
