@@ -682,6 +682,29 @@ impl Agent {
         what: &str,
     ) -> Result<()> {
         let token = &self.tokens[slot].config.label;
+        // A certificate of a managed key's own public key is that key's
+        // certificate: it may carry the key's name and CKA_ID.
+        let certificate = template
+            .iter()
+            .any(|a| a.attr_type == ck::CKA_CLASS && a.as_ulong() == Some(ck::CKO_CERTIFICATE))
+            .then(|| {
+                template.iter().find_map(|a| match &a.value {
+                    AttrValue::Leaf(Value::Bytes(v)) if a.attr_type == ck::CKA_VALUE => {
+                        keys::certificate_fingerprint(v)
+                    }
+                    _ => None,
+                })
+            })
+            .flatten();
+        let its_own = |key: Option<Arc<keys::KeyView>>| {
+            certificate.is_some_and(|fp| {
+                key.is_some_and(|k| {
+                    k.versions
+                        .iter()
+                        .any(|v| v.fingerprint.as_deref() == Some(&fp[..]))
+                })
+            })
+        };
         for a in template {
             let AttrValue::Leaf(Value::Bytes(b)) = &a.value else {
                 continue;
@@ -689,7 +712,8 @@ impl Agent {
             let why = match a.attr_type {
                 CKA_LABEL
                     if b.as_slice() == audit::AUDIT_KEY_LABEL
-                        || self.keys.is_managed_label(token, b) =>
+                        || (self.keys.is_managed_label(token, b)
+                            && !its_own(self.keys.key_by_label(token, b))) =>
                 {
                     format!(
                         "CKA_LABEL {:?} names a managed key",
@@ -698,8 +722,11 @@ impl Agent {
                 }
                 CKA_ID
                     if b.as_slice() == audit::AUDIT_KEY_ID
-                        || self.keys.lookup(token, b).is_some()
-                        || self.keys.is_pending(token, b) =>
+                        || self.keys.is_pending(token, b)
+                        || self
+                            .keys
+                            .lookup(token, b)
+                            .is_some_and(|m| !its_own(self.keys.key(m.key_id))) =>
                 {
                     format!(
                         "CKA_ID {} belongs to a managed key",
@@ -1592,7 +1619,28 @@ impl Agent {
                         Some(id) => self.keys.lookup(token, id),
                         None => None,
                     };
+                    let class = match attrs.get(1) {
+                        Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(c)))) => Some(*c),
+                        _ => None,
+                    };
                     match managed {
+                        // A certificate with a managed key's CKA_ID: shown
+                        // (as an unmanaged object) when it is that key's.
+                        Some(m) if class == Some(ck::CKO_CERTIFICATE) => {
+                            match self.keys.key(m.key_id) {
+                                Some(k)
+                                    if keys::is_certificate_of(
+                                        s.backend.as_ref(),
+                                        s.backend_session,
+                                        h,
+                                        &k,
+                                    ) =>
+                                {
+                                    None
+                                }
+                                _ => continue,
+                            }
+                        }
                         // A plant with a managed key's CKA_ID: never shown.
                         Some(m)
                             if !self.keys.is_genuine(
@@ -1607,12 +1655,8 @@ impl Agent {
                         }
                         Some(m) => Some(m),
                         None => {
-                            let key = matches!(
-                                attrs.get(1),
-                                Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(
-                                    ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY
-                                ))))
-                            );
+                            let key =
+                                matches!(class, Some(ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY));
                             // A shadow key: quarantined in strict mode.
                             if strict && key && owner.is_none() {
                                 continue;
@@ -1693,13 +1737,20 @@ impl Agent {
         // never an unmanaged object that carries the name (clients differ in
         // which match they take).
         let token = &self.tokens[s.slot].config.label;
-        let by_managed_label = template.iter().any(|a| {
-            a.attr_type == CKA_LABEL
-                && matches!(&a.value, AttrValue::Leaf(Value::Bytes(l))
-                    if self.keys.is_managed_label(token, l))
+        let labelled = template.iter().find_map(|a| match &a.value {
+            AttrValue::Leaf(Value::Bytes(l))
+                if a.attr_type == CKA_LABEL && self.keys.is_managed_label(token, l) =>
+            {
+                self.keys.key_by_label(token, l)
+            }
+            _ => None,
         });
-        if by_managed_label {
-            managed.retain(|(_, _, m)| m.is_some());
+        if let Some(key) = labelled {
+            // The key's own certificate stays beside it.
+            managed.retain(|(h, _, m)| {
+                m.is_some()
+                    || keys::is_certificate_of(s.backend.as_ref(), s.backend_session, *h, &key)
+            });
         }
         let mut st = client.lock();
         Ok(Response::List(

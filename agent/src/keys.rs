@@ -253,6 +253,22 @@ impl ManagedKeys {
         !view.labels.is_empty() && view.labels.contains(&(token.to_owned(), label.to_vec()))
     }
 
+    /// The managed key on `token` whose name or a version's backend label
+    /// is `label`.
+    pub fn key_by_label(&self, token: &str, label: &[u8]) -> Option<Arc<KeyView>> {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.keys
+            .values()
+            .find(|k| {
+                k.record.token == token
+                    && (k.record.name.as_bytes() == label
+                        || k.versions
+                            .iter()
+                            .any(|v| v.backend_label.as_bytes() == label))
+            })
+            .cloned()
+    }
+
     /// Notes that backend object `object` on `token` is version `m` (the
     /// agent made it) or a plant (`None`).
     pub fn set_judged(&self, token: &str, object: BackendObject, m: Option<ManagedRef>) {
@@ -481,6 +497,102 @@ pub fn fingerprint(
         _ => return None,
     }
     Some(h.finalize().into())
+}
+
+/// The fingerprint (as [`fingerprint`] makes it) of the public key in an
+/// X.509 certificate (DER): EC and RSA keys. `None` for anything else. A
+/// certificate whose key is a managed key's is that key's certificate, and
+/// may carry its name and `CKA_ID`.
+pub fn certificate_fingerprint(der: &[u8]) -> Option<[u8; 32]> {
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let key = spki.subject_public_key.as_bytes()?;
+    let mut h = Sha256::new();
+    h.update(b"keyward key fingerprint 1\0");
+    let mut part = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    match spki.algorithm.oid.to_string().as_str() {
+        // id-ecPublicKey: CKA_EC_PARAMS is the curve's DER, CKA_EC_POINT
+        // the point wrapped in an OCTET STRING.
+        "1.2.840.10045.2.1" => {
+            let params = spki.algorithm.parameters.as_ref()?.to_der().ok()?;
+            let point = x509_cert::der::asn1::OctetStringRef::new(key)
+                .ok()?
+                .to_der()
+                .ok()?;
+            part(b"pair");
+            part(&ck::CKK_EC.to_be_bytes());
+            part(&params);
+            part(&point);
+        }
+        // rsaEncryption: RSAPublicKey ::= SEQUENCE { modulus, exponent }.
+        "1.2.840.113549.1.1.1" => {
+            let (body, rest) = der_tlv(key, 0x30)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            let (modulus, rest) = der_tlv(body, 0x02)?;
+            let (exponent, rest) = der_tlv(rest, 0x02)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            part(b"pair");
+            part(&ck::CKK_RSA.to_be_bytes());
+            part(unpadded(modulus));
+            part(unpadded(exponent));
+        }
+        _ => return None,
+    }
+    Some(h.finalize().into())
+}
+
+/// Whether backend object `object` is a certificate of `key`'s own public
+/// key (of any of its versions): the key's certificate, which may carry its
+/// name and `CKA_ID` and is shown beside it.
+pub fn is_certificate_of(
+    backend: &dyn Backend,
+    session: BackendSession,
+    object: BackendObject,
+    key: &KeyView,
+) -> bool {
+    let Ok(r) = backend.get_attributes(session, object, &[ck::CKA_CLASS, ck::CKA_VALUE]) else {
+        return false;
+    };
+    if ulong_at(&r, 0) != Some(ck::CKO_CERTIFICATE) {
+        return false;
+    }
+    let Some(fp) = bytes_at(&r, 1).and_then(certificate_fingerprint) else {
+        return false;
+    };
+    key.versions
+        .iter()
+        .any(|v| v.fingerprint.as_deref() == Some(&fp[..]))
+}
+
+/// One DER element of tag `tag` at the start of `b`: its contents and what
+/// follows it.
+fn der_tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = b.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// Whether private key `object` is the private half of the public key
