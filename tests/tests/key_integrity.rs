@@ -295,6 +295,51 @@ keyward_test!(fn a_plant_on_the_backend_is_never_taken_for_the_managed_key_or_th
     assert!(verified.contains("intact"), "{verified}");
 });
 
+// A store from before fingerprints (no audit key recorded) with a planted
+// public key and a planted key pair under the audit key's CKA_ID: the agent
+// takes the pair that signed the last checkpoint, records it, and the trail
+// still verifies.
+keyward_test!(fn an_audit_key_from_before_fingerprints_is_told_from_plants_by_its_checkpoints(tb) {
+    tb.require_agent("the backend token");
+    install_policy(&tb, &policy());
+    signing_key(&tb, "web");
+    tb.stop_agent();
+    {
+        let db = rusqlite::Connection::open(tb.path("state/inventory.sqlite")).expect("open the inventory");
+        let n = db.execute("DELETE FROM agent_keys", []).expect("forget the audit key's record");
+        assert_eq!(n, 1, "the audit key was recorded at the first start");
+    }
+    let (_backend, b) = backend_token(&tb);
+    b.create_object(&attacker_public(true, b"keyward-audit", AUDIT_KEY_ID)).expect("a planted public key");
+    b.generate_key_pair(
+        &Mechanism::EccKeyPairGen,
+        &[
+            Attribute::Token(true),
+            Attribute::EcParams(P256.to_vec()),
+            Attribute::Verify(true),
+            Attribute::Id(AUDIT_KEY_ID.to_vec()),
+        ],
+        &[
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sign(true),
+            Attribute::Id(AUDIT_KEY_ID.to_vec()),
+        ],
+    )
+    .expect("a planted key pair");
+    tb.start_agent();
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
+    keyward_ok(&tb, &["key", "rotate", "web"], 0);
+    tb.stop_agent();
+    tb.start_agent();
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "new checkpoints are signed by the genuine key: {verified}");
+    let db = rusqlite::Connection::open(tb.path("state/inventory.sqlite")).expect("open the inventory");
+    let n: i64 = db.query_row("SELECT count(*) FROM agent_keys", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 1, "the audit key is recorded again");
+});
+
 /// The fingerprint the inventory holds for version 1 of key `name`.
 fn stored_fingerprint(tb: &Env, name: &str) -> Option<Vec<u8>> {
     let db =
