@@ -148,6 +148,29 @@ impl<'b> HsmSession<'b> {
         ])
     }
 
+    /// The objects of class `cko` that are version `m` (`CKA_ID` `id`) of a
+    /// managed key on `token`: objects planted with its `CKA_ID` are left
+    /// out ([`crate::keys::ManagedKeys::is_genuine`]).
+    pub(crate) fn genuine(
+        &self,
+        keys: &crate::keys::ManagedKeys,
+        token: &str,
+        id: &[u8],
+        cko: u64,
+        m: ManagedRef,
+    ) -> AResult<Vec<BackendObject>> {
+        Ok(self
+            .by_id(id, cko)?
+            .into_iter()
+            .filter(|&o| keys.is_genuine(token, self.backend, self.handle, o, m))
+            .collect())
+    }
+
+    /// Whether `object` is a certificate of `key`'s own public key.
+    pub(crate) fn is_certificate_of(&self, object: BackendObject, key: &KeyView) -> bool {
+        crate::keys::is_certificate_of(self.backend, self.handle, object, key)
+    }
+
     pub(crate) fn attrs(
         &self,
         object: BackendObject,
@@ -1433,21 +1456,29 @@ impl Agent {
         )?;
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
+        let m = ManagedRef {
+            key_id: r.id,
+            version: v.version,
+        };
+        let token = &t.token.config.label;
         let one = |cko: u64| -> AResult<BackendObject> {
-            s.by_id(&v.backend_id, cko)?.first().copied().map_or_else(
-                || {
-                    fail(
-                        AdminErrorKind::Failed,
-                        format!(
-                            "version {} (CKA_ID {}): no {} on the HSM",
-                            v.version,
-                            hex(&v.backend_id),
-                            class_name(cko)
-                        ),
-                    )
-                },
-                Ok,
-            )
+            s.genuine(&self.keys, token, &v.backend_id, cko, m)?
+                .first()
+                .copied()
+                .map_or_else(
+                    || {
+                        fail(
+                            AdminErrorKind::Failed,
+                            format!(
+                                "version {} (CKA_ID {}): no {} on the HSM",
+                                v.version,
+                                hex(&v.backend_id),
+                                class_name(cko)
+                            ),
+                        )
+                    },
+                    Ok,
+                )
         };
         let mismatch = |what: &str| AdminError {
             kind: AdminErrorKind::Failed,

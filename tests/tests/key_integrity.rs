@@ -279,6 +279,17 @@ keyward_test!(fn a_plant_on_the_backend_is_never_taken_for_the_managed_key_or_th
     s.verify(&Mechanism::Ecdsa, public, &DIGEST, &sig)
         .expect("the private key found is the managed key's (its signature verifies)");
 
+    // The administrator's checks use the version's own objects too.
+    let verified = keyward_ok(&tb, &["key", "verify", "web"], 0);
+    assert!(verified.contains("verified"), "{verified}");
+    let report = keyward_json(&tb, &["report"], 0);
+    let web = report
+        .array_at("keys")
+        .iter()
+        .find(|k| k.str_at("name") == "web")
+        .unwrap_or_else(|| panic!("web is not in the report: {report}"));
+    assert!(web.array_at("drift").is_empty(), "a plant counted as the key's drift: {web}");
+
     let findings = discover(&tb);
     let plants: Vec<&Json> = findings.iter().filter(|f| f.str_at("finding").starts_with("plant")).collect();
     let with_id = |want: &[u8]| plants.iter().filter(|f| f.str_at("backend_id") == hex(want)).count();
