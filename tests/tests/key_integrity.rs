@@ -33,6 +33,11 @@ const AUDIT_KEY_ID: &[u8] = b"keyward-audit-key";
 /// verify granted), class `aes` (AES-256 encryption, granted), and
 /// `default_class = "app"` (EC P-256 signing keys applications generate).
 fn policy() -> String {
+    policy_with("")
+}
+
+/// [`policy`] with `extra` (whole tables) appended.
+fn policy_with(extra: &str) -> String {
     let uid = uid();
     format!(
         r#"
@@ -67,6 +72,7 @@ algorithms = ["aes:256"]
 protect_period = "30d"
 process_period = "60d"
 grants = [ {{ application = "{APPLICATION}", operations = ["encrypt", "decrypt"] }} ]
+{extra}
 "#
     )
 }
@@ -199,6 +205,43 @@ keyward_test!(fn an_application_cannot_plant_an_object_under_a_managed_keys_name
     );
     let sig = s.sign(&Mechanism::Ecdsa, private[0], &DIGEST).expect("sign with the managed key");
     s.verify(&Mechanism::Ecdsa, last, &DIGEST, &sig).expect("the managed key verifies its own signature");
+});
+
+// Finding 10 across applications: another admitted application (the
+// probe, its own application by executable) cannot plant a public key under
+// the managed key's name or CKA_ID, so this application's OpenSSL-style
+// last match by label stays the managed key.
+keyward_test!(fn another_application_cannot_plant_a_key_for_this_ones_last_match(tb) {
+    tb.require_agent("two applications");
+    let probe = env!("CARGO_BIN_EXE_plant_probe");
+    install_policy(
+        &tb,
+        &policy_with(&format!("[[application]]\nname = \"attacker\"\nuid = {}\nexe = \"{probe}\"\n", uid())),
+    );
+    signing_key(&tb, "web");
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let id = id_of(&s, find(&s, "web", ObjectClass::PRIVATE_KEY)[0]);
+    let out = keyward_tests::tools::run_ok(
+        std::process::Command::new(probe)
+            .args(["web", &hex(&id), &hex(&unhex(ATTACKER_POINT))])
+            .env("KEYWARD_MODULE", &tb.module)
+            .env("KEYWARD_TOKEN", &tb.token)
+            .env("KEYWARD_PIN", &tb.pin),
+    );
+    assert!(out.contains("label: CKR_ACTION_PROHIBITED"), "{out}");
+    assert!(out.contains("id: CKR_ACTION_PROHIBITED"), "{out}");
+    let publics = find(&s, "web", ObjectClass::PUBLIC_KEY);
+    assert_eq!(publics.len(), 1, "{publics:?}");
+    assert!(
+        s.verify(&Mechanism::Ecdsa, *publics.last().expect("one"), &DIGEST, &unhex(ATTACKER_SIGNATURE)).is_err(),
+        "the last match by label accepted the attacker's signature"
+    );
+    let by_attacker = trail(&tb)
+        .into_iter()
+        .filter(|r| r.str_at("kind") == "refusal" && r.str_at("exe") == probe)
+        .count();
+    assert_eq!(by_attacker, 2, "the attacker's two refusals are recorded with its executable");
 });
 
 // Finding 10: objects planted directly on the backend token (as root could)
