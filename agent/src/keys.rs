@@ -776,6 +776,37 @@ mod tests {
     }
 
     #[test]
+    fn der_elements_are_read_within_their_bounds() {
+        assert_eq!(
+            der_tlv(&[0x02, 0x01, 0x05, 0xff], 0x02),
+            Some((&[5u8][..], &[0xffu8][..]))
+        );
+        assert_eq!(
+            der_tlv(&[0x02, 0x81, 0x01, 0x07], 0x02),
+            Some((&[7u8][..], &[][..]))
+        );
+        // Wrong tag, truncated, an absurd or empty long-form length.
+        assert_eq!(der_tlv(&[0x30, 0x01, 0x05], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x05, 0x01], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x85, 1, 2, 3, 4, 5], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x80], 0x02), None);
+        assert_eq!(der_tlv(&[0x02], 0x02), None);
+        assert_eq!(der_tlv(&[], 0x02), None);
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_parse_has_no_fingerprint() {
+        assert_eq!(certificate_fingerprint(b""), None);
+        assert_eq!(certificate_fingerprint(b"not a certificate"), None);
+        assert_eq!(
+            certificate_fingerprint(&[0x30, 0x82, 0xff, 0xff, 0x30]),
+            None
+        );
+        assert_eq!(unpadded(&[0, 0, 1, 0]), &[1, 0]);
+        assert_eq!(unpadded(&[0, 0]), &[] as &[u8]);
+    }
+
+    #[test]
     fn a_shadow_key_is_new_once_and_counted_while_it_is_there() {
         let (_dir, k) = keys();
         assert!(k.shadow_counts().is_empty(), "nothing scanned yet");
