@@ -149,6 +149,29 @@ impl<'b> HsmSession<'b> {
         ])
     }
 
+    /// The objects of class `cko` that are version `m` (`CKA_ID` `id`) of a
+    /// managed key on `token`: objects planted with its `CKA_ID` are left
+    /// out ([`crate::keys::ManagedKeys::is_genuine`]).
+    pub(crate) fn genuine(
+        &self,
+        keys: &crate::keys::ManagedKeys,
+        token: &str,
+        id: &[u8],
+        cko: u64,
+        m: ManagedRef,
+    ) -> AResult<Vec<BackendObject>> {
+        Ok(self
+            .by_id(id, cko)?
+            .into_iter()
+            .filter(|&o| keys.is_genuine(token, self.backend, self.handle, o, m))
+            .collect())
+    }
+
+    /// Whether `object` is a certificate of `key`'s own public key.
+    pub(crate) fn is_certificate_of(&self, object: BackendObject, key: &KeyView) -> bool {
+        crate::keys::is_certificate_of(self.backend, self.handle, object, key)
+    }
+
     pub(crate) fn attrs(
         &self,
         object: BackendObject,
@@ -179,6 +202,21 @@ impl<'b> HsmSession<'b> {
             Some(Value::Bytes(v)) => Some(v),
             _ => None,
         })
+    }
+
+    /// The fingerprint of the key made of `objects` (the first that shows
+    /// one: the public half of a pair, the secret key).
+    pub(crate) fn fingerprint(&self, objects: &[BackendObject]) -> Option<[u8; 32]> {
+        let fp = objects
+            .iter()
+            .find_map(|&o| crate::keys::fingerprint(self.backend, self.handle, o));
+        if fp.is_none() {
+            log::warn!(
+                "backend objects {objects:?} show no public value or check value: \
+                 recognised by their CKA_ID alone"
+            );
+        }
+        fp
     }
 
     fn destroy(&self, objects: &[BackendObject]) {
@@ -278,6 +316,8 @@ struct NewKey<'a> {
     class: &'a KeyClass,
     algorithm: Algorithm,
     backend_id: &'a [u8],
+    /// See [`crate::keys::fingerprint`].
+    fingerprint: Option<[u8; 32]>,
     /// `None`: pre-activation (an administrator activates it); `Some`:
     /// active from then, with the class's cryptoperiod.
     active_since: Option<SystemTime>,
@@ -320,6 +360,7 @@ fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
         created_at: at,
         deactivated_at: None,
         destroyed_at: None,
+        fingerprint: k.fingerprint.map(|f| f.to_vec()),
     };
     (record, version)
 }
@@ -846,7 +887,11 @@ impl Agent {
                 };
                 let mut shadows = Vec::new();
                 for t in tokens {
-                    shadows.extend(self.discover(t)?);
+                    let found = self.scan(t)?;
+                    let objects: Vec<BackendObject> = found.iter().map(|(o, _)| *o).collect();
+                    // Recorded here: the scheduler need not record them again.
+                    self.keys.note_shadows(&t.config.label, &objects);
+                    shadows.extend(found.into_iter().map(|(_, f)| f));
                 }
                 self.record_findings(&by, &shadows);
                 Ok(KeyResponse::Shadows(shadows))
@@ -1114,6 +1159,7 @@ impl Agent {
         }
         let backend = self.backend(t)?;
         let (id, objects) = self.generate(t, backend.as_ref(), class, alg, name)?;
+        let fingerprint = HsmSession::open(backend.as_ref())?.fingerprint(&objects);
         let (record, version) = first_version(NewKey {
             token: &label,
             name,
@@ -1121,6 +1167,7 @@ impl Agent {
             class,
             algorithm: alg,
             backend_id: &id,
+            fingerprint,
             active_since: None,
         });
         let created = match self.keys.inventory().create_key(&record, &version, who) {
@@ -1131,6 +1178,7 @@ impl Agent {
                 return Err(inv_err(e));
             }
         };
+        self.judged(&label, &objects, created.id, 1);
         self.refresh(created.id)?;
         self.end_pending(t, &id);
         log::info!(
@@ -1328,6 +1376,14 @@ impl Agent {
         })?;
         let backend = self.backend(t.token)?;
         let (id, objects) = self.generate(t.token, backend.as_ref(), class, alg, &r.name)?;
+        let fingerprint = match HsmSession::open(backend.as_ref()) {
+            Ok(s) => s.fingerprint(&objects),
+            Err(e) => {
+                self.destroy_orphans(backend.as_ref(), &objects);
+                self.end_pending(t.token, &id);
+                return Err(e);
+            }
+        };
         let draft = KeyVersion {
             key_id: r.id,
             version: 0,
@@ -1337,6 +1393,7 @@ impl Agent {
             created_at: secs(now),
             deactivated_at: None,
             destroyed_at: None,
+            fingerprint: fingerprint.map(|f| f.to_vec()),
         };
         match self
             .keys
@@ -1344,6 +1401,7 @@ impl Agent {
             .add_version(r.id, &draft, Some(demote), who)
         {
             Ok(v) => {
+                self.judged(&t.token.config.label, &objects, r.id, v.version);
                 self.refresh(r.id)?;
                 self.end_pending(t.token, &draft.backend_id);
                 Ok(v.version)
@@ -1407,21 +1465,29 @@ impl Agent {
         )?;
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
+        let m = ManagedRef {
+            key_id: r.id,
+            version: v.version,
+        };
+        let token = &t.token.config.label;
         let one = |cko: u64| -> AResult<BackendObject> {
-            s.by_id(&v.backend_id, cko)?.first().copied().map_or_else(
-                || {
-                    fail(
-                        AdminErrorKind::Failed,
-                        format!(
-                            "version {} (CKA_ID {}): no {} on the HSM",
-                            v.version,
-                            hex(&v.backend_id),
-                            class_name(cko)
-                        ),
-                    )
-                },
-                Ok,
-            )
+            s.genuine(&self.keys, token, &v.backend_id, cko, m)?
+                .first()
+                .copied()
+                .map_or_else(
+                    || {
+                        fail(
+                            AdminErrorKind::Failed,
+                            format!(
+                                "version {} (CKA_ID {}): no {} on the HSM",
+                                v.version,
+                                hex(&v.backend_id),
+                                class_name(cko)
+                            ),
+                        )
+                    },
+                    Ok,
+                )
         };
         let mismatch = |what: &str| AdminError {
             kind: AdminErrorKind::Failed,
@@ -1674,11 +1740,18 @@ impl Agent {
         Ok(out)
     }
 
-    /// Key objects on `token`'s backend whose `CKA_ID` is no managed
-    /// version: private and secret keys, and public keys without a private
-    /// half.
-    fn discover(&self, token: &VirtualToken) -> AResult<Vec<ShadowInfo>> {
+    /// Key objects on `token`'s backend outside management, each with its
+    /// backend object: private and secret keys, and public keys without a
+    /// private half, whose `CKA_ID` is no managed version (`unmanaged`), and
+    /// objects with the `CKA_ID` of a managed version or of the audit key
+    /// that are not it (`plant`).
+    pub(crate) fn scan(&self, token: &VirtualToken) -> AResult<Vec<(BackendObject, ShadowInfo)>> {
         let label = &token.config.label;
+        let slot = self
+            .tokens
+            .iter()
+            .position(|x| std::ptr::eq(x, token))
+            .unwrap_or(usize::MAX);
         let backend = self.backend(token)?;
         let s = HsmSession::open(backend.as_ref())?;
         let mut out = Vec::new();
@@ -1691,28 +1764,58 @@ impl Agent {
                     _ => Vec::new(),
                 };
                 let id = bytes(&a[0]);
-                if !id.is_empty() && self.keys.lookup(label, &id).is_some() {
-                    continue;
-                }
-                // The agent's own audit key is not a shadow key.
-                if id == crate::audit::AUDIT_KEY_ID {
-                    continue;
-                }
-                if cko == ck::CKO_PRIVATE_KEY {
-                    private_ids.push(id.clone());
-                } else if cko == ck::CKO_PUBLIC_KEY && !id.is_empty() && private_ids.contains(&id) {
-                    continue;
-                }
-                out.push(ShadowInfo {
-                    token: label.clone(),
-                    backend_id: id,
-                    label: String::from_utf8_lossy(&bytes(&a[1])).into_owned(),
-                    class: class_name(cko),
-                    key_type: match a[2] {
-                        Some(Value::Ulong(k)) => key_type_name(k),
-                        _ => "?".into(),
+                let finding = if id == crate::audit::AUDIT_KEY_ID {
+                    // The agent's own audit key is not a shadow key; another
+                    // object with its CKA_ID is a plant.
+                    if self.is_audit_key(slot, o) {
+                        continue;
+                    }
+                    "plant: the audit key's CKA_ID, not the audit key".to_owned()
+                } else {
+                    match self.keys.lookup(label, &id) {
+                        Some(m) => {
+                            if self
+                                .keys
+                                .is_genuine(label, backend.as_ref(), s.handle, o, m)
+                            {
+                                continue;
+                            }
+                            let name = self
+                                .keys
+                                .key(m.key_id)
+                                .map_or_else(String::new, |k| k.record.name.clone());
+                            format!(
+                                "plant: CKA_ID of key {name:?} version {}, not its fingerprint",
+                                m.version
+                            )
+                        }
+                        None => {
+                            if cko == ck::CKO_PRIVATE_KEY {
+                                private_ids.push(id.clone());
+                            } else if cko == ck::CKO_PUBLIC_KEY
+                                && !id.is_empty()
+                                && private_ids.contains(&id)
+                            {
+                                continue;
+                            }
+                            "unmanaged".to_owned()
+                        }
+                    }
+                };
+                out.push((
+                    o,
+                    ShadowInfo {
+                        token: label.clone(),
+                        backend_id: id,
+                        label: String::from_utf8_lossy(&bytes(&a[1])).into_owned(),
+                        class: class_name(cko),
+                        key_type: match a[2] {
+                            Some(Value::Ulong(k)) => key_type_name(k),
+                            _ => "?".into(),
+                        },
+                        finding,
                     },
-                });
+                ));
             }
         }
         Ok(out)
@@ -1760,29 +1863,111 @@ impl Agent {
                 format!("a key {name:?} exists on token {label:?}"),
             );
         }
+        if backend_id == crate::audit::AUDIT_KEY_ID {
+            return fail(
+                AdminErrorKind::Refused,
+                "that CKA_ID is the audit key's: it is the agent's, not a key to adopt",
+            );
+        }
         let backend = self.backend(token)?;
         let s = HsmSession::open(backend.as_ref())?;
-        let public = s.by_id(backend_id, ck::CKO_PUBLIC_KEY)?.first().copied();
-        let main = match s.by_id(backend_id, ck::CKO_PRIVATE_KEY)?.first() {
-            Some(&o) => o,
-            None => match s.by_id(backend_id, ck::CKO_SECRET_KEY)?.first() {
-                Some(&o) => o,
-                None => {
-                    return fail(
-                        AdminErrorKind::NotFound,
-                        format!(
-                            "no private or secret key with CKA_ID {} on token {label:?}",
-                            hex(backend_id)
-                        ),
-                    )
-                }
-            },
+        let publics = s.by_id(backend_id, ck::CKO_PUBLIC_KEY)?;
+        let privates = s.by_id(backend_id, ck::CKO_PRIVATE_KEY)?;
+        let secrets = s.by_id(backend_id, ck::CKO_SECRET_KEY)?;
+        let (main, secret) = match (privates.as_slice(), secrets.as_slice()) {
+            ([o], []) => (*o, false),
+            ([], [o]) => (*o, true),
+            ([], []) => {
+                return fail(
+                    AdminErrorKind::NotFound,
+                    format!(
+                        "no private or secret key with CKA_ID {} on token {label:?}",
+                        hex(backend_id)
+                    ),
+                )
+            }
+            _ => {
+                return fail(
+                    AdminErrorKind::Refused,
+                    format!(
+                        "{} keys share CKA_ID {} on token {label:?}: a version is one key; \
+                         give each its own CKA_ID first",
+                        privates.len() + secrets.len(),
+                        hex(backend_id)
+                    ),
+                )
+            }
         };
+        if publics.len() > 1 || (secret && !publics.is_empty()) {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "{} public keys share CKA_ID {} on token {label:?} with the key: \
+                     which is its public half is not clear",
+                    publics.len(),
+                    hex(backend_id)
+                ),
+            );
+        }
+        let public = publics.first().copied();
+        let flags = [
+            ck::CKA_SENSITIVE,
+            ck::CKA_ALWAYS_SENSITIVE,
+            ck::CKA_EXTRACTABLE,
+            ck::CKA_NEVER_EXTRACTABLE,
+            ck::CKA_SIGN,
+            ck::CKA_VERIFY,
+            ck::CKA_SIGN_RECOVER,
+            ck::CKA_ENCRYPT,
+            ck::CKA_DECRYPT,
+            ck::CKA_WRAP,
+            ck::CKA_UNWRAP,
+            ck::CKA_DERIVE,
+        ];
+        let read = s.attrs(main, &flags)?;
+        let bools: Vec<(u64, bool)> = flags
+            .iter()
+            .zip(read)
+            .filter_map(|(&a, v)| match v {
+                Some(Value::Bool(b)) => Some((a, b)),
+                _ => None,
+            })
+            .collect();
+        let problems = keyward_policy::adoption_problems(
+            class,
+            secret,
+            &Template {
+                bools: &bools,
+                ulongs: &[],
+                bytes: &[],
+            },
+        );
+        if !problems.is_empty() {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "the key with CKA_ID {} does not comply with class {class_name:?}: {}",
+                    hex(backend_id),
+                    problems.join("; ")
+                ),
+            );
+        }
         let alg = algorithm_of(&s, main, public, class)?;
         let object_label = s
             .bytes(main, ck::CKA_LABEL)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
+        if !object_label.is_empty() && self.keys.is_managed_label(&label, object_label.as_bytes()) {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "the key's CKA_LABEL {object_label:?} names a managed key on token {label:?}: \
+                     a search by that name would find both"
+                ),
+            );
+        }
+        let objects: Vec<BackendObject> = public.into_iter().chain([main]).collect();
+        let fingerprint = s.fingerprint(&objects);
         drop(s);
         let now = secs(SystemTime::now());
         let record = KeyRecord {
@@ -1814,12 +1999,14 @@ impl Agent {
             created_at: now,
             deactivated_at: None,
             destroyed_at: None,
+            fingerprint: fingerprint.map(|f| f.to_vec()),
         };
         let created = self
             .keys
             .inventory()
             .create_key(&record, &version, who)
             .map_err(inv_err)?;
+        self.judged(&label, &objects, created.id, 1);
         self.refresh(created.id)?;
         // Its use records name the managed key from now on.
         self.forget_use_targets(|_| true);
@@ -1832,6 +2019,15 @@ impl Agent {
             Ok,
         )?;
         self.info(&view)
+    }
+
+    /// Notes that `objects` on `token` are version `version` of key
+    /// `key_id`: the agent made or checked them itself.
+    fn judged(&self, token: &str, objects: &[BackendObject], key_id: i64, version: u32) {
+        for &o in objects {
+            self.keys
+                .set_judged(token, o, Some(ManagedRef { key_id, version }));
+        }
     }
 
     /// Ends the pending note of a generation (recorded or undone).
@@ -1948,6 +2144,99 @@ impl Agent {
         }
     }
 
+    /// Records the fingerprint of every version recorded without one (a
+    /// store from before fingerprints), from the object that has its
+    /// `CKA_ID` on the HSM, when exactly one fingerprint is found there;
+    /// otherwise (none, or several: a plant beside the key) nothing is
+    /// recorded, and the version is reported in the log and the trail and
+    /// keeps being recognised by its `CKA_ID` until an administrator
+    /// resolves it. Run at start, before serving.
+    pub fn record_missing_fingerprints(&self) {
+        for key in self.keys.all() {
+            let missing: Vec<&KeyVersion> = key
+                .versions
+                .iter()
+                .filter(|v| v.fingerprint.is_none() && v.state != InvState::Destroyed)
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let Some(token) = self
+                .tokens
+                .iter()
+                .find(|t| t.config.label == key.record.token)
+            else {
+                continue;
+            };
+            let Ok(backend) = token.backend() else {
+                continue;
+            };
+            let Ok(s) = HsmSession::open(backend.as_ref()) else {
+                continue;
+            };
+            for v in missing {
+                let objects = match s.find(&[Attribute::bytes(ck::CKA_ID, v.backend_id.clone())]) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        log::error!("fingerprints: {}", e.message);
+                        continue;
+                    }
+                };
+                let mut found: Vec<[u8; 32]> = objects
+                    .iter()
+                    .filter_map(|&o| crate::keys::fingerprint(backend.as_ref(), s.handle, o))
+                    .collect();
+                found.sort_unstable();
+                found.dedup();
+                let name = format!(
+                    "{}/{} version {}",
+                    key.record.token, key.record.name, v.version
+                );
+                let problem =
+                    match found.as_slice() {
+                        [fp] => match self.keys.inventory().set_fingerprint(
+                            key.record.id,
+                            v.version,
+                            fp,
+                        ) {
+                            Ok(()) => {
+                                log::info!("key {name}: fingerprint recorded");
+                                None
+                            }
+                            Err(e) => Some(format!("the fingerprint could not be recorded: {e}")),
+                        },
+                        [] => Some(format!(
+                            "no object with CKA_ID {} shows a public value or check value: \
+                         recognised by its CKA_ID alone",
+                            hex(&v.backend_id)
+                        )),
+                        several => Some(format!(
+                            "{} different keys have CKA_ID {} on the HSM (a planted object?): \
+                         no fingerprint recorded; recognised by its CKA_ID alone until resolved",
+                            several.len(),
+                            hex(&v.backend_id)
+                        )),
+                    };
+                if let Some(problem) = problem {
+                    log::error!("key {name}: {problem}");
+                    let mut e = crate::audit::event(
+                        keyward_inventory::AuditKind::Discovery,
+                        keyward_inventory::Actor::Agent,
+                        "fingerprint",
+                    );
+                    e.token = Some(key.record.token.clone());
+                    e.key = Some(key.record.name.clone());
+                    e.key_version = Some(v.version);
+                    e.reason = problem;
+                    self.audit.record(e);
+                }
+            }
+            if let Err(e) = self.refresh(key.record.id) {
+                log::error!("fingerprints: {}", e.message);
+            }
+        }
+    }
+
     /// Brings a key an application just generated (as token objects)
     /// under management as version 1 of a new key of `class`, active at
     /// once: the application made it to use it. Its name is its label (made
@@ -1964,6 +2253,8 @@ impl Agent {
         let backend = self.backend(token)?;
         let s = HsmSession::open(backend.as_ref())?;
         let alg = algorithm_of(&s, objects.0, objects.1, class)?;
+        let both: Vec<BackendObject> = objects.1.into_iter().chain([objects.0]).collect();
+        let fingerprint = s.fingerprint(&both);
         drop(s);
         let inventory = self.keys.inventory();
         let base = label.filter(|l| !l.is_empty()).unwrap_or("key");
@@ -1982,12 +2273,14 @@ impl Agent {
             class,
             algorithm: alg,
             backend_id,
+            fingerprint,
             active_since: Some(SystemTime::now()),
         });
         let who = format!("application {owner}");
         let created = inventory
             .create_key(&record, &version, &who)
             .map_err(inv_err)?;
+        self.judged(&token.config.label, &both, created.id, 1);
         self.refresh(created.id)?;
         log::info!(
             "key {}/{name} generated by {who}: class {}, {alg}, CKA_ID {}",
@@ -2089,13 +2382,60 @@ impl Agent {
             );
             e.token = Some(f.token.clone());
             e.key = unmanaged_name(f.label.as_bytes(), &f.backend_id);
-            e.reason = format!(
-                "{} {} with CKA_ID {} is on the HSM but not managed",
-                f.class,
-                f.key_type,
-                hex(&f.backend_id)
-            );
+            e.reason = if f.finding == "unmanaged" {
+                format!(
+                    "{} {} with CKA_ID {} is on the HSM but not managed",
+                    f.class,
+                    f.key_type,
+                    hex(&f.backend_id)
+                )
+            } else {
+                format!(
+                    "{} {} with CKA_ID {}: {}",
+                    f.class,
+                    f.key_type,
+                    hex(&f.backend_id),
+                    f.finding
+                )
+            };
             self.audit.record(e);
+        }
+    }
+
+    /// The scheduler's discovery: every token's backend is scanned
+    /// ([`Agent::scan`]); each key outside management (shadow key or plant)
+    /// is recorded in the trail once per backend object and agent run, and
+    /// the counts are kept for the metrics (`keyward_shadow_keys`).
+    pub fn discover_shadows(&self) {
+        for t in &self.tokens {
+            if t.backend.is_err() {
+                continue;
+            }
+            match self.scan(t) {
+                Ok(found) => {
+                    let objects: Vec<BackendObject> = found.iter().map(|(o, _)| *o).collect();
+                    let new = self.keys.note_shadows(&t.config.label, &objects);
+                    let fresh: Vec<ShadowInfo> = found
+                        .into_iter()
+                        .filter(|(o, _)| new.contains(o))
+                        .map(|(_, f)| f)
+                        .collect();
+                    if !fresh.is_empty() {
+                        log::warn!(
+                            "scheduler: {} new key(s) outside management on token {:?} \
+                             (keyward discover lists them)",
+                            fresh.len(),
+                            t.config.label
+                        );
+                        self.record_findings(&keyward_inventory::Actor::Scheduler, &fresh);
+                    }
+                }
+                Err(e) => log::error!(
+                    "scheduler: discovery on token {:?} failed: {}",
+                    t.config.label,
+                    e.message
+                ),
+            }
         }
     }
 
@@ -2164,6 +2504,7 @@ impl Agent {
                 }
             }
         }
+        self.discover_shadows();
     }
 
     /// Starts the scheduler thread: [`Agent::tick`] [`FIRST_PASS`] after the

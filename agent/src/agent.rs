@@ -768,6 +768,80 @@ impl Agent {
         }
     }
 
+    /// Refuses (`CKR_ACTION_PROHIBITED`, recorded) a template that would
+    /// give an object on `slot`'s token a managed key's name or backend
+    /// label, the `CKA_ID` of a managed key version (or one being
+    /// generated), or the audit key's `CKA_ID` or label: an application
+    /// cannot plant an object that other applications, or the agent, would
+    /// take for a managed key. A key generated under the default class gets
+    /// a name and `CKA_ID` of its own, so that path is not concerned.
+    fn refuse_reserved(
+        &self,
+        client: &Client,
+        slot: Slot,
+        template: &[Attribute],
+        what: &str,
+    ) -> Result<()> {
+        let token = &self.tokens[slot].config.label;
+        // A certificate of a managed key's own public key is that key's
+        // certificate: it may carry the key's name and CKA_ID.
+        let certificate = template
+            .iter()
+            .any(|a| a.attr_type == ck::CKA_CLASS && a.as_ulong() == Some(ck::CKO_CERTIFICATE))
+            .then(|| {
+                template.iter().find_map(|a| match &a.value {
+                    AttrValue::Leaf(Value::Bytes(v)) if a.attr_type == ck::CKA_VALUE => {
+                        keys::certificate_fingerprint(v)
+                    }
+                    _ => None,
+                })
+            })
+            .flatten();
+        let its_own = |key: Option<Arc<keys::KeyView>>| {
+            certificate.is_some_and(|fp| {
+                key.is_some_and(|k| {
+                    k.versions
+                        .iter()
+                        .any(|v| v.fingerprint.as_deref() == Some(&fp[..]))
+                })
+            })
+        };
+        for a in template {
+            let AttrValue::Leaf(Value::Bytes(b)) = &a.value else {
+                continue;
+            };
+            let why = match a.attr_type {
+                CKA_LABEL
+                    if b.as_slice() == audit::AUDIT_KEY_LABEL
+                        || (self.keys.is_managed_label(token, b)
+                            && !its_own(self.keys.key_by_label(token, b))) =>
+                {
+                    format!(
+                        "CKA_LABEL {:?} names a managed key",
+                        String::from_utf8_lossy(&b[..b.len().min(256)])
+                    )
+                }
+                CKA_ID
+                    if b.as_slice() == audit::AUDIT_KEY_ID
+                        || self.keys.is_pending(token, b)
+                        || self
+                            .keys
+                            .lookup(token, b)
+                            .is_some_and(|m| !its_own(self.keys.key(m.key_id))) =>
+                {
+                    format!(
+                        "CKA_ID {} belongs to a managed key",
+                        crate::admin::hex(&b[..b.len().min(128)])
+                    )
+                }
+                _ => continue,
+            };
+            self.note_refusal(client, what, None, None, ck::CKR_ACTION_PROHIBITED, &why);
+            return Err(Error::ActionProhibited);
+        }
+        Ok(())
+    }
+
     /// Refuses a mechanism outside the policy's allow-list
     /// (`CKR_MECHANISM_INVALID`), saying why in the log.
     fn check_mechanism(&self, client: &Client, mechanism: u64) -> Result<()> {
@@ -1046,6 +1120,7 @@ impl Agent {
             Request::CreateObject { session, template } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
+                self.refuse_reserved(client, s.slot, &template, "object creation")?;
                 // Decoding guarantees a CKA_CLASS is a CK_ULONG, with one value.
                 match template
                     .iter()
@@ -1082,6 +1157,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
                 self.refuse_managed(client, &o[0], "a copy")?;
+                self.refuse_reserved(client, s.slot, &template, "a copy")?;
                 self.refuse_weakening(client, &template)?;
                 let h = s
                     .backend
@@ -1131,6 +1207,7 @@ impl Agent {
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 refuse_private(login, &template)?;
                 self.refuse_managed(client, &o[0], "an attribute change")?;
+                self.refuse_reserved(client, s.slot, &template, "an attribute change")?;
                 self.refuse_weakening(client, &template)?;
                 s.backend
                     .set_attributes(s.backend_session, o[0].backend, &template)?;
@@ -1236,6 +1313,7 @@ impl Agent {
             } => {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &template)?;
+                self.refuse_reserved(client, s.slot, &template, "generation")?;
                 let mut template = template;
                 let class =
                     self.generation_policy(client, mechanism.mechanism, &mut [&mut template])?;
@@ -1273,6 +1351,8 @@ impl Agent {
                 let (s, login) = self.session(client, session)?;
                 refuse_private(login, &public_template)?;
                 refuse_private(login, &private_template)?;
+                self.refuse_reserved(client, s.slot, &public_template, "generation")?;
+                self.refuse_reserved(client, s.slot, &private_template, "generation")?;
                 let (mut public_template, mut private_template) =
                     (public_template, private_template);
                 let class = self.generation_policy(
@@ -1371,6 +1451,7 @@ impl Agent {
                     &[(unwrapping_key, Error::UnwrappingKeyHandleInvalid)],
                 )?;
                 refuse_private(login, &template)?;
+                self.refuse_reserved(client, s.slot, &template, "unwrapping")?;
                 self.strict_refusal(
                     client,
                     "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
@@ -1397,6 +1478,7 @@ impl Agent {
                 let (s, login, o) =
                     self.session_objects(client, session, &[(base_key, Error::KeyHandleInvalid)])?;
                 refuse_private(login, &template)?;
+                self.refuse_reserved(client, s.slot, &template, "derivation")?;
                 let mut template = template;
                 self.derivation_policy(client, &o[0], &mut template)?;
                 let h =
@@ -1614,12 +1696,19 @@ impl Agent {
         Ok(handles)
     }
 
-    /// Which of `found` are managed key versions (by their `CKA_ID`, read
-    /// once per client and object), without those the client's application
-    /// may not see, with each key's active version first; a search that
-    /// does not name a `CKA_ID` (`by_id`) keeps only the active version of
-    /// a key that has one (an application that signs by label gets the
-    /// version that protects now, whichever match it takes).
+    /// Which of `found` are managed key versions (by their `CKA_ID` and
+    /// fingerprint, read once per client and object), without those the
+    /// client's application may not see, with each key's active version
+    /// first; a search that does not name a `CKA_ID` (`by_id`) keeps only
+    /// the active version of a key that has one (an application that signs
+    /// by label gets the version that protects now, whichever match it
+    /// takes).
+    ///
+    /// Never shown: an object with a managed `CKA_ID` that is not that
+    /// version (a plant, [`ManagedKeys::is_genuine`]), an object with the
+    /// audit key's `CKA_ID`, and in strict mode an unmanaged private or
+    /// secret key on the token that this client did not make (a shadow key,
+    /// quarantined until an administrator adopts it).
     fn classify(
         &self,
         client: &Client,
@@ -1627,12 +1716,13 @@ impl Agent {
         found: Vec<(BackendObject, Option<u64>)>,
         by_id: bool,
     ) -> Result<Vec<Found>> {
-        if self.keys.is_empty() {
+        let policy = self.policy();
+        let strict = policy.mode() == keyward_policy::Mode::Strict;
+        if self.keys.is_empty() && !strict {
             return Ok(found.into_iter().map(|(h, o)| (h, o, None)).collect());
         }
         let token = &self.tokens[s.slot].config.label;
         let now = SystemTime::now();
-        let policy = self.policy();
         // Each with whether it is a key's active version (worked out once).
         let mut out: Vec<(Found, bool)> = Vec::with_capacity(found.len());
         for (h, owner) in found {
@@ -1644,19 +1734,65 @@ impl Agent {
             let managed = match known {
                 Some(o) => o.managed,
                 None => {
-                    let id = s
+                    let attrs = s
                         .backend
-                        .get_attributes(s.backend_session, h, &[CKA_ID])
-                        .ok()
-                        .and_then(|r| match r.into_iter().next() {
-                            Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
-                            _ => None,
-                        });
-                    match id {
+                        .get_attributes(s.backend_session, h, &[CKA_ID, ck::CKA_CLASS])
+                        .unwrap_or_default();
+                    let id = match attrs.first() {
+                        Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
+                        _ => None,
+                    };
+                    let managed = match id {
                         // Being generated for the inventory: not yet a key.
-                        Some(id) if self.keys.is_pending(token, &id) => continue,
-                        Some(id) => self.keys.lookup(token, &id),
+                        Some(id) if self.keys.is_pending(token, id) => continue,
+                        Some(id) if id == audit::AUDIT_KEY_ID => continue,
+                        Some(id) => self.keys.lookup(token, id),
                         None => None,
+                    };
+                    let class = match attrs.get(1) {
+                        Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(c)))) => Some(*c),
+                        _ => None,
+                    };
+                    match managed {
+                        // A certificate with a managed key's CKA_ID: shown
+                        // (as an unmanaged object) when it is that key's.
+                        Some(m) if class == Some(ck::CKO_CERTIFICATE) => {
+                            match self.keys.key(m.key_id) {
+                                Some(k)
+                                    if keys::is_certificate_of(
+                                        s.backend.as_ref(),
+                                        s.backend_session,
+                                        h,
+                                        &k,
+                                    ) =>
+                                {
+                                    None
+                                }
+                                _ => continue,
+                            }
+                        }
+                        // A plant with a managed key's CKA_ID: never shown.
+                        Some(m)
+                            if !self.keys.is_genuine(
+                                token,
+                                s.backend.as_ref(),
+                                s.backend_session,
+                                h,
+                                m,
+                            ) =>
+                        {
+                            continue
+                        }
+                        Some(m) => Some(m),
+                        None => {
+                            let key =
+                                matches!(class, Some(ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY));
+                            // A shadow key: quarantined in strict mode.
+                            if strict && key && owner.is_none() {
+                                continue;
+                            }
+                            None
+                        }
                     }
                 }
             };
@@ -1726,7 +1862,26 @@ impl Agent {
                 .collect()
         };
         let by_id = template.iter().any(|a| a.attr_type == CKA_ID);
-        let managed = self.classify(client, &s, visible, by_id)?;
+        let mut managed = self.classify(client, &s, visible, by_id)?;
+        // A search by a managed key's name finds that key's objects only:
+        // never an unmanaged object that carries the name (clients differ in
+        // which match they take).
+        let token = &self.tokens[s.slot].config.label;
+        let labelled = template.iter().find_map(|a| match &a.value {
+            AttrValue::Leaf(Value::Bytes(l))
+                if a.attr_type == CKA_LABEL && self.keys.is_managed_label(token, l) =>
+            {
+                self.keys.key_by_label(token, l)
+            }
+            _ => None,
+        });
+        if let Some(key) = labelled {
+            // The key's own certificate stays beside it.
+            managed.retain(|(h, _, m)| {
+                m.is_some()
+                    || keys::is_certificate_of(s.backend.as_ref(), s.backend_session, *h, &key)
+            });
+        }
         let mut st = client.lock();
         Ok(Response::List(
             managed

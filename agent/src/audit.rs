@@ -1292,6 +1292,33 @@ fn record_info(r: &keyward_inventory::AuditRecord) -> keyward_protocol::admin::A
 /// makes at its first start and signs checkpoints with. Applications never
 /// see it.
 pub const AUDIT_KEY_ID: &[u8] = b"keyward-audit-key";
+/// The audit key's `CKA_LABEL`.
+pub const AUDIT_KEY_LABEL: &[u8] = b"keyward-audit";
+/// The name under which the inventory records the audit key's fingerprint.
+pub const AUDIT_KEY_NAME: &str = "audit";
+
+/// Whether `signature` over SHA-256 of `message` verifies under public key
+/// `public` (ECDSA), on a session of its own.
+fn verify_with(
+    backend: &dyn crate::backend::Backend,
+    public: crate::backend::BackendObject,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use keyward_protocol::{Mechanism, Op};
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(message);
+    let Ok(s) = backend.open_session(false) else {
+        return false;
+    };
+    let mech = Mechanism::plain(cryptoki_sys::CKM_ECDSA);
+    let ok = backend
+        .op_init(s, Op::Verify, &mech, Some(public))
+        .and_then(|()| backend.verify(s, &digest, signature))
+        .is_ok();
+    let _ = backend.close_session(s);
+    ok
+}
 
 /// The audit key on a backend token.
 #[derive(Debug, Clone, Copy)]
@@ -1322,60 +1349,166 @@ pub struct CheckpointEvery {
 }
 
 impl crate::agent::Agent {
-    /// Finds the audit key on the first available backend token, making it
-    /// (inside the HSM) at the first start.
+    /// Finds the audit key on the first available backend token (the token
+    /// recorded for it, once recorded), making it (inside the HSM) at the
+    /// first start.
+    ///
+    /// The audit key is recognised by the fingerprint of its public key
+    /// recorded in the inventory when it was made ([`AUDIT_KEY_NAME`]),
+    /// never by its `CKA_ID` alone: another object with that `CKA_ID` (a
+    /// planted public key) is not used to verify checkpoints, and a private
+    /// key is used only after proving it is the recorded public key's other
+    /// half (a signature made and verified). A store from before
+    /// fingerprints records the one key pair that proves itself and, when
+    /// several do, the one whose public key verifies the last checkpoint.
     pub fn setup_audit_key(&self) {
         use cryptoki_sys as ck;
         use keyward_protocol::{Attribute, Mechanism};
+        let inventory = self.keys.inventory();
+        let recorded = match inventory.agent_key(AUDIT_KEY_NAME) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("audit: cannot read the audit key's record: {e}");
+                return;
+            }
+        };
         for (slot, token) in self.tokens.iter().enumerate() {
+            if recorded
+                .as_ref()
+                .is_some_and(|(t, _)| *t != token.config.label)
+            {
+                continue;
+            }
             let Ok(backend) = token.backend() else {
                 continue;
             };
+            let anchor = backend.anchor_session();
             let found = |class: u64| {
                 backend
                     .find_objects(
-                        backend.anchor_session(),
+                        anchor,
                         &[
                             Attribute::ulong(ck::CKA_CLASS, class),
                             Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
                         ],
                     )
-                    .ok()
-                    .and_then(|v| v.first().copied())
+                    .unwrap_or_default()
             };
-            let pair = match (found(ck::CKO_PRIVATE_KEY), found(ck::CKO_PUBLIC_KEY)) {
-                (Some(private), Some(public)) => Ok((public, private)),
-                _ => {
-                    let common = |private: bool| {
-                        vec![
-                            Attribute::bool(ck::CKA_TOKEN, true),
-                            Attribute::bool(ck::CKA_PRIVATE, private),
-                            Attribute::bytes(ck::CKA_LABEL, b"keyward-audit".to_vec()),
-                            Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
-                        ]
+            let (publics, privates) = (found(ck::CKO_PUBLIC_KEY), found(ck::CKO_PRIVATE_KEY));
+            // Every (public, private) pair that proves itself, with the
+            // public key's fingerprint.
+            let pairs = || -> Vec<([u8; 32], (u64, u64))> {
+                let mut out = Vec::new();
+                for &public in &publics {
+                    let Some(fp) = crate::keys::fingerprint(backend.as_ref(), anchor, public)
+                    else {
+                        continue;
                     };
-                    let mut public = common(false);
-                    public.push(Attribute::bytes(
-                        ck::CKA_EC_PARAMS,
-                        vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-                    ));
-                    public.push(Attribute::bool(ck::CKA_VERIFY, true));
-                    let mut private = common(true);
-                    private.extend([
-                        Attribute::bool(ck::CKA_SIGN, true),
-                        Attribute::bool(ck::CKA_SENSITIVE, true),
-                        Attribute::bool(ck::CKA_EXTRACTABLE, false),
-                    ]);
-                    backend.generate_key_pair(
-                        backend.anchor_session(),
+                    if recorded.as_ref().is_some_and(|(_, r)| r[..] != fp[..]) {
+                        continue;
+                    }
+                    for &private in &privates {
+                        if crate::keys::proves_possession(
+                            backend.as_ref(),
+                            private,
+                            AUDIT_KEY_ID,
+                            &fp,
+                        ) {
+                            out.push((fp, (public, private)));
+                        }
+                    }
+                }
+                out
+            };
+            let pair = if publics.is_empty() && privates.is_empty() && recorded.is_none() {
+                let common = |private: bool| {
+                    vec![
+                        Attribute::bool(ck::CKA_TOKEN, true),
+                        Attribute::bool(ck::CKA_PRIVATE, private),
+                        Attribute::bytes(ck::CKA_LABEL, AUDIT_KEY_LABEL.to_vec()),
+                        Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
+                    ]
+                };
+                let mut public = common(false);
+                public.push(Attribute::bytes(
+                    ck::CKA_EC_PARAMS,
+                    vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+                ));
+                public.push(Attribute::bool(ck::CKA_VERIFY, true));
+                let mut private = common(true);
+                private.extend([
+                    Attribute::bool(ck::CKA_SIGN, true),
+                    Attribute::bool(ck::CKA_SENSITIVE, true),
+                    Attribute::bool(ck::CKA_EXTRACTABLE, false),
+                ]);
+                backend
+                    .generate_key_pair(
+                        anchor,
                         &Mechanism::plain(ck::CKM_EC_KEY_PAIR_GEN),
                         &public,
                         &private,
                     )
+                    .map_err(|e| e.to_string())
+                    .and_then(|(public, private)| {
+                        let fp = crate::keys::fingerprint(backend.as_ref(), anchor, public)
+                            .ok_or_else(|| "the new audit key shows no public value".to_owned())?;
+                        Ok((Some(fp), (public, private)))
+                    })
+            } else {
+                let mut found = pairs();
+                if found.len() > 1 {
+                    // Several pairs prove themselves (a store from before
+                    // fingerprints, with a planted key pair): the one that
+                    // signed the last checkpoint is the audit key.
+                    let last = self
+                        .audit
+                        .log()
+                        .checkpoints()
+                        .ok()
+                        .and_then(|c| c.last().cloned());
+                    if let Some(cp) = last {
+                        let message =
+                            keyward_inventory::checkpoint_message(cp.seq, &cp.head, cp.created_at);
+                        found.retain(|(_, (public, _))| {
+                            verify_with(backend.as_ref(), *public, &message, &cp.signature)
+                        });
+                    }
+                }
+                match found.as_slice() {
+                    [(fp, pair)] => Ok((recorded.is_none().then_some(*fp), *pair)),
+                    [] => Err(format!(
+                        "no key pair with CKA_ID {:?} proves to be the audit key \
+                         ({} public, {} private objects with that CKA_ID)",
+                        String::from_utf8_lossy(AUDIT_KEY_ID),
+                        publics.len(),
+                        privates.len()
+                    )),
+                    several => Err(format!(
+                        "{} key pairs with CKA_ID {:?} could be the audit key and none is recorded: \
+                         remove the planted ones",
+                        several.len(),
+                        String::from_utf8_lossy(AUDIT_KEY_ID)
+                    )),
                 }
             };
             match pair {
-                Ok((public, private)) => {
+                Ok((to_record, (public, private))) => {
+                    if let Some(fp) = to_record {
+                        let at = crate::keys::secs(SystemTime::now());
+                        if let Err(e) =
+                            inventory.set_agent_key(AUDIT_KEY_NAME, &token.config.label, &fp, at)
+                        {
+                            log::error!("audit: cannot record the audit key's fingerprint: {e}");
+                            return;
+                        }
+                    }
+                    if publics.len() + privates.len() > 2 {
+                        log::warn!(
+                            "audit: token {:?} holds other objects with the audit key's CKA_ID: \
+                             planted, ignored (keyward discover lists them)",
+                            token.config.label
+                        );
+                    }
                     log::info!(
                         "audit: checkpoints are signed by the audit key on token {:?}",
                         token.config.label
@@ -1390,7 +1523,13 @@ impl crate::agent::Agent {
             }
             return;
         }
-        log::error!("audit: no backend token: checkpoints cannot be signed");
+        match recorded {
+            Some((t, _)) => log::error!(
+                "audit: the audit key is recorded on token {t:?}, which is not available: \
+                 checkpoints cannot be signed"
+            ),
+            None => log::error!("audit: no backend token: checkpoints cannot be signed"),
+        }
     }
 
     /// Whether `object` on `slot` is the audit key (hidden from applications).
@@ -1422,25 +1561,13 @@ impl crate::agent::Agent {
 
     /// Checks an audit-key signature over `message`.
     pub fn audit_verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
-        use keyward_protocol::{Mechanism, Op};
-        use sha2::Digest;
         let Some(key) = self.audit_key() else {
             return false;
         };
         let Ok(backend) = self.tokens[key.slot].backend() else {
             return false;
         };
-        let digest = sha2::Sha256::digest(message);
-        let Ok(s) = backend.open_session(false) else {
-            return false;
-        };
-        let mech = Mechanism::plain(cryptoki_sys::CKM_ECDSA);
-        let ok = backend
-            .op_init(s, Op::Verify, &mech, Some(key.public))
-            .and_then(|()| backend.verify(s, &digest, signature))
-            .is_ok();
-        let _ = backend.close_session(s);
-        ok
+        verify_with(backend.as_ref(), key.public, message, signature)
     }
 
     /// Seals the trail up to its head with a checkpoint signed by the audit

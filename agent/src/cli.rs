@@ -153,6 +153,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         }
     }
     agent.recover_pending();
+    agent.record_missing_fingerprints();
     agent.setup_audit_key();
     agent.audit_agent(
         "start",

@@ -7,18 +7,27 @@
 //! fails on its very next use, whatever sessions or operations are open.
 //!
 //! A backend object is a managed key version when its `CKA_ID` is a
-//! version's `backend_id` on that token. Objects the inventory does not know
-//! are unmanaged: the policy's mechanism allow-list applies to them, and in
-//! lab mode they behave as on a plain token.
+//! version's `backend_id` on that token *and* it has the version's
+//! [`fingerprint`], recorded when the version was made or adopted (checked
+//! once per backend object and agent run, [`ManagedKeys::is_genuine`]). An
+//! object with a managed `CKA_ID` and another fingerprint is a plant: never
+//! the managed key. Objects the inventory does not know are unmanaged: the
+//! policy's mechanism allow-list applies to them, in lab mode they behave as
+//! on a plain token, and in strict mode unmanaged token keys are quarantined.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cryptoki_sys as ck;
 use keyward_inventory::{Grant, Inventory, KeyFilter, KeyRecord, KeyVersion};
 use keyward_policy::{
     effective_state, permits, Cryptoperiod, KeyState, Operation, Policy, Purpose, Refusal,
 };
+use keyward_protocol::{AttrResult, AttrValue, Attribute, Mechanism, Op, Value};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, BackendObject, BackendSession};
 
 /// One managed key as the hot path sees it.
 #[derive(Debug, Clone)]
@@ -78,6 +87,10 @@ pub struct ManagedRef {
 struct View {
     by_backend_id: HashMap<(String, Vec<u8>), ManagedRef>,
     keys: HashMap<i64, Arc<KeyView>>,
+    /// `(token, CKA_LABEL)` of every managed key: its name and its
+    /// versions' backend labels. Applications cannot give an object one of
+    /// them, and a search by one finds managed objects only.
+    labels: std::collections::HashSet<(String, Vec<u8>)>,
 }
 
 /// The inventory and its view.
@@ -90,6 +103,13 @@ pub struct ManagedKeys {
     /// `(token, CKA_ID)` of keys being generated for the inventory and not
     /// yet recorded: searches do not show them.
     pending: Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
+    /// Backend objects with a managed `CKA_ID` already judged in this run
+    /// ([`ManagedKeys::is_genuine`]): the version they are, or `None` for a
+    /// plant. Backend handles are not reused within a library's life.
+    judged: Mutex<HashMap<(String, BackendObject), Option<ManagedRef>>>,
+    /// Per token, the backend objects the last discovery found outside
+    /// management ([`ManagedKeys::note_shadows`]).
+    shadows: Mutex<HashMap<String, std::collections::HashSet<BackendObject>>>,
 }
 
 impl std::fmt::Debug for ManagedKeys {
@@ -144,6 +164,8 @@ impl ManagedKeys {
             view: RwLock::new(View::default()),
             used: Mutex::new(HashMap::new()),
             pending: Mutex::new(std::collections::HashSet::new()),
+            judged: Mutex::new(HashMap::new()),
+            shadows: Mutex::new(HashMap::new()),
         };
         for record in keys.inventory.keys(&KeyFilter::default())? {
             keys.refresh(record.id)?;
@@ -182,7 +204,136 @@ impl ManagedKeys {
             }
             view.keys.insert(key_id, Arc::new(k));
         }
+        let labels = view
+            .keys
+            .values()
+            .flat_map(|k| {
+                let token = &k.record.token;
+                std::iter::once((token.clone(), k.record.name.as_bytes().to_vec())).chain(
+                    k.versions
+                        .iter()
+                        .filter(|v| !v.backend_label.is_empty())
+                        .map(|v| (token.clone(), v.backend_label.as_bytes().to_vec())),
+                )
+            })
+            .collect();
+        view.labels = labels;
         Ok(())
+    }
+
+    /// Notes what a discovery found outside management on `token` now
+    /// (backend objects) and answers those not found by the discovery
+    /// before: each is recorded once, not at every pass.
+    pub fn note_shadows(&self, token: &str, found: &[BackendObject]) -> Vec<BackendObject> {
+        let mut shadows = self.shadows.lock().unwrap_or_else(|p| p.into_inner());
+        let before = shadows.entry(token.to_owned()).or_default();
+        let new = found
+            .iter()
+            .copied()
+            .filter(|o| !before.contains(o))
+            .collect();
+        *before = found.iter().copied().collect();
+        new
+    }
+
+    /// How many keys outside management the last discovery found, per token
+    /// (tokens not yet scanned are absent).
+    pub fn shadow_counts(&self) -> Vec<(String, usize)> {
+        let shadows = self.shadows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, usize)> =
+            shadows.iter().map(|(t, s)| (t.clone(), s.len())).collect();
+        out.sort();
+        out
+    }
+
+    /// Whether `label` is a managed key's name or a version's backend label
+    /// on `token`.
+    pub fn is_managed_label(&self, token: &str, label: &[u8]) -> bool {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        !view.labels.is_empty() && view.labels.contains(&(token.to_owned(), label.to_vec()))
+    }
+
+    /// The managed key on `token` whose name or a version's backend label
+    /// is `label`.
+    pub fn key_by_label(&self, token: &str, label: &[u8]) -> Option<Arc<KeyView>> {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.keys
+            .values()
+            .find(|k| {
+                k.record.token == token
+                    && (k.record.name.as_bytes() == label
+                        || k.versions
+                            .iter()
+                            .any(|v| v.backend_label.as_bytes() == label))
+            })
+            .cloned()
+    }
+
+    /// Notes that backend object `object` on `token` is version `m` (the
+    /// agent made it) or a plant (`None`).
+    pub fn set_judged(&self, token: &str, object: BackendObject, m: Option<ManagedRef>) {
+        self.judged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((token.to_owned(), object), m);
+    }
+
+    /// Forgets every judgement on `token` (its objects were destroyed).
+    pub fn forget_judged(&self, token: &str) {
+        self.judged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _), _| t != token);
+    }
+
+    /// Whether backend object `object` on `token`, whose `CKA_ID` is that of
+    /// version `m`, is that version: its [`fingerprint`] is the one
+    /// recorded for it (a private key whose public value the HSM does not
+    /// show proves it holds the recorded public key's private half by a
+    /// signature, see [`proves_possession`]). A version recorded without a
+    /// fingerprint (before fingerprints; the agent records one at its next
+    /// start) is recognised by its `CKA_ID`. Judged once per object and
+    /// agent run; `session` is any open session of the token.
+    pub fn is_genuine(
+        &self,
+        token: &str,
+        backend: &dyn Backend,
+        session: BackendSession,
+        object: BackendObject,
+        m: ManagedRef,
+    ) -> bool {
+        let key = (token.to_owned(), object);
+        if let Some(j) = self
+            .judged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return *j == Some(m);
+        }
+        let Some(view) = self.key(m.key_id) else {
+            return false;
+        };
+        let Some(version) = view.version(m.version) else {
+            return false;
+        };
+        let genuine = match &version.fingerprint {
+            None => return true,
+            Some(recorded) => match fingerprint(backend, session, object) {
+                Some(fp) => fp[..] == recorded[..],
+                None => proves_possession(backend, object, &version.backend_id, recorded),
+            },
+        };
+        if !genuine {
+            log::warn!(
+                "token {token:?}: backend object {object} has the CKA_ID of key {:?} version {} \
+                 but not its fingerprint: a planted object, hidden and never used as the key",
+                view.record.name,
+                m.version
+            );
+        }
+        self.set_judged(token, object, genuine.then_some(m));
+        genuine
     }
 
     /// Marks (or unmarks) a `CKA_ID` as being generated for the inventory.
@@ -263,6 +414,244 @@ impl ManagedKeys {
             .cloned()
             .collect()
     }
+}
+
+/// The value of attribute `i` of `r` as bytes, when it has one.
+fn bytes_at(r: &[AttrResult], i: usize) -> Option<&[u8]> {
+    match r.get(i) {
+        Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) if !b.is_empty() => Some(b),
+        _ => None,
+    }
+}
+
+/// The value of attribute `i` of `r` as a number.
+fn ulong_at(r: &[AttrResult], i: usize) -> Option<u64> {
+    match r.get(i) {
+        Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(u)))) => Some(*u),
+        _ => None,
+    }
+}
+
+/// A big-endian integer without its leading zero bytes.
+fn unpadded(b: &[u8]) -> &[u8] {
+    &b[b.iter().take_while(|x| **x == 0).count()..]
+}
+
+/// What identifies a key object beyond its `CKA_ID`, read from the HSM:
+/// SHA-256 over a domain string, the key type and
+/// - a key pair's public value, the same on both halves where the HSM shows
+///   it: `CKA_EC_PARAMS` and `CKA_EC_POINT` (EC, EdDSA, Montgomery keys:
+///   public keys only, the HSM does not show a private key's point), or
+///   `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT` (RSA, both halves);
+/// - a secret key's `CKA_VALUE_LEN` and `CKA_CHECK_VALUE` (the key check
+///   value the HSM computes: SoftHSM2 gives the first 3 bytes of a zero
+///   block encrypted under an AES key, of SHA-1 of the value for HMAC
+///   keys). Computing our own check value would need the key to encrypt,
+///   which a MAC or wrapping key must not.
+///
+/// `None` when the object shows none of these (a private EC key, a backend
+/// without check values): it cannot be told apart by its attributes.
+pub fn fingerprint(
+    backend: &dyn Backend,
+    session: BackendSession,
+    object: BackendObject,
+) -> Option<[u8; 32]> {
+    let head = backend
+        .get_attributes(session, object, &[ck::CKA_CLASS, ck::CKA_KEY_TYPE])
+        .ok()?;
+    let (class, key_type) = (ulong_at(&head, 0)?, ulong_at(&head, 1)?);
+    let mut h = Sha256::new();
+    h.update(b"keyward key fingerprint 1\0");
+    let mut part = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    match (class, key_type) {
+        (ck::CKO_SECRET_KEY, _) => {
+            let r = backend
+                .get_attributes(session, object, &[ck::CKA_VALUE_LEN, ck::CKA_CHECK_VALUE])
+                .ok()?;
+            part(b"secret");
+            part(&key_type.to_be_bytes());
+            part(&ulong_at(&r, 0).unwrap_or(0).to_be_bytes());
+            part(bytes_at(&r, 1)?);
+        }
+        (ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY, ck::CKK_RSA) => {
+            let r = backend
+                .get_attributes(session, object, &[ck::CKA_MODULUS, ck::CKA_PUBLIC_EXPONENT])
+                .ok()?;
+            part(b"pair");
+            part(&key_type.to_be_bytes());
+            part(unpadded(bytes_at(&r, 0)?));
+            part(unpadded(bytes_at(&r, 1)?));
+        }
+        (ck::CKO_PUBLIC_KEY | ck::CKO_PRIVATE_KEY, _) => {
+            let r = backend
+                .get_attributes(session, object, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])
+                .ok()?;
+            part(b"pair");
+            part(&key_type.to_be_bytes());
+            part(bytes_at(&r, 0)?);
+            part(bytes_at(&r, 1)?);
+        }
+        _ => return None,
+    }
+    Some(h.finalize().into())
+}
+
+/// The fingerprint (as [`fingerprint`] makes it) of the public key in an
+/// X.509 certificate (DER): EC and RSA keys. `None` for anything else. A
+/// certificate whose key is a managed key's is that key's certificate, and
+/// may carry its name and `CKA_ID`.
+pub fn certificate_fingerprint(der: &[u8]) -> Option<[u8; 32]> {
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let key = spki.subject_public_key.as_bytes()?;
+    let mut h = Sha256::new();
+    h.update(b"keyward key fingerprint 1\0");
+    let mut part = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    match spki.algorithm.oid.to_string().as_str() {
+        // id-ecPublicKey: CKA_EC_PARAMS is the curve's DER, CKA_EC_POINT
+        // the point wrapped in an OCTET STRING.
+        "1.2.840.10045.2.1" => {
+            let params = spki.algorithm.parameters.as_ref()?.to_der().ok()?;
+            let point = x509_cert::der::asn1::OctetStringRef::new(key)
+                .ok()?
+                .to_der()
+                .ok()?;
+            part(b"pair");
+            part(&ck::CKK_EC.to_be_bytes());
+            part(&params);
+            part(&point);
+        }
+        // rsaEncryption: RSAPublicKey ::= SEQUENCE { modulus, exponent }.
+        "1.2.840.113549.1.1.1" => {
+            let (body, rest) = der_tlv(key, 0x30)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            let (modulus, rest) = der_tlv(body, 0x02)?;
+            let (exponent, rest) = der_tlv(rest, 0x02)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            part(b"pair");
+            part(&ck::CKK_RSA.to_be_bytes());
+            part(unpadded(modulus));
+            part(unpadded(exponent));
+        }
+        _ => return None,
+    }
+    Some(h.finalize().into())
+}
+
+/// Whether backend object `object` is a certificate of `key`'s own public
+/// key (of any of its versions): the key's certificate, which may carry its
+/// name and `CKA_ID` and is shown beside it.
+pub fn is_certificate_of(
+    backend: &dyn Backend,
+    session: BackendSession,
+    object: BackendObject,
+    key: &KeyView,
+) -> bool {
+    let Ok(r) = backend.get_attributes(session, object, &[ck::CKA_CLASS, ck::CKA_VALUE]) else {
+        return false;
+    };
+    if ulong_at(&r, 0) != Some(ck::CKO_CERTIFICATE) {
+        return false;
+    }
+    let Some(fp) = bytes_at(&r, 1).and_then(certificate_fingerprint) else {
+        return false;
+    };
+    key.versions
+        .iter()
+        .any(|v| v.fingerprint.as_deref() == Some(&fp[..]))
+}
+
+/// One DER element of tag `tag` at the start of `b`: its contents and what
+/// follows it.
+fn der_tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = b.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Whether private key `object` is the private half of the public key
+/// with `CKA_ID` `id` and fingerprint `recorded`: a random digest signed
+/// with it verifies under that public key, inside the HSM, on a session of
+/// its own. A private key that may not sign (a derivation key) proves
+/// nothing this way and is accepted only as the one private key with that
+/// `CKA_ID`.
+pub fn proves_possession(
+    backend: &dyn Backend,
+    object: BackendObject,
+    id: &[u8],
+    recorded: &[u8],
+) -> bool {
+    let Ok(s) = backend.open_session(false) else {
+        return false;
+    };
+    let result = (|| -> Option<bool> {
+        let r = backend
+            .get_attributes(s, object, &[ck::CKA_CLASS, ck::CKA_KEY_TYPE, ck::CKA_SIGN])
+            .ok()?;
+        if ulong_at(&r, 0)? != ck::CKO_PRIVATE_KEY {
+            return Some(false);
+        }
+        let by_id = |class: u64| {
+            backend.find_objects(
+                s,
+                &[
+                    Attribute::ulong(ck::CKA_CLASS, class),
+                    Attribute::bytes(ck::CKA_ID, id.to_vec()),
+                ],
+            )
+        };
+        let can_sign = matches!(
+            r.get(2),
+            Some(AttrResult::Value(AttrValue::Leaf(Value::Bool(true))))
+        );
+        if !can_sign {
+            return Some(by_id(ck::CKO_PRIVATE_KEY).ok()? == [object]);
+        }
+        let mechanism = match ulong_at(&r, 1)? {
+            ck::CKK_EC => ck::CKM_ECDSA,
+            ck::CKK_EC_EDWARDS => ck::CKM_EDDSA,
+            _ => return Some(false),
+        };
+        let public = by_id(ck::CKO_PUBLIC_KEY)
+            .ok()?
+            .into_iter()
+            .find(|&p| fingerprint(backend, s, p).is_some_and(|fp| fp[..] == recorded[..]))?;
+        let mut data = [0u8; 32];
+        getrandom::getrandom(&mut data).ok()?;
+        let m = Mechanism::plain(mechanism);
+        backend.op_init(s, Op::Sign, &m, Some(object)).ok()?;
+        let signature = backend.single(s, Op::Sign, &data).ok()?;
+        backend.op_init(s, Op::Verify, &m, Some(public)).ok()?;
+        Some(backend.verify(s, &data, &signature).is_ok())
+    })();
+    let _ = backend.close_session(s);
+    result.unwrap_or(false)
 }
 
 /// The process period end of a version: the key's own date for its newest
@@ -373,4 +762,115 @@ pub fn visible_to(policy: &Policy, key: &KeyView, application: &str, now: System
         && Operation::ALL
             .into_iter()
             .any(|op| check_grant(policy, key, application, op, now).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (tempfile::TempDir, ManagedKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory =
+            keyward_inventory::SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+        (dir, ManagedKeys::open(Arc::new(inventory)).unwrap())
+    }
+
+    #[test]
+    fn der_elements_are_read_within_their_bounds() {
+        assert_eq!(
+            der_tlv(&[0x02, 0x01, 0x05, 0xff], 0x02),
+            Some((&[5u8][..], &[0xffu8][..]))
+        );
+        assert_eq!(
+            der_tlv(&[0x02, 0x81, 0x01, 0x07], 0x02),
+            Some((&[7u8][..], &[][..]))
+        );
+        // Wrong tag, truncated, an absurd or empty long-form length.
+        assert_eq!(der_tlv(&[0x30, 0x01, 0x05], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x05, 0x01], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x85, 1, 2, 3, 4, 5], 0x02), None);
+        assert_eq!(der_tlv(&[0x02, 0x80], 0x02), None);
+        assert_eq!(der_tlv(&[0x02], 0x02), None);
+        assert_eq!(der_tlv(&[], 0x02), None);
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_parse_has_no_fingerprint() {
+        assert_eq!(certificate_fingerprint(b""), None);
+        assert_eq!(certificate_fingerprint(b"not a certificate"), None);
+        assert_eq!(
+            certificate_fingerprint(&[0x30, 0x82, 0xff, 0xff, 0x30]),
+            None
+        );
+        assert_eq!(unpadded(&[0, 0, 1, 0]), &[1, 0]);
+        assert_eq!(unpadded(&[0, 0]), &[] as &[u8]);
+    }
+
+    #[test]
+    fn a_shadow_key_is_new_once_and_counted_while_it_is_there() {
+        let (_dir, k) = keys();
+        assert!(k.shadow_counts().is_empty(), "nothing scanned yet");
+        assert_eq!(k.note_shadows("kw", &[7]), vec![7]);
+        // The next passes find it again: not new.
+        assert_eq!(k.note_shadows("kw", &[7]), Vec::<BackendObject>::new());
+        assert_eq!(k.note_shadows("kw", &[7, 9]), vec![9]);
+        assert_eq!(k.shadow_counts(), vec![("kw".to_owned(), 2)]);
+        // Adopted or removed: no longer counted.
+        assert_eq!(k.note_shadows("kw", &[9]), Vec::<BackendObject>::new());
+        assert_eq!(k.note_shadows("other", &[7]), vec![7], "per token");
+        assert_eq!(
+            k.shadow_counts(),
+            vec![("kw".to_owned(), 1), ("other".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_managed_keys_name_and_backend_label_are_managed_labels_on_its_token() {
+        let (_dir, k) = keys();
+        let record = KeyRecord {
+            id: 0,
+            name: "web".into(),
+            token: "kw".into(),
+            owner: "admin".into(),
+            purpose: "signing".into(),
+            class: "signing".into(),
+            algorithm: "ec:p256".into(),
+            state: keyward_inventory::KeyState::Active,
+            created_at: 1,
+            activated_at: Some(1),
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: None,
+            process_until: None,
+            next_rotation: None,
+            scope: vec![],
+            last_used_at: None,
+            backup_allowed: false,
+        };
+        let version = KeyVersion {
+            key_id: 0,
+            version: 1,
+            backend_id: vec![1, 2],
+            backend_label: "web-old-label".into(),
+            state: keyward_inventory::KeyState::Active,
+            created_at: 1,
+            deactivated_at: None,
+            destroyed_at: None,
+            fingerprint: Some(vec![3; 32]),
+        };
+        let created = k
+            .inventory()
+            .create_key(&record, &version, "admin")
+            .unwrap();
+        assert!(!k.is_managed_label("kw", b"web"), "not yet in the view");
+        k.refresh(created.id).unwrap();
+        assert!(k.is_managed_label("kw", b"web"));
+        assert!(k.is_managed_label("kw", b"web-old-label"));
+        assert!(!k.is_managed_label("other", b"web"));
+        assert!(!k.is_managed_label("kw", b"we"));
+        assert_eq!(
+            k.key(created.id).unwrap().versions[0].fingerprint,
+            Some(vec![3; 32])
+        );
+    }
 }

@@ -836,6 +836,15 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
     );
     let secs = crate::keys::secs(now);
     render_keys(&mut out, &key_figures(&agent.keys.all(), secs));
+    out.family(
+        "keyward_shadow_keys",
+        Kind::Gauge,
+        "Keys on each backend token outside management (shadow keys and planted objects), \
+         as the scheduler's last discovery found them.",
+    );
+    for (token, n) in agent.keys.shadow_counts() {
+        out.sample("keyward_shadow_keys", &[("token", &token)], n as f64);
+    }
     if let Some(report) = metrics.report(agent, now) {
         render_report(&mut out, &report);
     }
@@ -1503,6 +1512,7 @@ mod tests {
                     created_at,
                     deactivated_at: None,
                     destroyed_at: None,
+                    fingerprint: None,
                 })
                 .collect(),
             grants: vec![],

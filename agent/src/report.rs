@@ -275,13 +275,24 @@ const USAGE_FLAGS: [(u64, &str); 9] = [
 /// not extractable unless the class backs up, no usage flag beyond the
 /// purpose, and a type and size the class allows (the adoption check);
 /// and the certificate with its `CKA_ID`.
-fn hsm_facts(s: &HsmSession<'_>, v: &KeyVersion, class: Option<&KeyClass>) -> AResult<HsmFacts> {
+fn hsm_facts(
+    s: &HsmSession<'_>,
+    (keys, token): (&crate::keys::ManagedKeys, &str),
+    v: &KeyVersion,
+    class: Option<&KeyClass>,
+) -> AResult<HsmFacts> {
     let mut facts = HsmFacts::default();
     let id = &v.backend_id;
-    let public = s.by_id(id, ck::CKO_PUBLIC_KEY)?.first().copied();
-    let main = match s.by_id(id, ck::CKO_PRIVATE_KEY)?.first() {
+    // The version's own objects: never one planted with its CKA_ID.
+    let m = crate::keys::ManagedRef {
+        key_id: v.key_id,
+        version: v.version,
+    };
+    let genuine = |cko| s.genuine(keys, token, id, cko, m);
+    let public = genuine(ck::CKO_PUBLIC_KEY)?.first().copied();
+    let main = match genuine(ck::CKO_PRIVATE_KEY)?.first() {
         Some(&o) => Some(o),
-        None => s.by_id(id, ck::CKO_SECRET_KEY)?.first().copied(),
+        None => genuine(ck::CKO_SECRET_KEY)?.first().copied(),
     };
     let Some(main) = main else {
         facts.drift.push(format!(
@@ -336,7 +347,14 @@ fn hsm_facts(s: &HsmSession<'_>, v: &KeyVersion, class: Option<&KeyClass>) -> AR
         Attribute::ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE),
         Attribute::bytes(ck::CKA_ID, id.clone()),
     ])?;
-    if let Some(&cert) = certs.first() {
+    // The key's own certificate: one of another public key under its
+    // CKA_ID is a plant, not its certificate.
+    let own = keys.key(v.key_id);
+    let cert = certs
+        .iter()
+        .copied()
+        .find(|&c| own.as_ref().is_some_and(|k| s.is_certificate_of(c, k)));
+    if let Some(cert) = cert {
         facts.certificate = Some(match s.bytes(cert, ck::CKA_VALUE)? {
             Some(der) => match not_after(&der) {
                 Ok(t) => CertificateInfo {
@@ -545,7 +563,7 @@ impl Agent {
                     HsmSession::open(backend.as_ref()).map_err(|e| e.message)
                 });
                 match session {
-                    Ok(s) => match hsm_facts(s, v, class) {
+                    Ok(s) => match hsm_facts(s, (&self.keys, &r.token), v, class) {
                         Ok(f) => {
                             drift.extend(f.drift);
                             certificate = f.certificate;

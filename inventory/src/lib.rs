@@ -163,4 +163,18 @@ pub trait Inventory: Send + Sync {
 
     /// Requests, oldest first; `status: None` lists all.
     fn requests(&self, status: Option<&str>) -> Result<Vec<ApprovalRecord>>;
+
+    /// Records the fingerprint of a version recorded without one (32
+    /// bytes). Written once: [`Error::Conflict`] when the version has a
+    /// different one already (the same one again is a no-op),
+    /// [`Error::NotFound`] for an unknown version.
+    fn set_fingerprint(&self, key_id: i64, version: u32, fingerprint: &[u8]) -> Result<()>;
+
+    /// The token and fingerprint recorded for the agent's own key `name`
+    /// (the audit key).
+    fn agent_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>>;
+
+    /// Records the agent's own key `name` on `token` by its fingerprint, at
+    /// `at`. Written once: [`Error::Exists`] when `name` is recorded.
+    fn set_agent_key(&self, name: &str, token: &str, fingerprint: &[u8], at: i64) -> Result<()>;
 }

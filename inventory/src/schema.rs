@@ -43,6 +43,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "coalesced audit records (count and span of equal uses)",
         sql: V4,
     },
+    Migration {
+        description: "key fingerprints (versions and the agent's own keys)",
+        sql: V5,
+    },
 ];
 
 /// The schema version this build writes.
@@ -312,4 +316,23 @@ fn check_identity(conn: &Connection, found: u32, known: u32, path: &std::path::P
 const V4: &str = "
 ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1 CHECK (count >= 1);
 ALTER TABLE audit ADD COLUMN span_us INTEGER NOT NULL DEFAULT 0 CHECK (span_us >= 0);
+";
+
+/// Fingerprints: a managed key version is recognised by its `CKA_ID` and by
+/// what was recorded when it was made (the public key, or a key check
+/// value); `NULL` for versions recorded before, until the agent records one
+/// at its next start. `agent_keys` holds the fingerprint of the agent's own
+/// keys (the audit key), by name: written once, never changed.
+const V5: &str = "
+ALTER TABLE key_versions ADD COLUMN fingerprint BLOB CHECK (fingerprint IS NULL OR length(fingerprint) = 32);
+
+CREATE TABLE agent_keys (
+    name        TEXT NOT NULL PRIMARY KEY CHECK (name <> ''),
+    token       TEXT NOT NULL,
+    fingerprint BLOB NOT NULL CHECK (length(fingerprint) = 32),
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TRIGGER agent_keys_no_update BEFORE UPDATE ON agent_keys
+BEGIN SELECT RAISE(ABORT, 'an agent key fingerprint is written once'); END;
 ";

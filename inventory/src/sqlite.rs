@@ -56,7 +56,7 @@ const KEY_NCOLS: usize = 18;
 macro_rules! version_cols {
     () => {
         "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
-         v.deactivated_at, v.destroyed_at"
+         v.deactivated_at, v.destroyed_at, v.fingerprint"
     };
 }
 
@@ -356,6 +356,7 @@ fn version_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<KeyVersion> {
         created_at: r.get(at + 5)?,
         deactivated_at: r.get(at + 6)?,
         destroyed_at: r.get(at + 7)?,
+        fingerprint: r.get(at + 8)?,
     })
 }
 
@@ -550,8 +551,8 @@ impl Inventory for SqliteInventory {
         let v = first_version;
         tx.prepare_cached(
             "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
-                                       created_at, deactivated_at, destroyed_at)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                       created_at, deactivated_at, destroyed_at, fingerprint)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             id,
@@ -561,7 +562,8 @@ impl Inventory for SqliteInventory {
             v.state,
             v.created_at,
             v.deactivated_at,
-            v.destroyed_at
+            v.destroyed_at,
+            v.fingerprint
         ])?;
         record_change(
             &tx,
@@ -808,8 +810,8 @@ impl Inventory for SqliteInventory {
         }
         tx.prepare_cached(
             "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
-                                       created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                       created_at, fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             key_id,
@@ -818,7 +820,8 @@ impl Inventory for SqliteInventory {
             version.backend_id,
             version.backend_label,
             KeyState::Active,
-            at
+            at,
+            version.fingerprint
         ])?;
         record_change(
             &tx,
@@ -844,6 +847,7 @@ impl Inventory for SqliteInventory {
             created_at: at,
             deactivated_at: None,
             destroyed_at: None,
+            fingerprint: version.fingerprint.clone(),
         })
     }
 
@@ -1032,5 +1036,74 @@ impl Inventory for SqliteInventory {
         )?;
         let rows = stmt.query_map(params![status], request_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_fingerprint(&self, key_id: i64, version: u32, fingerprint: &[u8]) -> Result<()> {
+        if fingerprint.len() != 32 {
+            return Err(Error::Invalid(format!(
+                "a fingerprint has 32 bytes, not {}",
+                fingerprint.len()
+            )));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<Option<Vec<u8>>> = tx
+            .prepare_cached(
+                "SELECT fingerprint FROM key_versions WHERE key_id = ?1 AND version = ?2",
+            )?
+            .query_row(params![key_id, version], |r| r.get(0))
+            .optional()?;
+        match found {
+            None => {
+                return Err(Error::NotFound(format!(
+                    "version {version} of key {key_id}"
+                )))
+            }
+            Some(Some(old)) if old == fingerprint => return Ok(()),
+            Some(Some(_)) => {
+                return Err(Error::Conflict {
+                    what: format!("the fingerprint of version {version} of key {key_id}"),
+                    expected: "none recorded".into(),
+                    found: "another one".into(),
+                })
+            }
+            Some(None) => {}
+        }
+        tx.prepare_cached(
+            "UPDATE key_versions SET fingerprint = ?3 WHERE key_id = ?1 AND version = ?2",
+        )?
+        .execute(params![key_id, version, fingerprint])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn agent_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT token, fingerprint FROM agent_keys WHERE name = ?1")?;
+        Ok(stmt
+            .query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn set_agent_key(&self, name: &str, token: &str, fingerprint: &[u8], at: i64) -> Result<()> {
+        nonempty("name", name)?;
+        if fingerprint.len() != 32 {
+            return Err(Error::Invalid(format!(
+                "a fingerprint has 32 bytes, not {}",
+                fingerprint.len()
+            )));
+        }
+        let conn = self.conn();
+        let done = conn
+            .prepare_cached(
+                "INSERT INTO agent_keys (name, token, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(params![name, token, fingerprint, at])?;
+        if done == 0 {
+            return Err(Error::Exists(format!("agent key {name:?}")));
+        }
+        Ok(())
     }
 }

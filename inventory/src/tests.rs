@@ -49,6 +49,7 @@ fn backend(id: &[u8]) -> KeyVersion {
         created_at: T0,
         deactivated_at: None,
         destroyed_at: None,
+        fingerprint: None,
     }
 }
 
@@ -1019,4 +1020,46 @@ fn approval_requests_and_dates_without_a_state_change() {
         inv.set_dates(9999, &dates),
         Err(Error::NotFound(_))
     ));
+}
+
+#[test]
+fn a_fingerprint_is_recorded_once_and_survives_a_reopen() {
+    let (dir, inv) = store();
+    let k = new_key(&inv, "fp", b"\x01");
+    assert_eq!(inv.versions(k.id).unwrap()[0].fingerprint, None);
+    let fp = [7u8; 32];
+    inv.set_fingerprint(k.id, 1, &fp).unwrap();
+    inv.set_fingerprint(k.id, 1, &fp).unwrap();
+    let err = inv.set_fingerprint(k.id, 1, &[8u8; 32]).unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    let err = inv.set_fingerprint(k.id, 1, &[8u8; 3]).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    let err = inv.set_fingerprint(k.id, 2, &fp).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    // A rotation records the new version's fingerprint with it.
+    let next = KeyVersion {
+        fingerprint: Some(vec![9u8; 32]),
+        ..backend(b"\x02")
+    };
+    inv.add_version(k.id, &next, None, "test").unwrap();
+    drop(inv);
+    let inv = SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+    let v = inv.versions(k.id).unwrap();
+    assert_eq!(v[0].fingerprint.as_deref(), Some(&fp[..]));
+    assert_eq!(v[1].fingerprint.as_deref(), Some(&[9u8; 32][..]));
+}
+
+#[test]
+fn an_agent_key_is_recorded_once() {
+    let (_dir, inv) = store();
+    assert_eq!(inv.agent_key("audit").unwrap(), None);
+    inv.set_agent_key("audit", "kw", &[1u8; 32], T0).unwrap();
+    let err = inv
+        .set_agent_key("audit", "kw", &[2u8; 32], T0)
+        .unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err:?}");
+    assert_eq!(
+        inv.agent_key("audit").unwrap(),
+        Some(("kw".to_owned(), vec![1u8; 32]))
+    );
 }

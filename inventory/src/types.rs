@@ -139,6 +139,12 @@ pub struct KeyVersion {
     pub created_at: i64,
     pub deactivated_at: Option<i64>,
     pub destroyed_at: Option<i64>,
+    /// What identifies the backend object besides its `CKA_ID`, recorded
+    /// when the version was made or adopted: SHA-256 over the public key
+    /// value (a key pair) or over the key check value (a secret key). See
+    /// the agent's `keys::fingerprint`. `None`: a version recorded before
+    /// fingerprints, not yet given one.
+    pub fingerprint: Option<Vec<u8>>,
 }
 
 /// One row of a key's state history: the key's own state when `version` is

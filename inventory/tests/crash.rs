@@ -150,6 +150,7 @@ fn seed(path: &Path) {
             created_at: now(),
             deactivated_at: None,
             destroyed_at: None,
+            fingerprint: None,
         };
         inv.create_key(&key, &version, "seed").unwrap();
     }
@@ -281,6 +282,7 @@ fn worker(path: &Path) {
                     created_at: at,
                     deactivated_at: None,
                     destroyed_at: None,
+                    fingerprint: None,
                 };
                 inv.add_version(id, &version, Some(demote), "worker")
                     .unwrap();

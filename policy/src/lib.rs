@@ -52,8 +52,8 @@ pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};
 pub use refusal::{Mechanism, Refusal};
 pub use rv::rv_name;
 pub use template::{
-    check_change, check_derivation, check_generation, check_key_pair_generation, is_weakening,
-    purpose_flags, Adjustments, AttrValue, KeyPairAdjustments, Template,
+    adoption_problems, check_change, check_derivation, check_generation, check_key_pair_generation,
+    is_weakening, purpose_flags, Adjustments, AttrValue, KeyPairAdjustments, Template,
 };
 
 // CK_ULONG is u64 throughout keyward (LP64 Linux): the pkcs11-sys constants

@@ -765,5 +765,87 @@ pub fn check_change(
     }
 }
 
+/// What keeps an existing key (one made outside keyward) out of `class`:
+/// each attribute the class requires, read from the key's private or secret
+/// object (`secret`: a secret key). Empty when it complies.
+///
+/// - `CKA_SENSITIVE` and `CKA_ALWAYS_SENSITIVE` on: its value never left
+///   the HSM in clear;
+/// - `CKA_EXTRACTABLE` off and `CKA_NEVER_EXTRACTABLE` on, unless the
+///   class allows backup;
+/// - no usage flag on beyond the class's purpose (one purpose).
+///
+/// An attribute the object does not show counts as not complying. Size,
+/// curve and algorithm are the agent's to check (they need the HSM).
+pub fn adoption_problems(class: &KeyClass, secret: bool, object: &Template<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut want = |attr: u64, name: &str, value: bool, why: &str| {
+        if object.bool(attr) != Some(value) {
+            let found = object
+                .bool(attr)
+                .map_or_else(|| "not shown".to_owned(), |b| b.to_string());
+            out.push(format!("{name} is {found}, class requires {value} ({why})"));
+        }
+    };
+    want(
+        CKA_SENSITIVE,
+        "CKA_SENSITIVE",
+        true,
+        "the value must not be readable",
+    );
+    want(
+        CKA_ALWAYS_SENSITIVE,
+        "CKA_ALWAYS_SENSITIVE",
+        true,
+        "the value must never have been readable",
+    );
+    if !class.backup {
+        want(
+            CKA_EXTRACTABLE,
+            "CKA_EXTRACTABLE",
+            false,
+            "the class does not allow backup",
+        );
+        want(
+            CKA_NEVER_EXTRACTABLE,
+            "CKA_NEVER_EXTRACTABLE",
+            true,
+            "the class does not allow backup",
+        );
+    }
+    let kind = if secret {
+        ObjectKind::Secret
+    } else {
+        ObjectKind::Private
+    };
+    let allowed = kind.purpose_flags(class.purpose);
+    for &flag in kind.usage_flags() {
+        if object.bool(flag) == Some(true) && !allowed.contains(&flag) {
+            out.push(format!(
+                "usage {} is on, beyond the class's purpose ({})",
+                flag_name(flag),
+                class.purpose
+            ));
+        }
+    }
+    out
+}
+
+/// A usage flag's `CKA_*` name.
+fn flag_name(flag: u64) -> &'static str {
+    match flag {
+        CKA_SIGN => "CKA_SIGN",
+        CKA_VERIFY => "CKA_VERIFY",
+        CKA_SIGN_RECOVER => "CKA_SIGN_RECOVER",
+        CKA_VERIFY_RECOVER => "CKA_VERIFY_RECOVER",
+        CKA_ENCRYPT => "CKA_ENCRYPT",
+        CKA_DECRYPT => "CKA_DECRYPT",
+        CKA_WRAP => "CKA_WRAP",
+        CKA_UNWRAP => "CKA_UNWRAP",
+        CKA_DERIVE => "CKA_DERIVE",
+        _ => "a usage flag",
+    }
+}
+
 #[cfg(test)]
 mod tests;

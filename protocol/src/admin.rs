@@ -370,6 +370,10 @@ pub struct ShadowInfo {
     pub class: String,
     /// `CKK_*` name.
     pub key_type: String,
+    /// What was found: `unmanaged` (a key the inventory does not know), or
+    /// `plant: ...` (an object with the `CKA_ID` of a managed key version
+    /// or of the audit key, without its fingerprint).
+    pub finding: String,
 }
 
 /// An action waiting for approval (dual control adds the approvals).

@@ -401,10 +401,14 @@ fn shadow_table(shadows: &[ShadowInfo]) -> String {
                 cell(&s.label),
                 cell(&s.class),
                 cell(&s.key_type),
+                cell(&s.finding),
             ]
         })
         .collect();
-    table(&["TOKEN", "CKA_ID", "LABEL", "CLASS", "KEY TYPE"], &rows)
+    table(
+        &["TOKEN", "CKA_ID", "LABEL", "CLASS", "KEY TYPE", "FINDING"],
+        &rows,
+    )
 }
 
 /// The recorded approval request; the id comes first.
@@ -1141,6 +1145,7 @@ mod tests {
                 label: "old\u{7}key".into(),
                 class: "CKO_PRIVATE_KEY".into(),
                 key_type: "CKK_EC".into(),
+                finding: "unmanaged".into(),
             },
             ShadowInfo {
                 token: "keyward".into(),
@@ -1148,13 +1153,14 @@ mod tests {
                 label: "".into(),
                 class: "CKO_SECRET_KEY".into(),
                 key_type: "CKK_AES".into(),
+                finding: "plant: CKA_ID of key web v1".into(),
             },
         ];
         assert_eq!(
             key_response(&KeyResponse::Shadows(shadows)),
-            "TOKEN    CKA_ID  LABEL        CLASS            KEY TYPE\n\
-             keyward  dead    old\\u{7}key  CKO_PRIVATE_KEY  CKK_EC\n\
-             keyward  -       -            CKO_SECRET_KEY   CKK_AES\n"
+            "TOKEN    CKA_ID  LABEL        CLASS            KEY TYPE  FINDING\n\
+             keyward  dead    old\\u{7}key  CKO_PRIVATE_KEY  CKK_EC    unmanaged\n\
+             keyward  -       -            CKO_SECRET_KEY   CKK_AES   plant: CKA_ID of key web v1\n"
         );
         assert_eq!(
             key_response(&KeyResponse::Shadows(vec![])),
@@ -1210,6 +1216,7 @@ mod tests {
             label: "l".into(),
             class: "CKO_SECRET_KEY".into(),
             key_type: "CKK_AES".into(),
+            finding: "unmanaged".into(),
         };
         let v: Value = serde_json::from_str(&json(&KeyResponse::Shadows(vec![shadow]))).unwrap();
         assert_eq!(v["Shadows"][0]["backend_id"], "");

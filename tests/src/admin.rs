@@ -155,3 +155,39 @@ pub fn id_of(s: &Session, h: ObjectHandle) -> Vec<u8> {
         other => panic!("no CKA_ID: {other:?}"),
     }
 }
+
+/// The testbed's backend token opened directly with SoftHSM2, logged in
+/// with the backend PIN, as root on the host could (the configuration
+/// names the token and the PIN file): objects made here are made behind
+/// keyward's back. Sets `SOFTHSM2_CONF` for this process, so it cannot be
+/// combined with [`crate::p11::reference`].
+pub fn backend_token(tb: &Env) -> (cryptoki::context::Pkcs11, Session) {
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    tb.require_agent("the backend token");
+    let config =
+        std::fs::read_to_string(tb.path("keyward-agent.toml")).expect("read the agent config");
+    let label = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("backend_token_label"))
+        .map(|v| {
+            v.trim_start_matches([' ', '='])
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        })
+        .expect("backend_token_label in the testbed config");
+    let pin = std::fs::read_to_string(tb.path("backend.pin")).expect("read backend.pin");
+    let pin = pin.lines().next().expect("backend.pin is empty").to_owned();
+    std::env::set_var("SOFTHSM2_CONF", tb.path("softhsm2.conf"));
+    let p11 = cryptoki::context::Pkcs11::new(crate::harness::softhsm_lib()).expect("load SoftHSM2");
+    p11.initialize(crate::p11::os_threads())
+        .expect("C_Initialize of SoftHSM2");
+    let slot = crate::p11::find_slot(&p11, &label);
+    let s = p11
+        .open_rw_session(slot)
+        .expect("C_OpenSession on the backend");
+    s.login(UserType::User, Some(&AuthPin::new(pin.into())))
+        .expect("C_Login on the backend with its PIN");
+    (p11, s)
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
 use keyward_tests::admin::{
-    application_toml, install_policy, key_show, keyward_json, keyward_ok, sign_grant_toml,
+    application_toml, find, install_policy, key_show, keyward_json, keyward_ok, sign_grant_toml,
     signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
@@ -303,6 +303,36 @@ const CERT: &str = concat!(
     "26b5924d52b79df52c2cec0d726af106f9a208e8da",
 );
 const CERT_NOT_AFTER: i64 = 2_111_003_463;
+/// The P-256 point in [`CERT`]'s subject public key (hex).
+const CERT_POINT: &str = "0416d005510aa69fa42adb196228e8e02fd946fc7de5a5265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ceef9f0d80473f679dbc987caf7c67";
+
+/// [`CERT`] with the public key of `public` (a P-256 public key object)
+/// in place of its own: a certificate of that key, as a CA would issue it
+/// (keyward reads the key and the dates, not the issuer's signature).
+fn certificate_of(
+    s: &cryptoki::session::Session,
+    public: cryptoki::object::ObjectHandle,
+) -> Vec<u8> {
+    let point = match s
+        .get_attributes(public, &[cryptoki::object::AttributeType::EcPoint])
+        .expect("CKA_EC_POINT")
+        .pop()
+    {
+        Some(Attribute::EcPoint(p)) => p,
+        other => panic!("no CKA_EC_POINT: {other:?}"),
+    };
+    let raw = &point[point.len() - 65..];
+    assert_eq!(raw[0], 4, "an uncompressed point");
+    let der = unhex(CERT);
+    let at = der
+        .windows(65)
+        .position(|w| w == unhex(CERT_POINT).as_slice())
+        .expect("the certificate's point");
+    let mut out = der;
+    out[at..at + 65].copy_from_slice(raw);
+    out
+}
+
 /// The certificate's subject (DER), for `CKA_SUBJECT`.
 const CERT_SUBJECT: &str = "301e311c301a06035504030c136b6579776172642d7265706f72742d74657374";
 
@@ -324,10 +354,22 @@ keyward_test!(fn overdue_rotation_failed_admin_drift_and_certificates(tb) {
     keyward_ok(&tb, &["key", "create", "nope", "--class", "no-such-class"], 4);
     keyward_ok(&tb, &["key", "activate", "slow"], 5);
 
-    // A certificate with the CKA_ID of slow's version 1.
+    // slow's certificate, with the CKA_ID of slow's version 1 (a
+    // certificate of another key under its name and CKA_ID is refused).
     let id = unhex(key_show(&tb, "slow").array_at("versions")[0].str_at("backend_id"));
     let ctx = Ctx::new(&tb);
     let s = ctx.user();
+    let cert = certificate_of(&s, find(&s, "slow", ObjectClass::PUBLIC_KEY)[0]);
+    let foreign = s.create_object(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(CertificateType::X_509),
+        Attribute::Token(true),
+        Attribute::Label(b"slow".to_vec()),
+        Attribute::Id(id.clone()),
+        Attribute::Subject(unhex(CERT_SUBJECT)),
+        Attribute::Value(unhex(CERT)),
+    ]);
+    keyward_tests::p11::expect_err(foreign, cryptoki::error::RvError::ActionProhibited);
     s.create_object(&[
         Attribute::Class(ObjectClass::CERTIFICATE),
         Attribute::CertificateType(CertificateType::X_509),
@@ -335,9 +377,13 @@ keyward_test!(fn overdue_rotation_failed_admin_drift_and_certificates(tb) {
         Attribute::Label(b"slow".to_vec()),
         Attribute::Id(id),
         Attribute::Subject(unhex(CERT_SUBJECT)),
-        Attribute::Value(unhex(CERT)),
+        Attribute::Value(cert),
     ])
-    .expect("C_CreateObject of a certificate");
+    .expect("C_CreateObject of the key's certificate");
+    let by_label = s
+        .find_objects(&[Attribute::Label(b"slow".to_vec()), Attribute::Class(ObjectClass::CERTIFICATE)])
+        .expect("C_FindObjects");
+    assert_eq!(by_label.len(), 1, "the key's certificate is found by its name");
 
     // quick is due 2 s after its activation.
     let due = key_show(&tb, "quick").i64_at("next_rotation");

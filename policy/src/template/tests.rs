@@ -614,3 +614,78 @@ fn derived_keys_refuse_what_would_weaken_them() {
     assert_eq!(adj.get(CKA_WRAP), Some(true));
     assert_eq!(adj.get(CKA_ENCRYPT), Some(false));
 }
+
+#[test]
+fn adoption_requires_every_attribute_of_the_class() {
+    let aes = class(Purpose::Encryption, &["aes:256"], false);
+    let good = [
+        (CKA_SENSITIVE, true),
+        (CKA_ALWAYS_SENSITIVE, true),
+        (CKA_EXTRACTABLE, false),
+        (CKA_NEVER_EXTRACTABLE, true),
+        (CKA_ENCRYPT, true),
+        (CKA_DECRYPT, true),
+        (CKA_WRAP, false),
+    ];
+    fn t(bools: &[(u64, bool)]) -> Template<'_> {
+        Template {
+            bools,
+            ..Template::default()
+        }
+    }
+    assert_eq!(
+        adoption_problems(&aes, true, &t(&good)),
+        Vec::<String>::new()
+    );
+    // A readable, extractable key with a second purpose: every problem named.
+    let bad = [
+        (CKA_SENSITIVE, false),
+        (CKA_ALWAYS_SENSITIVE, false),
+        (CKA_EXTRACTABLE, true),
+        (CKA_NEVER_EXTRACTABLE, false),
+        (CKA_ENCRYPT, true),
+        (CKA_WRAP, true),
+    ];
+    let problems = adoption_problems(&aes, true, &t(&bad));
+    assert_eq!(problems.len(), 5, "{problems:?}");
+    for name in [
+        "CKA_SENSITIVE",
+        "CKA_ALWAYS_SENSITIVE",
+        "CKA_EXTRACTABLE",
+        "CKA_NEVER_EXTRACTABLE",
+        "CKA_WRAP",
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(name) || p.contains(name)),
+            "{name}: {problems:?}"
+        );
+    }
+    // Attributes not shown do not comply.
+    assert_eq!(adoption_problems(&aes, true, &t(&[])).len(), 4);
+    // A backup class may be extractable.
+    let backup = class(Purpose::Encryption, &["aes:256"], true);
+    let extractable = [
+        (CKA_SENSITIVE, true),
+        (CKA_ALWAYS_SENSITIVE, true),
+        (CKA_EXTRACTABLE, true),
+        (CKA_DECRYPT, true),
+    ];
+    assert_eq!(
+        adoption_problems(&backup, true, &t(&extractable)),
+        Vec::<String>::new()
+    );
+    // A signing private key that also decrypts has two purposes.
+    let private = [
+        (CKA_SENSITIVE, true),
+        (CKA_ALWAYS_SENSITIVE, true),
+        (CKA_EXTRACTABLE, false),
+        (CKA_NEVER_EXTRACTABLE, true),
+        (CKA_SIGN, true),
+        (CKA_DECRYPT, true),
+    ];
+    let problems = adoption_problems(&signing(), false, &t(&private));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("CKA_DECRYPT"), "{problems:?}");
+}
