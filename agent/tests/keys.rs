@@ -5,7 +5,7 @@
 //! time instead of a fake clock.
 
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, SystemTime};
 
 use keyward_protocol::admin::{
@@ -66,29 +66,63 @@ fn testbed() -> Testbed {
 }
 
 /// Makes an EC key pair directly on the backend token, past keyward.
-fn shadow_key(bed: &Testbed, id_hex: &str, label: &str) {
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &bed.softhsm_conf)
-        .args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            "kw-backend",
-            "--login",
-            "--pin",
-            BACKEND_PIN,
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--id",
-            id_hex,
-            "--label",
-            label,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("pkcs11-tool (opensc) is required for this test: apt-get install opensc");
-    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+/// Makes an EC P-256 signing key pair directly on the backend token, as an
+/// HSM administrator with the vendor's tools would, with the attributes a
+/// signing class requires (sensitive, never extractable, signing only):
+/// HSMs turn every usage on by default, and adoption refuses that.
+fn shadow_key(bed: &Testbed, id: &[u8], label: &str) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    std::env::set_var("SOFTHSM2_CONF", &bed.softhsm_conf);
+    let p11 = Pkcs11::new(SOFTHSM).expect("load SoftHSM2");
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    let slot = p11
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            p11.get_token_info(*s)
+                .map(|i| i.label().trim_end() == "kw-backend")
+                .unwrap_or(false)
+        })
+        .expect("the backend token");
+    let s = p11.open_rw_session(slot).expect("session");
+    s.login(UserType::User, Some(&AuthPin::new(BACKEND_PIN.into())))
+        .expect("login");
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let common = |extra: Vec<Attribute>| {
+        let mut t = vec![
+            Attribute::Token(true),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        t.extend(extra);
+        t
+    };
+    s.generate_key_pair(
+        &Mechanism::EccKeyPairGen,
+        &common(vec![
+            Attribute::EcParams(p256),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::VerifyRecover(false),
+        ]),
+        &common(vec![
+            Attribute::Sign(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::SignRecover(false),
+            Attribute::Derive(false),
+        ]),
+    )
+    .expect("C_GenerateKeyPair on the backend");
 }
 
 struct Admin {
@@ -360,7 +394,7 @@ fn key_lifecycle_over_the_admin_socket() {
     assert!(gs.is_empty(), "{gs:?}");
 
     // Discover a key made directly on the backend; adopt it.
-    shadow_key(&bed, "a1b2c3", "shadow");
+    shadow_key(&bed, &[0xa1, 0xb2, 0xc3], "shadow");
     let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
         panic!()
     };
