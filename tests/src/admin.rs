@@ -64,6 +64,17 @@ pub fn sign_grant_toml(application: &str) -> String {
     )
 }
 
+/// A strict policy in which this process's user (application
+/// [`APPLICATION`]) generates keys under `default_class = "app"` (EC P-256
+/// signing, granted sign and verify); `extra` is appended (more classes).
+pub fn default_class_policy(extra: &str) -> String {
+    format!(
+        "[settings]\nmode = \"strict\"\ndefault_class = \"app\"\n{}{}{extra}",
+        application_toml(APPLICATION, uid()),
+        signing_class_toml("app", "30d", "60d", &sign_grant_toml(APPLICATION)),
+    )
+}
+
 /// Replaces the testbed's policy with a strict one for this process's user
 /// (application [`APPLICATION`]) and restarts the agent on it: class
 /// `signing` (EC P-256, granted sign and verify, rotating) and class

@@ -17,7 +17,7 @@ use keyward_protocol::frame::{encode, read_message};
 use keyward_protocol::{
     AttrValue, Attribute as WireAttr, Request, Response, Value, PROTOCOL_VERSION,
 };
-use keyward_tests::admin::{install_policy, keyward_json, keyward_ok, uid, APPLICATION};
+use keyward_tests::admin::{install_policy, keyward_json, keyward_ok};
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
 use keyward_tests::p11::{Ctx, P256_PARAMS};
@@ -26,29 +26,7 @@ use keyward_tests::{assert_rv, keyward_test};
 
 /// Strict mode; applications generate P-256 signing keys (`app`).
 fn strict_policy(tb: &Env) {
-    install_policy(
-        tb,
-        &format!(
-            r#"
-[settings]
-mode = "strict"
-default_class = "app"
-
-[[application]]
-name = "{APPLICATION}"
-uid = {uid}
-
-[[class]]
-name = "app"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-"#,
-            uid = uid()
-        ),
-    );
+    install_policy(tb, &keyward_tests::admin::default_class_policy(""));
 }
 
 // ---------------------------------------------------------------------------

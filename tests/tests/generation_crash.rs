@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
-use keyward_tests::admin::{install_policy, keyward_ok, uid};
+use keyward_tests::admin::{install_policy, keyward_ok};
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
@@ -22,29 +22,7 @@ use keyward_tests::p11::{Ctx, P256_PARAMS};
 const KILLS: usize = 8;
 
 fn policy(tb: &Env) {
-    install_policy(
-        tb,
-        &format!(
-            r#"
-[settings]
-mode = "strict"
-default_class = "app"
-
-[[application]]
-name = "tester"
-uid = {uid}
-
-[[class]]
-name = "app"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-grants = [ {{ application = "tester", operations = ["sign", "verify"] }} ]
-"#,
-            uid = uid()
-        ),
-    );
+    install_policy(tb, &keyward_tests::admin::default_class_policy(""));
 }
 
 /// Generates token key pairs labelled `gen-N` until a call fails (the

@@ -10,7 +10,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use keyward_tests::admin::{
-    backend_token, find, id_of, install_policy, keyward_json, keyward_ok, uid, APPLICATION,
+    backend_token, default_class_policy, find, id_of, install_policy, keyward_json, keyward_ok,
+    sign_grant_toml, signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
@@ -38,43 +39,15 @@ fn policy() -> String {
 
 /// [`policy`] with `extra` (whole tables) appended.
 fn policy_with(extra: &str) -> String {
-    let uid = uid();
-    format!(
-        r#"
-[settings]
-mode = "strict"
-default_class = "app"
-
-[[application]]
-name = "{APPLICATION}"
-uid = {uid}
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-
-[[class]]
-name = "app"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "30d"
-process_period = "60d"
-grants = [ {{ application = "{APPLICATION}", operations = ["sign", "verify"] }} ]
-
-[[class]]
-name = "aes"
-purpose = "encryption"
-algorithms = ["aes:256"]
-protect_period = "30d"
-process_period = "60d"
-grants = [ {{ application = "{APPLICATION}", operations = ["encrypt", "decrypt"] }} ]
-{extra}
-"#
-    )
+    let aes = format!(
+        "\n[[class]]\nname = \"aes\"\npurpose = \"encryption\"\nalgorithms = [\"aes:256\"]\n\
+         protect_period = \"30d\"\nprocess_period = \"60d\"\n\
+         grants = [ {{ application = \"{APPLICATION}\", operations = [\"encrypt\", \"decrypt\"] }} ]\n"
+    );
+    default_class_policy(&format!(
+        "{}{aes}{extra}\n",
+        signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION))
+    ))
 }
 
 /// A public key object with the attacker's point.
