@@ -282,24 +282,13 @@ fn now_us() -> u64 {
 
 /// `2026-12-04T22:01:02.123456Z` for microseconds since the epoch.
 pub fn format_us(us: u64) -> String {
-    let secs = (us / 1_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3_600,
-        rem / 60 % 60,
-        rem % 60,
-        us % 1_000_000
-    )
+    i64::try_from(us)
+        .ok()
+        .and_then(|us| jiff::Timestamp::from_microsecond(us).ok())
+        .map_or_else(
+            || format!("unix_us {us}"),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        )
 }
 
 /// The operation of the record a start after a crash writes.
