@@ -2403,7 +2403,7 @@ impl Agent {
     }
 
     /// The scheduler's discovery: every token's backend is scanned
-    /// ([`Agent::scan`]); each key outside management (shadow key or plant)
+    /// (`Agent::scan`); each key outside management (shadow key or plant)
     /// is recorded in the trail once per backend object and agent run, and
     /// the counts are kept for the metrics (`keyward_shadow_keys`).
     pub fn discover_shadows(&self) {

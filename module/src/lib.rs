@@ -5,7 +5,7 @@
 //!
 //! Layout:
 //! - `lib.rs` (this file): the three exported symbols, the 2.40 and 3.0
-//!   function tables, and [`entry_points!`], the one macro that generates
+//!   function tables, and `entry_points!`, the one macro that generates
 //!   every `extern "C"` entry point (panic catching, the initialised / fork
 //!   guard, trace logging, the single `Result -> CK_RV` conversion).
 //!   Unsupported functions come from lists in the same invocation.
