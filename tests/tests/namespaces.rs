@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use keyward_tests::admin::{application_toml, backend_token, install_policy, uid, APPLICATION};
+use keyward_tests::admin::{
+    application_toml, backend_token, certificate_of, find, id_of, install_policy, keyward_ok,
+    sign_grant_toml, signing_class_toml, uid, APPLICATION, CERT_SUBJECT,
+};
 use keyward_tests::keyward_test;
-use keyward_tests::p11::{hex, Ctx};
+use keyward_tests::p11::{expect_err, hex, unhex, Ctx};
 use keyward_tests::probe::Probe;
 
 /// Application `other`: this user running `object_probe`.
@@ -30,10 +33,10 @@ fn probe_exe() -> std::path::PathBuf {
 }
 
 /// Strict mode; this process is application `tester`, `object_probe` run
-/// by the same user is application `other`.
-fn two_applications(tb: &keyward_tests::Env) {
+/// by the same user is application `other`; `extra` (whole tables) added.
+fn two_applications(tb: &keyward_tests::Env, extra: &str) {
     let policy = format!(
-        "[settings]\nmode = \"strict\"\n{}\n[[application]]\nname = \"{OTHER}\"\nuid = {}\nexe = \"{}\"\n",
+        "[settings]\nmode = \"strict\"\n{}\n[[application]]\nname = \"{OTHER}\"\nuid = {}\nexe = \"{}\"\n{extra}",
         application_toml(APPLICATION, uid()),
         uid(),
         probe_exe().display()
@@ -127,7 +130,7 @@ fn labels(s: &Session) -> Vec<String> {
 // object made on the backend token directly is nobody's.
 keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token_objects(tb) {
     tb.require_agent("two applications");
-    two_applications(&tb);
+    two_applications(&tb, "");
     let ctx = Ctx::new(&tb);
     {
         let s = ctx.user();
@@ -194,6 +197,53 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
     assert!(by_label(&s, "a-secret").is_empty());
     s.destroy_object(cert[0]).expect("tester destroys its own certificate");
     assert!(labels(&s).is_empty(), "{:?}", labels(&s));
+});
+
+// A managed key's own certificate that an administrator put on the
+// backend token is shown, in strict mode, to the applications that see the
+// key (`tester`, granted it), to no other (`other`); an application cannot
+// destroy it, since it did not make it.
+keyward_test!(fn a_managed_keys_certificate_is_shown_only_to_applications_that_see_the_key(tb) {
+    tb.require_agent("two applications");
+    let class = signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION));
+    two_applications(&tb, &class);
+    keyward_ok(&tb, &["key", "create", "web", "--class", "signing"], 0);
+    keyward_ok(&tb, &["key", "activate", "web"], 0);
+    let ctx = Ctx::new(&tb);
+    let (id, cert) = {
+        let s = ctx.user();
+        let id = id_of(&s, find(&s, "web", ObjectClass::PRIVATE_KEY)[0]);
+        (id, certificate_of(&s, find(&s, "web", ObjectClass::PUBLIC_KEY)[0]))
+    };
+    tb.stop_agent();
+    {
+        let (_backend, b) = backend_token(&tb);
+        b.create_object(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Label(b"web".to_vec()),
+            Attribute::Id(id),
+            Attribute::Subject(unhex(CERT_SUBJECT)),
+            Attribute::Value(cert.clone()),
+        ])
+        .expect("the key's certificate on the backend token");
+    }
+    tb.start_agent();
+
+    let s = ctx.user();
+    let certs = s
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .expect("C_FindObjects");
+    assert_eq!(certs.len(), 1, "tester, granted the key, sees its certificate");
+    assert_eq!(value_of(&s, certs[0]), cert);
+
+    let mut other = Other::start(&tb);
+    assert_eq!(other.ask("labels", "labels"), "", "other sees the certificate of a key it may not use");
+    assert_eq!(other.ask("read web", "read"), "");
+    other.finish();
+    expect_err(s.destroy_object(certs[0]), cryptoki::error::RvError::ActionProhibited);
+    assert_eq!(by_label(&s, "web").len(), 3, "the key pair and its certificate are all there");
 });
 
 // In lab mode the token is one plain token: another process (here the
