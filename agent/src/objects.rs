@@ -151,6 +151,14 @@ impl Owners {
             .is_some_and(|apps| apps.contains_key(application))
     }
 
+    /// Whether any application made an object of `identity` on `token`.
+    pub fn has_owner(&self, token: &str, identity: &Identity) -> bool {
+        let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        view.get(token)
+            .and_then(|t| t.get(identity))
+            .is_some_and(|apps| !apps.is_empty())
+    }
+
     /// Records (durably first, then in the view) that `application` made
     /// one more object of `identity` on `token`, at `at`.
     pub fn add(
@@ -217,6 +225,7 @@ mod tests {
         owners.add(&inv, "kw", &a, "web", 1).unwrap();
         owners.add(&inv, "kw", &b, "mail", 1).unwrap();
         assert!(owners.owns("kw", &a, "web"));
+        assert!(owners.has_owner("kw", &a) && !owners.has_owner("kw", &[3u8; 32]));
         assert!(!owners.owns("kw", &a, "mail"), "another application");
         assert!(!owners.owns("other", &a, "web"), "another token");
         let reloaded = Owners::load(&inv).unwrap();
@@ -225,6 +234,7 @@ mod tests {
         assert!(owners.owns("kw", &a, "web"), "one of two destroyed");
         owners.remove(&inv, "kw", &a, "web").unwrap();
         assert!(!owners.owns("kw", &a, "web"));
+        assert!(!owners.has_owner("kw", &a));
         assert!(owners.remove(&inv, "kw", &a, "web").is_err());
         assert!(!Owners::load(&inv).unwrap().owns("kw", &a, "web"));
     }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use keyward_tests::admin::{
-    application_toml, backend_token, certificate_of, find, id_of, install_policy, keyward_ok,
-    sign_grant_toml, signing_class_toml, uid, APPLICATION, CERT_SUBJECT,
+    application_toml, backend_token, certificate_of, find, id_of, install_policy, keyward_json,
+    keyward_ok, sign_grant_toml, signing_class_toml, uid, APPLICATION, CERT_SUBJECT,
 };
+use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, hex, unhex, Ctx};
 use keyward_tests::probe::Probe;
@@ -183,6 +184,16 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
     assert_eq!(cert.len(), 1, "tester's certificate after a restart");
     assert_eq!(value_of(&s, cert[0]), CERT);
     assert!(by_label(&s, "planted").is_empty(), "an object made behind keyward's back is shown");
+    // Discovery reports it, and nothing an application made.
+    let unowned: Vec<(String, String, String)> = keyward_json(&tb, &["discover"], 0)
+        .array_at("Shadows")
+        .iter()
+        .map(|f| (f.str_at("label").to_owned(), f.str_at("class").to_owned(), f.str_at("finding").to_owned()))
+        .collect();
+    assert_eq!(
+        unowned,
+        [("planted".to_owned(), "CKO_DATA".to_owned(), "unowned: in no application's namespace".to_owned())]
+    );
 
     let mut other = Other::start(&tb);
     assert_eq!(other.ask("labels", "labels"), "b-secret", "after a restart, other's own object only");
@@ -244,6 +255,8 @@ keyward_test!(fn a_managed_keys_certificate_is_shown_only_to_applications_that_s
     other.finish();
     expect_err(s.destroy_object(certs[0]), cryptoki::error::RvError::ActionProhibited);
     assert_eq!(by_label(&s, "web").len(), 3, "the key pair and its certificate are all there");
+    let findings = keyward_json(&tb, &["discover"], 0).array_at("Shadows").to_vec();
+    assert!(findings.is_empty(), "the key's own certificate is no finding: {findings:?}");
 });
 
 // In lab mode the token is one plain token: another process (here the
