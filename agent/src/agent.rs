@@ -1811,7 +1811,7 @@ impl Agent {
                                             &client.application,
                                             now,
                                         )
-                                        || self.owns(client, s, h, &attrs)) =>
+                                        || self.owns(client, &policy, s, h, &attrs)) =>
                                 {
                                     None
                                 }
@@ -1841,7 +1841,10 @@ impl Agent {
                             // Another application's token object, or one
                             // made behind keyward's back: not in this
                             // application's namespace.
-                            if strict && owner.is_none() && !self.owns(client, s, h, &attrs) {
+                            if strict
+                                && owner.is_none()
+                                && !self.owns(client, &policy, s, h, &attrs)
+                            {
                                 continue;
                             }
                             None
@@ -1885,13 +1888,28 @@ impl Agent {
         Ok(out.into_iter().map(|(f, _)| f).collect())
     }
 
-    /// Whether the client's application made the unmanaged token object
-    /// `h` (its [`objects::HEAD`] attributes `head`): its namespace in
-    /// strict mode.
-    fn owns(&self, client: &Client, s: &Session, h: BackendObject, head: &[AttrResult]) -> bool {
+    /// Whether the unmanaged token object `h` (its [`objects::HEAD`]
+    /// attributes `head`) is in the client's namespace in strict mode: its
+    /// application made it, or an application that made it shares its
+    /// objects with it (`share_objects_with`).
+    fn owns(
+        &self,
+        client: &Client,
+        policy: &Policy,
+        s: &Session,
+        h: BackendObject,
+        head: &[AttrResult],
+    ) -> bool {
         let token = &self.tokens[s.slot].config.label;
-        objects::identity(s.backend.as_ref(), s.backend_session, h, head)
-            .is_some_and(|id| self.keys.owners.owns(token, &id, &client.application))
+        let me = client.application.as_str();
+        objects::identity(s.backend.as_ref(), s.backend_session, h, head).is_some_and(|id| {
+            self.keys.owners.any_owner(token, &id, |owner| {
+                owner == me
+                    || policy
+                        .application(owner)
+                        .is_some_and(|a| a.share_objects_with.iter().any(|w| w == me))
+            })
+        })
     }
 
     /// In strict mode, records the client's application as the owner of

@@ -151,6 +151,15 @@ impl Owners {
             .is_some_and(|apps| apps.contains_key(application))
     }
 
+    /// Whether an application for which `f` holds made an object of
+    /// `identity` on `token`.
+    pub fn any_owner(&self, token: &str, identity: &Identity, f: impl Fn(&str) -> bool) -> bool {
+        let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        view.get(token)
+            .and_then(|t| t.get(identity))
+            .is_some_and(|apps| apps.keys().any(|a| f(a)))
+    }
+
     /// Whether any application made an object of `identity` on `token`.
     pub fn has_owner(&self, token: &str, identity: &Identity) -> bool {
         let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
@@ -226,6 +235,8 @@ mod tests {
         owners.add(&inv, "kw", &b, "mail", 1).unwrap();
         assert!(owners.owns("kw", &a, "web"));
         assert!(owners.has_owner("kw", &a) && !owners.has_owner("kw", &[3u8; 32]));
+        assert!(owners.any_owner("kw", &b, |app| app == "mail"));
+        assert!(!owners.any_owner("kw", &b, |app| app == "web"));
         assert!(!owners.owns("kw", &a, "mail"), "another application");
         assert!(!owners.owns("other", &a, "web"), "another token");
         let reloaded = Owners::load(&inv).unwrap();

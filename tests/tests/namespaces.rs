@@ -259,6 +259,30 @@ keyward_test!(fn a_managed_keys_certificate_is_shown_only_to_applications_that_s
     assert!(findings.is_empty(), "the key's own certificate is no finding: {findings:?}");
 });
 
+// Sharing: with `share_objects_with = ["other"]` in `tester`'s entry,
+// `other` finds and reads `tester`'s objects but cannot destroy them;
+// `tester` still does not see `other`'s.
+keyward_test!(fn an_application_shares_its_objects_only_with_those_the_policy_names(tb) {
+    tb.require_agent("two applications");
+    let policy = format!(
+        "[settings]\nmode = \"strict\"\n{}share_objects_with = [\"{OTHER}\"]\n\n[[application]]\nname = \"{OTHER}\"\nuid = {}\nexe = \"{}\"\n",
+        application_toml(APPLICATION, uid()),
+        uid(),
+        probe_exe().display()
+    );
+    install_policy(&tb, &policy);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    s.create_object(&private_data("a-shared", SECRET)).expect("C_CreateObject (data)");
+    let mut other = Other::start(&tb);
+    assert_eq!(other.ask(&format!("create b-own {}", hex(b"other's")), "create"), "CKR_OK");
+    assert_eq!(other.ask("labels", "labels"), "a-shared,b-own");
+    assert_eq!(other.ask("read a-shared", "read"), hex(SECRET));
+    assert_eq!(other.ask("destroy a-shared", "destroy"), "0", "other destroys what it was shown");
+    other.finish();
+    assert_eq!(labels(&s), ["a-shared"], "tester sees other's object");
+});
+
 // In lab mode the token is one plain token: another process (here the
 // same probe, unnamed by the lab policy) finds, reads and destroys the
 // objects this one made. Unchanged by the namespaces of strict mode.
