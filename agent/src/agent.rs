@@ -1760,6 +1760,10 @@ impl Agent {
         for (h, owner) in found {
             let known = {
                 let st = client.lock();
+                // Judged outside the client's namespace before: not read again.
+                if strict && st.is_hidden(s.slot, h) {
+                    continue;
+                }
                 st.mapped(s.slot, h)
                     .and_then(|ch| st.object(s.slot, ch, Error::ObjectHandleInvalid).ok())
             };
@@ -1845,6 +1849,7 @@ impl Agent {
                                 && owner.is_none()
                                 && !self.owns(client, &policy, s, h, &attrs)
                             {
+                                client.lock().hide(s.slot, h);
                                 continue;
                             }
                             None
