@@ -157,6 +157,12 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
         let secret = by_label(&s, "a-secret");
         assert_eq!(secret.len(), 1);
         assert_eq!(value_of(&s, secret[0]), SECRET);
+        // A copy is tester's too; a renamed object stays tester's.
+        s.copy_object(secret[0], &[Attribute::Label(b"a-copy".to_vec())])
+            .expect("C_CopyObject");
+        let cert = by_label(&s, "a-cert");
+        s.update_attributes(cert[0], &[Attribute::Label(b"a-renamed".to_vec())])
+            .expect("C_SetAttributeValue (CKA_LABEL)");
     }
 
     // Behind keyward's back (as root could): a data object on the backend
@@ -176,11 +182,15 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
     tb.start_agent();
 
     let s = ctx.user();
-    assert_eq!(labels(&s), ["a-cert", "a-secret"], "after a restart, tester's objects and no other");
+    assert_eq!(
+        labels(&s),
+        ["a-copy", "a-renamed", "a-secret"],
+        "after a restart, tester's objects and no other"
+    );
     let secret = by_label(&s, "a-secret");
     assert_eq!(secret.len(), 1, "tester's private data after a restart");
     assert_eq!(value_of(&s, secret[0]), SECRET);
-    let cert = by_label(&s, "a-cert");
+    let cert = by_label(&s, "a-renamed");
     assert_eq!(cert.len(), 1, "tester's certificate after a restart");
     assert_eq!(value_of(&s, cert[0]), CERT);
     assert!(by_label(&s, "planted").is_empty(), "an object made behind keyward's back is shown");
@@ -198,15 +208,16 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
     let mut other = Other::start(&tb);
     assert_eq!(other.ask("labels", "labels"), "b-secret", "after a restart, other's own object only");
     assert_eq!(other.ask("read a-secret", "read"), "");
+    assert_eq!(other.ask("read a-copy", "read"), "");
     assert_eq!(other.ask("read planted", "read"), "");
-    assert_eq!(other.ask("destroy a-cert", "destroy"), "0");
+    assert_eq!(other.ask("destroy a-renamed", "destroy"), "0");
     other.finish();
 
-    // Destroying an object ends its record: a new object of the same
-    // identity made by other is other's alone.
+    // tester destroys what it made.
     s.destroy_object(secret[0]).expect("tester destroys its own data");
     assert!(by_label(&s, "a-secret").is_empty());
     s.destroy_object(cert[0]).expect("tester destroys its own certificate");
+    s.destroy_object(by_label(&s, "a-copy")[0]).expect("tester destroys its copy");
     assert!(labels(&s).is_empty(), "{:?}", labels(&s));
 });
 
