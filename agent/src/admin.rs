@@ -39,7 +39,7 @@ use keyward_protocol::{AttrResult, AttrValue, Attribute, MechParam, Mechanism, O
 use crate::agent::{Agent, VirtualToken};
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::identity::Peer;
-use crate::keys::{inventory_state, policy_state, secs, KeyView, ManagedRef};
+use crate::keys::{self, inventory_state, policy_state, secs, KeyView, ManagedRef};
 use crate::state::Role;
 
 /// How long an approval request stays open.
@@ -583,6 +583,8 @@ fn class_name(cko: u64) -> String {
         ck::CKO_PRIVATE_KEY => "CKO_PRIVATE_KEY".into(),
         ck::CKO_PUBLIC_KEY => "CKO_PUBLIC_KEY".into(),
         ck::CKO_SECRET_KEY => "CKO_SECRET_KEY".into(),
+        ck::CKO_DATA => "CKO_DATA".into(),
+        ck::CKO_CERTIFICATE => "CKO_CERTIFICATE".into(),
         other => format!("{other:#x}"),
     }
 }
@@ -1818,7 +1820,58 @@ impl Agent {
                 ));
             }
         }
+        if self.policy().mode() == keyward_policy::Mode::Strict {
+            self.scan_unowned(label, backend.as_ref(), &s, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// In strict mode, the data objects and certificates on `token`'s
+    /// backend that are in no application's namespace (made behind
+    /// keyward's back, or before the strict policy): no application sees
+    /// them. A managed key's own certificate is not one of them.
+    fn scan_unowned(
+        &self,
+        token: &str,
+        backend: &dyn Backend,
+        s: &HsmSession<'_>,
+        out: &mut Vec<(BackendObject, ShadowInfo)>,
+    ) -> AResult<()> {
+        for cko in [ck::CKO_DATA, ck::CKO_CERTIFICATE] {
+            for o in s.find(&[Attribute::ulong(ck::CKA_CLASS, cko)])? {
+                let Ok(head) = backend.get_attributes(s.handle, o, &crate::objects::HEAD) else {
+                    continue;
+                };
+                let bytes = |i: usize| match head.get(i) {
+                    Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => b.clone(),
+                    _ => Vec::new(),
+                };
+                let id = bytes(0);
+                let own_certificate = cko == ck::CKO_CERTIFICATE
+                    && self
+                        .keys
+                        .lookup(token, &id)
+                        .and_then(|m| self.keys.key(m.key_id))
+                        .is_some_and(|k| keys::is_certificate_of(backend, s.handle, o, &k));
+                let owned = crate::objects::identity(backend, s.handle, o, &head)
+                    .is_some_and(|i| self.keys.owners.has_owner(token, &i));
+                if own_certificate || owned {
+                    continue;
+                }
+                out.push((
+                    o,
+                    ShadowInfo {
+                        token: token.to_owned(),
+                        backend_id: id,
+                        label: String::from_utf8_lossy(&bytes(2)).into_owned(),
+                        class: class_name(cko),
+                        key_type: "-".into(),
+                        finding: "unowned: in no application's namespace".into(),
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Brings the backend key with `CKA_ID` `backend_id` under management
@@ -2375,11 +2428,13 @@ impl Agent {
     /// Records each key a discovery found outside management.
     fn record_findings(&self, by: &keyward_inventory::Actor, shadows: &[ShadowInfo]) {
         for f in shadows {
-            let mut e = crate::audit::event(
-                keyward_inventory::AuditKind::Discovery,
-                by.clone(),
-                "unmanaged key",
-            );
+            let what = if f.finding.starts_with("unowned") {
+                "unowned object"
+            } else {
+                "unmanaged key"
+            };
+            let mut e =
+                crate::audit::event(keyward_inventory::AuditKind::Discovery, by.clone(), what);
             e.token = Some(f.token.clone());
             e.key = unmanaged_name(f.label.as_bytes(), &f.backend_id);
             e.reason = if f.finding == "unmanaged" {

@@ -29,6 +29,7 @@ use keyward_policy::{Operation, Policy};
 
 use crate::audit::{self, Auditor};
 use crate::keys::{self, ManagedKeys, ManagedRef};
+use crate::objects;
 use crate::state::{
     pin_len_ok, PinCheck, PinRef, Role, StateDir, TokenState, MAX_PIN_LEN, MIN_PIN_LEN,
 };
@@ -1146,7 +1147,11 @@ impl Agent {
                 }
                 let h = s.backend.create_object(s.backend_session, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN).or(Some(false));
-                self.adopt_one(client, session, &s, login, h, hint)
+                let r = self.adopt_one(client, session, &s, login, h, hint)?;
+                if let Response::Handle(handle) = r {
+                    self.claim(client, &s, handle)?;
+                }
+                Ok(r)
             }
             Request::CopyObject {
                 session,
@@ -1163,13 +1168,21 @@ impl Agent {
                     .backend
                     .copy_object(s.backend_session, o[0].backend, &template)?;
                 let hint = template_bool(&template, CKA_TOKEN);
-                self.adopt_one(client, session, &s, login, h, hint)
+                let r = self.adopt_one(client, session, &s, login, h, hint)?;
+                if let Response::Handle(handle) = r {
+                    self.claim(client, &s, handle)?;
+                }
+                Ok(r)
             }
             Request::DestroyObject { session, object } => {
                 let (s, _, o) =
                     self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
                 self.refuse_managed(client, &o[0], "destruction")?;
+                let owned = self.owned_identity(client, &s, &o[0], "destruction")?;
                 s.backend.destroy_object(s.backend_session, o[0].backend)?;
+                if let Some(id) = owned {
+                    self.release(client, s.slot, &id);
+                }
                 self.forget_use_targets(|k| *k == (o[0].slot, o[0].backend));
                 if let Some(o) = client.lock().unmap_object(object) {
                     if o.session.is_some() {
@@ -1209,9 +1222,28 @@ impl Agent {
                 self.refuse_managed(client, &o[0], "an attribute change")?;
                 self.refuse_reserved(client, s.slot, &template, "an attribute change")?;
                 self.refuse_weakening(client, &template)?;
+                let owned = self.owned_identity(client, &s, &o[0], "an attribute change")?;
                 s.backend
                     .set_attributes(s.backend_session, o[0].backend, &template)?;
                 self.forget_use_targets(|k| *k == (o[0].slot, o[0].backend));
+                if let Some(before) = owned {
+                    // A new label or value is a new identity: recorded as
+                    // the application's before the old one is let go.
+                    let after =
+                        objects::identify(s.backend.as_ref(), s.backend_session, o[0].backend)
+                            .and_then(|(_, id)| id);
+                    if after != Some(before) {
+                        if let Err(e) = self.record_owner(client, &s, &o[0]) {
+                            log::error!(
+                                "client {}: a token object it changed is not recorded as its own \
+                                 ({e}); it keeps its handle",
+                                client.peer
+                            );
+                            return Err(Error::StateStore);
+                        }
+                        self.release(client, s.slot, &before);
+                    }
+                }
                 Ok(Response::Unit)
             }
             Request::FindObjects { session, template } => {
@@ -1728,15 +1760,25 @@ impl Agent {
         for (h, owner) in found {
             let known = {
                 let st = client.lock();
+                // Judged outside the client's namespace before: not read again.
+                if strict && st.is_hidden(s.slot, h) {
+                    continue;
+                }
                 st.mapped(s.slot, h)
                     .and_then(|ch| st.object(s.slot, ch, Error::ObjectHandleInvalid).ok())
             };
             let managed = match known {
                 Some(o) => o.managed,
                 None => {
+                    // In strict mode the label too, for the object's identity.
+                    let head: &[u64] = if strict {
+                        &objects::HEAD
+                    } else {
+                        &objects::HEAD[..2]
+                    };
                     let attrs = s
                         .backend
-                        .get_attributes(s.backend_session, h, &[CKA_ID, ck::CKA_CLASS])
+                        .get_attributes(s.backend_session, h, head)
                         .unwrap_or_default();
                     let id = match attrs.first() {
                         Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
@@ -1755,7 +1797,9 @@ impl Agent {
                     };
                     match managed {
                         // A certificate with a managed key's CKA_ID: shown
-                        // (as an unmanaged object) when it is that key's.
+                        // (as an unmanaged object) when it is that key's;
+                        // in strict mode to the applications that see the
+                        // key, or made the certificate.
                         Some(m) if class == Some(ck::CKO_CERTIFICATE) => {
                             match self.keys.key(m.key_id) {
                                 Some(k)
@@ -1764,7 +1808,14 @@ impl Agent {
                                         s.backend_session,
                                         h,
                                         &k,
-                                    ) =>
+                                    ) && (!strict
+                                        || keys::visible_to(
+                                            &policy,
+                                            &k,
+                                            &client.application,
+                                            now,
+                                        )
+                                        || self.owns(client, &policy, s, h, &attrs)) =>
                                 {
                                     None
                                 }
@@ -1789,6 +1840,16 @@ impl Agent {
                                 matches!(class, Some(ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY));
                             // A shadow key: quarantined in strict mode.
                             if strict && key && owner.is_none() {
+                                continue;
+                            }
+                            // Another application's token object, or one
+                            // made behind keyward's back: not in this
+                            // application's namespace.
+                            if strict
+                                && owner.is_none()
+                                && !self.owns(client, &policy, s, h, &attrs)
+                            {
+                                client.lock().hide(s.slot, h);
                                 continue;
                             }
                             None
@@ -1830,6 +1891,137 @@ impl Agent {
         // Active versions first; otherwise the backend's order (stable).
         out.sort_by_key(|(_, active)| !*active);
         Ok(out.into_iter().map(|(f, _)| f).collect())
+    }
+
+    /// Whether the unmanaged token object `h` (its [`objects::HEAD`]
+    /// attributes `head`) is in the client's namespace in strict mode: its
+    /// application made it, or an application that made it shares its
+    /// objects with it (`share_objects_with`).
+    fn owns(
+        &self,
+        client: &Client,
+        policy: &Policy,
+        s: &Session,
+        h: BackendObject,
+        head: &[AttrResult],
+    ) -> bool {
+        let token = &self.tokens[s.slot].config.label;
+        let me = client.application.as_str();
+        objects::identity(s.backend.as_ref(), s.backend_session, h, head).is_some_and(|id| {
+            self.keys.owners.any_owner(token, &id, |owner| {
+                owner == me
+                    || policy
+                        .application(owner)
+                        .is_some_and(|a| a.share_objects_with.iter().any(|w| w == me))
+            })
+        })
+    }
+
+    /// In strict mode, records the client's application as the owner of
+    /// `o` (an object it made or changed) when it is an unmanaged token
+    /// object with a namespace, durably. `Err` says why it could not be.
+    fn record_owner(
+        &self,
+        client: &Client,
+        s: &Session,
+        o: &ObjectRef,
+    ) -> std::result::Result<(), String> {
+        if self.policy().mode() != keyward_policy::Mode::Strict
+            || o.session.is_some()
+            || o.managed.is_some()
+        {
+            return Ok(());
+        }
+        let token = &self.tokens[s.slot].config.label;
+        match objects::identify(s.backend.as_ref(), s.backend_session, o.backend) {
+            Some((class, _)) if !objects::is_namespaced(class) => Ok(()),
+            Some((_, Some(id))) => self
+                .keys
+                .owners
+                .add(
+                    self.keys.inventory(),
+                    token,
+                    &id,
+                    &client.application,
+                    keys::secs(SystemTime::now()),
+                )
+                .map_err(|e| e.to_string()),
+            _ => Err("its class or content cannot be read".to_owned()),
+        }
+    }
+
+    /// [`Agent::record_owner`] for an object the client just made (create,
+    /// copy) with client handle `handle`, before the call answers. An
+    /// object that cannot be recorded is destroyed again and the call fails
+    /// (`CKR_DEVICE_ERROR`): in strict mode nobody could ever find it.
+    fn claim(&self, client: &Client, s: &Session, handle: u64) -> Result<()> {
+        let o = client
+            .lock()
+            .object(s.slot, handle, Error::ObjectHandleInvalid)?;
+        if let Err(e) = self.record_owner(client, s, &o) {
+            log::error!(
+                "client {}: a token object it made is not recorded as its own ({e}); destroyed",
+                client.peer
+            );
+            client.lock().unmap_object(handle);
+            let _ = s.backend.destroy_object(s.backend_session, o.backend);
+            return Err(Error::StateStore);
+        }
+        Ok(())
+    }
+
+    /// In strict mode, the identity of `o` when it is an unmanaged token
+    /// object with a namespace, after checking that the client's
+    /// application owns it: changing or destroying an object another
+    /// application made (a managed key's certificate an administrator put
+    /// on the token) is refused (`CKR_ACTION_PROHIBITED`, recorded).
+    fn owned_identity(
+        &self,
+        client: &Client,
+        s: &Session,
+        o: &ObjectRef,
+        what: &str,
+    ) -> Result<Option<objects::Identity>> {
+        if self.policy().mode() != keyward_policy::Mode::Strict
+            || o.session.is_some()
+            || o.managed.is_some()
+        {
+            return Ok(None);
+        }
+        let token = &self.tokens[s.slot].config.label;
+        match objects::identify(s.backend.as_ref(), s.backend_session, o.backend) {
+            Some((class, _)) if !objects::is_namespaced(class) => Ok(None),
+            Some((_, Some(id))) if self.keys.owners.owns(token, &id, &client.application) => {
+                Ok(Some(id))
+            }
+            _ => {
+                self.note_refusal(
+                    client,
+                    what,
+                    None,
+                    None,
+                    ck::CKR_ACTION_PROHIBITED,
+                    "a token object this application did not make",
+                );
+                Err(Error::ActionProhibited)
+            }
+        }
+    }
+
+    /// After the client's application destroyed (or changed) an object of
+    /// `identity`: one object fewer in its namespace.
+    fn release(&self, client: &Client, slot: Slot, identity: &objects::Identity) {
+        let token = &self.tokens[slot].config.label;
+        if let Err(e) =
+            self.keys
+                .owners
+                .remove(self.keys.inventory(), token, identity, &client.application)
+        {
+            log::warn!(
+                "client {}: the ownership of an object it destroyed is not removed: {e}",
+                client.peer
+            );
+        }
     }
 
     fn find_objects(

@@ -5,7 +5,7 @@
 //! client's life. The tables here are plain data, held under the client's
 //! mutex only to look up or update; backend calls happen outside it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{Backend, BackendObject, BackendSession};
@@ -125,6 +125,9 @@ pub struct ClientState {
     sessions: HashMap<u64, Arc<Session>>,
     objects: HashMap<u64, ObjectRef>,
     by_backend: HashMap<(Slot, BackendObject), u64>,
+    /// Token objects outside the client's namespace (strict mode), judged
+    /// once per client: later searches pass them over without reading them.
+    hidden: HashSet<(Slot, BackendObject)>,
     login: Vec<Login>,
 }
 
@@ -145,6 +148,7 @@ impl ClientState {
             sessions: HashMap::new(),
             objects: HashMap::new(),
             by_backend: HashMap::new(),
+            hidden: HashSet::new(),
             login: vec![Login::Public; slots],
         }
     }
@@ -276,6 +280,18 @@ impl ClientState {
         self.by_backend.get(&(slot, backend)).copied()
     }
 
+    /// Whether backend object `backend` on `slot` was judged outside the
+    /// client's namespace.
+    pub fn is_hidden(&self, slot: Slot, backend: BackendObject) -> bool {
+        self.hidden.contains(&(slot, backend))
+    }
+
+    /// Notes that backend object `backend` on `slot` is outside the
+    /// client's namespace.
+    pub fn hide(&mut self, slot: Slot, backend: BackendObject) {
+        self.hidden.insert((slot, backend));
+    }
+
     /// Forgets client object `h`.
     pub fn unmap_object(&mut self, h: u64) -> Option<ObjectRef> {
         let o = self.objects.remove(&h)?;
@@ -390,6 +406,16 @@ pub(crate) mod tests {
         assert_eq!(st.login(0), Login::User, "another session is still open");
         st.remove_session(s2).unwrap();
         assert_eq!(st.login(0), Login::Public);
+    }
+
+    #[test]
+    fn hidden_objects_are_noted_per_client_and_slot() {
+        let a = Client::new(peer(1), "lab".into(), 2);
+        let b = Client::new(peer(2), "lab".into(), 2);
+        a.lock().hide(0, 7);
+        assert!(a.lock().is_hidden(0, 7));
+        assert!(!a.lock().is_hidden(1, 7), "another slot");
+        assert!(!b.lock().is_hidden(0, 7), "another client");
     }
 
     #[test]

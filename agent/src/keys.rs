@@ -110,6 +110,9 @@ pub struct ManagedKeys {
     /// Per token, the backend objects the last discovery found outside
     /// management ([`ManagedKeys::note_shadows`]).
     shadows: Mutex<HashMap<String, std::collections::HashSet<BackendObject>>>,
+    /// In strict mode, which application made which unmanaged token object
+    /// (its namespace, [`crate::objects`]).
+    pub(crate) owners: crate::objects::Owners,
 }
 
 impl std::fmt::Debug for ManagedKeys {
@@ -159,7 +162,9 @@ pub fn secs(t: SystemTime) -> i64 {
 impl ManagedKeys {
     /// Loads every key of `inventory` into the view.
     pub fn open(inventory: Arc<dyn Inventory>) -> keyward_inventory::Result<ManagedKeys> {
+        let owners = crate::objects::Owners::load(&*inventory)?;
         let keys = ManagedKeys {
+            owners,
             inventory,
             view: RwLock::new(View::default()),
             used: Mutex::new(HashMap::new()),

@@ -21,6 +21,8 @@
 //! - [`keys`]: managed keys — the inventory, its in-memory view, and the
 //!   check every use of a managed key passes (state, purpose, grant,
 //!   cryptoperiod).
+//! - [`objects`]: in strict mode, each application's namespace of
+//!   unmanaged token objects (owners recorded in the inventory).
 //! - [`report`]: `keyward report` — keys against their class, usage and
 //!   its anomalies ([`report::judge`], a pure function), revocations.
 //! - [`state`]: PIN hashes and token labels in the state directory.
@@ -50,6 +52,7 @@ pub mod error;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod objects;
 pub mod report;
 pub mod server;
 pub mod sockets;

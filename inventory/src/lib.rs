@@ -54,8 +54,8 @@ pub use audit::{
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use types::{
-    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange,
-    Transition,
+    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, ObjectOwner,
+    StateChange, Transition,
 };
 pub use usage::UsageLog;
 
@@ -177,4 +177,23 @@ pub trait Inventory: Send + Sync {
     /// Records the agent's own key `name` on `token` by its fingerprint, at
     /// `at`. Written once: [`Error::Exists`] when `name` is recorded.
     fn set_agent_key(&self, name: &str, token: &str, fingerprint: &[u8], at: i64) -> Result<()>;
+
+    /// Records that `application` made one more unmanaged object of
+    /// `identity` (32 bytes) on `token`, at `at`. Durable before it returns.
+    fn add_object_owner(
+        &self,
+        token: &str,
+        identity: &[u8],
+        application: &str,
+        at: i64,
+    ) -> Result<()>;
+
+    /// Records that `application` destroyed one object of `identity` on
+    /// `token`: the count goes down, and the ownership is gone at zero.
+    /// [`Error::NotFound`] when the application owns no such object.
+    fn remove_object_owner(&self, token: &str, identity: &[u8], application: &str) -> Result<()>;
+
+    /// Every ownership of unmanaged objects, by token, identity and
+    /// application.
+    fn object_owners(&self) -> Result<Vec<ObjectOwner>>;
 }

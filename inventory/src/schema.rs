@@ -47,6 +47,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "key fingerprints (versions and the agent's own keys)",
         sql: V5,
     },
+    Migration {
+        description: "owners of unmanaged token objects (per-application namespaces)",
+        sql: V6,
+    },
 ];
 
 /// The schema version this build writes.
@@ -335,4 +339,22 @@ CREATE TABLE agent_keys (
 
 CREATE TRIGGER agent_keys_no_update BEFORE UPDATE ON agent_keys
 BEGIN SELECT RAISE(ABORT, 'an agent key fingerprint is written once'); END;
+";
+
+/// Owners of unmanaged token objects: in strict mode an object an
+/// application makes on a token through keyward (a data object, a
+/// certificate, a public key) is visible to that application only. An
+/// object is known by its identity (SHA-256 over its class, `CKA_ID`,
+/// `CKA_LABEL` and content, as the agent computes it), which survives agent
+/// restarts where backend handles do not. `count` is how many objects of
+/// that identity the application made and has not destroyed.
+const V6: &str = "
+CREATE TABLE object_owners (
+    token       TEXT    NOT NULL CHECK (token <> ''),
+    identity    BLOB    NOT NULL CHECK (length(identity) = 32),
+    application TEXT    NOT NULL CHECK (application <> ''),
+    count       INTEGER NOT NULL CHECK (count >= 1),
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (token, identity, application)
+) STRICT;
 ";

@@ -31,8 +31,8 @@ use rusqlite::{
 use crate::error::{Error, Result};
 use crate::schema::{self, Migration};
 use crate::types::{
-    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, StateChange,
-    Transition,
+    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, ObjectOwner,
+    StateChange, Transition,
 };
 use crate::Inventory;
 
@@ -399,6 +399,17 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
 fn nonempty(what: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::Invalid(format!("{what} is empty")));
+    }
+    Ok(())
+}
+
+/// An object identity has 32 bytes.
+fn identity_len(identity: &[u8]) -> Result<()> {
+    if identity.len() != 32 {
+        return Err(Error::Invalid(format!(
+            "an object identity has 32 bytes, not {}",
+            identity.len()
+        )));
     }
     Ok(())
 }
@@ -1105,5 +1116,77 @@ impl Inventory for SqliteInventory {
             return Err(Error::Exists(format!("agent key {name:?}")));
         }
         Ok(())
+    }
+
+    fn add_object_owner(
+        &self,
+        token: &str,
+        identity: &[u8],
+        application: &str,
+        at: i64,
+    ) -> Result<()> {
+        nonempty("token", token)?;
+        nonempty("application", application)?;
+        identity_len(identity)?;
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO object_owners (token, identity, application, count, created_at)
+                 VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (token, identity, application) DO UPDATE SET count = count + 1",
+            )?
+            .execute(params![token, identity, application, at])?;
+        Ok(())
+    }
+
+    fn remove_object_owner(&self, token: &str, identity: &[u8], application: &str) -> Result<()> {
+        identity_len(identity)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let count: Option<i64> = tx
+            .prepare_cached(
+                "SELECT count FROM object_owners
+                  WHERE token = ?1 AND identity = ?2 AND application = ?3",
+            )?
+            .query_row(params![token, identity, application], |r| r.get(0))
+            .optional()?;
+        match count {
+            None => {
+                return Err(Error::NotFound(format!(
+                    "object {} of {application:?} on {token:?}",
+                    hex(identity)
+                )))
+            }
+            Some(n) if n > 1 => tx
+                .prepare_cached(
+                    "UPDATE object_owners SET count = count - 1
+                      WHERE token = ?1 AND identity = ?2 AND application = ?3",
+                )?
+                .execute(params![token, identity, application])?,
+            Some(_) => tx
+                .prepare_cached(
+                    "DELETE FROM object_owners
+                      WHERE token = ?1 AND identity = ?2 AND application = ?3",
+                )?
+                .execute(params![token, identity, application])?,
+        };
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn object_owners(&self) -> Result<Vec<ObjectOwner>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT token, identity, application, count FROM object_owners
+              ORDER BY token, identity, application",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ObjectOwner {
+                token: r.get(0)?,
+                identity: r.get(1)?,
+                application: r.get(2)?,
+                count: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }

@@ -1063,3 +1063,44 @@ fn an_agent_key_is_recorded_once() {
         Some(("kw".to_owned(), vec![1u8; 32]))
     );
 }
+
+#[test]
+fn object_owners_are_counted_per_application_and_survive_a_reopen() {
+    let (dir, inv) = store();
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    inv.add_object_owner("kw", &a, "web", T0).unwrap();
+    inv.add_object_owner("kw", &a, "web", T0).unwrap();
+    inv.add_object_owner("kw", &a, "mail", T0).unwrap();
+    inv.add_object_owner("kw", &b, "web", T0).unwrap();
+    let err = inv
+        .add_object_owner("kw", &[3u8; 31], "web", T0)
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    let err = inv.add_object_owner("kw", &a, "", T0).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    drop(inv);
+    let inv = SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
+    let owner = |identity: [u8; 32], application: &str, count: u32| ObjectOwner {
+        token: "kw".into(),
+        identity: identity.to_vec(),
+        application: application.into(),
+        count,
+    };
+    assert_eq!(
+        inv.object_owners().unwrap(),
+        vec![owner(a, "mail", 1), owner(a, "web", 2), owner(b, "web", 1)]
+    );
+    // Destroying goes down one object at a time; the last one ends it.
+    inv.remove_object_owner("kw", &a, "web").unwrap();
+    inv.remove_object_owner("kw", &b, "web").unwrap();
+    assert_eq!(
+        inv.object_owners().unwrap(),
+        vec![owner(a, "mail", 1), owner(a, "web", 1)]
+    );
+    inv.remove_object_owner("kw", &a, "web").unwrap();
+    let err = inv.remove_object_owner("kw", &a, "web").unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = inv.remove_object_owner("other", &a, "mail").unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    assert_eq!(inv.object_owners().unwrap(), vec![owner(a, "mail", 1)]);
+}

@@ -176,6 +176,21 @@ pub struct Grant {
     pub expires_at: Option<i64>,
 }
 
+/// An application's ownership of unmanaged token objects of one identity
+/// (see [`Inventory::add_object_owner`](crate::Inventory::add_object_owner)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectOwner {
+    /// The virtual token.
+    pub token: String,
+    /// The objects' identity (32 bytes, computed by the agent).
+    pub identity: Vec<u8>,
+    /// The application's name in the policy.
+    pub application: String,
+    /// How many objects of that identity the application made and has not
+    /// destroyed (at least 1).
+    pub count: u32,
+}
+
 /// Which keys [`keys`](crate::Inventory::keys) lists; `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyFilter {

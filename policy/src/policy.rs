@@ -69,6 +69,11 @@ pub struct Application {
     pub gid: Option<u32>,
     /// `exe`: the peer's `/proc/<pid>/exe` must be exactly this path.
     pub exe: Option<PathBuf>,
+    /// `share_objects_with`: in strict mode, the applications that find and
+    /// read the unmanaged token objects this one made (data objects,
+    /// certificates, public keys); only their maker changes or destroys
+    /// them. Each names another application of the policy.
+    pub share_objects_with: Vec<String>,
 }
 
 impl Application {
@@ -421,6 +426,8 @@ struct RawApplication {
     uid: Option<u32>,
     gid: Option<u32>,
     exe: Option<Spanned<String>>,
+    #[serde(default)]
+    share_objects_with: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -539,6 +546,11 @@ impl Validator<'_> {
                 uid: app.uid,
                 gid: app.gid,
                 exe,
+                share_objects_with: app
+                    .share_objects_with
+                    .iter()
+                    .map(|n| n.get_ref().clone())
+                    .collect(),
             };
             if let Some(twin) = applications.iter().find(|a| {
                 (a.uid, a.gid, &a.exe) == (application.uid, application.gid, &application.exe)
@@ -553,6 +565,26 @@ impl Validator<'_> {
                 ));
             }
             applications.push(application);
+        }
+        // Objects are shared with applications the policy names.
+        for (app, raw_app) in applications.iter().zip(&raw.application) {
+            for with in &raw_app.get_ref().share_objects_with {
+                let field = format!("application \"{}\", share_objects_with", app.name);
+                if with.get_ref() == &app.name {
+                    return Err(self.err(
+                        with.span(),
+                        field,
+                        "an application sees its own objects already",
+                    ));
+                }
+                if !applications.iter().any(|a| &a.name == with.get_ref()) {
+                    return Err(self.err(
+                        with.span(),
+                        field,
+                        format!("there is no application \"{}\"", with.get_ref()),
+                    ));
+                }
+            }
         }
 
         let mut classes: Vec<KeyClass> = Vec::new();

@@ -202,3 +202,49 @@ pub fn backend_token(tb: &Env) -> (cryptoki::context::Pkcs11, Session) {
         .expect("C_Login on the backend with its PIN");
     (p11, s)
 }
+
+/// The DER of a self-signed P-256 certificate (hex), notAfter
+/// 2036-11-22 21:51:03 UTC.
+pub const CERT: &str = concat!(
+    "3082019130820137a0030201020214364136ba10674ed6e7489693fdc959511e2c4119300a06082a8648ce3d04030230",
+    "1e311c301a06035504030c136b6579776172642d7265706f72742d74657374301e170d3236313132353231353130335a",
+    "170d3336313132323231353130335a301e311c301a06035504030c136b6579776172642d7265706f72742d7465737430",
+    "59301306072a8648ce3d020106082a8648ce3d0301070342000416d005510aa69fa42adb196228e8e02fd946fc7de5a5",
+    "265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ceef9f0d80473f679dbc987caf7c67a3533051301d",
+    "0603551d0e04160414e296650d11a288931675a1352140b3b0022725a0301f0603551d23041830168014e296650d11a2",
+    "88931675a1352140b3b0022725a0300f0603551d130101ff040530030101ff300a06082a8648ce3d0403020348003045",
+    "02203996c5c60e1752ea6edbd27b1f85818641c93432109848ee2d8ce49abe6345420221008f5c94975307f1600b6c0c",
+    "26b5924d52b79df52c2cec0d726af106f9a208e8da",
+);
+/// The P-256 point in [`CERT`]'s subject public key (hex).
+pub const CERT_POINT: &str = "0416d005510aa69fa42adb196228e8e02fd946fc7de5a5265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ceef9f0d80473f679dbc987caf7c67";
+
+/// [`CERT`] with the public key of `public` (a P-256 public key object)
+/// in place of its own: a certificate of that key, as a CA would issue it
+/// (keyward reads the key and the dates, not the issuer's signature).
+pub fn certificate_of(
+    s: &cryptoki::session::Session,
+    public: cryptoki::object::ObjectHandle,
+) -> Vec<u8> {
+    let point = match s
+        .get_attributes(public, &[cryptoki::object::AttributeType::EcPoint])
+        .expect("CKA_EC_POINT")
+        .pop()
+    {
+        Some(Attribute::EcPoint(p)) => p,
+        other => panic!("no CKA_EC_POINT: {other:?}"),
+    };
+    let raw = &point[point.len() - 65..];
+    assert_eq!(raw[0], 4, "an uncompressed point");
+    let der = crate::p11::unhex(CERT);
+    let at = der
+        .windows(65)
+        .position(|w| w == crate::p11::unhex(CERT_POINT).as_slice())
+        .expect("the certificate's point");
+    let mut out = der;
+    out[at..at + 65].copy_from_slice(raw);
+    out
+}
+
+/// The certificate's subject (DER), for `CKA_SUBJECT`.
+pub const CERT_SUBJECT: &str = "301e311c301a06035504030c136b6579776172642d7265706f72742d74657374";

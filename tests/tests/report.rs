@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
 use keyward_tests::admin::{
-    application_toml, find, install_policy, key_show, keyward_json, keyward_ok, sign_grant_toml,
-    signing_class_toml, uid, APPLICATION,
+    application_toml, certificate_of, find, install_policy, key_show, keyward_json, keyward_ok,
+    sign_grant_toml, signing_class_toml, uid, APPLICATION, CERT, CERT_SUBJECT,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
@@ -289,52 +289,8 @@ keyward_test!(fn revocation_latency_and_no_use_after_it(tb) {
     assert!(text.contains("no use after it: yes"), "{text}");
 });
 
-/// The DER of a self-signed P-256 certificate, notAfter
-/// 2036-11-22 21:51:03 UTC ([`CERT_NOT_AFTER`]).
-const CERT: &str = concat!(
-    "3082019130820137a0030201020214364136ba10674ed6e7489693fdc959511e2c4119300a06082a8648ce3d04030230",
-    "1e311c301a06035504030c136b6579776172642d7265706f72742d74657374301e170d3236313132353231353130335a",
-    "170d3336313132323231353130335a301e311c301a06035504030c136b6579776172642d7265706f72742d7465737430",
-    "59301306072a8648ce3d020106082a8648ce3d0301070342000416d005510aa69fa42adb196228e8e02fd946fc7de5a5",
-    "265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ceef9f0d80473f679dbc987caf7c67a3533051301d",
-    "0603551d0e04160414e296650d11a288931675a1352140b3b0022725a0301f0603551d23041830168014e296650d11a2",
-    "88931675a1352140b3b0022725a0300f0603551d130101ff040530030101ff300a06082a8648ce3d0403020348003045",
-    "02203996c5c60e1752ea6edbd27b1f85818641c93432109848ee2d8ce49abe6345420221008f5c94975307f1600b6c0c",
-    "26b5924d52b79df52c2cec0d726af106f9a208e8da",
-);
+/// The notAfter of `admin::CERT`, 2036-11-22 21:51:03 UTC.
 const CERT_NOT_AFTER: i64 = 2_111_003_463;
-/// The P-256 point in [`CERT`]'s subject public key (hex).
-const CERT_POINT: &str = "0416d005510aa69fa42adb196228e8e02fd946fc7de5a5265b6851e8bd5a0dc268c77cabd5cd2f58c4aa018a50793c88ec07ceef9f0d80473f679dbc987caf7c67";
-
-/// [`CERT`] with the public key of `public` (a P-256 public key object)
-/// in place of its own: a certificate of that key, as a CA would issue it
-/// (keyward reads the key and the dates, not the issuer's signature).
-fn certificate_of(
-    s: &cryptoki::session::Session,
-    public: cryptoki::object::ObjectHandle,
-) -> Vec<u8> {
-    let point = match s
-        .get_attributes(public, &[cryptoki::object::AttributeType::EcPoint])
-        .expect("CKA_EC_POINT")
-        .pop()
-    {
-        Some(Attribute::EcPoint(p)) => p,
-        other => panic!("no CKA_EC_POINT: {other:?}"),
-    };
-    let raw = &point[point.len() - 65..];
-    assert_eq!(raw[0], 4, "an uncompressed point");
-    let der = unhex(CERT);
-    let at = der
-        .windows(65)
-        .position(|w| w == unhex(CERT_POINT).as_slice())
-        .expect("the certificate's point");
-    let mut out = der;
-    out[at..at + 65].copy_from_slice(raw);
-    out
-}
-
-/// The certificate's subject (DER), for `CKA_SUBJECT`.
-const CERT_SUBJECT: &str = "301e311c301a06035504030c136b6579776172642d7265706f72742d74657374";
 
 // Rotation compliance with a class that rotates every 2 s; failed admin
 // actions counted; a grant to an application the policy dropped is drift;

@@ -519,3 +519,22 @@ fn mangled_policies_never_panic() {
         check(&t);
     }
 }
+
+#[test]
+fn objects_are_shared_with_named_applications_only() {
+    let shared = mutate(
+        "uid = 33\n",
+        "uid = 33\nshare_objects_with = [\"mail\"]\n\n[[application]]\nname = \"mail\"\nuid = 34\n",
+    );
+    let p = Policy::from_str(&shared, "policy.toml").unwrap();
+    assert_eq!(p.application("web").unwrap().share_objects_with, ["mail"]);
+    assert!(p.application("mail").unwrap().share_objects_with.is_empty());
+    assert_error(
+        &mutate("uid = 33\n", "uid = 33\nshare_objects_with = [\"mial\"]\n"),
+        "policy.toml:8:23: application \"web\", share_objects_with: there is no application \"mial\"",
+    );
+    assert_error(
+        &mutate("uid = 33\n", "uid = 33\nshare_objects_with = [\"web\"]\n"),
+        "policy.toml:8:23: application \"web\", share_objects_with: an application sees its own objects already",
+    );
+}
