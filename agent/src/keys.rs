@@ -535,19 +535,11 @@ pub fn certificate_fingerprint(der: &[u8]) -> Option<[u8; 32]> {
         }
         // rsaEncryption: RSAPublicKey ::= SEQUENCE { modulus, exponent }.
         "1.2.840.113549.1.1.1" => {
-            let (body, rest) = der_tlv(key, 0x30)?;
-            if !rest.is_empty() {
-                return None;
-            }
-            let (modulus, rest) = der_tlv(body, 0x02)?;
-            let (exponent, rest) = der_tlv(rest, 0x02)?;
-            if !rest.is_empty() {
-                return None;
-            }
+            let (modulus, exponent) = rsa_public_key(key)?;
             part(b"pair");
             part(&ck::CKK_RSA.to_be_bytes());
-            part(unpadded(modulus));
-            part(unpadded(exponent));
+            part(unpadded(&modulus));
+            part(unpadded(&exponent));
         }
         _ => return None,
     }
@@ -577,27 +569,21 @@ pub fn is_certificate_of(
         .any(|v| v.fingerprint.as_deref() == Some(&fp[..]))
 }
 
-/// One DER element of tag `tag` at the start of `b`: its contents and what
-/// follows it.
-fn der_tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = b.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| rest.split_at(len))
+/// The modulus and public exponent of a DER `RSAPublicKey` (RFC 8017:
+/// `SEQUENCE { modulus INTEGER, publicExponent INTEGER }`), big-endian
+/// without sign padding; `None` for anything else, trailing bytes included.
+fn rsa_public_key(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    use x509_cert::der::asn1::UintRef;
+    use x509_cert::der::{Decode, Reader, SliceReader};
+    let mut r = SliceReader::new(der).ok()?;
+    let pair = r
+        .sequence(|seq| {
+            let modulus = UintRef::decode(seq)?;
+            let exponent = UintRef::decode(seq)?;
+            Ok((modulus.as_bytes().to_vec(), exponent.as_bytes().to_vec()))
+        })
+        .ok()?;
+    r.finish(pair).ok()
 }
 
 /// Whether private key `object` is the private half of the public key
@@ -781,22 +767,18 @@ mod tests {
     }
 
     #[test]
-    fn der_elements_are_read_within_their_bounds() {
-        assert_eq!(
-            der_tlv(&[0x02, 0x01, 0x05, 0xff], 0x02),
-            Some((&[5u8][..], &[0xffu8][..]))
-        );
-        assert_eq!(
-            der_tlv(&[0x02, 0x81, 0x01, 0x07], 0x02),
-            Some((&[7u8][..], &[][..]))
-        );
-        // Wrong tag, truncated, an absurd or empty long-form length.
-        assert_eq!(der_tlv(&[0x30, 0x01, 0x05], 0x02), None);
-        assert_eq!(der_tlv(&[0x02, 0x05, 0x01], 0x02), None);
-        assert_eq!(der_tlv(&[0x02, 0x85, 1, 2, 3, 4, 5], 0x02), None);
-        assert_eq!(der_tlv(&[0x02, 0x80], 0x02), None);
-        assert_eq!(der_tlv(&[0x02], 0x02), None);
-        assert_eq!(der_tlv(&[], 0x02), None);
+    fn rsa_public_keys_are_read_by_the_der_crate_within_their_bounds() {
+        // SEQUENCE { INTEGER 0x00c5 (sign padding), INTEGER 3 }
+        let good = [0x30, 0x07, 0x02, 0x02, 0x00, 0xc5, 0x02, 0x01, 0x03];
+        assert_eq!(rsa_public_key(&good), Some((vec![0xc5], vec![3])));
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert_eq!(rsa_public_key(&trailing), None);
+        // Wrong tag, truncated, an absurd long-form length, empty.
+        assert_eq!(rsa_public_key(&[0x31, 0x03, 0x02, 0x01, 0x05]), None);
+        assert_eq!(rsa_public_key(&good[..6]), None);
+        assert_eq!(rsa_public_key(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(rsa_public_key(&[]), None);
     }
 
     #[test]
