@@ -89,7 +89,7 @@ fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// How the trail names a key object the inventory does not manage: its
@@ -386,13 +386,7 @@ fn request_target(req: &KeyRequest) -> (Option<String>, Option<String>) {
 
 /// Bytes from hex, `None` for anything else.
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(text).ok()
 }
 
 /// The policy's view of a protocol template (leaf values only).

@@ -415,7 +415,7 @@ fn identity_len(identity: &[u8]) -> Result<()> {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// A history row to append (its `seq` is assigned by [`record_change`]).

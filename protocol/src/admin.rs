@@ -467,18 +467,8 @@ pub const ANCHOR_PREFIX: &str = "keyward-anchor 1 ";
 /// The longest signature an anchor line may carry (bytes).
 const MAX_ANCHOR_SIGNATURE: usize = 1024;
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    hex::decode(text).ok()
 }
 
 impl AuditAnchor {
@@ -487,9 +477,9 @@ impl AuditAnchor {
         format!(
             "{ANCHOR_PREFIX}seq={} head={} time={} sig={}",
             self.seq,
-            to_hex(&self.head),
+            hex::encode(self.head),
             self.created_at,
-            to_hex(&self.signature)
+            hex::encode(&self.signature)
         )
     }
 
@@ -530,7 +520,7 @@ impl AuditAnchor {
             .parse()
             .map_err(|_| format!("seq {:?} is not a number", cut(seq)))?;
         let head = field("head")?;
-        let head: [u8; 32] = from_hex(head)
+        let head: [u8; 32] = hex_bytes(head)
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| {
                 format!(
@@ -543,7 +533,7 @@ impl AuditAnchor {
             .parse()
             .map_err(|_| format!("time {:?} is not a number", cut(time)))?;
         let sig = field("sig")?;
-        let signature = from_hex(sig)
+        let signature = hex_bytes(sig)
             .filter(|s| !s.is_empty() && s.len() <= MAX_ANCHOR_SIGNATURE)
             .ok_or_else(|| format!("sig is not a hex signature ({} characters)", sig.len()))?;
         Ok(AuditAnchor {

@@ -406,14 +406,9 @@ pub fn parse_hex(text: &str) -> Result<CkaId, String> {
     if !digits.len().is_multiple_of(2) {
         return Err(format!("{text:?} has an odd number of hex digits"));
     }
-    let value = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-    Ok(CkaId(
-        digits
-            .as_bytes()
-            .chunks(2)
-            .map(|pair| value(pair[0]) << 4 | value(pair[1]))
-            .collect(),
-    ))
+    hex::decode(&digits)
+        .map(CkaId)
+        .map_err(|e| format!("{text:?} is not hex: {e}"))
 }
 
 /// A `CKA_ID` given on the command line.

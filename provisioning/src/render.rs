@@ -23,7 +23,7 @@ pub fn hex(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "-".to_owned();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// A text value for a table cell or a line: `-` when empty, control
@@ -911,8 +911,7 @@ fn hex_ids(v: &mut Value) {
                             .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
                             .collect();
                         if let Some(bytes) = bytes {
-                            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                            *child = Value::String(text);
+                            *child = Value::String(hex::encode(bytes));
                             continue;
                         }
                     }
