@@ -10,6 +10,38 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::identity::Peer;
 
+/// What the listeners admit: connection caps, mount namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Caps of the application socket.
+    pub app: Caps,
+    /// Caps of the admin socket (apart, so that administrators can always
+    /// reach the agent).
+    pub admin: Caps,
+    /// Whether peers in another mount namespace may be served.
+    pub foreign_mounts: bool,
+    /// The admin socket's group, whose members (with root and the agent's
+    /// own user) may use the admin socket.
+    pub admin_gid: Option<u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            app: Caps {
+                total: 1024,
+                per_uid: 256,
+            },
+            admin: Caps {
+                total: 64,
+                per_uid: 16,
+            },
+            foreign_mounts: false,
+            admin_gid: None,
+        }
+    }
+}
+
 /// Connection caps of one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {

@@ -238,9 +238,9 @@ impl AgentConfig {
     }
 
     /// What the listeners admit.
-    pub fn limits(&self) -> crate::server::Limits {
-        let d = crate::server::Limits::default();
-        crate::server::Limits {
+    pub fn limits(&self) -> crate::admission::Limits {
+        let d = crate::admission::Limits::default();
+        crate::admission::Limits {
             app: crate::admission::Caps {
                 total: self.max_connections,
                 per_uid: self.max_connections_per_uid,

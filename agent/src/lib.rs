@@ -18,6 +18,7 @@
 //!   scheduler that rotates and deactivates keys when their dates pass.
 //! - [`audit`]: the audit trail as the agent writes it (uses and refusals
 //!   batched off the hot path, admin and lifecycle events durable).
+//! - [`fingerprint`]: what identifies a key object beyond its `CKA_ID`.
 //! - [`keys`]: managed keys — the inventory, its in-memory view, and the
 //!   check every use of a managed key passes (state, purpose, grant,
 //!   cryptoperiod).
@@ -49,6 +50,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fingerprint;
 pub mod identity;
 pub mod keys;
 pub mod metrics;

@@ -10,7 +10,7 @@
 //! by its [`Identity`]: SHA-256 over its class, `CKA_ID`, `CKA_LABEL` and
 //! content (a data object's `CKA_VALUE`, `CKA_APPLICATION` and
 //! `CKA_OBJECT_ID`; a certificate's type and `CKA_VALUE`; a public key's
-//! fingerprint, [`crate::keys::fingerprint`]). The inventory records, per
+//! fingerprint, [`crate::fingerprint::fingerprint`]). The inventory records, per
 //! token and identity, which applications made such an object and how many
 //! ([`Owners`]); the agent keeps a view of it in memory and writes the store
 //! first. An object whose identity no record names for the application is
@@ -86,7 +86,7 @@ pub fn identity(
         ck::CKO_DATA => &[ck::CKA_VALUE, ck::CKA_APPLICATION, ck::CKA_OBJECT_ID],
         ck::CKO_CERTIFICATE => &[ck::CKA_CERTIFICATE_TYPE, ck::CKA_VALUE],
         ck::CKO_PUBLIC_KEY => {
-            let fp = crate::keys::fingerprint(backend, session, object);
+            let fp = crate::fingerprint::fingerprint(backend, session, object);
             h.update([u8::from(fp.is_some())]);
             h.update(fp.unwrap_or_default());
             &[]

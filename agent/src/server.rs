@@ -20,7 +20,7 @@ use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message_within, write_message, Bounds, FrameError};
 use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
-use crate::admission::{Admission, Caps, Refusals, Ticket, REFUSAL_EVERY};
+use crate::admission::{Admission, Limits, Refusals, Ticket, REFUSAL_EVERY};
 use crate::agent::Agent;
 use crate::identity::{CredStream, Peer};
 use crate::metrics::{admin_request_name, Call, Metrics};
@@ -57,38 +57,6 @@ const REFUSAL_READ: Duration = Duration::from_millis(200);
 /// How often the socket files are checked (removed or replaced ones are
 /// bound again).
 const SOCKET_CHECK: Duration = Duration::from_secs(1);
-
-/// What the listeners admit: connection caps, mount namespaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Caps of the application socket.
-    pub app: Caps,
-    /// Caps of the admin socket (apart, so that administrators can always
-    /// reach the agent).
-    pub admin: Caps,
-    /// Whether peers in another mount namespace may be served.
-    pub foreign_mounts: bool,
-    /// The admin socket's group, whose members (with root and the agent's
-    /// own user) may use the admin socket.
-    pub admin_gid: Option<u32>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            app: Caps {
-                total: 1024,
-                per_uid: 256,
-            },
-            admin: Caps {
-                total: 64,
-                per_uid: 16,
-            },
-            foreign_mounts: false,
-            admin_gid: None,
-        }
-    }
-}
 
 /// Live connections, so that shutdown can close them.
 #[derive(Debug, Default)]
