@@ -1918,87 +1918,7 @@ impl Agent {
         }
         let backend = self.backend(token)?;
         let s = HsmSession::open(backend.as_ref())?;
-        let publics = s.by_id(backend_id, ck::CKO_PUBLIC_KEY)?;
-        let privates = s.by_id(backend_id, ck::CKO_PRIVATE_KEY)?;
-        let secrets = s.by_id(backend_id, ck::CKO_SECRET_KEY)?;
-        let (main, secret) = match (privates.as_slice(), secrets.as_slice()) {
-            ([o], []) => (*o, false),
-            ([], [o]) => (*o, true),
-            ([], []) => {
-                return fail(
-                    AdminErrorKind::NotFound,
-                    format!(
-                        "no private or secret key with CKA_ID {} on token {label:?}",
-                        hex(backend_id)
-                    ),
-                )
-            }
-            _ => {
-                return fail(
-                    AdminErrorKind::Refused,
-                    format!(
-                        "{} keys share CKA_ID {} on token {label:?}: a version is one key; \
-                         give each its own CKA_ID first",
-                        privates.len() + secrets.len(),
-                        hex(backend_id)
-                    ),
-                )
-            }
-        };
-        if publics.len() > 1 || (secret && !publics.is_empty()) {
-            return fail(
-                AdminErrorKind::Refused,
-                format!(
-                    "{} public keys share CKA_ID {} on token {label:?} with the key: \
-                     which is its public half is not clear",
-                    publics.len(),
-                    hex(backend_id)
-                ),
-            );
-        }
-        let public = publics.first().copied();
-        let flags = [
-            ck::CKA_SENSITIVE,
-            ck::CKA_ALWAYS_SENSITIVE,
-            ck::CKA_EXTRACTABLE,
-            ck::CKA_NEVER_EXTRACTABLE,
-            ck::CKA_SIGN,
-            ck::CKA_VERIFY,
-            ck::CKA_SIGN_RECOVER,
-            ck::CKA_ENCRYPT,
-            ck::CKA_DECRYPT,
-            ck::CKA_WRAP,
-            ck::CKA_UNWRAP,
-            ck::CKA_DERIVE,
-        ];
-        let read = s.attrs(main, &flags)?;
-        let bools: Vec<(u64, bool)> = flags
-            .iter()
-            .zip(read)
-            .filter_map(|(&a, v)| match v {
-                Some(Value::Bool(b)) => Some((a, b)),
-                _ => None,
-            })
-            .collect();
-        let problems = keyward_policy::adoption_problems(
-            class,
-            secret,
-            &Template {
-                bools: &bools,
-                ulongs: &[],
-                bytes: &[],
-            },
-        );
-        if !problems.is_empty() {
-            return fail(
-                AdminErrorKind::Refused,
-                format!(
-                    "the key with CKA_ID {} does not comply with class {class_name:?}: {}",
-                    hex(backend_id),
-                    problems.join("; ")
-                ),
-            );
-        }
+        let (main, public) = adoptable(&s, &label, backend_id, class)?;
         let alg = algorithm_of(&s, main, public, class)?;
         let object_label = s
             .bytes(main, ck::CKA_LABEL)?
@@ -2615,6 +2535,101 @@ fn kcv(s: &HsmSession<'_>, key: BackendObject) -> AResult<Vec<u8>> {
         key,
         &[0u8; 16],
     )
+}
+
+/// The objects of the key with `CKA_ID` `backend_id` on `label`'s backend
+/// (`s`), when they may become a version of a key of `class`: exactly one
+/// private or secret key, at most one public key beside a private one, and
+/// every attribute the class requires (`keyward_policy::adoption_problems`).
+/// Returns the key and its public half.
+fn adoptable(
+    s: &HsmSession<'_>,
+    label: &str,
+    backend_id: &[u8],
+    class: &KeyClass,
+) -> AResult<(BackendObject, Option<BackendObject>)> {
+    let class_name = &class.name;
+    let publics = s.by_id(backend_id, ck::CKO_PUBLIC_KEY)?;
+    let privates = s.by_id(backend_id, ck::CKO_PRIVATE_KEY)?;
+    let secrets = s.by_id(backend_id, ck::CKO_SECRET_KEY)?;
+    let (main, secret) = match (privates.as_slice(), secrets.as_slice()) {
+        ([o], []) => (*o, false),
+        ([], [o]) => (*o, true),
+        ([], []) => {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!(
+                    "no private or secret key with CKA_ID {} on token {label:?}",
+                    hex(backend_id)
+                ),
+            )
+        }
+        _ => {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "{} keys share CKA_ID {} on token {label:?}: a version is one key; \
+                     give each its own CKA_ID first",
+                    privates.len() + secrets.len(),
+                    hex(backend_id)
+                ),
+            )
+        }
+    };
+    if publics.len() > 1 || (secret && !publics.is_empty()) {
+        return fail(
+            AdminErrorKind::Refused,
+            format!(
+                "{} public keys share CKA_ID {} on token {label:?} with the key: \
+                 which is its public half is not clear",
+                publics.len(),
+                hex(backend_id)
+            ),
+        );
+    }
+    let flags = [
+        ck::CKA_SENSITIVE,
+        ck::CKA_ALWAYS_SENSITIVE,
+        ck::CKA_EXTRACTABLE,
+        ck::CKA_NEVER_EXTRACTABLE,
+        ck::CKA_SIGN,
+        ck::CKA_VERIFY,
+        ck::CKA_SIGN_RECOVER,
+        ck::CKA_ENCRYPT,
+        ck::CKA_DECRYPT,
+        ck::CKA_WRAP,
+        ck::CKA_UNWRAP,
+        ck::CKA_DERIVE,
+    ];
+    let read = s.attrs(main, &flags)?;
+    let bools: Vec<(u64, bool)> = flags
+        .iter()
+        .zip(read)
+        .filter_map(|(&a, v)| match v {
+            Some(Value::Bool(b)) => Some((a, b)),
+            _ => None,
+        })
+        .collect();
+    let problems = keyward_policy::adoption_problems(
+        class,
+        secret,
+        &Template {
+            bools: &bools,
+            ulongs: &[],
+            bytes: &[],
+        },
+    );
+    if !problems.is_empty() {
+        return fail(
+            AdminErrorKind::Refused,
+            format!(
+                "the key with CKA_ID {} does not comply with class {class_name:?}: {}",
+                hex(backend_id),
+                problems.join("; ")
+            ),
+        );
+    }
+    Ok((main, publics.first().copied()))
 }
 
 #[cfg(test)]

@@ -1753,7 +1753,6 @@ impl Agent {
         if self.keys.is_empty() && !strict {
             return Ok(found.into_iter().map(|(h, o)| (h, o, None)).collect());
         }
-        let token = &self.tokens[s.slot].config.label;
         let now = SystemTime::now();
         // Each with whether it is a key's active version (worked out once).
         let mut out: Vec<(Found, bool)> = Vec::with_capacity(found.len());
@@ -1769,93 +1768,10 @@ impl Agent {
             };
             let managed = match known {
                 Some(o) => o.managed,
-                None => {
-                    // In strict mode the label too, for the object's identity.
-                    let head: &[u64] = if strict {
-                        &objects::HEAD
-                    } else {
-                        &objects::HEAD[..2]
-                    };
-                    let attrs = s
-                        .backend
-                        .get_attributes(s.backend_session, h, head)
-                        .unwrap_or_default();
-                    let id = match attrs.first() {
-                        Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
-                        _ => None,
-                    };
-                    let managed = match id {
-                        // Being generated for the inventory: not yet a key.
-                        Some(id) if self.keys.is_pending(token, id) => continue,
-                        Some(id) if id == audit::AUDIT_KEY_ID => continue,
-                        Some(id) => self.keys.lookup(token, id),
-                        None => None,
-                    };
-                    let class = match attrs.get(1) {
-                        Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(c)))) => Some(*c),
-                        _ => None,
-                    };
-                    match managed {
-                        // A certificate with a managed key's CKA_ID: shown
-                        // (as an unmanaged object) when it is that key's;
-                        // in strict mode to the applications that see the
-                        // key, or made the certificate.
-                        Some(m) if class == Some(ck::CKO_CERTIFICATE) => {
-                            match self.keys.key(m.key_id) {
-                                Some(k)
-                                    if keys::is_certificate_of(
-                                        s.backend.as_ref(),
-                                        s.backend_session,
-                                        h,
-                                        &k,
-                                    ) && (!strict
-                                        || keys::visible_to(
-                                            &policy,
-                                            &k,
-                                            &client.application,
-                                            now,
-                                        )
-                                        || self.owns(client, &policy, s, h, &attrs)) =>
-                                {
-                                    None
-                                }
-                                _ => continue,
-                            }
-                        }
-                        // A plant with a managed key's CKA_ID: never shown.
-                        Some(m)
-                            if !self.keys.is_genuine(
-                                token,
-                                s.backend.as_ref(),
-                                s.backend_session,
-                                h,
-                                m,
-                            ) =>
-                        {
-                            continue
-                        }
-                        Some(m) => Some(m),
-                        None => {
-                            let key =
-                                matches!(class, Some(ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY));
-                            // A shadow key: quarantined in strict mode.
-                            if strict && key && owner.is_none() {
-                                continue;
-                            }
-                            // Another application's token object, or one
-                            // made behind keyward's back: not in this
-                            // application's namespace.
-                            if strict
-                                && owner.is_none()
-                                && !self.owns(client, &policy, s, h, &attrs)
-                            {
-                                client.lock().hide(s.slot, h);
-                                continue;
-                            }
-                            None
-                        }
-                    }
-                }
+                None => match self.judge_unseen(client, &policy, s, h, owner, now) {
+                    Some(managed) => managed,
+                    None => continue,
+                },
             };
             let active = match managed {
                 Some(m) => match self.keys.key(m.key_id) {
@@ -1891,6 +1807,90 @@ impl Agent {
         // Active versions first; otherwise the backend's order (stable).
         out.sort_by_key(|(_, active)| !*active);
         Ok(out.into_iter().map(|(f, _)| f).collect())
+    }
+
+    /// What a search shows of backend object `h` that the client holds no
+    /// handle for: `None`, nothing (an object being generated for the
+    /// inventory, the audit key, a plant, another key's certificate, and in
+    /// strict mode a shadow key or an object outside the client's
+    /// namespace); `Some(m)`: the object, a managed version (`m`) or not.
+    fn judge_unseen(
+        &self,
+        client: &Client,
+        policy: &Policy,
+        s: &Session,
+        h: BackendObject,
+        owner: Option<u64>,
+        now: SystemTime,
+    ) -> Option<Option<ManagedRef>> {
+        let strict = policy.mode() == keyward_policy::Mode::Strict;
+        let token = &self.tokens[s.slot].config.label;
+        // In strict mode the label too, for the object's identity.
+        let head: &[u64] = if strict {
+            &objects::HEAD
+        } else {
+            &objects::HEAD[..2]
+        };
+        let attrs = s
+            .backend
+            .get_attributes(s.backend_session, h, head)
+            .unwrap_or_default();
+        let id = match attrs.first() {
+            Some(AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))) => Some(b),
+            _ => None,
+        };
+        let managed = match id {
+            // Being generated for the inventory: not yet a key.
+            Some(id) if self.keys.is_pending(token, id) => return None,
+            Some(id) if id == audit::AUDIT_KEY_ID => return None,
+            Some(id) => self.keys.lookup(token, id),
+            None => None,
+        };
+        let class = match attrs.get(1) {
+            Some(AttrResult::Value(AttrValue::Leaf(Value::Ulong(c)))) => Some(*c),
+            _ => None,
+        };
+        Some(match managed {
+            // A certificate with a managed key's CKA_ID: shown
+            // (as an unmanaged object) when it is that key's;
+            // in strict mode to the applications that see the
+            // key, or made the certificate.
+            Some(m) if class == Some(ck::CKO_CERTIFICATE) => match self.keys.key(m.key_id) {
+                Some(k)
+                    if keys::is_certificate_of(s.backend.as_ref(), s.backend_session, h, &k)
+                        && (!strict
+                            || keys::visible_to(policy, &k, &client.application, now)
+                            || self.owns(client, policy, s, h, &attrs)) =>
+                {
+                    None
+                }
+                _ => return None,
+            },
+            // A plant with a managed key's CKA_ID: never shown.
+            Some(m)
+                if !self
+                    .keys
+                    .is_genuine(token, s.backend.as_ref(), s.backend_session, h, m) =>
+            {
+                return None
+            }
+            Some(m) => Some(m),
+            None => {
+                let key = matches!(class, Some(ck::CKO_PRIVATE_KEY | ck::CKO_SECRET_KEY));
+                // A shadow key: quarantined in strict mode.
+                if strict && key && owner.is_none() {
+                    return None;
+                }
+                // Another application's token object, or one
+                // made behind keyward's back: not in this
+                // application's namespace.
+                if strict && owner.is_none() && !self.owns(client, policy, s, h, &attrs) {
+                    client.lock().hide(s.slot, h);
+                    return None;
+                }
+                None
+            }
+        })
     }
 
     /// Whether the unmanaged token object `h` (its [`objects::HEAD`]
