@@ -910,7 +910,7 @@ impl Agent {
     /// The virtual token labelled `label`, or the first.
     pub(crate) fn admin_token(&self, label: Option<&str>) -> AResult<&VirtualToken> {
         let found = match label {
-            Some(l) => self.tokens.iter().find(|t| t.config.label == l),
+            Some(l) => self.token_labelled(l),
             None => self.tokens.first(),
         };
         found.map_or_else(
@@ -2128,11 +2128,7 @@ impl Agent {
             if missing.is_empty() {
                 continue;
             }
-            let Some(token) = self
-                .tokens
-                .iter()
-                .find(|t| t.config.label == key.record.token)
-            else {
+            let Some(token) = self.token_labelled(&key.record.token) else {
                 continue;
             };
             let Ok(backend) = token.backend() else {
@@ -2418,11 +2414,7 @@ impl Agent {
             if key.record.state != InvState::Active {
                 continue;
             }
-            let Some(token) = self
-                .tokens
-                .iter()
-                .find(|t| t.config.label == key.record.token)
-            else {
+            let Some(token) = self.token_labelled(&key.record.token) else {
                 continue;
             };
             let t = Target {

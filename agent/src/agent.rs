@@ -983,6 +983,11 @@ impl Agent {
         }
     }
 
+    /// The virtual token labelled `label`.
+    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
+        self.tokens.iter().find(|t| t.config.label == label)
+    }
+
     fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
         let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
         self.tokens
@@ -2206,9 +2211,7 @@ impl Agent {
         app: Option<&str>,
     ) -> std::result::Result<String, String> {
         let t = self
-            .tokens
-            .iter()
-            .find(|t| t.config.label == token)
+            .token_labelled(token)
             .ok_or_else(|| format!("no token labelled {token:?}"))?;
         let failed = |e: std::io::Error| format!("token {token:?}: {e}");
         let done = match (role, app) {

@@ -47,6 +47,23 @@ pub fn application_toml(name: &str, uid: u32) -> String {
     format!("\n[[application]]\nname = \"{name}\"\nuid = {uid}\n")
 }
 
+/// A strict policy with two applications of this process's user: this
+/// process ([`APPLICATION`]) and `other`, the program at `other_exe`;
+/// `settings` goes into `[settings]`, `extra` (whole tables) at the end.
+pub fn two_applications_policy(
+    settings: &str,
+    other: &str,
+    other_exe: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        "[settings]\nmode = \"strict\"\n{settings}{}\n[[application]]\nname = \"{other}\"\nuid = {}\nexe = \"{}\"\n{extra}",
+        application_toml(APPLICATION, uid()),
+        uid(),
+        other_exe.display()
+    )
+}
+
 /// A policy's `[[class]]` table of EC P-256 signing keys, protected for
 /// `protect` and processed for `process` (policy durations); `extra` is
 /// appended inside the table (`rotation_interval = ...`, `grants = ...`).

@@ -10,7 +10,8 @@ use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, O
 use cryptoki::session::Session;
 use keyward_tests::admin::{
     application_toml, backend_token, certificate_of, find, id_of, install_policy, keyward_json,
-    keyward_ok, sign_grant_toml, signing_class_toml, uid, APPLICATION, CERT_SUBJECT,
+    keyward_ok, sign_grant_toml, signing_class_toml, two_applications_policy, uid, APPLICATION,
+    CERT_SUBJECT,
 };
 use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
@@ -36,13 +37,7 @@ fn probe_exe() -> std::path::PathBuf {
 /// Strict mode; this process is application `tester`, `object_probe` run
 /// by the same user is application `other`; `extra` (whole tables) added.
 fn two_applications(tb: &keyward_tests::Env, extra: &str) {
-    let policy = format!(
-        "[settings]\nmode = \"strict\"\n{}\n[[application]]\nname = \"{OTHER}\"\nuid = {}\nexe = \"{}\"\n{extra}",
-        application_toml(APPLICATION, uid()),
-        uid(),
-        probe_exe().display()
-    );
-    install_policy(tb, &policy);
+    install_policy(tb, &two_applications_policy("", OTHER, &probe_exe(), extra));
 }
 
 /// A running `object_probe`, logged in with the token's user PIN.

@@ -10,7 +10,7 @@ use cryptoki::error::RvError;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use keyward_tests::admin::{
-    application_toml, install_policy, keyward_ok, strict_policy, uid, APPLICATION,
+    install_policy, keyward_ok, strict_policy, two_applications_policy, APPLICATION,
 };
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
@@ -310,13 +310,10 @@ fn probe_exe() -> std::path::PathBuf {
 /// Strict mode, three wrong PINs lock; this process is application
 /// `tester`, `pin_probe` run by the same user is application `other`.
 fn two_applications(tb: &keyward_tests::Env) {
-    let policy = format!(
-        "[settings]\nmode = \"strict\"\npin_max_attempts = 3\n{}\n[[application]]\nname = \"{OTHER}\"\nuid = {}\nexe = \"{}\"\n",
-        application_toml(APPLICATION, uid()),
-        uid(),
-        probe_exe().display()
+    install_policy(
+        tb,
+        &two_applications_policy("pin_max_attempts = 3\n", OTHER, &probe_exe(), ""),
     );
-    install_policy(tb, &policy);
 }
 
 /// A running `pin_probe`: application `other` under [`two_applications`],
