@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyward_inventory::{coalesce, Actor, AuditEvent, AuditKind, AuditLog};
 
+use crate::backend::{Backend, BackendSession};
 use crate::client::UseTarget;
 use crate::config::{AuditConfig, OnWriteFailure};
 use crate::identity::Peer;
@@ -1286,6 +1287,52 @@ pub const AUDIT_KEY_LABEL: &[u8] = b"keyward-audit";
 /// The name under which the inventory records the audit key's fingerprint.
 pub const AUDIT_KEY_NAME: &str = "audit";
 
+/// The audit key's (public, private) backend objects.
+type AuditPair = (u64, u64);
+
+/// Generates the audit key pair in the HSM on `anchor`; its public key's
+/// fingerprint and its (public, private) handles.
+fn generate_audit_key(
+    backend: &dyn Backend,
+    anchor: BackendSession,
+) -> Result<([u8; 32], AuditPair), String> {
+    use cryptoki_sys as ck;
+    use keyward_protocol::{Attribute, Mechanism};
+    let common = |private: bool| {
+        vec![
+            Attribute::bool(ck::CKA_TOKEN, true),
+            Attribute::bool(ck::CKA_PRIVATE, private),
+            Attribute::bytes(ck::CKA_LABEL, AUDIT_KEY_LABEL.to_vec()),
+            Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
+        ]
+    };
+    let mut public = common(false);
+    public.push(Attribute::bytes(
+        ck::CKA_EC_PARAMS,
+        vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+    ));
+    public.push(Attribute::bool(ck::CKA_VERIFY, true));
+    let mut private = common(true);
+    private.extend([
+        Attribute::bool(ck::CKA_SIGN, true),
+        Attribute::bool(ck::CKA_SENSITIVE, true),
+        Attribute::bool(ck::CKA_EXTRACTABLE, false),
+    ]);
+    backend
+        .generate_key_pair(
+            anchor,
+            &Mechanism::plain(ck::CKM_EC_KEY_PAIR_GEN),
+            &public,
+            &private,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|(public, private)| {
+            let fp = crate::keys::fingerprint(backend, anchor, public)
+                .ok_or_else(|| "the new audit key shows no public value".to_owned())?;
+            Ok((fp, (public, private)))
+        })
+}
+
 /// Whether `signature` over SHA-256 of `message` verifies under public key
 /// `public` (ECDSA), on a session of its own.
 fn verify_with(
@@ -1352,7 +1399,7 @@ impl crate::agent::Agent {
     /// several do, the one whose public key verifies the last checkpoint.
     pub fn setup_audit_key(&self) {
         use cryptoki_sys as ck;
-        use keyward_protocol::{Attribute, Mechanism};
+        use keyward_protocol::Attribute;
         let inventory = self.keys.inventory();
         let recorded = match inventory.agent_key(AUDIT_KEY_NAME) {
             Ok(r) => r,
@@ -1384,101 +1431,16 @@ impl crate::agent::Agent {
                     .unwrap_or_default()
             };
             let (publics, privates) = (found(ck::CKO_PUBLIC_KEY), found(ck::CKO_PRIVATE_KEY));
-            // Every (public, private) pair that proves itself, with the
-            // public key's fingerprint.
-            let pairs = || -> Vec<([u8; 32], (u64, u64))> {
-                let mut out = Vec::new();
-                for &public in &publics {
-                    let Some(fp) = crate::keys::fingerprint(backend.as_ref(), anchor, public)
-                    else {
-                        continue;
-                    };
-                    if recorded.as_ref().is_some_and(|(_, r)| r[..] != fp[..]) {
-                        continue;
-                    }
-                    for &private in &privates {
-                        if crate::keys::proves_possession(
-                            backend.as_ref(),
-                            private,
-                            AUDIT_KEY_ID,
-                            &fp,
-                        ) {
-                            out.push((fp, (public, private)));
-                        }
-                    }
-                }
-                out
-            };
             let pair = if publics.is_empty() && privates.is_empty() && recorded.is_none() {
-                let common = |private: bool| {
-                    vec![
-                        Attribute::bool(ck::CKA_TOKEN, true),
-                        Attribute::bool(ck::CKA_PRIVATE, private),
-                        Attribute::bytes(ck::CKA_LABEL, AUDIT_KEY_LABEL.to_vec()),
-                        Attribute::bytes(ck::CKA_ID, AUDIT_KEY_ID.to_vec()),
-                    ]
-                };
-                let mut public = common(false);
-                public.push(Attribute::bytes(
-                    ck::CKA_EC_PARAMS,
-                    vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-                ));
-                public.push(Attribute::bool(ck::CKA_VERIFY, true));
-                let mut private = common(true);
-                private.extend([
-                    Attribute::bool(ck::CKA_SIGN, true),
-                    Attribute::bool(ck::CKA_SENSITIVE, true),
-                    Attribute::bool(ck::CKA_EXTRACTABLE, false),
-                ]);
-                backend
-                    .generate_key_pair(
-                        anchor,
-                        &Mechanism::plain(ck::CKM_EC_KEY_PAIR_GEN),
-                        &public,
-                        &private,
-                    )
-                    .map_err(|e| e.to_string())
-                    .and_then(|(public, private)| {
-                        let fp = crate::keys::fingerprint(backend.as_ref(), anchor, public)
-                            .ok_or_else(|| "the new audit key shows no public value".to_owned())?;
-                        Ok((Some(fp), (public, private)))
-                    })
+                generate_audit_key(backend.as_ref(), anchor).map(|(fp, pair)| (Some(fp), pair))
             } else {
-                let mut found = pairs();
-                if found.len() > 1 {
-                    // Several pairs prove themselves (a store from before
-                    // fingerprints, with a planted key pair): the one that
-                    // signed the last checkpoint is the audit key.
-                    let last = self
-                        .audit
-                        .log()
-                        .checkpoints()
-                        .ok()
-                        .and_then(|c| c.last().cloned());
-                    if let Some(cp) = last {
-                        let message =
-                            keyward_inventory::checkpoint_message(cp.seq, &cp.head, cp.created_at);
-                        found.retain(|(_, (public, _))| {
-                            verify_with(backend.as_ref(), *public, &message, &cp.signature)
-                        });
-                    }
-                }
-                match found.as_slice() {
-                    [(fp, pair)] => Ok((recorded.is_none().then_some(*fp), *pair)),
-                    [] => Err(format!(
-                        "no key pair with CKA_ID {:?} proves to be the audit key \
-                         ({} public, {} private objects with that CKA_ID)",
-                        String::from_utf8_lossy(AUDIT_KEY_ID),
-                        publics.len(),
-                        privates.len()
-                    )),
-                    several => Err(format!(
-                        "{} key pairs with CKA_ID {:?} could be the audit key and none is recorded: \
-                         remove the planted ones",
-                        several.len(),
-                        String::from_utf8_lossy(AUDIT_KEY_ID)
-                    )),
-                }
+                self.pick_audit_key(
+                    backend.as_ref(),
+                    anchor,
+                    &publics,
+                    &privates,
+                    recorded.as_ref(),
+                )
             };
             match pair {
                 Ok((to_record, (public, private))) => {
@@ -1518,6 +1480,75 @@ impl crate::agent::Agent {
                  checkpoints cannot be signed"
             ),
             None => log::error!("audit: no backend token: checkpoints cannot be signed"),
+        }
+    }
+
+    /// Which of the objects with the audit key's `CKA_ID` on `anchor` are
+    /// the audit key: the pair that proves itself (its public key with the
+    /// `recorded` fingerprint, when there is one); among several, the one
+    /// that signed the last checkpoint. With the fingerprint to record when
+    /// none was.
+    fn pick_audit_key(
+        &self,
+        backend: &dyn Backend,
+        anchor: BackendSession,
+        publics: &[u64],
+        privates: &[u64],
+        recorded: Option<&(String, Vec<u8>)>,
+    ) -> Result<(Option<[u8; 32]>, AuditPair), String> {
+        // Every (public, private) pair that proves itself, with the
+        // public key's fingerprint.
+        let pairs = || -> Vec<([u8; 32], AuditPair)> {
+            let mut out = Vec::new();
+            for &public in publics {
+                let Some(fp) = crate::keys::fingerprint(backend, anchor, public) else {
+                    continue;
+                };
+                if recorded.is_some_and(|(_, r)| r[..] != fp[..]) {
+                    continue;
+                }
+                for &private in privates {
+                    if crate::keys::proves_possession(backend, private, AUDIT_KEY_ID, &fp) {
+                        out.push((fp, (public, private)));
+                    }
+                }
+            }
+            out
+        };
+        let mut found = pairs();
+        if found.len() > 1 {
+            // Several pairs prove themselves (a store from before
+            // fingerprints, with a planted key pair): the one that
+            // signed the last checkpoint is the audit key.
+            let last = self
+                .audit
+                .log()
+                .checkpoints()
+                .ok()
+                .and_then(|c| c.last().cloned());
+            if let Some(cp) = last {
+                let message =
+                    keyward_inventory::checkpoint_message(cp.seq, &cp.head, cp.created_at);
+                found.retain(|(_, (public, _))| {
+                    verify_with(backend, *public, &message, &cp.signature)
+                });
+            }
+        }
+        match found.as_slice() {
+            [(fp, pair)] => Ok((recorded.is_none().then_some(*fp), *pair)),
+            [] => Err(format!(
+                "no key pair with CKA_ID {:?} proves to be the audit key \
+                     ({} public, {} private objects with that CKA_ID)",
+                String::from_utf8_lossy(AUDIT_KEY_ID),
+                publics.len(),
+                privates.len()
+            )),
+            several => Err(format!(
+                "{} key pairs with CKA_ID {:?} could be the audit key and none is recorded: \
+                     remove the planted ones",
+                several.len(),
+                String::from_utf8_lossy(AUDIT_KEY_ID)
+            )),
         }
     }
 

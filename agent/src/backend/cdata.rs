@@ -317,33 +317,7 @@ impl CMechanism {
                     ulLen: n,
                 }))
             }
-            MechParam::CbcEncryptData { iv, data } => {
-                let mut data = data.clone();
-                let (p, n) = buf(&mut data);
-                match iv.len() {
-                    16 => {
-                        let mut a = [0u8; 16];
-                        a.copy_from_slice(iv);
-                        buffers.push(data);
-                        Param::AesCbcData(Box::new(ck::CK_AES_CBC_ENCRYPT_DATA_PARAMS {
-                            iv: a,
-                            pData: p,
-                            length: n,
-                        }))
-                    }
-                    8 => {
-                        let mut a = [0u8; 8];
-                        a.copy_from_slice(iv);
-                        buffers.push(data);
-                        Param::DesCbcData(Box::new(ck::CK_DES_CBC_ENCRYPT_DATA_PARAMS {
-                            iv: a,
-                            pData: p,
-                            length: n,
-                        }))
-                    }
-                    _ => return Err(Error::Backend(ck::CKR_MECHANISM_PARAM_INVALID)),
-                }
-            }
+            MechParam::CbcEncryptData { iv, data } => cbc_encrypt_data(iv, data, &mut buffers)?,
         };
         Ok(CMechanism {
             mechanism: m.mechanism as ck::CK_MECHANISM_TYPE,
@@ -374,6 +348,40 @@ impl CMechanism {
             pParameter: p,
             ulParameterLen: n,
         }
+    }
+}
+
+/// `CK_AES_CBC_ENCRYPT_DATA_PARAMS` or `CK_DES_CBC_ENCRYPT_DATA_PARAMS`, by
+/// the IV's length (16 or 8); `data` is kept alive in `buffers`.
+fn cbc_encrypt_data(iv: &[u8], data: &[u8], buffers: &mut Vec<Vec<u8>>) -> Result<Param> {
+    let mut data = data.to_vec();
+    let (p, n) = buf(&mut data);
+    match iv.len() {
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(iv);
+            buffers.push(data);
+            Ok(Param::AesCbcData(Box::new(
+                ck::CK_AES_CBC_ENCRYPT_DATA_PARAMS {
+                    iv: a,
+                    pData: p,
+                    length: n,
+                },
+            )))
+        }
+        8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(iv);
+            buffers.push(data);
+            Ok(Param::DesCbcData(Box::new(
+                ck::CK_DES_CBC_ENCRYPT_DATA_PARAMS {
+                    iv: a,
+                    pData: p,
+                    length: n,
+                },
+            )))
+        }
+        _ => Err(Error::Backend(ck::CKR_MECHANISM_PARAM_INVALID)),
     }
 }
 
