@@ -27,8 +27,8 @@ use keyward_inventory::{
     StateChange, Transition,
 };
 use keyward_policy::{
-    check_generation, check_key_pair_generation, needs_approval, transition, Action, Adjustments,
-    Algorithm, Curve, KeyClass, KeyState, Operation, Purpose, Template,
+    check_generation, check_key_pair_generation, needs_approval, transition, Action, Algorithm,
+    Curve, KeyClass, KeyState, Operation, Purpose, Template,
 };
 use keyward_protocol::admin::{
     AdminErrorKind, AdminResponse, AppInfo, ApprovalRequest, GrantInfo, HistoryEntry, KeyAction,
@@ -36,11 +36,14 @@ use keyward_protocol::admin::{
 };
 use keyward_protocol::{AttrResult, AttrValue, Attribute, MechParam, Mechanism, Op, Value};
 
-use crate::agent::{Agent, VirtualToken};
+use crate::agent::Agent;
 use crate::backend::{Backend, BackendObject, BackendSession};
-use crate::identity::Peer;
 use crate::keys::{self, inventory_state, policy_state, secs, KeyView, ManagedRef};
+use crate::listener::identity::Peer;
+use crate::objects::unmanaged_name;
 use crate::state::Role;
+use crate::template::{apply, judge};
+use crate::tokens::VirtualToken;
 
 /// How long an approval request stays open.
 pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -88,28 +91,7 @@ fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
-/// How the trail names a key object the inventory does not manage: its
-/// `CKA_LABEL`, else `id:` and its `CKA_ID` in hex; `None` when it has
-/// neither. At most [`MAX_NAME`] bytes of either: an application chooses
-/// its objects' attributes, and an oversized field would make the store
-/// refuse the whole batch.
-pub(crate) fn unmanaged_name(label: &[u8], id: &[u8]) -> Option<String> {
-    if !label.is_empty() {
-        let label = &label[..label.len().min(MAX_NAME)];
-        Some(String::from_utf8_lossy(label).into_owned())
-    } else if !id.is_empty() {
-        Some(format!("id:{}", hex(&id[..id.len().min(MAX_NAME / 2)])))
-    } else {
-        None
-    }
-}
-
-/// The longest unmanaged object name the trail records (bytes).
-const MAX_NAME: usize = 1024;
+use hex::encode as hex;
 
 fn random(n: usize) -> AResult<Vec<u8>> {
     let mut v = vec![0u8; n];
@@ -387,34 +369,6 @@ fn request_target(req: &KeyRequest) -> (Option<String>, Option<String>) {
 /// Bytes from hex, `None` for anything else.
 fn unhex(text: &str) -> Option<Vec<u8>> {
     hex::decode(text).ok()
-}
-
-/// The policy's view of a protocol template (leaf values only).
-pub(crate) fn judge<R>(template: &[Attribute], f: impl FnOnce(&Template<'_>) -> R) -> R {
-    let mut bools = Vec::new();
-    let mut ulongs = Vec::new();
-    let mut bytes = Vec::new();
-    for a in template {
-        match &a.value {
-            AttrValue::Leaf(Value::Bool(b)) => bools.push((a.attr_type, *b)),
-            AttrValue::Leaf(Value::Ulong(u)) => ulongs.push((a.attr_type, *u)),
-            AttrValue::Leaf(Value::Bytes(b)) => bytes.push((a.attr_type, b.as_slice())),
-            _ => {}
-        }
-    }
-    f(&Template {
-        bools: &bools,
-        ulongs: &ulongs,
-        bytes: &bytes,
-    })
-}
-
-/// Sets the forced attributes on `template` (replacing given values).
-pub(crate) fn apply(template: &mut Vec<Attribute>, adj: &Adjustments) {
-    for &(attr, value) in &adj.bools {
-        template.retain(|a| a.attr_type != attr);
-        template.push(Attribute::bool(attr, value));
-    }
 }
 
 /// The parts of a managed key needed to act on it.
@@ -2655,10 +2609,13 @@ rotation_interval = "90d"
         assert_eq!(unmanaged_name(b"", b"\x01\xab").as_deref(), Some("id:01ab"));
         assert_eq!(unmanaged_name(b"", b""), None);
         let long = vec![b'x'; 100_000];
-        assert_eq!(unmanaged_name(&long, b"").map(|n| n.len()), Some(MAX_NAME));
+        assert_eq!(
+            unmanaged_name(&long, b"").map(|n| n.len()),
+            Some(crate::objects::MAX_NAME)
+        );
         assert_eq!(
             unmanaged_name(b"", &long).map(|n| n.len()),
-            Some(3 + MAX_NAME)
+            Some(3 + crate::objects::MAX_NAME)
         );
     }
 

@@ -26,9 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keyward_inventory::{coalesce, Actor, AuditEvent, AuditKind, AuditLog};
 
 use crate::backend::{Backend, BackendSession};
-use crate::client::UseTarget;
+use crate::clients::UseTarget;
 use crate::config::{AuditConfig, OnWriteFailure};
-use crate::identity::Peer;
+use crate::listener::identity::Peer;
 
 /// Queued events that wake the writer before [`LINGER`] is up. Equal uses
 /// are folded into one record per batch, so a batch costs little more
@@ -77,7 +77,7 @@ enum Queued {
 /// object (its cached [`UseTarget`]), the operation, mechanism and result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct UseKey {
-    client: crate::identity::ClientKey,
+    client: crate::listener::identity::ClientKey,
     target: usize,
     operation: &'static str,
     mechanism: Option<u64>,
@@ -390,7 +390,7 @@ pub fn lifecycle_to(reason: &str) -> Option<&str> {
 }
 
 /// An event of client process `client` (actor: its application).
-pub fn for_client(client: &crate::client::Client, kind: AuditKind, operation: &str) -> AuditEvent {
+pub fn for_client(client: &crate::clients::Client, kind: AuditKind, operation: &str) -> AuditEvent {
     event(kind, client.actor.clone(), operation)
 }
 
@@ -535,7 +535,7 @@ impl Auditor {
     /// the first of its kind in the batch.
     pub fn record_use(
         &self,
-        client: &crate::client::Client,
+        client: &crate::clients::Client,
         operation: &'static str,
         mechanism: Option<u64>,
         target: &Arc<UseTarget>,
@@ -1072,7 +1072,7 @@ impl crate::agent::Agent {
     /// Refusals of a peer at the listener (unknown to the policy, over its
     /// connection cap, another sender on its connection), merged: one
     /// record stands for `r.count` refusals.
-    pub fn audit_refused_peer(&self, r: &crate::admission::RefusalReport) {
+    pub fn audit_refused_peer(&self, r: &crate::listener::admission::RefusalReport) {
         let mut e = event(AuditKind::Refusal, application(&r.peer, ""), "connect");
         e.result = cryptoki_sys::CKR_TOKEN_NOT_PRESENT;
         let since = r
@@ -1675,8 +1675,8 @@ impl crate::agent::Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::tests::peer;
-    use crate::client::Client;
+    use crate::clients::tests::peer;
+    use crate::clients::Client;
 
     fn target(key: &str) -> Arc<UseTarget> {
         Arc::new(UseTarget {

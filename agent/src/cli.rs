@@ -10,8 +10,8 @@ use zeroize::Zeroizing;
 
 use crate::agent::Agent;
 use crate::config::{Config, DEFAULT_CONFIG};
-use crate::server::Server;
-use crate::sockets::bind;
+use crate::listener::sockets::bind;
+use crate::listener::Server;
 use crate::state::{pin_len_ok, PinRef, Role, StateDir, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// keyward-agent: serves HSM-backed virtual PKCS#11 tokens to applications.
@@ -116,7 +116,7 @@ fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), Stri
             let policy = keyward_policy::Policy::from_str(&text, &path.display().to_string())
                 .map_err(|e| e.to_string())?;
             let digest = sha2::Sha256::digest(text.as_bytes());
-            let hex = crate::admin::hex(&digest);
+            let hex = hex::encode(digest);
             log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
             let source = format!(
                 "{} ({:?} mode, sha256 {hex})",

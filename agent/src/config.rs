@@ -213,8 +213,8 @@ pub enum BackendSelector {
 
 impl AgentConfig {
     /// The application socket file.
-    pub fn socket_spec(&self) -> crate::sockets::SocketSpec {
-        crate::sockets::SocketSpec {
+    pub fn socket_spec(&self) -> crate::listener::sockets::SocketSpec {
+        crate::listener::sockets::SocketSpec {
             path: self.socket.clone(),
             mode: self.socket_mode.0,
             gid: None,
@@ -222,8 +222,8 @@ impl AgentConfig {
     }
 
     /// The admin socket file, with its group.
-    pub fn admin_socket_spec(&self) -> crate::sockets::SocketSpec {
-        crate::sockets::SocketSpec {
+    pub fn admin_socket_spec(&self) -> crate::listener::sockets::SocketSpec {
+        crate::listener::sockets::SocketSpec {
             path: self.admin_socket.clone(),
             mode: self.admin_socket_mode.0,
             gid: self.admin_gid(),
@@ -234,14 +234,14 @@ impl AgentConfig {
     pub fn admin_gid(&self) -> Option<u32> {
         self.admin_socket_group
             .as_deref()
-            .and_then(|g| crate::sockets::group_id(g).ok())
+            .and_then(|g| crate::listener::sockets::group_id(g).ok())
     }
 
     /// What the listeners admit.
-    pub fn limits(&self) -> crate::admission::Limits {
-        let d = crate::admission::Limits::default();
-        crate::admission::Limits {
-            app: crate::admission::Caps {
+    pub fn limits(&self) -> crate::listener::admission::Limits {
+        let d = crate::listener::admission::Limits::default();
+        crate::listener::admission::Limits {
+            app: crate::listener::admission::Caps {
                 total: self.max_connections,
                 per_uid: self.max_connections_per_uid,
             },
@@ -397,7 +397,8 @@ impl Config {
             return Err("max_connections and max_connections_per_uid must be at least 1".into());
         }
         if let Some(g) = &self.agent.admin_socket_group {
-            crate::sockets::group_id(g).map_err(|e| format!("admin_socket_group: {e}"))?;
+            crate::listener::sockets::group_id(g)
+                .map_err(|e| format!("admin_socket_group: {e}"))?;
         }
         for (i, t) in self.tokens.iter().enumerate() {
             let which = format!("[[token]] #{} ({:?})", i + 1, t.label);

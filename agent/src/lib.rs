@@ -42,20 +42,29 @@
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
 pub mod admin;
-pub mod admission;
 pub mod agent;
 pub mod audit;
 pub mod backend;
 pub mod cli;
-pub mod client;
+pub mod clients;
 pub mod config;
+pub mod enforce;
 pub mod error;
 pub mod fingerprint;
-pub mod identity;
+pub mod forward;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod objects;
 pub mod report;
-pub mod server;
-pub mod sockets;
 pub mod state;
+pub mod template;
+pub mod tokens;
+pub mod uses;
+
+/// Locks `m`. Every update under the agent's mutexes is a single insert or
+/// remove, so the data is consistent even after a panic elsewhere: a
+/// poisoned lock is taken as it is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -218,6 +218,28 @@ impl Owners {
     }
 }
 
+/// How the trail names a key object the inventory does not manage: its
+/// `CKA_LABEL`, else `id:` and its `CKA_ID` in hex; `None` when it has
+/// neither. At most [`MAX_NAME`] bytes of either: an application chooses
+/// its objects' attributes, and an oversized field would make the store
+/// refuse the whole batch.
+pub(crate) fn unmanaged_name(label: &[u8], id: &[u8]) -> Option<String> {
+    if !label.is_empty() {
+        let label = &label[..label.len().min(MAX_NAME)];
+        Some(String::from_utf8_lossy(label).into_owned())
+    } else if !id.is_empty() {
+        Some(format!(
+            "id:{}",
+            hex::encode(&id[..id.len().min(MAX_NAME / 2)])
+        ))
+    } else {
+        None
+    }
+}
+
+/// The longest unmanaged object name the trail records (bytes).
+pub(crate) const MAX_NAME: usize = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

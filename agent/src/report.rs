@@ -33,10 +33,11 @@ use keyward_protocol::admin::{
 };
 use keyward_protocol::{Attribute, Value};
 
-use crate::admin::{algorithm_of, hex, AResult, AdminError, HsmSession};
+use crate::admin::{algorithm_of, AResult, AdminError, HsmSession};
 use crate::agent::Agent;
-use crate::identity::Peer;
 use crate::keys::{secs, KeyView};
+use crate::listener::identity::Peer;
+use hex::encode as hex;
 
 /// Refusals that are attempts to take a managed key out of the HSM or out
 /// of management (the operations `Agent::refuse_managed` records).

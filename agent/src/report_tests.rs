@@ -364,8 +364,8 @@ mod agent {
     };
 
     use crate::agent::Agent;
-    use crate::identity::Peer;
     use crate::keys::secs;
+    use crate::listener::identity::Peer;
 
     const POLICY: &str = r#"
 [settings]

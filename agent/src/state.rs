@@ -141,7 +141,7 @@ fn safe_name(prefix: &str, name: &str) -> String {
     if safe && !name.is_empty() {
         format!("{prefix}-{name}")
     } else {
-        format!("{prefix}x-{}", crate::admin::hex(name.as_bytes()))
+        format!("{prefix}x-{}", hex::encode(name.as_bytes()))
     }
 }
 

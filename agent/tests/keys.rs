@@ -479,8 +479,8 @@ fn scheduler_rotates_and_deactivates() {
     let agent = keyward_agent::agent::Agent::from_config(&config)
         .unwrap()
         .with_policy(policy);
-    let peer = keyward_agent::identity::Peer {
-        key: keyward_agent::identity::ClientKey {
+    let peer = keyward_agent::listener::identity::Peer {
+        key: keyward_agent::listener::identity::ClientKey {
             pid: std::process::id() as i32,
             start_time: 0,
         },

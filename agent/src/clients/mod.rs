@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::error::{Error, Result};
-use crate::identity::Peer;
 use crate::keys::ManagedRef;
+use crate::listener::identity::Peer;
+
+pub mod registry;
 
 /// A virtual slot index (position in the configuration).
 pub type Slot = usize;
@@ -312,7 +314,7 @@ impl ClientState {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::identity::ClientKey;
+    use crate::listener::identity::ClientKey;
 
     pub(crate) fn peer(pid: i32) -> Peer {
         Peer {

@@ -6,6 +6,10 @@
 //! affected. Shutdown ([`Server::shutdown`]) stops accepting, closes every
 //! connection, waits (bounded) for their threads, and removes the sockets.
 
+pub mod admission;
+pub mod identity;
+pub mod sockets;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::BufReader;
@@ -20,11 +24,11 @@ use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message_within, write_message, Bounds, FrameError};
 use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
-use crate::admission::{Admission, Limits, Refusals, Ticket, REFUSAL_EVERY};
 use crate::agent::Agent;
-use crate::identity::{CredStream, Peer};
+use crate::listener::admission::{Admission, Limits, Refusals, Ticket, REFUSAL_EVERY};
+use crate::listener::identity::{CredStream, Peer};
 use crate::metrics::{admin_request_name, Call, Metrics};
-use crate::sockets::{self, Bound, SocketSpec};
+use sockets::{Bound, SocketSpec};
 
 /// How long shutdown waits for connection threads to finish their call.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -350,8 +354,8 @@ impl Server {
     fn watch_sockets(
         self: Arc<Server>,
         mut files: (
-            Option<crate::identity::FileId>,
-            Option<crate::identity::FileId>,
+            Option<crate::listener::identity::FileId>,
+            Option<crate::listener::identity::FileId>,
         ),
     ) {
         while !self.stopping.load(Ordering::SeqCst) {
@@ -495,7 +499,7 @@ impl Server {
             .limits
             .admin_gid
             .unwrap_or_else(|| nix::unistd::getegid().as_raw());
-        peer.gid == group || crate::identity::groups_of(peer.key.pid).contains(&group)
+        peer.gid == group || crate::listener::identity::groups_of(peer.key.pid).contains(&group)
     }
 
     fn spawn_conn(
@@ -530,7 +534,7 @@ impl Server {
     }
 
     /// A peer over its connection cap: closed at once, the refusal merged.
-    fn over_limit(&self, peer: &Peer, full: crate::admission::Full) {
+    fn over_limit(&self, peer: &Peer, full: crate::listener::admission::Full) {
         self.metrics.peer_refused();
         if let Some(r) = self.refusals.note(peer, "connection limit") {
             log::warn!(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::identity::Peer;
+use crate::listener::identity::Peer;
 
 /// What the listeners admit: connection caps, mount namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +278,7 @@ fn take(s: &mut Streak, why: &'static str, now: Instant) -> RefusalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::ClientKey;
+    use crate::listener::identity::ClientKey;
 
     fn peer(uid: u32, pid: i32) -> Peer {
         Peer {

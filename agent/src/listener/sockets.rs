@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use crate::identity::{pass_credentials, FileId};
+use crate::listener::identity::{pass_credentials, FileId};
 
 /// How a socket file is made.
 #[derive(Debug, Clone, PartialEq, Eq)]

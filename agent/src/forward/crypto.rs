@@ -1,0 +1,202 @@
+//! Cryptographic operations: `C_*Init` (sent along with the first call of
+//! an operation by the module), single-part calls, updates and finals.
+
+use std::sync::Arc;
+
+use keyward_protocol::message::OpInit;
+use keyward_protocol::{Op, Response};
+
+use crate::clients::{ActiveOp, Client, Session};
+use crate::error::{Error, Result};
+use keyward_policy::Operation;
+
+use crate::agent::Agent;
+use crate::forward::operation;
+use crate::lock;
+
+impl Agent {
+    /// `Request::OperationInit`.
+    pub(crate) fn operation_init(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: OpInit,
+    ) -> Result<Response> {
+        let _running = self.running();
+        self.op_init(client, session, op, &init)?;
+        Ok(Response::Unit)
+    }
+
+    /// `Request::Single`.
+    pub(crate) fn single(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        if op == Op::Verify {
+            return Err(Error::ArgumentsBad);
+        }
+        let _running = self.running();
+        let s = self.op_session(client, session, op, init.as_ref())?;
+        let r = s.backend.single(s.backend_session, op, &data);
+        Ok(Response::Data(self.end_op(client, &s, op, r)?))
+    }
+
+    /// `Request::Verify`.
+    pub(crate) fn verify(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Response> {
+        let _running = self.running();
+        let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
+        let r = s.backend.verify(s.backend_session, &data, &signature);
+        self.end_op(client, &s, Op::Verify, r)?;
+        Ok(Response::Unit)
+    }
+
+    /// `Request::Update`.
+    pub(crate) fn update(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        let _running = self.running();
+        let s = self.op_session(client, session, op, init.as_ref())?;
+        match s.backend.update(s.backend_session, op, &data) {
+            Ok(out) => Ok(Response::Data(out)),
+            // A failed update ends the operation.
+            Err(e) => self.end_op(client, &s, op, Err(e)),
+        }
+    }
+
+    /// `Request::DigestKey`.
+    pub(crate) fn digest_key(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        key: u64,
+    ) -> Result<Response> {
+        let (s, _, o) = self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
+        let _running = self.begin_key_use(client, &o[0], Operation::Digest)?;
+        let r = s.backend.digest_key(s.backend_session, o[0].backend);
+        self.key_use(client, &s, &o[0], Operation::Digest.name(), None, &r);
+        r?;
+        Ok(Response::Unit)
+    }
+
+    /// `Request::Final`.
+    pub(crate) fn final_(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        let _running = self.running();
+        let s = self.op_session(client, session, op, init.as_ref())?;
+        let r = if data.is_empty() {
+            Ok(())
+        } else {
+            s.backend.update(s.backend_session, op, &data).map(drop)
+        }
+        .and_then(|()| s.backend.final_(s.backend_session, op));
+        Ok(Response::Data(self.end_op(client, &s, op, r)?))
+    }
+
+    /// `Request::VerifyFinal`.
+    pub(crate) fn verify_final(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Response> {
+        let _running = self.running();
+        let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
+        let r = if data.is_empty() {
+            Ok(())
+        } else {
+            s.backend
+                .update(s.backend_session, Op::Verify, &data)
+                .map(drop)
+        }
+        .and_then(|()| s.backend.verify_final(s.backend_session, &signature));
+        self.end_op(client, &s, Op::Verify, r)?;
+        Ok(Response::Unit)
+    }
+
+    pub(crate) fn op_init(
+        &self,
+        client: &Client,
+        session: u64,
+        op: Op,
+        init: &OpInit,
+    ) -> Result<Arc<Session>> {
+        let (s, key) = {
+            let st = client.lock();
+            let s = st.session(session)?;
+            let key = match init.key {
+                Some(k) => Some(st.object(s.slot, k, Error::KeyHandleInvalid)?),
+                None => None,
+            };
+            (s, key)
+        };
+        self.audit_gate(client, operation(op).name())?;
+        if let Some(o) = &key {
+            self.check_key_use(client, o.managed, operation(op))?;
+        }
+        let m = self.mechanism(client, s.slot, &init.mechanism)?;
+        let target = key.as_ref().and_then(|o| self.use_target(&s, o));
+        if let Err(e) = s
+            .backend
+            .op_init(s.backend_session, op, &m, key.map(|o| o.backend))
+        {
+            if let Some(t) = &target {
+                self.audit
+                    .record_use(client, operation(op).name(), Some(m.mechanism), t, e.rv());
+            }
+            return Err(e);
+        }
+        lock(&s.active)[op.index()] = Some(ActiveOp {
+            managed: key.and_then(|o| o.managed),
+            mechanism: m.mechanism,
+            target,
+        });
+        Ok(s)
+    }
+
+    /// The session of a cryptographic call, after the deferred `C_*Init`
+    /// when the module sent one along.
+    pub(crate) fn op_session(
+        &self,
+        client: &Client,
+        session: u64,
+        op: Op,
+        init: Option<&OpInit>,
+    ) -> Result<Arc<Session>> {
+        match init {
+            Some(init) => self.op_init(client, session, op, init),
+            None => {
+                let s = self.session(client, session)?.0;
+                // The key of an operation initialised earlier is checked
+                // again: a state change since the init applies now.
+                let managed = lock(&s.active)[op.index()].as_ref().and_then(|a| a.managed);
+                self.check_key_use(client, managed, operation(op))?;
+                Ok(s)
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Virtual tokens: each one a configured label, its PIN and label state,
+//! and the backend token behind it, with its session counts across
+//! clients. Slot ids are positions in the configuration.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::Backend;
+use crate::clients::Slot;
+use crate::config::TokenConfig;
+use crate::error::{Error, Result};
+
+use crate::agent::Agent;
+use crate::state::TokenState;
+
+/// Session counts of one token, across all clients.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) sessions: u64,
+    pub(crate) rw_sessions: u64,
+    /// `C_InitToken` is running: no session may open.
+    pub(crate) initializing: bool,
+}
+
+/// A virtual token and the backend token behind it.
+#[derive(Debug)]
+pub struct VirtualToken {
+    /// Its configuration.
+    pub config: TokenConfig,
+    /// Its stored PIN hashes and label.
+    pub state: TokenState,
+    /// The backend, or why it is unavailable.
+    pub backend: std::result::Result<Arc<dyn Backend>, String>,
+    pub(crate) counts: Mutex<Counts>,
+}
+
+impl VirtualToken {
+    /// A token over `backend`.
+    pub fn new(
+        config: TokenConfig,
+        state: TokenState,
+        backend: std::result::Result<Arc<dyn Backend>, String>,
+    ) -> VirtualToken {
+        VirtualToken {
+            config,
+            state,
+            backend,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn backend(&self) -> Result<&Arc<dyn Backend>> {
+        self.backend.as_ref().map_err(|_| Error::TokenNotPresent)
+    }
+
+    /// The label applications see: the one `C_InitToken` set, else the
+    /// configured one.
+    pub(crate) fn label(&self) -> String {
+        match self.state.label() {
+            Ok(Some(l)) => l,
+            _ => self.config.label.clone(),
+        }
+    }
+}
+
+/// `CK_TOKEN_INFO.serialNumber` of a virtual token: 16 hex characters of
+/// SHA-256 over the configured label and the backend serial, stable across
+/// `C_InitToken` and distinct per virtual token.
+pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(label.as_bytes());
+    h.update([0]);
+    h.update(backend_serial.as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+impl Agent {
+    /// The virtual token labelled `label`.
+    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
+        self.tokens.iter().find(|t| t.config.label == label)
+    }
+
+    pub(crate) fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
+        let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
+        self.tokens
+            .get(i)
+            .map(|t| (i, t))
+            .ok_or(Error::SlotIdInvalid)
+    }
+}
