@@ -333,6 +333,49 @@ keyward_test!(fn while_the_trail_cannot_be_written_refuse_mode_refuses_and_admin
     assert!(!keys.contains("\"never\""), "the refused creation happened: {keys}");
 });
 
+keyward_test!(fn an_operation_begun_before_the_trail_failed_is_refused_at_its_next_call(tb) {
+    tb.require_agent("audit failure handling");
+    tb.configure_agent("[audit]\non_write_failure = \"refuse\"\n");
+    install_policy(&tb, &lab_policy(""));
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let probe = ctx.rw();
+    let (_, private) = ec_pair(&s, P256, "multi-part", false);
+    // A multi-part digest begun while the trail is written: a part larger
+    // than the module holds back reaches the agent with the deferred init.
+    s.digest_init(&Mechanism::Sha256).expect("C_DigestInit");
+    s.digest_update(&vec![7u8; 1 << 20]).expect("C_DigestUpdate before");
+
+    let lock = lock_the_trail(&tb);
+    // Wait until the agent refuses new operations: the trail has failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe.sign(&Mechanism::Ecdsa, private, &[1u8; 32]).is_ok() {
+        assert!(Instant::now() < deadline, "signing was never refused while the trail was locked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The operation begun before goes no further either.
+    s.digest_update(b"after the trail failed").expect("held back by the module");
+    let refused = s
+        .digest_final()
+        .expect_err("an operation begun before the trail failed went on without it");
+    assert!(format!("{refused:?}").contains("FunctionFailed"), "{refused:?}");
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let refusals = query(&tb, &["--result", "denied"]);
+        if refusals
+            .iter()
+            .filter(|r| r.str_at("reason").contains("audit trail cannot be written"))
+            .count()
+            >= 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refusals are not in the trail: {refusals:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+});
+
 keyward_test!(fn while_the_trail_cannot_be_written_continue_mode_serves_and_keeps_every_use(tb) {
     tb.require_agent("audit failure handling");
     let ctx = Ctx::new(&tb);

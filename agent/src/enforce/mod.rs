@@ -89,6 +89,24 @@ impl Agent {
         }
     }
 
+    /// The checks every request of a cryptographic operation passes, at its
+    /// `C_*Init` and again on each later call of it (update, final, or the
+    /// single call): the audit gate, the mechanism allow-list, and the use
+    /// of its key (`managed`: the managed key version, if any). A trail
+    /// that failed, a policy reloaded without the mechanism, or a key
+    /// suspended after the init stops an operation already under way.
+    pub(crate) fn check_operation(
+        &self,
+        client: &Client,
+        op: Operation,
+        mechanism: u64,
+        managed: Option<ManagedRef>,
+    ) -> Result<()> {
+        self.audit_gate(client, op.name())?;
+        self.check_mechanism(client, mechanism)?;
+        self.check_key_use(client, managed, op)
+    }
+
     /// The checks of a single-call use of key `o` for `op` (wrap, unwrap,
     /// derive, digest of a key): the audit gate and the key's rights, under
     /// [`Agent::running`] (held until the call's use is recorded).

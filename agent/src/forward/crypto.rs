@@ -154,10 +154,8 @@ impl Agent {
             };
             (s, key)
         };
-        self.audit_gate(client, operation(op).name())?;
-        if let Some(o) = &key {
-            self.check_key_use(client, o.managed, operation(op))?;
-        }
+        let managed = key.and_then(|o| o.managed);
+        self.check_operation(client, operation(op), init.mechanism.mechanism, managed)?;
         let m = self.mechanism(client, s.slot, &init.mechanism)?;
         let target = key.as_ref().and_then(|o| self.use_target(&s, o));
         if let Err(e) = s
@@ -171,7 +169,7 @@ impl Agent {
             return Err(e);
         }
         lock(&s.active)[op.index()] = Some(ActiveOp {
-            managed: key.and_then(|o| o.managed),
+            managed,
             mechanism: m.mechanism,
             target,
         });
@@ -191,10 +189,16 @@ impl Agent {
             Some(init) => self.op_init(client, session, op, init),
             None => {
                 let s = self.session(client, session)?.0;
-                // The key of an operation initialised earlier is checked
-                // again: a state change since the init applies now.
-                let managed = lock(&s.active)[op.index()].as_ref().and_then(|a| a.managed);
-                self.check_key_use(client, managed, operation(op))?;
+                // An operation initialised earlier passes its init's checks
+                // again: what changed since (the trail, the policy, the
+                // key's state) applies now. Without one, the backend
+                // answers CKR_OPERATION_NOT_INITIALIZED.
+                let active = lock(&s.active)[op.index()]
+                    .as_ref()
+                    .map(|a| (a.mechanism, a.managed));
+                if let Some((mechanism, managed)) = active {
+                    self.check_operation(client, operation(op), mechanism, managed)?;
+                }
                 Ok(s)
             }
         }
