@@ -10,6 +10,8 @@
 pub mod cdata;
 #[allow(unsafe_code)] // The one place the agent calls C: see the module doc.
 pub mod ffi;
+#[cfg(test)]
+pub(crate) mod mock;
 
 use keyward_protocol::{AttrResult, Attribute, Mechanism, MechanismInfo, Op, Version};
 

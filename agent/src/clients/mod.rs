@@ -333,7 +333,7 @@ pub(crate) mod tests {
             slot,
             rw,
             backend_session,
-            backend: Arc::new(crate::agent::tests::Mock::default()),
+            backend: Arc::new(crate::backend::mock::Mock::default()),
         }
     }
 

@@ -29,6 +29,8 @@ pub mod objects;
 pub mod random;
 pub mod sessions;
 pub mod slots;
+#[cfg(test)]
+mod tests;
 
 /// `CKU_*` for the trail.
 pub(crate) fn user_type_name(user_type: u64) -> &'static str {

@@ -1,0 +1,220 @@
+//! A backend in memory for the agent's unit tests: sessions, and objects
+//! with `CKA_TOKEN` / `CKA_PRIVATE`; cryptographic calls echo or succeed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use cryptoki_sys as ck;
+use keyward_protocol::{AttrResult, AttrValue, Attribute, Mechanism, MechanismInfo, Op, Value};
+
+use crate::backend::{Backend, BackendObject, BackendSession, BackendTokenInfo, LibraryInfo};
+use crate::error::{Error, Result};
+use crate::template::template_bool;
+
+#[derive(Debug, Clone, Copy)]
+struct MockObject {
+    private: bool,
+    token: bool,
+    session: BackendSession,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MockState {
+    next: u64,
+    pub(crate) sessions: HashSet<BackendSession>,
+    objects: HashMap<BackendObject, MockObject>,
+    pub(crate) context_logins: u32,
+}
+
+/// A backend in memory: sessions, objects with ck::CKA_TOKEN / ck::CKA_PRIVATE.
+#[derive(Debug, Default)]
+pub(crate) struct Mock {
+    st: Mutex<MockState>,
+}
+
+impl Mock {
+    pub(crate) fn st(&self) -> MutexGuard<'_, MockState> {
+        self.st.lock().unwrap()
+    }
+    fn add(&self, session: BackendSession, template: &[Attribute], private: bool) -> u64 {
+        let mut st = self.st();
+        st.next += 1;
+        let h = st.next;
+        let obj = MockObject {
+            private: template_bool(template, ck::CKA_PRIVATE).unwrap_or(private),
+            token: template_bool(template, ck::CKA_TOKEN).unwrap_or(false),
+            session,
+        };
+        st.objects.insert(h, obj);
+        h
+    }
+    fn live(&self, s: BackendSession) -> Result<()> {
+        if self.st().sessions.contains(&s) || s == 0 {
+            Ok(())
+        } else {
+            Err(Error::Backend(ck::CKR_SESSION_HANDLE_INVALID))
+        }
+    }
+    pub(crate) fn object_count(&self) -> usize {
+        self.st().objects.len()
+    }
+}
+
+impl Backend for Mock {
+    fn library_info(&self) -> Result<LibraryInfo> {
+        Ok(LibraryInfo::default())
+    }
+    fn token_info(&self) -> Result<BackendTokenInfo> {
+        Ok(BackendTokenInfo {
+            serial: "1234".into(),
+            flags: ck::CKF_RNG,
+            ..Default::default()
+        })
+    }
+    fn mechanism_list(&self) -> Result<Vec<u64>> {
+        Ok(vec![ck::CKM_ECDSA])
+    }
+    fn mechanism_info(&self, _: u64) -> Result<MechanismInfo> {
+        Ok(MechanismInfo::default())
+    }
+    fn open_session(&self, _: bool) -> Result<BackendSession> {
+        let mut st = self.st();
+        st.next += 1;
+        let h = st.next;
+        st.sessions.insert(h);
+        Ok(h)
+    }
+    fn close_session(&self, s: BackendSession) -> Result<()> {
+        let mut st = self.st();
+        st.sessions.remove(&s);
+        st.objects.retain(|_, o| o.token || o.session != s);
+        Ok(())
+    }
+    fn anchor_session(&self) -> BackendSession {
+        0
+    }
+    fn login_context_specific(&self, s: BackendSession) -> Result<()> {
+        self.live(s)?;
+        self.st().context_logins += 1;
+        Ok(())
+    }
+    fn create_object(&self, s: BackendSession, t: &[Attribute]) -> Result<BackendObject> {
+        self.live(s)?;
+        Ok(self.add(s, t, false))
+    }
+    fn copy_object(&self, s: BackendSession, _: BackendObject, t: &[Attribute]) -> Result<u64> {
+        self.live(s)?;
+        Ok(self.add(s, t, false))
+    }
+    fn destroy_object(&self, s: BackendSession, o: BackendObject) -> Result<()> {
+        self.live(s)?;
+        self.st()
+            .objects
+            .remove(&o)
+            .map(|_| ())
+            .ok_or(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID))
+    }
+    fn object_size(&self, _: BackendSession, _: BackendObject) -> Result<u64> {
+        Ok(1)
+    }
+    fn get_attributes(
+        &self,
+        _: BackendSession,
+        o: BackendObject,
+        types: &[u64],
+    ) -> Result<Vec<AttrResult>> {
+        let obj = *self
+            .st()
+            .objects
+            .get(&o)
+            .ok_or(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID))?;
+        Ok(types
+            .iter()
+            .map(|&t| match t {
+                ck::CKA_TOKEN => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.token))),
+                ck::CKA_PRIVATE => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.private))),
+                _ => AttrResult::Invalid,
+            })
+            .collect())
+    }
+    fn set_attributes(&self, _: BackendSession, _: BackendObject, _: &[Attribute]) -> Result<()> {
+        Ok(())
+    }
+    fn find_objects(&self, s: BackendSession, t: &[Attribute]) -> Result<Vec<BackendObject>> {
+        self.live(s)?;
+        let private = template_bool(t, ck::CKA_PRIVATE);
+        let mut v: Vec<u64> = self
+            .st()
+            .objects
+            .iter()
+            .filter(|(_, o)| private.is_none_or(|p| p == o.private))
+            .map(|(&h, _)| h)
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+    fn op_init(&self, s: BackendSession, _: Op, _: &Mechanism, _: Option<u64>) -> Result<()> {
+        self.live(s)
+    }
+    fn single(&self, s: BackendSession, _: Op, data: &[u8]) -> Result<Vec<u8>> {
+        self.live(s)?;
+        Ok(data.to_vec())
+    }
+    fn verify(&self, s: BackendSession, _: &[u8], _: &[u8]) -> Result<()> {
+        self.live(s)
+    }
+    fn update(&self, s: BackendSession, _: Op, _: &[u8]) -> Result<Vec<u8>> {
+        self.live(s)?;
+        Ok(Vec::new())
+    }
+    fn digest_key(&self, s: BackendSession, _: BackendObject) -> Result<()> {
+        self.live(s)
+    }
+    fn final_(&self, s: BackendSession, _: Op) -> Result<Vec<u8>> {
+        self.live(s)?;
+        Ok(Vec::new())
+    }
+    fn verify_final(&self, s: BackendSession, _: &[u8]) -> Result<()> {
+        self.live(s)
+    }
+    fn generate_key(&self, s: BackendSession, _: &Mechanism, t: &[Attribute]) -> Result<u64> {
+        self.live(s)?;
+        Ok(self.add(s, t, true))
+    }
+    fn generate_key_pair(
+        &self,
+        s: BackendSession,
+        _: &Mechanism,
+        pubt: &[Attribute],
+        privt: &[Attribute],
+    ) -> Result<(u64, u64)> {
+        self.live(s)?;
+        Ok((self.add(s, pubt, false), self.add(s, privt, true)))
+    }
+    fn wrap_key(&self, s: BackendSession, _: &Mechanism, _: u64, _: u64) -> Result<Vec<u8>> {
+        self.live(s)?;
+        Ok(vec![1])
+    }
+    fn unwrap_key(
+        &self,
+        s: BackendSession,
+        _: &Mechanism,
+        _: u64,
+        _: &[u8],
+        t: &[Attribute],
+    ) -> Result<u64> {
+        self.live(s)?;
+        Ok(self.add(s, t, true))
+    }
+    fn derive_key(&self, s: BackendSession, _: &Mechanism, _: u64, t: &[Attribute]) -> Result<u64> {
+        self.live(s)?;
+        Ok(self.add(s, t, true))
+    }
+    fn seed_random(&self, s: BackendSession, _: &[u8]) -> Result<()> {
+        self.live(s)
+    }
+    fn generate_random(&self, s: BackendSession, len: usize) -> Result<Vec<u8>> {
+        self.live(s)?;
+        Ok(vec![0; len])
+    }
+}
