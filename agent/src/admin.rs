@@ -643,7 +643,7 @@ impl Agent {
         let admin_event = |result: u64, reason: &str| {
             let mut e = crate::audit::event(
                 keyward_inventory::AuditKind::Admin,
-                crate::audit::administrator(admin),
+                admin.as_administrator(),
                 &format!("key {operation}"),
             );
             e.token = token.clone();
@@ -691,7 +691,7 @@ impl Agent {
 
     fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
         let who = actor(admin);
-        let by = crate::audit::administrator(admin);
+        let by = admin.as_administrator();
         match req {
             KeyRequest::Create {
                 name,

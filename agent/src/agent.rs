@@ -10,13 +10,14 @@ use keyward_protocol::admin::{Status, TokenStatus};
 use keyward_protocol::PROTOCOL_VERSION;
 
 use crate::backend::BackendObject;
-use crate::clients::{Client, Slot, UseTarget};
+use crate::clients::{Slot, UseTarget};
 use crate::config::Config;
-use crate::listener::identity::{ClientKey, Peer};
+use crate::listener::identity::Peer;
 use keyward_policy::Policy;
 
 use crate::audit::{self, Auditor};
-use crate::clients::registry::Owner;
+use crate::clients::registry::Clients;
+use crate::error::{Error, Result};
 use crate::keys::ManagedKeys;
 use crate::state::{Role, StateDir};
 
@@ -35,8 +36,8 @@ pub struct Agent {
     pub(crate) audit_key: Mutex<Option<audit::AuditKey>>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     pub(crate) uid: u32,
-    pub(crate) clients: Mutex<HashMap<ClientKey, (Arc<Client>, usize)>>,
-    pub(crate) session_objects: Mutex<HashMap<(Slot, BackendObject), Owner>>,
+    /// The connected clients and the owners of session objects.
+    pub(crate) clients: Clients,
     /// What use records name each key object (see [`Agent::use_target`]).
     pub(crate) use_targets: Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>,
     /// Held (read) by every cryptographic request while it checks its key
@@ -73,8 +74,7 @@ impl Agent {
             audit,
             audit_key: Mutex::new(None),
             uid: nix::unistd::getuid().as_raw(),
-            clients: Mutex::new(HashMap::new()),
-            session_objects: Mutex::new(HashMap::new()),
+            clients: Clients::default(),
             use_targets: Mutex::new(HashMap::new()),
             in_flight: std::sync::RwLock::new(()),
             instance: u64::from_le_bytes(instance),
@@ -228,6 +228,21 @@ impl Agent {
             connections: 0,
             socket_events: Vec::new(),
         }
+    }
+}
+
+impl Agent {
+    /// The virtual token labelled `label`.
+    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
+        self.tokens.iter().find(|t| t.config.label == label)
+    }
+
+    pub(crate) fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
+        let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
+        self.tokens
+            .get(i)
+            .map(|t| (i, t))
+            .ok_or(Error::SlotIdInvalid)
     }
 }
 

@@ -394,33 +394,6 @@ pub fn for_client(client: &crate::clients::Client, kind: AuditKind, operation: &
     event(kind, client.actor.clone(), operation)
 }
 
-/// The actor of a client process, named as the policy matched it.
-pub fn application(peer: &Peer, application: &str) -> Actor {
-    Actor::Application {
-        name: application.to_owned(),
-        uid: peer.uid,
-        gid: peer.gid,
-        pid: peer.key.pid.unsigned_abs(),
-        exe: exe(peer),
-    }
-}
-
-/// The actor of an administrator on the admin socket.
-pub fn administrator(peer: &Peer) -> Actor {
-    Actor::Administrator {
-        uid: peer.uid,
-        pid: peer.key.pid.unsigned_abs(),
-        exe: exe(peer),
-    }
-}
-
-fn exe(peer: &Peer) -> String {
-    peer.exe
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
-
 impl Auditor {
     /// An auditor over `log` with the default settings.
     pub fn start(log: Arc<dyn AuditLog>) -> Arc<Auditor> {
@@ -1073,7 +1046,7 @@ impl crate::agent::Agent {
     /// connection cap, another sender on its connection), merged: one
     /// record stands for `r.count` refusals.
     pub fn audit_refused_peer(&self, r: &crate::listener::admission::RefusalReport) {
-        let mut e = event(AuditKind::Refusal, application(&r.peer, ""), "connect");
+        let mut e = event(AuditKind::Refusal, r.peer.as_application(""), "connect");
         e.result = cryptoki_sys::CKR_TOKEN_NOT_PRESENT;
         let since = r
             .since

@@ -455,6 +455,76 @@ fn exports(rows: &[&OperationRow]) -> ExportAttempts {
     e
 }
 
+/// The trail's rows a report reads, once for every key.
+struct TrailRows {
+    uses: Vec<UseRow>,
+    hours: Vec<HourRow>,
+    ops: Vec<OperationRow>,
+    revokes: Vec<keyward_inventory::usage::EventRow>,
+}
+
+/// What every key's part of one report shares.
+struct KeyFacts<'r> {
+    policy: &'r keyward_policy::Policy,
+    rows: &'r TrailRows,
+    span: Span,
+    /// The report's time (unix seconds).
+    at: i64,
+}
+
+/// The window and baseline a report asks for, ending at `now`.
+fn report_span(req: &ReportRequest, now: SystemTime) -> AResult<Span> {
+    let len = |secs: u64, what: &str| {
+        i64::try_from(secs)
+            .ok()
+            .filter(|s| *s > 0)
+            .and_then(|s| s.checked_mul(MICROS))
+            .ok_or_else(|| invalid(format!("the {what} must be between 1 s and 100 years")))
+    };
+    let until = micros_of(now);
+    let window_from = until - len(req.window_secs, "window")?;
+    Ok(Span {
+        until,
+        window_from,
+        baseline_from: window_from - len(req.baseline_secs, "baseline")?,
+    })
+}
+
+/// Active keys on and past their rotation date.
+fn rotation_compliance(reports: &[KeyReport]) -> RotationCompliance {
+    let mut rotation = RotationCompliance::default();
+    for k in reports.iter().filter(|k| k.state == "active") {
+        rotation.active += 1;
+        if k.overdue {
+            rotation.overdue.push(format!("{}/{}", k.token, k.name));
+        } else {
+            rotation.compliant += 1;
+        }
+    }
+    rotation
+}
+
+/// Failed administrator actions, counted and the last ones shown.
+fn failed_admin(failures: keyward_inventory::usage::Failures) -> FailedAdmin {
+    FailedAdmin {
+        window: failures.window,
+        period: failures.period,
+        total: failures.total,
+        last: failures
+            .last
+            .into_iter()
+            .map(|e| AdminFailure {
+                seq: e.seq,
+                at: e.at,
+                operation: e.operation,
+                key: e.key,
+                uid: e.uid,
+                reason: e.reason,
+            })
+            .collect(),
+    }
+}
+
 impl Agent {
     /// Answers `keyward report` for administrator `admin`.
     pub fn report_request(&self, admin: &Peer, req: ReportRequest) -> AdminResponse {
@@ -473,52 +543,26 @@ impl Agent {
 
     /// The report as of `now`.
     pub fn report(&self, req: &ReportRequest, now: SystemTime) -> AResult<Report> {
-        let len = |secs: u64, what: &str| {
-            i64::try_from(secs)
-                .ok()
-                .filter(|s| *s > 0)
-                .and_then(|s| s.checked_mul(MICROS))
-                .ok_or_else(|| invalid(format!("the {what} must be between 1 s and 100 years")))
-        };
-        let until = micros_of(now);
-        let window_from = until - len(req.window_secs, "window")?;
-        let span = Span {
-            until,
-            window_from,
-            baseline_from: window_from - len(req.baseline_secs, "baseline")?,
-        };
+        let span = report_span(req, now)?;
         let at = secs(now);
         let token = match &req.token {
             Some(l) => Some(self.admin_token(Some(l))?.config.label.clone()),
             None => None,
         };
-        let mut keys: Vec<Arc<KeyView>> = self
-            .keys
-            .all()
-            .into_iter()
-            .filter(|k| token.as_ref().is_none_or(|t| *t == k.record.token))
-            .filter(|k| req.key.as_ref().is_none_or(|n| *n == k.record.name))
-            .collect();
-        keys.sort_by(|a, b| {
-            (&a.record.token, &a.record.name).cmp(&(&b.record.token, &b.record.name))
-        });
-        if let (Some(name), true) = (&req.key, keys.is_empty()) {
-            return Err(AdminError {
-                kind: AdminErrorKind::NotFound,
-                message: format!("no key {name:?}"),
-            });
-        }
+        let keys = self.report_keys(token.as_deref(), req.key.as_deref())?;
 
         // What is queued belongs in the report.
         self.audit.flush();
         let log = self.audit.log();
         let key_filter = req.key.as_deref();
-        let uses = log.use_rows(&span, key_filter).map_err(trail)?;
-        let hours = log.use_hours(&span, key_filter).map_err(trail)?;
-        let ops = log
-            .operation_rows(&span, key_filter, EXPORT_REFUSALS, WRAP_USES)
-            .map_err(trail)?;
-        let revokes = log.lifecycle_rows(key_filter, REVOCATIONS).map_err(trail)?;
+        let trail_rows = TrailRows {
+            uses: log.use_rows(&span, key_filter).map_err(trail)?,
+            hours: log.use_hours(&span, key_filter).map_err(trail)?,
+            ops: log
+                .operation_rows(&span, key_filter, EXPORT_REFUSALS, WRAP_USES)
+                .map_err(trail)?,
+            revokes: log.lifecycle_rows(key_filter, REVOCATIONS).map_err(trail)?,
+        };
 
         // One policy for the whole report (a reload may swap it meanwhile).
         let policy = self.policy();
@@ -526,116 +570,23 @@ impl Agent {
         let mut sessions: HashMap<String, Result<HsmSession<'_>, String>> = HashMap::new();
         let mut reports = Vec::new();
         for key in &keys {
-            let r = &key.record;
-            let class = policy.class(&r.class);
-            let mine: Vec<&UseRow> = uses
-                .iter()
-                .filter(|u| u.managed && about(key, u.token.as_deref(), &u.key))
-                .collect();
-            let my_hours: Vec<&HourRow> = hours
-                .iter()
-                .filter(|h| about(key, h.token.as_deref(), &h.key))
-                .collect();
-            let my_ops: Vec<&OperationRow> = ops
-                .iter()
-                .filter(|o| about(key, o.token.as_deref(), &o.key))
-                .collect();
-            let periods = Periods {
+            let facts = KeyFacts {
+                policy: &policy,
+                rows: &trail_rows,
                 span,
-                baseline_from: span.baseline_from.max(r.created_at.saturating_mul(MICROS)),
+                at,
             };
-            let judged = judge(
-                &r.token,
-                &r.name,
-                &mine,
-                &my_hours,
-                periods,
-                &req.thresholds,
-            );
-            let active = key.active_version();
-            let live = active.or_else(|| key.live_version());
-            let mut drift = grant_drift(&policy, key, class, at);
-            let mut certificate = None;
-            let mut hsm_error = None;
-            if let Some(v) = live {
-                let session = sessions.entry(r.token.clone()).or_insert_with(|| {
-                    let token = self.admin_token(Some(&r.token)).map_err(|e| e.message)?;
-                    let backend = self.backend(token).map_err(|e| e.message)?;
-                    HsmSession::open(backend.as_ref()).map_err(|e| e.message)
-                });
-                match session {
-                    Ok(s) => match hsm_facts(s, (&self.keys, &r.token), v, class) {
-                        Ok(f) => {
-                            drift.extend(f.drift);
-                            certificate = f.certificate;
-                        }
-                        Err(e) => hsm_error = Some(e.message),
-                    },
-                    Err(e) => hsm_error = Some(e.clone()),
-                }
-            }
-            let overdue = key.rotation_due(at);
-            reports.push(KeyReport {
-                name: r.name.clone(),
-                token: r.token.clone(),
-                class: r.class.clone(),
-                purpose: r.purpose.clone(),
-                algorithm: r.algorithm.clone(),
-                state: r.state.as_str().to_owned(),
-                active_version: active.map(|v| v.version),
-                age_secs: active.map(|v| u64::try_from(at - v.created_at).unwrap_or(0)),
-                cryptoperiod_secs: class.map(|c| c.protect_period.as_secs()),
-                rotation_interval_secs: class
-                    .and_then(|c| c.rotation_interval)
-                    .map(|d| d.as_secs()),
-                protect_until: r.protect_until,
-                next_rotation: r.next_rotation,
-                overdue,
-                certificate,
-                usage: key_usage(&mine),
-                learning: judged.learning,
-                anomalies: judged.anomalies,
-                exports: exports(&my_ops),
-                drift,
-                revocations: self.revocations(key, &revokes)?,
-                hsm_error,
-            });
+            reports.push(self.key_report(key, &facts, &req.thresholds, &mut sessions)?);
         }
         drop(sessions);
 
-        let mut rotation = RotationCompliance::default();
-        for k in reports.iter().filter(|k| k.state == "active") {
-            rotation.active += 1;
-            if k.overdue {
-                rotation.overdue.push(format!("{}/{}", k.token, k.name));
-            } else {
-                rotation.compliant += 1;
-            }
-        }
         let failures = log
             .failures(&span, "admin", FAILED_ADMIN_SHOWN)
             .map_err(trail)?;
-        let failed_admin = FailedAdmin {
-            window: failures.window,
-            period: failures.period,
-            total: failures.total,
-            last: failures
-                .last
-                .into_iter()
-                .map(|e| AdminFailure {
-                    seq: e.seq,
-                    at: e.at,
-                    operation: e.operation,
-                    key: e.key,
-                    uid: e.uid,
-                    reason: e.reason,
-                })
-                .collect(),
-        };
         let unmanaged = if req.key.is_some() {
             Vec::new()
         } else {
-            unmanaged(&uses, token.as_deref())
+            unmanaged(&trail_rows.uses, token.as_deref())
         };
         let anomalies = reports
             .iter()
@@ -646,11 +597,116 @@ impl Agent {
             window_secs: req.window_secs,
             baseline_secs: req.baseline_secs,
             thresholds: req.thresholds,
+            rotation: rotation_compliance(&reports),
             keys: reports,
-            rotation,
-            failed_admin,
+            failed_admin: failed_admin(failures),
             unmanaged,
             anomalies,
+        })
+    }
+
+    /// The managed keys a report covers (of `token`, or the key named
+    /// `key`), by token and name.
+    fn report_keys(&self, token: Option<&str>, key: Option<&str>) -> AResult<Vec<Arc<KeyView>>> {
+        let mut keys: Vec<Arc<KeyView>> = self
+            .keys
+            .all()
+            .into_iter()
+            .filter(|k| token.is_none_or(|t| t == k.record.token))
+            .filter(|k| key.is_none_or(|n| n == k.record.name))
+            .collect();
+        keys.sort_by(|a, b| {
+            (&a.record.token, &a.record.name).cmp(&(&b.record.token, &b.record.name))
+        });
+        if let (Some(name), true) = (key, keys.is_empty()) {
+            return Err(AdminError {
+                kind: AdminErrorKind::NotFound,
+                message: format!("no key {name:?}"),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// One key's part of the report: its usage judged against its
+    /// baseline, what the HSM says of it (through `sessions`, one per
+    /// token), its drift from policy, exports and revocations.
+    fn key_report<'a>(
+        &'a self,
+        key: &KeyView,
+        facts: &KeyFacts<'_>,
+        thresholds: &keyward_protocol::admin::AnomalyThresholds,
+        sessions: &mut HashMap<String, Result<HsmSession<'a>, String>>,
+    ) -> AResult<KeyReport> {
+        let (rows, at) = (facts.rows, facts.at);
+        let r = &key.record;
+        let class = facts.policy.class(&r.class);
+        let mine: Vec<&UseRow> = rows
+            .uses
+            .iter()
+            .filter(|u| u.managed && about(key, u.token.as_deref(), &u.key))
+            .collect();
+        let my_hours: Vec<&HourRow> = rows
+            .hours
+            .iter()
+            .filter(|h| about(key, h.token.as_deref(), &h.key))
+            .collect();
+        let my_ops: Vec<&OperationRow> = rows
+            .ops
+            .iter()
+            .filter(|o| about(key, o.token.as_deref(), &o.key))
+            .collect();
+        let periods = Periods {
+            span: facts.span,
+            baseline_from: facts
+                .span
+                .baseline_from
+                .max(r.created_at.saturating_mul(MICROS)),
+        };
+        let judged = judge(&r.token, &r.name, &mine, &my_hours, periods, thresholds);
+        let active = key.active_version();
+        let live = active.or_else(|| key.live_version());
+        let mut drift = grant_drift(facts.policy, key, class, at);
+        let mut certificate = None;
+        let mut hsm_error = None;
+        if let Some(v) = live {
+            let session = sessions.entry(r.token.clone()).or_insert_with(|| {
+                let token = self.admin_token(Some(&r.token)).map_err(|e| e.message)?;
+                let backend = self.backend(token).map_err(|e| e.message)?;
+                HsmSession::open(backend.as_ref()).map_err(|e| e.message)
+            });
+            match session {
+                Ok(s) => match hsm_facts(s, (&self.keys, &r.token), v, class) {
+                    Ok(f) => {
+                        drift.extend(f.drift);
+                        certificate = f.certificate;
+                    }
+                    Err(e) => hsm_error = Some(e.message),
+                },
+                Err(e) => hsm_error = Some(e.clone()),
+            }
+        }
+        Ok(KeyReport {
+            name: r.name.clone(),
+            token: r.token.clone(),
+            class: r.class.clone(),
+            purpose: r.purpose.clone(),
+            algorithm: r.algorithm.clone(),
+            state: r.state.as_str().to_owned(),
+            active_version: active.map(|v| v.version),
+            age_secs: active.map(|v| u64::try_from(at - v.created_at).unwrap_or(0)),
+            cryptoperiod_secs: class.map(|c| c.protect_period.as_secs()),
+            rotation_interval_secs: class.and_then(|c| c.rotation_interval).map(|d| d.as_secs()),
+            protect_until: r.protect_until,
+            next_rotation: r.next_rotation,
+            overdue: key.rotation_due(at),
+            certificate,
+            usage: key_usage(&mine),
+            learning: judged.learning,
+            anomalies: judged.anomalies,
+            exports: exports(&my_ops),
+            drift,
+            revocations: self.revocations(key, &rows.revokes)?,
+            hsm_error,
         })
     }
 

@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use crate::backend::Backend;
-use crate::clients::Slot;
 use crate::config::TokenConfig;
 use crate::error::{Error, Result};
 
-use crate::agent::Agent;
 use crate::state::TokenState;
 
 /// Session counts of one token, across all clients.
@@ -77,19 +75,4 @@ pub fn virtual_serial(label: &str, backend_serial: &str) -> String {
     h.update([0]);
     h.update(backend_serial.as_bytes());
     hex::encode(&h.finalize()[..8])
-}
-
-impl Agent {
-    /// The virtual token labelled `label`.
-    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
-        self.tokens.iter().find(|t| t.config.label == label)
-    }
-
-    pub(crate) fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
-        let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
-        self.tokens
-            .get(i)
-            .map(|t| (i, t))
-            .ok_or(Error::SlotIdInvalid)
-    }
 }

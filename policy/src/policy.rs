@@ -501,73 +501,111 @@ impl Validator<'_> {
     fn policy(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
         let mut applications: Vec<Application> = Vec::new();
         for app in &raw.application {
-            let app_span = app.span();
-            let app = app.get_ref();
-            let name = self.name(&app.name, "application")?;
-            let what = format!("application \"{name}\"");
-            if applications.iter().any(|a| a.name == name) {
-                return Err(self.err(
-                    app.name.span(),
-                    format!("{what}, name"),
-                    format!("a second application is named \"{name}\""),
-                ));
-            }
-            if app.uid.is_none() && app.gid.is_none() {
-                return Err(self.err(
-                    app_span,
-                    format!("{what}, uid"),
-                    "an application needs a uid, a gid or both",
-                ));
-            }
-            let exe = match &app.exe {
-                None => None,
-                Some(exe) => {
-                    let path = PathBuf::from(exe.get_ref());
-                    let clean = path.is_absolute()
-                        && path
-                            .components()
-                            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-                    if !clean {
-                        return Err(self.err(
-                            exe.span(),
-                            format!("{what}, exe"),
-                            format!(
-                                "\"{}\" must be an absolute path without \".\" or \"..\" (as /proc/<pid>/exe shows it)",
-                                exe.get_ref()
-                            ),
-                        ));
-                    }
-                    Some(path)
-                }
-            };
-            let application = Application {
-                name,
-                description: app.description.clone(),
-                uid: app.uid,
-                gid: app.gid,
-                exe,
-                share_objects_with: app
-                    .share_objects_with
-                    .iter()
-                    .map(|n| n.get_ref().clone())
-                    .collect(),
-            };
-            if let Some(twin) = applications.iter().find(|a| {
-                (a.uid, a.gid, &a.exe) == (application.uid, application.gid, &application.exe)
-            }) {
-                return Err(self.err(
-                    app_span,
-                    format!("{what}, uid"),
-                    format!(
-                        "same uid, gid and exe as application \"{}\": a peer could not tell them apart",
-                        twin.name
-                    ),
-                ));
-            }
+            let application = self.application(app, &applications)?;
             applications.push(application);
         }
-        // Objects are shared with applications the policy names.
-        for (app, raw_app) in applications.iter().zip(&raw.application) {
+        self.check_sharing(&applications, &raw.application)?;
+        let mut classes: Vec<KeyClass> = Vec::new();
+        for class in &raw.class {
+            let name = self.name(&class.name, "class")?;
+            if classes.iter().any(|c| c.name == name) {
+                return Err(self.err(
+                    class.name.span(),
+                    format!("class \"{name}\", name"),
+                    format!("a second class is named \"{name}\""),
+                ));
+            }
+            classes.push(self.class(class, name, &applications)?);
+        }
+
+        Ok(Policy {
+            origin: self.origin.to_owned(),
+            settings: self.settings(&raw.settings, &classes)?,
+            applications,
+            classes,
+        })
+    }
+
+    /// One `[[application]]`, checked against the ones before it.
+    fn application(
+        &self,
+        app: &Spanned<RawApplication>,
+        applications: &[Application],
+    ) -> Result<Application, PolicyError> {
+        let app_span = app.span();
+        let app = app.get_ref();
+        let name = self.name(&app.name, "application")?;
+        let what = format!("application \"{name}\"");
+        if applications.iter().any(|a| a.name == name) {
+            return Err(self.err(
+                app.name.span(),
+                format!("{what}, name"),
+                format!("a second application is named \"{name}\""),
+            ));
+        }
+        if app.uid.is_none() && app.gid.is_none() {
+            return Err(self.err(
+                app_span,
+                format!("{what}, uid"),
+                "an application needs a uid, a gid or both",
+            ));
+        }
+        let exe = match &app.exe {
+            None => None,
+            Some(exe) => {
+                let path = PathBuf::from(exe.get_ref());
+                let clean = path.is_absolute()
+                    && path
+                        .components()
+                        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+                if !clean {
+                    return Err(self.err(
+                        exe.span(),
+                        format!("{what}, exe"),
+                        format!(
+                            "\"{}\" must be an absolute path without \".\" or \"..\" (as /proc/<pid>/exe shows it)",
+                            exe.get_ref()
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+        };
+        let application = Application {
+            name,
+            description: app.description.clone(),
+            uid: app.uid,
+            gid: app.gid,
+            exe,
+            share_objects_with: app
+                .share_objects_with
+                .iter()
+                .map(|n| n.get_ref().clone())
+                .collect(),
+        };
+        if let Some(twin) = applications.iter().find(|a| {
+            (a.uid, a.gid, &a.exe) == (application.uid, application.gid, &application.exe)
+        }) {
+            return Err(self.err(
+                app_span,
+                format!("{what}, uid"),
+                format!(
+                    "same uid, gid and exe as application \"{}\": a peer could not tell them apart",
+                    twin.name
+                ),
+            ));
+        }
+        Ok(application)
+    }
+
+    /// Objects are shared with applications the policy names, other than
+    /// the application itself.
+    fn check_sharing(
+        &self,
+        applications: &[Application],
+        raw: &[Spanned<RawApplication>],
+    ) -> Result<(), PolicyError> {
+        for (app, raw_app) in applications.iter().zip(raw) {
             for with in &raw_app.get_ref().share_objects_with {
                 let field = format!("application \"{}\", share_objects_with", app.name);
                 if with.get_ref() == &app.name {
@@ -587,20 +625,12 @@ impl Validator<'_> {
             }
         }
 
-        let mut classes: Vec<KeyClass> = Vec::new();
-        for class in &raw.class {
-            let name = self.name(&class.name, "class")?;
-            if classes.iter().any(|c| c.name == name) {
-                return Err(self.err(
-                    class.name.span(),
-                    format!("class \"{name}\", name"),
-                    format!("a second class is named \"{name}\""),
-                ));
-            }
-            classes.push(self.class(class, name, &applications)?);
-        }
+        Ok(())
+    }
 
-        let s = &raw.settings;
+    /// `[settings]`: the mode, the default class (one of `classes`), the
+    /// mechanism allow-list.
+    fn settings(&self, s: &RawSettings, classes: &[KeyClass]) -> Result<Settings, PolicyError> {
         let mode = match s.mode.get_ref().as_str() {
             "strict" => Mode::Strict,
             "lab" => Mode::Lab,
@@ -644,16 +674,11 @@ impl Validator<'_> {
                 Some(values)
             }
         };
-        Ok(Policy {
-            origin: self.origin.to_owned(),
-            settings: Settings {
-                mode,
-                default_class,
-                pin_max_attempts: s.pin_max_attempts,
-                mechanisms,
-            },
-            applications,
-            classes,
+        Ok(Settings {
+            mode,
+            default_class,
+            pin_max_attempts: s.pin_max_attempts,
+            mechanisms,
         })
     }
 
@@ -742,64 +767,11 @@ impl Validator<'_> {
                 Some(interval)
             }
         };
-        let mut grants = Vec::new();
-        for grant in &class.grants {
-            let g = grant.get_ref();
-            let app = g.application.get_ref();
-            if !apps.iter().any(|a| &a.name == app) {
-                return Err(self.err(
-                    g.application.span(),
-                    format!("{what}, grants, application"),
-                    format!("there is no application \"{app}\""),
-                ));
-            }
-            let field = format!("{what}, grant to \"{app}\", operations");
-            if g.operations.get_ref().is_empty() {
-                return Err(self.err(
-                    g.operations.span(),
-                    field,
-                    "a grant needs at least one operation",
-                ));
-            }
-            let mut operations = Vec::new();
-            for op in g.operations.get_ref() {
-                let operation = Operation::from_name(op.get_ref()).ok_or_else(|| {
-                    self.err(
-                        op.span(),
-                        field.clone(),
-                        format!(
-                            "\"{}\" is not one of sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest",
-                            op.get_ref()
-                        ),
-                    )
-                })?;
-                if !purpose.allows(operation) {
-                    let fitting: Vec<_> = purpose.operations().iter().map(|o| o.name()).collect();
-                    return Err(self.err(
-                        op.span(),
-                        field.clone(),
-                        format!(
-                            "{operation} does not fit purpose {purpose} (which allows {})",
-                            fitting.join(", ")
-                        ),
-                    ));
-                }
-                if !operations.contains(&operation) {
-                    operations.push(operation);
-                }
-            }
-            let until = match &g.until {
-                None => None,
-                Some(u) => Some(datetime_to_system_time(u.get_ref()).map_err(|m| {
-                    self.err(u.span(), format!("{what}, grant to \"{app}\", until"), m)
-                })?),
-            };
-            grants.push(Grant {
-                application: app.clone(),
-                operations,
-                until,
-            });
-        }
+        let grants = class
+            .grants
+            .iter()
+            .map(|g| self.grant(&what, g, purpose, apps))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(KeyClass {
             name,
             description: class.description.clone(),
@@ -811,6 +783,71 @@ impl Validator<'_> {
             backup: class.backup,
             scope: class.scope.clone(),
             grants,
+        })
+    }
+
+    /// One grant of class `what` (of purpose `purpose`) to one of `apps`.
+    fn grant(
+        &self,
+        what: &str,
+        grant: &Spanned<RawGrant>,
+        purpose: Purpose,
+        apps: &[Application],
+    ) -> Result<Grant, PolicyError> {
+        let g = grant.get_ref();
+        let app = g.application.get_ref();
+        if !apps.iter().any(|a| &a.name == app) {
+            return Err(self.err(
+                g.application.span(),
+                format!("{what}, grants, application"),
+                format!("there is no application \"{app}\""),
+            ));
+        }
+        let field = format!("{what}, grant to \"{app}\", operations");
+        if g.operations.get_ref().is_empty() {
+            return Err(self.err(
+                g.operations.span(),
+                field,
+                "a grant needs at least one operation",
+            ));
+        }
+        let mut operations = Vec::new();
+        for op in g.operations.get_ref() {
+            let operation = Operation::from_name(op.get_ref()).ok_or_else(|| {
+                self.err(
+                    op.span(),
+                    field.clone(),
+                    format!(
+                        "\"{}\" is not one of sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest",
+                        op.get_ref()
+                    ),
+                )
+            })?;
+            if !purpose.allows(operation) {
+                let fitting: Vec<_> = purpose.operations().iter().map(|o| o.name()).collect();
+                return Err(self.err(
+                    op.span(),
+                    field.clone(),
+                    format!(
+                        "{operation} does not fit purpose {purpose} (which allows {})",
+                        fitting.join(", ")
+                    ),
+                ));
+            }
+            if !operations.contains(&operation) {
+                operations.push(operation);
+            }
+        }
+        let until = match &g.until {
+            None => None,
+            Some(u) => Some(datetime_to_system_time(u.get_ref()).map_err(|m| {
+                self.err(u.span(), format!("{what}, grant to \"{app}\", until"), m)
+            })?),
+        };
+        Ok(Grant {
+            application: app.clone(),
+            operations,
+            until,
         })
     }
 }

@@ -113,14 +113,6 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
 /// refused here.
 pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
     let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
-    let transition = |t: TransitionArgs, action: KeyAction| {
-        key(KeyRequest::Transition {
-            name: t.key.name,
-            token: t.key.token.token,
-            action,
-            reason: t.reason,
-        })
-    };
     match command {
         Command::Status => Ok(AdminRequest::Status),
         Command::Policy { .. } => Err(Failure::local(
@@ -128,96 +120,8 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             "Usage",
             "policy check runs locally",
         )),
-        Command::Key { command } => match command {
-            KeyCommand::Create {
-                name,
-                class,
-                algorithm,
-                token,
-                owner,
-            } => key(KeyRequest::Create {
-                name,
-                class,
-                algorithm,
-                token: token.token,
-                owner,
-            }),
-            KeyCommand::List { token, state } => key(KeyRequest::List {
-                token: token.token,
-                state,
-            }),
-            KeyCommand::Show(KeyArgs { name, token }) => key(KeyRequest::Show {
-                name,
-                token: token.token,
-            }),
-            KeyCommand::Activate(t) => transition(t, KeyAction::Activate),
-            KeyCommand::Suspend(t) => transition(t, KeyAction::Suspend),
-            KeyCommand::Resume(t) => transition(t, KeyAction::Resume),
-            KeyCommand::Deactivate(t) => transition(t, KeyAction::Deactivate),
-            KeyCommand::Destroy(t) => transition(t, KeyAction::Destroy),
-            KeyCommand::Revoke {
-                transition: t,
-                rotate,
-            } => transition(t, KeyAction::Revoke { rotate }),
-            KeyCommand::Rotate(KeyArgs { name, token }) => key(KeyRequest::Rotate {
-                name,
-                token: token.token,
-            }),
-            KeyCommand::Verify(KeyArgs { name, token }) => key(KeyRequest::Verify {
-                name,
-                token: token.token,
-            }),
-        },
-        Command::Grant { command } => match command {
-            GrantCommand::Add {
-                key: name,
-                application,
-                ops,
-                until,
-                for_,
-                token,
-            } => {
-                let until = match (until, for_) {
-                    (Some(at), _) if at <= now => {
-                        return Err(Failure::local(
-                            Exit::Usage,
-                            "Usage",
-                            format!("--until {} has already passed", time::format_utc(at)),
-                        ))
-                    }
-                    (Some(at), _) => Some(at),
-                    (None, Some(d)) => Some(
-                        i64::try_from(d.as_secs())
-                            .ok()
-                            .and_then(|d| now.checked_add(d))
-                            .ok_or_else(|| {
-                                Failure::local(Exit::Usage, "Usage", "--for is too long")
-                            })?,
-                    ),
-                    (None, None) => None,
-                };
-                key(KeyRequest::GrantAdd {
-                    key: name,
-                    token: token.token,
-                    application,
-                    operations: ops,
-                    until,
-                })
-            }
-            GrantCommand::Remove {
-                key: name,
-                application,
-                token,
-            } => key(KeyRequest::GrantRemove {
-                key: name,
-                token: token.token,
-                application,
-            }),
-            GrantCommand::List { key: name, token } => key(KeyRequest::GrantList {
-                key: name,
-                token: token.token,
-            }),
-        },
+        Command::Key { command } => key_request(command),
+        Command::Grant { command } => grant_request(command, now),
         Command::App {
             command: AppCommand::List,
         } => key(KeyRequest::AppList),
@@ -257,49 +161,7 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
                 "--adopt, --name and --class go together",
             )),
         },
-        Command::Audit { command } => Ok(AdminRequest::Audit(match command {
-            AuditCommand::Verify { anchor: None } => AuditRequest::Verify,
-            AuditCommand::Verify { anchor: Some(_) } => {
-                return Err(Failure::local(
-                    Exit::Usage,
-                    "Usage",
-                    "the anchor file is read by run",
-                ))
-            }
-            AuditCommand::Anchor => AuditRequest::Anchor,
-            // --follow's later polls are `follow`'s business.
-            AuditCommand::Tail { n, follow: _ } => AuditRequest::Tail { n, after_seq: None },
-            AuditCommand::Query(AuditQueryArgs {
-                key,
-                application,
-                since,
-                until,
-                result,
-                limit,
-            }) => {
-                if let (Some(since), Some(until)) = (since, until) {
-                    if since >= until {
-                        return Err(Failure::local(
-                            Exit::Usage,
-                            "Usage",
-                            format!(
-                                "--since {} is not before --until {}",
-                                time::format_utc(since),
-                                time::format_utc(until)
-                            ),
-                        ));
-                    }
-                }
-                AuditRequest::Query {
-                    key,
-                    application,
-                    since,
-                    until,
-                    denied_only: result == ResultFilter::Denied,
-                    limit,
-                }
-            }
-        })),
+        Command::Audit { command } => audit_request(command).map(AdminRequest::Audit),
         Command::Report(ReportArgs {
             window,
             baseline,
@@ -319,6 +181,160 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             },
         })),
     }
+}
+
+/// The request of a `keyward key ...` command.
+fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
+    let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
+    let transition = |t: TransitionArgs, action: KeyAction| {
+        key(KeyRequest::Transition {
+            name: t.key.name,
+            token: t.key.token.token,
+            action,
+            reason: t.reason,
+        })
+    };
+    match command {
+        KeyCommand::Create {
+            name,
+            class,
+            algorithm,
+            token,
+            owner,
+        } => key(KeyRequest::Create {
+            name,
+            class,
+            algorithm,
+            token: token.token,
+            owner,
+        }),
+        KeyCommand::List { token, state } => key(KeyRequest::List {
+            token: token.token,
+            state,
+        }),
+        KeyCommand::Show(KeyArgs { name, token }) => key(KeyRequest::Show {
+            name,
+            token: token.token,
+        }),
+        KeyCommand::Activate(t) => transition(t, KeyAction::Activate),
+        KeyCommand::Suspend(t) => transition(t, KeyAction::Suspend),
+        KeyCommand::Resume(t) => transition(t, KeyAction::Resume),
+        KeyCommand::Deactivate(t) => transition(t, KeyAction::Deactivate),
+        KeyCommand::Destroy(t) => transition(t, KeyAction::Destroy),
+        KeyCommand::Revoke {
+            transition: t,
+            rotate,
+        } => transition(t, KeyAction::Revoke { rotate }),
+        KeyCommand::Rotate(KeyArgs { name, token }) => key(KeyRequest::Rotate {
+            name,
+            token: token.token,
+        }),
+        KeyCommand::Verify(KeyArgs { name, token }) => key(KeyRequest::Verify {
+            name,
+            token: token.token,
+        }),
+    }
+}
+
+/// The request of a `keyward grant ...` command; `now` (unix seconds)
+/// turns `--for` into an expiry.
+fn grant_request(command: GrantCommand, now: i64) -> Result<AdminRequest, Failure> {
+    let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
+    match command {
+        GrantCommand::Add {
+            key: name,
+            application,
+            ops,
+            until,
+            for_,
+            token,
+        } => {
+            let until = match (until, for_) {
+                (Some(at), _) if at <= now => {
+                    return Err(Failure::local(
+                        Exit::Usage,
+                        "Usage",
+                        format!("--until {} has already passed", time::format_utc(at)),
+                    ))
+                }
+                (Some(at), _) => Some(at),
+                (None, Some(d)) => Some(
+                    i64::try_from(d.as_secs())
+                        .ok()
+                        .and_then(|d| now.checked_add(d))
+                        .ok_or_else(|| Failure::local(Exit::Usage, "Usage", "--for is too long"))?,
+                ),
+                (None, None) => None,
+            };
+            key(KeyRequest::GrantAdd {
+                key: name,
+                token: token.token,
+                application,
+                operations: ops,
+                until,
+            })
+        }
+        GrantCommand::Remove {
+            key: name,
+            application,
+            token,
+        } => key(KeyRequest::GrantRemove {
+            key: name,
+            token: token.token,
+            application,
+        }),
+        GrantCommand::List { key: name, token } => key(KeyRequest::GrantList {
+            key: name,
+            token: token.token,
+        }),
+    }
+}
+
+/// The request of a `keyward audit ...` command.
+fn audit_request(command: AuditCommand) -> Result<AuditRequest, Failure> {
+    Ok(match command {
+        AuditCommand::Verify { anchor: None } => AuditRequest::Verify,
+        AuditCommand::Verify { anchor: Some(_) } => {
+            return Err(Failure::local(
+                Exit::Usage,
+                "Usage",
+                "the anchor file is read by run",
+            ))
+        }
+        AuditCommand::Anchor => AuditRequest::Anchor,
+        // --follow's later polls are `follow`'s business.
+        AuditCommand::Tail { n, follow: _ } => AuditRequest::Tail { n, after_seq: None },
+        AuditCommand::Query(AuditQueryArgs {
+            key,
+            application,
+            since,
+            until,
+            result,
+            limit,
+        }) => {
+            if let (Some(since), Some(until)) = (since, until) {
+                if since >= until {
+                    return Err(Failure::local(
+                        Exit::Usage,
+                        "Usage",
+                        format!(
+                            "--since {} is not before --until {}",
+                            time::format_utc(since),
+                            time::format_utc(until)
+                        ),
+                    ));
+                }
+            }
+            AuditRequest::Query {
+                key,
+                application,
+                since,
+                until,
+                denied_only: result == ResultFilter::Denied,
+                limit,
+            }
+        }
+    })
 }
 
 /// What to print for the agent's answer to `req` (or for the failure to

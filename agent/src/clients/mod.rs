@@ -104,7 +104,7 @@ impl Client {
     /// A fresh client with no sessions, for a configuration of `slots` tokens.
     pub fn new(peer: Peer, application: String, slots: usize) -> Client {
         Client {
-            actor: crate::audit::application(&peer, &application),
+            actor: peer.as_application(&application),
             peer,
             application,
             state: Mutex::new(ClientState::new(slots)),

@@ -16,10 +16,9 @@ use keyward_policy::Policy;
 
 use crate::agent::Agent;
 use crate::audit::{self};
-use crate::clients::registry::Owner;
+use crate::clients::registry::{Owner, Seen};
 use crate::enforce::refuse_private;
 use crate::keys::ManagedRef;
-use crate::lock;
 use crate::template::{result_bool, template_bool};
 
 /// Objects the backend just created for a client, for [`Agent::adopt`]:
@@ -121,7 +120,7 @@ impl Agent {
         self.forget_use_targets(|k| *k == (o[0].slot, o[0].backend));
         if let Some(o) = client.lock().unmap_object(object) {
             if o.session.is_some() {
-                lock(&self.session_objects).remove(&(o.slot, o.backend));
+                self.clients.disown(o.slot, o.backend);
             }
         }
         Ok(Response::Unit)
@@ -257,25 +256,28 @@ impl Agent {
                 return Err(Error::NotLoggedIn);
             }
         }
-        let mut st = client.lock();
-        let mut reg = None;
-        let mut handles = Vec::with_capacity(new.len());
-        for (&h, &token) in new.iter().zip(&on_token) {
-            let owner = if token {
-                None
-            } else {
-                reg.get_or_insert_with(|| lock(&self.session_objects))
-                    .insert(
-                        (s.slot, h),
-                        Owner {
-                            client: client.peer.key,
-                            session,
-                        },
-                    );
-                Some(session)
+        let owned: Vec<BackendObject> = new
+            .iter()
+            .zip(&on_token)
+            .filter(|(_, &token)| !token)
+            .map(|(&h, _)| h)
+            .collect();
+        if !owned.is_empty() {
+            let owner = Owner {
+                client: client.peer.key,
+                session,
             };
-            handles.push(st.map_object(s.slot, h, owner, managed));
+            self.clients.own(s.slot, &owned, owner);
         }
+        let mut st = client.lock();
+        let handles = new
+            .iter()
+            .zip(&on_token)
+            .map(|(&h, &token)| {
+                let owner = (!token).then_some(session);
+                st.map_object(s.slot, h, owner, managed)
+            })
+            .collect();
         Ok(handles)
     }
 
@@ -596,18 +598,20 @@ impl Agent {
         }
         let found = s.backend.find_objects(s.backend_session, &template)?;
         let audit_key = self.audit_key();
-        let visible: Vec<(BackendObject, Option<u64>)> = {
-            let reg = lock(&self.session_objects);
-            found
-                .into_iter()
-                .filter(|&h| !audit_key.is_some_and(|k| k.is(s.slot, h)))
-                .filter_map(|h| match reg.get(&(s.slot, h)) {
-                    None => Some((h, None)),
-                    Some(o) if o.client == client.peer.key => Some((h, Some(o.session))),
-                    Some(_) => None,
-                })
-                .collect()
-        };
+        let found: Vec<BackendObject> = found
+            .into_iter()
+            .filter(|&h| !audit_key.is_some_and(|k| k.is(s.slot, h)))
+            .collect();
+        let seen = self.clients.seen(client.peer.key, s.slot, &found);
+        let visible: Vec<(BackendObject, Option<u64>)> = found
+            .into_iter()
+            .zip(seen)
+            .filter_map(|(h, seen)| match seen {
+                Seen::Shared => Some((h, None)),
+                Seen::Own(session) => Some((h, Some(session))),
+                Seen::Foreign => None,
+            })
+            .collect();
         let by_id = template.iter().any(|a| a.attr_type == ck::CKA_ID);
         let mut managed = self.classify(client, &s, visible, by_id)?;
         // A search by a managed key's name finds that key's objects only:

@@ -1,8 +1,6 @@
 //! Sessions and login: opening and closing sessions, the virtual login
 //! state, and the PINs the agent keeps (checked, set, locked, unlocked).
 
-use std::sync::Arc;
-
 use cryptoki_sys as ck;
 use keyward_protocol::{Response, SessionInfo};
 
@@ -16,8 +14,67 @@ use crate::tokens::VirtualToken;
 use keyward_protocol::Secret;
 
 use crate::agent::Agent;
+use crate::clients::Closed;
+use crate::listener::identity::Peer;
+use std::sync::Arc;
 
 impl Agent {
+    /// Registers a connection of `peer`, identified as `application`
+    /// ([`Agent::application_of`]); all connections of one process share
+    /// one client (the first connection's identity).
+    pub fn connect(&self, peer: Peer, application: String) -> Arc<Client> {
+        self.clients.connect(peer, application, self.tokens.len())
+    }
+
+    /// Unregisters a connection; the last one of a process closes all of
+    /// that client's backend sessions (destroying its session objects) and
+    /// forgets its handles.
+    pub fn disconnect(&self, client: &Arc<Client>) {
+        if !self.clients.disconnect(client) {
+            return;
+        }
+        let closed = client.lock().remove_sessions(None);
+        let n = closed.sessions.len();
+        self.close_backend(client, closed);
+        log::debug!("client {} gone; closed {n} sessions", client.peer);
+    }
+
+    /// How many client processes are connected.
+    pub fn client_count(&self) -> usize {
+        self.clients.count()
+    }
+
+    /// Closes every client's sessions (at shutdown).
+    pub fn close_all(&self) {
+        for c in self.clients.drain() {
+            let closed = c.lock().remove_sessions(None);
+            self.close_backend(&c, closed);
+        }
+    }
+
+    /// Closes the backend sessions behind `closed` and forgets their
+    /// session objects (the backend destroys them with their sessions).
+    pub(crate) fn close_backend(&self, client: &Client, closed: Closed) {
+        if closed.sessions.is_empty() {
+            return;
+        }
+        let handles: Vec<u64> = closed.sessions.iter().map(|(h, _)| *h).collect();
+        let gone = self.clients.disown_sessions(client.peer.key, &handles);
+        if !gone.is_empty() {
+            self.forget_use_targets(|k| gone.contains(k));
+        }
+        for (_, s) in closed.sessions {
+            if let Err(e) = s.backend.close_session(s.backend_session) {
+                log::debug!("closing backend session {}: {e}", s.backend_session);
+            }
+            let mut counts = self.tokens[s.slot].counts();
+            counts.sessions = counts.sessions.saturating_sub(1);
+            if s.rw {
+                counts.rw_sessions = counts.rw_sessions.saturating_sub(1);
+            }
+        }
+    }
+
     /// `Request::InitPin`.
     pub(crate) fn init_pin(
         &self,

@@ -25,7 +25,6 @@ use crate::state::{Role, StateDir};
 use crate::clients::tests::peer;
 use crate::config::SecretRef;
 use crate::forward::MAX_RANDOM;
-use crate::lock;
 use crate::tokens::{virtual_serial, VirtualToken};
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -432,7 +431,7 @@ fn session_objects_belong_to_their_client() {
     // When c1 goes, its session objects go; the registry forgets them.
     a.disconnect(&c1);
     assert_eq!(f.mock.object_count(), 1);
-    assert!(lock(&a.session_objects).is_empty());
+    assert!(a.clients.no_session_objects());
     assert_eq!(a.tokens[0].counts().sessions, 1);
 }
 

@@ -216,6 +216,37 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+impl Peer {
+    /// Who this peer is in the audit trail as a client process, named as
+    /// the policy matched it.
+    pub fn as_application(&self, application: &str) -> keyward_inventory::Actor {
+        keyward_inventory::Actor::Application {
+            name: application.to_owned(),
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.key.pid.unsigned_abs(),
+            exe: self.exe_name(),
+        }
+    }
+
+    /// Who this peer is in the audit trail as an administrator on the
+    /// admin socket.
+    pub fn as_administrator(&self) -> keyward_inventory::Actor {
+        keyward_inventory::Actor::Administrator {
+            uid: self.uid,
+            pid: self.key.pid.unsigned_abs(),
+            exe: self.exe_name(),
+        }
+    }
+
+    fn exe_name(&self) -> String {
+        self.exe
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
