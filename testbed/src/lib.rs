@@ -15,8 +15,9 @@
 //!   inventory);
 //! - `keyward.sock`, `admin.sock`: the agent's sockets (the application
 //!   socket can be placed elsewhere);
-//! - `agent.pid`, `agent.log`: the running agent's pid, and its standard
-//!   output and error (appended to on each start);
+//! - `agent.pid`, `agent.log`, `agent.log-level`: the running agent's
+//!   pid, its standard output and error (appended to on each start), and
+//!   its `KEYWARD_LOG`;
 //! - `testbed.env` (mode 0600): the `export` lines an application needs.
 //!
 //! The agent is started with [`Testbed::start`] and is ready when it answers
