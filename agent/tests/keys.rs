@@ -14,7 +14,7 @@ use keyward_protocol::admin::{
 use keyward_protocol::frame::{read_message, write_message};
 
 mod common;
-use common::{Testbed, SOFTHSM};
+use common::{softhsm, Testbed};
 const BACKEND_PIN: &str = "backend-pin-k4r";
 
 /// The strict policy of these tests: application `tester` (this uid) and
@@ -77,7 +77,7 @@ fn shadow_key(bed: &Testbed, id: &[u8], label: &str) {
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     std::env::set_var("SOFTHSM2_CONF", &bed.softhsm_conf);
-    let p11 = Pkcs11::new(SOFTHSM).expect("load SoftHSM2");
+    let p11 = Pkcs11::new(softhsm()).expect("load SoftHSM2");
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("C_Initialize");
     let slot = p11

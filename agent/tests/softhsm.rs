@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cryptoki_sys as ck;
 use keyward_protocol::admin::{AdminRequest, AdminResponse};
@@ -105,7 +105,7 @@ fn agent_serves_a_softhsm_token() {
     let bed = Testbed::new(BACKEND_PIN, None);
     set_pin(&bed, "user", USER_PIN);
     set_pin(&bed, "so", "2222");
-    let mut agent = bed.start();
+    let pid = bed.start();
     let mut c = Conn::hello(&bed.socket());
 
     // Slots and token.
@@ -353,7 +353,7 @@ fn agent_serves_a_softhsm_token() {
         panic!("no status")
     };
     assert_eq!(st.protocol_version, PROTOCOL_VERSION);
-    assert_eq!(st.pid, agent.child.as_ref().unwrap().id());
+    assert_eq!(st.pid, pid);
     assert_eq!(st.tokens.len(), 1);
     let t = &st.tokens[0];
     assert!(t.backend_present, "{t:?}");
@@ -364,23 +364,7 @@ fn agent_serves_a_softhsm_token() {
     drop(c);
 
     // SIGTERM: a clean stop that removes the sockets.
-    let mut child = agent.child.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agent did not stop on SIGTERM:\n{}", bed.log());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = bed.stop();
     assert!(status.success(), "{status}:\n{}", bed.log());
     assert!(!bed.socket().exists());
     assert!(!bed.admin_socket().exists());

@@ -18,8 +18,8 @@ use cryptoki::error::{Error, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use keyward_testbed::{Bins, Options, Policy, Testbed};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
 
 /// Column name of keyward with its default `[audit]` settings.
@@ -49,7 +49,7 @@ pub struct Target {
     pin: String,
     /// What the library reads from the environment (start-up probes).
     env: Vec<(String, String)>,
-    testbed: Option<PathBuf>,
+    testbed: Option<Testbed>,
     server: Option<Child>,
 }
 
@@ -187,53 +187,20 @@ impl Target {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(dir) = self.testbed.take() {
-            let _ = Command::new(repo_root().join("softhsm-config/testbed"))
-                .arg("down")
-                .arg(dir)
-                .status();
+        if let Some(testbed) = self.testbed.take() {
+            let _ = testbed.down();
         }
     }
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("bench/ has a parent")
-        .to_path_buf()
-}
-
 /// Creates a SoftHSM2 token with its own configuration under `dir`.
 fn softhsm_token(dir: &Path, label: &str, pin: &str) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir.join("tokens")).map_err(|e| e.to_string())?;
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let status = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            pin,
-            "--so-pin",
-            "87654321",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("softhsm2-util (apt-get install softhsm2): {e}"))?;
-    if !status.success() {
-        return Err(format!("softhsm2-util --init-token failed for {label}"));
-    }
-    Ok(conf)
+    keyward_testbed::softhsm_token(dir, label, pin, "87654321").map_err(|e| e.to_string())
+}
+
+/// The SoftHSM2 library.
+fn softhsm() -> Result<PathBuf, String> {
+    keyward_testbed::softhsm_lib().map_err(|e| e.to_string())
 }
 
 fn load(name: &'static str, module: &Path, token: &str, pin: &str) -> Result<Target, String> {
@@ -273,89 +240,51 @@ pub fn direct(work: &Path) -> Result<Target, String> {
     // This process's SoftHSM2 reads its configuration at C_Initialize; the
     // agent and the p11-kit server are other processes with their own.
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    load("direct", Path::new(SOFTHSM), "bench-direct", "1234")
+    load("direct", &softhsm()?, "bench-direct", "1234")
 }
 
 /// The release build of keyward, on a testbed of its own, as column
 /// `name`: with the default `[audit]` settings, or with `record_uses =
 /// false` (no use records; everything else is still recorded).
 pub fn keyward(work: &Path, name: &'static str, record_uses: bool) -> Result<Target, String> {
-    let bins = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    for needed in ["keyward-agent", "keyward", "libkeyward_pkcs11.so"] {
-        if !bins.join(needed).exists() {
-            return Err(format!(
-                "{} is missing: build everything first with `cargo build --release --workspace`",
-                bins.join(needed).display()
-            ));
-        }
-    }
-    let policy = work.join(format!("{name}-policy.toml"));
-    std::fs::write(&policy, bench_policy(work)?)
-        .map_err(|e| format!("{}: {e}", policy.display()))?;
+    // The binaries of this build (target/release for the release
+    // benchmark), or KEYWARD_BIN_DIR.
+    let bins = Bins::locate();
+    bins.check_all()
+        .map_err(|e| format!("{e} (for the benchmark: cargo build --release --workspace)"))?;
+    let options = Options {
+        label: "bench-keyward".into(),
+        pin: Some("1234".into()),
+        policy: Policy::Text(bench_policy(work)?),
+        log: "warn".into(),
+        extra_config: if record_uses {
+            String::new()
+        } else {
+            "[audit]\nrecord_uses = false\n".into()
+        },
+        ..Options::default()
+    };
     let dir = work.join(name);
-    let testbed = |args: &[&str]| -> Result<String, String> {
-        let out = Command::new(repo_root().join("softhsm-config/testbed"))
-            .args(args)
-            .env("KEYWARD_BIN_DIR", &bins)
-            .env("KEYWARD_AGENT_LOG", "warn")
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("testbed: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("testbed {} failed", args.join(" ")));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let dir_arg = dir.display().to_string();
-    let mut exports = testbed(&[
-        "up",
-        &dir_arg,
-        "--label",
-        "bench-keyward",
-        "--pin",
-        "1234",
-        "--policy-file",
-        &policy.display().to_string(),
-    ])?;
-    if !record_uses {
-        testbed(&["stop", &dir_arg])?;
-        let config = dir.join("keyward-agent.toml");
-        let mut text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-        text.push_str("\n[audit]\nrecord_uses = false\n");
-        std::fs::write(&config, text).map_err(|e| e.to_string())?;
-        exports = testbed(&["start", &dir_arg])?;
-    }
-    let get = |key: &str| -> Result<String, String> {
-        exports
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("export {key}=")))
-            .map(|v| v.replace('\\', ""))
-            .ok_or(format!("testbed did not export {key}"))
-    };
+    let testbed = Testbed::up(&dir, &options, bins).map_err(|e| format!("{name}: {e}"))?;
     // A copy of the module per keyward target: the dynamic loader shares
     // one file between every load of it in a process.
     let module = work.join(format!("{name}-module/libkeyward_pkcs11.so"));
     std::fs::create_dir_all(module.parent().unwrap_or(work)).map_err(|e| e.to_string())?;
-    std::fs::copy(get("KEYWARD_MODULE")?, &module)
-        .map_err(|e| format!("copying the module: {e}"))?;
-    let socket = get("KEYWARD_SOCKET")?;
+    let built = testbed.bins().module().map_err(|e| e.to_string())?;
+    std::fs::copy(built, &module).map_err(|e| format!("copying the module: {e}"))?;
+    let socket = testbed.socket().display().to_string();
     std::env::set_var("KEYWARD_SOCKET", &socket);
     let mut t = load(name, &module, "bench-keyward", "1234")?;
     t.env = vec![("KEYWARD_SOCKET".into(), socket)];
     t.admin = Some(Admin {
-        keyward: bins.join("keyward"),
-        socket: PathBuf::from(get("KEYWARD_ADMIN_SOCKET")?),
-        store: dir.join("state/inventory.sqlite"),
-        pid: get("KEYWARD_AGENT_PID")?
-            .trim()
-            .parse()
-            .map_err(|e| format!("KEYWARD_AGENT_PID: {e}"))?,
+        keyward: testbed.bins().cli().map_err(|e| e.to_string())?,
+        socket: testbed.admin_socket(),
+        store: testbed.dir().join("state/inventory.sqlite"),
+        pid: testbed
+            .pid()
+            .ok_or(format!("{name}: the agent is not running"))?,
     });
-    t.testbed = Some(dir);
+    t.testbed = Some(testbed);
     Ok(t)
 }
 
@@ -403,7 +332,9 @@ pub fn p11kit(work: &Path) -> Result<Option<Target>, String> {
     let child = Command::new("p11-kit")
         .args(["server", "-f", "-n"])
         .arg(&socket)
-        .args(["--provider", SOFTHSM, "pkcs11:token=bench-p11kit"])
+        .arg("--provider")
+        .arg(softhsm()?)
+        .arg("pkcs11:token=bench-p11kit")
         .env("SOFTHSM2_CONF", &conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -5,8 +5,10 @@
 //! `--exact <test> --test-threads=1` and the testbed's exports in its
 //! environment plus [`CHILD_MARKER`]. The child runs the test body; the
 //! parent asserts that the child passed, shows its output when it did not,
-//! and stops the agent by its pid (`testbed down`) when the [`Testbed`] is
-//! dropped.
+//! and kills the agent and removes the directory when the [`Testbed`] is
+//! dropped. The testbeds come from `keyward-testbed`, which takes the
+//! binaries of this build (`target/debug`, or `KEYWARD_BIN_DIR`) and builds
+//! nothing: `cargo build --workspace` first.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,16 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyward_testbed::{Bins, Options};
+
 /// Set in the environment of the re-executed test binary.
 pub const CHILD_MARKER: &str = "KEYWARD_TEST_CHILD";
 /// `KEYWARD_TEST_DIRECT=1`: run against SoftHSM2 directly (comparison mode).
 pub const DIRECT: &str = "KEYWARD_TEST_DIRECT";
-/// The SoftHSM2 library the testbed and the direct mode use.
-pub const SOFTHSM_CANDIDATES: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-];
 /// Bound on one test's child process.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -36,31 +34,10 @@ pub fn direct_mode() -> bool {
 
 /// The path of the SoftHSM2 library; panics (never skips) when missing.
 pub fn softhsm_lib() -> String {
-    if let Ok(p) = std::env::var("SOFTHSM2_LIB") {
-        if Path::new(&p).is_file() {
-            return p;
-        }
-    }
-    SOFTHSM_CANDIDATES
-        .iter()
-        .find(|p| Path::new(p).is_file())
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| {
-            panic!(
-                "SoftHSM2 is not installed (apt-get install softhsm2); tests cannot run without it"
-            )
-        })
-}
-
-/// The repository's `softhsm-config/testbed` script.
-pub fn testbed_script() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-config/testbed");
-    assert!(
-        p.is_file(),
-        "the testbed script is missing at {}",
-        p.display()
-    );
-    p
+    keyward_testbed::softhsm_lib()
+        .unwrap_or_else(|e| panic!("{e}; tests cannot run without it"))
+        .display()
+        .to_string()
 }
 
 /// What a test body gets: the testbed's exports.
@@ -109,51 +86,41 @@ impl Env {
         );
     }
 
-    /// Runs `testbed CMD DIR` on this test's testbed; panics when it fails.
-    pub fn testbed(&self, cmd: &str) -> String {
-        self.require_agent(&format!("testbed {cmd}"));
-        let out = Command::new("bash")
-            .arg(testbed_script())
-            .arg(cmd)
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run bash for the testbed script");
-        assert!(
-            out.status.success(),
-            "testbed {cmd} {} failed ({}):\n{}{}",
-            self.dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// This test's testbed (the agent may have been started by another
+    /// process: it is stopped and killed by its pid).
+    fn testbed(&self, what: &str) -> keyward_testbed::Testbed {
+        self.require_agent(what);
+        keyward_testbed::Testbed::open(&self.dir)
+            .unwrap_or_else(|e| panic!("{what}: the testbed {}: {e}", self.dir.display()))
     }
 
     /// SIGKILLs the agent and waits until it is gone.
     pub fn kill_agent(&self) {
-        self.testbed("kill");
+        let tb = self.testbed("killing the agent");
+        tb.kill()
+            .unwrap_or_else(|e| panic!("killing the agent: {e}"));
     }
 
     /// SIGTERMs the agent and waits until it is gone.
     pub fn stop_agent(&self) {
-        self.testbed("stop");
+        let tb = self.testbed("stopping the agent");
+        tb.stop()
+            .unwrap_or_else(|e| panic!("stopping the agent: {e}"));
     }
 
     /// Starts the agent again and waits until it answers.
     pub fn start_agent(&self) {
-        self.testbed("start");
+        let tb = self.testbed("starting the agent");
+        tb.start()
+            .unwrap_or_else(|e| panic!("starting the agent: {e}"));
     }
 
     /// Appends `toml` (whole tables) to the agent's configuration file and
     /// restarts the agent on it.
     pub fn configure_agent(&self, toml: &str) {
-        self.require_agent("an agent configuration");
-        let path = self.dir.join("keyward-agent.toml");
-        let mut text = std::fs::read_to_string(&path).expect("read the agent configuration");
-        text.push('\n');
-        text.push_str(toml);
-        std::fs::write(&path, text).expect("write the agent configuration");
+        let tb = self.testbed("an agent configuration");
+        tb.append_config(toml)
+            .unwrap_or_else(|e| panic!("the agent configuration: {e}"));
         self.stop_agent();
         self.start_agent();
     }
@@ -161,28 +128,9 @@ impl Env {
     /// Sets `key = value` lines in the configuration's `[agent]` table
     /// (replacing a key that is there already) and restarts the agent.
     pub fn set_agent_options(&self, lines: &[&str]) {
-        self.require_agent("agent options");
-        let path = self.dir.join("keyward-agent.toml");
-        let text = std::fs::read_to_string(&path).expect("read the agent configuration");
-        let mut out: Vec<String> = Vec::new();
-        let mut in_agent = false;
-        let key_of = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
-        let keys: Vec<String> = lines.iter().map(|l| key_of(l)).collect();
-        for line in text.lines() {
-            if line.trim_start().starts_with('[') {
-                in_agent = line.trim() == "[agent]";
-                out.push(line.to_owned());
-                if in_agent {
-                    out.extend(lines.iter().map(|l| l.to_string()));
-                }
-                continue;
-            }
-            if in_agent && keys.contains(&key_of(line)) {
-                continue;
-            }
-            out.push(line.to_owned());
-        }
-        std::fs::write(&path, out.join("\n") + "\n").expect("write the agent configuration");
+        let tb = self.testbed("agent options");
+        tb.set_agent_options(lines)
+            .unwrap_or_else(|e| panic!("the agent configuration: {e}"));
         self.stop_agent();
         self.start_agent();
     }
@@ -200,47 +148,15 @@ impl Env {
     }
 }
 
-/// Parses the `export NAME=VALUE` lines `testbed up` prints (values quoted
-/// with bash's `printf %q`).
-fn parse_exports(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("export ") else {
-            continue;
-        };
-        let Some((k, v)) = rest.split_once('=') else {
-            continue;
-        };
-        let value = if let Some(q) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-            q.to_string()
-        } else {
-            let mut s = String::new();
-            let mut esc = false;
-            for c in v.chars() {
-                if esc {
-                    s.push(c);
-                    esc = false;
-                } else if c == '\\' {
-                    esc = true;
-                } else {
-                    s.push(c);
-                }
-            }
-            s
-        };
-        out.insert(k.to_string(), value);
-    }
-    out
-}
-
-/// A testbed in a temporary directory: `testbed up` on creation, `testbed
-/// down` (agent stopped by its pid, directory removed) on drop. In direct
-/// mode, a plain SoftHSM2 token in the same kind of directory.
+/// A testbed in a temporary directory, made with `keyward-testbed`: the
+/// agent is killed and the directory removed on drop. In direct mode, a
+/// plain SoftHSM2 token in the same kind of directory.
 #[derive(Debug)]
 pub struct Testbed {
+    /// Dropped first: the agent dies before its directory goes.
+    testbed: Option<keyward_testbed::Testbed>,
     dir: tempfile::TempDir,
     exports: BTreeMap<String, String>,
-    direct: bool,
 }
 
 fn opt<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
@@ -248,63 +164,31 @@ fn opt<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
 }
 
 impl Testbed {
+    /// A testbed made with the arguments of `testbed up DIR ARGS`.
     pub fn up(args: &[&str]) -> Testbed {
         let dir = tempfile::Builder::new()
             .prefix("kw-")
             .tempdir_in(std::env::temp_dir())
             .expect("cannot create a temporary directory");
-        assert!(
-            Command::new("softhsm2-util")
-                .arg("--version")
-                .output()
-                .is_ok(),
-            "softhsm2-util is missing (apt-get install softhsm2); tests cannot run without it"
-        );
         softhsm_lib();
         if direct_mode() {
             return Self::up_direct(dir, args);
         }
-        let out = Command::new("bash")
-            .arg(testbed_script())
-            .arg("up")
-            .arg(dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run bash for the testbed script");
-        assert!(
-            out.status.success(),
-            "`testbed up {} {}` failed ({}). Are the binaries built (cargo build -p keyward-agent -p \
-             keyward-module -p keyward-provisioning) and SoftHSM2 installed?\n{}{}",
-            dir.path().display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let exports = parse_exports(&String::from_utf8_lossy(&out.stdout));
-        for k in [
-            "KEYWARD_MODULE",
-            "KEYWARD_SOCKET",
-            "KEYWARD_TOKEN",
-            "KEYWARD_PIN",
-            "KEYWARD_SO_PIN",
-            "KEYWARD_TESTBED",
-        ] {
-            assert!(
-                exports.contains_key(k),
-                "testbed up printed no {k}: {exports:?}"
-            );
+        let options =
+            Options::from_args(args).unwrap_or_else(|e| panic!("testbed options {args:?}: {e}"));
+        let bins = Bins::locate();
+        let up = bins
+            .module()
+            .and_then(|_| keyward_testbed::Testbed::up(dir.path(), &options, bins));
+        let testbed = up.unwrap_or_else(|e| panic!("testbed up {args:?}: {e}"));
+        let mut exports: BTreeMap<String, String> = testbed.exports().iter().cloned().collect();
+        if let Some(pid) = testbed.pid() {
+            exports.insert("KEYWARD_AGENT_PID".into(), pid.to_string());
         }
-        let module = &exports["KEYWARD_MODULE"];
-        assert!(
-            Path::new(module).is_file(),
-            "the module {module} does not exist"
-        );
         Testbed {
+            testbed: Some(testbed),
             dir,
             exports,
-            direct: false,
         }
     }
 
@@ -321,9 +205,9 @@ impl Testbed {
         exports.insert("KEYWARD_SO_PIN".into(), so_pin.into());
         exports.insert("KEYWARD_TESTBED".into(), dir.path().display().to_string());
         Testbed {
+            testbed: None,
             dir,
             exports,
-            direct: true,
         }
     }
 
@@ -337,25 +221,10 @@ impl Testbed {
 
     /// The last lines of the agent's log, for failure messages.
     pub fn agent_log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        if self.direct {
-            return;
-        }
-        let _ = Command::new("bash")
-            .arg(testbed_script())
-            .arg("down")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.testbed
+            .as_ref()
+            .map(|t| t.log_tail(60))
+            .unwrap_or_default()
     }
 }
 
@@ -363,38 +232,7 @@ impl Drop for Testbed {
 /// `softhsm2.conf`. Used by the direct mode and by tests that compare keyward
 /// with SoftHSM2 direct.
 pub fn softhsm_token(dir: &Path, label: &str, pin: &str, so_pin: &str) -> PathBuf {
-    let tokens = dir.join("softhsm/tokens");
-    std::fs::create_dir_all(&tokens).expect("cannot create the SoftHSM2 token directory");
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            tokens.display()
-        ),
-    )
-    .expect("cannot write softhsm2.conf");
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            pin,
-            "--so-pin",
-            so_pin,
-        ])
-        .output()
-        .expect("softhsm2-util is missing (apt-get install softhsm2)");
-    assert!(
-        out.status.success(),
-        "softhsm2-util --init-token failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    conf
+    keyward_testbed::softhsm_token(dir, label, pin, so_pin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {

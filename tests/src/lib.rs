@@ -18,11 +18,15 @@
 //! - [`json`]: a small reader for `keyward --json` documents.
 //! - [`probe`]: the probe processes (`src/bin/*_probe`) driven from a test.
 //!
-//! Run: build the binaries the testbed uses, then the suite:
+//! The tests are one binary, `tests/integration` (one module per area), and
+//! the testbeds come from `keyward-testbed`, which uses the binaries of this
+//! build and builds nothing. Run: build everything, then the suite, or one
+//! module of it:
 //!
 //! ```text
-//! cargo build -p keyward-agent -p keyward-module -p keyward-provisioning
+//! cargo build --workspace
 //! cargo test -p keyward-tests
+//! cargo test -p keyward-tests --test integration wire::
 //! ```
 //!
 //! `KEYWARD_TEST_DIRECT=1` runs the same bodies against SoftHSM2 loaded

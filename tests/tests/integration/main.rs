@@ -1,0 +1,40 @@
+//! keyward's integration and interoperability tests, one module per area,
+//! linked into one test binary. Every test runs in its own process with its
+//! own SoftHSM2 token and agent (see `keyward_tests::harness`).
+//!
+//! ```text
+//! cargo build --workspace
+//! cargo test -p keyward-tests                                   # everything
+//! cargo test -p keyward-tests --test integration key_enforcement::   # one module
+//! ```
+
+mod agent_restart;
+mod attribute_rules;
+mod audit;
+mod audit_anchor;
+mod audit_crash;
+mod audit_events;
+mod audit_gap;
+mod boundary;
+mod crypto;
+mod derived_keys;
+mod fork_process;
+mod general;
+mod generation;
+mod generation_crash;
+mod interop_openssl;
+mod interop_pkcs11_tool;
+mod key_enforcement;
+mod key_integrity;
+mod keys;
+mod lifecycle;
+mod mechanism_params;
+mod metrics;
+mod namespaces;
+mod objects;
+mod pins;
+mod policy;
+mod report;
+mod sessions_login;
+mod slots_tokens;
+mod wire;
