@@ -3048,4 +3048,49 @@ rotation_interval = "90d"
         assert_eq!(replayed(&a), stored(&a));
         assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
     }
+
+    /// A revocation whose last version was changed by someone else since
+    /// the agent looked is refused as a whole: the key and its other
+    /// versions are not left compromised with the last one behind, and no
+    /// record tells of a change that did not happen.
+    #[test]
+    fn a_change_racing_another_is_all_or_nothing() {
+        let (d, a) = agent();
+        call(&a, create("k", "signing")).unwrap();
+        call(&a, act("k", KeyAction::Activate)).unwrap();
+        call(
+            &a,
+            KeyRequest::Rotate {
+                name: "k".into(),
+                token: None,
+            },
+        )
+        .unwrap();
+        let id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+        // Another writer moved version 2 behind the agent's view.
+        let db = rusqlite::Connection::open(d.path().join("inventory.sqlite")).unwrap();
+        db.execute(
+            "UPDATE key_versions SET state = 'suspended' WHERE key_id = ?1 AND version = 2",
+            [id],
+        )
+        .unwrap();
+        let inv = a.keys.inventory();
+        let before = (
+            inv.key_by_id(id).unwrap(),
+            inv.versions(id).unwrap(),
+            inv.history(id).unwrap(),
+        );
+        let records = replayed(&a);
+        let err = call(&a, act("k", KeyAction::Revoke { rotate: false })).unwrap_err();
+        assert_eq!(err.kind, AdminErrorKind::Conflict, "{}", err.message);
+        assert!(err.message.contains("version 2"), "{}", err.message);
+        let after = (
+            inv.key_by_id(id).unwrap(),
+            inv.versions(id).unwrap(),
+            inv.history(id).unwrap(),
+        );
+        assert_eq!(after, before, "nothing of the revocation is kept");
+        assert_eq!(replayed(&a), records, "no record of it either");
+        assert_eq!(a.keys.key(id).unwrap().record.state, InvState::Active);
+    }
 }
