@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use keyward_tests::admin::{
@@ -27,7 +27,7 @@ use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 
 /// Kills of the agent.
-const ROUNDS: u64 = 5;
+const ROUNDS: u64 = 12;
 /// Administrators acting at once.
 const ADMINS: usize = 2;
 /// The key both administrators rotate.
@@ -214,15 +214,17 @@ keyward_test!(fn a_kill_during_rotations_and_transitions_leaves_inventory_and_tr
     let mut successes = 0;
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
+        let (succeeded, successes_now) = mpsc::channel();
         let admins: Vec<_> = (0..ADMINS)
             .map(|admin| {
-                let (tb, stop) = (tb.clone(), stop.clone());
+                let (tb, stop, succeeded) = (tb.clone(), stop.clone(), succeeded.clone());
                 std::thread::spawn(move || {
                     let mut done = Vec::new();
                     let mut i = 0;
                     while !stop.load(Ordering::SeqCst) {
                         let s = step(round, admin, i);
                         if run(&tb, &s) {
+                            let _ = succeeded.send(());
                             done.push(s);
                         }
                         i += 1;
@@ -231,8 +233,15 @@ keyward_test!(fn a_kill_during_rotations_and_transitions_leaves_inventory_and_tr
                 })
             })
             .collect();
-        // A different moment of the stream in each round.
-        std::thread::sleep(Duration::from_millis(300 + (round * 271) % 900));
+        // Some successes first, then the kill a varying few milliseconds
+        // after one returned: inside the actions in flight, at a different
+        // point of them in each round.
+        for n in 0..4 + round % 5 {
+            successes_now
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("round {round}: action {n} does not succeed ({e})"));
+        }
+        std::thread::sleep(Duration::from_millis((round * 7) % 45));
         tb.kill_agent();
         stop.store(true, Ordering::SeqCst);
         for a in admins {
@@ -263,6 +272,26 @@ keyward_test!(fn a_kill_during_rotations_and_transitions_leaves_inventory_and_tr
             "round {round}: the inventory and the trail disagree:\n{}",
             differ.join("\n")
         );
+        let mut st = db
+            .prepare(
+                "SELECT k.name, k.rotated_at, (SELECT max(v.created_at) FROM key_versions v
+                                                WHERE v.key_id = k.id)
+                   FROM keys k WHERE (SELECT count(*) FROM key_versions v WHERE v.key_id = k.id) > 1",
+            )
+            .expect("prepare");
+        let rotated = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?))
+            })
+            .expect("rotated keys");
+        for row in rotated {
+            let (key, rotated_at, newest) = row.expect("row");
+            assert_eq!(
+                rotated_at,
+                Some(newest),
+                "round {round}: key {key}'s newest version is not under its rotation's dates"
+            );
+        }
         for (key, n) in &acknowledged {
             let versions = stored.get(key).map_or(0, |l| l.versions.len());
             assert!(
