@@ -1328,7 +1328,13 @@ impl Agent {
                 key: self.reload(t)?,
             };
             // Named as the revocation it completes.
-            let v = self.new_version(&revoked, (who, by), Rotation::Emergency, act.name(), now)?;
+            let v = self.new_version(
+                &revoked,
+                (who, by),
+                Rotation::Emergency,
+                (act.name(), reason),
+                now,
+            )?;
             log::info!(
                 "key {}: emergency rotation to version {v} by {who}",
                 t.label()
@@ -1372,13 +1378,14 @@ impl Agent {
     /// Generates the next version of `t` and adds it (active) in one
     /// change with what `rotation` does to the key and its older versions
     /// (see [`Rotation`]) and the key's new cryptoperiod from `now`.
-    /// `operation` names the trail records. Returns the version's number.
+    /// `operation` names the trail records, `why` ends their reason.
+    /// Returns the version's number.
     fn new_version(
         &self,
         t: &Target<'_>,
         (who, by): (&str, &Actor),
         rotation: Rotation,
-        operation: &str,
+        (operation, why): (&str, &str),
         now: SystemTime,
     ) -> AResult<u32> {
         let r = &t.key.record;
@@ -1453,7 +1460,7 @@ impl Agent {
             at,
             trail: Vec::new(),
         };
-        match self.apply_change(by, operation, &reason, change) {
+        match self.apply_change(by, operation, &format!("{reason}: {why}"), change) {
             Ok(_) => {
                 self.judged(&t.token.config.label, &objects, r.id, next);
                 self.refresh(r.id)?;
@@ -1480,7 +1487,7 @@ impl Agent {
         reason: &str,
         now: SystemTime,
     ) -> AResult<u32> {
-        let v = self.new_version(t, (who, by), Rotation::Planned, "rotate", now)?;
+        let v = self.new_version(t, (who, by), Rotation::Planned, ("rotate", reason), now)?;
         log::info!(
             "key {} rotated to version {v} by {who}: {reason}",
             t.label()
