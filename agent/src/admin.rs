@@ -388,14 +388,15 @@ fn creation(record: KeyRecord, version: KeyVersion, who: &str) -> LifecycleChang
     }
 }
 
-/// The `lifecycle` records of `change` (see [`Agent::apply_change`]).
+/// The `lifecycle` records of `change` (see [`Agent::apply_change`]);
+/// `None` when the key it changes is not in the view.
 fn lifecycle_records(
     by: &Actor,
     operation: &str,
     why: &str,
     change: &LifecycleChange,
     keys: &crate::keys::ManagedKeys,
-) -> Vec<AuditEvent> {
+) -> Option<Vec<AuditEvent>> {
     let (token, name, key_move) = match &change.key {
         KeyChange::Create(k) => (k.token.clone(), k.name.clone(), Some((None, k.state))),
         KeyChange::Update {
@@ -403,10 +404,8 @@ fn lifecycle_records(
             expected,
             to,
         } => {
-            let (token, name) = keys
-                .key(*key_id)
-                .map(|k| (k.record.token.clone(), k.record.name.clone()))
-                .unwrap_or_default();
+            let k = keys.key(*key_id)?;
+            let (token, name) = (k.record.token.clone(), k.record.name.clone());
             (token, name, to.map(|to| (Some(*expected), to)))
         }
     };
@@ -415,7 +414,7 @@ fn lifecycle_records(
         VersionChange::Move { version, from, to } => (Some(*version), Some(*from), *to),
     });
     let state = |s: Option<InvState>| s.map_or("none", InvState::as_str);
-    key_move
+    let records = key_move
         .map(|(from, to)| (None, from, to))
         .into_iter()
         .chain(moves)
@@ -431,7 +430,8 @@ fn lifecycle_records(
             e.reason = crate::audit::lifecycle_reason(state(from), state(Some(to)), why);
             e
         })
-        .collect()
+        .collect();
+    Some(records)
 }
 
 /// The token and key a key request names, for the trail.
@@ -2340,7 +2340,13 @@ impl Agent {
         why: &str,
         mut change: LifecycleChange,
     ) -> AResult<AppliedChange> {
-        change.trail = lifecycle_records(by, operation, why, &change, &self.keys);
+        let Some(trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                "the key is not in the agent's view: nothing changed",
+            );
+        };
+        change.trail = trail;
         let existing = match change.key {
             KeyChange::Create(_) => None,
             KeyChange::Update { key_id, .. } => Some(key_id),
