@@ -9,7 +9,7 @@
 //! inventory write fails destroys what it generated: no orphan objects.
 //!
 //! A lifecycle change (create, adopt, transition, rotation, the
-//! scheduler's) is one inventory transaction ([`Agent::apply_change`]):
+//! scheduler's) is one inventory transaction (`Agent::apply_change`):
 //! the key's state, its versions' states and new versions, its dates, its
 //! history rows and its `lifecycle` trail records, durable before the
 //! answer. A kill at any moment leaves all of it or none of it, and a

@@ -69,9 +69,8 @@ impl FromStr for KeyState {
 
 /// One managed key: a logical key whose versions are backend objects.
 ///
-/// Times are unix seconds. As a draft for
-/// [`create_key`](crate::Inventory::create_key), `id` is ignored (the store
-/// assigns it).
+/// Times are unix seconds. As a new key in [`KeyChange::Create`], `id` is
+/// ignored (the store assigns it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: i64,
