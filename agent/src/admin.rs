@@ -3,10 +3,20 @@
 //!
 //! Every change follows one order: the HSM first (generation, on a fresh
 //! backend session that is closed afterwards, never the anchor), then the
-//! inventory (one transaction per change, durable before the answer), then
+//! inventory, then
 //! [`ManagedKeys::refresh`](crate::keys::ManagedKeys::refresh), so that
 //! enforcement sees the change on the very next use. A generation whose
 //! inventory write fails destroys what it generated: no orphan objects.
+//!
+//! A lifecycle change (create, adopt, transition, rotation, the
+//! scheduler's) is one inventory transaction (`Agent::apply_change`):
+//! the key's state, its versions' states and new versions, its dates, its
+//! history rows and its `lifecycle` trail records, durable before the
+//! answer. A kill at any moment leaves all of it or none of it, and a
+//! change whose records cannot be written does not happen. Which moves an
+//! action makes is the policy's ([`transition`], [`version_transition`],
+//! [`Rotation`]); the store only checks that each state is still the one
+//! seen.
 //!
 //! Semantics chosen here (see also the doc comments of the functions):
 //! - A new key and its version 1 start in pre-activation; `activate` moves
@@ -23,12 +33,12 @@ use std::time::{Duration, SystemTime};
 
 use cryptoki_sys as ck;
 use keyward_inventory::{
-    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState as InvState, KeyVersion,
-    StateChange, Transition,
+    Actor, AppliedChange, ApprovalRecord, AuditEvent, DateUpdates, Grant, KeyChange, KeyFilter,
+    KeyRecord, KeyState as InvState, KeyVersion, LifecycleChange, StateChange, VersionChange,
 };
 use keyward_policy::{
-    check_generation, check_key_pair_generation, needs_approval, transition, Action, Algorithm,
-    Curve, KeyClass, KeyState, Operation, Purpose, Template,
+    check_generation, check_key_pair_generation, needs_approval, transition, version_transition,
+    Action, Algorithm, Curve, KeyClass, KeyState, Operation, Purpose, Rotation, Template,
 };
 use keyward_protocol::admin::{
     AdminErrorKind, AdminResponse, AppInfo, ApprovalRequest, GrantInfo, HistoryEntry, KeyAction,
@@ -74,7 +84,6 @@ fn inv_err(e: keyward_inventory::Error) -> AdminError {
     let kind = match &e {
         E::Exists(_) | E::Conflict { .. } => AdminErrorKind::Conflict,
         E::NotFound(_) => AdminErrorKind::NotFound,
-        E::InvalidTransition { .. } => AdminErrorKind::Refused,
         E::Invalid(_) => AdminErrorKind::Invalid,
         _ => AdminErrorKind::Failed,
     };
@@ -345,6 +354,65 @@ fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
         fingerprint: k.fingerprint.map(|f| f.to_vec()),
     };
     (record, version)
+}
+
+/// The change that records a new key and its version 1 by `who`.
+fn creation(record: KeyRecord, version: KeyVersion, who: &str) -> LifecycleChange {
+    LifecycleChange {
+        at: record.created_at,
+        key: KeyChange::Create(Box::new(record)),
+        versions: vec![VersionChange::Add(version)],
+        dates: DateUpdates::default(),
+        actor: who.to_owned(),
+        reason: "created".to_owned(),
+        trail: Vec::new(),
+    }
+}
+
+/// The `lifecycle` records of `change` (see [`Agent::apply_change`]);
+/// `None` when the key it changes is not in the view.
+fn lifecycle_records(
+    by: &Actor,
+    operation: &str,
+    why: &str,
+    change: &LifecycleChange,
+    keys: &crate::keys::ManagedKeys,
+) -> Option<Vec<AuditEvent>> {
+    let (token, name, key_move) = match &change.key {
+        KeyChange::Create(k) => (k.token.clone(), k.name.clone(), Some((None, k.state))),
+        KeyChange::Update {
+            key_id,
+            expected,
+            to,
+        } => {
+            let k = keys.key(*key_id)?;
+            let (token, name) = (k.record.token.clone(), k.record.name.clone());
+            (token, name, to.map(|to| (Some(*expected), to)))
+        }
+    };
+    let moves = change.versions.iter().map(|v| match v {
+        VersionChange::Add(v) => (Some(v.version), None, v.state),
+        VersionChange::Move { version, from, to } => (Some(*version), Some(*from), *to),
+    });
+    let state = |s: Option<InvState>| s.map_or("none", InvState::as_str);
+    let records = key_move
+        .map(|(from, to)| (None, from, to))
+        .into_iter()
+        .chain(moves)
+        .map(|(version, from, to)| {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Lifecycle,
+                by.clone(),
+                operation,
+            );
+            e.token = Some(token.clone());
+            e.key = Some(name.clone());
+            e.key_version = version;
+            e.reason = crate::audit::lifecycle_reason(state(from), state(Some(to)), why);
+            e
+        })
+        .collect();
+    Some(records)
 }
 
 /// The token and key a key request names, for the trail.
@@ -702,14 +770,13 @@ impl Agent {
             } => {
                 let owner = owner.unwrap_or_else(|| who.clone());
                 let info = self.create_key(
-                    &who,
+                    (&who, &by),
                     &name,
                     &class,
                     algorithm.as_deref(),
                     token.as_deref(),
                     &owner,
                 )?;
-                self.record_changes(by, "create", None, &info.token, &name, "created");
                 Ok(KeyResponse::Key(Box::new(info)))
             }
             KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state.as_deref()),
@@ -725,24 +792,11 @@ impl Agent {
             } => {
                 let t = self.target(token.as_deref(), &name)?;
                 let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
-                let done = self.transition_key(&t, action, &who, &reason, SystemTime::now())?;
-                let label = t.token.config.label.clone();
-                let operation = action_of(action).to_string();
-                self.record_changes(by, &operation, Some(&t.key), &label, &name, &reason);
-                Ok(done)
+                self.transition_key(&t, action, (&who, &by), &reason, SystemTime::now())
             }
             KeyRequest::Rotate { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;
-                self.rotate_key(&t, &who, "rotation requested", SystemTime::now())?;
-                let label = t.token.config.label.clone();
-                self.record_changes(
-                    by,
-                    "rotate",
-                    Some(&t.key),
-                    &label,
-                    &name,
-                    "rotation requested",
-                );
+                self.rotate_key(&t, (&who, &by), "rotation requested", SystemTime::now())?;
                 Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
             }
             KeyRequest::Verify { name, token } => {
@@ -853,9 +907,7 @@ impl Agent {
                 class,
             } => {
                 let t = self.admin_token(token.as_deref())?;
-                let info = self.adopt_key(t, &backend_id, &name, &class, &who)?;
-                let reason = format!("adopted from CKA_ID {} as class {class}", hex(&backend_id));
-                self.record_changes(by, "adopt", None, &info.token, &name, &reason);
+                let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
         }
@@ -1047,7 +1099,7 @@ impl Agent {
 
     fn create_key(
         &self,
-        who: &str,
+        (who, by): (&str, &Actor),
         name: &str,
         class_name: &str,
         algorithm: Option<&str>,
@@ -1120,12 +1172,13 @@ impl Agent {
             fingerprint,
             active_since: None,
         });
-        let created = match self.keys.inventory().create_key(&record, &version, who) {
-            Ok(r) => r,
+        let change = creation(record, version, who);
+        let created = match self.apply_change(by, "create", "created", change) {
+            Ok(done) => done.key,
             Err(e) => {
                 self.destroy_orphans(backend.as_ref(), &objects);
                 self.end_pending(t, &id);
-                return Err(inv_err(e));
+                return Err(e);
             }
         };
         self.judged(&label, &objects, created.id, 1);
@@ -1160,7 +1213,7 @@ impl Agent {
         &self,
         t: &Target<'_>,
         action: KeyAction,
-        who: &str,
+        (who, by): (&str, &Actor),
         reason: &str,
         now: SystemTime,
     ) -> AResult<KeyResponse> {
@@ -1183,8 +1236,6 @@ impl Agent {
                 ),
             );
         }
-        let key_id = t.key.record.id;
-        let inv = self.keys.inventory();
         let at = secs(now);
         let mut dates = DateUpdates::default();
         match act {
@@ -1195,78 +1246,52 @@ impl Agent {
             Action::Deactivate => dates.deactivated_at = Some(at),
             _ => {}
         }
-        let step =
-            |version: Option<u32>, expected_from: InvState, to: InvState, dates: DateUpdates| {
-                inv.transition(&Transition {
-                    key_id,
-                    version,
-                    expected_from,
-                    to,
-                    actor: who.to_owned(),
-                    reason: reason.to_owned(),
-                    at,
-                    dates,
+        // The versions follow as the policy says.
+        let versions = t
+            .key
+            .versions
+            .iter()
+            .filter_map(|v| {
+                let to = version_transition(act, policy_state(v.state))?;
+                Some(VersionChange::Move {
+                    version: v.version,
+                    from: v.state,
+                    to: inventory_state(to),
                 })
-            };
-        let result = step(None, t.key.record.state, inventory_state(to), dates).map_err(inv_err);
-        if let Err(e) = result {
-            self.refresh(key_id)?;
-            return Err(e);
-        }
-        // The versions follow where the key's move concerns them.
-        let mut version_errors = Vec::new();
-        for v in &t.key.versions {
-            let target = match act {
-                Action::Activate if v.state == InvState::PreActivation => Some(InvState::Active),
-                Action::Revoke
-                    if !matches!(v.state, InvState::Compromised | InvState::Destroyed) =>
-                {
-                    Some(InvState::Compromised)
-                }
-                _ => None,
-            };
-            if let Some(vt) = target {
-                if let Err(e) = step(Some(v.version), v.state, vt, DateUpdates::default()) {
-                    version_errors.push(format!("version {}: {e}", v.version));
-                }
-            }
-        }
-        self.refresh(key_id)?;
-        if !version_errors.is_empty() {
-            return fail(
-                AdminErrorKind::Failed,
-                format!(
-                    "key {} {}, but {}",
-                    t.label(),
-                    act.past_tense(),
-                    version_errors.join("; ")
-                ),
-            );
-        }
+            })
+            .collect();
+        let change = LifecycleChange {
+            key: KeyChange::Update {
+                key_id: t.key.record.id,
+                expected: t.key.record.state,
+                to: Some(inventory_state(to)),
+            },
+            versions,
+            dates,
+            actor: who.to_owned(),
+            reason: reason.to_owned(),
+            at,
+            trail: Vec::new(),
+        };
+        self.apply_change(by, act.name(), reason, change)?;
         log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
         if rotate {
             let revoked = Target {
                 token: t.token,
                 key: self.reload(t)?,
             };
-            let v = self.new_version(&revoked, who, InvState::Compromised, now)?;
-            let msg = format!("emergency rotation to version {v}");
-            inv.transition(&Transition {
-                key_id,
-                version: None,
-                expected_from: InvState::Compromised,
-                to: InvState::Active,
-                actor: who.to_owned(),
-                reason: msg.clone(),
-                at,
-                dates: DateUpdates {
-                    activated_at: Some(at),
-                    ..period_dates(self.policy().class(&t.key.record.class), now)
-                },
-            })
-            .map_err(inv_err)?;
-            self.refresh(key_id)?;
-            log::info!("key {}: {msg} by {who}", t.label());
+            // Named as the revocation it completes.
+            let v = self.new_version(
+                &revoked,
+                (who, by),
+                Rotation::Emergency,
+                (act.name(), reason),
+                now,
+            )?;
+            log::info!(
+                "key {}: emergency rotation to version {v} by {who}",
+                t.label()
+            );
         }
         Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
     }
@@ -1303,16 +1328,25 @@ impl Agent {
         Ok(KeyResponse::Pending(request_info(&record)))
     }
 
-    /// Generates the next version of `t` and adds it (active), demoting
-    /// older versions to `demote`. Returns its number.
+    /// Generates the next version of `t` and adds it (active) in one
+    /// change with what `rotation` does to the key and its older versions
+    /// (see [`Rotation`]) and the key's new cryptoperiod from `now`.
+    /// `operation` names the trail records, `why` ends their reason.
+    /// Returns the version's number.
     fn new_version(
         &self,
         t: &Target<'_>,
-        who: &str,
-        demote: InvState,
+        (who, by): (&str, &Actor),
+        rotation: Rotation,
+        (operation, why): (&str, &str),
         now: SystemTime,
     ) -> AResult<u32> {
         let r = &t.key.record;
+        let from = state_of(&t.key);
+        let to = rotation.key_state(from).map_err(|e| AdminError {
+            kind: AdminErrorKind::Refused,
+            message: format!("key {}: {e}", t.label()),
+        })?;
         let policy = self.policy();
         let Some(class) = policy.class(&r.class) else {
             return fail(
@@ -1334,33 +1368,63 @@ impl Agent {
                 return Err(e);
             }
         };
-        let draft = KeyVersion {
+        let at = secs(now);
+        let next = t.key.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+        let mut versions: Vec<VersionChange> = t
+            .key
+            .versions
+            .iter()
+            .filter_map(|v| {
+                let to = rotation.demotes(policy_state(v.state))?;
+                Some(VersionChange::Move {
+                    version: v.version,
+                    from: v.state,
+                    to: inventory_state(to),
+                })
+            })
+            .collect();
+        versions.push(VersionChange::Add(KeyVersion {
             key_id: r.id,
-            version: 0,
-            backend_id: id,
+            version: next,
+            backend_id: id.clone(),
             backend_label: r.name.clone(),
             state: InvState::Active,
-            created_at: secs(now),
+            created_at: at,
             deactivated_at: None,
             destroyed_at: None,
             fingerprint: fingerprint.map(|f| f.to_vec()),
+        }));
+        let mut dates = period_dates(Some(class), now);
+        dates.rotated_at = Some(at);
+        if from != to {
+            dates.activated_at = Some(at);
+        }
+        let reason = format!("{rotation} to version {next}");
+        let change = LifecycleChange {
+            key: KeyChange::Update {
+                key_id: r.id,
+                expected: r.state,
+                to: (from != to).then_some(inventory_state(to)),
+            },
+            versions,
+            dates,
+            actor: who.to_owned(),
+            reason: reason.clone(),
+            at,
+            trail: Vec::new(),
         };
-        match self
-            .keys
-            .inventory()
-            .add_version(r.id, &draft, Some(demote), who)
-        {
-            Ok(v) => {
-                self.judged(&t.token.config.label, &objects, r.id, v.version);
+        match self.apply_change(by, operation, &format!("{reason}: {why}"), change) {
+            Ok(_) => {
+                self.judged(&t.token.config.label, &objects, r.id, next);
                 self.refresh(r.id)?;
-                self.end_pending(t.token, &draft.backend_id);
-                Ok(v.version)
+                self.end_pending(t.token, &id);
+                Ok(next)
             }
             Err(e) => {
                 self.destroy_orphans(backend.as_ref(), &objects);
-                self.end_pending(t.token, &draft.backend_id);
+                self.end_pending(t.token, &id);
                 self.refresh(r.id)?;
-                Err(inv_err(e))
+                Err(e)
             }
         }
     }
@@ -1368,23 +1432,15 @@ impl Agent {
     /// Rotation: a new version from the same class (same label, new
     /// `CKA_ID`) protects from now; older versions drop to deactivated; the
     /// key's protect and process periods and its next rotation count from
-    /// now. Active keys only.
-    fn rotate_key(&self, t: &Target<'_>, who: &str, reason: &str, now: SystemTime) -> AResult<u32> {
-        let state = state_of(&t.key);
-        if state != KeyState::Active {
-            return fail(
-                AdminErrorKind::Refused,
-                format!("key {} is {state}: only active keys rotate", t.label()),
-            );
-        }
-        let v = self.new_version(t, who, InvState::Deactivated, now)?;
-        let mut dates = period_dates(self.policy().class(&t.key.record.class), now);
-        dates.rotated_at = Some(secs(now));
-        self.keys
-            .inventory()
-            .set_dates(t.key.record.id, &dates)
-            .map_err(inv_err)?;
-        self.refresh(t.key.record.id)?;
+    /// now. Active keys only ([`Rotation::Planned`]).
+    fn rotate_key(
+        &self,
+        t: &Target<'_>,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        now: SystemTime,
+    ) -> AResult<u32> {
+        let v = self.new_version(t, (who, by), Rotation::Planned, ("rotate", reason), now)?;
         log::info!(
             "key {} rotated to version {v} by {who}: {reason}",
             t.label()
@@ -1830,7 +1886,7 @@ impl Agent {
         backend_id: &[u8],
         name: &str,
         class_name: &str,
-        who: &str,
+        (who, by): (&str, &Actor),
     ) -> AResult<KeyInfo> {
         let label = token.config.label.clone();
         if name.is_empty() || backend_id.is_empty() {
@@ -1922,11 +1978,13 @@ impl Agent {
             destroyed_at: None,
             fingerprint: fingerprint.map(|f| f.to_vec()),
         };
+        let why = format!(
+            "adopted from CKA_ID {} as class {class_name}",
+            hex(backend_id)
+        );
         let created = self
-            .keys
-            .inventory()
-            .create_key(&record, &version, who)
-            .map_err(inv_err)?;
+            .apply_change(by, "adopt", &why, creation(record, version, who))?
+            .key;
         self.judged(&label, &objects, created.id, 1);
         self.refresh(created.id)?;
         // Its use records name the managed key from now on.
@@ -2165,7 +2223,7 @@ impl Agent {
         objects: (BackendObject, Option<BackendObject>),
         label: Option<&str>,
         backend_id: &[u8],
-        owner: &str,
+        (owner, by): (&str, &Actor),
     ) -> AResult<ManagedRef> {
         let backend = self.backend(token)?;
         let s = HsmSession::open(backend.as_ref())?;
@@ -2194,9 +2252,14 @@ impl Agent {
             active_since: Some(SystemTime::now()),
         });
         let who = format!("application {owner}");
-        let created = inventory
-            .create_key(&record, &version, &who)
-            .map_err(inv_err)?;
+        let created = self
+            .apply_change(
+                by,
+                "create",
+                "generated by the application",
+                creation(record, version, &who),
+            )?
+            .key;
         self.judged(&token.config.label, &both, created.id, 1);
         self.refresh(created.id)?;
         log::info!(
@@ -2211,62 +2274,62 @@ impl Agent {
         })
     }
 
-    /// Records what a lifecycle action changed, durably: one `lifecycle`
-    /// record for the key's state and one for each version whose state
-    /// changed or that is new, from `before` (`None`: a new key) to the
-    /// key as the inventory has it now. Called after the change, and after
-    /// every request that passed the old checks has ended (see
-    /// [`Agent::in_flight`]): no use of the old rights follows the record.
-    pub(crate) fn record_changes(
+    /// Applies one lifecycle change by `by` with its `lifecycle` trail
+    /// records, in one inventory transaction (durable before it returns),
+    /// and reloads the key's view: one record for the key's own move (or
+    /// its creation) and one for each version that moves or is new,
+    /// `operation` the action's name, reason `from <state> to <state>:
+    /// <why>`. Nothing happens when the records cannot be written.
+    ///
+    /// A change of an existing key may take rights away: it holds
+    /// [`Agent::in_flight`] (write) from before the change until the view
+    /// has it, so every request that passed the old check has ended (and
+    /// queued its use records, which the trail stores first), and none
+    /// passes the old check after the records.
+    pub(crate) fn apply_change(
         &self,
-        by: keyward_inventory::Actor,
+        by: &Actor,
         operation: &str,
-        before: Option<&KeyView>,
-        token: &str,
-        name: &str,
-        reason: &str,
-    ) {
-        if before.is_some() {
-            // A new key takes no rights away: nothing to wait for.
-            drop(self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
-        }
-        let Some(after) = self
-            .keys
-            .all()
-            .into_iter()
-            .find(|k| k.record.token == token && k.record.name == name)
-        else {
-            log::error!("audit: key {token}/{name} changed but is not in the view");
-            return;
-        };
-        let state = |s: Option<InvState>| s.map_or("none".to_owned(), state_name);
-        let mut changes = Vec::new();
-        let was = before.map(|b| b.record.state);
-        if was != Some(after.record.state) {
-            changes.push((None, state(was), state(Some(after.record.state))));
-        }
-        for v in &after.versions {
-            let was = before.and_then(|b| b.version(v.version)).map(|x| x.state);
-            if was != Some(v.state) {
-                changes.push((Some(v.version), state(was), state(Some(v.state))));
-            }
-        }
-        for (version, from, to) in changes {
-            let mut e = crate::audit::event(
-                keyward_inventory::AuditKind::Lifecycle,
-                by.clone(),
-                operation,
+        why: &str,
+        mut change: LifecycleChange,
+    ) -> AResult<AppliedChange> {
+        let Some(trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                "the key is not in the agent's view: nothing changed",
             );
-            e.token = Some(token.to_owned());
-            e.key = Some(name.to_owned());
-            e.key_version = version;
-            e.reason = crate::audit::lifecycle_reason(&from, &to, reason);
-            if let Err(why) = self.audit.durable(e) {
-                log::error!(
-                    "audit: the {operation} of key {token}/{name} could not be recorded: {why}"
-                );
+        };
+        change.trail = trail;
+        let existing = match change.key {
+            KeyChange::Create(_) => None,
+            KeyChange::Update { key_id, .. } => Some(key_id),
+        };
+        let held = existing.map(|_| self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
+        let done = self.audit.commit(self.keys.inventory(), &change);
+        let key_id = match &done {
+            Ok(d) => Some(d.key.id),
+            Err(_) => existing,
+        };
+        let refreshed = key_id.map_or(Ok(()), |id| self.refresh(id));
+        drop(held);
+        let done = done.map_err(|e| match e {
+            crate::audit::CommitError::Trail => AdminError {
+                kind: AdminErrorKind::Failed,
+                message: "refused: the audit trail cannot be written; nothing changed".into(),
+            },
+            crate::audit::CommitError::Store(e @ keyward_inventory::Error::Storage(_)) => {
+                AdminError {
+                    kind: AdminErrorKind::Failed,
+                    message: format!(
+                        "the change and its audit records could not be written ({e}); \
+                         nothing changed"
+                    ),
+                }
             }
-        }
+            crate::audit::CommitError::Store(e) => inv_err(e),
+        })?;
+        refreshed?;
+        Ok(done)
     }
 
     /// Records a grant change of key `t`, durably.
@@ -2375,27 +2438,16 @@ impl Agent {
                 token,
                 key: key.clone(),
             };
-            let (label, name) = (token.config.label.clone(), key.record.name.clone());
-            let changed = |operation: &str, reason: &str| {
-                self.record_changes(
-                    keyward_inventory::Actor::Scheduler,
-                    operation,
-                    Some(&key),
-                    &label,
-                    &name,
-                    reason,
-                )
-            };
+            let by = (SCHEDULER, &Actor::Scheduler);
             if key.record.protect_until.is_some_and(|p| p <= at) {
                 match self.transition_key(
                     &t,
                     KeyAction::Deactivate,
-                    SCHEDULER,
+                    by,
                     "protect period ended",
                     now,
                 ) {
                     Ok(_) => {
-                        changed("deactivate", "protect period ended");
                         log::info!(
                             "scheduler: key {} deactivated (protect period ended)",
                             t.label()
@@ -2408,9 +2460,8 @@ impl Agent {
                     ),
                 }
             } else if key.record.next_rotation.is_some_and(|r| r <= at) {
-                match self.rotate_key(&t, SCHEDULER, "scheduled rotation", now) {
+                match self.rotate_key(&t, by, "scheduled rotation", now) {
                     Ok(v) => {
-                        changed("rotate", "scheduled rotation");
                         log::info!("scheduler: key {} rotated to version {v}", t.label())
                     }
                     Err(e) => {
@@ -2717,7 +2768,23 @@ rotation_interval = "90d"
         let past = secs(now) - 10;
         let id = |name: &str| a.keys.inventory().key("kw", name).unwrap().unwrap().id;
         let set = |key: i64, dates: DateUpdates| {
-            a.keys.inventory().set_dates(key, &dates).unwrap();
+            let state = a.keys.key(key).unwrap().record.state;
+            a.keys
+                .inventory()
+                .apply(&LifecycleChange {
+                    key: KeyChange::Update {
+                        key_id: key,
+                        expected: state,
+                        to: None,
+                    },
+                    versions: Vec::new(),
+                    dates,
+                    actor: "test".into(),
+                    reason: "dates".into(),
+                    at: secs(now),
+                    trail: Vec::new(),
+                })
+                .unwrap();
             a.keys.refresh(key).unwrap();
         };
         set(
@@ -2745,5 +2812,254 @@ rotation_interval = "90d"
         assert_eq!(old.versions.len(), 1);
         a.tick(now);
         assert_eq!(a.keys.key(id("rot")).unwrap().versions.len(), 2);
+    }
+
+    /// What the trail's `lifecycle` records say of every key: its state
+    /// and each version's, replayed from `from X to Y` in trail order.
+    fn replayed(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+        let records = a
+            .audit
+            .log()
+            .query(&keyward_inventory::AuditFilter {
+                kinds: vec![keyward_inventory::AuditKind::Lifecycle],
+                ..Default::default()
+            })
+            .unwrap();
+        let mut keys = std::collections::BTreeMap::new();
+        for r in records {
+            let e = r.event;
+            let to = crate::audit::lifecycle_to(&e.reason).unwrap().to_owned();
+            let entry = keys
+                .entry(e.key.unwrap())
+                .or_insert_with(|| (String::new(), Vec::new()));
+            match e.key_version {
+                None => entry.0 = to,
+                Some(v) => {
+                    let i = v as usize - 1;
+                    if entry.1.len() <= i {
+                        entry.1.resize(i + 1, "none".to_owned());
+                    }
+                    entry.1[i] = to;
+                }
+            }
+        }
+        keys
+    }
+
+    /// What the inventory says of every key, in the same form.
+    fn stored(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+        let inv = a.keys.inventory();
+        inv.keys(&KeyFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|k| {
+                let versions = inv.versions(k.id).unwrap();
+                let states = versions.iter().map(|v| state_name(v.state)).collect();
+                (k.name.clone(), (state_name(k.state), states))
+            })
+            .collect()
+    }
+
+    /// Every kind of lifecycle change (create, transitions, rotation,
+    /// emergency rotation, the scheduler's) writes its records with it:
+    /// the trail alone tells each key's state and versions, one record per
+    /// history row, and the chain verifies.
+    #[test]
+    fn every_lifecycle_change_carries_its_records() {
+        let (_d, a) = agent();
+        call(&a, create("a", "signing")).unwrap();
+        call(&a, act("a", KeyAction::Activate)).unwrap();
+        call(
+            &a,
+            KeyRequest::Rotate {
+                name: "a".into(),
+                token: None,
+            },
+        )
+        .unwrap();
+        call(&a, act("a", KeyAction::Revoke { rotate: true })).unwrap();
+        call(&a, create("b", "signing")).unwrap();
+        call(&a, act("b", KeyAction::Activate)).unwrap();
+        call(&a, act("b", KeyAction::Suspend)).unwrap();
+        call(&a, act("b", KeyAction::Revoke { rotate: false })).unwrap();
+        call(&a, create("c", "signing")).unwrap();
+        call(&a, act("c", KeyAction::Activate)).unwrap();
+        let id = a.keys.inventory().key("kw", "c").unwrap().unwrap().id;
+        let now = SystemTime::now();
+        a.keys
+            .inventory()
+            .apply(&LifecycleChange {
+                key: KeyChange::Update {
+                    key_id: id,
+                    expected: InvState::Active,
+                    to: None,
+                },
+                versions: Vec::new(),
+                dates: DateUpdates {
+                    next_rotation: Some(secs(now) - 1),
+                    ..Default::default()
+                },
+                actor: "test".into(),
+                reason: "due".into(),
+                at: secs(now),
+                trail: Vec::new(),
+            })
+            .unwrap();
+        a.keys.refresh(id).unwrap();
+        a.tick(now);
+
+        let stored = stored(&a);
+        assert_eq!(
+            stored["a"],
+            (
+                "active".to_owned(),
+                vec![
+                    "compromised".to_owned(),
+                    "compromised".into(),
+                    "active".into()
+                ]
+            )
+        );
+        assert_eq!(
+            stored["c"].1,
+            ["deactivated", "active"],
+            "the scheduler rotated"
+        );
+        assert_eq!(
+            replayed(&a),
+            stored,
+            "the trail tells what the inventory holds"
+        );
+        let trail = a
+            .audit
+            .log()
+            .query(&keyward_inventory::AuditFilter {
+                kinds: vec![keyward_inventory::AuditKind::Lifecycle],
+                ..Default::default()
+            })
+            .unwrap();
+        let rows: usize = a
+            .keys
+            .inventory()
+            .keys(&KeyFilter::default())
+            .unwrap()
+            .iter()
+            .map(|k| a.keys.inventory().history(k.id).unwrap().len())
+            .sum();
+        assert_eq!(trail.len(), rows, "one record per history row");
+        let scheduled: Vec<_> = trail
+            .iter()
+            .filter(|r| r.event.actor == Actor::Scheduler)
+            .map(|r| (r.event.key.as_deref(), r.event.operation.as_str()))
+            .collect();
+        assert_eq!(scheduled, [(Some("c"), "rotate"), (Some("c"), "rotate")]);
+        let emergency: Vec<_> = trail
+            .iter()
+            .filter(|r| r.event.reason.contains("emergency rotation to version 3"))
+            .map(|r| (r.event.key_version, r.event.operation.as_str()))
+            .collect();
+        assert_eq!(emergency, [(None, "revoke"), (Some(3), "revoke")]);
+        assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
+        assert!(a.audit.stats().records >= trail.len() as u64);
+    }
+
+    /// A lifecycle change whose trail records cannot be written does not
+    /// happen: the administrator gets a clear error and the key, its
+    /// versions and its history are as before (the request itself is
+    /// recorded; only lifecycle records are refused here).
+    #[test]
+    fn a_change_whose_records_cannot_be_written_does_not_happen() {
+        let (d, a) = agent();
+        call(&a, create("k", "signing")).unwrap();
+        call(&a, act("k", KeyAction::Activate)).unwrap();
+        let id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+        let snapshot = |a: &Agent| {
+            let inv = a.keys.inventory();
+            (
+                inv.key_by_id(id).unwrap(),
+                inv.versions(id).unwrap(),
+                inv.history(id).unwrap(),
+                a.keys.key(id).unwrap().record.state,
+            )
+        };
+        let before = snapshot(&a);
+        let db = rusqlite::Connection::open(d.path().join("inventory.sqlite")).unwrap();
+        db.execute_batch(
+            "CREATE TRIGGER jam BEFORE INSERT ON audit WHEN NEW.kind = 'lifecycle'
+             BEGIN SELECT RAISE(ABORT, 'no lifecycle records'); END;",
+        )
+        .unwrap();
+        let requests = [
+            act("k", KeyAction::Suspend),
+            act("k", KeyAction::Revoke { rotate: false }),
+            act("k", KeyAction::Revoke { rotate: true }),
+            KeyRequest::Rotate {
+                name: "k".into(),
+                token: None,
+            },
+            create("new", "signing"),
+        ];
+        for req in requests {
+            let what = format!("{req:?}");
+            match a.key_request(&admin(), req) {
+                AdminResponse::KeyErr { kind, message } => {
+                    assert_eq!(kind, AdminErrorKind::Failed, "{what}: {message}");
+                    assert!(message.contains("audit records"), "{what}: {message}");
+                    assert!(message.contains("nothing changed"), "{what}: {message}");
+                }
+                other => panic!("{what}: the change happened: {other:?}"),
+            }
+            assert_eq!(snapshot(&a), before, "{what}");
+        }
+        assert!(a.keys.inventory().key("kw", "new").unwrap().is_none());
+        db.execute_batch("DROP TRIGGER jam;").unwrap();
+        call(&a, act("k", KeyAction::Suspend)).unwrap();
+        assert_eq!(replayed(&a), stored(&a));
+        assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
+    }
+
+    /// A revocation whose last version was changed by someone else since
+    /// the agent looked is refused as a whole: the key and its other
+    /// versions are not left compromised with the last one behind, and no
+    /// record tells of a change that did not happen.
+    #[test]
+    fn a_change_racing_another_is_all_or_nothing() {
+        let (d, a) = agent();
+        call(&a, create("k", "signing")).unwrap();
+        call(&a, act("k", KeyAction::Activate)).unwrap();
+        call(
+            &a,
+            KeyRequest::Rotate {
+                name: "k".into(),
+                token: None,
+            },
+        )
+        .unwrap();
+        let id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+        // Another writer moved version 2 behind the agent's view.
+        let db = rusqlite::Connection::open(d.path().join("inventory.sqlite")).unwrap();
+        db.execute(
+            "UPDATE key_versions SET state = 'suspended' WHERE key_id = ?1 AND version = 2",
+            [id],
+        )
+        .unwrap();
+        let inv = a.keys.inventory();
+        let before = (
+            inv.key_by_id(id).unwrap(),
+            inv.versions(id).unwrap(),
+            inv.history(id).unwrap(),
+        );
+        let records = replayed(&a);
+        let err = call(&a, act("k", KeyAction::Revoke { rotate: false })).unwrap_err();
+        assert_eq!(err.kind, AdminErrorKind::Conflict, "{}", err.message);
+        assert!(err.message.contains("version 2"), "{}", err.message);
+        let after = (
+            inv.key_by_id(id).unwrap(),
+            inv.versions(id).unwrap(),
+            inv.history(id).unwrap(),
+        );
+        assert_eq!(after, before, "nothing of the revocation is kept");
+        assert_eq!(replayed(&a), records, "no record of it either");
+        assert_eq!(a.keys.key(id).unwrap().record.state, InvState::Active);
     }
 }

@@ -41,10 +41,10 @@ pub struct Agent {
     /// What use records name each key object (see [`Agent::use_target`]).
     pub(crate) use_targets: Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>,
     /// Held (read) by every cryptographic request while it checks its key
-    /// and runs; a lifecycle change that takes rights away takes it (write)
-    /// once after the change, so it returns only when no request that
-    /// passed the old check is still running, and its record follows all
-    /// their use records in the trail.
+    /// and runs; a lifecycle change of an existing key holds it (write)
+    /// from before its transaction until the view has the change (see
+    /// `Agent::apply_change`), so no request that passed the old check is
+    /// still running, and its records follow all their use records.
     pub(crate) in_flight: std::sync::RwLock<()>,
     pub(crate) instance: u64,
     pub(crate) started: Instant,

@@ -6,7 +6,9 @@
 //! - Lifecycle, admin, login and agent events are durable before the call
 //!   returns: [`Auditor::durable`] first appends what is queued (so the
 //!   trail keeps the order events happened in), then the event, with
-//!   `synchronous=FULL`. When that fails the caller fails closed.
+//!   `synchronous=FULL`. When that fails the caller fails closed. The
+//!   records of a lifecycle change are written by the inventory in the
+//!   change's own transaction, through [`Auditor::commit`].
 //! - A trail that cannot be written is said loudly at error level once at
 //!   the start of a failure streak, as a reminder every
 //!   [`FAILURE_REMINDER`] while it lasts, and once at its end.
@@ -322,6 +324,15 @@ pub fn crash_gap_of(reason: &str) -> Option<(u64, u64, u64)> {
     Some((from.parse().ok()?, to.parse().ok()?, at_most))
 }
 
+/// Why [`Auditor::commit`] applied nothing.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The trail cannot be written (what was queued before the change).
+    Trail,
+    /// The store refused the change or failed, its records with it.
+    Store(keyward_inventory::Error),
+}
+
 /// What the writer has done since the agent started.
 #[derive(Debug, Default)]
 struct Stats {
@@ -593,6 +604,43 @@ impl Auditor {
                 Err("the audit trail cannot be written".into())
             }
         }
+    }
+
+    /// Applies a lifecycle change whose trail records (`change.trail`) the
+    /// inventory writes in the change's own transaction: what is queued is
+    /// appended first (so the trail keeps the order events happened in),
+    /// then the change, under the writing lock, and the records are
+    /// counted, forwarded to syslog and noted as the writer's own are.
+    /// [`CommitError::Trail`] when what is queued cannot be written: the
+    /// change is not applied (fail closed).
+    pub fn commit(
+        &self,
+        inventory: &dyn keyward_inventory::Inventory,
+        change: &keyward_inventory::LifecycleChange,
+    ) -> Result<keyward_inventory::AppliedChange, CommitError> {
+        let _writing = self.writing();
+        let (batch, taken_us) = self.take();
+        if let Err(batch) = self.append(batch, false, taken_us) {
+            self.requeue(batch);
+            return Err(CommitError::Trail);
+        }
+        let done = inventory.apply(change).map_err(CommitError::Store)?;
+        if let Some((first, last)) = done.trail {
+            let events: u64 = change.trail.iter().map(|e| u64::from(e.count)).sum();
+            self.stats
+                .records
+                .fetch_add(change.trail.len() as u64, Ordering::Relaxed);
+            self.stats.events.fetch_add(events, Ordering::Relaxed);
+            if let Some(n) = self.note().as_mut() {
+                n.progress.seq = last;
+            }
+            if let Some(s) = &self.syslog {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(first, &change.trail);
+            }
+        }
+        Ok(done)
     }
 
     /// Puts a batch that could not be written back in front of the queue,

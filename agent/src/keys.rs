@@ -679,8 +679,17 @@ mod tests {
         };
         let created = k
             .inventory()
-            .create_key(&record, &version, "admin")
-            .unwrap();
+            .apply(&keyward_inventory::LifecycleChange {
+                key: keyward_inventory::KeyChange::Create(Box::new(record)),
+                versions: vec![keyward_inventory::VersionChange::Add(version)],
+                dates: Default::default(),
+                actor: "admin".into(),
+                reason: "created".into(),
+                at: 1,
+                trail: Vec::new(),
+            })
+            .unwrap()
+            .key;
         assert!(!k.is_managed_label("kw", b"web"), "not yet in the view");
         k.refresh(created.id).unwrap();
         assert!(k.is_managed_label("kw", b"web"));

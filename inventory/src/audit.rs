@@ -948,6 +948,25 @@ fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash)
     Ok(())
 }
 
+/// Checks `events` as [`AuditLog::append`] does.
+pub(crate) fn validate_all(events: &[AuditEvent]) -> Result<()> {
+    events.iter().try_for_each(validate)
+}
+
+/// Chains `events` (validated) onto the trail inside the caller's
+/// transaction `tx`; returns the last seq (the head's when `events` is
+/// empty).
+pub(crate) fn chain_in(tx: &Connection, events: &[AuditEvent]) -> Result<u64> {
+    let (mut seq, mut prev) = head_in(tx)?;
+    for e in events {
+        seq += 1;
+        let hash = record_hash(&prev, seq, e);
+        insert(tx, seq, e, &prev, &hash)?;
+        prev = hash;
+    }
+    Ok(seq)
+}
+
 fn genesis(conn: &Connection) -> Result<Option<Hash>> {
     let bytes: Option<Vec<u8>> = conn
         .prepare_cached("SELECT genesis FROM audit_meta WHERE id = 1")?
@@ -1005,13 +1024,7 @@ impl AuditLog for SqliteInventory {
         }
         let appended = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (mut seq, mut prev) = head_in(&tx)?;
-            for e in events {
-                seq += 1;
-                let hash = record_hash(&prev, seq, e);
-                insert(&tx, seq, e, &prev, &hash)?;
-                prev = hash;
-            }
+            let seq = chain_in(&tx, events)?;
             tx.commit()?;
             Ok(seq)
         })();

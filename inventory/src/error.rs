@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 
-use crate::types::KeyState;
-
 /// What the inventory's calls return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -26,13 +24,6 @@ pub enum Error {
         what: String,
         expected: String,
         found: String,
-    },
-    /// The store never moves a state this way (see [`KeyState::may_become`]).
-    #[error("{what}: {from} cannot become {to}")]
-    InvalidTransition {
-        what: String,
-        from: KeyState,
-        to: KeyState,
     },
     /// An argument the store refuses (empty name, no operations, ...).
     #[error("invalid argument: {0}")]

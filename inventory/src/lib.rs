@@ -6,7 +6,8 @@
 //! - [`Inventory`] (this file): the trait the agent programs against, so
 //!   that another engine can replace SQLite.
 //! - [`types`]: the plain data — [`KeyRecord`], [`KeyVersion`],
-//!   [`StateChange`], [`Grant`], [`KeyState`] and the call arguments. No
+//!   [`StateChange`], [`Grant`], [`KeyState`], [`LifecycleChange`] and the
+//!   other call arguments. No
 //!   other keyward crate is a dependency; the agent maps these to its own.
 //! - [`sqlite`]: [`SqliteInventory`], the store in one SQLite file (WAL,
 //!   `synchronous=FULL`, mode 0600), and [`SqliteInventory::check`].
@@ -29,9 +30,12 @@
 //! - Keys are numbered by the store (`KeyRecord::id`, never reused); a key's
 //!   name is unique per virtual token. Versions are numbered from 1 per key;
 //!   a version's backend `CKA_ID` is unique per virtual token.
-//! - Lifecycle writes are atomic (one transaction for the state, its dates
-//!   and its history row) and durable before the call returns; history is
-//!   append-only (the database refuses updates and deletes).
+//! - A lifecycle change is one transaction ([`Inventory::apply`]): the
+//!   key's and its versions' states, its dates, its history rows and its
+//!   audit-trail records, durable before the call returns. History is
+//!   append-only (the database refuses updates and deletes). The store
+//!   judges no move: the lifecycle rules are the policy's, applied by the
+//!   agent; the store checks that each stored state is the expected one.
 //! - Reads of something absent return `None` or an empty list; writes to
 //!   something absent return [`Error::NotFound`].
 #![forbid(unsafe_code)]
@@ -54,8 +58,8 @@ pub use audit::{
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use types::{
-    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, ObjectOwner,
-    StateChange, Transition,
+    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyState,
+    KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
 pub use usage::UsageLog;
 
@@ -68,17 +72,29 @@ pub trait Inventory: Send + Sync {
     /// The schema version of the open store.
     fn schema_version(&self) -> Result<u32>;
 
-    /// Records a new key and its first version (numbered 1) with a
-    /// creation row in the history of each; returns the record with its `id`.
+    /// Applies one lifecycle change as a whole, in one transaction, durable
+    /// before it returns: a new key or an existing key's state, its
+    /// versions' states and new versions, its dates, a history row per
+    /// state that moves, and the change's audit-trail records (chained onto
+    /// the trail). A process killed at any moment leaves all of it or none.
     ///
-    /// [`Error::Exists`] when the name is taken on the token, or the
-    /// version's `CKA_ID` is. A key or version cannot be created destroyed.
-    fn create_key(
-        &self,
-        key: &KeyRecord,
-        first_version: &KeyVersion,
-        actor: &str,
-    ) -> Result<KeyRecord>;
+    /// Refused as a whole, nothing written: [`Error::Conflict`] when a
+    /// stored state is not the one the change expects or a new version is
+    /// not the key's next number (another change came first);
+    /// [`Error::NotFound`] for a key or version that does not exist;
+    /// [`Error::Exists`] for a taken key name or `CKA_ID` on the token;
+    /// [`Error::Invalid`] for a change that changes nothing (no state, no
+    /// date), moves a state
+    /// to itself, moves one version twice, creates something destroyed,
+    /// creates a key without exactly its version 1, or carries an invalid
+    /// trail event. The store judges no move: which moves an action makes
+    /// is the caller's decision (the policy's).
+    ///
+    /// Besides `dates`, the store stamps a key's first activation
+    /// (`activated_at`) and its deactivation (`deactivated_at`) when not
+    /// given, a version's `deactivated_at` when it becomes deactivated or
+    /// compromised, and its `destroyed_at` when destroyed.
+    fn apply(&self, change: &LifecycleChange) -> Result<AppliedChange>;
 
     /// The key named `name` on virtual token `token`.
     fn key(&self, token: &str, name: &str) -> Result<Option<KeyRecord>>;
@@ -99,34 +115,6 @@ pub trait Inventory: Send + Sync {
         token: &str,
         backend_id: &[u8],
     ) -> Result<Option<(KeyRecord, KeyVersion)>>;
-
-    /// Moves a key's state (`version: None`) or one version's, sets the
-    /// dates given, and appends the history row, in one transaction.
-    ///
-    /// Refused with [`Error::Conflict`] when the stored state is not
-    /// `expected_from`, and with [`Error::InvalidTransition`] when
-    /// [`KeyState::may_become`] says no. Besides `dates`, the store stamps:
-    /// a key's first activation (`activated_at`) and its deactivation
-    /// (`deactivated_at`) when not given; a version's `deactivated_at` when it
-    /// becomes deactivated or compromised, and `destroyed_at` when destroyed.
-    fn transition(&self, t: &Transition) -> Result<StateChange>;
-
-    /// Rotation: adds the next version, active, created at
-    /// `version.created_at`; moves every older version that is less far
-    /// along the lifecycle than `demote_others_to` to that state (suspended,
-    /// deactivated or compromised; `None` leaves them); sets the key's
-    /// `rotated_at`; appends the history rows. One transaction.
-    ///
-    /// The store numbers the version; a non-zero `version.version` must be
-    /// the next number, else [`Error::Conflict`] (two racing rotations).
-    /// `version.key_id` and `version.state` are ignored.
-    fn add_version(
-        &self,
-        key_id: i64,
-        version: &KeyVersion,
-        demote_others_to: Option<KeyState>,
-        actor: &str,
-    ) -> Result<KeyVersion>;
 
     /// A key's state history (its own and its versions'), oldest first.
     fn history(&self, key_id: i64) -> Result<Vec<StateChange>>;
@@ -149,11 +137,6 @@ pub trait Inventory: Send + Sync {
     /// Cheap: not synced on its own; the next lifecycle write makes it
     /// durable.
     fn touch(&self, key_id: i64, at: i64) -> Result<()>;
-
-    /// Sets key dates without a state change (after a rotation: the new
-    /// cryptoperiod and the next rotation). `None` leaves a date as it is.
-    /// [`Error::NotFound`] for an unknown key.
-    fn set_dates(&self, key_id: i64, dates: &DateUpdates) -> Result<()>;
 
     /// Records an approval request ([`Error::Exists`] for a taken id).
     fn create_request(&self, request: &ApprovalRecord) -> Result<()>;

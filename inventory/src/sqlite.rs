@@ -31,8 +31,8 @@ use rusqlite::{
 use crate::error::{Error, Result};
 use crate::schema::{self, Migration};
 use crate::types::{
-    ApprovalRecord, DateUpdates, Grant, KeyFilter, KeyRecord, KeyState, KeyVersion, ObjectOwner,
-    StateChange, Transition,
+    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyState,
+    KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
 use crate::Inventory;
 
@@ -491,101 +491,304 @@ fn set_key_dates(tx: &Transaction<'_>, key_id: i64, d: &DateUpdates) -> Result<(
     Ok(())
 }
 
+/// The checks of [`Inventory::apply`] that need no store.
+fn check_change(c: &LifecycleChange) -> Result<()> {
+    nonempty("actor", &c.actor)?;
+    crate::audit::validate_all(&c.trail)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut added = 0;
+    for v in &c.versions {
+        match v {
+            VersionChange::Add(v) => {
+                if v.backend_id.is_empty() {
+                    return Err(Error::Invalid("backend CKA_ID is empty".into()));
+                }
+                if v.version == 0 {
+                    return Err(Error::Invalid("a new version needs its number".into()));
+                }
+                if v.state == KeyState::Destroyed {
+                    return Err(Error::Invalid("a new version cannot be destroyed".into()));
+                }
+                added += 1;
+                if !seen.insert(v.version) {
+                    return Err(Error::Invalid(format!(
+                        "version {} is changed twice in one change",
+                        v.version
+                    )));
+                }
+            }
+            VersionChange::Move { version, from, to } => {
+                if from == to {
+                    return Err(Error::Invalid(format!(
+                        "version {version} would move from {from} to itself"
+                    )));
+                }
+                if !seen.insert(*version) {
+                    return Err(Error::Invalid(format!(
+                        "version {version} is changed twice in one change"
+                    )));
+                }
+            }
+        }
+    }
+    match &c.key {
+        KeyChange::Create(key) => {
+            nonempty("key name", &key.name)?;
+            nonempty("token", &key.token)?;
+            nonempty("algorithm", &key.algorithm)?;
+            if key.state == KeyState::Destroyed {
+                return Err(Error::Invalid("a new key cannot be destroyed".into()));
+            }
+            let first = matches!(c.versions.as_slice(), [VersionChange::Add(v)] if v.version == 1);
+            if !first {
+                return Err(Error::Invalid(
+                    "a new key is created with its version 1 and nothing else".into(),
+                ));
+            }
+        }
+        KeyChange::Update { expected, to, .. } => {
+            if *to == Some(*expected) {
+                return Err(Error::Invalid(format!(
+                    "the key would move from {expected} to itself"
+                )));
+            }
+            if to.is_none() && c.versions.is_empty() && c.dates == DateUpdates::default() {
+                return Err(Error::Invalid("the change changes nothing".into()));
+            }
+            if added > 1 {
+                return Err(Error::Invalid("one change adds at most one version".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a new key (inside `tx`); returns its id.
+fn insert_key(tx: &Transaction<'_>, key: &KeyRecord) -> Result<i64> {
+    let scope = serde_json::to_string(&key.scope)?;
+    let taken = tx
+        .prepare_cached("SELECT 1 FROM keys WHERE token = ?1 AND name = ?2")?
+        .exists(params![key.token, key.name])?;
+    if taken {
+        return Err(Error::Exists(format!(
+            "key {:?} on token {:?}",
+            key.name, key.token
+        )));
+    }
+    tx.prepare_cached(
+        "INSERT INTO keys (token, name, owner, purpose, class, algorithm, state, created_at,
+                           activated_at, rotated_at, deactivated_at, protect_until,
+                           process_until, next_rotation, scope, last_used_at, backup_allowed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )?
+    .execute(params![
+        key.token,
+        key.name,
+        key.owner,
+        key.purpose,
+        key.class,
+        key.algorithm,
+        key.state,
+        key.created_at,
+        key.activated_at,
+        key.rotated_at,
+        key.deactivated_at,
+        key.protect_until,
+        key.process_until,
+        key.next_rotation,
+        scope,
+        key.last_used_at,
+        key.backup_allowed
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Checks that key `key_id` is `expected` and moves it to `to` (stamping
+/// its first activation and its deactivation); returns its token.
+fn move_key(
+    tx: &Transaction<'_>,
+    key_id: i64,
+    expected: KeyState,
+    to: Option<KeyState>,
+    c: &LifecycleChange,
+) -> Result<String> {
+    let (token, from, activated, deactivated): (String, KeyState, Option<i64>, Option<i64>) = tx
+        .prepare_cached(
+            "SELECT token, state, activated_at, deactivated_at FROM keys WHERE id = ?1",
+        )?
+        .query_row(params![key_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("key {key_id}")))?;
+    if from != expected {
+        return Err(Error::Conflict {
+            what: format!("state of key {key_id}"),
+            expected: expected.to_string(),
+            found: from.to_string(),
+        });
+    }
+    let Some(to) = to else { return Ok(token) };
+    let mut stamps = DateUpdates::default();
+    if to == KeyState::Active && activated.is_none() && c.dates.activated_at.is_none() {
+        stamps.activated_at = Some(c.at);
+    }
+    if to == KeyState::Deactivated && deactivated.is_none() && c.dates.deactivated_at.is_none() {
+        stamps.deactivated_at = Some(c.at);
+    }
+    tx.prepare_cached("UPDATE keys SET state = ?2 WHERE id = ?1")?
+        .execute(params![key_id, to])?;
+    set_key_dates(tx, key_id, &stamps)?;
+    Ok(token)
+}
+
+/// Inserts version `v` of key `key_id` on `token`: it must be the key's
+/// next number, and its `CKA_ID` free on the token.
+fn add_version(tx: &Transaction<'_>, key_id: i64, token: &str, v: &KeyVersion) -> Result<()> {
+    let next: u32 = tx
+        .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM key_versions WHERE key_id = ?1")?
+        .query_row(params![key_id], |r| r.get(0))?;
+    if v.version != next {
+        return Err(Error::Conflict {
+            what: format!("new version of key {key_id}"),
+            expected: format!("version {}", v.version),
+            found: format!("next version {next}"),
+        });
+    }
+    backend_id_taken(tx, token, &v.backend_id)?;
+    tx.prepare_cached(
+        "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
+                                   created_at, deactivated_at, destroyed_at, fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        key_id,
+        v.version,
+        token,
+        v.backend_id,
+        v.backend_label,
+        v.state,
+        v.created_at,
+        v.deactivated_at,
+        v.destroyed_at,
+        v.fingerprint
+    ])?;
+    Ok(())
+}
+
+/// Checks that version `version` of key `key_id` is `from` and moves it
+/// to `to`, stamping its deactivation and destruction at `at`.
+fn move_version(
+    tx: &Transaction<'_>,
+    key_id: i64,
+    version: u32,
+    from: KeyState,
+    to: KeyState,
+    at: i64,
+) -> Result<()> {
+    let what = format!("version {version} of key {key_id}");
+    let stored: KeyState = tx
+        .prepare_cached("SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2")?
+        .query_row(params![key_id, version], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::NotFound(what.clone()))?;
+    if stored != from {
+        return Err(Error::Conflict {
+            what: format!("state of {what}"),
+            expected: from.to_string(),
+            found: stored.to_string(),
+        });
+    }
+    let deactivated = matches!(to, KeyState::Deactivated | KeyState::Compromised).then_some(at);
+    let destroyed = (to == KeyState::Destroyed).then_some(at);
+    tx.prepare_cached(
+        "UPDATE key_versions
+            SET state = ?3,
+                deactivated_at = coalesce(deactivated_at, ?4),
+                destroyed_at = coalesce(destroyed_at, ?5)
+          WHERE key_id = ?1 AND version = ?2",
+    )?
+    .execute(params![key_id, version, to, deactivated, destroyed])?;
+    Ok(())
+}
+
 impl Inventory for SqliteInventory {
     fn schema_version(&self) -> Result<u32> {
         Ok(schema::version(&self.conn())?)
     }
 
-    fn create_key(
-        &self,
-        key: &KeyRecord,
-        first_version: &KeyVersion,
-        actor: &str,
-    ) -> Result<KeyRecord> {
-        nonempty("key name", &key.name)?;
-        nonempty("token", &key.token)?;
-        nonempty("algorithm", &key.algorithm)?;
-        nonempty("actor", actor)?;
-        if first_version.backend_id.is_empty() {
-            return Err(Error::Invalid("backend CKA_ID is empty".into()));
-        }
-        if first_version.version > 1 {
-            return Err(Error::Invalid(format!(
-                "a new key's first version is 1, not {}",
-                first_version.version
-            )));
-        }
-        for (what, state) in [("key", key.state), ("version", first_version.state)] {
-            if state == KeyState::Destroyed {
-                return Err(Error::Invalid(format!("a new {what} cannot be destroyed")));
-            }
-        }
-        let scope = serde_json::to_string(&key.scope)?;
+    fn apply(&self, c: &LifecycleChange) -> Result<AppliedChange> {
+        check_change(c)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken = tx
-            .prepare_cached("SELECT 1 FROM keys WHERE token = ?1 AND name = ?2")?
-            .exists(params![key.token, key.name])?;
-        if taken {
-            return Err(Error::Exists(format!(
-                "key {:?} on token {:?}",
-                key.name, key.token
-            )));
+        let mut history = Vec::new();
+        let (key_id, token) = match &c.key {
+            KeyChange::Create(key) => (insert_key(&tx, key)?, key.token.clone()),
+            KeyChange::Update {
+                key_id,
+                expected,
+                to,
+            } => {
+                let token = move_key(&tx, *key_id, *expected, *to, c)?;
+                if let Some(to) = to {
+                    history.push(record_change(
+                        &tx,
+                        change(
+                            *key_id,
+                            None,
+                            Some(*expected),
+                            *to,
+                            c.at,
+                            &c.actor,
+                            &c.reason,
+                        ),
+                    )?);
+                }
+                (*key_id, token)
+            }
+        };
+        if let KeyChange::Create(key) = &c.key {
+            history.push(record_change(
+                &tx,
+                change(key_id, None, None, key.state, c.at, &c.actor, &c.reason),
+            )?);
         }
-        backend_id_taken(&tx, &key.token, &first_version.backend_id)?;
-        tx.prepare_cached(
-            "INSERT INTO keys (token, name, owner, purpose, class, algorithm, state, created_at,
-                               activated_at, rotated_at, deactivated_at, protect_until,
-                               process_until, next_rotation, scope, last_used_at, backup_allowed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        )?
-        .execute(params![
-            key.token,
-            key.name,
-            key.owner,
-            key.purpose,
-            key.class,
-            key.algorithm,
-            key.state,
-            key.created_at,
-            key.activated_at,
-            key.rotated_at,
-            key.deactivated_at,
-            key.protect_until,
-            key.process_until,
-            key.next_rotation,
-            scope,
-            key.last_used_at,
-            key.backup_allowed
-        ])?;
-        let id = tx.last_insert_rowid();
-        let v = first_version;
-        tx.prepare_cached(
-            "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
-                                       created_at, deactivated_at, destroyed_at, fingerprint)
-             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            id,
-            key.token,
-            v.backend_id,
-            v.backend_label,
-            v.state,
-            v.created_at,
-            v.deactivated_at,
-            v.destroyed_at,
-            v.fingerprint
-        ])?;
-        record_change(
-            &tx,
-            change(id, None, None, key.state, key.created_at, actor, "created"),
-        )?;
-        record_change(
-            &tx,
-            change(id, Some(1), None, v.state, v.created_at, actor, "created"),
-        )?;
+        set_key_dates(&tx, key_id, &c.dates)?;
+        for v in &c.versions {
+            let (version, from, to) = match v {
+                VersionChange::Add(v) => {
+                    add_version(&tx, key_id, &token, v)?;
+                    (v.version, None, v.state)
+                }
+                VersionChange::Move { version, from, to } => {
+                    move_version(&tx, key_id, *version, *from, *to, c.at)?;
+                    (*version, Some(*from), *to)
+                }
+            };
+            history.push(record_change(
+                &tx,
+                change(key_id, Some(version), from, to, c.at, &c.actor, &c.reason),
+            )?);
+        }
+        let trail = if c.trail.is_empty() {
+            None
+        } else {
+            let last = crate::audit::chain_in(&tx, &c.trail)?;
+            Some((last + 1 - c.trail.len() as u64, last))
+        };
+        let key = tx
+            .prepare_cached(concat!(
+                "SELECT ",
+                key_cols!(),
+                " FROM keys k WHERE k.id = ?1"
+            ))?
+            .query_row(params![key_id], key_from_row)?;
         tx.commit()?;
-        Ok(KeyRecord { id, ..key.clone() })
+        Ok(AppliedChange {
+            key,
+            history,
+            trail,
+        })
     }
 
     fn key(&self, token: &str, name: &str) -> Result<Option<KeyRecord>> {
@@ -658,208 +861,6 @@ impl Inventory for SqliteInventory {
                 Ok((key_from_row(r)?, version_from_row(r, KEY_NCOLS)?))
             })
             .optional()?)
-    }
-
-    fn transition(&self, t: &Transition) -> Result<StateChange> {
-        nonempty("actor", &t.actor)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let what = match t.version {
-            None => format!("key {}", t.key_id),
-            Some(v) => format!("version {v} of key {}", t.key_id),
-        };
-        let check = |from: KeyState| -> Result<()> {
-            if from != t.expected_from {
-                return Err(Error::Conflict {
-                    what: format!("state of {what}"),
-                    expected: t.expected_from.to_string(),
-                    found: from.to_string(),
-                });
-            }
-            if !from.may_become(t.to) {
-                return Err(Error::InvalidTransition {
-                    what: what.clone(),
-                    from,
-                    to: t.to,
-                });
-            }
-            Ok(())
-        };
-        let from = match t.version {
-            None => {
-                let (from, activated, deactivated): (KeyState, Option<i64>, Option<i64>) = tx
-                    .prepare_cached(
-                        "SELECT state, activated_at, deactivated_at FROM keys WHERE id = ?1",
-                    )?
-                    .query_row(params![t.key_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?
-                    .ok_or_else(|| Error::NotFound(what.clone()))?;
-                check(from)?;
-                let mut dates = t.dates;
-                if t.to == KeyState::Active && activated.is_none() {
-                    dates.activated_at = dates.activated_at.or(Some(t.at));
-                }
-                if t.to == KeyState::Deactivated && deactivated.is_none() {
-                    dates.deactivated_at = dates.deactivated_at.or(Some(t.at));
-                }
-                tx.prepare_cached("UPDATE keys SET state = ?2 WHERE id = ?1")?
-                    .execute(params![t.key_id, t.to])?;
-                set_key_dates(&tx, t.key_id, &dates)?;
-                from
-            }
-            Some(v) => {
-                let from: KeyState = tx
-                    .prepare_cached(
-                        "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
-                    )?
-                    .query_row(params![t.key_id, v], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| Error::NotFound(what.clone()))?;
-                check(from)?;
-                let deactivated =
-                    matches!(t.to, KeyState::Deactivated | KeyState::Compromised).then_some(t.at);
-                let destroyed = (t.to == KeyState::Destroyed).then_some(t.at);
-                tx.prepare_cached(
-                    "UPDATE key_versions
-                        SET state = ?3,
-                            deactivated_at = coalesce(deactivated_at, ?4),
-                            destroyed_at = coalesce(destroyed_at, ?5)
-                      WHERE key_id = ?1 AND version = ?2",
-                )?
-                .execute(params![t.key_id, v, t.to, deactivated, destroyed])?;
-                set_key_dates(&tx, t.key_id, &t.dates)?;
-                from
-            }
-        };
-        let done = record_change(
-            &tx,
-            change(
-                t.key_id,
-                t.version,
-                Some(from),
-                t.to,
-                t.at,
-                &t.actor,
-                &t.reason,
-            ),
-        )?;
-        tx.commit()?;
-        Ok(done)
-    }
-
-    fn add_version(
-        &self,
-        key_id: i64,
-        version: &KeyVersion,
-        demote_others_to: Option<KeyState>,
-        actor: &str,
-    ) -> Result<KeyVersion> {
-        nonempty("actor", actor)?;
-        if version.backend_id.is_empty() {
-            return Err(Error::Invalid("backend CKA_ID is empty".into()));
-        }
-        if let Some(to) = demote_others_to {
-            if !matches!(
-                to,
-                KeyState::Suspended | KeyState::Deactivated | KeyState::Compromised
-            ) {
-                return Err(Error::Invalid(format!(
-                    "a rotation demotes older versions to suspended, deactivated or \
-                     compromised, not {to}"
-                )));
-            }
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (token, key_state): (String, KeyState) = tx
-            .prepare_cached("SELECT token, state FROM keys WHERE id = ?1")?
-            .query_row(params![key_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .ok_or_else(|| Error::NotFound(format!("key {key_id}")))?;
-        if key_state == KeyState::Destroyed {
-            return Err(Error::InvalidTransition {
-                what: format!("new version of key {key_id}"),
-                from: key_state,
-                to: KeyState::Active,
-            });
-        }
-        let next: u32 = tx
-            .prepare_cached(
-                "SELECT coalesce(max(version), 0) + 1 FROM key_versions WHERE key_id = ?1",
-            )?
-            .query_row(params![key_id], |r| r.get(0))?;
-        if version.version != 0 && version.version != next {
-            return Err(Error::Conflict {
-                what: format!("rotation of key {key_id}"),
-                expected: format!("new version {}", version.version),
-                found: format!("next version {next}"),
-            });
-        }
-        backend_id_taken(&tx, &token, &version.backend_id)?;
-        let at = version.created_at;
-        let reason = format!("rotation to version {next}");
-        if let Some(to) = demote_others_to {
-            let older: Vec<(u32, KeyState)> = tx
-                .prepare_cached(
-                    "SELECT version, state FROM key_versions WHERE key_id = ?1 ORDER BY version",
-                )?
-                .query_map(params![key_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let deactivated = (to != KeyState::Suspended).then_some(at);
-            for (v, from) in older.into_iter().filter(|(_, s)| s.rank() < to.rank()) {
-                tx.prepare_cached(
-                    "UPDATE key_versions
-                        SET state = ?3, deactivated_at = coalesce(deactivated_at, ?4)
-                      WHERE key_id = ?1 AND version = ?2",
-                )?
-                .execute(params![key_id, v, to, deactivated])?;
-                record_change(
-                    &tx,
-                    change(key_id, Some(v), Some(from), to, at, actor, &reason),
-                )?;
-            }
-        }
-        tx.prepare_cached(
-            "INSERT INTO key_versions (key_id, version, token, backend_id, backend_label, state,
-                                       created_at, fingerprint)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            key_id,
-            next,
-            token,
-            version.backend_id,
-            version.backend_label,
-            KeyState::Active,
-            at,
-            version.fingerprint
-        ])?;
-        record_change(
-            &tx,
-            change(
-                key_id,
-                Some(next),
-                None,
-                KeyState::Active,
-                at,
-                actor,
-                &reason,
-            ),
-        )?;
-        tx.prepare_cached("UPDATE keys SET rotated_at = ?2 WHERE id = ?1")?
-            .execute(params![key_id, at])?;
-        tx.commit()?;
-        Ok(KeyVersion {
-            key_id,
-            version: next,
-            backend_id: version.backend_id.clone(),
-            backend_label: version.backend_label.clone(),
-            state: KeyState::Active,
-            created_at: at,
-            deactivated_at: None,
-            destroyed_at: None,
-            fingerprint: version.fingerprint.clone(),
-        })
     }
 
     fn history(&self, key_id: i64) -> Result<Vec<StateChange>> {
@@ -979,20 +980,6 @@ impl Inventory for SqliteInventory {
         if updated? == 0 {
             return Err(Error::NotFound(format!("key {key_id}")));
         }
-        Ok(())
-    }
-
-    fn set_dates(&self, key_id: i64, dates: &DateUpdates) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known = tx
-            .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
-            .exists(params![key_id])?;
-        if !known {
-            return Err(Error::NotFound(format!("key {key_id}")));
-        }
-        set_key_dates(&tx, key_id, dates)?;
-        tx.commit()?;
         Ok(())
     }
 

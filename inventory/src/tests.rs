@@ -54,20 +54,94 @@ fn backend(id: &[u8]) -> KeyVersion {
 }
 
 fn new_key(inv: &SqliteInventory, name: &str, id: &[u8]) -> KeyRecord {
-    inv.create_key(&draft("tok", name), &backend(id), "admin")
-        .unwrap()
+    create(inv, &draft("tok", name), &backend(id), "admin").unwrap()
 }
 
-fn transition(key_id: i64, version: Option<u32>, from: KeyState, to: KeyState) -> Transition {
-    Transition {
-        key_id,
-        version,
-        expected_from: from,
-        to,
+/// A new key and its version 1, as one change without trail records.
+fn create(
+    inv: &SqliteInventory,
+    key: &KeyRecord,
+    first: &KeyVersion,
+    actor: &str,
+) -> Result<KeyRecord> {
+    let first = KeyVersion {
+        version: if first.version == 0 { 1 } else { first.version },
+        ..first.clone()
+    };
+    inv.apply(&LifecycleChange {
+        key: KeyChange::Create(Box::new(key.clone())),
+        versions: vec![VersionChange::Add(first)],
+        dates: DateUpdates::default(),
+        actor: actor.into(),
+        reason: "created".into(),
+        at: key.created_at,
+        trail: Vec::new(),
+    })
+    .map(|done| done.key)
+}
+
+/// A change of key `key_id` (expected `expected`, moving to `to`) and of
+/// `versions`, by alice at T0 + 100, with `trail`.
+fn change(
+    key_id: i64,
+    expected: KeyState,
+    to: Option<KeyState>,
+    versions: Vec<VersionChange>,
+    trail: Vec<AuditEvent>,
+) -> LifecycleChange {
+    LifecycleChange {
+        key: KeyChange::Update {
+            key_id,
+            expected,
+            to,
+        },
+        versions,
+        dates: DateUpdates::default(),
         actor: "alice".into(),
         reason: "test".into(),
         at: T0 + 100,
-        dates: DateUpdates::default(),
+        trail,
+    }
+}
+
+/// The key's own move from `from` to `to`.
+fn key_move(key_id: i64, from: KeyState, to: KeyState) -> LifecycleChange {
+    change(key_id, from, Some(to), Vec::new(), Vec::new())
+}
+
+/// Version `version`'s move, the key staying in `key_state`.
+fn version_move(
+    key_id: i64,
+    key_state: KeyState,
+    version: u32,
+    from: KeyState,
+    to: KeyState,
+) -> LifecycleChange {
+    change(
+        key_id,
+        key_state,
+        None,
+        vec![VersionChange::Move { version, from, to }],
+        Vec::new(),
+    )
+}
+
+/// A lifecycle record of the trail, as the agent writes one.
+fn record(key: &str, version: Option<u32>, reason: &str) -> AuditEvent {
+    AuditEvent {
+        at: T0 + 100,
+        micros: 0,
+        kind: AuditKind::Lifecycle,
+        actor: Actor::Scheduler,
+        token: Some("tok".into()),
+        key: Some(key.into()),
+        key_version: version,
+        operation: "rotate".into(),
+        mechanism: None,
+        result: 0,
+        reason: reason.into(),
+        count: 1,
+        span_us: 0,
     }
 }
 
@@ -314,19 +388,14 @@ fn create_key_stores_the_record_its_first_version_and_two_history_rows() {
 fn a_taken_name_or_cka_id_on_the_same_token_is_exists() {
     let (_dir, inv) = store();
     new_key(&inv, "web", b"1");
-    let err = inv
-        .create_key(&draft("tok", "web"), &backend(b"2"), "admin")
-        .unwrap_err();
+    let err = create(&inv, &draft("tok", "web"), &backend(b"2"), "admin").unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
     assert!(err.to_string().contains("\"web\""), "{err}");
-    let err = inv
-        .create_key(&draft("tok", "mail"), &backend(b"1"), "admin")
-        .unwrap_err();
+    let err = create(&inv, &draft("tok", "mail"), &backend(b"1"), "admin").unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
     assert!(err.to_string().contains("CKA_ID 31"), "{err}");
     // Another token has its own names and CKA_IDs.
-    inv.create_key(&draft("other", "web"), &backend(b"1"), "admin")
-        .unwrap();
+    create(&inv, &draft("other", "web"), &backend(b"1"), "admin").unwrap();
     assert_eq!(inv.keys(&KeyFilter::default()).unwrap().len(), 2);
     assert!(inv.check().unwrap().is_empty());
 }
@@ -357,7 +426,7 @@ fn create_key_refuses_bad_drafts() {
         ),
     ];
     for (key, version, actor) in cases {
-        let err = inv.create_key(&key, &version, actor).unwrap_err();
+        let err = create(&inv, &key, &version, actor).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     }
     assert!(inv.keys(&KeyFilter::default()).unwrap().is_empty());
@@ -368,17 +437,17 @@ fn keys_filters_by_token_state_and_class() {
     let (_dir, inv) = store();
     let a = new_key(&inv, "b-key", b"1");
     let b = new_key(&inv, "a-key", b"2");
-    let c = inv
-        .create_key(
-            &KeyRecord {
-                class: "code-signing".into(),
-                state: KeyState::PreActivation,
-                ..draft("t2", "c")
-            },
-            &backend(b"3"),
-            "admin",
-        )
-        .unwrap();
+    let c = create(
+        &inv,
+        &KeyRecord {
+            class: "code-signing".into(),
+            state: KeyState::PreActivation,
+            ..draft("t2", "c")
+        },
+        &backend(b"3"),
+        "admin",
+    )
+    .unwrap();
     let names = |f: KeyFilter| -> Vec<String> {
         inv.keys(&f).unwrap().into_iter().map(|k| k.name).collect()
     };
@@ -422,18 +491,18 @@ fn keys_filters_by_token_state_and_class() {
 fn version_by_backend_id_finds_the_key_and_version_on_its_token_only() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"v1");
-    let v2 = inv
-        .add_version(
-            key.id,
-            &backend(b"v2"),
-            Some(KeyState::Deactivated),
-            "admin",
-        )
-        .unwrap();
+    inv.apply(&rotation(
+        key.id,
+        2,
+        b"v2",
+        &[(1, KeyState::Active, KeyState::Deactivated)],
+    ))
+    .unwrap();
     let (k, v) = inv.version_by_backend_id("tok", b"v2").unwrap().unwrap();
-    assert_eq!(v, v2);
+    assert_eq!(v, inv.versions(key.id).unwrap()[1]);
+    assert_eq!((v.version, v.key_id), (2, key.id));
     assert_eq!(k.id, key.id);
-    assert_eq!(k.rotated_at, Some(T0));
+    assert_eq!(k.rotated_at, Some(T0 + 10));
     let (_, v) = inv.version_by_backend_id("tok", b"v1").unwrap().unwrap();
     assert_eq!((v.version, v.state), (1, KeyState::Deactivated));
     assert_eq!(inv.version_by_backend_id("other", b"v1").unwrap(), None);
@@ -451,55 +520,51 @@ fn version_by_backend_id_finds_the_key_and_version_on_its_token_only() {
     assert!(plan.contains("USING INDEX"), "{plan}");
 }
 
-// ---- transitions -------------------------------------------------------------
+// ---- lifecycle changes ---------------------------------------------------------
 
 #[test]
-fn transition_moves_the_key_stamps_dates_and_appends_history() {
+fn a_key_move_stamps_dates_and_appends_history() {
     let (_dir, inv) = store();
-    let key = inv
-        .create_key(
-            &KeyRecord {
-                state: KeyState::PreActivation,
-                activated_at: None,
-                ..draft("tok", "k")
-            },
-            &backend(b"1"),
-            "admin",
-        )
-        .unwrap();
-    let change = inv
-        .transition(&Transition {
+    let key = create(
+        &inv,
+        &KeyRecord {
+            state: KeyState::PreActivation,
+            activated_at: None,
+            ..draft("tok", "k")
+        },
+        &backend(b"1"),
+        "admin",
+    )
+    .unwrap();
+    let done = inv
+        .apply(&LifecycleChange {
             dates: DateUpdates {
                 protect_until: Some(T0 + 5),
                 next_rotation: Some(T0 + 6),
                 ..Default::default()
             },
-            ..transition(key.id, None, KeyState::PreActivation, KeyState::Active)
+            ..key_move(key.id, KeyState::PreActivation, KeyState::Active)
         })
         .unwrap();
-    assert_eq!(change.from, Some(KeyState::PreActivation));
-    assert_eq!(change.to, KeyState::Active);
-    assert_eq!(
-        (change.actor.as_str(), change.reason.as_str()),
-        ("alice", "test")
-    );
+    assert_eq!(done.history.len(), 1);
+    let row = &done.history[0];
+    assert_eq!(row.from, Some(KeyState::PreActivation));
+    assert_eq!(row.to, KeyState::Active);
+    assert_eq!((row.actor.as_str(), row.reason.as_str()), ("alice", "test"));
+    assert_eq!(done.trail, None);
     let k = inv.key_by_id(key.id).unwrap().unwrap();
+    assert_eq!(done.key, k);
     assert_eq!(k.state, KeyState::Active);
     assert_eq!(k.activated_at, Some(T0 + 100), "first activation stamped");
     assert_eq!(k.protect_until, Some(T0 + 5));
     assert_eq!(k.next_rotation, Some(T0 + 6));
     assert_eq!(k.process_until, None);
 
-    inv.transition(&transition(
-        key.id,
-        None,
-        KeyState::Active,
-        KeyState::Suspended,
-    ))
-    .unwrap();
-    inv.transition(&Transition {
+    inv.apply(&key_move(key.id, KeyState::Active, KeyState::Suspended))
+        .unwrap();
+    inv.apply(&LifecycleChange {
         at: T0 + 200,
-        ..transition(key.id, None, KeyState::Suspended, KeyState::Active)
+        ..key_move(key.id, KeyState::Suspended, KeyState::Active)
     })
     .unwrap();
     let k = inv.key_by_id(key.id).unwrap().unwrap();
@@ -508,13 +573,8 @@ fn transition_moves_the_key_stamps_dates_and_appends_history() {
         Some(T0 + 100),
         "a resume keeps the first activation"
     );
-    inv.transition(&transition(
-        key.id,
-        None,
-        KeyState::Active,
-        KeyState::Deactivated,
-    ))
-    .unwrap();
+    inv.apply(&key_move(key.id, KeyState::Active, KeyState::Deactivated))
+        .unwrap();
     let k = inv.key_by_id(key.id).unwrap().unwrap();
     assert_eq!(k.deactivated_at, Some(T0 + 100));
 
@@ -538,17 +598,12 @@ fn transition_moves_the_key_stamps_dates_and_appends_history() {
 }
 
 #[test]
-fn transition_refuses_a_stale_expected_from_and_changes_nothing() {
+fn a_stale_expected_state_is_a_conflict_and_changes_nothing() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"1");
     let before = inv.history(key.id).unwrap();
     let err = inv
-        .transition(&transition(
-            key.id,
-            None,
-            KeyState::Suspended,
-            KeyState::Active,
-        ))
+        .apply(&key_move(key.id, KeyState::Suspended, KeyState::Active))
         .unwrap_err();
     match &err {
         Error::Conflict {
@@ -557,9 +612,10 @@ fn transition_refuses_a_stale_expected_from_and_changes_nothing() {
         other => panic!("expected Conflict, got {other:?}"),
     }
     let err = inv
-        .transition(&transition(
+        .apply(&version_move(
             key.id,
-            Some(1),
+            KeyState::Active,
+            1,
             KeyState::Deactivated,
             KeyState::Destroyed,
         ))
@@ -570,24 +626,34 @@ fn transition_refuses_a_stale_expected_from_and_changes_nothing() {
 }
 
 #[test]
-fn concurrent_transitions_from_the_same_state_let_exactly_one_win() {
+fn concurrent_changes_from_the_same_state_let_exactly_one_win() {
     let (_dir, inv) = store();
-    let inv: Arc<dyn Inventory> = Arc::new(inv);
-    let key = inv
-        .create_key(&draft("tok", "k"), &backend(b"1"), "admin")
-        .unwrap();
+    let key = new_key(&inv, "k", b"1");
+    let inv = Arc::new(inv);
     let threads = 4;
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|i| {
             let (inv, barrier) = (inv.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                inv.transition(&transition(
+                // Each racer rotates to version 2 with a CKA_ID of its own.
+                inv.apply(&change(
                     key.id,
-                    None,
                     KeyState::Active,
-                    KeyState::Suspended,
+                    None,
+                    vec![
+                        VersionChange::Move {
+                            version: 1,
+                            from: KeyState::Active,
+                            to: KeyState::Deactivated,
+                        },
+                        VersionChange::Add(KeyVersion {
+                            version: 2,
+                            ..backend(format!("racer-{i}").as_bytes())
+                        }),
+                    ],
+                    vec![record("k", Some(2), "from none to active: racing")],
                 ))
             })
         })
@@ -598,85 +664,123 @@ fn concurrent_transitions_from_the_same_state_let_exactly_one_win() {
         .iter()
         .filter_map(|r| r.as_ref().err())
         .all(|e| matches!(e, Error::Conflict { .. })));
+    assert_eq!(inv.versions(key.id).unwrap().len(), 2);
+    assert_eq!(inv.head().unwrap().0, 1, "one record: the winner's");
 }
 
 #[test]
-fn transition_refuses_moves_no_policy_may_allow() {
+fn the_store_judges_no_move_only_refuses_what_is_no_change() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"1");
-    for (from, to) in [
-        (KeyState::Active, KeyState::Active),
-        (KeyState::Active, KeyState::PreActivation),
-    ] {
-        let err = inv
-            .transition(&transition(key.id, None, from, to))
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
-    }
-    inv.transition(&transition(
+    // Which moves an action makes is the policy's: the store applies any
+    // move from the expected state.
+    inv.apply(&key_move(key.id, KeyState::Active, KeyState::Destroyed))
+        .unwrap();
+    inv.apply(&key_move(
         key.id,
-        None,
-        KeyState::Active,
         KeyState::Destroyed,
+        KeyState::PreActivation,
     ))
     .unwrap();
-    let err = inv
-        .transition(&transition(
+    for bad in [
+        key_move(key.id, KeyState::PreActivation, KeyState::PreActivation),
+        change(
             key.id,
+            KeyState::PreActivation,
             None,
-            KeyState::Destroyed,
-            KeyState::Active,
-        ))
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("destroyed cannot become active"),
-        "{err}"
-    );
-    let err = inv
-        .transition(&transition(
-            key.id + 9,
-            None,
-            KeyState::Active,
-            KeyState::Suspended,
-        ))
-        .unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-    let err = inv
-        .transition(&transition(
+            Vec::new(),
+            Vec::new(),
+        ),
+        version_move(
             key.id,
-            Some(7),
+            KeyState::PreActivation,
+            1,
             KeyState::Active,
-            KeyState::Suspended,
-        ))
-        .unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-    let err = inv
-        .transition(&Transition {
+            KeyState::Active,
+        ),
+        change(
+            key.id,
+            KeyState::PreActivation,
+            None,
+            vec![
+                VersionChange::Move {
+                    version: 1,
+                    from: KeyState::Active,
+                    to: KeyState::Suspended,
+                },
+                VersionChange::Move {
+                    version: 1,
+                    from: KeyState::Suspended,
+                    to: KeyState::Active,
+                },
+            ],
+            Vec::new(),
+        ),
+        LifecycleChange {
             actor: String::new(),
-            ..transition(key.id, Some(1), KeyState::Active, KeyState::Suspended)
-        })
+            ..key_move(key.id, KeyState::PreActivation, KeyState::Active)
+        },
+        change(
+            key.id,
+            KeyState::PreActivation,
+            None,
+            vec![VersionChange::Add(KeyVersion {
+                state: KeyState::Destroyed,
+                version: 2,
+                ..backend(b"2")
+            })],
+            Vec::new(),
+        ),
+    ] {
+        let err = inv.apply(&bad).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{bad:?}: {err:?}");
+    }
+    let err = inv
+        .apply(&key_move(key.id + 9, KeyState::Active, KeyState::Suspended))
         .unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = inv
+        .apply(&version_move(
+            key.id,
+            KeyState::PreActivation,
+            7,
+            KeyState::Active,
+            KeyState::Suspended,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    assert!(inv.check().unwrap().is_empty());
 }
 
 #[test]
-fn version_transitions_stamp_the_versions_dates() {
+fn version_moves_stamp_the_versions_dates() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"1");
-    let change = inv
-        .transition(&Transition {
+    let done = inv
+        .apply(&LifecycleChange {
             dates: DateUpdates {
                 process_until: Some(T0 + 9),
                 ..Default::default()
             },
-            ..transition(key.id, Some(1), KeyState::Active, KeyState::Deactivated)
+            ..version_move(
+                key.id,
+                KeyState::Active,
+                1,
+                KeyState::Active,
+                KeyState::Deactivated,
+            )
         })
         .unwrap();
-    assert_eq!(change.version, Some(1));
-    inv.transition(&Transition {
+    assert_eq!(done.history[0].version, Some(1));
+    inv.apply(&LifecycleChange {
         at: T0 + 300,
-        ..transition(key.id, Some(1), KeyState::Deactivated, KeyState::Destroyed)
+        ..version_move(
+            key.id,
+            KeyState::Active,
+            1,
+            KeyState::Deactivated,
+            KeyState::Destroyed,
+        )
     })
     .unwrap();
     let v = &inv.versions(key.id).unwrap()[0];
@@ -691,50 +795,69 @@ fn version_transitions_stamp_the_versions_dates() {
 
 // ---- rotation ----------------------------------------------------------------
 
+/// A rotation of key `key_id` (active) to version `next` with CKA_ID
+/// `id`: the given older versions demoted, `rotated_at` set.
+fn rotation(
+    key_id: i64,
+    next: u32,
+    id: &[u8],
+    demote: &[(u32, KeyState, KeyState)],
+) -> LifecycleChange {
+    let mut versions: Vec<VersionChange> = demote
+        .iter()
+        .map(|&(version, from, to)| VersionChange::Move { version, from, to })
+        .collect();
+    versions.push(VersionChange::Add(KeyVersion {
+        version: next,
+        created_at: T0 + 10,
+        ..backend(id)
+    }));
+    LifecycleChange {
+        dates: DateUpdates {
+            rotated_at: Some(T0 + 10),
+            next_rotation: Some(T0 + 20),
+            ..Default::default()
+        },
+        reason: format!("rotation to version {next}"),
+        ..change(key_id, KeyState::Active, None, versions, Vec::new())
+    }
+}
+
 #[test]
-fn add_version_activates_the_new_one_and_demotes_older_ones_in_one_go() {
+fn a_rotation_adds_the_new_version_and_demotes_older_ones_in_one_go() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"1");
-    let v2 = inv
-        .add_version(
+    let done = inv
+        .apply(&rotation(
             key.id,
-            &KeyVersion {
-                created_at: T0 + 10,
-                ..backend(b"2")
-            },
-            Some(KeyState::Deactivated),
-            "scheduler",
-        )
+            2,
+            b"2",
+            &[(1, KeyState::Active, KeyState::Deactivated)],
+        ))
         .unwrap();
-    assert_eq!(
-        (v2.version, v2.state, v2.key_id),
-        (2, KeyState::Active, key.id)
-    );
+    assert_eq!(done.history.len(), 2);
     assert_eq!(
         states(&inv, key.id),
         [KeyState::Deactivated, KeyState::Active]
     );
+    let versions = inv.versions(key.id).unwrap();
+    assert_eq!(versions[0].deactivated_at, Some(T0 + 100));
+    assert_eq!((versions[1].key_id, versions[1].version), (key.id, 2));
+    let k = inv.key_by_id(key.id).unwrap().unwrap();
     assert_eq!(
-        inv.versions(key.id).unwrap()[0].deactivated_at,
-        Some(T0 + 10)
+        (k.rotated_at, k.next_rotation),
+        (Some(T0 + 10), Some(T0 + 20))
     );
-    assert_eq!(
-        inv.key_by_id(key.id).unwrap().unwrap().rotated_at,
-        Some(T0 + 10)
-    );
-    // Emergency: compromise everything older, including the deactivated one.
-    let v3 = inv
-        .add_version(
-            key.id,
-            &KeyVersion {
-                version: 3,
-                ..backend(b"3")
-            },
-            Some(KeyState::Compromised),
-            "alice",
-        )
-        .unwrap();
-    assert_eq!(v3.version, 3);
+    inv.apply(&rotation(
+        key.id,
+        3,
+        b"3",
+        &[
+            (1, KeyState::Deactivated, KeyState::Compromised),
+            (2, KeyState::Active, KeyState::Compromised),
+        ],
+    ))
+    .unwrap();
     assert_eq!(
         states(&inv, key.id),
         [
@@ -742,25 +865,6 @@ fn add_version_activates_the_new_one_and_demotes_older_ones_in_one_go() {
             KeyState::Compromised,
             KeyState::Active
         ]
-    );
-    // A deactivation does not pull a compromised version back.
-    inv.add_version(key.id, &backend(b"4"), Some(KeyState::Deactivated), "alice")
-        .unwrap();
-    assert_eq!(
-        states(&inv, key.id),
-        [
-            KeyState::Compromised,
-            KeyState::Compromised,
-            KeyState::Deactivated,
-            KeyState::Active
-        ]
-    );
-    // None leaves older versions alone.
-    inv.add_version(key.id, &backend(b"5"), None, "alice")
-        .unwrap();
-    assert_eq!(
-        states(&inv, key.id)[3..],
-        [KeyState::Active, KeyState::Active]
     );
     let rows = inv
         .history(key.id)
@@ -773,51 +877,232 @@ fn add_version_activates_the_new_one_and_demotes_older_ones_in_one_go() {
 }
 
 #[test]
-fn add_version_refusals() {
+fn rotation_refusals() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"1");
-    let other = new_key(&inv, "other", b"x");
-    let err = inv
-        .add_version(
+    new_key(&inv, "other", b"x");
+    let err = inv.apply(&rotation(key.id, 5, b"2", &[])).unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }),
+        "not the next number: {err:?}"
+    );
+    let err = inv.apply(&rotation(key.id, 2, b"x", &[])).unwrap_err();
+    assert!(matches!(err, Error::Exists(_)), "{err:?}");
+    let err = inv.apply(&rotation(key.id, 0, b"2", &[])).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    let err = inv.apply(&rotation(999, 2, b"2", &[])).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    inv.apply(&key_move(key.id, KeyState::Active, KeyState::Suspended))
+        .unwrap();
+    let err = inv.apply(&rotation(key.id, 2, b"2", &[])).unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }),
+        "the key moved: {err:?}"
+    );
+    let mut two = rotation(key.id, 2, b"2", &[]);
+    two.versions.push(VersionChange::Add(KeyVersion {
+        version: 3,
+        ..backend(b"3")
+    }));
+    assert!(matches!(inv.apply(&two), Err(Error::Invalid(_))));
+    assert_eq!(inv.versions(key.id).unwrap().len(), 1);
+    assert_eq!(inv.history(key.id).unwrap().len(), 3);
+}
+
+// ---- one transaction: state, history and trail -----------------------------------
+
+/// A key with versions 1 and 2 deactivated and 3 active, and one record
+/// in the trail.
+fn three_versions(inv: &SqliteInventory) -> KeyRecord {
+    let key = new_key(inv, "k", b"1");
+    for (next, id) in [(2u32, b"2"), (3, b"3")] {
+        inv.apply(&rotation(
             key.id,
-            &KeyVersion {
-                version: 5,
-                ..backend(b"2")
-            },
-            None,
-            "a",
-        )
+            next,
+            id,
+            &[(next - 1, KeyState::Active, KeyState::Deactivated)],
+        ))
+        .unwrap();
+    }
+    inv.append(&[record("k", None, "before")], true).unwrap();
+    inv.key_by_id(key.id).unwrap().unwrap()
+}
+
+/// Everything a lifecycle change could touch.
+fn snapshot(
+    inv: &SqliteInventory,
+    key_id: i64,
+) -> (KeyRecord, Vec<KeyVersion>, Vec<StateChange>, (u64, Hash)) {
+    (
+        inv.key_by_id(key_id).unwrap().unwrap(),
+        inv.versions(key_id).unwrap(),
+        inv.history(key_id).unwrap(),
+        inv.head().unwrap(),
+    )
+}
+
+/// A revocation: the key and every version compromised, one trail record
+/// per move.
+fn revocation(key_id: i64, last_from: KeyState) -> LifecycleChange {
+    let moves = [
+        (1, KeyState::Deactivated),
+        (2, KeyState::Deactivated),
+        (3, last_from),
+    ];
+    let mut trail = vec![record("k", None, "from active to compromised: leaked")];
+    trail.extend(
+        moves
+            .iter()
+            .map(|&(v, from)| record("k", Some(v), &format!("from {from} to compromised: leaked"))),
+    );
+    change(
+        key_id,
+        KeyState::Active,
+        Some(KeyState::Compromised),
+        moves
+            .iter()
+            .map(|&(version, from)| VersionChange::Move {
+                version,
+                from,
+                to: KeyState::Compromised,
+            })
+            .collect(),
+        trail,
+    )
+}
+
+#[test]
+fn a_conflict_in_the_last_version_leaves_key_versions_history_and_trail_untouched() {
+    let (_dir, inv) = store();
+    let key = three_versions(&inv);
+    let before = snapshot(&inv, key.id);
+    // Version 3 is active, not suspended: the last part of the change is
+    // stale, after the key and two versions were already moved inside
+    // the transaction.
+    let err = inv
+        .apply(&revocation(key.id, KeyState::Suspended))
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert!(err.to_string().contains("version 3"), "{err}");
+    assert_eq!(
+        snapshot(&inv, key.id),
+        before,
+        "nothing of the change is kept"
+    );
+    assert!(inv.check().unwrap().is_empty());
+    let report = inv.verify(&|_, _| true).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records, 1);
+
+    // The same change, right this time: all of it, trail included.
+    let done = inv.apply(&revocation(key.id, KeyState::Active)).unwrap();
+    assert_eq!(done.history.len(), 4);
+    assert_eq!(done.trail, Some((2, 5)));
+    assert_eq!(inv.head().unwrap().0, 5);
+    assert_eq!(done.key.state, KeyState::Compromised);
+    assert_eq!(states(&inv, key.id), [KeyState::Compromised; 3]);
+    let records = inv.tail(4).unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r.event.key_version)
+            .collect::<Vec<_>>(),
+        [None, Some(1), Some(2), Some(3)]
+    );
+    let report = inv.verify(&|_, _| true).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records, 5);
+    assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn a_trail_record_the_store_refuses_refuses_the_whole_change() {
+    let (_dir, inv) = store();
+    let key = three_versions(&inv);
+    let before = snapshot(&inv, key.id);
+    let mut bad = revocation(key.id, KeyState::Active);
+    bad.trail[3].operation = String::new();
+    assert!(matches!(inv.apply(&bad), Err(Error::Invalid(_))));
+    let mut long = revocation(key.id, KeyState::Active);
+    long.trail[0].reason = "x".repeat(audit::MAX_FIELD_LEN + 1);
+    assert!(matches!(inv.apply(&long), Err(Error::Invalid(_))));
+    assert_eq!(snapshot(&inv, key.id), before);
+}
+
+#[test]
+fn a_trail_that_cannot_be_written_leaves_the_key_unchanged() {
+    let (dir, inv) = store();
+    let key = three_versions(&inv);
+    let before = snapshot(&inv, key.id);
+    // Another process holds the trail's table hostage: the trail's insert
+    // fails inside the change's transaction.
+    raw(&dir.path().join("inventory.sqlite"))
+        .execute_batch(
+            "CREATE TRIGGER audit_jam BEFORE INSERT ON audit
+             BEGIN SELECT RAISE(ABORT, 'the trail is jammed'); END;",
+        )
+        .unwrap();
     let err = inv
-        .add_version(key.id, &backend(b"x"), None, "a")
+        .apply(&revocation(key.id, KeyState::Active))
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    assert_eq!(snapshot(&inv, key.id), before);
+    raw(&dir.path().join("inventory.sqlite"))
+        .execute_batch("DROP TRIGGER audit_jam;")
+        .unwrap();
+    inv.apply(&revocation(key.id, KeyState::Active)).unwrap();
+    assert!(inv.verify(&|_, _| true).unwrap().is_ok());
+}
+
+#[test]
+fn a_new_key_is_created_with_its_version_and_its_records_or_not_at_all() {
+    let (_dir, inv) = store();
+    let create_with = |name: &str, id: &[u8], trail: Vec<AuditEvent>| LifecycleChange {
+        key: KeyChange::Create(Box::new(draft("tok", name))),
+        versions: vec![VersionChange::Add(KeyVersion {
+            version: 1,
+            ..backend(id)
+        })],
+        dates: DateUpdates::default(),
+        actor: "admin".into(),
+        reason: "created".into(),
+        at: T0,
+        trail,
+    };
+    let done = inv
+        .apply(&create_with(
+            "a",
+            b"1",
+            vec![
+                record("a", None, "from none to active: created"),
+                record("a", Some(1), "from none to active: created"),
+            ],
+        ))
+        .unwrap();
+    assert_eq!(done.trail, Some((1, 2)));
+    assert_eq!(done.history.len(), 2);
+    // The CKA_ID is taken: no key, no record.
+    let err = inv
+        .apply(&create_with(
+            "b",
+            b"1",
+            vec![record("b", None, "from none to active: created")],
+        ))
         .unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
-    for to in [
-        KeyState::Active,
-        KeyState::PreActivation,
-        KeyState::Destroyed,
-    ] {
-        let err = inv
-            .add_version(key.id, &backend(b"2"), Some(to), "a")
-            .unwrap_err();
-        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
-    }
-    let err = inv.add_version(999, &backend(b"2"), None, "a").unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-    inv.transition(&transition(
-        other.id,
-        None,
-        KeyState::Active,
-        KeyState::Destroyed,
-    ))
-    .unwrap();
-    let err = inv
-        .add_version(other.id, &backend(b"2"), None, "a")
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidTransition { .. }), "{err:?}");
-    assert_eq!(inv.versions(key.id).unwrap().len(), 1);
-    assert_eq!(inv.history(key.id).unwrap().len(), 2);
+    assert_eq!(inv.key("tok", "b").unwrap(), None);
+    assert_eq!(inv.head().unwrap().0, 2);
+    // A new key comes with its version 1 and nothing else.
+    let mut two = create_with("c", b"3", Vec::new());
+    two.versions.push(VersionChange::Add(KeyVersion {
+        version: 2,
+        ..backend(b"4")
+    }));
+    assert!(matches!(inv.apply(&two), Err(Error::Invalid(_))));
+    let mut none = create_with("c", b"3", Vec::new());
+    none.versions.clear();
+    assert!(matches!(inv.apply(&none), Err(Error::Invalid(_))));
+    assert_eq!(inv.keys(&KeyFilter::default()).unwrap().len(), 1);
 }
 
 // ---- grants, use, history ------------------------------------------------------
@@ -973,15 +1258,10 @@ fn key_state_strings_round_trip() {
         "Active".parse::<KeyState>(),
         Err(Error::Invalid(_))
     ));
-    assert!(KeyState::Active.may_become(KeyState::Suspended));
-    assert!(KeyState::Compromised.may_become(KeyState::Destroyed));
-    assert!(!KeyState::Destroyed.may_become(KeyState::Active));
-    assert!(!KeyState::Active.may_become(KeyState::PreActivation));
-    assert!(!KeyState::Suspended.may_become(KeyState::Suspended));
 }
 
 #[test]
-fn approval_requests_and_dates_without_a_state_change() {
+fn approval_requests_are_recorded_listed_and_unique() {
     let (_dir, inv) = store();
     let key = new_key(&inv, "k", b"id-1");
     let req = ApprovalRecord {
@@ -1007,19 +1287,6 @@ fn approval_requests_and_dates_without_a_state_change() {
         ..req
     };
     assert!(inv.create_request(&bad).is_err());
-
-    let dates = DateUpdates {
-        next_rotation: Some(T0 + 99),
-        ..DateUpdates::default()
-    };
-    inv.set_dates(key.id, &dates).unwrap();
-    let after = inv.key_by_id(key.id).unwrap().unwrap();
-    assert_eq!(after.next_rotation, Some(T0 + 99));
-    assert_eq!(after.protect_until, key.protect_until);
-    assert!(matches!(
-        inv.set_dates(9999, &dates),
-        Err(Error::NotFound(_))
-    ));
 }
 
 #[test]
@@ -1041,7 +1308,11 @@ fn a_fingerprint_is_recorded_once_and_survives_a_reopen() {
         fingerprint: Some(vec![9u8; 32]),
         ..backend(b"\x02")
     };
-    inv.add_version(k.id, &next, None, "test").unwrap();
+    inv.apply(&LifecycleChange {
+        versions: vec![VersionChange::Add(KeyVersion { version: 2, ..next })],
+        ..change(k.id, KeyState::Active, None, Vec::new(), Vec::new())
+    })
+    .unwrap();
     drop(inv);
     let inv = SqliteInventory::open(dir.path().join("inventory.sqlite")).unwrap();
     let v = inv.versions(k.id).unwrap();

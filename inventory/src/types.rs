@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditEvent;
 use crate::error::Error;
 
 /// A key's (or a key version's) lifecycle state, after NIST SP 800-57 Part 1.
@@ -47,29 +48,6 @@ impl KeyState {
             KeyState::Destroyed => "destroyed",
         }
     }
-
-    /// Whether the store accepts a move from `self` to `to`.
-    ///
-    /// The store keeps only the rules no policy may bend: nothing leaves
-    /// `destroyed`, nothing goes back to `pre-activation`, and a state does
-    /// not move to itself. Which of the other moves need approval, or are
-    /// allowed at all by policy, is the agent's decision.
-    pub fn may_become(self, to: KeyState) -> bool {
-        self != to && self != KeyState::Destroyed && to != KeyState::PreActivation
-    }
-
-    /// How far along the lifecycle a state is; a rotation demotes an older
-    /// version only forwards (see [`crate::Inventory::add_version`]).
-    pub(crate) fn rank(self) -> u8 {
-        match self {
-            KeyState::PreActivation => 0,
-            KeyState::Active => 1,
-            KeyState::Suspended => 2,
-            KeyState::Deactivated => 3,
-            KeyState::Compromised => 4,
-            KeyState::Destroyed => 5,
-        }
-    }
 }
 
 impl fmt::Display for KeyState {
@@ -91,9 +69,8 @@ impl FromStr for KeyState {
 
 /// One managed key: a logical key whose versions are backend objects.
 ///
-/// Times are unix seconds. As a draft for
-/// [`create_key`](crate::Inventory::create_key), `id` is ignored (the store
-/// assigns it).
+/// Times are unix seconds. As a new key in [`KeyChange::Create`], `id` is
+/// ignored (the store assigns it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: i64,
@@ -199,7 +176,7 @@ pub struct KeyFilter {
     pub class: Option<String>,
 }
 
-/// Key dates a transition sets along with the state; `None` leaves a date
+/// Key dates a lifecycle change sets along with the states; `None` leaves a date
 /// as it is (a date is never cleared).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DateUpdates {
@@ -211,21 +188,73 @@ pub struct DateUpdates {
     pub next_rotation: Option<i64>,
 }
 
-/// One state change to make: see [`crate::Inventory::transition`].
+/// The key part of a [`LifecycleChange`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub key_id: i64,
-    /// `None`: the key's own state; `Some(v)`: version `v`'s.
-    pub version: Option<u32>,
-    /// The state the caller saw; the change is refused when the stored state
-    /// differs (optimistic concurrency).
-    pub expected_from: KeyState,
-    pub to: KeyState,
-    pub actor: String,
-    pub reason: String,
-    pub at: i64,
-    /// Applied to the key record, whichever state moves.
+pub enum KeyChange {
+    /// A new key, in its record's state (`id` is ignored: the store
+    /// numbers it). Its versions are the change's [`VersionChange::Add`]s.
+    Create(Box<KeyRecord>),
+    /// An existing key whose stored state must be `expected` (else
+    /// [`Error::Conflict`]); it moves to `to` (`None`: it stays).
+    Update {
+        key_id: i64,
+        expected: KeyState,
+        to: Option<KeyState>,
+    },
+}
+
+/// A version part of a [`LifecycleChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionChange {
+    /// A new version in `state`, numbered `version` (the key's next number,
+    /// else [`Error::Conflict`]: two racing rotations). `key_id` is ignored.
+    Add(KeyVersion),
+    /// Version `version`, whose stored state must be `from` (else
+    /// [`Error::Conflict`]), moves to `to`.
+    Move {
+        version: u32,
+        from: KeyState,
+        to: KeyState,
+    },
+}
+
+/// One lifecycle change of one key, applied as a whole by
+/// [`crate::Inventory::apply`]: the key's state, its versions' states (and
+/// new versions), its dates, one history row per state that moves, and the
+/// audit-trail records that tell of it.
+///
+/// The store does not judge the moves (which move an action makes is the
+/// policy's decision, taken by the caller); it checks that every stored
+/// state is the one the caller expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleChange {
+    pub key: KeyChange,
+    /// In the order their history rows are written.
+    pub versions: Vec<VersionChange>,
+    /// Set on the key record; `None` leaves a date as it is.
     pub dates: DateUpdates,
+    /// Who made the change, as the history records it.
+    pub actor: String,
+    /// The history rows' reason.
+    pub reason: String,
+    /// When (unix seconds): every history row's time.
+    pub at: i64,
+    /// The audit-trail records of the change, appended to the hash chain in
+    /// the same transaction (see [`crate::AuditLog::append`] for what an
+    /// event may hold).
+    pub trail: Vec<AuditEvent>,
+}
+
+/// What [`crate::Inventory::apply`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedChange {
+    /// The key as stored after the change (with its `id`).
+    pub key: KeyRecord,
+    /// The history rows appended, in order.
+    pub history: Vec<StateChange>,
+    /// The trail's records of the change: the first and the last seq
+    /// (`None` when the change had none).
+    pub trail: Option<(u64, u64)>,
 }
 
 /// An action recorded for approval (dual control): what, on what, asked by

@@ -1,5 +1,7 @@
 //! Crash safety: a process killed with SIGKILL at random moments while it
-//! transitions and rotates keys leaves a consistent store.
+//! transitions and rotates keys leaves a consistent store, whose trail
+//! holds one lifecycle record per history row: no change without its
+//! records, no record without its change.
 //!
 //! The test re-runs its own binary (`--exact <this test>`) with
 //! [`WORKER`] set to the store's path; that child loops over lifecycle
@@ -15,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyward_inventory::{
-    DateUpdates, Grant, Inventory, KeyFilter, KeyRecord, KeyState, KeyVersion, SqliteInventory,
-    Transition,
+    Actor, AuditEvent, AuditFilter, AuditKind, AuditLog, DateUpdates, Grant, Inventory, KeyChange,
+    KeyFilter, KeyRecord, KeyState, KeyVersion, LifecycleChange, SqliteInventory, VersionChange,
 };
 
 /// Set (to the store's path) in the worker child's environment.
@@ -152,11 +154,43 @@ fn seed(path: &Path) {
             destroyed_at: None,
             fingerprint: None,
         };
-        inv.create_key(&key, &version, "seed").unwrap();
+        let trail = vec![
+            record(&key.name, None, "created"),
+            record(&key.name, Some(1), "created"),
+        ];
+        inv.apply(&LifecycleChange {
+            key: KeyChange::Create(Box::new(key)),
+            versions: vec![VersionChange::Add(version)],
+            dates: DateUpdates::default(),
+            actor: "seed".into(),
+            reason: "created".into(),
+            at: now(),
+            trail,
+        })
+        .unwrap();
     }
 }
 
-/// History rows: one per committed lifecycle change.
+/// A lifecycle record of the trail about `key`.
+fn record(key: &str, version: Option<u32>, reason: &str) -> AuditEvent {
+    AuditEvent {
+        at: now(),
+        micros: 0,
+        kind: AuditKind::Lifecycle,
+        actor: Actor::Scheduler,
+        token: Some(TOKEN.into()),
+        key: Some(key.into()),
+        key_version: version,
+        operation: "crash".into(),
+        mechanism: None,
+        result: 0,
+        reason: reason.into(),
+        count: 1,
+        span_us: 0,
+    }
+}
+
+/// History rows: one per committed state move.
 fn lifecycle_rows(path: &Path) -> usize {
     let inv = SqliteInventory::open(path).unwrap();
     inv.keys(&KeyFilter::default())
@@ -176,6 +210,32 @@ fn check(path: &Path, round: usize) {
     assert!(problems.is_empty(), "round {round}: {problems:#?}");
     let keys = inv.keys(&KeyFilter::default()).unwrap();
     assert_eq!(keys.len(), KEYS, "round {round}");
+    // The trail verifies, and holds exactly one record per history row.
+    let report = inv.verify(&|_, _| true).unwrap();
+    assert!(report.is_ok(), "round {round}: {report:?}");
+    let records = inv
+        .query(&AuditFilter {
+            kinds: vec![AuditKind::Lifecycle],
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    for key in &keys {
+        let history = inv.history(key.id).unwrap();
+        let told: Vec<(Option<u32>, String)> = records
+            .iter()
+            .filter(|r| r.event.key.as_deref() == Some(key.name.as_str()))
+            .map(|r| (r.event.key_version, r.event.reason.clone()))
+            .collect();
+        let done: Vec<(Option<u32>, String)> = history
+            .iter()
+            .map(|c| (c.version, c.reason.clone()))
+            .collect();
+        assert_eq!(
+            told, done,
+            "round {round}: key {} trail and history",
+            key.name
+        );
+    }
     for key in &keys {
         let versions = inv.versions(key.id).unwrap();
         let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
@@ -251,31 +311,62 @@ fn worker(path: &Path) {
     while Instant::now() < deadline {
         let id = ids[rng.below(ids.len() as u64) as usize];
         let key = inv.key_by_id(id).unwrap().unwrap();
+        let versions = inv.versions(id).unwrap();
         let at = now();
-        let step = |from, to, reason: &str| Transition {
-            key_id: id,
-            version: None,
-            expected_from: from,
-            to,
-            actor: "worker".into(),
-            reason: reason.into(),
-            at,
-            dates: DateUpdates {
-                next_rotation: Some(at + 3600),
-                ..Default::default()
-            },
+        // One change: the key (expected `from`, moving to `to`) and
+        // `moves`, with one trail record per history row it writes.
+        let apply = |to: Option<KeyState>, moves: Vec<VersionChange>, reason: &str| {
+            let mut trail = Vec::new();
+            if to.is_some() {
+                trail.push(record(&key.name, None, reason));
+            }
+            for m in &moves {
+                let v = match m {
+                    VersionChange::Add(v) => v.version,
+                    VersionChange::Move { version, .. } => *version,
+                };
+                trail.push(record(&key.name, Some(v), reason));
+            }
+            let rotated = moves.iter().any(|m| matches!(m, VersionChange::Add(_)));
+            inv.apply(&LifecycleChange {
+                key: KeyChange::Update {
+                    key_id: id,
+                    expected: key.state,
+                    to,
+                },
+                versions: moves,
+                dates: DateUpdates {
+                    next_rotation: Some(at + 3600),
+                    rotated_at: rotated.then_some(at),
+                    ..Default::default()
+                },
+                actor: "worker".into(),
+                reason: reason.into(),
+                at,
+                trail,
+            })
+            .unwrap();
         };
         match (rng.below(10), key.state) {
             (0..=3, KeyState::Active) => {
-                let next = inv.versions(id).unwrap().len() + 1;
+                let next = versions.len() as u32 + 1;
                 let demote = if rng.below(4) == 0 {
                     KeyState::Compromised
                 } else {
                     KeyState::Deactivated
                 };
-                let version = KeyVersion {
+                let mut moves: Vec<VersionChange> = versions
+                    .iter()
+                    .filter(|v| v.state < demote)
+                    .map(|v| VersionChange::Move {
+                        version: v.version,
+                        from: v.state,
+                        to: demote,
+                    })
+                    .collect();
+                moves.push(VersionChange::Add(KeyVersion {
                     key_id: id,
-                    version: next as u32,
+                    version: next,
                     backend_id: format!("k{id}-v{next}").into_bytes(),
                     backend_label: key.name.clone(),
                     state: KeyState::Active,
@@ -283,18 +374,11 @@ fn worker(path: &Path) {
                     deactivated_at: None,
                     destroyed_at: None,
                     fingerprint: None,
-                };
-                inv.add_version(id, &version, Some(demote), "worker")
-                    .unwrap();
+                }));
+                apply(None, moves, &format!("rotation to version {next}"));
             }
-            (4..=5, KeyState::Active) => {
-                inv.transition(&step(KeyState::Active, KeyState::Suspended, "suspend"))
-                    .unwrap();
-            }
-            (_, KeyState::Suspended) => {
-                inv.transition(&step(KeyState::Suspended, KeyState::Active, "resume"))
-                    .unwrap();
-            }
+            (4..=5, KeyState::Active) => apply(Some(KeyState::Suspended), Vec::new(), "suspend"),
+            (_, KeyState::Suspended) => apply(Some(KeyState::Active), Vec::new(), "resume"),
             (6, _) => inv.touch(id, at).unwrap(),
             (7, _) => {
                 let grant = Grant {
@@ -311,17 +395,16 @@ fn worker(path: &Path) {
             }
             _ => {
                 // Destroy an old version that is no longer used.
-                let old = inv
-                    .versions(id)
-                    .unwrap()
-                    .into_iter()
+                let old = versions
+                    .iter()
                     .find(|v| matches!(v.state, KeyState::Deactivated | KeyState::Compromised));
                 if let Some(v) = old {
-                    inv.transition(&Transition {
-                        version: Some(v.version),
-                        ..step(v.state, KeyState::Destroyed, "destroy old version")
-                    })
-                    .unwrap();
+                    let destroy = VersionChange::Move {
+                        version: v.version,
+                        from: v.state,
+                        to: KeyState::Destroyed,
+                    };
+                    apply(None, vec![destroy], "destroy old version");
                 }
             }
         }

@@ -12,7 +12,9 @@
 //!   of a class ([`KeyClass::check_use`]).
 //! - `lifecycle.rs`: [`KeyState`], [`Purpose`], [`Operation`], [`Action`];
 //!   the SP 800-57 state table ([`permits`]), transitions ([`transition`],
-//!   [`needs_approval`]) and cryptoperiod dates ([`Cryptoperiod`],
+//!   [`needs_approval`]), what they do to a key's versions
+//!   ([`version_transition`]) and rotations ([`Rotation`]): the one
+//!   transition table of keyward; and cryptoperiod dates ([`Cryptoperiod`],
 //!   [`effective_state`]).
 //! - `template.rs`: generation templates judged against a class
 //!   ([`check_generation`], [`check_key_pair_generation`]) and attribute
@@ -44,8 +46,8 @@ pub use duration::{
 };
 pub use error::PolicyError;
 pub use lifecycle::{
-    effective_state, needs_approval, permits, request_transition, transition, Action, Cryptoperiod,
-    KeyState, Operation, Purpose,
+    effective_state, needs_approval, permits, request_transition, transition, version_transition,
+    Action, Cryptoperiod, KeyState, Operation, Purpose, Rotation,
 };
 pub use mechanisms::{mechanism_by_name, mechanism_name};
 pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};

@@ -425,6 +425,85 @@ pub fn request_transition(
     Ok(to)
 }
 
+/// What a key's `action` does to one of its versions, in `state`: the
+/// state the version moves to, or `None` when it stays. Called for every
+/// version when [`transition`] has allowed the key's own move.
+///
+/// ```text
+/// activate: pre-activation versions become active
+/// revoke:   every version not compromised or destroyed becomes compromised
+/// destroy:  every version not destroyed is destroyed
+/// suspend, resume, deactivate: the key's own state moves, its versions keep
+///           theirs (a use needs both states to permit it)
+/// ```
+pub fn version_transition(action: Action, state: KeyState) -> Option<KeyState> {
+    use KeyState::*;
+    match (action, state) {
+        (Action::Activate, PreActivation) => Some(Active),
+        (Action::Revoke, PreActivation | Active | Suspended | Deactivated) => Some(Compromised),
+        (Action::Destroy, PreActivation | Active | Suspended | Deactivated | Compromised) => {
+            Some(Destroyed)
+        }
+        _ => None,
+    }
+}
+
+/// A rotation: a new version of a key that protects from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rotation {
+    /// Requested by an administrator or due by the key's class: an active
+    /// key stays active, its older versions become deactivated (they
+    /// process until the key's process period ends).
+    Planned,
+    /// The second step of an emergency rotation (`revoke --rotate`), after
+    /// the revocation: the compromised key comes back active with its new
+    /// version; the compromised versions never come back.
+    Emergency,
+}
+
+impl Rotation {
+    /// The state of keys this rotation is for.
+    pub fn rotates(self) -> KeyState {
+        match self {
+            Rotation::Planned => KeyState::Active,
+            Rotation::Emergency => KeyState::Compromised,
+        }
+    }
+
+    /// The key's state after the rotation from `from`, or why the key
+    /// cannot rotate so.
+    pub fn key_state(self, from: KeyState) -> Result<KeyState, Refusal> {
+        if from != self.rotates() {
+            return Err(Refusal::CannotRotate {
+                from,
+                rotation: self,
+            });
+        }
+        Ok(KeyState::Active)
+    }
+
+    /// The state an older version in `state` moves to, or `None` when it
+    /// stays: a version is only ever moved further along the lifecycle
+    /// (a planned rotation does not bring a compromised version back to
+    /// deactivated).
+    pub fn demotes(self, state: KeyState) -> Option<KeyState> {
+        let to = match self {
+            Rotation::Planned => KeyState::Deactivated,
+            Rotation::Emergency => KeyState::Compromised,
+        };
+        (state < to).then_some(to)
+    }
+}
+
+impl fmt::Display for Rotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rotation::Planned => "rotation",
+            Rotation::Emergency => "emergency rotation",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,6 +624,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn versions_follow_their_key_full_matrix() {
+        use Action::*;
+        use KeyState::*;
+        for action in Action::ALL {
+            for state in KeyState::ALL {
+                let expected = match (action, state) {
+                    (Activate, PreActivation) => Some(Active),
+                    (Revoke, Compromised | Destroyed) => None,
+                    (Revoke, _) => Some(Compromised),
+                    (Destroy, Destroyed) => None,
+                    (Destroy, _) => Some(Destroyed),
+                    _ => None,
+                };
+                assert_eq!(
+                    version_transition(action, state),
+                    expected,
+                    "{action} {state}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rotations_full_matrix() {
+        use KeyState::*;
+        for from in KeyState::ALL {
+            assert_eq!(
+                Rotation::Planned.key_state(from).ok(),
+                (from == Active).then_some(Active),
+                "{from}"
+            );
+            assert_eq!(
+                Rotation::Emergency.key_state(from).ok(),
+                (from == Compromised).then_some(Active),
+                "{from}"
+            );
+            let planned = match from {
+                PreActivation | Active | Suspended => Some(Deactivated),
+                _ => None,
+            };
+            assert_eq!(Rotation::Planned.demotes(from), planned, "{from}");
+            let emergency = match from {
+                Compromised | Destroyed => None,
+                _ => Some(Compromised),
+            };
+            assert_eq!(Rotation::Emergency.demotes(from), emergency, "{from}");
+        }
+        let r = Rotation::Planned.key_state(Suspended).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "a suspended key cannot rotate: rotation is for active keys only"
+        );
+        assert_eq!(r.ckr(), CKR_ACTION_PROHIBITED);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::lifecycle::{Action, KeyState, Operation, Purpose};
+use crate::lifecycle::{Action, KeyState, Operation, Purpose, Rotation};
 use crate::mechanisms::mechanism_name;
 
 /// A mechanism number shown by its `CKM_*` name, or in hex when it has none.
@@ -100,6 +100,9 @@ refusals! {
     /// The action is no transition from the key's state.
     #[error("a {from} key cannot be {}", .action.past_tense())]
     InvalidTransition { from: KeyState, action: Action } => CKR_ACTION_PROHIBITED,
+    /// The key is in no state this rotation is for.
+    #[error("a {from} key cannot rotate: {rotation} is for {} keys only", .rotation.rotates())]
+    CannotRotate { from: KeyState, rotation: Rotation } => CKR_ACTION_PROHIBITED,
     /// The policy lets no application generate keys itself (strict mode
     /// without a default class).
     #[error("{reason}")]

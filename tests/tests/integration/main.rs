@@ -28,6 +28,7 @@ mod key_enforcement;
 mod key_integrity;
 mod keys;
 mod lifecycle;
+mod lifecycle_crash;
 mod mechanism_params;
 mod metrics;
 mod namespaces;
