@@ -1372,72 +1372,88 @@ fn verify_in(
     let mut rows = stmt.query([])?;
     let mut expected: u64 = 1;
     while let Some(row) = rows.next()? {
-        let stored_seq: i64 = row.get(0)?;
         report.records += 1;
-        let bad = |seq, problem| Some(BadRecord { seq, problem });
-        let seq = match u64::try_from(stored_seq) {
-            Ok(s) if s >= expected => s,
-            // Numbered 0 or below (only possible before record 1).
-            _ => {
-                let problem = Problem::Undecodable(format!("seq {stored_seq}"));
-                return finish(report, &seals, bad(expected, problem));
-            }
+        let (seq, hash) = match chained(row, expected, &running)? {
+            Ok(link) => link,
+            Err(bad) => return finish(report, &seals, Some(bad)),
         };
-        if seq > expected {
-            let problem = Problem::Deleted { through: seq - 1 };
-            return finish(report, &seals, bad(expected, problem));
-        }
-        let rec = match decode(row) {
-            Ok(rec) => rec,
-            Err(what) => return finish(report, &seals, bad(seq, Problem::Undecodable(what))),
-        };
-        if record_hash(&rec.prev_hash, seq, &rec.event) != rec.hash {
-            let found = match written_as(&rec, seq) {
-                Some(o) if o < seq => bad(o, Problem::Inserted { next: seq }),
-                Some(o) => bad(seq, Problem::Moved { written_as: o }),
-                None => bad(seq, Problem::Edited),
-            };
-            return finish(report, &seals, found);
-        }
-        if rec.prev_hash != running {
-            let found = if seq == 1 {
-                bad(1, Problem::Genesis)
-            } else {
-                bad(seq - 1, Problem::Replaced)
-            };
-            return finish(report, &seals, found);
-        }
-        running = rec.hash;
+        running = hash;
         expected = seq + 1;
         if let Some(bad) = seals.at(seq, &running) {
             return finish(report, &seals, Some(bad));
         }
     }
-    // The chain is whole; a genuine checkpoint past its end means the tail
-    // was cut.
-    while let Some(entry) = seals.list.get(seals.next).cloned() {
-        seals.next += 1;
-        let Ok(cp) = entry else { continue };
-        if let Some(problem) = seals.judge(&cp, None) {
-            let seq = match problem {
-                Problem::Truncated { .. } => report.head_seq + 1,
-                _ => seals.sealed_through + 1,
-            };
-            return finish(report, &seals, Some(BadRecord { seq, problem }));
-        }
+    let bad = seals.past_the_end(report.head_seq);
+    finish(report, &seals, bad)
+}
+
+/// Record `row` checked as the next link of the chain: numbered
+/// `expected` and chained to `running`. Its seq and hash, or the first
+/// problem found.
+fn chained(
+    row: &rusqlite::Row<'_>,
+    expected: u64,
+    running: &Hash,
+) -> Result<std::result::Result<(u64, Hash), BadRecord>> {
+    let stored_seq: i64 = row.get(0)?;
+    let bad = |seq, problem| Ok(Err(BadRecord { seq, problem }));
+    let seq = match u64::try_from(stored_seq) {
+        Ok(s) if s >= expected => s,
+        // Numbered 0 or below (only possible before record 1).
+        _ => return bad(expected, Problem::Undecodable(format!("seq {stored_seq}"))),
+    };
+    if seq > expected {
+        return bad(expected, Problem::Deleted { through: seq - 1 });
     }
-    // Likewise an anchor past its end: rolled back past the anchor.
-    while let Some(a) = seals.anchors.get(seals.next_anchor).cloned() {
-        seals.next_anchor += 1;
-        if let Some(problem) = seals.judge_anchor(&a, None) {
-            let seq = match problem {
-                Problem::AnchorMissing { .. } => report.head_seq + 1,
-                _ => seals.anchored_through + 1,
-            };
-            return finish(report, &seals, Some(BadRecord { seq, problem }));
-        }
+    let rec = match decode(row) {
+        Ok(rec) => rec,
+        Err(what) => return bad(seq, Problem::Undecodable(what)),
+    };
+    if record_hash(&rec.prev_hash, seq, &rec.event) != rec.hash {
+        return match written_as(&rec, seq) {
+            Some(o) if o < seq => bad(o, Problem::Inserted { next: seq }),
+            Some(o) => bad(seq, Problem::Moved { written_as: o }),
+            None => bad(seq, Problem::Edited),
+        };
     }
-    finish(report, &seals, None)
+    if rec.prev_hash != *running {
+        return if seq == 1 {
+            bad(1, Problem::Genesis)
+        } else {
+            bad(seq - 1, Problem::Replaced)
+        };
+    }
+    Ok(Ok((seq, rec.hash)))
+}
+
+impl Seals<'_> {
+    /// After a whole chain ending at `head_seq`: a genuine checkpoint past
+    /// its end means the tail was cut, and an anchor past its end that it
+    /// was rolled back.
+    fn past_the_end(&mut self, head_seq: u64) -> Option<BadRecord> {
+        while let Some(entry) = self.list.get(self.next).cloned() {
+            self.next += 1;
+            let Ok(cp) = entry else { continue };
+            if let Some(problem) = self.judge(&cp, None) {
+                let seq = match problem {
+                    Problem::Truncated { .. } => head_seq + 1,
+                    _ => self.sealed_through + 1,
+                };
+                return Some(BadRecord { seq, problem });
+            }
+        }
+        while let Some(a) = self.anchors.get(self.next_anchor).cloned() {
+            self.next_anchor += 1;
+            if let Some(problem) = self.judge_anchor(&a, None) {
+                let seq = match problem {
+                    Problem::AnchorMissing { .. } => head_seq + 1,
+                    _ => self.anchored_through + 1,
+                };
+                return Some(BadRecord { seq, problem });
+            }
+        }
+        None
+    }
 }
 
 /// `Hash` as a lowercase hex string in JSON.
