@@ -83,23 +83,7 @@ fn run(args: &Args) -> Result<(), String> {
         .prefix("kw-bench-")
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
-    let mut stacks = vec![
-        targets::direct(work.path())?,
-        targets::keyward(work.path(), KEYWARD, true)?,
-        targets::keyward(work.path(), KEYWARD_AUDIT_OFF, false)?,
-    ];
-    let (on, off) = (1, 2);
-    if !args.no_p11kit {
-        match targets::p11kit(work.path())? {
-            Some(t) => stacks.push(t),
-            // The test suite runs --quick to prove every column works: a
-            // missing p11-kit fails it rather than leaving a column out.
-            None if args.quick => {
-                return Err("p11-kit server or p11-kit-client.so is not installed (apt-get install p11-kit), or pass --no-p11kit".into())
-            }
-            None => eprintln!("keyward-bench: p11-kit server or p11-kit-client.so not installed; p11-kit column left out"),
-        }
-    }
+    let stacks = stacks(args, work.path())?;
     let selected: Vec<&Case> = cases::ALL
         .iter()
         .filter(|c| args.cases.is_empty() || args.cases.iter().any(|f| c.name.contains(f.as_str())))
@@ -125,123 +109,36 @@ fn run(args: &Args) -> Result<(), String> {
             None => 0,
         });
     }
-
-    let floor = socket_floor_us(if args.quick { 2_000 } else { 50_000 });
-    let n = if args.quick { 20 } else { 400 };
-    let floor_60us = socket_floor_with_work_us(n * 10, Duration::from_micros(60));
-    let floor_1ms = socket_floor_with_work_us(n, Duration::from_millis(1));
-    println!(
-        "machine: {} cores; unix-socket 64-byte round trip p50 {floor:.1} µs \
-         ({floor_60us:.1} µs when the peer works 60 µs first, {floor_1ms:.1} µs when it works 1 ms)",
-        cores()
-    );
-    let mut json_out = Vec::new();
-    json_out.push(serde_json::json!({
-        "kind": "floor", "unix_rtt_p50_us": floor,
-        "unix_rtt_after_60us_work_p50_us": floor_60us, "unix_rtt_after_1ms_work_p50_us": floor_1ms,
-    }));
-
-    let rounds = if args.quick { 1 } else { args.rounds.max(1) };
+    let mut bench = Bench {
+        args,
+        stacks: &stacks,
+        keys: &keys,
+        heads,
+        rounds: if args.quick { 1 } else { args.rounds.max(1) },
+        failures: Vec::new(),
+        audit_rows: Vec::new(),
+        json_out: vec![floors(args)],
+    };
     let thread_counts = if args.threads > 1 {
         vec![1, args.threads]
     } else {
         vec![1]
     };
-    let mut failures = Vec::new();
-    let mut audit_rows = Vec::new();
     println!(
         "{:<28} {:>3} {:<12} {:>10} {:>9} {:>9} {:>7} {:>9}",
         "case", "thr", "target", "ops/s", "p50 µs", "p99 µs", "ratio", "+µs p50"
     );
     for case in &selected {
         for &threads in &thread_counts {
-            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); stacks.len()];
-            let mut cost: Vec<Cost> = vec![Cost::default(); stacks.len()];
-            for round in 0..rounds {
-                // The two keyward targets take turns at going first.
-                let mut order: Vec<usize> = (0..stacks.len()).collect();
-                if round % 2 == 1 {
-                    order.swap(on, off);
-                }
-                for i in order {
-                    let t = &stacks[i];
-                    let budget = if args.quick {
-                        Budget::Ops(case.quick_ops)
-                    } else {
-                        Budget::Time(Duration::from_millis(args.case_ms * case.weight))
-                    };
-                    let cpu_before = match &t.admin {
-                        Some(a) => Some(a.cpu()?),
-                        None => None,
-                    };
-                    let measured = measure(t, &keys[i], case, threads, budget);
-                    // What the agent wrote for this measurement, and the
-                    // CPU time it spent, the final write included.
-                    if let (Some(a), Some(before)) = (&t.admin, cpu_before) {
-                        let trail = a.trail_since(heads[i])?;
-                        let after = a.cpu()?;
-                        heads[i] = trail.head;
-                        let ops = measured.as_ref().map_or(0, |s| s.ops);
-                        cost[i].add(ops, trail, after.0 - before.0, after.1 - before.1);
-                    }
-                    match measured {
-                        Ok(s) => samples[i].push(s),
-                        // Only p11-kit may lack a mechanism; keyward must serve all that direct serves.
-                        Err(e)
-                            if t.name == "p11kit"
-                                && (e.contains("Feature not supported")
-                                    || e.contains("invalid mechanism")) =>
-                        {
-                            eprintln!("keyward-bench: {} on p11kit left out: {e}", case.name);
-                        }
-                        Err(e) => {
-                            failures.push(format!(
-                                "{} on {} ({threads} threads): {e}",
-                                case.name, t.name
-                            ));
-                        }
-                    }
-                }
-            }
-            let medians: Vec<Option<Sample>> = samples.iter().map(|s| median(s)).collect();
-            let direct = medians[0].clone();
-            for (i, m) in medians.iter().enumerate() {
-                let Some(m) = m else { continue };
-                let (ratio, added) = match &direct {
-                    Some(d) => (m.ops_per_sec / d.ops_per_sec, m.p50_us - d.p50_us),
-                    None => (f64::NAN, f64::NAN),
-                };
-                println!(
-                    "{:<28} {:>3} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>7.3} {:>9.1}",
-                    case.name,
-                    threads,
-                    stacks[i].name,
-                    m.ops_per_sec,
-                    m.p50_us,
-                    m.p99_us,
-                    ratio,
-                    added
-                );
-                json_out.push(serde_json::json!({
-                    "kind": "case", "case": case.name, "threads": threads, "target": stacks[i].name,
-                    "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us, "p99_us": m.p99_us,
-                    "ratio_to_direct": ratio, "added_p50_us": added, "rounds": samples[i].len(),
-                    "quick": args.quick,
-                }));
-            }
-            check_trail(case, threads, &cost[on], &cost[off], &mut failures);
-            if let (Some(a), Some(b)) = (&medians[on], &medians[off]) {
-                audit_rows.push((
-                    case.name,
-                    threads,
-                    a.clone(),
-                    b.clone(),
-                    cost[on],
-                    cost[off],
-                ));
-            }
+            bench.case(case, threads)?;
         }
     }
+    let Bench {
+        failures,
+        audit_rows,
+        mut json_out,
+        ..
+    } = bench;
     print_audit_cost(&audit_rows, &mut json_out);
 
     // Start-up: a fresh process per probe, since a library loads only once per process.
@@ -275,6 +172,155 @@ fn run(args: &Args) -> Result<(), String> {
             eprintln!("FAILED: {f}");
         }
         Err(format!("{} case runs failed", failures.len()))
+    }
+}
+
+/// The keyward targets' positions in the stacks: audit on, audit off.
+const ON: usize = 1;
+const OFF: usize = 2;
+
+/// The targets side by side: SoftHSM2 direct, keyward with and without use
+/// records, and p11-kit when it is installed.
+fn stacks(args: &Args, work: &std::path::Path) -> Result<Vec<targets::Target>, String> {
+    let mut stacks = vec![
+        targets::direct(work)?,
+        targets::keyward(work, KEYWARD, true)?,
+        targets::keyward(work, KEYWARD_AUDIT_OFF, false)?,
+    ];
+    if !args.no_p11kit {
+        match targets::p11kit(work)? {
+            Some(t) => stacks.push(t),
+            // The test suite runs --quick to prove every column works: a
+            // missing p11-kit fails it rather than leaving a column out.
+            None if args.quick => {
+                return Err("p11-kit server or p11-kit-client.so is not installed (apt-get install p11-kit), or pass --no-p11kit".into())
+            }
+            None => eprintln!("keyward-bench: p11-kit server or p11-kit-client.so not installed; p11-kit column left out"),
+        }
+    }
+    Ok(stacks)
+}
+
+/// The machine's socket round trips, printed and as a JSON line.
+fn floors(args: &Args) -> serde_json::Value {
+    let floor = socket_floor_us(if args.quick { 2_000 } else { 50_000 });
+    let n = if args.quick { 20 } else { 400 };
+    let floor_60us = socket_floor_with_work_us(n * 10, Duration::from_micros(60));
+    let floor_1ms = socket_floor_with_work_us(n, Duration::from_millis(1));
+    println!(
+        "machine: {} cores; unix-socket 64-byte round trip p50 {floor:.1} µs \
+         ({floor_60us:.1} µs when the peer works 60 µs first, {floor_1ms:.1} µs when it works 1 ms)",
+        cores()
+    );
+    serde_json::json!({
+        "kind": "floor", "unix_rtt_p50_us": floor,
+        "unix_rtt_after_60us_work_p50_us": floor_60us, "unix_rtt_after_1ms_work_p50_us": floor_1ms,
+    })
+}
+
+/// One benchmark run: its targets, their keys and trail heads, and what
+/// it has found so far.
+struct Bench<'a> {
+    args: &'a Args,
+    stacks: &'a [targets::Target],
+    keys: &'a [cases::Keys],
+    heads: Vec<u64>,
+    rounds: usize,
+    failures: Vec<String>,
+    audit_rows: Vec<(&'static str, usize, Sample, Sample, Cost, Cost)>,
+    json_out: Vec<serde_json::Value>,
+}
+
+impl Bench<'_> {
+    /// `case` with `threads` threads on every target, in interleaved
+    /// rounds; prints the medians and notes the audit cost.
+    fn case(&mut self, case: &Case, threads: usize) -> Result<(), String> {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); self.stacks.len()];
+        let mut cost: Vec<Cost> = vec![Cost::default(); self.stacks.len()];
+        for round in 0..self.rounds {
+            // The two keyward targets take turns at going first.
+            let mut order: Vec<usize> = (0..self.stacks.len()).collect();
+            if round % 2 == 1 {
+                order.swap(ON, OFF);
+            }
+            for i in order {
+                let t = &self.stacks[i];
+                let budget = if self.args.quick {
+                    Budget::Ops(case.quick_ops)
+                } else {
+                    Budget::Time(Duration::from_millis(self.args.case_ms * case.weight))
+                };
+                let cpu_before = match &t.admin {
+                    Some(a) => Some(a.cpu()?),
+                    None => None,
+                };
+                let measured = measure(t, &self.keys[i], case, threads, budget);
+                // What the agent wrote for this measurement, and the
+                // CPU time it spent, the final write included.
+                if let (Some(a), Some(before)) = (&t.admin, cpu_before) {
+                    let trail = a.trail_since(self.heads[i])?;
+                    let after = a.cpu()?;
+                    self.heads[i] = trail.head;
+                    let ops = measured.as_ref().map_or(0, |s| s.ops);
+                    cost[i].add(ops, trail, after.0 - before.0, after.1 - before.1);
+                }
+                match measured {
+                    Ok(s) => samples[i].push(s),
+                    // Only p11-kit may lack a mechanism; keyward must serve all that direct serves.
+                    Err(e)
+                        if t.name == "p11kit"
+                            && (e.contains("Feature not supported")
+                                || e.contains("invalid mechanism")) =>
+                    {
+                        eprintln!("keyward-bench: {} on p11kit left out: {e}", case.name);
+                    }
+                    Err(e) => {
+                        self.failures.push(format!(
+                            "{} on {} ({threads} threads): {e}",
+                            case.name, t.name
+                        ));
+                    }
+                }
+            }
+        }
+        let medians: Vec<Option<Sample>> = samples.iter().map(|s| median(s)).collect();
+        let direct = medians[0].clone();
+        for (i, m) in medians.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let (ratio, added) = match &direct {
+                Some(d) => (m.ops_per_sec / d.ops_per_sec, m.p50_us - d.p50_us),
+                None => (f64::NAN, f64::NAN),
+            };
+            println!(
+                "{:<28} {:>3} {:<12} {:>10.0} {:>9.1} {:>9.1} {:>7.3} {:>9.1}",
+                case.name,
+                threads,
+                self.stacks[i].name,
+                m.ops_per_sec,
+                m.p50_us,
+                m.p99_us,
+                ratio,
+                added
+            );
+            self.json_out.push(serde_json::json!({
+                "kind": "case", "case": case.name, "threads": threads, "target": self.stacks[i].name,
+                "ops_per_sec": m.ops_per_sec, "p50_us": m.p50_us, "p99_us": m.p99_us,
+                "ratio_to_direct": ratio, "added_p50_us": added, "rounds": samples[i].len(),
+                "quick": self.args.quick,
+            }));
+        }
+        check_trail(case, threads, &cost[ON], &cost[OFF], &mut self.failures);
+        if let (Some(a), Some(b)) = (&medians[ON], &medians[OFF]) {
+            self.audit_rows.push((
+                case.name,
+                threads,
+                a.clone(),
+                b.clone(),
+                cost[ON],
+                cost[OFF],
+            ));
+        }
+        Ok(())
     }
 }
 
