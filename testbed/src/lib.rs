@@ -431,6 +431,36 @@ fn lock(m: &Mutex<Option<Child>>) -> MutexGuard<'_, Option<Child>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Writes the testbed's policy file in `dir` (none for the agent's
+/// built-in policy); the configuration's `policy = ...` line for it.
+fn write_policy(dir: &Path, policy: &Policy) -> Result<String> {
+    let policy_file = dir.join("policy.toml");
+    let policy_text = match policy {
+        Policy::Lab => Some(LAB_POLICY.to_owned()),
+        Policy::Strict => Some(format!(
+            "# Written by keyward-testbed: only the current user, as \"testbed\".\n\
+             [settings]\nmode = \"strict\"\n\n[[application]]\nname = \"testbed\"\nuid = {}\n",
+            nix::unistd::getuid()
+        )),
+        Policy::File(f) => {
+            Some(fs::read_to_string(f).map_err(io_err(format!("policy {}", f.display())))?)
+        }
+        Policy::Text(t) => Some(t.clone()),
+        Policy::BuiltIn => None,
+    };
+    let line = match policy_text {
+        Some(text) => {
+            fs::write(&policy_file, text).map_err(io_err(policy_file.display()))?;
+            format!(
+                "policy = {}\n",
+                toml_str(&policy_file.display().to_string())
+            )
+        }
+        None => String::new(),
+    };
+    Ok(line)
+}
+
 impl Testbed {
     /// Makes a testbed in `dir` (created when missing; it must be empty)
     /// and starts its agent. The agent is killed when the value drops.
@@ -475,30 +505,7 @@ impl Testbed {
         write_private(&dir.join("backend.pin"), &format!("{backend_pin}\n"))?;
         fs::create_dir_all(dir.join("state")).map_err(io_err("the state directory"))?;
 
-        let policy_file = dir.join("policy.toml");
-        let policy_text = match &options.policy {
-            Policy::Lab => Some(LAB_POLICY.to_owned()),
-            Policy::Strict => Some(format!(
-                "# Written by keyward-testbed: only the current user, as \"testbed\".\n\
-                 [settings]\nmode = \"strict\"\n\n[[application]]\nname = \"testbed\"\nuid = {}\n",
-                nix::unistd::getuid()
-            )),
-            Policy::File(f) => {
-                Some(fs::read_to_string(f).map_err(io_err(format!("policy {}", f.display())))?)
-            }
-            Policy::Text(t) => Some(t.clone()),
-            Policy::BuiltIn => None,
-        };
-        let policy_line = match policy_text {
-            Some(text) => {
-                fs::write(&policy_file, text).map_err(io_err(policy_file.display()))?;
-                format!(
-                    "policy = {}\n",
-                    toml_str(&policy_file.display().to_string())
-                )
-            }
-            None => String::new(),
-        };
+        let policy_line = write_policy(&dir, &options.policy)?;
         let socket = options
             .socket
             .clone()
