@@ -23,7 +23,7 @@ use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use crate::admission::{Admission, Limits, Refusals, Ticket, REFUSAL_EVERY};
 use crate::agent::Agent;
 use crate::identity::{CredStream, Peer};
-use crate::metrics::{admin_request_name, Call, Metrics};
+use crate::metrics::{admin_request_name, Metrics};
 use crate::sockets::{self, Bound, SocketSpec};
 
 /// How long shutdown waits for connection threads to finish their call.
@@ -640,7 +640,7 @@ impl Server {
             // activity note, from the same instant.
             let started = Instant::now();
             self.activity.note(conn, started);
-            let call = Call::of(&req);
+            let call = req.call();
             let resp = self.agent.handle(&client, req);
             // Counted before the answer leaves, so a client that has its
             // answer finds it counted.

@@ -189,6 +189,21 @@ fn open_session() -> CK_SESSION_HANDLE {
 }
 
 #[test]
+fn every_call_of_the_table_has_its_entry_point() {
+    for call in keyward_protocol::Call::ALL {
+        if *call != keyward_protocol::Call::Other {
+            assert!(
+                SERVED.contains(&call.name()),
+                "no entry point for {}",
+                call.name()
+            );
+        }
+    }
+    // And the module's own names are the table's.
+    assert!(SERVED.contains(&"C_InitPIN") && SERVED.contains(&"C_FindObjectsInit"));
+}
+
+#[test]
 fn tables_and_interfaces() {
     let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
     // SAFETY: a live out pointer.

@@ -8,7 +8,10 @@
 //! - [`attr`]: typed attribute values and the table that says which
 //!   `CKA_*` holds a bool, a `CK_ULONG`, bytes, a mechanism list or a template.
 //! - [`types`]: mechanisms with typed parameters, slot / token / session info.
-//! - [`message`]: the application-facing calls ([`Request`], [`Response`]).
+//! - [`calls`]: the call table, written once: [`Request`], the fieldless
+//!   [`Call`] (the stable `C_*` names of logs, metrics and the trail, and
+//!   each call's [`Chapter`]), the [`Handler`] trait and [`dispatch`].
+//! - [`message`]: the answers ([`Response`]) and what requests carry.
 //! - [`admin`]: the administrator API spoken on the agent's admin socket.
 //!
 //! Every `CK_ULONG` travels as `u64`; output buffers never travel (the agent
@@ -19,11 +22,13 @@
 
 pub mod admin;
 pub mod attr;
+pub mod calls;
 pub mod frame;
 pub mod message;
 pub mod types;
 
 pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, ShapeError, Value};
+pub use calls::{dispatch, Call, Chapter, Handler};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{HelloReply, Op, Request, Response};
 pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
