@@ -16,7 +16,8 @@ use keyward_protocol::admin::{Status, TokenStatus};
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{
     AttrResult, AttrValue, Attribute, HelloReply, MechParam, Mechanism, Op, Request, Response,
-    SessionInfo, SlotInfo, TokenInfo, Value, PROTOCOL_VERSION,
+    SessionInfo, SlotInfo, TokenInfo, Value, VersionRange, VersionRefusal, ADMIN_VERSIONS,
+    APP_VERSIONS,
 };
 use sha2::{Digest, Sha256};
 
@@ -1004,13 +1005,26 @@ impl Agent {
         }
     }
 
-    /// The answer to `Hello`.
-    pub fn hello(&self) -> Response {
-        Response::Hello(HelloReply {
-            version: PROTOCOL_VERSION,
+    /// The answer to `Hello` from a peer that speaks `theirs`: the highest
+    /// application-protocol version both speak, or the agent's versions
+    /// when there is none (see `keyward_protocol::version`).
+    pub fn hello(&self, theirs: VersionRange) -> Response {
+        match APP_VERSIONS.pick(theirs) {
+            Ok(version) => Response::Hello(self.hello_reply(version)),
+            Err(_) => Response::NoCommonVersion(VersionRefusal {
+                versions: APP_VERSIONS,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        }
+    }
+
+    /// A `Hello` answer naming `version`.
+    pub fn hello_reply(&self, version: u16) -> HelloReply {
+        HelloReply {
+            version,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             instance: self.instance,
-        })
+        }
     }
 
     fn dispatch(&self, client: &Arc<Client>, req: Request) -> Result<Response> {
@@ -1018,7 +1032,7 @@ impl Agent {
             self.check_mechanism(client, mechanism)?;
         }
         match req {
-            Request::Hello { .. } => Ok(self.hello()),
+            Request::Hello { versions } => Ok(self.hello(versions)),
             Request::GetSlotList { token_present } => Ok(Response::List(
                 self.tokens
                     .iter()
@@ -2650,7 +2664,8 @@ impl Agent {
             .collect();
         Status {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            protocol_version: PROTOCOL_VERSION,
+            app_protocol: APP_VERSIONS,
+            admin_protocol: ADMIN_VERSIONS,
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),

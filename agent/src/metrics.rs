@@ -606,14 +606,16 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
     out.family(
         "keyward_build_info",
         Kind::Gauge,
-        "The agent's version and protocol version; always 1.",
+        "The agent's version and the newest application and admin protocol versions it speaks; always 1.",
     );
-    let protocol = keyward_protocol::PROTOCOL_VERSION.to_string();
+    let protocol = keyward_protocol::APP_VERSIONS.max.to_string();
+    let admin_protocol = keyward_protocol::ADMIN_VERSIONS.max.to_string();
     out.sample(
         "keyward_build_info",
         &[
             ("version", env!("CARGO_PKG_VERSION")),
             ("protocol", &protocol),
+            ("admin_protocol", &admin_protocol),
         ],
         1.0,
     );

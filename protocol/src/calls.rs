@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::attr::Attribute;
 use crate::message::{ObjectHandle, Op, OpInit, SessionHandle, SlotId};
 use crate::types::Mechanism;
+use crate::version::VersionRange;
 use crate::Secret;
 
 /// A chapter of the PKCS#11 specification: how the calls are grouped in
@@ -242,8 +243,10 @@ macro_rules! calls {
 }
 
 calls! {
-    /// First message on every connection.
-    Hello { version: u16 } => hello, General;
+    /// First message on every connection: the application-protocol
+    /// versions the module speaks (see [`crate::version`]). Its place and
+    /// shape never change.
+    Hello { versions: VersionRange } => hello, General;
 
     GetSlotList { token_present: bool } => get_slot_list, SlotToken,
         call GetSlotList = "C_GetSlotList";

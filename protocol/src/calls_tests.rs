@@ -45,7 +45,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
     let mut all = vec![
         (
             Request::Hello {
-                version: crate::PROTOCOL_VERSION,
+                versions: crate::APP_VERSIONS,
             },
             "other",
             None,
@@ -450,8 +450,8 @@ impl Handler for Echo {
     type Client = str;
     type Output = String;
 
-    fn hello(&self, client: &str, version: u16) -> String {
-        format!("{client}: hello {version}")
+    fn hello(&self, client: &str, versions: VersionRange) -> String {
+        format!("{client}: hello {versions}")
     }
     fn get_slot_list(&self, client: &str, token_present: bool) -> String {
         format!("{client}: get_slot_list {token_present}")
@@ -682,7 +682,13 @@ impl Handler for Echo {
 fn dispatch_hands_each_request_to_its_method_with_its_fields() {
     let h = Echo;
     assert_eq!(
-        dispatch(&h, "app", Request::Hello { version: 3 }),
+        dispatch(
+            &h,
+            "app",
+            Request::Hello {
+                versions: VersionRange::only(3)
+            }
+        ),
         "app: hello 3"
     );
     assert_eq!(
@@ -753,7 +759,8 @@ fn dispatch_hands_each_request_to_its_method_with_its_fields() {
 }
 
 /// `Request` as it was written before the call table, to check that the
-/// table encodes every request byte for byte as before.
+/// table encodes every request byte for byte as before (`Hello` aside: it
+/// now announces a range, see `crate::version`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[allow(dead_code)] // built by decoding only
 enum OldRequest {
@@ -959,6 +966,9 @@ enum OldRequest {
 fn the_table_keeps_the_wire_encoding_of_every_request() {
     for (req, _, _) in samples() {
         let bytes = postcard::to_allocvec(&req).unwrap();
+        if matches!(req, Request::Hello { .. }) {
+            continue;
+        }
         let old: OldRequest = crate::frame::decode(&bytes)
             .unwrap_or_else(|e| panic!("{req:?} does not decode as before: {e}"));
         assert_eq!(postcard::to_allocvec(&old).unwrap(), bytes, "{req:?}");

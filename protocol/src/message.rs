@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attr::AttrResult;
 use crate::types::{Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
+use crate::version::VersionRefusal;
 
 pub use crate::calls::Request;
 
@@ -69,10 +70,12 @@ pub struct OpInit {
     pub key: Option<ObjectHandle>,
 }
 
-/// The agent's answer to `Hello`.
+/// The agent's answer to a `Hello` it accepts. Its encoding never changes
+/// (a client of any version reads it).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct HelloReply {
-    /// The protocol version the agent speaks.
+    /// The application-protocol version the connection speaks from now on:
+    /// the highest one both sides speak.
     pub version: u16,
     /// The agent's package version.
     pub agent_version: String,
@@ -81,12 +84,13 @@ pub struct HelloReply {
     pub instance: u64,
 }
 
-/// The agent's answer to one [`Request`].
+/// The agent's answer to one [`Request`]. `Err`, `Hello` and
+/// `NoCommonVersion` keep their places (new answers go after them).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The call failed with this `CK_RV`.
     Err(u64),
-    /// Answer to `Hello`.
+    /// Answer to a `Hello` the agent accepts.
     Hello(HelloReply),
     /// Success with nothing to return.
     Unit,
@@ -115,6 +119,9 @@ pub enum Response {
     SessionInfo(SessionInfo),
     /// `C_GetAttributeValue`, one result per requested type, in order.
     Attributes(Vec<AttrResult>),
+    /// Answer to a `Hello` whose versions the agent does not speak; the
+    /// agent closes the connection after it.
+    NoCommonVersion(VersionRefusal),
 }
 
 #[cfg(test)]

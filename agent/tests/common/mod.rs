@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use keyward_protocol::frame::{read_message, write_message};
-use keyward_protocol::{Request, Response, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, APP_VERSIONS};
 
 /// Where Debian's softhsm2 package puts the library.
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -136,7 +136,7 @@ allow_init_token = false
             if let Ok(mut s) = UnixStream::connect(self.socket()) {
                 let mut buf = Vec::new();
                 let hello = Request::Hello {
-                    version: PROTOCOL_VERSION,
+                    versions: APP_VERSIONS,
                 };
                 if write_message(&mut s, &hello, &mut buf).is_ok()
                     && matches!(
