@@ -9,8 +9,8 @@
 //! (`OperationInit` is `C_EncryptInit`, `C_SignInit`, ...). From the table
 //! come:
 //!
-//! - [`Request`], the message, with [`Request::call`], [`Request::name`]
-//!   and [`Request::mechanism`];
+//! - [`Request`], the message, with [`Request::call`], [`Request::name`],
+//!   [`Request::chapter`] and [`Request::mechanism`];
 //! - [`Call`], one fieldless variant per PKCS#11 function, with
 //!   [`Call::ALL`], [`Call::name`] (the stable name in logs, metrics and
 //!   the audit trail: `C_Sign`), [`Call::from_name`] and [`Call::chapter`];
@@ -186,6 +186,15 @@ macro_rules! calls {
                             @call [$($single)?] [$( $sel; $( $opv => $call ),* )?]
                         ),
                     )*
+                }
+            }
+
+            /// The chapter of the request's row (a request that serves no
+            /// PKCS#11 function still has one: an update of a recover
+            /// operation is `Crypto`).
+            pub fn chapter(&self) -> Chapter {
+                match self {
+                    $( Request::$variant { .. } => Chapter::$chapter, )*
                 }
             }
 

@@ -409,6 +409,23 @@ fn every_call_is_served_by_some_request_and_each_request_names_its_own() {
     }
     let all: BTreeSet<Call> = Call::ALL.iter().copied().collect();
     assert_eq!(seen, all, "calls no request serves");
+    // A request's chapter is its call's, and a request without a call has
+    // its row's.
+    for (req, _, _) in samples() {
+        if req.call() != Call::Other {
+            assert_eq!(req.chapter(), req.call().chapter(), "{req:?}");
+        }
+    }
+    let recover_update = Request::Update {
+        session: 2,
+        op: Op::SignRecover,
+        init: None,
+        data: vec![],
+    };
+    assert_eq!(
+        (recover_update.call(), recover_update.chapter()),
+        (Call::Other, Chapter::Crypto)
+    );
 }
 
 #[test]
