@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyward_protocol::admin::{Status, TokenStatus};
-use keyward_protocol::PROTOCOL_VERSION;
+use keyward_protocol::{ADMIN_VERSIONS, APP_VERSIONS};
 
 use crate::backend::BackendObject;
 use crate::clients::{Slot, UseTarget};
@@ -220,7 +220,8 @@ impl Agent {
             .collect();
         Status {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            protocol_version: PROTOCOL_VERSION,
+            app_protocol: APP_VERSIONS,
+            admin_protocol: ADMIN_VERSIONS,
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             socket: self.socket.clone(),

@@ -210,11 +210,12 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         }
     });
     log::info!(
-        "keyward-agent {} listening on {} (admin {}), protocol {}",
+        "keyward-agent {} listening on {} (admin {}), application protocol {}, admin protocol {}",
         env!("CARGO_PKG_VERSION"),
         config.agent.socket.display(),
         config.agent.admin_socket.display(),
-        keyward_protocol::PROTOCOL_VERSION
+        keyward_protocol::APP_VERSIONS,
+        keyward_protocol::ADMIN_VERSIONS
     );
     server.run(app, admin);
     drop(exporter);

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyward_protocol::admin::{AdminRequest, AdminResponse, KeyResponse};
-use keyward_protocol::{Op, Request, Response};
+use keyward_protocol::Response;
 
 use crate::agent::Agent;
 use crate::keys::KeyView;
@@ -36,88 +36,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The file in the state directory that holds the bound address.
 pub const ADDR_FILE: &str = "metrics.addr";
 
-macro_rules! calls {
-    ($($variant:ident => $name:literal,)*) => {
-        /// A kind of application request, named (the `operation` label) by
-        /// the PKCS#11 function it serves.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Call {
-            $(
-                #[doc = concat!("`", $name, "`.")]
-                $variant,
-            )*
-        }
-
-        impl Call {
-            /// Every kind, in index order.
-            pub const ALL: &'static [Call] = &[$(Call::$variant,)*];
-
-            /// The `operation` label value.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Call::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-calls! {
-    GetSlotList => "C_GetSlotList",
-    GetSlotInfo => "C_GetSlotInfo",
-    GetTokenInfo => "C_GetTokenInfo",
-    GetMechanismList => "C_GetMechanismList",
-    GetMechanismInfo => "C_GetMechanismInfo",
-    InitToken => "C_InitToken",
-    InitPin => "C_InitPIN",
-    SetPin => "C_SetPIN",
-    OpenSession => "C_OpenSession",
-    CloseSession => "C_CloseSession",
-    CloseAllSessions => "C_CloseAllSessions",
-    GetSessionInfo => "C_GetSessionInfo",
-    Login => "C_Login",
-    Logout => "C_Logout",
-    CreateObject => "C_CreateObject",
-    CopyObject => "C_CopyObject",
-    DestroyObject => "C_DestroyObject",
-    GetObjectSize => "C_GetObjectSize",
-    GetAttributeValue => "C_GetAttributeValue",
-    SetAttributeValue => "C_SetAttributeValue",
-    FindObjectsInit => "C_FindObjectsInit",
-    EncryptInit => "C_EncryptInit",
-    DecryptInit => "C_DecryptInit",
-    DigestInit => "C_DigestInit",
-    SignInit => "C_SignInit",
-    VerifyInit => "C_VerifyInit",
-    SignRecoverInit => "C_SignRecoverInit",
-    VerifyRecoverInit => "C_VerifyRecoverInit",
-    Encrypt => "C_Encrypt",
-    Decrypt => "C_Decrypt",
-    Digest => "C_Digest",
-    Sign => "C_Sign",
-    Verify => "C_Verify",
-    SignRecover => "C_SignRecover",
-    VerifyRecover => "C_VerifyRecover",
-    EncryptUpdate => "C_EncryptUpdate",
-    DecryptUpdate => "C_DecryptUpdate",
-    DigestUpdate => "C_DigestUpdate",
-    SignUpdate => "C_SignUpdate",
-    VerifyUpdate => "C_VerifyUpdate",
-    EncryptFinal => "C_EncryptFinal",
-    DecryptFinal => "C_DecryptFinal",
-    DigestFinal => "C_DigestFinal",
-    SignFinal => "C_SignFinal",
-    VerifyFinal => "C_VerifyFinal",
-    DigestKey => "C_DigestKey",
-    GenerateKey => "C_GenerateKey",
-    GenerateKeyPair => "C_GenerateKeyPair",
-    WrapKey => "C_WrapKey",
-    UnwrapKey => "C_UnwrapKey",
-    DeriveKey => "C_DeriveKey",
-    SeedRandom => "C_SeedRandom",
-    GenerateRandom => "C_GenerateRandom",
-    Other => "other",
-}
+/// A kind of application request, named (the `operation` label) by the
+/// PKCS#11 function it serves: the call table's [`Call`]. A `C_*Init` the
+/// module deferred travels with the operation's first request and is
+/// counted as that request (`C_Sign`, not `C_SignInit`); requests that
+/// serve no PKCS#11 function are `other`.
+pub use keyward_protocol::Call;
 
 /// How many kinds of request are counted.
 const CALLS: usize = Call::ALL.len();
@@ -127,83 +51,6 @@ const CALLS: usize = Call::ALL.len();
 /// served at the same time (numbered one after the other) do not bounce
 /// the same cache lines between cores. A scrape adds the copies up.
 const STRIPES: usize = 8;
-
-impl Call {
-    /// The kind of `req`. A `C_*Init` the module deferred travels with the
-    /// operation's first request and is counted as that request (`C_Sign`,
-    /// not `C_SignInit`). Requests that serve no PKCS#11 function (a second
-    /// `Hello`, an update of a recover operation) are `other`.
-    pub fn of(req: &Request) -> Call {
-        match req {
-            Request::Hello { .. } => Call::Other,
-            Request::GetSlotList { .. } => Call::GetSlotList,
-            Request::GetSlotInfo { .. } => Call::GetSlotInfo,
-            Request::GetTokenInfo { .. } => Call::GetTokenInfo,
-            Request::GetMechanismList { .. } => Call::GetMechanismList,
-            Request::GetMechanismInfo { .. } => Call::GetMechanismInfo,
-            Request::InitToken { .. } => Call::InitToken,
-            Request::InitPin { .. } => Call::InitPin,
-            Request::SetPin { .. } => Call::SetPin,
-            Request::OpenSession { .. } => Call::OpenSession,
-            Request::CloseSession { .. } => Call::CloseSession,
-            Request::CloseAllSessions { .. } => Call::CloseAllSessions,
-            Request::GetSessionInfo { .. } => Call::GetSessionInfo,
-            Request::Login { .. } => Call::Login,
-            Request::Logout { .. } => Call::Logout,
-            Request::CreateObject { .. } => Call::CreateObject,
-            Request::CopyObject { .. } => Call::CopyObject,
-            Request::DestroyObject { .. } => Call::DestroyObject,
-            Request::GetObjectSize { .. } => Call::GetObjectSize,
-            Request::GetAttributeValue { .. } => Call::GetAttributeValue,
-            Request::SetAttributeValue { .. } => Call::SetAttributeValue,
-            Request::FindObjects { .. } => Call::FindObjectsInit,
-            Request::OperationInit { op, .. } => match op {
-                Op::Encrypt => Call::EncryptInit,
-                Op::Decrypt => Call::DecryptInit,
-                Op::Digest => Call::DigestInit,
-                Op::Sign => Call::SignInit,
-                Op::Verify => Call::VerifyInit,
-                Op::SignRecover => Call::SignRecoverInit,
-                Op::VerifyRecover => Call::VerifyRecoverInit,
-            },
-            Request::Single { op, .. } => match op {
-                Op::Encrypt => Call::Encrypt,
-                Op::Decrypt => Call::Decrypt,
-                Op::Digest => Call::Digest,
-                Op::Sign => Call::Sign,
-                Op::Verify => Call::Verify,
-                Op::SignRecover => Call::SignRecover,
-                Op::VerifyRecover => Call::VerifyRecover,
-            },
-            Request::Verify { .. } => Call::Verify,
-            Request::Update { op, .. } => match op {
-                Op::Encrypt => Call::EncryptUpdate,
-                Op::Decrypt => Call::DecryptUpdate,
-                Op::Digest => Call::DigestUpdate,
-                Op::Sign => Call::SignUpdate,
-                Op::Verify => Call::VerifyUpdate,
-                Op::SignRecover | Op::VerifyRecover => Call::Other,
-            },
-            Request::DigestKey { .. } => Call::DigestKey,
-            Request::Final { op, .. } => match op {
-                Op::Encrypt => Call::EncryptFinal,
-                Op::Decrypt => Call::DecryptFinal,
-                Op::Digest => Call::DigestFinal,
-                Op::Sign => Call::SignFinal,
-                Op::Verify => Call::VerifyFinal,
-                Op::SignRecover | Op::VerifyRecover => Call::Other,
-            },
-            Request::VerifyFinal { .. } => Call::VerifyFinal,
-            Request::GenerateKey { .. } => Call::GenerateKey,
-            Request::GenerateKeyPair { .. } => Call::GenerateKeyPair,
-            Request::WrapKey { .. } => Call::WrapKey,
-            Request::UnwrapKey { .. } => Call::UnwrapKey,
-            Request::DeriveKey { .. } => Call::DeriveKey,
-            Request::SeedRandom { .. } => Call::SeedRandom,
-            Request::GenerateRandom { .. } => Call::GenerateRandom,
-        }
-    }
-}
 
 /// Upper bounds of the latency histogram's buckets, in nanoseconds: 10 µs
 /// to 1 s, about three per decade.
@@ -321,7 +168,7 @@ impl Metrics {
     /// relaxed additions.
     #[inline]
     pub fn record(&self, conn: u64, call: Call, resp: &Response, elapsed: Duration) {
-        let s = &self.calls[(conn % STRIPES as u64) as usize][call as usize];
+        let s = &self.calls[(conn % STRIPES as u64) as usize][call.index()];
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_NS
             .iter()
@@ -369,7 +216,7 @@ impl Metrics {
                 let mut buckets = [0u64; BUCKETS_NS.len() + 1];
                 let mut sum_ns = 0u64;
                 for stripe in self.calls.iter() {
-                    let s = &stripe[c as usize];
+                    let s = &stripe[c.index()];
                     for (total, n) in results.iter_mut().zip(&s.results) {
                         *total += n.load(Relaxed);
                     }
@@ -759,14 +606,16 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
     out.family(
         "keyward_build_info",
         Kind::Gauge,
-        "The agent's version and protocol version; always 1.",
+        "The agent's version and the newest application and admin protocol versions it speaks; always 1.",
     );
-    let protocol = keyward_protocol::PROTOCOL_VERSION.to_string();
+    let protocol = keyward_protocol::APP_VERSIONS.max.to_string();
+    let admin_protocol = keyward_protocol::ADMIN_VERSIONS.max.to_string();
     out.sample(
         "keyward_build_info",
         &[
             ("version", env!("CARGO_PKG_VERSION")),
             ("protocol", &protocol),
+            ("admin_protocol", &admin_protocol),
         ],
         1.0,
     );
@@ -1311,38 +1160,34 @@ mod tests {
     }
 
     #[test]
-    fn every_call_has_its_index_and_a_unique_name() {
-        for (i, c) in Call::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i);
+    fn every_call_of_the_table_counts_under_its_own_name() {
+        let m = Metrics::new();
+        for (i, &c) in Call::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                m.record(i as u64, c, &Response::Unit, Duration::from_micros(1));
+            }
         }
-        let mut names: Vec<&str> = Call::ALL.iter().map(|c| c.name()).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), CALLS);
-        let init = keyward_protocol::message::OpInit {
-            mechanism: keyward_protocol::Mechanism::plain(0),
-            key: Some(1),
-        };
-        let sign = Request::Single {
+        let mut e = Exposition::new();
+        m.render_requests(&mut e);
+        let text = e.into_text();
+        for (i, c) in Call::ALL.iter().enumerate() {
+            let line = format!(
+                "keyward_requests_total{{operation=\"{}\",result=\"ok\"}}",
+                c.name()
+            );
+            assert_eq!(sample_value(&text, &line), (i + 1) as f64, "{c:?}");
+        }
+        // A deferred init is counted as the operation it travels with.
+        let sign = keyward_protocol::Request::Single {
             session: 1,
-            op: Op::Sign,
-            init: Some(init.clone()),
+            op: keyward_protocol::Op::Sign,
+            init: Some(keyward_protocol::message::OpInit {
+                mechanism: keyward_protocol::Mechanism::plain(0),
+                key: Some(1),
+            }),
             data: vec![],
         };
-        assert_eq!(Call::of(&sign).name(), "C_Sign");
-        let init_req = Request::OperationInit {
-            session: 1,
-            op: Op::SignRecover,
-            init,
-        };
-        assert_eq!(Call::of(&init_req).name(), "C_SignRecoverInit");
-        let recover_update = Request::Update {
-            session: 1,
-            op: Op::VerifyRecover,
-            init: None,
-            data: vec![],
-        };
-        assert_eq!(Call::of(&recover_update), Call::Other);
+        assert_eq!(sign.call(), Call::Sign);
     }
 
     #[test]

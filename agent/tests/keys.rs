@@ -132,14 +132,13 @@ struct Admin {
 
 impl Admin {
     fn connect(bed: &Testbed) -> Admin {
-        let stream = UnixStream::connect(bed.admin_socket()).unwrap();
+        let mut stream = UnixStream::connect(bed.admin_socket()).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        Admin {
-            stream,
-            buf: Vec::new(),
-        }
+        let mut buf = Vec::new();
+        keyward_protocol::admin::hello(&mut stream, &mut buf).expect("admin hello");
+        Admin { stream, buf }
     }
 
     fn call(&mut self, req: KeyRequest) -> Result<KeyResponse, (AdminErrorKind, String)> {

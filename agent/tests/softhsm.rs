@@ -12,7 +12,8 @@ use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message, write_message};
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{
-    AttrResult, AttrValue, Attribute, Mechanism, Op, Request, Response, Value, PROTOCOL_VERSION,
+    AttrResult, AttrValue, Attribute, Mechanism, Op, Request, Response, Value, ADMIN_VERSIONS,
+    APP_VERSIONS,
 };
 use zeroize::Zeroizing;
 
@@ -70,9 +71,9 @@ impl Conn {
     fn hello(path: &Path) -> Conn {
         let mut c = Conn::open(path);
         match c.call(Request::Hello {
-            version: PROTOCOL_VERSION,
+            versions: APP_VERSIONS,
         }) {
-            Response::Hello(h) => assert_eq!(h.version, PROTOCOL_VERSION),
+            Response::Hello(h) => assert_eq!(h.version, APP_VERSIONS.max),
             other => panic!("{other:?}"),
         }
         c
@@ -348,11 +349,16 @@ fn agent_serves_a_softhsm_token() {
     // The admin socket.
     let mut admin = UnixStream::connect(bed.admin_socket()).unwrap();
     let mut buf = Vec::new();
+    let agreed = keyward_protocol::admin::hello(&mut admin, &mut buf).unwrap();
+    assert_eq!(agreed.version, ADMIN_VERSIONS.max);
     write_message(&mut admin, &AdminRequest::Status, &mut buf).unwrap();
     let AdminResponse::Status(st) = read_message(&mut admin, &mut buf).unwrap() else {
         panic!("no status")
     };
-    assert_eq!(st.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(
+        (st.app_protocol, st.admin_protocol),
+        (APP_VERSIONS, ADMIN_VERSIONS)
+    );
     assert_eq!(st.pid, pid);
     assert_eq!(st.tokens.len(), 1);
     let t = &st.tokens[0];

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyward_protocol::frame::{self, FrameError};
-use keyward_protocol::{Request, Response, DEFAULT_SOCKET, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, APP_VERSIONS, DEFAULT_SOCKET};
 
 use crate::error::{Error, Result};
 use crate::state::{lock, InitCache, Sessions};
@@ -196,6 +196,9 @@ pub(crate) struct Module {
     finalized: AtomicBool,
     /// Calls waiting for the agent right now.
     in_flight: AtomicUsize,
+    /// Whether a version problem with the agent was logged as an error
+    /// already (later ones are logged at debug level).
+    version_logged: AtomicBool,
 }
 
 impl Module {
@@ -213,6 +216,7 @@ impl Module {
             event_baseline: Mutex::new(None),
             finalized: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            version_logged: AtomicBool::new(false),
         }
     }
 
@@ -346,24 +350,41 @@ impl Module {
             instance: 0,
         };
         let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
+            versions: APP_VERSIONS,
         };
-        let reply = match conn.round_trip(&hello, Duration::ZERO) {
-            Ok(Response::Hello(reply)) => reply,
+        let problem = match conn.round_trip(&hello, Duration::ZERO) {
+            Ok(Response::Hello(reply)) if APP_VERSIONS.contains(reply.version) => {
+                conn.instance = reply.instance;
+                self.adopt_instance(reply.instance);
+                return Ok(conn);
+            }
+            Ok(Response::Hello(reply)) => format!(
+                "keyward-agent {} answered with application protocol {}, which this module \
+                 (speaking {APP_VERSIONS}) did not offer",
+                reply.agent_version, reply.version
+            ),
+            Ok(Response::NoCommonVersion(refusal)) => refusal.mismatch(APP_VERSIONS).explain(
+                "application",
+                "this module",
+                &format!("keyward-agent {}", refusal.agent_version),
+            ),
             Ok(_) => return Err(unreachable("hello", &"unexpected answer")),
+            Err(e) if peer_gone(&e) => format!(
+                "the agent closed the connection without answering the hello: an agent older \
+                 than application protocol {} does so (it speaks only the combined protocol \
+                 {}); if this persists, upgrade keyward-agent",
+                APP_VERSIONS.min,
+                keyward_protocol::version::LEGACY_VERSION
+            ),
             Err(e) => return Err(unreachable("hello", &e)),
         };
-        if reply.version != PROTOCOL_VERSION {
-            log::error!(
-                "agent {} speaks protocol {}, this module speaks {PROTOCOL_VERSION}",
-                reply.agent_version,
-                reply.version
-            );
-            return Err(unreachable("hello", &"protocol version mismatch"));
+        let at = self.config.socket.display();
+        if self.version_logged.swap(true, Ordering::AcqRel) {
+            log::debug!("agent at {at}: {problem}");
+        } else {
+            log::error!("agent at {at}: {problem}; the slot shows no token");
         }
-        conn.instance = reply.instance;
-        self.adopt_instance(reply.instance);
-        Ok(conn)
+        Err(unreachable("hello", &"no common protocol version"))
     }
 
     /// Records the agent run; a different one than before means the agent

@@ -87,6 +87,11 @@ macro_rules! entry_points {
             $( $u2: Some($ufn2), )*
         };
 
+        /// The functions the module serves, by the names its log lines
+        /// use: the call table's names for those that reach the agent.
+        #[cfg(test)]
+        const SERVED: &[&str] = &[$( stringify!($f2), )* $( stringify!($f3), )*];
+
         /// The PKCS#11 3.0 function table (`C_GetInterface("PKCS 11")`).
         static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
             version: CK_VERSION { major: 3, minor: 0 },

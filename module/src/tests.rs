@@ -16,7 +16,7 @@ use keyward_protocol::frame;
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{
     AttrResult, AttrValue, HelloReply, Mechanism, Request, Response, SessionInfo, Value,
-    PROTOCOL_VERSION,
+    VersionRange, VersionRefusal, APP_VERSIONS,
 };
 
 use super::*;
@@ -66,7 +66,7 @@ impl FakeAgent {
                         {
                             let resp = match &req {
                                 Request::Hello { .. } => Some(Response::Hello(HelloReply {
-                                    version: PROTOCOL_VERSION,
+                                    version: APP_VERSIONS.max,
                                     agent_version: "fake".into(),
                                     instance,
                                 })),
@@ -186,6 +186,21 @@ fn open_session() -> CK_SESSION_HANDLE {
         CKR_OK
     );
     h
+}
+
+#[test]
+fn every_call_of_the_table_has_its_entry_point() {
+    for call in keyward_protocol::Call::ALL {
+        if *call != keyward_protocol::Call::Other {
+            assert!(
+                SERVED.contains(&call.name()),
+                "no entry point for {}",
+                call.name()
+            );
+        }
+    }
+    // And the module's own names are the table's.
+    assert!(SERVED.contains(&"C_InitPIN") && SERVED.contains(&"C_FindObjectsInit"));
 }
 
 #[test]
@@ -329,6 +344,102 @@ fn agent_down() {
         p11!(C_Login(3, CKU_USER, ptr::null_mut(), 0)),
         CKR_SESSION_HANDLE_INVALID
     );
+    teardown();
+}
+
+/// An agent that answers every connection's first frame with `answer` and
+/// closes it; the hellos it was sent.
+fn one_answer_agent(path: &Path, answer: Response) -> Arc<Mutex<Vec<Request>>> {
+    let listener = UnixListener::bind(path).expect("bind fake agent socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let got = seen.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).expect("blocking");
+            let mut buf = Vec::new();
+            if let Ok(req) = frame::read_message::<_, Request>(&mut s, &mut buf) {
+                got.lock().unwrap().push(req);
+                let _ = frame::write_message(&mut s, &answer, &mut buf);
+            }
+        }
+    });
+    seen
+}
+
+/// Asserts what an application sees when no connection gets past the
+/// hello: the slot, without a token.
+fn no_token_shown() {
+    let mut count: CK_ULONG = 9;
+    assert_eq!(
+        p11!(C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut count)),
+        CKR_OK
+    );
+    assert_eq!(count, 0, "a token is shown");
+    let mut info = CK_SLOT_INFO::default();
+    assert_eq!(p11!(C_GetSlotInfo(0, &mut info)), CKR_OK);
+    assert_eq!(info.flags & CKF_TOKEN_PRESENT, 0);
+    let mut token = CK_TOKEN_INFO::default();
+    assert_eq!(p11!(C_GetTokenInfo(0, &mut token)), CKR_TOKEN_NOT_PRESENT);
+    let mut h: CK_SESSION_HANDLE = 0;
+    assert_eq!(
+        p11!(C_OpenSession(
+            0,
+            CKF_SERIAL_SESSION,
+            ptr::null_mut(),
+            None,
+            &mut h
+        )),
+        CKR_TOKEN_NOT_PRESENT
+    );
+}
+
+#[test]
+fn an_agent_without_a_common_version_shows_no_token() {
+    let (_g, path) = setup("versions");
+    let newer = VersionRange {
+        min: APP_VERSIONS.max + 1,
+        max: APP_VERSIONS.max + 3,
+    };
+    let hellos = one_answer_agent(
+        &path,
+        Response::NoCommonVersion(VersionRefusal {
+            versions: newer,
+            agent_version: "9.0.0".into(),
+        }),
+    );
+    no_token_shown();
+    let hellos = hellos.lock().unwrap().clone();
+    assert!(!hellos.is_empty(), "the module never said hello");
+    for h in hellos {
+        assert_eq!(
+            h,
+            Request::Hello {
+                versions: APP_VERSIONS
+            },
+            "something beyond the hello was sent"
+        );
+    }
+    teardown();
+}
+
+#[test]
+fn an_agent_that_picks_a_version_not_offered_is_not_used() {
+    let (_g, path) = setup("not-offered");
+    let _hellos = one_answer_agent(
+        &path,
+        Response::Hello(HelloReply {
+            version: APP_VERSIONS.max + 1,
+            agent_version: "9.0.0".into(),
+            instance: 1,
+        }),
+    );
+    no_token_shown();
     teardown();
 }
 

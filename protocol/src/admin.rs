@@ -1,13 +1,26 @@
 //! The administrator API, spoken on the agent's admin socket with the same
-//! framing as the application protocol.
+//! framing as the application protocol. Its version is negotiated apart
+//! from the application protocol's ([`crate::version`]): every connection
+//! opens with [`AdminRequest::Hello`].
+
+use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::{read_message, write_message, FrameError};
 use crate::types::Version;
+use crate::version::{Mismatch, VersionRange, VersionRefusal, ADMIN_VERSIONS};
 
-/// A call from the `keyward` CLI to the agent.
+/// A call from the `keyward` CLI to the agent. `Hello` keeps its place and
+/// shape for ever.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AdminRequest {
+    /// First message on every admin connection: the admin-protocol
+    /// versions the client speaks.
+    Hello {
+        /// The versions the client speaks.
+        versions: VersionRange,
+    },
     /// Agent version, uptime, and every virtual token with its backend.
     Status,
     /// Key lifecycle, grants, applications, PIN unlock, discovery.
@@ -27,11 +40,18 @@ pub enum PinRole {
     So,
 }
 
-/// The agent's answer to an [`AdminRequest`].
+/// The agent's answer to an [`AdminRequest`]. `Err`, `Hello` and
+/// `NoCommonVersion` keep their places for ever: a `keyward` of any version
+/// reads them (one from before negotiated versions reads `Err` only).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum AdminResponse {
     /// The request failed; the message says why.
     Err(String),
+    /// Answer to a `Hello` the agent accepts.
+    Hello(AdminHello),
+    /// Answer to a `Hello` whose versions the agent does not speak; the
+    /// agent closes the connection after it.
+    NoCommonVersion(VersionRefusal),
     /// Answer to [`AdminRequest::Status`].
     Status(Status),
     /// Answer to [`AdminRequest::Key`].
@@ -49,13 +69,145 @@ pub enum AdminResponse {
     Report(Box<Report>),
 }
 
+/// The agent's answer to an admin `Hello` it accepts. Its encoding never
+/// changes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdminHello {
+    /// The admin-protocol version the connection speaks from now on: the
+    /// highest one both sides speak.
+    pub version: u16,
+    /// The agent's package version.
+    pub agent_version: String,
+}
+
+/// Why an admin connection's hello did not agree on a version.
+#[derive(Debug)]
+pub enum HelloError {
+    /// The agent speaks no version this client speaks.
+    Refused {
+        /// Both sides' versions.
+        mismatch: Mismatch,
+        /// The agent's package version.
+        agent_version: String,
+    },
+    /// The agent answered the hello with an error text: an agent refuses
+    /// so a peer it does not serve on the admin socket.
+    Agent(String),
+    /// The agent closed the connection without answering: an agent from
+    /// before negotiated versions does so (it cannot read the hello).
+    Closed,
+    /// An answer that is no answer to a hello, or a version outside what
+    /// this client announced.
+    Unexpected(String),
+    /// The transport failed.
+    Frame(FrameError),
+}
+
+impl std::fmt::Display for HelloError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelloError::Refused {
+                mismatch,
+                agent_version,
+            } => f.write_str(&mismatch.explain(
+                "admin",
+                "this keyward",
+                &format!("keyward-agent {agent_version}"),
+            )),
+            HelloError::Agent(message) => write!(f, "the agent refused: {message}"),
+            HelloError::Closed => write!(
+                f,
+                "the agent closed the connection without answering the admin hello: an agent \
+                 older than admin protocol {} does so (it speaks the combined protocol {}); \
+                 upgrade keyward-agent",
+                ADMIN_VERSIONS.min,
+                crate::version::LEGACY_VERSION
+            ),
+            HelloError::Unexpected(what) => {
+                write!(f, "unexpected answer to the admin hello: {what}")
+            }
+            HelloError::Frame(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for HelloError {}
+
+/// Opens an admin connection: sends `Hello` with [`ADMIN_VERSIONS`] and
+/// reads the agent's answer. Returns the agreed version and the agent's
+/// package version.
+pub fn hello<S: Read + Write>(stream: &mut S, buf: &mut Vec<u8>) -> Result<AdminHello, HelloError> {
+    let hello = AdminRequest::Hello {
+        versions: ADMIN_VERSIONS,
+    };
+    write_message(stream, &hello, buf).map_err(HelloError::Frame)?;
+    match read_message(stream, buf) {
+        Ok(AdminResponse::Hello(h)) if ADMIN_VERSIONS.contains(h.version) => Ok(h),
+        Ok(AdminResponse::Hello(h)) => Err(HelloError::Unexpected(format!(
+            "version {} (this keyward speaks {ADMIN_VERSIONS})",
+            h.version
+        ))),
+        Ok(AdminResponse::NoCommonVersion(r)) => Err(HelloError::Refused {
+            mismatch: r.mismatch(ADMIN_VERSIONS),
+            agent_version: r.agent_version,
+        }),
+        Ok(AdminResponse::Err(message)) => Err(HelloError::Agent(message)),
+        Ok(other) => Err(HelloError::Unexpected(format!("{other:?}"))),
+        Err(FrameError::Closed) => Err(HelloError::Closed),
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Err(HelloError::Closed)
+        }
+        Err(e) => Err(HelloError::Frame(e)),
+    }
+}
+
+/// The agent's answer to an admin `Hello` from a client that speaks
+/// `theirs`: the highest version both sides speak, or the agent's versions
+/// and (`Some`) the mismatch, after which the agent closes the connection.
+pub fn answer_hello(
+    theirs: VersionRange,
+    agent_version: &str,
+) -> (AdminResponse, Option<Mismatch>) {
+    let agent_version = agent_version.to_owned();
+    match ADMIN_VERSIONS.pick(theirs) {
+        Ok(version) => (
+            AdminResponse::Hello(AdminHello {
+                version,
+                agent_version,
+            }),
+            None,
+        ),
+        Err(m) => (
+            AdminResponse::NoCommonVersion(VersionRefusal {
+                versions: ADMIN_VERSIONS,
+                agent_version,
+            }),
+            Some(m),
+        ),
+    }
+}
+
+/// What the agent answers, as an `Err` text, to a first admin message that
+/// is not a `Hello`: a `keyward` from before negotiated versions sends its
+/// request at once, and shows this text.
+pub fn hello_first(agent_version: &str) -> String {
+    format!(
+        "keyward-agent {agent_version} speaks admin protocol {ADMIN_VERSIONS} and expects a \
+         version hello first; this keyward is older than negotiated protocol versions (it \
+         speaks the combined protocol {}): upgrade keyward",
+        crate::version::LEGACY_VERSION
+    )
+}
+
 /// What `keyward status` shows.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// The agent's package version.
     pub agent_version: String,
-    /// The protocol version it speaks.
-    pub protocol_version: u16,
+    /// The application-protocol versions it speaks.
+    pub app_protocol: VersionRange,
+    /// The admin-protocol versions it speaks.
+    pub admin_protocol: VersionRange,
     /// The agent's process id.
     pub pid: u32,
     /// Seconds since the agent started.
@@ -1012,5 +1164,124 @@ mod anchor_tests {
             let got = parse_anchors(&text).expect_err(&text);
             assert!(got.starts_with(want), "{text:?}: {got}");
         }
+    }
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// Runs [`hello`] against a fake agent that reads the hello and answers
+    /// `answer` (or hangs up on `None`).
+    fn against(answer: Option<AdminResponse>) -> (AdminRequest, Result<AdminHello, HelloError>) {
+        let (mut client, mut agent) = UnixStream::pair().unwrap();
+        let fake = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let req: AdminRequest = read_message(&mut agent, &mut buf).unwrap();
+            if let Some(a) = answer {
+                write_message(&mut agent, &a, &mut buf).unwrap();
+            }
+            req
+        });
+        let got = hello(&mut client, &mut Vec::new());
+        (fake.join().unwrap(), got)
+    }
+
+    #[test]
+    fn the_hello_announces_this_build_and_takes_the_agreed_version() {
+        let (req, got) = against(Some(AdminResponse::Hello(AdminHello {
+            version: ADMIN_VERSIONS.max,
+            agent_version: "0.9.0".into(),
+        })));
+        assert_eq!(
+            req,
+            AdminRequest::Hello {
+                versions: ADMIN_VERSIONS
+            }
+        );
+        assert_eq!(got.unwrap().version, ADMIN_VERSIONS.max);
+    }
+
+    #[test]
+    fn an_agent_without_a_common_version_is_named_with_what_to_upgrade() {
+        let newer = VersionRange {
+            min: ADMIN_VERSIONS.max + 1,
+            max: ADMIN_VERSIONS.max + 2,
+        };
+        let (_, got) = against(Some(AdminResponse::NoCommonVersion(VersionRefusal {
+            versions: newer,
+            agent_version: "9.0.0".into(),
+        })));
+        let text = got.unwrap_err().to_string();
+        assert!(text.contains("keyward-agent 9.0.0 speaks"), "{text}");
+        assert!(
+            text.contains(&format!("this keyward speaks {ADMIN_VERSIONS}")),
+            "{text}"
+        );
+        assert!(text.contains("upgrade this keyward"), "{text}");
+        let older = VersionRange::only(ADMIN_VERSIONS.min - 1);
+        let (_, got) = against(Some(AdminResponse::NoCommonVersion(VersionRefusal {
+            versions: older,
+            agent_version: "0.0.1".into(),
+        })));
+        let text = got.unwrap_err().to_string();
+        assert!(text.contains("upgrade keyward-agent 0.0.1"), "{text}");
+    }
+
+    #[test]
+    fn an_agent_that_hangs_up_or_refuses_is_told_apart() {
+        let (_, got) = against(None);
+        let e = got.unwrap_err();
+        assert!(matches!(e, HelloError::Closed), "{e:?}");
+        assert!(e.to_string().contains("upgrade keyward-agent"), "{e}");
+        let (_, got) = against(Some(AdminResponse::Err("not an administrator".into())));
+        let e = got.unwrap_err();
+        assert!(matches!(e, HelloError::Agent(_)), "{e:?}");
+        assert!(e.to_string().contains("not an administrator"), "{e}");
+        // A version it did not announce is no agreement.
+        let (_, got) = against(Some(AdminResponse::Hello(AdminHello {
+            version: ADMIN_VERSIONS.max + 1,
+            agent_version: "x".into(),
+        })));
+        assert!(matches!(got, Err(HelloError::Unexpected(_))), "{got:?}");
+    }
+
+    #[test]
+    fn the_agent_answers_the_highest_common_version_or_its_own_range() {
+        let wide = VersionRange {
+            min: 1,
+            max: ADMIN_VERSIONS.max + 5,
+        };
+        let (answer, m) = answer_hello(wide, "1.2.3");
+        assert!(m.is_none());
+        assert_eq!(
+            answer,
+            AdminResponse::Hello(AdminHello {
+                version: ADMIN_VERSIONS.max,
+                agent_version: "1.2.3".into()
+            })
+        );
+        let newer = VersionRange::only(ADMIN_VERSIONS.max + 1);
+        let (answer, m) = answer_hello(newer, "1.2.3");
+        assert_eq!(m.map(|m| m.theirs), Some(newer));
+        assert_eq!(
+            answer,
+            AdminResponse::NoCommonVersion(VersionRefusal {
+                versions: ADMIN_VERSIONS,
+                agent_version: "1.2.3".into()
+            })
+        );
+    }
+
+    #[test]
+    fn the_text_for_an_old_keyward_says_to_upgrade_it() {
+        let text = hello_first("0.2.0");
+        assert!(
+            text.contains("keyward-agent 0.2.0 speaks admin protocol"),
+            "{text}"
+        );
+        assert!(text.ends_with("upgrade keyward"), "{text}");
     }
 }

@@ -1,5 +1,7 @@
 //! Framing: every message is `magic "KW" | version u16 LE | length u32 LE`
-//! followed by `length` bytes of postcard-encoded payload.
+//! followed by `length` bytes of postcard-encoded payload. The version is
+//! the framing's ([`FRAME_VERSION`]); the messages' versions are agreed in
+//! each connection's hello ([`crate::version`]).
 //!
 //! The reader checks magic, version and the size limit before it allocates,
 //! reads exactly `length` bytes (it cannot over-read into the next frame),
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::PROTOCOL_VERSION;
+use crate::version::FRAME_VERSION;
 
 /// Two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"KW";
@@ -54,7 +56,7 @@ pub enum FrameError {
     Io(io::Error),
     /// The first two bytes were not `KW`.
     BadMagic([u8; 2]),
-    /// The peer speaks another protocol version.
+    /// The peer frames its messages another way (another framing version).
     Version(u16),
     /// The announced payload exceeds the reader's limit (at most
     /// [`MAX_FRAME_LEN`]).
@@ -82,7 +84,7 @@ impl std::fmt::Display for FrameError {
             FrameError::Version(v) => {
                 write!(
                     f,
-                    "peer speaks protocol version {v}, this side speaks {PROTOCOL_VERSION}"
+                    "peer uses framing version {v}, this side uses {FRAME_VERSION}"
                 )
             }
             FrameError::TooLarge { len, limit } => {
@@ -119,7 +121,7 @@ pub fn encode<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), FrameError
         });
     }
     out[0..2].copy_from_slice(&MAGIC);
-    out[2..4].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out[2..4].copy_from_slice(&FRAME_VERSION.to_le_bytes());
     out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
     *buf = out;
     Ok(())
@@ -138,7 +140,7 @@ pub fn parse_header_within(header: &[u8; HEADER_LEN], max_len: usize) -> Result<
         return Err(FrameError::BadMagic(magic));
     }
     let version = u16::from_le_bytes([header[2], header[3]]);
-    if version != PROTOCOL_VERSION {
+    if version != FRAME_VERSION {
         return Err(FrameError::Version(version));
     }
     let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
@@ -323,7 +325,7 @@ mod tests {
     #[test]
     fn an_announced_length_allocates_only_as_bytes_arrive() {
         let mut header = MAGIC.to_vec();
-        header.extend(PROTOCOL_VERSION.to_le_bytes());
+        header.extend(FRAME_VERSION.to_le_bytes());
         header.extend((MAX_FRAME_LEN as u32).to_le_bytes());
         header.extend([0u8; 10]);
         let mut r = Scripted {

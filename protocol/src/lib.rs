@@ -8,8 +8,13 @@
 //! - [`attr`]: typed attribute values and the table that says which
 //!   `CKA_*` holds a bool, a `CK_ULONG`, bytes, a mechanism list or a template.
 //! - [`types`]: mechanisms with typed parameters, slot / token / session info.
-//! - [`message`]: the application-facing calls ([`Request`], [`Response`]).
+//! - [`calls`]: the call table, written once: [`Request`], the fieldless
+//!   [`Call`] (the stable `C_*` names of logs, metrics and the trail, and
+//!   each call's [`Chapter`]), the [`Handler`] trait and [`dispatch`].
+//! - [`message`]: the answers ([`Response`]) and what requests carry.
 //! - [`admin`]: the administrator API spoken on the agent's admin socket.
+//! - [`version`]: the application- and admin-protocol versions, and how a
+//!   connection's hello agrees on one (or says which side to upgrade).
 //!
 //! Every `CK_ULONG` travels as `u64`; output buffers never travel (the agent
 //! returns the whole result and the module applies the caller's buffer-size
@@ -19,18 +24,20 @@
 
 pub mod admin;
 pub mod attr;
+pub mod calls;
 pub mod frame;
 pub mod message;
 pub mod types;
+pub mod version;
 
 pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, ShapeError, Value};
+pub use calls::{dispatch, Call, Chapter, Handler};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{HelloReply, Op, Request, Response};
 pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
-
-/// The version of the message set. Bumped on any change to [`Request`],
-/// [`Response`] or the admin messages; both sides refuse other versions.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub use version::{
+    Mismatch, VersionRange, VersionRefusal, ADMIN_VERSIONS, APP_VERSIONS, FRAME_VERSION,
+};
 
 /// Where the module looks for the agent when `KEYWARD_SOCKET` is not set.
 pub const DEFAULT_SOCKET: &str = "/run/keyward/keyward.sock";

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use keyward_protocol::admin::{AdminErrorKind, AdminRequest, AdminResponse};
+use keyward_protocol::admin::{hello, AdminErrorKind, AdminRequest, AdminResponse, HelloError};
 use keyward_protocol::frame::{read_message, write_message};
 use keyward_protocol::FrameError;
 
@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Exit {
     /// 0: done.
     Success = 0,
-    /// 1: the agent is unreachable or answered something unexpected
+    /// 1: the agent is unreachable, speaks no admin-protocol version in common, or answered something unexpected
     /// (`policy check`: the file is not valid).
     Error = 1,
     /// 2: invalid request or usage (clap's own usage errors too).
@@ -65,7 +65,8 @@ pub struct Failure {
     /// The exit code.
     pub exit: Exit,
     /// `kind` of the JSON error document: the agent's [`AdminErrorKind`]
-    /// name, or `Unreachable`, `Unexpected`, `Agent`, `Usage` for failures
+    /// name, or `Unreachable`, `Unexpected`, `Agent`, `Usage`, `Version`
+    /// (no admin-protocol version in common with the agent) for failures
     /// found on this side.
     pub kind: String,
     /// For people.
@@ -101,8 +102,10 @@ impl Failure {
     }
 }
 
-/// One request, one response on the admin socket. Every transport
-/// failure is [`Exit::Error`].
+/// One request, one response on the admin socket, after the hello that
+/// agrees on the admin-protocol version. Every transport failure is
+/// [`Exit::Error`]; an agent without a common version is named with what
+/// to upgrade.
 pub fn exchange(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Failure> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Failure::local(
@@ -118,6 +121,20 @@ pub fn exchange(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Fail
     let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
     let mut buf = Vec::new();
+    hello(&mut stream, &mut buf).map_err(|e| match e {
+        HelloError::Frame(e) => unreachable(&e),
+        HelloError::Agent(message) => Failure::local(Exit::Error, "Agent", message),
+        e @ (HelloError::Refused { .. } | HelloError::Closed) => Failure::local(
+            Exit::Error,
+            "Version",
+            format!("keyward-agent at {}: {e}", socket.display()),
+        ),
+        e @ HelloError::Unexpected(_) => Failure::local(
+            Exit::Error,
+            "Unexpected",
+            format!("keyward-agent at {}: {e}", socket.display()),
+        ),
+    })?;
     write_message(&mut stream, req, &mut buf).map_err(|e| unreachable(&e))?;
     read_message(&mut stream, &mut buf).map_err(|e| match e {
         // An agent that cannot decode a request closes the connection.
@@ -176,6 +193,12 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = Vec::new();
+            let _: AdminRequest = read_message(&mut s, &mut buf).unwrap();
+            let hello = AdminResponse::Hello(keyward_protocol::admin::AdminHello {
+                version: keyward_protocol::ADMIN_VERSIONS.max,
+                agent_version: "0.1.0".into(),
+            });
+            write_message(&mut s, &hello, &mut buf).unwrap();
             let _: AdminRequest = read_message(&mut s, &mut buf).unwrap();
         });
         let e = exchange(&path, &AdminRequest::Status).unwrap_err();

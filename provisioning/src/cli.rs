@@ -14,7 +14,7 @@ use crate::time;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the agent is unreachable or answered something unexpected
+  1  the agent is unreachable, speaks no admin-protocol version in common, or answered something unexpected
      (`policy check`: the file is not valid)
   2  invalid request or usage
   3  the action needs approval: a request was recorded (its id is printed)

@@ -15,7 +15,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the agent is unreachable or answered something unexpected (`policy check`: the file is not valid) |
+//! | 1 | the agent is unreachable, speaks no admin-protocol version in common, or answered something unexpected (`policy check`: the file is not valid) |
 //! | 2 | invalid request or usage, clap's own usage errors included |
 //! | 3 | the action needs approval: a request was recorded and its id printed |
 //! | 4 | not found: key, token, application, class |

@@ -120,7 +120,10 @@ pub fn status(s: &Status) -> String {
         "agent:     keyward-agent {}",
         cell(&s.agent_version)
     ));
-    line(format!("protocol:  {}", s.protocol_version));
+    line(format!(
+        "protocol:  application {}, admin {}",
+        s.app_protocol, s.admin_protocol
+    ));
     line(format!("pid:       {}", s.pid));
     line(format!("uptime:    {}", uptime(s.uptime_secs)));
     line(format!("socket:    {}", cell(&s.socket)));
@@ -1246,7 +1249,8 @@ mod tests {
     fn status_text_shows_every_field() {
         let s = Status {
             agent_version: "0.1.0".into(),
-            protocol_version: 1,
+            app_protocol: keyward_protocol::VersionRange { min: 3, max: 4 },
+            admin_protocol: keyward_protocol::VersionRange::only(3),
             pid: 42,
             uptime_secs: 3723,
             socket: "/run/keyward/keyward.sock".into(),
@@ -1272,6 +1276,7 @@ mod tests {
             &status(&s),
             &[
                 "0.1.0",
+                "protocol:  application 3 to 4, admin 3",
                 "pid:       42",
                 "1h 2m 3s",
                 "keyward.sock",

@@ -364,7 +364,10 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
                 Err(f) => Output::failure(&f, json),
             };
         }
-        AdminRequest::Status | AdminRequest::Key(_) | AdminRequest::Report(_) => {}
+        AdminRequest::Hello { .. }
+        | AdminRequest::Status
+        | AdminRequest::Key(_)
+        | AdminRequest::Report(_) => {}
     }
     let resp = match resp {
         Ok(r) => r,
@@ -403,6 +406,7 @@ fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure {
                 "unexpected answer from the agent: {} to {}",
                 variant(&resp),
                 match req {
+                    AdminRequest::Hello { .. } => "a hello",
                     AdminRequest::Status => "a status request",
                     AdminRequest::Key(_) => "a key request",
                     AdminRequest::Audit(_) => "an audit request",
@@ -633,6 +637,8 @@ fn key_answer(resp: KeyResponse, json: bool) -> Output {
 fn variant(resp: &AdminResponse) -> &'static str {
     match resp {
         AdminResponse::Err(_) => "Err",
+        AdminResponse::Hello(_) => "Hello",
+        AdminResponse::NoCommonVersion(_) => "NoCommonVersion",
         AdminResponse::Status(_) => "Status",
         AdminResponse::Key(_) => "Key",
         AdminResponse::Audit(a) => match **a {
@@ -1006,7 +1012,8 @@ mod tests {
 
         let status = keyward_protocol::admin::Status {
             agent_version: "0.1.0".into(),
-            protocol_version: 2,
+            app_protocol: keyward_protocol::APP_VERSIONS,
+            admin_protocol: keyward_protocol::ADMIN_VERSIONS,
             pid: 1,
             uptime_secs: 1,
             connections: 0,

@@ -7,12 +7,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use keyward_protocol::admin::AdminHello;
 use keyward_protocol::admin::{
     AdminErrorKind, AdminRequest, AdminResponse, ApprovalRequest, AuditAnchor, AuditProblem,
     AuditRecordInfo, AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyInfo,
     KeyRequest, KeyResponse, VersionInfo,
 };
 use keyward_protocol::frame::{read_message, write_message};
+use keyward_protocol::{VersionRange, VersionRefusal, ADMIN_VERSIONS};
 
 fn keyward(socket: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
@@ -36,10 +38,30 @@ fn against_fake_agent(args: &[&str], answer: AdminResponse) -> (AdminRequest, Ou
 
 /// Runs `keyward ARGS` against a fake agent that answers one connection
 /// per answer, in order, and then goes away (the socket is closed and
-/// removed); returns the requests it got and what keyward printed.
+/// removed); returns the requests it got and what keyward printed. Each
+/// connection's hello is answered with this build's admin version.
 fn against_fake_agent_serving(
     args: &[&str],
     answers: Vec<AdminResponse>,
+) -> (Vec<AdminRequest>, Output) {
+    let hello = AdminResponse::Hello(AdminHello {
+        version: ADMIN_VERSIONS.max,
+        agent_version: "0.1.0".into(),
+    });
+    let answers = answers.into_iter().map(|a| (Some(hello.clone()), Some(a)));
+    let (mut requests, out) = against_fake_agent_greeting(args, answers.collect());
+    requests.retain(|r| !matches!(r, AdminRequest::Hello { .. }));
+    (requests, out)
+}
+
+/// Runs `keyward ARGS` against a fake agent that reads each connection's
+/// hello and answers it with the first of a pair (`None`: hangs up, as an
+/// agent from before negotiated versions does), then reads the request and
+/// answers the second (`None`: reads nothing more). Returns the requests
+/// it got (hellos included) and what keyward printed.
+fn against_fake_agent_greeting(
+    args: &[&str],
+    answers: Vec<(Option<AdminResponse>, Option<AdminResponse>)>,
 ) -> (Vec<AdminRequest>, Output) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
@@ -50,7 +72,7 @@ fn against_fake_agent_serving(
     let mut child = keyward(&socket, args).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut requests = Vec::new();
-    for answer in answers {
+    for (hello, answer) in answers {
         let mut stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
@@ -67,6 +89,18 @@ fn against_fake_agent_serving(
         };
         stream.set_nonblocking(false).unwrap();
         let mut buf = Vec::new();
+        let first: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
+        assert_eq!(
+            first,
+            AdminRequest::Hello {
+                versions: ADMIN_VERSIONS
+            },
+            "keyward did not open with its hello"
+        );
+        requests.push(first);
+        let Some(hello) = hello else { continue };
+        write_message(&mut stream, &hello, &mut buf).unwrap();
+        let Some(answer) = answer else { continue };
         let request: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
         write_message(&mut stream, &answer, &mut buf).unwrap();
         requests.push(request);
@@ -257,7 +291,8 @@ fn not_found_exits_4() {
 fn status_json_still_works() {
     let status = keyward_protocol::admin::Status {
         agent_version: "0.1.0".into(),
-        protocol_version: keyward_protocol::PROTOCOL_VERSION,
+        app_protocol: keyward_protocol::APP_VERSIONS,
+        admin_protocol: keyward_protocol::ADMIN_VERSIONS,
         pid: 7,
         uptime_secs: 61,
         connections: 0,
@@ -492,6 +527,12 @@ fn audit_verify_anchor_from_standard_input() {
     let server = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut buf = Vec::new();
+        let _hello: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
+        let hello = AdminResponse::Hello(AdminHello {
+            version: ADMIN_VERSIONS.max,
+            agent_version: "0.1.0".into(),
+        });
+        write_message(&mut stream, &hello, &mut buf).unwrap();
         let request: AdminRequest = read_message(&mut stream, &mut buf).unwrap();
         write_message(&mut stream, &verification(None), &mut buf).unwrap();
         request
@@ -760,4 +801,75 @@ fn audit_tail_follow_polls_for_new_records() {
         text(&out.stderr).starts_with("keyward: cannot reach keyward-agent at "),
         "{out:?}"
     );
+}
+
+/// An agent that speaks only newer admin-protocol versions: keyward says
+/// both sides' versions and that keyward must be upgraded, and sends no
+/// request.
+#[test]
+fn a_newer_agent_without_a_common_admin_version_is_named() {
+    let newer = VersionRange {
+        min: ADMIN_VERSIONS.max + 1,
+        max: ADMIN_VERSIONS.max + 2,
+    };
+    let refusal = AdminResponse::NoCommonVersion(VersionRefusal {
+        versions: newer,
+        agent_version: "9.0.0".into(),
+    });
+    let (requests, out) =
+        against_fake_agent_greeting(&["status"], vec![(Some(refusal.clone()), None)]);
+    assert_eq!(
+        requests.len(),
+        1,
+        "a request after the refused hello: {requests:?}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("no admin protocol version in common"), "{err}");
+    assert!(
+        err.contains(&format!("this keyward speaks {ADMIN_VERSIONS}")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("keyward-agent 9.0.0 speaks {newer}")),
+        "{err}"
+    );
+    assert!(err.contains("upgrade this keyward"), "{err}");
+    assert!(!err.contains("malformed"), "{err}");
+    // The same for scripts.
+    let (_, out) = against_fake_agent_greeting(&["status", "--json"], vec![(Some(refusal), None)]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Error"]["kind"], "Version", "{out:?}");
+    assert_eq!(v["Error"]["exit_code"], 1);
+}
+
+/// An agent that speaks only older admin-protocol versions: keyward says
+/// to upgrade the agent.
+#[test]
+fn an_older_agent_without_a_common_admin_version_is_named() {
+    let older = VersionRange::only(ADMIN_VERSIONS.min - 1);
+    let refusal = AdminResponse::NoCommonVersion(VersionRefusal {
+        versions: older,
+        agent_version: "0.0.9".into(),
+    });
+    let (_, out) = against_fake_agent_greeting(&["key", "list"], vec![(Some(refusal), None)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("keyward-agent 0.0.9 speaks {older}")),
+        "{err}"
+    );
+    assert!(err.contains("upgrade keyward-agent 0.0.9"), "{err}");
+}
+
+/// An agent from before negotiated versions cannot read the hello and
+/// hangs up: keyward says so and to upgrade the agent, not that a message
+/// was malformed.
+#[test]
+fn an_agent_from_before_negotiated_versions_is_named() {
+    let (_, out) = against_fake_agent_greeting(&["status"], vec![(None, None)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("without answering the admin hello"), "{err}");
+    assert!(err.contains("upgrade keyward-agent"), "{err}");
 }

@@ -43,7 +43,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyward_protocol::frame::{read_message, write_message};
-use keyward_protocol::{Request, Response, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, APP_VERSIONS};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -946,7 +946,7 @@ fn hello(socket: &Path) -> bool {
     }
     let mut buf = Vec::new();
     let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
+        versions: APP_VERSIONS,
     };
     write_message(&mut s, &hello, &mut buf).is_ok()
         && matches!(

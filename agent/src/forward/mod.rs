@@ -15,7 +15,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use cryptoki_sys as ck;
-use keyward_protocol::{HelloReply, MechParam, Mechanism, Op, Request, Response, PROTOCOL_VERSION};
+use keyward_protocol::{HelloReply, MechParam, Mechanism, Op, Request, Response};
+use keyward_protocol::{VersionRange, VersionRefusal, APP_VERSIONS};
 
 use crate::clients::{Client, Login, ObjectRef, Session, Slot};
 use crate::error::{Error, Result};
@@ -70,13 +71,26 @@ impl Agent {
         }
     }
 
-    /// The answer to `Hello`.
-    pub fn hello(&self) -> Response {
-        Response::Hello(HelloReply {
-            version: PROTOCOL_VERSION,
+    /// The answer to `Hello` from a peer that speaks `theirs`: the highest
+    /// application-protocol version both speak, or the agent's versions
+    /// when there is none (see `keyward_protocol::version`).
+    pub fn hello(&self, theirs: VersionRange) -> Response {
+        match APP_VERSIONS.pick(theirs) {
+            Ok(version) => Response::Hello(self.hello_reply(version)),
+            Err(_) => Response::NoCommonVersion(VersionRefusal {
+                versions: APP_VERSIONS,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        }
+    }
+
+    /// A `Hello` answer naming `version`.
+    pub fn hello_reply(&self, version: u16) -> HelloReply {
+        HelloReply {
+            version,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             instance: self.instance,
-        })
+        }
     }
 
     pub(crate) fn dispatch(&self, client: &Arc<Client>, req: Request) -> Result<Response> {
@@ -84,7 +98,7 @@ impl Agent {
             self.check_mechanism(client, mechanism)?;
         }
         match req {
-            Request::Hello { .. } => Ok(self.hello()),
+            Request::Hello { versions } => Ok(self.hello(versions)),
             Request::GetSlotList { token_present } => self.get_slot_list(client, token_present),
             Request::GetSlotInfo { slot } => self.slot_info(slot),
             Request::GetTokenInfo { slot } => self.token_info(client, slot),

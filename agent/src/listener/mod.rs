@@ -22,12 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message_within, write_message, Bounds, FrameError};
-use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use keyward_protocol::version::{legacy_hello, Mismatch, VersionRange};
+use keyward_protocol::{Request, Response, APP_VERSIONS, MAX_FRAME_LEN};
 
 use crate::agent::Agent;
 use crate::listener::admission::{Admission, Limits, Refusals, Ticket, REFUSAL_EVERY};
 use crate::listener::identity::{CredStream, Peer};
-use crate::metrics::{admin_request_name, Call, Metrics};
+use crate::metrics::{admin_request_name, Metrics};
 use sockets::{Bound, SocketSpec};
 
 /// How long shutdown waits for connection threads to finish their call.
@@ -146,6 +147,8 @@ struct Refused {
     stream: UnixStream,
     peer: Peer,
     why: &'static str,
+    /// On the admin socket: answered in the admin protocol.
+    admin: bool,
 }
 
 /// How long a connection that just answered polls for its client's next
@@ -452,7 +455,12 @@ impl Server {
     /// to the refusal threads. Nothing is read from it here.
     fn take_app(self: &Arc<Server>, stream: UnixStream, peer: Peer) {
         let application = if peer.foreign_mounts && !self.limits.foreign_mounts {
-            return self.refuse(stream, peer, "the peer is in another mount namespace");
+            return self.refuse(
+                stream,
+                peer,
+                "the peer is in another mount namespace",
+                false,
+            );
         } else {
             self.agent.application_of(&peer)
         };
@@ -461,6 +469,7 @@ impl Server {
                 stream,
                 peer,
                 "no application of the policy matches this peer",
+                false,
             );
         };
         let ticket = match self.app_admission.enter(peer.uid) {
@@ -480,6 +489,7 @@ impl Server {
                 stream,
                 peer,
                 "not root, the agent's user or in the admin group",
+                true,
             );
         }
         let ticket = match self.admin_admission.enter(peer.uid) {
@@ -548,7 +558,7 @@ impl Server {
     /// A peer the agent does not serve: its `Hello` gets `CKR_TOKEN_NOT_PRESENT`
     /// from a refusal thread (so the module shows no token), or, when they
     /// are busy, the connection is closed at once.
-    fn refuse(&self, stream: UnixStream, peer: Peer, why: &'static str) {
+    fn refuse(&self, stream: UnixStream, peer: Peer, why: &'static str, admin: bool) {
         self.metrics.peer_refused();
         if let Some(r) = self.refusals.note(&peer, why) {
             log::warn!(
@@ -560,7 +570,13 @@ impl Server {
         let queue = lock(&self.refuse_queue).clone();
         if let Some(q) = queue {
             // Full: the connection is closed at once (dropped with the error).
-            if let Err(TrySendError::Full(_)) = q.try_send(Refused { stream, peer, why }) {
+            let refused = Refused {
+                stream,
+                peer,
+                why,
+                admin,
+            };
+            if let Err(TrySendError::Full(_)) = q.try_send(refused) {
                 log::debug!("refusal threads busy: closing a refused connection at once");
             }
         }
@@ -605,17 +621,32 @@ impl Server {
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
         match read_message_within::<_, Request>(&mut reader, &mut rbuf, HELLO_BOUNDS) {
             _ if self.intruder(peer, reader.get_ref()) => return,
-            Ok(Request::Hello { version }) => {
-                if write_message(&mut writer, &self.agent.hello(), &mut wbuf).is_err() {
+            Ok(Request::Hello { versions }) => {
+                let answer = self.agent.hello(versions);
+                if write_message(&mut writer, &answer, &mut wbuf).is_err() {
                     return;
                 }
-                if version != PROTOCOL_VERSION {
-                    log::warn!("{peer}: speaks protocol {version}, closing");
+                if let Err(m) = APP_VERSIONS.pick(versions) {
+                    log::warn!("{peer}: {}; closing", explain_app(&m));
                     return;
                 }
             }
             Ok(_) => {
                 log::warn!("{peer}: first message was not Hello, closing");
+                return;
+            }
+            // A module from before negotiated versions: answered in its
+            // own form with this agent's version, so that it logs the
+            // mismatch rather than a decode error.
+            Err(FrameError::Decode(_)) if legacy_hello(&rbuf).is_some() => {
+                let old = VersionRange::only(legacy_hello(&rbuf).unwrap_or_default());
+                let reply = Response::Hello(self.agent.hello_reply(APP_VERSIONS.max));
+                let _ = write_message(&mut writer, &reply, &mut wbuf);
+                let m = Mismatch {
+                    ours: APP_VERSIONS,
+                    theirs: old,
+                };
+                log::warn!("{peer}: {}; closing", explain_app(&m));
                 return;
             }
             Err(e) => {
@@ -644,7 +675,7 @@ impl Server {
             // activity note, from the same instant.
             let started = Instant::now();
             self.activity.note(conn, started);
-            let call = Call::of(&req);
+            let call = req.call();
             let resp = self.agent.handle(&client, req);
             // Counted before the answer leaves, so a client that has its
             // answer finds it counted.
@@ -691,6 +722,38 @@ impl Server {
         let mut reader = BufReader::new(CredStream::new(&stream, peer.key.pid));
         let mut writer = &stream;
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
+        // The hello: the admin-protocol version, agreed once.
+        let first = read_message_within::<_, AdminRequest>(&mut reader, &mut rbuf, FRAME_BOUNDS);
+        let answer = match first {
+            _ if self.intruder(peer, reader.get_ref()) => return,
+            Ok(AdminRequest::Hello { versions }) => match admin_hello(versions) {
+                (answer, None) => answer,
+                (answer, Some(m)) => {
+                    let why = m.explain("admin", "this agent", "the keyward command");
+                    log::warn!("admin {peer}: {why}; closing");
+                    let _ = write_message(&mut writer, &answer, &mut wbuf);
+                    return;
+                }
+            },
+            // A keyward from before negotiated versions sends its request
+            // at once; it shows an `Err` text.
+            Ok(_) | Err(FrameError::Decode(_)) => {
+                log::warn!(
+                    "admin {peer}: a request without a version hello (an older keyward); closing"
+                );
+                let text = keyward_protocol::admin::hello_first(env!("CARGO_PKG_VERSION"));
+                let _ = write_message(&mut writer, &AdminResponse::Err(text), &mut wbuf);
+                return;
+            }
+            Err(e) => {
+                report(peer, &e);
+                return;
+            }
+        };
+        if let Err(e) = write_message(&mut writer, &answer, &mut wbuf) {
+            report(peer, &e);
+            return;
+        }
         loop {
             let req = match read_message_within::<_, AdminRequest>(
                 &mut reader,
@@ -708,6 +771,7 @@ impl Server {
             log::debug!("admin {peer}: {req:?}");
             let name = admin_request_name(&req);
             let resp = match req {
+                AdminRequest::Hello { versions } => admin_hello(versions).0,
                 AdminRequest::Status => {
                     let mut st = self.agent.status();
                     st.socket_events = self.socket_events();
@@ -727,10 +791,26 @@ impl Server {
     }
 }
 
+/// The answer to an admin `Hello`, and the mismatch when there is one.
+fn admin_hello(theirs: VersionRange) -> (AdminResponse, Option<Mismatch>) {
+    keyward_protocol::admin::answer_hello(theirs, env!("CARGO_PKG_VERSION"))
+}
+
+/// An application-protocol mismatch, for the log.
+fn explain_app(m: &Mismatch) -> String {
+    m.explain("application", "this agent", "the module")
+}
+
 /// Reads a refused peer's first frame (bounded in size and time) and, when
-/// it is a `Hello`, answers `CKR_TOKEN_NOT_PRESENT`.
+/// it is a `Hello`, answers `CKR_TOKEN_NOT_PRESENT`; on the admin socket,
+/// any first frame gets an error text that says why.
 fn answer_refused(r: Refused) {
-    let Refused { stream, peer, why } = r;
+    let Refused {
+        stream,
+        peer,
+        why,
+        admin,
+    } = r;
     if stream.set_read_timeout(Some(REFUSAL_READ)).is_err()
         || stream.set_write_timeout(Some(REFUSAL_READ)).is_err()
     {
@@ -741,6 +821,18 @@ fn answer_refused(r: Refused) {
         frame_time: Some(REFUSAL_READ),
         ..HELLO_BOUNDS
     };
+    if admin {
+        match read_message_within::<_, AdminRequest>(&mut &stream, &mut buf, bounds) {
+            Ok(_) | Err(FrameError::Decode(_)) => {
+                log::debug!("admin {peer}: answering its first request with a refusal ({why})");
+                let refusal =
+                    AdminResponse::Err(format!("keyward-agent refused this connection: {why}"));
+                let _ = write_message(&mut &stream, &refusal, &mut buf);
+            }
+            Err(_) => {}
+        }
+        return;
+    }
     if let Ok(Request::Hello { .. }) = read_message_within(&mut &stream, &mut buf, bounds) {
         log::debug!("{peer}: answering its Hello with no token ({why})");
         let refusal = Response::Err(cryptoki_sys::CKR_TOKEN_NOT_PRESENT);

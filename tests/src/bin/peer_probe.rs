@@ -20,17 +20,18 @@
 //!   accepts connections and prints `received: N` (bytes read from each)
 //!   when a connection closes or 2 s after the last byte; stops when
 //!   standard input closes.
-//! - `admin SOCKET`: sends an admin `Status` request; prints `admin: answered`
-//!   or `admin: closed`.
+//! - `admin SOCKET`: says the admin hello and sends a `Status` request;
+//!   prints `admin: answered` (a status came back), `admin: refused` (the
+//!   agent answered with an error text) or `admin: closed`.
 
 use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use keyward_protocol::admin::{AdminRequest, AdminResponse};
+use keyward_protocol::admin::{AdminRequest, AdminResponse, HelloError};
 use keyward_protocol::frame::{encode, read_message, MAGIC};
-use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, APP_VERSIONS, FRAME_VERSION, MAX_FRAME_LEN};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -47,13 +48,13 @@ fn frame(msg: &Request) -> Vec<u8> {
 
 fn hello() -> Vec<u8> {
     frame(&Request::Hello {
-        version: PROTOCOL_VERSION,
+        versions: APP_VERSIONS,
     })
 }
 
 fn huge_header() -> Vec<u8> {
     let mut h = MAGIC.to_vec();
-    h.extend(PROTOCOL_VERSION.to_le_bytes());
+    h.extend(FRAME_VERSION.to_le_bytes());
     h.extend((MAX_FRAME_LEN as u32).to_le_bytes());
     h
 }
@@ -229,13 +230,19 @@ fn admin(socket: &str) {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = Vec::new();
+    match keyward_protocol::admin::hello(&mut s, &mut buf) {
+        Ok(_) => {}
+        Err(HelloError::Agent(_)) => return say("admin", "refused"),
+        Err(_) => return say("admin", "closed"),
+    }
     encode(&AdminRequest::Status, &mut buf).expect("encode");
     if s.write_all(&buf).is_err() {
         say("admin", "closed");
         return;
     }
     match read_message::<_, AdminResponse>(&mut s, &mut buf) {
-        Ok(_) => say("admin", "answered"),
+        Ok(AdminResponse::Status(_)) => say("admin", "answered"),
+        Ok(_) => say("admin", "refused"),
         Err(_) => say("admin", "closed"),
     }
 }

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use cryptoki::object::Attribute;
 use cryptoki_sys::*;
 use keyward_protocol::frame::{encode, read_message};
-use keyward_protocol::{
-    AttrValue, Attribute as WireAttr, Request, Response, Value, PROTOCOL_VERSION,
-};
+use keyward_protocol::{AttrValue, Attribute as WireAttr, Request, Response, Value, APP_VERSIONS};
 use keyward_tests::admin::{install_policy, keyward_json, keyward_ok};
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
@@ -53,7 +51,7 @@ impl RawClient {
             buf: Vec::new(),
         };
         match c.call(&Request::Hello {
-            version: PROTOCOL_VERSION,
+            versions: APP_VERSIONS,
         }) {
             Response::Hello(_) => {}
             other => panic!("Hello answered {other:?}"),

@@ -38,4 +38,5 @@ mod policy;
 mod report;
 mod sessions_login;
 mod slots_tokens;
+mod versions;
 mod wire;

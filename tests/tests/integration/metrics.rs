@@ -390,9 +390,10 @@ keyward_test!(fn metrics_count_requests_admin_actions_and_show_keys(tb) {
     assert!(started <= now && started > now - 600.0, "start time {started}, now {now}");
     assert_eq!(
         active.get_value(&format!(
-            "keyward_build_info{{version=\"{}\",protocol=\"{}\"}}",
+            "keyward_build_info{{version=\"{}\",protocol=\"{}\",admin_protocol=\"{}\"}}",
             env!("CARGO_PKG_VERSION"),
-            keyward_protocol::PROTOCOL_VERSION
+            keyward_protocol::APP_VERSIONS.max,
+            keyward_protocol::ADMIN_VERSIONS.max
         )),
         1.0
     );

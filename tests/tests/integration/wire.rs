@@ -1,7 +1,7 @@
 //! Bad input on the agent's socket: a process that connects to
 //! `$KEYWARD_SOCKET` itself and sends garbage (bad magic, a huge length, a
 //! truncated frame, a valid header around an undecodable payload, another
-//! protocol version, a request before `Hello`) gets its connection closed,
+//! framing version, a request before `Hello`) gets its connection closed,
 //! and the agent goes on serving the module — in the same test, a cryptoki
 //! session opened before the garbage still signs, and so does a new one.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::session::Session;
 use keyward_protocol::frame::{encode, read_message, MAGIC};
-use keyward_protocol::{Request, Response, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use keyward_protocol::{Request, Response, APP_VERSIONS, FRAME_VERSION, MAX_FRAME_LEN};
 use keyward_tests::p11::{ec_pair, Ctx, P256_PARAMS};
 use keyward_tests::{keyward_test, Env};
 
@@ -44,12 +44,12 @@ fn frame(msg: &Request) -> Vec<u8> {
 fn hello(tb: &Env) -> UnixStream {
     let mut s = connect(tb);
     s.write_all(&frame(&Request::Hello {
-        version: PROTOCOL_VERSION,
+        versions: APP_VERSIONS,
     }))
     .expect("send Hello");
     let mut buf = Vec::new();
     match read_message::<_, Response>(&mut s, &mut buf) {
-        Ok(Response::Hello(reply)) => assert_eq!(reply.version, PROTOCOL_VERSION),
+        Ok(Response::Hello(reply)) => assert_eq!(reply.version, APP_VERSIONS.max),
         other => panic!("the agent answered Hello with {other:?}"),
     }
     s
@@ -121,10 +121,10 @@ keyward_test!(fn garbage_on_the_socket_leaves_the_agent_serving(tb) {
     // Before any Hello.
     refused(connect(&tb), b"GET / HTTP/1.1\r\nHost: keyward\r\n\r\n", "bad magic");
     refused(connect(&tb), &[0u8; 64], "zero bytes");
-    refused(connect(&tb), &header(MAGIC, PROTOCOL_VERSION, u32::MAX), "a length of 4 GiB");
-    refused(connect(&tb), &header(MAGIC, PROTOCOL_VERSION, MAX_FRAME_LEN as u32 + 1), "a length just over the limit");
-    refused(connect(&tb), &header(MAGIC, PROTOCOL_VERSION.wrapping_add(7), 1), "another protocol version");
-    let mut undecodable = header(MAGIC, PROTOCOL_VERSION, 16);
+    refused(connect(&tb), &header(MAGIC, FRAME_VERSION, u32::MAX), "a length of 4 GiB");
+    refused(connect(&tb), &header(MAGIC, FRAME_VERSION, MAX_FRAME_LEN as u32 + 1), "a length just over the limit");
+    refused(connect(&tb), &header(MAGIC, FRAME_VERSION.wrapping_add(7), 1), "another framing version");
+    let mut undecodable = header(MAGIC, FRAME_VERSION, 16);
     undecodable.extend([0xff; 16]);
     refused(connect(&tb), &undecodable, "a valid header around an undecodable payload");
     refused(
@@ -133,7 +133,7 @@ keyward_test!(fn garbage_on_the_socket_leaves_the_agent_serving(tb) {
         "a request before Hello",
     );
     // A truncated frame, then the client closes its side.
-    let mut truncated = header(MAGIC, PROTOCOL_VERSION, 100);
+    let mut truncated = header(MAGIC, FRAME_VERSION, 100);
     truncated.extend([1u8; 10]);
     {
         let mut c = connect(&tb);
@@ -152,7 +152,7 @@ keyward_test!(fn garbage_on_the_socket_leaves_the_agent_serving(tb) {
 
     // The same after a proper Hello.
     refused(hello(&tb), b"\x00\x01garbage-after-hello", "bad magic after Hello");
-    refused(hello(&tb), &header(MAGIC, PROTOCOL_VERSION, u32::MAX), "a length of 4 GiB after Hello");
+    refused(hello(&tb), &header(MAGIC, FRAME_VERSION, u32::MAX), "a length of 4 GiB after Hello");
     refused(hello(&tb), &undecodable, "an undecodable payload after Hello");
     let mut trailing = frame(&Request::GetSlotList { token_present: true });
     let len = u32::from_le_bytes([trailing[4], trailing[5], trailing[6], trailing[7]]) + 3;
