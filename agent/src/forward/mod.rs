@@ -15,8 +15,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use cryptoki_sys as ck;
+use keyward_protocol::message::OpInit;
+use keyward_protocol::{Attribute, Secret};
+use keyward_protocol::{Handler, VersionRange, VersionRefusal, APP_VERSIONS};
 use keyward_protocol::{HelloReply, MechParam, Mechanism, Op, Request, Response};
-use keyward_protocol::{VersionRange, VersionRefusal, APP_VERSIONS};
 
 use crate::clients::{Client, Login, ObjectRef, Session, Slot};
 use crate::error::{Error, Result};
@@ -30,6 +32,7 @@ pub mod objects;
 pub mod random;
 pub mod sessions;
 pub mod slots;
+
 #[cfg(test)]
 mod tests;
 
@@ -97,143 +100,7 @@ impl Agent {
         if let Some(mechanism) = req.mechanism() {
             self.check_mechanism(client, mechanism)?;
         }
-        match req {
-            Request::Hello { versions } => Ok(self.hello(versions)),
-            Request::GetSlotList { token_present } => self.get_slot_list(client, token_present),
-            Request::GetSlotInfo { slot } => self.slot_info(slot),
-            Request::GetTokenInfo { slot } => self.token_info(client, slot),
-            Request::GetMechanismList { slot } => self.get_mechanism_list(client, slot),
-            Request::GetMechanismInfo { slot, mechanism } => {
-                self.get_mechanism_info(client, slot, mechanism)
-            }
-            Request::InitToken {
-                slot,
-                so_pin,
-                label,
-            } => self.init_token(client, slot, so_pin, label),
-            Request::InitPin { session, pin } => self.init_pin(client, session, pin),
-            Request::SetPin {
-                session,
-                old_pin,
-                new_pin,
-            } => self.set_pin(client, session, old_pin, new_pin),
-            Request::OpenSession { slot, flags } => self.open_session(client, slot, flags),
-            Request::CloseSession { session } => self.close_session(client, session),
-            Request::CloseAllSessions { slot } => self.close_all_sessions(client, slot),
-            Request::GetSessionInfo { session } => self.get_session_info(client, session),
-            Request::Login {
-                session,
-                user_type,
-                pin,
-            } => self.login(client, session, user_type, pin),
-            Request::Logout { session } => self.logout(client, session),
-            Request::CreateObject { session, template } => {
-                self.create_object(client, session, template)
-            }
-            Request::CopyObject {
-                session,
-                object,
-                template,
-            } => self.copy_object(client, session, object, template),
-            Request::DestroyObject { session, object } => {
-                self.destroy_object(client, session, object)
-            }
-            Request::GetObjectSize { session, object } => {
-                self.get_object_size(client, session, object)
-            }
-            Request::GetAttributeValue {
-                session,
-                object,
-                types,
-            } => self.get_attribute_value(client, session, object, types),
-            Request::SetAttributeValue {
-                session,
-                object,
-                template,
-            } => self.set_attribute_value(client, session, object, template),
-            Request::FindObjects { session, template } => {
-                self.find_objects(client, session, template)
-            }
-            Request::OperationInit { session, op, init } => {
-                self.operation_init(client, session, op, init)
-            }
-            Request::Single {
-                session,
-                op,
-                init,
-                data,
-            } => self.single(client, session, op, init, data),
-            Request::Verify {
-                session,
-                init,
-                data,
-                signature,
-            } => self.verify(client, session, init, data, signature),
-            Request::Update {
-                session,
-                op,
-                init,
-                data,
-            } => self.update(client, session, op, init, data),
-            Request::DigestKey { session, key } => self.digest_key(client, session, key),
-            Request::Final {
-                session,
-                op,
-                init,
-                data,
-            } => self.final_(client, session, op, init, data),
-            Request::VerifyFinal {
-                session,
-                init,
-                data,
-                signature,
-            } => self.verify_final(client, session, init, data, signature),
-            Request::GenerateKey {
-                session,
-                mechanism,
-                template,
-            } => self.generate_key(client, session, mechanism, template),
-            Request::GenerateKeyPair {
-                session,
-                mechanism,
-                public_template,
-                private_template,
-            } => self.generate_key_pair(
-                client,
-                session,
-                mechanism,
-                public_template,
-                private_template,
-            ),
-            Request::WrapKey {
-                session,
-                mechanism,
-                wrapping_key,
-                key,
-            } => self.wrap_key(client, session, mechanism, wrapping_key, key),
-            Request::UnwrapKey {
-                session,
-                mechanism,
-                unwrapping_key,
-                wrapped_key,
-                template,
-            } => self.unwrap_key(
-                client,
-                session,
-                mechanism,
-                unwrapping_key,
-                wrapped_key,
-                template,
-            ),
-            Request::DeriveKey {
-                session,
-                mechanism,
-                base_key,
-                template,
-            } => self.derive_key(client, session, mechanism, base_key, template),
-            Request::SeedRandom { session, seed } => self.seed_random(client, session, seed),
-            Request::GenerateRandom { session, len } => self.generate_random(client, session, len),
-        }
+        keyward_protocol::dispatch(self, client, req)
     }
 
     /// The session and the client's login state on its token.
@@ -280,5 +147,298 @@ impl Agent {
             }
             _ => Ok(Cow::Borrowed(mechanism)),
         }
+    }
+}
+
+/// Each row of the call table (`keyward_protocol::calls`) to the method of
+/// its chapter that serves it: a row without its method does not compile.
+impl Handler for Agent {
+    type Client = Arc<Client>;
+    type Output = Result<Response>;
+
+    fn hello(&self, _: &Arc<Client>, versions: VersionRange) -> Result<Response> {
+        Ok(Agent::hello(self, versions))
+    }
+
+    fn get_slot_list(&self, client: &Arc<Client>, token_present: bool) -> Result<Response> {
+        Agent::get_slot_list(self, client, token_present)
+    }
+
+    fn get_slot_info(&self, _: &Arc<Client>, slot: u64) -> Result<Response> {
+        Agent::slot_info(self, slot)
+    }
+
+    fn get_token_info(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+        Agent::token_info(self, client, slot)
+    }
+
+    fn get_mechanism_list(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+        Agent::get_mechanism_list(self, client, slot)
+    }
+
+    fn get_mechanism_info(
+        &self,
+        client: &Arc<Client>,
+        slot: u64,
+        mechanism: u64,
+    ) -> Result<Response> {
+        Agent::get_mechanism_info(self, client, slot, mechanism)
+    }
+
+    fn init_token(
+        &self,
+        client: &Arc<Client>,
+        slot: u64,
+        so_pin: Secret,
+        label: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::init_token(self, client, slot, so_pin, label)
+    }
+
+    fn init_pin(&self, client: &Arc<Client>, session: u64, pin: Secret) -> Result<Response> {
+        Agent::init_pin(self, client, session, pin)
+    }
+
+    fn set_pin(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        old_pin: Secret,
+        new_pin: Secret,
+    ) -> Result<Response> {
+        Agent::set_pin(self, client, session, old_pin, new_pin)
+    }
+
+    fn open_session(&self, client: &Arc<Client>, slot: u64, flags: u64) -> Result<Response> {
+        Agent::open_session(self, client, slot, flags)
+    }
+
+    fn close_session(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+        Agent::close_session(self, client, session)
+    }
+
+    fn close_all_sessions(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+        Agent::close_all_sessions(self, client, slot)
+    }
+
+    fn get_session_info(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+        Agent::get_session_info(self, client, session)
+    }
+
+    fn login(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        user_type: u64,
+        pin: Option<Secret>,
+    ) -> Result<Response> {
+        Agent::login(self, client, session, user_type, pin)
+    }
+
+    fn logout(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+        Agent::logout(self, client, session)
+    }
+
+    fn create_object(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::create_object(self, client, session, template)
+    }
+
+    fn copy_object(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        object: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::copy_object(self, client, session, object, template)
+    }
+
+    fn destroy_object(&self, client: &Arc<Client>, session: u64, object: u64) -> Result<Response> {
+        Agent::destroy_object(self, client, session, object)
+    }
+
+    fn get_object_size(&self, client: &Arc<Client>, session: u64, object: u64) -> Result<Response> {
+        Agent::get_object_size(self, client, session, object)
+    }
+
+    fn get_attribute_value(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        object: u64,
+        types: Vec<u64>,
+    ) -> Result<Response> {
+        Agent::get_attribute_value(self, client, session, object, types)
+    }
+
+    fn set_attribute_value(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        object: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::set_attribute_value(self, client, session, object, template)
+    }
+
+    fn find_objects(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::find_objects(self, client, session, template)
+    }
+
+    fn operation_init(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: OpInit,
+    ) -> Result<Response> {
+        Agent::operation_init(self, client, session, op, init)
+    }
+
+    fn single(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::single(self, client, session, op, init, data)
+    }
+
+    fn verify(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::verify(self, client, session, init, data, signature)
+    }
+
+    fn update(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::update(self, client, session, op, init, data)
+    }
+
+    fn digest_key(&self, client: &Arc<Client>, session: u64, key: u64) -> Result<Response> {
+        Agent::digest_key(self, client, session, key)
+    }
+
+    fn final_(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        op: Op,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::final_(self, client, session, op, init, data)
+    }
+
+    fn verify_final(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        init: Option<OpInit>,
+        data: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Response> {
+        Agent::verify_final(self, client, session, init, data, signature)
+    }
+
+    fn generate_key(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        mechanism: Mechanism,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::generate_key(self, client, session, mechanism, template)
+    }
+
+    fn generate_key_pair(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        mechanism: Mechanism,
+        public_template: Vec<Attribute>,
+        private_template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::generate_key_pair(
+            self,
+            client,
+            session,
+            mechanism,
+            public_template,
+            private_template,
+        )
+    }
+
+    fn wrap_key(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        mechanism: Mechanism,
+        wrapping_key: u64,
+        key: u64,
+    ) -> Result<Response> {
+        Agent::wrap_key(self, client, session, mechanism, wrapping_key, key)
+    }
+
+    fn unwrap_key(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        mechanism: Mechanism,
+        unwrapping_key: u64,
+        wrapped_key: Vec<u8>,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::unwrap_key(
+            self,
+            client,
+            session,
+            mechanism,
+            unwrapping_key,
+            wrapped_key,
+            template,
+        )
+    }
+
+    fn derive_key(
+        &self,
+        client: &Arc<Client>,
+        session: u64,
+        mechanism: Mechanism,
+        base_key: u64,
+        template: Vec<Attribute>,
+    ) -> Result<Response> {
+        Agent::derive_key(self, client, session, mechanism, base_key, template)
+    }
+
+    fn seed_random(&self, client: &Arc<Client>, session: u64, seed: Vec<u8>) -> Result<Response> {
+        Agent::seed_random(self, client, session, seed)
+    }
+
+    fn generate_random(&self, client: &Arc<Client>, session: u64, len: u64) -> Result<Response> {
+        Agent::generate_random(self, client, session, len)
     }
 }
