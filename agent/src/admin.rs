@@ -678,19 +678,37 @@ fn actor(admin: &Peer) -> String {
 impl Agent {
     /// Answers one key-management request of administrator `admin`. Every
     /// action is logged with the administrator at info, refusals at warn.
+    ///
+    /// What the trail keeps: a request that changes something, uses a key
+    /// or reads the HSM has two admin records, named by the request
+    /// (`key.suspend`, `grant.add`, ...): `requested: <what it does>`,
+    /// written durably before anything is done (an action the trail cannot
+    /// record is not taken), and its outcome. A read-only request
+    /// ([`KeyRequest::is_read_only`]: `key.list`, `key.show`, `grant.list`,
+    /// `app.list`) has none: it changes nothing and shows only what the
+    /// admin socket's users may see anyway, and monitoring that polls it
+    /// would bury the actions in the trail. It is logged at info.
     pub fn key_request(&self, admin: &Peer, req: KeyRequest) -> AdminResponse {
-        let what = format!("{req:?}");
-        let operation = what
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or("key")
-            .to_owned();
+        let (operation, what) = (req.name(), req.describe());
+        if req.is_read_only() {
+            log::info!("admin {admin}: {operation}: {what}");
+            return match self.key_call(admin, req) {
+                Ok(resp) => AdminResponse::Key(Box::new(resp)),
+                Err(e) => {
+                    log::warn!("admin {admin}: {operation}: {what}: {}", e.message);
+                    AdminResponse::KeyErr {
+                        kind: e.kind,
+                        message: e.message,
+                    }
+                }
+            };
+        }
         let (token, key) = request_target(&req);
         let admin_event = |result: u64, reason: &str| {
             let mut e = crate::audit::event(
                 keyward_inventory::AuditKind::Admin,
                 crate::audit::administrator(admin),
-                &format!("key {operation}"),
+                operation,
             );
             e.token = token.clone();
             e.key = key.clone();
@@ -710,7 +728,7 @@ impl Agent {
         }
         let (response, result, reason) = match self.key_call(admin, req) {
             Ok(resp) => {
-                log::info!("admin {admin}: {what}: done");
+                log::info!("admin {admin}: {operation}: {what}: done");
                 let pending = matches!(resp, KeyResponse::Pending(_));
                 let reason = if pending {
                     "needs approval: request recorded"
@@ -720,8 +738,8 @@ impl Agent {
                 (AdminResponse::Key(Box::new(resp)), 0, reason.to_owned())
             }
             Err(e) => {
-                log::warn!("admin {admin}: {what}: {:?}: {}", e.kind, e.message);
-                let reason = format!("{:?}: {}", e.kind, e.message);
+                let reason = format!("{}: {}", e.kind.as_str(), e.message);
+                log::warn!("admin {admin}: {operation}: {what}: {reason}");
                 let response = AdminResponse::KeyErr {
                     kind: e.kind,
                     message: e.message,
@@ -730,7 +748,9 @@ impl Agent {
             }
         };
         if let Err(why) = self.audit.durable(admin_event(result, &reason)) {
-            log::error!("admin {admin}: {what}: the outcome could not be recorded: {why}");
+            log::error!(
+                "admin {admin}: {operation}: {what}: the outcome could not be recorded: {why}"
+            );
         }
         response
     }

@@ -1113,10 +1113,76 @@ impl crate::agent::Agent {
         let _ = self.audit.durable(e);
     }
 
-    /// Answers one audit request of administrator `admin`.
+    /// Answers one audit request of administrator `admin`, and records
+    /// that the trail was read (see [`Agent::audit_read`]); the polls of
+    /// `audit tail --follow` (a tail after a record) are not recorded: each
+    /// would return the record of the one before, for ever.
     pub fn audit_request(
         &self,
         admin: &Peer,
+        req: keyward_protocol::admin::AuditRequest,
+    ) -> keyward_protocol::admin::AdminResponse {
+        use keyward_protocol::admin::AuditRequest;
+        let (operation, what) = (req.name(), req.describe());
+        let poll = matches!(
+            req,
+            AuditRequest::Tail {
+                after_seq: Some(_),
+                ..
+            }
+        );
+        if poll {
+            log::debug!("admin {admin}: {operation}: {what}");
+        } else {
+            log::info!("admin {admin}: {operation}: {what}");
+        }
+        let resp = self.answer_audit(req);
+        if !poll {
+            self.audit_read(admin, operation, &what, &resp);
+        }
+        resp
+    }
+
+    /// What the trail keeps of a read-only admin request: reads of the
+    /// trail (`audit.verify`, `audit.anchor`, `audit.tail`, `audit.query`)
+    /// and `report.make` have one admin record, written after the answer,
+    /// with what was asked and what came of it. Whoever reads the trail or
+    /// the usage report sees who used which key, and when: an auditor asks
+    /// who looked. Nothing is changed, so nothing waits for the record.
+    /// Reads of the inventory and the policy (`key.list`, `key.show`,
+    /// `grant.list`, `app.list`) and `agent.status` have none (see
+    /// [`Agent::key_request`]).
+    pub fn audit_read(
+        &self,
+        admin: &Peer,
+        operation: &str,
+        what: &str,
+        resp: &keyward_protocol::admin::AdminResponse,
+    ) {
+        use keyward_protocol::admin::{AdminResponse as R, AuditResponse};
+        let (result, outcome) = match resp {
+            R::Err(m) | R::KeyErr { message: m, .. } => {
+                (cryptoki_sys::CKR_FUNCTION_FAILED, m.clone())
+            }
+            R::Audit(a) => match &**a {
+                AuditResponse::Records(r) => (0, count(r.len(), "record")),
+                AuditResponse::Anchor(a) => (0, format!("sealed through record {}", a.seq)),
+                AuditResponse::Verified(v) => match &v.first_bad {
+                    None => (0, format!("intact, {}", count(v.records, "record"))),
+                    Some(b) => (0, format!("broken at record {}: {}", b.seq, b.problem)),
+                },
+            },
+            R::Report(r) => (0, count(r.keys.len(), "key")),
+            R::Status(_) | R::Key(_) => (0, "done".to_owned()),
+        };
+        let mut e = event(AuditKind::Admin, administrator(admin), operation);
+        e.result = result;
+        e.reason = format!("{what}: {outcome}").chars().take(4096).collect();
+        self.audit.record(e);
+    }
+
+    fn answer_audit(
+        &self,
         req: keyward_protocol::admin::AuditRequest,
     ) -> keyward_protocol::admin::AdminResponse {
         use keyward_inventory::{AuditFilter, ResultFilter};
@@ -1124,7 +1190,6 @@ impl crate::agent::Agent {
             AdminErrorKind, AdminResponse, AuditProblem, AuditRequest, AuditResponse,
             AuditVerification,
         };
-        log::info!("admin {admin}: audit {req:?}");
         // What is queued belongs in what the administrator reads.
         self.audit.flush();
         let log = self.audit.log();
@@ -1224,6 +1289,16 @@ impl crate::agent::Agent {
                 ..AuditFilter::default()
             })),
         }
+    }
+}
+
+/// `1 record`, `2 records`.
+fn count(n: impl TryInto<u64>, what: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

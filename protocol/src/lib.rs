@@ -10,6 +10,7 @@
 //! - [`types`]: mechanisms with typed parameters, slot / token / session info.
 //! - [`message`]: the application-facing calls ([`Request`], [`Response`]).
 //! - [`admin`]: the administrator API spoken on the agent's admin socket.
+//! - [`names`]: each admin request's stable name and what it does in words.
 //!
 //! Every `CK_ULONG` travels as `u64`; output buffers never travel (the agent
 //! returns the whole result and the module applies the caller's buffer-size
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod attr;
 pub mod frame;
 pub mod message;
+pub mod names;
 pub mod types;
 
 pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, ShapeError, Value};

@@ -1573,10 +1573,10 @@ mod tests {
                 last: vec![AdminFailure {
                     seq: 42,
                     at: T0,
-                    operation: "key Create".into(),
+                    operation: "key.create".into(),
                     key: Some("x".into()),
                     uid: Some(0),
-                    reason: "NotFound: no key class \"nope\"".into(),
+                    reason: "not found: no key class \"nope\"".into(),
                 }],
             },
             unmanaged: vec![UnmanagedUsage {
@@ -1612,7 +1612,8 @@ mod tests {
                 "  anomalies:        none (learning: no use in the baseline yet)\n",
                 "rotation compliance: 50% (1 of 2 active keys not overdue); overdue: prod/old\n",
                 "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n",
-                "key Create",
+                "key.create",
+                "not found: no key class",
                 "unmanaged objects:\n",
                 "id:0102",
                 "anomalies: 1\n",
