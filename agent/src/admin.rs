@@ -261,19 +261,6 @@ fn mech_name(m: u64) -> String {
     keyward_policy::mechanism_name(m).map_or_else(|| format!("{m:#x}"), str::to_owned)
 }
 
-/// DER of a curve's object identifier, as in `CKA_EC_PARAMS`.
-fn curve_oid(curve: Curve) -> &'static [u8] {
-    match curve {
-        Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-        Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-        Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
-        Curve::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
-        Curve::Ed448 => &[0x06, 0x03, 0x2b, 0x65, 0x71],
-        Curve::X25519 => &[0x06, 0x03, 0x2b, 0x65, 0x6e],
-        Curve::X448 => &[0x06, 0x03, 0x2b, 0x65, 0x6f],
-    }
-}
-
 /// What generates a key of `alg`: a key pair (mechanism, public-only
 /// attributes) or a secret key (mechanism, `CKA_VALUE_LEN`).
 enum Recipe {
@@ -282,10 +269,10 @@ enum Recipe {
 }
 
 fn recipe(alg: Algorithm) -> Recipe {
-    let ec = |mech, curve| {
+    let ec = |mech, curve: Curve| {
         Recipe::Pair(
             mech,
-            vec![Attribute::bytes(ck::CKA_EC_PARAMS, curve_oid(curve))],
+            vec![Attribute::bytes(ck::CKA_EC_PARAMS, curve.ec_params())],
         )
     };
     match alg {
