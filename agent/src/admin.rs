@@ -811,7 +811,10 @@ impl Agent {
             } => {
                 let t = self.target(token.as_deref(), &key)?;
                 let done = self.grant_add(&t, &application, &operations, until, &who)?;
-                let until = until.map_or_else(|| "no end".to_owned(), |u| format!("until {u}"));
+                let until = until.map_or_else(
+                    || "no end".to_owned(),
+                    |u| format!("until {}", keyward_protocol::names::utc(u)),
+                );
                 let reason = format!(
                     "application {application:?}, operations [{}], {until}",
                     operations.join(", ")

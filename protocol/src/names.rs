@@ -367,8 +367,9 @@ fn clean(text: &str) -> String {
     out
 }
 
-/// Unix seconds as `2026-12-01 00:00:00 UTC`.
-fn utc(secs: i64) -> String {
+/// Unix seconds as descriptions show them: `2026-12-01 00:00:00 UTC`
+/// (`unix time N` outside years -9999 to 9999).
+pub fn utc(secs: i64) -> String {
     jiff::Timestamp::from_second(secs).map_or_else(
         |_| format!("unix time {secs}"),
         |t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),

@@ -102,6 +102,11 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
             (operation.to_owned(), "done".to_owned(), 0),
         ]
     };
+    // The grant record says until when, in words.
+    assert!(
+        lines.lines().any(|l| l.contains("\"grant add\"") && l.contains("until 2100-01-01 00:00:00 UTC")),
+        "{lines}"
+    );
     let mut want = Vec::new();
     want.extend(action("key.create", "create worded (class hidden, the class's first algorithm)"));
     want.extend(action("key.activate", "activate worded"));
