@@ -1114,7 +1114,7 @@ impl crate::agent::Agent {
     }
 
     /// Answers one audit request of administrator `admin`, and records
-    /// that the trail was read (see [`Agent::audit_read`]); the polls of
+    /// that the trail was read (see [`Self::audit_read`]); the polls of
     /// `audit tail --follow` (a tail after a record) are not recorded: each
     /// would return the record of the one before, for ever.
     pub fn audit_request(
@@ -1151,7 +1151,7 @@ impl crate::agent::Agent {
     /// who looked. Nothing is changed, so nothing waits for the record.
     /// Reads of the inventory and the policy (`key.list`, `key.show`,
     /// `grant.list`, `app.list`) and `agent.status` have none (see
-    /// [`Agent::key_request`]).
+    /// [`Self::key_request`]).
     pub fn audit_read(
         &self,
         admin: &Peer,
