@@ -453,12 +453,11 @@ pub fn verification(v: &AuditVerification) -> String {
 /// its one-line text form under `anchor`, which `audit verify --anchor`
 /// reads from such a document too.
 pub fn anchor_json(a: &keyward_protocol::admin::AuditAnchor) -> serde_json::Value {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     serde_json::json!({
         "seq": a.seq,
-        "head": hex(&a.head),
+        "head": hex::encode(a.head),
         "created_at": a.created_at,
-        "signature": hex(&a.signature),
+        "signature": hex::encode(&a.signature),
         "anchor": a.to_line(),
     })
 }
