@@ -110,9 +110,19 @@ fn actions_are_named_and_described_reads_are_not_recorded() {
 }
 
 #[test]
-fn a_trail_read_is_one_record_and_follow_polls_none() {
+fn a_trail_read_is_one_record_and_a_follow_poll_only_with_news() {
     let (_d, a) = mock_agent(POLICY);
     let admin = admin_peer();
+    key(
+        &a,
+        KeyRequest::Create {
+            name: "k".into(),
+            class: "signing".into(),
+            algorithm: None,
+            token: None,
+            owner: None,
+        },
+    );
     let start = admin_records(&a).len();
     let resp = a.audit_request(
         &admin,
@@ -131,18 +141,40 @@ fn a_trail_read_is_one_record_and_follow_polls_none() {
         "{reason}"
     );
     assert_eq!(*result, 0);
-    // The polls of `audit tail --follow` would each return the record of
-    // the one before: they are not recorded.
-    for _ in 0..3 {
+    // A poll of `audit tail --follow` that brings news is recorded; the
+    // next one returns only that record and is not (else each poll would
+    // return the record of the one before, for ever); an empty one is not.
+    let poll = |after: u64| {
         a.audit_request(
             &admin,
             AuditRequest::Tail {
                 n: 1000,
-                after_seq: Some(0),
+                after_seq: Some(after),
             },
-        );
-    }
-    assert_eq!(admin_records(&a).len(), start + 1);
+        )
+    };
+    let head = |resp: &AdminResponse| match resp {
+        AdminResponse::Audit(r) => match &**r {
+            keyward_protocol::admin::AuditResponse::Records(r) => r.iter().map(|r| r.seq).max(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let all = poll(0);
+    let last = head(&all).expect("the trail has records");
+    let records = admin_records(&a);
+    assert_eq!(records.len(), start + 2, "a poll that read the trail");
+    let (operation, reason, _) = records.last().unwrap();
+    assert_eq!(operation, "audit.tail");
+    assert!(
+        reason.starts_with("read at most 1000 audit records after record 0: "),
+        "{reason}"
+    );
+    let only_its_record = poll(last);
+    let last = head(&only_its_record).expect("the poll's own record");
+    assert_eq!(admin_records(&a).len(), start + 2);
+    assert_eq!(head(&poll(last)), None);
+    assert_eq!(admin_records(&a).len(), start + 2);
     a.audit_request(&admin, AuditRequest::Verify);
     let records = admin_records(&a);
     let (operation, reason, _) = records.last().unwrap();

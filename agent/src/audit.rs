@@ -1114,15 +1114,18 @@ impl crate::agent::Agent {
     }
 
     /// Answers one audit request of administrator `admin`, and records
-    /// that the trail was read (see [`Self::audit_read`]); the polls of
-    /// `audit tail --follow` (a tail after a record) are not recorded: each
-    /// would return the record of the one before, for ever.
+    /// that the trail was read (see [`Self::audit_read`]). A tail after a
+    /// record (a poll of `audit tail --follow`) is recorded only when it
+    /// returned a record that is not itself such a tail's: each poll would
+    /// otherwise return the record of the one before, for ever. So a follow
+    /// adds one record per poll that brought it news, none while it idles,
+    /// and no tail after a record reads the trail unrecorded.
     pub fn audit_request(
         &self,
         admin: &Peer,
         req: keyward_protocol::admin::AuditRequest,
     ) -> keyward_protocol::admin::AdminResponse {
-        use keyward_protocol::admin::AuditRequest;
+        use keyward_protocol::admin::{AdminResponse, AuditRequest, AuditResponse};
         let (operation, what) = (req.name(), req.describe());
         let poll = matches!(
             req,
@@ -1137,7 +1140,19 @@ impl crate::agent::Agent {
             log::info!("admin {admin}: {operation}: {what}");
         }
         let resp = self.answer_audit(req);
-        if !poll {
+        let news = |records: &[keyward_protocol::admin::AuditRecordInfo]| {
+            records
+                .iter()
+                .any(|r| !(r.kind == AuditKind::Admin.as_str() && r.operation == operation))
+        };
+        let record = match &resp {
+            AdminResponse::Audit(a) if poll => match &**a {
+                AuditResponse::Records(r) => news(r),
+                _ => true,
+            },
+            _ => true,
+        };
+        if record {
             self.audit_read(admin, operation, &what, &resp);
         }
         resp

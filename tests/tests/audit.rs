@@ -6,7 +6,9 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_tests::admin::{find, keyward_json, keyward_ok, strict_policy, APPLICATION};
+use keyward_tests::admin::{
+    find, keyward_bin, keyward_json, keyward_ok, strict_policy, APPLICATION,
+};
 use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
@@ -131,6 +133,59 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     for needed in ["report.make", "report on worded: the last 1h against the 7d before: 1 key", "audit.tail"] {
         assert!(text.contains(needed), "{needed:?} missing:\n{text}");
     }
+});
+
+// `audit tail --follow` is recorded when it starts and when a poll brings
+// news, not at every poll (each poll would otherwise show the record of
+// the one before it, for ever).
+keyward_test!(fn a_follow_is_recorded_at_its_start_and_news_not_at_every_poll(tb) {
+    tb.require_agent("the audit trail");
+    strict_policy(&tb);
+    keyward_ok(&tb, &["key", "create", "followed", "--class", "signing"], 0);
+    let mut follow = std::process::Command::new(keyward_bin(&tb))
+        .arg("--admin-socket")
+        .arg(&tb.admin_socket)
+        .args(["audit", "tail", "-n", "5", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keyward audit tail --follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().expect("the follow's output");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    // Its first answer (the header and the last records) is printed.
+    let mut printed = vec![rx.recv_timeout(wait).expect("the follow prints its first answer")];
+    keyward_ok(&tb, &["key", "activate", "followed"], 0);
+    while !printed.iter().any(|l| l.contains("key.activate") && l.contains("done")) {
+        printed.push(rx.recv_timeout(wait).unwrap_or_else(|e| panic!("the activation is not followed ({e}): {printed:#?}")));
+    }
+    assert!(printed.iter().any(|l| l.contains("requested: activate followed")), "{printed:#?}");
+    // Some four more polls, which find nothing new but their own records.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    follow.kill().expect("stop the follow");
+    follow.wait().expect("the follow ends");
+    reader.join().expect("the reader");
+
+    let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "1000"], 0);
+    let tails: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON record"))
+        .filter(|r| r.str_at("kind") == "admin" && r.str_at("operation") == "audit.tail")
+        .map(|r| r.str_at("reason").to_owned())
+        .collect();
+    // The start, and the one or two polls that brought the activation's
+    // records; not the polls that found nothing or only these records.
+    assert!((2..=3).contains(&tails.len()), "{tails:#?}");
+    assert!(tails[0].starts_with("read the last 5 audit records: "), "{tails:#?}");
+    assert!(tails[1..].iter().all(|t| t.starts_with("read at most 1000 audit records after record ")), "{tails:#?}");
 });
 
 keyward_test!(fn init_token_is_recorded_and_keeps_the_audit_key(tb) {
