@@ -978,11 +978,14 @@ fn writer(auditor: Weak<Auditor>) {
     }
 }
 
+/// How long one message to syslog may wait for room in its socket.
+const SYSLOG_SEND_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Forwards stored records to the local syslog socket, one JSON object per
 /// message (facility authpriv, severity notice; refusals and failures at
-/// warning). A socket that is missing or refuses is logged once per
-/// failure streak and tried again with the next batch; the trail itself
-/// never depends on it.
+/// warning). A socket that is missing, refuses, or is full for
+/// [`SYSLOG_SEND_TIMEOUT`] is logged once per failure streak and tried
+/// again with the next batch; the trail itself never depends on it.
 struct Syslog {
     path: std::path::PathBuf,
     logger: Option<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
@@ -1050,8 +1053,18 @@ impl Syslog {
                 process: "keyward-agent".into(),
                 pid: std::process::id(),
             };
-            self.logger =
-                Some(syslog::unix_custom(formatter, &self.path).map_err(|e| e.to_string())?);
+            let logger = syslog::unix_custom(formatter, &self.path).map_err(|e| e.to_string())?;
+            // A syslog that stops reading fills its queue; a send then
+            // waits at most this long instead of stalling the trail's writer.
+            match &logger.backend {
+                syslog::LoggerBackend::Unix(s) => s.set_write_timeout(Some(SYSLOG_SEND_TIMEOUT)),
+                syslog::LoggerBackend::UnixStream(s) => {
+                    s.get_ref().set_write_timeout(Some(SYSLOG_SEND_TIMEOUT))
+                }
+                _ => Ok(()),
+            }
+            .map_err(|e| e.to_string())?;
+            self.logger = Some(logger);
         }
         self.logger.as_mut().ok_or_else(|| "not connected".into())
     }
