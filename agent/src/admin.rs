@@ -252,19 +252,6 @@ fn mech_name(m: u64) -> String {
     keyward_policy::mechanism_name(m).map_or_else(|| format!("{m:#x}"), str::to_owned)
 }
 
-/// DER of a curve's object identifier, as in `CKA_EC_PARAMS`.
-fn curve_oid(curve: Curve) -> &'static [u8] {
-    match curve {
-        Curve::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-        Curve::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-        Curve::P521 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23],
-        Curve::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
-        Curve::Ed448 => &[0x06, 0x03, 0x2b, 0x65, 0x71],
-        Curve::X25519 => &[0x06, 0x03, 0x2b, 0x65, 0x6e],
-        Curve::X448 => &[0x06, 0x03, 0x2b, 0x65, 0x6f],
-    }
-}
-
 /// What generates a key of `alg`: a key pair (mechanism, public-only
 /// attributes) or a secret key (mechanism, `CKA_VALUE_LEN`).
 enum Recipe {
@@ -273,10 +260,10 @@ enum Recipe {
 }
 
 fn recipe(alg: Algorithm) -> Recipe {
-    let ec = |mech, curve| {
+    let ec = |mech, curve: Curve| {
         Recipe::Pair(
             mech,
-            vec![Attribute::bytes(ck::CKA_EC_PARAMS, curve_oid(curve))],
+            vec![Attribute::bytes(ck::CKA_EC_PARAMS, curve.ec_params())],
         )
     };
     match alg {
@@ -700,19 +687,37 @@ fn actor(admin: &Peer) -> String {
 impl Agent {
     /// Answers one key-management request of administrator `admin`. Every
     /// action is logged with the administrator at info, refusals at warn.
+    ///
+    /// What the trail keeps: a request that changes something, uses a key
+    /// or reads the HSM has two admin records, named by the request
+    /// (`key.suspend`, `grant.add`, ...): `requested: <what it does>`,
+    /// written durably before anything is done (an action the trail cannot
+    /// record is not taken), and its outcome. A read-only request
+    /// ([`KeyRequest::is_read_only`]: `key.list`, `key.show`, `grant.list`,
+    /// `app.list`) has none: it changes nothing and shows only what the
+    /// admin socket's users may see anyway, and monitoring that polls it
+    /// would bury the actions in the trail. It is logged at info.
     pub fn key_request(&self, admin: &Peer, req: KeyRequest) -> AdminResponse {
-        let what = format!("{req:?}");
-        let operation = what
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or("key")
-            .to_owned();
+        let (operation, what) = (req.name(), req.describe());
+        if req.is_read_only() {
+            log::info!("admin {admin}: {operation}: {what}");
+            return match self.key_call(admin, req) {
+                Ok(resp) => AdminResponse::Key(Box::new(resp)),
+                Err(e) => {
+                    log::warn!("admin {admin}: {operation}: {what}: {}", e.message);
+                    AdminResponse::KeyErr {
+                        kind: e.kind,
+                        message: e.message,
+                    }
+                }
+            };
+        }
         let (token, key) = request_target(&req);
         let admin_event = |result: u64, reason: &str| {
             let mut e = crate::audit::event(
                 keyward_inventory::AuditKind::Admin,
                 admin.as_administrator(),
-                &format!("key {operation}"),
+                operation,
             );
             e.token = token.clone();
             e.key = key.clone();
@@ -732,7 +737,7 @@ impl Agent {
         }
         let (response, result, reason) = match self.key_call(admin, req) {
             Ok(resp) => {
-                log::info!("admin {admin}: {what}: done");
+                log::info!("admin {admin}: {operation}: {what}: done");
                 let pending = matches!(resp, KeyResponse::Pending(_));
                 let reason = if pending {
                     "needs approval: request recorded"
@@ -742,8 +747,8 @@ impl Agent {
                 (AdminResponse::Key(Box::new(resp)), 0, reason.to_owned())
             }
             Err(e) => {
-                log::warn!("admin {admin}: {what}: {:?}: {}", e.kind, e.message);
-                let reason = format!("{:?}: {}", e.kind, e.message);
+                let reason = format!("{}: {}", e.kind.as_str(), e.message);
+                log::warn!("admin {admin}: {operation}: {what}: {reason}");
                 let response = AdminResponse::KeyErr {
                     kind: e.kind,
                     message: e.message,
@@ -752,7 +757,9 @@ impl Agent {
             }
         };
         if let Err(why) = self.audit.durable(admin_event(result, &reason)) {
-            log::error!("admin {admin}: {what}: the outcome could not be recorded: {why}");
+            log::error!(
+                "admin {admin}: {operation}: {what}: the outcome could not be recorded: {why}"
+            );
         }
         response
     }
@@ -812,7 +819,10 @@ impl Agent {
             } => {
                 let t = self.target(token.as_deref(), &key)?;
                 let done = self.grant_add(&t, &application, &operations, until, &who)?;
-                let until = until.map_or_else(|| "no end".to_owned(), |u| format!("until {u}"));
+                let until = until.map_or_else(
+                    || "no end".to_owned(),
+                    |u| format!("until {}", keyward_protocol::names::utc(u)),
+                );
                 let reason = format!(
                     "application {application:?}, operations [{}], {until}",
                     operations.join(", ")

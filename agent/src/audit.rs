@@ -999,11 +999,14 @@ fn writer(auditor: Weak<Auditor>) {
     }
 }
 
+/// How long one message to syslog may wait for room in its socket.
+const SYSLOG_SEND_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Forwards stored records to the local syslog socket, one JSON object per
 /// message (facility authpriv, severity notice; refusals and failures at
-/// warning). A socket that is missing or refuses is logged once per
-/// failure streak and tried again with the next batch; the trail itself
-/// never depends on it.
+/// warning). A socket that is missing, refuses, or is full for
+/// [`SYSLOG_SEND_TIMEOUT`] is logged once per failure streak and tried
+/// again with the next batch; the trail itself never depends on it.
 struct Syslog {
     path: std::path::PathBuf,
     logger: Option<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
@@ -1071,8 +1074,18 @@ impl Syslog {
                 process: "keyward-agent".into(),
                 pid: std::process::id(),
             };
-            self.logger =
-                Some(syslog::unix_custom(formatter, &self.path).map_err(|e| e.to_string())?);
+            let logger = syslog::unix_custom(formatter, &self.path).map_err(|e| e.to_string())?;
+            // A syslog that stops reading fills its queue; a send then
+            // waits at most this long instead of stalling the trail's writer.
+            match &logger.backend {
+                syslog::LoggerBackend::Unix(s) => s.set_write_timeout(Some(SYSLOG_SEND_TIMEOUT)),
+                syslog::LoggerBackend::UnixStream(s) => {
+                    s.get_ref().set_write_timeout(Some(SYSLOG_SEND_TIMEOUT))
+                }
+                _ => Ok(()),
+            }
+            .map_err(|e| e.to_string())?;
+            self.logger = Some(logger);
         }
         self.logger.as_mut().ok_or_else(|| "not connected".into())
     }
@@ -1134,10 +1147,93 @@ impl crate::agent::Agent {
         let _ = self.audit.durable(e);
     }
 
-    /// Answers one audit request of administrator `admin`.
+    /// Answers one audit request of administrator `admin`, and records
+    /// that the trail was read (see [`Self::audit_read`]). A tail after a
+    /// record (a poll of `audit tail --follow`) is recorded only when it
+    /// returned a record that is not itself such a tail's: each poll would
+    /// otherwise return the record of the one before, for ever. So a follow
+    /// adds one record per poll that brought it news, none while it idles,
+    /// and no tail after a record reads the trail unrecorded.
     pub fn audit_request(
         &self,
         admin: &Peer,
+        req: keyward_protocol::admin::AuditRequest,
+    ) -> keyward_protocol::admin::AdminResponse {
+        use keyward_protocol::admin::{AdminResponse, AuditRequest, AuditResponse};
+        let (operation, what) = (req.name(), req.describe());
+        let poll = matches!(
+            req,
+            AuditRequest::Tail {
+                after_seq: Some(_),
+                ..
+            }
+        );
+        if poll {
+            log::debug!("admin {admin}: {operation}: {what}");
+        } else {
+            log::info!("admin {admin}: {operation}: {what}");
+        }
+        let resp = self.answer_audit(req);
+        let news = |records: &[keyward_protocol::admin::AuditRecordInfo]| {
+            records
+                .iter()
+                .any(|r| !(r.kind == AuditKind::Admin.as_str() && r.operation == operation))
+        };
+        let record = match &resp {
+            AdminResponse::Audit(a) if poll => match &**a {
+                AuditResponse::Records(r) => news(r),
+                _ => true,
+            },
+            _ => true,
+        };
+        if record {
+            self.audit_read(admin, operation, &what, &resp);
+        }
+        resp
+    }
+
+    /// What the trail keeps of a read-only admin request: reads of the
+    /// trail (`audit.verify`, `audit.anchor`, `audit.tail`, `audit.query`)
+    /// and `report.make` have one admin record, written after the answer,
+    /// with what was asked and what came of it. Whoever reads the trail or
+    /// the usage report sees who used which key, and when: an auditor asks
+    /// who looked. Nothing is changed, so nothing waits for the record.
+    /// Reads of the inventory and the policy (`key.list`, `key.show`,
+    /// `grant.list`, `app.list`) and `agent.status` have none (see
+    /// [`Self::key_request`]).
+    pub fn audit_read(
+        &self,
+        admin: &Peer,
+        operation: &str,
+        what: &str,
+        resp: &keyward_protocol::admin::AdminResponse,
+    ) {
+        use keyward_protocol::admin::{AdminResponse as R, AuditResponse};
+        let (result, outcome) = match resp {
+            R::Err(m) | R::KeyErr { message: m, .. } => {
+                (cryptoki_sys::CKR_FUNCTION_FAILED, m.clone())
+            }
+            R::Audit(a) => match &**a {
+                AuditResponse::Records(r) => (0, count(r.len(), "record")),
+                AuditResponse::Anchor(a) => (0, format!("sealed through record {}", a.seq)),
+                AuditResponse::Verified(v) => match &v.first_bad {
+                    None => (0, format!("intact, {}", count(v.records, "record"))),
+                    Some(b) => (0, format!("broken at record {}: {}", b.seq, b.problem)),
+                },
+            },
+            R::Report(r) => (0, count(r.keys.len(), "key")),
+            R::Status(_) | R::Key(_) | R::Hello(_) | R::NoCommonVersion(_) => {
+                (0, "done".to_owned())
+            }
+        };
+        let mut e = event(AuditKind::Admin, admin.as_administrator(), operation);
+        e.result = result;
+        e.reason = format!("{what}: {outcome}").chars().take(4096).collect();
+        self.audit.record(e);
+    }
+
+    fn answer_audit(
+        &self,
         req: keyward_protocol::admin::AuditRequest,
     ) -> keyward_protocol::admin::AdminResponse {
         use keyward_inventory::{AuditFilter, ResultFilter};
@@ -1145,7 +1241,6 @@ impl crate::agent::Agent {
             AdminErrorKind, AdminResponse, AuditProblem, AuditRequest, AuditResponse,
             AuditVerification,
         };
-        log::info!("admin {admin}: audit {req:?}");
         // What is queued belongs in what the administrator reads.
         self.audit.flush();
         let log = self.audit.log();
@@ -1245,6 +1340,16 @@ impl crate::agent::Agent {
                 ..AuditFilter::default()
             })),
         }
+    }
+}
+
+/// `1 record`, `2 records`.
+fn count(n: impl TryInto<u64>, what: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

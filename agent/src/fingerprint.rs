@@ -98,6 +98,7 @@ pub fn fingerprint(
 /// certificate whose key is a managed key's is that key's certificate, and
 /// may carry its name and `CKA_ID`.
 pub fn certificate_fingerprint(der: &[u8]) -> Option<[u8; 32]> {
+    use const_oid::db::rfc5912;
     use x509_cert::der::{Decode, Encode};
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     let spki = &cert.tbs_certificate.subject_public_key_info;
@@ -108,29 +109,28 @@ pub fn certificate_fingerprint(der: &[u8]) -> Option<[u8; 32]> {
         h.update((b.len() as u64).to_be_bytes());
         h.update(b);
     };
-    match spki.algorithm.oid.to_string().as_str() {
+    let oid = spki.algorithm.oid;
+    if oid == rfc5912::ID_EC_PUBLIC_KEY {
         // id-ecPublicKey: CKA_EC_PARAMS is the curve's DER, CKA_EC_POINT
         // the point wrapped in an OCTET STRING.
-        "1.2.840.10045.2.1" => {
-            let params = spki.algorithm.parameters.as_ref()?.to_der().ok()?;
-            let point = x509_cert::der::asn1::OctetStringRef::new(key)
-                .ok()?
-                .to_der()
-                .ok()?;
-            part(b"pair");
-            part(&ck::CKK_EC.to_be_bytes());
-            part(&params);
-            part(&point);
-        }
+        let params = spki.algorithm.parameters.as_ref()?.to_der().ok()?;
+        let point = x509_cert::der::asn1::OctetStringRef::new(key)
+            .ok()?
+            .to_der()
+            .ok()?;
+        part(b"pair");
+        part(&ck::CKK_EC.to_be_bytes());
+        part(&params);
+        part(&point);
+    } else if oid == rfc5912::RSA_ENCRYPTION {
         // rsaEncryption: RSAPublicKey ::= SEQUENCE { modulus, exponent }.
-        "1.2.840.113549.1.1.1" => {
-            let (modulus, exponent) = rsa_public_key(key)?;
-            part(b"pair");
-            part(&ck::CKK_RSA.to_be_bytes());
-            part(unpadded(&modulus));
-            part(unpadded(&exponent));
-        }
-        _ => return None,
+        let (modulus, exponent) = rsa_public_key(key)?;
+        part(b"pair");
+        part(&ck::CKK_RSA.to_be_bytes());
+        part(unpadded(&modulus));
+        part(unpadded(&exponent));
+    } else {
+        return None;
     }
     Some(h.finalize().into())
 }

@@ -42,6 +42,8 @@
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
 pub mod admin;
+#[cfg(test)]
+mod admin_trail_tests;
 pub mod agent;
 pub mod audit;
 pub mod backend;

@@ -349,36 +349,11 @@ fn unix_secs_f64(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The `request` label of an admin request: its variant names in snake
-/// case (`status`, `key_create`, `key_transition`, `audit_verify`). Taken
-/// from the request's `Debug` form, as the audit trail's admin events do,
-/// so that a new kind of request is counted under its own name without a
-/// change here.
+/// The `request` label of an admin request: its stable name
+/// (`agent.status`, `key.create`, `key.suspend`, `audit.verify`; see
+/// [`keyward_protocol::names`]), as the audit trail's admin records name it.
 pub fn admin_request_name(req: &AdminRequest) -> String {
-    let debug = format!("{req:?}");
-    let mut name = String::new();
-    let mut rest = debug.as_str();
-    loop {
-        let end = rest
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(rest.len());
-        let (ident, after) = rest.split_at(end);
-        for (i, c) in ident.chars().enumerate() {
-            if c.is_ascii_uppercase() && (i > 0 || !name.is_empty()) {
-                name.push('_');
-            }
-            name.push(c.to_ascii_lowercase());
-        }
-        // `Key(Create { .. })`: the inner variant names the request too.
-        match after.strip_prefix('(') {
-            Some(inner) if inner.starts_with(|c: char| c.is_ascii_uppercase()) => rest = inner,
-            _ => break,
-        }
-    }
-    if name.is_empty() {
-        name.push_str("unknown");
-    }
-    name
+    req.name().to_owned()
 }
 
 /// What a metric family is.
@@ -1262,9 +1237,9 @@ mod tests {
     }
 
     #[test]
-    fn admin_requests_are_named_by_their_variants() {
+    fn admin_requests_are_named_by_their_stable_names() {
         use keyward_protocol::admin::{AuditRequest, KeyAction, KeyRequest};
-        assert_eq!(admin_request_name(&AdminRequest::Status), "status");
+        assert_eq!(admin_request_name(&AdminRequest::Status), "agent.status");
         let create = AdminRequest::Key(KeyRequest::Create {
             name: "x(Y)".into(),
             class: "c".into(),
@@ -1272,7 +1247,7 @@ mod tests {
             token: None,
             owner: None,
         });
-        assert_eq!(admin_request_name(&create), "key_create");
+        assert_eq!(admin_request_name(&create), "key.create");
         let grant = AdminRequest::Key(KeyRequest::GrantAdd {
             key: "k".into(),
             token: None,
@@ -1280,10 +1255,10 @@ mod tests {
             operations: vec![],
             until: None,
         });
-        assert_eq!(admin_request_name(&grant), "key_grant_add");
+        assert_eq!(admin_request_name(&grant), "grant.add");
         assert_eq!(
             admin_request_name(&AdminRequest::Key(KeyRequest::AppList)),
-            "key_app_list"
+            "app.list"
         );
         let t = AdminRequest::Key(KeyRequest::Transition {
             name: "k".into(),
@@ -1291,10 +1266,10 @@ mod tests {
             action: KeyAction::Activate,
             reason: None,
         });
-        assert_eq!(admin_request_name(&t), "key_transition");
+        assert_eq!(admin_request_name(&t), "key.activate");
         assert_eq!(
             admin_request_name(&AdminRequest::Audit(AuditRequest::Verify)),
-            "audit_verify"
+            "audit.verify"
         );
         let m = Metrics::new();
         m.record_admin("status".into(), &AdminResponse::Err("no".into()));

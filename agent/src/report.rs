@@ -48,7 +48,9 @@ pub const WRAP_USES: &[&str] = &["wrap"];
 pub const REVOCATIONS: &[&str] = &["revoke", "compromise"];
 /// The admin record of a revoke request: its operation, and what its
 /// `requested: ...` reason contains.
-const REVOKE_REQUEST: (&str, &str) = ("key Transition", "Revoke");
+const REVOKE_REQUEST: (&str, &str) = ("key.revoke", "revoke ");
+/// The same, as trails written before requests had names record it.
+const REVOKE_REQUEST_UNNAMED: (&str, &str) = ("key Transition", "Revoke");
 /// Failed administrator actions listed.
 pub const FAILED_ADMIN_SHOWN: usize = 5;
 /// Unmanaged objects listed.
@@ -527,9 +529,17 @@ fn failed_admin(failures: keyward_inventory::usage::Failures) -> FailedAdmin {
 
 impl Agent {
     /// Answers `keyward report` for administrator `admin`.
+    /// One admin record says who asked (see [`Agent::audit_read`]).
     pub fn report_request(&self, admin: &Peer, req: ReportRequest) -> AdminResponse {
-        log::info!("admin {admin}: report {req:?}");
-        match self.report(&req, SystemTime::now()) {
+        let what = req.describe();
+        log::info!("admin {admin}: report.make: {what}");
+        let resp = self.make_report(admin, &req);
+        self.audit_read(admin, "report.make", &what, &resp);
+        resp
+    }
+
+    fn make_report(&self, admin: &Peer, req: &ReportRequest) -> AdminResponse {
+        match self.report(req, SystemTime::now()) {
             Ok(r) => AdminResponse::Report(Box::new(r)),
             Err(e) => {
                 log::warn!("admin {admin}: report: {}", e.message);
@@ -736,15 +746,15 @@ impl Agent {
                 .as_deref()
                 .is_some_and(|k| about(key, e.token.as_deref(), k))
         }) {
-            let request = log
-                .request_before(
-                    &r.token,
-                    &r.name,
-                    row.seq,
-                    REVOKE_REQUEST.0,
-                    REVOKE_REQUEST.1,
-                )
-                .map_err(trail)?;
+            let mut request = None;
+            for (operation, contains) in [REVOKE_REQUEST, REVOKE_REQUEST_UNNAMED] {
+                let found = log
+                    .request_before(&r.token, &r.name, row.seq, operation, contains)
+                    .map_err(trail)?;
+                if found.as_ref().map(|f| f.seq) > request.as_ref().map(|q: &EventRow| q.seq) {
+                    request = found;
+                }
+            }
             let same = |g: &Group| match (&g.request, &request) {
                 (Some(a), Some(b)) => a.seq == b.seq,
                 (None, None) => g.first.at == row.at,

@@ -247,10 +247,7 @@ const CERT_HEX: &[&str] = &[
 ];
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    hex::decode(s).unwrap()
 }
 
 #[test]
@@ -426,6 +423,20 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
 
     #[test]
     fn figures_from_the_trail() {
+        figures_from_the_trail_with("key.revoke", "requested: revoke k: stolen");
+    }
+
+    /// Trails written before admin requests had names keep their
+    /// revocation latency.
+    #[test]
+    fn revocation_latency_from_a_trail_without_request_names() {
+        figures_from_the_trail_with(
+            "key Transition",
+            "requested: Transition { action: Revoke { rotate: false } }",
+        );
+    }
+
+    fn figures_from_the_trail_with(request_operation: &str, request_reason: &str) {
         let (_d, a) = agent();
         ok(
             &a,
@@ -457,14 +468,14 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
             span_us: 10,
             ..event(AuditKind::Use, at, "sign", Some(1))
         };
-        let mut requested = event(AuditKind::Admin, t - 20, "key Transition", None);
+        let mut requested = event(AuditKind::Admin, t - 20, request_operation, None);
         requested.actor = Actor::Administrator {
             uid: 0,
             pid: 1,
             exe: String::new(),
         };
         requested.token = None;
-        requested.reason = "requested: Transition { action: Revoke { rotate: false } }".into();
+        requested.reason = request_reason.into();
         // One revocation, as the agent records it: the key's change, each
         // version's (an emergency rotation's new version too).
         let lifecycle = |version: Option<u32>, reason: &str| {
@@ -543,7 +554,11 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
         assert!(!k.overdue);
         assert_eq!((r.rotation.active, r.rotation.compliant), (1, 1));
         assert_eq!(r.failed_admin.total, 1);
-        assert_eq!(r.failed_admin.last[0].operation, "key Transition");
+        assert_eq!(r.failed_admin.last[0].operation, "key.activate");
+        assert_eq!(
+            r.failed_admin.last[0].reason,
+            "refused: key kw/k: a active key cannot be activated"
+        );
         assert_eq!(r.unmanaged.len(), 1);
         assert_eq!(
             (r.unmanaged[0].object.as_str(), r.unmanaged[0].window),
@@ -589,5 +604,17 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
             AdminResponse::Report(r) => assert_eq!(r.keys.len(), 1),
             other => panic!("{other:?}"),
         }
+        // The report is one admin record: who asked, what, what came of it.
+        a.audit.flush();
+        let last = a.audit.log().tail(1).unwrap();
+        let e = &last[0].event;
+        assert_eq!(
+            (e.kind, e.operation.as_str()),
+            (AuditKind::Admin, "report.make")
+        );
+        assert_eq!(
+            e.reason,
+            "report on every key: the last 1h against the 7d before: 1 key"
+        );
     }
 }

@@ -1483,17 +1483,7 @@ mod hex_bytes {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        if text.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd-length hex"));
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                text.get(i..i + 2)
-                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                    .ok_or_else(|| serde::de::Error::custom("invalid hex"))
-            })
-            .collect()
+        hex::decode(text).map_err(|e| serde::de::Error::custom(format!("invalid hex: {e}")))
     }
 }
 

@@ -587,4 +587,22 @@ fn a_record_serialises_as_one_json_line_with_hex_hashes_and_back() {
     assert!(line.contains("\"type\":\"application\""), "{line}");
     let back: AuditRecord = serde_json::from_str(&line).unwrap();
     assert_eq!(back, rec);
+    // Upper case reads back too; anything that is not hex of 32 bytes is
+    // a clear error.
+    let h = format!("\"hash\":\"{}\"", hex(&rec.hash));
+    let upper = line.replace(&h, &h.to_uppercase().replace("\"HASH\"", "\"hash\""));
+    assert_eq!(serde_json::from_str::<AuditRecord>(&upper).unwrap(), rec);
+    let odd = format!("\"hash\":\"{}\"", &hex(&rec.hash)[1..]);
+    let short = format!("\"hash\":\"{}\"", &hex(&rec.hash)[2..]);
+    let bad = format!("\"hash\":\"zz{}\"", &hex(&rec.hash)[2..]);
+    let wide = format!("\"hash\":\"é{}\"", &hex(&rec.hash)[2..]);
+    for (text, want) in [
+        (odd, "invalid hex: Odd number of digits"),
+        (short, "hash of 31 bytes"),
+        (bad, "invalid hex: Invalid character 'z'"),
+        (wide, "invalid hex: Invalid character"),
+    ] {
+        let e = serde_json::from_str::<AuditRecord>(&line.replace(&h, &text)).unwrap_err();
+        assert!(e.to_string().contains(want), "{text}: {e}");
+    }
 }

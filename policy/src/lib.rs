@@ -41,9 +41,7 @@ mod rv;
 mod template;
 
 pub use algorithm::{Algorithm, Curve};
-pub use duration::{
-    datetime_to_system_time, days_from_civil, format_duration, parse_duration, MAX_DURATION,
-};
+pub use duration::{datetime_to_system_time, format_duration, parse_duration, MAX_DURATION};
 pub use error::PolicyError;
 pub use lifecycle::{
     effective_state, needs_approval, permits, request_transition, transition, version_transition,

@@ -1070,7 +1070,8 @@ pub struct AdminFailure {
     pub seq: u64,
     /// Unix seconds.
     pub at: i64,
-    /// `key Transition`, `key Create`, ...
+    /// The request's name: `key.suspend`, `key.create`, ... (see
+    /// [`crate::names`]).
     pub operation: String,
     pub key: Option<String>,
     /// The administrator's uid.

@@ -15,6 +15,7 @@
 //! - [`admin`]: the administrator API spoken on the agent's admin socket.
 //! - [`version`]: the application- and admin-protocol versions, and how a
 //!   connection's hello agrees on one (or says which side to upgrade).
+//! - [`names`]: each admin request's stable name and what it does in words.
 //!
 //! Every `CK_ULONG` travels as `u64`; output buffers never travel (the agent
 //! returns the whole result and the module applies the caller's buffer-size
@@ -27,6 +28,7 @@ pub mod attr;
 pub mod calls;
 pub mod frame;
 pub mod message;
+pub mod names;
 pub mod types;
 pub mod version;
 

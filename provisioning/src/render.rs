@@ -456,12 +456,11 @@ pub fn verification(v: &AuditVerification) -> String {
 /// its one-line text form under `anchor`, which `audit verify --anchor`
 /// reads from such a document too.
 pub fn anchor_json(a: &keyward_protocol::admin::AuditAnchor) -> serde_json::Value {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     serde_json::json!({
         "seq": a.seq,
-        "head": hex(&a.head),
+        "head": hex::encode(a.head),
         "created_at": a.created_at,
-        "signature": hex(&a.signature),
+        "signature": hex::encode(&a.signature),
         "anchor": a.to_line(),
     })
 }
@@ -1578,10 +1577,10 @@ mod tests {
                 last: vec![AdminFailure {
                     seq: 42,
                     at: T0,
-                    operation: "key Create".into(),
+                    operation: "key.create".into(),
                     key: Some("x".into()),
                     uid: Some(0),
-                    reason: "NotFound: no key class \"nope\"".into(),
+                    reason: "not found: no key class \"nope\"".into(),
                 }],
             },
             unmanaged: vec![UnmanagedUsage {
@@ -1617,7 +1616,8 @@ mod tests {
                 "  anomalies:        none (learning: no use in the baseline yet)\n",
                 "rotation compliance: 50% (1 of 2 active keys not overdue); overdue: prod/old\n",
                 "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n",
-                "key Create",
+                "key.create",
+                "not found: no key class",
                 "unmanaged objects:\n",
                 "id:0102",
                 "anomalies: 1\n",

@@ -1,7 +1,7 @@
 //! Unix seconds ↔ UTC calendar: `YYYY-MM-DD HH:MM:SS` for tables and
-//! RFC 3339 for `--until`. Proleptic Gregorian calendar after Howard
-//! Hinnant's `days_from_civil` / `civil_from_days`; no time zones but the
-//! offset written in the text, no leap seconds.
+//! RFC 3339 for `--until`. The calendar is jiff's (proleptic Gregorian,
+//! years up to 9999); no time zones but the offset written in the text,
+//! no leap seconds.
 
 use std::time::SystemTime;
 
@@ -13,44 +13,12 @@ pub fn now() -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a calendar date (the policy crate's).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    keyward_policy::days_from_civil(year, month.into(), day.into())
-}
-
-/// The calendar date (year, month, day) `days` after 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    // Both in range by construction: day 1..=31, month 1..=12.
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC.
+/// `YYYY-MM-DD HH:MM:SS` in UTC; `unix time N` for an instant outside
+/// years -9999 to 9999.
 pub fn format_utc(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3_600,
-        rem / 60 % 60,
-        rem % 60
+    jiff::Timestamp::from_second(secs).map_or_else(
+        |_| format!("unix time {secs}"),
+        |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
     )
 }
 
@@ -81,7 +49,7 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
             _ => Err(bad("date and time fields are YYYY-MM-DDTHH:MM:SS")),
         }
     };
-    let year = i64::from(num(0..4)?);
+    let year = num(0..4)?;
     sep(4, b"-")?;
     let month = num(5..7)?;
     sep(7, b"-")?;
@@ -95,13 +63,23 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
     let minute = num(14..16)?;
     sep(16, b":")?;
     let second = num(17..19)?;
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return Err(bad("no such date"));
-    }
     // 60: a leap second, counted as the next minute's first.
     if hour > 23 || minute > 59 || second > 60 {
         return Err(bad("no such time of day"));
     }
+    let leap = second == 60;
+    // The date may still not exist (February 30th).
+    let field = |n: u32| i8::try_from(n).map_err(|_| bad("no such date"));
+    let civil = jiff::civil::DateTime::new(
+        i16::try_from(year).map_err(|_| bad("no such date"))?,
+        field(month)?,
+        field(day)?,
+        field(hour)?,
+        field(minute)?,
+        field(second - u32::from(leap))?,
+        0,
+    )
+    .map_err(|_| bad("no such date"))?;
     let mut at = 19;
     if b.get(at) == Some(&b'.') {
         let digits = b[at + 1..]
@@ -121,7 +99,7 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
             if h > 23 || m > 59 {
                 return Err(bad("no such offset"));
             }
-            let minutes = i64::from(h * 60 + m);
+            let minutes = i32::try_from(h * 60 + m).map_err(|_| bad("no such offset"))?;
             if sign == b'+' {
                 minutes
             } else {
@@ -131,11 +109,10 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
         None => return Err(bad("a time zone is needed: Z or +HH:MM")),
         _ => return Err(bad("unexpected text after the time")),
     };
-    Ok(days_from_civil(year, month, day) * 86_400
-        + i64::from(hour) * 3_600
-        + i64::from(minute) * 60
-        + i64::from(second)
-        - offset * 60)
+    jiff::tz::Offset::from_seconds(offset * 60)
+        .and_then(|o| o.to_timestamp(civil))
+        .map(|t| t.as_second() + i64::from(leap))
+        .map_err(|_| bad("out of range"))
 }
 
 #[cfg(test)]
@@ -157,17 +134,55 @@ mod tests {
 
     #[test]
     fn calendar_round_trips() {
-        // Every day from 1900 to 2200 maps back to itself, in order.
+        // Every day from 1900 to 2200 reads back as itself, in order.
         let mut prev = None;
-        for days in -25_567..84_000 {
-            let (y, m, d) = civil_from_days(days);
-            assert!((1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m));
-            assert_eq!(days_from_civil(y, m, d), days);
+        for days in -25_567_i64..84_000 {
+            let secs = days * 86_400 + 43_199;
+            let text = format_utc(secs);
+            assert_eq!(parse_rfc3339(&format!("{text}Z")), Ok(secs), "{text}");
             if let Some(p) = prev {
-                assert!((y, m, d) > p);
+                assert!(text > p, "{text} after {p}");
             }
-            prev = Some((y, m, d));
+            prev = Some(text);
         }
+    }
+
+    #[test]
+    fn calendar_edges() {
+        // Leap years: every fourth, not centuries, but every fourth century.
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Ok(951_782_400));
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+        for bad in [
+            "2100-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-06-31T00:00:00Z",
+            "2026-09-31T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+        ] {
+            let e = parse_rfc3339(bad).unwrap_err();
+            assert!(e.contains("no such date"), "{bad}: {e}");
+        }
+        // End of month and of year; an offset that crosses into the next.
+        assert_eq!(format_utc(1_801_439_999), "2027-01-31 23:59:59");
+        assert_eq!(
+            parse_rfc3339("2026-12-31T23:30:00-01:00"),
+            parse_rfc3339("2027-01-01T00:30:00Z")
+        );
+        // Past 2038 (32-bit time_t), 2106 (32-bit unsigned) and to year 9999.
+        assert_eq!(format_utc(1 << 31), "2038-01-19 03:14:08");
+        assert_eq!(parse_rfc3339("2038-01-19T03:14:08Z"), Ok(1 << 31));
+        assert_eq!(format_utc(1 << 32), "2106-02-07 06:28:16");
+        assert_eq!(parse_rfc3339("9999-12-30T22:00:00Z"), Ok(253_402_207_200));
+        assert_eq!(format_utc(253_402_207_200), "9999-12-30 22:00:00");
+        // Beyond the calendar: a clear error, a plain number shown.
+        assert!(parse_rfc3339("9999-12-31T23:59:59Z")
+            .unwrap_err()
+            .contains("out of range"));
+        assert_eq!(format_utc(i64::MAX), format!("unix time {}", i64::MAX));
+        assert_eq!(format_utc(i64::MIN), format!("unix time {}", i64::MIN));
+        // Before 1970.
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Ok(-1));
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00Z"), Ok(-62_167_219_200));
     }
 
     #[test]

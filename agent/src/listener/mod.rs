@@ -768,7 +768,7 @@ impl Server {
                     return;
                 }
             };
-            log::debug!("admin {peer}: {req:?}");
+            log::debug!("admin {peer}: {}: {}", req.name(), req.describe());
             let name = admin_request_name(&req);
             let resp = match req {
                 AdminRequest::Hello { versions } => admin_hello(versions).0,

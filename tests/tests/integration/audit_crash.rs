@@ -102,45 +102,45 @@ fn action(cycle: usize, i: usize) -> Action {
     match i % STEPS {
         0 => a(
             &["key", "create", &key, "--class", "signing"],
-            "key Create",
-            "Create",
+            "key.create",
+            &format!("create {key} (class signing"),
             0,
         ),
         1 => a(
             &["key", "activate", &key],
-            "key Transition",
-            "action: Activate",
+            "key.activate",
+            &format!("activate {key}"),
             0,
         ),
         2 => a(
             &["grant", "add", &key, OTHER_APP, "--ops", "verify"],
-            "key GrantAdd",
-            "GrantAdd",
+            "grant.add",
+            &format!("grant {OTHER_APP} verify on {key}"),
             0,
         ),
         3 => a(
             &["grant", "remove", &key, OTHER_APP],
-            "key GrantRemove",
-            "GrantRemove",
+            "grant.remove",
+            &format!("remove {OTHER_APP}'s grant on {key}"),
             0,
         ),
         4 => a(
             &["key", "suspend", &key, "--reason", &reason],
-            "key Transition",
-            &format!("action: Suspend, reason: Some(\"{reason}\")"),
+            "key.suspend",
+            &format!("suspend {key}: {reason}"),
             0,
         ),
         5 => a(
             &["key", "resume", &key],
-            "key Transition",
-            "action: Resume",
+            "key.resume",
+            &format!("resume {key}"),
             3,
         ),
         _ => Action {
             args: vec!["key".into(), "rotate".into(), BUSY.into()],
             key: BUSY.into(),
-            operation: "key Rotate",
-            detail: "Rotate".into(),
+            operation: "key.rotate",
+            detail: format!("rotate {BUSY}"),
             success: 0,
         },
     }
@@ -341,7 +341,8 @@ keyward_test!(fn a_kill_during_heavy_use_loses_no_admin_event_and_the_trail_veri
     );
     let verified = keyward_json(&tb, &["audit", "verify"], 0);
     assert!(verified.at("first_bad").is_null(), "{verified}");
-    assert_eq!(verified.i64_at("records"), trail.len() as i64, "{verified}");
+    // And the record of that tail, written after its answer.
+    assert_eq!(verified.i64_at("records"), trail.len() as i64 + 1, "{verified}");
 
     // Every action the agent answered with success: its request and its
     // outcome, from that CLI process, for that key.

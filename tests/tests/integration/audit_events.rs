@@ -281,6 +281,28 @@ keyward_test!(fn records_are_forwarded_to_syslog_as_json(tb) {
     assert!(start || messages.len() > 1, "{messages:#?}");
 });
 
+// A syslog that stops reading (its queue full) does not stall the trail:
+// records are still written, admin requests still answered, and the
+// forwarding failure is said in the agent's log.
+keyward_test!(fn a_syslog_that_stops_reading_does_not_stall_the_trail(tb) {
+    tb.require_agent("syslog forwarding");
+    let path = tb.path("syslog.sock");
+    // Bound, never read.
+    let _listener = UnixDatagram::bind(&path).expect("bind a syslog socket");
+    tb.configure_agent(&format!("[audit]\nsyslog = true\nsyslog_socket = \"{}\"\n", path.display()));
+    // Each tail is answered after the writer wrote what was queued, and
+    // adds its own record: far more than a datagram queue holds.
+    let started = Instant::now();
+    for _ in 0..40 {
+        keyward_ok(&tb, &["audit", "tail", "-n", "1"], 0);
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
+    let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
+    assert!(log.contains("cannot forward to syslog"), "{log}");
+});
+
 /// Holds the inventory's write lock, as another process could, until dropped.
 fn lock_the_trail(tb: &Env) -> rusqlite::Connection {
     let conn =

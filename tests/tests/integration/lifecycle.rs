@@ -4,10 +4,14 @@
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
+use cryptoki::object::AttributeType;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_tests::admin::{find, id_of, keyward_ok, strict_policy};
+use keyward_tests::admin::{
+    application_toml, find, id_of, install_policy, keyward_ok, sign_grant_toml, strict_policy, uid,
+    APPLICATION,
+};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
 
@@ -105,4 +109,39 @@ keyward_test!(fn wrong_pins_lock_until_an_administrator_unlocks(tb) {
     assert!(info.user_pin_locked(), "CKF_USER_PIN_LOCKED is set");
     keyward_ok(&tb, &["pin", "unlock", &tb.token], 0);
     s.login(UserType::User, Some(&ctx.pin())).expect("the right PIN works after the unlock");
+});
+
+// Managed keys of every signing curve are made with the curve's
+// CKA_EC_PARAMS (the OID's DER, written out here independently of the
+// agent's source of it), and each key verifies inside the HSM.
+keyward_test!(fn managed_keys_get_their_curves_ec_params(tb) {
+    let policy = format!(
+        "[settings]\nmode = \"strict\"\n{}\n[[class]]\nname = \"curves\"\npurpose = \"signing\"\n\
+         algorithms = [\"ec:p256\", \"ec:p384\", \"ec:p521\", \"ed25519\"]\n\
+         protect_period = \"30d\"\nprocess_period = \"60d\"\n{}\n",
+        application_toml(APPLICATION, uid()),
+        sign_grant_toml(APPLICATION)
+    );
+    install_policy(&tb, &policy);
+    let cases: [(&str, &[u8]); 4] = [
+        ("ec:p256", &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+        ("ec:p384", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        ("ec:p521", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]),
+        ("ed25519", &[0x06, 0x03, 0x2b, 0x65, 0x70]),
+    ];
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    for (algorithm, der) in cases {
+        let name = format!("curve-{}", algorithm.replace(':', "-"));
+        keyward_ok(&tb, &["key", "create", &name, "--class", "curves", "--algorithm", algorithm], 0);
+        keyward_ok(&tb, &["key", "activate", &name], 0);
+        keyward_ok(&tb, &["key", "verify", &name], 0);
+        let public = find(&s, &name, ObjectClass::PUBLIC_KEY);
+        assert_eq!(public.len(), 1, "{name}: its public key");
+        let params = s.get_attributes(public[0], &[AttributeType::EcParams]).expect("CKA_EC_PARAMS");
+        match params.as_slice() {
+            [Attribute::EcParams(p)] => assert_eq!(p.as_slice(), der, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
 });

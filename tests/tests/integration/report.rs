@@ -374,8 +374,8 @@ keyward_test!(fn overdue_rotation_failed_admin_drift_and_certificates(tb) {
     assert_eq!(failed.i64_at("total"), 2, "{failed}");
     assert_eq!(failed.i64_at("window"), 2, "{failed}");
     let last = failed.array_at("last");
-    assert_eq!(last[0].str_at("operation"), "key Transition", "{failed}");
-    assert_eq!(last[1].str_at("operation"), "key Create", "{failed}");
+    assert_eq!(last[0].str_at("operation"), "key.activate", "{failed}");
+    assert_eq!(last[1].str_at("operation"), "key.create", "{failed}");
     assert!(last[1].str_at("reason").contains("no-such-class"), "{failed}");
 
     let text = keyward_ok(&tb, &["report"], 0);

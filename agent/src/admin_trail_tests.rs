@@ -1,0 +1,186 @@
+//! What the audit trail keeps of admin requests, over the mock backend:
+//! actions by their names and in words, reads of the inventory not at
+//! all, reads of the trail once (a `--follow` poll not at all).
+
+use keyward_inventory::{AuditKind, AuditRecord};
+use keyward_protocol::admin::{AdminResponse, AuditRequest, KeyAction, KeyRequest};
+
+use crate::agent::tests::{admin_peer, mock_agent};
+use crate::agent::Agent;
+
+const POLICY: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+"#;
+
+/// Every admin record, oldest first, as (operation, reason, result).
+fn admin_records(a: &Agent) -> Vec<(String, String, u64)> {
+    a.audit.flush();
+    let all: Vec<AuditRecord> = a.audit.log().tail(100_000).unwrap();
+    all.into_iter()
+        .filter(|r| r.event.kind == AuditKind::Admin)
+        .map(|r| (r.event.operation, r.event.reason, r.event.result))
+        .collect()
+}
+
+fn key(a: &Agent, req: KeyRequest) -> AdminResponse {
+    a.key_request(&admin_peer(), req)
+}
+
+#[test]
+fn actions_are_named_and_described_reads_are_not_recorded() {
+    let (_d, a) = mock_agent(POLICY);
+    key(
+        &a,
+        KeyRequest::Create {
+            name: "demo-key".into(),
+            class: "signing".into(),
+            algorithm: None,
+            token: None,
+            owner: None,
+        },
+    );
+    key(
+        &a,
+        KeyRequest::Transition {
+            name: "demo-key".into(),
+            token: None,
+            action: KeyAction::Suspend,
+            reason: Some("demo: investigating".into()),
+        },
+    );
+    let before = admin_records(&a);
+    for read in [
+        KeyRequest::List {
+            token: None,
+            state: None,
+        },
+        KeyRequest::Show {
+            name: "demo-key".into(),
+            token: None,
+        },
+        KeyRequest::Show {
+            name: "no-such-key".into(),
+            token: None,
+        },
+        KeyRequest::GrantList {
+            key: None,
+            token: None,
+        },
+        KeyRequest::AppList,
+    ] {
+        key(&a, read);
+    }
+    let after = admin_records(&a);
+    assert_eq!(before, after, "a read of the inventory was recorded");
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        after,
+        [
+            (
+                s("key.create"),
+                s("requested: create demo-key (class signing, the class's first algorithm)"),
+                0
+            ),
+            (s("key.create"), s("done"), 0),
+            (
+                s("key.suspend"),
+                s("requested: suspend demo-key: demo: investigating"),
+                0
+            ),
+            // Pre-activation keys are not suspended: the refusal in words.
+            (
+                s("key.suspend"),
+                s("refused: key kw/demo-key: a pre-activation key cannot be suspended"),
+                cryptoki_sys::CKR_FUNCTION_FAILED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_trail_read_is_one_record_and_a_follow_poll_only_with_news() {
+    let (_d, a) = mock_agent(POLICY);
+    let admin = admin_peer();
+    key(
+        &a,
+        KeyRequest::Create {
+            name: "k".into(),
+            class: "signing".into(),
+            algorithm: None,
+            token: None,
+            owner: None,
+        },
+    );
+    let start = admin_records(&a).len();
+    let resp = a.audit_request(
+        &admin,
+        AuditRequest::Tail {
+            n: 5,
+            after_seq: None,
+        },
+    );
+    assert!(matches!(resp, AdminResponse::Audit(_)), "{resp:?}");
+    let records = admin_records(&a);
+    assert_eq!(records.len(), start + 1);
+    let (operation, reason, result) = records.last().unwrap();
+    assert_eq!(operation, "audit.tail");
+    assert!(
+        reason.starts_with("read the last 5 audit records: "),
+        "{reason}"
+    );
+    assert_eq!(*result, 0);
+    // A poll of `audit tail --follow` that brings news is recorded; the
+    // next one returns only that record and is not (else each poll would
+    // return the record of the one before, for ever); an empty one is not.
+    let poll = |after: u64| {
+        a.audit_request(
+            &admin,
+            AuditRequest::Tail {
+                n: 1000,
+                after_seq: Some(after),
+            },
+        )
+    };
+    let head = |resp: &AdminResponse| match resp {
+        AdminResponse::Audit(r) => match &**r {
+            keyward_protocol::admin::AuditResponse::Records(r) => r.iter().map(|r| r.seq).max(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let all = poll(0);
+    let last = head(&all).expect("the trail has records");
+    let records = admin_records(&a);
+    assert_eq!(records.len(), start + 2, "a poll that read the trail");
+    let (operation, reason, _) = records.last().unwrap();
+    assert_eq!(operation, "audit.tail");
+    assert!(
+        reason.starts_with("read at most 1000 audit records after record 0: "),
+        "{reason}"
+    );
+    let only_its_record = poll(last);
+    let last = head(&only_its_record).expect("the poll's own record");
+    assert_eq!(admin_records(&a).len(), start + 2);
+    assert_eq!(head(&poll(last)), None);
+    assert_eq!(admin_records(&a).len(), start + 2);
+    a.audit_request(&admin, AuditRequest::Verify);
+    let records = admin_records(&a);
+    let (operation, reason, _) = records.last().unwrap();
+    assert_eq!(operation, "audit.verify");
+    assert!(
+        reason.starts_with("verify the audit trail: intact, "),
+        "{reason}"
+    );
+}
