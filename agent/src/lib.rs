@@ -41,7 +41,6 @@
 // the protocol without conversion (and without lossy casts).
 const _: () = assert!(std::mem::size_of::<cryptoki_sys::CK_ULONG>() == 8);
 
-pub mod admin;
 #[cfg(test)]
 mod admin_trail_tests;
 pub mod agent;
@@ -55,6 +54,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod forward;
 pub mod keys;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod objects;

@@ -33,9 +33,10 @@ use keyward_protocol::admin::{
 };
 use keyward_protocol::{Attribute, Value};
 
-use crate::admin::{algorithm_of, AResult, AdminError, HsmSession};
 use crate::agent::Agent;
 use crate::keys::{secs, KeyView};
+use crate::lifecycle::hsm::{algorithm_of, HsmSession};
+use crate::lifecycle::{AResult, AdminError};
 use crate::listener::identity::Peer;
 use hex::encode as hex;
 

@@ -1,0 +1,61 @@
+//! Approval requests: an action that needs a second person is recorded as
+//! a pending request (`keyward` shows it) and not performed. Dual control
+//! (named administrators, M of N approvals over signed requests) executes
+//! them from here.
+
+use std::time::SystemTime;
+
+use keyward_inventory::ApprovalRecord;
+use keyward_protocol::admin::{ApprovalRequest, KeyResponse};
+
+use crate::agent::Agent;
+use crate::keys::secs;
+
+use super::hsm::*;
+use super::*;
+
+pub(crate) fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
+    ApprovalRequest {
+        id: r.id.clone(),
+        action: r.action.clone(),
+        target: r.target.clone(),
+        requester: r.requester.clone(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        status: r.status.clone(),
+    }
+}
+
+impl Agent {
+    /// Records `action` on `t` for approval; answers `Pending`.
+    pub(crate) fn record_request(
+        &self,
+        t: &Target<'_>,
+        action: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let created_at = secs(now);
+        let record = ApprovalRecord {
+            id: hex::encode(&random(16)?),
+            action: action.to_owned(),
+            target: t.label(),
+            key_id: Some(t.key.record.id),
+            parameters: "{}".to_owned(),
+            requester: who.to_owned(),
+            created_at,
+            expires_at: created_at + APPROVAL_LIFETIME.as_secs() as i64,
+            status: "pending".to_owned(),
+        };
+        self.keys
+            .inventory()
+            .create_request(&record)
+            .map_err(inv_err)?;
+        log::warn!(
+            "key {}: {action} by {who} needs approval: request {} recorded, not performed",
+            t.label(),
+            record.id
+        );
+        Ok(KeyResponse::Pending(request_info(&record)))
+    }
+}

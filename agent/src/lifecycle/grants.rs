@@ -1,0 +1,144 @@
+//! Grants: an application's operations on a key, added and removed by
+//! administrators; the applications the policy names.
+
+use std::time::SystemTime;
+
+use keyward_inventory::Grant;
+use keyward_policy::{Operation, Purpose};
+use keyward_protocol::admin::{AdminErrorKind, AppInfo, GrantInfo, KeyResponse};
+
+use crate::agent::Agent;
+use crate::keys::{policy_state, secs};
+
+use super::*;
+
+pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
+    GrantInfo {
+        key: key.to_owned(),
+        application: g.application.clone(),
+        operations: g.operations.clone(),
+        expires_at: g.expires_at,
+    }
+}
+
+impl Agent {
+    pub(crate) fn grant_add(
+        &self,
+        t: &Target<'_>,
+        application: &str,
+        operations: &[String],
+        until: Option<i64>,
+        who: &str,
+    ) -> AResult<KeyResponse> {
+        if self.policy().application(application).is_none() {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("no application {application:?} in the policy"),
+            );
+        }
+        if operations.is_empty() {
+            return fail(
+                AdminErrorKind::Invalid,
+                "a grant names at least one operation",
+            );
+        }
+        let purpose = Purpose::from_name(&t.key.record.purpose);
+        let mut ops = Vec::new();
+        for name in operations {
+            let Some(op) = Operation::from_name(name) else {
+                return fail(
+                    AdminErrorKind::Refused,
+                    format!("{name:?} is not an operation"),
+                );
+            };
+            if let Some(p) = purpose.filter(|p| !p.allows(op)) {
+                return fail(
+                    AdminErrorKind::Refused,
+                    format!("key {} is for {p}: {name} does not fit", t.label()),
+                );
+            }
+            if !ops.contains(&op.name().to_owned()) {
+                ops.push(op.name().to_owned());
+            }
+        }
+        if let Some(u) = until {
+            if u <= secs(SystemTime::now()) {
+                return fail(AdminErrorKind::Invalid, "the grant's end is in the past");
+            }
+        }
+        let grant = Grant {
+            key_id: t.key.record.id,
+            application: application.to_owned(),
+            operations: ops,
+            expires_at: until,
+        };
+        self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        log::info!(
+            "key {}: {application:?} granted {:?} until {until:?} by {who}",
+            t.label(),
+            grant.operations
+        );
+        Ok(KeyResponse::Grants(vec![grant_info(
+            &t.key.record.name,
+            &grant,
+        )]))
+    }
+
+    pub(crate) fn app_list(&self) -> AResult<Vec<AppInfo>> {
+        let all = self.keys.all();
+        let mut out = Vec::new();
+        for app in &self.policy().applications {
+            let mut keys: Vec<String> = Vec::new();
+            for g in self
+                .keys
+                .inventory()
+                .grants_for_application(&app.name)
+                .map_err(inv_err)?
+            {
+                if let Some(k) = self.keys.key(g.key_id) {
+                    keys.push(format!("{}/{}", k.record.token, k.record.name));
+                }
+            }
+            for k in &all {
+                let by_class = self
+                    .policy()
+                    .class(&k.record.class)
+                    .is_some_and(|c| c.grants.iter().any(|g| g.application == app.name));
+                if by_class && policy_state(k.record.state).is_visible() {
+                    keys.push(format!("{}/{}", k.record.token, k.record.name));
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            out.push(AppInfo {
+                name: app.name.clone(),
+                uid: app.uid,
+                gid: app.gid,
+                exe: app.exe.as_ref().map(|p| p.display().to_string()),
+                keys,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records a grant change of key `t`, durably.
+    pub(crate) fn record_grant(
+        &self,
+        by: keyward_inventory::Actor,
+        t: &Target<'_>,
+        operation: &str,
+        reason: &str,
+    ) {
+        let mut e = crate::audit::event(keyward_inventory::AuditKind::Grant, by, operation);
+        e.token = Some(t.token.config.label.clone());
+        e.key = Some(t.key.record.name.clone());
+        e.reason = reason.chars().take(4096).collect();
+        if let Err(why) = self.audit.durable(e) {
+            log::error!(
+                "audit: the {operation} of key {} could not be recorded: {why}",
+                t.label()
+            );
+        }
+    }
+}

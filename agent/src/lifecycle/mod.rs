@@ -1,0 +1,621 @@
+//! The key lifecycle: key management on the admin socket (the `keyward
+//! key`, `grant`, `app`, `pin` and `discover` commands) and the scheduler,
+//! one executor per kind of change:
+//! - [`create`]: generation and its journal; [`rotate`]: new versions;
+//!   [`transition`]: moves between states; [`adopt`]: unmanaged keys taken
+//!   in; [`approvals`]: what waits for a second person (dual control
+//!   executes it there; backup and restore get an executor beside these);
+//! - [`verify`]: checks of versions in the HSM; [`discovery`]: what the
+//!   token holds that the inventory does not manage; [`scheduler`]: dates
+//!   that passed; [`grants`]: applications' rights; [`views`]: what the CLI
+//!   shows; [`hsm`]: the HSM session each action uses.
+//!
+//! This file takes a request (parsed, logged, recorded in the trail),
+//! hands it to its executor, and applies lifecycle changes
+//! ([`Agent::apply_change`]).
+//!
+//! Every change follows one order: the HSM first (generation, on a fresh
+//! backend session that is closed afterwards, never the anchor), then the
+//! inventory, then
+//! [`ManagedKeys::refresh`](crate::keys::ManagedKeys::refresh), so that
+//! enforcement sees the change on the very next use. A generation whose
+//! inventory write fails destroys what it generated: no orphan objects.
+//!
+//! A lifecycle change (create, adopt, transition, rotation, the
+//! scheduler's) is one inventory transaction (`Agent::apply_change`):
+//! the key's state, its versions' states and new versions, its dates, its
+//! history rows and its `lifecycle` trail records, durable before the
+//! answer. A kill at any moment leaves all of it or none of it, and a
+//! change whose records cannot be written does not happen. Which moves an
+//! action makes is the policy's ([`transition`], [`version_transition`],
+//! [`Rotation`]); the store only checks that each state is still the one
+//! seen.
+//!
+//! Semantics chosen here (see also the doc comments of the functions):
+//! - A new key and its version 1 start in pre-activation; `activate` moves
+//!   both, and sets the key's cryptoperiod dates from its class.
+//! - `suspend`, `resume` and `deactivate` move the key's own state; its
+//!   versions keep theirs (enforcement requires both to permit a use).
+//! - `revoke` moves the key and every live version to compromised.
+//! - Actions that need approval (leaving suspended or compromised, and
+//!   destroy) are recorded as a pending request in the inventory and not
+//!   performed; dual control adds the approvals and the execution.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cryptoki_sys as ck;
+use keyward_inventory::{
+    Actor, AppliedChange, AuditEvent, DateUpdates, KeyChange, KeyRecord, KeyState as InvState,
+    KeyVersion, LifecycleChange, VersionChange,
+};
+use keyward_policy::{Action, KeyClass, KeyState};
+use keyward_protocol::admin::{AdminErrorKind, AdminResponse, KeyAction, KeyRequest, KeyResponse};
+
+use crate::agent::Agent;
+use crate::backend::{Backend, BackendObject};
+use crate::keys::{policy_state, secs, KeyView};
+use crate::listener::identity::Peer;
+use crate::state::Role;
+use crate::tokens::VirtualToken;
+
+pub mod adopt;
+pub mod approvals;
+pub mod create;
+pub mod discovery;
+pub mod grants;
+pub mod hsm;
+pub mod rotate;
+pub mod scheduler;
+pub mod transition;
+pub mod verify;
+pub mod views;
+
+use grants::*;
+
+/// How long an approval request stays open.
+pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The actor of the scheduler's changes.
+pub const SCHEDULER: &str = "scheduler";
+
+/// A failed key-management call: the kind the CLI maps to an exit code,
+/// and the message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError {
+    /// What kind of failure.
+    pub kind: AdminErrorKind,
+    /// Why.
+    pub message: String,
+}
+
+pub(crate) type AResult<T> = std::result::Result<T, AdminError>;
+
+pub(crate) fn fail<T>(kind: AdminErrorKind, message: impl Into<String>) -> AResult<T> {
+    Err(AdminError {
+        kind,
+        message: message.into(),
+    })
+}
+
+pub(crate) fn inv_err(e: keyward_inventory::Error) -> AdminError {
+    use keyward_inventory::Error as E;
+    let kind = match &e {
+        E::Exists(_) | E::Conflict { .. } => AdminErrorKind::Conflict,
+        E::NotFound(_) => AdminErrorKind::NotFound,
+        E::Invalid(_) => AdminErrorKind::Invalid,
+        _ => AdminErrorKind::Failed,
+    };
+    AdminError {
+        kind,
+        message: format!("inventory: {e}"),
+    }
+}
+
+pub(crate) fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
+    AdminError {
+        kind: AdminErrorKind::Failed,
+        message: format!("HSM: {what}: {e}"),
+    }
+}
+
+/// The change that records a new key and its version 1 by `who`.
+pub(crate) fn creation(record: KeyRecord, version: KeyVersion, who: &str) -> LifecycleChange {
+    LifecycleChange {
+        at: record.created_at,
+        key: KeyChange::Create(Box::new(record)),
+        versions: vec![VersionChange::Add(version)],
+        dates: DateUpdates::default(),
+        actor: who.to_owned(),
+        reason: "created".to_owned(),
+        trail: Vec::new(),
+    }
+}
+
+/// The `lifecycle` records of `change` (see [`Agent::apply_change`]);
+/// `None` when the key it changes is not in the view.
+pub(crate) fn lifecycle_records(
+    by: &Actor,
+    operation: &str,
+    why: &str,
+    change: &LifecycleChange,
+    keys: &crate::keys::ManagedKeys,
+) -> Option<Vec<AuditEvent>> {
+    let (token, name, key_move) = match &change.key {
+        KeyChange::Create(k) => (k.token.clone(), k.name.clone(), Some((None, k.state))),
+        KeyChange::Update {
+            key_id,
+            expected,
+            to,
+        } => {
+            let k = keys.key(*key_id)?;
+            let (token, name) = (k.record.token.clone(), k.record.name.clone());
+            (token, name, to.map(|to| (Some(*expected), to)))
+        }
+    };
+    let moves = change.versions.iter().map(|v| match v {
+        VersionChange::Add(v) => (Some(v.version), None, v.state),
+        VersionChange::Move { version, from, to } => (Some(*version), Some(*from), *to),
+    });
+    let state = |s: Option<InvState>| s.map_or("none", InvState::as_str);
+    let records = key_move
+        .map(|(from, to)| (None, from, to))
+        .into_iter()
+        .chain(moves)
+        .map(|(version, from, to)| {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Lifecycle,
+                by.clone(),
+                operation,
+            );
+            e.token = Some(token.clone());
+            e.key = Some(name.clone());
+            e.key_version = version;
+            e.reason = crate::audit::lifecycle_reason(state(from), state(Some(to)), why);
+            e
+        })
+        .collect();
+    Some(records)
+}
+
+/// The token and key a key request names, for the trail.
+pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String>) {
+    match req {
+        KeyRequest::Create { name, token, .. }
+        | KeyRequest::Show { name, token }
+        | KeyRequest::Transition { name, token, .. }
+        | KeyRequest::Rotate { name, token }
+        | KeyRequest::Verify { name, token } => (token.clone(), Some(name.clone())),
+        KeyRequest::GrantAdd { key, token, .. } | KeyRequest::GrantRemove { key, token, .. } => {
+            (token.clone(), Some(key.clone()))
+        }
+        KeyRequest::GrantList { key, token } => (token.clone(), key.clone()),
+        KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
+        KeyRequest::PinUnlock { token, .. } => (Some(token.clone()), None),
+        KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
+        KeyRequest::AppList => (None, None),
+    }
+}
+
+/// Bytes from hex, `None` for anything else.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    hex::decode(text).ok()
+}
+
+/// The parts of a managed key needed to act on it.
+pub(crate) struct Target<'a> {
+    pub(crate) token: &'a VirtualToken,
+    pub(crate) key: Arc<KeyView>,
+}
+
+impl Target<'_> {
+    pub(crate) fn label(&self) -> String {
+        format!("{}/{}", self.key.record.token, self.key.record.name)
+    }
+
+    /// The version that protects: the newest that is not destroyed.
+    pub(crate) fn current(&self) -> AResult<&KeyVersion> {
+        self.key.live_version().map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::Refused,
+                    format!("key {} has no live version", self.label()),
+                )
+            },
+            Ok,
+        )
+    }
+}
+
+pub(crate) fn state_of(v: &KeyView) -> KeyState {
+    policy_state(v.record.state)
+}
+
+pub(crate) fn action_of(a: KeyAction) -> Action {
+    match a {
+        KeyAction::Activate => Action::Activate,
+        KeyAction::Suspend => Action::Suspend,
+        KeyAction::Resume => Action::Resume,
+        KeyAction::Deactivate => Action::Deactivate,
+        KeyAction::Revoke { .. } => Action::Revoke,
+        KeyAction::Destroy => Action::Destroy,
+    }
+}
+
+/// The cryptoperiod dates of a key of `class` whose period starts at `at`.
+pub(crate) fn period_dates(class: Option<&KeyClass>, at: SystemTime) -> DateUpdates {
+    let Some(class) = class else {
+        return DateUpdates::default();
+    };
+    let p = class.cryptoperiod(at);
+    DateUpdates {
+        protect_until: Some(secs(p.protect_until)),
+        process_until: Some(secs(p.process_until)),
+        next_rotation: p.rotate_at.map(secs),
+        ..DateUpdates::default()
+    }
+}
+
+/// The administrator as the inventory records them.
+pub(crate) fn actor(admin: &Peer) -> String {
+    format!("uid:{}", admin.uid)
+}
+
+impl Agent {
+    /// Answers one key-management request of administrator `admin`. Every
+    /// action is logged with the administrator at info, refusals at warn.
+    ///
+    /// What the trail keeps: a request that changes something, uses a key
+    /// or reads the HSM has two admin records, named by the request
+    /// (`key.suspend`, `grant.add`, ...): `requested: <what it does>`,
+    /// written durably before anything is done (an action the trail cannot
+    /// record is not taken), and its outcome. A read-only request
+    /// ([`KeyRequest::is_read_only`]: `key.list`, `key.show`, `grant.list`,
+    /// `app.list`) has none: it changes nothing and shows only what the
+    /// admin socket's users may see anyway, and monitoring that polls it
+    /// would bury the actions in the trail. It is logged at info.
+    pub fn key_request(&self, admin: &Peer, req: KeyRequest) -> AdminResponse {
+        let (operation, what) = (req.name(), req.describe());
+        if req.is_read_only() {
+            log::info!("admin {admin}: {operation}: {what}");
+            return match self.key_call(admin, req) {
+                Ok(resp) => AdminResponse::Key(Box::new(resp)),
+                Err(e) => {
+                    log::warn!("admin {admin}: {operation}: {what}: {}", e.message);
+                    AdminResponse::KeyErr {
+                        kind: e.kind,
+                        message: e.message,
+                    }
+                }
+            };
+        }
+        let (token, key) = request_target(&req);
+        let admin_event = |result: u64, reason: &str| {
+            let mut e = crate::audit::event(
+                keyward_inventory::AuditKind::Admin,
+                admin.as_administrator(),
+                operation,
+            );
+            e.token = token.clone();
+            e.key = key.clone();
+            e.result = result;
+            e.reason = reason.chars().take(4096).collect();
+            e
+        };
+        // Fail closed: an action the trail cannot record is not taken.
+        if let Err(why) = self.audit.durable(admin_event(
+            0,
+            &format!("{}{what}", keyward_inventory::REQUESTED),
+        )) {
+            return AdminResponse::KeyErr {
+                kind: AdminErrorKind::Failed,
+                message: format!("refused: {why}"),
+            };
+        }
+        let (response, result, reason) = match self.key_call(admin, req) {
+            Ok(resp) => {
+                log::info!("admin {admin}: {operation}: {what}: done");
+                let pending = matches!(resp, KeyResponse::Pending(_));
+                let reason = if pending {
+                    "needs approval: request recorded"
+                } else {
+                    "done"
+                };
+                (AdminResponse::Key(Box::new(resp)), 0, reason.to_owned())
+            }
+            Err(e) => {
+                let reason = format!("{}: {}", e.kind.as_str(), e.message);
+                log::warn!("admin {admin}: {operation}: {what}: {reason}");
+                let response = AdminResponse::KeyErr {
+                    kind: e.kind,
+                    message: e.message,
+                };
+                (response, ck::CKR_FUNCTION_FAILED, reason)
+            }
+        };
+        if let Err(why) = self.audit.durable(admin_event(result, &reason)) {
+            log::error!(
+                "admin {admin}: {operation}: {what}: the outcome could not be recorded: {why}"
+            );
+        }
+        response
+    }
+
+    pub(crate) fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
+        let who = actor(admin);
+        let by = admin.as_administrator();
+        match req {
+            KeyRequest::Create {
+                name,
+                class,
+                algorithm,
+                token,
+                owner,
+            } => {
+                let owner = owner.unwrap_or_else(|| who.clone());
+                let info = self.create_key(
+                    (&who, &by),
+                    &name,
+                    &class,
+                    algorithm.as_deref(),
+                    token.as_deref(),
+                    &owner,
+                )?;
+                Ok(KeyResponse::Key(Box::new(info)))
+            }
+            KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state.as_deref()),
+            KeyRequest::Show { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                Ok(KeyResponse::Key(Box::new(self.info(&t.key)?)))
+            }
+            KeyRequest::Transition {
+                name,
+                token,
+                action,
+                reason,
+            } => {
+                let t = self.target(token.as_deref(), &name)?;
+                let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
+                self.transition_key(&t, action, (&who, &by), &reason, SystemTime::now())
+            }
+            KeyRequest::Rotate { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                self.rotate_key(&t, (&who, &by), "rotation requested", SystemTime::now())?;
+                Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
+            }
+            KeyRequest::Verify { name, token } => {
+                let t = self.target(token.as_deref(), &name)?;
+                self.verify_key(&t)
+            }
+            KeyRequest::GrantAdd {
+                key,
+                token,
+                application,
+                operations,
+                until,
+            } => {
+                let t = self.target(token.as_deref(), &key)?;
+                let done = self.grant_add(&t, &application, &operations, until, &who)?;
+                let until = until.map_or_else(
+                    || "no end".to_owned(),
+                    |u| format!("until {}", keyward_protocol::names::utc(u)),
+                );
+                let reason = format!(
+                    "application {application:?}, operations [{}], {until}",
+                    operations.join(", ")
+                );
+                self.record_grant(by, &t, "grant add", &reason);
+                Ok(done)
+            }
+            KeyRequest::GrantRemove {
+                key,
+                token,
+                application,
+            } => {
+                let t = self.target(token.as_deref(), &key)?;
+                self.keys
+                    .inventory()
+                    .revoke_grant(t.key.record.id, &application, &who)
+                    .map_err(inv_err)?;
+                self.refresh(t.key.record.id)?;
+                self.record_grant(
+                    by,
+                    &t,
+                    "grant remove",
+                    &format!("application {application:?}"),
+                );
+                Ok(KeyResponse::Done(format!(
+                    "grant of {} to {application:?} removed",
+                    t.label()
+                )))
+            }
+            KeyRequest::GrantList { key, token } => {
+                let keys = match key {
+                    Some(k) => vec![self.target(token.as_deref(), &k)?.key],
+                    None => {
+                        let label = token
+                            .as_deref()
+                            .map(|l| self.admin_token(Some(l)))
+                            .transpose()?;
+                        let mut all = self.keys.all();
+                        all.retain(|k| label.is_none_or(|t| t.config.label == k.record.token));
+                        all.sort_by(|a, b| {
+                            (&a.record.token, &a.record.name)
+                                .cmp(&(&b.record.token, &b.record.name))
+                        });
+                        all
+                    }
+                };
+                Ok(KeyResponse::Grants(
+                    keys.iter()
+                        .flat_map(|k| k.grants.iter().map(|g| grant_info(&k.record.name, g)))
+                        .collect(),
+                ))
+            }
+            KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
+            KeyRequest::PinUnlock {
+                token,
+                role,
+                application,
+            } => {
+                self.admin_token(Some(&token))?;
+                let role = role.map(|r| match r {
+                    keyward_protocol::admin::PinRole::User => Role::User,
+                    keyward_protocol::admin::PinRole::So => Role::So,
+                });
+                let done = self
+                    .unlock_pin(&token, role, application.as_deref())
+                    .map_err(|m| AdminError {
+                        kind: AdminErrorKind::Failed,
+                        message: m,
+                    })?;
+                Ok(KeyResponse::Done(done))
+            }
+            KeyRequest::Discover { token } => {
+                let tokens: Vec<&VirtualToken> = match token.as_deref() {
+                    Some(l) => vec![self.admin_token(Some(l))?],
+                    None => self.tokens.iter().collect(),
+                };
+                let mut shadows = Vec::new();
+                for t in tokens {
+                    let found = self.scan(t)?;
+                    let objects: Vec<BackendObject> = found.iter().map(|(o, _)| *o).collect();
+                    // Recorded here: the scheduler need not record them again.
+                    self.keys.note_shadows(&t.config.label, &objects);
+                    shadows.extend(found.into_iter().map(|(_, f)| f));
+                }
+                self.record_findings(&by, &shadows);
+                Ok(KeyResponse::Shadows(shadows))
+            }
+            KeyRequest::Adopt {
+                token,
+                backend_id,
+                name,
+                class,
+            } => {
+                let t = self.admin_token(token.as_deref())?;
+                let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
+                Ok(KeyResponse::Key(Box::new(info)))
+            }
+        }
+    }
+
+    /// The virtual token labelled `label`, or the first.
+    pub(crate) fn admin_token(&self, label: Option<&str>) -> AResult<&VirtualToken> {
+        let found = match label {
+            Some(l) => self.token_labelled(l),
+            None => self.tokens.first(),
+        };
+        found.map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::NotFound,
+                    format!("no token {:?}", label.unwrap_or("(any)")),
+                )
+            },
+            Ok,
+        )
+    }
+
+    pub(crate) fn backend<'t>(&self, token: &'t VirtualToken) -> AResult<&'t Arc<dyn Backend>> {
+        token.backend().map_err(|_| AdminError {
+            kind: AdminErrorKind::Failed,
+            message: format!("token {:?}: the backend is unavailable", token.config.label),
+        })
+    }
+
+    pub(crate) fn target(&self, token: Option<&str>, name: &str) -> AResult<Target<'_>> {
+        let t = self.admin_token(token)?;
+        let record = self
+            .keys
+            .inventory()
+            .key(&t.config.label, name)
+            .map_err(inv_err)?;
+        let key = record.and_then(|r| self.keys.key(r.id));
+        match key {
+            Some(key) => Ok(Target { token: t, key }),
+            None => fail(
+                AdminErrorKind::NotFound,
+                format!("no key {name:?} on token {:?}", t.config.label),
+            ),
+        }
+    }
+
+    pub(crate) fn refresh(&self, key_id: i64) -> AResult<()> {
+        self.keys.refresh(key_id).map_err(inv_err)
+    }
+
+    pub(crate) fn reload(&self, t: &Target<'_>) -> AResult<Arc<KeyView>> {
+        self.refresh(t.key.record.id)?;
+        self.keys.key(t.key.record.id).map_or_else(
+            || {
+                fail(
+                    AdminErrorKind::NotFound,
+                    format!("key {} is gone", t.label()),
+                )
+            },
+            Ok,
+        )
+    }
+
+    /// Applies one lifecycle change by `by` with its `lifecycle` trail
+    /// records, in one inventory transaction (durable before it returns),
+    /// and reloads the key's view: one record for the key's own move (or
+    /// its creation) and one for each version that moves or is new,
+    /// `operation` the action's name, reason `from <state> to <state>:
+    /// <why>`. Nothing happens when the records cannot be written.
+    ///
+    /// A change of an existing key may take rights away: it holds
+    /// [`Agent::in_flight`] (write) from before the change until the view
+    /// has it, so every request that passed the old check has ended (and
+    /// queued its use records, which the trail stores first), and none
+    /// passes the old check after the records.
+    pub(crate) fn apply_change(
+        &self,
+        by: &Actor,
+        operation: &str,
+        why: &str,
+        mut change: LifecycleChange,
+    ) -> AResult<AppliedChange> {
+        let Some(trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                "the key is not in the agent's view: nothing changed",
+            );
+        };
+        change.trail = trail;
+        let existing = match change.key {
+            KeyChange::Create(_) => None,
+            KeyChange::Update { key_id, .. } => Some(key_id),
+        };
+        let held = existing.map(|_| self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
+        let done = self.audit.commit(self.keys.inventory(), &change);
+        let key_id = match &done {
+            Ok(d) => Some(d.key.id),
+            Err(_) => existing,
+        };
+        let refreshed = key_id.map_or(Ok(()), |id| self.refresh(id));
+        drop(held);
+        let done = done.map_err(|e| match e {
+            crate::audit::CommitError::Trail => AdminError {
+                kind: AdminErrorKind::Failed,
+                message: "refused: the audit trail cannot be written; nothing changed".into(),
+            },
+            crate::audit::CommitError::Store(e @ keyward_inventory::Error::Storage(_)) => {
+                AdminError {
+                    kind: AdminErrorKind::Failed,
+                    message: format!(
+                        "the change and its audit records could not be written ({e}); \
+                         nothing changed"
+                    ),
+                }
+            }
+            crate::audit::CommitError::Store(e) => inv_err(e),
+        })?;
+        refreshed?;
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests;

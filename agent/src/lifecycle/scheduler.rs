@@ -1,0 +1,94 @@
+//! The scheduler: rotations and deactivations whose dates have passed,
+//! and discovery, every pass.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keyward_inventory::{Actor, KeyState as InvState};
+use keyward_protocol::admin::KeyAction;
+
+use crate::agent::Agent;
+use crate::keys::secs;
+
+use super::*;
+
+/// When the scheduler's first pass runs after a start.
+pub const FIRST_PASS: Duration = Duration::from_secs(1);
+
+impl Agent {
+    /// One scheduler pass at `now`: active keys past their protect period
+    /// are deactivated; active keys whose next rotation has come are
+    /// rotated. Both are recorded with actor [`SCHEDULER`]. Failures are
+    /// logged and retried at the next pass.
+    pub fn tick(&self, now: SystemTime) {
+        let at = secs(now);
+        for key in self.keys.all() {
+            if key.record.state != InvState::Active {
+                continue;
+            }
+            let Some(token) = self.token_labelled(&key.record.token) else {
+                continue;
+            };
+            let t = Target {
+                token,
+                key: key.clone(),
+            };
+            let by = (SCHEDULER, &Actor::Scheduler);
+            if key.record.protect_until.is_some_and(|p| p <= at) {
+                match self.transition_key(
+                    &t,
+                    KeyAction::Deactivate,
+                    by,
+                    "protect period ended",
+                    now,
+                ) {
+                    Ok(_) => {
+                        log::info!(
+                            "scheduler: key {} deactivated (protect period ended)",
+                            t.label()
+                        )
+                    }
+                    Err(e) => log::error!(
+                        "scheduler: cannot deactivate key {}: {}",
+                        t.label(),
+                        e.message
+                    ),
+                }
+            } else if key.record.next_rotation.is_some_and(|r| r <= at) {
+                match self.rotate_key(&t, by, "scheduled rotation", now) {
+                    Ok(v) => {
+                        log::info!("scheduler: key {} rotated to version {v}", t.label())
+                    }
+                    Err(e) => {
+                        log::error!("scheduler: cannot rotate key {}: {}", t.label(), e.message)
+                    }
+                }
+            }
+        }
+        self.discover_shadows();
+    }
+
+    /// Starts the scheduler thread: [`Agent::tick`] [`FIRST_PASS`] after the
+    /// start and then every `every`, until the agent is dropped.
+    pub fn spawn_scheduler(self: &Arc<Agent>, every: Duration) {
+        let agent = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || {
+                // A first pass soon after the start catches up with dates
+                // that passed while the agent was down.
+                let mut wait = FIRST_PASS.min(every);
+                loop {
+                    std::thread::sleep(wait);
+                    wait = every;
+                    match agent.upgrade() {
+                        Some(a) => a.tick(SystemTime::now()),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the lifecycle scheduler: {e}");
+        }
+    }
+}

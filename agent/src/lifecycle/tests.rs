@@ -1,0 +1,436 @@
+//! The lifecycle executors with the in-memory backend.
+
+use super::views::state_name;
+use super::*;
+use crate::objects::unmanaged_name;
+use keyward_inventory::KeyFilter;
+
+const POLICY: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+"#;
+
+fn agent() -> (tempfile::TempDir, Agent) {
+    crate::agent::tests::mock_agent(POLICY)
+}
+
+#[test]
+fn an_unmanaged_object_is_named_by_label_then_id_and_never_at_length() {
+    assert_eq!(unmanaged_name(b"web", b"\x01").as_deref(), Some("web"));
+    assert_eq!(unmanaged_name(b"", b"\x01\xab").as_deref(), Some("id:01ab"));
+    assert_eq!(unmanaged_name(b"", b""), None);
+    let long = vec![b'x'; 100_000];
+    assert_eq!(
+        unmanaged_name(&long, b"").map(|n| n.len()),
+        Some(crate::objects::MAX_NAME)
+    );
+    assert_eq!(
+        unmanaged_name(b"", &long).map(|n| n.len()),
+        Some(3 + crate::objects::MAX_NAME)
+    );
+}
+
+fn admin() -> Peer {
+    crate::agent::tests::admin_peer()
+}
+
+fn call(a: &Agent, req: KeyRequest) -> AResult<KeyResponse> {
+    a.key_call(&admin(), req)
+}
+
+fn create(name: &str, class: &str) -> KeyRequest {
+    KeyRequest::Create {
+        name: name.into(),
+        class: class.into(),
+        algorithm: None,
+        token: None,
+        owner: None,
+    }
+}
+
+fn act(name: &str, action: KeyAction) -> KeyRequest {
+    KeyRequest::Transition {
+        name: name.into(),
+        token: None,
+        action,
+        reason: None,
+    }
+}
+
+#[test]
+fn create_refusals_and_approvals() {
+    let (_d, a) = agent();
+    let Ok(KeyResponse::Key(k)) = call(&a, create("k", "signing")) else {
+        panic!()
+    };
+    assert_eq!(
+        (k.state.as_str(), k.owner.as_str()),
+        ("pre-activation", "uid:0")
+    );
+    assert_eq!(
+        call(&a, create("k", "signing")).unwrap_err().kind,
+        AdminErrorKind::Conflict
+    );
+    assert_eq!(
+        call(&a, create("k2", "nope")).unwrap_err().kind,
+        AdminErrorKind::NotFound
+    );
+    call(&a, act("k", KeyAction::Activate)).unwrap();
+    call(&a, act("k", KeyAction::Suspend)).unwrap();
+    let Ok(KeyResponse::Pending(p)) = call(&a, act("k", KeyAction::Resume)) else {
+        panic!()
+    };
+    let stored = a.keys.inventory().request(&p.id).unwrap().unwrap();
+    assert_eq!(stored.status, "pending");
+    assert_eq!(stored.target, "kw/k");
+    let k = a.keys.key(stored.key_id.unwrap()).unwrap();
+    assert_eq!(k.record.state, InvState::Suspended);
+    // revoke --rotate only from active.
+    assert_eq!(
+        call(&a, act("k", KeyAction::Revoke { rotate: true }))
+            .unwrap_err()
+            .kind,
+        AdminErrorKind::Refused
+    );
+    // Grants: unknown application, unknown operation, wrong purpose.
+    let grant = |app: &str, op: &str| KeyRequest::GrantAdd {
+        key: "k".into(),
+        token: None,
+        application: app.into(),
+        operations: vec![op.into()],
+        until: None,
+    };
+    assert_eq!(
+        call(&a, grant("x", "sign")).unwrap_err().kind,
+        AdminErrorKind::NotFound
+    );
+    assert_eq!(
+        call(&a, grant("app", "frob")).unwrap_err().kind,
+        AdminErrorKind::Refused
+    );
+    assert_eq!(
+        call(&a, grant("app", "decrypt")).unwrap_err().kind,
+        AdminErrorKind::Refused
+    );
+    call(&a, grant("app", "sign")).unwrap();
+    assert_eq!(a.keys.key(k.record.id).unwrap().grants.len(), 1);
+}
+
+/// Dates set in the store through the Inventory API, `tick` at now.
+#[test]
+fn tick_acts_on_dates_in_the_store() {
+    let (_d, a) = agent();
+    call(&a, create("rot", "signing")).unwrap();
+    call(&a, create("old", "signing")).unwrap();
+    call(&a, act("rot", KeyAction::Activate)).unwrap();
+    call(&a, act("old", KeyAction::Activate)).unwrap();
+    let now = SystemTime::now();
+    let past = secs(now) - 10;
+    let id = |name: &str| a.keys.inventory().key("kw", name).unwrap().unwrap().id;
+    let set = |key: i64, dates: DateUpdates| {
+        let state = a.keys.key(key).unwrap().record.state;
+        a.keys
+            .inventory()
+            .apply(&LifecycleChange {
+                key: KeyChange::Update {
+                    key_id: key,
+                    expected: state,
+                    to: None,
+                },
+                versions: Vec::new(),
+                dates,
+                actor: "test".into(),
+                reason: "dates".into(),
+                at: secs(now),
+                trail: Vec::new(),
+            })
+            .unwrap();
+        a.keys.refresh(key).unwrap();
+    };
+    set(
+        id("rot"),
+        DateUpdates {
+            next_rotation: Some(past),
+            ..Default::default()
+        },
+    );
+    set(
+        id("old"),
+        DateUpdates {
+            protect_until: Some(past),
+            ..Default::default()
+        },
+    );
+    a.tick(now);
+    let rot = a.keys.key(id("rot")).unwrap();
+    assert_eq!(rot.versions.len(), 2);
+    assert_eq!(rot.versions[0].state, InvState::Deactivated);
+    assert_eq!(rot.versions[1].state, InvState::Active);
+    assert!(rot.record.next_rotation.unwrap() > secs(now));
+    let old = a.keys.key(id("old")).unwrap();
+    assert_eq!(old.record.state, InvState::Deactivated);
+    assert_eq!(old.versions.len(), 1);
+    a.tick(now);
+    assert_eq!(a.keys.key(id("rot")).unwrap().versions.len(), 2);
+}
+
+/// What the trail's `lifecycle` records say of every key: its state
+/// and each version's, replayed from `from X to Y` in trail order.
+fn replayed(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    let records = a
+        .audit
+        .log()
+        .query(&keyward_inventory::AuditFilter {
+            kinds: vec![keyward_inventory::AuditKind::Lifecycle],
+            ..Default::default()
+        })
+        .unwrap();
+    let mut keys = std::collections::BTreeMap::new();
+    for r in records {
+        let e = r.event;
+        let to = crate::audit::lifecycle_to(&e.reason).unwrap().to_owned();
+        let entry = keys
+            .entry(e.key.unwrap())
+            .or_insert_with(|| (String::new(), Vec::new()));
+        match e.key_version {
+            None => entry.0 = to,
+            Some(v) => {
+                let i = v as usize - 1;
+                if entry.1.len() <= i {
+                    entry.1.resize(i + 1, "none".to_owned());
+                }
+                entry.1[i] = to;
+            }
+        }
+    }
+    keys
+}
+
+/// What the inventory says of every key, in the same form.
+fn stored(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    let inv = a.keys.inventory();
+    inv.keys(&KeyFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            let versions = inv.versions(k.id).unwrap();
+            let states = versions.iter().map(|v| state_name(v.state)).collect();
+            (k.name.clone(), (state_name(k.state), states))
+        })
+        .collect()
+}
+
+/// Every kind of lifecycle change (create, transitions, rotation,
+/// emergency rotation, the scheduler's) writes its records with it:
+/// the trail alone tells each key's state and versions, one record per
+/// history row, and the chain verifies.
+#[test]
+fn every_lifecycle_change_carries_its_records() {
+    let (_d, a) = agent();
+    call(&a, create("a", "signing")).unwrap();
+    call(&a, act("a", KeyAction::Activate)).unwrap();
+    call(
+        &a,
+        KeyRequest::Rotate {
+            name: "a".into(),
+            token: None,
+        },
+    )
+    .unwrap();
+    call(&a, act("a", KeyAction::Revoke { rotate: true })).unwrap();
+    call(&a, create("b", "signing")).unwrap();
+    call(&a, act("b", KeyAction::Activate)).unwrap();
+    call(&a, act("b", KeyAction::Suspend)).unwrap();
+    call(&a, act("b", KeyAction::Revoke { rotate: false })).unwrap();
+    call(&a, create("c", "signing")).unwrap();
+    call(&a, act("c", KeyAction::Activate)).unwrap();
+    let id = a.keys.inventory().key("kw", "c").unwrap().unwrap().id;
+    let now = SystemTime::now();
+    a.keys
+        .inventory()
+        .apply(&LifecycleChange {
+            key: KeyChange::Update {
+                key_id: id,
+                expected: InvState::Active,
+                to: None,
+            },
+            versions: Vec::new(),
+            dates: DateUpdates {
+                next_rotation: Some(secs(now) - 1),
+                ..Default::default()
+            },
+            actor: "test".into(),
+            reason: "due".into(),
+            at: secs(now),
+            trail: Vec::new(),
+        })
+        .unwrap();
+    a.keys.refresh(id).unwrap();
+    a.tick(now);
+
+    let stored = stored(&a);
+    assert_eq!(
+        stored["a"],
+        (
+            "active".to_owned(),
+            vec![
+                "compromised".to_owned(),
+                "compromised".into(),
+                "active".into()
+            ]
+        )
+    );
+    assert_eq!(
+        stored["c"].1,
+        ["deactivated", "active"],
+        "the scheduler rotated"
+    );
+    assert_eq!(
+        replayed(&a),
+        stored,
+        "the trail tells what the inventory holds"
+    );
+    let trail = a
+        .audit
+        .log()
+        .query(&keyward_inventory::AuditFilter {
+            kinds: vec![keyward_inventory::AuditKind::Lifecycle],
+            ..Default::default()
+        })
+        .unwrap();
+    let rows: usize = a
+        .keys
+        .inventory()
+        .keys(&KeyFilter::default())
+        .unwrap()
+        .iter()
+        .map(|k| a.keys.inventory().history(k.id).unwrap().len())
+        .sum();
+    assert_eq!(trail.len(), rows, "one record per history row");
+    let scheduled: Vec<_> = trail
+        .iter()
+        .filter(|r| r.event.actor == Actor::Scheduler)
+        .map(|r| (r.event.key.as_deref(), r.event.operation.as_str()))
+        .collect();
+    assert_eq!(scheduled, [(Some("c"), "rotate"), (Some("c"), "rotate")]);
+    let emergency: Vec<_> = trail
+        .iter()
+        .filter(|r| r.event.reason.contains("emergency rotation to version 3"))
+        .map(|r| (r.event.key_version, r.event.operation.as_str()))
+        .collect();
+    assert_eq!(emergency, [(None, "revoke"), (Some(3), "revoke")]);
+    assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
+    assert!(a.audit.stats().records >= trail.len() as u64);
+}
+
+/// A lifecycle change whose trail records cannot be written does not
+/// happen: the administrator gets a clear error and the key, its
+/// versions and its history are as before (the request itself is
+/// recorded; only lifecycle records are refused here).
+#[test]
+fn a_change_whose_records_cannot_be_written_does_not_happen() {
+    let (d, a) = agent();
+    call(&a, create("k", "signing")).unwrap();
+    call(&a, act("k", KeyAction::Activate)).unwrap();
+    let id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+    let snapshot = |a: &Agent| {
+        let inv = a.keys.inventory();
+        (
+            inv.key_by_id(id).unwrap(),
+            inv.versions(id).unwrap(),
+            inv.history(id).unwrap(),
+            a.keys.key(id).unwrap().record.state,
+        )
+    };
+    let before = snapshot(&a);
+    let db = rusqlite::Connection::open(d.path().join("inventory.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER jam BEFORE INSERT ON audit WHEN NEW.kind = 'lifecycle'
+         BEGIN SELECT RAISE(ABORT, 'no lifecycle records'); END;",
+    )
+    .unwrap();
+    let requests = [
+        act("k", KeyAction::Suspend),
+        act("k", KeyAction::Revoke { rotate: false }),
+        act("k", KeyAction::Revoke { rotate: true }),
+        KeyRequest::Rotate {
+            name: "k".into(),
+            token: None,
+        },
+        create("new", "signing"),
+    ];
+    for req in requests {
+        let what = format!("{req:?}");
+        match a.key_request(&admin(), req) {
+            AdminResponse::KeyErr { kind, message } => {
+                assert_eq!(kind, AdminErrorKind::Failed, "{what}: {message}");
+                assert!(message.contains("audit records"), "{what}: {message}");
+                assert!(message.contains("nothing changed"), "{what}: {message}");
+            }
+            other => panic!("{what}: the change happened: {other:?}"),
+        }
+        assert_eq!(snapshot(&a), before, "{what}");
+    }
+    assert!(a.keys.inventory().key("kw", "new").unwrap().is_none());
+    db.execute_batch("DROP TRIGGER jam;").unwrap();
+    call(&a, act("k", KeyAction::Suspend)).unwrap();
+    assert_eq!(replayed(&a), stored(&a));
+    assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
+}
+
+/// A revocation whose last version was changed by someone else since
+/// the agent looked is refused as a whole: the key and its other
+/// versions are not left compromised with the last one behind, and no
+/// record tells of a change that did not happen.
+#[test]
+fn a_change_racing_another_is_all_or_nothing() {
+    let (d, a) = agent();
+    call(&a, create("k", "signing")).unwrap();
+    call(&a, act("k", KeyAction::Activate)).unwrap();
+    call(
+        &a,
+        KeyRequest::Rotate {
+            name: "k".into(),
+            token: None,
+        },
+    )
+    .unwrap();
+    let id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+    // Another writer moved version 2 behind the agent's view.
+    let db = rusqlite::Connection::open(d.path().join("inventory.sqlite")).unwrap();
+    db.execute(
+        "UPDATE key_versions SET state = 'suspended' WHERE key_id = ?1 AND version = 2",
+        [id],
+    )
+    .unwrap();
+    let inv = a.keys.inventory();
+    let before = (
+        inv.key_by_id(id).unwrap(),
+        inv.versions(id).unwrap(),
+        inv.history(id).unwrap(),
+    );
+    let records = replayed(&a);
+    let err = call(&a, act("k", KeyAction::Revoke { rotate: false })).unwrap_err();
+    assert_eq!(err.kind, AdminErrorKind::Conflict, "{}", err.message);
+    assert!(err.message.contains("version 2"), "{}", err.message);
+    let after = (
+        inv.key_by_id(id).unwrap(),
+        inv.versions(id).unwrap(),
+        inv.history(id).unwrap(),
+    );
+    assert_eq!(after, before, "nothing of the revocation is kept");
+    assert_eq!(replayed(&a), records, "no record of it either");
+    assert_eq!(a.keys.key(id).unwrap().record.state, InvState::Active);
+}

@@ -1,0 +1,118 @@
+//! Transitions: activate, suspend, resume, deactivate, revoke (with
+//! `--rotate`) and destroy, the moves the policy's table allows, applied as
+//! one lifecycle change; what needs a second person becomes an approval
+//! request instead.
+
+use std::time::SystemTime;
+
+use keyward_inventory::{Actor, DateUpdates, KeyChange, LifecycleChange, VersionChange};
+use keyward_policy::{needs_approval, transition, version_transition, Action, KeyState, Rotation};
+use keyward_protocol::admin::{AdminErrorKind, KeyAction, KeyResponse};
+
+use crate::agent::Agent;
+use crate::keys::{inventory_state, policy_state, secs};
+
+use super::*;
+
+impl Agent {
+    /// A lifecycle transition of key `t` by `who`.
+    ///
+    /// Actions that need approval are recorded (a pending request, in the
+    /// inventory, expiring after [`APPROVAL_LIFETIME`]) and not performed.
+    ///
+    /// `Revoke { rotate: true }` is the emergency rotation, allowed on an
+    /// active key only: first the key and every live version become
+    /// compromised (one use later, nothing works: that part never waits);
+    /// then a new version is generated, added active, and the key itself
+    /// moves compromised → active with a fresh cryptoperiod from now, its
+    /// history saying "emergency rotation to version N". The logical key
+    /// (name, grants) stays in service; the compromised material never
+    /// comes back. If generation fails, the key stays compromised and the
+    /// call fails (an administrator creates a replacement).
+    pub(crate) fn transition_key(
+        &self,
+        t: &Target<'_>,
+        action: KeyAction,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let act = action_of(action);
+        let from = state_of(&t.key);
+        let to = transition(from, act).map_err(|r| AdminError {
+            kind: AdminErrorKind::Refused,
+            message: format!("key {}: {r}", t.label()),
+        })?;
+        if needs_approval(from, act) {
+            return self.record_request(t, act.name(), who, now);
+        }
+        let rotate = matches!(action, KeyAction::Revoke { rotate: true });
+        if rotate && from != KeyState::Active {
+            return fail(
+                AdminErrorKind::Refused,
+                format!(
+                    "key {} is {from}: revoke --rotate replaces an active key; revoke it alone",
+                    t.label()
+                ),
+            );
+        }
+        let at = secs(now);
+        let mut dates = DateUpdates::default();
+        match act {
+            Action::Activate => {
+                dates = period_dates(self.policy().class(&t.key.record.class), now);
+                dates.activated_at = Some(at);
+            }
+            Action::Deactivate => dates.deactivated_at = Some(at),
+            _ => {}
+        }
+        // The versions follow as the policy says.
+        let versions = t
+            .key
+            .versions
+            .iter()
+            .filter_map(|v| {
+                let to = version_transition(act, policy_state(v.state))?;
+                Some(VersionChange::Move {
+                    version: v.version,
+                    from: v.state,
+                    to: inventory_state(to),
+                })
+            })
+            .collect();
+        let change = LifecycleChange {
+            key: KeyChange::Update {
+                key_id: t.key.record.id,
+                expected: t.key.record.state,
+                to: Some(inventory_state(to)),
+            },
+            versions,
+            dates,
+            actor: who.to_owned(),
+            reason: reason.to_owned(),
+            at,
+            trail: Vec::new(),
+        };
+        self.apply_change(by, act.name(), reason, change)?;
+        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
+        if rotate {
+            let revoked = Target {
+                token: t.token,
+                key: self.reload(t)?,
+            };
+            // Named as the revocation it completes.
+            let v = self.new_version(
+                &revoked,
+                (who, by),
+                Rotation::Emergency,
+                (act.name(), reason),
+                now,
+            )?;
+            log::info!(
+                "key {}: emergency rotation to version {v} by {who}",
+                t.label()
+            );
+        }
+        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+    }
+}

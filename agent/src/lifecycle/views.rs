@@ -1,0 +1,107 @@
+//! What the CLI shows of keys: their states, versions and history.
+
+use keyward_inventory::{KeyFilter, KeyState as InvState, StateChange};
+use keyward_protocol::admin::{AdminErrorKind, HistoryEntry, KeyInfo, KeyResponse, VersionInfo};
+
+use crate::agent::Agent;
+use crate::keys::KeyView;
+
+use super::grants::*;
+use super::*;
+
+pub(crate) fn state_name(s: InvState) -> String {
+    s.as_str().to_owned()
+}
+
+pub(crate) fn history_entry(c: &StateChange) -> HistoryEntry {
+    HistoryEntry {
+        at: c.at,
+        version: c.version,
+        from: c.from.map(state_name),
+        to: state_name(c.to),
+        actor: c.actor.clone(),
+        reason: c.reason.clone(),
+    }
+}
+
+pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
+    let r = &v.record;
+    KeyInfo {
+        name: r.name.clone(),
+        token: r.token.clone(),
+        owner: r.owner.clone(),
+        purpose: r.purpose.clone(),
+        class: r.class.clone(),
+        algorithm: r.algorithm.clone(),
+        state: state_name(r.state),
+        created_at: r.created_at,
+        activated_at: r.activated_at,
+        rotated_at: r.rotated_at,
+        deactivated_at: r.deactivated_at,
+        protect_until: r.protect_until,
+        process_until: r.process_until,
+        next_rotation: r.next_rotation,
+        scope: r.scope.clone(),
+        last_used_at: r.last_used_at,
+        backup_allowed: r.backup_allowed,
+        versions: v
+            .versions
+            .iter()
+            .map(|x| VersionInfo {
+                version: x.version,
+                backend_id: x.backend_id.clone(),
+                state: state_name(x.state),
+                created_at: x.created_at,
+                deactivated_at: x.deactivated_at,
+                destroyed_at: x.destroyed_at,
+            })
+            .collect(),
+        grants: v.grants.iter().map(|g| grant_info(&r.name, g)).collect(),
+        history,
+    }
+}
+
+impl Agent {
+    pub(crate) fn info(&self, key: &KeyView) -> AResult<KeyInfo> {
+        let history = self
+            .keys
+            .inventory()
+            .history(key.record.id)
+            .map_err(inv_err)?;
+        Ok(key_info(key, history.iter().map(history_entry).collect()))
+    }
+
+    pub(crate) fn list_keys(
+        &self,
+        token: Option<&str>,
+        state: Option<&str>,
+    ) -> AResult<KeyResponse> {
+        let state = match state {
+            Some(s) => Some(s.parse::<InvState>().map_err(|e| AdminError {
+                kind: AdminErrorKind::Invalid,
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        let token = match token {
+            Some(l) => Some(self.admin_token(Some(l))?.config.label.clone()),
+            None => None,
+        };
+        let records = self
+            .keys
+            .inventory()
+            .keys(&KeyFilter {
+                token,
+                state,
+                class: None,
+            })
+            .map_err(inv_err)?;
+        let mut out = Vec::new();
+        for r in records {
+            if let Some(k) = self.keys.key(r.id) {
+                out.push(self.info(&k)?);
+            }
+        }
+        Ok(KeyResponse::Keys(out))
+    }
+}
