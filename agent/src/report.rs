@@ -532,10 +532,10 @@ impl Agent {
     /// Answers `keyward report` for administrator `admin`.
     /// One admin record says who asked (see [`Agent::audit_read`]).
     pub fn report_request(&self, admin: &Peer, req: ReportRequest) -> AdminResponse {
-        let what = req.describe();
-        log::info!("admin {admin}: report.make: {what}");
+        let (operation, what) = (req.name(), req.describe());
+        log::info!("admin {admin}: {operation}: {what}");
         let resp = self.make_report(admin, &req);
-        self.audit_read(admin, "report.make", &what, &resp);
+        self.audit_read(admin, operation, &what, &resp);
         resp
     }
 

@@ -41,7 +41,7 @@ impl AdminRequest {
             AdminRequest::Status => "agent.status",
             AdminRequest::Key(k) => k.name(),
             AdminRequest::Audit(a) => a.name(),
-            AdminRequest::Report(_) => "report.make",
+            AdminRequest::Report(r) => r.name(),
         }
     }
 
@@ -334,6 +334,11 @@ impl AuditRequest {
 }
 
 impl ReportRequest {
+    /// The request's stable name (see the [module](self) documentation).
+    pub fn name(&self) -> &'static str {
+        "report.make"
+    }
+
     /// What the request does, in words (one line).
     pub fn describe(&self) -> String {
         let what = match (&self.token, &self.key) {

@@ -232,16 +232,13 @@ pub fn aes_key_value(s: &Session, value: &[u8]) -> ObjectHandle {
 
 /// Lowercase hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
-/// Bytes from hex (test vectors).
+/// Bytes from hex (test vectors; white space is ignored).
 pub fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    hex::decode(&s).unwrap_or_else(|e| panic!("not hex ({e}): {s}"))
 }
 
 /// SoftHSM2 loaded directly next to the module, on a token of its own with
