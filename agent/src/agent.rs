@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::listener::identity::Peer;
 use keyward_policy::Policy;
 
-use crate::audit::{self, Auditor};
+use crate::audit::key::AuditKey;
+use crate::audit::writer::Auditor;
 use crate::clients::registry::Clients;
 use crate::error::{Error, Result};
 use crate::keys::ManagedKeys;
@@ -33,7 +34,7 @@ pub struct Agent {
     pub(crate) policy: arc_swap::ArcSwap<Policy>,
     pub(crate) keys: ManagedKeys,
     pub(crate) audit: Arc<Auditor>,
-    pub(crate) audit_key: Mutex<Option<audit::AuditKey>>,
+    pub(crate) audit_key: Mutex<Option<AuditKey>>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     pub(crate) uid: u32,
     /// The connected clients and the owners of session objects.

@@ -1,0 +1,313 @@
+//! Records of the agent's own events and of administrators' requests, and
+//! the answers to `keyward audit ...`.
+
+use keyward_inventory::{Actor, AuditKind};
+
+use crate::listener::identity::Peer;
+
+use super::events::event;
+
+/// `keyward audit ...` on the admin socket.
+impl crate::agent::Agent {
+    /// Refusals of a peer at the listener (unknown to the policy, over its
+    /// connection cap, another sender on its connection), merged: one
+    /// record stands for `r.count` refusals.
+    pub fn audit_refused_peer(&self, r: &crate::listener::admission::RefusalReport) {
+        let mut e = event(AuditKind::Refusal, r.peer.as_application(""), "connect");
+        e.result = cryptoki_sys::CKR_TOKEN_NOT_PRESENT;
+        let since = r
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        e.reason = if r.count == 1 {
+            r.why.to_owned()
+        } else {
+            format!(
+                "{} ({} refusals of this peer since unix time {since})",
+                r.why, r.count
+            )
+        };
+        self.audit.record(e);
+    }
+
+    /// An agent event (start, stop), durable.
+    pub fn audit_agent(&self, operation: &str, reason: &str) {
+        let mut e = event(AuditKind::Agent, Actor::Agent, operation);
+        e.reason = reason.to_owned();
+        let _ = self.audit.durable(e);
+    }
+
+    /// A policy event (loaded at start, changed by a reload), durable.
+    pub fn audit_policy(&self, operation: &str, result: u64, reason: &str) {
+        let mut e = event(AuditKind::Policy, Actor::Agent, operation);
+        e.result = result;
+        e.reason = reason.chars().take(4096).collect();
+        let _ = self.audit.durable(e);
+    }
+
+    /// A configuration reload and its outcome, durable.
+    pub fn audit_reload(&self, result: u64, reason: &str) {
+        let mut e = event(AuditKind::Agent, Actor::Agent, "reload");
+        e.result = result;
+        e.reason = reason.chars().take(4096).collect();
+        let _ = self.audit.durable(e);
+    }
+
+    /// Answers one audit request of administrator `admin`, and records
+    /// that the trail was read (see [`Self::audit_read`]). A tail after a
+    /// record (a poll of `audit tail --follow`) is recorded only when it
+    /// returned a record that is not itself such a tail's: each poll would
+    /// otherwise return the record of the one before, for ever. So a follow
+    /// adds one record per poll that brought it news, none while it idles,
+    /// and no tail after a record reads the trail unrecorded.
+    pub fn audit_request(
+        &self,
+        admin: &Peer,
+        req: keyward_protocol::admin::AuditRequest,
+    ) -> keyward_protocol::admin::AdminResponse {
+        use keyward_protocol::admin::{AdminResponse, AuditRequest, AuditResponse};
+        let (operation, what) = (req.name(), req.describe());
+        let poll = matches!(
+            req,
+            AuditRequest::Tail {
+                after_seq: Some(_),
+                ..
+            }
+        );
+        if poll {
+            log::debug!("admin {admin}: {operation}: {what}");
+        } else {
+            log::info!("admin {admin}: {operation}: {what}");
+        }
+        let resp = self.answer_audit(req);
+        let news = |records: &[keyward_protocol::admin::AuditRecordInfo]| {
+            records
+                .iter()
+                .any(|r| !(r.kind == AuditKind::Admin.as_str() && r.operation == operation))
+        };
+        let record = match &resp {
+            AdminResponse::Audit(a) if poll => match &**a {
+                AuditResponse::Records(r) => news(r),
+                _ => true,
+            },
+            _ => true,
+        };
+        if record {
+            self.audit_read(admin, operation, &what, &resp);
+        }
+        resp
+    }
+
+    /// What the trail keeps of a read-only admin request: reads of the
+    /// trail (`audit.verify`, `audit.anchor`, `audit.tail`, `audit.query`)
+    /// and `report.make` have one admin record, written after the answer,
+    /// with what was asked and what came of it. Whoever reads the trail or
+    /// the usage report sees who used which key, and when: an auditor asks
+    /// who looked. Nothing is changed, so nothing waits for the record.
+    /// Reads of the inventory and the policy (`key.list`, `key.show`,
+    /// `grant.list`, `app.list`) and `agent.status` have none (see
+    /// [`Self::key_request`]).
+    pub fn audit_read(
+        &self,
+        admin: &Peer,
+        operation: &str,
+        what: &str,
+        resp: &keyward_protocol::admin::AdminResponse,
+    ) {
+        use keyward_protocol::admin::{AdminResponse as R, AuditResponse};
+        let (result, outcome) = match resp {
+            R::Err(m) | R::KeyErr { message: m, .. } => {
+                (cryptoki_sys::CKR_FUNCTION_FAILED, m.clone())
+            }
+            R::Audit(a) => match &**a {
+                AuditResponse::Records(r) => (0, count(r.len(), "record")),
+                AuditResponse::Anchor(a) => (0, format!("sealed through record {}", a.seq)),
+                AuditResponse::Verified(v) => match &v.first_bad {
+                    None => (0, format!("intact, {}", count(v.records, "record"))),
+                    Some(b) => (0, format!("broken at record {}: {}", b.seq, b.problem)),
+                },
+            },
+            R::Report(r) => (0, count(r.keys.len(), "key")),
+            R::Status(_) | R::Key(_) | R::Hello(_) | R::NoCommonVersion(_) => {
+                (0, "done".to_owned())
+            }
+        };
+        let mut e = event(AuditKind::Admin, admin.as_administrator(), operation);
+        e.result = result;
+        e.reason = format!("{what}: {outcome}").chars().take(4096).collect();
+        self.audit.record(e);
+    }
+
+    pub(crate) fn answer_audit(
+        &self,
+        req: keyward_protocol::admin::AuditRequest,
+    ) -> keyward_protocol::admin::AdminResponse {
+        use keyward_inventory::{AuditFilter, ResultFilter};
+        use keyward_protocol::admin::{
+            AdminErrorKind, AdminResponse, AuditProblem, AuditRequest, AuditResponse,
+            AuditVerification,
+        };
+        // What is queued belongs in what the administrator reads.
+        self.audit.flush();
+        let log = self.audit.log();
+        let failed = |e: keyward_inventory::Error| AdminResponse::KeyErr {
+            kind: AdminErrorKind::Failed,
+            message: format!("audit trail: {e}"),
+        };
+        let records = |r: keyward_inventory::Result<Vec<keyward_inventory::AuditRecord>>| match r {
+            Ok(v) => AdminResponse::Audit(Box::new(AuditResponse::Records(
+                v.iter().map(record_info).collect(),
+            ))),
+            Err(e) => failed(e),
+        };
+        let verified = |anchors: &[keyward_inventory::Anchor]| {
+            // Each checkpoint's and anchor's signature is checked by the
+            // HSM's audit key.
+            match log.verify_anchored(&|m, sig| self.audit_verify_signature(m, sig), anchors) {
+                Ok(r) => {
+                    AdminResponse::Audit(Box::new(AuditResponse::Verified(AuditVerification {
+                        records: r.records,
+                        head_seq: r.head_seq,
+                        checkpoints_ok: r.checkpoints_ok,
+                        sealed_through: r.sealed_through,
+                        unsealed: r.unsealed,
+                        anchors_ok: r.anchors_ok,
+                        first_bad: r.first_bad.map(|b| AuditProblem {
+                            seq: b.seq,
+                            problem: b.problem.to_string(),
+                            anchor: b.problem.is_anchor(),
+                        }),
+                    })))
+                }
+                Err(e) => failed(e),
+            }
+        };
+        match req {
+            AuditRequest::Verify => verified(&[]),
+            AuditRequest::VerifyAnchored { anchors } => {
+                let anchors: Vec<keyward_inventory::Anchor> = anchors
+                    .into_iter()
+                    .map(|a| keyward_inventory::Anchor {
+                        seq: a.seq,
+                        head: a.head,
+                        created_at: a.created_at,
+                        signature: a.signature,
+                    })
+                    .collect();
+                verified(&anchors)
+            }
+            AuditRequest::Anchor => {
+                if let Err(e) = self.checkpoint() {
+                    return AdminResponse::KeyErr {
+                        kind: AdminErrorKind::Failed,
+                        message: format!("audit trail: cannot seal it for an anchor: {e}"),
+                    };
+                }
+                match log.checkpoints() {
+                    Ok(c) => match c.last() {
+                        Some(cp) => {
+                            AdminResponse::Audit(Box::new(AuditResponse::Anchor(anchor_of(cp))))
+                        }
+                        None => AdminResponse::KeyErr {
+                            kind: AdminErrorKind::Failed,
+                            message: "audit trail: no checkpoint yet".into(),
+                        },
+                    },
+                    Err(e) => failed(e),
+                }
+            }
+            AuditRequest::Tail { n, after_seq: None } => records(log.tail(n as usize)),
+            AuditRequest::Tail {
+                n,
+                after_seq: Some(after),
+            } => records(log.query(&AuditFilter {
+                after_seq: Some(after),
+                limit: Some(u64::from(n)),
+                ..AuditFilter::default()
+            })),
+            AuditRequest::Query {
+                key,
+                application,
+                since,
+                until,
+                denied_only,
+                limit,
+            } => records(log.query(&AuditFilter {
+                key,
+                application,
+                since,
+                until,
+                result: if denied_only {
+                    ResultFilter::Denied
+                } else {
+                    ResultFilter::Any
+                },
+                limit: Some(u64::from(limit)),
+                ..AuditFilter::default()
+            })),
+        }
+    }
+}
+
+/// `1 record`, `2 records`.
+pub(crate) fn count(n: impl TryInto<u64>, what: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A checkpoint's head as kept off the host.
+pub fn anchor_of(cp: &keyward_inventory::Checkpoint) -> keyward_protocol::admin::AuditAnchor {
+    keyward_protocol::admin::AuditAnchor {
+        seq: cp.seq,
+        head: cp.head,
+        created_at: cp.created_at,
+        signature: cp.signature.clone(),
+    }
+}
+
+/// A stored record as the CLI shows it.
+pub(crate) fn record_info(
+    r: &keyward_inventory::AuditRecord,
+) -> keyward_protocol::admin::AuditRecordInfo {
+    let e = &r.event;
+    let (application, uid, pid, exe) = match &e.actor {
+        Actor::Application {
+            name,
+            uid,
+            pid,
+            exe,
+            ..
+        } => (
+            Some(name.clone()),
+            Some(*uid),
+            Some(*pid),
+            Some(exe.clone()),
+        ),
+        Actor::Administrator { uid, pid, exe } => (None, Some(*uid), Some(*pid), Some(exe.clone())),
+        Actor::Agent | Actor::Scheduler => (None, None, None, None),
+    };
+    keyward_protocol::admin::AuditRecordInfo {
+        seq: r.seq,
+        at: e.at,
+        micros: e.micros,
+        kind: e.kind.as_str().to_owned(),
+        actor: e.actor.kind_str().to_owned(),
+        application,
+        uid,
+        pid,
+        exe,
+        token: e.token.clone(),
+        key: e.key.clone(),
+        key_version: e.key_version,
+        operation: e.operation.clone(),
+        mechanism: e.mechanism,
+        result: e.result,
+        reason: e.reason.clone(),
+        count: e.count,
+        span_us: e.span_us,
+    }
+}
