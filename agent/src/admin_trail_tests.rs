@@ -8,21 +8,7 @@ use keyward_protocol::admin::{AdminResponse, AuditRequest, KeyAction, KeyRequest
 use crate::agent::tests::{admin_peer, mock_agent};
 use crate::agent::Agent;
 
-const POLICY: &str = r#"
-[settings]
-mode = "strict"
-
-[[application]]
-name = "app"
-uid = 1000
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "365d"
-process_period = "730d"
-"#;
+const POLICY: &str = crate::agent::tests::STRICT_SIGNING;
 
 /// Every admin record, oldest first, as (operation, reason, result).
 fn admin_records(a: &Agent) -> Vec<(String, String, u64)> {

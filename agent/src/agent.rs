@@ -271,6 +271,27 @@ pub(crate) mod tests {
 
     use crate::tokens::VirtualToken;
 
+    /// A strict policy with one application, `app` (uid 1000), and one
+    /// class, `signing` (EC P-256, rotated every 90 days, `app` may sign and
+    /// verify): what the lifecycle, trail and report tests run under.
+    pub(crate) const STRICT_SIGNING: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+grants = [ { application = "app", operations = ["sign", "verify"] } ]
+"#;
+
     /// An agent on one mock token `kw` under the policy text `policy`, with
     /// its inventory and trail in a temporary directory.
     pub(crate) fn mock_agent(policy: &str) -> (tempfile::TempDir, Agent) {

@@ -109,21 +109,7 @@ impl KeyRequest {
                 algorithm,
                 token,
                 owner,
-            } => {
-                let mut s = format!(
-                    "create {} (class {}, {}",
-                    key(token, name),
-                    clean(class),
-                    algorithm
-                        .as_deref()
-                        .map_or_else(|| "the class's first algorithm".to_owned(), clean)
-                );
-                if let Some(owner) = owner {
-                    let _ = write!(s, ", owner {}", clean(owner));
-                }
-                s.push(')');
-                s
-            }
+            } => describe_create(name, class, algorithm.as_deref(), token, owner.as_deref()),
             KeyRequest::List { token, state } => {
                 let mut s = "list keys".to_owned();
                 if let Some(t) = token {
@@ -158,23 +144,7 @@ impl KeyRequest {
                 application,
                 operations,
                 until,
-            } => {
-                let ops: Vec<String> = operations.iter().map(|o| clean(o)).collect();
-                let mut s = format!(
-                    "grant {} {} on {}",
-                    clean(application),
-                    if ops.is_empty() {
-                        "no operation".to_owned()
-                    } else {
-                        ops.join(", ")
-                    },
-                    key(token, k)
-                );
-                if let Some(t) = until {
-                    let _ = write!(s, " until {}", utc(*t));
-                }
-                s
-            }
+            } => describe_grant(key(token, k), application, operations, *until),
             KeyRequest::GrantRemove {
                 key: k,
                 token,
@@ -192,21 +162,7 @@ impl KeyRequest {
                 token,
                 role,
                 application,
-            } => {
-                let role = match role {
-                    Some(PinRole::User) => "user PIN",
-                    Some(PinRole::So) => "SO PIN",
-                    None => "user and SO PIN",
-                };
-                let mut s = format!(
-                    "reset the wrong-PIN counts ({role}) of token {}",
-                    clean(token)
-                );
-                if let Some(a) = application {
-                    let _ = write!(s, " for application {}", clean(a));
-                }
-                s
-            }
+            } => describe_pin_unlock(token, *role, application.as_deref()),
             KeyRequest::Discover { token } => match token {
                 Some(t) => format!("look for unmanaged keys on token {}", clean(t)),
                 None => "look for unmanaged keys on every token".to_owned(),
@@ -404,6 +360,68 @@ fn period(secs: u64) -> String {
             .span_to_string(&s),
         None => format!("{secs} s"),
     }
+}
+
+/// What `key create` does, in words.
+fn describe_create(
+    name: &str,
+    class: &str,
+    algorithm: Option<&str>,
+    token: &Option<String>,
+    owner: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "create {} (class {}, {}",
+        key(token, name),
+        clean(class),
+        algorithm.map_or_else(|| "the class's first algorithm".to_owned(), clean)
+    );
+    if let Some(owner) = owner {
+        let _ = write!(s, ", owner {}", clean(owner));
+    }
+    s.push(')');
+    s
+}
+
+/// What `grant add` does, in words; `target` names the key.
+fn describe_grant(
+    target: String,
+    application: &str,
+    operations: &[String],
+    until: Option<i64>,
+) -> String {
+    let ops: Vec<String> = operations.iter().map(|o| clean(o)).collect();
+    let mut s = format!(
+        "grant {} {} on {}",
+        clean(application),
+        if ops.is_empty() {
+            "no operation".to_owned()
+        } else {
+            ops.join(", ")
+        },
+        target
+    );
+    if let Some(t) = until {
+        let _ = write!(s, " until {}", utc(t));
+    }
+    s
+}
+
+/// What `pin unlock` does, in words.
+fn describe_pin_unlock(token: &str, role: Option<PinRole>, application: Option<&str>) -> String {
+    let role = match role {
+        Some(PinRole::User) => "user PIN",
+        Some(PinRole::So) => "SO PIN",
+        None => "user and SO PIN",
+    };
+    let mut s = format!(
+        "reset the wrong-PIN counts ({role}) of token {}",
+        clean(token)
+    );
+    if let Some(a) = application {
+        let _ = write!(s, " for application {}", clean(a));
+    }
+    s
 }
 
 #[cfg(test)]

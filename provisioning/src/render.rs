@@ -643,7 +643,31 @@ pub fn report(r: &Report) -> String {
             }
         ),
     });
-    let f = &r.failed_admin;
+    out.push_str(&failed_admin(&r.failed_admin));
+    out.push_str(&unmanaged(&r.unmanaged));
+    if r.anomalies.is_empty() {
+        out.push_str("anomalies: none\n");
+    } else {
+        out.push_str(&format!("anomalies: {}\n", r.anomalies.len()));
+        let rows: Vec<Vec<String>> = r
+            .anomalies
+            .iter()
+            .map(|a| {
+                vec![
+                    format!("{}/{}", cell(&a.token), cell(&a.key)),
+                    anomaly_name(a.kind).to_owned(),
+                    cell(&a.detail),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(&["KEY", "ANOMALY", "WHAT"], &rows)));
+    }
+    out
+}
+
+/// The report's failed administrator actions: counts, and the last ones.
+fn failed_admin(f: &keyward_protocol::admin::FailedAdmin) -> String {
+    let mut out = String::new();
     out.push_str(&format!(
         "failed admin actions: {} in the window, {} with the baseline, {} in all\n",
         f.window, f.period, f.total
@@ -668,12 +692,17 @@ pub fn report(r: &Report) -> String {
             &rows,
         )));
     }
-    if r.unmanaged.is_empty() {
+    out
+}
+
+/// The report's uses of objects the inventory does not manage.
+fn unmanaged(unmanaged: &[keyward_protocol::admin::UnmanagedUsage]) -> String {
+    let mut out = String::new();
+    if unmanaged.is_empty() {
         out.push_str("unmanaged objects: no uses\n");
     } else {
         out.push_str("unmanaged objects:\n");
-        let rows: Vec<Vec<String>> = r
-            .unmanaged
+        let rows: Vec<Vec<String>> = unmanaged
             .iter()
             .map(|u| {
                 vec![
@@ -696,24 +725,38 @@ pub fn report(r: &Report) -> String {
             &rows,
         )));
     }
-    if r.anomalies.is_empty() {
-        out.push_str("anomalies: none\n");
-    } else {
-        out.push_str(&format!("anomalies: {}\n", r.anomalies.len()));
-        let rows: Vec<Vec<String>> = r
-            .anomalies
-            .iter()
-            .map(|a| {
-                vec![
-                    format!("{}/{}", cell(&a.token), cell(&a.key)),
-                    anomaly_name(a.kind).to_owned(),
-                    cell(&a.detail),
-                ]
-            })
-            .collect();
-        out.push_str(&indent(&table(&["KEY", "ANOMALY", "WHAT"], &rows)));
-    }
     out
+}
+
+/// One revocation of a key in the report: when, its latency, and whether
+/// any use followed it.
+fn revocation_line(v: &keyward_protocol::admin::Revocation) -> String {
+    format!(
+        "  {} at {} (record {}): latency {}; versions {}; no use after it: {}{}\n",
+        cell(&v.action),
+        format_utc(v.effective_at),
+        v.seq,
+        v.latency_us.map_or_else(
+            || "unknown (no request in the trail)".to_owned(),
+            |us| format!("{:.1} ms", us as f64 / 1000.0)
+        ),
+        if v.versions.is_empty() {
+            "all".to_owned()
+        } else {
+            v.versions
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        yes_no(v.no_use_after),
+        match v.first_use_after {
+            Some(seq) if !v.no_use_after => {
+                format!(" ({} uses, the first at record {seq})", v.uses_after)
+            }
+            _ => String::new(),
+        }
+    )
 }
 
 fn indent(text: &str) -> String {
@@ -844,32 +887,7 @@ fn key_details(k: &KeyReport) -> String {
         out.push_str(&format!("  drift: {}\n", cell(d)));
     }
     for v in &k.revocations {
-        out.push_str(&format!(
-            "  {} at {} (record {}): latency {}; versions {}; no use after it: {}{}\n",
-            cell(&v.action),
-            format_utc(v.effective_at),
-            v.seq,
-            v.latency_us.map_or_else(
-                || "unknown (no request in the trail)".to_owned(),
-                |us| format!("{:.1} ms", us as f64 / 1000.0)
-            ),
-            if v.versions.is_empty() {
-                "all".to_owned()
-            } else {
-                v.versions
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-            yes_no(v.no_use_after),
-            match v.first_use_after {
-                Some(seq) if !v.no_use_after => {
-                    format!(" ({} uses, the first at record {seq})", v.uses_after)
-                }
-                _ => String::new(),
-            }
-        ));
+        out.push_str(&revocation_line(v));
     }
     out
 }

@@ -16,6 +16,25 @@ use super::hsm::*;
 use super::*;
 
 impl Agent {
+    /// `keyward discover`: what the tokens (or `token`) hold that the
+    /// inventory does not manage, recorded once.
+    pub(crate) fn discover(&self, token: Option<&str>, by: &Actor) -> AResult<KeyResponse> {
+        let tokens: Vec<&VirtualToken> = match token {
+            Some(l) => vec![self.admin_token(Some(l))?],
+            None => self.tokens.iter().collect(),
+        };
+        let mut shadows = Vec::new();
+        for t in tokens {
+            let found = self.scan(t)?;
+            let objects: Vec<BackendObject> = found.iter().map(|(o, _)| *o).collect();
+            // Recorded here: the scheduler need not record them again.
+            self.keys.note_shadows(&t.config.label, &objects);
+            shadows.extend(found.into_iter().map(|(_, f)| f));
+        }
+        self.record_findings(by, &shadows);
+        Ok(KeyResponse::Shadows(shadows))
+    }
+
     /// Key objects on `token`'s backend outside management, each with its
     /// backend object: private and secret keys, and public keys without a
     /// private half, whose `CKA_ID` is no managed version (`unmanaged`), and

@@ -22,6 +22,78 @@ pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
 }
 
 impl Agent {
+    /// `keyward grant add`: the grant, recorded in the trail.
+    pub(crate) fn add_grant(
+        &self,
+        t: &Target<'_>,
+        application: &str,
+        operations: &[String],
+        until: Option<i64>,
+        (who, by): (&str, &Actor),
+    ) -> AResult<KeyResponse> {
+        let done = self.grant_add(t, application, operations, until, who)?;
+        let until = until.map_or_else(
+            || "no end".to_owned(),
+            |u| format!("until {}", keyward_protocol::names::utc(u)),
+        );
+        let reason = format!(
+            "application {application:?}, operations [{}], {until}",
+            operations.join(", ")
+        );
+        self.record_grant(by.clone(), t, "grant add", &reason);
+        Ok(done)
+    }
+
+    /// `keyward grant remove`: the grant gone, recorded in the trail.
+    pub(crate) fn remove_grant(
+        &self,
+        t: &Target<'_>,
+        application: &str,
+        (who, by): (&str, &Actor),
+    ) -> AResult<KeyResponse> {
+        self.keys
+            .inventory()
+            .revoke_grant(t.key.record.id, application, who)
+            .map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        self.record_grant(
+            by.clone(),
+            t,
+            "grant remove",
+            &format!("application {application:?}"),
+        );
+        Ok(KeyResponse::Done(format!(
+            "grant of {} to {application:?} removed",
+            t.label()
+        )))
+    }
+
+    /// `keyward grant list`: the grants of key `key`, or of every key (of
+    /// `token`), by token and name.
+    pub(crate) fn list_grants(
+        &self,
+        key: Option<&str>,
+        token: Option<&str>,
+    ) -> AResult<KeyResponse> {
+        let keys = match key {
+            Some(k) => vec![self.target(token, k)?.key],
+            None => {
+                let label = token.map(|l| self.admin_token(Some(l))).transpose()?;
+                let mut all = self.keys.all();
+                all.retain(|k| label.is_none_or(|t| t.config.label == k.record.token));
+                all.sort_by(|a, b| {
+                    (&a.record.token, &a.record.name).cmp(&(&b.record.token, &b.record.name))
+                });
+                all
+            }
+        };
+        Ok(KeyResponse::Grants(
+            keys.iter()
+                .flat_map(|k| k.grants.iter().map(|g| grant_info(&k.record.name, g)))
+                .collect(),
+        ))
+    }
+
     pub(crate) fn grant_add(
         &self,
         t: &Target<'_>,

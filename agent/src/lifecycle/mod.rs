@@ -53,7 +53,7 @@ use keyward_policy::{Action, KeyClass, KeyState};
 use keyward_protocol::admin::{AdminErrorKind, AdminResponse, KeyAction, KeyRequest, KeyResponse};
 
 use crate::agent::Agent;
-use crate::backend::{Backend, BackendObject};
+use crate::backend::Backend;
 use crate::keys::{policy_state, secs, KeyView};
 use crate::listener::identity::Peer;
 use crate::state::Role;
@@ -70,8 +70,6 @@ pub mod scheduler;
 pub mod transition;
 pub mod verify;
 pub mod views;
-
-use grants::*;
 
 /// How long an approval request stays open.
 pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -395,17 +393,7 @@ impl Agent {
                 until,
             } => {
                 let t = self.target(token.as_deref(), &key)?;
-                let done = self.grant_add(&t, &application, &operations, until, &who)?;
-                let until = until.map_or_else(
-                    || "no end".to_owned(),
-                    |u| format!("until {}", keyward_protocol::names::utc(u)),
-                );
-                let reason = format!(
-                    "application {application:?}, operations [{}], {until}",
-                    operations.join(", ")
-                );
-                self.record_grant(by, &t, "grant add", &reason);
-                Ok(done)
+                self.add_grant(&t, &application, &operations, until, (&who, &by))
             }
             KeyRequest::GrantRemove {
                 key,
@@ -413,80 +401,18 @@ impl Agent {
                 application,
             } => {
                 let t = self.target(token.as_deref(), &key)?;
-                self.keys
-                    .inventory()
-                    .revoke_grant(t.key.record.id, &application, &who)
-                    .map_err(inv_err)?;
-                self.refresh(t.key.record.id)?;
-                self.record_grant(
-                    by,
-                    &t,
-                    "grant remove",
-                    &format!("application {application:?}"),
-                );
-                Ok(KeyResponse::Done(format!(
-                    "grant of {} to {application:?} removed",
-                    t.label()
-                )))
+                self.remove_grant(&t, &application, (&who, &by))
             }
             KeyRequest::GrantList { key, token } => {
-                let keys = match key {
-                    Some(k) => vec![self.target(token.as_deref(), &k)?.key],
-                    None => {
-                        let label = token
-                            .as_deref()
-                            .map(|l| self.admin_token(Some(l)))
-                            .transpose()?;
-                        let mut all = self.keys.all();
-                        all.retain(|k| label.is_none_or(|t| t.config.label == k.record.token));
-                        all.sort_by(|a, b| {
-                            (&a.record.token, &a.record.name)
-                                .cmp(&(&b.record.token, &b.record.name))
-                        });
-                        all
-                    }
-                };
-                Ok(KeyResponse::Grants(
-                    keys.iter()
-                        .flat_map(|k| k.grants.iter().map(|g| grant_info(&k.record.name, g)))
-                        .collect(),
-                ))
+                self.list_grants(key.as_deref(), token.as_deref())
             }
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
             KeyRequest::PinUnlock {
                 token,
                 role,
                 application,
-            } => {
-                self.admin_token(Some(&token))?;
-                let role = role.map(|r| match r {
-                    keyward_protocol::admin::PinRole::User => Role::User,
-                    keyward_protocol::admin::PinRole::So => Role::So,
-                });
-                let done = self
-                    .unlock_pin(&token, role, application.as_deref())
-                    .map_err(|m| AdminError {
-                        kind: AdminErrorKind::Failed,
-                        message: m,
-                    })?;
-                Ok(KeyResponse::Done(done))
-            }
-            KeyRequest::Discover { token } => {
-                let tokens: Vec<&VirtualToken> = match token.as_deref() {
-                    Some(l) => vec![self.admin_token(Some(l))?],
-                    None => self.tokens.iter().collect(),
-                };
-                let mut shadows = Vec::new();
-                for t in tokens {
-                    let found = self.scan(t)?;
-                    let objects: Vec<BackendObject> = found.iter().map(|(o, _)| *o).collect();
-                    // Recorded here: the scheduler need not record them again.
-                    self.keys.note_shadows(&t.config.label, &objects);
-                    shadows.extend(found.into_iter().map(|(_, f)| f));
-                }
-                self.record_findings(&by, &shadows);
-                Ok(KeyResponse::Shadows(shadows))
-            }
+            } => self.pin_unlock(&token, role, application.as_deref()),
+            KeyRequest::Discover { token } => self.discover(token.as_deref(), &by),
             KeyRequest::Adopt {
                 token,
                 backend_id,
@@ -498,6 +424,28 @@ impl Agent {
                 Ok(KeyResponse::Key(Box::new(info)))
             }
         }
+    }
+
+    /// `keyward pin unlock`: resets the PIN attempt counts of `token`
+    /// (of one role, or one application's user PIN).
+    fn pin_unlock(
+        &self,
+        token: &str,
+        role: Option<keyward_protocol::admin::PinRole>,
+        application: Option<&str>,
+    ) -> AResult<KeyResponse> {
+        self.admin_token(Some(token))?;
+        let role = role.map(|r| match r {
+            keyward_protocol::admin::PinRole::User => Role::User,
+            keyward_protocol::admin::PinRole::So => Role::So,
+        });
+        let done = self
+            .unlock_pin(token, role, application)
+            .map_err(|m| AdminError {
+                kind: AdminErrorKind::Failed,
+                message: m,
+            })?;
+        Ok(KeyResponse::Done(done))
     }
 
     /// The virtual token labelled `label`, or the first.

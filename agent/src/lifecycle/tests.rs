@@ -5,22 +5,7 @@ use super::*;
 use crate::objects::unmanaged_name;
 use keyward_inventory::KeyFilter;
 
-const POLICY: &str = r#"
-[settings]
-mode = "strict"
-
-[[application]]
-name = "app"
-uid = 1000
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "365d"
-process_period = "730d"
-rotation_interval = "90d"
-"#;
+const POLICY: &str = crate::agent::tests::STRICT_SIGNING;
 
 fn agent() -> (tempfile::TempDir, Agent) {
     crate::agent::tests::mock_agent(POLICY)

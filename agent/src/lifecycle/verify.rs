@@ -39,172 +39,24 @@ impl Agent {
         )?;
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
-        let m = ManagedRef {
-            key_id: r.id,
-            version: v.version,
-        };
-        let token = &t.token.config.label;
-        let one = |cko: u64| -> AResult<BackendObject> {
-            s.genuine(&self.keys, token, &v.backend_id, cko, m)?
-                .first()
-                .copied()
-                .map_or_else(
-                    || {
-                        fail(
-                            AdminErrorKind::Failed,
-                            format!(
-                                "version {} (CKA_ID {}): no {} on the HSM",
-                                v.version,
-                                hex::encode(&v.backend_id),
-                                class_name(cko)
-                            ),
-                        )
-                    },
-                    Ok,
-                )
-        };
-        let mismatch = |what: &str| AdminError {
-            kind: AdminErrorKind::Failed,
-            message: format!("{what}: the results differ"),
+        let probe = Probe {
+            agent: self,
+            s: &s,
+            backend: backend.as_ref(),
+            token: &t.token.config.label,
+            version: v,
+            managed: ManagedRef {
+                key_id: r.id,
+                version: v.version,
+            },
         };
         let detail = match (purpose, alg) {
-            (Purpose::Signing, _) => {
-                let (mech, what) = match alg {
-                    Algorithm::Ec(_) => (Mechanism::plain(ck::CKM_ECDSA), "ECDSA"),
-                    Algorithm::Ed25519 | Algorithm::Ed448 => {
-                        (Mechanism::plain(ck::CKM_EDDSA), "EdDSA")
-                    }
-                    _ => (Mechanism::plain(ck::CKM_SHA256_RSA_PKCS), "SHA256-RSA-PKCS"),
-                };
-                let data = random(32)?;
-                let sig = s.run(Op::Sign, &mech, one(ck::CKO_PRIVATE_KEY)?, &data)?;
-                s.verify(&mech, one(ck::CKO_PUBLIC_KEY)?, &data, &sig)?;
-                format!("{what} signature of a random digest made and verified")
-            }
-            (Purpose::Encryption, Algorithm::Rsa { .. }) => {
-                let mech = oaep();
-                let data = random(32)?;
-                let c = s.run(Op::Encrypt, &mech, one(ck::CKO_PUBLIC_KEY)?, &data)?;
-                let p = s.run(Op::Decrypt, &mech, one(ck::CKO_PRIVATE_KEY)?, &c)?;
-                if p != data {
-                    return Err(mismatch("RSA-OAEP"));
-                }
-                "RSA-OAEP (SHA-1) encryption of random data made and reversed".to_owned()
-            }
-            (Purpose::Encryption, _) => {
-                let key = one(ck::CKO_SECRET_KEY)?;
-                let mech = Mechanism {
-                    mechanism: ck::CKM_AES_CBC_PAD,
-                    param: MechParam::Bytes(random(16)?),
-                };
-                let data = random(32)?;
-                let c = s.run(Op::Encrypt, &mech, key, &data)?;
-                let p = s.run(Op::Decrypt, &mech, key, &c)?;
-                if p != data || c == data {
-                    return Err(mismatch("AES-CBC-PAD"));
-                }
-                "AES-CBC-PAD encryption of a random block made and reversed".to_owned()
-            }
-            (Purpose::Wrapping, _) => {
-                let (wrapper, unwrapper, mech, what) = match alg {
-                    Algorithm::Rsa { .. } => (
-                        one(ck::CKO_PUBLIC_KEY)?,
-                        one(ck::CKO_PRIVATE_KEY)?,
-                        oaep(),
-                        "RSA-OAEP",
-                    ),
-                    _ => {
-                        let k = one(ck::CKO_SECRET_KEY)?;
-                        (k, k, Mechanism::plain(ck::CKM_AES_KEY_WRAP_PAD), "AES-KWP")
-                    }
-                };
-                let session_key = backend
-                    .generate_key(
-                        s.handle,
-                        &Mechanism::plain(ck::CKM_AES_KEY_GEN),
-                        &[
-                            Attribute::bool(ck::CKA_TOKEN, false),
-                            Attribute::ulong(ck::CKA_VALUE_LEN, 32),
-                            Attribute::bool(ck::CKA_EXTRACTABLE, true),
-                            Attribute::bool(ck::CKA_ENCRYPT, true),
-                        ],
-                    )
-                    .map_err(|e| hsm_err("C_GenerateKey (session AES key)", e))?;
-                let wrapped = backend
-                    .wrap_key(s.handle, &mech, wrapper, session_key)
-                    .map_err(|e| hsm_err("C_WrapKey", e))?;
-                let unwrapped = backend
-                    .unwrap_key(
-                        s.handle,
-                        &mech,
-                        unwrapper,
-                        &wrapped,
-                        &session_aes_template(),
-                    )
-                    .map_err(|e| hsm_err("C_UnwrapKey", e))?;
-                if kcv(&s, session_key)? != kcv(&s, unwrapped)? {
-                    return Err(mismatch(what));
-                }
-                format!("{what}: a fresh session AES key wrapped, unwrapped, check values equal")
-            }
-            (Purpose::Mac, _) => {
-                let key = one(ck::CKO_SECRET_KEY)?;
-                let (mech, what) = match alg {
-                    Algorithm::Aes { .. } => (Mechanism::plain(ck::CKM_AES_CMAC), "AES-CMAC"),
-                    _ => (Mechanism::plain(ck::CKM_SHA256_HMAC), "HMAC-SHA256"),
-                };
-                let data = random(32)?;
-                let tag = s.run(Op::Sign, &mech, key, &data)?;
-                s.verify(&mech, key, &data, &tag)?;
-                format!("{what} of random data made and verified")
-            }
-            (Purpose::Derivation, _) => {
-                let private = one(ck::CKO_PRIVATE_KEY)?;
-                let public = one(ck::CKO_PUBLIC_KEY)?;
-                let Recipe::Pair(gen, params) = recipe(alg) else {
-                    return fail(AdminErrorKind::Failed, format!("{alg} does not derive"));
-                };
-                let mut peer_public = vec![Attribute::bool(ck::CKA_TOKEN, false)];
-                peer_public.extend(params);
-                let (peer_pub, peer_priv) = backend
-                    .generate_key_pair(
-                        s.handle,
-                        &Mechanism::plain(gen),
-                        &peer_public,
-                        &[
-                            Attribute::bool(ck::CKA_TOKEN, false),
-                            Attribute::bool(ck::CKA_DERIVE, true),
-                        ],
-                    )
-                    .map_err(|e| hsm_err("C_GenerateKeyPair (session peer)", e))?;
-                let point = |o| -> AResult<Vec<u8>> {
-                    s.bytes(o, ck::CKA_EC_POINT)?
-                        .map_or_else(|| fail(AdminErrorKind::Failed, "no CKA_EC_POINT"), Ok)
-                };
-                let derive = |base, other: Vec<u8>| -> AResult<BackendObject> {
-                    backend
-                        .derive_key(
-                            s.handle,
-                            &Mechanism {
-                                mechanism: ck::CKM_ECDH1_DERIVE,
-                                param: MechParam::Ecdh1Derive {
-                                    kdf: ck::CKD_NULL,
-                                    shared_data: Vec::new(),
-                                    public_data: other,
-                                },
-                            },
-                            base,
-                            &session_aes_template(),
-                        )
-                        .map_err(|e| hsm_err("C_DeriveKey (ECDH)", e))
-                };
-                let ours = derive(private, point(peer_pub)?)?;
-                let theirs = derive(peer_priv, point(public)?)?;
-                if kcv(&s, ours)? != kcv(&s, theirs)? {
-                    return Err(mismatch("ECDH"));
-                }
-                "ECDH with a fresh session key pair: both sides derived the same secret (check values equal)".to_owned()
-            }
+            (Purpose::Signing, _) => probe.sign(alg)?,
+            (Purpose::Encryption, Algorithm::Rsa { .. }) => probe.encrypt_rsa()?,
+            (Purpose::Encryption, _) => probe.encrypt_aes()?,
+            (Purpose::Wrapping, _) => probe.wrap(alg)?,
+            (Purpose::Mac, _) => probe.mac(alg)?,
+            (Purpose::Derivation, _) => probe.derive(alg)?,
         };
         log::info!("key {} version {} verified: {detail}", t.label(), v.version);
         Ok(KeyResponse::Verified {
@@ -301,5 +153,217 @@ impl Agent {
                 log::error!("fingerprints: {}", e.message);
             }
         }
+    }
+}
+
+/// One version's verification on an HSM session of its own.
+struct Probe<'a, 's> {
+    agent: &'a Agent,
+    s: &'a HsmSession<'s>,
+    backend: &'a dyn Backend,
+    token: &'a str,
+    version: &'a KeyVersion,
+    managed: ManagedRef,
+}
+
+/// A test whose two sides disagree.
+fn mismatch(what: &str) -> AdminError {
+    AdminError {
+        kind: AdminErrorKind::Failed,
+        message: format!("{what}: the results differ"),
+    }
+}
+
+impl Probe<'_, '_> {
+    /// The version's genuine object of class `cko` on the HSM.
+    fn one(&self, cko: u64) -> AResult<BackendObject> {
+        let v = self.version;
+        self.s
+            .genuine(
+                &self.agent.keys,
+                self.token,
+                &v.backend_id,
+                cko,
+                self.managed,
+            )?
+            .first()
+            .copied()
+            .map_or_else(
+                || {
+                    fail(
+                        AdminErrorKind::Failed,
+                        format!(
+                            "version {} (CKA_ID {}): no {} on the HSM",
+                            v.version,
+                            hex::encode(&v.backend_id),
+                            class_name(cko)
+                        ),
+                    )
+                },
+                Ok,
+            )
+    }
+
+    /// A signature of a random digest, made and verified.
+    fn sign(&self, alg: Algorithm) -> AResult<String> {
+        let (mech, what) = match alg {
+            Algorithm::Ec(_) => (Mechanism::plain(ck::CKM_ECDSA), "ECDSA"),
+            Algorithm::Ed25519 | Algorithm::Ed448 => (Mechanism::plain(ck::CKM_EDDSA), "EdDSA"),
+            _ => (Mechanism::plain(ck::CKM_SHA256_RSA_PKCS), "SHA256-RSA-PKCS"),
+        };
+        let data = random(32)?;
+        let sig = self
+            .s
+            .run(Op::Sign, &mech, self.one(ck::CKO_PRIVATE_KEY)?, &data)?;
+        self.s
+            .verify(&mech, self.one(ck::CKO_PUBLIC_KEY)?, &data, &sig)?;
+        Ok(format!(
+            "{what} signature of a random digest made and verified"
+        ))
+    }
+
+    /// RSA-OAEP encryption of random data, made and reversed.
+    fn encrypt_rsa(&self) -> AResult<String> {
+        let mech = oaep();
+        let data = random(32)?;
+        let c = self
+            .s
+            .run(Op::Encrypt, &mech, self.one(ck::CKO_PUBLIC_KEY)?, &data)?;
+        let p = self
+            .s
+            .run(Op::Decrypt, &mech, self.one(ck::CKO_PRIVATE_KEY)?, &c)?;
+        if p != data {
+            return Err(mismatch("RSA-OAEP"));
+        }
+        Ok("RSA-OAEP (SHA-1) encryption of random data made and reversed".to_owned())
+    }
+
+    /// AES-CBC-PAD encryption of a random block, made and reversed.
+    fn encrypt_aes(&self) -> AResult<String> {
+        let key = self.one(ck::CKO_SECRET_KEY)?;
+        let mech = Mechanism {
+            mechanism: ck::CKM_AES_CBC_PAD,
+            param: MechParam::Bytes(random(16)?),
+        };
+        let data = random(32)?;
+        let c = self.s.run(Op::Encrypt, &mech, key, &data)?;
+        let p = self.s.run(Op::Decrypt, &mech, key, &c)?;
+        if p != data || c == data {
+            return Err(mismatch("AES-CBC-PAD"));
+        }
+        Ok("AES-CBC-PAD encryption of a random block made and reversed".to_owned())
+    }
+
+    /// A fresh session AES key wrapped and unwrapped.
+    fn wrap(&self, alg: Algorithm) -> AResult<String> {
+        let (wrapper, unwrapper, mech, what) = match alg {
+            Algorithm::Rsa { .. } => (
+                self.one(ck::CKO_PUBLIC_KEY)?,
+                self.one(ck::CKO_PRIVATE_KEY)?,
+                oaep(),
+                "RSA-OAEP",
+            ),
+            _ => {
+                let k = self.one(ck::CKO_SECRET_KEY)?;
+                (k, k, Mechanism::plain(ck::CKM_AES_KEY_WRAP_PAD), "AES-KWP")
+            }
+        };
+        let session_key = self
+            .backend
+            .generate_key(
+                self.s.handle,
+                &Mechanism::plain(ck::CKM_AES_KEY_GEN),
+                &[
+                    Attribute::bool(ck::CKA_TOKEN, false),
+                    Attribute::ulong(ck::CKA_VALUE_LEN, 32),
+                    Attribute::bool(ck::CKA_EXTRACTABLE, true),
+                    Attribute::bool(ck::CKA_ENCRYPT, true),
+                ],
+            )
+            .map_err(|e| hsm_err("C_GenerateKey (session AES key)", e))?;
+        let wrapped = self
+            .backend
+            .wrap_key(self.s.handle, &mech, wrapper, session_key)
+            .map_err(|e| hsm_err("C_WrapKey", e))?;
+        let unwrapped = self
+            .backend
+            .unwrap_key(
+                self.s.handle,
+                &mech,
+                unwrapper,
+                &wrapped,
+                &session_aes_template(),
+            )
+            .map_err(|e| hsm_err("C_UnwrapKey", e))?;
+        if kcv(self.s, session_key)? != kcv(self.s, unwrapped)? {
+            return Err(mismatch(what));
+        }
+        Ok(format!(
+            "{what}: a fresh session AES key wrapped, unwrapped, check values equal"
+        ))
+    }
+
+    /// A MAC of random data, made and verified.
+    fn mac(&self, alg: Algorithm) -> AResult<String> {
+        let key = self.one(ck::CKO_SECRET_KEY)?;
+        let (mech, what) = match alg {
+            Algorithm::Aes { .. } => (Mechanism::plain(ck::CKM_AES_CMAC), "AES-CMAC"),
+            _ => (Mechanism::plain(ck::CKM_SHA256_HMAC), "HMAC-SHA256"),
+        };
+        let data = random(32)?;
+        let tag = self.s.run(Op::Sign, &mech, key, &data)?;
+        self.s.verify(&mech, key, &data, &tag)?;
+        Ok(format!("{what} of random data made and verified"))
+    }
+
+    /// ECDH with a fresh session key pair, derived on both sides.
+    fn derive(&self, alg: Algorithm) -> AResult<String> {
+        let private = self.one(ck::CKO_PRIVATE_KEY)?;
+        let public = self.one(ck::CKO_PUBLIC_KEY)?;
+        let Recipe::Pair(gen, params) = recipe(alg) else {
+            return fail(AdminErrorKind::Failed, format!("{alg} does not derive"));
+        };
+        let mut peer_public = vec![Attribute::bool(ck::CKA_TOKEN, false)];
+        peer_public.extend(params);
+        let (peer_pub, peer_priv) = self
+            .backend
+            .generate_key_pair(
+                self.s.handle,
+                &Mechanism::plain(gen),
+                &peer_public,
+                &[
+                    Attribute::bool(ck::CKA_TOKEN, false),
+                    Attribute::bool(ck::CKA_DERIVE, true),
+                ],
+            )
+            .map_err(|e| hsm_err("C_GenerateKeyPair (session peer)", e))?;
+        let point = |o| -> AResult<Vec<u8>> {
+            self.s
+                .bytes(o, ck::CKA_EC_POINT)?
+                .map_or_else(|| fail(AdminErrorKind::Failed, "no CKA_EC_POINT"), Ok)
+        };
+        let derive = |base, other: Vec<u8>| -> AResult<BackendObject> {
+            self.backend
+                .derive_key(
+                    self.s.handle,
+                    &Mechanism {
+                        mechanism: ck::CKM_ECDH1_DERIVE,
+                        param: MechParam::Ecdh1Derive {
+                            kdf: ck::CKD_NULL,
+                            shared_data: Vec::new(),
+                            public_data: other,
+                        },
+                    },
+                    base,
+                    &session_aes_template(),
+                )
+                .map_err(|e| hsm_err("C_DeriveKey (ECDH)", e))
+        };
+        let ours = derive(private, point(peer_pub)?)?;
+        let theirs = derive(peer_priv, point(public)?)?;
+        if kcv(self.s, ours)? != kcv(self.s, theirs)? {
+            return Err(mismatch("ECDH"));
+        }
+        Ok("ECDH with a fresh session key pair: both sides derived the same secret (check values equal)".to_owned())
     }
 }
