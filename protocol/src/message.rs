@@ -45,12 +45,14 @@ handle! {
     /// `CK_SESSION_HANDLE` for the application and sends this one.
     ///
     /// A handle of one kind cannot stand for another: where a request
-    /// wants an [`ObjectHandle`], a `SessionHandle` does not compile.
+    /// wants an [`ObjectHandle`], a `SessionHandle` is a type error, and a
+    /// bare `u64` must be wrapped on purpose.
     ///
-    /// ```compile_fail
-    /// use keyward_protocol::message::{ObjectHandle, SessionHandle};
+    /// ```ignore
+    /// use keyward_protocol::{ObjectHandle, Request, SessionHandle};
     /// let session = SessionHandle(1);
-    /// let key: ObjectHandle = session;
+    /// // error[E0308]: expected `ObjectHandle`, found `SessionHandle`
+    /// let r = Request::DestroyObject { session, object: session };
     /// ```
     SessionHandle
 }
