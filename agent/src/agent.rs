@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyward_protocol::admin::{Status, TokenStatus};
-use keyward_protocol::{ADMIN_VERSIONS, APP_VERSIONS};
+use keyward_protocol::{SlotId, ADMIN_VERSIONS, APP_VERSIONS};
 
 use crate::backend::BackendObject;
 use crate::clients::{Slot, UseTarget};
@@ -239,8 +239,8 @@ impl Agent {
         self.tokens.iter().find(|t| t.config.label == label)
     }
 
-    pub(crate) fn token(&self, slot: u64) -> Result<(Slot, &VirtualToken)> {
-        let i = usize::try_from(slot).map_err(|_| Error::SlotIdInvalid)?;
+    pub(crate) fn token(&self, slot: SlotId) -> Result<(Slot, &VirtualToken)> {
+        let i = usize::try_from(slot.0).map_err(|_| Error::SlotIdInvalid)?;
         self.tokens
             .get(i)
             .map(|t| (i, t))

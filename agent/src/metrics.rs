@@ -1154,11 +1154,11 @@ mod tests {
         }
         // A deferred init is counted as the operation it travels with.
         let sign = keyward_protocol::Request::Single {
-            session: 1,
+            session: keyward_protocol::SessionHandle(1),
             op: keyward_protocol::Op::Sign,
             init: Some(keyward_protocol::message::OpInit {
                 mechanism: keyward_protocol::Mechanism::plain(0),
-                key: Some(1),
+                key: Some(keyward_protocol::ObjectHandle(1)),
             }),
             data: vec![],
         };

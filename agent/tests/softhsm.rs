@@ -12,8 +12,8 @@ use keyward_protocol::admin::{AdminRequest, AdminResponse};
 use keyward_protocol::frame::{read_message, write_message};
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{
-    AttrResult, AttrValue, Attribute, Mechanism, Op, Request, Response, Value, ADMIN_VERSIONS,
-    APP_VERSIONS,
+    AttrResult, AttrValue, Attribute, Mechanism, ObjectHandle, Op, Request, Response,
+    SessionHandle, SlotId, Value, ADMIN_VERSIONS, APP_VERSIONS,
 };
 use zeroize::Zeroizing;
 
@@ -84,10 +84,21 @@ fn pin(p: &str) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(p.as_bytes().to_vec())
 }
 
-fn handle(r: Response) -> u64 {
+fn session_handle(r: Response) -> SessionHandle {
     match r {
-        Response::Handle(h) => h,
+        Response::Handle(h) => SessionHandle(h),
         other => panic!("expected a handle, got {other:?}"),
+    }
+}
+
+fn objects(r: Response) -> Vec<ObjectHandle> {
+    match r {
+        Response::List(v) => {
+            let mut v: Vec<ObjectHandle> = v.into_iter().map(ObjectHandle).collect();
+            v.sort_unstable();
+            v
+        }
+        other => panic!("expected a list, got {other:?}"),
     }
 }
 
@@ -116,7 +127,7 @@ fn agent_serves_a_softhsm_token() {
         }),
         Response::List(vec![0])
     );
-    let Response::TokenInfo(info) = c.call(Request::GetTokenInfo { slot: 0 }) else {
+    let Response::TokenInfo(info) = c.call(Request::GetTokenInfo { slot: SlotId(0) }) else {
         panic!("no token info")
     };
     assert_eq!(info.label, "keyward");
@@ -124,19 +135,19 @@ fn agent_serves_a_softhsm_token() {
     assert_eq!(info.serial_number.len(), 16);
     assert_ne!(info.flags & u(ck::CKF_USER_PIN_INITIALIZED), 0);
     assert_ne!(info.flags & u(ck::CKF_LOGIN_REQUIRED), 0);
-    let mechs = list(c.call(Request::GetMechanismList { slot: 0 }));
+    let mechs = list(c.call(Request::GetMechanismList { slot: SlotId(0) }));
     assert!(mechs.contains(&u(ck::CKM_ECDSA)));
-    let Response::SlotInfo(slot) = c.call(Request::GetSlotInfo { slot: 0 }) else {
+    let Response::SlotInfo(slot) = c.call(Request::GetSlotInfo { slot: SlotId(0) }) else {
         panic!("no slot info")
     };
     assert_ne!(slot.flags & u(ck::CKF_TOKEN_PRESENT), 0);
 
     // Session and login.
-    let s = handle(c.call(Request::OpenSession {
-        slot: 0,
+    let s = session_handle(c.call(Request::OpenSession {
+        slot: SlotId(0),
         flags: u(ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION),
     }));
-    assert_eq!(s, 1);
+    assert_eq!(s, SessionHandle(1));
     let login = |c: &mut Conn, p: &str| {
         c.call(Request::Login {
             session: s,
@@ -214,7 +225,7 @@ fn agent_serves_a_softhsm_token() {
     let mut both = vec![public, private];
     both.sort_unstable();
     assert_eq!(
-        list(c.call(Request::FindObjects {
+        objects(c.call(Request::FindObjects {
             session: s,
             template: by_label.clone()
         })),
@@ -321,7 +332,7 @@ fn agent_serves_a_softhsm_token() {
     // Logged out, private objects are gone from view.
     assert_eq!(c.call(Request::Logout { session: s }), Response::Unit);
     assert_eq!(
-        list(c.call(Request::FindObjects {
+        objects(c.call(Request::FindObjects {
             session: s,
             template: by_label
         })),
@@ -339,7 +350,7 @@ fn agent_serves_a_softhsm_token() {
     // C_InitToken is off in this configuration.
     assert_eq!(
         c.call(Request::InitToken {
-            slot: 0,
+            slot: SlotId(0),
             so_pin: pin("2222"),
             label: b"x".to_vec()
         }),
@@ -393,17 +404,20 @@ fn other_process_helper() {
         .expect("run by agent_serves_a_softhsm_token, which sets the socket");
     let handles = std::env::var(HELPER_HANDLES).unwrap();
     let (s, key) = handles.split_once(' ').unwrap();
-    let (s, key): (u64, u64) = (s.parse().unwrap(), key.parse().unwrap());
+    let (s, key) = (
+        SessionHandle(s.parse().unwrap()),
+        ObjectHandle(key.parse().unwrap()),
+    );
     let mut c = Conn::hello(Path::new(&socket));
     assert_eq!(
         c.call(Request::GetSessionInfo { session: s }),
         Response::Err(u(ck::CKR_SESSION_HANDLE_INVALID))
     );
-    let mine = handle(c.call(Request::OpenSession {
-        slot: 0,
+    let mine = session_handle(c.call(Request::OpenSession {
+        slot: SlotId(0),
         flags: u(ck::CKF_SERIAL_SESSION),
     }));
-    assert_eq!(mine, 1, "handles are numbered per client");
+    assert_eq!(mine, SessionHandle(1), "handles are numbered per client");
     assert_eq!(
         c.call(Request::Single {
             session: mine,

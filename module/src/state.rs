@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use keyward_protocol::message::OpInit;
-use keyward_protocol::{MechParam, Op};
+use keyward_protocol::{MechParam, Op, SessionHandle};
 use pkcs11_sys::{CK_FLAGS, CK_SESSION_HANDLE, CK_SLOT_ID};
 use zeroize::Zeroize;
 
@@ -177,8 +177,9 @@ const OPS: usize = Op::ALL.len();
 /// One open session.
 #[derive(Debug)]
 pub(crate) struct Session {
-    /// The agent's handle for it.
-    pub(crate) agent_handle: u64,
+    /// The agent's handle for it (the application sees the module's own
+    /// `CK_SESSION_HANDLE`, the key of [`Sessions`]).
+    pub(crate) agent_handle: SessionHandle,
     /// The agent run that issued `agent_handle`.
     pub(crate) instance: u64,
     /// The slot it was opened on.
@@ -192,7 +193,12 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session without active operations.
-    pub(crate) fn new(agent_handle: u64, instance: u64, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Self {
+    pub(crate) fn new(
+        agent_handle: SessionHandle,
+        instance: u64,
+        slot: CK_SLOT_ID,
+        flags: CK_FLAGS,
+    ) -> Self {
         Session {
             agent_handle,
             instance,
@@ -312,24 +318,24 @@ mod tests {
     #[test]
     fn handles_are_local_and_not_reused() {
         let s = Sessions::default();
-        let a = s.insert(Session::new(1, 9, 0, 0));
-        let b = s.insert(Session::new(1, 10, 0, 0));
+        let a = s.insert(Session::new(SessionHandle(1), 9, 0, 0));
+        let b = s.insert(Session::new(SessionHandle(1), 10, 0, 0));
         assert_ne!(a, b);
         s.clear();
-        let c = s.insert(Session::new(1, 10, 0, 0));
+        let c = s.insert(Session::new(SessionHandle(1), 10, 0, 0));
         assert!(c > b);
         assert_eq!(s.get(a).err(), Some(Error::SessionHandleInvalid));
     }
 
     #[test]
     fn operations_are_tracked_per_kind() {
-        let mut s = Session::new(1, 1, 0, 0);
+        let mut s = Session::new(SessionHandle(1), 1, 0, 0);
         assert_eq!(s.op(Op::Sign).err(), Some(Error::OperationNotInitialized));
         s.start(
             Op::Sign,
             OpInit {
                 mechanism: Mechanism::plain(1),
-                key: Some(2),
+                key: Some(keyward_protocol::ObjectHandle(2)),
             },
             false,
         );

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use keyward_protocol::frame;
 use keyward_protocol::message::OpInit;
 use keyward_protocol::{
-    AttrResult, AttrValue, HelloReply, Mechanism, Request, Response, SessionInfo, Value,
-    VersionRange, VersionRefusal, APP_VERSIONS,
+    AttrResult, AttrValue, HelloReply, Mechanism, ObjectHandle, Request, Response, SessionHandle,
+    SessionInfo, Value, VersionRange, VersionRefusal, APP_VERSIONS,
 };
 
 use super::*;
@@ -559,11 +559,11 @@ fn sign_two_call_convention() {
     assert_eq!(
         last,
         Request::Single {
-            session: 5,
+            session: SessionHandle(5),
             op: Op::Sign,
             init: Some(OpInit {
                 mechanism: Mechanism::plain(CKM_ECDSA),
-                key: Some(42)
+                key: Some(ObjectHandle(42))
             }),
             data: b"bye".to_vec(),
         }
@@ -918,7 +918,7 @@ fn repeated_operations_cost_one_round_trip() {
         &path,
         4,
         answer(|req| match req {
-            Request::OperationInit { init, .. } if init.key == Some(8) => {
+            Request::OperationInit { init, .. } if init.key == Some(ObjectHandle(8)) => {
                 Some(Response::Err(CKR_KEY_HANDLE_INVALID))
             }
             Request::Single {
@@ -926,7 +926,7 @@ fn repeated_operations_cost_one_round_trip() {
             }
             | Request::Final {
                 init: Some(init), ..
-            } if init.key == Some(8) => Some(Response::Err(CKR_KEY_HANDLE_INVALID)),
+            } if init.key == Some(ObjectHandle(8)) => Some(Response::Err(CKR_KEY_HANDLE_INVALID)),
             Request::Final { data, .. } => Some(Response::Data(vec![data.len() as u8; 4])),
             other => basic(other),
         }),

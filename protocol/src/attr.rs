@@ -441,7 +441,7 @@ mod tests {
         use crate::message::Request;
         use crate::types::Mechanism;
         let request = |private_template: Vec<Attribute>| Request::GenerateKeyPair {
-            session: 1,
+            session: crate::SessionHandle(1),
             mechanism: Mechanism::plain(cka::CKM_EC_KEY_PAIR_GEN),
             public_template: vec![Attribute::bool(cka::CKA_TOKEN, false)],
             private_template,

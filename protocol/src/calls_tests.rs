@@ -11,7 +11,7 @@ use crate::Secret;
 fn init(mechanism: u64) -> OpInit {
     OpInit {
         mechanism: Mechanism::plain(mechanism),
-        key: Some(9),
+        key: Some(ObjectHandle(9)),
     }
 }
 
@@ -57,16 +57,24 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
             "C_GetSlotList",
             None,
         ),
-        (Request::GetSlotInfo { slot: 1 }, "C_GetSlotInfo", None),
-        (Request::GetTokenInfo { slot: 1 }, "C_GetTokenInfo", None),
         (
-            Request::GetMechanismList { slot: 1 },
+            Request::GetSlotInfo { slot: SlotId(1) },
+            "C_GetSlotInfo",
+            None,
+        ),
+        (
+            Request::GetTokenInfo { slot: SlotId(1) },
+            "C_GetTokenInfo",
+            None,
+        ),
+        (
+            Request::GetMechanismList { slot: SlotId(1) },
             "C_GetMechanismList",
             None,
         ),
         (
             Request::GetMechanismInfo {
-                slot: 1,
+                slot: SlotId(1),
                 mechanism: 0x1041,
             },
             "C_GetMechanismInfo",
@@ -74,7 +82,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::InitToken {
-                slot: 1,
+                slot: SlotId(1),
                 so_pin: pin(b"so"),
                 label: vec![b' '; 32],
             },
@@ -83,7 +91,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::InitPin {
-                session: 2,
+                session: SessionHandle(2),
                 pin: pin(b"1234"),
             },
             "C_InitPIN",
@@ -91,7 +99,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::SetPin {
-                session: 2,
+                session: SessionHandle(2),
                 old_pin: pin(b"1"),
                 new_pin: pin(b"2"),
             },
@@ -99,24 +107,35 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
             None,
         ),
         (
-            Request::OpenSession { slot: 1, flags: 6 },
+            Request::OpenSession {
+                slot: SlotId(1),
+                flags: 6,
+            },
             "C_OpenSession",
             None,
         ),
-        (Request::CloseSession { session: 2 }, "C_CloseSession", None),
         (
-            Request::CloseAllSessions { slot: 1 },
+            Request::CloseSession {
+                session: SessionHandle(2),
+            },
+            "C_CloseSession",
+            None,
+        ),
+        (
+            Request::CloseAllSessions { slot: SlotId(1) },
             "C_CloseAllSessions",
             None,
         ),
         (
-            Request::GetSessionInfo { session: 2 },
+            Request::GetSessionInfo {
+                session: SessionHandle(2),
+            },
             "C_GetSessionInfo",
             None,
         ),
         (
             Request::Login {
-                session: 2,
+                session: SessionHandle(2),
                 user_type: 1,
                 pin: Some(pin(b"1234")),
             },
@@ -125,17 +144,23 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::Login {
-                session: 2,
+                session: SessionHandle(2),
                 user_type: 1,
                 pin: None,
             },
             "C_Login",
             None,
         ),
-        (Request::Logout { session: 2 }, "C_Logout", None),
+        (
+            Request::Logout {
+                session: SessionHandle(2),
+            },
+            "C_Logout",
+            None,
+        ),
         (
             Request::CreateObject {
-                session: 2,
+                session: SessionHandle(2),
                 template: template(),
             },
             "C_CreateObject",
@@ -143,8 +168,8 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::CopyObject {
-                session: 2,
-                object: 3,
+                session: SessionHandle(2),
+                object: ObjectHandle(3),
                 template: template(),
             },
             "C_CopyObject",
@@ -152,24 +177,24 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::DestroyObject {
-                session: 2,
-                object: 3,
+                session: SessionHandle(2),
+                object: ObjectHandle(3),
             },
             "C_DestroyObject",
             None,
         ),
         (
             Request::GetObjectSize {
-                session: 2,
-                object: 3,
+                session: SessionHandle(2),
+                object: ObjectHandle(3),
             },
             "C_GetObjectSize",
             None,
         ),
         (
             Request::GetAttributeValue {
-                session: 2,
-                object: 3,
+                session: SessionHandle(2),
+                object: ObjectHandle(3),
                 types: vec![0, 3, 0x11],
             },
             "C_GetAttributeValue",
@@ -177,8 +202,8 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::SetAttributeValue {
-                session: 2,
-                object: 3,
+                session: SessionHandle(2),
+                object: ObjectHandle(3),
                 template: template(),
             },
             "C_SetAttributeValue",
@@ -186,7 +211,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::FindObjects {
-                session: 2,
+                session: SessionHandle(2),
                 template: template(),
             },
             "C_FindObjectsInit",
@@ -194,7 +219,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::Verify {
-                session: 2,
+                session: SessionHandle(2),
                 init: Some(init(0x1041)),
                 data: vec![1],
                 signature: vec![2],
@@ -204,7 +229,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::Verify {
-                session: 2,
+                session: SessionHandle(2),
                 init: None,
                 data: vec![1],
                 signature: vec![2],
@@ -214,7 +239,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::VerifyFinal {
-                session: 2,
+                session: SessionHandle(2),
                 init: Some(init(0x1042)),
                 data: vec![],
                 signature: vec![2],
@@ -223,13 +248,16 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
             Some(0x1042),
         ),
         (
-            Request::DigestKey { session: 2, key: 3 },
+            Request::DigestKey {
+                session: SessionHandle(2),
+                key: ObjectHandle(3),
+            },
             "C_DigestKey",
             None,
         ),
         (
             Request::GenerateKey {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x1080),
                 template: template(),
             },
@@ -238,7 +266,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::GenerateKeyPair {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x1050),
                 public_template: template(),
                 private_template: vec![],
@@ -248,19 +276,19 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::WrapKey {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x2109),
-                wrapping_key: 3,
-                key: 4,
+                wrapping_key: ObjectHandle(3),
+                key: ObjectHandle(4),
             },
             "C_WrapKey",
             Some(0x2109),
         ),
         (
             Request::UnwrapKey {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x210A),
-                unwrapping_key: 3,
+                unwrapping_key: ObjectHandle(3),
                 wrapped_key: vec![7; 40],
                 template: template(),
             },
@@ -269,9 +297,9 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::DeriveKey {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x1050),
-                base_key: 3,
+                base_key: ObjectHandle(3),
                 template: template(),
             },
             "C_DeriveKey",
@@ -279,7 +307,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::SeedRandom {
-                session: 2,
+                session: SessionHandle(2),
                 seed: vec![1, 2],
             },
             "C_SeedRandom",
@@ -287,7 +315,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ),
         (
             Request::GenerateRandom {
-                session: 2,
+                session: SessionHandle(2),
                 len: 32,
             },
             "C_GenerateRandom",
@@ -308,7 +336,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         let init_name: &'static str = format!("C_{word}Init").leak();
         all.push((
             Request::OperationInit {
-                session: 2,
+                session: SessionHandle(2),
                 op,
                 init: init(m),
             },
@@ -323,7 +351,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         };
         all.push((
             Request::Single {
-                session: 2,
+                session: SessionHandle(2),
                 op,
                 init: Some(init(m)),
                 data: vec![5],
@@ -333,7 +361,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         ));
         all.push((
             Request::Single {
-                session: 2,
+                session: SessionHandle(2),
                 op,
                 init: None,
                 data: vec![5],
@@ -350,7 +378,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         };
         all.push((
             Request::Update {
-                session: 2,
+                session: SessionHandle(2),
                 op,
                 init: None,
                 data: vec![5],
@@ -366,7 +394,7 @@ fn samples() -> Vec<(Request, &'static str, Option<u64>)> {
         };
         all.push((
             Request::Final {
-                session: 2,
+                session: SessionHandle(2),
                 op,
                 init: Some(init(m)),
                 data: vec![],
@@ -417,7 +445,7 @@ fn every_call_is_served_by_some_request_and_each_request_names_its_own() {
         }
     }
     let recover_update = Request::Update {
-        session: 2,
+        session: SessionHandle(2),
         op: Op::SignRecover,
         init: None,
         data: vec![],
@@ -723,9 +751,9 @@ fn dispatch_hands_each_request_to_its_method_with_its_fields() {
             &h,
             "app",
             Request::UnwrapKey {
-                session: 2,
+                session: SessionHandle(2),
                 mechanism: mech(0x210A),
-                unwrapping_key: 3,
+                unwrapping_key: ObjectHandle(3),
                 wrapped_key: vec![7; 40],
                 template: template(),
             }
@@ -737,7 +765,7 @@ fn dispatch_hands_each_request_to_its_method_with_its_fields() {
             &h,
             "app",
             Request::Final {
-                session: 2,
+                session: SessionHandle(2),
                 op: Op::Sign,
                 init: None,
                 data: vec![1]
@@ -777,7 +805,8 @@ fn dispatch_hands_each_request_to_its_method_with_its_fields() {
 
 /// `Request` as it was written before the call table, to check that the
 /// table encodes every request byte for byte as before (`Hello` aside: it
-/// now announces a range, see `crate::version`).
+/// now announces a range, see `crate::version`). Handles are plain `u64`
+/// here, as they were before they had their own types.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[allow(dead_code)] // built by decoding only
 enum OldRequest {
@@ -789,112 +818,112 @@ enum OldRequest {
         token_present: bool,
     },
     GetSlotInfo {
-        slot: SlotId,
+        slot: u64,
     },
     GetTokenInfo {
-        slot: SlotId,
+        slot: u64,
     },
     GetMechanismList {
-        slot: SlotId,
+        slot: u64,
     },
     GetMechanismInfo {
-        slot: SlotId,
+        slot: u64,
         mechanism: u64,
     },
     /// `label` is the 32-byte blank-padded label as given.
     InitToken {
-        slot: SlotId,
+        slot: u64,
         so_pin: Secret,
         #[serde(with = "serde_bytes")]
         label: Vec<u8>,
     },
     InitPin {
-        session: SessionHandle,
+        session: u64,
         pin: Secret,
     },
     SetPin {
-        session: SessionHandle,
+        session: u64,
         old_pin: Secret,
         new_pin: Secret,
     },
     OpenSession {
-        slot: SlotId,
+        slot: u64,
         flags: u64,
     },
     CloseSession {
-        session: SessionHandle,
+        session: u64,
     },
     CloseAllSessions {
-        slot: SlotId,
+        slot: u64,
     },
     GetSessionInfo {
-        session: SessionHandle,
+        session: u64,
     },
     /// `pin` is `None` when the application passed a NULL PIN.
     Login {
-        session: SessionHandle,
+        session: u64,
         user_type: u64,
         pin: Option<Secret>,
     },
     Logout {
-        session: SessionHandle,
+        session: u64,
     },
     CreateObject {
-        session: SessionHandle,
+        session: u64,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     CopyObject {
-        session: SessionHandle,
-        object: ObjectHandle,
+        session: u64,
+        object: u64,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     DestroyObject {
-        session: SessionHandle,
-        object: ObjectHandle,
+        session: u64,
+        object: u64,
     },
     GetObjectSize {
-        session: SessionHandle,
-        object: ObjectHandle,
+        session: u64,
+        object: u64,
     },
     GetAttributeValue {
-        session: SessionHandle,
-        object: ObjectHandle,
+        session: u64,
+        object: u64,
         types: Vec<u64>,
     },
     SetAttributeValue {
-        session: SessionHandle,
-        object: ObjectHandle,
+        session: u64,
+        object: u64,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     /// `C_FindObjectsInit`: the agent runs the whole search and answers
     /// every match at once; the module iterates locally.
     FindObjects {
-        session: SessionHandle,
+        session: u64,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     /// `C_EncryptInit`, `C_SignInit`, ... (`key` is `None` for digests).
     OperationInit {
-        session: SessionHandle,
+        session: u64,
         op: Op,
-        init: OpInit,
+        init: OldOpInit,
     },
     /// Single-part `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`,
     /// `C_SignRecover`, `C_VerifyRecover`: answered with the whole output.
     Single {
-        session: SessionHandle,
+        session: u64,
         op: Op,
-        init: Option<OpInit>,
+        init: Option<OldOpInit>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `C_Verify`.
     Verify {
-        session: SessionHandle,
-        init: Option<OpInit>,
+        session: u64,
+        init: Option<OldOpInit>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         #[serde(with = "serde_bytes")]
@@ -902,44 +931,44 @@ enum OldRequest {
     },
     /// `C_*Update`: answered with the output (empty for sign, verify, digest).
     Update {
-        session: SessionHandle,
+        session: u64,
         op: Op,
-        init: Option<OpInit>,
+        init: Option<OldOpInit>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `C_DigestKey`.
     DigestKey {
-        session: SessionHandle,
-        key: ObjectHandle,
+        session: u64,
+        key: u64,
     },
     /// `C_EncryptFinal`, `C_DecryptFinal`, `C_DigestFinal`, `C_SignFinal`.
     /// `data` is update input the module held back (digest, sign): the
     /// agent feeds it to one `C_*Update` before the final call.
     Final {
-        session: SessionHandle,
+        session: u64,
         op: Op,
-        init: Option<OpInit>,
+        init: Option<OldOpInit>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// `C_VerifyFinal`, with held-back update input as in `Final`.
     VerifyFinal {
-        session: SessionHandle,
-        init: Option<OpInit>,
+        session: u64,
+        init: Option<OldOpInit>,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     GenerateKey {
-        session: SessionHandle,
+        session: u64,
         mechanism: Mechanism,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     GenerateKeyPair {
-        session: SessionHandle,
+        session: u64,
         mechanism: Mechanism,
         #[serde(deserialize_with = "crate::attr::template")]
         public_template: Vec<Attribute>,
@@ -947,36 +976,44 @@ enum OldRequest {
         private_template: Vec<Attribute>,
     },
     WrapKey {
-        session: SessionHandle,
+        session: u64,
         mechanism: Mechanism,
-        wrapping_key: ObjectHandle,
-        key: ObjectHandle,
+        wrapping_key: u64,
+        key: u64,
     },
     UnwrapKey {
-        session: SessionHandle,
+        session: u64,
         mechanism: Mechanism,
-        unwrapping_key: ObjectHandle,
+        unwrapping_key: u64,
         #[serde(with = "serde_bytes")]
         wrapped_key: Vec<u8>,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     DeriveKey {
-        session: SessionHandle,
+        session: u64,
         mechanism: Mechanism,
-        base_key: ObjectHandle,
+        base_key: u64,
         #[serde(deserialize_with = "crate::attr::template")]
         template: Vec<Attribute>,
     },
     SeedRandom {
-        session: SessionHandle,
+        session: u64,
         #[serde(with = "serde_bytes")]
         seed: Vec<u8>,
     },
     GenerateRandom {
-        session: SessionHandle,
+        session: u64,
         len: u64,
     },
+}
+
+/// `OpInit` as it was before handles had their own types.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // built by decoding only
+struct OldOpInit {
+    mechanism: Mechanism,
+    key: Option<u64>,
 }
 
 #[test]
@@ -994,7 +1031,7 @@ fn the_table_keeps_the_wire_encoding_of_every_request() {
     }
     // The templates keep their one-encoding check.
     let mut bad = postcard::to_allocvec(&Request::CreateObject {
-        session: 2,
+        session: SessionHandle(2),
         template: vec![],
     })
     .unwrap();

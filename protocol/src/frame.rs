@@ -270,7 +270,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut wire = Vec::new();
         let req = Request::GenerateRandom {
-            session: 7,
+            session: crate::SessionHandle(7),
             len: 32,
         };
         write_message(&mut wire, &req, &mut buf).unwrap();
@@ -420,7 +420,10 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut payload = postcard::to_allocvec(&Request::Logout { session: 1 }).unwrap();
+        let mut payload = postcard::to_allocvec(&Request::Logout {
+            session: crate::SessionHandle(1),
+        })
+        .unwrap();
         payload.push(0);
         assert!(decode::<Request>(&payload).is_err());
     }

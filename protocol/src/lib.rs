@@ -11,7 +11,8 @@
 //! - [`calls`]: the call table, written once: [`Request`], the fieldless
 //!   [`Call`] (the stable `C_*` names of logs, metrics and the trail, and
 //!   each call's [`Chapter`]), the [`Handler`] trait and [`dispatch`].
-//! - [`message`]: the answers ([`Response`]) and what requests carry.
+//! - [`message`]: the answers ([`Response`]), what requests carry, and the
+//!   handle types ([`SlotId`], [`SessionHandle`], [`ObjectHandle`]).
 //! - [`admin`]: the administrator API spoken on the agent's admin socket.
 //! - [`version`]: the application- and admin-protocol versions, and how a
 //!   connection's hello agrees on one (or says which side to upgrade).
@@ -35,7 +36,7 @@ pub mod version;
 pub use attr::{AttrKind, AttrResult, AttrValue, Attribute, ShapeError, Value};
 pub use calls::{dispatch, Call, Chapter, Handler};
 pub use frame::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
-pub use message::{HelloReply, Op, Request, Response};
+pub use message::{HelloReply, ObjectHandle, Op, Request, Response, SessionHandle, SlotId};
 pub use types::{MechParam, Mechanism, MechanismInfo, SessionInfo, SlotInfo, TokenInfo, Version};
 pub use version::{
     Mismatch, VersionRange, VersionRefusal, ADMIN_VERSIONS, APP_VERSIONS, FRAME_VERSION,

@@ -17,9 +17,14 @@ use keyward_protocol::{AttrResult, Attribute, Mechanism, MechanismInfo, Op, Vers
 
 use crate::error::Result;
 
-/// A backend session handle.
+/// A backend session handle (the library's `CK_SESSION_HANDLE`). Never
+/// shown to a client: a client holds a `keyward_protocol::SessionHandle`,
+/// its own type, which does not compile where a backend handle is wanted;
+/// the client tables (`crate::clients`) map one to the other.
 pub type BackendSession = u64;
-/// A backend object handle.
+/// A backend object handle (the library's `CK_OBJECT_HANDLE`) on its
+/// backend token. Never shown to a client, which holds a
+/// `keyward_protocol::ObjectHandle` instead (mapped by `crate::clients`).
 pub type BackendObject = u64;
 
 /// `CK_INFO` of a backend library.

@@ -2,11 +2,15 @@
 //! this). Its sessions, its object handles and its login state per token.
 //!
 //! Handles are numbered per client from 1 and never reused during the
-//! client's life. The tables here are plain data, held under the client's
+//! client's life. A client's handles ([`SessionHandle`], [`ObjectHandle`])
+//! and the backend's ([`BackendSession`], [`BackendObject`]) are different
+//! types: the tables here are the only place that turns one into the other. The tables here are plain data, held under the client's
 //! mutex only to look up or update; backend calls happen outside it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use keyward_protocol::{ObjectHandle, SessionHandle};
 
 use crate::backend::{Backend, BackendObject, BackendSession};
 use crate::error::{Error, Result};
@@ -82,7 +86,7 @@ pub struct ObjectRef {
     /// The backend handle.
     pub backend: BackendObject,
     /// For a session object: the client session that created it.
-    pub session: Option<u64>,
+    pub session: Option<SessionHandle>,
     /// The managed key version it is, if the inventory knows it.
     pub managed: Option<ManagedRef>,
 }
@@ -124,9 +128,9 @@ impl Client {
 pub struct ClientState {
     next_session: u64,
     next_object: u64,
-    sessions: HashMap<u64, Arc<Session>>,
-    objects: HashMap<u64, ObjectRef>,
-    by_backend: HashMap<(Slot, BackendObject), u64>,
+    sessions: HashMap<SessionHandle, Arc<Session>>,
+    objects: HashMap<ObjectHandle, ObjectRef>,
+    by_backend: HashMap<(Slot, BackendObject), ObjectHandle>,
     /// Token objects outside the client's namespace (strict mode), judged
     /// once per client: later searches pass them over without reading them.
     hidden: HashSet<(Slot, BackendObject)>,
@@ -137,7 +141,7 @@ pub struct ClientState {
 #[derive(Debug, Default)]
 pub struct Closed {
     /// The sessions to close on the backend, with their client handles.
-    pub sessions: Vec<(u64, Arc<Session>)>,
+    pub sessions: Vec<(SessionHandle, Arc<Session>)>,
     /// The session objects that went with them (slot, backend handle).
     pub session_objects: Vec<(Slot, BackendObject)>,
 }
@@ -156,15 +160,15 @@ impl ClientState {
     }
 
     /// Adds a session and returns its new handle.
-    pub fn add_session(&mut self, session: Session) -> u64 {
-        let h = self.next_session;
+    pub fn add_session(&mut self, session: Session) -> SessionHandle {
+        let h = SessionHandle(self.next_session);
         self.next_session += 1;
         self.sessions.insert(h, Arc::new(session));
         h
     }
 
     /// The session `h`.
-    pub fn session(&self, h: u64) -> Result<Arc<Session>> {
+    pub fn session(&self, h: SessionHandle) -> Result<Arc<Session>> {
         self.sessions
             .get(&h)
             .cloned()
@@ -195,7 +199,7 @@ impl ClientState {
 
     /// Removes session `h`; when it was the last on its slot, the client is
     /// logged out there (PKCS#11: closing the last session logs out).
-    pub fn remove_session(&mut self, h: u64) -> Result<Closed> {
+    pub fn remove_session(&mut self, h: SessionHandle) -> Result<Closed> {
         let s = self
             .sessions
             .remove(&h)
@@ -211,7 +215,7 @@ impl ClientState {
 
     /// Removes every session on `slot`, or on every slot when `None`.
     pub fn remove_sessions(&mut self, slot: Option<Slot>) -> Closed {
-        let handles: Vec<u64> = self
+        let handles: Vec<SessionHandle> = self
             .sessions
             .iter()
             .filter(|(_, s)| slot.is_none_or(|slot| s.slot == slot))
@@ -227,8 +231,8 @@ impl ClientState {
         closed
     }
 
-    fn forget_session_objects(&mut self, session: u64, closed: &mut Closed) {
-        let gone: Vec<u64> = self
+    fn forget_session_objects(&mut self, session: SessionHandle, closed: &mut Closed) {
+        let gone: Vec<ObjectHandle> = self
             .objects
             .iter()
             .filter(|(_, o)| o.session == Some(session))
@@ -247,13 +251,13 @@ impl ClientState {
         &mut self,
         slot: Slot,
         backend: BackendObject,
-        session: Option<u64>,
+        session: Option<SessionHandle>,
         managed: Option<ManagedRef>,
-    ) -> u64 {
+    ) -> ObjectHandle {
         if let Some(&h) = self.by_backend.get(&(slot, backend)) {
             return h;
         }
-        let h = self.next_object;
+        let h = ObjectHandle(self.next_object);
         self.next_object += 1;
         self.objects.insert(
             h,
@@ -270,7 +274,7 @@ impl ClientState {
 
     /// The backend handle of client object `h` on `slot`; `err` when the
     /// client has no such handle there.
-    pub fn object(&self, slot: Slot, h: u64, err: Error) -> Result<ObjectRef> {
+    pub fn object(&self, slot: Slot, h: ObjectHandle, err: Error) -> Result<ObjectRef> {
         match self.objects.get(&h) {
             Some(o) if o.slot == slot => Ok(*o),
             _ => Err(err),
@@ -278,7 +282,7 @@ impl ClientState {
     }
 
     /// The client handle of backend object `backend` on `slot`, if mapped.
-    pub fn mapped(&self, slot: Slot, backend: BackendObject) -> Option<u64> {
+    pub fn mapped(&self, slot: Slot, backend: BackendObject) -> Option<ObjectHandle> {
         self.by_backend.get(&(slot, backend)).copied()
     }
 
@@ -295,14 +299,14 @@ impl ClientState {
     }
 
     /// Forgets client object `h`.
-    pub fn unmap_object(&mut self, h: u64) -> Option<ObjectRef> {
+    pub fn unmap_object(&mut self, h: ObjectHandle) -> Option<ObjectRef> {
         let o = self.objects.remove(&h)?;
         self.by_backend.remove(&(o.slot, o.backend));
         Some(o)
     }
 
     /// Every object handle the client holds on `slot`.
-    pub fn objects_on(&self, slot: Slot) -> Vec<(u64, ObjectRef)> {
+    pub fn objects_on(&self, slot: Slot) -> Vec<(ObjectHandle, ObjectRef)> {
         self.objects
             .iter()
             .filter(|(_, o)| o.slot == slot)
@@ -343,13 +347,13 @@ pub(crate) mod tests {
         let mut st = c.lock();
         let s1 = st.add_session(session(0, true, 100));
         let s2 = st.add_session(session(0, false, 101));
-        assert_eq!((s1, s2), (1, 2));
+        assert_eq!((s1, s2), (SessionHandle(1), SessionHandle(2)));
         st.remove_session(s1).unwrap();
-        assert_eq!(st.add_session(session(0, true, 102)), 3);
+        assert_eq!(st.add_session(session(0, true, 102)), SessionHandle(3));
         assert_eq!(st.session(s1).unwrap_err(), Error::SessionHandleInvalid);
 
         let o1 = st.map_object(0, 500, None, None);
-        assert_eq!(o1, 1);
+        assert_eq!(o1, ObjectHandle(1));
         assert_eq!(
             st.map_object(0, 500, None, None),
             o1,
@@ -357,18 +361,19 @@ pub(crate) mod tests {
         );
         assert_eq!(
             st.map_object(1, 500, None, None),
-            2,
+            ObjectHandle(2),
             "other slot, other object"
         );
         st.unmap_object(o1);
-        assert_eq!(st.map_object(0, 500, None, None), 3);
+        assert_eq!(st.map_object(0, 500, None, None), ObjectHandle(3));
         assert_eq!(
             st.object(0, o1, Error::KeyHandleInvalid).unwrap_err(),
             Error::KeyHandleInvalid
         );
         // A handle of another slot is not valid on this one.
         assert_eq!(
-            st.object(0, 2, Error::ObjectHandleInvalid).unwrap_err(),
+            st.object(0, ObjectHandle(2), Error::ObjectHandleInvalid)
+                .unwrap_err(),
             Error::ObjectHandleInvalid
         );
     }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use keyward_protocol::SessionHandle;
+
 use crate::backend::BackendObject;
 use crate::clients::{Client, Slot};
 use crate::listener::identity::{ClientKey, Peer};
@@ -19,7 +21,7 @@ pub struct Owner {
     /// The client process.
     pub client: ClientKey,
     /// Its session that created the object.
-    pub session: u64,
+    pub session: SessionHandle,
 }
 
 /// What a search on `slot` may show `client` of a backend object.
@@ -28,7 +30,7 @@ pub enum Seen {
     /// A token object, or a session object of nobody's the agent knows.
     Shared,
     /// A session object of this client's, made in that session.
-    Own(u64),
+    Own(SessionHandle),
     /// Another client's session object: never shown.
     Foreign,
 }
@@ -103,7 +105,7 @@ impl Clients {
     pub fn disown_sessions(
         &self,
         client: ClientKey,
-        sessions: &[u64],
+        sessions: &[SessionHandle],
     ) -> Vec<(Slot, BackendObject)> {
         let mut gone = Vec::new();
         lock(&self.session_objects).retain(|k, o| {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keyward_protocol::message::OpInit;
-use keyward_protocol::{Op, Response};
+use keyward_protocol::{ObjectHandle, Op, Response, SessionHandle};
 
 use crate::clients::{ActiveOp, Client, Session};
 use crate::error::{Error, Result};
@@ -19,7 +19,7 @@ impl Agent {
     pub(crate) fn operation_init(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: OpInit,
     ) -> Result<Response> {
@@ -32,7 +32,7 @@ impl Agent {
     pub(crate) fn single(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -50,7 +50,7 @@ impl Agent {
     pub(crate) fn verify(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         init: Option<OpInit>,
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -66,7 +66,7 @@ impl Agent {
     pub(crate) fn update(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -84,8 +84,8 @@ impl Agent {
     pub(crate) fn digest_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        key: u64,
+        session: SessionHandle,
+        key: ObjectHandle,
     ) -> Result<Response> {
         let (s, _, o) = self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
         let _running = self.begin_key_use(client, &o[0], Operation::Digest)?;
@@ -99,7 +99,7 @@ impl Agent {
     pub(crate) fn final_(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -119,7 +119,7 @@ impl Agent {
     pub(crate) fn verify_final(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         init: Option<OpInit>,
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -141,7 +141,7 @@ impl Agent {
     pub(crate) fn op_init(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: &OpInit,
     ) -> Result<Arc<Session>> {
@@ -181,7 +181,7 @@ impl Agent {
     pub(crate) fn op_session(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<&OpInit>,
     ) -> Result<Arc<Session>> {

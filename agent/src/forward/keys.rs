@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use cryptoki_sys as ck;
-use keyward_protocol::{AttrValue, Attribute, Mechanism, Response, Value};
+use keyward_protocol::{
+    AttrValue, Attribute, Mechanism, ObjectHandle, Response, SessionHandle, Value,
+};
 
 use crate::backend::BackendObject;
 use crate::clients::{Client, ObjectRef, Session};
@@ -22,7 +24,7 @@ impl Agent {
     pub(crate) fn generate_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
         template: Vec<Attribute>,
     ) -> Result<Response> {
@@ -54,14 +56,14 @@ impl Agent {
                 managed,
             },
         )
-        .map(|v| Response::Handle(v[0]))
+        .map(|v| Response::object(v[0]))
     }
 
     /// `Request::GenerateKeyPair`.
     pub(crate) fn generate_key_pair(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
         public_template: Vec<Attribute>,
         private_template: Vec<Attribute>,
@@ -125,10 +127,10 @@ impl Agent {
     pub(crate) fn wrap_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        wrapping_key: u64,
-        key: u64,
+        wrapping_key: ObjectHandle,
+        key: ObjectHandle,
     ) -> Result<Response> {
         let (s, _, o) = self.session_objects(
             client,
@@ -161,9 +163,9 @@ impl Agent {
     pub(crate) fn unwrap_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        unwrapping_key: u64,
+        unwrapping_key: ObjectHandle,
         wrapped_key: Vec<u8>,
         template: Vec<Attribute>,
     ) -> Result<Response> {
@@ -184,15 +186,16 @@ impl Agent {
         })?;
         let hint = template_bool(&template, ck::CKA_TOKEN).or(Some(false));
         self.adopt_one(client, session, &s, login, h, hint)
+            .map(Response::object)
     }
 
     /// `Request::DeriveKey`.
     pub(crate) fn derive_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        base_key: u64,
+        base_key: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         let (s, login, o) =
@@ -207,6 +210,7 @@ impl Agent {
         })?;
         let hint = template_bool(&template, ck::CKA_TOKEN).or(Some(false));
         self.adopt_one(client, session, &s, login, h, hint)
+            .map(Response::object)
     }
 
     /// A single call that uses key `o` for `op` with `mechanism` (unwrap,

@@ -19,6 +19,7 @@ use keyward_protocol::message::OpInit;
 use keyward_protocol::{Attribute, Secret};
 use keyward_protocol::{Handler, VersionRange, VersionRefusal, APP_VERSIONS};
 use keyward_protocol::{HelloReply, MechParam, Mechanism, Op, Request, Response};
+use keyward_protocol::{ObjectHandle, SessionHandle, SlotId};
 
 use crate::clients::{Client, Login, ObjectRef, Session, Slot};
 use crate::error::{Error, Result};
@@ -104,7 +105,11 @@ impl Agent {
     }
 
     /// The session and the client's login state on its token.
-    pub(crate) fn session(&self, client: &Client, session: u64) -> Result<(Arc<Session>, Login)> {
+    pub(crate) fn session(
+        &self,
+        client: &Client,
+        session: SessionHandle,
+    ) -> Result<(Arc<Session>, Login)> {
         let st = client.lock();
         let s = st.session(session)?;
         let login = st.login(s.slot);
@@ -116,8 +121,8 @@ impl Agent {
     pub(crate) fn session_objects(
         &self,
         client: &Client,
-        session: u64,
-        objects: &[(u64, Error)],
+        session: SessionHandle,
+        objects: &[(ObjectHandle, Error)],
     ) -> Result<(Arc<Session>, Login, Vec<ObjectRef>)> {
         let st = client.lock();
         let s = st.session(session)?;
@@ -139,7 +144,9 @@ impl Agent {
     ) -> Result<Cow<'m, Mechanism>> {
         match mechanism.param {
             MechParam::Ulong(h) if mechanism.mechanism == ck::CKM_CONCATENATE_BASE_AND_KEY => {
-                let o = client.lock().object(slot, h, Error::KeyHandleInvalid)?;
+                let o = client
+                    .lock()
+                    .object(slot, ObjectHandle(h), Error::KeyHandleInvalid)?;
                 Ok(Cow::Owned(Mechanism {
                     mechanism: mechanism.mechanism,
                     param: MechParam::Ulong(o.backend),
@@ -164,22 +171,22 @@ impl Handler for Agent {
         Agent::get_slot_list(self, client, token_present)
     }
 
-    fn get_slot_info(&self, _: &Arc<Client>, slot: u64) -> Result<Response> {
+    fn get_slot_info(&self, _: &Arc<Client>, slot: SlotId) -> Result<Response> {
         Agent::slot_info(self, slot)
     }
 
-    fn get_token_info(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+    fn get_token_info(&self, client: &Arc<Client>, slot: SlotId) -> Result<Response> {
         Agent::token_info(self, client, slot)
     }
 
-    fn get_mechanism_list(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+    fn get_mechanism_list(&self, client: &Arc<Client>, slot: SlotId) -> Result<Response> {
         Agent::get_mechanism_list(self, client, slot)
     }
 
     fn get_mechanism_info(
         &self,
         client: &Arc<Client>,
-        slot: u64,
+        slot: SlotId,
         mechanism: u64,
     ) -> Result<Response> {
         Agent::get_mechanism_info(self, client, slot, mechanism)
@@ -188,61 +195,66 @@ impl Handler for Agent {
     fn init_token(
         &self,
         client: &Arc<Client>,
-        slot: u64,
+        slot: SlotId,
         so_pin: Secret,
         label: Vec<u8>,
     ) -> Result<Response> {
         Agent::init_token(self, client, slot, so_pin, label)
     }
 
-    fn init_pin(&self, client: &Arc<Client>, session: u64, pin: Secret) -> Result<Response> {
+    fn init_pin(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        pin: Secret,
+    ) -> Result<Response> {
         Agent::init_pin(self, client, session, pin)
     }
 
     fn set_pin(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         old_pin: Secret,
         new_pin: Secret,
     ) -> Result<Response> {
         Agent::set_pin(self, client, session, old_pin, new_pin)
     }
 
-    fn open_session(&self, client: &Arc<Client>, slot: u64, flags: u64) -> Result<Response> {
+    fn open_session(&self, client: &Arc<Client>, slot: SlotId, flags: u64) -> Result<Response> {
         Agent::open_session(self, client, slot, flags)
     }
 
-    fn close_session(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+    fn close_session(&self, client: &Arc<Client>, session: SessionHandle) -> Result<Response> {
         Agent::close_session(self, client, session)
     }
 
-    fn close_all_sessions(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+    fn close_all_sessions(&self, client: &Arc<Client>, slot: SlotId) -> Result<Response> {
         Agent::close_all_sessions(self, client, slot)
     }
 
-    fn get_session_info(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+    fn get_session_info(&self, client: &Arc<Client>, session: SessionHandle) -> Result<Response> {
         Agent::get_session_info(self, client, session)
     }
 
     fn login(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         user_type: u64,
         pin: Option<Secret>,
     ) -> Result<Response> {
         Agent::login(self, client, session, user_type, pin)
     }
 
-    fn logout(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+    fn logout(&self, client: &Arc<Client>, session: SessionHandle) -> Result<Response> {
         Agent::logout(self, client, session)
     }
 
     fn create_object(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         Agent::create_object(self, client, session, template)
@@ -251,26 +263,36 @@ impl Handler for Agent {
     fn copy_object(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         Agent::copy_object(self, client, session, object, template)
     }
 
-    fn destroy_object(&self, client: &Arc<Client>, session: u64, object: u64) -> Result<Response> {
+    fn destroy_object(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        object: ObjectHandle,
+    ) -> Result<Response> {
         Agent::destroy_object(self, client, session, object)
     }
 
-    fn get_object_size(&self, client: &Arc<Client>, session: u64, object: u64) -> Result<Response> {
+    fn get_object_size(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        object: ObjectHandle,
+    ) -> Result<Response> {
         Agent::get_object_size(self, client, session, object)
     }
 
     fn get_attribute_value(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         types: Vec<u64>,
     ) -> Result<Response> {
         Agent::get_attribute_value(self, client, session, object, types)
@@ -279,8 +301,8 @@ impl Handler for Agent {
     fn set_attribute_value(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         Agent::set_attribute_value(self, client, session, object, template)
@@ -289,7 +311,7 @@ impl Handler for Agent {
     fn find_objects(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         Agent::find_objects(self, client, session, template)
@@ -298,7 +320,7 @@ impl Handler for Agent {
     fn operation_init(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: OpInit,
     ) -> Result<Response> {
@@ -308,7 +330,7 @@ impl Handler for Agent {
     fn single(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -319,7 +341,7 @@ impl Handler for Agent {
     fn verify(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         init: Option<OpInit>,
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -330,7 +352,7 @@ impl Handler for Agent {
     fn update(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -338,14 +360,19 @@ impl Handler for Agent {
         Agent::update(self, client, session, op, init, data)
     }
 
-    fn digest_key(&self, client: &Arc<Client>, session: u64, key: u64) -> Result<Response> {
+    fn digest_key(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        key: ObjectHandle,
+    ) -> Result<Response> {
         Agent::digest_key(self, client, session, key)
     }
 
     fn final_(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         op: Op,
         init: Option<OpInit>,
         data: Vec<u8>,
@@ -356,7 +383,7 @@ impl Handler for Agent {
     fn verify_final(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         init: Option<OpInit>,
         data: Vec<u8>,
         signature: Vec<u8>,
@@ -367,7 +394,7 @@ impl Handler for Agent {
     fn generate_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
         template: Vec<Attribute>,
     ) -> Result<Response> {
@@ -377,7 +404,7 @@ impl Handler for Agent {
     fn generate_key_pair(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
         public_template: Vec<Attribute>,
         private_template: Vec<Attribute>,
@@ -395,10 +422,10 @@ impl Handler for Agent {
     fn wrap_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        wrapping_key: u64,
-        key: u64,
+        wrapping_key: ObjectHandle,
+        key: ObjectHandle,
     ) -> Result<Response> {
         Agent::wrap_key(self, client, session, mechanism, wrapping_key, key)
     }
@@ -406,9 +433,9 @@ impl Handler for Agent {
     fn unwrap_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        unwrapping_key: u64,
+        unwrapping_key: ObjectHandle,
         wrapped_key: Vec<u8>,
         template: Vec<Attribute>,
     ) -> Result<Response> {
@@ -426,19 +453,29 @@ impl Handler for Agent {
     fn derive_key(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         mechanism: Mechanism,
-        base_key: u64,
+        base_key: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         Agent::derive_key(self, client, session, mechanism, base_key, template)
     }
 
-    fn seed_random(&self, client: &Arc<Client>, session: u64, seed: Vec<u8>) -> Result<Response> {
+    fn seed_random(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        seed: Vec<u8>,
+    ) -> Result<Response> {
         Agent::seed_random(self, client, session, seed)
     }
 
-    fn generate_random(&self, client: &Arc<Client>, session: u64, len: u64) -> Result<Response> {
+    fn generate_random(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+        len: u64,
+    ) -> Result<Response> {
         Agent::generate_random(self, client, session, len)
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use cryptoki_sys as ck;
-use keyward_protocol::{AttrResult, AttrValue, Attribute, Response, Value};
+use keyward_protocol::{
+    AttrResult, AttrValue, Attribute, ObjectHandle, Response, SessionHandle, Value,
+};
 
 use crate::backend::BackendObject;
 use crate::clients::{Client, Login, ObjectRef, Session, Slot};
@@ -32,14 +34,14 @@ pub(crate) struct NewObjects<'a> {
 
 /// A search result: the backend object, the client session owning it (a
 /// session object), and the managed key version it is.
-pub(crate) type Found = (BackendObject, Option<u64>, Option<ManagedRef>);
+pub(crate) type Found = (BackendObject, Option<SessionHandle>, Option<ManagedRef>);
 
 impl Agent {
     /// `Request::CreateObject`.
     pub(crate) fn create_object(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         let (s, login) = self.session(client, session)?;
@@ -70,19 +72,17 @@ impl Agent {
         }
         let h = s.backend.create_object(s.backend_session, &template)?;
         let hint = template_bool(&template, ck::CKA_TOKEN).or(Some(false));
-        let r = self.adopt_one(client, session, &s, login, h, hint)?;
-        if let Response::Handle(handle) = r {
-            self.claim(client, &s, handle)?;
-        }
-        Ok(r)
+        let handle = self.adopt_one(client, session, &s, login, h, hint)?;
+        self.claim(client, &s, handle)?;
+        Ok(Response::object(handle))
     }
 
     /// `Request::CopyObject`.
     pub(crate) fn copy_object(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         let (s, login, o) =
@@ -95,19 +95,17 @@ impl Agent {
             .backend
             .copy_object(s.backend_session, o[0].backend, &template)?;
         let hint = template_bool(&template, ck::CKA_TOKEN);
-        let r = self.adopt_one(client, session, &s, login, h, hint)?;
-        if let Response::Handle(handle) = r {
-            self.claim(client, &s, handle)?;
-        }
-        Ok(r)
+        let handle = self.adopt_one(client, session, &s, login, h, hint)?;
+        self.claim(client, &s, handle)?;
+        Ok(Response::object(handle))
     }
 
     /// `Request::DestroyObject`.
     pub(crate) fn destroy_object(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
     ) -> Result<Response> {
         let (s, _, o) =
             self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
@@ -130,8 +128,8 @@ impl Agent {
     pub(crate) fn get_object_size(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
     ) -> Result<Response> {
         let (s, _, o) =
             self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
@@ -144,8 +142,8 @@ impl Agent {
     pub(crate) fn get_attribute_value(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         types: Vec<u64>,
     ) -> Result<Response> {
         let (s, _, o) =
@@ -161,8 +159,8 @@ impl Agent {
     pub(crate) fn set_attribute_value(
         &self,
         client: &Arc<Client>,
-        session: u64,
-        object: u64,
+        session: SessionHandle,
+        object: ObjectHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         let (s, login, o) =
@@ -200,19 +198,18 @@ impl Agent {
     pub(crate) fn adopt_one(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         s: &Session,
         login: Login,
         object: BackendObject,
         token: Option<bool>,
-    ) -> Result<Response> {
+    ) -> Result<ObjectHandle> {
         let new = NewObjects {
             objects: &[object],
             token,
             managed: None,
         };
-        self.adopt(client, session, s, login, new)
-            .map(|v| Response::Handle(v[0]))
+        self.adopt(client, session, s, login, new).map(|v| v[0])
     }
 
     /// Maps objects the backend just created. A client not logged in as
@@ -223,11 +220,11 @@ impl Agent {
     pub(crate) fn adopt(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         s: &Session,
         login: Login,
         new: NewObjects<'_>,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Vec<ObjectHandle>> {
         let NewObjects {
             objects: new,
             token: token_hint,
@@ -298,7 +295,7 @@ impl Agent {
         &self,
         client: &Client,
         s: &Session,
-        found: Vec<(BackendObject, Option<u64>)>,
+        found: Vec<(BackendObject, Option<SessionHandle>)>,
         by_id: bool,
     ) -> Result<Vec<Found>> {
         let policy = self.policy();
@@ -373,7 +370,7 @@ impl Agent {
         policy: &Policy,
         s: &Session,
         h: BackendObject,
-        owner: Option<u64>,
+        owner: Option<SessionHandle>,
         now: SystemTime,
     ) -> Option<Option<ManagedRef>> {
         let strict = policy.mode() == keyward_policy::Mode::Strict;
@@ -511,7 +508,7 @@ impl Agent {
     /// copy) with client handle `handle`, before the call answers. An
     /// object that cannot be recorded is destroyed again and the call fails
     /// (`CKR_DEVICE_ERROR`): in strict mode nobody could ever find it.
-    pub(crate) fn claim(&self, client: &Client, s: &Session, handle: u64) -> Result<()> {
+    pub(crate) fn claim(&self, client: &Client, s: &Session, handle: ObjectHandle) -> Result<()> {
         let o = client
             .lock()
             .object(s.slot, handle, Error::ObjectHandleInvalid)?;
@@ -584,14 +581,14 @@ impl Agent {
     pub(crate) fn find_objects(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         template: Vec<Attribute>,
     ) -> Result<Response> {
         let (s, login) = self.session(client, session)?;
         let mut template = template;
         if login != Login::User {
             match template_bool(&template, ck::CKA_PRIVATE) {
-                Some(true) => return Ok(Response::List(Vec::new())),
+                Some(true) => return Ok(Response::objects(Vec::new())),
                 Some(false) => {}
                 None => template.push(Attribute::bool(ck::CKA_PRIVATE, false)),
             }
@@ -603,7 +600,7 @@ impl Agent {
             .filter(|&h| !audit_key.is_some_and(|k| k.is(s.slot, h)))
             .collect();
         let seen = self.clients.seen(client.peer.key, s.slot, &found);
-        let visible: Vec<(BackendObject, Option<u64>)> = found
+        let visible: Vec<(BackendObject, Option<SessionHandle>)> = found
             .into_iter()
             .zip(seen)
             .filter_map(|(h, seen)| match seen {
@@ -639,7 +636,7 @@ impl Agent {
             });
         }
         let mut st = client.lock();
-        Ok(Response::List(
+        Ok(Response::objects(
             managed
                 .into_iter()
                 .map(|(h, owner, m)| st.map_object(s.slot, h, owner, m))

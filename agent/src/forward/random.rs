@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keyward_protocol::Response;
+use keyward_protocol::{Response, SessionHandle};
 
 use crate::clients::Client;
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ impl Agent {
     pub(crate) fn seed_random(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         seed: Vec<u8>,
     ) -> Result<Response> {
         let (s, _) = self.session(client, session)?;
@@ -27,7 +27,7 @@ impl Agent {
     pub(crate) fn generate_random(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         len: u64,
     ) -> Result<Response> {
         let (s, _) = self.session(client, session)?;

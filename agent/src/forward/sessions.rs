@@ -2,7 +2,7 @@
 //! state, and the PINs the agent keeps (checked, set, locked, unlocked).
 
 use cryptoki_sys as ck;
-use keyward_protocol::{Response, SessionInfo};
+use keyward_protocol::{ObjectHandle, Response, SessionHandle, SessionInfo, SlotId};
 
 use crate::clients::{Client, Login, Session};
 use crate::error::{Error, Result};
@@ -58,7 +58,7 @@ impl Agent {
         if closed.sessions.is_empty() {
             return;
         }
-        let handles: Vec<u64> = closed.sessions.iter().map(|(h, _)| *h).collect();
+        let handles: Vec<SessionHandle> = closed.sessions.iter().map(|(h, _)| *h).collect();
         let gone = self.clients.disown_sessions(client.peer.key, &handles);
         if !gone.is_empty() {
             self.forget_use_targets(|k| gone.contains(k));
@@ -79,7 +79,7 @@ impl Agent {
     pub(crate) fn init_pin(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         pin: Secret,
     ) -> Result<Response> {
         let r = self.set_user_pin(client, session, &pin);
@@ -91,7 +91,7 @@ impl Agent {
     pub(crate) fn set_pin(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         old_pin: Secret,
         new_pin: Secret,
     ) -> Result<Response> {
@@ -101,14 +101,22 @@ impl Agent {
     }
 
     /// `Request::CloseSession`.
-    pub(crate) fn close_session(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+    pub(crate) fn close_session(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+    ) -> Result<Response> {
         let closed = client.lock().remove_session(session)?;
         self.close_backend(client, closed);
         Ok(Response::Unit)
     }
 
     /// `Request::CloseAllSessions`.
-    pub(crate) fn close_all_sessions(&self, client: &Arc<Client>, slot: u64) -> Result<Response> {
+    pub(crate) fn close_all_sessions(
+        &self,
+        client: &Arc<Client>,
+        slot: SlotId,
+    ) -> Result<Response> {
         let (i, _) = self.token(slot)?;
         let closed = client.lock().remove_sessions(Some(i));
         self.close_backend(client, closed);
@@ -116,7 +124,11 @@ impl Agent {
     }
 
     /// `Request::GetSessionInfo`.
-    pub(crate) fn get_session_info(&self, client: &Arc<Client>, session: u64) -> Result<Response> {
+    pub(crate) fn get_session_info(
+        &self,
+        client: &Arc<Client>,
+        session: SessionHandle,
+    ) -> Result<Response> {
         let st = client.lock();
         let s = st.session(session)?;
         let state = match (st.login(s.slot), s.rw) {
@@ -138,7 +150,7 @@ impl Agent {
     pub(crate) fn login(
         &self,
         client: &Arc<Client>,
-        session: u64,
+        session: SessionHandle,
         user_type: u64,
         pin: Option<Secret>,
     ) -> Result<Response> {
@@ -153,7 +165,12 @@ impl Agent {
         r
     }
 
-    pub(crate) fn open_session(&self, client: &Client, slot: u64, flags: u64) -> Result<Response> {
+    pub(crate) fn open_session(
+        &self,
+        client: &Client,
+        slot: SlotId,
+        flags: u64,
+    ) -> Result<Response> {
         let (i, t) = self.token(slot)?;
         let backend = t.backend()?.clone();
         if flags & ck::CKF_SERIAL_SESSION == 0 {
@@ -187,13 +204,13 @@ impl Agent {
             backend_session,
             backend,
         });
-        Ok(Response::Handle(h))
+        Ok(Response::session(h))
     }
 
     pub(crate) fn log_in(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         user_type: u64,
         pin: Option<&[u8]>,
     ) -> Result<Response> {
@@ -259,7 +276,7 @@ impl Agent {
         Ok(Response::Unit)
     }
 
-    pub(crate) fn logout(&self, client: &Client, session: u64) -> Result<Response> {
+    pub(crate) fn logout(&self, client: &Client, session: SessionHandle) -> Result<Response> {
         let (s, objects) = {
             let mut st = client.lock();
             let s = st.session(session)?;
@@ -277,7 +294,7 @@ impl Agent {
         };
         // Private objects the user could see are no longer the client's to
         // use: drop the handles (one ck::CKA_PRIVATE query per held handle).
-        let private: Vec<u64> = objects
+        let private: Vec<ObjectHandle> = objects
             .into_iter()
             .filter(|(_, o)| {
                 let r = s
@@ -397,7 +414,7 @@ impl Agent {
     pub(crate) fn set_user_pin(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         pin: &[u8],
     ) -> Result<Response> {
         let (s, login) = self.session(client, session)?;
@@ -427,7 +444,7 @@ impl Agent {
     pub(crate) fn change_pin(
         &self,
         client: &Client,
-        session: u64,
+        session: SessionHandle,
         old: &[u8],
         new: &[u8],
     ) -> Result<Response> {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cryptoki_sys as ck;
-use keyward_protocol::{Response, SlotInfo, TokenInfo};
+use keyward_protocol::{Response, SlotId, SlotInfo, TokenInfo};
 
 use crate::backend::Backend;
 use crate::clients::Client;
@@ -26,18 +26,21 @@ impl Agent {
         _client: &Arc<Client>,
         token_present: bool,
     ) -> Result<Response> {
-        Ok(Response::List(
+        Ok(Response::slots(
             self.tokens
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| !token_present || t.backend.is_ok())
-                .map(|(i, _)| i as u64)
-                .collect(),
+                .map(|(i, _)| SlotId(i as u64)),
         ))
     }
 
     /// `Request::GetMechanismList`.
-    pub(crate) fn get_mechanism_list(&self, _client: &Arc<Client>, slot: u64) -> Result<Response> {
+    pub(crate) fn get_mechanism_list(
+        &self,
+        _client: &Arc<Client>,
+        slot: SlotId,
+    ) -> Result<Response> {
         let (_, t) = self.token(slot)?;
         let mut list = t.backend()?.mechanism_list()?;
         list.retain(|&m| self.policy().mechanism_allowed(m));
@@ -48,7 +51,7 @@ impl Agent {
     pub(crate) fn get_mechanism_info(
         &self,
         _client: &Arc<Client>,
-        slot: u64,
+        slot: SlotId,
         mechanism: u64,
     ) -> Result<Response> {
         let (_, t) = self.token(slot)?;
@@ -64,16 +67,16 @@ impl Agent {
     pub(crate) fn init_token(
         &self,
         client: &Arc<Client>,
-        slot: u64,
+        slot: SlotId,
         so_pin: Secret,
         label: Vec<u8>,
     ) -> Result<Response> {
         let r = self.initialize_token(client, slot, &so_pin, &label);
-        self.forget_use_targets(|k| k.0 as u64 == slot);
+        self.forget_use_targets(|k| k.0 as u64 == slot.0);
         let mut e = audit::for_client(client, AuditKind::Lifecycle, "C_InitToken");
         e.token = self
             .tokens
-            .get(slot as usize)
+            .get(slot.0 as usize)
             .map(|t| t.config.label.clone());
         e.result = r.as_ref().err().map_or(0, |e| e.rv());
         if r.is_ok() {
@@ -84,7 +87,7 @@ impl Agent {
         r
     }
 
-    pub(crate) fn slot_info(&self, slot: u64) -> Result<Response> {
+    pub(crate) fn slot_info(&self, slot: SlotId) -> Result<Response> {
         let (_, t) = self.token(slot)?;
         let mut info = SlotInfo {
             description: t.config.label.clone(),
@@ -124,7 +127,7 @@ impl Agent {
         }
     }
 
-    pub(crate) fn token_info(&self, client: &Client, slot: u64) -> Result<Response> {
+    pub(crate) fn token_info(&self, client: &Client, slot: SlotId) -> Result<Response> {
         let (_, t) = self.token(slot)?;
         let bi = t.backend()?.token_info()?;
         let mut flags = ck::CKF_LOGIN_REQUIRED | ck::CKF_TOKEN_INITIALIZED;
@@ -186,7 +189,7 @@ impl Agent {
     pub(crate) fn initialize_token(
         &self,
         client: &Client,
-        slot: u64,
+        slot: SlotId,
         so_pin: &[u8],
         label: &[u8],
     ) -> Result<Response> {

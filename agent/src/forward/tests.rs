@@ -10,7 +10,8 @@ use std::sync::Arc;
 use cryptoki_sys as ck;
 
 use keyward_protocol::message::OpInit;
-use keyward_protocol::{Attribute, Mechanism, Op, Request, Response};
+use keyward_protocol::{Attribute, Mechanism, ObjectHandle, Op, Request, Response};
+use keyward_protocol::{SessionHandle, SlotId};
 
 use crate::backend::Backend;
 use crate::clients::Client;
@@ -65,14 +66,29 @@ fn call(a: &Agent, c: &Arc<Client>, r: Request) -> Response {
     a.handle(c, r)
 }
 
-fn open(a: &Agent, c: &Arc<Client>, flags: u64) -> u64 {
-    match call(a, c, Request::OpenSession { slot: 0, flags }) {
-        Response::Handle(h) => h,
+fn open(a: &Agent, c: &Arc<Client>, flags: u64) -> SessionHandle {
+    match call(
+        a,
+        c,
+        Request::OpenSession {
+            slot: SlotId(0),
+            flags,
+        },
+    ) {
+        Response::Handle(h) => SessionHandle(h),
         other => panic!("{other:?}"),
     }
 }
 
-fn login(a: &Agent, c: &Arc<Client>, s: u64, user_type: u64, pin: &[u8]) -> Response {
+/// The handle a call that makes an object answers.
+fn object(r: Response) -> ObjectHandle {
+    match r {
+        Response::Handle(h) => ObjectHandle(h),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn login(a: &Agent, c: &Arc<Client>, s: SessionHandle, user_type: u64, pin: &[u8]) -> Response {
     call(
         a,
         c,
@@ -88,7 +104,7 @@ fn err(rv: ck::CK_RV) -> Response {
     Response::Err(rv)
 }
 
-fn state(a: &Agent, c: &Arc<Client>, s: u64) -> ck::CK_ULONG {
+fn state(a: &Agent, c: &Arc<Client>, s: SessionHandle) -> ck::CK_ULONG {
     match call(a, c, Request::GetSessionInfo { session: s }) {
         Response::SessionInfo(i) => i.state as ck::CK_ULONG,
         other => panic!("{other:?}"),
@@ -151,7 +167,7 @@ fn login_state_machine() {
             a,
             &c,
             Request::OpenSession {
-                slot: 0,
+                slot: SlotId(0),
                 flags: ck::CKF_SERIAL_SESSION
             }
         ),
@@ -245,7 +261,12 @@ fn pins_are_managed_virtually() {
     );
 }
 
-fn find(a: &Agent, c: &Arc<Client>, s: u64, template: Vec<Attribute>) -> Vec<u64> {
+fn find(
+    a: &Agent,
+    c: &Arc<Client>,
+    s: SessionHandle,
+    template: Vec<Attribute>,
+) -> Vec<ObjectHandle> {
     match call(
         a,
         c,
@@ -254,12 +275,12 @@ fn find(a: &Agent, c: &Arc<Client>, s: u64, template: Vec<Attribute>) -> Vec<u64
             template,
         },
     ) {
-        Response::List(v) => v,
+        Response::List(v) => v.into_iter().map(ObjectHandle).collect(),
         other => panic!("{other:?}"),
     }
 }
 
-fn create(a: &Agent, c: &Arc<Client>, s: u64, template: Vec<Attribute>) -> Response {
+fn create(a: &Agent, c: &Arc<Client>, s: SessionHandle, template: Vec<Attribute>) -> Response {
     call(
         a,
         c,
@@ -298,14 +319,10 @@ fn private_objects_are_hidden_from_public_sessions() {
     );
     assert_eq!(r, err(ck::CKR_USER_NOT_LOGGED_IN));
     assert_eq!(f.mock.object_count(), 0);
-    let Response::Handle(public) = create(a, &c, s, token(false)) else {
-        panic!()
-    };
+    let public = object(create(a, &c, s, token(false)));
 
     login(a, &c, s, ck::CKU_USER, b"1111");
-    let Response::Handle(private) = create(a, &c, s, token(true)) else {
-        panic!()
-    };
+    let private = object(create(a, &c, s, token(true)));
     let mut all = find(a, &c, s, vec![]);
     all.sort_unstable();
     assert_eq!(all, vec![public, private]);
@@ -335,13 +352,13 @@ fn session_objects_belong_to_their_client() {
     let c2 = a.connect(peer(2), LAB_APPLICATION.into());
     let s1 = open(a, &c1, RW);
     let s2 = open(a, &c2, RW);
-    let Response::Handle(mine) = create(a, &c1, s1, vec![]) else {
-        panic!()
-    };
-    let Response::Handle(shared) = create(a, &c1, s1, vec![Attribute::bool(ck::CKA_TOKEN, true)])
-    else {
-        panic!()
-    };
+    let mine = object(create(a, &c1, s1, vec![]));
+    let shared = object(create(
+        a,
+        &c1,
+        s1,
+        vec![Attribute::bool(ck::CKA_TOKEN, true)],
+    ));
     assert_eq!(find(a, &c1, s1, vec![]).len(), 2);
     let seen = find(a, &c2, s2, vec![]);
     assert_eq!(seen.len(), 1, "the other client sees only the token object");
@@ -353,13 +370,13 @@ fn session_objects_belong_to_their_client() {
             &c2,
             Request::DestroyObject {
                 session: s2,
-                object: mine + 10
+                object: ObjectHandle(mine.0 + 10)
             }
         ),
         err(ck::CKR_OBJECT_HANDLE_INVALID)
     );
     let s1b = open(a, &c1, RW);
-    assert_eq!(s1b, 2);
+    assert_eq!(s1b, SessionHandle(2));
     assert_eq!(
         call(
             a,
@@ -380,7 +397,7 @@ fn session_objects_belong_to_their_client() {
             Request::WrapKey {
                 session: s2,
                 mechanism: m.clone(),
-                wrapping_key: 99,
+                wrapping_key: ObjectHandle(99),
                 key: seen[0]
             }
         ),
@@ -394,7 +411,7 @@ fn session_objects_belong_to_their_client() {
                 session: s2,
                 mechanism: m.clone(),
                 wrapping_key: seen[0],
-                key: 99
+                key: ObjectHandle(99)
             }
         ),
         err(ck::CKR_KEY_HANDLE_INVALID)
@@ -406,7 +423,7 @@ fn session_objects_belong_to_their_client() {
             Request::UnwrapKey {
                 session: s2,
                 mechanism: m.clone(),
-                unwrapping_key: 99,
+                unwrapping_key: ObjectHandle(99),
                 wrapped_key: vec![],
                 template: vec![]
             }
@@ -422,7 +439,7 @@ fn session_objects_belong_to_their_client() {
                 op: Op::Sign,
                 init: OpInit {
                     mechanism: m,
-                    key: Some(99)
+                    key: Some(ObjectHandle(99))
                 }
             }
         ),
@@ -468,7 +485,7 @@ fn init_token_rules() {
     let f = fixture(false);
     let c = f.agent.connect(peer(1), LAB_APPLICATION.into());
     let req = |pin: &[u8]| Request::InitToken {
-        slot: 0,
+        slot: SlotId(0),
         so_pin: zeroize::Zeroizing::new(pin.to_vec()),
         label: b"fresh".to_vec(),
     };
@@ -490,13 +507,13 @@ fn init_token_rules() {
     let t = &a.tokens[0];
     assert!(!t.state.has_pin(Role::User));
     assert_eq!(t.label(), "fresh");
-    let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: 0 }) else {
+    let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: SlotId(0) }) else {
         panic!()
     };
     assert_eq!(info.label, "fresh");
     assert_eq!(info.flags & ck::CKF_USER_PIN_INITIALIZED, 0);
     assert_eq!(
-        call(a, &c, Request::GetTokenInfo { slot: 5 }),
+        call(a, &c, Request::GetTokenInfo { slot: SlotId(5) }),
         err(ck::CKR_SLOT_ID_INVALID)
     );
 }
@@ -549,7 +566,7 @@ fn token_info_and_limits() {
     let f = fixture(false);
     let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
     let s = open(a, &c, RW);
-    let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: 0 }) else {
+    let Response::TokenInfo(info) = call(a, &c, Request::GetTokenInfo { slot: SlotId(0) }) else {
         panic!()
     };
     assert_eq!(info.label, "kw");
@@ -573,7 +590,14 @@ fn token_info_and_limits() {
         err(ck::CKR_ARGUMENTS_BAD)
     );
     assert_eq!(
-        call(a, &c, Request::OpenSession { slot: 0, flags: 0 }),
+        call(
+            a,
+            &c,
+            Request::OpenSession {
+                slot: SlotId(0),
+                flags: 0
+            }
+        ),
         err(ck::CKR_SESSION_PARALLEL_NOT_SUPPORTED)
     );
     assert_eq!(

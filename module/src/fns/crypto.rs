@@ -21,7 +21,7 @@
 //! is sent leave the operation as it was.
 
 use keyward_protocol::message::OpInit;
-use keyward_protocol::{Op, Request, Response};
+use keyward_protocol::{ObjectHandle, Op, Request, Response};
 use pkcs11_sys::*;
 use zeroize::Zeroize;
 
@@ -44,7 +44,10 @@ pub(crate) fn init(
     let mut s = lock(&s);
     let mechanism = mechanism.read()?;
     s.check_idle(op)?;
-    let init = OpInit { mechanism, key };
+    let init = OpInit {
+        mechanism,
+        key: key.map(ObjectHandle),
+    };
     if m.inits.knows(s.instance, op, &init) {
         s.start(op, init, true);
         return Ok(());
@@ -333,7 +336,7 @@ pub(crate) fn digest_key(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE
     flush(m, &mut s, Op::Digest)?;
     let req = Request::DigestKey {
         session: s.agent_handle,
-        key,
+        key: ObjectHandle(key),
     };
     send_unit(m, &mut s, Op::Digest, false, &req)
 }

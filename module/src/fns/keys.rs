@@ -1,6 +1,6 @@
 //! Key management (PKCS#11 5.14).
 
-use keyward_protocol::{Request, Response};
+use keyward_protocol::{ObjectHandle, Request, Response};
 use pkcs11_sys::*;
 
 use crate::client::{expect_answer, Module};
@@ -48,8 +48,8 @@ pub(crate) fn generate_key_pair(
     })?;
     let (public, private) =
         expect_answer!(resp, Response::KeyPair { public, private } => (public, private))?;
-    out_public.write(public as CK_OBJECT_HANDLE)?;
-    out_private.write(private as CK_OBJECT_HANDLE)
+    out_public.write(public.0 as CK_OBJECT_HANDLE)?;
+    out_private.write(private.0 as CK_OBJECT_HANDLE)
 }
 
 /// `C_WrapKey`: a length query wraps too (the agent returns the whole
@@ -67,8 +67,8 @@ pub(crate) fn wrap_key(
     let resp = stateless_call(m, h, |session| Request::WrapKey {
         session,
         mechanism,
-        wrapping_key,
-        key,
+        wrapping_key: ObjectHandle(wrapping_key),
+        key: ObjectHandle(key),
     })?;
     out.deliver(&expect_answer!(resp, Response::Data(d) => d)?)
         .map(|_| ())
@@ -90,7 +90,7 @@ pub(crate) fn unwrap_key(
     new_object_call(m, h, out, |session| Request::UnwrapKey {
         session,
         mechanism,
-        unwrapping_key,
+        unwrapping_key: ObjectHandle(unwrapping_key),
         wrapped_key,
         template,
     })
@@ -110,7 +110,7 @@ pub(crate) fn derive_key(
     new_object_call(m, h, out, |session| Request::DeriveKey {
         session,
         mechanism,
-        base_key,
+        base_key: ObjectHandle(base_key),
         template,
     })
 }

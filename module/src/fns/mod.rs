@@ -10,7 +10,7 @@ pub(crate) mod random;
 pub(crate) mod session;
 pub(crate) mod slot_token;
 
-use keyward_protocol::{Request, Response};
+use keyward_protocol::{Request, Response, SessionHandle};
 use pkcs11_sys::CK_SESSION_HANDLE;
 
 use crate::client::Module;
@@ -34,7 +34,7 @@ pub(crate) fn agent_session(m: &Module, h: CK_SESSION_HANDLE) -> Result<Session>
 pub(crate) fn stateless_call(
     m: &Module,
     h: CK_SESSION_HANDLE,
-    build: impl FnOnce(u64) -> Request,
+    build: impl FnOnce(SessionHandle) -> Request,
 ) -> Result<Response> {
     let s = agent_session(m, h)?;
     session_call(m, &s, &build(s.agent_handle))
@@ -46,7 +46,7 @@ pub(crate) fn new_object_call(
     m: &Module,
     h: CK_SESSION_HANDLE,
     out: crate::ffi::Out<pkcs11_sys::CK_OBJECT_HANDLE>,
-    build: impl FnOnce(u64) -> Request,
+    build: impl FnOnce(SessionHandle) -> Request,
 ) -> Result<()> {
     out.check()?;
     let resp = stateless_call(m, h, build)?;

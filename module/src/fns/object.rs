@@ -1,7 +1,7 @@
 //! Object management (PKCS#11 5.7). A search runs on the agent at once in
 //! `C_FindObjectsInit`; `C_FindObjects` hands the results out locally.
 
-use keyward_protocol::{Request, Response};
+use keyward_protocol::{ObjectHandle, Request, Response};
 use pkcs11_sys::*;
 
 use crate::client::{expect_answer, Module};
@@ -41,7 +41,7 @@ pub(crate) fn copy_object(
     let template = template.read()?;
     new_object_call(m, h, out, |session| Request::CopyObject {
         session,
-        object,
+        object: ObjectHandle(object),
         template,
     })
 }
@@ -53,7 +53,10 @@ pub(crate) fn destroy_object(
     object: CK_OBJECT_HANDLE,
 ) -> Result<()> {
     m.inits.clear();
-    let resp = stateless_call(m, h, |session| Request::DestroyObject { session, object })?;
+    let resp = stateless_call(m, h, |session| Request::DestroyObject {
+        session,
+        object: ObjectHandle(object),
+    })?;
     expect_answer!(resp, Response::Unit => ())
 }
 
@@ -65,7 +68,10 @@ pub(crate) fn get_object_size(
     out: Out<CK_ULONG>,
 ) -> Result<()> {
     out.check()?;
-    let resp = stateless_call(m, h, |session| Request::GetObjectSize { session, object })?;
+    let resp = stateless_call(m, h, |session| Request::GetObjectSize {
+        session,
+        object: ObjectHandle(object),
+    })?;
     out.write(expect_answer!(resp, Response::Ulong(n) => n)? as CK_ULONG)
 }
 
@@ -80,7 +86,7 @@ pub(crate) fn get_attribute_value(
     let types = template.types()?;
     let resp = stateless_call(m, h, |session| Request::GetAttributeValue {
         session,
-        object,
+        object: ObjectHandle(object),
         types,
     })?;
     template.write(&expect_answer!(resp, Response::Attributes(a) => a)?)
@@ -97,7 +103,7 @@ pub(crate) fn set_attribute_value(
     m.inits.clear();
     let resp = stateless_call(m, h, |session| Request::SetAttributeValue {
         session,
-        object,
+        object: ObjectHandle(object),
         template,
     })?;
     expect_answer!(resp, Response::Unit => ())

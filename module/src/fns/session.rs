@@ -1,6 +1,6 @@
 //! Session management (PKCS#11 5.6).
 
-use keyward_protocol::{Request, Response};
+use keyward_protocol::{Request, Response, SessionHandle, SlotId};
 use pkcs11_sys::*;
 
 use crate::client::{expect_answer, Module};
@@ -20,9 +20,12 @@ pub(crate) fn open_session(
     if flags & CKF_SERIAL_SESSION == 0 {
         return Err(Error::SessionParallelNotSupported);
     }
-    let req = Request::OpenSession { slot, flags };
+    let req = Request::OpenSession {
+        slot: SlotId(slot),
+        flags,
+    };
     let (resp, instance) = m.call(None, &req).map_err(Error::in_slot_call)?;
-    let agent_handle = expect_answer!(resp, Response::Handle(h) => h)?;
+    let agent_handle = expect_answer!(resp, Response::Handle(h) => SessionHandle(h))?;
     let handle = m
         .sessions
         .insert(Session::new(agent_handle, instance, slot, flags));
@@ -47,7 +50,7 @@ pub(crate) fn close_session(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
 pub(crate) fn close_all_sessions(m: &Module, slot: CK_SLOT_ID) -> Result<()> {
     m.inits.clear();
     m.sessions.remove_slot(slot);
-    let req = Request::CloseAllSessions { slot };
+    let req = Request::CloseAllSessions { slot: SlotId(slot) };
     let (resp, _) = m.call(None, &req).map_err(Error::in_slot_call)?;
     expect_answer!(resp, Response::Unit => ())
 }

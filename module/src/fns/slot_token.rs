@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use keyward_protocol::{Request, Response, SlotInfo, TokenInfo};
+use keyward_protocol::{Request, Response, SlotId, SlotInfo, TokenInfo};
 use pkcs11_sys::*;
 
 use crate::client::{expect_answer, Module};
@@ -71,7 +71,7 @@ fn slot_info(info: &SlotInfo) -> CK_SLOT_INFO {
 /// `C_GetSlotInfo`.
 pub(crate) fn get_slot_info(m: &Module, slot: CK_SLOT_ID, out: Out<CK_SLOT_INFO>) -> Result<()> {
     out.check()?;
-    match m.call(None, &Request::GetSlotInfo { slot }) {
+    match m.call(None, &Request::GetSlotInfo { slot: SlotId(slot) }) {
         Ok((resp, _)) => out.write(slot_info(
             &expect_answer!(resp, Response::SlotInfo(i) => i)?,
         )),
@@ -117,7 +117,7 @@ fn token_info(t: &TokenInfo) -> CK_TOKEN_INFO {
 pub(crate) fn get_token_info(m: &Module, slot: CK_SLOT_ID, out: Out<CK_TOKEN_INFO>) -> Result<()> {
     out.check()?;
     let (resp, _) = m
-        .call(None, &Request::GetTokenInfo { slot })
+        .call(None, &Request::GetTokenInfo { slot: SlotId(slot) })
         .map_err(Error::in_slot_call)?;
     out.write(token_info(
         &expect_answer!(resp, Response::TokenInfo(t) => t)?,
@@ -132,7 +132,7 @@ pub(crate) fn get_mechanism_list(
 ) -> Result<()> {
     out.check()?;
     let (resp, _) = m
-        .call(None, &Request::GetMechanismList { slot })
+        .call(None, &Request::GetMechanismList { slot: SlotId(slot) })
         .map_err(Error::in_slot_call)?;
     let list: Vec<CK_MECHANISM_TYPE> = expect_answer!(resp, Response::List(l) => l)?
         .into_iter()
@@ -149,7 +149,10 @@ pub(crate) fn get_mechanism_info(
     out: Out<CK_MECHANISM_INFO>,
 ) -> Result<()> {
     out.check()?;
-    let req = Request::GetMechanismInfo { slot, mechanism };
+    let req = Request::GetMechanismInfo {
+        slot: SlotId(slot),
+        mechanism,
+    };
     let (resp, _) = m.call(None, &req).map_err(Error::in_slot_call)?;
     let info = expect_answer!(resp, Response::MechanismInfo(i) => i)?;
     out.write(CK_MECHANISM_INFO {
@@ -165,7 +168,7 @@ pub(crate) fn init_token(m: &Module, slot: CK_SLOT_ID, pin: InBytes, label: InBy
     let so_pin = pin.secret()?;
     m.inits.clear();
     let req = Request::InitToken {
-        slot,
+        slot: SlotId(slot),
         so_pin,
         label,
     };

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use cryptoki::object::Attribute;
 use cryptoki_sys::*;
 use keyward_protocol::frame::{encode, read_message};
-use keyward_protocol::{AttrValue, Attribute as WireAttr, Request, Response, Value, APP_VERSIONS};
+use keyward_protocol::{
+    AttrValue, Attribute as WireAttr, Request, Response, SessionHandle, SlotId, Value, APP_VERSIONS,
+};
 use keyward_tests::admin::{install_policy, keyward_json, keyward_ok};
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
@@ -40,7 +42,7 @@ struct RawClient {
 impl RawClient {
     /// A connection that said `Hello`, opened a read-write session on the
     /// first slot and logged in as user: `(client, session)`.
-    fn logged_in(tb: &Env) -> (RawClient, u64) {
+    fn logged_in(tb: &Env) -> (RawClient, SessionHandle) {
         let stream = UnixStream::connect(&tb.socket)
             .unwrap_or_else(|e| panic!("connect to {}: {e}", tb.socket));
         stream
@@ -59,14 +61,14 @@ impl RawClient {
         let slot = match c.call(&Request::GetSlotList {
             token_present: true,
         }) {
-            Response::List(slots) if !slots.is_empty() => slots[0],
+            Response::List(slots) if !slots.is_empty() => SlotId(slots[0]),
             other => panic!("GetSlotList answered {other:?}"),
         };
         let session = match c.call(&Request::OpenSession {
             slot,
             flags: CKF_RW_SESSION | CKF_SERIAL_SESSION,
         }) {
-            Response::Handle(h) => h,
+            Response::Handle(h) => SessionHandle(h),
             other => panic!("OpenSession answered {other:?}"),
         };
         match c.call(&Request::Login {
@@ -183,7 +185,7 @@ keyward_test!(fn typed_attributes_sent_as_bytes_are_refused_at_decoding(tb) {
     // A token key pair whose CKA_TOKEN travels as a byte: the HSM would
     // keep it, the inventory would not know it.
     let pair = |token: Value, label: &str| Request::GenerateKeyPair {
-        session: 0,
+        session: SessionHandle(0),
         mechanism: keyward_protocol::Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
         public_template: vec![
             leaf(CKA_TOKEN, token.clone()),
@@ -198,7 +200,7 @@ keyward_test!(fn typed_attributes_sent_as_bytes_are_refused_at_decoding(tb) {
             leaf(CKA_LABEL, Value::Bytes(label.as_bytes().to_vec())),
         ],
     };
-    let with_session = |mut r: Request, s: u64| {
+    let with_session = |mut r: Request, s: SessionHandle| {
         if let Request::GenerateKeyPair { session, .. } = &mut r {
             *session = s;
         }
