@@ -1,39 +1,42 @@
 //! keyward-agent: owns the HSM sessions, identifies applications, and serves
 //! them virtual PKCS#11 tokens over a Unix socket.
 //!
-//! Layout, in the order a request flows:
-//! - [`server`]: the application and admin listeners, one thread per
-//!   connection, framing, shutdown.
-//! - [`sockets`]: the socket files (bound with their mode before anyone can
-//!   connect, bound again when removed).
-//! - [`admission`]: connection caps per socket and uid, refusals merged
-//!   per peer.
-//! - [`identity`]: who the peer is (`SO_PEERCRED`, process start time, exe
-//!   and its inode, mount namespace), and who sent each message.
-//! - [`agent`]: request handling — virtual tokens, client sessions and
-//!   handles, virtual login, private-object hiding, forwarding.
-//! - [`client`]: one client process's tables (sessions, handles, login).
-//! - [`admin`]: key management on the admin socket (create, transitions,
-//!   rotation, verify, grants, discovery, approval requests) and the
-//!   scheduler that rotates and deactivates keys when their dates pass.
-//! - [`audit`]: the audit trail as the agent writes it (uses and refusals
-//!   batched off the hot path, admin and lifecycle events durable).
-//! - [`fingerprint`]: what identifies a key object beyond its `CKA_ID`.
-//! - [`keys`]: managed keys — the inventory, its in-memory view, and the
-//!   check every use of a managed key passes (state, purpose, grant,
-//!   cryptoperiod).
-//! - [`objects`]: in strict mode, each application's namespace of
-//!   unmanaged token objects (owners recorded in the inventory).
-//! - [`report`]: `keyward report` — keys against their class, usage and
-//!   its anomalies ([`report::judge`], a pure function), revocations.
-//! - [`state`]: PIN hashes and token labels in the state directory.
+//! Layout: the request path, one stage each, in the order a request
+//! flows:
+//! - [`listener`]: the application and admin listeners, one thread per
+//!   connection, framing, the hello's version, shutdown; its
+//!   [`listener::admission`] (connection caps, merged refusals),
+//!   [`listener::sockets`] (the socket files) and [`listener::identity`]
+//!   (who the peer is and who sent each message).
+//! - [`clients`]: one client process's tables (sessions, handles, login) and
+//!   the table of connected clients ([`clients::registry`]).
+//! - [`enforce`]: every check between a request and the backend, at
+//!   `C_*Init` and on every later request of an operation.
+//! - [`forward`]: the call table's [`keyward_protocol::Handler`], one method
+//!   per call, grouped by PKCS#11 chapter, forwarding to the [`backend`].
+//! - [`uses`]: the use record of each operation.
+//!
+//! Beside it, each part with its own files:
+//! - [`lifecycle`]: key management on the admin socket, one executor per
+//!   kind of change, and the scheduler.
+//! - [`audit`]: the trail as the agent writes it (uses and refusals batched
+//!   off the hot path, lifecycle changes in their own transaction, admin
+//!   requests named), the audit key and checkpoints.
+//! - [`report`]: `keyward report` — keys against their class, usage and its
+//!   anomalies ([`report::judge`], a pure function), revocations.
+//! - [`metrics`]: request counters and latencies (counted in the
+//!   [`listener`]) and the Prometheus endpoint.
+//! - [`keys`]: managed keys — the inventory's in-memory view and the check
+//!   every use of a managed key passes; [`fingerprint`]: what identifies a
+//!   key object beyond its `CKA_ID`; [`objects`]: identities and owners of
+//!   unmanaged token objects.
+//! - [`tokens`]: the virtual tokens; [`state`]: PIN hashes and labels in the
+//!   state directory; [`template`]: reading templates.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
-//! - [`metrics`]: request counters and latencies (counted in [`server`]),
-//!   and the Prometheus text-format endpoint that shows them with every
-//!   managed key's state.
-//! - [`config`]: the TOML configuration; [`cli`]: the command line.
-//! - [`error`]: the one error enum and its `CK_RV` mapping.
+//! - [`agent`]: what the stages share; [`config`]: the TOML configuration;
+//!   [`cli`]: the command line; [`error`]: the one error enum and its
+//!   `CK_RV` mapping.
 #![deny(unsafe_code)]
 
 // `CK_ULONG` is C's `unsigned long`. The agent supports LP64 targets only,

@@ -4,7 +4,7 @@
 //! refusals of templates and management actions (private objects before
 //! login, reserved names and IDs, weakening changes, managed keys, imports
 //! in strict mode). An operation's checks run at its `C_*Init` and again on
-//! every later request of it ([`Agent::check_operation`]).
+//! every later request of it (`Agent::check_operation`).
 //!
 //! Every refusal is logged with its reason and recorded in the trail.
 

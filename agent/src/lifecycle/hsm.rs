@@ -1,5 +1,5 @@
 //! The HSM as the lifecycle uses it: a session of its own per action
-//! ([`HsmSession`], closed when dropped), what to generate for each
+//! (`HsmSession`, closed when dropped), what to generate for each
 //! algorithm, and the names and checks of what it holds.
 
 use cryptoki_sys as ck;

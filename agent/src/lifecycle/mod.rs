@@ -12,7 +12,7 @@
 //!
 //! This file takes a request (parsed, logged, recorded in the trail),
 //! hands it to its executor, and applies lifecycle changes
-//! ([`Agent::apply_change`]).
+//! (`Agent::apply_change`).
 //!
 //! Every change follows one order: the HSM first (generation, on a fresh
 //! backend session that is closed afterwards, never the anchor), then the
@@ -27,8 +27,8 @@
 //! history rows and its `lifecycle` trail records, durable before the
 //! answer. A kill at any moment leaves all of it or none of it, and a
 //! change whose records cannot be written does not happen. Which moves an
-//! action makes is the policy's ([`transition`], [`version_transition`],
-//! [`Rotation`]); the store only checks that each state is still the one
+//! action makes is the policy's ([`transition`], [`version_transition`](keyward_policy::version_transition),
+//! [`Rotation`](keyward_policy::Rotation)); the store only checks that each state is still the one
 //! seen.
 //!
 //! Semantics chosen here (see also the doc comments of the functions):
