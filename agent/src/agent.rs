@@ -3,19 +3,17 @@
 //! holds what they share.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use keyward_protocol::admin::{Status, TokenStatus};
 use keyward_protocol::{SlotId, ADMIN_VERSIONS, APP_VERSIONS};
 
-use crate::backend::BackendObject;
-use crate::clients::{Slot, UseTarget};
+use crate::clients::Slot;
 use crate::config::Config;
 use crate::listener::identity::Peer;
 use keyward_policy::Policy;
 
-use crate::audit::key::AuditKey;
 use crate::audit::writer::Auditor;
 use crate::clients::registry::Clients;
 use crate::error::{Error, Result};
@@ -34,13 +32,12 @@ pub struct Agent {
     pub(crate) policy: arc_swap::ArcSwap<Policy>,
     pub(crate) keys: ManagedKeys,
     pub(crate) audit: Arc<Auditor>,
-    pub(crate) audit_key: Mutex<Option<AuditKey>>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     pub(crate) uid: u32,
     /// The connected clients and the owners of session objects.
     pub(crate) clients: Clients,
     /// What use records name each key object (see [`Agent::use_target`]).
-    pub(crate) use_targets: Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>,
+    pub(crate) use_targets: crate::uses::UseTargets,
     /// Held (read) by every cryptographic request while it checks its key
     /// and runs; a lifecycle change of an existing key holds it (write)
     /// from before its transaction until the view has the change (see
@@ -73,10 +70,9 @@ impl Agent {
             policy: arc_swap::ArcSwap::from_pointee(Policy::lab()),
             keys,
             audit,
-            audit_key: Mutex::new(None),
             uid: nix::unistd::getuid().as_raw(),
             clients: Clients::default(),
-            use_targets: Mutex::new(HashMap::new()),
+            use_targets: crate::uses::UseTargets::default(),
             in_flight: std::sync::RwLock::new(()),
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),

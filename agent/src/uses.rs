@@ -2,7 +2,8 @@
 //! per backend object), the end of each operation, and PIN events. Records
 //! are queued to the trail's writer off the hot path.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use cryptoki_sys as ck;
 use keyward_protocol::{AttrResult, AttrValue, Op, Response, Value};
@@ -17,6 +18,26 @@ use crate::forward::{operation, rv_of};
 use crate::lock;
 use keyward_inventory::AuditKind;
 
+/// What the use records of each key object name, read from the HSM once
+/// per backend object and kept until the object is destroyed, changed, its
+/// session closes or its token is initialised.
+#[derive(Debug, Default)]
+pub struct UseTargets(Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>);
+
+impl UseTargets {
+    fn get(&self, slot: Slot, object: BackendObject) -> Option<Arc<UseTarget>> {
+        lock(&self.0).get(&(slot, object)).cloned()
+    }
+
+    fn insert(&self, slot: Slot, object: BackendObject, target: Arc<UseTarget>) {
+        lock(&self.0).insert((slot, object), target);
+    }
+
+    fn forget(&self, gone: &mut impl FnMut(&(Slot, BackendObject)) -> bool) {
+        lock(&self.0).retain(|k, _| !gone(k));
+    }
+}
+
 impl Agent {
     /// What the use records of object `o` (on `s`'s token) name: cached
     /// per backend object, read from the HSM once. `None` when uses are
@@ -25,7 +46,7 @@ impl Agent {
         if !self.audit.records_uses() {
             return None;
         }
-        if let Some(t) = lock(&self.use_targets).get(&(o.slot, o.backend)) {
+        if let Some(t) = self.use_targets.get(o.slot, o.backend) {
             return Some(t.clone());
         }
         let token = self.tokens.get(o.slot)?.config.label.clone();
@@ -54,14 +75,14 @@ impl Agent {
             }
         };
         let target = Arc::new(target);
-        lock(&self.use_targets).insert((o.slot, o.backend), target.clone());
+        self.use_targets.insert(o.slot, o.backend, target.clone());
         Some(target)
     }
 
     /// Forgets what use records name the objects of `slot` for which
     /// `gone` holds (destroyed, relabelled, or their session closed).
     pub(crate) fn forget_use_targets(&self, mut gone: impl FnMut(&(Slot, BackendObject)) -> bool) {
-        lock(&self.use_targets).retain(|k, _| !gone(k));
+        self.use_targets.forget(&mut gone);
     }
 
     /// Records the end of operation `op` on `s` with `r`'s result, and

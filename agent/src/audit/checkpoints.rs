@@ -89,7 +89,7 @@ impl crate::agent::Agent {
                         "audit: checkpoints are signed by the audit key on token {:?}",
                         token.config.label
                     );
-                    *self.audit_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(AuditKey {
+                    self.audit.set_key(AuditKey {
                         slot,
                         private,
                         public,
@@ -184,7 +184,7 @@ impl crate::agent::Agent {
 
     /// The audit key, when the agent has one.
     pub fn audit_key(&self) -> Option<AuditKey> {
-        *self.audit_key.lock().unwrap_or_else(|p| p.into_inner())
+        self.audit.key()
     }
 
     /// ECDSA over SHA-256 of `message` with the audit key, on a session of

@@ -11,6 +11,7 @@ use keyward_inventory::{coalesce, Actor, AuditEvent, AuditKind, AuditLog};
 use crate::clients::UseTarget;
 use crate::config::{AuditConfig, OnWriteFailure};
 
+use super::key::AuditKey;
 use super::{events::*, queue::*, relay::*, run::*};
 
 /// Queued events that wake the writer before [`LINGER`] is up. Equal uses
@@ -53,6 +54,8 @@ pub struct Auditor {
     /// The run note (see [`Auditor::begin_run`]); `None` until a run
     /// begins, and after it ended.
     pub(crate) note: Mutex<Option<RunNote>>,
+    /// The audit key, once found or made (see `Agent::setup_audit_key`).
+    pub(crate) key: Mutex<Option<AuditKey>>,
 }
 
 /// A streak of failed writes of the trail, for saying it once.
@@ -146,7 +149,18 @@ impl Auditor {
             syslog,
             streak: Mutex::new(None),
             note: Mutex::new(None),
+            key: Mutex::new(None),
         })
+    }
+
+    /// The audit key in use, if any.
+    pub fn key(&self) -> Option<AuditKey> {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `key` in use for checkpoints (and hides it from applications).
+    pub fn set_key(&self, key: AuditKey) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 
     pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
