@@ -114,9 +114,10 @@ impl KeyRequest {
                     "create {} (class {}, {}",
                     key(token, name),
                     clean(class),
-                    algorithm
-                        .as_deref()
-                        .map_or_else(|| "the class's first algorithm".to_owned(), clean)
+                    algorithm.map_or_else(
+                        || "the class's first algorithm".to_owned(),
+                        |a| a.to_string()
+                    )
                 );
                 if let Some(owner) = owner {
                     let _ = write!(s, ", owner {}", clean(owner));
@@ -130,7 +131,7 @@ impl KeyRequest {
                     let _ = write!(s, " of token {}", clean(t));
                 }
                 if let Some(st) = state {
-                    let _ = write!(s, " in state {}", clean(st));
+                    let _ = write!(s, " in state {st}");
                 }
                 s
             }
@@ -577,7 +578,7 @@ mod tests {
         let create = AdminRequest::Key(KeyRequest::Create {
             name: "web-tls".into(),
             class: "tls-server".into(),
-            algorithm: Some("ec:p256".into()),
+            algorithm: Some(keyward_domain::Algorithm::Ec(keyward_domain::Curve::P256)),
             token: Some("prod".into()),
             owner: Some("alice".into()),
         });

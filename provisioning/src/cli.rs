@@ -137,7 +137,7 @@ pub enum KeyCommand {
         class: String,
         /// One of the class's algorithms (ec:p256, rsa:3072, ...; default: the class's first).
         #[arg(long)]
-        algorithm: Option<String>,
+        algorithm: Option<keyward_policy::Algorithm>,
         #[command(flatten)]
         token: TokenArg,
         /// Owner recorded in the inventory (default: the requester).
@@ -150,7 +150,7 @@ pub enum KeyCommand {
         token: TokenArg,
         /// Only keys in this state (pre-activation, active, suspended, deactivated, compromised, destroyed).
         #[arg(long, value_parser = parse_state)]
-        state: Option<String>,
+        state: Option<keyward_policy::KeyState>,
     },
     /// Show one key: versions (with CKA_ID), grants and state history.
     Show(KeyArgs),
@@ -356,27 +356,25 @@ pub enum ResultFilter {
 }
 
 /// `--state`: a key state as the inventory names it.
-fn parse_state(text: &str) -> Result<String, String> {
-    keyward_policy::KeyState::from_name(text)
-        .map(|s| s.name().to_owned())
-        .ok_or_else(|| {
-            let names: Vec<_> = keyward_policy::KeyState::ALL
-                .iter()
-                .map(|s| s.name())
-                .collect();
-            format!("unknown state; one of {}", names.join(", "))
-        })
+fn parse_state(text: &str) -> Result<keyward_policy::KeyState, String> {
+    text.parse().map_err(|_| {
+        let names: Vec<_> = keyward_policy::KeyState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        format!("unknown state; one of {}", names.join(", "))
+    })
 }
 
 /// One `--ops` item: an operation as the policy file names it.
 fn parse_operation(text: &str) -> Result<String, String> {
     let text = text.trim();
-    keyward_policy::Operation::from_name(text)
-        .map(|o| o.name().to_owned())
-        .ok_or_else(|| {
+    text.parse::<keyward_policy::Operation>()
+        .map(|o| o.as_str().to_owned())
+        .map_err(|_| {
             let names: Vec<_> = keyward_policy::Operation::ALL
                 .iter()
-                .map(|o| o.name())
+                .map(|o| o.as_str())
                 .collect();
             format!("unknown operation {text:?}; one of {}", names.join(", "))
         })
@@ -500,8 +498,12 @@ mod tests {
             panic!("{:?}", cli.command)
         };
         assert_eq!(
-            (name.as_str(), class.as_str(), algorithm.as_deref()),
-            ("web", "tls", Some("ec:p256"))
+            (
+                name.as_str(),
+                class.as_str(),
+                algorithm.map(|a| a.to_string())
+            ),
+            ("web", "tls", Some("ec:p256".to_owned()))
         );
         assert_eq!((t, owner.as_deref()), (token("t1"), Some("alice")));
         let cli = ok(&["key", "create", "web", "--class", "tls"]);
@@ -535,7 +537,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((t, state.as_deref()), (token("t1"), Some("active")));
+        assert_eq!(
+            (t, state),
+            (token("t1"), Some(keyward_policy::KeyState::Active))
+        );
         ok(&["key", "list", "--state", "pre-activation"]);
         assert_eq!(
             bad(&["key", "list", "--state", "happy"]),

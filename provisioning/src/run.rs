@@ -727,7 +727,7 @@ mod tests {
             key(&["key", "list", "--state", "active", "--token", "t"]),
             KeyRequest::List {
                 token: Some("t".into()),
-                state: Some("active".into())
+                state: Some("active".parse().unwrap())
             }
         );
         assert_eq!(
@@ -936,7 +936,7 @@ mod tests {
             requester: "alice".into(),
             created_at: NOW,
             expires_at: NOW + 3600,
-            status: "pending".into(),
+            status: "pending".parse().unwrap(),
         }
     }
 

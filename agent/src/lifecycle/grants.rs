@@ -4,11 +4,11 @@
 use std::time::SystemTime;
 
 use keyward_inventory::Grant;
-use keyward_policy::{Operation, Purpose};
+use keyward_policy::Operation;
 use keyward_protocol::admin::{AdminErrorKind, AppInfo, GrantInfo, KeyResponse};
 
 use crate::agent::Agent;
-use crate::keys::{policy_state, secs};
+use crate::keys::secs;
 
 use super::*;
 
@@ -42,19 +42,19 @@ impl Agent {
                 "a grant names at least one operation",
             );
         }
-        let purpose = Purpose::from_name(&t.key.record.purpose);
+        let purpose = t.key.record.purpose;
         let mut ops = Vec::new();
         for name in operations {
-            let Some(op) = Operation::from_name(name) else {
+            let Ok(op) = name.parse::<Operation>() else {
                 return fail(
                     AdminErrorKind::Refused,
                     format!("{name:?} is not an operation"),
                 );
             };
-            if let Some(p) = purpose.filter(|p| !p.allows(op)) {
+            if !purpose.allows(op) {
                 return fail(
                     AdminErrorKind::Refused,
-                    format!("key {} is for {p}: {name} does not fit", t.label()),
+                    format!("key {} is for {purpose}: {name} does not fit", t.label()),
                 );
             }
             if !ops.contains(&op.name().to_owned()) {
@@ -105,7 +105,7 @@ impl Agent {
                     .policy()
                     .class(&k.record.class)
                     .is_some_and(|c| c.grants.iter().any(|g| g.application == app.name));
-                if by_class && policy_state(k.record.state).is_visible() {
+                if by_class && k.record.state.is_visible() {
                     keys.push(format!("{}/{}", k.record.token, k.record.name));
                 }
             }
