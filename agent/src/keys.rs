@@ -616,9 +616,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_managed_keys_name_and_backend_label_are_managed_labels_on_its_token() {
-        let (_dir, k) = keys();
+    /// Key "web" on token "kw" with version 1, in the store (not yet in
+    /// the view).
+    fn create_web(k: &ManagedKeys) -> KeyRecord {
         let record = KeyRecord {
             id: 0,
             name: "web".into(),
@@ -650,8 +650,7 @@ mod tests {
             destroyed_at: None,
             fingerprint: Some(vec![3; 32]),
         };
-        let created = k
-            .inventory()
+        k.inventory()
             .apply(&keyward_inventory::LifecycleChange {
                 key: keyward_inventory::KeyChange::Create(Box::new(record)),
                 versions: vec![keyward_inventory::VersionChange::Add(version)],
@@ -662,7 +661,13 @@ mod tests {
                 trail: Vec::new(),
             })
             .unwrap()
-            .key;
+            .key
+    }
+
+    #[test]
+    fn a_managed_keys_name_and_backend_label_are_managed_labels_on_its_token() {
+        let (_dir, k) = keys();
+        let created = create_web(&k);
         assert!(!k.is_managed_label("kw", b"web"), "not yet in the view");
         k.refresh(created.id).unwrap();
         assert!(k.is_managed_label("kw", b"web"));
@@ -673,5 +678,47 @@ mod tests {
             k.key(created.id).unwrap().versions[0].fingerprint,
             Some(vec![3; 32])
         );
+    }
+
+    /// A stored value this build does not know (written by something
+    /// else) stops the agent from loading the keys with an error that
+    /// names the key and the value, rather than carrying a key whose
+    /// purpose nothing checks; the store keeps the row as it was.
+    #[test]
+    fn an_unknown_stored_purpose_is_refused_naming_the_key() {
+        let (dir, k) = keys();
+        let created = create_web(&k);
+        k.refresh(created.id).unwrap();
+        let path = dir.path().join("inventory.sqlite");
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute(
+            "UPDATE keys SET purpose = 'sorcery' WHERE id = ?1",
+            [created.id],
+        )
+        .unwrap();
+        let inventory = keyward_inventory::SqliteInventory::open(&path).unwrap();
+        let message = match ManagedKeys::open(Arc::new(inventory)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("keys with an unknown purpose loaded"),
+        };
+        assert!(
+            message.contains("key \"web\" on token \"kw\"") && message.contains("\"sorcery\""),
+            "{message}"
+        );
+        // A refresh of the running view fails the same way and keeps the
+        // key as it was last read.
+        assert!(k.refresh(created.id).is_err());
+        assert_eq!(
+            k.key(created.id).unwrap().record.purpose,
+            keyward_policy::Purpose::Signing
+        );
+        let stored: String = db
+            .query_row(
+                "SELECT purpose FROM keys WHERE id = ?1",
+                [created.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, "sorcery");
     }
 }
