@@ -545,7 +545,7 @@ pub fn check_grant(
     }
     let key_grant = key.grants.iter().any(|g| {
         g.application == application
-            && g.operations.iter().any(|o| o == op.name())
+            && g.operations.contains(&op)
             && g.expires_at.is_none_or(|t| secs(now) < t)
     });
     if key_grant {
@@ -554,7 +554,7 @@ pub fn check_grant(
     let expired_key_grant = key
         .grants
         .iter()
-        .any(|g| g.application == application && g.operations.iter().any(|o| o == op.name()));
+        .any(|g| g.application == application && g.operations.contains(&op));
     match policy.class(&key.record.class) {
         Some(class) => match class.check_grant(application, op, now) {
             Ok(()) => Ok(()),

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cryptoki_sys as ck;
 use keyward_inventory::usage::{EventRow, HourRow, OperationRow, Span, UseRow};
 use keyward_inventory::KeyVersion;
-use keyward_policy::{purpose_flags, KeyClass, KeyState, Operation};
+use keyward_policy::{purpose_flags, KeyClass, KeyState};
 use keyward_protocol::admin::{
     AdminErrorKind, AdminFailure, AdminResponse, Anomaly, AnomalyKind, AnomalyThresholds,
     ApplicationUsage, CertificateInfo, ExportAttempts, FailedAdmin, KeyReport, KeyUsage,
@@ -238,12 +238,7 @@ pub fn grant_drift(
             ));
         }
         for op in &g.operations {
-            let allowed = match (op.parse::<Operation>(), class) {
-                (Err(_), _) => false,
-                (Ok(o), Some(c)) => c.purpose.allows(o),
-                (Ok(_), None) => true,
-            };
-            if !allowed {
+            if class.is_some_and(|c| !c.purpose.allows(*op)) {
                 out.push(format!(
                     "grant to {:?} for {op}: class {:?} ({}) does not allow it",
                     g.application,

@@ -284,7 +284,7 @@ process_period = "60d"
     let grant = |app: &str, ops: &[&str], expires_at| keyward_inventory::Grant {
         key_id: 1,
         application: app.into(),
-        operations: ops.iter().map(|o| (*o).to_owned()).collect(),
+        operations: ops.iter().map(|o| o.parse().unwrap()).collect(),
         expires_at,
     };
     let key = KeyView {

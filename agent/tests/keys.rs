@@ -350,7 +350,7 @@ fn key_lifecycle_over_the_admin_socket() {
         key: "enc".into(),
         token: None,
         application: app.into(),
-        operations: ops.iter().map(|s| s.to_string()).collect(),
+        operations: ops.iter().map(|s| s.parse().unwrap()).collect(),
         until: Some(until),
     };
     a.ok(grant("other", &["encrypt"]));
@@ -370,7 +370,7 @@ fn key_lifecycle_over_the_admin_socket() {
     };
     assert_eq!(gs.len(), 1);
     assert_eq!(gs[0].application, "other");
-    assert_eq!(gs[0].operations, ["encrypt"]);
+    assert_eq!(gs[0].operations, [keyward_policy::Operation::Encrypt]);
     assert_eq!(gs[0].expires_at, Some(until));
     let KeyResponse::Apps(apps) = a.ok(KeyRequest::AppList) else {
         panic!()

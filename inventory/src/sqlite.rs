@@ -404,11 +404,24 @@ fn change_from_row(r: &Row<'_>) -> rusqlite::Result<StateChange> {
     })
 }
 
+/// Names a grant row for [`bad_row`].
+fn grant_row(r: &Row<'_>) -> String {
+    let key_id: i64 = r.get(0).unwrap_or_default();
+    let application: String = r.get(1).unwrap_or_default();
+    format!("grant of key {key_id} to {application:?}")
+}
+
 fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         key_id: r.get(0)?,
         application: r.get(1)?,
-        operations: json_list(r, 2)?,
+        operations: json_list(r, 2)?
+            .iter()
+            .map(|name| {
+                name.parse()
+                    .map_err(|e: ParseError| bad_row(2, "operations", &|| grant_row(r), &e))
+            })
+            .collect::<rusqlite::Result<_>>()?,
         expires_at: r.get(3)?,
     })
 }
@@ -932,9 +945,9 @@ impl Inventory for SqliteInventory {
     fn grant(&self, grant: &Grant, actor: &str) -> Result<()> {
         nonempty("application", &grant.application)?;
         nonempty("actor", actor)?;
-        if grant.operations.is_empty() || grant.operations.iter().any(String::is_empty) {
+        if grant.operations.is_empty() {
             return Err(Error::Invalid(format!(
-                "grant to {:?}: operations must be a non-empty list of names",
+                "grant to {:?}: operations must be a non-empty list",
                 grant.application
             )));
         }

@@ -4,7 +4,7 @@
 //! keyward-domain's types, stored as their text forms. Every time is unix
 //! seconds (UTC) as `i64`.
 
-use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Purpose};
+use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEvent;
@@ -89,8 +89,9 @@ pub struct Grant {
     pub key_id: i64,
     /// The application's name in the policy.
     pub application: String,
-    /// `sign`, `verify`, `encrypt`, ... as the agent names them.
-    pub operations: Vec<String>,
+    /// `sign`, `verify`, `encrypt`, ... (stored as a JSON list of those
+    /// names).
+    pub operations: Vec<Operation>,
     /// Unix seconds; the store returns expired grants too, the agent checks.
     pub expires_at: Option<i64>,
 }

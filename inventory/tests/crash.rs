@@ -385,7 +385,7 @@ fn worker(path: &Path) {
                 let grant = Grant {
                     key_id: id,
                     application: "app".into(),
-                    operations: vec!["sign".into()],
+                    operations: vec![keyward_domain::Operation::Sign],
                     expires_at: Some(at + 60),
                 };
                 if inv.grants(id).unwrap().is_empty() {

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 
-use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Purpose};
+use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{read_message, write_message, FrameError};
@@ -324,7 +324,7 @@ pub enum KeyRequest {
         /// Application name of the policy.
         application: String,
         /// `sign`, `verify`, `encrypt`, ...
-        operations: Vec<String>,
+        operations: Vec<Operation>,
         /// Unix seconds; `None`: no expiry.
         until: Option<i64>,
     },
@@ -482,7 +482,7 @@ pub struct VersionInfo {
 pub struct GrantInfo {
     pub key: String,
     pub application: String,
-    pub operations: Vec<String>,
+    pub operations: Vec<Operation>,
     pub expires_at: Option<i64>,
 }
 
@@ -1332,7 +1332,12 @@ mod hello_tests {
                 deactivated_at: None,
                 destroyed_at: None,
             }],
-            grants: Vec::new(),
+            grants: vec![GrantInfo {
+                key: "web-tls".into(),
+                application: "nginx".into(),
+                operations: vec![Operation::Sign, Operation::Verify],
+                expires_at: None,
+            }],
             history: vec![HistoryEntry {
                 at: 1,
                 version: None,
@@ -1351,6 +1356,7 @@ mod hello_tests {
         assert_eq!(json["versions"][0]["state"], "active");
         assert_eq!(json["history"][0]["from"], "pre-activation");
         assert_eq!(json["history"][0]["to"], "compromised");
+        assert_eq!(json["grants"][0]["operations"][1], "verify");
         let request = ApprovalRequest {
             id: "00ff".into(),
             action: "resume".into(),

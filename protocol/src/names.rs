@@ -160,7 +160,7 @@ impl KeyRequest {
                 operations,
                 until,
             } => {
-                let ops: Vec<String> = operations.iter().map(|o| clean(o)).collect();
+                let ops: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
                 let mut s = format!(
                     "grant {} {} on {}",
                     clean(application),
@@ -453,7 +453,7 @@ mod tests {
                 key: "k".into(),
                 token: None,
                 application: "a".into(),
-                operations: vec!["sign".into()],
+                operations: vec![keyward_domain::Operation::Sign],
                 until: None,
             }),
             key(KeyRequest::GrantRemove {
@@ -590,7 +590,10 @@ mod tests {
             key: "web-tls".into(),
             token: None,
             application: "nginx".into(),
-            operations: vec!["sign".into(), "verify".into()],
+            operations: vec![
+                keyward_domain::Operation::Sign,
+                keyward_domain::Operation::Verify,
+            ],
             until: Some(1_796_083_200),
         });
         assert_eq!(

@@ -361,7 +361,12 @@ fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
         .map(|g| {
             let mut row = vec![
                 cell(&g.application),
-                list(&g.operations),
+                list(
+                    &g.operations
+                        .iter()
+                        .map(|o| o.to_string())
+                        .collect::<Vec<_>>(),
+                ),
                 format_opt(g.expires_at),
             ];
             if with_key {
@@ -937,7 +942,10 @@ mod tests {
         GrantInfo {
             key: "web-tls".into(),
             application: "nginx".into(),
-            operations: vec!["sign".into(), "verify".into()],
+            operations: vec![
+                keyward_policy::Operation::Sign,
+                keyward_policy::Operation::Verify,
+            ],
             expires_at: Some(T0 + 8 * 3600),
         }
     }

@@ -954,7 +954,13 @@ mod tests {
             Ok(AdminRequest::Key(KeyRequest::GrantAdd {
                 until, operations, ..
             })) => {
-                assert_eq!(operations, ["sign", "verify"]);
+                assert_eq!(
+                    operations,
+                    [
+                        keyward_policy::Operation::Sign,
+                        keyward_policy::Operation::Verify
+                    ]
+                );
                 until
             }
             other => panic!("{other:?}"),

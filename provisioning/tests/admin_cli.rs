@@ -213,7 +213,13 @@ fn a_grant_for_a_while_carries_its_expiry() {
         panic!("{req:?}")
     };
     assert_eq!((key.as_str(), application.as_str()), ("web-tls", "nginx"));
-    assert_eq!(operations, ["sign", "verify"]);
+    assert_eq!(
+        operations,
+        [
+            keyward_policy::Operation::Sign,
+            keyward_policy::Operation::Verify
+        ]
+    );
     let eight_hours = 8 * 3600;
     assert!(
         (before + eight_hours..before + eight_hours + 60).contains(&until),

@@ -26,7 +26,7 @@ impl Agent {
         &self,
         t: &Target<'_>,
         application: &str,
-        operations: &[String],
+        operations: &[Operation],
         until: Option<i64>,
         who: &str,
     ) -> AResult<KeyResponse> {
@@ -44,21 +44,15 @@ impl Agent {
         }
         let purpose = t.key.record.purpose;
         let mut ops = Vec::new();
-        for name in operations {
-            let Ok(op) = name.parse::<Operation>() else {
-                return fail(
-                    AdminErrorKind::Refused,
-                    format!("{name:?} is not an operation"),
-                );
-            };
+        for &op in operations {
             if !purpose.allows(op) {
                 return fail(
                     AdminErrorKind::Refused,
-                    format!("key {} is for {purpose}: {name} does not fit", t.label()),
+                    format!("key {} is for {purpose}: {op} does not fit", t.label()),
                 );
             }
-            if !ops.contains(&op.name().to_owned()) {
-                ops.push(op.name().to_owned());
+            if !ops.contains(&op) {
+                ops.push(op);
             }
         }
         if let Some(u) = until {
@@ -74,10 +68,11 @@ impl Agent {
         };
         self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
         self.refresh(t.key.record.id)?;
+        let names: Vec<&str> = grant.operations.iter().map(|o| o.as_str()).collect();
         log::info!(
-            "key {}: {application:?} granted {:?} until {until:?} by {who}",
+            "key {}: {application:?} granted {} until {until:?} by {who}",
             t.label(),
-            grant.operations
+            names.join(", ")
         );
         Ok(KeyResponse::Grants(vec![grant_info(
             &t.key.record.name,

@@ -400,9 +400,10 @@ impl Agent {
                     || "no end".to_owned(),
                     |u| format!("until {}", keyward_protocol::names::utc(u)),
                 );
+                let names: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
                 let reason = format!(
                     "application {application:?}, operations [{}], {until}",
-                    operations.join(", ")
+                    names.join(", ")
                 );
                 self.record_grant(by, &t, "grant add", &reason);
                 Ok(done)
