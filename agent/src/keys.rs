@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cryptoki_sys as ck;
 use keyward_inventory::{Grant, Inventory, KeyFilter, KeyRecord, KeyVersion};
 use keyward_policy::{
-    effective_state, permits, Cryptoperiod, KeyState, Operation, Policy, Purpose, Refusal,
+    effective_state, permits, Cryptoperiod, KeyState, Operation, Policy, Refusal,
 };
 use keyward_protocol::{AttrResult, AttrValue, Attribute, Mechanism, Op, Value};
 
@@ -53,7 +53,7 @@ impl KeyView {
         self.versions
             .iter()
             .rev()
-            .find(|v| v.state == keyward_inventory::KeyState::Active)
+            .find(|v| v.state == KeyState::Active)
     }
 
     /// The version that protects: the newest that is not destroyed.
@@ -61,7 +61,7 @@ impl KeyView {
         self.versions
             .iter()
             .rev()
-            .find(|v| v.state != keyward_inventory::KeyState::Destroyed)
+            .find(|v| v.state != KeyState::Destroyed)
     }
 
     /// Whether the active key's rotation or the end of its protect period
@@ -69,7 +69,7 @@ impl KeyView {
     /// until it is done.
     pub fn rotation_due(&self, at: i64) -> bool {
         let r = &self.record;
-        r.state == keyward_inventory::KeyState::Active
+        r.state == KeyState::Active
             && (r.next_rotation.is_some_and(|n| n <= at)
                 || r.protect_until.is_some_and(|p| p <= at))
     }
@@ -119,33 +119,6 @@ pub struct ManagedKeys {
 impl std::fmt::Debug for ManagedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagedKeys").finish_non_exhaustive()
-    }
-}
-
-/// Converts the store's state to the policy's (the same six states; a
-/// state added to one enum and not the other does not compile).
-pub fn policy_state(s: keyward_inventory::KeyState) -> KeyState {
-    use keyward_inventory::KeyState as Inv;
-    match s {
-        Inv::PreActivation => KeyState::PreActivation,
-        Inv::Active => KeyState::Active,
-        Inv::Suspended => KeyState::Suspended,
-        Inv::Deactivated => KeyState::Deactivated,
-        Inv::Compromised => KeyState::Compromised,
-        Inv::Destroyed => KeyState::Destroyed,
-    }
-}
-
-/// Converts the policy's state to the store's.
-pub fn inventory_state(s: KeyState) -> keyward_inventory::KeyState {
-    use keyward_inventory::KeyState as Inv;
-    match s {
-        KeyState::PreActivation => Inv::PreActivation,
-        KeyState::Active => Inv::Active,
-        KeyState::Suspended => Inv::Suspended,
-        KeyState::Deactivated => Inv::Deactivated,
-        KeyState::Compromised => Inv::Compromised,
-        KeyState::Destroyed => Inv::Destroyed,
     }
 }
 
@@ -533,8 +506,8 @@ pub fn check_use(
     let Some(version) = key.version(r.version) else {
         return Err(Refusal::KeyDestroyed);
     };
-    let key_state = policy_state(key.record.state);
-    let version_state = policy_state(version.state);
+    let key_state = key.record.state;
+    let version_state = version.state;
     if !key_state.is_visible() || !version_state.is_visible() {
         return Err(Refusal::KeyDestroyed);
     }
@@ -563,8 +536,8 @@ pub fn check_grant(
     op: Operation,
     now: SystemTime,
 ) -> Result<(), Refusal> {
-    let purpose = Purpose::from_name(&key.record.purpose);
-    if let Some(purpose) = purpose.filter(|p| !p.allows(op)) {
+    let purpose = key.record.purpose;
+    if !purpose.allows(op) {
         return Err(Refusal::PurposeMismatch {
             purpose,
             operation: op,
@@ -572,7 +545,7 @@ pub fn check_grant(
     }
     let key_grant = key.grants.iter().any(|g| {
         g.application == application
-            && g.operations.iter().any(|o| o == op.name())
+            && g.operations.contains(&op)
             && g.expires_at.is_none_or(|t| secs(now) < t)
     });
     if key_grant {
@@ -581,7 +554,7 @@ pub fn check_grant(
     let expired_key_grant = key
         .grants
         .iter()
-        .any(|g| g.application == application && g.operations.iter().any(|o| o == op.name()));
+        .any(|g| g.application == application && g.operations.contains(&op));
     match policy.class(&key.record.class) {
         Some(class) => match class.check_grant(application, op, now) {
             Ok(()) => Ok(()),
@@ -608,7 +581,7 @@ pub fn check_grant(
 /// now, and the key not destroyed. Keys an application has no grant for are
 /// invisible to it.
 pub fn visible_to(policy: &Policy, key: &KeyView, application: &str, now: SystemTime) -> bool {
-    policy_state(key.record.state).is_visible()
+    key.record.state.is_visible()
         && Operation::ALL
             .into_iter()
             .any(|op| check_grant(policy, key, application, op, now).is_ok())
@@ -643,18 +616,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_managed_keys_name_and_backend_label_are_managed_labels_on_its_token() {
-        let (_dir, k) = keys();
+    /// Key "web" on token "kw" with version 1, in the store (not yet in
+    /// the view).
+    fn create_web(k: &ManagedKeys) -> KeyRecord {
         let record = KeyRecord {
             id: 0,
             name: "web".into(),
             token: "kw".into(),
             owner: "admin".into(),
-            purpose: "signing".into(),
+            purpose: keyward_policy::Purpose::Signing,
             class: "signing".into(),
-            algorithm: "ec:p256".into(),
-            state: keyward_inventory::KeyState::Active,
+            algorithm: keyward_policy::Algorithm::Ec(keyward_policy::Curve::P256),
+            state: KeyState::Active,
             created_at: 1,
             activated_at: Some(1),
             rotated_at: None,
@@ -671,14 +644,13 @@ mod tests {
             version: 1,
             backend_id: vec![1, 2],
             backend_label: "web-old-label".into(),
-            state: keyward_inventory::KeyState::Active,
+            state: KeyState::Active,
             created_at: 1,
             deactivated_at: None,
             destroyed_at: None,
             fingerprint: Some(vec![3; 32]),
         };
-        let created = k
-            .inventory()
+        k.inventory()
             .apply(&keyward_inventory::LifecycleChange {
                 key: keyward_inventory::KeyChange::Create(Box::new(record)),
                 versions: vec![keyward_inventory::VersionChange::Add(version)],
@@ -689,7 +661,13 @@ mod tests {
                 trail: Vec::new(),
             })
             .unwrap()
-            .key;
+            .key
+    }
+
+    #[test]
+    fn a_managed_keys_name_and_backend_label_are_managed_labels_on_its_token() {
+        let (_dir, k) = keys();
+        let created = create_web(&k);
         assert!(!k.is_managed_label("kw", b"web"), "not yet in the view");
         k.refresh(created.id).unwrap();
         assert!(k.is_managed_label("kw", b"web"));
@@ -700,5 +678,47 @@ mod tests {
             k.key(created.id).unwrap().versions[0].fingerprint,
             Some(vec![3; 32])
         );
+    }
+
+    /// A stored value this build does not know (written by something
+    /// else) stops the agent from loading the keys with an error that
+    /// names the key and the value, rather than carrying a key whose
+    /// purpose nothing checks; the store keeps the row as it was.
+    #[test]
+    fn an_unknown_stored_purpose_is_refused_naming_the_key() {
+        let (dir, k) = keys();
+        let created = create_web(&k);
+        k.refresh(created.id).unwrap();
+        let path = dir.path().join("inventory.sqlite");
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute(
+            "UPDATE keys SET purpose = 'sorcery' WHERE id = ?1",
+            [created.id],
+        )
+        .unwrap();
+        let inventory = keyward_inventory::SqliteInventory::open(&path).unwrap();
+        let message = match ManagedKeys::open(Arc::new(inventory)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("keys with an unknown purpose loaded"),
+        };
+        assert!(
+            message.contains("key \"web\" on token \"kw\"") && message.contains("\"sorcery\""),
+            "{message}"
+        );
+        // A refresh of the running view fails the same way and keeps the
+        // key as it was last read.
+        assert!(k.refresh(created.id).is_err());
+        assert_eq!(
+            k.key(created.id).unwrap().record.purpose,
+            keyward_policy::Purpose::Signing
+        );
+        let stored: String = db
+            .query_row(
+                "SELECT purpose FROM keys WHERE id = ?1",
+                [created.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, "sorcery");
     }
 }

@@ -481,7 +481,7 @@ pub struct KeyFigures {
 
 /// The figures of `keys` at `now` (unix seconds), sorted by token and key.
 pub fn key_figures(keys: &[Arc<KeyView>], now: i64) -> Vec<KeyFigures> {
-    use keyward_inventory::KeyState;
+    use keyward_policy::KeyState;
     let mut out: Vec<KeyFigures> = keys
         .iter()
         .map(|k| {
@@ -516,7 +516,7 @@ fn key_labels(k: &KeyFigures) -> [(&'static str, &str); 3] {
 
 /// The per-key gauges and the count of keys per state.
 pub fn render_keys(out: &mut Exposition, keys: &[KeyFigures]) {
-    let states = keyward_inventory::KeyState::ALL.map(|s| s.as_str());
+    let states = keyward_policy::KeyState::ALL.map(|s| s.as_str());
     out.family(
         "keyward_keys",
         Kind::Gauge,
@@ -1114,7 +1114,8 @@ impl Drop for Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_inventory::{KeyRecord, KeyState, KeyVersion};
+    use keyward_inventory::{KeyRecord, KeyVersion};
+    use keyward_policy::KeyState;
 
     #[test]
     fn label_values_and_help_are_escaped() {
@@ -1306,9 +1307,9 @@ mod tests {
                 name: name.into(),
                 token: "tok".into(),
                 owner: "o".into(),
-                purpose: "signing".into(),
+                purpose: keyward_policy::Purpose::Signing,
                 class: "signing".into(),
-                algorithm: "ec:p256".into(),
+                algorithm: keyward_policy::Algorithm::Ec(keyward_policy::Curve::P256),
                 state,
                 created_at: 0,
                 activated_at: Some(100),

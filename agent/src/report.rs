@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cryptoki_sys as ck;
 use keyward_inventory::usage::{EventRow, HourRow, OperationRow, Span, UseRow};
-use keyward_inventory::{KeyState as InvState, KeyVersion};
-use keyward_policy::{purpose_flags, KeyClass, Operation};
+use keyward_inventory::KeyVersion;
+use keyward_policy::{purpose_flags, KeyClass, KeyState};
 use keyward_protocol::admin::{
     AdminErrorKind, AdminFailure, AdminResponse, Anomaly, AnomalyKind, AnomalyThresholds,
     ApplicationUsage, CertificateInfo, ExportAttempts, FailedAdmin, KeyReport, KeyUsage,
@@ -238,17 +238,12 @@ pub fn grant_drift(
             ));
         }
         for op in &g.operations {
-            let allowed = match (Operation::from_name(op), class) {
-                (None, _) => false,
-                (Some(o), Some(c)) => c.purpose.allows(o),
-                (Some(_), None) => true,
-            };
-            if !allowed {
+            if class.is_some_and(|c| !c.purpose.allows(*op)) {
                 out.push(format!(
                     "grant to {:?} for {op}: class {:?} ({}) does not allow it",
                     g.application,
                     key.record.class,
-                    class.map_or("?", |c| c.purpose.name())
+                    class.map_or("?", |c| c.purpose.as_str())
                 ));
             }
         }
@@ -338,8 +333,7 @@ fn hsm_facts(
             if *on && !allowed.contains(&attr) {
                 facts.drift.push(format!(
                     "{what}: {name} is on, beyond the purpose {} of class {:?}",
-                    class.purpose.name(),
-                    class.name
+                    class.purpose, class.name
                 ));
             }
         }
@@ -496,7 +490,7 @@ fn report_span(req: &ReportRequest, now: SystemTime) -> AResult<Span> {
 /// Active keys on and past their rotation date.
 fn rotation_compliance(reports: &[KeyReport]) -> RotationCompliance {
     let mut rotation = RotationCompliance::default();
-    for k in reports.iter().filter(|k| k.state == "active") {
+    for k in reports.iter().filter(|k| k.state == KeyState::Active) {
         rotation.active += 1;
         if k.overdue {
             rotation.overdue.push(format!("{}/{}", k.token, k.name));
@@ -700,9 +694,9 @@ impl Agent {
             name: r.name.clone(),
             token: r.token.clone(),
             class: r.class.clone(),
-            purpose: r.purpose.clone(),
-            algorithm: r.algorithm.clone(),
-            state: r.state.as_str().to_owned(),
+            purpose: r.purpose,
+            algorithm: r.algorithm,
+            state: r.state,
             active_version: active.map(|v| v.version),
             age_secs: active.map(|v| u64::try_from(at - v.created_at).unwrap_or(0)),
             cryptoperiod_secs: class.map(|c| c.protect_period.as_secs()),
@@ -729,15 +723,20 @@ impl Agent {
     /// One revocation is several lifecycle records (the key's own change,
     /// each version's; an emergency rotation's new version too): the
     /// records that follow one request are one revocation, and its
-    /// versions are those whose record says they became compromised. The
+    /// versions are those the records name that the inventory's history
+    /// (typed state changes, not the records' reason text) shows becoming
+    /// compromised by then. The
     /// agent writes them only after every use of the key that was in
     /// flight has completed and been queued, so a successful use record
     /// after the first of them is a use that got through.
     fn revocations(&self, key: &KeyView, rows: &[EventRow]) -> AResult<Vec<Revocation>> {
         struct Group {
             first: EventRow,
+            /// The time of its last record.
+            last_at: i64,
             request: Option<EventRow>,
-            versions: Vec<u32>,
+            /// The versions its records name.
+            named: Vec<u32>,
         }
         let log = self.audit.log();
         let r = &key.record;
@@ -766,42 +765,50 @@ impl Agent {
                 None => {
                     groups.push(Group {
                         first: row.clone(),
+                        last_at: row.at,
                         request,
-                        versions: Vec::new(),
+                        named: Vec::new(),
                     });
                     groups.len() - 1
                 }
             };
-            if let (Some(v), Some("compromised")) =
-                (row.key_version, crate::audit::lifecycle_to(&row.reason))
-            {
-                groups[i].versions.push(v);
-            }
+            groups[i].last_at = groups[i].last_at.max(row.at);
+            groups[i].named.extend(row.key_version);
         }
-        let mut history = None;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let history = self
+            .keys
+            .inventory()
+            .history(r.id)
+            .map_err(|e| AdminError {
+                kind: AdminErrorKind::Failed,
+                message: format!("inventory: {e}"),
+            })?;
+        let compromised = |v: u32, until: i64| {
+            history
+                .iter()
+                .any(|c| c.version == Some(v) && c.to == KeyState::Compromised && c.at <= until)
+        };
         let mut out = Vec::new();
         for g in groups {
-            let mut versions = g.versions;
-            if versions.is_empty() {
+            let mut versions: Vec<u32> = if g.named.is_empty() {
                 // Records that name no version: the versions that became
-                // compromised between the request and the record, by the
-                // inventory's history.
-                let history = match &mut history {
-                    Some(h) => h,
-                    None => history.insert(self.keys.inventory().history(r.id).map_err(|e| {
-                        AdminError {
-                            kind: AdminErrorKind::Failed,
-                            message: format!("inventory: {e}"),
-                        }
-                    })?),
-                };
+                // compromised between the request and the record.
                 let from = g.request.as_ref().map_or(g.first.at, |q| q.at);
-                versions = history
+                history
                     .iter()
-                    .filter(|c| c.to == InvState::Compromised && c.at >= from && c.at <= g.first.at)
+                    .filter(|c| c.to == KeyState::Compromised && c.at >= from && c.at <= g.first.at)
                     .filter_map(|c| c.version)
-                    .collect();
-            }
+                    .collect()
+            } else {
+                g.named
+                    .iter()
+                    .copied()
+                    .filter(|&v| compromised(v, g.last_at))
+                    .collect()
+            };
             versions.sort_unstable();
             versions.dedup();
             let after = log

@@ -251,23 +251,6 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 #[test]
-fn lifecycle_reasons_name_the_state_reached() {
-    assert_eq!(
-        crate::audit::lifecycle_to("from active to compromised: stolen laptop"),
-        Some("compromised")
-    );
-    assert_eq!(
-        crate::audit::lifecycle_to("from none to active: emergency rotation"),
-        Some("active")
-    );
-    assert_eq!(
-        crate::audit::lifecycle_to("from active to compromised"),
-        Some("compromised")
-    );
-    assert_eq!(crate::audit::lifecycle_to("revoked"), None);
-}
-
-#[test]
 fn certificate_expiry() {
     let der = unhex(&CERT_HEX.concat());
     assert_eq!(not_after(&der), Ok(2_111_003_463));
@@ -301,7 +284,7 @@ process_period = "60d"
     let grant = |app: &str, ops: &[&str], expires_at| keyward_inventory::Grant {
         key_id: 1,
         application: app.into(),
-        operations: ops.iter().map(|o| (*o).to_owned()).collect(),
+        operations: ops.iter().map(|o| o.parse().unwrap()).collect(),
         expires_at,
     };
     let key = KeyView {
@@ -310,10 +293,10 @@ process_period = "60d"
             name: "k".into(),
             token: "prod".into(),
             owner: "uid:0".into(),
-            purpose: "signing".into(),
+            purpose: keyward_policy::Purpose::Signing,
             class: "signing".into(),
-            algorithm: "ec:p256".into(),
-            state: InvState::Active,
+            algorithm: keyward_policy::Algorithm::Ec(keyward_policy::Curve::P256),
+            state: KeyState::Active,
             created_at: 0,
             activated_at: None,
             rotated_at: None,
@@ -355,7 +338,10 @@ mod agent {
 
     use std::time::{Duration, SystemTime};
 
-    use keyward_inventory::{Actor, AuditEvent, AuditKind};
+    use keyward_inventory::{
+        Actor, AuditEvent, AuditKind, KeyChange, LifecycleChange, VersionChange,
+    };
+    use keyward_policy::KeyState;
     use keyward_protocol::admin::{
         AdminResponse, AnomalyThresholds, KeyAction, KeyRequest, ReportRequest,
     };
@@ -405,9 +391,33 @@ mod agent {
         }
     }
 
+    /// The lifecycle records' reasons, as the agent writes them.
+    const REASONS: [&str; 3] = [
+        "from active to compromised: stolen",
+        "from active to compromised: stolen",
+        "from none to active: stolen",
+    ];
+
     #[test]
     fn figures_from_the_trail() {
-        figures_from_the_trail_with("key.revoke", "requested: revoke k: stolen");
+        figures_from_the_trail_with("key.revoke", "requested: revoke k: stolen", REASONS);
+    }
+
+    /// The revoked versions are the inventory's typed history's: the
+    /// records' reasons are for people, and whatever their wording (here
+    /// version 2's claims what the history does not show, version 1's
+    /// names no state) the report does not read them.
+    #[test]
+    fn revoked_versions_come_from_the_history_not_the_reasons() {
+        figures_from_the_trail_with(
+            "key.revoke",
+            "requested: revoke k: stolen",
+            [
+                "revoked: stolen",
+                "version revoked",
+                "from active to compromised: stolen",
+            ],
+        );
     }
 
     /// Trails written before admin requests had names keep their
@@ -417,10 +427,15 @@ mod agent {
         figures_from_the_trail_with(
             "key Transition",
             "requested: Transition { action: Revoke { rotate: false } }",
+            REASONS,
         );
     }
 
-    fn figures_from_the_trail_with(request_operation: &str, request_reason: &str) {
+    fn figures_from_the_trail_with(
+        request_operation: &str,
+        request_reason: &str,
+        reasons: [&str; 3],
+    ) {
         let (_d, a) = agent();
         ok(
             &a,
@@ -470,10 +485,36 @@ mod agent {
             e
         };
         let revoke = [
-            lifecycle(None, "from active to compromised: stolen"),
-            lifecycle(Some(1), "from active to compromised: stolen"),
-            lifecycle(Some(2), "from none to active: stolen"),
+            lifecycle(None, reasons[0]),
+            lifecycle(Some(1), reasons[1]),
+            lifecycle(Some(2), reasons[2]),
         ];
+        // The inventory's side of that revocation: the report takes the
+        // revoked versions from the typed history, not from the records'
+        // reasons (version 2, which the records name too, did not become
+        // compromised; it is not made here, having no backend object).
+        let key_id = a.keys.inventory().key("kw", "k").unwrap().unwrap().id;
+        a.keys
+            .inventory()
+            .apply(&LifecycleChange {
+                key: KeyChange::Update {
+                    key_id,
+                    expected: KeyState::Active,
+                    to: Some(KeyState::Compromised),
+                },
+                versions: vec![VersionChange::Move {
+                    version: 1,
+                    from: KeyState::Active,
+                    to: KeyState::Compromised,
+                }],
+                dates: Default::default(),
+                actor: "uid:0".into(),
+                reason: "stolen".into(),
+                at: t - 20,
+                trail: Vec::new(),
+            })
+            .unwrap();
+        a.keys.refresh(key_id).unwrap();
         let mut v2 = uses(t - 9, 3);
         v2.key_version = Some(2);
         let mut wrap_out = event(AuditKind::Refusal, t - 30, "wrapping out", None);
@@ -514,9 +555,9 @@ mod agent {
         let k = &r.keys[0];
         assert_eq!(
             (k.name.as_str(), k.token.as_str(), k.state.as_str()),
-            ("k", "kw", "active")
+            ("k", "kw", "compromised")
         );
-        assert_eq!(k.active_version, Some(1));
+        assert_eq!(k.active_version, None);
         assert_eq!(
             (k.usage.window, k.usage.baseline, k.usage.total),
             (11, 40, 51)
@@ -536,7 +577,8 @@ mod agent {
         assert!(rev.first_use_after.is_some());
         assert_eq!(rev.action, "revoke");
         assert!(!k.overdue);
-        assert_eq!((r.rotation.active, r.rotation.compliant), (1, 1));
+        // A compromised key is not counted in rotation compliance.
+        assert_eq!((r.rotation.active, r.rotation.compliant), (0, 0));
         assert_eq!(r.failed_admin.total, 1);
         assert_eq!(r.failed_admin.last[0].operation, "key.activate");
         assert_eq!(

@@ -211,13 +211,13 @@ fn key_lifecycle_over_the_admin_socket() {
 
     // Create: pre-activation, owner the requester, one version.
     let k = a.key(create("sig", "signing"));
-    assert_eq!(k.state, "pre-activation");
-    assert_eq!(k.algorithm, "ec:p256");
-    assert_eq!(k.purpose, "signing");
+    assert_eq!(k.state.to_string(), "pre-activation");
+    assert_eq!(k.algorithm.to_string(), "ec:p256");
+    assert_eq!(k.purpose.to_string(), "signing");
     assert_eq!(k.owner, format!("uid:{uid}"));
     assert_eq!(k.versions.len(), 1);
     assert_eq!(k.versions[0].backend_id.len(), 16);
-    assert_eq!(k.versions[0].state, "pre-activation");
+    assert_eq!(k.versions[0].state.to_string(), "pre-activation");
 
     // Conflict and unknown class, algorithm outside the class.
     assert_eq!(
@@ -231,7 +231,7 @@ fn key_lifecycle_over_the_admin_socket() {
     let wrong_alg = KeyRequest::Create {
         name: "x".into(),
         class: "signing".into(),
-        algorithm: Some("ec:p384".into()),
+        algorithm: Some("ec:p384".parse().unwrap()),
         token: None,
         owner: None,
     };
@@ -251,8 +251,8 @@ fn key_lifecycle_over_the_admin_socket() {
     let KeyResponse::Key(k) = a.act("sig", KeyAction::Activate) else {
         panic!()
     };
-    assert_eq!(k.state, "active");
-    assert_eq!(k.versions[0].state, "active");
+    assert_eq!(k.state.to_string(), "active");
+    assert_eq!(k.versions[0].state.to_string(), "active");
     let activated = k.activated_at.expect("activated_at");
     assert_eq!(k.protect_until, Some(activated + 365 * 86400));
     assert_eq!(k.process_until, Some(activated + 730 * 86400));
@@ -266,23 +266,23 @@ fn key_lifecycle_over_the_admin_socket() {
     a.act("enc", KeyAction::Activate);
     assert!(verify(&mut a, "enc").1.contains("AES"));
     let mac = a.key(create("mac", "mac"));
-    assert_eq!(mac.algorithm, "hmac:256");
+    assert_eq!(mac.algorithm.to_string(), "hmac:256");
     a.act("mac", KeyAction::Activate);
     assert!(verify(&mut a, "mac").1.contains("HMAC"));
 
     // Suspend; resume needs approval: pending, and the key stays suspended.
     a.act("sig", KeyAction::Suspend);
-    assert_eq!(a.show("sig").state, "suspended");
+    assert_eq!(a.show("sig").state.to_string(), "suspended");
     let KeyResponse::Pending(req) = a.act("sig", KeyAction::Resume) else {
         panic!("not pending")
     };
     assert_eq!(req.action, "resume");
     assert_eq!(req.target, "keyward/sig");
-    assert_eq!(req.status, "pending");
+    assert_eq!(req.status.to_string(), "pending");
     assert_eq!(req.requester, format!("uid:{uid}"));
     assert_eq!(req.expires_at - req.created_at, 24 * 3600);
     assert_eq!(req.id.len(), 32);
-    assert_eq!(a.show("sig").state, "suspended");
+    assert_eq!(a.show("sig").state.to_string(), "suspended");
     // Rotation only for active keys.
     let e = a
         .call(KeyRequest::Rotate {
@@ -299,11 +299,11 @@ fn key_lifecycle_over_the_admin_socket() {
         token: None,
     });
     assert_eq!(k.versions.len(), 2);
-    assert_eq!(k.versions[0].state, "deactivated");
-    assert_eq!(k.versions[1].state, "active");
+    assert_eq!(k.versions[0].state.to_string(), "deactivated");
+    assert_eq!(k.versions[1].state.to_string(), "active");
     assert_ne!(k.versions[0].backend_id, k.versions[1].backend_id);
     assert!(k.rotated_at.is_some());
-    assert_eq!(k.state, "active");
+    assert_eq!(k.state.to_string(), "active");
     assert_eq!(verify(&mut a, "enc").0, 2);
 
     // Emergency rotation: every old version compromised, a new one active,
@@ -311,15 +311,15 @@ fn key_lifecycle_over_the_admin_socket() {
     let KeyResponse::Key(k) = a.act("enc", KeyAction::Revoke { rotate: true }) else {
         panic!()
     };
-    assert_eq!(k.state, "active");
+    assert_eq!(k.state.to_string(), "active");
     assert_eq!(k.versions.len(), 3);
-    assert_eq!(k.versions[0].state, "compromised");
-    assert_eq!(k.versions[1].state, "compromised");
-    assert_eq!(k.versions[2].state, "active");
+    assert_eq!(k.versions[0].state.to_string(), "compromised");
+    assert_eq!(k.versions[1].state.to_string(), "compromised");
+    assert_eq!(k.versions[2].state.to_string(), "active");
     assert!(k
         .history
         .iter()
-        .any(|h| h.to == "compromised" && h.version.is_none()));
+        .any(|h| h.to.to_string() == "compromised" && h.version.is_none()));
     assert!(k
         .history
         .iter()
@@ -329,8 +329,11 @@ fn key_lifecycle_over_the_admin_socket() {
     let KeyResponse::Key(k) = a.act("mac", KeyAction::Revoke { rotate: false }) else {
         panic!()
     };
-    assert_eq!(k.state, "compromised");
-    assert!(k.versions.iter().all(|v| v.state == "compromised"));
+    assert_eq!(k.state.to_string(), "compromised");
+    assert!(k
+        .versions
+        .iter()
+        .all(|v| v.state.to_string() == "compromised"));
     assert!(matches!(
         a.act("mac", KeyAction::Destroy),
         KeyResponse::Pending(_)
@@ -347,7 +350,7 @@ fn key_lifecycle_over_the_admin_socket() {
         key: "enc".into(),
         token: None,
         application: app.into(),
-        operations: ops.iter().map(|s| s.to_string()).collect(),
+        operations: ops.iter().map(|s| s.parse().unwrap()).collect(),
         until: Some(until),
     };
     a.ok(grant("other", &["encrypt"]));
@@ -367,7 +370,7 @@ fn key_lifecycle_over_the_admin_socket() {
     };
     assert_eq!(gs.len(), 1);
     assert_eq!(gs[0].application, "other");
-    assert_eq!(gs[0].operations, ["encrypt"]);
+    assert_eq!(gs[0].operations, [keyward_policy::Operation::Encrypt]);
     assert_eq!(gs[0].expires_at, Some(until));
     let KeyResponse::Apps(apps) = a.ok(KeyRequest::AppList) else {
         panic!()
@@ -420,8 +423,8 @@ fn key_lifecycle_over_the_admin_socket() {
         AdminErrorKind::Conflict
     );
     let k = a.key(adopt("adopted", "signing"));
-    assert_eq!(k.state, "pre-activation");
-    assert_eq!(k.algorithm, "ec:p256");
+    assert_eq!(k.state.to_string(), "pre-activation");
+    assert_eq!(k.algorithm.to_string(), "ec:p256");
     assert_eq!(k.versions[0].backend_id, [0xa1, 0xb2, 0xc3]);
     assert_eq!(
         a.call(adopt("again", "signing")).unwrap_err().0,
@@ -444,7 +447,7 @@ fn key_lifecycle_over_the_admin_socket() {
     assert_eq!(all.len(), 4);
     let KeyResponse::Keys(suspended) = a.ok(KeyRequest::List {
         token: None,
-        state: Some("suspended".into()),
+        state: Some("suspended".parse().unwrap()),
     }) else {
         panic!()
     };
@@ -513,26 +516,26 @@ fn scheduler_rotates_and_deactivates() {
     // Nothing is due now.
     agent.tick(SystemTime::now());
     assert_eq!(show("rot").versions.len(), 1);
-    assert_eq!(show("short").state, "active");
+    assert_eq!(show("short").state.to_string(), "active");
 
     // 91 days on: "rot" (rotation every 90 days) rotates; "short" (protect
     // period 30 days) is deactivated.
     let later = SystemTime::now() + Duration::from_secs(91 * 86400);
     agent.tick(later);
     let rot = show("rot");
-    assert_eq!(rot.state, "active");
+    assert_eq!(rot.state.to_string(), "active");
     assert_eq!(rot.versions.len(), 2);
-    assert_eq!(rot.versions[0].state, "deactivated");
-    assert_eq!(rot.versions[1].state, "active");
+    assert_eq!(rot.versions[0].state.to_string(), "deactivated");
+    assert_eq!(rot.versions[1].state.to_string(), "active");
     let rotated = rot.rotated_at.unwrap();
     assert_eq!(rot.next_rotation, Some(rotated + 90 * 86400));
     assert!(rot.history.iter().any(|h| h.actor == "scheduler"));
     let short = show("short");
-    assert_eq!(short.state, "deactivated");
+    assert_eq!(short.state.to_string(), "deactivated");
     assert!(short
         .history
         .iter()
-        .any(|h| h.actor == "scheduler" && h.to == "deactivated"));
+        .any(|h| h.actor == "scheduler" && h.to.to_string() == "deactivated"));
     // The same tick again does nothing more.
     agent.tick(later);
     assert_eq!(show("rot").versions.len(), 2);

@@ -54,7 +54,19 @@ pub enum Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
-        Error::Storage(Box::new(e))
+        match e {
+            // A row that does not decode says so in the inventory's words
+            // (see `sqlite::stored`), not as an engine error.
+            rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {
+                match inner.downcast::<Error>() {
+                    Ok(ours) => *ours,
+                    Err(other) => Error::Storage(Box::new(
+                        rusqlite::Error::FromSqlConversionFailure(idx, ty, other),
+                    )),
+                }
+            }
+            e => Error::Storage(Box::new(e)),
+        }
     }
 }
 

@@ -6,9 +6,12 @@
 //! - [`Inventory`] (this file): the trait the agent programs against, so
 //!   that another engine can replace SQLite.
 //! - [`types`]: the plain data — [`KeyRecord`], [`KeyVersion`],
-//!   [`StateChange`], [`Grant`], [`KeyState`], [`LifecycleChange`] and the
-//!   other call arguments. No
-//!   other keyward crate is a dependency; the agent maps these to its own.
+//!   [`StateChange`], [`Grant`], [`LifecycleChange`] and the other call
+//!   arguments. Their domain values are keyward-domain's types
+//!   ([`KeyState`](keyward_domain::KeyState), [`Purpose`](keyward_domain::Purpose),
+//!   [`Algorithm`](keyward_domain::Algorithm), [`ApprovalStatus`]), stored
+//!   as their text forms; a stored value this build does not know reads as
+//!   [`Error::Data`] naming the row and the value.
 //! - [`sqlite`]: [`SqliteInventory`], the store in one SQLite file (WAL,
 //!   `synchronous=FULL`, mode 0600), and [`SqliteInventory::check`].
 //! - `schema`: the schema as ordered migration steps under
@@ -58,10 +61,12 @@ pub use audit::{
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use types::{
-    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyState,
-    KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
+    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyVersion,
+    LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
 pub use usage::UsageLog;
+
+use keyward_domain::ApprovalStatus;
 
 /// The schema version this build writes (and the newest it opens).
 pub const SCHEMA_VERSION: u32 = schema::LATEST;
@@ -145,7 +150,7 @@ pub trait Inventory: Send + Sync {
     fn request(&self, id: &str) -> Result<Option<ApprovalRecord>>;
 
     /// Requests, oldest first; `status: None` lists all.
-    fn requests(&self, status: Option<&str>) -> Result<Vec<ApprovalRecord>>;
+    fn requests(&self, status: Option<ApprovalStatus>) -> Result<Vec<ApprovalRecord>>;
 
     /// Records the fingerprint of a version recorded without one (32
     /// bytes). Written once: [`Error::Conflict`] when the version has a

@@ -19,20 +19,21 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use keyward_domain::{ApprovalStatus, KeyState, ParseError};
 use rusqlite::{
-    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, ToSql, Transaction,
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
     TransactionBehavior,
 };
 
 use crate::error::{Error, Result};
 use crate::schema::{self, Migration};
 use crate::types::{
-    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyState,
-    KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
+    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyVersion,
+    LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
 use crate::Inventory;
 
@@ -300,19 +301,40 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-impl ToSql for KeyState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
+/// Column `idx`, a domain value stored as its text form. A value this
+/// build does not know is [`Error::Data`] naming the row (`row()`: the key,
+/// version or request), the column and the value; the caller's transaction
+/// then ends without a change.
+fn stored<T>(r: &Row<'_>, idx: usize, column: &str, row: &dyn Fn() -> String) -> rusqlite::Result<T>
+where
+    T: FromStr<Err = ParseError>,
+{
+    let text: String = r.get(idx)?;
+    text.parse()
+        .map_err(|e: ParseError| bad_row(idx, column, row, &e))
 }
 
-impl FromSql for KeyState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<KeyState> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|e: Error| FromSqlError::Other(Box::new(e)))
-    }
+/// [`stored`] for a column that may be NULL.
+fn stored_opt<T>(
+    r: &Row<'_>,
+    idx: usize,
+    column: &str,
+    row: &dyn Fn() -> String,
+) -> rusqlite::Result<Option<T>>
+where
+    T: FromStr<Err = ParseError>,
+{
+    let text: Option<String> = r.get(idx)?;
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: ParseError| bad_row(idx, column, row, &e))
+    })
+    .transpose()
+}
+
+fn bad_row(idx: usize, column: &str, row: &dyn Fn() -> String, e: &ParseError) -> rusqlite::Error {
+    let error = Error::Data(format!("{}, stored {column}: {e}", row()));
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(error))
 }
 
 fn json_list(row: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>> {
@@ -323,15 +345,16 @@ fn json_list(row: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>> {
 }
 
 fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let name: String = r.get(1)?;
+    let token: String = r.get(2)?;
+    let row = || format!("key {name:?} on token {token:?}");
     Ok(KeyRecord {
         id: r.get(0)?,
-        name: r.get(1)?,
-        token: r.get(2)?,
         owner: r.get(3)?,
-        purpose: r.get(4)?,
+        purpose: stored(r, 4, "purpose", &row)?,
         class: r.get(5)?,
-        algorithm: r.get(6)?,
-        state: r.get(7)?,
+        algorithm: stored(r, 6, "algorithm", &row)?,
+        state: stored(r, 7, "state", &row)?,
         created_at: r.get(8)?,
         activated_at: r.get(9)?,
         rotated_at: r.get(10)?,
@@ -342,17 +365,22 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         scope: json_list(r, 15)?,
         last_used_at: r.get(16)?,
         backup_allowed: r.get(17)?,
+        name,
+        token,
     })
 }
 
 /// A version whose columns (`version_cols!()`) start at `at`.
 fn version_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<KeyVersion> {
+    let key_id: i64 = r.get(at)?;
+    let version: u32 = r.get(at + 1)?;
+    let row = || format!("version {version} of key {key_id}");
     Ok(KeyVersion {
-        key_id: r.get(at)?,
-        version: r.get(at + 1)?,
+        key_id,
+        version,
         backend_id: r.get(at + 2)?,
         backend_label: r.get(at + 3)?,
-        state: r.get(at + 4)?,
+        state: stored(r, at + 4, "state", &row)?,
         created_at: r.get(at + 5)?,
         deactivated_at: r.get(at + 6)?,
         destroyed_at: r.get(at + 7)?,
@@ -361,30 +389,49 @@ fn version_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<KeyVersion> {
 }
 
 fn change_from_row(r: &Row<'_>) -> rusqlite::Result<StateChange> {
+    let seq: i64 = r.get(0)?;
+    let key_id: i64 = r.get(1)?;
+    let row = || format!("history row {seq} of key {key_id}");
     Ok(StateChange {
-        seq: r.get(0)?,
-        key_id: r.get(1)?,
+        seq,
+        key_id,
         version: r.get(2)?,
-        from: r.get(3)?,
-        to: r.get(4)?,
+        from: stored_opt(r, 3, "from state", &row)?,
+        to: stored(r, 4, "to state", &row)?,
         at: r.get(5)?,
         actor: r.get(6)?,
         reason: r.get(7)?,
     })
 }
 
+/// Names a grant row for [`bad_row`].
+fn grant_row(r: &Row<'_>) -> String {
+    let key_id: i64 = r.get(0).unwrap_or_default();
+    let application: String = r.get(1).unwrap_or_default();
+    format!("grant of key {key_id} to {application:?}")
+}
+
 fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
     Ok(Grant {
         key_id: r.get(0)?,
         application: r.get(1)?,
-        operations: json_list(r, 2)?,
+        operations: json_list(r, 2)?
+            .iter()
+            .map(|name| {
+                name.parse()
+                    .map_err(|e: ParseError| bad_row(2, "operations", &|| grant_row(r), &e))
+            })
+            .collect::<rusqlite::Result<_>>()?,
         expires_at: r.get(3)?,
     })
 }
 
 fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    let id: String = r.get(0)?;
+    let row = || format!("request {id}");
     Ok(ApprovalRecord {
-        id: r.get(0)?,
+        status: stored(r, 8, "status", &row)?,
+        id,
         action: r.get(1)?,
         target: r.get(2)?,
         key_id: r.get(3)?,
@@ -392,7 +439,6 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
         requester: r.get(5)?,
         created_at: r.get(6)?,
         expires_at: r.get(7)?,
-        status: r.get(8)?,
     })
 }
 
@@ -447,7 +493,13 @@ fn record_change(tx: &Transaction<'_>, mut c: StateChange) -> Result<StateChange
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        c.key_id, c.version, c.from, c.to, c.at, c.actor, c.reason
+        c.key_id,
+        c.version,
+        c.from.map(KeyState::as_str),
+        c.to.as_str(),
+        c.at,
+        c.actor,
+        c.reason
     ])?;
     c.seq = tx.last_insert_rowid();
     Ok(c)
@@ -535,7 +587,6 @@ fn check_change(c: &LifecycleChange) -> Result<()> {
         KeyChange::Create(key) => {
             nonempty("key name", &key.name)?;
             nonempty("token", &key.token)?;
-            nonempty("algorithm", &key.algorithm)?;
             if key.state == KeyState::Destroyed {
                 return Err(Error::Invalid("a new key cannot be destroyed".into()));
             }
@@ -585,10 +636,10 @@ fn insert_key(tx: &Transaction<'_>, key: &KeyRecord) -> Result<i64> {
         key.token,
         key.name,
         key.owner,
-        key.purpose,
+        key.purpose.as_str(),
         key.class,
-        key.algorithm,
-        key.state,
+        key.algorithm.to_string(),
+        key.state.as_str(),
         key.created_at,
         key.activated_at,
         key.rotated_at,
@@ -617,7 +668,13 @@ fn move_key(
             "SELECT token, state, activated_at, deactivated_at FROM keys WHERE id = ?1",
         )?
         .query_row(params![key_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            let row = || format!("key {key_id}");
+            Ok((
+                r.get(0)?,
+                stored(r, 1, "state", &row)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
         })
         .optional()?
         .ok_or_else(|| Error::NotFound(format!("key {key_id}")))?;
@@ -637,7 +694,7 @@ fn move_key(
         stamps.deactivated_at = Some(c.at);
     }
     tx.prepare_cached("UPDATE keys SET state = ?2 WHERE id = ?1")?
-        .execute(params![key_id, to])?;
+        .execute(params![key_id, to.as_str()])?;
     set_key_dates(tx, key_id, &stamps)?;
     Ok(token)
 }
@@ -667,7 +724,7 @@ fn add_version(tx: &Transaction<'_>, key_id: i64, token: &str, v: &KeyVersion) -
         token,
         v.backend_id,
         v.backend_label,
-        v.state,
+        v.state.as_str(),
         v.created_at,
         v.deactivated_at,
         v.destroyed_at,
@@ -689,7 +746,9 @@ fn move_version(
     let what = format!("version {version} of key {key_id}");
     let stored: KeyState = tx
         .prepare_cached("SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2")?
-        .query_row(params![key_id, version], |r| r.get(0))
+        .query_row(params![key_id, version], |r| {
+            stored(r, 0, "state", &|| what.clone())
+        })
         .optional()?
         .ok_or_else(|| Error::NotFound(what.clone()))?;
     if stored != from {
@@ -708,7 +767,13 @@ fn move_version(
                 destroyed_at = coalesce(destroyed_at, ?5)
           WHERE key_id = ?1 AND version = ?2",
     )?
-    .execute(params![key_id, version, to, deactivated, destroyed])?;
+    .execute(params![
+        key_id,
+        version,
+        to.as_str(),
+        deactivated,
+        destroyed
+    ])?;
     Ok(())
 }
 
@@ -825,7 +890,11 @@ impl Inventory for SqliteInventory {
               ORDER BY k.token, k.name"
         ))?;
         let rows = stmt.query_map(
-            params![filter.token, filter.state, filter.class],
+            params![
+                filter.token,
+                filter.state.map(KeyState::as_str),
+                filter.class
+            ],
             key_from_row,
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -876,9 +945,9 @@ impl Inventory for SqliteInventory {
     fn grant(&self, grant: &Grant, actor: &str) -> Result<()> {
         nonempty("application", &grant.application)?;
         nonempty("actor", actor)?;
-        if grant.operations.is_empty() || grant.operations.iter().any(String::is_empty) {
+        if grant.operations.is_empty() {
             return Err(Error::Invalid(format!(
-                "grant to {:?}: operations must be a non-empty list of names",
+                "grant to {:?}: operations must be a non-empty list",
                 grant.application
             )));
         }
@@ -1009,7 +1078,7 @@ impl Inventory for SqliteInventory {
             q.requester,
             q.created_at,
             q.expires_at,
-            q.status
+            q.status.as_str()
         ])?;
         tx.commit()?;
         Ok(())
@@ -1025,14 +1094,17 @@ impl Inventory for SqliteInventory {
         Ok(stmt.query_row(params![id], request_from_row).optional()?)
     }
 
-    fn requests(&self, status: Option<&str>) -> Result<Vec<ApprovalRecord>> {
+    fn requests(&self, status: Option<ApprovalStatus>) -> Result<Vec<ApprovalRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, action, target, key_id, parameters, requester, created_at, expires_at,
                     status
                FROM requests WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id",
         )?;
-        let rows = stmt.query_map(params![status], request_from_row)?;
+        let rows = stmt.query_map(
+            params![status.map(ApprovalStatus::as_str)],
+            request_from_row,
+        )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -1,71 +1,13 @@
 //! The inventory's plain data: what the store keeps and hands back.
 //!
-//! These types depend on no other keyward crate; the agent maps them to its
-//! own. Every time is unix seconds (UTC) as `i64`.
+//! The domain values (state, purpose, algorithm, approval status) are
+//! keyward-domain's types, stored as their text forms. Every time is unix
+//! seconds (UTC) as `i64`.
 
-use std::fmt;
-use std::str::FromStr;
-
+use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEvent;
-use crate::error::Error;
-
-/// A key's (or a key version's) lifecycle state, after NIST SP 800-57 Part 1.
-///
-/// Stored as its [`as_str`](KeyState::as_str) form; the database refuses any
-/// other string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyState {
-    PreActivation,
-    Active,
-    Suspended,
-    Deactivated,
-    Compromised,
-    Destroyed,
-}
-
-impl KeyState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [KeyState; 6] = [
-        KeyState::PreActivation,
-        KeyState::Active,
-        KeyState::Suspended,
-        KeyState::Deactivated,
-        KeyState::Compromised,
-        KeyState::Destroyed,
-    ];
-
-    /// The stored and displayed name: `pre-activation`, `active`, ...
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::PreActivation => "pre-activation",
-            KeyState::Active => "active",
-            KeyState::Suspended => "suspended",
-            KeyState::Deactivated => "deactivated",
-            KeyState::Compromised => "compromised",
-            KeyState::Destroyed => "destroyed",
-        }
-    }
-}
-
-impl fmt::Display for KeyState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for KeyState {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<KeyState, Error> {
-        KeyState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| Error::Invalid(format!("unknown key state {s:?}")))
-    }
-}
 
 /// One managed key: a logical key whose versions are backend objects.
 ///
@@ -80,11 +22,11 @@ pub struct KeyRecord {
     pub token: String,
     pub owner: String,
     /// One purpose: signing, encryption, wrapping, derivation, MAC.
-    pub purpose: String,
+    pub purpose: Purpose,
     /// The key class, which sets cryptoperiods and generation policy.
     pub class: String,
     /// `ec:p256`, `rsa:2048`, `aes:256`, `ed25519`, ...
-    pub algorithm: String,
+    pub algorithm: Algorithm,
     pub state: KeyState,
     pub created_at: i64,
     pub activated_at: Option<i64>,
@@ -147,8 +89,9 @@ pub struct Grant {
     pub key_id: i64,
     /// The application's name in the policy.
     pub application: String,
-    /// `sign`, `verify`, `encrypt`, ... as the agent names them.
-    pub operations: Vec<String>,
+    /// `sign`, `verify`, `encrypt`, ... (stored as a JSON list of those
+    /// names).
+    pub operations: Vec<Operation>,
     /// Unix seconds; the store returns expired grants too, the agent checks.
     pub expires_at: Option<i64>,
 }
@@ -195,7 +138,7 @@ pub enum KeyChange {
     /// numbers it). Its versions are the change's [`VersionChange::Add`]s.
     Create(Box<KeyRecord>),
     /// An existing key whose stored state must be `expected` (else
-    /// [`Error::Conflict`]); it moves to `to` (`None`: it stays).
+    /// [`Error::Conflict`](crate::Error::Conflict)); it moves to `to` (`None`: it stays).
     Update {
         key_id: i64,
         expected: KeyState,
@@ -207,10 +150,10 @@ pub enum KeyChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionChange {
     /// A new version in `state`, numbered `version` (the key's next number,
-    /// else [`Error::Conflict`]: two racing rotations). `key_id` is ignored.
+    /// else [`Error::Conflict`](crate::Error::Conflict): two racing rotations). `key_id` is ignored.
     Add(KeyVersion),
     /// Version `version`, whose stored state must be `from` (else
-    /// [`Error::Conflict`]), moves to `to`.
+    /// [`Error::Conflict`](crate::Error::Conflict)), moves to `to`.
     Move {
         version: u32,
         from: KeyState,
@@ -276,5 +219,5 @@ pub struct ApprovalRecord {
     pub created_at: i64,
     pub expires_at: i64,
     /// `pending`, `approved`, `executed`, `rejected`, `expired`.
-    pub status: String,
+    pub status: ApprovalStatus,
 }

@@ -16,9 +16,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use keyward_domain::{Algorithm, Curve, KeyState, Purpose};
 use keyward_inventory::{
     Actor, AuditEvent, AuditFilter, AuditKind, AuditLog, DateUpdates, Grant, Inventory, KeyChange,
-    KeyFilter, KeyRecord, KeyState, KeyVersion, LifecycleChange, SqliteInventory, VersionChange,
+    KeyFilter, KeyRecord, KeyVersion, LifecycleChange, SqliteInventory, VersionChange,
 };
 
 /// Set (to the store's path) in the worker child's environment.
@@ -128,9 +129,9 @@ fn seed(path: &Path) {
             name: format!("key-{i}"),
             token: TOKEN.into(),
             owner: "crash".into(),
-            purpose: "signing".into(),
+            purpose: Purpose::Signing,
             class: "test".into(),
-            algorithm: "ec:p256".into(),
+            algorithm: Algorithm::Ec(Curve::P256),
             state: KeyState::Active,
             created_at: now(),
             activated_at: Some(now()),
@@ -384,7 +385,7 @@ fn worker(path: &Path) {
                 let grant = Grant {
                     key_id: id,
                     application: "app".into(),
-                    operations: vec!["sign".into()],
+                    operations: vec![keyward_domain::Operation::Sign],
                     expires_at: Some(at + 60),
                 };
                 if inv.grants(id).unwrap().is_empty() {

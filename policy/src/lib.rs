@@ -10,7 +10,10 @@
 //!   [`Policy::admit`]), whether a mechanism is allowed
 //!   ([`Policy::mechanism_allowed`]), whether an application may use a key
 //!   of a class ([`KeyClass::check_use`]).
-//! - `lifecycle.rs`: [`KeyState`], [`Purpose`], [`Operation`], [`Action`];
+//! - keyward-domain's types, re-exported: [`KeyState`], [`Purpose`],
+//!   [`Operation`], [`Algorithm`], [`Curve`], [`ApprovalStatus`] (each with
+//!   its one text form).
+//! - `lifecycle.rs`: [`Action`];
 //!   the SP 800-57 state table ([`permits`]), transitions ([`transition`],
 //!   [`needs_approval`]), what they do to a key's versions
 //!   ([`version_transition`]) and rotations ([`Rotation`]): the one
@@ -21,7 +24,7 @@
 //!   changes ([`is_weakening`]), over a wire-independent [`Template`] view.
 //! - `refusal.rs`: [`Refusal`], each variant declared with its `CK_RV`.
 //! - `error.rs`: [`PolicyError`], `FILE:LINE:COLUMN: FIELD: MESSAGE`.
-//! - `algorithm.rs` (`rsa:3072`, `ec:p256`, curves from `CKA_EC_PARAMS`),
+//! - `algorithm.rs` (curves to and from `CKA_EC_PARAMS`: [`CurveParams`]),
 //!   `duration.rs` (`90d`), `mechanisms.rs` (`CKM_*` names ↔ values).
 //!
 //! The file format is documented by `example-policy.toml` beside this
@@ -40,12 +43,15 @@ mod refusal;
 mod rv;
 mod template;
 
-pub use algorithm::{Algorithm, Curve};
+pub use algorithm::CurveParams;
 pub use duration::{datetime_to_system_time, format_duration, parse_duration, MAX_DURATION};
 pub use error::PolicyError;
+pub use keyward_domain::{
+    Algorithm, ApprovalStatus, Curve, KeyState, Operation, ParseError, Purpose, ALGORITHM_FORMS,
+};
 pub use lifecycle::{
     effective_state, needs_approval, permits, request_transition, transition, version_transition,
-    Action, Cryptoperiod, KeyState, Operation, Purpose, Rotation,
+    Action, Cryptoperiod, Rotation,
 };
 pub use mechanisms::{mechanism_by_name, mechanism_name};
 pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};

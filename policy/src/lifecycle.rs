@@ -1,5 +1,5 @@
-//! Key states, operations and purposes, and the decisions that follow from
-//! them alone: the NIST SP 800-57 state table, the transitions between
+//! The decisions that follow from key states, operations and purposes
+//! (the types are keyward-domain's) alone: the NIST SP 800-57 state table, the transitions between
 //! states, and which transitions need approval.
 //!
 //! Times are [`SystemTime`]: the agent passes `SystemTime::now()`, the
@@ -10,209 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::Refusal;
 
-/// The state of a managed key version (NIST SP 800-57 Part 1, 5.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KeyState {
-    /// Generated, not yet usable.
-    PreActivation,
-    /// Protects and processes.
-    Active,
-    /// Temporarily unusable (an investigation, a holiday).
-    Suspended,
-    /// Past its protect period: processes (verify, decrypt, unwrap) until
-    /// the process period ends.
-    Deactivated,
-    /// Known or suspected compromised: unusable.
-    Compromised,
-    /// Gone from the backend; the inventory keeps its metadata. Invisible
-    /// to applications.
-    Destroyed,
-}
-
-impl KeyState {
-    /// Every state, in lifecycle order.
-    pub const ALL: [KeyState; 6] = [
-        KeyState::PreActivation,
-        KeyState::Active,
-        KeyState::Suspended,
-        KeyState::Deactivated,
-        KeyState::Compromised,
-        KeyState::Destroyed,
-    ];
-
-    /// The state's name in the inventory, the CLI and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            KeyState::PreActivation => "pre-activation",
-            KeyState::Active => "active",
-            KeyState::Suspended => "suspended",
-            KeyState::Deactivated => "deactivated",
-            KeyState::Compromised => "compromised",
-            KeyState::Destroyed => "destroyed",
-        }
-    }
-
-    /// The state named `name` (as written by [`KeyState::name`]).
-    pub fn from_name(name: &str) -> Option<KeyState> {
-        KeyState::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Whether applications see the key at all (every state but destroyed).
-    pub fn is_visible(self) -> bool {
-        self != KeyState::Destroyed
-    }
-}
-
-impl fmt::Display for KeyState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What a key is for. A key has exactly one purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Purpose {
-    /// Digital signatures (asymmetric keys).
-    Signing,
-    /// Encryption of data.
-    Encryption,
-    /// Encryption of other keys.
-    Wrapping,
-    /// Key derivation and key agreement.
-    Derivation,
-    /// Message authentication codes (secret keys).
-    Mac,
-}
-
-impl Purpose {
-    /// Every purpose.
-    pub const ALL: [Purpose; 5] = [
-        Purpose::Signing,
-        Purpose::Encryption,
-        Purpose::Wrapping,
-        Purpose::Derivation,
-        Purpose::Mac,
-    ];
-
-    /// The purpose's name in the policy file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Purpose::Signing => "signing",
-            Purpose::Encryption => "encryption",
-            Purpose::Wrapping => "wrapping",
-            Purpose::Derivation => "derivation",
-            Purpose::Mac => "mac",
-        }
-    }
-
-    /// The purpose named `name`.
-    pub fn from_name(name: &str) -> Option<Purpose> {
-        Purpose::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// The operations a key of this purpose can be used for.
-    ///
-    /// `digest` (`C_DigestKey`, which feeds a secret key's value into a
-    /// digest) belongs to MAC keys only: it is how some protocols compute
-    /// MACs, and no other purpose has a reason to hash its key.
-    pub fn operations(self) -> &'static [Operation] {
-        match self {
-            Purpose::Signing => &[Operation::Sign, Operation::Verify],
-            Purpose::Encryption => &[Operation::Encrypt, Operation::Decrypt],
-            Purpose::Wrapping => &[Operation::Wrap, Operation::Unwrap],
-            Purpose::Derivation => &[Operation::Derive],
-            Purpose::Mac => &[Operation::Sign, Operation::Verify, Operation::Digest],
-        }
-    }
-
-    /// Whether `op` fits this purpose.
-    pub fn allows(self, op: Operation) -> bool {
-        self.operations().contains(&op)
-    }
-}
-
-impl fmt::Display for Purpose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An operation with a key, as granted to applications and checked on use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Operation {
-    /// `C_Sign*` (signatures and MACs).
-    Sign,
-    /// `C_Verify*`.
-    Verify,
-    /// `C_Encrypt*`.
-    Encrypt,
-    /// `C_Decrypt*`.
-    Decrypt,
-    /// `C_WrapKey` with this key as the wrapping key.
-    Wrap,
-    /// `C_UnwrapKey` with this key as the unwrapping key.
-    Unwrap,
-    /// `C_DeriveKey` with this key as the base key.
-    Derive,
-    /// `C_DigestKey`.
-    Digest,
-}
-
-impl Operation {
-    /// Every operation.
-    pub const ALL: [Operation; 8] = [
-        Operation::Sign,
-        Operation::Verify,
-        Operation::Encrypt,
-        Operation::Decrypt,
-        Operation::Wrap,
-        Operation::Unwrap,
-        Operation::Derive,
-        Operation::Digest,
-    ];
-
-    /// The operation's name in the policy file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::Sign => "sign",
-            Operation::Verify => "verify",
-            Operation::Encrypt => "encrypt",
-            Operation::Decrypt => "decrypt",
-            Operation::Wrap => "wrap",
-            Operation::Unwrap => "unwrap",
-            Operation::Derive => "derive",
-            Operation::Digest => "digest",
-        }
-    }
-
-    /// The operation named `name`.
-    pub fn from_name(name: &str) -> Option<Operation> {
-        Operation::ALL.into_iter().find(|o| o.name() == name)
-    }
-
-    /// A protect operation applies the key to new data: sign, encrypt,
-    /// wrap, derive, and digest (which produces new output from the key's
-    /// value). Only an active key protects.
-    pub fn is_protect(self) -> bool {
-        !self.is_process()
-    }
-
-    /// A process operation applies the key to data protected earlier:
-    /// verify, decrypt, unwrap. A deactivated key still processes until its
-    /// process period ends.
-    pub fn is_process(self) -> bool {
-        matches!(
-            self,
-            Operation::Verify | Operation::Decrypt | Operation::Unwrap
-        )
-    }
-}
-
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use keyward_domain::{KeyState, Operation};
 
 /// The state table: may a key in `state` be used for `op` at `now`?
 ///
@@ -571,7 +369,6 @@ mod tests {
     fn only_destroyed_is_invisible() {
         for state in KeyState::ALL {
             assert_eq!(state.is_visible(), state != KeyState::Destroyed);
-            assert_eq!(KeyState::from_name(state.name()), Some(state));
         }
     }
 
@@ -708,19 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn purposes_and_operations() {
-        use Operation::*;
-        assert!(Purpose::Signing.allows(Sign) && Purpose::Signing.allows(Verify));
-        assert!(!Purpose::Signing.allows(Decrypt));
-        assert!(Purpose::Mac.allows(Sign) && Purpose::Mac.allows(Digest));
-        assert!(!Purpose::Wrapping.allows(Encrypt));
-        assert_eq!(Purpose::Derivation.operations(), &[Derive]);
-        for p in Purpose::ALL {
-            assert_eq!(Purpose::from_name(p.name()), Some(p));
-        }
-        for o in Operation::ALL {
-            assert_eq!(Operation::from_name(o.name()), Some(o));
-        }
+    fn action_names_round_trip() {
         for a in Action::ALL {
             assert_eq!(Action::from_name(a.name()), Some(a));
         }

@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::algorithm::Algorithm;
 use crate::duration::{datetime_to_system_time, parse_duration};
 use crate::error::PolicyError;
-use crate::lifecycle::{effective_state, permits, Cryptoperiod, KeyState, Operation, Purpose};
+use crate::lifecycle::{effective_state, permits, Cryptoperiod};
 use crate::mechanisms::mechanism_by_name;
 use crate::refusal::{Mechanism, Refusal};
+use crate::{Algorithm, KeyState, Operation, Purpose};
 
 /// How strictly the agent applies the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -704,7 +704,7 @@ impl Validator<'_> {
         apps: &[Application],
     ) -> Result<KeyClass, PolicyError> {
         let what = format!("class \"{name}\"");
-        let purpose = Purpose::from_name(class.purpose.get_ref()).ok_or_else(|| {
+        let purpose = class.purpose.get_ref().parse::<Purpose>().map_err(|_| {
             self.err(
                 class.purpose.span(),
                 format!("{what}, purpose"),
@@ -724,7 +724,7 @@ impl Validator<'_> {
         let mut algorithms = Vec::new();
         for a in class.algorithms.get_ref() {
             let alg = Algorithm::parse(a.get_ref())
-                .map_err(|m| self.err(a.span(), format!("{what}, algorithms"), m))?;
+                .map_err(|m| self.err(a.span(), format!("{what}, algorithms"), m.to_string()))?;
             if !alg.fits(purpose) {
                 return Err(self.err(
                     a.span(),
@@ -813,7 +813,7 @@ impl Validator<'_> {
         }
         let mut operations = Vec::new();
         for op in g.operations.get_ref() {
-            let operation = Operation::from_name(op.get_ref()).ok_or_else(|| {
+            let operation = op.get_ref().parse::<Operation>().map_err(|_| {
                 self.err(
                     op.span(),
                     field.clone(),
@@ -824,7 +824,7 @@ impl Validator<'_> {
                 )
             })?;
             if !purpose.allows(operation) {
-                let fitting: Vec<_> = purpose.operations().iter().map(|o| o.name()).collect();
+                let fitting: Vec<_> = purpose.operations().iter().map(|o| o.as_str()).collect();
                 return Err(self.err(
                     op.span(),
                     field.clone(),

@@ -5,8 +5,9 @@
 
 use std::fmt;
 
-use crate::lifecycle::{Action, KeyState, Operation, Purpose, Rotation};
+use crate::lifecycle::{Action, Rotation};
 use crate::mechanisms::mechanism_name;
+use crate::{KeyState, Operation, Purpose};
 
 /// A mechanism number shown by its `CKM_*` name, or in hex when it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

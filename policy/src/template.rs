@@ -6,10 +6,9 @@
 
 use pkcs11_sys::*;
 
-use crate::algorithm::{Algorithm, Curve};
-use crate::lifecycle::Purpose;
 use crate::policy::KeyClass;
 use crate::refusal::{Mechanism, Refusal};
+use crate::{Algorithm, Curve, CurveParams, Purpose};
 
 /// An attribute value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 
+use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{read_message, write_message, FrameError};
@@ -120,7 +121,7 @@ impl std::fmt::Display for HelloError {
                 "the agent closed the connection without answering the admin hello: an agent \
                  older than admin protocol {} does so (it speaks the combined protocol {}); \
                  upgrade keyward-agent",
-                ADMIN_VERSIONS.min,
+                crate::version::ADMIN_HELLO_SINCE,
                 crate::version::LEGACY_VERSION
             ),
             HelloError::Unexpected(what) => {
@@ -268,7 +269,7 @@ pub enum KeyRequest {
         class: String,
         /// One of the class's algorithms (`ec:p256`, `rsa:3072`, ...);
         /// `None`: the class's first.
-        algorithm: Option<String>,
+        algorithm: Option<Algorithm>,
         /// Virtual token label.
         token: Option<String>,
         /// Owner recorded in the inventory; `None`: the requester.
@@ -279,7 +280,7 @@ pub enum KeyRequest {
         /// Only this token.
         token: Option<String>,
         /// Only this state (`active`, ...).
-        state: Option<String>,
+        state: Option<KeyState>,
     },
     /// One key with its versions, grants and state history.
     Show {
@@ -323,7 +324,7 @@ pub enum KeyRequest {
         /// Application name of the policy.
         application: String,
         /// `sign`, `verify`, `encrypt`, ...
-        operations: Vec<String>,
+        operations: Vec<Operation>,
         /// Unix seconds; `None`: no expiry.
         until: Option<i64>,
     },
@@ -443,10 +444,10 @@ pub struct KeyInfo {
     pub name: String,
     pub token: String,
     pub owner: String,
-    pub purpose: String,
+    pub purpose: Purpose,
     pub class: String,
-    pub algorithm: String,
-    pub state: String,
+    pub algorithm: Algorithm,
+    pub state: KeyState,
     pub created_at: i64,
     pub activated_at: Option<i64>,
     pub rotated_at: Option<i64>,
@@ -469,7 +470,7 @@ pub struct VersionInfo {
     pub version: u32,
     /// `CKA_ID` on the HSM.
     pub backend_id: Vec<u8>,
-    pub state: String,
+    pub state: KeyState,
     pub created_at: i64,
     pub deactivated_at: Option<i64>,
     pub destroyed_at: Option<i64>,
@@ -481,7 +482,7 @@ pub struct VersionInfo {
 pub struct GrantInfo {
     pub key: String,
     pub application: String,
-    pub operations: Vec<String>,
+    pub operations: Vec<Operation>,
     pub expires_at: Option<i64>,
 }
 
@@ -492,8 +493,8 @@ pub struct HistoryEntry {
     pub at: i64,
     /// `None` for the key itself.
     pub version: Option<u32>,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<KeyState>,
+    pub to: KeyState,
     pub actor: String,
     pub reason: String,
 }
@@ -538,7 +539,7 @@ pub struct ApprovalRequest {
     pub requester: String,
     pub created_at: i64,
     pub expires_at: i64,
-    pub status: String,
+    pub status: ApprovalStatus,
 }
 
 /// Reading the audit trail (`keyward audit ...`).
@@ -880,11 +881,11 @@ pub struct KeyReport {
     /// Key class.
     pub class: String,
     /// Purpose of the class (`signing`, ...).
-    pub purpose: String,
+    pub purpose: Purpose,
     /// Algorithm (`ec:p256`, ...).
-    pub algorithm: String,
+    pub algorithm: Algorithm,
     /// The key's lifecycle state as stored.
-    pub state: String,
+    pub state: KeyState,
     /// The newest active version.
     pub active_version: Option<u32>,
     /// Seconds since that version was made.
@@ -1274,6 +1275,104 @@ mod hello_tests {
                 agent_version: "1.2.3".into()
             })
         );
+    }
+
+    #[test]
+    fn a_keyward_speaking_3_and_an_agent_speaking_4_say_which_to_upgrade() {
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(4));
+        let three = VersionRange::only(3);
+        // The agent refuses a keyward that speaks 3 ...
+        let (answer, m) = answer_hello(three, "0.4.0");
+        assert_eq!(m.map(|m| m.theirs), Some(three));
+        let AdminResponse::NoCommonVersion(refusal) = answer else {
+            panic!("{answer:?}");
+        };
+        // ... and that keyward, reading the refusal, is told to upgrade.
+        let text = refusal
+            .mismatch(three)
+            .explain("admin", "this keyward", "keyward-agent 0.4.0");
+        assert!(text.contains("upgrade this keyward"), "{text}");
+        // An agent speaking 3 refuses this keyward's hello: upgrade it.
+        let (_, got) = against(Some(AdminResponse::NoCommonVersion(VersionRefusal {
+            versions: three,
+            agent_version: "0.3.0".into(),
+        })));
+        let text = got.unwrap_err().to_string();
+        assert!(text.contains("upgrade keyward-agent 0.3.0"), "{text}");
+        // An agent older than the hello hangs up: that text names 3.
+        let text = HelloError::Closed.to_string();
+        assert!(text.contains("older than admin protocol 3"), "{text}");
+    }
+
+    #[test]
+    fn keys_travel_typed_and_read_as_their_names_in_json() {
+        let key = KeyInfo {
+            name: "web-tls".into(),
+            token: "prod".into(),
+            owner: "alice".into(),
+            purpose: Purpose::Signing,
+            class: "tls-server".into(),
+            algorithm: "ec:p256".parse().unwrap(),
+            state: KeyState::PreActivation,
+            created_at: 1,
+            activated_at: None,
+            rotated_at: None,
+            deactivated_at: None,
+            protect_until: None,
+            process_until: None,
+            next_rotation: None,
+            scope: Vec::new(),
+            last_used_at: None,
+            backup_allowed: false,
+            versions: vec![VersionInfo {
+                version: 1,
+                backend_id: vec![1],
+                state: KeyState::Active,
+                created_at: 1,
+                deactivated_at: None,
+                destroyed_at: None,
+            }],
+            grants: vec![GrantInfo {
+                key: "web-tls".into(),
+                application: "nginx".into(),
+                operations: vec![Operation::Sign, Operation::Verify],
+                expires_at: None,
+            }],
+            history: vec![HistoryEntry {
+                at: 1,
+                version: None,
+                from: Some(KeyState::PreActivation),
+                to: KeyState::Compromised,
+                actor: "alice".into(),
+                reason: "stolen".into(),
+            }],
+        };
+        let wire = postcard::to_allocvec(&key).unwrap();
+        assert_eq!(postcard::from_bytes::<KeyInfo>(&wire).unwrap(), key);
+        let json = serde_json::to_value(&key).unwrap();
+        assert_eq!(json["purpose"], "signing");
+        assert_eq!(json["algorithm"], "ec:p256");
+        assert_eq!(json["state"], "pre-activation");
+        assert_eq!(json["versions"][0]["state"], "active");
+        assert_eq!(json["history"][0]["from"], "pre-activation");
+        assert_eq!(json["history"][0]["to"], "compromised");
+        assert_eq!(json["grants"][0]["operations"][1], "verify");
+        let request = ApprovalRequest {
+            id: "00ff".into(),
+            action: "resume".into(),
+            target: "prod/web-tls".into(),
+            requester: "alice".into(),
+            created_at: 1,
+            expires_at: 2,
+            status: ApprovalStatus::Pending,
+        };
+        assert_eq!(serde_json::to_value(&request).unwrap()["status"], "pending");
+        let list = AdminRequest::Key(KeyRequest::List {
+            token: None,
+            state: Some(KeyState::Suspended),
+        });
+        let wire = postcard::to_allocvec(&list).unwrap();
+        assert_eq!(postcard::from_bytes::<AdminRequest>(&wire).unwrap(), list);
     }
 
     #[test]

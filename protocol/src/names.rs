@@ -29,6 +29,8 @@
 
 use std::fmt::Write as _;
 
+use keyward_domain::{Algorithm, Operation};
+
 use crate::admin::{
     AdminErrorKind, AdminRequest, AuditRequest, KeyAction, KeyRequest, PinRole, ReportRequest,
 };
@@ -109,14 +111,14 @@ impl KeyRequest {
                 algorithm,
                 token,
                 owner,
-            } => describe_create(name, class, algorithm.as_deref(), token, owner.as_deref()),
+            } => describe_create(name, class, *algorithm, token, owner.as_deref()),
             KeyRequest::List { token, state } => {
                 let mut s = "list keys".to_owned();
                 if let Some(t) = token {
                     let _ = write!(s, " of token {}", clean(t));
                 }
                 if let Some(st) = state {
-                    let _ = write!(s, " in state {}", clean(st));
+                    let _ = write!(s, " in state {st}");
                 }
                 s
             }
@@ -366,7 +368,7 @@ fn period(secs: u64) -> String {
 fn describe_create(
     name: &str,
     class: &str,
-    algorithm: Option<&str>,
+    algorithm: Option<Algorithm>,
     token: &Option<String>,
     owner: Option<&str>,
 ) -> String {
@@ -374,7 +376,10 @@ fn describe_create(
         "create {} (class {}, {}",
         key(token, name),
         clean(class),
-        algorithm.map_or_else(|| "the class's first algorithm".to_owned(), clean)
+        algorithm.map_or_else(
+            || "the class's first algorithm".to_owned(),
+            |a| a.to_string()
+        )
     );
     if let Some(owner) = owner {
         let _ = write!(s, ", owner {}", clean(owner));
@@ -387,10 +392,10 @@ fn describe_create(
 fn describe_grant(
     target: String,
     application: &str,
-    operations: &[String],
+    operations: &[Operation],
     until: Option<i64>,
 ) -> String {
-    let ops: Vec<String> = operations.iter().map(|o| clean(o)).collect();
+    let ops: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
     let mut s = format!(
         "grant {} {} on {}",
         clean(application),
@@ -470,7 +475,7 @@ mod tests {
                 key: "k".into(),
                 token: None,
                 application: "a".into(),
-                operations: vec!["sign".into()],
+                operations: vec![keyward_domain::Operation::Sign],
                 until: None,
             }),
             key(KeyRequest::GrantRemove {
@@ -595,7 +600,7 @@ mod tests {
         let create = AdminRequest::Key(KeyRequest::Create {
             name: "web-tls".into(),
             class: "tls-server".into(),
-            algorithm: Some("ec:p256".into()),
+            algorithm: Some(keyward_domain::Algorithm::Ec(keyward_domain::Curve::P256)),
             token: Some("prod".into()),
             owner: Some("alice".into()),
         });
@@ -607,7 +612,10 @@ mod tests {
             key: "web-tls".into(),
             token: None,
             application: "nginx".into(),
-            operations: vec!["sign".into(), "verify".into()],
+            operations: vec![
+                keyward_domain::Operation::Sign,
+                keyward_domain::Operation::Verify,
+            ],
             until: Some(1_796_083_200),
         });
         assert_eq!(

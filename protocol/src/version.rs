@@ -58,7 +58,15 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// 3: the connection opens with a hello (the admin protocol's first
 /// version of its own; it continues the shared numbering so that no number
 /// means two things).
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
+/// 4: key states, purposes, algorithms and approval statuses travel as
+/// keyward-domain's types (a state, purpose or status is its variant's
+/// number on the wire, no longer its name): a keyward speaking 3 and an
+/// agent speaking 4 tell each other which side to upgrade.
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 4, max: 4 };
+
+/// The first admin-protocol version that opens with a hello: an agent
+/// older than that closes the connection on a hello.
+pub const ADMIN_HELLO_SINCE: u16 = 3;
 
 /// The versions one side speaks: every version from `min` to `max`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -150,7 +150,7 @@ pub enum KeyCommand {
         token: TokenArg,
         /// Only keys in this state (pre-activation, active, suspended, deactivated, compromised, destroyed).
         #[arg(long, value_parser = parse_state)]
-        state: Option<String>,
+        state: Option<keyward_policy::KeyState>,
     },
     /// Show one key: versions (with CKA_ID), grants and state history.
     Show(KeyArgs),
@@ -189,7 +189,7 @@ pub enum GrantCommand {
         application: String,
         /// Operations, comma-separated: sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest.
         #[arg(long, required = true, value_delimiter = ',', value_parser = parse_operation)]
-        ops: Vec<String>,
+        ops: Vec<keyward_policy::Operation>,
         /// Until this time, RFC 3339 (2026-12-01T00:00:00Z).
         #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339, conflicts_with = "for_")]
         until: Option<i64>,
@@ -356,30 +356,26 @@ pub enum ResultFilter {
 }
 
 /// `--state`: a key state as the inventory names it.
-fn parse_state(text: &str) -> Result<String, String> {
-    keyward_policy::KeyState::from_name(text)
-        .map(|s| s.name().to_owned())
-        .ok_or_else(|| {
-            let names: Vec<_> = keyward_policy::KeyState::ALL
-                .iter()
-                .map(|s| s.name())
-                .collect();
-            format!("unknown state; one of {}", names.join(", "))
-        })
+fn parse_state(text: &str) -> Result<keyward_policy::KeyState, String> {
+    text.parse().map_err(|_| {
+        let names: Vec<_> = keyward_policy::KeyState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        format!("unknown state; one of {}", names.join(", "))
+    })
 }
 
 /// One `--ops` item: an operation as the policy file names it.
-fn parse_operation(text: &str) -> Result<String, String> {
+fn parse_operation(text: &str) -> Result<keyward_policy::Operation, String> {
     let text = text.trim();
-    keyward_policy::Operation::from_name(text)
-        .map(|o| o.name().to_owned())
-        .ok_or_else(|| {
-            let names: Vec<_> = keyward_policy::Operation::ALL
-                .iter()
-                .map(|o| o.name())
-                .collect();
-            format!("unknown operation {text:?}; one of {}", names.join(", "))
-        })
+    text.parse::<keyward_policy::Operation>().map_err(|_| {
+        let names: Vec<_> = keyward_policy::Operation::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        format!("unknown operation {text:?}; one of {}", names.join(", "))
+    })
 }
 
 /// `--for`: the policy file's duration grammar (`8h`, `1w2d`; at most 100
@@ -535,7 +531,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((t, state.as_deref()), (token("t1"), Some("active")));
+        assert_eq!(
+            (t, state),
+            (token("t1"), Some(keyward_policy::KeyState::Active))
+        );
         ok(&["key", "list", "--state", "pre-activation"]);
         assert_eq!(
             bad(&["key", "list", "--state", "happy"]),
@@ -640,7 +639,13 @@ mod tests {
             panic!()
         };
         assert_eq!((key.as_str(), application.as_str()), ("web", "nginx"));
-        assert_eq!(ops, ["sign", "verify"]);
+        assert_eq!(
+            ops,
+            [
+                keyward_policy::Operation::Sign,
+                keyward_policy::Operation::Verify
+            ]
+        );
         assert_eq!(until, Some(1_796_083_200));
         assert_eq!((for_, t), (None, token("t1")));
 
@@ -657,7 +662,7 @@ mod tests {
         let cli = ok(&["grant", "add", "k", "a", "--ops", "sign", "--ops", "verify"]);
         assert!(matches!(
             cli.command,
-            Command::Grant { command: GrantCommand::Add { ops, .. } } if ops == ["sign", "verify"]
+            Command::Grant { command: GrantCommand::Add { ops, .. } } if ops == [keyward_policy::Operation::Sign, keyward_policy::Operation::Verify]
         ));
 
         assert_eq!(

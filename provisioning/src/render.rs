@@ -215,9 +215,9 @@ fn key_table(keys: &[KeyInfo]) -> String {
             vec![
                 cell(&k.name),
                 cell(&k.token),
-                cell(&k.state),
+                cell(k.state.as_str()),
                 cell(&k.class),
-                cell(&k.algorithm),
+                cell(&k.algorithm.to_string()),
                 cell(&k.owner),
                 k.versions
                     .iter()
@@ -250,11 +250,11 @@ fn key(k: &KeyInfo) -> String {
     let mut out = fields(&[
         ("name", cell(&k.name)),
         ("token", cell(&k.token)),
-        ("state", cell(&k.state)),
+        ("state", cell(k.state.as_str())),
         ("owner", cell(&k.owner)),
-        ("purpose", cell(&k.purpose)),
+        ("purpose", cell(k.purpose.as_str())),
         ("class", cell(&k.class)),
-        ("algorithm", cell(&k.algorithm)),
+        ("algorithm", cell(&k.algorithm.to_string())),
         ("scope", list(&k.scope)),
         (
             "backup",
@@ -291,7 +291,7 @@ fn key(k: &KeyInfo) -> String {
             vec![
                 v.version.to_string(),
                 hex(&v.backend_id),
-                cell(&v.state),
+                cell(v.state.as_str()),
                 format_utc(v.created_at),
                 format_opt(v.deactivated_at),
                 format_opt(v.destroyed_at),
@@ -334,7 +334,7 @@ fn key(k: &KeyInfo) -> String {
                 format_utc(h.at),
                 opt_cell(&h.version),
                 opt_cell(&h.from),
-                cell(&h.to),
+                cell(h.to.as_str()),
                 cell(&h.actor),
                 cell(&h.reason),
             ]
@@ -361,7 +361,12 @@ fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
         .map(|g| {
             let mut row = vec![
                 cell(&g.application),
-                list(&g.operations),
+                list(
+                    &g.operations
+                        .iter()
+                        .map(|o| o.to_string())
+                        .collect::<Vec<_>>(),
+                ),
                 format_opt(g.expires_at),
             ];
             if with_key {
@@ -421,7 +426,7 @@ pub fn pending(p: &ApprovalRequest) -> String {
         ("action", cell(&p.action)),
         ("target", cell(&p.target)),
         ("requester", cell(&p.requester)),
-        ("status", cell(&p.status)),
+        ("status", cell(p.status.as_str())),
         ("created", format_utc(p.created_at)),
         ("expires", format_utc(p.expires_at)),
     ])
@@ -767,7 +772,7 @@ fn key_summary(k: &KeyReport) -> Vec<String> {
     vec![
         format!("{}/{}", cell(&k.token), cell(&k.name)),
         cell(&k.class),
-        cell(&k.state),
+        cell(k.state.as_str()),
         k.active_version
             .map_or_else(|| "-".to_owned(), |v| v.to_string()),
         k.age_secs.map_or_else(|| "-".to_owned(), span),
@@ -955,7 +960,10 @@ mod tests {
         GrantInfo {
             key: "web-tls".into(),
             application: "nginx".into(),
-            operations: vec!["sign".into(), "verify".into()],
+            operations: vec![
+                keyward_policy::Operation::Sign,
+                keyward_policy::Operation::Verify,
+            ],
             expires_at: Some(T0 + 8 * 3600),
         }
     }
@@ -965,10 +973,10 @@ mod tests {
             name: "web-tls".into(),
             token: "keyward".into(),
             owner: "alice".into(),
-            purpose: "signing".into(),
+            purpose: "signing".parse().unwrap(),
             class: "tls".into(),
-            algorithm: "ec:p256".into(),
-            state: "active".into(),
+            algorithm: "ec:p256".parse().unwrap(),
+            state: "active".parse().unwrap(),
             created_at: T0,
             activated_at: Some(T0 + 60),
             rotated_at: None,
@@ -983,7 +991,7 @@ mod tests {
                 VersionInfo {
                     version: 1,
                     backend_id: vec![0x01, 0xab],
-                    state: "deactivated".into(),
+                    state: "deactivated".parse().unwrap(),
                     created_at: T0,
                     deactivated_at: Some(T0 + 3600),
                     destroyed_at: None,
@@ -991,7 +999,7 @@ mod tests {
                 VersionInfo {
                     version: 2,
                     backend_id: vec![0x02, 0xcd],
-                    state: "active".into(),
+                    state: "active".parse().unwrap(),
                     created_at: T0 + 3600,
                     deactivated_at: None,
                     destroyed_at: None,
@@ -1003,15 +1011,15 @@ mod tests {
                     at: T0,
                     version: None,
                     from: None,
-                    to: "pre-activation".into(),
+                    to: "pre-activation".parse().unwrap(),
                     actor: "alice".into(),
                     reason: "".into(),
                 },
                 HistoryEntry {
                     at: T0 + 60,
                     version: Some(1),
-                    from: Some("pre-activation".into()),
-                    to: "active".into(),
+                    from: Some("pre-activation".parse().unwrap()),
+                    to: "active".parse().unwrap(),
                     actor: "alice".into(),
                     reason: "go live".into(),
                 },
@@ -1027,7 +1035,7 @@ mod tests {
             requester: "alice".into(),
             created_at: T0,
             expires_at: T0 + 86_400,
-            status: "pending".into(),
+            status: "pending".parse().unwrap(),
         }
     }
 
@@ -1104,7 +1112,7 @@ mod tests {
     fn key_list_text() {
         let mut other = key_info();
         other.name = "backup-wrap".into();
-        other.state = "pre-activation".into();
+        other.state = keyward_policy::KeyState::PreActivation;
         other.versions.truncate(1);
         other.protect_until = None;
         let text = key_response(&KeyResponse::Keys(vec![key_info(), other]));
@@ -1515,9 +1523,9 @@ mod tests {
             name: "web-tls".into(),
             token: "prod".into(),
             class: "tls".into(),
-            purpose: "signing".into(),
-            algorithm: "ec:p256".into(),
-            state: "active".into(),
+            purpose: "signing".parse().unwrap(),
+            algorithm: "ec:p256".parse().unwrap(),
+            state: "active".parse().unwrap(),
             active_version: Some(2),
             age_secs: Some(3 * 86_400),
             cryptoperiod_secs: Some(30 * 86_400),

@@ -201,13 +201,21 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             algorithm,
             token,
             owner,
-        } => key(KeyRequest::Create {
-            name,
-            class,
-            algorithm,
-            token: token.token,
-            owner,
-        }),
+        } => {
+            // Not an algorithm at all: the usage error (exit 2, kind
+            // `Invalid`) the agent gave before the request carried the type.
+            let algorithm = algorithm
+                .map(|text| text.parse::<keyward_policy::Algorithm>())
+                .transpose()
+                .map_err(|e| Failure::local(Exit::Usage, "Invalid", e.to_string()))?;
+            key(KeyRequest::Create {
+                name,
+                class,
+                algorithm,
+                token: token.token,
+                owner,
+            })
+        }
         KeyCommand::List { token, state } => key(KeyRequest::List {
             token: token.token,
             state,
@@ -724,10 +732,45 @@ mod tests {
             }
         );
         assert_eq!(
+            key(&[
+                "key",
+                "create",
+                "web",
+                "--class",
+                "tls",
+                "--algorithm",
+                "rsa:3072"
+            ]),
+            KeyRequest::Create {
+                name: "web".into(),
+                class: "tls".into(),
+                algorithm: Some(keyward_policy::Algorithm::Rsa { min_bits: 3072 }),
+                token: None,
+                owner: None
+            }
+        );
+        let e = req(&[
+            "key",
+            "create",
+            "web",
+            "--class",
+            "tls",
+            "--algorithm",
+            "rsa:lots",
+        ])
+        .unwrap_err();
+        assert_eq!((e.exit, e.kind.as_str()), (Exit::Usage, "Invalid"));
+        assert!(e.message.contains("\"rsa:lots\""), "{e:?}");
+        assert_eq!(
+            e.to_json()["Error"]["exit_code"],
+            2,
+            "the --json error document, as before"
+        );
+        assert_eq!(
             key(&["key", "list", "--state", "active", "--token", "t"]),
             KeyRequest::List {
                 token: Some("t".into()),
-                state: Some("active".into())
+                state: Some("active".parse().unwrap())
             }
         );
         assert_eq!(
@@ -911,7 +954,13 @@ mod tests {
             Ok(AdminRequest::Key(KeyRequest::GrantAdd {
                 until, operations, ..
             })) => {
-                assert_eq!(operations, ["sign", "verify"]);
+                assert_eq!(
+                    operations,
+                    [
+                        keyward_policy::Operation::Sign,
+                        keyward_policy::Operation::Verify
+                    ]
+                );
                 until
             }
             other => panic!("{other:?}"),
@@ -936,7 +985,7 @@ mod tests {
             requester: "alice".into(),
             created_at: NOW,
             expires_at: NOW + 3600,
-            status: "pending".into(),
+            status: "pending".parse().unwrap(),
         }
     }
 

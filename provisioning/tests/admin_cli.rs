@@ -120,10 +120,10 @@ fn key_info() -> KeyInfo {
         name: "web-tls".into(),
         token: "keyward".into(),
         owner: "alice".into(),
-        purpose: "signing".into(),
+        purpose: "signing".parse().unwrap(),
         class: "tls".into(),
-        algorithm: "ec:p256".into(),
-        state: "active".into(),
+        algorithm: "ec:p256".parse().unwrap(),
+        state: "active".parse().unwrap(),
         created_at: 1_769_882_400,
         activated_at: Some(1_769_882_460),
         rotated_at: None,
@@ -137,7 +137,7 @@ fn key_info() -> KeyInfo {
         versions: vec![VersionInfo {
             version: 1,
             backend_id: vec![0x01, 0xab],
-            state: "active".into(),
+            state: "active".parse().unwrap(),
             created_at: 1_769_882_400,
             deactivated_at: None,
             destroyed_at: None,
@@ -213,7 +213,13 @@ fn a_grant_for_a_while_carries_its_expiry() {
         panic!("{req:?}")
     };
     assert_eq!((key.as_str(), application.as_str()), ("web-tls", "nginx"));
-    assert_eq!(operations, ["sign", "verify"]);
+    assert_eq!(
+        operations,
+        [
+            keyward_policy::Operation::Sign,
+            keyward_policy::Operation::Verify
+        ]
+    );
     let eight_hours = 8 * 3600;
     assert!(
         (before + eight_hours..before + eight_hours + 60).contains(&until),
@@ -230,7 +236,7 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
         requester: "alice".into(),
         created_at: 1_769_882_400,
         expires_at: 1_769_968_800,
-        status: "pending".into(),
+        status: "pending".parse().unwrap(),
     };
     let (req, out) = against_fake_agent(
         &["key", "destroy", "web-tls", "--reason", "retired"],

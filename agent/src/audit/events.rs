@@ -28,18 +28,13 @@ pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
 }
 
 /// The reason of a `lifecycle` record: `from <state> to <state>: <why>`
-/// (at most 4096 characters). [`lifecycle_to`] reads it back.
+/// (at most 4096 characters), for people: what the agent reads back of a
+/// change is the inventory's typed history.
 pub fn lifecycle_reason(from: &str, to: &str, why: &str) -> String {
     format!("from {from} to {to}: {why}")
         .chars()
         .take(4096)
         .collect()
-}
-
-/// The state a [`lifecycle_reason`] says the key or version went to.
-pub fn lifecycle_to(reason: &str) -> Option<&str> {
-    let (_, rest) = reason.strip_prefix("from ")?.split_once(" to ")?;
-    Some(rest.split_once(':').map_or(rest, |(to, _)| to))
 }
 
 /// An event of client process `client` (actor: its application).

@@ -327,7 +327,7 @@ impl Agent {
                 Some(m) => match self.keys.key(m.key_id) {
                     Some(k) if crate::keys::visible_to(&policy, &k, &client.application, now) => {
                         k.version(m.version).map(|v| v.state)
-                            == Some(keyward_inventory::KeyState::Active)
+                            == Some(keyward_policy::KeyState::Active)
                     }
                     _ => continue,
                 },

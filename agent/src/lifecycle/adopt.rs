@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use cryptoki_sys as ck;
-use keyward_inventory::{Actor, KeyRecord, KeyState as InvState, KeyVersion};
+use keyward_inventory::{Actor, KeyRecord, KeyVersion};
 use keyward_policy::{KeyClass, Template};
 use keyward_protocol::admin::{AdminErrorKind, KeyInfo};
 use keyward_protocol::Value;
@@ -187,10 +187,10 @@ impl Agent {
             name: name.to_owned(),
             token: label.clone(),
             owner: who.to_owned(),
-            purpose: class.purpose.name().to_owned(),
+            purpose: class.purpose,
             class: class.name.clone(),
-            algorithm: alg.to_string(),
-            state: InvState::PreActivation,
+            algorithm: alg,
+            state: KeyState::PreActivation,
             created_at: now,
             activated_at: None,
             rotated_at: None,
@@ -207,7 +207,7 @@ impl Agent {
             version: 1,
             backend_id: backend_id.to_vec(),
             backend_label: object_label,
-            state: InvState::PreActivation,
+            state: KeyState::PreActivation,
             created_at: now,
             deactivated_at: None,
             destroyed_at: None,

@@ -22,7 +22,7 @@ pub(crate) fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
         requester: r.requester.clone(),
         created_at: r.created_at,
         expires_at: r.expires_at,
-        status: r.status.clone(),
+        status: r.status,
     }
 }
 
@@ -45,7 +45,7 @@ impl Agent {
             requester: who.to_owned(),
             created_at,
             expires_at: created_at + APPROVAL_LIFETIME.as_secs() as i64,
-            status: "pending".to_owned(),
+            status: keyward_policy::ApprovalStatus::Pending,
         };
         self.keys
             .inventory()

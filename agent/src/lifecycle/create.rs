@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use cryptoki_sys as ck;
-use keyward_inventory::{Actor, DateUpdates, KeyRecord, KeyState as InvState, KeyVersion};
+use keyward_inventory::{Actor, DateUpdates, KeyRecord, KeyVersion};
 use keyward_policy::{check_generation, check_key_pair_generation, Algorithm, KeyClass};
 use keyward_protocol::admin::{AdminErrorKind, KeyInfo};
 use keyward_protocol::{Attribute, Mechanism, Value};
@@ -41,17 +41,17 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
     let now = k.active_since.unwrap_or_else(SystemTime::now);
     let at = secs(now);
     let (state, dates) = match k.active_since {
-        Some(since) => (InvState::Active, period_dates(Some(k.class), since)),
-        None => (InvState::PreActivation, DateUpdates::default()),
+        Some(since) => (KeyState::Active, period_dates(Some(k.class), since)),
+        None => (KeyState::PreActivation, DateUpdates::default()),
     };
     let record = KeyRecord {
         id: 0,
         name: k.name.to_owned(),
         token: k.token.to_owned(),
         owner: k.owner.to_owned(),
-        purpose: k.class.purpose.name().to_owned(),
+        purpose: k.class.purpose,
         class: k.class.name.clone(),
-        algorithm: k.algorithm.to_string(),
+        algorithm: k.algorithm,
         state,
         created_at: at,
         activated_at: k.active_since.map(secs),
@@ -174,7 +174,7 @@ impl Agent {
         (who, by): (&str, &Actor),
         name: &str,
         class_name: &str,
-        algorithm: Option<&str>,
+        algorithm: Option<Algorithm>,
         token: Option<&str>,
         owner: &str,
     ) -> AResult<KeyInfo> {
@@ -189,11 +189,7 @@ impl Agent {
             );
         };
         let alg = match algorithm {
-            Some(text) => {
-                let alg = Algorithm::parse(text).map_err(|m| AdminError {
-                    kind: AdminErrorKind::Invalid,
-                    message: m,
-                })?;
+            Some(alg) => {
                 if !class.algorithms.iter().any(|a| a.covers(alg)) {
                     let allowed: Vec<String> =
                         class.algorithms.iter().map(|a| a.to_string()).collect();

@@ -4,11 +4,11 @@
 use std::time::SystemTime;
 
 use keyward_inventory::Grant;
-use keyward_policy::{Operation, Purpose};
+use keyward_policy::Operation;
 use keyward_protocol::admin::{AdminErrorKind, AppInfo, GrantInfo, KeyResponse};
 
 use crate::agent::Agent;
-use crate::keys::{policy_state, secs};
+use crate::keys::secs;
 
 use super::*;
 
@@ -27,7 +27,7 @@ impl Agent {
         &self,
         t: &Target<'_>,
         application: &str,
-        operations: &[String],
+        operations: &[Operation],
         until: Option<i64>,
         (who, by): (&str, &Actor),
     ) -> AResult<KeyResponse> {
@@ -36,9 +36,10 @@ impl Agent {
             || "no end".to_owned(),
             |u| format!("until {}", keyward_protocol::names::utc(u)),
         );
+        let names: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
         let reason = format!(
             "application {application:?}, operations [{}], {until}",
-            operations.join(", ")
+            names.join(", ")
         );
         self.record_grant(by.clone(), t, "grant add", &reason);
         Ok(done)
@@ -98,7 +99,7 @@ impl Agent {
         &self,
         t: &Target<'_>,
         application: &str,
-        operations: &[String],
+        operations: &[Operation],
         until: Option<i64>,
         who: &str,
     ) -> AResult<KeyResponse> {
@@ -114,23 +115,17 @@ impl Agent {
                 "a grant names at least one operation",
             );
         }
-        let purpose = Purpose::from_name(&t.key.record.purpose);
+        let purpose = t.key.record.purpose;
         let mut ops = Vec::new();
-        for name in operations {
-            let Some(op) = Operation::from_name(name) else {
+        for &op in operations {
+            if !purpose.allows(op) {
                 return fail(
                     AdminErrorKind::Refused,
-                    format!("{name:?} is not an operation"),
-                );
-            };
-            if let Some(p) = purpose.filter(|p| !p.allows(op)) {
-                return fail(
-                    AdminErrorKind::Refused,
-                    format!("key {} is for {p}: {name} does not fit", t.label()),
+                    format!("key {} is for {purpose}: {op} does not fit", t.label()),
                 );
             }
-            if !ops.contains(&op.name().to_owned()) {
-                ops.push(op.name().to_owned());
+            if !ops.contains(&op) {
+                ops.push(op);
             }
         }
         if let Some(u) = until {
@@ -146,10 +141,11 @@ impl Agent {
         };
         self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
         self.refresh(t.key.record.id)?;
+        let names: Vec<&str> = grant.operations.iter().map(|o| o.as_str()).collect();
         log::info!(
-            "key {}: {application:?} granted {:?} until {until:?} by {who}",
+            "key {}: {application:?} granted {} until {until:?} by {who}",
             t.label(),
-            grant.operations
+            names.join(", ")
         );
         Ok(KeyResponse::Grants(vec![grant_info(
             &t.key.record.name,
@@ -177,7 +173,7 @@ impl Agent {
                     .policy()
                     .class(&k.record.class)
                     .is_some_and(|c| c.grants.iter().any(|g| g.application == app.name));
-                if by_class && policy_state(k.record.state).is_visible() {
+                if by_class && k.record.state.is_visible() {
                     keys.push(format!("{}/{}", k.record.token, k.record.name));
                 }
             }

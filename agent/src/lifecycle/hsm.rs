@@ -3,7 +3,7 @@
 //! algorithm, and the names and checks of what it holds.
 
 use cryptoki_sys as ck;
-use keyward_policy::{Algorithm, Curve, KeyClass};
+use keyward_policy::{Algorithm, Curve, CurveParams, KeyClass};
 use keyward_protocol::admin::AdminErrorKind;
 use keyward_protocol::{AttrResult, AttrValue, Attribute, MechParam, Mechanism, Op, Value};
 

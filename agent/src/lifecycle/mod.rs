@@ -46,15 +46,15 @@ use std::time::{Duration, SystemTime};
 
 use cryptoki_sys as ck;
 use keyward_inventory::{
-    Actor, AppliedChange, AuditEvent, DateUpdates, KeyChange, KeyRecord, KeyState as InvState,
-    KeyVersion, LifecycleChange, VersionChange,
+    Actor, AppliedChange, AuditEvent, DateUpdates, KeyChange, KeyRecord, KeyVersion,
+    LifecycleChange, VersionChange,
 };
 use keyward_policy::{Action, KeyClass, KeyState};
 use keyward_protocol::admin::{AdminErrorKind, AdminResponse, KeyAction, KeyRequest, KeyResponse};
 
 use crate::agent::Agent;
 use crate::backend::Backend;
-use crate::keys::{policy_state, secs, KeyView};
+use crate::keys::{secs, KeyView};
 use crate::listener::identity::Peer;
 use crate::state::Role;
 use crate::tokens::VirtualToken;
@@ -155,7 +155,7 @@ pub(crate) fn lifecycle_records(
         VersionChange::Add(v) => (Some(v.version), None, v.state),
         VersionChange::Move { version, from, to } => (Some(*version), Some(*from), *to),
     });
-    let state = |s: Option<InvState>| s.map_or("none", InvState::as_str);
+    let state = |s: Option<KeyState>| s.map_or("none", KeyState::as_str);
     let records = key_move
         .map(|(from, to)| (None, from, to))
         .into_iter()
@@ -226,7 +226,7 @@ impl Target<'_> {
 }
 
 pub(crate) fn state_of(v: &KeyView) -> KeyState {
-    policy_state(v.record.state)
+    v.record.state
 }
 
 pub(crate) fn action_of(a: KeyAction) -> Action {
@@ -355,13 +355,13 @@ impl Agent {
                     (&who, &by),
                     &name,
                     &class,
-                    algorithm.as_deref(),
+                    algorithm,
                     token.as_deref(),
                     &owner,
                 )?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
-            KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state.as_deref()),
+            KeyRequest::List { token, state } => self.list_keys(token.as_deref(), state),
             KeyRequest::Show { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;
                 Ok(KeyResponse::Key(Box::new(self.info(&t.key)?)))

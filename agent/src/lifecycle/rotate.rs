@@ -3,14 +3,12 @@
 
 use std::time::SystemTime;
 
-use keyward_inventory::{
-    Actor, KeyChange, KeyState as InvState, KeyVersion, LifecycleChange, VersionChange,
-};
-use keyward_policy::{Algorithm, Rotation};
+use keyward_inventory::{Actor, KeyChange, KeyVersion, LifecycleChange, VersionChange};
+use keyward_policy::Rotation;
 use keyward_protocol::admin::AdminErrorKind;
 
 use crate::agent::Agent;
-use crate::keys::{inventory_state, policy_state, secs};
+use crate::keys::secs;
 
 use super::hsm::*;
 use super::*;
@@ -42,10 +40,7 @@ impl Agent {
                 format!("key class {:?} is no longer in the policy", r.class),
             );
         };
-        let alg = Algorithm::parse(&r.algorithm).map_err(|m| AdminError {
-            kind: AdminErrorKind::Failed,
-            message: format!("key {}: stored algorithm: {m}", t.label()),
-        })?;
+        let alg = r.algorithm;
         let backend = self.backend(t.token)?;
         let (id, objects) = self.generate(t.token, backend.as_ref(), class, alg, &r.name)?;
         let fingerprint = match HsmSession::open(backend.as_ref()) {
@@ -63,11 +58,11 @@ impl Agent {
             .versions
             .iter()
             .filter_map(|v| {
-                let to = rotation.demotes(policy_state(v.state))?;
+                let to = rotation.demotes(v.state)?;
                 Some(VersionChange::Move {
                     version: v.version,
                     from: v.state,
-                    to: inventory_state(to),
+                    to,
                 })
             })
             .collect();
@@ -76,7 +71,7 @@ impl Agent {
             version: next,
             backend_id: id.clone(),
             backend_label: r.name.clone(),
-            state: InvState::Active,
+            state: KeyState::Active,
             created_at: at,
             deactivated_at: None,
             destroyed_at: None,
@@ -92,7 +87,7 @@ impl Agent {
             key: KeyChange::Update {
                 key_id: r.id,
                 expected: r.state,
-                to: (from != to).then_some(inventory_state(to)),
+                to: (from != to).then_some(to),
             },
             versions,
             dates,

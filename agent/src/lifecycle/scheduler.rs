@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keyward_inventory::{Actor, KeyState as InvState};
+use keyward_inventory::Actor;
 use keyward_protocol::admin::KeyAction;
 
 use crate::agent::Agent;
@@ -23,7 +23,7 @@ impl Agent {
     pub fn tick(&self, now: SystemTime) {
         let at = secs(now);
         for key in self.keys.all() {
-            if key.record.state != InvState::Active {
+            if key.record.state != KeyState::Active {
                 continue;
             }
             let Some(token) = self.token_labelled(&key.record.token) else {

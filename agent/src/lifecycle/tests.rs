@@ -1,6 +1,5 @@
 //! The lifecycle executors with the in-memory backend.
 
-use super::views::state_name;
 use super::*;
 use crate::objects::unmanaged_name;
 use keyward_inventory::KeyFilter;
@@ -78,10 +77,10 @@ fn create_refusals_and_approvals() {
         panic!()
     };
     let stored = a.keys.inventory().request(&p.id).unwrap().unwrap();
-    assert_eq!(stored.status, "pending");
+    assert_eq!(stored.status, keyward_policy::ApprovalStatus::Pending);
     assert_eq!(stored.target, "kw/k");
     let k = a.keys.key(stored.key_id.unwrap()).unwrap();
-    assert_eq!(k.record.state, InvState::Suspended);
+    assert_eq!(k.record.state, KeyState::Suspended);
     // revoke --rotate only from active.
     assert_eq!(
         call(&a, act("k", KeyAction::Revoke { rotate: true }))
@@ -89,22 +88,20 @@ fn create_refusals_and_approvals() {
             .kind,
         AdminErrorKind::Refused
     );
-    // Grants: unknown application, unknown operation, wrong purpose.
+    // Grants: unknown application, wrong purpose (an unknown operation
+    // does not make a request: it is not an Operation).
     let grant = |app: &str, op: &str| KeyRequest::GrantAdd {
         key: "k".into(),
         token: None,
         application: app.into(),
-        operations: vec![op.into()],
+        operations: vec![op.parse().unwrap()],
         until: None,
     };
     assert_eq!(
         call(&a, grant("x", "sign")).unwrap_err().kind,
         AdminErrorKind::NotFound
     );
-    assert_eq!(
-        call(&a, grant("app", "frob")).unwrap_err().kind,
-        AdminErrorKind::Refused
-    );
+    assert!("frob".parse::<keyward_policy::Operation>().is_err());
     assert_eq!(
         call(&a, grant("app", "decrypt")).unwrap_err().kind,
         AdminErrorKind::Refused
@@ -161,14 +158,21 @@ fn tick_acts_on_dates_in_the_store() {
     a.tick(now);
     let rot = a.keys.key(id("rot")).unwrap();
     assert_eq!(rot.versions.len(), 2);
-    assert_eq!(rot.versions[0].state, InvState::Deactivated);
-    assert_eq!(rot.versions[1].state, InvState::Active);
+    assert_eq!(rot.versions[0].state, KeyState::Deactivated);
+    assert_eq!(rot.versions[1].state, KeyState::Active);
     assert!(rot.record.next_rotation.unwrap() > secs(now));
     let old = a.keys.key(id("old")).unwrap();
-    assert_eq!(old.record.state, InvState::Deactivated);
+    assert_eq!(old.record.state, KeyState::Deactivated);
     assert_eq!(old.versions.len(), 1);
     a.tick(now);
     assert_eq!(a.keys.key(id("rot")).unwrap().versions.len(), 2);
+}
+
+/// The state a lifecycle record's reason (`from X to Y: why`, written
+/// for people) names as reached.
+fn reason_to(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.strip_prefix("from ")?.split_once(" to ")?;
+    Some(rest.split_once(':').map_or(rest, |(to, _)| to))
 }
 
 /// What the trail's `lifecycle` records say of every key: its state
@@ -185,7 +189,7 @@ fn replayed(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String
     let mut keys = std::collections::BTreeMap::new();
     for r in records {
         let e = r.event;
-        let to = crate::audit::lifecycle_to(&e.reason).unwrap().to_owned();
+        let to = reason_to(&e.reason).unwrap().to_owned();
         let entry = keys
             .entry(e.key.unwrap())
             .or_insert_with(|| (String::new(), Vec::new()));
@@ -211,8 +215,8 @@ fn stored(a: &Agent) -> std::collections::BTreeMap<String, (String, Vec<String>)
         .into_iter()
         .map(|k| {
             let versions = inv.versions(k.id).unwrap();
-            let states = versions.iter().map(|v| state_name(v.state)).collect();
-            (k.name.clone(), (state_name(k.state), states))
+            let states = versions.iter().map(|v| v.state.to_string()).collect();
+            (k.name.clone(), (k.state.to_string(), states))
         })
         .collect()
 }
@@ -248,7 +252,7 @@ fn every_lifecycle_change_carries_its_records() {
         .apply(&LifecycleChange {
             key: KeyChange::Update {
                 key_id: id,
-                expected: InvState::Active,
+                expected: KeyState::Active,
                 to: None,
             },
             versions: Vec::new(),
@@ -417,5 +421,5 @@ fn a_change_racing_another_is_all_or_nothing() {
     );
     assert_eq!(after, before, "nothing of the revocation is kept");
     assert_eq!(replayed(&a), records, "no record of it either");
-    assert_eq!(a.keys.key(id).unwrap().record.state, InvState::Active);
+    assert_eq!(a.keys.key(id).unwrap().record.state, KeyState::Active);
 }

@@ -10,7 +10,7 @@ use keyward_policy::{needs_approval, transition, version_transition, Action, Key
 use keyward_protocol::admin::{AdminErrorKind, KeyAction, KeyResponse};
 
 use crate::agent::Agent;
-use crate::keys::{inventory_state, policy_state, secs};
+use crate::keys::secs;
 
 use super::*;
 
@@ -72,11 +72,11 @@ impl Agent {
             .versions
             .iter()
             .filter_map(|v| {
-                let to = version_transition(act, policy_state(v.state))?;
+                let to = version_transition(act, v.state)?;
                 Some(VersionChange::Move {
                     version: v.version,
                     from: v.state,
-                    to: inventory_state(to),
+                    to,
                 })
             })
             .collect();
@@ -84,7 +84,7 @@ impl Agent {
             key: KeyChange::Update {
                 key_id: t.key.record.id,
                 expected: t.key.record.state,
-                to: Some(inventory_state(to)),
+                to: Some(to),
             },
             versions,
             dates,

@@ -3,7 +3,7 @@
 //! versions made before fingerprints were.
 
 use cryptoki_sys as ck;
-use keyward_inventory::{KeyState as InvState, KeyVersion};
+use keyward_inventory::KeyVersion;
 use keyward_policy::{Algorithm, Purpose};
 use keyward_protocol::admin::{AdminErrorKind, KeyResponse};
 use keyward_protocol::{Attribute, MechParam, Mechanism, Op};
@@ -24,19 +24,7 @@ impl Agent {
     pub(crate) fn verify_key(&self, t: &Target<'_>) -> AResult<KeyResponse> {
         let v = t.current()?;
         let r = &t.key.record;
-        let alg = Algorithm::parse(&r.algorithm).map_err(|m| AdminError {
-            kind: AdminErrorKind::Failed,
-            message: format!("stored algorithm: {m}"),
-        })?;
-        let purpose = Purpose::from_name(&r.purpose).map_or_else(
-            || {
-                fail(
-                    AdminErrorKind::Failed,
-                    format!("stored purpose {:?}", r.purpose),
-                )
-            },
-            Ok,
-        )?;
+        let (alg, purpose) = (r.algorithm, r.purpose);
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
         let probe = Probe {
@@ -78,7 +66,7 @@ impl Agent {
             let missing: Vec<&KeyVersion> = key
                 .versions
                 .iter()
-                .filter(|v| v.fingerprint.is_none() && v.state != InvState::Destroyed)
+                .filter(|v| v.fingerprint.is_none() && v.state != KeyState::Destroyed)
                 .collect();
             if missing.is_empty() {
                 continue;

@@ -1,7 +1,7 @@
 //! What the CLI shows of keys: their states, versions and history.
 
-use keyward_inventory::{KeyFilter, KeyState as InvState, StateChange};
-use keyward_protocol::admin::{AdminErrorKind, HistoryEntry, KeyInfo, KeyResponse, VersionInfo};
+use keyward_inventory::{KeyFilter, StateChange};
+use keyward_protocol::admin::{HistoryEntry, KeyInfo, KeyResponse, VersionInfo};
 
 use crate::agent::Agent;
 use crate::keys::KeyView;
@@ -9,16 +9,12 @@ use crate::keys::KeyView;
 use super::grants::*;
 use super::*;
 
-pub(crate) fn state_name(s: InvState) -> String {
-    s.as_str().to_owned()
-}
-
 pub(crate) fn history_entry(c: &StateChange) -> HistoryEntry {
     HistoryEntry {
         at: c.at,
         version: c.version,
-        from: c.from.map(state_name),
-        to: state_name(c.to),
+        from: c.from,
+        to: c.to,
         actor: c.actor.clone(),
         reason: c.reason.clone(),
     }
@@ -30,10 +26,10 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
         name: r.name.clone(),
         token: r.token.clone(),
         owner: r.owner.clone(),
-        purpose: r.purpose.clone(),
+        purpose: r.purpose,
         class: r.class.clone(),
-        algorithm: r.algorithm.clone(),
-        state: state_name(r.state),
+        algorithm: r.algorithm,
+        state: r.state,
         created_at: r.created_at,
         activated_at: r.activated_at,
         rotated_at: r.rotated_at,
@@ -50,7 +46,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
             .map(|x| VersionInfo {
                 version: x.version,
                 backend_id: x.backend_id.clone(),
-                state: state_name(x.state),
+                state: x.state,
                 created_at: x.created_at,
                 deactivated_at: x.deactivated_at,
                 destroyed_at: x.destroyed_at,
@@ -74,15 +70,8 @@ impl Agent {
     pub(crate) fn list_keys(
         &self,
         token: Option<&str>,
-        state: Option<&str>,
+        state: Option<KeyState>,
     ) -> AResult<KeyResponse> {
-        let state = match state {
-            Some(s) => Some(s.parse::<InvState>().map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: e.to_string(),
-            })?),
-            None => None,
-        };
         let token = match token {
             Some(l) => Some(self.admin_token(Some(l))?.config.label.clone()),
             None => None,
