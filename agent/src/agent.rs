@@ -37,7 +37,7 @@ pub struct Agent {
     /// The connected clients and the owners of session objects.
     pub(crate) clients: Clients,
     /// What use records name each key object (see [`Agent::use_target`]).
-    pub(crate) use_targets: crate::uses::UseTargets,
+    pub(crate) use_targets: crate::uses::targets::UseTargets,
     /// Held (read) by every cryptographic request while it checks its key
     /// and runs; a lifecycle change of an existing key holds it (write)
     /// from before its transaction until the view has the change (see
@@ -72,7 +72,7 @@ impl Agent {
             audit,
             uid: nix::unistd::getuid().as_raw(),
             clients: Clients::default(),
-            use_targets: crate::uses::UseTargets::default(),
+            use_targets: crate::uses::targets::UseTargets::default(),
             in_flight: std::sync::RwLock::new(()),
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),

@@ -2,8 +2,7 @@
 //! per backend object), the end of each operation, and PIN events. Records
 //! are queued to the trail's writer off the hot path.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cryptoki_sys as ck;
 use keyward_protocol::{AttrResult, AttrValue, Op, Response, Value};
@@ -16,27 +15,9 @@ use crate::agent::Agent;
 use crate::audit::{self};
 use crate::forward::{operation, rv_of};
 use crate::lock;
+
+pub mod targets;
 use keyward_inventory::AuditKind;
-
-/// What the use records of each key object name, read from the HSM once
-/// per backend object and kept until the object is destroyed, changed, its
-/// session closes or its token is initialised.
-#[derive(Debug, Default)]
-pub struct UseTargets(Mutex<HashMap<(Slot, BackendObject), Arc<UseTarget>>>);
-
-impl UseTargets {
-    fn get(&self, slot: Slot, object: BackendObject) -> Option<Arc<UseTarget>> {
-        lock(&self.0).get(&(slot, object)).cloned()
-    }
-
-    fn insert(&self, slot: Slot, object: BackendObject, target: Arc<UseTarget>) {
-        lock(&self.0).insert((slot, object), target);
-    }
-
-    fn forget(&self, gone: &mut impl FnMut(&(Slot, BackendObject)) -> bool) {
-        lock(&self.0).retain(|k, _| !gone(k));
-    }
-}
 
 impl Agent {
     /// What the use records of object `o` (on `s`'s token) name: cached
