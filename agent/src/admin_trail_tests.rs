@@ -21,7 +21,7 @@ fn admin_records(a: &Agent) -> Vec<(String, String, u64)> {
 }
 
 fn key(a: &Agent, req: KeyRequest) -> AdminResponse {
-    a.key_request(&admin_peer(), req)
+    a.lifecycle.key_request(&admin_peer(), req)
 }
 
 #[test]

@@ -7,49 +7,52 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use keyward_protocol::admin::{Status, TokenStatus};
-use keyward_protocol::{SlotId, ADMIN_VERSIONS, APP_VERSIONS};
+use keyward_protocol::{ADMIN_VERSIONS, APP_VERSIONS};
 
-use crate::clients::Slot;
 use crate::config::Config;
 use crate::listener::identity::Peer;
 use keyward_policy::Policy;
 
 use crate::audit::writer::Auditor;
 use crate::clients::registry::Clients;
-use crate::error::{Error, Result};
 use crate::keys::ManagedKeys;
+use crate::lifecycle::Lifecycle;
+pub use crate::shared::Core;
 use crate::state::{Role, StateDir};
 
 /// The application name of a peer the lab policy admits without listing it.
 pub const LAB_APPLICATION: &str = "lab";
 pub use crate::tokens::VirtualToken;
 
-/// The agent: tokens, clients, and the session-object registry.
+/// The agent: the request path's own state (the connected clients, this
+/// run's instance) over the shared [`Core`], and the key [`Lifecycle`].
 #[derive(Debug)]
 pub struct Agent {
-    pub(crate) tokens: Vec<VirtualToken>,
-    /// The policy in force; a reload swaps it whole.
-    pub(crate) policy: arc_swap::ArcSwap<Policy>,
-    pub(crate) keys: ManagedKeys,
-    pub(crate) audit: Arc<Auditor>,
+    core: Arc<Core>,
+    /// Key management and the scheduler.
+    pub lifecycle: Arc<Lifecycle>,
     /// The agent's own uid: in lab mode, peers running as it are admitted.
     pub(crate) uid: u32,
     /// The connected clients and the owners of session objects.
     pub(crate) clients: Clients,
-    /// What use records name each key object (see [`Agent::use_target`]).
-    pub(crate) use_targets: crate::uses::targets::UseTargets,
-    /// Held (read) by every cryptographic request while it checks its key
-    /// and runs; a lifecycle change of an existing key holds it (write)
-    /// from before its transaction until the view has the change (see
-    /// `Agent::apply_change`), so no request that passed the old check is
-    /// still running, and its records follow all their use records.
-    pub(crate) in_flight: std::sync::RwLock<()>,
     pub(crate) instance: u64,
     pub(crate) started: Instant,
     pub(crate) socket: String,
 }
 
+impl std::ops::Deref for Agent {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
 impl Agent {
+    /// The parts every stage shares.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     /// An agent serving `tokens` (slot ids are their positions).
     pub fn new(
         tokens: Vec<VirtualToken>,
@@ -65,15 +68,19 @@ impl Agent {
                 .unwrap_or_default();
             instance = (t.as_nanos() as u64).to_le_bytes();
         }
-        Agent {
+        let core = Arc::new(Core {
             tokens,
             policy: arc_swap::ArcSwap::from_pointee(Policy::lab()),
             keys,
             audit,
-            uid: nix::unistd::getuid().as_raw(),
-            clients: Clients::default(),
             use_targets: crate::uses::targets::UseTargets::default(),
             in_flight: std::sync::RwLock::new(()),
+        });
+        Agent {
+            lifecycle: Arc::new(Lifecycle::new(core.clone())),
+            core,
+            uid: nix::unistd::getuid().as_raw(),
+            clients: Clients::default(),
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
@@ -84,17 +91,6 @@ impl Agent {
     pub fn with_policy(self, policy: Policy) -> Agent {
         self.policy.store(Arc::new(policy));
         self
-    }
-
-    /// Puts `policy` in force for every request from now on. Clients keep
-    /// the application they were identified as when they connected.
-    pub fn set_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
-    }
-
-    /// The policy in force.
-    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
-        self.policy.load()
     }
 
     /// The application `peer` is to the policy in force: a listed
@@ -226,21 +222,6 @@ impl Agent {
             connections: 0,
             socket_events: Vec::new(),
         }
-    }
-}
-
-impl Agent {
-    /// The virtual token labelled `label`.
-    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
-        self.tokens.iter().find(|t| t.config.label == label)
-    }
-
-    pub(crate) fn token(&self, slot: SlotId) -> Result<(Slot, &VirtualToken)> {
-        let i = usize::try_from(slot.0).map_err(|_| Error::SlotIdInvalid)?;
-        self.tokens
-            .get(i)
-            .map(|t| (i, t))
-            .ok_or(Error::SlotIdInvalid)
     }
 }
 

@@ -152,8 +152,8 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
             log::error!("audit: the crash-gap record could not be written: {e}");
         }
     }
-    agent.recover_pending();
-    agent.record_missing_fingerprints();
+    agent.lifecycle.recover_pending();
+    agent.lifecycle.record_missing_fingerprints();
     agent.setup_audit_key();
     agent.audit_agent(
         "start",
@@ -161,12 +161,16 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     );
     agent.audit_policy("load", 0, &source);
     let policy_source = std::sync::Mutex::new(source);
-    agent.spawn_checkpoints(crate::audit::CheckpointEvery {
-        events: config.audit.checkpoint_events,
-        interval: std::time::Duration::from_secs(config.audit.checkpoint_seconds),
-    });
+    agent
+        .core()
+        .spawn_checkpoints(crate::audit::CheckpointEvery {
+            events: config.audit.checkpoint_events,
+            interval: std::time::Duration::from_secs(config.audit.checkpoint_seconds),
+        });
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
-    agent.spawn_scheduler(std::time::Duration::from_secs(60));
+    agent
+        .lifecycle
+        .spawn_scheduler(std::time::Duration::from_secs(60));
     raise_descriptor_limit();
     let app = bind(&config.agent.socket_spec()).map_err(|e| e.to_string())?;
     let admin = bind(&config.agent.admin_socket_spec()).map_err(|e| e.to_string())?;

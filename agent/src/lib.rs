@@ -34,7 +34,8 @@
 //!   state directory; [`template`]: reading templates.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
-//! - [`agent`]: what the stages share; [`config`]: the TOML configuration;
+//! - [`agent`]: the agent and its request path's state; [`shared`]: what
+//!   every part shares ([`shared::Core`]); [`config`]: the TOML configuration;
 //!   [`cli`]: the command line; [`error`]: the one error enum and its
 //!   `CK_RV` mapping.
 #![deny(unsafe_code)]
@@ -62,6 +63,7 @@ pub mod listener;
 pub mod metrics;
 pub mod objects;
 pub mod report;
+pub mod shared;
 pub mod state;
 pub mod template;
 pub mod tokens;

@@ -695,7 +695,7 @@ impl Metrics {
         self.report_stale.store(false, Relaxed);
         let started = std::time::Instant::now();
         let req = keyward_protocol::admin::ReportRequest::default();
-        match agent.report(&req, now) {
+        match agent.lifecycle.report(&req, now) {
             Ok(r) => {
                 *cached = Some(CachedReport {
                     made: std::time::Instant::now(),

@@ -33,10 +33,9 @@ use keyward_protocol::admin::{
 };
 use keyward_protocol::{Attribute, Value};
 
-use crate::agent::Agent;
 use crate::keys::{secs, KeyView};
 use crate::lifecycle::hsm::{algorithm_of, HsmSession};
-use crate::lifecycle::{AResult, AdminError};
+use crate::lifecycle::{AResult, AdminError, Lifecycle};
 use crate::listener::identity::Peer;
 use hex::encode as hex;
 
@@ -522,9 +521,9 @@ fn failed_admin(failures: keyward_inventory::usage::Failures) -> FailedAdmin {
     }
 }
 
-impl Agent {
+impl Lifecycle {
     /// Answers `keyward report` for administrator `admin`.
-    /// One admin record says who asked (see [`Agent::audit_read`]).
+    /// One admin record says who asked (see [`Core::audit_read`](crate::shared::Core::audit_read)).
     pub fn report_request(&self, admin: &Peer, req: ReportRequest) -> AdminResponse {
         let (operation, what) = (req.name(), req.describe());
         log::info!("admin {admin}: {operation}: {what}");

@@ -332,7 +332,7 @@ process_period = "60d"
 }
 
 mod agent {
-    //! `Agent::report` over the mock backend and a trail written here: the
+    //! `Lifecycle::report` over the mock backend and a trail written here: the
     //! figures that come from the trail, a use after a revocation included
     //! (which a real agent never lets happen).
 
@@ -361,7 +361,7 @@ mod agent {
     }
 
     fn ok(a: &Agent, req: KeyRequest) {
-        match a.key_request(&admin(), req) {
+        match a.lifecycle.key_request(&admin(), req) {
             AdminResponse::Key(_) => {}
             other => panic!("{other:?}"),
         }
@@ -456,7 +456,7 @@ mod agent {
         ok(&a, activate.clone());
         // A failed admin action: activating an active key.
         assert!(matches!(
-            a.key_request(&admin(), activate),
+            a.lifecycle.key_request(&admin(), activate),
             AdminResponse::KeyErr { .. }
         ));
 
@@ -550,7 +550,7 @@ mod agent {
             baseline_secs: 7 * 86_400,
             thresholds: AnomalyThresholds::default(),
         };
-        let r = a.report(&req, now).unwrap();
+        let r = a.lifecycle.report(&req, now).unwrap();
         assert_eq!(r.keys.len(), 1);
         let k = &r.keys[0];
         assert_eq!(
@@ -593,6 +593,7 @@ mod agent {
 
         // One key; an unknown key or token is not found; no empty window.
         let one = a
+            .lifecycle
             .report(
                 &ReportRequest {
                     key: Some("k".into()),
@@ -603,7 +604,7 @@ mod agent {
             .unwrap();
         assert_eq!(one.keys.len(), 1);
         assert!(one.unmanaged.is_empty());
-        let err = |r: ReportRequest| a.report(&r, now).unwrap_err().kind;
+        let err = |r: ReportRequest| a.lifecycle.report(&r, now).unwrap_err().kind;
         use keyward_protocol::admin::AdminErrorKind as K;
         assert_eq!(
             err(ReportRequest {
@@ -626,7 +627,7 @@ mod agent {
             }),
             K::Invalid
         );
-        match a.report_request(&admin(), req) {
+        match a.lifecycle.report_request(&admin(), req) {
             AdminResponse::Report(r) => assert_eq!(r.keys.len(), 1),
             other => panic!("{other:?}"),
         }

@@ -492,7 +492,7 @@ fn scheduler_rotates_and_deactivates() {
         exe_id: None,
         foreign_mounts: false,
     };
-    let call = |req: KeyRequest| match agent.key_request(&peer, req) {
+    let call = |req: KeyRequest| match agent.lifecycle.key_request(&peer, req) {
         AdminResponse::Key(k) => *k,
         other => panic!("{other:?}"),
     };
@@ -514,14 +514,14 @@ fn scheduler_rotates_and_deactivates() {
         });
     }
     // Nothing is due now.
-    agent.tick(SystemTime::now());
+    agent.lifecycle.tick(SystemTime::now());
     assert_eq!(show("rot").versions.len(), 1);
     assert_eq!(show("short").state.to_string(), "active");
 
     // 91 days on: "rot" (rotation every 90 days) rotates; "short" (protect
     // period 30 days) is deactivated.
     let later = SystemTime::now() + Duration::from_secs(91 * 86400);
-    agent.tick(later);
+    agent.lifecycle.tick(later);
     let rot = show("rot");
     assert_eq!(rot.state.to_string(), "active");
     assert_eq!(rot.versions.len(), 2);
@@ -537,6 +537,6 @@ fn scheduler_rotates_and_deactivates() {
         .iter()
         .any(|h| h.actor == "scheduler" && h.to.to_string() == "deactivated"));
     // The same tick again does nothing more.
-    agent.tick(later);
+    agent.lifecycle.tick(later);
     assert_eq!(show("rot").versions.len(), 2);
 }

@@ -9,7 +9,7 @@ use crate::backend::{Backend, BackendSession};
 use super::key::*;
 use super::requests::anchor_of;
 
-impl crate::agent::Agent {
+impl crate::shared::Core {
     /// Finds the audit key on the first available backend token (the token
     /// recorded for it, once recorded), making it (inside the HSM) at the
     /// first start.
@@ -265,7 +265,7 @@ impl crate::agent::Agent {
 
     /// Writes checkpoints every `every.events` events or `every.interval`,
     /// on a thread of its own.
-    pub fn spawn_checkpoints(self: &Arc<crate::agent::Agent>, every: CheckpointEvery) {
+    pub fn spawn_checkpoints(self: &Arc<crate::shared::Core>, every: CheckpointEvery) {
         let agent = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("audit-checkpoints".into())

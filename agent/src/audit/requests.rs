@@ -8,7 +8,7 @@ use crate::listener::identity::Peer;
 use super::events::event;
 
 /// `keyward audit ...` on the admin socket.
-impl crate::agent::Agent {
+impl crate::shared::Core {
     /// Refusals of a peer at the listener (unknown to the policy, over its
     /// connection cap, another sender on its connection), merged: one
     /// record stands for `r.count` refusals.
@@ -106,7 +106,7 @@ impl crate::agent::Agent {
     /// who looked. Nothing is changed, so nothing waits for the record.
     /// Reads of the inventory and the policy (`key.list`, `key.show`,
     /// `grant.list`, `app.list`) and `agent.status` have none (see
-    /// [`Self::key_request`]).
+    /// [`Lifecycle::key_request`](crate::lifecycle::Lifecycle::key_request)).
     pub fn audit_read(
         &self,
         admin: &Peer,

@@ -54,7 +54,7 @@ pub struct Auditor {
     /// The run note (see [`Auditor::begin_run`]); `None` until a run
     /// begins, and after it ended.
     pub(crate) note: Mutex<Option<RunNote>>,
-    /// The audit key, once found or made (see `Agent::setup_audit_key`).
+    /// The audit key, once found or made (see `Core::setup_audit_key`).
     pub(crate) key: Mutex<Option<AuditKey>>,
 }
 

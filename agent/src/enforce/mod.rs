@@ -27,7 +27,7 @@ use keyward_inventory::AuditKind;
 mod generation;
 
 impl Agent {
-    /// The read side of [`Agent::in_flight`], for one cryptographic request.
+    /// The read side of [`Core::in_flight`](crate::shared::Core::in_flight), for one cryptographic request.
     pub(crate) fn running(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.in_flight.read().unwrap_or_else(|p| p.into_inner())
     }

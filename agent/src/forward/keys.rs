@@ -41,7 +41,7 @@ impl Agent {
                 .map(|m| (h, m))
         });
         if let Some(id) = &pending {
-            self.end_pending(&self.tokens[s.slot], id);
+            self.lifecycle.end_pending(&self.tokens[s.slot], id);
         }
         let (h, managed) = managed?;
         let hint = template_bool(&template, ck::CKA_TOKEN).or(Some(false));
@@ -99,7 +99,7 @@ impl Agent {
             .map(|m| (hpub, hpriv, m))
         });
         if let Some(id) = &pending {
-            self.end_pending(&self.tokens[s.slot], id);
+            self.lifecycle.end_pending(&self.tokens[s.slot], id);
         }
         let (hpub, hpriv, managed) = managed?;
         let hint_pub = template_bool(&public_template, ck::CKA_TOKEN).unwrap_or(false);
@@ -304,7 +304,7 @@ impl Agent {
                 _ => None,
             });
         let token = &self.tokens[s.slot];
-        match self.manage_generated(
+        match self.lifecycle.manage_generated(
             token,
             class,
             objects,

@@ -365,52 +365,6 @@ impl Agent {
         }
     }
 
-    /// `keyward pin unlock TOKEN [--role R] [--app A]`: resets the token's
-    /// wrong-PIN counts: every one (user, SO, each application's), or the
-    /// SO's, or every user count, or one application's. Says what it did.
-    pub fn unlock_pin(
-        &self,
-        token: &str,
-        role: Option<Role>,
-        app: Option<&str>,
-    ) -> std::result::Result<String, String> {
-        let t = self
-            .token_labelled(token)
-            .ok_or_else(|| format!("no token labelled {token:?}"))?;
-        let failed = |e: std::io::Error| format!("token {token:?}: {e}");
-        let done = match (role, app) {
-            (Some(Role::So), Some(_)) => {
-                return Err("an application has no SO PIN of its own: leave out --app".into())
-            }
-            (Some(Role::So), None) => {
-                t.state.reset_failures(Role::So).map_err(failed)?;
-                format!("token {token:?}: SO PIN unlocked")
-            }
-            (_, Some(app)) => {
-                if self.policy().application(app).is_none() {
-                    return Err(format!("the policy names no application {app:?}"));
-                }
-                t.state.reset_failures(PinRef::app(app)).map_err(failed)?;
-                format!("token {token:?}: user PIN of application {app:?} unlocked")
-            }
-            (Some(Role::User), None) => {
-                t.state.reset_failures(Role::User).map_err(failed)?;
-                for a in &self.policy().applications {
-                    t.state
-                        .reset_failures(PinRef::app(&a.name))
-                        .map_err(failed)?;
-                }
-                format!("token {token:?}: user PINs unlocked")
-            }
-            (None, None) => {
-                t.state.reset_all_failures().map_err(failed)?;
-                format!("token {token:?}: user and SO PINs unlocked")
-            }
-        };
-        log::info!("{done}");
-        Ok(done)
-    }
-
     pub(crate) fn set_user_pin(
         &self,
         client: &Client,
@@ -479,5 +433,53 @@ impl Agent {
             client.peer
         );
         Ok(Response::Unit)
+    }
+}
+
+impl crate::shared::Core {
+    /// `keyward pin unlock TOKEN [--role R] [--app A]`: resets the token's
+    /// wrong-PIN counts: every one (user, SO, each application's), or the
+    /// SO's, or every user count, or one application's. Says what it did.
+    pub fn unlock_pin(
+        &self,
+        token: &str,
+        role: Option<Role>,
+        app: Option<&str>,
+    ) -> std::result::Result<String, String> {
+        let t = self
+            .token_labelled(token)
+            .ok_or_else(|| format!("no token labelled {token:?}"))?;
+        let failed = |e: std::io::Error| format!("token {token:?}: {e}");
+        let done = match (role, app) {
+            (Some(Role::So), Some(_)) => {
+                return Err("an application has no SO PIN of its own: leave out --app".into())
+            }
+            (Some(Role::So), None) => {
+                t.state.reset_failures(Role::So).map_err(failed)?;
+                format!("token {token:?}: SO PIN unlocked")
+            }
+            (_, Some(app)) => {
+                if self.policy().application(app).is_none() {
+                    return Err(format!("the policy names no application {app:?}"));
+                }
+                t.state.reset_failures(PinRef::app(app)).map_err(failed)?;
+                format!("token {token:?}: user PIN of application {app:?} unlocked")
+            }
+            (Some(Role::User), None) => {
+                t.state.reset_failures(Role::User).map_err(failed)?;
+                for a in &self.policy().applications {
+                    t.state
+                        .reset_failures(PinRef::app(&a.name))
+                        .map_err(failed)?;
+                }
+                format!("token {token:?}: user PINs unlocked")
+            }
+            (None, None) => {
+                t.state.reset_all_failures().map_err(failed)?;
+                format!("token {token:?}: user and SO PINs unlocked")
+            }
+        };
+        log::info!("{done}");
+        Ok(done)
     }
 }

@@ -9,7 +9,6 @@ use keyward_policy::{KeyClass, Template};
 use keyward_protocol::admin::{AdminErrorKind, KeyInfo};
 use keyward_protocol::Value;
 
-use crate::agent::Agent;
 use crate::backend::BackendObject;
 use crate::keys::{secs, ManagedRef};
 use crate::tokens::VirtualToken;
@@ -112,7 +111,7 @@ pub(crate) fn adoptable(
     Ok((main, publics.first().copied()))
 }
 
-impl Agent {
+impl Lifecycle {
     /// Brings the backend key with `CKA_ID` `backend_id` under management
     /// as version 1 of a new key of `class_name`, in pre-activation.
     pub(crate) fn adopt_key(

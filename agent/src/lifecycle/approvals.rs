@@ -8,7 +8,6 @@ use std::time::SystemTime;
 use keyward_inventory::ApprovalRecord;
 use keyward_protocol::admin::{ApprovalRequest, KeyResponse};
 
-use crate::agent::Agent;
 use crate::keys::secs;
 
 use super::hsm::*;
@@ -26,7 +25,7 @@ pub(crate) fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
     }
 }
 
-impl Agent {
+impl Lifecycle {
     /// Records `action` on `t` for approval; answers `Pending`.
     pub(crate) fn record_request(
         &self,

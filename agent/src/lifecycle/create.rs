@@ -12,7 +12,6 @@ use keyward_policy::{check_generation, check_key_pair_generation, Algorithm, Key
 use keyward_protocol::admin::{AdminErrorKind, KeyInfo};
 use keyward_protocol::{Attribute, Mechanism, Value};
 
-use crate::agent::Agent;
 use crate::backend::{Backend, BackendObject};
 use crate::keys::{secs, ManagedRef};
 use crate::template::{apply, judge};
@@ -78,7 +77,7 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
     (record, version)
 }
 
-impl Agent {
+impl Lifecycle {
     /// Generates a key of `class` in `token`'s HSM on a fresh session, as
     /// token objects with a pending label (see [`pending_label`]) and a new
     /// random `CKA_ID`, under the class's forced attributes. Returns the

@@ -6,7 +6,6 @@ use cryptoki_sys as ck;
 use keyward_protocol::admin::ShadowInfo;
 use keyward_protocol::{AttrResult, AttrValue, Attribute, Value};
 
-use crate::agent::Agent;
 use crate::backend::{Backend, BackendObject};
 use crate::keys::{self};
 use crate::objects::unmanaged_name;
@@ -15,7 +14,7 @@ use crate::tokens::VirtualToken;
 use super::hsm::*;
 use super::*;
 
-impl Agent {
+impl Lifecycle {
     /// `keyward discover`: what the tokens (or `token`) hold that the
     /// inventory does not manage, recorded once.
     pub(crate) fn discover(&self, token: Option<&str>, by: &Actor) -> AResult<KeyResponse> {
@@ -200,7 +199,7 @@ impl Agent {
     }
 
     /// The scheduler's discovery: every token's backend is scanned
-    /// (`Agent::scan`); each key outside management (shadow key or plant)
+    /// (`Lifecycle::scan`); each key outside management (shadow key or plant)
     /// is recorded in the trail once per backend object and agent run, and
     /// the counts are kept for the metrics (`keyward_shadow_keys`).
     pub fn discover_shadows(&self) {

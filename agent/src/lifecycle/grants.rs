@@ -7,7 +7,6 @@ use keyward_inventory::Grant;
 use keyward_policy::Operation;
 use keyward_protocol::admin::{AdminErrorKind, AppInfo, GrantInfo, KeyResponse};
 
-use crate::agent::Agent;
 use crate::keys::secs;
 
 use super::*;
@@ -21,7 +20,7 @@ pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
     }
 }
 
-impl Agent {
+impl Lifecycle {
     /// `keyward grant add`: the grant, recorded in the trail.
     pub(crate) fn add_grant(
         &self,

@@ -12,7 +12,7 @@
 //!
 //! This file takes a request (parsed, logged, recorded in the trail),
 //! hands it to its executor, and applies lifecycle changes
-//! (`Agent::apply_change`).
+//! (`Lifecycle::apply_change`).
 //!
 //! Every change follows one order: the HSM first (generation, on a fresh
 //! backend session that is closed afterwards, never the anchor), then the
@@ -22,7 +22,7 @@
 //! inventory write fails destroys what it generated: no orphan objects.
 //!
 //! A lifecycle change (create, adopt, transition, rotation, the
-//! scheduler's) is one inventory transaction (`Agent::apply_change`):
+//! scheduler's) is one inventory transaction (`Lifecycle::apply_change`):
 //! the key's state, its versions' states and new versions, its dates, its
 //! history rows and its `lifecycle` trail records, durable before the
 //! answer. A kill at any moment leaves all of it or none of it, and a
@@ -52,10 +52,10 @@ use keyward_inventory::{
 use keyward_policy::{Action, KeyClass, KeyState};
 use keyward_protocol::admin::{AdminErrorKind, AdminResponse, KeyAction, KeyRequest, KeyResponse};
 
-use crate::agent::Agent;
 use crate::backend::Backend;
 use crate::keys::{secs, KeyView};
 use crate::listener::identity::Peer;
+use crate::shared::Core;
 use crate::state::Role;
 use crate::tokens::VirtualToken;
 
@@ -70,6 +70,27 @@ pub mod scheduler;
 pub mod transition;
 pub mod verify;
 pub mod views;
+
+/// The key lifecycle: key management for administrators and the
+/// scheduler, over the agent's shared [`Core`].
+#[derive(Debug)]
+pub struct Lifecycle {
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for Lifecycle {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Lifecycle {
+    /// The lifecycle over `core`.
+    pub fn new(core: Arc<Core>) -> Lifecycle {
+        Lifecycle { core }
+    }
+}
 
 /// How long an approval request stays open.
 pub const APPROVAL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -259,7 +280,7 @@ pub(crate) fn actor(admin: &Peer) -> String {
     format!("uid:{}", admin.uid)
 }
 
-impl Agent {
+impl Lifecycle {
     /// Answers one key-management request of administrator `admin`. Every
     /// action is logged with the administrator at info, refusals at warn.
     ///

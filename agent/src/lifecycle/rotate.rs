@@ -7,13 +7,12 @@ use keyward_inventory::{Actor, KeyChange, KeyVersion, LifecycleChange, VersionCh
 use keyward_policy::Rotation;
 use keyward_protocol::admin::AdminErrorKind;
 
-use crate::agent::Agent;
 use crate::keys::secs;
 
 use super::hsm::*;
 use super::*;
 
-impl Agent {
+impl Lifecycle {
     /// Generates the next version of `t` and adds it (active) in one
     /// change with what `rotation` does to the key and its older versions
     /// (see [`Rotation`]) and the key's new cryptoperiod from `now`.

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use keyward_inventory::Actor;
 use keyward_protocol::admin::KeyAction;
 
-use crate::agent::Agent;
 use crate::keys::secs;
 
 use super::*;
@@ -15,7 +14,7 @@ use super::*;
 /// When the scheduler's first pass runs after a start.
 pub const FIRST_PASS: Duration = Duration::from_secs(1);
 
-impl Agent {
+impl Lifecycle {
     /// One scheduler pass at `now`: active keys past their protect period
     /// are deactivated; active keys whose next rotation has come are
     /// rotated. Both are recorded with actor [`SCHEDULER`]. Failures are
@@ -68,9 +67,9 @@ impl Agent {
         self.discover_shadows();
     }
 
-    /// Starts the scheduler thread: [`Agent::tick`] [`FIRST_PASS`] after the
+    /// Starts the scheduler thread: [`Lifecycle::tick`] [`FIRST_PASS`] after the
     /// start and then every `every`, until the agent is dropped.
-    pub fn spawn_scheduler(self: &Arc<Agent>, every: Duration) {
+    pub fn spawn_scheduler(self: &Arc<Lifecycle>, every: Duration) {
         let agent = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("scheduler".into())

@@ -1,6 +1,7 @@
 //! The lifecycle executors with the in-memory backend.
 
 use super::*;
+use crate::agent::Agent;
 use crate::objects::unmanaged_name;
 use keyward_inventory::KeyFilter;
 
@@ -31,7 +32,7 @@ fn admin() -> Peer {
 }
 
 fn call(a: &Agent, req: KeyRequest) -> AResult<KeyResponse> {
-    a.key_call(&admin(), req)
+    a.lifecycle.key_call(&admin(), req)
 }
 
 fn create(name: &str, class: &str) -> KeyRequest {
@@ -155,7 +156,7 @@ fn tick_acts_on_dates_in_the_store() {
             ..Default::default()
         },
     );
-    a.tick(now);
+    a.lifecycle.tick(now);
     let rot = a.keys.key(id("rot")).unwrap();
     assert_eq!(rot.versions.len(), 2);
     assert_eq!(rot.versions[0].state, KeyState::Deactivated);
@@ -164,7 +165,7 @@ fn tick_acts_on_dates_in_the_store() {
     let old = a.keys.key(id("old")).unwrap();
     assert_eq!(old.record.state, KeyState::Deactivated);
     assert_eq!(old.versions.len(), 1);
-    a.tick(now);
+    a.lifecycle.tick(now);
     assert_eq!(a.keys.key(id("rot")).unwrap().versions.len(), 2);
 }
 
@@ -267,7 +268,7 @@ fn every_lifecycle_change_carries_its_records() {
         })
         .unwrap();
     a.keys.refresh(id).unwrap();
-    a.tick(now);
+    a.lifecycle.tick(now);
 
     let stored = stored(&a);
     assert_eq!(
@@ -362,7 +363,7 @@ fn a_change_whose_records_cannot_be_written_does_not_happen() {
     ];
     for req in requests {
         let what = format!("{req:?}");
-        match a.key_request(&admin(), req) {
+        match a.lifecycle.key_request(&admin(), req) {
             AdminResponse::KeyErr { kind, message } => {
                 assert_eq!(kind, AdminErrorKind::Failed, "{what}: {message}");
                 assert!(message.contains("audit records"), "{what}: {message}");

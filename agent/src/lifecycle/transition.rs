@@ -9,12 +9,11 @@ use keyward_inventory::{Actor, DateUpdates, KeyChange, LifecycleChange, VersionC
 use keyward_policy::{needs_approval, transition, version_transition, Action, KeyState, Rotation};
 use keyward_protocol::admin::{AdminErrorKind, KeyAction, KeyResponse};
 
-use crate::agent::Agent;
 use crate::keys::secs;
 
 use super::*;
 
-impl Agent {
+impl Lifecycle {
     /// A lifecycle transition of key `t` by `who`.
     ///
     /// Actions that need approval are recorded (a pending request, in the

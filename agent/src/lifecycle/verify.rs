@@ -8,14 +8,13 @@ use keyward_policy::{Algorithm, Purpose};
 use keyward_protocol::admin::{AdminErrorKind, KeyResponse};
 use keyward_protocol::{Attribute, MechParam, Mechanism, Op};
 
-use crate::agent::Agent;
 use crate::backend::BackendObject;
 use crate::keys::ManagedRef;
 
 use super::hsm::*;
 use super::*;
 
-impl Agent {
+impl Lifecycle {
     /// Proves the current version works inside the HSM: a signature made
     /// and verified, a block encrypted and decrypted, a session key wrapped
     /// and unwrapped, a MAC made and verified, or a shared secret derived
@@ -146,7 +145,7 @@ impl Agent {
 
 /// One version's verification on an HSM session of its own.
 struct Probe<'a, 's> {
-    agent: &'a Agent,
+    agent: &'a Lifecycle,
     s: &'a HsmSession<'s>,
     backend: &'a dyn Backend,
     token: &'a str,

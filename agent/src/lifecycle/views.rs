@@ -3,7 +3,6 @@
 use keyward_inventory::{KeyFilter, StateChange};
 use keyward_protocol::admin::{HistoryEntry, KeyInfo, KeyResponse, VersionInfo};
 
-use crate::agent::Agent;
 use crate::keys::KeyView;
 
 use super::grants::*;
@@ -57,7 +56,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
     }
 }
 
-impl Agent {
+impl Lifecycle {
     pub(crate) fn info(&self, key: &KeyView) -> AResult<KeyInfo> {
         let history = self
             .keys

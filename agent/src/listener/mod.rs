@@ -778,9 +778,9 @@ impl Server {
                     st.connections = self.app_admission.open() as u64;
                     AdminResponse::Status(st)
                 }
-                AdminRequest::Key(k) => self.agent.key_request(peer, k),
+                AdminRequest::Key(k) => self.agent.lifecycle.key_request(peer, k),
                 AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
-                AdminRequest::Report(r) => self.agent.report_request(peer, r),
+                AdminRequest::Report(r) => self.agent.lifecycle.report_request(peer, r),
             };
             self.metrics.record_admin(name, &resp);
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {

@@ -60,12 +60,6 @@ impl Agent {
         Some(target)
     }
 
-    /// Forgets what use records name the objects of `slot` for which
-    /// `gone` holds (destroyed, relabelled, or their session closed).
-    pub(crate) fn forget_use_targets(&self, mut gone: impl FnMut(&(Slot, BackendObject)) -> bool) {
-        self.use_targets.forget(&mut gone);
-    }
-
     /// Records the end of operation `op` on `s` with `r`'s result, and
     /// ends it there, unless `r` only asked for a bigger buffer (the
     /// operation goes on, as PKCS#11 says).
@@ -148,5 +142,13 @@ impl Agent {
     /// Records the noted uses now (at shutdown).
     pub fn flush_uses(&self) {
         self.keys.flush_uses();
+    }
+}
+
+impl crate::shared::Core {
+    /// Forgets what use records name the objects of `slot` for which
+    /// `gone` holds (destroyed, relabelled, or their session closed).
+    pub(crate) fn forget_use_targets(&self, mut gone: impl FnMut(&(Slot, BackendObject)) -> bool) {
+        self.use_targets.forget(&mut gone);
     }
 }

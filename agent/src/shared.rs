@@ -1,0 +1,61 @@
+//! What every part of the agent shares ([`Core`]): the request path
+//! ([`crate::agent::Agent`]), the key lifecycle ([`crate::lifecycle`]), the
+//! trail's requests and checkpoints ([`crate::audit`]) each hold it.
+
+use std::sync::Arc;
+
+use keyward_policy::Policy;
+use keyward_protocol::SlotId;
+
+use crate::audit::writer::Auditor;
+use crate::clients::Slot;
+use crate::error::{Error, Result};
+use crate::keys::ManagedKeys;
+use crate::tokens::VirtualToken;
+
+/// What every part of the agent shares: the virtual tokens, the policy in
+/// force, the managed keys, the trail, what use records name, and the lock
+/// a lifecycle change takes against uses. The request path ([`crate::agent::Agent`]) and
+/// the key lifecycle ([`crate::lifecycle::Lifecycle`]) each hold it.
+#[derive(Debug)]
+pub struct Core {
+    pub(crate) tokens: Vec<VirtualToken>,
+    /// The policy in force; a reload swaps it whole.
+    pub(crate) policy: arc_swap::ArcSwap<Policy>,
+    pub(crate) keys: ManagedKeys,
+    pub(crate) audit: Arc<Auditor>,
+    /// What use records name each key object (see `Agent::use_target`).
+    pub(crate) use_targets: crate::uses::targets::UseTargets,
+    /// Held (read) by every cryptographic request while it checks its key
+    /// and runs; a lifecycle change of an existing key holds it (write)
+    /// from before its transaction until the view has the change (see
+    /// `Lifecycle::apply_change`), so no request that passed the old check
+    /// is still running, and its records follow all their use records.
+    pub(crate) in_flight: std::sync::RwLock<()>,
+}
+
+impl Core {
+    /// Puts `policy` in force for every request from now on. Clients keep
+    /// the application they were identified as when they connected.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// The virtual token labelled `label`.
+    pub(crate) fn token_labelled(&self, label: &str) -> Option<&VirtualToken> {
+        self.tokens.iter().find(|t| t.config.label == label)
+    }
+
+    pub(crate) fn token(&self, slot: SlotId) -> Result<(Slot, &VirtualToken)> {
+        let i = usize::try_from(slot.0).map_err(|_| Error::SlotIdInvalid)?;
+        self.tokens
+            .get(i)
+            .map(|t| (i, t))
+            .ok_or(Error::SlotIdInvalid)
+    }
+}
