@@ -397,8 +397,21 @@ fn key_lifecycle_over_the_admin_socket() {
 
     // Discover a key made directly on the backend; adopt it.
     shadow_key(&bed, &[0xa1, 0xb2, 0xc3], "shadow");
-    let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
-        panic!()
+    // SoftHSM2 shows another process's new objects once it has re-read its
+    // token directory, and may show the public half before the private
+    // one: ask until the private key is there (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sh = loop {
+        let KeyResponse::Shadows(sh) = a.ok(KeyRequest::Discover { token: None }) else {
+            panic!()
+        };
+        let private = sh
+            .iter()
+            .any(|s| s.backend_id == [0xa1, 0xb2, 0xc3] && s.class == "CKO_PRIVATE_KEY");
+        if private || std::time::Instant::now() > deadline {
+            break sh;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let found: Vec<_> = sh
         .iter()

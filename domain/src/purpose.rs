@@ -85,12 +85,6 @@ named!(Operation, "operation", [
 ]);
 
 impl Operation {
-    /// The same text as [`Operation::as_str`], by the name the agent's
-    /// per-call code has used for it.
-    pub fn name(self) -> &'static str {
-        self.as_str()
-    }
-
     /// A protect operation applies the key to new data: sign, encrypt,
     /// wrap, derive, and digest (which produces new output from the key's
     /// value). Only an active key protects.

@@ -83,7 +83,7 @@ impl Agent {
                 let rv = refusal.ckr();
                 let reason = refusal.to_string();
                 let key = Some((&*key, m.version));
-                self.note_refusal(client, op.name(), key, None, rv, &reason);
+                self.note_refusal(client, op.as_str(), key, None, rv, &reason);
                 Err(Error::Refused(rv))
             }
         }
@@ -102,7 +102,7 @@ impl Agent {
         mechanism: u64,
         managed: Option<ManagedRef>,
     ) -> Result<()> {
-        self.audit_gate(client, op.name())?;
+        self.audit_gate(client, op.as_str())?;
         self.check_mechanism(client, mechanism)?;
         self.check_key_use(client, managed, op)
     }
@@ -117,7 +117,7 @@ impl Agent {
         op: Operation,
     ) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
         let running = self.running();
-        self.audit_gate(client, op.name())?;
+        self.audit_gate(client, op.as_str())?;
         self.check_key_use(client, o.managed, op)?;
         Ok(running)
     }

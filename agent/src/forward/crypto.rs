@@ -90,7 +90,7 @@ impl Agent {
         let (s, _, o) = self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
         let _running = self.begin_key_use(client, &o[0], Operation::Digest)?;
         let r = s.backend.digest_key(s.backend_session, o[0].backend);
-        self.key_use(client, &s, &o[0], Operation::Digest.name(), None, &r);
+        self.key_use(client, &s, &o[0], Operation::Digest.as_str(), None, &r);
         r?;
         Ok(Response::Unit)
     }
@@ -164,7 +164,7 @@ impl Agent {
         {
             if let Some(t) = &target {
                 self.audit
-                    .record_use(client, operation(op).name(), Some(m.mechanism), t, e.rv());
+                    .record_use(client, operation(op).as_str(), Some(m.mechanism), t, e.rv());
             }
             return Err(e);
         }

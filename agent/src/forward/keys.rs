@@ -150,7 +150,7 @@ impl Agent {
             client,
             &s,
             &o[0],
-            Operation::Wrap.name(),
+            Operation::Wrap.as_str(),
             Some(m.mechanism),
             &r,
         );
@@ -228,7 +228,7 @@ impl Agent {
         let _running = self.begin_key_use(client, o, op)?;
         let m = self.mechanism(client, s.slot, mechanism)?;
         let r = call(&m);
-        self.key_use(client, s, o, op.name(), Some(m.mechanism), &r);
+        self.key_use(client, s, o, op.as_str(), Some(m.mechanism), &r);
         r
     }
 

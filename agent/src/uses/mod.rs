@@ -80,7 +80,7 @@ impl Agent {
             }) = ended
             {
                 self.audit
-                    .record_use(client, operation(op).name(), Some(mechanism), &t, rv);
+                    .record_use(client, operation(op).as_str(), Some(mechanism), &t, rv);
             }
         }
         r
