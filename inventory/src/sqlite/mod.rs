@@ -279,3 +279,23 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
         },
     }
 }
+
+/// SQLite's errors as the inventory's: a row that does not decode is the
+/// inventory's own error it carries; anything else is [`Error::Storage`].
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        match e {
+            // A row that does not decode says so in the inventory's words
+            // (see `inventory::stored`), not as an engine error.
+            rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {
+                match inner.downcast::<Error>() {
+                    Ok(ours) => *ours,
+                    Err(other) => Error::Storage(Box::new(
+                        rusqlite::Error::FromSqlConversionFailure(idx, ty, other),
+                    )),
+                }
+            }
+            e => Error::Storage(Box::new(e)),
+        }
+    }
+}
