@@ -95,7 +95,6 @@
 //! the microseconds within that second (0..1 000 000): enough to order and
 //! correlate events across logs, without claiming the clock's nanoseconds.
 //! The order of the trail is `seq`, never time.
-
 //!
 //! # Layout
 //!
