@@ -95,19 +95,23 @@
 //! the microseconds within that second (0..1 000 000): enough to order and
 //! correlate events across logs, without claiming the clock's nanoseconds.
 //! The order of the trail is `seq`, never time.
+//!
+//! # Layout
+//!
+//! This file is the trail with no storage: the event and its canonical
+//! encoding, the hash chain, the checkpoint message, the checks an event
+//! must pass, and the [`AuditLog`] trait. `verify` judges a walked chain;
+//! [`SqliteInventory`](crate::sqlite::SqliteInventory) stores the trail.
 
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::sqlite::{hex, SqliteInventory};
+use crate::usage::UsageLog;
 
-/// A SHA-256 value: a record's hash, a chain head, the genesis.
 pub type Hash = [u8; 32];
 
 /// How the reason of an admin record that notes a request (before the
@@ -130,10 +134,6 @@ const CHECKPOINT_FORMAT: u8 = 1;
 /// The longest string field accepted (bytes): an executable path is at most
 /// `PATH_MAX` (4096); reasons should be a sentence, not a dump.
 pub const MAX_FIELD_LEN: usize = 8192;
-
-/// How far [`AuditLog::verify`] looks for the seq a moved record was
-/// written under (to tell an insertion or deletion from an edit).
-const MOVE_SEARCH: u64 = 64;
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -522,9 +522,10 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The audit trail's store. Implemented by [`SqliteInventory`] in the same
+/// The audit trail's store. Implemented by
+/// [`SqliteInventory`](crate::sqlite::SqliteInventory) in the same database
 /// file as the inventory, so the agent holds one store.
-pub trait AuditLog: crate::usage::UsageLog + Send + Sync {
+pub trait AuditLog: UsageLog + Send + Sync {
     /// Appends `events` in order, chained, in one transaction; returns the
     /// last seq (the head's seq when `events` is empty). `durable`: on disk
     /// before the call returns (lifecycle and admin events); otherwise
@@ -749,7 +750,7 @@ pub fn checkpoint_message(seq: u64, head: &Hash, created_at: i64) -> Vec<u8> {
     out
 }
 
-fn check_field(what: &str, value: &str) -> Result<()> {
+pub(crate) fn check_field(what: &str, value: &str) -> Result<()> {
     if value.len() > MAX_FIELD_LEN {
         return Err(Error::Invalid(format!(
             "audit {what} is {} bytes (at most {MAX_FIELD_LEN})",
@@ -759,6 +760,7 @@ fn check_field(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks one event as [`AuditLog::append`] does.
 fn validate(e: &AuditEvent) -> Result<()> {
     if e.operation.is_empty() {
         return Err(Error::Invalid("audit operation is empty".into()));
@@ -789,671 +791,9 @@ fn validate(e: &AuditEvent) -> Result<()> {
     }
 }
 
-// ---- rows ----------------------------------------------------------------------
-
-macro_rules! audit_cols {
-    () => {
-        "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
-         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us"
-    };
-}
-
-/// Bits of a `u64` as SQLite's `i64`, and back (CKM/CKR vendor values keep
-/// their bits).
-fn to_i64(v: u64) -> i64 {
-    i64::from_ne_bytes(v.to_ne_bytes())
-}
-fn to_u64(v: i64) -> u64 {
-    u64::from_ne_bytes(v.to_ne_bytes())
-}
-
-fn hash_of(bytes: Vec<u8>, what: &str) -> std::result::Result<Hash, String> {
-    Hash::try_from(bytes.as_slice()).map_err(|_| format!("{what} is {} bytes", bytes.len()))
-}
-
-/// Decodes one `audit_cols!()` row strictly: any value the store would not
-/// have written is an error (verify reports it as an edit).
-fn decode(r: &Row<'_>) -> std::result::Result<AuditRecord, String> {
-    fn col<T: rusqlite::types::FromSql>(r: &Row<'_>, i: usize) -> std::result::Result<T, String> {
-        r.get(i).map_err(|e| format!("column {i}: {e}"))
-    }
-    fn u32_of(v: i64, what: &str) -> std::result::Result<u32, String> {
-        u32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
-    }
-    fn need<T>(v: Option<T>, what: &str) -> std::result::Result<T, String> {
-        v.ok_or_else(|| format!("{what} missing"))
-    }
-    let seq: i64 = col(r, 0)?;
-    let name: Option<String> = col(r, 5)?;
-    let uid: Option<i64> = col(r, 6)?;
-    let gid: Option<i64> = col(r, 7)?;
-    let pid: Option<i64> = col(r, 8)?;
-    let exe: Option<String> = col(r, 9)?;
-    let actor_kind: String = col(r, 4)?;
-    let actor = match actor_kind.as_str() {
-        "application" => Actor::Application {
-            name: need(name, "application name")?,
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            gid: u32_of(need(gid, "gid")?, "gid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "administrator" if name.is_none() && gid.is_none() => Actor::Administrator {
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "agent" | "scheduler"
-            if name.is_none()
-                && uid.is_none()
-                && gid.is_none()
-                && pid.is_none()
-                && exe.is_none() =>
-        {
-            if actor_kind == "agent" {
-                Actor::Agent
-            } else {
-                Actor::Scheduler
-            }
-        }
-        other => return Err(format!("actor {other:?} with these columns")),
-    };
-    let kind: String = col(r, 3)?;
-    let micros: i64 = col(r, 2)?;
-    let micros = u32_of(micros, "micros")?;
-    if micros >= 1_000_000 {
-        return Err(format!("micros {micros} out of range"));
-    }
-    let event = AuditEvent {
-        at: col(r, 1)?,
-        micros,
-        kind: kind.parse().map_err(|e: Error| e.to_string())?,
-        actor,
-        token: col(r, 10)?,
-        key: col(r, 11)?,
-        key_version: col::<Option<i64>>(r, 12)?
-            .map(|v| u32_of(v, "key version"))
-            .transpose()?,
-        operation: col(r, 13)?,
-        mechanism: col::<Option<i64>>(r, 14)?.map(to_u64),
-        result: to_u64(col(r, 15)?),
-        reason: col(r, 16)?,
-        count: u32_of(col(r, 19)?, "count")?,
-        span_us: u32_of(col(r, 20)?, "span_us")?,
-    };
-    if event.count == 0 {
-        return Err("count 0".into());
-    }
-    Ok(AuditRecord {
-        seq: u64::try_from(seq).map_err(|_| format!("seq {seq}"))?,
-        event,
-        prev_hash: hash_of(col(r, 17)?, "prev_hash")?,
-        hash: hash_of(col(r, 18)?, "hash")?,
-    })
-}
-
-fn record_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<AuditRecord, String>> {
-    Ok(decode(r))
-}
-
-fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash) -> Result<()> {
-    let (name, uid, gid, pid, exe) = match &e.actor {
-        Actor::Application {
-            name,
-            uid,
-            gid,
-            pid,
-            exe,
-        } => (
-            Some(name.as_str()),
-            Some(*uid),
-            Some(*gid),
-            Some(*pid),
-            Some(exe.as_str()),
-        ),
-        Actor::Administrator { uid, pid, exe } => {
-            (None, Some(*uid), None, Some(*pid), Some(exe.as_str()))
-        }
-        Actor::Agent | Actor::Scheduler => (None, None, None, None, None),
-    };
-    conn.prepare_cached(concat!(
-        "INSERT INTO audit (",
-        audit_cols!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19, ?20, ?21)"
-    ))?
-    .execute(params![
-        to_i64(seq),
-        e.at,
-        e.micros,
-        e.kind.as_str(),
-        e.actor.kind_str(),
-        name,
-        uid,
-        gid,
-        pid,
-        exe,
-        e.token,
-        e.key,
-        e.key_version,
-        e.operation,
-        e.mechanism.map(to_i64),
-        to_i64(e.result),
-        e.reason,
-        &prev[..],
-        &hash[..],
-        e.count,
-        e.span_us,
-    ])?;
-    Ok(())
-}
-
 /// Checks `events` as [`AuditLog::append`] does.
 pub(crate) fn validate_all(events: &[AuditEvent]) -> Result<()> {
     events.iter().try_for_each(validate)
-}
-
-/// Chains `events` (validated) onto the trail inside the caller's
-/// transaction `tx`; returns the last seq (the head's when `events` is
-/// empty).
-pub(crate) fn chain_in(tx: &Connection, events: &[AuditEvent]) -> Result<u64> {
-    let (mut seq, mut prev) = head_in(tx)?;
-    for e in events {
-        seq += 1;
-        let hash = record_hash(&prev, seq, e);
-        insert(tx, seq, e, &prev, &hash)?;
-        prev = hash;
-    }
-    Ok(seq)
-}
-
-fn genesis(conn: &Connection) -> Result<Option<Hash>> {
-    let bytes: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT genesis FROM audit_meta WHERE id = 1")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    Ok(bytes.and_then(|b| Hash::try_from(b.as_slice()).ok()))
-}
-
-fn head_in(conn: &Connection) -> Result<(u64, Hash)> {
-    let last: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match last {
-        Some((seq, hash)) => {
-            let seq = u64::try_from(seq)
-                .map_err(|_| Error::Data(format!("audit record numbered {seq}")))?;
-            Ok((seq, hash_of(hash, "audit head hash").map_err(Error::Data)?))
-        }
-        None => Ok((
-            0,
-            genesis(conn)?.ok_or_else(|| Error::Data("the audit genesis is missing".into()))?,
-        )),
-    }
-}
-
-fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<Checkpoint, String>> {
-    let seq: i64 = r.get(0)?;
-    let head: Vec<u8> = r.get(1)?;
-    Ok((|| {
-        Ok(Checkpoint {
-            seq: u64::try_from(seq).map_err(|_| format!("checkpoint seq {seq}"))?,
-            head: hash_of(head, "checkpoint head")?,
-            created_at: r.get(2).map_err(|e| e.to_string())?,
-            signature: r.get(3).map_err(|e| e.to_string())?,
-            signer: r.get(4).map_err(|e| e.to_string())?,
-        })
-    })())
-}
-
-const CHECKPOINT_COLS_SQL: &str =
-    "SELECT seq, head, created_at, signature, signer FROM audit_checkpoints ORDER BY seq, id";
-
-impl AuditLog for SqliteInventory {
-    fn append(&self, events: &[AuditEvent], durable: bool) -> Result<u64> {
-        for e in events {
-            validate(e)?;
-        }
-        let mut conn = self.conn();
-        if events.is_empty() {
-            return Ok(head_in(&conn)?.0);
-        }
-        if !durable {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-        }
-        let appended = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let seq = chain_in(&tx, events)?;
-            tx.commit()?;
-            Ok(seq)
-        })();
-        if !durable {
-            // Restore before anything else, so no lifecycle write runs at NORMAL.
-            conn.pragma_update(None, "synchronous", "FULL")?;
-        }
-        appended
-    }
-
-    fn head(&self) -> Result<(u64, Hash)> {
-        head_in(&self.conn())
-    }
-
-    fn checkpoint(&self, cp: &Checkpoint) -> Result<()> {
-        if cp.signature.is_empty() {
-            return Err(Error::Invalid("checkpoint signature is empty".into()));
-        }
-        if cp.signer.is_empty() {
-            return Err(Error::Invalid("checkpoint signer is empty".into()));
-        }
-        check_field("checkpoint signer", &cp.signer)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (head_seq, _) = head_in(&tx)?;
-        if cp.seq > head_seq {
-            return Err(Error::Invalid(format!(
-                "checkpoint at seq {} is past the trail's head {head_seq}",
-                cp.seq
-            )));
-        }
-        let stored = if cp.seq == 0 {
-            genesis(&tx)?.ok_or_else(|| Error::Data("the audit genesis is missing".into()))?
-        } else {
-            let bytes: Vec<u8> = tx
-                .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
-                .query_row(params![to_i64(cp.seq)], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::Data(format!("audit record {} is missing", cp.seq)))?;
-            hash_of(bytes, "audit hash").map_err(Error::Data)?
-        };
-        if stored != cp.head {
-            return Err(Error::Conflict {
-                what: format!("audit head at seq {}", cp.seq),
-                expected: hex(&cp.head),
-                found: hex(&stored),
-            });
-        }
-        let last: Option<i64> = tx
-            .prepare_cached("SELECT max(seq) FROM audit_checkpoints")?
-            .query_row([], |r| r.get(0))?;
-        if let Some(last) = last.filter(|&last| last > to_i64(cp.seq)) {
-            return Err(Error::Conflict {
-                what: "audit checkpoint seq".into(),
-                expected: format!("at least {last}"),
-                found: cp.seq.to_string(),
-            });
-        }
-        tx.prepare_cached(
-            "INSERT INTO audit_checkpoints (seq, head, created_at, signature, signer)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            to_i64(cp.seq),
-            &cp.head[..],
-            cp.created_at,
-            cp.signature,
-            cp.signer
-        ])?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(CHECKPOINT_COLS_SQL)?;
-        let rows = stmt.query_map([], checkpoint_from_row)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.map_err(Error::Data)?);
-        }
-        Ok(out)
-    }
-
-    fn tail(&self, n: usize) -> Result<Vec<AuditRecord>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(concat!(
-            "SELECT * FROM (SELECT ",
-            audit_cols!(),
-            " FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq"
-        ))?;
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![n], record_from_row)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.map_err(Error::Data)?);
-        }
-        Ok(out)
-    }
-
-    fn query(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        // Built from the conditions given, so each can use its index.
-        let mut sql = String::from(concat!("SELECT ", audit_cols!(), " FROM audit WHERE 1"));
-        let mut args: Vec<Value> = Vec::new();
-        let mut cond = |sql: &mut String, clause: &str, v: Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-        };
-        if let Some(k) = &f.key {
-            cond(&mut sql, "key_name =", Value::Text(k.clone()));
-        }
-        if let Some(t) = &f.token {
-            cond(&mut sql, "token =", Value::Text(t.clone()));
-        }
-        if let Some(a) = &f.application {
-            cond(
-                &mut sql,
-                "actor = 'application' AND actor_name =",
-                Value::Text(a.clone()),
-            );
-        }
-        if let Some(s) = f.since {
-            cond(&mut sql, "at >=", Value::Integer(s));
-        }
-        if let Some(u) = f.until {
-            cond(&mut sql, "at <", Value::Integer(u));
-        }
-        if let Some(s) = f.after_seq {
-            cond(&mut sql, "seq >", Value::Integer(to_i64(s)));
-        }
-        match f.result {
-            ResultFilter::Any => {}
-            ResultFilter::Ok => sql.push_str(" AND result = 0"),
-            ResultFilter::Denied => sql.push_str(" AND result <> 0"),
-        }
-        if !f.kinds.is_empty() {
-            let names: Vec<String> = f
-                .kinds
-                .iter()
-                .map(|k| format!("'{}'", k.as_str()))
-                .collect();
-            // The names are our own constants, never caller text.
-            sql.push_str(&format!(" AND kind IN ({})", names.join(", ")));
-        }
-        sql.push_str(" ORDER BY seq");
-        if let Some(limit) = f.limit {
-            args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-            sql.push_str(&format!(" LIMIT ?{}", args.len()));
-        }
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), record_from_row)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.map_err(Error::Data)?);
-        }
-        Ok(out)
-    }
-
-    fn verify_anchored(
-        &self,
-        check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
-        anchors: &[Anchor],
-    ) -> Result<VerifyReport> {
-        let mut conn = self.reader();
-        // One read transaction: a snapshot, however long the walk.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let report = verify_in(&tx, check_signature, anchors)?;
-        tx.commit()?;
-        Ok(report)
-    }
-}
-
-/// Checkpoints walked alongside the chain.
-struct Seals<'a> {
-    list: Vec<std::result::Result<Checkpoint, String>>,
-    next: usize,
-    check_signature: &'a dyn Fn(&[u8], &[u8]) -> bool,
-    ok: u64,
-    sealed_through: u64,
-    /// Anchors kept off the host, by seq.
-    anchors: Vec<Anchor>,
-    next_anchor: usize,
-    anchors_ok: u64,
-    /// The seq of the last anchor that held (0: none).
-    anchored_through: u64,
-}
-
-impl Seals<'_> {
-    /// Checks every checkpoint and anchor at `seq`, where the recomputed
-    /// head is `head`; the first that fails gives the first bad record.
-    fn at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
-        self.checkpoints_at(seq, head)
-            .or_else(|| self.anchors_at(seq, head))
-    }
-
-    /// Checks every anchor at `seq` against the recomputed `head`.
-    fn anchors_at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
-        while let Some(a) = self.anchors.get(self.next_anchor) {
-            if a.seq != seq {
-                return None;
-            }
-            self.next_anchor += 1;
-            let a = a.clone();
-            if let Some(problem) = self.judge_anchor(&a, Some(head)) {
-                // A rewrite below the anchor: name the first record it no
-                // longer proves (the one after the last anchor that held).
-                return Some(BadRecord {
-                    seq: self.anchored_through + 1,
-                    problem,
-                });
-            }
-        }
-        None
-    }
-
-    /// `head`: the recomputed head at the anchor's seq (`None`: the trail
-    /// ends before it).
-    fn judge_anchor(&mut self, a: &Anchor, head: Option<&Hash>) -> Option<Problem> {
-        let message = checkpoint_message(a.seq, &a.head, a.created_at);
-        if !(self.check_signature)(&message, &a.signature) {
-            return Some(Problem::AnchorBadSignature { anchor: a.seq });
-        }
-        match head {
-            None => Some(Problem::AnchorMissing { anchor: a.seq }),
-            Some(h) if *h != a.head => Some(Problem::AnchorMismatch { anchor: a.seq }),
-            Some(_) => {
-                self.anchors_ok += 1;
-                self.anchored_through = a.seq;
-                None
-            }
-        }
-    }
-
-    /// Checks every checkpoint at `seq`, where the recomputed head is
-    /// `head`; the first that fails gives the first bad record.
-    fn checkpoints_at(&mut self, seq: u64, head: &Hash) -> Option<BadRecord> {
-        while let Some(entry) = self.list.get(self.next) {
-            let cp = match entry {
-                Ok(cp) if cp.seq == seq => cp.clone(),
-                Ok(_) => return None,
-                // An undecodable checkpoint row (ordered by its stored seq)
-                // seals nothing; it is ignored like a missing one.
-                Err(_) => {
-                    self.next += 1;
-                    continue;
-                }
-            };
-            self.next += 1;
-            if let Some(problem) = self.judge(&cp, Some(head)) {
-                return Some(BadRecord {
-                    seq: self.sealed_through + 1,
-                    problem,
-                });
-            }
-        }
-        None
-    }
-
-    /// `head`: the recomputed head at the checkpoint's seq (`None`: the
-    /// trail ends before it).
-    fn judge(&mut self, cp: &Checkpoint, head: Option<&Hash>) -> Option<Problem> {
-        let message = checkpoint_message(cp.seq, &cp.head, cp.created_at);
-        if !(self.check_signature)(&message, &cp.signature) {
-            return Some(Problem::BadSignature { checkpoint: cp.seq });
-        }
-        match head {
-            None => Some(Problem::Truncated { checkpoint: cp.seq }),
-            Some(h) if *h != cp.head => Some(Problem::Rewritten { checkpoint: cp.seq }),
-            Some(_) => {
-                self.ok += 1;
-                self.sealed_through = cp.seq;
-                None
-            }
-        }
-    }
-}
-
-/// For a record whose hash does not match at `seq`: the seq it does match,
-/// if it was only moved (within [`MOVE_SEARCH`]).
-fn written_as(rec: &AuditRecord, seq: u64) -> Option<u64> {
-    (1..=MOVE_SEARCH)
-        .flat_map(|d| [seq.checked_sub(d), seq.checked_add(d)])
-        .flatten()
-        .filter(|&s| s >= 1)
-        .find(|&s| record_hash(&rec.prev_hash, s, &rec.event) == rec.hash)
-}
-
-fn verify_in(
-    conn: &Connection,
-    check_signature: &dyn Fn(&[u8], &[u8]) -> bool,
-    anchors: &[Anchor],
-) -> Result<VerifyReport> {
-    let mut anchors = anchors.to_vec();
-    anchors.sort_by_key(|a| a.seq);
-    let mut seals = Seals {
-        anchors,
-        next_anchor: 0,
-        anchors_ok: 0,
-        anchored_through: 0,
-        list: conn
-            .prepare(CHECKPOINT_COLS_SQL)?
-            .query_map([], checkpoint_from_row)?
-            .collect::<rusqlite::Result<_>>()?,
-        next: 0,
-        check_signature,
-        ok: 0,
-        sealed_through: 0,
-    };
-    let mut report = VerifyReport {
-        records: 0,
-        head_seq: 0,
-        checkpoints_ok: 0,
-        sealed_through: 0,
-        unsealed: 0,
-        anchors_ok: 0,
-        first_bad: None,
-    };
-    let finish = |mut report: VerifyReport, seals: &Seals<'_>, bad: Option<BadRecord>| {
-        report.checkpoints_ok = seals.ok;
-        report.anchors_ok = seals.anchors_ok;
-        report.sealed_through = seals.sealed_through;
-        report.unsealed = report.head_seq.saturating_sub(seals.sealed_through);
-        report.first_bad = bad;
-        Ok(report)
-    };
-    let Some(genesis) = genesis(conn)? else {
-        let bad = BadRecord {
-            seq: 1,
-            problem: Problem::Genesis,
-        };
-        return finish(report, &seals, Some(bad));
-    };
-    let last: Option<i64> = conn.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))?;
-    report.head_seq = last.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-    let mut running = genesis;
-    if let Some(bad) = seals.at(0, &running) {
-        return finish(report, &seals, Some(bad));
-    }
-    let mut stmt = conn.prepare(concat!(
-        "SELECT ",
-        audit_cols!(),
-        " FROM audit ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([])?;
-    let mut expected: u64 = 1;
-    while let Some(row) = rows.next()? {
-        report.records += 1;
-        let (seq, hash) = match chained(row, expected, &running)? {
-            Ok(link) => link,
-            Err(bad) => return finish(report, &seals, Some(bad)),
-        };
-        running = hash;
-        expected = seq + 1;
-        if let Some(bad) = seals.at(seq, &running) {
-            return finish(report, &seals, Some(bad));
-        }
-    }
-    let bad = seals.past_the_end(report.head_seq);
-    finish(report, &seals, bad)
-}
-
-/// Record `row` checked as the next link of the chain: numbered
-/// `expected` and chained to `running`. Its seq and hash, or the first
-/// problem found.
-fn chained(
-    row: &rusqlite::Row<'_>,
-    expected: u64,
-    running: &Hash,
-) -> Result<std::result::Result<(u64, Hash), BadRecord>> {
-    let stored_seq: i64 = row.get(0)?;
-    let bad = |seq, problem| Ok(Err(BadRecord { seq, problem }));
-    let seq = match u64::try_from(stored_seq) {
-        Ok(s) if s >= expected => s,
-        // Numbered 0 or below (only possible before record 1).
-        _ => return bad(expected, Problem::Undecodable(format!("seq {stored_seq}"))),
-    };
-    if seq > expected {
-        return bad(expected, Problem::Deleted { through: seq - 1 });
-    }
-    let rec = match decode(row) {
-        Ok(rec) => rec,
-        Err(what) => return bad(seq, Problem::Undecodable(what)),
-    };
-    if record_hash(&rec.prev_hash, seq, &rec.event) != rec.hash {
-        return match written_as(&rec, seq) {
-            Some(o) if o < seq => bad(o, Problem::Inserted { next: seq }),
-            Some(o) => bad(seq, Problem::Moved { written_as: o }),
-            None => bad(seq, Problem::Edited),
-        };
-    }
-    if rec.prev_hash != *running {
-        return if seq == 1 {
-            bad(1, Problem::Genesis)
-        } else {
-            bad(seq - 1, Problem::Replaced)
-        };
-    }
-    Ok(Ok((seq, rec.hash)))
-}
-
-impl Seals<'_> {
-    /// After a whole chain ending at `head_seq`: a genuine checkpoint past
-    /// its end means the tail was cut, and an anchor past its end that it
-    /// was rolled back.
-    fn past_the_end(&mut self, head_seq: u64) -> Option<BadRecord> {
-        while let Some(entry) = self.list.get(self.next).cloned() {
-            self.next += 1;
-            let Ok(cp) = entry else { continue };
-            if let Some(problem) = self.judge(&cp, None) {
-                let seq = match problem {
-                    Problem::Truncated { .. } => head_seq + 1,
-                    _ => self.sealed_through + 1,
-                };
-                return Some(BadRecord { seq, problem });
-            }
-        }
-        while let Some(a) = self.anchors.get(self.next_anchor).cloned() {
-            self.next_anchor += 1;
-            if let Some(problem) = self.judge_anchor(&a, None) {
-                let seq = match problem {
-                    Problem::AnchorMissing { .. } => head_seq + 1,
-                    _ => self.anchored_through + 1,
-                };
-                return Some(BadRecord { seq, problem });
-            }
-        }
-        None
-    }
 }
 
 /// `Hash` as a lowercase hex string in JSON.
@@ -1463,7 +803,7 @@ mod hex_hash {
     use super::Hash;
 
     pub(super) fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::sqlite::hex(h))
+        s.serialize_str(&hex::encode(h))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
@@ -1478,7 +818,7 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::sqlite::hex(b))
+        s.serialize_str(&hex::encode(b))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -1486,7 +826,3 @@ mod hex_bytes {
         hex::decode(text).map_err(|e| serde::de::Error::custom(format!("invalid hex: {e}")))
     }
 }
-
-#[cfg(test)]
-#[path = "audit_tests.rs"]
-mod tests;

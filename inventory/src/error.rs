@@ -1,7 +1,8 @@
 //! The crate's one error enum.
 //!
 //! No variant names the storage engine's types, so that another engine can
-//! implement [`crate::Inventory`] with the same errors.
+//! implement [`crate::Inventory`] with the same errors. The conversion from
+//! SQLite's errors is the SQLite store's (`sqlite/mod.rs`).
 
 use std::path::PathBuf;
 
@@ -50,24 +51,6 @@ pub enum Error {
     /// The storage engine failed.
     #[error("inventory storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Error {
-        match e {
-            // A row that does not decode says so in the inventory's words
-            // (see `sqlite::stored`), not as an engine error.
-            rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {
-                match inner.downcast::<Error>() {
-                    Ok(ours) => *ours,
-                    Err(other) => Error::Storage(Box::new(
-                        rusqlite::Error::FromSqlConversionFailure(idx, ty, other),
-                    )),
-                }
-            }
-            e => Error::Storage(Box::new(e)),
-        }
-    }
 }
 
 impl From<serde_json::Error> for Error {

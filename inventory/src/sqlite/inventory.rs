@@ -1,46 +1,24 @@
-//! [`SqliteInventory`]: the inventory in one SQLite file.
-//!
-//! Durability: WAL journal, `synchronous=FULL`, so every lifecycle write is
-//! on disk before its call returns, and a process killed at any moment
-//! leaves the last committed state. Only [`touch`](Inventory::touch) commits
-//! with `synchronous=NORMAL`: it cannot break consistency, and the next
-//! lifecycle commit makes it durable too.
-//!
-//! Connections: one `Mutex<Connection>` for everything the agent does.
-//! SQLite serialises writers anyway; the hot-path read
-//! ([`version_by_backend_id`](Inventory::version_by_backend_id)) is one
-//! cached prepared statement on a unique index, so a lock held for
-//! microseconds costs less than a pool's bookkeeping. A second, `query_only`
-//! connection serves the audit trail's long reads (verify, query, tail),
-//! which under WAL read a snapshot without taking the first lock. A panic while the lock
-//! is held rolls its transaction back (the guard's drop), so a poisoned lock
-//! is taken over rather than propagated.
+//! [`Inventory`] for [`SqliteInventory`]: keys, versions, their state
+//! history, grants, approval requests and object owners, and the
+//! lifecycle change as one transaction ([`Inventory::apply`]), which
+//! chains the change's trail records in the same transaction.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyward_domain::{ApprovalStatus, KeyState, ParseError};
-use rusqlite::{
-    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
-    TransactionBehavior,
-};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 
+use super::trail::chain_in;
+use super::SqliteInventory;
+use crate::audit::validate_all;
 use crate::error::{Error, Result};
-use crate::schema::{self, Migration};
+use crate::schema;
+use crate::store::Inventory;
 use crate::types::{
     AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyVersion,
     LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
-use crate::Inventory;
-
-/// How long a call waits for another process's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection.
-const STATEMENT_CACHE: usize = 32;
 
 // Column lists as macros, so that every query is one `concat!`ed literal:
 // the statement cache is keyed by the SQL text, and building it with
@@ -59,239 +37,6 @@ macro_rules! version_cols {
         "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
          v.deactivated_at, v.destroyed_at, v.fingerprint"
     };
-}
-
-/// The inventory in `<state_dir>/inventory.sqlite` (the agent passes the
-/// path).
-#[derive(Debug)]
-pub struct SqliteInventory {
-    conn: Mutex<Connection>,
-    /// A second, read-only connection for long reads (audit verify, query,
-    /// tail): under WAL it reads a snapshot without holding `conn`, so
-    /// walking a large trail never stalls the agent's writes or its
-    /// hot-path lookups.
-    reader: Mutex<Connection>,
-    path: PathBuf,
-}
-
-impl SqliteInventory {
-    /// Creates (mode 0600) or opens the store at `path` and brings its
-    /// schema up to date.
-    ///
-    /// Errors: [`Error::TooNew`] for a schema from a newer build,
-    /// [`Error::Corrupt`] for a file that is not an intact keyward inventory,
-    /// [`Error::Open`] when the file cannot be created or set up.
-    pub fn open(path: impl AsRef<Path>) -> Result<SqliteInventory> {
-        SqliteInventory::open_with(path.as_ref(), schema::MIGRATIONS)
-    }
-
-    pub(crate) fn open_with(path: &Path, steps: &[Migration]) -> Result<SqliteInventory> {
-        prepare_file(path)?;
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| open_error(path, e))?;
-        setup(&mut conn, path, steps).map_err(|e| match e {
-            Error::Storage(inner) => match inner.downcast::<rusqlite::Error>() {
-                Ok(sql) => open_error(path, *sql),
-                Err(other) => Error::Storage(other),
-            },
-            other => other,
-        })?;
-        let reader = open_reader(path).map_err(|e| open_error(path, e))?;
-        Ok(SqliteInventory {
-            conn: Mutex::new(conn),
-            reader: Mutex::new(reader),
-            path: path.to_owned(),
-        })
-    }
-
-    /// The store's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Checks the whole store; returns the problems found (empty: consistent).
-    ///
-    /// SQLite's `integrity_check` and `foreign_key_check`, then the
-    /// inventory's own invariants: every key's and version's state is the
-    /// `to` of its last history row, and each history row starts where the
-    /// previous one for the same key or version ended.
-    pub fn check(&self) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut problems = Vec::new();
-        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            let row = row?;
-            if row != "ok" {
-                problems.push(format!("integrity: {row}"));
-            }
-        }
-        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
-        let orphans = stmt.query_map([], |r| {
-            Ok(format!(
-                "orphan row in {} (rowid {:?}) refers to a missing {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?
-            ))
-        })?;
-        for orphan in orphans {
-            problems.push(orphan?);
-        }
-        let mut stmt = conn.prepare(
-            "SELECT k.id, k.state,
-                    (SELECT s.to_state FROM state_changes s
-                      WHERE s.key_id = k.id AND s.version IS NULL ORDER BY s.seq DESC LIMIT 1)
-               FROM keys k",
-        )?;
-        let keys = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })?;
-        for key in keys {
-            let (id, state, last) = key?;
-            if last.as_deref() != Some(state.as_str()) {
-                problems.push(format!(
-                    "key {id} is {state} but its history ends at {last:?}"
-                ));
-            }
-        }
-        let mut stmt = conn.prepare(
-            "SELECT v.key_id, v.version, v.state,
-                    (SELECT s.to_state FROM state_changes s
-                      WHERE s.key_id = v.key_id AND s.version = v.version
-                      ORDER BY s.seq DESC LIMIT 1)
-               FROM key_versions v",
-        )?;
-        let versions = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        for version in versions {
-            let (id, v, state, last) = version?;
-            if last.as_deref() != Some(state.as_str()) {
-                problems.push(format!(
-                    "key {id} version {v} is {state} but its history ends at {last:?}"
-                ));
-            }
-        }
-        let mut stmt = conn.prepare(
-            "SELECT seq, key_id, version, from_state, prev FROM (
-                 SELECT seq, key_id, version, from_state,
-                        lag(to_state) OVER (PARTITION BY key_id, version ORDER BY seq) AS prev
-                   FROM state_changes)
-              WHERE from_state IS NOT prev",
-        )?;
-        let breaks = stmt.query_map([], |r| {
-            Ok(format!(
-                "history row {} (key {}, version {:?}) starts at {:?} but the previous ended at {:?}",
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?
-            ))
-        })?;
-        for gap in breaks {
-            problems.push(gap?);
-        }
-        Ok(problems)
-    }
-
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn reader(&self) -> MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Creates the file with mode 0600 (SQLite gives its `-wal` and `-shm`
-/// files the same mode), and tightens an existing one.
-fn prepare_file(path: &Path) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| Error::Open {
-        path: path.to_owned(),
-        detail: format!("{what}: {e}"),
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("cannot open", e))?;
-    let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
-    if !meta.is_file() {
-        return Err(Error::Open {
-            path: path.to_owned(),
-            detail: "not a regular file".into(),
-        });
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("cannot set mode 0600", e))?;
-    }
-    Ok(())
-}
-
-fn setup(conn: &mut Connection, path: &Path, steps: &[Migration]) -> Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Open {
-            path: path.to_owned(),
-            detail: format!("cannot use a WAL journal (journal_mode is {mode})"),
-        });
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
-    if check != "ok" {
-        return Err(Error::Corrupt {
-            path: path.to_owned(),
-            detail: format!("quick_check: {check}"),
-        });
-    }
-    schema::migrate(conn, steps, path)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(())
-}
-
-/// The read connection: same file (already set up and migrated), and
-/// `query_only`, so that no code path can write through it.
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "query_only", true)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(conn)
-}
-
-fn open_error(path: &Path, e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-        _ => Error::Open {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-    }
 }
 
 fn unix_now() -> i64 {
@@ -460,10 +205,6 @@ fn identity_len(identity: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
 /// A history row to append (its `seq` is assigned by [`record_change`]).
 fn change(
     key_id: i64,
@@ -512,7 +253,7 @@ fn backend_id_taken(tx: &Transaction<'_>, token: &str, backend_id: &[u8]) -> Res
     if taken {
         return Err(Error::Exists(format!(
             "a key version with CKA_ID {} on token {token:?}",
-            hex(backend_id)
+            hex::encode(backend_id)
         )));
     }
     Ok(())
@@ -546,7 +287,7 @@ fn set_key_dates(tx: &Transaction<'_>, key_id: i64, d: &DateUpdates) -> Result<(
 /// The checks of [`Inventory::apply`] that need no store.
 fn check_change(c: &LifecycleChange) -> Result<()> {
     nonempty("actor", &c.actor)?;
-    crate::audit::validate_all(&c.trail)?;
+    validate_all(&c.trail)?;
     let mut seen = std::collections::BTreeSet::new();
     let mut added = 0;
     for v in &c.versions {
@@ -838,7 +579,7 @@ impl Inventory for SqliteInventory {
         let trail = if c.trail.is_empty() {
             None
         } else {
-            let last = crate::audit::chain_in(&tx, &c.trail)?;
+            let last = chain_in(&tx, &c.trail)?;
             Some((last + 1 - c.trail.len() as u64, last))
         };
         let key = tx
@@ -1212,7 +953,7 @@ impl Inventory for SqliteInventory {
             None => {
                 return Err(Error::NotFound(format!(
                     "object {} of {application:?} on {token:?}",
-                    hex(identity)
+                    hex::encode(identity)
                 )))
             }
             Some(n) if n > 1 => tx
@@ -1249,3 +990,7 @@ impl Inventory for SqliteInventory {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 }
+
+#[cfg(test)]
+#[path = "inventory_tests.rs"]
+mod tests;

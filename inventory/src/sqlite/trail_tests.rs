@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::audit::*;
 use crate::{Inventory, SqliteInventory};
 
 const T0: i64 = 1_700_000_000;
@@ -580,7 +581,7 @@ fn a_record_serialises_as_one_json_line_with_hex_hashes_and_back() {
     let line = serde_json::to_string(&rec).unwrap();
     assert!(!line.contains('\n'));
     assert!(
-        line.contains(&format!("\"hash\":\"{}\"", hex(&rec.hash))),
+        line.contains(&format!("\"hash\":\"{}\"", hex::encode(rec.hash))),
         "{line}"
     );
     assert!(line.contains("\"kind\":\"use\""), "{line}");
@@ -589,13 +590,13 @@ fn a_record_serialises_as_one_json_line_with_hex_hashes_and_back() {
     assert_eq!(back, rec);
     // Upper case reads back too; anything that is not hex of 32 bytes is
     // a clear error.
-    let h = format!("\"hash\":\"{}\"", hex(&rec.hash));
+    let h = format!("\"hash\":\"{}\"", hex::encode(rec.hash));
     let upper = line.replace(&h, &h.to_uppercase().replace("\"HASH\"", "\"hash\""));
     assert_eq!(serde_json::from_str::<AuditRecord>(&upper).unwrap(), rec);
-    let odd = format!("\"hash\":\"{}\"", &hex(&rec.hash)[1..]);
-    let short = format!("\"hash\":\"{}\"", &hex(&rec.hash)[2..]);
-    let bad = format!("\"hash\":\"zz{}\"", &hex(&rec.hash)[2..]);
-    let wide = format!("\"hash\":\"é{}\"", &hex(&rec.hash)[2..]);
+    let odd = format!("\"hash\":\"{}\"", &hex::encode(rec.hash)[1..]);
+    let short = format!("\"hash\":\"{}\"", &hex::encode(rec.hash)[2..]);
+    let bad = format!("\"hash\":\"zz{}\"", &hex::encode(rec.hash)[2..]);
+    let wide = format!("\"hash\":\"é{}\"", &hex::encode(rec.hash)[2..]);
     for (text, want) in [
         (odd, "invalid hex: Odd number of digits"),
         (short, "hash of 31 bytes"),
