@@ -601,15 +601,20 @@ mod tests {
     #[test]
     fn a_shadow_key_is_new_once_and_counted_while_it_is_there() {
         let (_dir, k) = keys();
+        let obj = BackendObject::for_test;
         assert!(k.shadow_counts().is_empty(), "nothing scanned yet");
-        assert_eq!(k.note_shadows("kw", &[7]), vec![7]);
+        assert_eq!(k.note_shadows("kw", &[obj(7)]), vec![obj(7)]);
         // The next passes find it again: not new.
-        assert_eq!(k.note_shadows("kw", &[7]), Vec::<BackendObject>::new());
-        assert_eq!(k.note_shadows("kw", &[7, 9]), vec![9]);
+        assert_eq!(k.note_shadows("kw", &[obj(7)]), Vec::<BackendObject>::new());
+        assert_eq!(k.note_shadows("kw", &[obj(7), obj(9)]), vec![obj(9)]);
         assert_eq!(k.shadow_counts(), vec![("kw".to_owned(), 2)]);
         // Adopted or removed: no longer counted.
-        assert_eq!(k.note_shadows("kw", &[9]), Vec::<BackendObject>::new());
-        assert_eq!(k.note_shadows("other", &[7]), vec![7], "per token");
+        assert_eq!(k.note_shadows("kw", &[obj(9)]), Vec::<BackendObject>::new());
+        assert_eq!(
+            k.note_shadows("other", &[obj(7)]),
+            vec![obj(7)],
+            "per token"
+        );
         assert_eq!(
             k.shadow_counts(),
             vec![("kw".to_owned(), 1), ("other".to_owned(), 1)]

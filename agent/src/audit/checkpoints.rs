@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backend::{Backend, BackendSession};
+use crate::backend::{Backend, BackendObject, BackendSession};
 
 use super::key::*;
 use super::requests::anchor_of;
@@ -117,8 +117,8 @@ impl crate::shared::Core {
         &self,
         backend: &dyn Backend,
         anchor: BackendSession,
-        publics: &[u64],
-        privates: &[u64],
+        publics: &[BackendObject],
+        privates: &[BackendObject],
         recorded: Option<&(String, Vec<u8>)>,
     ) -> Result<(Option<[u8; 32]>, AuditPair), String> {
         // Every (public, private) pair that proves itself, with the
@@ -178,7 +178,7 @@ impl crate::shared::Core {
     }
 
     /// Whether `object` on `slot` is the audit key (hidden from applications).
-    pub fn is_audit_key(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
+    pub fn is_audit_key(&self, slot: usize, object: BackendObject) -> bool {
         self.audit_key().is_some_and(|k| k.is(slot, object))
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendSession};
+use crate::backend::{Backend, BackendObject, BackendSession};
 
 /// The `CKA_ID` of the audit key in the HSM: an EC P-256 key pair the agent
 /// makes at its first start and signs checkpoints with. Applications never
@@ -17,7 +17,7 @@ pub const AUDIT_KEY_LABEL: &[u8] = b"keyward-audit";
 pub const AUDIT_KEY_NAME: &str = "audit";
 
 /// The audit key's (public, private) backend objects.
-pub(crate) type AuditPair = (u64, u64);
+pub(crate) type AuditPair = (BackendObject, BackendObject);
 
 /// Generates the audit key pair in the HSM on `anchor`; its public key's
 /// fingerprint and its (public, private) handles.
@@ -65,8 +65,8 @@ pub(crate) fn generate_audit_key(
 /// Whether `signature` over SHA-256 of `message` verifies under public key
 /// `public` (ECDSA), on a session of its own.
 pub(crate) fn verify_with(
-    backend: &dyn crate::backend::Backend,
-    public: crate::backend::BackendObject,
+    backend: &dyn Backend,
+    public: BackendObject,
     message: &[u8],
     signature: &[u8],
 ) -> bool {
@@ -91,14 +91,14 @@ pub struct AuditKey {
     /// The virtual slot whose backend holds it.
     pub slot: usize,
     /// Its private half.
-    pub private: crate::backend::BackendObject,
+    pub private: BackendObject,
     /// Its public half.
-    pub public: crate::backend::BackendObject,
+    pub public: BackendObject,
 }
 
 impl AuditKey {
     /// Whether `object` on `slot` is one of its halves.
-    pub fn is(&self, slot: usize, object: crate::backend::BackendObject) -> bool {
+    pub fn is(&self, slot: usize, object: BackendObject) -> bool {
         self.slot == slot && (self.private == object || self.public == object)
     }
 }

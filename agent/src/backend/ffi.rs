@@ -267,7 +267,7 @@ impl Token {
             anchor,
             pin,
         };
-        match token.login(anchor, ck::CKU_USER) {
+        match token.login(BackendSession(anchor), ck::CKU_USER) {
             Ok(()) => Ok(token),
             Err(Error::Backend(rv)) if rv == ck::CKR_USER_ALREADY_LOGGED_IN => Ok(token),
             Err(e) => Err(format!("C_Login with the backend PIN failed: {e}")),
@@ -280,12 +280,7 @@ impl Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_Login(
-                    session as ck::CK_SESSION_HANDLE,
-                    user,
-                    pin.as_mut_ptr(),
-                    pin.len() as ck::CK_ULONG
-                )
+                C_Login(session.0, user, pin.as_mut_ptr(), pin.len() as ck::CK_ULONG)
             )
         })
     }
@@ -321,7 +316,7 @@ impl Token {
     ) -> Result<BackendObject> {
         let mut h: ck::CK_OBJECT_HANDLE = 0;
         check(f(&mut h))?;
-        Ok(h as BackendObject)
+        Ok(BackendObject(h))
     }
 
     /// The nested attributes of a template-valued attribute whose array
@@ -352,7 +347,7 @@ impl Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_GetAttributeValue(session as _, object as _, &mut outer, 1)
+                C_GetAttributeValue(session.0, object.0, &mut outer, 1)
             )
         })?;
         let mut bufs: Vec<Words> = Vec::with_capacity(n);
@@ -370,7 +365,7 @@ impl Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_GetAttributeValue(session as _, object as _, &mut outer, 1)
+                C_GetAttributeValue(session.0, object.0, &mut outer, 1)
             )
         })?;
         let values = inner
@@ -498,16 +493,16 @@ impl Backend for Token {
                 C_OpenSession(self.slot, flags, ptr::null_mut(), None, &mut h)
             )
         })?;
-        Ok(h as BackendSession)
+        Ok(BackendSession(h))
     }
 
     fn close_session(&self, session: BackendSession) -> Result<()> {
         // SAFETY: no pointers.
-        check(unsafe { call!(self.lib, C_CloseSession(session as _)) })
+        check(unsafe { call!(self.lib, C_CloseSession(session.0)) })
     }
 
     fn anchor_session(&self) -> BackendSession {
-        self.anchor as BackendSession
+        BackendSession(self.anchor)
     }
 
     fn login_context_specific(&self, session: BackendSession) -> Result<()> {
@@ -525,7 +520,7 @@ impl Backend for Token {
             unsafe {
                 call!(
                     self.lib,
-                    C_CreateObject(session as _, t.as_mut_ptr(), t.count(), h)
+                    C_CreateObject(session.0, t.as_mut_ptr(), t.count(), h)
                 )
             }
         })
@@ -543,7 +538,7 @@ impl Backend for Token {
             unsafe {
                 call!(
                     self.lib,
-                    C_CopyObject(session as _, object as _, t.as_mut_ptr(), t.count(), h)
+                    C_CopyObject(session.0, object.0, t.as_mut_ptr(), t.count(), h)
                 )
             }
         })
@@ -551,18 +546,13 @@ impl Backend for Token {
 
     fn destroy_object(&self, session: BackendSession, object: BackendObject) -> Result<()> {
         // SAFETY: no pointers.
-        check(unsafe { call!(self.lib, C_DestroyObject(session as _, object as _)) })
+        check(unsafe { call!(self.lib, C_DestroyObject(session.0, object.0)) })
     }
 
     fn object_size(&self, session: BackendSession, object: BackendObject) -> Result<u64> {
         let mut size: ck::CK_ULONG = 0;
         // SAFETY: `size` is a valid out-parameter.
-        check(unsafe {
-            call!(
-                self.lib,
-                C_GetObjectSize(session as _, object as _, &mut size)
-            )
-        })?;
+        check(unsafe { call!(self.lib, C_GetObjectSize(session.0, object.0, &mut size)) })?;
         Ok(size as u64)
     }
 
@@ -586,12 +576,7 @@ impl Backend for Token {
         let rv = unsafe {
             call!(
                 self.lib,
-                C_GetAttributeValue(
-                    session as _,
-                    object as _,
-                    attrs.as_mut_ptr(),
-                    attrs.len() as _
-                )
+                C_GetAttributeValue(session.0, object.0, attrs.as_mut_ptr(), attrs.len() as _)
             )
         };
         if !matches!(
@@ -619,7 +604,7 @@ impl Backend for Token {
                 unsafe {
                     call!(
                         self.lib,
-                        C_GetAttributeValue(session as _, object as _, &mut one, 1)
+                        C_GetAttributeValue(session.0, object.0, &mut one, 1)
                     )
                 }
             };
@@ -662,8 +647,8 @@ impl Backend for Token {
                 call!(
                     self.lib,
                     C_GetAttributeValue(
-                        session as _,
-                        object as _,
+                        session.0,
+                        object.0,
                         leaves.as_mut_ptr(),
                         leaves.len() as _
                     )
@@ -694,7 +679,7 @@ impl Backend for Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_SetAttributeValue(session as _, object as _, t.as_mut_ptr(), t.count())
+                C_SetAttributeValue(session.0, object.0, t.as_mut_ptr(), t.count())
             )
         })
     }
@@ -709,7 +694,7 @@ impl Backend for Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_FindObjectsInit(session as _, t.as_mut_ptr(), t.count())
+                C_FindObjectsInit(session.0, t.as_mut_ptr(), t.count())
             )
         })?;
         let mut found = Vec::new();
@@ -721,20 +706,20 @@ impl Backend for Token {
             let rv = unsafe {
                 call!(
                     self.lib,
-                    C_FindObjects(session as _, batch.as_mut_ptr(), FIND_BATCH as _, &mut n)
+                    C_FindObjects(session.0, batch.as_mut_ptr(), FIND_BATCH as _, &mut n)
                 )
             };
             if let Err(e) = check(rv) {
                 break Err(e);
             }
             let n = (n as usize).min(FIND_BATCH);
-            found.extend(batch[..n].iter().map(|&h| h as BackendObject));
+            found.extend(batch[..n].iter().map(|&h| BackendObject(h)));
             if n < FIND_BATCH {
                 break Ok(found);
             }
         };
         // SAFETY: no pointers; always end the search, even after an error.
-        let rv = unsafe { call!(self.lib, C_FindObjectsFinal(session as _)) };
+        let rv = unsafe { call!(self.lib, C_FindObjectsFinal(session.0)) };
         let found = result?;
         check(rv)?;
         Ok(found)
@@ -752,14 +737,14 @@ impl Backend for Token {
         if op == Op::Digest {
             // SAFETY: `raw` and the parameter it points to (`m`) are alive
             // for the call.
-            return check(unsafe { call!(self.lib, C_DigestInit(session as _, &mut raw)) });
+            return check(unsafe { call!(self.lib, C_DigestInit(session.0, &mut raw)) });
         }
         let Some(key) = key else {
             return Err(Error::KeyHandleInvalid);
         };
         let rv = match self.init_fn(op) {
             // SAFETY: as above: `raw` and `m` outlive the call.
-            Some(f) => unsafe { f(session as _, &mut raw, key as _) },
+            Some(f) => unsafe { f(session.0, &mut raw, key.0) },
             None => ck::CKR_FUNCTION_NOT_SUPPORTED,
         };
         check(rv)
@@ -774,7 +759,7 @@ impl Backend for Token {
             // prototype is not const-correct); `out` has room for `*len`.
             unsafe {
                 f(
-                    session as _,
+                    session.0,
                     data.as_ptr().cast_mut(),
                     data.len() as _,
                     out,
@@ -790,7 +775,7 @@ impl Backend for Token {
             call!(
                 self.lib,
                 C_Verify(
-                    session as _,
+                    session.0,
                     data.as_ptr().cast_mut(),
                     data.len() as _,
                     signature.as_ptr().cast_mut(),
@@ -817,7 +802,7 @@ impl Backend for Token {
                 return self.output(data.len() + 64, |out, len| {
                     // SAFETY: `data` is read-only input of its length; `out`
                     // has room for `*len` bytes.
-                    unsafe { g(session as _, input, n, out, len) }
+                    unsafe { g(session.0, input, n, out, len) }
                 });
             }
             Op::Digest => f.C_DigestUpdate,
@@ -827,7 +812,7 @@ impl Backend for Token {
         };
         let rv = match no_output {
             // SAFETY: `data` is read-only input of its length.
-            Some(g) => unsafe { g(session as _, input, n) },
+            Some(g) => unsafe { g(session.0, input, n) },
             None => ck::CKR_FUNCTION_NOT_SUPPORTED,
         };
         check(rv)?;
@@ -836,7 +821,7 @@ impl Backend for Token {
 
     fn digest_key(&self, session: BackendSession, key: BackendObject) -> Result<()> {
         // SAFETY: no pointers.
-        check(unsafe { call!(self.lib, C_DigestKey(session as _, key as _)) })
+        check(unsafe { call!(self.lib, C_DigestKey(session.0, key.0)) })
     }
 
     fn final_(&self, session: BackendSession, op: Op) -> Result<Vec<u8>> {
@@ -853,7 +838,7 @@ impl Backend for Token {
         };
         self.output(1024, |out, len| {
             // SAFETY: `out` has room for `*len` bytes.
-            unsafe { g(session as _, out, len) }
+            unsafe { g(session.0, out, len) }
         })
     }
 
@@ -863,7 +848,7 @@ impl Backend for Token {
             call!(
                 self.lib,
                 C_VerifyFinal(
-                    session as _,
+                    session.0,
                     signature.as_ptr().cast_mut(),
                     signature.len() as _
                 )
@@ -886,7 +871,7 @@ impl Backend for Token {
             unsafe {
                 call!(
                     self.lib,
-                    C_GenerateKey(session as _, &mut raw, t.as_mut_ptr(), t.count(), h)
+                    C_GenerateKey(session.0, &mut raw, t.as_mut_ptr(), t.count(), h)
                 )
             }
         })
@@ -910,7 +895,7 @@ impl Backend for Token {
             call!(
                 self.lib,
                 C_GenerateKeyPair(
-                    session as _,
+                    session.0,
                     &mut raw,
                     pubt.as_mut_ptr(),
                     pubt.count(),
@@ -921,7 +906,7 @@ impl Backend for Token {
                 )
             )
         })?;
-        Ok((hpub as BackendObject, hpriv as BackendObject))
+        Ok((BackendObject(hpub), BackendObject(hpriv)))
     }
 
     fn wrap_key(
@@ -938,14 +923,7 @@ impl Backend for Token {
             unsafe {
                 call!(
                     self.lib,
-                    C_WrapKey(
-                        session as _,
-                        &mut raw,
-                        wrapping_key as _,
-                        key as _,
-                        out,
-                        len
-                    )
+                    C_WrapKey(session.0, &mut raw, wrapping_key.0, key.0, out, len)
                 )
             }
         })
@@ -969,9 +947,9 @@ impl Backend for Token {
                 call!(
                     self.lib,
                     C_UnwrapKey(
-                        session as _,
+                        session.0,
                         &mut raw,
-                        unwrapping_key as _,
+                        unwrapping_key.0,
                         wrapped.as_ptr().cast_mut(),
                         wrapped.len() as _,
                         t.as_mut_ptr(),
@@ -1000,9 +978,9 @@ impl Backend for Token {
                 call!(
                     self.lib,
                     C_DeriveKey(
-                        session as _,
+                        session.0,
                         &mut raw,
-                        base_key as _,
+                        base_key.0,
                         t.as_mut_ptr(),
                         t.count(),
                         h
@@ -1017,7 +995,7 @@ impl Backend for Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_SeedRandom(session as _, seed.as_ptr().cast_mut(), seed.len() as _)
+                C_SeedRandom(session.0, seed.as_ptr().cast_mut(), seed.len() as _)
             )
         })
     }
@@ -1028,7 +1006,7 @@ impl Backend for Token {
         check(unsafe {
             call!(
                 self.lib,
-                C_GenerateRandom(session as _, out.as_mut_ptr(), len as _)
+                C_GenerateRandom(session.0, out.as_mut_ptr(), len as _)
             )
         })?;
         Ok(out)

@@ -11,6 +11,9 @@ use crate::backend::{Backend, BackendObject, BackendSession, BackendTokenInfo, L
 use crate::error::{Error, Result};
 use crate::template::template_bool;
 
+/// The mock's anchor session, always live.
+const ANCHOR: BackendSession = BackendSession(0);
+
 #[derive(Debug, Clone, Copy)]
 struct MockObject {
     private: bool,
@@ -36,10 +39,10 @@ impl Mock {
     pub(crate) fn st(&self) -> MutexGuard<'_, MockState> {
         self.st.lock().unwrap()
     }
-    fn add(&self, session: BackendSession, template: &[Attribute], private: bool) -> u64 {
+    fn add(&self, session: BackendSession, template: &[Attribute], private: bool) -> BackendObject {
         let mut st = self.st();
         st.next += 1;
-        let h = st.next;
+        let h = BackendObject(st.next);
         let obj = MockObject {
             private: template_bool(template, ck::CKA_PRIVATE).unwrap_or(private),
             token: template_bool(template, ck::CKA_TOKEN).unwrap_or(false),
@@ -49,7 +52,7 @@ impl Mock {
         h
     }
     fn live(&self, s: BackendSession) -> Result<()> {
-        if self.st().sessions.contains(&s) || s == 0 {
+        if self.st().sessions.contains(&s) || s == ANCHOR {
             Ok(())
         } else {
             Err(Error::Backend(ck::CKR_SESSION_HANDLE_INVALID))
@@ -80,7 +83,7 @@ impl Backend for Mock {
     fn open_session(&self, _: bool) -> Result<BackendSession> {
         let mut st = self.st();
         st.next += 1;
-        let h = st.next;
+        let h = BackendSession(st.next);
         st.sessions.insert(h);
         Ok(h)
     }
@@ -91,7 +94,7 @@ impl Backend for Mock {
         Ok(())
     }
     fn anchor_session(&self) -> BackendSession {
-        0
+        ANCHOR
     }
     fn login_context_specific(&self, s: BackendSession) -> Result<()> {
         self.live(s)?;
@@ -102,7 +105,12 @@ impl Backend for Mock {
         self.live(s)?;
         Ok(self.add(s, t, false))
     }
-    fn copy_object(&self, s: BackendSession, _: BackendObject, t: &[Attribute]) -> Result<u64> {
+    fn copy_object(
+        &self,
+        s: BackendSession,
+        _: BackendObject,
+        t: &[Attribute],
+    ) -> Result<BackendObject> {
         self.live(s)?;
         Ok(self.add(s, t, false))
     }
@@ -143,7 +151,7 @@ impl Backend for Mock {
     fn find_objects(&self, s: BackendSession, t: &[Attribute]) -> Result<Vec<BackendObject>> {
         self.live(s)?;
         let private = template_bool(t, ck::CKA_PRIVATE);
-        let mut v: Vec<u64> = self
+        let mut v: Vec<BackendObject> = self
             .st()
             .objects
             .iter()
@@ -153,7 +161,13 @@ impl Backend for Mock {
         v.sort_unstable();
         Ok(v)
     }
-    fn op_init(&self, s: BackendSession, _: Op, _: &Mechanism, _: Option<u64>) -> Result<()> {
+    fn op_init(
+        &self,
+        s: BackendSession,
+        _: Op,
+        _: &Mechanism,
+        _: Option<BackendObject>,
+    ) -> Result<()> {
         self.live(s)
     }
     fn single(&self, s: BackendSession, _: Op, data: &[u8]) -> Result<Vec<u8>> {
@@ -177,7 +191,12 @@ impl Backend for Mock {
     fn verify_final(&self, s: BackendSession, _: &[u8]) -> Result<()> {
         self.live(s)
     }
-    fn generate_key(&self, s: BackendSession, _: &Mechanism, t: &[Attribute]) -> Result<u64> {
+    fn generate_key(
+        &self,
+        s: BackendSession,
+        _: &Mechanism,
+        t: &[Attribute],
+    ) -> Result<BackendObject> {
         self.live(s)?;
         Ok(self.add(s, t, true))
     }
@@ -187,11 +206,17 @@ impl Backend for Mock {
         _: &Mechanism,
         pubt: &[Attribute],
         privt: &[Attribute],
-    ) -> Result<(u64, u64)> {
+    ) -> Result<(BackendObject, BackendObject)> {
         self.live(s)?;
         Ok((self.add(s, pubt, false), self.add(s, privt, true)))
     }
-    fn wrap_key(&self, s: BackendSession, _: &Mechanism, _: u64, _: u64) -> Result<Vec<u8>> {
+    fn wrap_key(
+        &self,
+        s: BackendSession,
+        _: &Mechanism,
+        _: BackendObject,
+        _: BackendObject,
+    ) -> Result<Vec<u8>> {
         self.live(s)?;
         Ok(vec![1])
     }
@@ -199,14 +224,20 @@ impl Backend for Mock {
         &self,
         s: BackendSession,
         _: &Mechanism,
-        _: u64,
+        _: BackendObject,
         _: &[u8],
         t: &[Attribute],
-    ) -> Result<u64> {
+    ) -> Result<BackendObject> {
         self.live(s)?;
         Ok(self.add(s, t, true))
     }
-    fn derive_key(&self, s: BackendSession, _: &Mechanism, _: u64, t: &[Attribute]) -> Result<u64> {
+    fn derive_key(
+        &self,
+        s: BackendSession,
+        _: &Mechanism,
+        _: BackendObject,
+        t: &[Attribute],
+    ) -> Result<BackendObject> {
         self.live(s)?;
         Ok(self.add(s, t, true))
     }

@@ -1,7 +1,8 @@
 //! The backend: the vendor PKCS#11 library behind each virtual token.
 //!
 //! [`Backend`] is the typed surface the rest of the agent uses (protocol
-//! mechanisms and attributes, `u64` handles, the backend's `CK_RV` as
+//! mechanisms and attributes, [`BackendSession`] and [`BackendObject`]
+//! handles, the backend's `CK_RV` as
 //! [`Error::Backend`](crate::error::Error::Backend)), so that policy code can
 //! be tested against a mock. [`ffi`] implements it over a real library and
 //! holds every `unsafe` block of the crate; [`cdata`] builds the C
@@ -17,15 +18,102 @@ use keyward_protocol::{AttrResult, Attribute, Mechanism, MechanismInfo, Op, Vers
 
 use crate::error::Result;
 
-/// A backend session handle (the library's `CK_SESSION_HANDLE`). Never
-/// shown to a client: a client holds a `keyward_protocol::SessionHandle`,
-/// its own type, which does not compile where a backend handle is wanted;
-/// the client tables (`crate::clients`) map one to the other.
-pub type BackendSession = u64;
-/// A backend object handle (the library's `CK_OBJECT_HANDLE`) on its
-/// backend token. Never shown to a client, which holds a
-/// `keyward_protocol::ObjectHandle` instead (mapped by `crate::clients`).
-pub type BackendObject = u64;
+/// Declares a backend handle newtype. Its field is private to this module
+/// and its children: only a backend ([`ffi`], or the test mock) makes one,
+/// from what the library returned, so the rest of the agent can pass a
+/// handle back to the backend but cannot make one up from a number, nor
+/// give a session where an object is wanted.
+macro_rules! backend_handle {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(u64);
+
+        impl $name {
+            /// The library's number for it (for a mechanism parameter that
+            /// carries a handle, and for logs).
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+
+            /// A handle for the agent's unit tests, which check the tables
+            /// that hold handles without a backend.
+            #[cfg(test)]
+            pub(crate) const fn for_test(raw: u64) -> Self {
+                Self(raw)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+backend_handle! {
+    /// A backend session handle (the library's `CK_SESSION_HANDLE`). Never
+    /// shown to a client: a client holds a `keyward_protocol::SessionHandle`,
+    /// its own type, which does not compile where a backend handle is wanted;
+    /// the client tables (`crate::clients`) map one to the other.
+    ///
+    /// A handle the backend gave goes back to it:
+    ///
+    /// ```
+    /// # fn f(b: &dyn keyward_agent::backend::Backend) -> keyward_agent::error::Result<()> {
+    /// let session = b.open_session(false)?;
+    /// for object in b.find_objects(session, &[])? {
+    ///     println!("backend object {object} on backend session {session}");
+    /// }
+    /// b.close_session(session)
+    /// # }
+    /// ```
+    ///
+    /// A session is not an object:
+    ///
+    /// ```compile_fail
+    /// # fn f(b: &dyn keyward_agent::backend::Backend) {
+    /// let session = b.anchor_session();
+    /// // error[E0308]: expected `BackendObject`, found `BackendSession`
+    /// let _ = b.destroy_object(session, session);
+    /// # }
+    /// ```
+    ///
+    /// and a number is not a handle:
+    ///
+    /// ```compile_fail
+    /// # fn f(b: &dyn keyward_agent::backend::Backend) {
+    /// // error[E0308]: expected `BackendSession`, found integer
+    /// let _ = b.close_session(1);
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail
+    /// // error[E0603]: the field is private: only a backend makes handles
+    /// let _ = keyward_agent::backend::BackendObject(1);
+    /// ```
+    BackendSession
+}
+
+backend_handle! {
+    /// A backend object handle (the library's `CK_OBJECT_HANDLE`) on its
+    /// backend token. Never shown to a client, which holds a
+    /// `keyward_protocol::ObjectHandle` instead (mapped by `crate::clients`).
+    BackendObject
+}
+
+/// Backend objects for a log line: their numbers, comma-separated.
+pub(crate) fn numbers(objects: &[BackendObject]) -> String {
+    let mut out = String::new();
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&o.0.to_string());
+    }
+    out
+}
 
 /// `CK_INFO` of a backend library.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,4 +273,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn seed_random(&self, session: BackendSession, seed: &[u8]) -> Result<()>;
     /// `C_GenerateRandom`.
     fn generate_random(&self, session: BackendSession, len: usize) -> Result<Vec<u8>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_show_as_their_number() {
+        let (s, o) = (BackendSession(3), BackendObject(7));
+        assert_eq!(
+            (s.to_string(), o.to_string()),
+            ("3".to_owned(), "7".to_owned())
+        );
+        assert_eq!((s.get(), o.get()), (3, 7));
+        assert_eq!(numbers(&[o, BackendObject(9)]), "7, 9");
+        assert_eq!(numbers(&[]), "");
+    }
 }

@@ -331,12 +331,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Backend object `n` (the tables only compare handles).
+    fn obj(n: u64) -> BackendObject {
+        BackendObject::for_test(n)
+    }
+
     fn session(slot: Slot, rw: bool, backend_session: u64) -> Session {
         Session {
             active: Default::default(),
             slot,
             rw,
-            backend_session,
+            backend_session: BackendSession::for_test(backend_session),
             backend: Arc::new(crate::backend::mock::Mock::default()),
         }
     }
@@ -352,20 +357,20 @@ pub(crate) mod tests {
         assert_eq!(st.add_session(session(0, true, 102)), SessionHandle(3));
         assert_eq!(st.session(s1).unwrap_err(), Error::SessionHandleInvalid);
 
-        let o1 = st.map_object(0, 500, None, None);
+        let o1 = st.map_object(0, obj(500), None, None);
         assert_eq!(o1, ObjectHandle(1));
         assert_eq!(
-            st.map_object(0, 500, None, None),
+            st.map_object(0, obj(500), None, None),
             o1,
             "same backend object, same handle"
         );
         assert_eq!(
-            st.map_object(1, 500, None, None),
+            st.map_object(1, obj(500), None, None),
             ObjectHandle(2),
             "other slot, other object"
         );
         st.unmap_object(o1);
-        assert_eq!(st.map_object(0, 500, None, None), ObjectHandle(3));
+        assert_eq!(st.map_object(0, obj(500), None, None), ObjectHandle(3));
         assert_eq!(
             st.object(0, o1, Error::KeyHandleInvalid).unwrap_err(),
             Error::KeyHandleInvalid
@@ -383,7 +388,7 @@ pub(crate) mod tests {
         let a = Client::new(peer(1), "lab".into(), 1);
         let b = Client::new(peer(2), "lab".into(), 1);
         let sa = a.lock().add_session(session(0, true, 100));
-        let oa = a.lock().map_object(0, 7, None, None);
+        let oa = a.lock().map_object(0, obj(7), None, None);
         // b has its own numbering and knows nothing of a's handles.
         assert_eq!(
             b.lock().session(sa).unwrap_err(),
@@ -404,10 +409,10 @@ pub(crate) mod tests {
         let s1 = st.add_session(session(0, true, 100));
         let s2 = st.add_session(session(0, true, 101));
         st.set_login(0, Login::User);
-        let sess_obj = st.map_object(0, 9, Some(s1), None);
-        let token_obj = st.map_object(0, 10, None, None);
+        let sess_obj = st.map_object(0, obj(9), Some(s1), None);
+        let token_obj = st.map_object(0, obj(10), None, None);
         let closed = st.remove_session(s1).unwrap();
-        assert_eq!(closed.session_objects, vec![(0, 9)]);
+        assert_eq!(closed.session_objects, vec![(0, obj(9))]);
         assert!(st.object(0, sess_obj, Error::ObjectHandleInvalid).is_err());
         assert!(st.object(0, token_obj, Error::ObjectHandleInvalid).is_ok());
         assert_eq!(st.login(0), Login::User, "another session is still open");
@@ -419,10 +424,10 @@ pub(crate) mod tests {
     fn hidden_objects_are_noted_per_client_and_slot() {
         let a = Client::new(peer(1), "lab".into(), 2);
         let b = Client::new(peer(2), "lab".into(), 2);
-        a.lock().hide(0, 7);
-        assert!(a.lock().is_hidden(0, 7));
-        assert!(!a.lock().is_hidden(1, 7), "another slot");
-        assert!(!b.lock().is_hidden(0, 7), "another client");
+        a.lock().hide(0, obj(7));
+        assert!(a.lock().is_hidden(0, obj(7)));
+        assert!(!a.lock().is_hidden(1, obj(7)), "another slot");
+        assert!(!b.lock().is_hidden(0, obj(7)), "another client");
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl Agent {
                     .object(slot, ObjectHandle(h), Error::KeyHandleInvalid)?;
                 Ok(Cow::Owned(Mechanism {
                     mechanism: mechanism.mechanism,
-                    param: MechParam::Ulong(o.backend),
+                    param: MechParam::Ulong(o.backend.get()),
                 }))
             }
             _ => Ok(Cow::Borrowed(mechanism)),

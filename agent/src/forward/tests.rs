@@ -611,3 +611,39 @@ fn token_info_and_limits() {
         Response::List(vec![0])
     );
 }
+
+#[test]
+fn a_concatenated_key_is_named_to_the_backend_by_its_backend_handle() {
+    use keyward_protocol::MechParam;
+    let f = fixture(false);
+    let (a, c) = (&f.agent, f.agent.connect(peer(1), LAB_APPLICATION.into()));
+    let s = open(a, &c, RW);
+    let other = object(create(a, &c, s, vec![]));
+    let backend = c
+        .lock()
+        .object(0, other, crate::error::Error::KeyHandleInvalid)
+        .unwrap()
+        .backend;
+    // The mock numbers sessions and objects together: the client's number
+    // and the backend's differ, so a handle passed through untranslated
+    // would show.
+    assert_ne!(backend.get(), other.0);
+    let concatenate = |h: u64| Mechanism {
+        mechanism: ck::CKM_CONCATENATE_BASE_AND_KEY,
+        param: MechParam::Ulong(h),
+    };
+    let asked = concatenate(other.0);
+    let sent = a.mechanism(&c, 0, &asked).unwrap();
+    assert_eq!(sent.param, MechParam::Ulong(backend.get()));
+    assert_eq!(
+        a.mechanism(&c, 0, &concatenate(other.0 + 10)).unwrap_err(),
+        crate::error::Error::KeyHandleInvalid,
+        "a handle the client does not hold names no backend object"
+    );
+    // Another mechanism's number is not a handle: passed as it is.
+    let plain = Mechanism {
+        mechanism: ck::CKM_AES_CBC_ENCRYPT_DATA,
+        param: MechParam::Ulong(other.0),
+    };
+    assert_eq!(*a.mechanism(&c, 0, &plain).unwrap(), plain);
+}

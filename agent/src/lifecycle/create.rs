@@ -162,7 +162,8 @@ impl Lifecycle {
         match HsmSession::open(backend) {
             Ok(s) => s.destroy(objects),
             Err(e) => log::error!(
-                "cannot destroy generated objects {objects:?} after a failure: {}",
+                "cannot destroy generated objects {} after a failure: {}",
+                crate::backend::numbers(objects),
                 e.message
             ),
         }

@@ -113,8 +113,9 @@ impl<'b> HsmSession<'b> {
             .find_map(|&o| crate::keys::fingerprint(self.backend, self.handle, o));
         if fp.is_none() {
             log::warn!(
-                "backend objects {objects:?} show no public value or check value: \
-                 recognised by their CKA_ID alone"
+                "backend objects {} show no public value or check value: \
+                 recognised by their CKA_ID alone",
+                crate::backend::numbers(objects)
             );
         }
         fp
