@@ -209,6 +209,24 @@ impl Agent {
         Ok(())
     }
 
+    /// The checks of a change to an existing object (`what`: a copy, an
+    /// attribute change) by `template`: no private object before login,
+    /// not a managed key, no reserved name or ID, nothing weakened.
+    pub(crate) fn check_object_change(
+        &self,
+        client: &Client,
+        login: Login,
+        slot: Slot,
+        o: &ObjectRef,
+        template: &[Attribute],
+        what: &str,
+    ) -> Result<()> {
+        refuse_private(login, template)?;
+        self.refuse_managed(client, o, what)?;
+        self.refuse_reserved(client, slot, template, what)?;
+        self.refuse_weakening(client, template)
+    }
+
     /// Refuses what would take a managed key out of management: changing
     /// its attributes, copying it, destroying it, or wrapping it out. Those
     /// are administrator actions (some need approval).

@@ -106,12 +106,7 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
-        let r = if data.is_empty() {
-            Ok(())
-        } else {
-            s.backend.update(s.backend_session, op, &data).map(drop)
-        }
-        .and_then(|()| s.backend.final_(s.backend_session, op));
+        let r = last_part(&s, op, &data).and_then(|()| s.backend.final_(s.backend_session, op));
         Ok(Response::Data(self.end_op(client, &s, op, r)?))
     }
 
@@ -126,14 +121,8 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, Op::Verify, init.as_ref())?;
-        let r = if data.is_empty() {
-            Ok(())
-        } else {
-            s.backend
-                .update(s.backend_session, Op::Verify, &data)
-                .map(drop)
-        }
-        .and_then(|()| s.backend.verify_final(s.backend_session, &signature));
+        let r = last_part(&s, Op::Verify, &data)
+            .and_then(|()| s.backend.verify_final(s.backend_session, &signature));
         self.end_op(client, &s, Op::Verify, r)?;
         Ok(Response::Unit)
     }
@@ -203,4 +192,14 @@ impl Agent {
             }
         }
     }
+}
+
+/// The input the module held back for a final call (digests, signatures,
+/// verifications), given to the backend as one last update; nothing when
+/// there is none.
+fn last_part(s: &Session, op: Op, data: &[u8]) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    s.backend.update(s.backend_session, op, data).map(drop)
 }

@@ -87,10 +87,7 @@ impl Agent {
     ) -> Result<Response> {
         let (s, login, o) =
             self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
-        refuse_private(login, &template)?;
-        self.refuse_managed(client, &o[0], "a copy")?;
-        self.refuse_reserved(client, s.slot, &template, "a copy")?;
-        self.refuse_weakening(client, &template)?;
+        self.check_object_change(client, login, s.slot, &o[0], &template, "a copy")?;
         let h = s
             .backend
             .copy_object(s.backend_session, o[0].backend, &template)?;
@@ -165,10 +162,8 @@ impl Agent {
     ) -> Result<Response> {
         let (s, login, o) =
             self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
-        refuse_private(login, &template)?;
-        self.refuse_managed(client, &o[0], "an attribute change")?;
-        self.refuse_reserved(client, s.slot, &template, "an attribute change")?;
-        self.refuse_weakening(client, &template)?;
+        let what = "an attribute change";
+        self.check_object_change(client, login, s.slot, &o[0], &template, what)?;
         let owned = self.owned_identity(client, &s, &o[0], "an attribute change")?;
         s.backend
             .set_attributes(s.backend_session, o[0].backend, &template)?;
