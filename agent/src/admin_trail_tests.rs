@@ -170,3 +170,45 @@ fn a_trail_read_is_one_record_and_a_follow_poll_only_with_news() {
         "{reason}"
     );
 }
+
+/// A request for approval names its id in the trail, keeps its reason, and
+/// a second ask while it is pending answers the same request.
+#[test]
+fn a_request_for_approval_is_named_in_the_trail_and_asked_once() {
+    let (_d, a) = mock_agent(POLICY);
+    let create = KeyRequest::Create {
+        name: "k".into(),
+        class: "signing".into(),
+        algorithm: None,
+        token: None,
+        owner: None,
+    };
+    let act = |action, reason: &str| KeyRequest::Transition {
+        name: "k".into(),
+        token: None,
+        action,
+        reason: Some(reason.into()),
+    };
+    key(&a, create);
+    key(&a, act(KeyAction::Activate, "go"));
+    key(&a, act(KeyAction::Suspend, "laptop stolen"));
+    let ids: Vec<String> = (0..2)
+        .map(|_| match key(&a, act(KeyAction::Resume, "laptop found")) {
+            AdminResponse::Key(k) => match *k {
+                keyward_protocol::admin::KeyResponse::Pending(p) => p.id,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1], "a second request while one is pending");
+    let outcomes: Vec<String> = admin_records(&a)
+        .into_iter()
+        .filter(|(op, reason, _)| op == "key.resume" && !reason.starts_with("requested: "))
+        .map(|(_, reason, _)| reason)
+        .collect();
+    let expected = format!("needs approval: request {}", ids[0]);
+    assert_eq!(outcomes, [expected.clone(), expected]);
+    let stored = a.keys.inventory().request(&ids[0]).unwrap().unwrap();
+    assert!(stored.parameters.contains("laptop found"), "{stored:?}");
+}

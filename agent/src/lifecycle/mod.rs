@@ -334,13 +334,11 @@ impl Lifecycle {
         let (response, result, reason) = match self.key_call(admin, req) {
             Ok(resp) => {
                 log::info!("admin {admin}: {operation}: {what}: done");
-                let pending = matches!(resp, KeyResponse::Pending(_));
-                let reason = if pending {
-                    "needs approval: request recorded"
-                } else {
-                    "done"
+                let reason = match &resp {
+                    KeyResponse::Pending(p) => format!("needs approval: request {}", p.id),
+                    _ => "done".to_owned(),
                 };
-                (AdminResponse::Key(Box::new(resp)), 0, reason.to_owned())
+                (AdminResponse::Key(Box::new(resp)), 0, reason)
             }
             Err(e) => {
                 let reason = format!("{}: {}", e.kind.as_str(), e.message);

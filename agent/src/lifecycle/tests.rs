@@ -80,6 +80,20 @@ fn create_refusals_and_approvals() {
     let stored = a.keys.inventory().request(&p.id).unwrap().unwrap();
     assert_eq!(stored.status, keyward_policy::ApprovalStatus::Pending);
     assert_eq!(stored.target, "kw/k");
+    // The reason is kept with the request, and asking again while it is
+    // pending answers the same request rather than a second one.
+    let parameters: serde_json::Value = serde_json::from_str(&stored.parameters).unwrap();
+    assert_eq!(parameters["reason"], "keyward key resume");
+    let Ok(KeyResponse::Pending(again)) = call(&a, act("k", KeyAction::Resume)) else {
+        panic!()
+    };
+    assert_eq!(again.id, p.id);
+    let open = a
+        .keys
+        .inventory()
+        .requests(Some(keyward_policy::ApprovalStatus::Pending))
+        .unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
     let k = a.keys.key(stored.key_id.unwrap()).unwrap();
     assert_eq!(k.record.state, KeyState::Suspended);
     // revoke --rotate only from active.

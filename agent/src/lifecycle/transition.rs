@@ -43,7 +43,7 @@ impl Lifecycle {
             message: format!("key {}: {r}", t.label()),
         })?;
         if needs_approval(from, act) {
-            return self.record_request(t, act.name(), who, now);
+            return self.record_request(t, act.name(), (who, reason), now);
         }
         let rotate = matches!(action, KeyAction::Revoke { rotate: true });
         if rotate && from != KeyState::Active {
