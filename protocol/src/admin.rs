@@ -372,6 +372,16 @@ pub enum KeyRequest {
         /// Key class it joins.
         class: String,
     },
+    /// The approval requests: the pending ones, or (`all`) every one.
+    RequestList {
+        /// Every status, not only pending.
+        all: bool,
+    },
+    /// One approval request, by its id.
+    RequestShow {
+        /// The request's id.
+        id: String,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].
@@ -420,6 +430,8 @@ pub enum KeyResponse {
     Shadows(Vec<ShadowInfo>),
     /// Done; the text says what happened.
     Done(String),
+    /// Approval requests (`RequestList`, `RequestShow`).
+    Requests(Vec<ApprovalRequest>),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.
@@ -540,6 +552,8 @@ pub struct ApprovalRequest {
     pub created_at: i64,
     pub expires_at: i64,
     pub status: ApprovalStatus,
+    /// Why it was asked for.
+    pub reason: String,
 }
 
 /// Reading the audit trail (`keyward audit ...`).
@@ -1278,8 +1292,8 @@ mod hello_tests {
     }
 
     #[test]
-    fn a_keyward_speaking_3_and_an_agent_speaking_4_say_which_to_upgrade() {
-        assert_eq!(ADMIN_VERSIONS, VersionRange::only(4));
+    fn a_keyward_speaking_3_and_a_newer_agent_say_which_to_upgrade() {
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(5));
         let three = VersionRange::only(3);
         // The agent refuses a keyward that speaks 3 ...
         let (answer, m) = answer_hello(three, "0.4.0");
@@ -1365,6 +1379,7 @@ mod hello_tests {
             created_at: 1,
             expires_at: 2,
             status: ApprovalStatus::Pending,
+            reason: "laptop found".into(),
         };
         assert_eq!(serde_json::to_value(&request).unwrap()["status"], "pending");
         let list = AdminRequest::Key(KeyRequest::List {

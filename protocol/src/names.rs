@@ -79,6 +79,8 @@ impl KeyRequest {
             KeyRequest::PinUnlock { .. } => "pin.unlock",
             KeyRequest::Discover { .. } => "key.discover",
             KeyRequest::Adopt { .. } => "key.adopt",
+            KeyRequest::RequestList { .. } => "request.list",
+            KeyRequest::RequestShow { .. } => "request.show",
         }
     }
 
@@ -89,7 +91,9 @@ impl KeyRequest {
             KeyRequest::List { .. }
             | KeyRequest::Show { .. }
             | KeyRequest::GrantList { .. }
-            | KeyRequest::AppList => true,
+            | KeyRequest::AppList
+            | KeyRequest::RequestList { .. }
+            | KeyRequest::RequestShow { .. } => true,
             KeyRequest::Create { .. }
             | KeyRequest::Transition { .. }
             | KeyRequest::Rotate { .. }
@@ -169,6 +173,11 @@ impl KeyRequest {
                 Some(t) => format!("look for unmanaged keys on token {}", clean(t)),
                 None => "look for unmanaged keys on every token".to_owned(),
             },
+            KeyRequest::RequestList { all: false } => {
+                "list the pending approval requests".to_owned()
+            }
+            KeyRequest::RequestList { all: true } => "list every approval request".to_owned(),
+            KeyRequest::RequestShow { id } => format!("show approval request {}", clean(id)),
             KeyRequest::Adopt {
                 token,
                 backend_id,
@@ -500,6 +509,8 @@ mod tests {
                 name: "k".into(),
                 class: "c".into(),
             }),
+            AdminRequest::Key(KeyRequest::RequestList { all: false }),
+            AdminRequest::Key(KeyRequest::RequestShow { id: "00ff".into() }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -548,6 +559,8 @@ mod tests {
                 "pin.unlock",
                 "key.discover",
                 "key.adopt",
+                "request.list",
+                "request.show",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",
@@ -702,7 +715,14 @@ mod tests {
             .collect();
         assert_eq!(
             read_only,
-            ["key.list", "key.show", "grant.list", "app.list"]
+            [
+                "key.list",
+                "key.show",
+                "grant.list",
+                "app.list",
+                "request.list",
+                "request.show"
+            ]
         );
     }
 }

@@ -62,7 +62,9 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// keyward-domain's types (a state, purpose or status is its variant's
 /// number on the wire, no longer its name): a keyward speaking 3 and an
 /// agent speaking 4 tell each other which side to upgrade.
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 4, max: 4 };
+/// 5: approval requests carry their reason, and can be listed and shown
+/// (`KeyRequest::RequestList`, `RequestShow`, `KeyResponse::Requests`).
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 5, max: 5 };
 
 /// The first admin-protocol version that opens with a hello: an agent
 /// older than that closes the connection on a hello.

@@ -76,6 +76,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PinCommand,
     },
+    /// Approval requests: actions that wait for a second person.
+    Request {
+        #[command(subcommand)]
+        command: RequestCommand,
+    },
     /// List backend keys the inventory does not know (shadow keys), or adopt one.
     Discover(DiscoverArgs),
     /// Read the audit trail and check that nobody altered it.
@@ -222,6 +227,22 @@ pub enum GrantCommand {
 pub enum AppCommand {
     /// The policy's applications and the keys they hold grants on.
     List,
+}
+
+/// `keyward request ...`
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// The pending requests (with --all, every request).
+    List {
+        /// Every request, whatever its status.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One request: its action, target, requester, reason, status, expiry.
+    Show {
+        /// The request's id (as `keyward key ...` printed it).
+        id: String,
+    },
 }
 
 /// `keyward pin ...`

@@ -193,6 +193,9 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Apps(a) if a.is_empty() => "no applications\n".to_owned(),
         KeyResponse::Apps(a) => app_table(a),
         KeyResponse::Pending(p) => pending(p),
+        KeyResponse::Requests(r) if r.is_empty() => "no approval requests\n".to_owned(),
+        KeyResponse::Requests(r) if r.len() == 1 => pending(&r[0]),
+        KeyResponse::Requests(r) => request_table(r),
         KeyResponse::Verified {
             key,
             version,
@@ -429,7 +432,38 @@ pub fn pending(p: &ApprovalRequest) -> String {
         ("status", cell(p.status.as_str())),
         ("created", format_utc(p.created_at)),
         ("expires", format_utc(p.expires_at)),
+        ("reason", cell(&p.reason)),
     ])
+}
+
+/// Approval requests, one row each.
+fn request_table(requests: &[ApprovalRequest]) -> String {
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            vec![
+                cell(&r.id),
+                cell(&r.action),
+                cell(&r.target),
+                cell(&r.requester),
+                cell(r.status.as_str()),
+                format_utc(r.expires_at),
+                cell(&r.reason),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REQUEST",
+            "ACTION",
+            "TARGET",
+            "REQUESTER",
+            "STATUS",
+            "EXPIRES",
+            "REASON",
+        ],
+        &rows,
+    )
 }
 
 /// `keyward audit verify` as text: the counts, then `intact` or the first
@@ -1036,6 +1070,7 @@ mod tests {
             created_at: T0,
             expires_at: T0 + 86_400,
             status: "pending".parse().unwrap(),
+            reason: "retired".into(),
         }
     }
 
@@ -1205,7 +1240,8 @@ mod tests {
              requester:  alice\n\
              status:     pending\n\
              created:    2026-01-31 18:00:00\n\
-             expires:    2026-02-01 18:00:00\n"
+             expires:    2026-02-01 18:00:00\n\
+             reason:     retired\n"
         );
         assert_eq!(
             key_response(&KeyResponse::Verified {

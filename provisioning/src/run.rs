@@ -18,7 +18,8 @@ use keyward_protocol::admin::{
 use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
     AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs,
-    KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs, ResultFilter, TransitionArgs,
+    KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs, RequestCommand, ResultFilter,
+    TransitionArgs,
 };
 use crate::render;
 use crate::time;
@@ -125,6 +126,10 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
         Command::App {
             command: AppCommand::List,
         } => key(KeyRequest::AppList),
+        Command::Request { command } => key(match command {
+            RequestCommand::List { all } => KeyRequest::RequestList { all },
+            RequestCommand::Show { id } => KeyRequest::RequestShow { id },
+        }),
         Command::Pin {
             command:
                 PinCommand::Unlock {
@@ -986,6 +991,7 @@ mod tests {
             created_at: NOW,
             expires_at: NOW + 3600,
             status: "pending".parse().unwrap(),
+            reason: "retired".into(),
         }
     }
 

@@ -237,6 +237,7 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
         created_at: 1_769_882_400,
         expires_at: 1_769_968_800,
         status: "pending".parse().unwrap(),
+        reason: "retired".into(),
     };
     let (req, out) = against_fake_agent(
         &["key", "destroy", "web-tls", "--reason", "retired"],

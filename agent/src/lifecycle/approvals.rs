@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use keyward_inventory::ApprovalRecord;
+use keyward_policy::ApprovalStatus;
 use keyward_protocol::admin::{ApprovalRequest, KeyResponse};
 
 use crate::keys::secs;
@@ -13,7 +14,17 @@ use crate::keys::secs;
 use super::hsm::*;
 use super::*;
 
-pub(crate) fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
+/// What the CLI shows of request `r`: its reason read from its parameters,
+/// and a pending request past its expiry shown as expired.
+pub(crate) fn request_info(r: &ApprovalRecord, now: i64) -> ApprovalRequest {
+    let reason = serde_json::from_str::<serde_json::Value>(&r.parameters)
+        .ok()
+        .and_then(|p| p.get("reason")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let status = match r.status {
+        ApprovalStatus::Pending if r.expires_at <= now => ApprovalStatus::Expired,
+        s => s,
+    };
     ApprovalRequest {
         id: r.id.clone(),
         action: r.action.clone(),
@@ -21,11 +32,36 @@ pub(crate) fn request_info(r: &ApprovalRecord) -> ApprovalRequest {
         requester: r.requester.clone(),
         created_at: r.created_at,
         expires_at: r.expires_at,
-        status: r.status,
+        status,
+        reason,
     }
 }
 
 impl Lifecycle {
+    /// `keyward request list`: the pending requests (not yet expired), or
+    /// (`all`) every request, oldest first.
+    pub(crate) fn list_requests(&self, all: bool, now: SystemTime) -> AResult<KeyResponse> {
+        let now = secs(now);
+        let status = (!all).then_some(ApprovalStatus::Pending);
+        let mut records = self.keys.inventory().requests(status).map_err(inv_err)?;
+        records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(KeyResponse::Requests(
+            records
+                .iter()
+                .map(|r| request_info(r, now))
+                .filter(|r| all || r.status == ApprovalStatus::Pending)
+                .collect(),
+        ))
+    }
+
+    /// `keyward request show ID`.
+    pub(crate) fn show_request(&self, id: &str, now: SystemTime) -> AResult<KeyResponse> {
+        match self.keys.inventory().request(id).map_err(inv_err)? {
+            Some(r) => Ok(KeyResponse::Requests(vec![request_info(&r, secs(now))])),
+            None => fail(AdminErrorKind::NotFound, format!("no request {id:?}")),
+        }
+    }
+
     /// Records `action` on `t` for approval, with `why` (kept with the
     /// request); answers `Pending`. One pending request per action and
     /// key: asking again while one is pending answers that one.
@@ -39,7 +75,7 @@ impl Lifecycle {
         let created_at = secs(now);
         let inventory = self.keys.inventory();
         let pending = inventory
-            .requests(Some(keyward_policy::ApprovalStatus::Pending))
+            .requests(Some(ApprovalStatus::Pending))
             .map_err(inv_err)?;
         if let Some(open) = pending.iter().find(|r| {
             r.action == action && r.key_id == Some(t.key.record.id) && r.expires_at > created_at
@@ -49,7 +85,7 @@ impl Lifecycle {
                 t.label(),
                 open.id
             );
-            return Ok(KeyResponse::Pending(request_info(open)));
+            return Ok(KeyResponse::Pending(request_info(open, created_at)));
         }
         let record = ApprovalRecord {
             id: hex::encode(&random(16)?),
@@ -60,7 +96,7 @@ impl Lifecycle {
             requester: who.to_owned(),
             created_at,
             expires_at: created_at + APPROVAL_LIFETIME.as_secs() as i64,
-            status: keyward_policy::ApprovalStatus::Pending,
+            status: ApprovalStatus::Pending,
         };
         inventory.create_request(&record).map_err(inv_err)?;
         log::warn!(
@@ -68,6 +104,6 @@ impl Lifecycle {
             t.label(),
             record.id
         );
-        Ok(KeyResponse::Pending(request_info(&record)))
+        Ok(KeyResponse::Pending(request_info(&record, created_at)))
     }
 }

@@ -212,7 +212,9 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
         KeyRequest::PinUnlock { token, .. } => (Some(token.clone()), None),
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
-        KeyRequest::AppList => (None, None),
+        KeyRequest::AppList | KeyRequest::RequestList { .. } | KeyRequest::RequestShow { .. } => {
+            (None, None)
+        }
     }
 }
 
@@ -426,6 +428,8 @@ impl Lifecycle {
                 self.list_grants(key.as_deref(), token.as_deref())
             }
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
+            KeyRequest::RequestList { all } => self.list_requests(all, SystemTime::now()),
+            KeyRequest::RequestShow { id } => self.show_request(&id, SystemTime::now()),
             KeyRequest::PinUnlock {
                 token,
                 role,

@@ -145,3 +145,45 @@ keyward_test!(fn managed_keys_get_their_curves_ec_params(tb) {
         }
     }
 });
+
+keyward_test!(fn approval_requests_are_listed_and_shown_with_their_reason(tb) {
+    tb.require_agent("approval requests");
+    strict_policy(&tb);
+    keyward_ok(&tb, &["key", "create", "web-tls", "--class", "signing"], 0);
+    keyward_ok(&tb, &["key", "activate", "web-tls"], 0);
+    keyward_ok(&tb, &["key", "suspend", "web-tls", "--reason", "laptop stolen"], 0);
+    let none = keyward_ok(&tb, &["request", "list"], 0);
+    assert_eq!(none, "no approval requests\n");
+
+    // A resume waits for approval; asking twice is one request.
+    let asked = |n: usize| {
+        let json = keyward_ok(
+            &tb,
+            &["--json", "key", "resume", "web-tls", "--reason", "laptop found"],
+            3,
+        );
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let id = doc["Pending"]["id"].as_str().unwrap_or_default().to_owned();
+        assert!(!id.is_empty(), "ask {n}: {json}");
+        id
+    };
+    let id = asked(1);
+    assert_eq!(asked(2), id, "a second resume while one is pending");
+
+    let listed = keyward_ok(&tb, &["--json", "request", "list"], 0);
+    let doc: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let requests = doc["Requests"].as_array().cloned().unwrap_or_default();
+    assert_eq!(requests.len(), 1, "{listed}");
+    assert_eq!(requests[0]["id"], id.as_str());
+    assert_eq!(requests[0]["action"], "resume");
+    assert_eq!(requests[0]["status"], "pending");
+    assert_eq!(requests[0]["reason"], "laptop found");
+
+    let shown = keyward_ok(&tb, &["request", "show", &id], 0);
+    assert!(shown.contains("laptop found") && shown.contains(&id), "{shown}");
+    keyward_ok(&tb, &["request", "show", "no-such-request"], 4);
+    // Reading requests leaves no record; the resume's outcome names the id.
+    let trail = keyward_ok(&tb, &["--json", "audit", "query", "--key", "web-tls"], 0);
+    assert!(!trail.contains("request.list") && !trail.contains("request.show"), "{trail}");
+    assert!(trail.contains(&format!("needs approval: request {id}")), "{trail}");
+});
