@@ -1003,3 +1003,24 @@ fn error_quorum_without_roster_in_strict_mode() {
         "policy.toml:17:1: quorum.destroy: there is no [[administrator]]: without a roster dual control is off",
     );
 }
+
+#[test]
+fn reference_roster_example_parses() {
+    let doc = include_str!("../../../docs/policy.md");
+    let section = doc
+        .split("## `[quorum.<action>]`")
+        .nth(1)
+        .expect("quorum section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("toml example");
+    let p = Policy::from_str(&format!("{BASE}\n{example}"), "policy.md").unwrap();
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    assert_eq!(p.administrators.len(), 4);
+    assert_eq!(p.administrator_for_uid(1005).unwrap().name, "dave");
+    let destroy = p.quorum(Approvable::Destroy);
+    assert_eq!(destroy.holders_needed(), 3);
+    assert_eq!(destroy.lifetime, Duration::from_secs(4 * 3600));
+}
