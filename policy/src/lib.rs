@@ -10,6 +10,11 @@
 //!   [`Policy::admit`]), whether a mechanism is allowed
 //!   ([`Policy::mechanism_allowed`]), whether an application may use a key
 //!   of a class ([`KeyClass::check_use`]).
+//! - `policy/roster.rs`: the administrators' roster ([`Administrator`],
+//!   [`Role`], [`AdministratorKey`]; [`Policy::administrator_for_uid`]) and
+//!   the quorums of the actions under dual control ([`Approvable`],
+//!   [`Quorum`], [`Policy::quorum`] with the defaults applied). Parsed and
+//!   checked; the agent enforces them in a coming release.
 //! - keyward-domain's types, re-exported: [`KeyState`], [`Purpose`],
 //!   [`Operation`], [`Algorithm`], [`Curve`], [`ApprovalStatus`] (each with
 //!   its one text form).
@@ -54,7 +59,10 @@ pub use lifecycle::{
     Action, Cryptoperiod, Rotation,
 };
 pub use mechanisms::{mechanism_by_name, mechanism_name};
-pub use policy::{Application, Grant, KeyClass, Mode, Peer, Policy, Settings};
+pub use policy::{
+    Administrator, AdministratorKey, Application, Approvable, Grant, KeyClass, Mode, Peer, Policy,
+    Quorum, Role, Settings, DEFAULT_LIFETIME,
+};
 pub use refusal::{Mechanism, Refusal};
 pub use rv::rv_name;
 pub use template::{

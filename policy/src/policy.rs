@@ -2,7 +2,7 @@
 //! who is this peer, may it use this mechanism, may it do this with a key of
 //! that class.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -16,6 +16,10 @@ use crate::lifecycle::{effective_state, permits, Cryptoperiod};
 use crate::mechanisms::mechanism_by_name;
 use crate::refusal::{Mechanism, Refusal};
 use crate::{Algorithm, KeyState, Operation, Purpose};
+
+mod roster;
+
+pub use roster::{Administrator, AdministratorKey, Approvable, Quorum, Role, DEFAULT_LIFETIME};
 
 /// How strictly the agent applies the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +249,16 @@ pub struct Policy {
     pub applications: Vec<Application>,
     /// `[[class]]`, in file order.
     pub classes: Vec<KeyClass>,
+    /// `[[administrator]]`, in file order: the roster. Empty: dual control
+    /// is off.
+    pub administrators: Vec<Administrator>,
+    /// `[quorum.<action>]` as written; [`Policy::quorum`] applies the
+    /// defaults.
+    pub quorums: BTreeMap<Approvable, Quorum>,
+    /// Warning-level notes from validation: in lab mode, what strict mode
+    /// refuses (a quorum the roster cannot meet, quorums without a
+    /// roster). Empty in strict mode.
+    pub notes: Vec<String>,
 }
 
 impl Policy {
@@ -281,6 +295,9 @@ impl Policy {
             },
             applications: Vec::new(),
             classes: Vec::new(),
+            administrators: Vec::new(),
+            quorums: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -297,6 +314,33 @@ impl Policy {
     /// The class named `name`.
     pub fn class(&self, name: &str) -> Option<&KeyClass> {
         self.classes.iter().find(|c| c.name == name)
+    }
+
+    /// The administrator named `name`.
+    pub fn administrator(&self, name: &str) -> Option<&Administrator> {
+        self.administrators.iter().find(|a| a.name == name)
+    }
+
+    /// The administrator a local user is (validation keeps each uid to one
+    /// administrator).
+    pub fn administrator_for_uid(&self, uid: u32) -> Option<&Administrator> {
+        self.administrators.iter().find(|a| a.uids.contains(&uid))
+    }
+
+    /// Whether actions under dual control need approvals: the policy has a
+    /// roster. (Parsed and checked today; the agent enforces it in a
+    /// coming release.)
+    pub fn dual_control(&self) -> bool {
+        !self.administrators.is_empty()
+    }
+
+    /// The quorum of `action`: its `[quorum.<action>]` table, or
+    /// [`Approvable::default_quorum`].
+    pub fn quorum(&self, action: Approvable) -> Quorum {
+        self.quorums
+            .get(&action)
+            .cloned()
+            .unwrap_or_else(|| action.default_quorum())
     }
 
     /// The listed application a peer is, if any.
@@ -402,6 +446,10 @@ struct RawPolicy {
     application: Vec<Spanned<RawApplication>>,
     #[serde(default)]
     class: Vec<RawClass>,
+    #[serde(default)]
+    administrator: Vec<Spanned<roster::RawAdministrator>>,
+    #[serde(default)]
+    quorum: roster::RawQuorums,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,11 +566,25 @@ impl Validator<'_> {
             classes.push(self.class(class, name, &applications)?);
         }
 
+        let settings = self.settings(&raw.settings, &classes)?;
+        let administrators = self.administrators(&raw.administrator)?;
+        let roster_span = raw.administrator.first().map(|a| a.span()).unwrap_or(0..0);
+        let mut notes = Vec::new();
+        let quorums = self.quorums(
+            &raw.quorum,
+            &administrators,
+            roster_span,
+            settings.mode,
+            &mut notes,
+        )?;
         Ok(Policy {
             origin: self.origin.to_owned(),
-            settings: self.settings(&raw.settings, &classes)?,
+            settings,
             applications,
             classes,
+            administrators,
+            quorums,
+            notes,
         })
     }
 

@@ -538,3 +538,489 @@ fn objects_are_shared_with_named_applications_only() {
         "policy.toml:8:23: application \"web\", share_objects_with: an application sees its own objects already",
     );
 }
+
+// ---------------------------------------------------------------------------
+// The administrators' roster and the quorums.
+
+const ED: &str = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+const P256_UNCOMPRESSED: &str = "p256:046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+const P256_COMPRESSED: &str =
+    "p256:036b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296";
+
+/// `BASE` with a roster that meets every default quorum: two security
+/// officers, a key owner, a custodian and an auditor.
+fn roster() -> String {
+    format!(
+        r#"{BASE}
+[[administrator]]
+name = "alice"
+uids = [1001, 1011]
+roles = ["security-officer"]
+public_key = "{ED}"
+
+[[administrator]]
+name = "bob"
+uids = [1002]
+roles = ["security-officer", "custodian"]
+public_key = "{P256_UNCOMPRESSED}"
+
+[[administrator]]
+name = "carol"
+uids = [1003]
+roles = ["key-owner"]
+public_key = "{P256_COMPRESSED}"
+
+[[administrator]]
+name = "dave"
+uids = [1004]
+roles = ["auditor"]
+public_key = "pkcs11:token=dave;object=approval;type=private"
+"#
+    )
+}
+
+/// `roster()` with `from` replaced by `to` (which must occur once).
+fn mutate_roster(from: &str, to: &str) -> String {
+    let text = roster();
+    assert_eq!(text.matches(from).count(), 1, "{from}");
+    text.replace(from, to)
+}
+
+#[test]
+fn roster_is_valid_and_typed() {
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    assert!(p.dual_control());
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    let names: Vec<_> = p.administrators.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+    let alice = p.administrator("alice").unwrap();
+    assert_eq!(alice.uids, [1001, 1011]);
+    assert_eq!(alice.roles, [Role::SecurityOfficer]);
+    match &alice.public_key {
+        AdministratorKey::Ed25519(k) => {
+            assert_eq!(k[0], 0xd7);
+            assert_eq!(k[31], 0x1a);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bob = p.administrator("bob").unwrap();
+    assert_eq!(bob.roles, [Role::SecurityOfficer, Role::Custodian]);
+    assert!(matches!(&bob.public_key, AdministratorKey::P256(k) if k.len() == 65 && k[0] == 4));
+    let carol = p.administrator("carol").unwrap();
+    assert!(matches!(&carol.public_key, AdministratorKey::P256(k) if k.len() == 33 && k[0] == 3));
+    let dave = p.administrator("dave").unwrap();
+    assert_eq!(
+        dave.public_key,
+        AdministratorKey::Pkcs11("pkcs11:token=dave;object=approval;type=private".to_owned())
+    );
+    assert!(p.administrator("eve").is_none());
+}
+
+#[test]
+fn administrator_for_uid() {
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    assert_eq!(p.administrator_for_uid(1001).unwrap().name, "alice");
+    assert_eq!(p.administrator_for_uid(1011).unwrap().name, "alice");
+    assert_eq!(p.administrator_for_uid(1003).unwrap().name, "carol");
+    assert!(p.administrator_for_uid(33).is_none());
+    assert!(p.administrator_for_uid(0).is_none());
+}
+
+#[test]
+fn roles_and_actions_by_name() {
+    for role in Role::ALL {
+        assert_eq!(Role::parse(role.as_str()), Some(role));
+        assert_eq!(role.may_change(), role != Role::Auditor);
+    }
+    assert_eq!(Role::parse("admin"), None);
+    for action in Approvable::ALL {
+        assert_eq!(Approvable::parse(action.as_str()), Some(action));
+        assert_eq!(action.to_string(), action.as_str());
+    }
+    assert_eq!(
+        Approvable::parse("deactivate-suspended"),
+        Some(Approvable::DeactivateSuspended)
+    );
+    assert_eq!(Approvable::parse("deactivate_suspended"), None);
+}
+
+#[test]
+fn default_quorums() {
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    assert!(p.quorums.is_empty());
+    let day = Duration::from_secs(86_400);
+    for action in [
+        Approvable::Destroy,
+        Approvable::PolicyApply,
+        Approvable::TokenInit,
+    ] {
+        let q = p.quorum(action);
+        assert_eq!(
+            q,
+            Quorum {
+                approvals: 2,
+                roles: vec![Role::SecurityOfficer],
+                requester_counts: true,
+                lifetime: day,
+            },
+            "{action}"
+        );
+        assert_eq!(q.holders_needed(), 2);
+    }
+    for action in [Approvable::BackupExport, Approvable::BackupRestore] {
+        let q = p.quorum(action);
+        assert_eq!(q.approvals, 2, "{action}");
+        assert_eq!(q.roles, [Role::SecurityOfficer, Role::Custodian]);
+        assert!(q.requester_counts);
+    }
+    for action in [
+        Approvable::Resume,
+        Approvable::DeactivateSuspended,
+        Approvable::LeaveCompromised,
+        Approvable::RecoveryWindow,
+        Approvable::SensitiveGrant,
+    ] {
+        let q = p.quorum(action);
+        assert_eq!(
+            q,
+            Quorum {
+                approvals: 1,
+                roles: vec![Role::SecurityOfficer, Role::KeyOwner],
+                requester_counts: false,
+                lifetime: day,
+            },
+            "{action}"
+        );
+        assert_eq!(q.holders_needed(), 2);
+    }
+    // Every action has a default, and no default lets an auditor approve.
+    for action in Approvable::ALL {
+        let q = action.default_quorum();
+        assert!(q.approvals >= 1);
+        assert!(q.roles.iter().all(|r| r.may_change()));
+    }
+}
+
+#[test]
+fn explicit_quorum_overrides_default() {
+    let text = format!(
+        "{}\n[quorum.destroy]\napprovals = 1\nroles = [\"key-owner\", \"security-officer\"]\nlifetime = \"2h\"\n\n[quorum.token-init]\napprovals = 3\nroles = [\"security-officer\", \"key-owner\"]\nrequester_counts = true\n",
+        roster()
+    );
+    let p = Policy::from_str(&text, "policy.toml").unwrap();
+    assert_eq!(
+        p.quorum(Approvable::Destroy),
+        Quorum {
+            approvals: 1,
+            roles: vec![Role::KeyOwner, Role::SecurityOfficer],
+            requester_counts: false,
+            lifetime: Duration::from_secs(7200),
+        }
+    );
+    let init = p.quorum(Approvable::TokenInit);
+    assert_eq!(init.approvals, 3);
+    assert!(init.requester_counts);
+    assert_eq!(init.lifetime, Duration::from_secs(86_400));
+    // The others keep their defaults.
+    assert_eq!(
+        p.quorum(Approvable::Resume),
+        Approvable::Resume.default_quorum()
+    );
+}
+
+#[test]
+fn no_roster_no_dual_control() {
+    let p = Policy::from_str(BASE, "policy.toml").unwrap();
+    assert!(!p.dual_control());
+    assert!(p.administrators.is_empty());
+    assert!(p.notes.is_empty());
+    assert!(p.administrator_for_uid(33).is_none());
+    assert!(!Policy::lab().dual_control());
+}
+
+#[test]
+fn error_duplicate_administrator() {
+    assert_error(
+        &mutate_roster("name = \"bob\"", "name = \"alice\""),
+        "policy.toml:24:8: administrator \"alice\", name: a second administrator is named \"alice\"",
+    );
+}
+
+#[test]
+fn error_bad_administrator_name() {
+    assert_error(
+        &mutate_roster("name = \"bob\"", "name = \"bob smith\""),
+        "policy.toml:24:8: administrator, name: \"bob smith\" is not a name: use letters, digits, '-', '_' and '.'",
+    );
+}
+
+#[test]
+fn error_uid_in_two_administrators() {
+    assert_error(
+        &mutate_roster("uids = [1003]", "uids = [1003, 1011]"),
+        "policy.toml:31:15: administrator \"carol\", uids: uid 1011 is already administrator \"alice\"'s: a uid belongs to one administrator",
+    );
+    assert_error(
+        &mutate_roster("uids = [1003]", "uids = [1003, 1003]"),
+        "policy.toml:31:15: administrator \"carol\", uids: uid 1003 is listed twice",
+    );
+}
+
+#[test]
+fn error_no_uid_or_role() {
+    assert_error(
+        &mutate_roster("uids = [1003]", "uids = []"),
+        "policy.toml:31:8: administrator \"carol\", uids: an administrator needs at least one uid",
+    );
+    assert_error(
+        &mutate_roster("roles = [\"key-owner\"]", "roles = []"),
+        "policy.toml:32:9: administrator \"carol\", roles: an administrator needs at least one role",
+    );
+}
+
+#[test]
+fn error_unknown_role() {
+    assert_error(
+        &mutate_roster("roles = [\"key-owner\"]", "roles = [\"keyowner\"]"),
+        "policy.toml:32:10: administrator \"carol\", roles: \"keyowner\" is not one of security-officer, key-owner, operator, auditor, custodian",
+    );
+}
+
+#[test]
+fn error_auditor_with_another_role() {
+    assert_error(
+        &mutate_roster("roles = [\"auditor\"]", "roles = [\"auditor\", \"operator\"]"),
+        "policy.toml:38:9: administrator \"dave\", roles: an auditor is read-only and holds no other role",
+    );
+}
+
+#[test]
+fn error_bad_public_keys() {
+    let cases = [
+        (
+            "ed25519:d75a98",
+            "an ed25519 public key is 32 bytes (64 hex digits), not 3",
+        ),
+        (
+            "ed25519:zz5a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            "the ed25519 key is not hex (an even number of 0-9, a-f)",
+        ),
+        (
+            "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511",
+            "the ed25519 key is not hex (an even number of 0-9, a-f)",
+        ),
+        (
+            "p256:056b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            "a compressed p256 point (33 bytes) starts with 02 or 03",
+        ),
+        (
+            "p256:046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            "a compressed p256 point (33 bytes) starts with 02 or 03",
+        ),
+        (
+            "p256:036b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+            "an uncompressed p256 point (65 bytes) starts with 04",
+        ),
+        (
+            "p256:04",
+            "a p256 public key is a SEC1 point of 65 bytes (uncompressed) or 33 (compressed), not 1",
+        ),
+        (
+            "p256:xyz",
+            "the p256 key is not hex (an even number of 0-9, a-f)",
+        ),
+        (
+            "pkcs11:",
+            "a pkcs11: URI must name the key (e.g. pkcs11:token=...;object=...)",
+        ),
+        (
+            "pkcs11:token=my token",
+            "a pkcs11: URI has no spaces or control characters (percent-encode them)",
+        ),
+        (
+            "rsa:0102",
+            "unknown key kind: expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"",
+        ),
+        (
+            "",
+            "unknown key kind: expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"",
+        ),
+    ];
+    for (key, message) in cases {
+        let text = roster().replace(ED, key);
+        assert_error(
+            &text,
+            &format!("policy.toml:21:14: administrator \"alice\", public_key: {message}"),
+        );
+    }
+    assert_error(
+        &roster().replace(P256_COMPRESSED, "ed25519:00"),
+        "policy.toml:33:14: administrator \"carol\", public_key: an ed25519 public key is 32 bytes (64 hex digits), not 1",
+    );
+}
+
+#[test]
+fn error_missing_or_unknown_administrator_field() {
+    assert_error(
+        &mutate_roster("roles = [\"key-owner\"]\n", ""),
+        "policy.toml:29:1: administrator \"carol\": missing field `roles`",
+    );
+    assert_error(
+        &mutate_roster("roles = [\"key-owner\"]", "roles = [\"key-owner\"]\nuid = 1"),
+        "policy.toml:33:1: administrator \"carol\", uid: unknown field `uid`, expected one of `name`, `uids`, `roles`, `public_key`",
+    );
+}
+
+#[test]
+fn error_unknown_quorum_action() {
+    assert_error(
+        &format!("{}\n[quorum.destory]\napprovals = 2\nroles = [\"security-officer\"]\n", roster()),
+        "policy.toml:41:9: quorum.destory: \"destory\" is not an action under dual control: one of destroy, resume, deactivate-suspended, leave-compromised, recovery-window, sensitive-grant, policy-apply, backup-export, backup-restore, token-init",
+    );
+}
+
+#[test]
+fn error_zero_approvals() {
+    assert_error(
+        &format!("{}\n[quorum.resume]\napprovals = 0\nroles = [\"key-owner\"]\n", roster()),
+        "policy.toml:42:13: quorum.resume, approvals: at least one approval: leave the table out for the default",
+    );
+}
+
+#[test]
+fn error_bad_quorum_roles_and_lifetime() {
+    assert_error(
+        &format!("{}\n[quorum.resume]\napprovals = 1\nroles = [\"owner\"]\n", roster()),
+        "policy.toml:43:10: quorum.resume, roles: \"owner\" is not one of security-officer, key-owner, operator, auditor, custodian",
+    );
+    assert_error(
+        &format!("{}\n[quorum.resume]\napprovals = 1\nroles = []\n", roster()),
+        "policy.toml:43:9: quorum.resume, roles: a quorum needs at least one role that approves",
+    );
+    assert_error(
+        &format!(
+            "{}\n[quorum.resume]\napprovals = 1\nroles = [\"key-owner\", \"auditor\"]\n",
+            roster()
+        ),
+        "policy.toml:43:9: quorum.resume, roles: an auditor is read-only and approves nothing",
+    );
+    assert_error(
+        &format!(
+            "{}\n[quorum.resume]\napprovals = 1\nroles = [\"key-owner\"]\nlifetime = \"1y\"\n",
+            roster()
+        ),
+        "policy.toml:44:12: quorum.resume, lifetime: \"1y\" is not a duration: expected a number and a unit s, m, h, d or w, like \"90d\" or \"12h\"",
+    );
+    assert_error(
+        &format!(
+            "{}\n[quorum.resume]\napprovals = 1\nroles = [\"key-owner\"]\nrequester = true\n",
+            roster()
+        ),
+        "policy.toml:44:1: quorum.resume, requester: unknown field `requester`, expected one of `approvals`, `roles`, `requester_counts`, `lifetime`",
+    );
+}
+
+#[test]
+fn error_quorum_the_roster_cannot_meet_in_strict_mode() {
+    // Three approvals from two security officers.
+    assert_error(
+        &format!(
+            "{}\n[quorum.destroy]\napprovals = 3\nroles = [\"security-officer\"]\nrequester_counts = true\n",
+            roster()
+        ),
+        "policy.toml:41:1: quorum.destroy: 3 approval(s) from security-officer need 3 administrator(s) with those roles; the roster has 2",
+    );
+    // Two approvals other than the requester's from two officers: if one
+    // asks, one is left.
+    assert_error(
+        &format!(
+            "{}\n[quorum.destroy]\napprovals = 2\nroles = [\"security-officer\"]\n",
+            roster()
+        ),
+        "policy.toml:41:1: quorum.destroy: 2 approval(s) from security-officer other than the requester need 3 administrator(s) with those roles; the roster has 2",
+    );
+    // The default: one security officer only cannot meet destroy's two.
+    assert_error(
+        &mutate_roster(
+            "roles = [\"security-officer\", \"custodian\"]",
+            "roles = [\"custodian\"]",
+        ),
+        "policy.toml:17:1: quorum.destroy: the default: 2 approval(s) from security-officer need 2 administrator(s) with those roles; the roster has 1",
+    );
+    // The requester's approval does not count and carol is the only key
+    // owner: a key-owner-only quorum cannot be met.
+    assert_error(
+        &format!(
+            "{}\n[quorum.sensitive-grant]\napprovals = 1\nroles = [\"key-owner\"]\n",
+            roster()
+        ),
+        "policy.toml:41:1: quorum.sensitive-grant: 1 approval(s) from key-owner other than the requester need 2 administrator(s) with those roles; the roster has 1",
+    );
+    // With the requester counting, carol alone meets it.
+    let p = Policy::from_str(
+        &format!(
+            "{}\n[quorum.sensitive-grant]\napprovals = 1\nroles = [\"key-owner\"]\nrequester_counts = true\n",
+            roster()
+        ),
+        "policy.toml",
+    )
+    .unwrap();
+    assert_eq!(p.quorum(Approvable::SensitiveGrant).holders_needed(), 1);
+}
+
+#[test]
+fn lab_mode_notes_what_strict_refuses() {
+    let short = mutate_roster(
+        "roles = [\"security-officer\", \"custodian\"]",
+        "roles = [\"custodian\"]",
+    );
+    let lab = short.replace("mode = \"strict\"", "mode = \"lab\"");
+    let p = Policy::from_str(&lab, "policy.toml").unwrap();
+    assert!(p.dual_control());
+    assert_eq!(
+        p.notes,
+        [
+            "quorum.destroy: the default: 2 approval(s) from security-officer need 2 administrator(s) with those roles; the roster has 1",
+            "quorum.policy-apply: the default: 2 approval(s) from security-officer need 2 administrator(s) with those roles; the roster has 1",
+            "quorum.token-init: the default: 2 approval(s) from security-officer need 2 administrator(s) with those roles; the roster has 1",
+        ]
+    );
+    // Lab mode without a roster: dual control off, quorum tables noted.
+    let quorum_only = BASE.replace("mode = \"strict\"", "mode = \"lab\"")
+        + "\n[quorum.destroy]\napprovals = 2\nroles = [\"security-officer\"]\n";
+    let p = Policy::from_str(&quorum_only, "policy.toml").unwrap();
+    assert!(!p.dual_control());
+    assert_eq!(
+        p.notes,
+        ["quorum.destroy: there is no [[administrator]]: without a roster dual control is off"]
+    );
+}
+
+#[test]
+fn error_quorum_without_roster_in_strict_mode() {
+    assert_error(
+        &format!("{BASE}\n[quorum.destroy]\napprovals = 2\nroles = [\"security-officer\"]\n"),
+        "policy.toml:17:1: quorum.destroy: there is no [[administrator]]: without a roster dual control is off",
+    );
+}
+
+#[test]
+fn reference_roster_example_parses() {
+    let doc = include_str!("../../../docs/policy.md");
+    let section = doc
+        .split("## `[quorum.<action>]`")
+        .nth(1)
+        .expect("quorum section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("toml example");
+    let p = Policy::from_str(&format!("{BASE}\n{example}"), "policy.md").unwrap();
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    assert_eq!(p.administrators.len(), 4);
+    assert_eq!(p.administrator_for_uid(1005).unwrap().name, "dave");
+    let destroy = p.quorum(Approvable::Destroy);
+    assert_eq!(destroy.holders_needed(), 3);
+    assert_eq!(destroy.lifetime, Duration::from_secs(4 * 3600));
+}

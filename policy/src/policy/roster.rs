@@ -1,0 +1,531 @@
+//! The administrators' roster (`[[administrator]]`), their roles, and the
+//! quorums (`[quorum.<action>]`) of the actions under dual control.
+//!
+//! Today the roster and the quorums are parsed and checked only; the agent
+//! enforces them in a coming release.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Mode, Validator};
+use crate::error::PolicyError;
+
+/// What an administrator is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// `security-officer`: runs the HSM and approves the actions that
+    /// change the whole token (destroy, policy, token initialisation,
+    /// backups).
+    SecurityOfficer,
+    /// `key-owner`: answers for the keys of some classes; approves their
+    /// state changes and sensitive grants.
+    KeyOwner,
+    /// `operator`: day-to-day work (rotation, requests); approves nothing
+    /// by default.
+    Operator,
+    /// `auditor`: reads the inventory and the audit log; changes nothing,
+    /// approves nothing, and holds no other role.
+    Auditor,
+    /// `custodian`: holds a share of the backup protection; approves
+    /// backup export and restore by default.
+    Custodian,
+}
+
+impl Role {
+    /// Every role, in the order the policy reference lists them.
+    pub const ALL: [Role; 5] = [
+        Role::SecurityOfficer,
+        Role::KeyOwner,
+        Role::Operator,
+        Role::Auditor,
+        Role::Custodian,
+    ];
+
+    /// The role's name in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SecurityOfficer => "security-officer",
+            Role::KeyOwner => "key-owner",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Custodian => "custodian",
+        }
+    }
+
+    /// The role named `name` in the policy file.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Whether holders of the role may change anything (request or approve
+    /// an action): false for the auditor only, who is read-only.
+    pub fn may_change(self) -> bool {
+        self != Role::Auditor
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key an administrator signs requests and approvals with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdministratorKey {
+    /// `ed25519:<64 hex digits>`: a 32-byte Ed25519 public key. Its length
+    /// is checked; whether the bytes are a point on the curve is checked
+    /// when a signature is verified.
+    Ed25519([u8; 32]),
+    /// `p256:<hex>`: a SEC1 point, 65 bytes uncompressed (`04…`) or 33
+    /// compressed (`02…`/`03…`). Length and prefix are checked; whether it
+    /// is on the curve is checked when a signature is verified.
+    P256(Vec<u8>),
+    /// `pkcs11:<URI>`: a key on the administrator's own token, kept as
+    /// text (an RFC 7512 URI, starting with `pkcs11:`).
+    Pkcs11(String),
+}
+
+impl AdministratorKey {
+    /// Reads a `public_key` value; the error says what is wrong without
+    /// repeating the value.
+    pub fn parse(text: &str) -> Result<AdministratorKey, String> {
+        const FORMS: &str =
+            "expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"";
+        if let Some(hex_text) = text.strip_prefix("ed25519:") {
+            let bytes = decode_hex(hex_text, "ed25519")?;
+            let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+                format!(
+                    "an ed25519 public key is 32 bytes (64 hex digits), not {}",
+                    b.len()
+                )
+            })?;
+            Ok(AdministratorKey::Ed25519(key))
+        } else if let Some(hex_text) = text.strip_prefix("p256:") {
+            let bytes = decode_hex(hex_text, "p256")?;
+            match (bytes.len(), bytes.first()) {
+                (65, Some(0x04)) | (33, Some(0x02 | 0x03)) => Ok(AdministratorKey::P256(bytes)),
+                (65, _) => Err(
+                    "an uncompressed p256 point (65 bytes) starts with 04".to_owned(),
+                ),
+                (33, _) => Err(
+                    "a compressed p256 point (33 bytes) starts with 02 or 03".to_owned(),
+                ),
+                (n, _) => Err(format!(
+                    "a p256 public key is a SEC1 point of 65 bytes (uncompressed) or 33 (compressed), not {n}"
+                )),
+            }
+        } else if let Some(rest) = text.strip_prefix("pkcs11:") {
+            if rest.is_empty() {
+                return Err(
+                    "a pkcs11: URI must name the key (e.g. pkcs11:token=...;object=...)".to_owned(),
+                );
+            }
+            if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(
+                    "a pkcs11: URI has no spaces or control characters (percent-encode them)"
+                        .to_owned(),
+                );
+            }
+            Ok(AdministratorKey::Pkcs11(text.to_owned()))
+        } else {
+            Err(format!("unknown key kind: {FORMS}"))
+        }
+    }
+}
+
+fn decode_hex(text: &str, kind: &str) -> Result<Vec<u8>, String> {
+    hex::decode(text).map_err(|_| format!("the {kind} key is not hex (an even number of 0-9, a-f)"))
+}
+
+/// `[[administrator]]`: a person who requests and approves the actions
+/// under dual control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Administrator {
+    /// `name`, unique among administrators (same rules as application
+    /// names).
+    pub name: String,
+    /// `uids`: the local users this administrator runs as (at least one;
+    /// each uid belongs to one administrator only).
+    pub uids: Vec<u32>,
+    /// `roles`: at least one, without repeats; an auditor holds no other.
+    pub roles: Vec<Role>,
+    /// `public_key`: the key requests and approvals are signed with.
+    pub public_key: AdministratorKey,
+}
+
+impl Administrator {
+    /// Whether the administrator holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Whether the administrator holds one of `roles`.
+    pub fn has_any_role(&self, roles: &[Role]) -> bool {
+        self.roles.iter().any(|r| roles.contains(r))
+    }
+}
+
+/// An action under dual control: it takes effect once a [`Quorum`] of
+/// administrators approved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Approvable {
+    /// `destroy`: destroying a managed key.
+    Destroy,
+    /// `resume`: a suspended key back to active.
+    Resume,
+    /// `deactivate-suspended`: a suspended key to deactivated.
+    DeactivateSuspended,
+    /// `leave-compromised`: a compromised key to destroyed-compromised or
+    /// back into use.
+    LeaveCompromised,
+    /// `recovery-window`: opening a window in which a key may be recovered.
+    RecoveryWindow,
+    /// `sensitive-grant`: a grant on a class marked sensitive.
+    SensitiveGrant,
+    /// `policy-apply`: a new policy file taking effect.
+    PolicyApply,
+    /// `backup-export`: exporting keys, wrapped, for backup.
+    BackupExport,
+    /// `backup-restore`: restoring a backup onto a token.
+    BackupRestore,
+    /// `token-init`: initialising (wiping) a token.
+    TokenInit,
+}
+
+impl Approvable {
+    /// Every action under dual control.
+    pub const ALL: [Approvable; 10] = [
+        Approvable::Destroy,
+        Approvable::Resume,
+        Approvable::DeactivateSuspended,
+        Approvable::LeaveCompromised,
+        Approvable::RecoveryWindow,
+        Approvable::SensitiveGrant,
+        Approvable::PolicyApply,
+        Approvable::BackupExport,
+        Approvable::BackupRestore,
+        Approvable::TokenInit,
+    ];
+
+    /// The action's name in the policy file (`[quorum.<name>]`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approvable::Destroy => "destroy",
+            Approvable::Resume => "resume",
+            Approvable::DeactivateSuspended => "deactivate-suspended",
+            Approvable::LeaveCompromised => "leave-compromised",
+            Approvable::RecoveryWindow => "recovery-window",
+            Approvable::SensitiveGrant => "sensitive-grant",
+            Approvable::PolicyApply => "policy-apply",
+            Approvable::BackupExport => "backup-export",
+            Approvable::BackupRestore => "backup-restore",
+            Approvable::TokenInit => "token-init",
+        }
+    }
+
+    /// The action named `name` in the policy file.
+    pub fn parse(name: &str) -> Option<Approvable> {
+        Approvable::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The quorum when the policy has no `[quorum.<action>]` table.
+    ///
+    /// Actions that lose keys or change the whole token (destroy,
+    /// policy-apply, token-init) need two security officers; backups two
+    /// of the security officers and custodians. In those, the requester,
+    /// when one of them, is one of the two (`requester_counts`): the
+    /// two-person rule. State changes of one key (resume,
+    /// deactivate-suspended, leave-compromised, recovery-window) and
+    /// sensitive grants need one security officer or key owner other than
+    /// the requester. Every request lives 24 hours.
+    pub fn default_quorum(self) -> Quorum {
+        use Role::{Custodian, KeyOwner, SecurityOfficer};
+        let (approvals, roles, requester_counts) = match self {
+            Approvable::Destroy | Approvable::PolicyApply | Approvable::TokenInit => {
+                (2, vec![SecurityOfficer], true)
+            }
+            Approvable::BackupExport | Approvable::BackupRestore => {
+                (2, vec![SecurityOfficer, Custodian], true)
+            }
+            Approvable::Resume
+            | Approvable::DeactivateSuspended
+            | Approvable::LeaveCompromised
+            | Approvable::RecoveryWindow
+            | Approvable::SensitiveGrant => (1, vec![SecurityOfficer, KeyOwner], false),
+        };
+        Quorum {
+            approvals,
+            roles,
+            requester_counts,
+            lifetime: DEFAULT_LIFETIME,
+        }
+    }
+}
+
+impl fmt::Display for Approvable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request's lifetime when its quorum table names none: 24 hours.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// `[quorum.<action>]`: who must approve an action, how many, and for how
+/// long a request waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// `approvals`: how many distinct administrators approve (at least 1).
+    pub approvals: u32,
+    /// `roles`: an approval counts when its administrator holds one of
+    /// these (never `auditor`).
+    pub roles: Vec<Role>,
+    /// `requester_counts`: whether the request is its requester's approval
+    /// (when the requester holds one of `roles`). False: the approvals come
+    /// from administrators other than the requester.
+    pub requester_counts: bool,
+    /// `lifetime`: a request not approved within this lapses.
+    pub lifetime: Duration,
+}
+
+impl Quorum {
+    /// How many administrators holding one of `roles` the roster needs so
+    /// that the quorum can be met whichever of them asks: `approvals`, one
+    /// more when the requester's approval does not count.
+    pub fn holders_needed(&self) -> u32 {
+        if self.requester_counts {
+            self.approvals
+        } else {
+            self.approvals.saturating_add(1)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as serde reads it.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdministrator {
+    name: Spanned<String>,
+    uids: Spanned<Vec<Spanned<u32>>>,
+    roles: Spanned<Vec<Spanned<String>>>,
+    public_key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuorum {
+    approvals: Spanned<u32>,
+    roles: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    requester_counts: bool,
+    lifetime: Option<Spanned<String>>,
+}
+
+/// `[quorum.*]` as read: action name to table.
+pub(super) type RawQuorums = BTreeMap<Spanned<String>, Spanned<RawQuorum>>;
+
+impl Validator<'_> {
+    /// `[[administrator]]`, in file order.
+    pub(super) fn administrators(
+        &self,
+        raw: &[Spanned<RawAdministrator>],
+    ) -> Result<Vec<Administrator>, PolicyError> {
+        let mut administrators: Vec<Administrator> = Vec::new();
+        for admin in raw {
+            let admin = admin.get_ref();
+            let name = self.name(&admin.name, "administrator")?;
+            let what = format!("administrator \"{name}\"");
+            if administrators.iter().any(|a| a.name == name) {
+                return Err(self.err(
+                    admin.name.span(),
+                    format!("{what}, name"),
+                    format!("a second administrator is named \"{name}\""),
+                ));
+            }
+            if admin.uids.get_ref().is_empty() {
+                return Err(self.err(
+                    admin.uids.span(),
+                    format!("{what}, uids"),
+                    "an administrator needs at least one uid",
+                ));
+            }
+            let mut uids = Vec::new();
+            for uid in admin.uids.get_ref() {
+                let value = *uid.get_ref();
+                let problem = if uids.contains(&value) {
+                    Some(format!("uid {value} is listed twice"))
+                } else {
+                    administrators
+                        .iter()
+                        .find(|a| a.uids.contains(&value))
+                        .map(|a| format!("uid {value} is already administrator \"{}\"'s: a uid belongs to one administrator", a.name))
+                };
+                if let Some(problem) = problem {
+                    return Err(self.err(uid.span(), format!("{what}, uids"), problem));
+                }
+                uids.push(value);
+            }
+            let roles = self.roles(
+                &admin.roles,
+                &format!("{what}, roles"),
+                "an administrator needs at least one role",
+            )?;
+            if roles.contains(&Role::Auditor) && roles.len() > 1 {
+                return Err(self.err(
+                    admin.roles.span(),
+                    format!("{what}, roles"),
+                    "an auditor is read-only and holds no other role",
+                ));
+            }
+            let public_key = AdministratorKey::parse(admin.public_key.get_ref())
+                .map_err(|m| self.err(admin.public_key.span(), format!("{what}, public_key"), m))?;
+            administrators.push(Administrator {
+                name,
+                uids,
+                roles,
+                public_key,
+            });
+        }
+        Ok(administrators)
+    }
+
+    /// A non-empty list of known roles, without repeats.
+    fn roles(
+        &self,
+        list: &Spanned<Vec<Spanned<String>>>,
+        field: &str,
+        empty: &str,
+    ) -> Result<Vec<Role>, PolicyError> {
+        if list.get_ref().is_empty() {
+            return Err(self.err(list.span(), field, empty));
+        }
+        let mut roles = Vec::new();
+        for r in list.get_ref() {
+            let role = Role::parse(r.get_ref()).ok_or_else(|| {
+                self.err(
+                    r.span(),
+                    field,
+                    format!(
+                        "\"{}\" is not one of security-officer, key-owner, operator, auditor, custodian",
+                        r.get_ref()
+                    ),
+                )
+            })?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        Ok(roles)
+    }
+
+    /// `[quorum.*]`, checked against the roster (which starts at
+    /// `roster_span`). `notes` gathers, in lab mode, what strict mode
+    /// refuses.
+    pub(super) fn quorums(
+        &self,
+        raw: &RawQuorums,
+        administrators: &[Administrator],
+        roster_span: Range<usize>,
+        mode: Mode,
+        notes: &mut Vec<String>,
+    ) -> Result<BTreeMap<Approvable, Quorum>, PolicyError> {
+        let mut quorums = BTreeMap::new();
+        for (action_name, table) in raw {
+            let action = Approvable::parse(action_name.get_ref()).ok_or_else(|| {
+                let names: Vec<_> = Approvable::ALL.iter().map(|a| a.as_str()).collect();
+                self.err(
+                    action_name.span(),
+                    format!("quorum.{}", action_name.get_ref()),
+                    format!(
+                        "\"{}\" is not an action under dual control: one of {}",
+                        action_name.get_ref(),
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            let what = format!("quorum.{action}");
+            let q = table.get_ref();
+            if *q.approvals.get_ref() == 0 {
+                return Err(self.err(
+                    q.approvals.span(),
+                    format!("{what}, approvals"),
+                    "at least one approval: leave the table out for the default",
+                ));
+            }
+            let roles = self.roles(
+                &q.roles,
+                &format!("{what}, roles"),
+                "a quorum needs at least one role that approves",
+            )?;
+            if roles.contains(&Role::Auditor) {
+                return Err(self.err(
+                    q.roles.span(),
+                    format!("{what}, roles"),
+                    "an auditor is read-only and approves nothing",
+                ));
+            }
+            let lifetime = match &q.lifetime {
+                None => DEFAULT_LIFETIME,
+                Some(l) => self.duration(l, format!("{what}, lifetime"))?,
+            };
+            let quorum = Quorum {
+                approvals: *q.approvals.get_ref(),
+                roles,
+                requester_counts: q.requester_counts,
+                lifetime,
+            };
+            if administrators.is_empty() {
+                let message = "there is no [[administrator]]: without a roster dual control is off";
+                match mode {
+                    Mode::Strict => return Err(self.err(table.span(), what, message)),
+                    Mode::Lab => notes.push(format!("{what}: {message}")),
+                }
+            }
+            quorums.insert(action, quorum);
+        }
+        if !administrators.is_empty() {
+            for action in Approvable::ALL {
+                let explicit = quorums.get(&action);
+                let quorum = explicit.cloned().unwrap_or_else(|| action.default_quorum());
+                let holders = administrators
+                    .iter()
+                    .filter(|a| a.has_any_role(&quorum.roles))
+                    .count();
+                let needed = quorum.holders_needed();
+                if u32::try_from(holders).unwrap_or(u32::MAX) >= needed {
+                    continue;
+                }
+                let roles: Vec<_> = quorum.roles.iter().map(|r| r.as_str()).collect();
+                let what = format!("quorum.{action}");
+                let message = format!(
+                    "{}{} approval(s) from {}{} need {needed} administrator(s) with those roles; the roster has {holders}",
+                    if explicit.is_some() { "" } else { "the default: " },
+                    quorum.approvals,
+                    roles.join(" or "),
+                    if quorum.requester_counts { "" } else { " other than the requester" },
+                );
+                match mode {
+                    Mode::Strict => {
+                        // The table, or the roster when the default applies.
+                        let span = raw
+                            .iter()
+                            .find(|(k, _)| k.get_ref() == action.as_str())
+                            .map(|(_, t)| t.span())
+                            .unwrap_or_else(|| roster_span.clone());
+                        return Err(self.err(span, what, message));
+                    }
+                    Mode::Lab => notes.push(format!("{what}: {message}")),
+                }
+            }
+        }
+        Ok(quorums)
+    }
+}
