@@ -118,6 +118,9 @@ fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), Stri
             let digest = sha2::Sha256::digest(text.as_bytes());
             let hex = hex::encode(digest);
             log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
+            for note in &policy.notes {
+                log::warn!("policy {}: {note}", path.display());
+            }
             let source = format!(
                 "{} ({:?} mode, sha256 {hex})",
                 path.display(),

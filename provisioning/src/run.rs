@@ -673,17 +673,25 @@ fn policy_check(file: &Path, json: bool) -> Output {
         (Ok(p), true) => render::json(&serde_json::json!({
             "file": file.display().to_string(), "valid": true, "mode": mode(p),
             "applications": p.applications.len(), "classes": p.classes.len(),
+            "administrators": p.administrators.len(), "notes": p.notes,
         })),
         (Err(e), true) => render::json(&serde_json::json!({
             "file": file.display().to_string(), "valid": false, "error": e.to_string(),
         })),
-        (Ok(p), false) => format!(
-            "{}: valid ({} mode, {} applications, {} key classes)\n",
-            file.display(),
-            mode(p),
-            p.applications.len(),
-            p.classes.len()
-        ),
+        (Ok(p), false) => {
+            let mut text = format!(
+                "{}: valid ({} mode, {} applications, {} key classes)\n",
+                file.display(),
+                mode(p),
+                p.applications.len(),
+                p.classes.len()
+            );
+            // What strict mode would refuse, said in lab mode.
+            for note in &p.notes {
+                text.push_str(&format!("note: {}\n", render::clean(note)));
+            }
+            text
+        }
         (Err(_), false) => String::new(),
     };
     match result {
@@ -704,6 +712,27 @@ fn policy_check(file: &Path, json: bool) -> Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `keyward policy check` says, in lab mode, what strict mode would
+    /// refuse of the dual-control settings (here: a quorum without a
+    /// roster), in text and in JSON.
+    #[test]
+    fn policy_check_shows_the_notes_of_a_lab_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.toml");
+        std::fs::write(
+            &file,
+            "[settings]\nmode = \"lab\"\n\n[quorum.destroy]\napprovals = 2\nroles = [\"security-officer\"]\n",
+        )
+        .unwrap();
+        let text = policy_check(&file, false);
+        assert_eq!(text.exit, Exit::Success, "{text:?}");
+        assert!(text.stdout.contains("valid (lab mode"), "{}", text.stdout);
+        assert!(text.stdout.contains("\nnote: "), "{}", text.stdout);
+        let json = policy_check(&file, true);
+        let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(doc["notes"].as_array().map(Vec::len), Some(1), "{doc}");
+    }
     use crate::cli::Cli;
     use clap::Parser;
     use keyward_protocol::admin::{AdminErrorKind, ApprovalRequest, AuditProblem};
