@@ -212,3 +212,70 @@ fn a_request_for_approval_is_named_in_the_trail_and_asked_once() {
     let stored = a.keys.inventory().request(&ids[0]).unwrap().unwrap();
     assert!(stored.parameters.contains("laptop found"), "{stored:?}");
 }
+
+/// With a roster, the agent refuses an admin request the administrator's
+/// roles do not allow, and a peer outside the roster, and records the
+/// refusal; reads stay open to every administrator.
+#[test]
+fn the_roster_decides_who_may_ask_for_what() {
+    use keyward_protocol::admin::{AdminErrorKind, AdminRequest};
+    let policy = format!(
+        "{POLICY}
+[[administrator]]
+name = \"alice\"
+uids = [1001]
+roles = [\"security-officer\"]
+public_key = \"ed25519:{k}\"
+
+[[administrator]]
+name = \"bob\"
+uids = [1002]
+roles = [\"security-officer\"]
+public_key = \"ed25519:{k}\"
+
+[[administrator]]
+name = \"zed\"
+uids = [0]
+roles = [\"auditor\"]
+public_key = \"ed25519:{k}\"
+",
+        k = "11".repeat(32)
+    );
+    let (_d, a) = mock_agent(&policy);
+    let zed = admin_peer();
+    let create = AdminRequest::Key(KeyRequest::Create {
+        name: "k".into(),
+        class: "signing".into(),
+        algorithm: None,
+        token: None,
+        owner: None,
+    });
+    match a.refuse_admin(&zed, &create) {
+        Some(AdminResponse::KeyErr { kind, message }) => {
+            assert_eq!(kind, AdminErrorKind::Refused);
+            assert_eq!(
+                message,
+                "administrator \"zed\" (auditor) may not key.create"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let records = admin_records(&a);
+    assert!(
+        records.iter().any(|(op, reason, result)| op == "key.create"
+            && reason.starts_with("refused: administrator \"zed\"")
+            && *result != 0),
+        "{records:?}"
+    );
+    // Reads are every administrator's.
+    let list = AdminRequest::Key(KeyRequest::List {
+        token: None,
+        state: None,
+    });
+    assert!(a.refuse_admin(&zed, &list).is_none());
+    assert!(a.refuse_admin(&zed, &AdminRequest::Status).is_none());
+    // A uid outside the roster gets nothing, not even the status.
+    let mut stranger = admin_peer();
+    stranger.uid = 4242;
+    assert!(a.refuse_admin(&stranger, &AdminRequest::Status).is_some());
+}

@@ -327,9 +327,40 @@ impl Policy {
         self.administrators.iter().find(|a| a.uids.contains(&uid))
     }
 
-    /// Whether actions under dual control need approvals: the policy has a
-    /// roster. (Parsed and checked today; the agent enforces it in a
-    /// coming release.)
+    /// Whether the local user `uid` may make the admin request named
+    /// `name` (`read_only`: it only reads the inventory, the trail or the
+    /// report). Without a roster, everyone the admin socket admits may (as
+    /// before dual control). With one, only an administrator of the roster
+    /// (by uid), with a role that allows it ([`Role::may_request`]); reads
+    /// are every role's. The error says why, for the administrator.
+    pub fn admit_admin_request(
+        &self,
+        uid: u32,
+        name: &str,
+        read_only: bool,
+    ) -> Result<Option<&Administrator>, String> {
+        if !self.dual_control() {
+            return Ok(None);
+        }
+        let Some(admin) = self.administrator_for_uid(uid) else {
+            return Err(format!(
+                "uid {uid} is no administrator of the policy's roster"
+            ));
+        };
+        if read_only || admin.roles.iter().any(|r| r.may_request(name)) {
+            return Ok(Some(admin));
+        }
+        let roles: Vec<&str> = admin.roles.iter().map(|r| r.as_str()).collect();
+        Err(format!(
+            "administrator {:?} ({}) may not {name}",
+            admin.name,
+            roles.join(", ")
+        ))
+    }
+
+    /// Whether the policy has a roster: admin requests are then admitted by
+    /// it ([`Policy::admit_admin_request`]), and actions under dual control
+    /// need approvals (enforced with signed approvals in a coming release).
     pub fn dual_control(&self) -> bool {
         !self.administrators.is_empty()
     }

@@ -53,6 +53,39 @@ impl crate::shared::Core {
         let _ = self.audit.durable(e);
     }
 
+    /// Refuses an admin request the policy's roster does not allow `admin`
+    /// (see `Policy::admit_admin_request`): recorded in the trail as a
+    /// refused admin action, and answered with `Refused`. `None`: allowed
+    /// (always, without a roster; a hello is never refused here).
+    pub fn refuse_admin(
+        &self,
+        admin: &Peer,
+        req: &keyward_protocol::admin::AdminRequest,
+    ) -> Option<keyward_protocol::admin::AdminResponse> {
+        use keyward_protocol::admin::{AdminErrorKind, AdminRequest, AdminResponse};
+        let read_only = match req {
+            AdminRequest::Hello { .. } => return None,
+            AdminRequest::Status | AdminRequest::Audit(_) | AdminRequest::Report(_) => true,
+            AdminRequest::Key(k) => k.is_read_only(),
+        };
+        let name = req.name();
+        let why = self
+            .policy()
+            .admit_admin_request(admin.uid, name, read_only)
+            .err()?;
+        log::warn!("admin {admin}: {name}: {}: refused: {why}", req.describe());
+        let mut e = event(AuditKind::Admin, admin.as_administrator(), name);
+        e.result = cryptoki_sys::CKR_FUNCTION_FAILED;
+        e.reason = format!("refused: {why}").chars().take(4096).collect();
+        if let Err(failed) = self.audit.durable(e) {
+            log::error!("admin {admin}: {name}: the refusal could not be recorded: {failed}");
+        }
+        Some(AdminResponse::KeyErr {
+            kind: AdminErrorKind::Refused,
+            message: why,
+        })
+    }
+
     /// Answers one audit request of administrator `admin`, and records
     /// that the trail was read (see [`Self::audit_read`]). A tail after a
     /// record (a poll of `audit tail --follow`) is recorded only when it

@@ -770,17 +770,20 @@ impl Server {
             };
             log::debug!("admin {peer}: {}: {}", req.name(), req.describe());
             let name = admin_request_name(&req);
-            let resp = match req {
-                AdminRequest::Hello { versions } => admin_hello(versions).0,
-                AdminRequest::Status => {
+            // The policy's roster: who may ask for what (no roster: everyone
+            // the admin socket admits).
+            let resp = match (self.agent.refuse_admin(peer, &req), req) {
+                (Some(refusal), _) => refusal,
+                (None, AdminRequest::Hello { versions }) => admin_hello(versions).0,
+                (None, AdminRequest::Status) => {
                     let mut st = self.agent.status();
                     st.socket_events = self.socket_events();
                     st.connections = self.app_admission.open() as u64;
                     AdminResponse::Status(st)
                 }
-                AdminRequest::Key(k) => self.agent.lifecycle.key_request(peer, k),
-                AdminRequest::Audit(a) => self.agent.audit_request(peer, a),
-                AdminRequest::Report(r) => self.agent.lifecycle.report_request(peer, r),
+                (None, AdminRequest::Key(k)) => self.agent.lifecycle.key_request(peer, k),
+                (None, AdminRequest::Audit(a)) => self.agent.audit_request(peer, a),
+                (None, AdminRequest::Report(r)) => self.agent.lifecycle.report_request(peer, r),
             };
             self.metrics.record_admin(name, &resp);
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {

@@ -1,8 +1,9 @@
 //! The administrators' roster (`[[administrator]]`), their roles, and the
 //! quorums (`[quorum.<action>]`) of the actions under dual control.
 //!
-//! Today the roster and the quorums are parsed and checked only; the agent
-//! enforces them in a coming release.
+//! The agent admits admin requests by the roster and its roles
+//! ([`Role::may_request`]); the quorums are parsed and checked, and
+//! enforced with signed approvals in a coming release.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,35 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether this role may make the admin request named `name` (the
+    /// stable names `keyward` requests carry: `key.create`, `grant.add`,
+    /// ...) that changes something or uses the HSM. Reads of the
+    /// inventory, the trail and the report are every role's (see
+    /// [`Policy::admit_admin_request`](crate::Policy::admit_admin_request)).
+    ///
+    /// - security-officer: every request;
+    /// - key-owner: every key request, and grants;
+    /// - operator: activation, rotation, verification, suspension,
+    ///   discovery, PIN unlock;
+    /// - auditor and custodian: none (a custodian's backup requests come
+    ///   with backups).
+    pub fn may_request(self, name: &str) -> bool {
+        match self {
+            Role::SecurityOfficer => true,
+            Role::KeyOwner => name.starts_with("key.") || name.starts_with("grant."),
+            Role::Operator => matches!(
+                name,
+                "key.activate"
+                    | "key.rotate"
+                    | "key.verify"
+                    | "key.suspend"
+                    | "key.discover"
+                    | "pin.unlock"
+            ),
+            Role::Auditor | Role::Custodian => false,
+        }
+    }
+
     /// Every role, in the order the policy reference lists them.
     pub const ALL: [Role; 5] = [
         Role::SecurityOfficer,

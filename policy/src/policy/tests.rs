@@ -1024,3 +1024,49 @@ fn reference_roster_example_parses() {
     assert_eq!(destroy.holders_needed(), 3);
     assert_eq!(destroy.lifetime, Duration::from_secs(4 * 3600));
 }
+
+/// With a roster, an admin request is an administrator's, and only a role
+/// that allows it may change something; reads are every role's; a uid
+/// outside the roster gets nothing. Without a roster, everyone.
+#[test]
+fn admin_requests_follow_the_roster_and_its_roles() {
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    let admit = |uid, name, read_only| p.admit_admin_request(uid, name, read_only);
+    // alice: security officer, anything.
+    assert_eq!(
+        admit(1011, "key.destroy", false).unwrap().unwrap().name,
+        "alice"
+    );
+    assert!(admit(1001, "pin.unlock", false).is_ok());
+    // carol: key owner: key and grant requests, not PINs.
+    assert!(admit(1003, "key.create", false).is_ok());
+    assert!(admit(1003, "grant.add", false).is_ok());
+    let e = admit(1003, "pin.unlock", false).unwrap_err();
+    assert_eq!(e, "administrator \"carol\" (key-owner) may not pin.unlock");
+    // dave: auditor: reads only.
+    assert!(admit(1004, "audit.verify", true).is_ok());
+    assert!(admit(1004, "key.list", true).is_ok());
+    assert!(admit(1004, "key.suspend", false).is_err());
+    assert!(admit(1004, "grant.add", false).is_err());
+    // bob: security officer and custodian.
+    assert!(admit(1002, "key.rotate", false).is_ok());
+    // Not in the roster: not even a read.
+    let e = admit(0, "agent.status", true).unwrap_err();
+    assert_eq!(e, "uid 0 is no administrator of the policy's roster");
+    // Without a roster, everyone the admin socket admits, as before.
+    let open = Policy::from_str(BASE, "policy.toml").unwrap();
+    assert_eq!(open.admit_admin_request(0, "key.destroy", false), Ok(None));
+}
+
+#[test]
+fn roles_may_request_what_the_reference_says() {
+    assert!(Role::Operator.may_request("key.rotate"));
+    assert!(Role::Operator.may_request("key.suspend"));
+    assert!(!Role::Operator.may_request("key.destroy"));
+    assert!(!Role::Operator.may_request("grant.add"));
+    assert!(Role::KeyOwner.may_request("key.revoke"));
+    assert!(!Role::KeyOwner.may_request("pin.unlock"));
+    assert!(!Role::Custodian.may_request("key.create"));
+    assert!(!Role::Auditor.may_request("key.create"));
+    assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+}
