@@ -221,6 +221,7 @@ impl Agent {
             tokens,
             connections: 0,
             socket_events: Vec::new(),
+            pending_requests: self.lifecycle.pending_requests(),
         }
     }
 }

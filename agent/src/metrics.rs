@@ -601,6 +601,16 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
         "Application processes connected (each with one or more connections).",
     );
     out.sample("keyward_clients", &[], agent.client_count() as f64);
+    out.family(
+        "keyward_approval_requests_pending",
+        Kind::Gauge,
+        "Approval requests waiting for a second person (pending, not yet expired).",
+    );
+    out.sample(
+        "keyward_approval_requests_pending",
+        &[],
+        agent.lifecycle.pending_requests() as f64,
+    );
     metrics.render_requests(&mut out);
     out.family(
         "keyward_token_backend_up",

@@ -222,6 +222,8 @@ pub struct Status {
     /// What happened to the socket files since the start (removed or
     /// replaced by someone, and bound again), oldest first.
     pub socket_events: Vec<String>,
+    /// Approval requests waiting (pending, not yet expired).
+    pub pending_requests: u64,
 }
 
 /// One virtual token and the backend token behind it.

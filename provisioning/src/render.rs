@@ -128,6 +128,10 @@ pub fn status(s: &Status) -> String {
     line(format!("uptime:    {}", uptime(s.uptime_secs)));
     line(format!("socket:    {}", cell(&s.socket)));
     line(format!("clients:   {} connections", s.connections));
+    line(format!(
+        "requests:  {} pending approval",
+        s.pending_requests
+    ));
     for e in &s.socket_events {
         line(format!("sockets:   {}", cell(e)));
     }
@@ -1317,6 +1321,7 @@ mod tests {
             socket: "/run/keyward/keyward.sock".into(),
             connections: 3,
             socket_events: vec!["/run/keyward/keyward.sock was removed; bound again".into()],
+            pending_requests: 2,
             tokens: vec![TokenStatus {
                 slot: 0,
                 label: "keyward".into(),
@@ -1342,6 +1347,7 @@ mod tests {
                 "1h 2m 3s",
                 "keyward.sock",
                 "clients:   3 connections",
+                "requests:  2 pending approval",
                 "sockets:   /run/keyward/keyward.sock was removed; bound again",
                 "slot 0: \"keyward\"",
                 "user PIN set:      yes",

@@ -1102,6 +1102,7 @@ mod tests {
             uptime_secs: 1,
             connections: 0,
             socket_events: Vec::new(),
+            pending_requests: 0,
             socket: "s".into(),
             tokens: vec![],
         };

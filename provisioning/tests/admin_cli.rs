@@ -304,6 +304,7 @@ fn status_json_still_works() {
         uptime_secs: 61,
         connections: 0,
         socket_events: Vec::new(),
+        pending_requests: 0,
         socket: "/run/keyward/keyward.sock".into(),
         tokens: vec![],
     };

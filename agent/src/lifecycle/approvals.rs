@@ -54,6 +54,24 @@ impl Lifecycle {
         ))
     }
 
+    /// How many approval requests wait (pending, not yet expired), for
+    /// `keyward status` and the metrics; 0 when the store cannot say (the
+    /// failure is logged).
+    pub fn pending_requests(&self) -> u64 {
+        let now = secs(SystemTime::now());
+        match self
+            .keys
+            .inventory()
+            .requests(Some(ApprovalStatus::Pending))
+        {
+            Ok(r) => r.iter().filter(|r| r.expires_at > now).count() as u64,
+            Err(e) => {
+                log::warn!("approval requests cannot be counted: {e}");
+                0
+            }
+        }
+    }
+
     /// `keyward request show ID`.
     pub(crate) fn show_request(&self, id: &str, now: SystemTime) -> AResult<KeyResponse> {
         match self.keys.inventory().request(id).map_err(inv_err)? {

@@ -179,6 +179,9 @@ keyward_test!(fn approval_requests_are_listed_and_shown_with_their_reason(tb) {
     assert_eq!(requests[0]["status"], "pending");
     assert_eq!(requests[0]["reason"], "laptop found");
 
+    let status = keyward_ok(&tb, &["--json", "status"], 0);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pending_requests"], 1, "{status}");
     let shown = keyward_ok(&tb, &["request", "show", &id], 0);
     assert!(shown.contains("laptop found") && shown.contains(&id), "{shown}");
     keyward_ok(&tb, &["request", "show", "no-such-request"], 4);

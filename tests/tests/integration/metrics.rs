@@ -356,6 +356,7 @@ keyward_test!(fn metrics_count_requests_admin_actions_and_show_keys(tb) {
     assert_eq!(delta("C_Sign", "error"), 0.0, "{}", active.text);
     assert_eq!(delta("C_FindObjectsInit", "ok"), 1.0, "{}", active.text);
     assert_eq!(active.get_value("keyward_clients"), 1.0, "this test process is the one client");
+    assert_eq!(active.get_value("keyward_approval_requests_pending"), 0.0, "no request waits");
     assert!(active.get_value("keyward_connections") >= 1.0);
     check_histograms_match_counters(&active);
 
