@@ -190,3 +190,31 @@ keyward_test!(fn approval_requests_are_listed_and_shown_with_their_reason(tb) {
     assert!(!trail.contains("request.list") && !trail.contains("request.show"), "{trail}");
     assert!(trail.contains(&format!("needs approval: request {id}")), "{trail}");
 });
+
+keyward_test!(fn a_uid_outside_the_roster_gets_nothing_on_the_admin_socket(tb) {
+    tb.require_agent("the administrators' roster");
+    // A roster of two security officers under uids this test does not run as.
+    let key = format!("ed25519:{}", "11".repeat(32));
+    let policy = format!(
+        "[settings]\nmode = \"lab\"\n\n\
+         [[administrator]]\nname = \"alice\"\nuids = [4242]\nroles = [\"security-officer\"]\npublic_key = \"{key}\"\n\n\
+         [[administrator]]\nname = \"bob\"\nuids = [4243]\nroles = [\"security-officer\"]\npublic_key = \"{key}\"\n"
+    );
+    install_policy(&tb, &policy);
+    let me = uid();
+    for args in [vec!["status"], vec!["key", "list"], vec!["audit", "verify"]] {
+        let out = keyward_tests::admin::keyward(&tb, &args);
+        assert_ne!(out.status.code(), Some(0), "keyward {args:?} was served to uid {me}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("uid {me} is no administrator of the policy's roster")),
+            "keyward {args:?}: {stderr}"
+        );
+    }
+    // The refusal is logged; applications are not concerned by the roster.
+    let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
+    assert!(log.contains("is no administrator of the policy's roster"), "{log}");
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    s.generate_random_vec(8).expect("the application socket still serves");
+});
