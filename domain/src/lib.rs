@@ -6,8 +6,8 @@
 //! store, the CLI (text and `--json`) and messages: [`KeyState`]
 //! (`pre-activation`, `active`, ...), [`Purpose`] (`signing`, ...),
 //! [`Operation`] (`sign`, ...), [`Algorithm`] (`rsa:3072`, `ec:p256`, ...)
-//! with its [`Curve`] (`p256`, ...), and [`ApprovalStatus`] (`pending`,
-//! ...). Each has `as_str` (or `Display`) and [`FromStr`](std::str::FromStr);
+//! with its [`Curve`] (`p256`, ...), [`ApprovalStatus`] (`pending`,
+//! ...) and [`Decision`] (`approve`, `deny`). Each has `as_str` (or `Display`) and [`FromStr`](std::str::FromStr);
 //! an unknown name is a [`ParseError`] that says what was expected. Serde
 //! writes the same text in human-readable formats (JSON); the compact
 //! formats (postcard) carry the variant.
@@ -25,7 +25,7 @@ mod purpose;
 mod state;
 
 pub use algorithm::{Algorithm, Curve, ALGORITHM_FORMS};
-pub use approval::ApprovalStatus;
+pub use approval::{ApprovalStatus, Decision};
 pub use error::ParseError;
 pub use purpose::{Operation, Purpose};
 pub use state::KeyState;

@@ -31,6 +31,7 @@ fn text_forms_round_trip() {
     round_trips(&Operation::ALL, |o| o.as_str());
     round_trips(&Curve::ALL, |c| c.as_str());
     round_trips(&ApprovalStatus::ALL, |s| s.as_str());
+    round_trips(&Decision::ALL, |d| d.as_str());
 }
 
 #[test]
@@ -55,7 +56,15 @@ fn the_text_forms_are_the_stored_names() {
     let statuses: Vec<&str> = ApprovalStatus::ALL.iter().map(|s| s.as_str()).collect();
     assert_eq!(
         statuses,
-        ["pending", "approved", "executed", "rejected", "expired"]
+        [
+            "pending",
+            "approved",
+            "executed",
+            "denied",
+            "expired",
+            "cancelled",
+            "failed"
+        ]
     );
 }
 

@@ -5,9 +5,10 @@
 
 use std::io::{Read, Write};
 
-use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
+use keyward_domain::{Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
+use crate::approval::RequestContent;
 use crate::frame::{read_message, write_message, FrameError};
 use crate::types::Version;
 use crate::version::{Mismatch, VersionRange, VersionRefusal, ADMIN_VERSIONS};
@@ -384,6 +385,28 @@ pub enum KeyRequest {
         /// The request's id.
         id: String,
     },
+    /// An administrator's decision on a pending request: `signature` is
+    /// their signature over
+    /// [`decision_statement`](crate::approval::decision_statement) (the
+    /// agent names the administrator by the connection's uid and checks
+    /// the signature against the roster). Without a roster (no dual
+    /// control) no signature is needed and one approval carries it out.
+    RequestDecide {
+        /// The request's id.
+        id: String,
+        /// Approve or deny.
+        decision: Decision,
+        /// The signature (Ed25519: 64 bytes; ECDSA P-256 with SHA-256:
+        /// 64 bytes `r‖s`).
+        signature: Option<Vec<u8>>,
+    },
+    /// Withdraw a pending request (its requester or a security officer).
+    RequestCancel {
+        /// The request's id.
+        id: String,
+        /// Why (recorded).
+        reason: Option<String>,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].
@@ -543,19 +566,56 @@ pub struct ShadowInfo {
     pub finding: String,
 }
 
-/// An action waiting for approval (dual control adds the approvals).
+/// An action under dual control, with the decisions made on it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct ApprovalRequest {
     pub id: String,
     pub action: String,
     pub target: String,
+    /// The action's arguments, canonical JSON (for a single signature: the
+    /// SHA-256 of the data, the mechanism and who asks).
+    pub parameters: String,
     pub requester: String,
+    /// Why it was asked for.
+    pub reason: String,
     pub created_at: i64,
     pub expires_at: i64,
     pub status: ApprovalStatus,
-    /// Why it was asked for.
-    pub reason: String,
+    /// How many approvals the quorum needs (0: no roster, one approval by
+    /// anyone the admin socket serves carries it out).
+    pub needed: u32,
+    /// The decisions recorded so far, oldest first.
+    pub decisions: Vec<DecisionInfo>,
+    /// What carrying it out did, or why it is final (empty while open).
+    pub outcome: String,
+}
+
+impl ApprovalRequest {
+    /// The fields its digest covers.
+    pub fn content(&self) -> RequestContent<'_> {
+        RequestContent {
+            id: &self.id,
+            action: &self.action,
+            target: &self.target,
+            parameters: &self.parameters,
+            requester: &self.requester,
+            reason: &self.reason,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// One administrator's decision on a request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DecisionInfo {
+    /// The administrator's name in the roster (`uid:N` without one).
+    pub administrator: String,
+    /// Approve or deny.
+    pub decision: Decision,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 /// Reading the audit trail (`keyward audit ...`).
@@ -1295,7 +1355,7 @@ mod hello_tests {
 
     #[test]
     fn a_keyward_speaking_3_and_a_newer_agent_say_which_to_upgrade() {
-        assert_eq!(ADMIN_VERSIONS, VersionRange::only(5));
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(6));
         let three = VersionRange::only(3);
         // The agent refuses a keyward that speaks 3 ...
         let (answer, m) = answer_hello(three, "0.4.0");
@@ -1382,8 +1442,23 @@ mod hello_tests {
             expires_at: 2,
             status: ApprovalStatus::Pending,
             reason: "laptop found".into(),
+            parameters: "{}".into(),
+            needed: 1,
+            decisions: vec![DecisionInfo {
+                administrator: "bob".into(),
+                decision: Decision::Deny,
+                at: 2,
+            }],
+            outcome: String::new(),
         };
-        assert_eq!(serde_json::to_value(&request).unwrap()["status"], "pending");
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(json["status"], "pending");
+        assert_eq!(json["decisions"][0]["decision"], "deny");
+        let wire = postcard::to_allocvec(&request).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<ApprovalRequest>(&wire).unwrap(),
+            request
+        );
         let list = AdminRequest::Key(KeyRequest::List {
             token: None,
             state: Some(KeyState::Suspended),

@@ -29,7 +29,7 @@
 
 use std::fmt::Write as _;
 
-use keyward_domain::{Algorithm, Operation};
+use keyward_domain::{Algorithm, Decision, Operation};
 
 use crate::admin::{
     AdminErrorKind, AdminRequest, AuditRequest, KeyAction, KeyRequest, PinRole, ReportRequest,
@@ -81,6 +81,15 @@ impl KeyRequest {
             KeyRequest::Adopt { .. } => "key.adopt",
             KeyRequest::RequestList { .. } => "request.list",
             KeyRequest::RequestShow { .. } => "request.show",
+            KeyRequest::RequestDecide {
+                decision: Decision::Approve,
+                ..
+            } => "request.approve",
+            KeyRequest::RequestDecide {
+                decision: Decision::Deny,
+                ..
+            } => "request.deny",
+            KeyRequest::RequestCancel { .. } => "request.cancel",
         }
     }
 
@@ -102,7 +111,9 @@ impl KeyRequest {
             | KeyRequest::GrantRemove { .. }
             | KeyRequest::PinUnlock { .. }
             | KeyRequest::Discover { .. }
-            | KeyRequest::Adopt { .. } => false,
+            | KeyRequest::Adopt { .. }
+            | KeyRequest::RequestDecide { .. }
+            | KeyRequest::RequestCancel { .. } => false,
         }
     }
 
@@ -178,6 +189,22 @@ impl KeyRequest {
             }
             KeyRequest::RequestList { all: true } => "list every approval request".to_owned(),
             KeyRequest::RequestShow { id } => format!("show approval request {}", clean(id)),
+            KeyRequest::RequestDecide {
+                id,
+                decision,
+                signature,
+            } => format!(
+                "{decision} request {}{}",
+                clean(id),
+                if signature.is_some() { " (signed)" } else { "" }
+            ),
+            KeyRequest::RequestCancel { id, reason } => {
+                let mut s = format!("cancel request {}", clean(id));
+                if let Some(r) = reason {
+                    let _ = write!(s, ": {}", clean(r));
+                }
+                s
+            }
             KeyRequest::Adopt {
                 token,
                 backend_id,
@@ -511,6 +538,20 @@ mod tests {
             }),
             AdminRequest::Key(KeyRequest::RequestList { all: false }),
             AdminRequest::Key(KeyRequest::RequestShow { id: "00ff".into() }),
+            AdminRequest::Key(KeyRequest::RequestDecide {
+                id: "00ff".into(),
+                decision: Decision::Approve,
+                signature: Some(vec![1]),
+            }),
+            AdminRequest::Key(KeyRequest::RequestDecide {
+                id: "00ff".into(),
+                decision: Decision::Deny,
+                signature: None,
+            }),
+            AdminRequest::Key(KeyRequest::RequestCancel {
+                id: "00ff".into(),
+                reason: None,
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -561,6 +602,9 @@ mod tests {
                 "key.adopt",
                 "request.list",
                 "request.show",
+                "request.approve",
+                "request.deny",
+                "request.cancel",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",

@@ -64,7 +64,11 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// agent speaking 4 tell each other which side to upgrade.
 /// 5: approval requests carry their reason, and can be listed and shown
 /// (`KeyRequest::RequestList`, `RequestShow`, `KeyResponse::Requests`).
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 5, max: 5 };
+/// 6: dual control: requests carry their parameters, quorum and decisions;
+/// administrators approve or deny them with a signature
+/// (`KeyRequest::RequestDecide`) and withdraw them (`RequestCancel`);
+/// statuses `denied`, `cancelled` and `failed`.
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 6, max: 6 };
 
 /// The first admin-protocol version that opens with a hello: an agent
 /// older than that closes the connection on a hello.

@@ -1075,6 +1075,10 @@ mod tests {
             expires_at: T0 + 86_400,
             status: "pending".parse().unwrap(),
             reason: "retired".into(),
+            parameters: "{}".into(),
+            needed: 2,
+            decisions: Vec::new(),
+            outcome: String::new(),
         }
     }
 

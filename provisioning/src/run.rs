@@ -1021,6 +1021,10 @@ mod tests {
             expires_at: NOW + 3600,
             status: "pending".parse().unwrap(),
             reason: "retired".into(),
+            parameters: "{}".into(),
+            needed: 2,
+            decisions: Vec::new(),
+            outcome: String::new(),
         }
     }
 

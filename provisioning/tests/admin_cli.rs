@@ -238,6 +238,10 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
         expires_at: 1_769_968_800,
         status: "pending".parse().unwrap(),
         reason: "retired".into(),
+        parameters: "{}".into(),
+        needed: 2,
+        decisions: Vec::new(),
+        outcome: String::new(),
     };
     let (req, out) = against_fake_agent(
         &["key", "destroy", "web-tls", "--reason", "retired"],

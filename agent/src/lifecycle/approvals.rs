@@ -34,6 +34,10 @@ pub(crate) fn request_info(r: &ApprovalRecord, now: i64) -> ApprovalRequest {
         expires_at: r.expires_at,
         status,
         reason,
+        parameters: r.parameters.clone(),
+        needed: 0,
+        decisions: Vec::new(),
+        outcome: String::new(),
     }
 }
 

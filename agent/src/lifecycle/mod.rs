@@ -212,9 +212,11 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
         KeyRequest::PinUnlock { token, .. } => (Some(token.clone()), None),
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
-        KeyRequest::AppList | KeyRequest::RequestList { .. } | KeyRequest::RequestShow { .. } => {
-            (None, None)
-        }
+        KeyRequest::AppList
+        | KeyRequest::RequestList { .. }
+        | KeyRequest::RequestShow { .. }
+        | KeyRequest::RequestDecide { .. }
+        | KeyRequest::RequestCancel { .. } => (None, None),
     }
 }
 
@@ -430,6 +432,10 @@ impl Lifecycle {
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
             KeyRequest::RequestList { all } => self.list_requests(all, SystemTime::now()),
             KeyRequest::RequestShow { id } => self.show_request(&id, SystemTime::now()),
+            KeyRequest::RequestDecide { .. } | KeyRequest::RequestCancel { .. } => fail(
+                AdminErrorKind::Invalid,
+                "this agent does not take decisions on requests yet".to_owned(),
+            ),
             KeyRequest::PinUnlock {
                 token,
                 role,

@@ -2,8 +2,9 @@
 //! quorums (`[quorum.<action>]`) of the actions under dual control.
 //!
 //! The agent admits admin requests by the roster and its roles
-//! ([`Role::may_request`]); the quorums are parsed and checked, and
-//! enforced with signed approvals in a coming release.
+//! ([`Role::may_request`]), and counts an administrator's decision on a
+//! request when their signature verifies ([`AdministratorKey::verify`])
+//! and their roles meet the action's [`Quorum`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,28 +106,27 @@ impl fmt::Display for Role {
     }
 }
 
-/// The key an administrator signs requests and approvals with.
+/// The public key an administrator's decisions are checked with. The
+/// private key stays with the administrator: a key file, or a key on
+/// their own PKCS#11 token (`keyward` signs with either; the roster holds
+/// the public half, which `keyward admin-key show` prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdministratorKey {
     /// `ed25519:<64 hex digits>`: a 32-byte Ed25519 public key. Its length
-    /// is checked; whether the bytes are a point on the curve is checked
-    /// when a signature is verified.
+    /// is checked here; whether the bytes are a point on the curve is
+    /// checked when a signature is verified.
     Ed25519([u8; 32]),
     /// `p256:<hex>`: a SEC1 point, 65 bytes uncompressed (`04…`) or 33
-    /// compressed (`02…`/`03…`). Length and prefix are checked; whether it
-    /// is on the curve is checked when a signature is verified.
+    /// compressed (`02…`/`03…`). Length and prefix are checked here;
+    /// whether it is on the curve when a signature is verified.
     P256(Vec<u8>),
-    /// `pkcs11:<URI>`: a key on the administrator's own token, kept as
-    /// text (an RFC 7512 URI, starting with `pkcs11:`).
-    Pkcs11(String),
 }
 
 impl AdministratorKey {
     /// Reads a `public_key` value; the error says what is wrong without
     /// repeating the value.
     pub fn parse(text: &str) -> Result<AdministratorKey, String> {
-        const FORMS: &str =
-            "expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"";
+        const FORMS: &str = "expected \"ed25519:<64 hex digits>\" or \"p256:<hex SEC1 point>\"";
         if let Some(hex_text) = text.strip_prefix("ed25519:") {
             let bytes = decode_hex(hex_text, "ed25519")?;
             let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
@@ -150,21 +150,57 @@ impl AdministratorKey {
                     "a p256 public key is a SEC1 point of 65 bytes (uncompressed) or 33 (compressed), not {n}"
                 )),
             }
-        } else if let Some(rest) = text.strip_prefix("pkcs11:") {
-            if rest.is_empty() {
-                return Err(
-                    "a pkcs11: URI must name the key (e.g. pkcs11:token=...;object=...)".to_owned(),
-                );
-            }
-            if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(
-                    "a pkcs11: URI has no spaces or control characters (percent-encode them)"
-                        .to_owned(),
-                );
-            }
-            Ok(AdministratorKey::Pkcs11(text.to_owned()))
+        } else if text.starts_with("pkcs11:") {
+            Err(
+                "the roster holds the public key: for a key on a token write its \
+                 \"p256:...\" or \"ed25519:...\" form (`keyward admin-key show pkcs11:...` \
+                 prints it); the token's URI is given when signing"
+                    .to_owned(),
+            )
         } else {
             Err(format!("unknown key kind: {FORMS}"))
+        }
+    }
+
+    /// The key in the roster's text form (`ed25519:<hex>`, `p256:<hex>`).
+    pub fn to_text(&self) -> String {
+        match self {
+            AdministratorKey::Ed25519(k) => format!("ed25519:{}", hex::encode(k)),
+            AdministratorKey::P256(k) => format!("p256:{}", hex::encode(k)),
+        }
+    }
+
+    /// Checks `signature` over `message`: Ed25519 (64 bytes, strict
+    /// verification: no small-order keys, no malleable signatures), or
+    /// ECDSA P-256 with SHA-256 over `message` (64 bytes `r‖s`, the form a
+    /// PKCS#11 token's `CKM_ECDSA` returns). The error says what failed,
+    /// never the bytes.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        match self {
+            AdministratorKey::Ed25519(key) => {
+                use ed25519_dalek::{Signature, VerifyingKey};
+                let key = VerifyingKey::from_bytes(key)
+                    .map_err(|_| "the roster's ed25519 key is not a valid point".to_owned())?;
+                let signature = Signature::from_slice(signature).map_err(|_| {
+                    format!("an ed25519 signature is 64 bytes, not {}", signature.len())
+                })?;
+                key.verify_strict(message, &signature)
+                    .map_err(|_| "the ed25519 signature does not verify".to_owned())
+            }
+            AdministratorKey::P256(point) => {
+                use p256::ecdsa::signature::Verifier;
+                use p256::ecdsa::{Signature, VerifyingKey};
+                let key = VerifyingKey::from_sec1_bytes(point)
+                    .map_err(|_| "the roster's p256 key is not a point on the curve".to_owned())?;
+                let signature = Signature::from_slice(signature).map_err(|_| {
+                    format!(
+                        "a p256 signature is 64 bytes r||s with 0 < r, s < n (got {} bytes)",
+                        signature.len()
+                    )
+                })?;
+                key.verify(message, &signature)
+                    .map_err(|_| "the p256 signature does not verify".to_owned())
+            }
         }
     }
 }

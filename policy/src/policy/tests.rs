@@ -574,7 +574,7 @@ public_key = "{P256_COMPRESSED}"
 name = "dave"
 uids = [1004]
 roles = ["auditor"]
-public_key = "pkcs11:token=dave;object=approval;type=private"
+public_key = "ed25519:3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
 "#
     )
 }
@@ -610,8 +610,8 @@ fn roster_is_valid_and_typed() {
     assert!(matches!(&carol.public_key, AdministratorKey::P256(k) if k.len() == 33 && k[0] == 3));
     let dave = p.administrator("dave").unwrap();
     assert_eq!(
-        dave.public_key,
-        AdministratorKey::Pkcs11("pkcs11:token=dave;object=approval;type=private".to_owned())
+        dave.public_key.to_text(),
+        "ed25519:3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
     );
     assert!(p.administrator("eve").is_none());
 }
@@ -830,20 +830,16 @@ fn error_bad_public_keys() {
             "the p256 key is not hex (an even number of 0-9, a-f)",
         ),
         (
-            "pkcs11:",
-            "a pkcs11: URI must name the key (e.g. pkcs11:token=...;object=...)",
-        ),
-        (
-            "pkcs11:token=my token",
-            "a pkcs11: URI has no spaces or control characters (percent-encode them)",
+            "pkcs11:token=dave;object=approval",
+            "the roster holds the public key: for a key on a token write its \"p256:...\" or \"ed25519:...\" form (`keyward admin-key show pkcs11:...` prints it); the token's URI is given when signing",
         ),
         (
             "rsa:0102",
-            "unknown key kind: expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"",
+            "unknown key kind: expected \"ed25519:<64 hex digits>\" or \"p256:<hex SEC1 point>\"",
         ),
         (
             "",
-            "unknown key kind: expected \"ed25519:<64 hex digits>\", \"p256:<hex SEC1 point>\" or \"pkcs11:<URI>\"",
+            "unknown key kind: expected \"ed25519:<64 hex digits>\" or \"p256:<hex SEC1 point>\"",
         ),
     ];
     for (key, message) in cases {
@@ -1069,4 +1065,57 @@ fn roles_may_request_what_the_reference_says() {
     assert!(!Role::Custodian.may_request("key.create"));
     assert!(!Role::Auditor.may_request("key.create"));
     assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+}
+
+#[test]
+fn administrator_signatures_verify_and_forgeries_do_not() {
+    use ed25519_dalek::Signer as _;
+    let message = b"keyward decision\0 approve";
+    // Ed25519.
+    let ed = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let ed_key = AdministratorKey::parse(&format!(
+        "ed25519:{}",
+        hex::encode(ed.verifying_key().as_bytes())
+    ))
+    .unwrap();
+    let sig = ed.sign(message).to_bytes();
+    assert_eq!(ed_key.verify(message, &sig), Ok(()));
+    assert_eq!(
+        ed_key.verify(b"keyward decision\0 deny", &sig),
+        Err("the ed25519 signature does not verify".to_owned())
+    );
+    let mut forged = sig;
+    forged[5] ^= 1;
+    assert!(ed_key.verify(message, &forged).is_err());
+    assert_eq!(
+        ed_key.verify(message, &sig[..63]),
+        Err("an ed25519 signature is 64 bytes, not 63".to_owned())
+    );
+    // ECDSA P-256 over SHA-256, r||s.
+    let p = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
+    let point = p.verifying_key().to_encoded_point(false);
+    let p_key =
+        AdministratorKey::parse(&format!("p256:{}", hex::encode(point.as_bytes()))).unwrap();
+    let compressed = p.verifying_key().to_encoded_point(true);
+    let p_key_c =
+        AdministratorKey::parse(&format!("p256:{}", hex::encode(compressed.as_bytes()))).unwrap();
+    let sig: p256::ecdsa::Signature = p.sign(message);
+    let sig = sig.to_bytes();
+    assert_eq!(p_key.verify(message, &sig), Ok(()));
+    assert_eq!(p_key_c.verify(message, &sig), Ok(()));
+    assert!(p_key.verify(b"other", &sig).is_err());
+    // Each key checks only its own signatures.
+    assert!(ed_key.verify(message, &sig).is_err());
+    let ed_sig = ed.sign(message).to_bytes();
+    assert!(p_key.verify(message, &ed_sig).is_err());
+    assert!(p_key.verify(message, &[0; 64]).is_err());
+    assert!(p_key.verify(message, &[]).is_err());
+    // A point that is not on the curve is found out when it is used.
+    let mut off = point.as_bytes().to_vec();
+    off[64] ^= 1;
+    let off_key = AdministratorKey::parse(&format!("p256:{}", hex::encode(&off))).unwrap();
+    assert_eq!(
+        off_key.verify(message, &sig),
+        Err("the roster's p256 key is not a point on the curve".to_owned())
+    );
 }
