@@ -13,10 +13,11 @@
 //! encode alike. The digest is SHA-256 of the encoding.
 //!
 //! The statement an administrator signs is the magic `keyward decision\0`,
-//! the format as a `u16`, the decision's name and the administrator's
-//! name (each length-prefixed as above), then the 32-byte digest: an
-//! approval is bound to one request, one decision and one administrator,
-//! and cannot be replayed onto another request or taken for a denial.
+//! the format as a `u16`, the decision's name (length-prefixed as above),
+//! then the 32-byte digest: an approval is bound to one request and one
+//! decision, and cannot be replayed onto another request or taken for a
+//! denial. It is bound to one administrator by their key: the roster gives
+//! each administrator a key of their own.
 
 use keyward_domain::Decision;
 use sha2::{Digest, Sha256};
@@ -81,14 +82,13 @@ impl RequestContent<'_> {
     }
 }
 
-/// What `administrator` signs to make `decision` on the request whose
+/// What an administrator signs to make `decision` on the request whose
 /// digest is `digest`.
-pub fn decision_statement(decision: Decision, administrator: &str, digest: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + administrator.len());
+pub fn decision_statement(decision: Decision, digest: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"keyward decision\0");
     out.extend_from_slice(&REQUEST_FORMAT.to_be_bytes());
     put(&mut out, decision.as_str().as_bytes());
-    put(&mut out, administrator.as_bytes());
     out.extend_from_slice(digest);
     out
 }
@@ -185,20 +185,18 @@ mod tests {
     }
 
     #[test]
-    fn a_statement_binds_decision_administrator_and_request() {
+    fn a_statement_binds_decision_and_request() {
         let d = content().digest();
-        let approve = decision_statement(Decision::Approve, "bob", &d);
-        assert_ne!(approve, decision_statement(Decision::Deny, "bob", &d));
-        assert_ne!(approve, decision_statement(Decision::Approve, "carol", &d));
+        let approve = decision_statement(Decision::Approve, &d);
+        assert_ne!(approve, decision_statement(Decision::Deny, &d));
         let other = RequestContent {
             id: "ff",
             ..content()
         }
         .digest();
-        assert_ne!(
-            approve,
-            decision_statement(Decision::Approve, "bob", &other)
-        );
+        assert_ne!(approve, decision_statement(Decision::Approve, &other));
+        assert!(approve.starts_with(b"keyward decision\0\x00\x01\x00\x00\x00\x07approve"));
         assert!(approve.ends_with(&d));
+        assert_eq!(approve.len(), 17 + 2 + 4 + 7 + 32);
     }
 }

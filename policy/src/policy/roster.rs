@@ -162,6 +162,26 @@ impl AdministratorKey {
         }
     }
 
+    /// Whether `self` and `other` are the same key (a P-256 point written
+    /// compressed and uncompressed is one key).
+    pub fn same_key(&self, other: &AdministratorKey) -> bool {
+        match (self, other) {
+            (AdministratorKey::Ed25519(a), AdministratorKey::Ed25519(b)) => a == b,
+            (AdministratorKey::P256(a), AdministratorKey::P256(b)) => {
+                // Points on the curve compare as points; anything else
+                // (refused when it signs) by its bytes.
+                match (
+                    p256::PublicKey::from_sec1_bytes(a),
+                    p256::PublicKey::from_sec1_bytes(b),
+                ) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => a == b,
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// The key in the roster's text form (`ed25519:<hex>`, `p256:<hex>`).
     pub fn to_text(&self) -> String {
         match self {
@@ -453,6 +473,19 @@ impl Validator<'_> {
             }
             let public_key = AdministratorKey::parse(admin.public_key.get_ref())
                 .map_err(|m| self.err(admin.public_key.span(), format!("{what}, public_key"), m))?;
+            if let Some(other) = administrators
+                .iter()
+                .find(|a| a.public_key.same_key(&public_key))
+            {
+                return Err(self.err(
+                    admin.public_key.span(),
+                    format!("{what}, public_key"),
+                    format!(
+                        "administrator \"{}\" has this key already: each administrator signs with a key of their own",
+                        other.name
+                    ),
+                ));
+            }
             administrators.push(Administrator {
                 name,
                 uids,

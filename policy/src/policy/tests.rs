@@ -545,7 +545,7 @@ fn objects_are_shared_with_named_applications_only() {
 const ED: &str = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 const P256_UNCOMPRESSED: &str = "p256:046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
 const P256_COMPRESSED: &str =
-    "p256:036b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296";
+    "p256:03eaff074022c70a698306aad02678f2f35575b0fdd3145aafe4b560e4f1dc29e6";
 
 /// `BASE` with a roster that meets every default quorum: two security
 /// officers, a key owner, a custodian and an auditor.
@@ -1117,5 +1117,40 @@ fn administrator_signatures_verify_and_forgeries_do_not() {
     assert_eq!(
         off_key.verify(message, &sig),
         Err("the roster's p256 key is not a point on the curve".to_owned())
+    );
+}
+
+#[test]
+fn error_two_administrators_with_one_key() {
+    let text = roster().replace(
+        "ed25519:3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        ED,
+    );
+    let e = Policy::from_str(&text, "policy.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("administrator \"dave\", public_key: administrator \"alice\" has this key already: each administrator signs with a key of their own"),
+        "{e}"
+    );
+    // The same P-256 point, once compressed and once not, is one key.
+    let p = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
+    let long = p.verifying_key().to_encoded_point(false);
+    let short = p.verifying_key().to_encoded_point(true);
+    let text = roster()
+        .replace(
+            P256_UNCOMPRESSED,
+            &format!("p256:{}", hex::encode(long.as_bytes())),
+        )
+        .replace(
+            P256_COMPRESSED,
+            &format!("p256:{}", hex::encode(short.as_bytes())),
+        );
+    let e = Policy::from_str(&text, "policy.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("administrator \"bob\" has this key already"),
+        "{e}"
     );
 }
