@@ -105,48 +105,88 @@ fn init_logging() {
 
 /// The configured policy file, or the built-in lab policy, with what the
 /// audit trail says of it: the file and the SHA-256 of its bytes.
-fn load_policy(config: &Config) -> Result<(keyward_policy::Policy, String), String> {
-    use sha2::Digest;
+/// The policy the configuration names: parsed, with its description for
+/// the log and the trail, and the file it came from (`None`: the built-in
+/// lab policy).
+type LoadedPolicy = (
+    keyward_policy::Policy,
+    String,
+    Option<crate::lifecycle::governance::PolicyFile>,
+);
+
+fn load_policy(config: &Config) -> Result<LoadedPolicy, String> {
     match &config.agent.policy {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .map_err(|e| format!("policy {}: cannot read: {e}", path.display()))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| format!("policy {}: not UTF-8 text", path.display()))?;
-            let policy = keyward_policy::Policy::from_str(&text, &path.display().to_string())
-                .map_err(|e| e.to_string())?;
-            let digest = sha2::Sha256::digest(text.as_bytes());
-            let hex = hex::encode(digest);
+            let file = crate::lifecycle::governance::PolicyFile::new(path, text);
+            let policy = file.parse()?;
             log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
             for note in &policy.notes {
                 log::warn!("policy {}: {note}", path.display());
             }
-            let source = format!(
-                "{} ({:?} mode, sha256 {hex})",
-                path.display(),
-                policy.mode()
-            );
-            Ok((policy, source))
+            let source = describe_policy(&file, &policy);
+            Ok((policy, source, Some(file)))
         }
         None => {
             log::warn!("no policy configured: the built-in lab policy applies (a plain PKCS#11 token for local root and agent-user peers)");
             Ok((
                 keyward_policy::Policy::lab(),
                 "the built-in lab policy".to_owned(),
+                None,
             ))
         }
+    }
+}
+
+fn describe_policy(
+    file: &crate::lifecycle::governance::PolicyFile,
+    policy: &keyward_policy::Policy,
+) -> String {
+    format!(
+        "{} ({:?} mode, sha256 {})",
+        file.path.display(),
+        policy.mode(),
+        file.sha256
+    )
+}
+
+/// `loaded`, unless the approved policy guards itself against files edited
+/// outside `keyward policy apply` (see `Lifecycle::admit_policy_file`):
+/// then the approved one, or an error when it cannot be had.
+fn admitted(agent: &Agent, loaded: LoadedPolicy) -> Result<LoadedPolicy, String> {
+    let (policy, source, file) = loaded;
+    let Some(file) = file else {
+        return Ok((policy, source, None));
+    };
+    use crate::lifecycle::governance::Admission;
+    match agent
+        .lifecycle
+        .admit_policy_file(&file, &policy, std::time::SystemTime::now())
+    {
+        Admission::Admitted => Ok((policy, source, Some(file))),
+        Admission::Refused(approved) => {
+            let (approved, p) = *approved;
+            let source = describe_policy(&approved, &p);
+            Ok((p, source, Some(approved)))
+        }
+        Admission::Unknown => Err(format!(
+            "policy {}: the approved policy cannot be read from the store",
+            file.path.display()
+        )),
     }
 }
 
 /// Runs the agent in the foreground until SIGTERM or SIGINT; SIGHUP
 /// reloads the policy (see [`reload`]).
 pub fn run(config: &Config, path: &Path) -> Result<(), String> {
-    let (policy, source) = load_policy(config)?;
+    let loaded = load_policy(config)?;
     secure_state_dir(&config.agent.state_dir)?;
     let agent = Arc::new(
         Agent::from_config(config)
-            .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?
-            .with_policy(policy),
+            .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?,
     );
     // Before anything else is recorded: whether the last run stopped
     // cleanly, and if not, which uses may be missing.
@@ -154,6 +194,12 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         if let Err(e) = agent.audit.durable(gap) {
             log::error!("audit: the crash-gap record could not be written: {e}");
         }
+    }
+    // The file, unless dual control keeps the approved policy in force.
+    let (policy, source, file) = admitted(&agent, loaded)?;
+    agent.set_policy(policy);
+    if let Some(file) = file {
+        agent.lifecycle.policy_in_force(file);
     }
     agent.lifecycle.recover_pending();
     agent.lifecycle.record_missing_fingerprints();
@@ -298,7 +344,19 @@ pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String)
         Ok(c) => c,
         Err(e) => return failed(e.to_string()),
     };
-    let (policy, new_source) = match load_policy(&config) {
+    let (policy, new_source, file) = match load_policy(&config).and_then(|l| {
+        let file_sha = l.2.as_ref().map(|f| f.sha256.clone());
+        let admitted = admitted(agent, l)?;
+        // A file the approved policy refuses changes nothing.
+        if admitted.2.as_ref().map(|f| &f.sha256) != file_sha.as_ref() {
+            return Err(
+                "the policy file changed outside `keyward policy apply` and dual control \
+                        is on: not loaded (see the log)"
+                    .to_owned(),
+            );
+        }
+        Ok(admitted)
+    }) {
         Ok(p) => p,
         Err(e) => return failed(e),
     };
@@ -324,6 +382,9 @@ pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String)
         "policy unchanged".to_owned()
     } else {
         agent.set_policy(policy);
+        if let Some(file) = file {
+            agent.lifecycle.policy_in_force(file);
+        }
         agent.audit_policy("change", 0, &format!("from {source} to {new_source}"));
         log::info!("reload: policy now {new_source}");
         let reason = format!("policy now {new_source}");
@@ -406,7 +467,7 @@ pub fn set_pin(
             return Err("--app names an application's user PIN: use it with --role user".into())
         }
         (_, Some(app)) => {
-            let (policy, _) = load_policy(config)?;
+            let (policy, _, _) = load_policy(config)?;
             if policy.application(app).is_none() {
                 let known: Vec<&str> = policy
                     .applications

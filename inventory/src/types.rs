@@ -222,6 +222,8 @@ pub struct ApprovalRecord {
     pub status: ApprovalStatus,
     /// What executing it did, or why it closed (empty while open).
     pub outcome: String,
+    /// When it reached a final status (`None` while open).
+    pub closed_at: Option<i64>,
 }
 
 /// One administrator's decision on a request.

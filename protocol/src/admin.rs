@@ -407,6 +407,15 @@ pub enum KeyRequest {
         /// Why (recorded).
         reason: Option<String>,
     },
+    /// Put a new policy file in force: with a roster, a request under the
+    /// `policy-apply` quorum that carries the text and its difference to
+    /// the policy in force; without one, at once.
+    PolicyApply {
+        /// The policy file's text (UTF-8 TOML).
+        text: String,
+        /// Why (recorded).
+        reason: Option<String>,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].

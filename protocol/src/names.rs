@@ -90,6 +90,7 @@ impl KeyRequest {
                 ..
             } => "request.deny",
             KeyRequest::RequestCancel { .. } => "request.cancel",
+            KeyRequest::PolicyApply { .. } => "policy.apply",
         }
     }
 
@@ -113,7 +114,8 @@ impl KeyRequest {
             | KeyRequest::Discover { .. }
             | KeyRequest::Adopt { .. }
             | KeyRequest::RequestDecide { .. }
-            | KeyRequest::RequestCancel { .. } => false,
+            | KeyRequest::RequestCancel { .. }
+            | KeyRequest::PolicyApply { .. } => false,
         }
     }
 
@@ -200,6 +202,13 @@ impl KeyRequest {
             ),
             KeyRequest::RequestCancel { id, reason } => {
                 let mut s = format!("cancel request {}", clean(id));
+                if let Some(r) = reason {
+                    let _ = write!(s, ": {}", clean(r));
+                }
+                s
+            }
+            KeyRequest::PolicyApply { text, reason } => {
+                let mut s = format!("apply a new policy ({} bytes)", text.len());
                 if let Some(r) = reason {
                     let _ = write!(s, ": {}", clean(r));
                 }
@@ -552,6 +561,10 @@ mod tests {
                 id: "00ff".into(),
                 reason: None,
             }),
+            AdminRequest::Key(KeyRequest::PolicyApply {
+                text: "[settings]".into(),
+                reason: None,
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -605,6 +618,7 @@ mod tests {
                 "request.approve",
                 "request.deny",
                 "request.cancel",
+                "policy.apply",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",

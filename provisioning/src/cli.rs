@@ -101,6 +101,17 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Put a policy file in force. With a roster in the policy in force, this
+    /// opens a request under the policy-apply quorum that shows the
+    /// difference (exit 3 with its id); without one, the agent writes its
+    /// policy file and puts it in force at once.
+    Apply {
+        /// The new policy file (checked by the agent before anything else).
+        file: PathBuf,
+        /// Why (kept with the request and in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// `--token T`: the virtual token; the agent's first token when absent.

@@ -84,6 +84,35 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     {
         return policy_check(file, json);
     }
+    if let Command::Policy {
+        command: PolicyCommand::Apply { file, reason },
+    } = &command
+    {
+        let text = match std::fs::read(file).map(String::from_utf8) {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => {
+                let f = Failure::local(
+                    Exit::Usage,
+                    "Usage",
+                    format!("{}: not UTF-8 text", file.display()),
+                );
+                return Output::failure(&f, json);
+            }
+            Err(e) => {
+                let f = Failure::local(
+                    Exit::Usage,
+                    "Usage",
+                    format!("{}: cannot read: {e}", file.display()),
+                );
+                return Output::failure(&f, json);
+            }
+        };
+        let req = AdminRequest::Key(KeyRequest::PolicyApply {
+            text,
+            reason: reason.clone(),
+        });
+        return present(&req, exchange(socket, &req), json);
+    }
     if let Command::Audit {
         command: AuditCommand::Verify { anchor: Some(file) },
     } = &command
@@ -119,7 +148,7 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
         Command::Policy { .. } => Err(Failure::local(
             Exit::Usage,
             "Usage",
-            "policy check runs locally",
+            "policy check runs locally, policy apply reads its file first",
         )),
         Command::Key { command } => key_request(command),
         Command::Grant { command } => grant_request(command, now),

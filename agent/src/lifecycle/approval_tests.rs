@@ -469,6 +469,28 @@ fn an_expired_request_takes_no_decision() {
     assert!(e.message.contains("is expired"), "{}", e.message);
     assert_eq!(request(&a, &r.id).status, ApprovalStatus::Expired);
     assert_eq!(state(&a), KeyState::Suspended);
+    // The scheduler closes what expires unapproved, and says so.
+    let r2 = pending(&a, &alice(), act(KeyAction::Resume, "found again"));
+    a.lifecycle
+        .tick(std::time::UNIX_EPOCH + Duration::from_secs(r2.expires_at as u64 - 1));
+    assert_eq!(request(&a, &r2.id).status, ApprovalStatus::Pending);
+    a.lifecycle
+        .tick(std::time::UNIX_EPOCH + Duration::from_secs(r2.expires_at as u64));
+    let r2 = request(&a, &r2.id);
+    assert_eq!(
+        (r2.status, r2.outcome.as_str()),
+        (ApprovalStatus::Expired, "not approved in time")
+    );
+    a.audit.flush();
+    let expiries = a
+        .audit
+        .log()
+        .tail(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.event.operation == "request.expire")
+        .count();
+    assert_eq!(expiries, 1);
 }
 
 #[test]
@@ -583,4 +605,172 @@ fn without_a_roster_one_unsigned_approval_carries_the_action_out() {
     )
     .unwrap();
     assert_eq!(state(&a), KeyState::Active);
+}
+
+// ---- the policy under dual control -----------------------------------------
+
+use super::governance::{Admission, PolicyFile};
+
+/// An agent whose policy in force is the roster policy, read from a file
+/// in its state directory; the file's path.
+fn agent_with_policy_file() -> (tempfile::TempDir, Agent, std::path::PathBuf) {
+    let (d, a) = agent();
+    let path = d.path().join("policy.toml");
+    std::fs::write(&path, roster_policy()).unwrap();
+    let file = PolicyFile::new(&path, roster_policy());
+    let policy = file.parse().unwrap();
+    assert!(matches!(
+        a.lifecycle
+            .admit_policy_file(&file, &policy, SystemTime::now()),
+        Admission::Admitted
+    ));
+    a.lifecycle.policy_in_force(file);
+    (d, a, path)
+}
+
+fn apply(a: &Agent, who: &Admin, text: &str) -> AResult<KeyResponse> {
+    call(
+        a,
+        who,
+        KeyRequest::PolicyApply {
+            text: text.into(),
+            reason: Some("add a class".into()),
+        },
+    )
+}
+
+/// The roster policy with one more key class.
+fn next_policy() -> String {
+    format!(
+        "{}\n[[class]]\nname = \"extra\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\nprotect_period = \"30d\"\nprocess_period = \"60d\"\n",
+        roster_policy()
+    )
+}
+
+#[test]
+fn a_policy_change_waits_for_its_quorum_and_shows_its_difference() {
+    let (_d, a, path) = agent_with_policy_file();
+    // Not valid: refused with the policy's own error, nothing recorded.
+    refused(
+        apply(&a, &alice(), "[settings]\nmode = \"sloppy\"\n"),
+        AdminErrorKind::Invalid,
+        "the new policy is not valid",
+    );
+    refused(
+        apply(&a, &alice(), &roster_policy()),
+        AdminErrorKind::Conflict,
+        "in force already",
+    );
+    let r = match apply(&a, &alice(), &next_policy()) {
+        Ok(KeyResponse::Pending(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((r.action.as_str(), r.needed), ("policy-apply", 2));
+    let p: serde_json::Value = serde_json::from_str(&r.parameters).unwrap();
+    let diff = p["diff"].as_str().unwrap();
+    assert!(diff.contains("+name = \"extra\""), "{diff}");
+    assert_eq!(p["text"], next_policy());
+    // Nothing changed yet.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), roster_policy());
+    assert!(a.policy().class("extra").is_none());
+    // A key owner holds no role for policy-apply; the requester counts.
+    refused(
+        approve(&a, &carol(), &r),
+        AdminErrorKind::Refused,
+        "holds none",
+    );
+    approve(&a, &alice(), &r).unwrap();
+    assert!(a.policy().class("extra").is_none());
+    approve(&a, &bob(), &r).unwrap();
+    assert!(a.policy().class("extra").is_some());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), next_policy());
+    let done = request(&a, &r.id);
+    assert_eq!(done.status, ApprovalStatus::Executed, "{done:?}");
+    assert!(done.outcome.contains("now sha256"), "{}", done.outcome);
+    // The new policy is the approved one now: the same file passes, an
+    // edit made outside keyward does not.
+    let now = PolicyFile::new(&path, next_policy());
+    assert!(matches!(
+        a.lifecycle
+            .admit_policy_file(&now, &now.parse().unwrap(), SystemTime::now()),
+        Admission::Admitted
+    ));
+}
+
+#[test]
+fn a_policy_file_edited_outside_keyward_does_not_take_effect() {
+    let (_d, a, path) = agent_with_policy_file();
+    // root edits the file: the roster loses bob and gains mallory's key.
+    let edited = roster_policy().replace("name = \"bob\"", "name = \"mallory\"");
+    std::fs::write(&path, &edited).unwrap();
+    let file = PolicyFile::new(&path, edited);
+    let policy = file.parse().unwrap();
+    match a
+        .lifecycle
+        .admit_policy_file(&file, &policy, SystemTime::now())
+    {
+        Admission::Refused(kept) => {
+            let (kept, p) = *kept;
+            assert_eq!(kept.text, roster_policy());
+            assert!(p.administrator("bob").is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    a.audit.flush();
+    let refusals: Vec<String> = a
+        .audit
+        .log()
+        .tail(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.operation == "refuse")
+        .map(|r| r.event.reason)
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(
+        refusals[0].contains("changed outside `keyward policy apply`"),
+        "{refusals:?}"
+    );
+}
+
+#[test]
+fn a_policy_without_a_roster_changes_at_once_and_does_not_guard_its_file() {
+    let (d, a) = crate::agent::tests::mock_agent(crate::agent::tests::STRICT_SIGNING);
+    let path = d.path().join("policy.toml");
+    std::fs::write(&path, crate::agent::tests::STRICT_SIGNING).unwrap();
+    let file = PolicyFile::new(&path, crate::agent::tests::STRICT_SIGNING.to_owned());
+    let policy = file.parse().unwrap();
+    assert!(matches!(
+        a.lifecycle
+            .admit_policy_file(&file, &policy, SystemTime::now()),
+        Admission::Admitted
+    ));
+    a.lifecycle.policy_in_force(file);
+    let root = Admin {
+        uid: 0,
+        key: alice().key,
+    };
+    // Adding a roster: at once (there is nobody yet to approve).
+    let with_roster = roster_policy();
+    match apply(&a, &root, &with_roster) {
+        Ok(KeyResponse::Done(text)) => assert!(text.contains("now sha256"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(a.policy().dual_control());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), with_roster);
+    // From now on, root (no administrator) may not even ask: the admin
+    // socket refuses it before the request reaches the lifecycle.
+    let ask = keyward_protocol::admin::AdminRequest::Key(KeyRequest::PolicyApply {
+        text: next_policy(),
+        reason: None,
+    });
+    match a.refuse_admin(&peer(&root), &ask) {
+        Some(keyward_protocol::admin::AdminResponse::KeyErr { message, .. }) => {
+            assert!(message.contains("uid 0 is no administrator"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // An operator may not ask for a policy change either.
+    assert!(a.refuse_admin(&peer(&oscar()), &ask).is_some());
+    assert!(a.refuse_admin(&peer(&alice()), &ask).is_none());
 }

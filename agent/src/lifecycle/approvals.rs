@@ -44,6 +44,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
     match r.action.as_str() {
         "destroy" => Some(Approvable::Destroy),
         "resume" => Some(Approvable::Resume),
+        super::governance::POLICY_APPLY => Some(Approvable::PolicyApply),
         "deactivate" if from().as_deref() == Some("suspended") => {
             Some(Approvable::DeactivateSuspended)
         }
@@ -192,15 +193,35 @@ impl Lifecycle {
         ]))
     }
 
-    /// Records `action` on `t` for approval, with `why` (kept with the
-    /// request) and `parameters` (a JSON object: what the approvers
-    /// approve besides the action and the key, e.g. the state it leaves);
-    /// answers `Pending`. One pending request per action and key: asking
-    /// again while one is pending answers that one. The request lives as
-    /// long as the action's quorum says.
+    /// Records `action` on key `t` for approval (see
+    /// [`Self::record_request_on`]).
     pub(crate) fn record_request(
         &self,
         t: &Target<'_>,
+        action: &str,
+        parameters: serde_json::Value,
+        (who, why): (&str, &str),
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        self.record_request_on(
+            (&t.label(), Some(t.key.record.id)),
+            action,
+            parameters,
+            (who, why),
+            now,
+        )
+    }
+
+    /// Records `action` on `target` (a key's `token/name` and id, or what
+    /// else it acts on) for approval, with `why` (kept with the request)
+    /// and `parameters` (a JSON object: what the approvers approve besides
+    /// the action and the target, e.g. the state a key leaves); answers
+    /// `Pending`. One pending request per action and target: asking again
+    /// while one is pending answers that one. The request lives as long
+    /// as the action's quorum says.
+    pub(crate) fn record_request_on(
+        &self,
+        (target, key_id): (&str, Option<i64>),
         action: &str,
         parameters: serde_json::Value,
         (who, why): (&str, &str),
@@ -212,11 +233,13 @@ impl Lifecycle {
             .requests(Some(ApprovalStatus::Pending))
             .map_err(inv_err)?;
         if let Some(open) = pending.iter().find(|r| {
-            r.action == action && r.key_id == Some(t.key.record.id) && r.expires_at > created_at
+            r.action == action
+                && r.target == target
+                && r.key_id == key_id
+                && r.expires_at > created_at
         }) {
             log::info!(
-                "key {}: {action} by {who}: request {} is pending already",
-                t.label(),
+                "{target}: {action} by {who}: request {} is pending already",
                 open.id
             );
             return Ok(KeyResponse::Pending(self.request_view(open, created_at)?));
@@ -224,8 +247,8 @@ impl Lifecycle {
         let mut record = ApprovalRecord {
             id: hex::encode(random(16)?),
             action: action.to_owned(),
-            target: t.label(),
-            key_id: Some(t.key.record.id),
+            target: target.to_owned(),
+            key_id,
             // serde_json's maps are sorted: this is the canonical form.
             parameters: parameters.to_string(),
             requester: who.to_owned(),
@@ -234,6 +257,7 @@ impl Lifecycle {
             expires_at: created_at,
             status: ApprovalStatus::Pending,
             outcome: String::new(),
+            closed_at: None,
         };
         let lifetime = approvable(&record)
             .map(|a| self.policy().quorum(a).lifetime)
@@ -241,8 +265,7 @@ impl Lifecycle {
         record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
         inventory.create_request(&record).map_err(inv_err)?;
         log::warn!(
-            "key {}: {action} by {who} needs approval: request {} recorded, not performed",
-            t.label(),
+            "{target}: {action} by {who} needs approval: request {} recorded, not performed",
             record.id
         );
         Ok(KeyResponse::Pending(
@@ -470,6 +493,9 @@ impl Lifecycle {
 
     /// The action of `r` and its request's move to `executed`, together.
     fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
+        if r.action == super::governance::POLICY_APPLY {
+            return self.carry_out_policy(r, by, now);
+        }
         let Some(key_id) = r.key_id else {
             return fail(
                 AdminErrorKind::Invalid,
@@ -512,6 +538,55 @@ impl Lifecycle {
             }
         };
         self.transition_approved(&t, action, (&who, by), &why, (&r.id, r), now)
+    }
+
+    /// Closes the pending requests whose expiry passed (at `at`), each
+    /// recorded in the trail (`request.expire`).
+    pub(crate) fn expire_requests(&self, at: i64) {
+        let inventory = self.keys.inventory();
+        let pending = match inventory.requests(Some(ApprovalStatus::Pending)) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("scheduler: pending requests cannot be read: {e}");
+                return;
+            }
+        };
+        for r in pending.iter().filter(|r| r.expires_at <= at) {
+            let closed = inventory.close_request(
+                &r.id,
+                ApprovalStatus::Pending,
+                ApprovalStatus::Expired,
+                "not approved in time",
+                at,
+            );
+            match closed {
+                Ok(true) => {
+                    log::warn!(
+                        "request {}: {} {} expired unapproved",
+                        r.id,
+                        r.action,
+                        r.target
+                    );
+                    let mut e = crate::audit::event(
+                        keyward_inventory::AuditKind::Admin,
+                        Actor::Scheduler,
+                        "request.expire",
+                    );
+                    e.reason = format!(
+                        "request {}: {} {}: not approved in time",
+                        r.id, r.action, r.target
+                    )
+                    .chars()
+                    .take(4096)
+                    .collect();
+                    if let Err(why) = self.audit.durable(e) {
+                        log::error!("request {}: its expiry could not be recorded: {why}", r.id);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::error!("request {}: cannot mark it expired: {e}", r.id),
+            }
+        }
     }
 
     /// At start: carries out the requests that were approved when the

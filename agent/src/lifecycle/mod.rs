@@ -63,6 +63,7 @@ pub mod adopt;
 pub mod approvals;
 pub mod create;
 pub mod discovery;
+pub mod governance;
 pub mod grants;
 pub mod hsm;
 pub mod rotate;
@@ -76,6 +77,9 @@ pub mod views;
 #[derive(Debug)]
 pub struct Lifecycle {
     core: Arc<Core>,
+    /// The policy file in force (`None`: the built-in lab policy); see
+    /// [`governance`].
+    policy_file: std::sync::Mutex<Option<governance::PolicyFile>>,
 }
 
 impl std::ops::Deref for Lifecycle {
@@ -88,7 +92,10 @@ impl std::ops::Deref for Lifecycle {
 impl Lifecycle {
     /// The lifecycle over `core`.
     pub fn new(core: Arc<Core>) -> Lifecycle {
-        Lifecycle { core }
+        Lifecycle {
+            core,
+            policy_file: std::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -216,7 +223,8 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         | KeyRequest::RequestList { .. }
         | KeyRequest::RequestShow { .. }
         | KeyRequest::RequestDecide { .. }
-        | KeyRequest::RequestCancel { .. } => (None, None),
+        | KeyRequest::RequestCancel { .. }
+        | KeyRequest::PolicyApply { .. } => (None, None),
     }
 }
 
@@ -446,6 +454,10 @@ impl Lifecycle {
             ),
             KeyRequest::RequestCancel { id, reason } => {
                 self.cancel(admin, &id, reason.as_deref(), SystemTime::now())
+            }
+            KeyRequest::PolicyApply { text, reason } => {
+                let reason = reason.unwrap_or_else(|| "keyward policy apply".to_owned());
+                self.apply_policy((&who, &by), text, &reason, SystemTime::now())
             }
             KeyRequest::PinUnlock {
                 token,

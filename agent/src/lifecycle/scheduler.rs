@@ -17,10 +17,12 @@ pub const FIRST_PASS: Duration = Duration::from_secs(1);
 impl Lifecycle {
     /// One scheduler pass at `now`: active keys past their protect period
     /// are deactivated; active keys whose next rotation has come are
-    /// rotated. Both are recorded with actor [`SCHEDULER`]. Failures are
-    /// logged and retried at the next pass.
+    /// rotated; pending requests past their expiry are closed as expired.
+    /// All are recorded with actor [`SCHEDULER`]. Failures are logged and
+    /// retried at the next pass.
     pub fn tick(&self, now: SystemTime) {
         let at = secs(now);
+        self.expire_requests(at);
         for key in self.keys.all() {
             if key.record.state != KeyState::Active {
                 continue;

@@ -173,7 +173,7 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
 
 /// The columns `request_from_row` reads, in order.
 const REQUEST_COLS: &str =
-    "id, action, target, key_id, parameters, requester, created_at, expires_at, status, reason, outcome";
+    "id, action, target, key_id, parameters, requester, created_at, expires_at, status, reason, outcome, closed_at";
 
 fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
     let id: String = r.get(0)?;
@@ -190,6 +190,7 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
         expires_at: r.get(7)?,
         reason: r.get(9)?,
         outcome: r.get(10)?,
+        closed_at: r.get(11)?,
     })
 }
 
@@ -879,8 +880,8 @@ impl Inventory for SqliteInventory {
         }
         tx.prepare_cached(
             "INSERT INTO requests (id, action, target, key_id, parameters, requester,
-                                   created_at, expires_at, status, reason, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                   created_at, expires_at, status, reason, outcome, closed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             q.id,
@@ -894,6 +895,7 @@ impl Inventory for SqliteInventory {
             q.status.as_str(),
             q.reason,
             q.outcome,
+            q.closed_at,
         ])?;
         tx.commit()?;
         Ok(())

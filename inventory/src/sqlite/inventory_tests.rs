@@ -1402,6 +1402,7 @@ fn approval_requests_are_recorded_listed_and_unique() {
         expires_at: T0 + 86_400,
         status: ApprovalStatus::Pending,
         outcome: String::new(),
+        closed_at: None,
     };
     inv.create_request(&req).unwrap();
     assert!(matches!(inv.create_request(&req), Err(Error::Exists(_))));
@@ -1532,6 +1533,7 @@ fn pending(inv: &SqliteInventory, id: &str, key_id: Option<i64>) -> ApprovalReco
         expires_at: T0 + 1000,
         status: ApprovalStatus::Pending,
         outcome: String::new(),
+        closed_at: None,
     };
     inv.create_request(&req).unwrap();
     req
