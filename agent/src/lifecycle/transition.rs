@@ -65,6 +65,42 @@ impl Lifecycle {
             Action::Deactivate => dates.deactivated_at = Some(at),
             _ => {}
         }
+        self.apply_transition(t, (act, to), dates, (who, by), reason, at)?;
+        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
+        if rotate {
+            let revoked = Target {
+                token: t.token,
+                key: self.reload(t)?,
+            };
+            // Named as the revocation it completes.
+            let v = self.new_version(
+                &revoked,
+                (who, by),
+                Rotation::Emergency,
+                (act.name(), reason),
+                now,
+            )?;
+            log::info!(
+                "key {}: emergency rotation to version {v} by {who}",
+                t.label()
+            );
+        }
+        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+    }
+
+    /// Applies `act`, which moves key `t` to `to`, as one lifecycle change
+    /// by `who` at `at`: the key's move, each version's as
+    /// [`version_transition`] says, and `dates` (the store stamps a
+    /// version's `destroyed_at` or `deactivated_at` itself).
+    pub(crate) fn apply_transition(
+        &self,
+        t: &Target<'_>,
+        (act, to): (Action, KeyState),
+        dates: DateUpdates,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        at: i64,
+    ) -> AResult<AppliedChange> {
         // The versions follow as the policy says.
         let versions = t
             .key
@@ -92,26 +128,6 @@ impl Lifecycle {
             at,
             trail: Vec::new(),
         };
-        self.apply_change(by, act.name(), reason, change)?;
-        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
-        if rotate {
-            let revoked = Target {
-                token: t.token,
-                key: self.reload(t)?,
-            };
-            // Named as the revocation it completes.
-            let v = self.new_version(
-                &revoked,
-                (who, by),
-                Rotation::Emergency,
-                (act.name(), reason),
-                now,
-            )?;
-            log::info!(
-                "key {}: emergency rotation to version {v} by {who}",
-                t.label()
-            );
-        }
-        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+        self.apply_change(by, act.name(), reason, change)
     }
 }
