@@ -1,10 +1,11 @@
 //! Destruction with the in-memory backend: the HSM objects of every version
 //! go, the inventory keeps the record, held handles and searches stop
-//! working.
+//! working; an application's `C_DestroyObject` opens a request instead.
 
 use std::sync::Arc;
 
 use keyward_inventory::AuditFilter;
+use keyward_policy::ApprovalStatus;
 use keyward_protocol::message::OpInit;
 use keyward_protocol::SessionHandle;
 use keyward_protocol::{Attribute, Mechanism, ObjectHandle, Op, Request, Response, SlotId};
@@ -329,6 +330,17 @@ fn sign(a: &Agent, c: &Arc<Client>, s: SessionHandle) -> Response {
     )
 }
 
+fn destroy_object(a: &Agent, c: &Arc<Client>, s: SessionHandle, o: ObjectHandle) -> Response {
+    request(
+        a,
+        c,
+        Request::DestroyObject {
+            session: s,
+            object: o,
+        },
+    )
+}
+
 /// A handle an application found before the destruction fails at its next
 /// call, an operation under way stops, and searches find nothing of the
 /// key; what the agent cached of its objects is forgotten.
@@ -384,6 +396,164 @@ fn after_a_destruction_held_handles_fail_and_searches_find_nothing() {
         "a new client finds it"
     );
     assert!(a.use_targets.get(0, backend).is_none(), "use name kept");
+}
+
+fn pending(a: &Agent) -> Vec<keyward_inventory::ApprovalRecord> {
+    a.keys
+        .inventory()
+        .requests(Some(ApprovalStatus::Pending))
+        .unwrap()
+}
+
+/// An application's `C_DestroyObject` on a managed key it may use answers
+/// `CKR_ACTION_PROHIBITED` and opens one pending destroy request, named
+/// for the application; the key stays and signs.
+#[test]
+fn an_applications_destroy_object_opens_one_destroy_request() {
+    let (_d, a) = agent();
+    let t = active_key(&a, "k", "signing", 1);
+    let (c, s) = app_session(&a, "app", 7);
+    let k = private_keys(&a, &c, s)[0];
+    let prohibited = Response::Err(cryptoki_sys::CKR_ACTION_PROHIBITED);
+    assert_eq!(destroy_object(&a, &c, s, k), prohibited);
+    let open = pending(&a);
+    assert_eq!(open.len(), 1, "{open:?}");
+    let r = &open[0];
+    assert_eq!(
+        (r.action.as_str(), r.target.as_str(), r.key_id),
+        ("destroy", "kw/k", Some(t.key.record.id))
+    );
+    assert_eq!(r.requester, "application app");
+    let parameters: serde_json::Value = serde_json::from_str(&r.parameters).unwrap();
+    assert_eq!(parameters["reason"], "C_DestroyObject by application app");
+    // Again, and from another handle of the key: the same request.
+    assert_eq!(destroy_object(&a, &c, s, k), prohibited);
+    let (c2, s2) = app_session(&a, "app", 8);
+    let k2 = private_keys(&a, &c2, s2)[0];
+    assert_eq!(destroy_object(&a, &c2, s2, k2), prohibited);
+    assert_eq!(pending(&a), open);
+    // The object stays, and signs.
+    assert_eq!(objects_with_id(&a, &ids(&t)[0]).len(), 2);
+    assert_eq!(sign_init(&a, &c, s, k), Response::Unit);
+    assert!(matches!(sign(&a, &c, s), Response::Data(_)));
+    assert_eq!(
+        a.keys.key(t.key.record.id).unwrap().record.state,
+        KeyState::Active
+    );
+    // The trail says why it was refused and names the request.
+    let named = format!("destroy request {} pending approval", r.id);
+    a.audit.flush();
+    let refusals = a
+        .audit
+        .log()
+        .query(&AuditFilter {
+            kinds: vec![keyward_inventory::AuditKind::Refusal],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        refusals.iter().any(|r| r.event.reason.contains(&named)),
+        "{refusals:?}"
+    );
+}
+
+/// Attack: an application that cannot see another application's key (no
+/// grant) finds no handle to it, and every handle it guesses is invalid;
+/// one whose grant was taken away after it found the key gets the bare
+/// refusal it got before; a client not logged in too. None of them opens
+/// a request, and the key stays.
+#[test]
+fn an_application_without_a_grant_cannot_open_a_destroy_request() {
+    let (_d, a) = agent();
+    let t = active_key(&a, "k", "signing", 1);
+    let (other, so) = app_session(&a, "other", 7);
+    assert!(
+        private_keys(&a, &other, so).is_empty(),
+        "other sees the key"
+    );
+    for h in 1..64 {
+        assert_eq!(
+            destroy_object(&a, &other, so, ObjectHandle(h)),
+            Response::Err(cryptoki_sys::CKR_OBJECT_HANDLE_INVALID),
+            "handle {h}"
+        );
+    }
+    // A grant of its own, found, then taken away.
+    let h = active_key(&a, "h", "hidden", 1);
+    let (c, s) = app_session(&a, "app", 8);
+    assert!(private_keys(&a, &c, s).iter().all(|&o| {
+        let m = c
+            .lock()
+            .object(0, o, crate::error::Error::ObjectHandleInvalid);
+        m.unwrap().managed.map(|m| m.key_id) != Some(h.key.record.id)
+    }));
+    call(
+        &a,
+        KeyRequest::GrantAdd {
+            key: "h".into(),
+            token: None,
+            application: "app".into(),
+            operations: vec![keyward_policy::Operation::Sign],
+            until: None,
+        },
+    );
+    let held: Vec<ObjectHandle> = private_keys(&a, &c, s)
+        .into_iter()
+        .filter(|&o| {
+            let m = c
+                .lock()
+                .object(0, o, crate::error::Error::ObjectHandleInvalid);
+            m.unwrap().managed.map(|m| m.key_id) == Some(h.key.record.id)
+        })
+        .collect();
+    assert_eq!(held.len(), 1, "the granted key is found");
+    call(
+        &a,
+        KeyRequest::GrantRemove {
+            key: "h".into(),
+            token: None,
+            application: "app".into(),
+        },
+    );
+    assert_eq!(
+        destroy_object(&a, &c, s, held[0]),
+        Response::Err(cryptoki_sys::CKR_ACTION_PROHIBITED)
+    );
+    // Not logged in: a session of a client that never logged in, with a
+    // handle to the key's public half.
+    let anon = a.connect(crate::clients::tests::peer(9), "app".into());
+    let Response::Handle(sa) = request(
+        &a,
+        &anon,
+        Request::OpenSession {
+            slot: SlotId(0),
+            flags: cryptoki_sys::CKF_SERIAL_SESSION | cryptoki_sys::CKF_RW_SESSION,
+        },
+    ) else {
+        panic!()
+    };
+    let sa = SessionHandle(sa);
+    let Response::List(public) = request(
+        &a,
+        &anon,
+        Request::FindObjects {
+            session: sa,
+            template: vec![
+                Attribute::ulong(cryptoki_sys::CKA_CLASS, cryptoki_sys::CKO_PUBLIC_KEY),
+                Attribute::bytes(cryptoki_sys::CKA_ID, ids(&t)[0].clone()),
+            ],
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(public.len(), 1, "the public half is found without login");
+    assert_eq!(
+        destroy_object(&a, &anon, sa, ObjectHandle(public[0])),
+        Response::Err(cryptoki_sys::CKR_ACTION_PROHIBITED)
+    );
+    assert!(pending(&a).is_empty(), "{:?}", pending(&a));
+    assert_eq!(objects_with_id(&a, &ids(&t)[0]).len(), 2);
+    assert_eq!(objects_with_id(&a, &ids(&h)[0]).len(), 2);
 }
 
 /// An object planted with a version's `CKA_ID` (not the key: another
