@@ -148,4 +148,6 @@ fn remove(s: &HsmSession<'_>, o: BackendObject) -> AResult<usize> {
 }
 
 #[cfg(test)]
+mod softhsm_tests;
+#[cfg(test)]
 mod tests;
