@@ -265,6 +265,16 @@ impl ManagedKeys {
             .retain(|(t, _), _| t != token);
     }
 
+    /// Forgets every judgement that found an object to be a version of key
+    /// `key_id` (its objects were destroyed): nothing is taken for that
+    /// key again without being judged afresh.
+    pub fn forget_judged_key(&self, key_id: i64) {
+        self.judged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, m| m.is_none_or(|m| m.key_id != key_id));
+    }
+
     /// Whether backend object `object` on `token`, whose `CKA_ID` is that of
     /// version `m`, is that version: its [`fingerprint`] is the one
     /// recorded for it (a private key whose public value the HSM does not
@@ -618,6 +628,33 @@ mod tests {
         assert_eq!(
             k.shadow_counts(),
             vec![("kw".to_owned(), 1), ("other".to_owned(), 1)]
+        );
+    }
+
+    /// A destroyed key's judgements go; those of other keys and of plants
+    /// stay.
+    #[test]
+    fn forgetting_a_key_forgets_only_its_judgements() {
+        let (_dir, k) = keys();
+        let obj = BackendObject::for_test;
+        let m = |key_id| Some(ManagedRef { key_id, version: 1 });
+        k.set_judged("kw", obj(1), m(1));
+        k.set_judged("kw", obj(2), m(2));
+        k.set_judged("kw", obj(3), None);
+        k.set_judged("other", obj(1), m(1));
+        k.forget_judged_key(1);
+        let judged = k.judged.lock().unwrap();
+        let mut left: Vec<_> = judged
+            .iter()
+            .map(|((t, o), m)| (t.clone(), *o, *m))
+            .collect();
+        left.sort_by_key(|(t, o, _)| (t.clone(), *o));
+        assert_eq!(
+            left,
+            vec![
+                ("kw".to_owned(), obj(2), m(2)),
+                ("kw".to_owned(), obj(3), None)
+            ]
         );
     }
 

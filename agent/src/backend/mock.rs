@@ -1,5 +1,7 @@
 //! A backend in memory for the agent's unit tests: sessions, and objects
-//! with `CKA_TOKEN` / `CKA_PRIVATE`; cryptographic calls echo or succeed.
+//! with `CKA_TOKEN` / `CKA_PRIVATE` (and `CKA_CLASS` / `CKA_ID` when made
+//! with them, by which a search filters); cryptographic calls echo or
+//! succeed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -14,11 +16,30 @@ use crate::template::template_bool;
 /// The mock's anchor session, always live.
 const ANCHOR: BackendSession = BackendSession(0);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct MockObject {
     private: bool,
     token: bool,
     session: BackendSession,
+    /// `CKA_CLASS`, when the object was made with one (or is a key).
+    class: Option<u64>,
+    /// `CKA_ID`, when the object was made with one.
+    id: Option<Vec<u8>>,
+}
+
+impl MockObject {
+    /// Whether the object matches what `t` says of `CKA_CLASS` and
+    /// `CKA_ID` (an object without one matches no search by it).
+    fn matches(&self, t: &[Attribute]) -> bool {
+        t.iter().all(|a| match a.attr_type {
+            ck::CKA_CLASS => a.as_ulong().is_some_and(|c| self.class == Some(c)),
+            ck::CKA_ID => match &a.value {
+                AttrValue::Leaf(Value::Bytes(b)) => self.id.as_ref() == Some(b),
+                _ => false,
+            },
+            _ => true,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +60,13 @@ impl Mock {
     pub(crate) fn st(&self) -> MutexGuard<'_, MockState> {
         self.st.lock().unwrap()
     }
-    fn add(&self, session: BackendSession, template: &[Attribute], private: bool) -> BackendObject {
+    fn add(
+        &self,
+        session: BackendSession,
+        template: &[Attribute],
+        private: bool,
+        class: Option<u64>,
+    ) -> BackendObject {
         let mut st = self.st();
         st.next += 1;
         let h = BackendObject(st.next);
@@ -47,6 +74,15 @@ impl Mock {
             private: template_bool(template, ck::CKA_PRIVATE).unwrap_or(private),
             token: template_bool(template, ck::CKA_TOKEN).unwrap_or(false),
             session,
+            class: template
+                .iter()
+                .find(|a| a.attr_type == ck::CKA_CLASS)
+                .and_then(Attribute::as_ulong)
+                .or(class),
+            id: template.iter().find_map(|a| match &a.value {
+                AttrValue::Leaf(Value::Bytes(b)) if a.attr_type == ck::CKA_ID => Some(b.clone()),
+                _ => None,
+            }),
         };
         st.objects.insert(h, obj);
         h
@@ -103,7 +139,7 @@ impl Backend for Mock {
     }
     fn create_object(&self, s: BackendSession, t: &[Attribute]) -> Result<BackendObject> {
         self.live(s)?;
-        Ok(self.add(s, t, false))
+        Ok(self.add(s, t, false, None))
     }
     fn copy_object(
         &self,
@@ -112,7 +148,7 @@ impl Backend for Mock {
         t: &[Attribute],
     ) -> Result<BackendObject> {
         self.live(s)?;
-        Ok(self.add(s, t, false))
+        Ok(self.add(s, t, false, None))
     }
     fn destroy_object(&self, s: BackendSession, o: BackendObject) -> Result<()> {
         self.live(s)?;
@@ -131,16 +167,23 @@ impl Backend for Mock {
         o: BackendObject,
         types: &[u64],
     ) -> Result<Vec<AttrResult>> {
-        let obj = *self
+        let obj = self
             .st()
             .objects
             .get(&o)
+            .cloned()
             .ok_or(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID))?;
         Ok(types
             .iter()
             .map(|&t| match t {
                 ck::CKA_TOKEN => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.token))),
                 ck::CKA_PRIVATE => AttrResult::Value(AttrValue::Leaf(Value::Bool(obj.private))),
+                ck::CKA_CLASS => obj.class.map_or(AttrResult::Invalid, |c| {
+                    AttrResult::Value(AttrValue::Leaf(Value::Ulong(c)))
+                }),
+                ck::CKA_ID => obj.id.clone().map_or(AttrResult::Invalid, |b| {
+                    AttrResult::Value(AttrValue::Leaf(Value::Bytes(b)))
+                }),
                 _ => AttrResult::Invalid,
             })
             .collect())
@@ -155,7 +198,7 @@ impl Backend for Mock {
             .st()
             .objects
             .iter()
-            .filter(|(_, o)| private.is_none_or(|p| p == o.private))
+            .filter(|(_, o)| private.is_none_or(|p| p == o.private) && o.matches(t))
             .map(|(&h, _)| h)
             .collect();
         v.sort_unstable();
@@ -198,7 +241,7 @@ impl Backend for Mock {
         t: &[Attribute],
     ) -> Result<BackendObject> {
         self.live(s)?;
-        Ok(self.add(s, t, true))
+        Ok(self.add(s, t, true, Some(ck::CKO_SECRET_KEY)))
     }
     fn generate_key_pair(
         &self,
@@ -208,7 +251,10 @@ impl Backend for Mock {
         privt: &[Attribute],
     ) -> Result<(BackendObject, BackendObject)> {
         self.live(s)?;
-        Ok((self.add(s, pubt, false), self.add(s, privt, true)))
+        Ok((
+            self.add(s, pubt, false, Some(ck::CKO_PUBLIC_KEY)),
+            self.add(s, privt, true, Some(ck::CKO_PRIVATE_KEY)),
+        ))
     }
     fn wrap_key(
         &self,
@@ -229,7 +275,7 @@ impl Backend for Mock {
         t: &[Attribute],
     ) -> Result<BackendObject> {
         self.live(s)?;
-        Ok(self.add(s, t, true))
+        Ok(self.add(s, t, true, Some(ck::CKO_SECRET_KEY)))
     }
     fn derive_key(
         &self,
@@ -239,7 +285,7 @@ impl Backend for Mock {
         t: &[Attribute],
     ) -> Result<BackendObject> {
         self.live(s)?;
-        Ok(self.add(s, t, true))
+        Ok(self.add(s, t, true, Some(ck::CKO_SECRET_KEY)))
     }
     fn seed_random(&self, s: BackendSession, _: &[u8]) -> Result<()> {
         self.live(s)

@@ -250,6 +250,66 @@ impl Agent {
         }
     }
 
+    /// An application's `C_DestroyObject` of `o` (in session `s`): refused
+    /// (`CKR_ACTION_PROHIBITED`, recorded) when `o` is a managed key, as
+    /// every change of one. When the application may see the key (a grant,
+    /// the key not destroyed) and is logged in as user, the refusal opens a
+    /// pending destroy request for administrators to approve (one per key:
+    /// asking again answers the one pending); any other caller gets the
+    /// bare refusal and no request.
+    pub(crate) fn refuse_destruction(
+        &self,
+        client: &Client,
+        s: &crate::clients::Session,
+        login: Login,
+        o: &ObjectRef,
+    ) -> Result<()> {
+        let what = "destruction";
+        let Some((m, key)) = o.managed.and_then(|m| Some((m, self.keys.key(m.key_id)?))) else {
+            return self.refuse_managed(client, o, what);
+        };
+        let now = SystemTime::now();
+        let may_ask = login == Login::User
+            && crate::keys::visible_to(&self.policy(), &key, &client.application, now)
+            && keyward_policy::needs_approval(key.record.state, keyward_policy::Action::Destroy);
+        if !may_ask {
+            return self.refuse_managed(client, o, what);
+        }
+        let target = crate::lifecycle::Target {
+            token: &self.tokens[s.slot],
+            key: key.clone(),
+        };
+        let who = format!("application {}", client.application);
+        let why = format!("C_DestroyObject by application {}", client.application);
+        let action = keyward_policy::Action::Destroy.name();
+        let parameters = serde_json::json!({ "from": key.record.state.as_str() });
+        let reason =
+            match self
+                .lifecycle
+                .record_request(&target, action, parameters, (&who, &why), now)
+            {
+                Ok(keyward_protocol::admin::KeyResponse::Pending(r)) => format!(
+                    "a managed key: an administrator action; destroy request {} pending approval",
+                    r.id
+                ),
+                Ok(_) => "a managed key: an administrator action".to_owned(),
+                Err(e) => format!(
+                    "a managed key: an administrator action; the destroy request could not be \
+                 recorded: {}",
+                    e.message
+                ),
+            };
+        self.note_refusal(
+            client,
+            what,
+            Some((&key, m.version)),
+            None,
+            ck::CKR_ACTION_PROHIBITED,
+            &reason,
+        );
+        Err(Error::ActionProhibited)
+    }
+
     /// Refuses (`CKR_ACTION_PROHIBITED`, recorded) a template that would
     /// give an object on `slot`'s token a managed key's name or backend
     /// label, the `ck::CKA_ID` of a managed key version (or one being

@@ -104,9 +104,9 @@ impl Agent {
         session: SessionHandle,
         object: ObjectHandle,
     ) -> Result<Response> {
-        let (s, _, o) =
+        let (s, login, o) =
             self.session_objects(client, session, &[(object, Error::ObjectHandleInvalid)])?;
-        self.refuse_managed(client, &o[0], "destruction")?;
+        self.refuse_destruction(client, &s, login, &o[0])?;
         let owned = self.owned_identity(client, &s, &o[0], "destruction")?;
         s.backend.destroy_object(s.backend_session, o[0].backend)?;
         if let Some(id) = owned {

@@ -62,6 +62,7 @@ use crate::tokens::VirtualToken;
 pub mod adopt;
 pub mod approvals;
 pub mod create;
+pub mod destroy;
 pub mod discovery;
 pub mod governance;
 pub mod grants;

@@ -75,6 +75,11 @@ impl Lifecycle {
                 ),
             );
         }
+        if action == KeyAction::Destroy {
+            return self
+                .destroy_key(t, (who, by), reason, Some(id), now)
+                .map(|_| ());
+        }
         self.apply_transition(t, action, (who, by), reason, Some(id), now)
             .map(|_| ())
     }
@@ -116,6 +121,43 @@ impl Lifecycle {
             Action::Deactivate => dates.deactivated_at = Some(at),
             _ => {}
         }
+        self.apply_moves(t, (act, to), dates, (who, by, reason), at, request)?;
+        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
+        if rotate {
+            let revoked = Target {
+                token: t.token,
+                key: self.reload(t)?,
+            };
+            // Named as the revocation it completes.
+            let v = self.new_version(
+                &revoked,
+                (who, by),
+                Rotation::Emergency,
+                (act.name(), reason),
+                now,
+            )?;
+            log::info!(
+                "key {}: emergency rotation to version {v} by {who}",
+                t.label()
+            );
+        }
+        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+    }
+
+    /// Applies `act`, which moves key `t` to `to`, as one lifecycle change
+    /// by `who` at `at`: the key's move, each version's as
+    /// [`version_transition`] says, and `dates` (the store stamps a
+    /// version's `destroyed_at` or `deactivated_at` itself); with
+    /// `request`, as the execution of that approved request.
+    pub(crate) fn apply_moves(
+        &self,
+        t: &Target<'_>,
+        (act, to): (Action, KeyState),
+        dates: DateUpdates,
+        (who, by, reason): (&str, &Actor, &str),
+        at: i64,
+        request: Option<&str>,
+    ) -> AResult<AppliedChange> {
         // The versions follow as the policy says.
         let versions = t
             .key
@@ -150,26 +192,6 @@ impl Lifecycle {
             reason,
             change,
             request.map(|id| (id, outcome.as_str())),
-        )?;
-        log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
-        if rotate {
-            let revoked = Target {
-                token: t.token,
-                key: self.reload(t)?,
-            };
-            // Named as the revocation it completes.
-            let v = self.new_version(
-                &revoked,
-                (who, by),
-                Rotation::Emergency,
-                (act.name(), reason),
-                now,
-            )?;
-            log::info!(
-                "key {}: emergency rotation to version {v} by {who}",
-                t.label()
-            );
-        }
-        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(t)?)?)))
+        )
     }
 }

@@ -25,4 +25,10 @@ impl UseTargets {
     pub(crate) fn forget(&self, gone: &mut impl FnMut(&(Slot, BackendObject)) -> bool) {
         lock(&self.0).retain(|k, _| !gone(k));
     }
+
+    /// Forgets the objects named as versions of managed key `key` on
+    /// `token` (the key was destroyed).
+    pub(crate) fn forget_key(&self, token: &str, key: &str) {
+        lock(&self.0).retain(|_, t| t.version.is_none() || t.token != token || t.key != key);
+    }
 }

@@ -18,6 +18,7 @@ mod audit_gap;
 mod boundary;
 mod crypto;
 mod derived_keys;
+mod destroy_requests;
 mod fork_process;
 mod general;
 mod generation;

@@ -1,0 +1,177 @@
+//! Destruction, run once a destroy request is approved: the HSM objects of
+//! every version of the key are removed, then the key and its versions
+//! move to destroyed in one lifecycle change. The inventory keeps the key's
+//! record (name, versions, history: who, when, why); nothing can use, find
+//! or bring back the key material.
+//!
+//! The HSM comes first, the inventory after: a crash in between leaves a
+//! key the inventory still knows with fewer objects, and running the
+//! destruction again removes what is left and records it. Running it on a
+//! key already destroyed removes whatever is left and changes nothing else.
+
+use std::time::SystemTime;
+
+use cryptoki_sys as ck;
+use keyward_inventory::{Actor, DateUpdates};
+use keyward_policy::{transition, Action, KeyState};
+use keyward_protocol::admin::{AdminErrorKind, KeyResponse};
+
+use crate::backend::BackendObject;
+use crate::keys::{secs, ManagedRef};
+
+use super::hsm::{class_name, HsmSession};
+use super::*;
+
+/// The key classes of a version's objects, in the order they are removed:
+/// the private half before the public half, so that a private key left by
+/// an interrupted run can still prove itself against its public half (a
+/// private key that shows no public value is recognised by a signature
+/// its public half verifies).
+const KEY_CLASSES: [u64; 3] = [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY];
+
+impl Lifecycle {
+    /// Destroys key `t` by `who` for `reason`: removes from the HSM the
+    /// private, public and secret key objects of every version (found by
+    /// the version's `CKA_ID` on the key's token and recognised by its
+    /// fingerprint; a plant with its `CKA_ID` is left alone, and logged),
+    /// whatever their state; then moves the key and every version to
+    /// destroyed as one lifecycle change (the store stamps each version's
+    /// `destroyed_at`); then forgets what the agent knew of the objects,
+    /// so that a handle an application holds fails at its next call and no
+    /// search finds the key.
+    ///
+    /// Idempotent: after a crash half-way, running it again removes what is
+    /// left and succeeds; on a destroyed key it removes what may be left
+    /// and records nothing more. An object the HSM refuses to remove fails
+    /// the call before the inventory changes (run it again).
+    ///
+    /// With `request`, the destruction is that approved request's
+    /// execution: the request moves to `executed` in the change's own
+    /// transaction (or, on a key destroyed already, after the objects
+    /// left are removed).
+    pub(crate) fn destroy_key(
+        &self,
+        t: &Target<'_>,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        request: Option<&str>,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        // What the store holds now, not what the caller saw.
+        let t = Target {
+            token: t.token,
+            key: self.reload(t)?,
+        };
+        let from = state_of(&t.key);
+        let to = if from == KeyState::Destroyed {
+            None
+        } else {
+            Some(transition(from, Action::Destroy).map_err(|r| AdminError {
+                kind: AdminErrorKind::Refused,
+                message: format!("key {}: {r}", t.label()),
+            })?)
+        };
+        let removed = self.remove_key_objects(&t);
+        self.forget_key_objects(&t);
+        let removed = removed?;
+        match to {
+            Some(to) => {
+                let act = (Action::Destroy, to);
+                let dates = DateUpdates::default();
+                self.apply_moves(&t, act, dates, (who, by, reason), secs(now), request)?;
+                log::warn!(
+                    "key {} destroyed by {who}: {reason} ({removed} HSM objects removed)",
+                    t.label()
+                );
+            }
+            None => {
+                let outcome = format!(
+                    "key {} was destroyed already: {removed} HSM objects left were removed",
+                    t.label()
+                );
+                log::info!("{outcome}");
+                if let Some(id) = request {
+                    let moved = self
+                        .keys
+                        .inventory()
+                        .close_request(
+                            id,
+                            keyward_policy::ApprovalStatus::Approved,
+                            keyward_policy::ApprovalStatus::Executed,
+                            &outcome,
+                            secs(now),
+                        )
+                        .map_err(inv_err)?;
+                    if !moved {
+                        return fail(
+                            AdminErrorKind::Conflict,
+                            format!("request {id} is no longer approved"),
+                        );
+                    }
+                }
+            }
+        }
+        self.forget_key_objects(&t);
+        Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
+    }
+
+    /// Removes the key objects of every version of `t` from the HSM, on a
+    /// session of its own; answers how many were removed.
+    fn remove_key_objects(&self, t: &Target<'_>) -> AResult<usize> {
+        let backend = self.backend(t.token)?;
+        let s = HsmSession::open(backend.as_ref())?;
+        let token = &t.token.config.label;
+        let mut removed = 0;
+        for v in &t.key.versions {
+            let m = ManagedRef {
+                key_id: t.key.record.id,
+                version: v.version,
+            };
+            for cko in KEY_CLASSES {
+                let all = s.by_id(&v.backend_id, cko)?;
+                let genuine: Vec<BackendObject> = all
+                    .iter()
+                    .copied()
+                    .filter(|&o| self.keys.is_genuine(token, s.backend, s.handle, o, m))
+                    .collect();
+                if all.len() > genuine.len() {
+                    log::warn!(
+                        "key {} version {}: {} {} objects with its CKA_ID are not the key \
+                         (planted): left in place, listed by keyward discover",
+                        t.label(),
+                        v.version,
+                        all.len() - genuine.len(),
+                        class_name(cko)
+                    );
+                }
+                for o in genuine {
+                    removed += remove(&s, o)?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Forgets what the agent knew of `t`'s objects: the judgements that
+    /// found them genuine and what their use records name.
+    fn forget_key_objects(&self, t: &Target<'_>) {
+        self.keys.forget_judged_key(t.key.record.id);
+        self.use_targets
+            .forget_key(&t.key.record.token, &t.key.record.name);
+    }
+}
+
+/// Removes `o`; an object already gone counts as removed by someone else
+/// (0), any other refusal of the HSM fails the destruction.
+fn remove(s: &HsmSession<'_>, o: BackendObject) -> AResult<usize> {
+    match s.backend.destroy_object(s.handle, o) {
+        Ok(()) => Ok(1),
+        Err(crate::error::Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID)) => Ok(0),
+        Err(e) => Err(hsm_err("C_DestroyObject", e)),
+    }
+}
+
+#[cfg(test)]
+mod softhsm_tests;
+#[cfg(test)]
+mod tests;
