@@ -95,7 +95,10 @@ pub trait Inventory: Send + Sync {
     /// durable.
     fn touch(&self, key_id: i64, at: i64) -> Result<()>;
 
-    /// Records an approval request ([`Error::Exists`](crate::error::Error::Exists) for a taken id).
+    /// Records an approval request: [`Error::Exists`](crate::error::Error::Exists)
+    /// for a taken id, and for a pending request when one with the same
+    /// action and target is pending and not expired (checked in the
+    /// insert's transaction: of two made at once, one is recorded).
     fn create_request(&self, request: &ApprovalRecord) -> Result<()>;
 
     /// The request `id`.

@@ -232,12 +232,10 @@ impl Lifecycle {
         let pending = inventory
             .requests(Some(ApprovalStatus::Pending))
             .map_err(inv_err)?;
-        if let Some(open) = pending.iter().find(|r| {
-            r.action == action
-                && r.target == target
-                && r.key_id == key_id
-                && r.expires_at > created_at
-        }) {
+        if let Some(open) = pending
+            .iter()
+            .find(|r| r.action == action && r.target == target && r.expires_at > created_at)
+        {
             log::info!(
                 "{target}: {action} by {who}: request {} is pending already",
                 open.id
@@ -263,7 +261,26 @@ impl Lifecycle {
             .map(|a| self.policy().quorum(a).lifetime)
             .unwrap_or(APPROVAL_LIFETIME);
         record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
-        inventory.create_request(&record).map_err(inv_err)?;
+        match inventory.create_request(&record) {
+            Ok(()) => {}
+            // Another asked for the same at the same moment: that one.
+            Err(keyward_inventory::Error::Exists(_)) => {
+                let pending = inventory
+                    .requests(Some(ApprovalStatus::Pending))
+                    .map_err(inv_err)?;
+                if let Some(open) = pending
+                    .iter()
+                    .find(|r| r.action == action && r.target == target && r.expires_at > created_at)
+                {
+                    return Ok(KeyResponse::Pending(self.request_view(open, created_at)?));
+                }
+                return fail(
+                    AdminErrorKind::Conflict,
+                    format!("{target}: a {action} request was made at the same moment; ask again"),
+                );
+            }
+            Err(e) => return Err(inv_err(e)),
+        }
         log::warn!(
             "{target}: {action} by {who} needs approval: request {} recorded, not performed",
             record.id

@@ -878,6 +878,21 @@ impl Inventory for SqliteInventory {
         if taken {
             return Err(Error::Exists(format!("request {}", q.id)));
         }
+        if q.status == ApprovalStatus::Pending {
+            let open: Option<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM requests
+                      WHERE action = ?1 AND target = ?2 AND status = 'pending' AND expires_at > ?3",
+                )?
+                .query_row(params![q.action, q.target, q.created_at], |r| r.get(0))
+                .optional()?;
+            if let Some(open) = open {
+                return Err(Error::Exists(format!(
+                    "a pending {} request on {} (request {open})",
+                    q.action, q.target
+                )));
+            }
+        }
         tx.prepare_cached(
             "INSERT INTO requests (id, action, target, key_id, parameters, requester,
                                    created_at, expires_at, status, reason, outcome, closed_at)

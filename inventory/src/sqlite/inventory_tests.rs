@@ -1744,3 +1744,57 @@ fn step_7_keeps_old_requests_moving_the_reason_and_renaming_rejected() {
     let b = inv.request("b").unwrap().unwrap();
     assert_eq!((b.reason.as_str(), b.status), ("", ApprovalStatus::Denied));
 }
+
+#[test]
+fn one_pending_request_per_action_and_target_even_when_asked_at_once() {
+    let (dir, inv) = store();
+    let path = dir.path().join("inventory.sqlite");
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let inv = SqliteInventory::open(&path).unwrap();
+                let req = ApprovalRecord {
+                    id: format!("r{i}"),
+                    action: "destroy".into(),
+                    target: "tok/k".into(),
+                    key_id: None,
+                    parameters: "{}".into(),
+                    requester: "alice".into(),
+                    reason: String::new(),
+                    created_at: T0,
+                    expires_at: T0 + 10,
+                    status: ApprovalStatus::Pending,
+                    outcome: String::new(),
+                    closed_at: None,
+                };
+                barrier.wait();
+                inv.create_request(&req)
+            })
+        })
+        .collect();
+    let made = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(Result::is_ok)
+        .count();
+    assert_eq!(made, 1);
+    assert_eq!(
+        inv.requests(Some(ApprovalStatus::Pending)).unwrap().len(),
+        1
+    );
+    // Another action, or another target, is another request; an expired
+    // one no longer blocks.
+    let mut other = pending(&inv, "x1", None);
+    assert_eq!(other.action, "resume");
+    other.id = "x2".into();
+    other.target = "tok/j".into();
+    inv.create_request(&other).unwrap();
+    other.id = "x3".into();
+    other.action = "destroy".into();
+    other.target = "tok/k".into();
+    other.created_at = T0 + 10;
+    other.expires_at = T0 + 20;
+    inv.create_request(&other).unwrap();
+}
