@@ -148,7 +148,7 @@ pub fn decide(
             _ => "unsigned".to_owned(),
         };
         format!(
-            "{record}\n{}: sent, {by}\n\n{}",
+            "{record}\n{}: sent, {by}; the agent answered:\n\n{}",
             decision.as_str(),
             render::key_response(&answer)
         )
