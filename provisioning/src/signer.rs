@@ -171,6 +171,11 @@ impl FileKey {
 /// [`MAX_SECRET_FILE`] bytes, that only its owner may read or write.
 fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, Failure> {
     let shown = path.display();
+    // Not a regular file (a FIFO would block the open): refused before
+    // opening, and checked again on what was opened.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(key_error(format!("the {what} {shown} is not a file")));
+    }
     let file =
         File::open(path).map_err(|e| key_error(format!("cannot open the {what} {shown}: {e}")))?;
     let meta = file
@@ -707,6 +712,14 @@ n069l2roYogmfYT4+diPUBO5AO8uwQqJ+5hatv8VuimI3LhtY53aD6c2
         let e = sign(&file_spec(dir.path().join("missing.pem")), b"x").unwrap_err();
         assert!(e.message.contains("cannot open the key file"), "{e:?}");
         let e = sign(&file_spec(dir.path().to_path_buf()), b"x").unwrap_err();
+        assert!(e.message.contains("not a file"), "{e:?}");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = sign(&file_spec(fifo), b"x").unwrap_err();
         assert!(e.message.contains("not a file"), "{e:?}");
     }
 
