@@ -430,12 +430,7 @@ impl Token {
                             .into(),
                     ));
                 }
-                let raw = unwrap_octets(&point, 65)
-                    .filter(|p| p.first() == Some(&0x04))
-                    .ok_or_else(|| key_error("the P-256 point is not uncompressed".into()))?;
-                p256::PublicKey::from_sec1_bytes(raw)
-                    .map_err(|_| key_error("the P-256 point is not on the curve".into()))?;
-                format!("p256:{}", hex::encode(raw))
+                format!("p256:{}", hex::encode(p256_point(&point)?))
             }
         };
         AdministratorKey::parse(&text).map_err(key_error)
@@ -545,6 +540,18 @@ impl Token {
         }
         Ok(pin)
     }
+}
+
+/// A P-256 `CKA_EC_POINT` (raw or DER-wrapped, compressed or not) as the
+/// uncompressed SEC1 point the roster writes, checked to be on the curve.
+fn p256_point(ec_point: &[u8]) -> Result<Vec<u8>, Failure> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let raw = unwrap_octets(ec_point, 65)
+        .or_else(|| unwrap_octets(ec_point, 33))
+        .ok_or_else(|| key_error("the P-256 public key is not a SEC1 point".into()))?;
+    let key = p256::PublicKey::from_sec1_bytes(raw)
+        .map_err(|_| key_error("the P-256 point is not on the curve".into()))?;
+    Ok(key.to_encoded_point(false).as_bytes().to_vec())
 }
 
 /// A `CKA_EC_POINT` value: the raw point of `len` bytes, or a DER OCTET
@@ -767,6 +774,31 @@ n069l2roYogmfYT4+diPUBO5AO8uwQqJ+5hatv8VuimI3LhtY53aD6c2
             e.message.contains("cannot load the PKCS#11 library"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn p256_points_from_a_token_are_written_uncompressed() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::pkcs8::DecodePrivateKey;
+        let public = p256::SecretKey::from_pkcs8_pem(P256_PEM)
+            .unwrap()
+            .public_key();
+        let full = public.to_encoded_point(false).as_bytes().to_vec();
+        let short = public.to_encoded_point(true).as_bytes().to_vec();
+        let mut der = vec![0x04, 65];
+        der.extend_from_slice(&full);
+        let mut der_short = vec![0x04, 33];
+        der_short.extend_from_slice(&short);
+        for point in [&full, &short, &der, &der_short] {
+            assert_eq!(p256_point(point).unwrap(), full);
+        }
+        let mut off_curve = full.clone();
+        off_curve[64] ^= 1;
+        assert!(p256_point(&off_curve)
+            .unwrap_err()
+            .message
+            .contains("not on the curve"));
+        assert!(p256_point(&full[..40]).is_err());
     }
 
     #[test]
