@@ -210,7 +210,8 @@ fn a_request_for_approval_is_named_in_the_trail_and_asked_once() {
     let expected = format!("needs approval: request {}", ids[0]);
     assert_eq!(outcomes, [expected.clone(), expected]);
     let stored = a.keys.inventory().request(&ids[0]).unwrap().unwrap();
-    assert!(stored.parameters.contains("laptop found"), "{stored:?}");
+    assert_eq!(stored.reason, "laptop found", "{stored:?}");
+    assert_eq!(stored.parameters, r#"{"from":"suspended"}"#);
 }
 
 /// With a roster, the agent refuses an admin request the administrator's
@@ -231,15 +232,17 @@ public_key = \"ed25519:{k}\"
 name = \"bob\"
 uids = [1002]
 roles = [\"security-officer\"]
-public_key = \"ed25519:{k}\"
+public_key = \"ed25519:{k2}\"
 
 [[administrator]]
 name = \"zed\"
 uids = [0]
 roles = [\"auditor\"]
-public_key = \"ed25519:{k}\"
+public_key = \"ed25519:{k3}\"
 ",
-        k = "11".repeat(32)
+        k = "11".repeat(32),
+        k2 = "22".repeat(32),
+        k3 = "33".repeat(32)
     );
     let (_d, a) = mock_agent(&policy);
     let zed = admin_peer();

@@ -163,6 +163,8 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         concat!("keyward-agent ", env!("CARGO_PKG_VERSION")),
     );
     agent.audit_policy("load", 0, &source);
+    // Requests approved before a stop and not carried out: now, once.
+    agent.lifecycle.resume_approved();
     let policy_source = std::sync::Mutex::new(source);
     agent
         .core()

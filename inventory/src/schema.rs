@@ -51,6 +51,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "owners of unmanaged token objects (per-application namespaces)",
         sql: V6,
     },
+    Migration {
+        description: "dual control: request reasons, outcomes and statuses, signed decisions",
+        sql: V7,
+    },
 ];
 
 /// The schema version this build writes.
@@ -357,4 +361,56 @@ CREATE TABLE object_owners (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (token, identity, application)
 ) STRICT;
+";
+
+/// Dual control. `requests` is rebuilt (SQLite cannot change a `CHECK`):
+/// the statuses `denied` (was `rejected`), `cancelled` and `failed`; the
+/// reason in a column of its own (taken out of `parameters`, where it was
+/// kept before); the outcome (what executing did, or why the request is
+/// closed) and when it was closed. `decisions` holds each administrator's
+/// decision on a request, once per administrator, with the signature it
+/// came with (`NULL` without a roster); rows are never changed or removed.
+const V7: &str = "
+CREATE TABLE requests_v7 (
+    id         TEXT    PRIMARY KEY CHECK (id <> ''),
+    action     TEXT    NOT NULL CHECK (action <> ''),
+    target     TEXT    NOT NULL,
+    key_id     INTEGER REFERENCES keys (id),
+    parameters TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(parameters)),
+    requester  TEXT    NOT NULL CHECK (requester <> ''),
+    reason     TEXT    NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL CHECK (expires_at > created_at),
+    status     TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'executed', 'denied',
+                                                  'expired', 'cancelled', 'failed')),
+    outcome    TEXT    NOT NULL DEFAULT '',
+    closed_at  INTEGER
+) STRICT, WITHOUT ROWID;
+
+INSERT INTO requests_v7 (id, action, target, key_id, parameters, requester, reason,
+                         created_at, expires_at, status)
+SELECT id, action, target, key_id,
+       json_remove(parameters, '$.reason'), requester,
+       coalesce(json_extract(parameters, '$.reason'), ''),
+       created_at, expires_at,
+       CASE status WHEN 'rejected' THEN 'denied' ELSE status END
+  FROM requests;
+
+DROP TABLE requests;
+ALTER TABLE requests_v7 RENAME TO requests;
+CREATE INDEX requests_status ON requests (status, created_at);
+
+CREATE TABLE decisions (
+    request_id    TEXT    NOT NULL REFERENCES requests (id),
+    administrator TEXT    NOT NULL CHECK (administrator <> ''),
+    decision      TEXT    NOT NULL CHECK (decision IN ('approve', 'deny')),
+    signature     BLOB,
+    at            INTEGER NOT NULL,
+    PRIMARY KEY (request_id, administrator)
+) STRICT;
+
+CREATE TRIGGER decisions_no_update BEFORE UPDATE ON decisions
+BEGIN SELECT RAISE(ABORT, 'a decision is recorded once'); END;
+CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
+BEGIN SELECT RAISE(ABORT, 'a decision is recorded once'); END;
 ";

@@ -5,8 +5,8 @@ use keyward_domain::ApprovalStatus;
 
 use crate::error::Result;
 use crate::types::{
-    AppliedChange, ApprovalRecord, Grant, KeyFilter, KeyRecord, KeyVersion, LifecycleChange,
-    ObjectOwner, StateChange,
+    AppliedChange, ApprovalRecord, Decided, DecisionRecord, Grant, KeyFilter, KeyRecord,
+    KeyVersion, LifecycleChange, ObjectOwner, StateChange,
 };
 
 /// The inventory store. Implementations are shared between the agent's
@@ -38,6 +38,20 @@ pub trait Inventory: Send + Sync {
     /// given, a version's `deactivated_at` when it becomes deactivated or
     /// compromised, and its `destroyed_at` when destroyed.
     fn apply(&self, change: &LifecycleChange) -> Result<AppliedChange>;
+
+    /// [`apply`](Self::apply) as the execution of approved request
+    /// `request`: in the same transaction the request moves from
+    /// `approved` to `executed` with `outcome`. When the request is not
+    /// `approved` (executed already, or never approved) nothing is written:
+    /// [`Error::Conflict`](crate::error::Error::Conflict). A change and its
+    /// request are recorded together or not at all, so an approved change
+    /// happens once, whatever stops the agent when.
+    fn apply_approved(
+        &self,
+        change: &LifecycleChange,
+        request: &str,
+        outcome: &str,
+    ) -> Result<AppliedChange>;
 
     /// The key named `name` on virtual token `token`.
     fn key(&self, token: &str, name: &str) -> Result<Option<KeyRecord>>;
@@ -89,6 +103,29 @@ pub trait Inventory: Send + Sync {
 
     /// Requests, oldest first; `status: None` lists all.
     fn requests(&self, status: Option<ApprovalStatus>) -> Result<Vec<ApprovalRecord>>;
+
+    /// Records `decision` on request `id` in one transaction, if the
+    /// request is pending and not expired at `decision.at` (a pending
+    /// request found expired is marked so). An approval that brings the
+    /// recorded approvals to `needed` moves the request to `approved`; a
+    /// denial denies it. Each administrator decides once. Concurrent
+    /// decisions are serialised: exactly one gets [`Decided::Approved`].
+    /// [`Error::NotFound`](crate::error::Error::NotFound) for an unknown id.
+    fn decide_request(&self, id: &str, decision: &DecisionRecord, needed: u32) -> Result<Decided>;
+
+    /// The decisions on request `id`, oldest first.
+    fn decisions(&self, id: &str) -> Result<Vec<DecisionRecord>>;
+
+    /// Moves request `id` from `from` to `to` with `outcome` at `at`;
+    /// whether it was in `from` (false: nothing changed).
+    fn close_request(
+        &self,
+        id: &str,
+        from: ApprovalStatus,
+        to: ApprovalStatus,
+        outcome: &str,
+        at: i64,
+    ) -> Result<bool>;
 
     /// Records the fingerprint of a version recorded without one (32
     /// bytes). Written once: [`Error::Conflict`](crate::error::Error::Conflict) when the version has a

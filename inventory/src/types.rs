@@ -4,7 +4,7 @@
 //! keyward-domain's types, stored as their text forms. Every time is unix
 //! seconds (UTC) as `i64`.
 
-use keyward_domain::{Algorithm, ApprovalStatus, KeyState, Operation, Purpose};
+use keyward_domain::{Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEvent;
@@ -200,24 +200,56 @@ pub struct AppliedChange {
     pub trail: Option<(u64, u64)>,
 }
 
-/// An action recorded for approval (dual control): what, on what, asked by
-/// whom, until when. The approvals and their signatures come with dual
-/// control; the agent records the request and does not perform it.
+/// An action under dual control: what, on what, asked by whom and why,
+/// until when, and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     /// Random hex, unique.
     pub id: String,
     /// `resume`, `destroy`, ...
     pub action: String,
-    /// `token/name` of the key.
+    /// `token/name` of the key, or what else the action acts on.
     pub target: String,
     /// The key, when the target is one.
     pub key_id: Option<i64>,
     /// Canonical JSON of the action's arguments (`{}` when none).
     pub parameters: String,
     pub requester: String,
+    /// Why it was asked for.
+    pub reason: String,
     pub created_at: i64,
     pub expires_at: i64,
-    /// `pending`, `approved`, `executed`, `rejected`, `expired`.
     pub status: ApprovalStatus,
+    /// What executing it did, or why it closed (empty while open).
+    pub outcome: String,
+}
+
+/// One administrator's decision on a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The administrator's name (`uid:N` without a roster).
+    pub administrator: String,
+    pub decision: Decision,
+    /// The signature it came with (checked by the agent before it is
+    /// recorded); `None` without a roster.
+    pub signature: Option<Vec<u8>>,
+    pub at: i64,
+}
+
+/// What [`crate::Inventory::decide_request`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// An approval recorded; `approvals` are counted now, fewer than
+    /// needed.
+    Counted { approvals: u32 },
+    /// An approval recorded, and with it the quorum is met: the request
+    /// moved to `approved`. Exactly one decision on a request gets this.
+    Approved { approvals: u32 },
+    /// A denial recorded: the request is denied.
+    Denied,
+    /// This administrator decided on the request already; nothing changed.
+    Repeated,
+    /// The request is no longer pending (or expired just now): nothing
+    /// recorded.
+    Closed(ApprovalStatus),
 }

@@ -52,7 +52,8 @@ pub use algorithm::CurveParams;
 pub use duration::{datetime_to_system_time, format_duration, parse_duration, MAX_DURATION};
 pub use error::PolicyError;
 pub use keyward_domain::{
-    Algorithm, ApprovalStatus, Curve, KeyState, Operation, ParseError, Purpose, ALGORITHM_FORMS,
+    Algorithm, ApprovalStatus, Curve, Decision, KeyState, Operation, ParseError, Purpose,
+    ALGORITHM_FORMS,
 };
 pub use lifecycle::{
     effective_state, needs_approval, permits, request_transition, transition, version_transition,

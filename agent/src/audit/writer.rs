@@ -304,11 +304,14 @@ impl Auditor {
     /// then the change, under the writing lock, and the records are
     /// counted, forwarded to syslog and noted as the writer's own are.
     /// [`CommitError::Trail`] when what is queued cannot be written: the
-    /// change is not applied (fail closed).
+    /// change is not applied (fail closed). With `request` (an id and an
+    /// outcome) the change is that approved request's execution
+    /// (`Inventory::apply_approved`).
     pub fn commit(
         &self,
         inventory: &dyn keyward_inventory::Inventory,
         change: &keyward_inventory::LifecycleChange,
+        request: Option<(&str, &str)>,
     ) -> Result<keyward_inventory::AppliedChange, CommitError> {
         let _writing = self.writing();
         let (batch, taken_us) = self.take();
@@ -316,7 +319,11 @@ impl Auditor {
             self.requeue(batch);
             return Err(CommitError::Trail);
         }
-        let done = inventory.apply(change).map_err(CommitError::Store)?;
+        let done = match request {
+            None => inventory.apply(change),
+            Some((id, outcome)) => inventory.apply_approved(change, id, outcome),
+        }
+        .map_err(CommitError::Store)?;
         if let Some((first, last)) = done.trail {
             let events: u64 = change.trail.iter().map(|e| u64::from(e.count)).sum();
             self.stats

@@ -1,47 +1,154 @@
-//! Approval requests: an action that needs a second person is recorded as
-//! a pending request (`keyward` shows it) and not performed. Dual control
-//! (named administrators, M of N approvals over signed requests) executes
-//! them from here.
+//! Dual control: an action under a quorum is recorded as a request, named
+//! administrators approve or deny it with a signature over its digest, and
+//! it is carried out once, when the quorum is met.
+//!
+//! - [`Lifecycle::record_request`]: the request, its parameters and reason
+//!   (one pending request per action and target).
+//! - [`Lifecycle::decide`]: an administrator's decision, checked against
+//!   the roster (who they are by the connection's uid; their signature
+//!   over [`decision_statement`]; their roles against the action's
+//!   quorum; the requester's own approval only where the quorum lets it
+//!   count), then recorded by the inventory in one transaction that also
+//!   approves the request when the quorum is met: of decisions arriving
+//!   together through different connections, exactly one approves.
+//! - [`Lifecycle::execute`]: the approved action, carried out by the
+//!   decision that approved it. A lifecycle change and the request's move
+//!   to `executed` are one transaction, so a kill between the approval and
+//!   the execution leaves the request `approved`, and the next start
+//!   ([`Lifecycle::resume_approved`]) carries it out then, once; a change
+//!   applied already is not applied again.
+//!
+//! Without a roster there is no dual control to check: a decision needs no
+//! signature and one approval carries the action out.
 
 use std::time::SystemTime;
 
-use keyward_inventory::ApprovalRecord;
-use keyward_policy::ApprovalStatus;
-use keyward_protocol::admin::{ApprovalRequest, KeyResponse};
+use keyward_inventory::{Actor, ApprovalRecord, Decided, DecisionRecord};
+use keyward_policy::{Approvable, ApprovalStatus, Policy, Quorum};
+use keyward_protocol::admin::{ApprovalRequest, DecisionInfo, KeyResponse};
+use keyward_protocol::approval::{decision_statement, RequestContent};
 
 use crate::keys::secs;
 
 use super::hsm::*;
 use super::*;
 
-/// What the CLI shows of request `r`: its reason read from its parameters,
-/// and a pending request past its expiry shown as expired.
-pub(crate) fn request_info(r: &ApprovalRecord, now: i64) -> ApprovalRequest {
-    let reason = serde_json::from_str::<serde_json::Value>(&r.parameters)
-        .ok()
-        .and_then(|p| p.get("reason")?.as_str().map(str::to_owned))
-        .unwrap_or_default();
+/// The quorum action of a request's action, when it has one (`None`: an
+/// action this build does not carry out).
+pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
+    let from = || {
+        serde_json::from_str::<serde_json::Value>(&r.parameters)
+            .ok()
+            .and_then(|p| p.get("from")?.as_str().map(str::to_owned))
+    };
+    match r.action.as_str() {
+        "destroy" => Some(Approvable::Destroy),
+        "resume" => Some(Approvable::Resume),
+        "deactivate" if from().as_deref() == Some("suspended") => {
+            Some(Approvable::DeactivateSuspended)
+        }
+        _ => None,
+    }
+}
+
+/// The fields of `r` its digest covers.
+fn content(r: &ApprovalRecord) -> RequestContent<'_> {
+    RequestContent {
+        id: &r.id,
+        action: &r.action,
+        target: &r.target,
+        parameters: &r.parameters,
+        requester: &r.requester,
+        reason: &r.reason,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+    }
+}
+
+/// What the CLI shows of request `r` with its `decisions`: a pending
+/// request past its expiry is shown as expired; `needed` is what the
+/// policy asks now (0 without a roster).
+pub(crate) fn request_info(
+    r: &ApprovalRecord,
+    decisions: &[DecisionRecord],
+    policy: &Policy,
+    now: i64,
+) -> ApprovalRequest {
     let status = match r.status {
         ApprovalStatus::Pending if r.expires_at <= now => ApprovalStatus::Expired,
         s => s,
+    };
+    let needed = match (policy.dual_control(), approvable(r)) {
+        (true, Some(a)) => policy.quorum(a).approvals,
+        _ => 0,
     };
     ApprovalRequest {
         id: r.id.clone(),
         action: r.action.clone(),
         target: r.target.clone(),
+        parameters: r.parameters.clone(),
         requester: r.requester.clone(),
+        reason: r.reason.clone(),
         created_at: r.created_at,
         expires_at: r.expires_at,
         status,
-        reason,
-        parameters: r.parameters.clone(),
-        needed: 0,
-        decisions: Vec::new(),
-        outcome: String::new(),
+        needed,
+        decisions: decisions
+            .iter()
+            .map(|d| DecisionInfo {
+                administrator: d.administrator.clone(),
+                decision: d.decision,
+                at: d.at,
+            })
+            .collect(),
+        outcome: r.outcome.clone(),
     }
 }
 
+/// What a decision on a request did, for the trail: `approve request
+/// <id>: 1 of 2 approvals`, `... approved and executed: ...`.
+pub(crate) fn decision_summary(r: &ApprovalRequest) -> String {
+    let approvals = r
+        .decisions
+        .iter()
+        .filter(|d| d.decision == keyward_policy::Decision::Approve)
+        .count();
+    let mut s = format!("request {}: {}", r.id, r.status);
+    if r.status == ApprovalStatus::Pending {
+        s.push_str(&format!(", {approvals} of {} approvals", r.needed.max(1)));
+    }
+    if !r.outcome.is_empty() {
+        s.push_str(&format!(": {}", r.outcome));
+    }
+    s
+}
+
+/// A refusal of a decision.
+fn refuse<T>(message: String) -> AResult<T> {
+    fail(AdminErrorKind::Refused, message)
+}
+
 impl Lifecycle {
+    /// The name an administrator acts under: their roster name, or `uid:N`
+    /// without a roster.
+    pub(crate) fn actor(&self, admin: &Peer) -> String {
+        self.policy()
+            .administrator_for_uid(admin.uid)
+            .map_or_else(|| actor(admin), |a| a.name.clone())
+    }
+
+    fn request_view(&self, r: &ApprovalRecord, now: i64) -> AResult<ApprovalRequest> {
+        let decisions = self.keys.inventory().decisions(&r.id).map_err(inv_err)?;
+        Ok(request_info(r, &decisions, &self.policy(), now))
+    }
+
+    fn stored_request(&self, id: &str) -> AResult<ApprovalRecord> {
+        match self.keys.inventory().request(id).map_err(inv_err)? {
+            Some(r) => Ok(r),
+            None => fail(AdminErrorKind::NotFound, format!("no request {id:?}")),
+        }
+    }
+
     /// `keyward request list`: the pending requests (not yet expired), or
     /// (`all`) every request, oldest first.
     pub(crate) fn list_requests(&self, all: bool, now: SystemTime) -> AResult<KeyResponse> {
@@ -49,13 +156,14 @@ impl Lifecycle {
         let status = (!all).then_some(ApprovalStatus::Pending);
         let mut records = self.keys.inventory().requests(status).map_err(inv_err)?;
         records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(KeyResponse::Requests(
-            records
-                .iter()
-                .map(|r| request_info(r, now))
-                .filter(|r| all || r.status == ApprovalStatus::Pending)
-                .collect(),
-        ))
+        let mut out = Vec::new();
+        for r in &records {
+            let info = self.request_view(r, now)?;
+            if all || info.status == ApprovalStatus::Pending {
+                out.push(info);
+            }
+        }
+        Ok(KeyResponse::Requests(out))
     }
 
     /// How many approval requests wait (pending, not yet expired), for
@@ -78,19 +186,23 @@ impl Lifecycle {
 
     /// `keyward request show ID`.
     pub(crate) fn show_request(&self, id: &str, now: SystemTime) -> AResult<KeyResponse> {
-        match self.keys.inventory().request(id).map_err(inv_err)? {
-            Some(r) => Ok(KeyResponse::Requests(vec![request_info(&r, secs(now))])),
-            None => fail(AdminErrorKind::NotFound, format!("no request {id:?}")),
-        }
+        let r = self.stored_request(id)?;
+        Ok(KeyResponse::Requests(vec![
+            self.request_view(&r, secs(now))?
+        ]))
     }
 
     /// Records `action` on `t` for approval, with `why` (kept with the
-    /// request); answers `Pending`. One pending request per action and
-    /// key: asking again while one is pending answers that one.
+    /// request) and `parameters` (a JSON object: what the approvers
+    /// approve besides the action and the key, e.g. the state it leaves);
+    /// answers `Pending`. One pending request per action and key: asking
+    /// again while one is pending answers that one. The request lives as
+    /// long as the action's quorum says.
     pub(crate) fn record_request(
         &self,
         t: &Target<'_>,
         action: &str,
+        parameters: serde_json::Value,
         (who, why): (&str, &str),
         now: SystemTime,
     ) -> AResult<KeyResponse> {
@@ -107,25 +219,323 @@ impl Lifecycle {
                 t.label(),
                 open.id
             );
-            return Ok(KeyResponse::Pending(request_info(open, created_at)));
+            return Ok(KeyResponse::Pending(self.request_view(open, created_at)?));
         }
-        let record = ApprovalRecord {
-            id: hex::encode(&random(16)?),
+        let mut record = ApprovalRecord {
+            id: hex::encode(random(16)?),
             action: action.to_owned(),
             target: t.label(),
             key_id: Some(t.key.record.id),
-            parameters: serde_json::json!({ "reason": why }).to_string(),
+            // serde_json's maps are sorted: this is the canonical form.
+            parameters: parameters.to_string(),
             requester: who.to_owned(),
+            reason: why.to_owned(),
             created_at,
-            expires_at: created_at + APPROVAL_LIFETIME.as_secs() as i64,
+            expires_at: created_at,
             status: ApprovalStatus::Pending,
+            outcome: String::new(),
         };
+        let lifetime = approvable(&record)
+            .map(|a| self.policy().quorum(a).lifetime)
+            .unwrap_or(APPROVAL_LIFETIME);
+        record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
         inventory.create_request(&record).map_err(inv_err)?;
         log::warn!(
             "key {}: {action} by {who} needs approval: request {} recorded, not performed",
             t.label(),
             record.id
         );
-        Ok(KeyResponse::Pending(request_info(&record, created_at)))
+        Ok(KeyResponse::Pending(
+            self.request_view(&record, created_at)?,
+        ))
+    }
+
+    /// Who decides, and how many approvals request `r` needs: with a
+    /// roster, the administrator `admin`'s uid names, whose signature over
+    /// `decision` on `r` must verify and whose roles must be among the
+    /// quorum's; the requester's own approval only where the quorum lets
+    /// it count. Without a roster, `uid:N`, no signature, one approval.
+    fn decider(
+        &self,
+        admin: &Peer,
+        r: &ApprovalRecord,
+        decision: keyward_policy::Decision,
+        signature: Option<&[u8]>,
+    ) -> AResult<(String, u32)> {
+        let policy = self.policy();
+        if !policy.dual_control() {
+            if signature.is_some() {
+                return fail(
+                    AdminErrorKind::Invalid,
+                    "the policy has no roster: there is no key to check a signature against \
+                     (decide without --key)"
+                        .to_owned(),
+                );
+            }
+            return Ok((actor(admin), 1));
+        }
+        let Some(who) = policy.administrator_for_uid(admin.uid) else {
+            return refuse(format!(
+                "uid {} is no administrator of the policy's roster",
+                admin.uid
+            ));
+        };
+        let Some(action) = approvable(r) else {
+            return refuse(format!(
+                "request {}: action {:?} is not one this agent carries out",
+                r.id, r.action
+            ));
+        };
+        let quorum: Quorum = policy.quorum(action);
+        if !who.has_any_role(&quorum.roles) {
+            let roles: Vec<&str> = quorum.roles.iter().map(|r| r.as_str()).collect();
+            return refuse(format!(
+                "administrator {:?} holds none of the roles that decide on {action} ({})",
+                who.name,
+                roles.join(", ")
+            ));
+        }
+        if who.name == r.requester && !quorum.requester_counts {
+            return refuse(format!(
+                "administrator {:?} asked for request {}: for {action}, the decision is someone \
+                 else's (cancel it instead)",
+                who.name, r.id
+            ));
+        }
+        let Some(signature) = signature else {
+            return fail(
+                AdminErrorKind::Invalid,
+                format!(
+                    "a decision needs administrator {:?}'s signature (keyward request {decision} \
+                     ID --key ...)",
+                    who.name
+                ),
+            );
+        };
+        let statement = decision_statement(decision, &content(r).digest());
+        if let Err(why) = who.public_key.verify(&statement, signature) {
+            return refuse(format!(
+                "request {}: administrator {:?}'s signature is not valid for this {decision}: \
+                 {why}",
+                r.id, who.name
+            ));
+        }
+        Ok((who.name.clone(), quorum.approvals))
+    }
+
+    /// `keyward request approve|deny ID`: records the decision of `admin`
+    /// on request `id` and, when it meets the quorum, carries the action
+    /// out. Answers the request as it stands after.
+    pub(crate) fn decide(
+        &self,
+        admin: &Peer,
+        id: &str,
+        decision: keyward_policy::Decision,
+        signature: Option<&[u8]>,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let at = secs(now);
+        let r = self.stored_request(id)?;
+        if r.status != ApprovalStatus::Pending {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("request {id} is {}: no decision counts now", r.status),
+            );
+        }
+        let (who, needed) = self.decider(admin, &r, decision, signature)?;
+        let record = DecisionRecord {
+            administrator: who.clone(),
+            decision,
+            signature: signature.map(<[u8]>::to_vec),
+            at,
+        };
+        let decided = self
+            .keys
+            .inventory()
+            .decide_request(id, &record, needed)
+            .map_err(inv_err)?;
+        match decided {
+            Decided::Counted { approvals } => {
+                log::info!("request {id}: approved by {who} ({approvals} of {needed})");
+            }
+            Decided::Denied => log::warn!("request {id}: denied by {who}"),
+            Decided::Approved { approvals } => {
+                log::warn!(
+                    "request {id}: approved by {who} ({approvals} of {needed}): carrying it out"
+                );
+                self.execute(&self.stored_request(id)?, &admin.as_administrator(), now);
+            }
+            Decided::Repeated => {
+                return fail(
+                    AdminErrorKind::Conflict,
+                    format!("{who} decided on request {id} already"),
+                )
+            }
+            Decided::Closed(status) => {
+                return fail(
+                    AdminErrorKind::Conflict,
+                    format!("request {id} is {status}: no decision counts now"),
+                )
+            }
+        }
+        self.show_request(id, now)
+    }
+
+    /// `keyward request cancel ID`: withdraws a pending request; its
+    /// requester's, or (with a roster) a security officer's.
+    pub(crate) fn cancel(
+        &self,
+        admin: &Peer,
+        id: &str,
+        why: Option<&str>,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let r = self.stored_request(id)?;
+        let who = self.actor(admin);
+        let officer = self
+            .policy()
+            .administrator_for_uid(admin.uid)
+            .is_some_and(|a| a.has_role(keyward_policy::Role::SecurityOfficer));
+        if who != r.requester && !officer {
+            return refuse(format!(
+                "request {id} is {}'s: only they or a security officer may cancel it",
+                r.requester
+            ));
+        }
+        let outcome = match why {
+            Some(why) => format!("cancelled by {who}: {why}"),
+            None => format!("cancelled by {who}"),
+        };
+        let moved = self
+            .keys
+            .inventory()
+            .close_request(
+                id,
+                ApprovalStatus::Pending,
+                ApprovalStatus::Cancelled,
+                &outcome,
+                secs(now),
+            )
+            .map_err(inv_err)?;
+        if !moved {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("request {id} is {}: nothing to cancel", r.status),
+            );
+        }
+        log::info!("request {id}: {outcome}");
+        self.show_request(id, now)
+    }
+
+    /// Carries out approved request `r` (by `by`, for the trail): the
+    /// action, and the request's move to `executed` with what it did, or
+    /// to `failed` with why. The outcome is in the request; the failure is
+    /// logged.
+    pub(crate) fn execute(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) {
+        let done = self.carry_out(r, by, now);
+        let (result, outcome) = match &done {
+            Ok(()) => (0, "executed".to_owned()),
+            Err(e) => {
+                log::error!("request {}: {} failed: {}", r.id, r.action, e.message);
+                let closed = self.keys.inventory().close_request(
+                    &r.id,
+                    ApprovalStatus::Approved,
+                    ApprovalStatus::Failed,
+                    &e.message,
+                    secs(now),
+                );
+                if let Err(e) = closed {
+                    log::error!("request {}: its failure cannot be recorded: {e}", r.id);
+                }
+                (ck::CKR_FUNCTION_FAILED, format!("failed: {}", e.message))
+            }
+        };
+        let mut e = crate::audit::event(
+            keyward_inventory::AuditKind::Admin,
+            by.clone(),
+            "request.execute",
+        );
+        e.result = result;
+        e.reason = format!("request {}: {} {}: {outcome}", r.id, r.action, r.target)
+            .chars()
+            .take(4096)
+            .collect();
+        if let Err(why) = self.audit.durable(e) {
+            log::error!(
+                "request {}: its execution could not be recorded in the trail: {why}",
+                r.id
+            );
+        }
+    }
+
+    /// The action of `r` and its request's move to `executed`, together.
+    fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
+        let Some(key_id) = r.key_id else {
+            return fail(
+                AdminErrorKind::Invalid,
+                format!("request {}: no key to act on", r.id),
+            );
+        };
+        let Some(key) = self.keys.key(key_id) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("request {}: key {} is gone", r.id, r.target),
+            );
+        };
+        let Some(token) = self.token_labelled(&key.record.token) else {
+            return fail(
+                AdminErrorKind::NotFound,
+                format!("request {}: token {:?} is gone", r.id, key.record.token),
+            );
+        };
+        let t = Target { token, key };
+        let approvers: Vec<String> = self
+            .keys
+            .inventory()
+            .decisions(&r.id)
+            .map_err(inv_err)?
+            .into_iter()
+            .filter(|d| d.decision == keyward_policy::Decision::Approve)
+            .map(|d| d.administrator)
+            .collect();
+        let who = format!("{}, approved by {}", r.requester, approvers.join(", "));
+        let why = format!("{} (request {})", r.reason, r.id);
+        let action = match r.action.as_str() {
+            "resume" => KeyAction::Resume,
+            "deactivate" => KeyAction::Deactivate,
+            "destroy" => KeyAction::Destroy,
+            other => {
+                return fail(
+                    AdminErrorKind::Invalid,
+                    format!("request {}: {other:?} is not an action to carry out", r.id),
+                )
+            }
+        };
+        self.transition_approved(&t, action, (&who, by), &why, (&r.id, r), now)
+    }
+
+    /// At start: carries out the requests that were approved when the
+    /// agent stopped (before their execution was recorded). An action
+    /// applied already is not applied again: the request is marked
+    /// `failed` with why.
+    pub fn resume_approved(&self) {
+        let approved = match self
+            .keys
+            .inventory()
+            .requests(Some(ApprovalStatus::Approved))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("approved requests cannot be read: {e}");
+                return;
+            }
+        };
+        for r in approved {
+            log::warn!(
+                "request {}: approved before the agent stopped, not yet carried out: carrying it out now",
+                r.id
+            );
+            self.execute(&r, &Actor::Agent, SystemTime::now());
+        }
     }
 }

@@ -340,6 +340,7 @@ impl Lifecycle {
                 log::info!("admin {admin}: {operation}: {what}: done");
                 let reason = match &resp {
                     KeyResponse::Pending(p) => format!("needs approval: request {}", p.id),
+                    KeyResponse::Requests(r) if r.len() == 1 => approvals::decision_summary(&r[0]),
                     _ => "done".to_owned(),
                 };
                 (AdminResponse::Key(Box::new(resp)), 0, reason)
@@ -363,7 +364,7 @@ impl Lifecycle {
     }
 
     pub(crate) fn key_call(&self, admin: &Peer, req: KeyRequest) -> AResult<KeyResponse> {
-        let who = actor(admin);
+        let who = self.actor(admin);
         let by = admin.as_administrator();
         match req {
             KeyRequest::Create {
@@ -432,10 +433,20 @@ impl Lifecycle {
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
             KeyRequest::RequestList { all } => self.list_requests(all, SystemTime::now()),
             KeyRequest::RequestShow { id } => self.show_request(&id, SystemTime::now()),
-            KeyRequest::RequestDecide { .. } | KeyRequest::RequestCancel { .. } => fail(
-                AdminErrorKind::Invalid,
-                "this agent does not take decisions on requests yet".to_owned(),
+            KeyRequest::RequestDecide {
+                id,
+                decision,
+                signature,
+            } => self.decide(
+                admin,
+                &id,
+                decision,
+                signature.as_deref(),
+                SystemTime::now(),
             ),
+            KeyRequest::RequestCancel { id, reason } => {
+                self.cancel(admin, &id, reason.as_deref(), SystemTime::now())
+            }
             KeyRequest::PinUnlock {
                 token,
                 role,
@@ -552,7 +563,22 @@ impl Lifecycle {
         by: &Actor,
         operation: &str,
         why: &str,
+        change: LifecycleChange,
+    ) -> AResult<AppliedChange> {
+        self.apply_change_for(by, operation, why, change, None)
+    }
+
+    /// [`Self::apply_change`] as the execution of an approved request
+    /// (`request`: its id and outcome), which moves to `executed` in the
+    /// same transaction; refused with nothing changed when the request is
+    /// not `approved`.
+    pub(crate) fn apply_change_for(
+        &self,
+        by: &Actor,
+        operation: &str,
+        why: &str,
         mut change: LifecycleChange,
+        request: Option<(&str, &str)>,
     ) -> AResult<AppliedChange> {
         let Some(trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
             return fail(
@@ -566,7 +592,7 @@ impl Lifecycle {
             KeyChange::Update { key_id, .. } => Some(key_id),
         };
         let held = existing.map(|_| self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
-        let done = self.audit.commit(self.keys.inventory(), &change);
+        let done = self.audit.commit(self.keys.inventory(), &change, request);
         let key_id = match &done {
             Ok(d) => Some(d.key.id),
             Err(_) => existing,
@@ -594,5 +620,7 @@ impl Lifecycle {
     }
 }
 
+#[cfg(test)]
+mod approval_tests;
 #[cfg(test)]
 mod tests;

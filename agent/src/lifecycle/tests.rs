@@ -82,8 +82,8 @@ fn create_refusals_and_approvals() {
     assert_eq!(stored.target, "kw/k");
     // The reason is kept with the request, and asking again while it is
     // pending answers the same request rather than a second one.
-    let parameters: serde_json::Value = serde_json::from_str(&stored.parameters).unwrap();
-    assert_eq!(parameters["reason"], "keyward key resume");
+    assert_eq!(stored.reason, "keyward key resume");
+    assert_eq!(stored.parameters, r#"{"from":"suspended"}"#);
     let Ok(KeyResponse::Pending(again)) = call(&a, act("k", KeyAction::Resume)) else {
         panic!()
     };

@@ -38,13 +38,64 @@ impl Lifecycle {
     ) -> AResult<KeyResponse> {
         let act = action_of(action);
         let from = state_of(&t.key);
-        let to = transition(from, act).map_err(|r| AdminError {
+        transition(from, act).map_err(|r| AdminError {
             kind: AdminErrorKind::Refused,
             message: format!("key {}: {r}", t.label()),
         })?;
         if needs_approval(from, act) {
-            return self.record_request(t, act.name(), (who, reason), now);
+            let parameters = serde_json::json!({ "from": from.as_str() });
+            return self.record_request(t, act.name(), parameters, (who, reason), now);
         }
+        self.apply_transition(t, action, (who, by), reason, None, now)
+    }
+
+    /// The transition of approved request `request` (whose parameters
+    /// name the state the key leaves): refused when the key is no longer
+    /// in that state (the approvers approved leaving that one); otherwise
+    /// applied together with the request's move to `executed`.
+    pub(crate) fn transition_approved(
+        &self,
+        t: &Target<'_>,
+        action: KeyAction,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        (id, request): (&str, &keyward_inventory::ApprovalRecord),
+        now: SystemTime,
+    ) -> AResult<()> {
+        let approved_from = serde_json::from_str::<serde_json::Value>(&request.parameters)
+            .ok()
+            .and_then(|p| p.get("from")?.as_str()?.parse::<KeyState>().ok());
+        let from = state_of(&t.key);
+        if approved_from != Some(from) {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!(
+                    "key {} is {from} now, not the state the request was approved for; nothing changed",
+                    t.label()
+                ),
+            );
+        }
+        self.apply_transition(t, action, (who, by), reason, Some(id), now)
+            .map(|_| ())
+    }
+
+    /// Applies `action` to `t` (checked by the caller), as the execution of
+    /// approved request `request` when given.
+    fn apply_transition(
+        &self,
+        t: &Target<'_>,
+        action: KeyAction,
+        (who, by): (&str, &Actor),
+        reason: &str,
+        request: Option<&str>,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let act = action_of(action);
+        let from = state_of(&t.key);
+        let to = transition(from, act).map_err(|r| AdminError {
+            kind: AdminErrorKind::Refused,
+            message: format!("key {}: {r}", t.label()),
+        })?;
         let rotate = matches!(action, KeyAction::Revoke { rotate: true });
         if rotate && from != KeyState::Active {
             return fail(
@@ -92,7 +143,14 @@ impl Lifecycle {
             at,
             trail: Vec::new(),
         };
-        self.apply_change(by, act.name(), reason, change)?;
+        let outcome = format!("key {} {}", t.label(), act.past_tense());
+        self.apply_change_for(
+            by,
+            act.name(),
+            reason,
+            change,
+            request.map(|id| (id, outcome.as_str())),
+        )?;
         log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
         if rotate {
             let revoked = Target {

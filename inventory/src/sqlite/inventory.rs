@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyward_domain::{ApprovalStatus, KeyState, ParseError};
+use keyward_domain::{ApprovalStatus, Decision, KeyState, ParseError};
 use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::trail::chain_in;
@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::schema;
 use crate::store::Inventory;
 use crate::types::{
-    AppliedChange, ApprovalRecord, DateUpdates, Grant, KeyChange, KeyFilter, KeyRecord, KeyVersion,
-    LifecycleChange, ObjectOwner, StateChange, VersionChange,
+    AppliedChange, ApprovalRecord, DateUpdates, Decided, DecisionRecord, Grant, KeyChange,
+    KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
 
 // Column lists as macros, so that every query is one `concat!`ed literal:
@@ -171,6 +171,10 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
     })
 }
 
+/// The columns `request_from_row` reads, in order.
+const REQUEST_COLS: &str =
+    "id, action, target, key_id, parameters, requester, created_at, expires_at, status, reason, outcome";
+
 fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
     let id: String = r.get(0)?;
     let row = || format!("request {id}");
@@ -184,7 +188,38 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
         requester: r.get(5)?,
         created_at: r.get(6)?,
         expires_at: r.get(7)?,
+        reason: r.get(9)?,
+        outcome: r.get(10)?,
     })
+}
+
+fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<DecisionRecord> {
+    let administrator: String = r.get(0)?;
+    let row = || format!("decision of {administrator}");
+    Ok(DecisionRecord {
+        decision: stored(r, 1, "decision", &row)?,
+        administrator,
+        signature: r.get(2)?,
+        at: r.get(3)?,
+    })
+}
+
+/// Moves request `id` from `from` to `to` in `tx`; whether it moved.
+fn close(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    from: ApprovalStatus,
+    to: ApprovalStatus,
+    outcome: &str,
+    at: i64,
+) -> Result<bool> {
+    let moved = tx
+        .prepare_cached(
+            "UPDATE requests SET status = ?3, outcome = ?4, closed_at = ?5
+              WHERE id = ?1 AND status = ?2",
+        )?
+        .execute(params![id, from.as_str(), to.as_str(), outcome, at])?;
+    Ok(moved == 1)
 }
 
 fn nonempty(what: &str, value: &str) -> Result<()> {
@@ -518,12 +553,14 @@ fn move_version(
     Ok(())
 }
 
-impl Inventory for SqliteInventory {
-    fn schema_version(&self) -> Result<u32> {
-        Ok(schema::version(&self.conn())?)
-    }
-
-    fn apply(&self, c: &LifecycleChange) -> Result<AppliedChange> {
+impl SqliteInventory {
+    /// [`Inventory::apply`], and with `request` the execution of that
+    /// approved request, with its outcome, in the same transaction.
+    fn apply_in(
+        &self,
+        c: &LifecycleChange,
+        request: Option<(&str, &str)>,
+    ) -> Result<AppliedChange> {
         check_change(c)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -589,12 +626,47 @@ impl Inventory for SqliteInventory {
                 " FROM keys k WHERE k.id = ?1"
             ))?
             .query_row(params![key_id], key_from_row)?;
+        if let Some((request, outcome)) = request {
+            if !close(
+                &tx,
+                request,
+                ApprovalStatus::Approved,
+                ApprovalStatus::Executed,
+                outcome,
+                c.at,
+            )? {
+                return Err(Error::Conflict {
+                    what: format!("request {request}"),
+                    expected: "approved".to_owned(),
+                    found: "another status (executed already?); nothing changed".to_owned(),
+                });
+            }
+        }
         tx.commit()?;
         Ok(AppliedChange {
             key,
             history,
             trail,
         })
+    }
+}
+
+impl Inventory for SqliteInventory {
+    fn schema_version(&self) -> Result<u32> {
+        Ok(schema::version(&self.conn())?)
+    }
+
+    fn apply(&self, c: &LifecycleChange) -> Result<AppliedChange> {
+        self.apply_in(c, None)
+    }
+
+    fn apply_approved(
+        &self,
+        c: &LifecycleChange,
+        request: &str,
+        outcome: &str,
+    ) -> Result<AppliedChange> {
+        self.apply_in(c, Some((request, outcome)))
     }
 
     fn key(&self, token: &str, name: &str) -> Result<Option<KeyRecord>> {
@@ -807,8 +879,8 @@ impl Inventory for SqliteInventory {
         }
         tx.prepare_cached(
             "INSERT INTO requests (id, action, target, key_id, parameters, requester,
-                                   created_at, expires_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                   created_at, expires_at, status, reason, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             q.id,
@@ -819,7 +891,9 @@ impl Inventory for SqliteInventory {
             q.requester,
             q.created_at,
             q.expires_at,
-            q.status.as_str()
+            q.status.as_str(),
+            q.reason,
+            q.outcome,
         ])?;
         tx.commit()?;
         Ok(())
@@ -827,26 +901,124 @@ impl Inventory for SqliteInventory {
 
     fn request(&self, id: &str) -> Result<Option<ApprovalRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, action, target, key_id, parameters, requester, created_at, expires_at,
-                    status
-               FROM requests WHERE id = ?1",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests WHERE id = ?1"
+        ))?;
         Ok(stmt.query_row(params![id], request_from_row).optional()?)
     }
 
     fn requests(&self, status: Option<ApprovalStatus>) -> Result<Vec<ApprovalRecord>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, action, target, key_id, parameters, requester, created_at, expires_at,
-                    status
-               FROM requests WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests
+              WHERE ?1 IS NULL OR status = ?1 ORDER BY created_at, id"
+        ))?;
         let rows = stmt.query_map(
             params![status.map(ApprovalStatus::as_str)],
             request_from_row,
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn decide_request(&self, id: &str, d: &DecisionRecord, needed: u32) -> Result<Decided> {
+        nonempty("administrator", &d.administrator)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (status, expires_at): (String, i64) = tx
+            .prepare_cached("SELECT status, expires_at FROM requests WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("request {id}")))?;
+        let status: ApprovalStatus = status
+            .parse()
+            .map_err(|e: ParseError| Error::Data(format!("request {id}: status: {e}")))?;
+        if status != ApprovalStatus::Pending {
+            return Ok(Decided::Closed(status));
+        }
+        if d.at >= expires_at {
+            close(
+                &tx,
+                id,
+                ApprovalStatus::Pending,
+                ApprovalStatus::Expired,
+                "not approved in time",
+                d.at,
+            )?;
+            tx.commit()?;
+            return Ok(Decided::Closed(ApprovalStatus::Expired));
+        }
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO decisions (request_id, administrator, decision, signature, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (request_id, administrator) DO NOTHING",
+            )?
+            .execute(params![
+                id,
+                d.administrator,
+                d.decision.as_str(),
+                d.signature,
+                d.at
+            ])?;
+        if inserted == 0 {
+            return Ok(Decided::Repeated);
+        }
+        let decided = match d.decision {
+            Decision::Deny => {
+                let why = format!("denied by {}", d.administrator);
+                close(
+                    &tx,
+                    id,
+                    ApprovalStatus::Pending,
+                    ApprovalStatus::Denied,
+                    &why,
+                    d.at,
+                )?;
+                Decided::Denied
+            }
+            Decision::Approve => {
+                let approvals: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM decisions WHERE request_id = ?1 AND decision = 'approve'",
+                    )?
+                    .query_row(params![id], |r| r.get(0))?;
+                let approvals = u32::try_from(approvals).unwrap_or(u32::MAX);
+                if approvals >= needed {
+                    tx.prepare_cached("UPDATE requests SET status = 'approved' WHERE id = ?1")?
+                        .execute(params![id])?;
+                    Decided::Approved { approvals }
+                } else {
+                    Decided::Counted { approvals }
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(decided)
+    }
+
+    fn decisions(&self, id: &str) -> Result<Vec<DecisionRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT administrator, decision, signature, at FROM decisions
+              WHERE request_id = ?1 ORDER BY at, rowid",
+        )?;
+        let rows = stmt.query_map(params![id], decision_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn close_request(
+        &self,
+        id: &str,
+        from: ApprovalStatus,
+        to: ApprovalStatus,
+        outcome: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let moved = close(&tx, id, from, to, outcome, at)?;
+        tx.commit()?;
+        Ok(moved)
     }
 
     fn set_fingerprint(&self, key_id: i64, version: u32, fingerprint: &[u8]) -> Result<()> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use crate::schema::{Migration, MIGRATIONS};
 use crate::*;
-use keyward_domain::{ApprovalStatus, KeyState, Operation, Purpose};
+use keyward_domain::{ApprovalStatus, Decision, KeyState, Operation, Purpose};
 
 const T0: i64 = 1_700_000_000;
 
@@ -1397,9 +1397,11 @@ fn approval_requests_are_recorded_listed_and_unique() {
         key_id: Some(key.id),
         parameters: "{}".into(),
         requester: "uid:0".into(),
+        reason: "found again".into(),
         created_at: T0,
         expires_at: T0 + 86_400,
         status: ApprovalStatus::Pending,
+        outcome: String::new(),
     };
     inv.create_request(&req).unwrap();
     assert!(matches!(inv.create_request(&req), Err(Error::Exists(_))));
@@ -1513,4 +1515,230 @@ fn object_owners_are_counted_per_application_and_survive_a_reopen() {
     let err = inv.remove_object_owner("other", &a, "mail").unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
     assert_eq!(inv.object_owners().unwrap(), vec![owner(a, "mail", 1)]);
+}
+
+// ---- dual control: decisions and execution ---------------------------------
+
+fn pending(inv: &SqliteInventory, id: &str, key_id: Option<i64>) -> ApprovalRecord {
+    let req = ApprovalRecord {
+        id: id.into(),
+        action: "resume".into(),
+        target: "tok/k".into(),
+        key_id,
+        parameters: "{}".into(),
+        requester: "alice".into(),
+        reason: "found again".into(),
+        created_at: T0,
+        expires_at: T0 + 1000,
+        status: ApprovalStatus::Pending,
+        outcome: String::new(),
+    };
+    inv.create_request(&req).unwrap();
+    req
+}
+
+fn decision(who: &str, decision: Decision, at: i64) -> DecisionRecord {
+    DecisionRecord {
+        administrator: who.into(),
+        decision,
+        signature: Some(vec![1, 2, 3]),
+        at,
+    }
+}
+
+fn status(inv: &SqliteInventory, id: &str) -> ApprovalStatus {
+    inv.request(id).unwrap().unwrap().status
+}
+
+#[test]
+fn approvals_count_once_each_and_the_quorum_approves_once() {
+    let (_dir, inv) = store();
+    pending(&inv, "r1", None);
+    let approve =
+        |who: &str| inv.decide_request("r1", &decision(who, Decision::Approve, T0 + 5), 2);
+    assert_eq!(approve("bob").unwrap(), Decided::Counted { approvals: 1 });
+    // The same administrator again changes nothing.
+    assert_eq!(approve("bob").unwrap(), Decided::Repeated);
+    assert_eq!(status(&inv, "r1"), ApprovalStatus::Pending);
+    assert_eq!(
+        approve("carol").unwrap(),
+        Decided::Approved { approvals: 2 }
+    );
+    assert_eq!(status(&inv, "r1"), ApprovalStatus::Approved);
+    // Once approved, further decisions are not recorded.
+    assert_eq!(
+        approve("dave").unwrap(),
+        Decided::Closed(ApprovalStatus::Approved)
+    );
+    let who: Vec<_> = inv
+        .decisions("r1")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.administrator)
+        .collect();
+    assert_eq!(who, ["bob", "carol"]);
+    assert!(matches!(
+        inv.decide_request("nope", &decision("bob", Decision::Approve, T0), 1),
+        Err(Error::NotFound(_))
+    ));
+    // Decisions cannot be rewritten behind the store's back.
+    let db = raw(inv.path());
+    assert!(db
+        .execute("UPDATE decisions SET decision = 'deny'", [])
+        .is_err());
+    assert!(db.execute("DELETE FROM decisions", []).is_err());
+}
+
+#[test]
+fn a_denial_closes_the_request_and_expiry_is_enforced_at_decision_time() {
+    let (_dir, inv) = store();
+    pending(&inv, "r1", None);
+    assert_eq!(
+        inv.decide_request("r1", &decision("bob", Decision::Deny, T0 + 1), 1)
+            .unwrap(),
+        Decided::Denied
+    );
+    let r = inv.request("r1").unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.outcome.as_str()),
+        (ApprovalStatus::Denied, "denied by bob")
+    );
+    pending(&inv, "r2", None);
+    // At the expiry time the request is expired: nothing recorded.
+    assert_eq!(
+        inv.decide_request("r2", &decision("bob", Decision::Approve, T0 + 1000), 1)
+            .unwrap(),
+        Decided::Closed(ApprovalStatus::Expired)
+    );
+    assert_eq!(status(&inv, "r2"), ApprovalStatus::Expired);
+    assert!(inv.decisions("r2").unwrap().is_empty());
+    // Cancel: only from pending.
+    pending(&inv, "r3", None);
+    assert!(inv
+        .close_request(
+            "r3",
+            ApprovalStatus::Pending,
+            ApprovalStatus::Cancelled,
+            "withdrawn",
+            T0 + 2
+        )
+        .unwrap());
+    assert!(!inv
+        .close_request(
+            "r3",
+            ApprovalStatus::Pending,
+            ApprovalStatus::Cancelled,
+            "again",
+            T0 + 3
+        )
+        .unwrap());
+    let r = inv.request("r3").unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.outcome.as_str()),
+        (ApprovalStatus::Cancelled, "withdrawn")
+    );
+}
+
+#[test]
+fn concurrent_approvals_through_separate_connections_approve_exactly_once() {
+    let (dir, inv) = store();
+    for round in 0..8 {
+        let id = format!("r{round}");
+        pending(&inv, &id, None);
+        let path = dir.path().join("inventory.sqlite");
+        let barrier = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let (path, barrier, id) = (path.clone(), barrier.clone(), id.clone());
+                std::thread::spawn(move || {
+                    let inv = SqliteInventory::open(&path).unwrap();
+                    barrier.wait();
+                    inv.decide_request(
+                        &id,
+                        &decision(&format!("admin{i}"), Decision::Approve, T0 + 1),
+                        2,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<Decided> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let approved = results
+            .iter()
+            .filter(|d| matches!(d, Decided::Approved { .. }))
+            .count();
+        assert_eq!(approved, 1, "{results:?}");
+        assert_eq!(status(&inv, &id), ApprovalStatus::Approved);
+    }
+}
+
+#[test]
+fn an_approved_change_is_applied_with_its_request_once() {
+    let (_dir, inv) = store();
+    let k = new_key(&inv, "k", b"id-1");
+    assert_eq!(k.state, KeyState::Active);
+    inv.apply(&key_move(k.id, KeyState::Active, KeyState::Suspended))
+        .unwrap();
+    pending(&inv, "r1", Some(k.id));
+    let resume = key_move(k.id, KeyState::Suspended, KeyState::Active);
+    // Not approved yet: nothing happens.
+    let e = inv.apply_approved(&resume, "r1", "resumed").unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().state,
+        KeyState::Suspended
+    );
+    inv.decide_request("r1", &decision("bob", Decision::Approve, T0 + 1), 1)
+        .unwrap();
+    inv.apply_approved(&resume, "r1", "resumed").unwrap();
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().state,
+        KeyState::Active
+    );
+    let r = inv.request("r1").unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.outcome.as_str()),
+        (ApprovalStatus::Executed, "resumed")
+    );
+    // A second execution (a restart that tries again) changes nothing.
+    inv.apply(&key_move(k.id, KeyState::Active, KeyState::Suspended))
+        .unwrap();
+    let e = inv.apply_approved(&resume, "r1", "resumed").unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().state,
+        KeyState::Suspended
+    );
+    // The request's own update fails when the key's does: neither is kept.
+    pending(&inv, "r2", Some(k.id));
+    inv.decide_request("r2", &decision("bob", Decision::Approve, T0 + 1), 1)
+        .unwrap();
+    let stale = key_move(k.id, KeyState::Active, KeyState::Suspended);
+    assert!(inv.apply_approved(&stale, "r2", "x").is_err());
+    assert_eq!(status(&inv, "r2"), ApprovalStatus::Approved);
+}
+
+#[test]
+fn step_7_keeps_old_requests_moving_the_reason_and_renaming_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let old = SqliteInventory::open_with(&path, &MIGRATIONS[..6]).unwrap();
+    drop(old);
+    let db = raw(&path);
+    db.execute_batch(
+        "INSERT INTO requests (id, action, target, parameters, requester, created_at, expires_at, status)
+         VALUES ('a', 'resume', 'tok/k', '{\"reason\":\"laptop found\"}', 'uid:0', 1, 2, 'pending'),
+                ('b', 'destroy', 'tok/j', '{}', 'uid:0', 1, 2, 'rejected');",
+    )
+    .unwrap();
+    drop(db);
+    let inv = SqliteInventory::open(&path).unwrap();
+    let a = inv.request("a").unwrap().unwrap();
+    assert_eq!(
+        (a.reason.as_str(), a.parameters.as_str()),
+        ("laptop found", "{}")
+    );
+    assert_eq!(a.status, ApprovalStatus::Pending);
+    let b = inv.request("b").unwrap().unwrap();
+    assert_eq!((b.reason.as_str(), b.status), ("", ApprovalStatus::Denied));
 }

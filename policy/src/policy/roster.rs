@@ -50,8 +50,17 @@ impl Role {
     /// - operator: activation, rotation, verification, suspension,
     ///   discovery, PIN unlock;
     /// - auditor and custodian: none (a custodian's backup requests come
-    ///   with backups).
+    ///   with backups);
+    /// - and every role but the auditor: `request.approve`, `request.deny`
+    ///   and `request.cancel` (whose decision counts is the quorum's to
+    ///   say).
     pub fn may_request(self, name: &str) -> bool {
+        // Deciding on a request (or withdrawing one's own) is every role's
+        // that changes anything: the action's quorum says whose decision
+        // counts.
+        if matches!(name, "request.approve" | "request.deny" | "request.cancel") {
+            return self.may_change();
+        }
         match self {
             Role::SecurityOfficer => true,
             Role::KeyOwner => name.starts_with("key.") || name.starts_with("grant."),

@@ -1065,6 +1065,16 @@ fn roles_may_request_what_the_reference_says() {
     assert!(!Role::Custodian.may_request("key.create"));
     assert!(!Role::Auditor.may_request("key.create"));
     assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+    // Deciding on requests: every role but the auditor's.
+    for name in ["request.approve", "request.deny", "request.cancel"] {
+        for role in Role::ALL {
+            assert_eq!(
+                role.may_request(name),
+                role != Role::Auditor,
+                "{role} {name}"
+            );
+        }
+    }
 }
 
 #[test]

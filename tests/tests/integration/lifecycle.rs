@@ -195,10 +195,11 @@ keyward_test!(fn a_uid_outside_the_roster_gets_nothing_on_the_admin_socket(tb) {
     tb.require_agent("the administrators' roster");
     // A roster of two security officers under uids this test does not run as.
     let key = format!("ed25519:{}", "11".repeat(32));
+    let key2 = format!("ed25519:{}", "22".repeat(32));
     let policy = format!(
         "[settings]\nmode = \"lab\"\n\n\
          [[administrator]]\nname = \"alice\"\nuids = [4242]\nroles = [\"security-officer\"]\npublic_key = \"{key}\"\n\n\
-         [[administrator]]\nname = \"bob\"\nuids = [4243]\nroles = [\"security-officer\"]\npublic_key = \"{key}\"\n"
+         [[administrator]]\nname = \"bob\"\nuids = [4243]\nroles = [\"security-officer\"]\npublic_key = \"{key2}\"\n"
     );
     install_policy(&tb, &policy);
     let me = uid();
