@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::signer::KeySource;
 use crate::time;
 
 /// Printed after `keyward --help`; the same table is in `main.rs`'s docs
@@ -80,6 +81,11 @@ pub enum Command {
     Request {
         #[command(subcommand)]
         command: RequestCommand,
+    },
+    /// An administrator's signing key (dual control).
+    AdminKey {
+        #[command(subcommand)]
+        command: AdminKeyCommand,
     },
     /// List backend keys the inventory does not know (shadow keys), or adopt one.
     Discover(DiscoverArgs),
@@ -249,10 +255,55 @@ pub enum RequestCommand {
         #[arg(long)]
         all: bool,
     },
-    /// One request: its action, target, requester, reason, status, expiry.
+    /// One request: its action, target, parameters, requester, reason, status, expiry,
+    /// decisions, and the digest an approval signs.
     Show {
         /// The request's id (as `keyward key ...` printed it).
         id: String,
+    },
+    /// Approve a pending request: shows it in full (with the digest computed here), signs the
+    /// decision with --key and sends it.
+    Approve(DecideArgs),
+    /// Deny a pending request (signed like an approval).
+    Deny(DecideArgs),
+    /// Withdraw a pending request (its requester or a security officer).
+    Cancel {
+        /// The request's id.
+        id: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `keyward request approve|deny ID [--key K [--module PATH]]`
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct DecideArgs {
+    /// The request's id.
+    pub id: String,
+    /// Your private key: a PEM file only you can read (Ed25519 or P-256), or a
+    /// pkcs11: URI of a key on your token (PIN: the URI's pin-source=file:..., else
+    /// $KEYWARD_ADMIN_PIN, else asked on the terminal). Without it the decision is
+    /// sent unsigned, which only an agent without a roster accepts.
+    #[arg(long, value_name = "FILE|pkcs11:URI", value_parser = parse_key)]
+    pub key: Option<KeySource>,
+    /// The PKCS#11 library for a pkcs11: URI without module-path=.
+    #[arg(long, value_name = "PATH", requires = "key")]
+    pub module: Option<PathBuf>,
+}
+
+/// `keyward admin-key ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum AdminKeyCommand {
+    /// Print the public key of your private key as the roster's `public_key = "..."` line
+    /// (a token's public key object is read without a PIN).
+    Show {
+        /// A PEM private key file, or a pkcs11: URI.
+        #[arg(value_name = "FILE|pkcs11:URI", value_parser = parse_key)]
+        key: KeySource,
+        /// The PKCS#11 library for a pkcs11: URI without module-path=.
+        #[arg(long, value_name = "PATH")]
+        module: Option<PathBuf>,
     },
 }
 
@@ -385,6 +436,12 @@ pub enum ResultFilter {
     Denied,
     /// Every result.
     Any,
+}
+
+/// `--key`: a key file or a `pkcs11:` URI (checked here: a bad URI is a
+/// usage error).
+fn parse_key(text: &str) -> Result<KeySource, String> {
+    KeySource::parse(text)
 }
 
 /// `--state`: a key state as the inventory names it.
@@ -640,6 +697,128 @@ mod tests {
                 command: KeyCommand::Revoke { rotate: false, .. }
             }
         ));
+    }
+
+    #[test]
+    fn request_decisions_and_admin_key() {
+        let decide = |args: &[&str]| {
+            let mut all = vec!["request"];
+            all.extend_from_slice(args);
+            match ok(&all).command {
+                Command::Request {
+                    command: RequestCommand::Approve(d),
+                } => ("approve", d),
+                Command::Request {
+                    command: RequestCommand::Deny(d),
+                } => ("deny", d),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            decide(&["approve", "r1"]),
+            (
+                "approve",
+                DecideArgs {
+                    id: "r1".into(),
+                    key: None,
+                    module: None
+                }
+            )
+        );
+        assert_eq!(
+            decide(&["deny", "r1", "--key", "/k.pem"]),
+            (
+                "deny",
+                DecideArgs {
+                    id: "r1".into(),
+                    key: Some(KeySource::File("/k.pem".into())),
+                    module: None
+                }
+            )
+        );
+        let (_, d) = decide(&[
+            "approve",
+            "r1",
+            "--key",
+            "pkcs11:token=bob;object=admin",
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+        ]);
+        let Some(KeySource::Pkcs11(uri)) = d.key else {
+            panic!()
+        };
+        assert_eq!(uri.object.as_deref(), Some("admin"));
+        assert_eq!(d.module, Some("/usr/lib/softhsm/libsofthsm2.so".into()));
+        // A bad URI, a PIN in the URI, --module without --key: usage errors.
+        assert_eq!(
+            bad(&[
+                "request",
+                "approve",
+                "r1",
+                "--key",
+                "pkcs11:token=a;token=b"
+            ]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&["request", "approve", "r1", "--key", "pkcs11:?pin-value=1"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            bad(&["request", "approve", "r1", "--module", "/m.so"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["request", "approve"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["request", "approve", "r1", "--pin", "1"]),
+            ErrorKind::UnknownArgument
+        );
+
+        assert!(matches!(
+            ok(&["request", "cancel", "r1", "--reason", "typo"]).command,
+            Command::Request { command: RequestCommand::Cancel { id, reason: Some(r) } }
+                if id == "r1" && r == "typo"
+        ));
+        assert!(matches!(
+            ok(&["request", "cancel", "r1"]).command,
+            Command::Request {
+                command: RequestCommand::Cancel { reason: None, .. }
+            }
+        ));
+
+        assert!(matches!(
+            ok(&["admin-key", "show", "k.pem"]).command,
+            Command::AdminKey { command: AdminKeyCommand::Show { key: KeySource::File(f), module: None } }
+                if f == std::path::Path::new("k.pem")
+        ));
+        assert!(matches!(
+            ok(&[
+                "admin-key",
+                "show",
+                "pkcs11:token=t",
+                "--module",
+                "/m.so",
+                "--json"
+            ])
+            .command,
+            Command::AdminKey {
+                command: AdminKeyCommand::Show {
+                    key: KeySource::Pkcs11(_),
+                    module: Some(_)
+                }
+            }
+        ));
+        assert_eq!(
+            bad(&["admin-key", "show"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["admin-key", "show", "pkcs11:object"]),
+            ErrorKind::ValueValidation
+        );
     }
 
     #[test]

@@ -26,16 +26,21 @@
 //! | 9 | the audit trail no longer holds an anchored head (`audit verify --anchor`: rolled back past it, or rewritten below it) |
 //!
 //! Layout: `cli.rs` (clap definitions and argument parsers), `run.rs`
-//! (command → request → answer → output), `admin.rs` (the socket exchange
-//! and the exit codes), `render.rs` (tables and JSON), `time.rs` (unix
-//! seconds ↔ UTC calendar).
+//! (command → request → answer → output), `decide.rs` (`request
+//! approve|deny`: show, sign, send; `admin-key show`), `signer.rs` (an
+//! administrator's key: a PEM file or a `pkcs11:` URI, `uri.rs`),
+//! `admin.rs` (the socket exchange and the exit codes), `render.rs`
+//! (tables and JSON), `time.rs` (unix seconds ↔ UTC calendar).
 #![forbid(unsafe_code)]
 
 mod admin;
 mod cli;
+mod decide;
 mod render;
 mod run;
+mod signer;
 mod time;
+mod uri;
 
 use std::io::Write;
 use std::path::PathBuf;

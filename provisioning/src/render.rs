@@ -426,18 +426,85 @@ fn shadow_table(shadows: &[ShadowInfo]) -> String {
     )
 }
 
-/// The recorded approval request; the id comes first.
+/// An approval request in full; the id comes first, the digest last. The
+/// digest is computed here from the request's fields (as the agent does
+/// when it checks a signature), never taken from the agent: it is what an
+/// administrator signs.
 pub fn pending(p: &ApprovalRequest) -> String {
-    fields(&[
+    let mut pairs = vec![
         ("request", cell(&p.id)),
         ("action", cell(&p.action)),
         ("target", cell(&p.target)),
+        ("parameters", parameters(&p.parameters)),
         ("requester", cell(&p.requester)),
         ("status", cell(p.status.as_str())),
         ("created", format_utc(p.created_at)),
         ("expires", format_utc(p.expires_at)),
         ("reason", cell(&p.reason)),
-    ])
+        ("needed", needed(p)),
+    ];
+    if p.decisions.is_empty() {
+        pairs.push(("decisions", "-".to_owned()));
+    }
+    for d in &p.decisions {
+        pairs.push((
+            "decision",
+            format!(
+                "{} {} {}",
+                cell(&d.administrator),
+                d.decision.as_str(),
+                format_utc(d.at)
+            ),
+        ));
+    }
+    pairs.push(("outcome", cell(&p.outcome)));
+    pairs.push(("digest", hex::encode(p.content().digest())));
+    fields(&pairs)
+}
+
+/// How many approvals the request needs, and how many it has.
+fn needed(p: &ApprovalRequest) -> String {
+    let approvals = approvals(p);
+    if p.needed == 0 {
+        format!("1 (no roster: one approval carries it out; {approvals} so far)")
+    } else {
+        format!("{} ({approvals} so far)", p.needed)
+    }
+}
+
+fn approvals(p: &ApprovalRequest) -> usize {
+    p.decisions
+        .iter()
+        .filter(|d| d.decision == keyward_domain::Decision::Approve)
+        .count()
+}
+
+/// An action's parameters (canonical JSON) on one line, spaced for
+/// reading: `{"data_sha256": "ab…", "mechanism": "CKM_ECDSA"}`; `-` for
+/// none; as given (escaped) when it is not JSON.
+fn parameters(raw: &str) -> String {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) if m.is_empty() => "-".to_owned(),
+        Ok(v) => clean(&json_one_line(&v)),
+        Err(_) => cell(raw),
+    }
+}
+
+fn json_one_line(v: &Value) -> String {
+    match v {
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), json_one_line(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(json_one_line).collect::<Vec<_>>().join(", ")
+        ),
+        v => v.to_string(),
+    }
 }
 
 /// Approval requests, one row each.
@@ -445,14 +512,23 @@ fn request_table(requests: &[ApprovalRequest]) -> String {
     let rows: Vec<Vec<String>> = requests
         .iter()
         .map(|r| {
+            let decisions: Vec<String> = r
+                .decisions
+                .iter()
+                .map(|d| format!("{}:{}", d.administrator, d.decision.as_str()))
+                .collect();
             vec![
                 cell(&r.id),
                 cell(&r.action),
                 cell(&r.target),
+                parameters(&r.parameters),
                 cell(&r.requester),
                 cell(r.status.as_str()),
+                format!("{}/{}", approvals(r), r.needed.max(1)),
+                list(&decisions),
                 format_utc(r.expires_at),
                 cell(&r.reason),
+                cell(&r.outcome),
             ]
         })
         .collect();
@@ -461,10 +537,14 @@ fn request_table(requests: &[ApprovalRequest]) -> String {
             "REQUEST",
             "ACTION",
             "TARGET",
+            "PARAMETERS",
             "REQUESTER",
             "STATUS",
+            "APPROVALS",
+            "DECISIONS",
             "EXPIRES",
             "REASON",
+            "OUTCOME",
         ],
         &rows,
     )
@@ -935,6 +1015,33 @@ fn key_details(k: &KeyReport) -> String {
     out
 }
 
+/// A key answer as one JSON document ([`json`]); each approval request in
+/// it also carries its `digest` (hex), computed here from its fields.
+pub fn key_json(resp: &KeyResponse) -> String {
+    let Ok(mut v) = serde_json::to_value(resp) else {
+        return json(resp);
+    };
+    let digest = |r: &ApprovalRequest| Value::String(hex::encode(r.content().digest()));
+    match resp {
+        KeyResponse::Pending(p) => {
+            if let Some(o) = v.get_mut("Pending").and_then(Value::as_object_mut) {
+                o.insert("digest".into(), digest(p));
+            }
+        }
+        KeyResponse::Requests(rs) => {
+            if let Some(a) = v.get_mut("Requests").and_then(Value::as_array_mut) {
+                for (o, r) in a.iter_mut().zip(rs) {
+                    if let Some(o) = o.as_object_mut() {
+                        o.insert("digest".into(), digest(r));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    json(&v)
+}
+
 /// One JSON object per line (JSON lines) for `--json` on the audit
 /// record commands: what a SIEM ingests.
 pub fn json_lines<T: Serialize>(items: &[T]) -> String {
@@ -1242,14 +1349,22 @@ mod tests {
     fn pending_verified_done_text() {
         assert_eq!(
             key_response(&KeyResponse::Pending(approval())),
-            "request:    req-7f3a\n\
-             action:     destroy\n\
-             target:     keyward/web-tls\n\
-             requester:  alice\n\
-             status:     pending\n\
-             created:    2026-01-31 18:00:00\n\
-             expires:    2026-02-01 18:00:00\n\
-             reason:     retired\n"
+            format!(
+                "request:     req-7f3a\n\
+                 action:      destroy\n\
+                 target:      keyward/web-tls\n\
+                 parameters:  -\n\
+                 requester:   alice\n\
+                 status:      pending\n\
+                 created:     2026-01-31 18:00:00\n\
+                 expires:     2026-02-01 18:00:00\n\
+                 reason:      retired\n\
+                 needed:      2 (0 so far)\n\
+                 decisions:   -\n\
+                 outcome:     -\n\
+                 digest:      {}\n",
+                hex::encode(approval().content().digest())
+            )
         );
         assert_eq!(
             key_response(&KeyResponse::Verified {
@@ -1262,6 +1377,108 @@ mod tests {
         assert_eq!(
             key_response(&KeyResponse::Done("web-tls: active".into())),
             "web-tls: active\n"
+        );
+    }
+
+    /// A request with parameters, decisions and an outcome.
+    fn decided() -> ApprovalRequest {
+        use keyward_domain::Decision;
+        use keyward_protocol::admin::DecisionInfo;
+        ApprovalRequest {
+            action: "sign".into(),
+            parameters:
+                r#"{"data_sha256":"ab01","mechanism":"CKM_ECDSA","who":{"pid":7,"uid":1000}}"#
+                    .into(),
+            status: "executed".parse().unwrap(),
+            decisions: vec![
+                DecisionInfo {
+                    administrator: "bob".into(),
+                    decision: Decision::Approve,
+                    at: T0 + 60,
+                },
+                DecisionInfo {
+                    administrator: "carol".into(),
+                    decision: Decision::Approve,
+                    at: T0 + 120,
+                },
+            ],
+            outcome: "signed once".into(),
+            ..approval()
+        }
+    }
+
+    #[test]
+    fn a_request_shows_parameters_decisions_outcome_and_its_digest() {
+        let r = decided();
+        let text = pending(&r);
+        contains_all(
+            &text,
+            &[
+                "parameters:  {\"data_sha256\": \"ab01\", \"mechanism\": \"CKM_ECDSA\", \"who\": {\"pid\": 7, \"uid\": 1000}}\n",
+                "status:      executed\n",
+                "needed:      2 (2 so far)\n",
+                "decision:    bob approve 2026-01-31 18:01:00\n",
+                "decision:    carol approve 2026-01-31 18:02:00\n",
+                "outcome:     signed once\n",
+            ],
+        );
+        // The digest is the request's own, computed from its fields: a
+        // change to any of them shows a different one.
+        let digest = hex::encode(r.content().digest());
+        assert!(
+            text.ends_with(&format!("digest:      {digest}\n")),
+            "{text}"
+        );
+        let other = ApprovalRequest {
+            parameters: r#"{"data_sha256":"ab02"}"#.into(),
+            ..r.clone()
+        };
+        assert!(!pending(&other).contains(&digest));
+        // No roster: one approval by anyone carries it out.
+        let open = ApprovalRequest {
+            needed: 0,
+            ..approval()
+        };
+        assert!(pending(&open).contains("needed:      1 (no roster"));
+        // Not JSON: shown as given, escaped.
+        let odd = ApprovalRequest {
+            parameters: "a\nb".into(),
+            ..approval()
+        };
+        assert!(pending(&odd).contains("parameters:  a\\nb\n"));
+
+        let list = key_response(&KeyResponse::Requests(vec![approval(), decided()]));
+        let lines: Vec<&str> = list.lines().collect();
+        contains_all(
+            lines[0],
+            &["PARAMETERS", "APPROVALS", "DECISIONS", "OUTCOME"],
+        );
+        contains_all(lines[1], &["req-7f3a", "destroy", "0/2", "retired"]);
+        contains_all(
+            lines[2],
+            &[
+                "{\"data_sha256\": \"ab01\"",
+                "2/2",
+                "bob:approve,carol:approve",
+                "signed once",
+                "executed",
+            ],
+        );
+
+        // JSON: the protocol's fields and the digest.
+        let v: Value =
+            serde_json::from_str(&key_json(&KeyResponse::Requests(vec![decided()]))).unwrap();
+        let j = &v["Requests"][0];
+        assert_eq!(j["digest"], digest);
+        assert_eq!(j["needed"], 2);
+        assert_eq!(j["decisions"][1]["administrator"], "carol");
+        assert_eq!(j["decisions"][1]["decision"], "approve");
+        assert_eq!(j["outcome"], "signed once");
+        assert_eq!(j["parameters"], r.parameters);
+        let v: Value = serde_json::from_str(&key_json(&KeyResponse::Pending(approval()))).unwrap();
+        assert_eq!(
+            v["Pending"]["digest"],
+            hex::encode(approval().content().digest())
         );
     }
 

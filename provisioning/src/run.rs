@@ -15,13 +15,17 @@ use keyward_protocol::admin::{
     ReportRequest,
 };
 
+use keyward_domain::Decision;
+
 use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
-    AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs, GrantCommand, KeyArgs,
-    KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs, RequestCommand, ResultFilter,
-    TransitionArgs,
+    AdminKeyCommand, AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs,
+    GrantCommand, KeyArgs, KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs,
+    RequestCommand, ResultFilter, TransitionArgs,
 };
+use crate::decide;
 use crate::render;
+use crate::signer::KeySpec;
 use crate::time;
 
 /// What the process prints and how it exits.
@@ -36,7 +40,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn success(stdout: String) -> Output {
+    pub(crate) fn success(stdout: String) -> Output {
         Output {
             stdout,
             stderr: String::new(),
@@ -44,7 +48,7 @@ impl Output {
         }
     }
 
-    fn failure(f: &Failure, json: bool) -> Output {
+    pub(crate) fn failure(f: &Failure, json: bool) -> Output {
         Output {
             stdout: if json {
                 render::json(&f.to_json())
@@ -113,6 +117,34 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
         });
         return present(&req, exchange(socket, &req), json);
     }
+    match command {
+        Command::AdminKey {
+            command: AdminKeyCommand::Show { key, module },
+        } => {
+            return decide::admin_key_show(
+                &KeySpec {
+                    source: key,
+                    module,
+                },
+                json,
+            )
+        }
+        Command::Request {
+            command: RequestCommand::Approve(args),
+        } => {
+            return decide::decide(args, Decision::Approve, time::now(), json, |req| {
+                exchange(socket, req)
+            })
+        }
+        Command::Request {
+            command: RequestCommand::Deny(args),
+        } => {
+            return decide::decide(args, Decision::Deny, time::now(), json, |req| {
+                exchange(socket, req)
+            })
+        }
+        _ => {}
+    }
     if let Command::Audit {
         command: AuditCommand::Verify { anchor: Some(file) },
     } = &command
@@ -158,7 +190,20 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
         Command::Request { command } => key(match command {
             RequestCommand::List { all } => KeyRequest::RequestList { all },
             RequestCommand::Show { id } => KeyRequest::RequestShow { id },
+            RequestCommand::Cancel { id, reason } => KeyRequest::RequestCancel { id, reason },
+            RequestCommand::Approve(_) | RequestCommand::Deny(_) => {
+                return Err(Failure::local(
+                    Exit::Usage,
+                    "Usage",
+                    "request approve and deny show the request before they send a decision",
+                ))
+            }
         }),
+        Command::AdminKey { .. } => Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            "admin-key show runs locally",
+        )),
         Command::Pin {
             command:
                 PinCommand::Unlock {
@@ -433,7 +478,7 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
 
 /// Why `resp` is not the answer `req` wants: the agent's error (with its
 /// exit code), its refusal, or an answer of the wrong kind.
-fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure {
+pub(crate) fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure {
     match resp {
         AdminResponse::KeyErr { kind, message } => Failure::from_agent(kind, message),
         AdminResponse::Err(message) => Failure::local(
@@ -661,14 +706,14 @@ fn key_answer(resp: KeyResponse, json: bool) -> Output {
                 render::clean(&p.id)
             ),
             stdout: if json {
-                render::json(&KeyResponse::Pending(p))
+                render::key_json(&KeyResponse::Pending(p))
             } else {
                 render::pending(&p)
             },
             exit: Exit::Pending,
         },
         r => Output::success(if json {
-            render::json(&r)
+            render::key_json(&r)
         } else {
             render::key_response(&r)
         }),
@@ -1086,7 +1131,7 @@ mod tests {
         );
         assert_eq!(pending.exit, Exit::Pending);
         assert!(
-            pending.stdout.starts_with("request:    req-1\n"),
+            pending.stdout.starts_with("request:     req-1\n"),
             "{pending:?}"
         );
         assert!(pending.stderr.contains("request req-1 was recorded"));

@@ -49,7 +49,7 @@ fn against_fake_agent_serving(
         agent_version: "0.1.0".into(),
     });
     let answers = answers.into_iter().map(|a| (Some(hello.clone()), Some(a)));
-    let (mut requests, out) = against_fake_agent_greeting(args, answers.collect());
+    let (mut requests, out) = against_fake_agent_greeting_env(args, &[], answers.collect());
     requests.retain(|r| !matches!(r, AdminRequest::Hello { .. }));
     (requests, out)
 }
@@ -63,13 +63,26 @@ fn against_fake_agent_greeting(
     args: &[&str],
     answers: Vec<(Option<AdminResponse>, Option<AdminResponse>)>,
 ) -> (Vec<AdminRequest>, Output) {
+    against_fake_agent_greeting_env(args, &[], answers)
+}
+
+/// [`against_fake_agent_greeting`] with `env` set for keyward.
+fn against_fake_agent_greeting_env(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    answers: Vec<(Option<AdminResponse>, Option<AdminResponse>)>,
+) -> (Vec<AdminRequest>, Output) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     // Accept without blocking so that a client that dies before it
     // connects fails the test instead of hanging it.
     listener.set_nonblocking(true).unwrap();
-    let mut child = keyward(&socket, args).spawn().unwrap();
+    let mut child = keyward(&socket, args)
+        .env_remove("KEYWARD_ADMIN_PIN")
+        .envs(env.iter().copied())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut requests = Vec::new();
     for (hello, answer) in answers {
@@ -258,7 +271,7 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(
-        text(&out.stdout).starts_with("request:    req-7f3a\n"),
+        text(&out.stdout).starts_with("request:     req-7f3a\n"),
         "{out:?}"
     );
     let stderr = text(&out.stderr);
@@ -275,6 +288,229 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["Pending"]["id"], "req-7f3a");
+}
+
+/// Test keys (`openssl genpkey`), used nowhere else.
+const ED25519_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIPOGCGsfRU2HCAldnKdEt5V23mfsXNOIRSHUCtrKub/3
+-----END PRIVATE KEY-----
+";
+const P256_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgQJiguAxcXLSB/uWH
+Ky3mdDuPhW6zNxKugQZ+CcME+1ahRANCAARAJEsLb5pArv2cNuQPIqlxG5IIEetY
+n069l2roYogmfYT4+diPUBO5AO8uwQqJ+5hatv8VuimI3LhtY53aD6c2
+-----END PRIVATE KEY-----
+";
+
+/// `text` in a file of `dir` with `mode`.
+fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// A pending request that expires long after any test runs.
+fn open_request() -> ApprovalRequest {
+    ApprovalRequest {
+        id: "9f0e1d2c3b4a59687766554433221100".into(),
+        action: "resume".into(),
+        target: "keyward/web-tls".into(),
+        parameters: r#"{"rotate":false}"#.into(),
+        requester: "alice".into(),
+        reason: "incident closed".into(),
+        created_at: 1_769_882_400,
+        expires_at: 4_000_000_000,
+        status: "pending".parse().unwrap(),
+        needed: 2,
+        decisions: Vec::new(),
+        outcome: String::new(),
+    }
+}
+
+fn requests(r: ApprovalRequest) -> AdminResponse {
+    AdminResponse::Key(Box::new(KeyResponse::Requests(vec![r])))
+}
+
+/// `keyward admin-key show KEY`, run without any agent, parsed back.
+fn admin_key(key: &Path) -> keyward_policy::AdministratorKey {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["admin-key", "show"])
+        .arg(key)
+        .env("KEYWARD_ADMIN_SOCKET", "/nonexistent/admin.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = text(&out.stdout);
+    let value = line
+        .strip_prefix("public_key = \"")
+        .and_then(|l| l.strip_suffix("\"\n"))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    keyward_policy::AdministratorKey::parse(value).unwrap()
+}
+
+#[test]
+fn approve_and_deny_sign_the_digest_of_the_request_the_agent_showed() {
+    use keyward_domain::Decision;
+    use keyward_protocol::approval::decision_statement;
+    let dir = tempfile::tempdir().unwrap();
+    for (pem, verb, decision) in [
+        (ED25519_PEM, "approve", Decision::Approve),
+        (P256_PEM, "deny", Decision::Deny),
+    ] {
+        let key = secret_file(dir.path(), verb, pem, 0o600);
+        let shown = open_request();
+        let updated = ApprovalRequest {
+            decisions: vec![keyward_protocol::admin::DecisionInfo {
+                administrator: "bob".into(),
+                decision,
+                at: 1_769_900_000,
+            }],
+            ..shown.clone()
+        };
+        let (sent, out) = against_fake_agent_serving(
+            &["request", verb, &shown.id, "--key", key.to_str().unwrap()],
+            vec![requests(shown.clone()), requests(updated)],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            sent[0],
+            AdminRequest::Key(KeyRequest::RequestShow {
+                id: shown.id.clone()
+            })
+        );
+        let AdminRequest::Key(KeyRequest::RequestDecide {
+            id,
+            decision: d,
+            signature: Some(signature),
+        }) = &sent[1]
+        else {
+            panic!("{:?}", sent[1])
+        };
+        assert_eq!((id, *d), (&shown.id, decision));
+        // The roster's verifier, with the key `admin-key show` prints.
+        let digest = shown.content().digest();
+        let public = admin_key(&key);
+        public
+            .verify(&decision_statement(decision, &digest), signature)
+            .unwrap();
+        // Bound to this request: the same decision on a request that
+        // differs in one field does not verify.
+        let other = ApprovalRequest {
+            target: "keyward/other".into(),
+            ..shown.clone()
+        };
+        assert!(public
+            .verify(
+                &decision_statement(decision, &other.content().digest()),
+                signature
+            )
+            .is_err());
+        // The printed record: the request in full and the digest.
+        let stdout = text(&out.stdout);
+        for want in [
+            format!("request:     {}\n", shown.id),
+            "action:      resume\n".into(),
+            "parameters:  {\"rotate\": false}\n".into(),
+            "reason:      incident closed\n".into(),
+            "needed:      2 (0 so far)\n".into(),
+            format!("digest:      {}\n", hex::encode(digest)),
+            format!("{verb}: sent, signed by {}", public.to_text()),
+            format!("decision:    bob {verb} "),
+        ] {
+            assert!(stdout.contains(&want), "{want:?} missing in\n{stdout}");
+        }
+    }
+}
+
+#[test]
+fn a_decision_without_a_usable_key_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = secret_file(dir.path(), "open.pem", ED25519_PEM, 0o640);
+    let shown = open_request();
+    let (sent, out) = against_fake_agent_serving(
+        &[
+            "request",
+            "approve",
+            &shown.id,
+            "--key",
+            open.to_str().unwrap(),
+        ],
+        vec![requests(shown.clone())],
+    );
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("open to group or others (mode 640)"),
+        "{out:?}"
+    );
+    // Not pending any more: refused here, exit 6.
+    let done = ApprovalRequest {
+        status: "executed".parse().unwrap(),
+        ..shown.clone()
+    };
+    let key = secret_file(dir.path(), "k.pem", ED25519_PEM, 0o600);
+    let (sent, out) = against_fake_agent_serving(
+        &[
+            "request",
+            "deny",
+            &shown.id,
+            "--key",
+            key.to_str().unwrap(),
+            "--json",
+        ],
+        vec![requests(done)],
+    );
+    assert_eq!((sent.len(), out.status.code()), (1, Some(6)), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Error"]["kind"], "Conflict");
+}
+
+#[test]
+fn an_unsigned_decision_and_a_cancel() {
+    let shown = open_request();
+    let (sent, out) = against_fake_agent_serving(
+        &["request", "approve", &shown.id, "--json"],
+        vec![
+            requests(shown.clone()),
+            AdminResponse::Key(Box::new(KeyResponse::Done("approved; executed".into()))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        sent[1],
+        AdminRequest::Key(KeyRequest::RequestDecide {
+            id: shown.id.clone(),
+            decision: keyward_domain::Decision::Approve,
+            signature: None,
+        })
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["digest"], hex::encode(shown.content().digest()));
+    assert_eq!(v["signed_by"], serde_json::Value::Null);
+    assert_eq!(v["answer"]["Done"], "approved; executed");
+    assert!(text(&out.stderr).contains("sent unsigned"));
+
+    let (req, out) = against_fake_agent(
+        &["request", "cancel", &shown.id, "--reason", "asked twice"],
+        AdminResponse::Key(Box::new(KeyResponse::Done("cancelled".into()))),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::Key(KeyRequest::RequestCancel {
+            id: shown.id.clone(),
+            reason: Some("asked twice".into()),
+        })
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "cancelled\n".into())
+    );
+
+    // `request show` prints the digest computed here.
+    let (_, out) = against_fake_agent(&["request", "show", &shown.id], requests(shown.clone()));
+    assert!(text(&out.stdout).contains(&hex::encode(shown.content().digest())));
 }
 
 #[test]
@@ -884,4 +1120,199 @@ fn an_agent_from_before_negotiated_versions_is_named() {
     let err = text(&out.stderr);
     assert!(err.contains("without answering the admin hello"), "{err}");
     assert!(err.contains("upgrade keyward-agent"), "{err}");
+}
+
+/// A SoftHSM2 token of the administrator's own, in `dir`, with a P-256
+/// key pair (`bob-p256`, id 01) and an Ed25519 one (`bob-ed25519`, id 02)
+/// made by `pkcs11-tool`. Returns the library and the `SOFTHSM2_CONF`.
+fn admin_token(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let lib = keyward_testbed::softhsm_lib().unwrap();
+    let conf = keyward_testbed::softhsm_token(dir, "admin-bob", "1234", "5678").unwrap();
+    for (kind, label, id) in [
+        ("EC:prime256v1", "bob-p256", "01"),
+        ("EC:edwards25519", "bob-ed25519", "02"),
+    ] {
+        // Throw-away test PINs only: these are arguments.
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &conf)
+            .arg("--module")
+            .arg(&lib)
+            .args(["--token-label", "admin-bob", "--login", "--pin", "1234"])
+            .args([
+                "--keypairgen",
+                "--key-type",
+                kind,
+                "--label",
+                label,
+                "--id",
+                id,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("pkcs11-tool (apt-get install opensc)");
+        assert!(out.status.success(), "pkcs11-tool {kind}: {out:?}");
+    }
+    (lib, conf)
+}
+
+/// `keyward admin-key show URI --module LIB`, parsed back; no PIN given.
+fn token_admin_key(uri: &str, lib: &Path, conf: &Path) -> keyward_policy::AdministratorKey {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["admin-key", "show", uri, "--module"])
+        .arg(lib)
+        .env("SOFTHSM2_CONF", conf)
+        .env_remove("KEYWARD_ADMIN_PIN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line = text(&out.stdout);
+    let value = line
+        .strip_prefix("public_key = \"")
+        .and_then(|l| l.strip_suffix("\"\n"))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    keyward_policy::AdministratorKey::parse(value).unwrap()
+}
+
+#[test]
+fn a_key_on_a_softhsm_token_signs_decisions_through_a_pkcs11_uri() {
+    use keyward_domain::Decision;
+    use keyward_protocol::approval::decision_statement;
+    let dir = tempfile::tempdir().unwrap();
+    let (lib, conf) = admin_token(dir.path());
+    let pin_file = secret_file(dir.path(), "pin", "1234\n", 0o600);
+    let shown = open_request();
+    let digest = shown.content().digest();
+
+    let p256 = token_admin_key("pkcs11:token=admin-bob;object=bob-p256", &lib, &conf);
+    assert!(p256.to_text().starts_with("p256:04"), "{p256:?}");
+    let ed25519 = token_admin_key("pkcs11:token=admin-bob;id=%02;type=public", &lib, &conf);
+    assert!(ed25519.to_text().starts_with("ed25519:"), "{ed25519:?}");
+
+    // P-256, the library by --module, the PIN from the environment.
+    let conf_env = conf.as_os_str();
+    let lib_text = lib.to_str().unwrap();
+    let (sent, out) = against_fake_agent_greeting_env(
+        &[
+            "request",
+            "approve",
+            &shown.id,
+            "--key",
+            "pkcs11:token=admin-bob;id=%01",
+            "--module",
+            lib_text,
+        ],
+        &[
+            ("SOFTHSM2_CONF", conf_env),
+            ("KEYWARD_ADMIN_PIN", std::ffi::OsStr::new("1234")),
+        ],
+        vec![
+            (Some(hello()), Some(requests(shown.clone()))),
+            (Some(hello()), Some(requests(shown.clone()))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let signature = decided_signature(&sent, Decision::Approve);
+    p256.verify(&decision_statement(Decision::Approve, &digest), &signature)
+        .unwrap();
+    assert!(text(&out.stdout).contains(&format!("signed by {}", p256.to_text())));
+
+    // Ed25519, the library and the PIN file named in the URI.
+    let uri = format!(
+        "pkcs11:token=admin-bob;object=bob-ed25519?module-path={}&pin-source=file:{}",
+        lib_text,
+        pin_file.display()
+    );
+    let (sent, out) = against_fake_agent_greeting_env(
+        &["request", "deny", &shown.id, "--key", &uri],
+        &[("SOFTHSM2_CONF", conf_env)],
+        vec![
+            (Some(hello()), Some(requests(shown.clone()))),
+            (Some(hello()), Some(requests(shown.clone()))),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let signature = decided_signature(&sent, Decision::Deny);
+    ed25519
+        .verify(&decision_statement(Decision::Deny, &digest), &signature)
+        .unwrap();
+    assert!(p256
+        .verify(&decision_statement(Decision::Deny, &digest), &signature)
+        .is_err());
+
+    // A wrong PIN, a PIN file open to others, a URI that names no key:
+    // clear errors, no decision sent, no PIN repeated.
+    let open_pin = secret_file(dir.path(), "open-pin", "1234\n", 0o644);
+    for (uri, pin, why) in [
+        (
+            "pkcs11:token=admin-bob;id=%01".to_owned(),
+            "9999",
+            "refused the PIN",
+        ),
+        (
+            format!(
+                "pkcs11:token=admin-bob;id=%01?pin-source=file:{}",
+                open_pin.display()
+            ),
+            "",
+            "open to group or others",
+        ),
+        (
+            "pkcs11:token=admin-bob;id=%07".to_owned(),
+            "1234",
+            "no private key",
+        ),
+        ("pkcs11:token=admin-alice".to_owned(), "1234", "no token"),
+        (
+            "pkcs11:token=admin-bob".to_owned(),
+            "1234",
+            "2 private keys",
+        ),
+    ] {
+        let (sent, out) = against_fake_agent_greeting_env(
+            &[
+                "request", "approve", &shown.id, "--key", &uri, "--module", lib_text,
+            ],
+            &[
+                ("SOFTHSM2_CONF", conf_env),
+                ("KEYWARD_ADMIN_PIN", std::ffi::OsStr::new(pin)),
+            ],
+            vec![(Some(hello()), Some(requests(shown.clone())))],
+        );
+        assert_eq!(sent.len(), 2, "{uri}: {sent:?}"); // hello and show only
+        assert_eq!(out.status.code(), Some(2), "{uri}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(why), "{uri}: {stderr}");
+        assert!(
+            !stderr.contains("1234") && !stderr.contains("9999"),
+            "{stderr}"
+        );
+    }
+}
+
+fn hello() -> AdminResponse {
+    AdminResponse::Hello(AdminHello {
+        version: ADMIN_VERSIONS.max,
+        agent_version: "0.1.0".into(),
+    })
+}
+
+/// The signature of the `RequestDecide` among `sent`, checked to carry
+/// `decision`.
+fn decided_signature(sent: &[AdminRequest], decision: keyward_domain::Decision) -> Vec<u8> {
+    let decides: Vec<_> = sent
+        .iter()
+        .filter_map(|r| match r {
+            AdminRequest::Key(KeyRequest::RequestDecide {
+                decision: d,
+                signature,
+                ..
+            }) => Some((*d, signature.clone())),
+            _ => None,
+        })
+        .collect();
+    match decides.as_slice() {
+        [(d, Some(sig))] if *d == decision => sig.clone(),
+        other => panic!("{other:?}"),
+    }
 }

@@ -9,6 +9,7 @@
 //! ```
 
 mod agent_restart;
+mod approvals_cli;
 mod attribute_rules;
 mod audit;
 mod audit_anchor;
