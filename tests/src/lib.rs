@@ -40,6 +40,7 @@ pub mod json;
 pub mod p11;
 pub mod probe;
 pub mod raw;
+pub mod roster;
 pub mod tools;
 
 pub use harness::Env;

@@ -4,72 +4,16 @@
 //! the agent checks each signature against the roster's `public_key`,
 //! which `keyward admin-key show` printed.
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
 use keyward_tests::admin::{
-    application_toml, install_policy, keyward_bin, keyward_json, keyward_ok, sign_grant_toml,
+    application_toml, install_policy, keyward_json, keyward_ok, sign_grant_toml,
     signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::keyward_test;
-
-/// The second administrator's uid (nobody).
-const BOB: u32 = 65534;
-
-/// Test keys (`openssl genpkey`), used nowhere else: alice's Ed25519 and
-/// bob's P-256.
-const ALICE_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MC4CAQAwBQYDK2VwBCIEIPOGCGsfRU2HCAldnKdEt5V23mfsXNOIRSHUCtrKub/3
------END PRIVATE KEY-----
-";
-const BOB_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgQJiguAxcXLSB/uWH
-Ky3mdDuPhW6zNxKugQZ+CcME+1ahRANCAARAJEsLb5pArv2cNuQPIqlxG5IIEetY
-n069l2roYogmfYT4+diPUBO5AO8uwQqJ+5hatv8VuimI3LhtY53aD6c2
------END PRIVATE KEY-----
-";
-
-/// `text` in the testbed as a key file of `owner`, mode 600.
-fn key_file(tb: &Env, name: &str, text: &str, owner: u32) -> PathBuf {
-    let path = tb.path(name);
-    std::fs::write(&path, text).expect("write the key file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    std::os::unix::fs::chown(&path, Some(owner), Some(owner)).expect("chown");
-    path
-}
-
-/// `keyward admin-key show FILE`: the roster's value.
-fn public_key(tb: &Env, file: &Path) -> String {
-    let line = keyward_ok(
-        tb,
-        &["admin-key", "show", file.to_str().expect("a path")],
-        0,
-    );
-    line.strip_prefix("public_key = \"")
-        .and_then(|l| l.strip_suffix("\"\n"))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned()
-}
-
-/// `keyward ARGS` as bob (uid [`BOB`]).
-fn as_bob(tb: &Env, args: &[&str]) -> Output {
-    Command::new(keyward_bin(tb))
-        .arg("--admin-socket")
-        .arg(&tb.admin_socket)
-        .args(args)
-        .uid(BOB)
-        .gid(BOB)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run keyward as bob")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use keyward_tests::roster::{
+    as_bob, key_file, open_admin_socket_to_bob, public_key, roster_toml, text, ALICE_PEM, BOB,
+    BOB_PEM,
+};
 
 /// Asks for `web-tls`'s resume (exit 3: recorded); the request's id.
 fn ask_resume(tb: &Env, reason: &str) -> String {
@@ -83,8 +27,7 @@ fn ask_resume(tb: &Env, reason: &str) -> String {
 keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancels_with_signed_decisions(tb) {
     tb.require_agent("dual control");
     // Bob reaches the admin socket through its group.
-    std::fs::set_permissions(&tb.dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    tb.set_agent_options(&["admin_socket_mode = \"0660\"", &format!("admin_socket_group = \"{BOB}\"")]);
+    open_admin_socket_to_bob(&tb);
     let alice_key = key_file(&tb, "alice.pem", ALICE_PEM, uid());
     let bob_key = key_file(&tb, "bob.pem", BOB_PEM, BOB);
     // Bob holding a copy of alice's key signs as alice: the roster names
@@ -94,11 +37,10 @@ keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancel
     assert!(alice_public.starts_with("ed25519:") && bob_public.starts_with("p256:04"));
     let me = uid();
     let policy = format!(
-        "[settings]\nmode = \"strict\"\n{}{}\n\
-         [[administrator]]\nname = \"alice\"\nuids = [{me}]\nroles = [\"security-officer\"]\npublic_key = \"{alice_public}\"\n\n\
-         [[administrator]]\nname = \"bob\"\nuids = [{BOB}]\nroles = [\"security-officer\"]\npublic_key = \"{bob_public}\"\n",
+        "[settings]\nmode = \"strict\"\n{}{}{}",
         application_toml(APPLICATION, me),
         signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION)),
+        roster_toml(me, &alice_public, &bob_public),
     );
     install_policy(&tb, &policy);
     keyward_ok(&tb, &["key", "create", "web-tls", "--class", "signing"], 0);

@@ -20,6 +20,7 @@ mod boundary;
 mod crypto;
 mod derived_keys;
 mod destroy_requests;
+mod dual_control;
 mod fork_process;
 mod general;
 mod generation;
