@@ -416,6 +416,16 @@ pub enum KeyRequest {
         /// Why (recorded).
         reason: Option<String>,
     },
+    /// Set up dual control on a deployment that has none yet: `text`, a
+    /// policy with a roster, is written and put in force at once as the
+    /// first approved policy. Refused once a policy with a roster was
+    /// approved: from then on `PolicyApply` changes it, under quorum.
+    Init {
+        /// The policy file's text (UTF-8 TOML), with `[[administrator]]`.
+        text: String,
+        /// Why (recorded).
+        reason: Option<String>,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].

@@ -91,6 +91,7 @@ impl KeyRequest {
             } => "request.deny",
             KeyRequest::RequestCancel { .. } => "request.cancel",
             KeyRequest::PolicyApply { .. } => "policy.apply",
+            KeyRequest::Init { .. } => "policy.init",
         }
     }
 
@@ -115,7 +116,8 @@ impl KeyRequest {
             | KeyRequest::Adopt { .. }
             | KeyRequest::RequestDecide { .. }
             | KeyRequest::RequestCancel { .. }
-            | KeyRequest::PolicyApply { .. } => false,
+            | KeyRequest::PolicyApply { .. }
+            | KeyRequest::Init { .. } => false,
         }
     }
 
@@ -202,6 +204,16 @@ impl KeyRequest {
             ),
             KeyRequest::RequestCancel { id, reason } => {
                 let mut s = format!("cancel request {}", clean(id));
+                if let Some(r) = reason {
+                    let _ = write!(s, ": {}", clean(r));
+                }
+                s
+            }
+            KeyRequest::Init { text, reason } => {
+                let mut s = format!(
+                    "set up dual control with a first policy ({} bytes)",
+                    text.len()
+                );
                 if let Some(r) = reason {
                     let _ = write!(s, ": {}", clean(r));
                 }
@@ -565,6 +577,10 @@ mod tests {
                 text: "[settings]".into(),
                 reason: None,
             }),
+            AdminRequest::Key(KeyRequest::Init {
+                text: "[settings]".into(),
+                reason: None,
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -619,6 +635,7 @@ mod tests {
                 "request.deny",
                 "request.cancel",
                 "policy.apply",
+                "policy.init",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",

@@ -52,6 +52,19 @@ pub struct Cli {
 pub enum Command {
     /// Show the agent's version, uptime and tokens with their backends.
     Status,
+    /// Set up dual control on a deployment that has none yet: the policy
+    /// file (with its [[administrator]] roster) is written and put in force
+    /// at once as the first approved policy. Refused once a roster was
+    /// approved; from then on `keyward policy apply` changes the policy,
+    /// under quorum.
+    Init {
+        /// The first policy file with the roster.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Why (kept in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]

@@ -88,10 +88,14 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     {
         return policy_check(file, json);
     }
-    if let Command::Policy {
-        command: PolicyCommand::Apply { file, reason },
-    } = &command
-    {
+    let policy_file = match &command {
+        Command::Policy {
+            command: PolicyCommand::Apply { file, reason },
+        } => Some((file, reason, false)),
+        Command::Init { policy, reason } => Some((policy, reason, true)),
+        _ => None,
+    };
+    if let Some((file, reason, init)) = policy_file {
         let text = match std::fs::read(file).map(String::from_utf8) {
             Ok(Ok(text)) => text,
             Ok(Err(_)) => {
@@ -111,9 +115,11 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
                 return Output::failure(&f, json);
             }
         };
-        let req = AdminRequest::Key(KeyRequest::PolicyApply {
-            text,
-            reason: reason.clone(),
+        let reason = reason.clone();
+        let req = AdminRequest::Key(if init {
+            KeyRequest::Init { text, reason }
+        } else {
+            KeyRequest::PolicyApply { text, reason }
         });
         return present(&req, exchange(socket, &req), json);
     }
@@ -177,7 +183,7 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
     let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
     match command {
         Command::Status => Ok(AdminRequest::Status),
-        Command::Policy { .. } => Err(Failure::local(
+        Command::Policy { .. } | Command::Init { .. } => Err(Failure::local(
             Exit::Usage,
             "Usage",
             "policy check runs locally, policy apply reads its file first",

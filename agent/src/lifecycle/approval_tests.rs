@@ -774,3 +774,62 @@ fn a_policy_without_a_roster_changes_at_once_and_does_not_guard_its_file() {
     assert!(a.refuse_admin(&peer(&oscar()), &ask).is_some());
     assert!(a.refuse_admin(&peer(&alice()), &ask).is_none());
 }
+
+#[test]
+fn init_sets_up_dual_control_once() {
+    let (d, a) = crate::agent::tests::mock_agent(crate::agent::tests::STRICT_SIGNING);
+    let path = d.path().join("policy.toml");
+    std::fs::write(&path, crate::agent::tests::STRICT_SIGNING).unwrap();
+    let file = PolicyFile::new(&path, crate::agent::tests::STRICT_SIGNING.to_owned());
+    let policy = file.parse().unwrap();
+    a.lifecycle
+        .admit_policy_file(&file, &policy, SystemTime::now());
+    a.lifecycle.policy_in_force(file);
+    let root = Admin {
+        uid: 0,
+        key: alice().key,
+    };
+    let init = |text: &str| {
+        call(
+            &a,
+            &root,
+            KeyRequest::Init {
+                text: text.into(),
+                reason: Some("go live".into()),
+            },
+        )
+    };
+    // A policy without a roster sets up nothing.
+    refused(
+        init(crate::agent::tests::STRICT_SIGNING),
+        AdminErrorKind::Invalid,
+        "needs its [[administrator]] roster",
+    );
+    match init(&roster_policy()) {
+        Ok(KeyResponse::Done(text)) => assert!(text.contains("now sha256"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(a.policy().dual_control());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), roster_policy());
+    // Once: a second init (even by an administrator) is refused.
+    refused(
+        call(
+            &a,
+            &alice(),
+            KeyRequest::Init {
+                text: next_policy(),
+                reason: None,
+            },
+        ),
+        AdminErrorKind::Conflict,
+        "dual control is set up already",
+    );
+    assert!(a.policy().class("extra").is_none());
+    // And the file it wrote is the approved one: a hand edit is refused.
+    let edited = PolicyFile::new(&path, next_policy());
+    assert!(matches!(
+        a.lifecycle
+            .admit_policy_file(&edited, &edited.parse().unwrap(), SystemTime::now()),
+        Admission::Refused(_)
+    ));
+}

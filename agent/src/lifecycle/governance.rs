@@ -295,6 +295,51 @@ impl Lifecycle {
         )
     }
 
+    /// `keyward init`: sets up dual control on a deployment without it:
+    /// `text` (a policy with a roster) is written and put in force at once,
+    /// recorded as the first approved policy. Refused once a policy with a
+    /// roster was approved (`keyward policy apply` changes it then).
+    pub(crate) fn init_policy(
+        &self,
+        (who, by): (&str, &Actor),
+        text: String,
+        reason: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let Some(current) = self.policy_file() else {
+            return fail(
+                AdminErrorKind::Invalid,
+                "the agent runs the built-in lab policy: configure a policy file first".to_owned(),
+            );
+        };
+        if let Some((r, sha, _)) = self.approved_policy()? {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!(
+                    "dual control is set up already (policy sha256 {sha}, request {}): \
+                     change the policy with keyward policy apply",
+                    r.id
+                ),
+            );
+        }
+        let next = PolicyFile::new(&current.path, text);
+        let policy = next.parse().map_err(|e| AdminError {
+            kind: AdminErrorKind::Invalid,
+            message: format!("the new policy is not valid: {e}"),
+        })?;
+        if !policy.dual_control() {
+            return fail(
+                AdminErrorKind::Invalid,
+                "keyward init sets up dual control: the policy needs its [[administrator]] \
+                 roster"
+                    .to_owned(),
+            );
+        }
+        let outcome = self.put_in_force(&next, &current, (who, by), reason)?;
+        self.record_baseline(&next, &format!("keyward init by {who}: {reason}"), now)?;
+        Ok(KeyResponse::Done(outcome))
+    }
+
     /// Writes `next` over the policy file (atomically: a new file beside
     /// it, with the old one's permissions, synced, renamed over it) unless
     /// it holds `next` already, and puts it in force. Recorded as a

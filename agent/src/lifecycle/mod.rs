@@ -225,7 +225,8 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         | KeyRequest::RequestShow { .. }
         | KeyRequest::RequestDecide { .. }
         | KeyRequest::RequestCancel { .. }
-        | KeyRequest::PolicyApply { .. } => (None, None),
+        | KeyRequest::PolicyApply { .. }
+        | KeyRequest::Init { .. } => (None, None),
     }
 }
 
@@ -459,6 +460,10 @@ impl Lifecycle {
             KeyRequest::PolicyApply { text, reason } => {
                 let reason = reason.unwrap_or_else(|| "keyward policy apply".to_owned());
                 self.apply_policy((&who, &by), text, &reason, SystemTime::now())
+            }
+            KeyRequest::Init { text, reason } => {
+                let reason = reason.unwrap_or_else(|| "keyward init".to_owned());
+                self.init_policy((&who, &by), text, &reason, SystemTime::now())
             }
             KeyRequest::PinUnlock {
                 token,

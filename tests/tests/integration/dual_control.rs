@@ -219,3 +219,39 @@ keyward_test!(fn a_policy_change_waits_for_two_officers_and_a_hand_edit_does_not
     tb.start_agent();
     keyward_ok(&tb, &["key", "create", "e2", "--class", "extra"], 0);
 });
+
+keyward_test!(fn init_sets_up_dual_control_once(tb) {
+    tb.require_agent("keyward init");
+    let without = format!(
+        "[settings]\nmode = \"strict\"\n{}{}",
+        application_toml(APPLICATION, uid()),
+        signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION)),
+    );
+    install_policy(&tb, &without);
+    let alice_key = key_file(&tb, "alice.pem", ALICE_PEM, uid());
+    let bob_key = key_file(&tb, "bob.pem", BOB_PEM, BOB);
+    let with = format!(
+        "{without}{}",
+        roster_toml(uid(), &public_key(&tb, &alice_key), &public_key(&tb, &bob_key))
+    );
+    let file = tb.path("first-policy.toml");
+    std::fs::write(&file, &with).expect("write");
+    // A policy without a roster sets up nothing.
+    let plain = tb.path("plain.toml");
+    std::fs::write(&plain, &without).expect("write");
+    let out = keyward(&tb, &["init", "--policy", path(&plain)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    keyward_ok(&tb, &["init", "--policy", path(&file), "--reason", "go live"], 0);
+    assert_eq!(std::fs::read_to_string(tb.path("policy.toml")).expect("read"), with);
+    // Once: again is a conflict; a change is a request now.
+    let out = keyward(&tb, &["init", "--policy", path(&file)]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let next = tb.path("next.toml");
+    std::fs::write(&next, format!("{with}\n# reviewed\n")).expect("write");
+    keyward_json(&tb, &["policy", "apply", path(&next)], 3);
+    // The roster holds across a restart.
+    tb.stop_agent();
+    tb.start_agent();
+    let out = keyward(&tb, &["init", "--policy", path(&file)]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+});
