@@ -508,6 +508,17 @@ fn json_one_line(v: &Value) -> String {
 }
 
 /// Approval requests, one row each.
+/// `text` cut to `max` characters with `…` (a table cell; `request show`
+/// has the whole).
+fn shortened(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
 fn request_table(requests: &[ApprovalRequest]) -> String {
     let rows: Vec<Vec<String>> = requests
         .iter()
@@ -521,7 +532,7 @@ fn request_table(requests: &[ApprovalRequest]) -> String {
                 cell(&r.id),
                 cell(&r.action),
                 cell(&r.target),
-                parameters(&r.parameters),
+                shortened(&parameters(&r.parameters), 60),
                 cell(&r.requester),
                 cell(r.status.as_str()),
                 format!("{}/{}", approvals(r), r.needed.max(1)),
@@ -1683,6 +1694,18 @@ mod tests {
         // One batch is exactly the table `records` prints.
         let all = records_fixture();
         assert_eq!(RecordTable::default().push(&all), records(&all));
+    }
+
+    #[test]
+    fn a_request_table_cuts_long_parameters() {
+        let mut long = approval();
+        long.parameters = format!("{{\"text\":\"{}\"}}", "x".repeat(500));
+        let text = key_response(&KeyResponse::Requests(vec![approval(), long]));
+        let line = text.lines().nth(2).expect("two rows");
+        assert!(line.contains('…'), "{text}");
+        assert!(line.chars().count() < 400, "{text}");
+        assert_eq!(shortened("abc", 3), "abc");
+        assert_eq!(shortened("abcd", 3), "ab…");
     }
 
     #[test]

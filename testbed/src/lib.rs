@@ -273,6 +273,10 @@ pub struct Options {
     pub log: String,
     /// Whole TOML tables appended to the agent's configuration.
     pub extra_config: String,
+    /// A group whose members may use the admin socket too (mode 0660;
+    /// the testbed directory becomes traversable, 0711): a second
+    /// administrator running as another user.
+    pub admin_group: Option<u32>,
 }
 
 impl Default for Options {
@@ -285,6 +289,7 @@ impl Default for Options {
             policy: Policy::Lab,
             backend_label: None,
             backend_pin: None,
+            admin_group: None,
             log: "info".into(),
             extra_config: String::new(),
         }
@@ -326,6 +331,12 @@ impl Options {
                 "--pin" => o.pin = Some(value()?),
                 "--so-pin" => o.so_pin = Some(value()?),
                 "--socket" => o.socket = Some(PathBuf::from(value()?)),
+                "--admin-group" => {
+                    let v = value()?;
+                    o.admin_group = Some(v.parse().map_err(|_| {
+                        Error(format!("--admin-group is a numeric group id, not {v:?}"))
+                    })?)
+                }
                 other => return Err(Error(format!("unknown option {other}"))),
             }
         }
@@ -512,9 +523,18 @@ impl Testbed {
             .unwrap_or_else(|| dir.join("keyward.sock"));
         let admin_socket = dir.join("admin.sock");
         let path = |p: &Path| toml_str(&p.display().to_string());
+        let admin_access = match options.admin_group {
+            Some(gid) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o711))
+                    .map_err(io_err(dir.display()))?;
+                format!("admin_socket_mode = \"0660\"\nadmin_socket_group = \"{gid}\"")
+            }
+            None => "admin_socket_mode = \"0600\"".to_owned(),
+        };
         let config = format!(
             "# Written by keyward-testbed.\n[agent]\nsocket = {}\nsocket_mode = \"0600\"\n\
-             admin_socket = {}\nadmin_socket_mode = \"0600\"\nstate_dir = {}\n{policy_line}\n\
+             admin_socket = {}\n{admin_access}\nstate_dir = {}\n{policy_line}\n\
              [[token]]\nlabel = {}\nlibrary = {}\nbackend_token_label = {}\n\
              backend_pin = {}\nallow_init_token = {}\n{}{}",
             path(&socket),

@@ -9,7 +9,7 @@ use keyward_testbed::{Bins, Options, Testbed};
 const USAGE: &str = "\
 testbed: a throw-away SoftHSM2 token with a keyward agent in front of it.
 
-  testbed up DIR [--policy lab|strict] [--policy-file FILE] [--label L] [--pin P] [--so-pin S] [--socket PATH]
+  testbed up DIR [--policy lab|strict] [--policy-file FILE] [--label L] [--pin P] [--so-pin S] [--socket PATH] [--admin-group GID]
       Creates a fresh SoftHSM2 token and agent state in DIR, starts the agent
       in the background, waits until it answers, and prints `export` lines:
       KEYWARD_MODULE KEYWARD_SOCKET KEYWARD_ADMIN_SOCKET KEYWARD_TOKEN
@@ -24,6 +24,8 @@ root and same-user peers) also lets applications re-initialise the token
 with C_InitToken (development and conformance suites). `strict` admits only
 the current user as application \"testbed\" and refuses C_InitToken.
 `--policy-file FILE` uses that policy file instead (C_InitToken refused).
+`--admin-group GID` opens the admin socket to that group too (a second
+administrator running as another user).
 KEYWARD_AGENT_LOG sets the agent's log level (default info).
 
 Binaries come from KEYWARD_BIN_DIR, else the directory of this program;
