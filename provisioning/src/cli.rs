@@ -53,7 +53,7 @@ pub enum Command {
     /// Show the agent's version, uptime and tokens with their backends.
     Status,
     /// Set up dual control on a deployment that has none yet: the policy
-    /// file (with its [[administrator]] roster) is written and put in force
+    /// file (with its `[[administrator]]` roster) is written and put in force
     /// at once as the first approved policy. Refused once a roster was
     /// approved; from then on `keyward policy apply` changes the policy,
     /// under quorum.

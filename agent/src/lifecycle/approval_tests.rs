@@ -43,17 +43,19 @@ impl Signer {
     }
 }
 
-fn alice() -> Admin {
+/// An administrator with uid `uid` and the Ed25519 key of seed `seed`.
+fn ed(uid: u32, seed: u8) -> Admin {
     Admin {
-        uid: 1001,
-        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
+        uid,
+        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])),
     }
 }
+
+fn alice() -> Admin {
+    ed(1001, 1)
+}
 fn bob() -> Admin {
-    Admin {
-        uid: 1002,
-        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[2; 32])),
-    }
+    ed(1002, 2)
 }
 fn carol() -> Admin {
     Admin {
@@ -62,16 +64,10 @@ fn carol() -> Admin {
     }
 }
 fn dave() -> Admin {
-    Admin {
-        uid: 1004,
-        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[4; 32])),
-    }
+    ed(1004, 4)
 }
 fn oscar() -> Admin {
-    Admin {
-        uid: 1005,
-        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[5; 32])),
-    }
+    ed(1005, 5)
 }
 
 /// alice and bob: security officers; carol: key owner (P-256); dave:

@@ -2,16 +2,16 @@
 //! administrators approve or deny it with a signature over its digest, and
 //! it is carried out once, when the quorum is met.
 //!
-//! - [`Lifecycle::record_request`]: the request, its parameters and reason
+//! - `Lifecycle::record_request`: the request, its parameters and reason
 //!   (one pending request per action and target).
-//! - [`Lifecycle::decide`]: an administrator's decision, checked against
+//! - `Lifecycle::decide`: an administrator's decision, checked against
 //!   the roster (who they are by the connection's uid; their signature
 //!   over [`decision_statement`]; their roles against the action's
 //!   quorum; the requester's own approval only where the quorum lets it
 //!   count), then recorded by the inventory in one transaction that also
 //!   approves the request when the quorum is met: of decisions arriving
 //!   together through different connections, exactly one approves.
-//! - [`Lifecycle::execute`]: the approved action, carried out by the
+//! - `Lifecycle::execute`: the approved action, carried out by the
 //!   decision that approved it. A lifecycle change and the request's move
 //!   to `executed` are one transaction, so a kill between the approval and
 //!   the execution leaves the request `approved`, and the next start
@@ -505,6 +505,31 @@ impl Lifecycle {
                 "request {}: its execution could not be recorded in the trail: {why}",
                 r.id
             );
+        }
+    }
+
+    /// Moves approved request `id` to `executed` with `outcome`, for an
+    /// action whose effect is not a lifecycle change (which records it in
+    /// its own transaction); a conflict when it is no longer approved.
+    pub(crate) fn mark_executed(&self, id: &str, outcome: &str, now: SystemTime) -> AResult<()> {
+        let moved = self
+            .keys
+            .inventory()
+            .close_request(
+                id,
+                ApprovalStatus::Approved,
+                ApprovalStatus::Executed,
+                outcome,
+                secs(now),
+            )
+            .map_err(inv_err)?;
+        if moved {
+            Ok(())
+        } else {
+            fail(
+                AdminErrorKind::Conflict,
+                format!("request {id} is no longer approved"),
+            )
         }
     }
 

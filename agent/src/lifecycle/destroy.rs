@@ -91,23 +91,7 @@ impl Lifecycle {
                 );
                 log::info!("{outcome}");
                 if let Some(id) = request {
-                    let moved = self
-                        .keys
-                        .inventory()
-                        .close_request(
-                            id,
-                            keyward_policy::ApprovalStatus::Approved,
-                            keyward_policy::ApprovalStatus::Executed,
-                            &outcome,
-                            secs(now),
-                        )
-                        .map_err(inv_err)?;
-                    if !moved {
-                        return fail(
-                            AdminErrorKind::Conflict,
-                            format!("request {id} is no longer approved"),
-                        );
-                    }
+                    self.mark_executed(id, &outcome, now)?;
                 }
             }
         }

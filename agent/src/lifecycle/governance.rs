@@ -105,6 +105,16 @@ impl Lifecycle {
             .clone()
     }
 
+    /// The policy file in force; an error when the agent runs the
+    /// built-in lab policy (there is no file to write).
+    fn configured_policy_file(&self) -> AResult<PolicyFile> {
+        self.policy_file().ok_or_else(|| AdminError {
+            kind: AdminErrorKind::Invalid,
+            message: "the agent runs the built-in lab policy: configure a policy file first"
+                .to_owned(),
+        })
+    }
+
     fn set_policy_file(&self, file: PolicyFile) {
         *self.policy_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
     }
@@ -254,12 +264,7 @@ impl Lifecycle {
         reason: &str,
         now: SystemTime,
     ) -> AResult<KeyResponse> {
-        let Some(current) = self.policy_file() else {
-            return fail(
-                AdminErrorKind::Invalid,
-                "the agent runs the built-in lab policy: configure a policy file first".to_owned(),
-            );
-        };
+        let current = self.configured_policy_file()?;
         let next = PolicyFile::new(&current.path, text);
         next.parse().map_err(|e| AdminError {
             kind: AdminErrorKind::Invalid,
@@ -306,12 +311,7 @@ impl Lifecycle {
         reason: &str,
         now: SystemTime,
     ) -> AResult<KeyResponse> {
-        let Some(current) = self.policy_file() else {
-            return fail(
-                AdminErrorKind::Invalid,
-                "the agent runs the built-in lab policy: configure a policy file first".to_owned(),
-            );
-        };
+        let current = self.configured_policy_file()?;
         if let Some((r, sha, _)) = self.approved_policy()? {
             return fail(
                 AdminErrorKind::Conflict,
@@ -389,12 +389,7 @@ impl Lifecycle {
             message: format!("request {}: no policy text in its parameters", r.id),
         })?;
         let from = from_sha(r).unwrap_or_default();
-        let Some(current) = self.policy_file() else {
-            return fail(
-                AdminErrorKind::Invalid,
-                "the agent runs the built-in lab policy: no policy file".to_owned(),
-            );
-        };
+        let current = self.configured_policy_file()?;
         let next = PolicyFile::new(&current.path, text);
         if next.sha256 != sha {
             return fail(
@@ -420,24 +415,7 @@ impl Lifecycle {
         } else {
             self.put_in_force(&next, &current, (&who, by), &r.reason)?
         };
-        let moved = self
-            .keys
-            .inventory()
-            .close_request(
-                &r.id,
-                ApprovalStatus::Approved,
-                ApprovalStatus::Executed,
-                &outcome,
-                secs(now),
-            )
-            .map_err(inv_err)?;
-        if !moved {
-            return fail(
-                AdminErrorKind::Conflict,
-                format!("request {} is no longer approved", r.id),
-            );
-        }
-        Ok(())
+        self.mark_executed(&r.id, &outcome, now)
     }
 }
 
