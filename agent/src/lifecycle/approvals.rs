@@ -28,6 +28,7 @@ use keyward_policy::{Approvable, ApprovalStatus, Policy, Quorum};
 use keyward_protocol::admin::{ApprovalRequest, DecisionInfo, KeyResponse};
 use keyward_protocol::approval::{decision_statement, RequestContent};
 
+use crate::enforce::per_use::SIGN_ACTION;
 use crate::keys::secs;
 
 use super::hsm::*;
@@ -44,6 +45,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
     match r.action.as_str() {
         "destroy" => Some(Approvable::Destroy),
         "resume" => Some(Approvable::Resume),
+        SIGN_ACTION => Some(Approvable::SignOnce),
         "deactivate" if from().as_deref() == Some("suspended") => {
             Some(Approvable::DeactivateSuspended)
         }
@@ -354,11 +356,16 @@ impl Lifecycle {
             .inventory()
             .decide_request(id, &record, needed)
             .map_err(inv_err)?;
+        self.sign_decisions.ring();
         match decided {
             Decided::Counted { approvals } => {
                 log::info!("request {id}: approved by {who} ({approvals} of {needed})");
             }
             Decided::Denied => log::warn!("request {id}: denied by {who}"),
+            // The call waiting for a signature signs, once.
+            Decided::Approved { approvals } if r.action == SIGN_ACTION => {
+                log::warn!("request {id}: approved by {who} ({approvals} of {needed}): the waiting call signs");
+            }
             Decided::Approved { approvals } => {
                 log::warn!(
                     "request {id}: approved by {who} ({approvals} of {needed}): carrying it out"
@@ -423,6 +430,7 @@ impl Lifecycle {
                 format!("request {id} is {}: nothing to cancel", r.status),
             );
         }
+        self.sign_decisions.ring();
         log::info!("request {id}: {outcome}");
         self.show_request(id, now)
     }
@@ -531,6 +539,22 @@ impl Lifecycle {
             }
         };
         for r in approved {
+            if r.action == SIGN_ACTION {
+                // The signature was the waiting call's to make: it is gone.
+                let why = "the call that waited for it ended with the agent";
+                log::warn!("request {}: approved before the agent stopped: {why}", r.id);
+                let closed = self.keys.inventory().close_request(
+                    &r.id,
+                    ApprovalStatus::Approved,
+                    ApprovalStatus::Failed,
+                    why,
+                    secs(SystemTime::now()),
+                );
+                if let Err(e) = closed {
+                    log::error!("request {}: cannot be closed: {e}", r.id);
+                }
+                continue;
+            }
             log::warn!(
                 "request {}: approved before the agent stopped, not yet carried out: carrying it out now",
                 r.id
