@@ -181,7 +181,17 @@ impl Agent {
             key_id: Some(key.record.id),
             parameters: parameters.to_string(),
             requester: client.application.clone(),
-            reason: format!("C_Sign by {}", client.application),
+            // The reason is what `keyward request list` shows: who asks,
+            // and the digest of what they would have signed.
+            reason: format!(
+                "C_Sign by {} (uid {}, pid {}{}{}): {mechanism} of {} bytes, SHA-256 {digest}",
+                client.application,
+                client.peer.uid,
+                client.peer.key.pid,
+                if exe.is_empty() { "" } else { ", " },
+                exe,
+                data.len()
+            ),
             created_at,
             expires_at: created_at.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)),
             status: ApprovalStatus::Pending,

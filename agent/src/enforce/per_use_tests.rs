@@ -194,7 +194,13 @@ fn an_approved_use_signs_that_data_once() {
     assert_eq!(r.action, "sign");
     assert_eq!(r.target, "kw/k");
     assert_eq!(r.requester, "app");
-    assert_eq!(r.reason, "C_Sign by app");
+    assert_eq!(
+        r.reason,
+        format!(
+            "C_Sign by app (uid 1000, pid 4242, /usr/bin/signer): CKM_ECDSA of 11 bytes, SHA-256 {}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"release 1.0"))
+        )
+    );
     assert_eq!(r.status, ApprovalStatus::Pending);
     let p: serde_json::Value = serde_json::from_str(&r.parameters).unwrap();
     assert_eq!(
