@@ -39,13 +39,16 @@ pub const SIGN_ACTION: &str = "sign";
 /// How often a waiting call reads its request without a ring.
 const POLL: Duration = Duration::from_secs(1);
 
-/// An operation whose backend init waits for the approval of its one use.
+/// An operation whose one use waits for its approval.
 #[derive(Debug, Clone)]
 pub struct PerUse {
-    /// The mechanism, backend handles translated.
-    pub mechanism: Mechanism,
-    /// The key's backend object.
-    pub key: BackendObject,
+    /// The mechanism (`CKM_*`).
+    pub mechanism: u64,
+    /// The backend's init, held back until the approval: the mechanism
+    /// (backend handles translated) and the key's backend object. `None`:
+    /// the backend's operation began before the key's class asked approval
+    /// of each use (a policy reload since its `C_SignInit`).
+    pub init: Option<(Mechanism, BackendObject)>,
     /// How long the call waits for its approval.
     pub wait: Duration,
 }
@@ -101,20 +104,48 @@ impl Agent {
         self.policy().class(&key.record.class)?.per_use_approval
     }
 
-    /// The operation `op` of `s` when it waits for a per-use approval.
-    pub(crate) fn held_for_approval(&self, s: &Session, op: Op) -> Option<(PerUse, ManagedRef)> {
+    /// The operation `op` of `s` when its use waits for approval. With
+    /// `recheck` (a call without its own init: the operation began in an
+    /// earlier request), an operation begun before the key's class asked
+    /// approval of each use waits all the same.
+    pub(crate) fn held_for_approval(
+        &self,
+        s: &Session,
+        op: Op,
+        recheck: bool,
+    ) -> Option<(PerUse, ManagedRef)> {
         if !matches!(op, Op::Sign | Op::SignRecover) {
             return None;
         }
-        let active = lock(&s.active);
-        let a = active[op.index()].as_ref()?;
-        Some((a.per_use.clone()?, a.managed?))
+        let (per_use, managed, mechanism) = {
+            let active = lock(&s.active);
+            let a = active[op.index()].as_ref()?;
+            (a.per_use.clone(), a.managed?, a.mechanism)
+        };
+        match per_use {
+            Some(p) => Some((p, managed)),
+            None if recheck => self.per_use_wait(op, Some(managed)).map(|wait| {
+                let p = PerUse {
+                    mechanism,
+                    init: None,
+                    wait,
+                };
+                (p, managed)
+            }),
+            None => None,
+        }
     }
 
     /// Refuses an update or final of an operation under per-use approval
     /// (`CKR_FUNCTION_REJECTED`): the approval covers one single-part call.
-    pub(crate) fn refuse_multi_part(&self, client: &Client, s: &Session, op: Op) -> Result<()> {
-        let Some((per_use, managed)) = self.held_for_approval(s, op) else {
+    pub(crate) fn refuse_multi_part(
+        &self,
+        client: &Client,
+        s: &Session,
+        op: Op,
+        recheck: bool,
+    ) -> Result<()> {
+        let Some((per_use, managed)) = self.held_for_approval(s, op, recheck) else {
             return Ok(());
         };
         let key = self.keys.key(managed.key_id);
@@ -122,7 +153,7 @@ impl Agent {
             client,
             Operation::Sign.as_str(),
             key.as_deref().map(|k| (k, managed.version)),
-            Some(per_use.mechanism.mechanism),
+            Some(per_use.mechanism),
             ck::CKR_FUNCTION_REJECTED,
             "the key's class asks approval of each use, which needs a single-part C_Sign: \
              multi-part signing (C_SignUpdate, C_SignFinal) is refused",
@@ -149,7 +180,7 @@ impl Agent {
         let Some(key) = self.keys.key(managed.key_id) else {
             return Err(Error::KeyHandleInvalid);
         };
-        let mechanism = mechanism_text(per_use.mechanism.mechanism);
+        let mechanism = mechanism_text(per_use.mechanism);
         let digest = hex::encode(Sha256::digest(data));
         let exe = client
             .peer
@@ -223,7 +254,7 @@ impl Agent {
                     client,
                     Operation::Sign.as_str(),
                     Some((&key, managed.version)),
-                    Some(per_use.mechanism.mechanism),
+                    Some(per_use.mechanism),
                     ck::CKR_FUNCTION_REJECTED,
                     &format!("not approved: {why}"),
                 );
@@ -286,7 +317,7 @@ impl Agent {
         id: &str,
         data: &[u8],
     ) -> Result<Vec<u8>> {
-        let m = per_use.mechanism.mechanism;
+        let m = per_use.mechanism;
         if let Err(e) = self.check_operation(client, Operation::Sign, m, Some(managed)) {
             self.close_sign(
                 client,
@@ -295,10 +326,14 @@ impl Agent {
             );
             return Err(e);
         }
-        let r = s
-            .backend
-            .op_init(s.backend_session, op, &per_use.mechanism, Some(per_use.key))
-            .and_then(|()| s.backend.single(s.backend_session, op, data));
+        let started = match &per_use.init {
+            Some((mechanism, key)) => {
+                s.backend
+                    .op_init(s.backend_session, op, mechanism, Some(*key))
+            }
+            None => Ok(()),
+        };
+        let r = started.and_then(|()| s.backend.single(s.backend_session, op, data));
         match r {
             Ok(signature) => {
                 let outcome = format!("signed {} bytes with {}", data.len(), mechanism_text(m));

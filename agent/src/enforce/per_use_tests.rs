@@ -389,3 +389,42 @@ fn a_waiting_call_holds_no_lock_and_its_key_is_checked_again() {
         )
     );
 }
+
+#[test]
+fn an_operation_begun_before_the_class_asked_approval_waits_all_the_same() {
+    let (_d, a, c, s, key) = agent("5s");
+    let with = policy("5s");
+    let without = with.replace("approve_each_use = true\napproval_wait = \"5s\"", "");
+    assert_ne!(with, without);
+    // C_SignInit under a policy without per-use approval: the backend's
+    // operation begins.
+    a.set_policy(keyward_policy::Policy::from_str(&without, "test").unwrap());
+    let mut init = ecdsa();
+    init.key = Some(key);
+    let begin = Request::OperationInit {
+        session: s,
+        op: Op::Sign,
+        init,
+    };
+    assert_eq!(a.handle(&c, begin), Response::Unit);
+    // The class asks it now: the C_Sign waits for its approval.
+    a.set_policy(keyward_policy::Policy::from_str(&with, "test").unwrap());
+    let (a2, c2) = (a.clone(), c.clone());
+    let signer = std::thread::spawn(move || {
+        a2.handle(
+            &c2,
+            Request::Single {
+                session: s,
+                op: Op::Sign,
+                init: None,
+                data: b"late".to_vec(),
+            },
+        )
+    });
+    let r = nth_request(&a, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!signer.is_finished(), "signed before the approval");
+    approve(&a, &r).unwrap();
+    assert_eq!(signer.join().unwrap(), Response::Data(b"late".to_vec()));
+    assert_eq!(status(&a, &r.id).0, ApprovalStatus::Executed);
+}

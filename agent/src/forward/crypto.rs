@@ -43,7 +43,7 @@ impl Agent {
         }
         let running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
-        if let Some((per_use, managed)) = self.held_for_approval(&s, op) {
+        if let Some((per_use, managed)) = self.held_for_approval(&s, op, init.is_none()) {
             // The wait holds no lock: key changes and other calls go on.
             drop(running);
             let approved = self.await_sign_approval(client, &per_use, managed, &data);
@@ -83,7 +83,7 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
-        self.refuse_multi_part(client, &s, op)?;
+        self.refuse_multi_part(client, &s, op, init.is_none())?;
         match s.backend.update(s.backend_session, op, &data) {
             Ok(out) => Ok(Response::Data(out)),
             // A failed update ends the operation.
@@ -117,7 +117,7 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
-        self.refuse_multi_part(client, &s, op)?;
+        self.refuse_multi_part(client, &s, op, init.is_none())?;
         let r = last_part(&s, op, &data).and_then(|()| s.backend.final_(s.backend_session, op));
         Ok(Response::Data(self.end_op(client, &s, op, r)?))
     }
@@ -163,8 +163,8 @@ impl Agent {
         // approved (see `enforce::per_use`).
         let per_use = match (key, self.per_use_wait(op, managed)) {
             (Some(o), Some(wait)) => Some(PerUse {
-                mechanism: m.clone().into_owned(),
-                key: o.backend,
+                mechanism: m.mechanism,
+                init: Some((m.clone().into_owned(), o.backend)),
                 wait,
             }),
             _ => None,
