@@ -15,7 +15,9 @@
 //! `CKR_FUNCTION_REJECTED`. Multi-part signing of such a key is refused.
 //!
 //! Decisions ([`crate::lifecycle::Lifecycle::decide`], `cancel`) ring the
-//! [`Bell`]; a waiting call also reads its request once a second.
+//! [`Bell`]; a waiting call also reads its request once a second. At start,
+//! the requests whose calls ended with the previous run are closed (pending:
+//! `expired`, approved: `failed`): an approval never signs without its call.
 
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -393,6 +395,39 @@ impl Agent {
             log::error!("request {id}: its execution could not be recorded in the trail: {why}");
         }
         moved
+    }
+}
+
+impl crate::shared::Core {
+    /// At start: the requests for one signature whose calls ended with the
+    /// agent. Approved ones move to `failed`, pending ones to `expired`,
+    /// both with why; nothing is signed.
+    pub(crate) fn end_orphan_sign_requests(&self) {
+        let why = "the call that waited for it ended with the agent";
+        let inventory = self.keys.inventory();
+        let at = secs(SystemTime::now());
+        for (from, to) in [
+            (ApprovalStatus::Approved, ApprovalStatus::Failed),
+            (ApprovalStatus::Pending, ApprovalStatus::Expired),
+        ] {
+            let found = match inventory.requests(Some(from)) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("{from} requests cannot be read: {e}");
+                    continue;
+                }
+            };
+            for r in found.iter().filter(|r| r.action == SIGN_ACTION) {
+                match inventory.close_request(&r.id, from, to, why, at) {
+                    Ok(false) => {}
+                    Ok(true) => log::warn!(
+                        "request {} ({from} before the agent stopped): {to}: {why}",
+                        r.id
+                    ),
+                    Err(e) => log::error!("request {}: cannot be closed: {e}", r.id),
+                }
+            }
+        }
     }
 }
 

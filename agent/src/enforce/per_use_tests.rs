@@ -326,6 +326,35 @@ fn multi_part_signing_of_such_a_key_is_refused() {
 }
 
 #[test]
+fn a_pending_request_left_by_a_stopped_agent_expires_at_start() {
+    let (_d, a, c, s, key) = agent("1s");
+    assert_eq!(
+        sign(&a, &c, s, key, b"data"),
+        Response::Err(ck::CKR_FUNCTION_REJECTED)
+    );
+    let r = nth_request(&a, 1);
+    // As a kill during the wait leaves it.
+    let inventory = a.keys.inventory();
+    assert!(inventory
+        .close_request(
+            &r.id,
+            ApprovalStatus::Expired,
+            ApprovalStatus::Pending,
+            "",
+            0
+        )
+        .unwrap());
+    a.lifecycle.resume_approved();
+    assert_eq!(
+        status(&a, &r.id),
+        (
+            ApprovalStatus::Expired,
+            "the call that waited for it ended with the agent".into()
+        )
+    );
+}
+
+#[test]
 fn an_approval_left_by_a_stopped_agent_signs_nothing() {
     let (_d, a, c, s, key) = agent("1s");
     // Recorded and approved, but the call that waited is gone (here: it

@@ -527,6 +527,7 @@ impl Lifecycle {
     /// applied already is not applied again: the request is marked
     /// `failed` with why.
     pub fn resume_approved(&self) {
+        self.end_orphan_sign_requests();
         let approved = match self
             .keys
             .inventory()
@@ -539,20 +540,9 @@ impl Lifecycle {
             }
         };
         for r in approved {
+            // A signature is its waiting call's to make, and that call
+            // ended with the agent: never signed here.
             if r.action == SIGN_ACTION {
-                // The signature was the waiting call's to make: it is gone.
-                let why = "the call that waited for it ended with the agent";
-                log::warn!("request {}: approved before the agent stopped: {why}", r.id);
-                let closed = self.keys.inventory().close_request(
-                    &r.id,
-                    ApprovalStatus::Approved,
-                    ApprovalStatus::Failed,
-                    why,
-                    secs(SystemTime::now()),
-                );
-                if let Err(e) = closed {
-                    log::error!("request {}: cannot be closed: {e}", r.id);
-                }
                 continue;
             }
             log::warn!(

@@ -523,3 +523,20 @@ keyward_test!(fn osslsigncode_signs_a_script_with_one_approval_per_signature(tb)
     );
     assert!(out.contains("Signature verification: ok"), "{out}");
 });
+
+keyward_test!(fn a_request_whose_call_ended_with_the_agent_is_closed_at_start(tb) {
+    let officer = fresh_key();
+    setup(&tb, &officer, "30s", &[("release-key", "release")]);
+    let ctx = Arc::new(Ctx::new(&tb));
+    let signer = sign_in_background(&ctx, "release-key", &DATA_A);
+    let r = pending_for(&tb, &DATA_A);
+    tb.kill_agent();
+    assert!(signer.join().unwrap().is_err(), "a call cut by the agent's end signs nothing");
+    tb.start_agent();
+    let closed = request(&tb, &r.id);
+    assert_eq!(closed.status, ApprovalStatus::Expired);
+    assert_eq!(closed.outcome, "the call that waited for it ended with the agent");
+    // Nothing left to approve.
+    let late = decide(&tb, &r.id, signed(&officer, Decision::Approve, &r)).unwrap_err();
+    assert!(late.contains("expired"), "{late}");
+});
