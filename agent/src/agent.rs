@@ -75,6 +75,7 @@ impl Agent {
             audit,
             use_targets: crate::uses::targets::UseTargets::default(),
             in_flight: std::sync::RwLock::new(()),
+            sign_decisions: Default::default(),
         });
         Agent {
             lifecycle: Arc::new(Lifecycle::new(core.clone())),

@@ -32,6 +32,9 @@ pub struct Core {
     /// `Lifecycle::apply_change`), so no request that passed the old check
     /// is still running, and its records follow all their use records.
     pub(crate) in_flight: std::sync::RwLock<()>,
+    /// Rung on each decision on a request: the calls waiting for the
+    /// approval of one signature read theirs again.
+    pub(crate) sign_decisions: crate::enforce::per_use::Bell,
 }
 
 impl Core {

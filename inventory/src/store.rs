@@ -95,11 +95,15 @@ pub trait Inventory: Send + Sync {
     /// durable.
     fn touch(&self, key_id: i64, at: i64) -> Result<()>;
 
-    /// Records an approval request: [`Error::Exists`](crate::error::Error::Exists)
-    /// for a taken id, and for a pending request when one with the same
-    /// action and target is pending and not expired (checked in the
-    /// insert's transaction: of two made at once, one is recorded).
+    /// Records an approval request ([`Error::Exists`](crate::error::Error::Exists)
+    /// for a taken id).
     fn create_request(&self, request: &ApprovalRecord) -> Result<()>;
+
+    /// [`create_request`](Self::create_request), and for a pending request
+    /// [`Error::Exists`](crate::error::Error::Exists) too while one with the
+    /// same action and target is pending and not expired (checked in the
+    /// insert's transaction: of two made at once, one is recorded).
+    fn create_sole_request(&self, request: &ApprovalRecord) -> Result<()>;
 
     /// The request `id`.
     fn request(&self, id: &str) -> Result<Option<ApprovalRecord>>;

@@ -146,7 +146,18 @@ pub struct KeyClass {
     pub scope: Vec<String>,
     /// `grants`.
     pub grants: Vec<Grant>,
+    /// `approve_each_use`: each `C_Sign` with a key of the class waits for
+    /// a quorum's approval of that one signature (`[quorum.sign-once]`),
+    /// at most this long (`approval_wait`); `None`: no per-use approval.
+    pub per_use_approval: Option<Duration>,
 }
+
+/// How long a `C_Sign` waits for its approval when the class sets no
+/// `approval_wait`: under the module's default call timeout (60 s).
+pub const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(50);
+
+/// The longest `approval_wait`: a signing call is not held longer.
+pub const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(600);
 
 impl KeyClass {
     /// The dates of a key of this class activated at `activated`.
@@ -525,6 +536,8 @@ struct RawClass {
     scope: Vec<String>,
     #[serde(default)]
     grants: Vec<Spanned<RawGrant>>,
+    approve_each_use: Option<Spanned<bool>>,
+    approval_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -601,6 +614,27 @@ impl Validator<'_> {
         let administrators = self.administrators(&raw.administrator)?;
         let roster_span = raw.administrator.first().map(|a| a.span()).unwrap_or(0..0);
         let mut notes = Vec::new();
+        if administrators.is_empty() {
+            for (class, raw_class) in classes.iter().zip(&raw.class) {
+                if class.per_use_approval.is_none() {
+                    continue;
+                }
+                let what = format!("class \"{}\", approve_each_use", class.name);
+                let message = "there is no [[administrator]]: nobody could approve a use";
+                match settings.mode {
+                    Mode::Strict => {
+                        let span = raw_class
+                            .approve_each_use
+                            .as_ref()
+                            .map_or_else(|| raw_class.name.span(), |a| a.span());
+                        return Err(self.err(span, what, message));
+                    }
+                    Mode::Lab => notes.push(format!(
+                        "{what}: without a roster one approval by any admin socket user lets a use through"
+                    )),
+                }
+            }
+        }
         let quorums = self.quorums(
             &raw.quorum,
             &administrators,
@@ -865,6 +899,7 @@ impl Validator<'_> {
             .iter()
             .map(|g| self.grant(&what, g, purpose, apps))
             .collect::<Result<Vec<_>, _>>()?;
+        let per_use_approval = self.per_use_approval(class, &what, purpose)?;
         Ok(KeyClass {
             name,
             description: class.description.clone(),
@@ -876,7 +911,52 @@ impl Validator<'_> {
             backup: class.backup,
             scope: class.scope.clone(),
             grants,
+            per_use_approval,
         })
+    }
+
+    /// `approve_each_use` and `approval_wait` of class `what`: the wait
+    /// when each use needs approval.
+    fn per_use_approval(
+        &self,
+        class: &RawClass,
+        what: &str,
+        purpose: Purpose,
+    ) -> Result<Option<Duration>, PolicyError> {
+        let each_use = class.approve_each_use.as_ref();
+        if !each_use.is_some_and(|e| *e.get_ref()) {
+            return match &class.approval_wait {
+                Some(w) => Err(self.err(
+                    w.span(),
+                    format!("{what}, approval_wait"),
+                    "approval_wait needs approve_each_use = true",
+                )),
+                None => Ok(None),
+            };
+        }
+        if !purpose.allows(Operation::Sign) {
+            return Err(self.err(
+                each_use.map_or(0..0, |e| e.span()),
+                format!("{what}, approve_each_use"),
+                format!("the approval is of a signature: purpose {purpose} does not sign"),
+            ));
+        }
+        let Some(wait) = &class.approval_wait else {
+            return Ok(Some(DEFAULT_APPROVAL_WAIT));
+        };
+        let field = format!("{what}, approval_wait");
+        let value = self.duration(wait, field.clone())?;
+        if value > MAX_APPROVAL_WAIT {
+            return Err(self.err(
+                wait.span(),
+                field,
+                format!(
+                    "\"{}\" is longer than 10 minutes: a signing call is not held that long",
+                    wait.get_ref()
+                ),
+            ));
+        }
+        Ok(Some(value))
     }
 
     /// One grant of class `what` (of purpose `purpose`) to one of `apps`.

@@ -62,6 +62,9 @@ pub struct ActiveOp {
     /// The key its use record names; `None` for an operation without a
     /// key (a digest) or when uses are not recorded.
     pub target: Option<Arc<UseTarget>>,
+    /// A signature that waits for the approval of its one use: the
+    /// backend's init is held back until then.
+    pub per_use: Option<crate::enforce::per_use::PerUse>,
 }
 
 /// The key a use record names: the virtual token, the key's name (a

@@ -25,6 +25,7 @@ use crate::template::template_bool;
 use keyward_inventory::AuditKind;
 
 mod generation;
+pub mod per_use;
 
 impl Agent {
     /// The read side of [`Core::in_flight`](crate::shared::Core::in_flight), for one cryptographic request.
@@ -402,3 +403,6 @@ pub(crate) fn refuse_private(login: Login, template: &[Attribute]) -> Result<()>
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod per_use_tests;

@@ -7,6 +7,7 @@ use keyward_protocol::message::OpInit;
 use keyward_protocol::{ObjectHandle, Op, Response, SessionHandle};
 
 use crate::clients::{ActiveOp, Client, Session};
+use crate::enforce::per_use::PerUse;
 use crate::error::{Error, Result};
 use keyward_policy::Operation;
 
@@ -40,8 +41,17 @@ impl Agent {
         if op == Op::Verify {
             return Err(Error::ArgumentsBad);
         }
-        let _running = self.running();
+        let running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
+        if let Some((per_use, managed)) = self.held_for_approval(&s, op, init.is_none()) {
+            // The wait holds no lock: key changes and other calls go on.
+            drop(running);
+            let approved = self.await_sign_approval(client, &per_use, managed, &data);
+            let _running = self.running();
+            let r = approved
+                .and_then(|id| self.sign_approved(client, &s, op, (&per_use, managed), &id, &data));
+            return Ok(Response::Data(self.end_op(client, &s, op, r)?));
+        }
         let r = s.backend.single(s.backend_session, op, &data);
         Ok(Response::Data(self.end_op(client, &s, op, r)?))
     }
@@ -73,6 +83,7 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
+        self.refuse_multi_part(client, &s, op, init.is_none())?;
         match s.backend.update(s.backend_session, op, &data) {
             Ok(out) => Ok(Response::Data(out)),
             // A failed update ends the operation.
@@ -106,6 +117,7 @@ impl Agent {
     ) -> Result<Response> {
         let _running = self.running();
         let s = self.op_session(client, session, op, init.as_ref())?;
+        self.refuse_multi_part(client, &s, op, init.is_none())?;
         let r = last_part(&s, op, &data).and_then(|()| s.backend.final_(s.backend_session, op));
         Ok(Response::Data(self.end_op(client, &s, op, r)?))
     }
@@ -147,10 +159,23 @@ impl Agent {
         self.check_operation(client, operation(op), init.mechanism.mechanism, managed)?;
         let m = self.mechanism(client, s.slot, &init.mechanism)?;
         let target = key.as_ref().and_then(|o| self.use_target(&s, o));
-        if let Err(e) = s
-            .backend
-            .op_init(s.backend_session, op, &m, key.map(|o| o.backend))
-        {
+        // A signature under per-use approval starts on the backend once
+        // approved (see `enforce::per_use`).
+        let per_use = match (key, self.per_use_wait(op, managed)) {
+            (Some(o), Some(wait)) => Some(PerUse {
+                mechanism: m.mechanism,
+                init: Some((m.clone().into_owned(), o.backend)),
+                wait,
+            }),
+            _ => None,
+        };
+        let started = match per_use {
+            Some(_) => Ok(()),
+            None => s
+                .backend
+                .op_init(s.backend_session, op, &m, key.map(|o| o.backend)),
+        };
+        if let Err(e) = started {
             if let Some(t) = &target {
                 self.audit
                     .record_use(client, operation(op).as_str(), Some(m.mechanism), t, e.rv());
@@ -161,6 +186,7 @@ impl Agent {
             managed,
             mechanism: m.mechanism,
             target,
+            per_use,
         });
         Ok(s)
     }

@@ -28,6 +28,7 @@ use keyward_policy::{Approvable, ApprovalStatus, Policy, Quorum};
 use keyward_protocol::admin::{ApprovalRequest, DecisionInfo, KeyResponse};
 use keyward_protocol::approval::{decision_statement, RequestContent};
 
+use crate::enforce::per_use::SIGN_ACTION;
 use crate::keys::secs;
 
 use super::hsm::*;
@@ -45,6 +46,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         "destroy" => Some(Approvable::Destroy),
         "resume" => Some(Approvable::Resume),
         super::governance::POLICY_APPLY => Some(Approvable::PolicyApply),
+        SIGN_ACTION => Some(Approvable::SignOnce),
         "deactivate" if from().as_deref() == Some("suspended") => {
             Some(Approvable::DeactivateSuspended)
         }
@@ -261,7 +263,7 @@ impl Lifecycle {
             .map(|a| self.policy().quorum(a).lifetime)
             .unwrap_or(APPROVAL_LIFETIME);
         record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
-        match inventory.create_request(&record) {
+        match inventory.create_sole_request(&record) {
             Ok(()) => {}
             // Another asked for the same at the same moment: that one.
             Err(keyward_inventory::Error::Exists(_)) => {
@@ -394,11 +396,16 @@ impl Lifecycle {
             .inventory()
             .decide_request(id, &record, needed)
             .map_err(inv_err)?;
+        self.sign_decisions.ring();
         match decided {
             Decided::Counted { approvals } => {
                 log::info!("request {id}: approved by {who} ({approvals} of {needed})");
             }
             Decided::Denied => log::warn!("request {id}: denied by {who}"),
+            // The call waiting for a signature signs, once.
+            Decided::Approved { approvals } if r.action == SIGN_ACTION => {
+                log::warn!("request {id}: approved by {who} ({approvals} of {needed}): the waiting call signs");
+            }
             Decided::Approved { approvals } => {
                 log::warn!(
                     "request {id}: approved by {who} ({approvals} of {needed}): carrying it out"
@@ -463,6 +470,7 @@ impl Lifecycle {
                 format!("request {id} is {}: nothing to cancel", r.status),
             );
         }
+        self.sign_decisions.ring();
         log::info!("request {id}: {outcome}");
         self.show_request(id, now)
     }
@@ -636,6 +644,7 @@ impl Lifecycle {
     /// applied already is not applied again: the request is marked
     /// `failed` with why.
     pub fn resume_approved(&self) {
+        self.end_orphan_sign_requests();
         let approved = match self
             .keys
             .inventory()
@@ -648,6 +657,11 @@ impl Lifecycle {
             }
         };
         for r in approved {
+            // A signature is its waiting call's to make, and that call
+            // ended with the agent: never signed here.
+            if r.action == SIGN_ACTION {
+                continue;
+            }
             log::warn!(
                 "request {}: approved before the agent stopped, not yet carried out: carrying it out now",
                 r.id

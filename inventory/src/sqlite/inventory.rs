@@ -555,6 +555,60 @@ fn move_version(
 }
 
 impl SqliteInventory {
+    /// Inserts request `q`; `sole`: refused while a pending request with
+    /// its action and target is open (checked in the insert's transaction).
+    fn insert_request(&self, q: &ApprovalRecord, sole: bool) -> Result<()> {
+        nonempty("request id", &q.id)?;
+        nonempty("action", &q.action)?;
+        nonempty("requester", &q.requester)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken = tx
+            .prepare_cached("SELECT 1 FROM requests WHERE id = ?1")?
+            .exists(params![q.id])?;
+        if taken {
+            return Err(Error::Exists(format!("request {}", q.id)));
+        }
+        if sole && q.status == ApprovalStatus::Pending {
+            let open: Option<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM requests
+                      WHERE action = ?1 AND target = ?2 AND status = 'pending' AND expires_at > ?3",
+                )?
+                .query_row(params![q.action, q.target, q.created_at], |r| r.get(0))
+                .optional()?;
+            if let Some(open) = open {
+                return Err(Error::Exists(format!(
+                    "a pending {} request on {} (request {open})",
+                    q.action, q.target
+                )));
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO requests (id, action, target, key_id, parameters, requester,
+                                   created_at, expires_at, status, reason, outcome, closed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            q.id,
+            q.action,
+            q.target,
+            q.key_id,
+            q.parameters,
+            q.requester,
+            q.created_at,
+            q.expires_at,
+            q.status.as_str(),
+            q.reason,
+            q.outcome,
+            q.closed_at,
+        ])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl SqliteInventory {
     /// [`Inventory::apply`], and with `request` the execution of that
     /// approved request, with its outcome, in the same transaction.
     fn apply_in(
@@ -867,53 +921,11 @@ impl Inventory for SqliteInventory {
     }
 
     fn create_request(&self, q: &ApprovalRecord) -> Result<()> {
-        nonempty("request id", &q.id)?;
-        nonempty("action", &q.action)?;
-        nonempty("requester", &q.requester)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let taken = tx
-            .prepare_cached("SELECT 1 FROM requests WHERE id = ?1")?
-            .exists(params![q.id])?;
-        if taken {
-            return Err(Error::Exists(format!("request {}", q.id)));
-        }
-        if q.status == ApprovalStatus::Pending {
-            let open: Option<String> = tx
-                .prepare_cached(
-                    "SELECT id FROM requests
-                      WHERE action = ?1 AND target = ?2 AND status = 'pending' AND expires_at > ?3",
-                )?
-                .query_row(params![q.action, q.target, q.created_at], |r| r.get(0))
-                .optional()?;
-            if let Some(open) = open {
-                return Err(Error::Exists(format!(
-                    "a pending {} request on {} (request {open})",
-                    q.action, q.target
-                )));
-            }
-        }
-        tx.prepare_cached(
-            "INSERT INTO requests (id, action, target, key_id, parameters, requester,
-                                   created_at, expires_at, status, reason, outcome, closed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?
-        .execute(params![
-            q.id,
-            q.action,
-            q.target,
-            q.key_id,
-            q.parameters,
-            q.requester,
-            q.created_at,
-            q.expires_at,
-            q.status.as_str(),
-            q.reason,
-            q.outcome,
-            q.closed_at,
-        ])?;
-        tx.commit()?;
-        Ok(())
+        self.insert_request(q, false)
+    }
+
+    fn create_sole_request(&self, q: &ApprovalRecord) -> Result<()> {
+        self.insert_request(q, true)
     }
 
     fn request(&self, id: &str) -> Result<Option<ApprovalRecord>> {

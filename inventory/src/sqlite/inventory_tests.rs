@@ -1770,7 +1770,7 @@ fn one_pending_request_per_action_and_target_even_when_asked_at_once() {
                     closed_at: None,
                 };
                 barrier.wait();
-                inv.create_request(&req)
+                inv.create_sole_request(&req)
             })
         })
         .collect();
@@ -1790,11 +1790,21 @@ fn one_pending_request_per_action_and_target_even_when_asked_at_once() {
     assert_eq!(other.action, "resume");
     other.id = "x2".into();
     other.target = "tok/j".into();
-    inv.create_request(&other).unwrap();
+    inv.create_sole_request(&other).unwrap();
     other.id = "x3".into();
     other.action = "destroy".into();
     other.target = "tok/k".into();
     other.created_at = T0 + 10;
     other.expires_at = T0 + 20;
+    inv.create_sole_request(&other).unwrap();
+    // Without the rule (one signature's request each), two at once.
+    other.id = "x4".into();
     inv.create_request(&other).unwrap();
+    assert!(matches!(
+        inv.create_sole_request(&ApprovalRecord {
+            id: "x5".into(),
+            ..other
+        }),
+        Err(Error::Exists(_))
+    ));
 }

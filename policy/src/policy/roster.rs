@@ -291,11 +291,14 @@ pub enum Approvable {
     BackupRestore,
     /// `token-init`: initialising (wiping) a token.
     TokenInit,
+    /// `sign-once`: one signature of one data with a key whose class sets
+    /// `approve_each_use`. Its requester is an application.
+    SignOnce,
 }
 
 impl Approvable {
     /// Every action under dual control.
-    pub const ALL: [Approvable; 10] = [
+    pub const ALL: [Approvable; 11] = [
         Approvable::Destroy,
         Approvable::Resume,
         Approvable::DeactivateSuspended,
@@ -306,6 +309,7 @@ impl Approvable {
         Approvable::BackupExport,
         Approvable::BackupRestore,
         Approvable::TokenInit,
+        Approvable::SignOnce,
     ];
 
     /// The action's name in the policy file (`[quorum.<name>]`).
@@ -321,6 +325,7 @@ impl Approvable {
             Approvable::BackupExport => "backup-export",
             Approvable::BackupRestore => "backup-restore",
             Approvable::TokenInit => "token-init",
+            Approvable::SignOnce => "sign-once",
         }
     }
 
@@ -338,7 +343,11 @@ impl Approvable {
     /// two-person rule. State changes of one key (resume,
     /// deactivate-suspended, leave-compromised, recovery-window) and
     /// sensitive grants need one security officer or key owner other than
-    /// the requester. Every request lives 24 hours.
+    /// the requester. Every request lives 24 hours. A single use
+    /// (sign-once) needs one security officer or key owner; its requester
+    /// is an application, never an administrator, so there is no
+    /// requester to leave out (`requester_counts` is true), and its request
+    /// lives as long as the class's `approval_wait`.
     pub fn default_quorum(self) -> Quorum {
         use Role::{Custodian, KeyOwner, SecurityOfficer};
         let (approvals, roles, requester_counts) = match self {
@@ -353,6 +362,7 @@ impl Approvable {
             | Approvable::LeaveCompromised
             | Approvable::RecoveryWindow
             | Approvable::SensitiveGrant => (1, vec![SecurityOfficer, KeyOwner], false),
+            Approvable::SignOnce => (1, vec![SecurityOfficer, KeyOwner], true),
         };
         Quorum {
             approvals,
@@ -419,8 +429,7 @@ pub(super) struct RawAdministrator {
 pub(super) struct RawQuorum {
     approvals: Spanned<u32>,
     roles: Spanned<Vec<Spanned<String>>>,
-    #[serde(default)]
-    requester_counts: bool,
+    requester_counts: Option<Spanned<bool>>,
     lifetime: Option<Spanned<String>>,
 }
 
@@ -582,12 +591,30 @@ impl Validator<'_> {
             }
             let lifetime = match &q.lifetime {
                 None => DEFAULT_LIFETIME,
+                Some(l) if action == Approvable::SignOnce => {
+                    return Err(self.err(
+                        l.span(),
+                        format!("{what}, lifetime"),
+                        "a single use waits as long as its class's approval_wait says",
+                    ))
+                }
                 Some(l) => self.duration(l, format!("{what}, lifetime"))?,
+            };
+            let requester_counts = match &q.requester_counts {
+                Some(r) if action == Approvable::SignOnce => {
+                    return Err(self.err(
+                        r.span(),
+                        format!("{what}, requester_counts"),
+                        "the requester of a single use is an application, not an administrator: requester_counts does not apply",
+                    ))
+                }
+                Some(r) => *r.get_ref(),
+                None => action == Approvable::SignOnce,
             };
             let quorum = Quorum {
                 approvals: *q.approvals.get_ref(),
                 roles,
-                requester_counts: q.requester_counts,
+                requester_counts,
                 lifetime,
             };
             if administrators.is_empty() {

@@ -55,7 +55,7 @@ fn base_is_valid() {
 fn error_unknown_field() {
     assert_error(
         &mutate("purpose = \"signing\"", "purpose = \"signing\"\npurposes = 1"),
-        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`",
+        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`",
     );
 }
 
@@ -871,7 +871,7 @@ fn error_missing_or_unknown_administrator_field() {
 fn error_unknown_quorum_action() {
     assert_error(
         &format!("{}\n[quorum.destory]\napprovals = 2\nroles = [\"security-officer\"]\n", roster()),
-        "policy.toml:41:9: quorum.destory: \"destory\" is not an action under dual control: one of destroy, resume, deactivate-suspended, leave-compromised, recovery-window, sensitive-grant, policy-apply, backup-export, backup-restore, token-init",
+        "policy.toml:41:9: quorum.destory: \"destory\" is not an action under dual control: one of destroy, resume, deactivate-suspended, leave-compromised, recovery-window, sensitive-grant, policy-apply, backup-export, backup-restore, token-init, sign-once",
     );
 }
 
@@ -1162,5 +1162,135 @@ fn error_two_administrators_with_one_key() {
     assert!(
         e.contains("administrator \"bob\" has this key already"),
         "{e}"
+    );
+}
+
+/// `roster()` with class "tls" asking approval of each use, `extra` added
+/// to the class.
+fn per_use(extra: &str) -> String {
+    mutate_roster(
+        "grants = [{ application = \"web\", operations = [\"sign\"] }]",
+        &format!(
+            "grants = [{{ application = \"web\", operations = [\"sign\"] }}]\napprove_each_use = true{extra}"
+        ),
+    )
+}
+
+#[test]
+fn per_use_approval_of_a_class() {
+    let p = Policy::from_str(&per_use(""), "policy.toml").unwrap();
+    assert_eq!(p.classes[0].per_use_approval, Some(DEFAULT_APPROVAL_WAIT));
+    let p = Policy::from_str(&per_use("\napproval_wait = \"2m\""), "policy.toml").unwrap();
+    assert_eq!(
+        p.classes[0].per_use_approval,
+        Some(Duration::from_secs(120))
+    );
+    let p = Policy::from_str(&per_use("\napproval_wait = \"10m\""), "policy.toml").unwrap();
+    assert_eq!(p.classes[0].per_use_approval, Some(MAX_APPROVAL_WAIT));
+    // Off unless asked.
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    assert_eq!(p.classes[0].per_use_approval, None);
+    let off = mutate_roster(
+        "grants = [{ application = \"web\", operations = [\"sign\"] }]",
+        "grants = [{ application = \"web\", operations = [\"sign\"] }]\napprove_each_use = false",
+    );
+    let p = Policy::from_str(&off, "policy.toml").unwrap();
+    assert_eq!(p.classes[0].per_use_approval, None);
+    // The default quorum: one security officer or key owner; the
+    // requester is an application, so every holder counts.
+    let q = p.quorum(Approvable::SignOnce);
+    assert_eq!(q.approvals, 1);
+    assert_eq!(q.roles, [Role::SecurityOfficer, Role::KeyOwner]);
+    assert!(q.requester_counts);
+    assert_eq!(q.holders_needed(), 1);
+    assert_eq!(Approvable::parse("sign-once"), Some(Approvable::SignOnce));
+}
+
+#[test]
+fn error_per_use_approval_wait() {
+    assert_error(
+        &per_use("\napproval_wait = \"11m\""),
+        "policy.toml:17:17: class \"tls\", approval_wait: \"11m\" is longer than 10 minutes: a signing call is not held that long",
+    );
+    assert_error(
+        &per_use("\napproval_wait = \"0s\""),
+        "policy.toml:17:17: class \"tls\", approval_wait: \"0s\" is zero: a period must be positive",
+    );
+    assert_error(
+        &mutate_roster(
+            "grants = [{ application = \"web\", operations = [\"sign\"] }]",
+            "grants = [{ application = \"web\", operations = [\"sign\"] }]\napproval_wait = \"1m\"",
+        ),
+        "policy.toml:16:17: class \"tls\", approval_wait: approval_wait needs approve_each_use = true",
+    );
+}
+
+#[test]
+fn error_per_use_approval_without_signing() {
+    let text = per_use("")
+        .replace("purpose = \"signing\"", "purpose = \"encryption\"")
+        .replace("algorithms = [\"ec:p256\"]", "algorithms = [\"aes:256\"]")
+        .replace("operations = [\"sign\"]", "operations = [\"encrypt\"]");
+    assert_error(
+        &text,
+        "policy.toml:16:20: class \"tls\", approve_each_use: the approval is of a signature: purpose encryption does not sign",
+    );
+}
+
+#[test]
+fn error_per_use_approval_without_roster_in_strict_mode() {
+    let text = mutate(
+        "grants = [{ application = \"web\", operations = [\"sign\"] }]",
+        "grants = [{ application = \"web\", operations = [\"sign\"] }]\napprove_each_use = true",
+    );
+    assert_error(
+        &text,
+        "policy.toml:16:20: class \"tls\", approve_each_use: there is no [[administrator]]: nobody could approve a use",
+    );
+    // Lab mode: noted, and the class keeps it.
+    let lab = text.replace("mode = \"strict\"", "mode = \"lab\"");
+    let p = Policy::from_str(&lab, "policy.toml").unwrap();
+    assert_eq!(p.classes[0].per_use_approval, Some(DEFAULT_APPROVAL_WAIT));
+    assert_eq!(
+        p.notes,
+        ["class \"tls\", approve_each_use: without a roster one approval by any admin socket user lets a use through"]
+    );
+}
+
+#[test]
+fn sign_once_quorum() {
+    // Carol, the only key owner, meets a key-owner-only quorum: no
+    // administrator is the requester.
+    let p = Policy::from_str(
+        &format!(
+            "{}\n[quorum.sign-once]\napprovals = 1\nroles = [\"key-owner\"]\n",
+            per_use("")
+        ),
+        "policy.toml",
+    )
+    .unwrap();
+    let q = p.quorum(Approvable::SignOnce);
+    assert_eq!(q.roles, [Role::KeyOwner]);
+    assert!(q.requester_counts);
+    assert_error(
+        &format!(
+            "{}\n[quorum.sign-once]\napprovals = 2\nroles = [\"key-owner\"]\n",
+            per_use("")
+        ),
+        "policy.toml:42:1: quorum.sign-once: 2 approval(s) from key-owner need 2 administrator(s) with those roles; the roster has 1",
+    );
+    assert_error(
+        &format!(
+            "{}\n[quorum.sign-once]\napprovals = 1\nroles = [\"key-owner\"]\nrequester_counts = false\n",
+            per_use("")
+        ),
+        "policy.toml:45:20: quorum.sign-once, requester_counts: the requester of a single use is an application, not an administrator: requester_counts does not apply",
+    );
+    assert_error(
+        &format!(
+            "{}\n[quorum.sign-once]\napprovals = 1\nroles = [\"key-owner\"]\nlifetime = \"1h\"\n",
+            per_use("")
+        ),
+        "policy.toml:45:12: quorum.sign-once, lifetime: a single use waits as long as its class's approval_wait says",
     );
 }

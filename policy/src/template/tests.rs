@@ -24,6 +24,7 @@ fn class(purpose: Purpose, algorithms: &[&str], backup: bool) -> KeyClass {
         backup,
         scope: Vec::new(),
         grants: Vec::new(),
+        per_use_approval: None,
     }
 }
 

@@ -36,6 +36,7 @@ mod mechanism_params;
 mod metrics;
 mod namespaces;
 mod objects;
+mod per_use;
 mod pins;
 mod policy;
 mod report;
