@@ -643,6 +643,7 @@ mod tests {
             scope: vec![],
             last_used_at: None,
             backup_allowed: false,
+            recovery_until: None,
         };
         let version = KeyVersion {
             key_id: 0,

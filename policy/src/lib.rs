@@ -62,7 +62,7 @@ pub use lifecycle::{
 pub use mechanisms::{mechanism_by_name, mechanism_name};
 pub use policy::{
     Administrator, AdministratorKey, Application, Approvable, Grant, KeyClass, Mode, Peer, Policy,
-    Quorum, Role, Settings, DEFAULT_LIFETIME,
+    Quorum, Role, Settings, DEFAULT_LIFETIME, DEFAULT_MAX_RECOVERY_WINDOW,
 };
 pub use refusal::{Mechanism, Refusal};
 pub use rv::rv_name;

@@ -146,7 +146,19 @@ pub struct KeyClass {
     pub scope: Vec<String>,
     /// `grants`.
     pub grants: Vec<Grant>,
+    /// `sensitive`: with a roster, a grant on a key of this class
+    /// (`keyward grant add`) is an action under the `sensitive-grant`
+    /// quorum instead of taking effect at once.
+    pub sensitive: bool,
+    /// `max_recovery_window`: the longest recovery window (verify and
+    /// decrypt only) a compromised key of this class may be given;
+    /// [`DEFAULT_MAX_RECOVERY_WINDOW`] when the class names none, `0s`: none.
+    pub max_recovery_window: Duration,
 }
+
+/// The longest recovery window of a compromised key whose class names no
+/// `max_recovery_window` (or that has no class in the policy): 30 days.
+pub const DEFAULT_MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 impl KeyClass {
     /// The dates of a key of this class activated at `activated`.
@@ -525,6 +537,9 @@ struct RawClass {
     scope: Vec<String>,
     #[serde(default)]
     grants: Vec<Spanned<RawGrant>>,
+    #[serde(default)]
+    sensitive: bool,
+    max_recovery_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -865,6 +880,10 @@ impl Validator<'_> {
             .iter()
             .map(|g| self.grant(&what, g, purpose, apps))
             .collect::<Result<Vec<_>, _>>()?;
+        let max_recovery_window = match &class.max_recovery_window {
+            None => DEFAULT_MAX_RECOVERY_WINDOW,
+            Some(w) => self.duration(w, format!("{what}, max_recovery_window"))?,
+        };
         Ok(KeyClass {
             name,
             description: class.description.clone(),
@@ -876,6 +895,8 @@ impl Validator<'_> {
             backup: class.backup,
             scope: class.scope.clone(),
             grants,
+            sensitive: class.sensitive,
+            max_recovery_window,
         })
     }
 

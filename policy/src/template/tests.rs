@@ -24,6 +24,8 @@ fn class(purpose: Purpose, algorithms: &[&str], backup: bool) -> KeyClass {
         backup,
         scope: Vec::new(),
         grants: Vec::new(),
+        sensitive: false,
+        max_recovery_window: crate::DEFAULT_MAX_RECOVERY_WINDOW,
     }
 }
 
