@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `agent.status` | [`AdminRequest::Status`] |
 //! | `key.create`, `key.list`, `key.show`, `key.rotate`, `key.verify`, `key.discover`, `key.adopt` | the [`KeyRequest`] of that name |
+//! | `key.recover` | [`KeyRequest::Recover`] |
 //! | `key.activate`, `key.suspend`, `key.resume`, `key.deactivate`, `key.revoke`, `key.destroy` | [`KeyRequest::Transition`], by its [`KeyAction`] (`key.revoke` also with `rotate`) |
 //! | `grant.add`, `grant.remove`, `grant.list` | [`KeyRequest::GrantAdd`], [`KeyRequest::GrantRemove`], [`KeyRequest::GrantList`] |
 //! | `app.list` | [`KeyRequest::AppList`] |
@@ -90,6 +91,7 @@ impl KeyRequest {
                 ..
             } => "request.deny",
             KeyRequest::RequestCancel { .. } => "request.cancel",
+            KeyRequest::Recover { .. } => "key.recover",
         }
     }
 
@@ -113,7 +115,8 @@ impl KeyRequest {
             | KeyRequest::Discover { .. }
             | KeyRequest::Adopt { .. }
             | KeyRequest::RequestDecide { .. }
-            | KeyRequest::RequestCancel { .. } => false,
+            | KeyRequest::RequestCancel { .. }
+            | KeyRequest::Recover { .. } => false,
         }
     }
 
@@ -219,6 +222,17 @@ impl KeyRequest {
                 },
                 key(token, name),
                 clean(class)
+            ),
+            KeyRequest::Recover {
+                name,
+                token,
+                seconds,
+                reason,
+            } => format!(
+                "open a recovery window on {} for {} (verify and decrypt only): {}",
+                key(token, name),
+                period(*seconds),
+                clean(reason)
             ),
         }
     }
@@ -552,6 +566,12 @@ mod tests {
                 id: "00ff".into(),
                 reason: None,
             }),
+            key(KeyRequest::Recover {
+                name: "k".into(),
+                token: None,
+                seconds: 3_600,
+                reason: "r".into(),
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -605,6 +625,7 @@ mod tests {
                 "request.approve",
                 "request.deny",
                 "request.cancel",
+                "key.recover",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",
@@ -678,6 +699,17 @@ mod tests {
         assert_eq!(
             grant.describe(),
             "grant nginx sign, verify on web-tls until 2026-12-01 00:00:00 UTC"
+        );
+        let recover = AdminRequest::Key(KeyRequest::Recover {
+            name: "archive".into(),
+            token: Some("prod".into()),
+            seconds: 7 * 86_400,
+            reason: "read the 2025 backups\n".into(),
+        });
+        assert_eq!(
+            recover.describe(),
+            "open a recovery window on prod/archive for 7d (verify and decrypt only): \
+             read the 2025 backups\\n"
         );
         let adopt = AdminRequest::Key(KeyRequest::Adopt {
             token: None,

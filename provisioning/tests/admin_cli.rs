@@ -144,6 +144,7 @@ fn key_info() -> KeyInfo {
         }],
         grants: vec![],
         history: vec![],
+        recovery_until: None,
     }
 }
 
@@ -275,6 +276,50 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["Pending"]["id"], "req-7f3a");
+}
+
+#[test]
+fn key_recover_sends_the_windows_length_and_reason_and_waits_for_approval() {
+    let approval = ApprovalRequest {
+        id: "req-0b1c".into(),
+        action: "recover".into(),
+        target: "keyward/old".into(),
+        requester: "alice".into(),
+        created_at: 1_769_882_400,
+        expires_at: 1_769_968_800,
+        status: "pending".parse().unwrap(),
+        reason: "read the archive".into(),
+        parameters: r#"{"from":"compromised","operations":["decrypt"],"until":1770487200}"#.into(),
+        needed: 1,
+        decisions: Vec::new(),
+        outcome: String::new(),
+    };
+    let (req, out) = against_fake_agent(
+        &[
+            "key",
+            "recover",
+            "old",
+            "--for",
+            "7d",
+            "--reason",
+            "read the archive",
+        ],
+        AdminResponse::Key(Box::new(KeyResponse::Pending(approval))),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::Key(KeyRequest::Recover {
+            name: "old".into(),
+            token: None,
+            seconds: 7 * 86_400,
+            reason: "read the archive".into(),
+        })
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("needs approval: request req-0b1c"),
+        "{out:?}"
+    );
 }
 
 #[test]
