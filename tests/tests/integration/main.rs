@@ -35,6 +35,7 @@ mod namespaces;
 mod objects;
 mod pins;
 mod policy;
+mod recovery;
 mod report;
 mod sessions_login;
 mod slots_tokens;
