@@ -43,9 +43,10 @@ fn public(k: &ed25519_dalek::SigningKey) -> String {
 }
 
 /// Strict, with an EC signing class and an RSA encryption class granted to
-/// this process, a roster of two officers (alice is this process's uid),
-/// and a recovery-window quorum of one officer in which the requester
-/// counts: alice approves her own request, with her signature.
+/// this process, a sensitive class granted to no one, a roster of two
+/// officers (alice is this process's uid), and recovery-window and
+/// sensitive-grant quorums of one officer in which the requester counts:
+/// alice approves her own request, with her signature.
 fn policy() -> String {
     let uid = uid();
     format!(
@@ -85,7 +86,20 @@ uids = [4243]
 roles = ["security-officer"]
 public_key = "{}"
 
+[[class]]
+name = "secret"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "30d"
+process_period = "60d"
+sensitive = true
+
 [quorum.recovery-window]
+approvals = 1
+roles = ["security-officer"]
+requester_counts = true
+
+[quorum.sensitive-grant]
 approvals = 1
 roles = ["security-officer"]
 requester_counts = true
@@ -257,4 +271,38 @@ keyward_test!(fn a_key_that_is_not_compromised_gets_no_recovery_window(tb) {
     assert!(stderr.contains("a recovery window is for a compromised key"), "{stderr}");
     let pending = keyward_json(&tb, &["request", "list"], 0);
     assert!(pending.array_at("Requests").is_empty(), "{pending}");
+});
+
+keyward_test!(fn a_grant_on_a_sensitive_key_gives_nothing_until_it_is_approved(tb) {
+    tb.require_agent("sensitive grants");
+    install_policy(&tb, &policy());
+    keyward_ok(&tb, &["key", "create", "s", "--class", "secret"], 0);
+    keyward_ok(&tb, &["key", "activate", "s"], 0);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    assert!(find(&s, "s", ObjectClass::PRIVATE_KEY).is_empty(), "a key without a grant is invisible");
+    let answer = keyward_json(&tb, &["grant", "add", "s", APPLICATION, "--ops", "sign"], 3);
+    let id = answer.at("Pending").str_at("id").to_owned();
+    let r = request(&tb, &id);
+    assert_eq!(r.action, "grant");
+    assert!(r.parameters.contains(r#""operations":["sign"]"#), "{}", r.parameters);
+    assert!(keyward_json(&tb, &["grant", "list", "s"], 0).array_at("Grants").is_empty());
+    assert!(find(&s, "s", ObjectClass::PRIVATE_KEY).is_empty(), "granted before the approval");
+    match approve(&tb, &id, &bob()) {
+        AdminResponse::KeyErr { message, .. } => {
+            assert!(message.contains("signature is not valid"), "{message}")
+        }
+        other => panic!("a forged approval was taken: {other:?}"),
+    }
+    assert!(find(&s, "s", ObjectClass::PRIVATE_KEY).is_empty(), "granted on a forged approval");
+    match approve(&tb, &id, &alice()) {
+        AdminResponse::Key(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let private = find(&s, "s", ObjectClass::PRIVATE_KEY);
+    assert_eq!(private.len(), 1, "the approved grant shows the key");
+    s.sign(&Mechanism::Ecdsa, private[0], &DIGEST).expect("and lets it sign");
+    // Taking it away needs no one else.
+    keyward_ok(&tb, &["grant", "remove", "s", APPLICATION], 0);
+    expect_err(s.sign(&Mechanism::Ecdsa, private[0], &DIGEST), RvError::KeyFunctionNotPermitted);
 });
