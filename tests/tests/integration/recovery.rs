@@ -255,6 +255,19 @@ keyward_test!(fn a_compromised_key_verifies_and_decrypts_in_an_approved_window_a
     // The trail names what was opened and the request it came from.
     let trail = keyward_ok(&tb, &["--json", "audit", "query", "--key", "sig"], 0);
     assert!(trail.contains("recovery window until") && trail.contains(&sig_request), "{trail}");
+    // The report counts no use that got through either revocation: what
+    // the windows allowed was approved.
+    for name in ["sig", "enc"] {
+        let r = keyward_json(&tb, &["report", "--key", name], 0);
+        let k = r
+            .array_at("keys")
+            .iter()
+            .find(|k| k.str_at("name") == name)
+            .unwrap_or_else(|| panic!("no key {name} in {r}"));
+        let revocations = k.array_at("revocations");
+        assert_eq!(revocations.len(), 1, "{k}");
+        assert_eq!(revocations[0].i64_at("uses_after"), 0, "{k}");
+    }
 });
 
 keyward_test!(fn a_key_that_is_not_compromised_gets_no_recovery_window(tb) {
