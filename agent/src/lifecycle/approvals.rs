@@ -504,7 +504,7 @@ impl Lifecycle {
         let why = format!("{} (request {})", r.reason, r.id);
         let action = match r.action.as_str() {
             "recover" => return self.recover_approved(&t, (&who, by), &why, r, now),
-            "grant" => return self.grant_approved(&t, (&who, by), &why, r),
+            "grant" => return self.grant_approved(&t, (&who, by), r),
             "resume" => KeyAction::Resume,
             "deactivate" => KeyAction::Deactivate,
             "destroy" => KeyAction::Destroy,

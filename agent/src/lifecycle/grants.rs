@@ -115,7 +115,7 @@ impl Lifecycle {
     }
 
     /// Carries out approved request `r`, a grant on sensitive key `t`
-    /// (`who`: its requester and approvers; `why`: its reason and id):
+    /// (`who`: its requester and approvers):
     /// checked again as it would be given now (the application still in
     /// the policy, the operations fit, the end not passed), then recorded
     /// together with the request's move to `executed`, and in the trail.
@@ -123,7 +123,6 @@ impl Lifecycle {
         &self,
         t: &Target<'_>,
         (who, by): (&str, &Actor),
-        why: &str,
         r: &keyward_inventory::ApprovalRecord,
     ) -> AResult<()> {
         let parameters: serde_json::Value =
@@ -164,8 +163,9 @@ impl Lifecycle {
             t,
             "grant add",
             &format!(
-                "{}: {why}",
-                grant_words(application, &grant.operations, until)
+                "{}: request {} of {who}",
+                grant_words(application, &grant.operations, until),
+                r.id
             ),
         );
         Ok(())

@@ -514,13 +514,12 @@ fn a_grant_on_a_sensitive_key_waits_for_its_quorum_and_then_is_given() {
     assert!(use_of(&a, "s", "app", Operation::Verify, now).is_err());
     let records = trail(&a, "grant add");
     assert_eq!(records.len(), 1, "{records:?}");
-    assert!(
-        records[0].1.contains("operations [sign], no end: "),
-        "{records:?}"
-    );
-    assert!(
-        records[0].1.contains(&format!("(request {})", r.id)),
-        "{records:?}"
+    assert_eq!(
+        records[0].1,
+        format!(
+            "application \"app\", operations [sign], no end: request {} of alice, approved by bob",
+            r.id
+        ),
     );
     // Removal is never under quorum.
     call(
