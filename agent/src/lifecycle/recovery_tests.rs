@@ -588,3 +588,36 @@ fn grants_on_keys_that_are_not_sensitive_or_without_a_roster_are_given_at_once()
         Ok(())
     );
 }
+
+/// A window or a grant approved in the store before the agent stopped is
+/// carried out at the next start, once.
+#[test]
+fn an_approval_recorded_before_a_stop_opens_the_window_and_gives_the_grant_once() {
+    let (_d, a) = crate::agent::tests::mock_agent(&roster());
+    compromised(&a, "k", "signing");
+    active(&a, "s", "secret");
+    let window = pending(call(&a, &alice(), recover("k", 3_600)));
+    let grant = pending(call(&a, &alice(), grant("s", "app", &[Operation::Sign])));
+    for r in [&window, &grant] {
+        let d = keyward_inventory::DecisionRecord {
+            administrator: "bob".into(),
+            decision: Decision::Approve,
+            signature: None,
+            at: r.created_at + 1,
+        };
+        a.keys.inventory().decide_request(&r.id, &d, 1).unwrap();
+    }
+    let now = SystemTime::now();
+    assert!(use_of(&a, "k", "app", Operation::Verify, now).is_err());
+    assert!(use_of(&a, "s", "app", Operation::Sign, now).is_err());
+    a.lifecycle.resume_approved();
+    assert_eq!(use_of(&a, "k", "app", Operation::Verify, now), Ok(()));
+    assert_eq!(use_of(&a, "s", "app", Operation::Sign, now), Ok(()));
+    for r in [&window, &grant] {
+        assert_eq!(status(&a, &r.id).status, ApprovalStatus::Executed);
+    }
+    a.lifecycle.resume_approved();
+    assert_eq!(trail(&a, "request.execute").len(), 2);
+    assert_eq!(trail(&a, "recover").len(), 1);
+    assert_eq!(trail(&a, "grant add").len(), 1);
+}
