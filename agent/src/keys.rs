@@ -504,7 +504,9 @@ fn process_until(policy: &Policy, key: &KeyView, version: &KeyVersion) -> Option
 /// policy, or the key's own) names it; and the state table allows it for
 /// both the key's and the version's state, with the cryptoperiod applied
 /// (an active key past its protect period is deactivated, whether or not the
-/// scheduler has run).
+/// scheduler has run). A compromised key in its recovery window verifies
+/// and decrypts (see [`RECOVERY_OPERATIONS`]) for the applications granted
+/// those.
 pub fn check_use(
     policy: &Policy,
     key: &KeyView,
@@ -522,6 +524,9 @@ pub fn check_use(
         return Err(Refusal::KeyDestroyed);
     }
     check_grant(policy, key, application, op, now)?;
+    if recovers(key, version_state, op, now) {
+        return Ok(());
+    }
     let period =
         key.record
             .protect_until
@@ -536,6 +541,24 @@ pub fn check_use(
     let until = process_until(policy, key, version);
     permits(effective, op, now, until)?;
     permits(version_state, op, now, until)
+}
+
+/// What a recovery window lets a compromised key do: process what it
+/// protected, never protect anything new.
+pub const RECOVERY_OPERATIONS: [Operation; 2] = [Operation::Verify, Operation::Decrypt];
+
+/// Whether `op` with a compromised version of compromised key `key` is a
+/// use its recovery window allows at `now` (one of
+/// [`RECOVERY_OPERATIONS`], before `recovery_until`). The grant and the
+/// purpose are checked apart. A comparison on the view: no store read.
+fn recovers(key: &KeyView, version_state: KeyState, op: Operation, now: SystemTime) -> bool {
+    key.record.state == KeyState::Compromised
+        && version_state == KeyState::Compromised
+        && RECOVERY_OPERATIONS.contains(&op)
+        && key
+            .record
+            .recovery_until
+            .is_some_and(|until| secs(now) < until)
 }
 
 /// Purpose, then a current grant from the class or the key itself.
@@ -680,6 +703,7 @@ mod tests {
             scope: vec![],
             last_used_at: None,
             backup_allowed: false,
+            recovery_until: None,
         };
         let version = KeyVersion {
             key_id: 0,

@@ -1331,6 +1331,7 @@ mod tests {
                 scope: vec![],
                 last_used_at: Some(900),
                 backup_allowed: false,
+                recovery_until: None,
             },
             versions: versions
                 .iter()

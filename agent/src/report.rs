@@ -727,7 +727,9 @@ impl Lifecycle {
     /// compromised by then. The
     /// agent writes them only after every use of the key that was in
     /// flight has completed and been queued, so a successful use record
-    /// after the first of them is a use that got through.
+    /// after the first of them is a use that got through — except the
+    /// verify and decrypt uses an approved recovery window allowed (after
+    /// its `recover` record, before its end).
     fn revocations(&self, key: &KeyView, rows: &[EventRow]) -> AResult<Vec<Revocation>> {
         struct Group {
             first: EventRow,
@@ -785,6 +787,17 @@ impl Lifecycle {
                 kind: AdminErrorKind::Failed,
                 message: format!("inventory: {e}"),
             })?;
+        // Uses an approved recovery window allowed (verify, decrypt) are
+        // not uses that got through the revocation.
+        let recovery = match r.recovery_until {
+            Some(until) => log
+                .lifecycle_rows(Some(&r.name), &["recover"])
+                .map_err(trail)?
+                .into_iter()
+                .find(|e| about(key, e.token.as_deref(), &r.name))
+                .map(|e| keyward_inventory::RecoveryUses { from: e.seq, until }),
+            None => None,
+        };
         let compromised = |v: u32, until: i64| {
             history
                 .iter()
@@ -811,7 +824,7 @@ impl Lifecycle {
             versions.sort_unstable();
             versions.dedup();
             let after = log
-                .uses_after(&r.token, &r.name, &versions, g.first.seq)
+                .uses_after(&r.token, &r.name, &versions, g.first.seq, recovery)
                 .map_err(trail)?;
             out.push(Revocation {
                 seq: g.first.seq,

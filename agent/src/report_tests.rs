@@ -307,6 +307,7 @@ process_period = "60d"
             scope: Vec::new(),
             last_used_at: None,
             backup_allowed: false,
+            recovery_until: None,
         },
         versions: Vec::new(),
         grants: vec![

@@ -76,7 +76,7 @@ pub use types::{
     AppliedChange, ApprovalRecord, DateUpdates, Decided, DecisionRecord, Grant, KeyChange,
     KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
 };
-pub use usage::UsageLog;
+pub use usage::{RecoveryUses, UsageLog};
 
 /// The schema version this build writes (and the newest it opens).
 pub const SCHEMA_VERSION: u32 = schema::LATEST;

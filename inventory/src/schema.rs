@@ -55,6 +55,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "dual control: request reasons, outcomes and statuses, signed decisions",
         sql: V7,
     },
+    Migration {
+        description: "recovery windows of compromised keys",
+        sql: V8,
+    },
 ];
 
 /// The schema version this build writes.
@@ -413,4 +417,11 @@ CREATE TRIGGER decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'a decision is recorded once'); END;
 CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
 BEGIN SELECT RAISE(ABORT, 'a decision is recorded once'); END;
+";
+
+/// Recovery windows: until `recovery_until` (unix seconds), a compromised
+/// key verifies and decrypts for the applications granted those, and does
+/// nothing else. `NULL`: no window was ever opened.
+const V8: &str = "
+ALTER TABLE keys ADD COLUMN recovery_until INTEGER;
 ";

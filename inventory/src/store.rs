@@ -80,6 +80,18 @@ pub trait Inventory: Send + Sync {
     /// application's earlier grant on the key. Recorded with `actor`.
     fn grant(&self, grant: &Grant, actor: &str) -> Result<()>;
 
+    /// [`grant`](Self::grant) as the execution of approved request
+    /// `request`: in the same transaction the request moves from
+    /// `approved` to `executed` with `outcome`; when it is not `approved`
+    /// nothing is written ([`Error::Conflict`](crate::error::Error::Conflict)).
+    fn grant_approved(
+        &self,
+        grant: &Grant,
+        actor: &str,
+        request: &str,
+        outcome: &str,
+    ) -> Result<()>;
+
     /// Removes an application's grant on a key ([`Error::NotFound`](crate::error::Error::NotFound) when
     /// there is none). Recorded with `actor`.
     fn revoke_grant(&self, key_id: i64, application: &str, actor: &str) -> Result<()>;

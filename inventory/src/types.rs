@@ -41,6 +41,11 @@ pub struct KeyRecord {
     pub scope: Vec<String>,
     pub last_used_at: Option<i64>,
     pub backup_allowed: bool,
+    /// End of the recovery window of a compromised key (unix seconds):
+    /// until then, applications granted them may verify and decrypt with
+    /// it, nothing else. Opened by an approved `recover` request; `None`:
+    /// never opened.
+    pub recovery_until: Option<i64>,
 }
 
 /// One version of a managed key: one backend key object (a key pair has both
@@ -129,6 +134,8 @@ pub struct DateUpdates {
     pub protect_until: Option<i64>,
     pub process_until: Option<i64>,
     pub next_rotation: Option<i64>,
+    /// The end of a recovery window (see [`KeyRecord::recovery_until`]).
+    pub recovery_until: Option<i64>,
 }
 
 /// The key part of a [`LifecycleChange`].

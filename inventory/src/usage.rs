@@ -132,6 +132,19 @@ pub struct UsesAfter {
     pub first_seq: Option<u64>,
 }
 
+/// The uses a recovery window allowed (see
+/// [`UsageLog::uses_after`]): `verify` and `decrypt` recorded after seq
+/// `from` (the window's first `recover` record) and before `until` (unix
+/// seconds, the window's end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryUses {
+    pub from: u64,
+    pub until: i64,
+}
+
+/// The operations a recovery window allows.
+pub const RECOVERY_OPERATIONS: &[&str] = &["verify", "decrypt"];
+
 /// The report's questions to the trail. A supertrait of
 /// [`AuditLog`](crate::audit::AuditLog), so the agent asks the store it writes.
 pub trait UsageLog: Send + Sync {
@@ -173,7 +186,14 @@ pub trait UsageLog: Send + Sync {
     ) -> Result<Option<EventRow>>;
 
     /// Successful `use` records of key `key` on `token` after seq `after`:
-    /// of the versions in `versions`, or of any version when it is empty.
-    fn uses_after(&self, token: &str, key: &str, versions: &[u32], after: u64)
-        -> Result<UsesAfter>;
+    /// of the versions in `versions`, or of any version when it is empty;
+    /// without those `recovery` allowed.
+    fn uses_after(
+        &self,
+        token: &str,
+        key: &str,
+        versions: &[u32],
+        after: u64,
+        recovery: Option<RecoveryUses>,
+    ) -> Result<UsesAfter>;
 }

@@ -143,6 +143,7 @@ fn seed(path: &Path) {
             scope: vec!["test".into()],
             last_used_at: None,
             backup_allowed: false,
+            recovery_until: None,
         };
         let version = KeyVersion {
             key_id: 0,

@@ -150,6 +150,14 @@ pub struct KeyClass {
     /// a quorum's approval of that one signature (`[quorum.sign-once]`),
     /// at most this long (`approval_wait`); `None`: no per-use approval.
     pub per_use_approval: Option<Duration>,
+    /// `sensitive`: with a roster, a grant on a key of this class
+    /// (`keyward grant add`) is an action under the `sensitive-grant`
+    /// quorum instead of taking effect at once.
+    pub sensitive: bool,
+    /// `max_recovery_window`: the longest recovery window (verify and
+    /// decrypt only) a compromised key of this class may be given;
+    /// [`DEFAULT_MAX_RECOVERY_WINDOW`] when the class names none, `0s`: none.
+    pub max_recovery_window: Duration,
 }
 
 /// How long a `C_Sign` waits for its approval when the class sets no
@@ -158,6 +166,10 @@ pub const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(50);
 
 /// The longest `approval_wait`: a signing call is not held longer.
 pub const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(600);
+
+/// The longest recovery window of a compromised key whose class names no
+/// `max_recovery_window` (or that has no class in the policy): 30 days.
+pub const DEFAULT_MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 impl KeyClass {
     /// The dates of a key of this class activated at `activated`.
@@ -538,6 +550,9 @@ struct RawClass {
     grants: Vec<Spanned<RawGrant>>,
     approve_each_use: Option<Spanned<bool>>,
     approval_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    sensitive: bool,
+    max_recovery_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -900,6 +915,10 @@ impl Validator<'_> {
             .map(|g| self.grant(&what, g, purpose, apps))
             .collect::<Result<Vec<_>, _>>()?;
         let per_use_approval = self.per_use_approval(class, &what, purpose)?;
+        let max_recovery_window = match &class.max_recovery_window {
+            None => DEFAULT_MAX_RECOVERY_WINDOW,
+            Some(w) => self.duration(w, format!("{what}, max_recovery_window"))?,
+        };
         Ok(KeyClass {
             name,
             description: class.description.clone(),
@@ -912,6 +931,8 @@ impl Validator<'_> {
             scope: class.scope.clone(),
             grants,
             per_use_approval,
+            sensitive: class.sensitive,
+            max_recovery_window,
         })
     }
 

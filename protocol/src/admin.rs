@@ -426,6 +426,21 @@ pub enum KeyRequest {
         /// Why (recorded).
         reason: Option<String>,
     },
+    /// Ask for a recovery window on a compromised key: for `seconds` from
+    /// now, applications granted verify or decrypt on it may do those
+    /// (nothing else), to recover data. Always an approval request (quorum
+    /// `recovery-window`); bounded by the key class's
+    /// `max_recovery_window`.
+    Recover {
+        /// Key name.
+        name: String,
+        /// Virtual token label.
+        token: Option<String>,
+        /// How long the window stays open, from the request.
+        seconds: u64,
+        /// Why (kept with the request).
+        reason: String,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].
@@ -517,6 +532,9 @@ pub struct KeyInfo {
     pub versions: Vec<VersionInfo>,
     pub grants: Vec<GrantInfo>,
     pub history: Vec<HistoryEntry>,
+    /// End of the key's recovery window (verify and decrypt while it is
+    /// compromised); `None`: never opened.
+    pub recovery_until: Option<i64>,
 }
 
 /// One version of a key.
@@ -1441,6 +1459,7 @@ mod hello_tests {
                 actor: "alice".into(),
                 reason: "stolen".into(),
             }],
+            recovery_until: Some(2),
         };
         let wire = postcard::to_allocvec(&key).unwrap();
         assert_eq!(postcard::from_bytes::<KeyInfo>(&wire).unwrap(), key);

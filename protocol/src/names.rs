@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `agent.status` | [`AdminRequest::Status`] |
 //! | `key.create`, `key.list`, `key.show`, `key.rotate`, `key.verify`, `key.discover`, `key.adopt` | the [`KeyRequest`] of that name |
+//! | `key.recover` | [`KeyRequest::Recover`] |
 //! | `key.activate`, `key.suspend`, `key.resume`, `key.deactivate`, `key.revoke`, `key.destroy` | [`KeyRequest::Transition`], by its [`KeyAction`] (`key.revoke` also with `rotate`) |
 //! | `grant.add`, `grant.remove`, `grant.list` | [`KeyRequest::GrantAdd`], [`KeyRequest::GrantRemove`], [`KeyRequest::GrantList`] |
 //! | `app.list` | [`KeyRequest::AppList`] |
@@ -92,6 +93,7 @@ impl KeyRequest {
             KeyRequest::RequestCancel { .. } => "request.cancel",
             KeyRequest::PolicyApply { .. } => "policy.apply",
             KeyRequest::Init { .. } => "policy.init",
+            KeyRequest::Recover { .. } => "key.recover",
         }
     }
 
@@ -117,7 +119,8 @@ impl KeyRequest {
             | KeyRequest::RequestDecide { .. }
             | KeyRequest::RequestCancel { .. }
             | KeyRequest::PolicyApply { .. }
-            | KeyRequest::Init { .. } => false,
+            | KeyRequest::Init { .. }
+            | KeyRequest::Recover { .. } => false,
         }
     }
 
@@ -240,6 +243,17 @@ impl KeyRequest {
                 },
                 key(token, name),
                 clean(class)
+            ),
+            KeyRequest::Recover {
+                name,
+                token,
+                seconds,
+                reason,
+            } => format!(
+                "open a recovery window on {} for {} (verify and decrypt only): {}",
+                key(token, name),
+                period(*seconds),
+                clean(reason)
             ),
         }
     }
@@ -581,6 +595,12 @@ mod tests {
                 text: "[settings]".into(),
                 reason: None,
             }),
+            key(KeyRequest::Recover {
+                name: "k".into(),
+                token: None,
+                seconds: 3_600,
+                reason: "r".into(),
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -636,6 +656,7 @@ mod tests {
                 "request.cancel",
                 "policy.apply",
                 "policy.init",
+                "key.recover",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",
@@ -709,6 +730,17 @@ mod tests {
         assert_eq!(
             grant.describe(),
             "grant nginx sign, verify on web-tls until 2026-12-01 00:00:00 UTC"
+        );
+        let recover = AdminRequest::Key(KeyRequest::Recover {
+            name: "archive".into(),
+            token: Some("prod".into()),
+            seconds: 7 * 86_400,
+            reason: "read the 2025 backups\n".into(),
+        });
+        assert_eq!(
+            recover.describe(),
+            "open a recovery window on prod/archive for 7d (verify and decrypt only): \
+             read the 2025 backups\\n"
         );
         let adopt = AdminRequest::Key(KeyRequest::Adopt {
             token: None,

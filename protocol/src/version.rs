@@ -67,7 +67,8 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// 6: dual control: requests carry their parameters, quorum and decisions;
 /// administrators approve or deny them with a signature
 /// (`KeyRequest::RequestDecide`) and withdraw them (`RequestCancel`);
-/// statuses `denied`, `cancelled` and `failed`.
+/// statuses `denied`, `cancelled` and `failed`; recovery windows on
+/// compromised keys (`KeyRequest::Recover`, `KeyInfo::recovery_until`).
 pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 6, max: 6 };
 
 /// The first admin-protocol version that opens with a hello: an agent

@@ -211,6 +211,20 @@ pub enum KeyCommand {
     Rotate(KeyArgs),
     /// Prove the key works inside the HSM without revealing anything.
     Verify(KeyArgs),
+    /// Ask for a recovery window on a compromised key: for a bounded time,
+    /// applications granted verify or decrypt may do those again (never
+    /// sign or encrypt). Always needs approval (quorum recovery-window).
+    Recover {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// How long the window stays open from now: 30m, 8h, 7d (at most the
+        /// class's max_recovery_window, 30d by default).
+        #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
+        for_: Duration,
+        /// Why (kept with the request).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `keyward grant ...`
@@ -830,6 +844,36 @@ mod tests {
         );
         assert_eq!(
             bad(&["admin-key", "show", "pkcs11:object"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn key_recover() {
+        let cli = ok(&[
+            "key", "recover", "old", "--for", "7d", "--reason", "archive", "--token", "t1",
+        ]);
+        let Command::Key {
+            command: KeyCommand::Recover { key, for_, reason },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((key.name.as_str(), key.token), ("old", token("t1")));
+        assert_eq!(for_, Duration::from_secs(7 * 86_400));
+        assert_eq!(reason, "archive");
+        // The duration and the reason are required; a bare number is no
+        // duration.
+        assert_eq!(
+            bad(&["key", "recover", "old", "--reason", "x"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["key", "recover", "old", "--for", "1d"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["key", "recover", "old", "--for", "7", "--reason", "x"]),
             ErrorKind::ValueValidation
         );
     }

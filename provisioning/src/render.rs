@@ -252,9 +252,10 @@ fn key_table(keys: &[KeyInfo]) -> String {
     )
 }
 
-/// `keyward key show`: the record, then versions, grants and history.
+/// `keyward key show`: the record (with its recovery window when one was
+/// opened), then versions, grants and history.
 fn key(k: &KeyInfo) -> String {
-    let mut out = fields(&[
+    let mut record = vec![
         ("name", cell(&k.name)),
         ("token", cell(&k.token)),
         ("state", cell(k.state.as_str())),
@@ -280,7 +281,14 @@ fn key(k: &KeyInfo) -> String {
         ("process until", format_opt(k.process_until)),
         ("next rotation", format_opt(k.next_rotation)),
         ("last used", format_opt(k.last_used_at)),
-    ]);
+    ];
+    if let Some(until) = k.recovery_until {
+        record.push((
+            "recovery until",
+            format!("{} (verify and decrypt only)", format_utc(until)),
+        ));
+    }
+    let mut out = fields(&record);
     let section = |out: &mut String, title: &str, body: String| {
         out.push('\n');
         out.push_str(title);
@@ -1180,6 +1188,7 @@ mod tests {
                     reason: "go live".into(),
                 },
             ],
+            recovery_until: None,
         }
     }
 
@@ -1267,6 +1276,18 @@ mod tests {
                 "history:\n  none\n",
             ],
         );
+        assert!(!text_of(&key_info()).contains("recovery"));
+        let mut recovering = key_info();
+        recovering.state = keyward_policy::KeyState::Compromised;
+        recovering.recovery_until = Some(T0 + 86_400);
+        contains_all(
+            &text_of(&recovering),
+            &["recovery until:  2026-02-01 18:00:00 (verify and decrypt only)\n"],
+        );
+    }
+
+    fn text_of(k: &KeyInfo) -> String {
+        key_response(&KeyResponse::Key(Box::new(k.clone())))
     }
 
     #[test]

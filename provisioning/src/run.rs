@@ -326,6 +326,16 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             name,
             token: token.token,
         }),
+        KeyCommand::Recover {
+            key: KeyArgs { name, token },
+            for_,
+            reason,
+        } => key(KeyRequest::Recover {
+            name,
+            token: token.token,
+            seconds: for_.as_secs(),
+            reason,
+        }),
     }
 }
 

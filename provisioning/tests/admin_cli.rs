@@ -157,6 +157,7 @@ fn key_info() -> KeyInfo {
         }],
         grants: vec![],
         history: vec![],
+        recovery_until: None,
     }
 }
 
@@ -511,6 +512,50 @@ fn an_unsigned_decision_and_a_cancel() {
     // `request show` prints the digest computed here.
     let (_, out) = against_fake_agent(&["request", "show", &shown.id], requests(shown.clone()));
     assert!(text(&out.stdout).contains(&hex::encode(shown.content().digest())));
+}
+
+#[test]
+fn key_recover_sends_the_windows_length_and_reason_and_waits_for_approval() {
+    let approval = ApprovalRequest {
+        id: "req-0b1c".into(),
+        action: "recover".into(),
+        target: "keyward/old".into(),
+        requester: "alice".into(),
+        created_at: 1_769_882_400,
+        expires_at: 1_769_968_800,
+        status: "pending".parse().unwrap(),
+        reason: "read the archive".into(),
+        parameters: r#"{"from":"compromised","operations":["decrypt"],"until":1770487200}"#.into(),
+        needed: 1,
+        decisions: Vec::new(),
+        outcome: String::new(),
+    };
+    let (req, out) = against_fake_agent(
+        &[
+            "key",
+            "recover",
+            "old",
+            "--for",
+            "7d",
+            "--reason",
+            "read the archive",
+        ],
+        AdminResponse::Key(Box::new(KeyResponse::Pending(approval))),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::Key(KeyRequest::Recover {
+            name: "old".into(),
+            token: None,
+            seconds: 7 * 86_400,
+            reason: "read the archive".into(),
+        })
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("needs approval: request req-0b1c"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -200,6 +200,7 @@ impl Lifecycle {
             scope: class.scope.clone(),
             last_used_at: None,
             backup_allowed: class.backup,
+            recovery_until: None,
         };
         let version = KeyVersion {
             key_id: 0,

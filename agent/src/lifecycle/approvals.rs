@@ -50,6 +50,8 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         "deactivate" if from().as_deref() == Some("suspended") => {
             Some(Approvable::DeactivateSuspended)
         }
+        "recover" => Some(Approvable::RecoveryWindow),
+        "grant" => Some(Approvable::SensitiveGrant),
         _ => None,
     }
 }
@@ -577,6 +579,8 @@ impl Lifecycle {
         let who = format!("{}, approved by {}", r.requester, approvers.join(", "));
         let why = format!("{} (request {})", r.reason, r.id);
         let action = match r.action.as_str() {
+            "recover" => return self.recover_approved(&t, (&who, by), &why, r, now),
+            "grant" => return self.grant_approved(&t, (&who, by), r),
             "resume" => KeyAction::Resume,
             "deactivate" => KeyAction::Deactivate,
             "destroy" => KeyAction::Destroy,

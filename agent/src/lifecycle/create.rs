@@ -62,6 +62,7 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
         scope: k.class.scope.clone(),
         last_used_at: None,
         backup_allowed: k.class.backup,
+        recovery_until: None,
     };
     let version = KeyVersion {
         key_id: 0,

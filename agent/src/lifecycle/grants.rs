@@ -20,8 +20,26 @@ pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
     }
 }
 
+/// A grant in words, for the trail: `application "web", operations
+/// [sign], until 2026-12-01 00:00:00 UTC`.
+fn grant_words(application: &str, operations: &[Operation], until: Option<i64>) -> String {
+    let until = until.map_or_else(
+        || "no end".to_owned(),
+        |u| format!("until {}", keyward_protocol::names::utc(u)),
+    );
+    let names: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
+    format!(
+        "application {application:?}, operations [{}], {until}",
+        names.join(", ")
+    )
+}
+
 impl Lifecycle {
-    /// `keyward grant add`: the grant, recorded in the trail.
+    /// `keyward grant add`: the grant, recorded in the trail. On a key of
+    /// a class marked `sensitive`, with a roster, an approval request
+    /// under the `sensitive-grant` quorum instead (the grant checked as
+    /// it would be given); the grant is given when it is approved
+    /// ([`Self::grant_approved`]).
     pub(crate) fn add_grant(
         &self,
         t: &Target<'_>,
@@ -30,18 +48,127 @@ impl Lifecycle {
         until: Option<i64>,
         (who, by): (&str, &Actor),
     ) -> AResult<KeyResponse> {
+        let policy = self.policy();
+        let sensitive = policy
+            .class(&t.key.record.class)
+            .is_some_and(|c| c.sensitive);
+        if sensitive && policy.dual_control() {
+            let grant = self.checked_grant(t, application, operations, until)?;
+            return self.request_grant(t, &grant, who, SystemTime::now());
+        }
         let done = self.grant_add(t, application, operations, until, who)?;
-        let until = until.map_or_else(
-            || "no end".to_owned(),
-            |u| format!("until {}", keyward_protocol::names::utc(u)),
+        self.record_grant(
+            by.clone(),
+            t,
+            "grant add",
+            &grant_words(application, operations, until),
         );
-        let names: Vec<&str> = operations.iter().map(|o| o.as_str()).collect();
-        let reason = format!(
-            "application {application:?}, operations [{}], {until}",
-            names.join(", ")
-        );
-        self.record_grant(by.clone(), t, "grant add", &reason);
         Ok(done)
+    }
+
+    /// The approval request of `grant` on sensitive key `t`: its
+    /// parameters are the application, the operations and the end. A
+    /// pending request for another grant on the key is answered with a
+    /// conflict (decide on it or cancel it first); the same grant asked
+    /// again answers its pending request.
+    fn request_grant(
+        &self,
+        t: &Target<'_>,
+        grant: &Grant,
+        who: &str,
+        now: SystemTime,
+    ) -> AResult<KeyResponse> {
+        let parameters = serde_json::json!({
+            "application": grant.application,
+            "operations": grant.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>(),
+            "until": grant.expires_at,
+        });
+        let pending = self
+            .keys
+            .inventory()
+            .requests(Some(keyward_policy::ApprovalStatus::Pending))
+            .map_err(inv_err)?;
+        let at = secs(now);
+        let canonical = parameters.to_string();
+        if let Some(other) = pending.iter().find(|r| {
+            r.action == "grant"
+                && r.key_id == Some(t.key.record.id)
+                && r.expires_at > at
+                && r.parameters != canonical
+        }) {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!(
+                    "request {} for another grant on {} is pending ({}): decide on it or cancel \
+                     it first",
+                    other.id,
+                    t.label(),
+                    other.parameters
+                ),
+            );
+        }
+        let why = format!(
+            "grant on a sensitive key: {}",
+            grant_words(&grant.application, &grant.operations, grant.expires_at)
+        );
+        self.record_request(t, "grant", parameters, (who, &why), now)
+    }
+
+    /// Carries out approved request `r`, a grant on sensitive key `t`
+    /// (`who`: its requester and approvers):
+    /// checked again as it would be given now (the application still in
+    /// the policy, the operations fit, the end not passed), then recorded
+    /// together with the request's move to `executed`, and in the trail.
+    pub(crate) fn grant_approved(
+        &self,
+        t: &Target<'_>,
+        (who, by): (&str, &Actor),
+        r: &keyward_inventory::ApprovalRecord,
+    ) -> AResult<()> {
+        let parameters: serde_json::Value =
+            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
+                kind: AdminErrorKind::Invalid,
+                message: format!("request {}: parameters: {e}", r.id),
+            })?;
+        let application = parameters["application"].as_str().unwrap_or_default();
+        let operations = parameters["operations"]
+            .as_array()
+            .map(|ops| {
+                ops.iter()
+                    .map(|o| o.as_str().and_then(|o| o.parse::<Operation>().ok()))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or_default();
+        let Some(operations) = operations else {
+            return fail(
+                AdminErrorKind::Invalid,
+                format!("request {}: operations it does not name", r.id),
+            );
+        };
+        let until = parameters["until"].as_i64();
+        let grant = self.checked_grant(t, application, &operations, until)?;
+        let outcome = format!(
+            "{} granted {}",
+            t.label(),
+            grant_words(application, &grant.operations, until)
+        );
+        self.keys
+            .inventory()
+            .grant_approved(&grant, who, &r.id, &outcome)
+            .map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        log::info!("key {}: {outcome} by {who}", t.label());
+        self.record_grant(
+            by.clone(),
+            t,
+            "grant add",
+            &format!(
+                "{}: request {} of {who}",
+                grant_words(application, &grant.operations, until),
+                r.id
+            ),
+        );
+        Ok(())
     }
 
     /// `keyward grant remove`: the grant gone, recorded in the trail.
@@ -102,6 +229,32 @@ impl Lifecycle {
         until: Option<i64>,
         who: &str,
     ) -> AResult<KeyResponse> {
+        let grant = self.checked_grant(t, application, operations, until)?;
+        self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
+        self.refresh(t.key.record.id)?;
+        let names: Vec<&str> = grant.operations.iter().map(|o| o.as_str()).collect();
+        log::info!(
+            "key {}: {application:?} granted {} until {until:?} by {who}",
+            t.label(),
+            names.join(", ")
+        );
+        Ok(KeyResponse::Grants(vec![grant_info(
+            &t.key.record.name,
+            &grant,
+        )]))
+    }
+
+    /// The grant of `operations` on `t` to `application` until `until`,
+    /// when it can be given now: the application is the policy's, the
+    /// operations (at least one; each once) fit the key's purpose, the end
+    /// is not past.
+    fn checked_grant(
+        &self,
+        t: &Target<'_>,
+        application: &str,
+        operations: &[Operation],
+        until: Option<i64>,
+    ) -> AResult<Grant> {
         if self.policy().application(application).is_none() {
             return fail(
                 AdminErrorKind::NotFound,
@@ -132,24 +285,12 @@ impl Lifecycle {
                 return fail(AdminErrorKind::Invalid, "the grant's end is in the past");
             }
         }
-        let grant = Grant {
+        Ok(Grant {
             key_id: t.key.record.id,
             application: application.to_owned(),
             operations: ops,
             expires_at: until,
-        };
-        self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
-        self.refresh(t.key.record.id)?;
-        let names: Vec<&str> = grant.operations.iter().map(|o| o.as_str()).collect();
-        log::info!(
-            "key {}: {application:?} granted {} until {until:?} by {who}",
-            t.label(),
-            names.join(", ")
-        );
-        Ok(KeyResponse::Grants(vec![grant_info(
-            &t.key.record.name,
-            &grant,
-        )]))
+        })
     }
 
     pub(crate) fn app_list(&self) -> AResult<Vec<AppInfo>> {

@@ -5,6 +5,8 @@
 //!   [`transition`]: moves between states; [`adopt`]: unmanaged keys taken
 //!   in; [`approvals`]: what waits for a second person (dual control
 //!   executes it there; backup and restore get an executor beside these);
+//!   [`recovery`]: recovery windows on compromised keys (and, in
+//!   [`grants`], grants on sensitive keys), both under quorum;
 //! - [`verify`]: checks of versions in the HSM; [`discovery`]: what the
 //!   token holds that the inventory does not manage; [`scheduler`]: dates
 //!   that passed; [`grants`]: applications' rights; [`views`]: what the CLI
@@ -67,6 +69,7 @@ pub mod discovery;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
+pub mod recovery;
 pub mod rotate;
 pub mod scheduler;
 pub mod transition;
@@ -212,7 +215,8 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         | KeyRequest::Show { name, token }
         | KeyRequest::Transition { name, token, .. }
         | KeyRequest::Rotate { name, token }
-        | KeyRequest::Verify { name, token } => (token.clone(), Some(name.clone())),
+        | KeyRequest::Verify { name, token }
+        | KeyRequest::Recover { name, token, .. } => (token.clone(), Some(name.clone())),
         KeyRequest::GrantAdd { key, token, .. } | KeyRequest::GrantRemove { key, token, .. } => {
             (token.clone(), Some(key.clone()))
         }
@@ -465,6 +469,15 @@ impl Lifecycle {
                 let reason = reason.unwrap_or_else(|| "keyward init".to_owned());
                 self.init_policy((&who, &by), text, &reason, SystemTime::now())
             }
+            KeyRequest::Recover {
+                name,
+                token,
+                seconds,
+                reason,
+            } => {
+                let t = self.target(token.as_deref(), &name)?;
+                self.request_recovery(&t, seconds, (&who, &reason), SystemTime::now())
+            }
             KeyRequest::PinUnlock {
                 token,
                 role,
@@ -598,12 +611,14 @@ impl Lifecycle {
         mut change: LifecycleChange,
         request: Option<(&str, &str)>,
     ) -> AResult<AppliedChange> {
-        let Some(trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
+        let Some(mut trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
             return fail(
                 AdminErrorKind::NotFound,
                 "the key is not in the agent's view: nothing changed",
             );
         };
+        // Records the caller gives (a change that moves no state) follow.
+        trail.append(&mut change.trail);
         change.trail = trail;
         let existing = match change.key {
             KeyChange::Create(_) => None,
@@ -640,5 +655,7 @@ impl Lifecycle {
 
 #[cfg(test)]
 mod approval_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

@@ -53,6 +53,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
             .collect(),
         grants: v.grants.iter().map(|g| grant_info(&r.name, g)).collect(),
         history,
+        recovery_until: r.recovery_until,
     }
 }
 

@@ -27,11 +27,12 @@ macro_rules! key_cols {
     () => {
         "k.id, k.name, k.token, k.owner, k.purpose, k.class, k.algorithm, k.state, \
          k.created_at, k.activated_at, k.rotated_at, k.deactivated_at, k.protect_until, \
-         k.process_until, k.next_rotation, k.scope, k.last_used_at, k.backup_allowed"
+         k.process_until, k.next_rotation, k.scope, k.last_used_at, k.backup_allowed, \
+         k.recovery_until"
     };
 }
 /// The number of columns in `key_cols!()`.
-const KEY_NCOLS: usize = 18;
+const KEY_NCOLS: usize = 19;
 macro_rules! version_cols {
     () => {
         "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
@@ -110,6 +111,7 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         scope: json_list(r, 15)?,
         last_used_at: r.get(16)?,
         backup_allowed: r.get(17)?,
+        recovery_until: r.get(18)?,
         name,
         token,
     })
@@ -305,7 +307,8 @@ fn set_key_dates(tx: &Transaction<'_>, key_id: i64, d: &DateUpdates) -> Result<(
                          deactivated_at = coalesce(?4, deactivated_at),
                          protect_until  = coalesce(?5, protect_until),
                          process_until  = coalesce(?6, process_until),
-                         next_rotation  = coalesce(?7, next_rotation)
+                         next_rotation  = coalesce(?7, next_rotation),
+                         recovery_until = coalesce(?8, recovery_until)
           WHERE id = ?1",
     )?
     .execute(params![
@@ -315,7 +318,8 @@ fn set_key_dates(tx: &Transaction<'_>, key_id: i64, d: &DateUpdates) -> Result<(
         d.deactivated_at,
         d.protect_until,
         d.process_until,
-        d.next_rotation
+        d.next_rotation,
+        d.recovery_until
     ])?;
     Ok(())
 }
@@ -704,6 +708,76 @@ impl SqliteInventory {
             trail,
         })
     }
+
+    /// [`Inventory::grant`], and with `request` the execution of that
+    /// approved request, with its outcome, in the same transaction.
+    fn grant_in(&self, grant: &Grant, actor: &str, request: Option<(&str, &str)>) -> Result<()> {
+        nonempty("application", &grant.application)?;
+        nonempty("actor", actor)?;
+        if grant.operations.is_empty() {
+            return Err(Error::Invalid(format!(
+                "grant to {:?}: operations must be a non-empty list",
+                grant.application
+            )));
+        }
+        let operations = serde_json::to_string(&grant.operations)?;
+        let now = unix_now();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
+            .exists(params![grant.key_id])?;
+        if !known {
+            return Err(Error::NotFound(format!("key {}", grant.key_id)));
+        }
+        tx.prepare_cached(
+            "INSERT INTO grants (key_id, application, operations, expires_at, granted_at,
+                                 granted_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (key_id, application) DO UPDATE
+                SET operations = excluded.operations, expires_at = excluded.expires_at,
+                    granted_at = excluded.granted_at, granted_by = excluded.granted_by",
+        )?
+        .execute(params![
+            grant.key_id,
+            grant.application,
+            operations,
+            grant.expires_at,
+            now,
+            actor
+        ])?;
+        tx.prepare_cached(
+            "INSERT INTO grant_changes (key_id, application, action, operations, expires_at,
+                                        at, actor)
+             VALUES (?1, ?2, 'grant', ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            grant.key_id,
+            grant.application,
+            operations,
+            grant.expires_at,
+            now,
+            actor
+        ])?;
+        if let Some((request, outcome)) = request {
+            if !close(
+                &tx,
+                request,
+                ApprovalStatus::Approved,
+                ApprovalStatus::Executed,
+                outcome,
+                now,
+            )? {
+                return Err(Error::Conflict {
+                    what: format!("request {request}"),
+                    expected: "approved".to_owned(),
+                    found: "another status (executed already?); nothing changed".to_owned(),
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 impl Inventory for SqliteInventory {
@@ -811,55 +885,17 @@ impl Inventory for SqliteInventory {
     }
 
     fn grant(&self, grant: &Grant, actor: &str) -> Result<()> {
-        nonempty("application", &grant.application)?;
-        nonempty("actor", actor)?;
-        if grant.operations.is_empty() {
-            return Err(Error::Invalid(format!(
-                "grant to {:?}: operations must be a non-empty list",
-                grant.application
-            )));
-        }
-        let operations = serde_json::to_string(&grant.operations)?;
-        let now = unix_now();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known = tx
-            .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
-            .exists(params![grant.key_id])?;
-        if !known {
-            return Err(Error::NotFound(format!("key {}", grant.key_id)));
-        }
-        tx.prepare_cached(
-            "INSERT INTO grants (key_id, application, operations, expires_at, granted_at,
-                                 granted_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (key_id, application) DO UPDATE
-                SET operations = excluded.operations, expires_at = excluded.expires_at,
-                    granted_at = excluded.granted_at, granted_by = excluded.granted_by",
-        )?
-        .execute(params![
-            grant.key_id,
-            grant.application,
-            operations,
-            grant.expires_at,
-            now,
-            actor
-        ])?;
-        tx.prepare_cached(
-            "INSERT INTO grant_changes (key_id, application, action, operations, expires_at,
-                                        at, actor)
-             VALUES (?1, ?2, 'grant', ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            grant.key_id,
-            grant.application,
-            operations,
-            grant.expires_at,
-            now,
-            actor
-        ])?;
-        tx.commit()?;
-        Ok(())
+        self.grant_in(grant, actor, None)
+    }
+
+    fn grant_approved(
+        &self,
+        grant: &Grant,
+        actor: &str,
+        request: &str,
+        outcome: &str,
+    ) -> Result<()> {
+        self.grant_in(grant, actor, Some((request, outcome)))
     }
 
     fn revoke_grant(&self, key_id: i64, application: &str, actor: &str) -> Result<()> {

@@ -37,6 +37,7 @@ fn draft(token: &str, name: &str) -> KeyRecord {
         scope: vec!["pci-dss".into(), "gdpr".into()],
         last_used_at: None,
         backup_allowed: false,
+        recovery_until: None,
     }
 }
 
@@ -1807,4 +1808,99 @@ fn one_pending_request_per_action_and_target_even_when_asked_at_once() {
         }),
         Err(Error::Exists(_))
     ));
+}
+
+#[test]
+fn step_8_adds_an_empty_recovery_window_to_the_keys_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let old = SqliteInventory::open_with(&path, &MIGRATIONS[..7]).unwrap();
+    drop(old);
+    raw(&path)
+        .execute_batch(
+            "INSERT INTO keys (token, name, owner, purpose, class, algorithm, state, created_at,
+                               scope, backup_allowed)
+             VALUES ('tok', 'old', 'admin', 'signing', 'c', 'ec:p256', 'compromised', 1, '[]', 0);",
+        )
+        .unwrap();
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.schema_version().unwrap(), 8);
+    let old = inv.key("tok", "old").unwrap().unwrap();
+    assert_eq!(
+        (old.state, old.recovery_until),
+        (KeyState::Compromised, None)
+    );
+}
+
+/// A recovery window is a date of a change that moves no state: it is
+/// set (and set again, later or earlier) without a history row, and a
+/// change that gives no window keeps the one there.
+#[test]
+fn a_recovery_window_is_set_by_a_change_and_kept_by_the_next() {
+    let (_dir, inv) = store();
+    let k = new_key(&inv, "k", b"1");
+    inv.apply(&key_move(k.id, KeyState::Active, KeyState::Compromised))
+        .unwrap();
+    let rows = inv.history(k.id).unwrap().len();
+    let window = |until: i64| LifecycleChange {
+        dates: DateUpdates {
+            recovery_until: Some(until),
+            ..DateUpdates::default()
+        },
+        ..change(k.id, KeyState::Compromised, None, Vec::new(), Vec::new())
+    };
+    let applied = inv.apply(&window(T0 + 600)).unwrap();
+    assert_eq!(applied.key.recovery_until, Some(T0 + 600));
+    assert!(applied.history.is_empty());
+    assert_eq!(inv.history(k.id).unwrap().len(), rows);
+    inv.apply(&window(T0 + 60)).unwrap();
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().recovery_until,
+        Some(T0 + 60)
+    );
+    // A move that gives no window leaves it (enforcement reads it in the
+    // compromised state only).
+    inv.apply(&key_move(k.id, KeyState::Compromised, KeyState::Destroyed))
+        .unwrap();
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().recovery_until,
+        Some(T0 + 60)
+    );
+}
+
+#[test]
+fn an_approved_grant_is_recorded_with_its_requests_execution_once() {
+    let (_dir, inv) = store();
+    let k = new_key(&inv, "k", b"1");
+    let grant = Grant {
+        key_id: k.id,
+        application: "web".into(),
+        operations: vec![Operation::Sign],
+        expires_at: None,
+    };
+    // Not approved: nothing is written.
+    pending(&inv, "g1", Some(k.id));
+    let e = inv
+        .grant_approved(&grant, "alice", "g1", "granted")
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    assert!(inv.grants(k.id).unwrap().is_empty());
+    assert_eq!(status(&inv, "g1"), ApprovalStatus::Pending);
+    inv.decide_request("g1", &decision("bob", Decision::Approve, T0 + 1), 1)
+        .unwrap();
+    inv.grant_approved(&grant, "alice", "g1", "granted")
+        .unwrap();
+    assert_eq!(inv.grants(k.id).unwrap(), vec![grant.clone()]);
+    let r = inv.request("g1").unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.outcome.as_str()),
+        (ApprovalStatus::Executed, "granted")
+    );
+    // Carried out once: a second execution writes nothing.
+    inv.revoke_grant(k.id, "web", "alice").unwrap();
+    let e = inv
+        .grant_approved(&grant, "alice", "g1", "granted")
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
+    assert!(inv.grants(k.id).unwrap().is_empty());
 }

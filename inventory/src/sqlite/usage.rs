@@ -8,7 +8,10 @@ use rusqlite::{params_from_iter, OptionalExtension, Row};
 use super::SqliteInventory;
 use crate::audit::REQUESTED;
 use crate::error::{Error, Result};
-use crate::usage::{EventRow, Failures, HourRow, OperationRow, Span, UsageLog, UseRow, UsesAfter};
+use crate::usage::{
+    EventRow, Failures, HourRow, OperationRow, RecoveryUses, Span, UsageLog, UseRow, UsesAfter,
+    RECOVERY_OPERATIONS,
+};
 
 /// A record's time in unix microseconds, as SQL.
 macro_rules! at_us {
@@ -272,6 +275,7 @@ impl UsageLog for SqliteInventory {
         key: &str,
         versions: &[u32],
         after: u64,
+        recovery: Option<RecoveryUses>,
     ) -> Result<UsesAfter> {
         let mut args = vec![
             Value::Text(key.to_owned()),
@@ -287,10 +291,22 @@ impl UsageLog for SqliteInventory {
                 .collect();
             format!(" AND key_version IN ({})", list.join(", "))
         };
+        let allowed = match recovery {
+            None => String::new(),
+            Some(w) => {
+                let from = bind(
+                    &mut args,
+                    Value::Integer(i64::try_from(w.from).unwrap_or(i64::MAX)),
+                );
+                let until = bind(&mut args, Value::Integer(w.until));
+                let ops = placeholders(&mut args, RECOVERY_OPERATIONS);
+                format!(" AND NOT (seq > {from} AND at < {until} AND operation IN ({ops}))")
+            }
+        };
         let sql = format!(
             "SELECT COALESCE(SUM(count), 0), MIN(seq) FROM audit
              WHERE key_name = ?1 AND token = ?2 AND seq > ?3 AND kind = 'use'
-               AND result = 0{versions}"
+               AND result = 0{versions}{allowed}"
         );
         let rows = self.collect(&sql, args, |r| {
             Ok(UsesAfter {

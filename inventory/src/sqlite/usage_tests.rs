@@ -244,14 +244,62 @@ fn export_attempts_failures_and_revocations() {
         .expect("the revoke request");
     assert_eq!(r.at_us() - req.at_us(), 500_000);
     // Version 2 (the emergency rotation's) may sign after; version 1 may not.
-    let v1 = inv.uses_after("prod", "k", &[1], r.seq).unwrap();
+    let v1 = inv.uses_after("prod", "k", &[1], r.seq, None).unwrap();
     assert_eq!(v1, UsesAfter::default());
-    let any = inv.uses_after("prod", "k", &[], r.seq).unwrap();
+    let any = inv.uses_after("prod", "k", &[], r.seq, None).unwrap();
     assert_eq!(any.count, 2);
     assert_eq!(any.first_seq, Some(r.seq + 1));
     assert_eq!(
-        inv.uses_after("prod", "k", &[2], 0).unwrap().count,
+        inv.uses_after("prod", "k", &[2], 0, None).unwrap().count,
         2,
         "refused and failed uses are not uses that succeeded"
     );
+}
+
+/// Uses after a revocation, without those its recovery window allowed:
+/// verify and decrypt after the window's record and before its end. A
+/// verify before the window opened, a sign in it, and a decrypt after its
+/// end still count.
+#[test]
+fn uses_a_recovery_window_allowed_are_not_uses_after_the_revocation() {
+    let (_dir, inv) = store();
+    let op = |at: i64, operation: &str| event(AuditKind::Use, at, 0, app("web", "/w"), operation);
+    inv.append(
+        &[
+            event(AuditKind::Lifecycle, T0, 0, admin(), "revoke"),
+            op(T0 + 1, "verify"),
+            event(AuditKind::Lifecycle, T0 + 2, 0, admin(), "recover"),
+            op(T0 + 3, "verify"),
+            op(T0 + 4, "decrypt"),
+            op(T0 + 5, "sign"),
+            op(T0 + 20, "decrypt"),
+        ],
+        true,
+    )
+    .unwrap();
+    let revoke = inv.lifecycle_rows(Some("k"), &["revoke"]).unwrap()[0].seq;
+    let recover = inv.lifecycle_rows(Some("k"), &["recover"]).unwrap()[0].seq;
+    assert_eq!(
+        inv.uses_after("prod", "k", &[1], revoke, None)
+            .unwrap()
+            .count,
+        5
+    );
+    let window = RecoveryUses {
+        from: recover,
+        until: T0 + 10,
+    };
+    let left = inv
+        .uses_after("prod", "k", &[1], revoke, Some(window))
+        .unwrap();
+    assert_eq!(
+        left.count, 3,
+        "the verify before, the sign, the decrypt after"
+    );
+    assert_eq!(left.first_seq, Some(revoke + 1));
+    let after_opening = inv
+        .uses_after("prod", "k", &[1], recover, Some(window))
+        .unwrap();
+    assert_eq!(after_opening.count, 2);
+    assert_eq!(after_opening.first_seq, Some(recover + 3));
 }

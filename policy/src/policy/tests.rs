@@ -52,10 +52,41 @@ fn base_is_valid() {
 }
 
 #[test]
+fn a_class_is_sensitive_and_bounds_its_recovery_windows_when_it_says_so() {
+    let p = Policy::from_str(BASE, "policy.toml").unwrap();
+    assert!(!p.classes[0].sensitive);
+    assert_eq!(
+        p.classes[0].max_recovery_window,
+        DEFAULT_MAX_RECOVERY_WINDOW
+    );
+    let text = mutate(
+        "process_period = \"180d\"\n",
+        "process_period = \"180d\"\nsensitive = true\nmax_recovery_window = \"7d\"\n",
+    );
+    let p = Policy::from_str(&text, "policy.toml").unwrap();
+    assert!(p.classes[0].sensitive);
+    assert_eq!(
+        p.classes[0].max_recovery_window,
+        Duration::from_secs(7 * 86_400)
+    );
+    let text = mutate(
+        "process_period = \"180d\"\n",
+        "process_period = \"180d\"\nmax_recovery_window = \"a week\"\n",
+    );
+    assert!(
+        error(&text).starts_with(
+            "policy.toml:15:23: class \"tls\", max_recovery_window: \"a week\" is not a duration"
+        ),
+        "{}",
+        error(&text)
+    );
+}
+
+#[test]
 fn error_unknown_field() {
     assert_error(
         &mutate("purpose = \"signing\"", "purpose = \"signing\"\npurposes = 1"),
-        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`",
+        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`, `sensitive`, `max_recovery_window`",
     );
 }
 

@@ -25,6 +25,8 @@ fn class(purpose: Purpose, algorithms: &[&str], backup: bool) -> KeyClass {
         scope: Vec::new(),
         grants: Vec::new(),
         per_use_approval: None,
+        sensitive: false,
+        max_recovery_window: crate::DEFAULT_MAX_RECOVERY_WINDOW,
     }
 }
 

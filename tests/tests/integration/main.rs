@@ -39,6 +39,7 @@ mod objects;
 mod per_use;
 mod pins;
 mod policy;
+mod recovery;
 mod report;
 mod sessions_login;
 mod slots_tokens;
