@@ -604,6 +604,10 @@ impl Lifecycle {
             rotation: rotation_compliance(&reports),
             keys: reports,
             failed_admin: failed_admin(failures),
+            pending_requests: match self.list_requests(false, now)? {
+                keyward_protocol::admin::KeyResponse::Requests(r) => r,
+                _ => Vec::new(),
+            },
             unmanaged,
             anomalies,
         })

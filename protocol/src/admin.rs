@@ -978,6 +978,8 @@ pub struct Report {
     pub rotation: RotationCompliance,
     /// Administrator actions that failed.
     pub failed_admin: FailedAdmin,
+    /// The approval requests waiting (pending, not expired), oldest first.
+    pub pending_requests: Vec<ApprovalRequest>,
     /// Uses of objects the inventory does not manage, busiest first.
     pub unmanaged: Vec<UnmanagedUsage>,
     /// Every key's anomalies together.

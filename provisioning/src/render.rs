@@ -786,6 +786,15 @@ pub fn report(r: &Report) -> String {
         ),
     });
     out.push_str(&failed_admin(&r.failed_admin));
+    if r.pending_requests.is_empty() {
+        out.push_str("approval requests waiting: none\n");
+    } else {
+        out.push_str(&format!(
+            "approval requests waiting: {}\n",
+            r.pending_requests.len()
+        ));
+        out.push_str(&indent(&request_table(&r.pending_requests)));
+    }
     out.push_str(&unmanaged(&r.unmanaged));
     if r.anomalies.is_empty() {
         out.push_str("anomalies: none\n");
@@ -1916,6 +1925,7 @@ mod tests {
                     reason: "not found: no key class \"nope\"".into(),
                 }],
             },
+            pending_requests: vec![approval()],
             unmanaged: vec![UnmanagedUsage {
                 token: "prod".into(),
                 object: "id:0102".into(),
@@ -1951,6 +1961,8 @@ mod tests {
                 "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n",
                 "key.create",
                 "not found: no key class",
+                "approval requests waiting: 1\n",
+                "req-7f3a",
                 "unmanaged objects:\n",
                 "id:0102",
                 "anomalies: 1\n",
@@ -1963,12 +1975,14 @@ mod tests {
         empty.keys.clear();
         empty.unmanaged.clear();
         empty.anomalies.clear();
+        empty.pending_requests.clear();
         empty.rotation = Default::default();
         let text = report(&empty);
         contains_all(
             &text,
             &[
                 "no managed keys\n",
+                "approval requests waiting: none\n",
                 "rotation compliance: no active keys\n",
                 "unmanaged objects: no uses\n",
                 "anomalies: none\n",

@@ -1038,6 +1038,7 @@ mod tests {
             keys: Vec::new(),
             rotation: RotationCompliance::default(),
             failed_admin: Default::default(),
+            pending_requests: Vec::new(),
             unmanaged: Vec::new(),
             anomalies: Vec::new(),
         };
