@@ -62,6 +62,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod objects;
+pub mod per_use;
 pub mod report;
 pub mod shared;
 pub mod state;

@@ -34,7 +34,7 @@ pub struct Core {
     pub(crate) in_flight: std::sync::RwLock<()>,
     /// Rung on each decision on a request: the calls waiting for the
     /// approval of one signature read theirs again.
-    pub(crate) sign_decisions: crate::enforce::per_use::Bell,
+    pub(crate) sign_decisions: crate::per_use::Bell,
 }
 
 impl Core {

@@ -17,8 +17,8 @@ use keyward_protocol::approval::decision_statement;
 
 use crate::admin::{Exit, Failure};
 use crate::cli::DecideArgs;
+use crate::output::{answer_failure, Output};
 use crate::render;
-use crate::run::{answer_failure, Output};
 use crate::signer::{self, KeySource, KeySpec};
 use crate::time::format_utc;
 

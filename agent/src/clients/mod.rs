@@ -64,7 +64,7 @@ pub struct ActiveOp {
     pub target: Option<Arc<UseTarget>>,
     /// A signature that waits for the approval of its one use: the
     /// backend's init is held back until then.
-    pub per_use: Option<crate::enforce::per_use::PerUse>,
+    pub per_use: Option<crate::per_use::PerUse>,
 }
 
 /// The key a use record names: the virtual token, the key's name (a

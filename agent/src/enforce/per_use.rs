@@ -15,76 +15,27 @@
 //! `CKR_FUNCTION_REJECTED`. Multi-part signing of such a key is refused.
 //!
 //! Decisions ([`crate::lifecycle::Lifecycle::decide`], `cancel`) ring the
-//! [`Bell`]; a waiting call also reads its request once a second. At start,
+//! [`Bell`](crate::per_use::Bell); a waiting call also reads its request once a second. At start,
 //! the requests whose calls ended with the previous run are closed (pending:
 //! `expired`, approved: `failed`): an approval never signs without its call.
 
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki_sys as ck;
 use keyward_inventory::{ApprovalRecord, AuditKind};
 use keyward_policy::{ApprovalStatus, Operation};
-use keyward_protocol::{Mechanism, Op};
+use keyward_protocol::Op;
 use sha2::{Digest, Sha256};
 
 use crate::agent::Agent;
-use crate::backend::BackendObject;
 use crate::clients::{Client, Session};
 use crate::error::{Error, Result};
 use crate::keys::{secs, ManagedRef};
 use crate::lock;
-
-/// The action of a request for one signature.
-pub const SIGN_ACTION: &str = "sign";
+use crate::per_use::{PerUse, SIGN_ACTION};
 
 /// How often a waiting call reads its request without a ring.
 const POLL: Duration = Duration::from_secs(1);
-
-/// An operation whose one use waits for its approval.
-#[derive(Debug, Clone)]
-pub struct PerUse {
-    /// The mechanism (`CKM_*`).
-    pub mechanism: u64,
-    /// The backend's init, held back until the approval: the mechanism
-    /// (backend handles translated) and the key's backend object. `None`:
-    /// the backend's operation began before the key's class asked approval
-    /// of each use (a policy reload since its `C_SignInit`).
-    pub init: Option<(Mechanism, BackendObject)>,
-    /// How long the call waits for its approval.
-    pub wait: Duration,
-}
-
-/// Rung on every decision on a request: waiting calls read theirs again.
-#[derive(Debug, Default)]
-pub struct Bell {
-    rung: Mutex<u64>,
-    ringing: Condvar,
-}
-
-impl Bell {
-    /// Wakes every waiting call.
-    pub(crate) fn ring(&self) {
-        let mut rung = lock(&self.rung);
-        *rung = rung.wrapping_add(1);
-        drop(rung);
-        self.ringing.notify_all();
-    }
-
-    fn rung(&self) -> u64 {
-        *lock(&self.rung)
-    }
-
-    /// Waits until the bell rings after `seen`, at most `most`.
-    fn wait(&self, seen: u64, most: Duration) {
-        let rung = lock(&self.rung);
-        drop(
-            self.ringing
-                .wait_timeout_while(rung, most, |r| *r == seen)
-                .map(drop),
-        );
-    }
-}
 
 /// Why a use was not approved, for the log and the trail.
 fn not_approved(id: &str, status: ApprovalStatus, outcome: &str) -> String {

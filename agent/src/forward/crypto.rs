@@ -7,8 +7,8 @@ use keyward_protocol::message::OpInit;
 use keyward_protocol::{ObjectHandle, Op, Response, SessionHandle};
 
 use crate::clients::{ActiveOp, Client, Session};
-use crate::enforce::per_use::PerUse;
 use crate::error::{Error, Result};
+use crate::per_use::PerUse;
 use keyward_policy::Operation;
 
 use crate::agent::Agent;

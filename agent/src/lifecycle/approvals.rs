@@ -28,8 +28,8 @@ use keyward_policy::{Approvable, ApprovalStatus, Policy, Quorum};
 use keyward_protocol::admin::{ApprovalRequest, DecisionInfo, KeyResponse};
 use keyward_protocol::approval::{decision_statement, RequestContent};
 
-use crate::enforce::per_use::SIGN_ACTION;
 use crate::keys::secs;
+use crate::per_use::SIGN_ACTION;
 
 use super::hsm::*;
 use super::*;
