@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::harness::Env;
+
 /// The path of `tool`, or a panic naming the package that provides it.
 pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -64,4 +66,36 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
+}
+
+/// An openssl command configured with the pkcs11 engine on the module.
+pub fn openssl(tb: &Env) -> Command {
+    require_tool("openssl", "openssl");
+    let engine = require_pkcs11_engine();
+    let conf = tb.path("openssl.cnf");
+    if !conf.exists() {
+        std::fs::write(
+            &conf,
+            format!(
+                "openssl_conf = openssl_init\n\n[openssl_init]\nengines = engine_section\n\n[engine_section]\npkcs11 = \
+                 pkcs11_section\n\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 0\n\n[req]\n\
+                 distinguished_name = dn\n[dn]\n",
+                engine.display(),
+                tb.module
+            ),
+        )
+        .expect("write openssl.cnf");
+    }
+    let mut c = Command::new("openssl");
+    c.env("OPENSSL_CONF", &conf);
+    c
+}
+
+/// The RFC 7512 URI of object `label` of type `kind` on the testbed's
+/// token, with its PIN (tests only: a PIN in a URI shows in `ps`).
+pub fn uri(tb: &Env, label: &str, kind: &str) -> String {
+    format!(
+        "pkcs11:token={};object={label};type={kind}?pin-value={}",
+        tb.token, tb.pin
+    )
 }

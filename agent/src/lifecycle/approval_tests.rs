@@ -1,55 +1,14 @@
 //! Dual control with the in-memory backend: who may decide, what a
 //! signature must cover, and that an approved action runs once.
 
-use ed25519_dalek::Signer as _;
 use keyward_inventory::{Decided, DecisionRecord};
 use keyward_policy::{ApprovalStatus, Decision};
 use keyward_protocol::admin::ApprovalRequest;
 use keyward_protocol::approval::decision_statement;
 
+use super::test_roster::*;
 use super::*;
 use crate::agent::Agent;
-
-/// An administrator of the test roster: their uid and signing key.
-struct Admin {
-    uid: u32,
-    key: Signer,
-}
-
-enum Signer {
-    Ed(ed25519_dalek::SigningKey),
-    P256(p256::ecdsa::SigningKey),
-}
-
-impl Signer {
-    fn public(&self) -> String {
-        match self {
-            Signer::Ed(k) => format!("ed25519:{}", hex::encode(k.verifying_key().as_bytes())),
-            Signer::P256(k) => format!(
-                "p256:{}",
-                hex::encode(k.verifying_key().to_encoded_point(false).as_bytes())
-            ),
-        }
-    }
-
-    fn sign(&self, message: &[u8]) -> Vec<u8> {
-        match self {
-            Signer::Ed(k) => k.sign(message).to_bytes().to_vec(),
-            Signer::P256(k) => {
-                let s: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(k, message);
-                s.to_bytes().to_vec()
-            }
-        }
-    }
-}
-
-/// An administrator with uid `uid` and the Ed25519 key of seed `seed`.
-fn ed(uid: u32, seed: u8) -> Admin {
-    Admin {
-        uid,
-        key: Signer::Ed(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])),
-    }
-}
 
 fn alice() -> Admin {
     ed(1001, 1)
@@ -73,32 +32,15 @@ fn oscar() -> Admin {
 /// alice and bob: security officers; carol: key owner (P-256); dave:
 /// auditor; oscar: operator.
 fn roster_policy() -> String {
-    let entry = |name: &str, a: Admin, roles: &str| {
-        format!(
-            "\n[[administrator]]\nname = \"{name}\"\nuids = [{}]\nroles = [{roles}]\npublic_key = \"{}\"\n",
-            a.uid,
-            a.key.public()
-        )
-    };
     format!(
         "{}{}{}{}{}{}",
         crate::agent::tests::STRICT_SIGNING,
-        entry("alice", alice(), "\"security-officer\""),
-        entry("bob", bob(), "\"security-officer\""),
-        entry("carol", carol(), "\"key-owner\""),
-        entry("dave", dave(), "\"auditor\""),
-        entry("oscar", oscar(), "\"operator\""),
+        entry("alice", &alice(), "\"security-officer\""),
+        entry("bob", &bob(), "\"security-officer\""),
+        entry("carol", &carol(), "\"key-owner\""),
+        entry("dave", &dave(), "\"auditor\""),
+        entry("oscar", &oscar(), "\"operator\""),
     )
-}
-
-fn peer(a: &Admin) -> Peer {
-    let mut p = crate::agent::tests::admin_peer();
-    p.uid = a.uid;
-    p
-}
-
-fn call(a: &Agent, who: &Admin, req: KeyRequest) -> AResult<KeyResponse> {
-    a.lifecycle.key_call(&peer(who), req)
 }
 
 fn act(action: KeyAction, reason: &str) -> KeyRequest {
@@ -133,40 +75,6 @@ fn pending(a: &Agent, who: &Admin, req: KeyRequest) -> ApprovalRequest {
     }
 }
 
-/// `who`'s signature of `decision` on `r`, as `keyward` makes it.
-fn signed(who: &Admin, decision: Decision, r: &ApprovalRequest) -> Vec<u8> {
-    who.key
-        .sign(&decision_statement(decision, &r.content().digest()))
-}
-
-fn decide(
-    a: &Agent,
-    who: &Admin,
-    id: &str,
-    decision: Decision,
-    signature: Vec<u8>,
-) -> AResult<KeyResponse> {
-    call(
-        a,
-        who,
-        KeyRequest::RequestDecide {
-            id: id.into(),
-            decision,
-            signature: Some(signature),
-        },
-    )
-}
-
-fn approve(a: &Agent, who: &Admin, r: &ApprovalRequest) -> AResult<KeyResponse> {
-    decide(
-        a,
-        who,
-        &r.id,
-        Decision::Approve,
-        signed(who, Decision::Approve, r),
-    )
-}
-
 fn request(a: &Agent, id: &str) -> ApprovalRequest {
     match call(a, &alice(), KeyRequest::RequestShow { id: id.into() }) {
         Ok(KeyResponse::Requests(mut r)) => r.remove(0),
@@ -176,20 +84,6 @@ fn request(a: &Agent, id: &str) -> ApprovalRequest {
 
 fn state(a: &Agent) -> KeyState {
     a.keys.inventory().key("kw", "k").unwrap().unwrap().state
-}
-
-fn refused(r: AResult<KeyResponse>, kind: AdminErrorKind, needle: &str) {
-    match r {
-        Err(e) => {
-            assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(
-                e.message.contains(needle),
-                "{needle:?} not in {:?}",
-                e.message
-            );
-        }
-        Ok(other) => panic!("expected a refusal containing {needle:?}, got {other:?}"),
-    }
 }
 
 /// The trail's `request.execute` records: (result, reason).

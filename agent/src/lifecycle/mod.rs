@@ -658,4 +658,6 @@ mod approval_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
+mod test_roster;
+#[cfg(test)]
 mod tests;

@@ -2,38 +2,23 @@
 //! in-memory backend: what a window lets a compromised key do and for how
 //! long, and that neither action takes effect before its quorum.
 
-use ed25519_dalek::Signer as _;
 use keyward_policy::{ApprovalStatus, Decision, Operation};
 use keyward_protocol::admin::ApprovalRequest;
 use keyward_protocol::approval::decision_statement;
 
+use super::test_roster::*;
 use super::*;
 use crate::agent::Agent;
 use crate::keys::{check_use, ManagedRef};
 
-/// An administrator of the test roster: their uid and Ed25519 key.
-struct Admin {
-    uid: u32,
-    key: ed25519_dalek::SigningKey,
-}
-
 fn alice() -> Admin {
-    Admin {
-        uid: 1001,
-        key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
-    }
+    ed(1001, 1)
 }
 fn bob() -> Admin {
-    Admin {
-        uid: 1002,
-        key: ed25519_dalek::SigningKey::from_bytes(&[2; 32]),
-    }
+    ed(1002, 2)
 }
 fn carol() -> Admin {
-    Admin {
-        uid: 1003,
-        key: ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
-    }
+    ed(1003, 3)
 }
 
 const CLASSES: &str = r#"
@@ -83,30 +68,12 @@ sensitive = true
 
 /// alice and bob: security officers; carol: key owner.
 fn roster() -> String {
-    let entry = |name: &str, a: Admin, role: &str| {
-        format!(
-            "\n[[administrator]]\nname = \"{name}\"\nuids = [{}]\nroles = [\"{role}\"]\n\
-             public_key = \"ed25519:{}\"\n",
-            a.uid,
-            hex::encode(a.key.verifying_key().as_bytes())
-        )
-    };
     format!(
         "{CLASSES}{}{}{}",
-        entry("alice", alice(), "security-officer"),
-        entry("bob", bob(), "security-officer"),
-        entry("carol", carol(), "key-owner"),
+        entry("alice", &alice(), "\"security-officer\""),
+        entry("bob", &bob(), "\"security-officer\""),
+        entry("carol", &carol(), "\"key-owner\""),
     )
-}
-
-fn peer(a: &Admin) -> Peer {
-    let mut p = crate::agent::tests::admin_peer();
-    p.uid = a.uid;
-    p
-}
-
-fn call(a: &Agent, who: &Admin, req: KeyRequest) -> AResult<KeyResponse> {
-    a.lifecycle.key_call(&peer(who), req)
 }
 
 fn act(name: &str, action: KeyAction) -> KeyRequest {
@@ -153,37 +120,10 @@ fn pending(r: AResult<KeyResponse>) -> ApprovalRequest {
     }
 }
 
-fn approve(a: &Agent, who: &Admin, r: &ApprovalRequest) -> AResult<KeyResponse> {
-    let statement = decision_statement(Decision::Approve, &r.content().digest());
-    call(
-        a,
-        who,
-        KeyRequest::RequestDecide {
-            id: r.id.clone(),
-            decision: Decision::Approve,
-            signature: Some(who.key.sign(&statement).to_bytes().to_vec()),
-        },
-    )
-}
-
 fn status(a: &Agent, id: &str) -> ApprovalRequest {
     match call(a, &alice(), KeyRequest::RequestShow { id: id.into() }) {
         Ok(KeyResponse::Requests(mut r)) => r.remove(0),
         other => panic!("{other:?}"),
-    }
-}
-
-fn refused(r: AResult<KeyResponse>, kind: AdminErrorKind, needle: &str) {
-    match r {
-        Err(e) => {
-            assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(
-                e.message.contains(needle),
-                "{needle:?} not in {:?}",
-                e.message
-            );
-        }
-        Ok(other) => panic!("expected a refusal containing {needle:?}, got {other:?}"),
     }
 }
 
@@ -403,7 +343,7 @@ fn a_window_approved_after_its_end_or_for_a_key_destroyed_since_opens_nothing() 
             &peer(&bob()),
             &r.id,
             Decision::Approve,
-            Some(&bob().key.sign(&statement).to_bytes()),
+            Some(&bob().key.sign(&statement)),
             at(until + 1),
         )
         .unwrap();

@@ -225,6 +225,27 @@ fn close(
     Ok(moved == 1)
 }
 
+/// Moves approved request `request` to `executed` in `tx`, as part of
+/// carrying it out; a conflict (and so nothing of `tx`) when it is not
+/// `approved` (carried out already, or never approved).
+fn executed(tx: &rusqlite::Transaction<'_>, request: &str, outcome: &str, at: i64) -> Result<()> {
+    if close(
+        tx,
+        request,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Executed,
+        outcome,
+        at,
+    )? {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        what: format!("request {request}"),
+        expected: "approved".to_owned(),
+        found: "another status (executed already?); nothing changed".to_owned(),
+    })
+}
+
 fn nonempty(what: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::Invalid(format!("{what} is empty")));
@@ -686,20 +707,7 @@ impl SqliteInventory {
             ))?
             .query_row(params![key_id], key_from_row)?;
         if let Some((request, outcome)) = request {
-            if !close(
-                &tx,
-                request,
-                ApprovalStatus::Approved,
-                ApprovalStatus::Executed,
-                outcome,
-                c.at,
-            )? {
-                return Err(Error::Conflict {
-                    what: format!("request {request}"),
-                    expected: "approved".to_owned(),
-                    found: "another status (executed already?); nothing changed".to_owned(),
-                });
-            }
+            executed(&tx, request, outcome, c.at)?;
         }
         tx.commit()?;
         Ok(AppliedChange {
@@ -760,20 +768,7 @@ impl SqliteInventory {
             actor
         ])?;
         if let Some((request, outcome)) = request {
-            if !close(
-                &tx,
-                request,
-                ApprovalStatus::Approved,
-                ApprovalStatus::Executed,
-                outcome,
-                now,
-            )? {
-                return Err(Error::Conflict {
-                    what: format!("request {request}"),
-                    expected: "approved".to_owned(),
-                    found: "another status (executed already?); nothing changed".to_owned(),
-                });
-            }
+            executed(&tx, request, outcome, now)?;
         }
         tx.commit()?;
         Ok(())

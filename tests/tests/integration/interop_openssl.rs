@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_tests::tools::{free_port, require_pkcs11_engine, require_tool, run_ok};
+use keyward_tests::tools::{free_port, openssl, require_tool, run_ok, uri};
 use keyward_tests::{keyward_test, Env};
 
 /// Generates a key pair on the token with pkcs11-tool through the module.
@@ -24,36 +24,6 @@ fn keygen(tb: &Env, key_type: &str, label: &str) {
         "10",
     ]);
     run_ok(&mut c);
-}
-
-/// An openssl command configured with the pkcs11 engine on the module.
-fn openssl(tb: &Env) -> Command {
-    require_tool("openssl", "openssl");
-    let engine = require_pkcs11_engine();
-    let conf = tb.path("openssl.cnf");
-    if !conf.exists() {
-        std::fs::write(
-            &conf,
-            format!(
-                "openssl_conf = openssl_init\n\n[openssl_init]\nengines = engine_section\n\n[engine_section]\npkcs11 = \
-                 pkcs11_section\n\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 0\n\n[req]\n\
-                 distinguished_name = dn\n[dn]\n",
-                engine.display(),
-                tb.module
-            ),
-        )
-        .expect("write openssl.cnf");
-    }
-    let mut c = Command::new("openssl");
-    c.env("OPENSSL_CONF", &conf);
-    c
-}
-
-fn uri(tb: &Env, label: &str, kind: &str) -> String {
-    format!(
-        "pkcs11:token={};object={label};type={kind}?pin-value={}",
-        tb.token, tb.pin
-    )
 }
 
 fn sign_file(tb: &Env, key_type: &str, label: &str) {

@@ -25,7 +25,7 @@ use keyward_protocol::approval::decision_statement;
 use keyward_protocol::frame::{read_message, write_message};
 use keyward_tests::admin::{application_toml, find, install_policy, keyward_ok, uid, APPLICATION};
 use keyward_tests::p11::{expect_err, hex, Ctx};
-use keyward_tests::tools::{require_pkcs11_engine, require_tool, run_ok};
+use keyward_tests::tools::{openssl, require_pkcs11_engine, require_tool, run_ok, uri};
 use keyward_tests::{keyward_test, Env};
 use sha2::{Digest, Sha256};
 
@@ -363,36 +363,6 @@ impl Approver {
         }
         self.count()
     }
-}
-
-/// An openssl command with the pkcs11 engine on the module.
-fn openssl(tb: &Env) -> Command {
-    require_tool("openssl", "openssl");
-    let engine = require_pkcs11_engine();
-    let conf = tb.path("openssl.cnf");
-    if !conf.exists() {
-        std::fs::write(
-            &conf,
-            format!(
-                "openssl_conf = openssl_init\n\n[openssl_init]\nengines = engine_section\n\n[engine_section]\npkcs11 = \
-                 pkcs11_section\n\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 0\n\n[req]\n\
-                 distinguished_name = dn\n[dn]\n",
-                engine.display(),
-                tb.module
-            ),
-        )
-        .expect("write openssl.cnf");
-    }
-    let mut c = Command::new("openssl");
-    c.env("OPENSSL_CONF", &conf);
-    c
-}
-
-fn uri(tb: &Env, label: &str, kind: &str) -> String {
-    format!(
-        "pkcs11:token={};object={label};type={kind}?pin-value={}",
-        tb.token, tb.pin
-    )
 }
 
 /// The key's public half as PEM, read through the engine (no signature).
