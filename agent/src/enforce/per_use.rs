@@ -6,7 +6,7 @@
 //! the session's [`ActiveOp`](crate::clients::ActiveOp) ([`PerUse`]). The
 //! single-part call then records a request `sign` on the key whose
 //! parameters name the SHA-256 of the data, the mechanism and the caller,
-//! and waits (without [`Agent::running`], so key changes and other calls go
+//! and waits (without `Agent::running`, so key changes and other calls go
 //! on) until the request is approved or the class's wait passes. Approved:
 //! the checks run again, the backend signs exactly the data the call holds,
 //! and the request moves `approved` → `executed`. Each call records its own
@@ -14,7 +14,7 @@
 //! request moves `pending` → `expired` and the call answers
 //! `CKR_FUNCTION_REJECTED`. Multi-part signing of such a key is refused.
 //!
-//! Decisions ([`crate::lifecycle::Lifecycle::decide`], `cancel`) ring the
+//! Decisions (`Lifecycle::decide`, `cancel`) ring the
 //! [`Bell`](crate::per_use::Bell); a waiting call also reads its request once a second. At start,
 //! the requests whose calls ended with the previous run are closed (pending:
 //! `expired`, approved: `failed`): an approval never signs without its call.
