@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Output;
 
 use cryptoki::error::RvError;
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use keyward_tests::admin::{
     application_toml, find, install_policy, keyward, keyward_json, keyward_ok, sign_grant_toml,
@@ -62,7 +63,7 @@ keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin
     // The application's own object, beside the managed keys.
     let ctx = Ctx::new(&tb);
     let s = ctx.user();
-    s.create_object(&[
+    let own = s.create_object(&[
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(true),
         Attribute::Private(true),
@@ -72,6 +73,7 @@ keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin
     .expect("C_CreateObject");
     assert_eq!(find(&s, "own-data", ObjectClass::DATA).len(), 1);
     assert_eq!(find(&s, "web-tls", ObjectClass::PRIVATE_KEY).len(), 1);
+    let web_tls = find(&s, "web-tls", ObjectClass::PRIVATE_KEY);
     assert_eq!(find(&s, "code-sign", ObjectClass::PRIVATE_KEY).len(), 1);
 
     // An unknown token: refused at once (exit 4), no request.
@@ -107,6 +109,9 @@ keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin
         "{r}"
     );
 
+    // The handles the application held fail.
+    assert!(s.get_attributes(own, &[AttributeType::Value]).is_err(), "its own object is still there");
+    assert!(s.sign(&Mechanism::Ecdsa, web_tls[0], &[7u8; 32]).is_err(), "a destroyed key signed");
     // A new session finds nothing of what was there.
     let after = ctx.rw();
     for (label, class) in [
