@@ -17,7 +17,7 @@
 //! 3. the virtual token's user PINs are cleared (the SO PIN and the label
 //!    stay: `keyward-agent set-pin` sets them again);
 //! 4. what the agent knew of the token's objects is forgotten;
-//! 5. the step is recorded in the trail (`token.init`) and the request
+//! 5. the step is recorded in the trail (a lifecycle record `token init`) and the request
 //!    moves to `executed` with what it did.
 //!
 //! It refuses to start when a key that is not destroyed is not among the
@@ -202,7 +202,7 @@ impl Lifecycle {
         let mut e = crate::audit::event(
             keyward_inventory::AuditKind::Lifecycle,
             by.clone(),
-            "token.init",
+            "token init",
         );
         e.token = Some(label.to_owned());
         e.reason = format!("{outcome}: {why}, by {who}")

@@ -280,7 +280,7 @@ fn two_officers_approve_and_every_key_and_object_goes_but_the_audit_key() {
                 .all(|(_, why)| why.contains(&format!("(request {})", r.id))),
         "{destroyed:?}"
     );
-    let initialised = trail(&a, "token.init");
+    let initialised = trail(&a, "token init");
     assert_eq!(initialised.len(), 1, "{initialised:?}");
     assert!(
         initialised[0].1.contains("alice, approved by alice, bob"),
@@ -411,6 +411,36 @@ fn an_approval_recorded_before_a_stop_or_a_run_cut_off_is_finished_once_at_the_n
     assert_eq!(objects(&a), HashSet::from(audit));
     // Once.
     a.lifecycle.resume_approved();
-    assert_eq!(trail(&a, "token.init").len(), 1);
+    assert_eq!(trail(&a, "token init").len(), 1);
     assert_eq!(trail(&a, "request.execute").len(), 1);
+}
+
+#[test]
+fn without_a_roster_one_unsigned_approval_carries_it_out() {
+    let (_d, a) = crate::agent::tests::mock_agent(crate::agent::tests::STRICT_SIGNING);
+    let root = admin(0, 9);
+    let own = object(&a, ck::CKO_DATA, b"own");
+    let r = pending(call(&a, &root, init("kw")));
+    assert_eq!(r.needed, 0);
+    assert!(objects(&a).contains(&own));
+    // A signature is refused where there is no roster to check it.
+    refused(
+        approve(&a, &root, &r),
+        AdminErrorKind::Invalid,
+        "the policy has no roster",
+    );
+    assert!(objects(&a).contains(&own));
+    call(
+        &a,
+        &root,
+        KeyRequest::RequestDecide {
+            id: r.id.clone(),
+            decision: Decision::Approve,
+            signature: None,
+        },
+    )
+    .unwrap();
+    let done = status(&a, &r.id);
+    assert_eq!(done.status, ApprovalStatus::Executed, "{}", done.outcome);
+    assert!(objects(&a).is_empty());
 }
