@@ -441,6 +441,16 @@ pub enum KeyRequest {
         /// Why (kept with the request).
         reason: String,
     },
+    /// Ask for the re-initialisation of a token: every managed key on it
+    /// is destroyed (its record kept), every other object but the audit
+    /// key removed, the user PINs cleared. Always an approval request
+    /// (quorum `token-init`); the SO PIN and the label stay.
+    TokenInit {
+        /// Virtual token label.
+        token: String,
+        /// Why (kept with the request).
+        reason: String,
+    },
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].

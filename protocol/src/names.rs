@@ -94,6 +94,7 @@ impl KeyRequest {
             KeyRequest::PolicyApply { .. } => "policy.apply",
             KeyRequest::Init { .. } => "policy.init",
             KeyRequest::Recover { .. } => "key.recover",
+            KeyRequest::TokenInit { .. } => "token.init",
         }
     }
 
@@ -120,7 +121,8 @@ impl KeyRequest {
             | KeyRequest::RequestCancel { .. }
             | KeyRequest::PolicyApply { .. }
             | KeyRequest::Init { .. }
-            | KeyRequest::Recover { .. } => false,
+            | KeyRequest::Recover { .. }
+            | KeyRequest::TokenInit { .. } => false,
         }
     }
 
@@ -253,6 +255,11 @@ impl KeyRequest {
                 "open a recovery window on {} for {} (verify and decrypt only): {}",
                 key(token, name),
                 period(*seconds),
+                clean(reason)
+            ),
+            KeyRequest::TokenInit { token, reason } => format!(
+                "initialise token {} (destroys every key on it, clears its user PINs): {}",
+                clean(token),
                 clean(reason)
             ),
         }
@@ -601,6 +608,10 @@ mod tests {
                 seconds: 3_600,
                 reason: "r".into(),
             }),
+            AdminRequest::Key(KeyRequest::TokenInit {
+                token: "t".into(),
+                reason: "r".into(),
+            }),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -657,6 +668,7 @@ mod tests {
                 "policy.apply",
                 "policy.init",
                 "key.recover",
+                "token.init",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",
@@ -742,6 +754,20 @@ mod tests {
             "open a recovery window on prod/archive for 7d (verify and decrypt only): \
              read the 2025 backups\\n"
         );
+        let init = AdminRequest::Key(KeyRequest::TokenInit {
+            token: "lab".into(),
+            reason: "reuse for staging".into(),
+        });
+        assert_eq!(
+            init.describe(),
+            "initialise token lab (destroys every key on it, clears its user PINs): \
+             reuse for staging"
+        );
+        assert!(!KeyRequest::TokenInit {
+            token: "lab".into(),
+            reason: "r".into()
+        }
+        .is_read_only());
         let adopt = AdminRequest::Key(KeyRequest::Adopt {
             token: None,
             backend_id: vec![0x0a, 0x1b, 0xff],

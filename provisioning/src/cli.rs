@@ -90,6 +90,11 @@ pub enum Command {
         #[command(subcommand)]
         command: PinCommand,
     },
+    /// Virtual tokens as a whole.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Approval requests: actions that wait for a second person.
     Request {
         #[command(subcommand)]
@@ -348,6 +353,23 @@ pub enum PinCommand {
         /// application has its own).
         #[arg(long = "app", value_name = "NAME")]
         application: Option<String>,
+    },
+}
+
+/// `keyward token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Re-initialise a token: every managed key on it is destroyed (the
+    /// inventory keeps its record), every other object but the audit key is
+    /// removed, the user PINs are cleared (the SO PIN and the label stay).
+    /// Always needs approval (quorum token-init): exit 3 with the request's
+    /// id, which lists the keys lost.
+    Init {
+        /// Virtual token label.
+        token: String,
+        /// Why (kept with the request).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -845,6 +867,27 @@ mod tests {
         assert_eq!(
             bad(&["admin-key", "show", "pkcs11:object"]),
             ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn token_init() {
+        let cli = ok(&["token", "init", "lab", "--reason", "reuse it"]);
+        let Command::Token {
+            command: TokenCommand::Init { token, reason },
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((token.as_str(), reason.as_str()), ("lab", "reuse it"));
+        // The token and the reason are required.
+        assert_eq!(
+            bad(&["token", "init", "lab"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["token", "init", "--reason", "x"]),
+            ErrorKind::MissingRequiredArgument
         );
     }
 

@@ -21,7 +21,7 @@ use crate::admin::{exchange, Exit, Failure};
 use crate::cli::{
     AdminKeyCommand, AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs,
     GrantCommand, KeyArgs, KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs,
-    RequestCommand, ResultFilter, TransitionArgs,
+    RequestCommand, ResultFilter, TokenCommand, TransitionArgs,
 };
 use crate::decide;
 use crate::output::answer_failure;
@@ -181,6 +181,9 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             }),
             application,
         }),
+        Command::Token {
+            command: TokenCommand::Init { token, reason },
+        } => key(KeyRequest::TokenInit { token, reason }),
         Command::Discover(DiscoverArgs {
             token,
             adopt,
@@ -755,6 +758,13 @@ mod tests {
     #[test]
     fn commands_become_requests() {
         assert_eq!(req(&["status"]), Ok(AdminRequest::Status));
+        assert_eq!(
+            key(&["token", "init", "lab", "--reason", "reuse"]),
+            KeyRequest::TokenInit {
+                token: "lab".into(),
+                reason: "reuse".into()
+            }
+        );
         assert_eq!(
             key(&["key", "create", "web", "--class", "tls", "--owner", "bob"]),
             KeyRequest::Create {

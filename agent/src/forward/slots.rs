@@ -239,25 +239,7 @@ impl Agent {
         if self.verify_pin(client, t, Role::So, so_pin)? == Some(false) {
             return Err(Error::PinIncorrect);
         }
-        let anchor = backend.anchor_session();
-        let slot = self
-            .tokens
-            .iter()
-            .position(|x| std::ptr::eq(x, t))
-            .unwrap_or(usize::MAX);
-        for h in backend.find_objects(anchor, &[])? {
-            // The audit key is the agent's, not the token's: it survives,
-            // so that checkpoints signed before stay verifiable.
-            if self.is_audit_key(slot, h) {
-                continue;
-            }
-            if let Err(e) = backend.destroy_object(anchor, h) {
-                log::warn!(
-                    "token {:?}: C_InitToken could not destroy backend object {h}: {e}",
-                    t.config.label
-                );
-            }
-        }
+        self.clear_token_objects(t, backend, backend.anchor_session(), "C_InitToken")?;
         let store = |r: std::io::Result<()>| {
             r.map_err(|e| {
                 log::error!("token {:?}: state store: {e}", t.config.label);
@@ -269,5 +251,54 @@ impl Agent {
         let label = String::from_utf8_lossy(label);
         let label = label.trim_end_matches([' ', '\0']);
         store(t.state.set_label(label))
+    }
+}
+
+/// What [`Core::clear_token_objects`](crate::shared::Core::clear_token_objects)
+/// did: objects removed, and objects the backend refused to remove.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Cleared {
+    pub(crate) removed: usize,
+    pub(crate) refused: usize,
+}
+
+impl crate::shared::Core {
+    /// Removes every object of token `t`'s backend but the audit key, on
+    /// `session` (for `C_InitToken` and an approved `keyward token init`,
+    /// named by `what` in the log). An object gone already counts as
+    /// neither removed nor refused; one the backend refuses to remove is
+    /// logged and counted, and the others are still removed.
+    pub(crate) fn clear_token_objects(
+        &self,
+        t: &VirtualToken,
+        backend: &dyn Backend,
+        session: crate::backend::BackendSession,
+        what: &str,
+    ) -> Result<Cleared> {
+        let slot = self
+            .tokens
+            .iter()
+            .position(|x| std::ptr::eq(x, t))
+            .unwrap_or(usize::MAX);
+        let mut cleared = Cleared::default();
+        for h in backend.find_objects(session, &[])? {
+            // The audit key is the agent's, not the token's: it survives,
+            // so that checkpoints signed before stay verifiable.
+            if self.is_audit_key(slot, h) {
+                continue;
+            }
+            match backend.destroy_object(session, h) {
+                Ok(()) => cleared.removed += 1,
+                Err(Error::Backend(ck::CKR_OBJECT_HANDLE_INVALID)) => {}
+                Err(e) => {
+                    cleared.refused += 1;
+                    log::warn!(
+                        "token {:?}: {what} could not destroy backend object {h}: {e}",
+                        t.config.label
+                    );
+                }
+            }
+        }
+        Ok(cleared)
     }
 }

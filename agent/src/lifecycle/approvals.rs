@@ -52,6 +52,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         }
         "recover" => Some(Approvable::RecoveryWindow),
         "grant" => Some(Approvable::SensitiveGrant),
+        super::token_init::TOKEN_INIT => Some(Approvable::TokenInit),
         _ => None,
     }
 }
@@ -547,6 +548,9 @@ impl Lifecycle {
     fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
         if r.action == super::governance::POLICY_APPLY {
             return self.carry_out_policy(r, by, now);
+        }
+        if r.action == super::token_init::TOKEN_INIT {
+            return self.carry_out_token_init(r, by, now);
         }
         let Some(key_id) = r.key_id else {
             return fail(

@@ -72,6 +72,7 @@ pub mod hsm;
 pub mod recovery;
 pub mod rotate;
 pub mod scheduler;
+pub mod token_init;
 pub mod transition;
 pub mod verify;
 pub mod views;
@@ -222,7 +223,9 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         }
         KeyRequest::GrantList { key, token } => (token.clone(), key.clone()),
         KeyRequest::Adopt { token, name, .. } => (token.clone(), Some(name.clone())),
-        KeyRequest::PinUnlock { token, .. } => (Some(token.clone()), None),
+        KeyRequest::PinUnlock { token, .. } | KeyRequest::TokenInit { token, .. } => {
+            (Some(token.clone()), None)
+        }
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
         KeyRequest::AppList
         | KeyRequest::RequestList { .. }
@@ -477,6 +480,9 @@ impl Lifecycle {
             } => {
                 let t = self.target(token.as_deref(), &name)?;
                 self.request_recovery(&t, seconds, (&who, &reason), SystemTime::now())
+            }
+            KeyRequest::TokenInit { token, reason } => {
+                self.request_token_init(&token, (&who, &reason), SystemTime::now())
             }
             KeyRequest::PinUnlock {
                 token,

@@ -1109,6 +1109,17 @@ fn roles_may_request_what_the_reference_says() {
 }
 
 #[test]
+fn only_a_security_officer_may_ask_for_a_token_initialisation() {
+    for role in Role::ALL {
+        assert_eq!(
+            role.may_request("token.init"),
+            role == Role::SecurityOfficer,
+            "{role}"
+        );
+    }
+}
+
+#[test]
 fn administrator_signatures_verify_and_forgeries_do_not() {
     use ed25519_dalek::Signer as _;
     let message = b"keyward decision\0 approve";

@@ -43,5 +43,6 @@ mod recovery;
 mod report;
 mod sessions_login;
 mod slots_tokens;
+mod token_init;
 mod versions;
 mod wire;
