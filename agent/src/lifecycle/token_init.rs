@@ -10,7 +10,7 @@
 //! Approved, it runs while no new session may open on the token (its
 //! `initializing` flag, as for `C_InitToken`):
 //! 1. every managed key of the token that is not destroyed is destroyed
-//!    ([`Lifecycle::destroy_key`]: the inventory keeps its record, with who
+//!    (`Lifecycle::destroy_key`: the inventory keeps its record, with who
 //!    asked and approved and the request's id);
 //! 2. every other backend object of the token but the audit key is removed
 //!    (the loop `C_InitToken` uses);

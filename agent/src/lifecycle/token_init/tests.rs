@@ -5,43 +5,31 @@
 
 use std::collections::HashSet;
 
-use ed25519_dalek::Signer as _;
 use keyward_policy::{ApprovalStatus, Decision};
 use keyward_protocol::admin::{AdminRequest, AdminResponse, ApprovalRequest};
-use keyward_protocol::approval::decision_statement;
 use keyward_protocol::Attribute;
 
+use super::super::test_roster::*;
 use super::*;
 use crate::agent::Agent;
 use crate::audit::AuditKey;
 use crate::backend::BackendObject;
 use crate::state::PinRef;
 
-struct Admin {
-    uid: u32,
-    key: ed25519_dalek::SigningKey,
-}
-
-fn admin(uid: u32, seed: u8) -> Admin {
-    Admin {
-        uid,
-        key: ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
-    }
-}
 fn alice() -> Admin {
-    admin(1001, 1)
+    ed(1001, 1)
 }
 fn bob() -> Admin {
-    admin(1002, 2)
+    ed(1002, 2)
 }
 fn carol() -> Admin {
-    admin(1003, 3)
+    ed(1003, 3)
 }
 fn oscar() -> Admin {
-    admin(1004, 4)
+    ed(1004, 4)
 }
 fn dave() -> Admin {
-    admin(1005, 5)
+    ed(1005, 5)
 }
 
 const CLASSES: &str = r#"
@@ -64,32 +52,14 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
 /// alice and bob: security officers; carol: key owner; oscar: operator;
 /// dave: auditor.
 fn roster() -> String {
-    let entry = |name: &str, a: Admin, role: &str| {
-        format!(
-            "\n[[administrator]]\nname = \"{name}\"\nuids = [{}]\nroles = [\"{role}\"]\n\
-             public_key = \"ed25519:{}\"\n",
-            a.uid,
-            hex::encode(a.key.verifying_key().as_bytes())
-        )
-    };
     format!(
         "{CLASSES}{}{}{}{}{}",
-        entry("alice", alice(), "security-officer"),
-        entry("bob", bob(), "security-officer"),
-        entry("carol", carol(), "key-owner"),
-        entry("oscar", oscar(), "operator"),
-        entry("dave", dave(), "auditor"),
+        entry("alice", &alice(), "\"security-officer\""),
+        entry("bob", &bob(), "\"security-officer\""),
+        entry("carol", &carol(), "\"key-owner\""),
+        entry("oscar", &oscar(), "\"operator\""),
+        entry("dave", &dave(), "\"auditor\""),
     )
-}
-
-fn peer(a: &Admin) -> Peer {
-    let mut p = crate::agent::tests::admin_peer();
-    p.uid = a.uid;
-    p
-}
-
-fn call(a: &Agent, who: &Admin, req: KeyRequest) -> AResult<KeyResponse> {
-    a.lifecycle.key_call(&peer(who), req)
 }
 
 fn init(token: &str) -> KeyRequest {
@@ -125,37 +95,10 @@ fn pending(r: AResult<KeyResponse>) -> ApprovalRequest {
     }
 }
 
-fn approve(a: &Agent, who: &Admin, r: &ApprovalRequest) -> AResult<KeyResponse> {
-    let statement = decision_statement(Decision::Approve, &r.content().digest());
-    call(
-        a,
-        who,
-        KeyRequest::RequestDecide {
-            id: r.id.clone(),
-            decision: Decision::Approve,
-            signature: Some(who.key.sign(&statement).to_bytes().to_vec()),
-        },
-    )
-}
-
 fn status(a: &Agent, id: &str) -> ApprovalRequest {
     match call(a, &alice(), KeyRequest::RequestShow { id: id.into() }) {
         Ok(KeyResponse::Requests(mut r)) => r.remove(0),
         other => panic!("{other:?}"),
-    }
-}
-
-fn refused(r: AResult<KeyResponse>, kind: AdminErrorKind, needle: &str) {
-    match r {
-        Err(e) => {
-            assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(
-                e.message.contains(needle),
-                "{needle:?} not in {:?}",
-                e.message
-            );
-        }
-        Ok(other) => panic!("expected a refusal containing {needle:?}, got {other:?}"),
     }
 }
 
@@ -418,7 +361,7 @@ fn an_approval_recorded_before_a_stop_or_a_run_cut_off_is_finished_once_at_the_n
 #[test]
 fn without_a_roster_one_unsigned_approval_carries_it_out() {
     let (_d, a) = crate::agent::tests::mock_agent(crate::agent::tests::STRICT_SIGNING);
-    let root = admin(0, 9);
+    let root = ed(0, 9);
     let own = object(&a, ck::CKO_DATA, b"own");
     let r = pending(call(&a, &root, init("kw")));
     assert_eq!(r.needed, 0);
