@@ -220,10 +220,19 @@ impl Testbed {
     }
 
     /// The last lines of the agent's log, for failure messages.
+    /// The agent log's last lines, shown when a test fails: 60, or
+    /// `KEYWARD_TEST_LOG_LINES`.
     pub fn agent_log_tail(&self) -> String {
         self.testbed
             .as_ref()
-            .map(|t| t.log_tail(60))
+            .map(|t| {
+                t.log_tail(
+                    std::env::var("KEYWARD_TEST_LOG_LINES")
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(60),
+                )
+            })
             .unwrap_or_default()
     }
 }

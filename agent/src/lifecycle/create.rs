@@ -78,6 +78,21 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
     (record, version)
 }
 
+/// `generate()`, and once more when the HSM answers
+/// `CKR_GENERAL_ERROR`: a backend whose previous user was killed while it
+/// wrote a token object (SoftHSM2 after a SIGKILL) can fail the next
+/// generation once. Nothing was made by the failed call; any other error
+/// stands.
+fn once_more<T>(generate: impl Fn() -> crate::error::Result<T>) -> crate::error::Result<T> {
+    match generate() {
+        Err(crate::error::Error::Backend(ck::CKR_GENERAL_ERROR)) => {
+            log::warn!("HSM: a key generation failed with CKR_GENERAL_ERROR; trying once more");
+            generate()
+        }
+        r => r,
+    }
+}
+
 impl Lifecycle {
     /// Generates a key of `class` in `token`'s HSM on a fresh session, as
     /// token objects with a pending label (see [`pending_label`]) and a new
@@ -117,6 +132,7 @@ impl Lifecycle {
             message: format!("class {:?}: {r}", class.name),
         };
         let made = (|| -> AResult<Vec<BackendObject>> {
+            let _no_scan = self.hsm_scan.lock().unwrap_or_else(|p| p.into_inner());
             let s = HsmSession::open(backend)?;
             Ok(match recipe(alg) {
                 Recipe::Pair(mech, extra) => {
@@ -129,11 +145,15 @@ impl Lifecycle {
                     .map_err(refused)?;
                     apply(&mut public, &adj.public);
                     apply(&mut private, &adj.private);
-                    let (hpub, hpriv) = backend
-                        .generate_key_pair(s.handle, &Mechanism::plain(mech), &public, &private)
-                        .map_err(|e| {
-                            hsm_err(&format!("C_GenerateKeyPair {}", mech_name(mech)), e)
-                        })?;
+                    let (hpub, hpriv) = once_more(|| {
+                        backend.generate_key_pair(
+                            s.handle,
+                            &Mechanism::plain(mech),
+                            &public,
+                            &private,
+                        )
+                    })
+                    .map_err(|e| hsm_err(&format!("C_GenerateKeyPair {}", mech_name(mech)), e))?;
                     vec![hpub, hpriv]
                 }
                 Recipe::Secret(mech, len) => {
@@ -142,9 +162,10 @@ impl Lifecycle {
                     let adj =
                         judge(&template, |t| check_generation(class, mech, t)).map_err(refused)?;
                     apply(&mut template, &adj);
-                    let h = backend
-                        .generate_key(s.handle, &Mechanism::plain(mech), &template)
-                        .map_err(|e| hsm_err(&format!("C_GenerateKey {}", mech_name(mech)), e))?;
+                    let h = once_more(|| {
+                        backend.generate_key(s.handle, &Mechanism::plain(mech), &template)
+                    })
+                    .map_err(|e| hsm_err(&format!("C_GenerateKey {}", mech_name(mech)), e))?;
                     vec![h]
                 }
             })
@@ -438,5 +459,45 @@ impl Lifecycle {
                 e.message
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod once_more_tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn a_general_error_is_tried_once_more_and_nothing_else_is() {
+        let calls = Cell::new(0);
+        let flaky = || {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(Error::Backend(ck::CKR_GENERAL_ERROR))
+            } else {
+                Ok(7)
+            }
+        };
+        assert_eq!(once_more(flaky).ok(), Some(7));
+        assert_eq!(calls.get(), 2);
+        calls.set(0);
+        let broken = || {
+            calls.set(calls.get() + 1);
+            Err::<u8, _>(Error::Backend(ck::CKR_GENERAL_ERROR))
+        };
+        assert!(matches!(
+            once_more(broken),
+            Err(Error::Backend(ck::CKR_GENERAL_ERROR))
+        ));
+        assert_eq!(calls.get(), 2, "twice, not more");
+        calls.set(0);
+        let refused = || {
+            calls.set(calls.get() + 1);
+            Err::<u8, _>(Error::Backend(ck::CKR_MECHANISM_INVALID))
+        };
+        assert!(once_more(refused).is_err());
+        assert_eq!(calls.get(), 1, "any other error stands");
     }
 }

@@ -47,6 +47,7 @@ impl Lifecycle {
             .position(|x| std::ptr::eq(x, token))
             .unwrap_or(usize::MAX);
         let backend = self.backend(token)?;
+        let _no_generation = self.hsm_scan.lock().unwrap_or_else(|p| p.into_inner());
         let s = HsmSession::open(backend.as_ref())?;
         let mut out = Vec::new();
         let mut private_ids = Vec::new();

@@ -85,6 +85,11 @@ pub struct Lifecycle {
     /// The policy file in force (`None`: the built-in lab policy); see
     /// [`governance`].
     policy_file: std::sync::Mutex<Option<governance::PolicyFile>>,
+    /// Held while a key is generated and while discovery scans a token: the
+    /// scan never runs beside a generation on the backend (SoftHSM2 can
+    /// fail a generation with `CKR_GENERAL_ERROR` when a scan of the same
+    /// token runs at the same moment). Administrative paths only.
+    hsm_scan: std::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for Lifecycle {
@@ -100,6 +105,7 @@ impl Lifecycle {
         Lifecycle {
             core,
             policy_file: std::sync::Mutex::new(None),
+            hsm_scan: std::sync::Mutex::new(()),
         }
     }
 }
