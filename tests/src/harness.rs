@@ -219,8 +219,7 @@ impl Testbed {
         self.dir.path()
     }
 
-    /// The last lines of the agent's log, for failure messages.
-    /// The agent log's last lines, shown when a test fails: 60, or
+    /// The last lines of the agent's log, for failure messages: 60, or
     /// `KEYWARD_TEST_LOG_LINES`.
     pub fn agent_log_tail(&self) -> String {
         self.testbed
