@@ -387,7 +387,15 @@ fn admin_set_pin(tb: &keyward_tests::Env, app: &str, pin: &str) -> (bool, String
         .stderr(Stdio::piped())
         .spawn()
         .expect("run keyward-agent set-pin");
-    writeln!(child.stdin.take().expect("stdin"), "{pin}").expect("write the PIN");
+    // A refusal (an unknown application) may come before the PIN is read:
+    // the pipe is then closed, and the exit status says why.
+    if let Err(e) = writeln!(child.stdin.take().expect("stdin"), "{pin}") {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write the PIN: {e}"
+        );
+    }
     let out = child
         .wait_with_output()
         .expect("wait for keyward-agent set-pin");
