@@ -193,44 +193,12 @@ impl KeyRequest {
                 Some(t) => format!("look for unmanaged keys on token {}", clean(t)),
                 None => "look for unmanaged keys on every token".to_owned(),
             },
-            KeyRequest::RequestList { all: false } => {
-                "list the pending approval requests".to_owned()
-            }
-            KeyRequest::RequestList { all: true } => "list every approval request".to_owned(),
-            KeyRequest::RequestShow { id } => format!("show approval request {}", clean(id)),
-            KeyRequest::RequestDecide {
-                id,
-                decision,
-                signature,
-            } => format!(
-                "{decision} request {}{}",
-                clean(id),
-                if signature.is_some() { " (signed)" } else { "" }
-            ),
-            KeyRequest::RequestCancel { id, reason } => {
-                let mut s = format!("cancel request {}", clean(id));
-                if let Some(r) = reason {
-                    let _ = write!(s, ": {}", clean(r));
-                }
-                s
-            }
-            KeyRequest::Init { text, reason } => {
-                let mut s = format!(
-                    "set up dual control with a first policy ({} bytes)",
-                    text.len()
-                );
-                if let Some(r) = reason {
-                    let _ = write!(s, ": {}", clean(r));
-                }
-                s
-            }
-            KeyRequest::PolicyApply { text, reason } => {
-                let mut s = format!("apply a new policy ({} bytes)", text.len());
-                if let Some(r) = reason {
-                    let _ = write!(s, ": {}", clean(r));
-                }
-                s
-            }
+            KeyRequest::RequestList { .. }
+            | KeyRequest::RequestShow { .. }
+            | KeyRequest::RequestDecide { .. }
+            | KeyRequest::RequestCancel { .. }
+            | KeyRequest::Init { .. }
+            | KeyRequest::PolicyApply { .. } => self.describe_dual_control(),
             KeyRequest::Adopt {
                 token,
                 backend_id,
@@ -262,6 +230,49 @@ impl KeyRequest {
                 clean(token),
                 clean(reason)
             ),
+        }
+    }
+}
+
+impl KeyRequest {
+    /// [`KeyRequest::describe`] of the requests of dual control itself
+    /// (requests, decisions, the policy's changes).
+    fn describe_dual_control(&self) -> String {
+        let with_reason = |mut s: String, reason: &Option<String>| {
+            if let Some(r) = reason {
+                let _ = write!(s, ": {}", clean(r));
+            }
+            s
+        };
+        match self {
+            KeyRequest::RequestList { all: false } => {
+                "list the pending approval requests".to_owned()
+            }
+            KeyRequest::RequestList { all: true } => "list every approval request".to_owned(),
+            KeyRequest::RequestShow { id } => format!("show approval request {}", clean(id)),
+            KeyRequest::RequestDecide {
+                id,
+                decision,
+                signature,
+            } => format!(
+                "{decision} request {}{}",
+                clean(id),
+                if signature.is_some() { " (signed)" } else { "" }
+            ),
+            KeyRequest::RequestCancel { id, reason } => {
+                with_reason(format!("cancel request {}", clean(id)), reason)
+            }
+            KeyRequest::Init { text, reason } => with_reason(
+                format!(
+                    "set up dual control with a first policy ({} bytes)",
+                    text.len()
+                ),
+                reason,
+            ),
+            KeyRequest::PolicyApply { text, reason } => {
+                with_reason(format!("apply a new policy ({} bytes)", text.len()), reason)
+            }
+            other => other.name().to_owned(),
         }
     }
 }
@@ -710,6 +721,33 @@ mod tests {
 
     #[test]
     fn descriptions_speak_words() {
+        let key = |r: KeyRequest| AdminRequest::Key(r).describe();
+        assert_eq!(
+            key(KeyRequest::RequestCancel {
+                id: "00ff".into(),
+                reason: Some("asked twice\n".into())
+            }),
+            "cancel request 00ff: asked twice\\n"
+        );
+        assert_eq!(
+            key(KeyRequest::RequestDecide {
+                id: "00ff".into(),
+                decision: Decision::Deny,
+                signature: Some(vec![1])
+            }),
+            "deny request 00ff (signed)"
+        );
+        assert_eq!(
+            key(KeyRequest::PolicyApply {
+                text: "[settings]\n".into(),
+                reason: None
+            }),
+            "apply a new policy (11 bytes)"
+        );
+        assert_eq!(
+            key(KeyRequest::RequestList { all: false }),
+            "list the pending approval requests"
+        );
         assert_eq!(
             transition(KeyAction::Suspend, None, Some("demo: investigating")).describe(),
             "suspend demo-key: demo: investigating"

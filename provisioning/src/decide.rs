@@ -65,53 +65,13 @@ pub fn decide(
         }
         out
     };
-    if request.status != ApprovalStatus::Pending {
-        return fail(Failure::local(
-            Exit::Conflict,
-            "Conflict",
-            format!(
-                "request {} is {}, not pending: nothing to {}",
-                render::clean(&request.id),
-                request.status.as_str(),
-                decision.as_str()
-            ),
-        ));
-    }
-    if request.expires_at <= now {
-        return fail(Failure::local(
-            Exit::Conflict,
-            "Conflict",
-            format!(
-                "request {} expired at {}: nothing to {}",
-                render::clean(&request.id),
-                format_utc(request.expires_at),
-                decision.as_str()
-            ),
-        ));
+    if let Err(f) = still_open(&request, decision, now) {
+        return fail(f);
     }
     let statement = decision_statement(decision, &digest);
-    let (signature, signed_by, mut stderr) = match &args.key {
-        Some(source) => {
-            let spec = KeySpec {
-                source: source.clone(),
-                module: args.module.clone(),
-            };
-            match signer::sign(&spec, &statement) {
-                Ok(s) => (
-                    Some(s.signature),
-                    Some(s.public_key.to_text()),
-                    String::new(),
-                ),
-                Err(f) => return fail(f),
-            }
-        }
-        None => (
-            None,
-            None,
-            "keyward: no --key: the decision is sent unsigned (only an agent without a \
-             roster accepts it)\n"
-                .to_owned(),
-        ),
+    let (signature, signed_by, mut stderr) = match sign_with(&args, &statement) {
+        Ok(signed) => signed,
+        Err(f) => return fail(f),
     };
     let send = AdminRequest::Key(KeyRequest::RequestDecide {
         id: request.id.clone(),
@@ -163,6 +123,55 @@ pub fn decide(
         stderr,
         exit: Exit::Success,
     }
+}
+
+/// Refuses, before anything is signed, a decision on a request that is
+/// no longer pending or has expired at `now`.
+fn still_open(request: &ApprovalRequest, decision: Decision, now: i64) -> Result<(), Failure> {
+    let why = if request.status != ApprovalStatus::Pending {
+        format!("is {}, not pending", request.status.as_str())
+    } else if request.expires_at <= now {
+        format!("expired at {}", format_utc(request.expires_at))
+    } else {
+        return Ok(());
+    };
+    Err(Failure::local(
+        Exit::Conflict,
+        "Conflict",
+        format!(
+            "request {} {why}: nothing to {}",
+            render::clean(&request.id),
+            decision.as_str()
+        ),
+    ))
+}
+
+/// A decision's signature as sent: the signature, the public key that made
+/// it (roster form), and a note for standard error.
+type Signed = (Option<Vec<u8>>, Option<String>, String);
+
+/// `statement` signed with `args.key`; without a key, nothing signed and a
+/// note saying so.
+fn sign_with(args: &DecideArgs, statement: &[u8]) -> Result<Signed, Failure> {
+    let Some(source) = &args.key else {
+        return Ok((
+            None,
+            None,
+            "keyward: no --key: the decision is sent unsigned (only an agent without a \
+             roster accepts it)\n"
+                .to_owned(),
+        ));
+    };
+    let spec = KeySpec {
+        source: source.clone(),
+        module: args.module.clone(),
+    };
+    let s = signer::sign(&spec, statement)?;
+    Ok((
+        Some(s.signature),
+        Some(s.public_key.to_text()),
+        String::new(),
+    ))
 }
 
 /// The one request `RequestShow` asked for, or why not.

@@ -544,6 +544,25 @@ impl Lifecycle {
         }
     }
 
+    /// Who an approved request's action is recorded as done by: its
+    /// requester and its approvers (`alice, approved by bob, carol`).
+    pub(crate) fn asked_and_approved(&self, r: &ApprovalRecord) -> AResult<String> {
+        let approvers: Vec<String> = self
+            .keys
+            .inventory()
+            .decisions(&r.id)
+            .map_err(inv_err)?
+            .into_iter()
+            .filter(|d| d.decision == keyward_policy::Decision::Approve)
+            .map(|d| d.administrator)
+            .collect();
+        Ok(format!(
+            "{}, approved by {}",
+            r.requester,
+            approvers.join(", ")
+        ))
+    }
+
     /// The action of `r` and its request's move to `executed`, together.
     fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
         if r.action == super::governance::POLICY_APPLY {
@@ -571,16 +590,7 @@ impl Lifecycle {
             );
         };
         let t = Target { token, key };
-        let approvers: Vec<String> = self
-            .keys
-            .inventory()
-            .decisions(&r.id)
-            .map_err(inv_err)?
-            .into_iter()
-            .filter(|d| d.decision == keyward_policy::Decision::Approve)
-            .map(|d| d.administrator)
-            .collect();
-        let who = format!("{}, approved by {}", r.requester, approvers.join(", "));
+        let who = self.asked_and_approved(r)?;
         let why = format!("{} (request {})", r.reason, r.id);
         let action = match r.action.as_str() {
             "recover" => return self.recover_approved(&t, (&who, by), &why, r, now),

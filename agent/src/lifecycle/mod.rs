@@ -454,30 +454,12 @@ impl Lifecycle {
                 self.list_grants(key.as_deref(), token.as_deref())
             }
             KeyRequest::AppList => Ok(KeyResponse::Apps(self.app_list()?)),
-            KeyRequest::RequestList { all } => self.list_requests(all, SystemTime::now()),
-            KeyRequest::RequestShow { id } => self.show_request(&id, SystemTime::now()),
-            KeyRequest::RequestDecide {
-                id,
-                decision,
-                signature,
-            } => self.decide(
-                admin,
-                &id,
-                decision,
-                signature.as_deref(),
-                SystemTime::now(),
-            ),
-            KeyRequest::RequestCancel { id, reason } => {
-                self.cancel(admin, &id, reason.as_deref(), SystemTime::now())
-            }
-            KeyRequest::PolicyApply { text, reason } => {
-                let reason = reason.unwrap_or_else(|| "keyward policy apply".to_owned());
-                self.apply_policy((&who, &by), text, &reason, SystemTime::now())
-            }
-            KeyRequest::Init { text, reason } => {
-                let reason = reason.unwrap_or_else(|| "keyward init".to_owned());
-                self.init_policy((&who, &by), text, &reason, SystemTime::now())
-            }
+            req @ (KeyRequest::RequestList { .. }
+            | KeyRequest::RequestShow { .. }
+            | KeyRequest::RequestDecide { .. }
+            | KeyRequest::RequestCancel { .. }
+            | KeyRequest::PolicyApply { .. }
+            | KeyRequest::Init { .. }) => self.dual_control_call(admin, (&who, &by), req),
             KeyRequest::Recover {
                 name,
                 token,
@@ -506,6 +488,41 @@ impl Lifecycle {
                 let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
+        }
+    }
+
+    /// The requests of dual control itself: listing, showing, deciding on
+    /// and cancelling requests, and the policy's changes.
+    fn dual_control_call(
+        &self,
+        admin: &Peer,
+        (who, by): (&str, &Actor),
+        req: KeyRequest,
+    ) -> AResult<KeyResponse> {
+        let now = SystemTime::now();
+        match req {
+            KeyRequest::RequestList { all } => self.list_requests(all, now),
+            KeyRequest::RequestShow { id } => self.show_request(&id, now),
+            KeyRequest::RequestDecide {
+                id,
+                decision,
+                signature,
+            } => self.decide(admin, &id, decision, signature.as_deref(), now),
+            KeyRequest::RequestCancel { id, reason } => {
+                self.cancel(admin, &id, reason.as_deref(), now)
+            }
+            KeyRequest::PolicyApply { text, reason } => {
+                let reason = reason.unwrap_or_else(|| "keyward policy apply".to_owned());
+                self.apply_policy((who, by), text, &reason, now)
+            }
+            KeyRequest::Init { text, reason } => {
+                let reason = reason.unwrap_or_else(|| "keyward init".to_owned());
+                self.init_policy((who, by), text, &reason, now)
+            }
+            other => fail(
+                AdminErrorKind::Invalid,
+                format!("{} is not a request of dual control", other.name()),
+            ),
         }
     }
 

@@ -89,14 +89,10 @@ impl Lifecycle {
         self.record_request_on((label, None), TOKEN_INIT, parameters, (who, why), now)
     }
 
-    /// Carries out approved token initialisation request `r` (by `by`,
-    /// for the trail), and moves it to `executed`.
-    pub(crate) fn carry_out_token_init(
-        &self,
-        r: &ApprovalRecord,
-        by: &Actor,
-        now: SystemTime,
-    ) -> AResult<()> {
+    /// The token of approved request `r` and its live managed keys, which
+    /// must all be among those the request names (a key made since stops
+    /// the initialisation before anything changes).
+    fn token_init_target(&self, r: &ApprovalRecord) -> AResult<(&VirtualToken, Vec<String>)> {
         let parameters: serde_json::Value =
             serde_json::from_str(&r.parameters).map_err(|e| AdminError {
                 kind: AdminErrorKind::Invalid,
@@ -133,6 +129,19 @@ impl Lifecycle {
                 ),
             );
         }
+        Ok((t, live))
+    }
+
+    /// Carries out approved token initialisation request `r` (by `by`,
+    /// for the trail), and moves it to `executed`.
+    pub(crate) fn carry_out_token_init(
+        &self,
+        r: &ApprovalRecord,
+        by: &Actor,
+        now: SystemTime,
+    ) -> AResult<()> {
+        let (t, live) = self.token_init_target(r)?;
+        let label = t.config.label.as_str();
         let backend = self.backend(t)?.clone();
         {
             let mut c = t.counts();
@@ -145,16 +154,7 @@ impl Lifecycle {
             c.initializing = true;
         }
         let _initializing = Initializing(t);
-        let approvers: Vec<String> = self
-            .keys
-            .inventory()
-            .decisions(&r.id)
-            .map_err(inv_err)?
-            .into_iter()
-            .filter(|d| d.decision == keyward_policy::Decision::Approve)
-            .map(|d| d.administrator)
-            .collect();
-        let who = format!("{}, approved by {}", r.requester, approvers.join(", "));
+        let who = self.asked_and_approved(r)?;
         let why = format!("token {label} initialised: {} (request {})", r.reason, r.id);
         // 1. The managed keys, each recorded as a destruction.
         let mut destroyed = 0;
