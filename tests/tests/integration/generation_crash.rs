@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
+use cryptoki::session::Session;
 use keyward_tests::admin::{install_policy, keyward_ok};
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
@@ -25,11 +26,9 @@ fn policy(tb: &Env) {
     install_policy(tb, &keyward_tests::admin::default_class_policy(""));
 }
 
-/// Generates token key pairs labelled `gen-N` until a call fails (the
-/// agent went away); returns how many succeeded.
-fn generate_until_error(tb: &Env, first: usize) -> usize {
-    let ctx = Ctx::new(tb);
-    let s = ctx.user();
+/// Generates token key pairs labelled `gen-N` on `s` until a call fails
+/// (the agent went away); returns how many succeeded.
+fn generate_until_error(s: &Session, first: usize) -> usize {
     let mut n = 0;
     loop {
         let label = format!("gen-{}", first + n).into_bytes();
@@ -59,6 +58,10 @@ keyward_test!(fn a_kill_during_application_generation_leaves_no_orphan_key(tb) {
     policy(&tb);
     let mut made = 0;
     for kill in 0..KILLS {
+        // Logged in before the killer's clock starts: the kill lands in
+        // the stream of generations, not before it.
+        let ctx = Ctx::new(&tb);
+        let s = ctx.user();
         let stop = Arc::new(AtomicBool::new(false));
         let killer = {
             let (tb, stop) = (tb.clone(), stop.clone());
@@ -69,7 +72,9 @@ keyward_test!(fn a_kill_during_application_generation_leaves_no_orphan_key(tb) {
                 stop.store(true, Ordering::SeqCst);
             })
         };
-        made += generate_until_error(&tb, made + 1000 * kill);
+        made += generate_until_error(&s, made + 1000 * kill);
+        drop(s);
+        drop(ctx);
         killer.join().expect("the killer thread");
         assert!(stop.load(Ordering::SeqCst));
         tb.start_agent();
