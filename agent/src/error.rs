@@ -15,12 +15,12 @@ pub type Rv = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The backend library answered this `CK_RV`; passed on unchanged.
-    #[error("backend returned {0:#x}")]
+    #[error("backend returned {}", rv_text(*.0))]
     Backend(Rv),
     /// The policy refused the call with this `CK_RV` (the code of a
     /// `keyward_policy::Refusal`, whose reason the agent logs where it
     /// refuses).
-    #[error("refused by policy ({0:#x})")]
+    #[error("refused by policy ({})", rv_text(*.0))]
     Refused(Rv),
     /// `CKR_SLOT_ID_INVALID`: no virtual token has this slot id.
     #[error("unknown slot")]
@@ -122,5 +122,46 @@ impl Error {
     }
 }
 
+/// `rv` as an administrator reads it: its `CKR_*` name and code
+/// (`CKR_ATTRIBUTE_READ_ONLY (0x10)`), or the bare code where PKCS#11 names
+/// none (a vendor's code).
+pub fn rv_text(rv: Rv) -> String {
+    match keyward_policy::rv_name(rv) {
+        Some(name) => format!("{name} ({rv:#x})"),
+        None => format!("{rv:#x}"),
+    }
+}
+
 /// Result of an application call.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_and_policy_codes_are_named() {
+        assert_eq!(
+            Error::Backend(ck::CKR_ATTRIBUTE_READ_ONLY).to_string(),
+            "backend returned CKR_ATTRIBUTE_READ_ONLY (0x10)"
+        );
+        assert_eq!(
+            Error::Refused(ck::CKR_KEY_FUNCTION_NOT_PERMITTED).to_string(),
+            "refused by policy (CKR_KEY_FUNCTION_NOT_PERMITTED (0x68))"
+        );
+        assert_eq!(
+            Error::Backend(0x8000_0001).to_string(),
+            "backend returned 0x80000001"
+        );
+    }
+
+    #[test]
+    fn an_admin_error_from_the_hsm_names_the_code() {
+        let e =
+            crate::lifecycle::hsm_err("C_UnwrapKey", Error::Backend(ck::CKR_ATTRIBUTE_READ_ONLY));
+        assert_eq!(
+            e.message,
+            "HSM: C_UnwrapKey: backend returned CKR_ATTRIBUTE_READ_ONLY (0x10)"
+        );
+    }
+}

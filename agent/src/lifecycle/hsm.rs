@@ -347,15 +347,27 @@ pub(crate) fn oaep() -> Mechanism {
     }
 }
 
-/// A session AES-256 key that can encrypt (for its check value).
-pub(crate) fn session_aes_template() -> Vec<Attribute> {
+/// A session AES key that can encrypt (for its check value) and never
+/// leaves the HSM, as a template for `C_UnwrapKey`: the length comes from
+/// the wrapped value (PKCS#11 forbids `CKA_VALUE_LEN` when unwrapping, and
+/// SoftHSM2 answers `CKR_ATTRIBUTE_READ_ONLY`).
+pub(crate) fn unwrapped_aes_template() -> Vec<Attribute> {
     vec![
         Attribute::ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
         Attribute::ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-        Attribute::ulong(ck::CKA_VALUE_LEN, 32),
         Attribute::bool(ck::CKA_TOKEN, false),
+        Attribute::bool(ck::CKA_SENSITIVE, true),
+        Attribute::bool(ck::CKA_EXTRACTABLE, false),
         Attribute::bool(ck::CKA_ENCRYPT, true),
     ]
+}
+
+/// A session AES-256 key that can encrypt (for its check value) and never
+/// leaves the HSM, as a template for `C_DeriveKey`.
+pub(crate) fn derived_aes_template() -> Vec<Attribute> {
+    let mut t = unwrapped_aes_template();
+    t.push(Attribute::ulong(ck::CKA_VALUE_LEN, 32));
+    t
 }
 
 /// Key check value: a zero block encrypted under the key (AES-ECB).
@@ -366,4 +378,40 @@ pub(crate) fn kcv(s: &HsmSession<'_>, key: BackendObject) -> AResult<Vec<u8>> {
         key,
         &[0u8; 16],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(t: &[Attribute], attr: u64) -> Option<&Attribute> {
+        t.iter().find(|a| a.attr_type == attr)
+    }
+
+    /// PKCS#11 forbids `CKA_VALUE_LEN` in an unwrap template (SoftHSM2
+    /// answers `CKR_ATTRIBUTE_READ_ONLY`); a derivation needs it.
+    #[test]
+    fn probe_templates_give_a_length_only_where_pkcs11_allows_it() {
+        let unwrapped = unwrapped_aes_template();
+        assert!(value(&unwrapped, ck::CKA_VALUE_LEN).is_none());
+        let derived = derived_aes_template();
+        assert_eq!(
+            value(&derived, ck::CKA_VALUE_LEN).and_then(|a| a.as_ulong()),
+            Some(32)
+        );
+        for t in [&unwrapped, &derived] {
+            assert_eq!(
+                value(t, ck::CKA_TOKEN).and_then(|a| a.as_bool()),
+                Some(false)
+            );
+            assert_eq!(
+                value(t, ck::CKA_SENSITIVE).and_then(|a| a.as_bool()),
+                Some(true)
+            );
+            assert_eq!(
+                value(t, ck::CKA_EXTRACTABLE).and_then(|a| a.as_bool()),
+                Some(false)
+            );
+        }
+    }
 }

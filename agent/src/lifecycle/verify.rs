@@ -2,6 +2,8 @@
 //! the class's attributes, a test operation), and fingerprints recorded for
 //! versions made before fingerprints were.
 
+use std::cell::RefCell;
+
 use cryptoki_sys as ck;
 use keyward_inventory::KeyVersion;
 use keyward_policy::{Algorithm, Purpose};
@@ -36,6 +38,7 @@ impl Lifecycle {
                 key_id: r.id,
                 version: v.version,
             },
+            made: RefCell::new(Vec::new()),
         };
         let detail = match (purpose, alg) {
             (Purpose::Signing, _) => probe.sign(alg)?,
@@ -143,7 +146,9 @@ impl Lifecycle {
     }
 }
 
-/// One version's verification on an HSM session of its own.
+/// One version's verification on an HSM session of its own. Every object
+/// it makes is a session object, destroyed when the probe is dropped (and
+/// gone with the session in any case).
 struct Probe<'a, 's> {
     agent: &'a Lifecycle,
     s: &'a HsmSession<'s>,
@@ -151,6 +156,17 @@ struct Probe<'a, 's> {
     token: &'a str,
     version: &'a KeyVersion,
     managed: ManagedRef,
+    made: RefCell<Vec<BackendObject>>,
+}
+
+impl Drop for Probe<'_, '_> {
+    fn drop(&mut self) {
+        for o in self.made.get_mut().drain(..) {
+            if let Err(e) = self.backend.destroy_object(self.s.handle, o) {
+                log::warn!("verification: cannot destroy session object {o}: {e}");
+            }
+        }
+    }
 }
 
 /// A test whose two sides disagree.
@@ -162,6 +178,12 @@ fn mismatch(what: &str) -> AdminError {
 }
 
 impl Probe<'_, '_> {
+    /// `o`, made by the probe, to be destroyed when it is done.
+    fn scratch(&self, o: BackendObject) -> BackendObject {
+        self.made.borrow_mut().push(o);
+        o
+    }
+
     /// The version's genuine object of class `cko` on the HSM.
     fn one(&self, cko: u64) -> AResult<BackendObject> {
         let v = self.version;
@@ -263,11 +285,13 @@ impl Probe<'_, '_> {
                 &[
                     Attribute::bool(ck::CKA_TOKEN, false),
                     Attribute::ulong(ck::CKA_VALUE_LEN, 32),
+                    Attribute::bool(ck::CKA_SENSITIVE, true),
                     Attribute::bool(ck::CKA_EXTRACTABLE, true),
                     Attribute::bool(ck::CKA_ENCRYPT, true),
                 ],
             )
             .map_err(|e| hsm_err("C_GenerateKey (session AES key)", e))?;
+        let session_key = self.scratch(session_key);
         let wrapped = self
             .backend
             .wrap_key(self.s.handle, &mech, wrapper, session_key)
@@ -279,9 +303,10 @@ impl Probe<'_, '_> {
                 &mech,
                 unwrapper,
                 &wrapped,
-                &session_aes_template(),
+                &unwrapped_aes_template(),
             )
             .map_err(|e| hsm_err("C_UnwrapKey", e))?;
+        let unwrapped = self.scratch(unwrapped);
         if kcv(self.s, session_key)? != kcv(self.s, unwrapped)? {
             return Err(mismatch(what));
         }
@@ -324,6 +349,7 @@ impl Probe<'_, '_> {
                 ],
             )
             .map_err(|e| hsm_err("C_GenerateKeyPair (session peer)", e))?;
+        let (peer_pub, peer_priv) = (self.scratch(peer_pub), self.scratch(peer_priv));
         let point = |o| -> AResult<Vec<u8>> {
             self.s
                 .bytes(o, ck::CKA_EC_POINT)?
@@ -342,9 +368,10 @@ impl Probe<'_, '_> {
                         },
                     },
                     base,
-                    &session_aes_template(),
+                    &derived_aes_template(),
                 )
                 .map_err(|e| hsm_err("C_DeriveKey (ECDH)", e))
+                .map(|o| self.scratch(o))
         };
         let ours = derive(private, point(peer_pub)?)?;
         let theirs = derive(peer_priv, point(public)?)?;

@@ -29,6 +29,7 @@ mod interop_openssl;
 mod interop_pkcs11_tool;
 mod key_enforcement;
 mod key_integrity;
+mod key_verify;
 mod keys;
 mod lifecycle;
 mod lifecycle_crash;
