@@ -142,6 +142,7 @@ impl Agent {
         )?;
         let _running = self.begin_key_use(client, &o[0], Operation::Wrap)?;
         self.refuse_managed(client, &o[1], "wrapping out")?;
+        self.check_envelope_wrap(client, &o[0], &o[1])?;
         let m = self.mechanism(client, s.slot, &mechanism)?;
         let r = s
             .backend
@@ -176,10 +177,8 @@ impl Agent {
         )?;
         refuse_private(login, &template)?;
         self.refuse_reserved(client, s.slot, &template, "unwrapping")?;
-        self.strict_refusal(
-            client,
-            "unwrapping a key: keys are generated inside the HSM; restores are an administrator action".into(),
-        )?;
+        let mut template = template;
+        self.unwrap_policy(client, &o[0], &mut template)?;
         let h = self.call_with_key(client, &s, &o[0], Operation::Unwrap, &mechanism, |m| {
             s.backend
                 .unwrap_key(s.backend_session, m, o[0].backend, &wrapped_key, &template)

@@ -21,6 +21,7 @@ mod crypto;
 mod derived_keys;
 mod destroy_requests;
 mod dual_control;
+mod envelope;
 mod fork_process;
 mod general;
 mod generation;
