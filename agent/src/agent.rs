@@ -282,6 +282,7 @@ grants = [ { application = "app", operations = ["sign", "verify"] } ]
             backend_token_label: Some("b".into()),
             backend_serial: None,
             backend_pin: SecretRef::Env("UNUSED".into()),
+            backend_so_pin: None,
             allow_init_token: false,
         };
         let mock = Arc::new(Mock::default()) as Arc<dyn Backend>;

@@ -45,6 +45,10 @@ pub enum Command {
     },
     /// Validate the configuration and exit.
     Check,
+    /// The backend security officer's one job, read from standard input
+    /// (started by the agent itself; see `lifecycle::officer`).
+    #[command(hide = true)]
+    Officer,
 }
 
 /// `--role`.
@@ -60,11 +64,25 @@ pub enum RoleArg {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Officer) = cli.command {
+        // Needs no configuration: the agent hands over what it needs.
+        return match crate::lifecycle::officer::serve(
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "keyward-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = Config::load(&cli.config)
         .map_err(|e| e.to_string())
         .and_then(|config| match cli.command {
             None => run(&config, &cli.config),
             Some(Command::Check) => check(&config, &cli.config),
+            Some(Command::Officer) => Err("officer: not reached".into()),
             Some(Command::SetPin {
                 token,
                 role,

@@ -197,6 +197,12 @@ pub struct TokenConfig {
     pub backend_serial: Option<String>,
     /// Where the backend (HSM) user PIN comes from.
     pub backend_pin: SecretRef,
+    /// Where the backend's security officer PIN comes from: needed only
+    /// to mark keys `CKA_TRUSTED` (the backup key, the transport keys of
+    /// `keyward key export`), which only the SO may do. The agent logs in
+    /// as SO in a short-lived child process, never in its own sessions.
+    #[serde(default)]
+    pub backend_so_pin: Option<SecretRef>,
     /// Whether `C_InitToken` may clear this token (a lab setting).
     #[serde(default)]
     pub allow_init_token: bool,

@@ -512,8 +512,10 @@ impl Testbed {
             Some(p) => p.clone(),
             None => random_hex(16)?,
         };
-        softhsm_token(&dir, &backend_label, &backend_pin, &random_hex(16)?)?;
+        let backend_so_pin = random_hex(16)?;
+        softhsm_token(&dir, &backend_label, &backend_pin, &backend_so_pin)?;
         write_private(&dir.join("backend.pin"), &format!("{backend_pin}\n"))?;
+        write_private(&dir.join("backend.so-pin"), &format!("{backend_so_pin}\n"))?;
         fs::create_dir_all(dir.join("state")).map_err(io_err("the state directory"))?;
 
         let policy_line = write_policy(&dir, &options.policy)?;
@@ -536,7 +538,7 @@ impl Testbed {
             "# Written by keyward-testbed.\n[agent]\nsocket = {}\nsocket_mode = \"0600\"\n\
              admin_socket = {}\n{admin_access}\nstate_dir = {}\n{policy_line}\n\
              [[token]]\nlabel = {}\nlibrary = {}\nbackend_token_label = {}\n\
-             backend_pin = {}\nallow_init_token = {}\n{}{}",
+             backend_pin = {}\nbackend_so_pin = {}\nallow_init_token = {}\n{}{}",
             path(&socket),
             path(&admin_socket),
             path(&dir.join("state")),
@@ -544,6 +546,7 @@ impl Testbed {
             path(&lib),
             toml_str(&backend_label),
             toml_str(&format!("file:{}", dir.join("backend.pin").display())),
+            toml_str(&format!("file:{}", dir.join("backend.so-pin").display())),
             options.policy == Policy::Lab,
             if options.extra_config.is_empty() {
                 ""

@@ -245,6 +245,17 @@ impl Token {
         selector: &BackendSelector,
         pin: Zeroizing<Vec<u8>>,
     ) -> std::result::Result<Token, String> {
+        Token::open_as(lib, selector, pin, ck::CKU_USER)
+    }
+
+    /// [`Token::open`] as `user` (`CKU_SO` for the security officer's
+    /// short-lived sessions of [`crate::lifecycle::officer`]).
+    pub fn open_as(
+        lib: Arc<Library>,
+        selector: &BackendSelector,
+        pin: Zeroizing<Vec<u8>>,
+        user: ck::CK_USER_TYPE,
+    ) -> std::result::Result<Token, String> {
         let slot = lib.find_slot(selector)?;
         let mut anchor: ck::CK_SESSION_HANDLE = 0;
         // SAFETY: `anchor` is a valid out-parameter; no notify callback.
@@ -267,11 +278,20 @@ impl Token {
             anchor,
             pin,
         };
-        match token.login(BackendSession(anchor), ck::CKU_USER) {
+        match token.login(BackendSession(anchor), user) {
             Ok(()) => Ok(token),
             Err(Error::Backend(rv)) if rv == ck::CKR_USER_ALREADY_LOGGED_IN => Ok(token),
+            Err(e) if user == ck::CKU_SO => {
+                Err(format!("C_Login with the backend SO PIN failed: {e}"))
+            }
             Err(e) => Err(format!("C_Login with the backend PIN failed: {e}")),
         }
+    }
+
+    /// `C_Logout` (the officer's child, before it exits).
+    pub fn logout(&self, session: BackendSession) -> Result<()> {
+        // SAFETY: no pointers.
+        check(unsafe { call!(self.lib, C_Logout(session.0)) })
     }
 
     fn login(&self, session: BackendSession, user: ck::CK_USER_TYPE) -> Result<()> {

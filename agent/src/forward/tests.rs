@@ -43,6 +43,7 @@ fn fixture(allow_init_token: bool) -> Fixture {
         backend_token_label: Some("b".into()),
         backend_serial: None,
         backend_pin: SecretRef::Env("UNUSED".into()),
+        backend_so_pin: None,
         allow_init_token,
     };
     let ts = state.token("kw");

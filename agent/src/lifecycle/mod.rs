@@ -69,6 +69,7 @@ pub mod discovery;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
+pub mod officer;
 pub mod recovery;
 pub mod rotate;
 pub mod scheduler;
