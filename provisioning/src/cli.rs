@@ -115,6 +115,52 @@ pub enum Command {
     /// Keys against their class (age, rotation, certificate, drift), usage and its anomalies,
     /// export attempts, revocation latency, failed admin actions.
     Report(ReportArgs),
+    /// Backups and the backup key's split knowledge (custodians' shares).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+}
+
+/// `keyward backup ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum BackupCommand {
+    /// A custodian's identity for the backup key's shares (runs locally).
+    CustodianKey {
+        #[command(subcommand)]
+        command: CustodianKeyCommand,
+    },
+    /// A custodian's share of the backup key (runs locally).
+    Share {
+        #[command(subcommand)]
+        command: ShareCommand,
+    },
+}
+
+/// `keyward backup custodian-key ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum CustodianKeyCommand {
+    /// Make a new age identity, written to FILE (mode 0600, never over an existing file),
+    /// and print the roster's `share_recipient = "age1..."` line.
+    New {
+        /// The identity file to create; keep it secret (it opens your share).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `keyward backup share ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum ShareCommand {
+    /// Open your share with your identity and show what it is (custodian, index, threshold,
+    /// deployment, the backup key's check value, the share's digest), never its value.
+    Check {
+        /// The share file (armored age) the backup ceremony gave you.
+        share: PathBuf,
+        /// Your identity file (`keyward backup custodian-key new`).
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+    },
 }
 
 /// `keyward policy ...`
@@ -1375,6 +1421,57 @@ mod tests {
         for bad in ["", "0x", "abc", "zz", "+1", "é1"] {
             assert!(parse_hex(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn backup_custodian_verbs() {
+        let Command::Backup { command } =
+            ok(&["backup", "custodian-key", "new", "--out", "me.age"]).command
+        else {
+            panic!("not a backup command");
+        };
+        assert_eq!(
+            command,
+            BackupCommand::CustodianKey {
+                command: CustodianKeyCommand::New {
+                    out: PathBuf::from("me.age")
+                }
+            }
+        );
+        let Command::Backup { command } = ok(&[
+            "backup",
+            "share",
+            "check",
+            "s.age",
+            "--identity",
+            "me.age",
+            "--json",
+        ])
+        .command
+        else {
+            panic!("not a backup command");
+        };
+        assert_eq!(
+            command,
+            BackupCommand::Share {
+                command: ShareCommand::Check {
+                    share: PathBuf::from("s.age"),
+                    identity: PathBuf::from("me.age")
+                }
+            }
+        );
+        assert_eq!(
+            bad(&["backup", "custodian-key", "new"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["backup", "share", "check", "s.age"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            bad(&["backup", "share", "check", "--identity", "me.age"]),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -30,10 +30,12 @@
 //! approve|deny`: show, sign, send; `admin-key show`), `signer.rs` (an
 //! administrator's key: a PEM file or a `pkcs11:` URI, `uri.rs`),
 //! `admin.rs` (the socket exchange and the exit codes), `render.rs`
-//! (tables and JSON), `time.rs` (unix seconds ↔ UTC calendar).
+//! (tables and JSON), `time.rs` (unix seconds ↔ UTC calendar),
+//! `backup.rs` (`backup ...`: the custodians' identities and shares).
 #![forbid(unsafe_code)]
 
 mod admin;
+mod backup;
 mod cli;
 mod decide;
 mod output;

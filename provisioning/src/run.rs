@@ -18,6 +18,7 @@ use keyward_protocol::admin::{
 use keyward_domain::Decision;
 
 use crate::admin::{exchange, Exit, Failure};
+use crate::backup;
 use crate::cli::{
     AdminKeyCommand, AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs,
     GrantCommand, KeyArgs, KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs,
@@ -38,6 +39,10 @@ const FOLLOW_BATCH: u32 = 1000;
 
 /// Runs one command against the agent at `socket`.
 pub fn run(command: Command, socket: &Path, json: bool) -> Output {
+    let command = match command {
+        Command::Backup { command } => return backup::run(command, socket, json),
+        command => command,
+    };
     if let Command::Policy {
         command: PolicyCommand::Check { file },
     } = &command
@@ -165,6 +170,11 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             Exit::Usage,
             "Usage",
             "admin-key show runs locally",
+        )),
+        Command::Backup { .. } => Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            "backup commands are run by backup::run",
         )),
         Command::Pin {
             command:

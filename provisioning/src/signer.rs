@@ -169,7 +169,7 @@ impl FileKey {
 
 /// Reads a file that holds a secret: a regular file, at most
 /// [`MAX_SECRET_FILE`] bytes, that only its owner may read or write.
-fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, Failure> {
+pub(crate) fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, Failure> {
     let shown = path.display();
     // Not a regular file (a FIFO would block the open): refused before
     // opening, and checked again on what was opened.

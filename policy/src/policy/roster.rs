@@ -252,6 +252,11 @@ pub struct Administrator {
     pub roles: Vec<Role>,
     /// `public_key`: the key requests and approvals are signed with.
     pub public_key: AdministratorKey,
+    /// `share_recipient`: a custodian's age X25519 recipient (`age1...`,
+    /// canonical lower-case form), to which their share of the backup key
+    /// is sealed. Only a custodian has one; no two administrators share
+    /// one.
+    pub share_recipient: Option<String>,
 }
 
 impl Administrator {
@@ -412,6 +417,26 @@ impl Quorum {
     }
 }
 
+impl super::Policy {
+    /// The custodians a backup key's shares are sealed to: the
+    /// administrators with the role `custodian` and a `share_recipient`, in
+    /// roster order.
+    pub fn custodians(&self) -> Vec<keyward_escrow::Custodian> {
+        self.administrators
+            .iter()
+            .filter(|a| a.has_role(Role::Custodian))
+            .filter_map(|a| {
+                a.share_recipient
+                    .as_ref()
+                    .map(|recipient| keyward_escrow::Custodian {
+                        name: a.name.clone(),
+                        recipient: recipient.clone(),
+                    })
+            })
+            .collect()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The file as serde reads it.
 
@@ -422,6 +447,7 @@ pub(super) struct RawAdministrator {
     uids: Spanned<Vec<Spanned<u32>>>,
     roles: Spanned<Vec<Spanned<String>>>,
     public_key: Spanned<String>,
+    share_recipient: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -504,14 +530,54 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            let share_recipient = self.share_recipient(admin, &what, &roles, &administrators)?;
             administrators.push(Administrator {
                 name,
                 uids,
                 roles,
                 public_key,
+                share_recipient,
             });
         }
         Ok(administrators)
+    }
+
+    /// `share_recipient`: an age X25519 recipient, of a custodian, no other
+    /// administrator's.
+    fn share_recipient(
+        &self,
+        admin: &RawAdministrator,
+        what: &str,
+        roles: &[Role],
+        before: &[Administrator],
+    ) -> Result<Option<String>, PolicyError> {
+        let Some(raw) = &admin.share_recipient else {
+            return Ok(None);
+        };
+        let field = format!("{what}, share_recipient");
+        let recipient = keyward_escrow::parse_recipient(raw.get_ref())
+            .map_err(|e| self.err(raw.span(), field.as_str(), e.to_string()))?;
+        if !roles.contains(&Role::Custodian) {
+            return Err(self.err(
+                raw.span(),
+                field,
+                "only a custodian holds a share of the backup key: add the role \"custodian\" or remove share_recipient",
+            ));
+        }
+        if let Some(other) = before
+            .iter()
+            .find(|a| a.share_recipient.as_ref() == Some(&recipient))
+        {
+            return Err(self.err(
+                raw.span(),
+                field,
+                format!(
+                    "administrator \"{}\" has this recipient already: each custodian opens their share with an identity of their own",
+                    other.name
+                ),
+            ));
+        }
+        Ok(Some(recipient))
     }
 
     /// A non-empty list of known roles, without repeats.

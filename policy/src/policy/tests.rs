@@ -886,6 +886,102 @@ fn error_bad_public_keys() {
     );
 }
 
+/// `roster()` with a `share_recipient` line after the roles line `roles`.
+fn with_recipient(text: &str, roles: &str, recipient: &str) -> String {
+    assert_eq!(text.matches(roles).count(), 1, "{roles}");
+    text.replace(
+        roles,
+        &format!("{roles}\nshare_recipient = \"{recipient}\""),
+    )
+}
+
+#[test]
+fn custodians_have_share_recipients() {
+    let (_, bob_r) = keyward_escrow::new_identity();
+    let (_, carol_r) = keyward_escrow::new_identity();
+    let bob_roles = r#"roles = ["security-officer", "custodian"]"#;
+    let text = with_recipient(&roster(), bob_roles, &bob_r.to_uppercase());
+    let p = Policy::from_str(&text, "policy.toml").unwrap();
+    // Stored in canonical (lower-case) form.
+    assert_eq!(
+        p.administrator("bob").unwrap().share_recipient.as_deref(),
+        Some(bob_r.as_str())
+    );
+    assert_eq!(p.administrator("alice").unwrap().share_recipient, None);
+    let names = |p: &Policy| -> Vec<(String, String)> {
+        p.custodians()
+            .into_iter()
+            .map(|c| (c.name, c.recipient))
+            .collect()
+    };
+    assert_eq!(names(&p), [("bob".to_owned(), bob_r.clone())]);
+    // A custodian without a recipient holds no share; custodians come in
+    // roster order.
+    let carol_custodian = text.replace(
+        r#"roles = ["key-owner"]"#,
+        r#"roles = ["key-owner", "custodian"]"#,
+    );
+    let p = Policy::from_str(&carol_custodian, "policy.toml").unwrap();
+    assert_eq!(names(&p), [("bob".to_owned(), bob_r.clone())]);
+    let both = with_recipient(
+        &carol_custodian,
+        r#"roles = ["key-owner", "custodian"]"#,
+        &carol_r,
+    );
+    let p = Policy::from_str(&both, "policy.toml").unwrap();
+    assert_eq!(
+        names(&p),
+        [("bob".to_owned(), bob_r), ("carol".to_owned(), carol_r)]
+    );
+    // Without any recipient there are no custodians to seal shares to.
+    let p = Policy::from_str(&roster(), "policy.toml").unwrap();
+    assert!(p.custodians().is_empty());
+}
+
+#[test]
+fn error_bad_share_recipients() {
+    let (identity, recipient) = keyward_escrow::new_identity();
+    let bob_roles = r#"roles = ["security-officer", "custodian"]"#;
+    let at_bob = "policy.toml:27:19: administrator \"bob\", share_recipient";
+    assert_error(
+        &with_recipient(&roster(), bob_roles, "age1notarecipient"),
+        &format!("{at_bob}: \"age1notareci...\" is not a valid age X25519 recipient (invalid Bech32 encoding)"),
+    );
+    assert_error(
+        &with_recipient(&roster(), bob_roles, "ssh-ed25519 AAAAC3"),
+        &format!("{at_bob}: a share recipient is an age X25519 recipient starting with \"age1\""),
+    );
+    // A custodian's identity put where the recipient belongs: refused, and
+    // the secret is not repeated.
+    let secret = identity
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap();
+    let got = error(&with_recipient(&roster(), bob_roles, secret));
+    assert!(
+        got.starts_with(&format!("{at_bob}: this is an age identity")),
+        "{got}"
+    );
+    assert!(!got.contains(&secret[15..]), "{got}");
+    // Only a custodian has one.
+    assert_error(
+        &with_recipient(&roster(), r#"roles = ["security-officer"]"#, &recipient),
+        "policy.toml:21:19: administrator \"alice\", share_recipient: only a custodian holds a share of the backup key: add the role \"custodian\" or remove share_recipient",
+    );
+    // Two custodians with one recipient (however it is written).
+    let text = with_recipient(&roster(), bob_roles, &recipient).replace(
+        r#"roles = ["key-owner"]"#,
+        &format!(
+            "roles = [\"key-owner\", \"custodian\"]\nshare_recipient = \"{}\"",
+            recipient.to_uppercase()
+        ),
+    );
+    assert_error(
+        &text,
+        "policy.toml:34:19: administrator \"carol\", share_recipient: administrator \"bob\" has this recipient already: each custodian opens their share with an identity of their own",
+    );
+}
+
 #[test]
 fn error_missing_or_unknown_administrator_field() {
     assert_error(
@@ -894,7 +990,7 @@ fn error_missing_or_unknown_administrator_field() {
     );
     assert_error(
         &mutate_roster("roles = [\"key-owner\"]", "roles = [\"key-owner\"]\nuid = 1"),
-        "policy.toml:33:1: administrator \"carol\", uid: unknown field `uid`, expected one of `name`, `uids`, `roles`, `public_key`",
+        "policy.toml:33:1: administrator \"carol\", uid: unknown field `uid`, expected one of `name`, `uids`, `roles`, `public_key`, `share_recipient`",
     );
 }
 
@@ -1047,6 +1143,8 @@ fn reference_roster_example_parses() {
     assert!(p.notes.is_empty(), "{:?}", p.notes);
     assert_eq!(p.administrators.len(), 4);
     assert_eq!(p.administrator_for_uid(1005).unwrap().name, "dave");
+    let custodians: Vec<_> = p.custodians().into_iter().map(|c| c.name).collect();
+    assert_eq!(custodians, ["bob"]);
     let destroy = p.quorum(Approvable::Destroy);
     assert_eq!(destroy.holders_needed(), 3);
     assert_eq!(destroy.lifetime, Duration::from_secs(4 * 3600));

@@ -1,0 +1,226 @@
+//! `keyward backup ...`: the backup verbs. For now the custodians' own,
+//! which run locally without the agent: `custodian-key new` (a new age
+//! identity in a file only its custodian reads, and the roster's
+//! `share_recipient` line) and `share check` (a share opened with its
+//! custodian's identity: what it is, never its value).
+
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use keyward_escrow::{short_check, ShareRecord, MAX_SHARE_FILE};
+
+use crate::admin::{Exit, Failure};
+use crate::cli::{BackupCommand, CustodianKeyCommand, ShareCommand};
+use crate::output::Output;
+use crate::render;
+use crate::signer;
+
+/// Runs one `backup` command. `_socket` is the agent's admin socket, for
+/// the verbs that ask the agent.
+pub fn run(command: BackupCommand, _socket: &Path, json: bool) -> Output {
+    let done = match command {
+        BackupCommand::CustodianKey {
+            command: CustodianKeyCommand::New { out },
+        } => custodian_key_new(&out, json),
+        BackupCommand::Share {
+            command: ShareCommand::Check { share, identity },
+        } => share_check(&share, &identity, json),
+    };
+    done.unwrap_or_else(|f| Output::failure(&f, json))
+}
+
+/// `backup custodian-key new --out FILE`.
+fn custodian_key_new(path: &Path, json: bool) -> Result<Output, Failure> {
+    let (identity, recipient) = keyward_escrow::new_identity();
+    write_secret_file(path, identity.as_bytes())?;
+    let stdout = if json {
+        render::json(&serde_json::json!({
+            "share_recipient": recipient,
+            "identity_file": path.display().to_string(),
+        }))
+    } else {
+        format!("share_recipient = \"{recipient}\"\n")
+    };
+    Ok(Output {
+        stdout,
+        stderr: format!(
+            "keyward: the identity is in {} (mode 0600): keep it secret and safe, it alone opens your share; \
+             put the share_recipient line in your [[administrator]] entry of the roster\n",
+            render::clean(&path.display().to_string())
+        ),
+        exit: Exit::Success,
+    })
+}
+
+/// Creates `path` (never over an existing file or link), readable and
+/// writable by its owner only, with `contents`. A partly written file is
+/// removed.
+fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), Failure> {
+    let shown = render::clean(&path.display().to_string());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Failure::local(
+                Exit::Conflict,
+                "Conflict",
+                format!(
+                    "{shown}: exists already: an identity file is never overwritten (choose another name)"
+                ),
+            ),
+            _ => Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot create: {e}")),
+        })?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            format!("{shown}: cannot write: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `backup share check SHARE --identity FILE`.
+fn share_check(share: &Path, identity: &Path, json: bool) -> Result<Output, Failure> {
+    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
+    let armored = String::from_utf8(armored).map_err(|_| {
+        invalid(format!(
+            "{}: not an armored age file (not text)",
+            render::clean(&share.display().to_string())
+        ))
+    })?;
+    // Like an administrator's key file: a regular file only its owner
+    // may read or write, read into memory that is wiped.
+    let identity_text = signer::read_secret_file(identity, "identity file")?;
+    let record = keyward_escrow::open(&armored, &identity_text).map_err(|e| {
+        invalid(format!(
+            "{}: {}",
+            render::clean(&share.display().to_string()),
+            e
+        ))
+    })?;
+    let stdout = if json {
+        render::json(&share_json(&record))
+    } else {
+        share_text(&record)
+    };
+    Ok(Output::success(stdout))
+}
+
+/// What `share check` prints about a share: never its value.
+fn share_text(r: &ShareRecord) -> String {
+    format!(
+        "custodian:   {}\n\
+         share:       {} of {}\n\
+         threshold:   {} of {} shares rebuild the backup key\n\
+         deployment:  {}\n\
+         backup key:  {}\n\
+         digest:      {}\n",
+        render::clean(r.custodian()),
+        r.index(),
+        r.count(),
+        r.threshold(),
+        r.count(),
+        render::clean(r.deployment()),
+        short_check(r.key_check()),
+        hex::encode(r.digest()),
+    )
+}
+
+/// `share check --json`.
+fn share_json(r: &ShareRecord) -> serde_json::Value {
+    serde_json::json!({
+        "custodian": r.custodian(),
+        "index": r.index(),
+        "count": r.count(),
+        "threshold": r.threshold(),
+        "deployment": r.deployment(),
+        "backup_key": short_check(r.key_check()),
+        "key_check": hex::encode(r.key_check()),
+        "digest": hex::encode(r.digest()),
+    })
+}
+
+/// A regular file's bytes, at most `limit` of them (more is refused).
+fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    let shown = render::clean(&path.display().to_string());
+    // Not a regular file (a FIFO would block the open): refused first.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(invalid(format!("{shown}: not a file")));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot read: {e}")))?;
+    let mut bytes = Vec::with_capacity(4096);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(invalid(format!(
+            "{shown}: over {limit} bytes: not a {what}"
+        )));
+    }
+    Ok(bytes)
+}
+
+fn invalid(message: String) -> Failure {
+    Failure::local(Exit::Usage, "Invalid", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(
+        deployment: &str,
+    ) -> (
+        keyward_escrow::Zeroizing<String>,
+        keyward_escrow::SealedShare,
+    ) {
+        let (a, ra) = keyward_escrow::new_identity();
+        let (_, rb) = keyward_escrow::new_identity();
+        let custodians = [
+            keyward_escrow::Custodian {
+                name: "alice".into(),
+                recipient: ra,
+            },
+            keyward_escrow::Custodian {
+                name: "bob".into(),
+                recipient: rb,
+            },
+        ];
+        let mut shares =
+            keyward_escrow::split(&[9u8; 64], deployment, 2, &custodians).expect("split");
+        (a, shares.remove(0))
+    }
+
+    #[test]
+    fn share_check_shows_what_the_share_is_but_not_its_value() {
+        let (identity, share) = sealed("prod-eu");
+        let record = keyward_escrow::open(&share.armored, &identity).expect("open");
+        let text = share_text(&record);
+        assert_eq!(
+            text,
+            format!(
+                "custodian:   alice\n\
+                 share:       1 of 2\n\
+                 threshold:   2 of 2 shares rebuild the backup key\n\
+                 deployment:  prod-eu\n\
+                 backup key:  {}\n\
+                 digest:      {}\n",
+                short_check(&keyward_escrow::key_check(&[9u8; 64])),
+                hex::encode(share.digest)
+            )
+        );
+        let json = share_json(&record).to_string();
+        for shown in [text, json] {
+            assert!(!shown.contains(&hex::encode(record.share())), "{shown}");
+        }
+    }
+}
