@@ -228,6 +228,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     );
     agent.audit_policy("load", 0, &source);
     // Requests approved before a stop and not carried out: now, once.
+    agent.lifecycle.note_backup_keys();
     agent.lifecycle.resume_approved();
     let policy_source = std::sync::Mutex::new(source);
     agent

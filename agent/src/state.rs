@@ -400,6 +400,29 @@ impl TokenState {
         self.write_atomic("label", label.as_bytes())
     }
 
+    /// A file of the token's state (`backup-ceremony`, `restore-ID`):
+    /// `None` when absent.
+    pub fn read_file(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a file of the token's state atomically, mode 0600.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        self.write_atomic(name, contents)
+    }
+
+    /// Removes a file of the token's state (absent is fine).
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn write_atomic(&self, name: &str, contents: &[u8]) -> io::Result<()> {
         DirBuilder::new()
             .recursive(true)

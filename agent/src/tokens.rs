@@ -31,6 +31,9 @@ pub struct VirtualToken {
     /// The backend, or why it is unavailable.
     pub backend: std::result::Result<Arc<dyn Backend>, String>,
     pub(crate) counts: Mutex<Counts>,
+    /// Whether the token holds objects of the agent's backup machinery
+    /// (searches then never take the shortcut that shows every object).
+    pub(crate) agent_objects: std::sync::atomic::AtomicBool,
 }
 
 impl VirtualToken {
@@ -45,6 +48,7 @@ impl VirtualToken {
             state,
             backend,
             counts: Mutex::new(Counts::default()),
+            agent_objects: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -152,6 +152,12 @@ pub trait Inventory: Send + Sync {
     /// [`Error::NotFound`](crate::error::Error::NotFound) for an unknown version.
     fn set_fingerprint(&self, key_id: i64, version: u32, fingerprint: &[u8]) -> Result<()>;
 
+    /// Replaces the fingerprint of a version whose object was made again
+    /// (a restore onto a backend that shows the same key differently, the
+    /// agent having proven it is the same key): only when the stored one
+    /// is `from`, else [`Error::Conflict`](crate::error::Error::Conflict).
+    fn replace_fingerprint(&self, key_id: i64, version: u32, from: &[u8], to: &[u8]) -> Result<()>;
+
     /// The token and fingerprint recorded for the agent's own key `name`
     /// (the audit key).
     fn agent_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>>;

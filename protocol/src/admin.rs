@@ -451,6 +451,170 @@ pub enum KeyRequest {
         /// Why (kept with the request).
         reason: String,
     },
+    /// Backups: the backup key, backup files, restores and drills.
+    Backup(BackupRequest),
+}
+
+/// `keyward backup ...`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum BackupRequest {
+    /// Ask for the backup key's ceremony (quorum `backup-init`): a new
+    /// backup key in the HSM, split into shares for the roster's
+    /// custodians, `threshold` of which rebuild it.
+    Init {
+        /// Virtual token label.
+        token: Option<String>,
+        /// How many shares rebuild the key.
+        threshold: u8,
+        /// Why (kept with the request).
+        reason: String,
+    },
+    /// The backup key, its custodians and what backups were made.
+    Status {
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// A custodian's share of the backup key, still encrypted to them.
+    Share {
+        /// Virtual token label.
+        token: Option<String>,
+        /// The custodian (`None`: the caller).
+        custodian: Option<String>,
+    },
+    /// Write a backup: every backup-eligible key version wrapped by the
+    /// backup key, with its inventory record, sealed in the HSM.
+    Create {
+        /// Virtual token label.
+        token: Option<String>,
+    },
+    /// Ask for a restore of a backup file (quorum `backup-restore`).
+    Restore {
+        /// Virtual token label.
+        token: Option<String>,
+        /// The backup file's bytes.
+        #[serde(with = "serde_bytes")]
+        file: Vec<u8>,
+        /// Why (kept with the request).
+        reason: String,
+    },
+    /// A drill: the file's keys unwrapped into session objects and each
+    /// proven to work; nothing of the token or the inventory changes.
+    Verify {
+        /// Virtual token label.
+        token: Option<String>,
+        /// The backup file's bytes.
+        #[serde(with = "serde_bytes")]
+        file: Vec<u8>,
+    },
+    /// A custodian's opened share, towards rebuilding the backup key on
+    /// a token that has none (disaster recovery).
+    Submit {
+        /// Virtual token label.
+        token: Option<String>,
+        /// The share record, as its custodian opened it.
+        #[serde(with = "serde_bytes")]
+        share: Vec<u8>,
+    },
+}
+
+/// The answers to [`BackupRequest`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum BackupAnswer {
+    /// `Create`: the file, and what it holds.
+    File {
+        /// The backup file's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        /// What it holds.
+        contents: BackupContents,
+    },
+    /// `Status`.
+    Status(BackupStatus),
+    /// `Share`: the share, encrypted to its custodian (age, armored).
+    Share {
+        /// The custodian.
+        custodian: String,
+        /// The encrypted share.
+        armored: String,
+        /// SHA-256 of the share record (hex), as the ceremony recorded it.
+        digest: String,
+    },
+    /// `Verify`: what the drill proved.
+    Drill {
+        /// The file's contents.
+        contents: BackupContents,
+        /// One line per key version tried.
+        results: Vec<DrillResult>,
+    },
+    /// `Submit`: shares held so far, and whether the key was rebuilt.
+    Submitted {
+        /// Shares held (in the agent's memory only).
+        have: u8,
+        /// Shares needed.
+        need: u8,
+        /// The backup key was rebuilt in the HSM.
+        rebuilt: bool,
+    },
+}
+
+/// What a backup file holds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackupContents {
+    /// SHA-256 of the file (hex): the backup's identity.
+    pub id: String,
+    /// The virtual token it was made of.
+    pub token: String,
+    /// When (unix seconds).
+    pub created_at: i64,
+    /// The backup key's check value (hex).
+    pub key_check: String,
+    /// The keys in it.
+    pub keys: Vec<BackedUpKey>,
+    /// Keys not in it, and why.
+    pub absent: Vec<(String, String)>,
+}
+
+/// One key of a backup.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackedUpKey {
+    /// Key name.
+    pub name: String,
+    /// Its state when the backup was made.
+    pub state: KeyState,
+    /// The versions in the backup.
+    pub versions: Vec<u32>,
+}
+
+/// One key version's outcome in a drill.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DrillResult {
+    /// Key name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Whether it worked.
+    pub ok: bool,
+    /// What was done, or what failed.
+    pub detail: String,
+}
+
+/// The backup key of a token.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// Virtual token label.
+    pub token: String,
+    /// The backup key's check value (hex); `None`: no backup key.
+    pub key_check: Option<String>,
+    /// Whether its objects are on the token.
+    pub present: bool,
+    /// Shares that rebuild it.
+    pub threshold: u8,
+    /// (custodian, share index, share digest hex).
+    pub custodians: Vec<(String, u8, String)>,
+    /// When it was made (unix seconds).
+    pub created_at: Option<i64>,
+    /// Shares submitted towards a rebuild, held in memory.
+    pub submitted: u8,
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].
@@ -501,6 +665,8 @@ pub enum KeyResponse {
     Done(String),
     /// Approval requests (`RequestList`, `RequestShow`).
     Requests(Vec<ApprovalRequest>),
+    /// Backups.
+    Backup(Box<BackupAnswer>),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.
@@ -1404,7 +1570,7 @@ mod hello_tests {
 
     #[test]
     fn a_keyward_speaking_3_and_a_newer_agent_say_which_to_upgrade() {
-        assert_eq!(ADMIN_VERSIONS, VersionRange::only(6));
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(7));
         let three = VersionRange::only(3);
         // The agent refuses a keyward that speaks 3 ...
         let (answer, m) = answer_hello(three, "0.4.0");

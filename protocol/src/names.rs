@@ -33,7 +33,8 @@ use std::fmt::Write as _;
 use keyward_domain::{Algorithm, Decision, Operation};
 
 use crate::admin::{
-    AdminErrorKind, AdminRequest, AuditRequest, KeyAction, KeyRequest, PinRole, ReportRequest,
+    AdminErrorKind, AdminRequest, AuditRequest, BackupRequest, KeyAction, KeyRequest, PinRole,
+    ReportRequest,
 };
 
 impl AdminRequest {
@@ -95,6 +96,7 @@ impl KeyRequest {
             KeyRequest::Init { .. } => "policy.init",
             KeyRequest::Recover { .. } => "key.recover",
             KeyRequest::TokenInit { .. } => "token.init",
+            KeyRequest::Backup(b) => b.name(),
         }
     }
 
@@ -108,6 +110,7 @@ impl KeyRequest {
             | KeyRequest::AppList
             | KeyRequest::RequestList { .. }
             | KeyRequest::RequestShow { .. } => true,
+            KeyRequest::Backup(b) => matches!(b, BackupRequest::Status { .. }),
             KeyRequest::Create { .. }
             | KeyRequest::Transition { .. }
             | KeyRequest::Rotate { .. }
@@ -230,6 +233,7 @@ impl KeyRequest {
                 clean(token),
                 clean(reason)
             ),
+            KeyRequest::Backup(b) => b.describe(),
         }
     }
 }
@@ -516,6 +520,75 @@ fn describe_pin_unlock(token: &str, role: Option<PinRole>, application: Option<&
         let _ = write!(s, " for application {}", clean(a));
     }
     s
+}
+
+impl BackupRequest {
+    /// The virtual token the request names.
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            BackupRequest::Init { token, .. }
+            | BackupRequest::Status { token }
+            | BackupRequest::Share { token, .. }
+            | BackupRequest::Create { token }
+            | BackupRequest::Restore { token, .. }
+            | BackupRequest::Verify { token, .. }
+            | BackupRequest::Submit { token, .. } => token.as_deref(),
+        }
+    }
+
+    /// The request's stable name (`backup.create`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackupRequest::Init { .. } => "backup.init",
+            BackupRequest::Status { .. } => "backup.status",
+            BackupRequest::Share { .. } => "backup.share",
+            BackupRequest::Create { .. } => "backup.create",
+            BackupRequest::Restore { .. } => "backup.restore",
+            BackupRequest::Verify { .. } => "backup.verify",
+            BackupRequest::Submit { .. } => "backup.submit",
+        }
+    }
+
+    /// What the request does, in words (one line; never a share or a
+    /// file's bytes).
+    pub fn describe(&self) -> String {
+        let on = |t: &Option<String>| t.as_deref().map(|t| format!(" of token {}", clean(t)));
+        let on = |t: &Option<String>| on(t).unwrap_or_default();
+        match self {
+            BackupRequest::Init {
+                token,
+                threshold,
+                reason,
+            } => format!(
+                "make the backup key{}, {threshold} custodians' shares to rebuild it: {}",
+                on(token),
+                clean(reason)
+            ),
+            BackupRequest::Status { token } => format!("show the backup key{}", on(token)),
+            BackupRequest::Share { token, custodian } => format!(
+                "fetch the encrypted backup key share{} of {}",
+                on(token),
+                custodian.as_deref().map_or("the caller".to_owned(), clean)
+            ),
+            BackupRequest::Create { token } => format!("make a backup{}", on(token)),
+            BackupRequest::Restore {
+                token,
+                file,
+                reason,
+            } => format!(
+                "restore a backup of {} bytes{}: {}",
+                file.len(),
+                on(token),
+                clean(reason)
+            ),
+            BackupRequest::Verify { token, file } => {
+                format!("drill a backup of {} bytes{}", file.len(), on(token))
+            }
+            BackupRequest::Submit { token, .. } => {
+                format!("submit a backup key share{}", on(token))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,7 +69,8 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// (`KeyRequest::RequestDecide`) and withdraw them (`RequestCancel`);
 /// statuses `denied`, `cancelled` and `failed`; recovery windows on
 /// compromised keys (`KeyRequest::Recover`, `KeyInfo::recovery_until`).
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 6, max: 6 };
+/// 7: backups (`KeyRequest::Backup`, `KeyResponse::Backup`).
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 7, max: 7 };
 
 /// The first admin-protocol version that opens with a hello: an agent
 /// older than that closes the connection on a hello.

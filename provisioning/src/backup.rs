@@ -11,6 +11,10 @@ use std::path::Path;
 
 use keyward_escrow::{short_check, ShareRecord, MAX_SHARE_FILE};
 
+use keyward_protocol::admin::{
+    AdminRequest, AdminResponse, BackupAnswer, BackupRequest, KeyRequest, KeyResponse,
+};
+
 use crate::admin::{Exit, Failure};
 use crate::cli::{BackupCommand, CustodianKeyCommand, ShareCommand};
 use crate::output::Output;
@@ -19,7 +23,7 @@ use crate::signer;
 
 /// Runs one `backup` command. `_socket` is the agent's admin socket, for
 /// the verbs that ask the agent.
-pub fn run(command: BackupCommand, _socket: &Path, json: bool) -> Output {
+pub fn run(command: BackupCommand, socket: &Path, json: bool) -> Output {
     let done = match command {
         BackupCommand::CustodianKey {
             command: CustodianKeyCommand::New { out },
@@ -27,8 +31,247 @@ pub fn run(command: BackupCommand, _socket: &Path, json: bool) -> Output {
         BackupCommand::Share {
             command: ShareCommand::Check { share, identity },
         } => share_check(&share, &identity, json),
+        BackupCommand::Share {
+            command:
+                ShareCommand::Get {
+                    out,
+                    custodian,
+                    token,
+                },
+        } => share_get(socket, &out, custodian, token.token, json),
+        BackupCommand::Share {
+            command:
+                ShareCommand::Submit {
+                    share,
+                    identity,
+                    token,
+                },
+        } => share_submit(socket, &share, &identity, token.token, json),
+        BackupCommand::Init {
+            threshold,
+            reason,
+            token,
+        } => Ok(ask(
+            socket,
+            BackupRequest::Init {
+                token: token.token,
+                threshold,
+                reason,
+            },
+            json,
+        )),
+        BackupCommand::Status { token } => Ok(ask(
+            socket,
+            BackupRequest::Status { token: token.token },
+            json,
+        )),
+        BackupCommand::Create { file, token } => create(socket, &file, token.token, json),
+        BackupCommand::Restore {
+            file,
+            reason,
+            token,
+        } => read_backup(&file).map(|file| {
+            ask(
+                socket,
+                BackupRequest::Restore {
+                    token: token.token,
+                    file,
+                    reason,
+                },
+                json,
+            )
+        }),
+        BackupCommand::Verify { file, token } => read_backup(&file).map(|file| {
+            let req = AdminRequest::Key(KeyRequest::Backup(BackupRequest::Verify {
+                token: token.token,
+                file,
+            }));
+            let resp = crate::admin::exchange(socket, &req);
+            let failed = matches!(&resp, Ok(AdminResponse::Key(k)) if matches!(&**k,
+                KeyResponse::Backup(b) if matches!(&**b,
+                    BackupAnswer::Drill { results, .. } if results.iter().any(|r| !r.ok))));
+            let mut out = crate::run::present(&req, resp, json);
+            if failed {
+                out.exit = Exit::Failed;
+            }
+            out
+        }),
     };
     done.unwrap_or_else(|f| Output::failure(&f, json))
+}
+
+/// The largest backup file read (the admin protocol's frame limit).
+const MAX_BACKUP_FILE: u64 = 60 << 20;
+
+/// Sends `req` and presents the answer like any key request.
+fn ask(socket: &Path, req: BackupRequest, json: bool) -> Output {
+    let req = AdminRequest::Key(KeyRequest::Backup(req));
+    crate::run::present(&req, crate::admin::exchange(socket, &req), json)
+}
+
+/// A backup file's bytes.
+fn read_backup(file: &Path) -> Result<Vec<u8>, Failure> {
+    read_limited(file, MAX_BACKUP_FILE, "backup file")
+}
+
+/// `backup create FILE`: the agent makes the backup; it is written to a
+/// new file only its owner reads.
+fn create(
+    socket: &Path,
+    file: &Path,
+    token: Option<String>,
+    json: bool,
+) -> Result<Output, Failure> {
+    let shown = render::clean(&file.display().to_string());
+    if file.exists() {
+        return Err(Failure::local(
+            Exit::Conflict,
+            "Conflict",
+            format!("{shown}: exists already: a backup file is never overwritten"),
+        ));
+    }
+    let req = AdminRequest::Key(KeyRequest::Backup(BackupRequest::Create { token }));
+    let resp = crate::admin::exchange(socket, &req)?;
+    let AdminResponse::Key(answer) = resp else {
+        return Ok(crate::run::present(&req, Ok(resp), json));
+    };
+    let KeyResponse::Backup(b) = *answer else {
+        return Ok(crate::run::present(
+            &req,
+            Ok(AdminResponse::Key(answer)),
+            json,
+        ));
+    };
+    let BackupAnswer::File { bytes, contents } = *b else {
+        return Err(invalid(
+            "the agent answered a backup with something else".into(),
+        ));
+    };
+    write_new_file(file, &bytes, "backup file")?;
+    Ok(Output::success(if json {
+        render::json(&contents)
+    } else {
+        format!(
+            "{}written to {shown} ({} bytes)\n",
+            render::backup(&BackupAnswer::File {
+                bytes: Vec::new(),
+                contents
+            }),
+            bytes.len()
+        )
+    }))
+}
+
+/// `backup share get --out FILE`.
+fn share_get(
+    socket: &Path,
+    out: &Path,
+    custodian: Option<String>,
+    token: Option<String>,
+    json: bool,
+) -> Result<Output, Failure> {
+    let req = AdminRequest::Key(KeyRequest::Backup(BackupRequest::Share {
+        token,
+        custodian,
+    }));
+    let resp = crate::admin::exchange(socket, &req)?;
+    let AdminResponse::Key(answer) = resp else {
+        return Ok(crate::run::present(&req, Ok(resp), json));
+    };
+    let KeyResponse::Backup(b) = *answer else {
+        return Ok(crate::run::present(
+            &req,
+            Ok(AdminResponse::Key(answer)),
+            json,
+        ));
+    };
+    let BackupAnswer::Share {
+        custodian,
+        armored,
+        digest,
+    } = *b
+    else {
+        return Err(invalid(
+            "the agent answered with something else than a share".into(),
+        ));
+    };
+    write_new_file(out, armored.as_bytes(), "share file")?;
+    Ok(Output::success(if json {
+        render::json(
+            &serde_json::json!({"custodian": custodian, "digest": digest,
+            "file": out.display().to_string()}),
+        )
+    } else {
+        format!(
+            "the share of {} (digest {}) is in {}: `keyward backup share check` opens it\n",
+            render::clean(&custodian),
+            render::clean(&digest),
+            render::clean(&out.display().to_string())
+        )
+    }))
+}
+
+/// `backup share submit SHARE --identity FILE`: opened here, sent to the
+/// agent.
+fn share_submit(
+    socket: &Path,
+    share: &Path,
+    identity: &Path,
+    token: Option<String>,
+    json: bool,
+) -> Result<Output, Failure> {
+    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
+    let armored = String::from_utf8(armored).map_err(|_| {
+        invalid(format!(
+            "{}: not an armored age file (not text)",
+            render::clean(&share.display().to_string())
+        ))
+    })?;
+    let identity_text = signer::read_secret_file(identity, "identity file")?;
+    let record = keyward_escrow::open(&armored, &identity_text).map_err(|e| {
+        invalid(format!(
+            "{}: {e}",
+            render::clean(&share.display().to_string())
+        ))
+    })?;
+    let encoded = record.encode();
+    Ok(ask(
+        socket,
+        BackupRequest::Submit {
+            token,
+            share: encoded.to_vec(),
+        },
+        json,
+    ))
+}
+
+/// Creates `path` (never over an existing file), mode 0600, with
+/// `contents`; a partly written file is removed.
+fn write_new_file(path: &Path, contents: &[u8], what: &str) -> Result<(), Failure> {
+    let shown = render::clean(&path.display().to_string());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Failure::local(
+                Exit::Conflict,
+                "Conflict",
+                format!("{shown}: exists already: a {what} is never overwritten"),
+            ),
+            _ => Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot create: {e}")),
+        })?;
+    if let Err(e) = file.write_all(contents).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            format!("{shown}: cannot write: {e}"),
+        ));
+    }
+    Ok(())
 }
 
 /// `backup custodian-key new --out FILE`.

@@ -130,10 +130,54 @@ pub enum BackupCommand {
         #[command(subcommand)]
         command: CustodianKeyCommand,
     },
-    /// A custodian's share of the backup key (runs locally).
+    /// A custodian's share of the backup key.
     Share {
         #[command(subcommand)]
         command: ShareCommand,
+    },
+    /// Ask for the backup key's ceremony (quorum `backup-init`): a new backup key in the HSM,
+    /// split at once into shares for the roster's custodians, THRESHOLD of which rebuild it.
+    Init {
+        /// How many custodians' shares rebuild the backup key (at least 2).
+        #[arg(long)]
+        threshold: u8,
+        /// Why (kept with the request and in the audit trail).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// The backup key, its custodians and their shares' digests.
+    Status {
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Write a backup to FILE (mode 0600, never over an existing file): every key version
+    /// whose class allows backup, wrapped by the backup key, sealed in the HSM.
+    Create {
+        /// The backup file to create.
+        file: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Ask for the restore of a backup file (quorum `backup-restore`); conflicts with newer
+    /// inventory state are shown and refused.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Why (kept with the request and in the audit trail).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// A drill: every key of the backup unwrapped into session objects and proven to work;
+    /// nothing of the token or the inventory changes. Exit 0 when every key works.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
     },
 }
 
@@ -160,6 +204,29 @@ pub enum ShareCommand {
         /// Your identity file (`keyward backup custodian-key new`).
         #[arg(long, value_name = "FILE")]
         identity: PathBuf,
+    },
+    /// Fetch your share (still encrypted to you) from the agent into FILE.
+    Get {
+        /// The share file to create (never over an existing file).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Another custodian's share (a security officer handing shares out).
+        #[arg(long, value_name = "NAME")]
+        custodian: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Open your share with your identity and submit it to the agent, towards rebuilding the
+    /// backup key on a token that has none (a new HSM). The share is opened here; only the
+    /// agent sees its value.
+    Submit {
+        /// Your share file (armored age).
+        share: PathBuf,
+        /// Your identity file.
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        #[command(flatten)]
+        token: TokenArg,
     },
 }
 

@@ -10,8 +10,8 @@
 //! Audit records are JSON lines instead: one compact object per record.
 
 use keyward_protocol::admin::{
-    AnomalyKind, AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, GrantInfo, KeyInfo,
-    KeyReport, KeyResponse, Report, ShadowInfo, Status,
+    AnomalyKind, AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, BackupAnswer,
+    BackupContents, GrantInfo, KeyInfo, KeyReport, KeyResponse, Report, ShadowInfo, Status,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -212,7 +212,109 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Shadows(s) if s.is_empty() => "no shadow keys\n".to_owned(),
         KeyResponse::Shadows(s) => shadow_table(s),
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
+        KeyResponse::Backup(b) => backup(b),
     }
+}
+
+/// A backup answer as text.
+pub fn backup(b: &BackupAnswer) -> String {
+    match b {
+        BackupAnswer::File { contents, .. } => backup_contents(contents),
+        BackupAnswer::Status(s) => {
+            let mut out = fields(&[
+                ("token", cell(&s.token)),
+                (
+                    "backup key",
+                    s.key_check
+                        .as_deref()
+                        .map_or("none".to_owned(), |c| c.chars().take(16).collect()),
+                ),
+                ("on the token", yes_no(s.present)),
+                (
+                    "threshold",
+                    format!("{} of {} custodians", s.threshold, s.custodians.len()),
+                ),
+                (
+                    "made",
+                    s.created_at.map_or("-".to_owned(), crate::time::format_utc),
+                ),
+                ("shares submitted", s.submitted.to_string()),
+            ]);
+            if !s.custodians.is_empty() {
+                let rows: Vec<Vec<String>> = s
+                    .custodians
+                    .iter()
+                    .map(|(name, index, digest)| vec![cell(name), index.to_string(), cell(digest)])
+                    .collect();
+                out.push_str(&table(&["CUSTODIAN", "SHARE", "DIGEST"], &rows));
+            }
+            out
+        }
+        BackupAnswer::Share {
+            custodian, digest, ..
+        } => format!("share of {} (digest {})\n", cell(custodian), cell(digest)),
+        BackupAnswer::Drill { contents, results } => {
+            let mut out = backup_contents(contents);
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|r| {
+                    vec![
+                        cell(&r.name),
+                        r.version.to_string(),
+                        (if r.ok { "works" } else { "FAILED" }).to_owned(),
+                        cell(&r.detail),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["KEY", "VERSION", "DRILL", "DETAIL"], &rows));
+            let failed = results.iter().filter(|r| !r.ok).count();
+            out.push_str(&format!(
+                "drill: {} key versions tried, {failed} failed\n",
+                results.len()
+            ));
+            out
+        }
+        BackupAnswer::Submitted {
+            have,
+            need,
+            rebuilt,
+        } => {
+            if *rebuilt {
+                format!("{have} of {need} shares: the backup key is rebuilt in the HSM\n")
+            } else {
+                format!("{have} of {need} shares submitted; the backup key needs {need}\n")
+            }
+        }
+    }
+}
+
+/// What a backup file holds.
+fn backup_contents(c: &BackupContents) -> String {
+    let mut out = fields(&[
+        ("backup", cell(&c.id)),
+        ("token", cell(&c.token)),
+        ("made", crate::time::format_utc(c.created_at)),
+        ("backup key", c.key_check.chars().take(16).collect()),
+    ]);
+    let rows: Vec<Vec<String>> = c
+        .keys
+        .iter()
+        .map(|k| {
+            let versions: Vec<String> = k.versions.iter().map(u32::to_string).collect();
+            vec![cell(&k.name), k.state.to_string(), versions.join(",")]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&["KEY", "STATE", "VERSIONS"], &rows));
+    }
+    for (name, why) in &c.absent {
+        out.push_str(&format!(
+            "not in the backup: {}: {}\n",
+            cell(name),
+            cell(why)
+        ));
+    }
+    out
 }
 
 fn key_table(keys: &[KeyInfo]) -> String {

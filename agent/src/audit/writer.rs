@@ -283,15 +283,21 @@ impl Auditor {
     /// Appends `e` durably (after what is queued) before returning.
     /// `Err` means the trail could not be written: fail closed.
     pub fn durable(&self, e: AuditEvent) -> Result<(), String> {
+        self.durable_all(vec![e])
+    }
+
+    /// [`Self::durable`] of several events, in one append.
+    pub fn durable_all(&self, events: Vec<AuditEvent>) -> Result<(), String> {
         let _writing = self.writing();
         let (mut batch, taken_us) = self.take();
-        batch.push(e);
+        let n = events.len();
+        batch.extend(events);
         match self.append(batch, true, taken_us) {
             Ok(()) => Ok(()),
             Err(mut batch) => {
-                // The durable event is refused (fail closed); what was
-                // queued before it is written later.
-                batch.pop();
+                // The durable events are refused (fail closed); what was
+                // queued before them is written later.
+                batch.truncate(batch.len() - n);
                 self.requeue(batch);
                 Err("the audit trail cannot be written".into())
             }

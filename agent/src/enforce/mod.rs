@@ -356,6 +356,7 @@ impl Agent {
             let why = match a.attr_type {
                 ck::CKA_LABEL
                     if b.as_slice() == audit::AUDIT_KEY_LABEL
+                        || b.as_slice() == crate::lifecycle::backup::key::LABEL
                         || (self.keys.is_managed_label(token, b)
                             && !its_own(self.keys.key_by_label(token, b))) =>
                 {
@@ -366,6 +367,7 @@ impl Agent {
                 }
                 ck::CKA_ID
                     if b.as_slice() == audit::AUDIT_KEY_ID
+                        || crate::lifecycle::backup::key::is_reserved(b)
                         || self.keys.is_pending(token, b)
                         || self
                             .keys

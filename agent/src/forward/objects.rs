@@ -295,7 +295,12 @@ impl Agent {
     ) -> Result<Vec<Found>> {
         let policy = self.policy();
         let strict = policy.mode() == keyward_policy::Mode::Strict;
-        if self.keys.is_empty() && !strict {
+        if self.keys.is_empty()
+            && !strict
+            && !self.tokens[s.slot]
+                .agent_objects
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(found.into_iter().map(|(h, o)| (h, o, None)).collect());
         }
         let now = SystemTime::now();
@@ -387,7 +392,11 @@ impl Agent {
         let managed = match id {
             // Being generated for the inventory: not yet a key.
             Some(id) if self.keys.is_pending(token, id) => return None,
-            Some(id) if id == audit::AUDIT_KEY_ID => return None,
+            Some(id)
+                if id == audit::AUDIT_KEY_ID || crate::lifecycle::backup::key::is_reserved(id) =>
+            {
+                return None
+            }
             Some(id) => self.keys.lookup(token, id),
             None => None,
         };

@@ -53,6 +53,8 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         "recover" => Some(Approvable::RecoveryWindow),
         "grant" => Some(Approvable::SensitiveGrant),
         super::token_init::TOKEN_INIT => Some(Approvable::TokenInit),
+        super::backup::BACKUP_INIT => Some(Approvable::BackupInit),
+        super::backup::BACKUP_RESTORE => Some(Approvable::BackupRestore),
         _ => None,
     }
 }
@@ -570,6 +572,12 @@ impl Lifecycle {
         }
         if r.action == super::token_init::TOKEN_INIT {
             return self.carry_out_token_init(r, by, now);
+        }
+        if r.action == super::backup::BACKUP_INIT {
+            return self.carry_out_backup_init(r, by, now);
+        }
+        if r.action == super::backup::BACKUP_RESTORE {
+            return self.carry_out_restore(r, by, now);
         }
         let Some(key_id) = r.key_id else {
             return fail(

@@ -63,6 +63,7 @@ use crate::tokens::VirtualToken;
 
 pub mod adopt;
 pub mod approvals;
+pub mod backup;
 pub mod create;
 pub mod destroy;
 pub mod discovery;
@@ -91,6 +92,9 @@ pub struct Lifecycle {
     /// fail a generation with `CKR_GENERAL_ERROR` when a scan of the same
     /// token runs at the same moment). Administrative paths only.
     hsm_scan: std::sync::Mutex<()>,
+    /// Backup key shares custodians submitted towards a rebuild (token
+    /// label, share), in memory only; see [`backup::ceremony`].
+    submitted: std::sync::Mutex<Vec<(String, keyward_escrow::ShareRecord)>>,
 }
 
 impl std::ops::Deref for Lifecycle {
@@ -107,6 +111,7 @@ impl Lifecycle {
             core,
             policy_file: std::sync::Mutex::new(None),
             hsm_scan: std::sync::Mutex::new(()),
+            submitted: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -234,6 +239,7 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
             (Some(token.clone()), None)
         }
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
+        KeyRequest::Backup(b) => (b.token().map(str::to_owned), None),
         KeyRequest::AppList
         | KeyRequest::RequestList { .. }
         | KeyRequest::RequestShow { .. }
@@ -473,6 +479,7 @@ impl Lifecycle {
             KeyRequest::TokenInit { token, reason } => {
                 self.request_token_init(&token, (&who, &reason), SystemTime::now())
             }
+            KeyRequest::Backup(b) => self.backup_call(admin, (&who, &by), b),
             KeyRequest::PinUnlock {
                 token,
                 role,

@@ -67,7 +67,6 @@ impl Drop for Job {
 
 /// Runs `action` as the backend's SO on token `t`, in a child process.
 /// Refused when the token has no `backend_so_pin`.
-#[allow(dead_code)] // used by the backup key ceremony, next
 pub(crate) fn as_officer(t: &VirtualToken, action: OfficerAction) -> AResult<()> {
     let Some(so_pin) = &t.config.backend_so_pin else {
         return fail(

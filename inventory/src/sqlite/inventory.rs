@@ -1120,6 +1120,30 @@ impl Inventory for SqliteInventory {
         Ok(())
     }
 
+    fn replace_fingerprint(&self, key_id: i64, version: u32, from: &[u8], to: &[u8]) -> Result<()> {
+        if to.len() != 32 {
+            return Err(Error::Invalid(format!(
+                "a fingerprint has 32 bytes, not {}",
+                to.len()
+            )));
+        }
+        let conn = self.conn();
+        let done = conn
+            .prepare_cached(
+                "UPDATE key_versions SET fingerprint = ?4
+                 WHERE key_id = ?1 AND version = ?2 AND fingerprint = ?3",
+            )?
+            .execute(params![key_id, version, from, to])?;
+        if done == 0 {
+            return Err(Error::Conflict {
+                what: format!("the fingerprint of version {version} of key {key_id}"),
+                expected: hex::encode(from),
+                found: "another one, or no such version".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn agent_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
         let conn = self.conn();
         let mut stmt =

@@ -1433,6 +1433,34 @@ fn approval_requests_are_recorded_listed_and_unique() {
 }
 
 #[test]
+fn a_fingerprint_is_replaced_only_from_the_one_stored() {
+    let (_dir, inv) = store();
+    let k = new_key(&inv, "fp", b"\x01");
+    let err = inv
+        .replace_fingerprint(k.id, 1, &[7u8; 32], &[8u8; 32])
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }),
+        "none stored: {err:?}"
+    );
+    inv.set_fingerprint(k.id, 1, &[7u8; 32]).unwrap();
+    let err = inv
+        .replace_fingerprint(k.id, 1, &[6u8; 32], &[8u8; 32])
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    let err = inv
+        .replace_fingerprint(k.id, 1, &[7u8; 32], &[8u8; 3])
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    inv.replace_fingerprint(k.id, 1, &[7u8; 32], &[8u8; 32])
+        .unwrap();
+    assert_eq!(
+        inv.versions(k.id).unwrap()[0].fingerprint,
+        Some(vec![8u8; 32])
+    );
+}
+
+#[test]
 fn a_fingerprint_is_recorded_once_and_survives_a_reopen() {
     let (dir, inv) = store();
     let k = new_key(&inv, "fp", b"\x01");

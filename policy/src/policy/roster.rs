@@ -49,8 +49,9 @@ impl Role {
     /// - key-owner: every key request, and grants;
     /// - operator: activation, rotation, verification, suspension,
     ///   discovery, PIN unlock;
-    /// - auditor and custodian: none (a custodian's backup requests come
-    ///   with backups);
+    /// - operator also: `backup.create`, `backup.verify`;
+    /// - custodian: `backup.share`, `backup.submit` (their share);
+    /// - auditor: none;
     /// - and every role but the auditor: `request.approve`, `request.deny`
     ///   and `request.cancel` (whose decision counts is the quorum's to
     ///   say).
@@ -72,8 +73,13 @@ impl Role {
                     | "key.suspend"
                     | "key.discover"
                     | "pin.unlock"
+                    | "backup.create"
+                    | "backup.verify"
             ),
-            Role::Auditor | Role::Custodian => false,
+            // A custodian fetches their own share and, in a disaster
+            // recovery, submits it.
+            Role::Custodian => matches!(name, "backup.share" | "backup.submit"),
+            Role::Auditor => false,
         }
     }
 
@@ -290,8 +296,10 @@ pub enum Approvable {
     SensitiveGrant,
     /// `policy-apply`: a new policy file taking effect.
     PolicyApply,
-    /// `backup-export`: exporting keys, wrapped, for backup.
+    /// `backup-export`: exporting keys, wrapped, for another deployment.
     BackupExport,
+    /// `backup-init`: making the backup key and its custodians' shares.
+    BackupInit,
     /// `backup-restore`: restoring a backup onto a token.
     BackupRestore,
     /// `token-init`: initialising (wiping) a token.
@@ -303,7 +311,7 @@ pub enum Approvable {
 
 impl Approvable {
     /// Every action under dual control.
-    pub const ALL: [Approvable; 11] = [
+    pub const ALL: [Approvable; 12] = [
         Approvable::Destroy,
         Approvable::Resume,
         Approvable::DeactivateSuspended,
@@ -312,6 +320,7 @@ impl Approvable {
         Approvable::SensitiveGrant,
         Approvable::PolicyApply,
         Approvable::BackupExport,
+        Approvable::BackupInit,
         Approvable::BackupRestore,
         Approvable::TokenInit,
         Approvable::SignOnce,
@@ -328,6 +337,7 @@ impl Approvable {
             Approvable::SensitiveGrant => "sensitive-grant",
             Approvable::PolicyApply => "policy-apply",
             Approvable::BackupExport => "backup-export",
+            Approvable::BackupInit => "backup-init",
             Approvable::BackupRestore => "backup-restore",
             Approvable::TokenInit => "token-init",
             Approvable::SignOnce => "sign-once",
@@ -359,7 +369,7 @@ impl Approvable {
             Approvable::Destroy | Approvable::PolicyApply | Approvable::TokenInit => {
                 (2, vec![SecurityOfficer], true)
             }
-            Approvable::BackupExport | Approvable::BackupRestore => {
+            Approvable::BackupExport | Approvable::BackupInit | Approvable::BackupRestore => {
                 (2, vec![SecurityOfficer, Custodian], true)
             }
             Approvable::Resume

@@ -998,7 +998,7 @@ fn error_missing_or_unknown_administrator_field() {
 fn error_unknown_quorum_action() {
     assert_error(
         &format!("{}\n[quorum.destory]\napprovals = 2\nroles = [\"security-officer\"]\n", roster()),
-        "policy.toml:41:9: quorum.destory: \"destory\" is not an action under dual control: one of destroy, resume, deactivate-suspended, leave-compromised, recovery-window, sensitive-grant, policy-apply, backup-export, backup-restore, token-init, sign-once",
+        "policy.toml:41:9: quorum.destory: \"destory\" is not an action under dual control: one of destroy, resume, deactivate-suspended, leave-compromised, recovery-window, sensitive-grant, policy-apply, backup-export, backup-init, backup-restore, token-init, sign-once",
     );
 }
 

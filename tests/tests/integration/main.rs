@@ -16,6 +16,7 @@ mod audit_anchor;
 mod audit_crash;
 mod audit_events;
 mod audit_gap;
+mod backup;
 mod boundary;
 mod crypto;
 mod derived_keys;

@@ -1,0 +1,85 @@
+//! Backups with split knowledge.
+//!
+//! - The backup key ([`key`]): a 64-byte secret drawn from the HSM's RNG
+//!   at `keyward backup init` (under quorum `backup-init`), installed as
+//!   three objects: its wrapping half as a public AES-256 object with
+//!   `CKA_TRUSTED` (made by the backend's SO: only it may wrap the keys
+//!   whose class allows backup, which are `CKA_WRAP_WITH_TRUSTED`), the
+//!   same value as a private unwrap-only object, and the other 32 bytes as
+//!   the HMAC key that seals backup files. The secret is split at once into
+//!   shares for the roster's custodians ([`ceremony`]), each encrypted to
+//!   one custodian, and zeroised: it is never written whole.
+//! - `keyward backup create` ([`create`]): every backup-eligible key
+//!   version wrapped by the backup key, with its inventory record, sealed
+//!   in the HSM ([`file`]).
+//! - `keyward backup restore` (under quorum `backup-restore`) and
+//!   `keyward backup verify`, the drill ([`restore`]).
+//! - On a token without the backup key (a new HSM), custodians submit
+//!   their opened shares; with enough of them the key is rebuilt inside
+//!   the HSM ([`ceremony`]).
+
+pub(crate) mod ceremony;
+pub(crate) mod create;
+pub(crate) mod file;
+pub(crate) mod key;
+pub(crate) mod restore;
+
+use keyward_inventory::Actor;
+use keyward_protocol::admin::{BackupRequest, KeyResponse};
+
+use crate::listener::identity::Peer;
+
+use super::*;
+
+/// The action of a backup key ceremony request.
+pub const BACKUP_INIT: &str = "backup-init";
+/// The action of a restore request.
+pub const BACKUP_RESTORE: &str = "backup-restore";
+
+impl Lifecycle {
+    /// Notes, per token, whether it holds the backup key (at start).
+    pub fn note_backup_keys(&self) {
+        for t in &self.tokens {
+            let Ok(backend) = t.backend() else { continue };
+            let Ok(s) = hsm::HsmSession::open(backend.as_ref()) else {
+                continue;
+            };
+            let found = !matches!(key::find(&s), Ok(None));
+            t.agent_objects
+                .store(found, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `keyward backup ...`.
+    pub(crate) fn backup_call(
+        &self,
+        admin: &Peer,
+        (who, by): (&str, &Actor),
+        req: BackupRequest,
+    ) -> AResult<KeyResponse> {
+        let now = std::time::SystemTime::now();
+        match req {
+            BackupRequest::Init {
+                token,
+                threshold,
+                reason,
+            } => self.request_backup_init(token.as_deref(), threshold, (who, &reason), now),
+            BackupRequest::Status { token } => self.backup_status(token.as_deref()),
+            BackupRequest::Share { token, custodian } => {
+                self.backup_share(token.as_deref(), custodian.as_deref(), who)
+            }
+            BackupRequest::Create { token } => self.backup_create(token.as_deref(), (who, by), now),
+            BackupRequest::Restore {
+                token,
+                file,
+                reason,
+            } => self.request_restore(token.as_deref(), file, (who, &reason), now),
+            BackupRequest::Verify { token, file } => {
+                self.backup_drill(token.as_deref(), &file, (who, by), now)
+            }
+            BackupRequest::Submit { token, share } => {
+                self.submit_share(admin, token.as_deref(), share, (who, by), now)
+            }
+        }
+    }
+}

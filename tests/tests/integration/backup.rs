@@ -1,0 +1,449 @@
+//! Backups with split knowledge through the `keyward` CLI, the real agent,
+//! SoftHSM2 and the module: the backup key's ceremony approved by two
+//! administrators who are also its custodians, a backup, a drill, forged
+//! and damaged files refused, a disaster recovery onto a wiped token from
+//! the custodians' shares, and a destroyed key that stays destroyed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use keyward_tests::admin::{
+    application_toml, find, install_policy, keyward, keyward_json, keyward_ok, uid, APPLICATION,
+};
+use keyward_tests::harness::Env;
+use keyward_tests::json::JsonExt;
+use keyward_tests::keyward_test;
+use keyward_tests::p11::Ctx;
+use keyward_tests::roster::{
+    as_bob, key_file, open_admin_socket_to_bob, public_key, text, ALICE_PEM, BOB, BOB_PEM,
+};
+
+const DIGEST: [u8; 32] = [0x42; 32];
+
+/// Everything a test of backups needs: the two administrators' key files
+/// and custodian identities, bob's own directory.
+struct Admins {
+    alice_key: PathBuf,
+    bob_key: PathBuf,
+    alice_identity: PathBuf,
+    bob_identity: PathBuf,
+    /// A directory bob owns (the testbed directory is root's).
+    bob_dir: PathBuf,
+}
+
+/// A new custodian identity at `path`; its recipient.
+fn custodian_key(tb: &Env, path: &Path) -> String {
+    let out = keyward_ok(
+        tb,
+        &[
+            "backup",
+            "custodian-key",
+            "new",
+            "--out",
+            path.to_str().unwrap(),
+        ],
+        0,
+    );
+    out.trim()
+        .strip_prefix("share_recipient = \"")
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_owned()
+}
+
+/// A strict policy: `release` (EC signing) and `vault` (AES encryption)
+/// allow backup, `tls` does not; alice and bob are security officers and
+/// custodians.
+fn setup(tb: &Env) -> Admins {
+    tb.require_agent("backups");
+    open_admin_socket_to_bob(tb);
+    let bob_dir = tb.path("bob");
+    std::fs::create_dir(&bob_dir).unwrap();
+    std::os::unix::fs::chown(&bob_dir, Some(BOB), Some(BOB)).unwrap();
+    std::fs::set_permissions(&bob_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let alice_key = key_file(tb, "alice.pem", ALICE_PEM, uid());
+    let bob_key = key_file(tb, "bob.pem", BOB_PEM, BOB);
+    let alice_identity = tb.path("alice.age-key");
+    let bob_identity = bob_dir.join("bob.age-key");
+    let alice_recipient = custodian_key(tb, &alice_identity);
+    let bob_recipient = custodian_key(tb, &bob_identity);
+    std::os::unix::fs::chown(&bob_identity, Some(BOB), Some(BOB)).unwrap();
+    let me = uid();
+    let grant = |ops: &str| {
+        format!("grants = [ {{ application = \"{APPLICATION}\", operations = [{ops}] }} ]")
+    };
+    let sign = grant("\"sign\", \"verify\"");
+    let crypt = grant("\"encrypt\", \"decrypt\"");
+    let policy = format!(
+        "[settings]\nmode = \"strict\"\n{app}\n\
+         [[class]]\nname = \"release\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\n\
+         protect_period = \"30d\"\nprocess_period = \"60d\"\nbackup = true\n{sign}\n\n\
+         [[class]]\nname = \"vault\"\npurpose = \"encryption\"\nalgorithms = [\"aes:256\"]\n\
+         protect_period = \"30d\"\nprocess_period = \"60d\"\nbackup = true\n{crypt}\n\n\
+         [[class]]\nname = \"tls\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\n\
+         protect_period = \"30d\"\nprocess_period = \"60d\"\n{sign}\n\n\
+         [[administrator]]\nname = \"alice\"\nuids = [{me}]\n\
+         roles = [\"security-officer\", \"custodian\"]\npublic_key = \"{alice}\"\n\
+         share_recipient = \"{alice_recipient}\"\n\n\
+         [[administrator]]\nname = \"bob\"\nuids = [{BOB}]\n\
+         roles = [\"security-officer\", \"custodian\"]\npublic_key = \"{bob}\"\n\
+         share_recipient = \"{bob_recipient}\"\n",
+        app = application_toml(APPLICATION, me),
+        alice = public_key(tb, &alice_key),
+        bob = public_key(tb, &bob_key),
+    );
+    install_policy(tb, &policy);
+    Admins {
+        alice_key,
+        bob_key,
+        alice_identity,
+        bob_identity,
+        bob_dir,
+    }
+}
+
+/// The id of the request a command recorded (exit 3).
+fn pending(tb: &Env, args: &[&str]) -> String {
+    keyward_json(tb, args, 3)
+        .at("Pending")
+        .at("id")
+        .as_str()
+        .expect("a request id")
+        .to_owned()
+}
+
+/// Alice and bob approve request `id`.
+fn approve(tb: &Env, a: &Admins, id: &str) {
+    keyward_ok(
+        tb,
+        &[
+            "request",
+            "approve",
+            id,
+            "--key",
+            a.alice_key.to_str().unwrap(),
+        ],
+        0,
+    );
+    let out = as_bob(
+        tb,
+        &[
+            "request",
+            "approve",
+            id,
+            "--key",
+            a.bob_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let shown = keyward_json(tb, &["request", "show", id], 0);
+    assert_eq!(
+        shown.at("Requests")[0]["status"].as_str(),
+        Some("executed"),
+        "{shown}"
+    );
+}
+
+/// The backup key's ceremony, approved.
+fn ceremony(tb: &Env, a: &Admins) {
+    let id = pending(
+        tb,
+        &[
+            "backup",
+            "init",
+            "--threshold",
+            "2",
+            "--reason",
+            "first ceremony",
+        ],
+    );
+    approve(tb, a, &id);
+}
+
+/// Each custodian fetches their share into a file of their own.
+fn fetch_shares(tb: &Env, a: &Admins) -> (PathBuf, PathBuf) {
+    let alice_share = tb.path("alice.share");
+    keyward_ok(
+        tb,
+        &[
+            "backup",
+            "share",
+            "get",
+            "--out",
+            alice_share.to_str().unwrap(),
+        ],
+        0,
+    );
+    let bob_share = a.bob_dir.join("bob.share");
+    let out = as_bob(
+        tb,
+        &[
+            "backup",
+            "share",
+            "get",
+            "--out",
+            bob_share.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    (alice_share, bob_share)
+}
+
+/// Signs [`DIGEST`] with key `name` through the module; the signature.
+fn sign(tb: &Env, name: &str) -> Vec<u8> {
+    let ctx = Ctx::new(tb);
+    let s = ctx.user();
+    let private = find(&s, name, ObjectClass::PRIVATE_KEY);
+    assert_eq!(private.len(), 1, "key {name}: {private:?}");
+    s.sign(&Mechanism::Ecdsa, private[0], &DIGEST)
+        .expect("the key signs")
+}
+
+/// Whether `signature` verifies under key `name`'s public key (module).
+fn verifies(tb: &Env, name: &str, signature: &[u8]) -> bool {
+    let ctx = Ctx::new(tb);
+    let s = ctx.user();
+    let public = find(&s, name, ObjectClass::PUBLIC_KEY);
+    assert_eq!(public.len(), 1, "key {name}: {public:?}");
+    s.verify(&Mechanism::Ecdsa, public[0], &DIGEST, signature)
+        .is_ok()
+}
+
+/// Key `name`'s public point, as the module shows it.
+fn ec_point(tb: &Env, name: &str) -> Vec<u8> {
+    let ctx = Ctx::new(tb);
+    let s = ctx.user();
+    let public = find(&s, name, ObjectClass::PUBLIC_KEY)[0];
+    match s
+        .get_attributes(public, &[AttributeType::EcPoint])
+        .expect("its attributes")
+        .pop()
+    {
+        Some(Attribute::EcPoint(p)) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every key of the inventory, by name: (state, versions' CKA_IDs).
+fn inventory(tb: &Env) -> Vec<(String, String, String)> {
+    let doc = keyward_json(tb, &["key", "list"], 0);
+    let mut keys: Vec<(String, String, String)> = doc
+        .at("Keys")
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+                k["versions"].to_string(),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Wipes the SoftHSM2 token behind the agent and makes a new, empty one
+/// with the same label and PINs: a lost HSM replaced by a new one.
+fn replace_hsm(tb: &Env) {
+    tb.stop_agent();
+    let config =
+        std::fs::read_to_string(tb.path("keyward-agent.toml")).expect("the agent's configuration");
+    let label = config
+        .lines()
+        .find_map(|l| l.strip_prefix("backend_token_label = "))
+        .expect("the backend token's label")
+        .trim_matches('"')
+        .to_owned();
+    let read = |f: &str| {
+        std::fs::read_to_string(tb.path(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", tb.path("softhsm2.conf"))
+        .args(["--delete-token", "--token", &label])
+        .output()
+        .expect("softhsm2-util");
+    assert!(out.status.success(), "{out:?}");
+    keyward_tests::harness::softhsm_token(
+        &tb.dir,
+        &label,
+        &read("backend.pin"),
+        &read("backend.so-pin"),
+    );
+    tb.start_agent();
+}
+
+keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two_custodians_shares(tb) {
+    let a = setup(&tb);
+    for (name, class) in [("release", "release"), ("vault", "vault"), ("web", "tls"), ("old", "release")] {
+        keyward_ok(&tb, &["key", "create", name, "--class", class], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    keyward_ok(&tb, &["key", "rotate", "release"], 0);
+    let signature = sign(&tb, "release");
+    let point = ec_point(&tb, "release");
+
+    // No backup before the ceremony.
+    let file = tb.path("first.kwbackup");
+    let out = keyward(&tb, &["backup", "create", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(text(&out.stderr).contains("no backup key"), "{out:?}");
+    ceremony(&tb, &a);
+    let status = keyward_json(&tb, &["backup", "status"], 0);
+    let status = status.at("Backup").at("Status");
+    assert_eq!(status.at("present").as_bool(), Some(true), "{status}");
+    assert_eq!(status.at("threshold").as_u64(), Some(2), "{status}");
+    assert_eq!(status.at("custodians").as_array().map(Vec::len), Some(2), "{status}");
+    // A second ceremony is refused.
+    let out = keyward(&tb, &["backup", "init", "--threshold", "2", "--reason", "again"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+
+    // The backup: release (both versions), vault and old; web's class has no backup.
+    let shown = keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
+    assert!(shown.contains("not in the backup: web: class \"tls\" does not allow backup"), "{shown}");
+    assert!(shown.contains("release"), "{shown}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = keyward(&tb, &["backup", "create", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "never over an existing file: {out:?}");
+    let bytes = std::fs::read(&file).unwrap();
+
+    // The drill proves each version works, and changes nothing.
+    let before = inventory(&tb);
+    let drill = keyward_ok(&tb, &["backup", "verify", file.to_str().unwrap()], 0);
+    assert!(drill.contains("drill: 4 key versions tried, 0 failed"), "{drill}");
+    assert!(drill.contains("ECDSA signature"), "{drill}");
+    assert!(drill.contains("AES-CBC-PAD"), "{drill}");
+    assert_eq!(inventory(&tb), before);
+
+    // Damaged, cut and forged files: refused, nothing changed.
+    let write = |name: &str, b: &[u8]| {
+        let p = tb.path(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    let mut other_key = bytes.clone();
+    other_key[10] ^= 0xff;
+    for (name, damaged, code, says) in [
+        ("cut.kwbackup", bytes[..bytes.len() - 7].to_vec(), 2, "truncated"),
+        ("flipped.kwbackup", flipped, 5, "altered"),
+        ("other.kwbackup", other_key, 5, "another backup key"),
+        ("empty.kwbackup", Vec::new(), 2, "not a keyward backup file"),
+    ] {
+        let p = write(name, &damaged);
+        for args in [
+            vec!["backup", "verify", p.to_str().unwrap()],
+            vec!["backup", "restore", p.to_str().unwrap(), "--reason", "test"],
+        ] {
+            let out = keyward(&tb, &args);
+            assert_eq!(out.status.code(), Some(code), "{name} {args:?}: {out:?}");
+            assert!(text(&out.stderr).contains(says), "{name}: {out:?}");
+        }
+    }
+    assert_eq!(inventory(&tb), before);
+    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+
+    // A restore onto the token as it is: nothing to do, nothing changes.
+    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "no-op"]);
+    approve(&tb, &a, &id);
+    assert_eq!(inventory(&tb), before);
+
+    // The shares, each checked by its custodian.
+    let (alice_share, bob_share) = fetch_shares(&tb, &a);
+    let checked = keyward_ok(&tb, &["backup", "share", "check", alice_share.to_str().unwrap(),
+        "--identity", a.alice_identity.to_str().unwrap()], 0);
+    assert!(checked.contains("custodian:   alice"), "{checked}");
+    let out = as_bob(&tb, &["backup", "share", "check", bob_share.to_str().unwrap(),
+        "--identity", a.bob_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Old is destroyed (two officers) after the backup was made.
+    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    approve(&tb, &a, &id);
+
+    // The HSM is lost: a new, empty token.
+    replace_hsm(&tb);
+    let ctx = Ctx::new(&tb);
+    assert!(find(&ctx.user(), "release", ObjectClass::PRIVATE_KEY).is_empty());
+    drop(ctx);
+    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    assert_eq!(out.status.code(), Some(4), "no backup key yet: {out:?}");
+
+    // Alice's share alone: one of two; the key is not rebuilt.
+    let sub = keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
+        "--identity", a.alice_identity.to_str().unwrap()], 0);
+    assert!(sub.contains("1 of 2 shares submitted"), "{sub}");
+    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    assert_eq!(out.status.code(), Some(4), "still no backup key: {out:?}");
+    // Bob's share opened with alice's identity does not open.
+    let stolen = tb.path("bob-copy.share");
+    std::fs::copy(&bob_share, &stolen).unwrap();
+    let out = keyward(&tb, &["backup", "share", "submit", stolen.to_str().unwrap(),
+        "--identity", a.alice_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Bob's own: the key is rebuilt in the new HSM.
+    let out = as_bob(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
+        "--identity", a.bob_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("rebuilt"), "{out:?}");
+
+    // The restore, approved by two: every key back but the destroyed one.
+    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "disaster recovery"]);
+    let params = keyward_json(&tb, &["request", "show", &id], 0);
+    assert!(params.to_string().contains("stays_destroyed"), "{params}");
+    approve(&tb, &a, &id);
+    let after = inventory(&tb);
+    assert_eq!(after.len(), before.len());
+    assert!(after.iter().any(|(n, s, _)| n == "old" && s == "destroyed"), "{after:?}");
+    let ctx = Ctx::new(&tb);
+    assert!(find(&ctx.user(), "old", ObjectClass::PRIVATE_KEY).is_empty(), "old stays destroyed");
+    drop(ctx);
+    // The application signs again by the same label; the old signature verifies.
+    assert_eq!(ec_point(&tb, "release"), point);
+    assert!(verifies(&tb, "release", &signature));
+    let again = sign(&tb, "release");
+    assert!(verifies(&tb, "release", &again));
+    let verified = keyward_ok(&tb, &["key", "verify", "vault"], 0);
+    assert!(verified.contains("verified"), "{verified}");
+    // After a restart the restored keys are still recognised as themselves.
+    tb.stop_agent();
+    tb.start_agent();
+    assert!(verifies(&tb, "release", &signature));
+    let verified = keyward_ok(&tb, &["key", "verify", "vault"], 0);
+    assert!(verified.contains("verified"), "{verified}");
+    // Web was never in the backup: its record stays, its objects are gone.
+    assert!(keyward_ok(&tb, &["backup", "verify", file.to_str().unwrap()], 0)
+        .contains("0 failed"));
+});
+
+keyward_test!(fn a_restore_never_overwrites_newer_inventory_state(tb) {
+    let a = setup(&tb);
+    keyward_ok(&tb, &["key", "create", "release", "--class", "release"], 0);
+    keyward_ok(&tb, &["key", "activate", "release"], 0);
+    ceremony(&tb, &a);
+    let file = tb.path("b.kwbackup");
+    keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
+    // Newer: revoked and rotated since.
+    keyward_ok(&tb, &["key", "rotate", "release"], 0);
+    keyward_ok(&tb, &["key", "suspend", "release", "--reason", "audit"], 0);
+    let before = inventory(&tb);
+    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "mistake"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("conflicts with the inventory"), "{err}");
+    assert!(err.contains("release: the inventory says suspended, the backup active"), "{err}");
+    assert_eq!(inventory(&tb), before);
+    // An operator cannot ask for the ceremony; the custodian role alone
+    // cannot make a backup.
+    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+});
