@@ -268,6 +268,28 @@ fn a_tampered_or_truncated_share_file_is_refused() {
         "{:?}",
         open(&tampered, identity)
     );
+    // A changed character in the payload (the second line from the end
+    // of the armored body): the header opens, the payload does not.
+    let lines: Vec<&str> = armored.lines().collect();
+    let body_line = lines.len() - 3;
+    let mut changed: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    let swapped: String = changed[body_line]
+        .chars()
+        .enumerate()
+        .map(|(i, c)| match (i, c) {
+            (10, 'A') => 'B',
+            (10, _) => 'A',
+            (_, c) => c,
+        })
+        .collect();
+    changed[body_line] = swapped;
+    let payload = changed.join("\n") + "\n";
+    assert_ne!(payload, *armored);
+    let err = open(&payload, identity).unwrap_err();
+    assert!(
+        matches!(&err, EscrowError::Damaged(m) if m.contains("payload")),
+        "{err:?}"
+    );
     // Every line kept but the last lines cut away.
     let lines: Vec<&str> = armored.lines().collect();
     let truncated = lines[..lines.len() - 2].join("\n");
