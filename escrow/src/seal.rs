@@ -86,7 +86,10 @@ fn identity(text: &str) -> Result<x25519::Identity, EscrowError> {
             "it holds more than one line besides comments: a custodian's identity file holds one `AGE-SECRET-KEY-1...` line".to_owned(),
         ));
     }
-    if !key.starts_with("AGE-SECRET-KEY-1") {
+    if !key
+        .get(..16)
+        .is_some_and(|p| p.eq_ignore_ascii_case("AGE-SECRET-KEY-1"))
+    {
         return Err(EscrowError::Identity(
             "it is not an age X25519 identity (an `AGE-SECRET-KEY-1...` line)".to_owned(),
         ));

@@ -268,6 +268,28 @@ fn a_tampered_or_truncated_share_file_is_refused() {
         "{:?}",
         open(&tampered, identity)
     );
+    // A changed character in the payload (the second line from the end
+    // of the armored body): the header opens, the payload does not.
+    let lines: Vec<&str> = armored.lines().collect();
+    let body_line = lines.len() - 3;
+    let mut changed: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    let swapped: String = changed[body_line]
+        .chars()
+        .enumerate()
+        .map(|(i, c)| match (i, c) {
+            (10, 'A') => 'B',
+            (10, _) => 'A',
+            (_, c) => c,
+        })
+        .collect();
+    changed[body_line] = swapped;
+    let payload = changed.join("\n") + "\n";
+    assert_ne!(payload, *armored);
+    let err = open(&payload, identity).unwrap_err();
+    assert!(
+        matches!(&err, EscrowError::Damaged(m) if m.contains("payload")),
+        "{err:?}"
+    );
     // Every line kept but the last lines cut away.
     let lines: Vec<&str> = armored.lines().collect();
     let truncated = lines[..lines.len() - 2].join("\n");
@@ -527,4 +549,46 @@ fn the_key_check_is_domain_separated() {
     assert_ne!(key_check(&s), <[u8; 32]>::from(Sha256::digest(&s)));
     assert_ne!(key_check(&s), key_check(&s[..63]));
     assert_eq!(short_check(&key_check(&s)).len(), 16);
+}
+
+#[test]
+fn the_largest_record_encodes_and_decodes() {
+    let name = "n".repeat(MAX_NAME);
+    let record = ShareRecord::new(
+        &name,
+        [0xee; 32],
+        &name,
+        255,
+        255,
+        255,
+        Zeroizing::new(vec![0xff; MAX_SECRET]),
+    )
+    .expect("within bounds");
+    let bytes = record.encode();
+    assert_eq!(ShareRecord::decode(&bytes).expect("decode"), record);
+}
+
+#[test]
+fn any_changed_byte_of_a_record_decodes_to_a_checked_record_or_an_error() {
+    let (_, _, records) = three_of_five();
+    let bytes = records[0].encode();
+    for at in 0..bytes.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut changed = bytes.to_vec();
+            changed[at] ^= flip;
+            // Never a panic; what decodes is within its bounds.
+            if let Ok(r) = ShareRecord::decode(&changed) {
+                assert!(r.threshold() >= 2 && r.threshold() <= r.count(), "{r:?}");
+                assert!(r.index() >= 1 && r.index() <= r.count(), "{r:?}");
+                assert!(!r.share().is_empty() && r.share().len() <= MAX_SECRET);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_identity_line_in_lower_case_opens_too() {
+    let (people, sealed, records) = three_of_five();
+    let lower = people[0].identity.to_lowercase();
+    assert_eq!(open(&sealed[0].armored, &lower).expect("open"), records[0]);
 }

@@ -11,7 +11,8 @@
 //!   ([`Policy::mechanism_allowed`]), whether an application may use a key
 //!   of a class ([`KeyClass::check_use`]).
 //! - `policy/roster.rs`: the administrators' roster ([`Administrator`],
-//!   [`Role`], [`AdministratorKey`]; [`Policy::administrator_for_uid`]) and
+//!   [`Role`], [`AdministratorKey`]; [`Policy::administrator_for_uid`];
+//!   the custodians' `share_recipient`s, [`Policy::custodians`]) and
 //!   the quorums of the actions under dual control ([`Approvable`],
 //!   [`Quorum`], [`Policy::quorum`] with the defaults applied). Parsed and
 //!   checked; the agent enforces them in a coming release.

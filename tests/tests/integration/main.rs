@@ -23,6 +23,7 @@ mod derived_keys;
 mod destroy_requests;
 mod dual_control;
 mod envelope;
+mod escrow_cli;
 mod fork_process;
 mod general;
 mod generation;
