@@ -360,7 +360,10 @@ fn check_change(c: &LifecycleChange) -> Result<()> {
                 if v.version == 0 {
                     return Err(Error::Invalid("a new version needs its number".into()));
                 }
-                if v.state == KeyState::Destroyed {
+                let restored_history = matches!(c.key, KeyChange::Create(_))
+                    && c.versions.len() > 1
+                    && !matches!(c.versions.last(), Some(VersionChange::Add(last)) if last.version == v.version);
+                if v.state == KeyState::Destroyed && !restored_history {
                     return Err(Error::Invalid("a new version cannot be destroyed".into()));
                 }
                 added += 1;
@@ -392,10 +395,16 @@ fn check_change(c: &LifecycleChange) -> Result<()> {
             if key.state == KeyState::Destroyed {
                 return Err(Error::Invalid("a new key cannot be destroyed".into()));
             }
-            let first = matches!(c.versions.as_slice(), [VersionChange::Add(v)] if v.version == 1);
-            if !first {
+            // Version 1, or (a key restored from a backup) its versions
+            // 1, 2, ... in order, the older ones possibly destroyed.
+            let in_order = !c.versions.is_empty()
+                && c.versions.iter().enumerate().all(
+                    |(i, v)| matches!(v, VersionChange::Add(v) if v.version as usize == i + 1),
+                );
+            if !in_order {
                 return Err(Error::Invalid(
-                    "a new key is created with its version 1 and nothing else".into(),
+                    "a new key is created with its versions 1, 2, ... in order, and nothing else"
+                        .into(),
                 ));
             }
         }

@@ -1094,10 +1094,10 @@ fn a_new_key_is_created_with_its_version_and_its_records_or_not_at_all() {
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
     assert_eq!(inv.key("tok", "b").unwrap(), None);
     assert_eq!(inv.head().unwrap().0, 2);
-    // A new key comes with its version 1 and nothing else.
+    // A new key comes with its versions 1, 2, ... in order, and nothing else.
     let mut two = create_with("c", b"3", Vec::new());
     two.versions.push(VersionChange::Add(KeyVersion {
-        version: 2,
+        version: 3,
         ..backend(b"4")
     }));
     assert!(matches!(inv.apply(&two), Err(Error::Invalid(_))));
@@ -1931,4 +1931,65 @@ fn an_approved_grant_is_recorded_with_its_requests_execution_once() {
         .unwrap_err();
     assert!(matches!(e, Error::Conflict { .. }), "{e:?}");
     assert!(inv.grants(k.id).unwrap().is_empty());
+}
+
+#[test]
+fn a_restored_key_is_created_with_its_versions_in_order_older_ones_destroyed() {
+    let (_dir, inv) = store();
+    let v = |n: u32, id: &[u8], state: KeyState| {
+        VersionChange::Add(KeyVersion {
+            version: n,
+            state,
+            destroyed_at: (state == KeyState::Destroyed).then_some(T0),
+            ..backend(id)
+        })
+    };
+    let with = |name: &str, versions: Vec<VersionChange>| LifecycleChange {
+        key: KeyChange::Create(Box::new(draft("tok", name))),
+        versions,
+        dates: DateUpdates::default(),
+        actor: "admin".into(),
+        reason: "restored".into(),
+        at: T0,
+        trail: Vec::new(),
+    };
+    for (versions, what) in [
+        (vec![v(2, b"\x01", KeyState::Active)], "not from 1"),
+        (
+            vec![
+                v(1, b"\x01", KeyState::Active),
+                v(3, b"\x02", KeyState::Active),
+            ],
+            "a gap",
+        ),
+        (
+            vec![
+                v(1, b"\x01", KeyState::Active),
+                v(2, b"\x02", KeyState::Destroyed),
+            ],
+            "newest destroyed",
+        ),
+        (
+            vec![v(1, b"\x01", KeyState::Destroyed)],
+            "a single destroyed version",
+        ),
+    ] {
+        let err = inv.apply(&with("bad", versions)).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{what}: {err:?}");
+    }
+    assert!(inv.key("tok", "bad").unwrap().is_none());
+    let done = inv
+        .apply(&with(
+            "restored",
+            vec![
+                v(1, b"\x01", KeyState::Destroyed),
+                v(2, b"\x02", KeyState::Active),
+            ],
+        ))
+        .unwrap();
+    let versions = inv.versions(done.key.id).unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].state, KeyState::Destroyed);
+    assert_eq!(versions[0].destroyed_at, Some(T0));
+    assert_eq!(versions[1].state, KeyState::Active);
 }

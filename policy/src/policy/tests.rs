@@ -1194,6 +1194,39 @@ fn roles_may_request_what_the_reference_says() {
     assert!(!Role::Custodian.may_request("key.create"));
     assert!(!Role::Auditor.may_request("key.create"));
     assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+    // Backups: operators make and drill them; custodians handle their
+    // share only; the ceremony and restores are the security officer's.
+    for (role, allowed) in [
+        (Role::Operator, &["backup.create", "backup.verify"][..]),
+        (Role::Custodian, &["backup.share", "backup.submit"][..]),
+        (Role::Auditor, &[][..]),
+        (
+            Role::SecurityOfficer,
+            &[
+                "backup.init",
+                "backup.create",
+                "backup.restore",
+                "backup.verify",
+                "backup.share",
+                "backup.submit",
+            ][..],
+        ),
+    ] {
+        for name in [
+            "backup.init",
+            "backup.create",
+            "backup.restore",
+            "backup.verify",
+            "backup.share",
+            "backup.submit",
+        ] {
+            assert_eq!(
+                role.may_request(name),
+                allowed.contains(&name),
+                "{role} {name}"
+            );
+        }
+    }
     // Deciding on requests: every role but the auditor's.
     for name in ["request.approve", "request.deny", "request.cancel"] {
         for role in Role::ALL {

@@ -447,3 +447,177 @@ keyward_test!(fn a_restore_never_overwrites_newer_inventory_state(tb) {
     // cannot make a backup.
     assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
 });
+
+/// A new host: the HSM replaced and the agent's state directory (its
+/// inventory, its trail, its record of the ceremony) gone; the same
+/// configuration and policy file.
+fn replace_host(tb: &Env) {
+    tb.stop_agent();
+    let state = tb.path("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    replace_hsm(tb);
+    // The new host's token gets its user PIN.
+    keyward_testbed::Testbed::open(&tb.dir)
+        .and_then(|t| t.set_pin("user", &tb.pin))
+        .expect("set the user PIN");
+}
+
+keyward_test!(fn a_new_host_with_a_new_hsm_gets_every_key_back_from_a_backup_and_two_shares(tb) {
+    let a = setup(&tb);
+    for (name, class) in [("release", "release"), ("vault", "vault"), ("web", "tls")] {
+        keyward_ok(&tb, &["key", "create", name, "--class", class], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    keyward_ok(&tb, &["key", "rotate", "release"], 0);
+    keyward_ok(&tb, &["key", "suspend", "vault", "--reason", "quarterly audit"], 0);
+    let signature = sign(&tb, "release");
+    ceremony(&tb, &a);
+    let (alice_share, bob_share) = fetch_shares(&tb, &a);
+    let file = tb.path("host.kwbackup");
+    keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
+    let before: Vec<_> = inventory(&tb).into_iter().filter(|k| k.0 != "web").collect();
+
+    replace_host(&tb);
+    assert!(inventory(&tb).is_empty(), "a new inventory");
+    let status = keyward_json(&tb, &["backup", "status"], 0);
+    assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(false), "{status}");
+    // A custodian cannot submit another's share, even opened.
+    let out = keyward(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
+        "--identity", a.alice_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
+        "--identity", a.alice_identity.to_str().unwrap()], 0);
+    let out = as_bob(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
+        "--identity", a.bob_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status = keyward_json(&tb, &["backup", "status"], 0);
+    assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(true), "{status}");
+
+    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "new host"]);
+    approve(&tb, &a, &id);
+    // Names, states, versions, CKA_IDs and fingerprints as they were.
+    assert_eq!(inventory(&tb), before);
+    assert!(verifies(&tb, "release", &signature), "an old signature verifies");
+    let again = sign(&tb, "release");
+    assert!(verifies(&tb, "release", &again));
+    keyward_ok(&tb, &["key", "resume", "vault", "--reason", "audit done"], 3);
+    tb.stop_agent();
+    tb.start_agent();
+    assert!(verifies(&tb, "release", &again));
+    let drill = keyward_ok(&tb, &["backup", "verify", file.to_str().unwrap()], 0);
+    assert!(drill.contains("0 failed"), "{drill}");
+});
+
+keyward_test!(fn applications_never_see_or_plant_the_backup_keys_objects(tb) {
+    let a = setup(&tb);
+    keyward_ok(&tb, &["key", "create", "release", "--class", "release"], 0);
+    keyward_ok(&tb, &["key", "activate", "release"], 0);
+    ceremony(&tb, &a);
+    let file = tb.path("b.kwbackup");
+    keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    // Every object the application may see: none of the backup key's.
+    let all = s.find_objects(&[]).expect("a search");
+    for o in all {
+        let attrs = s
+            .get_attributes(o, &[AttributeType::Id, AttributeType::Label])
+            .unwrap_or_default();
+        for at in attrs {
+            if let Attribute::Id(v) | Attribute::Label(v) = at {
+                assert!(!v.starts_with(b"keyward-backup"), "{:?}", String::from_utf8_lossy(&v));
+            }
+        }
+    }
+    assert!(s
+        .find_objects(&[Attribute::Label(b"keyward-backup".to_vec())])
+        .unwrap()
+        .is_empty());
+    // An application cannot plant an object with the backup key's CKA_ID or label.
+    for template in [
+        vec![Attribute::Class(ObjectClass::DATA), Attribute::Token(true),
+             Attribute::Id(b"keyward-backup-wrap".to_vec())],
+        vec![Attribute::Class(ObjectClass::DATA), Attribute::Token(true),
+             Attribute::Label(b"keyward-backup".to_vec())],
+    ] {
+        assert!(s.create_object(&template).is_err(), "{template:?}");
+    }
+    drop(s);
+    drop(ctx);
+    // During and after a drill, its session objects are not the
+    // application's either.
+    keyward_ok(&tb, &["backup", "verify", file.to_str().unwrap()], 0);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    assert!(s
+        .find_objects(&[Attribute::Id(b"keyward-backup-drill".to_vec())])
+        .unwrap()
+        .is_empty());
+    drop(a);
+});
+
+/// One admin request on the testbed's admin socket, as this process.
+fn raw_admin(
+    tb: &Env,
+    request: keyward_protocol::admin::KeyRequest,
+) -> keyward_protocol::admin::AdminResponse {
+    use keyward_protocol::admin::{hello, AdminRequest};
+    use keyward_protocol::frame::{read_message, write_message};
+    let mut s = std::os::unix::net::UnixStream::connect(&tb.admin_socket).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut buf = Vec::new();
+    hello(&mut s, &mut buf).expect("admin hello");
+    write_message(&mut s, &AdminRequest::Key(request), &mut buf).expect("send");
+    read_message(&mut s, &mut buf).expect("the agent's answer")
+}
+
+keyward_test!(fn a_custodian_cannot_submit_anothers_share_nor_a_forged_one(tb) {
+    use keyward_protocol::admin::{AdminErrorKind, AdminResponse, BackupRequest, KeyRequest};
+    let a = setup(&tb);
+    keyward_ok(&tb, &["key", "create", "release", "--class", "release"], 0);
+    ceremony(&tb, &a);
+    let (_, bob_share) = fetch_shares(&tb, &a);
+    replace_hsm(&tb);
+    let submit = |share: Vec<u8>| {
+        raw_admin(&tb, KeyRequest::Backup(BackupRequest::Submit { token: None, share }))
+    };
+    // Bob's share, opened by someone holding his identity, sent by alice.
+    let armored = std::fs::read_to_string(&bob_share).unwrap();
+    let identity = std::fs::read_to_string(&a.bob_identity).unwrap();
+    let opened = keyward_escrow::open(&armored, &identity).expect("bob's share opens");
+    match submit(opened.encode().to_vec()) {
+        AdminResponse::KeyErr { kind: AdminErrorKind::Refused, message } => {
+            assert!(message.contains("this share is \"bob\"'s"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Garbage, an empty share, a share cut short: refused as invalid.
+    let encoded = opened.encode().to_vec();
+    for forged in [b"not a share".to_vec(), Vec::new(), encoded[..encoded.len() - 1].to_vec(), vec![0xff; 1 << 16]] {
+        match submit(forged) {
+            AdminResponse::KeyErr { kind: AdminErrorKind::Invalid, message } => {
+                assert!(message.starts_with("the share: "), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing was held: no share counts towards a rebuild.
+    let status = keyward_json(&tb, &["backup", "status"], 0);
+    assert_eq!(status.at("Backup").at("Status").at("submitted").as_u64(), Some(0), "{status}");
+    // Restores and drills of garbage, as raw requests: invalid, nothing kept.
+    for file in [Vec::new(), b"KWBACKUP".to_vec(), vec![0u8; 100_000]] {
+        for req in [
+            BackupRequest::Verify { token: None, file: file.clone() },
+            BackupRequest::Restore { token: None, file: file.clone(), reason: "x".into() },
+        ] {
+            match raw_admin(&tb, KeyRequest::Backup(req)) {
+                AdminResponse::KeyErr { kind: AdminErrorKind::Invalid | AdminErrorKind::NotFound, .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+});
