@@ -451,6 +451,8 @@ pub enum KeyRequest {
         /// Why (kept with the request).
         reason: String,
     },
+    /// Key distribution: public keys, exports under wrap, imports.
+    Distribution(crate::distribution::DistRequest),
 }
 
 /// A lifecycle transition of [`KeyRequest::Transition`].
@@ -501,6 +503,8 @@ pub enum KeyResponse {
     Done(String),
     /// Approval requests (`RequestList`, `RequestShow`).
     Requests(Vec<ApprovalRequest>),
+    /// Answer to a [`KeyRequest::Distribution`] request.
+    Distribution(crate::distribution::DistResponse),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.

@@ -95,6 +95,7 @@ impl KeyRequest {
             KeyRequest::Init { .. } => "policy.init",
             KeyRequest::Recover { .. } => "key.recover",
             KeyRequest::TokenInit { .. } => "token.init",
+            KeyRequest::Distribution(d) => d.name(),
         }
     }
 
@@ -122,7 +123,8 @@ impl KeyRequest {
             | KeyRequest::PolicyApply { .. }
             | KeyRequest::Init { .. }
             | KeyRequest::Recover { .. }
-            | KeyRequest::TokenInit { .. } => false,
+            | KeyRequest::TokenInit { .. }
+            | KeyRequest::Distribution(_) => false,
         }
     }
 
@@ -230,7 +232,57 @@ impl KeyRequest {
                 clean(token),
                 clean(reason)
             ),
+            KeyRequest::Distribution(d) => describe_distribution(d),
         }
+    }
+}
+
+/// [`KeyRequest::describe`] of a distribution request: keys by name, the
+/// recipient and a file by their SHA-256, never their bytes.
+fn describe_distribution(d: &crate::distribution::DistRequest) -> String {
+    use crate::distribution::{sha256_hex, DistRequest};
+    let version = |v: &Option<u32>| match v {
+        Some(v) => format!(" version {v}"),
+        None => String::new(),
+    };
+    match d {
+        DistRequest::PublicKey {
+            name,
+            token,
+            version: v,
+        } => format!("show the public key of {}{}", key(token, name), version(v)),
+        DistRequest::Export {
+            name,
+            token,
+            version: v,
+            recipient,
+            reason,
+        } => format!(
+            "export {}{} wrapped for the RSA key with SPKI SHA-256 {}: {}",
+            key(token, name),
+            version(v),
+            sha256_hex(recipient),
+            clean(reason)
+        ),
+        DistRequest::Collect { id } => {
+            format!("collect the export file of request {}", clean(id))
+        }
+        DistRequest::Import {
+            file,
+            class,
+            name,
+            token,
+            reason,
+        } => format!(
+            "import the export file with SHA-256 {} as {} (class {}): {}",
+            sha256_hex(file),
+            match name {
+                Some(n) => key(token, n),
+                None => key(token, "(its own name)"),
+            },
+            clean(class),
+            clean(reason)
+        ),
     }
 }
 
@@ -522,6 +574,7 @@ fn describe_pin_unlock(token: &str, role: Option<PinRole>, application: Option<&
 mod tests {
     use super::*;
     use crate::admin::AuditAnchor;
+    use crate::distribution::DistRequest;
 
     fn transition(action: KeyAction, token: Option<&str>, reason: Option<&str>) -> AdminRequest {
         AdminRequest::Key(KeyRequest::Transition {
@@ -623,6 +676,28 @@ mod tests {
                 token: "t".into(),
                 reason: "r".into(),
             }),
+            key(KeyRequest::Distribution(DistRequest::PublicKey {
+                name: "k".into(),
+                token: None,
+                version: None,
+            })),
+            key(KeyRequest::Distribution(DistRequest::Export {
+                name: "k".into(),
+                token: None,
+                version: Some(1),
+                recipient: vec![1],
+                reason: "r".into(),
+            })),
+            key(KeyRequest::Distribution(DistRequest::Collect {
+                id: "00ff".into(),
+            })),
+            key(KeyRequest::Distribution(DistRequest::Import {
+                file: vec![1],
+                class: "c".into(),
+                name: None,
+                token: None,
+                reason: "r".into(),
+            })),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -680,6 +755,10 @@ mod tests {
                 "policy.init",
                 "key.recover",
                 "token.init",
+                "key.pubkey",
+                "key.export",
+                "key.collect",
+                "key.import",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",

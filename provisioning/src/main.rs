@@ -36,6 +36,7 @@
 mod admin;
 mod cli;
 mod decide;
+mod distribute;
 mod output;
 mod render;
 mod run;

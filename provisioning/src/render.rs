@@ -212,6 +212,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Shadows(s) if s.is_empty() => "no shadow keys\n".to_owned(),
         KeyResponse::Shadows(s) => shadow_table(s),
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
+        KeyResponse::Distribution(d) => crate::distribute::describe(d),
     }
 }
 

@@ -53,6 +53,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         "recover" => Some(Approvable::RecoveryWindow),
         "grant" => Some(Approvable::SensitiveGrant),
         super::token_init::TOKEN_INIT => Some(Approvable::TokenInit),
+        super::distribute::KEY_EXPORT => Some(Approvable::BackupExport),
         _ => None,
     }
 }
@@ -570,6 +571,9 @@ impl Lifecycle {
         }
         if r.action == super::token_init::TOKEN_INIT {
             return self.carry_out_token_init(r, by, now);
+        }
+        if r.action == super::distribute::KEY_EXPORT {
+            return self.carry_out_export(r, now);
         }
         let Some(key_id) = r.key_id else {
             return fail(

@@ -66,6 +66,7 @@ pub mod approvals;
 pub mod create;
 pub mod destroy;
 pub mod discovery;
+pub mod distribute;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
@@ -234,6 +235,7 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
             (Some(token.clone()), None)
         }
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
+        KeyRequest::Distribution(d) => d.target(),
         KeyRequest::AppList
         | KeyRequest::RequestList { .. }
         | KeyRequest::RequestShow { .. }
@@ -489,6 +491,7 @@ impl Lifecycle {
                 let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
+            KeyRequest::Distribution(d) => self.distribution_call(admin, (&who, &by), d),
         }
     }
 

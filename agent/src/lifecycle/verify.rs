@@ -39,21 +39,40 @@ impl Lifecycle {
                 version: v.version,
             },
             made: RefCell::new(Vec::new()),
+            given: Vec::new(),
         };
-        let detail = match (purpose, alg) {
-            (Purpose::Signing, _) => probe.sign(alg)?,
-            (Purpose::Encryption, Algorithm::Rsa { .. }) => probe.encrypt_rsa()?,
-            (Purpose::Encryption, _) => probe.encrypt_aes()?,
-            (Purpose::Wrapping, _) => probe.wrap(alg)?,
-            (Purpose::Mac, _) => probe.mac(alg)?,
-            (Purpose::Derivation, _) => probe.derive(alg)?,
-        };
+        let detail = probe.run(purpose, alg)?;
         log::info!("key {} version {} verified: {detail}", t.label(), v.version);
         Ok(KeyResponse::Verified {
             key: r.name.clone(),
             version: v.version,
             detail,
         })
+    }
+
+    /// [`Self::verify_key`]'s test on objects not yet recorded (`given`:
+    /// each with its class, e.g. a key just imported), on session `s`.
+    pub(crate) fn prove_objects(
+        &self,
+        s: &HsmSession<'_>,
+        version: &KeyVersion,
+        given: Vec<(u64, BackendObject)>,
+        (purpose, alg): (Purpose, Algorithm),
+    ) -> AResult<String> {
+        Probe {
+            agent: self,
+            s,
+            backend: s.backend,
+            token: "",
+            version,
+            managed: ManagedRef {
+                key_id: 0,
+                version: version.version,
+            },
+            made: RefCell::new(Vec::new()),
+            given,
+        }
+        .run(purpose, alg)
     }
 
     /// Records the fingerprint of every version recorded without one (a
@@ -157,6 +176,8 @@ struct Probe<'a, 's> {
     version: &'a KeyVersion,
     managed: ManagedRef,
     made: RefCell<Vec<BackendObject>>,
+    /// Objects to test instead of the version's genuine ones (by class).
+    given: Vec<(u64, BackendObject)>,
 }
 
 impl Drop for Probe<'_, '_> {
@@ -184,9 +205,33 @@ impl Probe<'_, '_> {
         o
     }
 
-    /// The version's genuine object of class `cko` on the HSM.
+    /// The test its purpose and algorithm call for.
+    fn run(&self, purpose: Purpose, alg: Algorithm) -> AResult<String> {
+        match (purpose, alg) {
+            (Purpose::Signing, _) => self.sign(alg),
+            (Purpose::Encryption, Algorithm::Rsa { .. }) => self.encrypt_rsa(),
+            (Purpose::Encryption, _) => self.encrypt_aes(),
+            (Purpose::Wrapping, _) => self.wrap(alg),
+            (Purpose::Mac, _) => self.mac(alg),
+            (Purpose::Derivation, _) => self.derive(alg),
+        }
+    }
+
+    /// The version's genuine object of class `cko` on the HSM (or the
+    /// given one).
     fn one(&self, cko: u64) -> AResult<BackendObject> {
         let v = self.version;
+        if !self.given.is_empty() {
+            return self
+                .given
+                .iter()
+                .find(|(c, _)| *c == cko)
+                .map(|(_, o)| *o)
+                .map_or_else(
+                    || fail(AdminErrorKind::Failed, format!("no {}", class_name(cko))),
+                    Ok,
+                );
+        }
         self.s
             .genuine(
                 &self.agent.keys,
