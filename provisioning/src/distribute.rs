@@ -285,3 +285,147 @@ pub(crate) fn describe(d: &DistResponse) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<KeyCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied())).map(|c| match c
+            .command
+        {
+            Command::Key { command } => command,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn dist(args: &[&str]) -> Result<DistRequest, Failure> {
+        match request(parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")))? {
+            AdminRequest::Key(KeyRequest::Distribution(d)) => Ok(d),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_become_requests_and_files_are_read_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let der = vec![0x30, 0x03, 0x02, 0x01, 0x01];
+        let pem_file = dir.path().join("r.pem");
+        std::fs::write(
+            &pem_file,
+            pem::encode_string("PUBLIC KEY", LineEnding::LF, &der).unwrap(),
+        )
+        .unwrap();
+        let p = pem_file.to_str().unwrap();
+        assert_eq!(
+            dist(&[
+                "key",
+                "export",
+                "web",
+                "--to",
+                p,
+                "--reason",
+                "r",
+                "--version",
+                "2"
+            ]),
+            Ok(DistRequest::Export {
+                name: "web".into(),
+                token: None,
+                version: Some(2),
+                recipient: der.clone(),
+                reason: "r".into(),
+            })
+        );
+        assert_eq!(
+            dist(&["key", "export", "--collect", "00ff", "--out", "f"]),
+            Ok(DistRequest::Collect { id: "00ff".into() })
+        );
+        assert_eq!(
+            dist(&["key", "pubkey", "web", "--token", "t"]),
+            Ok(DistRequest::PublicKey {
+                name: "web".into(),
+                token: Some("t".into()),
+                version: None,
+            })
+        );
+        assert_eq!(
+            dist(&["key", "import", p, "--class", "c", "--reason", "r"]),
+            Ok(DistRequest::Import {
+                file: std::fs::read(&pem_file).unwrap(),
+                class: "c".into(),
+                name: None,
+                token: None,
+                reason: "r".into(),
+            })
+        );
+        // A missing file, a PEM of another kind: usage errors (exit 2).
+        let missing = dir.path().join("missing.pem");
+        let e = dist(&[
+            "key",
+            "export",
+            "web",
+            "--to",
+            missing.to_str().unwrap(),
+            "--reason",
+            "r",
+        ]);
+        assert_eq!(e.unwrap_err().exit, Exit::Usage);
+        let cert = dir.path().join("c.pem");
+        std::fs::write(
+            &cert,
+            pem::encode_string("CERTIFICATE", LineEnding::LF, &der).unwrap(),
+        )
+        .unwrap();
+        let e = dist(&[
+            "key",
+            "export",
+            "web",
+            "--to",
+            cert.to_str().unwrap(),
+            "--reason",
+            "r",
+        ])
+        .unwrap_err();
+        assert!(e.message.contains("not a PUBLIC KEY"), "{}", e.message);
+    }
+
+    #[test]
+    fn contradictory_or_incomplete_commands_are_usage_errors() {
+        for args in [
+            &["key", "export", "web"][..],
+            &["key", "export", "web", "--to", "f"],
+            &["key", "export", "--collect", "00ff"],
+            &[
+                "key",
+                "export",
+                "web",
+                "--to",
+                "f",
+                "--reason",
+                "r",
+                "--collect",
+                "00",
+            ],
+            &["key", "pubkey", "web", "--der"],
+            &["key", "import", "f", "--class", "c"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn an_export_file_is_never_written_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x");
+        write_new(&out, b"one").unwrap();
+        assert_eq!(write_new(&out, b"two").unwrap_err().exit, Exit::Usage);
+        assert_eq!(std::fs::read(&out).unwrap(), b"one");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

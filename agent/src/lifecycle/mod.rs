@@ -491,7 +491,7 @@ impl Lifecycle {
                 let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
-            KeyRequest::Distribution(d) => self.distribution_call(admin, (&who, &by), d),
+            KeyRequest::Distribution(d) => self.distribution_call((&who, &by), d),
         }
     }
 

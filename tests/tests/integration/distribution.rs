@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use keyward_tests::admin::{
     application_toml, backend_token, find, install_policy, keyward, keyward_json, keyward_ok, uid,
     APPLICATION,
@@ -313,6 +313,62 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let history = shown["Key"]["history"].to_string();
     assert!(history.contains(&format!("request {web_id}")), "{history}");
     assert_eq!(shown["Key"]["algorithm"], "ec:p256");
+    // On B's HSM, the key has what its class gives a generated key.
+    let attributes = on_backend(&b, |s| {
+        ["web", "vault"]
+            .iter()
+            .map(|label| {
+                let class = if *label == "web" {
+                    ObjectClass::PRIVATE_KEY
+                } else {
+                    ObjectClass::SECRET_KEY
+                };
+                let found = find(s, label, class);
+                assert_eq!(found.len(), 1, "{label} on B's HSM");
+                s.get_attributes(
+                    found[0],
+                    &[
+                        AttributeType::Token,
+                        AttributeType::Private,
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                        AttributeType::WrapWithTrusted,
+                        AttributeType::Sign,
+                        AttributeType::Decrypt,
+                        AttributeType::Wrap,
+                    ],
+                )
+                .expect("C_GetAttributeValue")
+            })
+            .collect::<Vec<_>>()
+    });
+    for (attrs, signing) in attributes.iter().zip([true, false]) {
+        let flag = |t: AttributeType| {
+            attrs.iter().find_map(|a| match (a, t) {
+                (Attribute::Token(v), AttributeType::Token)
+                | (Attribute::Private(v), AttributeType::Private)
+                | (Attribute::Sensitive(v), AttributeType::Sensitive)
+                | (Attribute::Extractable(v), AttributeType::Extractable)
+                | (Attribute::WrapWithTrusted(v), AttributeType::WrapWithTrusted)
+                | (Attribute::Sign(v), AttributeType::Sign)
+                | (Attribute::Decrypt(v), AttributeType::Decrypt)
+                | (Attribute::Wrap(v), AttributeType::Wrap) => Some(*v),
+                _ => None,
+            })
+        };
+        for t in [
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::WrapWithTrusted,
+        ] {
+            assert_eq!(flag(t), Some(true), "{t:?}: {attrs:?}");
+        }
+        assert_eq!(flag(AttributeType::Sign), Some(signing), "{attrs:?}");
+        assert_eq!(flag(AttributeType::Decrypt), Some(!signing), "{attrs:?}");
+        assert_ne!(flag(AttributeType::Wrap), Some(true), "{attrs:?}");
+    }
     keyward_ok(&b, &["key", "activate", "web"], 0);
     keyward_ok(&b, &["key", "activate", "vault"], 0);
     keyward_ok(&b, &["key", "verify", "web"], 0);

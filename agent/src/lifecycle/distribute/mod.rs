@@ -38,7 +38,6 @@ use zeroize::Zeroizing;
 
 use crate::backend::BackendObject;
 use crate::keys::{secs, ManagedRef};
-use crate::listener::identity::Peer;
 use crate::template::{apply, judge};
 use crate::tokens::VirtualToken;
 
@@ -188,11 +187,9 @@ impl Lifecycle {
     /// The distribution requests.
     pub(crate) fn distribution_call(
         &self,
-        admin: &Peer,
         (who, by): (&str, &Actor),
         req: DistRequest,
     ) -> AResult<KeyResponse> {
-        let _ = admin;
         match req {
             DistRequest::PublicKey {
                 name,
