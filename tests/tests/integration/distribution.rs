@@ -34,8 +34,9 @@ const PLAIN: &[u8] = b"keys travel only wrapped";
 
 /// Classes both deployments know: `sig` (EC P-256 signing, backup),
 /// `data` (AES-256 encryption, backup), `plain` (EC P-256 signing, no
-/// backup), `kek` (RSA-2048 wrapping, the recipient), each granted to
-/// this process's application.
+/// backup), `kek` (RSA-2048 wrapping, the recipient), `sig-ed`
+/// (Ed25519 signing, backup), `sig-rsa` (RSA-2048 signing, backup), `mac`
+/// (HMAC-SHA256, backup), each granted to this process's application.
 fn classes() -> String {
     let class = |name: &str, purpose: &str, alg: &str, backup: bool, ops: &str| {
         format!(
@@ -55,6 +56,15 @@ fn classes() -> String {
         ),
         class("plain", "signing", "ec:p256", false, r#""sign", "verify""#),
         class("kek", "wrapping", "rsa:2048", false, r#""wrap", "unwrap""#),
+        class("sig-ed", "signing", "ed25519", true, r#""sign", "verify""#),
+        class(
+            "sig-rsa",
+            "signing",
+            "rsa:2048",
+            true,
+            r#""sign", "verify""#,
+        ),
+        class("mac", "mac", "hmac:256", true, r#""sign", "verify""#),
     ]
     .concat()
 }
@@ -187,33 +197,63 @@ fn import(b: &Env, file: &Path, class: &str) -> (Option<i32>, String) {
     (out.status.code(), text(&out.stderr))
 }
 
-keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(tb) {
-    tb.require_agent("key distribution");
-    let a = tb;
-    // A: two security officers, strict mode.
-    open_admin_socket_to_bob(&a);
-    let alice_key = key_file(&a, "alice.pem", ALICE_PEM, uid());
-    let bob_key = key_file(&a, "bob.pem", BOB_PEM, BOB);
-    let (alice_public, bob_public) = (public_key(&a, &alice_key), public_key(&a, &bob_key));
-    install_policy(&a, &format!(
-        "[settings]\nmode = \"strict\"\n{}{}{}",
-        application_toml(APPLICATION, uid()),
-        classes(),
-        roster_toml(uid(), &alice_public, &bob_public),
-    ));
-    // B: its own token and agent, lab mode, no roster.
+/// A (this test's testbed: strict, alice and bob security officers) and
+/// B (a second testbed: lab mode, no roster, the managed RSA wrapping key
+/// `transport` whose public key is the recipient).
+struct Deployments {
+    /// Dropped last: B's agent and directory.
+    second: Testbed,
+    b: Env,
+    alice_key: PathBuf,
+    bob_key: PathBuf,
+    /// `keyward key pubkey transport` on B.
+    kek: PathBuf,
+}
+
+fn deployments(a: &Env) -> Deployments {
+    open_admin_socket_to_bob(a);
+    let alice_key = key_file(a, "alice.pem", ALICE_PEM, uid());
+    let bob_key = key_file(a, "bob.pem", BOB_PEM, BOB);
+    let (alice_public, bob_public) = (public_key(a, &alice_key), public_key(a, &bob_key));
+    install_policy(
+        a,
+        &format!(
+            "[settings]\nmode = \"strict\"\n{}{}{}",
+            application_toml(APPLICATION, uid()),
+            classes(),
+            roster_toml(uid(), &alice_public, &bob_public),
+        ),
+    );
     let second = Testbed::up(&[]);
     let b = env_of(&second);
-    install_policy(&b, &format!(
-        "[settings]\nmode = \"lab\"\n{}{}",
-        application_toml(APPLICATION, uid()),
-        classes(),
-    ));
+    install_policy(
+        &b,
+        &format!(
+            "[settings]\nmode = \"lab\"\n{}{}",
+            application_toml(APPLICATION, uid()),
+            classes(),
+        ),
+    );
     keyward_ok(&b, &["key", "create", "transport", "--class", "kek"], 0);
     keyward_ok(&b, &["key", "activate", "transport"], 0);
     let kek = b.path("transport.pem");
     keyward_ok(&b, &["key", "pubkey", "transport", "--out", path(&kek)], 0);
-    assert!(std::fs::read_to_string(&kek).expect("read").starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert!(std::fs::read_to_string(&kek)
+        .expect("read")
+        .starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    Deployments {
+        second,
+        b,
+        alice_key,
+        bob_key,
+        kek,
+    }
+}
+
+keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(tb) {
+    tb.require_agent("key distribution");
+    let a = tb;
+    let Deployments { second, b, alice_key, bob_key, kek } = deployments(&a);
 
     for (name, class) in [("web", "sig"), ("vault", "data"), ("local", "plain")] {
         keyward_ok(&a, &["key", "create", name, "--class", class], 0);
@@ -409,3 +449,49 @@ fn verify_p256(pem: &PathBuf, digest: &[u8; 32], signature: &[u8]) {
     key.verify_prehash(digest, &sig)
         .expect("the signature made on B verifies with A's public key");
 }
+
+keyward_test!(fn rsa_and_hmac_keys_travel_too_and_an_ed25519_key_the_hsm_cannot_wrap_fails_cleanly(tb) {
+    tb.require_agent("key distribution");
+    let a = tb;
+    let d = deployments(&a);
+    for (name, class) in [("rsa", "sig-rsa"), ("hmac", "mac")] {
+        keyward_ok(&a, &["key", "create", name, "--class", class], 0);
+        keyward_ok(&a, &["key", "activate", name], 0);
+        let id = ask_export(&a, name, &d.kek);
+        approve(&a, &id, (&d.alice_key, &d.bob_key));
+        let file = a.path(&format!("{name}.kwx"));
+        collect(&a, &id, &file);
+        let (code, err) = import(&d.b, &file, class);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        keyward_ok(&d.b, &["key", "activate", name], 0);
+        keyward_ok(&d.b, &["key", "verify", name], 0);
+    }
+    let (on_a, on_b) = (a.path("rsa-a.pem"), a.path("rsa-b.pem"));
+    keyward_ok(&a, &["key", "pubkey", "rsa", "--out", path(&on_a)], 0);
+    keyward_ok(&d.b, &["key", "pubkey", "rsa", "--out", path(&on_b)], 0);
+    assert_eq!(std::fs::read(&on_a).expect("read"), std::fs::read(&on_b).expect("read"));
+
+    // SoftHSM2 2.6 does not wrap EdDSA private keys: the approved request
+    // fails with the HSM's word, no file is made, no transport key stays.
+    keyward_ok(&a, &["key", "create", "ed", "--class", "sig-ed"], 0);
+    let ed_pem = a.path("ed.pem");
+    keyward_ok(&a, &["key", "pubkey", "ed", "--out", path(&ed_pem)], 0);
+    assert!(std::fs::read_to_string(&ed_pem).expect("read").starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    let id = ask_export(&a, "ed", &d.kek);
+    keyward_ok(&a, &["request", "approve", &id, "--key", path(&d.alice_key)], 0);
+    let out = as_bob(&a, &["request", "approve", &id, "--key", path(&d.bob_key)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let r = &keyward_json(&a, &["request", "show", &id], 0)["Requests"][0];
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["outcome"].as_str().unwrap_or("").contains("CKR_KEY_NOT_WRAPPABLE"), "{r}");
+    let out = keyward(&a, &["key", "export", "--collect", &id, "--out", path(&a.path("ed.kwx"))]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(!a.path("ed.kwx").exists());
+    let left = on_backend(&a, |s| {
+        s.find_objects(&[Attribute::Label(b"keyward transport key".to_vec())])
+            .expect("C_FindObjects")
+            .len()
+    });
+    assert_eq!(left, 0, "transport keys left on A");
+    drop(d.second);
+});
