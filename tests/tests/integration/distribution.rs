@@ -146,6 +146,9 @@ fn ask_export(a: &Env, name: &str, recipient: &Path) -> String {
 /// Both officers approve request `id` on A; it is carried out.
 fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) {
     keyward_ok(a, &["request", "approve", id, "--key", path(alice)], 0);
+    // The backup-export quorum: two approvals.
+    let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
+    assert_eq!((&r["status"], &r["needed"]), (&"pending".into(), &2.into()), "{r}");
     let out = as_bob(a, &["request", "approve", id, "--key", path(bob)]);
     assert_eq!(
         out.status.code(),
