@@ -9,6 +9,7 @@
 //! | `agent.status` | [`AdminRequest::Status`] |
 //! | `key.create`, `key.list`, `key.show`, `key.rotate`, `key.verify`, `key.discover`, `key.adopt` | the [`KeyRequest`] of that name |
 //! | `key.recover` | [`KeyRequest::Recover`] |
+//! | `key.pubkey`, `key.export`, `key.collect`, `key.import` | [`KeyRequest::Distribution`], by its [`DistRequest`](crate::distribution::DistRequest) |
 //! | `key.activate`, `key.suspend`, `key.resume`, `key.deactivate`, `key.revoke`, `key.destroy` | [`KeyRequest::Transition`], by its [`KeyAction`] (`key.revoke` also with `rotate`) |
 //! | `grant.add`, `grant.remove`, `grant.list` | [`KeyRequest::GrantAdd`], [`KeyRequest::GrantRemove`], [`KeyRequest::GrantList`] |
 //! | `app.list` | [`KeyRequest::AppList`] |

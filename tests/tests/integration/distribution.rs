@@ -148,7 +148,11 @@ fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) {
     keyward_ok(a, &["request", "approve", id, "--key", path(alice)], 0);
     // The backup-export quorum: two approvals.
     let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
-    assert_eq!((&r["status"], &r["needed"]), (&"pending".into(), &2.into()), "{r}");
+    assert_eq!(
+        (&r["status"], &r["needed"]),
+        (&"pending".into(), &2.into()),
+        "{r}"
+    );
     let out = as_bob(a, &["request", "approve", id, "--key", path(bob)]);
     assert_eq!(
         out.status.code(),
@@ -290,7 +294,18 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let web = collect(&a, &web_id, &web_file);
     let out = keyward(&a, &["key", "export", "--collect", &web_id, "--out", path(&web_file)]);
     assert_eq!(out.status.code(), Some(2), "an existing file is not overwritten: {out:?}");
+    // Asking again for the same export answers the pending request;
+    // another recipient waits until it is decided.
     let vault_id = ask_export(&a, "vault", &kek);
+    assert_eq!(ask_export(&a, "vault", &kek), vault_id);
+    let out = keyward(&a, &["key", "export", "vault", "--to", path(&web_pem), "--reason", "r"]);
+    assert_eq!(out.status.code(), Some(5), "not RSA first: {out:?}");
+    let other = a.path("other.pem");
+    keyward_ok(&b, &["key", "create", "transport2", "--class", "kek"], 0);
+    keyward_ok(&b, &["key", "pubkey", "transport2", "--out", path(&other)], 0);
+    let out = keyward(&a, &["key", "export", "vault", "--to", path(&other), "--reason", "r"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(text(&out.stderr).contains(&vault_id), "{out:?}");
     approve(&a, &vault_id, (&alice_key, &bob_key));
     let vault_file = a.path("vault.kwx");
     collect(&a, &vault_id, &vault_file);

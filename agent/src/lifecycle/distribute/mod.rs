@@ -317,7 +317,32 @@ impl Lifecycle {
             "recipient_sha256": sha256_hex(recipient),
             "recipient": hex::encode(recipient),
         });
-        self.record_request(t, KEY_EXPORT, params, (who, why), SystemTime::now())
+        // One pending request per action and key: asking again for the
+        // same export answers that request; another version or recipient
+        // waits until it is decided or cancelled.
+        let now = SystemTime::now();
+        let canonical = params.to_string();
+        let pending = self
+            .keys
+            .inventory()
+            .requests(Some(keyward_policy::ApprovalStatus::Pending))
+            .map_err(inv_err)?;
+        if let Some(other) = pending.iter().find(|r| {
+            r.action == KEY_EXPORT
+                && r.target == t.label()
+                && r.expires_at > secs(now)
+                && r.parameters != canonical
+        }) {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!(
+                    "export request {} of {} (another version or recipient) is pending:                      have it decided or cancel it first",
+                    other.id,
+                    t.label()
+                ),
+            );
+        }
+        self.record_request(t, KEY_EXPORT, params, (who, why), now)
     }
 
     /// Carries out approved export request `r`: the file, kept under the
