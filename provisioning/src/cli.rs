@@ -228,6 +228,10 @@ pub enum KeyCommand {
         /// Why (recorded with its provenance).
         #[arg(long)]
         reason: String,
+        /// The file's SHA-256 as the exporting side's request outcome
+        /// shows it (hex); a file with another digest is not sent.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Generate a managed key inside the HSM from a key class.
     Create {

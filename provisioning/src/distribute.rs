@@ -135,18 +135,37 @@ pub(crate) fn request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             })
         }
         KeyCommand::Import {
-            file,
+            file: path,
             class,
             name,
             token,
             reason,
-        } => dist(DistRequest::Import {
-            file: read(&file)?,
-            class,
-            name,
-            token: token.token,
-            reason,
-        }),
+            sha256,
+        } => {
+            let file = read(&path)?;
+            if let Some(expected) = sha256 {
+                let actual = sha256_hex(&file);
+                if !expected.trim().eq_ignore_ascii_case(&actual) {
+                    return Err(Failure::local(
+                        Exit::Usage,
+                        "Invalid",
+                        format!(
+                            "{}: SHA-256 {actual}, not the {} expected: not the file that was \
+                             exported; nothing sent",
+                            path.display(),
+                            expected.trim()
+                        ),
+                    ));
+                }
+            }
+            dist(DistRequest::Import {
+                file,
+                class,
+                name,
+                token: token.token,
+                reason,
+            })
+        }
         _ => Err(usage("not a distribution command".into())),
     }
 }
@@ -361,6 +380,22 @@ mod tests {
                 token: None,
                 reason: "r".into(),
             })
+        );
+        // The digest the exporting side printed: checked before sending.
+        let digest = sha256_hex(&std::fs::read(&pem_file).unwrap());
+        assert!(
+            dist(&["key", "import", p, "--class", "c", "--reason", "r", "--sha256", &digest])
+                .is_ok()
+        );
+        let e = dist(&[
+            "key", "import", p, "--class", "c", "--reason", "r", "--sha256", "00",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(
+            e.message.contains("not the file that was exported"),
+            "{}",
+            e.message
         );
         // A missing file, a PEM of another kind: usage errors (exit 2).
         let missing = dir.path().join("missing.pem");

@@ -143,8 +143,9 @@ fn ask_export(a: &Env, name: &str, recipient: &Path) -> String {
         .to_owned()
 }
 
-/// Both officers approve request `id` on A; it is carried out.
-fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) {
+/// Both officers approve request `id` on A; it is carried out. The
+/// export file's SHA-256, as the request's outcome shows it.
+fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) -> String {
     keyward_ok(a, &["request", "approve", id, "--key", path(alice)], 0);
     // The backup-export quorum: two approvals.
     let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
@@ -163,13 +164,14 @@ fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) {
     );
     let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
     assert_eq!(r["status"], "executed", "{r}");
-    assert!(
-        r["outcome"]
-            .as_str()
-            .unwrap_or("")
-            .contains("export file ready"),
-        "{r}"
-    );
+    let outcome = r["outcome"].as_str().unwrap_or("");
+    assert!(outcome.contains("export file ready"), "{r}");
+    outcome
+        .split("SHA-256 ")
+        .nth(1)
+        .and_then(|rest| rest.get(..64))
+        .unwrap_or_else(|| panic!("no SHA-256 in {outcome:?}"))
+        .to_owned()
 }
 
 /// Collects request `id`'s file into `out` (mode 0600).
@@ -290,7 +292,7 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let web_file = a.path("web.kwx");
     let out = keyward(&a, &["key", "export", "--collect", &web_id, "--out", path(&web_file)]);
     assert_eq!(out.status.code(), Some(6), "collected before approval: {out:?}");
-    approve(&a, &web_id, (&alice_key, &bob_key));
+    let web_sha256 = approve(&a, &web_id, (&alice_key, &bob_key));
     let web = collect(&a, &web_id, &web_file);
     let out = keyward(&a, &["key", "export", "--collect", &web_id, "--out", path(&web_file)]);
     assert_eq!(out.status.code(), Some(2), "an existing file is not overwritten: {out:?}");
@@ -361,8 +363,13 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     assert!(err.contains("no managed RSA wrapping key"), "{err}");
 
     // Imported on B: recorded with its provenance, pre-activation.
-    let (code, err) = import(&b, &web_file, "sig");
-    assert_eq!(code, Some(0), "{err}");
+    // The digest A's request shows is checked before anything is sent.
+    let wrong = "0".repeat(64);
+    for (digest, code) in [(wrong.as_str(), 2), (web_sha256.as_str(), 0)] {
+        let args = ["key", "import", path(&web_file), "--class", "sig", "--reason", "from A"];
+        let out = keyward(&b, &[&args[..], &["--sha256", digest]].concat());
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+    }
     let (code, err) = import(&b, &vault_file, "data");
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = import(&b, &vault_file, "data");
