@@ -26,6 +26,15 @@ impl Lifecycle {
         })?;
         let body = &parsed.body;
         let rec = &body.record;
+        if rec.backend_id.is_empty() || rec.backend_id.len() > 64 {
+            return fail(
+                AdminErrorKind::Invalid,
+                format!(
+                    "not a valid export file: a CKA_ID of {} bytes",
+                    rec.backend_id.len()
+                ),
+            );
+        }
         let policy = self.policy();
         let Some(class) = policy.class(class_name) else {
             return fail(

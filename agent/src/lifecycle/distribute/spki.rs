@@ -189,6 +189,22 @@ mod tests {
         assert_eq!(parts.algorithm(), Some(Algorithm::Ec(Curve::P256)));
     }
 
+    /// An Ed25519 key from ed25519-dalek: RFC 8410's SPKI, as it writes it.
+    #[test]
+    fn an_ed25519_key_is_the_spki_ed25519_dalek_writes() {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        let theirs = key.to_public_key_der().expect("der");
+        let ec_point = OctetStringRef::new(key.as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let parts = PublicParts::from_ec(&Curve::Ed25519.ec_params(), &ec_point).unwrap();
+        assert_eq!(parts.to_spki().unwrap(), theirs.as_bytes());
+        assert_eq!(PublicParts::from_spki(theirs.as_bytes()).unwrap(), parts);
+        assert_eq!(parts.algorithm(), Some(Algorithm::Ed25519));
+    }
+
     #[test]
     fn an_rsa_key_round_trips_and_counts_its_bits() {
         let mut modulus = vec![0xc1u8; 256];
