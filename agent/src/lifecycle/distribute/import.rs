@@ -10,6 +10,69 @@ struct Made<'a, 'b> {
     objects: Vec<(u64, BackendObject)>,
 }
 
+/// The class an import file's key joins, refused when its purpose or
+/// algorithms do not fit the record.
+fn fitting_class<'p>(
+    policy: &'p keyward_policy::Policy,
+    class_name: &str,
+    rec: &file::Record,
+) -> AResult<&'p KeyClass> {
+    let Some(class) = policy.class(class_name) else {
+        return fail(
+            AdminErrorKind::NotFound,
+            format!("no key class {class_name:?} in the policy"),
+        );
+    };
+    let fits = class.purpose == rec.purpose
+        && rec.algorithm.fits(class.purpose)
+        && class.algorithms.iter().any(|a| a.covers(rec.algorithm));
+    if !fits {
+        let allowed: Vec<String> = class.algorithms.iter().map(|a| a.to_string()).collect();
+        return refused(format!(
+            "the file holds a {} key for {}: class {class_name:?} is for {} with {}",
+            rec.algorithm,
+            rec.purpose,
+            class.purpose,
+            allowed.join(", ")
+        ));
+    }
+    Ok(class)
+}
+
+/// The file, parsed, with a `CKA_ID` a key may have.
+fn parsed(bytes: &[u8]) -> AResult<file::Parsed> {
+    let parsed = file::parse(bytes).map_err(|m| AdminError {
+        kind: AdminErrorKind::Invalid,
+        message: m,
+    })?;
+    let id = &parsed.body.record.backend_id;
+    if id.is_empty() || id.len() > 64 {
+        return fail(
+            AdminErrorKind::Invalid,
+            format!("not a valid export file: a CKA_ID of {} bytes", id.len()),
+        );
+    }
+    Ok(parsed)
+}
+
+/// Where an imported key comes from, for its history.
+fn provenance(body: &file::Body, bytes: &[u8], why: &str) -> String {
+    let rec = &body.record;
+    let text = format!(
+        "imported from {}/{} version {} on {} (request {}, asked by {}, approved by {}), \
+         file SHA-256 {}: {why}",
+        body.source.token,
+        rec.name,
+        rec.version,
+        body.source.host,
+        body.source.request_id,
+        body.source.requester,
+        body.source.approvers.join(", "),
+        sha256_hex(bytes),
+    );
+    text.chars().take(4096).collect()
+}
+
 impl Lifecycle {
     /// Imports export file `bytes` as a key of `class` named `name` (else
     /// the record's) on `token`, by `who` for `why`.
@@ -20,41 +83,10 @@ impl Lifecycle {
         (class_name, name, token): (&str, Option<&str>, Option<&str>),
         why: &str,
     ) -> AResult<KeyResponse> {
-        let parsed = file::parse(bytes).map_err(|m| AdminError {
-            kind: AdminErrorKind::Invalid,
-            message: m,
-        })?;
-        let body = &parsed.body;
-        let rec = &body.record;
-        if rec.backend_id.is_empty() || rec.backend_id.len() > 64 {
-            return fail(
-                AdminErrorKind::Invalid,
-                format!(
-                    "not a valid export file: a CKA_ID of {} bytes",
-                    rec.backend_id.len()
-                ),
-            );
-        }
+        let parsed = parsed(bytes)?;
+        let rec = &parsed.body.record;
         let policy = self.policy();
-        let Some(class) = policy.class(class_name) else {
-            return fail(
-                AdminErrorKind::NotFound,
-                format!("no key class {class_name:?} in the policy"),
-            );
-        };
-        let fits = class.purpose == rec.purpose
-            && rec.algorithm.fits(class.purpose)
-            && class.algorithms.iter().any(|a| a.covers(rec.algorithm));
-        if !fits {
-            let allowed: Vec<String> = class.algorithms.iter().map(|a| a.to_string()).collect();
-            return refused(format!(
-                "the file holds a {} key for {}: class {class_name:?} is for {} with {}",
-                rec.algorithm,
-                rec.purpose,
-                class.purpose,
-                allowed.join(", ")
-            ));
-        }
+        let class = fitting_class(&policy, class_name, rec)?;
         let public = Self::recorded_public(rec)?;
         let t = self.admin_token(token)?;
         let label = t.config.label.clone();
@@ -76,7 +108,7 @@ impl Lifecycle {
         }
         let backend = self.backend(t)?;
         let s = HsmSession::open(backend.as_ref())?;
-        let recipient = self.recipient_of(t, &s, &body.recipient_sha256)?;
+        let recipient = self.recipient_of(t, &s, &parsed.body.recipient_sha256)?;
         if self.keys.lookup(&label, &rec.backend_id).is_some()
             || !s
                 .find(&[Attribute::bytes(ck::CKA_ID, rec.backend_id.clone())])?
@@ -90,6 +122,54 @@ impl Lifecycle {
                 ),
             );
         }
+        let mut scratch = Scratch {
+            s: &s,
+            objects: Vec::new(),
+        };
+        let transport = Self::unseal(&mut scratch, recipient, &parsed)?;
+        // Noted as pending before the HSM makes anything (see `generate`).
+        let id = rec.backend_id.clone();
+        t.state
+            .add_pending(&hex::encode(&id))
+            .map_err(|e| AdminError {
+                kind: AdminErrorKind::Failed,
+                message: format!("state directory: {e}"),
+            })?;
+        self.keys.set_pending(&label, &id, true);
+        let made = self.unwrap_recorded(
+            (&s, transport),
+            (class, &name, &public),
+            (rec, &parsed.body.wrapped_key),
+        );
+        drop(scratch);
+        let recorded = made.and_then(|made| {
+            let new = NewKey {
+                token: &label,
+                name: &name,
+                owner: who,
+                class,
+                algorithm: rec.algorithm,
+                backend_id: &id,
+                fingerprint: None,
+                active_since: None,
+            };
+            self.record_import(made, new, by, &provenance(&parsed.body, bytes, why))
+        });
+        self.end_pending(t, &id);
+        let view = recorded?;
+        Ok(KeyResponse::Key(Box::new(self.info(&view)?)))
+    }
+
+    /// Unwraps the transport key with the recipient's private key
+    /// `recipient` into a session object (kept in `scratch`), and checks
+    /// the file's seal with it.
+    fn unseal(
+        scratch: &mut Scratch<'_, '_>,
+        recipient: BackendObject,
+        parsed: &file::Parsed,
+    ) -> AResult<BackendObject> {
+        let s = scratch.s;
+        let body = &parsed.body;
         let Some(mechanism) = oaep(body.oaep_hash) else {
             return fail(
                 AdminErrorKind::Invalid,
@@ -99,11 +179,8 @@ impl Lifecycle {
                 ),
             );
         };
-        let mut scratch = Scratch {
-            s: &s,
-            objects: Vec::new(),
-        };
-        let transport = backend
+        let transport = s
+            .backend
             .unwrap_key(
                 s.handle,
                 &mechanism,
@@ -119,81 +196,51 @@ impl Lifecycle {
                 ),
             })?;
         scratch.keep(transport);
-        let sealed = backend
+        let sealed = s
+            .backend
             .op_init(s.handle, Op::Verify, &cmac(), Some(transport))
-            .and_then(|()| backend.verify(s.handle, &parsed.sealed_bytes, &parsed.seal));
+            .and_then(|()| {
+                s.backend
+                    .verify(s.handle, &parsed.sealed_bytes, &parsed.seal)
+            });
         if let Err(e) = sealed {
             return refused(format!(
                 "the export file's seal does not verify ({e}): it was changed after the export \
                  or is damaged; nothing imported"
             ));
         }
-        let provenance = format!(
-            "imported from {}/{} version {} on {} (request {}, asked by {}, approved by {}), \
-             file SHA-256 {}: {why}",
-            body.source.token,
-            rec.name,
-            rec.version,
-            body.source.host,
-            body.source.request_id,
-            body.source.requester,
-            body.source.approvers.join(", "),
-            sha256_hex(bytes),
-        );
-        // Noted as pending before the HSM makes anything (see `generate`).
-        let id = rec.backend_id.clone();
-        t.state
-            .add_pending(&hex::encode(&id))
-            .map_err(|e| AdminError {
-                kind: AdminErrorKind::Failed,
-                message: format!("state directory: {e}"),
-            })?;
-        self.keys.set_pending(&label, &id, true);
-        let made = self.unwrap_recorded(
-            (&s, transport),
-            (class, &name, &public),
-            (rec, &body.wrapped_key),
-        );
-        drop(scratch);
-        let mut made = match made {
-            Ok(m) => m,
-            Err(e) => {
-                self.end_pending(t, &id);
-                return Err(e);
-            }
-        };
+        Ok(transport)
+    }
+
+    /// Records what `made` holds as the new key `new` (its fingerprint
+    /// taken here), with `provenance` as its reason; destroys it when the
+    /// change cannot be recorded.
+    fn record_import(
+        &self,
+        mut made: Made<'_, '_>,
+        mut new: NewKey<'_>,
+        by: &Actor,
+        provenance: &str,
+    ) -> AResult<std::sync::Arc<crate::keys::KeyView>> {
         let objects: Vec<BackendObject> = made.objects.iter().map(|(_, o)| *o).collect();
-        let fingerprint = s.fingerprint(&objects);
-        let (record, version) = first_version(NewKey {
-            token: &label,
-            name: &name,
-            owner: who,
-            class,
-            algorithm: rec.algorithm,
-            backend_id: &id,
-            fingerprint,
-            active_since: None,
-        });
-        let mut change = creation(record, version, who);
-        change.reason = provenance.chars().take(4096).collect();
-        let created = match self.apply_change(by, "import", &change.reason.clone(), change) {
-            Ok(done) => done.key,
-            Err(e) => {
-                made.scratch.clear();
-                self.end_pending(t, &id);
-                return Err(e);
-            }
-        };
+        new.fingerprint = made.scratch.s.fingerprint(&objects);
+        let (label, name, who) = (
+            new.token.to_owned(),
+            new.name.to_owned(),
+            new.owner.to_owned(),
+        );
+        let (record, version) = first_version(new);
+        let mut change = creation(record, version, &who);
+        change.reason = provenance.to_owned();
+        let created = self.apply_change(by, "import", provenance, change)?.key;
         made.scratch.objects.clear();
         self.judged(&label, &objects, created.id, 1);
         self.refresh(created.id)?;
-        self.end_pending(t, &id);
         log::warn!("key {label}/{name} {provenance}");
-        let view = self.keys.key(created.id).map_or_else(
+        self.keys.key(created.id).map_or_else(
             || fail(AdminErrorKind::Failed, "the new key is not in the view"),
             Ok,
-        )?;
-        Ok(KeyResponse::Key(Box::new(self.info(&view)?)))
+        )
     }
 
     /// The public key a key pair's record carries (`None` for a secret
