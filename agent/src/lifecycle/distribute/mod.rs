@@ -1,18 +1,18 @@
 //! Key distribution: keys travel only wrapped.
 //!
 //! - `keyward key pubkey`: a version's public key as a
-//!   `SubjectPublicKeyInfo` ([`spki`]).
+//!   `SubjectPublicKeyInfo` (`spki.rs`).
 //! - `keyward key export`: always an approval request (action
-//!   [`KEY_EXPORT`], quorum `backup-export`), refused at once for a key
+//!   `key-export`, quorum `backup-export`), refused at once for a key
 //!   whose class has no backup, a destroyed or compromised version, or a
 //!   recipient that is not an RSA key of 2048 bits or more. Carried out
 //!   when approved: the HSM's security officer makes a one-off AES-256
-//!   transport key ([`super::officer`]: a public token object with
+//!   transport key (`officer.rs`: a public token object with
 //!   `CKA_TRUSTED`, the only kind of key that may wrap a key generated
 //!   with `CKA_WRAP_WITH_TRUSTED`), the agent wraps it for the recipient
 //!   (RSA-OAEP) and the key version under it (AES key wrap with padding),
 //!   seals the file with an AES-CMAC under it, and destroys it and the
-//!   recipient's session object on every path. The file ([`file`]) waits
+//!   recipient's session object on every path. The file (`file.rs`) waits
 //!   in the token's state directory (mode 0600) until an administrator
 //!   collects it (`key.collect`).
 //! - `keyward key import`: the recipient's managed RSA wrapping key
