@@ -518,5 +518,37 @@ keyward_test!(fn rsa_and_hmac_keys_travel_too_and_an_ed25519_key_the_hsm_cannot_
             .len()
     });
     assert_eq!(left, 0, "transport keys left on A");
+
+    // An export approved just before a kill is carried out at the next
+    // start, once: its file can be collected, and B imports it.
+    keyward_ok(&a, &["key", "create", "late", "--class", "sig"], 0);
+    let id = ask_export(&a, "late", &d.kek);
+    keyward_ok(&a, &["request", "approve", &id, "--key", path(&d.alice_key)], 0);
+    a.kill_agent();
+    {
+        let db = rusqlite::Connection::open(a.path("state/inventory.sqlite")).expect("open");
+        db.execute(
+            "INSERT INTO decisions (request_id, administrator, decision, signature, at)
+             VALUES (?1, 'bob', 'approve', NULL, strftime('%s', 'now'))",
+            [&id],
+        )
+        .expect("the decision");
+        let moved = db
+            .execute("UPDATE requests SET status = 'approved' WHERE id = ?1", [&id])
+            .expect("approved");
+        assert_eq!(moved, 1);
+    }
+    a.start_agent();
+    let r = &keyward_json(&a, &["request", "show", &id], 0)["Requests"][0];
+    assert_eq!(r["status"], "executed", "{r}");
+    let file = a.path("late.kwx");
+    let bytes = collect(&a, &id, &file);
+    a.stop_agent();
+    a.start_agent();
+    assert_eq!(keyward_json(&a, &["request", "show", &id], 0)["Requests"][0]["outcome"], r["outcome"]);
+    let again = a.path("late-again.kwx");
+    assert_eq!(collect(&a, &id, &again), bytes, "the file changed at a restart");
+    let (code, err) = import(&d.b, &file, "sig");
+    assert_eq!(code, Some(0), "{err}");
     drop(d.second);
 });
