@@ -550,5 +550,34 @@ keyward_test!(fn rsa_and_hmac_keys_travel_too_and_an_ed25519_key_the_hsm_cannot_
     assert_eq!(collect(&a, &id, &again), bytes, "the file changed at a restart");
     let (code, err) = import(&d.b, &file, "sig");
     assert_eq!(code, Some(0), "{err}");
+
+    // A kill while a transport key exists leaves its pending note (written
+    // before the security officer makes it): the next start destroys it.
+    a.kill_agent();
+    let id = [0x7au8; 16];
+    on_backend(&a, |s| {
+        s.create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Value(vec![0x11; 32]),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(b"keyward transport key".to_vec()),
+        ])
+        .expect("C_CreateObject");
+    });
+    std::fs::write(
+        a.path(&format!("state/token-{}/pending-{}", a.token, hex::encode(id))),
+        b"",
+    )
+    .expect("the pending note");
+    a.start_agent();
+    let left = on_backend(&a, |s| {
+        s.find_objects(&[Attribute::Label(b"keyward transport key".to_vec())])
+            .expect("C_FindObjects")
+            .len()
+    });
+    assert_eq!(left, 0, "a transport key survived the restart");
     drop(d.second);
 });
