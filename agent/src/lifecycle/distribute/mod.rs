@@ -708,13 +708,13 @@ fn public_parts(s: &HsmSession<'_>, o: BackendObject) -> AResult<PublicParts> {
     match s.ulong(o, ck::CKA_KEY_TYPE)? {
         Some(ck::CKK_RSA) => {
             let a = s.attrs(o, &[ck::CKA_MODULUS, ck::CKA_PUBLIC_EXPONENT])?;
-            match (&a[0], &a[1]) {
+            match (a.first().cloned().flatten(), a.get(1).cloned().flatten()) {
                 (
                     Some(keyward_protocol::Value::Bytes(m)),
                     Some(keyward_protocol::Value::Bytes(e)),
                 ) => Ok(PublicParts::Rsa {
-                    modulus: m.clone(),
-                    exponent: e.clone(),
+                    modulus: m,
+                    exponent: e,
                 }),
                 _ => Err(failed(
                     "the RSA public key shows no modulus or exponent".into(),
@@ -723,11 +723,11 @@ fn public_parts(s: &HsmSession<'_>, o: BackendObject) -> AResult<PublicParts> {
         }
         Some(ck::CKK_EC | ck::CKK_EC_EDWARDS | ck::CKK_EC_MONTGOMERY) => {
             let a = s.attrs(o, &[ck::CKA_EC_PARAMS, ck::CKA_EC_POINT])?;
-            match (&a[0], &a[1]) {
+            match (a.first().cloned().flatten(), a.get(1).cloned().flatten()) {
                 (
                     Some(keyward_protocol::Value::Bytes(p)),
                     Some(keyward_protocol::Value::Bytes(q)),
-                ) => PublicParts::from_ec(p, q).map_err(failed),
+                ) => PublicParts::from_ec(&p, &q).map_err(failed),
                 _ => Err(failed(
                     "the EC public key shows no parameters or point".into(),
                 )),
