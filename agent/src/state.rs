@@ -390,6 +390,20 @@ impl TokenState {
             .collect()
     }
 
+    /// Keeps the export file of approval request `id` (hex), mode 0600.
+    pub(crate) fn write_export(&self, id: &str, file: &[u8]) -> io::Result<()> {
+        self.write_atomic(&export_name(id)?, file)
+    }
+
+    /// The export file of approval request `id`, if kept.
+    pub(crate) fn read_export(&self, id: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(&export_name(id)?)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The label set by `C_InitToken`, if any.
     pub fn label(&self) -> io::Result<Option<String>> {
         read_optional(&self.path("label"))
@@ -447,6 +461,18 @@ impl TokenState {
         // Make the rename itself durable.
         fs::File::open(&self.dir)?.sync_all()
     }
+}
+
+/// The file name of request `id`'s export: ids are hex, nothing else
+/// names a file.
+fn export_name(id: &str) -> io::Result<String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a request id is hex",
+        ));
+    }
+    Ok(format!("export-{id}"))
 }
 
 fn read_optional(path: &Path) -> io::Result<Option<String>> {

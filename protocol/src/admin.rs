@@ -453,6 +453,8 @@ pub enum KeyRequest {
     },
     /// Backups: the backup key, backup files, restores and drills.
     Backup(BackupRequest),
+    /// Key distribution: public keys, exports under wrap, imports.
+    Distribution(crate::distribution::DistRequest),
 }
 
 /// `keyward backup ...`.
@@ -667,6 +669,8 @@ pub enum KeyResponse {
     Requests(Vec<ApprovalRequest>),
     /// Backups.
     Backup(Box<BackupAnswer>),
+    /// Answer to a [`KeyRequest::Distribution`] request.
+    Distribution(crate::distribution::DistResponse),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.

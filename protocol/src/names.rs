@@ -9,6 +9,7 @@
 //! | `agent.status` | [`AdminRequest::Status`] |
 //! | `key.create`, `key.list`, `key.show`, `key.rotate`, `key.verify`, `key.discover`, `key.adopt` | the [`KeyRequest`] of that name |
 //! | `key.recover` | [`KeyRequest::Recover`] |
+//! | `key.pubkey`, `key.export`, `key.collect`, `key.import` | [`KeyRequest::Distribution`], by its [`DistRequest`](crate::distribution::DistRequest) |
 //! | `key.activate`, `key.suspend`, `key.resume`, `key.deactivate`, `key.revoke`, `key.destroy` | [`KeyRequest::Transition`], by its [`KeyAction`] (`key.revoke` also with `rotate`) |
 //! | `grant.add`, `grant.remove`, `grant.list` | [`KeyRequest::GrantAdd`], [`KeyRequest::GrantRemove`], [`KeyRequest::GrantList`] |
 //! | `app.list` | [`KeyRequest::AppList`] |
@@ -97,6 +98,7 @@ impl KeyRequest {
             KeyRequest::Recover { .. } => "key.recover",
             KeyRequest::TokenInit { .. } => "token.init",
             KeyRequest::Backup(b) => b.name(),
+            KeyRequest::Distribution(d) => d.name(),
         }
     }
 
@@ -125,7 +127,8 @@ impl KeyRequest {
             | KeyRequest::PolicyApply { .. }
             | KeyRequest::Init { .. }
             | KeyRequest::Recover { .. }
-            | KeyRequest::TokenInit { .. } => false,
+            | KeyRequest::TokenInit { .. }
+            | KeyRequest::Distribution(_) => false,
         }
     }
 
@@ -234,7 +237,57 @@ impl KeyRequest {
                 clean(reason)
             ),
             KeyRequest::Backup(b) => b.describe(),
+            KeyRequest::Distribution(d) => describe_distribution(d),
         }
+    }
+}
+
+/// [`KeyRequest::describe`] of a distribution request: keys by name, the
+/// recipient and a file by their SHA-256, never their bytes.
+fn describe_distribution(d: &crate::distribution::DistRequest) -> String {
+    use crate::distribution::{sha256_hex, DistRequest};
+    let version = |v: &Option<u32>| match v {
+        Some(v) => format!(" version {v}"),
+        None => String::new(),
+    };
+    match d {
+        DistRequest::PublicKey {
+            name,
+            token,
+            version: v,
+        } => format!("show the public key of {}{}", key(token, name), version(v)),
+        DistRequest::Export {
+            name,
+            token,
+            version: v,
+            recipient,
+            reason,
+        } => format!(
+            "export {}{} wrapped for the RSA key with SPKI SHA-256 {}: {}",
+            key(token, name),
+            version(v),
+            sha256_hex(recipient),
+            clean(reason)
+        ),
+        DistRequest::Collect { id } => {
+            format!("collect the export file of request {}", clean(id))
+        }
+        DistRequest::Import {
+            file,
+            class,
+            name,
+            token,
+            reason,
+        } => format!(
+            "import the export file with SHA-256 {} as {} (class {}): {}",
+            sha256_hex(file),
+            match name {
+                Some(n) => key(token, n),
+                None => key(token, "(its own name)"),
+            },
+            clean(class),
+            clean(reason)
+        ),
     }
 }
 
@@ -595,6 +648,7 @@ impl BackupRequest {
 mod tests {
     use super::*;
     use crate::admin::AuditAnchor;
+    use crate::distribution::DistRequest;
 
     fn transition(action: KeyAction, token: Option<&str>, reason: Option<&str>) -> AdminRequest {
         AdminRequest::Key(KeyRequest::Transition {
@@ -696,6 +750,28 @@ mod tests {
                 token: "t".into(),
                 reason: "r".into(),
             }),
+            key(KeyRequest::Distribution(DistRequest::PublicKey {
+                name: "k".into(),
+                token: None,
+                version: None,
+            })),
+            key(KeyRequest::Distribution(DistRequest::Export {
+                name: "k".into(),
+                token: None,
+                version: Some(1),
+                recipient: vec![1],
+                reason: "r".into(),
+            })),
+            key(KeyRequest::Distribution(DistRequest::Collect {
+                id: "00ff".into(),
+            })),
+            key(KeyRequest::Distribution(DistRequest::Import {
+                file: vec![1],
+                class: "c".into(),
+                name: None,
+                token: None,
+                reason: "r".into(),
+            })),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -753,6 +829,10 @@ mod tests {
                 "policy.init",
                 "key.recover",
                 "token.init",
+                "key.pubkey",
+                "key.export",
+                "key.collect",
+                "key.import",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",

@@ -281,6 +281,71 @@ pub struct TransitionArgs {
 /// `keyward key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
+    /// Show a key version's public key as a SubjectPublicKeyInfo (PEM, or DER with --der).
+    Pubkey {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The version (default: the one that protects now).
+        #[arg(long)]
+        version: Option<u32>,
+        /// DER instead of PEM (needs --out).
+        #[arg(long, requires = "out")]
+        der: bool,
+        /// Write it to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Ask for a key version wrapped for a recipient's RSA public key
+    /// (always needs approval, quorum backup-export); once approved,
+    /// `--collect REQUEST-ID --out FILE` writes the export file.
+    Export {
+        /// Key name.
+        #[arg(required_unless_present = "collect", conflicts_with = "collect")]
+        name: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        /// The version (default: the one that protects now).
+        #[arg(long, conflicts_with = "collect")]
+        version: Option<u32>,
+        /// The recipient's RSA public key (2048 bits or more), PEM or DER
+        /// (typically `keyward key pubkey` of a wrapping key on the receiving side).
+        #[arg(
+            long,
+            value_name = "RECIPIENT.pem",
+            required_unless_present = "collect",
+            conflicts_with = "collect"
+        )]
+        to: Option<PathBuf>,
+        /// Why (kept with the request).
+        #[arg(long, required_unless_present = "collect", conflicts_with = "collect")]
+        reason: Option<String>,
+        /// Collect the export file of this approved and carried-out request.
+        #[arg(long, value_name = "REQUEST-ID", requires = "out")]
+        collect: Option<String>,
+        /// Where --collect writes the file (created, mode 0600; never overwritten).
+        #[arg(long, value_name = "FILE", requires = "collect")]
+        out: Option<PathBuf>,
+    },
+    /// Unwrap an export file into the HSM as a new managed key of a class.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// Key class it joins (its purpose and algorithms must fit the key).
+        #[arg(long)]
+        class: String,
+        /// Name to give it (default: the name it had).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        /// Why (recorded with its provenance).
+        #[arg(long)]
+        reason: String,
+        /// The file's SHA-256 as the exporting side's request outcome
+        /// shows it (hex); a file with another digest is not sent.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+    },
     /// Generate a managed key inside the HSM from a key class.
     Create {
         /// Unique name on the token; also the objects' CKA_LABEL.

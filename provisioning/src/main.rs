@@ -38,6 +38,7 @@ mod admin;
 mod backup;
 mod cli;
 mod decide;
+mod distribute;
 mod output;
 mod render;
 mod run;

@@ -213,6 +213,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Shadows(s) => shadow_table(s),
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
         KeyResponse::Backup(b) => backup(b),
+        KeyResponse::Distribution(d) => crate::distribute::describe(d),
     }
 }
 

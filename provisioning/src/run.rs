@@ -84,6 +84,15 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
         });
         return present(&req, exchange(socket, &req), json);
     }
+    if let Command::Key { command } = command {
+        if crate::distribute::handles(&command) {
+            return crate::distribute::run(command, socket, json);
+        }
+        return match request(Command::Key { command }, time::now()) {
+            Ok(req) => present(&req, exchange(socket, &req), json),
+            Err(f) => Output::failure(&f, json),
+        };
+    }
     match command {
         Command::AdminKey {
             command: AdminKeyCommand::Show { key, module },
@@ -305,6 +314,9 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             seconds: for_.as_secs(),
             reason,
         }),
+        c @ (KeyCommand::Pubkey { .. } | KeyCommand::Export { .. } | KeyCommand::Import { .. }) => {
+            crate::distribute::request(c)
+        }
     }
 }
 

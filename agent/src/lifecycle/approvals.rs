@@ -55,6 +55,7 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
         super::token_init::TOKEN_INIT => Some(Approvable::TokenInit),
         super::backup::BACKUP_INIT => Some(Approvable::BackupInit),
         super::backup::BACKUP_RESTORE => Some(Approvable::BackupRestore),
+        super::distribute::KEY_EXPORT => Some(Approvable::BackupExport),
         _ => None,
     }
 }
@@ -578,6 +579,9 @@ impl Lifecycle {
         }
         if r.action == super::backup::BACKUP_RESTORE {
             return self.carry_out_restore(r, by, now);
+        }
+        if r.action == super::distribute::KEY_EXPORT {
+            return self.carry_out_export(r, now);
         }
         let Some(key_id) = r.key_id else {
             return fail(

@@ -67,6 +67,7 @@ pub mod backup;
 pub mod create;
 pub mod destroy;
 pub mod discovery;
+pub mod distribute;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
@@ -240,6 +241,7 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         }
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
         KeyRequest::Backup(b) => (b.token().map(str::to_owned), None),
+        KeyRequest::Distribution(d) => d.target(),
         KeyRequest::AppList
         | KeyRequest::RequestList { .. }
         | KeyRequest::RequestShow { .. }
@@ -496,6 +498,7 @@ impl Lifecycle {
                 let info = self.adopt_key(t, &backend_id, &name, &class, (&who, &by))?;
                 Ok(KeyResponse::Key(Box::new(info)))
             }
+            KeyRequest::Distribution(d) => self.distribution_call((&who, &by), d),
         }
     }
 

@@ -38,8 +38,8 @@ impl Lifecycle {
                 key_id: r.id,
                 version: v.version,
             },
-            given: Vec::new(),
             made: RefCell::new(Vec::new()),
+            given: Vec::new(),
         };
         let detail = probe.prove(purpose, alg)?;
         log::info!("key {} version {} verified: {detail}", t.label(), v.version);
@@ -48,6 +48,31 @@ impl Lifecycle {
             version: v.version,
             detail,
         })
+    }
+
+    /// [`Self::verify_key`]'s test on objects not yet recorded (`given`:
+    /// each with its class, e.g. a key just imported), on session `s`.
+    pub(crate) fn prove_objects(
+        &self,
+        s: &HsmSession<'_>,
+        version: &KeyVersion,
+        given: Vec<(u64, BackendObject)>,
+        (purpose, alg): (Purpose, Algorithm),
+    ) -> AResult<String> {
+        Probe {
+            agent: self,
+            s,
+            backend: s.backend,
+            token: "",
+            version,
+            managed: ManagedRef {
+                key_id: 0,
+                version: version.version,
+            },
+            made: RefCell::new(Vec::new()),
+            given,
+        }
+        .prove(purpose, alg)
     }
 
     /// Records the fingerprint of every version recorded without one (a
@@ -143,17 +168,17 @@ impl Lifecycle {
 /// One version's verification on an HSM session of its own. Every object
 /// it makes is a session object, destroyed when the probe is dropped (and
 /// gone with the session in any case).
-pub(crate) struct Probe<'a, 's> {
-    pub(crate) agent: &'a Lifecycle,
-    pub(crate) s: &'a HsmSession<'s>,
-    pub(crate) backend: &'a dyn Backend,
-    pub(crate) token: &'a str,
-    pub(crate) version: &'a KeyVersion,
-    pub(crate) managed: ManagedRef,
-    /// Objects to prove instead of the version's on the token (a drill's
-    /// unwrapped session objects), by class.
-    pub(crate) given: Vec<(u64, BackendObject)>,
-    pub(crate) made: RefCell<Vec<BackendObject>>,
+struct Probe<'a, 's> {
+    agent: &'a Lifecycle,
+    s: &'a HsmSession<'s>,
+    backend: &'a dyn Backend,
+    token: &'a str,
+    version: &'a KeyVersion,
+    managed: ManagedRef,
+    /// Objects to prove instead of the version's on the token (a key just
+    /// imported, a drill's unwrapped session objects), by class.
+    given: Vec<(u64, BackendObject)>,
+    made: RefCell<Vec<BackendObject>>,
 }
 
 impl Drop for Probe<'_, '_> {
@@ -182,7 +207,7 @@ impl Probe<'_, '_> {
     }
 
     /// The test operation of a key of `purpose` and `alg`.
-    pub(crate) fn prove(&self, purpose: Purpose, alg: Algorithm) -> AResult<String> {
+    fn prove(&self, purpose: Purpose, alg: Algorithm) -> AResult<String> {
         match (purpose, alg) {
             (Purpose::Signing, _) => self.sign(alg),
             (Purpose::Encryption, Algorithm::Rsa { .. }) => self.encrypt_rsa(),
@@ -195,10 +220,18 @@ impl Probe<'_, '_> {
 
     /// The version's genuine object of class `cko` on the HSM.
     fn one(&self, cko: u64) -> AResult<BackendObject> {
-        if let Some(&(_, o)) = self.given.iter().find(|(c, _)| *c == cko) {
-            return Ok(o);
-        }
         let v = self.version;
+        if !self.given.is_empty() {
+            return self
+                .given
+                .iter()
+                .find(|(c, _)| *c == cko)
+                .map(|(_, o)| *o)
+                .map_or_else(
+                    || fail(AdminErrorKind::Failed, format!("no {}", class_name(cko))),
+                    Ok,
+                );
+        }
         self.s
             .genuine(
                 &self.agent.keys,

@@ -21,6 +21,7 @@ mod boundary;
 mod crypto;
 mod derived_keys;
 mod destroy_requests;
+mod distribution;
 mod dual_control;
 mod envelope;
 mod escrow_cli;

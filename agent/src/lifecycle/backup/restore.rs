@@ -39,7 +39,6 @@ use crate::keys::{secs, ManagedRef};
 use crate::tokens::VirtualToken;
 
 use super::super::hsm::*;
-use super::super::verify::Probe;
 use super::super::*;
 use super::create::{backup_id, contents};
 use super::file::{self, Body, Entry, VersionEntry};
@@ -571,7 +570,7 @@ impl Lifecycle {
         let mut events = Vec::new();
         for e in &body.keys {
             for v in e.versions.iter().filter(|v| !v.wrapped.is_empty()) {
-                let outcome = self.drill_version(t, &s, &key, e, v);
+                let outcome = self.drill_version(&s, &key, e, v);
                 let (ok, detail) = match outcome {
                     Ok(d) => (true, d),
                     Err(err) => (false, err.message),
@@ -615,32 +614,20 @@ impl Lifecycle {
     /// destroyed.
     fn drill_version(
         &self,
-        t: &VirtualToken,
         s: &HsmSession<'_>,
         key: &BackupKey,
         e: &Entry,
         v: &VersionEntry,
     ) -> AResult<String> {
         let (objects, refingerprinted) = self.unwrap_version(s, key, v, false)?;
-        let given: Vec<(u64, BackendObject)> = objects
-            .iter()
-            .zip(class_order(v))
-            .map(|(&o, c)| (c, o))
+        let given: Vec<(u64, BackendObject)> = class_order(v)
+            .into_iter()
+            .zip(objects.iter().copied())
             .collect();
-        let probe = Probe {
-            agent: self,
-            s,
-            backend: s.backend,
-            token: &t.config.label,
-            version: &v.version,
-            managed: ManagedRef {
-                key_id: 0,
-                version: v.version.version,
-            },
-            given,
-            made: std::cell::RefCell::new(objects),
-        };
-        let detail = probe.prove(e.record.purpose, e.record.algorithm)?;
+        let proved =
+            self.prove_objects(s, &v.version, given, (e.record.purpose, e.record.algorithm));
+        s.destroy(&objects);
+        let detail = proved?;
         Ok(if refingerprinted.is_some() {
             format!("{detail}; check value as recorded (the HSM checked it)")
         } else {
