@@ -12,6 +12,19 @@ use keyward_protocol::FrameError;
 /// Bound on one exchange with the agent.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request may take: backups, restores, drills and exports
+/// work through every key of a token, and an approval may carry a restore
+/// out, so they get an hour.
+fn timeout_for(req: &AdminRequest) -> Duration {
+    use keyward_protocol::admin::KeyRequest;
+    match req {
+        AdminRequest::Key(
+            KeyRequest::Backup(_) | KeyRequest::Distribution(_) | KeyRequest::RequestDecide { .. },
+        ) => Duration::from_secs(3600),
+        _ => TIMEOUT,
+    }
+}
+
 /// The process exit code; the table is also in `keyward --help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -118,7 +131,7 @@ pub fn exchange(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Fail
         )
     };
     let mut stream = UnixStream::connect(socket).map_err(|e| unreachable(&e))?;
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_read_timeout(Some(timeout_for(req)));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
     let mut buf = Vec::new();
     hello(&mut stream, &mut buf).map_err(|e| match e {

@@ -83,6 +83,55 @@ fn read(s: &HsmSession<'_>, object: BackendObject, types: &[u64]) -> AResult<Vec
         .collect())
 }
 
+/// The key objects of a token by (class, `CKA_ID`): one search per class
+/// and one read of each object's `CKA_ID`, instead of a search per key
+/// version (a search costs the whole token on SoftHSM2).
+pub(crate) struct ObjectIndex(std::collections::HashMap<(u64, Vec<u8>), Vec<BackendObject>>);
+
+impl ObjectIndex {
+    pub(crate) fn of(s: &HsmSession<'_>) -> AResult<ObjectIndex> {
+        let mut map: std::collections::HashMap<(u64, Vec<u8>), Vec<BackendObject>> =
+            std::collections::HashMap::new();
+        for cko in [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY] {
+            for o in s.find(&[Attribute::ulong(ck::CKA_CLASS, cko)])? {
+                if let Some(id) = s.bytes(o, ck::CKA_ID)? {
+                    map.entry((cko, id)).or_default().push(o);
+                }
+            }
+        }
+        Ok(ObjectIndex(map))
+    }
+
+    /// Whether any key object has `CKA_ID` `id`.
+    pub(crate) fn has(&self, id: &[u8]) -> bool {
+        [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY]
+            .into_iter()
+            .any(|cko| self.0.contains_key(&(cko, id.to_vec())))
+    }
+
+    /// The objects of class `cko` that are version `m` (`CKA_ID` `id`) of
+    /// a managed key on `token` (plants left out).
+    pub(crate) fn genuine(
+        &self,
+        agent: &Lifecycle,
+        s: &HsmSession<'_>,
+        token: &str,
+        (id, cko): (&[u8], u64),
+        m: ManagedRef,
+    ) -> Vec<BackendObject> {
+        self.0
+            .get(&(cko, id.to_vec()))
+            .map(|found| {
+                found
+                    .iter()
+                    .copied()
+                    .filter(|&o| agent.keys.is_genuine(token, s.backend, s.handle, o, m))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// What a backup file holds, for people.
 pub(crate) fn contents(id: &str, key_check: &[u8; 32], body: &Body) -> BackupContents {
     BackupContents {
@@ -140,6 +189,7 @@ impl Lifecycle {
                 class: None,
             })
             .map_err(inv_err)?;
+        let index = ObjectIndex::of(&s)?;
         let mut body = Body {
             token: label.clone(),
             created_at: secs(now),
@@ -148,7 +198,7 @@ impl Lifecycle {
             absent: Vec::new(),
         };
         for r in records {
-            match self.backup_entry(&s, &key, &r)? {
+            match self.backup_entry(&s, &index, &key, &r)? {
                 Ok(entry) => body.keys.push(entry),
                 Err(why) => body.absent.push((r.name.clone(), why)),
             }
@@ -178,6 +228,7 @@ impl Lifecycle {
     fn backup_entry(
         &self,
         s: &HsmSession<'_>,
+        index: &ObjectIndex,
         key: &BackupKey,
         r: &KeyRecord,
     ) -> AResult<Result<Entry, String>> {
@@ -210,8 +261,8 @@ impl Lifecycle {
                 version: v.version,
             };
             let label = &r.token;
-            let Some(&secret) = s
-                .genuine(&self.keys, label, &v.backend_id, secret_class, m)?
+            let Some(&secret) = index
+                .genuine(self, s, label, (&v.backend_id, secret_class), m)
                 .first()
             else {
                 return Ok(Err(format!("version {}: not on the HSM", v.version)));
@@ -232,8 +283,8 @@ impl Lifecycle {
             };
             let template = read(s, secret, SECRET_ATTRS)?;
             let public = if pair {
-                match s
-                    .genuine(&self.keys, label, &v.backend_id, ck::CKO_PUBLIC_KEY, m)?
+                match index
+                    .genuine(self, s, label, (&v.backend_id, ck::CKO_PUBLIC_KEY), m)
                     .first()
                 {
                     Some(&p) => Some(read(s, p, PUBLIC_ATTRS)?),

@@ -40,7 +40,7 @@ use crate::tokens::VirtualToken;
 
 use super::super::hsm::*;
 use super::super::*;
-use super::create::{backup_id, contents};
+use super::create::{backup_id, contents, ObjectIndex};
 use super::file::{self, Body, Entry, VersionEntry};
 use super::key::{self, BackupKey};
 use super::BACKUP_RESTORE;
@@ -129,6 +129,7 @@ impl Lifecycle {
             )));
         }
         let inv = self.keys.inventory();
+        let index = ObjectIndex::of(s)?;
         let mut steps = Vec::new();
         let mut conflicts = Vec::new();
         for e in &body.keys {
@@ -136,9 +137,7 @@ impl Lifecycle {
             let Some(k) = inv.key(label, name).map_err(inv_err)? else {
                 for v in e.versions.iter().filter(|v| !v.wrapped.is_empty()) {
                     let id = &v.version.backend_id;
-                    let taken = !s.by_id(id, ck::CKO_SECRET_KEY)?.is_empty()
-                        || !s.by_id(id, ck::CKO_PRIVATE_KEY)?.is_empty()
-                        || !s.by_id(id, ck::CKO_PUBLIC_KEY)?.is_empty();
+                    let taken = index.has(id);
                     if taken {
                         conflicts.push(format!(
                             "{name}: CKA_ID {} of version {} is in use on the token",
@@ -187,7 +186,8 @@ impl Lifecycle {
                     version: v.version.version,
                 };
                 let cko = secret_class(v);
-                if s.genuine(&self.keys, label, &v.version.backend_id, cko, m)?
+                if index
+                    .genuine(self, s, label, (&v.version.backend_id, cko), m)
                     .is_empty()
                 {
                     missing.push(v);
