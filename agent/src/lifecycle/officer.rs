@@ -103,6 +103,26 @@ pub(crate) fn as_officer(t: &VirtualToken, action: OfficerAction) -> AResult<()>
     })
 }
 
+/// The objects of class `cko` with `CKA_ID` `id` that the SO's child
+/// made, once this process's sessions see them (10 s at most; none
+/// after that): a backend may take a moment to show one process the
+/// token objects another made (SoftHSM2 notices them when its token files
+/// change, which it checks at a coarse granularity).
+pub(crate) fn seen(
+    s: &super::hsm::HsmSession<'_>,
+    id: &[u8],
+    cko: u64,
+) -> AResult<Vec<crate::backend::BackendObject>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = s.by_id(id, cko)?;
+        if !found.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Starts `keyward-agent officer`, hands it `job` and waits for its word.
 fn run_child(job: &[u8]) -> Result<(), String> {
     let exe = officer_exe()?;

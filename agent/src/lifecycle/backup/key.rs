@@ -141,7 +141,13 @@ pub(crate) fn install(t: &VirtualToken, s: &HsmSession<'_>, secret: &[u8]) -> AR
                 .create_object(s.handle, template)
                 .map_err(|e| hsm_err(&format!("C_CreateObject ({what})"), e))
         };
-        seen_from_here(s, WRAP_ID)?;
+        if crate::lifecycle::officer::seen(s, WRAP_ID, ck::CKO_SECRET_KEY)?.is_empty() {
+            return fail(
+                AdminErrorKind::Failed,
+                "the HSM's security officer made the backup key's wrapping half, but the \
+                 agent's sessions do not see it",
+            );
+        }
         create(&unwrap, "the backup key's unwrapping half")?;
         create(&seal, "the backup key's sealing key")?;
         let key = find(s)?.ok_or_else(|| AdminError {
@@ -158,28 +164,6 @@ pub(crate) fn install(t: &VirtualToken, s: &HsmSession<'_>, secret: &[u8]) -> AR
         remove(s);
     }
     made
-}
-
-/// Waits (3 s at most) until this process's sessions see the object
-/// with `CKA_ID` `id` that the SO's child made: a backend may take a
-/// moment to show one process the token objects another made (SoftHSM2
-/// notices them when its token files change, which it checks at a coarse
-/// granularity).
-fn seen_from_here(s: &HsmSession<'_>, id: &[u8]) -> AResult<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        if !s.by_id(id, ck::CKO_SECRET_KEY)?.is_empty() {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return fail(
-                AdminErrorKind::Failed,
-                "the HSM's security officer made the backup key's wrapping half, but the \
-                 agent's sessions do not see it",
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 /// Zeroises the key values in `template`.

@@ -623,7 +623,7 @@ impl Lifecycle {
             template.push(Attribute::bytes(ck::CKA_VALUE, value.to_vec()));
             as_officer(token, OfficerAction::Create(template))?;
         }
-        let found = s.by_id(id, ck::CKO_SECRET_KEY)?;
+        let found = crate::lifecycle::officer::seen(s, id, ck::CKO_SECRET_KEY)?;
         match found.as_slice() {
             [one] => Ok(*one),
             other => {
