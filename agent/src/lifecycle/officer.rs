@@ -213,3 +213,55 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), String>
         .write_all(b"ok\n")
         .map_err(|e| format!("officer: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(input: &[u8]) -> (Result<(), String>, Vec<u8>) {
+        let mut out = Vec::new();
+        let r = serve(&mut &input[..], &mut out);
+        (r, out)
+    }
+
+    #[test]
+    fn a_malformed_oversized_or_empty_job_is_refused_without_saying_ok() {
+        for (input, says) in [
+            (Vec::new(), "malformed job"),
+            (b"not a job".to_vec(), "malformed job"),
+            (vec![0xff; (MAX_JOB + 1) as usize], "too large"),
+        ] {
+            let (r, out) = served(&input);
+            let e = r.unwrap_err();
+            assert!(e.contains(says), "{e}");
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_job_naming_no_token_or_a_missing_library_is_refused_and_names_no_secret() {
+        let job = |token: (Option<String>, Option<String>), library: &str| Job {
+            library: PathBuf::from(library),
+            token,
+            so_pin: Zeroizing::new(b"so-pin-secret".to_vec()),
+            action: OfficerAction::Create(vec![Attribute::bytes(
+                cryptoki_sys::CKA_VALUE,
+                b"key-value-secret".to_vec(),
+            )]),
+        };
+        for (j, says) in [
+            (job((None, None), "/nonexistent/lib.so"), "names no token"),
+            (
+                job((Some("t".into()), None), "/nonexistent/lib.so"),
+                "lib.so",
+            ),
+        ] {
+            let bytes = postcard::to_stdvec(&j).unwrap();
+            let (r, out) = served(&bytes);
+            let e = r.unwrap_err();
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("secret"), "{e}");
+            assert!(out.is_empty());
+        }
+    }
+}

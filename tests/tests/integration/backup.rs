@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cryptoki::mechanism::Mechanism;
+use cryptoki::object::CertificateType;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use keyward_tests::admin::{
-    application_toml, find, install_policy, keyward, keyward_json, keyward_ok, uid, APPLICATION,
+    application_toml, backend_token, certificate_of, find, id_of, install_policy, keyward,
+    keyward_json, keyward_ok, uid, APPLICATION, CERT_SUBJECT,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
-use keyward_tests::p11::Ctx;
+use keyward_tests::p11::{unhex, Ctx};
 use keyward_tests::roster::{
     as_bob, key_file, open_admin_socket_to_bob, public_key, text, ALICE_PEM, BOB, BOB_PEM,
 };
@@ -227,6 +229,51 @@ fn ec_point(tb: &Env, name: &str) -> Vec<u8> {
     }
 }
 
+/// A certificate of key `name`'s current public key, put on the backend
+/// token beside it (the agent stopped meanwhile); its DER.
+fn add_certificate(tb: &Env, name: &str) -> Vec<u8> {
+    let (id, cert) = {
+        let ctx = Ctx::new(tb);
+        let s = ctx.user();
+        let id = id_of(&s, find(&s, name, ObjectClass::PRIVATE_KEY)[0]);
+        (
+            id,
+            certificate_of(&s, find(&s, name, ObjectClass::PUBLIC_KEY)[0]),
+        )
+    };
+    tb.stop_agent();
+    {
+        let (_backend, b) = backend_token(tb);
+        b.create_object(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Label(name.as_bytes().to_vec()),
+            Attribute::Id(id),
+            Attribute::Subject(unhex(CERT_SUBJECT)),
+            Attribute::Value(cert.clone()),
+        ])
+        .expect("the key's certificate on the backend token");
+    }
+    tb.start_agent();
+    cert
+}
+
+/// The values of the certificates labelled `name` the application sees.
+fn certificates(tb: &Env, name: &str) -> Vec<Vec<u8>> {
+    let ctx = Ctx::new(tb);
+    let s = ctx.user();
+    find(&s, name, ObjectClass::CERTIFICATE)
+        .into_iter()
+        .map(
+            |c| match s.get_attributes(c, &[AttributeType::Value]).unwrap().pop() {
+                Some(Attribute::Value(v)) => v,
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect()
+}
+
 /// Every key of the inventory, by name: (state, versions' CKA_IDs).
 fn inventory(tb: &Env) -> Vec<(String, String, String)> {
     let doc = keyward_json(tb, &["key", "list"], 0);
@@ -289,6 +336,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     keyward_ok(&tb, &["key", "rotate", "release"], 0);
     let signature = sign(&tb, "release");
     let point = ec_point(&tb, "release");
+    let cert = add_certificate(&tb, "release");
 
     // No backup before the ceremony.
     let file = tb.path("first.kwbackup");
@@ -408,8 +456,10 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     let ctx = Ctx::new(&tb);
     assert!(find(&ctx.user(), "old", ObjectClass::PRIVATE_KEY).is_empty(), "old stays destroyed");
     drop(ctx);
-    // The application signs again by the same label; the old signature verifies.
+    // The application signs again by the same label; the old signature
+    // verifies; the key's certificate is back.
     assert_eq!(ec_point(&tb, "release"), point);
+    assert_eq!(certificates(&tb, "release"), vec![cert]);
     assert!(verifies(&tb, "release", &signature));
     let again = sign(&tb, "release");
     assert!(verifies(&tb, "release", &again));

@@ -64,6 +64,20 @@ const PUBLIC_ATTRS: &[u64] = &[
     ck::CKA_EC_POINT,
 ];
 
+/// The attributes a certificate is made again with.
+const CERTIFICATE_ATTRS: &[u64] = &[
+    ck::CKA_CLASS,
+    ck::CKA_CERTIFICATE_TYPE,
+    ck::CKA_TOKEN,
+    ck::CKA_PRIVATE,
+    ck::CKA_ID,
+    ck::CKA_LABEL,
+    ck::CKA_SUBJECT,
+    ck::CKA_ISSUER,
+    ck::CKA_SERIAL_NUMBER,
+    ck::CKA_VALUE,
+];
+
 /// Whether keys of `alg` are key pairs.
 pub(crate) fn is_pair(alg: keyward_policy::Algorithm) -> bool {
     matches!(recipe(alg), Recipe::Pair(..))
@@ -92,7 +106,12 @@ impl ObjectIndex {
     pub(crate) fn of(s: &HsmSession<'_>) -> AResult<ObjectIndex> {
         let mut map: std::collections::HashMap<(u64, Vec<u8>), Vec<BackendObject>> =
             std::collections::HashMap::new();
-        for cko in [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY] {
+        for cko in [
+            ck::CKO_PRIVATE_KEY,
+            ck::CKO_SECRET_KEY,
+            ck::CKO_PUBLIC_KEY,
+            ck::CKO_CERTIFICATE,
+        ] {
             for o in s.find(&[Attribute::ulong(ck::CKA_CLASS, cko)])? {
                 if let Some(id) = s.bytes(o, ck::CKA_ID)? {
                     map.entry((cko, id)).or_default().push(o);
@@ -100,6 +119,26 @@ impl ObjectIndex {
             }
         }
         Ok(ObjectIndex(map))
+    }
+
+    /// The certificates with `CKA_ID` `id` that are of `key`'s own public
+    /// key.
+    pub(crate) fn certificates_of(
+        &self,
+        s: &HsmSession<'_>,
+        id: &[u8],
+        key: &crate::keys::KeyView,
+    ) -> Vec<BackendObject> {
+        self.0
+            .get(&(ck::CKO_CERTIFICATE, id.to_vec()))
+            .map(|found| {
+                found
+                    .iter()
+                    .copied()
+                    .filter(|&o| s.is_certificate_of(o, key))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether any key object has `CKA_ID` `id`.
@@ -253,6 +292,7 @@ impl Lifecycle {
                     template: Vec::new(),
                     public: None,
                     wrapped: Vec::new(),
+                    certificates: Vec::new(),
                 });
                 continue;
             }
@@ -298,11 +338,20 @@ impl Lifecycle {
             } else {
                 None
             };
+            let certificates = match self.keys.key(r.id) {
+                Some(view) => index
+                    .certificates_of(s, &v.backend_id, &view)
+                    .into_iter()
+                    .map(|c| read(s, c, CERTIFICATE_ATTRS))
+                    .collect::<AResult<Vec<_>>>()?,
+                None => Vec::new(),
+            };
             versions.push(VersionEntry {
                 version: v,
                 template,
                 public,
                 wrapped,
+                certificates,
             });
         }
         if versions.iter().all(|v| v.wrapped.is_empty()) {

@@ -8,7 +8,8 @@
 //! The body is postcard: the token, when, by whom, each backed-up key's
 //! inventory record with its versions — each version's wrapped secret (AES
 //! key wrap with padding under the backup key), the template of the object
-//! it unwraps into, and the public half's attributes for a key pair — and
+//! it unwraps into, the public half's attributes for a key pair, and its
+//! certificates on the token — and
 //! the keys left out with why. The key check names the backup key (its
 //! check value, see `keyward_escrow::key_check`), so a file of another
 //! deployment is told apart before anything else. The seal is an
@@ -63,6 +64,9 @@ pub(crate) struct VersionEntry {
     /// The private or secret key, wrapped by the backup key.
     #[serde(with = "serde_bytes")]
     pub wrapped: Vec<u8>,
+    /// The version's certificates on the token (their attributes, value
+    /// included).
+    pub certificates: Vec<Vec<Attribute>>,
 }
 
 /// A backup file split into its parts, the seal not yet checked.

@@ -412,6 +412,12 @@ impl Lifecycle {
                 ),
             }
         })();
+        let result = result.and_then(|fp| {
+            if token_object {
+                restore_certificates(s, v)?;
+            }
+            Ok(fp)
+        });
         match result {
             Ok(fp) => Ok((made, fp)),
             Err(e) => {
@@ -634,6 +640,44 @@ impl Lifecycle {
             format!("{detail}; fingerprint as recorded")
         })
     }
+}
+
+/// Makes the certificates of version `v` that the token lacks (by `CKA_ID`
+/// and value); the objects made.
+fn restore_certificates(s: &HsmSession<'_>, v: &VersionEntry) -> AResult<Vec<BackendObject>> {
+    let mut made = Vec::new();
+    for c in &v.certificates {
+        let value = c.iter().find(|a| a.attr_type == ck::CKA_VALUE);
+        let there = s.find(&[
+            Attribute::ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE),
+            Attribute::bytes(ck::CKA_ID, v.version.backend_id.clone()),
+        ])?;
+        let present = there.into_iter().any(|o| {
+            value.is_some_and(|value| {
+                matches!(
+                    (s.bytes(o, ck::CKA_VALUE), &value.value),
+                    (Ok(Some(have)), keyward_protocol::AttrValue::Leaf(keyward_protocol::Value::Bytes(want))) if &have == want
+                )
+            })
+        });
+        if present {
+            continue;
+        }
+        match s.backend.create_object(s.handle, c) {
+            Ok(o) => made.push(o),
+            Err(e) => {
+                s.destroy(&made);
+                return Err(hsm_err(
+                    &format!(
+                        "C_CreateObject (version {}, certificate)",
+                        v.version.version
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(made)
 }
 
 /// The class of the object a version's wrapped key unwraps into.
