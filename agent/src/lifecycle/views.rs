@@ -54,6 +54,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
         grants: v.grants.iter().map(|g| grant_info(&r.name, g)).collect(),
         history,
         recovery_until: r.recovery_until,
+        held_by_backups: Vec::new(),
     }
 }
 
@@ -64,7 +65,11 @@ impl Lifecycle {
             .inventory()
             .history(key.record.id)
             .map_err(inv_err)?;
-        Ok(key_info(key, history.iter().map(history_entry).collect()))
+        let mut info = key_info(key, history.iter().map(history_entry).collect());
+        if key.record.state == KeyState::Destroyed {
+            info.held_by_backups = self.backups_holding(key)?;
+        }
+        Ok(info)
     }
 
     pub(crate) fn list_keys(
