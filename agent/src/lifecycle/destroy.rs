@@ -165,19 +165,20 @@ impl Lifecycle {
     /// The backups made before now (or before its destruction) that hold
     /// one of `key`'s versions, oldest first, from their `backup` records.
     pub(crate) fn backups_holding(&self, key: &KeyView) -> AResult<Vec<BackupMark>> {
-        let r = &key.record;
-        let rows = self
-            .audit
+        let rows = self.backup_rows(&key.record.name)?;
+        Ok(marks::holding(&rows, key))
+    }
+
+    /// The trail's `backup` records of key versions named `key`, in trail
+    /// order.
+    fn backup_rows(&self, key: &str) -> AResult<Vec<keyward_inventory::usage::EventRow>> {
+        self.audit
             .log()
-            .lifecycle_rows(Some(&r.name), &[marks::BACKUP])
+            .lifecycle_rows(Some(key), &[marks::BACKUP])
             .map_err(|e| AdminError {
                 kind: AdminErrorKind::Failed,
                 message: format!("audit trail: {e}"),
-            })?;
-        let mine = rows
-            .iter()
-            .filter(|e| e.token.as_deref().is_none_or(|tok| tok == r.token));
-        Ok(marks::marks(mine, marks::life(key)).held_by)
+            })
     }
 
     /// [`marks::held_note`] of `key`; a trail that cannot be read is said,

@@ -59,6 +59,9 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
 }
 
 impl Lifecycle {
+    /// Key `key` as `keyward key show` shows it; destroyed, with the
+    /// backups that still hold it (read from its own records in the trail,
+    /// through the trail's index by key name).
     pub(crate) fn info(&self, key: &KeyView) -> AResult<KeyInfo> {
         let history = self
             .keys

@@ -554,6 +554,9 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
         .map(|b| b.str_at("id"))
         .collect();
     assert_eq!(ids, [first.as_str(), second.as_str()], "{shown}");
+    let listed = keyward_json(&tb, &["key", "list"], 0);
+    let old = listed.array_at("Keys").iter().find(|k| k.str_at("name") == "old").expect("old listed");
+    assert_eq!(old.at("held_by_backups"), shown.at("held_by_backups"), "{listed}");
     let text = keyward_ok(&tb, &["key", "show", "old"], 0);
     assert!(text.contains("held by backups (retire them"), "{text}");
     assert!(text.contains(&first) && text.contains(&second), "{text}");

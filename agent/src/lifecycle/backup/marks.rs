@@ -65,6 +65,16 @@ pub fn life(key: &KeyView) -> Life {
     }
 }
 
+/// The backups that hold `key` (oldest first), among `rows` (records of
+/// any key, in trail order): its records on its token, in its life.
+pub fn holding(rows: &[EventRow], key: &KeyView) -> Vec<BackupMark> {
+    let r = &key.record;
+    let mine = rows.iter().filter(|e| {
+        e.key.as_deref() == Some(r.name.as_str()) && e.token.as_deref().is_none_or(|t| t == r.token)
+    });
+    marks(mine, life(key)).held_by
+}
+
 /// What a key's records say of its backups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Marks {

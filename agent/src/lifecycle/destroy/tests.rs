@@ -656,5 +656,17 @@ fn a_destruction_names_the_backups_that_still_hold_the_key() {
         .unwrap()
         .held_by_backups
         .is_empty());
+    // The list shows the same.
+    let Ok(KeyResponse::Keys(all)) = a.lifecycle.list_keys(None, None) else {
+        panic!("no list")
+    };
+    let held = |name: &str| {
+        all.iter()
+            .find(|k| k.name == name)
+            .map(|k| k.held_by_backups.clone())
+            .unwrap()
+    };
+    assert_eq!(held("k"), shown.held_by_backups);
+    assert!(held("bare").is_empty() && held("live").is_empty());
     assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
 }
