@@ -1,16 +1,20 @@
 //! `keyward report`: every managed key against its class (age, rotation,
 //! cryptoperiod, certificate expiry, drift), its usage and the anomalies
 //! in it, export and wrap attempts, revocations with their latency and the
-//! proof that no use succeeded after them; and over all keys, rotation
-//! compliance, failed administrator actions and the use of unmanaged
-//! objects.
+//! proof that no use succeeded after them, its backups (the last backup
+//! and drill, a flag when its class wants a backup of its current version
+//! and none holds it, the backups still holding a destroyed key); and over
+//! all keys, rotation compliance, failed administrator actions and the use
+//! of unmanaged objects.
 //!
 //! Where the figures come from:
 //! - the inventory's view ([`crate::keys`]): states, versions, dates,
 //!   grants; the policy: classes and applications;
 //! - the audit trail, through the SQL aggregations of
 //!   [`keyward_inventory::UsageLog`] (sums of `count`, never a record each
-//!   in memory), after the queued uses are appended;
+//!   in memory), after the queued uses are appended; the lifecycle
+//!   records of revocations and backups in one query for all keys
+//!   ([`crate::lifecycle::backup::marks`] reads the backups');
 //! - the HSM, on one admin session per token: the current version's
 //!   attributes (drift) and a certificate with its `CKA_ID` (expiry).
 //!
@@ -34,6 +38,7 @@ use keyward_protocol::admin::{
 use keyward_protocol::{Attribute, Value};
 
 use crate::keys::{secs, KeyView};
+use crate::lifecycle::backup::marks;
 use crate::lifecycle::hsm::{algorithm_of, HsmSession};
 use crate::lifecycle::{AResult, AdminError, Lifecycle};
 use crate::listener::identity::Peer;
@@ -457,6 +462,22 @@ struct TrailRows {
     hours: Vec<HourRow>,
     ops: Vec<OperationRow>,
     revokes: Vec<keyward_inventory::usage::EventRow>,
+    /// The backup and drill records, by token (empty: none named) and key.
+    backups: HashMap<(String, String), Vec<EventRow>>,
+}
+
+impl TrailRows {
+    /// What the backup and drill records say of `key`.
+    fn backup_marks(&self, key: &KeyView) -> marks::Marks {
+        let r = &key.record;
+        let mut rows: Vec<&EventRow> = [r.token.clone(), String::new()]
+            .into_iter()
+            .filter_map(|t| self.backups.get(&(t, r.name.clone())))
+            .flatten()
+            .collect();
+        rows.sort_by_key(|e| e.seq);
+        marks::marks(rows, marks::life(key))
+    }
 }
 
 /// What every key's part of one report shares.
@@ -559,14 +580,33 @@ impl Lifecycle {
         self.audit.flush();
         let log = self.audit.log();
         let key_filter = req.key.as_deref();
-        let trail_rows = TrailRows {
+        let mut trail_rows = TrailRows {
             uses: log.use_rows(&span, key_filter).map_err(trail)?,
             hours: log.use_hours(&span, key_filter).map_err(trail)?,
             ops: log
                 .operation_rows(&span, key_filter, EXPORT_REFUSALS, WRAP_USES)
                 .map_err(trail)?,
-            revokes: log.lifecycle_rows(key_filter, REVOCATIONS).map_err(trail)?,
+            revokes: Vec::new(),
+            backups: HashMap::new(),
         };
+        // One query for the revocations and the backups' records.
+        let operations: Vec<&str> = REVOCATIONS
+            .iter()
+            .chain(marks::OPERATIONS)
+            .copied()
+            .collect();
+        for row in log.lifecycle_rows(key_filter, &operations).map_err(trail)? {
+            if REVOCATIONS.contains(&row.operation.as_str()) {
+                trail_rows.revokes.push(row);
+            } else if let Some(key) = row.key.clone() {
+                let token = row.token.clone().unwrap_or_default();
+                trail_rows
+                    .backups
+                    .entry((token, key))
+                    .or_default()
+                    .push(row);
+            }
+        }
 
         // One policy for the whole report (a reload may swap it meanwhile).
         let policy = self.policy();
@@ -693,6 +733,10 @@ impl Lifecycle {
                 Err(e) => hsm_error = Some(e.clone()),
             }
         }
+        let backups = rows.backup_marks(key);
+        let backup_missing =
+            marks::backup_missing(r.backup_allowed, r.state, live.map(|v| v.version), &backups);
+        let destroyed = r.state == KeyState::Destroyed;
         Ok(KeyReport {
             name: r.name.clone(),
             token: r.token.clone(),
@@ -715,6 +759,14 @@ impl Lifecycle {
             drift,
             revocations: self.revocations(key, &rows.revokes)?,
             hsm_error,
+            last_backup: backups.last_backup,
+            last_drill: backups.last_drill,
+            backup_missing,
+            held_by_backups: if destroyed {
+                backups.held_by
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -645,4 +645,109 @@ mod agent {
             "report on every key: the last 1h against the 7d before: 1 key"
         );
     }
+
+    /// The backups' records come with the revocations' in one query: each
+    /// key gets its own, and a revocation beside them is still one.
+    #[test]
+    fn backups_and_drills_from_the_trail_beside_a_revocation() {
+        let policy = format!(
+            "{POLICY}\n[[class]]\nname = \"kept\"\npurpose = \"signing\"\n\
+             algorithms = [\"ec:p256\"]\nprotect_period = \"365d\"\n\
+             process_period = \"730d\"\nbackup = true\n"
+        );
+        let (_d, a) = crate::agent::tests::mock_agent(&policy);
+        for (name, class) in [("b", "kept"), ("k", "signing")] {
+            ok(
+                &a,
+                KeyRequest::Create {
+                    name: name.into(),
+                    class: class.into(),
+                    algorithm: None,
+                    token: None,
+                    owner: None,
+                },
+            );
+            ok(
+                &a,
+                KeyRequest::Transition {
+                    name: name.into(),
+                    token: None,
+                    action: KeyAction::Activate,
+                    reason: None,
+                },
+            );
+        }
+        let now = SystemTime::now() + Duration::from_secs(600);
+        let t = secs(now);
+        let req = ReportRequest {
+            key: None,
+            token: None,
+            window_secs: 3600,
+            baseline_secs: 7 * 86_400,
+            thresholds: AnomalyThresholds::default(),
+        };
+        let by_name = |r: &keyward_protocol::admin::Report, n: &str| {
+            r.keys.iter().find(|k| k.name == n).cloned().unwrap()
+        };
+        let r = a.lifecycle.report(&req, now).unwrap();
+        assert!(by_name(&r, "b").backup_missing);
+        assert!(!by_name(&r, "k").backup_missing, "its class has no backup");
+
+        let id = "ab".repeat(32);
+        let record = |key: &str, at: i64, operation: &str, reason: String, result: u64| {
+            let mut e = event(AuditKind::Lifecycle, at, operation, Some(1));
+            e.key = Some(key.into());
+            e.reason = reason;
+            e.result = result;
+            e
+        };
+        let mut elsewhere = record("k", t - 95, "backup", format!("in backup {id}"), 0);
+        elsewhere.token = Some("another".into());
+        a.audit
+            .log()
+            .append(
+                &[
+                    record("b", t - 100, "backup", format!("in backup {id}"), 0),
+                    elsewhere,
+                    record("b", t - 90, "backup drill", format!("backup {id}: no"), 6),
+                    record("b", t - 80, "backup drill", format!("backup {id}: ok"), 0),
+                    record(
+                        "k",
+                        t - 50,
+                        "revoke",
+                        "from active to compromised: x".into(),
+                        0,
+                    ),
+                ],
+                true,
+            )
+            .unwrap();
+        let r = a.lifecycle.report(&req, now).unwrap();
+        let b = by_name(&r, "b");
+        assert!(!b.backup_missing);
+        let last = b.last_backup.unwrap();
+        assert_eq!((last.at, last.id.as_str()), (t - 100, id.as_str()));
+        let drill = b.last_drill.unwrap();
+        assert_eq!((drill.at, drill.ok), (t - 80, true));
+        assert!(b.revocations.is_empty());
+        let k = by_name(&r, "k");
+        assert_eq!(k.last_backup, None, "another token's key of its name");
+        assert_eq!(k.revocations.len(), 1);
+        assert!(k.held_by_backups.is_empty());
+        // One key asked for: its own records still found.
+        let one = a
+            .lifecycle
+            .report(
+                &ReportRequest {
+                    key: Some("b".into()),
+                    ..req
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            one.keys[0].last_backup.as_ref().map(|m| m.at),
+            Some(t - 100)
+        );
+    }
 }

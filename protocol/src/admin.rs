@@ -715,6 +715,10 @@ pub struct KeyInfo {
     /// End of the key's recovery window (verify and decrypt while it is
     /// compromised); `None`: never opened.
     pub recovery_until: Option<i64>,
+    /// A destroyed key: the backups made before its destruction that hold
+    /// one of its versions, oldest first (they must be retired for the
+    /// destruction to be final). Empty for a key not destroyed.
+    pub held_by_backups: Vec<BackupMark>,
 }
 
 /// One version of a key.
@@ -1216,6 +1220,36 @@ pub struct KeyReport {
     /// Why the HSM could not be asked about the key (attributes,
     /// certificate), when it could not.
     pub hsm_error: Option<String>,
+    /// The newest backup holding one of the key's versions.
+    pub last_backup: Option<BackupMark>,
+    /// The newest drill (`keyward backup verify`) of the key.
+    pub last_drill: Option<DrillMark>,
+    /// The class allows backup, the key is not destroyed, and no backup
+    /// holds its current version.
+    pub backup_missing: bool,
+    /// A destroyed key: the backups made before its destruction that hold
+    /// one of its versions, oldest first.
+    pub held_by_backups: Vec<BackupMark>,
+}
+
+/// A backup that holds a key, from its `backup` record in the trail.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct BackupMark {
+    /// When the backup was made (unix seconds).
+    pub at: i64,
+    /// The backup's id: the SHA-256 of its file (hex).
+    pub id: String,
+}
+
+/// A drill of a key, from its `backup drill` records in the trail.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DrillMark {
+    /// When the drill ran (unix seconds; its newest record of the key).
+    pub at: i64,
+    /// The id of the backup drilled.
+    pub id: String,
+    /// Every version of the key in that backup worked in the drill.
+    pub ok: bool,
 }
 
 /// A certificate found for a key version.
@@ -1642,6 +1676,7 @@ mod hello_tests {
                 reason: "stolen".into(),
             }],
             recovery_until: Some(2),
+            held_by_backups: Vec::new(),
         };
         let wire = postcard::to_allocvec(&key).unwrap();
         assert_eq!(postcard::from_bytes::<KeyInfo>(&wire).unwrap(), key);

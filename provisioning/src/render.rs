@@ -11,7 +11,8 @@
 
 use keyward_protocol::admin::{
     AnomalyKind, AppInfo, ApprovalRequest, AuditRecordInfo, AuditVerification, BackupAnswer,
-    BackupContents, GrantInfo, KeyInfo, KeyReport, KeyResponse, Report, ShadowInfo, Status,
+    BackupContents, BackupMark, GrantInfo, KeyInfo, KeyReport, KeyResponse, Report, ShadowInfo,
+    Status,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -435,6 +436,13 @@ fn key(k: &KeyInfo) -> String {
             )
         },
     );
+    if k.state == keyward_policy::KeyState::Destroyed {
+        section(
+            &mut out,
+            "held by backups (retire them for the destruction to be final)",
+            held_by(&k.held_by_backups),
+        );
+    }
     section(
         &mut out,
         "grants",
@@ -470,6 +478,82 @@ fn key(k: &KeyInfo) -> String {
             )
         },
     );
+    out
+}
+
+/// Backups that hold a destroyed key: one a line, its id and when it was
+/// made; `none` for none.
+fn held_by(held: &[BackupMark]) -> String {
+    if held.is_empty() {
+        return "none".to_owned();
+    }
+    held.iter()
+        .map(|b| format!("{} made {}\n", cell(&b.id), format_utc(b.at)))
+        .collect()
+}
+
+/// A backup as `<first 16 hex of its id> <date>`.
+fn backup_mark(b: &BackupMark) -> String {
+    format!(
+        "{} {}",
+        cell(&b.id.chars().take(16).collect::<String>()),
+        format_utc(b.at)
+    )
+}
+
+/// The report table's backup cell: `MISSING` (the class wants a backup of
+/// the current version and there is none), `held:N` (a destroyed key in N
+/// backups), `ok` (backed up), `-` (no backup wanted or held).
+fn backup_cell(k: &KeyReport) -> String {
+    if k.backup_missing {
+        "MISSING".to_owned()
+    } else if !k.held_by_backups.is_empty() {
+        format!("held:{}", k.held_by_backups.len())
+    } else if k.last_backup.is_some() && k.state != keyward_policy::KeyState::Destroyed {
+        "ok".to_owned()
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// The report's backup section: keys that want a backup and have none,
+/// drills that failed, destroyed keys still held by backups.
+fn backups(keys: &[KeyReport]) -> String {
+    let name = |k: &KeyReport| format!("{}/{}", cell(&k.token), cell(&k.name));
+    let missing: Vec<String> = keys.iter().filter(|k| k.backup_missing).map(name).collect();
+    let failed: Vec<String> = keys
+        .iter()
+        .filter(|k| k.last_drill.as_ref().is_some_and(|d| !d.ok))
+        .map(name)
+        .collect();
+    let held: Vec<&KeyReport> = keys
+        .iter()
+        .filter(|k| !k.held_by_backups.is_empty())
+        .collect();
+    if missing.is_empty() && failed.is_empty() && held.is_empty() {
+        return "backups: every key that wants one has one; no destroyed key is held\n".to_owned();
+    }
+    let mut out = "backups:\n".to_owned();
+    if !missing.is_empty() {
+        out.push_str(&format!(
+            "  need a backup of their current version: {}\n",
+            list(&missing)
+        ));
+    }
+    if !failed.is_empty() {
+        out.push_str(&format!("  failed their last drill: {}\n", list(&failed)));
+    }
+    for k in held {
+        out.push_str(&format!(
+            "  destroyed {} still held by backups (retire them): {}\n",
+            name(k),
+            k.held_by_backups
+                .iter()
+                .map(|b| format!("{} ({})", cell(&b.id), format_utc(b.at)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     out
 }
 
@@ -865,6 +949,7 @@ pub fn report(r: &Report) -> String {
                 "USES TOTAL",
                 "ANOMALIES",
                 "DRIFT",
+                "BACKUP",
             ],
             &rows,
         ));
@@ -888,6 +973,7 @@ pub fn report(r: &Report) -> String {
             }
         ),
     });
+    out.push_str(&backups(&r.keys));
     out.push_str(&failed_admin(&r.failed_admin));
     if r.pending_requests.is_empty() {
         out.push_str("approval requests waiting: none\n");
@@ -1044,6 +1130,7 @@ fn key_summary(k: &KeyReport) -> Vec<String> {
             k.anomalies.len().to_string()
         },
         k.drift.len().to_string(),
+        backup_cell(k),
     ]
 }
 
@@ -1098,6 +1185,46 @@ fn key_details(k: &KeyReport) -> String {
     ));
     if k.drift.is_empty() {
         pairs.push(("drift", "none".to_owned()));
+    }
+    pairs.push((
+        "last backup",
+        format!(
+            "{}{}",
+            k.last_backup
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), backup_mark),
+            if k.backup_missing {
+                " (its current version is in no backup)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    pairs.push((
+        "last drill",
+        k.last_drill.as_ref().map_or_else(
+            || "none".to_owned(),
+            |d| {
+                format!(
+                    "{}: {}",
+                    backup_mark(&BackupMark {
+                        at: d.at,
+                        id: d.id.clone()
+                    }),
+                    if d.ok { "ok" } else { "FAILED" }
+                )
+            },
+        ),
+    ));
+    if !k.held_by_backups.is_empty() {
+        pairs.push((
+            "held by backups",
+            k.held_by_backups
+                .iter()
+                .map(backup_mark)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
     }
     if let Some(h) = &k.hsm_error {
         pairs.push(("HSM", format!("not asked: {}", cell(h))));
@@ -1301,6 +1428,7 @@ mod tests {
                 },
             ],
             recovery_until: None,
+            held_by_backups: Vec::new(),
         }
     }
 
@@ -1396,6 +1524,107 @@ mod tests {
             &text_of(&recovering),
             &["recovery until:  2026-02-01 18:00:00 (verify and decrypt only)\n"],
         );
+    }
+
+    const ID_A: &str = "aa11223344556677000000000000000000000000000000000000000000000001";
+    const ID_B: &str = "bb11223344556677000000000000000000000000000000000000000000000002";
+
+    #[test]
+    fn key_show_names_the_backups_holding_a_destroyed_key() {
+        assert!(!text_of(&key_info()).contains("held by backups"));
+        let mut gone = key_info();
+        gone.state = keyward_policy::KeyState::Destroyed;
+        contains_all(
+            &text_of(&gone),
+            &["held by backups (retire them for the destruction to be final):\n  none\n"],
+        );
+        gone.held_by_backups = vec![
+            BackupMark {
+                at: T0,
+                id: ID_A.into(),
+            },
+            BackupMark {
+                at: T0 + 3600,
+                id: ID_B.into(),
+            },
+        ];
+        contains_all(
+            &text_of(&gone),
+            &[&format!(
+                "held by backups (retire them for the destruction to be final):\n  \
+                 {ID_A} made 2026-01-31 18:00:00\n  {ID_B} made 2026-01-31 19:00:00\n"
+            )],
+        );
+        let v: Value = serde_json::from_str(&key_json(&KeyResponse::Key(Box::new(gone)))).unwrap();
+        assert_eq!(v["Key"]["held_by_backups"][1]["id"], ID_B);
+        assert_eq!(v["Key"]["held_by_backups"][1]["at"], T0 + 3600);
+    }
+
+    #[test]
+    fn report_shows_backups_per_key_and_what_needs_one() {
+        let mut r = report_fixture();
+        let text = report(&r);
+        contains_all(
+            &text,
+            &[
+                "  ANOMALIES  DRIFT  BACKUP\n",
+                "  last backup:      aa11223344556677 2026-01-31 18:00:00\n",
+                "  last drill:       aa11223344556677 2026-01-31 18:01:00: ok\n",
+                "  last backup:      none (its current version is in no backup)\n",
+                "backups:\n  need a backup of their current version: prod/old\n",
+            ],
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("prod/")).collect();
+        assert!(rows[0].ends_with("  ok"), "{rows:?}");
+        assert!(rows[1].ends_with("  MISSING"), "{rows:?}");
+        assert!(!text.contains("held by backups"), "{text}");
+
+        // Old destroyed while two backups hold it; web-tls's drill failed.
+        let old = &mut r.keys[1];
+        old.state = keyward_policy::KeyState::Destroyed;
+        old.backup_missing = false;
+        old.held_by_backups = vec![
+            BackupMark {
+                at: T0,
+                id: ID_A.into(),
+            },
+            BackupMark {
+                at: T0 + 3600,
+                id: ID_B.into(),
+            },
+        ];
+        if let Some(d) = r.keys[0].last_drill.as_mut() {
+            d.ok = false;
+        }
+        let text = report(&r);
+        contains_all(
+            &text,
+            &[
+                "  last drill:       aa11223344556677 2026-01-31 18:01:00: FAILED\n",
+                "  held by backups:  aa11223344556677 2026-01-31 18:00:00, bb11223344556677 2026-01-31 19:00:00\n",
+                "backups:\n  failed their last drill: prod/web-tls\n",
+                &format!(
+                    "  destroyed prod/old still held by backups (retire them): \
+                     {ID_A} (2026-01-31 18:00:00), {ID_B} (2026-01-31 19:00:00)\n"
+                ),
+            ],
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("prod/")).collect();
+        assert!(rows[1].ends_with("  held:2"), "{rows:?}");
+        assert!(!text.contains("need a backup"), "{text}");
+
+        // Nothing to flag.
+        r.keys.truncate(1);
+        r.keys[0].last_drill = None;
+        contains_all(
+            &report(&r),
+            &["backups: every key that wants one has one; no destroyed key is held\n"],
+        );
+        let v: Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(v["keys"][0]["last_backup"]["id"], ID_A);
+        assert_eq!(v["keys"][0]["backup_missing"], false);
+        assert_eq!(v["keys"][0]["last_drill"], Value::Null);
+        assert_eq!(v["keys"][0]["held_by_backups"], serde_json::json!([]));
     }
 
     fn text_of(k: &KeyInfo) -> String {
@@ -1924,7 +2153,7 @@ mod tests {
 
     fn report_fixture() -> Report {
         use keyward_protocol::admin::{
-            AdminFailure, Anomaly, AnomalyThresholds, ApplicationUsage, CertificateInfo,
+            AdminFailure, Anomaly, AnomalyThresholds, ApplicationUsage, CertificateInfo, DrillMark,
             ExportAttempts, FailedAdmin, KeyUsage, OperationCount, Revocation, RotationCompliance,
             UnmanagedUsage,
         };
@@ -1994,8 +2223,22 @@ mod tests {
                 no_use_after: true,
             }],
             hsm_error: None,
+            last_backup: Some(BackupMark {
+                at: T0,
+                id: ID_A.into(),
+            }),
+            last_drill: Some(DrillMark {
+                at: T0 + 60,
+                id: ID_A.into(),
+                ok: true,
+            }),
+            backup_missing: false,
+            held_by_backups: Vec::new(),
         };
         let mut idle = key.clone();
+        idle.last_backup = None;
+        idle.last_drill = None;
+        idle.backup_missing = true;
         idle.name = "old".into();
         idle.overdue = true;
         idle.certificate = None;

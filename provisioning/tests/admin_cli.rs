@@ -158,6 +158,7 @@ fn key_info() -> KeyInfo {
         grants: vec![],
         history: vec![],
         recovery_until: None,
+        held_by_backups: Vec::new(),
     }
 }
 

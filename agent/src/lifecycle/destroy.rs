@@ -12,12 +12,14 @@
 use std::time::SystemTime;
 
 use cryptoki_sys as ck;
-use keyward_inventory::{Actor, DateUpdates};
-use keyward_policy::{transition, Action, KeyState};
-use keyward_protocol::admin::{AdminErrorKind, KeyResponse};
+use keyward_inventory::{Actor, AuditKind, DateUpdates, KeyChange, LifecycleChange, VersionChange};
+use keyward_policy::{transition, version_transition, Action, KeyState};
+use keyward_protocol::admin::{AdminErrorKind, BackupMark, KeyResponse};
 
 use crate::backend::BackendObject;
-use crate::keys::{secs, ManagedRef};
+use crate::keys::{secs, KeyView, ManagedRef};
+
+use super::backup::marks;
 
 use super::hsm::{class_name, HsmSession};
 use super::*;
@@ -29,6 +31,10 @@ use super::*;
 /// its public half verifies).
 const KEY_CLASSES: [u64; 3] = [ck::CKO_PRIVATE_KEY, ck::CKO_SECRET_KEY, ck::CKO_PUBLIC_KEY];
 
+/// The operation of the lifecycle record that names, at a key's
+/// destruction, the backups still holding it.
+pub const DESTROY_BACKUPS: &str = "destroy backups";
+
 impl Lifecycle {
     /// Destroys key `t` by `who` for `reason`: removes from the HSM the
     /// private, public and secret key objects of every version (found by
@@ -39,6 +45,12 @@ impl Lifecycle {
     /// `destroyed_at`); then forgets what the agent knew of the objects,
     /// so that a handle an application holds fails at its next call and no
     /// search finds the key.
+    ///
+    /// The destruction names the backups made before it that hold one of
+    /// the key's versions (from their `backup` records in the trail): in
+    /// the log, in a `destroy backups` lifecycle record written with the
+    /// change, and in the approved request's outcome; `keyward key show`
+    /// lists them after ([`Lifecycle::backups_holding`]).
     ///
     /// Idempotent: after a crash half-way, running it again removes what is
     /// left and succeeds; on a destroyed key it removes what may be left
@@ -74,19 +86,18 @@ impl Lifecycle {
         let removed = self.remove_key_objects(&t);
         self.forget_key_objects(&t);
         let removed = removed?;
+        let held = self.held_note(&t.key);
         match to {
             Some(to) => {
-                let act = (Action::Destroy, to);
-                let dates = DateUpdates::default();
-                self.apply_moves(&t, act, dates, (who, by, reason), secs(now), request)?;
+                self.record_destruction(&t, to, (who, by, reason), (&held, secs(now)), request)?;
                 log::warn!(
-                    "key {} destroyed by {who}: {reason} ({removed} HSM objects removed)",
+                    "key {} destroyed by {who}: {reason} ({removed} HSM objects removed; {held})",
                     t.label()
                 );
             }
             None => {
                 let outcome = format!(
-                    "key {} was destroyed already: {removed} HSM objects left were removed",
+                    "key {} was destroyed already: {removed} HSM objects left were removed; {held}",
                     t.label()
                 );
                 log::info!("{outcome}");
@@ -97,6 +108,86 @@ impl Lifecycle {
         }
         self.forget_key_objects(&t);
         Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
+    }
+
+    /// The key and every version of `t` moved to destroyed (`to`) as one
+    /// lifecycle change, with a `destroy backups` record naming the
+    /// backups that hold it (`held`); with `request`, that request moves
+    /// to executed with an outcome that names them too.
+    fn record_destruction(
+        &self,
+        t: &Target<'_>,
+        to: KeyState,
+        (who, by, reason): (&str, &Actor, &str),
+        (held, at): (&str, i64),
+        request: Option<&str>,
+    ) -> AResult<()> {
+        let versions = t
+            .key
+            .versions
+            .iter()
+            .filter_map(|v| {
+                Some(VersionChange::Move {
+                    version: v.version,
+                    from: v.state,
+                    to: version_transition(Action::Destroy, v.state)?,
+                })
+            })
+            .collect();
+        let mut note = crate::audit::event(AuditKind::Lifecycle, by.clone(), DESTROY_BACKUPS);
+        note.token = Some(t.key.record.token.clone());
+        note.key = Some(t.key.record.name.clone());
+        note.reason = held.to_owned();
+        let change = LifecycleChange {
+            key: KeyChange::Update {
+                key_id: t.key.record.id,
+                expected: t.key.record.state,
+                to: Some(to),
+            },
+            versions,
+            dates: DateUpdates::default(),
+            actor: who.to_owned(),
+            reason: reason.to_owned(),
+            at,
+            trail: vec![note],
+        };
+        let outcome = format!("key {} destroyed; {held}", t.label());
+        self.apply_change_for(
+            by,
+            Action::Destroy.name(),
+            reason,
+            change,
+            request.map(|id| (id, outcome.as_str())),
+        )?;
+        Ok(())
+    }
+
+    /// The backups made before now (or before its destruction) that hold
+    /// one of `key`'s versions, oldest first, from their `backup` records.
+    pub(crate) fn backups_holding(&self, key: &KeyView) -> AResult<Vec<BackupMark>> {
+        let rows = self.backup_rows(&key.record.name)?;
+        Ok(marks::holding(&rows, key))
+    }
+
+    /// The trail's `backup` records of key versions named `key`, in trail
+    /// order.
+    fn backup_rows(&self, key: &str) -> AResult<Vec<keyward_inventory::usage::EventRow>> {
+        self.audit
+            .log()
+            .lifecycle_rows(Some(key), &[marks::BACKUP])
+            .map_err(|e| AdminError {
+                kind: AdminErrorKind::Failed,
+                message: format!("audit trail: {e}"),
+            })
+    }
+
+    /// [`marks::held_note`] of `key`; a trail that cannot be read is said,
+    /// and does not stop the destruction.
+    fn held_note(&self, key: &KeyView) -> String {
+        match self.backups_holding(key) {
+            Ok(held) => marks::held_note(&held),
+            Err(e) => format!("the backups holding it are unknown ({})", e.message),
+        }
     }
 
     /// Removes the key objects of every version of `t` from the HSM, on a

@@ -54,17 +54,25 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
         grants: v.grants.iter().map(|g| grant_info(&r.name, g)).collect(),
         history,
         recovery_until: r.recovery_until,
+        held_by_backups: Vec::new(),
     }
 }
 
 impl Lifecycle {
+    /// Key `key` as `keyward key show` shows it; destroyed, with the
+    /// backups that still hold it (read from its own records in the trail,
+    /// through the trail's index by key name).
     pub(crate) fn info(&self, key: &KeyView) -> AResult<KeyInfo> {
         let history = self
             .keys
             .inventory()
             .history(key.record.id)
             .map_err(inv_err)?;
-        Ok(key_info(key, history.iter().map(history_entry).collect()))
+        let mut info = key_info(key, history.iter().map(history_entry).collect());
+        if key.record.state == KeyState::Destroyed {
+            info.held_by_backups = self.backups_holding(key)?;
+        }
+        Ok(info)
     }
 
     pub(crate) fn list_keys(

@@ -671,3 +671,145 @@ keyward_test!(fn a_custodian_cannot_submit_anothers_share_nor_a_forged_one(tb) {
     }
     assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
 });
+
+/// Key `name` in a `keyward --json report`.
+fn reported(tb: &Env, name: &str) -> keyward_tests::json::Json {
+    let r = keyward_json(tb, &["report"], 0);
+    r.array_at("keys")
+        .iter()
+        .find(|k| k.str_at("name") == name)
+        .unwrap_or_else(|| panic!("no key {name} in {r}"))
+        .clone()
+}
+
+/// `keyward --json backup create FILE`: the backup's id.
+fn create_backup(tb: &Env, name: &str) -> String {
+    let file = tb.path(name);
+    let made = keyward_json(tb, &["backup", "create", file.to_str().unwrap()], 0);
+    let id = made.str_at("id").to_owned();
+    assert_eq!(id.len(), 64, "{made}");
+    id
+}
+
+keyward_test!(fn the_report_flags_keys_without_backup_and_shows_the_last_backup_and_drill(tb) {
+    let a = setup(&tb);
+    for (name, class) in [("release", "release"), ("web", "tls")] {
+        keyward_ok(&tb, &["key", "create", name, "--class", class], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    ceremony(&tb, &a);
+    let flagged = |k: &keyward_tests::json::Json| k.at("backup_missing").as_bool().expect("a flag");
+
+    // No backup yet: release (its class wants one) is flagged, web never.
+    let release = reported(&tb, "release");
+    assert!(flagged(&release), "{release}");
+    assert!(release.at("last_backup").is_null(), "{release}");
+    assert!(release.at("last_drill").is_null(), "{release}");
+    let web = reported(&tb, "web");
+    assert!(!flagged(&web), "{web}");
+    let text = keyward_ok(&tb, &["report"], 0);
+    assert!(
+        text.contains(&format!("need a backup of their current version: {}/release\n", tb.token)),
+        "{text}"
+    );
+
+    // Backed up: no longer flagged, the backup named.
+    let first = create_backup(&tb, "first.kwbackup");
+    let release = reported(&tb, "release");
+    assert!(!flagged(&release), "{release}");
+    assert_eq!(release.at("last_backup").str_at("id"), first, "{release}");
+    assert!(release.at("last_drill").is_null(), "{release}");
+    let web = reported(&tb, "web");
+    assert!(!flagged(&web), "{web}");
+    assert!(web.at("last_backup").is_null(), "web's class has no backup: {web}");
+
+    // Drilled: the drill is shown, ok.
+    keyward_ok(&tb, &["backup", "verify", tb.path("first.kwbackup").to_str().unwrap()], 0);
+    let release = reported(&tb, "release");
+    let drill = release.at("last_drill");
+    assert_eq!(drill.str_at("id"), first, "{release}");
+    assert_eq!(drill.at("ok").as_bool(), Some(true), "{release}");
+    assert!(reported(&tb, "web").at("last_drill").is_null());
+
+    // Rotated: the new current version is in no backup; a second backup
+    // holds it.
+    keyward_ok(&tb, &["key", "rotate", "release"], 0);
+    assert!(flagged(&reported(&tb, "release")));
+    let second = create_backup(&tb, "second.kwbackup");
+    assert_ne!(first, second);
+    let release = reported(&tb, "release");
+    assert!(!flagged(&release), "{release}");
+    assert_eq!(release.at("last_backup").str_at("id"), second, "{release}");
+    assert_eq!(release.at("last_drill").str_at("id"), first, "{release}");
+    let text = keyward_ok(&tb, &["report"], 0);
+    assert!(text.contains("backups: every key that wants one has one"), "{text}");
+    assert!(text.contains(&format!("last backup:      {}", &second[..16])), "{text}");
+    assert!(!flagged(&reported(&tb, "web")));
+});
+
+keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
+    let a = setup(&tb);
+    for (name, class) in [("old", "release"), ("web", "tls")] {
+        keyward_ok(&tb, &["key", "create", name, "--class", class], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    ceremony(&tb, &a);
+    let first = create_backup(&tb, "first.kwbackup");
+    keyward_ok(&tb, &["key", "rotate", "old"], 0);
+    let second = create_backup(&tb, "second.kwbackup");
+    assert_ne!(first, second);
+    // Not destroyed: no backups listed as holding it.
+    assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
+
+    // Old is destroyed (two officers): the request's outcome names both backups.
+    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    approve(&tb, &a, &id);
+    let request = keyward_json(&tb, &["request", "show", &id], 0);
+    let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
+    assert!(outcome.contains("held by backups: "), "{outcome}");
+    assert!(outcome.contains(&first[..16]) && outcome.contains(&second[..16]), "{outcome}");
+
+    // Key show lists them, JSON and text.
+    let shown = keyward_tests::admin::key_show(&tb, "old");
+    assert_eq!(shown.str_at("state"), "destroyed", "{shown}");
+    let ids: Vec<&str> = shown
+        .array_at("held_by_backups")
+        .iter()
+        .map(|b| b.str_at("id"))
+        .collect();
+    assert_eq!(ids, [first.as_str(), second.as_str()], "{shown}");
+    let listed = keyward_json(&tb, &["key", "list"], 0);
+    let old = listed.array_at("Keys").iter().find(|k| k.str_at("name") == "old").expect("old listed");
+    assert_eq!(old.at("held_by_backups"), shown.at("held_by_backups"), "{listed}");
+    let text = keyward_ok(&tb, &["key", "show", "old"], 0);
+    assert!(text.contains("held by backups (retire them"), "{text}");
+    assert!(text.contains(&first) && text.contains(&second), "{text}");
+
+    // The report: old is held by both, not flagged; the backups section names them.
+    let old = reported(&tb, "old");
+    assert_eq!(old.at("backup_missing").as_bool(), Some(false), "{old}");
+    let held: Vec<&str> = old.array_at("held_by_backups").iter().map(|b| b.str_at("id")).collect();
+    assert_eq!(held, [first.as_str(), second.as_str()], "{old}");
+    let text = keyward_ok(&tb, &["report"], 0);
+    assert!(
+        text.contains(&format!("destroyed {}/old still held by backups (retire them): {first}", tb.token)),
+        "{text}"
+    );
+    // A third backup after the destruction does not hold it.
+    create_backup(&tb, "third.kwbackup");
+    assert_eq!(reported(&tb, "old").array_at("held_by_backups").len(), 2);
+
+    // A key of a class without backup: never flagged, and destroyed it is
+    // held by no backup.
+    assert_eq!(reported(&tb, "web").at("backup_missing").as_bool(), Some(false));
+    let id = pending(&tb, &["key", "destroy", "web", "--reason", "retired"]);
+    approve(&tb, &a, &id);
+    let request = keyward_json(&tb, &["request", "show", &id], 0);
+    let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
+    assert!(outcome.ends_with("held by no backup"), "{outcome}");
+    let web = reported(&tb, "web");
+    assert_eq!(web.at("backup_missing").as_bool(), Some(false), "{web}");
+    assert!(web.array_at("held_by_backups").is_empty(), "{web}");
+    let shown = keyward_ok(&tb, &["key", "show", "web"], 0);
+    assert!(shown.contains("held by backups (retire them for the destruction to be final):\n  none\n"), "{shown}");
+});

@@ -369,7 +369,8 @@ impl Lifecycle {
         let mut events = Vec::new();
         for e in &body.keys {
             for v in e.versions.iter().filter(|v| !v.wrapped.is_empty()) {
-                let mut ev = crate::audit::event(AuditKind::Lifecycle, by.clone(), "backup");
+                let mut ev =
+                    crate::audit::event(AuditKind::Lifecycle, by.clone(), super::marks::BACKUP);
                 ev.token = Some(body.token.clone());
                 ev.key = Some(e.record.name.clone());
                 ev.key_version = Some(v.version.version);
@@ -377,7 +378,7 @@ impl Lifecycle {
                 events.push(ev);
             }
         }
-        let mut ev = crate::audit::event(AuditKind::Lifecycle, by.clone(), "backup");
+        let mut ev = crate::audit::event(AuditKind::Lifecycle, by.clone(), super::marks::BACKUP);
         ev.token = Some(body.token.clone());
         let versions: usize = body
             .keys

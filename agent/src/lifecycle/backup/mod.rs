@@ -14,6 +14,9 @@
 //!   in the HSM ([`file`]).
 //! - `keyward backup restore` (under quorum `backup-restore`) and
 //!   `keyward backup verify`, the drill ([`restore`]).
+//! - What the trail's backup and drill records say of a key ([`marks`]):
+//!   `keyward report`'s last backup, last drill and missing-backup flag,
+//!   and the backups a destruction names as still holding the key.
 //! - On a token without the backup key (a new HSM), custodians submit
 //!   their opened shares; with enough of them the key is rebuilt inside
 //!   the HSM ([`ceremony`]).
@@ -22,6 +25,7 @@ pub(crate) mod ceremony;
 pub(crate) mod create;
 pub(crate) mod file;
 pub(crate) mod key;
+pub(crate) mod marks;
 pub(crate) mod restore;
 
 use keyward_inventory::Actor;

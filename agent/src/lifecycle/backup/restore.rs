@@ -581,7 +581,8 @@ impl Lifecycle {
                     Ok(d) => (true, d),
                     Err(err) => (false, err.message),
                 };
-                let mut ev = crate::audit::event(AuditKind::Lifecycle, by.clone(), "backup drill");
+                let mut ev =
+                    crate::audit::event(AuditKind::Lifecycle, by.clone(), super::marks::DRILL);
                 ev.token = Some(t.config.label.clone());
                 ev.key = Some(e.record.name.clone());
                 ev.key_version = Some(v.version.version);

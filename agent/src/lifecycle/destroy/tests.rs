@@ -581,3 +581,92 @@ fn a_plant_with_the_keys_cka_id_is_left_alone() {
     destroy(&a, &t, "retired").unwrap();
     assert_eq!(objects_with_id(&a, &id), vec![plant]);
 }
+
+/// The `backup` record `keyward backup create` writes for version
+/// `version` of key `key` on `token` in backup `id`.
+fn backup_record(a: &Agent, token: &str, key: &str, version: u32, id: &str) {
+    let by = admin().as_administrator();
+    let mut ev = crate::audit::event(keyward_inventory::AuditKind::Lifecycle, by, marks::BACKUP);
+    ev.token = Some(token.into());
+    ev.key = Some(key.into());
+    ev.key_version = Some(version);
+    ev.reason = format!("in backup {id}");
+    a.audit.durable_all(vec![ev]).unwrap();
+}
+
+#[test]
+fn a_destruction_names_the_backups_that_still_hold_the_key() {
+    let (_d, a) = agent();
+    let label = a.tokens[0].config.label.clone();
+    let held = "aa".repeat(32);
+    let elsewhere = "bb".repeat(32);
+    let t = active_key(&a, "k", "signing", 2);
+    let bare = active_key(&a, "bare", "signing", 1);
+    backup_record(&a, &label, "k", 1, &held);
+    backup_record(&a, &label, "k", 2, &held);
+    // A key of the same name on another token is another key.
+    backup_record(&a, "another-token", "k", 1, &elsewhere);
+
+    let Ok(KeyResponse::Key(info)) = destroy(&a, &t, "end of service") else {
+        panic!("destroy failed")
+    };
+    assert_eq!(info.held_by_backups.len(), 1, "{:?}", info.held_by_backups);
+    assert_eq!(info.held_by_backups[0].id, held);
+    let notes: Vec<_> = lifecycle_records(&a, "k")
+        .into_iter()
+        .filter(|e| e.operation == DESTROY_BACKUPS)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0]
+            .reason
+            .starts_with("held by backups: aaaaaaaaaaaaaaaa ("),
+        "{}",
+        notes[0].reason
+    );
+    assert!(!notes[0].reason.contains("bbbb"), "{}", notes[0].reason);
+    // The history keeps the administrator's reason as given.
+    let history = a.keys.inventory().history(t.key.record.id).unwrap();
+    assert!(history
+        .iter()
+        .filter(|h| h.to == KeyState::Destroyed)
+        .all(|h| h.reason == "end of service"));
+    // Shown again later: the same backups.
+    let again = a.lifecycle.target(None, "k").unwrap();
+    let shown = a.lifecycle.info(&again.key).unwrap();
+    assert_eq!(shown.held_by_backups, info.held_by_backups);
+
+    // A key in no backup: said so.
+    let Ok(KeyResponse::Key(info)) = destroy(&a, &bare, "end of service") else {
+        panic!("destroy failed")
+    };
+    assert!(info.held_by_backups.is_empty());
+    let notes: Vec<_> = lifecycle_records(&a, "bare")
+        .into_iter()
+        .filter(|e| e.operation == DESTROY_BACKUPS)
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(notes, vec!["held by no backup".to_owned()]);
+    // A live key shows no backups held.
+    let live = active_key(&a, "live", "signing", 1);
+    backup_record(&a, &label, "live", 1, &held);
+    assert!(a
+        .lifecycle
+        .info(&live.key)
+        .unwrap()
+        .held_by_backups
+        .is_empty());
+    // The list shows the same.
+    let Ok(KeyResponse::Keys(all)) = a.lifecycle.list_keys(None, None) else {
+        panic!("no list")
+    };
+    let held = |name: &str| {
+        all.iter()
+            .find(|k| k.name == name)
+            .map(|k| k.held_by_backups.clone())
+            .unwrap()
+    };
+    assert_eq!(held("k"), shown.held_by_backups);
+    assert!(held("bare").is_empty() && held("live").is_empty());
+    assert!(a.audit.log().verify(&|_, _| true).unwrap().is_ok());
+}
