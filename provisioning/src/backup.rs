@@ -220,21 +220,7 @@ fn share_submit(
     token: Option<String>,
     json: bool,
 ) -> Result<Output, Failure> {
-    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
-    let armored = String::from_utf8(armored).map_err(|_| {
-        invalid(format!(
-            "{}: not an armored age file (not text)",
-            render::clean(&share.display().to_string())
-        ))
-    })?;
-    let identity_text = signer::read_secret_file(identity, "identity file")?;
-    let record = keyward_escrow::open(&armored, &identity_text).map_err(|e| {
-        invalid(format!(
-            "{}: {e}",
-            render::clean(&share.display().to_string())
-        ))
-    })?;
-    let encoded = record.encode();
+    let encoded = open_share(share, identity)?.encode();
     Ok(ask(
         socket,
         BackupRequest::Submit {
@@ -330,25 +316,21 @@ fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The share in file `share`, opened with the custodian's identity file
+/// (like an administrator's key file: a regular file only its owner may
+/// read or write, read into memory that is wiped).
+fn open_share(share: &Path, identity: &Path) -> Result<ShareRecord, Failure> {
+    let shown = || render::clean(&share.display().to_string());
+    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
+    let armored = String::from_utf8(armored)
+        .map_err(|_| invalid(format!("{}: not an armored age file (not text)", shown())))?;
+    let identity_text = signer::read_secret_file(identity, "identity file")?;
+    keyward_escrow::open(&armored, &identity_text).map_err(|e| invalid(format!("{}: {e}", shown())))
+}
+
 /// `backup share check SHARE --identity FILE`.
 fn share_check(share: &Path, identity: &Path, json: bool) -> Result<Output, Failure> {
-    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
-    let armored = String::from_utf8(armored).map_err(|_| {
-        invalid(format!(
-            "{}: not an armored age file (not text)",
-            render::clean(&share.display().to_string())
-        ))
-    })?;
-    // Like an administrator's key file: a regular file only its owner
-    // may read or write, read into memory that is wiped.
-    let identity_text = signer::read_secret_file(identity, "identity file")?;
-    let record = keyward_escrow::open(&armored, &identity_text).map_err(|e| {
-        invalid(format!(
-            "{}: {}",
-            render::clean(&share.display().to_string()),
-            e
-        ))
-    })?;
+    let record = open_share(share, identity)?;
     let stdout = if json {
         render::json(&share_json(&record))
     } else {

@@ -359,6 +359,42 @@ fn key_table(keys: &[KeyInfo]) -> String {
 /// `keyward key show`: the record (with its recovery window when one was
 /// opened), then versions, grants and history.
 fn key(k: &KeyInfo) -> String {
+    let mut out = key_record(k);
+    section(&mut out, "versions", versions_table(k));
+    if k.state == keyward_policy::KeyState::Destroyed {
+        section(
+            &mut out,
+            "held by backups (retire them for the destruction to be final)",
+            held_by(&k.held_by_backups),
+        );
+    }
+    section(
+        &mut out,
+        "grants",
+        if k.grants.is_empty() {
+            "none".to_owned()
+        } else {
+            grant_table(&k.grants, false)
+        },
+    );
+    section(&mut out, "history", history_table(k));
+    out
+}
+
+/// A titled, indented section of `keyward key show`.
+fn section(out: &mut String, title: &str, body: String) {
+    out.push('\n');
+    out.push_str(title);
+    out.push_str(":\n");
+    for line in body.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+/// The key's record, one field a line.
+fn key_record(k: &KeyInfo) -> String {
     let mut record = vec![
         ("name", cell(&k.name)),
         ("token", cell(&k.token)),
@@ -392,17 +428,11 @@ fn key(k: &KeyInfo) -> String {
             format!("{} (verify and decrypt only)", format_utc(until)),
         ));
     }
-    let mut out = fields(&record);
-    let section = |out: &mut String, title: &str, body: String| {
-        out.push('\n');
-        out.push_str(title);
-        out.push_str(":\n");
-        for line in body.lines() {
-            out.push_str("  ");
-            out.push_str(line);
-            out.push('\n');
-        }
-    };
+    fields(&record)
+}
+
+/// The key's versions, as a table.
+fn versions_table(k: &KeyInfo) -> String {
     let versions: Vec<Vec<String>> = k
         .versions
         .iter()
@@ -417,41 +447,24 @@ fn key(k: &KeyInfo) -> String {
             ]
         })
         .collect();
-    section(
-        &mut out,
-        "versions",
-        if versions.is_empty() {
-            "none".to_owned()
-        } else {
-            table(
-                &[
-                    "VERSION",
-                    "CKA_ID",
-                    "STATE",
-                    "CREATED",
-                    "DEACTIVATED",
-                    "DESTROYED",
-                ],
-                &versions,
-            )
-        },
-    );
-    if k.state == keyward_policy::KeyState::Destroyed {
-        section(
-            &mut out,
-            "held by backups (retire them for the destruction to be final)",
-            held_by(&k.held_by_backups),
-        );
+    if versions.is_empty() {
+        return "none".to_owned();
     }
-    section(
-        &mut out,
-        "grants",
-        if k.grants.is_empty() {
-            "none".to_owned()
-        } else {
-            grant_table(&k.grants, false)
-        },
-    );
+    table(
+        &[
+            "VERSION",
+            "CKA_ID",
+            "STATE",
+            "CREATED",
+            "DEACTIVATED",
+            "DESTROYED",
+        ],
+        &versions,
+    )
+}
+
+/// The key's history, as a table.
+fn history_table(k: &KeyInfo) -> String {
     let history: Vec<Vec<String>> = k
         .history
         .iter()
@@ -466,19 +479,13 @@ fn key(k: &KeyInfo) -> String {
             ]
         })
         .collect();
-    section(
-        &mut out,
-        "history",
-        if history.is_empty() {
-            "none".to_owned()
-        } else {
-            table(
-                &["AT", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
-                &history,
-            )
-        },
-    );
-    out
+    if history.is_empty() {
+        return "none".to_owned();
+    }
+    table(
+        &["AT", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
+        &history,
+    )
 }
 
 /// Backups that hold a destroyed key: one a line, its id and when it was
@@ -1134,6 +1141,53 @@ fn key_summary(k: &KeyReport) -> Vec<String> {
     ]
 }
 
+/// A key's backups in `keyward report`'s details: the last backup, the
+/// last drill, and the backups still holding a destroyed key.
+fn backup_pairs(k: &KeyReport) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    pairs.push((
+        "last backup",
+        format!(
+            "{}{}",
+            k.last_backup
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), backup_mark),
+            if k.backup_missing {
+                " (its current version is in no backup)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    pairs.push((
+        "last drill",
+        k.last_drill.as_ref().map_or_else(
+            || "none".to_owned(),
+            |d| {
+                format!(
+                    "{}: {}",
+                    backup_mark(&BackupMark {
+                        at: d.at,
+                        id: d.id.clone()
+                    }),
+                    if d.ok { "ok" } else { "FAILED" }
+                )
+            },
+        ),
+    ));
+    if !k.held_by_backups.is_empty() {
+        pairs.push((
+            "held by backups",
+            k.held_by_backups
+                .iter()
+                .map(backup_mark)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    pairs
+}
+
 /// One key's usage, anomalies, exports, drift and revocations.
 fn key_details(k: &KeyReport) -> String {
     let mut out = format!("key {}/{}\n", cell(&k.token), cell(&k.name));
@@ -1186,46 +1240,7 @@ fn key_details(k: &KeyReport) -> String {
     if k.drift.is_empty() {
         pairs.push(("drift", "none".to_owned()));
     }
-    pairs.push((
-        "last backup",
-        format!(
-            "{}{}",
-            k.last_backup
-                .as_ref()
-                .map_or_else(|| "none".to_owned(), backup_mark),
-            if k.backup_missing {
-                " (its current version is in no backup)"
-            } else {
-                ""
-            }
-        ),
-    ));
-    pairs.push((
-        "last drill",
-        k.last_drill.as_ref().map_or_else(
-            || "none".to_owned(),
-            |d| {
-                format!(
-                    "{}: {}",
-                    backup_mark(&BackupMark {
-                        at: d.at,
-                        id: d.id.clone()
-                    }),
-                    if d.ok { "ok" } else { "FAILED" }
-                )
-            },
-        ),
-    ));
-    if !k.held_by_backups.is_empty() {
-        pairs.push((
-            "held by backups",
-            k.held_by_backups
-                .iter()
-                .map(backup_mark)
-                .collect::<Vec<_>>()
-                .join(", "),
-        ));
-    }
+    pairs.extend(backup_pairs(k));
     if let Some(h) = &k.hsm_error {
         pairs.push(("HSM", format!("not asked: {}", cell(h))));
     }

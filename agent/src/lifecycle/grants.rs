@@ -125,11 +125,7 @@ impl Lifecycle {
         (who, by): (&str, &Actor),
         r: &keyward_inventory::ApprovalRecord,
     ) -> AResult<()> {
-        let parameters: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let parameters = super::approvals::parameters(r)?;
         let application = parameters["application"].as_str().unwrap_or_default();
         let operations = parameters["operations"]
             .as_array()

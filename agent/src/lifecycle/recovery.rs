@@ -116,11 +116,7 @@ impl Lifecycle {
         r: &ApprovalRecord,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let parameters = super::approvals::parameters(r)?;
         let state = state_of(&t.key);
         if parameters["from"].as_str() != Some(KeyState::Compromised.as_str())
             || state != KeyState::Compromised

@@ -93,11 +93,7 @@ impl Lifecycle {
     /// must all be among those the request names (a key made since stops
     /// the initialisation before anything changes).
     fn token_init_target(&self, r: &ApprovalRecord) -> AResult<(&VirtualToken, Vec<String>)> {
-        let parameters: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let parameters = super::approvals::parameters(r)?;
         let Some(label) = parameters["token"].as_str() else {
             return fail(
                 AdminErrorKind::Invalid,

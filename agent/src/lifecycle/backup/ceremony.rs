@@ -127,11 +127,7 @@ impl Lifecycle {
         by: &Actor,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let parameters = crate::lifecycle::approvals::parameters(r)?;
         let label = parameters["token"].as_str().unwrap_or_default();
         let t = self.admin_token(Some(label))?;
         let threshold = parameters["threshold"]

@@ -266,11 +266,7 @@ impl Lifecycle {
         by: &Actor,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let parameters = crate::lifecycle::approvals::parameters(r)?;
         let t = self.admin_token(parameters["token"].as_str())?;
         let id = parameters["backup"].as_str().unwrap_or_default().to_owned();
         let bytes = t

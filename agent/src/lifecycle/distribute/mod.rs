@@ -352,11 +352,7 @@ impl Lifecycle {
         r: &keyward_inventory::ApprovalRecord,
         now: SystemTime,
     ) -> AResult<()> {
-        let params: serde_json::Value =
-            serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-                kind: AdminErrorKind::Invalid,
-                message: format!("request {}: parameters: {e}", r.id),
-            })?;
+        let params = crate::lifecycle::approvals::parameters(r)?;
         let version = params["version"]
             .as_u64()
             .and_then(|v| u32::try_from(v).ok());
