@@ -90,7 +90,7 @@ pub fn run(command: BackupCommand, socket: &Path, json: bool) -> Output {
             let failed = matches!(&resp, Ok(AdminResponse::Key(k)) if matches!(&**k,
                 KeyResponse::Backup(b) if matches!(&**b,
                     BackupAnswer::Drill { results, .. } if results.iter().any(|r| !r.ok))));
-            let mut out = crate::run::present(&req, resp, json);
+            let mut out = crate::output::present(&req, resp, json);
             if failed {
                 out.exit = Exit::Failed;
             }
@@ -106,7 +106,7 @@ const MAX_BACKUP_FILE: u64 = 60 << 20;
 /// Sends `req` and presents the answer like any key request.
 fn ask(socket: &Path, req: BackupRequest, json: bool) -> Output {
     let req = AdminRequest::Key(KeyRequest::Backup(req));
-    crate::run::present(&req, crate::admin::exchange(socket, &req), json)
+    crate::output::present(&req, crate::admin::exchange(socket, &req), json)
 }
 
 /// A backup file's bytes.
@@ -133,10 +133,10 @@ fn create(
     let req = AdminRequest::Key(KeyRequest::Backup(BackupRequest::Create { token }));
     let resp = crate::admin::exchange(socket, &req)?;
     let AdminResponse::Key(answer) = resp else {
-        return Ok(crate::run::present(&req, Ok(resp), json));
+        return Ok(crate::output::present(&req, Ok(resp), json));
     };
     let KeyResponse::Backup(b) = *answer else {
-        return Ok(crate::run::present(
+        return Ok(crate::output::present(
             &req,
             Ok(AdminResponse::Key(answer)),
             json,
@@ -176,10 +176,10 @@ fn share_get(
     }));
     let resp = crate::admin::exchange(socket, &req)?;
     let AdminResponse::Key(answer) = resp else {
-        return Ok(crate::run::present(&req, Ok(resp), json));
+        return Ok(crate::output::present(&req, Ok(resp), json));
     };
     let KeyResponse::Backup(b) = *answer else {
-        return Ok(crate::run::present(
+        return Ok(crate::output::present(
             &req,
             Ok(AdminResponse::Key(answer)),
             json,

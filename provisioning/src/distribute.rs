@@ -225,7 +225,7 @@ pub(crate) fn run(command: KeyCommand, socket: &Path, json: bool) -> Output {
                     "unexpected answer from the agent to a collect",
                 ));
             }
-            return crate::run::present(&req, Ok(AdminResponse::Key(Box::new(other))), json);
+            return crate::output::present(&req, Ok(AdminResponse::Key(Box::new(other))), json);
         }
     };
     done.unwrap_or_else(abandon)
@@ -286,23 +286,6 @@ fn collected(id: &str, file: &[u8], out: &Path, json: bool) -> Result<Output, Fa
             file.len()
         )
     }))
-}
-
-/// A distribution answer as text, where it reaches the generic rendering.
-pub(crate) fn describe(d: &DistResponse) -> String {
-    match d {
-        DistResponse::PublicKey { key, version, spki } => format!(
-            "public key of {} version {version}: SPKI SHA-256 {}\n",
-            render::clean(key),
-            sha256_hex(spki)
-        ),
-        DistResponse::ExportFile { id, file } => format!(
-            "export file of request {}: {} bytes, SHA-256 {}\n",
-            render::clean(id),
-            file.len(),
-            sha256_hex(file)
-        ),
-    }
 }
 
 #[cfg(test)]

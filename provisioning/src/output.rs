@@ -2,7 +2,10 @@
 //! answer of the agent that is not the one asked for becomes a
 //! [`Failure`].
 
-use keyward_protocol::admin::{AdminRequest, AdminResponse, AuditResponse};
+use keyward_protocol::admin::{
+    AdminRequest, AdminResponse, AuditAnchor, AuditRecordInfo, AuditRequest, AuditResponse,
+    AuditVerification, KeyResponse,
+};
 
 use crate::admin::{Exit, Failure};
 use crate::render;
@@ -96,5 +99,155 @@ fn variant(resp: &AdminResponse) -> &'static str {
         },
         AdminResponse::KeyErr { .. } => "KeyErr",
         AdminResponse::Report(_) => "Report",
+    }
+}
+
+/// What to print for the agent's answer to `req` (or for the failure to
+/// get one). Any key answer is shown for what it is; an answer of the
+/// wrong family (a status for a key request) is unexpected.
+pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: bool) -> Output {
+    match req {
+        AdminRequest::Audit(AuditRequest::Verify | AuditRequest::VerifyAnchored { .. }) => {
+            return match verification_of(req, resp) {
+                Ok(v) => verification(v, json),
+                Err(f) => Output::failure(&f, json),
+            }
+        }
+        AdminRequest::Audit(AuditRequest::Tail { .. } | AuditRequest::Query { .. }) => {
+            return match records_of(req, resp) {
+                Ok(r) if json => Output::success(render::json_lines(&r)),
+                Ok(r) => Output::success(render::records(&r)),
+                Err(f) => Output::failure_line(&f, json),
+            }
+        }
+        AdminRequest::Audit(AuditRequest::Anchor) => {
+            return match anchor_of(req, resp) {
+                // One line, so that `keyward --json audit anchor >> FILE` keeps one
+                // anchor per line.
+                Ok(a) if json => Output::success(render::json_line(&render::anchor_json(&a))),
+                Ok(a) => Output::success(format!("{}\n", a.to_line())),
+                Err(f) => Output::failure(&f, json),
+            };
+        }
+        AdminRequest::Hello { .. }
+        | AdminRequest::Status
+        | AdminRequest::Key(_)
+        | AdminRequest::Report(_) => {}
+    }
+    let resp = match resp {
+        Ok(r) => r,
+        Err(f) => return Output::failure(&f, json),
+    };
+    match (req, resp) {
+        (AdminRequest::Status, AdminResponse::Status(s)) => Output::success(if json {
+            render::json(&s)
+        } else {
+            render::status(&s)
+        }),
+        (AdminRequest::Key(_), AdminResponse::Key(r)) => key_answer(*r, json),
+        (AdminRequest::Report(_), AdminResponse::Report(r)) => Output::success(if json {
+            render::json(&r)
+        } else {
+            render::report(&r)
+        }),
+        (req, resp) => Output::failure(&answer_failure(req, resp), json),
+    }
+}
+
+/// The verification in the answer to `audit verify`.
+pub(crate) fn verification_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<AuditVerification, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Verified(v) => Ok(v),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// The head in the answer to `audit anchor`.
+pub(crate) fn anchor_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<AuditAnchor, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Anchor(a) => Ok(a),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// The records in the answer to `audit tail` or `audit query`.
+pub(crate) fn records_of(
+    req: &AdminRequest,
+    resp: Result<AdminResponse, Failure>,
+) -> Result<Vec<AuditRecordInfo>, Failure> {
+    match resp? {
+        AdminResponse::Audit(a) => match *a {
+            AuditResponse::Records(r) => Ok(r),
+            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
+        },
+        resp => Err(answer_failure(req, resp)),
+    }
+}
+
+/// `audit verify`: exit 0 when intact; exit 8 when tampering was found,
+/// with the first bad record on standard error too.
+pub(crate) fn verification(v: AuditVerification, json: bool) -> Output {
+    let stdout = if json {
+        render::json(&v)
+    } else {
+        render::verification(&v)
+    };
+    match &v.first_bad {
+        None => Output::success(stdout),
+        Some(bad) if bad.anchor => Output {
+            stderr: format!(
+                "keyward: the audit trail no longer holds an anchored head: record {}: {}\n",
+                bad.seq,
+                render::clean(&bad.problem)
+            ),
+            stdout,
+            exit: Exit::AnchorBroken,
+        },
+        Some(bad) => Output {
+            stderr: format!(
+                "keyward: the audit trail does not verify: record {}: {}\n",
+                bad.seq,
+                render::clean(&bad.problem)
+            ),
+            stdout,
+            exit: Exit::AuditBroken,
+        },
+    }
+}
+
+/// A key answer: the approval request (exit 3) or the result.
+pub(crate) fn key_answer(resp: KeyResponse, json: bool) -> Output {
+    match resp {
+        KeyResponse::Pending(p) => Output {
+            stderr: format!(
+                "keyward: {} of {} needs approval: request {} was recorded; it runs once approved\n",
+                render::clean(&p.action),
+                render::clean(&p.target),
+                render::clean(&p.id)
+            ),
+            stdout: if json {
+                render::key_json(&KeyResponse::Pending(p))
+            } else {
+                render::pending(&p)
+            },
+            exit: Exit::Pending,
+        },
+        r => Output::success(if json {
+            render::key_json(&r)
+        } else {
+            render::key_response(&r)
+        }),
     }
 }

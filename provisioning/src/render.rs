@@ -214,7 +214,25 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Shadows(s) => shadow_table(s),
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
         KeyResponse::Backup(b) => backup(b),
-        KeyResponse::Distribution(d) => crate::distribute::describe(d),
+        KeyResponse::Distribution(d) => distribution(d),
+    }
+}
+
+/// A distribution answer as text, where it reaches the generic rendering.
+pub(crate) fn distribution(d: &keyward_protocol::distribution::DistResponse) -> String {
+    use keyward_protocol::distribution::{sha256_hex, DistResponse};
+    match d {
+        DistResponse::PublicKey { key, version, spki } => format!(
+            "public key of {} version {version}: SPKI SHA-256 {}\n",
+            clean(key),
+            sha256_hex(spki)
+        ),
+        DistResponse::ExportFile { id, file } => format!(
+            "export file of request {}: {} bytes, SHA-256 {}\n",
+            clean(id),
+            file.len(),
+            sha256_hex(file)
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! code: build the admin request, exchange it, present the answer. Only
 //! [`run`] and [`follow`] do I/O (the socket, the policy file; `follow`
 //! also writes as it goes, for `audit tail --follow`); [`request`] and
-//! [`present`] are pure and tested as such, and `follow`'s loop is tested
+//! [`present`](crate::output::present) are pure and tested as such, and `follow`'s loop is tested
 //! with canned answers.
 
 use std::io::Write;
@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use keyward_protocol::admin::{
     parse_anchors, AdminRequest, AdminResponse, AnomalyThresholds, AuditAnchor, AuditRecordInfo,
-    AuditRequest, AuditResponse, AuditVerification, KeyAction, KeyRequest, KeyResponse, PinRole,
-    ReportRequest,
+    AuditRequest, KeyAction, KeyRequest, PinRole, ReportRequest,
 };
 
 use keyward_domain::Decision;
@@ -25,8 +24,8 @@ use crate::cli::{
     RequestCommand, ResultFilter, TokenCommand, TransitionArgs,
 };
 use crate::decide;
-use crate::output::answer_failure;
 pub use crate::output::Output;
+use crate::output::{present, records_of};
 use crate::render;
 use crate::signer::KeySpec;
 use crate::time;
@@ -421,86 +420,6 @@ fn audit_request(command: AuditCommand) -> Result<AuditRequest, Failure> {
     })
 }
 
-/// What to print for the agent's answer to `req` (or for the failure to
-/// get one). Any key answer is shown for what it is; an answer of the
-/// wrong family (a status for a key request) is unexpected.
-pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: bool) -> Output {
-    match req {
-        AdminRequest::Audit(AuditRequest::Verify | AuditRequest::VerifyAnchored { .. }) => {
-            return match verification_of(req, resp) {
-                Ok(v) => verification(v, json),
-                Err(f) => Output::failure(&f, json),
-            }
-        }
-        AdminRequest::Audit(AuditRequest::Tail { .. } | AuditRequest::Query { .. }) => {
-            return match records_of(req, resp) {
-                Ok(r) if json => Output::success(render::json_lines(&r)),
-                Ok(r) => Output::success(render::records(&r)),
-                Err(f) => Output::failure_line(&f, json),
-            }
-        }
-        AdminRequest::Audit(AuditRequest::Anchor) => {
-            return match anchor_of(req, resp) {
-                // One line, so that `keyward --json audit anchor >> FILE` keeps one
-                // anchor per line.
-                Ok(a) if json => Output::success(render::json_line(&render::anchor_json(&a))),
-                Ok(a) => Output::success(format!("{}\n", a.to_line())),
-                Err(f) => Output::failure(&f, json),
-            };
-        }
-        AdminRequest::Hello { .. }
-        | AdminRequest::Status
-        | AdminRequest::Key(_)
-        | AdminRequest::Report(_) => {}
-    }
-    let resp = match resp {
-        Ok(r) => r,
-        Err(f) => return Output::failure(&f, json),
-    };
-    match (req, resp) {
-        (AdminRequest::Status, AdminResponse::Status(s)) => Output::success(if json {
-            render::json(&s)
-        } else {
-            render::status(&s)
-        }),
-        (AdminRequest::Key(_), AdminResponse::Key(r)) => key_answer(*r, json),
-        (AdminRequest::Report(_), AdminResponse::Report(r)) => Output::success(if json {
-            render::json(&r)
-        } else {
-            render::report(&r)
-        }),
-        (req, resp) => Output::failure(&answer_failure(req, resp), json),
-    }
-}
-
-/// The verification in the answer to `audit verify`.
-fn verification_of(
-    req: &AdminRequest,
-    resp: Result<AdminResponse, Failure>,
-) -> Result<AuditVerification, Failure> {
-    match resp? {
-        AdminResponse::Audit(a) => match *a {
-            AuditResponse::Verified(v) => Ok(v),
-            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
-        },
-        resp => Err(answer_failure(req, resp)),
-    }
-}
-
-/// The head in the answer to `audit anchor`.
-fn anchor_of(
-    req: &AdminRequest,
-    resp: Result<AdminResponse, Failure>,
-) -> Result<AuditAnchor, Failure> {
-    match resp? {
-        AdminResponse::Audit(a) => match *a {
-            AuditResponse::Anchor(a) => Ok(a),
-            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
-        },
-        resp => Err(answer_failure(req, resp)),
-    }
-}
-
 /// Most bytes read from an anchor file (a line is about 250 bytes: some
 /// hundred thousand anchors).
 const MAX_ANCHOR_FILE: u64 = 64 << 20;
@@ -533,51 +452,6 @@ fn read_anchors(file: &Path) -> Result<Vec<AuditAnchor>, Failure> {
         usage("not text (an anchor file holds lines as `keyward audit anchor` prints them)".into())
     })?;
     parse_anchors(&text).map_err(usage)
-}
-
-/// The records in the answer to `audit tail` or `audit query`.
-fn records_of(
-    req: &AdminRequest,
-    resp: Result<AdminResponse, Failure>,
-) -> Result<Vec<AuditRecordInfo>, Failure> {
-    match resp? {
-        AdminResponse::Audit(a) => match *a {
-            AuditResponse::Records(r) => Ok(r),
-            a => Err(answer_failure(req, AdminResponse::Audit(Box::new(a)))),
-        },
-        resp => Err(answer_failure(req, resp)),
-    }
-}
-
-/// `audit verify`: exit 0 when intact; exit 8 when tampering was found,
-/// with the first bad record on standard error too.
-fn verification(v: AuditVerification, json: bool) -> Output {
-    let stdout = if json {
-        render::json(&v)
-    } else {
-        render::verification(&v)
-    };
-    match &v.first_bad {
-        None => Output::success(stdout),
-        Some(bad) if bad.anchor => Output {
-            stderr: format!(
-                "keyward: the audit trail no longer holds an anchored head: record {}: {}\n",
-                bad.seq,
-                render::clean(&bad.problem)
-            ),
-            stdout,
-            exit: Exit::AnchorBroken,
-        },
-        Some(bad) => Output {
-            stderr: format!(
-                "keyward: the audit trail does not verify: record {}: {}\n",
-                bad.seq,
-                render::clean(&bad.problem)
-            ),
-            stdout,
-            exit: Exit::AuditBroken,
-        },
-    }
 }
 
 /// `audit tail --follow`: the last `n` records, then every new one, each
@@ -664,31 +538,6 @@ fn follow_with(
     }
 }
 
-/// A key answer: the approval request (exit 3) or the result.
-fn key_answer(resp: KeyResponse, json: bool) -> Output {
-    match resp {
-        KeyResponse::Pending(p) => Output {
-            stderr: format!(
-                "keyward: {} of {} needs approval: request {} was recorded; it runs once approved\n",
-                render::clean(&p.action),
-                render::clean(&p.target),
-                render::clean(&p.id)
-            ),
-            stdout: if json {
-                render::key_json(&KeyResponse::Pending(p))
-            } else {
-                render::pending(&p)
-            },
-            exit: Exit::Pending,
-        },
-        r => Output::success(if json {
-            render::key_json(&r)
-        } else {
-            render::key_response(&r)
-        }),
-    }
-}
-
 /// `keyward policy check FILE`: the same parser and validation the agent
 /// uses, run locally (no agent needed). Exit 1 when the file is not valid.
 fn policy_check(file: &Path, json: bool) -> Output {
@@ -737,6 +586,7 @@ fn policy_check(file: &Path, json: bool) -> Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyward_protocol::admin::{AuditResponse, AuditVerification, KeyResponse};
 
     /// `keyward policy check` says, in lab mode, what strict mode would
     /// refuse of the dual-control settings (here: a quorum without a

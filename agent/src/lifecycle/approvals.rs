@@ -60,14 +60,6 @@ pub(crate) fn approvable(r: &ApprovalRecord) -> Option<Approvable> {
     }
 }
 
-/// The parameters of request `r` (a JSON object), or an error naming it.
-pub(crate) fn parameters(r: &ApprovalRecord) -> AResult<serde_json::Value> {
-    serde_json::from_str(&r.parameters).map_err(|e| AdminError {
-        kind: AdminErrorKind::Invalid,
-        message: format!("request {}: parameters: {e}", r.id),
-    })
-}
-
 /// The fields of `r` its digest covers.
 fn content(r: &ApprovalRecord) -> RequestContent<'_> {
     RequestContent {

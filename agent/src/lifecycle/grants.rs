@@ -125,7 +125,7 @@ impl Lifecycle {
         (who, by): (&str, &Actor),
         r: &keyward_inventory::ApprovalRecord,
     ) -> AResult<()> {
-        let parameters = super::approvals::parameters(r)?;
+        let parameters = crate::lifecycle::request_parameters(r)?;
         let application = parameters["application"].as_str().unwrap_or_default();
         let operations = parameters["operations"]
             .as_array()

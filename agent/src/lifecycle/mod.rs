@@ -163,6 +163,17 @@ pub(crate) fn hsm_err(what: &str, e: crate::error::Error) -> AdminError {
     }
 }
 
+/// The parameters of approval request `r` (a JSON object), or an error
+/// naming the request.
+pub(crate) fn request_parameters(
+    r: &keyward_inventory::ApprovalRecord,
+) -> AResult<serde_json::Value> {
+    serde_json::from_str(&r.parameters).map_err(|e| AdminError {
+        kind: AdminErrorKind::Invalid,
+        message: format!("request {}: parameters: {e}", r.id),
+    })
+}
+
 /// The change that records a new key and its version 1 by `who`.
 pub(crate) fn creation(record: KeyRecord, version: KeyVersion, who: &str) -> LifecycleChange {
     LifecycleChange {

@@ -116,7 +116,7 @@ impl Lifecycle {
         r: &ApprovalRecord,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters = super::approvals::parameters(r)?;
+        let parameters = crate::lifecycle::request_parameters(r)?;
         let state = state_of(&t.key);
         if parameters["from"].as_str() != Some(KeyState::Compromised.as_str())
             || state != KeyState::Compromised

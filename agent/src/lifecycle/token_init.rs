@@ -93,7 +93,7 @@ impl Lifecycle {
     /// must all be among those the request names (a key made since stops
     /// the initialisation before anything changes).
     fn token_init_target(&self, r: &ApprovalRecord) -> AResult<(&VirtualToken, Vec<String>)> {
-        let parameters = super::approvals::parameters(r)?;
+        let parameters = crate::lifecycle::request_parameters(r)?;
         let Some(label) = parameters["token"].as_str() else {
             return fail(
                 AdminErrorKind::Invalid,

@@ -127,7 +127,7 @@ impl Lifecycle {
         by: &Actor,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters = crate::lifecycle::approvals::parameters(r)?;
+        let parameters = crate::lifecycle::request_parameters(r)?;
         let label = parameters["token"].as_str().unwrap_or_default();
         let t = self.admin_token(Some(label))?;
         let threshold = parameters["threshold"]

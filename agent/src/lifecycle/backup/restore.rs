@@ -266,7 +266,7 @@ impl Lifecycle {
         by: &Actor,
         now: SystemTime,
     ) -> AResult<()> {
-        let parameters = crate::lifecycle::approvals::parameters(r)?;
+        let parameters = crate::lifecycle::request_parameters(r)?;
         let t = self.admin_token(parameters["token"].as_str())?;
         let id = parameters["backup"].as_str().unwrap_or_default().to_owned();
         let bytes = t

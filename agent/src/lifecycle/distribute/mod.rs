@@ -352,7 +352,7 @@ impl Lifecycle {
         r: &keyward_inventory::ApprovalRecord,
         now: SystemTime,
     ) -> AResult<()> {
-        let params = crate::lifecycle::approvals::parameters(r)?;
+        let params = crate::lifecycle::request_parameters(r)?;
         let version = params["version"]
             .as_u64()
             .and_then(|v| u32::try_from(v).ok());
