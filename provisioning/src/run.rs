@@ -2,7 +2,7 @@
 //! code: build the admin request, exchange it, present the answer. Only
 //! [`run`] and [`follow`] do I/O (the socket, the policy file; `follow`
 //! also writes as it goes, for `audit tail --follow`); [`request`] and
-//! [`present`](crate::output::present) are pure and tested as such, and `follow`'s loop is tested
+//! [`present`] are pure and tested as such, and `follow`'s loop is tested
 //! with canned answers.
 
 use std::io::Write;

@@ -813,3 +813,40 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     let shown = keyward_ok(&tb, &["key", "show", "web"], 0);
     assert!(shown.contains("held by backups (retire them for the destruction to be final):\n  none\n"), "{shown}");
 });
+
+keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
+    let a = setup(&tb);
+    keyward_ok(&tb, &["key", "create", "release", "--class", "release"], 0);
+    ceremony(&tb, &a);
+    let file = tb.path("first.kwbackup");
+    keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
+    let first = keyward_json(&tb, &["backup", "status"], 0)
+        .at("Backup")
+        .at("Status")
+        .at("key_check")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Another deployment: a new host and HSM with a backup key of its own.
+    replace_host(&tb);
+    ceremony(&tb, &a);
+    let second = keyward_json(&tb, &["backup", "status"], 0)
+        .at("Backup")
+        .at("Status")
+        .at("key_check")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first, second);
+    for args in [
+        vec!["backup", "verify", file.to_str().unwrap()],
+        vec!["backup", "restore", file.to_str().unwrap(), "--reason", "wrong file"],
+    ] {
+        let out = keyward(&tb, &args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("made with another backup key"), "{err}");
+        assert!(err.contains(&first[..16]) && err.contains(&second[..16]), "{err}");
+    }
+    assert!(inventory(&tb).is_empty());
+});
