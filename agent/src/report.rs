@@ -14,7 +14,7 @@
 //!   [`keyward_inventory::UsageLog`] (sums of `count`, never a record each
 //!   in memory), after the queued uses are appended; the lifecycle
 //!   records of revocations and backups in one query for all keys
-//!   ([`crate::lifecycle::backup::marks`] reads the backups');
+//!   (`lifecycle::backup::marks` reads the backups');
 //! - the HSM, on one admin session per token: the current version's
 //!   attributes (drift) and a certificate with its `CKA_ID` (expiry).
 //!

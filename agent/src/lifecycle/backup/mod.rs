@@ -1,25 +1,25 @@
 //! Backups with split knowledge.
 //!
-//! - The backup key ([`key`]): a 64-byte secret drawn from the HSM's RNG
+//! - The backup key (`key`): a 64-byte secret drawn from the HSM's RNG
 //!   at `keyward backup init` (under quorum `backup-init`), installed as
 //!   three objects: its wrapping half as a public AES-256 object with
 //!   `CKA_TRUSTED` (made by the backend's SO: only it may wrap the keys
 //!   whose class allows backup, which are `CKA_WRAP_WITH_TRUSTED`), the
 //!   same value as a private unwrap-only object, and the other 32 bytes as
 //!   the HMAC key that seals backup files. The secret is split at once into
-//!   shares for the roster's custodians ([`ceremony`]), each encrypted to
+//!   shares for the roster's custodians (`ceremony`), each encrypted to
 //!   one custodian, and zeroised: it is never written whole.
-//! - `keyward backup create` ([`create`]): every backup-eligible key
+//! - `keyward backup create` (`create`): every backup-eligible key
 //!   version wrapped by the backup key, with its inventory record, sealed
-//!   in the HSM ([`file`]).
+//!   in the HSM (`file`).
 //! - `keyward backup restore` (under quorum `backup-restore`) and
-//!   `keyward backup verify`, the drill ([`restore`]).
-//! - What the trail's backup and drill records say of a key ([`marks`]):
+//!   `keyward backup verify`, the drill (`restore`).
+//! - What the trail's backup and drill records say of a key (`marks`):
 //!   `keyward report`'s last backup, last drill and missing-backup flag,
 //!   and the backups a destruction names as still holding the key.
 //! - On a token without the backup key (a new HSM), custodians submit
 //!   their opened shares; with enough of them the key is rebuilt inside
-//!   the HSM ([`ceremony`]).
+//!   the HSM (`ceremony`).
 
 pub(crate) mod ceremony;
 pub(crate) mod create;
