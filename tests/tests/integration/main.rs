@@ -30,6 +30,7 @@ mod general;
 mod generation;
 mod generation_crash;
 mod interop_openssl;
+mod interop_openssl_strict;
 mod interop_pkcs11_tool;
 mod key_enforcement;
 mod key_integrity;
