@@ -55,6 +55,34 @@ pub(crate) struct Config {
 
 impl Config {
     fn from_env() -> Self {
+        Config::from_env_after(None)
+    }
+
+    /// The configuration of a process forked from one configured with
+    /// `parent`: a setting its environment does not give is the parent's.
+    /// A server that clears its workers' environment after loading the
+    /// module (nginx keeps only `TZ`) still reaches the agent its master
+    /// was configured for.
+    fn from_env_after(parent: Option<&Config>) -> Self {
+        let mut c = Config::read_env();
+        if let Some(p) = parent {
+            if std::env::var_os("KEYWARD_SOCKET").is_none_or(|s| s.is_empty()) {
+                c.socket = p.socket.clone();
+            }
+            if std::env::var_os("KEYWARD_TIMEOUT_MS").is_none() {
+                c.timeout = p.timeout;
+            }
+            if std::env::var_os("KEYWARD_SPIN_US").is_none() {
+                c.spin = p.spin;
+            }
+            if std::env::var_os("KEYWARD_AGENT_UID").is_none() {
+                c.agent_uids = p.agent_uids.clone();
+            }
+        }
+        c
+    }
+
+    fn read_env() -> Self {
         let socket = std::env::var_os("KEYWARD_SOCKET")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
@@ -444,15 +472,18 @@ pub(crate) fn current() -> Result<Arc<Module>> {
 /// `C_Initialize` after its arguments were checked.
 pub(crate) fn initialize() -> Result<()> {
     let mut state = lock(&STATE);
+    let mut config = None;
     if let Some(old) = state.take() {
         if old.pid == std::process::id() {
             *state = Some(old);
             return Err(Error::AlreadyInitialized);
         }
         log::debug!("initialising in a forked child: abandoning the parent's connections");
+        config = Some(Config::from_env_after(Some(&old.config)));
         old.abandon();
     }
-    *state = Some(Arc::new(Module::new(Config::from_env())));
+    let config = config.unwrap_or_else(Config::from_env);
+    *state = Some(Arc::new(Module::new(config)));
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Fork probe (single-threaded on purpose): initialises the module, opens a
 //! logged-in session, forks. In the child every call must answer
 //! `CKR_CRYPTOKI_NOT_INITIALIZED` until `C_Initialize`, after which a new
-//! session works; the parent keeps working. Prints one line per check and
+//! session works, also when the child cleared `KEYWARD_SOCKET` from its
+//! environment first; the parent keeps working. Prints one line per check and
 //! exits non-zero when any check fails.
 //!
 //! Environment: `KEYWARD_MODULE`, `KEYWARD_TOKEN`, `KEYWARD_PIN`.
@@ -110,6 +111,10 @@ fn main() {
             );
             c.rv("C_CloseSession(inherited)", raw.close_session(h), nip);
             c.rv("C_Finalize", raw.finalize(), nip);
+            // A server that clears its workers' environment after fork
+            // (nginx keeps only TZ): the child still reaches the agent its
+            // parent was configured for.
+            std::env::remove_var("KEYWARD_SOCKET");
             c.rv(
                 "C_Initialize in the child",
                 raw.initialize(InitArgs::Flags(CKF_OS_LOCKING_OK)),

@@ -485,3 +485,86 @@ keyward_test!(fn in_strict_mode_ecdh_through_the_engine_keeps_the_secret_in_the_
     assert!(!out.status.success(), "the shared secret left the HSM:\n{text}");
     assert!(std::fs::read(&ours).map(|b| b.is_empty()).unwrap_or(true), "{text}");
 });
+
+keyward_test!(fn nginx_serves_tls_with_a_managed_key_from_its_workers(tb) {
+    // nginx loads the key in its master process through the engine, then
+    // forks its workers, which sign each handshake through the module: the
+    // module's fork handling and libp11 meet here.
+    let nginx = require_tool_at("/usr/sbin/nginx", "nginx-light");
+    setup(&tb, &[("web", "ec-signing")]);
+    let cert = certificate(&tb, "web");
+    let port = free_port();
+    let dir = tb.path("nginx");
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid {dir}/nginx.pid;\n\
+             error_log {dir}/logs/error.log info;\nevents {{ worker_connections 32; }}\n\
+             ssl_engine pkcs11;\n\
+             http {{\n  access_log {dir}/logs/access.log;\n  client_body_temp_path {dir}/body;\n\
+               proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n\
+               scgi_temp_path {dir}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 ssl_certificate {cert};\n    ssl_certificate_key \"engine:pkcs11:{key}\";\n\
+                 location / {{ return 200 \"served with a token key\\n\"; }}\n  }}\n}}\n",
+            dir = dir.display(),
+            cert = cert.display(),
+            key = uri(&tb, "web", "private"),
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(nginx)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&dir)
+        .env("OPENSSL_CONF", tb.path("openssl.cnf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nginx");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if server.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
+            let out = server.wait_with_output().unwrap();
+            panic!(
+                "nginx did not listen:\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Several handshakes, so that more than one worker signs.
+    let mut answers = Vec::new();
+    for version in ["-tls1_2", "-tls1_3", "-tls1_2", "-tls1_3"] {
+        let (_, text) = client(s_client(port, &cert, version));
+        answers.push(text);
+    }
+    // SIGTERM: the master stops its workers too.
+    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
+    let out = server.wait_with_output().unwrap();
+    let log = std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default();
+    for text in &answers {
+        assert!(
+            text.contains("Verify return code: 0 (ok)") && text.contains("served with a token key"),
+            "nginx did not serve over TLS with the token key:\n{text}\n--- nginx ---\n{}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+});
+
+/// A program at a fixed path (sbin is not always on PATH); panics naming
+/// its package when missing.
+fn require_tool_at(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.is_file(),
+        "{path} is missing: install it with `apt-get install {package}` (softhsm-config/setup does)"
+    );
+    p
+}
