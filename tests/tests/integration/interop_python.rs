@@ -7,6 +7,7 @@
 
 use std::process::Command;
 
+use keyward_tests::admin::keyward_ok;
 use keyward_tests::clients::{
     install_clients_policy, managed_key, system_python, GRANTED, HIDDEN, VERIFY_ONLY,
 };
@@ -101,6 +102,15 @@ keyward_test!(fn a_pykcs11_script_sees_the_refusal_as_a_ckr_code(tb) {
     assert_eq!(code, Some(3), "the script catches the refusal: {text}");
     assert!(text.contains("refused: CKR_"), "{text}");
     assert!(!text.contains("Traceback"), "{text}");
+    let trail = keyward_ok(&tb, &["--json", "audit", "query", "--key", "py-verify-only"], 0);
+    let refused = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .find(|r| r["operation"] == "sign" && r["kind"] == "refusal");
+    let refused = refused.unwrap_or_else(|| panic!("no refused signature on the trail:\n{trail}"));
+    // The interpreter binary is the process keyward sees.
+    let exe = refused["exe"].as_str().unwrap_or_default();
+    assert!(exe.starts_with("/usr/bin/python3"), "{refused}");
     let (code, text) = script(&tb, "py-hidden");
     assert_eq!(code, Some(4), "a key without a grant is not found: {text}");
 });

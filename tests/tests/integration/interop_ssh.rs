@@ -343,4 +343,13 @@ keyward_test!(fn ssh_add_loads_token_keys_into_ssh_agent_for_a_login(tb) {
     c.env("SSH_AUTH_SOCK", &agent.socket);
     let out = output(&mut c);
     assert!(!out.status.success(), "a verify-only key logged in through ssh-agent: {}", describe(&c, &out));
+    // ssh-agent's helper holds the module: it is the process keyward
+    // sees sign (what a policy's `exe =` names).
+    let trail = keyward_ok(&tb, &["--json", "audit", "query", "--key", "ssh-ec"], 0);
+    let signed = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .find(|r| r["operation"] == "sign" && r["result"] == 0);
+    let signed = signed.unwrap_or_else(|| panic!("no signature on the trail:\n{trail}"));
+    assert_eq!(signed["exe"], "/usr/lib/openssh/ssh-pkcs11-helper", "{signed}");
 });

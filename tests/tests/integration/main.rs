@@ -31,6 +31,7 @@ mod generation;
 mod generation_crash;
 mod interop_java;
 mod interop_openssl;
+mod interop_osslsigncode;
 mod interop_pkcs11_tool;
 mod interop_python;
 mod interop_ssh;
