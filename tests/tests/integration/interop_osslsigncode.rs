@@ -17,11 +17,17 @@ use keyward_tests::{keyward_test, Env};
 /// `osslsigncode sign` of a PowerShell script with the token key `name`.
 fn sign(tb: &Env, name: &str) -> (Command, std::path::PathBuf) {
     let pin = tb.path("pin.txt");
-    std::fs::write(&pin, &tb.pin).expect("write pin.txt");
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod pin.txt");
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&pin)
+            .expect("create pin.txt, readable by its owner only");
+        f.write_all(tb.pin.as_bytes()).expect("write pin.txt");
     }
     let script = tb.path(&format!("{name}.ps1"));
     std::fs::write(&script, "Write-Output 'signed through keyward'\r\n").expect("write the script");
