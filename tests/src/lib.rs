@@ -15,6 +15,8 @@
 //!   loudly when they are missing.
 //! - [`admin`]: a policy file for the testbed's agent, the `keyward` CLI
 //!   against its admin socket, managed keys found by label.
+//! - [`clients`]: what the OpenSSH, Java and Python client tests share (a
+//!   policy with granted, verify-only and hidden keys; a key's certificate).
 //! - [`json`]: a small reader for `keyward --json` documents.
 //! - [`probe`]: the probe processes (`src/bin/*_probe`) driven from a test.
 //!
@@ -35,6 +37,7 @@
 //! fail in that mode, by design.
 
 pub mod admin;
+pub mod clients;
 pub mod harness;
 pub mod json;
 pub mod p11;
