@@ -171,6 +171,9 @@ fn peer_gone(e: &FrameError) -> bool {
 const UNTRIED: u8 = 0;
 const UNREACHABLE: u8 = 1;
 const REACHABLE: u8 = 2;
+/// The agent answered, but refused this process (its `Hello` got an error:
+/// the policy admits no application of this peer). Counts as unreachable.
+const REFUSED: u8 = 3;
 
 /// What the module knows while it is initialised.
 #[derive(Debug)]
@@ -187,8 +190,8 @@ pub(crate) struct Module {
     /// The last slot list the agent answered.
     pub(crate) last_slots: Mutex<Option<Vec<u64>>>,
     /// Whether the agent answered the last time the module tried:
-    /// [`UNTRIED`], [`UNREACHABLE`] or [`REACHABLE`] (an atomic: every call
-    /// notes it).
+    /// [`UNTRIED`], [`UNREACHABLE`], [`REACHABLE`] or [`REFUSED`] (an
+    /// atomic: every call notes it).
     reachable: AtomicU8,
     /// Reachability as `C_WaitForSlotEvent` last reported it.
     pub(crate) event_baseline: Mutex<Option<bool>>,
@@ -231,6 +234,11 @@ impl Module {
             UNTRIED => None,
             r => Some(r == REACHABLE),
         }
+    }
+
+    /// Whether the agent's last answer was a refusal of this process.
+    pub(crate) fn refused(&self) -> bool {
+        self.reachable.load(Ordering::Acquire) == REFUSED
     }
 
     fn note_reachable(&self, yes: bool) {
@@ -368,6 +376,16 @@ impl Module {
                 "this module",
                 &format!("keyward-agent {}", refusal.agent_version),
             ),
+            // The agent answers a peer it does not admit with an error to
+            // its `Hello`: no token, and the slot says why.
+            Ok(Response::Err(rv)) => {
+                log::debug!(
+                    "agent at {} refused this process (CK_RV {rv:#x}); see the agent's log",
+                    self.config.socket.display()
+                );
+                self.reachable.store(REFUSED, Ordering::Release);
+                return Err(Error::AgentUnreachable);
+            }
             Ok(_) => return Err(unreachable("hello", &"unexpected answer")),
             Err(e) if peer_gone(&e) => format!(
                 "the agent closed the connection without answering the hello: an agent older \

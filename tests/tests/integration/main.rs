@@ -45,6 +45,7 @@ mod per_use;
 mod pins;
 mod policy;
 mod recovery;
+mod refusals;
 mod report;
 mod sessions_login;
 mod slots_tokens;
