@@ -29,6 +29,7 @@ mod fork_process;
 mod general;
 mod generation;
 mod generation_crash;
+mod install;
 mod interop_openssl;
 mod interop_pkcs11_tool;
 mod key_enforcement;
