@@ -81,6 +81,8 @@ keyward_test!(fn the_install_step_stages_every_file_and_keeps_an_existing_config
     let config = fs::read_to_string(d("/etc/keyward/keyward-agent.toml")).expect("config");
     let reference = fs::read_to_string(repo().join("agent/keyward-agent.toml")).expect("reference");
     assert!(config.lines().any(|l| l == "admin_socket_group = \"keyward-admin\""), "{config}");
+    // The agent writes its policy file; /etc is read-only to it.
+    assert!(config.lines().any(|l| l == "policy = \"/var/lib/keyward/policy.toml\""), "{config}");
     assert_eq!(config.lines().count(), reference.lines().count(), "the installed configuration is the reference");
     // The binaries are the build's.
     let agent = fs::read(d("/usr/sbin/keyward-agent")).expect("agent");
