@@ -49,6 +49,31 @@ pub enum Command {
     /// (started by the agent itself; see `lifecycle::officer`).
     #[command(hide = true)]
     Officer,
+    /// Print the completion script for a shell (the install step runs it).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the manual pages to DIR (without DIR: keyward-agent.1 on
+    /// standard output).
+    #[command(hide = true)]
+    Man {
+        /// Where the pages go.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `completions SHELL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
 }
 
 /// `--role`.
@@ -77,12 +102,31 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    match &cli.command {
+        // Need no configuration either: they describe the command line.
+        Some(Command::Completions { shell }) => {
+            crate::docs::completions(*shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { dir }) => {
+            return match crate::docs::man(dir.as_deref(), &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "keyward-agent: man pages: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let result = Config::load(&cli.config)
         .map_err(|e| e.to_string())
         .and_then(|config| match cli.command {
             None => run(&config, &cli.config),
             Some(Command::Check) => check(&config, &cli.config),
-            Some(Command::Officer) => Err("officer: not reached".into()),
+            Some(Command::Officer | Command::Completions { .. } | Command::Man { .. }) => {
+                Err("not reached: handled before the configuration is read".into())
+            }
             Some(Command::SetPin {
                 token,
                 role,

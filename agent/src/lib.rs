@@ -53,6 +53,7 @@ pub mod backend;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod docs;
 pub mod enforce;
 pub mod error;
 pub mod fingerprint;

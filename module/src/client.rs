@@ -48,8 +48,8 @@ pub(crate) struct Config {
     /// it sleeps (0: never; default 80 µs, and never on one core).
     pub(crate) spin: Duration,
     /// The users the agent may run as: `KEYWARD_AGENT_UID` (user names or
-    /// numbers, comma-separated), else root and this process's own user.
-    /// Nothing, not even `Hello`, is sent to a socket served by another.
+    /// numbers, comma-separated), else root, this process's own user and
+    /// the system user `keyward` if it exists. Nothing, not even `Hello`, is sent to a socket served by another.
     pub(crate) agent_uids: Vec<u32>,
 }
 
@@ -107,22 +107,41 @@ impl Config {
     }
 }
 
+/// The system user an installed agent runs as (the install step creates
+/// it; only root can).
+const SYSTEM_AGENT_USER: &str = "keyward";
+
 /// The trusted agent users from `KEYWARD_AGENT_UID`'s value (names or
-/// numbers, comma-separated); unset or empty: root and our own user. A
-/// name that does not resolve trusts nobody by it (and is logged).
+/// numbers, comma-separated); unset or empty: root, our own user and the
+/// system user `keyward` when it exists. A name that does not resolve
+/// trusts nobody by it (and is logged).
 fn agent_uids(var: Option<&str>) -> Vec<u32> {
+    agent_uids_with(var, |name| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
+/// [`agent_uids`] with the user look-up given.
+fn agent_uids_with(var: Option<&str>, user: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
     let own = nix::unistd::geteuid().as_raw();
     let Some(v) = var.map(str::trim).filter(|v| !v.is_empty()) else {
-        return vec![0, own];
+        let mut uids = vec![0, own];
+        if let Some(system) = user(SYSTEM_AGENT_USER).filter(|u| !uids.contains(u)) {
+            uids.push(system);
+        }
+        return uids;
     };
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .filter_map(|s| match s.parse::<u32>() {
             Ok(uid) => Some(uid),
-            Err(_) => match nix::unistd::User::from_name(s) {
-                Ok(Some(u)) => Some(u.uid.as_raw()),
-                _ => {
+            Err(_) => match user(s) {
+                Some(uid) => Some(uid),
+                None => {
                     log::error!("KEYWARD_AGENT_UID: no user named {s:?}");
                     None
                 }
@@ -199,6 +218,9 @@ fn peer_gone(e: &FrameError) -> bool {
 const UNTRIED: u8 = 0;
 const UNREACHABLE: u8 = 1;
 const REACHABLE: u8 = 2;
+/// The agent answered, but refused this process (its `Hello` got an error:
+/// the policy admits no application of this peer). Counts as unreachable.
+const REFUSED: u8 = 3;
 
 /// What the module knows while it is initialised.
 #[derive(Debug)]
@@ -215,8 +237,8 @@ pub(crate) struct Module {
     /// The last slot list the agent answered.
     pub(crate) last_slots: Mutex<Option<Vec<u64>>>,
     /// Whether the agent answered the last time the module tried:
-    /// [`UNTRIED`], [`UNREACHABLE`] or [`REACHABLE`] (an atomic: every call
-    /// notes it).
+    /// [`UNTRIED`], [`UNREACHABLE`], [`REACHABLE`] or [`REFUSED`] (an
+    /// atomic: every call notes it).
     reachable: AtomicU8,
     /// Reachability as `C_WaitForSlotEvent` last reported it.
     pub(crate) event_baseline: Mutex<Option<bool>>,
@@ -259,6 +281,11 @@ impl Module {
             UNTRIED => None,
             r => Some(r == REACHABLE),
         }
+    }
+
+    /// Whether the agent's last answer was a refusal of this process.
+    pub(crate) fn refused(&self) -> bool {
+        self.reachable.load(Ordering::Acquire) == REFUSED
     }
 
     fn note_reachable(&self, yes: bool) {
@@ -396,6 +423,16 @@ impl Module {
                 "this module",
                 &format!("keyward-agent {}", refusal.agent_version),
             ),
+            // The agent answers a peer it does not admit with an error to
+            // its `Hello`: no token, and the slot says why.
+            Ok(Response::Err(rv)) => {
+                log::debug!(
+                    "agent at {} refused this process (CK_RV {rv:#x}); see the agent's log",
+                    self.config.socket.display()
+                );
+                self.reachable.store(REFUSED, Ordering::Release);
+                return Err(Error::AgentUnreachable);
+            }
             Ok(_) => return Err(unreachable("hello", &"unexpected answer")),
             Err(e) if peer_gone(&e) => format!(
                 "the agent closed the connection without answering the hello: an agent older \
@@ -523,16 +560,30 @@ pub(crate) use expect_answer;
 
 #[cfg(test)]
 mod agent_user_tests {
-    use super::agent_uids;
+    use super::{agent_uids, agent_uids_with};
 
     #[test]
     fn the_trusted_agent_users_come_from_the_environment() {
         let own = nix::unistd::geteuid().as_raw();
-        assert_eq!(agent_uids(None), vec![0, own]);
-        assert_eq!(agent_uids(Some("  ")), vec![0, own]);
+        let nobody = |_: &str| None;
+        assert_eq!(agent_uids_with(None, nobody), vec![0, own]);
+        assert_eq!(agent_uids_with(Some("  "), nobody), vec![0, own]);
         assert_eq!(agent_uids(Some("4242")), vec![4242]);
         assert_eq!(agent_uids(Some("root, 7")), vec![0, 7]);
         // A name that does not resolve trusts nobody by it.
         assert_eq!(agent_uids(Some("no-such-user-keyward")), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn an_installed_agents_system_user_is_trusted_by_default_only() {
+        let own = nix::unistd::geteuid().as_raw();
+        let installed = |name: &str| (name == "keyward").then_some(998);
+        assert_eq!(agent_uids_with(None, installed), vec![0, own, 998]);
+        // Named explicitly, only what is named.
+        assert_eq!(agent_uids_with(Some("4242"), installed), vec![4242]);
+        assert_eq!(agent_uids_with(Some("keyward"), installed), vec![998]);
+        // The agent's user is this process's own: listed once.
+        let same = move |name: &str| (name == "keyward").then_some(own);
+        assert_eq!(agent_uids_with(None, same), vec![0, own]);
     }
 }

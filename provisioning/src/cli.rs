@@ -120,6 +120,33 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// List the USB security devices (HSMs, security keys, smart-card tokens)
+    /// connected to this machine. Runs locally; needs no agent.
+    Devices,
+    /// Print the completion script for a shell (the install step runs it).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the manual pages to DIR (without DIR: keyward.1 on standard output).
+    #[command(hide = true)]
+    Man {
+        /// Where the pages go.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `keyward completions SHELL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
 }
 
 /// `keyward backup ...`

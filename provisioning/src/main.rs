@@ -38,7 +38,9 @@ mod admin;
 mod backup;
 mod cli;
 mod decide;
+mod devices;
 mod distribute;
+mod docs;
 mod output;
 mod render;
 mod run;
@@ -62,6 +64,28 @@ fn main() -> ExitCode {
         .admin_socket
         .or_else(|| std::env::var_os("KEYWARD_ADMIN_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    match &cli.command {
+        cli::Command::Completions { shell } => {
+            docs::completions(*shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        cli::Command::Man { dir } => {
+            return match docs::man(dir.as_deref(), &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "keyward: man pages: {e}");
+                    ExitCode::from(admin::Exit::Error.code())
+                }
+            };
+        }
+        cli::Command::Devices => {
+            let (out, err, ok) = devices::report(devices::scan());
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            let _ = std::io::stderr().lock().write_all(err.as_bytes());
+            return ExitCode::from(if ok { 0 } else { admin::Exit::Error.code() });
+        }
+        _ => {}
+    }
     if let cli::Command::Audit {
         command: cli::AuditCommand::Tail { n, follow: true },
     } = cli.command

@@ -184,6 +184,13 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             "Usage",
             "backup commands are run by backup::run",
         )),
+        Command::Devices | Command::Completions { .. } | Command::Man { .. } => {
+            Err(Failure::local(
+                Exit::Usage,
+                "Usage",
+                "devices, completions and man run locally",
+            ))
+        }
         Command::Pin {
             command:
                 PinCommand::Unlock {

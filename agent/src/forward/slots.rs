@@ -92,7 +92,10 @@ impl Agent {
         let mut info = SlotInfo {
             description: t.config.label.clone(),
             manufacturer: "keyward".into(),
-            flags: (ck::CKF_REMOVABLE_DEVICE | ck::CKF_HW_SLOT),
+            // Not CKF_HW_SLOT: the application's slot is the agent's, a
+            // software slot in front of the backend (which may itself be
+            // hardware). Removable: the token goes when the agent does.
+            flags: ck::CKF_REMOVABLE_DEVICE,
             ..SlotInfo::default()
         };
         if let Ok(b) = &t.backend {

@@ -465,12 +465,8 @@ impl Server {
             self.agent.application_of(&peer)
         };
         let Some(application) = application else {
-            return self.refuse(
-                stream,
-                peer,
-                "no application of the policy matches this peer",
-                false,
-            );
+            let why = no_application(peer.exe.is_some());
+            return self.refuse(stream, peer, why, false);
         };
         let ticket = match self.app_admission.enter(peer.uid) {
             Ok(t) => t,
@@ -799,6 +795,18 @@ fn admin_hello(theirs: VersionRange) -> (AdminResponse, Option<Mismatch>) {
     keyward_protocol::admin::answer_hello(theirs, env!("CARGO_PKG_VERSION"))
 }
 
+/// Why a peer no application matches is refused: when its executable
+/// could not be read, the log says why an `exe` entry cannot match it.
+fn no_application(exe_known: bool) -> &'static str {
+    if exe_known {
+        "no application of the policy matches this peer"
+    } else {
+        "no application of the policy matches this peer (its executable is unreadable: \
+         reading another user's /proc/PID/exe needs CAP_SYS_PTRACE, so `exe` entries \
+         cannot match it)"
+    }
+}
+
 /// An application-protocol mismatch, for the log.
 fn explain_app(m: &Mismatch) -> String {
     m.explain("application", "this agent", "the module")
@@ -854,5 +862,21 @@ fn report(peer: &Peer, e: &FrameError) {
         FrameError::Closed => {}
         FrameError::Io(io) => log::debug!("{peer}: {io}"),
         _ => log::warn!("{peer}: {e}; closing the connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_application;
+
+    #[test]
+    fn a_refusal_says_when_the_executable_was_unreadable() {
+        assert_eq!(
+            no_application(true),
+            "no application of the policy matches this peer"
+        );
+        let unreadable = no_application(false);
+        assert!(unreadable.starts_with("no application of the policy matches this peer"));
+        assert!(unreadable.contains("CAP_SYS_PTRACE"), "{unreadable}");
     }
 }

@@ -80,15 +80,29 @@ pub(crate) fn get_slot_info(m: &Module, slot: CK_SLOT_ID, out: Out<CK_SLOT_INFO>
                 return Err(Error::SlotIdInvalid);
             }
             out.write(slot_info(&SlotInfo {
-                description: "keyward (agent unreachable)".into(),
+                description: absent_description(m.refused()).into(),
                 manufacturer: "keyward".into(),
-                flags: (CKF_REMOVABLE_DEVICE | CKF_HW_SLOT),
+                flags: CKF_REMOVABLE_DEVICE,
                 ..SlotInfo::default()
             }))
         }
         Err(e) => Err(e),
     }
 }
+
+/// The slot description while there is no token: why there is none. A
+/// process the agent's policy does not admit is told so, rather than that
+/// the agent is away.
+pub(crate) fn absent_description(refused: bool) -> &'static str {
+    if refused {
+        REFUSED_DESCRIPTION
+    } else {
+        "keyward (agent unreachable)"
+    }
+}
+
+/// The slot description of a process the agent refused.
+pub(crate) const REFUSED_DESCRIPTION: &str = "keyward: refused by the agent's policy";
 
 fn token_info(t: &TokenInfo) -> CK_TOKEN_INFO {
     CK_TOKEN_INFO {
