@@ -35,6 +35,7 @@
 //! fail in that mode, by design.
 
 pub mod admin;
+pub mod clients;
 pub mod harness;
 pub mod json;
 pub mod p11;

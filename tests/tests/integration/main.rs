@@ -29,6 +29,8 @@ mod fork_process;
 mod general;
 mod generation;
 mod generation_crash;
+mod interop_gnutls;
+mod interop_nss;
 mod interop_openssl;
 mod interop_pkcs11_tool;
 mod key_enforcement;
