@@ -168,6 +168,12 @@ keyward_test!(fn certtool_self_signed_and_request_ec(tb) {
 
 fn gnutls_cli_client_auth(tb: &Env, key_type: &str, label: &str, id: &str) {
     keygen(tb, key_type, label, id);
+    client_auth_with(tb, label);
+}
+
+/// gnutls-cli presents the self-signed certificate of the token key
+/// `label` to `openssl s_server -Verify 1`, whose page names it.
+fn client_auth_with(tb: &Env, label: &str) {
     let client_cert = self_signed(tb, label);
     let (mut server, port, server_cert) = server_requiring_client_cert(tb, &client_cert);
     let mut c = gnutls(tb, "gnutls-cli");
@@ -198,4 +204,22 @@ keyward_test!(fn gnutls_cli_authenticates_with_rsa_token_key(tb) {
 
 keyward_test!(fn gnutls_cli_authenticates_with_ec_token_key(tb) {
     gnutls_cli_client_auth(&tb, "EC:prime256v1", "gt-ec", "38");
+});
+
+// A strict policy (application `tester`, `default_class` of EC P-256
+// signing keys granted sign and verify): the key is generated for signing
+// only, and certtool and gnutls-cli use the managed key.
+keyward_test!(fn gnutls_with_strict_policy_and_managed_key(tb) {
+    use keyward_tests::admin::{default_class_policy, install_policy};
+    install_policy(&tb, &default_class_policy(""));
+    run_ok(
+        Command::new(require_tool("pkcs11-tool", "opensc"))
+            .arg("--module")
+            .arg(&tb.module)
+            .args(["--token-label", &tb.token, "--login", "--pin", &tb.pin])
+            .args(["--keypairgen", "--key-type", "EC:prime256v1", "--usage-sign", "--label", "gt-strict", "--id", "39"]),
+    );
+    let out = run_ok(gnutls(&tb, "p11tool").args(["--test-sign", "--login", &uri(&tb, "gt-strict", "private")]));
+    assert!(out.contains("Verifying against public key in the token... ok"), "p11tool --test-sign:\n{out}");
+    client_auth_with(&tb, "gt-strict");
 });

@@ -339,3 +339,117 @@ keyward_test!(fn tstclnt_authenticates_with_rsa_token_key(tb) {
 keyward_test!(fn tstclnt_authenticates_with_ec_token_key(tb) {
     tstclnt_client_auth(&tb, &["-k", "ec", "-q", "nistp256"]);
 });
+
+// A strict policy (application `tester`, `default_class` of EC P-256
+// signing keys granted sign and verify): NSS's own key generation asks for
+// two purposes (CKA_SIGN and CKA_DERIVE) and is refused, so the key is
+// generated for signing only (pkcs11-tool --usage-sign). NSS finds a token
+// certificate's key by CKA_ID, and certutil stores the certificates it makes
+// under its own id (a hash of the public key), so the certificate is put on
+// the token under the key's id, as a client can. selfserv then serves TLS
+// with the managed key (NSS's copy of the key is refused and not needed).
+keyward_test!(fn selfserv_with_strict_policy_and_managed_key(tb) {
+    use keyward_tests::admin::{default_class_policy, install_policy};
+    install_policy(&tb, &default_class_policy(""));
+    let nss = Nss::new(&tb, "nssdb");
+    let mut g = nss.certutil();
+    g.args(["-G", "-h", &nss.token, "-k", "ec", "-q", "nistp256", "-z"]).arg(&nss.noise);
+    let refused = keyward_tests::tools::output(&mut g);
+    assert!(!refused.status.success(), "strict mode let NSS generate a key of two purposes:\n{}", text(&refused));
+    let p11 = |args: &[&str]| {
+        run_ok(
+            Command::new(require_tool("pkcs11-tool", "opensc"))
+                .arg("--module")
+                .arg(&tb.module)
+                .args(["--token-label", &tb.token, "--login", "--pin", &tb.pin])
+                .args(args),
+        )
+    };
+    p11(&["--keypairgen", "--key-type", "EC:prime256v1", "--usage-sign", "--label", "nss-strict", "--id", "41"]);
+    // A request signed with the managed key.
+    let csr = nss.dir.join("strict.csr");
+    run_ok(
+        nss.certutil()
+            .args(["-R", "-h", &nss.token, "-k", "41", "-s", "CN=nss strict", "-a", "-o"])
+            .arg(&csr)
+            .arg("-z")
+            .arg(&nss.noise),
+    );
+    let out = run_ok(Command::new("openssl").args(["req", "-verify", "-noout", "-in"]).arg(&csr));
+    assert!(out.contains("verify OK"), "{out}");
+    assert_eq!(public_key_of("req", &csr), token_public_key(&tb, "41"));
+    // The self-signed certificate, put on the token under the key's id.
+    let pem = nss.self_signed("41", "nss-strict");
+    run_ok(nss.certutil().args(["-D", "-h", &nss.token, "-n", &nss.nickname("nss-strict")]));
+    let der = nss.dir.join("nss-strict.der");
+    run_ok(Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&pem).arg("-out").arg(&der));
+    let der = der.display().to_string();
+    p11(&["--write-object", &der, "--type", "cert", "--label", "nss-strict", "--id", "41"]);
+    let port = free_port();
+    let mut server = Server::start(
+        Command::new(require_tool("selfserv", "libnss3-tools"))
+            .args(["-d", &nss.db, "-f"])
+            .arg(&nss.pin_file)
+            .args(["-p", &port.to_string(), "-e", &nss.nickname("nss-strict"), "-V", "tls1.2:tls1.3"]),
+        port,
+    );
+    let mut c = Command::new("openssl");
+    c.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-CAfile"])
+        .arg(&pem)
+        .args(["-verify_return_error", "-verify_ip", "127.0.0.1", "-ign_eof"]);
+    let out = run_with_input(&mut c, b"GET / HTTP/1.0\r\n\r\n");
+    let log = server.stop();
+    let t = text(&out);
+    assert!(
+        t.contains("Verify return code: 0 (ok)") && t.contains("HTTP/1.0 200 OK"),
+        "TLS with the managed key failed:\n--- s_client ---\n{t}\n--- selfserv ---\n{log}"
+    );
+});
+
+// Headless Chromium with the module in the NSS database of its user
+// ($HOME/.pki/nssdb, added with modutil) loads the module and searches the
+// token for client certificates when a server asks for one. The browser's
+// own module trace (KEYWARD_LOG=trace: call names and return values, no
+// arguments) shows it. Presenting the token's certificate needs a login to
+// the token, which a headless browser without a password prompt does not
+// make: see docs/clients/nss.md.
+keyward_test!(fn chromium_loads_the_module_from_its_nss_database(tb) {
+    let chromium = require_tool("chromium", "chromium");
+    let home = tb.path("home");
+    let nss = Nss::new(&tb, "home/.pki/nssdb");
+    let id = nss.generate(&["-k", "ec", "-q", "nistp256"]);
+    let client_cert = nss.self_signed(&id, "browser");
+    let (mut server, port, _) = server_requiring_client_cert(&tb, &client_cert);
+    let profile = tb.path("chromium-profile");
+    let mut c = Command::new(&chromium);
+    c.env("HOME", &home)
+        .env("KEYWARD_LOG", "trace")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--ignore-certificate-errors",
+            "--timeout=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", &format!("https://127.0.0.1:{port}/")]);
+    let out = run_with_input(&mut c, b"");
+    let log = server.stop();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let calls: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("TRACE keyward_pkcs11]"))
+        .collect();
+    for call in ["C_Initialize -> 0x0", "C_GetTokenInfo -> 0x0", "C_OpenSession -> 0x0", "C_FindObjectsInit -> 0x0"] {
+        assert!(
+            calls.iter().any(|l| l.ends_with(call)),
+            "Chromium did not make {call} through the module:\n{}\n--- server ---\n{log}",
+            calls.join("\n")
+        );
+    }
+    assert!(!err.contains(&tb.pin), "the PIN shows in Chromium's output");
+});
