@@ -210,11 +210,6 @@ impl InTemplate {
         InTemplate { ptr, count }
     }
 
-    /// Whether `pTemplate` is NULL (whatever the count).
-    pub(crate) fn is_null(&self) -> bool {
-        self.ptr.is_null()
-    }
-
     /// The attributes with typed values. A template that gives one type
     /// twice with different values is `CKR_TEMPLATE_INCONSISTENT` (the
     /// agent refuses it at decoding: keyward and the backend could read

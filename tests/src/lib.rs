@@ -15,6 +15,8 @@
 //!   loudly when they are missing.
 //! - [`admin`]: a policy file for the testbed's agent, the `keyward` CLI
 //!   against its admin socket, managed keys found by label.
+//! - [`servers`]: what the NSS, GnuTLS and Chromium client tests share (TLS
+//!   servers as child processes, bounded client runs, PIN files).
 //! - [`clients`]: what the OpenSSH, Java and Python client tests share (a
 //!   policy with granted, verify-only and hidden keys; a key's certificate).
 //! - [`json`]: a small reader for `keyward --json` documents.
@@ -44,6 +46,7 @@ pub mod p11;
 pub mod probe;
 pub mod raw;
 pub mod roster;
+pub mod servers;
 pub mod tools;
 
 pub use harness::Env;

@@ -1381,6 +1381,18 @@ impl Raw {
         (rv, n)
     }
 
+    /// `C_CopyObject` with a NULL `pTemplate` and a count of `count`.
+    pub fn copy_object_null_template(
+        &self,
+        h: CK_SESSION_HANDLE,
+        o: CK_OBJECT_HANDLE,
+        count: CK_ULONG,
+    ) -> (CK_RV, CK_OBJECT_HANDLE) {
+        let mut n: CK_OBJECT_HANDLE = CK_INVALID_HANDLE;
+        let rv = call!(self, C_CopyObject(h, o, ptr::null_mut(), count, &mut n));
+        (rv, n)
+    }
+
     /// `C_CopyObject` with an empty template: a valid, non-NULL array and a
     /// count of 0 (as NSS copies an object unchanged).
     pub fn copy_object_empty(

@@ -32,12 +32,11 @@ pub(crate) fn copy_object(
     template: InTemplate,
     out: Out<CK_OBJECT_HANDLE>,
 ) -> Result<()> {
-    // A NULL template is refused even with a count of 0, as SoftHSM2 does;
-    // an empty array (what NSS passes to copy an object unchanged) is
-    // fine, and the agent passes the backend a valid pointer for it.
-    if template.is_null() {
-        return Err(Error::ArgumentsBad);
-    }
+    // No attribute to change: a NULL template with a count of 0 (what NSS's
+    // PK11_CopyKey passes when it serves TLS with a token key) is an empty
+    // template, like an empty array. SoftHSM2 refuses NULL itself; the agent
+    // passes the backend a valid pointer for an empty template. NULL with a
+    // count above 0 stays CKR_ARGUMENTS_BAD (`read`).
     let template = template.read()?;
     new_object_call(m, h, out, |session| Request::CopyObject {
         session,

@@ -329,8 +329,7 @@ keyward_test!(fn object_calls_error_paths(tb) {
     assert_rv!(ctx.raw.object_size(h, CK_INVALID_HANDLE).0, CKR_OBJECT_HANDLE_INVALID, "C_GetObjectSize(CK_INVALID_HANDLE)");
     // NULL arguments.
     assert_rv!(ctx.raw.copy_object_null(h, session_obj), CKR_ARGUMENTS_BAD, "C_CopyObject NULL phNewObject");
-    // SoftHSM2 refuses a NULL template even with a count of 0.
-    assert_rv!(ctx.raw.copy_object(h, session_obj, &[]).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 0 (as SoftHSM2)");
+    assert_rv!(ctx.raw.copy_object_null_template(h, session_obj, 1).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 1");
     assert_rv!(ctx.raw.set_attributes_null(h, session_obj), CKR_ARGUMENTS_BAD, "C_SetAttributeValue NULL template");
     assert_rv!(ctx.raw.find_objects_init(h, &t), CKR_OK);
     assert_rv!(ctx.raw.find_objects_null_array(h), CKR_ARGUMENTS_BAD, "C_FindObjects NULL phObject");
@@ -416,6 +415,18 @@ keyward_test!(fn copy_object_with_an_empty_template(tb) {
     assert_rv!(rv, CKR_OK, "C_CopyObject of a data object with an empty template");
     let all = s.find_objects(&[]).expect("C_FindObjects with an empty template");
     assert!(all.contains(&copy) && all.contains(&key), "{all:?}");
-    // A NULL template stays an argument error, as with SoftHSM2 itself.
-    assert_rv!(ctx.raw.copy_object(h, data, &[]).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 0");
+    // A NULL template with a count of 0 is empty too: NSS's PK11_CopyKey
+    // passes it when it serves TLS with a token key. SoftHSM2 itself refuses
+    // it (CKR_ARGUMENTS_BAD); keyward copies the object unchanged.
+    let (rv, null_copy) = ctx.raw.copy_object_null_template(h, key.handle(), 0);
+    if tb.direct {
+        assert_rv!(rv, CKR_ARGUMENTS_BAD, "SoftHSM2: C_CopyObject NULL template, count 0");
+    } else {
+        assert_rv!(rv, CKR_OK, "C_CopyObject NULL template, count 0");
+        let null_copy = object_handle(null_copy);
+        assert!(null_copy != key && null_copy != copy);
+        assert_eq!(s.decrypt(&Mechanism::AesCbcPad(iv), null_copy, &ct).expect("decrypt with the copy"), b"copied");
+    }
+    // NULL with attributes announced stays an argument error.
+    assert_rv!(ctx.raw.copy_object_null_template(h, data, 1).0, CKR_ARGUMENTS_BAD, "C_CopyObject NULL template, count 1");
 });
