@@ -455,6 +455,9 @@ pub enum KeyRequest {
     Backup(BackupRequest),
     /// Key distribution: public keys, exports under wrap, imports.
     Distribution(crate::distribution::DistRequest),
+    /// Certificates: CSRs and self-signed certificates signed in the HSM,
+    /// certificate imports.
+    Cert(crate::certificate::CertRequest),
 }
 
 /// `keyward backup ...`.
@@ -671,6 +674,8 @@ pub enum KeyResponse {
     Backup(Box<BackupAnswer>),
     /// Answer to a [`KeyRequest::Distribution`] request.
     Distribution(crate::distribution::DistResponse),
+    /// Answer to a [`KeyRequest::Cert`] request.
+    Cert(crate::certificate::CertResponse),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.

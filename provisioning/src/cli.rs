@@ -120,6 +120,68 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Certificates of managed keys: requests (CSRs) and self-signed
+    /// certificates signed in the HSM, and certificate imports.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+/// What a certificate is made of: the key, the subject and its names.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct CertSubjectArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The subject, e.g. "CN=web.example.com,O=Example" (RFC 4514).
+    #[arg(long)]
+    pub subject: String,
+    /// Subject alternative names, comma-separated: DNS:name, IP:address,
+    /// email:address, URI:uri.
+    #[arg(long, value_delimiter = ',')]
+    pub san: Vec<String>,
+    /// The key version (default: the one that protects now).
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// Write it to this new file (mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// DER instead of PEM (needs --out).
+    #[arg(long, requires = "out")]
+    pub der: bool,
+}
+
+/// `keyward cert ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum CertCommand {
+    /// A PKCS#10 certificate signing request of a key version, signed in
+    /// the HSM (PEM, or DER with --der).
+    Request(CertSubjectArgs),
+    /// A self-signed X.509 v3 certificate of a key version, signed in the HSM.
+    SelfSign {
+        #[command(flatten)]
+        args: CertSubjectArgs,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Store it on the token beside the key version too.
+        #[arg(long)]
+        import: bool,
+    },
+    /// Store a certificate (one, PEM or DER) of a key version's public key
+    /// on the token, where applications find it beside the key.
+    Import {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The certificate file.
+        file: PathBuf,
+        /// The key version (default: the one that protects now).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Replace the certificate the version has.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 /// `keyward backup ...`

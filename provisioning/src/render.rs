@@ -215,6 +215,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
         KeyResponse::Backup(b) => backup(b),
         KeyResponse::Distribution(d) => distribution(d),
+        KeyResponse::Cert(c) => crate::cert::text(c),
     }
 }
 

@@ -40,6 +40,7 @@ const FOLLOW_BATCH: u32 = 1000;
 pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     let command = match command {
         Command::Backup { command } => return backup::run(command, socket, json),
+        Command::Cert { command } => return crate::cert::run(command, socket, json),
         command => command,
     };
     if let Command::Policy {
@@ -183,6 +184,11 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             Exit::Usage,
             "Usage",
             "backup commands are run by backup::run",
+        )),
+        Command::Cert { .. } => Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            "certificate commands are run by cert::run",
         )),
         Command::Pin {
             command:

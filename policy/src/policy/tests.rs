@@ -1194,6 +1194,14 @@ fn roles_may_request_what_the_reference_says() {
     assert!(!Role::Custodian.may_request("key.create"));
     assert!(!Role::Auditor.may_request("key.create"));
     assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+    // Certificates: the key owner's and the security officer's.
+    for name in ["cert.request", "cert.self-sign", "cert.import"] {
+        assert!(Role::KeyOwner.may_request(name), "{name}");
+        assert!(Role::SecurityOfficer.may_request(name), "{name}");
+        assert!(!Role::Operator.may_request(name), "{name}");
+        assert!(!Role::Custodian.may_request(name), "{name}");
+        assert!(!Role::Auditor.may_request(name), "{name}");
+    }
     // Backups: operators make and drill them; custodians handle their
     // share only; the ceremony and restores are the security officer's.
     for (role, allowed) in [
