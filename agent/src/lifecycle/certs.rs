@@ -347,6 +347,10 @@ fn unix(t: x509_cert::time::Time) -> u64 {
     t.to_unix_duration().as_secs()
 }
 
+fn signed(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
 impl Lifecycle {
     /// The certificate requests.
     pub(crate) fn cert_call(
@@ -631,9 +635,31 @@ impl Lifecycle {
             Attribute::bytes(ck::CKA_SERIAL_NUMBER, serial),
             Attribute::bytes(ck::CKA_VALUE, der.to_vec()),
         ];
-        backend
+        let created = backend
             .create_object(s.handle, &template)
             .map_err(|e| hsm_err("C_CreateObject (the certificate)", e))?;
+        let record = keyward_inventory::CertificateRecord {
+            key_id: t.key.record.id,
+            version: v.version,
+            subject: tbs.subject.to_string(),
+            not_before: signed(unix(tbs.validity.not_before)),
+            not_after: signed(unix(tbs.validity.not_after)),
+            sha256: sha2::Sha256::digest(der).to_vec(),
+            imported_at: crate::keys::secs(std::time::SystemTime::now()),
+        };
+        // The inventory keeps what the token holds: a certificate it
+        // cannot record is taken off the token again.
+        if let Err(e) = self.keys.inventory().record_certificate(&record, replace) {
+            if let Err(d) = backend.destroy_object(s.handle, created) {
+                log::error!(
+                    "the certificate of {} version {} (backend object {created}) could not be \
+                     removed after the inventory refused it: {d}",
+                    t.label(),
+                    v.version
+                );
+            }
+            return Err(inv_err(e));
+        }
         let mut replaced = 0;
         for o in older {
             match backend.destroy_object(s.handle, o) {
