@@ -15,6 +15,7 @@ use keyward_tests::admin::{
     APPLICATION, CERT,
 };
 use keyward_tests::harness::Env;
+use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{unhex, Ctx};
 
@@ -252,4 +253,79 @@ keyward_test!(fn certificates_that_are_not_exactly_one_of_the_key_are_refused_wi
     }
     assert_eq!(certificates_on_backend(&tb), 0);
     keyward_ok(&tb, &["key", "show", "web"], 0);
+});
+
+/// `GET /metrics` of the agent's metrics endpoint: the exposition.
+fn scrape(tb: &Env) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(tb.path("state/metrics.addr")).expect("metrics.addr");
+    let addr = addr.trim();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("the exposition");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+keyward_test!(fn certificates_show_with_their_key_and_the_report_and_metrics_warn_ahead_of_expiry(tb) {
+    tb.require_agent("the metrics endpoint");
+    let path_ = tb.path("keyward-agent.toml");
+    let mut config = std::fs::read_to_string(&path_).unwrap();
+    config.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&path_, config).unwrap();
+    let policy = policy().replace(
+        "name = \"ec256\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\nprotect_period = \"30d\"\n",
+        "name = \"ec256\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\nprotect_period = \"30d\"\ncertificate_warning = \"30d\"\n",
+    );
+    assert!(policy.contains("certificate_warning"), "{policy}");
+    install_policy(&tb, &policy); // restarts the agent, with metrics
+    for (name, days) in [("soon", "1"), ("later", "90")] {
+        keyward_ok(&tb, &["key", "create", name, "--class", "ec256"], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+        keyward_ok(&tb, &[
+            "cert", "self-sign", name, "--subject", &format!("CN={name}.example.com"),
+            "--days", days, "--import",
+        ], 0);
+    }
+    // keyward key show: subject and expiry, from the inventory.
+    let shown = keyward_tests::admin::key_show(&tb, "soon");
+    let certs = shown.array_at("certificates");
+    assert_eq!(certs.len(), 1, "{shown}");
+    assert_eq!(certs[0].str_at("subject"), "CN=soon.example.com");
+    assert_eq!(certs[0].i64_at("version"), 1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let soon_after = certs[0].i64_at("not_after");
+    assert!((now..now + 86_400 + 5).contains(&soon_after), "{shown}");
+    let text = keyward_ok(&tb, &["key", "show", "soon"], 0);
+    assert!(text.contains("certificates:") && text.contains("CN=soon.example.com"), "{text}");
+
+    // The report flags the one expiring within the class's 30 days.
+    let report = keyward_tests::admin::keyward_json(&tb, &["report"], 0);
+    let key = |name: &str| {
+        report.array_at("keys").iter().find(|k| k.str_at("name") == name)
+            .unwrap_or_else(|| panic!("no key {name} in {report}")).clone()
+    };
+    assert_eq!(key("soon").at("certificate").at("expiring"), &serde_json::Value::Bool(true), "{report}");
+    assert_eq!(key("later").at("certificate").at("expiring"), &serde_json::Value::Bool(false), "{report}");
+    let text = keyward_ok(&tb, &["report"], 0);
+    assert!(text.contains("EXPIRING"), "{text}");
+
+    // The metrics: seconds until expiry per key version.
+    let metrics = scrape(&tb);
+    let line = |name: &str| {
+        metrics.lines()
+            .find(|l| l.starts_with("keyward_certificate_expiry_seconds{")
+                && l.contains(&format!("key=\"{name}\"")) && l.contains("version=\"1\""))
+            .unwrap_or_else(|| panic!("no expiry of {name} in\n{metrics}"))
+            .rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+    };
+    assert!((0.0..=86_400.0).contains(&line("soon")), "{metrics}");
+    assert!(line("later") > 80.0 * 86_400.0, "{metrics}");
 });
