@@ -5,13 +5,15 @@
 
 use std::path::Path;
 
-use keyward_protocol::admin::{AdminRequest, AdminResponse, KeyRequest, KeyResponse};
+use keyward_protocol::admin::{
+    AdminRequest, AdminResponse, KeyCertificate, KeyRequest, KeyResponse,
+};
 use keyward_protocol::certificate::{CertRequest, CertResponse, MAX_CERTIFICATE};
 use keyward_protocol::distribution::sha256_hex;
 use spki::der::pem::{self, LineEnding};
 
 use crate::admin::{exchange, Exit, Failure};
-use crate::cli::{CertCommand, CertSubjectArgs};
+use crate::cli::{CertCommand, CertSubjectArgs, KeyArgs, RotateArgs};
 use crate::output::{answer_failure, Output};
 use crate::render;
 
@@ -184,6 +186,152 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
     Output::success(stdout)
 }
 
+/// The subject of the key's current certificate, as the inventory has it:
+/// the newest version's that has one, the latest to expire.
+fn current_subject(certificates: &[KeyCertificate]) -> Option<String> {
+    certificates
+        .iter()
+        .max_by_key(|c| (c.version, c.not_after))
+        .map(|c| c.subject.clone())
+}
+
+fn unexpected(what: &str) -> Failure {
+    Failure::local(
+        Exit::Error,
+        "Unexpected",
+        format!("unexpected answer from the agent to {what}"),
+    )
+}
+
+/// `keyward key rotate NAME --csr FILE`: the subject is settled and the
+/// file's place taken before the rotation (a usage error rotates nothing);
+/// then the rotation, then the CSR of the new version, signed in the HSM.
+pub(crate) fn rotate_with_csr(args: RotateArgs, socket: &Path, json: bool) -> Output {
+    let RotateArgs {
+        key: KeyArgs { name, token },
+        csr,
+        subject,
+        san,
+    } = args;
+    let token = token.token;
+    let Some(out) = csr else {
+        return Output::failure(&usage("--csr FILE is needed".into()), json);
+    };
+    let subject = match subject {
+        Some(s) => s,
+        None => {
+            let show = AdminRequest::Key(KeyRequest::Show {
+                name: name.clone(),
+                token: token.clone(),
+            });
+            let info = match exchange(socket, &show) {
+                Ok(AdminResponse::Key(r)) => match *r {
+                    KeyResponse::Key(info) => info,
+                    _ => return Output::failure(&unexpected("key show"), json),
+                },
+                Ok(other) => return Output::failure(&answer_failure(&show, other), json),
+                Err(f) => return Output::failure(&f, json),
+            };
+            match current_subject(&info.certificates) {
+                Some(s) => s,
+                None => {
+                    let f = usage(format!(
+                        "key {} has no certificate whose subject the request could take: give \
+                         --subject; nothing rotated",
+                        render::clean(&name)
+                    ));
+                    return Output::failure(&f, json);
+                }
+            }
+        }
+    };
+    let file = match crate::distribute::create_new(&out) {
+        Ok(f) => f,
+        Err(f) => return Output::failure(&f, json),
+    };
+    let abandon = |f: Failure| {
+        let _ = std::fs::remove_file(&out);
+        Output::failure(&f, json)
+    };
+    let rotate = AdminRequest::Key(KeyRequest::Rotate {
+        name: name.clone(),
+        token: token.clone(),
+    });
+    let info = match exchange(socket, &rotate) {
+        Ok(AdminResponse::Key(r)) => match *r {
+            KeyResponse::Key(info) => info,
+            // Pending approval, or anything else: no new version to certify.
+            other => {
+                let _ = std::fs::remove_file(&out);
+                return crate::output::present(
+                    &rotate,
+                    Ok(AdminResponse::Key(Box::new(other))),
+                    json,
+                );
+            }
+        },
+        Ok(other) => return abandon(answer_failure(&rotate, other)),
+        Err(f) => return abandon(f),
+    };
+    let Some(version) = info.versions.iter().map(|v| v.version).max() else {
+        return abandon(unexpected("key rotate"));
+    };
+    let request = AdminRequest::Key(KeyRequest::Cert(CertRequest::Request {
+        name: name.clone(),
+        token,
+        version: Some(version),
+        subject,
+        sans: san,
+    }));
+    let rotated = |f: Failure| {
+        let mut f = f;
+        f.message = format!(
+            "key {} was rotated to version {version}, but its certificate request was not \
+             written: {}",
+            render::clean(&name),
+            f.message
+        );
+        abandon(f)
+    };
+    let der = match exchange(socket, &request) {
+        Ok(AdminResponse::Key(r)) => match *r {
+            KeyResponse::Cert(CertResponse::Csr { der, .. }) => der,
+            _ => return rotated(unexpected("cert request")),
+        },
+        Ok(other) => return rotated(answer_failure(&request, other)),
+        Err(f) => return rotated(f),
+    };
+    let pem = match pem::encode_string("CERTIFICATE REQUEST", LineEnding::LF, &der) {
+        Ok(p) => p,
+        Err(e) => {
+            return rotated(Failure::local(
+                Exit::Error,
+                "Unexpected",
+                format!("PEM: {e}"),
+            ))
+        }
+    };
+    if let Err(f) = crate::distribute::write_all(file, &out, pem.as_bytes()) {
+        return rotated(f);
+    }
+    Output::success(if json {
+        render::json(&serde_json::json!({
+            "key": name,
+            "version": version,
+            "csr": out.display().to_string(),
+            "sha256": sha256_hex(&der),
+        }))
+    } else {
+        format!(
+            "rotated {}: version {version} protects; its certificate request written to {} \
+             (SHA-256 {})\n",
+            render::clean(&name),
+            out.display(),
+            sha256_hex(&der)
+        )
+    })
+}
+
 /// A certificate answer in words.
 pub(crate) fn text(c: &CertResponse) -> String {
     match c {
@@ -310,6 +458,58 @@ mod tests {
         std::fs::write(&f, vec![b'a'; MAX_CERTIFICATE + 1]).unwrap();
         let e = cert(&["cert", "import", "web", f.to_str().unwrap()]).unwrap_err();
         assert!(e.message.contains("not a certificate"), "{}", e.message);
+    }
+
+    #[test]
+    fn rotate_takes_a_csr_and_its_subject_and_names_only_together() {
+        let rotate = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied()))
+                .map(|c| c.command)
+        };
+        let Ok(Command::Key {
+            command: crate::cli::KeyCommand::Rotate(r),
+        }) = rotate(&[
+            "key",
+            "rotate",
+            "web",
+            "--csr",
+            "f",
+            "--subject",
+            "CN=a",
+            "--san",
+            "DNS:a,DNS:b",
+        ])
+        else {
+            panic!("not a rotation")
+        };
+        assert_eq!(r.csr, Some("f".into()));
+        assert_eq!(r.subject.as_deref(), Some("CN=a"));
+        assert_eq!(r.san, ["DNS:a", "DNS:b"]);
+        assert!(rotate(&["key", "rotate", "web", "--subject", "CN=a"]).is_err());
+        assert!(rotate(&["key", "rotate", "web", "--san", "DNS:a"]).is_err());
+        let info = |certs: &[(u32, i64, &str)]| -> Vec<KeyCertificate> {
+            certs
+                .iter()
+                .map(|&(version, not_after, subject)| KeyCertificate {
+                    version,
+                    subject: subject.into(),
+                    not_before: 0,
+                    not_after,
+                    sha256: String::new(),
+                    imported_at: 0,
+                })
+                .collect()
+        };
+        assert_eq!(current_subject(&info(&[])), None);
+        assert_eq!(
+            current_subject(&info(&[
+                (2, 5, "CN=new"),
+                (1, 9, "CN=old"),
+                (2, 3, "CN=older")
+            ]))
+            .as_deref(),
+            Some("CN=new")
+        );
     }
 
     #[test]

@@ -330,6 +330,24 @@ pub struct KeyArgs {
     pub token: TokenArg,
 }
 
+/// `keyward key rotate`: the key, and the certificate request of the new
+/// version to write after.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// After rotating, write a certificate request (PEM) of the new version
+    /// to this new file (subject: --subject, else the current certificate's).
+    #[arg(long, value_name = "FILE")]
+    pub csr: Option<PathBuf>,
+    /// The CSR's subject (RFC 4514).
+    #[arg(long, requires = "csr")]
+    pub subject: Option<String>,
+    /// The CSR's subject alternative names (as for `keyward cert request`).
+    #[arg(long, value_delimiter = ',', requires = "csr")]
+    pub san: Vec<String>,
+}
+
 /// A lifecycle transition: the key and why.
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct TransitionArgs {
@@ -453,7 +471,8 @@ pub enum KeyCommand {
         rotate: bool,
     },
     /// Generate a new version: it protects, older versions drop to deactivated.
-    Rotate(KeyArgs),
+    /// With --csr, then write a certificate request (PEM) of the new version.
+    Rotate(RotateArgs),
     /// Prove the key works inside the HSM without revealing anything.
     Verify(KeyArgs),
     /// Ask for a recovery window on a compromised key: for a bounded time,
@@ -931,7 +950,9 @@ mod tests {
                 panic!()
             };
             assert!(pick(&command), "{cmd}: {command:?}");
-            let (KeyCommand::Show(k) | KeyCommand::Rotate(k) | KeyCommand::Verify(k)) = command
+            let (KeyCommand::Show(k)
+            | KeyCommand::Rotate(RotateArgs { key: k, .. })
+            | KeyCommand::Verify(k)) = command
             else {
                 panic!()
             };

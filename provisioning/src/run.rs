@@ -21,7 +21,7 @@ use crate::backup;
 use crate::cli::{
     AdminKeyCommand, AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs,
     GrantCommand, KeyArgs, KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs,
-    RequestCommand, ResultFilter, TokenCommand, TransitionArgs,
+    RequestCommand, ResultFilter, RotateArgs, TokenCommand, TransitionArgs,
 };
 use crate::decide;
 pub use crate::output::Output;
@@ -85,6 +85,12 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
         return present(&req, exchange(socket, &req), json);
     }
     if let Command::Key { command } = command {
+        let command = match command {
+            KeyCommand::Rotate(args @ RotateArgs { csr: Some(_), .. }) => {
+                return crate::cert::rotate_with_csr(args, socket, json)
+            }
+            other => other,
+        };
         if crate::distribute::handles(&command) {
             return crate::distribute::run(command, socket, json);
         }
@@ -301,7 +307,10 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             transition: t,
             rotate,
         } => transition(t, KeyAction::Revoke { rotate }),
-        KeyCommand::Rotate(KeyArgs { name, token }) => key(KeyRequest::Rotate {
+        KeyCommand::Rotate(RotateArgs {
+            key: KeyArgs { name, token },
+            ..
+        }) => key(KeyRequest::Rotate {
             name,
             token: token.token,
         }),
