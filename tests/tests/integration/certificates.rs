@@ -329,3 +329,38 @@ keyward_test!(fn certificates_show_with_their_key_and_the_report_and_metrics_war
     assert!((0.0..=86_400.0).contains(&line("soon")), "{metrics}");
     assert!(line("later") > 80.0 * 86_400.0, "{metrics}");
 });
+
+keyward_test!(fn rotate_with_csr_writes_a_request_of_the_new_versions_key(tb) {
+    install_policy(&tb, &policy());
+    keyward_ok(&tb, &["key", "create", "web", "--class", "rsa"], 0);
+    keyward_ok(&tb, &["key", "activate", "web"], 0);
+    // No --subject and no certificate to take it from: a usage error,
+    // nothing rotated, no file.
+    let csr = tb.path("v2.csr");
+    refused(&tb, &["key", "rotate", "web", "--csr", path(&csr)], 2, "--subject");
+    assert!(!csr.exists());
+    let show = keyward_tests::admin::key_show(&tb, "web");
+    assert_eq!(show.array_at("versions").len(), 1, "rotated anyway: {show}");
+    // With the current certificate's subject.
+    keyward_ok(&tb, &[
+        "cert", "self-sign", "web", "--subject", "CN=web.example.com,O=Example", "--import",
+    ], 0);
+    keyward_ok(&tb, &["key", "rotate", "web", "--csr", path(&csr)], 0);
+    let show = keyward_tests::admin::key_show(&tb, "web");
+    assert_eq!(show.array_at("versions").len(), 2, "{show}");
+    openssl(&["req", "-verify", "-noout", "-in", path(&csr)]);
+    let public = tb.path("v2.pub");
+    keyward_ok(&tb, &["key", "pubkey", "web", "--version", "2", "--out", path(&public)], 0);
+    let theirs = openssl(&["req", "-noout", "-pubkey", "-in", path(&csr)]);
+    assert_eq!(theirs.trim(), std::fs::read_to_string(&public).unwrap().trim(), "the CSR is not of version 2's key");
+    let old = tb.path("v1.pub");
+    keyward_ok(&tb, &["key", "pubkey", "web", "--version", "1", "--out", path(&old)], 0);
+    assert_ne!(theirs.trim(), std::fs::read_to_string(&old).unwrap().trim());
+    let text = openssl(&["req", "-noout", "-subject", "-in", path(&csr)]);
+    assert!(text.contains("CN = web.example.com"), "{text}");
+    // With --subject given.
+    let csr3 = tb.path("v3.csr");
+    keyward_ok(&tb, &["key", "rotate", "web", "--csr", path(&csr3), "--subject", "CN=v3"], 0);
+    let text = openssl(&["req", "-noout", "-subject", "-in", path(&csr3)]);
+    assert!(text.contains("CN = v3"), "{text}");
+});
