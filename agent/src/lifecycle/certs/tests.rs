@@ -131,6 +131,8 @@ fn a_certificate_file_is_one_certificate_and_nothing_else() {
     refused(&trailing, "not one well-formed");
     refused(&der[..der.len() - 1], "not one well-formed");
     refused(format!("{pem}{pem}").as_bytes(), "2 PEM blocks");
+    refused(format!("{pem}trailing text\n").as_bytes(), "PEM");
+    refused(format!("preamble\n{pem}").as_bytes(), "not one well-formed");
     refused(&pem.as_bytes()[..pem.len() - 30], "PEM");
     let key = der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &der).unwrap();
     refused(key.as_bytes(), "not a CERTIFICATE");
