@@ -234,7 +234,7 @@ keyward_test!(fn certificates_that_are_not_exactly_one_of_the_key_are_refused_wi
 
     // The same as raw admin requests: huge, empty or garbage DER, a
     // subject that is not a name: invalid, the agent still answers.
-    for certificate in [vec![0x30; MAX_CERTIFICATE + 1], vec![0x30, 0x84, 0xff, 0xff, 0xff, 0xff], Vec::new(), vec![0xff; 4096]] {
+    for certificate in [vec![0x30; MAX_CERTIFICATE + 1], vec![0x30; 8 << 20], vec![0x30, 0x84, 0xff, 0xff, 0xff, 0xff], Vec::new(), vec![0xff; 4096]] {
         match raw_admin(&tb, KeyRequest::Cert(CertRequest::Import {
             name: "web".into(), token: None, version: None, certificate, replace: true,
         })) {
