@@ -137,6 +137,13 @@ keyward_test!(fn csrs_signed_in_the_hsm_verify_with_the_keys_public_key(tb) {
         keyward_ok(&tb, &["cert", "request", name, "--subject", &subject, "--out", path(&der), "--der"], 0);
         openssl(&["req", "-verify", "-noout", "-inform", "DER", "-in", path(&der)]);
     }
+    // --json: the PEM and its digest, not the DER bytes.
+    let doc = keyward_tests::admin::keyward_json(&tb, &["cert", "request", "web-rsa", "--subject", "CN=a"], 0);
+    let csr = doc.at("Csr");
+    assert!(csr.str_at("pem").starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{doc}");
+    assert_eq!(csr.str_at("sha256").len(), 64, "{doc}");
+    assert_eq!(csr.i64_at("version"), 1, "{doc}");
+    assert!(csr.get("der").is_none(), "{doc}");
     // An active key signs too; a suspended one does not.
     keyward_ok(&tb, &["key", "activate", "web-ec"], 0);
     let pem = keyward_ok(&tb, &["cert", "request", "web-ec", "--subject", "CN=a"], 0);
