@@ -573,6 +573,50 @@ pub fn render_keys(out: &mut Exposition, keys: &[KeyFigures]) {
     }
 }
 
+/// Seconds until the certificates stored beside key versions expire
+/// (negative: expired), from the inventory (no HSM access): one series per
+/// version of a key that is not destroyed, its latest certificate's.
+fn render_certificates(out: &mut Exposition, agent: &Agent, now: i64) {
+    use keyward_policy::KeyState;
+    let certificates = match agent.keys.inventory().certificates(None) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("metrics: the inventory's certificates cannot be read: {e}");
+            return;
+        }
+    };
+    let mut latest: std::collections::BTreeMap<(String, String, u32), i64> =
+        std::collections::BTreeMap::new();
+    for c in certificates {
+        let Some(k) = agent.keys.key(c.key_id) else {
+            continue;
+        };
+        let live = k
+            .version(c.version)
+            .is_some_and(|v| v.state != KeyState::Destroyed);
+        if !live || k.record.state == KeyState::Destroyed {
+            continue;
+        }
+        let at = latest
+            .entry((k.record.token.clone(), k.record.name.clone(), c.version))
+            .or_insert(c.not_after);
+        *at = (*at).max(c.not_after);
+    }
+    out.family(
+        "keyward_certificate_expiry_seconds",
+        Kind::Gauge,
+        "Seconds until the certificate stored beside each key version expires; negative once expired.",
+    );
+    for ((token, key, version), not_after) in latest {
+        let version = version.to_string();
+        out.sample(
+            "keyward_certificate_expiry_seconds",
+            &[("token", &token), ("key", &key), ("version", &version)],
+            (not_after - now) as f64,
+        );
+    }
+}
+
 /// The whole exposition: `metrics`' counters, build information, the
 /// agent's clients, tokens, audit trail and managed keys.
 pub fn render(metrics: &Metrics, agent: &Agent) -> String {
@@ -670,6 +714,7 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
     );
     let secs = crate::keys::secs(now);
     render_keys(&mut out, &key_figures(&agent.keys.all(), secs));
+    render_certificates(&mut out, agent, secs);
     out.family(
         "keyward_shadow_keys",
         Kind::Gauge,

@@ -362,15 +362,18 @@ fn hsm_facts(
                 Ok(t) => CertificateInfo {
                     not_after: Some(t),
                     problem: None,
+                    expiring: false,
                 },
                 Err(e) => CertificateInfo {
                     not_after: None,
                     problem: Some(e),
+                    expiring: false,
                 },
             },
             None => CertificateInfo {
                 not_after: None,
                 problem: Some("the certificate's CKA_VALUE cannot be read".into()),
+                expiring: false,
             },
         });
     }
@@ -732,6 +735,13 @@ impl Lifecycle {
                 },
                 Err(e) => hsm_error = Some(e.clone()),
             }
+        }
+        // Expiring: within the class's warning (expired: always).
+        let warning = class
+            .and_then(|c| c.certificate_warning)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if let Some(c) = certificate.as_mut() {
+            c.expiring = c.not_after.is_some_and(|t| t.saturating_sub(at) <= warning);
         }
         let backups = rows.backup_marks(key);
         let backup_missing =

@@ -73,8 +73,9 @@ pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;
 pub use store::Inventory;
 pub use types::{
-    AppliedChange, ApprovalRecord, DateUpdates, Decided, DecisionRecord, Grant, KeyChange,
-    KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
+    AppliedChange, ApprovalRecord, CertificateRecord, DateUpdates, Decided, DecisionRecord, Grant,
+    KeyChange, KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange,
+    VersionChange,
 };
 pub use usage::{RecoveryUses, UsageLog};
 

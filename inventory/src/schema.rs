@@ -59,6 +59,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "recovery windows of compromised keys",
         sql: V8,
     },
+    Migration {
+        description: "certificates of key versions (subject, validity, digest)",
+        sql: V9,
+    },
 ];
 
 /// The schema version this build writes.
@@ -424,4 +428,22 @@ BEGIN SELECT RAISE(ABORT, 'a decision is recorded once'); END;
 /// nothing else. `NULL`: no window was ever opened.
 const V8: &str = "
 ALTER TABLE keys ADD COLUMN recovery_until INTEGER;
+";
+
+/// Certificates of key versions stored beside them on the token (`keyward
+/// cert import`, `cert self-sign --import`): the subject as text, the
+/// validity (unix seconds), the SHA-256 of the DER certificate and when it
+/// was stored. One row per certificate a version has; a replaced
+/// certificate's row goes with it.
+const V9: &str = "
+CREATE TABLE certificates (
+    key_id      INTEGER NOT NULL REFERENCES keys (id),
+    version     INTEGER NOT NULL CHECK (version > 0),
+    subject     TEXT    NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    sha256      BLOB    NOT NULL CHECK (length(sha256) = 32),
+    imported_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version, sha256)
+) STRICT;
 ";

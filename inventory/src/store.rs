@@ -5,8 +5,8 @@ use keyward_domain::ApprovalStatus;
 
 use crate::error::Result;
 use crate::types::{
-    AppliedChange, ApprovalRecord, Decided, DecisionRecord, Grant, KeyFilter, KeyRecord,
-    KeyVersion, LifecycleChange, ObjectOwner, StateChange,
+    AppliedChange, ApprovalRecord, CertificateRecord, Decided, DecisionRecord, Grant, KeyFilter,
+    KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange,
 };
 
 /// The inventory store. Implementations are shared between the agent's
@@ -184,4 +184,14 @@ pub trait Inventory: Send + Sync {
     /// Every ownership of unmanaged objects, by token, identity and
     /// application.
     fn object_owners(&self) -> Result<Vec<ObjectOwner>>;
+
+    /// Records `cert` as the certificate of its key version; with
+    /// `replace`, the version's other certificates' rows go (they were
+    /// replaced on the token). [`Error::NotFound`](crate::error::Error::NotFound)
+    /// for an unknown key.
+    fn record_certificate(&self, cert: &CertificateRecord, replace: bool) -> Result<()>;
+
+    /// The certificates of key `key_id` (every key's for `None`), by key,
+    /// version and `notAfter`.
+    fn certificates(&self, key_id: Option<i64>) -> Result<Vec<CertificateRecord>>;
 }

@@ -262,3 +262,22 @@ pub enum Decided {
     /// recorded.
     Closed(ApprovalStatus),
 }
+
+/// A certificate stored beside a key version (`certificates`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// The key.
+    pub key_id: i64,
+    /// The version it certifies.
+    pub version: u32,
+    /// Its subject (RFC 4514 text).
+    pub subject: String,
+    /// `notBefore` (unix seconds).
+    pub not_before: i64,
+    /// `notAfter` (unix seconds).
+    pub not_after: i64,
+    /// SHA-256 of the DER certificate.
+    pub sha256: Vec<u8>,
+    /// When it was stored (unix seconds).
+    pub imported_at: i64,
+}

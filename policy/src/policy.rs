@@ -158,6 +158,10 @@ pub struct KeyClass {
     /// decrypt only) a compromised key of this class may be given;
     /// [`DEFAULT_MAX_RECOVERY_WINDOW`] when the class names none, `0s`: none.
     pub max_recovery_window: Duration,
+    /// `certificate_warning`: how long before a key's certificate expires
+    /// the report flags it (an expired one is always flagged); `None`:
+    /// only once expired.
+    pub certificate_warning: Option<Duration>,
 }
 
 /// How long a `C_Sign` waits for its approval when the class sets no
@@ -553,6 +557,7 @@ struct RawClass {
     #[serde(default)]
     sensitive: bool,
     max_recovery_window: Option<Spanned<String>>,
+    certificate_warning: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -919,6 +924,10 @@ impl Validator<'_> {
             None => DEFAULT_MAX_RECOVERY_WINDOW,
             Some(w) => self.duration(w, format!("{what}, max_recovery_window"))?,
         };
+        let certificate_warning = match &class.certificate_warning {
+            None => None,
+            Some(w) => Some(self.duration(w, format!("{what}, certificate_warning"))?),
+        };
         Ok(KeyClass {
             name,
             description: class.description.clone(),
@@ -933,6 +942,7 @@ impl Validator<'_> {
             per_use_approval,
             sensitive: class.sensitive,
             max_recovery_window,
+            certificate_warning,
         })
     }
 

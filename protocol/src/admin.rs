@@ -455,6 +455,9 @@ pub enum KeyRequest {
     Backup(BackupRequest),
     /// Key distribution: public keys, exports under wrap, imports.
     Distribution(crate::distribution::DistRequest),
+    /// Certificates: CSRs and self-signed certificates signed in the HSM,
+    /// certificate imports.
+    Cert(crate::certificate::CertRequest),
 }
 
 /// `keyward backup ...`.
@@ -671,6 +674,8 @@ pub enum KeyResponse {
     Backup(Box<BackupAnswer>),
     /// Answer to a [`KeyRequest::Distribution`] request.
     Distribution(crate::distribution::DistResponse),
+    /// Answer to a [`KeyRequest::Cert`] request.
+    Cert(crate::certificate::CertResponse),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.
@@ -719,6 +724,27 @@ pub struct KeyInfo {
     /// one of its versions, oldest first (they must be retired for the
     /// destruction to be final). Empty for a key not destroyed.
     pub held_by_backups: Vec<BackupMark>,
+    /// The certificates stored beside its versions (`keyward cert
+    /// import`), by version and end of validity.
+    #[serde(default)]
+    pub certificates: Vec<KeyCertificate>,
+}
+
+/// A certificate stored beside a key version, as the inventory records it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyCertificate {
+    /// The version it certifies.
+    pub version: u32,
+    /// Its subject (RFC 4514 text).
+    pub subject: String,
+    /// `notBefore` (unix seconds).
+    pub not_before: i64,
+    /// `notAfter` (unix seconds).
+    pub not_after: i64,
+    /// SHA-256 of the DER certificate (hex).
+    pub sha256: String,
+    /// When it was stored (unix seconds).
+    pub imported_at: i64,
 }
 
 /// One version of a key.
@@ -1259,6 +1285,10 @@ pub struct CertificateInfo {
     pub not_after: Option<i64>,
     /// Why it does not parse.
     pub problem: Option<String>,
+    /// It expires within the class's `certificate_warning` (or has
+    /// expired).
+    #[serde(default)]
+    pub expiring: bool,
 }
 
 /// Uses of a key: the use records' counts, summed.
@@ -1677,6 +1707,7 @@ mod hello_tests {
             }],
             recovery_until: Some(2),
             held_by_backups: Vec::new(),
+            certificates: Vec::new(),
         };
         let wire = postcard::to_allocvec(&key).unwrap();
         assert_eq!(postcard::from_bytes::<KeyInfo>(&wire).unwrap(), key);

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod approval;
 pub mod attr;
 pub mod calls;
+pub mod certificate;
 pub mod distribution;
 pub mod frame;
 pub mod message;

@@ -2,7 +2,8 @@
 //!
 //! Every admin request has a **name**, `<object>.<verb>`: the thing it
 //! acts on (`agent`, `key`, `grant`, `app`, `pin`, `audit`, `report`) and
-//! what it does to it, lower case, one dot:
+//! what it does to it, lower case, one dot (a verb of two words joined
+//! by a hyphen, `cert.self-sign`):
 //!
 //! | name | request |
 //! |---|---|
@@ -10,6 +11,7 @@
 //! | `key.create`, `key.list`, `key.show`, `key.rotate`, `key.verify`, `key.discover`, `key.adopt` | the [`KeyRequest`] of that name |
 //! | `key.recover` | [`KeyRequest::Recover`] |
 //! | `key.pubkey`, `key.export`, `key.collect`, `key.import` | [`KeyRequest::Distribution`], by its [`DistRequest`](crate::distribution::DistRequest) |
+//! | `cert.request`, `cert.self-sign`, `cert.import` | [`KeyRequest::Cert`], by its [`CertRequest`](crate::certificate::CertRequest) |
 //! | `key.activate`, `key.suspend`, `key.resume`, `key.deactivate`, `key.revoke`, `key.destroy` | [`KeyRequest::Transition`], by its [`KeyAction`] (`key.revoke` also with `rotate`) |
 //! | `grant.add`, `grant.remove`, `grant.list` | [`KeyRequest::GrantAdd`], [`KeyRequest::GrantRemove`], [`KeyRequest::GrantList`] |
 //! | `app.list` | [`KeyRequest::AppList`] |
@@ -99,6 +101,7 @@ impl KeyRequest {
             KeyRequest::TokenInit { .. } => "token.init",
             KeyRequest::Backup(b) => b.name(),
             KeyRequest::Distribution(d) => d.name(),
+            KeyRequest::Cert(c) => c.name(),
         }
     }
 
@@ -128,7 +131,8 @@ impl KeyRequest {
             | KeyRequest::Init { .. }
             | KeyRequest::Recover { .. }
             | KeyRequest::TokenInit { .. }
-            | KeyRequest::Distribution(_) => false,
+            | KeyRequest::Distribution(_)
+            | KeyRequest::Cert(_) => false,
         }
     }
 
@@ -238,7 +242,72 @@ impl KeyRequest {
             ),
             KeyRequest::Backup(b) => b.describe(),
             KeyRequest::Distribution(d) => describe_distribution(d),
+            KeyRequest::Cert(c) => describe_cert(c),
         }
+    }
+}
+
+/// [`KeyRequest::describe`] of a certificate request: the subject and
+/// names as typed (escaped), a certificate by its size and SHA-256.
+fn describe_cert(c: &crate::certificate::CertRequest) -> String {
+    use crate::certificate::CertRequest;
+    use crate::distribution::sha256_hex;
+    let version = |v: &Option<u32>| match v {
+        Some(v) => format!(" version {v}"),
+        None => String::new(),
+    };
+    let sans = |s: &[String]| match s {
+        [] => String::new(),
+        s => format!(", names {}", clean(&s.join(","))),
+    };
+    match c {
+        CertRequest::Request {
+            name,
+            token,
+            version: v,
+            subject,
+            sans: s,
+        } => format!(
+            "sign a certificate request of {}{} in the HSM for {}{}",
+            key(token, name),
+            version(v),
+            clean(subject),
+            sans(s)
+        ),
+        CertRequest::SelfSign {
+            name,
+            token,
+            version: v,
+            subject,
+            sans: s,
+            days,
+            import,
+        } => format!(
+            "sign a self-signed certificate of {}{} in the HSM for {}{}, {days} days{}",
+            key(token, name),
+            version(v),
+            clean(subject),
+            sans(s),
+            if *import { ", and store it" } else { "" }
+        ),
+        CertRequest::Import {
+            name,
+            token,
+            version: v,
+            certificate,
+            replace,
+        } => format!(
+            "store a certificate of {} bytes (SHA-256 {}) beside {}{}{}",
+            certificate.len(),
+            sha256_hex(certificate),
+            key(token, name),
+            version(v),
+            if *replace {
+                ", replacing the version's"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -648,6 +717,7 @@ impl BackupRequest {
 mod tests {
     use super::*;
     use crate::admin::AuditAnchor;
+    use crate::certificate::CertRequest;
     use crate::distribution::DistRequest;
 
     fn transition(action: KeyAction, token: Option<&str>, reason: Option<&str>) -> AdminRequest {
@@ -772,6 +842,29 @@ mod tests {
                 token: None,
                 reason: "r".into(),
             })),
+            key(KeyRequest::Cert(CertRequest::Request {
+                name: "k".into(),
+                token: None,
+                version: None,
+                subject: "CN=k".into(),
+                sans: vec!["DNS:k".into()],
+            })),
+            key(KeyRequest::Cert(CertRequest::SelfSign {
+                name: "k".into(),
+                token: None,
+                version: Some(1),
+                subject: "CN=k".into(),
+                sans: Vec::new(),
+                days: 1,
+                import: true,
+            })),
+            key(KeyRequest::Cert(CertRequest::Import {
+                name: "k".into(),
+                token: None,
+                version: None,
+                certificate: vec![1],
+                replace: false,
+            })),
             AdminRequest::Audit(AuditRequest::Verify),
             AdminRequest::Audit(AuditRequest::Anchor),
             AdminRequest::Audit(AuditRequest::Tail {
@@ -833,6 +926,9 @@ mod tests {
                 "key.export",
                 "key.collect",
                 "key.import",
+                "cert.request",
+                "cert.self-sign",
+                "cert.import",
                 "audit.verify",
                 "audit.anchor",
                 "audit.tail",
@@ -864,9 +960,10 @@ mod tests {
             let parts: Vec<&str> = name.split('.').collect();
             assert_eq!(parts.len(), 2, "{name}");
             assert!(
-                parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase())),
+                parts.iter().all(|p| !p.is_empty()
+                    && !p.starts_with('-')
+                    && !p.ends_with('-')
+                    && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')),
                 "{name}"
             );
         }

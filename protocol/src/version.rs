@@ -69,7 +69,9 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// (`KeyRequest::RequestDecide`) and withdraw them (`RequestCancel`);
 /// statuses `denied`, `cancelled` and `failed`; recovery windows on
 /// compromised keys (`KeyRequest::Recover`, `KeyInfo::recovery_until`).
-/// 7: backups (`KeyRequest::Backup`, `KeyResponse::Backup`).
+/// 7: backups (`KeyRequest::Backup`, `KeyResponse::Backup`); certificates
+/// (`KeyRequest::Cert`, `KeyResponse::Cert`, `KeyInfo::certificates`,
+/// `CertificateInfo::expiring`).
 pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 7, max: 7 };
 
 /// The first admin-protocol version that opens with a hello: an agent

@@ -136,6 +136,12 @@ pub enum Command {
         /// Where the pages go.
         dir: Option<PathBuf>,
     },
+    /// Certificates of managed keys: requests (CSRs) and self-signed
+    /// certificates signed in the HSM, and certificate imports.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
 }
 
 /// `keyward completions SHELL`.
@@ -147,6 +153,62 @@ pub enum Shell {
     Zsh,
     /// fish
     Fish,
+}
+
+/// What a certificate is made of: the key, the subject and its names.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct CertSubjectArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The subject, e.g. "CN=web.example.com,O=Example" (RFC 4514).
+    #[arg(long)]
+    pub subject: String,
+    /// Subject alternative names, comma-separated: DNS:name, IP:address,
+    /// email:address, URI:uri.
+    #[arg(long, value_delimiter = ',')]
+    pub san: Vec<String>,
+    /// The key version (default: the one that protects now).
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// Write it to this new file (mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// DER instead of PEM (needs --out).
+    #[arg(long, requires = "out")]
+    pub der: bool,
+}
+
+/// `keyward cert ...`
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum CertCommand {
+    /// A PKCS#10 certificate signing request of a key version, signed in
+    /// the HSM (PEM, or DER with --der).
+    Request(CertSubjectArgs),
+    /// A self-signed X.509 v3 certificate of a key version, signed in the HSM.
+    SelfSign {
+        #[command(flatten)]
+        args: CertSubjectArgs,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Store it on the token beside the key version too.
+        #[arg(long)]
+        import: bool,
+    },
+    /// Store a certificate (one, PEM or DER) of a key version's public key
+    /// on the token, where applications find it beside the key.
+    Import {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The certificate file.
+        file: PathBuf,
+        /// The key version (default: the one that protects now).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Replace the certificate the version has.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 /// `keyward backup ...`
@@ -295,6 +357,24 @@ pub struct KeyArgs {
     pub token: TokenArg,
 }
 
+/// `keyward key rotate`: the key, and the certificate request of the new
+/// version to write after.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// After rotating, write a certificate request (PEM) of the new version
+    /// to this new file (subject: --subject, else the current certificate's).
+    #[arg(long, value_name = "FILE")]
+    pub csr: Option<PathBuf>,
+    /// The CSR's subject (RFC 4514).
+    #[arg(long, requires = "csr")]
+    pub subject: Option<String>,
+    /// The CSR's subject alternative names (as for `keyward cert request`).
+    #[arg(long, value_delimiter = ',', requires = "csr")]
+    pub san: Vec<String>,
+}
+
 /// A lifecycle transition: the key and why.
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct TransitionArgs {
@@ -418,7 +498,8 @@ pub enum KeyCommand {
         rotate: bool,
     },
     /// Generate a new version: it protects, older versions drop to deactivated.
-    Rotate(KeyArgs),
+    /// With --csr, then write a certificate request (PEM) of the new version.
+    Rotate(RotateArgs),
     /// Prove the key works inside the HSM without revealing anything.
     Verify(KeyArgs),
     /// Ask for a recovery window on a compromised key: for a bounded time,
@@ -896,7 +977,9 @@ mod tests {
                 panic!()
             };
             assert!(pick(&command), "{cmd}: {command:?}");
-            let (KeyCommand::Show(k) | KeyCommand::Rotate(k) | KeyCommand::Verify(k)) = command
+            let (KeyCommand::Show(k)
+            | KeyCommand::Rotate(RotateArgs { key: k, .. })
+            | KeyCommand::Verify(k)) = command
             else {
                 panic!()
             };

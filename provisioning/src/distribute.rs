@@ -68,7 +68,7 @@ fn read_public_key(path: &Path) -> Result<Vec<u8>, Failure> {
 
 /// Creates the new file `path` (mode 0600; an existing file is not
 /// overwritten).
-fn create_new(path: &Path) -> Result<std::fs::File, Failure> {
+pub(crate) fn create_new(path: &Path) -> Result<std::fs::File, Failure> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -84,7 +84,7 @@ fn create_new(path: &Path) -> Result<std::fs::File, Failure> {
 }
 
 /// Writes `bytes` to `f`, the file at `path`.
-fn write_all(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_all(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Failure::local(Exit::Error, "Io", format!("{}: {e}", path.display())))

@@ -36,6 +36,7 @@
 
 mod admin;
 mod backup;
+mod cert;
 mod cli;
 mod decide;
 mod devices;

@@ -215,6 +215,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
         KeyResponse::Backup(b) => backup(b),
         KeyResponse::Distribution(d) => distribution(d),
+        KeyResponse::Cert(c) => crate::cert::text(c),
     }
 }
 
@@ -395,8 +396,32 @@ fn key(k: &KeyInfo) -> String {
             grant_table(&k.grants, false)
         },
     );
+    if !k.certificates.is_empty() {
+        section(&mut out, "certificates", certificates_table(k));
+    }
     section(&mut out, "history", history_table(k));
     out
+}
+
+/// The certificates stored beside the key's versions, as a table.
+fn certificates_table(k: &KeyInfo) -> String {
+    let rows: Vec<Vec<String>> = k
+        .certificates
+        .iter()
+        .map(|c| {
+            vec![
+                c.version.to_string(),
+                cell(&c.subject),
+                format_utc(c.not_before),
+                format_utc(c.not_after),
+                cell(&c.sha256),
+            ]
+        })
+        .collect();
+    table(
+        &["VERSION", "SUBJECT", "NOT BEFORE", "NOT AFTER", "SHA-256"],
+        &rows,
+    )
 }
 
 /// A titled, indented section of `keyward key show`.
@@ -1143,9 +1168,11 @@ fn key_summary(k: &KeyReport) -> Vec<String> {
         yes_no(k.overdue),
         match &k.certificate {
             None => "none".to_owned(),
-            Some(c) => c
-                .not_after
-                .map_or_else(|| "unreadable".to_owned(), format_utc),
+            Some(c) => match c.not_after {
+                None => "unreadable".to_owned(),
+                Some(t) if c.expiring => format!("{} EXPIRING", format_utc(t)),
+                Some(t) => format_utc(t),
+            },
         },
         k.usage.window.to_string(),
         k.usage.total.to_string(),
@@ -1221,6 +1248,12 @@ fn key_details(k: &KeyReport) -> String {
         pairs.push((
             "certificate",
             match (c.not_after, &c.problem) {
+                (Some(t), _) if c.expiring => {
+                    format!(
+                        "expires {} (EXPIRING: within the class's warning)",
+                        format_utc(t)
+                    )
+                }
                 (Some(t), _) => format!("expires {}", format_utc(t)),
                 (None, p) => format!("unreadable: {}", opt_cell(p)),
             },
@@ -1462,6 +1495,7 @@ mod tests {
             ],
             recovery_until: None,
             held_by_backups: Vec::new(),
+            certificates: Vec::new(),
         }
     }
 
@@ -2217,6 +2251,7 @@ mod tests {
             certificate: Some(CertificateInfo {
                 not_after: Some(T0 + 86_400),
                 problem: None,
+                expiring: false,
             }),
             usage: KeyUsage {
                 window: 8,

@@ -21,7 +21,7 @@ use crate::backup;
 use crate::cli::{
     AdminKeyCommand, AppCommand, AuditCommand, AuditQueryArgs, CkaId, Command, DiscoverArgs,
     GrantCommand, KeyArgs, KeyCommand, PinCommand, PinRoleArg, PolicyCommand, ReportArgs,
-    RequestCommand, ResultFilter, TokenCommand, TransitionArgs,
+    RequestCommand, ResultFilter, RotateArgs, TokenCommand, TransitionArgs,
 };
 use crate::decide;
 pub use crate::output::Output;
@@ -40,6 +40,7 @@ const FOLLOW_BATCH: u32 = 1000;
 pub fn run(command: Command, socket: &Path, json: bool) -> Output {
     let command = match command {
         Command::Backup { command } => return backup::run(command, socket, json),
+        Command::Cert { command } => return crate::cert::run(command, socket, json),
         command => command,
     };
     if let Command::Policy {
@@ -84,6 +85,12 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
         return present(&req, exchange(socket, &req), json);
     }
     if let Command::Key { command } = command {
+        let command = match command {
+            KeyCommand::Rotate(args @ RotateArgs { csr: Some(_), .. }) => {
+                return crate::cert::rotate_with_csr(args, socket, json)
+            }
+            other => other,
+        };
         if crate::distribute::handles(&command) {
             return crate::distribute::run(command, socket, json);
         }
@@ -191,6 +198,11 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
                 "devices, completions and man run locally",
             ))
         }
+        Command::Cert { .. } => Err(Failure::local(
+            Exit::Usage,
+            "Usage",
+            "certificate commands are run by cert::run",
+        )),
         Command::Pin {
             command:
                 PinCommand::Unlock {
@@ -302,7 +314,10 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             transition: t,
             rotate,
         } => transition(t, KeyAction::Revoke { rotate }),
-        KeyCommand::Rotate(KeyArgs { name, token }) => key(KeyRequest::Rotate {
+        KeyCommand::Rotate(RotateArgs {
+            key: KeyArgs { name, token },
+            ..
+        }) => key(KeyRequest::Rotate {
             name,
             token: token.token,
         }),

@@ -159,6 +159,7 @@ fn key_info() -> KeyInfo {
         history: vec![],
         recovery_until: None,
         held_by_backups: Vec::new(),
+        certificates: Vec::new(),
     }
 }
 

@@ -64,6 +64,7 @@ use crate::tokens::VirtualToken;
 pub mod adopt;
 pub mod approvals;
 pub mod backup;
+pub mod certs;
 pub mod create;
 pub mod destroy;
 pub mod discovery;
@@ -253,6 +254,7 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
         KeyRequest::Backup(b) => (b.token().map(str::to_owned), None),
         KeyRequest::Distribution(d) => d.target(),
+        KeyRequest::Cert(c) => c.target(),
         KeyRequest::AppList
         | KeyRequest::RequestList { .. }
         | KeyRequest::RequestShow { .. }
@@ -384,6 +386,7 @@ impl Lifecycle {
                 let reason = match &resp {
                     KeyResponse::Pending(p) => format!("needs approval: request {}", p.id),
                     KeyResponse::Requests(r) if r.len() == 1 => approvals::decision_summary(&r[0]),
+                    KeyResponse::Cert(c) => certs::outcome(c),
                     _ => "done".to_owned(),
                 };
                 (AdminResponse::Key(Box::new(resp)), 0, reason)
@@ -510,6 +513,7 @@ impl Lifecycle {
                 Ok(KeyResponse::Key(Box::new(info)))
             }
             KeyRequest::Distribution(d) => self.distribution_call((&who, &by), d),
+            KeyRequest::Cert(c) => self.cert_call((&who, &by), c),
         }
     }
 

@@ -55,6 +55,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
         history,
         recovery_until: r.recovery_until,
         held_by_backups: Vec::new(),
+        certificates: Vec::new(),
     }
 }
 
@@ -69,6 +70,21 @@ impl Lifecycle {
             .history(key.record.id)
             .map_err(inv_err)?;
         let mut info = key_info(key, history.iter().map(history_entry).collect());
+        info.certificates = self
+            .keys
+            .inventory()
+            .certificates(Some(key.record.id))
+            .map_err(inv_err)?
+            .into_iter()
+            .map(|c| keyward_protocol::admin::KeyCertificate {
+                version: c.version,
+                subject: c.subject,
+                not_before: c.not_before,
+                not_after: c.not_after,
+                sha256: hex::encode(c.sha256),
+                imported_at: c.imported_at,
+            })
+            .collect();
         if key.record.state == KeyState::Destroyed {
             info.held_by_backups = self.backups_holding(key)?;
         }

@@ -16,8 +16,9 @@ use crate::error::{Error, Result};
 use crate::schema;
 use crate::store::Inventory;
 use crate::types::{
-    AppliedChange, ApprovalRecord, DateUpdates, Decided, DecisionRecord, Grant, KeyChange,
-    KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange, VersionChange,
+    AppliedChange, ApprovalRecord, CertificateRecord, DateUpdates, Decided, DecisionRecord, Grant,
+    KeyChange, KeyFilter, KeyRecord, KeyVersion, LifecycleChange, ObjectOwner, StateChange,
+    VersionChange,
 };
 
 // Column lists as macros, so that every query is one `concat!`ed literal:
@@ -1250,6 +1251,69 @@ impl Inventory for SqliteInventory {
                 identity: r.get(1)?,
                 application: r.get(2)?,
                 count: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn record_certificate(&self, cert: &CertificateRecord, replace: bool) -> Result<()> {
+        if cert.sha256.len() != 32 {
+            return Err(Error::Invalid(format!(
+                "a certificate's SHA-256 has 32 bytes, not {}",
+                cert.sha256.len()
+            )));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known: Option<i64> = tx
+            .prepare_cached("SELECT 1 FROM key_versions WHERE key_id = ?1 AND version = ?2")?
+            .query_row(params![cert.key_id, cert.version], |r| r.get(0))
+            .optional()?;
+        if known.is_none() {
+            return Err(Error::NotFound(format!(
+                "version {} of key {}",
+                cert.version, cert.key_id
+            )));
+        }
+        if replace {
+            tx.prepare_cached("DELETE FROM certificates WHERE key_id = ?1 AND version = ?2")?
+                .execute(params![cert.key_id, cert.version])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO certificates (key_id, version, subject, not_before, not_after, sha256,
+                                       imported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (key_id, version, sha256) DO UPDATE SET imported_at = excluded.imported_at",
+        )?
+        .execute(params![
+            cert.key_id,
+            cert.version,
+            cert.subject,
+            cert.not_before,
+            cert.not_after,
+            cert.sha256,
+            cert.imported_at
+        ])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn certificates(&self, key_id: Option<i64>) -> Result<Vec<CertificateRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id, version, subject, not_before, not_after, sha256, imported_at
+               FROM certificates WHERE ?1 IS NULL OR key_id = ?1
+              ORDER BY key_id, version, not_after",
+        )?;
+        let rows = stmt.query_map(params![key_id], |r| {
+            Ok(CertificateRecord {
+                key_id: r.get(0)?,
+                version: r.get(1)?,
+                subject: r.get(2)?,
+                not_before: r.get(3)?,
+                not_after: r.get(4)?,
+                sha256: r.get(5)?,
+                imported_at: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -1852,7 +1852,7 @@ fn step_8_adds_an_empty_recovery_window_to_the_keys_there() {
         )
         .unwrap();
     let inv = SqliteInventory::open(&path).unwrap();
-    assert_eq!(inv.schema_version().unwrap(), 8);
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
     let old = inv.key("tok", "old").unwrap().unwrap();
     assert_eq!(
         (old.state, old.recovery_until),
@@ -1992,4 +1992,55 @@ fn a_restored_key_is_created_with_its_versions_in_order_older_ones_destroyed() {
     assert_eq!(versions[0].state, KeyState::Destroyed);
     assert_eq!(versions[0].destroyed_at, Some(T0));
     assert_eq!(versions[1].state, KeyState::Active);
+}
+
+fn certificate(key_id: i64, version: u32, digest: u8, not_after: i64) -> CertificateRecord {
+    CertificateRecord {
+        key_id,
+        version,
+        subject: "CN=web,O=Example".into(),
+        not_before: 1_000,
+        not_after,
+        sha256: vec![digest; 32],
+        imported_at: 2_000,
+    }
+}
+
+/// Step 9 keeps what a version's certificates say: recorded, listed per
+/// key, replaced only when told; unknown versions and bad digests refused.
+#[test]
+fn certificates_are_recorded_per_version_and_replaced_when_told() {
+    let (_dir, inv) = store();
+    assert_eq!(inv.schema_version().unwrap(), 9);
+    let k = new_key(&inv, "k", b"1");
+    let other = new_key(&inv, "other", b"2");
+    inv.record_certificate(&certificate(k.id, 1, 1, 5_000), false)
+        .unwrap();
+    inv.record_certificate(&certificate(k.id, 1, 2, 4_000), false)
+        .unwrap();
+    inv.record_certificate(&certificate(other.id, 1, 3, 9_000), false)
+        .unwrap();
+    let mine = inv.certificates(Some(k.id)).unwrap();
+    assert_eq!(
+        mine.iter().map(|c| c.not_after).collect::<Vec<_>>(),
+        [4_000, 5_000]
+    );
+    assert_eq!(inv.certificates(None).unwrap().len(), 3);
+    inv.record_certificate(&certificate(k.id, 1, 4, 6_000), true)
+        .unwrap();
+    assert_eq!(
+        inv.certificates(Some(k.id)).unwrap(),
+        [certificate(k.id, 1, 4, 6_000)]
+    );
+    assert!(matches!(
+        inv.record_certificate(&certificate(k.id, 7, 5, 1), false),
+        Err(Error::NotFound(_))
+    ));
+    let mut short = certificate(k.id, 1, 6, 1);
+    short.sha256.pop();
+    assert!(matches!(
+        inv.record_certificate(&short, false),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(inv.certificates(Some(other.id)).unwrap().len(), 1);
 }

@@ -46,7 +46,8 @@ impl Role {
     /// [`Policy::admit_admin_request`](crate::Policy::admit_admin_request)).
     ///
     /// - security-officer: every request;
-    /// - key-owner: every key request, and grants;
+    /// - key-owner: every key request, grants, and certificates
+    ///   (`cert.request`, `cert.self-sign`, `cert.import`);
     /// - operator: activation, rotation, verification, suspension,
     ///   discovery, PIN unlock;
     /// - operator also: `backup.create`, `backup.verify`;
@@ -64,7 +65,9 @@ impl Role {
         }
         match self {
             Role::SecurityOfficer => true,
-            Role::KeyOwner => name.starts_with("key.") || name.starts_with("grant."),
+            Role::KeyOwner => {
+                name.starts_with("key.") || name.starts_with("grant.") || name.starts_with("cert.")
+            }
             Role::Operator => matches!(
                 name,
                 "key.activate"

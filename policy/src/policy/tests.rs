@@ -52,6 +52,30 @@ fn base_is_valid() {
 }
 
 #[test]
+fn a_class_warns_ahead_of_certificate_expiry_when_it_says_so() {
+    let p = Policy::from_str(BASE, "policy.toml").unwrap();
+    assert_eq!(p.classes[0].certificate_warning, None);
+    let text = mutate(
+        "process_period = \"180d\"\n",
+        "process_period = \"180d\"\ncertificate_warning = \"30d\"\n",
+    );
+    let p = Policy::from_str(&text, "policy.toml").unwrap();
+    assert_eq!(
+        p.classes[0].certificate_warning,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+    let text = mutate(
+        "process_period = \"180d\"\n",
+        "process_period = \"180d\"\ncertificate_warning = \"soon\"\n",
+    );
+    assert!(
+        error(&text).contains("class \"tls\", certificate_warning: \"soon\" is not a duration"),
+        "{}",
+        error(&text)
+    );
+}
+
+#[test]
 fn a_class_is_sensitive_and_bounds_its_recovery_windows_when_it_says_so() {
     let p = Policy::from_str(BASE, "policy.toml").unwrap();
     assert!(!p.classes[0].sensitive);
@@ -86,7 +110,7 @@ fn a_class_is_sensitive_and_bounds_its_recovery_windows_when_it_says_so() {
 fn error_unknown_field() {
     assert_error(
         &mutate("purpose = \"signing\"", "purpose = \"signing\"\npurposes = 1"),
-        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`, `sensitive`, `max_recovery_window`",
+        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`, `sensitive`, `max_recovery_window`, `certificate_warning`",
     );
 }
 
@@ -1194,6 +1218,14 @@ fn roles_may_request_what_the_reference_says() {
     assert!(!Role::Custodian.may_request("key.create"));
     assert!(!Role::Auditor.may_request("key.create"));
     assert!(Role::SecurityOfficer.may_request("pin.unlock"));
+    // Certificates: the key owner's and the security officer's.
+    for name in ["cert.request", "cert.self-sign", "cert.import"] {
+        assert!(Role::KeyOwner.may_request(name), "{name}");
+        assert!(Role::SecurityOfficer.may_request(name), "{name}");
+        assert!(!Role::Operator.may_request(name), "{name}");
+        assert!(!Role::Custodian.may_request(name), "{name}");
+        assert!(!Role::Auditor.may_request(name), "{name}");
+    }
     // Backups: operators make and drill them; custodians handle their
     // share only; the ceremony and restores are the security officer's.
     for (role, allowed) in [

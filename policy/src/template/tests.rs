@@ -27,6 +27,7 @@ fn class(purpose: Purpose, algorithms: &[&str], backup: bool) -> KeyClass {
         per_use_approval: None,
         sensitive: false,
         max_recovery_window: crate::DEFAULT_MAX_RECOVERY_WINDOW,
+        certificate_warning: None,
     }
 }
 

@@ -18,6 +18,7 @@ mod audit_events;
 mod audit_gap;
 mod backup;
 mod boundary;
+mod certificates;
 mod crypto;
 mod derived_keys;
 mod destroy_requests;

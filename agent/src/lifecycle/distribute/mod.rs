@@ -161,7 +161,7 @@ impl Drop for Scratch<'_, '_> {
 }
 
 /// The version `version` names, or the one that protects now.
-fn pick<'k>(t: &'k Target<'_>, version: Option<u32>) -> AResult<&'k KeyVersion> {
+pub(crate) fn pick<'k>(t: &'k Target<'_>, version: Option<u32>) -> AResult<&'k KeyVersion> {
     match version {
         None => t.current(),
         Some(n) => t.key.version(n).map_or_else(
@@ -239,7 +239,7 @@ impl Lifecycle {
 
     /// The public key of version `v` of `t`, from its genuine public key
     /// object on the HSM.
-    fn public_key_of(&self, t: &Target<'_>, v: &KeyVersion) -> AResult<PublicParts> {
+    pub(crate) fn public_key_of(&self, t: &Target<'_>, v: &KeyVersion) -> AResult<PublicParts> {
         let r = &t.key.record;
         if is_secret(r.algorithm) {
             return refused(format!(
