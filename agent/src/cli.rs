@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
 use crate::agent::Agent;
@@ -54,7 +54,7 @@ pub enum Command {
     Completions {
         /// The shell.
         #[arg(value_enum)]
-        shell: Shell,
+        shell: crate::docs::Shell,
     },
     /// Write the manual pages to DIR (without DIR: keyward-agent.1 on
     /// standard output).
@@ -63,17 +63,6 @@ pub enum Command {
         /// Where the pages go.
         dir: Option<PathBuf>,
     },
-}
-
-/// `completions SHELL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Shell {
-    /// bash
-    Bash,
-    /// zsh
-    Zsh,
-    /// fish
-    Fish,
 }
 
 /// `--role`.
@@ -105,11 +94,15 @@ pub fn main() -> ExitCode {
     match &cli.command {
         // Need no configuration either: they describe the command line.
         Some(Command::Completions { shell }) => {
-            crate::docs::completions(*shell, &mut std::io::stdout().lock());
+            crate::docs::completions(Cli::command(), *shell, &mut std::io::stdout().lock());
             return ExitCode::SUCCESS;
         }
         Some(Command::Man { dir }) => {
-            return match crate::docs::man(dir.as_deref(), &mut std::io::stdout().lock()) {
+            return match crate::docs::man(
+                Cli::command(),
+                dir.as_deref(),
+                &mut std::io::stdout().lock(),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let _ = writeln!(std::io::stderr(), "keyward-agent: man pages: {e}");

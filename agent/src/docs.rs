@@ -6,13 +6,19 @@
 use std::io::Write;
 use std::path::Path;
 
-use clap::CommandFactory;
+/// `completions SHELL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
 
-use crate::cli::{Cli, Shell};
-
-/// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: Shell, out: &mut dyn Write) {
-    let mut cmd = Cli::command();
+/// Writes the completion script for `shell` of command line `cmd` to `out`.
+pub fn completions(mut cmd: clap::Command, shell: Shell, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();
     let shell = match shell {
         Shell::Bash => clap_complete::Shell::Bash,
@@ -24,8 +30,7 @@ pub fn completions(shell: Shell, out: &mut dyn Write) {
 
 /// With a directory: `keyward-agent.1` and a page per sub-command written
 /// there. Without: `keyward-agent.1` on `out`.
-pub fn man(dir: Option<&Path>, out: &mut dyn Write) -> std::io::Result<()> {
-    let cmd = Cli::command();
+pub fn man(cmd: clap::Command, dir: Option<&Path>, out: &mut dyn Write) -> std::io::Result<()> {
     match dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -37,12 +42,15 @@ pub fn man(dir: Option<&Path>, out: &mut dyn Write) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+    use crate::cli::Cli;
 
     #[test]
     fn the_man_page_names_every_visible_command_and_no_hidden_one() {
         let mut page = Vec::new();
-        man(None, &mut page).expect("render");
+        man(Cli::command(), None, &mut page).expect("render");
         let page = String::from_utf8(page).expect("UTF-8");
         let cmd = Cli::command();
         for sub in cmd.get_subcommands() {
@@ -69,7 +77,7 @@ mod tests {
     fn every_shell_gets_a_script() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let mut script = Vec::new();
-            completions(shell, &mut script);
+            completions(Cli::command(), shell, &mut script);
             let script = String::from_utf8(script).expect("UTF-8");
             assert!(
                 script.contains("set-pin") && script.contains("check"),

@@ -177,9 +177,13 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
         }
         render::json(&v)
     } else if let Some(path) = &out {
-        format!("{} written to {}\n", text(&c).trim_end(), path.display())
+        format!(
+            "{} written to {}\n",
+            render::certificate(&c).trim_end(),
+            path.display()
+        )
     } else if is_import {
-        text(&c)
+        render::certificate(&c)
     } else {
         pem
     };
@@ -203,6 +207,34 @@ fn unexpected(what: &str) -> Failure {
     )
 }
 
+/// The subject of key `name`'s current certificate, for `key rotate --csr`
+/// without `--subject`; a usage error, before anything is rotated, when
+/// it has none.
+fn current_subject_of(
+    socket: &Path,
+    name: &str,
+    token: &Option<String>,
+) -> Result<String, Failure> {
+    let show = AdminRequest::Key(KeyRequest::Show {
+        name: name.to_owned(),
+        token: token.clone(),
+    });
+    let info = match exchange(socket, &show)? {
+        AdminResponse::Key(r) => match *r {
+            KeyResponse::Key(info) => info,
+            _ => return Err(unexpected("key show")),
+        },
+        other => return Err(answer_failure(&show, other)),
+    };
+    current_subject(&info.certificates).ok_or_else(|| {
+        usage(format!(
+            "key {} has no certificate whose subject the request could take: give --subject; \
+             nothing rotated",
+            render::clean(name)
+        ))
+    })
+}
+
 /// `keyward key rotate NAME --csr FILE`: the subject is settled and the
 /// file's place taken before the rotation (a usage error rotates nothing);
 /// then the rotation, then the CSR of the new version, signed in the HSM.
@@ -217,33 +249,9 @@ pub(crate) fn rotate_with_csr(args: RotateArgs, socket: &Path, json: bool) -> Ou
     let Some(out) = csr else {
         return Output::failure(&usage("--csr FILE is needed".into()), json);
     };
-    let subject = match subject {
-        Some(s) => s,
-        None => {
-            let show = AdminRequest::Key(KeyRequest::Show {
-                name: name.clone(),
-                token: token.clone(),
-            });
-            let info = match exchange(socket, &show) {
-                Ok(AdminResponse::Key(r)) => match *r {
-                    KeyResponse::Key(info) => info,
-                    _ => return Output::failure(&unexpected("key show"), json),
-                },
-                Ok(other) => return Output::failure(&answer_failure(&show, other), json),
-                Err(f) => return Output::failure(&f, json),
-            };
-            match current_subject(&info.certificates) {
-                Some(s) => s,
-                None => {
-                    let f = usage(format!(
-                        "key {} has no certificate whose subject the request could take: give \
-                         --subject; nothing rotated",
-                        render::clean(&name)
-                    ));
-                    return Output::failure(&f, json);
-                }
-            }
-        }
+    let subject = match subject.map_or_else(|| current_subject_of(socket, &name, &token), Ok) {
+        Ok(s) => s,
+        Err(f) => return Output::failure(&f, json),
     };
     let file = match crate::distribute::create_new(&out) {
         Ok(f) => f,
@@ -330,37 +338,6 @@ pub(crate) fn rotate_with_csr(args: RotateArgs, socket: &Path, json: bool) -> Ou
             sha256_hex(&der)
         )
     })
-}
-
-/// A certificate answer in words.
-pub(crate) fn text(c: &CertResponse) -> String {
-    match c {
-        CertResponse::Csr { key, version, der } => format!(
-            "certificate request of {} version {version} (SHA-256 {})\n",
-            render::clean(key),
-            sha256_hex(der)
-        ),
-        CertResponse::Certificate {
-            key,
-            version,
-            der,
-            subject,
-            not_after,
-            stored,
-            replaced,
-        } => format!(
-            "certificate of {} version {version}: {}, valid until {} (SHA-256 {}){}\n",
-            render::clean(key),
-            render::clean(subject),
-            crate::time::format_utc(i64::try_from(*not_after).unwrap_or(i64::MAX)),
-            sha256_hex(der),
-            match (stored, replaced) {
-                (false, _) => String::new(),
-                (true, 0) => ", stored on the token".to_owned(),
-                (true, n) => format!(", stored on the token ({n} replaced)"),
-            }
-        ),
-    }
 }
 
 #[cfg(test)]

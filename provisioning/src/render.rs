@@ -215,7 +215,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
         KeyResponse::Backup(b) => backup(b),
         KeyResponse::Distribution(d) => distribution(d),
-        KeyResponse::Cert(c) => crate::cert::text(c),
+        KeyResponse::Cert(c) => certificate(c),
     }
 }
 
@@ -233,6 +233,39 @@ pub(crate) fn distribution(d: &keyward_protocol::distribution::DistResponse) -> 
             clean(id),
             file.len(),
             sha256_hex(file)
+        ),
+    }
+}
+
+/// A certificate answer in words.
+pub(crate) fn certificate(c: &keyward_protocol::certificate::CertResponse) -> String {
+    use keyward_protocol::certificate::CertResponse;
+    use keyward_protocol::distribution::sha256_hex;
+    match c {
+        CertResponse::Csr { key, version, der } => format!(
+            "certificate request of {} version {version} (SHA-256 {})\n",
+            clean(key),
+            sha256_hex(der)
+        ),
+        CertResponse::Certificate {
+            key,
+            version,
+            der,
+            subject,
+            not_after,
+            stored,
+            replaced,
+        } => format!(
+            "certificate of {} version {version}: {}, valid until {} (SHA-256 {}){}\n",
+            clean(key),
+            clean(subject),
+            crate::time::format_utc(i64::try_from(*not_after).unwrap_or(i64::MAX)),
+            sha256_hex(der),
+            match (stored, replaced) {
+                (false, _) => String::new(),
+                (true, 0) => ", stored on the token".to_owned(),
+                (true, n) => format!(", stored on the token ({n} replaced)"),
+            }
         ),
     }
 }

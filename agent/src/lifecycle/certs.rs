@@ -436,45 +436,55 @@ impl Lifecycle {
                 version,
                 certificate,
                 replace,
-            } => {
-                let t = self.target(token.as_deref(), &name)?;
-                let v = pick(&t, version)?.clone();
-                if v.state == KeyState::Destroyed {
-                    return refused(format!(
-                        "key {} version {} is destroyed: no certificate is stored for it",
-                        t.label(),
-                        v.version
-                    ));
-                }
-                let (cert, der) = parse_certificate(&certificate)?;
-                let spki = self.spki_of(&t, &v)?;
-                let theirs = cert
-                    .tbs_certificate
-                    .subject_public_key_info
-                    .to_der()
-                    .map_err(failed("the certificate's public key"))?;
-                if theirs != spki {
-                    return refused(format!(
-                        "the certificate's public key (SPKI SHA-256 {}) is not the public key of \
-                         {} version {} (SPKI SHA-256 {}): nothing stored",
-                        keyward_protocol::distribution::sha256_hex(&theirs),
-                        t.label(),
-                        v.version,
-                        keyward_protocol::distribution::sha256_hex(&spki)
-                    ));
-                }
-                let replaced = self.store_certificate(&t, &v, &cert, &der, replace)?;
-                Ok(KeyResponse::Cert(CertResponse::Certificate {
-                    key: name,
-                    version: v.version,
-                    subject: cert.tbs_certificate.subject.to_string(),
-                    not_after: unix(cert.tbs_certificate.validity.not_after),
-                    der,
-                    stored: true,
-                    replaced,
-                }))
-            }
+            } => self.cert_import((name, token), version, &certificate, replace),
         }
+    }
+
+    /// `keyward cert import`: one certificate of the version's own public
+    /// key, stored on the token and recorded.
+    fn cert_import(
+        &self,
+        (name, token): (String, Option<String>),
+        version: Option<u32>,
+        certificate: &[u8],
+        replace: bool,
+    ) -> AResult<KeyResponse> {
+        let t = self.target(token.as_deref(), &name)?;
+        let v = pick(&t, version)?.clone();
+        if v.state == KeyState::Destroyed {
+            return refused(format!(
+                "key {} version {} is destroyed: no certificate is stored for it",
+                t.label(),
+                v.version
+            ));
+        }
+        let (cert, der) = parse_certificate(certificate)?;
+        let spki = self.spki_of(&t, &v)?;
+        let theirs = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(failed("the certificate's public key"))?;
+        if theirs != spki {
+            return refused(format!(
+                "the certificate's public key (SPKI SHA-256 {}) is not the public key of \
+                 {} version {} (SPKI SHA-256 {}): nothing stored",
+                keyward_protocol::distribution::sha256_hex(&theirs),
+                t.label(),
+                v.version,
+                keyward_protocol::distribution::sha256_hex(&spki)
+            ));
+        }
+        let replaced = self.store_certificate(&t, &v, &cert, &der, replace)?;
+        Ok(KeyResponse::Cert(CertResponse::Certificate {
+            key: name,
+            version: v.version,
+            subject: cert.tbs_certificate.subject.to_string(),
+            not_after: unix(cert.tbs_certificate.validity.not_after),
+            der,
+            stored: true,
+            replaced,
+        }))
     }
 
     /// The signer of version `v` of `t`; refused for a key that is not a
