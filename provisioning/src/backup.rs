@@ -4,9 +4,7 @@
 //! `share_recipient` line) and `share check` (a share opened with its
 //! custodian's identity: what it is, never its value).
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::Path;
 
 use keyward_escrow::{short_check, ShareRecord, MAX_SHARE_FILE};
@@ -111,7 +109,7 @@ fn ask(socket: &Path, req: BackupRequest, json: bool) -> Output {
 
 /// A backup file's bytes.
 fn read_backup(file: &Path) -> Result<Vec<u8>, Failure> {
-    read_limited(file, MAX_BACKUP_FILE, "backup file")
+    read_limited(file, MAX_BACKUP_FILE, "a backup file")
 }
 
 /// `backup create FILE`: the agent makes the backup; it is written to a
@@ -147,7 +145,7 @@ fn create(
             "the agent answered a backup with something else".into(),
         ));
     };
-    write_new_file(file, &bytes, "backup file")?;
+    crate::files::write_new(file, &bytes, "a backup file")?;
     Ok(Output::success(if json {
         render::json(&contents)
     } else {
@@ -195,7 +193,7 @@ fn share_get(
             "the agent answered with something else than a share".into(),
         ));
     };
-    write_new_file(out, armored.as_bytes(), "share file")?;
+    crate::files::write_new(out, armored.as_bytes(), "a share file")?;
     Ok(Output::success(if json {
         render::json(
             &serde_json::json!({"custodian": custodian, "digest": digest,
@@ -231,39 +229,10 @@ fn share_submit(
     ))
 }
 
-/// Creates `path` (never over an existing file), mode 0600, with
-/// `contents`; a partly written file is removed.
-fn write_new_file(path: &Path, contents: &[u8], what: &str) -> Result<(), Failure> {
-    let shown = render::clean(&path.display().to_string());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => Failure::local(
-                Exit::Conflict,
-                "Conflict",
-                format!("{shown}: exists already: a {what} is never overwritten"),
-            ),
-            _ => Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot create: {e}")),
-        })?;
-    if let Err(e) = file.write_all(contents).and_then(|()| file.sync_all()) {
-        drop(file);
-        let _ = std::fs::remove_file(path);
-        return Err(Failure::local(
-            Exit::Usage,
-            "Usage",
-            format!("{shown}: cannot write: {e}"),
-        ));
-    }
-    Ok(())
-}
-
 /// `backup custodian-key new --out FILE`.
 fn custodian_key_new(path: &Path, json: bool) -> Result<Output, Failure> {
     let (identity, recipient) = keyward_escrow::new_identity();
-    write_secret_file(path, identity.as_bytes())?;
+    crate::files::write_new(path, identity.as_bytes(), "a custodian identity file")?;
     let stdout = if json {
         render::json(&serde_json::json!({
             "share_recipient": recipient,
@@ -283,45 +252,12 @@ fn custodian_key_new(path: &Path, json: bool) -> Result<Output, Failure> {
     })
 }
 
-/// Creates `path` (never over an existing file or link), readable and
-/// writable by its owner only, with `contents`. A partly written file is
-/// removed.
-fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), Failure> {
-    let shown = render::clean(&path.display().to_string());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => Failure::local(
-                Exit::Conflict,
-                "Conflict",
-                format!(
-                    "{shown}: exists already: an identity file is never overwritten (choose another name)"
-                ),
-            ),
-            _ => Failure::local(Exit::Usage, "Usage", format!("{shown}: cannot create: {e}")),
-        })?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        drop(file);
-        let _ = std::fs::remove_file(path);
-        return Err(Failure::local(
-            Exit::Usage,
-            "Usage",
-            format!("{shown}: cannot write: {e}"),
-        ));
-    }
-    Ok(())
-}
-
 /// The share in file `share`, opened with the custodian's identity file
 /// (like an administrator's key file: a regular file only its owner may
 /// read or write, read into memory that is wiped).
 fn open_share(share: &Path, identity: &Path) -> Result<ShareRecord, Failure> {
     let shown = || render::clean(&share.display().to_string());
-    let armored = read_limited(share, MAX_SHARE_FILE as u64, "share file")?;
+    let armored = read_limited(share, MAX_SHARE_FILE as u64, "a share file")?;
     let armored = String::from_utf8(armored)
         .map_err(|_| invalid(format!("{}: not an armored age file (not text)", shown())))?;
     let identity_text = signer::read_secret_file(identity, "identity file")?;

@@ -115,7 +115,7 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
     // The file's place is taken before the HSM signs: a signature is
     // never made only to be refused here.
     let target = match &out {
-        Some(path) => match crate::distribute::create_new(path) {
+        Some(path) => match crate::files::create_new(path, "a certificate file") {
             Ok(f) => Some((path.clone(), f)),
             Err(f) => return Output::failure(&f, json),
         },
@@ -159,7 +159,7 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
         } else {
             pem.as_bytes()
         };
-        if let Err(f) = crate::distribute::write_all(f, &path, written) {
+        if let Err(f) = crate::files::write_all(f, &path, written) {
             return abandon(f);
         }
     }
@@ -253,7 +253,7 @@ pub(crate) fn rotate_with_csr(args: RotateArgs, socket: &Path, json: bool) -> Ou
         Ok(s) => s,
         Err(f) => return Output::failure(&f, json),
     };
-    let file = match crate::distribute::create_new(&out) {
+    let file = match crate::files::create_new(&out, "a certificate request file") {
         Ok(f) => f,
         Err(f) => return Output::failure(&f, json),
     };
@@ -319,7 +319,7 @@ pub(crate) fn rotate_with_csr(args: RotateArgs, socket: &Path, json: bool) -> Ou
             ))
         }
     };
-    if let Err(f) = crate::distribute::write_all(file, &out, pem.as_bytes()) {
+    if let Err(f) = crate::files::write_all(file, &out, pem.as_bytes()) {
         return rotated(f);
     }
     Output::success(if json {

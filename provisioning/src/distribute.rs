@@ -3,8 +3,6 @@
 //! SubjectPublicKeyInfo (PEM by default); an export file is written with
 //! mode 0600 and never over an existing file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use keyward_protocol::admin::{AdminRequest, AdminResponse, KeyRequest, KeyResponse};
@@ -64,35 +62,6 @@ fn read_public_key(path: &Path) -> Result<Vec<u8>, Failure> {
         return Ok(der);
     }
     Ok(bytes)
-}
-
-/// Creates the new file `path` (mode 0600; an existing file is not
-/// overwritten).
-pub(crate) fn create_new(path: &Path) -> Result<std::fs::File, Failure> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            Failure::local(
-                Exit::Usage,
-                "Usage",
-                format!("{}: cannot create: {e}", path.display()),
-            )
-        })
-}
-
-/// Writes `bytes` to `f`, the file at `path`.
-pub(crate) fn write_all(mut f: std::fs::File, path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Failure::local(Exit::Error, "Io", format!("{}: {e}", path.display())))
-}
-
-/// Writes `bytes` to a new file `path` (see [`create_new`]).
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    write_all(create_new(path)?, path, bytes)
 }
 
 /// The request of one of these commands, without its files (the
@@ -185,7 +154,7 @@ pub(crate) fn run(command: KeyCommand, socket: &Path, json: bool) -> Output {
     // that a file is never fetched only to be refused here.
     let mut target = None;
     if let Some(out) = &collect_out {
-        match create_new(out) {
+        match crate::files::create_new(out, "an export file") {
             Ok(f) => target = Some(f),
             Err(f) => return Output::failure(&f, json),
         }
@@ -207,9 +176,8 @@ pub(crate) fn run(command: KeyCommand, socket: &Path, json: bool) -> Output {
         }
         KeyResponse::Distribution(DistResponse::ExportFile { id, file }) => {
             match (collect_out.as_deref(), target) {
-                (Some(out), Some(f)) => {
-                    write_all(f, out, &file).and_then(|()| collected(&id, &file, out, json))
-                }
+                (Some(out), Some(f)) => crate::files::write_all(f, out, &file)
+                    .and_then(|()| collected(&id, &file, out, json)),
                 _ => Err(Failure::local(
                     Exit::Usage,
                     "Usage",
@@ -247,7 +215,11 @@ fn public_key(
     let pem = pem_of(spki)?;
     let digest = sha256_hex(spki);
     if let Some(out) = out {
-        write_new(out, if der { spki } else { pem.as_bytes() })?;
+        crate::files::write_new(
+            out,
+            if der { spki } else { pem.as_bytes() },
+            "a public key file",
+        )?;
     }
     let stdout = if json {
         render::json(&serde_json::json!({
@@ -433,17 +405,5 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
-    }
-
-    #[test]
-    fn an_export_file_is_never_written_over_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("x");
-        write_new(&out, b"one").unwrap();
-        assert_eq!(write_new(&out, b"two").unwrap_err().exit, Exit::Usage);
-        assert_eq!(std::fs::read(&out).unwrap(), b"one");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 }

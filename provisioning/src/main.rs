@@ -42,6 +42,7 @@ mod decide;
 mod devices;
 mod distribute;
 mod docs;
+mod files;
 mod output;
 mod render;
 mod run;

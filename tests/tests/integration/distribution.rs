@@ -295,7 +295,7 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let web_sha256 = approve(&a, &web_id, (&alice_key, &bob_key));
     let web = collect(&a, &web_id, &web_file);
     let out = keyward(&a, &["key", "export", "--collect", &web_id, "--out", path(&web_file)]);
-    assert_eq!(out.status.code(), Some(2), "an existing file is not overwritten: {out:?}");
+    assert_eq!(out.status.code(), Some(6), "an existing file is not overwritten: {out:?}");
     // Asking again for the same export answers the pending request;
     // another recipient waits until it is decided.
     let vault_id = ask_export(&a, "vault", &kek);
