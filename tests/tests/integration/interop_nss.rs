@@ -160,6 +160,9 @@ keyward_test!(fn modutil_adds_the_module_and_certutil_lists_keys(tb) {
     assert!(list.contains(&format!("library name: {}", tb.module)), "modutil -list:\n{list}");
     assert!(list.contains(&format!("token: {}", tb.token)), "modutil -list:\n{list}");
     assert!(list.contains("library-manufacturer=keyward"), "modutil -list:\n{list}");
+    // certutil -U lists the token among the database's tokens, by its URI.
+    let tokens = run_ok(nss.certutil().arg("-U"));
+    assert!(tokens.contains(&format!("token={}", tb.token)), "certutil -U:\n{tokens}");
     assert!(nss.keys().is_empty(), "a fresh token has no keys: {:?}", nss.keys());
     let rsa = nss.generate(&["-k", "rsa", "-g", "2048"]);
     let ec = nss.generate(&["-k", "ec", "-q", "nistp256"]);
