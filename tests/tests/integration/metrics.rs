@@ -501,3 +501,45 @@ keyward_test!(fn a_non_loopback_metrics_address_is_refused_at_start(tb) {
     // The running agent is untouched.
     keyward_ok(&tb, &["status"], 0);
 });
+
+keyward_test!(fn the_shipped_alerting_rules_check_test_and_name_only_metrics_the_agent_exports(tb) {
+    // The rules and their unit tests, with Prometheus's own tool.
+    let promtool = keyward_tests::tools::require_tool("promtool", "prometheus");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/prometheus");
+    for args in [
+        vec!["check", "rules", "keyward-rules.yml"],
+        vec!["test", "rules", "keyward-rules.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every keyward metric a rule names is one the real agent exports.
+    tb.require_agent("the metrics endpoint");
+    with_metrics(&tb);
+    strict_policy(&tb);
+    let scrape = Scrape::get(&metrics_addr(&tb));
+    let rules = std::fs::read_to_string(dir.join("keyward-rules.yml")).unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("keyward_") {
+            named.insert(word.to_owned());
+        }
+    }
+    assert!(named.len() >= 8, "{named:?}");
+    for name in &named {
+        assert!(
+            scrape.text.contains(&format!("# TYPE {name} ")),
+            "the rules name {name}, which the agent does not export:\n{}",
+            scrape.text
+        );
+    }
+});
