@@ -76,6 +76,7 @@ impl Agent {
             use_targets: crate::uses::targets::UseTargets::default(),
             in_flight: std::sync::RwLock::new(()),
             sign_decisions: Default::default(),
+            reloader: std::sync::OnceLock::new(),
         });
         Agent {
             lifecycle: Arc::new(Lifecycle::new(core.clone())),
@@ -223,6 +224,48 @@ impl Agent {
             connections: 0,
             socket_events: Vec::new(),
             pending_requests: self.lifecycle.pending_requests(),
+            policy: self.lifecycle.policy_summary(),
+            keys_by_state: self.keys_by_state(),
+            audit: self.audit_health(),
+            scheduler_last_run: Some(
+                self.lifecycle
+                    .scheduler_ran
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .filter(|&t| t > 0),
+            scheduler_next_run: {
+                let last = self
+                    .lifecycle
+                    .scheduler_ran
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (last > 0).then_some(last + crate::lifecycle::scheduler::EVERY.as_secs() as i64)
+            },
+        }
+    }
+
+    /// Managed keys by state, in lifecycle order, states with none left out.
+    fn keys_by_state(&self) -> Vec<(keyward_policy::KeyState, u64)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for k in self.keys.all() {
+            *counts.entry(k.record.state).or_insert(0u64) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
+    /// The audit trail's health: records, the newest checkpoint, what it
+    /// does not seal yet, failures.
+    fn audit_health(&self) -> keyward_protocol::admin::AuditHealth {
+        let log = self.audit.log();
+        let records = log.head().map(|(seq, _)| seq).unwrap_or(0);
+        let last = log.last_checkpoint().ok().flatten();
+        let stats = self.audit.stats();
+        keyward_protocol::admin::AuditHealth {
+            records,
+            last_checkpoint_seq: last.as_ref().map(|c| c.seq),
+            last_checkpoint_at: last.as_ref().map(|c| c.created_at),
+            unsealed: records.saturating_sub(last.map_or(0, |c| c.seq)),
+            write_failures: stats.failures,
+            failing: stats.failing,
         }
     }
 }

@@ -267,7 +267,22 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     // Requests approved before a stop and not carried out: now, once.
     agent.lifecycle.note_backup_keys();
     agent.lifecycle.resume_approved();
-    let policy_source = std::sync::Mutex::new(source);
+    let policy_source = Arc::new(std::sync::Mutex::new(source));
+    {
+        let (weak, running, path, source) = (
+            Arc::downgrade(&agent),
+            config.clone(),
+            path.to_owned(),
+            policy_source.clone(),
+        );
+        agent.core().set_reloader(Box::new(move || {
+            let agent = weak
+                .upgrade()
+                .ok_or_else(|| "the agent is stopping".to_owned())?;
+            let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+            reload(&agent, &path, &running, &mut source)
+        }));
+    }
     agent
         .core()
         .spawn_checkpoints(crate::audit::CheckpointEvery {
@@ -277,7 +292,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     agent.spawn_use_recorder(std::time::Duration::from_secs(5));
     agent
         .lifecycle
-        .spawn_scheduler(std::time::Duration::from_secs(60));
+        .spawn_scheduler(crate::lifecycle::scheduler::EVERY);
     raise_descriptor_limit();
     let app = bind(&config.agent.socket_spec()).map_err(|e| e.to_string())?;
     let admin = bind(&config.agent.admin_socket_spec()).map_err(|e| e.to_string())?;
@@ -312,7 +327,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
                 let mut source = policy_source.lock().unwrap_or_else(|p| p.into_inner());
-                reload(&a, &path, &running, &mut source);
+                let _ = reload(&a, &path, &running, &mut source);
                 continue;
             }
             log::info!("signal {sig}: shutting down");
@@ -388,13 +403,19 @@ fn raise_descriptor_limit() {
 /// changed. A file that does not load changes nothing. Each reload is
 /// recorded (an `agent` event), and a policy change too (a `policy` event
 /// from the old file and digest to the new).
-pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String) {
+pub fn reload(
+    agent: &Agent,
+    path: &Path,
+    running: &Config,
+    source: &mut String,
+) -> Result<String, String> {
     let failed = |why: String| {
         log::error!("reload: {why}; nothing changed");
         agent.audit_reload(
             ck_failed(),
             &format!("{}: {why}; nothing changed", path.display()),
         );
+        Err(format!("{}: {why}", path.display()))
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -458,6 +479,7 @@ pub fn reload(agent: &Agent, path: &Path, running: &Config, source: &mut String)
         ));
     }
     agent.audit_reload(0, &reason);
+    Ok(reason)
 }
 
 fn ck_failed() -> u64 {

@@ -17,7 +17,6 @@ use crate::tokens::VirtualToken;
 /// force, the managed keys, the trail, what use records name, and the lock
 /// a lifecycle change takes against uses. The request path ([`crate::agent::Agent`]) and
 /// the key lifecycle ([`crate::lifecycle::Lifecycle`]) each hold it.
-#[derive(Debug)]
 pub struct Core {
     pub(crate) tokens: Vec<VirtualToken>,
     /// The policy in force; a reload swaps it whole.
@@ -35,9 +34,30 @@ pub struct Core {
     /// Rung on each decision on a request: the calls waiting for the
     /// approval of one signature read theirs again.
     pub(crate) sign_decisions: crate::per_use::Bell,
+    /// What `keyward policy reload` and SIGHUP run: read the configuration
+    /// again and put its policy in force (set once, by the agent's start).
+    pub(crate) reloader: std::sync::OnceLock<Reloader>,
+}
+
+/// Reloads the configuration's policy: what changed, or why nothing did.
+pub type Reloader = Box<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("tokens", &self.tokens)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Core {
+    /// Sets what `keyward policy reload` runs (once; later calls do
+    /// nothing).
+    pub fn set_reloader(&self, reloader: Reloader) {
+        let _ = self.reloader.set(reloader);
+    }
+
     /// Puts `policy` in force for every request from now on. Clients keep
     /// the application they were identified as when they connected.
     pub fn set_policy(&self, policy: Policy) {

@@ -551,6 +551,11 @@ pub trait AuditLog: UsageLog + Send + Sync {
     /// Every checkpoint, by seq.
     fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
 
+    /// The newest checkpoint, when there is one.
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoints()?.pop())
+    }
+
     /// The last `n` records, oldest first.
     fn tail(&self, n: usize) -> Result<Vec<AuditRecord>>;
 

@@ -55,7 +55,7 @@ pub enum AdminResponse {
     /// agent closes the connection after it.
     NoCommonVersion(VersionRefusal),
     /// Answer to [`AdminRequest::Status`].
-    Status(Status),
+    Status(Box<Status>),
     /// Answer to [`AdminRequest::Key`].
     Key(Box<KeyResponse>),
     /// Answer to [`AdminRequest::Audit`].
@@ -225,6 +225,60 @@ pub struct Status {
     pub socket_events: Vec<String>,
     /// Approval requests waiting (pending, not yet expired).
     pub pending_requests: u64,
+    /// The policy in force (without its text).
+    pub policy: PolicySummary,
+    /// Managed keys by state (`pre-activation` ... `destroyed`), states
+    /// with none left out.
+    pub keys_by_state: Vec<(KeyState, u64)>,
+    /// The audit trail's health.
+    pub audit: AuditHealth,
+    /// The lifecycle scheduler's last pass and the next one (unix seconds).
+    pub scheduler_last_run: Option<i64>,
+    /// When the scheduler runs next (unix seconds).
+    pub scheduler_next_run: Option<i64>,
+}
+
+/// What `keyward status` says of the policy in force.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySummary {
+    /// The policy file (`None`: the built-in lab policy).
+    pub file: Option<String>,
+    /// SHA-256 of the file's text (hex).
+    pub sha256: Option<String>,
+    /// `lab` or `strict`.
+    pub mode: String,
+    /// How many applications, key classes and administrators it names.
+    pub applications: u64,
+    /// Key classes.
+    pub classes: u64,
+    /// Administrators of the roster (0: no dual control).
+    pub administrators: u64,
+}
+
+/// The policy in force, whole (`keyward policy show`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInForce {
+    /// File, digest, mode and counts.
+    pub summary: PolicySummary,
+    /// The file's text (`None`: the built-in lab policy).
+    pub text: Option<String>,
+}
+
+/// The audit trail's health in `keyward status`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditHealth {
+    /// Records in the trail (its newest sequence number).
+    pub records: u64,
+    /// The newest signed checkpoint: the record it covers and when.
+    pub last_checkpoint_seq: Option<u64>,
+    /// When it was made (unix seconds).
+    pub last_checkpoint_at: Option<i64>,
+    /// Records after the newest checkpoint (not yet sealed by a signature).
+    pub unsealed: u64,
+    /// Failed appends since the agent started.
+    pub write_failures: u64,
+    /// Whether the trail cannot be written now.
+    pub failing: bool,
 }
 
 /// One virtual token and the backend token behind it.
@@ -451,6 +505,12 @@ pub enum KeyRequest {
         /// Why (kept with the request).
         reason: String,
     },
+    /// The policy in force: its file, digest, mode and text.
+    PolicyShow,
+    /// Read the agent's configuration file again and put its policy in
+    /// force (what SIGHUP does); refused, with the reason, when the file
+    /// does not load or dual control keeps the approved policy.
+    PolicyReload,
     /// Backups: the backup key, backup files, restores and drills.
     Backup(BackupRequest),
     /// Key distribution: public keys, exports under wrap, imports.
@@ -670,6 +730,8 @@ pub enum KeyResponse {
     Done(String),
     /// Approval requests (`RequestList`, `RequestShow`).
     Requests(Vec<ApprovalRequest>),
+    /// `PolicyShow`.
+    Policy(Box<PolicyInForce>),
     /// Backups.
     Backup(Box<BackupAnswer>),
     /// Answer to a [`KeyRequest::Distribution`] request.

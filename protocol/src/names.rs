@@ -99,6 +99,8 @@ impl KeyRequest {
             KeyRequest::Init { .. } => "policy.init",
             KeyRequest::Recover { .. } => "key.recover",
             KeyRequest::TokenInit { .. } => "token.init",
+            KeyRequest::PolicyShow => "policy.show",
+            KeyRequest::PolicyReload => "policy.reload",
             KeyRequest::Backup(b) => b.name(),
             KeyRequest::Distribution(d) => d.name(),
             KeyRequest::Cert(c) => c.name(),
@@ -115,6 +117,8 @@ impl KeyRequest {
             | KeyRequest::AppList
             | KeyRequest::RequestList { .. }
             | KeyRequest::RequestShow { .. } => true,
+            KeyRequest::PolicyShow => true,
+            KeyRequest::PolicyReload => false,
             KeyRequest::Backup(b) => matches!(b, BackupRequest::Status { .. }),
             KeyRequest::Create { .. }
             | KeyRequest::Transition { .. }
@@ -240,6 +244,10 @@ impl KeyRequest {
                 clean(token),
                 clean(reason)
             ),
+            KeyRequest::PolicyShow => "show the policy in force".to_owned(),
+            KeyRequest::PolicyReload => {
+                "read the configuration again and put its policy in force".to_owned()
+            }
             KeyRequest::Backup(b) => b.describe(),
             KeyRequest::Distribution(d) => describe_distribution(d),
             KeyRequest::Cert(c) => describe_cert(c),

@@ -327,6 +327,12 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Show the policy in force: its file, mode, SHA-256, what it names, and its text.
+    Show,
+    /// Read the agent's configuration again and put its policy in force (what SIGHUP does);
+    /// refused, with the reason, when the file does not check or dual control keeps the
+    /// approved policy.
+    Reload,
     /// Put a policy file in force. With a roster in the policy in force, this
     /// opens a request under the policy-apply quorum that shows the
     /// difference (exit 3 with its id); without one, the agent writes its

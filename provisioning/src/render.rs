@@ -133,6 +133,44 @@ pub fn status(s: &Status) -> String {
         "requests:  {} pending approval",
         s.pending_requests
     ));
+    line(format!("policy:    {}", policy_line(&s.policy)));
+    let keys: Vec<String> = s
+        .keys_by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    line(format!(
+        "keys:      {}",
+        if keys.is_empty() {
+            "none".to_owned()
+        } else {
+            keys.join(", ")
+        }
+    ));
+    let a = &s.audit;
+    line(format!(
+        "audit:     {} records, {}, {} unsealed, {} write failures{}",
+        a.records,
+        match (a.last_checkpoint_seq, a.last_checkpoint_at) {
+            (Some(seq), Some(at)) => format!(
+                "last checkpoint at record {seq} ({})",
+                crate::time::format_utc(at)
+            ),
+            _ => "no checkpoint yet".to_owned(),
+        },
+        a.unsealed,
+        a.write_failures,
+        if a.failing {
+            " — FAILING: admin and lifecycle actions are refused"
+        } else {
+            ""
+        }
+    ));
+    line(format!(
+        "scheduler: last run {}, next {}",
+        format_opt(s.scheduler_last_run),
+        format_opt(s.scheduler_next_run)
+    ));
     for e in &s.socket_events {
         line(format!("sockets:   {}", cell(e)));
     }
@@ -171,6 +209,40 @@ pub fn status(s: &Status) -> String {
         }
     }
     o
+}
+
+/// The policy in force in one line: file, mode, digest, counts.
+fn policy_line(p: &keyward_protocol::admin::PolicySummary) -> String {
+    format!(
+        "{} ({} mode{}), {} applications, {} classes, {} administrators",
+        p.file
+            .as_deref()
+            .map_or("the built-in lab policy".to_owned(), cell),
+        cell(&p.mode),
+        p.sha256.as_deref().map_or(String::new(), |h| format!(
+            ", sha256 {}",
+            &h[..h.len().min(16)]
+        )),
+        p.applications,
+        p.classes,
+        p.administrators
+    )
+}
+
+/// `keyward policy show`: the summary, then the file's text.
+pub fn policy_shown(p: &keyward_protocol::admin::PolicyInForce) -> String {
+    let mut out = format!("policy: {}\n", policy_line(&p.summary));
+    if let Some(h) = &p.summary.sha256 {
+        out.push_str(&format!("sha256: {h}\n"));
+    }
+    if let Some(text) = &p.text {
+        out.push('\n');
+        out.push_str(text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn uptime(secs: u64) -> String {
@@ -213,6 +285,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Shadows(s) if s.is_empty() => "no shadow keys\n".to_owned(),
         KeyResponse::Shadows(s) => shadow_table(s),
         KeyResponse::Done(text) => format!("{}\n", cell(text)),
+        KeyResponse::Policy(p) => policy_shown(p),
         KeyResponse::Backup(b) => backup(b),
         KeyResponse::Distribution(d) => distribution(d),
         KeyResponse::Cert(c) => certificate(c),
@@ -2016,6 +2089,28 @@ mod tests {
             connections: 3,
             socket_events: vec!["/run/keyward/keyward.sock was removed; bound again".into()],
             pending_requests: 2,
+            policy: keyward_protocol::admin::PolicySummary {
+                file: Some("/etc/keyward/policy.toml".into()),
+                sha256: Some("ab".repeat(32)),
+                mode: "strict".into(),
+                applications: 4,
+                classes: 6,
+                administrators: 2,
+            },
+            keys_by_state: vec![
+                (keyward_policy::KeyState::Active, 5),
+                (keyward_policy::KeyState::Destroyed, 1),
+            ],
+            audit: keyward_protocol::admin::AuditHealth {
+                records: 120,
+                last_checkpoint_seq: Some(100),
+                last_checkpoint_at: Some(1_796_400_000),
+                unsealed: 20,
+                write_failures: 0,
+                failing: false,
+            },
+            scheduler_last_run: Some(1_796_400_000),
+            scheduler_next_run: Some(1_796_400_060),
             tokens: vec![TokenStatus {
                 slot: 0,
                 label: "keyward".into(),
@@ -2048,6 +2143,11 @@ mod tests {
                 "allow_init_token:  no",
                 "Implementation of PKCS11 2.6",
                 "\"kw-backend\" (SoftHSM project SoftHSM v2, serial abc)",
+                "policy:    /etc/keyward/policy.toml (strict mode, sha256 abababababababab), 4 applications, 6 classes, 2 administrators",
+                "keys:      5 active, 1 destroyed",
+                "audit:     120 records, last checkpoint at record 100 (",
+                "20 unsealed, 0 write failures",
+                "scheduler: last run ",
             ],
         );
         let v: Value = serde_json::from_str(&json(&s)).unwrap();

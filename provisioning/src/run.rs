@@ -159,6 +159,12 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
     let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
     match command {
         Command::Status => Ok(AdminRequest::Status),
+        Command::Policy {
+            command: PolicyCommand::Show,
+        } => Ok(AdminRequest::Key(KeyRequest::PolicyShow)),
+        Command::Policy {
+            command: PolicyCommand::Reload,
+        } => Ok(AdminRequest::Key(KeyRequest::PolicyReload)),
         Command::Policy { .. } | Command::Init { .. } => Err(Failure::local(
             Exit::Usage,
             "Usage",
@@ -1014,8 +1020,17 @@ mod tests {
             pending_requests: 0,
             socket: "s".into(),
             tokens: vec![],
+            policy: Default::default(),
+            keys_by_state: Vec::new(),
+            audit: Default::default(),
+            scheduler_last_run: None,
+            scheduler_next_run: None,
         };
-        let out = present(&key_req(), Ok(AdminResponse::Status(status.clone())), true);
+        let out = present(
+            &key_req(),
+            Ok(AdminResponse::Status(Box::new(status.clone()))),
+            true,
+        );
         assert_eq!(out.exit, Exit::Error);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         assert_eq!(v["Error"]["kind"], "Unexpected");
@@ -1028,7 +1043,7 @@ mod tests {
         assert!(out.stderr.contains("unexpected answer"), "{out:?}");
         let out = present(
             &AdminRequest::Status,
-            Ok(AdminResponse::Status(status)),
+            Ok(AdminResponse::Status(Box::new(status))),
             false,
         );
         assert_eq!(out.exit, Exit::Success);

@@ -594,8 +594,16 @@ fn status_json_still_works() {
         pending_requests: 0,
         socket: "/run/keyward/keyward.sock".into(),
         tokens: vec![],
+        policy: Default::default(),
+        keys_by_state: Vec::new(),
+        audit: Default::default(),
+        scheduler_last_run: None,
+        scheduler_next_run: None,
     };
-    let (req, out) = against_fake_agent(&["status", "--json"], AdminResponse::Status(status));
+    let (req, out) = against_fake_agent(
+        &["status", "--json"],
+        AdminResponse::Status(Box::new(status)),
+    );
     assert_eq!(req, AdminRequest::Status);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -98,6 +98,28 @@ fn proposed(r: &ApprovalRecord) -> Option<(String, String)> {
 
 impl Lifecycle {
     /// The policy file in force (`None`: the built-in lab policy).
+    /// What `keyward status` says of the policy in force.
+    pub fn policy_summary(&self) -> keyward_protocol::admin::PolicySummary {
+        let policy = self.policy();
+        let file = self.policy_file();
+        keyward_protocol::admin::PolicySummary {
+            file: file.as_ref().map(|f| f.path.display().to_string()),
+            sha256: file.map(|f| f.sha256),
+            mode: format!("{:?}", policy.mode()).to_lowercase(),
+            applications: policy.applications.len() as u64,
+            classes: policy.classes.len() as u64,
+            administrators: policy.administrators.len() as u64,
+        }
+    }
+
+    /// `keyward policy show`: the summary and the file's text.
+    pub fn policy_shown(&self) -> keyward_protocol::admin::PolicyInForce {
+        keyward_protocol::admin::PolicyInForce {
+            summary: self.policy_summary(),
+            text: self.policy_file().map(|f| f.text),
+        }
+    }
+
     pub fn policy_file(&self) -> Option<PolicyFile> {
         self.policy_file
             .lock()

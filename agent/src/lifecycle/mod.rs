@@ -97,6 +97,8 @@ pub struct Lifecycle {
     /// Backup key shares custodians submitted towards a rebuild (token
     /// label, share), in memory only; see [`backup::ceremony`].
     submitted: std::sync::Mutex<Vec<(String, keyward_escrow::ShareRecord)>>,
+    /// When the scheduler last ran (unix seconds; 0: not yet).
+    pub(crate) scheduler_ran: std::sync::atomic::AtomicI64,
 }
 
 impl std::ops::Deref for Lifecycle {
@@ -114,6 +116,7 @@ impl Lifecycle {
             policy_file: std::sync::Mutex::new(None),
             hsm_scan: std::sync::Mutex::new(()),
             submitted: std::sync::Mutex::new(Vec::new()),
+            scheduler_ran: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -253,6 +256,7 @@ pub(crate) fn request_target(req: &KeyRequest) -> (Option<String>, Option<String
         }
         KeyRequest::List { token, .. } | KeyRequest::Discover { token } => (token.clone(), None),
         KeyRequest::Backup(b) => (b.token().map(str::to_owned), None),
+        KeyRequest::PolicyShow | KeyRequest::PolicyReload => (None, None),
         KeyRequest::Distribution(d) => d.target(),
         KeyRequest::Cert(c) => c.target(),
         KeyRequest::AppList
@@ -496,6 +500,17 @@ impl Lifecycle {
                 self.request_token_init(&token, (&who, &reason), SystemTime::now())
             }
             KeyRequest::Backup(b) => self.backup_call(admin, (&who, &by), b),
+            KeyRequest::PolicyShow => Ok(KeyResponse::Policy(Box::new(self.policy_shown()))),
+            KeyRequest::PolicyReload => match self.reloader.get() {
+                Some(reload) => reload().map(KeyResponse::Done).map_err(|why| AdminError {
+                    kind: AdminErrorKind::Refused,
+                    message: format!("{why}; nothing changed"),
+                }),
+                None => fail(
+                    AdminErrorKind::Invalid,
+                    "this agent was not started from a configuration file: nothing to reload",
+                ),
+            },
             KeyRequest::PinUnlock {
                 token,
                 role,

@@ -14,6 +14,9 @@ use super::*;
 /// When the scheduler's first pass runs after a start.
 pub const FIRST_PASS: Duration = Duration::from_secs(1);
 
+/// How often the scheduler runs after its first pass.
+pub const EVERY: Duration = Duration::from_secs(60);
+
 impl Lifecycle {
     /// One scheduler pass at `now`: active keys past their protect period
     /// are deactivated; active keys whose next rotation has come are
@@ -22,6 +25,8 @@ impl Lifecycle {
     /// retried at the next pass.
     pub fn tick(&self, now: SystemTime) {
         let at = secs(now);
+        self.scheduler_ran
+            .store(at, std::sync::atomic::Ordering::Relaxed);
         self.expire_requests(at);
         for key in self.keys.all() {
             if key.record.state != KeyState::Active {

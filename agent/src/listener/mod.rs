@@ -775,7 +775,7 @@ impl Server {
                     let mut st = self.agent.status();
                     st.socket_events = self.socket_events();
                     st.connections = self.app_admission.open() as u64;
-                    AdminResponse::Status(st)
+                    AdminResponse::Status(Box::new(st))
                 }
                 (None, AdminRequest::Key(k)) => self.agent.lifecycle.key_request(peer, k),
                 (None, AdminRequest::Audit(a)) => self.agent.audit_request(peer, a),

@@ -327,6 +327,19 @@ impl AuditLog for SqliteInventory {
         Ok(out)
     }
 
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, head, created_at, signature, signer FROM audit_checkpoints \
+             ORDER BY seq DESC, id DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query_map([], checkpoint_from_row)?;
+        match rows.next() {
+            Some(row) => Ok(Some(row?.map_err(Error::Data)?)),
+            None => Ok(None),
+        }
+    }
+
     fn tail(&self, n: usize) -> Result<Vec<AuditRecord>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(concat!(

@@ -58,6 +58,7 @@ mod refusals;
 mod report;
 mod sessions_login;
 mod slots_tokens;
+mod status_policy;
 mod token_init;
 mod versions;
 mod wire;
