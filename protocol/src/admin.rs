@@ -830,6 +830,9 @@ pub struct GrantInfo {
     pub application: String,
     pub operations: Vec<Operation>,
     pub expires_at: Option<i64>,
+    /// Where the grant comes from: `key` (`keyward grant add`) or `class`
+    /// (the key's class in the policy).
+    pub source: String,
 }
 
 /// One state change.
@@ -1758,6 +1761,7 @@ mod hello_tests {
                 application: "nginx".into(),
                 operations: vec![Operation::Sign, Operation::Verify],
                 expires_at: None,
+                source: "key".into(),
             }],
             history: vec![HistoryEntry {
                 at: 1,

@@ -726,6 +726,7 @@ fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
                         .collect::<Vec<_>>(),
                 ),
                 format_opt(g.expires_at),
+                cell(&g.source),
             ];
             if with_key {
                 row.insert(0, cell(&g.key));
@@ -734,9 +735,9 @@ fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
         })
         .collect();
     let headers: &[&str] = if with_key {
-        &["KEY", "APPLICATION", "OPERATIONS", "EXPIRES"]
+        &["KEY", "APPLICATION", "OPERATIONS", "EXPIRES", "SOURCE"]
     } else {
-        &["APPLICATION", "OPERATIONS", "EXPIRES"]
+        &["APPLICATION", "OPERATIONS", "EXPIRES", "SOURCE"]
     };
     table(headers, &rows)
 }
@@ -1540,6 +1541,7 @@ mod tests {
                 keyward_policy::Operation::Verify,
             ],
             expires_at: Some(T0 + 8 * 3600),
+            source: "key".into(),
         }
     }
 

@@ -17,7 +17,31 @@ pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
         application: g.application.clone(),
         operations: g.operations.clone(),
         expires_at: g.expires_at,
+        source: "key".to_owned(),
     }
+}
+
+/// Key `k`'s effective grants: its class's in the policy in force (still
+/// current), then its own.
+pub(crate) fn effective_grants(policy: &keyward_policy::Policy, k: &KeyView) -> Vec<GrantInfo> {
+    let now = SystemTime::now();
+    let name = &k.record.name;
+    let class = policy
+        .class(&k.record.class)
+        .map(|c| c.grants.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|g| g.until.is_none_or(|u| u > now))
+        .map(|g| GrantInfo {
+            key: name.clone(),
+            application: g.application.clone(),
+            operations: g.operations.clone(),
+            expires_at: g.until.map(secs),
+            source: "class".to_owned(),
+        });
+    class
+        .chain(k.grants.iter().map(|g| grant_info(name, g)))
+        .collect()
 }
 
 /// A grant in words, for the trail: `application "web", operations
@@ -210,9 +234,10 @@ impl Lifecycle {
                 all
             }
         };
+        let policy = self.policy();
         Ok(KeyResponse::Grants(
             keys.iter()
-                .flat_map(|k| k.grants.iter().map(|g| grant_info(&k.record.name, g)))
+                .flat_map(|k| effective_grants(&policy, k))
                 .collect(),
         ))
     }

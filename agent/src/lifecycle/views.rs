@@ -70,6 +70,7 @@ impl Lifecycle {
             .history(key.record.id)
             .map_err(inv_err)?;
         let mut info = key_info(key, history.iter().map(history_entry).collect());
+        info.grants = effective_grants(&self.policy(), key);
         info.certificates = self
             .keys
             .inventory()

@@ -74,3 +74,18 @@ keyward_test!(fn policy_show_prints_the_policy_in_force_and_reload_puts_an_edite
     // Reloading the same file again changes nothing and says so.
     assert!(keyward_ok(&tb, &["policy", "reload"], 0).contains("policy unchanged"));
 });
+
+keyward_test!(fn key_show_and_grant_list_show_the_class_grants_beside_the_keys_own(tb) {
+    tb.require_agent("effective grants");
+    install_policy(&tb, &policy("signing"));
+    keyward_ok(&tb, &["key", "create", "web", "--class", "signing"], 0);
+    // Before: "no grants" was shown for a key its class grants.
+    let shown = keyward_ok(&tb, &["key", "show", "web"], 0);
+    assert!(!shown.contains("grants:\n  none"), "{shown}");
+    assert!(shown.contains("SOURCE") && shown.contains("class"), "{shown}");
+    let doc = keyward_json(&tb, &["grant", "list", "web"], 0);
+    let grants = doc.array_at("Grants");
+    assert_eq!(grants.len(), 1, "{doc}");
+    assert_eq!(grants[0].str_at("source"), "class");
+    assert_eq!(grants[0].str_at("application"), APPLICATION);
+});
