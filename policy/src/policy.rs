@@ -18,6 +18,7 @@ use crate::refusal::{Mechanism, Refusal};
 use crate::{Algorithm, KeyState, Operation, Purpose};
 
 mod roster;
+mod standards;
 
 pub use roster::{Administrator, AdministratorKey, Approvable, Quorum, Role, DEFAULT_LIFETIME};
 
@@ -284,8 +285,13 @@ pub struct Policy {
     pub quorums: BTreeMap<Approvable, Quorum>,
     /// Warning-level notes from validation: in lab mode, what strict mode
     /// refuses (a quorum the roster cannot meet, quorums without a
-    /// roster). Empty in strict mode.
+    /// roster; not in strict mode), a `legacy` class's weak algorithms,
+    /// and the [`Policy::period_warnings`].
     pub notes: Vec<String>,
+    /// The notes that say a class's cryptoperiod is longer than NIST SP
+    /// 800-57 Part 1 recommends for its purpose (also in `notes`):
+    /// `keyward policy check --strict` refuses a policy with any.
+    pub period_warnings: Vec<String>,
 }
 
 impl Policy {
@@ -325,6 +331,7 @@ impl Policy {
             administrators: Vec::new(),
             quorums: BTreeMap::new(),
             notes: Vec::new(),
+            period_warnings: Vec::new(),
         }
     }
 
@@ -558,6 +565,7 @@ struct RawClass {
     sensitive: bool,
     max_recovery_window: Option<Spanned<String>>,
     certificate_warning: Option<Spanned<String>>,
+    legacy: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -618,6 +626,8 @@ impl Validator<'_> {
         }
         self.check_sharing(&applications, &raw.application)?;
         let mut classes: Vec<KeyClass> = Vec::new();
+        let mut standard_notes = Vec::new();
+        let mut period_warnings = Vec::new();
         for class in &raw.class {
             let name = self.name(&class.name, "class")?;
             if classes.iter().any(|c| c.name == name) {
@@ -627,7 +637,9 @@ impl Validator<'_> {
                     format!("a second class is named \"{name}\""),
                 ));
             }
-            classes.push(self.class(class, name, &applications)?);
+            let checked = self.class(class, name, &applications)?;
+            self.standards(class, &checked, &mut standard_notes, &mut period_warnings)?;
+            classes.push(checked);
         }
 
         let settings = self.settings(&raw.settings, &classes)?;
@@ -662,6 +674,7 @@ impl Validator<'_> {
             settings.mode,
             &mut notes,
         )?;
+        notes.extend(standard_notes);
         Ok(Policy {
             origin: self.origin.to_owned(),
             settings,
@@ -670,6 +683,7 @@ impl Validator<'_> {
             administrators,
             quorums,
             notes,
+            period_warnings,
         })
     }
 

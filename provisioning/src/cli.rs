@@ -322,10 +322,15 @@ pub enum ShareCommand {
 /// `keyward policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Check a policy file; exit 0 when valid, 1 with `FILE:LINE:COL: field: problem` when not.
+    /// Check a policy file; exit 0 when valid, 1 with `FILE:LINE:COL: field: problem` when not (or, with --strict, when a cryptoperiod is longer than recommended).
     Check {
         /// The policy file.
         file: PathBuf,
+        /// Also refuse (exit 1) a cryptoperiod longer than NIST SP 800-57
+        /// Part 1 recommends for the class's purpose, which is otherwise a
+        /// note.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show the policy in force: its file, mode, SHA-256, what it names, and its text.
     Show,

@@ -44,10 +44,10 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
         command => command,
     };
     if let Command::Policy {
-        command: PolicyCommand::Check { file },
+        command: PolicyCommand::Check { file, strict },
     } = &command
     {
-        return policy_check(file, json);
+        return policy_check(file, *strict, json);
     }
     let policy_file = match &command {
         Command::Policy {
@@ -568,18 +568,28 @@ fn follow_with(
 
 /// `keyward policy check FILE`: the same parser and validation the agent
 /// uses, run locally (no agent needed). Exit 1 when the file is not valid.
-fn policy_check(file: &Path, json: bool) -> Output {
+/// `keyward policy check [--strict] FILE`: exit 0 when valid, 1 when not;
+/// with `strict`, a cryptoperiod longer than NIST SP 800-57 recommends
+/// (otherwise a note) makes it invalid too.
+fn policy_check(file: &Path, strict: bool, json: bool) -> Output {
     let result = keyward_policy::Policy::from_file(file);
     let mode = |p: &keyward_policy::Policy| format!("{:?}", p.mode()).to_lowercase();
+    // What --strict refuses: the period warnings.
+    let refused: &[String] = match &result {
+        Ok(p) if strict => &p.period_warnings,
+        _ => &[],
+    };
     let stdout = match (&result, json) {
         (Ok(p), true) => render::json(&serde_json::json!({
-            "file": file.display().to_string(), "valid": true, "mode": mode(p),
+            "file": file.display().to_string(), "valid": refused.is_empty(), "mode": mode(p),
             "applications": p.applications.len(), "classes": p.classes.len(),
             "administrators": p.administrators.len(), "notes": p.notes,
+            "strict": strict, "period_warnings": p.period_warnings,
         })),
         (Err(e), true) => render::json(&serde_json::json!({
             "file": file.display().to_string(), "valid": false, "error": e.to_string(),
         })),
+        (Ok(_), false) if !refused.is_empty() => String::new(),
         (Ok(p), false) => {
             let mut text = format!(
                 "{}: valid ({} mode, {} applications, {} key classes)\n",
@@ -588,7 +598,8 @@ fn policy_check(file: &Path, json: bool) -> Output {
                 p.applications.len(),
                 p.classes.len()
             );
-            // What strict mode would refuse, said in lab mode.
+            // What strict mode would refuse, said in lab mode; weak
+            // algorithms of legacy classes; periods above the standards'.
             for note in &p.notes {
                 text.push_str(&format!("note: {}\n", render::clean(note)));
             }
@@ -596,18 +607,31 @@ fn policy_check(file: &Path, json: bool) -> Output {
         }
         (Err(_), false) => String::new(),
     };
-    match result {
-        Ok(_) => Output::success(stdout),
-        Err(e) => Output {
-            stdout,
-            stderr: if json {
-                // The JSON on standard output already carries the error.
-                format!("keyward: {} is not valid\n", file.display())
-            } else {
-                format!("keyward: {e}\n")
-            },
-            exit: Exit::Error,
+    let invalid = |stderr: String| Output {
+        stdout: stdout.clone(),
+        stderr: if json {
+            // The JSON on standard output already carries the error.
+            format!("keyward: {} is not valid\n", file.display())
+        } else {
+            stderr
         },
+        exit: Exit::Error,
+    };
+    match result {
+        Ok(_) if !refused.is_empty() => invalid(
+            refused
+                .iter()
+                .map(|w| {
+                    format!(
+                        "keyward: {}: {} (refused by --strict)\n",
+                        file.display(),
+                        render::clean(w)
+                    )
+                })
+                .collect(),
+        ),
+        Ok(_) => Output::success(stdout),
+        Err(e) => invalid(format!("keyward: {e}\n")),
     }
 }
 
@@ -628,13 +652,62 @@ mod tests {
             "[settings]\nmode = \"lab\"\n\n[quorum.destroy]\napprovals = 2\nroles = [\"security-officer\"]\n",
         )
         .unwrap();
-        let text = policy_check(&file, false);
+        let text = policy_check(&file, false, false);
         assert_eq!(text.exit, Exit::Success, "{text:?}");
         assert!(text.stdout.contains("valid (lab mode"), "{}", text.stdout);
         assert!(text.stdout.contains("\nnote: "), "{}", text.stdout);
-        let json = policy_check(&file, true);
+        let json = policy_check(&file, false, true);
         let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
         assert_eq!(doc["notes"].as_array().map(Vec::len), Some(1), "{doc}");
+    }
+
+    /// A cryptoperiod above NIST SP 800-57's recommendation is a note, and
+    /// an error (exit 1) with `--strict`, in text and in JSON.
+    #[test]
+    fn policy_check_strict_refuses_long_cryptoperiods() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.toml");
+        std::fs::write(
+            &file,
+            "[settings]\nmode = \"lab\"\n\n[[class]]\nname = \"archive\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\nprotect_period = \"3650d\"\nprocess_period = \"3650d\"\n",
+        )
+        .unwrap();
+        let plain = policy_check(&file, false, false);
+        assert_eq!(plain.exit, Exit::Success, "{plain:?}");
+        assert!(plain.stdout.contains("note: class \"archive\", protect_period: 3650d is longer than the recommended 1095d"), "{}", plain.stdout);
+        let strict = policy_check(&file, true, false);
+        assert_eq!(strict.exit, Exit::Error, "{strict:?}");
+        assert!(strict.stdout.is_empty(), "{}", strict.stdout);
+        assert!(
+            strict
+                .stderr
+                .contains("NIST SP 800-57 Part 1 Rev. 5, Table 1"),
+            "{}",
+            strict.stderr
+        );
+        assert!(
+            strict.stderr.ends_with("(refused by --strict)\n"),
+            "{}",
+            strict.stderr
+        );
+        let json = policy_check(&file, true, true);
+        assert_eq!(json.exit, Exit::Error);
+        let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(doc["valid"], false, "{doc}");
+        assert_eq!(
+            doc["period_warnings"].as_array().map(Vec::len),
+            Some(1),
+            "{doc}"
+        );
+        // A class within the recommendation passes --strict.
+        std::fs::write(
+            &file,
+            "[settings]\nmode = \"lab\"\n\n[[class]]\nname = \"tls\"\npurpose = \"signing\"\nalgorithms = [\"ec:p256\"]\nprotect_period = \"365d\"\nprocess_period = \"730d\"\n",
+        )
+        .unwrap();
+        let quiet = policy_check(&file, true, false);
+        assert_eq!(quiet.exit, Exit::Success, "{quiet:?}");
+        assert!(!quiet.stdout.contains("note:"), "{}", quiet.stdout);
     }
     use crate::cli::Cli;
     use clap::Parser;

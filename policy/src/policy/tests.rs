@@ -110,7 +110,7 @@ fn a_class_is_sensitive_and_bounds_its_recovery_windows_when_it_says_so() {
 fn error_unknown_field() {
     assert_error(
         &mutate("purpose = \"signing\"", "purpose = \"signing\"\npurposes = 1"),
-        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`, `sensitive`, `max_recovery_window`, `certificate_warning`",
+        "policy.toml:12:1: class \"tls\", purposes: unknown field `purposes`, expected one of `name`, `description`, `purpose`, `algorithms`, `protect_period`, `process_period`, `rotation_interval`, `backup`, `scope`, `grants`, `approve_each_use`, `approval_wait`, `sensitive`, `max_recovery_window`, `certificate_warning`, `legacy`",
     );
 }
 
@@ -324,6 +324,8 @@ fn example_policy_parses() {
     assert_eq!(p.settings.default_class.as_deref(), Some("app-signing"));
     assert_eq!(p.applications.len(), 4);
     assert_eq!(p.classes.len(), 6);
+    // The reference example keeps to the standards' recommendations.
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
     assert!(p.mechanism_allowed(pkcs11_sys::CKM_ECDSA));
     assert!(p.mechanism_allowed(0x8000_0001));
     assert!(!p.mechanism_allowed(pkcs11_sys::CKM_DES3_CBC));
@@ -1498,4 +1500,146 @@ fn sign_once_quorum() {
         ),
         "policy.toml:45:12: quorum.sign-once, lifetime: a single use waits as long as its class's approval_wait says",
     );
+}
+
+// ---------------------------------------------------------------------------
+// The standards: NIST SP 800-131A (strength) and SP 800-57 (cryptoperiods).
+
+#[test]
+fn rsa_1024_is_refused_below_112_bit_security() {
+    let text = mutate(
+        r#"algorithms = ["ec:p256"]"#,
+        r#"algorithms = ["ec:p256", "rsa:1024"]"#,
+    );
+    assert_error(
+        &text,
+        "policy.toml:12:26: class \"tls\", algorithms: rsa:1024 is below 112-bit security (NIST SP 800-131A); mark the class legacy = true to keep it",
+    );
+}
+
+#[test]
+fn short_mac_keys_are_refused_and_112_bits_are_not() {
+    let class = |alg: &str| {
+        format!(
+            "{BASE}\n[[class]]\nname = \"mac\"\npurpose = \"mac\"\nalgorithms = [\"{alg}\"]\nprotect_period = \"30d\"\nprocess_period = \"60d\"\n"
+        )
+    };
+    for weak in ["hmac:104", "generic:64", "hmac:8"] {
+        let got = error(&class(weak));
+        assert!(
+            got.contains(&format!(
+                "class \"mac\", algorithms: {weak} is below 112-bit security"
+            )),
+            "{got}"
+        );
+    }
+    for fine in ["hmac:112", "hmac:256", "generic:128", "aes:128"] {
+        let policy = Policy::from_str(&class(fine), "policy.toml").unwrap();
+        assert!(policy.notes.is_empty(), "{fine}: {:?}", policy.notes);
+    }
+}
+
+#[test]
+fn p192_and_other_weak_curves_cannot_be_written() {
+    // The algorithm syntax names no curve under 256 bits, no DSA and no
+    // 3DES: such a class is refused as an unknown algorithm.
+    for weak in ["ec:p192", "ec:p224", "dsa:1024", "des3"] {
+        let text = mutate(
+            r#"algorithms = ["ec:p256"]"#,
+            &format!(r#"algorithms = ["{weak}"]"#),
+        );
+        let got = error(&text);
+        assert!(
+            got.starts_with("policy.toml:12:15: class \"tls\", algorithms: "),
+            "{got}"
+        );
+    }
+}
+
+#[test]
+fn a_legacy_class_keeps_a_weak_algorithm_with_a_note() {
+    let text = mutate(
+        r#"algorithms = ["ec:p256"]"#,
+        "algorithms = [\"rsa:1024\"]\nlegacy = true",
+    );
+    let policy = Policy::from_str(&text, "policy.toml").unwrap();
+    assert_eq!(
+        policy.notes,
+        ["class \"tls\", algorithms: rsa:1024 is below 112-bit security (NIST SP 800-131A); kept because the class is marked legacy"]
+    );
+    assert!(policy.period_warnings.is_empty());
+    // legacy = false is the default: refused.
+    let text = mutate(
+        r#"algorithms = ["ec:p256"]"#,
+        "algorithms = [\"rsa:1024\"]\nlegacy = false",
+    );
+    assert!(error(&text).contains("mark the class legacy = true to keep it"));
+}
+
+#[test]
+fn a_hundred_year_cryptoperiod_is_warned() {
+    let text = mutate(
+        "protect_period = \"90d\"\nprocess_period = \"180d\"",
+        "protect_period = \"36500d\"\nprocess_period = \"36500d\"",
+    );
+    let policy = Policy::from_str(&text, "policy.toml").unwrap();
+    assert_eq!(
+        policy.period_warnings,
+        ["class \"tls\", protect_period: 36500d is longer than the recommended 1095d for signing keys (NIST SP 800-57 Part 1 Rev. 5, Table 1: private signature key: 1-3 years)"]
+    );
+    assert_eq!(policy.notes, policy.period_warnings);
+}
+
+#[test]
+fn cryptoperiods_by_purpose() {
+    let class = |purpose: &str, alg: &str, protect: &str, process: &str| {
+        let text = format!(
+            "[settings]\nmode = \"lab\"\n\n[[class]]\nname = \"c\"\npurpose = \"{purpose}\"\nalgorithms = [\"{alg}\"]\nprotect_period = \"{protect}\"\nprocess_period = \"{process}\"\n"
+        );
+        Policy::from_str(&text, "policy.toml")
+            .unwrap()
+            .period_warnings
+    };
+    // At the recommendation: quiet.
+    assert!(class("signing", "ec:p256", "1095d", "3650d").is_empty());
+    assert!(class("encryption", "aes:256", "730d", "1825d").is_empty());
+    assert!(class("wrapping", "aes:256", "730d", "1825d").is_empty());
+    assert!(class("mac", "hmac:256", "730d", "1825d").is_empty());
+    assert!(class("derivation", "x25519", "730d", "730d").is_empty());
+    assert!(class("encryption", "rsa:3072", "730d", "730d").is_empty());
+    // A day over: warned, citing the table.
+    let w = class("signing", "ec:p256", "1096d", "1096d");
+    assert_eq!(w.len(), 1, "{w:?}");
+    let w = class("encryption", "aes:256", "731d", "731d");
+    assert!(w[0].contains("protect_period: 731d is longer than the recommended 730d for encryption keys (NIST SP 800-57 Part 1 Rev. 5, Table 1: symmetric data-encryption key"), "{w:?}");
+    let w = class("encryption", "aes:256", "730d", "1826d");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("process_period: 1826d is longer than the recommended 1825d"),
+        "{w:?}"
+    );
+    let w = class("wrapping", "aes:256", "731d", "731d");
+    assert!(w[0].contains("symmetric key-wrapping key"), "{w:?}");
+    let w = class("mac", "hmac:256", "731d", "731d");
+    assert!(w[0].contains("symmetric authentication key"), "{w:?}");
+    let w = class("derivation", "ec:p256", "365d", "731d");
+    assert!(
+        w[0].contains(
+            "process_period: 731d is longer than the recommended 730d for derivation keys"
+        ),
+        "{w:?}"
+    );
+    assert!(
+        w[0].contains("private static key-agreement key: 1-2 years"),
+        "{w:?}"
+    );
+    let w = class("wrapping", "rsa:4096", "365d", "3650d");
+    assert!(w[0].contains("private key-transport key"), "{w:?}");
+}
+
+#[test]
+fn a_reasonable_class_is_quiet() {
+    let policy = Policy::from_str(BASE, "policy.toml").unwrap();
+    assert!(policy.notes.is_empty(), "{:?}", policy.notes);
+    assert!(policy.period_warnings.is_empty());
 }

@@ -53,6 +53,7 @@ mod objects;
 mod per_use;
 mod pins;
 mod policy;
+mod policy_standards;
 mod recovery;
 mod refusals;
 mod report;
