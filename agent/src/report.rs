@@ -672,7 +672,13 @@ impl Lifecycle {
         if let (Some(name), true) = (key, keys.is_empty()) {
             return Err(AdminError {
                 kind: AdminErrorKind::NotFound,
-                message: format!("no key {name:?}"),
+                message: match token {
+                    Some(t) => crate::lifecycle::no_key_message(name, [t]),
+                    None => crate::lifecycle::no_key_message(
+                        name,
+                        self.tokens.iter().map(|t| t.config.label.as_str()),
+                    ),
+                },
             });
         }
         Ok(keys)

@@ -20,6 +20,7 @@
 mod algorithm;
 mod approval;
 mod error;
+mod key_name;
 mod names;
 mod purpose;
 mod state;
@@ -27,6 +28,7 @@ mod state;
 pub use algorithm::{Algorithm, Curve, ALGORITHM_FORMS};
 pub use approval::{ApprovalStatus, Decision};
 pub use error::ParseError;
+pub use key_name::{check_key_name, KEY_NAME_MAX};
 pub use purpose::{Operation, Purpose};
 pub use state::KeyState;
 

@@ -194,3 +194,52 @@ fn purposes_and_operations() {
         assert_eq!(state.is_visible(), state != KeyState::Destroyed);
     }
 }
+
+#[test]
+fn key_names_follow_the_rule() {
+    for good in [
+        "a",
+        "Z",
+        "7",
+        "app-signing",
+        "db_key.v2",
+        "A1-b_2.c",
+        &"k".repeat(64),
+    ] {
+        assert_eq!(check_key_name(good), Ok(()), "{good:?}");
+    }
+    let mut refused = vec![
+        String::new(),
+        "k".repeat(65),
+        "-lead".to_owned(),
+        "_lead".to_owned(),
+        ".lead".to_owned(),
+        "a/b;object=x".to_owned(),
+        "é".to_owned(),
+        "aé".to_owned(),
+    ];
+    for c in [
+        ' ', '/', ';', '?', '%', '=', '&', '#', ':', ',', '"', '\'', '\\', '*', '{', '}', '\n',
+        '\t', '\0', '+', '@', '!',
+    ] {
+        refused.push(format!("a{c}b"));
+    }
+    for bad in refused.iter().map(String::as_str) {
+        let err = check_key_name(bad).expect_err(bad);
+        assert_eq!(
+            err.message(),
+            format!(
+                "key name {bad:?}: use letters, digits, '-', '_' and '.', 1-64 characters, \
+                 starting with a letter or digit"
+            )
+        );
+    }
+    assert_eq!(
+        check_key_name("a/b;x").map_err(|e| e.to_string()),
+        Err(
+            "key name \"a/b;x\": use letters, digits, '-', '_' and '.', 1-64 characters, \
+             starting with a letter or digit"
+                .to_owned()
+        )
+    );
+}

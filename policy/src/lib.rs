@@ -52,6 +52,7 @@ mod template;
 pub use algorithm::CurveParams;
 pub use duration::{datetime_to_system_time, format_duration, parse_duration, MAX_DURATION};
 pub use error::PolicyError;
+pub use keyward_domain::{check_key_name, KEY_NAME_MAX};
 pub use keyward_domain::{
     Algorithm, ApprovalStatus, Curve, Decision, KeyState, Operation, ParseError, Purpose,
     ALGORITHM_FORMS,

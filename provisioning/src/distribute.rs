@@ -111,6 +111,9 @@ pub(crate) fn request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             reason,
             sha256,
         } => {
+            if let Some(name) = &name {
+                crate::run::new_key_name(name)?;
+            }
             let file = read(&path)?;
             if let Some(expected) = sha256 {
                 let actual = sha256_hex(&file);

@@ -155,6 +155,13 @@ pub fn run(command: Command, socket: &Path, json: bool) -> Output {
 /// The admin request a command sends. `now` (unix seconds) turns
 /// `grant add --for` into an expiry. `policy check` sends nothing and is
 /// refused here.
+/// The name of a new managed key, checked here for an early clear error
+/// (exit 2, kind `Invalid`, nothing sent); the agent checks it again.
+pub(crate) fn new_key_name(name: &str) -> Result<(), Failure> {
+    keyward_domain::check_key_name(name)
+        .map_err(|e| Failure::local(Exit::Usage, "Invalid", e.to_string()))
+}
+
 pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
     let key = |r: KeyRequest| Ok(AdminRequest::Key(r));
     match command {
@@ -234,12 +241,15 @@ pub fn request(command: Command, now: i64) -> Result<AdminRequest, Failure> {
             class,
         }) => match (adopt, name, class) {
             (None, None, None) => key(KeyRequest::Discover { token }),
-            (Some(CkaId(backend_id)), Some(name), Some(class)) => key(KeyRequest::Adopt {
-                token,
-                backend_id,
-                name,
-                class,
-            }),
+            (Some(CkaId(backend_id)), Some(name), Some(class)) => {
+                new_key_name(&name)?;
+                key(KeyRequest::Adopt {
+                    token,
+                    backend_id,
+                    name,
+                    class,
+                })
+            }
             // clap enforces this already; kept for callers that build
             // the arguments by hand.
             _ => Err(Failure::local(
@@ -289,6 +299,7 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             token,
             owner,
         } => {
+            new_key_name(&name)?;
             // Not an algorithm at all: the usage error (exit 2, kind
             // `Invalid`) the agent gave before the request carried the type.
             let algorithm = algorithm
@@ -726,6 +737,41 @@ mod tests {
             Ok(AdminRequest::Key(k)) => k,
             other => panic!("{args:?}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_new_key_name_is_checked_before_anything_is_sent() {
+        let rule = "use letters, digits, '-', '_' and '.', 1-64 characters, starting with a \
+                    letter or digit";
+        for args in [
+            &["key", "create", "a/b;x", "--class", "tls"][..],
+            &[
+                "discover", "--adopt", "0a", "--name", "a/b;x", "--class", "tls",
+            ],
+            &[
+                "key",
+                "import",
+                "/nonexistent",
+                "--class",
+                "tls",
+                "--name",
+                "a/b;x",
+                "--reason",
+                "r",
+            ],
+        ] {
+            let e = req(args).unwrap_err();
+            assert_eq!(
+                (e.exit, e.kind.as_str()),
+                (Exit::Usage, "Invalid"),
+                "{args:?}"
+            );
+            assert_eq!(e.message, format!("key name \"a/b;x\": {rule}"), "{args:?}");
+        }
+        assert!(matches!(
+            key(&["key", "create", "web-1.v2_x", "--class", "tls"]),
+            KeyRequest::Create { name, .. } if name == "web-1.v2_x"
+        ));
     }
 
     #[test]

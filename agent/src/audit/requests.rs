@@ -171,6 +171,15 @@ impl crate::shared::Core {
         self.audit.record(e);
     }
 
+    /// Whether a key named `name` is in the inventory on any token (in
+    /// any state); a store failure counts as known, so records are shown.
+    fn key_known(&self, name: &str) -> bool {
+        let inventory = self.keys.inventory();
+        self.tokens
+            .iter()
+            .any(|t| !matches!(inventory.key(&t.config.label, name), Ok(None)))
+    }
+
     pub(crate) fn answer_audit(
         &self,
         req: keyward_protocol::admin::AuditRequest,
@@ -265,19 +274,35 @@ impl crate::shared::Core {
                 until,
                 denied_only,
                 limit,
-            } => records(log.query(&AuditFilter {
-                key,
-                application,
-                since,
-                until,
-                result: if denied_only {
-                    ResultFilter::Denied
-                } else {
-                    ResultFilter::Any
-                },
-                limit: Some(u64::from(limit)),
-                ..AuditFilter::default()
-            })),
+            } => {
+                let found = log.query(&AuditFilter {
+                    key: key.clone(),
+                    application,
+                    since,
+                    until,
+                    result: if denied_only {
+                        ResultFilter::Denied
+                    } else {
+                        ResultFilter::Any
+                    },
+                    limit: Some(u64::from(limit)),
+                    ..AuditFilter::default()
+                });
+                // No records of a key the inventory does not know: the
+                // answer of every lookup of an unknown key (exit 4).
+                match (&key, &found) {
+                    (Some(name), Ok(v)) if v.is_empty() && !self.key_known(name) => {
+                        AdminResponse::KeyErr {
+                            kind: AdminErrorKind::NotFound,
+                            message: crate::lifecycle::no_key_message(
+                                name,
+                                self.tokens.iter().map(|t| t.config.label.as_str()),
+                            ),
+                        }
+                    }
+                    _ => records(found),
+                }
+            }
         }
     }
 }

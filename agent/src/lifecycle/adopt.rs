@@ -123,11 +123,9 @@ impl Lifecycle {
         (who, by): (&str, &Actor),
     ) -> AResult<KeyInfo> {
         let label = token.config.label.clone();
-        if name.is_empty() || backend_id.is_empty() {
-            return fail(
-                AdminErrorKind::Invalid,
-                "adoption needs a name and a non-empty CKA_ID",
-            );
+        check_new_key_name(name)?;
+        if backend_id.is_empty() {
+            return fail(AdminErrorKind::Invalid, "adoption needs a non-empty CKA_ID");
         }
         let policy = self.policy();
         let Some(class) = policy.class(class_name) else {

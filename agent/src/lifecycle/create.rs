@@ -200,9 +200,7 @@ impl Lifecycle {
         token: Option<&str>,
         owner: &str,
     ) -> AResult<KeyInfo> {
-        if name.is_empty() {
-            return fail(AdminErrorKind::Invalid, "a key needs a name");
-        }
+        check_new_key_name(name)?;
         let policy = self.policy();
         let Some(class) = policy.class(class_name) else {
             return fail(

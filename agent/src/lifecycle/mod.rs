@@ -146,6 +146,26 @@ pub(crate) fn fail<T>(kind: AdminErrorKind, message: impl Into<String>) -> AResu
     })
 }
 
+/// Checks the name of a new managed key ([`keyward_policy::check_key_name`]):
+/// a bad one is an invalid request (exit 2).
+pub(crate) fn check_new_key_name(name: &str) -> AResult<()> {
+    keyward_policy::check_key_name(name).map_err(|e| AdminError {
+        kind: AdminErrorKind::Invalid,
+        message: e.to_string(),
+    })
+}
+
+/// The message of a lookup of an unknown key `name` among the keys of
+/// `tokens`: `no key "N" on token "T"` (one token), `no key "N" on any of
+/// the tokens "T1", "T2"` (several).
+pub(crate) fn no_key_message<'a>(name: &str, tokens: impl IntoIterator<Item = &'a str>) -> String {
+    let labels: Vec<String> = tokens.into_iter().map(|t| format!("{t:?}")).collect();
+    match labels.as_slice() {
+        [one] => format!("no key {name:?} on token {one}"),
+        _ => format!("no key {name:?} on any of the tokens {}", labels.join(", ")),
+    }
+}
+
 pub(crate) fn inv_err(e: keyward_inventory::Error) -> AdminError {
     use keyward_inventory::Error as E;
     let kind = match &e {
@@ -614,6 +634,7 @@ impl Lifecycle {
     }
 
     pub(crate) fn target(&self, token: Option<&str>, name: &str) -> AResult<Target<'_>> {
+        // Keep the message in step with `no_key_message`.
         let t = self.admin_token(token)?;
         let record = self
             .keys

@@ -125,6 +125,51 @@ fn create_refusals_and_approvals() {
     assert_eq!(a.keys.key(k.record.id).unwrap().grants.len(), 1);
 }
 
+#[test]
+fn a_new_key_name_follows_the_rule_in_the_agent_too() {
+    let (_d, a) = agent();
+    let rule =
+        "use letters, digits, '-', '_' and '.', 1-64 characters, starting with a letter or digit";
+    let long = "k".repeat(65);
+    for bad in ["a/b;object=x", "", "-k", "a b", long.as_str()] {
+        let e = call(&a, create(bad, "signing")).unwrap_err();
+        assert_eq!(e.kind, AdminErrorKind::Invalid, "{bad:?}");
+        assert_eq!(e.message, format!("key name {bad:?}: {rule}"));
+        let adopt = KeyRequest::Adopt {
+            token: None,
+            backend_id: vec![1],
+            name: bad.into(),
+            class: "signing".into(),
+        };
+        let e = call(&a, adopt).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message),
+            (AdminErrorKind::Invalid, format!("key name {bad:?}: {rule}"))
+        );
+    }
+    let keys = a.keys.inventory().keys(&KeyFilter::default()).unwrap();
+    assert!(keys.is_empty(), "nothing recorded: {keys:?}");
+    let Ok(KeyResponse::Key(k)) = call(&a, create("k.v2_x-1", "signing")) else {
+        panic!()
+    };
+    assert_eq!(k.name, "k.v2_x-1");
+}
+
+#[test]
+fn an_unknown_key_has_one_message() {
+    assert_eq!(no_key_message("x", ["kw"]), r#"no key "x" on token "kw""#);
+    assert_eq!(
+        no_key_message("x", ["a", "b"]),
+        r#"no key "x" on any of the tokens "a", "b""#
+    );
+    let (_d, a) = agent();
+    let e = call(&a, act("nosuch", KeyAction::Activate)).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (AdminErrorKind::NotFound, r#"no key "nosuch" on token "kw""#)
+    );
+}
+
 /// Dates set in the store through the Inventory API, `tick` at now.
 #[test]
 fn tick_acts_on_dates_in_the_store() {

@@ -48,6 +48,7 @@ mod lifecycle;
 mod lifecycle_crash;
 mod mechanism_params;
 mod metrics;
+mod names;
 mod namespaces;
 mod objects;
 mod per_use;

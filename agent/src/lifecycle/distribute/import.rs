@@ -90,6 +90,11 @@ impl Lifecycle {
         let public = Self::recorded_public(rec)?;
         let t = self.admin_token(token)?;
         let label = t.config.label.clone();
+        // A name given here is new and follows the rule; the recorded
+        // name is kept as it is (like a restore).
+        if let Some(given) = name {
+            check_new_key_name(given)?;
+        }
         let name = name.unwrap_or(&rec.name).to_owned();
         if name.is_empty() {
             return fail(AdminErrorKind::Invalid, "a key needs a name");
