@@ -1672,7 +1672,7 @@ mod tests {
                 "versions:\n  VERSION  CKA_ID  STATE        CREATED              DEACTIVATED          DESTROYED\n",
                 "  1        01ab    deactivated  2026-01-31 18:00:00  2026-01-31 19:00:00  -\n",
                 "  2        02cd    active       2026-01-31 19:00:00  -                    -\n",
-                "grants:\n  APPLICATION  OPERATIONS   EXPIRES\n  nginx        sign,verify  2026-02-01 02:00:00\n",
+                "grants:\n  APPLICATION  OPERATIONS   EXPIRES              SOURCE\n  nginx        sign,verify  2026-02-01 02:00:00  key\n",
                 "history:\n  AT                   VERSION  FROM            TO              ACTOR  REASON\n",
                 "  2026-01-31 18:00:00  -        -               pre-activation  alice  -\n",
                 "  2026-01-31 18:01:00  1        pre-activation  active          alice  go live\n",
@@ -1830,9 +1830,9 @@ mod tests {
         forever.expires_at = None;
         assert_eq!(
             key_response(&KeyResponse::Grants(vec![grant(), forever])),
-            "KEY      APPLICATION  OPERATIONS   EXPIRES\n\
-             web-tls  nginx        sign,verify  2026-02-01 02:00:00\n\
-             web-tls  ssh-agent    sign,verify  -\n"
+            "KEY      APPLICATION  OPERATIONS   EXPIRES              SOURCE\n\
+             web-tls  nginx        sign,verify  2026-02-01 02:00:00  key\n\
+             web-tls  ssh-agent    sign,verify  -                    key\n"
         );
         assert_eq!(key_response(&KeyResponse::Grants(vec![])), "no grants\n");
 
