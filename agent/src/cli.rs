@@ -268,21 +268,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     agent.lifecycle.note_backup_keys();
     agent.lifecycle.resume_approved();
     let policy_source = Arc::new(std::sync::Mutex::new(source));
-    {
-        let (weak, running, path, source) = (
-            Arc::downgrade(&agent),
-            config.clone(),
-            path.to_owned(),
-            policy_source.clone(),
-        );
-        agent.core().set_reloader(Box::new(move || {
-            let agent = weak
-                .upgrade()
-                .ok_or_else(|| "the agent is stopping".to_owned())?;
-            let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-            reload(&agent, &path, &running, &mut source)
-        }));
-    }
+    install_reloader(&agent, config, path, &policy_source);
     agent
         .core()
         .spawn_checkpoints(crate::audit::CheckpointEvery {
@@ -395,6 +381,29 @@ fn raise_descriptor_limit() {
             }
         }
     }
+}
+
+/// What `keyward policy reload` runs: [`reload`] of `path` against the
+/// running `config`, with the policy source SIGHUP's reload shares.
+fn install_reloader(
+    agent: &Arc<Agent>,
+    config: &Config,
+    path: &Path,
+    source: &Arc<std::sync::Mutex<String>>,
+) {
+    let (weak, running, path, source) = (
+        Arc::downgrade(agent),
+        config.clone(),
+        path.to_owned(),
+        source.clone(),
+    );
+    agent.core().set_reloader(Box::new(move || {
+        let agent = weak
+            .upgrade()
+            .ok_or_else(|| "the agent is stopping".to_owned())?;
+        let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+        reload(&agent, &path, &running, &mut source)
+    }));
 }
 
 /// Reloads on SIGHUP: reads the configuration file `path` again and puts

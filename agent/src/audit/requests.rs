@@ -180,6 +180,24 @@ impl crate::shared::Core {
             .any(|t| !matches!(inventory.key(&t.config.label, name), Ok(None)))
     }
 
+    /// `keyward audit anchor`: the trail sealed now, and its newest
+    /// checkpoint as an anchor to keep off the host.
+    fn answer_anchor(&self) -> keyward_protocol::admin::AdminResponse {
+        use keyward_protocol::admin::{AdminErrorKind, AdminResponse, AuditResponse};
+        let failed = |message: String| AdminResponse::KeyErr {
+            kind: AdminErrorKind::Failed,
+            message,
+        };
+        if let Err(e) = self.checkpoint() {
+            return failed(format!("audit trail: cannot seal it for an anchor: {e}"));
+        }
+        match self.audit.log().last_checkpoint() {
+            Ok(Some(cp)) => AdminResponse::Audit(Box::new(AuditResponse::Anchor(anchor_of(&cp)))),
+            Ok(None) => failed("audit trail: no checkpoint yet".into()),
+            Err(e) => failed(format!("audit trail: {e}")),
+        }
+    }
+
     pub(crate) fn answer_audit(
         &self,
         req: keyward_protocol::admin::AuditRequest,
@@ -238,26 +256,7 @@ impl crate::shared::Core {
                     .collect();
                 verified(&anchors)
             }
-            AuditRequest::Anchor => {
-                if let Err(e) = self.checkpoint() {
-                    return AdminResponse::KeyErr {
-                        kind: AdminErrorKind::Failed,
-                        message: format!("audit trail: cannot seal it for an anchor: {e}"),
-                    };
-                }
-                match log.checkpoints() {
-                    Ok(c) => match c.last() {
-                        Some(cp) => {
-                            AdminResponse::Audit(Box::new(AuditResponse::Anchor(anchor_of(cp))))
-                        }
-                        None => AdminResponse::KeyErr {
-                            kind: AdminErrorKind::Failed,
-                            message: "audit trail: no checkpoint yet".into(),
-                        },
-                    },
-                    Err(e) => failed(e),
-                }
-            }
+            AuditRequest::Anchor => self.answer_anchor(),
             AuditRequest::Tail { n, after_seq: None } => records(log.tail(n as usize)),
             AuditRequest::Tail {
                 n,
