@@ -566,23 +566,8 @@ impl Lifecycle {
         ))
     }
 
-    /// The action of `r` and its request's move to `executed`, together.
-    fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
-        if r.action == super::governance::POLICY_APPLY {
-            return self.carry_out_policy(r, by, now);
-        }
-        if r.action == super::token_init::TOKEN_INIT {
-            return self.carry_out_token_init(r, by, now);
-        }
-        if r.action == super::backup::BACKUP_INIT {
-            return self.carry_out_backup_init(r, by, now);
-        }
-        if r.action == super::backup::BACKUP_RESTORE {
-            return self.carry_out_restore(r, by, now);
-        }
-        if r.action == super::distribute::KEY_EXPORT {
-            return self.carry_out_export(r, now);
-        }
+    /// The key an approved request acts on, and its token.
+    pub(crate) fn request_target_key(&self, r: &ApprovalRecord) -> AResult<Target<'_>> {
         let Some(key_id) = r.key_id else {
             return fail(
                 AdminErrorKind::Invalid,
@@ -601,7 +586,27 @@ impl Lifecycle {
                 format!("request {}: token {:?} is gone", r.id, key.record.token),
             );
         };
-        let t = Target { token, key };
+        Ok(Target { token, key })
+    }
+
+    /// The action of `r` and its request's move to `executed`, together.
+    fn carry_out(&self, r: &ApprovalRecord, by: &Actor, now: SystemTime) -> AResult<()> {
+        if r.action == super::governance::POLICY_APPLY {
+            return self.carry_out_policy(r, by, now);
+        }
+        if r.action == super::token_init::TOKEN_INIT {
+            return self.carry_out_token_init(r, by, now);
+        }
+        if r.action == super::backup::BACKUP_INIT {
+            return self.carry_out_backup_init(r, by, now);
+        }
+        if r.action == super::backup::BACKUP_RESTORE {
+            return self.carry_out_restore(r, by, now);
+        }
+        if r.action == super::distribute::KEY_EXPORT {
+            return self.carry_out_export(r, now);
+        }
+        let t = self.request_target_key(r)?;
         let who = self.asked_and_approved(r)?;
         let why = format!("{} (request {})", r.reason, r.id);
         let action = match r.action.as_str() {

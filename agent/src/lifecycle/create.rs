@@ -179,6 +179,24 @@ impl Lifecycle {
         }
     }
 
+    /// Refuses (a conflict) a new key's `name` that a key on token `label`
+    /// has already.
+    pub(crate) fn refuse_taken_name(&self, label: &str, name: &str) -> AResult<()> {
+        if self
+            .keys
+            .inventory()
+            .key(label, name)
+            .map_err(inv_err)?
+            .is_some()
+        {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("a key {name:?} exists on token {label:?}"),
+            );
+        }
+        Ok(())
+    }
+
     /// Destroys objects generated for a change that could not be recorded.
     pub(crate) fn destroy_orphans(&self, backend: &dyn Backend, objects: &[BackendObject]) {
         match HsmSession::open(backend) {
@@ -235,18 +253,7 @@ impl Lifecycle {
         };
         let t = self.admin_token(token)?;
         let label = t.config.label.clone();
-        if self
-            .keys
-            .inventory()
-            .key(&label, name)
-            .map_err(inv_err)?
-            .is_some()
-        {
-            return fail(
-                AdminErrorKind::Conflict,
-                format!("a key {name:?} exists on token {label:?}"),
-            );
-        }
+        self.refuse_taken_name(&label, name)?;
         let backend = self.backend(t)?;
         let (id, objects) = self.generate(t, backend.as_ref(), class, alg, name)?;
         let fingerprint = HsmSession::open(backend.as_ref())?.fingerprint(&objects);

@@ -99,18 +99,7 @@ impl Lifecycle {
         if name.is_empty() {
             return fail(AdminErrorKind::Invalid, "a key needs a name");
         }
-        if self
-            .keys
-            .inventory()
-            .key(&label, &name)
-            .map_err(inv_err)?
-            .is_some()
-        {
-            return fail(
-                AdminErrorKind::Conflict,
-                format!("a key {name:?} exists on token {label:?}"),
-            );
-        }
+        self.refuse_taken_name(&label, &name)?;
         let backend = self.backend(t)?;
         let s = HsmSession::open(backend.as_ref())?;
         let recipient = self.recipient_of(t, &s, &parsed.body.recipient_sha256)?;

@@ -448,24 +448,6 @@ impl Lifecycle {
         )
     }
 
-    /// The key an approved request acts on.
-    fn request_target_key(&self, r: &keyward_inventory::ApprovalRecord) -> AResult<Target<'_>> {
-        let key = r.key_id.and_then(|id| self.keys.key(id));
-        let Some(key) = key else {
-            return fail(
-                AdminErrorKind::NotFound,
-                format!("request {}: key {} is gone", r.id, r.target),
-            );
-        };
-        let Some(token) = self.token_labelled(&key.record.token) else {
-            return fail(
-                AdminErrorKind::NotFound,
-                format!("request {}: token {:?} is gone", r.id, key.record.token),
-            );
-        };
-        Ok(Target { token, key })
-    }
-
     /// The sealed file of `body`: a transport key made by the SO, the
     /// transport key wrapped for `recipient`, the version under it, the
     /// seal; the transport key and the recipient's session object are
