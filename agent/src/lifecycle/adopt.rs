@@ -140,18 +140,7 @@ impl Lifecycle {
                 format!("CKA_ID {} is already managed", hex::encode(backend_id)),
             );
         }
-        if self
-            .keys
-            .inventory()
-            .key(&label, name)
-            .map_err(inv_err)?
-            .is_some()
-        {
-            return fail(
-                AdminErrorKind::Conflict,
-                format!("a key {name:?} exists on token {label:?}"),
-            );
-        }
+        self.refuse_taken_name(&label, name)?;
         if backend_id == crate::audit::AUDIT_KEY_ID {
             return fail(
                 AdminErrorKind::Refused,
