@@ -44,6 +44,7 @@ mod duration;
 mod error;
 mod lifecycle;
 mod mechanisms;
+mod plural;
 mod policy;
 mod refusal;
 mod rv;
@@ -62,13 +63,16 @@ pub use lifecycle::{
     Action, Cryptoperiod, Rotation,
 };
 pub use mechanisms::{mechanism_by_name, mechanism_name};
+pub use plural::plural;
 pub use policy::{
     Administrator, AdministratorKey, Application, Approvable, Grant, KeyClass, Mode, Peer, Policy,
     Quorum, Role, Settings, DEFAULT_APPROVAL_WAIT, DEFAULT_LIFETIME, DEFAULT_MAX_RECOVERY_WINDOW,
     MAX_APPROVAL_WAIT,
 };
 pub use refusal::{Mechanism, Refusal};
-pub use rv::rv_name;
+pub use rv::{
+    rv_name, KEYWARD_CONFLICT, KEYWARD_FAILED, KEYWARD_INVALID, KEYWARD_NOT_FOUND, KEYWARD_REFUSED,
+};
 pub use template::{
     adoption_problems, check_change, check_derivation, check_generation, check_key_pair_generation,
     is_weakening, purpose_flags, Adjustments, AttrValue, KeyPairAdjustments, Template,

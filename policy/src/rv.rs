@@ -1,6 +1,8 @@
 //! `CKR_*` names, for messages, logs and the audit trail's tables.
 //!
-//! Every return value `pkcs11-sys` defines (PKCS#11 3.0).
+//! Every return value `pkcs11-sys` defines (PKCS#11 3.0), and keyward's
+//! own result values for administrator actions ([`KEYWARD_INVALID`] ...),
+//! in PKCS#11's vendor-defined range.
 
 /// `(name, value)` for every standard return value, in `pkcs11.h` order.
 const RETURN_VALUES: &[(&str, u64)] = &[
@@ -248,10 +250,41 @@ const RETURN_VALUES: &[(&str, u64)] = &[
     ("CKR_KEY_EXHAUSTED", pkcs11_sys::CKR_KEY_EXHAUSTED),
 ];
 
-/// The `CKR_*` name of `rv`, if it is a standard one.
+/// The base of keyward's own result values: `CKR_VENDOR_DEFINED` with
+/// `KW` (0x4b57) in the high half, so that a vendor's small code returned
+/// by an HSM (`0x80000001`) is never taken for one of them.
+const KEYWARD_BASE: u64 = pkcs11_sys::CKR_VENDOR_DEFINED | 0x4b57_0000;
+
+/// An administrator's request was malformed or contradictory (exit 2).
+pub const KEYWARD_INVALID: u64 = KEYWARD_BASE | 1;
+/// An administrator's request named no such key, token, application,
+/// class or request (exit 4).
+pub const KEYWARD_NOT_FOUND: u64 = KEYWARD_BASE | 2;
+/// The policy, the roster or the key's lifecycle refused an
+/// administrator's request (exit 5).
+pub const KEYWARD_REFUSED: u64 = KEYWARD_BASE | 3;
+/// An administrator's request conflicted with the current state: a name
+/// taken, a request already decided, a race (exit 6).
+pub const KEYWARD_CONFLICT: u64 = KEYWARD_BASE | 4;
+/// The HSM or the inventory store failed an administrator's request
+/// (exit 7).
+pub const KEYWARD_FAILED: u64 = KEYWARD_BASE | 5;
+
+/// keyward's own result values with their names.
+const KEYWARD_VALUES: &[(&str, u64)] = &[
+    ("KEYWARD_INVALID", KEYWARD_INVALID),
+    ("KEYWARD_NOT_FOUND", KEYWARD_NOT_FOUND),
+    ("KEYWARD_REFUSED", KEYWARD_REFUSED),
+    ("KEYWARD_CONFLICT", KEYWARD_CONFLICT),
+    ("KEYWARD_FAILED", KEYWARD_FAILED),
+];
+
+/// The name of `rv`: its `CKR_*` name if it is a standard one, its
+/// `KEYWARD_*` name if it is one of keyward's own.
 pub fn rv_name(rv: u64) -> Option<&'static str> {
     RETURN_VALUES
         .iter()
+        .chain(KEYWARD_VALUES)
         .find(|&&(_, v)| v == rv)
         .map(|&(name, _)| name)
 }
@@ -267,5 +300,28 @@ mod tests {
         assert_eq!(rv_name(0x1b), Some("CKR_ACTION_PROHIBITED"));
         assert_eq!(rv_name(0xa4), Some("CKR_PIN_LOCKED"));
         assert_eq!(rv_name(0x4), None);
+    }
+
+    #[test]
+    fn keyward_values_are_vendor_defined_and_named() {
+        assert_eq!(KEYWARD_INVALID, 0xcb57_0001);
+        assert_eq!(KEYWARD_FAILED, 0xcb57_0005);
+        for &(name, v) in KEYWARD_VALUES {
+            assert_eq!(rv_name(v), Some(name));
+            assert!(name.starts_with("KEYWARD_"), "{name}");
+            assert_eq!(
+                v & pkcs11_sys::CKR_VENDOR_DEFINED,
+                pkcs11_sys::CKR_VENDOR_DEFINED
+            );
+            // No standard value shares it, and it fits a 32-bit CK_ULONG.
+            assert!(RETURN_VALUES.iter().all(|&(_, s)| s != v), "{name}");
+            assert!(u32::try_from(v).is_ok(), "{name}");
+        }
+        assert_eq!(rv_name(KEYWARD_REFUSED), Some("KEYWARD_REFUSED"));
+        assert_eq!(rv_name(KEYWARD_NOT_FOUND), Some("KEYWARD_NOT_FOUND"));
+        // A vendor's own code stays unnamed.
+        assert_eq!(rv_name(0x8000_0001), None);
+        assert_eq!(rv_name(0xcb57_0000), None);
+        assert_eq!(rv_name(0xcb57_0006), None);
     }
 }
