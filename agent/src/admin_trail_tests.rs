@@ -89,7 +89,7 @@ fn actions_are_named_and_described_reads_are_not_recorded() {
             (
                 s("key.suspend"),
                 s("refused: key kw/demo-key: a pre-activation key cannot be suspended"),
-                cryptoki_sys::CKR_FUNCTION_FAILED
+                keyward_policy::KEYWARD_REFUSED
             ),
         ]
     );

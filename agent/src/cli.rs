@@ -275,7 +275,9 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
             events: config.audit.checkpoint_events,
             interval: std::time::Duration::from_secs(config.audit.checkpoint_seconds),
         });
-    agent.spawn_use_recorder(std::time::Duration::from_secs(5));
+    agent.spawn_use_recorder(std::time::Duration::from_secs(
+        keyward_protocol::admin::LAST_USE_EVERY_SECS,
+    ));
     agent
         .lifecycle
         .spawn_scheduler(crate::lifecycle::scheduler::EVERY);

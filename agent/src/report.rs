@@ -133,11 +133,11 @@ pub fn judge(
                     AnomalyKind::NewApplication,
                     u.window,
                     format!(
-                        "application {:?} ({}) used the key {} times in the window and never in the baseline ({} uses by others)",
+                        "application {:?} ({}) used the key {} in the window and never in the baseline ({} by others)",
                         u.application,
                         if u.exe.is_empty() { "executable unknown" } else { &u.exe },
-                        u.window,
-                        baseline
+                        keyward_policy::plural(u.window, "time"),
+                        keyward_policy::plural(baseline, "use")
                     ),
                 )
             });
@@ -162,10 +162,11 @@ pub fn judge(
                     AnomalyKind::UnusualHour,
                     h.window,
                     format!(
-                        "{} uses between {:02}:00 and {:02}:59 UTC, an hour without any of the baseline's {baseline} uses over {}",
-                        h.window,
+                        "{} between {:02}:00 and {:02}:59 UTC, an hour without any of the baseline's {} over {}",
+                        keyward_policy::plural(h.window, "use"),
                         h.hour,
                         h.hour,
+                        keyward_policy::plural(baseline, "use"),
                         human((spanned / MICROS) as u64)
                     ),
                 )
@@ -540,6 +541,7 @@ fn failed_admin(failures: keyward_inventory::usage::Failures) -> FailedAdmin {
                 key: e.key,
                 uid: e.uid,
                 reason: e.reason,
+                result: e.result,
             })
             .collect(),
     }

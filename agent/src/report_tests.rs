@@ -586,6 +586,11 @@ mod agent {
             r.failed_admin.last[0].reason,
             "refused: key kw/k: a active key cannot be activated"
         );
+        // The lifecycle's refusal, by its own result value.
+        assert_eq!(
+            r.failed_admin.last[0].result,
+            keyward_policy::KEYWARD_REFUSED
+        );
         assert_eq!(r.unmanaged.len(), 1);
         assert_eq!(
             (r.unmanaged[0].object.as_str(), r.unmanaged[0].window),

@@ -755,6 +755,10 @@ pub enum AdminErrorKind {
     Failed,
 }
 
+/// How often the agent writes the keys' last uses to the inventory, in
+/// seconds: `last_used_at` lags the last use by up to this.
+pub const LAST_USE_EVERY_SECS: u64 = 5;
+
 /// A key as `keyward key show` prints it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -774,6 +778,8 @@ pub struct KeyInfo {
     pub process_until: Option<i64>,
     pub next_rotation: Option<i64>,
     pub scope: Vec<String>,
+    /// The last use the inventory holds: uses are noted in memory and
+    /// written every [`LAST_USE_EVERY_SECS`], so it lags by up to that.
     pub last_used_at: Option<i64>,
     pub backup_allowed: bool,
     pub versions: Vec<VersionInfo>,
@@ -1503,6 +1509,10 @@ pub struct AdminFailure {
     pub uid: Option<u32>,
     /// Why it failed.
     pub reason: String,
+    /// The result value in its record: keyward's own for the kind of
+    /// failure (`KEYWARD_REFUSED`, ... see `keyward_policy::rv_name`).
+    #[serde(default)]
+    pub result: u64,
 }
 
 /// Uses of an object the inventory does not manage.

@@ -280,7 +280,7 @@ fn share_text(r: &ShareRecord) -> String {
     format!(
         "custodian:   {}\n\
          share:       {} of {}\n\
-         threshold:   {} of {} shares rebuild the backup key\n\
+         threshold:   {} of {} rebuild the backup key\n\
          deployment:  {}\n\
          backup key:  {}\n\
          digest:      {}\n",
@@ -288,7 +288,7 @@ fn share_text(r: &ShareRecord) -> String {
         r.index(),
         r.count(),
         r.threshold(),
-        r.count(),
+        crate::style::plural(r.count(), "share"),
         render::clean(r.deployment()),
         short_check(r.key_check()),
         hex::encode(r.digest()),

@@ -43,6 +43,14 @@ pub struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show every column of every table at full length (by default tables
+    /// fit 100 columns: the essential columns, long values cut with `…`).
+    #[arg(long, global = true)]
+    pub wide: bool,
+    /// Show times in the system's time zone (TZ, else /etc/localtime) with
+    /// their offset, `2026-12-04 21:21:07+01:00` (by default: UTC, `...Z`).
+    #[arg(long, global = true)]
+    pub local: bool,
     #[command(subcommand)]
     pub command: Command,
 }

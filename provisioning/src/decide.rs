@@ -20,7 +20,7 @@ use crate::cli::DecideArgs;
 use crate::output::{answer_failure, Output};
 use crate::render;
 use crate::signer::{self, KeySource, KeySpec};
-use crate::time::format_utc;
+use crate::time::format_time;
 
 /// `keyward admin-key show KEY`: the roster's `public_key = "..."` line.
 pub fn admin_key_show(spec: &KeySpec, json: bool) -> Output {
@@ -131,7 +131,7 @@ fn still_open(request: &ApprovalRequest, decision: Decision, now: i64) -> Result
     let why = if request.status != ApprovalStatus::Pending {
         format!("is {}, not pending", request.status.as_str())
     } else if request.expires_at <= now {
-        format!("expired at {}", format_utc(request.expires_at))
+        format!("expired at {}", format_time(request.expires_at))
     } else {
         return Ok(());
     };

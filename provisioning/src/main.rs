@@ -30,7 +30,8 @@
 //! approve|deny`: show, sign, send; `admin-key show`), `signer.rs` (an
 //! administrator's key: a PEM file or a `pkcs11:` URI, `uri.rs`),
 //! `admin.rs` (the socket exchange and the exit codes), `render.rs`
-//! (tables and JSON), `time.rs` (unix seconds ↔ UTC calendar),
+//! (tables and JSON), `style.rs` (`--wide`, `--local`, plurals),
+//! `time.rs` (unix seconds ↔ calendar),
 //! `backup.rs` (`backup ...`: the custodians' identities and shares).
 #![forbid(unsafe_code)]
 
@@ -47,6 +48,7 @@ mod output;
 mod render;
 mod run;
 mod signer;
+mod style;
 mod time;
 mod uri;
 
@@ -62,6 +64,7 @@ const DEFAULT_ADMIN_SOCKET: &str = "/run/keyward/admin.sock";
 fn main() -> ExitCode {
     // Usage errors exit 2, --help and --version 0 (clap's own codes).
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
+    style::set(style::Style::from_flags(cli.wide, cli.local));
     let socket = cli
         .admin_socket
         .or_else(|| std::env::var_os("KEYWARD_ADMIN_SOCKET").map(PathBuf::from))

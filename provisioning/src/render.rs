@@ -17,7 +17,8 @@ use keyward_protocol::admin::{
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::time::{format_opt, format_utc};
+use crate::style::{self, plural, WIDTH};
+use crate::time::{format_opt, format_time};
 
 /// Bytes as lowercase hex; `-` for none.
 pub fn hex(bytes: &[u8]) -> String {
@@ -60,18 +61,151 @@ fn list(items: &[String]) -> String {
     cell(&items.join(","))
 }
 
+/// How a table's column fits in [`WIDTH`] columns by default (`--wide`
+/// shows every column at full length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// Always shown, never cut: times, counts, states, ids to copy.
+    Keep,
+    /// Always shown; cut with `…` past this many characters, and further
+    /// (not below its header) while the table is too wide.
+    Cut(usize),
+    /// Always shown (free text, the last column): cut first, to what the
+    /// other columns leave of the line (not below its header).
+    Fill,
+    /// Shown with `--wide` only.
+    Wide,
+}
+
+/// A column: its header and how it fits.
+pub(crate) type Col = (&'static str, Fit);
+
+/// The narrowest a [`Fit::Cut`] column becomes: its header, at least 4.
+fn floor(header: &str) -> usize {
+    header.chars().count().max(4)
+}
+
 /// Columns aligned on the widest cell, two spaces apart, no trailing
-/// blanks. Cells are expected to be [`cell`]-clean.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// blanks. Cells are expected to be [`cell`]-clean. By default the
+/// [`Fit::Wide`] columns are left out and long cells cut so that every
+/// line fits [`WIDTH`] columns; with `--wide`, everything at full length.
+pub(crate) fn table(cols: &[Col], rows: &[Vec<String>]) -> String {
+    table_at(cols, rows, 0)
+}
+
+/// [`table`] for printing `indent` columns in (a section of `key show`,
+/// of the report): it fits the rest of the width.
+pub(crate) fn table_at(cols: &[Col], rows: &[Vec<String>], indent: usize) -> String {
+    let wide = style::wide();
+    let visible: Vec<usize> = (0..cols.len())
+        .filter(|&i| wide || cols[i].1 != Fit::Wide)
+        .collect();
+    let header: Vec<String> = visible.iter().map(|&i| cols[i].0.to_owned()).collect();
+    let mut rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            visible
+                .iter()
+                .map(|&i| {
+                    let c = row.get(i).map_or("", String::as_str);
+                    match cols[i].1 {
+                        Fit::Cut(max) if !wide => shortened(c, max.max(floor(cols[i].0))),
+                        Fit::Fill if !wide => shortened(c, WIDTH),
+                        _ => c.to_owned(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
     let mut widths = Vec::new();
-    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
+    for row in std::iter::once(&header).chain(&rows) {
         widen(&mut widths, row);
     }
+    if !wide {
+        let fits: Vec<Fit> = visible.iter().map(|&i| cols[i].1).collect();
+        narrow(&fits, &header, &mut widths, WIDTH.saturating_sub(indent));
+        cut_to(&mut rows, &widths);
+    }
     std::iter::once(&header)
-        .chain(rows)
+        .chain(&rows)
         .map(|row| table_line(row, &widths))
         .collect()
+}
+
+/// Narrows `widths` (of columns `fits` under `header`) until a line fits
+/// `budget`: free text ([`Fit::Fill`]) gives first, then the widest
+/// [`Fit::Cut`] column, a character at a time, none below its header.
+fn narrow(fits: &[Fit], header: &[String], widths: &mut [usize], budget: usize) {
+    let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    while total(widths) > budget {
+        let can = |j: usize, fit: fn(Fit) -> bool| fit(fits[j]) && widths[j] > floor(&header[j]);
+        let Some(j) = (0..fits.len())
+            .filter(|&j| can(j, |f| f == Fit::Fill))
+            .chain(
+                (0..fits.len())
+                    .filter(|&j| can(j, |f| matches!(f, Fit::Cut(_))))
+                    .max_by_key(|&j| (widths[j], j)),
+            )
+            .next()
+        else {
+            return;
+        };
+        widths[j] -= 1;
+    }
+}
+
+/// Cuts every cell of `rows` to its column's width.
+fn cut_to(rows: &mut [Vec<String>], widths: &[usize]) {
+    for row in rows {
+        for (c, &w) in row.iter_mut().zip(widths) {
+            if c.chars().count() > w {
+                *c = shortened(c, w);
+            }
+        }
+    }
+}
+
+/// `text` with its lines longer than [`WIDTH`] (prose: lists of keys, of
+/// backups) wrapped at spaces, continued four columns further in; tables
+/// fit already. As it is with `--wide`.
+fn wrap_long(text: String) -> String {
+    if style::wide() || text.lines().all(|l| l.chars().count() <= WIDTH) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let body = line.trim_start();
+        let lead = &line[..line.len() - body.len()];
+        let cont = format!("{lead}    ");
+        let mut cur = lead.to_owned();
+        let mut len = lead.chars().count();
+        let mut first = true;
+        for word in body.split(' ') {
+            let n = word.chars().count();
+            if !first && len + 1 + n > WIDTH {
+                out.push_str(&cur);
+                out.push('\n');
+                // A word too long for the indented line starts the next.
+                if cont.len() + n > WIDTH {
+                    cur.clear();
+                } else {
+                    cur.clone_from(&cont);
+                }
+                len = cur.chars().count();
+                first = true;
+            }
+            if !first {
+                cur.push(' ');
+                len += 1;
+            }
+            cur.push_str(word);
+            len += n;
+            first = false;
+        }
+        out.push_str(&cur);
+        out.push('\n');
+    }
+    out
 }
 
 /// Grows `widths` to fit `row`.
@@ -128,7 +262,10 @@ pub fn status(s: &Status) -> String {
     line(format!("pid:       {}", s.pid));
     line(format!("uptime:    {}", uptime(s.uptime_secs)));
     line(format!("socket:    {}", cell(&s.socket)));
-    line(format!("clients:   {} connections", s.connections));
+    line(format!(
+        "clients:   {}",
+        plural(s.connections, "connection")
+    ));
     line(format!(
         "requests:  {} pending approval",
         s.pending_requests
@@ -149,17 +286,17 @@ pub fn status(s: &Status) -> String {
     ));
     let a = &s.audit;
     line(format!(
-        "audit:     {} records, {}, {} unsealed, {} write failures{}",
-        a.records,
+        "audit:     {}, {}, {} unsealed, {}{}",
+        plural(a.records, "record"),
         match (a.last_checkpoint_seq, a.last_checkpoint_at) {
             (Some(seq), Some(at)) => format!(
                 "last checkpoint at record {seq} ({})",
-                crate::time::format_utc(at)
+                crate::time::format_time(at)
             ),
             _ => "no checkpoint yet".to_owned(),
         },
         a.unsealed,
-        a.write_failures,
+        plural(a.write_failures, "write failure"),
         if a.failing {
             " — FAILING: admin and lifecycle actions are refused"
         } else {
@@ -214,7 +351,7 @@ pub fn status(s: &Status) -> String {
 /// The policy in force in one line: file, mode, digest, counts.
 fn policy_line(p: &keyward_protocol::admin::PolicySummary) -> String {
     format!(
-        "{} ({} mode{}), {} applications, {} classes, {} administrators",
+        "{} ({} mode{}), {}, {}, {}",
         p.file
             .as_deref()
             .map_or("the built-in lab policy".to_owned(), cell),
@@ -223,9 +360,9 @@ fn policy_line(p: &keyward_protocol::admin::PolicySummary) -> String {
             ", sha256 {}",
             &h[..h.len().min(16)]
         )),
-        p.applications,
-        p.classes,
-        p.administrators
+        plural(p.applications, "application"),
+        plural(p.classes, "class"),
+        plural(p.administrators, "administrator")
     )
 }
 
@@ -266,13 +403,13 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Keys(keys) if keys.is_empty() => "no keys\n".to_owned(),
         KeyResponse::Keys(keys) => key_table(keys),
         KeyResponse::Grants(g) if g.is_empty() => "no grants\n".to_owned(),
-        KeyResponse::Grants(g) => grant_table(g, true),
+        KeyResponse::Grants(g) => grant_table(g, true, 0),
         KeyResponse::Apps(a) if a.is_empty() => "no applications\n".to_owned(),
         KeyResponse::Apps(a) => app_table(a),
         KeyResponse::Pending(p) => pending(p),
         KeyResponse::Requests(r) if r.is_empty() => "no approval requests\n".to_owned(),
         KeyResponse::Requests(r) if r.len() == 1 => pending(&r[0]),
-        KeyResponse::Requests(r) => request_table(r),
+        KeyResponse::Requests(r) => request_table(r, 0),
         KeyResponse::Verified {
             key,
             version,
@@ -332,7 +469,7 @@ pub(crate) fn certificate(c: &keyward_protocol::certificate::CertResponse) -> St
             "certificate of {} version {version}: {}, valid until {} (SHA-256 {}){}\n",
             clean(key),
             clean(subject),
-            crate::time::format_utc(i64::try_from(*not_after).unwrap_or(i64::MAX)),
+            crate::time::format_time(i64::try_from(*not_after).unwrap_or(i64::MAX)),
             sha256_hex(der),
             match (stored, replaced) {
                 (false, _) => String::new(),
@@ -359,11 +496,16 @@ pub fn backup(b: &BackupAnswer) -> String {
                 ("on the token", yes_no(s.present)),
                 (
                     "threshold",
-                    format!("{} of {} custodians", s.threshold, s.custodians.len()),
+                    format!(
+                        "{} of {}",
+                        s.threshold,
+                        plural(s.custodians.len(), "custodian")
+                    ),
                 ),
                 (
                     "made",
-                    s.created_at.map_or("-".to_owned(), crate::time::format_utc),
+                    s.created_at
+                        .map_or("-".to_owned(), crate::time::format_time),
                 ),
                 ("shares submitted", s.submitted.to_string()),
             ]);
@@ -373,7 +515,14 @@ pub fn backup(b: &BackupAnswer) -> String {
                     .iter()
                     .map(|(name, index, digest)| vec![cell(name), index.to_string(), cell(digest)])
                     .collect();
-                out.push_str(&table(&["CUSTODIAN", "SHARE", "DIGEST"], &rows));
+                out.push_str(&table(
+                    &[
+                        ("CUSTODIAN", Fit::Cut(24)),
+                        ("SHARE", Fit::Keep),
+                        ("DIGEST", Fit::Keep),
+                    ],
+                    &rows,
+                ));
             }
             out
         }
@@ -393,11 +542,19 @@ pub fn backup(b: &BackupAnswer) -> String {
                     ]
                 })
                 .collect();
-            out.push_str(&table(&["KEY", "VERSION", "DRILL", "DETAIL"], &rows));
+            out.push_str(&table(
+                &[
+                    ("KEY", Fit::Cut(30)),
+                    ("VERSION", Fit::Keep),
+                    ("DRILL", Fit::Keep),
+                    ("DETAIL", Fit::Fill),
+                ],
+                &rows,
+            ));
             let failed = results.iter().filter(|r| !r.ok).count();
             out.push_str(&format!(
-                "drill: {} key versions tried, {failed} failed\n",
-                results.len()
+                "drill: {} tried, {failed} failed\n",
+                plural(results.len(), "key version")
             ));
             out
         }
@@ -407,9 +564,15 @@ pub fn backup(b: &BackupAnswer) -> String {
             rebuilt,
         } => {
             if *rebuilt {
-                format!("{have} of {need} shares: the backup key is rebuilt in the HSM\n")
+                format!(
+                    "{have} of {}: the backup key is rebuilt in the HSM\n",
+                    plural(*need, "share")
+                )
             } else {
-                format!("{have} of {need} shares submitted; the backup key needs {need}\n")
+                format!(
+                    "{have} of {} submitted; the backup key needs {need}\n",
+                    plural(*need, "share")
+                )
             }
         }
     }
@@ -420,7 +583,7 @@ fn backup_contents(c: &BackupContents) -> String {
     let mut out = fields(&[
         ("backup", cell(&c.id)),
         ("token", cell(&c.token)),
-        ("made", crate::time::format_utc(c.created_at)),
+        ("made", crate::time::format_time(c.created_at)),
         ("backup key", c.key_check.chars().take(16).collect()),
     ]);
     let rows: Vec<Vec<String>> = c
@@ -432,7 +595,14 @@ fn backup_contents(c: &BackupContents) -> String {
         })
         .collect();
     if !rows.is_empty() {
-        out.push_str(&table(&["KEY", "STATE", "VERSIONS"], &rows));
+        out.push_str(&table(
+            &[
+                ("KEY", Fit::Cut(40)),
+                ("STATE", Fit::Keep),
+                ("VERSIONS", Fit::Cut(40)),
+            ],
+            &rows,
+        ));
     }
     for (name, why) in &c.absent {
         out.push_str(&format!(
@@ -460,22 +630,22 @@ fn key_table(keys: &[KeyInfo]) -> String {
                     .map(|v| v.version)
                     .max()
                     .map_or_else(|| "-".to_owned(), |v| v.to_string()),
-                format_utc(k.created_at),
+                format_time(k.created_at),
                 format_opt(k.protect_until),
             ]
         })
         .collect();
     table(
         &[
-            "NAME",
-            "TOKEN",
-            "STATE",
-            "CLASS",
-            "ALGORITHM",
-            "OWNER",
-            "VERSION",
-            "CREATED",
-            "PROTECT UNTIL",
+            ("NAME", Fit::Cut(32)),
+            ("TOKEN", Fit::Cut(16)),
+            ("STATE", Fit::Keep),
+            ("CLASS", Fit::Cut(16)),
+            ("ALGORITHM", Fit::Cut(12)),
+            ("OWNER", Fit::Wide),
+            ("VERSION", Fit::Keep),
+            ("CREATED", Fit::Keep),
+            ("PROTECT UNTIL", Fit::Wide),
         ],
         &rows,
     )
@@ -484,6 +654,10 @@ fn key_table(keys: &[KeyInfo]) -> String {
 /// `keyward key show`: the record (with its recovery window when one was
 /// opened), then versions, grants and history.
 fn key(k: &KeyInfo) -> String {
+    wrap_long(key_text(k))
+}
+
+fn key_text(k: &KeyInfo) -> String {
     let mut out = key_record(k);
     section(&mut out, "versions", versions_table(k));
     if k.state == keyward_policy::KeyState::Destroyed {
@@ -499,7 +673,7 @@ fn key(k: &KeyInfo) -> String {
         if k.grants.is_empty() {
             "none".to_owned()
         } else {
-            grant_table(&k.grants, false)
+            grant_table(&k.grants, false, SECTION)
         },
     );
     if !k.certificates.is_empty() {
@@ -518,17 +692,27 @@ fn certificates_table(k: &KeyInfo) -> String {
             vec![
                 c.version.to_string(),
                 cell(&c.subject),
-                format_utc(c.not_before),
-                format_utc(c.not_after),
+                format_time(c.not_before),
+                format_time(c.not_after),
                 cell(&c.sha256),
             ]
         })
         .collect();
-    table(
-        &["VERSION", "SUBJECT", "NOT BEFORE", "NOT AFTER", "SHA-256"],
+    table_at(
+        &[
+            ("VERSION", Fit::Keep),
+            ("SUBJECT", Fit::Cut(40)),
+            ("NOT BEFORE", Fit::Wide),
+            ("NOT AFTER", Fit::Keep),
+            ("SHA-256", Fit::Cut(16)),
+        ],
         &rows,
+        SECTION,
     )
 }
+
+/// How far a section of `keyward key show` is indented.
+const SECTION: usize = 2;
 
 /// A titled, indented section of `keyward key show`.
 fn section(out: &mut String, title: &str, body: String) {
@@ -562,19 +746,26 @@ fn key_record(k: &KeyInfo) -> String {
             }
             .to_owned(),
         ),
-        ("created", format_utc(k.created_at)),
+        ("created", format_time(k.created_at)),
         ("activated", format_opt(k.activated_at)),
         ("rotated", format_opt(k.rotated_at)),
         ("deactivated", format_opt(k.deactivated_at)),
         ("protect until", format_opt(k.protect_until)),
         ("process until", format_opt(k.process_until)),
         ("next rotation", format_opt(k.next_rotation)),
-        ("last used", format_opt(k.last_used_at)),
+        (
+            "last used",
+            format!(
+                "{} (updated every {} s)",
+                format_opt(k.last_used_at),
+                keyward_protocol::admin::LAST_USE_EVERY_SECS
+            ),
+        ),
     ];
     if let Some(until) = k.recovery_until {
         record.push((
             "recovery until",
-            format!("{} (verify and decrypt only)", format_utc(until)),
+            format!("{} (verify and decrypt only)", format_time(until)),
         ));
     }
     fields(&record)
@@ -590,7 +781,7 @@ fn versions_table(k: &KeyInfo) -> String {
                 v.version.to_string(),
                 hex(&v.backend_id),
                 cell(v.state.as_str()),
-                format_utc(v.created_at),
+                format_time(v.created_at),
                 format_opt(v.deactivated_at),
                 format_opt(v.destroyed_at),
             ]
@@ -599,16 +790,17 @@ fn versions_table(k: &KeyInfo) -> String {
     if versions.is_empty() {
         return "none".to_owned();
     }
-    table(
+    table_at(
         &[
-            "VERSION",
-            "CKA_ID",
-            "STATE",
-            "CREATED",
-            "DEACTIVATED",
-            "DESTROYED",
+            ("VERSION", Fit::Keep),
+            ("CKA_ID", Fit::Cut(24)),
+            ("STATE", Fit::Keep),
+            ("CREATED", Fit::Keep),
+            ("DEACTIVATED", Fit::Keep),
+            ("DESTROYED", Fit::Wide),
         ],
         &versions,
+        SECTION,
     )
 }
 
@@ -619,7 +811,7 @@ fn history_table(k: &KeyInfo) -> String {
         .iter()
         .map(|h| {
             vec![
-                format_utc(h.at),
+                format_time(h.at),
                 opt_cell(&h.version),
                 opt_cell(&h.from),
                 cell(h.to.as_str()),
@@ -631,9 +823,17 @@ fn history_table(k: &KeyInfo) -> String {
     if history.is_empty() {
         return "none".to_owned();
     }
-    table(
-        &["AT", "VERSION", "FROM", "TO", "ACTOR", "REASON"],
+    table_at(
+        &[
+            ("AT", Fit::Keep),
+            ("VERSION", Fit::Keep),
+            ("FROM", Fit::Keep),
+            ("TO", Fit::Keep),
+            ("ACTOR", Fit::Cut(20)),
+            ("REASON", Fit::Fill),
+        ],
         &history,
+        SECTION,
     )
 }
 
@@ -644,7 +844,7 @@ fn held_by(held: &[BackupMark]) -> String {
         return "none".to_owned();
     }
     held.iter()
-        .map(|b| format!("{} made {}\n", cell(&b.id), format_utc(b.at)))
+        .map(|b| format!("{} made {}\n", cell(&b.id), format_time(b.at)))
         .collect()
 }
 
@@ -653,7 +853,7 @@ fn backup_mark(b: &BackupMark) -> String {
     format!(
         "{} {}",
         cell(&b.id.chars().take(16).collect::<String>()),
-        format_utc(b.at)
+        format_time(b.at)
     )
 }
 
@@ -693,11 +893,14 @@ fn backups(keys: &[KeyReport]) -> String {
     if !missing.is_empty() {
         out.push_str(&format!(
             "  need a backup of their current version: {}\n",
-            list(&missing)
+            cell(&missing.join(", "))
         ));
     }
     if !failed.is_empty() {
-        out.push_str(&format!("  failed their last drill: {}\n", list(&failed)));
+        out.push_str(&format!(
+            "  failed their last drill: {}\n",
+            cell(&failed.join(", "))
+        ));
     }
     for k in held {
         out.push_str(&format!(
@@ -705,7 +908,7 @@ fn backups(keys: &[KeyReport]) -> String {
             name(k),
             k.held_by_backups
                 .iter()
-                .map(|b| format!("{} ({})", cell(&b.id), format_utc(b.at)))
+                .map(|b| format!("{} ({})", cell(&b.id), format_time(b.at)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -713,7 +916,7 @@ fn backups(keys: &[KeyReport]) -> String {
     out
 }
 
-fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
+fn grant_table(grants: &[GrantInfo], with_key: bool, indent: usize) -> String {
     let rows: Vec<Vec<String>> = grants
         .iter()
         .map(|g| {
@@ -734,12 +937,14 @@ fn grant_table(grants: &[GrantInfo], with_key: bool) -> String {
             row
         })
         .collect();
-    let headers: &[&str] = if with_key {
-        &["KEY", "APPLICATION", "OPERATIONS", "EXPIRES", "SOURCE"]
-    } else {
-        &["APPLICATION", "OPERATIONS", "EXPIRES", "SOURCE"]
-    };
-    table(headers, &rows)
+    let cols: &[Col] = &[
+        ("KEY", Fit::Cut(24)),
+        ("APPLICATION", Fit::Cut(20)),
+        ("OPERATIONS", Fit::Cut(40)),
+        ("EXPIRES", Fit::Keep),
+        ("SOURCE", Fit::Keep),
+    ];
+    table_at(if with_key { cols } else { &cols[1..] }, &rows, indent)
 }
 
 fn app_table(apps: &[AppInfo]) -> String {
@@ -755,7 +960,16 @@ fn app_table(apps: &[AppInfo]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "UID", "GID", "EXE", "KEYS"], &rows)
+    table(
+        &[
+            ("NAME", Fit::Cut(24)),
+            ("UID", Fit::Keep),
+            ("GID", Fit::Keep),
+            ("EXE", Fit::Cut(32)),
+            ("KEYS", Fit::Cut(40)),
+        ],
+        &rows,
+    )
 }
 
 fn shadow_table(shadows: &[ShadowInfo]) -> String {
@@ -773,7 +987,14 @@ fn shadow_table(shadows: &[ShadowInfo]) -> String {
         })
         .collect();
     table(
-        &["TOKEN", "CKA_ID", "LABEL", "CLASS", "KEY TYPE", "FINDING"],
+        &[
+            ("TOKEN", Fit::Cut(16)),
+            ("CKA_ID", Fit::Cut(24)),
+            ("LABEL", Fit::Cut(24)),
+            ("CLASS", Fit::Keep),
+            ("KEY TYPE", Fit::Keep),
+            ("FINDING", Fit::Fill),
+        ],
         &rows,
     )
 }
@@ -790,8 +1011,8 @@ pub fn pending(p: &ApprovalRequest) -> String {
         ("parameters", parameters(&p.parameters)),
         ("requester", cell(&p.requester)),
         ("status", cell(p.status.as_str())),
-        ("created", format_utc(p.created_at)),
-        ("expires", format_utc(p.expires_at)),
+        ("created", format_time(p.created_at)),
+        ("expires", format_time(p.expires_at)),
         ("reason", cell(&p.reason)),
         ("needed", needed(p)),
     ];
@@ -805,7 +1026,7 @@ pub fn pending(p: &ApprovalRequest) -> String {
                 "{} {} {}",
                 cell(&d.administrator),
                 d.decision.as_str(),
-                format_utc(d.at)
+                format_time(d.at)
             ),
         ));
     }
@@ -859,9 +1080,8 @@ fn json_one_line(v: &Value) -> String {
     }
 }
 
-/// Approval requests, one row each.
-/// `text` cut to `max` characters with `…` (a table cell; `request show`
-/// has the whole).
+/// `text` cut to `max` characters with `…` (a table cell; `--wide` and
+/// `request show` have the whole).
 fn shortened(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
@@ -871,7 +1091,8 @@ fn shortened(text: &str, max: usize) -> String {
     s
 }
 
-fn request_table(requests: &[ApprovalRequest]) -> String {
+/// Approval requests, one row each.
+fn request_table(requests: &[ApprovalRequest], indent: usize) -> String {
     let rows: Vec<Vec<String>> = requests
         .iter()
         .map(|r| {
@@ -884,32 +1105,33 @@ fn request_table(requests: &[ApprovalRequest]) -> String {
                 cell(&r.id),
                 cell(&r.action),
                 cell(&r.target),
-                shortened(&parameters(&r.parameters), 60),
+                parameters(&r.parameters),
                 cell(&r.requester),
                 cell(r.status.as_str()),
                 format!("{}/{}", approvals(r), r.needed.max(1)),
                 list(&decisions),
-                format_utc(r.expires_at),
+                format_time(r.expires_at),
                 cell(&r.reason),
                 cell(&r.outcome),
             ]
         })
         .collect();
-    table(
+    table_at(
         &[
-            "REQUEST",
-            "ACTION",
-            "TARGET",
-            "PARAMETERS",
-            "REQUESTER",
-            "STATUS",
-            "APPROVALS",
-            "DECISIONS",
-            "EXPIRES",
-            "REASON",
-            "OUTCOME",
+            ("REQUEST", Fit::Keep),
+            ("ACTION", Fit::Cut(16)),
+            ("TARGET", Fit::Cut(28)),
+            ("PARAMETERS", Fit::Wide),
+            ("REQUESTER", Fit::Wide),
+            ("STATUS", Fit::Keep),
+            ("APPROVALS", Fit::Keep),
+            ("DECISIONS", Fit::Wide),
+            ("EXPIRES", Fit::Keep),
+            ("REASON", Fit::Wide),
+            ("OUTCOME", Fit::Wide),
         ],
         &rows,
+        indent,
     )
 }
 
@@ -952,16 +1174,18 @@ pub fn anchor_json(a: &keyward_protocol::admin::AuditAnchor) -> serde_json::Valu
 }
 
 /// The audit table's columns.
-const AUDIT_HEADERS: [&str; 9] = [
-    "SEQ",
-    "TIME (UTC)",
-    "KIND",
-    "ACTOR",
-    "KEY",
-    "OPERATION",
-    "MECHANISM",
-    "RESULT",
-    "REASON",
+/// The audit table's columns. By default the reason, last, gets what is
+/// left of the line.
+const AUDIT_COLUMNS: [Col; 9] = [
+    ("SEQ", Fit::Keep),
+    ("TIME", Fit::Keep),
+    ("KIND", Fit::Wide),
+    ("ACTOR", Fit::Cut(22)),
+    ("KEY", Fit::Cut(18)),
+    ("OPERATION", Fit::Cut(16)),
+    ("MECHANISM", Fit::Wide),
+    ("RESULT", Fit::Keep),
+    ("REASON", Fit::Fill),
 ];
 
 /// Audit records as a table (`audit tail`, `audit query`); oldest first.
@@ -969,12 +1193,15 @@ pub fn records(records: &[AuditRecordInfo]) -> String {
     if records.is_empty() {
         return "no audit records\n".to_owned();
     }
-    RecordTable::default().push(records)
+    let rows: Vec<Vec<String>> = records.iter().map(record_row).collect();
+    table(&AUDIT_COLUMNS, &rows)
 }
 
 /// The audit table printed a batch at a time (`audit tail --follow`): the
 /// header once, then rows; columns only ever widen, so a later batch
-/// stays aligned with what was printed before unless a cell is wider.
+/// stays aligned with what was printed before unless a cell is wider, or
+/// (by default) unless the line would pass [`WIDTH`]: then, as in
+/// [`table`], the reason and the widest columns give.
 #[derive(Debug, Default)]
 pub struct RecordTable {
     widths: Vec<usize>,
@@ -985,11 +1212,33 @@ impl RecordTable {
     /// The text for the next batch: the header first (even for an empty
     /// first batch), then one line per record.
     pub fn push(&mut self, records: &[AuditRecordInfo]) -> String {
-        let header: Vec<String> = AUDIT_HEADERS.iter().map(|h| (*h).to_owned()).collect();
-        let rows: Vec<Vec<String>> = records.iter().map(record_row).collect();
+        let wide = style::wide();
+        let visible: Vec<usize> = (0..AUDIT_COLUMNS.len())
+            .filter(|&i| wide || AUDIT_COLUMNS[i].1 != Fit::Wide)
+            .collect();
+        let pick = |row: Vec<String>| -> Vec<String> {
+            visible
+                .iter()
+                .map(|&i| {
+                    let c = row.get(i).map_or("", String::as_str);
+                    match AUDIT_COLUMNS[i].1 {
+                        Fit::Cut(max) if !wide => shortened(c, max),
+                        Fit::Fill if !wide => shortened(c, WIDTH),
+                        _ => c.to_owned(),
+                    }
+                })
+                .collect()
+        };
+        let header = pick(AUDIT_COLUMNS.iter().map(|c| c.0.to_owned()).collect());
+        let mut rows: Vec<Vec<String>> = records.iter().map(record_row).map(pick).collect();
         widen(&mut self.widths, &header);
         for row in &rows {
             widen(&mut self.widths, row);
+        }
+        if !wide {
+            let fits: Vec<Fit> = visible.iter().map(|&i| AUDIT_COLUMNS[i].1).collect();
+            narrow(&fits, &header, &mut self.widths, WIDTH);
+            cut_to(&mut rows, &self.widths);
         }
         let mut out = String::new();
         if !self.header_printed {
@@ -1006,7 +1255,7 @@ impl RecordTable {
 fn record_row(r: &AuditRecordInfo) -> Vec<String> {
     vec![
         r.seq.to_string(),
-        format_utc(r.at),
+        format_time(r.at),
         cell(&r.kind),
         actor(r),
         match (&r.key, r.key_version) {
@@ -1078,11 +1327,15 @@ fn yes_no(b: bool) -> String {
 /// details, then rotation compliance, failed admin actions, unmanaged
 /// objects and every anomaly.
 pub fn report(r: &Report) -> String {
+    wrap_long(report_text(r))
+}
+
+fn report_text(r: &Report) -> String {
     let mut out = format!(
-        "report at {} UTC: window {} (from {}), baseline {} before it\n",
-        format_utc(r.generated_at),
+        "report at {}: window {} (from {}), baseline {} before it\n",
+        format_time(r.generated_at),
         span(r.window_secs),
-        format_utc(r.generated_at - i64::try_from(r.window_secs).unwrap_or(0)),
+        format_time(r.generated_at - i64::try_from(r.window_secs).unwrap_or(0)),
         span(r.baseline_secs)
     );
     out.push('\n');
@@ -1092,21 +1345,22 @@ pub fn report(r: &Report) -> String {
         let rows: Vec<Vec<String>> = r.keys.iter().map(key_summary).collect();
         out.push_str(&table(
             &[
-                "KEY",
-                "CLASS",
-                "STATE",
-                "VERSION",
-                "AGE",
-                "ROTATE EVERY",
-                "CRYPTOPERIOD",
-                "NEXT ROTATION",
-                "OVERDUE",
-                "CERT EXPIRES",
-                "USES WINDOW",
-                "USES TOTAL",
-                "ANOMALIES",
-                "DRIFT",
-                "BACKUP",
+                ("TOKEN", Fit::Wide),
+                ("KEY", Fit::Cut(40)),
+                ("CLASS", Fit::Wide),
+                ("STATE", Fit::Keep),
+                ("VERSION", Fit::Wide),
+                ("AGE", Fit::Wide),
+                ("ROTATE EVERY", Fit::Wide),
+                ("CRYPTOPERIOD", Fit::Wide),
+                ("NEXT ROTATION", Fit::Keep),
+                ("OVERDUE", Fit::Keep),
+                ("CERT EXPIRES", Fit::Wide),
+                ("USES WINDOW", Fit::Keep),
+                ("USES TOTAL", Fit::Wide),
+                ("ANOMALIES", Fit::Keep),
+                ("DRIFT", Fit::Wide),
+                ("BACKUP", Fit::Keep),
             ],
             &rows,
         ));
@@ -1120,13 +1374,14 @@ pub fn report(r: &Report) -> String {
     out.push_str(&match c.active {
         0 => "rotation compliance: no active keys\n".to_owned(),
         n => format!(
-            "rotation compliance: {}% ({} of {n} active keys not overdue){}\n",
+            "rotation compliance: {}% ({} of {} not overdue){}\n",
             u64::from(c.compliant) * 100 / u64::from(n),
             c.compliant,
+            plural(n, "active key"),
             if c.overdue.is_empty() {
                 String::new()
             } else {
-                format!("; overdue: {}", list(&c.overdue))
+                format!("; overdue: {}", cell(&c.overdue.join(", ")))
             }
         ),
     });
@@ -1139,7 +1394,7 @@ pub fn report(r: &Report) -> String {
             "approval requests waiting: {}\n",
             r.pending_requests.len()
         ));
-        out.push_str(&indent(&request_table(&r.pending_requests)));
+        out.push_str(&indent(&request_table(&r.pending_requests, 2)));
     }
     out.push_str(&unmanaged(&r.unmanaged));
     if r.anomalies.is_empty() {
@@ -1157,7 +1412,15 @@ pub fn report(r: &Report) -> String {
                 ]
             })
             .collect();
-        out.push_str(&indent(&table(&["KEY", "ANOMALY", "WHAT"], &rows)));
+        out.push_str(&indent(&table_at(
+            &[
+                ("KEY", Fit::Cut(32)),
+                ("ANOMALY", Fit::Keep),
+                ("WHAT", Fit::Fill),
+            ],
+            &rows,
+            2,
+        )));
     }
     out
 }
@@ -1176,17 +1439,27 @@ fn failed_admin(f: &keyward_protocol::admin::FailedAdmin) -> String {
             .map(|a| {
                 vec![
                     a.seq.to_string(),
-                    format_utc(a.at),
+                    format_time(a.at),
                     a.uid.map_or_else(|| "-".to_owned(), |u| format!("uid:{u}")),
                     cell(&a.operation),
                     opt_cell(&a.key),
+                    result(a.result),
                     cell(&a.reason),
                 ]
             })
             .collect();
-        out.push_str(&indent(&table(
-            &["SEQ", "TIME (UTC)", "BY", "ACTION", "KEY", "WHY"],
+        out.push_str(&indent(&table_at(
+            &[
+                ("SEQ", Fit::Keep),
+                ("TIME", Fit::Keep),
+                ("BY", Fit::Keep),
+                ("ACTION", Fit::Cut(16)),
+                ("KEY", Fit::Cut(24)),
+                ("RESULT", Fit::Keep),
+                ("WHY", Fit::Fill),
+            ],
             &rows,
+            2,
         )));
     }
     out
@@ -1211,15 +1484,16 @@ fn unmanaged(unmanaged: &[keyward_protocol::admin::UnmanagedUsage]) -> String {
                 ]
             })
             .collect();
-        out.push_str(&indent(&table(
+        out.push_str(&indent(&table_at(
             &[
-                "TOKEN",
-                "OBJECT",
-                "APPLICATION",
-                "USES WINDOW",
-                "USES TOTAL",
+                ("TOKEN", Fit::Cut(16)),
+                ("OBJECT", Fit::Cut(32)),
+                ("APPLICATION", Fit::Cut(24)),
+                ("USES WINDOW", Fit::Keep),
+                ("USES TOTAL", Fit::Keep),
             ],
             &rows,
+            2,
         )));
     }
     out
@@ -1231,7 +1505,7 @@ fn revocation_line(v: &keyward_protocol::admin::Revocation) -> String {
     format!(
         "  {} at {} (record {}): latency {}; versions {}; no use after it: {}{}\n",
         cell(&v.action),
-        format_utc(v.effective_at),
+        format_time(v.effective_at),
         v.seq,
         v.latency_us.map_or_else(
             || "unknown (no request in the trail)".to_owned(),
@@ -1249,7 +1523,10 @@ fn revocation_line(v: &keyward_protocol::admin::Revocation) -> String {
         yes_no(v.no_use_after),
         match v.first_use_after {
             Some(seq) if !v.no_use_after => {
-                format!(" ({} uses, the first at record {seq})", v.uses_after)
+                format!(
+                    " ({}, the first at record {seq})",
+                    plural(v.uses_after, "use")
+                )
             }
             _ => String::new(),
         }
@@ -1262,7 +1539,8 @@ fn indent(text: &str) -> String {
 
 fn key_summary(k: &KeyReport) -> Vec<String> {
     vec![
-        format!("{}/{}", cell(&k.token), cell(&k.name)),
+        cell(&k.token),
+        cell(&k.name),
         cell(&k.class),
         cell(k.state.as_str()),
         k.active_version
@@ -1277,8 +1555,8 @@ fn key_summary(k: &KeyReport) -> Vec<String> {
             None => "none".to_owned(),
             Some(c) => match c.not_after {
                 None => "unreadable".to_owned(),
-                Some(t) if c.expiring => format!("{} EXPIRING", format_utc(t)),
-                Some(t) => format_utc(t),
+                Some(t) if c.expiring => format!("{} EXPIRING", format_time(t)),
+                Some(t) => format_time(t),
             },
         },
         k.usage.window.to_string(),
@@ -1358,10 +1636,10 @@ fn key_details(k: &KeyReport) -> String {
                 (Some(t), _) if c.expiring => {
                     format!(
                         "expires {} (EXPIRING: within the class's warning)",
-                        format_utc(t)
+                        format_time(t)
                     )
                 }
-                (Some(t), _) => format!("expires {}", format_utc(t)),
+                (Some(t), _) => format!("expires {}", format_time(t)),
                 (None, p) => format!("unreadable: {}", opt_cell(p)),
             },
         ));
@@ -1414,20 +1692,21 @@ fn key_details(k: &KeyReport) -> String {
                     a.window.to_string(),
                     a.baseline.to_string(),
                     a.total.to_string(),
-                    format_utc(a.last_at),
+                    format_time(a.last_at),
                 ]
             })
             .collect();
-        out.push_str(&indent(&table(
+        out.push_str(&indent(&table_at(
             &[
-                "APPLICATION",
-                "EXECUTABLE",
-                "WINDOW",
-                "BASELINE",
-                "TOTAL",
-                "LAST USE",
+                ("APPLICATION", Fit::Cut(24)),
+                ("EXECUTABLE", Fit::Cut(32)),
+                ("WINDOW", Fit::Keep),
+                ("BASELINE", Fit::Keep),
+                ("TOTAL", Fit::Keep),
+                ("LAST USE", Fit::Keep),
             ],
             &rows,
+            2,
         )));
     }
     for a in &k.anomalies {
@@ -1530,7 +1809,7 @@ mod tests {
     use super::*;
     use keyward_protocol::admin::{AuditProblem, HistoryEntry, TokenStatus, VersionInfo};
 
-    const T0: i64 = 1_769_882_400; // 2026-01-31 18:00:00
+    const T0: i64 = 1_769_882_400; // 2026-01-31 18:00:00Z
 
     fn grant() -> GrantInfo {
         GrantInfo {
@@ -1624,6 +1903,29 @@ mod tests {
         }
     }
 
+    /// `f`'s text with `--wide`.
+    fn wide<T>(f: impl FnOnce() -> T) -> T {
+        style::with(
+            style::Style {
+                wide: true,
+                zone: None,
+            },
+            f,
+        )
+    }
+
+    /// Every line of `text` fits [`WIDTH`] characters.
+    #[track_caller]
+    fn fits(text: &str) {
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= WIDTH,
+                "{} characters:\n{line}\nin\n{text}",
+                line.chars().count()
+            );
+        }
+    }
+
     fn contains_all(text: &str, wants: &[&str]) {
         for want in wants {
             assert!(text.contains(want), "{want:?} missing in\n{text}");
@@ -1633,7 +1935,11 @@ mod tests {
     #[test]
     fn tables_align_and_have_no_trailing_blanks() {
         let t = table(
-            &["A", "LONG HEADER", "C"],
+            &[
+                ("A", Fit::Keep),
+                ("LONG HEADER", Fit::Cut(20)),
+                ("C", Fit::Keep),
+            ],
             &[
                 vec!["wide value".into(), "x".into(), "-".into()],
                 vec!["é".into(), "yy".into(), "last".into()],
@@ -1645,6 +1951,241 @@ mod tests {
              wide value  x            -\n\
              é           yy           last\n"
         );
+    }
+
+    /// A key with every value at a realistic longest: a 64-character
+    /// name, long tokens, classes, ids, subjects, reasons.
+    fn long_key() -> KeyInfo {
+        let mut k = key_info();
+        k.name = format!("payments-{}", "n".repeat(55));
+        k.token = "production-hsm-token-eu-west-1a".into();
+        k.class = "tls-server-certificates-long-class".into();
+        k.owner = "team-payments-platform-on-call".into();
+        k.algorithm = "rsa:4096".parse().unwrap();
+        k.state = "pre-activation".parse().unwrap();
+        k.protect_until = Some(T0 + 86_400);
+        for v in &mut k.versions {
+            v.backend_id = vec![0xab; 32];
+            v.destroyed_at = Some(T0 + 7200);
+        }
+        let mut g = grant();
+        g.key = k.name.clone();
+        g.application = "payments-settlement-batch-worker-eu".into();
+        g.operations = vec![
+            keyward_policy::Operation::Sign,
+            keyward_policy::Operation::Verify,
+            keyward_policy::Operation::Encrypt,
+            keyward_policy::Operation::Decrypt,
+            keyward_policy::Operation::Wrap,
+            keyward_policy::Operation::Unwrap,
+            keyward_policy::Operation::Derive,
+        ];
+        g.source = "class".into();
+        k.grants = vec![g];
+        for h in &mut k.history {
+            h.actor = "administrator uid:1000 (alice-the-operator)".into();
+            h.reason = format!("{}approved", "change ticket CHG-2026-000123; ".repeat(6));
+        }
+        k.certificates = vec![keyward_protocol::admin::KeyCertificate {
+            version: 2,
+            subject:
+                "CN=payments.internal.example.com,OU=Payments Platform,O=Example Corporation,C=DE"
+                    .into(),
+            not_before: T0,
+            not_after: T0 + 365 * 86_400,
+            sha256: "ab".repeat(32),
+            imported_at: T0,
+        }];
+        k
+    }
+
+    #[test]
+    fn every_table_fits_100_columns_and_wide_shows_all() {
+        let k = long_key();
+        let long_values = [
+            k.name.as_str(),
+            k.class.as_str(),
+            k.owner.as_str(),
+            k.grants[0].application.as_str(),
+            k.history[1].reason.as_str(),
+        ];
+        // key show and key list.
+        let shown = KeyResponse::Key(Box::new(k.clone()));
+        let text = key_response(&shown);
+        fits(&text);
+        let all = wide(|| key_response(&shown));
+        contains_all(&all, &long_values);
+        contains_all(
+            &all,
+            &[
+                &"ab".repeat(32),
+                &k.certificates[0].subject,
+                "DESTROYED",
+                "NOT BEFORE",
+            ],
+        );
+        let list = KeyResponse::Keys(vec![k.clone(), key_info()]);
+        fits(&key_response(&list));
+        contains_all(
+            &wide(|| key_response(&list)),
+            &[&k.name, &k.token, &k.class, &k.owner, "PROTECT UNTIL"],
+        );
+        // grant list, app list, shadows.
+        let grants = KeyResponse::Grants(vec![k.grants[0].clone(), grant()]);
+        let text = key_response(&grants);
+        fits(&text);
+        // Operations shortened, not lost without a sign.
+        assert!(text.contains("sign,verify,encrypt"), "{text}");
+        contains_all(
+            &wide(|| key_response(&grants)),
+            &[
+                "sign,verify,encrypt,decrypt,wrap,unwrap,derive",
+                &k.grants[0].application,
+            ],
+        );
+        let apps = KeyResponse::Apps(vec![AppInfo {
+            name: "payments-settlement-batch-worker-eu".into(),
+            uid: Some(4_294_967_294),
+            gid: Some(4_294_967_294),
+            exe: Some(format!(
+                "/opt/payments/{}/bin/settlement-worker",
+                "v".repeat(40)
+            )),
+            keys: (0..12).map(|i| format!("payments-key-{i:02}")).collect(),
+        }]);
+        fits(&key_response(&apps));
+        contains_all(
+            &wide(|| key_response(&apps)),
+            &["payments-key-11", "/bin/settlement-worker"],
+        );
+        let shadows = KeyResponse::Shadows(vec![ShadowInfo {
+            token: k.token.clone(),
+            backend_id: vec![0xcd; 32],
+            label: "l".repeat(64),
+            class: "CKO_PRIVATE_KEY".into(),
+            key_type: "CKK_EC_MONTGOMERY".into(),
+            finding: "plant: CKA_ID of key payments version 2, on another token".into(),
+        }]);
+        fits(&key_response(&shadows));
+        contains_all(
+            &wide(|| key_response(&shadows)),
+            &[&"cd".repeat(32), &"l".repeat(64)],
+        );
+        // The report, with long names everywhere.
+        let mut r = report_fixture();
+        for rk in &mut r.keys {
+            rk.name = k.name.clone();
+            rk.token = k.token.clone();
+            rk.class = k.class.clone();
+            rk.state = "pre-activation".parse().unwrap();
+            rk.usage.window = 1_234_567;
+            rk.certificate = Some(keyward_protocol::admin::CertificateInfo {
+                not_after: Some(T0),
+                problem: None,
+                expiring: true,
+            });
+            for a in &mut rk.usage.by_application {
+                a.application = "payments-settlement-batch-worker-eu".into();
+                a.exe = format!("/opt/payments/{}/bin/worker", "v".repeat(40));
+            }
+        }
+        r.failed_admin.last[0].key = Some(k.name.clone());
+        r.failed_admin.last[0].operation = "request.execute".into();
+        r.failed_admin.last[0].result = keyward_policy::KEYWARD_CONFLICT;
+        r.failed_admin.last[0].reason = format!("{}taken", "conflict: ".repeat(20));
+        r.unmanaged[0].object = format!("label:{}", "o".repeat(64));
+        r.unmanaged[0].application = "payments-settlement-batch-worker-eu".into();
+        r.anomalies[0].key = k.name.clone();
+        r.anomalies[0].detail = "application \"x\" used the key ".repeat(5);
+        let text = report(&r);
+        fits(&text);
+        assert!(text.contains("KEYWARD_CONFLICT"), "{text}");
+        let all = wide(|| report(&r));
+        contains_all(
+            &all,
+            &[
+                &k.name,
+                &k.class,
+                "CRYPTOPERIOD",
+                "EXPIRING",
+                &r.failed_admin.last[0].reason,
+            ],
+        );
+        // --local: longer times, still 100 columns.
+        let local = style::with(
+            style::Style {
+                wide: false,
+                zone: Some(jiff::tz::TimeZone::fixed(jiff::tz::offset(5))),
+            },
+            || (report(&r), key_response(&shown), key_response(&list)),
+        );
+        for t in [&local.0, &local.1, &local.2] {
+            fits(t);
+            assert!(t.contains("+05:00"), "{t}");
+        }
+        // The audit table.
+        let mut long = record(12);
+        long.application = Some("payments-settlement-batch-worker-eu".into());
+        long.key = Some(k.name.clone());
+        long.operation = "C_SignEncryptUpdate".into();
+        long.result = 0x68;
+        long.reason = format!(
+            "{}no",
+            "no grant of decrypt to this application on this key ".repeat(3)
+        );
+        let mut rs = records_fixture();
+        rs.push(long.clone());
+        fits(&records(&rs));
+        contains_all(&wide(|| records(&rs)), &[&k.name, long.reason.as_str()]);
+        // Backups: status, drill, contents.
+        let contents = BackupContents {
+            id: "f".repeat(64),
+            token: k.token.clone(),
+            created_at: T0,
+            key_check: "e".repeat(64),
+            keys: vec![keyward_protocol::admin::BackedUpKey {
+                name: k.name.clone(),
+                state: "active".parse().unwrap(),
+                versions: (1..=30).collect(),
+            }],
+            absent: vec![],
+        };
+        let drill = BackupAnswer::Drill {
+            contents: contents.clone(),
+            results: vec![keyward_protocol::admin::DrillResult {
+                name: k.name.clone(),
+                version: 30,
+                ok: false,
+                detail: "the unwrapped key does not match its public key: ".repeat(3),
+            }],
+        };
+        fits(&backup(&drill));
+        contains_all(
+            &wide(|| backup(&drill)),
+            &["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20"],
+        );
+        let status = BackupAnswer::Status(keyward_protocol::admin::BackupStatus {
+            token: k.token.clone(),
+            key_check: Some("e".repeat(64)),
+            present: true,
+            threshold: 2,
+            custodians: vec![
+                (
+                    "carol.custodian@payments.example.com".into(),
+                    1,
+                    "d".repeat(64),
+                ),
+                ("dave".into(), 2, "c".repeat(64)),
+            ],
+            created_at: Some(T0),
+            submitted: 0,
+        });
+        let text = backup(&status);
+        fits(&text);
+        // A share's digest is whole: custodians compare it.
+        assert!(text.contains(&"d".repeat(64)), "{text}");
+        assert!(text.contains("2 of 2 custodians"), "{text}");
+        assert!(wide(|| backup(&status)).contains("carol.custodian@payments.example.com"));
     }
 
     #[test]
@@ -1665,17 +2206,25 @@ mod tests {
                 "state:          active",
                 "scope:          pci",
                 "backup:         not allowed",
-                "created:        2026-01-31 18:00:00",
-                "activated:      2026-01-31 18:01:00",
+                "created:        2026-01-31 18:00:00Z",
+                "activated:      2026-01-31 18:01:00Z",
                 "rotated:        -",
-                "protect until:  2026-05-01 18:00:00",
-                "versions:\n  VERSION  CKA_ID  STATE        CREATED              DEACTIVATED          DESTROYED\n",
-                "  1        01ab    deactivated  2026-01-31 18:00:00  2026-01-31 19:00:00  -\n",
-                "  2        02cd    active       2026-01-31 19:00:00  -                    -\n",
-                "grants:\n  APPLICATION  OPERATIONS   EXPIRES              SOURCE\n  nginx        sign,verify  2026-02-01 02:00:00  key\n",
-                "history:\n  AT                   VERSION  FROM            TO              ACTOR  REASON\n",
-                "  2026-01-31 18:00:00  -        -               pre-activation  alice  -\n",
-                "  2026-01-31 18:01:00  1        pre-activation  active          alice  go live\n",
+                "protect until:  2026-05-01 18:00:00Z",
+                "last used:      - (updated every 5 s)\n",
+                "versions:\n  VERSION  CKA_ID  STATE        CREATED               DEACTIVATED\n",
+                "  1        01ab    deactivated  2026-01-31 18:00:00Z  2026-01-31 19:00:00Z\n",
+                "  2        02cd    active       2026-01-31 19:00:00Z  -\n",
+                "grants:\n  APPLICATION  OPERATIONS   EXPIRES               SOURCE\n  nginx        sign,verify  2026-02-01 02:00:00Z  key\n",
+                "history:\n  AT                    VERSION  FROM            TO              ACTOR  REASON\n",
+                "  2026-01-31 18:00:00Z  -        -               pre-activation  alice  -\n",
+                "  2026-01-31 18:01:00Z  1        pre-activation  active          alice  go live\n",
+            ],
+        );
+        contains_all(
+            &wide(|| key_response(&KeyResponse::Key(Box::new(key_info())))),
+            &[
+                "versions:\n  VERSION  CKA_ID  STATE        CREATED               DEACTIVATED           DESTROYED\n",
+                "  1        01ab    deactivated  2026-01-31 18:00:00Z  2026-01-31 19:00:00Z  -\n",
             ],
         );
         let mut bare = key_info();
@@ -1697,7 +2246,7 @@ mod tests {
         recovering.recovery_until = Some(T0 + 86_400);
         contains_all(
             &text_of(&recovering),
-            &["recovery until:  2026-02-01 18:00:00 (verify and decrypt only)\n"],
+            &["recovery until:  2026-02-01 18:00:00Z (verify and decrypt only)\n"],
         );
     }
 
@@ -1727,7 +2276,7 @@ mod tests {
             &text_of(&gone),
             &[&format!(
                 "held by backups (retire them for the destruction to be final):\n  \
-                 {ID_A} made 2026-01-31 18:00:00\n  {ID_B} made 2026-01-31 19:00:00\n"
+                 {ID_A} made 2026-01-31 18:00:00Z\n  {ID_B} made 2026-01-31 19:00:00Z\n"
             )],
         );
         let v: Value = serde_json::from_str(&key_json(&KeyResponse::Key(Box::new(gone)))).unwrap();
@@ -1742,14 +2291,17 @@ mod tests {
         contains_all(
             &text,
             &[
-                "  ANOMALIES  DRIFT  BACKUP\n",
-                "  last backup:      aa11223344556677 2026-01-31 18:00:00\n",
-                "  last drill:       aa11223344556677 2026-01-31 18:01:00: ok\n",
+                "  ANOMALIES  BACKUP\n",
+                "  last backup:      aa11223344556677 2026-01-31 18:00:00Z\n",
+                "  last drill:       aa11223344556677 2026-01-31 18:01:00Z: ok\n",
                 "  last backup:      none (its current version is in no backup)\n",
                 "backups:\n  need a backup of their current version: prod/old\n",
             ],
         );
-        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("prod/")).collect();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("web-tls  ") || l.starts_with("old  "))
+            .collect();
         assert!(rows[0].ends_with("  ok"), "{rows:?}");
         assert!(rows[1].ends_with("  MISSING"), "{rows:?}");
         assert!(!text.contains("held by backups"), "{text}");
@@ -1771,22 +2323,33 @@ mod tests {
         if let Some(d) = r.keys[0].last_drill.as_mut() {
             d.ok = false;
         }
-        let text = report(&r);
+        let text = wide(|| report(&r));
         contains_all(
             &text,
             &[
-                "  last drill:       aa11223344556677 2026-01-31 18:01:00: FAILED\n",
-                "  held by backups:  aa11223344556677 2026-01-31 18:00:00, bb11223344556677 2026-01-31 19:00:00\n",
+                "  last drill:       aa11223344556677 2026-01-31 18:01:00Z: FAILED\n",
+                "  held by backups:  aa11223344556677 2026-01-31 18:00:00Z, bb11223344556677 2026-01-31 19:00:00Z\n",
                 "backups:\n  failed their last drill: prod/web-tls\n",
                 &format!(
                     "  destroyed prod/old still held by backups (retire them): \
-                     {ID_A} (2026-01-31 18:00:00), {ID_B} (2026-01-31 19:00:00)\n"
+                     {ID_A} (2026-01-31 18:00:00Z), {ID_B} (2026-01-31 19:00:00Z)\n"
                 ),
             ],
         );
-        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("prod/")).collect();
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("prod ")).collect();
         assert!(rows[1].ends_with("  held:2"), "{rows:?}");
         assert!(!text.contains("need a backup"), "{text}");
+        // By default the long line is wrapped at 100 columns.
+        let text = report(&r);
+        fits(&text);
+        contains_all(
+            &text,
+            &[&format!(
+                "  destroyed prod/old still held by backups (retire them):\n      \
+                 {ID_A} (2026-01-31 18:00:00Z),\n      \
+                 {ID_B} (2026-01-31 19:00:00Z)\n"
+            )],
+        );
 
         // Nothing to flag.
         r.keys.truncate(1);
@@ -1813,12 +2376,18 @@ mod tests {
         other.state = keyward_policy::KeyState::PreActivation;
         other.versions.truncate(1);
         other.protect_until = None;
-        let text = key_response(&KeyResponse::Keys(vec![key_info(), other]));
+        let keys = KeyResponse::Keys(vec![key_info(), other]);
         assert_eq!(
-            text,
-            "NAME         TOKEN    STATE           CLASS  ALGORITHM  OWNER  VERSION  CREATED              PROTECT UNTIL\n\
-             web-tls      keyward  active          tls    ec:p256    alice  2        2026-01-31 18:00:00  2026-05-01 18:00:00\n\
-             backup-wrap  keyward  pre-activation  tls    ec:p256    alice  1        2026-01-31 18:00:00  -\n"
+            key_response(&keys),
+            "NAME         TOKEN    STATE           CLASS  ALGORITHM  VERSION  CREATED\n\
+             web-tls      keyward  active          tls    ec:p256    2        2026-01-31 18:00:00Z\n\
+             backup-wrap  keyward  pre-activation  tls    ec:p256    1        2026-01-31 18:00:00Z\n"
+        );
+        assert_eq!(
+            wide(|| key_response(&keys)),
+            "NAME         TOKEN    STATE           CLASS  ALGORITHM  OWNER  VERSION  CREATED               PROTECT UNTIL\n\
+             web-tls      keyward  active          tls    ec:p256    alice  2        2026-01-31 18:00:00Z  2026-05-01 18:00:00Z\n\
+             backup-wrap  keyward  pre-activation  tls    ec:p256    alice  1        2026-01-31 18:00:00Z  -\n"
         );
         assert_eq!(key_response(&KeyResponse::Keys(vec![])), "no keys\n");
     }
@@ -1830,9 +2399,9 @@ mod tests {
         forever.expires_at = None;
         assert_eq!(
             key_response(&KeyResponse::Grants(vec![grant(), forever])),
-            "KEY      APPLICATION  OPERATIONS   EXPIRES              SOURCE\n\
-             web-tls  nginx        sign,verify  2026-02-01 02:00:00  key\n\
-             web-tls  ssh-agent    sign,verify  -                    key\n"
+            "KEY      APPLICATION  OPERATIONS   EXPIRES               SOURCE\n\
+             web-tls  nginx        sign,verify  2026-02-01 02:00:00Z  key\n\
+             web-tls  ssh-agent    sign,verify  -                     key\n"
         );
         assert_eq!(key_response(&KeyResponse::Grants(vec![])), "no grants\n");
 
@@ -1904,8 +2473,8 @@ mod tests {
                  parameters:  -\n\
                  requester:   alice\n\
                  status:      pending\n\
-                 created:     2026-01-31 18:00:00\n\
-                 expires:     2026-02-01 18:00:00\n\
+                 created:     2026-01-31 18:00:00Z\n\
+                 expires:     2026-02-01 18:00:00Z\n\
                  reason:      retired\n\
                  needed:      2 (0 so far)\n\
                  decisions:   -\n\
@@ -1965,8 +2534,8 @@ mod tests {
                 "parameters:  {\"data_sha256\": \"ab01\", \"mechanism\": \"CKM_ECDSA\", \"who\": {\"pid\": 7, \"uid\": 1000}}\n",
                 "status:      executed\n",
                 "needed:      2 (2 so far)\n",
-                "decision:    bob approve 2026-01-31 18:01:00\n",
-                "decision:    carol approve 2026-01-31 18:02:00\n",
+                "decision:    bob approve 2026-01-31 18:01:00Z\n",
+                "decision:    carol approve 2026-01-31 18:02:00Z\n",
                 "outcome:     signed once\n",
             ],
         );
@@ -1995,7 +2564,16 @@ mod tests {
         };
         assert!(pending(&odd).contains("parameters:  a\\nb\n"));
 
-        let list = key_response(&KeyResponse::Requests(vec![approval(), decided()]));
+        let requests = KeyResponse::Requests(vec![approval(), decided()]);
+        let list = key_response(&requests);
+        let lines: Vec<&str> = list.lines().collect();
+        contains_all(
+            lines[0],
+            &["REQUEST", "ACTION", "TARGET", "APPROVALS", "EXPIRES"],
+        );
+        assert!(!lines[0].contains("PARAMETERS"), "{list}");
+        contains_all(lines[2], &["2/2", "executed"]);
+        let list = wide(|| key_response(&requests));
         let lines: Vec<&str> = list.lines().collect();
         contains_all(
             lines[0],
@@ -2220,14 +2798,24 @@ mod tests {
 
     #[test]
     fn audit_records_text() {
+        // By default: 100 columns, the names of results whole.
         assert_eq!(
             records(&records_fixture()),
-            "SEQ  TIME (UTC)           KIND       ACTOR                   KEY         OPERATION   MECHANISM   RESULT                          REASON\n\
-             7    2026-01-31 18:00:00  use        nginx                   web-tls v2  C_Sign      CKM_ECDSA   ok                              -\n\
-             8    2026-01-31 18:00:00  refusal    evil\\u{1b}[2J           web-tls v2  C_Decrypt   0x80001234  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant\\nfor decrypt\n\
-             9    2026-01-31 18:00:00  lifecycle  administrator uid:1000  web-tls     rotate      -           ok                              ticket 42\n\
-             10   2026-01-31 19:00:00  agent      agent                   -           start       -           0x80000001                      -\n\
-             11   2026-01-31 18:00:00  lifecycle  scheduler               web-tls v2  deactivate  -           ok                              -\n"
+            "SEQ  TIME                  ACTOR       KEY         OPERATION  RESULT                          REASON\n\
+             7    2026-01-31 18:00:00Z  nginx       web-tls v2  C_Sign     ok                              -\n\
+             8    2026-01-31 18:00:00Z  evil\\u{1b…  web-tls v2  C_Decrypt  CKR_KEY_FUNCTION_NOT_PERMITTED  no gr…\n\
+             9    2026-01-31 18:00:00Z  administr…  web-tls     rotate     ok                              ticke…\n\
+             10   2026-01-31 19:00:00Z  agent       -           start      0x80000001                      -\n\
+             11   2026-01-31 18:00:00Z  scheduler   web-tls v2  deactiva…  ok                              -\n"
+        );
+        assert_eq!(
+            wide(|| records(&records_fixture())),
+            "SEQ  TIME                  KIND       ACTOR                   KEY         OPERATION   MECHANISM   RESULT                          REASON\n\
+             7    2026-01-31 18:00:00Z  use        nginx                   web-tls v2  C_Sign      CKM_ECDSA   ok                              -\n\
+             8    2026-01-31 18:00:00Z  refusal    evil\\u{1b}[2J           web-tls v2  C_Decrypt   0x80001234  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant\\nfor decrypt\n\
+             9    2026-01-31 18:00:00Z  lifecycle  administrator uid:1000  web-tls     rotate      -           ok                              ticket 42\n\
+             10   2026-01-31 19:00:00Z  agent      agent                   -           start       -           0x80000001                      -\n\
+             11   2026-01-31 18:00:00Z  lifecycle  scheduler               web-tls v2  deactivate  -           ok                              -\n"
         );
         assert_eq!(records(&[]), "no audit records\n");
         let mut anonymous = record(1);
@@ -2239,13 +2827,13 @@ mod tests {
     fn audit_table_in_batches_keeps_its_header_and_columns() {
         let mut t = RecordTable::default();
         let first = t.push(&[]);
-        assert!(first.starts_with("SEQ  TIME (UTC)  KIND  ACTOR"), "{first}");
+        assert!(first.starts_with("SEQ  TIME  ACTOR  KEY"), "{first}");
         assert_eq!(first.lines().count(), 1);
         let second = t.push(&[record(1)]);
         assert!(!second.contains("SEQ"), "{second}");
         assert_eq!(
             second,
-            "1    2026-01-31 18:00:00  use   nginx  web-tls v2  C_Sign     CKM_ECDSA  ok      -\n"
+            "1    2026-01-31 18:00:00Z  nginx  web-tls v2  C_Sign     ok      -\n"
         );
         // Columns only widen: a narrower later row is padded as before.
         let mut short = record(2);
@@ -2253,21 +2841,74 @@ mod tests {
         let third = t.push(&[short]);
         assert_eq!(
             third,
-            "2    2026-01-31 18:00:00  use   nginx  web-tls v2  C          CKM_ECDSA  ok      -\n"
+            "2    2026-01-31 18:00:00Z  nginx  web-tls v2  C          ok      -\n"
         );
-        // One batch is exactly the table `records` prints.
+        // Long values: each cut at its column's cap, the reason at the
+        // end of the line.
+        let mut long = record(3);
+        long.application = Some("a".repeat(40));
+        long.key = Some("k".repeat(64));
+        long.operation = "C_SignEncryptUpdate".into();
+        long.result = 0x68;
+        long.reason = "why ".repeat(50);
+        let text = t.push(&records_fixture()) + &t.push(&[long.clone()]);
+        fits(&text);
+        assert!(
+            text.contains("CKR_KEY_FUNCTION_NOT_PERMITTED  why"),
+            "{text}"
+        );
+        // --wide: everything at full length.
+        let text = wide(|| RecordTable::default().push(&[long.clone()]));
+        contains_all(
+            &text,
+            &[&"a".repeat(40), &"k".repeat(64), long.reason.trim_end()],
+        );
+        // A batch that fits is the table `records` prints.
         let all = records_fixture();
-        assert_eq!(RecordTable::default().push(&all), records(&all));
+        assert_eq!(
+            wide(|| RecordTable::default().push(&all)),
+            wide(|| records(&all))
+        );
     }
 
     #[test]
-    fn a_request_table_cuts_long_parameters() {
+    fn a_request_table_fits_and_wide_shows_everything() {
         let mut long = approval();
+        long.id = "0123456789abcdef0123456789abcdef".into();
+        long.action = "key.export-to-recipient".into();
+        long.target = format!("production-token/{}", "k".repeat(64));
         long.parameters = format!("{{\"text\":\"{}\"}}", "x".repeat(500));
-        let text = key_response(&KeyResponse::Requests(vec![approval(), long]));
-        let line = text.lines().nth(2).expect("two rows");
-        assert!(line.contains('…'), "{text}");
-        assert!(line.chars().count() < 400, "{text}");
+        long.requester = "administrator-with-a-long-name".into();
+        long.reason = "r".repeat(300);
+        let requests = KeyResponse::Requests(vec![approval(), long.clone()]);
+        let text = key_response(&requests);
+        fits(&text);
+        // The id is whole: it is what `request approve` takes.
+        assert!(text.contains(&long.id), "{text}");
+        assert!(text.contains('…'), "{text}");
+        let local = style::with(
+            style::Style {
+                wide: false,
+                zone: Some(jiff::tz::TimeZone::fixed(jiff::tz::offset(-5))),
+            },
+            || key_response(&requests),
+        );
+        fits(&local);
+        assert!(local.contains("2026-02-01 13:00:00-05:00"), "{local}");
+        let all = wide(|| key_response(&requests));
+        contains_all(
+            &all,
+            &[
+                &long.target,
+                &long.reason,
+                &"x".repeat(500),
+                &long.requester,
+            ],
+        );
+        // In the report, indented.
+        let mut r = report_fixture();
+        r.pending_requests = vec![long];
+        fits(&report(&r));
         assert_eq!(shortened("abc", 3), "abc");
         assert_eq!(shortened("abcd", 3), "ab…");
     }
@@ -2472,6 +3113,7 @@ mod tests {
                     key: Some("x".into()),
                     uid: Some(0),
                     reason: "not found: no key class \"nope\"".into(),
+                    result: keyward_policy::KEYWARD_NOT_FOUND,
                 }],
             },
             pending_requests: vec![approval()],
@@ -2492,21 +3134,35 @@ mod tests {
         contains_all(
             &text,
             &[
-                "report at 2026-01-31 18:00:00 UTC: window 1h (from 2026-01-31 17:00:00), baseline 7d before it\n",
-                "KEY           CLASS  STATE   VERSION  AGE  ROTATE EVERY  CRYPTOPERIOD  NEXT ROTATION        OVERDUE  CERT EXPIRES",
-                "prod/web-tls  tls    active  2        3d   7d            30d           2026-02-04 18:00:00  no       2026-02-01 18:00:00  8",
-                "prod/old      tls    active  2        3d   7d            30d           2026-02-04 18:00:00  yes      none",
+                "KEY      STATE   NEXT ROTATION         OVERDUE  USES WINDOW  ANOMALIES  BACKUP\n",
+                "web-tls  active  2026-02-04 18:00:00Z  no       8            1          ok\n",
+                "old      active  2026-02-04 18:00:00Z  yes      8            learning   MISSING\n",
+                "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n  \
+                 SEQ  TIME                  BY     ACTION      KEY  RESULT             WHY\n  \
+                 42   2026-01-31 18:00:00Z  uid:0  key.create  x    KEYWARD_NOT_FOUND  not found: no key class \"no…\n",
+            ],
+        );
+        fits(&text);
+        let text = wide(|| report(&report_fixture()));
+        contains_all(
+            &text,
+            &[
+                "report at 2026-01-31 18:00:00Z: window 1h (from 2026-01-31 17:00:00Z), baseline 7d before it\n",
+                "TOKEN  KEY      CLASS  STATE   VERSION  AGE  ROTATE EVERY  CRYPTOPERIOD  NEXT ROTATION         OVERDUE  CERT EXPIRES",
+                "prod   web-tls  tls    active  2        3d   7d            30d           2026-02-04 18:00:00Z  no       2026-02-01 18:00:00Z  8",
+                "prod   old      tls    active  2        3d   7d            30d           2026-02-04 18:00:00Z  yes      none",
                 "learning",
                 "key prod/web-tls\n",
                 "  uses:             8 in the window, 40 in the baseline, 100 in all (1 failed)\n",
-                "  certificate:      expires 2026-02-01 18:00:00\n",
+                "  certificate:      expires 2026-02-01 18:00:00Z\n",
                 "  export attempts:  refused wrapping out ×2 (1 in the window)\n",
                 "  /usr/sbin/nginx",
                 "  anomaly: new application: application \"nginx\" (/tmp/copy) used the key 3 times\n",
                 "  drift: version 2: CKA_EXTRACTABLE is on",
-                "  revoke at 2026-01-31 18:00:00 (record 99): latency 12.3 ms; versions 1; no use after it: yes\n",
+                "  revoke at 2026-01-31 18:00:00Z (record 99): latency 12.3 ms; versions 1; no use after it: yes\n",
                 "  anomalies:        none (learning: no use in the baseline yet)\n",
                 "rotation compliance: 50% (1 of 2 active keys not overdue); overdue: prod/old\n",
+                "KEYWARD_NOT_FOUND",
                 "failed admin actions: 1 in the window, 2 with the baseline, 3 in all\n",
                 "key.create",
                 "not found: no key class",

@@ -376,7 +376,7 @@ fn grant_request(command: GrantCommand, now: i64) -> Result<AdminRequest, Failur
                     return Err(Failure::local(
                         Exit::Usage,
                         "Usage",
-                        format!("--until {} has already passed", time::format_utc(at)),
+                        format!("--until {} has already passed", time::format_time(at)),
                     ))
                 }
                 (Some(at), _) => Some(at),
@@ -441,8 +441,8 @@ fn audit_request(command: AuditCommand) -> Result<AuditRequest, Failure> {
                         "Usage",
                         format!(
                             "--since {} is not before --until {}",
-                            time::format_utc(since),
-                            time::format_utc(until)
+                            time::format_time(since),
+                            time::format_time(until)
                         ),
                     ));
                 }
@@ -603,11 +603,11 @@ fn policy_check(file: &Path, strict: bool, json: bool) -> Output {
         (Ok(_), false) if !refused.is_empty() => String::new(),
         (Ok(p), false) => {
             let mut text = format!(
-                "{}: valid ({} mode, {} applications, {} key classes)\n",
+                "{}: valid ({} mode, {}, {})\n",
                 file.display(),
                 mode(p),
-                p.applications.len(),
-                p.classes.len()
+                crate::style::plural(p.applications.len(), "application"),
+                crate::style::plural(p.classes.len(), "key class")
             );
             // What strict mode would refuse, said in lab mode; weak
             // algorithms of legacy classes; periods above the standards'.
@@ -1355,7 +1355,7 @@ mod tests {
     fn audit_records_are_a_table_or_json_lines() {
         let out = present(&TAIL, Ok(records(1..=2)), false);
         assert_eq!(out.exit, Exit::Success);
-        assert!(out.stdout.starts_with("SEQ  TIME (UTC)  "), "{out:?}");
+        assert!(out.stdout.starts_with("SEQ  TIME  "), "{out:?}");
         assert_eq!(out.stdout.lines().count(), 3);
         let out = present(&TAIL, Ok(records(1..=2)), true);
         assert_eq!(out.exit, Exit::Success);

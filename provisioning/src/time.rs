@@ -1,5 +1,5 @@
-//! Unix seconds ↔ UTC calendar: `YYYY-MM-DD HH:MM:SS` for tables and
-//! RFC 3339 for `--until`. The calendar is jiff's (proleptic Gregorian,
+//! Unix seconds ↔ calendar: `YYYY-MM-DD HH:MM:SSZ` (or the local time
+//! with its offset, `--local`) for text output, RFC 3339 for `--until`. The calendar is jiff's (proleptic Gregorian,
 //! years up to 9999); no time zones but the offset written in the text,
 //! no leap seconds.
 
@@ -22,9 +22,31 @@ pub fn format_utc(secs: i64) -> String {
     )
 }
 
-/// [`format_utc`], or `-` for none.
+/// An instant as text output shows it, labelled with its zone: UTC by
+/// default (`2026-12-04 20:21:07Z`), the system's time zone with its offset
+/// under `--local` (`2026-12-04 21:21:07+01:00`). Either is an RFC 3339
+/// date-time (with a space for the `T`), which `--until` takes back.
+pub fn format_time(secs: i64) -> String {
+    format_time_in(secs, crate::style::zone().as_ref())
+}
+
+/// [`format_time`] in `zone` (`None`: UTC).
+pub fn format_time_in(secs: i64, zone: Option<&jiff::tz::TimeZone>) -> String {
+    let Ok(t) = jiff::Timestamp::from_second(secs) else {
+        return format!("unix time {secs}");
+    };
+    match zone {
+        None => format!("{}Z", format_utc(secs)),
+        Some(z) => t
+            .to_zoned_datetime(z.clone())
+            .strftime("%Y-%m-%d %H:%M:%S%:z")
+            .to_string(),
+    }
+}
+
+/// [`format_time`], or `-` for none.
 pub fn format_opt(secs: Option<i64>) -> String {
-    secs.map_or_else(|| "-".to_owned(), format_utc)
+    secs.map_or_else(|| "-".to_owned(), format_time)
 }
 
 /// An RFC 3339 date-time (`2026-12-01T00:00:00Z`, `...T02:00:00+02:00`,
@@ -129,7 +151,43 @@ mod tests {
         assert_eq!(format_utc(-1), "1969-12-31 23:59:59");
         assert_eq!(format_utc(4_102_444_800), "2100-01-01 00:00:00");
         assert_eq!(format_opt(None), "-");
-        assert_eq!(format_opt(Some(86_400)), "1970-01-02 00:00:00");
+        assert_eq!(format_opt(Some(86_400)), "1970-01-02 00:00:00Z");
+    }
+
+    #[test]
+    fn shown_times_carry_their_zone() {
+        // UTC by default, with a Z, and read back by --until.
+        assert_eq!(format_time(1_769_882_400), "2026-01-31 18:00:00Z");
+        assert_eq!(
+            parse_rfc3339(&format_time(1_769_882_400)),
+            Ok(1_769_882_400)
+        );
+        // A zone with summer time: the offset follows the date.
+        let berlin = jiff::tz::TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        assert_eq!(
+            format_time_in(1_769_882_400, Some(&berlin)),
+            "2026-01-31 19:00:00+01:00"
+        );
+        assert_eq!(
+            format_time_in(1_782_900_000, Some(&berlin)),
+            "2026-07-01 12:00:00+02:00"
+        );
+        let local = format_time_in(1_782_900_000, Some(&berlin));
+        assert_eq!(parse_rfc3339(&local), Ok(1_782_900_000));
+        // West of Greenwich, and --local through the style.
+        let new_york = jiff::tz::TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").unwrap();
+        let text = crate::style::with(
+            crate::style::Style {
+                wide: false,
+                zone: Some(new_york),
+            },
+            || format_opt(Some(1_769_882_400)),
+        );
+        assert_eq!(text, "2026-01-31 13:00:00-05:00");
+        assert_eq!(
+            format_time_in(i64::MAX, None),
+            format!("unix time {}", i64::MAX)
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl crate::shared::Core {
             .err()?;
         log::warn!("admin {admin}: {name}: {}: refused: {why}", req.describe());
         let mut e = event(AuditKind::Admin, admin.as_administrator(), name);
-        e.result = cryptoki_sys::CKR_FUNCTION_FAILED;
+        e.result = keyward_policy::KEYWARD_REFUSED;
         e.reason = format!("refused: {why}").chars().take(4096).collect();
         if let Err(failed) = self.audit.durable(e) {
             log::error!("admin {admin}: {name}: the refusal could not be recorded: {failed}");
@@ -149,9 +149,8 @@ impl crate::shared::Core {
     ) {
         use keyward_protocol::admin::{AdminResponse as R, AuditResponse};
         let (result, outcome) = match resp {
-            R::Err(m) | R::KeyErr { message: m, .. } => {
-                (cryptoki_sys::CKR_FUNCTION_FAILED, m.clone())
-            }
+            R::Err(m) => (keyward_policy::KEYWARD_FAILED, m.clone()),
+            R::KeyErr { kind, message } => (crate::lifecycle::admin_result(*kind), message.clone()),
             R::Audit(a) => match &**a {
                 AuditResponse::Records(r) => (0, count(r.len(), "record")),
                 AuditResponse::Anchor(a) => (0, format!("sealed through record {}", a.seq)),
@@ -308,12 +307,7 @@ impl crate::shared::Core {
 
 /// `1 record`, `2 records`.
 pub(crate) fn count(n: impl TryInto<u64>, what: &str) -> String {
-    let n: u64 = n.try_into().unwrap_or(u64::MAX);
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
+    keyward_policy::plural(n, what)
 }
 
 /// A checkpoint's head as kept off the host.

@@ -107,8 +107,9 @@ impl Library {
         let rv = unsafe { get_list(&mut list) };
         if rv != ck::CKR_OK || list.is_null() {
             return Err(format!(
-                "{}: C_GetFunctionList failed ({rv:#x})",
-                path.display()
+                "{}: C_GetFunctionList failed ({})",
+                path.display(),
+                crate::error::rv_text(rv)
             ));
         }
         // SAFETY: the library returned a non-NULL pointer to its function
@@ -136,7 +137,11 @@ impl Library {
             rv => {
                 // Not initialised by us: nothing to finalise.
                 lib.finalized.store(true, Ordering::SeqCst);
-                Err(format!("{}: C_Initialize failed ({rv:#x})", path.display()))
+                Err(format!(
+                    "{}: C_Initialize failed ({})",
+                    path.display(),
+                    crate::error::rv_text(rv)
+                ))
             }
         }
     }
@@ -205,7 +210,11 @@ impl Library {
             // SAFETY: C_Finalize takes a reserved NULL pointer.
             let rv = unsafe { call!(self, C_Finalize(ptr::null_mut())) };
             if rv != ck::CKR_OK {
-                log::warn!("{}: C_Finalize returned {rv:#x}", self.path.display());
+                log::warn!(
+                    "{}: C_Finalize returned {}",
+                    self.path.display(),
+                    crate::error::rv_text(rv)
+                );
             }
         }
     }

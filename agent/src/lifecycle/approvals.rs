@@ -501,7 +501,10 @@ impl Lifecycle {
                 if let Err(e) = closed {
                     log::error!("request {}: its failure cannot be recorded: {e}", r.id);
                 }
-                (ck::CKR_FUNCTION_FAILED, format!("failed: {}", e.message))
+                (
+                    super::admin_result(e.kind),
+                    format!("failed: {}", e.message),
+                )
             }
         };
         let mut e = crate::audit::event(

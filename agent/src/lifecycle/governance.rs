@@ -263,7 +263,7 @@ impl Lifecycle {
                     record.id
                 );
                 log::error!("{why}");
-                self.audit_policy("refuse", ck::CKR_FUNCTION_FAILED, &why);
+                self.audit_policy("refuse", keyward_policy::KEYWARD_REFUSED, &why);
                 Admission::Refused(Box::new((approved_file, p)))
             }
             _ => accept("follows a policy without dual control"),

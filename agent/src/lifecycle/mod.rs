@@ -46,7 +46,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cryptoki_sys as ck;
 use keyward_inventory::{
     Actor, AppliedChange, AuditEvent, DateUpdates, KeyChange, KeyRecord, KeyVersion,
     LifecycleChange, VersionChange,
@@ -138,6 +137,18 @@ pub struct AdminError {
 }
 
 pub(crate) type AResult<T> = std::result::Result<T, AdminError>;
+
+/// The result value an administrator's failed request of `kind` leaves in
+/// the audit trail: keyward's own, one per kind (`KEYWARD_REFUSED`, ...).
+pub fn admin_result(kind: AdminErrorKind) -> u64 {
+    match kind {
+        AdminErrorKind::Invalid => keyward_policy::KEYWARD_INVALID,
+        AdminErrorKind::NotFound => keyward_policy::KEYWARD_NOT_FOUND,
+        AdminErrorKind::Refused => keyward_policy::KEYWARD_REFUSED,
+        AdminErrorKind::Conflict => keyward_policy::KEYWARD_CONFLICT,
+        AdminErrorKind::Failed => keyward_policy::KEYWARD_FAILED,
+    }
+}
 
 pub(crate) fn fail<T>(kind: AdminErrorKind, message: impl Into<String>) -> AResult<T> {
     Err(AdminError {
@@ -422,7 +433,7 @@ impl Lifecycle {
                     kind: e.kind,
                     message: e.message,
                 };
-                (response, ck::CKR_FUNCTION_FAILED, reason)
+                (response, admin_result(e.kind), reason)
             }
         };
         if let Err(why) = self.audit.durable(admin_event(result, &reason)) {

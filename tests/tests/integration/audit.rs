@@ -125,11 +125,12 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     assert_eq!(last.str_at("reason"), format!("read the last 1000 audit records: {} records", lines.lines().count()), "{last}");
 
     // `keyward audit` shows the names and the words.
-    let text = keyward_ok(&tb, &["audit", "query", "--key", "worded"], 0);
+    // (--wide: reasons whole, not cut to 100 columns.)
+    let text = keyward_ok(&tb, &["--wide", "audit", "query", "--key", "worded"], 0);
     for needed in ["key.suspend", "requested: suspend worded: demo: investigating", "grant.add"] {
         assert!(text.contains(needed), "{needed:?} missing:\n{text}");
     }
-    let text = keyward_ok(&tb, &["audit", "tail", "-n", "6"], 0);
+    let text = keyward_ok(&tb, &["--wide", "audit", "tail", "-n", "6"], 0);
     for needed in ["report.make", "report on worded: the last 1h against the 7d before: 1 key", "audit.tail"] {
         assert!(text.contains(needed), "{needed:?} missing:\n{text}");
     }
@@ -145,7 +146,7 @@ keyward_test!(fn a_follow_is_recorded_at_its_start_and_news_not_at_every_poll(tb
     let mut follow = std::process::Command::new(keyward_bin(&tb))
         .arg("--admin-socket")
         .arg(&tb.admin_socket)
-        .args(["audit", "tail", "-n", "5", "--follow"])
+        .args(["--wide", "audit", "tail", "-n", "5", "--follow"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -790,7 +790,8 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     assert_eq!(old.at("backup_missing").as_bool(), Some(false), "{old}");
     let held: Vec<&str> = old.array_at("held_by_backups").iter().map(|b| b.str_at("id")).collect();
     assert_eq!(held, [first.as_str(), second.as_str()], "{old}");
-    let text = keyward_ok(&tb, &["report"], 0);
+    // (--wide: the line whole, not wrapped at 100 columns.)
+    let text = keyward_ok(&tb, &["--wide", "report"], 0);
     assert!(
         text.contains(&format!("destroyed {}/old still held by backups (retire them): {first}", tb.token)),
         "{text}"

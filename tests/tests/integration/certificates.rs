@@ -159,7 +159,7 @@ keyward_test!(fn csrs_signed_in_the_hsm_verify_with_the_keys_public_key(tb) {
     refused(&tb, &["cert", "request", "web-rsa", "--subject", "CN=a", "--san", "IP:999.1.1.1"], 2, "IPv4");
     assert!(!out.exists(), "a refused request left its file behind");
     // The trail names the key and the version that signed.
-    let trail = keyward_ok(&tb, &["audit", "tail", "-n", "50"], 0);
+    let trail = keyward_ok(&tb, &["--wide", "audit", "tail", "-n", "50"], 0);
     assert!(trail.contains("cert.request") && trail.contains("signed with version 1"), "{trail}");
 });
 

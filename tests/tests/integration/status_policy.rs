@@ -32,7 +32,7 @@ keyward_test!(fn status_shows_the_policy_keys_by_state_the_audit_trail_and_the_s
         shown.contains(&format!("policy:    {} (strict mode, sha256 ", path.display())),
         "{shown}"
     );
-    assert!(shown.contains("1 applications, 1 classes, 0 administrators"), "{shown}");
+    assert!(shown.contains("1 application, 1 class, 0 administrators"), "{shown}");
     assert!(shown.contains("keys:      1 pre-activation, 1 active"), "{shown}");
     assert!(shown.contains("audit:     "), "{shown}");
     assert!(!shown.contains("scheduler: last run -"), "{shown}");

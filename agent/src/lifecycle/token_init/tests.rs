@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use cryptoki_sys as ck;
 use keyward_policy::{ApprovalStatus, Decision};
 use keyward_protocol::admin::{AdminRequest, AdminResponse, ApprovalRequest};
 use keyward_protocol::Attribute;

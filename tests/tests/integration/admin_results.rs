@@ -1,0 +1,98 @@
+//! An administrator's failed request leaves a record in the audit trail
+//! whose result is keyward's own value for the kind of failure
+//! (`KEYWARD_INVALID`, `KEYWARD_NOT_FOUND`, `KEYWARD_REFUSED`,
+//! `KEYWARD_CONFLICT`, in PKCS#11's vendor-defined range), shown by name in
+//! `keyward audit query` and in the report's failed admin actions.
+
+use keyward_tests::admin::{application_toml, install_policy, keyward_ok, signing_class_toml, uid};
+use keyward_tests::json::{Json, JsonExt};
+use keyward_tests::keyward_test;
+
+const KEYWARD_INVALID: i64 = 0xcb57_0001;
+const KEYWARD_NOT_FOUND: i64 = 0xcb57_0002;
+const KEYWARD_REFUSED: i64 = 0xcb57_0003;
+const KEYWARD_CONFLICT: i64 = 0xcb57_0004;
+
+/// The admin records of the trail (`keyward --json audit query`).
+fn admin_records(tb: &keyward_tests::Env) -> Vec<Json> {
+    keyward_ok(tb, &["--json", "audit", "query", "--limit", "100000"], 0)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|r: &Json| r.str_at("kind") == "admin")
+        .collect()
+}
+
+/// The result of the last admin record of `operation` that is not its
+/// `requested:` record.
+fn outcome(records: &[Json], operation: &str) -> (i64, String) {
+    let r = records
+        .iter()
+        .rev()
+        .find(|r| {
+            r.str_at("operation") == operation && !r.str_at("reason").starts_with("requested:")
+        })
+        .unwrap_or_else(|| panic!("no outcome of {operation} in the trail:\n{records:#?}"));
+    (r.i64_at("result"), r.str_at("reason").to_owned())
+}
+
+keyward_test!(fn admin_failures_are_recorded_with_their_own_result_kinds(tb) {
+    install_policy(
+        &tb,
+        &format!(
+            "[settings]\nmode = \"lab\"\n{}{}",
+            application_toml("testbed", uid()),
+            signing_class_toml("signing", "30d", "60d", "")
+        ),
+    );
+    keyward_ok(&tb, &["key", "create", "demo", "--class", "signing"], 0);
+    // Refused by the lifecycle: a pre-activation key cannot be suspended.
+    keyward_ok(&tb, &["key", "suspend", "demo", "--reason", "investigating"], 5);
+    // Conflict: the name is taken.
+    keyward_ok(&tb, &["key", "create", "demo", "--class", "signing"], 6);
+    // Not found: no such key.
+    keyward_ok(&tb, &["key", "activate", "nosuch", "--reason", "go live"], 4);
+    // Invalid: `init` wants a roster of administrators.
+    let file = tb.path("no-roster.toml");
+    std::fs::write(&file, "[settings]\nmode = \"lab\"\n").expect("write the policy");
+    let file = file.to_str().expect("a UTF-8 path");
+    keyward_ok(&tb, &["init", "--policy", file, "--reason", "set up"], 2);
+
+    let records = admin_records(&tb);
+    for (operation, want) in [
+        ("key.suspend", KEYWARD_REFUSED),
+        ("key.create", KEYWARD_CONFLICT),
+        ("key.activate", KEYWARD_NOT_FOUND),
+        ("policy.init", KEYWARD_INVALID),
+    ] {
+        let (result, reason) = outcome(&records, operation);
+        assert_eq!(result, want, "{operation}: {reason}");
+    }
+    // Nothing failed is recorded as the generic CKR_FUNCTION_FAILED.
+    assert!(
+        records.iter().all(|r| r.i64_at("result") != 0x6),
+        "{records:#?}"
+    );
+    // The creation that worked is recorded as done, with 0.
+    assert!(records.iter().any(|r| r.str_at("operation") == "key.create"
+        && r.str_at("reason") == "done"
+        && r.i64_at("result") == 0));
+
+    // The text shows the names.
+    let text = keyward_ok(&tb, &["--wide", "audit", "query", "--limit", "100000"], 0);
+    for (operation, name) in [
+        ("key.suspend", "KEYWARD_REFUSED"),
+        ("key.create", "KEYWARD_CONFLICT"),
+        ("key.activate", "KEYWARD_NOT_FOUND"),
+        ("policy.init", "KEYWARD_INVALID"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(operation) && l.contains(name)),
+            "no {operation} line with {name}:\n{text}"
+        );
+    }
+    assert!(!text.contains("0xcb57"), "a keyward result shown as hex:\n{text}");
+    let report = keyward_ok(&tb, &["--wide", "report"], 0);
+    for name in ["KEYWARD_REFUSED", "KEYWARD_CONFLICT", "KEYWARD_NOT_FOUND", "KEYWARD_INVALID"] {
+        assert!(report.contains(name), "the report's failed admin actions miss {name}:\n{report}");
+    }
+});
