@@ -2,9 +2,13 @@
 //! whose result is keyward's own value for the kind of failure
 //! (`KEYWARD_INVALID`, `KEYWARD_NOT_FOUND`, `KEYWARD_REFUSED`,
 //! `KEYWARD_CONFLICT`, in PKCS#11's vendor-defined range), shown by name in
-//! `keyward audit query` and in the report's failed admin actions.
+//! `keyward audit query` and in the report's failed admin actions. And the
+//! text the CLI prints: 100 columns by default, times labelled `Z`, or in
+//! the system's zone with their offset under `--local`.
 
-use keyward_tests::admin::{application_toml, install_policy, keyward_ok, signing_class_toml, uid};
+use keyward_tests::admin::{
+    application_toml, install_policy, keyward_bin, keyward_ok, signing_class_toml, uid,
+};
 use keyward_tests::json::{Json, JsonExt};
 use keyward_tests::keyward_test;
 
@@ -95,4 +99,62 @@ keyward_test!(fn admin_failures_are_recorded_with_their_own_result_kinds(tb) {
     for name in ["KEYWARD_REFUSED", "KEYWARD_CONFLICT", "KEYWARD_NOT_FOUND", "KEYWARD_INVALID"] {
         assert!(report.contains(name), "the report's failed admin actions miss {name}:\n{report}");
     }
+});
+
+/// `keyward ARGS` with `TZ` set to `tz`: its standard output (exit 0).
+fn keyward_in_zone(tb: &keyward_tests::Env, tz: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(keyward_bin(tb))
+        .arg("--admin-socket")
+        .arg(&tb.admin_socket)
+        .args(args)
+        .env("TZ", tz)
+        .output()
+        .expect("run keyward");
+    assert!(
+        out.status.success(),
+        "keyward {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+keyward_test!(fn text_times_are_utc_by_default_and_local_with_their_offset(tb) {
+    install_policy(
+        &tb,
+        &format!(
+            "[settings]\nmode = \"lab\"\n{}{}",
+            application_toml("testbed", uid()),
+            signing_class_toml("signing", "30d", "60d", "")
+        ),
+    );
+    let long = format!("k{}", "x".repeat(63));
+    keyward_ok(&tb, &["key", "create", &long, "--class", "signing"], 0);
+    // A zone five and a half hours east of UTC, without summer time.
+    let tz = "IST-5:30";
+    let utc = keyward_in_zone(&tb, tz, &["key", "show", &long]);
+    let created = utc.lines().find(|l| l.starts_with("created:")).expect("a created line");
+    assert!(created.ends_with('Z'), "{created}");
+    let local = keyward_in_zone(&tb, tz, &["--local", "key", "show", &long]);
+    let created_local = local.lines().find(|l| l.starts_with("created:")).expect("a created line");
+    assert!(created_local.ends_with("+05:30"), "{created_local}");
+    assert!(local.contains("last used:"), "{local}");
+    assert!(local.contains("(updated every 5 s)"), "{local}");
+    // The same instant: the local time of day is 5:30 later.
+    let minutes = |line: &str| -> u32 {
+        let time = line.split_whitespace().nth(2).expect("a time of day");
+        let h: u32 = time[0..2].parse().expect("hours");
+        let m: u32 = time[3..5].parse().expect("minutes");
+        h * 60 + m
+    };
+    assert_eq!((minutes(created) + 330) % 1440, minutes(created_local), "{created} / {created_local}");
+
+    // 100 columns by default, whole with --wide.
+    for args in [&["key", "list"][..], &["key", "show", &long], &["audit", "tail", "-n", "20"], &["report"]] {
+        let text = keyward_ok(&tb, args, 0);
+        for line in text.lines() {
+            assert!(line.chars().count() <= 100, "keyward {args:?}: a line of {}:\n{text}", line.chars().count());
+        }
+    }
+    let wide = keyward_ok(&tb, &["--wide", "key", "list"], 0);
+    assert!(wide.contains(&long) && wide.contains("OWNER"), "{wide}");
 });
