@@ -384,8 +384,9 @@ impl Lifecycle {
                             Ok(objects.len())
                         }) {
                             Ok(n) => log::warn!(
-                                "token {:?}: a key generation was interrupted (CKA_ID {id_hex}); {n} objects destroyed",
-                                token.config.label
+                                "token {:?}: a key generation was interrupted (CKA_ID {id_hex}); {} destroyed",
+                                token.config.label,
+                                keyward_policy::plural(n, "object")
                             ),
                             Err(e) => {
                                 log::error!(
@@ -454,9 +455,10 @@ impl Lifecycle {
         match found {
             Ok(0) => {}
             Ok(n) => log::warn!(
-                "token {:?}: {n} key objects without CKA_ID or key material (cut off in their \
+                "token {:?}: {} without CKA_ID or key material (cut off in their \
                  generation) destroyed",
-                token.config.label
+                token.config.label,
+                keyward_policy::plural(n, "key object")
             ),
             Err(e) => log::error!(
                 "token {:?}: cannot look for objects cut off in their generation: {}",

@@ -78,11 +78,13 @@ impl std::fmt::Display for Full {
         match self {
             Full::Total(n) => write!(
                 f,
-                "the agent serves {n} connections already (max_connections)"
+                "the agent serves {} already (max_connections)",
+                keyward_policy::plural(*n, "connection")
             ),
             Full::Uid(n) => write!(
                 f,
-                "this uid has {n} connections already (max_connections_per_uid)"
+                "this uid has {} already (max_connections_per_uid)",
+                keyward_policy::plural(*n, "connection")
             ),
         }
     }

@@ -251,9 +251,9 @@ impl Lifecycle {
         let id = backup_id(&bytes);
         self.record_backup(&id, &body, by)?;
         log::info!(
-            "backup {} of token {label} by {who}: {} keys, {} left out",
+            "backup {} of token {label} by {who}: {}, {} left out",
             &id[..16],
-            body.keys.len(),
+            keyward_policy::plural(body.keys.len(), "key"),
             body.absent.len()
         );
         let contents = contents(&id, &check, &body);
@@ -386,8 +386,9 @@ impl Lifecycle {
             .map(|e| e.versions.iter().filter(|v| !v.wrapped.is_empty()).count())
             .sum();
         ev.reason = format!(
-            "backup {id}: {} keys ({versions} versions), {} left out",
-            body.keys.len(),
+            "backup {id}: {} ({}), {} left out",
+            keyward_policy::plural(body.keys.len(), "key"),
+            keyward_policy::plural(versions, "version"),
             body.absent.len()
         );
         events.push(ev);

@@ -602,10 +602,10 @@ impl Lifecycle {
         })?;
         let failed = results.iter().filter(|r| !r.ok).count();
         log::info!(
-            "backup {} drilled by {who} at {}: {} versions, {failed} failed",
+            "backup {} drilled by {who} at {}: {}, {failed} failed",
             &id[..16],
             secs(now),
-            results.len()
+            keyward_policy::plural(results.len(), "version")
         );
         Ok(KeyResponse::Backup(Box::new(BackupAnswer::Drill {
             contents: contents(&id, &check, &body),
