@@ -1001,10 +1001,19 @@ fn audit_tail_json_is_one_record_per_line() {
         })
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // 100 columns: the reason gives first.
     assert_eq!(
         text(&out.stdout),
-        "SEQ  TIME (UTC)           KIND     ACTOR  KEY         OPERATION  MECHANISM     RESULT                          REASON\n\
-         1    2026-01-31 18:00:00  refusal  nginx  web-tls v2  C_Decrypt  CKM_RSA_PKCS  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant for decrypt\n"
+        "SEQ  TIME                  ACTOR  KEY         OPERATION  RESULT                          REASON\n\
+         1    2026-01-31 18:00:00Z  nginx  web-tls v2  C_Decrypt  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant f…\n"
+    );
+    // --wide: every column, whole.
+    let (_, out) = against_fake_agent(&["--wide", "audit", "tail"], audit_records(1..=1));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "SEQ  TIME                  KIND     ACTOR  KEY         OPERATION  MECHANISM     RESULT                          REASON\n\
+         1    2026-01-31 18:00:00Z  refusal  nginx  web-tls v2  C_Decrypt  CKM_RSA_PKCS  CKR_KEY_FUNCTION_NOT_PERMITTED  no grant for decrypt\n"
     );
 }
 
