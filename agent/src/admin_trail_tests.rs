@@ -267,7 +267,7 @@ public_key = \"ed25519:{k3}\"
     assert!(
         records.iter().any(|(op, reason, result)| op == "key.create"
             && reason.starts_with("refused: administrator \"zed\"")
-            && *result != 0),
+            && *result == keyward_policy::KEYWARD_REFUSED),
         "{records:?}"
     );
     // Reads are every administrator's.
