@@ -1,7 +1,9 @@
 //! The `[webhook]` notifications against a real agent and a real HTTP
 //! receiver (`keyward_tests::webhook`): an overdue rotation is posted once
 //! with the documented fields and the bearer token, and no PIN or secret
-//! in any event; a receiver that is down is tried again and then counted
+//! in any event; a trail that cannot be written is posted once; every
+//! event and the documented example follow the JSON Schema in
+//! `docs/json/`; a receiver that is down is tried again and then counted
 //! as failed while the agent serves on; a receiver that never answers does
 //! not hold up PKCS#11 signing; a bad `[webhook]` table stops the agent at
 //! start with a message naming the file and the field.
@@ -329,4 +331,45 @@ keyward_test!(fn a_bad_webhook_table_stops_the_agent_at_start(tb) {
     }
     // The running agent is untouched.
     keyward_ok(&tb, &["status"], 0);
+});
+
+keyward_test!(fn a_trail_that_cannot_be_written_is_posted_once(tb) {
+    tb.require_agent("the webhook");
+    let receiver = Receiver::start(Answer::Status(200));
+    append_config(&tb, &webhook_toml(&tb, &receiver.url(), "check_seconds = 1"));
+    install_policy(&tb, &policy());
+    keyward_ok(&tb, &["key", "create", "web", "--class", "signing"], 0);
+    keyward_ok(&tb, &["key", "activate", "web"], 0);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let key = find(&s, "web", ObjectClass::PRIVATE_KEY)[0];
+
+    // Another process holds the store's write lock: the uses cannot be
+    // recorded (the default on_write_failure = "continue" serves on).
+    let lock = rusqlite::Connection::open(tb.path("state/inventory.sqlite")).expect("open the store");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let posted = (0..600).find_map(|_| {
+        let _ = s.sign(&Mechanism::Ecdsa, key, &[1u8; 32]);
+        std::thread::sleep(Duration::from_millis(50));
+        receiver
+            .received()
+            .into_iter()
+            .find(|r| r.json()["event"] == "audit-write-failure")
+    });
+    let e = posted.expect("no audit-write-failure event while the trail was locked").json();
+    assert_eq!(e["severity"], "critical", "{e}");
+    assert_eq!(e["id"], "audit-write-failure", "{e}");
+    assert!(e["details"]["write_failures"].as_u64().unwrap() >= 1, "{e}");
+    assert!(e["token"].is_null() && e["key"].is_null(), "{e}");
+    assert_valid(&schema(), &e);
+    // Still failing: not posted again.
+    std::thread::sleep(Duration::from_secs(3));
+    let count = |r: &Receiver| {
+        r.received()
+            .iter()
+            .filter(|r| r.json()["event"] == "audit-write-failure")
+            .count()
+    };
+    assert_eq!(count(&receiver), 1);
+    drop(lock);
 });
