@@ -373,3 +373,44 @@ keyward_test!(fn a_trail_that_cannot_be_written_is_posted_once(tb) {
     assert_eq!(count(&receiver), 1);
     drop(lock);
 });
+
+keyward_test!(fn a_certificate_about_to_expire_is_posted_with_its_dates(tb) {
+    tb.require_agent("the webhook");
+    let receiver = Receiver::start(Answer::Status(200));
+    append_config(&tb, &webhook_toml(&tb, &receiver.url(), "check_seconds = 1"));
+    install_policy(&tb, &policy());
+    keyward_ok(&tb, &["key", "create", "web", "--class", "signing"], 0);
+    keyward_ok(&tb, &["key", "activate", "web"], 0);
+    // Ten days of validity: within the default warning of 30 days (the
+    // class names no certificate_warning).
+    let pem = tb.path("web.pem");
+    keyward_ok(
+        &tb,
+        &["cert", "self-sign", "web", "--subject", "CN=web.example.com", "--days", "10", "--import", "--out", pem.to_str().unwrap()],
+        0,
+    );
+    let e = receiver
+        .wait_for(Duration::from_secs(30), |e| e["event"] == "certificate-expiring")
+        .expect("no certificate-expiring event")
+        .json();
+    assert_valid(&schema(), &e);
+    assert_eq!(e["severity"], "warning", "{e}");
+    assert_eq!((e["token"].as_str(), e["key"].as_str()), (Some(tb.token.as_str()), Some("web")), "{e}");
+    let d = &e["details"];
+    assert_eq!(d["version"], 1, "{e}");
+    assert!(d["subject"].as_str().unwrap().contains("web.example.com"), "{e}");
+    assert!(rfc3339_utc(d["not_after"].as_str().unwrap()), "{e}");
+    let left = d["expires_in_seconds"].as_i64().unwrap();
+    assert!(left > 9 * 86_400 && left <= 10 * 86_400, "{e}");
+    assert!(
+        e["id"].as_str().unwrap().starts_with(&format!("certificate-expiring:{}/web:v1:", tb.token)),
+        "{e}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let posted = receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["event"] == "certificate-expiring")
+        .count();
+    assert_eq!(posted, 1, "the condition fired more than once");
+});
