@@ -498,6 +498,9 @@ pub fn reload(
     if config.metrics != running.metrics {
         restart.push("[metrics]");
     }
+    if config.webhook != running.webhook {
+        restart.push("[webhook]");
+    }
     let mut reason = if new_source == *source {
         "policy unchanged".to_owned()
     } else {

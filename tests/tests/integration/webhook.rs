@@ -160,6 +160,13 @@ keyward_test!(fn an_overdue_rotation_is_posted_once_with_the_documented_fields(t
     assert_eq!(d["due_at"], d["next_rotation"], "{e}");
     assert!(d["overdue_seconds"].as_i64().unwrap() >= 0, "{e}");
 
+    // A reload with another [webhook] table says it waits for a restart.
+    let path = tb.path("keyward-agent.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, config.replace("check_seconds = 1", "check_seconds = 2")).unwrap();
+    let said = keyward_ok(&tb, &["policy", "reload"], 0);
+    assert!(said.contains("[webhook] changed: they take effect at the next start"), "{said}");
+
     // Still overdue three passes later: posted once.
     std::thread::sleep(Duration::from_secs(3));
     let overdue = receiver
