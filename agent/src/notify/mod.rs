@@ -35,6 +35,9 @@ pub const SCHEMA: &str = "keyward.webhook/1";
 /// The longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// The longest a stop waits for queued events to be posted.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -253,13 +256,14 @@ impl Notifier {
         &self.stats
     }
 
-    /// Closes the queue and waits, at most one post's time limit, for the
-    /// sender to post what is queued (the agent's stop event last).
+    /// Closes the queue and waits, at most one post's time limit and never
+    /// more than [`STOP_WAIT`], for the sender to post what is queued (the
+    /// agent's stop event last).
     pub fn stop(&self) {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(done) = done {
-            if done.recv_timeout(self.timeout).is_err() {
+            if done.recv_timeout(self.timeout.min(STOP_WAIT)).is_err() {
                 log::warn!("webhook: events still queued at stop are not posted");
             }
         }

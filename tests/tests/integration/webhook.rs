@@ -271,6 +271,11 @@ keyward_test!(fn a_receiver_that_never_answers_does_not_hold_up_signing(tb) {
     assert!(started.elapsed() < Duration::from_secs(30), "signing waited for the webhook");
     assert_eq!(receiver.received().iter().filter(|r| !r.body.is_empty()).count(), 1);
     keyward_ok(&tb, &["status"], 0);
+    drop(s);
+    drop(ctx);
+    // Nor does it hold up a stop: the testbed gives SIGTERM 10 s, far less
+    // than the post's time limit.
+    tb.stop_agent();
 });
 
 /// Runs the agent on `config` and returns its exit status and standard
