@@ -459,6 +459,52 @@ rotation_interval = "2s"
     }
 
     #[test]
+    fn a_request_about_to_lapse_fires_once_without_its_reason() {
+        let (_d, a) = crate::agent::tests::mock_agent(POLICY);
+        let now = SystemTime::now();
+        let at = secs(now);
+        let request = |id: &str, expires_at| keyward_inventory::ApprovalRecord {
+            id: id.into(),
+            action: "destroy".into(),
+            target: "kw/k".into(),
+            key_id: None,
+            parameters: "{}".into(),
+            requester: "alice".into(),
+            reason: "private words".into(),
+            created_at: at - 3600,
+            expires_at,
+            status: keyward_policy::ApprovalStatus::Pending,
+            outcome: String::new(),
+            closed_at: None,
+        };
+        let inventory = a.keys.inventory();
+        inventory
+            .create_request(&request("soon", at + 600))
+            .unwrap();
+        inventory
+            .create_request(&request("later", at + 86_400))
+            .unwrap();
+        inventory.create_request(&request("gone", at - 1)).unwrap();
+        let limits = Limits {
+            overdue_grace: 60,
+            request_warning: 3600,
+            certificate_warning: 86_400,
+        };
+        let mut w = Watch::default();
+        let events = w.pass(&a.lifecycle, &limits, now);
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["request-expiring:soon"]);
+        let e = &events[0];
+        assert_eq!(e.severity, Severity::Info);
+        assert_eq!(e.details["action"], "destroy");
+        assert_eq!(e.details["target"], "kw/k");
+        assert_eq!(e.details["expires_at"], super::super::rfc3339(at + 600));
+        let body = serde_json::to_string(e).unwrap();
+        assert!(!body.contains("private words"), "{body}");
+        assert!(w.pass(&a.lifecycle, &limits, now).is_empty());
+    }
+
+    #[test]
     fn uses_after_a_revocation_and_anomalies_come_from_the_report() {
         use keyward_protocol::admin::{Anomaly, Revocation};
         let mut r = Report {
