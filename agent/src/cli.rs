@@ -302,6 +302,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         )?),
         None => None,
     };
+    let notifier = start_webhook(config, &agent, server.metrics())?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -333,6 +334,16 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     );
     server.run(app, admin);
     drop(exporter);
+    if let Some(n) = &notifier {
+        n.send(crate::notify::Event::new(
+            crate::notify::EventKind::AgentStop,
+            crate::notify::Severity::Info,
+            format!("agent-stop:{}", agent.instance),
+            crate::keys::secs(std::time::SystemTime::now()),
+            "keyward-agent is stopping".into(),
+        ));
+        n.stop();
+    }
     handle.close();
     let _ = watcher.join();
     agent.flush_uses();
@@ -346,6 +357,29 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     drop(server);
     drop(agent);
     Ok(())
+}
+
+/// Starts the webhook when `[webhook]` is configured: its sender, its
+/// counters in the metrics, its watcher, and the agent's start event.
+fn start_webhook(
+    config: &Config,
+    agent: &Arc<Agent>,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Option<Arc<crate::notify::Notifier>>, String> {
+    let Some(w) = &config.webhook else {
+        return Ok(None);
+    };
+    let notifier = crate::notify::Notifier::start(w)?;
+    metrics.set_webhook(notifier.stats().clone());
+    notifier.send(crate::notify::Event::new(
+        crate::notify::EventKind::AgentStart,
+        crate::notify::Severity::Info,
+        format!("agent-start:{}", agent.instance),
+        crate::keys::secs(std::time::SystemTime::now()),
+        concat!("keyward-agent ", env!("CARGO_PKG_VERSION"), " started").into(),
+    ));
+    crate::notify::watch::spawn(Arc::downgrade(&agent.lifecycle), notifier.clone(), w)?;
+    Ok(Some(notifier))
 }
 
 /// Gives an existing state directory the mode the agent creates it with
@@ -465,6 +499,9 @@ pub fn reload(
     }
     if config.metrics != running.metrics {
         restart.push("[metrics]");
+    }
+    if config.webhook != running.webhook {
+        restart.push("[webhook]");
     }
     let mut reason = if new_source == *source {
         "policy unchanged".to_owned()

@@ -60,6 +60,9 @@ pub struct Config {
     /// The `[metrics]` table; absent: no metrics endpoint (the default).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The `[webhook]` table; absent: no notifications (the default).
+    #[serde(default)]
+    pub webhook: Option<crate::notify::WebhookConfig>,
 }
 
 /// The `[audit]` table: how the trail is written and sealed.
@@ -431,6 +434,9 @@ impl Config {
                 _ => {}
             }
         }
+        if let Some(w) = &self.webhook {
+            w.validate()?;
+        }
         if let Some(m) = &self.metrics {
             // The endpoint has no authentication: it must not be reachable
             // from another host.
@@ -569,6 +575,44 @@ backend_pin = "env:KW_PIN"
             c.metrics.unwrap().listen.0,
             "127.0.0.1:9466".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn the_reference_webhook_table_parses_when_uncommented() {
+        let text = include_str!("../keyward-agent.toml");
+        let start = text.find("# [webhook]").unwrap();
+        let mut uncommented = text[..start].to_owned();
+        for line in text[start..].lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if line.starts_with('[') || line.contains(" = ") {
+                uncommented.push_str(line);
+                uncommented.push('\n');
+            }
+        }
+        // The token file of the reference does not exist here.
+        let uncommented = uncommented.replace("bearer_token_file = ", "# ");
+        let c = parse(&uncommented).unwrap();
+        let w = c.webhook.unwrap();
+        assert_eq!(w.url, "https://alerts.example.org/keyward");
+        assert_eq!((w.timeout_seconds, w.retries, w.backoff_ms), (5, 3, 1000));
+        assert_eq!(
+            (w.queue, w.check_seconds, w.overdue_grace_seconds),
+            (256, 60, 900)
+        );
+        assert!(parse(GOOD).unwrap().webhook.is_none());
+    }
+
+    #[test]
+    fn a_bad_webhook_table_names_the_file_and_the_field() {
+        let text = format!("{GOOD}\n[webhook]\nurl = \"gopher://example.org/\"\n");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("/etc/kw.toml: [webhook] url: ") && msg.contains("not http or https"),
+            "{msg}"
+        );
+        let text = format!("{GOOD}\n[webhook]\nurl = \"http://127.0.0.1:1/\"\nretry = 1\n");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("unknown field `retry`"), "{msg}");
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! - [`report`]: `keyward report` — keys against their class, usage and its
 //!   anomalies ([`report::judge`], a pure function), revocations.
 //! - [`metrics`]: request counters and latencies (counted in the
-//!   [`listener`]) and the Prometheus endpoint.
+//!   [`listener`]) and the Prometheus endpoint; [`notify`]: the webhook
+//!   (a watcher thread, a bounded queue, one sender thread).
 //! - [`keys`]: managed keys — the inventory's in-memory view and the check
 //!   every use of a managed key passes; [`fingerprint`]: what identifies a
 //!   key object beyond its `CKA_ID`; [`objects`]: identities and owners of
@@ -62,6 +63,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod objects;
 pub mod per_use;
 pub mod report;

@@ -123,6 +123,8 @@ pub struct Metrics {
     report: Mutex<Option<CachedReport>>,
     /// An admin request changed what the report shows since it was made.
     report_stale: AtomicBool,
+    /// The webhook's counters, when `[webhook]` is configured.
+    webhook: std::sync::OnceLock<Arc<crate::notify::WebhookStats>>,
 }
 
 /// A report the scrapes reuse: when it was made and how long that took.
@@ -160,6 +162,7 @@ impl Metrics {
             peers_refused: AtomicU64::new(0),
             report: Mutex::new(None),
             report_stale: AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
         }
     }
 
@@ -274,6 +277,38 @@ impl Metrics {
                 &[("operation", call.name())],
                 count as f64,
             );
+        }
+    }
+
+    /// Sets the webhook's counters (once, at start).
+    pub fn set_webhook(&self, stats: Arc<crate::notify::WebhookStats>) {
+        let _ = self.webhook.set(stats);
+    }
+
+    /// The webhook's counters (zero without `[webhook]`, so the alerting
+    /// rules name a metric every agent exports).
+    pub fn render_webhook(&self, out: &mut Exposition) {
+        let none = crate::notify::WebhookStats::default();
+        let w = self.webhook.get().map_or(&none, |w| w.as_ref());
+        for (name, help, value) in [
+            (
+                "keyward_webhook_events_total",
+                "Webhook events posted and accepted (2xx) since the agent started.",
+                &w.sent,
+            ),
+            (
+                "keyward_webhook_failed_total",
+                "Webhook events not delivered: every try failed.",
+                &w.failed,
+            ),
+            (
+                "keyward_webhook_dropped_total",
+                "Webhook events dropped because the queue was full.",
+                &w.dropped,
+            ),
+        ] {
+            out.family(name, Kind::Counter, help);
+            out.sample(name, &[], value.load(Relaxed) as f64);
         }
     }
 
@@ -639,6 +674,7 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
         1.0,
     );
     metrics.render_agent(&mut out, now);
+    metrics.render_webhook(&mut out);
     out.family(
         "keyward_clients",
         Kind::Gauge,

@@ -29,11 +29,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cryptoki_sys as ck;
 use keyward_inventory::usage::{EventRow, HourRow, OperationRow, Span, UseRow};
 use keyward_inventory::KeyVersion;
-use keyward_policy::{purpose_flags, KeyClass, KeyState};
+use keyward_policy::{purpose_flags, KeyClass, KeyFindingKind, KeyState};
 use keyward_protocol::admin::{
     AdminErrorKind, AdminFailure, AdminResponse, Anomaly, AnomalyKind, AnomalyThresholds,
-    ApplicationUsage, CertificateInfo, ExportAttempts, FailedAdmin, KeyReport, KeyUsage,
-    OperationCount, Report, ReportRequest, Revocation, RotationCompliance, UnmanagedUsage,
+    ApplicationUsage, CertificateInfo, ExportAttempts, FailedAdmin, FindingSeverity, KeyReport,
+    KeyUsage, OperationCount, PolicyFinding, PolicyFindingKind, Report, ReportRequest, Revocation,
+    RotationCompliance, UnmanagedUsage,
 };
 use keyward_protocol::{Attribute, Value};
 
@@ -254,6 +255,32 @@ pub fn grant_drift(
         }
     }
     out
+}
+
+/// What the policy in force would say of `key` (of `class`, if the policy
+/// still has it) if it were made or adopted now: the standards module's
+/// judgement ([`keyward_policy::judge_key`]) of its algorithm, purpose and
+/// class.
+pub fn policy_findings(key: &KeyView, class: Option<&KeyClass>) -> Vec<PolicyFinding> {
+    let r = &key.record;
+    keyward_policy::judge_key(&r.class, class, r.purpose, r.algorithm)
+        .into_iter()
+        .map(|f| PolicyFinding {
+            kind: match f.kind {
+                KeyFindingKind::ClassMissing => PolicyFindingKind::ClassMissing,
+                KeyFindingKind::WeakAlgorithm => PolicyFindingKind::WeakAlgorithm,
+                KeyFindingKind::AlgorithmNotAllowed => PolicyFindingKind::AlgorithmNotAllowed,
+                KeyFindingKind::PurposeNotAllowed => PolicyFindingKind::PurposeNotAllowed,
+                KeyFindingKind::LongCryptoperiod => PolicyFindingKind::LongCryptoperiod,
+            },
+            severity: if f.refused {
+                FindingSeverity::Refused
+            } else {
+                FindingSeverity::Warning
+            },
+            detail: f.detail,
+        })
+        .collect()
 }
 
 /// What the HSM says about a key.
@@ -784,6 +811,11 @@ impl Lifecycle {
                 backups.held_by
             } else {
                 Vec::new()
+            },
+            policy_findings: if destroyed {
+                Vec::new()
+            } else {
+                policy_findings(key, class)
             },
         })
     }

@@ -756,3 +756,153 @@ mod agent {
         );
     }
 }
+
+mod policy_findings {
+    //! The report's judgement of existing keys against the policy in force,
+    //! over the mock backend: a key made under one policy, then the policy
+    //! replaced.
+
+    use keyward_protocol::admin::{
+        AdminResponse, AnomalyThresholds, FindingSeverity, KeyRequest, PolicyFindingKind,
+        ReportRequest,
+    };
+
+    use crate::agent::Agent;
+
+    const LEGACY: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "old-sign"
+purpose = "signing"
+algorithms = ["rsa:1024"]
+legacy = true
+protect_period = "365d"
+process_period = "730d"
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+"#;
+
+    fn create(a: &Agent, name: &str, class: &str) {
+        let req = KeyRequest::Create {
+            name: name.into(),
+            class: class.into(),
+            algorithm: None,
+            token: None,
+            owner: None,
+        };
+        match a
+            .lifecycle
+            .key_request(&crate::agent::tests::admin_peer(), req)
+        {
+            AdminResponse::Key(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Each key's findings: (kind, severity), by key name.
+    fn findings(a: &Agent) -> Vec<(String, Vec<(PolicyFindingKind, FindingSeverity)>)> {
+        let req = ReportRequest {
+            key: None,
+            token: None,
+            window_secs: 3600,
+            baseline_secs: 86_400,
+            thresholds: AnomalyThresholds::default(),
+        };
+        let r = a
+            .lifecycle
+            .report(&req, std::time::SystemTime::now())
+            .unwrap();
+        r.keys
+            .iter()
+            .map(|k| {
+                (
+                    k.name.clone(),
+                    k.policy_findings
+                        .iter()
+                        .map(|f| (f.kind, f.severity))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn set(a: &Agent, text: &str) {
+        a.set_policy(keyward_policy::Policy::from_str(text, "test").unwrap());
+    }
+
+    #[test]
+    fn keys_the_policy_in_force_would_refuse_are_flagged() {
+        let (_d, a) = crate::agent::tests::mock_agent(LEGACY);
+        create(&a, "old", "old-sign");
+        create(&a, "new", "signing");
+        // Under the policy they were made with: nothing to say.
+        assert_eq!(
+            findings(&a),
+            [("new".into(), vec![]), ("old".into(), vec![])]
+        );
+
+        // The legacy class moves on to rsa:2048 without legacy, and the
+        // signing class's cryptoperiod grows to a century.
+        set(
+            &a,
+            &LEGACY
+                .replace("algorithms = [\"rsa:1024\"]\nlegacy = true", "algorithms = [\"rsa:2048\"]")
+                .replace(
+                    "algorithms = [\"ec:p256\"]\nprotect_period = \"365d\"\nprocess_period = \"730d\"",
+                    "algorithms = [\"ec:p256\"]\nprotect_period = \"36500d\"\nprocess_period = \"36500d\"",
+                ),
+        );
+        use FindingSeverity::{Refused, Warning};
+        use PolicyFindingKind::*;
+        assert_eq!(
+            findings(&a),
+            [
+                ("new".into(), vec![(LongCryptoperiod, Warning)]),
+                (
+                    "old".into(),
+                    vec![(WeakAlgorithm, Refused), (AlgorithmNotAllowed, Refused)]
+                ),
+            ]
+        );
+
+        // The legacy class gone; the signing class now encrypts.
+        set(
+            &a,
+            r#"
+[settings]
+mode = "strict"
+
+[[class]]
+name = "signing"
+purpose = "encryption"
+algorithms = ["aes:256"]
+protect_period = "365d"
+process_period = "730d"
+"#,
+        );
+        assert_eq!(
+            findings(&a),
+            [
+                (
+                    "new".into(),
+                    vec![(PurposeNotAllowed, Refused), (AlgorithmNotAllowed, Refused)]
+                ),
+                (
+                    "old".into(),
+                    vec![(ClassMissing, Refused), (WeakAlgorithm, Refused)]
+                ),
+            ]
+        );
+    }
+}

@@ -65,9 +65,9 @@ pub use lifecycle::{
 pub use mechanisms::{mechanism_by_name, mechanism_name};
 pub use plural::plural;
 pub use policy::{
-    Administrator, AdministratorKey, Application, Approvable, Grant, KeyClass, Mode, Peer, Policy,
-    Quorum, Role, Settings, DEFAULT_APPROVAL_WAIT, DEFAULT_LIFETIME, DEFAULT_MAX_RECOVERY_WINDOW,
-    MAX_APPROVAL_WAIT,
+    judge_key, Administrator, AdministratorKey, Application, Approvable, Grant, KeyClass,
+    KeyFinding, KeyFindingKind, Mode, Peer, Policy, Quorum, Role, Settings, DEFAULT_APPROVAL_WAIT,
+    DEFAULT_LIFETIME, DEFAULT_MAX_RECOVERY_WINDOW, MAX_APPROVAL_WAIT,
 };
 pub use refusal::{Mechanism, Refusal};
 pub use rv::{

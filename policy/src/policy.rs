@@ -21,6 +21,7 @@ mod roster;
 mod standards;
 
 pub use roster::{Administrator, AdministratorKey, Approvable, Quorum, Role, DEFAULT_LIFETIME};
+pub use standards::{judge_key, KeyFinding, KeyFindingKind};
 
 /// How strictly the agent applies the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +164,10 @@ pub struct KeyClass {
     /// the report flags it (an expired one is always flagged); `None`:
     /// only once expired.
     pub certificate_warning: Option<Duration>,
+    /// `legacy`: the class keeps algorithms below 112-bit security (NIST
+    /// SP 800-131A) knowingly; without it the policy check refuses them
+    /// and the report flags existing keys that have one.
+    pub legacy: bool,
 }
 
 /// How long a `C_Sign` waits for its approval when the class sets no
@@ -957,6 +962,7 @@ impl Validator<'_> {
             sensitive: class.sensitive,
             max_recovery_window,
             certificate_warning,
+            legacy: class.legacy.as_ref().is_some_and(|l| *l.get_ref()),
         })
     }
 

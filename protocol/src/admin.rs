@@ -1327,6 +1327,47 @@ pub struct KeyReport {
     /// A destroyed key: the backups made before its destruction that hold
     /// one of its versions, oldest first.
     pub held_by_backups: Vec<BackupMark>,
+    /// What the policy in force would say of the key if it were made or
+    /// adopted now: refusals (a weak algorithm in a class not marked
+    /// legacy, a class gone, an algorithm or purpose the class no longer
+    /// allows) and warnings (a cryptoperiod longer than NIST SP 800-57
+    /// recommends).
+    pub policy_findings: Vec<PolicyFinding>,
+}
+
+/// What the policy in force says of an existing key.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyFindingKind {
+    /// The key's class is no longer in the policy.
+    ClassMissing,
+    /// Below 112-bit security (NIST SP 800-131A), its class not legacy.
+    WeakAlgorithm,
+    /// The class no longer lists the key's algorithm or size.
+    AlgorithmNotAllowed,
+    /// The class now serves another purpose than the key's.
+    PurposeNotAllowed,
+    /// The class's cryptoperiod is longer than NIST SP 800-57 recommends.
+    LongCryptoperiod,
+}
+
+/// How serious a [`PolicyFinding`] is.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindingSeverity {
+    /// The policy would refuse such a key now.
+    Refused,
+    /// The policy check warns (`keyward policy check --strict` refuses).
+    Warning,
+}
+
+/// One thing the policy in force says of an existing key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFinding {
+    /// Which rule.
+    pub kind: PolicyFindingKind,
+    /// Refused or a warning.
+    pub severity: FindingSeverity,
+    /// What, for people.
+    pub detail: String,
 }
 
 /// A backup that holds a key, from its `backup` record in the trail.

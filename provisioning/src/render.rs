@@ -1422,6 +1422,80 @@ fn report_text(r: &Report) -> String {
             2,
         )));
     }
+    out.push_str(&policy_findings(&r.keys));
+    out
+}
+
+/// `text` in lines of at most 100 columns, broken at spaces: the first
+/// indented by `first`, the rest by `rest` spaces (a word longer than a
+/// line stays whole).
+fn wrapped(text: &str, first: usize, rest: usize) -> String {
+    const WIDTH: usize = 100;
+    let mut out = String::new();
+    let mut line = " ".repeat(first);
+    let mut empty = true;
+    for word in text.split(' ') {
+        if !empty && line.len() + 1 + word.len() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = " ".repeat(rest);
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// `n` and `word`, plural unless `n` is 1.
+fn counted(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The report's keys the policy in force would refuse (or warns about),
+/// each key on a line and its findings under it.
+fn policy_findings(keys: &[KeyReport]) -> String {
+    use keyward_protocol::admin::FindingSeverity;
+    let all = || keys.iter().flat_map(|k| &k.policy_findings);
+    let refused = all()
+        .filter(|f| f.severity == FindingSeverity::Refused)
+        .count();
+    let warned = all().count() - refused;
+    if refused + warned == 0 {
+        return "keys against the policy: nothing the policy would refuse\n".to_owned();
+    }
+    let keys_refused = keys
+        .iter()
+        .filter(|k| {
+            k.policy_findings
+                .iter()
+                .any(|f| f.severity == FindingSeverity::Refused)
+        })
+        .count();
+    let mut out = format!(
+        "keys against the policy: {keys_refused} the policy would refuse ({}, {})\n",
+        counted(refused, "refusal"),
+        counted(warned, "warning")
+    );
+    for k in keys.iter().filter(|k| !k.policy_findings.is_empty()) {
+        out.push_str(&format!("  {}/{}\n", cell(&k.token), cell(&k.name)));
+        for f in &k.policy_findings {
+            let severity = match f.severity {
+                FindingSeverity::Refused => "refused",
+                FindingSeverity::Warning => "warning",
+            };
+            out.push_str(&wrapped(&format!("{severity}: {}", cell(&f.detail)), 4, 6));
+        }
+    }
     out
 }
 
@@ -2997,8 +3071,8 @@ mod tests {
     fn report_fixture() -> Report {
         use keyward_protocol::admin::{
             AdminFailure, Anomaly, AnomalyThresholds, ApplicationUsage, CertificateInfo, DrillMark,
-            ExportAttempts, FailedAdmin, KeyUsage, OperationCount, Revocation, RotationCompliance,
-            UnmanagedUsage,
+            ExportAttempts, FailedAdmin, FindingSeverity, KeyUsage, OperationCount, PolicyFinding,
+            PolicyFindingKind, Revocation, RotationCompliance, UnmanagedUsage,
         };
         let anomaly = Anomaly {
             kind: AnomalyKind::NewApplication,
@@ -3078,6 +3152,7 @@ mod tests {
             }),
             backup_missing: false,
             held_by_backups: Vec::new(),
+            policy_findings: Vec::new(),
         };
         let mut idle = key.clone();
         idle.last_backup = None;
@@ -3091,6 +3166,18 @@ mod tests {
         idle.drift.clear();
         idle.revocations.clear();
         idle.usage.by_application.clear();
+        idle.policy_findings = vec![
+            PolicyFinding {
+                kind: PolicyFindingKind::WeakAlgorithm,
+                severity: FindingSeverity::Refused,
+                detail: "rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"tls\" is not marked legacy".into(),
+            },
+            PolicyFinding {
+                kind: PolicyFindingKind::LongCryptoperiod,
+                severity: FindingSeverity::Warning,
+                detail: "class \"tls\", protect_period: 36500d is longer than the recommended 1095d".into(),
+            },
+        ];
         Report {
             generated_at: T0,
             window_secs: 3600,
@@ -3171,6 +3258,7 @@ mod tests {
                 "unmanaged objects:\n",
                 "id:0102",
                 "anomalies: 1\n",
+                "keys against the policy: 1 the policy would refuse (1 refusal, 1 warning)\n  prod/old\n    refused: rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"tls\" is not marked\n      legacy\n    warning: class \"tls\", protect_period: 36500d is longer than the recommended 1095d\n",
             ],
         );
         for line in text.lines() {
@@ -3191,6 +3279,7 @@ mod tests {
                 "rotation compliance: no active keys\n",
                 "unmanaged objects: no uses\n",
                 "anomalies: none\n",
+                "keys against the policy: nothing the policy would refuse\n",
             ],
         );
     }
@@ -3204,5 +3293,9 @@ mod tests {
         assert_eq!(v["rotation"]["compliant"], 1);
         assert_eq!(v["failed_admin"]["total"], 3);
         assert_eq!(v["thresholds"]["spike_factor"], 10);
+        let finding = &v["keys"][1]["policy_findings"][0];
+        assert_eq!(finding["kind"], "WeakAlgorithm");
+        assert_eq!(finding["severity"], "Refused");
+        assert_eq!(v["keys"][0]["policy_findings"], serde_json::json!([]));
     }
 }

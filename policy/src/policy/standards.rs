@@ -81,6 +81,162 @@ fn recommended(class: &KeyClass) -> (Duration, Option<Duration>, &'static str) {
     }
 }
 
+/// A period of a class longer than SP 800-57 recommends.
+struct LongPeriod {
+    /// `protect_period` or `process_period`.
+    field: &'static str,
+    /// The class's period.
+    period: Duration,
+    limit: Duration,
+    table: &'static str,
+}
+
+impl LongPeriod {
+    /// "is longer than the recommended ...", citing the table.
+    fn says(&self, class: &KeyClass) -> String {
+        format!(
+            "is longer than the recommended {} for {} keys (NIST SP 800-57 Part 1 Rev. 5, Table 1: {})",
+            days(self.limit),
+            class.purpose,
+            self.table
+        )
+    }
+}
+
+/// The periods of `class` longer than SP 800-57 recommends for its purpose.
+fn long_periods(class: &KeyClass) -> Vec<LongPeriod> {
+    let (protect, process, table) = recommended(class);
+    let mut out = Vec::new();
+    if class.protect_period > protect {
+        out.push(LongPeriod {
+            field: "protect_period",
+            period: class.protect_period,
+            limit: protect,
+            table,
+        });
+    }
+    if let Some(process) = process.filter(|p| class.process_period > *p) {
+        out.push(LongPeriod {
+            field: "process_period",
+            period: class.process_period,
+            limit: process,
+            table,
+        });
+    }
+    out
+}
+
+/// What kind of thing the policy in force says of an existing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFindingKind {
+    /// The key's class is no longer in the policy.
+    ClassMissing,
+    /// The key's algorithm gives less than 112-bit security (NIST SP
+    /// 800-131A) and its class is not marked `legacy`.
+    WeakAlgorithm,
+    /// The class no longer lists the key's algorithm or size.
+    AlgorithmNotAllowed,
+    /// The class now serves another purpose than the key's.
+    PurposeNotAllowed,
+    /// The class's cryptoperiod is longer than NIST SP 800-57 recommends
+    /// (a warning: the policy check notes it, `--strict` refuses it).
+    LongCryptoperiod,
+}
+
+/// One thing the policy in force says of an existing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFinding {
+    /// Which rule.
+    pub kind: KeyFindingKind,
+    /// The policy would refuse to make or adopt such a key now (`false`:
+    /// a warning).
+    pub refused: bool,
+    /// For people.
+    pub detail: String,
+}
+
+/// What the policy in force would say of an existing key of class
+/// `class_name` (`class`: that class in the policy, if it still has it),
+/// serving `purpose` with `algorithm`: the same judgement the policy
+/// check makes of a class, applied to the key.
+pub fn judge_key(
+    class_name: &str,
+    class: Option<&KeyClass>,
+    purpose: Purpose,
+    algorithm: Algorithm,
+) -> Vec<KeyFinding> {
+    let mut out = Vec::new();
+    let mut push = |kind, refused, detail| {
+        out.push(KeyFinding {
+            kind,
+            refused,
+            detail,
+        })
+    };
+    let weak = below_112_bits(algorithm);
+    match class {
+        None => {
+            push(
+                KeyFindingKind::ClassMissing,
+                true,
+                format!("class \"{class_name}\" is no longer in the policy"),
+            );
+            if weak {
+                push(
+                    KeyFindingKind::WeakAlgorithm,
+                    true,
+                    format!("{algorithm} is below {MIN_STRENGTH}-bit security (NIST SP 800-131A)"),
+                );
+            }
+        }
+        Some(c) => {
+            if weak && !c.legacy {
+                push(
+                    KeyFindingKind::WeakAlgorithm,
+                    true,
+                    format!(
+                        "{algorithm} is below {MIN_STRENGTH}-bit security (NIST SP 800-131A) and class \"{class_name}\" is not marked legacy"
+                    ),
+                );
+            }
+            if c.purpose != purpose {
+                push(
+                    KeyFindingKind::PurposeNotAllowed,
+                    true,
+                    format!(
+                        "the key serves {purpose}; class \"{class_name}\" now serves {}",
+                        c.purpose
+                    ),
+                );
+            }
+            if !c.algorithms.iter().any(|a| a.covers(algorithm)) {
+                let listed: Vec<String> = c.algorithms.iter().map(ToString::to_string).collect();
+                push(
+                    KeyFindingKind::AlgorithmNotAllowed,
+                    true,
+                    format!(
+                        "class \"{class_name}\" no longer allows {algorithm} (it lists {})",
+                        listed.join(", ")
+                    ),
+                );
+            }
+            for long in long_periods(c) {
+                push(
+                    KeyFindingKind::LongCryptoperiod,
+                    false,
+                    format!(
+                        "class \"{class_name}\", {}: {} {}",
+                        long.field,
+                        days(long.period),
+                        long.says(c)
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// `d` in days, as the messages say it.
 fn days(d: Duration) -> String {
     format!("{}d", d.as_secs().div_ceil(86_400))
@@ -117,22 +273,14 @@ impl Validator<'_> {
                 ));
             }
         }
-        let (protect, process, table) = recommended(class);
-        let cite = format!("NIST SP 800-57 Part 1 Rev. 5, Table 1: {table}");
-        let mut warn = |field: &str, written: &str, limit: Duration| {
-            let w = format!(
-                "{what}, {field}: {written} is longer than the recommended {} for {} keys ({cite})",
-                days(limit),
-                class.purpose
-            );
+        for long in long_periods(class) {
+            let written = match long.field {
+                "protect_period" => raw.protect_period.get_ref(),
+                _ => raw.process_period.get_ref(),
+            };
+            let w = format!("{what}, {}: {written} {}", long.field, long.says(class));
             notes.push(w.clone());
             warnings.push(w);
-        };
-        if class.protect_period > protect {
-            warn("protect_period", raw.protect_period.get_ref(), protect);
-        }
-        if let Some(process) = process.filter(|p| class.process_period > *p) {
-            warn("process_period", raw.process_period.get_ref(), process);
         }
         Ok(())
     }

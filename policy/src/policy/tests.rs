@@ -1643,3 +1643,109 @@ fn a_reasonable_class_is_quiet() {
     assert!(policy.notes.is_empty(), "{:?}", policy.notes);
     assert!(policy.period_warnings.is_empty());
 }
+
+/// `judge_key`'s kinds and whether each refuses, for a key of class `tls`
+/// under `text`.
+fn judged(text: &str, purpose: Purpose, alg: &str) -> Vec<(KeyFindingKind, bool)> {
+    let policy = Policy::from_str(text, "policy.toml").unwrap();
+    judge_key(
+        "tls",
+        policy.class("tls"),
+        purpose,
+        Algorithm::parse(alg).unwrap(),
+    )
+    .into_iter()
+    .map(|f| (f.kind, f.refused))
+    .collect()
+}
+
+#[test]
+fn a_key_its_class_still_allows_is_quiet() {
+    assert!(judged(BASE, Purpose::Signing, "ec:p256").is_empty());
+}
+
+#[test]
+fn a_weak_key_is_refused_once_its_class_is_no_longer_legacy() {
+    let legacy = mutate(
+        r#"algorithms = ["ec:p256"]"#,
+        "algorithms = [\"rsa:1024\"]\nlegacy = true",
+    );
+    assert!(judged(&legacy, Purpose::Signing, "rsa:1024").is_empty());
+    // The class moved on to rsa:2048 without legacy: the old key is
+    // both weak and no longer in the class's list.
+    let moved = mutate(
+        r#"algorithms = ["ec:p256"]"#,
+        r#"algorithms = ["rsa:2048"]"#,
+    );
+    assert_eq!(
+        judged(&moved, Purpose::Signing, "rsa:1024"),
+        [
+            (KeyFindingKind::WeakAlgorithm, true),
+            (KeyFindingKind::AlgorithmNotAllowed, true)
+        ]
+    );
+    let policy = Policy::from_str(&moved, "policy.toml").unwrap();
+    let f = judge_key(
+        "tls",
+        policy.class("tls"),
+        Purpose::Signing,
+        Algorithm::Rsa { min_bits: 1024 },
+    );
+    assert_eq!(
+        f[0].detail,
+        "rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"tls\" is not marked legacy"
+    );
+    assert_eq!(
+        f[1].detail,
+        "class \"tls\" no longer allows rsa:1024 (it lists rsa:2048)"
+    );
+}
+
+#[test]
+fn a_key_whose_class_is_gone_or_changed_purpose_is_refused() {
+    let policy = Policy::from_str(BASE, "policy.toml").unwrap();
+    let f = judge_key(
+        "gone",
+        policy.class("gone"),
+        Purpose::Signing,
+        Algorithm::Rsa { min_bits: 1024 },
+    );
+    let kinds: Vec<_> = f.iter().map(|f| (f.kind, f.refused)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (KeyFindingKind::ClassMissing, true),
+            (KeyFindingKind::WeakAlgorithm, true)
+        ]
+    );
+    assert_eq!(f[0].detail, "class \"gone\" is no longer in the policy");
+    // The key was made for encryption; the class now signs.
+    assert_eq!(
+        judged(BASE, Purpose::Encryption, "ec:p256"),
+        [(KeyFindingKind::PurposeNotAllowed, true)]
+    );
+}
+
+#[test]
+fn a_key_of_a_class_with_a_long_cryptoperiod_is_warned_not_refused() {
+    let text = mutate(
+        "protect_period = \"90d\"\nprocess_period = \"180d\"",
+        "protect_period = \"36500d\"\nprocess_period = \"36500d\"",
+    );
+    let policy = Policy::from_str(&text, "policy.toml").unwrap();
+    let f = judge_key(
+        "tls",
+        policy.class("tls"),
+        Purpose::Signing,
+        Algorithm::Ec(keyward_domain::Curve::P256),
+    );
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].kind, KeyFindingKind::LongCryptoperiod);
+    assert!(!f[0].refused);
+    // The same words as the policy check's warning.
+    assert!(
+        policy.period_warnings[0].ends_with(f[0].detail.trim_start_matches("class \"tls\", ")),
+        "{f:?} {:?}",
+        policy.period_warnings
+    );
+}

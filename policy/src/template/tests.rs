@@ -28,6 +28,7 @@ fn class(purpose: Purpose, algorithms: &[&str], backup: bool) -> KeyClass {
         sensitive: false,
         max_recovery_window: crate::DEFAULT_MAX_RECOVERY_WINDOW,
         certificate_warning: None,
+        legacy: false,
     }
 }
 

@@ -64,4 +64,5 @@ mod slots_tokens;
 mod status_policy;
 mod token_init;
 mod versions;
+mod webhook;
 mod wire;

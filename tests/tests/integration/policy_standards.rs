@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use keyward_tests::admin::{
-    application_toml, install_policy, keyward_bin, keyward_json, sign_grant_toml, uid, APPLICATION,
+    application_toml, install_policy, keyward_bin, keyward_json, keyward_ok, sign_grant_toml, uid,
+    APPLICATION,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::keyward_test;
@@ -117,4 +118,56 @@ keyward_test!(fn a_class_within_the_standards_is_quiet(tb) {
         assert!(!stdout.contains("note:"), "{stdout}");
         assert!(text(&out.stderr).is_empty(), "{out:?}");
     }
+});
+
+keyward_test!(fn the_report_flags_a_key_the_reloaded_policy_would_refuse(tb) {
+    tb.require_agent("keyward report against the policy");
+    // A real RSA-1024 key on the token, made under a legacy class.
+    install_policy(&tb, &policy("rsa:1024", "365d", "730d", "legacy = true"));
+    keyward_ok(&tb, &["key", "create", "old-rsa", "--class", "release"], 0);
+    let doc = keyward_json(&tb, &["report"], 0);
+    let key = &doc["keys"][0];
+    assert_eq!(key["algorithm"], "rsa:1024", "{doc}");
+    assert_eq!(key["policy_findings"], serde_json::json!([]), "{doc}");
+    let shown = keyward_ok(&tb, &["report"], 0);
+    assert!(
+        shown.contains("keys against the policy: nothing the policy would refuse"),
+        "{shown}"
+    );
+
+    // The class moves on to rsa:2048, no longer legacy: the policy now
+    // refuses what the key is.
+    std::fs::write(tb.path("policy.toml"), policy("rsa:2048", "365d", "730d", "")).unwrap();
+    assert!(keyward_ok(&tb, &["policy", "reload"], 0).contains("policy now"));
+    let doc = keyward_json(&tb, &["report"], 0);
+    let findings = &doc["keys"][0]["policy_findings"];
+    assert_eq!(findings[0]["kind"], "WeakAlgorithm", "{doc}");
+    assert_eq!(findings[0]["severity"], "Refused", "{doc}");
+    assert_eq!(
+        findings[0]["detail"],
+        "rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"release\" is not marked legacy",
+        "{doc}"
+    );
+    assert_eq!(findings[1]["kind"], "AlgorithmNotAllowed", "{doc}");
+    let shown = keyward_ok(&tb, &["report"], 0);
+    assert!(
+        shown.contains(&format!(
+            "keys against the policy: 1 the policy would refuse (2 refusals, 0 warnings)\n  {}/old-rsa\n    refused: rsa:1024 is below 112-bit security",
+            doc["keys"][0]["token"].as_str().unwrap()
+        )),
+        "{shown}"
+    );
+    let section = shown.split("keys against the policy:").nth(1).unwrap();
+    for line in section.lines() {
+        assert!(line.len() <= 100, "{line:?} is wider than 100 columns");
+    }
+
+    // A century-long cryptoperiod is a warning, not a refusal.
+    std::fs::write(tb.path("policy.toml"), policy("rsa:1024", "36500d", "36500d", "legacy = true")).unwrap();
+    keyward_ok(&tb, &["policy", "reload"], 0);
+    let doc = keyward_json(&tb, &["report"], 0);
+    let findings = doc["keys"][0]["policy_findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{doc}");
+    assert_eq!(findings[0]["kind"], "LongCryptoperiod", "{doc}");
+    assert_eq!(findings[0]["severity"], "Warning", "{doc}");
 });
