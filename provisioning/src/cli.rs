@@ -519,7 +519,7 @@ pub enum KeyCommand {
     Recover {
         #[command(flatten)]
         key: KeyArgs,
-        /// How long the window stays open from now: 30m, 8h, 7d (at most the
+        /// How long the window stays open from now: 30m, 8h, 7d, 1.5h (at most the
         /// class's max_recovery_window, 30d by default).
         #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
         for_: Duration,
@@ -541,10 +541,12 @@ pub enum GrantCommand {
         /// Operations, comma-separated: sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest.
         #[arg(long, required = true, value_delimiter = ',', value_parser = parse_operation)]
         ops: Vec<keyward_policy::Operation>,
-        /// Until this time, RFC 3339 (2026-12-01T00:00:00Z).
-        #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339, conflicts_with = "for_")]
+        /// Until this time: RFC 3339 (2026-12-01T00:00:00Z), a date (2026-12-01,
+        /// midnight UTC) or a duration counted forward from now (7d: in seven days).
+        #[arg(long, value_name = "TIME", value_parser = time::parse_future, conflicts_with = "for_")]
         until: Option<i64>,
-        /// For this long from now: 30m, 8h, 7d, 1w2d (units s m h d w).
+        /// For this long from now: 30m, 8h, 7d, 1y, 1.5h, 1w2d (units s m h d w y;
+        /// d = 24 h, y = 365 d).
         #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
         for_: Option<Duration>,
         #[command(flatten)]
@@ -736,11 +738,13 @@ pub struct AuditQueryArgs {
     /// Only records of this application.
     #[arg(long = "app", value_name = "APPLICATION")]
     pub application: Option<String>,
-    /// From this time on (inclusive), RFC 3339 (2026-01-31T00:00:00Z).
-    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    /// From this time on (inclusive): RFC 3339 (2026-01-31T00:00:00Z), a date
+    /// (2026-01-31, midnight UTC) or a duration counted back from now (1h: an hour ago).
+    #[arg(long, value_name = "TIME", value_parser = time::parse_past)]
     pub since: Option<i64>,
-    /// Before this time (exclusive), RFC 3339.
-    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    /// Before this time (exclusive), in the same forms; a duration counts back
+    /// from now too (--since 2d --until 1d: the day before yesterday's 24 hours).
+    #[arg(long, value_name = "TIME", value_parser = time::parse_past)]
     pub until: Option<i64>,
     /// Which results to show.
     #[arg(long, value_enum, value_name = "RESULT", default_value_t = ResultFilter::Any)]
@@ -754,7 +758,8 @@ pub struct AuditQueryArgs {
 /// `keyward report`'s options.
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct ReportArgs {
-    /// The recent period judged: 30s, 15m, 2h, 7d (units s m h d w).
+    /// The recent period judged: 30s, 15m, 1.5h, 7d, 1y (units s m h d w y;
+    /// d = 24 h, y = 365 d).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_period)]
     pub window: Duration,
     /// The history before the window that it is judged against.
@@ -813,10 +818,10 @@ fn parse_operation(text: &str) -> Result<keyward_policy::Operation, String> {
     })
 }
 
-/// `--for`: the policy file's duration grammar (`8h`, `1w2d`; at most 100
-/// years), so one syntax serves both.
+/// `--for`, `--window`, `--baseline`: a duration ([`time::parse_duration`]:
+/// everything the policy file's grammar reads, and years and fractions).
 fn parse_period(text: &str) -> Result<Duration, String> {
-    keyward_policy::parse_duration(text)
+    time::parse_duration(text)
 }
 
 /// `--adopt`: a CKA_ID in hex; `:` separators and a `0x` prefix are
@@ -1218,6 +1223,12 @@ mod tests {
             bad(&["key", "recover", "old", "--for", "7", "--reason", "x"]),
             ErrorKind::ValueValidation
         );
+        let cli = ok(&["key", "recover", "old", "--for", "1.5h", "--reason", "x"]);
+        assert!(matches!(
+            cli.command,
+            Command::Key { command: KeyCommand::Recover { for_, .. } }
+                if for_ == Duration::from_secs(5_400)
+        ));
     }
 
     #[test]
@@ -1291,18 +1302,30 @@ mod tests {
             bad(&["grant", "add", "web", "nginx", "--ops", "sign,,verify"]),
             ErrorKind::ValueValidation
         );
-        assert_eq!(
-            bad(&[
-                "grant",
-                "add",
-                "k",
-                "a",
-                "--ops",
-                "sign",
-                "--until",
-                "2026-12-01"
-            ]),
-            ErrorKind::ValueValidation
+        for until in ["2026-02-30", "1x", "-7d", "999999y", "2026-12-01T00:00:00"] {
+            let until = format!("--until={until}");
+            assert_eq!(
+                bad(&["grant", "add", "k", "a", "--ops", "sign", &until]),
+                ErrorKind::ValueValidation,
+                "{until}"
+            );
+        }
+        // A date is midnight UTC; a duration counts forward from now.
+        let until =
+            |text: &str| match ok(&["grant", "add", "k", "a", "--ops", "sign", "--until", text])
+                .command
+            {
+                Command::Grant {
+                    command: GrantCommand::Add { until: Some(u), .. },
+                } => u,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(until("2026-12-01"), 1_796_083_200);
+        let before = time::now();
+        let in_a_week = until("7d");
+        assert!(
+            (before + 7 * 86_400..=time::now() + 7 * 86_400).contains(&in_a_week),
+            "{in_a_week}"
         );
         assert_eq!(
             bad(&["grant", "add", "k", "a", "--ops", "sign", "--for", "8"]),
@@ -1568,9 +1591,32 @@ mod tests {
                 ..all
             })
         );
+        // A date is midnight UTC; a duration counts back from now, for
+        // --until too.
+        let q = |args: &[&str]| match audit(&[&["query"][..], args].concat()) {
+            AuditCommand::Query(q) => q,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(q(&["--since", "2026-12-01"]).since, Some(1_796_083_200));
+        let before = time::now();
+        let got = q(&["--since", "1h", "--until", "30m"]);
+        let (since, until) = (got.since.unwrap(), got.until.unwrap());
+        assert!(
+            (before - 3_600..=time::now() - 3_600).contains(&since),
+            "{since}"
+        );
+        assert!(
+            (before - 1_800..=time::now() - 1_800).contains(&until),
+            "{until}"
+        );
         for args in [
             &["--since", "yesterday"][..],
-            &["--until", "2026-12-01"],
+            &["--until", "2026-02-30"],
+            &["--since", "1x"],
+            &["--since", ""],
+            &["--since=-1h"],
+            &["--since", "1h ago"],
+            &["--since", "999999y"],
             &["--since", "2026-12-01T00:00:00"],
             &["--result", "ok"],
             &["--result", "DENIED"],
@@ -1621,6 +1667,8 @@ mod tests {
             ("2h", 7200),
             ("7d", 604_800),
             ("1w1d", 691_200),
+            ("1.5h", 5_400),
+            ("1y", 365 * 86_400),
         ] {
             assert_eq!(
                 report(&["--window", text]).window,
@@ -1648,7 +1696,9 @@ mod tests {
             (Some("k"), Some("t"))
         );
         assert_eq!((r.spike_factor, r.spike_floor), (3, 0));
-        for bad_duration in ["", "0s", "15", "m", "5x", "-1h", "1.5h", "200000w"] {
+        for bad_duration in [
+            "", "0s", "15", "m", "5x", "-1h", "200000w", "999999y", "1mo",
+        ] {
             let arg = format!("--window={bad_duration}");
             assert_eq!(
                 bad(&["report", &arg]),
