@@ -166,6 +166,12 @@ pub(crate) fn no_key_message<'a>(name: &str, tokens: impl IntoIterator<Item = &'
     }
 }
 
+/// The message of a lookup of an application the policy does not name:
+/// `no application "A" in the policy`.
+pub(crate) fn no_application_message(name: &str) -> String {
+    format!("no application {name:?} in the policy")
+}
+
 pub(crate) fn inv_err(e: keyward_inventory::Error) -> AdminError {
     use keyward_inventory::Error as E;
     let kind = match &e {

@@ -13,6 +13,7 @@ mod approvals_cli;
 mod attribute_rules;
 mod audit;
 mod audit_anchor;
+mod audit_apps;
 mod audit_crash;
 mod audit_events;
 mod audit_gap;
