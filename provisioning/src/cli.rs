@@ -188,8 +188,10 @@ pub enum CertCommand {
     SelfSign {
         #[command(flatten)]
         args: CertSubjectArgs,
-        /// Days of validity from now.
-        #[arg(long, default_value_t = 365)]
+        /// Validity from now: a number of days (365), or a duration in whole days
+        /// (90d, 2w, 1y = 365 days).
+        #[arg(long, visible_alias = "valid-for", value_name = "DAYS|DURATION",
+              default_value = "365", value_parser = parse_days)]
         days: u32,
         /// Store it on the token beside the key version too.
         #[arg(long)]
@@ -822,6 +824,25 @@ fn parse_operation(text: &str) -> Result<keyward_policy::Operation, String> {
 /// everything the policy file's grammar reads, and years and fractions).
 fn parse_period(text: &str) -> Result<Duration, String> {
     time::parse_duration(text)
+}
+
+/// `cert self-sign --days`: a plain number of days (as before), or a
+/// [`time::parse_duration`] of whole days.
+fn parse_days(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u32>()
+            .map_err(|_| format!("{text:?} days is too long a validity"));
+    }
+    let d = time::parse_duration(text).map_err(|e| format!("{e}; or a number of days (365)"))?;
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs % 86_400 != 0 {
+        return Err(format!(
+            "{text:?}: a certificate is valid for whole days: write 90d, 2w or 1y"
+        ));
+    }
+    u32::try_from(secs / 86_400).map_err(|_| format!("{text:?} is too long a validity"))
 }
 
 /// `--adopt`: a CKA_ID in hex; `:` separators and a `0x` prefix are
@@ -1711,6 +1732,61 @@ mod tests {
             ErrorKind::ValueValidation
         );
         assert_eq!(bad(&["report", "extra"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn certificate_validity_in_days_or_a_duration() {
+        for (text, days) in [
+            ("365", 365),
+            ("1", 1),
+            ("90d", 90),
+            ("2w", 14),
+            ("1y", 365),
+            ("1y30d", 395),
+            ("48h", 2),
+        ] {
+            assert_eq!(parse_days(text), Ok(days), "{text}");
+        }
+        for (text, why) in [
+            ("", "empty"),
+            ("1.5d", "not a duration"),
+            ("36h", "whole days"),
+            ("1.5h", "whole days"),
+            ("1x", "not a duration"),
+            ("-1d", "negative"),
+            ("999999y", "longer than 100 years"),
+            ("99999999999", "too long"),
+        ] {
+            let e = parse_days(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        let days = |args: &[&str]| match ok(&[
+            &["cert", "self-sign", "web", "--subject", "CN=w"][..],
+            args,
+        ]
+        .concat())
+        .command
+        {
+            Command::Cert {
+                command: CertCommand::SelfSign { days, .. },
+            } => days,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(days(&[]), 365);
+        assert_eq!(days(&["--days", "30"]), 30);
+        assert_eq!(days(&["--valid-for", "1y"]), 365);
+        assert_eq!(
+            bad(&[
+                "cert",
+                "self-sign",
+                "web",
+                "--subject",
+                "CN=w",
+                "--days",
+                "12h"
+            ]),
+            ErrorKind::ValueValidation
+        );
     }
 
     #[test]
