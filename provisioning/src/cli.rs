@@ -398,6 +398,38 @@ pub struct TransitionArgs {
     pub reason: Option<String>,
 }
 
+/// `key suspend`: the key, why, and the RFC 5280 reason code.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct SuspendArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why (required, not blank; kept in the key's history and the audit trail).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: String,
+    /// The RFC 5280 reason code kept with the suspension (any case, or
+    /// kebab-case: key-compromise).
+    #[arg(long = "reason-code", value_name = "CODE", default_value = "certificateHold",
+          value_parser = parse_reason_code)]
+    pub code: keyward_policy::ReasonCode,
+}
+
+/// `key revoke` and `key destroy`, which are final: the key, why, and the
+/// RFC 5280 reason code.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why (required, not blank; kept in the key's history and the audit trail).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: String,
+    /// The RFC 5280 reason code (required): unspecified, keyCompromise, cACompromise,
+    /// affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn,
+    /// aACompromise (any case, or kebab-case: key-compromise). Not certificateHold:
+    /// that is a suspension.
+    #[arg(long = "reason-code", value_name = "CODE", value_parser = parse_final_code)]
+    pub code: keyward_policy::ReasonCode,
+}
+
 /// `keyward key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -494,18 +526,18 @@ pub enum KeyCommand {
     Show(KeyArgs),
     /// pre-activation → active.
     Activate(TransitionArgs),
-    /// active → suspended.
-    Suspend(TransitionArgs),
+    /// active → suspended (reason code certificateHold unless given).
+    Suspend(SuspendArgs),
     /// suspended → active (needs approval).
     Resume(TransitionArgs),
     /// → deactivated: verify/decrypt/unwrap only, until the process period ends.
     Deactivate(TransitionArgs),
     /// Remove the key's HSM objects, keep its record (needs approval).
-    Destroy(TransitionArgs),
-    /// → compromised: the key stops working at once.
+    Destroy(RetireArgs),
+    /// → compromised: the key stops working at once, whatever the reason code.
     Revoke {
         #[command(flatten)]
-        transition: TransitionArgs,
+        transition: RetireArgs,
         /// Emergency rotation: a fresh version replaces the key in the same step.
         #[arg(long)]
         rotate: bool,
@@ -845,6 +877,37 @@ fn parse_days(text: &str) -> Result<u32, String> {
     u32::try_from(secs / 86_400).map_err(|_| format!("{text:?} is too long a validity"))
 }
 
+/// `--reason` where one is required: more than whitespace.
+fn parse_reason(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "a reason is required: say why, in words (it is kept in the key's history \
+                    and the audit trail)"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+/// `--reason-code`: an RFC 5280 reason code, in any case or kebab-case.
+fn parse_reason_code(text: &str) -> Result<keyward_policy::ReasonCode, String> {
+    keyward_policy::ReasonCode::parse(text).map_err(|e| e.to_string())
+}
+
+/// `--reason-code` of a final change (revoke, destroy): any code but
+/// `certificateHold`, a suspension's.
+fn parse_final_code(text: &str) -> Result<keyward_policy::ReasonCode, String> {
+    let code = parse_reason_code(text)?;
+    if code.is_hold() {
+        return Err(
+            "certificateHold is a suspension's code (keyward key suspend); \
+                    revoke and destroy are final"
+                .into(),
+        );
+    }
+    Ok(code)
+}
+
 /// `--adopt`: a CKA_ID in hex; `:` separators and a `0x` prefix are
 /// allowed so that ids copied from other tools work.
 pub fn parse_hex(text: &str) -> Result<CkaId, String> {
@@ -876,6 +939,7 @@ pub struct CkaId(pub Vec<u8>);
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+    use keyward_policy::ReasonCode;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied()))
@@ -1034,28 +1098,43 @@ mod tests {
 
     #[test]
     fn key_transitions() {
-        for cmd in ["activate", "suspend", "resume", "deactivate", "destroy"] {
+        for cmd in ["activate", "resume", "deactivate"] {
             let cli = ok(&["key", cmd, "web", "--reason", "ticket 42"]);
             let Command::Key { command } = cli.command else {
                 panic!()
             };
             let t = match (cmd, command) {
                 ("activate", KeyCommand::Activate(t))
-                | ("suspend", KeyCommand::Suspend(t))
                 | ("resume", KeyCommand::Resume(t))
-                | ("deactivate", KeyCommand::Deactivate(t))
-                | ("destroy", KeyCommand::Destroy(t)) => t,
+                | ("deactivate", KeyCommand::Deactivate(t)) => t,
                 (_, other) => panic!("{cmd} parsed as {other:?}"),
             };
             assert_eq!(t.key.name, "web");
             assert_eq!(t.reason.as_deref(), Some("ticket 42"));
+            // The reason is optional; a code is no part of these.
+            ok(&["key", cmd, "web"]);
             assert_eq!(bad(&["key", cmd]), ErrorKind::MissingRequiredArgument);
+            assert_eq!(
+                bad(&["key", cmd, "web", "--reason-code", "superseded"]),
+                ErrorKind::UnknownArgument
+            );
             assert_eq!(
                 bad(&["key", cmd, "web", "--rotate"]),
                 ErrorKind::UnknownArgument
             );
         }
-        let cli = ok(&["key", "revoke", "web", "--rotate", "--token", "t1"]);
+        let cli = ok(&[
+            "key",
+            "revoke",
+            "web",
+            "--rotate",
+            "--token",
+            "t1",
+            "--reason",
+            "leaked",
+            "--reason-code",
+            "key-compromise",
+        ]);
         let Command::Key {
             command: KeyCommand::Revoke { transition, rotate },
         } = cli.command
@@ -1064,13 +1143,121 @@ mod tests {
         };
         assert!(rotate);
         assert_eq!(transition.key.token, token("t1"));
-        let cli = ok(&["key", "revoke", "web"]);
+        assert_eq!(transition.reason, "leaked");
+        assert_eq!(transition.code, ReasonCode::KeyCompromise);
         assert!(matches!(
-            cli.command,
+            ok(&[
+                "key",
+                "revoke",
+                "web",
+                "--reason",
+                "r",
+                "--reason-code",
+                "superseded"
+            ])
+            .command,
             Command::Key {
                 command: KeyCommand::Revoke { rotate: false, .. }
             }
         ));
+    }
+
+    #[test]
+    fn suspend_revoke_and_destroy_need_a_reason_and_a_code() {
+        // Suspend: the code defaults to certificateHold.
+        let suspend =
+            |args: &[&str]| match ok(&[&["key", "suspend", "web"][..], args].concat()).command {
+                Command::Key {
+                    command: KeyCommand::Suspend(s),
+                } => (s.reason, s.code),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            suspend(&["--reason", "holiday"]),
+            ("holiday".into(), ReasonCode::CertificateHold)
+        );
+        assert_eq!(
+            suspend(&["--reason", "audit", "--reason-code", "KEYCOMPROMISE"]),
+            ("audit".into(), ReasonCode::KeyCompromise)
+        );
+        let retire = |cmd: &str, args: &[&str]| match ok(&[&["key", cmd, "web"][..], args].concat())
+            .command
+        {
+            Command::Key {
+                command: KeyCommand::Destroy(r),
+            }
+            | Command::Key {
+                command: KeyCommand::Revoke { transition: r, .. },
+            } => (r.reason, r.code),
+            other => panic!("{other:?}"),
+        };
+        for cmd in ["revoke", "destroy"] {
+            for (text, code) in [
+                ("keyCompromise", ReasonCode::KeyCompromise),
+                ("cACompromise", ReasonCode::CaCompromise),
+                ("ca-compromise", ReasonCode::CaCompromise),
+                ("cessation-of-operation", ReasonCode::CessationOfOperation),
+                ("Superseded", ReasonCode::Superseded),
+                ("unspecified", ReasonCode::Unspecified),
+            ] {
+                assert_eq!(
+                    retire(cmd, &["--reason", "r", "--reason-code", text]),
+                    ("r".into(), code),
+                    "{cmd} {text}"
+                );
+            }
+            // The code is required, and not a suspension's.
+            assert_eq!(
+                bad(&["key", cmd, "web", "--reason", "r"]),
+                ErrorKind::MissingRequiredArgument
+            );
+            for code in [
+                "certificateHold",
+                "certificate-hold",
+                "removeFromCRL",
+                "",
+                "1",
+                "x",
+            ] {
+                assert_eq!(
+                    bad(&["key", cmd, "web", "--reason", "r", "--reason-code", code]),
+                    ErrorKind::ValueValidation,
+                    "{cmd} {code:?}"
+                );
+            }
+        }
+        for cmd in ["suspend", "revoke", "destroy"] {
+            let code = ["--reason-code", "superseded"];
+            // The reason is required, and more than whitespace.
+            assert_eq!(
+                bad(&[&["key", cmd, "web"][..], &code].concat()),
+                ErrorKind::MissingRequiredArgument,
+                "{cmd}"
+            );
+            for blank in ["", " ", "\t\n"] {
+                let e = parse(&[&["key", cmd, "web", "--reason", blank][..], &code].concat())
+                    .unwrap_err();
+                assert_eq!(e.exit_code(), 2);
+                assert_eq!(e.kind(), ErrorKind::ValueValidation, "{cmd} {blank:?}");
+                assert!(e.to_string().contains("a reason is required"), "{e}");
+            }
+        }
+        // An unknown code's error lists the names.
+        let e = parse(&[
+            "key",
+            "suspend",
+            "web",
+            "--reason",
+            "r",
+            "--reason-code",
+            "oops",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("keyCompromise") && e.contains("aACompromise"),
+            "{e}"
+        );
     }
 
     #[test]

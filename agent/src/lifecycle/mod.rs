@@ -232,6 +232,7 @@ pub(crate) fn lifecycle_records(
             key_id,
             expected,
             to,
+            ..
         } => {
             let k = keys.key(*key_id)?;
             let (token, name) = (k.record.token.clone(), k.record.name.clone());
@@ -471,10 +472,11 @@ impl Lifecycle {
                 token,
                 action,
                 reason,
+                code,
             } => {
+                let (reason, code) = transition::checked_reason(action, reason, code)?;
                 let t = self.target(token.as_deref(), &name)?;
-                let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
-                self.transition_key(&t, action, (&who, &by), &reason, SystemTime::now())
+                self.transition_key(&t, action, (&who, &by), (&reason, code), SystemTime::now())
             }
             KeyRequest::Rotate { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;

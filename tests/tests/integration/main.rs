@@ -56,6 +56,7 @@ mod per_use;
 mod pins;
 mod policy;
 mod policy_standards;
+mod reasons;
 mod recovery;
 mod refusals;
 mod report;
