@@ -44,6 +44,7 @@ fn actions_are_named_and_described_reads_are_not_recorded() {
             token: None,
             action: KeyAction::Suspend,
             reason: Some("demo: investigating".into()),
+            code: None,
         },
     );
     let before = admin_records(&a);
@@ -188,6 +189,8 @@ fn a_request_for_approval_is_named_in_the_trail_and_asked_once() {
         token: None,
         action,
         reason: Some(reason.into()),
+        code: matches!(action, KeyAction::Revoke { .. } | KeyAction::Destroy)
+            .then_some(keyward_policy::ReasonCode::KeyCompromise),
     };
     key(&a, create);
     key(&a, act(KeyAction::Activate, "go"));

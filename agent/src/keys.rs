@@ -704,6 +704,7 @@ mod tests {
             last_used_at: None,
             backup_allowed: false,
             recovery_until: None,
+            reason_code: None,
         };
         let version = KeyVersion {
             key_id: 0,

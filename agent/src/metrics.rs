@@ -1357,6 +1357,7 @@ mod tests {
             token: None,
             action: KeyAction::Activate,
             reason: None,
+            code: None,
         });
         assert_eq!(admin_request_name(&t), "key.activate");
         assert_eq!(
@@ -1413,6 +1414,7 @@ mod tests {
                 last_used_at: Some(900),
                 backup_allowed: false,
                 recovery_until: None,
+                reason_code: None,
             },
             versions: versions
                 .iter()

@@ -308,6 +308,7 @@ process_period = "60d"
             last_used_at: None,
             backup_allowed: false,
             recovery_until: None,
+            reason_code: None,
         },
         versions: Vec::new(),
         grants: vec![
@@ -453,6 +454,7 @@ mod agent {
             token: None,
             action: KeyAction::Activate,
             reason: None,
+            code: None,
         };
         ok(&a, activate.clone());
         // A failed admin action: activating an active key.
@@ -502,6 +504,7 @@ mod agent {
                     key_id,
                     expected: KeyState::Active,
                     to: Some(KeyState::Compromised),
+                    code: None,
                 },
                 versions: vec![VersionChange::Move {
                     version: 1,
@@ -679,6 +682,7 @@ mod agent {
                     token: None,
                     action: KeyAction::Activate,
                     reason: None,
+                    code: None,
                 },
             );
         }

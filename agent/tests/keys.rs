@@ -176,6 +176,8 @@ impl Admin {
             token: None,
             action,
             reason: Some(format!("test {action:?}")),
+            code: matches!(action, KeyAction::Revoke { .. } | KeyAction::Destroy)
+                .then_some(keyward_policy::ReasonCode::KeyCompromise),
         })
     }
 }
@@ -242,7 +244,8 @@ fn key_lifecycle_over_the_admin_socket() {
             name: "sig".into(),
             token: None,
             action: KeyAction::Suspend,
-            reason: None,
+            reason: Some("test".into()),
+            code: None,
         })
         .unwrap_err();
     assert_eq!(e.0, AdminErrorKind::Refused, "{e:?}");
@@ -531,6 +534,7 @@ fn scheduler_rotates_and_deactivates() {
             token: None,
             action: KeyAction::Activate,
             reason: None,
+            code: None,
         });
     }
     // Nothing is due now.

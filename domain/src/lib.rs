@@ -7,7 +7,8 @@
 //! (`pre-activation`, `active`, ...), [`Purpose`] (`signing`, ...),
 //! [`Operation`] (`sign`, ...), [`Algorithm`] (`rsa:3072`, `ec:p256`, ...)
 //! with its [`Curve`] (`p256`, ...), [`ApprovalStatus`] (`pending`,
-//! ...) and [`Decision`] (`approve`, `deny`). Each has `as_str` (or `Display`) and [`FromStr`](std::str::FromStr);
+//! ...), [`Decision`] (`approve`, `deny`) and [`ReasonCode`] (RFC 5280's
+//! `keyCompromise`, ...). Each has `as_str` (or `Display`) and [`FromStr`](std::str::FromStr);
 //! an unknown name is a [`ParseError`] that says what was expected. Serde
 //! writes the same text in human-readable formats (JSON); the compact
 //! formats (postcard) carry the variant.
@@ -23,6 +24,7 @@ mod error;
 mod key_name;
 mod names;
 mod purpose;
+mod reason;
 mod state;
 
 pub use algorithm::{Algorithm, Curve, ALGORITHM_FORMS};
@@ -30,6 +32,7 @@ pub use approval::{ApprovalStatus, Decision};
 pub use error::ParseError;
 pub use key_name::{check_key_name, KEY_NAME_MAX};
 pub use purpose::{Operation, Purpose};
+pub use reason::ReasonCode;
 pub use state::KeyState;
 
 #[cfg(test)]

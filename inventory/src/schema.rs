@@ -63,6 +63,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "certificates of key versions (subject, validity, digest)",
         sql: V9,
     },
+    Migration {
+        description: "RFC 5280 reason codes of keys' suspensions, revocations and destructions",
+        sql: V10,
+    },
 ];
 
 /// The schema version this build writes.
@@ -446,4 +450,11 @@ CREATE TABLE certificates (
     imported_at INTEGER NOT NULL,
     PRIMARY KEY (key_id, version, sha256)
 ) STRICT;
+";
+
+/// The RFC 5280 reason code (its name, `keyCompromise`, ...) of the move
+/// that put a key in its state. `NULL`: none given, or a move stored
+/// before codes were kept.
+const V10: &str = "
+ALTER TABLE keys ADD COLUMN reason_code TEXT;
 ";

@@ -4,7 +4,9 @@
 //! keyward-domain's types, stored as their text forms. Every time is unix
 //! seconds (UTC) as `i64`.
 
-use keyward_domain::{Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose};
+use keyward_domain::{
+    Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose, ReasonCode,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEvent;
@@ -46,6 +48,14 @@ pub struct KeyRecord {
     /// it, nothing else. Opened by an approved `recover` request; `None`:
     /// never opened.
     pub recovery_until: Option<i64>,
+    /// The RFC 5280 reason code of the move that put the key in its state
+    /// (a suspension, revocation or destruction); `None`: the move gave
+    /// none (an activation, a resumption) or was stored before codes were
+    /// kept. Not serialized: backup files carry key records in their
+    /// postcard form of before codes (a restored key has none; its
+    /// history says why it moved).
+    #[serde(skip)]
+    pub reason_code: Option<ReasonCode>,
 }
 
 /// One version of a managed key: one backend key object (a key pair has both
@@ -150,6 +160,9 @@ pub enum KeyChange {
         key_id: i64,
         expected: KeyState,
         to: Option<KeyState>,
+        /// The RFC 5280 reason code of the move, stored on the key with its
+        /// new state (`None` clears the one it had); only with `to`.
+        code: Option<ReasonCode>,
     },
 }
 

@@ -144,6 +144,7 @@ fn seed(path: &Path) {
             last_used_at: None,
             backup_allowed: false,
             recovery_until: None,
+            reason_code: None,
         };
         let version = KeyVersion {
             key_id: 0,
@@ -335,6 +336,7 @@ fn worker(path: &Path) {
                     key_id: id,
                     expected: key.state,
                     to,
+                    code: None,
                 },
                 versions: moves,
                 dates: DateUpdates {

@@ -56,7 +56,7 @@ pub use error::PolicyError;
 pub use keyward_domain::{check_key_name, KEY_NAME_MAX};
 pub use keyward_domain::{
     Algorithm, ApprovalStatus, Curve, Decision, KeyState, Operation, ParseError, Purpose,
-    ALGORITHM_FORMS,
+    ReasonCode, ALGORITHM_FORMS,
 };
 pub use lifecycle::{
     effective_state, needs_approval, permits, request_transition, transition, version_transition,

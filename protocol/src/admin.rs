@@ -5,7 +5,9 @@
 
 use std::io::{Read, Write};
 
-use keyward_domain::{Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose};
+use keyward_domain::{
+    Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose, ReasonCode,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::approval::RequestContent;
@@ -354,8 +356,13 @@ pub enum KeyRequest {
         token: Option<String>,
         /// What to do.
         action: KeyAction,
-        /// Why (recorded in the history).
+        /// Why (recorded in the history). Required, and more than
+        /// whitespace, for suspend, revoke and destroy.
         reason: Option<String>,
+        /// The RFC 5280 reason code: required for revoke and destroy (not
+        /// `certificateHold`: they are final), `certificateHold` when a
+        /// suspension gives none; refused for the other actions.
+        code: Option<ReasonCode>,
     },
     /// A new version from the same class: it protects, older versions
     /// drop to deactivated.
@@ -796,6 +803,11 @@ pub struct KeyInfo {
     /// import`), by version and end of validity.
     #[serde(default)]
     pub certificates: Vec<KeyCertificate>,
+    /// The RFC 5280 reason code of the suspension, revocation or
+    /// destruction that put the key in its state; `None` for a key in
+    /// service, or one that moved before codes were kept.
+    #[serde(default)]
+    pub reason_code: Option<ReasonCode>,
 }
 
 /// A certificate stored beside a key version, as the inventory records it.
@@ -1754,7 +1766,7 @@ mod hello_tests {
 
     #[test]
     fn a_keyward_speaking_3_and_a_newer_agent_say_which_to_upgrade() {
-        assert_eq!(ADMIN_VERSIONS, VersionRange::only(7));
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(8));
         let three = VersionRange::only(3);
         // The agent refuses a keyward that speaks 3 ...
         let (answer, m) = answer_hello(three, "0.4.0");
@@ -1825,6 +1837,7 @@ mod hello_tests {
             recovery_until: Some(2),
             held_by_backups: Vec::new(),
             certificates: Vec::new(),
+            reason_code: Some(ReasonCode::KeyCompromise),
         };
         let wire = postcard::to_allocvec(&key).unwrap();
         assert_eq!(postcard::from_bytes::<KeyInfo>(&wire).unwrap(), key);
@@ -1836,6 +1849,7 @@ mod hello_tests {
         assert_eq!(json["history"][0]["from"], "pre-activation");
         assert_eq!(json["history"][0]["to"], "compromised");
         assert_eq!(json["grants"][0]["operations"][1], "verify");
+        assert_eq!(json["reason_code"], "keyCompromise");
         let request = ApprovalRequest {
             id: "00ff".into(),
             action: "resume".into(),

@@ -166,13 +166,24 @@ impl KeyRequest {
                 token,
                 action,
                 reason,
+                code,
             } => {
                 let mut s = format!("{} {}", action.verb(), key(token, name));
                 if let KeyAction::Revoke { rotate: true } = action {
                     s.push_str(" and replace it with a new version");
                 }
-                if let Some(r) = reason {
-                    let _ = write!(s, ": {}", clean(r));
+                // The change's own record carries the same fixed form.
+                match (code, reason) {
+                    (Some(c), Some(r)) => {
+                        let _ = write!(s, ": code={c}; {}", clean(r));
+                    }
+                    (Some(c), None) => {
+                        let _ = write!(s, ": code={c}");
+                    }
+                    (None, Some(r)) => {
+                        let _ = write!(s, ": {}", clean(r));
+                    }
+                    (None, None) => {}
                 }
                 s
             }
@@ -734,6 +745,7 @@ mod tests {
             token: token.map(Into::into),
             action,
             reason: reason.map(Into::into),
+            code: None,
         })
     }
 
@@ -1013,6 +1025,27 @@ mod tests {
         assert_eq!(
             transition(KeyAction::Revoke { rotate: true }, Some("prod"), None).describe(),
             "revoke prod/demo-key and replace it with a new version"
+        );
+        let coded = |code, reason: Option<&str>| {
+            AdminRequest::Key(KeyRequest::Transition {
+                name: "k".into(),
+                token: None,
+                action: KeyAction::Revoke { rotate: false },
+                reason: reason.map(Into::into),
+                code: Some(code),
+            })
+            .describe()
+        };
+        assert_eq!(
+            coded(
+                keyward_domain::ReasonCode::KeyCompromise,
+                Some("laptop stolen")
+            ),
+            "revoke k: code=keyCompromise; laptop stolen"
+        );
+        assert_eq!(
+            coded(keyward_domain::ReasonCode::Superseded, None),
+            "revoke k: code=superseded"
         );
         let create = AdminRequest::Key(KeyRequest::Create {
             name: "web-tls".into(),

@@ -72,7 +72,9 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// 7: backups (`KeyRequest::Backup`, `KeyResponse::Backup`); certificates
 /// (`KeyRequest::Cert`, `KeyResponse::Cert`, `KeyInfo::certificates`,
 /// `CertificateInfo::expiring`).
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 7, max: 7 };
+/// 8: transitions carry an RFC 5280 reason code
+/// (`KeyRequest::Transition::code`, `KeyInfo::reason_code`).
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 8, max: 8 };
 
 /// The first admin-protocol version that opens with a hello: an agent
 /// older than that closes the connection on a hello.

@@ -196,8 +196,10 @@ pub enum CertCommand {
     SelfSign {
         #[command(flatten)]
         args: CertSubjectArgs,
-        /// Days of validity from now.
-        #[arg(long, default_value_t = 365)]
+        /// Validity from now: a number of days (365), or a duration in whole days
+        /// (90d, 2w, 1y = 365 days).
+        #[arg(long, visible_alias = "valid-for", value_name = "DAYS|DURATION",
+              default_value = "365", value_parser = parse_days)]
         days: u32,
         /// Store it on the token beside the key version too.
         #[arg(long)]
@@ -404,6 +406,38 @@ pub struct TransitionArgs {
     pub reason: Option<String>,
 }
 
+/// `key suspend`: the key, why, and the RFC 5280 reason code.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct SuspendArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why (required, not blank; kept in the key's history and the audit trail).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: String,
+    /// The RFC 5280 reason code kept with the suspension (any case, or
+    /// kebab-case: key-compromise).
+    #[arg(long = "reason-code", value_name = "CODE", default_value = "certificateHold",
+          value_parser = parse_reason_code)]
+    pub code: keyward_policy::ReasonCode,
+}
+
+/// `key revoke` and `key destroy`, which are final: the key, why, and the
+/// RFC 5280 reason code.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Why (required, not blank; kept in the key's history and the audit trail).
+    #[arg(long, value_parser = parse_reason)]
+    pub reason: String,
+    /// The RFC 5280 reason code (required): unspecified, keyCompromise, cACompromise,
+    /// affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn,
+    /// aACompromise (any case, or kebab-case: key-compromise). Not certificateHold:
+    /// that is a suspension.
+    #[arg(long = "reason-code", value_name = "CODE", value_parser = parse_final_code)]
+    pub code: keyward_policy::ReasonCode,
+}
+
 /// `keyward key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -500,18 +534,18 @@ pub enum KeyCommand {
     Show(KeyArgs),
     /// pre-activation → active.
     Activate(TransitionArgs),
-    /// active → suspended.
-    Suspend(TransitionArgs),
+    /// active → suspended (reason code certificateHold unless given).
+    Suspend(SuspendArgs),
     /// suspended → active (needs approval).
     Resume(TransitionArgs),
     /// → deactivated: verify/decrypt/unwrap only, until the process period ends.
     Deactivate(TransitionArgs),
     /// Remove the key's HSM objects, keep its record (needs approval).
-    Destroy(TransitionArgs),
-    /// → compromised: the key stops working at once.
+    Destroy(RetireArgs),
+    /// → compromised: the key stops working at once, whatever the reason code.
     Revoke {
         #[command(flatten)]
-        transition: TransitionArgs,
+        transition: RetireArgs,
         /// Emergency rotation: a fresh version replaces the key in the same step.
         #[arg(long)]
         rotate: bool,
@@ -527,7 +561,7 @@ pub enum KeyCommand {
     Recover {
         #[command(flatten)]
         key: KeyArgs,
-        /// How long the window stays open from now: 30m, 8h, 7d (at most the
+        /// How long the window stays open from now: 30m, 8h, 7d, 1.5h (at most the
         /// class's max_recovery_window, 30d by default).
         #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
         for_: Duration,
@@ -549,10 +583,12 @@ pub enum GrantCommand {
         /// Operations, comma-separated: sign, verify, encrypt, decrypt, wrap, unwrap, derive, digest.
         #[arg(long, required = true, value_delimiter = ',', value_parser = parse_operation)]
         ops: Vec<keyward_policy::Operation>,
-        /// Until this time, RFC 3339 (2026-12-01T00:00:00Z).
-        #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339, conflicts_with = "for_")]
+        /// Until this time: RFC 3339 (2026-12-01T00:00:00Z), a date (2026-12-01,
+        /// midnight UTC) or a duration counted forward from now (7d: in seven days).
+        #[arg(long, value_name = "TIME", value_parser = time::parse_future, conflicts_with = "for_")]
         until: Option<i64>,
-        /// For this long from now: 30m, 8h, 7d, 1w2d (units s m h d w).
+        /// For this long from now: 30m, 8h, 7d, 1y, 1.5h, 1w2d (units s m h d w y;
+        /// d = 24 h, y = 365 d).
         #[arg(long = "for", id = "for_", value_name = "DURATION", value_parser = parse_period)]
         for_: Option<Duration>,
         #[command(flatten)]
@@ -744,11 +780,13 @@ pub struct AuditQueryArgs {
     /// Only records of this application.
     #[arg(long = "app", value_name = "APPLICATION")]
     pub application: Option<String>,
-    /// From this time on (inclusive), RFC 3339 (2026-01-31T00:00:00Z).
-    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    /// From this time on (inclusive): RFC 3339 (2026-01-31T00:00:00Z), a date
+    /// (2026-01-31, midnight UTC) or a duration counted back from now (1h: an hour ago).
+    #[arg(long, value_name = "TIME", value_parser = time::parse_past)]
     pub since: Option<i64>,
-    /// Before this time (exclusive), RFC 3339.
-    #[arg(long, value_name = "TIME", value_parser = time::parse_rfc3339)]
+    /// Before this time (exclusive), in the same forms; a duration counts back
+    /// from now too (--since 2d --until 1d: the day before yesterday's 24 hours).
+    #[arg(long, value_name = "TIME", value_parser = time::parse_past)]
     pub until: Option<i64>,
     /// Which results to show.
     #[arg(long, value_enum, value_name = "RESULT", default_value_t = ResultFilter::Any)]
@@ -762,7 +800,8 @@ pub struct AuditQueryArgs {
 /// `keyward report`'s options.
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct ReportArgs {
-    /// The recent period judged: 30s, 15m, 2h, 7d (units s m h d w).
+    /// The recent period judged: 30s, 15m, 1.5h, 7d, 1y (units s m h d w y;
+    /// d = 24 h, y = 365 d).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_period)]
     pub window: Duration,
     /// The history before the window that it is judged against.
@@ -821,10 +860,60 @@ fn parse_operation(text: &str) -> Result<keyward_policy::Operation, String> {
     })
 }
 
-/// `--for`: the policy file's duration grammar (`8h`, `1w2d`; at most 100
-/// years), so one syntax serves both.
+/// `--for`, `--window`, `--baseline`: a duration ([`time::parse_duration`]:
+/// everything the policy file's grammar reads, and years and fractions).
 fn parse_period(text: &str) -> Result<Duration, String> {
-    keyward_policy::parse_duration(text)
+    time::parse_duration(text)
+}
+
+/// `cert self-sign --days`: a plain number of days (as before), or a
+/// [`time::parse_duration`] of whole days.
+fn parse_days(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u32>()
+            .map_err(|_| format!("{text:?} days is too long a validity"));
+    }
+    let d = time::parse_duration(text).map_err(|e| format!("{e}; or a number of days (365)"))?;
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs % 86_400 != 0 {
+        return Err(format!(
+            "{text:?}: a certificate is valid for whole days: write 90d, 2w or 1y"
+        ));
+    }
+    u32::try_from(secs / 86_400).map_err(|_| format!("{text:?} is too long a validity"))
+}
+
+/// `--reason` where one is required: more than whitespace.
+fn parse_reason(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "a reason is required: say why, in words (it is kept in the key's history \
+                    and the audit trail)"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+/// `--reason-code`: an RFC 5280 reason code, in any case or kebab-case.
+fn parse_reason_code(text: &str) -> Result<keyward_policy::ReasonCode, String> {
+    keyward_policy::ReasonCode::parse(text).map_err(|e| e.to_string())
+}
+
+/// `--reason-code` of a final change (revoke, destroy): any code but
+/// `certificateHold`, a suspension's.
+fn parse_final_code(text: &str) -> Result<keyward_policy::ReasonCode, String> {
+    let code = parse_reason_code(text)?;
+    if code.is_hold() {
+        return Err(
+            "certificateHold is a suspension's code (keyward key suspend); \
+                    revoke and destroy are final"
+                .into(),
+        );
+    }
+    Ok(code)
 }
 
 /// `--adopt`: a CKA_ID in hex; `:` separators and a `0x` prefix are
@@ -858,6 +947,7 @@ pub struct CkaId(pub Vec<u8>);
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+    use keyward_policy::ReasonCode;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("keyward").chain(args.iter().copied()))
@@ -1016,28 +1106,43 @@ mod tests {
 
     #[test]
     fn key_transitions() {
-        for cmd in ["activate", "suspend", "resume", "deactivate", "destroy"] {
+        for cmd in ["activate", "resume", "deactivate"] {
             let cli = ok(&["key", cmd, "web", "--reason", "ticket 42"]);
             let Command::Key { command } = cli.command else {
                 panic!()
             };
             let t = match (cmd, command) {
                 ("activate", KeyCommand::Activate(t))
-                | ("suspend", KeyCommand::Suspend(t))
                 | ("resume", KeyCommand::Resume(t))
-                | ("deactivate", KeyCommand::Deactivate(t))
-                | ("destroy", KeyCommand::Destroy(t)) => t,
+                | ("deactivate", KeyCommand::Deactivate(t)) => t,
                 (_, other) => panic!("{cmd} parsed as {other:?}"),
             };
             assert_eq!(t.key.name, "web");
             assert_eq!(t.reason.as_deref(), Some("ticket 42"));
+            // The reason is optional; a code is no part of these.
+            ok(&["key", cmd, "web"]);
             assert_eq!(bad(&["key", cmd]), ErrorKind::MissingRequiredArgument);
+            assert_eq!(
+                bad(&["key", cmd, "web", "--reason-code", "superseded"]),
+                ErrorKind::UnknownArgument
+            );
             assert_eq!(
                 bad(&["key", cmd, "web", "--rotate"]),
                 ErrorKind::UnknownArgument
             );
         }
-        let cli = ok(&["key", "revoke", "web", "--rotate", "--token", "t1"]);
+        let cli = ok(&[
+            "key",
+            "revoke",
+            "web",
+            "--rotate",
+            "--token",
+            "t1",
+            "--reason",
+            "leaked",
+            "--reason-code",
+            "key-compromise",
+        ]);
         let Command::Key {
             command: KeyCommand::Revoke { transition, rotate },
         } = cli.command
@@ -1046,13 +1151,121 @@ mod tests {
         };
         assert!(rotate);
         assert_eq!(transition.key.token, token("t1"));
-        let cli = ok(&["key", "revoke", "web"]);
+        assert_eq!(transition.reason, "leaked");
+        assert_eq!(transition.code, ReasonCode::KeyCompromise);
         assert!(matches!(
-            cli.command,
+            ok(&[
+                "key",
+                "revoke",
+                "web",
+                "--reason",
+                "r",
+                "--reason-code",
+                "superseded"
+            ])
+            .command,
             Command::Key {
                 command: KeyCommand::Revoke { rotate: false, .. }
             }
         ));
+    }
+
+    #[test]
+    fn suspend_revoke_and_destroy_need_a_reason_and_a_code() {
+        // Suspend: the code defaults to certificateHold.
+        let suspend =
+            |args: &[&str]| match ok(&[&["key", "suspend", "web"][..], args].concat()).command {
+                Command::Key {
+                    command: KeyCommand::Suspend(s),
+                } => (s.reason, s.code),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            suspend(&["--reason", "holiday"]),
+            ("holiday".into(), ReasonCode::CertificateHold)
+        );
+        assert_eq!(
+            suspend(&["--reason", "audit", "--reason-code", "KEYCOMPROMISE"]),
+            ("audit".into(), ReasonCode::KeyCompromise)
+        );
+        let retire = |cmd: &str, args: &[&str]| match ok(&[&["key", cmd, "web"][..], args].concat())
+            .command
+        {
+            Command::Key {
+                command: KeyCommand::Destroy(r),
+            }
+            | Command::Key {
+                command: KeyCommand::Revoke { transition: r, .. },
+            } => (r.reason, r.code),
+            other => panic!("{other:?}"),
+        };
+        for cmd in ["revoke", "destroy"] {
+            for (text, code) in [
+                ("keyCompromise", ReasonCode::KeyCompromise),
+                ("cACompromise", ReasonCode::CaCompromise),
+                ("ca-compromise", ReasonCode::CaCompromise),
+                ("cessation-of-operation", ReasonCode::CessationOfOperation),
+                ("Superseded", ReasonCode::Superseded),
+                ("unspecified", ReasonCode::Unspecified),
+            ] {
+                assert_eq!(
+                    retire(cmd, &["--reason", "r", "--reason-code", text]),
+                    ("r".into(), code),
+                    "{cmd} {text}"
+                );
+            }
+            // The code is required, and not a suspension's.
+            assert_eq!(
+                bad(&["key", cmd, "web", "--reason", "r"]),
+                ErrorKind::MissingRequiredArgument
+            );
+            for code in [
+                "certificateHold",
+                "certificate-hold",
+                "removeFromCRL",
+                "",
+                "1",
+                "x",
+            ] {
+                assert_eq!(
+                    bad(&["key", cmd, "web", "--reason", "r", "--reason-code", code]),
+                    ErrorKind::ValueValidation,
+                    "{cmd} {code:?}"
+                );
+            }
+        }
+        for cmd in ["suspend", "revoke", "destroy"] {
+            let code = ["--reason-code", "superseded"];
+            // The reason is required, and more than whitespace.
+            assert_eq!(
+                bad(&[&["key", cmd, "web"][..], &code].concat()),
+                ErrorKind::MissingRequiredArgument,
+                "{cmd}"
+            );
+            for blank in ["", " ", "\t\n"] {
+                let e = parse(&[&["key", cmd, "web", "--reason", blank][..], &code].concat())
+                    .unwrap_err();
+                assert_eq!(e.exit_code(), 2);
+                assert_eq!(e.kind(), ErrorKind::ValueValidation, "{cmd} {blank:?}");
+                assert!(e.to_string().contains("a reason is required"), "{e}");
+            }
+        }
+        // An unknown code's error lists the names.
+        let e = parse(&[
+            "key",
+            "suspend",
+            "web",
+            "--reason",
+            "r",
+            "--reason-code",
+            "oops",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("keyCompromise") && e.contains("aACompromise"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1226,6 +1439,12 @@ mod tests {
             bad(&["key", "recover", "old", "--for", "7", "--reason", "x"]),
             ErrorKind::ValueValidation
         );
+        let cli = ok(&["key", "recover", "old", "--for", "1.5h", "--reason", "x"]);
+        assert!(matches!(
+            cli.command,
+            Command::Key { command: KeyCommand::Recover { for_, .. } }
+                if for_ == Duration::from_secs(5_400)
+        ));
     }
 
     #[test]
@@ -1299,18 +1518,30 @@ mod tests {
             bad(&["grant", "add", "web", "nginx", "--ops", "sign,,verify"]),
             ErrorKind::ValueValidation
         );
-        assert_eq!(
-            bad(&[
-                "grant",
-                "add",
-                "k",
-                "a",
-                "--ops",
-                "sign",
-                "--until",
-                "2026-12-01"
-            ]),
-            ErrorKind::ValueValidation
+        for until in ["2026-02-30", "1x", "-7d", "999999y", "2026-12-01T00:00:00"] {
+            let until = format!("--until={until}");
+            assert_eq!(
+                bad(&["grant", "add", "k", "a", "--ops", "sign", &until]),
+                ErrorKind::ValueValidation,
+                "{until}"
+            );
+        }
+        // A date is midnight UTC; a duration counts forward from now.
+        let until =
+            |text: &str| match ok(&["grant", "add", "k", "a", "--ops", "sign", "--until", text])
+                .command
+            {
+                Command::Grant {
+                    command: GrantCommand::Add { until: Some(u), .. },
+                } => u,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(until("2026-12-01"), 1_796_083_200);
+        let before = time::now();
+        let in_a_week = until("7d");
+        assert!(
+            (before + 7 * 86_400..=time::now() + 7 * 86_400).contains(&in_a_week),
+            "{in_a_week}"
         );
         assert_eq!(
             bad(&["grant", "add", "k", "a", "--ops", "sign", "--for", "8"]),
@@ -1576,9 +1807,32 @@ mod tests {
                 ..all
             })
         );
+        // A date is midnight UTC; a duration counts back from now, for
+        // --until too.
+        let q = |args: &[&str]| match audit(&[&["query"][..], args].concat()) {
+            AuditCommand::Query(q) => q,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(q(&["--since", "2026-12-01"]).since, Some(1_796_083_200));
+        let before = time::now();
+        let got = q(&["--since", "1h", "--until", "30m"]);
+        let (since, until) = (got.since.unwrap(), got.until.unwrap());
+        assert!(
+            (before - 3_600..=time::now() - 3_600).contains(&since),
+            "{since}"
+        );
+        assert!(
+            (before - 1_800..=time::now() - 1_800).contains(&until),
+            "{until}"
+        );
         for args in [
             &["--since", "yesterday"][..],
-            &["--until", "2026-12-01"],
+            &["--until", "2026-02-30"],
+            &["--since", "1x"],
+            &["--since", ""],
+            &["--since=-1h"],
+            &["--since", "1h ago"],
+            &["--since", "999999y"],
             &["--since", "2026-12-01T00:00:00"],
             &["--result", "ok"],
             &["--result", "DENIED"],
@@ -1629,6 +1883,8 @@ mod tests {
             ("2h", 7200),
             ("7d", 604_800),
             ("1w1d", 691_200),
+            ("1.5h", 5_400),
+            ("1y", 365 * 86_400),
         ] {
             assert_eq!(
                 report(&["--window", text]).window,
@@ -1656,7 +1912,9 @@ mod tests {
             (Some("k"), Some("t"))
         );
         assert_eq!((r.spike_factor, r.spike_floor), (3, 0));
-        for bad_duration in ["", "0s", "15", "m", "5x", "-1h", "1.5h", "200000w"] {
+        for bad_duration in [
+            "", "0s", "15", "m", "5x", "-1h", "200000w", "999999y", "1mo",
+        ] {
             let arg = format!("--window={bad_duration}");
             assert_eq!(
                 bad(&["report", &arg]),
@@ -1669,6 +1927,61 @@ mod tests {
             ErrorKind::ValueValidation
         );
         assert_eq!(bad(&["report", "extra"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn certificate_validity_in_days_or_a_duration() {
+        for (text, days) in [
+            ("365", 365),
+            ("1", 1),
+            ("90d", 90),
+            ("2w", 14),
+            ("1y", 365),
+            ("1y30d", 395),
+            ("48h", 2),
+        ] {
+            assert_eq!(parse_days(text), Ok(days), "{text}");
+        }
+        for (text, why) in [
+            ("", "empty"),
+            ("1.5d", "not a duration"),
+            ("36h", "whole days"),
+            ("1.5h", "whole days"),
+            ("1x", "not a duration"),
+            ("-1d", "negative"),
+            ("999999y", "longer than 100 years"),
+            ("99999999999", "too long"),
+        ] {
+            let e = parse_days(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        let days = |args: &[&str]| match ok(&[
+            &["cert", "self-sign", "web", "--subject", "CN=w"][..],
+            args,
+        ]
+        .concat())
+        .command
+        {
+            Command::Cert {
+                command: CertCommand::SelfSign { days, .. },
+            } => days,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(days(&[]), 365);
+        assert_eq!(days(&["--days", "30"]), 30);
+        assert_eq!(days(&["--valid-for", "1y"]), 365);
+        assert_eq!(
+            bad(&[
+                "cert",
+                "self-sign",
+                "web",
+                "--subject",
+                "CN=w",
+                "--days",
+                "12h"
+            ]),
+            ErrorKind::ValueValidation
+        );
     }
 
     #[test]

@@ -762,6 +762,16 @@ fn key_record(k: &KeyInfo) -> String {
             ),
         ),
     ];
+    if let Some(code) = k.reason_code {
+        // Beside the state it explains.
+        record.insert(
+            3,
+            (
+                "reason code",
+                format!("{code} (RFC 5280 code {})", code.number()),
+            ),
+        );
+    }
     if let Some(until) = k.recovery_until {
         record.push((
             "recovery until",
@@ -1957,6 +1967,7 @@ mod tests {
             recovery_until: None,
             held_by_backups: Vec::new(),
             certificates: Vec::new(),
+            reason_code: None,
         }
     }
 
@@ -2315,6 +2326,18 @@ mod tests {
             ],
         );
         assert!(!text_of(&key_info()).contains("recovery"));
+        assert!(!text_of(&key_info()).contains("reason code"));
+        let mut revoked = key_info();
+        revoked.state = keyward_policy::KeyState::Compromised;
+        revoked.reason_code = Some(keyward_policy::ReasonCode::KeyCompromise);
+        contains_all(
+            &text_of(&revoked),
+            &["state:          compromised
+reason code:    keyCompromise (RFC 5280 code 1)
+"],
+        );
+        let json = serde_json::to_value(&revoked).unwrap();
+        assert_eq!(json["reason_code"], "keyCompromise");
         let mut recovering = key_info();
         recovering.state = keyward_policy::KeyState::Compromised;
         recovering.recovery_until = Some(T0 + 86_400);

@@ -14,7 +14,7 @@ use keyward_protocol::admin::{
     AuditRequest, KeyAction, KeyRequest, PinRole, ReportRequest,
 };
 
-use keyward_domain::Decision;
+use keyward_domain::{Decision, ReasonCode};
 
 use crate::admin::{exchange, Exit, Failure};
 use crate::backup;
@@ -289,6 +289,16 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             token: t.key.token.token,
             action,
             reason: t.reason,
+            code: None,
+        })
+    };
+    let coded = |k: KeyArgs, action: KeyAction, (reason, code): (String, ReasonCode)| {
+        key(KeyRequest::Transition {
+            name: k.name,
+            token: k.token.token,
+            action,
+            reason: Some(reason),
+            code: Some(code),
         })
     };
     match command {
@@ -323,14 +333,14 @@ fn key_request(command: KeyCommand) -> Result<AdminRequest, Failure> {
             token: token.token,
         }),
         KeyCommand::Activate(t) => transition(t, KeyAction::Activate),
-        KeyCommand::Suspend(t) => transition(t, KeyAction::Suspend),
+        KeyCommand::Suspend(t) => coded(t.key, KeyAction::Suspend, (t.reason, t.code)),
         KeyCommand::Resume(t) => transition(t, KeyAction::Resume),
         KeyCommand::Deactivate(t) => transition(t, KeyAction::Deactivate),
-        KeyCommand::Destroy(t) => transition(t, KeyAction::Destroy),
+        KeyCommand::Destroy(t) => coded(t.key, KeyAction::Destroy, (t.reason, t.code)),
         KeyCommand::Revoke {
             transition: t,
             rotate,
-        } => transition(t, KeyAction::Revoke { rotate }),
+        } => coded(t.key, KeyAction::Revoke { rotate }, (t.reason, t.code)),
         KeyCommand::Rotate(RotateArgs {
             key: KeyArgs { name, token },
             ..
@@ -845,11 +855,8 @@ mod tests {
         );
         for (cmd, action) in [
             ("activate", KeyAction::Activate),
-            ("suspend", KeyAction::Suspend),
             ("resume", KeyAction::Resume),
             ("deactivate", KeyAction::Deactivate),
-            ("destroy", KeyAction::Destroy),
-            ("revoke", KeyAction::Revoke { rotate: false }),
         ] {
             assert_eq!(
                 key(&["key", cmd, "web", "--reason", "r", "--token", "t"]),
@@ -857,17 +864,61 @@ mod tests {
                     name: "web".into(),
                     token: Some("t".into()),
                     action,
-                    reason: Some("r".into())
+                    reason: Some("r".into()),
+                    code: None,
+                }
+            );
+        }
+        for (cmd, action, code) in [
+            ("suspend", KeyAction::Suspend, ReasonCode::CertificateHold),
+            (
+                "destroy",
+                KeyAction::Destroy,
+                ReasonCode::CessationOfOperation,
+            ),
+            (
+                "revoke",
+                KeyAction::Revoke { rotate: false },
+                ReasonCode::CessationOfOperation,
+            ),
+        ] {
+            let given: &[&str] = if cmd == "suspend" {
+                &[]
+            } else {
+                &["--reason-code", "cessation-of-operation"]
+            };
+            assert_eq!(
+                key(&[
+                    &["key", cmd, "web", "--reason", "r", "--token", "t"][..],
+                    given
+                ]
+                .concat()),
+                KeyRequest::Transition {
+                    name: "web".into(),
+                    token: Some("t".into()),
+                    action,
+                    reason: Some("r".into()),
+                    code: Some(code),
                 }
             );
         }
         assert_eq!(
-            key(&["key", "revoke", "web", "--rotate"]),
+            key(&[
+                "key",
+                "revoke",
+                "web",
+                "--rotate",
+                "--reason",
+                "leak",
+                "--reason-code",
+                "keyCompromise"
+            ]),
             KeyRequest::Transition {
                 name: "web".into(),
                 token: None,
                 action: KeyAction::Revoke { rotate: true },
-                reason: None
+                reason: Some("leak".into()),
+                code: Some(ReasonCode::KeyCompromise),
             }
         );
         assert_eq!(

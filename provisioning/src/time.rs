@@ -1,6 +1,8 @@
 //! Unix seconds ↔ calendar: `YYYY-MM-DD HH:MM:SSZ` (or the local time
-//! with its offset, `--local`) for text output, RFC 3339 for `--until`. The calendar is jiff's (proleptic Gregorian,
-//! years up to 9999); no time zones but the offset written in the text,
+//! with its offset, `--local`) for text output; the time and duration
+//! flags read by jiff's parsers (RFC 3339, dates, the friendly duration
+//! format). The calendar is jiff's (proleptic Gregorian, years up to 9999);
+//! no time zones but the offset written in the text (a date alone is UTC),
 //! no leap seconds.
 
 use std::time::SystemTime;
@@ -49,97 +51,146 @@ pub fn format_opt(secs: Option<i64>) -> String {
     secs.map_or_else(|| "-".to_owned(), format_time)
 }
 
-/// An RFC 3339 date-time (`2026-12-01T00:00:00Z`, `...T02:00:00+02:00`,
-/// optional fraction, which is dropped) as unix seconds. A date alone or a
-/// time without offset is refused: an expiry must not depend on where the
+/// The forms every time flag accepts, for error messages and `--help`.
+const POINT_FORMS: &str = "write an RFC 3339 time (2026-12-04T10:00:00Z, \
+2026-12-04T11:00:00+01:00), a date (2026-12-04: midnight UTC) or a duration from now \
+(30m, 8h, 7d, 1y, 1.5h)";
+
+/// The forms every duration flag accepts.
+const DURATION_FORMS: &str = "write a number and a unit, like 30m, 8h, 7d, 1y or 1.5h \
+(units s, m, h, d = 24 h, w = 7 d, y = 365 d; several add up: 1d12h)";
+
+/// Which way a relative time (`7d`) counts from now; fixed per flag by
+/// what the flag means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    /// `--since 1h`: one hour ago.
+    Past,
+    /// `--until 7d`: seven days from now.
+    Future,
+}
+
+/// A positive duration: one or more `<number><unit>` groups as jiff's
+/// friendly format reads them (`30m`, `8h`, `7d`, `1w2d`, `1.5h`, `2 hours`),
+/// days of 24 hours, weeks of 7 days and years of 365 days. Zero, negative
+/// (`-1h`, `1h ago`), months (their length varies: write days) and anything
+/// over 100 years ([`keyward_policy::MAX_DURATION`]) are refused.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    use jiff::fmt::friendly::SpanParser;
+    static PARSER: SpanParser = SpanParser::new();
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("an empty duration: {DURATION_FORMS}"));
+    }
+    let not_one = || format!("{text:?} is not a duration: {DURATION_FORMS}");
+    let too_long = || format!("{text:?} is longer than 100 years");
+    // A bare number has no unit: jiff would refuse it too, but say why.
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{text:?} has no unit: {DURATION_FORMS}"));
+    }
+    let span = PARSER.parse_span(text).map_err(|e| {
+        // jiff's own words for a number that does not fit its range.
+        if e.to_string().contains("range") {
+            too_long()
+        } else {
+            not_one()
+        }
+    })?;
+    if span.is_negative() {
+        return Err(format!("{text:?} is negative: a period must be positive"));
+    }
+    if span.get_months() != 0 {
+        return Err(format!(
+            "{text:?}: months differ in length; write days (30d) or years (1y)"
+        ));
+    }
+    let years = jiff::SignedDuration::from_hours(24 * 365)
+        .checked_mul(i32::from(span.get_years()))
+        .ok_or_else(too_long)?;
+    let rest = span
+        .years(0)
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| too_long())?;
+    let total = years.checked_add(rest).ok_or_else(too_long)?;
+    let total = std::time::Duration::try_from(total).map_err(|_| too_long())?;
+    if total.is_zero() {
+        return Err(format!("{text:?} is zero: a period must be positive"));
+    }
+    if total > keyward_policy::MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(total)
+}
+
+/// A point in time, in unix seconds: an RFC 3339 date-time
+/// (`2026-12-01T00:00:00Z`, `...T02:00:00+02:00`; a fraction is dropped), a
+/// date (`2026-12-01`, which is midnight UTC, wherever the command runs), or
+/// a [`parse_duration`] counted from `now` in the direction `toward`. A
+/// date-time without an offset is refused: it would depend on where the
 /// command ran.
-pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
-    let bad = |why: &str| {
-        format!("{text:?} is not an RFC 3339 time ({why}); write it like 2026-12-01T00:00:00Z")
-    };
-    let b = text.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Result<u32, String> {
-        let part = b.get(range).ok_or_else(|| bad("too short"))?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return Err(bad("digits expected"));
-        }
-        Ok(part.iter().fold(0, |n, &c| n * 10 + u32::from(c - b'0')))
-    };
-    let sep = |at: usize, allowed: &[u8]| -> Result<(), String> {
-        match b.get(at) {
-            Some(c) if allowed.contains(c) => Ok(()),
-            _ => Err(bad("date and time fields are YYYY-MM-DDTHH:MM:SS")),
-        }
-    };
-    let year = num(0..4)?;
-    sep(4, b"-")?;
-    let month = num(5..7)?;
-    sep(7, b"-")?;
-    let day = num(8..10)?;
-    if b.len() == 10 {
-        return Err(bad("a time and a time zone are needed"));
+pub fn parse_point(text: &str, now: jiff::Timestamp, toward: Toward) -> Result<i64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("an empty time: {POINT_FORMS}"));
     }
-    sep(10, b"Tt ")?;
-    let hour = num(11..13)?;
-    sep(13, b":")?;
-    let minute = num(14..16)?;
-    sep(16, b":")?;
-    let second = num(17..19)?;
-    // 60: a leap second, counted as the next minute's first.
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(bad("no such time of day"));
+    let starts_as_date = text.len() >= 5
+        && text.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && text.as_bytes()[4] == b'-';
+    if !starts_as_date {
+        let d = parse_duration(text).map_err(|e| format!("{e}; or {POINT_FORMS}"))?;
+        let d = jiff::SignedDuration::try_from(d).map_err(|e| e.to_string())?;
+        let at = match toward {
+            Toward::Past => now.checked_sub(d),
+            Toward::Future => now.checked_add(d),
+        };
+        return at
+            .map(|t| t.as_second())
+            .map_err(|_| format!("{text:?} from now is out of range"));
     }
-    let leap = second == 60;
-    // The date may still not exist (February 30th).
-    let field = |n: u32| i8::try_from(n).map_err(|_| bad("no such date"));
-    let civil = jiff::civil::DateTime::new(
-        i16::try_from(year).map_err(|_| bad("no such date"))?,
-        field(month)?,
-        field(day)?,
-        field(hour)?,
-        field(minute)?,
-        field(second - u32::from(leap))?,
-        0,
-    )
-    .map_err(|_| bad("no such date"))?;
-    let mut at = 19;
-    if b.get(at) == Some(&b'.') {
-        let digits = b[at + 1..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        if digits == 0 {
-            return Err(bad("digits expected after '.'"));
-        }
-        at += 1 + digits;
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at.as_second());
     }
-    let offset = match b.get(at) {
-        Some(b'Z' | b'z') if b.len() == at + 1 => 0,
-        Some(&sign @ (b'+' | b'-')) if b.len() == at + 6 => {
-            sep(at + 3, b":")?;
-            let (h, m) = (num(at + 1..at + 3)?, num(at + 4..at + 6)?);
-            if h > 23 || m > 59 {
-                return Err(bad("no such offset"));
-            }
-            let minutes = i32::try_from(h * 60 + m).map_err(|_| bad("no such offset"))?;
-            if sign == b'+' {
-                minutes
-            } else {
-                -minutes
-            }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        if text.len() == 10 {
+            return jiff::tz::Offset::UTC
+                .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+                .map(|t| t.as_second())
+                .map_err(|_| format!("{text:?} is out of range"));
         }
-        None => return Err(bad("a time zone is needed: Z or +HH:MM")),
-        _ => return Err(bad("unexpected text after the time")),
+        return Err(format!(
+            "{text:?} has no time zone: add Z (UTC) or an offset like +01:00, \
+             or give the date alone; {POINT_FORMS}"
+        ));
+    }
+    let why = if text.len() == 10 {
+        "no such date"
+    } else {
+        "no such date or time of day"
     };
-    jiff::tz::Offset::from_seconds(offset * 60)
-        .and_then(|o| o.to_timestamp(civil))
-        .map(|t| t.as_second() + i64::from(leap))
-        .map_err(|_| bad("out of range"))
+    Err(format!("{text:?} is not a time ({why}): {POINT_FORMS}"))
+}
+
+/// `--since`: a point in time; a duration counts back from now (`1h`: an
+/// hour ago).
+pub fn parse_past(text: &str) -> Result<i64, String> {
+    parse_point(text, jiff::Timestamp::now(), Toward::Past)
+}
+
+/// `--until` of a grant: a point in time; a duration counts forward from
+/// now (`7d`: in seven days).
+pub fn parse_future(text: &str) -> Result<i64, String> {
+    parse_point(text, jiff::Timestamp::now(), Toward::Future)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The former name of [`parse_point`] for absolute times: the
+    /// direction does not matter to them.
+    fn parse_rfc3339(text: &str) -> Result<i64, String> {
+        parse_point(text, jiff::Timestamp::UNIX_EPOCH, Toward::Future)
+    }
 
     #[test]
     fn formats_utc() {
@@ -235,7 +286,7 @@ mod tests {
         // Beyond the calendar: a clear error, a plain number shown.
         assert!(parse_rfc3339("9999-12-31T23:59:59Z")
             .unwrap_err()
-            .contains("out of range"));
+            .contains("2026-12-04T10:00:00Z"));
         assert_eq!(format_utc(i64::MAX), format!("unix time {}", i64::MAX));
         assert_eq!(format_utc(i64::MIN), format!("unix time {}", i64::MIN));
         // Before 1970.
@@ -259,15 +310,14 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-01-31t18:00:00.999z"), Ok(1_769_882_400));
         assert_eq!(parse_rfc3339("2026-01-31 18:00:00Z"), Ok(1_769_882_400));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Ok(1_709_164_800));
-        assert_eq!(parse_rfc3339("2016-12-31T23:59:60Z"), Ok(1_483_228_800));
+        assert_eq!(parse_rfc3339("2026-01-31T20:00:00+0200"), Ok(1_769_882_400));
+        // A leap second is read as the minute's last second.
+        assert_eq!(parse_rfc3339("2016-12-31T23:59:60Z"), Ok(1_483_228_799));
         for bad in [
             "",
-            "2026-12-01",
             "2026-12-01T00:00:00",
-            "2026-12-01T00:00Z",
             "2026-12-01T00:00:00ZZ",
-            "2026-12-01T00:00:00+0200",
-            "2026-12-01T00:00:00+24:00",
+            "2026-12-01T00:00:00+99:00",
             "2026-12-01T00:00:00.Z",
             "2026-13-01T00:00:00Z",
             "2026-02-29T00:00:00Z",
@@ -283,7 +333,113 @@ mod tests {
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad:?} accepted");
         }
-        let e = parse_rfc3339("2026-12-01").unwrap_err();
-        assert!(e.contains("2026-12-01T00:00:00Z"), "{e}");
+        let e = parse_rfc3339("2026-12-01T00:00:00").unwrap_err();
+        assert!(e.contains("no time zone"), "{e}");
+    }
+
+    const NOW: i64 = 1_796_083_200; // 2026-12-01T00:00:00Z
+
+    fn at(text: &str, toward: Toward) -> Result<i64, String> {
+        let now = jiff::Timestamp::from_second(NOW).unwrap();
+        parse_point(text, now, toward)
+    }
+
+    #[test]
+    fn a_date_alone_is_midnight_utc() {
+        assert_eq!(at("2026-12-01", Toward::Past), Ok(NOW));
+        assert_eq!(at("2026-12-04", Toward::Future), Ok(NOW + 3 * 86_400));
+        assert_eq!(at("2024-02-29", Toward::Past), Ok(1_709_164_800));
+        assert_eq!(at("1970-01-01", Toward::Past), Ok(0));
+    }
+
+    #[test]
+    fn a_duration_counts_from_now_in_the_flags_direction() {
+        assert_eq!(at("1h", Toward::Past), Ok(NOW - 3_600));
+        assert_eq!(at("7d", Toward::Future), Ok(NOW + 7 * 86_400));
+        assert_eq!(at("1.5h", Toward::Past), Ok(NOW - 5_400));
+        assert_eq!(at("1y", Toward::Future), Ok(NOW + 365 * 86_400));
+        assert_eq!(at(" 30m ", Toward::Future), Ok(NOW + 1_800));
+    }
+
+    #[test]
+    fn bad_times_are_refused_with_every_accepted_form() {
+        for bad in [
+            "",
+            " ",
+            "2026-02-30",
+            "2026-13-01",
+            "yesterday",
+            "-1h",
+            "1h ago",
+            "1x",
+            "999999y",
+            "7",
+            "2026-12-04T10:00:00",
+            "0s",
+            "1mo",
+        ] {
+            for toward in [Toward::Past, Toward::Future] {
+                let e = at(bad, toward).unwrap_err();
+                for example in ["2026-12-04T10:00:00Z", "2026-12-04", "midnight UTC", "7d"] {
+                    assert!(e.contains(example), "{bad:?}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let secs = |text: &str| parse_duration(text).map(|d| d.as_secs_f64());
+        assert_eq!(secs("30m"), Ok(1_800.0));
+        assert_eq!(secs("8h"), Ok(28_800.0));
+        assert_eq!(secs("7d"), Ok(604_800.0));
+        assert_eq!(secs("1w2d"), Ok(9.0 * 86_400.0));
+        assert_eq!(secs("1y"), Ok(365.0 * 86_400.0));
+        assert_eq!(secs("1.5h"), Ok(5_400.0));
+        assert_eq!(secs("1d12h"), Ok(129_600.0));
+        assert_eq!(secs("2 hours"), Ok(7_200.0));
+        assert_eq!(secs("45s"), Ok(45.0));
+        assert_eq!(secs("100y"), Ok(100.0 * 365.0 * 86_400.0));
+        // Everything the policy file accepts reads the same here.
+        for text in ["90d", "12h", "1w3d", "1m30s", "2w", "5s"] {
+            assert_eq!(
+                parse_duration(text),
+                keyward_policy::parse_duration(text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_examples() {
+        let refused = |text: &str, why: &str| {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+            e
+        };
+        for e in [
+            refused("", "empty"),
+            refused("   ", "empty"),
+            refused("15", "no unit"),
+            refused("1.5", "no unit"),
+            refused("1x", "not a duration"),
+            refused("m", "not a duration"),
+            refused("h1", "not a duration"),
+            refused("1h;rm", "not a duration"),
+        ] {
+            for example in ["30m", "8h", "7d", "1y", "1.5h"] {
+                assert!(e.contains(example), "{e}");
+            }
+        }
+        refused("-1h", "negative");
+        refused("1h ago", "negative");
+        refused("0s", "zero");
+        refused("0h0m", "zero");
+        refused("1mo", "months");
+        refused("999999y", "longer than 100 years");
+        refused("101y", "longer than 100 years");
+        refused("200000w", "longer than 100 years");
+        refused("99999999999999999999h", "");
+        refused("1.5y", "not a duration");
     }
 }

@@ -160,6 +160,7 @@ fn key_info() -> KeyInfo {
         recovery_until: None,
         held_by_backups: Vec::new(),
         certificates: Vec::new(),
+        reason_code: None,
     }
 }
 
@@ -260,7 +261,15 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
         outcome: String::new(),
     };
     let (req, out) = against_fake_agent(
-        &["key", "destroy", "web-tls", "--reason", "retired"],
+        &[
+            "key",
+            "destroy",
+            "web-tls",
+            "--reason",
+            "retired",
+            "--reason-code",
+            "superseded",
+        ],
         AdminResponse::Key(Box::new(KeyResponse::Pending(approval.clone()))),
     );
     assert_eq!(
@@ -269,7 +278,8 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
             name: "web-tls".into(),
             token: None,
             action: KeyAction::Destroy,
-            reason: Some("retired".into())
+            reason: Some("retired".into()),
+            code: Some(keyward_policy::ReasonCode::Superseded),
         })
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");

@@ -275,7 +275,7 @@ impl crate::shared::Core {
             } => {
                 let found = log.query(&AuditFilter {
                     key: key.clone(),
-                    application,
+                    application: application.clone(),
                     since,
                     until,
                     result: if denied_only {
@@ -295,6 +295,21 @@ impl crate::shared::Core {
                             message: crate::lifecycle::no_key_message(
                                 name,
                                 self.tokens.iter().map(|t| t.config.label.as_str()),
+                            ),
+                        }
+                    }
+                    // Likewise an application the policy does not name
+                    // (one it named once still answers its records).
+                    (_, Ok(v))
+                        if v.is_empty()
+                            && application
+                                .as_deref()
+                                .is_some_and(|a| self.policy().application(a).is_none()) =>
+                    {
+                        AdminResponse::KeyErr {
+                            kind: AdminErrorKind::NotFound,
+                            message: crate::lifecycle::no_application_message(
+                                application.as_deref().unwrap_or_default(),
                             ),
                         }
                     }

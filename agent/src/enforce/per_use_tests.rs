@@ -79,6 +79,7 @@ fn agent(
             token: None,
             action: keyward_protocol::admin::KeyAction::Activate,
             reason: Some("go".into()),
+            code: None,
         },
     )
     .unwrap();
@@ -400,6 +401,7 @@ fn a_waiting_call_holds_no_lock_and_its_key_is_checked_again() {
             token: None,
             action: keyward_protocol::admin::KeyAction::Suspend,
             reason: Some("incident".into()),
+            code: None,
         };
         done.send(admin(&a3, suspend).map(drop)).unwrap();
     });

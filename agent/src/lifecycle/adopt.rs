@@ -188,6 +188,7 @@ impl Lifecycle {
             last_used_at: None,
             backup_allowed: class.backup,
             recovery_until: None,
+            reason_code: None,
         };
         let version = KeyVersion {
             key_id: 0,

@@ -49,6 +49,8 @@ fn act(action: KeyAction, reason: &str) -> KeyRequest {
         token: None,
         action,
         reason: Some(reason.into()),
+        code: matches!(action, KeyAction::Revoke { .. } | KeyAction::Destroy)
+            .then_some(keyward_policy::ReasonCode::KeyCompromise),
     }
 }
 

@@ -63,6 +63,7 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
         last_used_at: None,
         backup_allowed: k.class.backup,
         recovery_until: None,
+        reason_code: None,
     };
     let version = KeyVersion {
         key_id: 0,

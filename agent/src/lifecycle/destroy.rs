@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use cryptoki_sys as ck;
 use keyward_inventory::{Actor, AuditKind, DateUpdates, KeyChange, LifecycleChange, VersionChange};
-use keyward_policy::{transition, version_transition, Action, KeyState};
+use keyward_policy::{transition, version_transition, Action, KeyState, ReasonCode};
 use keyward_protocol::admin::{AdminErrorKind, BackupMark, KeyResponse};
 
 use crate::backend::BackendObject;
@@ -65,10 +65,12 @@ impl Lifecycle {
         &self,
         t: &Target<'_>,
         (who, by): (&str, &Actor),
-        reason: &str,
+        (reason, code): (&str, Option<ReasonCode>),
         request: Option<&str>,
         now: SystemTime,
     ) -> AResult<KeyResponse> {
+        let coded = super::transition::coded_reason(code, reason);
+        let reason = coded.as_str();
         // What the store holds now, not what the caller saw.
         let t = Target {
             token: t.token,
@@ -89,7 +91,13 @@ impl Lifecycle {
         let held = self.held_note(&t.key);
         match to {
             Some(to) => {
-                self.record_destruction(&t, to, (who, by, reason), (&held, secs(now)), request)?;
+                self.record_destruction(
+                    &t,
+                    (to, code),
+                    (who, by, reason),
+                    (&held, secs(now)),
+                    request,
+                )?;
                 log::warn!(
                     "key {} destroyed by {who}: {reason} ({removed} HSM objects removed; {held})",
                     t.label()
@@ -117,7 +125,7 @@ impl Lifecycle {
     fn record_destruction(
         &self,
         t: &Target<'_>,
-        to: KeyState,
+        (to, code): (KeyState, Option<ReasonCode>),
         (who, by, reason): (&str, &Actor, &str),
         (held, at): (&str, i64),
         request: Option<&str>,
@@ -143,6 +151,7 @@ impl Lifecycle {
                 key_id: t.key.record.id,
                 expected: t.key.record.state,
                 to: Some(to),
+                code,
             },
             versions,
             dates: DateUpdates::default(),

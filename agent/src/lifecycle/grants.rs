@@ -279,7 +279,7 @@ impl Lifecycle {
         if self.policy().application(application).is_none() {
             return fail(
                 AdminErrorKind::NotFound,
-                format!("no application {application:?} in the policy"),
+                no_application_message(application),
             );
         }
         if operations.is_empty() {

@@ -177,6 +177,12 @@ pub(crate) fn no_key_message<'a>(name: &str, tokens: impl IntoIterator<Item = &'
     }
 }
 
+/// The message of a lookup of an application the policy does not name:
+/// `no application "A" in the policy`.
+pub(crate) fn no_application_message(name: &str) -> String {
+    format!("no application {name:?} in the policy")
+}
+
 pub(crate) fn inv_err(e: keyward_inventory::Error) -> AdminError {
     use keyward_inventory::Error as E;
     let kind = match &e {
@@ -237,6 +243,7 @@ pub(crate) fn lifecycle_records(
             key_id,
             expected,
             to,
+            ..
         } => {
             let k = keys.key(*key_id)?;
             let (token, name) = (k.record.token.clone(), k.record.name.clone());
@@ -476,10 +483,11 @@ impl Lifecycle {
                 token,
                 action,
                 reason,
+                code,
             } => {
+                let (reason, code) = transition::checked_reason(action, reason, code)?;
                 let t = self.target(token.as_deref(), &name)?;
-                let reason = reason.unwrap_or_else(|| format!("keyward key {}", action_of(action)));
-                self.transition_key(&t, action, (&who, &by), &reason, SystemTime::now())
+                self.transition_key(&t, action, (&who, &by), (&reason, code), SystemTime::now())
             }
             KeyRequest::Rotate { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;

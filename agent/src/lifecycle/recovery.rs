@@ -182,6 +182,7 @@ impl Lifecycle {
                 key_id: t.key.record.id,
                 expected: KeyState::Compromised,
                 to: None,
+                code: None,
             },
             versions: Vec::new(),
             dates: DateUpdates {

@@ -82,6 +82,8 @@ fn act(name: &str, action: KeyAction) -> KeyRequest {
         token: None,
         action,
         reason: Some("test".into()),
+        code: matches!(action, KeyAction::Revoke { .. } | KeyAction::Destroy)
+            .then_some(keyward_policy::ReasonCode::KeyCompromise),
     }
 }
 

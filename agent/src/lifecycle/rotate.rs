@@ -87,6 +87,7 @@ impl Lifecycle {
                 key_id: r.id,
                 expected: r.state,
                 to: (from != to).then_some(to),
+                code: None,
             },
             versions,
             dates,

@@ -45,7 +45,7 @@ impl Lifecycle {
                     &t,
                     KeyAction::Deactivate,
                     by,
-                    "protect period ended",
+                    ("protect period ended", None),
                     now,
                 ) {
                     Ok(_) => {

@@ -4,6 +4,7 @@ use super::*;
 use crate::agent::Agent;
 use crate::objects::unmanaged_name;
 use keyward_inventory::KeyFilter;
+use keyward_policy::ReasonCode;
 
 const POLICY: &str = crate::agent::tests::STRICT_SIGNING;
 
@@ -50,7 +51,13 @@ fn act(name: &str, action: KeyAction) -> KeyRequest {
         name: name.into(),
         token: None,
         action,
-        reason: None,
+        reason: matches!(
+            action,
+            KeyAction::Suspend | KeyAction::Revoke { .. } | KeyAction::Destroy
+        )
+        .then(|| "test".into()),
+        code: matches!(action, KeyAction::Revoke { .. } | KeyAction::Destroy)
+            .then_some(keyward_policy::ReasonCode::KeyCompromise),
     }
 }
 
@@ -190,6 +197,7 @@ fn tick_acts_on_dates_in_the_store() {
                     key_id: key,
                     expected: state,
                     to: None,
+                    code: None,
                 },
                 versions: Vec::new(),
                 dates,
@@ -314,6 +322,7 @@ fn every_lifecycle_change_carries_its_records() {
                 key_id: id,
                 expected: KeyState::Active,
                 to: None,
+                code: None,
             },
             versions: Vec::new(),
             dates: DateUpdates {
@@ -482,4 +491,138 @@ fn a_change_racing_another_is_all_or_nothing() {
     assert_eq!(after, before, "nothing of the revocation is kept");
     assert_eq!(replayed(&a), records, "no record of it either");
     assert_eq!(a.keys.key(id).unwrap().record.state, KeyState::Active);
+}
+
+fn coded(action: KeyAction, reason: Option<&str>, code: Option<ReasonCode>) -> KeyRequest {
+    KeyRequest::Transition {
+        name: "k".into(),
+        token: None,
+        action,
+        reason: reason.map(Into::into),
+        code,
+    }
+}
+
+/// The lifecycle records of key "k" in the trail: (operation, reason).
+fn trail_of_k(a: &Agent) -> Vec<(String, String)> {
+    a.audit.flush();
+    a.audit
+        .log()
+        .tail(100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.event.kind == keyward_inventory::AuditKind::Lifecycle
+                && r.event.key.as_deref() == Some("k")
+        })
+        .map(|r| (r.event.operation, r.event.reason))
+        .collect()
+}
+
+#[test]
+fn suspend_revoke_and_destroy_need_a_reason_and_keep_their_code() {
+    use KeyAction::{Activate, Deactivate, Destroy, Revoke, Suspend};
+    let (_d, a) = agent();
+    call(&a, create("k", "signing")).unwrap();
+    call(&a, act("k", Activate)).unwrap();
+    let history = |a: &Agent| {
+        let k = a.keys.inventory().key("kw", "k").unwrap().unwrap();
+        a.keys.inventory().history(k.id).unwrap()
+    };
+    let before = (history(&a).len(), trail_of_k(&a).len());
+    let revoke = Revoke { rotate: false };
+    let kc = Some(ReasonCode::KeyCompromise);
+    for (req, says) in [
+        (coded(Suspend, None, None), "needs a reason"),
+        (coded(Suspend, Some(""), None), "needs a reason"),
+        (coded(revoke, Some(" \t\n"), kc), "needs a reason"),
+        (coded(Destroy, None, kc), "needs a reason"),
+        (
+            coded(revoke, Some("leak"), None),
+            "needs an RFC 5280 reason code",
+        ),
+        (
+            coded(Destroy, Some("old"), None),
+            "needs an RFC 5280 reason code",
+        ),
+        (
+            coded(revoke, Some("leak"), Some(ReasonCode::CertificateHold)),
+            "certificateHold is a suspension's code",
+        ),
+        (
+            coded(Deactivate, Some("done"), Some(ReasonCode::Superseded)),
+            "takes no reason code",
+        ),
+    ] {
+        let e = call(&a, req.clone()).unwrap_err();
+        assert_eq!(e.kind, AdminErrorKind::Invalid, "{req:?}: {}", e.message);
+        assert!(e.message.contains(says), "{req:?}: {}", e.message);
+    }
+    // Nothing moved, nothing was recorded.
+    let k = a.keys.inventory().key("kw", "k").unwrap().unwrap();
+    assert_eq!((k.state, k.reason_code), (KeyState::Active, None));
+    assert_eq!((history(&a).len(), trail_of_k(&a).len()), before);
+
+    // A suspension without a code is on hold.
+    let Ok(KeyResponse::Key(info)) = call(&a, coded(Suspend, Some("holiday"), None)) else {
+        panic!()
+    };
+    assert_eq!(info.reason_code, Some(ReasonCode::CertificateHold));
+    assert_eq!(
+        history(&a).last().map(|h| h.reason.as_str()),
+        Some("code=certificateHold; holiday")
+    );
+    // A revocation keeps its code: on the key, in its history, in the trail.
+    let Ok(KeyResponse::Key(info)) = call(&a, coded(revoke, Some("laptop stolen"), kc)) else {
+        panic!()
+    };
+    assert_eq!((info.state, info.reason_code), (KeyState::Compromised, kc));
+    assert_eq!(
+        history(&a).last().map(|h| h.reason.as_str()),
+        Some("code=keyCompromise; laptop stolen")
+    );
+    let trail = trail_of_k(&a);
+    assert!(
+        trail
+            .iter()
+            .any(|(op, why)| op == "revoke" && why.contains("code=keyCompromise; laptop stolen")),
+        "{trail:?}"
+    );
+    // A destruction asks for approval: the code is part of what is approved.
+    let Ok(KeyResponse::Pending(p)) = call(
+        &a,
+        coded(
+            Destroy,
+            Some("retired"),
+            Some(ReasonCode::CessationOfOperation),
+        ),
+    ) else {
+        panic!()
+    };
+    let stored = a.keys.inventory().request(&p.id).unwrap().unwrap();
+    assert_eq!(
+        stored.parameters,
+        r#"{"code":"cessationOfOperation","from":"compromised"}"#
+    );
+    assert_eq!(stored.reason, "retired");
+    // Carried out, the destruction keeps the approved code.
+    call(
+        &a,
+        KeyRequest::RequestDecide {
+            id: p.id.clone(),
+            decision: keyward_policy::Decision::Approve,
+            signature: None,
+        },
+    )
+    .unwrap();
+    let k = a.keys.inventory().key("kw", "k").unwrap().unwrap();
+    assert_eq!(
+        (k.state, k.reason_code),
+        (KeyState::Destroyed, Some(ReasonCode::CessationOfOperation))
+    );
+    let last = history(&a).pop().unwrap();
+    assert_eq!(
+        last.reason,
+        format!("code=cessationOfOperation; retired (request {})", p.id)
+    );
 }

@@ -156,7 +156,13 @@ impl Lifecycle {
         let mut destroyed = 0;
         for name in &live {
             let key = self.target(Some(label), name)?;
-            self.destroy_key(&key, (&who, by), &why, None, now)?;
+            self.destroy_key(
+                &key,
+                (&who, by),
+                (&why, Some(keyward_policy::ReasonCode::CessationOfOperation)),
+                None,
+                now,
+            )?;
             destroyed += 1;
         }
         // 2. Every other object but the audit key.

@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use keyward_inventory::{Actor, DateUpdates, KeyChange, LifecycleChange, VersionChange};
+use keyward_policy::ReasonCode;
 use keyward_policy::{needs_approval, transition, version_transition, Action, KeyState, Rotation};
 use keyward_protocol::admin::{AdminErrorKind, KeyAction, KeyResponse};
 
@@ -33,7 +34,7 @@ impl Lifecycle {
         t: &Target<'_>,
         action: KeyAction,
         (who, by): (&str, &Actor),
-        reason: &str,
+        (reason, code): (&str, Option<ReasonCode>),
         now: SystemTime,
     ) -> AResult<KeyResponse> {
         let act = action_of(action);
@@ -43,10 +44,14 @@ impl Lifecycle {
             message: format!("key {}: {r}", t.label()),
         })?;
         if needs_approval(from, act) {
-            let parameters = serde_json::json!({ "from": from.as_str() });
+            // The code is part of what the approvers approve.
+            let parameters = match code {
+                Some(c) => serde_json::json!({ "from": from.as_str(), "code": c.as_str() }),
+                None => serde_json::json!({ "from": from.as_str() }),
+            };
             return self.record_request(t, act.name(), parameters, (who, reason), now);
         }
-        self.apply_transition(t, action, (who, by), reason, None, now)
+        self.apply_transition(t, action, (who, by), (reason, code), None, now)
     }
 
     /// The transition of approved request `request` (whose parameters
@@ -62,9 +67,14 @@ impl Lifecycle {
         (id, request): (&str, &keyward_inventory::ApprovalRecord),
         now: SystemTime,
     ) -> AResult<()> {
-        let approved_from = serde_json::from_str::<serde_json::Value>(&request.parameters)
-            .ok()
+        let parameters = serde_json::from_str::<serde_json::Value>(&request.parameters).ok();
+        let approved_from = parameters
+            .as_ref()
             .and_then(|p| p.get("from")?.as_str()?.parse::<KeyState>().ok());
+        // A request from before codes were kept has none.
+        let code = parameters
+            .as_ref()
+            .and_then(|p| p.get("code")?.as_str()?.parse::<ReasonCode>().ok());
         let from = state_of(&t.key);
         if approved_from != Some(from) {
             return fail(
@@ -77,10 +87,10 @@ impl Lifecycle {
         }
         if action == KeyAction::Destroy {
             return self
-                .destroy_key(t, (who, by), reason, Some(id), now)
+                .destroy_key(t, (who, by), (reason, code), Some(id), now)
                 .map(|_| ());
         }
-        self.apply_transition(t, action, (who, by), reason, Some(id), now)
+        self.apply_transition(t, action, (who, by), (reason, code), Some(id), now)
             .map(|_| ())
     }
 
@@ -91,11 +101,13 @@ impl Lifecycle {
         t: &Target<'_>,
         action: KeyAction,
         (who, by): (&str, &Actor),
-        reason: &str,
+        (reason, code): (&str, Option<ReasonCode>),
         request: Option<&str>,
         now: SystemTime,
     ) -> AResult<KeyResponse> {
         let act = action_of(action);
+        let coded = coded_reason(code, reason);
+        let reason = coded.as_str();
         let from = state_of(&t.key);
         let to = transition(from, act).map_err(|r| AdminError {
             kind: AdminErrorKind::Refused,
@@ -121,7 +133,7 @@ impl Lifecycle {
             Action::Deactivate => dates.deactivated_at = Some(at),
             _ => {}
         }
-        self.apply_moves(t, (act, to), dates, (who, by, reason), at, request)?;
+        self.apply_moves(t, (act, to, code), dates, (who, by, reason), at, request)?;
         log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
         if rotate {
             let revoked = Target {
@@ -148,11 +160,12 @@ impl Lifecycle {
     /// by `who` at `at`: the key's move, each version's as
     /// [`version_transition`] says, and `dates` (the store stamps a
     /// version's `destroyed_at` or `deactivated_at` itself); with
-    /// `request`, as the execution of that approved request.
+    /// `request`, as the execution of that approved request. The key
+    /// keeps `code` with its new state.
     pub(crate) fn apply_moves(
         &self,
         t: &Target<'_>,
-        (act, to): (Action, KeyState),
+        (act, to, code): (Action, KeyState, Option<ReasonCode>),
         dates: DateUpdates,
         (who, by, reason): (&str, &Actor, &str),
         at: i64,
@@ -177,6 +190,7 @@ impl Lifecycle {
                 key_id: t.key.record.id,
                 expected: t.key.record.state,
                 to: Some(to),
+                code,
             },
             versions,
             dates,
@@ -194,4 +208,81 @@ impl Lifecycle {
             request.map(|id| (id, outcome.as_str())),
         )
     }
+}
+
+/// The reason a change records in the key's history and the trail: with a
+/// code, in the fixed form `code=keyCompromise; TEXT`, which the trail's
+/// readers can take apart (the record format stays as it was).
+pub(crate) fn coded_reason(code: Option<ReasonCode>, text: &str) -> String {
+    match code {
+        Some(c) => format!("code={c}; {text}"),
+        None => text.to_owned(),
+    }
+}
+
+/// The reason and the RFC 5280 code of an administrator's transition, as
+/// the request gave them, checked: suspend, revoke and destroy need a
+/// reason that is more than whitespace; revoke and destroy a code that is
+/// not `certificateHold` (they are final), a suspension one that defaults
+/// to `certificateHold`; the other actions take no code. Answers the
+/// reason (the action's name when an optional one is missing) and the
+/// code.
+pub(crate) fn checked_reason(
+    action: KeyAction,
+    reason: Option<String>,
+    code: Option<ReasonCode>,
+) -> AResult<(String, Option<ReasonCode>)> {
+    let act = action_of(action);
+    let verb = format!("keyward key {act}");
+    let invalid = |message: String| AdminError {
+        kind: AdminErrorKind::Invalid,
+        message,
+    };
+    let names = || {
+        ReasonCode::ALL
+            .iter()
+            .filter(|c| !c.is_hold())
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let needs_reason = matches!(
+        action,
+        KeyAction::Suspend | KeyAction::Revoke { .. } | KeyAction::Destroy
+    );
+    let reason = match reason {
+        Some(r) if !r.trim().is_empty() => r,
+        _ if needs_reason => {
+            return Err(invalid(format!(
+                "{verb} needs a reason (--reason), more than whitespace: it is kept in the key's \
+                 history and the audit trail"
+            )))
+        }
+        _ => verb.clone(),
+    };
+    let code = match (action, code) {
+        (KeyAction::Suspend, None) => Some(ReasonCode::CertificateHold),
+        (KeyAction::Suspend, c) => c,
+        (KeyAction::Revoke { .. } | KeyAction::Destroy, None) => {
+            return Err(invalid(format!(
+                "{verb} needs an RFC 5280 reason code (--reason-code): one of {}",
+                names()
+            )))
+        }
+        (KeyAction::Revoke { .. } | KeyAction::Destroy, Some(c)) if c.is_hold() => {
+            return Err(invalid(format!(
+                "{verb} is final: certificateHold is a suspension's code (keyward key suspend); \
+                 one of {}",
+                names()
+            )))
+        }
+        (KeyAction::Revoke { .. } | KeyAction::Destroy, c) => c,
+        (_, Some(c)) => {
+            return Err(invalid(format!(
+                "{verb} takes no reason code ({c}): codes go with suspend, revoke and destroy"
+            )))
+        }
+        (_, None) => None,
+    };
+    Ok((reason, code))
 }

@@ -56,6 +56,7 @@ pub(crate) fn key_info(v: &KeyView, history: Vec<HistoryEntry>) -> KeyInfo {
         recovery_until: r.recovery_until,
         held_by_backups: Vec::new(),
         certificates: Vec::new(),
+        reason_code: r.reason_code,
     }
 }
 

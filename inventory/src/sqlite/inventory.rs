@@ -29,11 +29,11 @@ macro_rules! key_cols {
         "k.id, k.name, k.token, k.owner, k.purpose, k.class, k.algorithm, k.state, \
          k.created_at, k.activated_at, k.rotated_at, k.deactivated_at, k.protect_until, \
          k.process_until, k.next_rotation, k.scope, k.last_used_at, k.backup_allowed, \
-         k.recovery_until"
+         k.recovery_until, k.reason_code"
     };
 }
 /// The number of columns in `key_cols!()`.
-const KEY_NCOLS: usize = 19;
+const KEY_NCOLS: usize = 20;
 macro_rules! version_cols {
     () => {
         "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
@@ -113,6 +113,7 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<KeyRecord> {
         last_used_at: r.get(16)?,
         backup_allowed: r.get(17)?,
         recovery_until: r.get(18)?,
+        reason_code: stored_opt(r, 19, "reason code", &row)?,
         name,
         token,
     })
@@ -409,7 +410,14 @@ fn check_change(c: &LifecycleChange) -> Result<()> {
                 ));
             }
         }
-        KeyChange::Update { expected, to, .. } => {
+        KeyChange::Update {
+            expected, to, code, ..
+        } => {
+            if to.is_none() && code.is_some() {
+                return Err(Error::Invalid(
+                    "a reason code comes with a move of the key".into(),
+                ));
+            }
             if *to == Some(*expected) {
                 return Err(Error::Invalid(format!(
                     "the key would move from {expected} to itself"
@@ -661,9 +669,13 @@ impl SqliteInventory {
                 key_id,
                 expected,
                 to,
+                code,
             } => {
                 let token = move_key(&tx, *key_id, *expected, *to, c)?;
                 if let Some(to) = to {
+                    // The code of the move that put the key in its state.
+                    tx.prepare_cached("UPDATE keys SET reason_code = ?2 WHERE id = ?1")?
+                        .execute(params![key_id, code.map(|c| c.as_str())])?;
                     history.push(record_change(
                         &tx,
                         change(

@@ -38,6 +38,7 @@ fn draft(token: &str, name: &str) -> KeyRecord {
         last_used_at: None,
         backup_allowed: false,
         recovery_until: None,
+        reason_code: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn change(
             key_id,
             expected,
             to,
+            code: None,
         },
         versions,
         dates: DateUpdates::default(),
@@ -2011,7 +2013,7 @@ fn certificate(key_id: i64, version: u32, digest: u8, not_after: i64) -> Certifi
 #[test]
 fn certificates_are_recorded_per_version_and_replaced_when_told() {
     let (_dir, inv) = store();
-    assert_eq!(inv.schema_version().unwrap(), 9);
+    assert!(inv.schema_version().unwrap() >= 9);
     let k = new_key(&inv, "k", b"1");
     let other = new_key(&inv, "other", b"2");
     inv.record_certificate(&certificate(k.id, 1, 1, 5_000), false)
@@ -2043,4 +2045,80 @@ fn certificates_are_recorded_per_version_and_replaced_when_told() {
         Err(Error::Invalid(_))
     ));
     assert_eq!(inv.certificates(Some(other.id)).unwrap().len(), 1);
+}
+
+/// Step 10: the reason code of the move that put a key in its state is
+/// kept with it; the next move replaces it (a move without one clears
+/// it); a code without a move is refused; rows from before the step read
+/// as none.
+#[test]
+fn a_moves_reason_code_is_kept_until_the_next_move() {
+    use keyward_domain::ReasonCode;
+    let (_dir, inv) = store();
+    let k = new_key(&inv, "k", b"1");
+    assert_eq!(k.reason_code, None);
+    let with = |from, to, code| {
+        let mut c = key_move(k.id, from, to);
+        if let KeyChange::Update { code: c, .. } = &mut c.key {
+            *c = code;
+        }
+        c
+    };
+    let hold = Some(ReasonCode::CertificateHold);
+    let moved = inv
+        .apply(&with(KeyState::Active, KeyState::Suspended, hold))
+        .unwrap();
+    assert_eq!(moved.key.reason_code, hold);
+    assert_eq!(inv.key_by_id(k.id).unwrap().unwrap().reason_code, hold);
+    inv.apply(&with(KeyState::Suspended, KeyState::Active, None))
+        .unwrap();
+    assert_eq!(inv.key_by_id(k.id).unwrap().unwrap().reason_code, None);
+    let compromise = Some(ReasonCode::KeyCompromise);
+    inv.apply(&with(KeyState::Active, KeyState::Compromised, compromise))
+        .unwrap();
+    let stored = inv.key("tok", "k").unwrap().unwrap();
+    assert_eq!(stored.reason_code, compromise);
+    // Stored as the RFC's name.
+    let text: String = inv
+        .conn()
+        .query_row("SELECT reason_code FROM keys WHERE id = ?1", [k.id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(text, "keyCompromise");
+    // A code alone changes nothing: refused.
+    let mut alone = version_move(
+        k.id,
+        KeyState::Compromised,
+        1,
+        KeyState::Compromised,
+        KeyState::Destroyed,
+    );
+    if let KeyChange::Update { code, .. } = &mut alone.key {
+        *code = Some(ReasonCode::Superseded);
+    }
+    assert!(matches!(inv.apply(&alone), Err(Error::Invalid(_))));
+    assert_eq!(
+        inv.key_by_id(k.id).unwrap().unwrap().reason_code,
+        compromise
+    );
+}
+
+#[test]
+fn keys_stored_before_reason_codes_read_as_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let old = SqliteInventory::open_with(&path, &MIGRATIONS[..9]).unwrap();
+    old.conn()
+        .execute(
+            "INSERT INTO keys (token, name, owner, purpose, class, algorithm, state, created_at)
+             VALUES ('t1', 'old', 'o', 'signing', 'c', 'ec:p256', 'compromised', 1)",
+            [],
+        )
+        .unwrap();
+    drop(old);
+    let inv = SqliteInventory::open(&path).unwrap();
+    assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
+    let key = inv.key("t1", "old").unwrap().unwrap();
+    assert_eq!((key.state, key.reason_code), (KeyState::Compromised, None));
 }

@@ -27,7 +27,7 @@ keyward_test!(fn the_trail_records_admin_actions_uses_refusals_and_logins(tb) {
     s.login(UserType::User, Some(&ctx.pin())).expect("the right PIN");
     let k = find(&s, "audited", ObjectClass::PRIVATE_KEY)[0];
     s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]).expect("a use");
-    keyward_ok(&tb, &["key", "suspend", "audited"], 0);
+    keyward_ok(&tb, &["key", "suspend", "audited", "--reason", "test"], 0);
     expect_err(s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]), RvError::KeyFunctionNotPermitted);
 
     let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "1000"], 0);
@@ -114,7 +114,7 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     want.extend(action("key.activate", "activate worded"));
     want.extend(action("grant.add", &format!("grant {APPLICATION} sign on worded until 2100-01-01 00:00:00 UTC")));
     want.extend(action("key.rotate", "rotate worded"));
-    want.extend(action("key.suspend", "suspend worded: demo: investigating"));
+    want.extend(action("key.suspend", "suspend worded: code=certificateHold; demo: investigating"));
     want.push(("report.make".into(), "report on worded: the last 1h against the 7d before: 1 key".into(), 0));
     want.push(("audit.query".into(), format!("read at most 50 audit records of key worded: {n} records"), 0));
     assert_eq!(admin, want, "{lines}");
@@ -127,7 +127,7 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     // `keyward audit` shows the names and the words.
     // (--wide: reasons whole, not cut to 100 columns.)
     let text = keyward_ok(&tb, &["--wide", "audit", "query", "--key", "worded"], 0);
-    for needed in ["key.suspend", "requested: suspend worded: demo: investigating", "grant.add"] {
+    for needed in ["key.suspend", "requested: suspend worded: code=certificateHold; demo: investigating", "grant.add"] {
         assert!(text.contains(needed), "{needed:?} missing:\n{text}");
     }
     let text = keyward_ok(&tb, &["--wide", "audit", "tail", "-n", "6"], 0);

@@ -127,7 +127,7 @@ fn action(cycle: usize, i: usize) -> Action {
         4 => a(
             &["key", "suspend", &key, "--reason", &reason],
             "key.suspend",
-            &format!("suspend {key}: {reason}"),
+            &format!("suspend {key}: code=certificateHold; {reason}"),
             0,
         ),
         5 => a(

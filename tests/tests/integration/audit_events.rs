@@ -109,8 +109,8 @@ keyward_test!(fn lifecycle_grant_discovery_and_policy_events_come_from_their_cal
     keyward_ok(&tb, &["grant", "add", "lc", "testbed", "--ops", "sign", "--for", "1h"], 0);
     keyward_ok(&tb, &["key", "rotate", "lc"], 0);
     keyward_ok(&tb, &["grant", "remove", "lc", "testbed"], 0);
-    keyward_ok(&tb, &["key", "suspend", "lc"], 0);
-    keyward_ok(&tb, &["key", "revoke", "lc", "--reason", "laptop stolen"], 0);
+    keyward_ok(&tb, &["key", "suspend", "lc", "--reason", "audit"], 0);
+    keyward_ok(&tb, &["key", "revoke", "lc", "--reason", "laptop stolen", "--reason-code", "keyCompromise"], 0);
     // An unmanaged key for discovery to find.
     let ctx = Ctx::new(&tb);
     let s = ctx.user();
@@ -134,8 +134,8 @@ keyward_test!(fn lifecycle_grant_discovery_and_policy_events_come_from_their_cal
     assert!(has("activate", None, "from pre-activation to active: go live"), "{lifecycle:#?}");
     assert!(has("rotate", Some(2), "from none to active"), "{lifecycle:#?}");
     assert!(has("rotate", Some(1), "from active to deactivated"), "{lifecycle:#?}");
-    assert!(has("suspend", None, "from active to suspended"), "{lifecycle:#?}");
-    assert!(has("revoke", None, "from suspended to compromised: laptop stolen"), "{lifecycle:#?}");
+    assert!(has("suspend", None, "from active to suspended: code=certificateHold; audit"), "{lifecycle:#?}");
+    assert!(has("revoke", None, "from suspended to compromised: code=keyCompromise; laptop stolen"), "{lifecycle:#?}");
 
     let grants: Vec<&Json> = all.iter().filter(|r| r.str_at("kind") == "grant").collect();
     assert!(

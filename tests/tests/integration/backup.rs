@@ -416,7 +416,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // Old is destroyed (two officers) after the backup was made.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
 
     // The HSM is lost: a new, empty token.
@@ -762,7 +762,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
 
     // Old is destroyed (two officers): the request's outcome names both backups.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
@@ -803,7 +803,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     // A key of a class without backup: never flagged, and destroyed it is
     // held by no backup.
     assert_eq!(reported(&tb, "web").at("backup_missing").as_bool(), Some(false));
-    let id = pending(&tb, &["key", "destroy", "web", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "web", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();

@@ -148,7 +148,7 @@ keyward_test!(fn csrs_signed_in_the_hsm_verify_with_the_keys_public_key(tb) {
     keyward_ok(&tb, &["key", "activate", "web-ec"], 0);
     let pem = keyward_ok(&tb, &["cert", "request", "web-ec", "--subject", "CN=a"], 0);
     assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{pem}");
-    keyward_ok(&tb, &["key", "suspend", "web-ec"], 0);
+    keyward_ok(&tb, &["key", "suspend", "web-ec", "--reason", "test"], 0);
     refused(&tb, &["cert", "request", "web-ec", "--subject", "CN=a"], 5, "suspended");
     // An encryption key signs nothing: refused, naming its purpose.
     keyward_ok(&tb, &["key", "create", "sealer", "--class", "sealing"], 0);

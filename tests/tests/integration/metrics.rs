@@ -401,7 +401,7 @@ keyward_test!(fn metrics_count_requests_admin_actions_and_show_keys(tb) {
     );
 
     // A refused use: counted as an error of the call that carried it.
-    keyward_ok(&tb, &["key", "suspend", "measured"], 0);
+    keyward_ok(&tb, &["key", "suspend", "measured", "--reason", "test"], 0);
     expect_err(s.sign(&Mechanism::Ecdsa, k, &[7u8; 32]), RvError::KeyFunctionNotPermitted);
     let suspended = Scrape::get(&addr);
     // Three signatures and the refusal reached the trail, counted as events.

@@ -195,7 +195,8 @@ fn keys_that_may_not_sign_are_refused_before_the_hsm_signs() {
                 name: "signer".into(),
                 token: None,
                 action,
-                reason: None,
+                reason: Some("test".into()),
+                code: None,
             },
         )
         .unwrap_or_else(|e| panic!("{}", e.message));

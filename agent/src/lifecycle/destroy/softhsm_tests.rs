@@ -74,6 +74,7 @@ fn key<'a>(a: &'a Agent, name: &str) -> Target<'a> {
             token: None,
             action: KeyAction::Activate,
             reason: None,
+            code: None,
         },
     );
     call(
@@ -106,7 +107,13 @@ fn with_id(a: &Agent, id: &[u8], cko: u64) -> Vec<BackendObject> {
 fn destroy(a: &Agent, t: &Target<'_>) {
     let by = crate::agent::tests::admin_peer().as_administrator();
     a.lifecycle
-        .destroy_key(t, ("uid:0", &by), "retired", None, SystemTime::now())
+        .destroy_key(
+            t,
+            ("uid:0", &by),
+            ("retired", None),
+            None,
+            SystemTime::now(),
+        )
         .unwrap();
 }
 

@@ -82,6 +82,7 @@ fn active_key<'a>(a: &'a Agent, name: &str, class: &str, versions: u32) -> Targe
             token: None,
             action: KeyAction::Activate,
             reason: None,
+            code: None,
         },
     );
     for _ in 1..versions {
@@ -122,7 +123,7 @@ fn ids(t: &Target<'_>) -> Vec<Vec<u8>> {
 fn destroy(a: &Agent, t: &Target<'_>, reason: &str) -> AResult<KeyResponse> {
     let by = admin().as_administrator();
     a.lifecycle
-        .destroy_key(t, ("uid:0", &by), reason, None, SystemTime::now())
+        .destroy_key(t, ("uid:0", &by), (reason, None), None, SystemTime::now())
 }
 
 fn lifecycle_records(a: &Agent, key: &str) -> Vec<keyward_inventory::AuditEvent> {

@@ -85,6 +85,7 @@ fn active(a: &Agent, name: &str) {
         token: None,
         action: KeyAction::Activate,
         reason: None,
+        code: None,
     };
     call(a, &alice(), activate).unwrap();
 }
@@ -336,7 +337,7 @@ fn an_approval_recorded_before_a_stop_or_a_run_cut_off_is_finished_once_at_the_n
         .destroy_key(
             &t,
             ("alice", &Actor::Agent),
-            "cut off",
+            ("cut off", None),
             None,
             SystemTime::now(),
         )
