@@ -244,6 +244,18 @@ impl Lifecycle {
             .iter()
             .find(|r| r.action == action && r.target == target && r.expires_at > created_at)
         {
+            super::dry_run::commit_point(
+                || {
+                    format!(
+                        "answer request {}, pending already for {action} on {target}",
+                        open.id
+                    )
+                },
+                || {
+                    let quorum = self.quorum_of(approvable(open));
+                    super::dry_run::needs_approval(action, target, quorum.as_ref(), Some(&open.id))
+                },
+            )?;
             log::info!(
                 "{target}: {action} by {who}: request {} is pending already",
                 open.id
@@ -269,6 +281,15 @@ impl Lifecycle {
             .map(|a| self.policy().quorum(a).lifetime)
             .unwrap_or(APPROVAL_LIFETIME);
         record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
+        super::dry_run::commit_point(
+            || {
+                format!("record a {action} request on {target} for approval; nothing else happens until it is approved")
+            },
+            || {
+                let quorum = self.quorum_of(approvable(&record));
+                super::dry_run::needs_approval(action, target, quorum.as_ref(), None)
+            },
+        )?;
         match inventory.create_sole_request(&record) {
             Ok(()) => {}
             // Another asked for the same at the same moment: that one.
@@ -459,6 +480,21 @@ impl Lifecycle {
             Some(why) => format!("cancelled by {who}: {why}"),
             None => format!("cancelled by {who}"),
         };
+        if super::dry_run::planning() && r.status != ApprovalStatus::Pending {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("request {id} is {}: nothing to cancel", r.status),
+            );
+        }
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "request {id} ({} on {}) moves to cancelled",
+                    r.action, r.target
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let moved = self
             .keys
             .inventory()

@@ -69,6 +69,7 @@ pub mod create;
 pub mod destroy;
 pub mod discovery;
 pub mod distribute;
+pub mod dry_run;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
@@ -255,6 +256,43 @@ pub(crate) fn lifecycle_records(
         })
         .collect();
     Some(records)
+}
+
+/// What `change` (named `operation`) does, in words, for a dry run's plan.
+pub(crate) fn describe_change(
+    operation: &str,
+    change: &LifecycleChange,
+    keys: &crate::keys::ManagedKeys,
+) -> String {
+    let mut moves = Vec::new();
+    let key = match &change.key {
+        KeyChange::Create(k) => {
+            moves.push(format!("key recorded {}", k.state));
+            format!("{}/{}", k.token, k.name)
+        }
+        KeyChange::Update {
+            key_id,
+            expected,
+            to,
+        } => {
+            if let Some(to) = to {
+                moves.push(format!("key {expected} -> {to}"));
+            }
+            keys.key(*key_id).map_or_else(
+                || format!("key {key_id}"),
+                |k| format!("{}/{}", k.record.token, k.record.name),
+            )
+        }
+    };
+    for v in &change.versions {
+        moves.push(match v {
+            VersionChange::Add(v) => format!("version {} added {}", v.version, v.state),
+            VersionChange::Move { version, from, to } => {
+                format!("version {version} {from} -> {to}")
+            }
+        });
+    }
+    format!("{operation} {key}: {}", moves.join(", "))
 }
 
 /// The token and key a key request names, for the trail.
@@ -702,6 +740,10 @@ impl Lifecycle {
         mut change: LifecycleChange,
         request: Option<(&str, &str)>,
     ) -> AResult<AppliedChange> {
+        dry_run::commit_point(
+            || describe_change(operation, &change, &self.keys),
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let Some(mut trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
             return fail(
                 AdminErrorKind::NotFound,
