@@ -43,6 +43,15 @@ pub struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Change nothing: the agent runs every check of the command and says what it would do
+    /// (and, for revoke, destroy and restore, who loses what). Exit 0, or the exit code the
+    /// command itself would give when it is refused.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Confirm revoke, destroy and backup restore without being asked (needed when not on a
+    /// terminal: scripts).
+    #[arg(long, global = true)]
+    pub yes: bool,
     #[command(subcommand)]
     pub command: Command,
 }

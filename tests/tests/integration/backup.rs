@@ -391,7 +391,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
         let p = write(name, &damaged);
         for args in [
             vec!["backup", "verify", p.to_str().unwrap()],
-            vec!["backup", "restore", p.to_str().unwrap(), "--reason", "test"],
+            vec!["backup", "restore", "--yes", p.to_str().unwrap(), "--reason", "test"],
         ] {
             let out = keyward(&tb, &args);
             assert_eq!(out.status.code(), Some(code), "{name} {args:?}: {out:?}");
@@ -402,7 +402,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
 
     // A restore onto the token as it is: nothing to do, nothing changes.
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "no-op"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "no-op"]);
     approve(&tb, &a, &id);
     assert_eq!(inventory(&tb), before);
 
@@ -416,7 +416,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // Old is destroyed (two officers) after the backup was made.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired"]);
     approve(&tb, &a, &id);
 
     // The HSM is lost: a new, empty token.
@@ -424,14 +424,14 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     let ctx = Ctx::new(&tb);
     assert!(find(&ctx.user(), "release", ObjectClass::PRIVATE_KEY).is_empty());
     drop(ctx);
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "dr"]);
     assert_eq!(out.status.code(), Some(4), "no backup key yet: {out:?}");
 
     // Alice's share alone: one of two; the key is not rebuilt.
     let sub = keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()], 0);
     assert!(sub.contains("1 of 2 shares submitted"), "{sub}");
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "dr"]);
     assert_eq!(out.status.code(), Some(4), "still no backup key: {out:?}");
     // Bob's share opened with alice's identity does not open.
     let stolen = tb.path("bob-copy.share");
@@ -446,7 +446,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(text(&out.stdout).contains("rebuilt"), "{out:?}");
 
     // The restore, approved by two: every key back but the destroyed one.
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "disaster recovery"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "disaster recovery"]);
     let params = keyward_json(&tb, &["request", "show", &id], 0);
     assert!(params.to_string().contains("stays_destroyed"), "{params}");
     approve(&tb, &a, &id);
@@ -487,7 +487,7 @@ keyward_test!(fn a_restore_never_overwrites_newer_inventory_state(tb) {
     keyward_ok(&tb, &["key", "rotate", "release"], 0);
     keyward_ok(&tb, &["key", "suspend", "release", "--reason", "audit"], 0);
     let before = inventory(&tb);
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "mistake"]);
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "mistake"]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("conflicts with the inventory"), "{err}");
@@ -545,7 +545,7 @@ keyward_test!(fn a_new_host_with_a_new_hsm_gets_every_key_back_from_a_backup_and
     let status = keyward_json(&tb, &["backup", "status"], 0);
     assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(true), "{status}");
 
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "new host"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "new host"]);
     approve(&tb, &a, &id);
     // Names, states, versions, CKA_IDs and fingerprints as they were.
     assert_eq!(inventory(&tb), before);
@@ -762,7 +762,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
 
     // Old is destroyed (two officers): the request's outcome names both backups.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
@@ -802,7 +802,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     // A key of a class without backup: never flagged, and destroyed it is
     // held by no backup.
     assert_eq!(reported(&tb, "web").at("backup_missing").as_bool(), Some(false));
-    let id = pending(&tb, &["key", "destroy", "web", "--reason", "retired"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "web", "--reason", "retired"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
@@ -840,7 +840,7 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     assert_ne!(first, second);
     for args in [
         vec!["backup", "verify", file.to_str().unwrap()],
-        vec!["backup", "restore", file.to_str().unwrap(), "--reason", "wrong file"],
+        vec!["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "wrong file"],
     ] {
         let out = keyward(&tb, &args);
         assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");

@@ -76,12 +76,24 @@ fn step(round: u64, admin: usize, i: usize) -> Step {
         1 => owned(&["key", "activate", k], k, false),
         2 | 4 => owned(&["key", "rotate", k], k, true),
         3 => owned(
-            &["key", "revoke", k, "--rotate", "--reason", "crash test"],
+            &[
+                "key",
+                "revoke",
+                "--yes",
+                k,
+                "--rotate",
+                "--reason",
+                "crash test",
+            ],
             k,
             true,
         ),
         5 => owned(&["key", "suspend", k], k, false),
-        _ => owned(&["key", "revoke", k, "--reason", "crash test"], k, false),
+        _ => owned(
+            &["key", "revoke", "--yes", k, "--reason", "crash test"],
+            k,
+            false,
+        ),
     }
 }
 

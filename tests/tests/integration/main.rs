@@ -58,6 +58,7 @@ mod policy_standards;
 mod recovery;
 mod refusals;
 mod report;
+mod safety_rails;
 mod sessions_login;
 mod slots_tokens;
 mod status_policy;
