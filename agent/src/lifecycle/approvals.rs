@@ -418,6 +418,7 @@ impl Lifecycle {
             signature: signature.map(<[u8]>::to_vec),
             at,
         };
+        self.plan_decision(&r, &who, decision, needed)?;
         let decided = self
             .keys
             .inventory()
@@ -453,6 +454,53 @@ impl Lifecycle {
             }
         }
         self.show_request(id, now)
+    }
+
+    /// The commit point of `who`'s `decision` on pending request `r`
+    /// under a quorum of `needed` approvals: while planning, what the
+    /// decision would do (a decision of `who` given already is refused as
+    /// the store refuses it).
+    fn plan_decision(
+        &self,
+        r: &ApprovalRecord,
+        who: &str,
+        decision: keyward_policy::Decision,
+        needed: u32,
+    ) -> AResult<()> {
+        if !super::dry_run::planning() {
+            return Ok(());
+        }
+        let decisions = self.keys.inventory().decisions(&r.id).map_err(inv_err)?;
+        if decisions.iter().any(|d| d.administrator == who) {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("{who} decided on request {} already", r.id),
+            );
+        }
+        let approvals = decisions
+            .iter()
+            .filter(|d| d.decision == keyward_policy::Decision::Approve)
+            .count() as u32
+            + u32::from(decision == keyward_policy::Decision::Approve);
+        let what = format!("{} on {}", r.action, r.target);
+        super::dry_run::commit_point(
+            || {
+                match decision {
+                keyward_policy::Decision::Deny => {
+                    format!("request {} ({what}) is denied by {who}; nothing of it is done", r.id)
+                }
+                keyward_policy::Decision::Approve if approvals >= needed.max(1) => format!(
+                    "request {} is approved by {who} ({approvals} of {needed}): {what} is carried out",
+                    r.id
+                ),
+                keyward_policy::Decision::Approve => format!(
+                    "request {} gets {who}'s approval ({approvals} of {needed}): {what} waits for more",
+                    r.id
+                ),
+            }
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )
     }
 
     /// `keyward request cancel ID`: withdraws a pending request; its

@@ -122,7 +122,16 @@ pub fn plannable(req: &KeyRequest) -> bool {
         | KeyRequest::Adopt { .. }
         | KeyRequest::Recover { .. }
         | KeyRequest::TokenInit { .. }
-        | KeyRequest::RequestCancel { .. } => true,
+        | KeyRequest::RequestCancel { .. }
+        | KeyRequest::RequestDecide { .. }
+        | KeyRequest::PolicyApply { .. }
+        | KeyRequest::Init { .. } => true,
+        KeyRequest::Distribution(d) => {
+            matches!(
+                d,
+                keyward_protocol::distribution::DistRequest::Export { .. }
+            )
+        }
         KeyRequest::Backup(b) => matches!(
             b,
             BackupRequest::Init { .. } | BackupRequest::Restore { .. }

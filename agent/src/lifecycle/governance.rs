@@ -377,6 +377,17 @@ impl Lifecycle {
             kind: AdminErrorKind::Invalid,
             message: format!("the new policy is not valid: {e}"),
         })?;
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "policy {} is written and put in force: sha256 {} (now {})",
+                    next.path.display(),
+                    next.sha256,
+                    current.sha256
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let on_disk = std::fs::read_to_string(&next.path).ok();
         if on_disk.as_deref() != Some(next.text.as_str()) {
             write_atomically(&next.path, &next.text).map_err(|e| AdminError {

@@ -172,6 +172,9 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
     assert_eq!(snapshot(&tb), before, "the snapshot itself changes nothing");
 
     let label = tb.token.clone();
+    let next_policy = tb.path("next-policy.toml");
+    std::fs::write(&next_policy, format!("{}\n# next\n", policy())).expect("write a policy");
+    let next_policy = next_policy.to_str().expect("a UTF-8 path").to_owned();
     let plans = [
         (vec!["key", "create", "new", "--class", "signing"], "generate a ec:p256 key labelled \"new\""),
         (vec!["key", "create", "new-enc", "--class", "encryption", "--algorithm", "rsa:2048"], "rsa:2048"),
@@ -187,6 +190,9 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
         (vec!["grant", "add", "web", APPLICATION, "--ops", "verify"], "grants application"),
         (vec!["grant", "remove", "web", APPLICATION], "the grant to"),
         (vec!["request", "cancel", &resume], "moves to cancelled"),
+        (vec!["request", "approve", &resume], "is approved by"),
+        (vec!["request", "deny", &resume], "is denied by"),
+        (vec!["policy", "apply", &next_policy, "--reason", "check"], "is written and put in force"),
         (vec!["token", "init", &label, "--reason", "check"], "needs approval: a token-init request"),
     ];
     for (args, says) in &plans {
@@ -215,6 +221,9 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
 keyward_test!(fn a_refused_dry_run_exits_like_the_real_verb(tb) {
     tb.require_agent("dry runs");
     keys(&tb);
+    let bad_policy = tb.path("bad-policy.toml");
+    std::fs::write(&bad_policy, "[settings]\nmode = \"sometimes\"\n").expect("write a policy");
+    let bad_policy = bad_policy.to_str().expect("a UTF-8 path").to_owned();
     for (args, code) in [
         (vec!["key", "activate", "web"], 5),
         (vec!["key", "resume", "web"], 5),
@@ -230,6 +239,8 @@ keyward_test!(fn a_refused_dry_run_exits_like_the_real_verb(tb) {
         (vec!["grant", "remove", "enc", APPLICATION], 4),
         (vec!["key", "recover", "web", "--for", "1h", "--reason", "r"], 5),
         (vec!["request", "cancel", "nosuch"], 4),
+        (vec!["request", "approve", "nosuch"], 4),
+        (vec!["policy", "apply", &bad_policy], 2),
     ] {
         let mut dry = vec!["--dry-run"];
         dry.extend_from_slice(&args);
