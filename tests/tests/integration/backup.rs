@@ -850,3 +850,71 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     }
     assert!(inventory(&tb).is_empty());
 });
+
+keyward_test!(fn a_restore_is_dry_run_and_confirmed_by_the_tokens_label(tb) {
+    let a = setup(&tb);
+    for name in ["release", "old"] {
+        keyward_ok(&tb, &["key", "create", name, "--class", "release"], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    ceremony(&tb, &a);
+    let id = create_backup(&tb, "b.kwbackup");
+    let file = tb.path("b.kwbackup");
+    let file = file.to_str().unwrap();
+
+    // A destroy's impact names the backup still holding the key.
+    let plan = keyward_json(&tb, &["--dry-run", "key", "destroy", "old"], 0);
+    assert_eq!(plan.at("Plan").at("impact").at("backups")[0].str_at("id"), id, "{plan}");
+    let destroy = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired"]);
+    approve(&tb, &a, &destroy);
+
+    // The dry run: checked (seal, key, conflicts), what it would restore,
+    // under quorum backup-restore; no request, no change.
+    let before = (inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0));
+    let plan = keyward_json(&tb, &["--dry-run", "backup", "restore", file, "--reason", "dr"], 0);
+    let plan = plan.at("Plan");
+    assert_eq!(plan.at("restore").str_at("backup"), id, "{plan}");
+    assert_eq!(plan.at("restore").at("stays_destroyed"), &serde_json::json!(["old"]), "{plan}");
+    let approval = plan.at("outcome").at("NeedsApproval");
+    assert_eq!(approval.str_at("action"), "backup-restore", "{plan}");
+    assert_eq!(approval["approvals"], 2, "{plan}");
+    assert_eq!((inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0)), before);
+    assert_eq!(waiting_restores(&tb.dir), 0, "a dry run keeps no file for a restore");
+
+    // A damaged file: the same refusal as the restore itself.
+    let cut = tb.path("cut.kwbackup");
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+    let out = keyward(&tb, &["--dry-run", "backup", "restore", cut.to_str().unwrap(), "--reason", "dr"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // On a terminal: the token's label confirms, anything else sends nothing.
+    let args = ["backup", "restore", file, "--reason", "dr"];
+    let (code, shown) = super::safety_rails::on_a_terminal(&tb, &args, "release\n");
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("Type the token's label to confirm:"), "{shown}");
+    assert!(shown.contains("keys that stay destroyed: old"), "{shown}");
+    assert_eq!((inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0)), before);
+    let (code, shown) = super::safety_rails::on_a_terminal(&tb, &args, &format!("{}\n", tb.token));
+    assert_eq!(code, Some(3), "a restore request is recorded: {shown}");
+    assert_eq!(waiting_restores(&tb.dir), 1, "the request's file waits for its approval");
+});
+
+/// How many backup files wait for a restore's approval under `dir`.
+fn waiting_restores(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        waiting_restores(&path)
+                    } else {
+                        usize::from(e.file_name().to_string_lossy().starts_with("restore-"))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

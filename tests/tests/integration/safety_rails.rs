@@ -289,7 +289,7 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
 });
 
 /// Runs `keyward ARGS` under a pseudo-terminal (`script`), typing `typed`.
-fn on_a_terminal(tb: &Env, args: &[&str], typed: &str) -> (Option<i32>, String) {
+pub(crate) fn on_a_terminal(tb: &Env, args: &[&str], typed: &str) -> (Option<i32>, String) {
     let mut line = format!(
         "exec {} --admin-socket {}",
         keyward_bin(tb).display(),
