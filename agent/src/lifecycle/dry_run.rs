@@ -130,12 +130,16 @@ pub fn plannable(req: &KeyRequest) -> bool {
             matches!(
                 d,
                 keyward_protocol::distribution::DistRequest::Export { .. }
+                    | keyward_protocol::distribution::DistRequest::Import { .. }
             )
         }
         KeyRequest::Backup(b) => matches!(
             b,
-            BackupRequest::Init { .. } | BackupRequest::Restore { .. }
+            BackupRequest::Init { .. }
+                | BackupRequest::Restore { .. }
+                | BackupRequest::Create { .. }
         ),
+        KeyRequest::Cert(_) => true,
         _ => false,
     }
 }

@@ -858,6 +858,11 @@ keyward_test!(fn a_restore_is_dry_run_and_confirmed_by_the_tokens_label(tb) {
         keyward_ok(&tb, &["key", "activate", name], 0);
     }
     ceremony(&tb, &a);
+    // A backup's dry run names what it would hold and writes no file.
+    let plan = keyward_ok(&tb, &["--dry-run", "backup", "create", tb.path("dry.kwbackup").to_str().unwrap()], 0);
+    assert!(plan.contains("keys [old, release]"), "{plan}");
+    assert!(!tb.path("dry.kwbackup").exists(), "a dry run wrote a backup file");
+    assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
     let id = create_backup(&tb, "b.kwbackup");
     let file = tb.path("b.kwbackup");
     let file = file.to_str().unwrap();

@@ -193,6 +193,8 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
         (vec!["request", "approve", &resume], "is approved by"),
         (vec!["request", "deny", &resume], "is denied by"),
         (vec!["policy", "apply", &next_policy, "--reason", "check"], "is written and put in force"),
+        (vec!["cert", "request", "web", "--subject", "CN=web"], "signs the"),
+        (vec!["cert", "self-sign", "web", "--subject", "CN=web", "--import"], "signs the"),
         (vec!["token", "init", &label, "--reason", "check"], "needs approval: a token-init request"),
     ];
     for (args, says) in &plans {
@@ -241,6 +243,10 @@ keyward_test!(fn a_refused_dry_run_exits_like_the_real_verb(tb) {
         (vec!["request", "cancel", "nosuch"], 4),
         (vec!["request", "approve", "nosuch"], 4),
         (vec!["policy", "apply", &bad_policy], 2),
+        (vec!["backup", "create", &tb.path("b.kwbackup").to_string_lossy()], 4),
+        (vec!["key", "import", &bad_policy, "--class", "signing", "--reason", "r"], 2),
+        (vec!["cert", "import", "web", &bad_policy], 2),
+        (vec!["cert", "request", "enc", "--subject", "CN=enc"], 5),
     ] {
         let mut dry = vec!["--dry-run"];
         dry.extend_from_slice(&args);
