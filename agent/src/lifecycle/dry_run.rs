@@ -125,7 +125,8 @@ pub fn plannable(req: &KeyRequest) -> bool {
         | KeyRequest::RequestCancel { .. }
         | KeyRequest::RequestDecide { .. }
         | KeyRequest::PolicyApply { .. }
-        | KeyRequest::Init { .. } => true,
+        | KeyRequest::Init { .. }
+        | KeyRequest::PinUnlock { .. } => true,
         KeyRequest::Distribution(d) => {
             matches!(
                 d,

@@ -638,6 +638,33 @@ impl Lifecycle {
             keyward_protocol::admin::PinRole::User => Role::User,
             keyward_protocol::admin::PinRole::So => Role::So,
         });
+        if dry_run::planning() {
+            // The refusals `unlock_pin` would give, before its writes.
+            let refusal = match (role, application) {
+                (Some(Role::So), Some(_)) => {
+                    Some("an application has no SO PIN of its own: leave out --app".to_owned())
+                }
+                (_, Some(app)) if self.policy().application(app).is_none() => {
+                    Some(format!("the policy names no application {app:?}"))
+                }
+                _ => None,
+            };
+            if let Some(message) = refusal {
+                return fail(AdminErrorKind::Failed, message);
+            }
+        }
+        dry_run::commit_point(
+            || {
+                let whose = match (role, application) {
+                    (_, Some(app)) => format!("the user PIN of application {app:?}"),
+                    (Some(Role::So), None) => "the SO PIN".to_owned(),
+                    (Some(Role::User), None) => "the user PINs".to_owned(),
+                    (None, None) => "every PIN".to_owned(),
+                };
+                format!("the wrong-PIN count of {whose} on token {token:?} is reset")
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let done = self
             .unlock_pin(token, role, application)
             .map_err(|m| AdminError {

@@ -194,6 +194,7 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
         (vec!["request", "deny", &resume], "is denied by"),
         (vec!["policy", "apply", &next_policy, "--reason", "check"], "is written and put in force"),
         (vec!["cert", "request", "web", "--subject", "CN=web"], "signs the"),
+        (vec!["pin", "unlock", &label], "wrong-PIN count of every PIN"),
         (vec!["cert", "self-sign", "web", "--subject", "CN=web", "--import"], "signs the"),
         (vec!["token", "init", &label, "--reason", "check"], "needs approval: a token-init request"),
     ];
@@ -247,6 +248,8 @@ keyward_test!(fn a_refused_dry_run_exits_like_the_real_verb(tb) {
         (vec!["key", "import", &bad_policy, "--class", "signing", "--reason", "r"], 2),
         (vec!["cert", "import", "web", &bad_policy], 2),
         (vec!["cert", "request", "enc", "--subject", "CN=enc"], 5),
+        (vec!["pin", "unlock", &tb.token, "--app", "nosuch"], 7),
+        (vec!["pin", "unlock", &tb.token, "--role", "so", "--app", APPLICATION], 7),
     ] {
         let mut dry = vec!["--dry-run"];
         dry.extend_from_slice(&args);
