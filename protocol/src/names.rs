@@ -18,7 +18,7 @@
 //! | `pin.unlock` | [`KeyRequest::PinUnlock`] |
 //! | `audit.verify`, `audit.anchor`, `audit.tail`, `audit.query` | the [`AuditRequest`] of that name (`audit.verify` also with anchors) |
 //! | `report.make` | [`AdminRequest::Report`] |
-//! | the request's own name | [`AdminRequest::DryRun`] (a dry run is admitted, and named in logs and metrics, as the request it plans) |
+//! | the request's own name | [`AdminRequest::DryRun`] (a dry run is admitted, and named in logs, as the request it plans; the metrics count it as `<name> dry-run`) |
 //!
 //! Names are part of the interface: the audit trail's `operation` of admin
 //! records and the metrics' `request` label are these names, so a name,
