@@ -126,7 +126,8 @@ pub fn plannable(req: &KeyRequest) -> bool {
         | KeyRequest::RequestDecide { .. }
         | KeyRequest::PolicyApply { .. }
         | KeyRequest::Init { .. }
-        | KeyRequest::PinUnlock { .. } => true,
+        | KeyRequest::PinUnlock { .. }
+        | KeyRequest::PolicyReload => true,
         KeyRequest::Distribution(d) => {
             matches!(
                 d,

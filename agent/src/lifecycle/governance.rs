@@ -223,7 +223,7 @@ impl Lifecycle {
             }
         };
         let accept = |why: &str| {
-            if guarded(policy) {
+            if guarded(policy) && !super::dry_run::planning() {
                 if let Err(e) = self.record_baseline(file, why, now) {
                     log::error!("policy: cannot record the approved policy: {}", e.message);
                 }
@@ -263,7 +263,9 @@ impl Lifecycle {
                     record.id
                 );
                 log::error!("{why}");
-                self.audit_policy("refuse", ck::CKR_FUNCTION_FAILED, &why);
+                if !super::dry_run::planning() {
+                    self.audit_policy("refuse", ck::CKR_FUNCTION_FAILED, &why);
+                }
                 Admission::Refused(Box::new((approved_file, p)))
             }
             _ => accept("follows a policy without dual control"),

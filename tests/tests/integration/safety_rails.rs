@@ -195,6 +195,7 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
         (vec!["policy", "apply", &next_policy, "--reason", "check"], "is written and put in force"),
         (vec!["cert", "request", "web", "--subject", "CN=web"], "signs the"),
         (vec!["pin", "unlock", &label], "wrong-PIN count of every PIN"),
+        (vec!["policy", "reload"], "the policy in force stays"),
         (vec!["cert", "self-sign", "web", "--subject", "CN=web", "--import"], "signs the"),
         (vec!["token", "init", &label, "--reason", "check"], "needs approval: a token-init request"),
     ];
@@ -259,6 +260,12 @@ keyward_test!(fn a_refused_dry_run_exits_like_the_real_verb(tb) {
         assert_eq!(dry_out.status.code(), Some(code), "dry run {args:?}: {dry_out:?}");
         assert!(!text(&dry_out.stderr).is_empty(), "{args:?}: the refusal is said");
     }
+    // A reload of a policy file that does not check.
+    std::fs::write(tb.path("policy.toml"), "[settings]\nmode = \"sometimes\"\n").expect("break the policy");
+    let dry_out = keyward(&tb, &["--dry-run", "policy", "reload"]);
+    let real_out = keyward(&tb, &["policy", "reload"]);
+    assert_eq!(real_out.status.code(), Some(5), "{real_out:?}");
+    assert_eq!(dry_out.status.code(), Some(5), "{dry_out:?}");
 });
 
 keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
