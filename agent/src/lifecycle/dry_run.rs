@@ -140,6 +140,7 @@ pub fn plannable(req: &KeyRequest) -> bool {
             BackupRequest::Init { .. }
                 | BackupRequest::Restore { .. }
                 | BackupRequest::Create { .. }
+                | BackupRequest::Submit { .. }
         ),
         KeyRequest::Cert(_) => true,
         _ => false,

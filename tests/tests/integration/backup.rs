@@ -431,6 +431,11 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     let sub = keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()], 0);
     assert!(sub.contains("1 of 2 shares submitted"), "{sub}");
+    // Bob's share in a dry run: it would rebuild the key, and holds nothing.
+    let out = as_bob(&tb, &["--dry-run", "backup", "share", "submit", bob_share.to_str().unwrap(),
+        "--identity", a.bob_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("(2 of 2): the backup key is rebuilt"), "{out:?}");
     let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "dr"]);
     assert_eq!(out.status.code(), Some(4), "still no backup key: {out:?}");
     // Bob's share opened with alice's identity does not open.
