@@ -4,15 +4,19 @@
 //! [`Lifecycle::dry_run`] runs the request's own code on this thread with
 //! planning on. Every check runs as for the real request (the name, the
 //! policy, the state transition, the quorum); each place where a request
-//! would change something first calls [`commit_point`], which, while
+//! would change something first calls `commit_point`, which, while
 //! planning, records what the change would be and stops the request there
 //! with nothing changed: no inventory write, no HSM object, no approval
 //! request, no trail record. The commit points are the lifecycle change
 //! (`Lifecycle::apply_change_for`), the recording of an approval request
 //! (`Lifecycle::record_request_on`), a generation in the HSM
-//! (`Lifecycle::generate`), and the grant and request writes; the few
-//! writes made on the way to one of them (the file a restore keeps until
-//! its approval) are skipped while [`planning`].
+//! (`Lifecycle::generate`), an unwrap into it (key import), a signature
+//! in it (certificates and their requests), a certificate stored, a backup
+//! recorded, a share held, the grant, decision, cancel and PIN-count
+//! writes, and a policy written or put in force (apply, init, reload); the
+//! few writes made on the way to one of them (the file a restore keeps
+//! until its approval, the trail records of a policy the reload refuses)
+//! are skipped while `planning`.
 //!
 //! Only the requests whose every write is behind a commit point are
 //! planned ([`plannable`]); any other is refused with nothing done. A
