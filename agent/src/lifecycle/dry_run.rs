@@ -231,15 +231,7 @@ impl Lifecycle {
                 format!("{request}: --dry-run is not available for this request; nothing was done"),
             );
         }
-        let irreversible = match &req {
-            KeyRequest::Transition {
-                name,
-                token,
-                action: a @ (KeyAction::Revoke { .. } | KeyAction::Destroy),
-                ..
-            } => Some((name.clone(), token.clone(), *a)),
-            _ => None,
-        };
+        let irreversible = self.irreversible_target(&req);
         let scope = Scope::enter();
         let result = self.key_call(admin, req);
         let planned = scope.finish();
@@ -265,6 +257,35 @@ impl Lifecycle {
             impact,
             restore: planned.restore,
         })
+    }
+
+    /// The key and action whose impact a plan of `req` shows: a revoke or
+    /// destroy, or the approval of a destroy request (which carries it out).
+    fn irreversible_target(&self, req: &KeyRequest) -> Option<(String, Option<String>, KeyAction)> {
+        match req {
+            KeyRequest::Transition {
+                name,
+                token,
+                action: a @ (KeyAction::Revoke { .. } | KeyAction::Destroy),
+                ..
+            } => Some((name.clone(), token.clone(), *a)),
+            KeyRequest::RequestDecide {
+                id,
+                decision: keyward_policy::Decision::Approve,
+                ..
+            } => {
+                let r = self.keys.inventory().request(id).ok().flatten()?;
+                let key = self.keys.key(r.key_id?)?;
+                (r.action == "destroy").then(|| {
+                    (
+                        key.record.name.clone(),
+                        Some(key.record.token.clone()),
+                        KeyAction::Destroy,
+                    )
+                })
+            }
+            _ => None,
+        }
     }
 
     /// What revoking or destroying (`action`) key `name` means now.

@@ -283,6 +283,15 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
     assert_eq!(impact["applications"][0]["application"], APPLICATION, "{doc}");
     assert_eq!(impact["applications"][0]["operations"], serde_json::json!(["encrypt", "decrypt"]), "{doc}");
     assert_eq!(doc["Plan"]["outcome"]["NeedsApproval"]["action"], "destroy", "{doc}");
+    // Its approval carries the destruction out: its dry run shows the same impact.
+    let id = pending_id(&tb, &["key", "destroy", "--yes", "enc", "--reason", "retired"]);
+    let approve = keyward_json(&tb, &["--dry-run", "request", "approve", &id], 0);
+    let (shown, asked) = (&approve["Plan"]["impact"], &doc["Plan"]["impact"]);
+    for field in ["action", "key", "applications", "data", "to"] {
+        assert_eq!(shown[field], asked[field], "{field}: {approve}");
+    }
+    assert_eq!(shown["pending_requests"][0][0], id.as_str(), "the request itself: {approve}");
+    assert_eq!(key_show(&tb, "enc").str_at("state"), "active", "a dry-run approval destroyed the key");
 
     // A signing key: its own grant and the class's, and its signatures stay verifiable.
     let doc = keyward_json(&tb, &["--dry-run", "key", "revoke", "web"], 0);
