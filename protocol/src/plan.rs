@@ -143,3 +143,83 @@ impl DataEffect {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{AdminRequest, AdminResponse, KeyAction, KeyRequest, KeyResponse};
+
+    fn plan() -> Plan {
+        Plan {
+            request: "key.destroy".into(),
+            action: "destroy web".into(),
+            outcome: PlanOutcome::NeedsApproval {
+                action: "destroy".into(),
+                target: "lab/web".into(),
+                approvals: 2,
+                roles: vec!["security-officer".into()],
+                pending: None,
+            },
+            steps: vec!["record a destroy request".into()],
+            impact: Some(Impact {
+                token: "lab".into(),
+                key: "web".into(),
+                action: "destroy".into(),
+                from: KeyState::Active,
+                to: KeyState::Destroyed,
+                purpose: Purpose::Encryption,
+                applications: vec![LostOperations {
+                    application: "app".into(),
+                    operations: vec![Operation::Encrypt, Operation::Decrypt],
+                    source: "class".into(),
+                }],
+                data: DataEffect::Unreadable,
+                signatures_stay_verifiable: None,
+                certificates: Vec::new(),
+                backups: vec![BackupMark {
+                    at: 1,
+                    id: "ab".repeat(32),
+                }],
+                pending_requests: vec![("r1".into(), "resume".into())],
+            }),
+            restore: None,
+        }
+    }
+
+    #[test]
+    fn a_dry_run_and_its_plan_travel_whole() {
+        let req = AdminRequest::DryRun(KeyRequest::Transition {
+            name: "web".into(),
+            token: None,
+            action: KeyAction::Destroy,
+            reason: Some("retired".into()),
+        });
+        let bytes = postcard::to_allocvec(&req).unwrap();
+        assert_eq!(postcard::from_bytes::<AdminRequest>(&bytes).unwrap(), req);
+        assert_eq!(
+            req.name(),
+            "key.destroy",
+            "admitted as the request it plans"
+        );
+        assert!(
+            req.describe().starts_with("dry run: "),
+            "{}",
+            req.describe()
+        );
+        let resp = AdminResponse::Key(Box::new(KeyResponse::Plan(Box::new(plan()))));
+        let bytes = postcard::to_allocvec(&resp).unwrap();
+        assert_eq!(postcard::from_bytes::<AdminResponse>(&bytes).unwrap(), resp);
+    }
+
+    #[test]
+    fn an_impact_reads_with_names_in_json() {
+        let v = serde_json::to_value(plan()).unwrap();
+        let impact = &v["impact"];
+        assert_eq!(impact["from"], "active");
+        assert_eq!(impact["to"], "destroyed");
+        assert_eq!(impact["purpose"], "encryption");
+        assert_eq!(impact["applications"][0]["operations"][1], "decrypt");
+        assert_eq!(impact["data"], "Unreadable");
+        assert_eq!(v["outcome"]["NeedsApproval"]["approvals"], 2);
+    }
+}
