@@ -456,10 +456,13 @@ pub fn reload(
 ) -> Result<String, String> {
     let failed = |why: String| {
         log::error!("reload: {why}; nothing changed");
-        agent.audit_reload(
-            ck_failed(),
-            &format!("{}: {why}; nothing changed", path.display()),
-        );
+        // A dry run (`keyward policy reload --dry-run`) records nothing.
+        if !crate::lifecycle::dry_run::planning() {
+            agent.audit_reload(
+                ck_failed(),
+                &format!("{}: {why}; nothing changed", path.display()),
+            );
+        }
         Err(format!("{}: {why}", path.display()))
     };
     let config = match Config::load(path) {
@@ -503,6 +506,24 @@ pub fn reload(
     if config.webhook != running.webhook {
         restart.push("[webhook]");
     }
+    crate::lifecycle::dry_run::commit_point(
+        || {
+            let policy = if new_source == *source {
+                format!("the policy in force stays {source}")
+            } else {
+                format!("the policy in force becomes {new_source} (now {source})")
+            };
+            match restart.is_empty() {
+                true => policy,
+                false => format!(
+                    "{policy}; {} changed: they take effect at the next start",
+                    restart.join(", ")
+                ),
+            }
+        },
+        || keyward_protocol::plan::PlanOutcome::Done,
+    )
+    .map_err(|e| e.message)?;
     let mut reason = if new_source == *source {
         "policy unchanged".to_owned()
     } else {

@@ -386,9 +386,14 @@ fn unix_secs_f64(t: SystemTime) -> f64 {
 
 /// The `request` label of an admin request: its stable name
 /// (`agent.status`, `key.create`, `key.suspend`, `audit.verify`; see
-/// [`keyward_protocol::names`]), as the audit trail's admin records name it.
+/// [`keyward_protocol::names`]), as the audit trail's admin records name it;
+/// a dry run is counted apart from the request it plans (`key.revoke
+/// dry-run`), which it does not carry out.
 pub fn admin_request_name(req: &AdminRequest) -> String {
-    req.name().to_owned()
+    match req {
+        AdminRequest::DryRun(k) => format!("{} dry-run", k.name()),
+        _ => req.name().to_owned(),
+    }
 }
 
 /// What a metric family is.
@@ -1360,6 +1365,13 @@ mod tests {
             code: None,
         });
         assert_eq!(admin_request_name(&t), "key.activate");
+        let AdminRequest::Key(k) = t else {
+            unreachable!()
+        };
+        assert_eq!(
+            admin_request_name(&AdminRequest::DryRun(k)),
+            "key.activate dry-run"
+        );
         assert_eq!(
             admin_request_name(&AdminRequest::Audit(AuditRequest::Verify)),
             "audit.verify"

@@ -33,6 +33,10 @@ pub enum AdminRequest {
     Audit(AuditRequest),
     /// `keyward report`: keys against policy, usage and its anomalies.
     Report(ReportRequest),
+    /// `--dry-run`: every check of the changing request, nothing changed;
+    /// answered with [`KeyResponse::Plan`] or the request's own refusal
+    /// (see [`crate::plan`]).
+    DryRun(KeyRequest),
 }
 
 /// Whose PIN an administrator names.
@@ -745,6 +749,8 @@ pub enum KeyResponse {
     Distribution(crate::distribution::DistResponse),
     /// Answer to a [`KeyRequest::Cert`] request.
     Cert(crate::certificate::CertResponse),
+    /// Answer to an [`AdminRequest::DryRun`]: what the request would do.
+    Plan(Box<crate::plan::Plan>),
 }
 
 /// Why a key-management call failed; the CLI maps each kind to an exit code.

@@ -33,6 +33,7 @@ pub mod distribution;
 pub mod frame;
 pub mod message;
 pub mod names;
+pub mod plan;
 pub mod types;
 pub mod version;
 

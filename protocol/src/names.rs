@@ -18,6 +18,7 @@
 //! | `pin.unlock` | [`KeyRequest::PinUnlock`] |
 //! | `audit.verify`, `audit.anchor`, `audit.tail`, `audit.query` | the [`AuditRequest`] of that name (`audit.verify` also with anchors) |
 //! | `report.make` | [`AdminRequest::Report`] |
+//! | the request's own name | [`AdminRequest::DryRun`] (a dry run is admitted, and named in logs, as the request it plans; the metrics count it as `<name> dry-run`) |
 //!
 //! Names are part of the interface: the audit trail's `operation` of admin
 //! records and the metrics' `request` label are these names, so a name,
@@ -49,6 +50,7 @@ impl AdminRequest {
             AdminRequest::Key(k) => k.name(),
             AdminRequest::Audit(a) => a.name(),
             AdminRequest::Report(r) => r.name(),
+            AdminRequest::DryRun(k) => k.name(),
         }
     }
 
@@ -63,6 +65,7 @@ impl AdminRequest {
             AdminRequest::Key(k) => k.describe(),
             AdminRequest::Audit(a) => a.describe(),
             AdminRequest::Report(r) => r.describe(),
+            AdminRequest::DryRun(k) => format!("dry run: {}", k.describe()),
         }
     }
 }

@@ -20,7 +20,8 @@ fn timeout_for(req: &AdminRequest) -> Duration {
     match req {
         AdminRequest::Key(
             KeyRequest::Backup(_) | KeyRequest::Distribution(_) | KeyRequest::RequestDecide { .. },
-        ) => Duration::from_secs(3600),
+        )
+        | AdminRequest::DryRun(KeyRequest::Backup(_)) => Duration::from_secs(3600),
         _ => TIMEOUT,
     }
 }
@@ -115,11 +116,35 @@ impl Failure {
     }
 }
 
+/// One request, one response on the admin socket, with the safety rails
+/// ([`crate::safety`]): with `--dry-run` a changing request goes as its
+/// dry run; an irreversible one without `--yes` is confirmed first (on a
+/// terminal) or refused (exit 2, nothing sent).
+pub fn exchange(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Failure> {
+    let safety = crate::safety::get();
+    if let Some(dry) = crate::safety::outgoing(req, safety) {
+        return send(socket, &dry);
+    }
+    if let (AdminRequest::Key(k), true) = (req, crate::safety::irreversible(req) && !safety.yes) {
+        if !crate::safety::on_terminal() {
+            return Err(crate::safety::needs_yes(req));
+        }
+        let plan = crate::safety::plan_of(send(socket, &AdminRequest::DryRun(k.clone()))?)?;
+        crate::safety::confirm(
+            req,
+            &plan,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stderr(),
+        )?;
+    }
+    send(socket, req)
+}
+
 /// One request, one response on the admin socket, after the hello that
 /// agrees on the admin-protocol version. Every transport failure is
 /// [`Exit::Error`]; an agent without a common version is named with what
 /// to upgrade.
-pub fn exchange(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Failure> {
+fn send(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, Failure> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Failure::local(
             Exit::Error,

@@ -132,6 +132,13 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
         Ok(other) => return abandon(answer_failure(&req, other)),
         Err(f) => return abandon(f),
     };
+    if let KeyResponse::Plan(_) = &resp {
+        // --dry-run: nothing signed, nothing to write.
+        if let Some(path) = &out {
+            let _ = std::fs::remove_file(path);
+        }
+        return crate::output::key_answer(resp, json);
+    }
     let KeyResponse::Cert(c) = resp else {
         return abandon(Failure::local(
             Exit::Error,

@@ -51,6 +51,15 @@ pub struct Cli {
     /// their offset, `2026-12-04 21:21:07+01:00` (by default: UTC, `...Z`).
     #[arg(long, global = true)]
     pub local: bool,
+    /// Change nothing: the agent runs every check of the command and says what it would do
+    /// (and, for revoke, destroy and restore, who loses what). Exit 0, or the exit code the
+    /// command itself would give when it is refused.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Confirm revoke, destroy and backup restore without being asked (needed when not on a
+    /// terminal: scripts).
+    #[arg(long, global = true)]
+    pub yes: bool,
     #[command(subcommand)]
     pub command: Command,
 }

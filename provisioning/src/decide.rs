@@ -91,6 +91,14 @@ pub fn decide(
             "unexpected answer from the agent: a new pending request to a decision",
         ));
     }
+    if let KeyResponse::Plan(p) = &answer {
+        // --dry-run: the decision was checked, not recorded.
+        return Output::success(if json {
+            render::key_json(&answer)
+        } else {
+            crate::safety::plan_text(p)
+        });
+    }
     let stdout = if json {
         let answer = serde_json::from_str::<serde_json::Value>(&render::key_json(&answer))
             .unwrap_or(serde_json::Value::Null);

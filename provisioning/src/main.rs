@@ -47,6 +47,7 @@ mod files;
 mod output;
 mod render;
 mod run;
+mod safety;
 mod signer;
 mod style;
 mod time;
@@ -69,6 +70,10 @@ fn main() -> ExitCode {
         .admin_socket
         .or_else(|| std::env::var_os("KEYWARD_ADMIN_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    safety::set(safety::Safety {
+        dry_run: cli.dry_run,
+        yes: cli.yes,
+    });
     match &cli.command {
         cli::Command::Completions { shell } => {
             docs::completions(*shell, &mut std::io::stdout().lock());
@@ -88,6 +93,23 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().lock().write_all(out.as_bytes());
             let _ = std::io::stderr().lock().write_all(err.as_bytes());
             return ExitCode::from(if ok { 0 } else { admin::Exit::Error.code() });
+        }
+        cli::Command::Backup {
+            command:
+                cli::BackupCommand::CustodianKey {
+                    command: cli::CustodianKeyCommand::New { .. },
+                },
+        } if cli.dry_run => {
+            let f = admin::Failure::local(
+                admin::Exit::Usage,
+                "Usage",
+                "backup custodian-key new runs here and only makes its file: --dry-run is not \
+                 available for it; nothing was done",
+            );
+            let out = run::Output::failure(&f, cli.json);
+            let _ = std::io::stdout().lock().write_all(out.stdout.as_bytes());
+            let _ = std::io::stderr().lock().write_all(out.stderr.as_bytes());
+            return ExitCode::from(out.exit.code());
         }
         _ => {}
     }

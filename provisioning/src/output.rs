@@ -78,6 +78,7 @@ pub(crate) fn answer_failure(req: &AdminRequest, resp: AdminResponse) -> Failure
                     AdminRequest::Key(_) => "a key request",
                     AdminRequest::Audit(_) => "an audit request",
                     AdminRequest::Report(_) => "a report request",
+                    AdminRequest::DryRun(_) => "a dry run",
                 }
             ),
         ),
@@ -132,6 +133,7 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
         AdminRequest::Hello { .. }
         | AdminRequest::Status
         | AdminRequest::Key(_)
+        | AdminRequest::DryRun(_)
         | AdminRequest::Report(_) => {}
     }
     let resp = match resp {
@@ -144,7 +146,9 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
         } else {
             render::status(&s)
         }),
-        (AdminRequest::Key(_), AdminResponse::Key(r)) => key_answer(*r, json),
+        (AdminRequest::Key(_) | AdminRequest::DryRun(_), AdminResponse::Key(r)) => {
+            key_answer(*r, json)
+        }
         (AdminRequest::Report(_), AdminResponse::Report(r)) => Output::success(if json {
             render::json(&r)
         } else {

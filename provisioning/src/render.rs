@@ -426,6 +426,7 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Backup(b) => backup(b),
         KeyResponse::Distribution(d) => distribution(d),
         KeyResponse::Cert(c) => certificate(c),
+        KeyResponse::Plan(p) => crate::safety::plan_text(p),
     }
 }
 

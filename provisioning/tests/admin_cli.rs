@@ -14,6 +14,7 @@ use keyward_protocol::admin::{
     KeyRequest, KeyResponse, VersionInfo,
 };
 use keyward_protocol::frame::{read_message, write_message};
+use keyward_protocol::plan::{Plan, PlanOutcome};
 use keyward_protocol::{VersionRange, VersionRefusal, ADMIN_VERSIONS};
 
 fn keyward(socket: &Path, args: &[&str]) -> Command {
@@ -264,6 +265,7 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
         &[
             "key",
             "destroy",
+            "--yes",
             "web-tls",
             "--reason",
             "retired",
@@ -1389,4 +1391,108 @@ fn decided_signature(sent: &[AdminRequest], decision: keyward_domain::Decision) 
         [(d, Some(sig))] if *d == decision => sig.clone(),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn irreversible_commands_without_a_terminal_need_yes_and_send_nothing() {
+    for args in [
+        &["key", "revoke", "web-tls", "--reason", "stolen"][..],
+        &["key", "destroy", "web-tls", "--reason", "retired"][..],
+        &["key", "revoke", "web-tls", "--rotate", "--json"][..],
+    ] {
+        let (requests, out) = against_fake_agent_serving(args, Vec::new());
+        assert!(requests.is_empty(), "{args:?}: sent {requests:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("--yes"), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot be undone"), "{args:?}: {stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.kwbackup");
+    std::fs::write(&file, b"x").unwrap();
+    let (requests, out) = against_fake_agent_serving(
+        &[
+            "backup",
+            "restore",
+            file.to_str().unwrap(),
+            "--reason",
+            "dr",
+        ],
+        Vec::new(),
+    );
+    assert!(requests.is_empty(), "sent {requests:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--yes"), "{out:?}");
+}
+
+#[test]
+fn dry_run_sends_the_changing_request_as_a_dry_run_and_prints_the_plan() {
+    let plan = Plan {
+        request: "key.suspend".into(),
+        action: "suspend web-tls".into(),
+        outcome: PlanOutcome::Done,
+        steps: vec!["suspend keyward/web-tls: key active -> suspended".into()],
+        impact: None,
+        restore: None,
+    };
+    let (req, out) = against_fake_agent(
+        &[
+            "key",
+            "suspend",
+            "web-tls",
+            "--reason",
+            "audit",
+            "--dry-run",
+        ],
+        AdminResponse::Key(Box::new(KeyResponse::Plan(Box::new(plan)))),
+    );
+    assert_eq!(
+        req,
+        AdminRequest::DryRun(KeyRequest::Transition {
+            name: "web-tls".into(),
+            token: None,
+            action: KeyAction::Suspend,
+            reason: Some("audit".into()),
+            code: Some(keyward_domain::ReasonCode::CertificateHold),
+        })
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("dry run: suspend web-tls"), "{stdout}");
+    assert!(stdout.contains("key active -> suspended"), "{stdout}");
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+
+    // A dry run needs no confirmation: it changes nothing.
+    let (req, out) = against_fake_agent(
+        &[
+            "--dry-run",
+            "key",
+            "destroy",
+            "web-tls",
+            "--reason",
+            "retired",
+            "--reason-code",
+            "superseded",
+        ],
+        AdminResponse::KeyErr {
+            kind: AdminErrorKind::Refused,
+            message: "key keyward/web-tls: destroyed already".into(),
+        },
+    );
+    assert!(matches!(req, AdminRequest::DryRun(_)), "{req:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "the real refusal's code: {out:?}"
+    );
+
+    // Read-only commands go as they are.
+    let (req, _) = against_fake_agent(
+        &["--dry-run", "key", "list"],
+        AdminResponse::Key(Box::new(KeyResponse::Keys(Vec::new()))),
+    );
+    assert!(
+        matches!(req, AdminRequest::Key(KeyRequest::List { .. })),
+        "{req:?}"
+    );
 }

@@ -66,7 +66,8 @@ impl crate::shared::Core {
         let read_only = match req {
             AdminRequest::Hello { .. } => return None,
             AdminRequest::Status | AdminRequest::Audit(_) | AdminRequest::Report(_) => true,
-            AdminRequest::Key(k) => k.is_read_only(),
+            // A dry run is admitted as the request it plans.
+            AdminRequest::Key(k) | AdminRequest::DryRun(k) => k.is_read_only(),
         };
         let name = req.name();
         let why = self

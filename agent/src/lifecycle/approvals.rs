@@ -244,6 +244,18 @@ impl Lifecycle {
             .iter()
             .find(|r| r.action == action && r.target == target && r.expires_at > created_at)
         {
+            super::dry_run::commit_point(
+                || {
+                    format!(
+                        "answer request {}, pending already for {action} on {target}",
+                        open.id
+                    )
+                },
+                || {
+                    let quorum = self.quorum_of(approvable(open));
+                    super::dry_run::needs_approval(action, target, quorum.as_ref(), Some(&open.id))
+                },
+            )?;
             log::info!(
                 "{target}: {action} by {who}: request {} is pending already",
                 open.id
@@ -269,6 +281,15 @@ impl Lifecycle {
             .map(|a| self.policy().quorum(a).lifetime)
             .unwrap_or(APPROVAL_LIFETIME);
         record.expires_at = created_at.saturating_add(lifetime.as_secs().max(1) as i64);
+        super::dry_run::commit_point(
+            || {
+                format!("record a {action} request on {target} for approval; nothing else happens until it is approved")
+            },
+            || {
+                let quorum = self.quorum_of(approvable(&record));
+                super::dry_run::needs_approval(action, target, quorum.as_ref(), None)
+            },
+        )?;
         match inventory.create_sole_request(&record) {
             Ok(()) => {}
             // Another asked for the same at the same moment: that one.
@@ -397,6 +418,7 @@ impl Lifecycle {
             signature: signature.map(<[u8]>::to_vec),
             at,
         };
+        self.plan_decision(&r, &who, decision, needed)?;
         let decided = self
             .keys
             .inventory()
@@ -434,6 +456,53 @@ impl Lifecycle {
         self.show_request(id, now)
     }
 
+    /// The commit point of `who`'s `decision` on pending request `r`
+    /// under a quorum of `needed` approvals: while planning, what the
+    /// decision would do (a decision of `who` given already is refused as
+    /// the store refuses it).
+    fn plan_decision(
+        &self,
+        r: &ApprovalRecord,
+        who: &str,
+        decision: keyward_policy::Decision,
+        needed: u32,
+    ) -> AResult<()> {
+        if !super::dry_run::planning() {
+            return Ok(());
+        }
+        let decisions = self.keys.inventory().decisions(&r.id).map_err(inv_err)?;
+        if decisions.iter().any(|d| d.administrator == who) {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("{who} decided on request {} already", r.id),
+            );
+        }
+        let approvals = decisions
+            .iter()
+            .filter(|d| d.decision == keyward_policy::Decision::Approve)
+            .count() as u32
+            + u32::from(decision == keyward_policy::Decision::Approve);
+        let what = format!("{} on {}", r.action, r.target);
+        super::dry_run::commit_point(
+            || {
+                match decision {
+                keyward_policy::Decision::Deny => {
+                    format!("request {} ({what}) is denied by {who}; nothing of it is done", r.id)
+                }
+                keyward_policy::Decision::Approve if approvals >= needed.max(1) => format!(
+                    "request {} is approved by {who} ({approvals} of {needed}): {what} is carried out",
+                    r.id
+                ),
+                keyward_policy::Decision::Approve => format!(
+                    "request {} gets {who}'s approval ({approvals} of {needed}): {what} waits for more",
+                    r.id
+                ),
+            }
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )
+    }
+
     /// `keyward request cancel ID`: withdraws a pending request; its
     /// requester's, or (with a roster) a security officer's.
     pub(crate) fn cancel(
@@ -459,6 +528,21 @@ impl Lifecycle {
             Some(why) => format!("cancelled by {who}: {why}"),
             None => format!("cancelled by {who}"),
         };
+        if super::dry_run::planning() && r.status != ApprovalStatus::Pending {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!("request {id} is {}: nothing to cancel", r.status),
+            );
+        }
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "request {id} ({} on {}) moves to cancelled",
+                    r.action, r.target
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let moved = self
             .keys
             .inventory()

@@ -539,6 +539,17 @@ impl Lifecycle {
         data: &[u8],
         who: &str,
     ) -> AResult<Vec<u8>> {
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "key {} version {} signs the {} bytes of the request or certificate in the HSM",
+                    t.label(),
+                    v.version,
+                    data.len()
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
         let m = ManagedRef {
@@ -632,6 +643,18 @@ impl Lifecycle {
                 ),
             );
         }
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "the certificate {} is stored beside key {} version {} ({} replaced)",
+                    tbs.subject,
+                    t.label(),
+                    v.version,
+                    older.len()
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let template = vec![
             Attribute::ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE),
             Attribute::ulong(ck::CKA_CERTIFICATE_TYPE, ck::CKC_X_509),

@@ -107,6 +107,15 @@ impl Lifecycle {
         alg: Algorithm,
         label: &str,
     ) -> AResult<(Vec<u8>, Vec<BackendObject>)> {
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "generate a {alg} key labelled {label:?} in the HSM of token {:?} (class {})",
+                    token.config.label, class.name
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let id = random(16)?;
         // Until the inventory records the key, its CKA_ID is noted as
         // pending (durably, before the HSM makes anything): if the agent

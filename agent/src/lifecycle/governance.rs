@@ -223,7 +223,7 @@ impl Lifecycle {
             }
         };
         let accept = |why: &str| {
-            if guarded(policy) {
+            if guarded(policy) && !super::dry_run::planning() {
                 if let Err(e) = self.record_baseline(file, why, now) {
                     log::error!("policy: cannot record the approved policy: {}", e.message);
                 }
@@ -263,7 +263,9 @@ impl Lifecycle {
                     record.id
                 );
                 log::error!("{why}");
-                self.audit_policy("refuse", keyward_policy::KEYWARD_REFUSED, &why);
+                if !super::dry_run::planning() {
+                    self.audit_policy("refuse", keyward_policy::KEYWARD_REFUSED, &why);
+                }
                 Admission::Refused(Box::new((approved_file, p)))
             }
             _ => accept("follows a policy without dual control"),
@@ -377,6 +379,17 @@ impl Lifecycle {
             kind: AdminErrorKind::Invalid,
             message: format!("the new policy is not valid: {e}"),
         })?;
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "policy {} is written and put in force: sha256 {} (now {})",
+                    next.path.display(),
+                    next.sha256,
+                    current.sha256
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let on_disk = std::fs::read_to_string(&next.path).ok();
         if on_disk.as_deref() != Some(next.text.as_str()) {
             write_atomically(&next.path, &next.text).map_err(|e| AdminError {

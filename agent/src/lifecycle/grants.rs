@@ -198,6 +198,18 @@ impl Lifecycle {
         application: &str,
         (who, by): (&str, &Actor),
     ) -> AResult<KeyResponse> {
+        if super::dry_run::planning() && !t.key.grants.iter().any(|g| g.application == application)
+        {
+            // The store's own refusal of a grant it does not have.
+            return Err(inv_err(keyward_inventory::Error::NotFound(format!(
+                "grant of key {} to {application:?}",
+                t.key.record.id
+            ))));
+        }
+        super::dry_run::commit_point(
+            || format!("key {}: the grant to {application:?} is removed", t.label()),
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         self.keys
             .inventory()
             .revoke_grant(t.key.record.id, application, who)
@@ -251,6 +263,16 @@ impl Lifecycle {
         who: &str,
     ) -> AResult<KeyResponse> {
         let grant = self.checked_grant(t, application, operations, until)?;
+        super::dry_run::commit_point(
+            || {
+                format!(
+                    "key {} grants {}",
+                    t.label(),
+                    grant_words(application, &grant.operations, until)
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         self.keys.inventory().grant(&grant, who).map_err(inv_err)?;
         self.refresh(t.key.record.id)?;
         let names: Vec<&str> = grant.operations.iter().map(|o| o.as_str()).collect();

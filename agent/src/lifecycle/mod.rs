@@ -68,6 +68,7 @@ pub mod create;
 pub mod destroy;
 pub mod discovery;
 pub mod distribute;
+pub mod dry_run;
 pub mod governance;
 pub mod grants;
 pub mod hsm;
@@ -273,6 +274,47 @@ pub(crate) fn lifecycle_records(
         })
         .collect();
     Some(records)
+}
+
+/// What `change` (named `operation`) does, in words, for a dry run's plan.
+pub(crate) fn describe_change(
+    operation: &str,
+    change: &LifecycleChange,
+    keys: &crate::keys::ManagedKeys,
+) -> String {
+    let mut moves = Vec::new();
+    let key = match &change.key {
+        KeyChange::Create(k) => {
+            moves.push(format!("key recorded {}", k.state));
+            format!("{}/{}", k.token, k.name)
+        }
+        KeyChange::Update {
+            key_id,
+            expected,
+            to,
+            code,
+        } => {
+            if let Some(to) = to {
+                moves.push(format!("key {expected} -> {to}"));
+            }
+            if let Some(code) = code {
+                moves.push(format!("reason code {code}"));
+            }
+            keys.key(*key_id).map_or_else(
+                || format!("key {key_id}"),
+                |k| format!("{}/{}", k.record.token, k.record.name),
+            )
+        }
+    };
+    for v in &change.versions {
+        moves.push(match v {
+            VersionChange::Add(v) => format!("version {} added {}", v.version, v.state),
+            VersionChange::Move { version, from, to } => {
+                format!("version {version} {from} -> {to}")
+            }
+        });
+    }
+    format!("{operation} {key}: {}", moves.join(", "))
 }
 
 /// The token and key a key request names, for the trail.
@@ -619,6 +661,33 @@ impl Lifecycle {
             keyward_protocol::admin::PinRole::User => Role::User,
             keyward_protocol::admin::PinRole::So => Role::So,
         });
+        if dry_run::planning() {
+            // The refusals `unlock_pin` would give, before its writes.
+            let refusal = match (role, application) {
+                (Some(Role::So), Some(_)) => {
+                    Some("an application has no SO PIN of its own: leave out --app".to_owned())
+                }
+                (_, Some(app)) if self.policy().application(app).is_none() => {
+                    Some(format!("the policy names no application {app:?}"))
+                }
+                _ => None,
+            };
+            if let Some(message) = refusal {
+                return fail(AdminErrorKind::Failed, message);
+            }
+        }
+        dry_run::commit_point(
+            || {
+                let whose = match (role, application) {
+                    (_, Some(app)) => format!("the user PIN of application {app:?}"),
+                    (Some(Role::So), None) => "the SO PIN".to_owned(),
+                    (Some(Role::User), None) => "the user PINs".to_owned(),
+                    (None, None) => "every PIN".to_owned(),
+                };
+                format!("the wrong-PIN count of {whose} on token {token:?} is reset")
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let done = self
             .unlock_pin(token, role, application)
             .map_err(|m| AdminError {
@@ -721,6 +790,10 @@ impl Lifecycle {
         mut change: LifecycleChange,
         request: Option<(&str, &str)>,
     ) -> AResult<AppliedChange> {
+        dry_run::commit_point(
+            || describe_change(operation, &change, &self.keys),
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let Some(mut trail) = lifecycle_records(by, operation, why, &change, &self.keys) else {
             return fail(
                 AdminErrorKind::NotFound,

@@ -133,6 +133,14 @@ impl Lifecycle {
             Action::Deactivate => dates.deactivated_at = Some(at),
             _ => {}
         }
+        if rotate {
+            super::dry_run::note(|| {
+                format!(
+                    "then a new version of {} is generated and the key returns to active (emergency rotation)",
+                    t.label()
+                )
+            });
+        }
         self.apply_moves(t, (act, to, code), dates, (who, by, reason), at, request)?;
         log::info!("key {} {} by {who}: {reason}", t.label(), act.past_tense());
         if rotate {

@@ -780,6 +780,7 @@ impl Server {
                 (None, AdminRequest::Key(k)) => self.agent.lifecycle.key_request(peer, k),
                 (None, AdminRequest::Audit(a)) => self.agent.audit_request(peer, a),
                 (None, AdminRequest::Report(r)) => self.agent.lifecycle.report_request(peer, r),
+                (None, AdminRequest::DryRun(k)) => self.agent.lifecycle.dry_run(peer, k),
             };
             self.metrics.record_admin(name, &resp);
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {

@@ -422,6 +422,7 @@ rotation_interval = "2s"
                 token: None,
                 action: KeyAction::Activate,
                 reason: None,
+                code: None,
             },
         );
         let limits = Limits {

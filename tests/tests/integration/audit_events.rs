@@ -110,7 +110,7 @@ keyward_test!(fn lifecycle_grant_discovery_and_policy_events_come_from_their_cal
     keyward_ok(&tb, &["key", "rotate", "lc"], 0);
     keyward_ok(&tb, &["grant", "remove", "lc", "testbed"], 0);
     keyward_ok(&tb, &["key", "suspend", "lc", "--reason", "audit"], 0);
-    keyward_ok(&tb, &["key", "revoke", "lc", "--reason", "laptop stolen", "--reason-code", "keyCompromise"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "lc", "--reason", "laptop stolen", "--reason-code", "keyCompromise"], 0);
     // An unmanaged key for discovery to find.
     let ctx = Ctx::new(&tb);
     let s = ctx.user();

@@ -391,7 +391,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
         let p = write(name, &damaged);
         for args in [
             vec!["backup", "verify", p.to_str().unwrap()],
-            vec!["backup", "restore", p.to_str().unwrap(), "--reason", "test"],
+            vec!["backup", "restore", "--yes", p.to_str().unwrap(), "--reason", "test"],
         ] {
             let out = keyward(&tb, &args);
             assert_eq!(out.status.code(), Some(code), "{name} {args:?}: {out:?}");
@@ -402,7 +402,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
 
     // A restore onto the token as it is: nothing to do, nothing changes.
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "no-op"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "no-op"]);
     approve(&tb, &a, &id);
     assert_eq!(inventory(&tb), before);
 
@@ -416,7 +416,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // Old is destroyed (two officers) after the backup was made.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
 
     // The HSM is lost: a new, empty token.
@@ -424,14 +424,19 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     let ctx = Ctx::new(&tb);
     assert!(find(&ctx.user(), "release", ObjectClass::PRIVATE_KEY).is_empty());
     drop(ctx);
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "dr"]);
     assert_eq!(out.status.code(), Some(4), "no backup key yet: {out:?}");
 
     // Alice's share alone: one of two; the key is not rebuilt.
     let sub = keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()], 0);
     assert!(sub.contains("1 of 2 shares submitted"), "{sub}");
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "dr"]);
+    // Bob's share in a dry run: it would rebuild the key, and holds nothing.
+    let out = as_bob(&tb, &["--dry-run", "backup", "share", "submit", bob_share.to_str().unwrap(),
+        "--identity", a.bob_identity.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("(2 of 2): the backup key is rebuilt"), "{out:?}");
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "dr"]);
     assert_eq!(out.status.code(), Some(4), "still no backup key: {out:?}");
     // Bob's share opened with alice's identity does not open.
     let stolen = tb.path("bob-copy.share");
@@ -446,7 +451,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(text(&out.stdout).contains("rebuilt"), "{out:?}");
 
     // The restore, approved by two: every key back but the destroyed one.
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "disaster recovery"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "disaster recovery"]);
     let params = keyward_json(&tb, &["request", "show", &id], 0);
     assert!(params.to_string().contains("stays_destroyed"), "{params}");
     approve(&tb, &a, &id);
@@ -487,7 +492,7 @@ keyward_test!(fn a_restore_never_overwrites_newer_inventory_state(tb) {
     keyward_ok(&tb, &["key", "rotate", "release"], 0);
     keyward_ok(&tb, &["key", "suspend", "release", "--reason", "audit"], 0);
     let before = inventory(&tb);
-    let out = keyward(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "mistake"]);
+    let out = keyward(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "mistake"]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     let err = text(&out.stderr);
     assert!(err.contains("conflicts with the inventory"), "{err}");
@@ -545,7 +550,7 @@ keyward_test!(fn a_new_host_with_a_new_hsm_gets_every_key_back_from_a_backup_and
     let status = keyward_json(&tb, &["backup", "status"], 0);
     assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(true), "{status}");
 
-    let id = pending(&tb, &["backup", "restore", file.to_str().unwrap(), "--reason", "new host"]);
+    let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "new host"]);
     approve(&tb, &a, &id);
     // Names, states, versions, CKA_IDs and fingerprints as they were.
     assert_eq!(inventory(&tb), before);
@@ -762,7 +767,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
 
     // Old is destroyed (two officers): the request's outcome names both backups.
-    let id = pending(&tb, &["key", "destroy", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
@@ -803,7 +808,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     // A key of a class without backup: never flagged, and destroyed it is
     // held by no backup.
     assert_eq!(reported(&tb, "web").at("backup_missing").as_bool(), Some(false));
-    let id = pending(&tb, &["key", "destroy", "web", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
+    let id = pending(&tb, &["key", "destroy", "--yes", "web", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
     let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
@@ -841,7 +846,7 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     assert_ne!(first, second);
     for args in [
         vec!["backup", "verify", file.to_str().unwrap()],
-        vec!["backup", "restore", file.to_str().unwrap(), "--reason", "wrong file"],
+        vec!["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "wrong file"],
     ] {
         let out = keyward(&tb, &args);
         assert_eq!(out.status.code(), Some(5), "{args:?}: {out:?}");
@@ -851,3 +856,76 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     }
     assert!(inventory(&tb).is_empty());
 });
+
+keyward_test!(fn a_restore_is_dry_run_and_confirmed_by_the_tokens_label(tb) {
+    let a = setup(&tb);
+    for name in ["release", "old"] {
+        keyward_ok(&tb, &["key", "create", name, "--class", "release"], 0);
+        keyward_ok(&tb, &["key", "activate", name], 0);
+    }
+    ceremony(&tb, &a);
+    // A backup's dry run names what it would hold and writes no file.
+    let plan = keyward_ok(&tb, &["--dry-run", "backup", "create", tb.path("dry.kwbackup").to_str().unwrap()], 0);
+    assert!(plan.contains("keys [old, release]"), "{plan}");
+    assert!(!tb.path("dry.kwbackup").exists(), "a dry run wrote a backup file");
+    assert!(keyward_tests::admin::key_show(&tb, "old").array_at("held_by_backups").is_empty());
+    let id = create_backup(&tb, "b.kwbackup");
+    let file = tb.path("b.kwbackup");
+    let file = file.to_str().unwrap();
+
+    // A destroy's impact names the backup still holding the key.
+    let plan = keyward_json(&tb, &["--dry-run", "key", "destroy", "old"], 0);
+    assert_eq!(plan.at("Plan").at("impact").at("backups")[0].str_at("id"), id, "{plan}");
+    let destroy = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired"]);
+    approve(&tb, &a, &destroy);
+
+    // The dry run: checked (seal, key, conflicts), what it would restore,
+    // under quorum backup-restore; no request, no change.
+    let before = (inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0));
+    let plan = keyward_json(&tb, &["--dry-run", "backup", "restore", file, "--reason", "dr"], 0);
+    let plan = plan.at("Plan");
+    assert_eq!(plan.at("restore").str_at("backup"), id, "{plan}");
+    assert_eq!(plan.at("restore").at("stays_destroyed"), &serde_json::json!(["old"]), "{plan}");
+    let approval = plan.at("outcome").at("NeedsApproval");
+    assert_eq!(approval.str_at("action"), "backup-restore", "{plan}");
+    assert_eq!(approval["approvals"], 2, "{plan}");
+    assert_eq!((inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0)), before);
+    assert_eq!(waiting_restores(&tb.dir), 0, "a dry run keeps no file for a restore");
+
+    // A damaged file: the same refusal as the restore itself.
+    let cut = tb.path("cut.kwbackup");
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+    let out = keyward(&tb, &["--dry-run", "backup", "restore", cut.to_str().unwrap(), "--reason", "dr"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // On a terminal: the token's label confirms, anything else sends nothing.
+    let args = ["backup", "restore", file, "--reason", "dr"];
+    let (code, shown) = super::safety_rails::on_a_terminal(&tb, &args, "release\n");
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("Type the token's label to confirm:"), "{shown}");
+    assert!(shown.contains("keys that stay destroyed: old"), "{shown}");
+    assert_eq!((inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0)), before);
+    let (code, shown) = super::safety_rails::on_a_terminal(&tb, &args, &format!("{}\n", tb.token));
+    assert_eq!(code, Some(3), "a restore request is recorded: {shown}");
+    assert_eq!(waiting_restores(&tb.dir), 1, "the request's file waits for its approval");
+});
+
+/// How many backup files wait for a restore's approval under `dir`.
+fn waiting_restores(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        waiting_restores(&path)
+                    } else {
+                        usize::from(e.file_name().to_string_lossy().starts_with("restore-"))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

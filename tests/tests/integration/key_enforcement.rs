@@ -436,7 +436,7 @@ keyward_test!(fn every_state_and_operation_of_every_purpose(tb) {
     // The moves.
     for c in &cells {
         if let Some((cmd, code)) = c.target.command() {
-            let mut args = vec!["key", cmd, &c.label, "--reason", "state table test"];
+            let mut args = vec!["key", cmd, "--yes", &c.label, "--reason", "state table test"];
             if matches!(cmd, "revoke" | "destroy") {
                 args.extend(["--reason-code", "superseded"]);
             }
@@ -524,7 +524,7 @@ keyward_test!(fn revocation_reaches_another_process_initialised_operations(tb) {
     assert_eq!(probe.value("init sign"), "CKR_OK");
     assert_eq!(probe.value("init verify"), "CKR_OK");
     probe.value("ready");
-    keyward_ok(&tb, &["key", "revoke", "shared", "--reason", "compromise while in use", "--reason-code", "keyCompromise"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "shared", "--reason", "compromise while in use", "--reason-code", "keyCompromise"], 0);
     let (sign, verify) = probe.go();
     assert_eq!(
         (sign.as_str(), verify.as_str()),

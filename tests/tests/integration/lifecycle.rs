@@ -69,7 +69,7 @@ keyward_test!(fn a_key_from_creation_through_rotation_to_revocation(tb) {
     expect_err(s.sign(&Mechanism::Ecdsa, v2, &DIGEST), RvError::KeyFunctionNotPermitted);
 
     // Revocation: nothing works any more, not even verification.
-    keyward_ok(&tb, &["key", "revoke", "web-tls", "--reason", "test", "--reason-code", "superseded"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "web-tls", "--reason", "test", "--reason-code", "superseded"], 0);
     expect_err(s.verify(&Mechanism::Ecdsa, public_v1, &DIGEST, &sig_v1), RvError::KeyFunctionNotPermitted);
 
     // The history shows every step.

@@ -79,6 +79,7 @@ fn step(round: u64, admin: usize, i: usize) -> Step {
             &[
                 "key",
                 "revoke",
+                "--yes",
                 k,
                 "--rotate",
                 "--reason",
@@ -94,6 +95,7 @@ fn step(round: u64, admin: usize, i: usize) -> Step {
             &[
                 "key",
                 "revoke",
+                "--yes",
                 k,
                 "--reason",
                 "crash test",

@@ -61,6 +61,7 @@ mod reasons;
 mod recovery;
 mod refusals;
 mod report;
+mod safety_rails;
 mod sessions_login;
 mod slots_tokens;
 mod status_policy;

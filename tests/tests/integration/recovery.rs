@@ -190,8 +190,8 @@ keyward_test!(fn a_compromised_key_verifies_and_decrypts_in_an_approved_window_a
     let secret = b"data protected before the compromise".to_vec();
     let ciphertext = s.encrypt(&oaep(), enc_public, &secret).expect("an active key encrypts");
 
-    keyward_ok(&tb, &["key", "revoke", "sig", "--reason", "leaked", "--reason-code", "keyCompromise"], 0);
-    keyward_ok(&tb, &["key", "revoke", "enc", "--reason", "leaked", "--reason-code", "keyCompromise"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "sig", "--reason", "leaked", "--reason-code", "keyCompromise"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "enc", "--reason", "leaked", "--reason-code", "keyCompromise"], 0);
     let refused = |what: &str| {
         expect_err(s.verify(&Mechanism::Ecdsa, sig_public, &DIGEST, &signature), RvError::KeyFunctionNotPermitted);
         expect_err(s.decrypt(&oaep(), enc_private, &ciphertext), RvError::KeyFunctionNotPermitted);

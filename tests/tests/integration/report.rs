@@ -265,7 +265,7 @@ keyward_test!(fn revocation_latency_and_no_use_after_it(tb) {
         assert!(Instant::now() < deadline, "the probe's signatures do not reach the trail: {r}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    keyward_ok(&tb, &["key", "revoke", "victim", "--reason", "stolen laptop", "--reason-code", "keyCompromise"], 0);
+    keyward_ok(&tb, &["key", "revoke", "--yes", "victim", "--reason", "stolen laptop", "--reason-code", "keyCompromise"], 0);
     let (signed, last) = signer.finish();
     assert_eq!(last, "CKR_KEY_FUNCTION_NOT_PERMITTED", "after {signed} signatures");
 

@@ -364,6 +364,30 @@ impl Lifecycle {
                 format!("token {label:?} has its backup key: no shares are needed"),
             );
         }
+        super::super::dry_run::commit_point(
+            || {
+                let have = 1 + self
+                    .shares_held()
+                    .iter()
+                    .filter(|(l, r)| {
+                        *l == label
+                            && r.custodian() != record.custodian()
+                            && r.key_check() == record.key_check()
+                    })
+                    .count();
+                let need = record.threshold();
+                let then = match have >= usize::from(need) {
+                    true => "the backup key is rebuilt in the HSM",
+                    false => "more shares are needed",
+                };
+                format!(
+                    "{}'s share is held towards the backup key of token {label:?} ({have} of \
+                     {need}): {then}",
+                    record.custodian()
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         let (need, ready) = {
             let mut held = self.shares_held();
             held.retain(|(l, r)| {

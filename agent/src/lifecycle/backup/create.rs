@@ -249,6 +249,22 @@ impl Lifecycle {
         let seal = key::seal(&s, &key, &bytes)?;
         bytes.extend_from_slice(&seal);
         let id = backup_id(&bytes);
+        super::super::dry_run::commit_point(
+            || {
+                let names: Vec<&str> = body.keys.iter().map(|e| e.record.name.as_str()).collect();
+                let absent: Vec<String> = body
+                    .absent
+                    .iter()
+                    .map(|(n, why)| format!("{n} ({why})"))
+                    .collect();
+                format!(
+                    "a backup of token {label:?} is made and recorded: keys [{}], left out [{}]",
+                    names.join(", "),
+                    absent.join(", ")
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         self.record_backup(&id, &body, by)?;
         log::info!(
             "backup {} of token {label} by {who}: {}, {} left out",

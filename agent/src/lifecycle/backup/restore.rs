@@ -244,12 +244,21 @@ impl Lifecycle {
             "restores": names(|s| matches!(s, Step::New(_) | Step::Objects(..))),
             "stays_destroyed": names(|s| matches!(s, Step::Destroyed)),
         });
-        t.state
-            .write_file(&waiting_file(&id), &bytes)
-            .map_err(|e| AdminError {
-                kind: AdminErrorKind::Failed,
-                message: format!("state directory: the backup cannot be kept: {e}"),
-            })?;
+        super::super::dry_run::note_restore(|| keyward_protocol::plan::RestoreImpact {
+            token: t.config.label.clone(),
+            backup: id.clone(),
+            created_at: body.created_at,
+            restores: names(|s| matches!(s, Step::New(_) | Step::Objects(..))),
+            stays_destroyed: names(|s| matches!(s, Step::Destroyed)),
+        });
+        if !super::super::dry_run::planning() {
+            t.state
+                .write_file(&waiting_file(&id), &bytes)
+                .map_err(|e| AdminError {
+                    kind: AdminErrorKind::Failed,
+                    message: format!("state directory: the backup cannot be kept: {e}"),
+                })?;
+        }
         self.record_request_on(
             (&format!("{}/backup {}", t.config.label, &id[..16]), None),
             BACKUP_RESTORE,

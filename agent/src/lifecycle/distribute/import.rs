@@ -121,6 +121,18 @@ impl Lifecycle {
             objects: Vec::new(),
         };
         let transport = Self::unseal(&mut scratch, recipient, &parsed)?;
+        super::super::dry_run::commit_point(
+            || {
+                format!(
+                    "the {} key of the file is unwrapped into the HSM of token {label:?} as {name:?} \
+                     (class {}, CKA_ID {}) and recorded",
+                    rec.algorithm,
+                    class.name,
+                    hex::encode(&rec.backend_id)
+                )
+            },
+            || keyward_protocol::plan::PlanOutcome::Done,
+        )?;
         // Noted as pending before the HSM makes anything (see `generate`).
         let id = rec.backend_id.clone();
         t.state
