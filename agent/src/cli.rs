@@ -178,7 +178,7 @@ fn load_policy(config: &Config) -> Result<LoadedPolicy, String> {
                 .map_err(|_| format!("policy {}: not UTF-8 text", path.display()))?;
             let file = crate::lifecycle::governance::PolicyFile::new(path, text);
             let policy = file.parse()?;
-            log::info!("policy {} ({:?} mode)", path.display(), policy.mode());
+            log::info!("policy {} ({} mode)", path.display(), policy.mode().name());
             for note in &policy.notes {
                 log::warn!("policy {}: {note}", path.display());
             }
@@ -201,9 +201,9 @@ fn describe_policy(
     policy: &keyward_policy::Policy,
 ) -> String {
     format!(
-        "{} ({:?} mode, sha256 {})",
+        "{} ({} mode, sha256 {})",
         file.path.display(),
-        policy.mode(),
+        policy.mode().name(),
         file.sha256
     )
 }

@@ -48,6 +48,7 @@ pub mod raw;
 pub mod roster;
 pub mod servers;
 pub mod tools;
+pub mod transcript;
 pub mod webhook;
 
 pub use harness::Env;

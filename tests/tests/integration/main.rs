@@ -8,6 +8,7 @@
 //! cargo test -p keyward-tests --test integration key_enforcement::   # one module
 //! ```
 
+mod admin_guide;
 mod admin_results;
 mod agent_restart;
 mod approvals_cli;
