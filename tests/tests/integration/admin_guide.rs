@@ -43,8 +43,11 @@ fn run_steps(tb: &Env, steps: &[Step]) -> Vec<(String, i32)> {
         .env("TZ", "UTC")
         .output()
         .expect("run bash");
-    let text =
-        String::from_utf8_lossy(&out.stdout).replace(&tb.dir.display().to_string(), READER_DIR);
+    // The reader's paths: the testbed where the guide puts it, the
+    // programs where a package installs them.
+    let text = String::from_utf8_lossy(&out.stdout)
+        .replace(&tb.dir.display().to_string(), READER_DIR)
+        .replace(&format!("{}/", bins.display()), "/usr/bin/");
     transcript::split(&text, steps.len()).unwrap_or_else(|e| panic!("the guide's transcripts: {e}"))
 }
 
