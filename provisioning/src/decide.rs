@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(v["digest"], hex::encode(request().content().digest()));
         assert_eq!(v["decision"], "approve");
         assert!(v["signed_by"].as_str().unwrap().starts_with("ed25519:"));
-        assert_eq!(v["answer"], serde_json::json!({ "Done": "approved" }));
+        assert_eq!(v["answer"], serde_json::json!({ "done": "approved" }));
     }
 
     #[test]
@@ -461,7 +461,7 @@ mod tests {
         );
         assert_eq!((sent.len(), out.exit), (1, Exit::Error));
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["kind"], "Unexpected");
+        assert_eq!(v["error"]["kind"], "unexpected");
 
         // Not found, and a refused decision: the agent's exit codes.
         let (sent, out) = run(

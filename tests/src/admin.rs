@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use crate::harness::Env;
-use crate::json::{Json, JsonExt};
+use crate::json::Json;
 
 /// The application name the policies below give this process's user.
 pub const APPLICATION: &str = "tester";
@@ -154,12 +154,10 @@ pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
         .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
 }
 
-/// `keyward --json key show NAME` (exit 0): the `Key` object.
+/// `keyward --json key show NAME` (exit 0): the key object.
 #[track_caller]
 pub fn key_show(tb: &Env, name: &str) -> Json {
     keyward_json(tb, &["key", "show", name], 0)
-        .at("Key")
-        .clone()
 }
 
 /// The objects of class `class` labelled `label`, in the order the token

@@ -232,8 +232,8 @@ keyward_test!(fn share_check_opens_only_its_custodians_intact_share_and_never_sh
     let out = share_check(&tb, &shares[0], &identities[1], true);
     expect(&out, 2);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["Error"]["exit_code"], 2, "{doc}");
-    assert!(doc["Error"]["message"].as_str().unwrap().contains("not sealed to this identity"), "{doc}");
+    assert_eq!(doc["error"]["exit_code"], 2, "{doc}");
+    assert!(doc["error"]["message"].as_str().unwrap().contains("not sealed to this identity"), "{doc}");
 
     // A truncated and a tampered share file: damaged (exit 2).
     let armored = &sealed[1].armored;
