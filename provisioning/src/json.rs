@@ -19,7 +19,9 @@
 //!   number no table knows is a hex string, `"0x80000001"`;
 //! - `kind` values are snake_case (`new_application`, `not_found`); key
 //!   states, purposes, operations and algorithms are already their names;
-//! - `backend_id` (a `CKA_ID`) is a lowercase hex string;
+//! - bytes are lowercase hex strings: `backend_id` (a `CKA_ID`), and
+//!   `spki`, `der`, `file`, `bytes`, `head`, `signature` where they are
+//!   bytes (a path or a count of that name stays as it is);
 //! - pairs become objects: `keys_by_state` is `{STATE: COUNT}`,
 //!   `custodians` is `[{custodian, index, digest}]`, `absent` is
 //!   `[{name, reason}]`.
@@ -219,7 +221,7 @@ fn member(name: &str, v: &mut Value) {
                 *s = snake_case(s);
             }
         }
-        "backend_id" => {
+        "backend_id" | "spki" | "der" | "file" | "bytes" | "head" | "signature" => {
             if let Some(bytes) = byte_array(v) {
                 *v = Value::String(hex::encode(bytes));
             }
@@ -342,6 +344,8 @@ mod tests {
         );
         assert_eq!(v["absent"], json!([{ "name": "k", "reason": "why" }]));
         assert_eq!(v["versions"][0]["backend_id"], "0102ff");
+        let v = view(&json!({ "spki": [48, 1], "file": "/tmp/x", "bytes": 12 }));
+        assert_eq!(v, json!({ "spki": "3001", "file": "/tmp/x", "bytes": 12 }));
         assert_eq!(
             view(&json!({ "kind": "pin-lockout" }))["kind"],
             "pin-lockout"
