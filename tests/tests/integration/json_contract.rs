@@ -188,6 +188,32 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     json_ok(&tb, &["discover"], 0, "discover.schema.json");
     let verified = json_ok(&tb, &["key", "verify", "web"], 0, "key-verify.schema.json");
     assert_eq!(verified.str_at("key"), "web", "{verified}");
+    let pubkey = json_ok(&tb, &["key", "pubkey", "web"], 0, "key-pubkey.schema.json");
+    assert!(pubkey.str_at("pem").starts_with("-----BEGIN PUBLIC KEY-----"), "{pubkey}");
+    let csr = json_ok(&tb, &["cert", "request", "web", "--subject", "CN=web"], 0, "cert.schema.json");
+    assert!(csr.get("der").is_none(), "{csr}");
+    let cert = json_ok(&tb, &["cert", "self-sign", "web", "--subject", "CN=web"], 0, "cert.schema.json");
+    assert!(cert.time_at("not_after") > shown.time_at("created_at"), "{cert}");
+    let added = json_ok(
+        &tb,
+        &["grant", "add", "web", APPLICATION, "--ops", "verify", "--for", "1h"],
+        0,
+        "grant-list.schema.json",
+    );
+    assert!(added.items().iter().any(|g| !g.at("expires_at").is_null()), "{added}");
+    let removed = json_ok(&tb, &["grant", "remove", "web", APPLICATION], 0, "done.schema.json");
+    assert!(removed.str_at("done").contains("removed"), "{removed}");
+    // The same policy again: nothing to do, said in a sentence.
+    let again = json_ok(&tb, &["policy", "reload"], 0, "done.schema.json");
+    assert!(!again.str_at("done").is_empty(), "{again}");
+    // A policy file checked locally, valid and not.
+    let file = tb.path("policy.toml");
+    let checked = json_ok(&tb, &["policy", "check", file.to_str().unwrap()], 0, "policy-check.schema.json");
+    assert_eq!(checked.at("valid"), &Json::Bool(true), "{checked}");
+    let bad = tb.path("bad-policy.toml");
+    std::fs::write(&bad, "[settings]\nmode = \"strict\"\n[[class]]\nname = 3\n").unwrap();
+    let checked = json_ok(&tb, &["policy", "check", bad.to_str().unwrap()], 1, "policy-check.schema.json");
+    assert_eq!(checked.at("error").i64_at("exit_code"), 1, "{checked}");
 
     // Dual control without a roster: resume waits for one approval (exit 3).
     keyward_ok(&tb, &["key", "suspend", "web", "--reason", "check"], 0);
@@ -201,6 +227,7 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     assert_eq!(one.str_at("digest").len(), 64, "{one}");
 
     let report = json_ok(&tb, &["report"], 0, "report.schema.json");
+    assert_eq!(report.array_at("pending_requests")[0].str_at("digest"), one.str_at("digest"), "{report}");
     assert!(report.array_at("keys").iter().any(|k| k.str_at("name") == "web"), "{report}");
 
     let verify = json_ok(&tb, &["audit", "verify"], 0, "audit-verify.schema.json");
@@ -223,6 +250,11 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
         .unwrap_or_else(|| panic!("no use on the trail: {records:#?}"));
     assert_eq!(sign.str_at("mechanism"), "CKM_ECDSA", "{sign}");
     assert_eq!(sign.str_at("result"), "CKR_OK", "{sign}");
+
+    // The waiting request decided (no roster: one approval carries it out).
+    let decided = json_ok(&tb, &["request", "approve", &id], 0, "request-decision.schema.json");
+    assert_eq!(decided.str_at("decision"), "approve", "{decided}");
+    assert_eq!(decided.str_at("digest"), one.str_at("digest"), "{decided}");
 
     let backup = json_ok(&tb, &["backup", "status"], 0, "backup-status.schema.json");
     assert_eq!(backup.at("present").as_bool(), Some(false), "{backup}");
