@@ -144,14 +144,17 @@ pub fn keyward_ok(tb: &Env, args: &[&str], code: i32) -> String {
 }
 
 /// Runs `keyward --json ARGS`, requires exit code `code`, and parses the
-/// document it prints.
+/// document it prints, which must keep the rules of every document
+/// ([`crate::json::assert_contract`]).
 #[track_caller]
 pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let text = keyward_ok(tb, &all, code);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
+    let doc = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"));
+    crate::json::assert_contract(&doc);
+    doc
 }
 
 /// `keyward --json key show NAME` (exit 0): the key object.

@@ -16,7 +16,7 @@ use keyward_tests::admin::{
     keyward_json, keyward_ok, uid, APPLICATION, CERT_SUBJECT,
 };
 use keyward_tests::harness::Env;
-use keyward_tests::json::JsonExt;
+use keyward_tests::json::{validate, JsonExt};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{unhex, Ctx};
 use keyward_tests::roster::{
@@ -339,6 +339,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(text(&out.stderr).contains("no backup key"), "{out:?}");
     ceremony(&tb, &a);
     let status = keyward_json(&tb, &["backup", "status"], 0);
+    validate("backup-status.schema.json", &status);
     assert_eq!(status.at("present").as_bool(), Some(true), "{status}");
     assert_eq!(status.at("threshold").as_u64(), Some(2), "{status}");
     assert_eq!(status.at("custodians").as_array().map(Vec::len), Some(2), "{status}");
@@ -679,6 +680,7 @@ fn reported(tb: &Env, name: &str) -> keyward_tests::json::Json {
 fn create_backup(tb: &Env, name: &str) -> String {
     let file = tb.path(name);
     let made = keyward_json(tb, &["backup", "create", file.to_str().unwrap()], 0);
+    validate("backup-create.schema.json", &made);
     let id = made.str_at("id").to_owned();
     assert_eq!(id.len(), 64, "{made}");
     id

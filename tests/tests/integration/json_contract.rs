@@ -5,8 +5,6 @@
 //! newlines, unicode, control characters) in reasons and names still
 //! yields valid documents.
 
-use std::path::{Path, PathBuf};
-
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use keyward_tests::admin::{
@@ -14,71 +12,17 @@ use keyward_tests::admin::{
     signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
-use keyward_tests::json::{unix_seconds, Json, JsonExt};
+use keyward_tests::json::{
+    assert_contract, read_json, schema_dir, unix_seconds, validate, validator, Json, JsonExt,
+};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::Ctx;
-
-/// The folder of the committed schemas.
-fn schema_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/json")
-}
-
-fn read_json(path: &Path) -> Json {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// Resolves `defs.schema.json` (and any other sibling a schema refers to)
-/// from the schema folder: no network.
-struct Siblings;
-
-impl jsonschema::Retrieve for Siblings {
-    fn retrieve(
-        &self,
-        uri: &jsonschema::Uri<String>,
-    ) -> Result<Json, Box<dyn std::error::Error + Send + Sync>> {
-        let name = uri
-            .path()
-            .as_str()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let path = schema_dir().join(&name);
-        if name.is_empty() || !path.is_file() {
-            return Err(format!("no schema {uri} in docs/json").into());
-        }
-        Ok(read_json(&path))
-    }
-}
-
-fn validator(schema: &str) -> jsonschema::Validator {
-    let doc = read_json(&schema_dir().join(schema));
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .with_retriever(Siblings)
-        .build(&doc)
-        .unwrap_or_else(|e| panic!("{schema} does not compile: {e}"))
-}
-
-/// Panics naming every error when `doc` does not validate against `schema`.
-#[track_caller]
-fn check(schema: &str, doc: &Json) {
-    let v = validator(schema);
-    let errors: Vec<String> = v
-        .iter_errors(doc)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{schema}: {errors:#?}\nin {doc:#}");
-}
 
 /// `keyward --json ARGS` (exit `code`), validated against `schema`.
 #[track_caller]
 fn json_ok(tb: &Env, args: &[&str], code: i32, schema: &str) -> Json {
     let doc = keyward_json(tb, args, code);
-    check(schema, &doc);
+    validate(schema, &doc);
     doc
 }
 
@@ -96,6 +40,7 @@ fn json_lines_ok(tb: &Env, args: &[&str], schema: &str) -> Vec<Json> {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{schema}: {errors:#?}\nin {l}");
+            assert_contract(&doc);
             doc
         })
         .collect()
@@ -120,32 +65,6 @@ fn policy() -> String {
         application_toml(APPLICATION, uid()),
         signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION)),
     )
-}
-
-/// Every time member of the documents walked is an RFC 3339 UTC string.
-fn assert_times(v: &Json) {
-    match v {
-        Json::Object(map) => {
-            for (name, child) in map {
-                let time = name == "at"
-                    || name.ends_with("_at")
-                    || name.ends_with("_until")
-                    || name == "next_rotation";
-                if time && !child.is_null() {
-                    let text = child
-                        .as_str()
-                        .unwrap_or_else(|| panic!("{name} is not a string: {v}"));
-                    assert!(
-                        unix_seconds(text).is_some(),
-                        "{name}: {text:?} is not RFC 3339 UTC"
-                    );
-                }
-                assert_times(child);
-            }
-        }
-        Json::Array(items) => items.iter().for_each(assert_times),
-        _ => {}
-    }
 }
 
 keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
@@ -235,7 +154,7 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     let anchor_text = keyward_ok(&tb, &["--json", "audit", "anchor"], 0);
     assert_eq!(anchor_text.lines().count(), 1, "one anchor per line: {anchor_text}");
     let anchor: Json = serde_json::from_str(&anchor_text).expect("an anchor document");
-    check("audit-anchor.schema.json", &anchor);
+    validate("audit-anchor.schema.json", &anchor);
     // The document is what `audit verify --anchor` reads.
     let anchors = tb.path("anchors.jsonl");
     std::fs::write(&anchors, &anchor_text).unwrap();
@@ -269,12 +188,10 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
-    check("error.schema.json", &serde_json::from_str(&text).expect("an error line"));
+    validate("error.schema.json", &serde_json::from_str(&text).expect("an error line"));
 
-    for doc in [&status, &shown, &listed, &one, &report] {
-        assert_times(doc);
-    }
-    assert_times(&Json::Array(records));
+    // What keyward_json checks of every document, here on the JSON lines.
+    assert_contract(&Json::Array(records));
 });
 
 keyward_test!(fn hostile_text_in_reasons_and_names_still_yields_valid_json(tb) {
