@@ -83,7 +83,11 @@ fn main() -> ExitCode {
             };
         }
         cli::Command::Devices => {
-            let (out, err, ok) = devices::report(devices::scan());
+            let (out, err, ok) = if cli.json {
+                devices::report_json(devices::scan())
+            } else {
+                devices::report(devices::scan())
+            };
             let _ = std::io::stdout().lock().write_all(out.as_bytes());
             let _ = std::io::stderr().lock().write_all(err.as_bytes());
             return ExitCode::from(if ok { 0 } else { admin::Exit::Error.code() });

@@ -183,6 +183,11 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     assert_eq!(missing.at("error").str_at("kind"), "not_found", "{missing}");
     json_err(&tb, &["key", "activate", "idle", "--token", "no-such-token"], 4);
     json_err(&tb, &["key", "create", "web", "--class", "signing"], 6);
+    // Local: the security devices here, or why they cannot be listed.
+    let out = keyward(&tb, &["--json", "devices"]);
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("devices: {e}: {out:?}"));
+    validate("devices.schema.json", &doc);
+    assert_eq!(out.status.code(), Some(if doc.is_array() { 0 } else { 1 }), "{out:?}");
     // A JSON-lines command's failure: one error line.
     let out = keyward(&tb, &["--json", "audit", "query", "--key", "nope"]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
