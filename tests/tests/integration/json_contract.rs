@@ -17,6 +17,7 @@ use keyward_tests::json::{
 };
 use keyward_tests::keyward_test;
 use keyward_tests::p11::Ctx;
+use keyward_tests::roster::{key_file, ALICE_PEM};
 
 /// `keyward --json ARGS` (exit `code`), validated against `schema`.
 #[track_caller]
@@ -183,6 +184,10 @@ keyward_test!(fn every_json_answer_validates_against_its_committed_schema(tb) {
     assert_eq!(missing.at("error").str_at("kind"), "not_found", "{missing}");
     json_err(&tb, &["key", "activate", "idle", "--token", "no-such-token"], 4);
     json_err(&tb, &["key", "create", "web", "--class", "signing"], 6);
+    // Local: an administrator's public key for the roster.
+    let pem = key_file(&tb, "alice.pem", ALICE_PEM, uid());
+    let admin_key = json_ok(&tb, &["admin-key", "show", pem.to_str().unwrap()], 0, "admin-key-show.schema.json");
+    assert!(!admin_key.str_at("public_key").is_empty(), "{admin_key}");
     // Local: the security devices here, or why they cannot be listed.
     let out = keyward(&tb, &["--json", "devices"]);
     let doc: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("devices: {e}: {out:?}"));
