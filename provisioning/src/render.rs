@@ -1448,7 +1448,7 @@ fn key_details(k: &KeyReport) -> String {
 
 /// A key answer as one JSON document ([`json`]), unwrapped by
 /// [`crate::json::key_view`]: each approval request in it also carries its
-/// `digest` (hex), computed here from its fields.
+/// `digest` (hex), computed from its fields.
 pub fn key_json(resp: &KeyResponse) -> String {
     json(&crate::json::key_view(resp))
 }
