@@ -531,8 +531,10 @@ keyward_test!(fn a_new_host_with_a_new_hsm_gets_every_key_back_from_a_backup_and
     let out = keyward(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
+    let submitted = keyward_json(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()], 0);
+    validate("backup-share-submit.schema.json", &submitted);
+    assert_eq!((submitted.i64_at("have"), submitted.i64_at("need")), (1, 2), "{submitted}");
     let out = as_bob(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
         "--identity", a.bob_identity.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -719,7 +721,9 @@ keyward_test!(fn the_report_flags_keys_without_backup_and_shows_the_last_backup_
     assert!(web.at("last_backup").is_null(), "web's class has no backup: {web}");
 
     // Drilled: the drill is shown, ok.
-    keyward_ok(&tb, &["backup", "verify", tb.path("first.kwbackup").to_str().unwrap()], 0);
+    let drilled = keyward_json(&tb, &["backup", "verify", tb.path("first.kwbackup").to_str().unwrap()], 0);
+    validate("backup-verify.schema.json", &drilled);
+    assert!(drilled.array_at("results").iter().all(|r| r.at("ok").as_bool() == Some(true)), "{drilled}");
     let release = reported(&tb, "release");
     let drill = release.at("last_drill");
     assert_eq!(drill.str_at("id"), first, "{release}");

@@ -22,6 +22,7 @@ use keyward_tests::admin::{
     APPLICATION,
 };
 use keyward_tests::harness::{Env, Testbed};
+use keyward_tests::json::validate;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{aes_key, expect_err_in, Ctx};
 use keyward_tests::roster::{
@@ -173,11 +174,12 @@ fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) -> String {
 
 /// Collects request `id`'s file into `out` (mode 0600).
 fn collect(a: &Env, id: &str, out: &Path) -> Vec<u8> {
-    keyward_ok(
+    let collected = keyward_json(
         a,
         &["key", "export", "--collect", id, "--out", path(out)],
         0,
     );
+    validate("key-export-collect.schema.json", &collected);
     let mode = std::fs::metadata(out)
         .expect("the export file")
         .permissions()
