@@ -163,7 +163,7 @@ fn ceremony(tb: &Env, a: &Admins) {
 /// Each custodian fetches their share into a file of their own.
 fn fetch_shares(tb: &Env, a: &Admins) -> (PathBuf, PathBuf) {
     let alice_share = tb.path("alice.share");
-    keyward_ok(
+    let got = keyward_json(
         tb,
         &[
             "backup",
@@ -174,6 +174,8 @@ fn fetch_shares(tb: &Env, a: &Admins) -> (PathBuf, PathBuf) {
         ],
         0,
     );
+    validate("backup-share-get.schema.json", &got);
+    assert_eq!(got.str_at("custodian"), "alice", "{got}");
     let bob_share = a.bob_dir.join("bob.share");
     let out = as_bob(
         tb,

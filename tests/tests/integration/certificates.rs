@@ -367,7 +367,8 @@ keyward_test!(fn rotate_with_csr_writes_a_request_of_the_new_versions_key(tb) {
     assert!(text.contains("CN = web.example.com"), "{text}");
     // With --subject given.
     let csr3 = tb.path("v3.csr");
-    keyward_ok(&tb, &["key", "rotate", "web", "--csr", path(&csr3), "--subject", "CN=v3"], 0);
+    let rotated = keyward_tests::admin::keyward_json(&tb, &["key", "rotate", "web", "--csr", path(&csr3), "--subject", "CN=v3"], 0);
+    keyward_tests::json::validate("key-rotate-csr.schema.json", &rotated);
     let text = openssl(&["req", "-noout", "-subject", "-in", path(&csr3)]);
     assert!(text.contains("CN = v3"), "{text}");
 });
