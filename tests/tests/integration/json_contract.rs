@@ -6,10 +6,10 @@
 //! yields valid documents.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::ObjectClass;
+use cryptoki::object::{Attribute, ObjectClass};
 use keyward_tests::admin::{
-    application_toml, find, install_policy, keyward, keyward_json, keyward_ok, sign_grant_toml,
-    signing_class_toml, uid, APPLICATION,
+    application_toml, backend_token, find, install_policy, keyward, keyward_json, keyward_ok,
+    sign_grant_toml, signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::{
@@ -232,6 +232,31 @@ keyward_test!(fn hostile_text_in_reasons_and_names_still_yields_valid_json(tb) {
     }
     let listed = json_ok(&tb, &["key", "list"], 0, "key-list.schema.json");
     assert_eq!(listed.items().len(), 1, "{listed}");
+
+    // A label written behind keyward's back (anyone who can create objects
+    // on the HSM can): quotes, a newline, an escape sequence and bytes that
+    // are not UTF-8. `discover` still prints one valid document naming it.
+    tb.stop_agent();
+    {
+        let (_backend, b) = backend_token(&tb);
+        b.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(b"evil \"label\"\n\x1b[2J \xff\xfe end".to_vec()),
+            Attribute::Value(b"made on the backend".to_vec()),
+        ])
+        .expect("a data object on the backend token");
+    }
+    tb.start_agent();
+    let found = json_ok(&tb, &["discover"], 0, "discover.schema.json");
+    let label = found
+        .items()
+        .iter()
+        .map(|f| f.str_at("label"))
+        .find(|l| l.starts_with("evil"))
+        .unwrap_or_else(|| panic!("the planted object is not listed: {found}"));
+    assert!(label.contains("\"label\"\n") && label.ends_with(" end"), "{label:?}");
 });
 
 /// Every committed schema compiles (draft 2020-12, its references
