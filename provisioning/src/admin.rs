@@ -108,11 +108,7 @@ impl Failure {
 
     /// The JSON document a failed command prints with `--json`.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "Error": {
-            "kind": self.kind,
-            "message": self.message,
-            "exit_code": self.exit.code(),
-        }})
+        crate::json::error_document(&self.kind, &self.message, self.exit.code())
     }
 }
 
@@ -204,8 +200,11 @@ mod tests {
             assert_eq!(Exit::from(kind).code(), code, "{kind:?}");
             let f = Failure::from_agent(kind, "why".into());
             assert_eq!(f.exit.code(), code);
-            assert_eq!(f.to_json()["Error"]["exit_code"], code);
-            assert_eq!(f.to_json()["Error"]["kind"], format!("{kind:?}"));
+            assert_eq!(f.to_json()["error"]["exit_code"], code);
+            assert_eq!(
+                f.to_json()["error"]["kind"],
+                crate::json::snake_case(&format!("{kind:?}"))
+            );
         }
         assert_eq!(Exit::Success.code(), 0);
         assert_eq!(Exit::Error.code(), 1);

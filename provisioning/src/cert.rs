@@ -171,15 +171,13 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
         }
     }
     let stdout = if json {
-        let mut v = serde_json::to_value(&c).unwrap_or_default();
-        if let Some(o) = v.as_object_mut().and_then(|o| o.values_mut().next()) {
-            if let Some(o) = o.as_object_mut() {
-                o.remove("der");
-                o.insert("pem".into(), pem.clone().into());
-                o.insert("sha256".into(), sha256_hex(bytes).into());
-                if let Some(path) = &out {
-                    o.insert("file".into(), path.display().to_string().into());
-                }
+        let mut v = crate::json::untag(crate::json::view(&c));
+        if let Some(o) = v.as_object_mut() {
+            o.remove("der");
+            o.insert("pem".into(), pem.clone().into());
+            o.insert("sha256".into(), sha256_hex(bytes).into());
+            if let Some(path) = &out {
+                o.insert("file".into(), path.display().to_string().into());
             }
         }
         render::json(&v)

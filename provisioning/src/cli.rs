@@ -28,7 +28,9 @@ Exit codes:
      --anchor`: rolled back past it, or rewritten below it)
 
 With --json, standard output carries exactly one JSON document, also when
-the command fails ({\"Error\": {\"kind\", \"message\", \"exit_code\"}});
+the command fails ({\"error\": {\"kind\", \"message\", \"exit_code\"}});
+times are RFC 3339 UTC strings, mechanisms and return values their names
+(the schemas: docs/json/);
 `audit tail` and `audit query` print JSON lines instead (one record per
 line; a failure is one error line). Messages for people go to standard
 error as `keyward: ...`.";

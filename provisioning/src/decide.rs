@@ -100,10 +100,17 @@ pub fn decide(
         });
     }
     let stdout = if json {
-        let answer = serde_json::from_str::<serde_json::Value>(&render::key_json(&answer))
-            .unwrap_or(serde_json::Value::Null);
+        // The request as it was shown (with its digest), and the agent's
+        // answer: the request after the decision, or what was done.
+        let answer = match &answer {
+            KeyResponse::Requests(rs) => match rs.as_slice() {
+                [one] => crate::json::request_view(one),
+                _ => crate::json::key_view(&answer),
+            },
+            answer => crate::json::key_view(answer),
+        };
         render::json(&serde_json::json!({
-            "request": request,
+            "request": crate::json::request_view(&request),
             "digest": hex::encode(digest),
             "decision": decision.as_str(),
             "signed_by": signed_by,
@@ -378,7 +385,9 @@ mod tests {
         assert_eq!(v["digest"], hex::encode(request().content().digest()));
         assert_eq!(v["decision"], "approve");
         assert!(v["signed_by"].as_str().unwrap().starts_with("ed25519:"));
-        assert_eq!(v["answer"], serde_json::json!({ "Done": "approved" }));
+        assert_eq!(v["answer"], serde_json::json!({ "done": "approved" }));
+        assert_eq!(v["request"]["digest"], v["digest"]);
+        assert_eq!(v["request"]["created_at"], "2027-01-15T07:59:00Z");
     }
 
     #[test]
@@ -469,7 +478,7 @@ mod tests {
         );
         assert_eq!((sent.len(), out.exit), (1, Exit::Error));
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["kind"], "Unexpected");
+        assert_eq!(v["error"]["kind"], "unexpected");
 
         // Not found, and a refused decision: the agent's exit codes.
         let (sent, out) = run(

@@ -186,9 +186,69 @@ pub fn report(scan: Result<Vec<Device>, Unavailable>) -> (String, String, bool) 
     }
 }
 
+/// `keyward --json devices`: an array of devices (ids as 4 hex digits,
+/// as `lsusb` writes them), or the error document; standard error and
+/// success as [`report`].
+pub fn report_json(scan: Result<Vec<Device>, Unavailable>) -> (String, String, bool) {
+    match scan {
+        Err(e) => {
+            let (_, err, ok) = report(Err(e));
+            let message = err.trim_start_matches("keyward: ").trim_end().to_owned();
+            let doc = crate::json::error_document(
+                "Unavailable",
+                &message,
+                crate::admin::Exit::Error.code(),
+            );
+            (crate::render::json(&doc), err, ok)
+        }
+        Ok(devices) => {
+            let listed: Vec<serde_json::Value> = devices
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "vendor_id": format!("{:04x}", d.vendor_id),
+                        "product_id": format!("{:04x}", d.product_id),
+                        "maker": d.maker(),
+                        "product": d.product,
+                        "serial": d.serial,
+                        "fido": d.fido,
+                    })
+                })
+                .collect();
+            (crate::render::json(&listed), String::new(), true)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_an_array_of_devices_or_the_error_document() {
+        let (out, err, ok) = report_json(Ok(vec![device(0x1050, 0x0407, Some("123"), true)]));
+        assert!(ok && err.is_empty());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["vendor_id"], "1050");
+        assert_eq!(v[0]["product_id"], "0407");
+        assert_eq!(v[0]["serial"], "123");
+        assert_eq!(v[0]["fido"], true);
+        let (out, _, ok) = report_json(Ok(vec![]));
+        assert!(ok);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+            serde_json::json!([])
+        );
+        let (out, err, ok) = report_json(Err(Unavailable::NoInterface));
+        assert!(!ok && err.starts_with("keyward: cannot list USB devices"));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"]["kind"], "unavailable");
+        assert_eq!(v["error"]["exit_code"], 1);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot list USB devices"));
+    }
 
     fn device(vendor_id: u16, product_id: u16, serial: Option<&str>, fido: bool) -> Device {
         Device {

@@ -4,7 +4,8 @@
 //! Admin socket: `--admin-socket PATH`, else `KEYWARD_ADMIN_SOCKET`, else
 //! `/run/keyward/admin.sock`. Every command takes `--json`: standard output
 //! then carries exactly one JSON document, also on failure
-//! (`{"Error": {"kind", "message", "exit_code"}}`); `audit tail` and
+//! (`{"error": {"kind", "message", "exit_code"}}`; the contract is
+//! `json.rs`, the schemas `docs/json/`); `audit tail` and
 //! `audit query` print JSON lines instead (one record per line, for SIEM
 //! export; a failure is one error line). Messages for people go to
 //! standard error as `keyward: ...`.
@@ -44,6 +45,7 @@ mod devices;
 mod distribute;
 mod docs;
 mod files;
+mod json;
 mod output;
 mod render;
 mod run;
@@ -89,7 +91,11 @@ fn main() -> ExitCode {
             };
         }
         cli::Command::Devices => {
-            let (out, err, ok) = devices::report(devices::scan());
+            let (out, err, ok) = if cli.json {
+                devices::report_json(devices::scan())
+            } else {
+                devices::report(devices::scan())
+            };
             let _ = std::io::stdout().lock().write_all(out.as_bytes());
             let _ = std::io::stderr().lock().write_all(err.as_bytes());
             return ExitCode::from(if ok { 0 } else { admin::Exit::Error.code() });

@@ -4,7 +4,7 @@
 
 use keyward_protocol::admin::{
     AdminRequest, AdminResponse, AuditAnchor, AuditRecordInfo, AuditRequest, AuditResponse,
-    AuditVerification, KeyResponse,
+    AuditVerification, KeyRequest, KeyResponse,
 };
 
 use crate::admin::{Exit, Failure};
@@ -146,11 +146,21 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
         } else {
             render::status(&s)
         }),
+        // `request show`: the one request, not an array of one.
+        (AdminRequest::Key(KeyRequest::RequestShow { .. }), AdminResponse::Key(r)) if json => {
+            match *r {
+                KeyResponse::Requests(rs) => match rs.as_slice() {
+                    [one] => Output::success(render::json(&crate::json::request_view(one))),
+                    _ => key_answer(KeyResponse::Requests(rs), json),
+                },
+                r => key_answer(r, json),
+            }
+        }
         (AdminRequest::Key(_) | AdminRequest::DryRun(_), AdminResponse::Key(r)) => {
             key_answer(*r, json)
         }
         (AdminRequest::Report(_), AdminResponse::Report(r)) => Output::success(if json {
-            render::json(&r)
+            render::json(&crate::json::report_view(&r))
         } else {
             render::report(&r)
         }),

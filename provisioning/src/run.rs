@@ -607,9 +607,15 @@ fn policy_check(file: &Path, strict: bool, json: bool) -> Output {
             "administrators": p.administrators.len(), "notes": p.notes,
             "strict": strict, "period_warnings": p.period_warnings,
         })),
-        (Err(e), true) => render::json(&serde_json::json!({
-            "file": file.display().to_string(), "valid": false, "error": e.to_string(),
-        })),
+        (Err(e), true) => {
+            let mut doc =
+                crate::json::error_document("InvalidPolicy", &e.to_string(), Exit::Error.code());
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("file".into(), file.display().to_string().into());
+                o.insert("valid".into(), false.into());
+            }
+            render::json(&doc)
+        }
         (Ok(_), false) if !refused.is_empty() => String::new(),
         (Ok(p), false) => {
             let mut text = format!(
@@ -835,7 +841,7 @@ mod tests {
         assert_eq!((e.exit, e.kind.as_str()), (Exit::Usage, "Invalid"));
         assert!(e.message.contains("\"rsa:lots\""), "{e:?}");
         assert_eq!(
-            e.to_json()["Error"]["exit_code"],
+            e.to_json()["error"]["exit_code"],
             2,
             "the --json error document, as before"
         );
@@ -1039,7 +1045,7 @@ mod tests {
         assert!(text.stdout.contains("no managed keys"), "{text:?}");
         let json = present(&request, answer(), true);
         let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-        assert_eq!(v["generated_at"], NOW);
+        assert_eq!(v["generated_at"], crate::json::rfc3339(NOW).unwrap());
         // Failures keep their exit codes; a wrong answer is unexpected.
         let err = present(
             &request,
@@ -1051,7 +1057,7 @@ mod tests {
         );
         assert_eq!(err.exit, Exit::NotFound);
         let v: serde_json::Value = serde_json::from_str(&err.stdout).unwrap();
-        assert_eq!(v["Error"]["exit_code"], 4);
+        assert_eq!(v["error"]["exit_code"], 4);
         let odd = present(&request, Ok(AdminResponse::Err("x".into())), false);
         assert_eq!(odd.exit, Exit::Error);
         let odd = present(&key_req(), answer(), false);
@@ -1150,7 +1156,7 @@ mod tests {
             true,
         );
         let v: serde_json::Value = serde_json::from_str(&pending.stdout).unwrap();
-        assert_eq!(v["Pending"]["id"], "req-1");
+        assert_eq!(v["id"], "req-1");
 
         for (kind, exit) in [
             (AdminErrorKind::Invalid, Exit::Usage),
@@ -1171,8 +1177,11 @@ mod tests {
             assert_eq!(out.stderr, "keyward: no key \"web\"\\n\n");
             let out = present(&key_req(), resp(), true);
             let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-            assert_eq!(v["Error"]["exit_code"], exit.code());
-            assert_eq!(v["Error"]["kind"], format!("{kind:?}"));
+            assert_eq!(v["error"]["exit_code"], exit.code());
+            assert_eq!(
+                v["error"]["kind"],
+                crate::json::snake_case(&format!("{kind:?}"))
+            );
         }
 
         let out = present(&key_req(), Ok(AdminResponse::Err("busy".into())), false);
@@ -1203,7 +1212,7 @@ mod tests {
         );
         assert_eq!(out.exit, Exit::Error);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["kind"], "Unexpected");
+        assert_eq!(v["error"]["kind"], "unexpected");
         let out = present(
             &AdminRequest::Status,
             Ok(AdminResponse::Key(Box::new(KeyResponse::Done("x".into())))),
@@ -1224,7 +1233,7 @@ mod tests {
         assert_eq!(out.exit, Exit::Error);
         assert_eq!(out.stderr, "keyward: cannot reach\n");
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["kind"], "Unreachable");
+        assert_eq!(v["error"]["kind"], "unreachable");
     }
 
     fn audit(args: &[&str]) -> Result<AuditRequest, Failure> {
@@ -1399,7 +1408,7 @@ mod tests {
         );
         assert_eq!(out.exit, Exit::Failed);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["kind"], "Failed");
+        assert_eq!(v["error"]["kind"], "failed");
     }
 
     #[test]
@@ -1413,7 +1422,11 @@ mod tests {
         let seqs: Vec<u64> = out
             .stdout
             .lines()
-            .map(|l| serde_json::from_str::<AuditRecordInfo>(l).unwrap().seq)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seqs, [1, 2]);
         let out = present(&TAIL, Ok(records([])), false);
@@ -1433,7 +1446,7 @@ mod tests {
         assert_eq!(out.exit, Exit::NotFound);
         assert_eq!(out.stdout.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        assert_eq!(v["Error"]["exit_code"], 4);
+        assert_eq!(v["error"]["exit_code"], 4);
         assert_eq!(out.stderr, "keyward: no key\n");
         let out = present(&TAIL, Ok(verified(None)), false);
         assert_eq!(out.exit, Exit::Error);
@@ -1505,7 +1518,11 @@ mod tests {
         assert_eq!(asked, [TAIL, tail_after(6), tail_after(6)]);
         let seqs: Vec<u64> = out
             .lines()
-            .map(|l| serde_json::from_str::<AuditRecordInfo>(l).unwrap().seq)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seqs, [5, 6, 7, 8]);
         assert_eq!((err.as_str(), exit, waits), ("", Exit::Success, 3));
@@ -1554,7 +1571,7 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
         let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
-        assert_eq!(v["Error"]["kind"], "Unreachable");
+        assert_eq!(v["error"]["kind"], "unreachable");
         let (_, out, _, exit, _) = follow_script(false, vec![Err(gone)]);
         assert_eq!((out.as_str(), exit), ("", Exit::Error));
     }

@@ -195,8 +195,8 @@ fn success_prints_the_answer_and_exits_0() {
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Keys"][0]["name"], "web-tls");
-    assert_eq!(v["Keys"][0]["versions"][0]["backend_id"], "01ab");
+    assert_eq!(v[0]["name"], "web-tls");
+    assert_eq!(v[0]["versions"][0]["backend_id"], "01ab");
 }
 
 #[test]
@@ -302,7 +302,7 @@ fn pending_approval_prints_the_request_id_and_exits_3() {
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Pending"]["id"], "req-7f3a");
+    assert_eq!(v["id"], "req-7f3a");
 }
 
 /// Test keys (`openssl genpkey`), used nowhere else.
@@ -479,7 +479,7 @@ fn a_decision_without_a_usable_key_sends_nothing() {
     );
     assert_eq!((sent.len(), out.status.code()), (1, Some(6)), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Error"]["kind"], "Conflict");
+    assert_eq!(v["error"]["kind"], "conflict");
 }
 
 #[test]
@@ -504,7 +504,7 @@ fn an_unsigned_decision_and_a_cancel() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["digest"], hex::encode(shown.content().digest()));
     assert_eq!(v["signed_by"], serde_json::Value::Null);
-    assert_eq!(v["answer"]["Done"], "approved; executed");
+    assert_eq!(v["answer"]["done"], "approved; executed");
     assert!(text(&out.stderr).contains("sent unsigned"));
 
     let (req, out) = against_fake_agent(
@@ -589,8 +589,8 @@ fn not_found_exits_4() {
     let (_, out) = against_fake_agent(&["key", "show", "nope", "--json"], not_found());
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Error"]["kind"], "NotFound");
-    assert_eq!(v["Error"]["exit_code"], 4);
+    assert_eq!(v["error"]["kind"], "not_found");
+    assert_eq!(v["error"]["exit_code"], 4);
 }
 
 #[test]
@@ -640,7 +640,7 @@ fn an_unreachable_agent_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Error"]["kind"], "Unreachable");
+    assert_eq!(v["error"]["kind"], "unreachable");
 }
 
 #[test]
@@ -971,7 +971,7 @@ fn a_bad_anchor_file_is_a_usage_error_without_asking_the_agent() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        v["Error"]["message"]
+        v["error"]["message"]
             .as_str()
             .unwrap()
             .contains("cannot read"),
@@ -998,7 +998,11 @@ fn audit_tail_json_is_one_record_per_line() {
     for (line, seq) in lines.iter().zip(8..) {
         assert_eq!(line["seq"], seq);
         assert_eq!(line["application"], "nginx");
-        assert_eq!(line["result"], 0x68);
+        assert_eq!(line["result"], "CKR_KEY_FUNCTION_NOT_PERMITTED");
+        assert!(
+            line["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
         assert_eq!(line["micros"], 123_456);
     }
     assert_eq!(text(&out.stderr), "");
@@ -1091,7 +1095,7 @@ fn audit_query_builds_its_request_from_the_flags() {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0]["Error"]["kind"], "NotFound");
+    assert_eq!(lines[0]["error"]["kind"], "not_found");
     assert_eq!(text(&out.stderr), "keyward: no key \"nope\"\n");
 }
 
@@ -1120,7 +1124,7 @@ fn audit_tail_follow_polls_for_new_records() {
     let lines = json_lines(&out);
     let seqs: Vec<Option<u64>> = lines.iter().map(|l| l["seq"].as_u64()).collect();
     assert_eq!(seqs, [Some(5), Some(6), Some(7), None]);
-    assert_eq!(lines[3]["Error"]["kind"], "Unreachable");
+    assert_eq!(lines[3]["error"]["kind"], "unreachable");
     assert!(
         text(&out.stderr).starts_with("keyward: cannot reach keyward-agent at "),
         "{out:?}"
@@ -1163,8 +1167,8 @@ fn a_newer_agent_without_a_common_admin_version_is_named() {
     // The same for scripts.
     let (_, out) = against_fake_agent_greeting(&["status", "--json"], vec![(Some(refusal), None)]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["Error"]["kind"], "Version", "{out:?}");
-    assert_eq!(v["Error"]["exit_code"], 1);
+    assert_eq!(v["error"]["kind"], "version", "{out:?}");
+    assert_eq!(v["error"]["exit_code"], 1);
 }
 
 /// An agent that speaks only older admin-protocol versions: keyward says
@@ -1396,9 +1400,35 @@ fn decided_signature(sent: &[AdminRequest], decision: keyward_domain::Decision) 
 #[test]
 fn irreversible_commands_without_a_terminal_need_yes_and_send_nothing() {
     for args in [
-        &["key", "revoke", "web-tls", "--reason", "stolen"][..],
-        &["key", "destroy", "web-tls", "--reason", "retired"][..],
-        &["key", "revoke", "web-tls", "--rotate", "--json"][..],
+        &[
+            "key",
+            "revoke",
+            "web-tls",
+            "--reason",
+            "stolen",
+            "--reason-code",
+            "keyCompromise",
+        ][..],
+        &[
+            "key",
+            "destroy",
+            "web-tls",
+            "--reason",
+            "retired",
+            "--reason-code",
+            "superseded",
+        ][..],
+        &[
+            "key",
+            "revoke",
+            "web-tls",
+            "--rotate",
+            "--json",
+            "--reason",
+            "stolen",
+            "--reason-code",
+            "keyCompromise",
+        ][..],
     ] {
         let (requests, out) = against_fake_agent_serving(args, Vec::new());
         assert!(requests.is_empty(), "{args:?}: sent {requests:?}");

@@ -48,7 +48,10 @@ fn a_mistake_is_named_with_file_line_and_field() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
-    assert!(v["error"].as_str().unwrap().contains("sining"));
+    // The error document's shape, beside the file and its verdict.
+    assert!(v["error"]["message"].as_str().unwrap().contains("sining"));
+    assert_eq!(v["error"]["kind"], "invalid_policy");
+    assert_eq!(v["error"]["exit_code"], 1);
 }
 
 #[test]

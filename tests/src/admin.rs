@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use crate::harness::Env;
-use crate::json::{Json, JsonExt};
+use crate::json::Json;
 
 /// The application name the policies below give this process's user.
 pub const APPLICATION: &str = "tester";
@@ -144,22 +144,27 @@ pub fn keyward_ok(tb: &Env, args: &[&str], code: i32) -> String {
 }
 
 /// Runs `keyward --json ARGS`, requires exit code `code`, and parses the
-/// document it prints.
+/// document it prints, which must keep the rules of every document
+/// ([`crate::json::assert_contract`]).
 #[track_caller]
 pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let text = keyward_ok(tb, &all, code);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"))
+    let doc = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("keyward {all:?} printed no JSON ({e}):\n{text}"));
+    crate::json::assert_contract(&doc);
+    // Every plan a test reads is checked against its documented shape.
+    if args.contains(&"--dry-run") && doc.get("error").is_none() {
+        crate::json::validate("plan.schema.json", &doc);
+    }
+    doc
 }
 
-/// `keyward --json key show NAME` (exit 0): the `Key` object.
+/// `keyward --json key show NAME` (exit 0): the key object.
 #[track_caller]
 pub fn key_show(tb: &Env, name: &str) -> Json {
     keyward_json(tb, &["key", "show", name], 0)
-        .at("Key")
-        .clone()
 }
 
 /// The objects of class `class` labelled `label`, in the order the token

@@ -18,10 +18,7 @@ use keyward_tests::roster::{
 /// Asks for `web-tls`'s resume (exit 3: recorded); the request's id.
 fn ask_resume(tb: &Env, reason: &str) -> String {
     let doc = keyward_json(tb, &["key", "resume", "web-tls", "--reason", reason], 3);
-    doc["Pending"]["id"]
-        .as_str()
-        .expect("a request id")
-        .to_owned()
+    doc["id"].as_str().expect("a request id").to_owned()
 }
 
 keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancels_with_signed_decisions(tb) {
@@ -56,9 +53,9 @@ keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancel
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(text(&out.stderr).contains("signature is not valid"), "{out:?}");
     let shown = keyward_json(&tb, &["request", "show", &id], 0);
-    assert_eq!(shown["Requests"][0]["status"], "pending", "{shown}");
-    assert_eq!(shown["Requests"][0]["decisions"], serde_json::json!([]), "{shown}");
-    let digest = shown["Requests"][0]["digest"].as_str().expect("the digest").to_owned();
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(shown["decisions"], serde_json::json!([]), "{shown}");
+    let digest = shown["digest"].as_str().expect("the digest").to_owned();
 
     // Bob's own key: the resume is carried out.
     let out = as_bob(&tb, &["request", "approve", &id, "--key", bob_key.to_str().unwrap()]);
@@ -67,11 +64,11 @@ keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancel
     assert!(stdout.contains(&format!("digest:      {digest}\n")), "{stdout}");
     assert!(stdout.contains(&format!("approve: sent, signed by {bob_public}")), "{stdout}");
     let shown = keyward_json(&tb, &["request", "show", &id], 0);
-    let r = &shown["Requests"][0];
+    let r = &shown;
     assert_eq!(r["status"], "executed", "{shown}");
     assert_eq!(r["decisions"][0]["administrator"], "bob", "{shown}");
     assert_eq!(r["decisions"][0]["decision"], "approve", "{shown}");
-    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["Key"]["state"], "active");
+    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["state"], "active");
     // Decided: a second approval is refused before anything is signed.
     let out = as_bob(&tb, &["request", "approve", &id, "--key", bob_key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
@@ -83,16 +80,16 @@ keyward_test!(fn a_second_administrator_approves_denies_and_the_requester_cancel
     let out = as_bob(&tb, &["request", "deny", &id, "--key", bob_key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let shown = keyward_json(&tb, &["request", "show", &id], 0);
-    assert_eq!(shown["Requests"][0]["status"], "denied", "{shown}");
-    assert_eq!(shown["Requests"][0]["decisions"][0]["decision"], "deny", "{shown}");
-    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["Key"]["state"], "suspended");
+    assert_eq!(shown["status"], "denied", "{shown}");
+    assert_eq!(shown["decisions"][0]["decision"], "deny", "{shown}");
+    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["state"], "suspended");
 
     // The requester withdraws the next one.
     let id = ask_resume(&tb, "asked by mistake");
     keyward_ok(&tb, &["request", "cancel", &id, "--reason", "by mistake"], 0);
     let shown = keyward_json(&tb, &["request", "show", &id], 0);
-    assert_eq!(shown["Requests"][0]["status"], "cancelled", "{shown}");
+    assert_eq!(shown["status"], "cancelled", "{shown}");
     let out = as_bob(&tb, &["request", "approve", &id, "--key", bob_key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
-    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["Key"]["state"], "suspended");
+    assert_eq!(keyward_json(&tb, &["key", "show", "web-tls"], 0)["state"], "suspended");
 });

@@ -135,7 +135,7 @@ fn leaf(attr_type: u64, value: Value) -> WireAttr {
 fn shadow_labels(tb: &Env) -> Vec<String> {
     let shadows = keyward_json(tb, &["discover"], 0);
     shadows
-        .array_at("Shadows")
+        .items()
         .iter()
         .map(|s| s.str_at("label").to_owned())
         .collect()

@@ -38,12 +38,12 @@ keyward_test!(fn the_trail_records_admin_actions_uses_refusals_and_logins(tb) {
     assert!(has(&["\"agent\"", "\"start\""]), "agent start missing:\n{lines}");
     assert!(has(&["\"admin\"", "\"key.create\"", "audited"]), "key creation missing:\n{lines}");
     assert!(has(&["\"admin\"", "\"key.suspend\"", "audited"]), "transition missing:\n{lines}");
-    assert!(has(&["\"login\"", "\"result\":160"]), "the failed login (CKR_PIN_INCORRECT) missing:\n{lines}");
-    assert!(has(&["\"use\"", "\"sign\"", "audited", "\"result\":0"]), "the signature missing:\n{lines}");
+    assert!(has(&["\"login\"", "\"result\":\"CKR_PIN_INCORRECT\""]), "the failed login (CKR_PIN_INCORRECT) missing:\n{lines}");
+    assert!(has(&["\"use\"", "\"sign\"", "audited", "\"result\":\"CKR_OK\""]), "the signature missing:\n{lines}");
     assert!(has(&["\"refusal\"", "\"sign\"", "audited", "suspended"]), "the refusal and its reason missing:\n{lines}");
 
     let denied = keyward_ok(&tb, &["--json", "audit", "query", "--key", "audited", "--result", "denied"], 0);
-    assert!(denied.lines().count() >= 1 && denied.lines().all(|l| !l.contains("\"result\":0,")), "query --result denied:\n{denied}");
+    assert!(denied.lines().count() >= 1 && denied.lines().all(|l| !l.contains("\"result\":\"CKR_OK\"")), "query --result denied:\n{denied}");
 
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);
     assert!(verified.contains("intact"), "{verified}");
@@ -92,16 +92,16 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     assert!(n >= 10, "{queried}");
 
     let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "1000"], 0);
-    let admin: Vec<(String, String, i64)> = lines
+    let admin: Vec<(String, String, String)> = lines
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON record"))
         .filter(|r| r.str_at("kind") == "admin")
-        .map(|r| (r.str_at("operation").to_owned(), r.str_at("reason").to_owned(), r.i64_at("result")))
+        .map(|r| (r.str_at("operation").to_owned(), r.str_at("reason").to_owned(), r.str_at("result").to_owned()))
         .collect();
     let action = |operation: &str, what: &str| {
         [
-            (operation.to_owned(), format!("requested: {what}"), 0),
-            (operation.to_owned(), "done".to_owned(), 0),
+            (operation.to_owned(), format!("requested: {what}"), "CKR_OK".to_owned()),
+            (operation.to_owned(), "done".to_owned(), "CKR_OK".to_owned()),
         ]
     };
     // The grant record says until when, in words.
@@ -115,8 +115,8 @@ keyward_test!(fn admin_actions_are_recorded_in_words_and_reads_once(tb) {
     want.extend(action("grant.add", &format!("grant {APPLICATION} sign on worded until 2100-01-01 00:00:00 UTC")));
     want.extend(action("key.rotate", "rotate worded"));
     want.extend(action("key.suspend", "suspend worded: code=certificateHold; demo: investigating"));
-    want.push(("report.make".into(), "report on worded: the last 1h against the 7d before: 1 key".into(), 0));
-    want.push(("audit.query".into(), format!("read at most 50 audit records of key worded: {n} records"), 0));
+    want.push(("report.make".into(), "report on worded: the last 1h against the 7d before: 1 key".into(), "CKR_OK".into()));
+    want.push(("audit.query".into(), format!("read at most 50 audit records of key worded: {n} records"), "CKR_OK".into()));
     assert_eq!(admin, want, "{lines}");
     // A tail is recorded after its answer: the tail read above is the last
     // record now.
@@ -204,7 +204,7 @@ keyward_test!(fn init_token_is_recorded_and_keeps_the_audit_key(tb) {
     assert!(verified.at("first_bad").is_null(), "{verified}");
     let lines = keyward_ok(&tb, &["--json", "audit", "tail", "-n", "100"], 0);
     assert!(
-        lines.lines().any(|l| l.contains("C_InitToken") && l.contains("\"result\":0")),
+        lines.lines().any(|l| l.contains("C_InitToken") && l.contains("\"result\":\"CKR_OK\"")),
         "C_InitToken is not in the trail:\n{lines}"
     );
 });

@@ -20,9 +20,10 @@ use keyward_tests::p11::{ec_pair, expect_err, Ctx};
 
 /// DER of the P-256 curve OID.
 const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const CKM_ECDSA: i64 = 0x1041;
-const CKR_SIGNATURE_INVALID: i64 = 0xc0;
-const CKR_FUNCTION_FAILED: i64 = 0x6;
+const CKM_ECDSA: &str = "CKM_ECDSA";
+const CKR_OK: &str = "CKR_OK";
+const CKR_SIGNATURE_INVALID: &str = "CKR_SIGNATURE_INVALID";
+const CKR_FUNCTION_FAILED: &str = "CKR_FUNCTION_FAILED";
 
 /// The records `keyward --json audit query ARGS` prints (one per line).
 fn query(tb: &Env, args: &[&str]) -> Vec<Json> {
@@ -40,11 +41,11 @@ fn trail(tb: &Env) -> Vec<Json> {
 }
 
 /// Uses summed over records (a record stands for `count` uses).
-fn uses(records: &[Json], operation: &str, result: i64) -> i64 {
+fn uses(records: &[Json], operation: &str, result: &str) -> i64 {
     records
         .iter()
         .filter(|r| r.str_at("kind") == "use" && r.str_at("operation") == operation)
-        .filter(|r| r.i64_at("result") == result)
+        .filter(|r| r.str_at("result") == result)
         .map(|r| r.i64_at("count"))
         .sum()
 }
@@ -76,19 +77,19 @@ keyward_test!(fn every_use_of_an_unmanaged_key_is_recorded_with_mechanism_result
     assert!(s.sign(&Mechanism::Ecdsa, public, &digest).is_err(), "a public key signed");
 
     let records = query(&tb, &["--key", "plain-key"]);
-    assert_eq!(uses(&records, "sign", 0), 50, "50 signatures, counted:\n{records:#?}");
+    assert_eq!(uses(&records, "sign", CKR_OK), 50, "50 signatures, counted:\n{records:#?}");
     assert!(
         records.iter().filter(|r| r.str_at("operation") == "sign").count() < 50,
         "equal uses were not coalesced into fewer records:\n{records:#?}"
     );
-    assert_eq!(uses(&records, "verify", 0), 1);
+    assert_eq!(uses(&records, "verify", CKR_OK), 1);
     assert_eq!(uses(&records, "verify", CKR_SIGNATURE_INVALID), 1, "{records:#?}");
     assert!(
-        records.iter().any(|r| r.str_at("operation") == "sign" && r.i64_at("result") != 0),
+        records.iter().any(|r| r.str_at("operation") == "sign" && r.str_at("result") != CKR_OK),
         "the refused signing init is missing:\n{records:#?}"
     );
     for r in &records {
-        assert_eq!(r.i64_at("mechanism"), CKM_ECDSA, "{r}");
+        assert_eq!(r.str_at("mechanism"), CKM_ECDSA, "{r}");
         assert!(r.at("key_version").is_null(), "an unmanaged key has no version: {r}");
         assert_eq!(r.str_at("token"), tb.token);
         assert_eq!(r.i64_at("pid"), i64::from(std::process::id()), "{r}");
@@ -219,7 +220,7 @@ keyward_test!(fn a_reload_puts_a_new_policy_in_force_and_a_broken_one_changes_no
                  protect_period = \"1d\"\nprocess_period = \"2d\"\n";
     std::fs::write(tb.path("policy.toml"), lab_policy(added)).unwrap();
     let (r, records) = reload("policy now");
-    assert_eq!(r.i64_at("result"), 0, "{r}");
+    assert_eq!(r.str_at("result"), CKR_OK, "{r}");
     assert!(
         records.iter().any(|p| p.str_at("kind") == "policy" && p.str_at("operation") == "change"
             && p.str_at("reason").contains("from ") && p.str_at("reason").contains(" to ")),
@@ -230,7 +231,7 @@ keyward_test!(fn a_reload_puts_a_new_policy_in_force_and_a_broken_one_changes_no
     // A policy with a mistake: the reload says where, and the policy in force stays.
     std::fs::write(tb.path("policy.toml"), lab_policy(&added.replace("\"1d\"", "\"one day\""))).unwrap();
     let (r, _) = reload("nothing changed");
-    assert_eq!(r.i64_at("result"), CKR_FUNCTION_FAILED, "{r}");
+    assert_eq!(r.str_at("result"), CKR_FUNCTION_FAILED, "{r}");
     assert!(r.str_at("reason").contains("policy.toml:"), "the reason names no place: {r}");
     keyward_ok(&tb, &["key", "create", "later2", "--class", "added"], 0);
 
@@ -345,7 +346,7 @@ keyward_test!(fn while_the_trail_cannot_be_written_refuse_mode_refuses_and_admin
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);
     assert!(verified.contains("intact"), "{verified}");
     let records = query(&tb, &["--key", "guarded"]);
-    assert!(uses(&records, "sign", 0) >= 2, "{records:#?}");
+    assert!(uses(&records, "sign", CKR_OK) >= 2, "{records:#?}");
     let refusals = query(&tb, &["--result", "denied"]);
     assert!(
         refusals.iter().any(|r| r.str_at("reason").contains("audit trail cannot be written")),
@@ -413,7 +414,7 @@ keyward_test!(fn while_the_trail_cannot_be_written_continue_mode_serves_and_keep
     }
     drop(lock);
     let records = query(&tb, &["--key", "kept"]);
-    assert_eq!(uses(&records, "sign", 0), n, "uses made while the trail was locked were lost");
+    assert_eq!(uses(&records, "sign", CKR_OK), n, "uses made while the trail was locked were lost");
     let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
     assert!(log.contains("THE TRAIL CANNOT BE WRITTEN"), "the failure was not said loudly:\n{log}");
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);

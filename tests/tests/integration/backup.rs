@@ -16,7 +16,7 @@ use keyward_tests::admin::{
     keyward_json, keyward_ok, uid, APPLICATION, CERT_SUBJECT,
 };
 use keyward_tests::harness::Env;
-use keyward_tests::json::JsonExt;
+use keyward_tests::json::{validate, JsonExt};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{unhex, Ctx};
 use keyward_tests::roster::{
@@ -110,7 +110,6 @@ fn setup(tb: &Env) -> Admins {
 /// The id of the request a command recorded (exit 3).
 fn pending(tb: &Env, args: &[&str]) -> String {
     keyward_json(tb, args, 3)
-        .at("Pending")
         .at("id")
         .as_str()
         .expect("a request id")
@@ -142,11 +141,7 @@ fn approve(tb: &Env, a: &Admins, id: &str) {
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let shown = keyward_json(tb, &["request", "show", id], 0);
-    assert_eq!(
-        shown.at("Requests")[0]["status"].as_str(),
-        Some("executed"),
-        "{shown}"
-    );
+    assert_eq!(shown["status"].as_str(), Some("executed"), "{shown}");
 }
 
 /// The backup key's ceremony, approved.
@@ -168,7 +163,7 @@ fn ceremony(tb: &Env, a: &Admins) {
 /// Each custodian fetches their share into a file of their own.
 fn fetch_shares(tb: &Env, a: &Admins) -> (PathBuf, PathBuf) {
     let alice_share = tb.path("alice.share");
-    keyward_ok(
+    let got = keyward_json(
         tb,
         &[
             "backup",
@@ -179,6 +174,8 @@ fn fetch_shares(tb: &Env, a: &Admins) -> (PathBuf, PathBuf) {
         ],
         0,
     );
+    validate("backup-share-get.schema.json", &got);
+    assert_eq!(got.str_at("custodian"), "alice", "{got}");
     let bob_share = a.bob_dir.join("bob.share");
     let out = as_bob(
         tb,
@@ -278,7 +275,6 @@ fn certificates(tb: &Env, name: &str) -> Vec<Vec<u8>> {
 fn inventory(tb: &Env) -> Vec<(String, String, String)> {
     let doc = keyward_json(tb, &["key", "list"], 0);
     let mut keys: Vec<(String, String, String)> = doc
-        .at("Keys")
         .as_array()
         .expect("keys")
         .iter()
@@ -345,7 +341,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
     assert!(text(&out.stderr).contains("no backup key"), "{out:?}");
     ceremony(&tb, &a);
     let status = keyward_json(&tb, &["backup", "status"], 0);
-    let status = status.at("Backup").at("Status");
+    validate("backup-status.schema.json", &status);
     assert_eq!(status.at("present").as_bool(), Some(true), "{status}");
     assert_eq!(status.at("threshold").as_u64(), Some(2), "{status}");
     assert_eq!(status.at("custodians").as_array().map(Vec::len), Some(2), "{status}");
@@ -399,7 +395,7 @@ keyward_test!(fn a_backup_is_sealed_drilled_and_restored_onto_a_new_hsm_from_two
         }
     }
     assert_eq!(inventory(&tb), before);
-    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+    assert!(keyward_json(&tb, &["request", "list"], 0).as_array().unwrap().is_empty());
 
     // A restore onto the token as it is: nothing to do, nothing changes.
     let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "no-op"]);
@@ -500,7 +496,7 @@ keyward_test!(fn a_restore_never_overwrites_newer_inventory_state(tb) {
     assert_eq!(inventory(&tb), before);
     // An operator cannot ask for the ceremony; the custodian role alone
     // cannot make a backup.
-    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+    assert!(keyward_json(&tb, &["request", "list"], 0).as_array().unwrap().is_empty());
 });
 
 /// A new host: the HSM replaced and the agent's state directory (its
@@ -537,18 +533,20 @@ keyward_test!(fn a_new_host_with_a_new_hsm_gets_every_key_back_from_a_backup_and
     replace_host(&tb);
     assert!(inventory(&tb).is_empty(), "a new inventory");
     let status = keyward_json(&tb, &["backup", "status"], 0);
-    assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(false), "{status}");
+    assert_eq!(status.at("present").as_bool(), Some(false), "{status}");
     // A custodian cannot submit another's share, even opened.
     let out = keyward(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    keyward_ok(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
+    let submitted = keyward_json(&tb, &["backup", "share", "submit", alice_share.to_str().unwrap(),
         "--identity", a.alice_identity.to_str().unwrap()], 0);
+    validate("backup-share-submit.schema.json", &submitted);
+    assert_eq!((submitted.i64_at("have"), submitted.i64_at("need")), (1, 2), "{submitted}");
     let out = as_bob(&tb, &["backup", "share", "submit", bob_share.to_str().unwrap(),
         "--identity", a.bob_identity.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let status = keyward_json(&tb, &["backup", "status"], 0);
-    assert_eq!(status.at("Backup").at("Status").at("present").as_bool(), Some(true), "{status}");
+    assert_eq!(status.at("present").as_bool(), Some(true), "{status}");
 
     let id = pending(&tb, &["backup", "restore", "--yes", file.to_str().unwrap(), "--reason", "new host"]);
     approve(&tb, &a, &id);
@@ -661,7 +659,7 @@ keyward_test!(fn a_custodian_cannot_submit_anothers_share_nor_a_forged_one(tb) {
     }
     // Nothing was held: no share counts towards a rebuild.
     let status = keyward_json(&tb, &["backup", "status"], 0);
-    assert_eq!(status.at("Backup").at("Status").at("submitted").as_u64(), Some(0), "{status}");
+    assert_eq!(status.at("submitted").as_u64(), Some(0), "{status}");
     // Restores and drills of garbage, as raw requests: invalid, nothing kept.
     for file in [Vec::new(), b"KWBACKUP".to_vec(), vec![0u8; 100_000]] {
         for req in [
@@ -674,7 +672,7 @@ keyward_test!(fn a_custodian_cannot_submit_anothers_share_nor_a_forged_one(tb) {
             }
         }
     }
-    assert!(keyward_json(&tb, &["request", "list"], 0).at("Requests").as_array().unwrap().is_empty());
+    assert!(keyward_json(&tb, &["request", "list"], 0).as_array().unwrap().is_empty());
 });
 
 /// Key `name` in a `keyward --json report`.
@@ -691,6 +689,7 @@ fn reported(tb: &Env, name: &str) -> keyward_tests::json::Json {
 fn create_backup(tb: &Env, name: &str) -> String {
     let file = tb.path(name);
     let made = keyward_json(tb, &["backup", "create", file.to_str().unwrap()], 0);
+    validate("backup-create.schema.json", &made);
     let id = made.str_at("id").to_owned();
     assert_eq!(id.len(), 64, "{made}");
     id
@@ -729,7 +728,9 @@ keyward_test!(fn the_report_flags_keys_without_backup_and_shows_the_last_backup_
     assert!(web.at("last_backup").is_null(), "web's class has no backup: {web}");
 
     // Drilled: the drill is shown, ok.
-    keyward_ok(&tb, &["backup", "verify", tb.path("first.kwbackup").to_str().unwrap()], 0);
+    let drilled = keyward_json(&tb, &["backup", "verify", tb.path("first.kwbackup").to_str().unwrap()], 0);
+    validate("backup-verify.schema.json", &drilled);
+    assert!(drilled.array_at("results").iter().all(|r| r.at("ok").as_bool() == Some(true)), "{drilled}");
     let release = reported(&tb, "release");
     let drill = release.at("last_drill");
     assert_eq!(drill.str_at("id"), first, "{release}");
@@ -770,7 +771,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     let id = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
-    let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
+    let outcome = request.str_at("outcome").to_owned();
     assert!(outcome.contains("held by backups: "), "{outcome}");
     assert!(outcome.contains(&first[..16]) && outcome.contains(&second[..16]), "{outcome}");
 
@@ -784,7 +785,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
         .collect();
     assert_eq!(ids, [first.as_str(), second.as_str()], "{shown}");
     let listed = keyward_json(&tb, &["key", "list"], 0);
-    let old = listed.array_at("Keys").iter().find(|k| k.str_at("name") == "old").expect("old listed");
+    let old = listed.items().iter().find(|k| k.str_at("name") == "old").expect("old listed");
     assert_eq!(old.at("held_by_backups"), shown.at("held_by_backups"), "{listed}");
     let text = keyward_ok(&tb, &["key", "show", "old"], 0);
     assert!(text.contains("held by backups (retire them"), "{text}");
@@ -811,7 +812,7 @@ keyward_test!(fn a_destroyed_key_names_the_backups_that_still_hold_it(tb) {
     let id = pending(&tb, &["key", "destroy", "--yes", "web", "--reason", "retired", "--reason-code", "cessationOfOperation"]);
     approve(&tb, &a, &id);
     let request = keyward_json(&tb, &["request", "show", &id], 0);
-    let outcome = request.at("Requests")[0].str_at("outcome").to_owned();
+    let outcome = request.str_at("outcome").to_owned();
     assert!(outcome.ends_with("held by no backup"), "{outcome}");
     let web = reported(&tb, "web");
     assert_eq!(web.at("backup_missing").as_bool(), Some(false), "{web}");
@@ -827,8 +828,7 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     let file = tb.path("first.kwbackup");
     keyward_ok(&tb, &["backup", "create", file.to_str().unwrap()], 0);
     let first = keyward_json(&tb, &["backup", "status"], 0)
-        .at("Backup")
-        .at("Status")
+
         .at("key_check")
         .as_str()
         .unwrap()
@@ -837,8 +837,7 @@ keyward_test!(fn a_backup_of_another_deployment_is_refused_by_name(tb) {
     replace_host(&tb);
     ceremony(&tb, &a);
     let second = keyward_json(&tb, &["backup", "status"], 0)
-        .at("Backup")
-        .at("Status")
+
         .at("key_check")
         .as_str()
         .unwrap()
@@ -874,19 +873,26 @@ keyward_test!(fn a_restore_is_dry_run_and_confirmed_by_the_tokens_label(tb) {
     let file = file.to_str().unwrap();
 
     // A destroy's impact names the backup still holding the key.
-    let plan = keyward_json(&tb, &["--dry-run", "key", "destroy", "old"], 0);
-    assert_eq!(plan.at("Plan").at("impact").at("backups")[0].str_at("id"), id, "{plan}");
-    let destroy = pending(&tb, &["key", "destroy", "--yes", "old", "--reason", "retired"]);
+    let plan = keyward_json(
+        &tb,
+        &["--dry-run", "key", "destroy", "old", "--reason", "retired", "--reason-code", "superseded"],
+        0,
+    );
+    assert_eq!(plan.at("impact").at("backups")[0].str_at("id"), id, "{plan}");
+    let destroy = pending(
+        &tb,
+        &["key", "destroy", "--yes", "old", "--reason", "retired", "--reason-code", "superseded"],
+    );
     approve(&tb, &a, &destroy);
 
     // The dry run: checked (seal, key, conflicts), what it would restore,
     // under quorum backup-restore; no request, no change.
     let before = (inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0));
     let plan = keyward_json(&tb, &["--dry-run", "backup", "restore", file, "--reason", "dr"], 0);
-    let plan = plan.at("Plan");
     assert_eq!(plan.at("restore").str_at("backup"), id, "{plan}");
     assert_eq!(plan.at("restore").at("stays_destroyed"), &serde_json::json!(["old"]), "{plan}");
-    let approval = plan.at("outcome").at("NeedsApproval");
+    let approval = plan.at("outcome");
+    assert_eq!(approval.str_at("kind"), "needs_approval", "{plan}");
     assert_eq!(approval.str_at("action"), "backup-restore", "{plan}");
     assert_eq!(approval["approvals"], 2, "{plan}");
     assert_eq!((inventory(&tb), keyward_json(&tb, &["request", "list", "--all"], 0)), before);

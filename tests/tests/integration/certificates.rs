@@ -139,7 +139,7 @@ keyward_test!(fn csrs_signed_in_the_hsm_verify_with_the_keys_public_key(tb) {
     }
     // --json: the PEM and its digest, not the DER bytes.
     let doc = keyward_tests::admin::keyward_json(&tb, &["cert", "request", "web-rsa", "--subject", "CN=a"], 0);
-    let csr = doc.at("Csr");
+    let csr = &doc;
     assert!(csr.str_at("pem").starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{doc}");
     assert_eq!(csr.str_at("sha256").len(), 64, "{doc}");
     assert_eq!(csr.i64_at("version"), 1, "{doc}");
@@ -308,7 +308,7 @@ keyward_test!(fn certificates_show_with_their_key_and_the_report_and_metrics_war
     assert_eq!(certs[0].str_at("subject"), "CN=soon.example.com");
     assert_eq!(certs[0].i64_at("version"), 1);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let soon_after = certs[0].i64_at("not_after");
+    let soon_after = certs[0].time_at("not_after");
     assert!((now..now + 86_400 + 5).contains(&soon_after), "{shown}");
     let text = keyward_ok(&tb, &["key", "show", "soon"], 0);
     assert!(text.contains("certificates:") && text.contains("CN=soon.example.com"), "{text}");
@@ -367,7 +367,8 @@ keyward_test!(fn rotate_with_csr_writes_a_request_of_the_new_versions_key(tb) {
     assert!(text.contains("CN = web.example.com"), "{text}");
     // With --subject given.
     let csr3 = tb.path("v3.csr");
-    keyward_ok(&tb, &["key", "rotate", "web", "--csr", path(&csr3), "--subject", "CN=v3"], 0);
+    let rotated = keyward_tests::admin::keyward_json(&tb, &["key", "rotate", "web", "--csr", path(&csr3), "--subject", "CN=v3"], 0);
+    keyward_tests::json::validate("key-rotate-csr.schema.json", &rotated);
     let text = openssl(&["req", "-noout", "-subject", "-in", path(&csr3)]);
     assert!(text.contains("CN = v3"), "{text}");
 });

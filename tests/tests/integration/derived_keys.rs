@@ -47,7 +47,7 @@ grants = [ {{ application = "{APPLICATION}", operations = ["derive"] }} ]
 fn shadow_labels(tb: &Env) -> Vec<String> {
     let shadows = keyward_json(tb, &["discover"], 0);
     shadows
-        .array_at("Shadows")
+        .items()
         .iter()
         .map(|s| s.str_at("label").to_owned())
         .collect()

@@ -22,6 +22,7 @@ use keyward_tests::admin::{
     APPLICATION,
 };
 use keyward_tests::harness::{Env, Testbed};
+use keyward_tests::json::validate;
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{aes_key, expect_err_in, Ctx};
 use keyward_tests::roster::{
@@ -115,7 +116,7 @@ fn holdings(env: &Env) -> (usize, usize) {
             .expect("C_FindObjects on the backend")
             .len()
     });
-    let keys = keyward_json(env, &["key", "list"], 0)["Keys"]
+    let keys = keyward_json(env, &["key", "list"], 0)
         .as_array()
         .map_or(0, Vec::len);
     (objects, keys)
@@ -136,11 +137,8 @@ fn ask_export(a: &Env, name: &str, recipient: &Path) -> String {
         ],
         3,
     );
-    assert_eq!(doc["Pending"]["action"], "key-export", "{doc}");
-    doc["Pending"]["id"]
-        .as_str()
-        .expect("a request id")
-        .to_owned()
+    assert_eq!(doc["action"], "key-export", "{doc}");
+    doc["id"].as_str().expect("a request id").to_owned()
 }
 
 /// Both officers approve request `id` on A; it is carried out. The
@@ -148,7 +146,7 @@ fn ask_export(a: &Env, name: &str, recipient: &Path) -> String {
 fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) -> String {
     keyward_ok(a, &["request", "approve", id, "--key", path(alice)], 0);
     // The backup-export quorum: two approvals.
-    let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
+    let r = &keyward_json(a, &["request", "show", id], 0);
     assert_eq!(
         (&r["status"], &r["needed"]),
         (&"pending".into(), &2.into()),
@@ -162,7 +160,7 @@ fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) -> String {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let r = &keyward_json(a, &["request", "show", id], 0)["Requests"][0];
+    let r = &keyward_json(a, &["request", "show", id], 0);
     assert_eq!(r["status"], "executed", "{r}");
     let outcome = r["outcome"].as_str().unwrap_or("");
     assert!(outcome.contains("export file ready"), "{r}");
@@ -176,11 +174,12 @@ fn approve(a: &Env, id: &str, (alice, bob): (&Path, &Path)) -> String {
 
 /// Collects request `id`'s file into `out` (mode 0600).
 fn collect(a: &Env, id: &str, out: &Path) -> Vec<u8> {
-    keyward_ok(
+    let collected = keyward_json(
         a,
         &["key", "export", "--collect", id, "--out", path(out)],
         0,
     );
+    validate("key-export-collect.schema.json", &collected);
     let mode = std::fs::metadata(out)
         .expect("the export file")
         .permissions()
@@ -281,7 +280,7 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let out = keyward(&a, &["key", "export", "local", "--to", path(&kek), "--reason", "r"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(text(&out.stderr).contains("not exportable"), "{out:?}");
-    assert_eq!(keyward_json(&a, &["request", "list"], 0)["Requests"], serde_json::json!([]));
+    assert_eq!(keyward_json(&a, &["request", "list"], 0), serde_json::json!([]));
     // An unknown request has no file.
     let out = keyward(&a, &["key", "export", "--collect", "00ff", "--out", path(&a.path("x"))]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
@@ -375,9 +374,9 @@ keyward_test!(fn an_ec_signing_key_and_an_aes_key_travel_from_a_to_b_under_wrap(
     let (code, err) = import(&b, &vault_file, "data");
     assert_eq!(code, Some(6), "imported twice: {err}");
     let shown = keyward_json(&b, &["key", "show", "web"], 0);
-    let history = shown["Key"]["history"].to_string();
+    let history = shown["history"].to_string();
     assert!(history.contains(&format!("request {web_id}")), "{history}");
-    assert_eq!(shown["Key"]["algorithm"], "ec:p256");
+    assert_eq!(shown["algorithm"], "ec:p256");
     // On B's HSM, the key has what its class gives a generated key.
     let attributes = on_backend(&b, |s| {
         ["web", "vault"]
@@ -506,7 +505,7 @@ keyward_test!(fn rsa_and_hmac_keys_travel_too_and_an_ed25519_key_the_hsm_cannot_
     keyward_ok(&a, &["request", "approve", &id, "--key", path(&d.alice_key)], 0);
     let out = as_bob(&a, &["request", "approve", &id, "--key", path(&d.bob_key)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let r = &keyward_json(&a, &["request", "show", &id], 0)["Requests"][0];
+    let r = &keyward_json(&a, &["request", "show", &id], 0);
     assert_eq!(r["status"], "failed", "{r}");
     assert!(r["outcome"].as_str().unwrap_or("").contains("CKR_KEY_NOT_WRAPPABLE"), "{r}");
     let out = keyward(&a, &["key", "export", "--collect", &id, "--out", path(&a.path("ed.kwx"))]);
@@ -539,13 +538,13 @@ keyward_test!(fn rsa_and_hmac_keys_travel_too_and_an_ed25519_key_the_hsm_cannot_
         assert_eq!(moved, 1);
     }
     a.start_agent();
-    let r = &keyward_json(&a, &["request", "show", &id], 0)["Requests"][0];
+    let r = &keyward_json(&a, &["request", "show", &id], 0);
     assert_eq!(r["status"], "executed", "{r}");
     let file = a.path("late.kwx");
     let bytes = collect(&a, &id, &file);
     a.stop_agent();
     a.start_agent();
-    assert_eq!(keyward_json(&a, &["request", "show", &id], 0)["Requests"][0]["outcome"], r["outcome"]);
+    assert_eq!(keyward_json(&a, &["request", "show", &id], 0)["outcome"], r["outcome"]);
     let again = a.path("late-again.kwx");
     assert_eq!(collect(&a, &id, &again), bytes, "the file changed at a restart");
     let (code, err) = import(&d.b, &file, "sig");

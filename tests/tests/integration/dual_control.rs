@@ -58,7 +58,7 @@ fn trail(tb: &Env, operation: &str) -> Vec<serde_json::Value> {
 }
 
 fn request(tb: &Env, id: &str) -> serde_json::Value {
-    keyward_json(tb, &["request", "show", id], 0)["Requests"][0].clone()
+    keyward_json(tb, &["request", "show", id], 0)
 }
 
 #[track_caller]
@@ -83,7 +83,7 @@ keyward_test!(fn destroy_object_leads_to_a_destruction_two_officers_approve_at_o
     assert_eq!(private.len(), 1);
     // The application may not destroy it; its attempt is a request.
     expect_err(s.destroy_object(private[0]), RvError::ActionProhibited);
-    let open = keyward_json(&tb, &["request", "list"], 0).array_at("Requests").to_vec();
+    let open = keyward_json(&tb, &["request", "list"], 0).items().to_vec();
     assert_eq!(open.len(), 1, "{open:?}");
     let id = open[0]["id"].as_str().expect("an id").to_owned();
     assert_eq!(open[0]["needed"], 2, "{open:?}");
@@ -110,8 +110,8 @@ keyward_test!(fn destroy_object_leads_to_a_destruction_two_officers_approve_at_o
     assert!(find(&s, "web-tls", ObjectClass::PUBLIC_KEY).is_empty());
     // The inventory keeps who, when and why.
     let key = keyward_json(&tb, &["key", "show", "web-tls"], 0);
-    assert_eq!(key["Key"]["state"], "destroyed", "{key}");
-    let last = key["Key"]["history"]
+    assert_eq!(key["state"], "destroyed", "{key}");
+    let last = key["history"]
         .as_array()
         .and_then(|h| h.last().cloned())
         .expect("a history");
@@ -126,7 +126,7 @@ keyward_test!(fn an_approval_recorded_before_a_kill_is_carried_out_once_after_th
     keyward_ok(&tb, &["key", "activate", "k"], 0);
     keyward_ok(&tb, &["key", "suspend", "k", "--reason", "stolen"], 0);
     let doc = keyward_json(&tb, &["key", "resume", "k", "--reason", "found"], 3);
-    let id = doc["Pending"]["id"].as_str().expect("an id").to_owned();
+    let id = doc["id"].as_str().expect("an id").to_owned();
     // The approval that meets the quorum is one store transaction (the
     // decision and the request's move to approved); a kill right after it
     // leaves exactly this, which the test writes with the agent down.
@@ -146,7 +146,7 @@ keyward_test!(fn an_approval_recorded_before_a_kill_is_carried_out_once_after_th
     }
     tb.start_agent();
     assert_eq!(request(&tb, &id)["status"], "executed");
-    assert_eq!(keyward_json(&tb, &["key", "show", "k"], 0)["Key"]["state"], "active");
+    assert_eq!(keyward_json(&tb, &["key", "show", "k"], 0)["state"], "active");
     let executions = trail(&tb, "request.execute");
     assert_eq!(executions.len(), 1, "{executions:?}");
     assert_eq!(executions[0]["actor"], "agent", "{executions:?}");
@@ -154,7 +154,7 @@ keyward_test!(fn an_approval_recorded_before_a_kill_is_carried_out_once_after_th
     tb.stop_agent();
     tb.start_agent();
     assert_eq!(trail(&tb, "request.execute").len(), 1);
-    let history = keyward_json(&tb, &["key", "show", "k"], 0)["Key"]["history"].clone();
+    let history = keyward_json(&tb, &["key", "show", "k"], 0)["history"].clone();
     let resumed = history
         .as_array()
         .expect("history")
@@ -171,7 +171,7 @@ keyward_test!(fn a_policy_change_waits_for_two_officers_and_a_hand_edit_does_not
     let file = tb.path("next-policy.toml");
     std::fs::write(&file, &next).expect("write");
     let doc = keyward_json(&tb, &["policy", "apply", path(&file), "--reason", "a class for the build"], 3);
-    let id = doc["Pending"]["id"].as_str().expect("an id").to_owned();
+    let id = doc["id"].as_str().expect("an id").to_owned();
     let shown = keyward_ok(&tb, &["request", "show", &id], 0);
     assert!(shown.contains("+name = \\\"extra\\\"") || shown.contains("+name = \"extra\""), "{shown}");
     // Not yet: the class does not exist.

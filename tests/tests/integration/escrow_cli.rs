@@ -18,6 +18,7 @@ use keyward_tests::admin::{
     signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
+use keyward_tests::json::validate;
 use keyward_tests::keyward_test;
 use keyward_tests::roster::{key_file, public_key, text, ALICE_PEM, BOB, BOB_PEM};
 
@@ -102,6 +103,7 @@ keyward_test!(fn custodian_key_new_writes_a_private_identity_once_and_its_line_g
     );
     expect(&out, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    validate("backup-custodian-key-new.schema.json", &doc);
     assert!(doc["share_recipient"].as_str().unwrap().starts_with("age1"), "{doc}");
     assert_eq!(doc["identity_file"], json_path.to_str().unwrap());
     assert!(!text(&out.stdout).contains(secret) && !text(&out.stderr).contains(secret));
@@ -214,6 +216,7 @@ keyward_test!(fn share_check_opens_only_its_custodians_intact_share_and_never_sh
     let out_json = share_check(&tb, &shares[1], &identities[1], true);
     expect(&out_json, 0);
     let doc: serde_json::Value = serde_json::from_slice(&out_json.stdout).unwrap();
+    validate("backup-share-check.schema.json", &doc);
     assert_eq!(doc["custodian"], "bob");
     assert_eq!((doc["index"].as_u64(), doc["threshold"].as_u64(), doc["count"].as_u64()), (Some(2), Some(2), Some(3)));
     assert_eq!(doc["backup_key"], check.as_str());
@@ -232,8 +235,9 @@ keyward_test!(fn share_check_opens_only_its_custodians_intact_share_and_never_sh
     let out = share_check(&tb, &shares[0], &identities[1], true);
     expect(&out, 2);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["Error"]["exit_code"], 2, "{doc}");
-    assert!(doc["Error"]["message"].as_str().unwrap().contains("not sealed to this identity"), "{doc}");
+    validate("error.schema.json", &doc);
+    assert_eq!(doc["error"]["exit_code"], 2, "{doc}");
+    assert!(doc["error"]["message"].as_str().unwrap().contains("not sealed to this identity"), "{doc}");
 
     // A truncated and a tampered share file: damaged (exit 2).
     let armored = &sealed[1].armored;

@@ -262,10 +262,10 @@ keyward_test!(fn a_key_the_application_may_not_sign_with_logs_nobody_in(tb) {
     let refused = trail
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .find(|r| r["operation"] == "sign" && r["result"].as_i64().is_some_and(|rv| rv != 0));
+        .find(|r| r["operation"] == "sign" && r["result"].as_str().is_some_and(|rv| rv != "CKR_OK"));
     let refused = refused.unwrap_or_else(|| panic!("no refused signature on the trail:\n{trail}"));
     // CKR_KEY_FUNCTION_NOT_PERMITTED, to ssh itself (it loads the module).
-    assert_eq!(refused["result"], 0x68, "{refused}");
+    assert_eq!(refused["result"], "CKR_KEY_FUNCTION_NOT_PERMITTED", "{refused}");
     assert_eq!(refused["kind"], "refusal", "{refused}");
     assert_eq!(refused["exe"], "/usr/bin/ssh", "{refused}");
 });
@@ -349,7 +349,7 @@ keyward_test!(fn ssh_add_loads_token_keys_into_ssh_agent_for_a_login(tb) {
     let signed = trail
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .find(|r| r["operation"] == "sign" && r["result"] == 0);
+        .find(|r| r["operation"] == "sign" && r["result"] == "CKR_OK");
     let signed = signed.unwrap_or_else(|| panic!("no signature on the trail:\n{trail}"));
     assert_eq!(signed["exe"], "/usr/lib/openssh/ssh-pkcs11-helper", "{signed}");
 });

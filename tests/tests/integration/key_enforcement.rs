@@ -562,9 +562,9 @@ keyward_test!(fn cryptoperiod_ends_protection_then_processing(tb) {
     let (private, public) = Kind::Signing.handles(&s, "brief");
     keyward_ok(&tb, &["key", "activate", "brief"], 0);
     let shown = key_show(&tb, "brief");
-    let activated = shown.i64_at("activated_at");
-    let protect_until = shown.i64_at("protect_until");
-    let process_until = shown.i64_at("process_until");
+    let activated = shown.time_at("activated_at");
+    let protect_until = shown.time_at("protect_until");
+    let process_until = shown.time_at("process_until");
     assert_eq!((protect_until - activated, process_until - activated), (2, 4), "{shown}");
 
     // Initialised while the key protects (each its own round trip: nothing
@@ -628,7 +628,7 @@ keyward_test!(fn cryptoperiod_ends_protection_then_processing(tb) {
 #[track_caller]
 fn refused(tb: &Env, args: &[&str], code: i64) -> Json {
     let doc = keyward_json(tb, args, code as i32);
-    let err = doc.at("Error");
+    let err = doc.at("error");
     assert_eq!(err.i64_at("exit_code"), code, "{doc}");
     doc
 }
@@ -659,7 +659,7 @@ keyward_test!(fn creation_and_grants_keep_to_the_class(tb) {
     refused(&tb, &["grant", "add", "fine", APPLICATION, "--ops", "sign,decrypt"], 5);
     let grants = keyward_json(&tb, &["grant", "list", "fine"], 0);
     assert!(
-        grants.array_at("Grants").iter().all(|g| g.str_at("source") == "class"),
+        grants.items().iter().all(|g| g.str_at("source") == "class"),
         "a refused grant left something: {grants}"
     );
 });
@@ -690,12 +690,12 @@ keyward_test!(fn an_expired_grant_hides_and_refuses_the_key(tb) {
 
     let granted = keyward_json(&tb, &["grant", "add", "jit", APPLICATION, "--ops", "sign", "--for", "2s"], 0);
     let grant = granted
-        .array_at("Grants")
+        .items()
         .iter()
         .find(|g| g.str_at("application") == APPLICATION)
         .unwrap_or_else(|| panic!("no grant for {APPLICATION}: {granted}"))
         .clone();
-    let expires = grant.i64_at("expires_at");
+    let expires = grant.time_at("expires_at");
     assert!((1..=3).contains(&(expires - now_secs())), "a 2 s grant expires at {expires}: {granted}");
 
     let (private, public) = Kind::Signing.handles(&s, "jit");
@@ -898,7 +898,7 @@ keyward_test!(fn agent_killed_during_rotations_leaves_no_stray_objects_under_key
     // objects killed half-written, without label or CKA_ID) are shown only.
     let shadows = keyward_json(&tb, &["discover"], 0);
     println!("shadow keys after the kills: {shadows}");
-    for shadow in shadows.array_at("Shadows") {
+    for shadow in shadows.items() {
         if names.iter().any(|n| n == shadow.str_at("label")) {
             problems.push(format!("a backend key named like a managed key is unknown to the inventory: {shadow}"));
         }

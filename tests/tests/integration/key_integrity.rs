@@ -91,9 +91,7 @@ fn trail(tb: &Env) -> Vec<Json> {
 
 /// The findings of `keyward --json discover`.
 fn discover(tb: &Env) -> Vec<Json> {
-    keyward_json(tb, &["discover"], 0)
-        .array_at("Shadows")
-        .to_vec()
+    keyward_json(tb, &["discover"], 0).items().to_vec()
 }
 
 // Finding 10: through keyward, no application can give an object a managed
@@ -544,7 +542,7 @@ keyward_test!(fn a_key_made_behind_keywards_back_is_quarantined_and_adopted_only
     let _ = out;
     let refused = keyward_json(&tb, &["key", "list"], 0);
     assert!(
-        refused.array_at("Keys").iter().all(|k| k.str_at("name") != "loose"),
+        refused.items().iter().all(|k| k.str_at("name") != "loose"),
         "the non-compliant key entered the inventory: {refused}"
     );
     assert!(discover(&tb).iter().any(|f| f.str_at("label") == "loose-aes"), "still a shadow key");

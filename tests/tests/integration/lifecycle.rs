@@ -163,7 +163,7 @@ keyward_test!(fn approval_requests_are_listed_and_shown_with_their_reason(tb) {
             3,
         );
         let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let id = doc["Pending"]["id"].as_str().unwrap_or_default().to_owned();
+        let id = doc["id"].as_str().unwrap_or_default().to_owned();
         assert!(!id.is_empty(), "ask {n}: {json}");
         id
     };
@@ -172,7 +172,7 @@ keyward_test!(fn approval_requests_are_listed_and_shown_with_their_reason(tb) {
 
     let listed = keyward_ok(&tb, &["--json", "request", "list"], 0);
     let doc: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let requests = doc["Requests"].as_array().cloned().unwrap_or_default();
+    let requests = doc.as_array().cloned().unwrap_or_default();
     assert_eq!(requests.len(), 1, "{listed}");
     assert_eq!(requests[0]["id"], id.as_str());
     assert_eq!(requests[0]["action"], "resume");

@@ -43,6 +43,7 @@ mod interop_osslsigncode;
 mod interop_pkcs11_tool;
 mod interop_python;
 mod interop_ssh;
+mod json_contract;
 mod key_enforcement;
 mod key_integrity;
 mod key_verify;

@@ -26,8 +26,7 @@ fn refused(tb: &Env, args: &[&str], code: i32) -> String {
 /// The names of the managed keys (`key list --json`).
 fn key_names(tb: &Env) -> Vec<String> {
     let doc = keyward_json(tb, &["key", "list"], 0);
-    let keys = doc.get("Keys").unwrap_or(&doc);
-    keys.as_array()
+    doc.as_array()
         .expect("key list: an array of keys")
         .iter()
         .map(|k| k["name"].as_str().expect("a key's name").to_owned())

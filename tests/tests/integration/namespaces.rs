@@ -191,7 +191,7 @@ keyward_test!(fn another_application_cannot_find_read_or_destroy_this_ones_token
     assert!(by_label(&s, "planted").is_empty(), "an object made behind keyward's back is shown");
     // Discovery reports it, and nothing an application made.
     let unowned: Vec<(String, String, String)> = keyward_json(&tb, &["discover"], 0)
-        .array_at("Shadows")
+        .items()
         .iter()
         .map(|f| (f.str_at("label").to_owned(), f.str_at("class").to_owned(), f.str_at("finding").to_owned()))
         .collect();
@@ -261,7 +261,7 @@ keyward_test!(fn a_managed_keys_certificate_is_shown_only_to_applications_that_s
     other.finish();
     expect_err(s.destroy_object(certs[0]), cryptoki::error::RvError::ActionProhibited);
     assert_eq!(by_label(&s, "web").len(), 3, "the key pair and its certificate are all there");
-    let findings = keyward_json(&tb, &["discover"], 0).array_at("Shadows").to_vec();
+    let findings = keyward_json(&tb, &["discover"], 0).items().to_vec();
     assert!(findings.is_empty(), "the key's own certificate is no finding: {findings:?}");
 });
 

@@ -141,8 +141,8 @@ keyward_test!(fn the_report_flags_a_key_the_reloaded_policy_would_refuse(tb) {
     assert!(keyward_ok(&tb, &["policy", "reload"], 0).contains("policy now"));
     let doc = keyward_json(&tb, &["report"], 0);
     let findings = &doc["keys"][0]["policy_findings"];
-    assert_eq!(findings[0]["kind"], "WeakAlgorithm", "{doc}");
-    assert_eq!(findings[0]["severity"], "Refused", "{doc}");
+    assert_eq!(findings[0]["kind"], "weak_algorithm", "{doc}");
+    assert_eq!(findings[0]["severity"], "refused", "{doc}");
     assert_eq!(
         findings[0]["detail"],
         "rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"release\" is not marked legacy",
@@ -168,6 +168,6 @@ keyward_test!(fn the_report_flags_a_key_the_reloaded_policy_would_refuse(tb) {
     let doc = keyward_json(&tb, &["report"], 0);
     let findings = doc["keys"][0]["policy_findings"].as_array().unwrap();
     assert_eq!(findings.len(), 1, "{doc}");
-    assert_eq!(findings[0]["kind"], "LongCryptoperiod", "{doc}");
-    assert_eq!(findings[0]["severity"], "Warning", "{doc}");
+    assert_eq!(findings[0]["kind"], "long_cryptoperiod", "{doc}");
+    assert_eq!(findings[0]["severity"], "warning", "{doc}");
 });

@@ -73,7 +73,7 @@ keyward_test!(fn a_revocations_code_is_shown_recorded_and_kept_across_a_restart(
     assert_eq!(state_and_code(&tb, "k"), ("active".into(), None));
     keyward_ok(
         &tb,
-        &["key", "revoke", "k", "--reason", "laptop stolen", "--reason-code", "key-compromise"],
+        &["key", "revoke", "--yes", "k", "--reason", "laptop stolen", "--reason-code", "key-compromise"],
         0,
     );
     let check = |tb: &Env| {
@@ -110,18 +110,18 @@ keyward_test!(fn a_suspension_is_on_hold_unless_told_and_a_missing_reason_or_cod
         &["key", "suspend", "k"][..],
         &["key", "suspend", "k", "--reason", ""],
         &["key", "suspend", "k", "--reason", "  \t"],
-        &["key", "revoke", "k", "--reason", " ", "--reason-code", "superseded"],
-        &["key", "revoke", "k", "--reason", "old"],
-        &["key", "revoke", "k", "--reason", "old", "--reason-code", "certificateHold"],
-        &["key", "revoke", "k", "--reason", "old", "--reason-code", "removeFromCRL"],
-        &["key", "destroy", "k", "--reason", "old"],
-        &["key", "destroy", "k", "--reason-code", "superseded"],
+        &["key", "revoke", "--yes", "k", "--reason", " ", "--reason-code", "superseded"],
+        &["key", "revoke", "--yes", "k", "--reason", "old"],
+        &["key", "revoke", "--yes", "k", "--reason", "old", "--reason-code", "certificateHold"],
+        &["key", "revoke", "--yes", "k", "--reason", "old", "--reason-code", "removeFromCRL"],
+        &["key", "destroy", "--yes", "k", "--reason", "old"],
+        &["key", "destroy", "--yes", "k", "--reason-code", "superseded"],
         &["key", "deactivate", "k", "--reason-code", "superseded"],
     ] {
         let stderr = refused(&tb, args, 2);
         assert!(!stderr.is_empty(), "{args:?}");
     }
-    let stderr = refused(&tb, &["key", "revoke", "k", "--reason", "x", "--reason-code", "nope"], 2);
+    let stderr = refused(&tb, &["key", "revoke", "--yes", "k", "--reason", "x", "--reason-code", "nope"], 2);
     assert!(stderr.contains("keyCompromise") && stderr.contains("cessationOfOperation"), "{stderr}");
 
     // The agent refuses the same requests sent past the CLI (exit 2's kind),
@@ -166,7 +166,7 @@ keyward_test!(fn a_suspension_is_on_hold_unless_told_and_a_missing_reason_or_cod
     // Destroying needs approval: the code is part of what is approved.
     let out = keyward_ok(
         &tb,
-        &["--json", "key", "destroy", "k", "--reason", "retired", "--reason-code", "CESSATIONOFOPERATION"],
+        &["--json", "key", "destroy", "--yes", "k", "--reason", "retired", "--reason-code", "CESSATIONOFOPERATION"],
         3,
     );
     assert!(out.contains(r#"\"code\":\"cessationOfOperation\""#), "{out}");

@@ -161,7 +161,7 @@ fn recover(tb: &Env, name: &str, duration: &str) -> String {
         ],
         3,
     );
-    answer.at("Pending").str_at("id").to_owned()
+    answer.str_at("id").to_owned()
 }
 
 /// RSA-OAEP as SoftHSM2 does it (SHA-1).
@@ -241,7 +241,7 @@ keyward_test!(fn a_compromised_key_verifies_and_decrypts_in_an_approved_window_a
     expect_err(s.encrypt(&oaep(), enc_public, &secret), RvError::KeyFunctionNotPermitted);
     let shown = key_show(&tb, "enc");
     assert_eq!(shown.str_at("state"), "compromised");
-    let until = shown.i64_at("recovery_until");
+    let until = shown.time_at("recovery_until");
     let text = keyward_ok(&tb, &["key", "show", "sig"], 0);
     assert!(text.contains("recovery until:") && text.contains("(verify and decrypt only)"), "{text}");
 
@@ -283,7 +283,7 @@ keyward_test!(fn a_key_that_is_not_compromised_gets_no_recovery_window(tb) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("a recovery window is for a compromised key"), "{stderr}");
     let pending = keyward_json(&tb, &["request", "list"], 0);
-    assert!(pending.array_at("Requests").is_empty(), "{pending}");
+    assert!(pending.items().is_empty(), "{pending}");
 });
 
 keyward_test!(fn a_grant_on_a_sensitive_key_gives_nothing_until_it_is_approved(tb) {
@@ -295,12 +295,12 @@ keyward_test!(fn a_grant_on_a_sensitive_key_gives_nothing_until_it_is_approved(t
     let s = ctx.user();
     assert!(find(&s, "s", ObjectClass::PRIVATE_KEY).is_empty(), "a key without a grant is invisible");
     let answer = keyward_json(&tb, &["grant", "add", "s", APPLICATION, "--ops", "sign"], 3);
-    let id = answer.at("Pending").str_at("id").to_owned();
+    let id = answer.str_at("id").to_owned();
     let r = request(&tb, &id);
     assert_eq!(r.action, "grant");
     assert!(r.parameters.contains(r#""operations":["sign"]"#), "{}", r.parameters);
     assert!(keyward_json(&tb, &["grant", "list", "s"], 0)
-        .array_at("Grants")
+        .items()
         .iter()
         .all(|g| g.str_at("source") == "class"));
     assert!(find(&s, "s", ObjectClass::PRIVATE_KEY).is_empty(), "granted before the approval");

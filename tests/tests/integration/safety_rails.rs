@@ -130,10 +130,7 @@ fn pending_id(tb: &Env, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let doc: serde_json::Value =
         serde_json::from_str(&keyward_ok(tb, &all, 3)).expect("a pending request as JSON");
-    doc["Pending"]["id"]
-        .as_str()
-        .expect("the request's id")
-        .to_owned()
+    doc["id"].as_str().expect("the request's id").to_owned()
 }
 
 /// Keys in every state the verbs start from.
@@ -216,8 +213,8 @@ keyward_test!(fn every_changing_verb_dry_runs_with_nothing_changed(tb) {
     }
     // JSON: one document, the plan.
     let doc = keyward_json(&tb, &["--dry-run", "key", "suspend", "web", "--reason", "check"], 0);
-    assert_eq!(doc["Plan"]["request"], "key.suspend", "{doc}");
-    assert_eq!(doc["Plan"]["outcome"], "Done", "{doc}");
+    assert_eq!(doc["request"], "key.suspend", "{doc}");
+    assert_eq!(doc["outcome"]["kind"], "done", "{doc}");
 
     // A verb a dry run does not serve is refused, nothing done.
     let out = keyward(&tb, &["--dry-run", "key", "verify", "web"]);
@@ -286,16 +283,16 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
     assert!(out.contains("active -> compromised"), "{out}");
 
     let doc = keyward_json(&tb, &["--dry-run", "key", "destroy", "enc", "--reason", "check", "--reason-code", "superseded"], 0);
-    let impact = &doc["Plan"]["impact"];
+    let impact = &doc["impact"];
     assert_eq!(impact["action"], "destroy", "{doc}");
-    assert_eq!(impact["data"], "Unreadable", "{doc}");
+    assert_eq!(impact["data"], "unreadable", "{doc}");
     assert_eq!(impact["applications"][0]["application"], APPLICATION, "{doc}");
     assert_eq!(impact["applications"][0]["operations"], serde_json::json!(["encrypt", "decrypt"]), "{doc}");
-    assert_eq!(doc["Plan"]["outcome"]["NeedsApproval"]["action"], "destroy", "{doc}");
+    assert_eq!(doc["outcome"]["action"], "destroy", "{doc}");
     // Its approval carries the destruction out: its dry run shows the same impact.
     let id = pending_id(&tb, &["key", "destroy", "--yes", "enc", "--reason", "retired", "--reason-code", "superseded"]);
     let approve = keyward_json(&tb, &["--dry-run", "request", "approve", &id], 0);
-    let (shown, asked) = (&approve["Plan"]["impact"], &doc["Plan"]["impact"]);
+    let (shown, asked) = (&approve["impact"], &doc["impact"]);
     for field in ["action", "key", "applications", "data", "to"] {
         assert_eq!(shown[field], asked[field], "{field}: {approve}");
     }
@@ -304,7 +301,7 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
 
     // A signing key: its own grant and the class's, and its signatures stay verifiable.
     let doc = keyward_json(&tb, &["--dry-run", "key", "revoke", "web", "--reason", "check", "--reason-code", "superseded"], 0);
-    let impact = &doc["Plan"]["impact"];
+    let impact = &doc["impact"];
     let sources: Vec<&str> = impact["applications"]
         .as_array()
         .expect("applications")
@@ -313,13 +310,13 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
         .collect();
     assert_eq!(sources, ["class", "key"], "{doc}");
     assert_eq!(impact["signatures_stay_verifiable"], true, "{doc}");
-    assert_eq!(impact["data"], "NotApplicable", "{doc}");
+    assert_eq!(impact["data"], "not_applicable", "{doc}");
 
     // A suspended key loses nothing it may use now; a pending request on it is named.
     let id = pending_id(&tb, &["key", "resume", "sus"]);
     let doc = keyward_json(&tb, &["--dry-run", "key", "revoke", "sus", "--reason", "check", "--reason-code", "superseded"], 0);
-    assert_eq!(doc["Plan"]["impact"]["applications"], serde_json::json!([]), "{doc}");
-    assert_eq!(doc["Plan"]["impact"]["pending_requests"][0][0], id.as_str(), "{doc}");
+    assert_eq!(doc["impact"]["applications"], serde_json::json!([]), "{doc}");
+    assert_eq!(doc["impact"]["pending_requests"][0]["id"], id.as_str(), "{doc}");
 });
 
 /// Runs `keyward ARGS` under a pseudo-terminal (`script`), typing `typed`.

@@ -41,7 +41,7 @@ fn succeeded(out: &Output) {
 }
 
 fn request(tb: &Env, id: &str) -> serde_json::Value {
-    keyward_json(tb, &["request", "show", id], 0)["Requests"][0].clone()
+    keyward_json(tb, &["request", "show", id], 0)
 }
 
 keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin_are_gone(tb) {
@@ -79,15 +79,15 @@ keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin
     // An unknown token: refused at once (exit 4), no request.
     let out = keyward(&tb, &["token", "init", "no-such-token", "--reason", "x"]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
-    assert!(keyward_json(&tb, &["request", "list"], 0).array_at("Requests").is_empty());
+    assert!(keyward_json(&tb, &["request", "list"], 0).items().is_empty());
 
     // The request: exit 3, the keys lost in its parameters.
     let doc = keyward_json(&tb, &["token", "init", &tb.token, "--reason", "reuse for staging"], 3);
-    let id = doc["Pending"]["id"].as_str().expect("an id").to_owned();
-    assert_eq!(doc["Pending"]["action"], "token-init", "{doc}");
-    assert_eq!(doc["Pending"]["needed"], 2, "{doc}");
+    let id = doc["id"].as_str().expect("an id").to_owned();
+    assert_eq!(doc["action"], "token-init", "{doc}");
+    assert_eq!(doc["needed"], 2, "{doc}");
     let parameters: serde_json::Value =
-        serde_json::from_str(doc["Pending"]["parameters"].as_str().expect("parameters"))
+        serde_json::from_str(doc["parameters"].as_str().expect("parameters"))
             .expect("JSON parameters");
     assert_eq!(
         parameters,
@@ -129,7 +129,7 @@ keyward_test!(fn two_officers_approve_a_token_init_and_keys_objects_and_user_pin
 
     // The inventory keeps both keys, destroyed.
     let keys = keyward_json(&tb, &["key", "list"], 0);
-    let keys = keys.array_at("Keys");
+    let keys = keys.items();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|k| k["state"] == "destroyed"), "{keys:?}");
 
