@@ -156,6 +156,15 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
                 r => key_answer(r, json),
             }
         }
+        // A command that changed a key says what it is now, in brief.
+        (AdminRequest::Key(req), AdminResponse::Key(r))
+            if !json && !matches!(req, KeyRequest::Show { .. }) =>
+        {
+            match *r {
+                KeyResponse::Key(k) => Output::success(render::key_changed(&k)),
+                r => key_answer(r, json),
+            }
+        }
         (AdminRequest::Key(_) | AdminRequest::DryRun(_), AdminResponse::Key(r)) => {
             key_answer(*r, json)
         }

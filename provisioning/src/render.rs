@@ -658,6 +658,45 @@ fn key(k: &KeyInfo) -> String {
     wrap_long(key_text(k))
 }
 
+/// What a command that changed a key prints: the key's state, its live
+/// versions with their `CKA_ID`s, its dates and reason code, and where to
+/// see the rest (`key show` prints everything).
+pub fn key_changed(k: &KeyInfo) -> String {
+    let mut out = format!(
+        "{} on token {}: {}\n",
+        cell(&k.name),
+        cell(&k.token),
+        k.state.as_str()
+    );
+    for v in k.versions.iter().rev().filter(|v| v.destroyed_at.is_none()) {
+        out.push_str(&format!(
+            "  version {}  {}  CKA_ID {}\n",
+            v.version,
+            v.state.as_str(),
+            hex(&v.backend_id)
+        ));
+    }
+    let dates: Vec<String> = [
+        ("protect until", k.protect_until),
+        ("process until", k.process_until),
+        ("next rotation", k.next_rotation),
+    ]
+    .iter()
+    .filter_map(|(what, at)| at.map(|at| format!("{what} {}", format_time(at))))
+    .collect();
+    if !dates.is_empty() {
+        out.push_str(&format!("  {}\n", dates.join(", ")));
+    }
+    if let Some(code) = k.reason_code {
+        out.push_str(&format!("  reason code {code}\n"));
+    }
+    out.push_str(&format!(
+        "(keyward key show {} prints everything about it)\n",
+        cell(&k.name)
+    ));
+    wrap_long(out)
+}
+
 fn key_text(k: &KeyInfo) -> String {
     let mut out = key_record(k);
     section(&mut out, "versions", versions_table(k));

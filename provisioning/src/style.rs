@@ -4,7 +4,7 @@
 //! the one way a count and its noun are written (`keyward_policy::plural`).
 //!
 //! The style is set once per thread: by `main` from the flags, and by a
-//! test around the text it checks ([`with`]), so that the pure rendering
+//! test around the text it checks (`with`), so that the pure rendering
 //! functions keep their signatures.
 
 use std::cell::RefCell;

@@ -280,9 +280,23 @@ pub fn rewrite(doc: &str, steps: &[Step], fixes: &[(usize, String, i32)]) -> Str
     for (index, actual, status) in fixes {
         let (first, end) = steps[*index].output_lines;
         out.extend(lines[at..first].iter().map(|l| (*l).to_owned()));
-        out.extend(trim_blank(
-            actual.lines().map(|l| l.trim_end().to_owned()).collect(),
-        ));
+        let expected = &steps[*index].expected;
+        let lines = trim_blank(actual.lines().map(|l| l.trim_end().to_owned()).collect());
+        // A line the guide shows with a wildcard stays as written while
+        // it still matches.
+        out.extend(
+            lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, line)| match expected.get(i) {
+                    Some(e)
+                        if e.contains("[..]") && line_matches(&normalize(e), &normalize(&line)) =>
+                    {
+                        e.clone()
+                    }
+                    _ => line,
+                }),
+        );
         if *status != 0 {
             out.push(exit_line(*status));
         }
@@ -376,6 +390,18 @@ mod tests {
         assert!(fixed.contains("$ keyward key list\nNAME STATE\nweb  revoked\n$ keyward key show"));
         assert!(fixed.contains("a b\n[exit status 1]\n```"));
         assert!(fixed.contains("[exit status 4]"));
+        // A wildcard line that still matches is kept as written.
+        let doc = "```console\n$ keyward status\nagent: 0.1\nuptime: [..]\nkeys: none\n```\n";
+        let steps = parse(doc).unwrap();
+        let fixed = rewrite(
+            doc,
+            &steps,
+            &[(0, "agent: 0.2\nuptime: 3s\nkeys: none\n".into(), 0)],
+        );
+        assert_eq!(
+            fixed,
+            "```console\n$ keyward status\nagent: 0.2\nuptime: [..]\nkeys: none\n```\n"
+        );
         assert_eq!(parse(&fixed).unwrap().len(), 4);
     }
 }

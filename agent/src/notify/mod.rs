@@ -257,7 +257,7 @@ impl Notifier {
     }
 
     /// Closes the queue and waits, at most one post's time limit and never
-    /// more than [`STOP_WAIT`], for the sender to post what is queued (the
+    /// more than `STOP_WAIT`, for the sender to post what is queued (the
     /// agent's stop event last).
     pub fn stop(&self) {
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
