@@ -125,7 +125,11 @@ pub fn decide(
         format!(
             "{record}\n{}: sent, {by}; the agent answered:\n\n{}",
             decision.as_str(),
-            render::key_response(&answer)
+            match &answer {
+                // The decided request, in full as it was shown before.
+                KeyResponse::Requests(rs) if rs.len() == 1 => render::pending(&rs[0]),
+                answer => render::key_response(answer),
+            }
         )
     };
     stderr.push_str(&format!(

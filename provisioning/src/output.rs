@@ -146,16 +146,18 @@ pub fn present(req: &AdminRequest, resp: Result<AdminResponse, Failure>, json: b
         } else {
             render::status(&s)
         }),
-        // `request show`: the one request, not an array of one.
-        (AdminRequest::Key(KeyRequest::RequestShow { .. }), AdminResponse::Key(r)) if json => {
-            match *r {
-                KeyResponse::Requests(rs) => match rs.as_slice() {
-                    [one] => Output::success(render::json(&crate::json::request_view(one))),
-                    _ => key_answer(KeyResponse::Requests(rs), json),
-                },
-                r => key_answer(r, json),
-            }
-        }
+        // `request show`: the one request in full, not a list of one.
+        (AdminRequest::Key(KeyRequest::RequestShow { .. }), AdminResponse::Key(r)) => match *r {
+            KeyResponse::Requests(rs) => match rs.as_slice() {
+                [one] => Output::success(if json {
+                    render::json(&crate::json::request_view(one))
+                } else {
+                    render::pending(one)
+                }),
+                _ => key_answer(KeyResponse::Requests(rs), json),
+            },
+            r => key_answer(r, json),
+        },
         // A command that changed a key says what it is now, in brief.
         (AdminRequest::Key(req), AdminResponse::Key(r))
             if !json && !matches!(req, KeyRequest::Show { .. }) =>

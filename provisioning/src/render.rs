@@ -408,7 +408,6 @@ pub fn key_response(resp: &KeyResponse) -> String {
         KeyResponse::Apps(a) => app_table(a),
         KeyResponse::Pending(p) => pending(p),
         KeyResponse::Requests(r) if r.is_empty() => "no approval requests\n".to_owned(),
-        KeyResponse::Requests(r) if r.len() == 1 => pending(&r[0]),
         KeyResponse::Requests(r) => request_table(r, 0),
         KeyResponse::Verified {
             key,
@@ -670,25 +669,23 @@ pub fn key_changed(k: &KeyInfo) -> String {
     );
     for v in k.versions.iter().rev().filter(|v| v.destroyed_at.is_none()) {
         out.push_str(&format!(
-            "  version {}  {}  CKA_ID {}\n",
+            "  version {}:      {}, CKA_ID {}\n",
             v.version,
             v.state.as_str(),
             hex(&v.backend_id)
         ));
     }
-    let dates: Vec<String> = [
+    for (what, at) in [
         ("protect until", k.protect_until),
         ("process until", k.process_until),
         ("next rotation", k.next_rotation),
-    ]
-    .iter()
-    .filter_map(|(what, at)| at.map(|at| format!("{what} {}", format_time(at))))
-    .collect();
-    if !dates.is_empty() {
-        out.push_str(&format!("  {}\n", dates.join(", ")));
+    ] {
+        if let Some(at) = at {
+            out.push_str(&format!("  {what}:  {}\n", format_time(at)));
+        }
     }
     if let Some(code) = k.reason_code {
-        out.push_str(&format!("  reason code {code}\n"));
+        out.push_str(&format!("  reason code:    {code}\n"));
     }
     out.push_str(&format!(
         "(keyward key show {} prints everything about it)\n",
@@ -2271,6 +2268,30 @@ mod tests {
         assert_eq!(cell("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
         assert_eq!(hex(&[]), "-");
         assert_eq!(hex(&[0, 0x0f, 0xff]), "000fff");
+    }
+
+    #[test]
+    fn a_changed_key_is_shown_in_brief() {
+        let mut k = key_info();
+        k.reason_code = Some(keyward_domain::ReasonCode::KeyCompromise);
+        let text = key_changed(&k);
+        assert!(text.starts_with("web-tls on token "), "{text}");
+        assert!(
+            text.contains("  protect until:  2026-05-01 18:00:00Z\n"),
+            "{text}"
+        );
+        assert!(text.contains("  reason code:    keyCompromise\n"), "{text}");
+        assert!(text.contains("CKA_ID "), "{text}");
+        assert!(text.ends_with("(keyward key show web-tls prints everything about it)\n"));
+        // Versions that are gone are not listed; the rest are, newest first.
+        let live = k
+            .versions
+            .iter()
+            .filter(|v| v.destroyed_at.is_none())
+            .count();
+        assert_eq!(text.matches("  version ").count(), live, "{text}");
+        assert!(!text.contains("history"), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
     }
 
     #[test]
