@@ -183,7 +183,7 @@ pub(crate) fn run(command: CertCommand, socket: &Path, json: bool) -> Output {
         render::json(&v)
     } else if let Some(path) = &out {
         format!(
-            "{} written to {}\n",
+            "{}; written to {}\n",
             render::certificate(&c).trim_end(),
             path.display()
         )

@@ -208,8 +208,8 @@ keyward_test!(fn an_approved_signature_signs_that_data_once(tb) {
     assert_eq!(p["pid"], u64::from(std::process::id()));
     let exe = std::env::current_exe().unwrap();
     assert_eq!(p["exe"], exe.display().to_string().as_str());
-    // `keyward request list` shows the digest and who asks.
-    let listed = keyward_ok(&tb, &["request", "list"], 0);
+    // `keyward request list --wide` shows the digest and who asks.
+    let listed = keyward_ok(&tb, &["--wide", "request", "list"], 0);
     assert!(listed.contains(&hex(&Sha256::digest(DATA_A))), "{listed}");
     assert!(listed.contains(&format!("C_Sign by {APPLICATION}")), "{listed}");
     // The call waits: nothing comes back before the approval.

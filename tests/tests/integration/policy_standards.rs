@@ -148,7 +148,7 @@ keyward_test!(fn the_report_flags_a_key_the_reloaded_policy_would_refuse(tb) {
         "rsa:1024 is below 112-bit security (NIST SP 800-131A) and class \"release\" is not marked legacy",
         "{doc}"
     );
-    assert_eq!(findings[1]["kind"], "AlgorithmNotAllowed", "{doc}");
+    assert_eq!(findings[1]["kind"], "algorithm_not_allowed", "{doc}");
     let shown = keyward_ok(&tb, &["report"], 0);
     assert!(
         shown.contains(&format!(

@@ -81,7 +81,7 @@ keyward_test!(fn a_revocations_code_is_shown_recorded_and_kept_across_a_restart(
             state_and_code(tb, "k"),
             ("compromised".into(), Some("keyCompromise".into()))
         );
-        let text = keyward_ok(tb, &["key", "show", "k"], 0);
+        let text = keyward_ok(tb, &["--wide", "key", "show", "k"], 0);
         assert!(text.contains("reason code:    keyCompromise (RFC 5280 code 1)\n"), "{text}");
         assert!(text.contains("code=keyCompromise; laptop stolen"), "the history: {text}");
         let trail = lifecycle_of(tb, "k");

@@ -296,7 +296,7 @@ keyward_test!(fn revoke_and_destroy_show_who_loses_what(tb) {
     for field in ["action", "key", "applications", "data", "to"] {
         assert_eq!(shown[field], asked[field], "{field}: {approve}");
     }
-    assert_eq!(shown["pending_requests"][0][0], id.as_str(), "the request itself: {approve}");
+    assert_eq!(shown["pending_requests"][0]["id"], id.as_str(), "the request itself: {approve}");
     assert_eq!(key_show(&tb, "enc").str_at("state"), "active", "a dry-run approval destroyed the key");
 
     // A signing key: its own grant and the class's, and its signatures stay verifiable.
