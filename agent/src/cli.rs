@@ -303,6 +303,42 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         None => None,
     };
     let notifier = start_webhook(config, &agent, server.metrics())?;
+    let (handle, watcher) = watch_signals(&server, &agent, config, path, policy_source)?;
+    log::info!(
+        "keyward-agent {} listening on {} (admin {}), application protocol {}, admin protocol {}",
+        env!("CARGO_PKG_VERSION"),
+        config.agent.socket.display(),
+        config.agent.admin_socket.display(),
+        keyward_protocol::APP_VERSIONS,
+        keyward_protocol::ADMIN_VERSIONS
+    );
+    server.run(app, admin);
+    drop(exporter);
+    stop_webhook(notifier.as_deref(), &agent);
+    handle.close();
+    let _ = watcher.join();
+    agent.flush_uses();
+    agent.audit_agent("stop", "signal");
+    // A failure is logged; the records stay unsealed until the next start.
+    let _ = agent.checkpoint();
+    // Everything queued is stored: the next start records no gap.
+    agent.audit.end_run();
+    // The last reference to the agent goes with `server`: every backend
+    // token closes its anchor session and each library is finalised.
+    drop(server);
+    drop(agent);
+    Ok(())
+}
+
+/// SIGHUP reloads the policy (as `keyward policy reload`); SIGTERM and
+/// SIGINT stop the server. The handle closes the watcher.
+fn watch_signals(
+    server: &Arc<Server>,
+    agent: &Arc<Agent>,
+    config: &Config,
+    path: &Path,
+    policy_source: Arc<std::sync::Mutex<String>>,
+) -> Result<(signal_hook::iterator::Handle, std::thread::JoinHandle<()>), String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -324,39 +360,22 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
             break;
         }
     });
-    log::info!(
-        "keyward-agent {} listening on {} (admin {}), application protocol {}, admin protocol {}",
-        env!("CARGO_PKG_VERSION"),
-        config.agent.socket.display(),
-        config.agent.admin_socket.display(),
-        keyward_protocol::APP_VERSIONS,
-        keyward_protocol::ADMIN_VERSIONS
-    );
-    server.run(app, admin);
-    drop(exporter);
-    if let Some(n) = &notifier {
-        n.send(crate::notify::Event::new(
-            crate::notify::EventKind::AgentStop,
-            crate::notify::Severity::Info,
-            format!("agent-stop:{}", agent.instance),
-            crate::keys::secs(std::time::SystemTime::now()),
-            "keyward-agent is stopping".into(),
-        ));
-        n.stop();
-    }
-    handle.close();
-    let _ = watcher.join();
-    agent.flush_uses();
-    agent.audit_agent("stop", "signal");
-    // A failure is logged; the records stay unsealed until the next start.
-    let _ = agent.checkpoint();
-    // Everything queued is stored: the next start records no gap.
-    agent.audit.end_run();
-    // The last reference to the agent goes with `server`: every backend
-    // token closes its anchor session and each library is finalised.
-    drop(server);
-    drop(agent);
-    Ok(())
+    Ok((handle, watcher))
+}
+
+/// Posts `agent-stop` and gives the sender its last moments.
+fn stop_webhook(notifier: Option<&crate::notify::Notifier>, agent: &Agent) {
+    let Some(n) = notifier else {
+        return;
+    };
+    n.send(crate::notify::Event::new(
+        crate::notify::EventKind::AgentStop,
+        crate::notify::Severity::Info,
+        format!("agent-stop:{}", agent.instance),
+        crate::keys::secs(std::time::SystemTime::now()),
+        "keyward-agent is stopping".into(),
+    ));
+    n.stop();
 }
 
 /// Starts the webhook when `[webhook]` is configured: its sender, its

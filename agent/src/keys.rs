@@ -24,6 +24,7 @@ use keyward_inventory::{Grant, Inventory, KeyFilter, KeyRecord, KeyVersion};
 use keyward_policy::{
     effective_state, permits, Cryptoperiod, KeyState, Operation, Policy, Refusal,
 };
+use keyward_protocol::admin::GrantInfo;
 use keyward_protocol::{AttrResult, AttrValue, Attribute, Mechanism, Op, Value};
 
 use crate::backend::{Backend, BackendObject, BackendSession};
@@ -618,6 +619,40 @@ pub fn visible_to(policy: &Policy, key: &KeyView, application: &str, now: System
         && Operation::ALL
             .into_iter()
             .any(|op| check_grant(policy, key, application, op, now).is_ok())
+}
+
+/// A key's own grant (`keyward grant add`) as the admin protocol shows it.
+pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
+    GrantInfo {
+        key: key.to_owned(),
+        application: g.application.clone(),
+        operations: g.operations.clone(),
+        expires_at: g.expires_at,
+        source: "key".to_owned(),
+    }
+}
+
+/// Key `k`'s effective grants: its class's in the policy in force (still
+/// current), then its own.
+pub(crate) fn effective_grants(policy: &keyward_policy::Policy, k: &KeyView) -> Vec<GrantInfo> {
+    let now = SystemTime::now();
+    let name = &k.record.name;
+    let class = policy
+        .class(&k.record.class)
+        .map(|c| c.grants.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|g| g.until.is_none_or(|u| u > now))
+        .map(|g| GrantInfo {
+            key: name.clone(),
+            application: g.application.clone(),
+            operations: g.operations.clone(),
+            expires_at: g.until.map(secs),
+            source: "class".to_owned(),
+        });
+    class
+        .chain(k.grants.iter().map(|g| grant_info(name, g)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -170,26 +170,7 @@ impl KeyRequest {
                 action,
                 reason,
                 code,
-            } => {
-                let mut s = format!("{} {}", action.verb(), key(token, name));
-                if let KeyAction::Revoke { rotate: true } = action {
-                    s.push_str(" and replace it with a new version");
-                }
-                // The change's own record carries the same fixed form.
-                match (code, reason) {
-                    (Some(c), Some(r)) => {
-                        let _ = write!(s, ": code={c}; {}", clean(r));
-                    }
-                    (Some(c), None) => {
-                        let _ = write!(s, ": code={c}");
-                    }
-                    (None, Some(r)) => {
-                        let _ = write!(s, ": {}", clean(r));
-                    }
-                    (None, None) => {}
-                }
-                s
-            }
+            } => describe_transition(key(token, name), *action, reason.as_deref(), *code),
             KeyRequest::Rotate { name, token } => format!("rotate {}", key(token, name)),
             KeyRequest::Verify { name, token } => format!("verify {}", key(token, name)),
             KeyRequest::GrantAdd {
@@ -267,6 +248,34 @@ impl KeyRequest {
             KeyRequest::Cert(c) => describe_cert(c),
         }
     }
+}
+
+/// [`KeyRequest::describe`] of a lifecycle transition of `target`, with
+/// its reason code and reason in the fixed form the change's own record
+/// carries (`code=keyCompromise; laptop stolen`).
+fn describe_transition(
+    target: String,
+    action: KeyAction,
+    reason: Option<&str>,
+    code: Option<keyward_domain::ReasonCode>,
+) -> String {
+    let mut s = format!("{} {target}", action.verb());
+    if let KeyAction::Revoke { rotate: true } = action {
+        s.push_str(" and replace it with a new version");
+    }
+    match (code, reason) {
+        (Some(c), Some(r)) => {
+            let _ = write!(s, ": code={c}; {}", clean(r));
+        }
+        (Some(c), None) => {
+            let _ = write!(s, ": code={c}");
+        }
+        (None, Some(r)) => {
+            let _ = write!(s, ": {}", clean(r));
+        }
+        (None, None) => {}
+    }
+    s
 }
 
 /// [`KeyRequest::describe`] of a certificate request: the subject and

@@ -287,37 +287,42 @@ impl crate::shared::Core {
                     limit: Some(u64::from(limit)),
                     ..AuditFilter::default()
                 });
-                // No records of a key the inventory does not know: the
-                // answer of every lookup of an unknown key (exit 4).
-                match (&key, &found) {
-                    (Some(name), Ok(v)) if v.is_empty() && !self.key_known(name) => {
-                        AdminResponse::KeyErr {
-                            kind: AdminErrorKind::NotFound,
-                            message: crate::lifecycle::no_key_message(
-                                name,
-                                self.tokens.iter().map(|t| t.config.label.as_str()),
-                            ),
-                        }
-                    }
-                    // Likewise an application the policy does not name
-                    // (one it named once still answers its records).
-                    (_, Ok(v))
-                        if v.is_empty()
-                            && application
-                                .as_deref()
-                                .is_some_and(|a| self.policy().application(a).is_none()) =>
+                if found.as_ref().is_ok_and(|v| v.is_empty()) {
+                    if let Some(unknown) =
+                        self.unknown_lookup(key.as_deref(), application.as_deref())
                     {
-                        AdminResponse::KeyErr {
-                            kind: AdminErrorKind::NotFound,
-                            message: crate::lifecycle::no_application_message(
-                                application.as_deref().unwrap_or_default(),
-                            ),
-                        }
+                        return unknown;
                     }
-                    _ => records(found),
                 }
+                records(found)
             }
         }
+    }
+
+    /// The answer to a query that found nothing about a key the inventory
+    /// does not know, or an application the policy does not name (one it
+    /// named once still answers its records): the answer of every lookup
+    /// of an unknown name (exit 4).
+    fn unknown_lookup(
+        &self,
+        key: Option<&str>,
+        application: Option<&str>,
+    ) -> Option<keyward_protocol::admin::AdminResponse> {
+        use keyward_protocol::admin::{AdminErrorKind, AdminResponse};
+        let message = match (key, application) {
+            (Some(name), _) if !self.key_known(name) => crate::lifecycle::no_key_message(
+                name,
+                self.tokens.iter().map(|t| t.config.label.as_str()),
+            ),
+            (_, Some(app)) if self.policy().application(app).is_none() => {
+                crate::lifecycle::no_application_message(app)
+            }
+            _ => return None,
+        };
+        Some(AdminResponse::KeyErr {
+            kind: AdminErrorKind::NotFound,
+            message,
+        })
     }
 }
 

@@ -609,40 +609,7 @@ impl Lifecycle {
             .map_err(failed("serial number"))?;
         let backend = self.backend(t.token)?;
         let s = HsmSession::open(backend.as_ref())?;
-        let theirs = crate::fingerprint::certificate_fingerprint(der);
-        let mut older = Vec::new();
-        for o in s.by_id(&v.backend_id, ck::CKO_CERTIFICATE)? {
-            let value = s.bytes(o, ck::CKA_VALUE)?;
-            let same_key = value
-                .as_deref()
-                .and_then(crate::fingerprint::certificate_fingerprint)
-                .is_some_and(|fp| Some(fp) == theirs);
-            if !same_key {
-                continue;
-            }
-            if value.as_deref() == Some(der) && !replace {
-                return fail(
-                    AdminErrorKind::Conflict,
-                    format!(
-                        "key {} version {} has this certificate already",
-                        t.label(),
-                        v.version
-                    ),
-                );
-            }
-            older.push(o);
-        }
-        if !older.is_empty() && !replace {
-            return fail(
-                AdminErrorKind::Conflict,
-                format!(
-                    "key {} version {} has a certificate: give --replace to replace it; \
-                     nothing stored",
-                    t.label(),
-                    v.version
-                ),
-            );
-        }
+        let older = older_certificates(&s, t, v, der, replace)?;
         super::dry_run::commit_point(
             || {
                 format!(
@@ -720,6 +687,53 @@ impl Lifecycle {
         );
         Ok(replaced)
     }
+}
+
+/// The certificates of key version `v`'s own public key on the token,
+/// which `der` replaces; refused unless `replace` when there is one, and
+/// always when `der` is there already.
+fn older_certificates(
+    s: &HsmSession<'_>,
+    t: &Target<'_>,
+    v: &KeyVersion,
+    der: &[u8],
+    replace: bool,
+) -> AResult<Vec<crate::backend::BackendObject>> {
+    let theirs = crate::fingerprint::certificate_fingerprint(der);
+    let mut older = Vec::new();
+    for o in s.by_id(&v.backend_id, ck::CKO_CERTIFICATE)? {
+        let value = s.bytes(o, ck::CKA_VALUE)?;
+        let same_key = value
+            .as_deref()
+            .and_then(crate::fingerprint::certificate_fingerprint)
+            .is_some_and(|fp| Some(fp) == theirs);
+        if !same_key {
+            continue;
+        }
+        if value.as_deref() == Some(der) && !replace {
+            return fail(
+                AdminErrorKind::Conflict,
+                format!(
+                    "key {} version {} has this certificate already",
+                    t.label(),
+                    v.version
+                ),
+            );
+        }
+        older.push(o);
+    }
+    if !older.is_empty() && !replace {
+        return fail(
+            AdminErrorKind::Conflict,
+            format!(
+                "key {} version {} has a certificate: give --replace to replace it; \
+                 nothing stored",
+                t.label(),
+                v.version
+            ),
+        );
+    }
+    Ok(older)
 }
 
 /// The subject of a DER CSR, for the log.

@@ -33,8 +33,8 @@ use keyward_protocol::plan::{
     DataEffect, Impact, LostOperations, Plan, PlanOutcome, RestoreImpact,
 };
 
-use super::grants::effective_grants;
 use super::*;
+use crate::keys::effective_grants;
 
 /// What a planned request would do, gathered on its thread.
 #[derive(Default)]

@@ -5,44 +5,11 @@ use std::time::SystemTime;
 
 use keyward_inventory::Grant;
 use keyward_policy::Operation;
-use keyward_protocol::admin::{AdminErrorKind, AppInfo, GrantInfo, KeyResponse};
+use keyward_protocol::admin::{AdminErrorKind, AppInfo, KeyResponse};
 
-use crate::keys::secs;
+use crate::keys::{effective_grants, grant_info, secs};
 
 use super::*;
-
-pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
-    GrantInfo {
-        key: key.to_owned(),
-        application: g.application.clone(),
-        operations: g.operations.clone(),
-        expires_at: g.expires_at,
-        source: "key".to_owned(),
-    }
-}
-
-/// Key `k`'s effective grants: its class's in the policy in force (still
-/// current), then its own.
-pub(crate) fn effective_grants(policy: &keyward_policy::Policy, k: &KeyView) -> Vec<GrantInfo> {
-    let now = SystemTime::now();
-    let name = &k.record.name;
-    let class = policy
-        .class(&k.record.class)
-        .map(|c| c.grants.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .filter(|g| g.until.is_none_or(|u| u > now))
-        .map(|g| GrantInfo {
-            key: name.clone(),
-            application: g.application.clone(),
-            operations: g.operations.clone(),
-            expires_at: g.until.map(secs),
-            source: "class".to_owned(),
-        });
-    class
-        .chain(k.grants.iter().map(|g| grant_info(name, g)))
-        .collect()
-}
 
 /// A grant in words, for the trail: `application "web", operations
 /// [sign], until 2026-12-01 00:00:00 UTC`.

@@ -3,9 +3,8 @@
 use keyward_inventory::{KeyFilter, StateChange};
 use keyward_protocol::admin::{HistoryEntry, KeyInfo, KeyResponse, VersionInfo};
 
-use crate::keys::KeyView;
+use crate::keys::{effective_grants, grant_info, KeyView};
 
-use super::grants::*;
 use super::*;
 
 pub(crate) fn history_entry(c: &StateChange) -> HistoryEntry {
