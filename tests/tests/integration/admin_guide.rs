@@ -1,6 +1,7 @@
 //! The administrator's guide shows real output: its console transcripts
 //! run, in order, against a testbed set up the way the guide tells its
-//! reader to (`testbed up /tmp/kw --policy-file policy/example-policy.toml`),
+//! reader to (`testbed up /tmp/kw --policy-file policy/example-policy.toml
+//! --admin-group 65534`),
 //! and every command must print what the guide shows and exit as it says.
 //!
 //! `KEYWARD_GUIDE_UPDATE=1` writes what the commands printed into the guide
@@ -52,7 +53,8 @@ fn run_steps(tb: &Env, steps: &[Step]) -> Vec<(String, i32)> {
 }
 
 keyward_test!(fn every_console_transcript_in_the_admin_guide_prints_what_the_guide_shows(tb) with [
-    "--policy-file", concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/example-policy.toml")
+    "--policy-file", concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/example-policy.toml"),
+    "--admin-group", "65534"
 ] {
     tb.require_agent("the admin guide's transcripts");
     let doc = std::fs::read_to_string(guide()).expect("read docs/admin-guide.md");
