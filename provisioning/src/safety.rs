@@ -22,7 +22,7 @@ use keyward_protocol::plan::{Impact, Plan, PlanOutcome, RestoreImpact};
 
 use crate::admin::{Exit, Failure};
 use crate::render::clean;
-use crate::time::format_utc;
+use crate::time::format_time;
 
 /// `--dry-run` and `--yes`, set once for the process by `main`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -231,7 +231,7 @@ pub fn impact_text(i: &Impact) -> String {
                 "{} (version {}, until {})",
                 c.subject,
                 c.version,
-                format_utc(c.not_after)
+                format_time(c.not_after)
             )
         })
         .collect();
@@ -242,7 +242,7 @@ pub fn impact_text(i: &Impact) -> String {
     let backups: Vec<String> = i
         .backups
         .iter()
-        .map(|b| format!("{} of {}", &b.id[..b.id.len().min(16)], format_utc(b.at)))
+        .map(|b| format!("{} of {}", &b.id[..b.id.len().min(16)], format_time(b.at)))
         .collect();
     s.push_str(&format!(
         "  backups still holding it: {}\n",
@@ -265,7 +265,7 @@ pub fn restore_text(r: &RestoreImpact) -> String {
     format!(
         "impact: restore backup {} of {} onto token {}\n  keys restored: {}\n  keys that stay destroyed: {}\n",
         clean(&r.backup[..r.backup.len().min(16)]),
-        format_utc(r.created_at),
+        format_time(r.created_at),
         clean(&r.token),
         names_or_none(&r.restores),
         names_or_none(&r.stays_destroyed)

@@ -17,7 +17,7 @@ pub fn now() -> i64 {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC; `unix time N` for an instant outside
 /// years -9999 to 9999.
-pub fn format_utc(secs: i64) -> String {
+fn format_utc(secs: i64) -> String {
     jiff::Timestamp::from_second(secs).map_or_else(
         |_| format!("unix time {secs}"),
         |t| t.strftime("%Y-%m-%d %H:%M:%S").to_string(),
