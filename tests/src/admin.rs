@@ -161,6 +161,21 @@ pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
     doc
 }
 
+/// Runs the CLI, requires exit `code` (a refusal) and returns its
+/// standard error.
+#[track_caller]
+pub fn keyward_refused(tb: &Env, args: &[&str], code: i32) -> String {
+    let out = keyward(tb, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "keyward {args:?}: {}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
 /// `keyward --json key show NAME` (exit 0): the key object.
 #[track_caller]
 pub fn key_show(tb: &Env, name: &str) -> Json {

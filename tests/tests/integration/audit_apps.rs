@@ -6,26 +6,12 @@
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use keyward_tests::admin::{
-    application_toml, find, install_policy, keyward, keyward_ok, signing_class_toml, strict_policy,
-    APPLICATION,
+    application_toml, find, install_policy, keyward_ok, keyward_refused, signing_class_toml,
+    strict_policy, APPLICATION,
 };
 use keyward_tests::keyward_test;
 use keyward_tests::p11::Ctx;
 use keyward_tests::Env;
-
-/// Runs the CLI, requires exit `code` and returns its standard error.
-#[track_caller]
-fn refused(tb: &Env, args: &[&str], code: i32) -> String {
-    let out = keyward(tb, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "keyward {args:?}: {}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
-}
 
 keyward_test!(fn audit_query_for_an_unknown_application_exits_4_and_a_removed_one_keeps_its_records(tb) {
     tb.require_agent("audit queries by application");
@@ -39,7 +25,7 @@ keyward_test!(fn audit_query_for_an_unknown_application_exits_4_and_a_removed_on
         s.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).expect("a use");
     }
     let no_app = "no application \"nosuch\" in the policy";
-    let stderr = refused(&tb, &["audit", "query", "--app", "nosuch"], 4);
+    let stderr = keyward_refused(&tb, &["audit", "query", "--app", "nosuch"], 4);
     assert!(stderr.contains(no_app), "{stderr}");
     let records = |tb: &Env| {
         keyward_ok(tb, &["--json", "audit", "query", "--app", APPLICATION], 0)
@@ -60,7 +46,7 @@ keyward_test!(fn audit_query_for_an_unknown_application_exits_4_and_a_removed_on
         ),
     );
     assert!(records(&tb) >= known, "a removed application's records still answer");
-    let stderr = refused(&tb, &["audit", "query", "--app", "nosuch"], 4);
+    let stderr = keyward_refused(&tb, &["audit", "query", "--app", "nosuch"], 4);
     assert!(stderr.contains(no_app), "{stderr}");
     // A known application with no records is no error.
     let out = keyward_ok(&tb, &["audit", "query", "--app", "someone-else"], 0);

@@ -4,24 +4,12 @@
 //! one message shape.
 
 use cryptoki::object::{Attribute, ObjectClass};
-use keyward_tests::admin::{backend_token, find, keyward, keyward_json, keyward_ok, strict_policy};
+use keyward_tests::admin::{
+    backend_token, find, keyward_json, keyward_ok, keyward_refused, strict_policy,
+};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::Ctx;
 use keyward_tests::Env;
-
-/// Runs the CLI, requires exit `code` and returns its standard error.
-#[track_caller]
-fn refused(tb: &Env, args: &[&str], code: i32) -> String {
-    let out = keyward(tb, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "keyward {args:?}: {}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
-}
 
 /// The names of the managed keys (`key list --json`).
 fn key_names(tb: &Env) -> Vec<String> {
@@ -65,7 +53,7 @@ keyward_test!(fn a_bad_key_name_is_refused_and_nothing_is_made(tb) {
 
     let long = "k".repeat(65);
     for bad in ["a/b;object=x", "with space", "-lead", "", long.as_str()] {
-        let stderr = refused(&tb, &["key", "create", "--class", "signing", "--", bad], 2);
+        let stderr = keyward_refused(&tb, &["key", "create", "--class", "signing", "--", bad], 2);
         assert!(
             stderr.contains(&format!("key name {bad:?}: {RULE}")),
             "{bad:?}: {stderr}"
@@ -75,7 +63,7 @@ keyward_test!(fn a_bad_key_name_is_refused_and_nothing_is_made(tb) {
     assert_eq!(backend_labels(&tb), objects_before, "the token is unchanged");
 
     // The same rule for an adoption's name.
-    let stderr = refused(
+    let stderr = keyward_refused(
         &tb,
         &["discover", "--adopt", "0a0b", "--name", "x=y", "--class", "signing"],
         2,
@@ -83,7 +71,7 @@ keyward_test!(fn a_bad_key_name_is_refused_and_nothing_is_made(tb) {
     assert!(stderr.contains(&format!("key name \"x=y\": {RULE}")), "{stderr}");
     // And for an import's new name, before the file is even read.
     let missing = tb.path("no-such-export");
-    let stderr = refused(
+    let stderr = keyward_refused(
         &tb,
         &[
             "key", "import", missing.to_str().expect("a UTF-8 path"), "--class", "signing",
@@ -122,12 +110,12 @@ keyward_test!(fn every_unknown_lookup_exits_4_with_one_message(tb) {
         &["report", "--key", "nosuch"],
         &["audit", "query", "--key", "nosuch"],
     ] {
-        let stderr = refused(&tb, args, 4);
+        let stderr = keyward_refused(&tb, args, 4);
         assert!(stderr.contains(&no_key), "{args:?}: {stderr}");
     }
-    let stderr = refused(&tb, &["grant", "add", "known", "nosuch", "--ops", "sign"], 4);
+    let stderr = keyward_refused(&tb, &["grant", "add", "known", "nosuch", "--ops", "sign"], 4);
     assert!(stderr.contains("no application \"nosuch\" in the policy"), "{stderr}");
-    let stderr = refused(&tb, &["request", "show", "nosuch"], 4);
+    let stderr = keyward_refused(&tb, &["request", "show", "nosuch"], 4);
     assert!(stderr.contains("no request \"nosuch\""), "{stderr}");
 
 });

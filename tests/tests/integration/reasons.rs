@@ -12,24 +12,10 @@ use keyward_protocol::admin::{
     hello, AdminErrorKind, AdminRequest, AdminResponse, KeyAction, KeyRequest,
 };
 use keyward_protocol::frame::{read_message, write_message};
-use keyward_tests::admin::{key_show, keyward, keyward_ok, strict_policy};
+use keyward_tests::admin::{key_show, keyward_ok, keyward_refused, strict_policy};
 use keyward_tests::json::JsonExt;
 use keyward_tests::keyward_test;
 use keyward_tests::Env;
-
-/// Runs the CLI, requires exit `code` and returns its standard error.
-#[track_caller]
-fn refused(tb: &Env, args: &[&str], code: i32) -> String {
-    let out = keyward(tb, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "keyward {args:?}: {}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
-}
 
 /// One admin request as a raw frame on the admin socket, past the CLI.
 fn admin(tb: &Env, request: KeyRequest) -> AdminResponse {
@@ -118,10 +104,10 @@ keyward_test!(fn a_suspension_is_on_hold_unless_told_and_a_missing_reason_or_cod
         &["key", "destroy", "--yes", "k", "--reason-code", "superseded"],
         &["key", "deactivate", "k", "--reason-code", "superseded"],
     ] {
-        let stderr = refused(&tb, args, 2);
+        let stderr = keyward_refused(&tb, args, 2);
         assert!(!stderr.is_empty(), "{args:?}");
     }
-    let stderr = refused(&tb, &["key", "revoke", "--yes", "k", "--reason", "x", "--reason-code", "nope"], 2);
+    let stderr = keyward_refused(&tb, &["key", "revoke", "--yes", "k", "--reason", "x", "--reason-code", "nope"], 2);
     assert!(stderr.contains("keyCompromise") && stderr.contains("cessationOfOperation"), "{stderr}");
 
     // The agent refuses the same requests sent past the CLI (exit 2's kind),
