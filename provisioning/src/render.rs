@@ -840,9 +840,10 @@ fn versions_table(k: &KeyInfo) -> String {
     table_at(
         &[
             ("VERSION", Fit::Keep),
-            ("CKA_ID", Fit::Cut(24)),
+            // Whole: it is compared with what PKCS#11 tools show.
+            ("CKA_ID", Fit::Keep),
             ("STATE", Fit::Keep),
-            ("CREATED", Fit::Keep),
+            ("CREATED", Fit::Wide),
             ("DEACTIVATED", Fit::Keep),
             ("DESTROYED", Fit::Wide),
         ],
@@ -2309,9 +2310,9 @@ mod tests {
                 "rotated:        -",
                 "protect until:  2026-05-01 18:00:00Z",
                 "last used:      - (updated every 5 s)\n",
-                "versions:\n  VERSION  CKA_ID  STATE        CREATED               DEACTIVATED\n",
-                "  1        01ab    deactivated  2026-01-31 18:00:00Z  2026-01-31 19:00:00Z\n",
-                "  2        02cd    active       2026-01-31 19:00:00Z  -\n",
+                "versions:\n  VERSION  CKA_ID  STATE        DEACTIVATED\n",
+                "  1        01ab    deactivated  2026-01-31 19:00:00Z\n",
+                "  2        02cd    active       -\n",
                 "grants:\n  APPLICATION  OPERATIONS   EXPIRES               SOURCE\n  nginx        sign,verify  2026-02-01 02:00:00Z  key\n",
                 "history:\n  AT                    VERSION  FROM            TO              ACTOR  REASON\n",
                 "  2026-01-31 18:00:00Z  -        -               pre-activation  alice  -\n",
@@ -2325,6 +2326,12 @@ mod tests {
                 "  1        01ab    deactivated  2026-01-31 18:00:00Z  2026-01-31 19:00:00Z  -\n",
             ],
         );
+        // A CKA_ID of 16 bytes is shown whole, and the table still fits.
+        let mut long_id = key_info();
+        long_id.versions[0].backend_id = (0u8..16).collect();
+        let text = key_response(&KeyResponse::Key(Box::new(long_id)));
+        assert!(text.contains("000102030405060708090a0b0c0d0e0f"), "{text}");
+        fits(&text);
         let mut bare = key_info();
         bare.versions.clear();
         bare.grants.clear();
