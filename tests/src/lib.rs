@@ -21,6 +21,8 @@
 //!   policy with granted, verify-only and hidden keys; a key's certificate).
 //! - [`json`]: a small reader for `keyward --json` documents.
 //! - [`probe`]: the probe processes (`src/bin/*_probe`) driven from a test.
+//! - [`postgres`]: a throw-away PostgreSQL server per test (the fleet's
+//!   shared store), password logins only, stopped, killed and started again.
 //!
 //! The tests are one binary, `tests/integration` (one module per area), and
 //! the testbeds come from `keyward-testbed`, which uses the binaries of this
@@ -43,6 +45,7 @@ pub mod clients;
 pub mod harness;
 pub mod json;
 pub mod p11;
+pub mod postgres;
 pub mod probe;
 pub mod raw;
 pub mod roster;
