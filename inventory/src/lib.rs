@@ -24,6 +24,8 @@
 //!   `inventory` ([`Inventory`] and the lifecycle transaction), `trail`
 //!   ([`AuditLog`]: rows, chain, checkpoints, the verify walk) and `usage`
 //!   ([`UsageLog`]: the report's SQL).
+//! - [`postgres`]: the schema of the fleet's shared PostgreSQL store
+//!   ([`postgres::migrate`]), the SQLite steps in PostgreSQL's dialect.
 //! - `schema`: the schema as ordered migration steps under
 //!   `PRAGMA user_version`: step 1 keys, versions, history, grants; step 2
 //!   approval requests ([`ApprovalRecord`]); step 3 the audit trail and its
@@ -57,6 +59,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod postgres;
 mod schema;
 pub mod sqlite;
 pub mod store;
