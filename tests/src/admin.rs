@@ -161,6 +161,43 @@ pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
     doc
 }
 
+/// Runs another keyward-agent on `config` (the testbed's own keeps
+/// running) and returns its exit status and standard error: for
+/// configurations it must refuse. A start that does not end within 20 s
+/// fails the test.
+pub fn agent_start_on(tb: &Env, config: &Path) -> (std::process::ExitStatus, String) {
+    let agent = keyward_bin(tb).with_file_name("keyward-agent");
+    let mut child = Command::new(&agent)
+        .arg("--config")
+        .arg(config)
+        .env("SOFTHSM2_CONF", tb.path("softhsm2.conf"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run keyward-agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for keyward-agent") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            // Our own child, by its pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keyward-agent started with {}", config.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(
+        child.stderr.as_mut().expect("the agent's standard error"),
+        &mut stderr,
+    )
+    .expect("read the agent's standard error");
+    (status, stderr)
+}
+
 /// Runs the CLI, requires exit `code` (a refusal) and returns its
 /// standard error.
 #[track_caller]

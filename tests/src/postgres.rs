@@ -299,15 +299,7 @@ impl PgServer {
 
     /// The store's connection settings (TCP, password, no TLS).
     pub fn config(&self) -> Config {
-        let mut config = Config::new();
-        config
-            .host(HOST)
-            .port(self.port)
-            .user(USER)
-            .password(&self.password)
-            .dbname(DATABASE)
-            .connect_timeout(Duration::from_secs(5));
-        config
+        self.tcp_config(USER, &self.password, DATABASE)
     }
 
     /// The store's role over the Unix socket (with its password too).
@@ -357,12 +349,17 @@ impl PgServer {
     }
 
     fn superuser_config(&self, dbname: &str) -> Config {
+        self.tcp_config(SUPERUSER, &self.superuser_password, dbname)
+    }
+
+    /// Over TCP to this server, as `user` with `password`.
+    fn tcp_config(&self, user: &str, password: &str, dbname: &str) -> Config {
         let mut config = Config::new();
         config
             .host(HOST)
             .port(self.port)
-            .user(SUPERUSER)
-            .password(&self.superuser_password)
+            .user(user)
+            .password(password)
             .dbname(dbname)
             .connect_timeout(Duration::from_secs(5));
         config

@@ -7,16 +7,15 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_tests::admin::{find, keyward_bin, keyward_ok, strict_policy};
+use keyward_tests::admin::{agent_start_on, find, keyward_ok, strict_policy};
 use keyward_tests::keyward_test;
 use keyward_tests::p11::{expect_err, Ctx};
 use keyward_tests::Env;
@@ -465,32 +464,7 @@ keyward_test!(fn a_non_loopback_metrics_address_is_refused_at_start(tb) {
     let config = std::fs::read_to_string(tb.path("keyward-agent.toml")).unwrap();
     let bad = tb.path("bad.toml");
     std::fs::write(&bad, format!("{config}\n[metrics]\nlisten = \"0.0.0.0:0\"\n")).unwrap();
-    let agent = keyward_bin(&tb).with_file_name("keyward-agent");
-    assert!(Path::new(&agent).is_file(), "{} is missing", agent.display());
-    let mut child = Command::new(&agent)
-        .arg("--config")
-        .arg(&bad)
-        .env("SOFTHSM2_CONF", tb.path("softhsm2.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run keyward-agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for keyward-agent") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            // Our own child, by its pid.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keyward-agent started with a non-loopback metrics address");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = agent_start_on(&tb, &bad);
     assert!(!status.success(), "keyward-agent accepted listen = 0.0.0.0:0");
     assert!(
         stderr.contains(&bad.display().to_string())

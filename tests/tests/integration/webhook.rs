@@ -12,13 +12,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use keyward_tests::admin::{
-    application_toml, find, install_policy, keyward_bin, keyward_ok, sign_grant_toml,
+    agent_start_on, application_toml, find, install_policy, keyward_ok, sign_grant_toml,
     signing_class_toml, uid, APPLICATION,
 };
 use keyward_tests::harness::Env;
@@ -278,42 +277,6 @@ keyward_test!(fn a_receiver_that_never_answers_does_not_hold_up_signing(tb) {
     tb.stop_agent();
 });
 
-/// Runs the agent on `config` and returns its exit status and standard
-/// error; a start that does not end within 20 s fails the test.
-fn start_on(tb: &Env, config: &Path) -> (std::process::ExitStatus, String) {
-    let agent = keyward_bin(tb).with_file_name("keyward-agent");
-    let mut child = Command::new(&agent)
-        .arg("--config")
-        .arg(config)
-        .env("SOFTHSM2_CONF", tb.path("softhsm2.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run keyward-agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for keyward-agent") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            // Our own child, by its pid.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keyward-agent started with {}", config.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status, stderr)
-}
-
 keyward_test!(fn a_bad_webhook_table_stops_the_agent_at_start(tb) {
     tb.require_agent("the webhook");
     let config = std::fs::read_to_string(tb.path("keyward-agent.toml")).unwrap();
@@ -333,7 +296,7 @@ keyward_test!(fn a_bad_webhook_table_stops_the_agent_at_start(tb) {
     ] {
         let bad = tb.path("bad.toml");
         std::fs::write(&bad, format!("{config}{table}")).unwrap();
-        let (status, stderr) = start_on(&tb, &bad);
+        let (status, stderr) = agent_start_on(&tb, &bad);
         assert!(!status.success(), "keyward-agent accepted:\n{table}");
         assert!(
             stderr.contains(&bad.display().to_string()) && stderr.contains(says),
