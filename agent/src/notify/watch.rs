@@ -50,10 +50,22 @@ impl Limits {
     }
 }
 
+/// The conditions one watcher thread checks. The trail's needs no store
+/// and has a thread of its own: when the store is what fails, a pass over
+/// the others waits on it, and the trail's event must not wait with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The audit trail's writer.
+    Trail,
+    /// Rotation, certificates, requests and the report.
+    Store,
+}
+
 /// What has fired, by id, and when the report may be made again.
 #[derive(Debug, Default)]
 pub struct Watch {
     fired: HashSet<String>,
+    fired_audit: HashSet<String>,
     fired_from_report: HashSet<String>,
     report_after: Option<Instant>,
     audit_failures: u64,
@@ -73,16 +85,29 @@ impl Watch {
         fresh
     }
 
-    /// One pass at `now`: the new events of every condition.
-    pub fn pass(&mut self, life: &Lifecycle, limits: &Limits, now: SystemTime) -> Vec<Event> {
+    /// One pass at `now` over the conditions of `part`, each new event
+    /// handed to `emit` as soon as it is known.
+    pub fn pass(
+        &mut self,
+        part: Part,
+        life: &Lifecycle,
+        limits: &Limits,
+        now: SystemTime,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        match part {
+            Part::Trail => self.trail(life, now, emit),
+            Part::Store => self.store(life, limits, now, emit),
+        }
+    }
+
+    /// The audit trail's condition, from the writer's counters.
+    fn trail(&mut self, life: &Lifecycle, now: SystemTime, emit: &mut dyn FnMut(Event)) {
         let at = secs(now);
-        let keys = life.keys.all();
-        let mut current = overdue(&keys, at, limits);
-        current.extend(certificates(life, &keys, at, limits));
-        current.extend(requests(life, at, limits));
         let stats = life.audit.stats();
+        let mut audit = Vec::new();
         if stats.failing || stats.failures > self.audit_failures {
-            current.push(
+            audit.push(
                 Event::new(
                     EventKind::AuditWriteFailure,
                     Severity::Critical,
@@ -98,7 +123,27 @@ impl Watch {
             );
         }
         self.audit_failures = stats.failures;
-        let mut out = Self::new_among(&mut self.fired, current);
+        Self::new_among(&mut self.fired_audit, audit)
+            .into_iter()
+            .for_each(&mut *emit);
+    }
+
+    /// The conditions read from the inventory and the report.
+    fn store(
+        &mut self,
+        life: &Lifecycle,
+        limits: &Limits,
+        now: SystemTime,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        let at = secs(now);
+        let keys = life.keys.all();
+        let mut current = overdue(&keys, at, limits);
+        current.extend(certificates(life, &keys, at, limits));
+        current.extend(requests(life, at, limits));
+        Self::new_among(&mut self.fired, current)
+            .into_iter()
+            .for_each(&mut *emit);
 
         if self.report_after.is_none_or(|t| Instant::now() >= t) {
             let started = Instant::now();
@@ -107,10 +152,21 @@ impl Watch {
                     let took = started.elapsed();
                     self.report_after = (took >= REPORT_SLOW).then(|| started + took * REPORT_DUTY);
                     let current = from_report(&r, at);
-                    out.extend(Self::new_among(&mut self.fired_from_report, current));
+                    Self::new_among(&mut self.fired_from_report, current)
+                        .into_iter()
+                        .for_each(&mut *emit);
                 }
                 Err(e) => log::warn!("webhook: the report could not be made: {}", e.message),
             }
+        }
+    }
+
+    /// [`Watch::pass`] over both parts, its events collected.
+    #[cfg(test)]
+    fn collect(&mut self, life: &Lifecycle, limits: &Limits, now: SystemTime) -> Vec<Event> {
+        let mut out = Vec::new();
+        for part in [Part::Trail, Part::Store] {
+            self.pass(part, life, limits, now, &mut |e| out.push(e));
         }
         out
     }
@@ -337,9 +393,9 @@ pub fn from_report(r: &Report, at: i64) -> Vec<Event> {
     out
 }
 
-/// Starts the watcher thread: a pass every `check_seconds` (the first one
-/// a second after the start) until the lifecycle is gone or `notifier` is
-/// stopped.
+/// Starts the watcher threads, one per [`Part`]: a pass every
+/// `check_seconds` (the first one a second after the start) until the
+/// lifecycle is gone or `notifier` is stopped.
 pub fn spawn(
     life: Weak<Lifecycle>,
     notifier: Arc<Notifier>,
@@ -347,27 +403,33 @@ pub fn spawn(
 ) -> Result<(), String> {
     let limits = Limits::of(config);
     let every = Duration::from_secs(config.check_seconds);
-    std::thread::Builder::new()
-        .name("webhook-watch".into())
-        .spawn(move || {
-            let mut watch = Watch::default();
-            let mut wait = Duration::from_secs(1).min(every);
-            loop {
-                std::thread::sleep(wait);
-                wait = every;
-                let Some(life) = life.upgrade() else {
-                    return;
-                };
-                if notifier.stopped() {
-                    return;
+    for (part, name) in [
+        (Part::Trail, "webhook-trail"),
+        (Part::Store, "webhook-watch"),
+    ] {
+        let (life, notifier) = (life.clone(), Arc::clone(&notifier));
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut watch = Watch::default();
+                let mut wait = Duration::from_secs(1).min(every);
+                loop {
+                    std::thread::sleep(wait);
+                    wait = every;
+                    let Some(life) = life.upgrade() else {
+                        return;
+                    };
+                    if notifier.stopped() {
+                        return;
+                    }
+                    watch.pass(part, &life, &limits, SystemTime::now(), &mut |e| {
+                        notifier.send(e)
+                    });
                 }
-                for event in watch.pass(&life, &limits, SystemTime::now()) {
-                    notifier.send(event);
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the webhook watcher: {e}"))
+            })
+            .map_err(|e| format!("cannot start the webhook watcher: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -433,12 +495,12 @@ rotation_interval = "2s"
         let mut w = Watch::default();
         let now = SystemTime::now();
         // Due in 2 s: not yet, and not within the grace a minute later.
-        assert!(w.pass(&a.lifecycle, &limits, now).is_empty());
+        assert!(w.collect(&a.lifecycle, &limits, now).is_empty());
         let later = now + Duration::from_secs(30);
-        assert!(w.pass(&a.lifecycle, &limits, later).is_empty());
+        assert!(w.collect(&a.lifecycle, &limits, later).is_empty());
         // Past the grace: one event with the key's names and dates.
         let late = now + Duration::from_secs(120);
-        let events = w.pass(&a.lifecycle, &limits, late);
+        let events = w.collect(&a.lifecycle, &limits, late);
         assert_eq!(events.len(), 1, "{events:?}");
         let e = &events[0];
         assert_eq!(e.event, EventKind::RotationOverdue);
@@ -452,11 +514,11 @@ rotation_interval = "2s"
         assert!(e.details["overdue_seconds"].as_i64().unwrap() >= 60);
         // Still overdue: nothing new.
         assert!(w
-            .pass(&a.lifecycle, &limits, late + Duration::from_secs(5))
+            .collect(&a.lifecycle, &limits, late + Duration::from_secs(5))
             .is_empty());
         // Cleared (not yet due again), then overdue again: fires again.
-        assert!(w.pass(&a.lifecycle, &limits, now).is_empty());
-        assert_eq!(w.pass(&a.lifecycle, &limits, late).len(), 1);
+        assert!(w.collect(&a.lifecycle, &limits, now).is_empty());
+        assert_eq!(w.collect(&a.lifecycle, &limits, late).len(), 1);
     }
 
     #[test]
@@ -492,7 +554,7 @@ rotation_interval = "2s"
             certificate_warning: 86_400,
         };
         let mut w = Watch::default();
-        let events = w.pass(&a.lifecycle, &limits, now);
+        let events = w.collect(&a.lifecycle, &limits, now);
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["request-expiring:soon"]);
         let e = &events[0];
@@ -502,7 +564,7 @@ rotation_interval = "2s"
         assert_eq!(e.details["expires_at"], super::super::rfc3339(at + 600));
         let body = serde_json::to_string(e).unwrap();
         assert!(!body.contains("private words"), "{body}");
-        assert!(w.pass(&a.lifecycle, &limits, now).is_empty());
+        assert!(w.collect(&a.lifecycle, &limits, now).is_empty());
     }
 
     #[test]
