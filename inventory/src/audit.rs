@@ -25,7 +25,7 @@
 //! secret (root can read it); it is an identity that the agent can later
 //! pin outside the host.
 //!
-//! # The canonical encoding (formats 1 and 2)
+//! # The canonical encoding (formats 1, 2 and 3)
 //!
 //! Fixed field order; `str` is a `u32` BE byte length then UTF-8 bytes;
 //! integers are big-endian; `opt<T>` is `0x00` (absent) or `0x01` then `T`.
@@ -49,6 +49,12 @@
 //! format 2: the same fields after a `2`, then `u32 count, u32 span_us`.
 //! A single event keeps format 1, so trails written before coalescing
 //! existed verify unchanged.
+//!
+//! A record written into a trail several agents share (the fleet's
+//! PostgreSQL store) carries its agent's host identity: format 3, format
+//! 2's fields after a `3` (count and span always present), then `str host`.
+//! The host is hashed with the rest, so no record can be moved to another
+//! agent's name unnoticed.
 //!
 //! # Coalesced uses
 //!
@@ -124,6 +130,9 @@ pub const EVENT_FORMAT: u8 = 1;
 /// The first byte of [`canonical`] for a coalesced event (`count` > 1 or
 /// `span_us` > 0): format 1's fields, then `count` and `span_us`.
 pub const EVENT_FORMAT_COALESCED: u8 = 2;
+/// The first byte of [`canonical_on`] for a record with a host: format 2's
+/// fields, then the host.
+pub const EVENT_FORMAT_HOSTED: u8 = 3;
 
 /// Domain tag that opens every [`checkpoint_message`], so that a signature
 /// made by the audit key for a checkpoint means nothing anywhere else.
@@ -288,6 +297,10 @@ pub struct AuditRecord {
     pub seq: u64,
     #[serde(flatten)]
     pub event: AuditEvent,
+    /// The agent that wrote it, in a trail several agents share (`None`:
+    /// a single agent's trail). Hashed with the event (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(with = "hex_hash")]
     pub prev_hash: Hash,
     #[serde(with = "hex_hash")]
@@ -609,9 +622,17 @@ fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)
 /// The canonical bytes of `event` (format [`EVENT_FORMAT`], laid out in the
 /// module docs): the input of the record hash.
 pub fn canonical(event: &AuditEvent) -> Vec<u8> {
-    let coalesced = event.count != 1 || event.span_us != 0;
+    canonical_on(event, None)
+}
+
+/// The canonical bytes of `event` written by the agent `host` (format
+/// [`EVENT_FORMAT_HOSTED`] when there is one).
+pub fn canonical_on(event: &AuditEvent, host: Option<&str>) -> Vec<u8> {
+    let coalesced = host.is_some() || event.count != 1 || event.span_us != 0;
     let mut out = Vec::with_capacity(136 + event.reason.len());
-    out.push(if coalesced {
+    out.push(if host.is_some() {
+        EVENT_FORMAT_HOSTED
+    } else if coalesced {
         EVENT_FORMAT_COALESCED
     } else {
         EVENT_FORMAT
@@ -655,6 +676,9 @@ pub fn canonical(event: &AuditEvent) -> Vec<u8> {
     if coalesced {
         out.extend_from_slice(&event.count.to_be_bytes());
         out.extend_from_slice(&event.span_us.to_be_bytes());
+    }
+    if let Some(host) = host {
+        put_str(&mut out, host);
     }
     out
 }
@@ -735,10 +759,15 @@ pub fn coalesce(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
 
 /// `SHA-256(prev || seq as u64 BE || canonical(event))`.
 pub fn record_hash(prev: &Hash, seq: u64, event: &AuditEvent) -> Hash {
+    record_hash_on(prev, seq, event, None)
+}
+
+/// [`record_hash`] of a record written by the agent `host`.
+pub fn record_hash_on(prev: &Hash, seq: u64, event: &AuditEvent, host: Option<&str>) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_be_bytes());
-    h.update(canonical(event));
+    h.update(canonical_on(event, host));
     h.finalize().into()
 }
 

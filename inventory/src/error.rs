@@ -48,6 +48,10 @@ pub enum Error {
     /// A stored value does not decode (a row written by something else).
     #[error("inventory data invalid: {0}")]
     Data(String),
+    /// The store cannot be reached (a shared store's server is down or
+    /// the network failed); the next call tries again.
+    #[error("the shared inventory store cannot be reached: {0}")]
+    Unavailable(String),
     /// The storage engine failed.
     #[error("inventory storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -57,4 +61,19 @@ impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
         Error::Data(e.to_string())
     }
+}
+
+/// `e` and its sources, joined with ": ".
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

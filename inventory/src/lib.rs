@@ -68,9 +68,9 @@ pub mod usage;
 mod verify;
 
 pub use audit::{
-    canonical, checkpoint_message, coalesce, record_hash, Actor, Anchor, AuditEvent, AuditFilter,
-    AuditKind, AuditLog, AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter,
-    VerifyReport, REQUESTED,
+    canonical, canonical_on, checkpoint_message, coalesce, record_hash, record_hash_on, Actor,
+    Anchor, AuditEvent, AuditFilter, AuditKind, AuditLog, AuditRecord, BadRecord, Checkpoint, Hash,
+    Problem, ResultFilter, VerifyReport, REQUESTED,
 };
 pub use error::{Error, Result};
 pub use sqlite::SqliteInventory;

@@ -67,6 +67,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "RFC 5280 reason codes of keys' suspensions, revocations and destructions",
         sql: V10,
     },
+    Migration {
+        description: "the host identity of audit records (a fleet's shared trail)",
+        sql: V11,
+    },
 ];
 
 /// The schema version this build writes.
@@ -457,4 +461,11 @@ CREATE TABLE certificates (
 /// before codes were kept.
 const V10: &str = "
 ALTER TABLE keys ADD COLUMN reason_code TEXT;
+";
+
+/// The agent that wrote each audit record, in a trail several agents
+/// share (the fleet's PostgreSQL store). `NULL`: a single agent's trail.
+/// Part of the record's hash when present (the canonical format 3).
+const V11: &str = "
+ALTER TABLE audit ADD COLUMN host TEXT CHECK (host IS NULL OR length(host) BETWEEN 1 AND 255);
 ";

@@ -5,7 +5,7 @@
 //! [`VerifyReport`].
 
 use crate::audit::{
-    checkpoint_message, record_hash, Anchor, AuditRecord, BadRecord, Checkpoint, Hash, Problem,
+    checkpoint_message, record_hash_on, Anchor, AuditRecord, BadRecord, Checkpoint, Hash, Problem,
     VerifyReport,
 };
 
@@ -126,7 +126,7 @@ fn written_as(rec: &AuditRecord, seq: u64) -> Option<u64> {
         .flat_map(|d| [seq.checked_sub(d), seq.checked_add(d)])
         .flatten()
         .filter(|&s| s >= 1)
-        .find(|&s| record_hash(&rec.prev_hash, s, &rec.event) == rec.hash)
+        .find(|&s| record_hash_on(&rec.prev_hash, s, &rec.event, rec.host.as_deref()) == rec.hash)
 }
 
 impl Seals<'_> {
@@ -226,7 +226,7 @@ pub(crate) fn link(
         Ok(rec) => rec,
         Err(what) => return bad(seq, Problem::Undecodable(what)),
     };
-    if record_hash(&rec.prev_hash, seq, &rec.event) != rec.hash {
+    if record_hash_on(&rec.prev_hash, seq, &rec.event, rec.host.as_deref()) != rec.hash {
         return match written_as(&rec, seq) {
             Some(o) if o < seq => bad(o, Problem::Inserted { next: seq }),
             Some(o) => bad(seq, Problem::Moved { written_as: o }),

@@ -333,6 +333,17 @@ impl PgServer {
         })
     }
 
+    /// A new, empty database owned by the store's role, and the settings
+    /// to reach it as that role: one server serves many independent
+    /// stores (a database costs a fraction of a server's start).
+    pub fn new_database(&self) -> Config {
+        let name = format!("keyward_{}", random_hex(8));
+        self.superuser_client("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {USER}"))
+            .unwrap_or_else(|e| panic!("cannot create the database {name}: {}", explain(&e)));
+        self.tcp_config(USER, &self.password, &name)
+    }
+
     /// A connection as the superuser to `dbname`; panics when there is none.
     pub fn superuser_client(&self, dbname: &str) -> Client {
         self.superuser_config(dbname)

@@ -1,14 +1,222 @@
-//! The fleet's shared store in PostgreSQL. For now only its schema:
-//! [`migrate`] brings a database to [`SCHEMA_VERSION`], the same steps as
-//! the SQLite store's in PostgreSQL's dialect (same tables, columns,
-//! constraints and indexes).
+//! The fleet's shared store in PostgreSQL: [`PgInventory`], the same
+//! traits as the SQLite store's ([`Inventory`](crate::store::Inventory),
+//! [`AuditLog`](crate::audit::AuditLog), [`UsageLog`](crate::usage::UsageLog))
+//! over the schema of `schema` ([`migrate`] brings a database to
+//! [`SCHEMA_VERSION`]: the SQLite steps in PostgreSQL's dialect).
+//!
+//! Connections: like the SQLite store, one session for everything the
+//! agent does and a second for long reads of the trail, each behind a
+//! mutex. A session whose connection broke (the server restarted, the
+//! network failed) is dropped and made again by the next call, so the
+//! store recovers by itself; while it cannot be made, every call returns
+//! [`Error::Unavailable`] at once, without waiting on a lock held by a
+//! call that is itself waiting on the network longer than the connect
+//! timeout.
+//!
+//! Every write that changes what agents cache (a key, its versions or
+//! grants, a request, an object owner) sends a notification on
+//! [`CHANNEL`] inside its transaction, delivered to the listening agents
+//! when it commits (see [`Notice`]).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use ::postgres::Client;
+
+use crate::error::{Error, Result};
 
 mod schema;
+pub(crate) mod trail;
 
 pub use schema::{migrate, SCHEMA_VERSION};
 
-impl From<::postgres::Error> for crate::Error {
-    fn from(e: ::postgres::Error) -> crate::Error {
-        crate::Error::Storage(Box::new(e))
+/// The channel of the store's notifications (`LISTEN keyward`).
+pub const CHANNEL: &str = "keyward";
+
+/// Makes a new session to the store: the agent's connection settings
+/// (server, role, password, TLS) in one function, so that this crate does
+/// not choose a TLS stack.
+pub type Connector = Arc<dyn Fn() -> std::result::Result<Client, ::postgres::Error> + Send + Sync>;
+
+/// What a notification on [`CHANNEL`] says changed; its payload is the
+/// text form ([`Notice::payload`], [`Notice::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Key `id`: its record, versions or grants (`key:ID`).
+    Key(i64),
+    /// Approval request `id`: created, decided or closed (`request:ID`).
+    Request(String),
+    /// The owners of unmanaged token objects (`owners`).
+    Owners,
+}
+
+impl Notice {
+    /// The notification's payload.
+    pub fn payload(&self) -> String {
+        match self {
+            Notice::Key(id) => format!("key:{id}"),
+            Notice::Request(id) => format!("request:{id}"),
+            Notice::Owners => "owners".into(),
+        }
+    }
+
+    /// A payload back into a notice; `None` for one this build does not
+    /// know (a newer agent's), which the listener treats as "reload all".
+    pub fn parse(payload: &str) -> Option<Notice> {
+        match payload.split_once(':') {
+            Some(("key", id)) => id.parse().ok().map(Notice::Key),
+            Some(("request", id)) if !id.is_empty() => Some(Notice::Request(id.to_owned())),
+            None if payload == "owners" => Some(Notice::Owners),
+            _ => None,
+        }
+    }
+}
+
+/// Sends `notice` inside the transaction `tx` (delivered when it commits).
+pub(crate) fn notify(tx: &mut ::postgres::Transaction<'_>, notice: &Notice) -> Result<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.payload()])?;
+    Ok(())
+}
+
+/// One session: connected, or to be connected by the next call.
+struct Session {
+    client: Option<Client>,
+}
+
+/// The inventory and the audit trail in a PostgreSQL database shared by
+/// the fleet's agents.
+pub struct PgInventory {
+    connect: Connector,
+    conn: Mutex<Session>,
+    /// The long reads' session (audit verify, query, tail, the report).
+    reader: Mutex<Session>,
+    /// This agent's host identity, carried by the trail records it writes.
+    host: String,
+}
+
+impl std::fmt::Debug for PgInventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgInventory")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgInventory {
+    /// Connects with `connect`, brings the schema up to date ([`migrate`])
+    /// and returns the store; `host` names this agent in the trail.
+    ///
+    /// Errors: those of [`migrate`]; [`Error::Unavailable`] when the server
+    /// cannot be reached; [`Error::Invalid`] for an empty `host`.
+    pub fn open(connect: Connector, host: &str) -> Result<PgInventory> {
+        if host.is_empty() {
+            return Err(Error::Invalid("the agent's host name is empty".into()));
+        }
+        let mut client = connect().map_err(unavailable)?;
+        migrate(&mut client)?;
+        Ok(PgInventory {
+            connect,
+            conn: Mutex::new(Session {
+                client: Some(client),
+            }),
+            reader: Mutex::new(Session { client: None }),
+            host: host.to_owned(),
+        })
+    }
+
+    /// This agent's host identity.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A new session with the store's settings, for a caller that needs
+    /// its own (the agent's `LISTEN` session).
+    pub fn connect(&self) -> Result<Client> {
+        (self.connect)().map_err(unavailable)
+    }
+
+    /// Runs `f` on the main session, connecting first when it is down. A
+    /// session that broke during `f` is dropped, to be made again next
+    /// time.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        self.on(&self.conn, f)
+    }
+
+    /// [`PgInventory::with`] on the long reads' session.
+    pub(crate) fn reading<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        self.on(&self.reader, f)
+    }
+
+    fn on<T>(
+        &self,
+        session: &Mutex<Session>,
+        f: impl FnOnce(&mut Client) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard: MutexGuard<'_, Session> =
+            session.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.client.as_ref().is_none_or(Client::is_closed) {
+            guard.client = None;
+            guard.client = Some(self.connect()?);
+        }
+        let Some(client) = guard.client.as_mut() else {
+            return Err(Error::Unavailable("no session".into()));
+        };
+        let out = f(client);
+        if client.is_closed() || matches!(out, Err(Error::Unavailable(_))) {
+            guard.client = None;
+        }
+        out
+    }
+}
+
+/// A failure to reach the server, in the store's words.
+fn unavailable(e: ::postgres::Error) -> Error {
+    Error::Unavailable(crate::error::chain(&e))
+}
+
+impl From<::postgres::Error> for Error {
+    fn from(e: ::postgres::Error) -> Error {
+        // An error the server answered is the engine's; one without an
+        // answer (a closed or failed connection, a timeout) means the
+        // store is out of reach.
+        if e.as_db_error().is_none() && is_io(&e) {
+            return unavailable(e);
+        }
+        Error::Storage(Box::new(e))
+    }
+}
+
+/// Whether `e` comes from the connection rather than the server.
+fn is_io(e: &::postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Notice;
+
+    #[test]
+    fn notices_round_trip_and_unknown_payloads_are_none() {
+        for n in [
+            Notice::Key(42),
+            Notice::Request("r-1".into()),
+            Notice::Owners,
+        ] {
+            assert_eq!(Notice::parse(&n.payload()), Some(n));
+        }
+        for bad in [
+            "", "key:", "key:x", "request:", "policy", "owners:1", "key:1:2",
+        ] {
+            assert_eq!(Notice::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "RFC 5280 reason codes of keys' suspensions, revocations and destructions",
         V10,
     ),
+    (
+        "the host identity of audit records (a fleet's shared trail)",
+        V11,
+    ),
 ];
 
 /// The schema version this build writes: the number of steps.
@@ -495,4 +499,9 @@ CREATE TABLE certificates (
 /// RFC 5280 reason codes of the move that put a key in its state.
 const V10: &str = "
 ALTER TABLE keys ADD COLUMN reason_code TEXT;
+";
+
+/// The agent that wrote each audit record (its host identity).
+const V11: &str = "
+ALTER TABLE audit ADD COLUMN host TEXT CHECK (host IS NULL OR length(host) BETWEEN 1 AND 255);
 ";

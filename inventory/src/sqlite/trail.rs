@@ -19,7 +19,7 @@ use crate::verify::{link, Seals};
 macro_rules! audit_cols {
     () => {
         "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
-         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us"
+         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us, host"
     };
 }
 
@@ -114,6 +114,7 @@ fn decode(r: &Row<'_>) -> std::result::Result<AuditRecord, String> {
         event,
         prev_hash: hash_of(col(r, 17)?, "prev_hash")?,
         hash: hash_of(col(r, 18)?, "hash")?,
+        host: col(r, 21)?,
     })
 }
 
@@ -145,7 +146,7 @@ fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash)
         "INSERT INTO audit (",
         audit_cols!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19, ?20, ?21)"
+         ?17, ?18, ?19, ?20, ?21, NULL)"
     ))?
     .execute(params![
         to_i64(seq),
