@@ -149,19 +149,24 @@ impl Agent {
             token_state.remove_stale_temporaries();
             tokens.push(VirtualToken::new(t.clone(), token_state, backend));
         }
-        let store = config.agent.state_dir.join("inventory.sqlite");
-        let inventory = Arc::new(
-            keyward_inventory::SqliteInventory::open(&store)
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
-        let keys = ManagedKeys::open(inventory.clone())
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", store.display())))?;
-        Ok(Agent::new(
+        let opened = crate::store::open(config).map_err(std::io::Error::other)?;
+        let keys = ManagedKeys::open(opened.inventory.clone())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", opened.describe)))?;
+        if let Some((_, lease)) = &opened.shared {
+            keys.set_lease(lease.clone());
+        }
+        log::info!("store: {}", opened.describe);
+        let agent = Agent::new(
             tokens,
             config.agent.socket.display().to_string(),
             keys,
-            Auditor::with_config(inventory, &config.audit),
-        ))
+            Auditor::with_config(opened.trail, &config.audit),
+        );
+        if let Some((store, lease)) = opened.shared {
+            crate::store::listen::spawn(store, Arc::downgrade(&agent.core), lease)
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(agent)
     }
 
     /// The random instance id of this start.

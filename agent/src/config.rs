@@ -63,6 +63,9 @@ pub struct Config {
     /// The `[webhook]` table; absent: no notifications (the default).
     #[serde(default)]
     pub webhook: Option<crate::notify::WebhookConfig>,
+    /// The `[postgres]` table: the shared store, with `store = "postgres"`.
+    #[serde(default)]
+    pub postgres: Option<crate::store::PostgresConfig>,
 }
 
 /// The `[audit]` table: how the trail is written and sealed.
@@ -176,6 +179,11 @@ pub struct AgentConfig {
     /// peers running as root or as the agent's own user.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// Where the inventory and the trail live: `"sqlite"` (the default,
+    /// a file in `state_dir`) or `"postgres"` (the fleet's shared store,
+    /// `[postgres]`).
+    #[serde(default)]
+    pub store: crate::store::StoreKind,
 }
 
 fn default_max_connections() -> usize {
@@ -350,6 +358,27 @@ impl SecretRef {
     }
 }
 
+/// A file the agent reads a secret from must be its own and closed to
+/// others (mode 0600 or 0400).
+pub fn check_private_file(what: &str, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {} is not a regular file", path.display()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{what} {}: mode {:04o}; it must be 0600 or 0400",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!("{what} {}: not owned by the agent's user", path.display()));
+    }
+    Ok(())
+}
+
 /// toml's message with line and column, but without the quoted source
 /// line that toml's `Display` adds: that line may hold a secret someone
 /// wrote inline by mistake.
@@ -436,6 +465,19 @@ impl Config {
         }
         if let Some(w) = &self.webhook {
             w.validate()?;
+        }
+        match (self.agent.store, &self.postgres) {
+            (crate::store::StoreKind::Postgres, Some(p)) => p.validate()?,
+            (crate::store::StoreKind::Postgres, None) => {
+                return Err("store = \"postgres\" needs a [postgres] table".into())
+            }
+            (crate::store::StoreKind::Sqlite, Some(_)) => {
+                return Err(
+                    "[postgres] is set but store is \"sqlite\": set store = \"postgres\" in [agent] or remove the table"
+                        .into(),
+                )
+            }
+            (crate::store::StoreKind::Sqlite, None) => {}
         }
         if let Some(m) = &self.metrics {
             // The endpoint has no authentication: it must not be reachable

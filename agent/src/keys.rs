@@ -115,6 +115,10 @@ pub struct ManagedKeys {
     /// In strict mode, which application made which unmanaged token object
     /// (its namespace, [`crate::objects`]).
     pub(crate) owners: crate::objects::Owners,
+    /// With a shared store: the lease on this view (see
+    /// [`crate::store::Lease`]); unset with SQLite, whose view is never
+    /// stale.
+    lease: std::sync::OnceLock<Arc<crate::store::Lease>>,
 }
 
 impl std::fmt::Debug for ManagedKeys {
@@ -146,6 +150,7 @@ impl ManagedKeys {
             pending: Mutex::new(std::collections::HashSet::new()),
             judged: Mutex::new(HashMap::new()),
             shadows: Mutex::new(HashMap::new()),
+            lease: std::sync::OnceLock::new(),
         };
         for record in keys.inventory.keys(&KeyFilter::default())? {
             keys.refresh(record.id)?;
@@ -156,6 +161,38 @@ impl ManagedKeys {
     /// The store behind the view.
     pub fn inventory(&self) -> &dyn Inventory {
         &*self.inventory
+    }
+
+    /// Puts the view under `lease` (a shared store; once).
+    pub fn set_lease(&self, lease: Arc<crate::store::Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// `None` while the view can be trusted; else why not (the shared
+    /// store has been silent past the lease).
+    pub fn stale(&self) -> Option<String> {
+        self.lease.get().and_then(|l| l.lapsed())
+    }
+
+    /// Reloads every key from the store, and drops from the view those the
+    /// store no longer has (after notifications may have been missed).
+    pub fn refresh_all(&self) -> keyward_inventory::Result<()> {
+        let ids: std::collections::HashSet<i64> = self
+            .inventory
+            .keys(&KeyFilter::default())?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let gone: Vec<i64> = self
+            .all()
+            .iter()
+            .map(|k| k.record.id)
+            .filter(|id| !ids.contains(id))
+            .collect();
+        for id in ids.iter().chain(&gone) {
+            self.refresh(*id)?;
+        }
+        Ok(())
     }
 
     /// Reloads key `key_id` from the store (after every change to it).

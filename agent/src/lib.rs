@@ -69,6 +69,7 @@ pub mod per_use;
 pub mod report;
 pub mod shared;
 pub mod state;
+pub mod store;
 pub mod template;
 pub mod tokens;
 pub mod uses;

@@ -127,6 +127,20 @@ pub struct Owners {
 impl Owners {
     /// Loads every record of `inventory`.
     pub fn load(inventory: &dyn Inventory) -> keyward_inventory::Result<Owners> {
+        Ok(Owners {
+            view: RwLock::new(Self::read(inventory)?),
+        })
+    }
+
+    /// Reads every record of `inventory` again (another agent of the fleet
+    /// changed them).
+    pub fn reload(&self, inventory: &dyn Inventory) -> keyward_inventory::Result<()> {
+        let view = Self::read(inventory)?;
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = view;
+        Ok(())
+    }
+
+    fn read(inventory: &dyn Inventory) -> keyward_inventory::Result<View> {
         let mut view = View::new();
         for o in inventory.object_owners()? {
             let Ok(identity) = Identity::try_from(o.identity.as_slice()) else {
@@ -138,9 +152,7 @@ impl Owners {
                 .or_default()
                 .insert(o.application, o.count);
         }
-        Ok(Owners {
-            view: RwLock::new(view),
-        })
+        Ok(view)
     }
 
     /// Whether `application` made an object of `identity` on `token`.

@@ -74,6 +74,16 @@ impl Agent {
         let Some(key) = self.keys.key(m.key_id) else {
             return Err(Error::KeyHandleInvalid);
         };
+        // A view the shared store has not confirmed within the lease may
+        // miss a revocation made elsewhere: no new protection with it.
+        if op.is_protect() {
+            if let Some(why) = self.keys.stale() {
+                let reason = format!("{why}: protect operations with managed keys are refused");
+                let key = Some((&*key, m.version));
+                self.note_refusal(client, op.as_str(), key, None, ck::CKR_FUNCTION_FAILED, &reason);
+                return Err(Error::Refused(ck::CKR_FUNCTION_FAILED));
+            }
+        }
         let now = SystemTime::now();
         match crate::keys::check_use(&self.policy(), &key, m, &client.application, op, now) {
             Ok(()) => {

@@ -454,6 +454,21 @@ impl Lifecycle {
             e.reason = reason.chars().take(4096).collect();
             e
         };
+        // Fail closed: no action on a view the shared store has not
+        // confirmed within the lease (it may be missing a change made
+        // elsewhere; the trail could not record it either).
+        if let Some(why) = self.keys.stale() {
+            log::warn!("admin {admin}: {operation}: {what}: refused: {why}");
+            // Queued: written with the rest when the store answers again.
+            self.audit.record(admin_event(
+                admin_result(AdminErrorKind::Failed),
+                &format!("refused: {why}"),
+            ));
+            return AdminResponse::KeyErr {
+                kind: AdminErrorKind::Failed,
+                message: format!("refused: {why}; nothing changed"),
+            };
+        }
         // Fail closed: an action the trail cannot record is not taken.
         if let Err(why) = self.audit.durable(admin_event(
             0,

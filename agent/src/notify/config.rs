@@ -154,18 +154,7 @@ fn check_url(url: &str) -> Result<(), String> {
 
 /// The token file is the agent's alone: no group or other permission.
 fn check_token_file(p: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", p.display()));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} has mode {mode:04o}: the token file must be readable by the agent's user only (0600 or 0400)",
-            p.display()
-        ));
-    }
+    crate::config::check_private_file("the token file", p)?;
     read_token(p).map(drop)
 }
 

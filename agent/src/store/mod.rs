@@ -1,0 +1,90 @@
+//! Where the inventory and the audit trail live: one SQLite file in the
+//! state directory (the default), or the fleet's shared PostgreSQL store
+//! (`store = "postgres"` and `[postgres]`).
+//!
+//! With the shared store the agent's view of the keys is a cache of what
+//! every agent wrote. The listener (`listen`) keeps it current from the
+//! store's notifications and renews the [`Lease`]; past the lease without
+//! word from the store, protect operations with managed keys and
+//! administrator actions are refused, and service resumes by itself when
+//! the store answers again.
+//!
+//! - `config`: the `[postgres]` table and `[agent] store`.
+//! - `connect`: the connector (password, TLS with rustls).
+//! - `lease`: [`Lease`].
+//! - `listen`: the listener thread.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keyward_inventory::postgres::PgInventory;
+use keyward_inventory::{AuditLog, Inventory, SqliteInventory};
+
+mod config;
+mod connect;
+mod lease;
+pub mod listen;
+
+pub use config::{PostgresConfig, StoreKind, TlsMode};
+pub use lease::Lease;
+
+/// The store the agent opened.
+pub struct Opened {
+    pub inventory: Arc<dyn Inventory>,
+    pub trail: Arc<dyn AuditLog>,
+    /// With the shared store: it, and the lease on the agent's view.
+    pub shared: Option<(Arc<PgInventory>, Arc<Lease>)>,
+    /// What the agent's log and `keyward status` say the store is.
+    pub describe: String,
+}
+
+/// Opens the store `config` names: the SQLite file in `state_dir`, or the
+/// shared store (connected, its schema brought up to date).
+pub fn open(config: &crate::config::Config) -> Result<Opened, String> {
+    match (config.agent.store, &config.postgres) {
+        (StoreKind::Postgres, Some(pg)) => {
+            let host = pg.host_name()?;
+            let connector = connect::connector(pg)?;
+            let store = Arc::new(PgInventory::open(connector, &host).map_err(|e| {
+                format!("the shared store: {e}")
+            })?);
+            let target = pg.connection().map(|c| describe(&c)).unwrap_or_default();
+            Ok(Opened {
+                inventory: store.clone(),
+                trail: store.clone(),
+                shared: Some((store, Arc::new(Lease::new(pg.lease())))),
+                describe: format!("postgres {target} as host {host:?}"),
+            })
+        }
+        (StoreKind::Postgres, None) => Err("store = \"postgres\" needs a [postgres] table".into()),
+        (StoreKind::Sqlite, _) => {
+            let path = config.agent.state_dir.join("inventory.sqlite");
+            let store = Arc::new(SqliteInventory::open(&path).map_err(|e| e.to_string())?);
+            Ok(Opened {
+                inventory: store.clone(),
+                trail: store,
+                shared: None,
+                describe: format!("sqlite {}", path.display()),
+            })
+        }
+    }
+}
+
+/// `user@host:port/dbname` of `c`, for the log (never the password).
+fn describe(c: &postgres::Config) -> String {
+    let host = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(dir) => Path::new(dir).display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        c.get_user().unwrap_or(""),
+        c.get_dbname().unwrap_or("")
+    )
+}
