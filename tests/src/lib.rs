@@ -42,6 +42,7 @@
 
 pub mod admin;
 pub mod clients;
+pub mod fleet;
 pub mod harness;
 pub mod json;
 pub mod p11;

@@ -1,0 +1,147 @@
+//! Several agents on one shared PostgreSQL store and one HSM token
+//! (`keyward_tests::fleet`): what one agent changes is in force on the
+//! others within a second, an agent that cannot reach the store fails
+//! closed and recovers by itself, and an agent killed mid-work loses no
+//! acknowledged record.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyward_tests::admin::{
+    application_toml, keyward, keyward_ok, sign_grant_toml, signing_class_toml, uid, APPLICATION,
+};
+use keyward_tests::fleet::Fleet;
+
+/// A strict policy: this user is the application; class `signing` grants
+/// it sign and verify.
+fn policy() -> String {
+    format!(
+        "[settings]\nmode = \"strict\"\n{}{}",
+        application_toml(APPLICATION, uid()),
+        signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION)),
+    )
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
+}
+
+/// Creates and activates key `name` through agent `k`.
+fn active_key(fleet: &Fleet, k: usize, name: &str) {
+    keyward_ok(fleet.env(k), &["key", "create", name, "--class", "signing"], 0);
+    keyward_ok(fleet.env(k), &["key", "activate", name], 0);
+}
+
+/// Waits up to `within` for `probe` to sign (`sign: ok`).
+fn signs_within(probe: &mut keyward_tests::probe::Probe, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        probe.say("sign");
+        if probe.value("sign", Duration::from_secs(10)) == "ok" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Revokes `name` through agent `from` while a probe on agent `on` signs
+/// in a loop; the time from just before the revoke to the probe's first
+/// failure, and that failure's code.
+pub fn revocation_reaches(fleet: &Fleet, from: usize, on: usize, name: &str) -> (Duration, String) {
+    let mut probe = fleet.probe(on, name);
+    assert!(
+        signs_within(&mut probe, Duration::from_secs(5)),
+        "agent {on} does not sign with {name}:\n{}",
+        fleet.logs()
+    );
+    probe.say("watch 10000");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = now_micros();
+    keyward_ok(
+        fleet.env(from),
+        &["key", "revoke", "--yes", name, "--reason", "laptop stolen", "--reason-code", "keyCompromise"],
+        0,
+    );
+    let failed = probe.value("failed", Duration::from_secs(20));
+    let (at, rv) = failed
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("agent {on} still signs with {name} 10 s after its revocation:\n{}", fleet.logs()));
+    let at: u128 = at.parse().expect("micros");
+    let took = Duration::from_micros(u64::try_from(at.saturating_sub(before)).unwrap_or(u64::MAX));
+    (took, rv.to_owned())
+}
+
+#[test]
+fn fleet_a_revocation_on_one_agent_stops_signing_on_another_within_a_second() {
+    let fleet = Fleet::start(2, &policy(), 5);
+    // Made through agent 0, in force on agent 1.
+    active_key(&fleet, 0, "web");
+    let shown = keyward_ok(fleet.env(1), &["--json", "key", "show", "web"], 0);
+    assert!(shown.contains("\"active\""), "{shown}");
+    let (took, rv) = revocation_reaches(&fleet, 0, 1, "web");
+    println!("revocation on agent-0 -> refusal on agent-1: {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(1), "the revocation took {took:?} to reach agent 1:\n{}", fleet.logs());
+    assert!(rv.contains("KeyFunctionNotPermitted") || rv.contains("Function"), "{rv}");
+    // Agent 1 shows the key revoked, and refuses the next use too.
+    let shown = keyward_ok(fleet.env(1), &["--json", "key", "show", "web"], 0);
+    assert!(shown.contains("\"compromised\""), "{shown}");
+}
+
+#[test]
+fn fleet_an_agent_without_its_store_fails_closed_then_recovers_by_itself() {
+    let mut fleet = Fleet::start(1, &policy(), 2);
+    active_key(&fleet, 0, "web");
+    let mut probe = fleet.probe(0, "web");
+    assert!(signs_within(&mut probe, Duration::from_secs(5)), "{}", fleet.logs());
+
+    fleet.pg.stop();
+    let down = Instant::now();
+    // Within the lease (2 s) and a little: signing is refused.
+    let mut refused_after = None;
+    while down.elapsed() < Duration::from_secs(15) {
+        probe.say("sign");
+        if probe.value("sign", Duration::from_secs(20)) != "ok" {
+            refused_after = Some(down.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused_after = refused_after.unwrap_or_else(|| panic!("still signing 15 s after the store stopped:\n{}", fleet.logs()));
+    println!("store stopped -> signing refused after {} ms (lease 2 s)", refused_after.as_millis());
+    // Administrator actions are refused, saying why.
+    let out = keyward(fleet.env(0), &["key", "create", "other", "--class", "signing"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("store"), "{said}");
+
+    fleet.pg.start();
+    let back = Instant::now();
+    assert!(
+        signs_within(&mut probe, Duration::from_secs(20)),
+        "signing does not resume after the store is back:\n{}",
+        fleet.logs()
+    );
+    println!("store back -> signing again after {} ms", back.elapsed().as_millis());
+    keyward_ok(fleet.env(0), &["key", "create", "other", "--class", "signing"], 0);
+    // Nothing lost: the trail verifies and holds the refusals made while
+    // the store was down.
+    keyward_ok(fleet.env(0), &["audit", "verify"], 0);
+}
+
+#[test]
+fn fleet_an_agent_killed_mid_work_loses_no_acknowledged_record() {
+    let fleet = Fleet::start(2, &policy(), 5);
+    let done: Vec<String> = (0..6)
+        .map(|i| {
+            let name = format!("k{i}");
+            keyward_ok(fleet.env(0), &["key", "create", &name, "--class", "signing"], 0);
+            name
+        })
+        .collect();
+    fleet.agents[0].testbed.kill().expect("kill -9 agent 0");
+    let list = keyward_ok(fleet.env(1), &["--json", "key", "list"], 0);
+    for name in &done {
+        assert!(list.contains(&format!("\"{name}\"")), "{name} is lost:\n{list}");
+    }
+    keyward_ok(fleet.env(1), &["audit", "verify"], 0);
+}
