@@ -163,7 +163,7 @@ impl Agent {
             Auditor::with_config(opened.trail, &config.audit),
         );
         if let Some((store, lease)) = opened.shared {
-            crate::store::listen::spawn(store, Arc::downgrade(&agent.core), lease)
+            crate::store::listen::spawn(store, Arc::downgrade(&agent.lifecycle), lease)
                 .map_err(std::io::Error::other)?;
         }
         Ok(agent)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use keyward_testbed::{Bins, Options, Policy, Testbed};
 
 use crate::harness::Env;
+use crate::pki::TestCa;
 use crate::postgres::PgServer;
 use crate::probe::Probe;
 
@@ -17,6 +18,31 @@ use crate::probe::Probe;
 pub const PIN: &str = "123456";
 /// The virtual token's SO PIN.
 pub const SO_PIN: &str = "12345678";
+
+/// How [`Fleet::start_with`] makes a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// How many agents.
+    pub agents: usize,
+    /// Each agent's lease.
+    pub lease_seconds: u64,
+    /// Whether the server requires TLS (a certificate for 127.0.0.1 from a
+    /// test CA) and the agents check it against that CA.
+    pub tls: bool,
+    /// A group whose members may use every agent's admin socket too.
+    pub admin_group: Option<u32>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> FleetOptions {
+        FleetOptions {
+            agents: 2,
+            lease_seconds: 5,
+            tls: false,
+            admin_group: None,
+        }
+    }
+}
 
 /// One agent of a [`Fleet`].
 #[derive(Debug)]
@@ -38,21 +64,47 @@ pub struct Fleet {
     pub pg: PgServer,
     /// The shared database.
     pub database: postgres::Config,
+    /// The CA the store's certificate comes from, with TLS.
+    pub store_ca: Option<PathBuf>,
     /// Holds every agent's directory.
     dir: tempfile::TempDir,
 }
 
 impl Fleet {
     /// `n` agents on `policy` (a policy file's text), `lease_seconds` each,
-    /// started and answering.
+    /// started and answering; the store without TLS (on loopback).
     pub fn start(n: usize, policy: &str, lease_seconds: u64) -> Fleet {
+        Fleet::start_with(
+            policy,
+            &FleetOptions {
+                agents: n,
+                lease_seconds,
+                ..FleetOptions::default()
+            },
+        )
+    }
+
+    /// A fleet as `options` say, on `policy`.
+    pub fn start_with(policy: &str, options: &FleetOptions) -> Fleet {
+        let (n, lease_seconds, tls) = (options.agents, options.lease_seconds, options.tls);
         assert!(n >= 1, "a fleet has at least one agent");
-        let pg = PgServer::new();
+        let mut pg = PgServer::new();
         let database = pg.new_database();
         let dir = tempfile::Builder::new()
             .prefix("kw-fleet-")
             .tempdir()
             .expect("a directory for the fleet");
+        if options.admin_group.is_some() {
+            // Other administrators reach their key files and sockets.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod the fleet's directory");
+        }
+        let ca = tls.then(|| {
+            let ca = TestCa::new(dir.path(), "store-ca");
+            let (cert, key) = ca.issue("store", &["IP:127.0.0.1"], false, 2);
+            pg.require_tls(&cert, &key);
+            ca.cert
+        });
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy).expect("write the fleet's policy");
         let password = dir.path().join("store.password");
@@ -70,6 +122,7 @@ impl Fleet {
                 policy: Policy::File(policy_file.clone()),
                 backend_label: Some(backend_label.clone()),
                 backend_pin: Some(backend_pin.clone()),
+                admin_group: options.admin_group,
                 ..Options::default()
             };
             let at = dir.path().join(&host);
@@ -84,7 +137,13 @@ impl Fleet {
                 .set_agent_options(&["store = \"postgres\""])
                 .expect("store = postgres");
             testbed
-                .append_config(&postgres_table(&database, &password, &host, lease_seconds))
+                .append_config(&postgres_table(
+                    &database,
+                    &password,
+                    &host,
+                    lease_seconds,
+                    ca.as_deref(),
+                ))
                 .expect("the [postgres] table");
             testbed
                 .start()
@@ -96,6 +155,7 @@ impl Fleet {
             agents,
             pg,
             database,
+            store_ca: ca,
             dir,
         }
     }
@@ -138,15 +198,26 @@ fn probe_exe() -> PathBuf {
     dir.join("fleet_probe")
 }
 
-/// The `[postgres]` table of agent `host`.
-pub fn postgres_table(db: &postgres::Config, password: &Path, host: &str, lease: u64) -> String {
+/// The `[postgres]` table of agent `host`: TLS checked against `ca`, or
+/// none.
+pub fn postgres_table(
+    db: &postgres::Config,
+    password: &Path,
+    host: &str,
+    lease: u64,
+    ca: Option<&Path>,
+) -> String {
+    let tls = match ca {
+        Some(ca) => format!("tls = \"verify-full\"\nca_file = \"{}\"", ca.display()),
+        None => "tls = \"disable\"".to_owned(),
+    };
     let server = match db.get_hosts().first() {
         Some(postgres::config::Host::Tcp(h)) => h.clone(),
         other => panic!("the test database is not on TCP: {other:?}"),
     };
     format!(
         "\n[postgres]\nurl = \"host={server} port={} user={} dbname={}\"\npassword = \"file:{}\"\n\
-         tls = \"disable\"\nhost = \"{host}\"\nlease_seconds = {lease}\n",
+         {tls}\nhost = \"{host}\"\nlease_seconds = {lease}\n",
         db.get_ports().first().copied().unwrap_or(5432),
         db.get_user().unwrap_or_default(),
         db.get_dbname().unwrap_or_default(),

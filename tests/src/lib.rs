@@ -46,6 +46,7 @@ pub mod fleet;
 pub mod harness;
 pub mod json;
 pub mod p11;
+pub mod pki;
 pub mod postgres;
 pub mod probe;
 pub mod raw;

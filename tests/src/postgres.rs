@@ -25,7 +25,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -374,6 +374,43 @@ impl PgServer {
             .dbname(dbname)
             .connect_timeout(Duration::from_secs(5));
         config
+    }
+
+    /// Requires TLS of the store's role on TCP from now on: the server
+    /// presents `cert` (PEM chain) with `key`, and refuses the role's
+    /// plain-text TCP logins ([`PgServer::client`] no longer works); restarts
+    /// the server. The superuser and the Unix socket stay as they were.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        let data = self.path.join(DATA);
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = data.join(to);
+            fs::copy(from, &dest)
+                .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", from.display(), dest.display()));
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", dest.display()));
+            self.give(&dest);
+        }
+        let hba = data.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            format!(
+                "# keyward test cluster: every login by password (SCRAM); the store's role\n\
+                 # over TCP only with TLS (the superuser, which runs the tests' set-up, without)\n\
+                 local    all  all                         scram-sha-256\n\
+                 hostssl  all  {USER}        127.0.0.1/32  scram-sha-256\n\
+                 host     all  {SUPERUSER}   127.0.0.1/32  scram-sha-256\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", hba.display()));
+        let settings = data.join(SETTINGS);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&settings)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", settings.display()));
+        writeln!(f, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", settings.display()));
+        self.stop();
+        self.start();
     }
 
     /// The last `n` lines of the server's log.

@@ -50,15 +50,21 @@ pub fn public_key(tb: &Env, file: &Path) -> String {
 
 /// `keyward ARGS` as bob (uid [`BOB`]).
 pub fn as_bob(tb: &Env, args: &[&str]) -> Output {
+    as_uid(tb, BOB, args)
+}
+
+/// `keyward ARGS` as `uid`, in [`BOB`]'s group (the one the tests open
+/// admin sockets to).
+pub fn as_uid(tb: &Env, uid: u32, args: &[&str]) -> Output {
     Command::new(keyward_bin(tb))
         .arg("--admin-socket")
         .arg(&tb.admin_socket)
         .args(args)
-        .uid(BOB)
+        .uid(uid)
         .gid(BOB)
         .stdin(Stdio::null())
         .output()
-        .expect("run keyward as bob")
+        .expect("run keyward as another administrator")
 }
 
 pub fn text(bytes: &[u8]) -> String {

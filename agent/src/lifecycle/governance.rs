@@ -410,6 +410,32 @@ impl Lifecycle {
         Ok(outcome)
     }
 
+    /// Follows the fleet: when the approved policy in the shared store (an
+    /// executed `policy-apply` another agent carried out) is not the one
+    /// in force here, writes it over the policy file and puts it in
+    /// force. `Ok(None)`: nothing to follow; `Ok(Some(outcome))`: followed.
+    pub fn follow_approved_policy(&self) -> AResult<Option<String>> {
+        let Some(current) = self.policy_file() else {
+            return Ok(None);
+        };
+        let Some((record, sha, text)) = self.approved_policy()? else {
+            return Ok(None);
+        };
+        if sha == current.sha256 {
+            return Ok(None);
+        }
+        let next = PolicyFile::new(&current.path, text);
+        if next.sha256 != sha {
+            return fail(
+                AdminErrorKind::Invalid,
+                format!("request {}: the policy text does not match its sha256", record.id),
+            );
+        }
+        let who = format!("{}, approved (request {}) and carried out by another agent", record.requester, record.id);
+        self.put_in_force(&next, &current, (&who, &Actor::Agent), &record.reason)
+            .map(Some)
+    }
+
     /// Carries out an approved `policy-apply` request: the policy in force
     /// must still be the one the request was made against (or already the
     /// proposed one, after an interrupted execution).

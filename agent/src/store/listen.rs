@@ -3,7 +3,9 @@
 //! agent's view, so a change made through any agent is in force here as
 //! soon as it is committed there; a ping when the channel is quiet renews
 //! the lease. A broken session is made again, then the whole view is
-//! reloaded (notifications sent while it was down are lost).
+//! reloaded (notifications sent while it was down are lost). A policy
+//! another agent carried out under dual control (an executed
+//! `policy-apply` request) is put in force here too.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use fallible_iterator::FallibleIterator;
 use keyward_inventory::postgres::{Notice, PgInventory, CHANNEL};
 
 use super::Lease;
-use crate::shared::Core;
+use crate::lifecycle::Lifecycle;
 
 /// How often the listener speaks to the store when nothing arrives: a
 /// quarter of the lease (at least 100 ms, at most 2 s), so a live store
@@ -22,7 +24,7 @@ fn ping_every(lease: Duration) -> Duration {
 }
 
 /// Starts the listener thread; it ends when `core` is gone.
-pub fn spawn(store: Arc<PgInventory>, core: Weak<Core>, lease: Arc<Lease>) -> Result<(), String> {
+pub fn spawn(store: Arc<PgInventory>, core: Weak<Lifecycle>, lease: Arc<Lease>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("store-listen".into())
         .spawn(move || run(&store, &core, &lease))
@@ -30,7 +32,7 @@ pub fn spawn(store: Arc<PgInventory>, core: Weak<Core>, lease: Arc<Lease>) -> Re
         .map_err(|e| format!("cannot start the store listener: {e}"))
 }
 
-fn run(store: &PgInventory, core: &Weak<Core>, lease: &Lease) {
+fn run(store: &PgInventory, core: &Weak<Lifecycle>, lease: &Lease) {
     let every = ping_every(lease.length());
     let mut down_since: Option<std::time::Instant> = None;
     loop {
@@ -61,7 +63,7 @@ fn run(store: &PgInventory, core: &Weak<Core>, lease: &Lease) {
 /// ping until the session breaks (`Err`) or the agent is gone (`Ok`).
 fn listen(
     store: &PgInventory,
-    core: &Weak<Core>,
+    core: &Weak<Lifecycle>,
     lease: &Lease,
     every: Duration,
 ) -> Result<(), String> {
@@ -101,7 +103,7 @@ fn listen(
 }
 
 /// Reloads what the notifications name.
-fn apply(core: &Core, payloads: &[String]) -> Result<(), String> {
+fn apply(core: &Lifecycle, payloads: &[String]) -> Result<(), String> {
     let notices: Option<Vec<Notice>> = payloads.iter().map(|p| Notice::parse(p)).collect();
     let Some(mut notices) = notices else {
         // A notice this build does not know: a newer agent's change.
@@ -117,7 +119,10 @@ fn apply(core: &Core, payloads: &[String]) -> Result<(), String> {
                 let _held = core.in_flight.write().unwrap_or_else(|p| p.into_inner());
                 core.keys.refresh(id).map_err(|e| e.to_string())?;
             }
-            Notice::Request(_) => core.sign_decisions.ring(),
+            Notice::Request(_) => {
+                core.sign_decisions.ring();
+                follow_policy(core);
+            }
             Notice::Owners => core
                 .keys
                 .owners
@@ -130,7 +135,7 @@ fn apply(core: &Core, payloads: &[String]) -> Result<(), String> {
 
 /// Reloads the whole view: every key, the object owners, and wakes the
 /// calls waiting for an approval.
-fn reload_all(core: &Core) -> Result<(), String> {
+fn reload_all(core: &Lifecycle) -> Result<(), String> {
     {
         let _held = core.in_flight.write().unwrap_or_else(|p| p.into_inner());
         core.keys.refresh_all().map_err(|e| e.to_string())?;
@@ -140,5 +145,15 @@ fn reload_all(core: &Core) -> Result<(), String> {
         .reload(core.keys.inventory())
         .map_err(|e| e.to_string())?;
     core.sign_decisions.ring();
+    follow_policy(core);
     Ok(())
+}
+
+/// Puts in force the policy another agent of the fleet carried out.
+fn follow_policy(life: &Lifecycle) {
+    match life.follow_approved_policy() {
+        Ok(None) => {}
+        Ok(Some(outcome)) => log::warn!("store: the fleet's approved policy followed: {outcome}"),
+        Err(e) => log::error!("store: the fleet's approved policy cannot be followed: {}", e.message),
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use keyward_tests::admin::{
     application_toml, keyward, keyward_ok, sign_grant_toml, signing_class_toml, uid, APPLICATION,
 };
-use keyward_tests::fleet::Fleet;
+use keyward_tests::fleet::{Fleet, FleetOptions};
 
 /// A strict policy: this user is the application; class `signing` grants
 /// it sign and verify.
@@ -144,4 +144,144 @@ fn fleet_an_agent_killed_mid_work_loses_no_acknowledged_record() {
         assert!(list.contains(&format!("\"{name}\"")), "{name} is lost:\n{list}");
     }
     keyward_ok(fleet.env(1), &["audit", "verify"], 0);
+}
+
+#[test]
+fn fleet_the_store_over_tls_is_checked_against_its_ca() {
+    let fleet = Fleet::start_with(
+        &policy(),
+        &FleetOptions {
+            agents: 1,
+            tls: true,
+            ..FleetOptions::default()
+        },
+    );
+    active_key(&fleet, 0, "web");
+    // The agent's sessions are TLS (the server says so).
+    let mut su = fleet.pg.superuser_client("postgres");
+    let tls: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = 'keyward' AND s.ssl",
+            &[],
+        )
+        .expect("pg_stat_ssl")
+        .get(0);
+    let plain: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = 'keyward' AND NOT s.ssl",
+            &[],
+        )
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(tls >= 2 && plain == 0, "{tls} TLS and {plain} plain sessions of the agent");
+
+    // An agent that trusts another CA does not start, and says why.
+    let member = &fleet.agents[0].testbed;
+    member.stop().expect("stop");
+    let config = std::fs::read_to_string(member.config()).unwrap();
+    let other = keyward_tests::pki::TestCa::new(fleet.dir(), "other-ca");
+    let store_ca = fleet.store_ca.as_ref().unwrap().display().to_string();
+    std::fs::write(member.config(), config.replace(&store_ca, &other.cert.display().to_string())).unwrap();
+    let err = member.start().expect_err("started with a store certificate from an unknown CA");
+    assert!(err.message().contains("certificate"), "{}", err.message());
+    // Nor one that would talk to it in plain text.
+    std::fs::write(
+        member.config(),
+        config.replace(&format!("tls = \"verify-full\"\nca_file = \"{store_ca}\""), "tls = \"disable\""),
+    )
+    .unwrap();
+    let err = member.start().expect_err("started without TLS on a server that requires it");
+    assert!(err.message().contains("shared store"), "{}", err.message());
+    // Back on the right CA, it serves the same inventory.
+    std::fs::write(member.config(), &config).unwrap();
+    member.start().expect("start on the store's CA");
+    let shown = keyward_ok(fleet.env(0), &["--json", "key", "show", "web"], 0);
+    assert!(shown.contains("\"active\""), "{shown}");
+}
+
+/// Carol, a third administrator (uid 65533, in bob's group).
+const CAROL: u32 = 65533;
+
+#[test]
+fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once() {
+    use keyward_tests::roster::{as_uid, key_file, public_key, roster_toml, ALICE_PEM, BOB, BOB_PEM};
+    let fleet = Fleet::start_with(
+        &policy(),
+        &FleetOptions {
+            agents: 3,
+            admin_group: Some(BOB),
+            ..FleetOptions::default()
+        },
+    );
+    let tb = fleet.env(0);
+    let alice = key_file(tb, "alice.pem", ALICE_PEM, uid());
+    let bob = key_file(tb, "bob.pem", BOB_PEM, BOB);
+    let carol = tb.path("carol.pem");
+    keyward_tests::tools::run_ok(
+        std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&carol),
+    );
+    let carol = key_file(tb, "carol.pem", &std::fs::read_to_string(&carol).unwrap(), CAROL);
+    let (alice_pub, bob_pub, carol_pub) =
+        (public_key(tb, &alice), public_key(tb, &bob), public_key(tb, &carol));
+    // Resuming takes two officers besides the requester.
+    let with_roster = format!(
+        "{}{}\n[[administrator]]\nname = \"carol\"\nuids = [{CAROL}]\nroles = [\"security-officer\"]\n\
+         public_key = \"{carol_pub}\"\n\n[quorum.resume]\napprovals = 2\nroles = [\"security-officer\"]\n",
+        policy(),
+        roster_toml(uid(), &alice_pub, &bob_pub),
+    );
+    let file = fleet.dir().join("with-roster.toml");
+    std::fs::write(&file, &with_roster).unwrap();
+    active_key(&fleet, 0, "web");
+    keyward_ok(tb, &["init", "--policy", file.to_str().unwrap(), "--reason", "go live"], 0);
+    // Every agent follows the approved policy.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for k in 0..3 {
+        loop {
+            let shown = keyward_ok(fleet.env(k), &["--json", "policy", "show"], 0);
+            if shown.contains("carol") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent {k} does not follow the approved policy:\n{}", fleet.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    keyward_ok(tb, &["key", "suspend", "web", "--reason", "audit", "--reason-code", "superseded"], 0);
+    let asked = keyward_ok(fleet.env(0), &["--json", "key", "resume", "web", "--reason", "audit done"], 3);
+    let id = serde_json::from_str::<serde_json::Value>(&asked).unwrap()["id"]
+        .as_str()
+        .expect("a request id")
+        .to_owned();
+    // Bob on agent 1 and carol on agent 2 approve at the same moment.
+    let (b, c) = std::thread::scope(|s| {
+        let b = s.spawn(|| as_uid(fleet.env(1), BOB, &["request", "approve", &id, "--key", bob.to_str().unwrap()]));
+        let c = s.spawn(|| as_uid(fleet.env(2), CAROL, &["request", "approve", &id, "--key", carol.to_str().unwrap()]));
+        (b.join().unwrap(), c.join().unwrap())
+    });
+    assert_eq!(b.status.code(), Some(0), "{b:?}");
+    assert_eq!(c.status.code(), Some(0), "{c:?}");
+    let shown = keyward_ok(fleet.env(2), &["--json", "request", "show", &id], 0);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"], "executed", "{shown}");
+    assert_eq!(shown["decisions"].as_array().map(Vec::len), Some(2), "{shown}");
+    for k in 0..3 {
+        let key = keyward_ok(fleet.env(k), &["--json", "key", "show", "web"], 0);
+        assert!(key.contains("\"active\""), "agent {k}: {key}");
+    }
+    // Carried out once: one resume in the shared trail.
+    let trail = keyward_ok(fleet.env(1), &["--json", "audit", "query", "--key", "web"], 0);
+    let trail: serde_json::Value = serde_json::from_str(&trail).unwrap();
+    let resumes = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "lifecycle" && r["operation"] == "resume")
+        .count();
+    assert_eq!(resumes, 1, "{trail:#}");
+    keyward_ok(fleet.env(2), &["audit", "verify"], 0);
 }
