@@ -38,6 +38,8 @@ pub struct Agent {
     pub(crate) instance: u64,
     pub(crate) started: Instant,
     pub(crate) socket: String,
+    /// Where the store is (`keyward status`).
+    pub(crate) store: crate::store::Summary,
 }
 
 impl std::ops::Deref for Agent {
@@ -86,6 +88,7 @@ impl Agent {
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
+            store: crate::store::Summary::default(),
         }
     }
 
@@ -151,17 +154,18 @@ impl Agent {
         }
         let opened = crate::store::open(config).map_err(std::io::Error::other)?;
         let keys = ManagedKeys::open(opened.inventory.clone())
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", opened.describe)))?;
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", opened.summary)))?;
         if let Some((_, lease)) = &opened.shared {
             keys.set_lease(lease.clone());
         }
-        log::info!("store: {}", opened.describe);
-        let agent = Agent::new(
+        log::info!("store: {}", opened.summary);
+        let mut agent = Agent::new(
             tokens,
             config.agent.socket.display().to_string(),
             keys,
             Auditor::with_config(opened.trail, &config.audit),
         );
+        agent.store = opened.summary;
         if let Some((store, lease)) = opened.shared {
             crate::store::listen::spawn(store, Arc::downgrade(&agent.lifecycle), lease)
                 .map_err(std::io::Error::other)?;
@@ -245,6 +249,7 @@ impl Agent {
                     .load(std::sync::atomic::Ordering::Relaxed);
                 (last > 0).then_some(last + crate::lifecycle::scheduler::EVERY.as_secs() as i64)
             },
+            store: self.store.health(),
         }
     }
 

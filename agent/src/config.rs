@@ -374,7 +374,10 @@ pub fn check_private_file(what: &str, path: &Path) -> Result<(), String> {
         ));
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(format!("{what} {}: not owned by the agent's user", path.display()));
+        return Err(format!(
+            "{what} {}: not owned by the agent's user",
+            path.display()
+        ));
     }
     Ok(())
 }

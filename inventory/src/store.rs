@@ -194,4 +194,13 @@ pub trait Inventory: Send + Sync {
     /// The certificates of key `key_id` (every key's for `None`), by key,
     /// version and `notAfter`.
     fn certificates(&self, key_id: Option<i64>) -> Result<Vec<CertificateRecord>>;
+
+    /// Whether this agent leads the scheduled work now (rotations and
+    /// deactivations whose dates have come, expiries of requests): on a
+    /// store several agents share, one of them at a time, so that no key
+    /// is rotated twice; the leader's place passes to another agent when
+    /// its session ends. A store of one agent always says yes.
+    fn leads(&self) -> Result<bool> {
+        Ok(true)
+    }
 }

@@ -242,6 +242,28 @@ pub struct Status {
     pub scheduler_last_run: Option<i64>,
     /// When the scheduler runs next (unix seconds).
     pub scheduler_next_run: Option<i64>,
+    /// Where the inventory and the trail live, and, for a shared store,
+    /// whether the agent's view of it is in force.
+    pub store: StoreHealth,
+}
+
+/// The store in `keyward status`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreHealth {
+    /// `sqlite` (one host) or `postgres` (a fleet's shared store).
+    pub kind: String,
+    /// The SQLite file, or `user@host:port/database` (never a password).
+    pub location: String,
+    /// This agent's name in a shared trail.
+    pub host: Option<String>,
+    /// The lease on the agent's view of a shared store (seconds).
+    pub lease_secs: Option<u64>,
+    /// How long since the shared store was last heard from (milliseconds).
+    pub silent_ms: Option<u64>,
+    /// Whether the agent's view is in force; `false`: the shared store has
+    /// been silent past the lease, and protect operations with managed
+    /// keys and administrator actions are refused until it answers.
+    pub in_force: bool,
 }
 
 /// What `keyward status` says of the policy in force.

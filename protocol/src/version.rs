@@ -74,7 +74,9 @@ pub const APP_VERSIONS: VersionRange = VersionRange { min: 3, max: 3 };
 /// `CertificateInfo::expiring`).
 /// 8: transitions carry an RFC 5280 reason code
 /// (`KeyRequest::Transition::code`, `KeyInfo::reason_code`).
-pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 8, max: 8 };
+/// 9: the status says where the store is and, for a fleet's shared store,
+/// whether the agent's view of it is in force (`Status::store`).
+pub const ADMIN_VERSIONS: VersionRange = VersionRange { min: 9, max: 9 };
 
 /// The first admin-protocol version that opens with a hello: an agent
 /// older than that closes the connection on a hello.

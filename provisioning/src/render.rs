@@ -308,6 +308,7 @@ pub fn status(s: &Status) -> String {
         format_opt(s.scheduler_last_run),
         format_opt(s.scheduler_next_run)
     ));
+    line(format!("store:     {}", store_line(&s.store)));
     for e in &s.socket_events {
         line(format!("sockets:   {}", cell(e)));
     }
@@ -346,6 +347,26 @@ pub fn status(s: &Status) -> String {
         }
     }
     o
+}
+
+/// The status's store line: where, and for a shared store whether the
+/// agent's view is in force.
+fn store_line(st: &keyward_protocol::admin::StoreHealth) -> String {
+    let mut out = format!("{} {}", st.kind, cell(&st.location));
+    if let Some(host) = &st.host {
+        out.push_str(&format!(" as host {}", cell(host)));
+    }
+    if let (Some(lease), Some(silent)) = (st.lease_secs, st.silent_ms) {
+        if st.in_force {
+            out.push_str(&format!(", heard from {silent} ms ago (lease {lease} s)"));
+        } else {
+            out.push_str(&format!(
+                ", SILENT for {} s (lease {lease} s): protect operations and admin actions are refused",
+                silent / 1000
+            ));
+        }
+    }
+    out
 }
 
 /// The policy in force in one line: file, mode, digest, counts.
@@ -2811,6 +2832,11 @@ reason code:    keyCompromise (RFC 5280 code 1)
             },
             scheduler_last_run: Some(1_796_400_000),
             scheduler_next_run: Some(1_796_400_060),
+            store: keyward_protocol::admin::StoreHealth {
+                kind: "sqlite".into(),
+                location: "/var/lib/keyward/inventory.sqlite".into(),
+                ..Default::default()
+            },
             tokens: vec![TokenStatus {
                 slot: 0,
                 label: "keyward".into(),

@@ -1204,6 +1204,7 @@ mod tests {
             audit: Default::default(),
             scheduler_last_run: None,
             scheduler_next_run: None,
+            store: Default::default(),
         };
         let out = present(
             &key_req(),

@@ -611,6 +611,7 @@ fn status_json_still_works() {
         audit: Default::default(),
         scheduler_last_run: None,
         scheduler_next_run: None,
+        store: Default::default(),
     };
     let (req, out) = against_fake_agent(
         &["status", "--json"],

@@ -108,7 +108,8 @@ impl Fleet {
         let policy_file = dir.path().join("policy.toml");
         std::fs::write(&policy_file, policy).expect("write the fleet's policy");
         let password = dir.path().join("store.password");
-        std::fs::write(&password, format!("{}\n", pg.password())).expect("write the store's password");
+        std::fs::write(&password, format!("{}\n", pg.password()))
+            .expect("write the store's password");
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let backend_label = format!("fleet-{}", std::process::id() % 100_000);
         let backend_pin = "fleet-backend-pin".to_owned();

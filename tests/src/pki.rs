@@ -33,7 +33,14 @@ impl TestCa {
         let key = dir.join(format!("{name}.key"));
         run_ok(
             openssl()
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
                 .args(["-nodes", "-keyout"])
                 .arg(&key)
                 .arg("-out")
@@ -61,7 +68,14 @@ impl TestCa {
         let ext = self.dir.join(format!("{name}.ext"));
         run_ok(
             openssl()
-                .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+                .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
                 .args(["-nodes", "-keyout"])
                 .arg(&key)
                 .arg("-out")

@@ -384,8 +384,9 @@ impl PgServer {
         let data = self.path.join(DATA);
         for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
             let dest = data.join(to);
-            fs::copy(from, &dest)
-                .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", from.display(), dest.display()));
+            fs::copy(from, &dest).unwrap_or_else(|e| {
+                panic!("cannot copy {} to {}: {e}", from.display(), dest.display())
+            });
             fs::set_permissions(&dest, fs::Permissions::from_mode(0o600))
                 .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", dest.display()));
             self.give(&dest);
@@ -407,8 +408,11 @@ impl PgServer {
             .append(true)
             .open(&settings)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", settings.display()));
-        writeln!(f, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'")
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", settings.display()));
+        writeln!(
+            f,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'"
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", settings.display()));
         self.stop();
         self.start();
     }

@@ -80,7 +80,14 @@ impl Agent {
             if let Some(why) = self.keys.stale() {
                 let reason = format!("{why}: protect operations with managed keys are refused");
                 let key = Some((&*key, m.version));
-                self.note_refusal(client, op.as_str(), key, None, ck::CKR_FUNCTION_FAILED, &reason);
+                self.note_refusal(
+                    client,
+                    op.as_str(),
+                    key,
+                    None,
+                    ck::CKR_FUNCTION_FAILED,
+                    &reason,
+                );
                 return Err(Error::Refused(ck::CKR_FUNCTION_FAILED));
             }
         }

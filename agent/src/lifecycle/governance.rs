@@ -428,10 +428,16 @@ impl Lifecycle {
         if next.sha256 != sha {
             return fail(
                 AdminErrorKind::Invalid,
-                format!("request {}: the policy text does not match its sha256", record.id),
+                format!(
+                    "request {}: the policy text does not match its sha256",
+                    record.id
+                ),
             );
         }
-        let who = format!("{}, approved (request {}) and carried out by another agent", record.requester, record.id);
+        let who = format!(
+            "{}, approved (request {}) and carried out by another agent",
+            record.requester, record.id
+        );
         self.put_in_force(&next, &current, (&who, &Actor::Agent), &record.reason)
             .map(Some)
     }

@@ -25,6 +25,19 @@ impl Lifecycle {
     /// retried at the next pass.
     pub fn tick(&self, now: SystemTime) {
         let at = secs(now);
+        // On a shared store, one agent of the fleet does the scheduled
+        // work: a key is rotated once, not once per agent.
+        match self.keys.inventory().leads() {
+            Ok(true) => {}
+            Ok(false) => {
+                log::debug!("scheduler: another agent of the fleet leads; nothing to do here");
+                return;
+            }
+            Err(e) => {
+                log::warn!("scheduler: cannot tell whether this agent leads: {e}; pass skipped");
+                return;
+            }
+        }
         self.scheduler_ran
             .store(at, std::sync::atomic::Ordering::Relaxed);
         self.expire_requests(at);

@@ -86,11 +86,16 @@ impl PostgresConfig {
     /// The parsed `url`, or why it is refused. Never echoes the URL: it
     /// may hold a password someone put there by mistake.
     pub fn connection(&self) -> Result<postgres::Config, String> {
-        let config = postgres::Config::from_str(&self.url)
-            .map_err(|e| format!("[postgres] url does not parse: {}", strip_url(&e.to_string(), &self.url)))?;
+        let config = postgres::Config::from_str(&self.url).map_err(|e| {
+            format!(
+                "[postgres] url does not parse: {}",
+                strip_url(&e.to_string(), &self.url)
+            )
+        })?;
         if config.get_password().is_some() {
             return Err(
-                "[postgres] url holds a password: give it with password = \"file:PATH\" instead".into(),
+                "[postgres] url holds a password: give it with password = \"file:PATH\" instead"
+                    .into(),
             );
         }
         if config.get_hosts().is_empty() {
@@ -107,7 +112,10 @@ impl PostgresConfig {
     fn local_only(config: &postgres::Config) -> bool {
         config.get_hosts().iter().all(|h| match h {
             postgres::config::Host::Tcp(name) => {
-                name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             }
             postgres::config::Host::Unix(_) => true,
         })
@@ -118,9 +126,15 @@ impl PostgresConfig {
         let name = match &self.host {
             Some(h) => h.clone(),
             None => nix::unistd::gethostname()
-                .map_err(|e| format!("[postgres] host: the machine's host name cannot be read ({e}); set host"))?
+                .map_err(|e| {
+                    format!(
+                        "[postgres] host: the machine's host name cannot be read ({e}); set host"
+                    )
+                })?
                 .into_string()
-                .map_err(|_| "[postgres] host: the machine's host name is not UTF-8; set host".to_string())?,
+                .map_err(|_| {
+                    "[postgres] host: the machine's host name is not UTF-8; set host".to_string()
+                })?,
         };
         if name.is_empty() || name.len() > MAX_HOST_LEN || name.chars().any(char::is_control) {
             return Err(format!(
@@ -139,7 +153,10 @@ impl PostgresConfig {
     pub fn validate(&self) -> Result<(), String> {
         let config = self.connection()?;
         if !(1..=300).contains(&self.lease_seconds) {
-            return Err(format!("[postgres] lease_seconds = {}: give 1 to 300", self.lease_seconds));
+            return Err(format!(
+                "[postgres] lease_seconds = {}: give 1 to 300",
+                self.lease_seconds
+            ));
         }
         if !(1..=60).contains(&self.connect_timeout_seconds) {
             return Err(format!(

@@ -55,7 +55,10 @@ fn client_config(config: &PostgresConfig) -> Result<rustls::ClientConfig, String
     let certs = read_certificates("ca_file", ca)?;
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(format!("[postgres] ca_file {}: no usable CA certificate", ca.display()));
+        return Err(format!(
+            "[postgres] ca_file {}: no usable CA certificate",
+            ca.display()
+        ));
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -66,7 +69,10 @@ fn client_config(config: &PostgresConfig) -> Result<rustls::ClientConfig, String
             let chain = read_certificates("client_certificate", cert)?;
             crate::config::check_private_file("[postgres] client_key", key)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!("[postgres] client_key {}: no PEM private key ({e})", key.display())
+                format!(
+                    "[postgres] client_key {}: no PEM private key ({e})",
+                    key.display()
+                )
             })?;
             builder
                 .with_client_auth_cert(chain, key)
@@ -86,7 +92,10 @@ fn read_certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("[postgres] {what} {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("[postgres] {what} {}: no PEM certificate", path.display()));
+        return Err(format!(
+            "[postgres] {what} {}: no PEM certificate",
+            path.display()
+        ));
     }
     Ok(certs)
 }

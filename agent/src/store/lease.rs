@@ -34,7 +34,8 @@ impl Lease {
 
     /// The store was heard from now.
     pub fn renew(&self) {
-        self.heard.fetch_max(self.millis(Instant::now()), Ordering::Relaxed);
+        self.heard
+            .fetch_max(self.millis(Instant::now()), Ordering::Relaxed);
         if self.lapse_logged.swap(false, Ordering::Relaxed) {
             log::warn!("store: heard from again; the lease is renewed and service resumes");
         }

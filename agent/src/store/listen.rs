@@ -24,7 +24,11 @@ fn ping_every(lease: Duration) -> Duration {
 }
 
 /// Starts the listener thread; it ends when `core` is gone.
-pub fn spawn(store: Arc<PgInventory>, core: Weak<Lifecycle>, lease: Arc<Lease>) -> Result<(), String> {
+pub fn spawn(
+    store: Arc<PgInventory>,
+    core: Weak<Lifecycle>,
+    lease: Arc<Lease>,
+) -> Result<(), String> {
     std::thread::Builder::new()
         .name("store-listen".into())
         .spawn(move || run(&store, &core, &lease))
@@ -154,6 +158,9 @@ fn follow_policy(life: &Lifecycle) {
     match life.follow_approved_policy() {
         Ok(None) => {}
         Ok(Some(outcome)) => log::warn!("store: the fleet's approved policy followed: {outcome}"),
-        Err(e) => log::error!("store: the fleet's approved policy cannot be followed: {}", e.message),
+        Err(e) => log::error!(
+            "store: the fleet's approved policy cannot be followed: {}",
+            e.message
+        ),
     }
 }

@@ -35,7 +35,48 @@ pub struct Opened {
     /// With the shared store: it, and the lease on the agent's view.
     pub shared: Option<(Arc<PgInventory>, Arc<Lease>)>,
     /// What the agent's log and `keyward status` say the store is.
-    pub describe: String,
+    pub summary: Summary,
+}
+
+/// Where the store is, for the log and `keyward status`.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// `sqlite` or `postgres`.
+    pub kind: &'static str,
+    /// The file, or `user@host:port/database`.
+    pub location: String,
+    /// This agent's name in a shared trail.
+    pub host: Option<String>,
+    /// The lease on the view of a shared store.
+    pub lease: Option<Arc<Lease>>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.location)?;
+        if let Some(host) = &self.host {
+            write!(f, " as host {host:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// What `keyward status` shows.
+    pub fn health(&self) -> keyward_protocol::admin::StoreHealth {
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        keyward_protocol::admin::StoreHealth {
+            kind: self.kind.to_owned(),
+            location: self.location.clone(),
+            host: self.host.clone(),
+            lease_secs: self.lease.as_ref().map(|l| l.length().as_secs()),
+            silent_ms: self.lease.as_ref().map(|l| millis(l.silence())),
+            in_force: self
+                .lease
+                .as_ref()
+                .is_none_or(|l| l.silence() <= l.length()),
+        }
+    }
 }
 
 /// Opens the store `config` names: the SQLite file in `state_dir`, or the
@@ -45,15 +86,21 @@ pub fn open(config: &crate::config::Config) -> Result<Opened, String> {
         (StoreKind::Postgres, Some(pg)) => {
             let host = pg.host_name()?;
             let connector = connect::connector(pg)?;
-            let store = Arc::new(PgInventory::open(connector, &host).map_err(|e| {
-                format!("the shared store: {e}")
-            })?);
-            let target = pg.connection().map(|c| describe(&c)).unwrap_or_default();
+            let store = Arc::new(
+                PgInventory::open(connector, &host)
+                    .map_err(|e| format!("the shared store: {e}"))?,
+            );
+            let lease = Arc::new(Lease::new(pg.lease()));
             Ok(Opened {
                 inventory: store.clone(),
                 trail: store.clone(),
-                shared: Some((store, Arc::new(Lease::new(pg.lease())))),
-                describe: format!("postgres {target} as host {host:?}"),
+                shared: Some((store, lease.clone())),
+                summary: Summary {
+                    kind: "postgres",
+                    location: pg.connection().map(|c| describe(&c)).unwrap_or_default(),
+                    host: Some(host),
+                    lease: Some(lease),
+                },
             })
         }
         (StoreKind::Postgres, None) => Err("store = \"postgres\" needs a [postgres] table".into()),
@@ -64,7 +111,12 @@ pub fn open(config: &crate::config::Config) -> Result<Opened, String> {
                 inventory: store.clone(),
                 trail: store,
                 shared: None,
-                describe: format!("sqlite {}", path.display()),
+                summary: Summary {
+                    kind: "sqlite",
+                    location: path.display().to_string(),
+                    host: None,
+                    lease: None,
+                },
             })
         }
     }

@@ -29,6 +29,10 @@ pub(crate) mod trail;
 
 pub use schema::{migrate, SCHEMA_VERSION};
 
+/// Key of the session-level advisory lock the leading agent holds
+/// (`KWLD`), see [`PgInventory::leads_now`].
+pub const LEADER_LOCK: i64 = 0x4B57_4C44;
+
 /// The channel of the store's notifications (`LISTEN keyward`).
 pub const CHANNEL: &str = "keyward";
 
@@ -132,6 +136,22 @@ impl PgInventory {
     /// its own (the agent's `LISTEN` session).
     pub fn connect(&self) -> Result<Client> {
         (self.connect)().map_err(unavailable)
+    }
+
+    /// Whether this agent holds the leader's place (a session-level
+    /// advisory lock on the main session, [`LEADER_LOCK`]): taken when
+    /// free, kept while the session lives, free again when it ends (the
+    /// agent stopped, died or lost the server).
+    pub fn leads_now(&self) -> Result<bool> {
+        self.with(|c| {
+            // The lock's key as pg_locks shows it: high and low 32 bits.
+            let (high, low) = ((LEADER_LOCK >> 32) as u32, LEADER_LOCK as u32);
+            let row = c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'                  AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1)                  OR pg_try_advisory_lock($3)",
+                &[&high, &low, &LEADER_LOCK],
+            )?;
+            Ok(row.get(0))
+        })
     }
 
     /// Runs `f` on the main session, connecting first when it is down. A

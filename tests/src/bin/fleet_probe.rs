@@ -35,11 +35,15 @@ fn rv(e: &Error) -> String {
 }
 
 fn sign(s: &Session, key: ObjectHandle) -> Result<(), String> {
-    s.sign(&Mechanism::Ecdsa, key, &DIGEST).map(drop).map_err(|e| rv(&e))
+    s.sign(&Mechanism::Ecdsa, key, &DIGEST)
+        .map(drop)
+        .map_err(|e| rv(&e))
 }
 
 fn main() {
-    let label = std::env::args().nth(1).unwrap_or_else(|| fail("usage: fleet_probe KEY"));
+    let label = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| fail("usage: fleet_probe KEY"));
     let p11 = Pkcs11::new(env("KEYWARD_MODULE")).unwrap_or_else(|e| fail(&format!("load: {e}")));
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap_or_else(|e| fail(&format!("C_Initialize: {e}")));
@@ -48,11 +52,19 @@ fn main() {
         .get_slots_with_token()
         .unwrap_or_else(|e| fail(&format!("C_GetSlotList: {e}")))
         .into_iter()
-        .find(|s| p11.get_token_info(*s).is_ok_and(|i| i.label().trim_end() == token))
+        .find(|s| {
+            p11.get_token_info(*s)
+                .is_ok_and(|i| i.label().trim_end() == token)
+        })
         .unwrap_or_else(|| fail(&format!("no token {token:?}")));
-    let session = p11.open_rw_session(slot).unwrap_or_else(|e| fail(&format!("C_OpenSession: {e}")));
+    let session = p11
+        .open_rw_session(slot)
+        .unwrap_or_else(|e| fail(&format!("C_OpenSession: {e}")));
     session
-        .login(UserType::User, Some(&AuthPin::new(env("KEYWARD_PIN").into())))
+        .login(
+            UserType::User,
+            Some(&AuthPin::new(env("KEYWARD_PIN").into())),
+        )
         .unwrap_or_else(|e| fail(&format!("C_Login: {e}")));
     let key = session
         .find_objects(&[
@@ -67,15 +79,21 @@ fn main() {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let mut words = line.split_whitespace();
-        let ms = |w: Option<&str>| Duration::from_millis(w.and_then(|v| v.parse().ok()).unwrap_or(1000));
+        let ms =
+            |w: Option<&str>| Duration::from_millis(w.and_then(|v| v.parse().ok()).unwrap_or(1000));
         match words.next() {
-            Some("sign") => report("sign", &sign(&session, key).err().unwrap_or_else(|| "ok".into())),
+            Some("sign") => report(
+                "sign",
+                &sign(&session, key).err().unwrap_or_else(|| "ok".into()),
+            ),
             Some("watch") => {
                 let deadline = Instant::now() + ms(words.next());
                 let mut answer = "none".to_owned();
                 while Instant::now() < deadline {
                     if let Err(e) = sign(&session, key) {
-                        let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                        let at = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default();
                         answer = format!("{} {e}", at.as_micros());
                         break;
                     }

@@ -22,12 +22,19 @@ fn policy() -> String {
 }
 
 fn now_micros() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
 }
 
 /// Creates and activates key `name` through agent `k`.
 fn active_key(fleet: &Fleet, k: usize, name: &str) {
-    keyward_ok(fleet.env(k), &["key", "create", name, "--class", "signing"], 0);
+    keyward_ok(
+        fleet.env(k),
+        &["key", "create", name, "--class", "signing"],
+        0,
+    );
     keyward_ok(fleet.env(k), &["key", "activate", name], 0);
 }
 
@@ -59,13 +66,25 @@ pub fn revocation_reaches(fleet: &Fleet, from: usize, on: usize, name: &str) -> 
     let before = now_micros();
     keyward_ok(
         fleet.env(from),
-        &["key", "revoke", "--yes", name, "--reason", "laptop stolen", "--reason-code", "keyCompromise"],
+        &[
+            "key",
+            "revoke",
+            "--yes",
+            name,
+            "--reason",
+            "laptop stolen",
+            "--reason-code",
+            "keyCompromise",
+        ],
         0,
     );
     let failed = probe.value("failed", Duration::from_secs(20));
-    let (at, rv) = failed
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("agent {on} still signs with {name} 10 s after its revocation:\n{}", fleet.logs()));
+    let (at, rv) = failed.split_once(' ').unwrap_or_else(|| {
+        panic!(
+            "agent {on} still signs with {name} 10 s after its revocation:\n{}",
+            fleet.logs()
+        )
+    });
     let at: u128 = at.parse().expect("micros");
     let took = Duration::from_micros(u64::try_from(at.saturating_sub(before)).unwrap_or(u64::MAX));
     (took, rv.to_owned())
@@ -79,9 +98,19 @@ fn fleet_a_revocation_on_one_agent_stops_signing_on_another_within_a_second() {
     let shown = keyward_ok(fleet.env(1), &["--json", "key", "show", "web"], 0);
     assert!(shown.contains("\"active\""), "{shown}");
     let (took, rv) = revocation_reaches(&fleet, 0, 1, "web");
-    println!("revocation on agent-0 -> refusal on agent-1: {} ms", took.as_millis());
-    assert!(took < Duration::from_secs(1), "the revocation took {took:?} to reach agent 1:\n{}", fleet.logs());
-    assert!(rv.contains("KeyFunctionNotPermitted") || rv.contains("Function"), "{rv}");
+    println!(
+        "revocation on agent-0 -> refusal on agent-1: {} ms",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the revocation took {took:?} to reach agent 1:\n{}",
+        fleet.logs()
+    );
+    assert!(
+        rv.contains("KeyFunctionNotPermitted") || rv.contains("Function"),
+        "{rv}"
+    );
     // Agent 1 shows the key revoked, and refuses the next use too.
     let shown = keyward_ok(fleet.env(1), &["--json", "key", "show", "web"], 0);
     assert!(shown.contains("\"compromised\""), "{shown}");
@@ -92,7 +121,11 @@ fn fleet_an_agent_without_its_store_fails_closed_then_recovers_by_itself() {
     let mut fleet = Fleet::start(1, &policy(), 2);
     active_key(&fleet, 0, "web");
     let mut probe = fleet.probe(0, "web");
-    assert!(signs_within(&mut probe, Duration::from_secs(5)), "{}", fleet.logs());
+    assert!(
+        signs_within(&mut probe, Duration::from_secs(5)),
+        "{}",
+        fleet.logs()
+    );
 
     fleet.pg.stop();
     let down = Instant::now();
@@ -106,10 +139,21 @@ fn fleet_an_agent_without_its_store_fails_closed_then_recovers_by_itself() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let refused_after = refused_after.unwrap_or_else(|| panic!("still signing 15 s after the store stopped:\n{}", fleet.logs()));
-    println!("store stopped -> signing refused after {} ms (lease 2 s)", refused_after.as_millis());
+    let refused_after = refused_after.unwrap_or_else(|| {
+        panic!(
+            "still signing 15 s after the store stopped:\n{}",
+            fleet.logs()
+        )
+    });
+    println!(
+        "store stopped -> signing refused after {} ms (lease 2 s)",
+        refused_after.as_millis()
+    );
     // Administrator actions are refused, saying why.
-    let out = keyward(fleet.env(0), &["key", "create", "other", "--class", "signing"]);
+    let out = keyward(
+        fleet.env(0),
+        &["key", "create", "other", "--class", "signing"],
+    );
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("store"), "{said}");
@@ -121,8 +165,15 @@ fn fleet_an_agent_without_its_store_fails_closed_then_recovers_by_itself() {
         "signing does not resume after the store is back:\n{}",
         fleet.logs()
     );
-    println!("store back -> signing again after {} ms", back.elapsed().as_millis());
-    keyward_ok(fleet.env(0), &["key", "create", "other", "--class", "signing"], 0);
+    println!(
+        "store back -> signing again after {} ms",
+        back.elapsed().as_millis()
+    );
+    keyward_ok(
+        fleet.env(0),
+        &["key", "create", "other", "--class", "signing"],
+        0,
+    );
     // Nothing lost: the trail verifies and holds the refusals made while
     // the store was down.
     keyward_ok(fleet.env(0), &["audit", "verify"], 0);
@@ -134,14 +185,21 @@ fn fleet_an_agent_killed_mid_work_loses_no_acknowledged_record() {
     let done: Vec<String> = (0..6)
         .map(|i| {
             let name = format!("k{i}");
-            keyward_ok(fleet.env(0), &["key", "create", &name, "--class", "signing"], 0);
+            keyward_ok(
+                fleet.env(0),
+                &["key", "create", &name, "--class", "signing"],
+                0,
+            );
             name
         })
         .collect();
     fleet.agents[0].testbed.kill().expect("kill -9 agent 0");
     let list = keyward_ok(fleet.env(1), &["--json", "key", "list"], 0);
     for name in &done {
-        assert!(list.contains(&format!("\"{name}\"")), "{name} is lost:\n{list}");
+        assert!(
+            list.contains(&format!("\"{name}\"")),
+            "{name} is lost:\n{list}"
+        );
     }
     keyward_ok(fleet.env(1), &["audit", "verify"], 0);
 }
@@ -175,7 +233,10 @@ fn fleet_the_store_over_tls_is_checked_against_its_ca() {
         )
         .expect("pg_stat_ssl")
         .get(0);
-    assert!(tls >= 2 && plain == 0, "{tls} TLS and {plain} plain sessions of the agent");
+    assert!(
+        tls >= 2 && plain == 0,
+        "{tls} TLS and {plain} plain sessions of the agent"
+    );
 
     // An agent that trusts another CA does not start, and says why.
     let member = &fleet.agents[0].testbed;
@@ -183,16 +244,27 @@ fn fleet_the_store_over_tls_is_checked_against_its_ca() {
     let config = std::fs::read_to_string(member.config()).unwrap();
     let other = keyward_tests::pki::TestCa::new(fleet.dir(), "other-ca");
     let store_ca = fleet.store_ca.as_ref().unwrap().display().to_string();
-    std::fs::write(member.config(), config.replace(&store_ca, &other.cert.display().to_string())).unwrap();
-    let err = member.start().expect_err("started with a store certificate from an unknown CA");
+    std::fs::write(
+        member.config(),
+        config.replace(&store_ca, &other.cert.display().to_string()),
+    )
+    .unwrap();
+    let err = member
+        .start()
+        .expect_err("started with a store certificate from an unknown CA");
     assert!(err.message().contains("certificate"), "{}", err.message());
     // Nor one that would talk to it in plain text.
     std::fs::write(
         member.config(),
-        config.replace(&format!("tls = \"verify-full\"\nca_file = \"{store_ca}\""), "tls = \"disable\""),
+        config.replace(
+            &format!("tls = \"verify-full\"\nca_file = \"{store_ca}\""),
+            "tls = \"disable\"",
+        ),
     )
     .unwrap();
-    let err = member.start().expect_err("started without TLS on a server that requires it");
+    let err = member
+        .start()
+        .expect_err("started without TLS on a server that requires it");
     assert!(err.message().contains("shared store"), "{}", err.message());
     // Back on the right CA, it serves the same inventory.
     std::fs::write(member.config(), &config).unwrap();
@@ -206,7 +278,9 @@ const CAROL: u32 = 65533;
 
 #[test]
 fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once() {
-    use keyward_tests::roster::{as_uid, key_file, public_key, roster_toml, ALICE_PEM, BOB, BOB_PEM};
+    use keyward_tests::roster::{
+        as_uid, key_file, public_key, roster_toml, ALICE_PEM, BOB, BOB_PEM,
+    };
     let fleet = Fleet::start_with(
         &policy(),
         &FleetOptions {
@@ -224,9 +298,17 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
             .args(["genpkey", "-algorithm", "ed25519", "-out"])
             .arg(&carol),
     );
-    let carol = key_file(tb, "carol.pem", &std::fs::read_to_string(&carol).unwrap(), CAROL);
-    let (alice_pub, bob_pub, carol_pub) =
-        (public_key(tb, &alice), public_key(tb, &bob), public_key(tb, &carol));
+    let carol = key_file(
+        tb,
+        "carol.pem",
+        &std::fs::read_to_string(&carol).unwrap(),
+        CAROL,
+    );
+    let (alice_pub, bob_pub, carol_pub) = (
+        public_key(tb, &alice),
+        public_key(tb, &bob),
+        public_key(tb, &carol),
+    );
     // Resuming takes two officers besides the requester.
     let with_roster = format!(
         "{}{}\n[[administrator]]\nname = \"carol\"\nuids = [{CAROL}]\nroles = [\"security-officer\"]\n\
@@ -237,7 +319,17 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
     let file = fleet.dir().join("with-roster.toml");
     std::fs::write(&file, &with_roster).unwrap();
     active_key(&fleet, 0, "web");
-    keyward_ok(tb, &["init", "--policy", file.to_str().unwrap(), "--reason", "go live"], 0);
+    keyward_ok(
+        tb,
+        &[
+            "init",
+            "--policy",
+            file.to_str().unwrap(),
+            "--reason",
+            "go live",
+        ],
+        0,
+    );
     // Every agent follows the approved policy.
     let deadline = Instant::now() + Duration::from_secs(5);
     for k in 0..3 {
@@ -246,21 +338,53 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
             if shown.contains("carol") {
                 break;
             }
-            assert!(Instant::now() < deadline, "agent {k} does not follow the approved policy:\n{}", fleet.logs());
+            assert!(
+                Instant::now() < deadline,
+                "agent {k} does not follow the approved policy:\n{}",
+                fleet.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    keyward_ok(tb, &["key", "suspend", "web", "--reason", "audit", "--reason-code", "superseded"], 0);
-    let asked = keyward_ok(fleet.env(0), &["--json", "key", "resume", "web", "--reason", "audit done"], 3);
+    keyward_ok(
+        tb,
+        &[
+            "key",
+            "suspend",
+            "web",
+            "--reason",
+            "audit",
+            "--reason-code",
+            "superseded",
+        ],
+        0,
+    );
+    let asked = keyward_ok(
+        fleet.env(0),
+        &["--json", "key", "resume", "web", "--reason", "audit done"],
+        3,
+    );
     let id = serde_json::from_str::<serde_json::Value>(&asked).unwrap()["id"]
         .as_str()
         .expect("a request id")
         .to_owned();
     // Bob on agent 1 and carol on agent 2 approve at the same moment.
     let (b, c) = std::thread::scope(|s| {
-        let b = s.spawn(|| as_uid(fleet.env(1), BOB, &["request", "approve", &id, "--key", bob.to_str().unwrap()]));
-        let c = s.spawn(|| as_uid(fleet.env(2), CAROL, &["request", "approve", &id, "--key", carol.to_str().unwrap()]));
+        let b = s.spawn(|| {
+            as_uid(
+                fleet.env(1),
+                BOB,
+                &["request", "approve", &id, "--key", bob.to_str().unwrap()],
+            )
+        });
+        let c = s.spawn(|| {
+            as_uid(
+                fleet.env(2),
+                CAROL,
+                &["request", "approve", &id, "--key", carol.to_str().unwrap()],
+            )
+        });
         (b.join().unwrap(), c.join().unwrap())
     });
     assert_eq!(b.status.code(), Some(0), "{b:?}");
@@ -268,13 +392,21 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
     let shown = keyward_ok(fleet.env(2), &["--json", "request", "show", &id], 0);
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["status"], "executed", "{shown}");
-    assert_eq!(shown["decisions"].as_array().map(Vec::len), Some(2), "{shown}");
+    assert_eq!(
+        shown["decisions"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
     for k in 0..3 {
         let key = keyward_ok(fleet.env(k), &["--json", "key", "show", "web"], 0);
         assert!(key.contains("\"active\""), "agent {k}: {key}");
     }
     // Carried out once: one resume in the shared trail.
-    let trail = keyward_ok(fleet.env(1), &["--json", "audit", "query", "--key", "web"], 0);
+    let trail = keyward_ok(
+        fleet.env(1),
+        &["--json", "audit", "query", "--key", "web"],
+        0,
+    );
     let trail: serde_json::Value = serde_json::from_str(&trail).unwrap();
     let resumes = trail
         .as_array()
