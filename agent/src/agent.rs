@@ -38,8 +38,6 @@ pub struct Agent {
     pub(crate) instance: u64,
     pub(crate) started: Instant,
     pub(crate) socket: String,
-    /// Where the store is (`keyward status`).
-    pub(crate) store: crate::store::Summary,
 }
 
 impl std::ops::Deref for Agent {
@@ -79,6 +77,7 @@ impl Agent {
             in_flight: std::sync::RwLock::new(()),
             sign_decisions: Default::default(),
             reloader: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
         });
         Agent {
             lifecycle: Arc::new(Lifecycle::new(core.clone())),
@@ -88,7 +87,6 @@ impl Agent {
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
-            store: crate::store::Summary::default(),
         }
     }
 
@@ -159,13 +157,13 @@ impl Agent {
             keys.set_lease(lease.clone());
         }
         log::info!("store: {}", opened.summary);
-        let mut agent = Agent::new(
+        let agent = Agent::new(
             tokens,
             config.agent.socket.display().to_string(),
             keys,
             Auditor::with_config(opened.trail, &config.audit),
         );
-        agent.store = opened.summary;
+        let _ = agent.core.store.set(opened.summary);
         if let Some((store, lease)) = opened.shared {
             crate::store::listen::spawn(store, Arc::downgrade(&agent.lifecycle), lease)
                 .map_err(std::io::Error::other)?;
@@ -249,7 +247,7 @@ impl Agent {
                     .load(std::sync::atomic::Ordering::Relaxed);
                 (last > 0).then_some(last + crate::lifecycle::scheduler::EVERY.as_secs() as i64)
             },
-            store: self.store.health(),
+            store: self.store().health(),
         }
     }
 

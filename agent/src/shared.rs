@@ -37,6 +37,8 @@ pub struct Core {
     /// What `keyward policy reload` and SIGHUP run: read the configuration
     /// again and put its policy in force (set once, by the agent's start).
     pub(crate) reloader: std::sync::OnceLock<Reloader>,
+    /// Where the store is (set once, by the agent's start).
+    pub(crate) store: std::sync::OnceLock<crate::store::Summary>,
 }
 
 /// Reloads the configuration's policy: what changed, or why nothing did.
@@ -62,6 +64,23 @@ impl Core {
     /// the application they were identified as when they connected.
     pub fn set_policy(&self, policy: Policy) {
         self.policy.store(Arc::new(policy));
+    }
+
+    /// Where the store is; an unnamed SQLite store when the start did not
+    /// say (agents made by tests).
+    pub fn store(&self) -> crate::store::Summary {
+        self.store
+            .get()
+            .cloned()
+            .unwrap_or_else(|| crate::store::Summary {
+                kind: "sqlite",
+                ..Default::default()
+            })
+    }
+
+    /// This agent's name in a shared trail (`None`: a store of its own).
+    pub fn host(&self) -> Option<&str> {
+        self.store.get().and_then(|s| s.host.as_deref())
     }
 
     /// The policy in force.

@@ -142,7 +142,7 @@ impl Agent {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         // serde_json's maps are sorted: this is the canonical form.
-        let parameters = serde_json::json!({
+        let mut parameters = serde_json::json!({
             "data_sha256": digest,
             "mechanism": mechanism,
             "application": client.application,
@@ -150,6 +150,11 @@ impl Agent {
             "pid": client.peer.key.pid,
             "exe": exe,
         });
+        // On a shared store: the agent whose call waits (only it ends the
+        // request when it stops).
+        if let Some(host) = self.host() {
+            parameters["host"] = serde_json::Value::from(host);
+        }
         let mut id = [0u8; 16];
         if getrandom::getrandom(&mut id).is_err() {
             log::error!("no randomness for a request id: C_Sign refused");
@@ -369,7 +374,19 @@ impl crate::shared::Core {
                     continue;
                 }
             };
-            for r in found.iter().filter(|r| r.action == SIGN_ACTION) {
+            // Of a shared store, only this agent's: another agent's call
+            // may still wait for its request.
+            let ours = |r: &&ApprovalRecord| {
+                let host = serde_json::from_str::<serde_json::Value>(&r.parameters)
+                    .ok()
+                    .and_then(|p| p.get("host").and_then(|h| h.as_str()).map(str::to_owned));
+                host.as_deref() == self.host()
+            };
+            for r in found
+                .iter()
+                .filter(|r| r.action == SIGN_ACTION)
+                .filter(ours)
+            {
                 match inventory.close_request(&r.id, from, to, why, at) {
                     Ok(false) => {}
                     Ok(true) => log::warn!(

@@ -417,3 +417,107 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
     assert_eq!(resumes, 1, "{trail:#}");
     keyward_ok(fleet.env(2), &["audit", "verify"], 0);
 }
+
+/// Signatures per second of one probe per agent, together, for `ms`.
+fn fleet_throughput(fleet: &Fleet, key: &str, ms: u64) -> (u64, u64) {
+    let mut probes: Vec<_> = (0..fleet.agents.len())
+        .map(|k| fleet.probe(k, key))
+        .collect();
+    for p in &mut probes {
+        p.say(&format!("bench {ms}"));
+    }
+    probes.iter_mut().fold((0, 0), |(signed, errors), p| {
+        let got = p.value("bench", Duration::from_secs(60));
+        let mut words = got
+            .split_whitespace()
+            .map(|w| w.parse::<u64>().expect("a count"));
+        (
+            signed + words.next().unwrap_or(0),
+            errors + words.next().unwrap_or(0),
+        )
+    })
+}
+
+/// The figures of the fleet guide: with 1, 3 and 5 agents, signatures
+/// per second across the fleet, lifecycle changes per second through the
+/// shared store, and how long a revocation made on one agent takes to be
+/// in force on the others (each must be under a second).
+#[test]
+fn fleet_limits_with_one_three_and_five_agents() {
+    let mut table = vec!["agents | signatures/s (all agents) | lifecycle changes/s | revocation in force elsewhere (max)".to_owned()];
+    for n in [1usize, 3, 5] {
+        let fleet = Fleet::start(n, &policy(), 5);
+        active_key(&fleet, 0, "web");
+        let (signed, errors) = fleet_throughput(&fleet, "web", 2000);
+        assert_eq!(errors, 0, "{}", fleet.logs());
+        // Lifecycle changes through the store: suspend and resume.
+        let started = Instant::now();
+        let changes: u32 = 10;
+        for i in 0..(changes as usize) / 2 {
+            let k = i % n;
+            keyward_ok(
+                fleet.env(k),
+                &["key", "suspend", "web", "--reason", "drill"],
+                0,
+            );
+            keyward_ok(
+                fleet.env(k),
+                &["key", "resume", "web", "--reason", "drill"],
+                0,
+            );
+        }
+        let per_second = f64::from(changes) / started.elapsed().as_secs_f64();
+        // Revocation: on agent 0, watched on every other agent at once
+        // (on agent 0 itself when it is alone).
+        active_key(&fleet, 0, "rev");
+        let watchers: Vec<usize> = if n == 1 { vec![0] } else { (1..n).collect() };
+        let mut probes: Vec<_> = watchers.iter().map(|&k| fleet.probe(k, "rev")).collect();
+        for p in &mut probes {
+            assert!(signs_within(p, Duration::from_secs(5)), "{}", fleet.logs());
+            p.say("watch 10000");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let before = now_micros();
+        keyward_ok(
+            fleet.env(0),
+            &[
+                "key",
+                "revoke",
+                "--yes",
+                "rev",
+                "--reason",
+                "drill",
+                "--reason-code",
+                "keyCompromise",
+            ],
+            0,
+        );
+        let slowest = probes
+            .iter_mut()
+            .map(|p| {
+                let failed = p.value("failed", Duration::from_secs(20));
+                let at: u128 = failed
+                    .split_once(' ')
+                    .unwrap_or_else(|| {
+                        panic!("still signing after the revocation:\n{}", fleet.logs())
+                    })
+                    .0
+                    .parse()
+                    .expect("micros");
+                Duration::from_micros(u64::try_from(at.saturating_sub(before)).unwrap_or(u64::MAX))
+            })
+            .max()
+            .unwrap_or_default();
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{n} agents: {slowest:?}\n{}",
+            fleet.logs()
+        );
+        table.push(format!(
+            "{n} | {} | {per_second:.1} | {} ms",
+            signed * 1000 / 2000,
+            slowest.as_millis()
+        ));
+    }
+    println!("{}", table.join("\n"));
+}
