@@ -1794,7 +1794,7 @@ mod hello_tests {
 
     #[test]
     fn a_keyward_speaking_3_and_a_newer_agent_say_which_to_upgrade() {
-        assert_eq!(ADMIN_VERSIONS, VersionRange::only(8));
+        assert_eq!(ADMIN_VERSIONS, VersionRange::only(9));
         let three = VersionRange::only(3);
         // The agent refuses a keyward that speaks 3 ...
         let (answer, m) = answer_hello(three, "0.4.0");
