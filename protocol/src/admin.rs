@@ -1218,6 +1218,8 @@ pub struct AuditRecordInfo {
     pub count: u32,
     /// Microseconds from the first of them to the last.
     pub span_us: u32,
+    /// The agent that wrote it, in a fleet's shared trail.
+    pub host: Option<String>,
 }
 
 /// What `keyward report` asks for. Times are unix seconds (UTC).

@@ -1355,8 +1355,17 @@ fn record_row(r: &AuditRecordInfo) -> Vec<String> {
 }
 
 /// Who acted: the application's name, `administrator uid:N`, `agent`,
-/// `scheduler`.
+/// `scheduler`; in a fleet's shared trail, `@` the agent's host.
 fn actor(r: &AuditRecordInfo) -> String {
+    let who = actor_here(r);
+    match &r.host {
+        Some(host) => format!("{who}@{}", cell(host)),
+        None => who,
+    }
+}
+
+/// [`actor`] without the host.
+fn actor_here(r: &AuditRecordInfo) -> String {
     let uid = r.uid.map(|u| format!(" uid:{u}")).unwrap_or_default();
     match (r.actor.as_str(), &r.application) {
         ("application", Some(name)) => cell(name),
@@ -2910,6 +2919,7 @@ reason code:    keyCompromise (RFC 5280 code 1)
             reason: String::new(),
             count: 1,
             span_us: 0,
+            host: None,
         }
     }
 

@@ -1330,6 +1330,7 @@ mod tests {
             reason: String::new(),
             count: 1,
             span_us: 0,
+            host: None,
         }
     }
 

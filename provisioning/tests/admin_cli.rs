@@ -720,6 +720,7 @@ fn audit_record(seq: u64) -> AuditRecordInfo {
         reason: "no grant for decrypt".into(),
         count: 1,
         span_us: 0,
+        host: None,
     }
 }
 

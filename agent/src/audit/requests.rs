@@ -381,5 +381,6 @@ pub(crate) fn record_info(
         reason: e.reason.clone(),
         count: e.count,
         span_us: e.span_us,
+        host: r.host.clone(),
     }
 }
