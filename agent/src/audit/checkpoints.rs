@@ -248,12 +248,27 @@ impl crate::shared::Core {
             head,
             created_at,
             signature,
-            signer: "keyward-audit (HSM, ECDSA P-256)".into(),
+            signer: match self.host() {
+                Some(host) => format!("keyward-audit (HSM, ECDSA P-256) by {host}"),
+                None => "keyward-audit (HSM, ECDSA P-256)".into(),
+            },
         };
         match log.checkpoint(&cp) {
             Ok(()) => {
                 log::debug!("audit: checkpoint at {seq}");
                 self.audit.forward_anchor(&anchor_of(&cp));
+                Ok(())
+            }
+            // Another agent of the fleet sealed the shared trail further
+            // meanwhile: what this one would seal is sealed.
+            Err(_)
+                if log
+                    .last_checkpoint()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.seq >= seq) =>
+            {
+                log::debug!("audit: checkpoint at {seq}: sealed further by another agent");
                 Ok(())
             }
             Err(e) => {
