@@ -195,3 +195,86 @@ fn strip_url(message: &str, url: &str) -> String {
         message.replace(url, "(the url)")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const AGENT: &str = r#"
+[agent]
+socket = "/tmp/kw/keyward.sock"
+socket_mode = "0666"
+admin_socket = "/tmp/kw/admin.sock"
+admin_socket_mode = "0660"
+state_dir = "/tmp/kw/state"
+STORE
+
+[[token]]
+label = "keyward"
+library = "/usr/lib/softhsm/libsofthsm2.so"
+backend_token_label = "kw-backend"
+backend_pin = "file:/etc/keyward/backend.pin"
+"#;
+
+    fn parse(store: &str, table: &str) -> Result<Config, String> {
+        let text = format!("{}{table}", AGENT.replace("STORE", store));
+        Config::parse(&text, Path::new("/etc/keyward/keyward-agent.toml")).map_err(|e| e.to_string())
+    }
+
+    const PG: &str = "\n[postgres]\nurl = \"host=db.example user=keyward dbname=keyward\"\n\
+                      password = \"file:/etc/keyward/store.password\"\nca_file = \"/etc/keyward/ca.pem\"\n\
+                      host = \"web-01\"\n";
+
+    #[test]
+    fn sqlite_is_the_default_and_postgres_needs_its_table() {
+        let c = parse("", "").unwrap();
+        assert_eq!(c.agent.store, super::StoreKind::Sqlite);
+        let c = parse("store = \"postgres\"", PG).unwrap();
+        assert_eq!(c.agent.store, super::StoreKind::Postgres);
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.tls, super::TlsMode::VerifyFull);
+        assert_eq!(pg.lease_seconds, 5);
+        assert_eq!(pg.host_name().unwrap(), "web-01");
+        let e = parse("store = \"postgres\"", "").unwrap_err();
+        assert!(e.contains("needs a [postgres] table"), "{e}");
+        let e = parse("", PG).unwrap_err();
+        assert!(e.contains("store is \"sqlite\""), "{e}");
+        let e = parse("store = \"mysql\"", PG).unwrap_err();
+        assert!(e.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_postgres_table_is_refused_saying_why_and_never_echoing_a_password() {
+        let with = |from: &str, to: &str| parse("store = \"postgres\"", &PG.replace(from, to)).unwrap_err();
+        let e = with("user=keyward", "user=keyward password=s3cret");
+        assert!(e.contains("holds a password") && !e.contains("s3cret"), "{e}");
+        let e = with(
+            "host=db.example user=keyward",
+            "postgresql://keyward:s3cret@db.example/keyward?x=1",
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = with("ca_file = \"/etc/keyward/ca.pem\"\n", "");
+        assert!(e.contains("needs ca_file"), "{e}");
+        let e = with("ca_file = \"/etc/keyward/ca.pem\"\n", "tls = \"disable\"\n");
+        assert!(e.contains("only for a server on a loopback"), "{e}");
+        let e = with("host = \"web-01\"\n", "host = \"web-01\"\nlease_seconds = 0\n");
+        assert!(e.contains("lease_seconds = 0"), "{e}");
+        let e = with("host = \"web-01\"\n", "host = \"web-01\"\nclient_key = \"/k\"\n");
+        assert!(e.contains("together"), "{e}");
+        let e = with("host = \"web-01\"\n", &format!("host = \"{}\"\n", "h".repeat(300)));
+        assert!(e.contains("1 to 255"), "{e}");
+        let e = with("host = \"web-01\"\n", "host = \"web-01\"\nretries = 3\n");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = with("dbname=keyward", "dbname=keyward bogus=1");
+        assert!(e.contains("url does not parse"), "{e}");
+        // Loopback and Unix sockets may go without TLS.
+        for url in ["host=127.0.0.1 user=k", "host=/run/postgresql user=k", "host=localhost user=k"] {
+            let table = PG
+                .replace("host=db.example user=keyward dbname=keyward", url)
+                .replace("ca_file = \"/etc/keyward/ca.pem\"\n", "tls = \"disable\"\n");
+            parse("store = \"postgres\"", &table).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+}
