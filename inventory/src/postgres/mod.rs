@@ -24,6 +24,7 @@ use ::postgres::Client;
 
 use crate::error::{Error, Result};
 
+mod inventory;
 mod schema;
 pub(crate) mod trail;
 
