@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ::postgres::error::SqlState;
 use ::postgres::types::Type;
 use ::postgres::{Client, IsolationLevel, Row, Transaction};
-use keyward_domain::{ApprovalStatus, Decision, KeyState, Operation, ParseError};
+use keyward_domain::{ApprovalStatus, Decision, KeyState, Operation, ParseError, ReasonCode};
 
 use super::{notify, trail, Notice, PgInventory};
 use crate::audit::validate_all;
@@ -337,17 +337,17 @@ fn record_change(
     to: KeyState,
     c: &LifecycleChange,
 ) -> Result<StateChange> {
-    let row = tx.query_one(
+    let row = tx.query_typed_one(
         "INSERT INTO state_changes (key_id, version, from_state, to_state, at, actor, reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
         &[
-            &key_id,
-            &version.map(i64::from),
-            &from.map(KeyState::as_str),
-            &to.as_str(),
-            &c.at,
-            &c.actor,
-            &c.reason,
+            (&key_id, Type::INT8),
+            (&version.map(i64::from), Type::INT8),
+            (&from.map(KeyState::as_str), Type::TEXT),
+            (&to.as_str(), Type::TEXT),
+            (&c.at, Type::INT8),
+            (&c.actor, Type::TEXT),
+            (&c.reason, Type::TEXT),
         ],
     )?;
     Ok(StateChange {
@@ -542,21 +542,24 @@ fn insert_key(tx: &mut Transaction<'_>, key: &KeyRecord) -> Result<i64> {
 }
 
 /// Locks key `key_id`, checks that it is `expected` and moves it to `to`
-/// (stamping its first activation and its deactivation); returns its
-/// token.
+/// with the move's reason `code` (stamping its first activation and its
+/// deactivation); returns its token. Typed statements: one round trip
+/// each.
 fn move_key(
     tx: &mut Transaction<'_>,
     key_id: i64,
     expected: KeyState,
     to: Option<KeyState>,
+    code: Option<ReasonCode>,
     c: &LifecycleChange,
 ) -> Result<String> {
     let row = tx
-        .query_opt(
+        .query_typed(
             "SELECT token, state, activated_at, deactivated_at FROM keys WHERE id = $1
                FOR NO KEY UPDATE",
-            &[&key_id],
+            &[(&key_id, Type::INT8)],
         )?
+        .pop()
         .ok_or_else(|| Error::NotFound(format!("key {key_id}")))?;
     let token: String = row.try_get(0)?;
     let from: KeyState = stored(&row, 1, "state", &|| format!("key {key_id}"))?;
@@ -577,11 +580,19 @@ fn move_key(
     if to == KeyState::Deactivated && deactivated.is_none() && c.dates.deactivated_at.is_none() {
         stamps.deactivated_at = Some(c.at);
     }
-    tx.execute(
-        "UPDATE keys SET state = $2 WHERE id = $1",
-        &[&key_id, &to.as_str()],
+    tx.execute_typed(
+        "UPDATE keys SET state = $2, reason_code = $3,
+                         activated_at = coalesce(activated_at, $4),
+                         deactivated_at = coalesce(deactivated_at, $5)
+          WHERE id = $1",
+        &[
+            (&key_id, Type::INT8),
+            (&to.as_str(), Type::TEXT),
+            (&code.map(|c| c.as_str()), Type::TEXT),
+            (&stamps.activated_at, Type::INT8),
+            (&stamps.deactivated_at, Type::INT8),
+        ],
     )?;
-    set_key_dates(tx, key_id, &stamps)?;
     Ok(token)
 }
 
@@ -755,13 +766,10 @@ impl PgInventory {
                     to,
                     code,
                 } => {
-                    let token = move_key(&mut tx, *key_id, *expected, *to, c)?;
+                    // With a move, the code of the move that put the key
+                    // in its state.
+                    let token = move_key(&mut tx, *key_id, *expected, *to, *code, c)?;
                     if let Some(to) = to {
-                        // The code of the move that put the key in its state.
-                        tx.execute(
-                            "UPDATE keys SET reason_code = $2 WHERE id = $1",
-                            &[key_id, &code.map(|c| c.as_str())],
-                        )?;
                         history.push(record_change(
                             &mut tx,
                             *key_id,
@@ -803,9 +811,9 @@ impl PgInventory {
                 let last = trail::chain_in(&mut tx, &c.trail, host)?;
                 Some((last + 1 - c.trail.len() as u64, last))
             };
-            let row = tx.query_one(
+            let row = tx.query_typed_one(
                 concat!("SELECT ", key_cols!(), " FROM keys k WHERE k.id = $1"),
-                &[&key_id],
+                &[(&key_id, Type::INT8)],
             )?;
             let key = key_from_row(&row)?;
             tx.commit()?;
@@ -1115,13 +1123,22 @@ impl Inventory for PgInventory {
     }
 
     fn touch(&self, key_id: i64, at: i64) -> Result<()> {
-        // One statement in one round trip (typed parameters, no prepare);
-        // no notice: the last use is not something agents cache.
+        // One statement, and like SQLite's `synchronous=NORMAL` not
+        // flushed on its own: committed without waiting for the WAL flush
+        // (the next lifecycle commit flushes past it). No notice: the last
+        // use is not something agents cache.
         let updated = self.with(|client| {
-            Ok(client.execute_typed(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off")?;
+            let updated = client.execute_typed(
                 "UPDATE keys SET last_used_at = greatest(last_used_at, $2) WHERE id = $1",
                 &[(&key_id, Type::INT8), (&at, Type::INT8)],
-            )?)
+            );
+            client.batch_execute(if updated.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            })?;
+            Ok(updated?)
         })?;
         if updated == 0 {
             return Err(Error::NotFound(format!("key {key_id}")));
