@@ -179,11 +179,20 @@ impl From<::postgres::Error> for Error {
         // An error the server answered is the engine's; one without an
         // answer (a closed or failed connection, a timeout) means the
         // store is out of reach.
-        if e.as_db_error().is_none() && is_io(&e) {
+        if e.as_db_error().is_none() && is_io(&e) || ends_session(&e) {
             return unavailable(e);
         }
         Error::Storage(Box::new(e))
     }
+}
+
+/// Whether `e` is the server's word that the session is over: a
+/// connection exception (SQLSTATE class 08) or the server shutting down,
+/// crashing, starting up or terminating the session (57P01 to 57P04),
+/// which arrive as answers when the server ends the session itself.
+fn ends_session(e: &::postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
 }
 
 /// Whether `e` comes from the connection rather than the server.

@@ -1383,6 +1383,30 @@ fn postgres_store_is_unavailable_while_the_server_is_down_then_works_again() {
     let inv = pg_store(&config, "agent-a");
     let key = create(&inv, "tok", "k", b"id-1");
 
+    // The server ends the store's session (as a restart or an
+    // administrator does): the call that finds out is told the store is
+    // unavailable, and the next one makes a new session.
+    let mut su = pg.superuser_client("postgres");
+    let database = config.get_dbname().expect("database name").to_owned();
+    for round in 0..5 {
+        let ended: i64 = su
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+                &[&database],
+            )
+            .expect("terminate the store's sessions")
+            .get(0);
+        assert_eq!(ended, 1, "the store has one session open");
+        std::thread::sleep(Duration::from_millis(50 * round));
+        err_text(inv.key_by_id(key.id), "Unavailable");
+        assert_eq!(
+            inv.key_by_id(key.id).expect("a new session"),
+            Some(key.clone())
+        );
+    }
+    drop(su);
+
     pg.stop();
     for attempt in 0..3 {
         let t = Instant::now();
@@ -1424,5 +1448,24 @@ fn postgres_store_is_unavailable_while_the_server_is_down_then_works_again() {
         ))
         .expect("a change after the restart");
     assert_eq!(done.key.state, KeyState::Suspended);
+
+    // A use is not flushed on its own, but the next lifecycle commit
+    // flushes it with itself: both survive the server's crash.
+    inv.touch(key.id, T0 + 77).expect("touch");
+    inv.apply(&change(
+        key.id,
+        KeyState::Suspended,
+        Some(KeyState::Active),
+        vec![],
+    ))
+    .expect("resume");
+    pg.kill();
+    err_text(inv.key_by_id(key.id), "Unavailable");
+    pg.start();
+    let after = inv.key_by_id(key.id).expect("after the crash").expect("k");
+    assert_eq!(
+        (after.state, after.last_used_at),
+        (KeyState::Active, Some(T0 + 77))
+    );
     assert_eq!(inv.check().expect("check"), Vec::<String>::new());
 }
