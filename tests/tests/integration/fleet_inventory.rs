@@ -1111,6 +1111,51 @@ fn postgres_two_agents_racing_on_one_key_or_one_request_get_one_success() {
         );
     }
 
+    // Racing rotations of two keys onto one CKA_ID: the second waits on
+    // the unique index and is told the CKA_ID is taken.
+    let one = create(&a, "tok", "one", b"one-1");
+    let two = create(&a, "tok", "two", b"two-1");
+    let results = behind_lock(
+        &config,
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&AUDIT_LOCK],
+        2,
+        || {
+            race(&a, &b, |inv, agent| {
+                let key = if agent == 0 { &one } else { &two };
+                let mut c = change(
+                    key.id,
+                    KeyState::Active,
+                    None,
+                    vec![VersionChange::Add(backend(b"shared", 2))],
+                );
+                c.trail = vec![record(&key.name, "rotate")];
+                inv.apply(&c)
+            })
+        },
+    );
+    let text = one_wins(results, "Exists");
+    assert_eq!(
+        text,
+        format!(
+            "a key version with CKA_ID {} on token \"tok\" already exists",
+            hex::encode(b"shared")
+        )
+    );
+
+    // Racing requests with one id (on a key whose row the test holds, so
+    // the first waits with its new row uncommitted): one is recorded, the
+    // other is told the id is taken.
+    let results = behind_lock(&config, key_lock, &[&one.id], 2, || {
+        race(&a, &b, |inv, _| {
+            inv.create_request(&request("same-id", "resume", "tok/one", Some(one.id)))
+        })
+    });
+    assert_eq!(
+        one_wins(results, "Exists"),
+        "request same-id already exists"
+    );
+
     // Racing sole requests on one target: one is recorded.
     for round in 0..3 {
         let target = format!("tok/sole{round}");
