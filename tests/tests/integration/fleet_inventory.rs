@@ -1419,6 +1419,28 @@ fn postgres_listeners_hear_committed_changes_and_nothing_of_refused_ones() {
     );
     let _ = heard(&mut listener, Duration::from_millis(50));
     assert_eq!(inv.check().expect("check"), Vec::<String>::new());
+
+    // A value this build does not know (a newer agent's) is a data error
+    // naming the row, the column and the value; the session goes on.
+    listener
+        .execute(
+            "UPDATE keys SET purpose = 'teleportation' WHERE id = $1",
+            &[&key.id],
+        )
+        .expect("a newer agent's purpose");
+    match inv.key_by_id(key.id) {
+        Err(e @ Error::Data(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.starts_with(
+                    "inventory data invalid: key \"k\" on token \"tok\", stored purpose: "
+                ) && text.contains("teleportation"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a data error, got {other:?}"),
+    }
+    assert_eq!(inv.key("tok", "k2").expect("the session goes on"), None);
 }
 
 #[test]
