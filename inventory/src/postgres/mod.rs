@@ -20,6 +20,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ::postgres::types::Type;
 use ::postgres::Client;
 
 use crate::error::{Error, Result};
@@ -74,7 +75,11 @@ impl Notice {
 
 /// Sends `notice` inside the transaction `tx` (delivered when it commits).
 pub(crate) fn notify(tx: &mut ::postgres::Transaction<'_>, notice: &Notice) -> Result<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.payload()])?;
+    // Typed: one round trip, no prepare.
+    tx.execute_typed(
+        "SELECT pg_notify($1, $2)",
+        &[(&CHANNEL, Type::TEXT), (&notice.payload(), Type::TEXT)],
+    )?;
     Ok(())
 }
 
