@@ -20,10 +20,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use ::postgres::types::Type;
 use ::postgres::Client;
 
 use crate::error::{Error, Result};
 
+mod inventory;
 mod schema;
 pub(crate) mod trail;
 
@@ -77,7 +79,11 @@ impl Notice {
 
 /// Sends `notice` inside the transaction `tx` (delivered when it commits).
 pub(crate) fn notify(tx: &mut ::postgres::Transaction<'_>, notice: &Notice) -> Result<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice.payload()])?;
+    // Typed: one round trip, no prepare.
+    tx.execute_typed(
+        "SELECT pg_notify($1, $2)",
+        &[(&CHANNEL, Type::TEXT), (&notice.payload(), Type::TEXT)],
+    )?;
     Ok(())
 }
 
@@ -198,11 +204,20 @@ impl From<::postgres::Error> for Error {
         // An error the server answered is the engine's; one without an
         // answer (a closed or failed connection, a timeout) means the
         // store is out of reach.
-        if e.as_db_error().is_none() && is_io(&e) {
+        if e.as_db_error().is_none() && is_io(&e) || ends_session(&e) {
             return unavailable(e);
         }
         Error::Storage(Box::new(e))
     }
+}
+
+/// Whether `e` is the server's word that the session is over: a
+/// connection exception (SQLSTATE class 08) or the server shutting down,
+/// crashing, starting up or terminating the session (57P01 to 57P04),
+/// which arrive as answers when the server ends the session itself.
+fn ends_session(e: &::postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
 }
 
 /// Whether `e` comes from the connection rather than the server.

@@ -30,6 +30,7 @@ mod dual_control;
 mod envelope;
 mod escrow_cli;
 mod fleet;
+mod fleet_inventory;
 mod fleet_store;
 mod fork_process;
 mod general;
