@@ -837,6 +837,10 @@ impl PgInventory {
 }
 
 impl Inventory for PgInventory {
+    fn leads(&self) -> Result<bool> {
+        self.leads_now()
+    }
+
     fn schema_version(&self) -> Result<u32> {
         self.with(|client| {
             let v: i64 = client
