@@ -181,8 +181,28 @@ impl From<::postgres::Error> for Error {
         if e.as_db_error().is_none() && is_io(&e) {
             return unavailable(e);
         }
+        // So is a server that answered only to say it is going away or
+        // not yet there (stopped, crashed, starting up): the session is
+        // gone, and the next call makes another.
+        if e.code().is_some_and(is_gone) {
+            return unavailable(e);
+        }
         Error::Storage(Box::new(e))
     }
+}
+
+/// Whether the server's answer `code` means the store is out of reach
+/// for now: a connection exception (class 08) or the server shutting
+/// down, crashed or starting (57P01, 57P02, 57P03).
+fn is_gone(code: &::postgres::error::SqlState) -> bool {
+    use ::postgres::error::SqlState;
+    code.code().starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code)
 }
 
 /// Whether `e` comes from the connection rather than the server.
