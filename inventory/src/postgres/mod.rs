@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 
 mod schema;
 pub(crate) mod trail;
+mod usage;
 
 pub use schema::{migrate, SCHEMA_VERSION};
 

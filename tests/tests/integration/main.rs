@@ -30,6 +30,7 @@ mod dual_control;
 mod envelope;
 mod escrow_cli;
 mod fleet_store;
+mod fleet_trail;
 mod fork_process;
 mod general;
 mod generation;
