@@ -712,15 +712,13 @@ fn agents_of_two_hosts_appending_at_once_make_one_gap_free_chain() {
     const THREADS: usize = 4;
     const BATCHES: usize = 20;
     const SIZE: usize = 5;
-    // Each thread its own store (its own session), as separate agents are.
-    let stores: Vec<PgInventory> = (0..THREADS)
-        .flat_map(|_| [pg_on(&config, "a"), pg_on(&config, "b")])
-        .collect();
+    // Two agents' stores (one per host), each written by 4 threads at once.
+    let writers: Vec<&PgInventory> = (0..THREADS).flat_map(|_| [&a, &b]).collect();
     let ends: Vec<(String, Vec<u64>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = stores
+        let handles: Vec<_> = writers
             .iter()
             .enumerate()
-            .map(|(t, log)| {
+            .map(|(t, &log)| {
                 s.spawn(move || (log.host().to_owned(), write_batches(log, t, BATCHES, SIZE)))
             })
             .collect();
