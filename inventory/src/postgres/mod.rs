@@ -223,7 +223,30 @@ fn is_io(e: &::postgres::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Notice;
+    use ::postgres::error::SqlState;
+
+    use super::{is_gone, Notice};
+
+    #[test]
+    fn a_server_going_away_or_not_yet_there_is_out_of_reach() {
+        for gone in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+        ] {
+            assert!(is_gone(&gone), "{gone:?}");
+        }
+        for answered in [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::QUERY_CANCELED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+        ] {
+            assert!(!is_gone(&answered), "{answered:?}");
+        }
+    }
 
     #[test]
     fn notices_round_trip_and_unknown_payloads_are_none() {
