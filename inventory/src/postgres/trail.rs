@@ -69,16 +69,40 @@ pub(crate) fn chain_in(tx: &mut Transaction<'_>, events: &[AuditEvent], host: &s
     if events.is_empty() {
         return Ok(seq);
     }
-    let insert = tx.prepare(
-        "INSERT INTO audit (seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, \
-         key_name, key_version, operation, mechanism, result, reason, prev_hash, hash, count, \
-         span_us, host) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19, $20, $21, $22)",
-    )?;
+    // One statement for the whole batch (a column of values each), so an
+    // append costs the same few round trips whatever its size.
+    let n = events.len();
+    let mut seqs = Vec::with_capacity(n);
+    let mut hashes: Vec<Hash> = Vec::with_capacity(n);
+    let mut prevs: Vec<Hash> = Vec::with_capacity(n);
     for e in events {
         seq += 1;
         let hash = record_hash_on(&prev, seq, e, Some(host));
-        let (name, uid, gid, pid, exe) = match &e.actor {
+        seqs.push(to_i64(seq));
+        prevs.push(prev);
+        hashes.push(hash);
+        prev = hash;
+    }
+    let mut at = Vec::with_capacity(n);
+    let mut micros = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut actor = Vec::with_capacity(n);
+    let mut name: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut uid: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut gid: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut pid: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut exe: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut token = Vec::with_capacity(n);
+    let mut key = Vec::with_capacity(n);
+    let mut key_version = Vec::with_capacity(n);
+    let mut operation = Vec::with_capacity(n);
+    let mut mechanism = Vec::with_capacity(n);
+    let mut result = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut count = Vec::with_capacity(n);
+    let mut span_us = Vec::with_capacity(n);
+    for e in events {
+        let (n, u, g, p, x) = match &e.actor {
             Actor::Application {
                 name,
                 uid,
@@ -101,34 +125,65 @@ pub(crate) fn chain_in(tx: &mut Transaction<'_>, events: &[AuditEvent], host: &s
             ),
             Actor::Agent | Actor::Scheduler => (None, None, None, None, None),
         };
-        tx.execute(
-            &insert,
-            &[
-                &to_i64(seq),
-                &e.at,
-                &i64::from(e.micros),
-                &e.kind.as_str(),
-                &e.actor.kind_str(),
-                &name,
-                &uid,
-                &gid,
-                &pid,
-                &exe,
-                &e.token,
-                &e.key,
-                &e.key_version.map(i64::from),
-                &e.operation,
-                &e.mechanism.map(to_i64),
-                &to_i64(e.result),
-                &e.reason,
-                &&prev[..],
-                &&hash[..],
-                &i64::from(e.count),
-                &i64::from(e.span_us),
-                &host,
-            ],
-        )?;
-        prev = hash;
+        at.push(e.at);
+        micros.push(i64::from(e.micros));
+        kind.push(e.kind.as_str());
+        actor.push(e.actor.kind_str());
+        name.push(n);
+        uid.push(u);
+        gid.push(g);
+        pid.push(p);
+        exe.push(x);
+        token.push(e.token.as_deref());
+        key.push(e.key.as_deref());
+        key_version.push(e.key_version.map(i64::from));
+        operation.push(e.operation.as_str());
+        mechanism.push(e.mechanism.map(to_i64));
+        result.push(to_i64(e.result));
+        reason.push(e.reason.as_str());
+        count.push(i64::from(e.count));
+        span_us.push(i64::from(e.span_us));
+    }
+    let prevs: Vec<&[u8]> = prevs.iter().map(|h| &h[..]).collect();
+    let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+    let inserted = tx.execute(
+        "INSERT INTO audit (seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, \
+         key_name, key_version, operation, mechanism, result, reason, prev_hash, hash, count, \
+         span_us, host) \
+         SELECT batch.*, $22::text FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], \
+         $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], \
+         $10::text[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::bigint[], \
+         $16::bigint[], $17::text[], $18::bytea[], $19::bytea[], $20::bigint[], $21::bigint[]) \
+         AS batch",
+        &[
+            &seqs,
+            &at,
+            &micros,
+            &kind,
+            &actor,
+            &name,
+            &uid,
+            &gid,
+            &pid,
+            &exe,
+            &token,
+            &key,
+            &key_version,
+            &operation,
+            &mechanism,
+            &result,
+            &reason,
+            &prevs,
+            &hashes,
+            &count,
+            &span_us,
+            &host,
+        ],
+    )?;
+    if inserted != n as u64 {
+        return Err(Error::Data(format!(
+            "{inserted} audit records stored of a batch of {n}"
+        )));
     }
     Ok(seq)
 }
