@@ -714,7 +714,27 @@ fn agents_of_two_hosts_appending_at_once_make_one_gap_free_chain() {
     const SIZE: usize = 5;
     // Two agents' stores (one per host), each written by 4 threads at once.
     let writers: Vec<&PgInventory> = (0..THREADS).flat_map(|_| [&a, &b]).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
     let ends: Vec<(String, Vec<u64>)> = std::thread::scope(|s| {
+        // Meanwhile, a third store verifies: each walk sees one snapshot,
+        // whole batches only, and never waits for the writers.
+        let reader = pg_on(&config, "c");
+        let done = &done;
+        let verifier = s.spawn(move || {
+            let mut walks = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || walks == 0 {
+                let report = reader.verify(&check).expect("verify while appending");
+                assert_eq!(report.first_bad, None, "{report:?}");
+                assert_eq!(report.records, report.head_seq, "{report:?}");
+                assert_eq!(
+                    report.head_seq % SIZE as u64,
+                    0,
+                    "whole batches: {report:?}"
+                );
+                walks += 1;
+            }
+            walks
+        });
         let handles: Vec<_> = writers
             .iter()
             .enumerate()
@@ -722,10 +742,14 @@ fn agents_of_two_hosts_appending_at_once_make_one_gap_free_chain() {
                 s.spawn(move || (log.host().to_owned(), write_batches(log, t, BATCHES, SIZE)))
             })
             .collect();
-        handles
+        let ends = handles
             .into_iter()
             .map(|h| h.join().expect("a writer panicked"))
-            .collect()
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let walks = verifier.join().expect("the verifier panicked");
+        assert!(walks >= 1);
+        ends
     });
 
     let total = (2 * THREADS * BATCHES * SIZE) as u64;
@@ -809,6 +833,39 @@ fn records_changed_or_deleted_by_the_superuser_are_found_at_their_seq() {
     // only a checkpoint or an anchor shows it.
     let report = tampered(&server, "DELETE FROM audit WHERE seq = 8");
     assert_eq!((report.first_bad, report.head_seq), (None, 7));
+
+    // Sealed, the same cut is found; so is a checkpoint deleted with it.
+    let (config, log) = pg(&server, "a");
+    let events: Vec<AuditEvent> = (0..8).map(|i| agent(T0 + i, "tick")).collect();
+    log.append(&events, true).expect("append");
+    log.checkpoint(&seal(&log, T0 + 8)).expect("checkpoint");
+    let mut su = server.superuser_client(dbname(&config));
+    su.batch_execute("SET session_replication_role = replica; DELETE FROM audit WHERE seq >= 7")
+        .expect("cut the tail");
+    let bad = log.verify(&check).expect("verify").first_bad;
+    let bad = bad.expect("a sealed tail cut off is found");
+    assert_eq!(
+        (bad.seq, bad.problem),
+        (7, Problem::Truncated { checkpoint: 8 })
+    );
+
+    // Deep in a long trail (past the walk's first batches of rows).
+    let (config, log) = pg(&server, "a");
+    let events: Vec<AuditEvent> = (0..2500).map(|i| agent(T0 + i, "tick")).collect();
+    log.append(&events, false).expect("append 2500");
+    let report = log.verify(&check).expect("verify");
+    assert_eq!((report.first_bad, report.records), (None, 2500));
+    server
+        .superuser_client(dbname(&config))
+        .batch_execute(
+            "SET session_replication_role = replica; \
+             UPDATE audit SET operation = 'tock' WHERE seq = 2345",
+        )
+        .expect("tamper");
+    let report = log.verify(&check).expect("verify");
+    let bad = report.first_bad.expect("an edit deep in the trail");
+    assert_eq!((bad.seq, bad.problem), (2345, Problem::Edited));
+    assert_eq!((report.records, report.head_seq), (2345, 2500));
 
     // A record that no longer decodes is an error of the reads, not a crash.
     let (config, log) = pg(&server, "a");
