@@ -922,6 +922,32 @@ fn a_stopped_server_is_unavailable_and_the_same_store_appends_once_it_is_back() 
     );
     let report = log.verify(&check).expect("verify");
     assert_eq!((report.first_bad, report.head_seq), (None, 3));
+
+    // Killed (no shutdown: the sessions just break), the same. A durable
+    // append makes the batches before it durable too.
+    assert_eq!(
+        log.append(&[agent(T0 + 4, "tick")], false).expect("append"),
+        4
+    );
+    assert_eq!(
+        log.append(&[agent(T0 + 5, "tick")], true).expect("append"),
+        5
+    );
+    server.kill();
+    let err = log
+        .append(&[agent(T0 + 6, "tick")], true)
+        .expect_err("no server");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(matches!(log.verify(&check), Err(Error::Unavailable(_))));
+    server.start();
+    assert_eq!(
+        log.append(&[agent(T0 + 7, "tick")], true).expect("append"),
+        6,
+        "every record through the last durable one survived the crash, \
+         the refused one was never written"
+    );
+    let report = log.verify(&check).expect("verify");
+    assert_eq!((report.first_bad, report.head_seq), (None, 6));
 }
 
 /// Records per second appended by `writers` stores at once, each writing
