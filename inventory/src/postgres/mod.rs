@@ -30,6 +30,10 @@ mod usage;
 
 pub use schema::{migrate, SCHEMA_VERSION};
 
+/// The longest host identity an agent may carry (characters; the
+/// schema's limit on `audit.host`).
+pub const MAX_HOST_LEN: usize = 255;
+
 /// The channel of the store's notifications (`LISTEN keyward`).
 pub const CHANNEL: &str = "keyward";
 
@@ -107,10 +111,17 @@ impl PgInventory {
     /// and returns the store; `host` names this agent in the trail.
     ///
     /// Errors: those of [`migrate`]; [`Error::Unavailable`] when the server
-    /// cannot be reached; [`Error::Invalid`] for an empty `host`.
+    /// cannot be reached; [`Error::Invalid`] for an empty `host` or one
+    /// longer than [`MAX_HOST_LEN`] characters.
     pub fn open(connect: Connector, host: &str) -> Result<PgInventory> {
         if host.is_empty() {
             return Err(Error::Invalid("the agent's host name is empty".into()));
+        }
+        let chars = host.chars().count();
+        if chars > MAX_HOST_LEN {
+            return Err(Error::Invalid(format!(
+                "the agent's host name is {chars} characters (at most {MAX_HOST_LEN})"
+            )));
         }
         let mut client = connect().map_err(unavailable)?;
         migrate(&mut client)?;
@@ -226,6 +237,17 @@ mod tests {
     use ::postgres::error::SqlState;
 
     use super::{is_gone, Notice};
+
+    #[test]
+    fn a_host_name_empty_or_over_the_schemas_limit_is_refused_before_connecting() {
+        let never: super::Connector = std::sync::Arc::new(|| panic!("connected"));
+        for (host, said) in [("", "empty"), (&*"é".repeat(256), "256 characters")] {
+            match super::PgInventory::open(never.clone(), host) {
+                Err(crate::Error::Invalid(e)) => assert!(e.contains(said), "{e}"),
+                other => panic!("{host:?}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_server_going_away_or_not_yet_there_is_out_of_reach() {

@@ -780,6 +780,14 @@ fn agents_of_two_hosts_appending_at_once_make_one_gap_free_chain() {
         assert_eq!(report.first_bad, None, "{report:?}");
         assert_eq!((report.records, report.head_seq), (total, total));
     }
+    // The longest host name the store takes is stored and hashed whole.
+    let long = "é".repeat(keyward_inventory::postgres::MAX_HOST_LEN);
+    let (_db, log) = pg(&server, &long);
+    log.append(&[agent(T0, "start")], true).expect("append");
+    let rec = log.tail(1).expect("tail").pop().expect("a record");
+    assert_eq!(rec.host.as_deref(), Some(long.as_str()));
+    assert_eq!(log.verify(&check).expect("verify").first_bad, None);
+
     // A checkpoint by one host seals the chain the other wrote into too.
     b.checkpoint(&seal(&b, T0)).expect("checkpoint by b");
     let report = a.verify(&check).expect("verify");
