@@ -107,7 +107,8 @@
 //! This file is the trail with no storage: the event and its canonical
 //! encoding, the hash chain, the checkpoint message, the checks an event
 //! must pass, and the [`AuditLog`] trait. `verify` judges a walked chain;
-//! [`SqliteInventory`](crate::sqlite::SqliteInventory) stores the trail.
+//! [`SqliteInventory`](crate::sqlite::SqliteInventory) stores the trail,
+//! and [`PgInventory`](crate::postgres::PgInventory) the fleet's shared one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -537,14 +538,17 @@ impl fmt::Display for Problem {
 
 /// The audit trail's store. Implemented by
 /// [`SqliteInventory`](crate::sqlite::SqliteInventory) in the same database
-/// file as the inventory, so the agent holds one store.
+/// file as the inventory, so the agent holds one store, and by
+/// [`PgInventory`](crate::postgres::PgInventory) in the fleet's shared
+/// database (one chain for every agent, each record with its host).
 pub trait AuditLog: UsageLog + Send + Sync {
     /// Appends `events` in order, chained, in one transaction; returns the
     /// last seq (the head's seq when `events` is empty). `durable`: on disk
     /// before the call returns (lifecycle and admin events); otherwise
     /// committed without a sync (batches of use events), made durable by
-    /// the next durable write or SQLite's own WAL checkpoint, and never
-    /// torn: a crash loses whole batches from the end, not part of one.
+    /// the next durable write or the engine's own flush (SQLite's WAL
+    /// checkpoint, PostgreSQL's WAL writer), and never torn: a crash loses
+    /// whole batches from the end, not part of one.
     ///
     /// [`Error::Invalid`] for an event with an empty operation, `micros`
     /// out of range or a field over [`MAX_FIELD_LEN`]; nothing is written.

@@ -79,8 +79,7 @@ fn default_connect_timeout() -> u64 {
     3
 }
 
-/// Longest host name in the trail (the schema's limit).
-const MAX_HOST_LEN: usize = 255;
+use keyward_inventory::postgres::MAX_HOST_LEN;
 
 impl PostgresConfig {
     /// The parsed `url`, or why it is refused. Never echoes the URL: it
@@ -136,9 +135,9 @@ impl PostgresConfig {
                     "[postgres] host: the machine's host name is not UTF-8; set host".to_string()
                 })?,
         };
-        if name.is_empty() || name.len() > MAX_HOST_LEN || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > MAX_HOST_LEN || name.chars().any(char::is_control) {
             return Err(format!(
-                "[postgres] host must be 1 to {MAX_HOST_LEN} bytes without control characters"
+                "[postgres] host must be 1 to {MAX_HOST_LEN} characters without control characters"
             ));
         }
         Ok(name)

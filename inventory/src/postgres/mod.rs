@@ -28,12 +28,17 @@ use crate::error::{Error, Result};
 mod inventory;
 mod schema;
 pub(crate) mod trail;
+mod usage;
 
 pub use schema::{migrate, SCHEMA_VERSION};
 
 /// Key of the session-level advisory lock the leading agent holds
 /// (`KWLD`), see [`PgInventory::leads_now`].
 pub const LEADER_LOCK: i64 = 0x4B57_4C44;
+
+/// The longest host identity an agent may carry (characters; the
+/// schema's limit on `audit.host`).
+pub const MAX_HOST_LEN: usize = 255;
 
 /// The channel of the store's notifications (`LISTEN keyward`).
 pub const CHANNEL: &str = "keyward";
@@ -116,10 +121,17 @@ impl PgInventory {
     /// and returns the store; `host` names this agent in the trail.
     ///
     /// Errors: those of [`migrate`]; [`Error::Unavailable`] when the server
-    /// cannot be reached; [`Error::Invalid`] for an empty `host`.
+    /// cannot be reached; [`Error::Invalid`] for an empty `host` or one
+    /// longer than [`MAX_HOST_LEN`] characters.
     pub fn open(connect: Connector, host: &str) -> Result<PgInventory> {
         if host.is_empty() {
             return Err(Error::Invalid("the agent's host name is empty".into()));
+        }
+        let chars = host.chars().count();
+        if chars > MAX_HOST_LEN {
+            return Err(Error::Invalid(format!(
+                "the agent's host name is {chars} characters (at most {MAX_HOST_LEN})"
+            )));
         }
         let mut client = connect().map_err(unavailable)?;
         migrate(&mut client)?;
@@ -204,20 +216,26 @@ impl From<::postgres::Error> for Error {
         // An error the server answered is the engine's; one without an
         // answer (a closed or failed connection, a timeout) means the
         // store is out of reach.
-        if e.as_db_error().is_none() && is_io(&e) || ends_session(&e) {
+        if e.as_db_error().is_none() && is_io(&e) {
+            return unavailable(e);
+        }
+        // So is a server that answered only to say it is going away or
+        // not yet there (stopped, crashed, starting up, the session
+        // terminated): the session is gone, and the next call makes
+        // another.
+        if e.code().is_some_and(is_gone) {
             return unavailable(e);
         }
         Error::Storage(Box::new(e))
     }
 }
 
-/// Whether `e` is the server's word that the session is over: a
-/// connection exception (SQLSTATE class 08) or the server shutting down,
-/// crashing, starting up or terminating the session (57P01 to 57P04),
-/// which arrive as answers when the server ends the session itself.
-fn ends_session(e: &::postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+/// Whether the server's answer `code` means the store is out of reach
+/// for now: a connection exception (class 08), or the server shutting
+/// down, crashed, starting, or ending the session itself (57P01 to 57P05:
+/// an administrator's command, a dropped database, an idle timeout).
+fn is_gone(code: &::postgres::error::SqlState) -> bool {
+    code.code().starts_with("08") || code.code().starts_with("57P")
 }
 
 /// Whether `e` comes from the connection rather than the server.
@@ -237,7 +255,41 @@ fn is_io(e: &::postgres::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Notice;
+    use ::postgres::error::SqlState;
+
+    use super::{is_gone, Notice};
+
+    #[test]
+    fn a_host_name_empty_or_over_the_schemas_limit_is_refused_before_connecting() {
+        let never: super::Connector = std::sync::Arc::new(|| panic!("connected"));
+        for (host, said) in [("", "empty"), (&*"é".repeat(256), "256 characters")] {
+            match super::PgInventory::open(never.clone(), host) {
+                Err(crate::Error::Invalid(e)) => assert!(e.contains(said), "{e}"),
+                other => panic!("{host:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_going_away_or_not_yet_there_is_out_of_reach() {
+        for gone in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+        ] {
+            assert!(is_gone(&gone), "{gone:?}");
+        }
+        for answered in [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::QUERY_CANCELED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+        ] {
+            assert!(!is_gone(&answered), "{answered:?}");
+        }
+    }
 
     #[test]
     fn notices_round_trip_and_unknown_payloads_are_none() {

@@ -128,6 +128,60 @@ fn a_coalesced_event_is_format_2_with_count_and_span_after_format_1s_fields() {
 }
 
 #[test]
+fn a_hosted_record_is_format_3_with_count_span_and_host_after_format_1s_fields() {
+    let single = use_event(T0, "web", "k", 0);
+    let one = canonical(&single);
+    let hosted = canonical_on(&single, Some("db-1"));
+    assert_eq!(hosted[0], EVENT_FORMAT_HOSTED);
+    // Format 1's fields, then count and span (always), then the host.
+    let tail = 8 + 4 + "db-1".len();
+    assert_eq!(hosted[1..hosted.len() - tail], one[1..]);
+    assert_eq!(
+        hosted[hosted.len() - tail..hosted.len() - 8],
+        [0, 0, 0, 1, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        hosted[hosted.len() - 8..],
+        [0, 0, 0, 4, b'd', b'b', b'-', b'1']
+    );
+    // A coalesced record with a host is format 3 as well.
+    let mut folded = single.clone();
+    folded.count = 3;
+    folded.span_us = 1500;
+    let hosted = canonical_on(&folded, Some("db-1"));
+    assert_eq!(hosted[0], EVENT_FORMAT_HOSTED);
+    assert_eq!(
+        hosted[hosted.len() - tail..hosted.len() - 8],
+        [0, 0, 0, 3, 0, 0, 0x05, 0xdc]
+    );
+    // Without a host, nothing changes.
+    assert_eq!(canonical_on(&single, None), one);
+    assert_eq!(canonical_on(&folded, None), canonical(&folded));
+}
+
+#[test]
+fn the_host_is_hashed_so_a_record_cannot_change_writer_unnoticed() {
+    let e = use_event(T0, "web", "k", 0);
+    let prev = [7u8; 32];
+    let none = record_hash_on(&prev, 9, &e, None);
+    let a = record_hash_on(&prev, 9, &e, Some("a"));
+    let b = record_hash_on(&prev, 9, &e, Some("b"));
+    assert_eq!(none, record_hash(&prev, 9, &e));
+    assert_ne!(a, none);
+    assert_ne!(a, b);
+    // Host boundaries are length-prefixed: "ab" is not "a" then "b".
+    assert_ne!(
+        record_hash_on(&prev, 9, &e, Some("ab")),
+        record_hash_on(&prev, 9, &e, Some("a"))
+    );
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(9u64.to_be_bytes());
+    h.update(canonical_on(&e, Some("a")));
+    assert_eq!(a, Hash::from(h.finalize()));
+}
+
+#[test]
 fn coalescing_folds_equal_uses_and_keeps_everything_else_in_order() {
     let at = |e: AuditEvent, micros: u32| AuditEvent { micros, ..e };
     let sign = use_event(T0, "web", "k", 0);

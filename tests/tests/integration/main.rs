@@ -32,6 +32,7 @@ mod escrow_cli;
 mod fleet;
 mod fleet_inventory;
 mod fleet_store;
+mod fleet_trail;
 mod fork_process;
 mod general;
 mod generation;
