@@ -135,7 +135,10 @@ impl PostgresConfig {
                     "[postgres] host: the machine's host name is not UTF-8; set host".to_string()
                 })?,
         };
-        if name.is_empty() || name.chars().count() > MAX_HOST_LEN || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.chars().count() > MAX_HOST_LEN
+            || name.chars().any(char::is_control)
+        {
             return Err(format!(
                 "[postgres] host must be 1 to {MAX_HOST_LEN} characters without control characters"
             ));
@@ -219,7 +222,8 @@ backend_pin = "file:/etc/keyward/backend.pin"
 
     fn parse(store: &str, table: &str) -> Result<Config, String> {
         let text = format!("{}{table}", AGENT.replace("STORE", store));
-        Config::parse(&text, Path::new("/etc/keyward/keyward-agent.toml")).map_err(|e| e.to_string())
+        Config::parse(&text, Path::new("/etc/keyward/keyward-agent.toml"))
+            .map_err(|e| e.to_string())
     }
 
     const PG: &str = "\n[postgres]\nurl = \"host=db.example user=keyward dbname=keyward\"\n\
@@ -246,9 +250,14 @@ backend_pin = "file:/etc/keyward/backend.pin"
 
     #[test]
     fn a_bad_postgres_table_is_refused_saying_why_and_never_echoing_a_password() {
-        let with = |from: &str, to: &str| parse("store = \"postgres\"", &PG.replace(from, to)).unwrap_err();
+        let with = |from: &str, to: &str| {
+            parse("store = \"postgres\"", &PG.replace(from, to)).unwrap_err()
+        };
         let e = with("user=keyward", "user=keyward password=s3cret");
-        assert!(e.contains("holds a password") && !e.contains("s3cret"), "{e}");
+        assert!(
+            e.contains("holds a password") && !e.contains("s3cret"),
+            "{e}"
+        );
         let e = with(
             "host=db.example user=keyward",
             "postgresql://keyward:s3cret@db.example/keyward?x=1",
@@ -258,18 +267,31 @@ backend_pin = "file:/etc/keyward/backend.pin"
         assert!(e.contains("needs ca_file"), "{e}");
         let e = with("ca_file = \"/etc/keyward/ca.pem\"\n", "tls = \"disable\"\n");
         assert!(e.contains("only for a server on a loopback"), "{e}");
-        let e = with("host = \"web-01\"\n", "host = \"web-01\"\nlease_seconds = 0\n");
+        let e = with(
+            "host = \"web-01\"\n",
+            "host = \"web-01\"\nlease_seconds = 0\n",
+        );
         assert!(e.contains("lease_seconds = 0"), "{e}");
-        let e = with("host = \"web-01\"\n", "host = \"web-01\"\nclient_key = \"/k\"\n");
+        let e = with(
+            "host = \"web-01\"\n",
+            "host = \"web-01\"\nclient_key = \"/k\"\n",
+        );
         assert!(e.contains("together"), "{e}");
-        let e = with("host = \"web-01\"\n", &format!("host = \"{}\"\n", "h".repeat(300)));
+        let e = with(
+            "host = \"web-01\"\n",
+            &format!("host = \"{}\"\n", "h".repeat(300)),
+        );
         assert!(e.contains("1 to 255"), "{e}");
         let e = with("host = \"web-01\"\n", "host = \"web-01\"\nretries = 3\n");
         assert!(e.contains("unknown field"), "{e}");
         let e = with("dbname=keyward", "dbname=keyward bogus=1");
         assert!(e.contains("url does not parse"), "{e}");
         // Loopback and Unix sockets may go without TLS.
-        for url in ["host=127.0.0.1 user=k", "host=/run/postgresql user=k", "host=localhost user=k"] {
+        for url in [
+            "host=127.0.0.1 user=k",
+            "host=/run/postgresql user=k",
+            "host=localhost user=k",
+        ] {
             let table = PG
                 .replace("host=db.example user=keyward dbname=keyward", url)
                 .replace("ca_file = \"/etc/keyward/ca.pem\"\n", "tls = \"disable\"\n");

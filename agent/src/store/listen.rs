@@ -83,14 +83,23 @@ fn listen(
     }
     lease.renew();
     loop {
+        // Waits for the first notice (or the ping's time), then takes
+        // those already received with it, without waiting again.
         let mut heard = Vec::new();
         {
             let mut notifications = client.notifications();
-            let mut it = notifications.timeout_iter(every);
-            while let Some(n) = it.next().map_err(|e| e.to_string())? {
+            let first = notifications
+                .timeout_iter(every)
+                .next()
+                .map_err(|e| e.to_string())?;
+            if let Some(n) = first {
                 heard.push(n.payload().to_owned());
-                if heard.len() >= 1024 {
-                    break;
+                let mut pending = notifications.iter();
+                while let Some(n) = pending.next().map_err(|e| e.to_string())? {
+                    heard.push(n.payload().to_owned());
+                    if heard.len() >= 1024 {
+                        break;
+                    }
                 }
             }
         }

@@ -38,6 +38,14 @@ pub struct Opened {
     pub summary: Summary,
 }
 
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where the store is, for the log and `keyward status`.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
