@@ -122,7 +122,7 @@ fn apply(core: &Lifecycle, payloads: &[String]) -> Result<(), String> {
         // A notice this build does not know: a newer agent's change.
         return reload_all(core);
     };
-    notices.sort_by(|a, b| a.payload().cmp(&b.payload()));
+    notices.sort_by_key(Notice::payload);
     notices.dedup();
     for notice in notices {
         match notice {
