@@ -626,8 +626,10 @@ backend_pin = "env:KW_PIN"
     fn the_reference_webhook_table_parses_when_uncommented() {
         let text = include_str!("../keyward-agent.toml");
         let start = text.find("# [webhook]").unwrap();
+        // The table's lines run to the next blank line.
+        let end = text[start..].find("\n\n").map_or(text.len(), |i| start + i);
         let mut uncommented = text[..start].to_owned();
-        for line in text[start..].lines() {
+        for line in text[start..end].lines() {
             let line = line.strip_prefix("# ").unwrap_or(line);
             if line.starts_with('[') || line.contains(" = ") {
                 uncommented.push_str(line);
@@ -645,6 +647,26 @@ backend_pin = "env:KW_PIN"
             (256, 60, 900)
         );
         assert!(parse(GOOD).unwrap().webhook.is_none());
+    }
+
+    #[test]
+    fn the_reference_postgres_table_parses_when_uncommented() {
+        let text = include_str!("../keyward-agent.toml");
+        let start = text.find("# [postgres]").unwrap();
+        let mut uncommented = text[..start].replace("# store = \"sqlite\"", "store = \"postgres\"");
+        for line in text[start..].lines() {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if line.starts_with('[') || line.contains(" = ") {
+                uncommented.push_str(line);
+                uncommented.push('\n');
+            }
+        }
+        let c = parse(&uncommented).unwrap();
+        assert_eq!(c.agent.store, crate::store::StoreKind::Postgres);
+        let pg = c.postgres.unwrap();
+        assert_eq!((pg.lease_seconds, pg.connect_timeout_seconds), (5, 3));
+        assert_eq!(pg.host_name().unwrap(), "web-01");
+        assert!(parse(GOOD).unwrap().postgres.is_none());
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl Watch {
         now: SystemTime,
         emit: &mut dyn FnMut(Event),
     ) {
+        // The inventory is the fleet's: its conditions are posted by the
+        // agent that leads (see `Inventory::leads`), once.
+        if !life.keys.inventory().leads().unwrap_or(false) {
+            return;
+        }
         let at = secs(now);
         let keys = life.keys.all();
         let mut current = overdue(&keys, at, limits);
