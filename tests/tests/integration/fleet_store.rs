@@ -721,7 +721,7 @@ fn postgres_schema_a_failing_step_keeps_nothing_and_names_the_step() {
 
     // With the column gone, the same call applies the step.
     client
-        .batch_execute("ALTER TABLE keys DROP COLUMN reason_code")
+        .batch_execute("ALTER TABLE audit DROP COLUMN host")
         .expect("drop");
     let found = keyward_inventory::postgres::migrate(&mut client).expect("migrate");
     assert_eq!(i64::from(found), previous);
