@@ -322,8 +322,15 @@ fn example_policy_parses() {
     assert_eq!(p.mode(), Mode::Strict);
     assert_eq!(p.settings.pin_max_attempts, 5);
     assert_eq!(p.settings.default_class.as_deref(), Some("app-signing"));
-    assert_eq!(p.applications.len(), 4);
+    assert_eq!(p.applications.len(), 5);
     assert_eq!(p.classes.len(), 6);
+    let remote = p.application("web-remote").unwrap();
+    assert!(remote.is_remote());
+    assert_eq!(
+        p.application_for_certificate("CN=web-1.example.org", &"0".repeat(64))
+            .map(|a| a.name.as_str()),
+        Some("web-remote")
+    );
     // The reference example keeps to the standards' recommendations.
     assert!(p.notes.is_empty(), "{:?}", p.notes);
     assert!(p.mechanism_allowed(pkcs11_sys::CKM_ECDSA));
