@@ -63,6 +63,9 @@ pub struct Config {
     /// The `[webhook]` table; absent: no notifications (the default).
     #[serde(default)]
     pub webhook: Option<crate::notify::WebhookConfig>,
+    /// The `[remote]` table; absent: no remote clients (the default).
+    #[serde(default)]
+    pub remote: Option<crate::listener::remote::RemoteConfig>,
 }
 
 /// The `[audit]` table: how the trail is written and sealed.
