@@ -343,6 +343,20 @@ keyward_test!(fn remote_peers_without_a_matching_certificate_get_no_token(tb) {
         let tokens = with_module(&tb, token_labels);
         assert!(tokens.is_empty(), "{who}: the module shows {tokens:?}");
     }
+    // Settings the module cannot use: no token, never the local socket,
+    // never a crash.
+    use_certificate(&pki, &url, "a");
+    std::env::set_var("KEYWARD_TLS_KEY", pki.path("nosuch.key"));
+    assert!(with_module(&tb, token_labels).is_empty(), "a missing key file");
+    std::env::set_var("KEYWARD_TLS_KEY", pki.path("a.pem"));
+    assert!(with_module(&tb, token_labels).is_empty(), "a certificate as key");
+    std::env::set_var("KEYWARD_TLS_KEY", pki.path("a.key"));
+    std::env::set_var("KEYWARD_AGENT", "tcp://127.0.0.1:1");
+    assert!(with_module(&tb, token_labels).is_empty(), "a bad URL");
+    // An agent whose certificate another CA issued is not trusted.
+    std::env::set_var("KEYWARD_AGENT", &url);
+    std::env::set_var("KEYWARD_TLS_CA", pki.path("other-ca.pem"));
+    assert!(with_module(&tb, token_labels).is_empty(), "an untrusted agent");
     let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
     assert!(
         log.contains("TLS handshake failed: invalid peer certificate: Expired"),
