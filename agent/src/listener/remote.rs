@@ -334,12 +334,12 @@ impl Server {
             return;
         };
         log::debug!("tls://{addr}: {subject} sha256:{sha256} is application {application:?}");
-        self.serve_remote(stream, &peer, application);
+        self.serve_remote(stream, &peer, id, application);
     }
 
     /// Serves a remote peer's frames: its `Hello`, then one request and
     /// one answer at a time, as on the Unix socket.
-    fn serve_remote(&self, stream: Tls, peer: &Peer, application: String) {
+    fn serve_remote(&self, stream: Tls, peer: &Peer, conn: u64, application: String) {
         let mut reader = BufReader::with_capacity(16 << 10, stream);
         let (mut rbuf, mut wbuf) = (Vec::new(), Vec::new());
         match read_message_within::<_, Request>(&mut reader, &mut rbuf, HELLO_BOUNDS) {
@@ -377,8 +377,7 @@ impl Server {
             let started = Instant::now();
             let call = req.call();
             let resp = self.agent.handle(&client, req);
-            self.metrics
-                .record(u64::MAX, call, &resp, started.elapsed());
+            self.metrics.record(conn, call, &resp, started.elapsed());
             if let Err(e) = write_message(reader.get_mut(), &resp, &mut wbuf) {
                 report(peer, &e);
                 break;

@@ -459,6 +459,16 @@ keyward_test!(fn plain_tcp_and_silent_peers_do_not_stop_the_agent(tb) {
         );
     }
     local_signs(&tb);
+    // The agent stops with a remote client connected, and serves remote
+    // clients again after a start.
+    let held = TcpStream::connect(&addr).expect("connect");
+    tb.stop_agent();
+    drop(held);
+    tb.start_agent();
+    use_certificate(&pki, &url, "a");
+    with_module(&tb, |p11| {
+        sign_with(&tb, p11, "key-a").expect("remote-a signs after a restart")
+    });
 });
 
 keyward_test!(fn bad_remote_settings_are_refused_with_the_file_named(tb) {
