@@ -524,3 +524,28 @@ keyward_test!(fn bad_remote_settings_are_refused_with_the_file_named(tb) {
         assert!(!m.contains(body), "key material in {m}");
     }
 });
+
+keyward_test!(fn the_lab_policy_admits_no_remote_peer(tb) {
+    // The testbed's lab policy serves this process's user locally; a
+    // remote peer with a valid certificate still gets no token.
+    let pki = pki(&tb);
+    let port = free_port();
+    let url = format!("tls://127.0.0.1:{port}");
+    tb.configure_agent(&format!(
+        "\n[remote]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        pki.path("agent.pem").display(),
+        pki.path("agent.key").display(),
+        pki.path("ca.pem").display(),
+    ));
+    use_certificate(&pki, &url, "a");
+    let tokens = with_module(&tb, token_labels);
+    assert!(tokens.is_empty(), "lab mode served a remote peer: {tokens:?}");
+    use_socket();
+    let tokens = with_module(&tb, token_labels);
+    assert_eq!(tokens, vec![tb.token.clone()], "lab mode serves this user locally");
+    let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
+    assert!(
+        log.contains("CN=app-a sha256:") && log.contains("no application of the policy"),
+        "{log}"
+    );
+});
