@@ -238,6 +238,12 @@ fn admitted(agent: &Agent, loaded: LoadedPolicy) -> Result<LoadedPolicy, String>
 /// reloads the policy (see [`reload`]).
 pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     let loaded = load_policy(config)?;
+    // The remote listener's certificates and key, before anything starts.
+    let remote = config
+        .remote
+        .as_ref()
+        .map(crate::listener::remote::RemoteConfig::open)
+        .transpose()?;
     secure_state_dir(&config.agent.state_dir)?;
     let agent = Arc::new(
         Agent::from_config(config)
@@ -290,6 +296,15 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         config.agent.admin_socket_spec(),
         config.agent.limits(),
     );
+    if let Some(r) = remote {
+        log::info!(
+            "remote clients (mutual TLS) on {}",
+            r.listener
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        );
+        server.set_remote(r);
+    }
     // Before the sockets answer: once `keyward status` does, the metrics
     // endpoint and its metrics.addr are there too.
     crate::metrics::clear_addr_file(&config.agent.state_dir);
@@ -525,6 +540,9 @@ pub fn reload(
     if config.webhook != running.webhook {
         restart.push("[webhook]");
     }
+    if config.remote != running.remote {
+        restart.push("[remote]");
+    }
     crate::lifecycle::dry_run::commit_point(
         || {
             let policy = if new_source == *source {
@@ -592,6 +610,9 @@ pub fn check(config: &Config, path: &Path) -> Result<(), String> {
         if let Err(e) = t.backend_pin.read() {
             problems.push(format!("token {:?}: backend_pin: {e}", t.label));
         }
+    }
+    if let Some(Err(e)) = config.remote.as_ref().map(|r| r.server_config()) {
+        problems.push(e);
     }
     if let Err(e) = StateDir::open(&config.agent.state_dir) {
         problems.push(format!(

@@ -66,6 +66,9 @@ pub struct Config {
     /// The `[postgres]` table: the shared store, with `store = "postgres"`.
     #[serde(default)]
     pub postgres: Option<crate::store::PostgresConfig>,
+    /// The `[remote]` table; absent: no remote clients (the default).
+    #[serde(default)]
+    pub remote: Option<crate::listener::remote::RemoteConfig>,
 }
 
 /// The `[audit]` table: how the trail is written and sealed.

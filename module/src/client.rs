@@ -12,6 +12,9 @@
 //!   which starts with `Hello`), does one request / response with the
 //!   buffer stored in the connection, and puts it back. Every wait is
 //!   bounded by `KEYWARD_TIMEOUT_MS`.
+//! - A remote agent (`KEYWARD_AGENT=tls://host:port`): TCP with mutual
+//!   TLS ([`crate::remote`]), one connection per process, calls in turn
+//!   (the agent knows a remote client by its connection).
 //! - Agent restart: `HelloReply::instance` names the agent run. A new
 //!   connection that sees another run than the module knew drops the session
 //!   table and the pooled connections of the old run.
@@ -51,6 +54,9 @@ pub(crate) struct Config {
     /// numbers, comma-separated), else root, this process's own user and
     /// the system user `keyward` if it exists. Nothing, not even `Hello`, is sent to a socket served by another.
     pub(crate) agent_uids: Vec<u32>,
+    /// `KEYWARD_AGENT=tls://host:port`: a remote agent over mutual TLS,
+    /// instead of the socket.
+    pub(crate) remote: Option<Arc<crate::remote::Remote>>,
 }
 
 impl Config {
@@ -78,6 +84,9 @@ impl Config {
             if std::env::var_os("KEYWARD_AGENT_UID").is_none() {
                 c.agent_uids = p.agent_uids.clone();
             }
+            if std::env::var_os("KEYWARD_AGENT").is_none() {
+                c.remote = p.remote.clone();
+            }
         }
         c
     }
@@ -103,6 +112,7 @@ impl Config {
             timeout: Duration::from_millis(timeout_ms),
             spin: Duration::from_micros(spin_us),
             agent_uids: agent_uids(std::env::var("KEYWARD_AGENT_UID").ok().as_deref()),
+            remote: crate::remote::Remote::from_env().map(Arc::new),
         }
     }
 }
@@ -155,25 +165,40 @@ fn agent_uids_with(var: Option<&str>, user: impl Fn(&str) -> Option<u32>) -> Vec
 /// (header, then payload).
 #[derive(Debug)]
 struct Conn {
-    stream: BufReader<UnixStream>,
+    stream: Link,
     buf: Vec<u8>,
     /// The agent run this connection talks to.
     instance: u64,
 }
 
+/// A connection's transport: the Unix socket, or TLS to a remote agent.
+#[derive(Debug)]
+enum Link {
+    Unix(BufReader<UnixStream>),
+    Tls(Box<BufReader<crate::remote::TlsStream>>),
+}
+
 impl Conn {
     /// One request and its answer; `spin`: poll that long for the answer
-    /// before sleeping in `read`.
+    /// before sleeping in `read` (the Unix socket only).
     fn round_trip(
         &mut self,
         req: &Request,
         spin: Duration,
     ) -> std::result::Result<Response, FrameError> {
-        frame::write_message(self.stream.get_mut(), req, &mut self.buf)?;
-        if !spin.is_zero() && self.stream.buffer().is_empty() {
-            wait_briefly(self.stream.get_ref(), spin);
+        match &mut self.stream {
+            Link::Unix(stream) => {
+                frame::write_message(stream.get_mut(), req, &mut self.buf)?;
+                if !spin.is_zero() && stream.buffer().is_empty() {
+                    wait_briefly(stream.get_ref(), spin);
+                }
+                frame::read_message(stream, &mut self.buf)
+            }
+            Link::Tls(stream) => {
+                frame::write_message(stream.get_mut(), req, &mut self.buf)?;
+                frame::read_message(stream.as_mut(), &mut self.buf)
+            }
         }
-        frame::read_message(&mut self.stream, &mut self.buf)
     }
 }
 
@@ -249,6 +274,9 @@ pub(crate) struct Module {
     /// Whether a version problem with the agent was logged as an error
     /// already (later ones are logged at debug level).
     version_logged: AtomicBool,
+    /// With a remote agent: held for a whole call, so that the process has
+    /// one connection (the agent's client state is per connection).
+    remote_turn: Mutex<()>,
 }
 
 impl Module {
@@ -267,6 +295,7 @@ impl Module {
             finalized: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             version_logged: AtomicBool::new(false),
+            remote_turn: Mutex::new(()),
         }
     }
 
@@ -300,6 +329,11 @@ impl Module {
     /// `CKR_SESSION_HANDLE_INVALID` before anything is sent. `Response::Err`
     /// becomes `Error::Agent`.
     pub(crate) fn call(&self, instance: Option<u64>, req: &Request) -> Result<(Response, u64)> {
+        let _turn = self
+            .config
+            .remote
+            .is_some()
+            .then(|| lock(&self.remote_turn));
         let pooled = lock(&self.pool).pop();
         let first = match pooled {
             Some(conn) => self.exchange(conn, instance, req),
@@ -371,6 +405,34 @@ impl Module {
 
     /// Opens a connection and says hello.
     fn connect(&self) -> Result<Conn> {
+        let stream = match &self.config.remote {
+            Some(remote) => match remote.connect(self.config.timeout) {
+                Ok(s) => Link::Tls(Box::new(BufReader::new(s))),
+                Err(e) => {
+                    log::warn!("agent at {remote} unreachable: {e}");
+                    self.note_reachable(false);
+                    return Err(Error::AgentUnreachable);
+                }
+            },
+            None => Link::Unix(BufReader::new(self.connect_socket()?)),
+        };
+        self.hello(Conn {
+            stream,
+            buf: Vec::new(),
+            instance: 0,
+        })
+    }
+
+    /// Where the agent is, for the log.
+    fn agent_at(&self) -> String {
+        match &self.config.remote {
+            Some(remote) => remote.to_string(),
+            None => self.config.socket.display().to_string(),
+        }
+    }
+
+    /// Connects to the agent's socket and checks who serves it.
+    fn connect_socket(&self) -> Result<UnixStream> {
         let unreachable = |what: &str, e: &dyn std::fmt::Display| {
             log::debug!(
                 "agent at {} unreachable ({what}): {e}",
@@ -399,10 +461,15 @@ impl Module {
             .set_read_timeout(timeout)
             .and_then(|()| stream.set_write_timeout(timeout))
             .map_err(|e| unreachable("socket options", &e))?;
-        let mut conn = Conn {
-            stream: BufReader::new(stream),
-            buf: Vec::new(),
-            instance: 0,
+        Ok(stream)
+    }
+
+    /// Says hello on a fresh connection.
+    fn hello(&self, mut conn: Conn) -> Result<Conn> {
+        let unreachable = |what: &str, e: &dyn std::fmt::Display| {
+            log::debug!("agent at {} unreachable ({what}): {e}", self.agent_at());
+            self.note_reachable(false);
+            Error::AgentUnreachable
         };
         let hello = Request::Hello {
             versions: APP_VERSIONS,
@@ -428,7 +495,7 @@ impl Module {
             Ok(Response::Err(rv)) => {
                 log::debug!(
                     "agent at {} refused this process (CK_RV {rv:#x}); see the agent's log",
-                    self.config.socket.display()
+                    self.agent_at()
                 );
                 self.reachable.store(REFUSED, Ordering::Release);
                 return Err(Error::AgentUnreachable);
@@ -441,9 +508,15 @@ impl Module {
                 APP_VERSIONS.min,
                 keyward_protocol::version::LEGACY_VERSION
             ),
+            Err(e) if self.config.remote.is_some() => {
+                // A refused handshake (TLS 1.3: the agent's verdict on our
+                // certificate) shows here.
+                log::warn!("agent at {}: {e}", self.agent_at());
+                return Err(unreachable("hello", &e));
+            }
             Err(e) => return Err(unreachable("hello", &e)),
         };
-        let at = self.config.socket.display();
+        let at = self.agent_at();
         if self.version_logged.swap(true, Ordering::AcqRel) {
             log::debug!("agent at {at}: {problem}");
         } else {

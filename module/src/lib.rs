@@ -27,6 +27,7 @@ mod client;
 mod error;
 mod ffi;
 mod fns;
+mod remote;
 mod state;
 
 use std::panic::{self, AssertUnwindSafe};

@@ -75,6 +75,15 @@ pub struct Application {
     pub gid: Option<u32>,
     /// `exe`: the peer's `/proc/<pid>/exe` must be exactly this path.
     pub exe: Option<PathBuf>,
+    /// `certificate_subject`: a remote peer (mutual TLS) whose verified
+    /// client certificate has exactly this subject, as RFC 4514 writes it
+    /// (`"CN=web-1"`, `"CN=web-1,O=Example"`). Survives renewal.
+    pub certificate_subject: Option<String>,
+    /// `certificate_sha256`: a remote peer whose verified client
+    /// certificate's DER encoding has this SHA-256 digest (64 lowercase hex
+    /// digits; colons and upper case are accepted in the file). Stricter
+    /// than the subject: a renewed certificate needs a new entry.
+    pub certificate_sha256: Option<String>,
     /// `share_objects_with`: in strict mode, the applications that find and
     /// read the unmanaged token objects this one made (data objects,
     /// certificates, public keys); only their maker changes or destroys
@@ -87,7 +96,8 @@ impl Application {
     /// application with `exe` never matches a peer whose executable is
     /// unknown.
     pub fn matches(&self, uid: u32, gid: u32, exe: Option<&Path>) -> bool {
-        self.uid.is_none_or(|u| u == uid)
+        !self.is_remote()
+            && self.uid.is_none_or(|u| u == uid)
             && self.gid.is_none_or(|g| g == gid)
             && self
                 .exe
@@ -95,9 +105,37 @@ impl Application {
                 .is_none_or(|want| exe.is_some_and(|have| have == want))
     }
 
-    /// How specific the entry is: exe counts 4, uid 2, gid 1. Among the
-    /// entries a peer matches, the most specific wins.
+    /// Whether the entry names remote peers (by their client certificate):
+    /// then it never matches a local peer, and an entry with uid, gid or exe
+    /// never matches a remote one.
+    pub fn is_remote(&self) -> bool {
+        self.certificate_subject.is_some() || self.certificate_sha256.is_some()
+    }
+
+    /// Whether a remote peer whose verified certificate has `subject` (RFC
+    /// 4514) and DER digest `sha256` (lowercase hex) matches every
+    /// certificate criterion this entry sets. An entry without one never
+    /// matches a remote peer.
+    pub fn matches_certificate(&self, subject: &str, sha256: &str) -> bool {
+        self.is_remote()
+            && self
+                .certificate_subject
+                .as_deref()
+                .is_none_or(|s| s == subject)
+            && self
+                .certificate_sha256
+                .as_deref()
+                .is_none_or(|f| f == sha256)
+    }
+
+    /// How specific the entry is: exe counts 4, uid 2, gid 1 (for remote
+    /// entries: the fingerprint 2, the subject 1). Among the entries a peer
+    /// matches, the most specific wins.
     fn specificity(&self) -> u8 {
+        if self.is_remote() {
+            return 2 * u8::from(self.certificate_sha256.is_some())
+                + u8::from(self.certificate_subject.is_some());
+        }
         4 * u8::from(self.exe.is_some())
             + 2 * u8::from(self.uid.is_some())
             + u8::from(self.gid.is_some())
@@ -426,6 +464,18 @@ impl Policy {
             .max_by_key(|a| a.specificity())
     }
 
+    /// The listed application a remote peer is, by its verified client
+    /// certificate's `subject` (RFC 4514) and DER digest `sha256`
+    /// (lowercase hex). Only entries that name a certificate are
+    /// candidates, and there is no lab fallback: a remote peer needs an
+    /// entry in every mode.
+    pub fn application_for_certificate(&self, subject: &str, sha256: &str) -> Option<&Application> {
+        self.applications
+            .iter()
+            .filter(|a| a.matches_certificate(subject, sha256))
+            .max_by_key(|a| a.specificity())
+    }
+
     /// Whether the agent serves a peer, and as what. Listed applications
     /// come first in every mode. In lab mode, an unlisted peer whose uid is
     /// the agent's own (`agent_uid`) or root (0) is served as
@@ -544,6 +594,8 @@ struct RawApplication {
     uid: Option<u32>,
     gid: Option<u32>,
     exe: Option<Spanned<String>>,
+    certificate_subject: Option<Spanned<String>>,
+    certificate_sha256: Option<Spanned<String>>,
     #[serde(default)]
     share_objects_with: Vec<Spanned<String>>,
 }
@@ -709,7 +761,17 @@ impl Validator<'_> {
                 format!("a second application is named \"{name}\""),
             ));
         }
-        if app.uid.is_none() && app.gid.is_none() {
+        let (certificate_subject, certificate_sha256) = self.certificate(app, &what)?;
+        let remote = certificate_subject.is_some() || certificate_sha256.is_some();
+        if remote && (app.uid.is_some() || app.gid.is_some() || app.exe.is_some()) {
+            return Err(self.err(
+                app_span,
+                format!("{what}, certificate_subject"),
+                "an application names either local peer credentials (uid, gid, exe) or a \
+                 client certificate (certificate_subject, certificate_sha256), not both",
+            ));
+        }
+        if !remote && app.uid.is_none() && app.gid.is_none() {
             return Err(self.err(
                 app_span,
                 format!("{what}, uid"),
@@ -743,6 +805,8 @@ impl Validator<'_> {
             uid: app.uid,
             gid: app.gid,
             exe,
+            certificate_subject,
+            certificate_sha256,
             share_objects_with: app
                 .share_objects_with
                 .iter()
@@ -750,18 +814,91 @@ impl Validator<'_> {
                 .collect(),
         };
         if let Some(twin) = applications.iter().find(|a| {
-            (a.uid, a.gid, &a.exe) == (application.uid, application.gid, &application.exe)
+            (
+                a.uid,
+                a.gid,
+                &a.exe,
+                &a.certificate_subject,
+                &a.certificate_sha256,
+            ) == (
+                application.uid,
+                application.gid,
+                &application.exe,
+                &application.certificate_subject,
+                &application.certificate_sha256,
+            )
         }) {
+            let (field, same) = if remote {
+                (
+                    "certificate_subject",
+                    "same certificate_subject and certificate_sha256",
+                )
+            } else {
+                ("uid", "same uid, gid and exe")
+            };
             return Err(self.err(
                 app_span,
-                format!("{what}, uid"),
+                format!("{what}, {field}"),
                 format!(
-                    "same uid, gid and exe as application \"{}\": a peer could not tell them apart",
+                    "{same} as application \"{}\": a peer could not tell them apart",
                     twin.name
                 ),
             ));
         }
         Ok(application)
+    }
+
+    /// An application's certificate criteria: the subject as written
+    /// (non-empty, `ATTR=value` pairs), the fingerprint normalised to 64
+    /// lowercase hex digits.
+    fn certificate(
+        &self,
+        app: &RawApplication,
+        what: &str,
+    ) -> Result<(Option<String>, Option<String>), PolicyError> {
+        let subject = match &app.certificate_subject {
+            None => None,
+            Some(s) => {
+                let v = s.get_ref().trim();
+                let ok = !v.is_empty()
+                    && v.split(',').all(|rdn| {
+                        rdn.split_once('=')
+                            .is_some_and(|(k, val)| !k.trim().is_empty() && !val.is_empty())
+                    });
+                if !ok {
+                    return Err(self.err(
+                        s.span(),
+                        format!("{what}, certificate_subject"),
+                        format!(
+                            "\"{}\" is not a subject like \"CN=web-1\" or \"CN=web-1,O=Example\"",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+                Some(v.to_owned())
+            }
+        };
+        let sha256 = match &app.certificate_sha256 {
+            None => None,
+            Some(f) => {
+                let hex: String = f
+                    .get_ref()
+                    .chars()
+                    .filter(|c| *c != ':')
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(self.err(
+                        f.span(),
+                        format!("{what}, certificate_sha256"),
+                        "not a SHA-256 fingerprint: 64 hex digits (colons allowed), as \
+                         `openssl x509 -noout -fingerprint -sha256` prints it",
+                    ));
+                }
+                Some(hex)
+            }
+        };
+        Ok((subject, sha256))
     }
 
     /// Objects are shared with applications the policy names, other than

@@ -8,11 +8,13 @@
 
 pub mod admission;
 pub mod identity;
+pub mod remote;
 pub mod sockets;
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::BufReader;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -66,15 +68,15 @@ const SOCKET_CHECK: Duration = Duration::from_secs(1);
 /// Live connections, so that shutdown can close them.
 #[derive(Debug, Default)]
 struct Connections {
-    open: Mutex<HashMap<u64, UnixStream>>,
+    open: Mutex<HashMap<u64, OwnedFd>>,
     next: AtomicU64,
     done: Condvar,
 }
 
 impl Connections {
-    fn add(&self, s: &UnixStream) -> Option<u64> {
+    fn add(&self, s: &impl AsFd) -> Option<u64> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let clone = s.try_clone().ok()?;
+        let clone = s.as_fd().try_clone_to_owned().ok()?;
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -95,7 +97,7 @@ impl Connections {
         let deadline = Instant::now() + timeout;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for s in open.values() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
         while !open.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -122,7 +124,9 @@ pub struct Server {
     stopping: AtomicBool,
     /// Copies of the listeners, for [`Server::shutdown`] to wake their
     /// accept loops even when the socket files are gone.
-    listeners: Mutex<Vec<UnixListener>>,
+    listeners: Mutex<Vec<OwnedFd>>,
+    /// The remote (mutual TLS) listener, until [`Server::run`] serves it.
+    remote: Mutex<Option<remote::RemoteListener>>,
     /// Accept loops started for rebound sockets, joined at shutdown.
     accept_threads: Mutex<Vec<thread::JoinHandle<()>>>,
     conns: Connections,
@@ -204,7 +208,6 @@ impl Activity {
     /// no other connection is active.
     fn poll_next(&self, stream: &UnixStream, conn: u64) {
         use nix::sys::socket::{recv, MsgFlags};
-        use std::os::fd::AsRawFd;
         let start = Instant::now();
         let mut probe = [0u8; 1];
         while start.elapsed() < POLL_NEXT && !self.others_active(conn) {
@@ -239,6 +242,7 @@ impl Server {
             limits,
             stopping: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            remote: Mutex::new(None),
             accept_threads: Mutex::new(Vec::new()),
             conns: Connections::default(),
             refusals: Refusals::default(),
@@ -248,6 +252,12 @@ impl Server {
             socket_events: Mutex::new(Vec::new()),
             uid: nix::unistd::geteuid().as_raw(),
         })
+    }
+
+    /// Serves remote clients on `remote` too (`[remote]`), from
+    /// [`Server::run`] on.
+    pub fn set_remote(&self, remote: remote::RemoteListener) {
+        *lock(&self.remote) = Some(remote);
     }
 
     /// The request counters, for the metrics endpoint.
@@ -278,11 +288,15 @@ impl Server {
         };
         let admin_thread = self.spawn_accept(admin.listener, true);
         let app_thread = self.spawn_accept(app.listener, false);
+        let remote_thread = self.spawn_remote();
         if self.stopping.load(Ordering::SeqCst) {
             // Asked to stop before the loops ran.
             self.wake_listeners();
         }
-        for t in [app_thread, admin_thread].into_iter().flatten() {
+        for t in [app_thread, admin_thread, remote_thread]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
         if let Ok(w) = watch {
@@ -320,7 +334,6 @@ impl Server {
     }
 
     fn wake_listeners(&self) {
-        use std::os::fd::AsRawFd;
         for l in lock(&self.listeners).iter() {
             let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
@@ -334,7 +347,7 @@ impl Server {
         admin: bool,
     ) -> Option<thread::JoinHandle<()>> {
         match listener.try_clone() {
-            Ok(c) => lock(&self.listeners).push(c),
+            Ok(c) => lock(&self.listeners).push(c.into()),
             Err(e) => log::warn!("cannot keep a listener for shutdown: {e}"),
         }
         let me = self.clone();

@@ -322,8 +322,15 @@ fn example_policy_parses() {
     assert_eq!(p.mode(), Mode::Strict);
     assert_eq!(p.settings.pin_max_attempts, 5);
     assert_eq!(p.settings.default_class.as_deref(), Some("app-signing"));
-    assert_eq!(p.applications.len(), 4);
+    assert_eq!(p.applications.len(), 5);
     assert_eq!(p.classes.len(), 6);
+    let remote = p.application("web-remote").unwrap();
+    assert!(remote.is_remote());
+    assert_eq!(
+        p.application_for_certificate("CN=web-1.example.org", &"0".repeat(64))
+            .map(|a| a.name.as_str()),
+        Some("web-remote")
+    );
     // The reference example keeps to the standards' recommendations.
     assert!(p.notes.is_empty(), "{:?}", p.notes);
     assert!(p.mechanism_allowed(pkcs11_sys::CKM_ECDSA));
@@ -1748,4 +1755,79 @@ fn a_key_of_a_class_with_a_long_cryptoperiod_is_warned_not_refused() {
         "{f:?} {:?}",
         policy.period_warnings
     );
+}
+
+#[test]
+fn certificate_entries_match_remote_peers_only() {
+    let fp = "AB:".repeat(31) + "AB";
+    let text = format!(
+        r#"
+[settings]
+mode = "lab"
+[[application]]
+name = "local"
+uid = 1000
+[[application]]
+name = "remote-cn"
+certificate_subject = "CN=web-1"
+[[application]]
+name = "remote-pinned"
+certificate_subject = "CN=web-1"
+certificate_sha256 = "{fp}"
+[[application]]
+name = "remote-fp"
+certificate_sha256 = "{}"
+"#,
+        "cd".repeat(32)
+    );
+    let p = Policy::from_str(&text, "p").unwrap();
+    let ab = "ab".repeat(32);
+    let cd = "cd".repeat(32);
+    let ee = "ee".repeat(32);
+    let who = |subject: &str, fp: &str| {
+        p.application_for_certificate(subject, fp)
+            .map(|a| a.name.as_str())
+    };
+    // The fingerprint, normalised, is the more specific criterion.
+    assert_eq!(who("CN=web-1", &ab), Some("remote-pinned"));
+    assert_eq!(who("CN=web-1", &ee), Some("remote-cn"));
+    assert_eq!(who("CN=other", &cd), Some("remote-fp"));
+    assert_eq!(who("CN=other", &ee), None);
+    // An entry that names only a uid never matches a remote peer.
+    assert_eq!(who("CN=local", &ee), None);
+    // Entries naming a certificate never match a local peer, whatever its
+    // credentials (lab mode falls back to Lab for the agent's own user).
+    assert_eq!(
+        p.application_for(1000, 1000, None).map(|a| a.name.as_str()),
+        Some("local")
+    );
+    assert_eq!(p.application_for(1001, 1001, None), None);
+    assert_eq!(p.admit(1001, 1001, None, 1001), Some(Peer::Lab));
+}
+
+#[test]
+fn certificate_criteria_are_checked() {
+    let one = |body: &str| {
+        Policy::from_str(
+            &format!("[settings]\nmode = \"strict\"\n[[application]]\nname = \"a\"\n{body}\n"),
+            "p",
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let mixed = one("uid = 7\ncertificate_subject = \"CN=a\"").unwrap_err();
+    assert!(mixed.contains("not both"), "{mixed}");
+    let bad_fp = one("certificate_sha256 = \"abc\"").unwrap_err();
+    assert!(bad_fp.contains("64 hex digits"), "{bad_fp}");
+    let bad_subject = one("certificate_subject = \"web-1\"").unwrap_err();
+    assert!(bad_subject.contains("not a subject"), "{bad_subject}");
+    assert_eq!(one("certificate_subject = \"CN=a\""), Ok(()));
+    let twins = Policy::from_str(
+        "[settings]\nmode = \"strict\"\n[[application]]\nname = \"a\"\ncertificate_subject = \"CN=a\"\n\
+         [[application]]\nname = \"b\"\ncertificate_subject = \"CN=a\"\n",
+        "p",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(twins.contains("could not tell them apart"), "{twins}");
 }

@@ -66,6 +66,7 @@ mod policy_standards;
 mod reasons;
 mod recovery;
 mod refusals;
+mod remote_tls;
 mod report;
 mod safety_rails;
 mod sessions_login;
