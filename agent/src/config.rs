@@ -361,25 +361,23 @@ impl SecretRef {
     }
 }
 
-/// A file the agent reads a secret from must be its own and closed to
-/// others (mode 0600 or 0400).
+/// A file the agent reads a secret from (a token, a private key) must be
+/// a regular file owned by the agent's user and closed to others (mode
+/// 0600 or 0400); checked before it is read. `what` names the setting.
 pub fn check_private_file(what: &str, path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{what} {} is not a regular file", path.display()));
     }
-    if meta.mode() & 0o077 != 0 {
+    let uid = nix::unistd::geteuid().as_raw();
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != uid || mode & 0o077 != 0 {
         return Err(format!(
-            "{what} {}: mode {:04o}; it must be 0600 or 0400",
+            "{what} {}: must be owned by the agent's user (uid {uid}) with mode 0600 or 0400; \
+             it is owned by uid {} with mode {mode:04o}",
             path.display(),
-            meta.mode() & 0o7777
-        ));
-    }
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(format!(
-            "{what} {}: not owned by the agent's user",
-            path.display()
+            meta.uid()
         ));
     }
     Ok(())

@@ -71,6 +71,7 @@ pub mod shared;
 pub mod state;
 pub mod store;
 pub mod template;
+pub mod tls;
 pub mod tokens;
 pub mod uses;
 

@@ -15,25 +15,22 @@
 //!   within [`HANDSHAKE_TIME`].
 //! - The frames are those of the Unix socket, inside the TLS stream.
 
-use std::fs;
 use std::io::{self, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::tls::{read_certificates, read_private_key};
 use keyward_protocol::frame::{read_message_within, write_message, FrameError};
 use keyward_protocol::{Request, Response, APP_VERSIONS};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::identity::{ClientKey, Peer};
 use super::{lock, report, Server, FRAME_BOUNDS, HELLO_BOUNDS, READ_TIMEOUT, WRITE_TIMEOUT};
@@ -86,10 +83,10 @@ impl RemoteConfig {
     /// The TLS server settings: TLS 1.2 and 1.3 with the `ring` provider,
     /// client certificates required and verified against `client_ca`.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
-        let chain = read_certificates(&self.certificate, "certificate")?;
-        let key = read_key(&self.key)?;
+        let chain = read_certificates("[remote] certificate", &self.certificate)?;
+        let key = read_private_key("[remote] key", &self.key)?;
         let mut roots = RootCertStore::empty();
-        for ca in read_certificates(&self.client_ca, "client_ca")? {
+        for ca in read_certificates("[remote] client_ca", &self.client_ca)? {
             roots.add(ca).map_err(|e| {
                 format!(
                     "[remote] client_ca {}: not a usable CA certificate: {e}",
@@ -97,7 +94,7 @@ impl RemoteConfig {
                 )
             })?;
         }
-        let provider = Arc::new(ring_provider());
+        let provider = crate::tls::provider();
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
@@ -116,51 +113,6 @@ impl RemoteConfig {
             })?;
         Ok(Arc::new(config))
     }
-}
-
-/// rustls' `ring` provider. Deprecated since rustls 0.23.48 because ring
-/// has no post-quantum key exchange; the provider that has one (aws-lc-rs)
-/// needs a C toolchain keyward does not depend on.
-#[allow(deprecated)]
-fn ring_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
-/// The certificates of a PEM file: at least one, every block well formed.
-fn read_certificates(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let what = |m: &dyn std::fmt::Display| format!("[remote] {field} {}: {m}", path.display());
-    let pem = fs::read(path).map_err(|e| what(&e))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| what(&format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(what(&"no CERTIFICATE block in the file"));
-    }
-    Ok(certs)
-}
-
-/// The private key: its file must be owned by the agent's user and
-/// readable by nobody else (mode 0600 or 0400), else it is refused
-/// before it is read.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let what = |m: &dyn std::fmt::Display| format!("[remote] key {}: {m}", path.display());
-    let meta = fs::metadata(path).map_err(|e| what(&e))?;
-    let uid = nix::unistd::geteuid().as_raw();
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != uid || mode & 0o177 != 0 {
-        return Err(what(&format!(
-            "must be owned by the agent's user (uid {uid}) with mode 0600 or 0400; it is \
-             owned by uid {} with mode {mode:04o}",
-            meta.uid()
-        )));
-    }
-    let pem = Zeroizing::new(fs::read(path).map_err(|e| what(&e))?);
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            what(&"no PRIVATE KEY block (PKCS#8, RSA or EC) in the file")
-        }
-        e => what(&format!("bad PEM: {e}")),
-    })
 }
 
 /// A remote peer's identity from its verified certificate: the subject in
@@ -420,6 +372,7 @@ fn handshake(mut tcp: TcpStream, tls: Arc<ServerConfig>) -> io::Result<Tls> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     #[test]
     fn a_remote_peer_cannot_be_mistaken_for_a_local_one() {
@@ -444,15 +397,16 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = read_key(&key).unwrap_err();
+        let e = read_private_key("[remote] key", &key).unwrap_err();
         assert!(e.contains("agent.key") && e.contains("mode 0640"), "{e}");
         assert!(!e.contains("c2VjcmV0"), "{e}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Readable now; its content is not a key, and is not echoed.
-        let e = read_key(&key).unwrap_err();
+        let e = read_private_key("[remote] key", &key).unwrap_err();
         assert!(e.contains("no PRIVATE KEY block"), "{e}");
         assert!(!e.contains("c2VjcmV0"), "{e}");
-        let missing = read_certificates(&dir.path().join("none.pem"), "client_ca").unwrap_err();
+        let missing =
+            read_certificates("[remote] client_ca", &dir.path().join("none.pem")).unwrap_err();
         assert!(missing.starts_with("[remote] client_ca "), "{missing}");
     }
 
@@ -460,8 +414,10 @@ mod tests {
     fn the_reference_remote_table_parses_when_uncommented() {
         let text = include_str!("../../keyward-agent.toml");
         let start = text.find("# [remote]").unwrap();
+        // The table's lines run to the next blank line.
+        let end = text[start..].find("\n\n").map_or(text.len(), |i| start + i);
         let mut t = text[..start].to_owned();
-        for line in text[start..].lines() {
+        for line in text[start..end].lines() {
             t.push_str(line.strip_prefix("# ").unwrap_or(line));
             t.push('\n');
         }

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::{read_certificates, read_private_key};
 use keyward_inventory::postgres::Connector;
 use postgres::config::SslMode;
 use postgres::NoTls;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::config::{PostgresConfig, TlsMode};
 
@@ -52,7 +51,7 @@ fn client_config(config: &PostgresConfig) -> Result<rustls::ClientConfig, String
         .as_deref()
         .ok_or("[postgres] tls = \"verify-full\" needs ca_file")?;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = read_certificates("ca_file", ca)?;
+    let certs = read_certificates("[postgres] ca_file", ca)?;
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(format!(
@@ -60,50 +59,18 @@ fn client_config(config: &PostgresConfig) -> Result<rustls::ClientConfig, String
             ca.display()
         ));
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("[postgres] TLS: {e}"))?
         .with_root_certificates(roots);
     match (&config.client_certificate, &config.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certificates("client_certificate", cert)?;
-            crate::config::check_private_file("[postgres] client_key", key)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!(
-                    "[postgres] client_key {}: no PEM private key ({e})",
-                    key.display()
-                )
-            })?;
+            let chain = read_certificates("[postgres] client_certificate", cert)?;
+            let key = read_private_key("[postgres] client_key", key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("[postgres] client_certificate and client_key: {e}"))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
-}
-
-/// The PEM certificates of `path` (at least one).
-fn read_certificates(
-    what: &str,
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("[postgres] {what} {}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("[postgres] {what} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "[postgres] {what} {}: no PEM certificate",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// The TLS provider: ring, as for the rest of the build (the webhook's
-/// client too). rustls marks it deprecated for lacking post-quantum key
-/// exchange, which only the aws-lc-rs provider has.
-#[allow(deprecated)]
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
