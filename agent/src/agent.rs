@@ -150,7 +150,12 @@ impl Agent {
             token_state.remove_stale_temporaries();
             tokens.push(VirtualToken::new(t.clone(), token_state, backend));
         }
-        let opened = crate::store::open(config).map_err(std::io::Error::other)?;
+        let opened = crate::store::open(
+            config.agent.store,
+            config.postgres.as_ref(),
+            &config.agent.state_dir,
+        )
+        .map_err(std::io::Error::other)?;
         let keys = ManagedKeys::open(opened.inventory.clone())
             .map_err(|e| std::io::Error::other(format!("{}: {e}", opened.summary)))?;
         if let Some((_, lease)) = &opened.shared {

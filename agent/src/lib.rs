@@ -67,6 +67,7 @@ pub mod notify;
 pub mod objects;
 pub mod per_use;
 pub mod report;
+pub mod settings;
 pub mod shared;
 pub mod state;
 pub mod store;

@@ -42,7 +42,7 @@ pub fn read_certificates(
 /// 0600 or 0400), else it is refused before it is read.
 pub fn read_private_key(setting: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let what = |m: &dyn std::fmt::Display| format!("{setting} {}: {m}", path.display());
-    crate::config::check_private_file(setting, path)?;
+    crate::settings::check_private_file(setting, path)?;
     let pem = Zeroizing::new(std::fs::read(path).map_err(|e| what(&e))?);
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {

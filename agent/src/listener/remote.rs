@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use super::identity::{ClientKey, Peer};
 use super::{lock, report, Server, FRAME_BOUNDS, HELLO_BOUNDS, READ_TIMEOUT, WRITE_TIMEOUT};
-use crate::config::ListenAddr;
+use crate::settings::ListenAddr;
 
 /// The uid a remote peer has in the agent's tables and the audit trail:
 /// `(uid_t)-1`, which no process can run as. Its gid is the same, its pid

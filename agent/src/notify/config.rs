@@ -154,7 +154,7 @@ fn check_url(url: &str) -> Result<(), String> {
 
 /// The token file is the agent's alone: no group or other permission.
 fn check_token_file(p: &Path) -> Result<(), String> {
-    crate::config::check_private_file("the token file", p)?;
+    crate::settings::check_private_file("the token file", p)?;
     read_token(p).map(drop)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::SecretRef;
+use crate::settings::SecretRef;
 
 /// Which store holds the inventory and the trail (`[agent] store`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

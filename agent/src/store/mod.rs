@@ -87,10 +87,15 @@ impl Summary {
     }
 }
 
-/// Opens the store `config` names: the SQLite file in `state_dir`, or the
-/// shared store (connected, its schema brought up to date).
-pub fn open(config: &crate::config::Config) -> Result<Opened, String> {
-    match (config.agent.store, &config.postgres) {
+/// Opens the store `kind` names: the SQLite file in `state_dir`, or the
+/// shared store `postgres` describes (connected, its schema brought up to
+/// date).
+pub fn open(
+    kind: StoreKind,
+    postgres: Option<&PostgresConfig>,
+    state_dir: &Path,
+) -> Result<Opened, String> {
+    match (kind, postgres) {
         (StoreKind::Postgres, Some(pg)) => {
             let host = pg.host_name()?;
             let connector = connect::connector(pg)?;
@@ -113,7 +118,7 @@ pub fn open(config: &crate::config::Config) -> Result<Opened, String> {
         }
         (StoreKind::Postgres, None) => Err("store = \"postgres\" needs a [postgres] table".into()),
         (StoreKind::Sqlite, _) => {
-            let path = config.agent.state_dir.join("inventory.sqlite");
+            let path = state_dir.join("inventory.sqlite");
             let store = Arc::new(SqliteInventory::open(&path).map_err(|e| e.to_string())?);
             Ok(Opened {
                 inventory: store.clone(),
