@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod audit_row;
 mod checks;
 pub mod error;
 pub mod postgres;

@@ -16,9 +16,11 @@ use ::postgres::{IsolationLevel, Row, Transaction};
 
 use super::PgInventory;
 use crate::audit::{
-    check_field, record_hash_on, validate_all, Actor, Anchor, AuditEvent, AuditFilter, AuditLog,
+    check_field, record_hash_on, validate_all, Anchor, AuditEvent, AuditFilter, AuditLog,
     AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter, VerifyReport,
 };
+use crate::audit_row::AuditRow;
+pub(crate) use crate::audit_row::{to_i64, to_u64};
 use crate::error::{Error, Result};
 use crate::verify::{link, Seals};
 
@@ -26,17 +28,6 @@ use crate::verify::{link, Seals};
 /// Always the last lock a transaction takes, so it is never held while
 /// waiting for a row.
 pub(crate) const AUDIT_LOCK: i64 = 0x4B57_4155;
-
-/// Bits of a `u64` as PostgreSQL's `BIGINT`, and back (CKM/CKR vendor
-/// values keep their bits).
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::from_ne_bytes(v.to_ne_bytes())
-}
-
-/// See [`to_i64`].
-pub(crate) fn to_u64(v: i64) -> u64 {
-    u64::from_ne_bytes(v.to_ne_bytes())
-}
 
 /// A stored hash, or [`Error::Data`] naming `what`.
 pub(crate) fn hash_of(bytes: Vec<u8>, what: &str) -> Result<Hash> {
@@ -69,83 +60,29 @@ pub(crate) fn chain_in(tx: &mut Transaction<'_>, events: &[AuditEvent], host: &s
     if events.is_empty() {
         return Ok(seq);
     }
-    // One statement for the whole batch (a column of values each), so an
-    // append costs the same few round trips whatever its size.
-    let n = events.len();
-    let mut seqs = Vec::with_capacity(n);
-    let mut hashes: Vec<Hash> = Vec::with_capacity(n);
-    let mut prevs: Vec<Hash> = Vec::with_capacity(n);
+    let mut links: Vec<(u64, Hash, Hash)> = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
         let hash = record_hash_on(&prev, seq, e, Some(host));
-        seqs.push(to_i64(seq));
-        prevs.push(prev);
-        hashes.push(hash);
+        links.push((seq, prev, hash));
         prev = hash;
     }
-    let mut at = Vec::with_capacity(n);
-    let mut micros = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut actor = Vec::with_capacity(n);
-    let mut name: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut uid: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut gid: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut pid: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut exe: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut token = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
-    let mut key_version = Vec::with_capacity(n);
-    let mut operation = Vec::with_capacity(n);
-    let mut mechanism = Vec::with_capacity(n);
-    let mut result = Vec::with_capacity(n);
-    let mut reason = Vec::with_capacity(n);
-    let mut count = Vec::with_capacity(n);
-    let mut span_us = Vec::with_capacity(n);
-    for e in events {
-        let (n, u, g, p, x) = match &e.actor {
-            Actor::Application {
-                name,
-                uid,
-                gid,
-                pid,
-                exe,
-            } => (
-                Some(name.as_str()),
-                Some(i64::from(*uid)),
-                Some(i64::from(*gid)),
-                Some(i64::from(*pid)),
-                Some(exe.as_str()),
-            ),
-            Actor::Administrator { uid, pid, exe } => (
-                None,
-                Some(i64::from(*uid)),
-                None,
-                Some(i64::from(*pid)),
-                Some(exe.as_str()),
-            ),
-            Actor::Agent | Actor::Scheduler => (None, None, None, None, None),
-        };
-        at.push(e.at);
-        micros.push(i64::from(e.micros));
-        kind.push(e.kind.as_str());
-        actor.push(e.actor.kind_str());
-        name.push(n);
-        uid.push(u);
-        gid.push(g);
-        pid.push(p);
-        exe.push(x);
-        token.push(e.token.as_deref());
-        key.push(e.key.as_deref());
-        key_version.push(e.key_version.map(i64::from));
-        operation.push(e.operation.as_str());
-        mechanism.push(e.mechanism.map(to_i64));
-        result.push(to_i64(e.result));
-        reason.push(e.reason.as_str());
-        count.push(i64::from(e.count));
-        span_us.push(i64::from(e.span_us));
+    let rows: Vec<AuditRow<'_>> = events
+        .iter()
+        .zip(&links)
+        .map(|(e, (seq, prev, hash))| AuditRow::of(*seq, e, prev, hash, Some(host)))
+        .collect();
+    insert_batch(tx, &rows)?;
+    Ok(seq)
+}
+
+/// Stores `rows` with one statement (a column of values each), so an
+/// append costs the same few round trips whatever its size.
+fn insert_batch(tx: &mut Transaction<'_>, rows: &[AuditRow<'_>]) -> Result<()> {
+    fn column<'r, T>(rows: &'r [AuditRow<'r>], f: impl Fn(&'r AuditRow<'r>) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
     }
-    let prevs: Vec<&[u8]> = prevs.iter().map(|h| &h[..]).collect();
-    let hashes: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+    let host = rows.first().and_then(|r| r.host);
     let inserted = tx.execute(
         "INSERT INTO audit (seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, \
          key_name, key_version, operation, mechanism, result, reason, prev_hash, hash, count, \
@@ -156,36 +93,37 @@ pub(crate) fn chain_in(tx: &mut Transaction<'_>, events: &[AuditEvent], host: &s
          $16::bigint[], $17::text[], $18::bytea[], $19::bytea[], $20::bigint[], $21::bigint[]) \
          AS batch",
         &[
-            &seqs,
-            &at,
-            &micros,
-            &kind,
-            &actor,
-            &name,
-            &uid,
-            &gid,
-            &pid,
-            &exe,
-            &token,
-            &key,
-            &key_version,
-            &operation,
-            &mechanism,
-            &result,
-            &reason,
-            &prevs,
-            &hashes,
-            &count,
-            &span_us,
+            &column(rows, |r| r.seq),
+            &column(rows, |r| r.at),
+            &column(rows, |r| r.micros),
+            &column(rows, |r| r.kind),
+            &column(rows, |r| r.actor),
+            &column(rows, |r| r.actor_name),
+            &column(rows, |r| r.uid),
+            &column(rows, |r| r.gid),
+            &column(rows, |r| r.pid),
+            &column(rows, |r| r.exe),
+            &column(rows, |r| r.token),
+            &column(rows, |r| r.key),
+            &column(rows, |r| r.key_version),
+            &column(rows, |r| r.operation),
+            &column(rows, |r| r.mechanism),
+            &column(rows, |r| r.result),
+            &column(rows, |r| r.reason),
+            &column(rows, |r| r.prev_hash),
+            &column(rows, |r| r.hash),
+            &column(rows, |r| r.count),
+            &column(rows, |r| r.span_us),
             &host,
         ],
     )?;
-    if inserted != n as u64 {
+    if inserted != rows.len() as u64 {
         return Err(Error::Data(format!(
-            "{inserted} audit records stored of a batch of {n}"
+            "{inserted} audit records stored of a batch of {}",
+            rows.len()
         )));
     }
-    Ok(seq)
+    Ok(())
 }
 
 // ---- AuditLog ------------------------------------------------------------------
@@ -211,86 +149,31 @@ fn decode(r: &Row) -> std::result::Result<AuditRecord, String> {
     fn col<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> std::result::Result<T, String> {
         r.try_get(i).map_err(|e| format!("column {i}: {e}"))
     }
-    fn u32_of(v: i64, what: &str) -> std::result::Result<u32, String> {
-        u32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
-    }
-    fn need<T>(v: Option<T>, what: &str) -> std::result::Result<T, String> {
-        v.ok_or_else(|| format!("{what} missing"))
-    }
-    fn hash(bytes: Vec<u8>, what: &str) -> std::result::Result<Hash, String> {
-        Hash::try_from(bytes.as_slice()).map_err(|_| format!("{what} is {} bytes", bytes.len()))
-    }
-    let seq: i64 = col(r, 0)?;
-    let name: Option<String> = col(r, 5)?;
-    let uid: Option<i64> = col(r, 6)?;
-    let gid: Option<i64> = col(r, 7)?;
-    let pid: Option<i64> = col(r, 8)?;
-    let exe: Option<String> = col(r, 9)?;
-    let actor_kind: String = col(r, 4)?;
-    let actor = match actor_kind.as_str() {
-        "application" => Actor::Application {
-            name: need(name, "application name")?,
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            gid: u32_of(need(gid, "gid")?, "gid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "administrator" if name.is_none() && gid.is_none() => Actor::Administrator {
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "agent" | "scheduler"
-            if name.is_none()
-                && uid.is_none()
-                && gid.is_none()
-                && pid.is_none()
-                && exe.is_none() =>
-        {
-            if actor_kind == "agent" {
-                Actor::Agent
-            } else {
-                Actor::Scheduler
-            }
-        }
-        other => return Err(format!("actor {other:?} with these columns")),
-    };
-    let kind: String = col(r, 3)?;
-    let micros = u32_of(col(r, 2)?, "micros")?;
-    if micros >= 1_000_000 {
-        return Err(format!("micros {micros} out of range"));
-    }
-    let event = AuditEvent {
+    AuditRow {
+        seq: col(r, 0)?,
         at: col(r, 1)?,
-        micros,
-        kind: kind.parse().map_err(|e: Error| e.to_string())?,
-        actor,
+        micros: col(r, 2)?,
+        kind: col(r, 3)?,
+        actor: col(r, 4)?,
+        actor_name: col(r, 5)?,
+        uid: col(r, 6)?,
+        gid: col(r, 7)?,
+        pid: col(r, 8)?,
+        exe: col(r, 9)?,
         token: col(r, 10)?,
         key: col(r, 11)?,
-        key_version: col::<Option<i64>>(r, 12)?
-            .map(|v| u32_of(v, "key version"))
-            .transpose()?,
+        key_version: col(r, 12)?,
         operation: col(r, 13)?,
-        mechanism: col::<Option<i64>>(r, 14)?.map(to_u64),
-        result: to_u64(col(r, 15)?),
+        mechanism: col(r, 14)?,
+        result: col(r, 15)?,
         reason: col(r, 16)?,
-        count: u32_of(col(r, 19)?, "count")?,
-        span_us: u32_of(col(r, 20)?, "span_us")?,
-    };
-    if event.count == 0 {
-        return Err("count 0".into());
+        prev_hash: col(r, 17)?,
+        hash: col(r, 18)?,
+        count: col(r, 19)?,
+        span_us: col(r, 20)?,
+        host: col(r, 21)?,
     }
-    let host: Option<String> = col(r, 21)?;
-    if host.as_deref() == Some("") {
-        return Err("host empty".into());
-    }
-    Ok(AuditRecord {
-        seq: u64::try_from(seq).map_err(|_| format!("seq {seq}"))?,
-        event,
-        host,
-        prev_hash: hash(col(r, 17)?, "prev_hash")?,
-        hash: hash(col(r, 18)?, "hash")?,
-    })
+    .decode()
 }
 
 /// Decoded rows, or [`Error::Data`] for the first that does not decode.

@@ -10,9 +10,10 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use super::SqliteInventory;
 use crate::audit::{
-    check_field, record_hash, validate_all, Actor, Anchor, AuditEvent, AuditFilter, AuditLog,
-    AuditRecord, BadRecord, Checkpoint, Hash, Problem, ResultFilter, VerifyReport,
+    check_field, record_hash, validate_all, Anchor, AuditEvent, AuditFilter, AuditLog, AuditRecord,
+    BadRecord, Checkpoint, Hash, Problem, ResultFilter, VerifyReport,
 };
+use crate::audit_row::{to_i64, AuditRow};
 use crate::error::{Error, Result};
 use crate::verify::{link, Seals};
 
@@ -21,15 +22,6 @@ macro_rules! audit_cols {
         "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
          key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us, host"
     };
-}
-
-/// Bits of a `u64` as SQLite's `i64`, and back (CKM/CKR vendor values keep
-/// their bits).
-fn to_i64(v: u64) -> i64 {
-    i64::from_ne_bytes(v.to_ne_bytes())
-}
-fn to_u64(v: i64) -> u64 {
-    u64::from_ne_bytes(v.to_ne_bytes())
 }
 
 fn hash_of(bytes: Vec<u8>, what: &str) -> std::result::Result<Hash, String> {
@@ -42,80 +34,31 @@ fn decode(r: &Row<'_>) -> std::result::Result<AuditRecord, String> {
     fn col<T: rusqlite::types::FromSql>(r: &Row<'_>, i: usize) -> std::result::Result<T, String> {
         r.get(i).map_err(|e| format!("column {i}: {e}"))
     }
-    fn u32_of(v: i64, what: &str) -> std::result::Result<u32, String> {
-        u32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
-    }
-    fn need<T>(v: Option<T>, what: &str) -> std::result::Result<T, String> {
-        v.ok_or_else(|| format!("{what} missing"))
-    }
-    let seq: i64 = col(r, 0)?;
-    let name: Option<String> = col(r, 5)?;
-    let uid: Option<i64> = col(r, 6)?;
-    let gid: Option<i64> = col(r, 7)?;
-    let pid: Option<i64> = col(r, 8)?;
-    let exe: Option<String> = col(r, 9)?;
-    let actor_kind: String = col(r, 4)?;
-    let actor = match actor_kind.as_str() {
-        "application" => Actor::Application {
-            name: need(name, "application name")?,
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            gid: u32_of(need(gid, "gid")?, "gid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "administrator" if name.is_none() && gid.is_none() => Actor::Administrator {
-            uid: u32_of(need(uid, "uid")?, "uid")?,
-            pid: u32_of(need(pid, "pid")?, "pid")?,
-            exe: need(exe, "exe")?,
-        },
-        "agent" | "scheduler"
-            if name.is_none()
-                && uid.is_none()
-                && gid.is_none()
-                && pid.is_none()
-                && exe.is_none() =>
-        {
-            if actor_kind == "agent" {
-                Actor::Agent
-            } else {
-                Actor::Scheduler
-            }
-        }
-        other => return Err(format!("actor {other:?} with these columns")),
-    };
-    let kind: String = col(r, 3)?;
-    let micros: i64 = col(r, 2)?;
-    let micros = u32_of(micros, "micros")?;
-    if micros >= 1_000_000 {
-        return Err(format!("micros {micros} out of range"));
-    }
-    let event = AuditEvent {
+    AuditRow {
+        seq: col(r, 0)?,
         at: col(r, 1)?,
-        micros,
-        kind: kind.parse().map_err(|e: Error| e.to_string())?,
-        actor,
-        token: col(r, 10)?,
-        key: col(r, 11)?,
-        key_version: col::<Option<i64>>(r, 12)?
-            .map(|v| u32_of(v, "key version"))
-            .transpose()?,
-        operation: col(r, 13)?,
-        mechanism: col::<Option<i64>>(r, 14)?.map(to_u64),
-        result: to_u64(col(r, 15)?),
-        reason: col(r, 16)?,
-        count: u32_of(col(r, 19)?, "count")?,
-        span_us: u32_of(col(r, 20)?, "span_us")?,
-    };
-    if event.count == 0 {
-        return Err("count 0".into());
+        micros: col(r, 2)?,
+        kind: &col::<String>(r, 3)?,
+        actor: &col::<String>(r, 4)?,
+        actor_name: col::<Option<String>>(r, 5)?.as_deref(),
+        uid: col(r, 6)?,
+        gid: col(r, 7)?,
+        pid: col(r, 8)?,
+        exe: col::<Option<String>>(r, 9)?.as_deref(),
+        token: col::<Option<String>>(r, 10)?.as_deref(),
+        key: col::<Option<String>>(r, 11)?.as_deref(),
+        key_version: col(r, 12)?,
+        operation: &col::<String>(r, 13)?,
+        mechanism: col(r, 14)?,
+        result: col(r, 15)?,
+        reason: &col::<String>(r, 16)?,
+        prev_hash: &col::<Vec<u8>>(r, 17)?,
+        hash: &col::<Vec<u8>>(r, 18)?,
+        count: col(r, 19)?,
+        span_us: col(r, 20)?,
+        host: col::<Option<String>>(r, 21)?.as_deref(),
     }
-    Ok(AuditRecord {
-        seq: u64::try_from(seq).map_err(|_| format!("seq {seq}"))?,
-        event,
-        prev_hash: hash_of(col(r, 17)?, "prev_hash")?,
-        hash: hash_of(col(r, 18)?, "hash")?,
-        host: col(r, 21)?,
-    })
+    .decode()
 }
 
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<AuditRecord, String>> {
@@ -123,53 +66,36 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<AuditRec
 }
 
 fn insert(conn: &Connection, seq: u64, e: &AuditEvent, prev: &Hash, hash: &Hash) -> Result<()> {
-    let (name, uid, gid, pid, exe) = match &e.actor {
-        Actor::Application {
-            name,
-            uid,
-            gid,
-            pid,
-            exe,
-        } => (
-            Some(name.as_str()),
-            Some(*uid),
-            Some(*gid),
-            Some(*pid),
-            Some(exe.as_str()),
-        ),
-        Actor::Administrator { uid, pid, exe } => {
-            (None, Some(*uid), None, Some(*pid), Some(exe.as_str()))
-        }
-        Actor::Agent | Actor::Scheduler => (None, None, None, None, None),
-    };
+    let r = AuditRow::of(seq, e, prev, hash, None);
     conn.prepare_cached(concat!(
         "INSERT INTO audit (",
         audit_cols!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-         ?17, ?18, ?19, ?20, ?21, NULL)"
+         ?17, ?18, ?19, ?20, ?21, ?22)"
     ))?
     .execute(params![
-        to_i64(seq),
-        e.at,
-        e.micros,
-        e.kind.as_str(),
-        e.actor.kind_str(),
-        name,
-        uid,
-        gid,
-        pid,
-        exe,
-        e.token,
-        e.key,
-        e.key_version,
-        e.operation,
-        e.mechanism.map(to_i64),
-        to_i64(e.result),
-        e.reason,
-        &prev[..],
-        &hash[..],
-        e.count,
-        e.span_us,
+        r.seq,
+        r.at,
+        r.micros,
+        r.kind,
+        r.actor,
+        r.actor_name,
+        r.uid,
+        r.gid,
+        r.pid,
+        r.exe,
+        r.token,
+        r.key,
+        r.key_version,
+        r.operation,
+        r.mechanism,
+        r.result,
+        r.reason,
+        r.prev_hash,
+        r.hash,
+        r.count,
+        r.span_us,
+        r.host,
     ])?;
     Ok(())
 }
