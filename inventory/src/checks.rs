@@ -113,3 +113,17 @@ pub(crate) fn check_change(c: &LifecycleChange) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks a grant's arguments; returns its operations as the stored JSON
+/// list.
+pub(crate) fn check_grant(grant: &crate::types::Grant, actor: &str) -> Result<String> {
+    nonempty("application", &grant.application)?;
+    nonempty("actor", actor)?;
+    if grant.operations.is_empty() {
+        return Err(crate::error::Error::Invalid(format!(
+            "grant to {:?}: operations must be a non-empty list",
+            grant.application
+        )));
+    }
+    Ok(serde_json::to_string(&grant.operations)?)
+}

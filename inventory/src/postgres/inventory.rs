@@ -22,7 +22,7 @@ use ::postgres::{Client, IsolationLevel, Row, Transaction};
 use keyward_domain::{ApprovalStatus, Decision, KeyState, Operation, ParseError, ReasonCode};
 
 use super::{notify, trail, Notice, PgInventory};
-use crate::checks::{check_change, identity_len, nonempty};
+use crate::checks::{check_change, check_grant, identity_len, nonempty};
 use crate::error::{Error, Result};
 use crate::store::Inventory;
 use crate::types::{
@@ -724,15 +724,7 @@ impl PgInventory {
     /// [`Inventory::grant`], and with `request` the execution of that
     /// approved request, with its outcome, in the same transaction.
     fn grant_in(&self, grant: &Grant, actor: &str, request: Option<(&str, &str)>) -> Result<()> {
-        nonempty("application", &grant.application)?;
-        nonempty("actor", actor)?;
-        if grant.operations.is_empty() {
-            return Err(Error::Invalid(format!(
-                "grant to {:?}: operations must be a non-empty list",
-                grant.application
-            )));
-        }
-        let operations = serde_json::to_string(&grant.operations)?;
+        let operations = check_grant(grant, actor)?;
         let now = unix_now();
         self.with(|client| {
             let mut tx = begin(client)?;

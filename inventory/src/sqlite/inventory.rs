@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior}
 
 use super::trail::chain_in;
 use super::SqliteInventory;
-use crate::checks::{check_change, identity_len, nonempty};
+use crate::checks::{check_change, check_grant, identity_len, nonempty};
 use crate::error::{Error, Result};
 use crate::schema;
 use crate::store::Inventory;
@@ -637,15 +637,7 @@ impl SqliteInventory {
     /// [`Inventory::grant`], and with `request` the execution of that
     /// approved request, with its outcome, in the same transaction.
     fn grant_in(&self, grant: &Grant, actor: &str, request: Option<(&str, &str)>) -> Result<()> {
-        nonempty("application", &grant.application)?;
-        nonempty("actor", actor)?;
-        if grant.operations.is_empty() {
-            return Err(Error::Invalid(format!(
-                "grant to {:?}: operations must be a non-empty list",
-                grant.application
-            )));
-        }
-        let operations = serde_json::to_string(&grant.operations)?;
+        let operations = check_grant(grant, actor)?;
         let now = unix_now();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
