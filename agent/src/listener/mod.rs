@@ -426,29 +426,14 @@ impl Server {
     }
 
     fn accept(self: &Arc<Server>, listener: UnixListener, admin: bool) {
-        // Failures of accept (out of descriptors, say) are logged once per
-        // streak, with the streak's length when it ends.
-        let mut failing: u64 = 0;
+        let mut failures = AcceptFailures::default();
         for stream in listener.incoming() {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match stream {
-                Ok(s) => s,
-                Err(e) => {
-                    if failing == 0 {
-                        log::error!("accept failed: {e}; serving the open connections only");
-                    }
-                    failing += 1;
-                    // Out of descriptors, for instance: do not spin.
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
+            let Some(stream) = failures.take(stream, "") else {
+                continue;
             };
-            if failing > 0 {
-                log::warn!("accept works again after {failing} failures");
-                failing = 0;
-            }
             let peer = match Peer::of(&stream) {
                 Ok(p) => p,
                 Err(e) => {
@@ -879,6 +864,37 @@ fn report(peer: &Peer, e: &FrameError) {
     }
 }
 
+/// A streak of failed accepts (out of descriptors, say): logged once when
+/// it starts and once when it ends, with its length; each failure waits a
+/// moment so that the loop does not spin.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptFailures {
+    failing: u64,
+}
+
+impl AcceptFailures {
+    /// The accepted stream, or `None` after a failure (counted). `which`
+    /// names the listener in the log (`"remote "`, or empty).
+    pub(crate) fn take<S>(&mut self, accepted: std::io::Result<S>, which: &str) -> Option<S> {
+        match accepted {
+            Ok(s) => {
+                if self.failing > 0 {
+                    log::warn!("{which}accept works again after {} failures", self.failing);
+                    self.failing = 0;
+                }
+                Some(s)
+            }
+            Err(e) => {
+                if self.failing == 0 {
+                    log::error!("{which}accept failed: {e}; serving the open connections only");
+                }
+                self.failing += 1;
+                thread::sleep(Duration::from_millis(50));
+                None
+            }
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::no_application;

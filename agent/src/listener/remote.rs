@@ -185,23 +185,14 @@ impl Server {
     }
 
     fn accept_remote(self: &Arc<Server>, remote: RemoteListener) {
-        let mut failing: u64 = 0;
+        let mut failures = super::AcceptFailures::default();
         for stream in remote.listener.incoming() {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match stream {
-                Ok(s) => s,
-                Err(e) => {
-                    if failing == 0 {
-                        log::error!("remote accept failed: {e}");
-                    }
-                    failing += 1;
-                    thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
+            let Some(stream) = failures.take(stream, "remote ") else {
+                continue;
             };
-            failing = 0;
             let Ok(addr) = stream.peer_addr() else {
                 continue;
             };
