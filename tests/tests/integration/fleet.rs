@@ -200,25 +200,63 @@ fn fleet_an_agent_without_its_store_fails_closed_then_recovers_by_itself() {
 #[test]
 fn fleet_an_agent_killed_mid_work_loses_no_acknowledged_record() {
     let fleet = Fleet::start(2, &policy(), 5);
-    let done: Vec<String> = (0..6)
-        .map(|i| {
-            let name = format!("k{i}");
-            keyward_ok(
-                fleet.env(0),
-                &["key", "create", &name, "--class", "signing"],
-                0,
-            );
-            name
-        })
-        .collect();
-    fleet.agents[0].testbed.kill().expect("kill -9 agent 0");
+    active_key(&fleet, 0, "web");
+    // An application signs on agent 0 while an administrator makes keys
+    // through it, until it is killed.
+    let mut probe = fleet.probe(0, "web");
+    probe.say("bench 4000");
+    let acknowledged = std::thread::scope(|s| {
+        let admin = s.spawn(|| {
+            let mut made = Vec::new();
+            for i in 0..500 {
+                let name = format!("k{i}");
+                if !keyward(
+                    fleet.env(0),
+                    &["key", "create", &name, "--class", "signing"],
+                )
+                .status
+                .success()
+                {
+                    break;
+                }
+                made.push(name);
+            }
+            made
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        fleet.agents[0].testbed.kill().expect("kill -9 agent 0");
+        admin.join().expect("the administrator's thread")
+    });
+    assert!(
+        !acknowledged.is_empty(),
+        "no key was made before the kill:\n{}",
+        fleet.logs()
+    );
+    // Every key the agent said it made is in the shared store, with its
+    // creation in the trail, and the trail verifies.
     let list = keyward_ok(fleet.env(1), &["--json", "key", "list"], 0);
-    for name in &done {
+    let trail = keyward_ok(
+        fleet.env(1),
+        &["--json", "audit", "query", "--limit", "100000"],
+        0,
+    );
+    for name in &acknowledged {
         assert!(
             list.contains(&format!("\"{name}\"")),
             "{name} is lost:\n{list}"
         );
+        assert!(
+            trail
+                .lines()
+                .any(|l| l.contains(&format!("\"key\":\"{name}\""))
+                    && l.contains("\"operation\":\"create\"")),
+            "{name}'s creation is not in the trail"
+        );
     }
+    println!(
+        "{} acknowledged creations, every one kept",
+        acknowledged.len()
+    );
     keyward_ok(fleet.env(1), &["audit", "verify"], 0);
 }
 
@@ -416,8 +454,7 @@ fn fleet_approvals_on_different_agents_count_towards_one_quorum_and_execute_once
         "{shown}"
     );
     for k in 0..3 {
-        let key = keyward_ok(fleet.env(k), &["--json", "key", "show", "web"], 0);
-        assert!(key.contains("\"active\""), "agent {k}: {key}");
+        shows_within(&fleet, k, "web", "\"active\"", Duration::from_secs(1));
     }
     // Carried out once: one resume in the shared trail.
     let trail = keyward_ok(
@@ -527,4 +564,55 @@ fn fleet_limits_with_one_three_and_five_agents() {
         ));
     }
     println!("{}", table.join("\n"));
+}
+
+#[test]
+fn fleet_a_grant_removed_on_one_agent_stops_the_application_on_another_within_a_second() {
+    // Class `bare` grants nothing: the application signs by its key's own
+    // grant only.
+    let policy = format!(
+        "{}{}",
+        policy(),
+        signing_class_toml("bare", "30d", "60d", "")
+    );
+    let fleet = Fleet::start(2, &policy, 5);
+    keyward_ok(
+        fleet.env(0),
+        &["key", "create", "web", "--class", "bare"],
+        0,
+    );
+    keyward_ok(fleet.env(0), &["key", "activate", "web"], 0);
+    keyward_ok(
+        fleet.env(0),
+        &["grant", "add", "web", APPLICATION, "--ops", "sign"],
+        0,
+    );
+    let mut probe = fleet.probe(1, "web");
+    assert!(
+        signs_within(&mut probe, Duration::from_secs(5)),
+        "{}",
+        fleet.logs()
+    );
+    probe.say("watch 10000");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = now_micros();
+    keyward_ok(fleet.env(0), &["grant", "remove", "web", APPLICATION], 0);
+    let failed = probe.value("failed", Duration::from_secs(20));
+    let at: u128 = failed
+        .split_once(' ')
+        .unwrap_or_else(|| {
+            panic!(
+                "agent 1 still signs after the grant went:\n{}",
+                fleet.logs()
+            )
+        })
+        .0
+        .parse()
+        .expect("micros");
+    let took = Duration::from_micros(u64::try_from(at.saturating_sub(before)).unwrap_or(u64::MAX));
+    println!(
+        "grant removed on agent-0 -> refusal on agent-1: {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}\n{}", fleet.logs());
 }
