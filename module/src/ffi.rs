@@ -314,6 +314,19 @@ fn leaf_bytes(value: &Value) -> Vec<u8> {
     }
 }
 
+/// The bytes a caller's `ulValueLen` gives room for. No buffer is longer
+/// than `isize::MAX`: a larger length, in particular
+/// `CK_UNAVAILABLE_INFORMATION`, which [`OutTemplate::write`] itself puts
+/// into a template whose value could not be returned, gives no room. A
+/// template reused as it came back from such a call is answered
+/// `CKR_BUFFER_TOO_SMALL` again instead of being written past its buffers.
+fn room(len: CK_ULONG) -> usize {
+    usize::try_from(len)
+        .ok()
+        .filter(|&n| isize::try_from(n).is_ok())
+        .unwrap_or(0)
+}
+
 /// Writes `bytes` with the attribute convention: NULL `pValue` → length;
 /// too short → `CK_UNAVAILABLE_INFORMATION`.
 ///
@@ -324,7 +337,7 @@ unsafe fn write_leaf(slot: &mut CK_ATTRIBUTE, bytes: &[u8]) -> Fit {
         slot.ulValueLen = bytes.len() as CK_ULONG;
         return Fit::Done;
     }
-    if (slot.ulValueLen as usize) < bytes.len() {
+    if room(slot.ulValueLen) < bytes.len() {
         slot.ulValueLen = CK_UNAVAILABLE_INFORMATION;
         return Fit::TooSmall;
     }
@@ -347,7 +360,7 @@ unsafe fn write_value(slot: &mut CK_ATTRIBUTE, value: &AttrValue) -> Result<Fit>
                 slot.ulValueLen = need;
                 return Ok(Fit::Done);
             }
-            if slot.ulValueLen < need {
+            if room(slot.ulValueLen) < entries.len() * ATTRIBUTE_LEN {
                 slot.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                 return Ok(Fit::TooSmall);
             }
@@ -1417,6 +1430,58 @@ mod tests {
         assert_eq!(get(&mut t[..2], &r[..2]), Err(Error::AttributeTypeInvalid));
         // Count mismatch from the agent is a device error.
         assert_eq!(get(&mut t, &r[..1]), Err(Error::UnexpectedAnswer));
+    }
+
+    /// A template reused as a failed call left it (`ulValueLen` set to
+    /// `CK_UNAVAILABLE_INFORMATION`, `pValue` unchanged) is not taken for
+    /// a buffer of that length: nothing is written past the caller's
+    /// buffers, leaf or nested.
+    #[test]
+    fn a_reused_template_is_not_written_past_its_buffers() {
+        let mut buf = [0u8; 4];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: buf.as_mut_ptr().cast(),
+            ulValueLen: 1,
+        }];
+        let r = [AttrResult::Value(AttrValue::Leaf(Value::Bytes(
+            b"xxxx".to_vec(),
+        )))];
+        assert_eq!(get(&mut t, &r), Err(Error::BufferTooSmall));
+        assert_eq!(t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+        // The same template again, as C hosts do.
+        assert_eq!(get(&mut t, &r), Err(Error::BufferTooSmall));
+        assert_eq!(t[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+        assert_eq!(buf, [0; 4]);
+
+        // A nested template: the outer length, then an inner one.
+        let blank = CK_ATTRIBUTE {
+            type_: 0,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        let mut inner = [blank; 2];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: inner.as_mut_ptr().cast(),
+            ulValueLen: CK_UNAVAILABLE_INFORMATION,
+        }];
+        let r = [AttrResult::Value(AttrValue::Template(vec![(
+            CKA_LABEL,
+            Value::Bytes(b"xxxx".to_vec()),
+        )]))];
+        assert_eq!(get(&mut t, &r), Err(Error::BufferTooSmall));
+        assert_eq!(inner[0].type_, 0);
+        let mut small = [0u8; 4];
+        inner[0] = CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: small.as_mut_ptr().cast(),
+            ulValueLen: CK_UNAVAILABLE_INFORMATION,
+        };
+        t[0].ulValueLen = (2 * ATTRIBUTE_LEN) as CK_ULONG;
+        assert_eq!(get(&mut t, &r), Err(Error::BufferTooSmall));
+        assert_eq!(inner[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+        assert_eq!(small, [0; 4]);
     }
 
     #[test]
