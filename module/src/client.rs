@@ -19,7 +19,7 @@
 //!   connection that sees another run than the module knew drops the session
 //!   table and the pooled connections of the old run.
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -186,16 +186,23 @@ impl Conn {
         req: &Request,
         spin: Duration,
     ) -> std::result::Result<Response, FrameError> {
+        frame::encode(req, &mut self.buf)?;
+        self.send_encoded(spin)
+    }
+
+    /// Sends the request [`frame::encode`] left in the buffer and reads
+    /// the answer.
+    fn send_encoded(&mut self, spin: Duration) -> std::result::Result<Response, FrameError> {
         match &mut self.stream {
             Link::Unix(stream) => {
-                frame::write_message(stream.get_mut(), req, &mut self.buf)?;
+                stream.get_mut().write_all(&self.buf)?;
                 if !spin.is_zero() && stream.buffer().is_empty() {
                     wait_briefly(stream.get_ref(), spin);
                 }
                 frame::read_message(stream, &mut self.buf)
             }
             Link::Tls(stream) => {
-                frame::write_message(stream.get_mut(), req, &mut self.buf)?;
+                stream.get_mut().write_all(&self.buf)?;
                 frame::read_message(stream.as_mut(), &mut self.buf)
             }
         }
@@ -371,13 +378,22 @@ impl Module {
             self.give_back(conn);
             return Ok(Err(Error::SessionHandleInvalid));
         }
+        // A request larger than a frame can carry is the caller's input
+        // (a buffer, a template, a PIN of up to 64 MiB plus the request
+        // around it): refused before anything is sent, the connection and
+        // with it the process's sessions kept.
+        if let Err(e) = frame::encode(req, &mut conn.buf) {
+            log::debug!("request refused, nothing sent: {e}");
+            self.give_back(conn);
+            return Ok(Err(Error::ArgumentsBad));
+        }
         let alone = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
         let spin = if alone {
             self.config.spin
         } else {
             Duration::ZERO
         };
-        let resp = conn.round_trip(req, spin);
+        let resp = conn.send_encoded(spin);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let resp = resp?;
         let run = conn.instance;

@@ -30,16 +30,25 @@ use pkcs11_sys::*;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::state::HOLD_LIMIT;
 
 const ULONG_LEN: usize = size_of::<CK_ULONG>();
 const ATTRIBUTE_LEN: usize = size_of::<CK_ATTRIBUTE>();
+
+/// The longest caller buffer one call takes: a frame's payload less room
+/// for the request around it and for the input an operation holds back
+/// ([`HOLD_LIMIT`]), so that a request built from one such buffer always
+/// fits a frame. A longer one is refused here, before anything is sent or
+/// any operation changes.
+pub(crate) const MAX_INPUT_LEN: usize = MAX_FRAME_LEN - (1 << 20);
+const _: () = assert!(HOLD_LIMIT < (1 << 20) / 2);
 
 /// A caller's length as `usize`, refusing lengths no single call can carry
 /// (they could only come from an uninitialised variable).
 fn checked_len(len: CK_ULONG) -> Result<usize> {
     usize::try_from(len)
         .ok()
-        .filter(|&n| n <= MAX_FRAME_LEN)
+        .filter(|&n| n <= MAX_INPUT_LEN)
         .ok_or(Error::ArgumentsBad)
 }
 

@@ -982,3 +982,53 @@ fn repeated_operations_cost_one_round_trip() {
     teardown();
     agent.kill();
 }
+
+/// A buffer longer than one call can carry is refused before anything is
+/// sent, and so is a request that cannot fit a frame (two buffers that
+/// pass alone): `CKR_ARGUMENTS_BAD`, and the connection stays in the pool,
+/// so the agent never sees the process's last connection close and its
+/// sessions live on.
+#[test]
+fn a_request_larger_than_a_frame_is_refused_and_keeps_the_connection() {
+    let (_g, path) = setup("oversize");
+    let agent = FakeAgent::start(&path, 1, answer(basic));
+    let h = open_session();
+    let mut big = vec![0u8; keyward_protocol::MAX_FRAME_LEN];
+    let len = big.len() as CK_ULONG;
+    assert_eq!(
+        p11!(C_SeedRandom(h, big.as_mut_ptr(), len)),
+        CKR_ARGUMENTS_BAD
+    );
+    let half = (big.len() / 2 + 1) as CK_ULONG;
+    let mut other = vec![0u8; half as usize];
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_SHA256_RSA_PKCS,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    assert_eq!(p11!(C_VerifyInit(h, &mut mech, 9)), CKR_OK);
+    assert_eq!(
+        p11!(C_Verify(
+            h,
+            big.as_mut_ptr(),
+            half,
+            other.as_mut_ptr(),
+            half
+        )),
+        CKR_ARGUMENTS_BAD
+    );
+    let mut info = CK_SESSION_INFO::default();
+    assert_eq!(p11!(C_GetSessionInfo(h, &mut info)), CKR_OK);
+    // Nothing of the refused calls reached the agent, and every call went
+    // over the one connection.
+    let reqs = agent.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| matches!(r, Request::SeedRandom { .. } | Request::Verify { .. })),
+        "{} requests",
+        reqs.len()
+    );
+    assert_eq!(agent.conns.lock().unwrap().len(), 1);
+    teardown();
+}
