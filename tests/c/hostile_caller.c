@@ -559,6 +559,22 @@ static void before_initialize(void)
 	memset(&args, 0, sizeof args);
 	args.CreateMutex = (CK_CREATEMUTEX)1;
 	CALL(CKR_ARGUMENTS_BAD, C_Initialize, &args);
+	/* all four mutex functions set, to addresses that are no functions:
+	 * the module may refuse them (CKR_CANT_LOCK) or use its own locks,
+	 * but never call them */
+	for (int os = 0; os < 2; os++) {
+		memset(&args, 0, sizeof args);
+		args.CreateMutex = (CK_CREATEMUTEX)(uintptr_t)8;
+		args.DestroyMutex = (CK_DESTROYMUTEX)(uintptr_t)8;
+		args.LockMutex = (CK_LOCKMUTEX)(uintptr_t)8;
+		args.UnlockMutex = (CK_UNLOCKMUTEX)(uintptr_t)8;
+		args.flags = os ? CKF_OS_LOCKING_OK : 0;
+		if (CALL(ANY, C_Initialize, &args) == CKR_OK) {
+			CK_ULONG n = 0;
+			CALL(ANY, C_GetSlotList, CK_TRUE, NULL, &n);
+			CALL(CKR_OK, C_Finalize, NULL);
+		}
+	}
 	/* the arguments at an odd address */
 	char *odd = xmalloc(sizeof args + 1);
 	memset(&args, 0, sizeof args);
@@ -718,6 +734,39 @@ static void templates_and_parameters(void)
 	CALL(CKR_OK, C_CloseSession, h);
 }
 
+/* Real buffers of the largest frame's size (64 MiB) and one byte more: the
+ * first passes every length check but cannot fit a frame with the request
+ * around it, the second is over the limit. Both get a clear answer and the
+ * session lives on. */
+static void frame_sized_buffers(void)
+{
+	scenario = "frame-sized buffers";
+	const CK_ULONG max = 64UL << 20;
+	CK_BYTE *big = xmalloc(max + 1);
+	CK_SESSION_HANDLE h = open_logged_in();
+	CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+	CK_BYTE out[32];
+	for (CK_ULONG len = max; len <= max + 1; len++) {
+		CALL(CKR_OK, C_DigestInit, h, &m);
+		/* refused before anything changes: the digest goes on */
+		CALL(CKR_ARGUMENTS_BAD, C_DigestUpdate, h, big, len);
+		CALL(CKR_OK, C_DigestFinal, h, out, &(CK_ULONG){sizeof out});
+		CALL(CKR_ARGUMENTS_BAD, C_SeedRandom, h, big, len);
+		CALL(CKR_ARGUMENTS_BAD, C_Login, h, CKU_SO, big, len);
+		CK_ATTRIBUTE t = {CKA_LABEL, big, len};
+		CALL(CKR_ARGUMENTS_BAD, C_FindObjectsInit, h, &t, 1);
+	}
+	CALL(CKR_ARGUMENTS_BAD, C_GenerateRandom, h, big, max + 1);
+	/* two buffers that pass alone and cannot fit one frame together */
+	CK_MECHANISM v = {CKM_SHA256_HMAC, NULL, 0};
+	CALL(ANY, C_VerifyInit, h, &v, CK_INVALID_HANDLE);
+	CALL(ANY, C_Verify, h, big, max / 2 + 1, big, max / 2 + 1);
+	/* the session still works */
+	digest_once(h, CKR_OK);
+	CALL(CKR_OK, C_CloseSession, h);
+	free(big);
+}
+
 /* Handles from before C_Finalize, used after a new C_Initialize. */
 static void stale_handles(void)
 {
@@ -794,6 +843,80 @@ static void finalize_races(void)
 	CK_SESSION_HANDLE h = open_logged_in();
 	digest_once(h, CKR_OK);
 	CALL(CKR_OK, C_CloseSession, h);
+}
+
+/* C_WaitForSlotEvent blocked in one thread while another calls C_Finalize:
+ * the wait must end with CKR_CRYPTOKI_NOT_INITIALIZED. */
+static void *waiter(void *arg)
+{
+	scenario = "C_Finalize ends a blocked C_WaitForSlotEvent";
+	CK_SLOT_ID got = 0;
+	*(CK_RV *)arg = CALL(CKR_CRYPTOKI_NOT_INITIALIZED, C_WaitForSlotEvent, 0, &got, NULL);
+	return NULL;
+}
+
+static void finalize_ends_a_wait(void)
+{
+	scenario = "C_Finalize ends a blocked C_WaitForSlotEvent";
+	pthread_t t;
+	CK_RV rv = ANY;
+	pthread_create(&t, NULL, waiter, &rv);
+	usleep(200000);
+	CALL(CKR_OK, C_Finalize, NULL);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	if (pthread_timedjoin_np(t, NULL, &until) != 0) {
+		fprintf(stderr, "unexpected: [%s] the wait did not end within 10 s\n", scenario);
+		__atomic_add_fetch(&C->unexpected, 1, __ATOMIC_RELAXED);
+		/* the thread still blocks: the process cannot finish cleanly */
+		printf("calls: %ld, unexpected: %ld\n", C->calls, C->unexpected);
+		_exit(1);
+	}
+	CALL(CKR_OK, C_Initialize, NULL);
+}
+
+/* Threads that share one session without serialising their calls, as the
+ * specification asks applications to: answers may be any defined one. */
+static CK_SESSION_HANDLE shared;
+
+static void *sharer(void *arg)
+{
+	(void)arg;
+	scenario = "one session, unserialised threads";
+	CK_BYTE buf[64];
+	for (int i = 0; i < 300; i++) {
+		CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+		CK_ULONG n = sizeof buf;
+		CALL(ANY, C_DigestInit, shared, &m);
+		CALL(ANY, C_DigestUpdate, shared, buf, sizeof buf);
+		CALL(ANY, C_DigestFinal, shared, buf, &n);
+		CK_ULONG count = 0;
+		CALL(ANY, C_FindObjectsInit, shared, NULL, 0);
+		CK_OBJECT_HANDLE objs[4];
+		CALL(ANY, C_FindObjects, shared, objs, 4, &count);
+		CALL(ANY, C_FindObjectsFinal, shared);
+		n = sizeof buf;
+		CALL(ANY, C_Digest, shared, buf, 1, buf, &n);
+	}
+	return NULL;
+}
+
+static void one_session_many_threads(void)
+{
+	enum { THREADS = 4 };
+	pthread_t t[THREADS];
+	shared = open_logged_in();
+	for (int i = 0; i < THREADS; i++)
+		pthread_create(&t[i], NULL, sharer, NULL);
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(t[i], NULL);
+	scenario = "one session, unserialised threads";
+	/* the session still works once the threads are done */
+	CALL(ANY, C_DigestFinal, shared, NULL, &(CK_ULONG){0});
+	CALL(ANY, C_FindObjectsFinal, shared);
+	digest_once(shared, CKR_OK);
+	CALL(CKR_OK, C_CloseSession, shared);
 }
 
 /* Waits for a forked child; a child that dies or hangs counts as unexpected. */
@@ -977,8 +1100,11 @@ int main(int argc, char **argv)
 		phase("find the slot", find_slot);
 		phase("every shape, every handle", every_shape_every_handle);
 		phase("templates and parameters", templates_and_parameters);
+		phase("frame-sized buffers", frame_sized_buffers);
 		phase("stale handles", stale_handles);
 		phase("C_Finalize racing calls", finalize_races);
+		phase("C_Finalize ends a wait", finalize_ends_a_wait);
+		phase("one session, many threads", one_session_many_threads);
 		phase("fork mid-operation", fork_mid_operation);
 		phase("fork while threads call", fork_while_threads_call);
 	} else {
