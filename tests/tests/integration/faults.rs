@@ -9,8 +9,10 @@
 //!   the slot shows no token, then the token appears without a restart
 //!   and signs;
 //! - the store's files and directory made read-only while the agent runs:
-//!   admin actions fail closed, applications are served, the records are
-//!   held, and once writable again the agent writes them by itself.
+//!   admin and lifecycle actions fail closed and change nothing,
+//!   applications are served (`on_write_failure = "continue"`, their
+//!   records held) or refused (`"refuse"`), and once writable again the
+//!   agent recovers by itself and writes what it held.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -414,4 +416,52 @@ keyward_test!(fn a_read_only_state_directory_fails_admin_closed_serves_per_setti
     keyward_ok(&tb, &["key", "create", "later", "--class", "signing"], 0);
     let keys = keyward_ok(&tb, &["--json", "key", "list"], 0);
     assert!(keys.contains("\"later\"") && !keys.contains("\"never\""), "{keys}");
+});
+
+keyward_test!(fn a_read_only_state_directory_in_refuse_mode_refuses_uses_changes_no_key_and_recovers(tb) {
+    tb.require_agent("a read-only state directory");
+    tb.configure_agent("[audit]\non_write_failure = \"refuse\"\n");
+    install_policy(&tb, &lab_policy());
+    keyward_ok(&tb, &["key", "create", "steady", "--class", "signing"], 0);
+    let ctx = keyward_tests::p11::Ctx::new(&tb);
+    let s = ctx.user();
+    let (_, private) = ec_pair(&s, P256_PARAMS, "refused", false);
+    s.sign(&Mechanism::Ecdsa, private, &[1u8; 32]).expect("C_Sign before the fault");
+
+    let read_only = ReadOnly::state_of(&tb);
+    // A lifecycle action on an existing key fails closed and changes nothing.
+    let out = keyward(&tb, &["key", "activate", "steady"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "a key was activated with a read-only store: {said}");
+    assert!(!said.trim().is_empty(), "the refusal says nothing");
+    // Uses go on until the writer finds the trail unwritable, then are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]) {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+        assert!(Instant::now() < deadline, "signing was never refused while the store was read-only");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(format!("{refused:?}").contains("FunctionFailed"), "{refused:?}");
+    drop(read_only);
+
+    // Writable again: uses are served again without a restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.sign(&Mechanism::Ecdsa, private, &[3u8; 32]).is_err() {
+        assert!(Instant::now() < deadline, "signing did not come back once the store was writable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_failing(&tb, false, || {});
+    let shown = keyward_json(&tb, &["key", "show", "steady"], 0);
+    assert_eq!(shown.str_at("state"), "pre-activation", "the refused activation happened: {shown}");
+    let refusals = query(&tb, &["--result", "denied"]);
+    assert!(
+        refusals.iter().any(|r| r.str_at("reason").contains("audit trail cannot be written")),
+        "the refusals are not in the trail"
+    );
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
+    keyward_ok(&tb, &["key", "activate", "steady"], 0);
 });
