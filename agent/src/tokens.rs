@@ -29,7 +29,7 @@ pub struct VirtualToken {
     /// Its stored PIN hashes and label.
     pub state: TokenState,
     /// The backend, once it is open: set once, at start or when a backend
-    /// that could not be opened then comes back (`backend::reopen`); a
+    /// that could not be opened then comes back (`reopen`); a
     /// request reads it with one atomic load.
     backend: OnceLock<Arc<dyn Backend>>,
     /// Why the backend is unavailable, while it is.
