@@ -38,6 +38,9 @@ pub struct Agent {
     pub(crate) instance: u64,
     pub(crate) started: Instant,
     pub(crate) socket: String,
+    /// Backends that could not be opened at start, for
+    /// [`Agent::retry_backends`].
+    pub(crate) reopen: std::sync::Mutex<Option<crate::reopen::Pending>>,
 }
 
 impl std::ops::Deref for Agent {
@@ -87,6 +90,7 @@ impl Agent {
             instance: u64::from_le_bytes(instance),
             started: Instant::now(),
             socket,
+            reopen: std::sync::Mutex::new(None),
         }
     }
 
@@ -129,11 +133,15 @@ impl Agent {
         let state = StateDir::open(&config.agent.state_dir)?;
         let mut libs: HashMap<std::path::PathBuf, std::result::Result<_, String>> = HashMap::new();
         let mut tokens = Vec::new();
-        for t in &config.tokens {
+        let mut pending = crate::reopen::Pending::default();
+        for (index, t) in config.tokens.iter().enumerate() {
             let lib = libs
                 .entry(t.library.clone())
                 .or_insert_with(|| crate::backend::ffi::Library::load(&t.library))
                 .clone();
+            if let Ok(lib) = &lib {
+                pending.library(t.library.clone(), lib);
+            }
             let backend = lib.and_then(|lib| {
                 let pin = t
                     .backend_pin
@@ -144,7 +152,15 @@ impl Agent {
             });
             match &backend {
                 Ok(_) => log::info!("token {:?}: backend {} ready", t.label, t.library.display()),
-                Err(e) => log::error!("token {:?}: backend unavailable: {e}", t.label),
+                Err(e) => {
+                    log::error!(
+                        "token {:?}: backend unavailable: {e}; tried again from {} s on, at most every {} s",
+                        t.label,
+                        crate::reopen::FIRST.as_secs(),
+                        crate::reopen::LONGEST.as_secs()
+                    );
+                    pending.token(index, t.clone());
+                }
             }
             let token_state = state.token(&t.label);
             token_state.remove_stale_temporaries();
@@ -169,11 +185,22 @@ impl Agent {
             Auditor::with_config(opened.trail, &config.audit),
         );
         let _ = agent.core.store.set(opened.summary);
+        *agent.reopen.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
         if let Some((store, lease)) = opened.shared {
             crate::store::listen::spawn(store, Arc::downgrade(&agent.lifecycle), lease)
                 .map_err(std::io::Error::other)?;
         }
         Ok(agent)
+    }
+
+    /// Starts trying again, in a thread of their own, the backends that
+    /// could not be opened at start (see `reopen`); once, after start-up.
+    pub fn retry_backends(self: &Arc<Self>) -> std::io::Result<()> {
+        let pending = self.reopen.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match pending {
+            Some(p) => crate::reopen::spawn(p, Arc::downgrade(self)),
+            None => Ok(()),
+        }
     }
 
     /// The random instance id of this start.
@@ -203,8 +230,8 @@ impl Agent {
                     backend_serial: String::new(),
                     backend_error: None,
                 };
-                match &t.backend {
-                    Err(e) => s.backend_error = Some(e.clone()),
+                match t.backend_status() {
+                    Err(e) => s.backend_error = Some(e),
                     Ok(b) => {
                         if let Ok(li) = b.library_info() {
                             s.backend_library_description = li.description;

@@ -273,6 +273,9 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
     // Requests approved before a stop and not carried out: now, once.
     agent.lifecycle.note_backup_keys();
     agent.lifecycle.resume_approved();
+    agent
+        .retry_backends()
+        .map_err(|e| format!("cannot start the backend retry: {e}"))?;
     let policy_source = Arc::new(std::sync::Mutex::new(source));
     install_reloader(&agent, config, path, &policy_source);
     agent

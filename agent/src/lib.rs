@@ -31,7 +31,8 @@
 //!   every use of a managed key passes; [`fingerprint`]: what identifies a
 //!   key object beyond its `CKA_ID`; [`objects`]: identities and owners of
 //!   unmanaged token objects.
-//! - [`tokens`]: the virtual tokens; [`state`]: PIN hashes and labels in the
+//! - [`tokens`]: the virtual tokens (`reopen`: backends that failed at start
+//!   tried again); [`state`]: PIN hashes and labels in the
 //!   state directory; [`template`]: reading templates.
 //! - [`backend`]: the [`backend::Backend`] trait and its implementation over
 //!   the vendor library ([`backend::ffi`], the crate's only `unsafe` code).
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod notify;
 pub mod objects;
 pub mod per_use;
+pub(crate) mod reopen;
 pub mod report;
 pub mod settings;
 pub mod shared;

@@ -706,7 +706,7 @@ pub fn render(metrics: &Metrics, agent: &Agent) -> String {
         out.sample(
             "keyward_token_backend_up",
             &[("token", &t.config.label)],
-            f64::from(u8::from(t.backend.is_ok())),
+            f64::from(u8::from(t.backend().is_ok())),
         );
     }
     if let Ok((seq, _)) = agent.audit.log().head() {

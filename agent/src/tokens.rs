@@ -2,7 +2,7 @@
 //! and the backend token behind it, with its session counts across
 //! clients. Slot ids are positions in the configuration.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -28,8 +28,12 @@ pub struct VirtualToken {
     pub config: TokenConfig,
     /// Its stored PIN hashes and label.
     pub state: TokenState,
-    /// The backend, or why it is unavailable.
-    pub backend: std::result::Result<Arc<dyn Backend>, String>,
+    /// The backend, once it is open: set once, at start or when a backend
+    /// that could not be opened then comes back (`reopen`); a
+    /// request reads it with one atomic load.
+    backend: OnceLock<Arc<dyn Backend>>,
+    /// Why the backend is unavailable, while it is.
+    unavailable: Mutex<Option<String>>,
     pub(crate) counts: Mutex<Counts>,
     /// Whether the token holds objects of the agent's backup machinery
     /// (searches then never take the shortcut that shows every object).
@@ -43,10 +47,15 @@ impl VirtualToken {
         state: TokenState,
         backend: std::result::Result<Arc<dyn Backend>, String>,
     ) -> VirtualToken {
+        let (opened, unavailable) = match backend {
+            Ok(b) => (OnceLock::from(b), None),
+            Err(e) => (OnceLock::new(), Some(e)),
+        };
         VirtualToken {
             config,
             state,
-            backend,
+            backend: opened,
+            unavailable: Mutex::new(unavailable),
             counts: Mutex::new(Counts::default()),
             agent_objects: std::sync::atomic::AtomicBool::new(false),
         }
@@ -57,7 +66,33 @@ impl VirtualToken {
     }
 
     pub(crate) fn backend(&self) -> Result<&Arc<dyn Backend>> {
-        self.backend.as_ref().map_err(|_| Error::TokenNotPresent)
+        self.backend.get().ok_or(Error::TokenNotPresent)
+    }
+
+    /// The backend, or why it is unavailable (for `keyward status`).
+    pub(crate) fn backend_status(&self) -> std::result::Result<&Arc<dyn Backend>, String> {
+        self.backend.get().ok_or_else(|| {
+            self.unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the backend is not open".into())
+        })
+    }
+
+    /// Records why the backend is still unavailable.
+    pub(crate) fn still_unavailable(&self, why: String) {
+        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Puts `backend` behind the token, which had none; false if it had
+    /// one already (then `backend` is dropped).
+    pub(crate) fn arrive(&self, backend: Arc<dyn Backend>) -> bool {
+        let set = self.backend.set(backend).is_ok();
+        if set {
+            *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        set
     }
 
     /// The label applications see: the one `C_InitToken` set, else the

@@ -30,7 +30,7 @@ impl Agent {
             self.tokens
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| !token_present || t.backend.is_ok())
+                .filter(|(_, t)| !token_present || t.backend().is_ok())
                 .map(|(i, _)| SlotId(i as u64)),
         ))
     }
@@ -98,7 +98,7 @@ impl Agent {
             flags: ck::CKF_REMOVABLE_DEVICE,
             ..SlotInfo::default()
         };
-        if let Ok(b) = &t.backend {
+        if let Ok(b) = t.backend() {
             info.flags |= ck::CKF_TOKEN_PRESENT;
             if let Ok(bi) = b.token_info() {
                 info.hardware_version = bi.hardware_version;

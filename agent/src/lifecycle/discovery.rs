@@ -205,7 +205,7 @@ impl Lifecycle {
     /// the counts are kept for the metrics (`keyward_shadow_keys`).
     pub fn discover_shadows(&self) {
         for t in &self.tokens {
-            if t.backend.is_err() {
+            if t.backend().is_err() {
                 continue;
             }
             match self.scan(t) {

@@ -195,7 +195,7 @@ fn open_creates_a_private_wal_store_at_the_latest_schema() {
 fn an_existing_loose_file_is_tightened_to_0600() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inventory.sqlite");
-    std::fs::write(&path, b"").unwrap();
+    drop(SqliteInventory::open(&path).unwrap());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     SqliteInventory::open(&path).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -203,10 +203,9 @@ fn an_existing_loose_file_is_tightened_to_0600() {
 }
 
 #[test]
-fn an_empty_file_is_migrated_and_a_reopen_keeps_everything() {
+fn a_new_store_is_made_where_no_file_is_and_a_reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inventory.sqlite");
-    std::fs::write(&path, b"").unwrap();
     let inv = SqliteInventory::open(&path).unwrap();
     assert_eq!(inv.schema_version().unwrap(), SCHEMA_VERSION);
     let key = new_key(&inv, "k", b"1");
@@ -216,6 +215,67 @@ fn an_empty_file_is_migrated_and_a_reopen_keeps_everything() {
     assert_eq!(inv.key_by_id(key.id).unwrap(), Some(key.clone()));
     assert_eq!(inv.history(key.id).unwrap().len(), 2);
     assert!(inv.check().unwrap().is_empty());
+}
+
+#[test]
+fn an_empty_file_is_a_truncated_store_refused_not_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    let inv = SqliteInventory::open(&path).unwrap();
+    new_key(&inv, "k", b"1");
+    drop(inv);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let err = SqliteInventory::open(&path).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("empty"),
+        "{text}"
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+}
+
+#[test]
+fn a_store_path_that_is_a_directory_or_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.sqlite");
+    std::fs::create_dir(&path).unwrap();
+    let err = SqliteInventory::open(&path).unwrap_err();
+    assert!(err.to_string().contains("directory"), "{err}");
+    assert!(
+        std::fs::read_dir(&path).unwrap().next().is_none(),
+        "left as it was"
+    );
+    std::fs::remove_dir(&path).unwrap();
+
+    let other = dir.path().join("other.sqlite");
+    let inv = SqliteInventory::open(&other).unwrap();
+    new_key(&inv, "k", b"1");
+    drop(inv);
+    let before = std::fs::read(&other).unwrap();
+    std::os::unix::fs::symlink(&other, &path).unwrap();
+    let err = SqliteInventory::open(&path).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("symbolic link") && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&other).unwrap(),
+        before,
+        "the target is untouched"
+    );
+    // A dangling link is refused too, and nothing is created behind it.
+    std::fs::remove_file(&path).unwrap();
+    let gone = dir.path().join("gone.sqlite");
+    std::os::unix::fs::symlink(&gone, &path).unwrap();
+    assert!(SqliteInventory::open(&path).is_err());
+    assert!(!gone.exists(), "nothing created through the link");
 }
 
 #[test]

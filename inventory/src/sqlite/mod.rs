@@ -204,24 +204,62 @@ impl SqliteInventory {
 
 /// Creates the file with mode 0600 (SQLite gives its `-wal` and `-shm`
 /// files the same mode), and tightens an existing one.
+///
+/// A new store is made only where no file exists. An existing file must
+/// be a regular file (not a directory, not a symbolic link that could send
+/// the agent's writes elsewhere) and not empty: every store this crate
+/// made holds at least SQLite's header page from its first commit on, so
+/// an empty file is a truncated store, refused rather than taken for a new
+/// one (which would serve an empty inventory in its place). The file is
+/// left as it was for the administrator.
 fn prepare_file(path: &Path) -> Result<()> {
     let io = |what: &str, e: std::io::Error| Error::Open {
         path: path.to_owned(),
         detail: format!("{what}: {e}"),
     };
-    let file = OpenOptions::new()
+    let refuse = |detail: &str| Error::Open {
+        path: path.to_owned(),
+        detail: detail.into(),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(refuse(
+                "is a symbolic link: the store must be a regular file, refused",
+            ))
+        }
+        Ok(meta) if meta.is_dir() => {
+            return Err(refuse("is a directory, not a store file: refused"))
+        }
+        _ => {}
+    }
+    let created = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| io("cannot open", e))?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    let file = match created {
+        Ok(file) => return file.sync_all().map_err(|e| io("cannot sync", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| io("cannot open", e))?,
+        Err(e) => return Err(io("cannot create", e)),
+    };
     let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
     if !meta.is_file() {
-        return Err(Error::Open {
+        return Err(refuse("not a regular file"));
+    }
+    if meta.len() == 0 {
+        return Err(Error::Corrupt {
             path: path.to_owned(),
-            detail: "not a regular file".into(),
+            detail: "the file is empty (0 bytes), a truncated store; a new store is made only \
+                     where no file exists: restore the store from a backup, or remove the \
+                     empty file to start with an empty inventory"
+                .into(),
         });
     }
     if meta.permissions().mode() & 0o077 != 0 {

@@ -29,6 +29,7 @@ mod distribution;
 mod dual_control;
 mod envelope;
 mod escrow_cli;
+mod faults;
 mod fleet;
 mod fleet_inventory;
 mod fleet_store;
