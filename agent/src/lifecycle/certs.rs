@@ -342,6 +342,46 @@ pub(crate) fn parse_certificate(bytes: &[u8]) -> AResult<(Certificate, Vec<u8>)>
     Ok((cert, der))
 }
 
+/// The checks `keyward cert import` makes of a certificate file before it
+/// compares its public key with the key version's: the file's bytes
+/// parsed ([`parse_certificate`]), then every part of the certificate the
+/// import reads and stores (public key, subject, issuer, serial number,
+/// expiry, fingerprint). On success, the certificate encoded again (DER),
+/// so that parsing it again can be compared. An entry point for the fuzz
+/// targets, not an API.
+#[doc(hidden)]
+pub fn judge_certificate_file(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (cert, der) = parse_certificate(bytes).map_err(|e| e.message)?;
+    let tbs = &cert.tbs_certificate;
+    let judged = (|| -> AResult<()> {
+        tbs.subject_public_key_info
+            .to_der()
+            .map_err(failed("the certificate's public key"))?;
+        tbs.subject.to_der().map_err(failed("subject"))?;
+        tbs.issuer.to_der().map_err(failed("issuer"))?;
+        tbs.serial_number
+            .to_der()
+            .map_err(failed("serial number"))?;
+        Ok(())
+    })();
+    judged.map_err(|e| e.message)?;
+    let _ = (tbs.subject.to_string(), unix(tbs.validity.not_after));
+    let _ = crate::fingerprint::certificate_fingerprint(&der);
+    cert.to_der().map_err(|e| e.to_string())
+}
+
+/// What `keyward cert request` and `cert self-sign` judge of their text
+/// arguments: the subject ([`parse_subject`]) and the subject alternative
+/// names ([`san_extension`]); and the subject the log shows of a DER CSR.
+/// An entry point for the fuzz targets, not an API.
+#[doc(hidden)]
+pub fn judge_request_arguments(subject: &str, sans: &[String], csr: &[u8]) -> Result<(), String> {
+    let _ = csr_subject(csr);
+    parse_subject(subject).map_err(|e| e.message)?;
+    san_extension(sans).map_err(|e| e.message)?;
+    Ok(())
+}
+
 /// Unix seconds of `t`.
 fn unix(t: x509_cert::time::Time) -> u64 {
     t.to_unix_duration().as_secs()

@@ -139,6 +139,22 @@ fn a_certificate_file_is_one_certificate_and_nothing_else() {
     refused(&vec![0x30; MAX_CERTIFICATE + 1], "more than");
 }
 
+#[test]
+fn the_fuzz_entries_judge_what_import_and_request_judge() {
+    let der = certificate(30);
+    let pem = der::pem::encode_string("CERTIFICATE", LineEnding::LF, &der).unwrap();
+    assert_eq!(judge_certificate_file(pem.as_bytes()).unwrap(), der);
+    assert_eq!(judge_certificate_file(&der).unwrap(), der);
+    let e = judge_certificate_file(b"garbage").unwrap_err();
+    assert!(e.contains("not one well-formed"), "{e}");
+    let sans = ["DNS:web.example.com".to_owned(), "IP:192.0.2.1".to_owned()];
+    judge_request_arguments("CN=web.example.com", &sans, &der).unwrap();
+    let e = judge_request_arguments(" ", &sans, &[]).unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    let e = judge_request_arguments("CN=a", &["FTP:x".to_owned()], &[]).unwrap_err();
+    assert!(e.contains("unknown type"), "{e}");
+}
+
 fn agent() -> (tempfile::TempDir, Agent) {
     let policy = format!(
         "{}\n[[class]]\nname = \"sealing\"\npurpose = \"encryption\"\nalgorithms = [\"aes:256\"]\n\
