@@ -166,6 +166,13 @@ pub(crate) fn parse_subject(subject: &str) -> AResult<Name> {
     if subject.trim().is_empty() {
         return invalid("the subject is empty: give one, e.g. \"CN=web.example.com,O=Example\"");
     }
+    if let Some(key) = oversized_oid(subject) {
+        return invalid(format!(
+            "the subject {subject:?} is not a distinguished name: the attribute type {key:?} \
+             has an arc larger than {}",
+            u32::MAX
+        ));
+    }
     let name = Name::from_str(subject).map_err(|e| AdminError {
         kind: AdminErrorKind::Invalid,
         message: format!(
@@ -177,6 +184,35 @@ pub(crate) fn parse_subject(subject: &str) -> AResult<Name> {
         return invalid(format!("the subject {subject:?} names nothing"));
     }
     Ok(name)
+}
+
+/// The first attribute type of `subject` written as a dotted object
+/// identifier with an arc beyond `u32` (`2.99999999999=x`), which the
+/// distinguished-name parser cannot hold (it would overflow). The
+/// components are split where that parser splits them: at each `,` and
+/// `+` not escaped by a single `\`.
+fn oversized_oid(subject: &str) -> Option<&str> {
+    let b = subject.as_bytes();
+    let separator = |i: usize| {
+        matches!(b[i], b',' | b'+')
+            && (i == 0 || b[i - 1] != b'\\' || (i >= 2 && b[i - 2] == b'\\'))
+    };
+    let mut start = 0;
+    for end in (0..b.len()).filter(|&i| separator(i)).chain([b.len()]) {
+        let part = &subject[start..end];
+        start = end + 1;
+        let key = part.split_once('=').map_or(part, |(key, _)| key);
+        let dotted = key.starts_with(|c: char| c.is_ascii_digit())
+            && key.bytes().all(|c| c.is_ascii_digit() || c == b'.');
+        if dotted
+            && key
+                .split('.')
+                .any(|arc| !arc.is_empty() && arc.parse::<u32>().is_err())
+        {
+            return Some(key);
+        }
+    }
+    None
 }
 
 /// One subject alternative name: `DNS:`, `IP:`, `email:` or `URI:`.

@@ -139,6 +139,32 @@ fn a_certificate_file_is_one_certificate_and_nothing_else() {
     refused(&vec![0x30; MAX_CERTIFICATE + 1], "more than");
 }
 
+/// An attribute type in dotted form with an arc beyond 32 bits made the
+/// distinguished-name parser overflow (a panic, or a wrong type in a
+/// build without overflow checks); it is refused with a message.
+#[test]
+fn a_subject_with_an_oversized_object_identifier_arc_is_refused() {
+    for subject in [
+        "2.99999999999=x",
+        "CN=web,2.5.4.99999999999999999999=x",
+        "CN=a+4294967296=b",
+        "2.5.4.3=ok,1.2.840.113549.1.9.1.44444444444=x",
+    ] {
+        let e = parse_subject(subject).unwrap_err();
+        assert_eq!(e.kind, AdminErrorKind::Invalid);
+        assert!(
+            e.message.contains("has an arc larger than"),
+            "{subject}: {}",
+            e.message
+        );
+    }
+    // The largest arc that fits, an escaped separator and a value that
+    // only looks like a type are still read as before.
+    assert!(parse_subject("2.5.4.3=web,2.5.4294967295=x").is_ok());
+    assert!(parse_subject("CN=a\\,99999999999=b").is_ok());
+    assert!(parse_subject("CN=99999999999").is_ok());
+}
+
 #[test]
 fn the_fuzz_entries_judge_what_import_and_request_judge() {
     let der = certificate(30);
