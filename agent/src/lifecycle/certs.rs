@@ -187,7 +187,8 @@ pub(crate) fn parse_subject(subject: &str) -> AResult<Name> {
 }
 
 /// The first attribute type of `subject` written as a dotted object
-/// identifier with an arc beyond `u32` (`2.99999999999=x`), which the
+/// identifier with an arc beyond `u32` (`2.99999999999=x`, also before
+/// a stray character: `2.99999999999x=y`), which the
 /// distinguished-name parser cannot hold (it would overflow). The
 /// components are split where that parser splits them: at each `,` and
 /// `+` not escaped by a single `\`.
@@ -202,10 +203,14 @@ fn oversized_oid(subject: &str) -> Option<&str> {
         let part = &subject[start..end];
         start = end + 1;
         let key = part.split_once('=').map_or(part, |(key, _)| key);
-        let dotted = key.starts_with(|c: char| c.is_ascii_digit())
-            && key.bytes().all(|c| c.is_ascii_digit() || c == b'.');
-        if dotted
-            && key
+        // The parser reads digits and dots up to the first other byte
+        // (where it stops with an error): the arcs it reads until then.
+        let read = key
+            .bytes()
+            .position(|c| !(c.is_ascii_digit() || c == b'.'))
+            .map_or(key, |end| &key[..end]);
+        if key.starts_with(|c: char| c.is_ascii_digit())
+            && read
                 .split('.')
                 .any(|arc| !arc.is_empty() && arc.parse::<u32>().is_err())
         {

@@ -149,6 +149,8 @@ fn a_subject_with_an_oversized_object_identifier_arc_is_refused() {
         "CN=web,2.5.4.99999999999999999999=x",
         "CN=a+4294967296=b",
         "2.5.4.3=ok,1.2.840.113549.1.9.1.44444444444=x",
+        "22222222222U\u{4}4=x",
+        "2.5.99999999999.x=y",
     ] {
         let e = parse_subject(subject).unwrap_err();
         assert_eq!(e.kind, AdminErrorKind::Invalid);
