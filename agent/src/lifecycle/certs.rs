@@ -166,6 +166,13 @@ pub(crate) fn parse_subject(subject: &str) -> AResult<Name> {
     if subject.trim().is_empty() {
         return invalid("the subject is empty: give one, e.g. \"CN=web.example.com,O=Example\"");
     }
+    if let Some(key) = oversized_oid(subject) {
+        return invalid(format!(
+            "the subject {subject:?} is not a distinguished name: the attribute type {key:?} \
+             has an arc larger than {}",
+            u32::MAX
+        ));
+    }
     let name = Name::from_str(subject).map_err(|e| AdminError {
         kind: AdminErrorKind::Invalid,
         message: format!(
@@ -177,6 +184,40 @@ pub(crate) fn parse_subject(subject: &str) -> AResult<Name> {
         return invalid(format!("the subject {subject:?} names nothing"));
     }
     Ok(name)
+}
+
+/// The first attribute type of `subject` written as a dotted object
+/// identifier with an arc beyond `u32` (`2.99999999999=x`, also before
+/// a stray character: `2.99999999999x=y`), which the
+/// distinguished-name parser cannot hold (it would overflow). The
+/// components are split where that parser splits them: at each `,` and
+/// `+` not escaped by a single `\`.
+fn oversized_oid(subject: &str) -> Option<&str> {
+    let b = subject.as_bytes();
+    let separator = |i: usize| {
+        matches!(b[i], b',' | b'+')
+            && (i == 0 || b[i - 1] != b'\\' || (i >= 2 && b[i - 2] == b'\\'))
+    };
+    let mut start = 0;
+    for end in (0..b.len()).filter(|&i| separator(i)).chain([b.len()]) {
+        let part = &subject[start..end];
+        start = end + 1;
+        let key = part.split_once('=').map_or(part, |(key, _)| key);
+        // The parser reads digits and dots up to the first other byte
+        // (where it stops with an error): the arcs it reads until then.
+        let read = key
+            .bytes()
+            .position(|c| !(c.is_ascii_digit() || c == b'.'))
+            .map_or(key, |end| &key[..end]);
+        if key.starts_with(|c: char| c.is_ascii_digit())
+            && read
+                .split('.')
+                .any(|arc| !arc.is_empty() && arc.parse::<u32>().is_err())
+        {
+            return Some(key);
+        }
+    }
+    None
 }
 
 /// One subject alternative name: `DNS:`, `IP:`, `email:` or `URI:`.
@@ -340,6 +381,46 @@ pub(crate) fn parse_certificate(bytes: &[u8]) -> AResult<(Certificate, Vec<u8>)>
         message: format!("not one well-formed X.509 certificate (DER): {e}"),
     })?;
     Ok((cert, der))
+}
+
+/// The checks `keyward cert import` makes of a certificate file before it
+/// compares its public key with the key version's: the file's bytes
+/// parsed ([`parse_certificate`]), then every part of the certificate the
+/// import reads and stores (public key, subject, issuer, serial number,
+/// expiry, fingerprint). On success, the certificate encoded again (DER),
+/// so that parsing it again can be compared. An entry point for the fuzz
+/// targets, not an API.
+#[doc(hidden)]
+pub fn judge_certificate_file(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (cert, der) = parse_certificate(bytes).map_err(|e| e.message)?;
+    let tbs = &cert.tbs_certificate;
+    let judged = (|| -> AResult<()> {
+        tbs.subject_public_key_info
+            .to_der()
+            .map_err(failed("the certificate's public key"))?;
+        tbs.subject.to_der().map_err(failed("subject"))?;
+        tbs.issuer.to_der().map_err(failed("issuer"))?;
+        tbs.serial_number
+            .to_der()
+            .map_err(failed("serial number"))?;
+        Ok(())
+    })();
+    judged.map_err(|e| e.message)?;
+    let _ = (tbs.subject.to_string(), unix(tbs.validity.not_after));
+    let _ = crate::fingerprint::certificate_fingerprint(&der);
+    cert.to_der().map_err(|e| e.to_string())
+}
+
+/// What `keyward cert request` and `cert self-sign` judge of their text
+/// arguments: the subject ([`parse_subject`]) and the subject alternative
+/// names ([`san_extension`]); and the subject the log shows of a DER CSR.
+/// An entry point for the fuzz targets, not an API.
+#[doc(hidden)]
+pub fn judge_request_arguments(subject: &str, sans: &[String], csr: &[u8]) -> Result<(), String> {
+    let _ = csr_subject(csr);
+    parse_subject(subject).map_err(|e| e.message)?;
+    san_extension(sans).map_err(|e| e.message)?;
+    Ok(())
 }
 
 /// Unix seconds of `t`.

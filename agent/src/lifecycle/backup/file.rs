@@ -220,4 +220,19 @@ mod tests {
         let e = body(&p).unwrap_err();
         assert!(e.contains("malformed") || e.contains("stray"), "{e}");
     }
+
+    #[test]
+    fn the_fuzz_entry_reads_a_file_as_restore_does() {
+        let f = file();
+        assert_eq!(super::super::decode_backup_file(&f).unwrap(), f);
+        let e = super::super::decode_backup_file(&f[..f.len() - 1]).unwrap_err();
+        assert!(e.contains("truncated"), "{e}");
+        let mut bad = unsealed(&[7; 32], &sample()).unwrap();
+        bad.push(0);
+        let len = (bad.len() - HEAD_LEN) as u32;
+        bad[42..46].copy_from_slice(&len.to_le_bytes());
+        bad.extend_from_slice(&[0; SEAL_LEN]);
+        let e = super::super::decode_backup_file(&bad).unwrap_err();
+        assert!(e.contains("stray"), "{e}");
+    }
 }

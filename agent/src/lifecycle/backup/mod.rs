@@ -35,6 +35,20 @@ use crate::listener::identity::Peer;
 
 use super::*;
 
+/// The backup file's parser as `keyward backup restore` and `verify` run
+/// it, up to the seal check (which needs the HSM): the file split into its
+/// parts, then its body decoded. On success, the file encoded again from
+/// what was decoded (same key check, same seal), so that decoding it again
+/// can be compared. An entry point for the fuzz targets, not an API.
+#[doc(hidden)]
+pub fn decode_backup_file(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let parsed = file::parse(bytes)?;
+    let body = file::body(&parsed)?;
+    let mut again = file::unsealed(&parsed.key_check, &body)?;
+    again.extend_from_slice(parsed.seal);
+    Ok(again)
+}
+
 /// The action of a backup key ceremony request.
 pub const BACKUP_INIT: &str = "backup-init";
 /// The action of a restore request.

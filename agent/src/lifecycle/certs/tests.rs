@@ -139,6 +139,50 @@ fn a_certificate_file_is_one_certificate_and_nothing_else() {
     refused(&vec![0x30; MAX_CERTIFICATE + 1], "more than");
 }
 
+/// An attribute type in dotted form with an arc beyond 32 bits made the
+/// distinguished-name parser overflow (a panic, or a wrong type in a
+/// build without overflow checks); it is refused with a message.
+#[test]
+fn a_subject_with_an_oversized_object_identifier_arc_is_refused() {
+    for subject in [
+        "2.99999999999=x",
+        "CN=web,2.5.4.99999999999999999999=x",
+        "CN=a+4294967296=b",
+        "2.5.4.3=ok,1.2.840.113549.1.9.1.44444444444=x",
+        "22222222222U\u{4}4=x",
+        "2.5.99999999999.x=y",
+    ] {
+        let e = parse_subject(subject).unwrap_err();
+        assert_eq!(e.kind, AdminErrorKind::Invalid);
+        assert!(
+            e.message.contains("has an arc larger than"),
+            "{subject}: {}",
+            e.message
+        );
+    }
+    // The largest arc that fits, an escaped separator and a value that
+    // only looks like a type are still read as before.
+    assert!(parse_subject("2.5.4.3=web,2.5.4294967295=x").is_ok());
+    assert!(parse_subject("CN=a\\,99999999999=b").is_ok());
+    assert!(parse_subject("CN=99999999999").is_ok());
+}
+
+#[test]
+fn the_fuzz_entries_judge_what_import_and_request_judge() {
+    let der = certificate(30);
+    let pem = der::pem::encode_string("CERTIFICATE", LineEnding::LF, &der).unwrap();
+    assert_eq!(judge_certificate_file(pem.as_bytes()).unwrap(), der);
+    assert_eq!(judge_certificate_file(&der).unwrap(), der);
+    let e = judge_certificate_file(b"garbage").unwrap_err();
+    assert!(e.contains("not one well-formed"), "{e}");
+    let sans = ["DNS:web.example.com".to_owned(), "IP:192.0.2.1".to_owned()];
+    judge_request_arguments("CN=web.example.com", &sans, &der).unwrap();
+    let e = judge_request_arguments(" ", &sans, &[]).unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    let e = judge_request_arguments("CN=a", &["FTP:x".to_owned()], &[]).unwrap_err();
+    assert!(e.contains("unknown type"), "{e}");
+}
+
 fn agent() -> (tempfile::TempDir, Agent) {
     let policy = format!(
         "{}\n[[class]]\nname = \"sealing\"\npurpose = \"encryption\"\nalgorithms = [\"aes:256\"]\n\
