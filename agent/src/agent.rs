@@ -198,7 +198,7 @@ impl Agent {
     pub fn retry_backends(self: &Arc<Self>) -> std::io::Result<()> {
         let pending = self.reopen.lock().unwrap_or_else(|p| p.into_inner()).take();
         match pending {
-            Some(p) => crate::reopen::spawn(p, Arc::downgrade(self)),
+            Some(p) => crate::reopen::spawn(p, Arc::downgrade(&self.lifecycle)),
             None => Ok(()),
         }
     }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::agent::Agent;
+use crate::lifecycle::Lifecycle;
 use crate::backend::ffi::{Library, Token};
 use crate::backend::Backend;
 use crate::config::TokenConfig;
@@ -58,7 +58,7 @@ impl Pending {
 
     /// One try of every pending token; keeps those still without a backend.
     /// Returns the slots that got theirs.
-    fn try_once(&mut self, agent: &Agent) -> Vec<usize> {
+    fn try_once(&mut self, agent: &Lifecycle) -> Vec<usize> {
         let mut opened = Vec::new();
         let libraries = &mut self.libraries;
         self.tokens.retain(|(index, config)| {
@@ -106,7 +106,7 @@ fn open(
 /// Starts the thread that tries `pending`'s backends again (nothing when
 /// every token has its backend). It ends when they all have, or when the
 /// agent is gone.
-pub(crate) fn spawn(pending: Pending, agent: Weak<Agent>) -> std::io::Result<()> {
+pub(crate) fn spawn(pending: Pending, agent: Weak<Lifecycle>) -> std::io::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -116,7 +116,7 @@ pub(crate) fn spawn(pending: Pending, agent: Weak<Agent>) -> std::io::Result<()>
         .map(|_| ())
 }
 
-fn run(mut pending: Pending, agent: &Weak<Agent>) {
+fn run(mut pending: Pending, agent: &Weak<Lifecycle>) {
     let since = Instant::now();
     let mut wait = FIRST;
     let mut tries = 0u32;
@@ -143,6 +143,6 @@ fn run(mut pending: Pending, agent: &Weak<Agent>) {
         }
         // What start-up does for each backend it opens.
         agent.setup_audit_key();
-        agent.lifecycle.note_backup_keys();
+        agent.note_backup_keys();
     }
 }
