@@ -21,10 +21,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crate::lifecycle::Lifecycle;
 use crate::backend::ffi::{Library, Token};
 use crate::backend::Backend;
 use crate::config::TokenConfig;
+use crate::lifecycle::Lifecycle;
 
 /// The first wait before a backend is tried again.
 pub(crate) const FIRST: Duration = Duration::from_secs(1);
