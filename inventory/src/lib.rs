@@ -57,6 +57,8 @@
 //!   something absent return [`Error::NotFound`].
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod columns;
 pub mod audit;
 mod audit_row;
 mod checks;

@@ -31,23 +31,7 @@ use crate::types::{
     VersionChange,
 };
 
-// Column lists as macros, so that every query is one `concat!`ed literal.
-macro_rules! key_cols {
-    () => {
-        "k.id, k.name, k.token, k.owner, k.purpose, k.class, k.algorithm, k.state, \
-         k.created_at, k.activated_at, k.rotated_at, k.deactivated_at, k.protect_until, \
-         k.process_until, k.next_rotation, k.scope, k.last_used_at, k.backup_allowed, \
-         k.recovery_until, k.reason_code"
-    };
-}
-/// The number of columns in `key_cols!()`.
-const KEY_NCOLS: usize = 20;
-macro_rules! version_cols {
-    () => {
-        "v.key_id, v.version, v.backend_id, v.backend_label, v.state, v.created_at, \
-         v.deactivated_at, v.destroyed_at, v.fingerprint"
-    };
-}
+use crate::columns::KEY_NCOLS;
 macro_rules! request_cols {
     () => {
         "id, action, target, key_id, parameters, requester, created_at, expires_at, status, \

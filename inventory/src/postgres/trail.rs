@@ -128,14 +128,6 @@ fn insert_batch(tx: &mut Transaction<'_>, rows: &[AuditRow<'_>]) -> Result<()> {
 
 // ---- AuditLog ------------------------------------------------------------------
 
-/// The columns of an audit row, in [`decode`]'s order.
-macro_rules! audit_cols {
-    () => {
-        "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
-         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us, host"
-    };
-}
-
 /// Rows the verify walk fetches at a time: the walk holds one batch in
 /// memory, however long the trail.
 const WALK_BATCH: i32 = 1000;

@@ -17,13 +17,6 @@ use crate::audit_row::{to_i64, AuditRow};
 use crate::error::{Error, Result};
 use crate::verify::{link, Seals};
 
-macro_rules! audit_cols {
-    () => {
-        "seq, at, micros, kind, actor, actor_name, uid, gid, pid, exe, token, key_name, \
-         key_version, operation, mechanism, result, reason, prev_hash, hash, count, span_us, host"
-    };
-}
-
 fn hash_of(bytes: Vec<u8>, what: &str) -> std::result::Result<Hash, String> {
     Hash::try_from(bytes.as_slice()).map_err(|_| format!("{what} is {} bytes", bytes.len()))
 }
