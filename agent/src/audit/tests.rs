@@ -193,3 +193,22 @@ fn times_in_gap_records_are_utc() {
     let reason = crash_gap_reason(5, 7, 9, 42, 6);
     assert_eq!(crash_gap_of(&reason), Some((5, 7, 9)));
 }
+
+#[test]
+fn a_full_disk_and_a_read_only_store_are_named_as_the_cause() {
+    let storage = |text: &str| {
+        keyward_inventory::Error::Storage(Box::new(std::io::Error::other(text.to_owned())))
+    };
+    let full = cause_of(&storage("database or disk is full"));
+    assert!(full.starts_with("no space left"), "{full}");
+    assert!(full.contains("database or disk is full"), "{full}");
+    let enospc = cause_of(&storage("No space left on device (os error 28)"));
+    assert!(enospc.starts_with("no space left"), "{enospc}");
+    let read_only = cause_of(&storage("attempt to write a readonly database"));
+    assert!(
+        read_only.starts_with("the store is read-only"),
+        "{read_only}"
+    );
+    let other = cause_of(&storage("disk I/O error"));
+    assert_eq!(other, "inventory storage: disk I/O error");
+}
