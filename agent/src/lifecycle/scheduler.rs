@@ -137,16 +137,19 @@ impl Lifecycle {
                         crate::clock::to_us(SystemTime::now()),
                         started.elapsed(),
                     );
+                    if step.is_none() && std::time::Instant::now() < next {
+                        // Nothing to do: the agent is not held (its
+                        // shutdown drops the last reference).
+                        continue;
+                    }
                     let Some(a) = agent.upgrade() else {
                         return;
                     };
                     if let Some(step) = step {
                         a.clock_stepped(step, clock.high_water());
                     }
-                    if step.is_some() || std::time::Instant::now() >= next {
-                        next = std::time::Instant::now() + every;
-                        a.tick(crate::clock::now());
-                    }
+                    next = std::time::Instant::now() + every;
+                    a.tick(crate::clock::now());
                 }
             });
         if let Err(e) = spawned {
