@@ -770,15 +770,29 @@ impl Auditor {
             .max()
     }
 
-    /// Ends the run cleanly (after the last flush and checkpoint): the
-    /// note says so, synced, and the next start records no gap.
+    /// Ends the run (after the last flush and checkpoint): the note says
+    /// it ended cleanly, synced, and the next start records no gap; unless
+    /// events are still held (the trail cannot be written), which the next
+    /// start then records as possibly missing.
     pub fn end_run(&self) {
         self.flush();
         let mut q = self.queue();
+        // What the trail could not take (a full disk, a read-only store)
+        // is lost with the process: the stop is not clean, and the next
+        // start records what may be missing.
+        let held = q.events as u64 + self.lost.load(Ordering::Relaxed);
+        if held > 0 {
+            log::error!(
+                "audit: {held} events could not be written before the stop ({}); the next \
+                 start records that they may be missing",
+                self.failure_cause()
+                    .unwrap_or_else(|| "the trail cannot be written".into())
+            );
+        }
         let mut note = self.note();
         if let Some(mut n) = note.take() {
             let state = NoteState {
-                clean: true,
+                clean: held == 0,
                 noted_us: now_us(),
                 reserved: n.disk.reserved,
                 ..n.progress

@@ -8,6 +8,8 @@
 //!   records held) or refused (`"refuse"`); the agent does not crash;
 //! - once the filler is removed the agent recovers by itself: the held
 //!   records are written and the trail verifies;
+//! - an agent stopped on a full disk stops in time, and its next start
+//!   records that the uses it held may be missing;
 //! - an agent started on a full disk starts, refuses admin actions with
 //!   the same cause and logins (their attempt cannot be counted towards
 //!   the PIN lockout), and recovers the same way.
@@ -368,5 +370,52 @@ keyward_test!(fn an_agent_started_on_a_full_disk_refuses_admin_and_logins_and_re
     assert!(starts >= 4, "the start on a full disk is not in the trail ({starts} starts)");
     keyward_ok(&tb, &["key", "activate", "steady"], 0);
     assert_eq!(tb.agent_pid(), pid, "the agent restarted");
+    drop(disk);
+});
+
+keyward_test!(fn an_agent_stopped_on_a_full_disk_stops_in_time_and_the_next_start_says_what_may_be_missing(tb) {
+    tb.require_agent("a full disk");
+    install_policy(&tb, &lab_policy());
+    let disk = SmallDisk::under_state(&tb, "8m");
+    let ctx = keyward_tests::p11::Ctx::new(&tb);
+    let s = ctx.user();
+    let (_, private) = ec_pair(&s, P256_PARAMS, "lost-at-stop", false);
+    sign(&s, private).expect("C_Sign before the fault");
+    let mut held = 0u64;
+    disk.fill();
+    wait_failing(&tb, true, || {
+        sign(&s, private).expect("C_Sign on a full disk");
+        held += 1;
+    });
+    for _ in 0..5 {
+        sign(&s, private).expect("C_Sign while the trail fails");
+        held += 1;
+    }
+    drop(s);
+    drop(ctx);
+    // A stop (SIGTERM) while the trail cannot be written ends within the
+    // testbed's bound (else stop_agent fails): the held records cannot
+    // be kept.
+    let stopping = Instant::now();
+    tb.stop_agent();
+    println!("stopped in {:?} with {held} uses held", stopping.elapsed());
+    disk.free();
+    tb.start_agent();
+    // The next start says that uses may be missing, and how many at most.
+    let gaps: Vec<keyward_tests::json::Json> = query(&tb, &[])
+        .into_iter()
+        .filter(|r| r.str_at("kind") == "agent" && r.str_at("operation") == "crash-gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "no record of what may be missing: {gaps:?}");
+    let reason = gaps[0].str_at("reason");
+    println!("{reason}");
+    let at_most: u64 = reason
+        .split_once("at most ")
+        .and_then(|(_, r)| r.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bound in {reason}"));
+    assert!(at_most >= held, "the gap says at most {at_most} uses, {held} were held");
+    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
     drop(disk);
 });
