@@ -249,9 +249,13 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         Agent::from_config(config)
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?,
     );
-    // Decisions never use a time before the trail's newest record: a
-    // clock stepped back while the agent was down brings nothing back.
-    let newest = agent.audit.newest_record_time();
+    // Decisions never use a time before this agent's newest record in the
+    // trail: a clock stepped back while it was down brings nothing back.
+    let host = match &config.postgres {
+        Some(p) => Some(p.host_name()?),
+        None => None,
+    };
+    let newest = agent.audit.newest_record_time(host.as_deref());
     let behind = newest.and_then(|newest| {
         crate::clock::raise_to(newest);
         let behind = newest.duration_since(std::time::SystemTime::now()).ok()?;

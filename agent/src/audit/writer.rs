@@ -756,12 +756,14 @@ impl Auditor {
         Some(e)
     }
 
-    /// The time of the newest of the trail's last records (`None`: an
-    /// empty trail, or one that cannot be read): the clock's high-water
-    /// mark at start.
-    pub fn newest_record_time(&self) -> Option<SystemTime> {
+    /// The time of the newest of the trail's last records that `host`
+    /// wrote (`None`: a single agent's trail; in a shared trail the other
+    /// agents' clocks do not count), or `None` (an empty trail, or one that
+    /// cannot be read): the clock's high-water mark at start.
+    pub fn newest_record_time(&self, host: Option<&str>) -> Option<SystemTime> {
         let tail = self.log.tail(64).ok()?;
         tail.iter()
+            .filter(|r| r.host.as_deref() == host)
             .map(|r| {
                 crate::clock::from_us(
                     u64::try_from(r.event.at).unwrap_or(0) * 1_000_000 + u64::from(r.event.micros),
