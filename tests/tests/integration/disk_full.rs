@@ -23,6 +23,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
 use keyward_tests::admin::{
     application_toml, backend_token, install_policy, keyward, keyward_json, keyward_ok,
     signing_class_toml, uid,
@@ -275,6 +276,10 @@ keyward_test!(fn a_full_disk_fails_admin_closed_serves_applications_and_recovers
     assert_eq!(backend_objects(&tb), objects_before, "objects were left on the backend token");
     let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
     assert!(log.contains(NO_SPACE), "the log does not say there is no space");
+    // A PIN change fails and loses nothing: the PIN stays the old one.
+    let changed = s.set_pin(&ctx.pin(), &AuthPin::new("a-new-pin-never-stored".into()));
+    assert!(changed.is_err(), "the PIN was changed on a full disk");
+    println!("C_SetPIN on a full disk: {changed:?}");
 
     // Space again: the agent recovers by itself.
     disk.free();
@@ -283,6 +288,17 @@ keyward_test!(fn a_full_disk_fails_admin_closed_serves_applications_and_recovers
         signed += 1;
     });
     held_records_written(&tb, "held", signed);
+    // The old PIN logs in; no half-written file is left behind.
+    s.logout().expect("C_Logout");
+    let again = ctx.user();
+    let (_, after) = ec_pair(&again, P256_PARAMS, "after-the-fault", false);
+    sign(&again, after).expect("C_Sign in a session logged in with the old PIN");
+    let left: Vec<String> = std::fs::read_dir(&disk.mount)
+        .expect("the state directory")
+        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left in the state directory: {left:?}");
     keyward_ok(&tb, &["key", "activate", "steady"], 0);
     keyward_ok(&tb, &["key", "create", "later", "--class", "signing"], 0);
     let keys = keyward_ok(&tb, &["--json", "key", "list"], 0);
