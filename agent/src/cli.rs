@@ -219,7 +219,7 @@ fn admitted(agent: &Agent, loaded: LoadedPolicy) -> Result<LoadedPolicy, String>
     use crate::lifecycle::governance::Admission;
     match agent
         .lifecycle
-        .admit_policy_file(&file, &policy, std::time::SystemTime::now())
+        .admit_policy_file(&file, &policy, crate::clock::now())
     {
         Admission::Admitted => Ok((policy, source, Some(file))),
         Admission::Refused(approved) => {
@@ -249,12 +249,29 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         Agent::from_config(config)
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?,
     );
+    // Decisions never use a time before this agent's newest record in the
+    // trail: a clock stepped back while it was down brings nothing back.
+    let host = match &config.postgres {
+        Some(p) => Some(p.host_name()?),
+        None => None,
+    };
+    let newest = agent.audit.newest_record_time(host.as_deref());
+    let behind = newest.and_then(|newest| {
+        crate::clock::raise_to(newest);
+        let behind = newest.duration_since(std::time::SystemTime::now()).ok()?;
+        (behind >= crate::clock::STEP).then_some((behind, crate::clock::to_us(newest)))
+    });
     // Before anything else is recorded: whether the last run stopped
     // cleanly, and if not, which uses may be missing.
     if let Some(gap) = agent.audit.begin_run(&config.agent.state_dir) {
         if let Err(e) = agent.audit.durable(gap) {
             log::error!("audit: the crash-gap record could not be written: {e}");
         }
+    }
+    if let Some((behind, kept)) = behind {
+        agent
+            .lifecycle
+            .clock_stepped(crate::clock::Step::Back(behind), kept);
     }
     // The file, unless dual control keeps the approved policy in force.
     let (policy, source, file) = admitted(&agent, loaded)?;
@@ -390,7 +407,7 @@ fn stop_webhook(notifier: Option<&crate::notify::Notifier>, agent: &Agent) {
         crate::notify::EventKind::AgentStop,
         crate::notify::Severity::Info,
         format!("agent-stop:{}", agent.instance),
-        crate::keys::secs(std::time::SystemTime::now()),
+        crate::keys::secs(crate::clock::now()),
         "keyward-agent is stopping".into(),
     ));
     n.stop();
@@ -412,7 +429,7 @@ fn start_webhook(
         crate::notify::EventKind::AgentStart,
         crate::notify::Severity::Info,
         format!("agent-start:{}", agent.instance),
-        crate::keys::secs(std::time::SystemTime::now()),
+        crate::keys::secs(crate::clock::now()),
         concat!("keyward-agent ", env!("CARGO_PKG_VERSION"), " started").into(),
     ));
     crate::notify::watch::spawn(Arc::downgrade(&agent.lifecycle), notifier.clone(), w)?;

@@ -672,7 +672,7 @@ pub(crate) fn grant_info(key: &str, g: &Grant) -> GrantInfo {
 /// Key `k`'s effective grants: its class's in the policy in force (still
 /// current), then its own.
 pub(crate) fn effective_grants(policy: &keyward_policy::Policy, k: &KeyView) -> Vec<GrantInfo> {
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let name = &k.record.name;
     let class = policy
         .class(&k.record.class)

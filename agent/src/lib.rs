@@ -54,6 +54,7 @@ pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod docs;
 pub mod enforce;

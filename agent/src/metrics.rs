@@ -660,7 +660,7 @@ fn render_certificates(out: &mut Exposition, agent: &Agent, now: i64) {
 /// The whole exposition: `metrics`' counters, build information, the
 /// agent's clients, tokens, audit trail and managed keys.
 pub fn render(metrics: &Metrics, agent: &Agent) -> String {
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let mut out = Exposition::new();
     out.family(
         "keyward_build_info",

@@ -586,7 +586,7 @@ impl Lifecycle {
     }
 
     fn make_report(&self, admin: &Peer, req: &ReportRequest) -> AdminResponse {
-        match self.report(req, SystemTime::now()) {
+        match self.report(req, crate::clock::now()) {
             Ok(r) => AdminResponse::Report(Box::new(r)),
             Err(e) => {
                 log::warn!("admin {admin}: report: {}", e.message);

@@ -19,6 +19,8 @@
 //!   pid, its standard output and error (appended to on each start), and
 //!   its `KEYWARD_LOG`;
 //! - `testbed.env` (mode 0600): the `export` lines an application needs.
+//! - `agent.env` (when a test sets it): extra environment of the agent's
+//!   starts ([`Testbed::set_agent_env`]).
 //!
 //! The agent is started with [`Testbed::start`] and is ready when it answers
 //! a `Hello` on its socket (bounded by [`READY_TIMEOUT`]; when it exits or
@@ -71,6 +73,8 @@ const CONFIG: &str = "keyward-agent.toml";
 /// The exports of a testbed, kept in its directory.
 const ENV_FILE: &str = "testbed.env";
 const PID_FILE: &str = "agent.pid";
+/// Extra environment of the agent (`NAME=value` lines), when present.
+const AGENT_ENV: &str = "agent.env";
 const LOG_FILE: &str = "agent.log";
 /// The lab policy file of the repository (the built-in lab policy, spelt
 /// out), which also lets applications re-initialise the token.
@@ -748,7 +752,21 @@ impl Testbed {
             .arg(self.config())
             .env("SOFTHSM2_CONF", self.softhsm_conf())
             .env("KEYWARD_LOG", self.log_level());
+        // Extra environment for the agent (`NAME=value` lines of
+        // `agent.env`; a test's fault injection, e.g. a faked clock).
+        if let Ok(text) = fs::read_to_string(self.dir.join(AGENT_ENV)) {
+            for (name, value) in text.lines().filter_map(|l| l.split_once('=')) {
+                c.env(name, value);
+            }
+        }
         Ok(c)
+    }
+
+    /// Sets the extra environment of the agent's next starts (replacing
+    /// what was set before; empty: none).
+    pub fn set_agent_env(&self, vars: &[(&str, &str)]) -> Result<()> {
+        let text: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        fs::write(self.dir.join(AGENT_ENV), text).map_err(io_err(AGENT_ENV))
     }
 
     fn log_level(&self) -> String {

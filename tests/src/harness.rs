@@ -135,6 +135,16 @@ impl Env {
         self.start_agent();
     }
 
+    /// Sets extra environment for the agent (replacing what was set
+    /// before) and restarts the agent with it.
+    pub fn set_agent_env(&self, vars: &[(&str, &str)]) {
+        let tb = self.testbed("the agent's environment");
+        tb.set_agent_env(vars)
+            .unwrap_or_else(|e| panic!("the agent's environment: {e}"));
+        self.stop_agent();
+        self.start_agent();
+    }
+
     /// The running agent's process id.
     pub fn agent_pid(&self) -> i32 {
         self.require_agent("the agent's pid");

@@ -2,7 +2,7 @@
 //! at start, every so often and at shutdown.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendObject, BackendSession};
 
@@ -70,7 +70,7 @@ impl crate::shared::Core {
             match pair {
                 Ok((to_record, (public, private))) => {
                     if let Some(fp) = to_record {
-                        let at = crate::keys::secs(SystemTime::now());
+                        let at = crate::keys::secs(crate::clock::now());
                         if let Err(e) =
                             inventory.set_agent_key(AUDIT_KEY_NAME, &token.config.label, &fp, at)
                         {
@@ -233,7 +233,7 @@ impl crate::shared::Core {
         if seq == 0 || seq <= last {
             return Ok(());
         }
-        let created_at = SystemTime::now()
+        let created_at = crate::clock::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let message = keyward_inventory::checkpoint_message(seq, &head, created_at);

@@ -1,13 +1,13 @@
 //! Building records: an event with its actor and time, and the reason of
 //! a lifecycle record.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use keyward_inventory::{Actor, AuditEvent, AuditKind};
 
 /// An event at the current time.
 pub fn event(kind: AuditKind, actor: Actor, operation: &str) -> AuditEvent {
-    let now = SystemTime::now()
+    let now = crate::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     AuditEvent {

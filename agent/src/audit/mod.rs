@@ -39,4 +39,6 @@ pub mod writer;
 pub use events::{event, for_client, lifecycle_reason};
 pub use key::{AuditKey, CheckpointEvery, AUDIT_KEY_ID, AUDIT_KEY_LABEL, AUDIT_KEY_NAME};
 pub use run::{crash_gap_of, crash_gap_reason, format_us, CRASH_GAP, RUN_NOTE};
-pub use writer::{AuditStats, Auditor, CommitError, BATCH, FAILURE_REMINDER, LINGER, MAX_PENDING};
+pub use writer::{
+    cause_of, AuditStats, Auditor, CommitError, BATCH, FAILURE_REMINDER, LINGER, MAX_PENDING,
+};

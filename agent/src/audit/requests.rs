@@ -30,11 +30,12 @@ impl crate::shared::Core {
         self.audit.record(e);
     }
 
-    /// An agent event (start, stop), durable.
+    /// An agent event (start, stop), durable, or held until the trail can
+    /// be written.
     pub fn audit_agent(&self, operation: &str, reason: &str) {
         let mut e = event(AuditKind::Agent, Actor::Agent, operation);
         e.reason = reason.to_owned();
-        let _ = self.audit.durable(e);
+        self.audit.durable_or_held(e);
     }
 
     /// A policy event (loaded at start, changed by a reload), durable.

@@ -2,7 +2,7 @@
 //! crash can lose (the writer keeps it ahead of the queue), and the
 //! `crash-gap` record the next start writes from it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// The run note's file name in the state directory.
 pub const RUN_NOTE: &str = "audit-run";
@@ -101,7 +101,7 @@ impl RunNote {
 
 /// Microseconds since the epoch.
 pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
+    crate::clock::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }

@@ -193,3 +193,49 @@ fn times_in_gap_records_are_utc() {
     let reason = crash_gap_reason(5, 7, 9, 42, 6);
     assert_eq!(crash_gap_of(&reason), Some((5, 7, 9)));
 }
+
+#[test]
+fn a_full_disk_and_a_read_only_store_are_named_as_the_cause() {
+    let storage = |text: &str| {
+        keyward_inventory::Error::Storage(Box::new(std::io::Error::other(text.to_owned())))
+    };
+    let full = cause_of(&storage("database or disk is full"));
+    assert!(full.starts_with("no space left"), "{full}");
+    assert!(full.contains("database or disk is full"), "{full}");
+    let enospc = cause_of(&storage("No space left on device (os error 28)"));
+    assert!(enospc.starts_with("no space left"), "{enospc}");
+    let read_only = cause_of(&storage("attempt to write a readonly database"));
+    assert!(
+        read_only.starts_with("the store is read-only"),
+        "{read_only}"
+    );
+    let other = cause_of(&storage("disk I/O error"));
+    assert_eq!(other, "inventory storage: disk I/O error");
+}
+
+#[test]
+fn the_newest_record_of_this_agent_bounds_the_clock_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = keyward_inventory::SqliteInventory::open(dir.path().join("i.sqlite")).unwrap();
+    let auditor = Auditor::new(Arc::new(store), &AuditConfig::default());
+    assert_eq!(auditor.newest_record_time(None), None, "an empty trail");
+    let at = |secs: i64, micros: u32| {
+        let mut e = event(AuditKind::Agent, Actor::Agent, "start");
+        e.at = secs;
+        e.micros = micros;
+        e
+    };
+    // Not in time order: the newest counts, not the last.
+    let newest = 1_900_000_000;
+    for e in [
+        at(newest - 50, 0),
+        at(newest, 250),
+        at(newest - 10, 999_999),
+    ] {
+        auditor.durable(e).unwrap();
+    }
+    let expected = std::time::UNIX_EPOCH + std::time::Duration::new(newest as u64, 250_000);
+    assert_eq!(auditor.newest_record_time(None), Some(expected));
+    // A single agent's records carry no host: another host's bound is none.
+    assert_eq!(auditor.newest_record_time(Some("elsewhere")), None);
+}

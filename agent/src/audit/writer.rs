@@ -65,6 +65,22 @@ pub(crate) struct Streak {
     pub(crate) last_said: std::time::Instant,
     /// Use events dropped during the streak (beyond [`MAX_PENDING`]).
     pub(crate) dropped: u64,
+    /// Why the last attempt failed, in words ([`cause_of`]).
+    pub(crate) cause: String,
+}
+
+/// Why the store refused a write, in words an administrator acts on: a
+/// full disk and a read-only store are named as such.
+pub fn cause_of(e: &keyward_inventory::Error) -> String {
+    let said = e.to_string();
+    let lower = said.to_lowercase();
+    if lower.contains("disk is full") || lower.contains("no space left") {
+        format!("no space left on the state directory's file system ({said})")
+    } else if lower.contains("readonly") || lower.contains("read-only") {
+        format!("the store is read-only ({said})")
+    } else {
+        said
+    }
 }
 
 /// Why [`Auditor::commit`] applied nothing.
@@ -178,6 +194,23 @@ impl Auditor {
         self.on_write_failure == OnWriteFailure::Refuse && self.failing.load(Ordering::Relaxed)
     }
 
+    /// Why the trail cannot be written now (`None`: it can).
+    pub fn failure_cause(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        streak.as_ref().map(|st| st.cause.clone())
+    }
+
+    /// The refusal of a change the trail cannot record, with its cause.
+    pub fn cannot_write(&self) -> String {
+        match self.failure_cause() {
+            Some(cause) => format!("the audit trail cannot be written: {cause}"),
+            None => "the audit trail cannot be written".to_owned(),
+        }
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> AuditStats {
         AuditStats {
@@ -217,7 +250,7 @@ impl Auditor {
         target: &Arc<UseTarget>,
         rv: u64,
     ) {
-        let now = SystemTime::now()
+        let now = crate::clock::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let at_us = now.as_micros() as u64;
@@ -286,6 +319,21 @@ impl Auditor {
         self.durable_all(vec![e])
     }
 
+    /// [`Self::durable`], and when the trail cannot be written now the
+    /// event is held with the queued ones and written once it can: for
+    /// what the agent itself records (its start and stop, a step of the
+    /// clock), which nothing waits on and which must not be lost.
+    pub fn durable_or_held(&self, e: AuditEvent) {
+        if let Err(why) = self.durable(e.clone()) {
+            log::warn!(
+                "audit: {} {}: {why}; held until it can be written",
+                e.kind,
+                e.operation
+            );
+            self.record(e);
+        }
+    }
+
     /// [`Self::durable`] of several events, in one append.
     pub fn durable_all(&self, events: Vec<AuditEvent>) -> Result<(), String> {
         let _writing = self.writing();
@@ -299,7 +347,7 @@ impl Auditor {
                 // queued before them is written later.
                 batch.truncate(batch.len() - n);
                 self.requeue(batch);
-                Err("the audit trail cannot be written".into())
+                Err(self.cannot_write())
             }
         }
     }
@@ -458,11 +506,13 @@ impl Auditor {
                         attempts: 1,
                         last_said: now,
                         dropped: 0,
+                        cause: cause_of(&e),
                     });
                     log::error!(
-                        "audit: THE TRAIL CANNOT BE WRITTEN ({e}); {} records held in memory; \
+                        "audit: THE TRAIL CANNOT BE WRITTEN ({}); {} records held in memory; \
                          admin and lifecycle actions are refused until it can{} (said again \
                          every {} s while it lasts, and when it ends)",
+                        cause_of(&e),
                         batch.len(),
                         if self.on_write_failure == OnWriteFailure::Refuse {
                             ", and so are applications' operations"
@@ -473,11 +523,13 @@ impl Auditor {
                     );
                 } else if let Some(st) = streak.as_mut() {
                     st.attempts += 1;
+                    st.cause = cause_of(&e);
                     if now.duration_since(st.last_said) >= FAILURE_REMINDER {
                         st.last_said = now;
                         log::error!(
-                            "audit: the trail still cannot be written ({e}), for {} s and {} \
+                            "audit: the trail still cannot be written ({}), for {} s and {} \
                              attempts; {} records held in memory, {} use events dropped",
+                            cause_of(&e),
                             st.since.elapsed().as_secs(),
                             st.attempts,
                             batch.len(),
@@ -704,15 +756,45 @@ impl Auditor {
         Some(e)
     }
 
-    /// Ends the run cleanly (after the last flush and checkpoint): the
-    /// note says so, synced, and the next start records no gap.
+    /// The time of the newest of the trail's last records that `host`
+    /// wrote (`None`: a single agent's trail; in a shared trail the other
+    /// agents' clocks do not count), or `None` (an empty trail, or one that
+    /// cannot be read): the clock's high-water mark at start.
+    pub fn newest_record_time(&self, host: Option<&str>) -> Option<SystemTime> {
+        let tail = self.log.tail(64).ok()?;
+        tail.iter()
+            .filter(|r| r.host.as_deref() == host)
+            .map(|r| {
+                crate::clock::from_us(
+                    u64::try_from(r.event.at).unwrap_or(0) * 1_000_000 + u64::from(r.event.micros),
+                )
+            })
+            .max()
+    }
+
+    /// Ends the run (after the last flush and checkpoint): the note says
+    /// it ended cleanly, synced, and the next start records no gap; unless
+    /// events are still held (the trail cannot be written), which the next
+    /// start then records as possibly missing.
     pub fn end_run(&self) {
         self.flush();
         let mut q = self.queue();
+        // What the trail could not take (a full disk, a read-only store)
+        // is lost with the process: the stop is not clean, and the next
+        // start records what may be missing.
+        let held = q.events as u64 + self.lost.load(Ordering::Relaxed);
+        if held > 0 {
+            log::error!(
+                "audit: {held} events could not be written before the stop ({}); the next \
+                 start records that they may be missing",
+                self.failure_cause()
+                    .unwrap_or_else(|| "the trail cannot be written".into())
+            );
+        }
         let mut note = self.note();
         if let Some(mut n) = note.take() {
             let state = NoteState {
-                clean: true,
+                clean: held == 0,
                 noted_us: now_us(),
                 reserved: n.disk.reserved,
                 ..n.progress

@@ -9,7 +9,6 @@
 //! Every refusal is logged with its reason and recorded in the trail.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use cryptoki_sys as ck;
 use keyward_protocol::{AttrValue, Attribute, Value};
@@ -91,7 +90,7 @@ impl Agent {
                 return Err(Error::Refused(ck::CKR_FUNCTION_FAILED));
             }
         }
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         match crate::keys::check_use(&self.policy(), &key, m, &client.application, op, now) {
             Ok(()) => {
                 self.keys.note_use(m.key_id, crate::keys::secs(now));
@@ -286,7 +285,7 @@ impl Agent {
         let Some((m, key)) = o.managed.and_then(|m| Some((m, self.keys.key(m.key_id)?))) else {
             return self.refuse_managed(client, o, what);
         };
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let may_ask = login == Login::User
             && crate::keys::visible_to(&self.policy(), &key, &client.application, now)
             && keyward_policy::needs_approval(key.record.state, keyward_policy::Action::Destroy);

@@ -19,7 +19,7 @@
 //! the requests whose calls ended with the previous run are closed (pending:
 //! `expired`, approved: `failed`): an approval never signs without its call.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cryptoki_sys as ck;
 use keyward_inventory::{ApprovalRecord, AuditKind};
@@ -160,7 +160,7 @@ impl Agent {
             log::error!("no randomness for a request id: C_Sign refused");
             return Err(Error::Backend(ck::CKR_FUNCTION_FAILED));
         }
-        let created_at = secs(SystemTime::now());
+        let created_at = secs(crate::clock::now());
         let wait = per_use.wait.as_secs().max(1);
         let target = format!("{}/{}", key.record.token, key.record.name);
         let record = ApprovalRecord {
@@ -243,7 +243,7 @@ impl Agent {
             if now >= deadline {
                 // A decision that came meanwhile wins: the move fails and
                 // the request is read once more.
-                let at = secs(SystemTime::now());
+                let at = secs(crate::clock::now());
                 let outcome = "not approved in time";
                 match inventory.close_request(
                     id,
@@ -325,7 +325,7 @@ impl Agent {
             Ok(text) => (ApprovalStatus::Executed, text, ck::CKR_OK),
             Err(text) => (ApprovalStatus::Failed, text, ck::CKR_FUNCTION_FAILED),
         };
-        let at = secs(SystemTime::now());
+        let at = secs(crate::clock::now());
         let moved = self
             .keys
             .inventory()
@@ -362,7 +362,7 @@ impl crate::shared::Core {
     pub(crate) fn end_orphan_sign_requests(&self) {
         let why = "the call that waited for it ended with the agent";
         let inventory = self.keys.inventory();
-        let at = secs(SystemTime::now());
+        let at = secs(crate::clock::now());
         for (from, to) in [
             (ApprovalStatus::Approved, ApprovalStatus::Failed),
             (ApprovalStatus::Pending, ApprovalStatus::Expired),

@@ -303,7 +303,7 @@ impl Agent {
         {
             return Ok(found.into_iter().map(|(h, o)| (h, o, None)).collect());
         }
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         // Each with whether it is a key's active version (worked out once).
         let mut out: Vec<(Found, bool)> = Vec::with_capacity(found.len());
         for (h, owner) in found {
@@ -501,7 +501,7 @@ impl Agent {
                     token,
                     &id,
                     &client.application,
-                    crate::keys::secs(SystemTime::now()),
+                    crate::keys::secs(crate::clock::now()),
                 )
                 .map_err(|e| e.to_string()),
             _ => Err("its class or content cannot be read".to_owned()),

@@ -1,8 +1,6 @@
 //! Adoption: an unmanaged key found on the token taken into the inventory
 //! under a class, after every check the class asks of it.
 
-use std::time::SystemTime;
-
 use cryptoki_sys as ck;
 use keyward_inventory::{Actor, KeyRecord, KeyVersion};
 use keyward_policy::{KeyClass, Template};
@@ -167,7 +165,7 @@ impl Lifecycle {
         let objects: Vec<BackendObject> = public.into_iter().chain([main]).collect();
         let fingerprint = s.fingerprint(&objects);
         drop(s);
-        let now = secs(SystemTime::now());
+        let now = secs(crate::clock::now());
         let record = KeyRecord {
             id: 0,
             name: name.to_owned(),

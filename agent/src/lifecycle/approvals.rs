@@ -179,7 +179,7 @@ impl Lifecycle {
     /// `keyward status` and the metrics; 0 when the store cannot say (the
     /// failure is logged).
     pub fn pending_requests(&self) -> u64 {
-        let now = secs(SystemTime::now());
+        let now = secs(crate::clock::now());
         match self
             .keys
             .inventory()
@@ -788,7 +788,7 @@ impl Lifecycle {
                 "request {}: approved before the agent stopped, not yet carried out: carrying it out now",
                 r.id
             );
-            self.execute(&r, &Actor::Agent, SystemTime::now());
+            self.execute(&r, &Actor::Agent, crate::clock::now());
         }
     }
 }

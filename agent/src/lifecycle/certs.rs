@@ -726,7 +726,7 @@ impl Lifecycle {
             not_before: signed(unix(tbs.validity.not_before)),
             not_after: signed(unix(tbs.validity.not_after)),
             sha256: sha2::Sha256::digest(der).to_vec(),
-            imported_at: crate::keys::secs(std::time::SystemTime::now()),
+            imported_at: crate::keys::secs(crate::clock::now()),
         };
         // The inventory keeps what the token holds: a certificate it
         // cannot record is taken off the token again.

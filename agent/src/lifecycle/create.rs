@@ -37,7 +37,7 @@ pub(crate) struct NewKey<'a> {
 
 /// The inventory record of a new key of `k.class` and its version 1.
 pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
-    let now = k.active_since.unwrap_or_else(SystemTime::now);
+    let now = k.active_since.unwrap_or_else(crate::clock::now);
     let at = secs(now);
     let (state, dates) = match k.active_since {
         Some(since) => (KeyState::Active, period_dates(Some(k.class), since)),
@@ -337,7 +337,7 @@ impl Lifecycle {
             algorithm: alg,
             backend_id,
             fingerprint,
-            active_since: Some(SystemTime::now()),
+            active_since: Some(crate::clock::now()),
         });
         let who = format!("application {owner}");
         let created = self

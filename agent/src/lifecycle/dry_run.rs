@@ -302,7 +302,7 @@ impl Lifecycle {
             kind: AdminErrorKind::Refused,
             message: format!("key {}: {r}", t.label()),
         })?;
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let record = &t.key.record;
         let mut applications: Vec<LostOperations> = Vec::new();
         for g in effective_grants(&self.policy(), &t.key) {
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn what_is_lost_depends_on_the_state_now() {
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let ops = [Operation::Encrypt, Operation::Decrypt];
         assert_eq!(usable_now(&ops, KeyState::Active, None, now), ops.to_vec());
         assert!(usable_now(&ops, KeyState::PreActivation, None, now).is_empty());

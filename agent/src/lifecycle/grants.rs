@@ -45,7 +45,7 @@ impl Lifecycle {
             .is_some_and(|c| c.sensitive);
         if sensitive && policy.dual_control() {
             let grant = self.checked_grant(t, application, operations, until)?;
-            return self.request_grant(t, &grant, who, SystemTime::now());
+            return self.request_grant(t, &grant, who, crate::clock::now());
         }
         let done = self.grant_add(t, application, operations, until, who)?;
         self.record_grant(
@@ -291,7 +291,7 @@ impl Lifecycle {
             }
         }
         if let Some(u) = until {
-            if u <= secs(SystemTime::now()) {
+            if u <= secs(crate::clock::now()) {
                 return fail(AdminErrorKind::Invalid, "the grant's end is in the past");
             }
         }

@@ -544,11 +544,17 @@ impl Lifecycle {
             } => {
                 let (reason, code) = transition::checked_reason(action, reason, code)?;
                 let t = self.target(token.as_deref(), &name)?;
-                self.transition_key(&t, action, (&who, &by), (&reason, code), SystemTime::now())
+                self.transition_key(
+                    &t,
+                    action,
+                    (&who, &by),
+                    (&reason, code),
+                    crate::clock::now(),
+                )
             }
             KeyRequest::Rotate { name, token } => {
                 let t = self.target(token.as_deref(), &name)?;
-                self.rotate_key(&t, (&who, &by), "rotation requested", SystemTime::now())?;
+                self.rotate_key(&t, (&who, &by), "rotation requested", crate::clock::now())?;
                 Ok(KeyResponse::Key(Box::new(self.info(&*self.reload(&t)?)?)))
             }
             KeyRequest::Verify { name, token } => {
@@ -590,10 +596,10 @@ impl Lifecycle {
                 reason,
             } => {
                 let t = self.target(token.as_deref(), &name)?;
-                self.request_recovery(&t, seconds, (&who, &reason), SystemTime::now())
+                self.request_recovery(&t, seconds, (&who, &reason), crate::clock::now())
             }
             KeyRequest::TokenInit { token, reason } => {
-                self.request_token_init(&token, (&who, &reason), SystemTime::now())
+                self.request_token_init(&token, (&who, &reason), crate::clock::now())
             }
             KeyRequest::Backup(b) => self.backup_call(admin, (&who, &by), b),
             KeyRequest::PolicyShow => Ok(KeyResponse::Policy(Box::new(self.policy_shown()))),
@@ -636,7 +642,7 @@ impl Lifecycle {
         (who, by): (&str, &Actor),
         req: KeyRequest,
     ) -> AResult<KeyResponse> {
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         match req {
             KeyRequest::RequestList { all } => self.list_requests(all, now),
             KeyRequest::RequestShow { id } => self.show_request(&id, now),
@@ -833,14 +839,15 @@ impl Lifecycle {
         let done = done.map_err(|e| match e {
             crate::audit::CommitError::Trail => AdminError {
                 kind: AdminErrorKind::Failed,
-                message: "refused: the audit trail cannot be written; nothing changed".into(),
+                message: format!("refused: {}; nothing changed", self.audit.cannot_write()),
             },
             crate::audit::CommitError::Store(e @ keyward_inventory::Error::Storage(_)) => {
                 AdminError {
                     kind: AdminErrorKind::Failed,
                     message: format!(
-                        "the change and its audit records could not be written ({e}); \
-                         nothing changed"
+                        "the change and its audit records could not be written ({}); \
+                         nothing changed",
+                        crate::audit::cause_of(&e)
                     ),
                 }
             }

@@ -17,6 +17,10 @@ pub const FIRST_PASS: Duration = Duration::from_secs(1);
 /// How often the scheduler runs after its first pass.
 pub const EVERY: Duration = Duration::from_secs(60);
 
+/// How often the scheduler's thread compares the wall clock with the
+/// monotonic clock.
+pub const WATCH: Duration = Duration::from_secs(1);
+
 impl Lifecycle {
     /// One scheduler pass at `now`: active keys past their protect period
     /// are deactivated; active keys whose next rotation has come are
@@ -87,23 +91,65 @@ impl Lifecycle {
         self.discover_shadows();
     }
 
+    /// A step of the wall clock: logged and recorded in the trail (durable,
+    /// or held until it can be written), with the time decisions keep to
+    /// (`kept`, microseconds).
+    pub fn clock_stepped(&self, step: crate::clock::Step, kept: u64) {
+        let said = step.describe(kept);
+        log::warn!("clock: {said}");
+        let mut e = crate::audit::event(
+            keyward_inventory::AuditKind::Agent,
+            Actor::Agent,
+            crate::clock::Step::OPERATION,
+        );
+        e.reason = said;
+        self.audit.durable_or_held(e);
+    }
+
     /// Starts the scheduler thread: [`Lifecycle::tick`] [`FIRST_PASS`] after the
-    /// start and then every `every`, until the agent is dropped.
+    /// start and then every `every`, until the agent is dropped. Every
+    /// second in between it watches the wall clock ([`crate::clock::Watch`]):
+    /// a step is logged, recorded in the trail, and followed by a pass at
+    /// once.
     pub fn spawn_scheduler(self: &Arc<Lifecycle>, every: Duration) {
         let agent = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut watch = crate::clock::Watch::default();
+                // The first observation: a step from now on is seen.
+                watch.observe(
+                    crate::clock::agent_clock(),
+                    crate::clock::to_us(SystemTime::now()),
+                    started.elapsed(),
+                );
                 // A first pass soon after the start catches up with dates
                 // that passed while the agent was down.
-                let mut wait = FIRST_PASS.min(every);
+                let mut next = started + FIRST_PASS.min(every);
                 loop {
-                    std::thread::sleep(wait);
-                    wait = every;
-                    match agent.upgrade() {
-                        Some(a) => a.tick(SystemTime::now()),
-                        None => return,
+                    std::thread::sleep(
+                        WATCH.min(next.saturating_duration_since(std::time::Instant::now())),
+                    );
+                    let clock = crate::clock::agent_clock();
+                    let step = watch.observe(
+                        clock,
+                        crate::clock::to_us(SystemTime::now()),
+                        started.elapsed(),
+                    );
+                    if step.is_none() && std::time::Instant::now() < next {
+                        // Nothing to do: the agent is not held (its
+                        // shutdown drops the last reference).
+                        continue;
                     }
+                    let Some(a) = agent.upgrade() else {
+                        return;
+                    };
+                    if let Some(step) = step {
+                        a.clock_stepped(step, clock.high_water());
+                    }
+                    next = std::time::Instant::now() + every;
+                    a.tick(crate::clock::now());
                 }
             });
         if let Err(e) = spawned {

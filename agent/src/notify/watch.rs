@@ -427,7 +427,7 @@ pub fn spawn(
                     if notifier.stopped() {
                         return;
                     }
-                    watch.pass(part, &life, &limits, SystemTime::now(), &mut |e| {
+                    watch.pass(part, &life, &limits, crate::clock::now(), &mut |e| {
                         notifier.send(e)
                     });
                 }
@@ -498,7 +498,7 @@ rotation_interval = "2s"
             certificate_warning: 86_400,
         };
         let mut w = Watch::default();
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         // Due in 2 s: not yet, and not within the grace a minute later.
         assert!(w.collect(&a.lifecycle, &limits, now).is_empty());
         let later = now + Duration::from_secs(30);
@@ -529,7 +529,7 @@ rotation_interval = "2s"
     #[test]
     fn a_request_about_to_lapse_fires_once_without_its_reason() {
         let (_d, a) = crate::agent::tests::mock_agent(POLICY);
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let at = secs(now);
         let request = |id: &str, expires_at| keyward_inventory::ApprovalRecord {
             id: id.into(),
@@ -602,7 +602,7 @@ rotation_interval = "2s"
         create(&a);
         let made = a
             .lifecycle
-            .report(&ReportRequest::default(), SystemTime::now())
+            .report(&ReportRequest::default(), crate::clock::now())
             .unwrap();
         let mut key = made.keys[0].clone();
         key.revocations.push(Revocation {

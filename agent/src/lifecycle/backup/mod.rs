@@ -75,7 +75,7 @@ impl Lifecycle {
         (who, by): (&str, &Actor),
         req: BackupRequest,
     ) -> AResult<KeyResponse> {
-        let now = std::time::SystemTime::now();
+        let now = crate::clock::now();
         match req {
             BackupRequest::Init {
                 token,

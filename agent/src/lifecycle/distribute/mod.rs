@@ -320,7 +320,7 @@ impl Lifecycle {
         // One pending request per action and key: asking again for the
         // same export answers that request; another version or recipient
         // waits until it is decided or cancelled.
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let canonical = params.to_string();
         let pending = self
             .keys
