@@ -53,6 +53,7 @@ mod key_enforcement;
 mod key_integrity;
 mod key_verify;
 mod keys;
+mod kill_load;
 mod lifecycle;
 mod lifecycle_crash;
 mod mechanism_params;
