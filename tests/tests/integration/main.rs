@@ -73,6 +73,7 @@ mod report;
 mod safety_rails;
 mod sessions_login;
 mod slots_tokens;
+mod soak;
 mod status_policy;
 mod token_init;
 mod versions;
