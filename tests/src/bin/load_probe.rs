@@ -446,10 +446,13 @@ fn failed(shared: &Shared, f: Failed, conn: &mut Option<Conn>, c: &mut Counts) {
                         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
                 }
                 std::thread::sleep(Duration::from_millis(10));
-            } else if let Some(conn) = conn {
+            } else {
                 // A rotation, a suspension, a handle of another run: look
-                // the keys up again.
-                conn.keys.clear();
+                // the keys up again (after a breath, not in a tight loop).
+                if let Some(conn) = conn {
+                    conn.keys.clear();
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         Failed::Other(text) => {

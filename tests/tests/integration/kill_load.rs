@@ -57,6 +57,10 @@ keyward_test!(fn kill_load_three_clients_of_four_threads_survive_two_kills_and_n
                     Some(0) => made.push(name),
                     // The agent was killed under the request or is down.
                     Some(1) => std::thread::sleep(Duration::from_millis(20)),
+                    // SoftHSM2 failed the generation twice (it does, now
+                    // and then, while other sessions search the token):
+                    // not acknowledged, nothing made.
+                    Some(7) if String::from_utf8_lossy(&out.stderr).contains("HSM: C_Generate") => {}
                     other => panic!(
                         "keyward key create {name} exited {other:?}: {}{}",
                         String::from_utf8_lossy(&out.stdout),
