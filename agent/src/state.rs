@@ -13,7 +13,10 @@
 //! that PIN's lock and durably, and only then compares the PIN: a burst of
 //! parallel attempts compares no more PINs than the lockout allows, a crash
 //! cannot hand out extra tries, and an attempt that cannot be counted is
-//! compared with nothing (fail closed). At most [`MAX_CONCURRENT_HASHES`]
+//! compared with nothing (fail closed). Attempts still being compared are
+//! not taken for wrong ones: at most [`MAX_CONCURRENT_HASHES`] of one PIN
+//! are counted and not yet compared, so that parallel logins with the right
+//! PIN never lock it, and a crash costs at most that many tries. At most [`MAX_CONCURRENT_HASHES`]
 //! argon2 computations run at once in the process (each takes 19 MiB).
 
 use std::collections::HashMap;
@@ -164,7 +167,48 @@ pub struct TokenState {
     dir: PathBuf,
     /// One lock per wrong-PIN count (by file name): a count is read,
     /// changed and written under it.
-    locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    locks: Arc<Mutex<HashMap<String, Arc<CountLock>>>>,
+}
+
+/// The lock of one wrong-PIN count, with the attempts of this process
+/// counted on disk and still being compared.
+#[derive(Debug, Default)]
+struct CountLock {
+    in_flight: Mutex<u32>,
+    /// Signalled when an attempt's comparison ends.
+    settled: Condvar,
+}
+
+impl CountLock {
+    fn lock(&self) -> MutexGuard<'_, u32> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An attempt counted and being compared; leaving the comparison (however
+/// it ends) lets the next attempt in.
+struct InFlight<'a>(Option<&'a CountLock>);
+
+impl InFlight<'_> {
+    /// Ends the attempt under `held`, the count's lock already taken (so
+    /// that the count written under it and the attempts still in flight
+    /// agree).
+    fn end(mut self, held: &mut MutexGuard<'_, u32>) {
+        if let Some(lock) = self.0.take() {
+            **held = held.saturating_sub(1);
+            lock.settled.notify_all();
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(lock) = self.0.take() {
+            let mut n = lock.lock();
+            *n = n.saturating_sub(1);
+            lock.settled.notify_all();
+        }
+    }
 }
 
 impl TokenState {
@@ -173,7 +217,7 @@ impl TokenState {
     }
 
     /// The lock of `pin`'s wrong-PIN count.
-    fn count_lock(&self, pin: PinRef<'_>) -> Arc<Mutex<()>> {
+    fn count_lock(&self, pin: PinRef<'_>) -> Arc<CountLock> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(pin.failures_file()).or_default().clone()
     }
@@ -222,38 +266,68 @@ impl TokenState {
     /// then is the PIN compared (at most [`MAX_CONCURRENT_HASHES`] at once).
     /// A right PIN resets the count. Any error reading or writing the count
     /// is returned before anything is compared.
+    ///
+    /// Attempts counted and still being compared are not failures yet: the
+    /// lockout is decided on the count without them, and an attempt that
+    /// could reach the lockout only if they all turned out wrong waits for
+    /// them. At most [`MAX_CONCURRENT_HASHES`] attempts of one PIN are
+    /// counted and not yet compared at any moment, so that a crash (which
+    /// leaves them counted) costs at most that many tries: parallel logins
+    /// with the right PIN (many threads, or processes after an agent
+    /// restart) never lock an application out, and never more PINs are
+    /// compared than the lockout allows.
     pub fn check_pin<'a>(
         &self,
         pin: impl Into<PinRef<'a>>,
         candidate: &[u8],
-        locked: impl FnOnce(u32) -> bool,
+        mut locked: impl FnMut(u32) -> bool,
     ) -> io::Result<PinCheck> {
         let pin = pin.into();
         let Some(hash) = self.pin_hash(pin)? else {
             return Ok(PinCheck::NotSet);
         };
-        let count = {
-            let lock = self.count_lock(pin);
-            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-            let n = self.failures(pin)?;
-            if locked(n) {
-                return Ok(PinCheck::Locked(n));
+        let lock = self.count_lock(pin);
+        let (count, attempt) = {
+            let mut in_flight = lock.lock();
+            loop {
+                let n = self.failures(pin)?;
+                let failed = n.saturating_sub(*in_flight);
+                if locked(failed) {
+                    return Ok(PinCheck::Locked(failed));
+                }
+                let room = (*in_flight as usize) < MAX_CONCURRENT_HASHES && !locked(n);
+                if *in_flight == 0 || room {
+                    let n = n.saturating_add(1);
+                    self.write_atomic(&pin.failures_file(), n.to_string().as_bytes())?;
+                    *in_flight += 1;
+                    break (n, InFlight(Some(&lock)));
+                }
+                in_flight = lock
+                    .settled
+                    .wait(in_flight)
+                    .unwrap_or_else(|p| p.into_inner());
             }
-            let n = n.saturating_add(1);
-            self.write_atomic(&pin.failures_file(), n.to_string().as_bytes())?;
-            n
         };
         if verify_pin_hash(hash.trim_end(), candidate) {
-            // Not synced: a reset a crash loses leaves the count one
-            // higher, which errs on the safe side.
-            let lock = self.count_lock(pin);
-            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-            match fs::remove_file(self.path(&pin.failures_file())) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+            // Not synced: a reset a crash loses leaves the count higher,
+            // which errs on the safe side. Attempts of others still being
+            // compared stay counted.
+            let mut held = lock.lock();
+            attempt.end(&mut held);
+            let others = *held;
+            if others == 0 {
+                match fs::remove_file(self.path(&pin.failures_file())) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            } else {
+                self.write_atomic(&pin.failures_file(), others.to_string().as_bytes())?;
             }
+            drop(held);
             Ok(PinCheck::Right)
         } else {
+            // The attempt stays counted: a failure now.
+            drop(attempt);
             Ok(PinCheck::Wrong(count))
         }
     }
@@ -304,7 +378,7 @@ impl TokenState {
     pub fn reset_failures<'a>(&self, pin: impl Into<PinRef<'a>>) -> io::Result<()> {
         let pin = pin.into();
         let lock = self.count_lock(pin);
-        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _held = lock.lock();
         self.remove(&pin.failures_file())
     }
 
@@ -318,7 +392,7 @@ impl TokenState {
                     let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
                     locks.entry(name.clone()).or_default().clone()
                 };
-                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let _held = lock.lock();
                 self.remove(&name)?;
                 reset += 1;
             }
@@ -714,6 +788,57 @@ mod tests {
         assert_eq!(
             t.check_pin(Role::User, b"1234", |n| n >= 3).unwrap(),
             PinCheck::Right
+        );
+    }
+
+    #[test]
+    fn parallel_right_pins_are_never_locked_out() {
+        // Twelve threads of one application log in at once (as after an
+        // agent restart): every right PIN is a success, none is taken
+        // for a wrong one because others were still being compared.
+        let (_dir, t) = token_with_pins();
+        let results: Vec<PinCheck> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..12)
+                .map(|_| scope.spawn(|| t.check_pin(Role::User, b"1234", |n| n >= 3).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(|r| *r == PinCheck::Right), "{results:?}");
+        assert_eq!(t.failures(Role::User).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_crash_during_a_burst_of_right_pins_leaves_at_most_the_attempts_being_compared() {
+        // What a SIGKILL would leave on disk at any moment of a burst of
+        // right PINs: the attempts counted and not yet compared. Never
+        // more than the comparisons that can run at once, so a crash
+        // never locks an application out that gave only right PINs.
+        let (dir, t) = token_with_pins();
+        let count_file = dir.path().join("token-kw").join("user-pin-failures");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let highest = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut highest = 0u32;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Ok(s) = fs::read_to_string(&count_file) {
+                        highest = highest.max(s.trim().parse().unwrap_or(0));
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                highest
+            });
+            let handles: Vec<_> = (0..12)
+                .map(|_| scope.spawn(|| t.check_pin(Role::User, b"1234", |n| n >= 10).unwrap()))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), PinCheck::Right);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            watcher.join().unwrap()
+        });
+        assert!(
+            highest as usize <= MAX_CONCURRENT_HASHES,
+            "{highest} attempts counted at once, more than the {MAX_CONCURRENT_HASHES} compared at once"
         );
     }
 

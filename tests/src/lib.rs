@@ -21,6 +21,8 @@
 //!   policy with granted, verify-only and hidden keys; a key's certificate).
 //! - [`json`]: a small reader for `keyward --json` documents.
 //! - [`probe`]: the probe processes (`src/bin/*_probe`) driven from a test.
+//! - [`load`]: mixed load from several `load_probe` processes, judged by
+//!   their summaries, and the agent's memory and descriptors.
 //! - [`postgres`]: a throw-away PostgreSQL server per test (the fleet's
 //!   shared store), password logins only, stopped, killed and started again.
 //!
@@ -45,6 +47,7 @@ pub mod clients;
 pub mod fleet;
 pub mod harness;
 pub mod json;
+pub mod load;
 pub mod p11;
 pub mod pki;
 pub mod postgres;

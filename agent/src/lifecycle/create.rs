@@ -79,19 +79,35 @@ pub(crate) fn first_version(k: NewKey<'_>) -> (KeyRecord, KeyVersion) {
     (record, version)
 }
 
-/// `generate()`, and once more when the HSM answers
-/// `CKR_GENERAL_ERROR`: a backend whose previous user was killed while it
-/// wrote a token object (SoftHSM2 after a SIGKILL) can fail the next
-/// generation once. Nothing was made by the failed call; any other error
-/// stands.
+/// Tries after the first attempt's `CKR_GENERAL_ERROR`, each after a
+/// longer pause.
+const GENERATION_RETRIES: u32 = 3;
+
+/// `generate()`, and again (up to [`GENERATION_RETRIES`] times, after 20,
+/// 40 and 60 ms) when the HSM answers `CKR_GENERAL_ERROR`: a backend whose
+/// previous user was killed while it wrote a token object (SoftHSM2 after
+/// a SIGKILL) can fail the next generation once, and SoftHSM2 fails a
+/// generation now and then while applications search the same token (their
+/// searches cannot wait for administrators). Once a try failed so, a
+/// `CKR_TEMPLATE_INCONSISTENT` of the next one is the same trouble
+/// (SoftHSM2 answers it to a try right after). Nothing was made by a failed
+/// call; any other error stands.
 fn once_more<T>(generate: impl Fn() -> crate::error::Result<T>) -> crate::error::Result<T> {
-    match generate() {
-        Err(crate::error::Error::Backend(ck::CKR_GENERAL_ERROR)) => {
-            log::warn!("HSM: a key generation failed with CKR_GENERAL_ERROR; trying once more");
-            generate()
+    let mut result = generate();
+    for retry in 1..=GENERATION_RETRIES {
+        let transient = match &result {
+            Err(crate::error::Error::Backend(ck::CKR_GENERAL_ERROR)) => true,
+            Err(crate::error::Error::Backend(ck::CKR_TEMPLATE_INCONSISTENT)) => retry > 1,
+            _ => false,
+        };
+        if !transient {
+            break;
         }
-        r => r,
+        log::warn!("HSM: a key generation failed ({retry} of {GENERATION_RETRIES}); trying again");
+        std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(retry)));
+        result = generate();
     }
+    result
 }
 
 impl Lifecycle {
@@ -487,7 +503,7 @@ mod once_more_tests {
     use crate::error::Error;
 
     #[test]
-    fn a_general_error_is_tried_once_more_and_nothing_else_is() {
+    fn a_general_error_is_tried_again_and_nothing_else_is() {
         let calls = Cell::new(0);
         let flaky = || {
             calls.set(calls.get() + 1);
@@ -508,7 +524,7 @@ mod once_more_tests {
             once_more(broken),
             Err(Error::Backend(ck::CKR_GENERAL_ERROR))
         ));
-        assert_eq!(calls.get(), 2, "twice, not more");
+        assert_eq!(calls.get(), 4, "three times again, not more");
         calls.set(0);
         let refused = || {
             calls.set(calls.get() + 1);
@@ -516,5 +532,32 @@ mod once_more_tests {
         };
         assert!(once_more(refused).is_err());
         assert_eq!(calls.get(), 1, "any other error stands");
+        // A template SoftHSM2 calls inconsistent at once stands too.
+        calls.set(0);
+        let inconsistent = || {
+            calls.set(calls.get() + 1);
+            Err::<u8, _>(Error::Backend(ck::CKR_TEMPLATE_INCONSISTENT))
+        };
+        assert!(once_more(inconsistent).is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_generation_failed_under_load_is_tried_until_it_succeeds() {
+        // What SoftHSM2 answered in the soak while applications searched
+        // the token: CKR_GENERAL_ERROR, then CKR_TEMPLATE_INCONSISTENT to
+        // the immediate retry; a later try succeeds.
+        let calls = Cell::new(0);
+        let answers = [
+            Err(Error::Backend(ck::CKR_GENERAL_ERROR)),
+            Err(Error::Backend(ck::CKR_TEMPLATE_INCONSISTENT)),
+            Ok(7),
+        ];
+        let under_load = || {
+            calls.set(calls.get() + 1);
+            answers[calls.get() - 1]
+        };
+        assert_eq!(once_more(under_load).ok(), Some(7));
+        assert_eq!(calls.get(), 3);
     }
 }
