@@ -11,8 +11,10 @@
 //! recorded with the reason).
 //!
 //! A change of a key (a lifecycle change made here, or one another agent of
-//! the fleet made) closes the key's gate, waits for the uses of the key that
-//! are running at most `[agent] change_wait_ms`, then holds the write side
+//! the fleet made) closes the key's gate (a use of the key that begins now
+//! waits until the change is in the view, and is checked against it), waits
+//! for the uses of the key that are running at most `[agent] change_wait_ms`,
+//! then holds the write side
 //! of the gate while its records are committed and the view reloaded, and
 //! moves the epoch on before it opens the gate again. A backend call that
 //! hangs therefore delays a change of its own key by that bound at most,
@@ -36,6 +38,10 @@ use crate::keys::ManagedRef;
 
 /// Entries of the table.
 const ENTRIES: usize = 256;
+
+/// How long a use that begins during a change of its key waits for the
+/// change's commit, beyond the change's own wait.
+const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// The default of `[agent] change_wait_ms`.
 pub const DEFAULT_WAIT_MS: u64 = 2000;
@@ -138,9 +144,24 @@ impl Gates {
         }
     }
 
-    /// The epoch of `key_id`'s entry, read before the key's view.
+    /// The epoch of `key_id`'s entry, read before the key's view. A use
+    /// that begins while a change of its key is under way waits for it
+    /// first (the change's wait and commit; at most the bound and
+    /// [`COMMIT_GRACE`] in all), so that it is checked against the changed
+    /// view: from the start of a change, no new use passes the old check
+    /// unless the change takes longer than that.
     pub(crate) fn epoch(&self, key_id: i64) -> u64 {
-        self.gates[entry_of(key_id)].epoch.load(Ordering::Acquire)
+        let gate = &self.gates[entry_of(key_id)];
+        if gate.closing.load(Ordering::SeqCst) != 0 {
+            let cap = self.wait() + COMMIT_GRACE;
+            let start = Instant::now();
+            let mut pause = Duration::from_micros(50);
+            while gate.closing.load(Ordering::SeqCst) != 0 && start.elapsed() < cap {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
+        }
+        gate.epoch.load(Ordering::Acquire)
     }
 
     /// Notes that this request's use of `managed` for `op` passed its check
@@ -330,6 +351,45 @@ mod tests {
         let (changed, _held) = gates.settle().expect("a use");
         let e = changed.expect("the use sees the change");
         assert_eq!((e.managed, e.op), (KEY, Operation::Sign));
+        drop(running);
+    }
+
+    #[test]
+    fn a_use_that_begins_during_a_change_of_its_key_waits_for_it() {
+        let gates = std::sync::Arc::new(Gates::default());
+        gates.set_wait(Duration::from_millis(300));
+        let running = gates.running();
+        gates.enter(KEY, Operation::Sign, gates.epoch(KEY.key_id));
+        let before = gates.epoch(KEY.key_id);
+        let changer = {
+            let gates = gates.clone();
+            std::thread::spawn(move || drop(gates.change(KEY.key_id)))
+        };
+        // The change has closed the key's entry.
+        let t = Instant::now();
+        while gates.gates[entry_of(KEY.key_id)]
+            .closing
+            .load(Ordering::SeqCst)
+            == 0
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the change did not begin"
+            );
+            std::thread::yield_now();
+        }
+        // A new use of the key waits for the change and sees its epoch.
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| gates.epoch(KEY.key_id))
+                .join()
+                .expect("a new use")
+        });
+        assert_eq!(
+            seen,
+            before + 1,
+            "the new use is checked against the change"
+        );
+        changer.join().expect("the change");
         drop(running);
     }
 
