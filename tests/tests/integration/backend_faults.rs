@@ -357,3 +357,131 @@ keyward_test!(fn a_hung_backend_call_blocks_neither_other_keys_nor_a_revocation_
     }
     assert_trail_verifies(&tb);
 });
+
+/// A strict policy for the fleet: this user is the application; class
+/// `signing` grants it sign and verify.
+fn fleet_policy() -> String {
+    use keyward_tests::admin::{
+        application_toml, sign_grant_toml, signing_class_toml, uid, APPLICATION,
+    };
+    format!(
+        "[settings]\nmode = \"strict\"\n{}{}",
+        application_toml(APPLICATION, uid()),
+        signing_class_toml("signing", "30d", "60d", &sign_grant_toml(APPLICATION)),
+    )
+}
+
+// The same on the fleet's notice path: a revocation made through agent 0
+// while agent 1's backend hangs in a C_Sign of that key. Agent 1 puts it in
+// force within its bound, serves its other keys meanwhile, and withholds
+// the hung signature when it comes back.
+keyward_test!(fn fleet_a_hung_sign_on_one_agent_blocks_neither_a_revocation_from_another_nor_other_keys(tb) {
+    use keyward_tests::fleet::Fleet;
+    const HANG_MS: u64 = 12_000;
+    const BOUND_MS: u64 = 1_000;
+    tb.require_agent("a fleet");
+    let control = tb.path("fleet-faults.txt");
+    std::fs::write(&control, "").expect("write the control file");
+    // Set before any agent starts; every agent inherits them, and only
+    // agent 1 loads the fault library.
+    std::env::set_var("KEYWARD_FAULT_LIBRARY", softhsm_lib());
+    std::env::set_var("KEYWARD_FAULT_CONTROL", &control);
+    let faults = Faults { control };
+    let fleet = Fleet::start(2, &fleet_policy(), 5);
+    {
+        let member = &fleet.agents[1];
+        member.testbed.stop().expect("stop agent 1");
+        let config = member.testbed.config();
+        let text = std::fs::read_to_string(&config).expect("read agent 1's config");
+        let real = format!("library = {:?}", softhsm_lib());
+        assert!(text.contains(&real), "agent 1's library line: {text}");
+        let faultlib = PathBuf::from(&member.env.module).with_file_name("libkeyward_faultlib.so");
+        let text = text.replace(&real, &format!("library = {:?}", faultlib.display().to_string()));
+        std::fs::write(&config, text).expect("write agent 1's config");
+        member
+            .testbed
+            .set_agent_options(&[&format!("change_wait_ms = {BOUND_MS}")])
+            .expect("change_wait_ms");
+        member.testbed.start().expect("start agent 1 on the fault library");
+    }
+    for k in ["fleet-hung", "fleet-free"] {
+        keyward_ok(fleet.env(0), &["key", "create", k, "--class", "signing"], 0);
+        keyward_ok(fleet.env(0), &["key", "activate", k], 0);
+    }
+    let mut hung = fleet.probe(1, "fleet-hung");
+    let mut late = fleet.probe(1, "fleet-hung");
+    let mut free = fleet.probe(1, "fleet-free");
+    for p in [&mut hung, &mut late, &mut free] {
+        p.say("sign");
+        assert_eq!(p.value("sign", Duration::from_secs(10)), "ok", "{}", fleet.logs());
+    }
+    faults.set(&format!("C_Sign sleep={HANG_MS} label=fleet-hung\n"));
+    let hung_since = Instant::now();
+    hung.say("sign");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    keyward_ok(
+        fleet.env(0),
+        &["key", "revoke", "--yes", "fleet-hung", "--reason", "hung", "--reason-code", "keyCompromise"],
+        0,
+    );
+    let revoked = Instant::now();
+    // Agent 1 serves its other key while its change waits for the hung use.
+    std::thread::sleep(Duration::from_millis(BOUND_MS / 3));
+    let t = Instant::now();
+    free.say("sign");
+    assert_eq!(free.value("sign", Duration::from_secs(30)), "ok", "{}", fleet.logs());
+    assert!(t.elapsed() < Duration::from_secs(2), "agent 1's other key waited {:?}", t.elapsed());
+    // And refuses a new use of the revoked key within the bound.
+    let refused = loop {
+        late.say("sign");
+        let said = late.value("sign", Duration::from_secs(30));
+        if said != "ok" {
+            break said;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_millis(BOUND_MS + 3_000),
+            "agent 1 still signs with the revoked key after {:?}:\n{}",
+            revoked.elapsed(),
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refused.contains("KeyFunctionNotPermitted"), "{refused}");
+    assert!(
+        revoked.elapsed() < Duration::from_millis(BOUND_MS + 3_000),
+        "the revocation took {:?} to be in force on agent 1",
+        revoked.elapsed()
+    );
+    // The hung signature comes back after the revocation: withheld.
+    let said = hung.value("sign", Duration::from_secs(60));
+    assert!(hung_since.elapsed() >= Duration::from_millis(HANG_MS), "the call did not hang");
+    assert!(said.contains("KeyFunctionNotPermitted"), "the hung signature: {said}");
+    faults.clear();
+
+    // Agent 1's records reach the shared trail in its next batch.
+    let of_key = |r: &Json| r.at("key").as_str() == Some("fleet-hung");
+    let is_withheld = |r: &Json| of_key(r) && r.str_at("kind") == "refusal" && r.str_at("reason").contains("withheld");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all = loop {
+        let all = trail(fleet.env(0));
+        if all.iter().any(is_withheld) || Instant::now() > deadline {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let change = all
+        .iter()
+        .position(|r| of_key(r) && r.str_at("kind") == "lifecycle" && r.str_at("operation") == "revoke")
+        .expect("the revocation's record");
+    let withheld: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| is_withheld(r))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(withheld.len(), 1, "withheld records: {withheld:?}");
+    assert!(withheld[0] > change, "the withheld use is recorded before the revocation");
+    assert_eq!(all[withheld[0]].str_at("host"), "agent-1", "{}", all[withheld[0]]);
+    assert_trail_verifies(fleet.env(0));
+});
