@@ -77,7 +77,7 @@ impl Agent {
             keys,
             audit,
             use_targets: crate::uses::targets::UseTargets::default(),
-            in_flight: std::sync::RwLock::new(()),
+            gates: Default::default(),
             sign_decisions: Default::default(),
             reloader: std::sync::OnceLock::new(),
             store: std::sync::OnceLock::new(),
@@ -185,6 +185,9 @@ impl Agent {
             Auditor::with_config(opened.trail, &config.audit),
         );
         let _ = agent.core.store.set(opened.summary);
+        agent.core.gates.set_wait(std::time::Duration::from_millis(
+            config.agent.change_wait_ms,
+        ));
         *agent.reopen.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
         if let Some((store, lease)) = opened.shared {
             crate::store::listen::spawn(store, Arc::downgrade(&agent.lifecycle), lease)

@@ -171,6 +171,17 @@ pub struct AgentConfig {
     /// `[postgres]`).
     #[serde(default)]
     pub store: crate::store::StoreKind,
+    /// How long a change of a managed key (a revocation, a suspension, any
+    /// lifecycle change, also one another agent of the fleet made) waits
+    /// for the uses of that key already running, in milliseconds (0 to
+    /// 60000). A use still running then is checked again when it ends and
+    /// withheld if the change refuses it.
+    #[serde(default = "default_change_wait_ms")]
+    pub change_wait_ms: u64,
+}
+
+fn default_change_wait_ms() -> u64 {
+    crate::enforce::gate::DEFAULT_WAIT_MS
 }
 
 fn default_max_connections() -> usize {
@@ -339,6 +350,13 @@ impl Config {
         if self.agent.max_connections == 0 || self.agent.max_connections_per_uid == 0 {
             return Err("max_connections and max_connections_per_uid must be at least 1".into());
         }
+        if self.agent.change_wait_ms > crate::enforce::gate::MAX_WAIT_MS {
+            return Err(format!(
+                "[agent] change_wait_ms must be at most {} (it is {})",
+                crate::enforce::gate::MAX_WAIT_MS,
+                self.agent.change_wait_ms
+            ));
+        }
         if let Some(g) = &self.agent.admin_socket_group {
             crate::listener::sockets::group_id(g)
                 .map_err(|e| format!("admin_socket_group: {e}"))?;
@@ -442,6 +460,21 @@ backend_pin = "env:KW_PIN"
         assert!(c.tokens[0].allow_init_token);
         assert!(!c.tokens[1].allow_init_token);
         assert_eq!(c.tokens[1].backend_pin, SecretRef::Env("KW_PIN".into()));
+    }
+
+    #[test]
+    fn change_wait_ms_defaults_to_two_seconds_and_is_bounded() {
+        assert_eq!(parse(GOOD).unwrap().agent.change_wait_ms, 2000);
+        let with =
+            |v: &str| GOOD.replace("state_dir =", &format!("change_wait_ms = {v}\nstate_dir ="));
+        assert_eq!(parse(&with("0")).unwrap().agent.change_wait_ms, 0);
+        assert_eq!(parse(&with("60000")).unwrap().agent.change_wait_ms, 60000);
+        let msg = parse(&with("60001")).unwrap_err().to_string();
+        assert!(
+            msg.contains("change_wait_ms must be at most 60000"),
+            "{msg}"
+        );
+        assert!(parse(&with("-1")).is_err());
     }
 
     #[test]

@@ -25,12 +25,11 @@ pub struct Core {
     pub(crate) audit: Arc<Auditor>,
     /// What use records name each key object (see `Agent::use_target`).
     pub(crate) use_targets: crate::uses::targets::UseTargets,
-    /// Held (read) by every cryptographic request while it checks its key
-    /// and runs; a lifecycle change of an existing key holds it (write)
-    /// from before its transaction until the view has the change (see
-    /// `Lifecycle::apply_change`), so no request that passed the old check
-    /// is still running, and its records follow all their use records.
-    pub(crate) in_flight: std::sync::RwLock<()>,
+    /// The gate between the uses of each managed key and its changes (see
+    /// [`crate::enforce::gate`]): a change waits for the running uses of
+    /// its key at most `[agent] change_wait_ms`, and a use its change
+    /// refuses that ends after it is withheld.
+    pub(crate) gates: crate::enforce::gate::Gates,
     /// Rung on each decision on a request: the calls waiting for the
     /// approval of one signature read theirs again.
     pub(crate) sign_decisions: crate::per_use::Bell,

@@ -23,13 +23,54 @@ use crate::keys::ManagedRef;
 use crate::template::template_bool;
 use keyward_inventory::AuditKind;
 
+pub(crate) mod gate;
 mod generation;
 pub mod per_use;
 
 impl Agent {
-    /// The read side of [`Core::in_flight`](crate::shared::Core::in_flight), for one cryptographic request.
-    pub(crate) fn running(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.in_flight.read().unwrap_or_else(|p| p.into_inner())
+    /// Held by one cryptographic request from before its checks until its
+    /// result is settled (see [`gate`]).
+    pub(crate) fn running(&self) -> gate::Running<'_> {
+        self.gates.running()
+    }
+
+    /// The end of this request's use of a managed key, before its result
+    /// is handed out and its use recorded (hold the returned guard until
+    /// then): when a change of the key came while the backend ran, the use
+    /// is checked again against the view now, and one the view no longer
+    /// allows is withheld (`CKR_KEY_FUNCTION_NOT_PERMITTED`, recorded with
+    /// the reason). A failed call hands out nothing and stays as it is.
+    pub(crate) fn settle<T>(
+        &self,
+        client: &Client,
+        r: Result<T>,
+    ) -> (Result<T>, gate::Settled<'_>) {
+        let Some((changed, held)) = self.gates.settle() else {
+            return (r, None);
+        };
+        let (Some(e), Ok(_)) = (changed, &r) else {
+            return (r, Some(held));
+        };
+        let key = self.keys.key(e.managed.key_id);
+        let now = SystemTime::now();
+        let refusal = match &key {
+            None => Some("the key is gone".to_owned()),
+            Some(k) => {
+                crate::keys::check_use(&self.policy(), k, e.managed, &client.application, e.op, now)
+                    .err()
+                    .map(|refusal| refusal.to_string())
+            }
+        };
+        let Some(why) = refusal else {
+            return (r, Some(held));
+        };
+        let rv = ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
+        let reason = format!(
+            "use withheld: the key changed while the backend ran ({why}); its result was discarded"
+        );
+        let key = key.as_deref().map(|k| (k, e.managed.version));
+        self.note_refusal(client, e.op.as_str(), key, None, rv, &reason);
+        (Err(Error::Refused(rv)), Some(held))
     }
 
     /// Refuses applications' operations while the trail cannot be written
@@ -70,6 +111,9 @@ impl Agent {
         op: Operation,
     ) -> Result<()> {
         let Some(m) = managed else { return Ok(()) };
+        // Read before the view: a change after this is seen when the use
+        // settles.
+        let epoch = self.gates.epoch(m.key_id);
         let Some(key) = self.keys.key(m.key_id) else {
             return Err(Error::KeyHandleInvalid);
         };
@@ -93,6 +137,7 @@ impl Agent {
         let now = crate::clock::now();
         match crate::keys::check_use(&self.policy(), &key, m, &client.application, op, now) {
             Ok(()) => {
+                self.gates.enter(m, op, epoch);
                 self.keys.note_use(m.key_id, crate::keys::secs(now));
                 Ok(())
             }
@@ -132,7 +177,7 @@ impl Agent {
         client: &Client,
         o: &ObjectRef,
         op: Operation,
-    ) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+    ) -> Result<gate::Running<'_>> {
         let running = self.running();
         self.audit_gate(client, op.as_str())?;
         self.check_key_use(client, o.managed, op)?;

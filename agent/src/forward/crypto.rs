@@ -85,7 +85,13 @@ impl Agent {
         let s = self.op_session(client, session, op, init.as_ref())?;
         self.refuse_multi_part(client, &s, op, init.is_none())?;
         match s.backend.update(s.backend_session, op, &data) {
-            Ok(out) => Ok(Response::Data(out)),
+            Ok(out) => match self.settle(client, Ok(out)) {
+                (Ok(out), _settled) => Ok(Response::Data(out)),
+                (Err(e), settled) => {
+                    drop(settled);
+                    self.end_op(client, &s, op, Err(e))
+                }
+            },
             // A failed update ends the operation.
             Err(e) => self.end_op(client, &s, op, Err(e)),
         }
@@ -101,6 +107,7 @@ impl Agent {
         let (s, _, o) = self.session_objects(client, session, &[(key, Error::KeyHandleInvalid)])?;
         let _running = self.begin_key_use(client, &o[0], Operation::Digest)?;
         let r = s.backend.digest_key(s.backend_session, o[0].backend);
+        let (r, _settled) = self.settle(client, r);
         self.key_use(client, &s, &o[0], Operation::Digest.as_str(), None, &r);
         r?;
         Ok(Response::Unit)

@@ -147,6 +147,7 @@ impl Agent {
         let r = s
             .backend
             .wrap_key(s.backend_session, &m, o[0].backend, o[1].backend);
+        let (r, _settled) = self.settle(client, r);
         self.key_use(
             client,
             &s,
@@ -226,7 +227,7 @@ impl Agent {
     ) -> Result<T> {
         let _running = self.begin_key_use(client, o, op)?;
         let m = self.mechanism(client, s.slot, mechanism)?;
-        let r = call(&m);
+        let (r, _settled) = self.settle(client, call(&m));
         self.key_use(client, s, o, op.as_str(), Some(m.mechanism), &r);
         r
     }

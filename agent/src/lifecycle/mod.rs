@@ -784,11 +784,15 @@ impl Lifecycle {
     /// `operation` the action's name, reason `from <state> to <state>:
     /// <why>`. Nothing happens when the records cannot be written.
     ///
-    /// A change of an existing key may take rights away: it holds
-    /// [`Agent::in_flight`] (write) from before the change until the view
-    /// has it, so every request that passed the old check has ended (and
-    /// queued its use records, which the trail stores first), and none
-    /// passes the old check after the records.
+    /// A change of an existing key may take rights away: it closes the
+    /// key's gate ([`crate::enforce::gate`]) from before the change until
+    /// the view has it. The uses of the key that passed the old check and
+    /// end within `[agent] change_wait_ms` have ended first (and queued
+    /// their use records, which the trail stores first); one still running
+    /// then, or passing the old check meanwhile, is checked again when it
+    /// ends and withheld if the change refuses it, recorded after the
+    /// change's records. A backend that hangs delays the change by that
+    /// bound at most, and the uses of other keys not at all.
     pub(crate) fn apply_change(
         &self,
         by: &Actor,
@@ -828,7 +832,7 @@ impl Lifecycle {
             KeyChange::Create(_) => None,
             KeyChange::Update { key_id, .. } => Some(key_id),
         };
-        let held = existing.map(|_| self.in_flight.write().unwrap_or_else(|p| p.into_inner()));
+        let held = existing.map(|id| self.gates.change(id));
         let done = self.audit.commit(self.keys.inventory(), &change, request);
         let key_id = match &done {
             Ok(d) => Some(d.key.id),

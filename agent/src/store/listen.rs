@@ -127,9 +127,10 @@ fn apply(core: &Lifecycle, payloads: &[String]) -> Result<(), String> {
     for notice in notices {
         match notice {
             Notice::Key(id) => {
-                // As a change made here: no use that passed the old check
-                // is still running once the view has the new one.
-                let _held = core.in_flight.write().unwrap_or_else(|p| p.into_inner());
+                // As a change made here: the uses that passed the old check
+                // have ended (within the bound), or are settled against
+                // the new view.
+                let _held = core.gates.change(id);
                 core.keys.refresh(id).map_err(|e| e.to_string())?;
             }
             Notice::Request(_) => {
@@ -150,7 +151,7 @@ fn apply(core: &Lifecycle, payloads: &[String]) -> Result<(), String> {
 /// calls waiting for an approval.
 fn reload_all(core: &Lifecycle) -> Result<(), String> {
     {
-        let _held = core.in_flight.write().unwrap_or_else(|p| p.into_inner());
+        let _held = core.gates.change_all();
         core.keys.refresh_all().map_err(|e| e.to_string())?;
     }
     core.keys

@@ -62,7 +62,8 @@ impl Agent {
 
     /// Records the end of operation `op` on `s` with `r`'s result, and
     /// ends it there, unless `r` only asked for a bigger buffer (the
-    /// operation goes on, as PKCS#11 says).
+    /// operation goes on, as PKCS#11 says). A result its key's change
+    /// refuses meanwhile is withheld ([`Agent::settle`]).
     pub(crate) fn end_op<T>(
         &self,
         client: &Client,
@@ -70,8 +71,12 @@ impl Agent {
         op: Op,
         r: Result<T>,
     ) -> Result<T> {
+        if rv_of(&r) == ck::CKR_BUFFER_TOO_SMALL {
+            return r;
+        }
+        let (r, _settled) = self.settle(client, r);
         let rv = rv_of(&r);
-        if rv != ck::CKR_BUFFER_TOO_SMALL {
+        {
             let ended = lock(&s.active)[op.index()].take();
             if let Some(ActiveOp {
                 target: Some(t),

@@ -19,6 +19,7 @@ mod audit_apps;
 mod audit_crash;
 mod audit_events;
 mod audit_gap;
+mod backend_faults;
 mod backup;
 mod boundary;
 mod certificates;
