@@ -52,7 +52,7 @@ impl Agent {
             return (r, Some(held));
         };
         let key = self.keys.key(e.managed.key_id);
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let refusal = match &key {
             None => Some("the key is gone".to_owned()),
             Some(k) => {

@@ -214,20 +214,33 @@ impl Agent {
     }
 
     /// A single call that uses key `o` for `op` with `mechanism` (unwrap,
-    /// derive): the key checks, the mechanism checks, `call`, and its use
-    /// recorded with the result.
-    pub(crate) fn call_with_key<T>(
+    /// derive) and makes an object: the key checks, the mechanism checks,
+    /// `call`, and its use recorded with the result. An object made by a
+    /// use that is withheld (its key changed meanwhile, [`Agent::settle`])
+    /// is destroyed in the HSM, never left there without a handle.
+    pub(crate) fn call_with_key(
         &self,
         client: &Client,
         s: &Session,
         o: &ObjectRef,
         op: Operation,
         mechanism: &Mechanism,
-        call: impl FnOnce(&Mechanism) -> Result<T>,
-    ) -> Result<T> {
+        call: impl FnOnce(&Mechanism) -> Result<BackendObject>,
+    ) -> Result<BackendObject> {
         let _running = self.begin_key_use(client, o, op)?;
         let m = self.mechanism(client, s.slot, mechanism)?;
-        let (r, _settled) = self.settle(client, call(&m));
+        let made = call(&m);
+        let made_object = made.as_ref().ok().copied();
+        let (r, _settled) = self.settle(client, made);
+        if let (Err(_), Some(object)) = (&r, made_object) {
+            if let Err(e) = s.backend.destroy_object(s.backend_session, object) {
+                log::warn!(
+                    "a withheld {} left backend object {} that could not be destroyed: {e}",
+                    op.as_str(),
+                    crate::backend::numbers(&[object])
+                );
+            }
+        }
         self.key_use(client, s, o, op.as_str(), Some(m.mechanism), &r);
         r
     }
