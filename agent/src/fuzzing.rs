@@ -283,11 +283,17 @@ impl AppHarness {
     /// close the connection: what follows it is what another connection
     /// of the same process could send).
     pub fn run(&self, data: &[u8]) {
+        self.answers(data);
+    }
+
+    /// [`AppHarness::run`], returning the answers of the fuzzed client.
+    pub fn answers(&self, data: &[u8]) -> Vec<Response> {
         self.reset_pins();
         let (b, b_session, b_object) = self.other();
         let b_backend = object_of(&b, b_object);
         let a = self.connect();
         let (mut frame_buf, mut rbuf, mut wbuf) = (Vec::new(), Vec::new(), Vec::new());
+        let mut answers = Vec::new();
         for payload in chunks(data) {
             let Ok(req) = read_frame::<Request>(payload, FRAME_BOUNDS, &mut frame_buf, &mut rbuf)
             else {
@@ -295,6 +301,7 @@ impl AppHarness {
             };
             let resp = self.agent.handle(&a, req);
             check_answer(&resp, &mut wbuf, &mut rbuf);
+            answers.push(resp);
         }
         // The fuzzed client holds no handle to the other's object ...
         let a_objects = a.lock().objects_on(0);
@@ -346,6 +353,7 @@ impl AppHarness {
         // Token objects the input made go: the next input starts from the
         // same backend.
         self.mock.forget_token_objects();
+        answers
     }
 }
 
@@ -462,4 +470,89 @@ fn check_store(dir: &Path, agent: &Agent) {
         .check()
         .unwrap_or_else(|e| panic!("the inventory cannot be checked: {e}"));
     assert!(problems.is_empty(), "the inventory: {problems:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_protocol::message::OpInit;
+    use keyward_protocol::{Mechanism, Op};
+
+    fn input(reqs: &[Request]) -> Vec<u8> {
+        let payloads: Vec<Vec<u8>> = reqs
+            .iter()
+            .map(|r| postcard::to_stdvec(r).unwrap())
+            .collect();
+        join(&payloads)
+    }
+
+    /// A session of one input: its handles carry over, the harness's PIN
+    /// logs in, and an undecodable frame is passed over.
+    #[test]
+    fn an_input_is_one_client_session() {
+        let h = AppHarness::new();
+        let s = SessionHandle(1);
+        let sign = OpInit {
+            mechanism: Mechanism::plain(ck::CKM_ECDSA),
+            key: Some(ObjectHandle(1)),
+        };
+        let mut data = input(&[
+            Request::OpenSession {
+                slot: SlotId(0),
+                flags: ck::CKF_SERIAL_SESSION | ck::CKF_RW_SESSION,
+            },
+            Request::Login {
+                session: s,
+                user_type: ck::CKU_USER,
+                pin: Some(zeroize::Zeroizing::new(USER_PIN.to_vec())),
+            },
+            Request::GenerateKey {
+                session: s,
+                mechanism: Mechanism::plain(ck::CKM_AES_KEY_GEN),
+                template: vec![Attribute::ulong(ck::CKA_VALUE_LEN, 32)],
+            },
+        ]);
+        data.extend_from_slice(&[3, 0, 0xff, 0xff, 0xff]);
+        data.extend(input(&[
+            Request::OperationInit {
+                session: s,
+                op: Op::Sign,
+                init: sign.clone(),
+            },
+            Request::Single {
+                session: s,
+                op: Op::Sign,
+                init: Some(sign),
+                data: b"abc".to_vec(),
+            },
+        ]));
+        let answers = h.answers(&data);
+        assert_eq!(
+            answers,
+            vec![
+                Response::Handle(1),
+                Response::Unit,
+                Response::Handle(1),
+                Response::Unit,
+                Response::Data(b"abc".to_vec()),
+            ]
+        );
+        // The next input is another process: its handles start again,
+        // and the first client's session is gone with it.
+        let answers = h.answers(&input(&[Request::GetSessionInfo { session: s }]));
+        assert_eq!(answers, vec![Response::Err(ck::CKR_SESSION_HANDLE_INVALID)]);
+    }
+
+    /// The admin harness answers every request and its checks pass.
+    #[test]
+    fn an_admin_input_is_answered_and_checked() {
+        let h = AdminHarness::new();
+        let payload = postcard::to_stdvec(&AdminRequest::Audit(
+            keyward_protocol::admin::AuditRequest::Verify,
+        ))
+        .unwrap();
+        for _ in 0..AdminHarness::CHECK_EVERY + 1 {
+            h.run(&join(std::slice::from_ref(&payload)));
+        }
+    }
 }

@@ -60,7 +60,7 @@ pub mod enforce;
 pub mod error;
 pub mod fingerprint;
 pub mod forward;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

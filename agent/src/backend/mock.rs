@@ -99,7 +99,7 @@ impl Mock {
         self.st().objects.len()
     }
     /// Forgets every token object (between two fuzz inputs).
-    #[cfg(feature = "fuzzing")]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn forget_token_objects(&self) {
         self.st().objects.retain(|_, o| !o.token);
     }
