@@ -409,7 +409,7 @@ impl AdminHarness {
     /// Inputs between two checks of the store and the trail.
     pub const CHECK_EVERY: u64 = 16;
     /// Inputs one agent serves before a fresh one is built.
-    pub const REBUILD: u64 = 512;
+    pub const REBUILD: u64 = 128;
 
     /// A harness; the agent is built at the first input.
     pub fn new() -> AdminHarness {
