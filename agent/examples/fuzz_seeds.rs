@@ -1,17 +1,19 @@
 //! Writes the seed corpus of the fuzz targets `frame`, `admin`,
-//! `backup_file` and `notice` (`fuzz/corpus/<target>/`): real messages of
-//! the application and admin protocols encoded by keyward's own encoder,
-//! a backup file laid out as `keyward backup create` writes it, and the
-//! fleet's change notices. `cargo run -p keyward-agent --example fuzz_seeds`.
+//! `backup_file`, `notice`, `agent_request` and `admin_request`
+//! (`fuzz/corpus/<target>/`): real messages of the application and admin
+//! protocols encoded by keyward's own encoder, a backup file laid out as
+//! `keyward backup create` writes it, the fleet's change notices, and
+//! whole sessions (an application's, an administrator's) as the request
+//! targets read them. `cargo run -p keyward-agent --example fuzz_seeds`.
 
 use std::fs;
 use std::path::Path;
 
 use keyward_inventory::{KeyRecord, KeyVersion};
-use keyward_policy::{Algorithm, ApprovalStatus, Decision, KeyState, Operation, Purpose};
+use keyward_policy::{Algorithm, ApprovalStatus, Curve, Decision, KeyState, Operation, Purpose};
 use keyward_protocol::admin::{
-    AdminErrorKind, AdminHello, AdminRequest, AdminResponse, ApprovalRequest, DecisionInfo,
-    KeyAction, KeyRequest, KeyResponse,
+    AdminErrorKind, AdminHello, AdminRequest, AdminResponse, ApprovalRequest, AuditRequest,
+    DecisionInfo, KeyAction, KeyRequest, KeyResponse, ReportRequest,
 };
 use keyward_protocol::certificate::CertRequest;
 use keyward_protocol::frame;
@@ -28,7 +30,10 @@ const CKA_LABEL: u64 = 0x3;
 const CKA_ID: u64 = 0x102;
 const CKA_SIGN: u64 = 0x108;
 const CKA_EC_PARAMS: u64 = 0x180;
+const CKO_DATA: u64 = 0;
 const CKO_PRIVATE_KEY: u64 = 3;
+const CKA_TOKEN: u64 = 0x1;
+const CKM_EC_KEY_PAIR_GEN: u64 = 0x1040;
 const CKM_ECDSA: u64 = 0x1041;
 const CKM_RSA_PKCS_PSS: u64 = 0x0d;
 const CKM_SHA256: u64 = 0x250;
@@ -39,6 +44,301 @@ const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     fs::create_dir_all(dir).expect("corpus directory");
     fs::write(dir.join(name), bytes).expect("corpus file");
+}
+
+/// The input of the request targets: each message's payload after its
+/// length as a little-endian `u16` (the harness frames each payload as the
+/// socket would).
+fn chunks_of<T: Serialize>(msgs: &[T]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in msgs {
+        let payload = postcard::to_stdvec(m).expect("encodes");
+        let len = u16::try_from(payload.len()).expect("a seed message is short");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    out
+}
+
+/// An application's sessions on the fuzzed agent (user PIN `1111`, the
+/// harness's): each a sequence of requests whose handles follow from the
+/// ones before (sessions and objects are numbered from 1 per client).
+fn app_sessions() -> Vec<(&'static str, Vec<Request>)> {
+    let s = SessionHandle(1);
+    let pin = || Some(Secret::new(b"1111".to_vec()));
+    let open = Request::OpenSession {
+        slot: SlotId(0),
+        flags: 6,
+    };
+    let login = Request::Login {
+        session: s,
+        user_type: 1,
+        pin: pin(),
+    };
+    let ecdsa = |key| OpInit {
+        mechanism: Mechanism::plain(CKM_ECDSA),
+        key: Some(ObjectHandle(key)),
+    };
+    let key_pair = Request::GenerateKeyPair {
+        session: s,
+        mechanism: Mechanism::plain(CKM_EC_KEY_PAIR_GEN),
+        public_template: vec![
+            Attribute::bytes(CKA_EC_PARAMS, P256.to_vec()),
+            Attribute::bytes(CKA_ID, vec![9, 9]),
+        ],
+        private_template: vec![
+            Attribute::bool(CKA_SIGN, true),
+            Attribute::bytes(CKA_ID, vec![9, 9]),
+            Attribute::bytes(CKA_LABEL, b"web-tls".to_vec()),
+        ],
+    };
+    vec![
+        (
+            "sign",
+            vec![
+                Request::GetSlotList {
+                    token_present: true,
+                },
+                Request::GetTokenInfo { slot: SlotId(0) },
+                open.clone(),
+                login.clone(),
+                key_pair.clone(),
+                Request::FindObjects {
+                    session: s,
+                    template: vec![
+                        Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY),
+                        Attribute::bytes(CKA_ID, vec![9, 9]),
+                    ],
+                },
+                Request::OperationInit {
+                    session: s,
+                    op: Op::Sign,
+                    init: ecdsa(2),
+                },
+                Request::Single {
+                    session: s,
+                    op: Op::Sign,
+                    init: Some(ecdsa(2)),
+                    data: vec![0x5a; 32],
+                },
+                Request::GetAttributeValue {
+                    session: s,
+                    object: ObjectHandle(2),
+                    types: vec![CKA_CLASS, CKA_LABEL, CKA_ID, CKA_SIGN],
+                },
+                Request::Logout { session: s },
+                Request::CloseSession { session: s },
+            ],
+        ),
+        (
+            "sign-parts",
+            vec![
+                open.clone(),
+                login.clone(),
+                key_pair,
+                Request::OperationInit {
+                    session: s,
+                    op: Op::Sign,
+                    init: ecdsa(2),
+                },
+                Request::Update {
+                    session: s,
+                    op: Op::Sign,
+                    init: Some(ecdsa(2)),
+                    data: b"first part".to_vec(),
+                },
+                Request::Final {
+                    session: s,
+                    op: Op::Sign,
+                    init: Some(ecdsa(2)),
+                    data: b"held back".to_vec(),
+                },
+                Request::OperationInit {
+                    session: s,
+                    op: Op::Verify,
+                    init: ecdsa(1),
+                },
+                Request::Verify {
+                    session: s,
+                    init: Some(ecdsa(1)),
+                    data: vec![0x5a; 32],
+                    signature: vec![1; 64],
+                },
+            ],
+        ),
+        (
+            "objects",
+            vec![
+                open.clone(),
+                login,
+                Request::CreateObject {
+                    session: s,
+                    template: vec![
+                        Attribute::ulong(CKA_CLASS, CKO_DATA),
+                        Attribute::bool(CKA_TOKEN, true),
+                        Attribute::bytes(CKA_LABEL, b"config".to_vec()),
+                        Attribute::bytes(CKA_ID, vec![1, 2, 3, 4]),
+                    ],
+                },
+                Request::CopyObject {
+                    session: s,
+                    object: ObjectHandle(1),
+                    template: vec![Attribute::bool(CKA_TOKEN, false)],
+                },
+                Request::SetAttributeValue {
+                    session: s,
+                    object: ObjectHandle(2),
+                    template: vec![Attribute::bytes(CKA_LABEL, b"copy".to_vec())],
+                },
+                Request::GetObjectSize {
+                    session: s,
+                    object: ObjectHandle(2),
+                },
+                Request::FindObjects {
+                    session: s,
+                    template: Vec::new(),
+                },
+                Request::DestroyObject {
+                    session: s,
+                    object: ObjectHandle(1),
+                },
+                Request::GenerateRandom {
+                    session: s,
+                    len: 32,
+                },
+                Request::SeedRandom {
+                    session: s,
+                    seed: vec![1; 16],
+                },
+            ],
+        ),
+        (
+            "pins",
+            vec![
+                open.clone(),
+                Request::Login {
+                    session: s,
+                    user_type: 1,
+                    pin: Some(Secret::new(b"9999".to_vec())),
+                },
+                Request::Login {
+                    session: s,
+                    user_type: 0,
+                    pin: Some(Secret::new(b"2222".to_vec())),
+                },
+                Request::InitPin {
+                    session: s,
+                    pin: Secret::new(b"3333".to_vec()),
+                },
+                Request::Logout { session: s },
+                Request::GetSessionInfo { session: s },
+                Request::CloseAllSessions { slot: SlotId(0) },
+            ],
+        ),
+        (
+            "digest",
+            vec![
+                open,
+                Request::OperationInit {
+                    session: s,
+                    op: Op::Digest,
+                    init: OpInit {
+                        mechanism: Mechanism::plain(CKM_SHA256),
+                        key: None,
+                    },
+                },
+                Request::Update {
+                    session: s,
+                    op: Op::Digest,
+                    init: None,
+                    data: b"abc".to_vec(),
+                },
+                Request::Final {
+                    session: s,
+                    op: Op::Digest,
+                    init: None,
+                    data: Vec::new(),
+                },
+                Request::GetMechanismList { slot: SlotId(0) },
+                Request::GetMechanismInfo {
+                    slot: SlotId(0),
+                    mechanism: CKM_ECDSA,
+                },
+            ],
+        ),
+    ]
+}
+
+/// An administrator's sessions on the fuzzed agent (its policy has the
+/// class `signing`, ec:p256 keys, and the application `app`).
+fn admin_sessions() -> Vec<(&'static str, Vec<AdminRequest>)> {
+    let key = |k| AdminRequest::Key(k);
+    let name = || "fz".to_owned();
+    vec![
+        (
+            "lifecycle",
+            vec![
+                AdminRequest::Status,
+                key(KeyRequest::Create {
+                    name: name(),
+                    class: "signing".into(),
+                    algorithm: Some(Algorithm::Ec(Curve::P256)),
+                    token: Some("kw".into()),
+                    owner: None,
+                }),
+                key(KeyRequest::List {
+                    token: None,
+                    state: None,
+                }),
+                key(KeyRequest::Show {
+                    name: name(),
+                    token: None,
+                }),
+                key(KeyRequest::GrantAdd {
+                    key: name(),
+                    token: None,
+                    application: "app".into(),
+                    operations: vec![Operation::Sign],
+                    until: None,
+                }),
+                key(KeyRequest::Transition {
+                    name: name(),
+                    token: None,
+                    action: KeyAction::Suspend,
+                    reason: Some("maintenance".into()),
+                    code: None,
+                }),
+                AdminRequest::DryRun(KeyRequest::Rotate {
+                    name: name(),
+                    token: None,
+                }),
+                key(KeyRequest::Rotate {
+                    name: name(),
+                    token: None,
+                }),
+                key(KeyRequest::Verify {
+                    name: name(),
+                    token: None,
+                }),
+            ],
+        ),
+        (
+            "audit",
+            vec![
+                AdminRequest::Audit(AuditRequest::Verify),
+                AdminRequest::Audit(AuditRequest::Tail {
+                    n: 5,
+                    after_seq: None,
+                }),
+                AdminRequest::Audit(AuditRequest::Anchor),
+                AdminRequest::Report(ReportRequest::default()),
+            ],
+        ),
+        (
+            "requests",
+            admin_requests().into_iter().map(|(_, r)| r).collect(),
+        ),
+    ]
 }
 
 fn frame_of<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -435,6 +735,12 @@ fn main() {
     );
     for (name, bytes) in backups() {
         write(&corpus.join("backup_file"), name, &bytes);
+    }
+    for (name, msgs) in app_sessions() {
+        write(&corpus.join("agent_request"), name, &chunks_of(&msgs));
+    }
+    for (name, msgs) in admin_sessions() {
+        write(&corpus.join("admin_request"), name, &chunks_of(&msgs));
     }
     for (name, text) in [
         ("key", "key:17"),

@@ -61,6 +61,9 @@ pub mod enforce;
 pub mod error;
 pub mod fingerprint;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod lifecycle;
 pub mod listener;

@@ -636,6 +636,22 @@ fn argon2_into(argon2: &Argon2<'_>, pin: &[u8], salt: &[u8], out: &mut [u8]) -> 
     argon2.hash_password_into_with_memory(pin, salt, out, &mut turn.blocks[..])
 }
 
+/// The argon2 of new PIN hashes: the crate's defaults.
+#[cfg(not(all(fuzzing, feature = "fuzzing")))]
+fn new_pin_hasher() -> Argon2<'static> {
+    Argon2::default()
+}
+
+/// Only in a fuzz target's build (cargo-fuzz's `--cfg fuzzing` and the
+/// crate's `fuzzing` feature, never a build of the agent): the smallest
+/// parameters, so that an input that sets a PIN costs microseconds. A
+/// check reads the parameters from the stored hash either way.
+#[cfg(all(fuzzing, feature = "fuzzing"))]
+fn new_pin_hasher() -> Argon2<'static> {
+    let params = Params::new(Params::MIN_M_COST, 1, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
 /// An argon2id PHC string for `pin` with a random salt (the crate's default
 /// parameters).
 pub fn hash_pin(pin: &[u8]) -> io::Result<String> {
@@ -643,7 +659,7 @@ pub fn hash_pin(pin: &[u8]) -> io::Result<String> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(io::Error::other)?;
     let salt_b64 = SaltString::encode_b64(&salt).map_err(|e| err(&e))?;
-    let argon2 = Argon2::default();
+    let argon2 = new_pin_hasher();
     let mut out = zeroize::Zeroizing::new([0u8; Params::DEFAULT_OUTPUT_LEN]);
     argon2_into(&argon2, pin, &salt, &mut out[..]).map_err(|e| err(&e))?;
     let hash = PasswordHash {

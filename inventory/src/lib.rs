@@ -60,6 +60,8 @@
 #[macro_use]
 mod columns;
 pub mod audit;
+#[cfg(test)]
+mod audit_props;
 mod audit_row;
 mod checks;
 pub mod error;

@@ -276,9 +276,16 @@ impl OutTemplate {
 
     /// Applies the agent's results: every attribute is processed, and the
     /// return value follows SENSITIVE > TYPE_INVALID > BUFFER_TOO_SMALL.
+    /// An answer whose shape is not its type's (see [`fits_type`]) is
+    /// `CKR_DEVICE_ERROR`, and nothing is written.
     pub(crate) fn write(&mut self, results: &[AttrResult]) -> Result<()> {
         let slots = self.slots()?;
-        if results.len() != slots.len() {
+        if results.len() != slots.len()
+            || !slots
+                .iter()
+                .zip(results)
+                .all(|(s, r)| fits_type(s.type_, r))
+        {
             return Err(Error::UnexpectedAnswer);
         }
         let (mut sensitive, mut invalid, mut small) = (false, false, false);
@@ -306,6 +313,22 @@ impl OutTemplate {
             (_, _, true) => Err(Error::BufferTooSmall),
             _ => Ok(()),
         }
+    }
+}
+
+/// Whether an answer has the shape of the type asked for: a template only
+/// for a template-valued type (whose `pValue` the caller made an array of
+/// `CK_ATTRIBUTE`s), a leaf only for another type. The buffer is taken for
+/// what the type says it is, never for what the answer is: a template
+/// answered for a byte-valued type would have the caller's bytes read as
+/// pointers and written through, and a leaf answered for a template type
+/// would overwrite the caller's attribute array with bytes.
+fn fits_type(attr_type: CK_ATTRIBUTE_TYPE, result: &AttrResult) -> bool {
+    let template = kind_of(attr_type) == AttrKind::Template;
+    match result {
+        AttrResult::Value(AttrValue::Template(_)) => template,
+        AttrResult::Value(AttrValue::Leaf(_)) => !template,
+        AttrResult::Sensitive | AttrResult::Invalid => true,
     }
 }
 
@@ -1574,5 +1597,61 @@ mod tests {
         assert_eq!(&pad::<4>("abcdef"), b"abcd");
         // "é" is two bytes: never split a character.
         assert_eq!(&pad::<4>("abcé"), b"abc ");
+    }
+
+    /// An answer of the wrong shape for its type is refused before anything
+    /// is written: a template answered for `CKA_LABEL` would have the
+    /// caller's label bytes read as `CK_ATTRIBUTE`s and written through, a
+    /// label answered for `CKA_WRAP_TEMPLATE` would overwrite the caller's
+    /// attribute array. (Found by the `module_edge` fuzz target.)
+    #[test]
+    fn an_answer_of_another_shape_than_its_type_is_refused_unwritten() {
+        // Room for one nested attribute, as bytes of a byte-valued type
+        // (aligned as an attribute array would be).
+        let mut label = [0u64; ATTRIBUTE_LEN / 8];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: label.as_mut_ptr().cast(),
+            ulValueLen: ATTRIBUTE_LEN as CK_ULONG,
+        }];
+        let template = AttrResult::Value(AttrValue::Template(vec![(
+            CKA_EXTRACTABLE,
+            Value::Bool(false),
+        )]));
+        assert_eq!(
+            get(&mut t, std::slice::from_ref(&template)),
+            Err(Error::UnexpectedAnswer)
+        );
+        assert_eq!(
+            label,
+            [0u64; ATTRIBUTE_LEN / 8],
+            "the caller's bytes were written"
+        );
+        assert_eq!(t[0].ulValueLen, ATTRIBUTE_LEN as CK_ULONG);
+
+        let mut value: CK_BBOOL = CK_TRUE;
+        let mut nested = [attr(CKA_EXTRACTABLE, &mut value)];
+        let before = (nested[0].type_, nested[0].pValue, nested[0].ulValueLen);
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: nested.as_mut_ptr().cast(),
+            ulValueLen: ATTRIBUTE_LEN as CK_ULONG,
+        }];
+        let leaf = AttrResult::Value(AttrValue::Leaf(Value::Bytes(vec![0xff; 8])));
+        assert_eq!(get(&mut t, &[leaf]), Err(Error::UnexpectedAnswer));
+        assert_eq!(
+            (nested[0].type_, nested[0].pValue, nested[0].ulValueLen),
+            before,
+            "the caller's attribute array was overwritten"
+        );
+        // The same answers for the right types are written.
+        let mut nested = [attr(CKA_EXTRACTABLE, &mut value)];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_WRAP_TEMPLATE,
+            pValue: nested.as_mut_ptr().cast(),
+            ulValueLen: ATTRIBUTE_LEN as CK_ULONG,
+        }];
+        assert_eq!(get(&mut t, &[template]), Ok(()));
+        assert_eq!(value, CK_FALSE);
     }
 }

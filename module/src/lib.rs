@@ -27,6 +27,9 @@ mod client;
 mod error;
 mod ffi;
 mod fns;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod remote;
 mod state;
 

@@ -26,6 +26,8 @@
 
 pub mod admin;
 pub mod approval;
+#[cfg(test)]
+mod approval_props;
 pub mod attr;
 pub mod calls;
 pub mod certificate;

@@ -94,8 +94,14 @@ impl Mock {
             Err(Error::Backend(ck::CKR_SESSION_HANDLE_INVALID))
         }
     }
+    #[cfg(test)]
     pub(crate) fn object_count(&self) -> usize {
         self.st().objects.len()
+    }
+    /// Forgets every token object (between two fuzz inputs).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn forget_token_objects(&self) {
+        self.st().objects.retain(|_, o| !o.token);
     }
 }
 

@@ -11,7 +11,7 @@
 pub mod cdata;
 #[allow(unsafe_code)] // The one place the agent calls C: see the module doc.
 pub mod ffi;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod mock;
 
 use keyward_protocol::{AttrResult, Attribute, Mechanism, MechanismInfo, Op, Version};

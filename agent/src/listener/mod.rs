@@ -49,7 +49,7 @@ const HELLO_BOUNDS: Bounds = Bounds {
     frame_time: Some(Duration::from_secs(5)),
 };
 /// Every later frame of an admitted peer.
-const FRAME_BOUNDS: Bounds = Bounds {
+pub(crate) const FRAME_BOUNDS: Bounds = Bounds {
     max_len: MAX_FRAME_LEN,
     frame_time: Some(FRAME_TIME),
 };
@@ -764,28 +764,41 @@ impl Server {
             };
             log::debug!("admin {peer}: {}: {}", req.name(), req.describe());
             let name = admin_request_name(&req);
-            // The policy's roster: who may ask for what (no roster: everyone
-            // the admin socket admits).
-            let resp = match (self.agent.refuse_admin(peer, &req), req) {
-                (Some(refusal), _) => refusal,
-                (None, AdminRequest::Hello { versions }) => admin_hello(versions).0,
-                (None, AdminRequest::Status) => {
-                    let mut st = self.agent.status();
-                    st.socket_events = self.socket_events();
-                    st.connections = self.app_admission.open() as u64;
-                    AdminResponse::Status(Box::new(st))
-                }
-                (None, AdminRequest::Key(k)) => self.agent.lifecycle.key_request(peer, k),
-                (None, AdminRequest::Audit(a)) => self.agent.audit_request(peer, a),
-                (None, AdminRequest::Report(r)) => self.agent.lifecycle.report_request(peer, r),
-                (None, AdminRequest::DryRun(k)) => self.agent.lifecycle.dry_run(peer, k),
-            };
+            let resp = answer_admin(&self.agent, peer, req, |st| {
+                st.socket_events = self.socket_events();
+                st.connections = self.app_admission.open() as u64;
+            });
             self.metrics.record_admin(name, &resp);
             if let Err(e) = write_message(&mut writer, &resp, &mut wbuf) {
                 report(peer, &e);
                 return;
             }
         }
+    }
+}
+
+/// The answer to one request of an administrator the admin socket
+/// admitted (after the version hello): the policy's roster refuses it (no
+/// roster: everyone the admin socket admits), or the part that owns it
+/// answers. `status` adds to a `Status` what only the server knows.
+pub(crate) fn answer_admin(
+    agent: &Agent,
+    peer: &Peer,
+    req: AdminRequest,
+    status: impl FnOnce(&mut keyward_protocol::admin::Status),
+) -> AdminResponse {
+    match (agent.refuse_admin(peer, &req), req) {
+        (Some(refusal), _) => refusal,
+        (None, AdminRequest::Hello { versions }) => admin_hello(versions).0,
+        (None, AdminRequest::Status) => {
+            let mut st = agent.status();
+            status(&mut st);
+            AdminResponse::Status(Box::new(st))
+        }
+        (None, AdminRequest::Key(k)) => agent.lifecycle.key_request(peer, k),
+        (None, AdminRequest::Audit(a)) => agent.audit_request(peer, a),
+        (None, AdminRequest::Report(r)) => agent.lifecycle.report_request(peer, r),
+        (None, AdminRequest::DryRun(k)) => agent.lifecycle.dry_run(peer, k),
     }
 }
 
