@@ -18,8 +18,9 @@
 //! own; `sleep=` waits that many milliseconds first (then makes the call,
 //! or answers `rv=` when given too); `label=` limits the fault to calls
 //! concerning the key labelled so (the key of an operation's init, kept per
-//! session for the operation's later calls, or the `CKA_LABEL` of a search
-//! or generation template); `every=N` faults the N-th matching call, the
+//! session for the operation's later calls, the base key of `C_DeriveKey`,
+//! the unwrapping key of `C_UnwrapKey`, or the `CKA_LABEL` of a search or
+//! generation template); `every=N` faults the N-th matching call, the
 //! 2N-th, and so on (counted from the last reading of the file).
 //!
 //! A faulted call that ends an operation (`C_Sign`, `C_Encrypt`,
@@ -106,6 +107,8 @@ pub unsafe extern "C" fn C_GetFunctionList(list: ck::CK_FUNCTION_LIST_PTR_PTR) -
         l.C_Decrypt = Some(decrypt);
         l.C_GenerateKeyPair = Some(generate_key_pair);
         l.C_GenerateKey = Some(generate_key);
+        l.C_DeriveKey = Some(derive_key);
+        l.C_UnwrapKey = Some(unwrap_key);
         l
     });
     // SAFETY: checked non-null above; the list lives as long as the
@@ -504,4 +507,47 @@ extern "C" fn generate_key(
     }
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { forward!(C_GenerateKey(session, mechanism, template, count, key)) }
+}
+
+extern "C" fn derive_key(
+    session: ck::CK_SESSION_HANDLE,
+    mechanism: ck::CK_MECHANISM_PTR,
+    base: ck::CK_OBJECT_HANDLE,
+    template: ck::CK_ATTRIBUTE_PTR,
+    count: ck::CK_ULONG,
+    key: ck::CK_OBJECT_HANDLE_PTR,
+) -> ck::CK_RV {
+    if let Some(rv) = fault("C_DeriveKey", key_label(session, base).as_deref()) {
+        return rv;
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { forward!(C_DeriveKey(session, mechanism, base, template, count, key)) }
+}
+
+extern "C" fn unwrap_key(
+    session: ck::CK_SESSION_HANDLE,
+    mechanism: ck::CK_MECHANISM_PTR,
+    unwrapping: ck::CK_OBJECT_HANDLE,
+    wrapped: ck::CK_BYTE_PTR,
+    wrapped_len: ck::CK_ULONG,
+    template: ck::CK_ATTRIBUTE_PTR,
+    count: ck::CK_ULONG,
+    key: ck::CK_OBJECT_HANDLE_PTR,
+) -> ck::CK_RV {
+    if let Some(rv) = fault("C_UnwrapKey", key_label(session, unwrapping).as_deref()) {
+        return rv;
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe {
+        forward!(C_UnwrapKey(
+            session,
+            mechanism,
+            unwrapping,
+            wrapped,
+            wrapped_len,
+            template,
+            count,
+            key
+        ))
+    }
 }

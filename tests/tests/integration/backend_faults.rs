@@ -14,7 +14,12 @@
 //!   a revocation or suspension of the hung key returns within
 //!   `[agent] change_wait_ms`, and the hung signature, when it comes back
 //!   after the change, is withheld (`CKR_KEY_FUNCTION_NOT_PERMITTED`,
-//!   recorded after the change); the trail verifies.
+//!   recorded after the change); the trail verifies;
+//! - a `C_DeriveKey` or `C_UnwrapKey` that hangs while its key is revoked:
+//!   the application gets `CKR_KEY_FUNCTION_NOT_PERMITTED`, the withheld
+//!   use is recorded after the revocation, and the object the HSM made is
+//!   destroyed: nothing with its label is left, neither as a session object
+//!   of the agent nor as a token object on the HSM looked at directly.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,8 +31,8 @@ use cryptoki::session::Session;
 use keyward_tests::admin::{backend_token, find, keyward, keyward_json, keyward_ok, strict_policy};
 use keyward_tests::harness::{softhsm_lib, Env};
 use keyward_tests::json::{Json, JsonExt};
-use keyward_tests::keyward_test;
 use keyward_tests::p11::Ctx;
+use keyward_tests::{assert_rv, keyward_test};
 
 const DIGEST: [u8; 32] = [0x5a; 32];
 
@@ -484,4 +489,258 @@ keyward_test!(fn fleet_a_hung_sign_on_one_agent_blocks_neither_a_revocation_from
     assert!(withheld[0] > change, "the withheld use is recorded before the revocation");
     assert_eq!(all[withheld[0]].str_at("host"), "agent-1", "{}", all[withheld[0]]);
     assert_trail_verifies(fleet.env(0));
+});
+
+/// The object a withheld derivation or unwrap would have made carries this
+/// label: a search for it finds what was left.
+const WITHHELD_LABEL: &str = "withheld-object";
+
+/// Revokes `key` while a use of it (`hung`, in a thread) hangs in the
+/// backend; the revocation returns within `bound_ms` (plus the CLI's own
+/// time). Returns what the use answered and how long it took.
+fn revoke_during<T: Send>(
+    tb: &Env,
+    key: &str,
+    bound_ms: u64,
+    hung: impl FnOnce() -> T + Send,
+) -> (T, Duration) {
+    std::thread::scope(|scope| {
+        let use_ = scope.spawn(move || {
+            let t = Instant::now();
+            let r = hung();
+            (r, t.elapsed())
+        });
+        // The hung call is in the backend.
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = Instant::now();
+        keyward_ok(
+            tb,
+            &[
+                "key",
+                "revoke",
+                "--yes",
+                key,
+                "--reason",
+                "hung",
+                "--reason-code",
+                "keyCompromise",
+            ],
+            0,
+        );
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(bound_ms + 4_000),
+            "the revocation of {key} took {took:?} while its use hangs"
+        );
+        use_.join().expect("the hung use")
+    })
+}
+
+/// The withheld use of `key` for `operation` is in the trail, once, after
+/// the key's revocation, and no use of the key succeeded after it; the
+/// trail verifies.
+fn assert_withheld_after_revocation(tb: &Env, key: &str, operation: &str) {
+    let all = trail(tb);
+    let of_key = |r: &Json| r.at("key").as_str() == Some(key);
+    let change = all
+        .iter()
+        .position(|r| {
+            of_key(r) && r.str_at("kind") == "lifecycle" && r.str_at("operation") == "revoke"
+        })
+        .unwrap_or_else(|| panic!("no revoke record of {key}"));
+    let withheld: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            of_key(r) && r.str_at("kind") == "refusal" && r.str_at("reason").contains("withheld")
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(withheld.len(), 1, "{key}: withheld records {withheld:?}");
+    assert!(
+        withheld[0] > change,
+        "{key}: the withheld use is recorded before the revocation"
+    );
+    let w = &all[withheld[0]];
+    assert_eq!(w.str_at("operation"), operation, "{w}");
+    assert_eq!(w.str_at("result"), "CKR_KEY_FUNCTION_NOT_PERMITTED", "{w}");
+    let late_ok = all[change..]
+        .iter()
+        .any(|r| of_key(r) && r.str_at("kind") == "use" && r.str_at("result") == "CKR_OK");
+    assert!(
+        !late_ok,
+        "{key}: a successful use recorded after the revocation"
+    );
+    assert_trail_verifies(tb);
+}
+
+/// The objects labelled `label` that an application of this process finds
+/// through the agent (in lab mode, every object the agent's backend
+/// sessions can see that belongs to no other client: a derived or
+/// unwrapped session object left without an owner is one of them).
+fn found_by_application(s: &Session, label: &str) -> usize {
+    s.find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+        .expect("C_FindObjects through the agent")
+        .len()
+}
+
+// A C_DeriveKey that hangs in the backend while the base key is revoked:
+// the derived key (a session object of the agent's backend session: keys
+// derived from managed keys are, in lab mode too) is withheld and
+// destroyed in the HSM, so neither an application nor the scan of the HSM
+// ever finds it.
+keyward_test!(fn a_withheld_derivation_leaves_no_object_in_the_hsm(tb) {
+    use cryptoki_sys::{
+        CKA_CLASS, CKA_KEY_TYPE, CKA_LABEL, CKA_VALUE_LEN, CKK_GENERIC_SECRET, CKM_ECDH1_DERIVE,
+        CKO_SECRET_KEY, CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_OK,
+    };
+    use cryptoki::object::AttributeType;
+    use keyward_tests::admin::{install_policy, uid, APPLICATION};
+    use keyward_tests::raw::{Attr, Mech, Param};
+    const HANG_MS: u64 = 6_000;
+    const BOUND_MS: u64 = 1_000;
+    let faults = Faults::install(&tb, &[&format!("change_wait_ms = {BOUND_MS}")]);
+    install_policy(
+        &tb,
+        &format!(
+            "[settings]\nmode = \"lab\"\n{}\n[[class]]\nname = \"agreement\"\npurpose = \"derivation\"\n\
+             algorithms = [\"ec:p256\"]\nprotect_period = \"30d\"\nprocess_period = \"60d\"\n\
+             grants = [ {{ application = \"{APPLICATION}\", operations = [\"derive\"] }} ]\n",
+            keyward_tests::admin::application_toml(APPLICATION, uid()),
+        ),
+    );
+    for k in ["derive-base", "derive-peer"] {
+        keyward_ok(&tb, &["key", "create", k, "--class", "agreement"], 0);
+        keyward_ok(&tb, &["key", "activate", k], 0);
+    }
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let base = find(&s, "derive-base", ObjectClass::PRIVATE_KEY)[0].handle();
+    let peer = find(&s, "derive-peer", ObjectClass::PUBLIC_KEY)[0];
+    let point = match &s.get_attributes(peer, &[AttributeType::EcPoint]).expect("CKA_EC_POINT")[..] {
+        // DER OCTET STRING of an uncompressed P-256 point.
+        [Attribute::EcPoint(p)] if p.len() == 67 => p[2..].to_vec(),
+        other => panic!("CKA_EC_POINT: {other:?}"),
+    };
+    let ecdh = Mech { type_: CKM_ECDH1_DERIVE, param: Param::Ecdh1 { public: point } };
+    let template = |label: &str| {
+        vec![
+            Attr::Ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attr::Ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+            Attr::Ulong(CKA_VALUE_LEN, 32),
+            Attr::Bytes(CKA_LABEL, label.as_bytes().to_vec()),
+        ]
+    };
+    // A derivation before the fault: the key is judged genuine, and a
+    // derived key is found by its label (the search below can find one).
+    let (rv, _) = ctx.raw.derive_key(s.handle(), &ecdh, base, &template("derived-before"));
+    assert_rv!(rv, CKR_OK, "a derivation before the fault");
+    assert_eq!(found_by_application(&s, "derived-before"), 1, "the derived key by its label");
+    assert_eq!(found_by_application(&s, WITHHELD_LABEL), 0, "before the withheld derivation");
+
+    // The deriving session stays open: a session object lives as long as
+    // the session that made it.
+    let deriving = ctx.rw();
+    let h = deriving.handle();
+    faults.set(&format!("C_DeriveKey sleep={HANG_MS} label=derive-base\n"));
+    let ((rv, _), took) = revoke_during(&tb, "derive-base", BOUND_MS, || {
+        ctx.raw.derive_key(h, &ecdh, base, &template(WITHHELD_LABEL))
+    });
+    faults.clear();
+    assert!(took >= Duration::from_millis(HANG_MS), "the derivation did not hang ({took:?})");
+    assert_rv!(rv, CKR_KEY_FUNCTION_NOT_PERMITTED, "the derivation finished after the revocation");
+
+    // Nothing of it is left (a session object of the HSM lives in the
+    // agent's process, where these searches run): the agent's backend
+    // sessions find no object with its label for the application (in lab
+    // mode an unmanaged key without an owner is shown to it), nor does
+    // the administrators' scan of the HSM for keys outside management.
+    let in_deriving = found_by_application(&deriving, WITHHELD_LABEL);
+    let in_other = found_by_application(&s, WITHHELD_LABEL);
+    let discovered = keyward_json(&tb, &["discover"], 0);
+    let scanned = discovered.items().iter().filter(|k| k.str_at("label") == WITHHELD_LABEL).count();
+    assert_eq!(
+        (in_deriving, in_other, scanned),
+        (0, 0, 0),
+        "the withheld derivation left its key (found in the deriving session, in another \
+         session, by the scan of the HSM): {discovered}"
+    );
+    assert_withheld_after_revocation(&tb, "derive-base", "derive");
+});
+
+// A C_UnwrapKey that hangs in the backend while the unwrapping key is
+// revoked: the unwrapped key, a token object (lab mode lets an application
+// keep one), is withheld and destroyed: the HSM, looked at directly, has
+// no object with its label.
+keyward_test!(fn a_withheld_unwrap_leaves_no_object_in_the_hsm(tb) {
+    use cryptoki::object::KeyType;
+    use keyward_tests::admin::{application_toml, install_policy, uid, APPLICATION};
+    const HANG_MS: u64 = 6_000;
+    const BOUND_MS: u64 = 1_000;
+    let faults = Faults::install(&tb, &[&format!("change_wait_ms = {BOUND_MS}")]);
+    install_policy(
+        &tb,
+        &format!(
+            "[settings]\nmode = \"lab\"\n{}\n[[class]]\nname = \"kek\"\npurpose = \"wrapping\"\n\
+             algorithms = [\"aes:256\"]\nprotect_period = \"30d\"\nprocess_period = \"60d\"\n\
+             grants = [ {{ application = \"{APPLICATION}\", operations = [\"wrap\", \"unwrap\"] }} ]\n",
+            application_toml(APPLICATION, uid()),
+        ),
+    );
+    keyward_ok(&tb, &["key", "create", "unwrap-kek", "--class", "kek"], 0);
+    keyward_ok(&tb, &["key", "activate", "unwrap-kek"], 0);
+    let ctx = Ctx::new(&tb);
+    let s = ctx.user();
+    let kek = find(&s, "unwrap-kek", ObjectClass::SECRET_KEY)[0];
+    let wrap = Mechanism::AesKeyWrapPad;
+    let dek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Extractable(true),
+            ],
+        )
+        .expect("a data key");
+    let blob = s.wrap_key(&wrap, kek, dek).expect("C_WrapKey of the data key");
+    let template = |label: &str| {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Encrypt(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    let on_hsm = |label: &str| {
+        let (_p11, backend) = backend_token(&tb);
+        backend
+            .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+            .expect("a backend search")
+            .len()
+    };
+    // An unwrap before the fault: the key is judged genuine, and the
+    // unwrapped token object is on the HSM (the search below can find one).
+    s.unwrap_key(&wrap, kek, &blob, &template("unwrapped-before"))
+        .expect("an unwrap before the fault");
+    assert_eq!(on_hsm("unwrapped-before"), 1, "the unwrapped token object on the HSM");
+    assert_eq!(on_hsm(WITHHELD_LABEL), 0, "before the withheld unwrap");
+
+    faults.set(&format!("C_UnwrapKey sleep={HANG_MS} label=unwrap-kek\n"));
+    let (r, took) = revoke_during(&tb, "unwrap-kek", BOUND_MS, || {
+        let s = ctx.rw();
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &blob, &template(WITHHELD_LABEL))
+    });
+    faults.clear();
+    assert!(took >= Duration::from_millis(HANG_MS), "the unwrap did not hang ({took:?})");
+    match r {
+        Err(CkError::Pkcs11(RvError::KeyFunctionNotPermitted, _)) => {}
+        other => panic!("the unwrap finished after the revocation: {other:?}"),
+    }
+
+    assert_eq!(on_hsm(WITHHELD_LABEL), 0, "the withheld unwrap left its key on the HSM");
+    assert_eq!(found_by_application(&s, WITHHELD_LABEL), 0, "through the agent");
+    assert_withheld_after_revocation(&tb, "unwrap-kek", "unwrap");
 });
