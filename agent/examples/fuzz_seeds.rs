@@ -166,11 +166,21 @@ fn app_sessions() -> Vec<(&'static str, Vec<Request>)> {
                 },
             ],
         ),
+    ]
+    .into_iter()
+    .chain(plain_sessions(&open, &login))
+    .collect()
+}
+
+/// Sessions without keys of their own: objects, PINs and a digest.
+fn plain_sessions(open: &Request, login: &Request) -> Vec<(&'static str, Vec<Request>)> {
+    let s = SessionHandle(1);
+    vec![
         (
             "objects",
             vec![
                 open.clone(),
-                login,
+                login.clone(),
                 Request::CreateObject {
                     session: s,
                     template: vec![
@@ -238,7 +248,7 @@ fn app_sessions() -> Vec<(&'static str, Vec<Request>)> {
         (
             "digest",
             vec![
-                open,
+                open.clone(),
                 Request::OperationInit {
                     session: s,
                     op: Op::Digest,

@@ -234,6 +234,35 @@ fn admitted(agent: &Agent, loaded: LoadedPolicy) -> Result<LoadedPolicy, String>
     }
 }
 
+/// The run's first records: the clock raised to this agent's newest
+/// record in the trail (decisions never use an earlier time, so a clock
+/// stepped back while the agent was down brings nothing back), whether the
+/// last run stopped cleanly (if not, which uses may be missing), and the
+/// clock's step back, if any.
+fn begin_run(agent: &Agent, config: &Config) -> Result<(), String> {
+    let host = match &config.postgres {
+        Some(p) => Some(p.host_name()?),
+        None => None,
+    };
+    let newest = agent.audit.newest_record_time(host.as_deref());
+    let behind = newest.and_then(|newest| {
+        crate::clock::raise_to(newest);
+        let behind = newest.duration_since(std::time::SystemTime::now()).ok()?;
+        (behind >= crate::clock::STEP).then_some((behind, crate::clock::to_us(newest)))
+    });
+    if let Some(gap) = agent.audit.begin_run(&config.agent.state_dir) {
+        if let Err(e) = agent.audit.durable(gap) {
+            log::error!("audit: the crash-gap record could not be written: {e}");
+        }
+    }
+    if let Some((behind, kept)) = behind {
+        agent
+            .lifecycle
+            .clock_stepped(crate::clock::Step::Back(behind), kept);
+    }
+    Ok(())
+}
+
 /// Runs the agent in the foreground until SIGTERM or SIGINT; SIGHUP
 /// reloads the policy (see [`reload`]).
 pub fn run(config: &Config, path: &Path) -> Result<(), String> {
@@ -249,30 +278,7 @@ pub fn run(config: &Config, path: &Path) -> Result<(), String> {
         Agent::from_config(config)
             .map_err(|e| format!("state directory {}: {e}", config.agent.state_dir.display()))?,
     );
-    // Decisions never use a time before this agent's newest record in the
-    // trail: a clock stepped back while it was down brings nothing back.
-    let host = match &config.postgres {
-        Some(p) => Some(p.host_name()?),
-        None => None,
-    };
-    let newest = agent.audit.newest_record_time(host.as_deref());
-    let behind = newest.and_then(|newest| {
-        crate::clock::raise_to(newest);
-        let behind = newest.duration_since(std::time::SystemTime::now()).ok()?;
-        (behind >= crate::clock::STEP).then_some((behind, crate::clock::to_us(newest)))
-    });
-    // Before anything else is recorded: whether the last run stopped
-    // cleanly, and if not, which uses may be missing.
-    if let Some(gap) = agent.audit.begin_run(&config.agent.state_dir) {
-        if let Err(e) = agent.audit.durable(gap) {
-            log::error!("audit: the crash-gap record could not be written: {e}");
-        }
-    }
-    if let Some((behind, kept)) = behind {
-        agent
-            .lifecycle
-            .clock_stepped(crate::clock::Step::Back(behind), kept);
-    }
+    begin_run(&agent, config)?;
     // The file, unless dual control keeps the approved policy in force.
     let (policy, source, file) = admitted(&agent, loaded)?;
     agent.set_policy(policy);

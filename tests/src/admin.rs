@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use crate::harness::Env;
-use crate::json::Json;
+use crate::json::{Json, JsonExt};
 
 /// The application name the policies below give this process's user.
 pub const APPLICATION: &str = "tester";
@@ -159,6 +159,67 @@ pub fn keyward_json(tb: &Env, args: &[&str], code: i32) -> Json {
         crate::json::validate("plan.schema.json", &doc);
     }
     doc
+}
+
+/// The records `keyward --json audit query ARGS` prints (one per line).
+pub fn audit_query(tb: &Env, args: &[&str]) -> Vec<Json> {
+    let mut all = vec!["--json", "audit", "query", "--limit", "100000"];
+    all.extend_from_slice(args);
+    keyward_ok(tb, &all, 0)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Uses summed over `records` (a record stands for `count` uses) of
+/// `operation` that ended with `result` (a `CKR_*` name).
+pub fn uses(records: &[Json], operation: &str, result: &str) -> i64 {
+    records
+        .iter()
+        .filter(|r| r.str_at("kind") == "use" && r.str_at("operation") == operation)
+        .filter(|r| r.str_at("result") == result)
+        .map(|r| r.i64_at("count"))
+        .sum()
+}
+
+/// Waits (at most 30 s) until the trail holds `signed` successful
+/// signatures of `key` (the records held while it could not be written),
+/// requires no more than that (none recorded twice), and verifies it.
+#[track_caller]
+pub fn wait_signatures_recorded(tb: &Env, key: &str, signed: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let recorded = || uses(&audit_query(tb, &["--key", key]), "sign", "CKR_OK");
+    while recorded() < signed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held records were not written: {} of {signed}",
+            recorded()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(recorded(), signed, "signatures recorded twice");
+    let verified = keyward_ok(tb, &["audit", "verify"], 0);
+    assert!(verified.contains("intact"), "{verified}");
+}
+
+/// Waits (at most 30 s) until `keyward status` says the trail is (`true`)
+/// or is no longer (`false`) failing to be written, running `meanwhile`
+/// between looks.
+#[track_caller]
+pub fn wait_trail_failing(tb: &Env, failing: bool, mut meanwhile: impl FnMut()) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let doc = keyward_json(tb, &["status"], 0);
+        if doc.at("audit").at("failing").as_bool() == Some(failing) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trail's failing is not {failing} within 30 s: {doc}"
+        );
+        meanwhile();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Runs another keyward-agent on `config` (the testbed's own keeps

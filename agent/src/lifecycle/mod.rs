@@ -603,16 +603,7 @@ impl Lifecycle {
             }
             KeyRequest::Backup(b) => self.backup_call(admin, (&who, &by), b),
             KeyRequest::PolicyShow => Ok(KeyResponse::Policy(Box::new(self.policy_shown()))),
-            KeyRequest::PolicyReload => match self.reloader.get() {
-                Some(reload) => reload().map(KeyResponse::Done).map_err(|why| AdminError {
-                    kind: AdminErrorKind::Refused,
-                    message: format!("{why}; nothing changed"),
-                }),
-                None => fail(
-                    AdminErrorKind::Invalid,
-                    "this agent was not started from a configuration file: nothing to reload",
-                ),
-            },
+            KeyRequest::PolicyReload => self.policy_reload(),
             KeyRequest::PinUnlock {
                 token,
                 role,
@@ -631,6 +622,21 @@ impl Lifecycle {
             }
             KeyRequest::Distribution(d) => self.distribution_call((&who, &by), d),
             KeyRequest::Cert(c) => self.cert_call((&who, &by), c),
+        }
+    }
+
+    /// `keyward policy reload`: the reload SIGHUP runs, answering what
+    /// changed, or why nothing did.
+    fn policy_reload(&self) -> AResult<KeyResponse> {
+        match self.reloader.get() {
+            Some(reload) => reload().map(KeyResponse::Done).map_err(|why| AdminError {
+                kind: AdminErrorKind::Refused,
+                message: format!("{why}; nothing changed"),
+            }),
+            None => fail(
+                AdminErrorKind::Invalid,
+                "this agent was not started from a configuration file: nothing to reload",
+            ),
         }
     }
 

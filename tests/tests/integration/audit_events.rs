@@ -11,7 +11,8 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 use keyward_tests::admin::{
-    application_toml, find, install_policy, keyward, keyward_ok, signing_class_toml, uid,
+    application_toml, audit_query, find, install_policy, keyward, keyward_ok, signing_class_toml,
+    uid, uses,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::{Json, JsonExt};
@@ -25,29 +26,9 @@ const CKR_OK: &str = "CKR_OK";
 const CKR_SIGNATURE_INVALID: &str = "CKR_SIGNATURE_INVALID";
 const CKR_FUNCTION_FAILED: &str = "CKR_FUNCTION_FAILED";
 
-/// The records `keyward --json audit query ARGS` prints (one per line).
-fn query(tb: &Env, args: &[&str]) -> Vec<Json> {
-    let mut all = vec!["--json", "audit", "query", "--limit", "100000"];
-    all.extend_from_slice(args);
-    keyward_ok(tb, &all, 0)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 /// Every record of the trail.
 fn trail(tb: &Env) -> Vec<Json> {
-    query(tb, &[])
-}
-
-/// Uses summed over records (a record stands for `count` uses).
-fn uses(records: &[Json], operation: &str, result: &str) -> i64 {
-    records
-        .iter()
-        .filter(|r| r.str_at("kind") == "use" && r.str_at("operation") == operation)
-        .filter(|r| r.str_at("result") == result)
-        .map(|r| r.i64_at("count"))
-        .sum()
+    audit_query(tb, &[])
 }
 
 /// Lab mode with one listed application (this user, `testbed`) and a
@@ -76,7 +57,7 @@ keyward_test!(fn every_use_of_an_unmanaged_key_is_recorded_with_mechanism_result
     // A public key cannot sign: the failed init is a use with its result.
     assert!(s.sign(&Mechanism::Ecdsa, public, &digest).is_err(), "a public key signed");
 
-    let records = query(&tb, &["--key", "plain-key"]);
+    let records = audit_query(&tb, &["--key", "plain-key"]);
     assert_eq!(uses(&records, "sign", CKR_OK), 50, "50 signatures, counted:\n{records:#?}");
     assert!(
         records.iter().filter(|r| r.str_at("operation") == "sign").count() < 50,
@@ -181,7 +162,7 @@ keyward_test!(fn the_scheduler_is_the_actor_of_a_scheduled_rotation(tb) {
     tb.start_agent();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let found = query(&tb, &["--key", "sched"]).into_iter().any(|r| {
+        let found = audit_query(&tb, &["--key", "sched"]).into_iter().any(|r| {
             r.str_at("kind") == "lifecycle" && r.str_at("actor") == "scheduler"
                 && r.str_at("operation") == "rotate"
                 && r.str_at("reason").contains("scheduled rotation")
@@ -345,9 +326,9 @@ keyward_test!(fn while_the_trail_cannot_be_written_refuse_mode_refuses_and_admin
     }
     let verified = keyward_ok(&tb, &["audit", "verify"], 0);
     assert!(verified.contains("intact"), "{verified}");
-    let records = query(&tb, &["--key", "guarded"]);
+    let records = audit_query(&tb, &["--key", "guarded"]);
     assert!(uses(&records, "sign", CKR_OK) >= 2, "{records:#?}");
-    let refusals = query(&tb, &["--result", "denied"]);
+    let refusals = audit_query(&tb, &["--result", "denied"]);
     assert!(
         refusals.iter().any(|r| r.str_at("reason").contains("audit trail cannot be written")),
         "the refusals are not in the trail"
@@ -385,7 +366,7 @@ keyward_test!(fn an_operation_begun_before_the_trail_failed_is_refused_at_its_ne
     drop(lock);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let refusals = query(&tb, &["--result", "denied"]);
+        let refusals = audit_query(&tb, &["--result", "denied"]);
         if refusals
             .iter()
             .filter(|r| r.str_at("reason").contains("audit trail cannot be written"))
@@ -413,7 +394,7 @@ keyward_test!(fn while_the_trail_cannot_be_written_continue_mode_serves_and_keep
         n += 1;
     }
     drop(lock);
-    let records = query(&tb, &["--key", "kept"]);
+    let records = audit_query(&tb, &["--key", "kept"]);
     assert_eq!(uses(&records, "sign", CKR_OK), n, "uses made while the trail was locked were lost");
     let log = std::fs::read_to_string(tb.path("agent.log")).expect("the agent's log");
     assert!(log.contains("THE TRAIL CANNOT BE WRITTEN"), "the failure was not said loudly:\n{log}");

@@ -90,10 +90,7 @@ fn now_secs() -> i64 {
 
 /// Every record of the trail, in seq order.
 fn trail(tb: &Env) -> Vec<Json> {
-    let mut all: Vec<Json> = keyward_ok(tb, &["--json", "audit", "query", "--limit", "100000"], 0)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let mut all = keyward_tests::admin::audit_query(tb, &[]);
     all.sort_by_key(|r| r.i64_at("seq"));
     all
 }

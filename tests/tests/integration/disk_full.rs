@@ -25,8 +25,8 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use keyward_tests::admin::{
-    application_toml, backend_token, install_policy, keyward, keyward_json, keyward_ok,
-    signing_class_toml, uid,
+    application_toml, audit_query, backend_token, install_policy, keyward, keyward_json,
+    keyward_ok, signing_class_toml, uid, wait_signatures_recorded, wait_trail_failing,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
@@ -154,48 +154,6 @@ fn lab_policy() -> String {
     )
 }
 
-/// The trail's records that `args` select.
-fn query(tb: &Env, args: &[&str]) -> Vec<keyward_tests::json::Json> {
-    let mut all = vec!["--json", "audit", "query", "--limit", "100000"];
-    all.extend_from_slice(args);
-    keyward_ok(tb, &all, 0)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// Successful signatures the trail records for `key`.
-fn signatures(tb: &Env, key: &str) -> i64 {
-    query(tb, &["--key", key])
-        .iter()
-        .filter(|r| r.str_at("kind") == "use" && r.str_at("operation") == "sign")
-        .filter(|r| r.str_at("result") == "CKR_OK")
-        .map(|r| r.i64_at("count"))
-        .sum()
-}
-
-fn failing(tb: &Env) -> bool {
-    keyward_json(tb, &["status"], 0)
-        .at("audit")
-        .at("failing")
-        .as_bool()
-        == Some(true)
-}
-
-/// Waits (at most 30 s) until the trail's failing is `want`, running
-/// `meanwhile` between looks.
-fn wait_failing(tb: &Env, want: bool, mut meanwhile: impl FnMut()) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while failing(tb) != want {
-        assert!(
-            Instant::now() < deadline,
-            "the trail's failing is not {want} within 30 s"
-        );
-        meanwhile();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The objects on the backend token (what an admin action would add).
 fn backend_objects(tb: &Env) -> usize {
     let (_p11, s) = backend_token(tb);
@@ -225,23 +183,6 @@ fn sign(s: &Session, key: ObjectHandle) -> cryptoki::error::Result<Vec<u8>> {
     s.sign(&Mechanism::Ecdsa, key, &[4u8; 32])
 }
 
-/// Waits until the trail holds `signed` signatures of `key`, then
-/// verifies it.
-fn held_records_written(tb: &Env, key: &str, signed: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while signatures(tb, key) < signed {
-        assert!(
-            Instant::now() < deadline,
-            "the held records were not written: {} of {signed}",
-            signatures(tb, key)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(signatures(tb, key), signed, "signatures recorded twice");
-    let verified = keyward_ok(tb, &["audit", "verify"], 0);
-    assert!(verified.contains("intact"), "{verified}");
-}
-
 keyward_test!(fn a_full_disk_fails_admin_closed_serves_applications_and_recovers(tb) {
     tb.require_agent("a full disk");
     install_policy(&tb, &lab_policy());
@@ -259,7 +200,7 @@ keyward_test!(fn a_full_disk_fails_admin_closed_serves_applications_and_recovers
     disk.fill();
     // Uses go on (on_write_failure = "continue"); the writer finds it
     // cannot write, holds their records and says so.
-    wait_failing(&tb, true, || {
+    wait_trail_failing(&tb, true, || {
         sign(&s, private).expect("C_Sign on a full disk");
         signed += 1;
     });
@@ -283,11 +224,11 @@ keyward_test!(fn a_full_disk_fails_admin_closed_serves_applications_and_recovers
 
     // Space again: the agent recovers by itself.
     disk.free();
-    wait_failing(&tb, false, || {
+    wait_trail_failing(&tb, false, || {
         sign(&s, private).expect("C_Sign once there is space");
         signed += 1;
     });
-    held_records_written(&tb, "held", signed);
+    wait_signatures_recorded(&tb, "held", signed);
     // The old PIN logs in; no half-written file is left behind.
     s.logout().expect("C_Logout");
     let again = ctx.user();
@@ -339,8 +280,8 @@ keyward_test!(fn a_full_disk_in_refuse_mode_refuses_uses_and_recovers(tb) {
         assert!(Instant::now() < deadline, "signing did not come back once there was space");
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_failing(&tb, false, || {});
-    let refusals = query(&tb, &["--result", "denied"]);
+    wait_trail_failing(&tb, false, || {});
+    let refusals = audit_query(&tb, &["--result", "denied"]);
     assert!(
         refusals.iter().any(|r| r.str_at("reason").contains("audit trail cannot be written")),
         "the refusals are not in the trail"
@@ -361,7 +302,7 @@ keyward_test!(fn an_agent_started_on_a_full_disk_refuses_admin_and_logins_and_re
     tb.start_agent();
     let pid = tb.agent_pid();
     // It starts, and says at once that the trail cannot be written.
-    wait_failing(&tb, true, || {});
+    wait_trail_failing(&tb, true, || {});
     refused_for_space(&tb, &["key", "activate", "steady"]);
     // A login is refused: its attempt cannot be counted towards the PIN
     // lockout, so the PIN is not checked.
@@ -374,12 +315,12 @@ keyward_test!(fn an_agent_started_on_a_full_disk_refuses_admin_and_logins_and_re
     assert!(log.contains("No space left on device"), "the log does not name the cause");
 
     disk.free();
-    wait_failing(&tb, false, || {});
+    wait_trail_failing(&tb, false, || {});
     let s = ctx.user();
     let (_, private) = ec_pair(&s, P256_PARAMS, "after-full", false);
     sign(&s, private).expect("C_Sign once there is space");
-    held_records_written(&tb, "after-full", 1);
-    let starts = query(&tb, &[])
+    wait_signatures_recorded(&tb, "after-full", 1);
+    let starts = audit_query(&tb, &[])
         .iter()
         .filter(|r| r.str_at("kind") == "agent" && r.str_at("operation") == "start")
         .count();
@@ -399,7 +340,7 @@ keyward_test!(fn an_agent_stopped_on_a_full_disk_stops_in_time_and_the_next_star
     sign(&s, private).expect("C_Sign before the fault");
     let mut held = 0u64;
     disk.fill();
-    wait_failing(&tb, true, || {
+    wait_trail_failing(&tb, true, || {
         sign(&s, private).expect("C_Sign on a full disk");
         held += 1;
     });
@@ -418,7 +359,7 @@ keyward_test!(fn an_agent_stopped_on_a_full_disk_stops_in_time_and_the_next_star
     disk.free();
     tb.start_agent();
     // The next start says that uses may be missing, and how many at most.
-    let gaps: Vec<keyward_tests::json::Json> = query(&tb, &[])
+    let gaps: Vec<keyward_tests::json::Json> = audit_query(&tb, &[])
         .into_iter()
         .filter(|r| r.str_at("kind") == "agent" && r.str_at("operation") == "crash-gap")
         .collect();

@@ -21,7 +21,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::session::UserType;
 use cryptoki_sys::CKF_TOKEN_PRESENT;
 use keyward_tests::admin::{
-    application_toml, install_policy, keyward, keyward_json, keyward_ok, signing_class_toml, uid,
+    application_toml, audit_query, install_policy, keyward, keyward_json, keyward_ok,
+    signing_class_toml, uid, wait_signatures_recorded, wait_trail_failing,
 };
 use keyward_tests::harness::Env;
 use keyward_tests::json::JsonExt;
@@ -335,44 +336,6 @@ fn chattr(flag: &str, path: &Path) {
     );
 }
 
-/// Every record of the trail that `args` select.
-fn query(tb: &Env, args: &[&str]) -> Vec<keyward_tests::json::Json> {
-    let mut all = vec!["--json", "audit", "query", "--limit", "100000"];
-    all.extend_from_slice(args);
-    keyward_ok(tb, &all, 0)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// Successful signatures the trail records for `key`.
-fn signatures(tb: &Env, key: &str) -> i64 {
-    query(tb, &["--key", key])
-        .iter()
-        .filter(|r| r.str_at("kind") == "use" && r.str_at("operation") == "sign")
-        .filter(|r| r.str_at("result") == "CKR_OK")
-        .map(|r| r.i64_at("count"))
-        .sum()
-}
-
-/// Waits until `keyward status` says the trail is (`true`) or is no
-/// longer (`false`) failing to be written, while `meanwhile` runs.
-fn wait_failing(tb: &Env, failing: bool, mut meanwhile: impl FnMut()) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let doc = keyward_json(tb, &["status"], 0);
-        if doc.at("audit").at("failing").as_bool() == Some(failing) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trail's failing is not {failing} within 30 s: {doc}"
-        );
-        meanwhile();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 keyward_test!(fn a_read_only_state_directory_fails_admin_closed_serves_per_setting_and_recovers(tb) {
     tb.require_agent("a read-only state directory");
     install_policy(&tb, &lab_policy());
@@ -393,7 +356,7 @@ keyward_test!(fn a_read_only_state_directory_fails_admin_closed_serves_per_setti
     assert!(said.contains("audit trail cannot be written"), "the refusal does not say why: {said}");
     // Applications are served (on_write_failure = "continue"), the writer
     // holds their records and says the trail is failing.
-    wait_failing(&tb, true, || {
+    wait_trail_failing(&tb, true, || {
         s.sign(&Mechanism::Ecdsa, private, &[2u8; 32]).expect("C_Sign while the store is read-only");
         signed += 1;
     });
@@ -405,14 +368,8 @@ keyward_test!(fn a_read_only_state_directory_fails_admin_closed_serves_per_setti
 
     // Writable again: the agent recovers by itself and writes what it held.
     drop(read_only);
-    wait_failing(&tb, false, || {});
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while signatures(&tb, "held") < signed {
-        assert!(Instant::now() < deadline, "the held records were not written: {} of {signed}", signatures(&tb, "held"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let verified = keyward_ok(&tb, &["audit", "verify"], 0);
-    assert!(verified.contains("intact"), "{verified}");
+    wait_trail_failing(&tb, false, || {});
+    wait_signatures_recorded(&tb, "held", signed);
     keyward_ok(&tb, &["key", "create", "later", "--class", "signing"], 0);
     let keys = keyward_ok(&tb, &["--json", "key", "list"], 0);
     assert!(keys.contains("\"later\"") && !keys.contains("\"never\""), "{keys}");
@@ -453,10 +410,10 @@ keyward_test!(fn a_read_only_state_directory_in_refuse_mode_refuses_uses_changes
         assert!(Instant::now() < deadline, "signing did not come back once the store was writable");
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_failing(&tb, false, || {});
+    wait_trail_failing(&tb, false, || {});
     let shown = keyward_json(&tb, &["key", "show", "steady"], 0);
     assert_eq!(shown.str_at("state"), "pre-activation", "the refused activation happened: {shown}");
-    let refusals = query(&tb, &["--result", "denied"]);
+    let refusals = audit_query(&tb, &["--result", "denied"]);
     assert!(
         refusals.iter().any(|r| r.str_at("reason").contains("audit trail cannot be written")),
         "the refusals are not in the trail"

@@ -83,10 +83,7 @@ fn signing_key(tb: &Env, name: &str) {
 
 /// The records `keyward --json audit query` prints.
 fn trail(tb: &Env) -> Vec<Json> {
-    keyward_ok(tb, &["--json", "audit", "query", "--limit", "100000"], 0)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    keyward_tests::admin::audit_query(tb, &[])
 }
 
 /// The findings of `keyward --json discover`.
