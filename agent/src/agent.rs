@@ -313,6 +313,29 @@ impl Agent {
     }
 }
 
+/// A strict policy with one application, `app` (uid 1000), and one class,
+/// `signing` (EC P-256, rotated every 90 days, `app` may sign and verify):
+/// what the lifecycle, trail and report tests and the admin fuzz target run
+/// under.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) const STRICT_SIGNING: &str = r#"
+[settings]
+mode = "strict"
+
+[[application]]
+name = "app"
+uid = 1000
+
+[[class]]
+name = "signing"
+purpose = "signing"
+algorithms = ["ec:p256"]
+protect_period = "365d"
+process_period = "730d"
+rotation_interval = "90d"
+grants = [ { application = "app", operations = ["sign", "verify"] } ]
+"#;
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -336,26 +359,7 @@ pub(crate) mod tests {
 
     use crate::tokens::VirtualToken;
 
-    /// A strict policy with one application, `app` (uid 1000), and one
-    /// class, `signing` (EC P-256, rotated every 90 days, `app` may sign and
-    /// verify): what the lifecycle, trail and report tests run under.
-    pub(crate) const STRICT_SIGNING: &str = r#"
-[settings]
-mode = "strict"
-
-[[application]]
-name = "app"
-uid = 1000
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "365d"
-process_period = "730d"
-rotation_interval = "90d"
-grants = [ { application = "app", operations = ["sign", "verify"] } ]
-"#;
+    pub(crate) use super::STRICT_SIGNING;
 
     /// An agent on one mock token `kw` under the policy text `policy`, with
     /// its inventory and trail in a temporary directory.

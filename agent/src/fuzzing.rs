@@ -367,26 +367,6 @@ fn object_of(c: &Client, h: ObjectHandle) -> BackendObject {
     }
 }
 
-/// The policy of the admin target: strict, one application and a class of
-/// signing keys, so that key management has something to manage.
-const ADMIN_POLICY: &str = r#"
-[settings]
-mode = "strict"
-
-[[application]]
-name = "app"
-uid = 1000
-
-[[class]]
-name = "signing"
-purpose = "signing"
-algorithms = ["ec:p256"]
-protect_period = "365d"
-process_period = "730d"
-rotation_interval = "90d"
-grants = [ { application = "app", operations = ["sign", "verify"] } ]
-"#;
-
 /// The admin request path over the mock backend. Each input is a sequence
 /// of admin request payloads from root on the admin socket, answered as
 /// the admin listener answers them after the version hello. The agent
@@ -431,7 +411,8 @@ impl AdminHarness {
         }
         let (dir, agent) = inner.get_or_insert_with(|| {
             let dir = temp_dir();
-            let (agent, _mock, _state, _pins) = build(dir.path(), Some(ADMIN_POLICY));
+            let (agent, _mock, _state, _pins) =
+                build(dir.path(), Some(crate::agent::STRICT_SIGNING));
             (dir, agent)
         });
         let admin = peer(1, 0);

@@ -5,29 +5,15 @@
 //! decodes again to the same message.
 #![no_main]
 
-use std::fmt::Debug;
+#[path = "common/frames.rs"]
+mod frames;
+
+use frames::{round_trip, stream};
 
 use keyward_domain::Decision;
 use keyward_protocol::admin::{AdminRequest, AdminResponse, ApprovalRequest, KeyResponse};
 use keyward_protocol::approval::decision_statement;
-use keyward_protocol::frame::{self, Bounds};
 use libfuzzer_sys::fuzz_target;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-/// Frames in one input the reader goes through, at most.
-const FRAMES: usize = 8;
-
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(msg: &T) {
-    let mut buf = Vec::new();
-    frame::encode(msg, &mut buf).expect("a decoded message encodes");
-    let again: T =
-        frame::read_message(&mut &buf[..], &mut Vec::new()).expect("an encoded message decodes");
-    assert_eq!(
-        &again, msg,
-        "decode -> encode -> decode changed the message"
-    );
-}
 
 /// What `keyward` and the agent compute of an approval request: its
 /// canonical encoding, its digest and the statements signed on it.
@@ -53,24 +39,6 @@ fn approvals(resp: &AdminResponse) {
     }
     if let AdminResponse::Report(r) = resp {
         r.pending_requests.iter().for_each(approval);
-    }
-}
-
-fn stream<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8], each: impl Fn(&T)) {
-    if let Ok(msg) = frame::decode::<T>(data) {
-        round_trip(&msg);
-        each(&msg);
-    }
-    let mut stream = data;
-    let mut buf = Vec::new();
-    for _ in 0..FRAMES {
-        match frame::read_message_within::<_, T>(&mut stream, &mut buf, Bounds::ANY) {
-            Ok(msg) => {
-                round_trip(&msg);
-                each(&msg);
-            }
-            Err(_) => break,
-        }
     }
 }
 

@@ -330,6 +330,24 @@ fn drain(
     Ok(())
 }
 
+/// Counts a signature handed out and keeps it to be verified.
+fn keep(
+    pending: &mut Vec<Pending>,
+    c: &mut Counts,
+    kind: SigKind,
+    k: Found,
+    data: Vec<u8>,
+    signature: Vec<u8>,
+) {
+    c.signatures += 1;
+    pending.push(Pending {
+        kind,
+        id: k.id,
+        data,
+        signature,
+    });
+}
+
 /// Runs operation `op` (an index into [`OPS`]) once.
 fn run_op(
     shared: &Shared,
@@ -344,38 +362,21 @@ fn run_op(
     match OPS[op] {
         "sign_ec" => {
             let k = key(conn, "ec", &names.ec, ObjectClass::PRIVATE_KEY)?;
+            // ECDSA signs the SHA-256 of the data, as the verifier expects.
             let sig = conn
                 .session
                 .sign(&Mechanism::Ecdsa, k.key, &Sha256::digest(&data))?;
-            c.signatures += 1;
-            pending.push(Pending {
-                kind: SigKind::Ec,
-                id: k.id,
-                data,
-                signature: sig,
-            });
+            keep(pending, c, SigKind::Ec, k, data, sig);
         }
         "sign_rsa" => {
             let k = key(conn, "rsa", &names.rsa, ObjectClass::PRIVATE_KEY)?;
             let sig = conn.session.sign(&Mechanism::Sha256RsaPkcs, k.key, &data)?;
-            c.signatures += 1;
-            pending.push(Pending {
-                kind: SigKind::Rsa,
-                id: k.id,
-                data,
-                signature: sig,
-            });
+            keep(pending, c, SigKind::Rsa, k, data, sig);
         }
         "hmac" => {
             let k = key(conn, "hmac", &names.hmac, ObjectClass::SECRET_KEY)?;
             let sig = conn.session.sign(&Mechanism::Sha256Hmac, k.key, &data)?;
-            c.signatures += 1;
-            pending.push(Pending {
-                kind: SigKind::Hmac,
-                id: k.id,
-                data,
-                signature: sig,
-            });
+            keep(pending, c, SigKind::Hmac, k, data, sig);
         }
         "aes" => {
             let k = key(conn, "aes", &names.aes, ObjectClass::SECRET_KEY)?;
